@@ -1,0 +1,181 @@
+"""Pure updates of a `FleetSnapshot`: each returns a new snapshot and leaves its argument untouched.
+
+The live control plane and the simulator both apply actions and engine events through these, so both keep
+the same invariants: transitions are legal and counted, a request is in exactly one queue, memory is
+accounted per worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from switchboard.fleet.state import (
+    ExpertActivity,
+    FleetSnapshot,
+    QueuedRequest,
+    Replica,
+    ReplicaLoad,
+    ServingEstimate,
+    Worker,
+)
+from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
+
+
+class UnknownReplica(KeyError):
+    pass
+
+
+def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
+    """The same fleet seen at a later time; raises ValueError if time would go backwards."""
+    if now_s < snapshot.now_s:
+        raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
+    return dataclasses.replace(snapshot, now_s=now_s)
+
+
+def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
+    merged = dict(snapshot.replicas)
+    for replica in replicas:
+        merged[replica.replica_id] = replica
+    return dataclasses.replace(snapshot, replicas=merged)
+
+
+def _get(snapshot: FleetSnapshot, replica_id: ReplicaId) -> Replica:
+    try:
+        return snapshot.replicas[replica_id]
+    except KeyError:
+        raise UnknownReplica(replica_id) from None
+
+
+def add_replica(
+    snapshot: FleetSnapshot, replica_id: ReplicaId, estimate: ServingEstimate, worker_id: WorkerId
+) -> FleetSnapshot:
+    """A new cold replica of `estimate.expert_id` on a worker; raises ValueError if the id is taken or the
+    worker lacks the memory (placement must never over-commit)."""
+    if replica_id in snapshot.replicas:
+        raise ValueError(f"replica id {replica_id} already exists")
+    worker = snapshot.workers[worker_id]
+    if worker.hardware != estimate.hardware:
+        raise ValueError(f"estimate is for {estimate.hardware}, worker {worker_id} is {worker.hardware}")
+    if estimate.memory_gb > snapshot.memory_free_gb(worker_id) + 1e-9:
+        raise ValueError(
+            f"worker {worker_id} has {snapshot.memory_free_gb(worker_id):.1f} GB free, replica needs {estimate.memory_gb:.1f}"
+        )
+    now_s = snapshot.now_s
+    replica = Replica(
+        replica_id=replica_id, expert_id=estimate.expert_id, worker_id=worker_id, hardware=worker.hardware,
+        memory_gb=estimate.memory_gb, capacity=estimate.capacity, state=ReplicaState.COLD, state_since_at=now_s,
+        created_at=now_s, expected_warm_at=now_s + estimate.cold_start_s, last_busy_at=now_s,
+    )
+    return _replace_replicas(snapshot, replica)
+
+
+def transition(
+    snapshot: FleetSnapshot, replica_id: ReplicaId, to_state: ReplicaState, *, cold_start_s: Seconds = 0.0
+) -> FleetSnapshot:
+    """Move a replica to `to_state` at `snapshot.now_s` and count it; raises `IllegalTransition`.
+
+    Stopping a replica that still has queued requests moves them to `unplaced`, never drops them.
+    """
+    replica = _get(snapshot, replica_id)
+    moved = replica.transition(to_state, snapshot.now_s, cold_start_s=cold_start_s)
+    key = (replica.state, to_state)
+    counts = dict(snapshot.transition_counts)
+    counts[key] = counts.get(key, 0) + 1
+    unplaced = snapshot.unplaced
+    if to_state is ReplicaState.STOPPED and moved.load.queue:
+        unplaced = unplaced + moved.load.queue
+        moved = dataclasses.replace(moved, load=dataclasses.replace(moved.load, queue=()))
+    return dataclasses.replace(_replace_replicas(snapshot, moved), transition_counts=counts, unplaced=unplaced)
+
+
+def prune_stopped(snapshot: FleetSnapshot) -> FleetSnapshot:
+    """Forget stopped replicas (their transitions stay counted in `transition_counts`)."""
+    kept = {rid: r for rid, r in snapshot.replicas.items() if r.state is not ReplicaState.STOPPED}
+    return dataclasses.replace(snapshot, replicas=kept)
+
+
+def set_load(snapshot: FleetSnapshot, replica_id: ReplicaId, load: ReplicaLoad) -> FleetSnapshot:
+    replica = _get(snapshot, replica_id)
+    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+
+
+def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: ReplicaId | None) -> FleetSnapshot:
+    """Put a request at the tail of a replica's queue, or in `unplaced` when `replica_id` is None."""
+    if replica_id is None:
+        return dataclasses.replace(snapshot, unplaced=snapshot.unplaced + (request,))
+    replica = _get(snapshot, replica_id)
+    load = dataclasses.replace(replica.load, queue=replica.load.queue + (request,))
+    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+
+
+def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[FleetSnapshot, QueuedRequest]:
+    """Take a not-yet-started request out of whichever queue holds it; raises KeyError if none does."""
+    for index, request in enumerate(snapshot.unplaced):
+        if request.request_id == request_id:
+            unplaced = snapshot.unplaced[:index] + snapshot.unplaced[index + 1:]
+            return dataclasses.replace(snapshot, unplaced=unplaced), request
+    for replica in snapshot.replicas.values():
+        for index, request in enumerate(replica.load.queue):
+            if request.request_id == request_id:
+                queue = replica.load.queue[:index] + replica.load.queue[index + 1:]
+                load = dataclasses.replace(replica.load, queue=queue)
+                return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s)), request
+    raise KeyError(request_id)
+
+
+def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: RequestId) -> FleetSnapshot:
+    """The engine began `request_id` on `replica_id`: it leaves the queue and joins the running set."""
+    replica = _get(snapshot, replica_id)
+    for index, request in enumerate(replica.load.queue):
+        if request.request_id == request_id:
+            load = ReplicaLoad(
+                num_running=replica.load.num_running + 1,
+                num_running_tokens=replica.load.num_running_tokens + request.num_tokens,
+                queue=replica.load.queue[:index] + replica.load.queue[index + 1:],
+            )
+            return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    raise KeyError(f"request {request_id} is not queued on {replica_id}")
+
+
+def record_arrival(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
+    activity = dict(snapshot.activity)
+    activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s)
+    return dataclasses.replace(snapshot, activity=activity)
+
+
+def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
+    """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
+    activity = dict(snapshot.activity)
+    activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
+    return dataclasses.replace(snapshot, activity=activity)
+
+
+def empty_fleet(
+    now_s: Seconds,
+    workers: Iterable[Worker],
+    experts: Iterable,
+    estimates: Iterable[ServingEstimate],
+) -> FleetSnapshot:
+    """A fleet with workers and experts but no replicas. `experts` are `ExpertSpec`s."""
+    expert_list = list(experts)
+    return FleetSnapshot(
+        now_s=now_s,
+        workers={w.worker_id: w for w in workers},
+        experts={e.expert_id: e for e in expert_list},
+        estimates={(e.expert_id, e.hardware): e for e in estimates},
+        activity={e.expert_id: ExpertActivity(e.expert_id, idle_since_at=now_s) for e in expert_list},
+    )
+
+
+def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: int) -> FleetSnapshot:
+    """A running request of `num_tokens` (as counted by `start_request`) left the replica."""
+    replica = _get(snapshot, replica_id)
+    if replica.load.num_running <= 0:
+        raise ValueError(f"replica {replica_id} has no running request to finish")
+    load = dataclasses.replace(
+        replica.load,
+        num_running=replica.load.num_running - 1,
+        num_running_tokens=max(0, replica.load.num_running_tokens - num_tokens),
+    )
+    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))

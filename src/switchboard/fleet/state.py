@@ -1,0 +1,370 @@
+"""The fleet model: immutable snapshots of workers, experts, replicas and their load, at a point in time.
+
+Every policy reads a `FleetSnapshot`; nobody mutates one. Changes are pure functions that return a new
+snapshot (`fleet.ops`), so the live server (wall-clock `now_s`) and the simulator (simulated `now_s`) build
+snapshots the same way and hand them to the same policies.
+
+Performance numbers enter as data (`ServingEstimate`, one per expert × hardware kind), filled from the perf
+model or from measurements by whoever builds the snapshot; the policies never import the perf model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Iterator, Mapping
+
+from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
+from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
+
+
+def _frozen_mapping(value: Mapping) -> Mapping:
+    return value if isinstance(value, types.MappingProxyType) else types.MappingProxyType(dict(value))
+
+
+# --------------------------------------------------------------------------------------------- hardware
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Worker:
+    """A machine that hosts replicas."""
+
+    worker_id: WorkerId
+    hardware: HardwareKind
+    memory_gb: float
+    usd_per_hour: float
+    location: str = "local"
+
+    @classmethod
+    def from_config(cls, config) -> "Worker":  # config: switchboard.config.schema.WorkerConfig
+        return cls(WorkerId(config.id), HardwareKind(config.hardware), config.memory_gb, config.usd_per_hour,
+                   config.location)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineCapacity:
+    """What one replica can hold at once, as its engine reports it."""
+
+    max_num_seqs: int
+    """Sequences decoded together (continuous batching)."""
+    tokens_per_s: float
+    """Aggregate decode throughput at a full batch."""
+    kv_capacity_tokens: int
+    """Tokens of KV cache that fit beside the weights."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServingEstimate:
+    """Predicted behaviour of one expert on one hardware kind (from the perf model or from measurements).
+
+    The latency model is deliberately linear so policies can invert it cheaply:
+    TTFT = (tokens queued ahead + own prompt) / prefill rate; TPOT interpolates between batch 1 and a full batch.
+    """
+
+    expert_id: ExpertId
+    hardware: HardwareKind
+    memory_gb: float
+    """Memory a replica reserves on its worker: weights plus its KV cache."""
+    cold_start_s: Seconds
+    """From start decision to first servable token: process spawn + model load (+ scheduling delay)."""
+    prefill_tokens_per_s: float
+    decode_step_s_batch_1: Seconds
+    decode_step_s_full_batch: Seconds
+    max_num_seqs: int
+    kv_capacity_tokens: int
+
+    @property
+    def capacity(self) -> EngineCapacity:
+        return EngineCapacity(
+            max_num_seqs=self.max_num_seqs,
+            tokens_per_s=self.max_num_seqs / self.decode_step_s_full_batch,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+        )
+
+    def ttft_s(self, num_prompt_tokens: int, num_tokens_ahead: int = 0) -> Seconds:
+        """Predicted time to first token for a prompt behind `num_tokens_ahead` queued prompt tokens."""
+        return (num_tokens_ahead + num_prompt_tokens) / self.prefill_tokens_per_s + self.decode_step_s_batch_1
+
+    def tpot_s(self, num_seqs: int) -> Seconds:
+        """Predicted time per output token when `num_seqs` sequences share the batch (clamped to [1, max])."""
+        if self.max_num_seqs <= 1:
+            return self.decode_step_s_batch_1
+        batch = min(max(num_seqs, 1), self.max_num_seqs)
+        frac = (batch - 1) / (self.max_num_seqs - 1)
+        return self.decode_step_s_batch_1 + frac * (self.decode_step_s_full_batch - self.decode_step_s_batch_1)
+
+
+# --------------------------------------------------------------------------------------------- experts
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpertSpec:
+    """An expert as the control plane sees it: price and latency targets."""
+
+    expert_id: ExpertId
+    params_b: float
+    usd_per_mtok: float
+    """Blended (input+output)/2 price the router trades quality against."""
+    ttft_slo_s: Seconds = 2.0
+    tpot_slo_s: Seconds = 0.2
+    is_external: bool = False
+    """An upstream API (the `openai` backend): always warm, never placed, started or stopped."""
+
+    @classmethod
+    def from_config(cls, config, *, ttft_slo_s: Seconds = 2.0, tpot_slo_s: Seconds = 0.2) -> "ExpertSpec":
+        # config: switchboard.config.schema.ExpertConfig (kept untyped to keep this module import-light)
+        return cls(ExpertId(config.id), config.params_b, config.usd_per_mtok_blended, ttft_slo_s, tpot_slo_s,
+                   is_external=config.backend.kind == "openai")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpertActivity:
+    """Per-expert request history that keep-alive needs, maintained with `on_arrival` / `on_finish`.
+
+    An *idle gap* runs from the moment the expert's last in-flight request finished to the next arrival
+    (Shahrad et al.'s "idle time"). Completed gaps are appended to `recent_idle_gaps_s` (the last
+    `MAX_RECENT_GAPS`) and counted in `num_idle_gaps`, a monotone cursor: a policy that has consumed
+    `k` gaps ingests `recent_idle_gaps_s[-(num_idle_gaps - k):]` next time, so it may run at any frequency.
+    """
+
+    MAX_RECENT_GAPS = 256
+
+    expert_id: ExpertId
+    num_in_flight: int = 0
+    num_arrivals: int = 0
+    last_arrival_at: Seconds = 0.0
+    """Meaningful only when `num_arrivals > 0`."""
+    idle_since_at: Seconds = 0.0
+    """When the expert last became idle (or was created); meaningful only while `num_in_flight == 0`."""
+    num_idle_gaps: int = 0
+    recent_idle_gaps_s: tuple[Seconds, ...] = ()
+
+    @property
+    def is_idle(self) -> bool:
+        return self.num_in_flight == 0
+
+    def idle_for_s(self, now_s: Seconds) -> Seconds:
+        """How long the expert has been idle at `now_s` (0 while busy)."""
+        return max(0.0, now_s - self.idle_since_at) if self.is_idle else 0.0
+
+    def gaps_after(self, num_consumed: int) -> tuple[Seconds, ...]:
+        """The idle gaps completed after the first `num_consumed` (those still in the recent window)."""
+        num_new = min(self.num_idle_gaps - num_consumed, len(self.recent_idle_gaps_s))
+        return self.recent_idle_gaps_s[len(self.recent_idle_gaps_s) - num_new:] if num_new > 0 else ()
+
+    def on_arrival(self, at_s: Seconds) -> "ExpertActivity":
+        gaps, num_gaps = self.recent_idle_gaps_s, self.num_idle_gaps
+        if self.is_idle and self.num_arrivals > 0:
+            # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
+            gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
+            num_gaps += 1
+        return dataclasses.replace(
+            self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
+            num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps,
+        )
+
+    def on_finish(self, at_s: Seconds) -> "ExpertActivity":
+        """A request of this expert finished or was rejected/cancelled after `on_arrival`."""
+        if self.num_in_flight <= 0:
+            raise ValueError(f"expert {self.expert_id}: finish without a matching arrival")
+        num_in_flight = self.num_in_flight - 1
+        return dataclasses.replace(
+            self, num_in_flight=num_in_flight, idle_since_at=at_s if num_in_flight == 0 else self.idle_since_at
+        )
+
+
+# --------------------------------------------------------------------------------------------- requests & load
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A request that has not started yet (no prefill began); only these may be migrated or reordered."""
+
+    request_id: RequestId
+    expert_id: ExpertId
+    arrived_at: Seconds
+    num_prompt_tokens: int
+    num_output_tokens_expected: int
+    """Predicted output length if a predictor is available, else the request's max_tokens."""
+    ttft_slo_s: Seconds = 2.0
+    prefix_key: str = ""
+    """Hash of the conversation prefix for prefix affinity ('' = none)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens_expected
+
+    @property
+    def deadline_at(self) -> Seconds:
+        """The latest time its first token may appear and still meet its SLO."""
+        return self.arrived_at + self.ttft_slo_s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """Outstanding work on one replica: running sequences plus the queue of not-yet-started requests."""
+
+    num_running: int = 0
+    num_running_tokens: int = 0
+    """Tokens still to be processed by the running sequences (remaining prompt + expected remaining output)."""
+    queue: tuple[QueuedRequest, ...] = ()
+
+    @property
+    def num_queued(self) -> int:
+        return len(self.queue)
+
+    @property
+    def num_queued_tokens(self) -> int:
+        return sum(r.num_tokens for r in self.queue)
+
+    @property
+    def num_queued_prompt_tokens(self) -> int:
+        return sum(r.num_prompt_tokens for r in self.queue)
+
+    @property
+    def num_outstanding_requests(self) -> int:
+        return self.num_running + len(self.queue)
+
+    @property
+    def num_outstanding_tokens(self) -> int:
+        return self.num_running_tokens + self.num_queued_tokens
+
+
+# --------------------------------------------------------------------------------------------- replicas
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """One running (or starting, or retired) copy of an expert on a worker."""
+
+    replica_id: ReplicaId
+    expert_id: ExpertId
+    worker_id: WorkerId
+    hardware: HardwareKind
+    memory_gb: float
+    capacity: EngineCapacity
+    state: ReplicaState = ReplicaState.COLD
+    state_since_at: Seconds = 0.0
+    created_at: Seconds = 0.0
+    expected_warm_at: Seconds = 0.0
+    """For a starting replica: when it is predicted to serve (start time + cold start)."""
+    last_busy_at: Seconds = 0.0
+    """Last time it had outstanding work (or became warm), for idle-based scale-down."""
+    load: ReplicaLoad = ReplicaLoad()
+    transitions: tuple[Transition, ...] = ()
+
+    @property
+    def is_live(self) -> bool:
+        """Holds memory on its worker."""
+        return self.state in LIVE_STATES
+
+    @property
+    def is_accepting(self) -> bool:
+        return self.state in ACCEPTING_STATES
+
+    @property
+    def is_warm(self) -> bool:
+        return self.state is ReplicaState.WARM
+
+    @property
+    def num_cold_starts(self) -> int:
+        return sum(1 for t in self.transitions if t.to_state is ReplicaState.STARTING)
+
+    def idle_for_s(self, now_s: Seconds) -> Seconds:
+        return 0.0 if self.load.num_outstanding_requests else max(0.0, now_s - self.last_busy_at)
+
+    def wait_until_warm_s(self, now_s: Seconds) -> Seconds:
+        """Seconds until it can serve: 0 when warm, the predicted remainder when starting."""
+        if self.state is ReplicaState.STARTING:
+            return max(0.0, self.expected_warm_at - now_s)
+        return 0.0
+
+    def transition(self, to_state: ReplicaState, at_s: Seconds, *, cold_start_s: Seconds = 0.0) -> "Replica":
+        """This replica in `to_state` from `at_s`; raises `IllegalTransition` if the life cycle forbids it.
+
+        `cold_start_s` (for → starting) sets `expected_warm_at`.
+        """
+        record = check_transition(self.replica_id, self.state, to_state, self.state_since_at, at_s)
+        changes: dict = {"state": to_state, "state_since_at": at_s, "transitions": self.transitions + (record,)}
+        if to_state is ReplicaState.STARTING:
+            changes["expected_warm_at"] = at_s + cold_start_s
+        if to_state is ReplicaState.WARM:
+            changes["last_busy_at"] = at_s  # idle time counts from when it could first serve
+        return dataclasses.replace(self, **changes)
+
+    def with_load(self, load: ReplicaLoad, now_s: Seconds) -> "Replica":
+        busy = load.num_outstanding_requests > 0 or self.load.num_outstanding_requests > 0
+        return dataclasses.replace(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
+
+
+# --------------------------------------------------------------------------------------------- the snapshot
+
+
+TransitionKey = tuple[ReplicaState, ReplicaState]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """Everything a policy may look at, at time `now_s`. Mappings are read-only views.
+
+    `unplaced` holds requests admitted for an expert that has no accepting replica yet (the control step
+    assigns them to the replica it starts). `transition_counts` counts every life-cycle change in the fleet
+    since it began, including those of replicas since removed.
+    """
+
+    now_s: Seconds
+    workers: Mapping[WorkerId, Worker]
+    experts: Mapping[ExpertId, ExpertSpec]
+    estimates: Mapping[tuple[ExpertId, HardwareKind], ServingEstimate]
+    replicas: Mapping[ReplicaId, Replica] = dataclasses.field(default_factory=dict)
+    activity: Mapping[ExpertId, ExpertActivity] = dataclasses.field(default_factory=dict)
+    unplaced: tuple[QueuedRequest, ...] = ()
+    transition_counts: Mapping[TransitionKey, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "experts", "estimates", "replicas", "activity", "transition_counts"):
+            object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
+
+    # ---- queries (cheap, no allocation beyond the result)
+
+    def replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
+        """Live replicas of an expert, in id order (deterministic for tie-breaking)."""
+        return tuple(r for _, r in sorted(self.replicas.items()) if r.expert_id == expert_id and r.is_live)
+
+    def accepting_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
+        return tuple(r for r in self.replicas_of(expert_id) if r.is_accepting)
+
+    def warm_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
+        return tuple(r for r in self.replicas_of(expert_id) if r.is_warm)
+
+    def is_warm(self, expert_id: ExpertId) -> bool:
+        """Can serve without a cold start: external, or has a warm replica."""
+        spec = self.experts.get(expert_id)
+        return (spec is not None and spec.is_external) or bool(self.warm_replicas_of(expert_id))
+
+    def activity_of(self, expert_id: ExpertId) -> ExpertActivity:
+        return self.activity.get(expert_id) or ExpertActivity(expert_id)
+
+    def memory_used_gb(self, worker_id: WorkerId) -> float:
+        return sum(r.memory_gb for r in self.replicas.values() if r.worker_id == worker_id and r.is_live)
+
+    def memory_free_gb(self, worker_id: WorkerId) -> float:
+        return self.workers[worker_id].memory_gb - self.memory_used_gb(worker_id)
+
+    def estimate(self, expert_id: ExpertId, hardware: HardwareKind) -> ServingEstimate | None:
+        return self.estimates.get((expert_id, hardware))
+
+    def unplaced_of(self, expert_id: ExpertId) -> tuple[QueuedRequest, ...]:
+        return tuple(r for r in self.unplaced if r.expert_id == expert_id)
+
+    def iter_requests(self) -> Iterator[tuple[ReplicaId | None, QueuedRequest]]:
+        """Every not-yet-started request with where it waits (None = unplaced)."""
+        for r in self.unplaced:
+            yield None, r
+        for rid, replica in sorted(self.replicas.items()):
+            for r in replica.load.queue:
+                yield rid, r
+
+    @property
+    def num_cold_starts(self) -> int:
+        return self.transition_counts.get((ReplicaState.COLD, ReplicaState.STARTING), 0)

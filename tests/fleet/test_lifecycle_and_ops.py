@@ -1,0 +1,137 @@
+"""The fleet model: legal life cycle only, counted transitions, no lost requests, no memory over-commit."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from switchboard.fleet import (
+    LEGAL_TRANSITIONS,
+    ExpertActivity,
+    ExpertSpec,
+    IllegalTransition,
+    QueuedRequest,
+    ServingEstimate,
+    Worker,
+    is_legal,
+)
+from switchboard.fleet import ops
+from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, WorkerId
+
+S = ReplicaState
+E = ExpertId("e")
+L4 = HardwareKind("l4")
+
+
+def _estimate(memory_gb: float = 10.0) -> ServingEstimate:
+    return ServingEstimate(E, L4, memory_gb, 20.0, 4000.0, 0.02, 0.05, 16, 50_000)
+
+
+def _fleet(memory_gb: float = 24.0):
+    return ops.empty_fleet(0.0, [Worker(WorkerId("w"), L4, memory_gb, 0.8)], [ExpertSpec(E, 7, 0.2)], [_estimate()])
+
+
+def _request(i: int, at_s: float = 0.0) -> QueuedRequest:
+    return QueuedRequest(RequestId(f"q{i}"), E, at_s, 100, 50)
+
+
+def test_happy_path_is_timestamped_and_counted():
+    s = ops.add_replica(_fleet(), ReplicaId("r"), _estimate(), WorkerId("w"))
+    s = ops.transition(ops.at_time(s, 1.0), ReplicaId("r"), S.STARTING, cold_start_s=20.0)
+    assert s.replicas["r"].expected_warm_at == 21.0
+    s = ops.transition(ops.at_time(s, 21.0), ReplicaId("r"), S.WARM)
+    s = ops.transition(ops.at_time(s, 80.0), ReplicaId("r"), S.DRAINING)
+    s = ops.transition(ops.at_time(s, 81.0), ReplicaId("r"), S.STOPPED)
+    r = s.replicas["r"]
+    assert [(t.to_state, t.at_s) for t in r.transitions] == [
+        (S.STARTING, 1.0), (S.WARM, 21.0), (S.DRAINING, 80.0), (S.STOPPED, 81.0)]
+    assert s.num_cold_starts == 1 and r.num_cold_starts == 1
+    assert sum(s.transition_counts.values()) == 4
+    assert s.memory_used_gb(WorkerId("w")) == 0
+    assert ops.prune_stopped(s).replicas == {}
+    assert ops.prune_stopped(s).num_cold_starts == 1
+
+
+@pytest.mark.parametrize("src,dst", [(a, b) for a in S for b in S if (a, b) not in LEGAL_TRANSITIONS])
+def test_illegal_transitions_are_rejected(src, dst):
+    assert not is_legal(src, dst)
+    from switchboard.fleet.lifecycle import check_transition
+
+    with pytest.raises(IllegalTransition, match=f"{src.value} → {dst.value}"):
+        check_transition("r", src, dst, 0.0, 1.0)
+
+
+def test_transition_back_in_time_is_rejected():
+    s = ops.add_replica(ops.at_time(_fleet(), 5.0), ReplicaId("r"), _estimate(), WorkerId("w"))
+    replica = s.replicas["r"]
+    with pytest.raises(IllegalTransition, match="before"):
+        replica.transition(S.STARTING, 4.0)
+
+
+def test_time_never_goes_backwards():
+    with pytest.raises(ValueError):
+        ops.at_time(ops.at_time(_fleet(), 3.0), 2.0)
+
+
+def test_add_replica_refuses_to_overcommit_memory():
+    s = ops.add_replica(_fleet(24.0), ReplicaId("a"), _estimate(10.0), WorkerId("w"))
+    s = ops.add_replica(s, ReplicaId("b"), _estimate(10.0), WorkerId("w"))
+    with pytest.raises(ValueError, match="GB free"):
+        ops.add_replica(s, ReplicaId("c"), _estimate(10.0), WorkerId("w"))
+
+
+def test_stopping_a_replica_with_a_queue_keeps_the_requests():
+    s = ops.add_replica(_fleet(), ReplicaId("r"), _estimate(), WorkerId("w"))
+    s = ops.transition(s, ReplicaId("r"), S.STARTING)
+    s = ops.enqueue(s, _request(1), ReplicaId("r"))
+    s = ops.transition(s, ReplicaId("r"), S.STOPPED)
+    assert [r.request_id for r in s.unplaced] == ["q1"]
+    assert s.replicas["r"].load.queue == ()
+
+
+def test_snapshot_mappings_are_read_only():
+    s = _fleet()
+    with pytest.raises(TypeError):
+        s.replicas["x"] = None  # type: ignore[index]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(S)), st.floats(0, 10)), max_size=12))
+def test_random_walks_only_take_legal_edges(steps):
+    s = ops.add_replica(_fleet(), ReplicaId("r"), _estimate(), WorkerId("w"))
+    now = 0.0
+    num_ok = 0
+    for to_state, dt in steps:
+        now += dt
+        s = ops.at_time(s, now)
+        before = s.replicas["r"].state
+        try:
+            s = ops.transition(s, ReplicaId("r"), to_state)
+            assert is_legal(before, to_state)
+            num_ok += 1
+        except IllegalTransition:
+            assert not is_legal(before, to_state)
+            assert s.replicas["r"].state is before
+    assert sum(s.transition_counts.values()) == num_ok == len(s.replicas["r"].transitions)
+    times = [t.at_s for t in s.replicas["r"].transitions]
+    assert times == sorted(times)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 100)), max_size=40))
+def test_activity_records_idle_gaps_between_busy_periods(events):
+    a = ExpertActivity(E)
+    now, num_gaps = 0.0, 0
+    for is_arrival, dt in events:
+        now += dt
+        if is_arrival:
+            if a.is_idle and a.num_arrivals > 0:
+                num_gaps += 1
+            a = a.on_arrival(now)
+        elif a.num_in_flight:
+            a = a.on_finish(now)
+    assert a.num_idle_gaps == num_gaps
+    assert all(g >= 0 for g in a.recent_idle_gaps_s)
+    assert a.gaps_after(0) == a.recent_idle_gaps_s[-min(num_gaps, len(a.recent_idle_gaps_s)):] if num_gaps else True
+    assert a.gaps_after(a.num_idle_gaps) == ()
