@@ -1,0 +1,171 @@
+"""A roofline timing model of one LLM engine replica: (model size, hardware) -> `EngineProfile`.
+
+Notation (all per replica): P = parameters, W = P * bytes_per_param weight bytes, k = KV-cache bytes per token,
+n = tensor-parallel devices, F = n * peak_flops * compute_efficiency * tp_efficiency(n) achieved FLOP/s,
+B = n * mem_bandwidth * bandwidth_efficiency * tp_efficiency(n) achieved bytes/s, o = step overhead.
+
+    prefill_time_s(N)          = o + max(2 * P * N / F,  W / B)
+    decode_step_time_s(b, C)   = o + max(2 * P * b / F,  (W + C * k) / B)
+    kv_capacity_tokens         = floor((n * memory * memory_utilization - W - n * activation_reserve) / k)
+    max_batch_size             = min(hardware.max_num_seqs, kv_capacity_tokens)
+    cold_start_s               = process_start_s + W / load_bandwidth
+    usd_per_hour               = n * hardware.usd_per_hour
+
+2*P FLOPs per token is the dense matmul cost; attention's own FLOPs (quadratic in context) are left out: below
+~4k context they are under ~10% of 2*P*N for 7B+ models. A decode step reads all weights once and every batched
+sequence's KV cache once (C = the batch's total context tokens). tp_efficiency(n) = 1 for n = 1 and 0.9 otherwise
+(all-reduce cost over NVLink in Megatron-style tensor parallelism). n is the smallest power of two (<= 8) whose
+memory holds the weights plus `min_kv_tokens` of KV cache; the CPU worker is always one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from switchboard.perf.hardware import GB, Hardware, get_hardware
+
+TP_EFFICIENCY_MULTI_DEVICE = 0.9
+MAX_TENSOR_PARALLEL = 8
+ACTIVATION_RESERVE_BYTES_PER_DEVICE = 1 * GB
+"""Memory vLLM's profiling run sets aside for activations and CUDA graphs, per device."""
+
+# Llama-3-8B keeps 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB per token; Llama-3-70B
+# 320 KiB; SmolLM2-135M 22.5 KiB. k = 128 KiB * (params_b / 8) ** 0.42 fits all three within 5%.
+_KV_BYTES_PER_TOKEN_8B = 131072.0
+_KV_SIZE_EXPONENT = 0.42
+
+
+def default_kv_bytes_per_token(params_b: float, kv_bytes_per_element: float = 2.0) -> float:
+    """KV-cache bytes per token of a Llama-style GQA model of `params_b` billion parameters (see module doc)."""
+    return _KV_BYTES_PER_TOKEN_8B * (params_b / 8.0) ** _KV_SIZE_EXPONENT * (kv_bytes_per_element / 2.0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineProfile:
+    """What one replica of a model does on `num_devices` devices of `hardware`. Build with `engine_profile`.
+
+    All times are in seconds; the formulas are in the module docstring.
+    """
+
+    params_b: float
+    hardware: Hardware
+    bytes_per_param: float
+    kv_bytes_per_token: float
+    num_devices: int
+    weights_bytes: float
+    kv_capacity_tokens: int
+    max_batch_size: int
+    achieved_flops: float
+    achieved_bandwidth_bytes_per_s: float
+
+    @property
+    def usd_per_hour(self) -> float:
+        """Price of all devices of the replica."""
+        return self.num_devices * self.hardware.usd_per_hour
+
+    @property
+    def cold_start_s(self) -> float:
+        """From 'start a replica' to 'ready to serve': fixed process start plus loading the weights."""
+        return self.hardware.process_start_s + self.weights_bytes / self.hardware.load_bandwidth_bytes_per_s
+
+    @property
+    def step_overhead_s(self) -> float:
+        return self.hardware.step_overhead_s
+
+    def prefill_time_s(self, num_tokens: int) -> float:
+        """Time to prefill `num_tokens` prompt tokens in one pass. Non-decreasing in `num_tokens`.
+
+        Raises ValueError for a negative count; 0 tokens costs one (weight-streaming) step.
+        """
+        if num_tokens < 0:
+            raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+        compute_s = 2.0 * self.params_b * 1e9 * num_tokens / self.achieved_flops
+        memory_s = self.weights_bytes / self.achieved_bandwidth_bytes_per_s
+        return self.hardware.step_overhead_s + max(compute_s, memory_s)
+
+    def decode_step_time_s(self, batch_size: int, context_tokens_total: int) -> float:
+        """One continuous-batching iteration: each of `batch_size` sequences gains one token.
+
+        `context_tokens_total` is the sum of the sequences' current lengths (their KV cache is read once).
+        Non-decreasing in both arguments. Raises ValueError if batch_size < 1 or context_tokens_total < 0.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if context_tokens_total < 0:
+            raise ValueError(f"context_tokens_total must be >= 0, got {context_tokens_total}")
+        compute_s = 2.0 * self.params_b * 1e9 * batch_size / self.achieved_flops
+        memory_s = (self.weights_bytes + context_tokens_total * self.kv_bytes_per_token) / (
+            self.achieved_bandwidth_bytes_per_s
+        )
+        return self.hardware.step_overhead_s + max(compute_s, memory_s)
+
+    def decode_tokens_per_s(self, batch_size: int = 1, context_tokens_per_seq: int = 0) -> float:
+        """Aggregate output tokens/s of a steady batch of `batch_size` sequences."""
+        return batch_size / self.decode_step_time_s(batch_size, batch_size * context_tokens_per_seq)
+
+
+def _num_devices(weights_bytes: float, kv_bytes_per_token: float, hw: Hardware, min_kv_tokens: int) -> int:
+    needed = weights_bytes + min_kv_tokens * kv_bytes_per_token
+    candidates = [1] if hw.kind == "cpu" else [2**i for i in range(int(math.log2(MAX_TENSOR_PARALLEL)) + 1)]
+    for n in candidates:
+        usable = n * (hw.memory_bytes * hw.memory_utilization - _activation_reserve(hw))
+        if usable >= needed:
+            return n
+    raise ValueError(
+        f"a {weights_bytes / GB:.1f} GB model plus {min_kv_tokens} tokens of KV cache does not fit on "
+        f"{candidates[-1]} x {hw.kind} ({hw.memory_bytes / GB:.0f} GB each)"
+    )
+
+
+def _activation_reserve(hw: Hardware) -> float:
+    # llama.cpp on the CPU has no CUDA-graph/profiling reserve; its compute buffers are tens of MB.
+    return 0.0 if hw.kind == "cpu" else ACTIVATION_RESERVE_BYTES_PER_DEVICE
+
+
+def engine_profile(
+    params_b: float,
+    hardware: Hardware | str,
+    *,
+    bytes_per_param: float = 2.0,
+    kv_bytes_per_token: float | None = None,
+    num_devices: int | None = None,
+    min_kv_tokens: int = 16384,
+) -> EngineProfile:
+    """The timing profile of a `params_b`-billion-parameter model served on `hardware`.
+
+    `hardware` is a `Hardware` (e.g. a calibrated one) or a catalog kind. `bytes_per_param` is 2 for FP16/BF16,
+    1 for FP8/INT8, 0.625 for llama.cpp Q4_1. `kv_bytes_per_token` defaults to `default_kv_bytes_per_token`.
+    `num_devices` forces the tensor-parallel degree; by default it is the smallest power of two that holds the
+    weights plus `min_kv_tokens` of KV cache.
+
+    Raises KeyError for an unknown hardware kind and ValueError for non-positive sizes or a model that does not
+    fit (on 8 devices, or on the single CPU worker).
+    """
+    hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
+    if params_b <= 0 or bytes_per_param <= 0:
+        raise ValueError(f"params_b and bytes_per_param must be > 0, got {params_b}, {bytes_per_param}")
+    kv = default_kv_bytes_per_token(params_b) if kv_bytes_per_token is None else kv_bytes_per_token
+    if kv <= 0:
+        raise ValueError(f"kv_bytes_per_token must be > 0, got {kv}")
+    weights = params_b * 1e9 * bytes_per_param
+    n = _num_devices(weights, kv, hw, min_kv_tokens) if num_devices is None else num_devices
+    if n < 1:
+        raise ValueError(f"num_devices must be >= 1, got {n}")
+    free = n * (hw.memory_bytes * hw.memory_utilization - _activation_reserve(hw)) - weights
+    if free <= 0:
+        raise ValueError(f"{params_b}B model ({weights / GB:.1f} GB) does not fit on {n} x {hw.kind}")
+    kv_capacity = int(free // kv)
+    tp = 1.0 if n == 1 else TP_EFFICIENCY_MULTI_DEVICE
+    return EngineProfile(
+        params_b=params_b,
+        hardware=hw,
+        bytes_per_param=bytes_per_param,
+        kv_bytes_per_token=kv,
+        num_devices=n,
+        weights_bytes=weights,
+        kv_capacity_tokens=kv_capacity,
+        max_batch_size=max(1, min(hw.max_num_seqs, kv_capacity)),
+        achieved_flops=n * hw.peak_flops * hw.compute_efficiency * tp,
+        achieved_bandwidth_bytes_per_s=n * hw.mem_bandwidth_bytes_per_s * hw.bandwidth_efficiency * tp,
+    )
