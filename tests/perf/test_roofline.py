@@ -121,3 +121,11 @@ def test_calibration_always_reproduces_decode(decode, prefill):
     hw = calibrate_hardware("cpu", Measurement(0.135, 0.625, decode, prefill))
     p = engine_profile(0.135, hw, bytes_per_param=0.625)
     assert p.decode_tokens_per_s(1) == pytest.approx(decode, rel=1e-6)
+
+
+@given(kind=st.sampled_from(GPU_KINDS + ["cpu"]), b=st.integers(1, 300), ctx=st.integers(0, 200_000),
+       n=st.integers(0, 400))
+def test_decode_steps_time_equals_the_sum_of_steps(kind, b, ctx, n):
+    p = engine_profile(0.135 if kind == "cpu" else 8, kind)
+    looped = sum(p.decode_step_time_s(b, ctx + i * b) for i in range(n))
+    assert p.decode_steps_time_s(b, ctx, n) == pytest.approx(looped, rel=1e-9, abs=1e-12)

@@ -100,6 +100,31 @@ class EngineProfile:
         )
         return self.hardware.step_overhead_s + max(compute_s, memory_s)
 
+    def decode_steps_time_s(self, batch_size: int, context_tokens_total: int, num_steps: int) -> float:
+        """Exact total time of `num_steps` consecutive decode steps of a fixed batch, each step growing the
+        context by `batch_size` tokens: sum over i < num_steps of decode_step_time_s(b, C + i*b), in O(1).
+
+        The memory term is linear in i and the compute term constant, so the sum splits at the first step
+        where memory dominates. Raises ValueError like `decode_step_time_s`, or for num_steps < 0.
+        """
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if num_steps == 0:
+            return 0.0
+        if batch_size < 1 or context_tokens_total < 0:
+            self.decode_step_time_s(batch_size, context_tokens_total)  # raises with the right message
+        bw = self.achieved_bandwidth_bytes_per_s
+        compute_s = 2.0 * self.params_b * 1e9 * batch_size / self.achieved_flops
+        mem0_s = (self.weights_bytes + context_tokens_total * self.kv_bytes_per_token) / bw
+        growth_s = batch_size * self.kv_bytes_per_token / bw
+        # Steps 0 .. split-1 are compute-bound (memory below compute); split .. n-1 memory-bound.
+        split = 0 if mem0_s >= compute_s else min(num_steps, math.ceil((compute_s - mem0_s) / growth_s))
+        while split > 0 and mem0_s + (split - 1) * growth_s >= compute_s:  # float guard on the ceil
+            split -= 1
+        n_mem = num_steps - split
+        index_sum = (num_steps - 1) * num_steps / 2 - (split - 1) * split / 2
+        return num_steps * self.hardware.step_overhead_s + split * compute_s + n_mem * mem0_s + growth_s * index_sum
+
     def decode_tokens_per_s(self, batch_size: int = 1, context_tokens_per_seq: int = 0) -> float:
         """Aggregate output tokens/s of a steady batch of `batch_size` sequences."""
         return batch_size / self.decode_step_time_s(batch_size, batch_size * context_tokens_per_seq)
