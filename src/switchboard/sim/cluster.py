@@ -1,0 +1,169 @@
+"""Cluster specs for the simulator: pools of workers, experts and SLOs, loaded from YAML and validated.
+
+A worker is one machine (cloud instance) with `devices_per_worker` devices of one hardware kind; its memory is
+the devices' memory. A replica of an expert takes whole devices (its `EngineProfile.num_devices`) and is billed
+for them while it is live (starting, warm or draining): the serverless model, where idle capacity that holds no
+replica costs nothing. A static fleet keeps its replicas live all the time and so pays for all of them.
+
+    name: hetero-32
+    slo: {ttft_s: 2.0, tpot_s: 0.2}
+    pools:
+      - {hardware: h100, workers: 1, devices_per_worker: 8}
+      - {hardware: l4, workers: 8}
+    experts:            # optional: defaults to the 9 models of the routing data (models.json)
+      - {id: llama-3.1-8b-instruct, params_b: 8, usd_per_mtok: 0.2}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
+from switchboard.perf.hardware import Hardware, get_hardware, hardware_catalog
+from switchboard.perf.roofline import EngineProfile, engine_profile
+from switchboard.types import ExpertId, HardwareKind, WorkerId
+
+TYPICAL_PROMPT_TOKENS = 1024
+"""Prompt length behind `ServingEstimate.prefill_tokens_per_s` (the Azure conversation trace median is ~1k)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSpec(_Strict):
+    hardware: str
+    workers: int = Field(1, ge=1)
+    devices_per_worker: int = Field(1, ge=1, le=8)
+    max_replicas_per_expert: int | None = Field(None, ge=1)
+
+
+class ExpertSimSpec(_Strict):
+    id: str
+    params_b: float = Field(gt=0)
+    usd_per_mtok: float = Field(0.0, ge=0, description="Blended API price the router trades quality against.")
+    bytes_per_param: float = Field(2.0, gt=0)
+
+
+class SloSpec(_Strict):
+    ttft_s: float = Field(2.0, gt=0)
+    tpot_s: float = Field(0.2, gt=0)
+
+
+class ClusterSpec(_Strict):
+    name: str = "cluster"
+    pools: list[PoolSpec] = Field(min_length=1)
+    experts: list[ExpertSimSpec] | None = None
+    slo: SloSpec = SloSpec()
+
+    def with_pools(self, pools: list[PoolSpec]) -> "ClusterSpec":
+        return self.model_copy(update={"pools": pools})
+
+
+def default_experts() -> list[ExpertSimSpec]:
+    """The 9 models of the routing data, sizes and prices from the packaged models.json."""
+    from importlib.resources import files
+
+    models = json.loads(files("switchboard.data").joinpath("routing", "models.json").read_text())
+    return [
+        ExpertSimSpec(id=name, params_b=float(str(m["size"]).rstrip("Bb")),
+                      usd_per_mtok=(m["input_price_per_mtok"] + m["output_price_per_mtok"]) / 2)
+        for name, m in sorted(models.items())
+    ]
+
+
+def load_cluster(path: str | Path) -> ClusterSpec:
+    """Parse and validate a cluster YAML; raises ValueError naming the file and the bad field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        spec = ClusterSpec.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from None
+    known = hardware_catalog()
+    for pool in spec.pools:
+        if pool.hardware not in known:
+            raise ValueError(f"{path}: pools: unknown hardware {pool.hardware!r}; known: {', '.join(known)}")
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltCluster:
+    """A cluster spec resolved against the perf model: what the fleet model and the engines need."""
+
+    spec: ClusterSpec
+    workers: tuple[Worker, ...]
+    experts: tuple[ExpertSpec, ...]
+    estimates: tuple[ServingEstimate, ...]
+    profiles: dict[tuple[str, str], EngineProfile]
+    """(expert id, hardware kind) → engine profile, for every pairing whose replica fits one worker."""
+
+    @property
+    def expert_ids(self) -> tuple[str, ...]:
+        return tuple(e.expert_id for e in self.experts)
+
+    @property
+    def num_devices(self) -> int:
+        return sum(p.workers * p.devices_per_worker for p in self.spec.pools)
+
+
+def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
+    """The fleet model's linear latency summary of an engine profile."""
+    full = profile.max_batch_size
+    ctx = TYPICAL_PROMPT_TOKENS + 128
+    return ServingEstimate(
+        expert_id=ExpertId(expert_id),
+        hardware=HardwareKind(profile.hardware.kind),
+        memory_gb=profile.num_devices * profile.hardware.memory_bytes / 1e9,
+        cold_start_s=profile.cold_start_s,
+        prefill_tokens_per_s=TYPICAL_PROMPT_TOKENS / profile.prefill_time_s(TYPICAL_PROMPT_TOKENS),
+        decode_step_s_batch_1=profile.decode_step_time_s(1, ctx),
+        decode_step_s_full_batch=profile.decode_step_time_s(full, min(full * ctx, profile.kv_capacity_tokens)),
+        max_num_seqs=full,
+        kv_capacity_tokens=profile.kv_capacity_tokens,
+    )
+
+
+def build_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
+    """Workers, experts, estimates and profiles of `spec`. `hardware_overrides` replaces catalog entries
+    (e.g. a calibrated CPU). Pairings whose replica needs more devices than one worker has are left out."""
+    overrides = hardware_overrides or {}
+    experts_spec = spec.experts if spec.experts is not None else default_experts()
+    workers: list[Worker] = []
+    max_devices: dict[str, int] = {}
+    for pool in spec.pools:
+        hw = overrides.get(pool.hardware) or get_hardware(pool.hardware)
+        max_devices[pool.hardware] = max(max_devices.get(pool.hardware, 0), pool.devices_per_worker)
+        for i in range(pool.workers):
+            workers.append(Worker(
+                WorkerId(f"{pool.hardware}-{len([w for w in workers if w.hardware == pool.hardware])}"),
+                HardwareKind(pool.hardware),
+                memory_gb=pool.devices_per_worker * hw.memory_bytes / 1e9,
+                usd_per_hour=pool.devices_per_worker * hw.usd_per_hour,
+            ))
+    experts = tuple(ExpertSpec(ExpertId(e.id), e.params_b, e.usd_per_mtok, spec.slo.ttft_s, spec.slo.tpot_s)
+                    for e in experts_spec)
+    profiles: dict[tuple[str, str], EngineProfile] = {}
+    estimates: list[ServingEstimate] = []
+    for e in experts_spec:
+        for kind, n_max in max_devices.items():
+            hw = overrides.get(kind) or get_hardware(kind)
+            try:
+                profile = engine_profile(e.params_b, hw, bytes_per_param=e.bytes_per_param)
+            except ValueError:
+                continue
+            if profile.num_devices > n_max:
+                continue
+            profiles[(e.id, kind)] = profile
+            estimates.append(serving_estimate(e.id, profile))
+    return BuiltCluster(spec, tuple(workers), experts, tuple(estimates), profiles)

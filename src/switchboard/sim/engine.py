@@ -1,0 +1,212 @@
+"""One replica's engine in simulated time: vLLM-style continuous batching driven by the roofline profile.
+
+Scheduling (vLLM's default without chunked prefill): at every iteration boundary, waiting requests are
+prefilled first (FIFO, as many as fit the batch size, the per-step token budget and the KV cache), stalling
+decodes for that iteration; otherwise all running sequences decode one token. KV cache is reserved for a
+request's whole prompt + output when it is admitted (no preemption).
+
+To stay fast, consecutive identical decode iterations are one *segment*: the engine schedules a single event at
+the end of the segment (when the first running sequence finishes), timed exactly by
+`EngineProfile.decode_steps_time_s`. A request arriving mid-segment cuts it at the next iteration boundary.
+
+Handlers return what they caused (`StepOutcome`); a superseded event is recognised by its `version` and ignored.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+
+from switchboard.perf.roofline import EngineProfile
+from switchboard.sim.events import Event, Priority
+
+MAX_BATCHED_PREFILL_TOKENS = 8192
+"""Prompt tokens one prefill iteration may take (vLLM's `max_num_batched_tokens` is of this order)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Sequence:
+    """A request inside an engine. Times are filled in as it progresses (NaN until then)."""
+
+    request_index: int
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_remaining_tokens: int = 0
+    context_tokens: int = 0
+    started_at: float = math.nan
+    first_token_at: float = math.nan
+    finished_at: float = math.nan
+
+    @property
+    def num_reserved_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclasses.dataclass(slots=True)
+class StepOutcome:
+    """What one engine event caused: sequences whose prefill began, that got their first token, that finished,
+    and the engine's next event (None when it went idle or the event was stale)."""
+
+    started: list[Sequence] = dataclasses.field(default_factory=list)
+    first_tokens: list[Sequence] = dataclasses.field(default_factory=list)
+    finished: list[Sequence] = dataclasses.field(default_factory=list)
+    next_event: Event | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepDone:
+    """Payload of an engine event: which replica, and which plan it belongs to."""
+
+    replica_id: str
+    version: int
+
+
+class ReplicaEngine:
+    """The batching state of one warm replica. Not thread-safe; owned by the simulator."""
+
+    def __init__(self, replica_id: str, profile: EngineProfile) -> None:
+        self.replica_id = replica_id
+        self.profile = profile
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+        self.phase = Phase.IDLE
+        self.version = 0
+        self.kv_reserved_tokens = 0
+        self.busy_s = 0.0
+        self._busy_since = 0.0
+        self._segment_started_at = 0.0
+        self._phase_ends_at = 0.0
+        self._prefill_batch: list[Sequence] = []
+        self._segment_steps = 0
+        self._segment_context = 0
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    @property
+    def num_outstanding(self) -> int:
+        return len(self.waiting) + len(self.running) + len(self._prefill_batch)
+
+    def can_ever_fit(self, num_prompt_tokens: int, num_output_tokens: int) -> bool:
+        return num_prompt_tokens + num_output_tokens <= self.profile.kv_capacity_tokens
+
+    # ------------------------------------------------------------------------------------------ handlers
+
+    def submit(self, seq: Sequence, now_s: float) -> StepOutcome:
+        """Queue `seq` (the caller checked `can_ever_fit`). Starts the engine if idle; cuts a decode segment at
+        the next iteration boundary so the newcomer is prefilled there."""
+        self.waiting.append(seq)
+        if self.phase is Phase.IDLE:
+            return self._plan(now_s)
+        if self.phase is Phase.DECODE:
+            return StepOutcome(next_event=self._cut_segment(now_s))
+        return StepOutcome()
+
+    def on_step(self, done: StepDone, now_s: float) -> StepOutcome:
+        """The planned iteration(s) ended at `now_s`: apply them and plan the next."""
+        if done.version != self.version or self.phase is Phase.IDLE:
+            return StepOutcome()
+        outcome = StepOutcome()
+        if self.phase is Phase.PREFILL:
+            for seq in self._prefill_batch:
+                seq.first_token_at = now_s
+                seq.num_remaining_tokens = seq.num_output_tokens - 1
+                seq.context_tokens = seq.num_prompt_tokens + 1
+                outcome.first_tokens.append(seq)
+                self.running.append(seq)
+            self._prefill_batch = []
+        else:
+            k = self._segment_steps
+            for seq in self.running:
+                seq.num_remaining_tokens -= k
+                seq.context_tokens += k
+        still_running = []
+        for seq in self.running:
+            if seq.num_remaining_tokens <= 0:
+                seq.finished_at = now_s
+                self.kv_reserved_tokens -= seq.num_reserved_tokens
+                outcome.finished.append(seq)
+            else:
+                still_running.append(seq)
+        self.running = still_running
+        planned = self._plan(now_s)
+        outcome.started = planned.started
+        outcome.next_event = planned.next_event
+        return outcome
+
+    # ------------------------------------------------------------------------------------------ planning
+
+    def _plan(self, now_s: float) -> StepOutcome:
+        was_busy = self.phase is not Phase.IDLE
+        self.version += 1
+        batch = self._admit()
+        if batch:
+            self.phase = Phase.PREFILL
+            self._prefill_batch = batch
+            for seq in batch:
+                seq.started_at = now_s
+            duration = self.profile.prefill_time_s(sum(s.num_prompt_tokens for s in batch))
+        elif self.running:
+            self.phase = Phase.DECODE
+            self._segment_steps = min(s.num_remaining_tokens for s in self.running)
+            self._segment_context = sum(s.context_tokens for s in self.running)
+            duration = self.profile.decode_steps_time_s(len(self.running), self._segment_context,
+                                                        self._segment_steps)
+        else:
+            if was_busy:
+                self.busy_s += now_s - self._busy_since
+            self.phase = Phase.IDLE
+            return StepOutcome()
+        if not was_busy:
+            self._busy_since = now_s
+        self._segment_started_at = now_s
+        self._phase_ends_at = now_s + duration
+        event = Event(self._phase_ends_at, Priority.ENGINE_STEP, "engine_step", StepDone(self.replica_id, self.version))
+        return StepOutcome(started=batch, next_event=event)
+
+    def _admit(self) -> list[Sequence]:
+        batch: list[Sequence] = []
+        budget = MAX_BATCHED_PREFILL_TOKENS
+        while self.waiting and len(self.running) + len(batch) < self.profile.max_batch_size:
+            seq = self.waiting[0]
+            if batch and seq.num_prompt_tokens > budget:
+                break
+            if self.kv_reserved_tokens + seq.num_reserved_tokens > self.profile.kv_capacity_tokens:
+                break
+            self.waiting.popleft()
+            self.kv_reserved_tokens += seq.num_reserved_tokens
+            budget -= seq.num_prompt_tokens
+            batch.append(seq)
+        return batch
+
+    def _cut_segment(self, now_s: float) -> Event | None:
+        """End the current decode segment at the first iteration boundary at or after `now_s`."""
+        k = self._segment_steps
+        total_s = self._phase_ends_at - self._segment_started_at
+        if k <= 1 or total_s <= 0:
+            return None
+        done_steps = min(k, int((now_s - self._segment_started_at) / (total_s / k)) + 1)
+        ends_at = self._segment_started_at + self._steps_time_s(done_steps)
+        while ends_at < now_s and done_steps < k:  # later steps are longer than the mean; never end in the past
+            done_steps += 1
+            ends_at = self._segment_started_at + self._steps_time_s(done_steps)
+        if done_steps >= k:
+            return None
+        self._segment_steps = done_steps
+        self.version += 1
+        self._phase_ends_at = ends_at
+        return Event(self._phase_ends_at, Priority.ENGINE_STEP, "engine_step", StepDone(self.replica_id, self.version))
+
+    def _steps_time_s(self, num_steps: int) -> float:
+        return self.profile.decode_steps_time_s(len(self.running), self._segment_context, num_steps)
+
+    def busy_time_s(self, now_s: float) -> float:
+        """Seconds this engine had work, up to `now_s`."""
+        return self.busy_s + (now_s - self._busy_since if self.phase is not Phase.IDLE else 0.0)

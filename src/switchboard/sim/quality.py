@@ -1,0 +1,64 @@
+"""Predicted and true quality per request, in the cluster's expert order.
+
+The true quality of expert j on a request is the routing data's graded score of j's real answer to the request's
+prompt. The prediction comes from a router (`switchboard.router.Router.predict_quality`) when one is given;
+otherwise from a leave-one-out per-task mean (what a router that only recognises the task would predict) — a
+transparent stand-in that never sees the prompt's own scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from switchboard.sim.runner import RoutingInputs
+from switchboard.sim.workload import NO_PROMPT, RoutingData, Workload
+
+
+def task_prior_predictions(data: RoutingData) -> np.ndarray:
+    """(n_prompts, n_models): for each prompt, the mean score of each model over the *other* prompts of its task
+    (the global mean for a task with a single prompt)."""
+    tasks = np.array(data.tasks)
+    out = np.empty_like(data.scores)
+    global_mean = data.scores.mean(axis=0)
+    for task in np.unique(tasks):
+        rows = np.nonzero(tasks == task)[0]
+        if len(rows) < 2:
+            out[rows] = global_mean
+            continue
+        total = data.scores[rows].sum(axis=0)
+        out[rows] = (total[None, :] - data.scores[rows]) / (len(rows) - 1)
+    return out
+
+
+def routing_inputs(
+    workload: Workload,
+    data: RoutingData,
+    expert_ids: Sequence[str],
+    predict: Callable[[Sequence[str]], np.ndarray] | None = None,
+    predict_experts: Sequence[str] | None = None,
+) -> RoutingInputs:
+    """Per-request predicted and true quality (columns = `expert_ids`). Requests without a prompt get the data's
+    mean scores. `predict(prompts)` returns (n, len(predict_experts)); it is called once per distinct prompt.
+
+    Raises KeyError if an expert of the cluster is not a model of the routing data.
+    """
+    cols = [data.model_index(e) for e in expert_ids]
+    true_by_prompt = data.scores[:, cols]
+    if predict is None:
+        pred_by_prompt = task_prior_predictions(data)[:, cols]
+        used = None
+    else:
+        used = np.unique(workload.prompt_index[workload.prompt_index != NO_PROMPT])
+        raw = np.asarray(predict([data.prompts[k] for k in used]), dtype=np.float64)
+        order = [list(predict_experts).index(e) for e in expert_ids]
+        pred_by_prompt = np.zeros_like(true_by_prompt)
+        pred_by_prompt[used] = raw[:, order]
+    has_prompt = workload.prompt_index != NO_PROMPT
+    idx = np.where(has_prompt, workload.prompt_index, 0)
+    predicted = pred_by_prompt[idx]
+    true = true_by_prompt[idx]
+    predicted[~has_prompt] = true_by_prompt.mean(axis=0)
+    true[~has_prompt] = true_by_prompt.mean(axis=0)
+    return RoutingInputs(predicted=predicted, true=true)

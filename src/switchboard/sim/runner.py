@@ -1,0 +1,335 @@
+"""The simulation loop: a workload through a control plane and per-replica engines, in simulated time.
+
+Each handler takes one event and returns the events it causes; `Simulation.run` pops them in
+(time, priority, seq) order until none are left. The fleet's control-plane view is a `FleetSnapshot` updated
+only through `switchboard.fleet.ops` (the same updates the live server makes), so the policies see the same
+kind of state they see live.
+
+Conservation, checked at the end of every run (`RunResult.check_conservation`): every request arrives exactly
+once and ends exactly once, either finished or rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from switchboard.fleet import ops
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest
+from switchboard.sim.cluster import BuiltCluster
+from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
+from switchboard.sim.events import Event, EventQueue, Priority
+from switchboard.sim.plane import ControlPlane, Enqueue, Reject, RouteQuery, StartReplica, StopReplica
+from switchboard.sim.workload import NO_EXPERT, Workload
+from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingInputs:
+    """Per-request quality, columns in the cluster's expert order: `predicted` is what the router believes,
+    `true` the graded score of each expert's real answer (from the routing data)."""
+
+    predicted: np.ndarray
+    true: np.ndarray
+
+
+@dataclasses.dataclass
+class ReplicaRecord:
+    replica_id: str
+    expert_id: str
+    hardware: str
+    num_devices: int
+    usd_per_hour: float
+    created_at: float
+    warm_at: float = math.nan
+    stopped_at: float = math.nan
+    is_preprovisioned: bool = False
+    busy_s: float = 0.0
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Raw outcome of a run; `switchboard.sim.report.summarize` turns it into the reported metrics."""
+
+    workload: Workload
+    expert_ids: tuple[str, ...]
+    expert_index: np.ndarray
+    """Expert each request was sent to (-1 if rejected before routing)."""
+    arrived: np.ndarray
+    first_token_at: np.ndarray
+    finished_at: np.ndarray
+    rejected: np.ndarray
+    waited_for_cold_start: np.ndarray
+    true_quality: np.ndarray
+    replicas: list[ReplicaRecord]
+    end_s: float
+    num_events: int
+    ttft_slo_s: float
+    tpot_slo_s: float
+
+    def check_conservation(self) -> None:
+        """Raises AssertionError unless every request arrived once and ended once (finished xor rejected)."""
+        finished = ~np.isnan(self.finished_at)
+        if not np.all(self.arrived == 1):
+            raise AssertionError(f"{int(np.sum(self.arrived != 1))} requests did not arrive exactly once")
+        if not np.all(finished ^ self.rejected):
+            raise AssertionError(f"{int(np.sum(~(finished ^ self.rejected)))} requests did not end exactly once")
+
+
+class Simulation:
+    """One run. Build, call `run()` once."""
+
+    def __init__(
+        self,
+        cluster: BuiltCluster,
+        workload: Workload,
+        plane: ControlPlane,
+        routing: RoutingInputs,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.workload = workload
+        self.plane = plane
+        self.routing = routing
+        self.on_progress = on_progress
+        self.queue = EventQueue()
+        self.snapshot: FleetSnapshot = ops.empty_fleet(0.0, cluster.workers, cluster.experts, cluster.estimates)
+        self.engines: dict[str, ReplicaEngine] = {}
+        self.records: dict[str, ReplicaRecord] = {}
+        self.sequences: dict[int, Sequence] = {}
+        self._num_replicas = 0
+        self._control_requested = False
+        self._expert_ids = cluster.expert_ids
+        self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
+        n = len(workload)
+        self.expert_index = np.full(n, -1, dtype=np.int32)
+        self.arrived = np.zeros(n, dtype=np.int32)
+        self.first_token_at = np.full(n, np.nan)
+        self.finished_at = np.full(n, np.nan)
+        self.rejected = np.zeros(n, dtype=bool)
+        self.waited_for_cold_start = np.zeros(n, dtype=bool)
+        self._pinned = self._map_pinned(workload)
+
+    def _map_pinned(self, workload: Workload) -> np.ndarray:
+        if not workload.expert_names:
+            return np.full(len(workload), NO_EXPERT, dtype=np.int32)
+        missing = [n for n in workload.expert_names if n not in self._expert_pos]
+        if missing:
+            raise ValueError(f"workload names experts the cluster does not have: {', '.join(missing)}")
+        table = np.array([self._expert_pos[n] for n in workload.expert_names] + [NO_EXPERT], dtype=np.int32)
+        return table[workload.pinned_expert]
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def run(self) -> RunResult:
+        now_s = 0.0
+        self.snapshot = ops.at_time(self.snapshot, 0.0)
+        self.queue.extend(self._apply(self.plane.initial_actions(self.snapshot), 0.0))
+        if len(self.workload):
+            self.queue.push(Event(float(self.workload.arrival_s[0]), Priority.ARRIVAL, "arrival", 0))
+        if self.plane.control_interval_s:
+            self.queue.push(Event(self.plane.control_interval_s, Priority.CONTROL, "control", True))
+        handlers = {"arrival": self._on_arrival, "engine_step": self._on_engine_step,
+                    "replica_ready": self._on_replica_ready, "control": self._on_control}
+        num_events = 0
+        num_outstanding = len(self.workload)
+        self._num_outstanding = num_outstanding
+        while self.queue:
+            event = self.queue.pop()
+            now_s = event.time_s
+            if event.kind == "control" and event.payload and self._num_outstanding == 0:
+                continue  # periodic control stops once every request has ended
+            num_events += 1
+            self.queue.extend(handlers[event.kind](event, now_s))
+        end_s = now_s
+        for record in self.records.values():
+            if math.isnan(record.stopped_at):
+                record.stopped_at = end_s
+            engine = self.engines.get(record.replica_id)
+            if engine is not None:
+                record.busy_s = engine.busy_time_s(min(end_s, record.stopped_at))
+        result = RunResult(
+            workload=self.workload, expert_ids=self._expert_ids, expert_index=self.expert_index,
+            arrived=self.arrived, first_token_at=self.first_token_at, finished_at=self.finished_at,
+            rejected=self.rejected, waited_for_cold_start=self.waited_for_cold_start,
+            true_quality=self._true_quality(), replicas=list(self.records.values()), end_s=end_s,
+            num_events=num_events, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
+        )
+        result.check_conservation()
+        return result
+
+    def _true_quality(self) -> np.ndarray:
+        q = np.full(len(self.workload), np.nan)
+        routed = self.expert_index >= 0
+        if self.routing.true.size:
+            rows = np.nonzero(routed)[0]
+            q[rows] = self.routing.true[rows, self.expert_index[rows]]
+        return q
+
+    def _advance(self, now_s: float) -> None:
+        if now_s != self.snapshot.now_s:
+            self.snapshot = ops.at_time(self.snapshot, now_s)
+
+    # ------------------------------------------------------------------------------------------ handlers
+
+    def _on_arrival(self, event: Event, now_s: float) -> list[Event]:
+        i = event.payload
+        w = self.workload
+        out: list[Event] = []
+        if i + 1 < len(w):
+            out.append(Event(float(w.arrival_s[i + 1]), Priority.ARRIVAL, "arrival", i + 1))
+        if self.on_progress is not None and i % 500 == 0:
+            self.on_progress(i)
+        self._advance(now_s)
+        self.arrived[i] += 1
+        expert = int(self._pinned[i])
+        if expert == NO_EXPERT:
+            decision = self.plane.route(self.snapshot, RouteQuery(
+                i, self.routing.predicted[i], int(w.num_prompt_tokens[i]), int(w.num_output_tokens[i])))
+            expert = decision.expert_index
+            if decision.wake_expert_index is not None:
+                self._control_requested = True
+        self.expert_index[i] = expert
+        expert_id = ExpertId(self._expert_ids[expert])
+        self.snapshot = ops.record_arrival(self.snapshot, expert_id)
+        request = QueuedRequest(RequestId(str(i)), expert_id, now_s, int(w.num_prompt_tokens[i]),
+                                int(w.num_output_tokens[i]), ttft_slo_s=self.cluster.spec.slo.ttft_s)
+        if not self.snapshot.is_warm(expert_id):
+            self.waited_for_cold_start[i] = True
+        admission = self.plane.admit(self.snapshot, request)
+        if isinstance(admission, Reject) or not self._fits_somewhere(expert_id, request):
+            self._end_rejected(i, expert_id)
+            return out
+        assert isinstance(admission, Enqueue)
+        self.snapshot = ops.enqueue(self.snapshot, request, admission.replica_id)
+        if admission.replica_id is None:
+            self._control_requested = True
+        else:
+            out += self._submit_if_warm(admission.replica_id, request, now_s)
+        if self._control_requested:
+            self._control_requested = False
+            out.append(Event(now_s, Priority.CONTROL, "control", False))
+        return out
+
+    def _fits_somewhere(self, expert_id: str, request: QueuedRequest) -> bool:
+        need = request.num_prompt_tokens + request.num_output_tokens_expected
+        return any(p.kv_capacity_tokens >= need for (e, _), p in self.cluster.profiles.items() if e == expert_id)
+
+    def _submit_if_warm(self, replica_id: ReplicaId, request: QueuedRequest, now_s: float) -> list[Event]:
+        engine = self.engines.get(replica_id)
+        if engine is None or self.snapshot.replicas[replica_id].state is not ReplicaState.WARM:
+            return []
+        i = int(request.request_id)
+        seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected)
+        self.sequences[i] = seq
+        return self._absorb(replica_id, engine.submit(seq, now_s))
+
+    def _absorb(self, replica_id: ReplicaId, outcome: StepOutcome) -> list[Event]:
+        """Mirror an engine outcome into the fleet snapshot and the per-request results."""
+        for seq in outcome.started:
+            self.snapshot = ops.start_request(self.snapshot, replica_id, RequestId(str(seq.request_index)))
+        for seq in outcome.first_tokens:
+            self.first_token_at[seq.request_index] = seq.first_token_at
+        out: list[Event] = []
+        for seq in outcome.finished:
+            i = seq.request_index
+            self.finished_at[i] = seq.finished_at
+            self.snapshot = ops.finish_request(self.snapshot, replica_id, seq.num_reserved_tokens)
+            self.snapshot = ops.record_finish(self.snapshot, ExpertId(self._expert_ids[self.expert_index[i]]))
+            self._num_outstanding -= 1
+            del self.sequences[i]
+        if outcome.next_event is not None:
+            out.append(outcome.next_event)
+        replica = self.snapshot.replicas[replica_id]
+        if replica.state is ReplicaState.DRAINING and self.engines[replica_id].num_outstanding == 0:
+            self._stop(replica_id)
+        return out
+
+    def _end_rejected(self, i: int, expert_id: ExpertId) -> None:
+        self.rejected[i] = True
+        self.snapshot = ops.record_finish(self.snapshot, expert_id)
+        self._num_outstanding -= 1
+
+    def _on_engine_step(self, event: Event, now_s: float) -> list[Event]:
+        done: StepDone = event.payload
+        engine = self.engines.get(done.replica_id)
+        if engine is None or done.version != engine.version:
+            return []
+        self._advance(now_s)
+        return self._absorb(ReplicaId(done.replica_id), engine.on_step(done, now_s))
+
+    def _on_replica_ready(self, event: Event, now_s: float) -> list[Event]:
+        replica_id = event.payload
+        replica = self.snapshot.replicas.get(replica_id)
+        if replica is None or replica.state is not ReplicaState.STARTING:
+            return []
+        self._advance(now_s)
+        self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.WARM)
+        self.records[replica_id].warm_at = now_s
+        profile = self.cluster.profiles[(replica.expert_id, replica.hardware)]
+        self.engines[replica_id] = ReplicaEngine(replica_id, profile)
+        out: list[Event] = []
+        for request in self.snapshot.replicas[replica_id].load.queue:
+            out += self._submit_if_warm(replica_id, request, now_s)
+        return out
+
+    def _on_control(self, event: Event, now_s: float) -> list[Event]:
+        self._advance(now_s)
+        out = self._apply(self.plane.control(self.snapshot), now_s)
+        if event.payload:  # periodic
+            out.append(Event(now_s + self.plane.control_interval_s, Priority.CONTROL, "control", True))
+        return out
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def _apply(self, actions, now_s: float) -> list[Event]:
+        out: list[Event] = []
+        for action in actions:
+            if isinstance(action, StartReplica):
+                out += self._start(action, now_s)
+            elif isinstance(action, StopReplica):
+                replica = self.snapshot.replicas.get(action.replica_id)
+                if replica is None or not replica.is_live:
+                    continue
+                engine = self.engines.get(action.replica_id)
+                busy = (engine is not None and engine.num_outstanding) or replica.load.num_outstanding_requests
+                if busy and replica.state is ReplicaState.WARM:
+                    self.snapshot = ops.transition(self.snapshot, action.replica_id, ReplicaState.DRAINING)
+                elif not busy or replica.state is not ReplicaState.DRAINING:
+                    self._stop(action.replica_id)
+            else:
+                raise TypeError(f"unknown action {action!r}")
+        return out
+
+    def _start(self, action: StartReplica, now_s: float) -> list[Event]:
+        worker = self.snapshot.workers[action.worker_id]
+        estimate = self.snapshot.estimate(action.expert_id, worker.hardware)
+        profile = self.cluster.profiles.get((action.expert_id, worker.hardware))
+        if estimate is None or profile is None:
+            raise ValueError(f"no profile for {action.expert_id} on {worker.hardware}")
+        self._num_replicas += 1
+        replica_id = ReplicaId(f"{action.expert_id}@{action.worker_id}#{self._num_replicas}")
+        self.snapshot = ops.add_replica(self.snapshot, replica_id, estimate, action.worker_id)
+        cold_start_s = 0.0 if action.is_preprovisioned else profile.cold_start_s
+        self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.STARTING, cold_start_s=cold_start_s)
+        self.records[replica_id] = ReplicaRecord(
+            replica_id, action.expert_id, worker.hardware, profile.num_devices, profile.usd_per_hour, now_s,
+            is_preprovisioned=action.is_preprovisioned)
+        # Requests waiting for this expert join the replica now; it serves them once warm.
+        for request in self.snapshot.unplaced_of(action.expert_id):
+            self.snapshot, request = ops.remove_request(self.snapshot, request.request_id)
+            self.snapshot = ops.enqueue(self.snapshot, request, replica_id)
+        return [Event(now_s + cold_start_s, Priority.REPLICA_READY, "replica_ready", replica_id)]
+
+    def _stop(self, replica_id: ReplicaId) -> None:
+        self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.STOPPED)
+        record = self.records[replica_id]
+        record.stopped_at = self.snapshot.now_s
+        engine = self.engines.get(replica_id)
+        if engine is not None:
+            record.busy_s = engine.busy_time_s(self.snapshot.now_s)
+        self.snapshot = ops.prune_stopped(self.snapshot)

@@ -1,0 +1,142 @@
+"""Named policy sets and the one-call way to run them on a workload and a cluster.
+
+Policy sets (`POLICY_SETS`):
+
+- `static`: peak-provisioned, always on, one GPU kind (`static_hardware`, H100 by default), round-robin,
+  quality-only routing. It runs on its own fleet of that kind, sized for the workload's busiest minute.
+- `fixed-keepalive`: scale-to-zero on the given (heterogeneous) cluster with a fixed 10-minute idle timeout,
+  autoscaling, cost-aware placement, least-outstanding-tokens balancing, quality-only routing.
+- `quality-only-routing`: the full serverless fleet (hybrid-histogram keep-alive, autoscaling, cost-aware
+  placement, SLO admission) with a router blind to fleet state.
+- `switchboard`: all of our policies, including fleet-aware routing with cold-start hiding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from switchboard.policies.admission import AdmissionSettings
+from switchboard.policies.keepalive import KeepAliveSettings
+from switchboard.perf.roofline import EngineProfile
+from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, build_cluster
+from switchboard.sim.planes import (
+    FleetAwareRouting,
+    QualityOnlyRouting,
+    ServerlessPlane,
+    ServerlessSettings,
+    StaticPlane,
+    peak_replicas,
+)
+from switchboard.sim.report import Summary, summarize
+from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
+from switchboard.sim.workload import NO_EXPERT, Workload
+
+POLICY_SETS = ("static", "fixed-keepalive", "quality-only-routing", "switchboard")
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """What `sim plan` searches over, and what every policy set shares."""
+
+    cost_weight: float = 0.0
+    """λ of the router, per USD/Mtok."""
+    latency_weight_per_s: float = 0.02
+    """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
+    hide_margin: float = 0.05
+    fixed_idle_timeout_s: float = 600.0
+    fallback_keepalive_s: float = 600.0
+    static_hardware: str = "h100"
+    control_interval_s: float = 2.0
+    seed: int = 0
+
+
+def replica_tokens_per_s(profile: EngineProfile, mean_prompt: float, mean_output: float, tpot_slo_s: float) -> float:
+    """Sustainable prompt+output tokens/s of one replica at the largest batch whose decode step meets the TPOT
+    SLO: one request costs its prefill plus its share of the batch's decode time."""
+    ctx = mean_prompt + mean_output / 2
+    batch = 1
+    while batch < profile.max_batch_size:
+        nxt = min(profile.max_batch_size, batch * 2)
+        if profile.decode_step_time_s(nxt, int(nxt * ctx)) > tpot_slo_s or nxt * (mean_prompt + mean_output) > profile.kv_capacity_tokens:
+            break
+        batch = nxt
+    step_s = profile.decode_step_time_s(batch, int(batch * ctx))
+    per_request_s = profile.prefill_time_s(int(mean_prompt)) + mean_output * step_s / batch
+    return (mean_prompt + mean_output) / per_request_s
+
+
+def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs, knobs: Knobs,
+                   experts: tuple[str, ...]) -> tuple[BuiltCluster, dict[str, int]]:
+    """A one-kind fleet sized for the workload's busiest minute under quality-only routing."""
+    kind = knobs.static_hardware
+    probe = build_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
+    price = np.array([e.usd_per_mtok for e in probe.experts])
+    chosen = QualityOnlyRouting(experts, routing.predicted, price, knobs.cost_weight)._choice
+    chosen = _with_pinned(chosen, workload, experts)
+    mean_p, mean_o = float(workload.num_prompt_tokens.mean()), float(workload.num_output_tokens.mean())
+    capacity = {e: replica_tokens_per_s(probe.profiles[(e, kind)], mean_p, mean_o, base.slo.tpot_s)
+                for e in experts if (e, kind) in probe.profiles}
+    counts = peak_replicas(workload.arrival_s, (workload.num_prompt_tokens + workload.num_output_tokens).astype(float),
+                           chosen, experts, capacity)
+    devices = sum(n * probe.profiles[(e, kind)].num_devices for e, n in counts.items())
+    pools = [PoolSpec(hardware=kind, workers=max(1, math.ceil(devices / 8)) + 1, devices_per_worker=8)]
+    return build_cluster(base.with_pools(pools)), counts
+
+
+def _with_pinned(chosen: np.ndarray, workload: Workload, experts: tuple[str, ...]) -> np.ndarray:
+    if not workload.expert_names:
+        return chosen
+    table = np.array([experts.index(n) for n in workload.expert_names] + [NO_EXPERT], dtype=np.int32)
+    pinned = table[workload.pinned_expert]
+    return np.where(pinned != NO_EXPERT, pinned, chosen)
+
+
+def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs):
+    """The control plane of a policy set on `cluster` (for `static`, pass the cluster from `static_cluster`)."""
+    experts = cluster.expert_ids
+    price = np.array([e.usd_per_mtok for e in cluster.experts])
+    quality_only = QualityOnlyRouting(experts, routing.predicted, price, knobs.cost_weight)
+    fleet_aware = FleetAwareRouting(experts, price, cost_weight=knobs.cost_weight,
+                                    latency_weight_per_s=knobs.latency_weight_per_s, hide_margin=knobs.hide_margin)
+    hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
+    if name == "fixed-keepalive":
+        settings = ServerlessSettings(keepalive=KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s),
+                                      control_interval_s=knobs.control_interval_s)
+        return ServerlessPlane(name, quality_only, settings, seed=knobs.seed)
+    if name == "quality-only-routing":
+        settings = ServerlessSettings(keepalive=hybrid, admission=AdmissionSettings(kind="slo"),
+                                      control_interval_s=knobs.control_interval_s)
+        return ServerlessPlane(name, quality_only, settings, seed=knobs.seed)
+    if name == "switchboard":
+        settings = ServerlessSettings(keepalive=hybrid, admission=AdmissionSettings(kind="slo"),
+                                      control_interval_s=knobs.control_interval_s)
+        return ServerlessPlane(name, fleet_aware, settings, seed=knobs.seed)
+    raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS)}")
+
+
+def run_policy(
+    name: str,
+    spec: ClusterSpec,
+    workload: Workload,
+    routing_for: Callable[[tuple[str, ...]], RoutingInputs],
+    knobs: Knobs = Knobs(),
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    hardware_overrides=None,
+) -> tuple[Summary, RunResult]:
+    """Run one policy set; `routing_for(expert_ids)` gives the per-request quality in that expert order."""
+    cluster = build_cluster(spec, hardware_overrides)
+    routing = routing_for(cluster.expert_ids)
+    if name == "static":
+        cluster, counts = static_cluster(spec, workload, routing, knobs, cluster.expert_ids)
+        price = np.array([e.usd_per_mtok for e in cluster.experts])
+        plane = StaticPlane(name, QualityOnlyRouting(cluster.expert_ids, routing.predicted, price, knobs.cost_weight),
+                            counts, knobs.static_hardware)
+    else:
+        plane = make_plane(name, cluster, routing, knobs)
+    result = Simulation(cluster, workload, plane, routing, on_progress=on_progress).run()
+    return summarize(result, name), result
