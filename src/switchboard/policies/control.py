@@ -1,0 +1,334 @@
+"""The control step: every policy composed into one pure function of (fleet snapshot, events, policy state).
+
+    result = plane.step(snapshot, state, events, rng)
+    for action in result.actions: execute(action)        # live: spawn/stop processes; sim: schedule events
+    state = result.state                                  # keep for the next step
+
+Order inside a step (each stage sees the fleet as the earlier stages left it — `result.snapshot`):
+
+1. requests — `unplaced` ones first (oldest), then `RequestArrived` events: admission → balancer → assign,
+   or start a replica and queue on it, or reject with 429/503 + Retry-After. Every request ends the step
+   assigned, forwarded or rejected: none is left behind or handled twice.
+2. `WakeExpert` events (cold-start hiding woke it in the background).
+3. keep-alive: scale idle experts to zero, start due pre-warms, announce future ones (`PrewarmAt`).
+4. route-aware pre-warming from `RoutePredicted` events.
+5. autoscaling with the keep-alive floor; new replicas through placement.
+6. migration of queued requests.
+7. stop draining replicas that have finished their work.
+
+Call it on an interval and on events (a request arriving at a cold expert, a replica becoming warm, a
+`PrewarmAt` time coming due). It is cheap and deterministic given the same inputs and `rng` seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections.abc import Mapping, Sequence
+
+from pydantic import Field
+
+from switchboard.fleet.state import EngineCapacity, FleetSnapshot, QueuedRequest, Replica
+from switchboard.policies import predict
+from switchboard.policies.actions import (
+    Action,
+    AssignRequest,
+    DrainReplica,
+    ForwardUpstream,
+    MigrateRequest,
+    PrewarmAt,
+    ReactivateReplica,
+    RejectRequest,
+    StartReplica,
+    StopReplica,
+    apply_action,
+)
+from switchboard.policies.admission import AdmissionSettings, Verdict, make_admission
+from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
+from switchboard.policies.balance import BalanceSettings, Routed, make_balance
+from switchboard.policies.base import PolicySettings, Reason
+from switchboard.policies.keepalive import (
+    KeepAliveAction,
+    KeepAliveDecision,
+    KeepAliveSettings,
+    KeepAliveState,
+    make_keepalive,
+)
+from switchboard.policies.migration import MigrationSettings, make_migration
+from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
+from switchboard.policies.placement import PlacementSettings, Unplaceable, make_placement
+from switchboard.policies.routing import (
+    ExpertCandidate,
+    PrewarmSettings,
+    PrewarmState,
+    RouteDecision,
+    RoutePrediction,
+    RoutingSettings,
+    make_prewarm,
+    make_routing,
+)
+from switchboard.types import ExpertId, ReplicaId, ReplicaState
+
+
+class ControlSettings(PolicySettings):
+    """Every policy's settings; the `control_plane:` section of a config."""
+
+    keepalive: KeepAliveSettings = Field(default_factory=KeepAliveSettings)
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    balance: BalanceSettings = Field(default_factory=BalanceSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    queue_order: QueueOrderSettings = Field(default_factory=QueueOrderSettings)
+    migration: MigrationSettings = Field(default_factory=MigrationSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    prewarm: PrewarmSettings = Field(default_factory=PrewarmSettings)
+    prewarm_grace_s: float = Field(
+        60.0, ge=0, description="A replica that has served nothing since it became warm is kept at least this long."
+    )
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestArrived:
+    """A routed request for `request.expert_id`, not in any queue yet (record its arrival with
+    `ops.record_arrival` before the step)."""
+
+    request: QueuedRequest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WakeExpert:
+    expert_id: ExpertId
+    reason: Reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutePredicted:
+    prediction: RoutePrediction
+
+
+Event = RequestArrived | WakeExpert | RoutePredicted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ControlState:
+    """All policy state carried between steps."""
+
+    keepalive: KeepAliveState = KeepAliveState()
+    autoscale: AutoscaleState = AutoscaleState()
+    prewarm: PrewarmState = PrewarmState()
+    num_replicas_created: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepResult:
+    actions: tuple[Action, ...]
+    state: ControlState
+    snapshot: FleetSnapshot
+    """The input fleet with every action applied (what the fleet will look like once they take effect)."""
+    keepalive: Mapping[ExpertId, KeepAliveDecision]
+    scaling: Mapping[ExpertId, ScaleDecision]
+
+
+class ControlReasonCode(str, enum.Enum):
+    UNKNOWN_EXPERT = "unknown-expert"
+    WAKE_REQUESTED = "wake-requested"
+    DRAINED = "drained"
+    START_FAILED = "start-failed"
+
+
+# --------------------------------------------------------------------------------------------- the plan
+
+
+class _Plan:
+    """The step's scratchpad: actions so far and the fleet with them applied. Lives for one step only."""
+
+    def __init__(self, snapshot: FleetSnapshot, num_replicas_created: int) -> None:
+        self.snapshot = snapshot
+        self.actions: list[Action] = []
+        self.num_replicas_created = num_replicas_created
+
+    def do(self, action: Action) -> None:
+        self.snapshot = apply_action(self.snapshot, action)
+        self.actions.append(action)
+
+    def new_replica_id(self, expert_id: ExpertId) -> ReplicaId:
+        while True:
+            self.num_replicas_created += 1
+            replica_id = ReplicaId(f"{expert_id}#{self.num_replicas_created}")
+            if replica_id not in self.snapshot.replicas:
+                return replica_id
+
+
+def _never_served(replica: Replica) -> bool:
+    warm_at = max((t.at_s for t in replica.transitions if t.to_state is ReplicaState.WARM), default=replica.created_at)
+    return replica.last_busy_at <= warm_at
+
+
+def _new_replica_capacity(snapshot: FleetSnapshot) -> dict[ExpertId, EngineCapacity]:
+    """Per expert, the smallest capacity among its hardware options (scale for the worst case)."""
+    capacity: dict[ExpertId, EngineCapacity] = {}
+    for (expert_id, _), estimate in sorted(snapshot.estimates.items()):
+        c = estimate.capacity
+        if expert_id not in capacity or c.kv_capacity_tokens < capacity[expert_id].kv_capacity_tokens:
+            capacity[expert_id] = c
+    return capacity
+
+
+class ControlPlane:
+    """The configured policies. Stateless itself: all state is in `ControlState`, passed in and returned."""
+
+    def __init__(self, settings: ControlSettings | None = None) -> None:
+        self.settings = settings or ControlSettings()
+        s = self.settings
+        self.keepalive = make_keepalive(s.keepalive)
+        self.autoscale = make_autoscale(s.autoscale)
+        self.placement = make_placement(s.placement)
+        self.balance = make_balance(s.balance)
+        self.admission = make_admission(s.admission)
+        self.queue_order = make_queue_order(s.queue_order)
+        self.migration = make_migration(s.migration)
+        self.routing = make_routing(s.routing)
+        self.prewarm = make_prewarm(s.prewarm)
+
+    def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate]) -> RouteDecision:
+        """Fleet-aware choice among the router's candidates. Pass `WakeExpert` events for
+        `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
+        return self.routing.route(snapshot, candidates)
+
+    def step(
+        self,
+        snapshot: FleetSnapshot,
+        state: ControlState,
+        events: Sequence[Event] = (),
+        rng: random.Random | None = None,
+    ) -> StepResult:
+        rng = rng if rng is not None else random.Random(0)
+        plan = _Plan(snapshot, state.num_replicas_created)
+        now_s = snapshot.now_s
+
+        for request in snapshot.unplaced:
+            self._handle_request(plan, request, rng)
+        for event in events:
+            if isinstance(event, RequestArrived):
+                self._handle_request(plan, event.request, rng)
+        for event in events:
+            if isinstance(event, WakeExpert) and self._can_start(plan, event.expert_id):
+                self._start(plan, event.expert_id, event.reason)
+
+        cold_start_s = {e: predict.wake_option(plan.snapshot, e).cold_start_s for e in plan.snapshot.experts}
+        keepalive, keepalive_state = self.keepalive.decide(plan.snapshot, state.keepalive, cold_start_s)
+        zeroed = self._apply_keepalive(plan, keepalive)
+
+        predictions = [e.prediction for e in events if isinstance(e, RoutePredicted)]
+        prewarm_state = self.prewarm.observe(state.prewarm, predictions, now_s)
+        for wanted in self.prewarm.wanted(plan.snapshot, prewarm_state):
+            self._start(plan, wanted.expert_id, wanted.reason)
+
+        floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
+        scaling, autoscale_state = self.autoscale.decide(
+            plan.snapshot, state.autoscale, _new_replica_capacity(plan.snapshot), floors
+        )
+        for expert_id, decision in scaling.items():
+            if expert_id not in zeroed:
+                self._apply_scale(plan, decision)
+
+        for move in self.migration.plan(plan.snapshot):
+            plan.do(MigrateRequest(move.request_id, move.from_replica_id, move.to_replica_id, move.reason))
+
+        for replica_id, replica in sorted(plan.snapshot.replicas.items()):
+            if replica.state is ReplicaState.DRAINING and replica.load.num_outstanding_requests == 0:
+                plan.do(StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "drained: no work left")))
+
+        new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created)
+        return StepResult(tuple(plan.actions), new_state, plan.snapshot, keepalive, scaling)
+
+    # ---- stages
+
+    def _can_start(self, plan: _Plan, expert_id: ExpertId) -> bool:
+        spec = plan.snapshot.experts.get(expert_id)
+        return spec is not None and not spec.is_external and not plan.snapshot.accepting_replicas_of(expert_id)
+
+    def _start(self, plan: _Plan, expert_id: ExpertId, why: Reason) -> ReplicaId | Unplaceable:
+        outcome = self.placement.place(plan.snapshot, expert_id)
+        if isinstance(outcome, Unplaceable):
+            return outcome
+        replica_id = plan.new_replica_id(expert_id)
+        worker, estimate = outcome.candidate.worker, outcome.candidate.estimate
+        plan.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware, estimate.cold_start_s,
+                             Reason(why.code, f"{why.detail}; on {outcome.reason.detail}")))
+        return replica_id
+
+    def _handle_request(self, plan: _Plan, request: QueuedRequest, rng: random.Random) -> None:
+        snapshot = plan.snapshot
+        spec = snapshot.experts.get(request.expert_id)
+        if spec is None:
+            plan.do(RejectRequest(request, 503, 0, Reason(ControlReasonCode.UNKNOWN_EXPERT, request.expert_id)))
+            return
+        decision = self.admission.admit(snapshot, request)
+        if spec.is_external:
+            plan.do(ForwardUpstream(request, decision.reason))
+            return
+        if not decision.verdict.is_admitted:
+            plan.do(RejectRequest(request, decision.status_code, decision.retry_after_s, decision.reason))
+            if decision.wake_expert and self._can_start(plan, request.expert_id):
+                self._start(plan, request.expert_id, decision.reason)
+            return
+        if decision.wake_expert or not plan.snapshot.accepting_replicas_of(request.expert_id):
+            started = self._start(plan, request.expert_id, decision.reason)
+            if isinstance(started, Unplaceable):
+                plan.do(RejectRequest(request, 503, max(1, round(self.settings.admission.retry_after_unavailable_s)),
+                                      Reason(ControlReasonCode.START_FAILED, started.reason.detail)))
+                return
+            replica_id = started
+        else:
+            outcome = self.balance.choose(plan.snapshot, request, rng)
+            if not isinstance(outcome, Routed):  # unreachable: accepting replicas exist
+                raise RuntimeError(f"balancer found no replica for {request.expert_id}: {outcome.reason}")
+            replica_id = outcome.replica_id
+        replica = plan.snapshot.replicas[replica_id]
+        ttft_s = predict.ttft_s(plan.snapshot, replica, request.num_prompt_tokens)
+        plan.do(AssignRequest(request, replica_id, ttft_s, not replica.is_warm, decision.reason))
+
+    def _apply_keepalive(self, plan: _Plan, decisions: Mapping[ExpertId, KeepAliveDecision]) -> set[ExpertId]:
+        """Carry out keep-alive decisions; returns the experts being scaled to zero."""
+        now_s = plan.snapshot.now_s
+        zeroed = set()
+        for expert_id, decision in sorted(decisions.items()):
+            if decision.action is KeepAliveAction.SCALE_TO_ZERO:
+                zeroed.add(expert_id)
+                for replica in plan.snapshot.warm_replicas_of(expert_id):
+                    is_fresh = _never_served(replica) and replica.idle_for_s(now_s) < self.settings.prewarm_grace_s
+                    if replica.load.num_outstanding_requests == 0 and not is_fresh:
+                        plan.do(DrainReplica(replica.replica_id, decision.reason))
+            elif decision.action is KeepAliveAction.PREWARM:
+                if decision.at_s <= now_s:
+                    if self._can_start(plan, expert_id):
+                        self._start(plan, expert_id, decision.reason)
+                else:
+                    plan.do(PrewarmAt(expert_id, decision.at_s, decision.reason))
+        return zeroed
+
+    def _apply_scale(self, plan: _Plan, decision: ScaleDecision) -> None:
+        expert_id = decision.expert_id
+        for _ in range(max(0, decision.delta)):
+            draining = [r for r in plan.snapshot.replicas_of(expert_id) if r.state is ReplicaState.DRAINING]
+            if draining:
+                plan.do(ReactivateReplica(draining[0].replica_id, decision.reason))
+            elif isinstance(self._start(plan, expert_id, decision.reason), Unplaceable):
+                break
+        if decision.delta >= 0:
+            return
+        workers = plan.snapshot.workers
+        # Retire the least loaded first, the most expensive among equals; never a starting replica with a queue.
+        victims = sorted(
+            (r for r in plan.snapshot.accepting_replicas_of(expert_id) if r.is_warm or not r.load.queue),
+            key=lambda r: (not r.is_warm, r.load.num_outstanding_tokens, -workers[r.worker_id].usd_per_hour,
+                           r.replica_id),
+        )
+        for replica in victims[: -decision.delta]:
+            action = DrainReplica if replica.is_warm else StopReplica
+            plan.do(action(replica.replica_id, decision.reason))

@@ -1,0 +1,289 @@
+"""Keep-alive / scale-to-zero: when an idle expert keeps a warm replica, is unloaded, or is pre-warmed.
+
+Variants (`KeepAliveSettings.kind`):
+
+- `fixed`: keep warm for `idle_timeout_s` after the expert's last request ends (the AWS/Knative rule).
+- `hybrid-histogram`: Shahrad et al., "Serverless in the Wild" (ATC'20). Each expert's idle times (end of
+  its last request → next arrival) fill a histogram of `num_bins` × `bin_width_s`. The *pre-warm* time is a
+  low percentile (5th) of idle times, the *keep-alive* window runs from there to a high percentile (99th),
+  each widened by `margin`. With too few samples, too many idle times beyond the histogram's range, or a
+  flat histogram (low coefficient of variation: not predictive), it falls back to `fallback_keepalive_s`.
+
+Both return one `KeepAliveDecision` per expert. A shared rule turns a window into a decision, and accounts for
+the cold start: pre-warming starts `cold_start_s` ahead, and unloading for a pre-warm gap shorter than the
+cold start is not worth it, so the replica is kept instead.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+
+from pydantic import Field
+
+from switchboard.fleet.state import ExpertActivity, FleetSnapshot
+from switchboard.policies.base import PolicySettings, Reason, Registry
+from switchboard.types import ExpertId, Seconds
+
+
+class KeepAliveKind(str, enum.Enum):
+    FIXED = "fixed"
+    HYBRID_HISTOGRAM = "hybrid-histogram"
+
+
+class KeepAliveSettings(PolicySettings):
+    kind: KeepAliveKind = KeepAliveKind.HYBRID_HISTOGRAM
+    idle_timeout_s: float = Field(600.0, ge=0, description="fixed: keep warm this long after the last request.")
+    bin_width_s: float = Field(60.0, gt=0, description="hybrid: width of one idle-time histogram bin.")
+    num_bins: int = Field(240, ge=2, description="hybrid: bins; the histogram covers num_bins × bin_width_s.")
+    prewarm_percentile: float = Field(5.0, ge=0, le=100)
+    keepalive_percentile: float = Field(99.0, ge=0, le=100)
+    margin: float = Field(0.1, ge=0, lt=1, description="Pre-warm shrinks and keep-alive grows by this fraction.")
+    min_samples: int = Field(10, ge=1, description="Fewer idle times than this → fallback window.")
+    max_out_of_bounds_fraction: float = Field(0.5, ge=0, le=1)
+    min_histogram_cv: float = Field(
+        2.0, ge=0, description="Coefficient of variation of bin counts below which the histogram is not trusted."
+    )
+    fallback_keepalive_s: float = Field(600.0, ge=0, description="Window for experts with too little history.")
+
+
+class KeepAliveAction(str, enum.Enum):
+    KEEP_WARM = "keep-warm"
+    SCALE_TO_ZERO = "scale-to-zero"
+    PREWARM = "prewarm"
+    """Start a replica at `at_s` (now or later) ahead of the predicted next arrival."""
+    STAY_COLD = "stay-cold"
+
+
+class KeepAliveReasonCode(str, enum.Enum):
+    BUSY = "busy"
+    EXTERNAL = "external"
+    IN_WINDOW = "in-keepalive-window"
+    WINDOW_EXPIRED = "keepalive-window-expired"
+    PREWARM_GAP = "unloaded-until-prewarm"
+    PREWARM_SCHEDULED = "prewarm-scheduled"
+    PREWARM_DUE = "prewarm-due"
+    NEVER_USED = "never-used"
+
+
+# --------------------------------------------------------------------------------------------- histogram
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdleHistogram:
+    """Per-expert idle-time histogram, the hybrid policy's learned state.
+
+    `num_consumed` is the expert's `ExpertActivity.num_idle_gaps` already added, so ingesting is idempotent.
+    """
+
+    bin_width_s: float
+    counts: tuple[int, ...]
+    num_out_of_bounds: int = 0
+    num_consumed: int = 0
+
+    @classmethod
+    def empty(cls, bin_width_s: float, num_bins: int) -> "IdleHistogram":
+        return cls(bin_width_s, (0,) * num_bins)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts) + self.num_out_of_bounds
+
+    @property
+    def range_s(self) -> Seconds:
+        return self.bin_width_s * len(self.counts)
+
+    def ingest(self, activity: ExpertActivity) -> "IdleHistogram":
+        gaps = activity.gaps_after(self.num_consumed)
+        if not gaps and self.num_consumed == activity.num_idle_gaps:
+            return self
+        counts = list(self.counts)
+        num_oob = self.num_out_of_bounds
+        for gap_s in gaps:
+            index = int(gap_s // self.bin_width_s)
+            if index < len(counts):
+                counts[index] += 1
+            else:
+                num_oob += 1
+        return dataclasses.replace(
+            self, counts=tuple(counts), num_out_of_bounds=num_oob, num_consumed=activity.num_idle_gaps
+        )
+
+    def coefficient_of_variation(self) -> float:
+        n = len(self.counts)
+        mean = sum(self.counts) / n
+        if mean == 0:
+            return 0.0
+        var = sum((c - mean) ** 2 for c in self.counts) / n
+        return math.sqrt(var) / mean
+
+    def percentile_bin(self, percentile: float) -> int:
+        """Index of the bin holding the `percentile`-th in-range idle time (needs in-range samples)."""
+        total = sum(self.counts)
+        rank = max(1, math.ceil(total * percentile / 100))
+        running = 0
+        for index, count in enumerate(self.counts):
+            running += count
+            if running >= rank:
+                return index
+        return len(self.counts) - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepAliveState:
+    histograms: Mapping[ExpertId, IdleHistogram] = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- decisions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepAliveWindow:
+    """After an expert goes idle: cold for `prewarm_s`, then warm for `keepalive_s`."""
+
+    prewarm_s: Seconds
+    keepalive_s: Seconds
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepAliveDecision:
+    expert_id: ExpertId
+    action: KeepAliveAction
+    at_s: Seconds
+    """When the action takes effect: `decided_at_s`, or the future pre-warm time for `PREWARM`."""
+    decided_at_s: Seconds
+    reason: Reason
+
+    @property
+    def wants_replica(self) -> bool:
+        """Whether the expert should have at least one replica now."""
+        return self.action is KeepAliveAction.KEEP_WARM or (
+            self.action is KeepAliveAction.PREWARM and self.at_s <= self.decided_at_s
+        )
+
+
+class KeepAlivePolicy(abc.ABC):
+    def __init__(self, settings: KeepAliveSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def window(self, histogram: IdleHistogram) -> KeepAliveWindow:
+        """The pre-warm and keep-alive window for an expert with this idle history."""
+
+    def observe(self, snapshot: FleetSnapshot, state: KeepAliveState) -> KeepAliveState:
+        """The state with every expert's newly completed idle gaps added to its histogram."""
+        histograms = dict(state.histograms)
+        for expert_id in snapshot.experts:
+            current = histograms.get(expert_id) or IdleHistogram.empty(self.settings.bin_width_s, self.settings.num_bins)
+            histograms[expert_id] = current.ingest(snapshot.activity_of(expert_id))
+        return KeepAliveState(histograms)
+
+    def decide(
+        self, snapshot: FleetSnapshot, state: KeepAliveState, cold_start_s: Mapping[ExpertId, Seconds]
+    ) -> tuple[dict[ExpertId, KeepAliveDecision], KeepAliveState]:
+        """One decision per expert and the updated state. `cold_start_s` is each expert's expected wake time."""
+        state = self.observe(snapshot, state)
+        now_s = snapshot.now_s
+        decisions = {}
+        for expert_id, spec in snapshot.experts.items():
+            if spec.is_external:
+                decisions[expert_id] = KeepAliveDecision(
+                    expert_id, KeepAliveAction.KEEP_WARM, now_s, now_s,
+                    Reason(KeepAliveReasonCode.EXTERNAL, "external upstream: always warm"))
+                continue
+            decisions[expert_id] = decide_from_window(
+                expert_id,
+                snapshot.activity_of(expert_id),
+                self.window(state.histograms[expert_id]),
+                has_replica=bool(snapshot.accepting_replicas_of(expert_id)),
+                cold_start_s=cold_start_s.get(expert_id, 0.0),
+                now_s=now_s,
+            )
+        return decisions, state
+
+
+def decide_from_window(
+    expert_id: ExpertId,
+    activity: ExpertActivity,
+    window: KeepAliveWindow,
+    *,
+    has_replica: bool,
+    cold_start_s: Seconds,
+    now_s: Seconds,
+) -> KeepAliveDecision:
+    """The shared rule. Guarantees: never `SCALE_TO_ZERO` while busy or inside the keep-alive window."""
+
+    def decision(action: KeepAliveAction, code: KeepAliveReasonCode, detail: str, at_s: Seconds = now_s):
+        return KeepAliveDecision(expert_id, action, at_s, now_s, Reason(code, f"{detail} ({window.reason})"))
+
+    if not activity.is_idle:
+        return decision(KeepAliveAction.KEEP_WARM, KeepAliveReasonCode.BUSY, f"{activity.num_in_flight} in flight")
+    is_new = activity.num_arrivals == 0
+    prewarm_s, keepalive_s = window.prewarm_s, window.keepalive_s
+    if is_new or prewarm_s <= cold_start_s:
+        # Unloading for a gap no longer than a cold start saves nothing and risks a late first token.
+        prewarm_s, keepalive_s = 0.0, prewarm_s + keepalive_s
+    else:
+        # Wake early enough to be warm when the window opens.
+        prewarm_s, keepalive_s = prewarm_s - cold_start_s, keepalive_s + cold_start_s
+    warm_from = activity.idle_since_at + prewarm_s
+    warm_until = warm_from + keepalive_s
+    idle_s = now_s - activity.idle_since_at
+    if now_s < warm_from:
+        if has_replica:
+            return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.PREWARM_GAP,
+                            f"next request unlikely before {warm_from:.0f}s: unload, pre-warm then")
+        return decision(KeepAliveAction.PREWARM, KeepAliveReasonCode.PREWARM_SCHEDULED,
+                        f"pre-warm at {warm_from:.0f}s", at_s=warm_from)
+    if now_s < warm_until:
+        if has_replica:
+            code = KeepAliveReasonCode.NEVER_USED if is_new else KeepAliveReasonCode.IN_WINDOW
+            return decision(KeepAliveAction.KEEP_WARM, code, f"idle {idle_s:.0f}s, keep until {warm_until:.0f}s")
+        if prewarm_s > 0:
+            return decision(KeepAliveAction.PREWARM, KeepAliveReasonCode.PREWARM_DUE,
+                            f"pre-warm window opened at {warm_from:.0f}s")
+        code = KeepAliveReasonCode.NEVER_USED if is_new else KeepAliveReasonCode.IN_WINDOW
+        return decision(KeepAliveAction.STAY_COLD, code, "cold and nothing predicted to arrive")
+    code = KeepAliveReasonCode.NEVER_USED if is_new else KeepAliveReasonCode.WINDOW_EXPIRED
+    if has_replica:
+        return decision(KeepAliveAction.SCALE_TO_ZERO, code, f"idle {idle_s:.0f}s, window ended {warm_until:.0f}s")
+    return decision(KeepAliveAction.STAY_COLD, code, f"idle {idle_s:.0f}s, window ended {warm_until:.0f}s")
+
+
+# --------------------------------------------------------------------------------------------- variants
+
+KEEPALIVE_POLICIES: Registry[KeepAliveKind, KeepAlivePolicy] = Registry("keepalive")
+
+
+@KEEPALIVE_POLICIES.register(KeepAliveKind.FIXED)
+class FixedKeepAlive(KeepAlivePolicy):
+    def window(self, histogram: IdleHistogram) -> KeepAliveWindow:
+        return KeepAliveWindow(0.0, self.settings.idle_timeout_s, f"fixed {self.settings.idle_timeout_s:.0f}s")
+
+
+@KEEPALIVE_POLICIES.register(KeepAliveKind.HYBRID_HISTOGRAM)
+class HybridHistogramKeepAlive(KeepAlivePolicy):
+    def window(self, histogram: IdleHistogram) -> KeepAliveWindow:
+        s = self.settings
+        fallback = KeepAliveWindow(0.0, s.fallback_keepalive_s, "")
+        if histogram.num_samples < s.min_samples:
+            return dataclasses.replace(fallback, reason=f"fallback: {histogram.num_samples} idle times < {s.min_samples}")
+        if histogram.num_out_of_bounds > s.max_out_of_bounds_fraction * histogram.num_samples:
+            return dataclasses.replace(fallback, reason="fallback: idle times mostly beyond the histogram")
+        cv = histogram.coefficient_of_variation()
+        if cv < s.min_histogram_cv:
+            return dataclasses.replace(fallback, reason=f"fallback: histogram not predictive (cv {cv:.1f})")
+        head_s = histogram.percentile_bin(s.prewarm_percentile) * histogram.bin_width_s
+        tail_s = (histogram.percentile_bin(s.keepalive_percentile) + 1) * histogram.bin_width_s
+        prewarm_s = head_s * (1 - s.margin)
+        keepalive_s = tail_s * (1 + s.margin) - prewarm_s
+        return KeepAliveWindow(prewarm_s, keepalive_s,
+                               f"histogram p{s.prewarm_percentile:g}={head_s:.0f}s p{s.keepalive_percentile:g}={tail_s:.0f}s")
+
+
+def make_keepalive(settings: KeepAliveSettings) -> KeepAlivePolicy:
+    return KEEPALIVE_POLICIES.create(settings)

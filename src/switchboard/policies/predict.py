@@ -1,0 +1,63 @@
+"""Latency predictions shared by admission, migration and fleet-aware routing.
+
+Deliberately simple and monotone (more work ahead ⇒ never a shorter prediction), from the `ServingEstimate`
+of the replica's expert × hardware.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from switchboard.fleet.state import FleetSnapshot, Replica
+from switchboard.types import ExpertId, Seconds
+
+
+def prefill_tokens_per_s(snapshot: FleetSnapshot, replica: Replica) -> float:
+    estimate = snapshot.estimate(replica.expert_id, replica.hardware)
+    # Without an estimate, decode throughput is a safe (pessimistic) stand-in for prefill speed.
+    return estimate.prefill_tokens_per_s if estimate else replica.capacity.tokens_per_s
+
+
+def queueing_s(snapshot: FleetSnapshot, replica: Replica) -> Seconds:
+    """Predicted wait before a new request's prefill could begin on `replica` (incl. waiting for warm).
+
+    Prefill of the requests queued ahead, plus, when the batch is full, the time for enough running sequences
+    to finish to free a slot.
+    """
+    load, capacity = replica.load, replica.capacity
+    wait_s = replica.wait_until_warm_s(snapshot.now_s) + load.num_queued_prompt_tokens / prefill_tokens_per_s(snapshot, replica)
+    num_must_finish = load.num_running + load.num_queued + 1 - capacity.max_num_seqs
+    if num_must_finish > 0 and load.num_running > 0:
+        per_seq_tokens_per_s = capacity.tokens_per_s / capacity.max_num_seqs
+        mean_remaining_tokens = load.num_running_tokens / load.num_running
+        wait_s += num_must_finish / load.num_running * mean_remaining_tokens / per_seq_tokens_per_s
+    return wait_s
+
+
+def ttft_s(snapshot: FleetSnapshot, replica: Replica, num_prompt_tokens: int) -> Seconds:
+    """Predicted time to first token of a new request of `num_prompt_tokens` sent to `replica` now."""
+    return queueing_s(snapshot, replica) + num_prompt_tokens / prefill_tokens_per_s(snapshot, replica)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WakeOption:
+    """How fast a new replica of an expert could serve."""
+
+    cold_start_s: Seconds
+    """Shortest cold start over hardware kinds that fit now (over all known kinds if none fits; 0 if none known)."""
+    is_placeable: bool
+    """Some worker has the memory and an estimate for it right now."""
+
+
+def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId) -> WakeOption:
+    fitting, known = [], []
+    for worker in snapshot.workers.values():
+        estimate = snapshot.estimate(expert_id, worker.hardware)
+        if estimate is None:
+            continue
+        known.append(estimate.cold_start_s)
+        if estimate.memory_gb <= snapshot.memory_free_gb(worker.worker_id) + 1e-9:
+            fitting.append(estimate.cold_start_s)
+    if fitting:
+        return WakeOption(min(fitting), True)
+    return WakeOption(min(known) if known else 0.0, False)

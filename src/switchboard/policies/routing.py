@@ -1,0 +1,263 @@
+"""Fleet-aware routing: the router's predicted quality and price, combined with live fleet state.
+
+The router (a separate component) predicts, per candidate expert, a quality in [0, 1] and knows its price;
+this module takes those as plain inputs and adds what only the fleet knows:
+
+    score = predicted quality − λ · USD/Mtok − μ · expected extra latency (s)
+
+where the expected extra latency is the predicted queueing on the best accepting replica, the rest of its
+start-up if it is still starting, or a full cold start if the expert has no replica.
+
+Variants (`RoutingSettings.kind`):
+
+- `quality-only`: blind to the fleet (μ ignored, no cold-start hiding): the baseline the simulator compares with.
+- `fleet-aware`: the score above, plus **cold-start hiding**: if the best expert is cold and a warm expert is
+  within `cold_start_quality_margin` of its predicted quality, the warm one answers and the cold one is woken
+  in the background (`RouteDecision.wake_expert_ids`).
+
+**Route-aware pre-warming** (`PrewarmSettings`), after MoE-Infinity / ExpertFlow's expert prefetching: the
+router's recent predictions feed an exponentially decayed demand per expert; an expert whose expected
+requests over the next `horizon_s` reach `min_expected_requests` and that is cold gets pre-warmed.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from pydantic import Field
+
+from switchboard.fleet.state import FleetSnapshot
+from switchboard.policies import predict
+from switchboard.policies.base import PolicySettings, Reason, Registry
+from switchboard.types import ExpertId, Seconds
+
+
+class RoutingKind(str, enum.Enum):
+    QUALITY_ONLY = "quality-only"
+    FLEET_AWARE = "fleet-aware"
+
+
+class RoutingSettings(PolicySettings):
+    kind: RoutingKind = RoutingKind.FLEET_AWARE
+    usd_weight: float = Field(0.0, ge=0, description="λ: score lost per USD per million tokens.")
+    latency_weight_per_s: float = Field(0.01, ge=0, description="μ: score lost per second of expected extra latency.")
+    cold_start_quality_margin: float = Field(
+        0.05, ge=0, description="A warm expert this close in predicted quality answers instead of a cold one."
+    )
+    unplaceable_penalty_s: float = Field(
+        300.0, ge=0, description="Extra latency charged to a cold expert that no worker can host right now."
+    )
+
+
+class RouteReasonCode(str, enum.Enum):
+    BEST_SCORE = "best-score"
+    COLD_START_HIDDEN = "cold-start-hidden"
+    COLD_START = "cold-start"
+    NO_CANDIDATES = "no-candidates"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpertCandidate:
+    """The router's view of one expert for one request."""
+
+    expert_id: ExpertId
+    predicted_quality: float
+    usd_per_mtok: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScoredExpert:
+    candidate: ExpertCandidate
+    is_warm: bool
+    expected_extra_latency_s: Seconds
+    score: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteDecision:
+    expert_id: ExpertId
+    """'' only with `RouteReasonCode.NO_CANDIDATES`."""
+    is_cold_start: bool
+    """The chosen expert has no warm replica: this request waits for (or triggers) a start."""
+    wake_expert_ids: tuple[ExpertId, ...]
+    """Cold experts to start in the background (cold-start hiding)."""
+    scored: tuple[ScoredExpert, ...]
+    """Every candidate, best first (for logs and the `/admin/fleet` page)."""
+    reason: Reason
+
+
+def expected_extra_latency_s(snapshot: FleetSnapshot, expert_id: ExpertId, settings: RoutingSettings) -> Seconds:
+    spec = snapshot.experts.get(expert_id)
+    if spec is None:
+        return settings.unplaceable_penalty_s
+    if spec.is_external:
+        return 0.0
+    replicas = snapshot.accepting_replicas_of(expert_id)
+    if replicas:
+        return min(predict.queueing_s(snapshot, r) for r in replicas)
+    wake = predict.wake_option(snapshot, expert_id)
+    return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s)
+
+
+class RoutingPolicy(abc.ABC):
+    def __init__(self, settings: RoutingSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def select(self, scored: list[ScoredExpert]) -> tuple[ScoredExpert, tuple[ExpertId, ...], Reason]:
+        """(chosen, experts to wake in the background, reason) from candidates sorted best first."""
+
+    def latency_weight_per_s(self) -> float:
+        return self.settings.latency_weight_per_s
+
+    def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate]) -> RouteDecision:
+        """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable."""
+        if not candidates:
+            return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
+        mu, lam = self.latency_weight_per_s(), self.settings.usd_weight
+        scored = []
+        for c in candidates:
+            latency_s = expected_extra_latency_s(snapshot, c.expert_id, self.settings)
+            scored.append(ScoredExpert(c, snapshot.is_warm(c.expert_id), latency_s,
+                                       c.predicted_quality - lam * c.usd_per_mtok - mu * latency_s))
+        order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
+        ranked = [scored[i] for i in order]
+        chosen, wake, reason = self.select(ranked)
+        return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
+
+
+ROUTING_POLICIES: Registry[RoutingKind, RoutingPolicy] = Registry("routing")
+
+
+def _describe(s: ScoredExpert) -> str:
+    return (f"{s.candidate.expert_id}: quality {s.candidate.predicted_quality:.3f}, "
+            f"${s.candidate.usd_per_mtok:.2f}/Mtok, +{s.expected_extra_latency_s:.2f}s → {s.score:.3f}")
+
+
+@ROUTING_POLICIES.register(RoutingKind.QUALITY_ONLY)
+class QualityOnlyRouting(RoutingPolicy):
+    def latency_weight_per_s(self) -> float:
+        return 0.0
+
+    def select(self, scored):
+        best = scored[0]
+        code = RouteReasonCode.BEST_SCORE if best.is_warm else RouteReasonCode.COLD_START
+        return best, (), Reason(code, _describe(best))
+
+
+@ROUTING_POLICIES.register(RoutingKind.FLEET_AWARE)
+class FleetAwareRouting(RoutingPolicy):
+    def select(self, scored):
+        best = scored[0]
+        if best.is_warm:
+            return best, (), Reason(RouteReasonCode.BEST_SCORE, _describe(best))
+        floor = best.candidate.predicted_quality - self.settings.cold_start_quality_margin
+        stand_in = next((s for s in scored if s.is_warm and s.candidate.predicted_quality >= floor), None)
+        if stand_in is None:
+            return best, (), Reason(RouteReasonCode.COLD_START, _describe(best) + "; no warm expert close enough")
+        return stand_in, (best.candidate.expert_id,), Reason(
+            RouteReasonCode.COLD_START_HIDDEN,
+            f"{best.candidate.expert_id} is cold; {_describe(stand_in)} answers while it wakes")
+
+
+def make_routing(settings: RoutingSettings) -> RoutingPolicy:
+    return ROUTING_POLICIES.create(settings)
+
+
+# --------------------------------------------------------------------------------------------- pre-warming
+
+
+class PrewarmKind(str, enum.Enum):
+    NONE = "none"
+    ROUTE_AWARE = "route-aware"
+
+
+class PrewarmSettings(PolicySettings):
+    kind: PrewarmKind = PrewarmKind.ROUTE_AWARE
+    half_life_s: float = Field(60.0, gt=0, description="Half-life of the decayed routing demand.")
+    horizon_s: float = Field(60.0, gt=0, description="Look-ahead over which expected requests are counted.")
+    min_expected_requests: float = Field(1.0, gt=0, description="Pre-warm when this many requests are expected.")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoutePrediction:
+    """The router's belief about one request: probability per expert of being the right one (sums to ≤ 1)."""
+
+    at_s: Seconds
+    probabilities: Mapping[ExpertId, float]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrewarmState:
+    demand: Mapping[ExpertId, float] = dataclasses.field(default_factory=dict)
+    """Decayed sum of routing probability, as of `updated_at`."""
+    updated_at: Seconds = 0.0
+
+
+class PrewarmReasonCode(str, enum.Enum):
+    PREDICTED_DEMAND = "predicted-demand"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrewarmDecision:
+    expert_id: ExpertId
+    expected_requests: float
+    reason: Reason
+
+
+class PrewarmPolicy(abc.ABC):
+    def __init__(self, settings: PrewarmSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def wanted(self, snapshot: FleetSnapshot, state: PrewarmState) -> list[PrewarmDecision]:
+        """Cold experts to start now."""
+
+    def observe(self, state: PrewarmState, predictions: Iterable[RoutePrediction], now_s: Seconds) -> PrewarmState:
+        """The demand decayed to `now_s` with `predictions` added (each decayed from its own `at_s`)."""
+        rate = math.log(2) / self.settings.half_life_s
+        decay = math.exp(-rate * max(0.0, now_s - state.updated_at))
+        demand = {e: d * decay for e, d in state.demand.items() if d * decay > 1e-6}
+        for p in predictions:
+            weight = math.exp(-rate * max(0.0, now_s - p.at_s))
+            for expert_id, probability in p.probabilities.items():
+                demand[expert_id] = demand.get(expert_id, 0.0) + probability * weight
+        return PrewarmState(demand, max(now_s, state.updated_at))
+
+    def expected_requests(self, state: PrewarmState, expert_id: ExpertId) -> float:
+        """Requests expected over the horizon if the recent rate continues (decayed sum ≈ rate / decay rate)."""
+        rate_per_s = state.demand.get(expert_id, 0.0) * math.log(2) / self.settings.half_life_s
+        return rate_per_s * self.settings.horizon_s
+
+
+PREWARM_POLICIES: Registry[PrewarmKind, PrewarmPolicy] = Registry("prewarm")
+
+
+@PREWARM_POLICIES.register(PrewarmKind.NONE)
+class NoPrewarm(PrewarmPolicy):
+    def wanted(self, snapshot, state):
+        return []
+
+
+@PREWARM_POLICIES.register(PrewarmKind.ROUTE_AWARE)
+class RouteAwarePrewarm(PrewarmPolicy):
+    def wanted(self, snapshot: FleetSnapshot, state: PrewarmState) -> list[PrewarmDecision]:
+        decisions = []
+        for expert_id in sorted(state.demand):
+            spec = snapshot.experts.get(expert_id)
+            if spec is None or spec.is_external or snapshot.accepting_replicas_of(expert_id):
+                continue
+            expected = self.expected_requests(state, expert_id)
+            if expected >= self.settings.min_expected_requests:
+                decisions.append(PrewarmDecision(expert_id, expected, Reason(
+                    PrewarmReasonCode.PREDICTED_DEMAND,
+                    f"~{expected:.1f} requests expected in the next {self.settings.horizon_s:.0f}s")))
+        return decisions
+
+
+def make_prewarm(settings: PrewarmSettings) -> PrewarmPolicy:
+    return PREWARM_POLICIES.create(settings)
