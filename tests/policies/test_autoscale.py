@@ -1,0 +1,111 @@
+"""Autoscaling: bounds always hold, delays give hysteresis, a cold expert with waiting requests wakes at once."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy_builders import at, fleet, request, with_replica
+from switchboard.fleet import ReplicaLoad
+from switchboard.fleet import ops
+from switchboard.policies.autoscale import (
+    AutoscaleReasonCode,
+    AutoscaleSettings,
+    AutoscaleState,
+    make_autoscale,
+)
+from switchboard.types import ExpertId
+
+A = ExpertId("a")
+
+
+def _capacity(s):
+    return {A: s.estimates[(A, "l4")].capacity}
+
+
+def _loaded(num_tokens: int, num_replicas: int = 1, now_s: float = 0.0):
+    s = fleet(workers=[(f"w{i}", "l4", 24.0, 0.8) for i in range(8)], now_s=now_s)
+    for i in range(num_replicas):
+        load = ReplicaLoad(num_running=1, num_running_tokens=num_tokens // num_replicas) if num_tokens else None
+        s = with_replica(s, f"r{i}", worker=f"w{i}", load=load)
+    return s
+
+
+def test_tokens_drive_the_count_not_requests():
+    policy = make_autoscale(AutoscaleSettings(upscale_delay_s=0, target_utilization=0.5, max_replicas=8))
+    # kv 50k per replica at 50% utilization → 25k tokens each; 100k tokens → 4 replicas.
+    decisions, _ = policy.decide(_loaded(100_000), AutoscaleState(), _capacity(_loaded(0)), {})
+    assert decisions[A].num_desired == 4
+    assert decisions[A].reason.code is AutoscaleReasonCode.SCALE_UP
+
+
+def test_queue_depth_variant_counts_sequences():
+    policy = make_autoscale(AutoscaleSettings(kind="queue-depth", upscale_delay_s=0, target_utilization=0.5))
+    s = _loaded(0)
+    s = ops.set_load(s, "r0", ReplicaLoad(num_running=16, num_running_tokens=16))
+    decisions, _ = policy.decide(s, AutoscaleState(), _capacity(s), {})
+    assert decisions[A].num_desired == 2  # 16 sequences / (0.5 × 16)
+
+
+def test_upscale_waits_for_its_delay():
+    policy = make_autoscale(AutoscaleSettings(upscale_delay_s=10, max_replicas=8))
+    s = _loaded(100_000)
+    d, state = policy.decide(s, AutoscaleState(), _capacity(s), {})
+    assert d[A].num_desired == 1 and d[A].reason.code is AutoscaleReasonCode.WAITING_FOR_DELAY
+    d, state = policy.decide(at(s, 9.9), state, _capacity(s), {})
+    assert d[A].num_desired == 1
+    d, state = policy.decide(at(s, 10.0), state, _capacity(s), {})
+    assert d[A].num_desired > 1
+
+
+def test_downscale_hysteresis_resets_when_load_returns():
+    policy = make_autoscale(AutoscaleSettings(downscale_delay_s=60))
+    idle = _loaded(0, num_replicas=3)
+    d, state = policy.decide(idle, AutoscaleState(), _capacity(idle), {A: 1})
+    assert d[A].num_desired == 3
+    busy = ops.set_load(at(idle, 30), "r0", ReplicaLoad(1, 90_000))
+    _, state = policy.decide(busy, state, _capacity(idle), {A: 1})  # wanted 3 again: memory resets
+    d, state = policy.decide(at(idle, 70), state, _capacity(idle), {A: 1})
+    assert d[A].num_desired == 3  # only 40 s of wanting fewer
+    d, _ = policy.decide(at(idle, 131), state, _capacity(idle), {A: 1})
+    assert d[A].num_desired == 1
+
+
+def test_waiting_requests_wake_a_cold_expert_immediately():
+    policy = make_autoscale(AutoscaleSettings(upscale_delay_s=1000))
+    s = ops.enqueue(fleet(), request(1), None)
+    d, _ = policy.decide(s, AutoscaleState(), _capacity(s), {})
+    assert d[A].num_desired >= 1 and d[A].reason.code is AutoscaleReasonCode.WAKE_FOR_WAITING_REQUESTS
+
+
+def test_keepalive_floor_keeps_one_and_zero_floor_allows_zero():
+    policy = make_autoscale(AutoscaleSettings(downscale_delay_s=0))
+    s = _loaded(0)
+    assert policy.decide(s, AutoscaleState(), _capacity(s), {A: 1})[0][A].num_desired == 1
+    assert policy.decide(s, AutoscaleState(), _capacity(s), {A: 0})[0][A].num_desired == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    min_r=st.integers(0, 3),
+    extra=st.integers(0, 5),
+    tokens=st.integers(0, 2_000_000),
+    num_replicas=st.integers(0, 8),
+    floor=st.integers(0, 1),
+    steps=st.lists(st.floats(0, 200), max_size=5),
+    factor=st.floats(0.1, 1.0),
+)
+def test_desired_stays_within_bounds(min_r, extra, tokens, num_replicas, floor, steps, factor):
+    cfg = AutoscaleSettings(min_replicas=min_r, max_replicas=max(1, min_r + extra), upscaling_factor=factor,
+                            downscaling_factor=factor)
+    policy = make_autoscale(cfg)
+    s = _loaded(tokens if num_replicas else 0, num_replicas)
+    state, now = AutoscaleState(), 0.0
+    for dt in [0.0, *steps]:
+        now += dt
+        d, state = policy.decide(at(s, now), state, _capacity(s), {A: floor})
+        n = d[A].num_desired
+        # Either the bounded target, or (while a delay runs) the current count: never outside both.
+        assert min(cfg.min_replicas, num_replicas) <= n <= max(cfg.max_replicas, num_replicas)
+        if n != num_replicas:
+            assert max(cfg.min_replicas, floor) <= n <= cfg.max_replicas
