@@ -1,0 +1,102 @@
+"""Admission: admit, queue for a start, or reject early (429/503 with Retry-After) — never admit to nothing."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy_builders import fleet, request, with_replica
+from switchboard.fleet import ReplicaLoad
+from switchboard.policies.admission import AdmissionSettings, Verdict, make_admission
+from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
+from switchboard.types import ReplicaState
+
+SLO = make_admission(AdmissionSettings(kind="slo", cold_start_allowance_s=60))
+
+
+def test_warm_and_idle_admits():
+    d = SLO.admit(with_replica(fleet(), "r0"), request(1))
+    assert d.verdict is Verdict.ADMIT and d.status_code == 200 and d.retry_after_s == 0 and not d.wake_expert
+
+
+def test_cold_expert_queues_and_wakes_within_the_allowance():
+    d = SLO.admit(fleet(), request(1))  # cold start 20 s ≤ 2 s SLO + 60 s allowance
+    assert d.verdict is Verdict.QUEUE_FOR_START and d.wake_expert and d.expected_ttft_s >= 20
+
+
+def test_starting_replica_queues_without_another_wake():
+    d = SLO.admit(with_replica(fleet(), "r0", state=ReplicaState.STARTING), request(1))
+    assert d.verdict is Verdict.QUEUE_FOR_START and not d.wake_expert
+
+
+def test_cold_start_beyond_the_allowance_is_503_with_retry_after_and_a_wake():
+    strict = make_admission(AdmissionSettings(kind="slo", cold_start_allowance_s=0))
+    d = strict.admit(fleet(), request(1))
+    assert d.verdict is Verdict.REJECT_UNAVAILABLE and d.status_code == 503
+    assert d.retry_after_s == 20 and d.wake_expert
+
+
+def test_overloaded_warm_replicas_reject_early_with_429():
+    busy = ReplicaLoad(num_running=16, num_running_tokens=16 * 2000,
+                       queue=tuple(request(100 + i, prompt=4000) for i in range(10)))
+    d = SLO.admit(with_replica(fleet(), "r0", load=busy), request(1))
+    assert d.verdict is Verdict.REJECT_OVERLOADED and d.status_code == 429 and d.retry_after_s >= 1
+
+
+def test_no_room_anywhere_is_503_without_a_wake():
+    d = SLO.admit(fleet(workers=(("w0", "l4", 4.0, 0.8),)), request(1))
+    assert d.verdict is Verdict.REJECT_UNAVAILABLE and not d.wake_expert and d.retry_after_s == 30
+
+
+def test_always_admits_what_it_can_place():
+    always = make_admission(AdmissionSettings(kind="always"))
+    busy = ReplicaLoad(num_running=16, num_running_tokens=10**6)
+    assert always.admit(with_replica(fleet(), "r0", load=busy), request(1)).verdict is Verdict.ADMIT
+    assert always.admit(fleet(), request(1)).verdict is Verdict.QUEUE_FOR_START
+
+
+def test_external_experts_are_admitted_without_replicas():
+    assert SLO.admit(fleet(external=("a",)), request(1)).verdict is Verdict.ADMIT
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["slo", "always"]),
+    allowance=st.floats(0, 100),
+    memory=st.floats(1, 30),
+    state=st.sampled_from([None, ReplicaState.STARTING, ReplicaState.WARM]),
+    queue_len=st.integers(0, 20),
+    prompt=st.integers(1, 8000),
+    slo=st.floats(0.01, 30),
+)
+def test_every_request_gets_a_replica_path_or_a_clear_rejection(kind, allowance, memory, state, queue_len, prompt, slo):
+    s = fleet(workers=(("w0", "l4", 24.0, 0.8), ("w1", "l4", memory, 0.8)))
+    if state is not None:
+        load = ReplicaLoad(queue=tuple(request(100 + i, prompt=2000) for i in range(queue_len)))
+        s = with_replica(s, "r0", state=state, load=load)
+    d = make_admission(AdmissionSettings(kind=kind, cold_start_allowance_s=allowance)).admit(
+        s, request(1, prompt=prompt, slo=slo))
+    if d.verdict.is_admitted:
+        assert s.accepting_replicas_of("a") or d.wake_expert  # never admitted to nothing
+        assert d.retry_after_s == 0 and d.status_code == 200
+    else:
+        assert d.status_code in (429, 503) and d.retry_after_s >= 1 and d.reason.detail
+        assert d.status_code == 429 or not s.warm_replicas_of("a")
+
+
+def test_shortest_predicted_first_orders_by_prediction_with_aging():
+    order = make_queue_order(QueueOrderSettings(kind="shortest-predicted-first", max_wait_s=10))
+    q = (request(1, at_s=0, output=500), request(2, at_s=1, output=10), request(3, at_s=2, output=100))
+    assert [r.request_id for r in order.order(q, now_s=5)] == ["q2", "q3", "q1"]
+    assert order.next_request(q, now_s=10).request_id == "q1"  # waited 10 s: no longer overtaken
+    fifo = make_queue_order(QueueOrderSettings(kind="fifo"))
+    assert [r.request_id for r in fifo.order(q[::-1], now_s=5)] == ["q1", "q2", "q3"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.integers(1, 4000)), max_size=30), st.floats(0, 200))
+def test_ordering_is_a_permutation(items, now):
+    q = tuple(request(i, at_s=t, output=o) for i, (t, o) in enumerate(items))
+    for kind in ("fifo", "shortest-predicted-first"):
+        ordered = make_queue_order(QueueOrderSettings(kind=kind)).order(q, now)
+        assert sorted(r.request_id for r in ordered) == sorted(r.request_id for r in q)

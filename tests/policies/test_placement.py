@@ -1,0 +1,82 @@
+"""Placement: first-fit, Mélange-style cost-aware choice, explicit outcomes, never over-commit memory."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy_builders import CPU, H100, L4, estimate, fleet, request
+from switchboard.fleet import ops
+from switchboard.policies.placement import Placed, PlacementSettings, PlacementStatus, Unplaceable, make_placement
+from switchboard.types import ExpertId, ReplicaId
+
+A = ExpertId("a")
+
+HETERO = (("cpu0", CPU, 32.0, 0.1), ("l40", L4, 24.0, 0.8), ("h0", H100, 80.0, 4.0))
+
+
+def _hetero(ttft_slo_s=2.0, **kw):
+    ests = [
+        estimate("a", CPU, memory_gb=8, prefill=200.0, step1=0.2, step_full=0.6, seqs=4, kv=8_000),
+        estimate("a", L4, memory_gb=16, prefill=4000.0, step1=0.03, step_full=0.06, seqs=16, kv=40_000),
+        estimate("a", H100, memory_gb=20, prefill=40_000.0, step1=0.01, step_full=0.02, seqs=64, kv=400_000),
+    ]
+    return fleet(workers=HETERO, estimates=ests, ttft_slo_s=ttft_slo_s, **kw)
+
+
+def test_first_fit_takes_the_first_worker_with_room():
+    outcome = make_placement(PlacementSettings(kind="first-fit")).place(_hetero(), A)
+    assert isinstance(outcome, Placed) and outcome.candidate.worker.worker_id == "cpu0"
+
+
+def test_cost_aware_takes_the_cheapest_kind_that_meets_the_slo():
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    # The CPU is cheapest, but its TTFT for a 512-token prompt is 2.76 s > 2 s → the L4 wins over the pricier H100.
+    outcome = policy.place(_hetero(), A)
+    assert outcome.status is PlacementStatus.PLACED and outcome.candidate.worker.worker_id == "l40"
+
+
+def test_cost_aware_prefers_big_hardware_when_load_needs_it():
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    s = _hetero()
+    for i in range(40):  # 40 × 8k-token prompts queued: the L4 cannot prefill them in 2 s, the H100 can
+        s = ops.enqueue(s, request(i, prompt=8_000, output=200, slo=2.0), None)
+    outcome = policy.place(s, A)
+    assert outcome.candidate.worker.worker_id == "h0"
+
+
+def test_when_nothing_meets_the_slo_the_fastest_is_placed_at_risk():
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    outcome = policy.place(_hetero(ttft_slo_s=0.001), A)
+    assert outcome.status is PlacementStatus.PLACED_SLO_AT_RISK and outcome.candidate.worker.worker_id == "h0"
+
+
+def test_no_memory_and_no_estimate_are_explicit():
+    policy = make_placement(PlacementSettings())
+    s = fleet(workers=(("w0", L4, 8.0, 0.8),))  # estimate needs 10 GB
+    outcome = policy.place(s, A)
+    assert isinstance(outcome, Unplaceable) and outcome.status is PlacementStatus.NO_MEMORY
+    s = fleet(experts=("a", "b"), estimates=[estimate("a", L4)])
+    assert policy.place(s, ExpertId("b")).status is PlacementStatus.NO_ESTIMATE
+    assert not policy.place(s, ExpertId("b")).is_placed
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from(["first-fit", "cost-aware"]),
+    memories=st.lists(st.floats(4, 100), min_size=1, max_size=5),
+    needs=st.lists(st.tuples(st.sampled_from("abc"), st.floats(1, 60)), min_size=1, max_size=25),
+)
+def test_placement_never_overcommits_memory(kind, memories, needs):
+    workers = [(f"w{i}", L4, m, 0.5 + i) for i, m in enumerate(memories)]
+    ests = {e: estimate(e, L4, memory_gb=m) for e, m in reversed(needs)}  # one size per expert
+    s = fleet(experts=tuple(ests), workers=workers, estimates=list(ests.values()))
+    policy = make_placement(PlacementSettings(kind=kind))
+    for n, (e, _) in enumerate(needs):
+        outcome = policy.place(s, ExpertId(e))
+        fits_somewhere = any(s.memory_free_gb(w) + 1e-9 >= ests[e].memory_gb for w in s.workers)
+        assert outcome.is_placed == fits_somewhere
+        if outcome.is_placed:
+            s = ops.add_replica(s, ReplicaId(f"r{n}"), outcome.candidate.estimate, outcome.candidate.worker.worker_id)
+        for w in s.workers.values():
+            assert s.memory_used_gb(w.worker_id) <= w.memory_gb + 1e-9
