@@ -50,7 +50,8 @@ class Knobs:
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
-    control_interval_s: float = 2.0
+    control_interval_s: float = 5.0
+    """Period of the control step (it also runs at once when a request waits for a replica)."""
     seed: int = 0
 
 
