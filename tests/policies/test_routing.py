@@ -1,0 +1,88 @@
+"""Fleet-aware routing: the score, cold-start hiding with a background wake, route-aware pre-warming."""
+
+from __future__ import annotations
+
+from policy_builders import fleet, with_replica
+from switchboard.fleet import ReplicaLoad
+from switchboard.fleet import ops
+from switchboard.policies.routing import (
+    ExpertCandidate,
+    PrewarmSettings,
+    PrewarmState,
+    RoutePrediction,
+    RouteReasonCode,
+    RoutingSettings,
+    make_prewarm,
+    make_routing,
+)
+from switchboard.types import ExpertId
+
+WORKERS = [(f"w{i}", "l4", 24.0, 0.8) for i in range(3)]
+
+
+def _fleet(warm=("small",)):
+    s = fleet(experts=("big", "small", "api"), workers=WORKERS, external=("api",))
+    for i, e in enumerate(warm):
+        s = with_replica(s, f"r{i}", expert=e, worker=f"w{i}")
+    return s
+
+
+def _candidates(q_big=0.80, q_small=0.77):
+    return [ExpertCandidate(ExpertId("big"), q_big, 1.0), ExpertCandidate(ExpertId("small"), q_small, 0.2)]
+
+
+def test_cold_start_hiding_answers_with_the_close_warm_expert_and_wakes_the_cold_one():
+    policy = make_routing(RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.0, cold_start_quality_margin=0.05))
+    d = policy.route(_fleet(), _candidates())
+    assert d.expert_id == "small" and d.wake_expert_ids == ("big",) and not d.is_cold_start
+    assert d.reason.code is RouteReasonCode.COLD_START_HIDDEN and "big is cold" in d.reason.detail
+
+
+def test_no_hiding_when_the_warm_expert_is_much_worse():
+    policy = make_routing(RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.0, cold_start_quality_margin=0.05))
+    d = policy.route(_fleet(), _candidates(q_small=0.5))
+    assert d.expert_id == "big" and d.is_cold_start and d.wake_expert_ids == ()
+    assert d.reason.code is RouteReasonCode.COLD_START
+
+
+def test_quality_only_is_blind_to_the_fleet():
+    d = make_routing(RoutingSettings(kind="quality-only", latency_weight_per_s=1.0)).route(_fleet(), _candidates())
+    assert d.expert_id == "big" and d.is_cold_start and d.wake_expert_ids == ()
+
+
+def test_latency_term_charges_queueing_and_cold_starts():
+    s = _fleet(warm=("small", "big"))
+    busy = ReplicaLoad(num_running=16, num_running_tokens=16 * 4000)
+    s = ops.set_load(s, "r1", busy)  # big's only replica is saturated
+    policy = make_routing(RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.1))
+    d = policy.route(s, _candidates())
+    scored = {x.candidate.expert_id: x for x in d.scored}
+    assert scored["big"].expected_extra_latency_s > scored["small"].expected_extra_latency_s == 0
+    assert d.expert_id == "small" and d.reason.code is RouteReasonCode.BEST_SCORE
+    assert scored["small"].score == 0.77 - 0.1 * 0.0
+
+
+def test_price_weight_and_external_experts():
+    policy = make_routing(RoutingSettings(kind="fleet-aware", usd_weight=0.1))
+    cands = [ExpertCandidate(ExpertId("api"), 0.9, 10.0), ExpertCandidate(ExpertId("small"), 0.8, 0.2)]
+    d = policy.route(_fleet(), cands)
+    assert d.expert_id == "small"  # 0.9 − 1.0 < 0.8 − 0.02
+    assert make_routing(RoutingSettings()).route(_fleet(), cands).expert_id == "api"  # always warm, λ = 0
+
+
+def test_no_candidates_is_explicit():
+    d = make_routing(RoutingSettings()).route(_fleet(), [])
+    assert d.reason.code is RouteReasonCode.NO_CANDIDATES and d.expert_id == ""
+
+
+def test_route_aware_prewarm_starts_cold_experts_with_predicted_demand_and_forgets_over_time():
+    policy = make_prewarm(PrewarmSettings(kind="route-aware", half_life_s=60, horizon_s=60, min_expected_requests=1))
+    s = _fleet()
+    preds = [RoutePrediction(float(t), {ExpertId("big"): 0.5, ExpertId("small"): 0.5}) for t in range(0, 10)]
+    state = policy.observe(PrewarmState(), preds, now_s=10.0)
+    wanted = policy.wanted(s, state)
+    assert [w.expert_id for w in wanted] == ["big"]  # small is warm, api external
+    later = policy.observe(state, [], now_s=600.0)
+    assert policy.wanted(s, later) == []
+    none = make_prewarm(PrewarmSettings(kind="none"))
+    assert none.wanted(s, state) == []
