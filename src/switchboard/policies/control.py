@@ -49,10 +49,13 @@ from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, Sc
 from switchboard.policies.balance import BalanceSettings, Routed, make_balance
 from switchboard.policies.base import PolicySettings, Reason
 from switchboard.policies.keepalive import (
+    IdleHistogram,
     KeepAliveAction,
     KeepAliveDecision,
+    KeepAliveReasonCode,
     KeepAliveSettings,
     KeepAliveState,
+    decide_from_window,
     make_keepalive,
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
@@ -221,7 +224,7 @@ class ControlPlane:
 
         cold_start_s = {e: predict.wake_option(plan.snapshot, e).cold_start_s for e in plan.snapshot.experts}
         keepalive, keepalive_state = self.keepalive.decide(plan.snapshot, state.keepalive, cold_start_s)
-        zeroed = self._apply_keepalive(plan, keepalive)
+        zeroed = self._apply_keepalive(plan, keepalive, keepalive_state.histograms, cold_start_s)
 
         predictions = [e.prediction for e in events if isinstance(e, RoutePredicted)]
         prewarm_state = self.prewarm.observe(state.prewarm, predictions, now_s)
@@ -277,7 +280,9 @@ class ControlPlane:
             if decision.wake_expert and self._can_start(plan, request.expert_id):
                 self._start(plan, request.expert_id, decision.reason)
             return
-        if decision.wake_expert or not plan.snapshot.accepting_replicas_of(request.expert_id):
+        accepting = plan.snapshot.accepting_replicas_of(request.expert_id)
+        may_add = len(accepting) < self.settings.autoscale.max_replicas
+        if not accepting or (decision.wake_expert and may_add):
             started = self._start(plan, request.expert_id, decision.reason)
             if isinstance(started, Unplaceable):
                 plan.do(RejectRequest(request, 503, max(1, round(self.settings.admission.retry_after_unavailable_s)),
@@ -293,7 +298,13 @@ class ControlPlane:
         ttft_s = predict.ttft_s(plan.snapshot, replica, request.num_prompt_tokens)
         plan.do(AssignRequest(request, replica_id, ttft_s, not replica.is_warm, decision.reason))
 
-    def _apply_keepalive(self, plan: _Plan, decisions: Mapping[ExpertId, KeepAliveDecision]) -> set[ExpertId]:
+    def _apply_keepalive(
+        self,
+        plan: _Plan,
+        decisions: Mapping[ExpertId, KeepAliveDecision],
+        histograms: Mapping[ExpertId, IdleHistogram],
+        cold_start_s: Mapping[ExpertId, float],
+    ) -> set[ExpertId]:
         """Carry out keep-alive decisions; returns the experts being scaled to zero."""
         now_s = plan.snapshot.now_s
         zeroed = set()
@@ -304,6 +315,13 @@ class ControlPlane:
                     is_fresh = _never_served(replica) and replica.idle_for_s(now_s) < self.settings.prewarm_grace_s
                     if replica.load.num_outstanding_requests == 0 and not is_fresh:
                         plan.do(DrainReplica(replica.replica_id, decision.reason))
+                if decision.reason.code is KeepAliveReasonCode.PREWARM_GAP and not plan.snapshot.accepting_replicas_of(expert_id):
+                    # Unloaded for a predicted gap: announce when to come back in the same step.
+                    then = decide_from_window(
+                        expert_id, plan.snapshot.activity_of(expert_id), self.keepalive.window(histograms[expert_id]),
+                        has_replica=False, cold_start_s=cold_start_s.get(expert_id, 0.0), now_s=now_s)
+                    if then.action is KeepAliveAction.PREWARM and then.at_s > now_s:
+                        plan.do(PrewarmAt(expert_id, then.at_s, then.reason))
             elif decision.action is KeepAliveAction.PREWARM:
                 if decision.at_s <= now_s:
                     if self._can_start(plan, expert_id):

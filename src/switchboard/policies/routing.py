@@ -10,10 +10,12 @@ start-up if it is still starting, or a full cold start if the expert has no repl
 
 Variants (`RoutingSettings.kind`):
 
-- `quality-only`: blind to the fleet (μ ignored, no cold-start hiding): the baseline the simulator compares with.
-- `fleet-aware`: the score above, plus **cold-start hiding**: if the best expert is cold and a warm expert is
-  within `cold_start_quality_margin` of its predicted quality, the warm one answers and the cold one is woken
-  in the background (`RouteDecision.wake_expert_ids`).
+- `quality-only`: blind to the fleet: the best quality − λ·price, warm or not, no wakes. The baseline.
+- `fleet-aware`: the full score, plus **cold-start hiding**: if the *preferred* expert (best quality − λ·price,
+  what the router would pick were the fleet all warm) is cold and a warm expert is within
+  `cold_start_quality_margin` of its predicted quality, the warm one answers and the preferred one is woken in
+  the background (`RouteDecision.wake_expert_ids`). If no warm expert is close enough, the full score decides,
+  and a cold preferred expert that loses on latency is still woken for the traffic to come.
 
 **Route-aware pre-warming** (`PrewarmSettings`), after MoE-Infinity / ExpertFlow's expert prefetching: the
 router's recent predictions feed an exponentially decayed demand per expert; an expert whose expected
@@ -108,25 +110,27 @@ class RoutingPolicy(abc.ABC):
         self.settings = settings
 
     @abc.abstractmethod
-    def select(self, scored: list[ScoredExpert]) -> tuple[ScoredExpert, tuple[ExpertId, ...], Reason]:
-        """(chosen, experts to wake in the background, reason) from candidates sorted best first."""
+    def select(self, ranked: list[ScoredExpert], preferred: ScoredExpert) -> tuple[ScoredExpert, tuple[ExpertId, ...], Reason]:
+        """(chosen, experts to wake in the background, reason).
 
-    def latency_weight_per_s(self) -> float:
-        return self.settings.latency_weight_per_s
+        `ranked` is every candidate by full score, best first; `preferred` is the best by quality − λ·price
+        alone, the expert the router would pick if the whole fleet were warm.
+        """
 
     def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate]) -> RouteDecision:
         """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable."""
         if not candidates:
             return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
-        mu, lam = self.latency_weight_per_s(), self.settings.usd_weight
+        mu, lam = self.settings.latency_weight_per_s, self.settings.usd_weight
         scored = []
         for c in candidates:
             latency_s = expected_extra_latency_s(snapshot, c.expert_id, self.settings)
             scored.append(ScoredExpert(c, snapshot.is_warm(c.expert_id), latency_s,
                                        c.predicted_quality - lam * c.usd_per_mtok - mu * latency_s))
-        order = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
-        ranked = [scored[i] for i in order]
-        chosen, wake, reason = self.select(ranked)
+        ranked = [scored[i] for i in sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))]
+        preferred = scored[max(range(len(scored)), key=lambda i: (
+            candidates[i].predicted_quality - lam * candidates[i].usd_per_mtok, -i))]
+        chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 
 
@@ -140,28 +144,29 @@ def _describe(s: ScoredExpert) -> str:
 
 @ROUTING_POLICIES.register(RoutingKind.QUALITY_ONLY)
 class QualityOnlyRouting(RoutingPolicy):
-    def latency_weight_per_s(self) -> float:
-        return 0.0
-
-    def select(self, scored):
-        best = scored[0]
-        code = RouteReasonCode.BEST_SCORE if best.is_warm else RouteReasonCode.COLD_START
-        return best, (), Reason(code, _describe(best))
+    def select(self, ranked, preferred):
+        code = RouteReasonCode.BEST_SCORE if preferred.is_warm else RouteReasonCode.COLD_START
+        return preferred, (), Reason(code, _describe(preferred) + " (fleet ignored)")
 
 
 @ROUTING_POLICIES.register(RoutingKind.FLEET_AWARE)
 class FleetAwareRouting(RoutingPolicy):
-    def select(self, scored):
-        best = scored[0]
-        if best.is_warm:
+    def select(self, ranked, preferred):
+        best = ranked[0]
+        if preferred.is_warm:
             return best, (), Reason(RouteReasonCode.BEST_SCORE, _describe(best))
-        floor = best.candidate.predicted_quality - self.settings.cold_start_quality_margin
-        stand_in = next((s for s in scored if s.is_warm and s.candidate.predicted_quality >= floor), None)
-        if stand_in is None:
+        floor = preferred.candidate.predicted_quality - self.settings.cold_start_quality_margin
+        stand_in = next((s for s in ranked if s.is_warm and s.candidate.predicted_quality >= floor), None)
+        wake = (preferred.candidate.expert_id,)
+        if stand_in is not None:
+            return stand_in, wake, Reason(
+                RouteReasonCode.COLD_START_HIDDEN,
+                f"{preferred.candidate.expert_id} is cold; {_describe(stand_in)} answers while it wakes")
+        if best is preferred:
             return best, (), Reason(RouteReasonCode.COLD_START, _describe(best) + "; no warm expert close enough")
-        return stand_in, (best.candidate.expert_id,), Reason(
-            RouteReasonCode.COLD_START_HIDDEN,
-            f"{best.candidate.expert_id} is cold; {_describe(stand_in)} answers while it wakes")
+        # The fleet made another expert win on latency: still wake the one quality wants, for the traffic to come.
+        return best, wake, Reason(RouteReasonCode.BEST_SCORE,
+                                  f"{_describe(best)}; waking {preferred.candidate.expert_id}")
 
 
 def make_routing(settings: RoutingSettings) -> RoutingPolicy:

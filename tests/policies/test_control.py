@@ -1,0 +1,210 @@
+"""The composed control step, driven through simulated time by a stateful fake executor.
+
+Invariants checked after every run: every request that arrived is finished or rejected exactly once (never
+both, never twice); memory is never over-committed; replica counts stay within bounds; the step's projected
+fleet equals the fleet after executing its actions (checked inside the fake).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fake_executor import FakeExecutor
+from policy_builders import estimate, fleet, request
+from switchboard.policies.actions import DrainReplica, MigrateRequest, PrewarmAt, StartReplica, StopReplica
+from switchboard.policies.control import ControlPlane, ControlSettings, RoutePredicted, WakeExpert
+from switchboard.policies.base import Reason
+from switchboard.policies.routing import ExpertCandidate, RoutePrediction, RouteReasonCode
+from switchboard.types import ExpertId, ReplicaState
+
+WORKERS = [(f"w{i}", "l4", 24.0, 0.8) for i in range(3)]
+
+
+def _settings(**overrides) -> ControlSettings:
+    base = {
+        "keepalive": {"kind": "fixed", "idle_timeout_s": 300},
+        "autoscale": {"max_replicas": 3, "upscale_delay_s": 5, "downscale_delay_s": 30},
+        "admission": {"kind": "slo", "cold_start_allowance_s": 60},
+        "prewarm": {"kind": "none"},
+    }
+    base.update(overrides)
+    return ControlSettings.model_validate(base)
+
+
+def _check_invariants(ex: FakeExecutor, max_replicas: int = 3) -> None:
+    s = ex.snapshot
+    for w in s.workers.values():
+        assert s.memory_used_gb(w.worker_id) <= w.memory_gb + 1e-9
+    for e in s.experts:
+        assert len(s.accepting_replicas_of(e)) <= max_replicas
+    for rid, n in ex.ledger.assigned.items():
+        assert n == 1, f"{rid} assigned {n} times"
+    for rid, n in ex.ledger.started.items():
+        assert n == 1, f"{rid} started {n} times"
+
+
+def _drain_everything(ex: FakeExecutor, until_s: float) -> None:
+    t = ex.snapshot.now_s
+    while t < until_s:
+        t += 10.0
+        ex.advance(t)
+        ex.step()
+
+
+def test_scale_to_zero_cold_wake_and_back_to_zero():
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(_settings()))
+    result = ex.arrive(request(1, prompt=100, output=100))  # cold expert: wakes
+    starts = [a for a in result.actions if isinstance(a, StartReplica)]
+    assert len(starts) == 1 and starts[0].cold_start_s == 20.0
+    assert "q1" in ex.ledger.cold_served  # the response can say it waited for a cold start
+    ex.advance(20.0)  # warm at 20, serves 200 tokens × 10 ms → done at 22
+    ex.advance(22.0)
+    assert ex.ledger.finished["q1"] == 1
+    ex.advance(321.9)
+    ex.step()
+    assert not ex.actions_of(DrainReplica)  # inside the 300 s window
+    ex.advance(322.0)
+    result = ex.step()
+    assert [type(a) for a in result.actions] == [DrainReplica, StopReplica]
+    assert result.keepalive["a"].reason.code.value == "keepalive-window-expired"
+    assert not ex.snapshot.accepting_replicas_of("a")
+    assert ex.snapshot.num_cold_starts == 1
+    ex.advance(400.0)
+    ex.arrive(request(2, at_s=400.0))
+    assert ex.snapshot.num_cold_starts == 2
+
+
+def test_a_burst_spreads_and_scales_up_then_down():
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(_settings()), seconds_per_token=0.002)
+    ex.arrive(request(0, prompt=100, output=100))
+    ex.advance(20.0)
+    for i in range(1, 40):
+        ex.advance(20.0 + i * 0.25)
+        ex.arrive(request(i, at_s=20.0 + i * 0.25, prompt=2000, output=2000, slo=60.0))
+    _check_invariants(ex)
+    assert len({a.replica_id for a in ex.actions_of(StartReplica)}) >= 2
+    _drain_everything(ex, 1000.0)
+    _check_invariants(ex)
+    assert not ex.snapshot.accepting_replicas_of("a")  # and back to zero after the keep-alive window
+
+
+def test_overload_rejects_early_with_429_and_retry_after():
+    cfg = _settings(autoscale={"max_replicas": 1, "upscale_delay_s": 5})
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(cfg), seconds_per_token=0.05)
+    ex.arrive(request(0))
+    ex.advance(20.0)
+    for i in range(1, 60):
+        ex.arrive(request(i, at_s=20.0, prompt=3000, output=500))
+    codes = set(ex.ledger.status_codes.values())
+    assert codes == {429}
+    rejected = [r for r in ex.results for a in r.actions if getattr(a, "status_code", 200) == 429]
+    assert rejected
+
+
+def test_unplaceable_cold_expert_gets_503():
+    s = fleet(workers=(("w0", "l4", 4.0, 0.8),))
+    ex = FakeExecutor(s, ControlPlane(_settings()))
+    ex.arrive(request(1))
+    assert ex.ledger.status_codes == {"q1": 503} and not ex.actions_of(StartReplica)
+
+
+def test_wake_event_and_route_prediction_start_replicas():
+    cfg = _settings(prewarm={"kind": "route-aware", "half_life_s": 60, "horizon_s": 60, "min_expected_requests": 1})
+    ex = FakeExecutor(fleet(experts=("a", "b"), workers=WORKERS), ControlPlane(cfg))
+    result = ex.step([WakeExpert(ExpertId("a"), Reason(RouteReasonCode.COLD_START_HIDDEN, "test"))])
+    assert [a.expert_id for a in result.actions if isinstance(a, StartReplica)] == ["a"]
+    preds = [RoutePredicted(RoutePrediction(0.0, {ExpertId("b"): 1.0})) for _ in range(3)]
+    result = ex.step(preds)
+    assert [a.expert_id for a in result.actions if isinstance(a, StartReplica)] == ["b"]
+
+
+def test_hybrid_keepalive_announces_prewarm_times():
+    cfg = _settings(keepalive={"kind": "hybrid-histogram", "min_samples": 5, "min_histogram_cv": 0})
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(cfg))
+    t = 0.0
+    for i in range(8):  # every ~10 minutes
+        ex.advance(t)
+        ex.arrive(request(i, at_s=t, prompt=50, output=50))
+        ex.advance(t + 25)
+        ex.step()
+        t += 600.0
+    assert ex.actions_of(PrewarmAt)
+    # Pre-warmed replicas come up before the next request, so late requests are served warm.
+    assert "q7" not in ex.ledger.cold_served
+
+
+def test_migration_runs_inside_the_step():
+    cfg = _settings(autoscale={"max_replicas": 2, "min_replicas": 2, "upscale_delay_s": 0},
+                    balance={"kind": "prefix-affinity", "overload_factor": 100},
+                    admission={"kind": "always"},
+                    migration={"overload_wait_s": 0.5, "min_gain_s": 0.1})
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(cfg), seconds_per_token=0.01)
+    ex.step()
+    ex.advance(20.0)
+    for i in range(40):  # all share one prefix: affinity piles them on one replica
+        ex.arrive(request(i, at_s=20.0, prompt=1000, output=50, prefix="same"))
+    assert ex.actions_of(MigrateRequest)
+    _drain_everything(ex, 2000)
+    _check_invariants(ex, max_replicas=2)
+
+
+def test_route_helper_hides_cold_start():
+    s = fleet(experts=("big", "small"), workers=WORKERS)
+    ex = FakeExecutor(s, ControlPlane(_settings()))
+    ex.arrive(request(0, expert="small"))
+    ex.advance(20.0)
+    d = ex.plane.route(ex.snapshot, [ExpertCandidate(ExpertId("big"), 0.8, 1.0),
+                                      ExpertCandidate(ExpertId("small"), 0.78, 0.1)])
+    assert d.expert_id == "small" and d.wake_expert_ids == ("big",)
+
+
+EXPERTS = ("a", "b", "c")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.floats(0, 60), st.sampled_from(EXPERTS), st.integers(1, 3000), st.integers(1, 500),
+                  st.floats(0.1, 30), st.booleans()),
+        max_size=40),
+    keepalive=st.sampled_from(["fixed", "hybrid-histogram"]),
+    admission=st.sampled_from(["slo", "always"]),
+    balance=st.sampled_from(["least-outstanding-tokens", "power-of-two", "prefix-affinity"]),
+    placement=st.sampled_from(["first-fit", "cost-aware"]),
+    memory=st.sampled_from([8.0, 12.0, 24.0]),
+    seed=st.integers(0, 1000),
+)
+def test_no_request_is_lost_or_served_twice(events, keepalive, admission, balance, placement, memory, seed):
+    cfg = _settings(
+        keepalive={"kind": keepalive, "idle_timeout_s": 60, "fallback_keepalive_s": 60, "min_samples": 2},
+        admission={"kind": admission, "cold_start_allowance_s": 30},
+        balance={"kind": balance},
+        placement={"kind": placement},
+        autoscale={"max_replicas": 2, "upscale_delay_s": 3, "downscale_delay_s": 10},
+    )
+    workers = [("w0", "l4", memory, 0.8), ("w1", "cpu", 24.0, 0.1)]
+    ests = [estimate(e, hw, memory_gb=10, cold_start_s=cs) for e in EXPERTS for hw, cs in (("l4", 5.0), ("cpu", 15.0))]
+    ex = FakeExecutor(fleet(experts=EXPERTS, workers=workers, estimates=ests), ControlPlane(cfg),
+                      seconds_per_token=0.002, seed=seed)
+    t = 0.0
+    for i, (dt, expert, prompt, output, slo, tick) in enumerate(events):
+        t += dt
+        ex.advance(t)
+        if tick:
+            ex.step()
+        ex.arrive(request(i, expert=expert, at_s=t, prompt=prompt, output=output, slo=slo, prefix=str(i % 3)))
+        _check_invariants(ex, max_replicas=2)
+    _drain_everything(ex, t + 600)
+    _check_invariants(ex, max_replicas=2)
+    ledger = ex.ledger
+    for rid in ledger.arrived:
+        outcomes = ledger.finished[rid] + ledger.rejected[rid]
+        assert outcomes == 1, f"{rid}: finished {ledger.finished[rid]}, rejected {ledger.rejected[rid]}"
+        if ledger.rejected[rid]:
+            assert ledger.status_codes[rid] in (429, 503) and not ledger.started[rid]
+    assert not list(ex.snapshot.iter_requests())
+    assert all(a.num_in_flight == 0 for a in ex.snapshot.activity.values())
+    # Every replica ever started reached a legal end or is still legitimately live.
+    for replica in ex.snapshot.replicas.values():
+        assert replica.state in (ReplicaState.STOPPED, ReplicaState.WARM, ReplicaState.DRAINING, ReplicaState.STARTING)
