@@ -141,6 +141,14 @@ class ReplicaEngine:
         outcome.next_event = planned.next_event
         return outcome
 
+    def withdraw(self, seq: Sequence) -> bool:
+        """Take a not-yet-started sequence back out of the queue (migration); False if it already started."""
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            return False
+        return True
+
     # ------------------------------------------------------------------------------------------ planning
 
     def _plan(self, now_s: float) -> StepOutcome:

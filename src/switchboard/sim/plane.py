@@ -1,46 +1,28 @@
-"""What the simulator asks of a control plane, and the actions it applies.
+"""What the simulator asks of a control plane.
 
-The simulator owns time, engines and the `FleetSnapshot`; a `ControlPlane` owns decisions. Its methods get the
-current snapshot (with `now_s`) and return decisions; the simulator applies them through `switchboard.fleet.ops`,
-exactly as the live control loop does. Planes may keep policy state between calls (histograms, hysteresis),
-as the live control loop does; they never read a clock.
+The simulator owns time, engines and the `FleetSnapshot`; a plane owns decisions. Its methods get the current
+snapshot (with `now_s`) and return *actions* — the control plane's own action types
+(`switchboard.policies.actions`) — which the simulator applies to the fleet with `apply_action` and carries out
+on its engines, as the live control loop does. Planes may keep policy state between calls (histograms,
+hysteresis) as the live loop does; they never read a clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest
-from switchboard.types import ExpertId, ReplicaId, WorkerId
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StartReplica:
-    """Start a replica of `expert_id` on `worker_id`. `is_preprovisioned` replicas are warm at once and their
-    start is not counted as a cold start (a static fleet provisioned before the workload begins)."""
-
-    expert_id: ExpertId
-    worker_id: WorkerId
-    is_preprovisioned: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StopReplica:
-    """Stop a replica: at once if it has no work, else drain it (finish what it holds, accept nothing new)."""
-
-    replica_id: ReplicaId
-
-
-Action = StartReplica | StopReplica
+from switchboard.policies.actions import Action
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RouteQuery:
     """An `auto` request as the router sees it: predicted quality of every expert (columns in the cluster's
-    expert order) and the prices it trades against."""
+    expert order)."""
 
     request_index: int
     predicted_quality: np.ndarray
@@ -49,42 +31,28 @@ class RouteQuery:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class RouteDecision:
+class Routed:
     expert_index: int
-    wake_expert_index: int | None = None
-    """Cold-start hiding: an expert (usually the preferred, cold one) to wake in the background."""
     reason: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reject:
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Enqueue:
-    """Queue on `replica_id`, or in the fleet's unplaced queue (waiting for a replica to start) when None."""
-
-    replica_id: ReplicaId | None
-    reason: str = ""
-
-
-Admission = Enqueue | Reject
-
-
-class ControlPlane(Protocol):
+class SimPlane(Protocol):
     name: str
     control_interval_s: float | None
     """Period of `control`; None = never called periodically (a static fleet)."""
 
-    def initial_actions(self, snapshot: FleetSnapshot) -> list[Action]:
+    def initial_actions(self, snapshot: FleetSnapshot) -> Sequence[Action]:
         """Actions at time 0, before any request (e.g. provisioning a static fleet)."""
 
-    def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> RouteDecision:
+    def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> Routed:
         """The expert for an `auto` request."""
 
-    def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> Admission:
-        """Where an arriving request waits: a replica, the unplaced queue, or an early rejection."""
+    def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> Sequence[Action]:
+        """Actions for an arriving request (recorded with `ops.record_arrival`, in no queue yet). They must end
+        the request's placement: an `AssignRequest` or `RejectRequest` for it (possibly with replica starts)."""
 
-    def control(self, snapshot: FleetSnapshot) -> list[Action]:
-        """The periodic (and on-demand, when a request waits unplaced) control step."""
+    def control(self, snapshot: FleetSnapshot) -> Sequence[Action]:
+        """The periodic control step."""
+
+    def is_preprovisioned(self, replica_id: str) -> bool:
+        """A replica provisioned before the workload (its start is not a cold start)."""

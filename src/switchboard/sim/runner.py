@@ -23,7 +23,18 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.sim.cluster import BuiltCluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
 from switchboard.sim.events import Event, EventQueue, Priority
-from switchboard.sim.plane import ControlPlane, Enqueue, Reject, RouteQuery, StartReplica, StopReplica
+from switchboard.policies.actions import (
+    AssignRequest,
+    DrainReplica,
+    ForwardUpstream,
+    MigrateRequest,
+    PrewarmAt,
+    RejectRequest,
+    StartReplica,
+    StopReplica,
+    apply_action,
+)
+from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
@@ -87,7 +98,7 @@ class Simulation:
         self,
         cluster: BuiltCluster,
         workload: Workload,
-        plane: ControlPlane,
+        plane: SimPlane,
         routing: RoutingInputs,
         *,
         on_progress: Callable[[int], None] | None = None,
@@ -102,8 +113,6 @@ class Simulation:
         self.engines: dict[str, ReplicaEngine] = {}
         self.records: dict[str, ReplicaRecord] = {}
         self.sequences: dict[int, Sequence] = {}
-        self._num_replicas = 0
-        self._control_requested = False
         self._expert_ids = cluster.expert_ids
         self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
         n = len(workload)
@@ -196,11 +205,8 @@ class Simulation:
         self.arrived[i] += 1
         expert = int(self._pinned[i])
         if expert == NO_EXPERT:
-            decision = self.plane.route(self.snapshot, RouteQuery(
-                i, self.routing.predicted[i], int(w.num_prompt_tokens[i]), int(w.num_output_tokens[i])))
-            expert = decision.expert_index
-            if decision.wake_expert_index is not None:
-                self._control_requested = True
+            expert = self.plane.route(self.snapshot, RouteQuery(
+                i, self.routing.predicted[i], int(w.num_prompt_tokens[i]), int(w.num_output_tokens[i]))).expert_index
         self.expert_index[i] = expert
         expert_id = ExpertId(self._expert_ids[expert])
         self.snapshot = ops.record_arrival(self.snapshot, expert_id)
@@ -208,20 +214,17 @@ class Simulation:
                                 int(w.num_output_tokens[i]), ttft_slo_s=self.cluster.spec.slo.ttft_s)
         if not self.snapshot.is_warm(expert_id):
             self.waited_for_cold_start[i] = True
-        admission = self.plane.admit(self.snapshot, request)
-        if isinstance(admission, Reject) or not self._fits_somewhere(expert_id, request):
+        if not self._fits_somewhere(expert_id, request):
             self._end_rejected(i, expert_id)
             return out
-        assert isinstance(admission, Enqueue)
-        self.snapshot = ops.enqueue(self.snapshot, request, admission.replica_id)
-        if admission.replica_id is None:
-            self._control_requested = True
-        else:
-            out += self._submit_if_warm(admission.replica_id, request, now_s)
-        if self._control_requested:
-            self._control_requested = False
-            out.append(Event(now_s, Priority.CONTROL, "control", False))
+        actions = self.plane.admit(self.snapshot, request)
+        out += self._apply(actions, now_s)
+        if not (self.rejected[i] or i in self.sequences or self._is_queued_on_a_replica(request)):
+            raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
         return out
+
+    def _is_queued_on_a_replica(self, request: QueuedRequest) -> bool:
+        return any(q.request_id == request.request_id for rid, q in self.snapshot.iter_requests() if rid is not None)
 
     def _fits_somewhere(self, expert_id: str, request: QueuedRequest) -> bool:
         need = request.num_prompt_tokens + request.num_output_tokens_expected
@@ -295,46 +298,64 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ actions
 
     def _apply(self, actions, now_s: float) -> list[Event]:
+        """Apply the plane's actions to the fleet (`apply_action`) and carry them out on the engines."""
         out: list[Event] = []
         for action in actions:
+            replica_id = getattr(action, "replica_id", None)
+            if isinstance(action, StopReplica) and self._engine_outstanding(replica_id):
+                raise AssertionError(f"{replica_id} stopped with work in its engine")
+            self.snapshot = apply_action(self.snapshot, action)
             if isinstance(action, StartReplica):
                 out += self._start(action, now_s)
             elif isinstance(action, StopReplica):
+                self._stopped(replica_id)
+            elif isinstance(action, AssignRequest):
+                out += self._submit_if_warm(action.replica_id, action.request, now_s)
+            elif isinstance(action, RejectRequest):
+                self._end_rejected(int(action.request.request_id), action.request.expert_id)
+            elif isinstance(action, MigrateRequest):
+                out += self._migrate(action, now_s)
+            elif isinstance(action, PrewarmAt):
+                out.append(Event(max(now_s, action.at_s), Priority.CONTROL, "control", False))
+            elif isinstance(action, ForwardUpstream):
+                raise ValueError("the simulator has no external upstream experts")
+        for action in actions:  # drained at once: nothing to finish (unless the plan already stopped it)
+            if isinstance(action, DrainReplica) and self._engine_outstanding(action.replica_id) == 0:
                 replica = self.snapshot.replicas.get(action.replica_id)
-                if replica is None or not replica.is_live:
-                    continue
-                engine = self.engines.get(action.replica_id)
-                busy = (engine is not None and engine.num_outstanding) or replica.load.num_outstanding_requests
-                if busy and replica.state is ReplicaState.WARM:
-                    self.snapshot = ops.transition(self.snapshot, action.replica_id, ReplicaState.DRAINING)
-                elif not busy or replica.state is not ReplicaState.DRAINING:
+                if replica is not None and replica.state is ReplicaState.DRAINING:
                     self._stop(action.replica_id)
-            else:
-                raise TypeError(f"unknown action {action!r}")
+        if self.snapshot.unplaced and self.plane.control_interval_s:
+            out.append(Event(now_s, Priority.CONTROL, "control", False))  # a stopped start left requests behind
         return out
 
+    def _engine_outstanding(self, replica_id) -> int:
+        engine = self.engines.get(replica_id)
+        return engine.num_outstanding if engine is not None else 0
+
     def _start(self, action: StartReplica, now_s: float) -> list[Event]:
-        worker = self.snapshot.workers[action.worker_id]
-        estimate = self.snapshot.estimate(action.expert_id, worker.hardware)
-        profile = self.cluster.profiles.get((action.expert_id, worker.hardware))
-        if estimate is None or profile is None:
-            raise ValueError(f"no profile for {action.expert_id} on {worker.hardware}")
-        self._num_replicas += 1
-        replica_id = ReplicaId(f"{action.expert_id}@{action.worker_id}#{self._num_replicas}")
-        self.snapshot = ops.add_replica(self.snapshot, replica_id, estimate, action.worker_id)
-        cold_start_s = 0.0 if action.is_preprovisioned else profile.cold_start_s
-        self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.STARTING, cold_start_s=cold_start_s)
-        self.records[replica_id] = ReplicaRecord(
-            replica_id, action.expert_id, worker.hardware, profile.num_devices, profile.usd_per_hour, now_s,
-            is_preprovisioned=action.is_preprovisioned)
-        # Requests waiting for this expert join the replica now; it serves them once warm.
-        for request in self.snapshot.unplaced_of(action.expert_id):
-            self.snapshot, request = ops.remove_request(self.snapshot, request.request_id)
-            self.snapshot = ops.enqueue(self.snapshot, request, replica_id)
-        return [Event(now_s + cold_start_s, Priority.REPLICA_READY, "replica_ready", replica_id)]
+        profile = self.cluster.profiles[(action.expert_id, action.hardware)]
+        preprovisioned = self.plane.is_preprovisioned(action.replica_id)
+        self.records[action.replica_id] = ReplicaRecord(
+            action.replica_id, action.expert_id, action.hardware, profile.num_devices, profile.usd_per_hour, now_s,
+            is_preprovisioned=preprovisioned)
+        return [Event(now_s + action.cold_start_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
+
+    def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
+        source = self.engines.get(action.from_replica_id)
+        i = int(action.request_id)
+        if source is not None and i in self.sequences:
+            if not source.withdraw(self.sequences[i]):
+                raise AssertionError(f"migrated request {i} had already started on {action.from_replica_id}")
+            del self.sequences[i]
+        target = self.snapshot.replicas[action.to_replica_id]
+        request = next(q for q in target.load.queue if q.request_id == action.request_id)
+        return self._submit_if_warm(action.to_replica_id, request, now_s)
 
     def _stop(self, replica_id: ReplicaId) -> None:
         self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.STOPPED)
+        self._stopped(replica_id)
+
+    def _stopped(self, replica_id: ReplicaId) -> None:
         record = self.records[replica_id]
         record.stopped_at = self.snapshot.now_s
         engine = self.engines.get(replica_id)

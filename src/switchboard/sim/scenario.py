@@ -4,11 +4,16 @@ Policy sets (`POLICY_SETS`):
 
 - `static`: peak-provisioned, always on, one GPU kind (`static_hardware`, H100 by default), round-robin,
   quality-only routing. It runs on its own fleet of that kind, sized for the workload's busiest minute.
-- `fixed-keepalive`: scale-to-zero on the given (heterogeneous) cluster with a fixed 10-minute idle timeout,
-  autoscaling, cost-aware placement, least-outstanding-tokens balancing, quality-only routing.
-- `quality-only-routing`: the full serverless fleet (hybrid-histogram keep-alive, autoscaling, cost-aware
-  placement, SLO admission) with a router blind to fleet state.
-- `switchboard`: all of our policies, including fleet-aware routing with cold-start hiding.
+- `fixed-keepalive`: the obvious serverless fleet on the given cluster — scale-to-zero with a fixed 10-minute
+  idle timeout, autoscaling, first-fit placement, least-outstanding-tokens balancing, admit-always, no
+  migration or pre-warming, quality-only routing.
+- `quality-only-routing`: the full serverless fleet (the control plane's defaults: hybrid-histogram keep-alive,
+  route-aware pre-warming, autoscaling, cost-aware placement, prefix-affinity balancing, SLO admission,
+  migration) with a router blind to fleet state.
+- `switchboard`: all of it, with fleet-aware routing and cold-start hiding.
+
+Every serverless set runs the control plane's own code (`switchboard.policies.control.ControlPlane`) with the
+settings of `control_settings`; only the settings differ.
 """
 
 from __future__ import annotations
@@ -20,17 +25,16 @@ from collections.abc import Callable
 import numpy as np
 
 from switchboard.policies.admission import AdmissionSettings
+from switchboard.policies.autoscale import AutoscaleSettings
+from switchboard.policies.balance import BalanceSettings
+from switchboard.policies.control import ControlSettings
 from switchboard.policies.keepalive import KeepAliveSettings
+from switchboard.policies.migration import MigrationSettings
+from switchboard.policies.placement import PlacementSettings
+from switchboard.policies.routing import PrewarmSettings, RoutingKind, RoutingSettings
 from switchboard.perf.roofline import EngineProfile
 from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, build_cluster
-from switchboard.sim.planes import (
-    FleetAwareRouting,
-    QualityOnlyRouting,
-    ServerlessPlane,
-    ServerlessSettings,
-    StaticPlane,
-    peak_replicas,
-)
+from switchboard.sim.planes import ServerlessPlane, StaticPlane, peak_replicas, quality_only_choices
 from switchboard.sim.report import Summary, summarize
 from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
 from switchboard.sim.workload import NO_EXPERT, Workload
@@ -44,9 +48,11 @@ class Knobs:
 
     cost_weight: float = 0.0
     """λ of the router, per USD/Mtok."""
-    latency_weight_per_s: float = 0.02
+    latency_weight_per_s: float = 0.01
     """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
     hide_margin: float = 0.05
+    target_utilization: float = 0.7
+    """Autoscaler: fraction of a replica's KV capacity to fill before adding one."""
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
@@ -76,7 +82,7 @@ def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs
     kind = knobs.static_hardware
     probe = build_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
     price = np.array([e.usd_per_mtok for e in probe.experts])
-    chosen = QualityOnlyRouting(experts, routing.predicted, price, knobs.cost_weight)._choice
+    chosen = quality_only_choices(experts, routing.predicted, price, knobs.cost_weight)
     chosen = _with_pinned(chosen, workload, experts)
     mean_p, mean_o = float(workload.num_prompt_tokens.mean()), float(workload.num_output_tokens.mean())
     capacity = {e: replica_tokens_per_s(probe.profiles[(e, kind)], mean_p, mean_o, base.slo.tpot_s)
@@ -96,27 +102,38 @@ def _with_pinned(chosen: np.ndarray, workload: Workload, experts: tuple[str, ...
     return np.where(pinned != NO_EXPERT, pinned, chosen)
 
 
-def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs):
-    """The control plane of a policy set on `cluster` (for `static`, pass the cluster from `static_cluster`)."""
-    experts = cluster.expert_ids
-    price = np.array([e.usd_per_mtok for e in cluster.experts])
-    quality_only = QualityOnlyRouting(experts, routing.predicted, price, knobs.cost_weight)
-    fleet_aware = FleetAwareRouting(experts, price, cost_weight=knobs.cost_weight,
-                                    latency_weight_per_s=knobs.latency_weight_per_s, hide_margin=knobs.hide_margin)
+def control_settings(name: str, knobs: Knobs) -> ControlSettings:
+    """The control plane's settings for a serverless policy set."""
+    routing = RoutingSettings(kind="fleet-aware", usd_weight=knobs.cost_weight,
+                              latency_weight_per_s=knobs.latency_weight_per_s,
+                              cold_start_quality_margin=knobs.hide_margin)
     hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
+    autoscale = AutoscaleSettings(target_utilization=knobs.target_utilization, max_replicas=32)
     if name == "fixed-keepalive":
-        settings = ServerlessSettings(keepalive=KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s),
-                                      control_interval_s=knobs.control_interval_s)
-        return ServerlessPlane(name, quality_only, settings, seed=knobs.seed)
+        return ControlSettings(
+            keepalive=KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s),
+            autoscale=autoscale,
+            placement=PlacementSettings(kind="first-fit"),
+            balance=BalanceSettings(kind="least-outstanding-tokens"),
+            admission=AdmissionSettings(kind="always"),
+            migration=MigrationSettings(kind="none"),
+            routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}),
+            prewarm=PrewarmSettings(kind="none"),
+        )
     if name == "quality-only-routing":
-        settings = ServerlessSettings(keepalive=hybrid, admission=AdmissionSettings(kind="slo"),
-                                      control_interval_s=knobs.control_interval_s)
-        return ServerlessPlane(name, quality_only, settings, seed=knobs.seed)
+        return ControlSettings(keepalive=hybrid, autoscale=autoscale,
+                               routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}))
     if name == "switchboard":
-        settings = ServerlessSettings(keepalive=hybrid, admission=AdmissionSettings(kind="slo"),
-                                      control_interval_s=knobs.control_interval_s)
-        return ServerlessPlane(name, fleet_aware, settings, seed=knobs.seed)
+        return ControlSettings(keepalive=hybrid, autoscale=autoscale, routing=routing)
     raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS)}")
+
+
+def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs) -> ServerlessPlane:
+    """The serverless control plane of a policy set on `cluster`."""
+    price = np.array([e.usd_per_mtok for e in cluster.experts])
+    choices = quality_only_choices(cluster.expert_ids, routing.predicted, price, knobs.cost_weight)
+    return ServerlessPlane(name, control_settings(name, knobs), cluster.expert_ids, price, choices,
+                           control_interval_s=knobs.control_interval_s, seed=knobs.seed)
 
 
 def run_policy(
@@ -135,8 +152,8 @@ def run_policy(
     if name == "static":
         cluster, counts = static_cluster(spec, workload, routing, knobs, cluster.expert_ids)
         price = np.array([e.usd_per_mtok for e in cluster.experts])
-        plane = StaticPlane(name, QualityOnlyRouting(cluster.expert_ids, routing.predicted, price, knobs.cost_weight),
-                            counts, knobs.static_hardware)
+        choices = quality_only_choices(cluster.expert_ids, routing.predicted, price, knobs.cost_weight)
+        plane = StaticPlane(name, _with_pinned(choices, workload, cluster.expert_ids), counts, knobs.static_hardware)
     else:
         plane = make_plane(name, cluster, routing, knobs)
     result = Simulation(cluster, workload, plane, routing, on_progress=on_progress).run()
