@@ -208,3 +208,27 @@ def test_no_request_is_lost_or_served_twice(events, keepalive, admission, balanc
     # Every replica ever started reached a legal end or is still legitimately live.
     for replica in ex.snapshot.replicas.values():
         assert replica.state in (ReplicaState.STOPPED, ReplicaState.WARM, ReplicaState.DRAINING, ReplicaState.STARTING)
+
+
+def test_a_waiting_request_evicts_an_idle_replica_of_another_expert():
+    s = fleet(experts=("a", "b"), workers=(("w0", "l4", 24.0, 0.8),),
+              estimates=[estimate("a", "l4", memory_gb=16), estimate("b", "l4", memory_gb=16)])
+    ex = FakeExecutor(s, ControlPlane(_settings()))
+    ex.arrive(request(0, expert="a"))
+    ex.advance(30.0)
+    assert ex.ledger.finished["q0"] == 1 and ex.snapshot.warm_replicas_of("a")
+    result = ex.arrive(request(1, expert="b", at_s=30.0))
+    kinds = [(type(a).__name__, getattr(a, "replica_id", "")) for a in result.actions]
+    assert kinds[:3] == [("DrainReplica", "a#1"), ("StopReplica", "a#1"), ("StartReplica", "b#2")]
+    assert result.actions[0].reason.code.value == "evicted-for-memory"
+    assert ex.ledger.assigned["q1"] == 1
+
+
+def test_speculative_starts_never_evict():
+    s = fleet(experts=("a", "b"), workers=(("w0", "l4", 24.0, 0.8),),
+              estimates=[estimate("a", "l4", memory_gb=16), estimate("b", "l4", memory_gb=16)])
+    ex = FakeExecutor(s, ControlPlane(_settings()))
+    ex.arrive(request(0, expert="a"))
+    ex.advance(30.0)
+    result = ex.step([WakeExpert(ExpertId("b"), Reason(RouteReasonCode.COLD_START_HIDDEN, "test"))])
+    assert result.actions == ()

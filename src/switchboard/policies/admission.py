@@ -94,13 +94,13 @@ class AdmissionDecision:
         return self.verdict.status_code
 
 
-def gather(snapshot: FleetSnapshot, request: QueuedRequest) -> AdmissionInputs:
+def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memory: bool = False) -> AdmissionInputs:
     spec = snapshot.experts[request.expert_id]
     options = sorted(
         (predict.ttft_s(snapshot, r, request.num_prompt_tokens), r.replica_id)
         for r in snapshot.accepting_replicas_of(request.expert_id)
     )
-    wake = predict.wake_option(snapshot, request.expert_id)
+    wake = predict.wake_option(snapshot, request.expert_id, reclaim_idle_memory=reclaim_idle_memory)
     fastest_prefill = max(
         (e.prefill_tokens_per_s for (eid, _), e in snapshot.estimates.items() if eid == request.expert_id), default=1.0
     )
@@ -130,10 +130,16 @@ class AdmissionPolicy(abc.ABC):
     def judge(self, inputs: AdmissionInputs) -> AdmissionDecision:
         """The decision for a non-external request."""
 
-    def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> AdmissionDecision:
+    def admit(
+        self, snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memory: bool = False
+    ) -> AdmissionDecision:
         """Guarantee: a request for an expert with no accepting replica is either queued with `wake_expert`
-        or rejected with a Retry-After; never admitted to nothing."""
-        inputs = gather(snapshot, request)
+        or rejected with a Retry-After; never admitted to nothing.
+
+        `reclaim_idle_memory`: count memory held by idle warm replicas of other experts as free (the caller
+        evicts one to start this expert).
+        """
+        inputs = gather(snapshot, request, reclaim_idle_memory=reclaim_idle_memory)
         if inputs.is_external:
             return AdmissionDecision(Verdict.ADMIT, 0.0, 0, False, Reason(Verdict.ADMIT, "external upstream"))
         return self.judge(inputs)

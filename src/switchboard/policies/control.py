@@ -60,7 +60,7 @@ from switchboard.policies.keepalive import (
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
-from switchboard.policies.placement import PlacementSettings, Unplaceable, make_placement
+from switchboard.policies.placement import PlacementSettings, PlacementStatus, Unplaceable, make_placement
 from switchboard.policies.routing import (
     ExpertCandidate,
     PrewarmSettings,
@@ -86,6 +86,9 @@ class ControlSettings(PolicySettings):
     migration: MigrationSettings = Field(default_factory=MigrationSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     prewarm: PrewarmSettings = Field(default_factory=PrewarmSettings)
+    evict_idle_for_memory: bool = Field(
+        True, description="When no worker has room for a needed replica, stop the longest-idle one of another expert."
+    )
     prewarm_grace_s: float = Field(
         60.0, ge=0, description="A replica that has served nothing since it became warm is kept at least this long."
     )
@@ -141,6 +144,7 @@ class ControlReasonCode(str, enum.Enum):
     WAKE_REQUESTED = "wake-requested"
     DRAINED = "drained"
     START_FAILED = "start-failed"
+    EVICTED = "evicted-for-memory"
 
 
 # --------------------------------------------------------------------------------------------- the plan
@@ -255,8 +259,13 @@ class ControlPlane:
         spec = plan.snapshot.experts.get(expert_id)
         return spec is not None and not spec.is_external and not plan.snapshot.accepting_replicas_of(expert_id)
 
-    def _start(self, plan: _Plan, expert_id: ExpertId, why: Reason) -> ReplicaId | Unplaceable:
+    def _start(self, plan: _Plan, expert_id: ExpertId, why: Reason, *, may_evict: bool = False) -> ReplicaId | Unplaceable:
+        """Place and start a replica. Only starts that serve waiting work (`may_evict`) evict idle replicas:
+        speculative ones (pre-warms, wakes) must not push out replicas that might be used."""
         outcome = self.placement.place(plan.snapshot, expert_id)
+        while (isinstance(outcome, Unplaceable) and outcome.status is PlacementStatus.NO_MEMORY
+               and may_evict and self.settings.evict_idle_for_memory and self._evict_one_idle(plan, expert_id)):
+            outcome = self.placement.place(plan.snapshot, expert_id)
         if isinstance(outcome, Unplaceable):
             return outcome
         replica_id = plan.new_replica_id(expert_id)
@@ -265,13 +274,32 @@ class ControlPlane:
                              Reason(why.code, f"{why.detail}; on {outcome.reason.detail}")))
         return replica_id
 
+    def _evict_one_idle(self, plan: _Plan, expert_id: ExpertId) -> bool:
+        """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to
+        make room for it (an idle replica is worth less than a waiting request). Returns whether one was."""
+        now_s = plan.snapshot.now_s
+        need_gb = min((e.memory_gb for (eid, _), e in plan.snapshot.estimates.items() if eid == expert_id), default=0.0)
+        hosts = {w.hardware for w in plan.snapshot.workers.values() if plan.snapshot.estimate(expert_id, w.hardware)}
+        idle = [r for r in plan.snapshot.replicas.values()
+                if r.is_warm and r.expert_id != expert_id and r.hardware in hosts
+                and r.load.num_outstanding_requests == 0
+                and plan.snapshot.memory_free_gb(r.worker_id)
+                + predict.reclaimable_gb(plan.snapshot, r.worker_id, expert_id) >= need_gb - 1e-9]
+        if not idle:
+            return False
+        victim = max(idle, key=lambda r: (r.idle_for_s(now_s), r.replica_id))
+        reason = Reason(ControlReasonCode.EVICTED, f"idle {victim.idle_for_s(now_s):.0f}s; its memory is needed by {expert_id}")
+        plan.do(DrainReplica(victim.replica_id, reason))
+        plan.do(StopReplica(victim.replica_id, reason))
+        return True
+
     def _handle_request(self, plan: _Plan, request: QueuedRequest, rng: random.Random) -> None:
         snapshot = plan.snapshot
         spec = snapshot.experts.get(request.expert_id)
         if spec is None:
             plan.do(RejectRequest(request, 503, 0, Reason(ControlReasonCode.UNKNOWN_EXPERT, request.expert_id)))
             return
-        decision = self.admission.admit(snapshot, request)
+        decision = self.admission.admit(snapshot, request, reclaim_idle_memory=self.settings.evict_idle_for_memory)
         if spec.is_external:
             plan.do(ForwardUpstream(request, decision.reason))
             return
@@ -283,7 +311,7 @@ class ControlPlane:
         accepting = plan.snapshot.accepting_replicas_of(request.expert_id)
         may_add = len(accepting) < self.settings.autoscale.max_replicas
         if not accepting or (decision.wake_expert and may_add):
-            started = self._start(plan, request.expert_id, decision.reason)
+            started = self._start(plan, request.expert_id, decision.reason, may_evict=True)
             if isinstance(started, Unplaceable):
                 plan.do(RejectRequest(request, 503, max(1, round(self.settings.admission.retry_after_unavailable_s)),
                                       Reason(ControlReasonCode.START_FAILED, started.reason.detail)))
@@ -336,7 +364,7 @@ class ControlPlane:
             draining = [r for r in plan.snapshot.replicas_of(expert_id) if r.state is ReplicaState.DRAINING]
             if draining:
                 plan.do(ReactivateReplica(draining[0].replica_id, decision.reason))
-            elif isinstance(self._start(plan, expert_id, decision.reason), Unplaceable):
+            elif isinstance(self._start(plan, expert_id, decision.reason, may_evict=True), Unplaceable):
                 break
         if decision.delta >= 0:
             return

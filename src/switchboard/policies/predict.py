@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from switchboard.fleet.state import FleetSnapshot, Replica
-from switchboard.types import ExpertId, Seconds
+from switchboard.types import ExpertId, Seconds, WorkerId
 
 
 def prefill_tokens_per_s(snapshot: FleetSnapshot, replica: Replica) -> float:
@@ -49,14 +49,25 @@ class WakeOption:
     """Some worker has the memory and an estimate for it right now."""
 
 
-def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId) -> WakeOption:
+def reclaimable_gb(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: ExpertId) -> float:
+    """Memory on a worker held by warm, idle replicas of other experts (what eviction could free)."""
+    return sum(r.memory_gb for r in snapshot.replicas.values()
+               if r.worker_id == worker_id and r.is_warm and r.expert_id != for_expert_id
+               and r.load.num_outstanding_requests == 0)
+
+
+def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_memory: bool = False) -> WakeOption:
+    """`reclaim_idle_memory`: count idle replicas of other experts as evictable."""
     fitting, known = [], []
     for worker in snapshot.workers.values():
         estimate = snapshot.estimate(expert_id, worker.hardware)
         if estimate is None:
             continue
         known.append(estimate.cold_start_s)
-        if estimate.memory_gb <= snapshot.memory_free_gb(worker.worker_id) + 1e-9:
+        free_gb = snapshot.memory_free_gb(worker.worker_id)
+        if reclaim_idle_memory:
+            free_gb += reclaimable_gb(snapshot, worker.worker_id, expert_id)
+        if estimate.memory_gb <= free_gb + 1e-9:
             fitting.append(estimate.cold_start_s)
     if fitting:
         return WakeOption(min(fitting), True)
