@@ -42,23 +42,29 @@ def routing_inputs(
     """Per-request predicted and true quality (columns = `expert_ids`). Requests without a prompt get the data's
     mean scores. `predict(prompts)` returns (n, len(predict_experts)); it is called once per distinct prompt.
 
-    Raises KeyError if an expert of the cluster is not a model of the routing data.
+    Experts that are not models of the routing data (e.g. the synthetic experts of a keep-alive experiment, whose
+    requests name their expert) get NaN true quality and a predicted quality of 0.
     """
-    cols = [data.model_index(e) for e in expert_ids]
-    true_by_prompt = data.scores[:, cols]
+    known = [e in data.model_names for e in expert_ids]
+    true_by_prompt = np.full((len(data), len(expert_ids)), np.nan)
+    for j, e in enumerate(expert_ids):
+        if known[j]:
+            true_by_prompt[:, j] = data.scores[:, data.model_index(e)]
+    cols = [data.model_index(e) if known[j] else 0 for j, e in enumerate(expert_ids)]
     if predict is None:
         pred_by_prompt = task_prior_predictions(data)[:, cols]
-        used = None
+        pred_by_prompt[:, ~np.array(known, dtype=bool)] = 0.0
     else:
         used = np.unique(workload.prompt_index[workload.prompt_index != NO_PROMPT])
         raw = np.asarray(predict([data.prompts[k] for k in used]), dtype=np.float64)
-        order = [list(predict_experts).index(e) for e in expert_ids]
         pred_by_prompt = np.zeros_like(true_by_prompt)
-        pred_by_prompt[used] = raw[:, order]
+        for j, e in enumerate(expert_ids):
+            if e in predict_experts:
+                pred_by_prompt[used, j] = raw[:, list(predict_experts).index(e)]
     has_prompt = workload.prompt_index != NO_PROMPT
     idx = np.where(has_prompt, workload.prompt_index, 0)
     predicted = pred_by_prompt[idx]
     true = true_by_prompt[idx]
-    predicted[~has_prompt] = true_by_prompt.mean(axis=0)
+    predicted[~has_prompt] = np.nan_to_num(true_by_prompt.mean(axis=0))
     true[~has_prompt] = true_by_prompt.mean(axis=0)
     return RoutingInputs(predicted=predicted, true=true)

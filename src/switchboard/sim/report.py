@@ -90,7 +90,7 @@ def summarize(result: RunResult, policy: str) -> Summary:
         p50_ttft_s=_pct(ttft[done], 50), p99_ttft_s=_pct(ttft[done], 99),
         p50_tpot_s=_pct(tpot[multi], 50), p99_tpot_s=_pct(tpot[multi], 99),
         p50_e2e_s=_pct(e2e[done], 50), p99_e2e_s=_pct(e2e[done], 99),
-        quality=float(np.nanmean(result.true_quality[done])) if done.any() else math.nan,
+        quality=_mean_known(result.true_quality[done]),
         usd_cost=usd,
         replica_hours_by_hardware={k: round(v, 4) for k, v in sorted(hours.items())},
         cold_starts=sum(1 for r in result.replicas if not r.is_preprovisioned),
@@ -101,6 +101,11 @@ def summarize(result: RunResult, policy: str) -> Summary:
         num_events=result.num_events,
         requests_by_expert={e: int(c) for e, c in zip(result.expert_ids, counts) if c},
     )
+
+
+def _mean_known(values: np.ndarray) -> float:
+    known = values[~np.isnan(values)]
+    return float(known.mean()) if len(known) else math.nan
 
 
 def _max_live(result: RunResult) -> int:

@@ -169,8 +169,13 @@ def scale_time(workload: Workload, factor: float) -> Workload:
     return dataclasses.replace(workload, arrival_s=workload.arrival_s * factor)
 
 
-def superpose(workloads: Sequence[Workload], offsets_s: Sequence[float] | None = None) -> Workload:
+def superpose(
+    workloads: Sequence[Workload], offsets_s: Sequence[float] | None = None, *, wrap_s: float | None = None
+) -> Workload:
     """Many tenants on one fleet: the union of `workloads`, tenant i shifted by `offsets_s[i]`.
+
+    With `wrap_s`, shifted times wrap around modulo `wrap_s` (a copy of a one-hour trace started at minute 20
+    replays its last 20 minutes first), so every tenant lasts the whole window.
 
     Request tenants are renumbered to the workload's position. Pinned experts are re-indexed into the union of
     the inputs' `expert_names`. Raises ValueError on a length mismatch or a negative offset.
@@ -187,8 +192,11 @@ def superpose(workloads: Sequence[Workload], offsets_s: Sequence[float] | None =
     for w in workloads:
         remap = np.array([names.index(n) for n in w.expert_names] + [NO_EXPERT], dtype=np.int32)
         pinned.append(remap[w.pinned_expert])  # NO_EXPERT (-1) indexes the trailing sentinel
+    shifted = [w.arrival_s + o for w, o in zip(workloads, offsets)]
+    if wrap_s is not None:
+        shifted = [np.mod(a, wrap_s) for a in shifted]
     return Workload.from_arrays(
-        np.concatenate([w.arrival_s + o for w, o in zip(workloads, offsets)]),
+        np.concatenate(shifted) if shifted else np.empty(0),
         np.concatenate([w.num_prompt_tokens for w in workloads]),
         np.concatenate([w.num_output_tokens for w in workloads]),
         tenant=np.concatenate([np.full(len(w), i, dtype=np.int32) for i, w in enumerate(workloads)]),
