@@ -60,7 +60,11 @@ class Usage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TextDelta:
+    """A piece of the answer. `raw_delta` is an upstream's own choice delta (tool calls, logprobs, ...),
+    passed through unchanged by the gateway when present."""
+
     text: str
+    raw_delta: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,8 +78,12 @@ StreamEvent = TextDelta | Finish
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Completion:
+    """A whole answer. `raw_choice` is an upstream's own first choice (message with tool calls, logprobs, ...),
+    passed through by the gateway when present."""
+
     text: str
     finish: Finish
+    raw_choice: dict[str, Any] | None = None
 
 
 class EngineError(Exception):

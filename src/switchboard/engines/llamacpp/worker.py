@@ -1,0 +1,235 @@
+"""The llama.cpp worker process: one GGUF model behind a tiny OpenAI-compatible HTTP server on loopback.
+
+Run as `python -m switchboard.engines.llamacpp.worker --model PATH [--n-ctx N] [--threads T]`. It binds a
+free loopback port itself and announces itself on stdout with one JSON line per phase, which the parent reads
+to measure the cold-start anatomy:
+
+    {"event": "started", "pid": ..., "t_import_s": ...}     interpreter up, llama.cpp imported
+    {"event": "ready", "port": ..., "t_load_s": ..., "n_ctx": ...}   model loaded, listening
+
+After "ready" stdout is redirected to stderr so the parent never has to drain it. llama.cpp is not
+thread-safe, so one generation runs at a time (a single-thread executor); others queue in arrival order.
+Kept separate from the gateway's process so a slow decode never blocks its event loop and a crash takes
+down only this replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+_T0 = time.perf_counter()
+
+
+def _announce(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+_SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
+
+
+class _Generator:
+    """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+
+    def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: body[k] for k in _SAMPLING_FIELDS if body.get(k) is not None}
+        kwargs["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        if isinstance(kwargs.get("stop"), str):
+            kwargs["stop"] = [kwargs["stop"]]
+        return kwargs
+
+    def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
+        try:
+            kwargs = self._kwargs(body)
+            if kind == "chat":
+                chunks = self.llm.create_chat_completion(messages=body["messages"], stream=True, **kwargs)
+            else:
+                prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
+                chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
+            num_completion = 0
+            finish = None
+            for chunk in chunks:
+                if cancelled.is_set():
+                    chunks.close()
+                    emit(("cancelled", None))
+                    return
+                choice = chunk["choices"][0]
+                text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
+                if text:
+                    num_completion += 1
+                    emit(("text", text))
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+            # llama.cpp's stream carries no usage; the context holds prompt + evaluated completion tokens.
+            num_prompt = max(0, self.llm.n_tokens - max(0, num_completion - 1))
+            emit(("finish", {"reason": finish or "stop", "prompt_tokens": num_prompt, "completion_tokens": num_completion}))
+        except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
+            emit(("rejected", str(exc)))
+        except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
+            emit(("error", f"{type(exc).__name__}: {exc}"))
+
+    async def events(self, kind: str, body: dict[str, Any]):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.executor.submit(self._run, kind, body, emit, cancelled)
+        try:
+            while True:
+                item = await queue.get()
+                yield item
+                if item[0] in ("finish", "rejected", "error", "cancelled"):
+                    return
+        finally:
+            cancelled.set()
+
+
+def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    def error(status: int, message: str, code: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                       "param": None, "code": code}},
+            status_code=status,
+        )
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": model_name, "n_ctx": n_ctx, "load_s": load_s, "pid": os.getpid()})
+
+    async def generate(request: Request, kind: str) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(400, "body is not JSON", "invalid_json")
+        events = generator.events(kind, body)
+        first = await events.__anext__()
+        if first[0] == "rejected":
+            return error(400, first[1], "context_length_exceeded")
+        if first[0] == "error":
+            return error(500, first[1], "engine_error")
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+
+        def choice(text: str | None, finish: str | None, *, stream: bool) -> dict[str, Any]:
+            if kind == "chat":
+                key = "delta" if stream else "message"
+                content = {"content": text} if stream else {"role": "assistant", "content": text}
+                return {"index": 0, key: content if text is not None else {}, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+        if not body.get("stream"):
+            parts: list[str] = []
+            item = first
+            while item[0] == "text":
+                parts.append(item[1])
+                item = await events.__anext__()
+            if item[0] != "finish":
+                return error(500, str(item[1]), "engine_error")
+            info = item[1]
+            return JSONResponse({
+                "id": rid, "object": obj, "created": created, "model": model_name,
+                "choices": [choice("".join(parts), info["reason"], stream=False)],
+                "usage": {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+                          "total_tokens": info["prompt_tokens"] + info["completion_tokens"]},
+            })
+
+        async def sse():
+            chunk_obj = obj + (".chunk" if kind == "chat" else "")
+            item = first
+            try:
+                while True:
+                    if item[0] == "text":
+                        data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                "choices": [choice(item[1], None, stream=True)]}
+                    elif item[0] == "finish":
+                        info = item[1]
+                        data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                "choices": [choice(None, info["reason"], stream=True)]}
+                        yield f"data: {json.dumps(data)}\n\n"
+                        usage = {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+                                 "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
+                        data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                "choices": [], "usage": usage}
+                        yield f"data: {json.dumps(data)}\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+                    else:
+                        yield f"data: {json.dumps({'error': {'message': str(item[1]), 'type': 'server_error'}})}\n\n"
+                        return
+                    yield f"data: {json.dumps(data)}\n\n"
+                    item = await events.__anext__()
+            finally:
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    async def chat(request: Request) -> Response:
+        return await generate(request, "chat")
+
+    async def completions(request: Request) -> Response:
+        return await generate(request, "completion")
+
+    return Starlette(routes=[
+        Route("/health", health),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Switchboard llama.cpp worker")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--name", default="llamacpp")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-batch", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import llama_cpp
+    import uvicorn
+
+    _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
+    t_load = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or os.cpu_count(),
+        n_batch=args.n_batch, seed=args.seed, verbose=False,
+    )
+    load_s = time.perf_counter() - t_load
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = build_app(_Generator(llm), args.name, args.n_ctx, load_s)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    _announce({"event": "ready", "port": port, "t_load_s": load_s, "n_ctx": args.n_ctx,
+               "t_ready_s": time.perf_counter() - _T0})
+    sys.stdout = sys.stderr
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: validation, expert choice, replica dispatch, SSE streaming."""

@@ -1,0 +1,56 @@
+"""How the gateway picks an expert for `"model": "auto"`: an `ExpertChooser`.
+
+The default chooser answers with the configured default expert; the learned router plugs in here with the
+same interface (see `switchboard.router`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from switchboard.config.schema import ExpertConfig
+from switchboard.gateway.schemas import RoutingParams
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExpertChoice:
+    """The chosen expert, the experts to fall back to in order, and what to tell the client about why."""
+
+    expert_id: str
+    reason: str
+    fallbacks: tuple[str, ...] = ()
+    route_info: dict[str, Any] | None = None  # sent as JSON in the x-switchboard-route header
+
+
+class ExpertChooser(Protocol):
+    """Chooses among `candidates` (the experts this gateway serves). May block for a few ms (run off-loop)."""
+
+    blocking: bool
+
+    def choose(self, prompt_text: str, routing: RoutingParams | None, candidates: Sequence[ExpertConfig]) -> ExpertChoice:
+        """Raises ChoiceError when no candidate satisfies the routing constraints."""
+
+
+class ChoiceError(Exception):
+    """No expert satisfies the request's routing constraints; the message says which constraint failed."""
+
+
+class DefaultExpertChooser:
+    """Answers `auto` with the configured default expert (used when no router is loaded)."""
+
+    blocking = False
+
+    def __init__(self, default_expert_id: str) -> None:
+        self.default_expert_id = default_expert_id
+
+    def choose(self, prompt_text: str, routing: RoutingParams | None, candidates: Sequence[ExpertConfig]) -> ExpertChoice:
+        allowed = [c for c in candidates if routing is None or routing.experts is None or c.id in routing.experts]
+        if routing is not None and routing.max_usd_per_mtok is not None:
+            allowed = [c for c in allowed if c.usd_per_mtok_blended <= routing.max_usd_per_mtok]
+        if not allowed:
+            raise ChoiceError("no served expert satisfies the routing constraints (experts, max_usd_per_mtok)")
+        ids = [c.id for c in allowed]
+        chosen = self.default_expert_id if self.default_expert_id in ids else ids[0]
+        return ExpertChoice(chosen, reason="default expert (no router loaded)")

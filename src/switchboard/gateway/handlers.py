@@ -1,0 +1,217 @@
+"""The API's request handlers: validate, choose an expert, lease a replica, answer whole or streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from switchboard.config.schema import ExpertConfig
+from switchboard.engines.base import EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
+from switchboard.gateway import requests as rq
+from switchboard.gateway.choosing import ChoiceError, ExpertChoice
+from switchboard.gateway.errors import ApiError, error_response
+from switchboard.gateway.responses import ChunkWriter, completion_body
+from switchboard.gateway.state import GatewayState
+from switchboard.types import AUTO_MODEL
+
+JSON = "application/json"
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing (413) anything over `max_bytes` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes", code="body_too_large")
+        except ValueError:
+            raise ApiError(400, "invalid content-length header", code="invalid_header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _engine_api_error(exc: EngineError) -> ApiError:
+    if exc.status < 500:
+        return ApiError(exc.status, f"expert '{exc.expert_id}' rejected the request: {exc.detail}", code=exc.code)
+    return ApiError(exc.status, f"expert '{exc.expert_id}' failed: {exc.detail}", code=exc.code)
+
+
+class Handlers:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self.max_body_bytes = state.config.gateway.max_body_bytes
+        self.timeout_s = state.config.gateway.request_timeout_s
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+            parsed, body = rq.parse_chat(raw)
+            text = rq.chat_prompt_text(parsed)
+            num_prompt = rq.estimate_tokens(text, len(parsed.messages))
+            route_text = rq.last_user_text(parsed) if parsed.model == AUTO_MODEL else ""
+            asked = parsed.max_completion_tokens or parsed.max_tokens
+            expert, choice = await self._resolve(parsed.model, parsed.routing, route_text)
+            if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
+                raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage)
+        except ApiError as exc:
+            return error_response(exc)
+
+    async def completions(self, request: Request) -> Response:
+        try:
+            raw = await read_body(request, self.max_body_bytes)
+            parsed, body = rq.parse_completion(raw)
+            text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
+            num_prompt = rq.estimate_tokens(text)
+            expert, choice = await self._resolve(parsed.model, parsed.routing, text if parsed.model == AUTO_MODEL else "")
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage)
+        except ApiError as exc:
+            return error_response(exc)
+
+    async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
+        state = self.state
+        if model != AUTO_MODEL:
+            expert = state.fleet.expert(model)
+            if expert is None:
+                raise ApiError(404, f"the model '{model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
+            return expert, None
+        unknown = [e for e in (routing.experts or []) if state.fleet.expert(e) is None] if routing else []
+        if unknown:
+            raise ApiError(400, f"routing.experts names unknown experts: {', '.join(unknown)}", param="routing.experts", code="model_not_found")
+        chooser = state.chooser
+        try:
+            if chooser.blocking:
+                choice = await asyncio.to_thread(chooser.choose, route_text, routing, state.config.experts)
+            else:
+                choice = chooser.choose(route_text, routing, state.config.experts)
+        except ChoiceError as exc:
+            raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
+        expert = state.fleet.expert(choice.expert_id)
+        assert expert is not None, "choosers only choose among the candidates they are given"
+        return expert, choice
+
+    async def _generate(
+        self,
+        kind: RequestKind,
+        body: dict[str, Any],
+        expert: ExpertConfig,
+        choice: ExpertChoice | None,
+        num_prompt: int,
+        asked_max_tokens: int | None,
+        stream: bool,
+        include_usage: bool,
+    ) -> Response:
+        max_tokens = self._max_tokens(kind, expert, num_prompt, asked_max_tokens)
+        request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        gen = GenerationRequest(request_id, kind, body, max_tokens, num_prompt)
+        headers = {"x-switchboard-expert": expert.id, "x-request-id": request_id}
+        if choice is not None:
+            headers["x-switchboard-route"] = orjson.dumps({"reason": choice.reason, **(choice.route_info or {})}).decode()
+        lease = self.state.fleet.lease(expert.id, num_prompt + max_tokens)
+        created = int(time.time())
+        if not stream:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    async with lease:
+                        headers["x-switchboard-replica"] = lease.replica.replica_id  # type: ignore[union-attr]
+                        headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
+                        completion = await lease.replica.engine.complete(gen)  # type: ignore[union-attr]
+            except EngineError as exc:
+                return error_response(_engine_api_error(exc), headers)
+            except TimeoutError:
+                return error_response(ApiError(504, f"expert '{expert.id}' did not answer within {self.timeout_s:.0f} s", code="expert_timeout"), headers)
+            return Response(completion_body(kind, request_id, created, expert.id, completion), media_type=JSON, headers=headers)
+        return await self._stream(gen, lease, expert, headers, created, include_usage)
+
+    def _max_tokens(self, kind: RequestKind, expert: ExpertConfig, num_prompt: int, asked: int | None) -> int:
+        if asked is not None and asked > expert.max_output_tokens:
+            raise ApiError(400, f"max_tokens is {asked}, over expert '{expert.id}''s limit of {expert.max_output_tokens}", param="max_tokens", code="invalid_value")
+        room = expert.context_tokens - num_prompt
+        if room < 1 or (asked is not None and asked > room):
+            raise ApiError(
+                400,
+                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is about {num_prompt} tokens"
+                + (f" and max_tokens asks for {asked}" if asked is not None else ""),
+                param=(("messages" if kind == "chat" else "prompt") if asked is None or room < 1 else "max_tokens"),
+                code="context_length_exceeded",
+            )
+        if asked is not None:
+            return asked
+        return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
+
+    async def _stream(self, gen: GenerationRequest, lease: Any, expert: ExpertConfig, headers: dict[str, str], created: int, include_usage: bool) -> Response:
+        writer = ChunkWriter(gen.kind, gen.request_id, created, expert.id, include_usage)
+        # Everything up to the first event happens before the status line, so a failure there is a proper
+        # HTTP error (and, later, a fallback to another expert) rather than a broken stream.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await lease.__aenter__()
+                events = lease.replica.engine.stream(gen)
+                first = await anext(events)
+        except EngineError as exc:
+            await lease.__aexit__(type(exc), exc, None)
+            return error_response(_engine_api_error(exc), headers)
+        except TimeoutError:
+            exc = ApiError(504, f"expert '{expert.id}' sent no token within {self.timeout_s:.0f} s", code="expert_timeout")
+            await lease.__aexit__(TimeoutError, None, None)
+            return error_response(exc, headers)
+        except BaseException as exc:  # cancelled while waiting: give the replica its load back
+            await lease.__aexit__(type(exc), exc, None)
+            raise
+        headers["x-switchboard-replica"] = lease.replica.replica_id
+        headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(self._sse(writer, first, events, lease, expert), media_type="text/event-stream", headers=headers)
+
+    async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig) -> AsyncIterator[bytes]:
+        failure: BaseException | None = None
+        try:
+            if writer.kind == "chat":
+                yield writer.role()
+            event = first
+            while True:
+                if isinstance(event, Finish):
+                    yield writer.finish(event)
+                    return
+                assert isinstance(event, TextDelta)
+                yield writer.text(event.text, event.raw_delta)
+                event = await anext(events)
+        except EngineError as exc:
+            failure = exc
+            yield ChunkWriter.error(exc.status, f"expert '{expert.id}' failed mid-stream: {exc.detail}", exc.code)
+        except StopAsyncIteration as exc:
+            failure = exc
+            yield ChunkWriter.error(502, f"expert '{expert.id}' ended its stream without finishing", "bad_upstream_response")
+        except BaseException as exc:  # client went away (cancellation): record, then let it propagate
+            failure = exc
+            raise
+        finally:
+            await events.aclose()
+            await lease.__aexit__(type(failure) if failure else None, failure, None)
+
+    async def models(self, request: Request) -> Response:
+        created = self.state.started_at
+        data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
+        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in self.state.config.experts]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    async def admin_fleet(self, request: Request) -> Response:
+        return Response(orjson.dumps(self.state.fleet.snapshot()), media_type=JSON)

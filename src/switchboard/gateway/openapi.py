@@ -1,0 +1,62 @@
+"""The gateway's OpenAPI 3.1 document, generated from the same pydantic models that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from switchboard import __version__
+from switchboard.gateway import schemas as s
+
+_ERROR_STATUSES = {
+    "400": "Invalid request (malformed JSON, bad or unknown field, context too long, max_tokens out of range)",
+    "404": "Unknown model",
+    "413": "Request body too large",
+    "502": "The expert answered with something unusable",
+    "503": "The expert is unavailable",
+    "504": "The expert timed out",
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    models = [
+        s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
+        s.ModelList, s.ErrorResponse, s.Health,
+    ]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    components = top.get("$defs", {})
+
+    def ref(model: type) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def errors() -> dict[str, Any]:
+        return {code: {"description": text, "content": {"application/json": {"schema": ref(s.ErrorResponse)}}} for code, text in _ERROR_STATUSES.items()}
+
+    def generation(request_model: type, response_model: type, summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(request_model)}}},
+                "responses": {
+                    "200": {
+                        "description": "The answer (JSON), or with `stream: true` a server-sent event stream of chunks ending in `data: [DONE]`",
+                        "content": {"application/json": {"schema": ref(response_model)}, "text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **errors(),
+                },
+            }
+        }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Switchboard", "version": __version__, "description": "OpenAI-compatible API in front of a pool of expert models."},
+        "paths": {
+            "/v1/chat/completions": generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto')"),
+            "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
+            "/v1/models": {"get": {"summary": "The experts, and 'auto'", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": ref(s.ModelList)}}}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": ref(s.Health)}}}}}},
+            "/admin/fleet": {"get": {"summary": "Experts, replicas and their states", "responses": {"200": {"description": "Fleet snapshot", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,122 @@
+"""Turning a raw HTTP body into a validated request, or an `ApiError` that says exactly what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from switchboard.gateway.errors import ApiError
+from switchboard.gateway.schemas import ChatCompletionRequest, CompletionRequest
+
+CHARS_PER_TOKEN = 4
+"""Rough characters per token for pre-checks; engines report exact counts in `usage`."""
+
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Template tokens a chat format adds per message (role markers, separators)."""
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise ApiError(400, "the request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc.msg} (at character {exc.pos})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}", code="invalid_json")
+    return body
+
+
+def validate(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _api_error(exc) from None
+
+
+def _api_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    param = _dotted(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"unrecognized request argument supplied: {param}"
+    elif kind == "missing":
+        message = f"missing required parameter: {param}"
+    else:
+        message = f"invalid value for {param}: {first['msg']}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ApiError(400, message, param=param or None, code=kind)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("TextPart", "OtherPart", "str", "list[ContentPart]", "list[str]"):
+            continue  # pydantic's union-branch labels mean nothing to a client
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_chat(raw: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    body = parse_json_object(raw)
+    request = validate(ChatCompletionRequest, body)
+    assert isinstance(request, ChatCompletionRequest)
+    _check_stop(request.stop)
+    return request, body
+
+
+def parse_completion(raw: bytes) -> tuple[CompletionRequest, dict[str, Any]]:
+    body = parse_json_object(raw)
+    request = validate(CompletionRequest, body)
+    assert isinstance(request, CompletionRequest)
+    if isinstance(request.prompt, list) and len(request.prompt) != 1:
+        raise ApiError(400, "prompt must be a string or a list holding exactly one string", param="prompt", code="invalid_value")
+    _check_stop(request.stop)
+    return request, body
+
+
+def _check_stop(stop: Any) -> None:
+    if isinstance(stop, list) and len(stop) > 4:
+        raise ApiError(400, "stop may hold at most 4 sequences", param="stop", code="invalid_value")
+
+
+def chat_prompt_text(request: ChatCompletionRequest) -> str:
+    """The text of all messages, joined: what token estimates count."""
+    parts: list[str] = []
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            parts.append(content)
+        elif content:
+            parts.extend(p.text for p in content if getattr(p, "type", None) == "text")
+    return "\n".join(parts)
+
+
+def last_user_text(request: ChatCompletionRequest) -> str:
+    """The latest user turn: what the router judges (earlier turns are context, not the question)."""
+    for message in reversed(request.messages):
+        if message.role == "user":
+            content = message.content
+            if isinstance(content, str):
+                return content
+            if content:
+                return "\n".join(p.text for p in content if getattr(p, "type", None) == "text")
+    return chat_prompt_text(request)
+
+
+def has_non_text_content(request: ChatCompletionRequest) -> bool:
+    return any(
+        isinstance(m.content, list) and any(getattr(p, "type", None) != "text" for p in m.content)
+        for m in request.messages
+    )
+
+
+def estimate_tokens(text: str, num_messages: int = 0) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS * num_messages

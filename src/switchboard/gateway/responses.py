@@ -1,0 +1,84 @@
+"""OpenAI's exact response and stream-chunk shapes, serialized with orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from switchboard.engines.base import Completion, Finish, RequestKind, Usage
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def completion_body(kind: RequestKind, request_id: str, created: int, model: str, completion: Completion) -> bytes:
+    finish = completion.finish
+    if kind == "chat":
+        if completion.raw_choice is not None:
+            choice = dict(completion.raw_choice)
+            choice["index"] = 0
+        else:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish.reason.value,
+            }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish.reason.value}
+        obj = "text_completion"
+    return orjson.dumps({
+        "id": request_id,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": finish.usage.as_dict(),
+        "system_fingerprint": None,
+    })
+
+
+class ChunkWriter:
+    """Writes one stream's SSE chunks; every chunk shares the id, created time and model."""
+
+    __slots__ = ("kind", "head", "include_usage")
+
+    def __init__(self, kind: RequestKind, request_id: str, created: int, model: str, include_usage: bool) -> None:
+        self.kind = kind
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.head = {"id": request_id, "object": obj, "created": created, "model": model, "system_fingerprint": None}
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
+        data = dict(self.head)
+        data["choices"] = choices
+        if self.include_usage:
+            data["usage"] = usage.as_dict() if usage is not None else None
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    def role(self) -> bytes:
+        """The chat stream's first chunk, announcing the assistant role (as OpenAI sends it)."""
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+
+    def text(self, text: str, raw_delta: dict[str, Any] | None = None) -> bytes:
+        if self.kind == "chat":
+            delta = raw_delta if raw_delta is not None else {"content": text}
+            return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return self._chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, finish: Finish) -> bytes:
+        if self.kind == "chat":
+            last = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish.reason.value}])
+        else:
+            last = self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish.reason.value}])
+        if self.include_usage:
+            last += self._chunk([], finish.usage)
+        return last + SSE_DONE
+
+    @staticmethod
+    def error(status: int, message: str, code: str) -> bytes:
+        """An explicit error event: a stream that fails mid-way says so instead of going silent."""
+        from switchboard.gateway.errors import error_body
+
+        return b"data: " + orjson.dumps(error_body(status, message, None, code)) + b"\n\n"

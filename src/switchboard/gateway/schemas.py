@@ -1,0 +1,180 @@
+"""Request and response schemas of the OpenAI-compatible API, as pydantic models.
+
+They validate incoming bodies (unknown fields are rejected, as OpenAI does) and generate the OpenAPI
+document. Validated bodies are forwarded as the client sent them, so these models only check; they never
+rewrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Forbid):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(_Open):
+    """Non-text parts (images, audio, files): passed to upstreams that accept them."""
+
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Union[TextPart, OtherPart]
+
+
+class ChatMessage(_Forbid):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None
+    refusal: str | None = None
+
+
+class RoutingParams(_Forbid):
+    """Per-request routing controls for `"model": "auto"` (sent by the openai client through `extra_body`)."""
+
+    cost_weight: float | None = Field(None, ge=0, description="λ: quality traded per USD per million tokens.")
+    max_usd_per_mtok: float | None = Field(None, ge=0, description="Never choose an expert pricier than this.")
+    min_quality: float | None = Field(None, ge=0, le=1, description="Never choose an expert predicted below this.")
+    experts: list[str] | None = Field(None, min_length=1, description="Choose only among these experts.")
+
+
+class StreamOptions(_Forbid):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+Stop = Union[str, list[str], None]
+
+
+class _SamplingFields(_Forbid):
+    model: str = Field(min_length=1, description="An expert id, or 'auto' to let the router choose.")
+    max_tokens: int | None = Field(None, ge=1, description="Largest number of tokens to generate.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=1, description="Only one choice per request is supported.")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: Stop = Field(None, description="Up to 4 stop sequences.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+    top_k: int | None = Field(None, ge=-1, description="Vendor extension (vLLM, llama.cpp).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Vendor extension (vLLM, llama.cpp).")
+    repetition_penalty: float | None = Field(None, gt=0, description="Vendor extension (vLLM, llama.cpp).")
+    routing: RoutingParams | None = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Union[str, list[str]] = Field(description="A prompt string (or a list holding exactly one).")
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    best_of: int | None = Field(None, ge=1, le=1)
+
+
+# ---- responses (for the OpenAPI document; the gateway writes them with orjson directly) ----
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"]
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
