@@ -100,8 +100,10 @@ class OpenAIUpstreamEngine:
         url = self.base_url + _PATHS[request.kind]
         try:
             response = await self._session.post(url, data=self._payload(request, stream))
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise EngineTimeout(self.expert_id, f"no connection to {self.base_url} within the connect timeout") from exc
         except asyncio.TimeoutError as exc:
-            raise EngineTimeout(self.expert_id, f"no connection to {self.base_url} within the timeout") from exc
+            raise EngineTimeout(self.expert_id, f"{self.base_url} sent no answer (read timeout)") from exc
         except aiohttp.ClientConnectionError as exc:
             raise EngineUnavailable(self.expert_id, f"cannot connect to {self.base_url}: {exc}") from exc
         except aiohttp.ClientError as exc:
@@ -154,6 +156,14 @@ class OpenAIUpstreamEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         response = await self._post(request, stream=True)
+        if not response.content_type.startswith("text/event-stream"):
+            try:
+                raw = await response.content.read(200)
+            finally:
+                response.release()
+            raise EngineBadResponse(
+                self.expert_id, f"upstream answer is not an OpenAI event stream ({response.content_type}): {raw!r}"
+            )
         finish_reason: str | None = None
         usage_raw: dict[str, Any] | None = None
         num_deltas = 0

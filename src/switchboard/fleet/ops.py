@@ -7,11 +7,11 @@ accounted per worker.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 from switchboard.fleet.state import (
     ExpertActivity,
+    evolve,
     FleetSnapshot,
     QueuedRequest,
     Replica,
@@ -30,14 +30,14 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
     """The same fleet seen at a later time; raises ValueError if time would go backwards."""
     if now_s < snapshot.now_s:
         raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
-    return dataclasses.replace(snapshot, now_s=now_s)
+    return snapshot.evolve(now_s=now_s)
 
 
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
     merged = dict(snapshot.replicas)
     for replica in replicas:
         merged[replica.replica_id] = replica
-    return dataclasses.replace(snapshot, replicas=merged)
+    return snapshot.evolve(replicas=merged)
 
 
 def _get(snapshot: FleetSnapshot, replica_id: ReplicaId) -> Replica:
@@ -85,14 +85,14 @@ def transition(
     unplaced = snapshot.unplaced
     if to_state is ReplicaState.STOPPED and moved.load.queue:
         unplaced = unplaced + moved.load.queue
-        moved = dataclasses.replace(moved, load=dataclasses.replace(moved.load, queue=()))
-    return dataclasses.replace(_replace_replicas(snapshot, moved), transition_counts=counts, unplaced=unplaced)
+        moved = evolve(moved, load=evolve(moved.load, queue=()))
+    return _replace_replicas(snapshot, moved).evolve(transition_counts=counts, unplaced=unplaced)
 
 
 def prune_stopped(snapshot: FleetSnapshot) -> FleetSnapshot:
     """Forget stopped replicas (their transitions stay counted in `transition_counts`)."""
     kept = {rid: r for rid, r in snapshot.replicas.items() if r.state is not ReplicaState.STOPPED}
-    return dataclasses.replace(snapshot, replicas=kept)
+    return snapshot.evolve(replicas=kept)
 
 
 def set_load(snapshot: FleetSnapshot, replica_id: ReplicaId, load: ReplicaLoad) -> FleetSnapshot:
@@ -103,9 +103,9 @@ def set_load(snapshot: FleetSnapshot, replica_id: ReplicaId, load: ReplicaLoad) 
 def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: ReplicaId | None) -> FleetSnapshot:
     """Put a request at the tail of a replica's queue, or in `unplaced` when `replica_id` is None."""
     if replica_id is None:
-        return dataclasses.replace(snapshot, unplaced=snapshot.unplaced + (request,))
+        return snapshot.evolve(unplaced=snapshot.unplaced + (request,))
     replica = _get(snapshot, replica_id)
-    load = dataclasses.replace(replica.load, queue=replica.load.queue + (request,))
+    load = evolve(replica.load, queue=replica.load.queue + (request,))
     return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
 
 
@@ -114,12 +114,12 @@ def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[Flee
     for index, request in enumerate(snapshot.unplaced):
         if request.request_id == request_id:
             unplaced = snapshot.unplaced[:index] + snapshot.unplaced[index + 1:]
-            return dataclasses.replace(snapshot, unplaced=unplaced), request
+            return snapshot.evolve(unplaced=unplaced), request
     for replica in snapshot.replicas.values():
         for index, request in enumerate(replica.load.queue):
             if request.request_id == request_id:
                 queue = replica.load.queue[:index] + replica.load.queue[index + 1:]
-                load = dataclasses.replace(replica.load, queue=queue)
+                load = evolve(replica.load, queue=queue)
                 return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s)), request
     raise KeyError(request_id)
 
@@ -141,14 +141,14 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
 def record_arrival(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s)
-    return dataclasses.replace(snapshot, activity=activity)
+    return snapshot.evolve(activity=activity)
 
 
 def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
-    return dataclasses.replace(snapshot, activity=activity)
+    return snapshot.evolve(activity=activity)
 
 
 def empty_fleet(
@@ -173,7 +173,7 @@ def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: i
     replica = _get(snapshot, replica_id)
     if replica.load.num_running <= 0:
         raise ValueError(f"replica {replica_id} has no running request to finish")
-    load = dataclasses.replace(
+    load = evolve(
         replica.load,
         num_running=replica.load.num_running - 1,
         num_running_tokens=max(0, replica.load.num_running_tokens - num_tokens),

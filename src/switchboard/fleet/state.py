@@ -22,6 +22,34 @@ def _frozen_mapping(value: Mapping) -> Mapping:
     return value if isinstance(value, types.MappingProxyType) else types.MappingProxyType(dict(value))
 
 
+_LAYOUT: dict[type, tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]] = {}
+_MISSING = object()
+
+
+def evolve(obj, **changes):
+    """`dataclasses.replace` for the frozen, slotted types of this module, without re-running `__init__`.
+
+    The simulator applies hundreds of thousands of updates per run; `replace` costs several times more. Raises
+    TypeError for a name that is not a field. Derived caches (`_`-prefixed slots) are reset.
+    """
+    cls = type(obj)
+    layout = _LAYOUT.get(cls)
+    if layout is None:
+        names = tuple(n for n in cls.__slots__ if not n.startswith("_"))
+        layout = _LAYOUT[cls] = (frozenset(names), names, tuple(n for n in cls.__slots__ if n.startswith("_")))
+    fields, names, caches = layout
+    if not changes.keys() <= fields:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(changes.keys() - fields))}")
+    new = object.__new__(cls)
+    set_, get = object.__setattr__, changes.get
+    for name in names:
+        value = get(name, _MISSING)
+        set_(new, name, getattr(obj, name) if value is _MISSING else value)
+    for name in caches:
+        set_(new, name, None)
+    return new
+
+
 # --------------------------------------------------------------------------------------------- hardware
 
 
@@ -158,7 +186,7 @@ class ExpertActivity:
             # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
             gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
             num_gaps += 1
-        return dataclasses.replace(
+        return evolve(
             self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
             num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps,
         )
@@ -168,7 +196,7 @@ class ExpertActivity:
         if self.num_in_flight <= 0:
             raise ValueError(f"expert {self.expert_id}: finish without a matching arrival")
         num_in_flight = self.num_in_flight - 1
-        return dataclasses.replace(
+        return evolve(
             self, num_in_flight=num_in_flight, idle_since_at=at_s if num_in_flight == 0 else self.idle_since_at
         )
 
@@ -290,11 +318,11 @@ class Replica:
             changes["expected_warm_at"] = at_s + cold_start_s
         if to_state is ReplicaState.WARM:
             changes["last_busy_at"] = at_s  # idle time counts from when it could first serve
-        return dataclasses.replace(self, **changes)
+        return evolve(self, **changes)
 
     def with_load(self, load: ReplicaLoad, now_s: Seconds) -> "Replica":
         busy = load.num_outstanding_requests > 0 or self.load.num_outstanding_requests > 0
-        return dataclasses.replace(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
+        return evolve(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
 
 
 # --------------------------------------------------------------------------------------------- the snapshot
@@ -321,15 +349,47 @@ class FleetSnapshot:
     unplaced: tuple[QueuedRequest, ...] = ()
     transition_counts: Mapping[TransitionKey, int] = dataclasses.field(default_factory=dict)
 
+    # Derived indexes, built on first use (a snapshot is immutable, so they never go stale; `evolve` resets them).
+    _live_by_expert: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    _MAPPINGS = ("workers", "experts", "estimates", "replicas", "activity", "transition_counts")
+
     def __post_init__(self) -> None:
-        for name in ("workers", "experts", "estimates", "replicas", "activity", "transition_counts"):
+        for name in self._MAPPINGS:
             object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
 
-    # ---- queries (cheap, no allocation beyond the result)
+    def evolve(self, **changes) -> "FleetSnapshot":
+        """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor)."""
+        for name in self._MAPPINGS:
+            if name in changes:
+                changes[name] = _frozen_mapping(changes[name])
+        return evolve(self, **changes)
+
+    def _index(self) -> None:
+        by_expert: dict[ExpertId, list[Replica]] = {}
+        used: dict[WorkerId, float] = {}
+        for replica_id in sorted(self.replicas):
+            replica = self.replicas[replica_id]
+            if replica.is_live:
+                by_expert.setdefault(replica.expert_id, []).append(replica)
+                used[replica.worker_id] = used.get(replica.worker_id, 0.0) + replica.memory_gb
+        max_free: dict[HardwareKind, float] = {}
+        for worker in self.workers.values():
+            free = worker.memory_gb - used.get(worker.worker_id, 0.0)
+            max_free[worker.hardware] = max(free, max_free.get(worker.hardware, free))
+        object.__setattr__(self, "_live_by_expert", {e: tuple(rs) for e, rs in by_expert.items()})
+        object.__setattr__(self, "_memory_used", used)
+        object.__setattr__(self, "_max_free_by_hardware", max_free)
+
+    # ---- queries
 
     def replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
         """Live replicas of an expert, in id order (deterministic for tie-breaking)."""
-        return tuple(r for _, r in sorted(self.replicas.items()) if r.expert_id == expert_id and r.is_live)
+        if self._live_by_expert is None:
+            self._index()
+        return self._live_by_expert.get(expert_id, ())
 
     def accepting_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
         return tuple(r for r in self.replicas_of(expert_id) if r.is_accepting)
@@ -346,10 +406,18 @@ class FleetSnapshot:
         return self.activity.get(expert_id) or ExpertActivity(expert_id)
 
     def memory_used_gb(self, worker_id: WorkerId) -> float:
-        return sum(r.memory_gb for r in self.replicas.values() if r.worker_id == worker_id and r.is_live)
+        if self._memory_used is None:
+            self._index()
+        return self._memory_used.get(worker_id, 0.0)
 
     def memory_free_gb(self, worker_id: WorkerId) -> float:
         return self.workers[worker_id].memory_gb - self.memory_used_gb(worker_id)
+
+    def max_free_gb_by_hardware(self) -> Mapping[HardwareKind, float]:
+        """Per hardware kind present in the fleet, the most free memory on one worker of that kind."""
+        if self._max_free_by_hardware is None:
+            self._index()
+        return self._max_free_by_hardware
 
     def estimate(self, expert_id: ExpertId, hardware: HardwareKind) -> ServingEstimate | None:
         return self.estimates.get((expert_id, hardware))

@@ -59,16 +59,23 @@ def reclaimable_gb(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: 
 def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_memory: bool = False) -> WakeOption:
     """`reclaim_idle_memory`: count idle replicas of other experts as evictable."""
     fitting, known = [], []
-    for worker in snapshot.workers.values():
-        estimate = snapshot.estimate(expert_id, worker.hardware)
-        if estimate is None:
-            continue
-        known.append(estimate.cold_start_s)
-        free_gb = snapshot.memory_free_gb(worker.worker_id)
-        if reclaim_idle_memory:
-            free_gb += reclaimable_gb(snapshot, worker.worker_id, expert_id)
-        if estimate.memory_gb <= free_gb + 1e-9:
-            fitting.append(estimate.cold_start_s)
+    if reclaim_idle_memory:
+        for worker in snapshot.workers.values():
+            estimate = snapshot.estimate(expert_id, worker.hardware)
+            if estimate is None:
+                continue
+            known.append(estimate.cold_start_s)
+            free_gb = snapshot.memory_free_gb(worker.worker_id) + reclaimable_gb(snapshot, worker.worker_id, expert_id)
+            if estimate.memory_gb <= free_gb + 1e-9:
+                fitting.append(estimate.cold_start_s)
+    else:
+        for hardware, free_gb in snapshot.max_free_gb_by_hardware().items():
+            estimate = snapshot.estimate(expert_id, hardware)
+            if estimate is None:
+                continue
+            known.append(estimate.cold_start_s)
+            if estimate.memory_gb <= free_gb + 1e-9:
+                fitting.append(estimate.cold_start_s)
     if fitting:
         return WakeOption(min(fitting), True)
     return WakeOption(min(known) if known else 0.0, False)

@@ -11,7 +11,6 @@ once and ends exactly once, either finished or rejected.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -181,15 +180,8 @@ class Simulation:
         return q
 
     def _advance(self, now_s: float) -> None:
-        """`ops.at_time` without re-validating the snapshot's (already frozen) mappings: this runs once per
-        event, and a shallow copy with a new clock is all `at_time` means."""
-        snapshot = self.snapshot
-        if now_s != snapshot.now_s:
-            if now_s < snapshot.now_s:
-                raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
-            moved = copy.copy(snapshot)
-            object.__setattr__(moved, "now_s", now_s)
-            self.snapshot = moved
+        if now_s != self.snapshot.now_s:
+            self.snapshot = ops.at_time(self.snapshot, now_s)
 
     # ------------------------------------------------------------------------------------------ handlers
 
@@ -270,8 +262,10 @@ class Simulation:
         engine = self.engines.get(done.replica_id)
         if engine is None or done.version != engine.version:
             return []
-        self._advance(now_s)
-        return self._absorb(ReplicaId(done.replica_id), engine.on_step(done, now_s))
+        outcome = engine.on_step(done, now_s)
+        if outcome.started or outcome.finished:  # only these touch the fleet snapshot, which needs the clock
+            self._advance(now_s)
+        return self._absorb(ReplicaId(done.replica_id), outcome)
 
     def _on_replica_ready(self, event: Event, now_s: float) -> list[Event]:
         replica_id = event.payload

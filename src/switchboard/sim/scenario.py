@@ -51,8 +51,9 @@ class Knobs:
     latency_weight_per_s: float = 0.01
     """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
     hide_margin: float = 0.05
+    autoscale_kind: str = "in-flight-tokens"
     target_utilization: float = 0.7
-    """Autoscaler: fraction of a replica's KV capacity to fill before adding one."""
+    """Autoscaler: fraction of a replica's KV capacity (or batch) to fill before adding one."""
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
@@ -108,7 +109,8 @@ def control_settings(name: str, knobs: Knobs) -> ControlSettings:
                               latency_weight_per_s=knobs.latency_weight_per_s,
                               cold_start_quality_margin=knobs.hide_margin)
     hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
-    autoscale = AutoscaleSettings(target_utilization=knobs.target_utilization, max_replicas=32)
+    autoscale = AutoscaleSettings(kind=knobs.autoscale_kind, target_utilization=knobs.target_utilization,
+                                  max_replicas=32)
     if name == "fixed-keepalive":
         return ControlSettings(
             keepalive=KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s),

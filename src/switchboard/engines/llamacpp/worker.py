@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    # Listening before announcing "ready": connections that arrive before uvicorn's loop runs wait in the
+    # backlog instead of being refused.
+    sock.listen(128)
     app = build_app(_Generator(llm), args.name, args.n_ctx, load_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

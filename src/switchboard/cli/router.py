@@ -1,0 +1,122 @@
+"""`switchboard router train | route | eval`: train a router directory, route prompts with it, evaluate it.
+
+Heavy imports (numpy, the router package) stay inside the commands so `switchboard --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+router_app = typer.Typer(help="Learned routing: train, apply and evaluate routers.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(router_app, name="router")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@router_app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="Training JSONL: {prompt, scores: {expert: 0..1}}."),
+    models: Path = typer.Option(..., "--models", help="Models file: expert → prices per Mtok."),
+    out: Path = typer.Option(..., "--out", help="Router directory to write."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf or cascade; default: best by CV."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for choosing the strategy."),
+    seed: int = typer.Option(0, "--seed", help="Seed for splits and initialisation."),
+    cache_dir: Path = typer.Option(Path("~/.cache/switchboard/embeddings"), "--cache-dir", help="Embedding cache."),
+) -> None:
+    """Train a router and write a self-contained router directory."""
+    from rich.progress import Progress
+
+    from switchboard.router.data import RoutingDataError, load_examples, load_models
+    from switchboard.router.evaluate import format_table
+    from switchboard.router.persist import builtin_static_dir
+    from switchboard.router.pipeline import TrainSettings, total_fits, train_router, write_router
+    from switchboard.router.strategies import StrategyName
+
+    try:
+        chosen = None if strategy is None else StrategyName(strategy)
+    except ValueError:
+        _fail(f"--strategy must be one of {', '.join(s.value for s in StrategyName)}, got {strategy!r}")
+    try:
+        examples, prices = load_examples(data), load_models(models)
+    except (RoutingDataError, OSError) as exc:
+        _fail(str(exc))
+    settings = TrainSettings(strategy=chosen, folds=folds, seed=seed, cache_dir=cache_dir.expanduser())
+    with Progress(transient=False) as progress:
+        task = progress.add_task("training", total=total_fits(settings))
+        result = train_router(examples, prices, settings, progress=lambda n: progress.advance(task, n))
+    write_router(result, out, settings, len(examples), builtin_static_dir())
+    if result.evaluation is not None:
+        typer.echo(format_table(result.evaluation))
+    typer.echo(f"strategy: {result.chosen.value}; router written to {out}")
+
+
+@router_app.command("route")
+def route(
+    router: Path = typer.Option(..., "--router", help="Router directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="JSONL with a \"prompt\" field per line."),
+    cost_weight: float = typer.Option(0.0, "--cost-weight", min=0.0, help="λ in quality − λ·USD per Mtok."),
+    max_usd_per_mtok: Optional[float] = typer.Option(None, "--max-usd-per-mtok", min=0.0),
+    min_quality: Optional[float] = typer.Option(None, "--min-quality", min=0.0, max=1.0),
+) -> None:
+    """Print {"index": i, "model": "<expert id>"} per input line, in order (model null if none is feasible)."""
+    from switchboard.router.data import RoutingDataError, read_prompts
+    from switchboard.router.persist import RouterLoadError, load_router
+    from switchboard.router.selection import RoutingConstraints
+
+    try:
+        texts = read_prompts(prompts)
+        loaded = load_router(router)
+    except (RoutingDataError, RouterLoadError, OSError) as exc:
+        _fail(str(exc))
+    constraints = RoutingConstraints(cost_weight, max_usd_per_mtok, min_quality)
+    for i, expert in enumerate(loaded.route_batch(texts, constraints)):
+        typer.echo(json.dumps({"index": i, "model": expert}))
+
+
+@router_app.command("eval")
+def evaluate_cmd(
+    router: Path = typer.Option(..., "--router", help="Router directory."),
+    data: Path = typer.Option(..., "--data", help="Labelled JSONL to evaluate on."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path; default <router>/eval.png."),
+    folds: int = typer.Option(5, "--folds", min=2, help="CV folds for the other strategies (trained on --data)."),
+    seed: int = typer.Option(0, "--seed"),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="Also cross-validate the other strategies."),
+) -> None:
+    """Quality/cost curve of the router over a cost-weight sweep, against baselines and the other strategies."""
+    import numpy as np
+
+    from switchboard.router.data import RoutingDataError, load_examples, score_matrix
+    from switchboard.router.evaluate import evaluate, format_table, plot_curves
+    from switchboard.router.persist import RouterLoadError, load_router
+    from switchboard.router.pipeline import embed_cached
+    from switchboard.router.router import build_features
+    from switchboard.router.strategies import STRATEGIES, StrategyName
+    from switchboard.router.training import cross_validated_quality
+
+    try:
+        examples = load_examples(data)
+        loaded = load_router(router)
+        y = score_matrix(examples, loaded.experts)
+    except (RoutingDataError, RouterLoadError, OSError) as exc:
+        _fail(str(exc))
+    texts = [ex.prompt for ex in examples]
+    emb = embed_cached(loaded.embedder, texts, Path("~/.cache/switchboard/embeddings").expanduser())
+    x = build_features(loaded.embedder, texts, loaded.use_cheap_features, emb)
+    predictions = {f"router ({loaded.strategy})": (loaded.predict_quality_from_features(x), loaded.model.selection_rule)}
+    if compare:
+        for name in StrategyName:
+            predictions[f"cv:{name.value}"] = (cross_validated_quality(name, x, y, seed, folds), STRATEGIES[name].selection_rule)
+    evaluation = evaluate(predictions, y, loaded.usd_per_mtok, loaded.experts, np.random.default_rng(seed))
+    typer.echo(format_table(evaluation))
+    path = plot_curves(evaluation, plot or Path(router) / "eval.png")
+    typer.echo(f"plot written to {path}")

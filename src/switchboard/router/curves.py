@@ -1,0 +1,63 @@
+"""Quality/cost curves and their summaries (RouterBench's frontier, RouteLLM's APGR), as pure functions.
+
+A router evaluated at each cost weight of a sweep gives points (mean USD per Mtok, mean score). `frontier_at`
+reads the best quality reachable at or below a cost; AUC is its mean over the experts' price range, and APGR
+the mean fraction of the gap between the cheapest expert and the best single expert that it recovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from switchboard.router.selection import RoutingConstraints, SelectionRule, choose
+
+DEFAULT_COST_WEIGHTS = tuple([0.0] + np.geomspace(0.002, 5.0, 40).round(5).tolist())
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    cost_weight: float
+    usd_per_mtok: float
+    quality: float
+
+
+def sweep(
+    predicted: np.ndarray,
+    true_scores: np.ndarray,
+    price: np.ndarray,
+    names: Sequence[str],
+    rule: SelectionRule = SelectionRule.ARGMAX,
+    cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
+) -> list[CurvePoint]:
+    points = []
+    rows = np.arange(len(true_scores))
+    for lam in cost_weights:
+        index, _ = choose(predicted, price, names, RoutingConstraints(cost_weight=float(lam)), rule)
+        points.append(CurvePoint(float(lam), float(price[index].mean()), float(true_scores[rows, index].mean())))
+    return points
+
+
+def frontier_at(points: Sequence[CurvePoint], usd_per_mtok: float) -> float:
+    """Best quality among points costing at most `usd_per_mtok`; the cheapest point's quality if none does."""
+    within = [p.quality for p in points if p.usd_per_mtok <= usd_per_mtok + 1e-12]
+    return max(within) if within else min(points, key=lambda p: p.usd_per_mtok).quality
+
+
+def cost_to_reach(points: Sequence[CurvePoint], quality: float) -> float | None:
+    """Cheapest mean price of a point reaching `quality`; None if no cost weight reaches it."""
+    costs = [p.usd_per_mtok for p in points if p.quality >= quality - 1e-12]
+    return min(costs) if costs else None
+
+
+def auc(points: Sequence[CurvePoint], low_usd: float, high_usd: float, num: int = 200) -> float:
+    grid = np.linspace(low_usd, high_usd, num)
+    return float(np.mean([frontier_at(points, c) for c in grid]))
+
+
+def apgr(points: Sequence[CurvePoint], weak: CurvePoint, strong: CurvePoint, num: int = 200) -> float:
+    grid = np.linspace(weak.usd_per_mtok, strong.usd_per_mtok, num)
+    gap = strong.quality - weak.quality
+    return float(np.mean([(frontier_at(points, c) - weak.quality) / gap for c in grid]))

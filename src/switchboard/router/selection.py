@@ -1,0 +1,111 @@
+"""The selection rule: pure functions from predicted quality and price to a choice.
+
+Every strategy shares these. Utility is `quality − cost_weight · price` (price = blended USD per Mtok); hard
+constraints (allowed experts, a price cap, a quality floor) remove candidates before the choice. Ties go to the
+cheaper expert, then to the earlier one, which is what makes "a larger cost weight never picks a pricier expert"
+hold exactly. Batch functions work on (n, m) arrays for evaluation; `rank_candidates` serves one request.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+class SelectionRule(str, enum.Enum):
+    ARGMAX = "argmax"  # max of quality − λ·price
+    CASCADE = "cascade"  # walk up the price ladder; stop at the first expert as good as the best one, net of λ
+
+
+@dataclass(frozen=True)
+class RoutingConstraints:
+    """Per-request routing parameters (the gateway's optional `routing` object)."""
+
+    cost_weight: float = 0.0
+    max_usd_per_mtok: float | None = None
+    min_quality: float | None = None
+    experts: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.cost_weight) or self.cost_weight < 0:
+            raise ValueError(f"cost_weight must be a finite number ≥ 0, got {self.cost_weight!r}")
+        if self.max_usd_per_mtok is not None and self.max_usd_per_mtok < 0:
+            raise ValueError(f"max_usd_per_mtok must be ≥ 0, got {self.max_usd_per_mtok!r}")
+        if self.min_quality is not None and not 0.0 <= self.min_quality <= 1.0:
+            raise ValueError(f"min_quality must be in [0, 1], got {self.min_quality!r}")
+
+
+def feasible_mask(
+    quality: np.ndarray, price: np.ndarray, names: Sequence[str], constraints: RoutingConstraints
+) -> np.ndarray:
+    """(n, m) bool: which candidates pass the hard constraints (quality is (n, m), price is (m,))."""
+    mask = np.ones(quality.shape, dtype=bool)
+    if constraints.experts is not None:
+        mask &= np.asarray([n in constraints.experts for n in names], dtype=bool)[None, :]
+    if constraints.max_usd_per_mtok is not None:
+        mask &= (price <= constraints.max_usd_per_mtok)[None, :]
+    if constraints.min_quality is not None:
+        mask &= quality >= constraints.min_quality
+    return mask
+
+
+def _tie_break_order(price: np.ndarray) -> np.ndarray:
+    # Columns sorted cheapest first (stable), so argmax over reordered columns prefers the cheaper on ties.
+    return np.argsort(price, kind="stable")
+
+
+def _argmax_choice(utility: np.ndarray, mask: np.ndarray, price: np.ndarray) -> np.ndarray:
+    order = _tie_break_order(price)
+    masked = np.where(mask, utility, -np.inf)[:, order]
+    return order[np.argmax(masked, axis=1)]
+
+
+def choose(
+    quality: np.ndarray,
+    price: np.ndarray,
+    names: Sequence[str],
+    constraints: RoutingConstraints,
+    rule: SelectionRule = SelectionRule.ARGMAX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen column per row and whether any candidate was feasible: (index (n,) int, is_feasible (n,) bool).
+
+    Where `is_feasible` is False the index is meaningless (0); callers must check it.
+    """
+    quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
+    price = np.asarray(price, dtype=np.float64)
+    mask = feasible_mask(quality, price, names, constraints)
+    is_feasible = mask.any(axis=1)
+    lam = float(constraints.cost_weight)
+    utility = quality - lam * price[None, :]
+    if rule is SelectionRule.ARGMAX:
+        index = _argmax_choice(utility, mask, price)
+    else:
+        best = _argmax_choice(quality, mask, price)  # the highest-quality feasible expert
+        best_utility = utility[np.arange(len(best)), best]
+        good_enough = mask & (utility >= best_utility[:, None])
+        index = _argmax_choice(-np.broadcast_to(price, utility.shape), good_enough, price)
+    return np.where(is_feasible, index, 0), is_feasible
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    expert: str
+    predicted_quality: float
+    usd_per_mtok: float
+    utility: float
+    is_feasible: bool
+
+
+def rank_candidates(
+    quality: np.ndarray, price: np.ndarray, names: Sequence[str], constraints: RoutingConstraints
+) -> list[RankedCandidate]:
+    """All candidates, feasible ones first, each group by utility descending (cheaper first on ties)."""
+    quality = np.asarray(quality, dtype=np.float64).reshape(-1)
+    price = np.asarray(price, dtype=np.float64)
+    mask = feasible_mask(quality[None, :], price, names, constraints)[0]
+    utility = quality - constraints.cost_weight * price
+    order = sorted(range(len(names)), key=lambda j: (not mask[j], -utility[j], price[j], j))
+    return [RankedCandidate(names[j], float(quality[j]), float(price[j]), float(utility[j]), bool(mask[j])) for j in order]

@@ -1,0 +1,79 @@
+"""Per-expert quality predictors trained jointly in numpy: a one-hidden-layer MLP (multi-task, one sigmoid
+output per expert, Tryage-style) and its zero-hidden-layer special case, logistic regression. The loss is
+binary cross-entropy against the graded score, so fractional scores are fine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from switchboard.router.selection import SelectionRule
+from switchboard.router.strategies.base import Adam, QualityModel, StrategyName, minibatches, sigmoid
+
+
+def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = 128):
+    d, m = x.shape[1], y.shape[1]
+    params: dict[str, np.ndarray] = {"b2": np.log(np.clip(y.mean(0), 1e-3, 1 - 1e-3) / np.clip(1 - y.mean(0), 1e-3, 1))}
+    if hidden:
+        params["w1"] = rng.normal(0, np.sqrt(2.0 / d), (d, hidden)).astype(np.float32)
+        params["b1"] = np.zeros(hidden, np.float32)
+        params["w2"] = rng.normal(0, np.sqrt(1.0 / hidden), (hidden, m)).astype(np.float32)
+    else:
+        params["w2"] = np.zeros((d, m), np.float32)
+    params["b2"] = params["b2"].astype(np.float32)
+    opt = Adam(params, lr, weight_decay)
+    for _ in range(epochs):
+        for idx in minibatches(len(x), batch_size, rng):
+            xb, yb = x[idx], y[idx]
+            h = np.maximum(xb @ params["w1"] + params["b1"], 0) if hidden else xb
+            dz = (sigmoid(h @ params["w2"] + params["b2"]) - yb) / len(idx)
+            grads = {"w2": h.T @ dz, "b2": dz.sum(0)}
+            if hidden:
+                dh = (dz @ params["w2"].T) * (h > 0)
+                grads["w1"], grads["b1"] = xb.T @ dh, dh.sum(0)
+            opt.step(grads)
+    return params
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpModel(QualityModel):
+    name = StrategyName.MLP
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        h = np.maximum(np.asarray(x, np.float32) @ self.w1 + self.b1, 0)
+        return sigmoid(h @ self.w2 + self.b2).astype(np.float32)
+
+    @classmethod
+    def fit(cls, x, y, rng, hidden: int = 128, epochs: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4):
+        p = _train_mlp(np.asarray(x, np.float32), y.astype(np.float32), rng, hidden, epochs, lr, weight_decay)
+        return cls(p["w1"], p["b1"], p["w2"], p["b2"])
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeModel(MlpModel):
+    """The MLP's estimates with the cascade selection rule: climb the price ladder and stop at the first
+    expert whose utility is at least that of the best-quality one (no answer-time check: the check is the
+    predicted success)."""
+
+    name = StrategyName.CASCADE
+    selection_rule = SelectionRule.CASCADE
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearModel(QualityModel):
+    name = StrategyName.LINEAR
+    w2: np.ndarray
+    b2: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return sigmoid(np.asarray(x, np.float32) @ self.w2 + self.b2).astype(np.float32)
+
+    @classmethod
+    def fit(cls, x, y, rng, epochs: int = 40, lr: float = 3e-3, weight_decay: float = 1e-4):
+        p = _train_mlp(np.asarray(x, np.float32), y.astype(np.float32), rng, 0, epochs, lr, weight_decay)
+        return cls(p["w2"], p["b2"])

@@ -1,0 +1,1 @@
+"""Real, small servers for tests, benchmarks and demos: a mock OpenAI upstream and a uvicorn-in-a-thread runner."""

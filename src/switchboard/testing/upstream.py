@@ -1,0 +1,111 @@
+"""A tiny, fast OpenAI-compatible upstream: a raw ASGI app (no framework, so it is never the bottleneck when
+the gateway is measured against it).
+
+Its behaviour is chosen by the request's `model`, so one server can play every kind of upstream:
+
+- anything else — a healthy model: answers `"mock answer"` (or streams `num_chunks` chunks with usage);
+- `fail-500` — HTTP 500 with an error body;           `fail-429` — HTTP 429;
+- `garbage` — HTTP 200 whose body is not JSON;         `stall` — accepts, then never answers;
+- `cut-mid-stream` — streams two chunks and closes the connection without `[DONE]`;
+- `reject-400` — HTTP 400 as for a prompt over the context window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+async def _read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _send_json(send: Any, status: int, payload: Any) -> None:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _completion(kind: str, model: str, text: str) -> dict[str, Any]:
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+        obj = "text_completion"
+    return {"id": "mock-1", "object": obj, "created": 0, "model": model, "choices": [choice],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}
+
+
+def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes:
+    if kind == "chat":
+        choice = {"index": 0, "delta": {"content": text} if text is not None else {}, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        obj = "text_completion"
+    return b"data: " + orjson.dumps({"id": "mock-1", "object": obj, "created": 0, "model": model, "choices": [choice]}) + b"\n\n"
+
+
+class MockUpstream:
+    """The ASGI app. `num_chunks` is the length of streamed answers; `requests_seen` counts requests."""
+
+    def __init__(self, num_chunks: int = 8) -> None:
+        self.num_chunks = num_chunks
+        self.requests_seen = 0
+        self.last_body: dict[str, Any] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        if path.endswith("/models"):
+            await _send_json(send, 200, {"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]})
+            return
+        kind = "chat" if path.endswith("/chat/completions") else "completion"
+        body = orjson.loads(await _read_body(receive))
+        self.requests_seen += 1
+        self.last_body = body
+        model = body.get("model", "mock")
+        if model == "fail-500":
+            await _send_json(send, 500, {"error": {"message": "mock internal failure", "type": "server_error"}})
+        elif model == "fail-429":
+            await _send_json(send, 429, {"error": {"message": "slow down", "type": "rate_limit_error"}})
+        elif model == "reject-400":
+            await _send_json(send, 400, {"error": {"message": "prompt is over the context window", "type": "invalid_request_error"}})
+        elif model == "garbage":
+            await _send_json(send, 200, b"<html>definitely not json</html>")
+        elif model == "stall":
+            await asyncio.sleep(3600)
+        elif body.get("stream"):
+            await self._stream(send, kind, model, cut=model == "cut-mid-stream", usage=bool((body.get("stream_options") or {}).get("include_usage")))
+        else:
+            await _send_json(send, 200, _completion(kind, model, "mock answer"))
+
+    async def _stream(self, send: Any, kind: str, model: str, *, cut: bool, usage: bool) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        for i in range(2 if cut else self.num_chunks):
+            await send({"type": "http.response.body", "body": _chunk(kind, model, f"tok{i} ", None), "more_body": True})
+        if cut:
+            raise ConnectionResetError("mock upstream cut the stream")  # uvicorn closes the connection
+        tail = _chunk(kind, model, None, "stop")
+        if usage:
+            tail += b"data: " + orjson.dumps({"id": "mock-1", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [],
+                                              "usage": {"prompt_tokens": 7, "completion_tokens": self.num_chunks, "total_tokens": 7 + self.num_chunks}}) + b"\n\n"
+        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
