@@ -22,8 +22,20 @@ def _frozen_mapping(value: Mapping) -> Mapping:
     return value if isinstance(value, types.MappingProxyType) else types.MappingProxyType(dict(value))
 
 
-_LAYOUT: dict[type, tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]] = {}
-_MISSING = object()
+_EVOLVERS: dict[type, tuple[frozenset[str], object]] = {}
+
+
+def _compile_evolver(cls: type):
+    # Generated like dataclasses' own __init__: one straight-line function per class, no per-field loop.
+    names = [n for n in cls.__slots__ if not n.startswith("_")]
+    caches = [n for n in cls.__slots__ if n.startswith("_")]
+    lines = ["def evolve(obj, changes):", "    new = _new(cls)"]
+    lines += [f"    _set(new, {n!r}, changes[{n!r}] if {n!r} in changes else obj.{n})" for n in names]
+    lines += [f"    _set(new, {n!r}, None)" for n in caches]
+    lines.append("    return new")
+    namespace = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the class's own slot names
+    return frozenset(names), namespace["evolve"]
 
 
 def evolve(obj, **changes):
@@ -33,21 +45,13 @@ def evolve(obj, **changes):
     TypeError for a name that is not a field. Derived caches (`_`-prefixed slots) are reset.
     """
     cls = type(obj)
-    layout = _LAYOUT.get(cls)
-    if layout is None:
-        names = tuple(n for n in cls.__slots__ if not n.startswith("_"))
-        layout = _LAYOUT[cls] = (frozenset(names), names, tuple(n for n in cls.__slots__ if n.startswith("_")))
-    fields, names, caches = layout
+    compiled = _EVOLVERS.get(cls)
+    if compiled is None:
+        compiled = _EVOLVERS[cls] = _compile_evolver(cls)
+    fields, evolver = compiled
     if not changes.keys() <= fields:
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(changes.keys() - fields))}")
-    new = object.__new__(cls)
-    set_, get = object.__setattr__, changes.get
-    for name in names:
-        value = get(name, _MISSING)
-        set_(new, name, getattr(obj, name) if value is _MISSING else value)
-    for name in caches:
-        set_(new, name, None)
-    return new
+    return evolver(obj, changes)
 
 
 # --------------------------------------------------------------------------------------------- hardware
@@ -367,19 +371,25 @@ class FleetSnapshot:
                 changes[name] = _frozen_mapping(changes[name])
         return evolve(self, **changes)
 
-    def _index(self) -> None:
+    def _index_replicas(self) -> dict[ExpertId, tuple[Replica, ...]]:
         by_expert: dict[ExpertId, list[Replica]] = {}
-        used: dict[WorkerId, float] = {}
         for replica_id in sorted(self.replicas):
             replica = self.replicas[replica_id]
-            if replica.is_live:
+            if replica.state in LIVE_STATES:
                 by_expert.setdefault(replica.expert_id, []).append(replica)
+        index = {e: tuple(rs) for e, rs in by_expert.items()}
+        object.__setattr__(self, "_live_by_expert", index)
+        return index
+
+    def _index_memory(self) -> None:
+        used: dict[WorkerId, float] = {}
+        for replica in self.replicas.values():
+            if replica.state in LIVE_STATES:
                 used[replica.worker_id] = used.get(replica.worker_id, 0.0) + replica.memory_gb
         max_free: dict[HardwareKind, float] = {}
         for worker in self.workers.values():
             free = worker.memory_gb - used.get(worker.worker_id, 0.0)
             max_free[worker.hardware] = max(free, max_free.get(worker.hardware, free))
-        object.__setattr__(self, "_live_by_expert", {e: tuple(rs) for e, rs in by_expert.items()})
         object.__setattr__(self, "_memory_used", used)
         object.__setattr__(self, "_max_free_by_hardware", max_free)
 
@@ -387,9 +397,10 @@ class FleetSnapshot:
 
     def replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
         """Live replicas of an expert, in id order (deterministic for tie-breaking)."""
-        if self._live_by_expert is None:
-            self._index()
-        return self._live_by_expert.get(expert_id, ())
+        index = self._live_by_expert
+        if index is None:
+            index = self._index_replicas()
+        return index.get(expert_id, ())
 
     def accepting_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
         return tuple(r for r in self.replicas_of(expert_id) if r.is_accepting)
@@ -407,7 +418,7 @@ class FleetSnapshot:
 
     def memory_used_gb(self, worker_id: WorkerId) -> float:
         if self._memory_used is None:
-            self._index()
+            self._index_memory()
         return self._memory_used.get(worker_id, 0.0)
 
     def memory_free_gb(self, worker_id: WorkerId) -> float:
@@ -416,7 +427,7 @@ class FleetSnapshot:
     def max_free_gb_by_hardware(self) -> Mapping[HardwareKind, float]:
         """Per hardware kind present in the fleet, the most free memory on one worker of that kind."""
         if self._max_free_by_hardware is None:
-            self._index()
+            self._index_memory()
         return self._max_free_by_hardware
 
     def estimate(self, expert_id: ExpertId, hardware: HardwareKind) -> ServingEstimate | None:
