@@ -135,3 +135,34 @@ def test_activity_records_idle_gaps_between_busy_periods(events):
     assert all(g >= 0 for g in a.recent_idle_gaps_s)
     assert a.gaps_after(0) == a.recent_idle_gaps_s[-min(num_gaps, len(a.recent_idle_gaps_s)):] if num_gaps else True
     assert a.gaps_after(a.num_idle_gaps) == ()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "start", "warm", "stop", "enqueue", "tick"]), st.integers(0, 3)),
+                max_size=30))
+def test_carried_indexes_equal_fresh_ones(steps):
+    """Indexes carried across updates must match those a fresh snapshot builds."""
+    s = ops.empty_fleet(0.0, [Worker(WorkerId(f"w{i}"), L4, 24.0, 0.8) for i in range(2)], [ExpertSpec(E, 7, 0.2)],
+                        [_estimate()])
+    n = 0
+    for kind, k in steps:
+        rid = ReplicaId(f"r{k}")
+        try:
+            if kind == "add":
+                s = ops.add_replica(s, rid, _estimate(), WorkerId(f"w{k % 2}"))
+            elif kind in ("start", "warm", "stop"):
+                s = ops.transition(s, rid, {"start": S.STARTING, "warm": S.WARM, "stop": S.STOPPED}[kind])
+            elif kind == "enqueue":
+                n += 1
+                s = ops.enqueue(s, _request(n), rid)
+            else:
+                s = ops.at_time(s, s.now_s + 1)
+        except (ValueError, KeyError, IllegalTransition):
+            pass
+        s.replicas_of(E), s.memory_used_gb(WorkerId("w0")), s.max_free_gb_by_hardware()  # build the indexes
+        fresh = ops.FleetSnapshot(s.now_s, s.workers, s.experts, s.estimates, s.replicas, s.activity, s.unplaced,
+                                  s.transition_counts)
+        assert s.replicas_of(E) == fresh.replicas_of(E)
+        for w in s.workers:
+            assert s.memory_used_gb(w) == fresh.memory_used_gb(w)
+        assert s.max_free_gb_by_hardware() == fresh.max_free_gb_by_hardware()

@@ -364,12 +364,24 @@ class FleetSnapshot:
         for name in self._MAPPINGS:
             object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
 
-    def evolve(self, **changes) -> "FleetSnapshot":
-        """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor)."""
+    def evolve(self, *, same_memory_layout: bool = False, **changes) -> "FleetSnapshot":
+        """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor).
+
+        Indexes carry over when the fields they derive from are unchanged; `same_memory_layout` asserts that a
+        new `replicas` mapping has the same live replicas with the same memory on the same workers (only
+        loads or timestamps changed), so the memory indexes carry over too.
+        """
         for name in self._MAPPINGS:
             if name in changes:
                 changes[name] = _frozen_mapping(changes[name])
-        return evolve(self, **changes)
+        new = evolve(self, **changes)
+        if "workers" not in changes:
+            if "replicas" not in changes:
+                object.__setattr__(new, "_live_by_expert", self._live_by_expert)
+            if "replicas" not in changes or same_memory_layout:
+                object.__setattr__(new, "_memory_used", self._memory_used)
+                object.__setattr__(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        return new
 
     def _index_replicas(self) -> dict[ExpertId, tuple[Replica, ...]]:
         by_expert: dict[ExpertId, list[Replica]] = {}
