@@ -232,3 +232,53 @@ def test_speculative_starts_never_evict():
     ex.advance(30.0)
     result = ex.step([WakeExpert(ExpertId("b"), Reason(RouteReasonCode.COLD_START_HIDDEN, "test"))])
     assert result.actions == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    memory=st.sampled_from([4.0, 12.0, 24.0]),
+    other_warm=st.booleans(),
+    admission=st.sampled_from(["slo", "always"]),
+    allowance=st.floats(0, 60),
+    slo=st.floats(0.05, 60),
+    prompt=st.integers(1, 8000),
+    evict=st.booleans(),
+)
+def test_a_request_for_a_cold_expert_gets_a_starting_replica_or_a_clear_rejection(
+        memory, other_warm, admission, allowance, slo, prompt, evict):
+    cfg = _settings(admission={"kind": admission, "cold_start_allowance_s": allowance}, evict_idle_for_memory=evict)
+    s = fleet(experts=("a", "b"), workers=(("w0", "l4", memory, 0.8),))
+    ex = FakeExecutor(s, ControlPlane(cfg))
+    if other_warm and memory >= 10:
+        ex.arrive(request(0, expert="b"))
+        ex.advance(100.0)
+    result = ex.arrive(request(1, expert="a", at_s=ex.snapshot.now_s, prompt=prompt, slo=slo))
+    assigned = [a for a in result.actions if getattr(a, "request", None) is not None and a.request.request_id == "q1"]
+    assert len(assigned) == 1
+    outcome = assigned[0]
+    if type(outcome).__name__ == "AssignRequest":
+        started = {a.replica_id for a in result.actions if isinstance(a, StartReplica)}
+        assert outcome.replica_id in started and outcome.is_cold_start
+    else:
+        assert outcome.status_code in (429, 503) and outcome.retry_after_s >= 1 and outcome.reason.detail
+
+
+@settings(max_examples=60, deadline=None)
+@given(timeout_s=st.floats(30, 900), ticks=st.lists(st.floats(1, 400), min_size=1, max_size=12))
+def test_scale_to_zero_after_the_idle_window_and_not_before(timeout_s, ticks):
+    cfg = _settings(keepalive={"kind": "fixed", "idle_timeout_s": timeout_s})
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(cfg))
+    ex.arrive(request(1, prompt=100, output=100))
+    ex.advance(30.0)
+    idle_since = ex.snapshot.activity_of("a").idle_since_at
+    assert ex.ledger.finished["q1"] == 1
+    t = 30.0
+    for dt in ticks:
+        t += dt
+        ex.advance(t)
+        result = ex.step()
+        drained = [a for a in result.actions if isinstance(a, DrainReplica)]
+        if drained:
+            assert t >= idle_since + timeout_s
+        elif t >= idle_since + timeout_s:
+            assert not ex.snapshot.accepting_replicas_of("a")  # drained at the first step past the window
