@@ -1,0 +1,37 @@
+"""Rebuilds the packaged default router from the shipped routing data (an offline step; its output is committed).
+
+    .venv/bin/python -m switchboard.router.build_default [--out DIR]
+
+Picks the strategy by 5-fold CV (seed 0) and writes a router that refers to the built-in static embedder, so
+the package carries the embedding table once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+
+from switchboard.router.data import load_examples, load_models
+from switchboard.router.evaluate import format_table
+from switchboard.router.persist import default_router_dir
+from switchboard.router.pipeline import TrainSettings, train_router, write_router
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_router_dir())
+    args = parser.parse_args(argv)
+    data = resources.files("switchboard.data").joinpath("routing")
+    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
+    prices = load_models(Path(str(data.joinpath("models.json"))))
+    settings = TrainSettings()
+    result = train_router(examples, prices, settings)
+    if result.evaluation is not None:
+        print(format_table(result.evaluation))
+    write_router(result, args.out, settings, len(examples), embedder_dir=None)
+    print(f"default router ({result.chosen.value}) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Every strategy learns a learnable synthetic task, predicts in [0, 1], and survives a save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from switchboard.router.calibration import fit_calibration
+from switchboard.router.strategies import STRATEGIES, StrategyName
+from switchboard.router.training import cross_validated_quality, kfold_indices
+
+from .helpers import synthetic_xy
+
+
+@pytest.mark.parametrize("name", list(StrategyName))
+def test_strategy_learns_and_round_trips(name, rng):
+    x, y = synthetic_xy(rng, n=400)
+    model = STRATEGIES[name].fit(x[:300], y[:300], np.random.default_rng(0))
+    pred = model.predict(x[300:])
+    assert pred.shape == (100, 3) and np.all((pred >= 0) & (pred <= 1))
+    # Expert 0 succeeds when x0 > 0, expert 1 when x0 < 0: the estimates must order them accordingly.
+    pos, neg = x[300:, 0] > 0.5, x[300:, 0] < -0.5
+    assert pred[pos, 0].mean() > pred[pos, 1].mean() and pred[neg, 1].mean() > pred[neg, 0].mean()
+    again = STRATEGIES[name].from_arrays(model.arrays())
+    np.testing.assert_allclose(again.predict(x[300:]), pred, rtol=1e-6)
+
+
+def test_fits_are_reproducible_from_the_seed(rng):
+    x, y = synthetic_xy(rng, n=200)
+    a = STRATEGIES[StrategyName.MLP].fit(x, y, np.random.default_rng(7)).predict(x)
+    b = STRATEGIES[StrategyName.MLP].fit(x, y, np.random.default_rng(7)).predict(x)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_calibration_is_monotone_and_bounded(rng):
+    raw = rng.random((500, 2))
+    y = (rng.random((500, 2)) < raw**2).astype(np.float32)
+    cal = fit_calibration(raw, y)
+    grid = np.linspace(-0.5, 1.5, 50)
+    out = cal.apply(np.stack([grid, grid], axis=1))
+    assert np.all(np.diff(out, axis=0) >= -1e-12) and out.min() >= 0 and out.max() <= 1
+
+
+def test_kfold_covers_every_row_once(rng):
+    folds = kfold_indices(103, 5, rng)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(103))
+
+
+def test_cross_validated_estimates_are_out_of_fold(rng):
+    # Labels are pure noise: an in-sample kNN with k=1 would reproduce them; out-of-fold estimates cannot.
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (rng.random((200, 3)) < 0.5).astype(np.float32)
+    oof = cross_validated_quality(StrategyName.KNN, x, y, seed=0, folds=4, calibration_folds=2)
+    assert abs(np.corrcoef(oof.ravel(), y.ravel())[0, 1]) < 0.2
