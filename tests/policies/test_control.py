@@ -282,3 +282,15 @@ def test_scale_to_zero_after_the_idle_window_and_not_before(timeout_s, ticks):
             assert t >= idle_since + timeout_s
         elif t >= idle_since + timeout_s:
             assert not ex.snapshot.accepting_replicas_of("a")  # drained at the first step past the window
+
+
+def test_an_arrival_also_parked_in_unplaced_is_handled_once():
+    from switchboard.fleet import ops
+    from switchboard.policies.control import RequestArrived
+
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(_settings()))
+    r = request(1)
+    ex.snapshot = ops.enqueue(ops.record_arrival(ex.snapshot, r.expert_id), r, None)
+    result = ex.step([RequestArrived(r)])
+    assert sum(1 for a in result.actions if getattr(a, "request", None) == r) == 1
+    assert not ex.snapshot.unplaced

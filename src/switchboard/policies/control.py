@@ -217,10 +217,12 @@ class ControlPlane:
         plan = _Plan(snapshot, state.num_replicas_created)
         now_s = snapshot.now_s
 
+        unplaced_ids = {r.request_id for r in snapshot.unplaced}
         for request in snapshot.unplaced:
             self._handle_request(plan, request, rng)
         for event in events:
-            if isinstance(event, RequestArrived):
+            # An arrival the driver also parked in `unplaced` was handled above: handle each request once.
+            if isinstance(event, RequestArrived) and event.request.request_id not in unplaced_ids:
                 self._handle_request(plan, event.request, rng)
         for event in events:
             if isinstance(event, WakeExpert) and self._can_start(plan, event.expert_id):
