@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: int, num_requests: Optional[int],
-          workload: str, num_experts: int, rate: float, duration_s: float, zipf: float, seed: int):
+          workload: str, num_experts: int, rate: float, duration_s: float, zipf: float, seed: int,
+          periodic_fraction: float = 0.0):
     """(cluster spec, workload, routing-data loader) from the CLI options; exits with a message on bad input."""
     import numpy as np
 
@@ -53,7 +54,8 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
         w = wl.scale_time(base, time_scale) if time_scale != 1.0 else base
     elif workload == "many-experts":
         names = [f"expert-{k:02d}" for k in range(num_experts)]
-        w = wl.many_experts_workload(rng, names, rate, duration_s, zipf_exponent=zipf, cv=2.0)
+        w = wl.many_experts_workload(rng, names, rate, duration_s, zipf_exponent=zipf, cv=2.0,
+                                     periodic_fraction=periodic_fraction)
         if spec.experts is None:
             sizes = [7.0, 8.0, 9.0]
             spec = spec.model_copy(update={"experts": [
@@ -142,7 +144,11 @@ def run(
     rate: float = typer.Option(2.0, "--rate", help="many-experts: total requests/s."),
     duration_s: float = typer.Option(3600.0, "--duration-s", help="many-experts: length of the workload."),
     zipf: float = typer.Option(1.2, "--zipf", help="many-experts: popularity exponent."),
+    periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
+                                            help="many-experts: share of experts that run scheduled jobs."),
     cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
+    warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
+                                   "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the result and its resolved config."),
 ) -> None:
@@ -151,11 +157,12 @@ def run(
 
     spec, w, data = _load(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
-                          seed=seed)
+                          seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
     try:
         with _progress(policy, len(w), as_json) as tick:
-            summary, _ = run_policy(policy, spec, w, _routing_for(w, data), knobs, on_progress=tick)
+            summary, _ = run_policy(policy, spec, w, _routing_for(w, data), knobs, on_progress=tick,
+                                    warmup_s=warmup_s)
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(2) from None
@@ -183,7 +190,11 @@ def compare(
     rate: float = typer.Option(2.0, "--rate"),
     duration_s: float = typer.Option(3600.0, "--duration-s"),
     zipf: float = typer.Option(1.2, "--zipf"),
+    periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
+                                            help="many-experts: share of experts that run scheduled jobs."),
     cost_weight: float = typer.Option(0.0, "--cost-weight"),
+    warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
+                                   "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("sim-results"), "--out", help="Directory for the table (JSON), config and plots."),
 ) -> None:
@@ -193,13 +204,14 @@ def compare(
 
     spec, w, data = _load(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
-                          seed=seed)
+                          seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
     rows = []
     for name in [p.strip() for p in policies.split(",") if p.strip()]:
         try:
             with _progress(name, len(w), as_json) as tick:
-                summary, _ = run_policy(name, spec, w, _routing_for(w, data), knobs, on_progress=tick)
+                summary, _ = run_policy(name, spec, w, _routing_for(w, data), knobs, on_progress=tick,
+                                        warmup_s=warmup_s)
         except KeyError as exc:
             typer.echo(f"error: {exc.args[0]}", err=True)
             raise typer.Exit(2) from None
@@ -225,6 +237,8 @@ def plan(
     max_mixes: int = typer.Option(6, "--max-mixes", help="Hardware mixes (subsets of the cluster's pools) to try."),
     num_requests: Optional[int] = typer.Option(4000, "--num-requests", help="Plan on the first N requests."),
     time_scale: float = typer.Option(1.0, "--time-scale"),
+    warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
+                                   "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(Path("sim-results"), "--out"),
@@ -244,7 +258,8 @@ def plan(
     configs = space.configurations(spec)
     with _progress("plan", len(configs), as_json) as tick:
         rows, chosen = search(spec, w, _routing_for(w, data), configs, quality_floor=quality_floor,
-                              ttft_attainment=ttft_attainment, seed=seed, on_config=tick)
+                              ttft_attainment=ttft_attainment, seed=seed, on_config=tick,
+                              warmup_s=warmup_s)
     _write_outputs(out, "plan", {"chosen": chosen, "tried": rows},
                    {"cluster": spec.model_dump(), "space": space.__dict__, "quality_floor": quality_floor,
                     "ttft_attainment": ttft_attainment, "num_requests": len(w)})

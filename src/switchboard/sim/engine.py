@@ -22,8 +22,9 @@ import math
 from switchboard.perf.roofline import EngineProfile
 from switchboard.sim.events import Event, Priority
 
-MAX_BATCHED_PREFILL_TOKENS = 8192
-"""Prompt tokens one prefill iteration may take (vLLM's `max_num_batched_tokens` is of this order)."""
+MAX_BATCHED_PREFILL_TOKENS = 2048
+"""Prompt tokens one prefill iteration may batch from several requests (vLLM's `max_num_batched_tokens`
+default is 2048); a single longer prompt still runs alone, whole."""
 
 
 @dataclasses.dataclass(slots=True)

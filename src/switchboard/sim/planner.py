@@ -63,13 +63,14 @@ def search(
     ttft_attainment: float,
     seed: int = 0,
     on_config: Callable[[int], None] | None = None,
+    warmup_s: float = 0.0,
 ) -> tuple[list[dict], dict | None]:
     """(every configuration's summary row, the cheapest feasible row or None). Rows carry `policy` = the
     configuration label and `feasible`."""
     rows = []
     for k, config in enumerate(configs):
         knobs = dataclasses.replace(config.knobs, seed=seed)
-        summary, _ = run_policy("switchboard", config.spec, workload, routing_for, knobs)
+        summary, _ = run_policy("switchboard", config.spec, workload, routing_for, knobs, warmup_s=warmup_s)
         row = summary.as_dict()
         row["policy"] = config.label
         row["cost_weight"] = knobs.cost_weight

@@ -1,6 +1,8 @@
 """The metrics of a run: SLO attainment, latency percentiles, delivered quality, cost, replica time.
 
-Definitions (every request counts; a rejected request misses every SLO and has no latency):
+Definitions (every request counts; a rejected request misses every SLO and has no latency). With `warmup_s`,
+requests arriving before it are left out of the request metrics (SLOs, latency, quality) — a fleet that starts
+empty needs a few cold starts to reach its steady state — but cost and replica time always cover the whole run.
 
 - `slo_attainment`: fraction of requests with TTFT <= ttft_slo_s and TPOT <= tpot_slo_s;
   `ttft_slo_attainment`: the TTFT condition alone.
@@ -27,6 +29,7 @@ from switchboard.sim.runner import RunResult
 @dataclasses.dataclass(frozen=True)
 class Summary:
     policy: str
+    warmup_s: float
     num_requests: int
     num_finished: int
     num_rejected: int
@@ -57,16 +60,17 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
-def summarize(result: RunResult, policy: str) -> Summary:
+def summarize(result: RunResult, policy: str, warmup_s: float = 0.0) -> Summary:
     w = result.workload
-    done = ~np.isnan(result.finished_at)
+    counted = w.arrival_s >= warmup_s
+    done = ~np.isnan(result.finished_at) & counted
     arrival = w.arrival_s
     ttft = result.first_token_at - arrival
     multi = done & (w.num_output_tokens > 1)
     tpot = np.zeros(len(w))
     tpot[multi] = (result.finished_at[multi] - result.first_token_at[multi]) / (w.num_output_tokens[multi] - 1)
     e2e = result.finished_at - arrival
-    n = max(1, len(w))
+    n = max(1, int(counted.sum()))
     ttft_ok = done & (ttft <= result.ttft_slo_s + 1e-12)
     both_ok = ttft_ok & (tpot <= result.tpot_slo_s + 1e-12)
 
@@ -82,9 +86,10 @@ def summarize(result: RunResult, policy: str) -> Summary:
     counts = np.bincount(result.expert_index[result.expert_index >= 0], minlength=len(result.expert_ids))
     return Summary(
         policy=policy,
-        num_requests=len(w),
+        warmup_s=warmup_s,
+        num_requests=int(counted.sum()),
         num_finished=int(done.sum()),
-        num_rejected=int(result.rejected.sum()),
+        num_rejected=int((result.rejected & counted).sum()),
         slo_attainment=float(both_ok.sum() / n),
         ttft_slo_attainment=float(ttft_ok.sum() / n),
         p50_ttft_s=_pct(ttft[done], 50), p99_ttft_s=_pct(ttft[done], 99),
@@ -94,7 +99,7 @@ def summarize(result: RunResult, policy: str) -> Summary:
         usd_cost=usd,
         replica_hours_by_hardware={k: round(v, 4) for k, v in sorted(hours.items())},
         cold_starts=sum(1 for r in result.replicas if not r.is_preprovisioned),
-        requests_behind_cold_start=int(result.waited_for_cold_start.sum()),
+        requests_behind_cold_start=int((result.waited_for_cold_start & counted).sum()),
         idle_replica_s=idle_s,
         max_live_replicas=_max_live(result),
         simulated_s=result.end_s,

@@ -76,6 +76,10 @@ class RunResult:
     waited_for_cold_start: np.ndarray
     true_quality: np.ndarray
     replicas: list[ReplicaRecord]
+    started_at: np.ndarray
+    """When each request's prefill began (NaN if rejected)."""
+    served_by: dict[int, str]
+    """Replica that served each finished request."""
     end_s: float
     num_events: int
     ttft_slo_s: float
@@ -121,6 +125,8 @@ class Simulation:
         self.finished_at = np.full(n, np.nan)
         self.rejected = np.zeros(n, dtype=bool)
         self.waited_for_cold_start = np.zeros(n, dtype=bool)
+        self.started_at = np.full(n, np.nan)
+        self.served_by: dict[int, str] = {}
         self._pinned = self._map_pinned(workload)
 
     def _map_pinned(self, workload: Workload) -> np.ndarray:
@@ -165,7 +171,8 @@ class Simulation:
             workload=self.workload, expert_ids=self._expert_ids, expert_index=self.expert_index,
             arrived=self.arrived, first_token_at=self.first_token_at, finished_at=self.finished_at,
             rejected=self.rejected, waited_for_cold_start=self.waited_for_cold_start,
-            true_quality=self._true_quality(), replicas=list(self.records.values()), end_s=end_s,
+            true_quality=self._true_quality(), replicas=list(self.records.values()), started_at=self.started_at,
+            served_by=self.served_by, end_s=end_s,
             num_events=num_events, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
         )
         result.check_conservation()
@@ -235,6 +242,8 @@ class Simulation:
         """Mirror an engine outcome into the fleet snapshot and the per-request results."""
         for seq in outcome.started:
             self.snapshot = ops.start_request(self.snapshot, replica_id, RequestId(str(seq.request_index)))
+            self.started_at[seq.request_index] = seq.started_at
+            self.served_by[seq.request_index] = replica_id
         for seq in outcome.first_tokens:
             self.first_token_at[seq.request_index] = seq.first_token_at
         out: list[Event] = []

@@ -40,6 +40,9 @@ from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
 from switchboard.sim.workload import NO_EXPERT, Workload
 
 POLICY_SETS = ("static", "fixed-keepalive", "quality-only-routing", "switchboard")
+EXTRA_POLICY_SETS = ("hybrid-keepalive",)
+"""Not in the default comparison: `hybrid-keepalive` is `fixed-keepalive` with only the keep-alive policy swapped
+for the hybrid histogram (the keep-alive experiment's treatment)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Knobs:
     latency_weight_per_s: float = 0.01
     """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
     hide_margin: float = 0.05
+    placement_prompt_tokens: int = 512
+    """Prompt length cost-aware placement assumes when predicting a new replica's TTFT with nothing queued."""
     autoscale_kind: str = "in-flight-tokens"
     target_utilization: float = 0.7
     """Autoscaler: fraction of a replica's KV capacity (or batch) to fill before adding one."""
@@ -111,9 +116,10 @@ def control_settings(name: str, knobs: Knobs) -> ControlSettings:
     hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
     autoscale = AutoscaleSettings(kind=knobs.autoscale_kind, target_utilization=knobs.target_utilization,
                                   max_replicas=32)
-    if name == "fixed-keepalive":
+    if name in ("fixed-keepalive", "hybrid-keepalive"):
+        fixed = KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s)
         return ControlSettings(
-            keepalive=KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s),
+            keepalive=fixed if name == "fixed-keepalive" else hybrid,
             autoscale=autoscale,
             placement=PlacementSettings(kind="first-fit"),
             balance=BalanceSettings(kind="least-outstanding-tokens"),
@@ -122,12 +128,13 @@ def control_settings(name: str, knobs: Knobs) -> ControlSettings:
             routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}),
             prewarm=PrewarmSettings(kind="none"),
         )
+    placement = PlacementSettings(kind="cost-aware", default_prompt_tokens=knobs.placement_prompt_tokens)
     if name == "quality-only-routing":
-        return ControlSettings(keepalive=hybrid, autoscale=autoscale,
+        return ControlSettings(keepalive=hybrid, autoscale=autoscale, placement=placement,
                                routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}))
     if name == "switchboard":
-        return ControlSettings(keepalive=hybrid, autoscale=autoscale, routing=routing)
-    raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS)}")
+        return ControlSettings(keepalive=hybrid, autoscale=autoscale, placement=placement, routing=routing)
+    raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS + EXTRA_POLICY_SETS)}")
 
 
 def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs) -> ServerlessPlane:
@@ -147,6 +154,7 @@ def run_policy(
     *,
     on_progress: Callable[[int], None] | None = None,
     hardware_overrides=None,
+    warmup_s: float = 0.0,
 ) -> tuple[Summary, RunResult]:
     """Run one policy set; `routing_for(expert_ids)` gives the per-request quality in that expert order."""
     cluster = build_cluster(spec, hardware_overrides)
@@ -159,4 +167,4 @@ def run_policy(
     else:
         plane = make_plane(name, cluster, routing, knobs)
     result = Simulation(cluster, workload, plane, routing, on_progress=on_progress).run()
-    return summarize(result, name), result
+    return summarize(result, name, warmup_s), result

@@ -260,6 +260,17 @@ def zipf_weights(num_items: int, exponent: float) -> np.ndarray:
     return w / w.sum()
 
 
+def periodic_arrivals(
+    rng: np.random.Generator, period_s: float, duration_s: float, *, burst_size: int = 3, jitter_s: float = 20.0
+) -> np.ndarray:
+    """Bursts of `burst_size` requests every `period_s` (random phase, each burst jittered by up to
+    `jitter_s`, requests within a burst a few seconds apart): a scheduled job, the classic serverless pattern."""
+    starts = np.arange(rng.uniform(0, period_s), duration_s, period_s)
+    starts = starts + rng.uniform(-jitter_s, jitter_s, size=len(starts))
+    times = (starts[:, None] + np.cumsum(rng.exponential(2.0, size=(len(starts), burst_size)), axis=1)).ravel()
+    return np.sort(times[(times >= 0) & (times < duration_s)])
+
+
 def many_experts_workload(
     rng: np.random.Generator,
     expert_names: Sequence[str],
@@ -268,14 +279,26 @@ def many_experts_workload(
     *,
     zipf_exponent: float = 1.2,
     cv: float = 2.0,
+    periodic_fraction: float = 0.0,
+    period_range_s: tuple[float, float] = (720.0, 1800.0),
     reference: Workload | None = None,
 ) -> Workload:
-    """Requests that name their expert, for keep-alive experiments: each expert is its own tenant with a
-    gamma-burst arrival process whose rate follows a Zipf popularity (a few hot experts, a long cold tail)."""
-    rates = zipf_weights(len(expert_names), zipf_exponent) * total_rate_per_s
+    """Requests that name their expert, for keep-alive experiments: each expert is its own tenant.
+
+    The first (1 - periodic_fraction) of the experts get gamma-burst arrivals (coefficient of variation `cv`)
+    whose rates follow a Zipf popularity summing to `total_rate_per_s` (a few hot experts, a long tail); the
+    rest run scheduled jobs (`periodic_arrivals`, period uniform in `period_range_s`). Token counts are
+    resampled from `reference` (default: the Azure conversation trace).
+    """
+    num_periodic = int(round(periodic_fraction * len(expert_names)))
+    num_popular = len(expert_names) - num_periodic
+    rates = zipf_weights(num_popular, zipf_exponent) * total_rate_per_s if num_popular else []
     parts = []
-    for k, rate in enumerate(rates):
-        arrival = gamma_arrivals(rng, float(rate), duration_s, cv)
+    for k in range(len(expert_names)):
+        if k < num_popular:
+            arrival = gamma_arrivals(rng, float(rates[k]), duration_s, cv)
+        else:
+            arrival = periodic_arrivals(rng, float(rng.uniform(*period_range_s)), duration_s)
         prompt, output = sample_lengths(rng, len(arrival), reference)
         parts.append(Workload.from_arrays(arrival, prompt, output, pinned_expert=np.full(len(arrival), k),
                                           expert_names=tuple(expert_names)))
