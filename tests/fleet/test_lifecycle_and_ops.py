@@ -166,3 +166,12 @@ def test_carried_indexes_equal_fresh_ones(steps):
         for w in s.workers:
             assert s.memory_used_gb(w) == fresh.memory_used_gb(w)
         assert s.max_free_gb_by_hardware() == fresh.max_free_gb_by_hardware()
+
+
+def test_evolve_replaces_fields_and_rejects_unknown_ones():
+    from switchboard.fleet.evolve import evolve
+
+    r = _request(1)
+    assert evolve(r, num_prompt_tokens=7) == QueuedRequest(RequestId("q1"), E, 0.0, 7, 50)
+    with pytest.raises(TypeError, match="no field"):
+        evolve(r, prompt_tokens=7)

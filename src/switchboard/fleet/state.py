@@ -14,44 +14,14 @@ import dataclasses
 import types
 from collections.abc import Iterator, Mapping
 
+from switchboard.fleet.activity import ExpertActivity
+from switchboard.fleet.evolve import evolve
 from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
 
 
 def _frozen_mapping(value: Mapping) -> Mapping:
     return value if isinstance(value, types.MappingProxyType) else types.MappingProxyType(dict(value))
-
-
-_EVOLVERS: dict[type, tuple[frozenset[str], object]] = {}
-
-
-def _compile_evolver(cls: type):
-    # Generated like dataclasses' own __init__: one straight-line function per class, no per-field loop.
-    names = [n for n in cls.__slots__ if not n.startswith("_")]
-    caches = [n for n in cls.__slots__ if n.startswith("_")]
-    lines = ["def evolve(obj, changes):", "    new = _new(cls)"]
-    lines += [f"    _set(new, {n!r}, changes[{n!r}] if {n!r} in changes else obj.{n})" for n in names]
-    lines += [f"    _set(new, {n!r}, None)" for n in caches]
-    lines.append("    return new")
-    namespace = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
-    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the class's own slot names
-    return frozenset(names), namespace["evolve"]
-
-
-def evolve(obj, **changes):
-    """`dataclasses.replace` for the frozen, slotted types of this module, without re-running `__init__`.
-
-    The simulator applies hundreds of thousands of updates per run; `replace` costs several times more. Raises
-    TypeError for a name that is not a field. Derived caches (`_`-prefixed slots) are reset.
-    """
-    cls = type(obj)
-    compiled = _EVOLVERS.get(cls)
-    if compiled is None:
-        compiled = _EVOLVERS[cls] = _compile_evolver(cls)
-    fields, evolver = compiled
-    if not changes.keys() <= fields:
-        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(changes.keys() - fields))}")
-    return evolver(obj, changes)
 
 
 # --------------------------------------------------------------------------------------------- hardware
@@ -147,62 +117,6 @@ class ExpertSpec:
         # config: switchboard.config.schema.ExpertConfig (kept untyped to keep this module import-light)
         return cls(ExpertId(config.id), config.params_b, config.usd_per_mtok_blended, ttft_slo_s, tpot_slo_s,
                    is_external=config.backend.kind == "openai")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ExpertActivity:
-    """Per-expert request history that keep-alive needs, maintained with `on_arrival` / `on_finish`.
-
-    An *idle gap* runs from the moment the expert's last in-flight request finished to the next arrival
-    (Shahrad et al.'s "idle time"). Completed gaps are appended to `recent_idle_gaps_s` (the last
-    `MAX_RECENT_GAPS`) and counted in `num_idle_gaps`, a monotone cursor: a policy that has consumed
-    `k` gaps ingests `recent_idle_gaps_s[-(num_idle_gaps - k):]` next time, so it may run at any frequency.
-    """
-
-    MAX_RECENT_GAPS = 256
-
-    expert_id: ExpertId
-    num_in_flight: int = 0
-    num_arrivals: int = 0
-    last_arrival_at: Seconds = 0.0
-    """Meaningful only when `num_arrivals > 0`."""
-    idle_since_at: Seconds = 0.0
-    """When the expert last became idle (or was created); meaningful only while `num_in_flight == 0`."""
-    num_idle_gaps: int = 0
-    recent_idle_gaps_s: tuple[Seconds, ...] = ()
-
-    @property
-    def is_idle(self) -> bool:
-        return self.num_in_flight == 0
-
-    def idle_for_s(self, now_s: Seconds) -> Seconds:
-        """How long the expert has been idle at `now_s` (0 while busy)."""
-        return max(0.0, now_s - self.idle_since_at) if self.is_idle else 0.0
-
-    def gaps_after(self, num_consumed: int) -> tuple[Seconds, ...]:
-        """The idle gaps completed after the first `num_consumed` (those still in the recent window)."""
-        num_new = min(self.num_idle_gaps - num_consumed, len(self.recent_idle_gaps_s))
-        return self.recent_idle_gaps_s[len(self.recent_idle_gaps_s) - num_new:] if num_new > 0 else ()
-
-    def on_arrival(self, at_s: Seconds) -> "ExpertActivity":
-        gaps, num_gaps = self.recent_idle_gaps_s, self.num_idle_gaps
-        if self.is_idle and self.num_arrivals > 0:
-            # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
-            gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
-            num_gaps += 1
-        return evolve(
-            self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
-            num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps,
-        )
-
-    def on_finish(self, at_s: Seconds) -> "ExpertActivity":
-        """A request of this expert finished or was rejected/cancelled after `on_arrival`."""
-        if self.num_in_flight <= 0:
-            raise ValueError(f"expert {self.expert_id}: finish without a matching arrival")
-        num_in_flight = self.num_in_flight - 1
-        return evolve(
-            self, num_in_flight=num_in_flight, idle_since_at=at_s if num_in_flight == 0 else self.idle_since_at
-        )
 
 
 # --------------------------------------------------------------------------------------------- requests & load

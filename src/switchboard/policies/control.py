@@ -44,7 +44,7 @@ from switchboard.policies.actions import (
     StopReplica,
     apply_action,
 )
-from switchboard.policies.admission import AdmissionSettings, Verdict, make_admission
+from switchboard.policies.admission import AdmissionSettings, make_admission
 from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
 from switchboard.policies.balance import BalanceSettings, Routed, make_balance
 from switchboard.policies.base import PolicySettings, Reason
