@@ -98,7 +98,7 @@ class Router:
             return RouteDecision(RouteOutcome.NO_FEASIBLE_EXPERT, None, ranking, reason, skipped)
         expert = names[int(index[0])]
         reason = (
-            f"{self.strategy}: max predicted quality − {constraints.cost_weight:g}·usd_per_mtok"
+            f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
         )
         return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped)

@@ -1,0 +1,125 @@
+"""Routing-decision latency per embedding path, with each path's routing quality beside it.
+
+    .venv/bin/python benchmarks/router_latency.py [--iterations 300]
+
+For every path (sentence-transformers on torch = the baseline, ONNX fp32, ONNX int8, the distilled static table)
+it times `Router.route` on 200-token prompts (embedding + features + prediction + selection, one request at a
+time, as the gateway calls it) and reports p50/p99 and their ratio to the baseline. Quality: 5-fold CV (seed 0)
+of the same strategy (`linear` and `knn`, the fast ones) on that path's embeddings of the shipped 5,608 prompts.
+The last row is the packaged default router. The first run embeds the corpus once per full-model path (minutes
+on 2 cores) and caches it under ~/.cache/switchboard/embeddings; ONNX files are exported to
+~/.cache/switchboard/onnx if missing (needs torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from switchboard.router import RoutingConstraints, load_default_router  # noqa: E402
+from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
+from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
+from switchboard.router.embed import OnnxEmbedder, SentenceTransformerEmbedder, StaticEmbedder, minilm_model_dir  # noqa: E402
+from switchboard.router.evaluate import evaluate  # noqa: E402
+from switchboard.router.persist import builtin_static_dir, read_report, default_router_dir  # noqa: E402
+from switchboard.router.pipeline import embed_cached  # noqa: E402
+from switchboard.router.router import Router, build_features  # noqa: E402
+from switchboard.router.strategies import STRATEGIES, StrategyName  # noqa: E402
+from switchboard.router.training import cross_validated_quality, fit_calibrated  # noqa: E402
+
+ONNX_DIR = Path("~/.cache/switchboard/onnx").expanduser()
+TARGET_QUALITY = 0.563
+
+
+def prompts_of_200_tokens(texts: list[str], count: int) -> list[str]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(minilm_model_dir() / "tokenizer.json"))
+    tok.no_truncation()
+    out = []
+    for text in texts:
+        enc = tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) >= 200:
+            out.append(text[: enc.offsets[199][1]])
+        if len(out) == count:
+            break
+    return out
+
+
+def embedders():
+    yield "sentence-transformers (torch)", lambda: SentenceTransformerEmbedder()
+    for kind in ("fp32", "int8"):
+        path = ONNX_DIR / f"minilm-{kind}.onnx"
+        if not path.exists():
+            from switchboard.router.distill import export_onnx
+
+            export_onnx(ONNX_DIR)
+        yield f"onnxruntime {kind}", lambda path=path: OnnxEmbedder(path)
+    yield "static table (numpy)", lambda: StaticEmbedder(builtin_static_dir())
+
+
+def time_route(router: Router, prompts: list[str], iterations: int) -> tuple[float, float]:
+    for p in prompts[:5]:
+        router.route(p, RoutingConstraints(cost_weight=0.1))
+    samples = []
+    for i in range(iterations):
+        start = time.perf_counter()
+        router.route(prompts[i % len(prompts)], RoutingConstraints(cost_weight=0.1))
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Routing-decision latency and quality per embedding path.")
+    parser.add_argument("--iterations", type=int, default=300)
+    args = parser.parse_args()
+    data = resources.files("switchboard.data").joinpath("routing")
+    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
+    prices = load_models(Path(str(data.joinpath("models.json"))))
+    experts = common_experts(examples, prices)
+    y = score_matrix(examples, experts)
+    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
+    texts = [e.prompt for e in examples]
+    long_prompts = prompts_of_200_tokens(texts, 50)
+    rows = []
+    for label, make in embedders():
+        embedder = make()
+        x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
+        preds = {s.value: (cross_validated_quality(s, x, y, seed=0), STRATEGIES[s].selection_rule) for s in (StrategyName.LINEAR, StrategyName.KNN)}
+        ev = {r.name: r for r in evaluate(preds, y, price, experts, np.random.default_rng(0)).rows}
+        model, calibration = fit_calibrated(StrategyName.LINEAR, x, y, np.random.default_rng(0))
+        router = Router(tuple(experts), price, model, calibration, embedder, True)
+        p50, p99 = time_route(router, long_prompts, args.iterations)
+        rows.append((label, embedder.dims, p50, p99, ev["linear"], ev["knn"]))
+    default = load_default_router()
+    p50, p99 = time_route(default, long_prompts, args.iterations)
+    cv = read_report(default_router_dir()).get("cv", {}).get(default.strategy, {})
+    base_p50, base_p99 = rows[0][2], rows[0][3]
+    print(f"routing decision for a 200-token prompt, {args.iterations} requests one at a time; quality = 5-fold CV")
+    head = f"{'path':32s} {'dims':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ×base':>9s} {'p99 ×base':>9s} | {'linear best q':>13s} {'$@0.563':>7s} {'AUC':>6s} | {'knn best q':>10s} {'AUC':>6s}"
+    print(head)
+    print("-" * len(head))
+    for label, dims, p50_, p99_, lin, knn in rows:
+        usd = "—" if lin.usd_at_target is None else f"{lin.usd_at_target:.3f}"
+        print(
+            f"{label:32s} {dims:4d} {p50_:8.2f} {p99_:8.2f} {p50_ / base_p50:9.3f} {p99_ / base_p99:9.3f} | "
+            f"{lin.best_quality:13.4f} {usd:>7s} {lin.auc:6.4f} | {knn.best_quality:10.4f} {knn.auc:6.4f}"
+        )
+    usd = cv.get("usd_per_mtok_at_target_quality")
+    print(
+        f"{'default router (' + default.strategy + ', static)':32s} {default.embedder.dims:4d} {p50:8.2f} {p99:8.2f} "
+        f"{p50 / base_p50:9.3f} {p99 / base_p99:9.3f} | {cv.get('best_quality', float('nan')):13.4f} "
+        f"{'—' if usd is None else format(usd, '.3f'):>7s} {cv.get('auc', float('nan')):6.4f} |  (its own strategy's CV)"
+    )
+    print("targets: p50 ≤ 5 ms, p99 ≤ 15 ms; baseline = sentence-transformers on torch")
+
+
+if __name__ == "__main__":
+    main()
