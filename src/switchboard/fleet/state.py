@@ -13,11 +13,15 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from switchboard.fleet.activity import ExpertActivity
 from switchboard.fleet.evolve import evolve
 from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
+
+if TYPE_CHECKING:
+    from switchboard.config.schema import ExpertConfig, WorkerConfig
 
 
 def _frozen_mapping(value: Mapping) -> Mapping:
@@ -38,7 +42,7 @@ class Worker:
     location: str = "local"
 
     @classmethod
-    def from_config(cls, config) -> "Worker":  # config: switchboard.config.schema.WorkerConfig
+    def from_config(cls, config: WorkerConfig) -> "Worker":
         return cls(WorkerId(config.id), HardwareKind(config.hardware), config.memory_gb, config.usd_per_hour,
                    config.location)
 
@@ -113,8 +117,7 @@ class ExpertSpec:
     """An upstream API (the `openai` backend): always warm, never placed, started or stopped."""
 
     @classmethod
-    def from_config(cls, config, *, ttft_slo_s: Seconds = 2.0, tpot_slo_s: Seconds = 0.2) -> "ExpertSpec":
-        # config: switchboard.config.schema.ExpertConfig (kept untyped to keep this module import-light)
+    def from_config(cls, config: ExpertConfig, *, ttft_slo_s: Seconds = 2.0, tpot_slo_s: Seconds = 0.2) -> "ExpertSpec":
         return cls(ExpertId(config.id), config.params_b, config.usd_per_mtok_blended, ttft_slo_s, tpot_slo_s,
                    is_external=config.backend.kind == "openai")
 
