@@ -294,3 +294,21 @@ def test_an_arrival_also_parked_in_unplaced_is_handled_once():
     result = ex.step([RequestArrived(r)])
     assert sum(1 for a in result.actions if getattr(a, "request", None) == r) == 1
     assert not ex.snapshot.unplaced
+
+
+def test_fast_path_agrees_with_the_step():
+    from switchboard.policies.actions import AssignRequest, RejectRequest
+
+    plane = ControlPlane(_settings(autoscale={"max_replicas": 1}))
+    ex = FakeExecutor(fleet(workers=WORKERS), plane)
+    cold = plane.admit_fast(ex.snapshot, request(1), ex.rng)
+    assert cold.needs_step and cold.actions == ()  # waking a replica is the step's job
+    ex.arrive(request(1))
+    ex.advance(30.0)
+    warm = plane.admit_fast(ex.snapshot, request(2, at_s=30.0), ex.rng)
+    assert not warm.needs_step and isinstance(warm.actions[0], AssignRequest)
+    assert not warm.actions[0].is_cold_start
+    for i in range(3, 60):  # saturate the only replica
+        ex.arrive(request(i, at_s=30.0, prompt=4000, output=2000))
+    busy = plane.admit_fast(ex.snapshot, request(99, at_s=30.0, prompt=4000), ex.rng)
+    assert not busy.needs_step and isinstance(busy.actions[0], RejectRequest) and busy.actions[0].status_code == 429

@@ -139,6 +139,14 @@ class StepResult:
     scaling: Mapping[ExpertId, ScaleDecision]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FastAdmission:
+    """Outcome of `ControlPlane.admit_fast`: final `actions`, or `needs_step` (and no actions)."""
+
+    actions: tuple[Action, ...]
+    needs_step: bool
+
+
 class ControlReasonCode(str, enum.Enum):
     UNKNOWN_EXPERT = "unknown-expert"
     WAKE_REQUESTED = "wake-requested"
@@ -205,6 +213,31 @@ class ControlPlane:
         """Fleet-aware choice among the router's candidates. Pass `WakeExpert` events for
         `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
         return self.routing.route(snapshot, candidates)
+
+    def admit_fast(self, snapshot: FleetSnapshot, request: QueuedRequest, rng: random.Random) -> FastAdmission:
+        """The per-request fast path a gateway takes without running a whole step.
+
+        Warm admissions (balanced onto a warm replica), external forwards and rejections that wake nothing are
+        final here and give the same action the step would. Anything that starts a replica — or queues behind
+        one — returns `needs_step`: run `step` with a `RequestArrived(request)` event.
+        """
+        spec = snapshot.experts.get(request.expert_id)
+        if spec is None:
+            return FastAdmission((RejectRequest(request, 503, 0, Reason(ControlReasonCode.UNKNOWN_EXPERT,
+                                                                        request.expert_id)),), False)
+        decision = self.admission.admit(snapshot, request, reclaim_idle_memory=self.settings.evict_idle_for_memory)
+        if spec.is_external:
+            return FastAdmission((ForwardUpstream(request, decision.reason),), False)
+        if decision.wake_expert:
+            return FastAdmission((), True)
+        if not decision.verdict.is_admitted:
+            return FastAdmission((RejectRequest(request, decision.status_code, decision.retry_after_s,
+                                                decision.reason),), False)
+        outcome = self.balance.choose(snapshot, request, rng)
+        if not isinstance(outcome, Routed) or not snapshot.replicas[outcome.replica_id].is_warm:
+            return FastAdmission((), True)
+        ttft_s = predict.ttft_s(snapshot, snapshot.replicas[outcome.replica_id], request.num_prompt_tokens)
+        return FastAdmission((AssignRequest(request, outcome.replica_id, ttft_s, False, decision.reason),), False)
 
     def step(
         self,
