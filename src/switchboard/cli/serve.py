@@ -13,6 +13,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", "-p", help="Port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    router: Optional[Path] = typer.Option(
+        None, "--router", help="Router directory for model 'auto' (from `switchboard router train`); default: the packaged one."
+    ),
+    no_router: bool = typer.Option(False, "--no-router", help="Answer 'auto' with the default expert instead of routing."),
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models) in front of the configured experts."""
     from switchboard.config import ConfigError, load_config
@@ -24,4 +28,15 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    run_server(cfg, host=host, port=port, log_level=log_level)
+    chooser = None
+    if not no_router:
+        from switchboard.router import RouterLoadError, load_default_router, load_router
+        from switchboard.router.chooser import RouterChooser
+
+        try:
+            loaded = load_router(router) if router is not None else load_default_router()
+        except RouterLoadError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        chooser = RouterChooser(loaded, cfg.default_expert_id)
+    run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -81,8 +81,13 @@ class Router:
         prompt: str,
         constraints: RoutingConstraints = RoutingConstraints(),
         candidates: Iterable[str] | None = None,
+        usd_per_mtok: Mapping[str, float] | None = None,
     ) -> RouteDecision:
-        """Picks among `candidates` (default: every known expert); never raises for infeasible requests."""
+        """Picks among `candidates` (default: every known expert); never raises for infeasible requests.
+
+        `usd_per_mtok` overrides the trained prices per expert (the gateway passes the prices it is configured
+        with, so constraints and the cost trade-off use what the operator actually pays).
+        """
         wanted = list(self.experts) if candidates is None else list(dict.fromkeys(candidates))
         known = [self.experts.index(c) for c in wanted if c in self.experts]
         skipped = tuple(c for c in wanted if c not in self.experts)
@@ -90,7 +95,9 @@ class Router:
             return RouteDecision(RouteOutcome.NO_KNOWN_CANDIDATE, None, (), "no candidate is known to the router", skipped)
         quality = self.predict_quality([prompt])[0, known]
         names = [self.experts[j] for j in known]
-        price = self.usd_per_mtok[known]
+        price = self.usd_per_mtok[known].copy()
+        if usd_per_mtok:
+            price = np.asarray([usd_per_mtok.get(n, p) for n, p in zip(names, price)], np.float64)
         ranking = tuple(rank_candidates(quality, price, names, constraints))
         index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule)
         if not is_feasible[0]:
