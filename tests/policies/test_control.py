@@ -204,6 +204,9 @@ def test_no_request_is_lost_or_served_twice(events, keepalive, admission, balanc
         if ledger.rejected[rid]:
             assert ledger.status_codes[rid] in (429, 503) and not ledger.started[rid]
     assert not list(ex.snapshot.iter_requests())
+    for result in ex.results:  # every decision says why
+        for action in result.actions:
+            assert action.reason.code.value and action.reason.detail
     assert all(a.num_in_flight == 0 for a in ex.snapshot.activity.values())
     # Every replica ever started reached a legal end or is still legitimately live.
     for replica in ex.snapshot.replicas.values():
@@ -312,3 +315,22 @@ def test_fast_path_agrees_with_the_step():
         ex.arrive(request(i, at_s=30.0, prompt=4000, output=2000))
     busy = plane.admit_fast(ex.snapshot, request(99, at_s=30.0, prompt=4000), ex.rng)
     assert not busy.needs_step and isinstance(busy.actions[0], RejectRequest) and busy.actions[0].status_code == 429
+
+
+def test_requests_of_a_replica_that_fails_to_start_are_readmitted_not_lost():
+    from switchboard.fleet import ops
+
+    ex = FakeExecutor(fleet(workers=WORKERS), ControlPlane(_settings()))
+    first = ex.arrive(request(1, slo=2.0))
+    ex.arrive(request(2, slo=2.0))
+    replica_id = next(a.replica_id for a in first.actions if isinstance(a, StartReplica))
+    ex.advance(5.0)
+    ex.snapshot = ops.transition(ex.snapshot, replica_id, ReplicaState.STOPPED)  # the engine crashed
+    assert [r.request_id for r in ex.snapshot.unplaced] == ["q1", "q2"]
+    result = ex.step()
+    restarted = [a for a in result.actions if isinstance(a, StartReplica)]
+    assert len(restarted) == 1 and restarted[0].replica_id != replica_id
+    _drain_everything(ex, 1000.0)
+    assert ex.ledger.finished["q1"] + ex.ledger.rejected["q1"] == 1
+    assert ex.ledger.finished["q2"] + ex.ledger.rejected["q2"] == 1
+    assert ex.ledger.assigned["q1"] == 2  # once per replica it waited on; still served once
