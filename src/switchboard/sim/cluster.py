@@ -12,6 +12,8 @@ replica costs nothing. A static fleet keeps its replicas live all the time and s
       - {hardware: l4, workers: 8}
     experts:            # optional: defaults to the 9 models of the routing data (models.json)
       - {id: llama-3.1-8b-instruct, params_b: 8, usd_per_mtok: 0.2}
+    calibration:        # optional: measured engine numbers that replace a kind's efficiency factors
+      cpu: {params_b: 0.135, bytes_per_param: 0.625, decode_tokens_per_s: 65, cold_start_s: 1.5}
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
+from switchboard.perf.calibration import Measurement, calibrate_hardware
 from switchboard.perf.hardware import Hardware, get_hardware, hardware_catalog
 from switchboard.perf.roofline import EngineProfile, engine_profile
 from switchboard.types import ExpertId, HardwareKind, WorkerId
@@ -49,6 +52,17 @@ class ExpertSimSpec(_Strict):
     bytes_per_param: float = Field(2.0, gt=0)
 
 
+class CalibrationSpec(_Strict):
+    """Measurements of a real engine on one hardware kind (see `switchboard.perf.calibration`)."""
+
+    params_b: float = Field(gt=0)
+    bytes_per_param: float = Field(gt=0)
+    decode_tokens_per_s: float = Field(gt=0)
+    prefill_tokens_per_s: float | None = Field(None, gt=0)
+    prefill_num_tokens: int = Field(256, ge=1)
+    cold_start_s: float | None = Field(None, ge=0)
+
+
 class SloSpec(_Strict):
     ttft_s: float = Field(2.0, gt=0)
     tpot_s: float = Field(0.2, gt=0)
@@ -59,6 +73,8 @@ class ClusterSpec(_Strict):
     pools: list[PoolSpec] = Field(min_length=1)
     experts: list[ExpertSimSpec] | None = None
     slo: SloSpec = SloSpec()
+    calibration: dict[str, CalibrationSpec] = Field(
+        default_factory=dict, description="Hardware kind → local measurements that replace its efficiency factors.")
 
     def with_pools(self, pools: list[PoolSpec]) -> "ClusterSpec":
         return self.model_copy(update={"pools": pools})
@@ -91,9 +107,9 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"{path}: {problems}") from None
     known = hardware_catalog()
-    for pool in spec.pools:
-        if pool.hardware not in known:
-            raise ValueError(f"{path}: pools: unknown hardware {pool.hardware!r}; known: {', '.join(known)}")
+    for where, kind in [("pools", p.hardware) for p in spec.pools] + [("calibration", k) for k in spec.calibration]:
+        if kind not in known:
+            raise ValueError(f"{path}: {where}: unknown hardware {kind!r}; known: {', '.join(known)}")
     return spec
 
 
@@ -137,7 +153,10 @@ def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
 def build_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
     """Workers, experts, estimates and profiles of `spec`. `hardware_overrides` replaces catalog entries
     (e.g. a calibrated CPU). Pairings whose replica needs more devices than one worker has are left out."""
-    overrides = hardware_overrides or {}
+    overrides = dict(hardware_overrides or {})
+    for kind, cal in spec.calibration.items():
+        if kind not in overrides:
+            overrides[kind] = calibrate_hardware(kind, Measurement(**cal.model_dump()))
     experts_spec = spec.experts if spec.experts is not None else default_experts()
     workers: list[Worker] = []
     max_devices: dict[str, int] = {}
