@@ -334,3 +334,41 @@ def test_requests_of_a_replica_that_fails_to_start_are_readmitted_not_lost():
     assert ex.ledger.finished["q1"] + ex.ledger.rejected["q1"] == 1
     assert ex.ledger.finished["q2"] + ex.ledger.rejected["q2"] == 1
     assert ex.ledger.assigned["q1"] == 2  # once per replica it waited on; still served once
+
+
+def test_an_expert_pinned_by_min_replicas_starts_and_never_scales_to_zero():
+    cfg = _settings(autoscale={"min_replicas_by_expert": {"a": 1}, "upscale_delay_s": 0})
+    ex = FakeExecutor(fleet(experts=("a", "b"), workers=WORKERS), ControlPlane(cfg))
+    first = ex.step()
+    assert [a.expert_id for a in first.actions if isinstance(a, StartReplica)] == ["a"]
+    _drain_everything(ex, 5000.0)
+    assert ex.snapshot.warm_replicas_of("a") and not ex.snapshot.replicas_of("b")
+    assert not ex.actions_of(DrainReplica)
+
+
+def test_min_replicas_by_expert_is_validated():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="min_replicas_by_expert"):
+        _settings(autoscale={"min_replicas_by_expert": {"a": 9}, "max_replicas": 2})
+
+
+def test_plan_start_reserves_an_id_and_locate_follows_a_request():
+    from switchboard.fleet import Whereabouts
+    from switchboard.policies.actions import apply_action
+    from switchboard.policies.control import ControlState
+
+    plane = ControlPlane(_settings())
+    s = fleet(workers=WORKERS)
+    start, state = plane.plan_start(s, ControlState(), ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
+    assert isinstance(start, StartReplica) and state.num_replicas_created == 1
+    s = apply_action(s, start)
+    again, _ = plane.plan_start(s, state, ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
+    assert again.replica_id != start.replica_id
+    ex = FakeExecutor(s, plane)
+    ex.state = state
+    assert ex.snapshot.locate("q1").whereabouts is Whereabouts.ABSENT
+    ex.arrive(request(1))
+    where = ex.snapshot.locate("q1")
+    assert where.whereabouts is Whereabouts.QUEUED and where.replica_id == start.replica_id

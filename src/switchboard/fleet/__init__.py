@@ -12,11 +12,14 @@ from switchboard.fleet.state import (
     QueuedRequest,
     Replica,
     ReplicaLoad,
+    RequestLocation,
     ServingEstimate,
+    Whereabouts,
     Worker,
 )
 
 __all__ = [
     "LEGAL_TRANSITIONS", "IllegalTransition", "Transition", "is_legal", "EngineCapacity", "ExpertActivity",
-    "ExpertSpec", "FleetSnapshot", "QueuedRequest", "Replica", "ReplicaLoad", "ServingEstimate", "Worker",
+    "ExpertSpec", "FleetSnapshot", "QueuedRequest", "Replica", "ReplicaLoad", "RequestLocation", "ServingEstimate",
+    "Whereabouts", "Worker",
 ]

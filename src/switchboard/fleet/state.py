@@ -11,6 +11,7 @@ model or from measurements by whoever builds the snapshot; the policies never im
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -215,6 +216,15 @@ class Replica:
     def is_warm(self) -> bool:
         return self.state is ReplicaState.WARM
 
+    def locate(self, request_id: RequestId) -> RequestLocation:
+        """Where a not-yet-started request waits (a scan of the queues: for per-request use, not hot loops)."""
+        for replica_id, request in self.iter_requests():
+            if request.request_id == request_id:
+                if replica_id is None:
+                    return RequestLocation(Whereabouts.UNPLACED)
+                return RequestLocation(Whereabouts.QUEUED, replica_id)
+        return RequestLocation(Whereabouts.ABSENT)
+
     @property
     def num_cold_starts(self) -> int:
         return sum(1 for t in self.transitions if t.to_state is ReplicaState.STARTING)
@@ -250,6 +260,21 @@ class Replica:
 
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
+
+
+class Whereabouts(str, enum.Enum):
+    QUEUED = "queued"
+    """In a replica's queue, not started."""
+    UNPLACED = "unplaced"
+    ABSENT = "absent"
+    """Not waiting anywhere: started, finished, rejected, or never seen."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestLocation:
+    whereabouts: Whereabouts
+    replica_id: ReplicaId = ReplicaId("")
+    """The replica whose queue holds it (only when `QUEUED`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -372,6 +397,15 @@ class FleetSnapshot:
         for rid, replica in sorted(self.replicas.items()):
             for r in replica.load.queue:
                 yield rid, r
+
+    def locate(self, request_id: RequestId) -> RequestLocation:
+        """Where a not-yet-started request waits (a scan of the queues: for per-request use, not hot loops)."""
+        for replica_id, request in self.iter_requests():
+            if request.request_id == request_id:
+                if replica_id is None:
+                    return RequestLocation(Whereabouts.UNPLACED)
+                return RequestLocation(Whereabouts.QUEUED, replica_id)
+        return RequestLocation(Whereabouts.ABSENT)
 
     @property
     def num_cold_starts(self) -> int:

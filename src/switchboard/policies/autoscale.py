@@ -34,6 +34,9 @@ class AutoscaleKind(str, enum.Enum):
 class AutoscaleSettings(PolicySettings):
     kind: AutoscaleKind = AutoscaleKind.IN_FLIGHT_TOKENS
     min_replicas: int = Field(0, ge=0, description="Per expert; 0 allows scale-to-zero (keep-alive decides when).")
+    min_replicas_by_expert: dict[str, int] = Field(
+        default_factory=dict, description="Overrides of min_replicas for some experts (e.g. 1 = always warm)."
+    )
     max_replicas: int = Field(8, ge=1)
     target_utilization: float = Field(
         0.7, gt=0, le=1, description="Fraction of a replica's KV tokens (or sequences) to fill before adding one."
@@ -47,7 +50,13 @@ class AutoscaleSettings(PolicySettings):
     def _bounds_ordered(self) -> "AutoscaleSettings":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        for expert_id, n in self.min_replicas_by_expert.items():
+            if not 0 <= n <= self.max_replicas:
+                raise ValueError(f"min_replicas_by_expert[{expert_id}] = {n} is outside [0, max_replicas]")
         return self
+
+    def min_for(self, expert_id: str) -> int:
+        return self.min_replicas_by_expert.get(expert_id, self.min_replicas)
 
 
 class ScaleDirection(str, enum.Enum):
@@ -137,8 +146,8 @@ def smooth(num_current: int, raw_desired: float, settings: AutoscaleSettings) ->
     return max(0, math.ceil(stepped - 1e-9))
 
 
-def bound(num_desired: int, settings: AutoscaleSettings, floor: int) -> int:
-    return max(settings.min_replicas, floor, min(settings.max_replicas, num_desired))
+def bound(num_desired: int, settings: AutoscaleSettings, floor: int, min_replicas: int) -> int:
+    return max(min_replicas, floor, min(settings.max_replicas, num_desired))
 
 
 def delay(
@@ -185,7 +194,7 @@ class AutoscalePolicy(abc.ABC):
     ) -> tuple[dict[ExpertId, ScaleDecision], AutoscaleState]:
         """One decision per non-external expert that has a capacity estimate, and the new hysteresis state.
 
-        Guarantees: `min_replicas ≤ num_desired ≤ max_replicas` unless the keep-alive floor or waiting requests
+        Guarantees: `min_for(expert) ≤ num_desired ≤ max_replicas` unless the keep-alive floor or waiting requests
         demand more (then at least 1, still ≤ max_replicas); an expert with waiting unplaced requests and no
         replica gets `num_desired ≥ 1` immediately.
         """
@@ -197,7 +206,8 @@ class AutoscalePolicy(abc.ABC):
             current = load.num_replicas
             needs_wake = load.num_waiting_unplaced > 0 and current == 0
             floor = max(keepalive_floor.get(expert_id, 0), 1 if needs_wake else 0)
-            desired = bound(smooth(current, self.raw_desired(load), self.settings), self.settings, floor)
+            desired = bound(smooth(current, self.raw_desired(load), self.settings), self.settings, floor,
+                            self.settings.min_for(expert_id))
             now_n, pending[expert_id], is_delayed = delay(
                 current, desired, pending.get(expert_id), snapshot.now_s, self.settings, is_urgent=needs_wake
             )

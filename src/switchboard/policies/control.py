@@ -214,6 +214,18 @@ class ControlPlane:
         `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
         return self.routing.route(snapshot, candidates)
 
+    def plan_start(
+        self, snapshot: FleetSnapshot, state: ControlState, expert_id: ExpertId, reason: Reason
+    ) -> tuple[StartReplica | Unplaceable, ControlState]:
+        """A `StartReplica` for `expert_id` where placement puts it, with a fresh replica id (outside a step,
+        e.g. experts configured warm at start-up), and the state that reserves the id."""
+        plan = _Plan(snapshot, state.num_replicas_created)
+        outcome = self._start(plan, expert_id, reason)
+        new_state = dataclasses.replace(state, num_replicas_created=plan.num_replicas_created)
+        if isinstance(outcome, Unplaceable):
+            return outcome, state
+        return plan.actions[-1], new_state
+
     def admit_fast(self, snapshot: FleetSnapshot, request: QueuedRequest, rng: random.Random) -> FastAdmission:
         """The per-request fast path a gateway takes without running a whole step.
 
@@ -373,6 +385,8 @@ class ControlPlane:
         zeroed = set()
         for expert_id, decision in sorted(decisions.items()):
             if decision.action is KeepAliveAction.SCALE_TO_ZERO:
+                if self.settings.autoscale.min_for(expert_id) > 0:
+                    continue  # pinned warm by configuration: keep-alive does not apply
                 zeroed.add(expert_id)
                 for replica in plan.snapshot.warm_replicas_of(expert_id):
                     is_fresh = _never_served(replica) and replica.idle_for_s(now_s) < self.settings.prewarm_grace_s
