@@ -76,6 +76,51 @@ def time_route(router: Router, prompts: list[str], iterations: int) -> tuple[flo
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
+GATEWAY_CONFIG = """
+experts:
+  - id: gemma-2-9b-it
+    backend: {kind: simulated, time_scale: 0}
+    usd_per_mtok_input: 0.1
+    usd_per_mtok_output: 0.1
+  - id: llama-3.1-8b-instruct
+    backend: {kind: simulated, time_scale: 0}
+    usd_per_mtok_input: 0.2
+    usd_per_mtok_output: 0.2
+  - id: llama-3.1-nemotron-51b-instruct
+    backend: {kind: simulated, time_scale: 0}
+    usd_per_mtok_input: 0.9
+    usd_per_mtok_output: 0.9
+"""
+
+
+def gateway_latency(prompts: list[str], iterations: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of one request at a time through a real gateway (uvicorn in a thread, instant simulated
+    experts): to a fixed expert, and to `auto` with the packaged router."""
+    import httpx
+
+    from switchboard.config import parse_config
+    from switchboard.gateway.app import build_app
+    from switchboard.router.chooser import RouterChooser
+    from switchboard.testing.servers import serve_in_thread
+
+    config = parse_config(GATEWAY_CONFIG)
+    app = build_app(config, chooser=RouterChooser(load_default_router(), config.default_expert_id))
+    out = {}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        for label, model in (("gateway → fixed expert", "llama-3.1-8b-instruct"), ("gateway → auto (router)", "auto")):
+            samples = []
+            for i in range(iterations + 10):
+                body = {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}], "max_tokens": 4}
+                start = time.perf_counter()
+                response = client.post("/v1/chat/completions", json=body)
+                elapsed = (time.perf_counter() - start) * 1000.0
+                response.raise_for_status()
+                if i >= 10:
+                    samples.append(elapsed)
+            out[label] = (float(np.percentile(samples, 50)), float(np.percentile(samples, 99)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Routing-decision latency and quality per embedding path.")
     parser.add_argument("--iterations", type=int, default=300)
@@ -119,6 +164,12 @@ def main() -> None:
         f"{'—' if usd is None else format(usd, '.3f'):>7s} {cv.get('auc', float('nan')):6.4f} |  (its own strategy's CV)"
     )
     print("targets: p50 ≤ 5 ms, p99 ≤ 15 ms; baseline = sentence-transformers on torch")
+    print()
+    gateway = gateway_latency(long_prompts, args.iterations)
+    fixed_p50, fixed_p99 = gateway["gateway → fixed expert"]
+    print("the same 200-token requests end to end through the gateway (instant simulated experts); baseline = fixed expert")
+    for label, (g50, g99) in gateway.items():
+        print(f"{label:32s} p50 {g50:7.2f} ms  p99 {g99:7.2f} ms  p50 ×base {g50 / fixed_p50:6.3f}  p99 ×base {g99 / fixed_p99:6.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cross-validated routing quality per strategy on the shipped data, against the single-expert baselines.
 
-    .venv/bin/python benchmarks/router_quality.py [--seed 0] [--folds 5] [--path static|st]
+    .venv/bin/python benchmarks/router_quality.py [--seed 0] [--folds 5] [--path static|st] [--strategies mlp,knn]
 
 5-fold CV (seeded; every strategy scored on the same folds, each fold's model calibrated on an inner 3-fold
 split of its training part). For each strategy: best mean score over the cost-weight sweep, the mean USD/Mtok
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--path", choices=["static", "st"], default="static")
+    parser.add_argument("--strategies", default=",".join(n.value for n in StrategyName), help="Comma-separated subset.")
     args = parser.parse_args()
     data = resources.files("switchboard.data").joinpath("routing")
     examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
@@ -53,7 +54,7 @@ def main() -> None:
         embedder = SentenceTransformerEmbedder()
     x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
     preds, seconds = {}, {}
-    for name in StrategyName:
+    for name in [StrategyName(v) for v in args.strategies.split(",")]:
         start = time.perf_counter()
         preds[name.value] = (cross_validated_quality(name, x, y, args.seed, args.folds), STRATEGIES[name].selection_rule)
         seconds[name.value] = time.perf_counter() - start

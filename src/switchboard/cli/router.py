@@ -118,5 +118,9 @@ def evaluate_cmd(
             predictions[f"cv:{name.value}"] = (cross_validated_quality(name, x, y, seed, folds), STRATEGIES[name].selection_rule)
     evaluation = evaluate(predictions, y, loaded.usd_per_mtok, loaded.experts, np.random.default_rng(seed))
     typer.echo(format_table(evaluation))
+    typer.echo(
+        "note: the router row scores the loaded router as is (in-sample if --data is its training data); "
+        f"cv:* rows are {folds}-fold out-of-fold estimates of each strategy trained on --data"
+    )
     path = plot_curves(evaluation, plot or Path(router) / "eval.png")
     typer.echo(f"plot written to {path}")

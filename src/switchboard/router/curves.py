@@ -14,7 +14,7 @@ import numpy as np
 
 from switchboard.router.selection import RoutingConstraints, SelectionRule, choose
 
-DEFAULT_COST_WEIGHTS = tuple([0.0] + np.geomspace(0.002, 5.0, 40).round(5).tolist())
+DEFAULT_COST_WEIGHTS = tuple([0.0] + np.geomspace(0.001, 5.0, 80).round(6).tolist())
 
 
 @dataclass(frozen=True)

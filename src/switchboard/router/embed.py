@@ -145,9 +145,12 @@ class OnnxEmbedder:
         self.name = f"minilm-{Path(onnx_path).stem}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        chunks = []
+        # Batches of similar length, so padding to the longest in a batch wastes little.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
         for start in range(0, len(texts), 32):
-            encodings = self._tokenizer.encode_batch(list(texts[start : start + 32]))
+            batch = order[start : start + 32]
+            encodings = self._tokenizer.encode_batch([texts[i] for i in batch])
             ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask}
@@ -155,7 +158,5 @@ class OnnxEmbedder:
                 feeds["token_type_ids"] = np.zeros_like(ids)
             hidden = self._session.run(None, feeds)[0]
             summed = (hidden * mask[:, :, None]).sum(axis=1)
-            chunks.append(summed / np.maximum(mask.sum(axis=1, keepdims=True), 1))
-        if not chunks:
-            return np.zeros((0, self.dims), dtype=np.float32)
-        return _normalise(np.concatenate(chunks).astype(np.float32))
+            out[batch] = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        return _normalise(out)
