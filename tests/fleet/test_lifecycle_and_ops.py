@@ -163,6 +163,10 @@ def test_carried_indexes_equal_fresh_ones(steps):
         fresh = ops.FleetSnapshot(s.now_s, s.workers, s.experts, s.estimates, s.replicas, s.activity, s.unplaced,
                                   s.transition_counts)
         assert s.replicas_of(E) == fresh.replicas_of(E)
+        assert [r.replica_id for r in s.accepting_replicas_of(E)] == sorted(
+            r.replica_id for r in fresh.replicas.values() if r.is_accepting)
+        assert [r.replica_id for r in s.warm_replicas_of(E)] == sorted(
+            r.replica_id for r in fresh.replicas.values() if r.is_warm)
         for w in s.workers:
             assert s.memory_used_gb(w) == fresh.memory_used_gb(w)
         assert s.max_free_gb_by_hardware() == fresh.max_free_gb_by_hardware()

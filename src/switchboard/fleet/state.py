@@ -260,6 +260,7 @@ class Replica:
 
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
+_NO_REPLICA_SETS: tuple[tuple, tuple, tuple] = ((), (), ())
 
 
 class Whereabouts(str, enum.Enum):
@@ -325,13 +326,19 @@ class FleetSnapshot:
                 object.__setattr__(new, "_max_free_by_hardware", self._max_free_by_hardware)
         return new
 
-    def _index_replicas(self) -> dict[ExpertId, tuple[Replica, ...]]:
-        by_expert: dict[ExpertId, list[Replica]] = {}
+    def _index_replicas(self) -> dict[ExpertId, tuple[tuple[Replica, ...], ...]]:
+        # Per expert: (live, accepting, warm) replicas, each in id order.
+        by_expert: dict[ExpertId, tuple[list[Replica], list[Replica], list[Replica]]] = {}
         for replica_id in sorted(self.replicas):
             replica = self.replicas[replica_id]
             if replica.state in LIVE_STATES:
-                by_expert.setdefault(replica.expert_id, []).append(replica)
-        index = {e: tuple(rs) for e, rs in by_expert.items()}
+                live, accepting, warm = by_expert.setdefault(replica.expert_id, ([], [], []))
+                live.append(replica)
+                if replica.state in ACCEPTING_STATES:
+                    accepting.append(replica)
+                if replica.state is ReplicaState.WARM:
+                    warm.append(replica)
+        index = {e: tuple(map(tuple, lists)) for e, lists in by_expert.items()}
         object.__setattr__(self, "_live_by_expert", index)
         return index
 
@@ -349,18 +356,22 @@ class FleetSnapshot:
 
     # ---- queries
 
-    def replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
-        """Live replicas of an expert, in id order (deterministic for tie-breaking)."""
+    def _replica_sets(self, expert_id: ExpertId) -> tuple[tuple[Replica, ...], ...]:
         index = self._live_by_expert
         if index is None:
             index = self._index_replicas()
-        return index.get(expert_id, ())
+        return index.get(expert_id, _NO_REPLICA_SETS)
+
+    def replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
+        """Live replicas of an expert, in id order (deterministic for tie-breaking)."""
+        return self._replica_sets(expert_id)[0]
 
     def accepting_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
-        return tuple(r for r in self.replicas_of(expert_id) if r.is_accepting)
+        """Starting or warm replicas, in id order."""
+        return self._replica_sets(expert_id)[1]
 
     def warm_replicas_of(self, expert_id: ExpertId) -> tuple[Replica, ...]:
-        return tuple(r for r in self.replicas_of(expert_id) if r.is_warm)
+        return self._replica_sets(expert_id)[2]
 
     def is_warm(self, expert_id: ExpertId) -> bool:
         """Can serve without a cold start: external, or has a warm replica."""
