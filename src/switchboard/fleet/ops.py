@@ -35,12 +35,9 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
 
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
     merged = dict(snapshot.replicas)
-    same_layout = True
     for replica in replicas:
-        old = merged.get(replica.replica_id)
-        same_layout = same_layout and old is not None and old.is_live == replica.is_live
         merged[replica.replica_id] = replica
-    return snapshot.evolve(replicas=merged, same_memory_layout=same_layout)
+    return snapshot.with_replicas_updated(replicas, merged)
 
 
 def _get(snapshot: FleetSnapshot, replica_id: ReplicaId) -> Replica:

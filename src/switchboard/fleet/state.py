@@ -158,6 +158,19 @@ class ReplicaLoad:
     num_running_tokens: int = 0
     """Tokens still to be processed by the running sequences (remaining prompt + expected remaining output)."""
     queue: tuple[QueuedRequest, ...] = ()
+    # Sums over the (immutable) queue, computed on first use; `evolve` resets them.
+    _queued_tokens: tuple[int, int] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def _queue_sums(self) -> tuple[int, int]:
+        sums = self._queued_tokens
+        if sums is None:
+            prompt = total = 0
+            for r in self.queue:
+                prompt += r.num_prompt_tokens
+                total += r.num_prompt_tokens + r.num_output_tokens_expected
+            sums = (total, prompt)
+            object.__setattr__(self, "_queued_tokens", sums)
+        return sums
 
     @property
     def num_queued(self) -> int:
@@ -165,11 +178,11 @@ class ReplicaLoad:
 
     @property
     def num_queued_tokens(self) -> int:
-        return sum(r.num_tokens for r in self.queue)
+        return self._queue_sums()[0]
 
     @property
     def num_queued_prompt_tokens(self) -> int:
-        return sum(r.num_prompt_tokens for r in self.queue)
+        return self._queue_sums()[1]
 
     @property
     def num_outstanding_requests(self) -> int:
@@ -261,6 +274,7 @@ class Replica:
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
 _NO_REPLICA_SETS: tuple[tuple, tuple, tuple] = ((), (), ())
+_MAPPING_FIELDS = frozenset({"workers", "experts", "estimates", "replicas", "activity", "transition_counts"})
 
 
 class Whereabouts(str, enum.Enum):
@@ -301,29 +315,50 @@ class FleetSnapshot:
     _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
-    _MAPPINGS = ("workers", "experts", "estimates", "replicas", "activity", "transition_counts")
-
     def __post_init__(self) -> None:
-        for name in self._MAPPINGS:
+        for name in _MAPPING_FIELDS:
             object.__setattr__(self, name, _frozen_mapping(getattr(self, name)))
 
-    def evolve(self, *, same_memory_layout: bool = False, **changes) -> "FleetSnapshot":
+    def evolve(self, **changes) -> "FleetSnapshot":
         """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor).
 
-        Indexes carry over when the fields they derive from are unchanged; `same_memory_layout` asserts that a
-        new `replicas` mapping has the same live replicas with the same memory on the same workers (only
-        loads or timestamps changed), so the memory indexes carry over too.
+        Indexes carry over when the fields they derive from are unchanged.
         """
-        for name in self._MAPPINGS:
-            if name in changes:
+        for name in changes:
+            if name in _MAPPING_FIELDS:
                 changes[name] = _frozen_mapping(changes[name])
         new = evolve(self, **changes)
-        if "workers" not in changes:
-            if "replicas" not in changes:
-                object.__setattr__(new, "_live_by_expert", self._live_by_expert)
-            if "replicas" not in changes or same_memory_layout:
-                object.__setattr__(new, "_memory_used", self._memory_used)
-                object.__setattr__(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        if "workers" not in changes and "replicas" not in changes:
+            set_ = object.__setattr__
+            set_(new, "_live_by_expert", self._live_by_expert)
+            set_(new, "_memory_used", self._memory_used)
+            set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        return new
+
+    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: Mapping) -> "FleetSnapshot":
+        """`evolve(replicas=replicas)` where `replicas` differs from ours only by `updated` (new or replaced).
+
+        When every updated replica existed before in the same state, the indexes are patched instead of rebuilt:
+        the common case of a load change, which the simulator makes several times per request.
+        """
+        new = self.evolve(replicas=replicas)
+        old = self.replicas
+        if any(r.replica_id not in old or old[r.replica_id].state is not r.state for r in updated):
+            return new
+        set_ = object.__setattr__
+        set_(new, "_memory_used", self._memory_used)
+        set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        index = self._live_by_expert
+        if index is not None:
+            patched = dict(index)
+            for replica in updated:
+                sets = patched.get(replica.expert_id)
+                if sets is None or replica.state not in LIVE_STATES:
+                    continue
+                patched[replica.expert_id] = tuple(
+                    tuple(replica if r.replica_id == replica.replica_id else r for r in group) for group in sets
+                )
+            set_(new, "_live_by_expert", patched)
         return new
 
     def _index_replicas(self) -> dict[ExpertId, tuple[tuple[Replica, ...], ...]]:

@@ -101,9 +101,8 @@ def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memo
         for r in snapshot.accepting_replicas_of(request.expert_id)
     )
     wake = predict.wake_option(snapshot, request.expert_id, reclaim_idle_memory=reclaim_idle_memory)
-    fastest_prefill = max(
-        (e.prefill_tokens_per_s for (eid, _), e in snapshot.estimates.items() if eid == request.expert_id), default=1.0
-    )
+    estimates = (snapshot.estimate(request.expert_id, hw) for hw in snapshot.max_free_gb_by_hardware())
+    fastest_prefill = max((e.prefill_tokens_per_s for e in estimates if e is not None), default=1.0)
     best_ttft_s, best_id = options[0] if options else (0.0, ReplicaId(""))
     return AdmissionInputs(
         request=request,
