@@ -55,6 +55,9 @@ def gateway_url(gateway_config):
     with serve_in_thread(app) as url:
         yield url
     fleet = app.state.gateway.fleet
-    # Every lease was released: nothing leaks load counts whatever the test did.
-    leaked = [r.replica_id for rs in fleet.replicas.values() for r in rs if r.num_outstanding or r.num_outstanding_tokens]
+    # Every lease was released: nothing leaks load whatever the test did, in the engines or the fleet model.
+    leaked = [r.replica_id for r in [*fleet.live.values(), *fleet.external.values()] if r.num_outstanding]
     assert not leaked, f"replicas still hold load after all requests ended: {leaked}"
+    model = fleet.model
+    assert not model.unplaced
+    assert all(r.load.num_outstanding_requests == 0 for r in model.replicas.values())

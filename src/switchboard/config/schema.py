@@ -13,7 +13,7 @@ Unknown fields are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -87,6 +87,9 @@ class ExpertConfig(_Strict):
     context_tokens: int = Field(4096, ge=16, description="Context window: prompt plus answer, in tokens.")
     max_output_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     description: str = ""
+    ttft_slo_s: float = Field(2.0, gt=0, description="Time-to-first-token target that admission and placement aim for.")
+    tpot_slo_s: float = Field(0.2, gt=0, description="Time-per-output-token target for placement.")
+    warm_at_start: bool = Field(True, description="Start one replica when the server starts (keep-alive may then scale it to zero).")
 
     @model_validator(mode="after")
     def _id_is_not_reserved(self) -> "ExpertConfig":
@@ -110,11 +113,21 @@ class GatewayConfig(_Strict):
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
 
 
+class ControlPlaneConfig(_Strict):
+    """Live control loop settings; the policies' own settings are in `policies` (see docs/control-plane.md)."""
+
+    step_interval_s: float = Field(1.0, gt=0, description="How often the control step runs besides on events.")
+    start_timeout_s: float = Field(180.0, gt=0, description="Longest a request waits for a starting replica.")
+    seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
+    policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
+
+
 class SwitchboardConfig(_Strict):
     workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
     experts: list[ExpertConfig] = Field(min_length=1)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig)
 
     @model_validator(mode="after")
     def _check_references(self) -> "SwitchboardConfig":
@@ -125,6 +138,12 @@ class SwitchboardConfig(_Strict):
         worker_ids = [w.id for w in self.workers]
         if len(set(worker_ids)) != len(worker_ids):
             raise ValueError("worker ids must be unique")
+        from switchboard.policies.control import ControlSettings
+
+        try:
+            ControlSettings.model_validate(self.control_plane.policies)
+        except ValueError as exc:
+            raise ValueError(f"control_plane.policies: {exc}") from None
         if self.defaults.expert is not None and self.defaults.expert not in ids:
             raise ValueError(f"defaults.expert '{self.defaults.expert}' is not one of the experts: {', '.join(ids)}")
         return self

@@ -66,7 +66,9 @@ class SimulatedEngine:
         )
 
     async def start(self) -> None:
-        return None
+        """Waits out the modelled cold start (weights load + process start), scaled by `time_scale`."""
+        if self.time_scale > 0:
+            await asyncio.sleep(self.profile.cold_start_s * self.time_scale)
 
     async def stop(self) -> None:
         return None

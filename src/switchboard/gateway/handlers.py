@@ -19,6 +19,7 @@ from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.responses import ChunkWriter, completion_body
 from switchboard.gateway.state import GatewayState
+from switchboard.runtime.fleet import AdmissionRejected
 from switchboard.types import AUTO_MODEL
 
 JSON = "application/json"
@@ -41,6 +42,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise ApiError(413, f"request body is over the limit of {max_bytes} bytes", code="body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _rejection_api_error(exc: AdmissionRejected) -> ApiError:
+    retry_after = str(max(1, round(exc.retry_after_s)))
+    kind = "is overloaded" if exc.status == 429 else "cannot serve in time"
+    return ApiError(exc.status, f"expert '{exc.expert_id}' {kind}: {exc.reason}; retry after {retry_after} s",
+                    code="expert_overloaded" if exc.status == 429 else "expert_unavailable", headers={"retry-after": retry_after})
+
+
+def _prefix_key(parsed: Any) -> str:
+    """The conversation's opening (system prompt and first user turn): the same key keeps a conversation on
+    the replica that already holds its prefix."""
+    opening = [m.content for m in parsed.messages[:2] if isinstance(m.content, str)]
+    return str(hash(tuple(c[:512] for c in opening))) if opening else ""
 
 
 def _engine_api_error(exc: EngineError) -> ApiError:
@@ -67,7 +82,7 @@ class Handlers:
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage)
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed))
         except ApiError as exc:
             return error_response(exc)
 
@@ -79,7 +94,7 @@ class Handlers:
             num_prompt = rq.estimate_tokens(text)
             expert, choice = await self._resolve(parsed.model, parsed.routing, text if parsed.model == AUTO_MODEL else "")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage)
+            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "")
         except ApiError as exc:
             return error_response(exc)
 
@@ -115,6 +130,7 @@ class Handlers:
         asked_max_tokens: int | None,
         stream: bool,
         include_usage: bool,
+        prefix_key: str,
     ) -> Response:
         max_tokens = self._max_tokens(kind, expert, num_prompt, asked_max_tokens)
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -122,7 +138,7 @@ class Handlers:
         headers = {"x-switchboard-expert": expert.id, "x-request-id": request_id}
         if choice is not None:
             headers["x-switchboard-route"] = orjson.dumps({"reason": choice.reason, **(choice.route_info or {})}).decode()
-        lease = self.state.fleet.lease(expert.id, num_prompt + max_tokens)
+        lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
         created = int(time.time())
         if not stream:
             try:
@@ -133,6 +149,8 @@ class Handlers:
                         completion = await lease.replica.engine.complete(gen)  # type: ignore[union-attr]
             except EngineError as exc:
                 return error_response(_engine_api_error(exc), headers)
+            except AdmissionRejected as exc:
+                return error_response(_rejection_api_error(exc), headers)
             except TimeoutError:
                 return error_response(ApiError(504, f"expert '{expert.id}' did not answer within {self.timeout_s:.0f} s", code="expert_timeout"), headers)
             return Response(completion_body(kind, request_id, created, expert.id, completion), media_type=JSON, headers=headers)
@@ -166,6 +184,8 @@ class Handlers:
         except EngineError as exc:
             await lease.__aexit__(type(exc), exc, None)
             return error_response(_engine_api_error(exc), headers)
+        except AdmissionRejected as exc:
+            return error_response(_rejection_api_error(exc), headers)
         except TimeoutError:
             exc = ApiError(504, f"expert '{expert.id}' sent no token within {self.timeout_s:.0f} s", code="expert_timeout")
             await lease.__aexit__(TimeoutError, None, None)

@@ -1,129 +1,118 @@
-"""The live fleet: every expert's replicas, their engines and states, and the lease a request holds on one.
+"""The live fleet: the control plane's policies driven by wall-clock time, executing on real engines.
 
-A request leases a replica for its lifetime (`async with fleet.lease(expert_id, tokens) as lease`), which
-keeps the outstanding-request and outstanding-token counts that load balancing reads. An expert with no warm
-replica gets one started on demand (a cold start, reported on the lease) — scale-from-zero; the control plane
-decides when replicas stop.
+It keeps a `FleetSnapshot` (the fleet model) in step with the engines it runs, and follows the executor
+contract of `switchboard.policies.control` (docs/control-plane.md): every arrival and finish is recorded, the
+control step runs on an interval and on events (a request that needs a replica started, a replica that became
+warm, a due pre-warm), and every action it returns is executed here — `StartReplica` spawns an engine in the
+background, `StopReplica` stops one, `AssignRequest` hands the request its replica, `RejectRequest` answers
+429/503 with Retry-After. The simulator drives the same `ControlPlane` through simulated time.
+
+A request holds a `Lease` for its lifetime. External (`openai`) experts are always warm and bypass the
+policies: one pseudo-replica each, no placement, no admission.
+
+Live engines queue internally (llama.cpp serves one sequence at a time; simulated engines batch), so every
+admitted request is marked running at once; the fleet model's queues only hold requests waiting for a replica
+to start, and migration (which moves queued requests) acts only on those.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
+import enum
 import logging
+import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, SimulatedBackend, SwitchboardConfig, WorkerConfig
+from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
 from switchboard.engines.base import Engine, EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
-from switchboard.types import ReplicaState
+from switchboard.fleet import ops
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest
+from switchboard.policies.actions import (
+    Action,
+    DrainReplica,
+    MigrateRequest,
+    PrewarmAt,
+    ReactivateReplica,
+    RejectRequest,
+    StartReplica,
+    StopReplica,
+    apply_action,
+)
+from switchboard.policies.base import Reason
+from switchboard.policies.control import ControlPlane, ControlSettings, ControlState, Event, RequestArrived
+from switchboard.runtime import estimates as est
+from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
 
 Clock = Callable[[], float]
 EngineFactory = Callable[[ExpertConfig], Engine]
+MAX_DECISIONS_KEPT = 200
 
 
-@dataclasses.dataclass(slots=True)
-class Transition:
-    state: ReplicaState
-    at_s: float
-    reason: str
+class LiveReasonCode(str, enum.Enum):
+    WARM_AT_START = "warm-at-start"
+    ENGINE_LOST = "engine-lost"
+    START_FAILED = "start-failed"
+
+
+class AdmissionRejected(Exception):
+    """The control plane refused the request: answer `status` (429/503) with `Retry-After: retry_after_s`."""
+
+    def __init__(self, expert_id: str, status: int, retry_after_s: float, reason: str) -> None:
+        super().__init__(f"expert '{expert_id}': {reason}")
+        self.expert_id = expert_id
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 @dataclasses.dataclass(slots=True, eq=False)
 class LiveReplica:
+    """A replica's engine and what the engine taught us (its fleet-model state lives in the snapshot)."""
+
     replica_id: str
     expert: ExpertConfig
-    worker_id: str
     hardware: str
     engine: Engine
-    state: ReplicaState = ReplicaState.COLD
-    num_outstanding: int = 0
-    num_outstanding_tokens: int = 0
+    start_task: asyncio.Task | None = None
     num_served: int = 0
     num_failed: int = 0
-    num_cold_starts: int = 0
-    last_used_at_s: float = 0.0
     last_error: str | None = None
-    last_cold_start: dict[str, float] | None = None
-    transitions: list[Transition] = dataclasses.field(default_factory=list)
-    start_task: asyncio.Task | None = None
-
-    def set_state(self, state: ReplicaState, at_s: float, reason: str) -> None:
-        self.state = state
-        self.transitions.append(Transition(state, at_s, reason))
-        del self.transitions[:-50]  # the recent history is what operators read; keep memory flat
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "replica_id": self.replica_id,
-            "expert": self.expert.id,
-            "worker": self.worker_id,
-            "hardware": self.hardware,
-            "state": self.state.value,
-            "num_outstanding": self.num_outstanding,
-            "num_outstanding_tokens": self.num_outstanding_tokens,
-            "num_served": self.num_served,
-            "num_failed": self.num_failed,
-            "num_cold_starts": self.num_cold_starts,
-            "last_used_at": self.last_used_at_s or None,
-            "last_error": self.last_error,
-            "last_cold_start": self.last_cold_start,
-            "transitions": [{"state": t.state.value, "at": t.at_s, "reason": t.reason} for t in self.transitions[-10:]],
-        }
+    cold_start: dict[str, float] | None = None
+    num_outstanding: int = 0
 
 
 class Lease:
-    """A request's hold on one replica; releases its load counts on exit."""
+    """A request's hold on one replica for its lifetime. `replica`, `was_cold` are set on entry."""
 
-    __slots__ = ("fleet", "expert_id", "num_tokens", "replica", "was_cold")
+    __slots__ = ("fleet", "expert_id", "request", "replica", "was_cold", "_external")
 
-    def __init__(self, fleet: "LiveFleet", expert_id: str, num_tokens: int) -> None:
+    def __init__(self, fleet: "LiveFleet", expert_id: str, request: QueuedRequest | None) -> None:
         self.fleet = fleet
         self.expert_id = expert_id
-        self.num_tokens = num_tokens
+        self.request = request
         self.replica: LiveReplica | None = None
         self.was_cold = False
 
     async def __aenter__(self) -> "Lease":
-        replica, self.was_cold = await self.fleet.acquire(self.expert_id)
-        replica.num_outstanding += 1
-        replica.num_outstanding_tokens += self.num_tokens
-        self.replica = replica
+        self.replica, self.was_cold = await self.fleet._acquire(self)
+        self.replica.num_outstanding += 1
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        replica = self.replica
-        if replica is None:
-            return
-        replica.num_outstanding -= 1
-        replica.num_outstanding_tokens -= self.num_tokens
-        replica.last_used_at_s = self.fleet.clock()
-        if exc_type is None:
-            replica.num_served += 1
-        else:
-            replica.num_failed += 1
-            if isinstance(exc, EngineUnavailable) and replica.state is ReplicaState.WARM:
-                # The engine is gone (process died, upstream down): the next request starts a fresh replica.
-                replica.last_error = exc.detail
-                replica.set_state(ReplicaState.STOPPED, self.fleet.clock(), f"engine unavailable: {exc.detail}")
-
-
-def _hardware_of(expert: ExpertConfig, worker: WorkerConfig) -> str:
-    backend = expert.backend
-    if isinstance(backend, SimulatedBackend):
-        return backend.hardware
-    if isinstance(backend, OpenAIBackend):
-        return "remote"
-    return worker.hardware
+        if self.replica is not None:
+            self.replica.num_outstanding -= 1
+            self.fleet._release(self, ok=exc_type is None, exc=exc)
 
 
 class LiveFleet:
-    """All replicas of all experts. Not thread-safe: used from the gateway's one event loop."""
+    """All replicas of all experts. Used from the gateway's one event loop; never blocks it."""
 
     def __init__(
         self,
@@ -135,100 +124,303 @@ class LiveFleet:
         self.config = config
         self.clock = clock
         self.engine_factory = engine_factory
-        self.replicas: dict[str, list[LiveReplica]] = {e.id: [] for e in config.experts}
+        cp = config.control_plane
+        self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
+        self.rng = random.Random(cp.seed)
         self._experts = {e.id: e for e in config.experts}
-        self._counter = itertools.count()
+        workers = est.live_workers(config)
+        estimates = [e for x in config.experts for e in est.serving_estimates(x, workers)]
+        self.model: FleetSnapshot = ops.empty_fleet(clock(), workers, [est.expert_spec(e) for e in config.experts], estimates)
+        self.state = ControlState()
+        self.live: dict[str, LiveReplica] = {}
+        self.external: dict[str, LiveReplica] = {}
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
+        self.counters = {"cold_starts": 0, "rejected": 0, "admitted": 0}
+        self._loop_task: asyncio.Task | None = None
+        self._wakeup = asyncio.Event()
+        self._prewarm_at: list[float] = []
+        self._changed = asyncio.Event()
+        self._rejections: dict[RequestId, RejectRequest] = {}
+        self._last_keepalive: dict[str, dict[str, Any]] = {}
+
+    # ---- life cycle
 
     def expert(self, expert_id: str) -> ExpertConfig | None:
         return self._experts.get(expert_id)
 
-    def _new_replica(self, expert: ExpertConfig) -> LiveReplica:
-        worker = self.config.workers[0]
-        replica = LiveReplica(
-            replica_id=f"{expert.id}/{next(self._counter)}",
-            expert=expert,
-            worker_id=worker.id,
-            hardware=_hardware_of(expert, worker),
-            engine=self.engine_factory(expert),
-        )
-        replica.set_state(ReplicaState.COLD, self.clock(), "created")
-        self.replicas[expert.id].append(replica)
-        return replica
-
     async def start(self) -> None:
-        """Brings up one replica per expert, concurrently. A failing expert is logged and marked, not fatal."""
-        replicas = [self._new_replica(e) for e in self.config.experts]
-        await asyncio.gather(*(self._start_replica(r, "warm at start-up") for r in replicas), return_exceptions=True)
+        """Starts the control loop and one replica per `warm_at_start` expert; failures are logged, not fatal."""
+        for expert in self.config.experts:
+            if isinstance(expert.backend, OpenAIBackend):
+                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))
+                self.external[expert.id] = replica
+                await replica.engine.start()
+        for expert in self.config.experts:
+            if expert.warm_at_start and expert.id not in self.external:
+                start = self._start_action(expert)
+                if start is not None:
+                    self._execute([start])  # one at a time: each placement sees the memory the last one took
+        self._loop_task = asyncio.create_task(self._control_loop(), name="switchboard-control-loop")
+        await asyncio.gather(*(r.start_task for r in self.live.values() if r.start_task), return_exceptions=True)
+
+    def _start_action(self, expert: ExpertConfig) -> StartReplica | None:
+        """A start for `expert` where the placement policy puts it, given the replicas already planned."""
+        placement = self.plane.placement.place(self._now(), ExpertId(expert.id))
+        if not placement.is_placed:
+            log.error("no worker can host expert %s at start-up: %s", expert.id, placement.reason)
+            return None
+        worker, estimate = placement.candidate.worker, placement.candidate.estimate
+        self.state = dataclasses.replace(self.state, num_replicas_created=self.state.num_replicas_created + 1)
+        replica_id = ReplicaId(f"{expert.id}#{self.state.num_replicas_created}")
+        return StartReplica(replica_id, ExpertId(expert.id), worker.worker_id, worker.hardware, estimate.cold_start_s,
+                            Reason(LiveReasonCode.WARM_AT_START, "the expert is configured warm_at_start"))
 
     async def stop(self) -> None:
-        replicas = [r for rs in self.replicas.values() for r in rs]
-        for r in replicas:
-            if r.state in (ReplicaState.WARM, ReplicaState.STARTING):
-                r.set_state(ReplicaState.DRAINING, self.clock(), "shutdown")
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        replicas = list(self.live.values()) + list(self.external.values())
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
-        for r in replicas:
-            if r.state is not ReplicaState.STOPPED:
-                r.set_state(ReplicaState.STOPPED, self.clock(), "shutdown")
+        for replica_id in list(self.live):
+            self._transition(replica_id, ReplicaState.STOPPED)
 
-    async def _start_replica(self, replica: LiveReplica, reason: str) -> None:
-        started_at = time.perf_counter()
-        replica.set_state(ReplicaState.STARTING, self.clock(), reason)
-        replica.num_cold_starts += 1
+    # ---- the model, advanced to now
+
+    def _now(self) -> FleetSnapshot:
+        self.model = ops.at_time(self.model, max(self.clock(), self.model.now_s))
+        return self.model
+
+    def _transition(self, replica_id: str, to_state: ReplicaState) -> None:
+        replica = self._now().replicas.get(ReplicaId(replica_id))
+        if replica is not None and replica.state is not to_state and replica.state is not ReplicaState.STOPPED:
+            self.model = ops.transition(self.model, ReplicaId(replica_id), to_state)
+
+    # ---- requests
+
+    def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
+        expert = self._experts[expert_id]
+        if expert.id in self.external:
+            return Lease(self, expert_id, None)
+        request = QueuedRequest(
+            RequestId(request_id), expert.id, self.clock(), num_prompt_tokens, max_tokens,
+            ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key,
+        )
+        return Lease(self, expert_id, request)
+
+    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+        if lease.request is None:
+            return self.external[lease.expert_id], False
+        request = lease.request
+        self.model = ops.record_arrival(self._now(), request.expert_id)
+        fast = self.plane.admit_fast(self.model, request, self.rng)
+        if fast.needs_step:
+            self._step([RequestArrived(request)])
+        else:
+            self._execute(list(fast.actions))
+        return await self._await_replica(request)
+
+    async def _await_replica(self, request: QueuedRequest) -> tuple[LiveReplica, bool]:
+        """Follows the request through the model until it may run on a warm replica, or is rejected.
+
+        A request runs when its replica is warm, has a free sequence slot and the queue-order policy picks it
+        next; until then it waits in the model's queue, where autoscaling sees it and migration may move it.
+        """
+        was_cold = False
+        deadline = time.monotonic() + self.config.control_plane.start_timeout_s
+        request_id = request.request_id
+        try:
+            while True:
+                changed = self._changed
+                rejection = self._rejections.pop(request_id, None)
+                if rejection is not None:
+                    self.model = ops.record_finish(self._now(), request.expert_id)
+                    raise AdmissionRejected(request.expert_id, rejection.status_code, rejection.retry_after_s, rejection.reason.detail)
+                where = self._where(request_id)
+                replica = self.model.replicas.get(where) if where is not None else None
+                if replica is not None and replica.state is ReplicaState.WARM and where in self.live:
+                    if replica.load.num_running < replica.capacity.max_num_seqs:
+                        chosen = self.plane.queue_order.next_request(replica.load.queue, self.model.now_s)
+                        if chosen.request_id == request_id:
+                            self.model = ops.start_request(self._now(), where, request_id)
+                            self.counters["admitted"] += 1
+                            return self.live[where], was_cold
+                else:
+                    was_cold = True
+                    if where is None:
+                        self._wakeup.set()  # unplaced: the next step re-admits it
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise EngineUnavailable(request.expert_id, f"no replica could take the request within {self.config.control_plane.start_timeout_s:.0f} s")
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+        except BaseException:
+            if self._where(request_id) != "missing":
+                self.model = ops.remove_request(self._now(), request_id)[0]
+                self.model = ops.record_finish(self.model, request.expert_id)
+            self._notify()
+            raise
+
+    def _where(self, request_id: RequestId) -> ReplicaId | None | str:
+        """The replica a not-yet-started request waits on, None if unplaced, "missing" if not in the model."""
+        for rid, queued in self.model.iter_requests():
+            if queued.request_id == request_id:
+                return rid
+        return "missing"
+
+    def _notify(self) -> None:
+        """Wakes every waiting request to look at the model again (a slot freed, a replica warmed, a move)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+        replica = lease.replica
+        assert replica is not None
+        if ok:
+            replica.num_served += 1
+        else:
+            replica.num_failed += 1
+        if lease.request is None:
+            return
+        model = self._now()
+        if replica.replica_id in model.replicas:
+            model = ops.finish_request(model, ReplicaId(replica.replica_id), lease.request.num_tokens)
+        self.model = ops.record_finish(model, lease.request.expert_id)
+        self._notify()
+        if isinstance(exc, EngineUnavailable) and replica.replica_id in self.live:
+            # The engine is gone (process died): stop the replica; the next request starts a fresh one.
+            replica.last_error = exc.detail
+            self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.ENGINE_LOST, exc.detail))])
+
+    # ---- the control step and its actions
+
+    def _step(self, events: list[Event]) -> None:
+        result = self.plane.step(self._now(), self.state, events, self.rng)
+        self.state = result.state
+        self._last_keepalive = {
+            e: {"action": d.action.value, "reason": d.reason.detail} for e, d in result.keepalive.items()
+        } if result.keepalive else self._last_keepalive
+        self._execute(list(result.actions))
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, PrewarmAt):
+                self._prewarm_at.append(action.at_s)
+                self._record(action, action.expert_id)
+                continue
+            try:
+                self.model = apply_action(self._now(), action)
+            except (KeyError, ValueError) as exc:
+                log.warning("skipping stale action %s: %s", action, exc)
+                continue
+            if isinstance(action, StartReplica):
+                expert = self._experts[action.expert_id]
+                replica = LiveReplica(action.replica_id, expert, action.hardware, self.engine_factory(expert))
+                self.live[action.replica_id] = replica
+                self.counters["cold_starts"] += 1
+                replica.start_task = asyncio.create_task(self._run_start(replica))
+                self._record(action, action.expert_id)
+            elif isinstance(action, StopReplica):
+                replica = self.live.pop(action.replica_id, None)
+                if replica is not None:
+                    asyncio.create_task(replica.engine.stop())
+                self._record(action, action.replica_id.split("#")[0])
+                self.model = ops.prune_stopped(self.model)
+            elif isinstance(action, (DrainReplica, ReactivateReplica)):
+                self._record(action, action.replica_id.split("#")[0])
+            elif isinstance(action, RejectRequest):
+                self.counters["rejected"] += 1
+                self._rejections[action.request.request_id] = action
+                self._record(action, action.request.expert_id)
+            elif isinstance(action, MigrateRequest):
+                self._record(action, str(action.to_replica_id).split("#")[0])
+        if actions:
+            self._notify()
+
+    async def _run_start(self, replica: LiveReplica) -> None:
+        started = time.perf_counter()
         try:
             await replica.engine.start()
         except Exception as exc:  # noqa: BLE001 — any start failure makes the replica unusable, with the reason kept
             detail = exc.detail if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             replica.last_error = detail
-            replica.set_state(ReplicaState.STOPPED, self.clock(), f"start failed: {detail}")
             log.error("replica %s failed to start: %s", replica.replica_id, detail)
-            raise EngineUnavailable(replica.expert.id, f"could not start a replica: {detail}") from exc
+            self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.START_FAILED, detail))])
+            return
         anatomy = getattr(replica.engine, "last_cold_start", None)
-        replica.last_cold_start = (
-            dataclasses.asdict(anatomy) if anatomy is not None else {"ready_s": time.perf_counter() - started_at}
-        )
-        replica.last_error = None
-        replica.set_state(ReplicaState.WARM, self.clock(), reason)
+        measured_s = time.perf_counter() - started
+        replica.cold_start = dataclasses.asdict(anatomy) if anatomy is not None else {"ready_s": measured_s}
+        key = (replica.expert.id, replica.hardware)
+        if key in self.model.estimates and anatomy is not None:
+            # Measured cold starts replace the guess, so admission and routing predict wake-ups truthfully.
+            estimates = dict(self.model.estimates)
+            estimates[key] = est.with_measured_cold_start(estimates[key], measured_s)
+            self.model = self.model.evolve(estimates=estimates)
+        if replica.replica_id in self.live:
+            self._transition(replica.replica_id, ReplicaState.WARM)
+            self._wakeup.set()
+            self._notify()
 
-    async def acquire(self, expert_id: str) -> tuple[LiveReplica, bool]:
-        """A warm replica of the expert (least outstanding tokens), starting one if none is warm.
+    async def _control_loop(self) -> None:
+        interval_s = self.config.control_plane.step_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wakeup.clear()
+            now = self.clock()
+            self._prewarm_at = [t for t in self._prewarm_at if t > now]
+            try:
+                self._step([])
+            except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
+                log.exception("control step failed")
 
-        Returns (replica, was_cold). Raises EngineUnavailable when no replica can be started.
-        """
-        replicas = self.replicas[expert_id]
-        best: LiveReplica | None = None
-        for r in replicas:
-            if r.state is ReplicaState.WARM and (best is None or r.num_outstanding_tokens < best.num_outstanding_tokens):
-                best = r
-        if best is not None:
-            return best, False
-        for r in replicas:
-            if r.state is ReplicaState.STARTING and r.start_task is not None:
-                await asyncio.shield(r.start_task)
-                return r, True
-        replica = next((r for r in replicas if r.state in (ReplicaState.COLD, ReplicaState.STOPPED)), None)
-        if replica is None:
-            replica = self._new_replica(self._experts[expert_id])
-        replica.start_task = asyncio.ensure_future(self._start_replica(replica, "request arrived at a cold expert"))
-        await asyncio.shield(replica.start_task)
-        return replica, True
+    def _record(self, action: Action, expert_id: str) -> None:
+        reason = getattr(action, "reason", None)
+        self.decisions.append({
+            "at": self.clock(), "action": type(action).__name__, "expert": expert_id,
+            "replica": str(getattr(action, "replica_id", "") or ""),
+            "reason": getattr(reason, "detail", "") if reason is not None else "",
+            "code": reason.code.value if reason is not None else "",
+        })
 
-    def lease(self, expert_id: str, num_tokens: int) -> Lease:
-        return Lease(self, expert_id, num_tokens)
+    # ---- for operators
 
     def snapshot(self) -> dict[str, Any]:
+        model = self._now()
+        by_expert: dict[str, list[dict[str, Any]]] = {e.id: [] for e in self.config.experts}
+        for replica_id, r in sorted(model.replicas.items()):
+            live = self.live.get(replica_id)
+            by_expert[r.expert_id].append({
+                "replica_id": replica_id, "expert": r.expert_id, "worker": r.worker_id, "hardware": r.hardware,
+                "state": r.state.value, "state_since": r.state_since_at, "num_running": r.load.num_running,
+                "num_queued": r.load.num_queued, "num_outstanding_tokens": r.load.num_outstanding_tokens,
+                "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
+                "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
+                "last_error": live.last_error if live else None,
+                "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
+            })
+        for expert_id, ext in self.external.items():
+            by_expert[expert_id].append({
+                "replica_id": ext.replica_id, "expert": expert_id, "worker": "upstream", "hardware": "remote",
+                "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
+                "num_failed": ext.num_failed,
+            })
         return {
-            "now": self.clock(),
-            "workers": [w.model_dump() for w in self.config.workers],
+            "now": model.now_s,
+            "workers": [dataclasses.asdict(w) for w in model.workers.values()],
             "experts": [
                 {
-                    "id": e.id,
-                    "backend": e.backend.kind,
-                    "params_b": e.params_b,
-                    "usd_per_mtok_input": e.usd_per_mtok_input,
-                    "usd_per_mtok_output": e.usd_per_mtok_output,
-                    "context_tokens": e.context_tokens,
-                    "replicas": [r.snapshot() for r in self.replicas[e.id]],
+                    "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
+                    "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
+                    "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
+                    "keepalive": self._last_keepalive.get(e.id),
                 }
                 for e in self.config.experts
             ],
+            "counters": {**self.counters, "transitions": {f"{a.value}->{b.value}": n for (a, b), n in model.transition_counts.items()}},
+            "decisions": list(self.decisions)[-50:],
         }
+

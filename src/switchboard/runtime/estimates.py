@@ -1,0 +1,87 @@
+"""What the live control plane knows about serving each expert on each hardware kind (its `ServingEstimate`s),
+and the virtual workers that host `simulated` experts.
+
+Numbers come from the perf model's roofline (`switchboard.perf`), except where the live engine measures
+better: a llama.cpp worker decodes one sequence at a time, and its cold start is replaced by the measured one
+after every start (`with_measured_cold_start`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, SimulatedBackend, SwitchboardConfig
+from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
+from switchboard.perf.hardware import GB, get_hardware
+from switchboard.perf.roofline import engine_profile
+from switchboard.types import ExpertId, HardwareKind, WorkerId
+
+VIRTUAL_DEVICES_PER_WORKER = 8
+"""A virtual worker for simulated experts stands for one 8-GPU machine of its kind."""
+
+LLAMACPP_COLD_START_GUESS_S = 2.0
+"""Until the first measured start: spawn (~1.2 s) plus model load (~0.4 s) of SmolLM2 here."""
+
+PROCESS_OVERHEAD_GB = 0.3
+"""A llama.cpp worker's Python interpreter, server and scratch buffers (measured ~250 MB resident here)."""
+
+
+def hardware_of(expert: ExpertConfig, default_hardware: str) -> str:
+    backend = expert.backend
+    if isinstance(backend, SimulatedBackend):
+        return backend.hardware
+    if isinstance(backend, OpenAIBackend):
+        return "remote"
+    return default_hardware
+
+
+def live_workers(config: SwitchboardConfig) -> list[Worker]:
+    """The configured workers, plus one virtual 8-device worker per hardware kind that simulated experts
+    need and no configured worker has (simulated replicas run in-process but are accounted on it)."""
+    workers = [Worker.from_config(w) for w in config.workers]
+    kinds = {w.hardware for w in workers}
+    for expert in config.experts:
+        if isinstance(expert.backend, SimulatedBackend) and expert.backend.hardware not in kinds:
+            hw = get_hardware(expert.backend.hardware)
+            kinds.add(hw.kind)
+            workers.append(Worker(
+                worker_id=WorkerId(f"virtual-{hw.kind}"), hardware=HardwareKind(hw.kind),
+                memory_gb=VIRTUAL_DEVICES_PER_WORKER * hw.memory_bytes / GB,
+                usd_per_hour=VIRTUAL_DEVICES_PER_WORKER * hw.usd_per_hour, location="virtual",
+            ))
+    return workers
+
+
+def expert_spec(expert: ExpertConfig) -> ExpertSpec:
+    return ExpertSpec.from_config(expert, ttft_slo_s=expert.ttft_slo_s, tpot_slo_s=expert.tpot_slo_s)
+
+
+def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[ServingEstimate]:
+    """One estimate per hardware kind this expert may run on (none for external upstreams)."""
+    from switchboard.sim.cluster import serving_estimate
+
+    backend = expert.backend
+    if isinstance(backend, OpenAIBackend):
+        return []
+    if isinstance(backend, SimulatedBackend):
+        kinds = [backend.hardware]
+    else:
+        kinds = sorted({w.hardware for w in workers if w.location != "virtual"})
+    estimates = []
+    for kind in kinds:
+        profile = engine_profile(expert.params_b, kind)
+        estimate = serving_estimate(expert.id, profile)
+        if isinstance(backend, LlamaCppBackend):
+            # One sequence at a time (llama.cpp is not thread-safe); memory is what the process holds (weights,
+            # KV for the configured context, overhead), not whole devices as for a GPU replica.
+            memory_gb = (profile.weights_bytes + expert.context_tokens * profile.kv_bytes_per_token) / GB + PROCESS_OVERHEAD_GB
+            estimate = dataclasses.replace(
+                estimate, max_num_seqs=1, kv_capacity_tokens=expert.context_tokens,
+                cold_start_s=LLAMACPP_COLD_START_GUESS_S, memory_gb=memory_gb,
+            )
+        estimates.append(dataclasses.replace(estimate, expert_id=ExpertId(expert.id)))
+    return estimates
+
+
+def with_measured_cold_start(estimate: ServingEstimate, measured_s: float) -> ServingEstimate:
+    return dataclasses.replace(estimate, cold_start_s=measured_s)
