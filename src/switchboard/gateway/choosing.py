@@ -22,6 +22,10 @@ class ExpertChoice:
     reason: str
     fallbacks: tuple[str, ...] = ()
     route_info: dict[str, Any] | None = None  # sent as JSON in the x-switchboard-route header
+    candidates: tuple[tuple[str, float, float], ...] = ()
+    """Feasible experts as (id, predicted quality, USD/Mtok), best first: what fleet-aware routing re-scores."""
+    cost_weight: float | None = None
+    """The λ the router used for this request."""
 
 
 class ExpertChooser(Protocol):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -116,7 +118,10 @@ class Handlers:
                 choice = chooser.choose(route_text, routing, state.config.experts)
         except ChoiceError as exc:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
-        expert = state.fleet.expert(choice.expert_id)
+        expert_id, fleet_info = state.fleet.route(choice)
+        if fleet_info:
+            choice = dataclasses.replace(choice, expert_id=expert_id, route_info={**(choice.route_info or {}), **fleet_info})
+        expert = state.fleet.expert(expert_id)
         assert expert is not None, "choosers only choose among the candidates they are given"
         return expert, choice
 
@@ -137,7 +142,8 @@ class Handlers:
         gen = GenerationRequest(request_id, kind, body, max_tokens, num_prompt)
         headers = {"x-switchboard-expert": expert.id, "x-request-id": request_id}
         if choice is not None:
-            headers["x-switchboard-route"] = orjson.dumps({"reason": choice.reason, **(choice.route_info or {})}).decode()
+            # Header values are latin-1: escape anything else (reasons may hold arrows, names may hold anything).
+            headers["x-switchboard-route"] = json.dumps({"reason": choice.reason, **(choice.route_info or {})}, ensure_ascii=True, separators=(",", ":"))
         lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
         created = int(time.time())
         if not stream:

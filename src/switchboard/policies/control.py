@@ -209,10 +209,12 @@ class ControlPlane:
         self.routing = make_routing(s.routing)
         self.prewarm = make_prewarm(s.prewarm)
 
-    def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate]) -> RouteDecision:
-        """Fleet-aware choice among the router's candidates. Pass `WakeExpert` events for
-        `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
-        return self.routing.route(snapshot, candidates)
+    def route(
+        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None
+    ) -> RouteDecision:
+        """Fleet-aware choice among the router's candidates (λ = `usd_weight` if given). Pass `WakeExpert`
+        events for `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
+        return self.routing.route(snapshot, candidates, usd_weight)
 
     def plan_start(
         self, snapshot: FleetSnapshot, state: ControlState, expert_id: ExpertId, reason: Reason

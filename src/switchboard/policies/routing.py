@@ -117,11 +117,15 @@ class RoutingPolicy(abc.ABC):
         alone, the expert the router would pick if the whole fleet were warm.
         """
 
-    def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate]) -> RouteDecision:
-        """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable."""
+    def route(
+        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None
+    ) -> RouteDecision:
+        """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable.
+        `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`)."""
         if not candidates:
             return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
-        mu, lam = self.settings.latency_weight_per_s, self.settings.usd_weight
+        mu = self.settings.latency_weight_per_s
+        lam = self.settings.usd_weight if usd_weight is None else usd_weight
         scored = []
         for c in candidates:
             latency_s = expected_extra_latency_s(snapshot, c.expert_id, self.settings)

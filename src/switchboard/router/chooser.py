@@ -54,4 +54,8 @@ class RouterChooser:
             "cost_weight": constraints.cost_weight,
             "candidates": len(decision.ranking),
         }
-        return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info)
+        candidates = tuple(
+            (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
+        )
+        return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
+                            candidates=candidates, cost_weight=constraints.cost_weight)

@@ -44,7 +44,8 @@ from switchboard.policies.actions import (
     apply_action,
 )
 from switchboard.policies.base import Reason
-from switchboard.policies.control import ControlPlane, ControlSettings, ControlState, Event, RequestArrived
+from switchboard.policies.control import ControlPlane, ControlSettings, ControlState, Event, RequestArrived, RoutePredicted, WakeExpert
+from switchboard.policies.routing import ExpertCandidate, RoutePrediction
 from switchboard.runtime import estimates as est
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
@@ -140,6 +141,7 @@ class LiveFleet:
         self._wakeup = asyncio.Event()
         self._prewarm_at: list[float] = []
         self._changed = asyncio.Event()
+        self._pending_events: list[Event] = []
         self._rejections: dict[RequestId, RejectRequest] = {}
         self._last_keepalive: dict[str, dict[str, Any]] = {}
 
@@ -194,6 +196,37 @@ class LiveFleet:
         replica = self._now().replicas.get(ReplicaId(replica_id))
         if replica is not None and replica.state is not to_state and replica.state is not ReplicaState.STOPPED:
             self.model = ops.transition(self.model, ReplicaId(replica_id), to_state)
+
+    # ---- fleet-aware routing
+
+    def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
+        """Re-scores the router's feasible candidates against the live fleet (queueing, cold starts).
+
+        Returns the expert to use and what to report about it. Cold experts that quality prefers are woken in
+        the background (cold-start hiding), and the router's pick feeds route-aware pre-warming.
+        """
+        if not choice.candidates:
+            return choice.expert_id, {}
+        candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates]
+        decision = self.plane.route(self._now(), candidates, choice.cost_weight)
+        if not decision.expert_id:
+            return choice.expert_id, {}
+        now = self.clock()
+        self._pending_events.append(RoutePredicted(RoutePrediction(now, {ExpertId(choice.expert_id): 1.0})))
+        for expert_id in decision.wake_expert_ids:
+            self._pending_events.append(WakeExpert(expert_id, decision.reason))
+        if decision.wake_expert_ids:
+            self._wakeup.set()
+        if decision.expert_id != choice.expert_id or decision.wake_expert_ids:
+            self.decisions.append({"at": now, "action": "Route", "expert": decision.expert_id, "replica": "",
+                                   "reason": decision.reason.detail, "code": decision.reason.code.value})
+        return decision.expert_id, {
+            "fleet": decision.reason.code.value,
+            "fleet_reason": decision.reason.detail,
+            "router_choice": choice.expert_id,
+            "expects_cold_start": decision.is_cold_start,
+            "waking": list(decision.wake_expert_ids),
+        }
 
     # ---- requests
 
@@ -296,6 +329,8 @@ class LiveFleet:
     # ---- the control step and its actions
 
     def _step(self, events: list[Event]) -> None:
+        events = self._pending_events + events
+        self._pending_events = []
         result = self.plane.step(self._now(), self.state, events, self.rng)
         self.state = result.state
         self._last_keepalive = {
