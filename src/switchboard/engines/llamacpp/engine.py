@@ -29,7 +29,8 @@ class ColdStartAnatomy:
 
     spawn_s: float  # until the worker's interpreter is up and llama.cpp is imported
     load_s: float  # model load inside the worker
-    ready_s: float  # until the worker listens (spawn + load + server set-up)
+    warmup_s: float  # one warm-up decode (faults the weights in, builds the compute graph)
+    ready_s: float  # until the worker listens (spawn + load + warm-up + server set-up)
 
 
 class LlamaCppEngine:
@@ -113,7 +114,8 @@ class LlamaCppEngine:
         del started
         self.port = int(ready["port"])
         self.last_cold_start = ColdStartAnatomy(
-            spawn_s=spawn_s, load_s=float(ready["t_load_s"]), ready_s=time.perf_counter() - t0
+            spawn_s=spawn_s, load_s=float(ready["t_load_s"]), warmup_s=float(ready.get("t_warmup_s", 0.0)),
+            ready_s=time.perf_counter() - t0
         )
         self._client = OpenAIUpstreamEngine(
             self.expert_id, f"http://127.0.0.1:{self.port}/v1", self.expert_id,

@@ -5,7 +5,7 @@ free loopback port itself and announces itself on stdout with one JSON line per 
 to measure the cold-start anatomy:
 
     {"event": "started", "pid": ..., "t_import_s": ...}     interpreter up, llama.cpp imported
-    {"event": "ready", "port": ..., "t_load_s": ..., "n_ctx": ...}   model loaded, listening
+    {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ...}   model loaded and warmed up, listening
 
 After "ready" stdout is redirected to stderr so the parent never has to drain it. llama.cpp is not
 thread-safe, so one generation runs at a time (a single-thread executor); others queue in arrival order.
@@ -218,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
         n_batch=args.n_batch, seed=args.seed, verbose=False,
     )
     load_s = time.perf_counter() - t_load
+    # One tiny decode before announcing "ready": it faults the memory-mapped weights in and builds llama.cpp's
+    # compute graph, costs that would otherwise land on the first request (measured several seconds here).
+    t_warmup = time.perf_counter()
+    llm.create_completion(prompt="Hi", max_tokens=1, temperature=0)
+    llm.reset()
+    warmup_s = time.perf_counter() - t_warmup
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     app = build_app(_Generator(llm), args.name, args.n_ctx, load_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    _announce({"event": "ready", "port": port, "t_load_s": load_s, "n_ctx": args.n_ctx,
+    _announce({"event": "ready", "port": port, "t_load_s": load_s, "t_warmup_s": warmup_s, "n_ctx": args.n_ctx,
                "t_ready_s": time.perf_counter() - _T0})
     sys.stdout = sys.stderr
     server.run(sockets=[sock])
