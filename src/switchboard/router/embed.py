@@ -52,8 +52,14 @@ def _load_tokenizer(path: Path, max_tokens: int | None, pad: bool):  # -> tokeni
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
-    tok.no_truncation() if max_tokens is None else tok.enable_truncation(max_tokens)
-    tok.enable_padding() if pad else tok.no_padding()
+    if max_tokens is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(max_tokens)
+    if pad:
+        tok.enable_padding()
+    else:
+        tok.no_padding()
     return tok
 
 

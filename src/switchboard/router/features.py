@@ -21,7 +21,7 @@ FEATURE_NAMES = ("log_chars", "num_lines", "code", "math", "choices", "digit_rat
 
 def cheap_features(text: str) -> np.ndarray:
     num_chars = len(text)
-    digits = sum(c.isdigit() for c in text)
+    digits = sum(map(text.count, "0123456789"))  # C-level scans; a per-character genexpr costs ~0.3 ms
     return np.asarray(
         [
             math.log1p(num_chars) / 10.0,
