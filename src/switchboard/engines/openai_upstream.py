@@ -1,20 +1,23 @@
 """The `openai` backend: any OpenAI-compatible upstream (vLLM, llama.cpp server, Ollama, TGI, a hosted API).
 
-One pooled aiohttp session per engine (chosen over httpx by measurement: benchmarks/gateway_overhead.py
-reports both clients against the same upstream). Streams are relayed chunk by chunk as they arrive; nothing
-is buffered beyond one SSE line.
+Plain http:// upstreams go through our own pooled HTTP/1.1 client (`engines/http1.py`): on the proxy path the
+client's per-request CPU bounds the gateway's throughput, and it costs far less than aiohttp (numbers in that
+module and in benchmarks/gateway_overhead.py). https:// upstreams (hosted APIs) keep a pooled aiohttp session,
+since http1 speaks no TLS. Both sit behind one small interface and raise http1's errors, so the mapping to
+EngineErrors below is the same for both. Streams are relayed chunk by chunk as they arrive; nothing is
+buffered beyond one SSE line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
+from switchboard.engines import http1
 from switchboard.engines.base import (
     Completion,
     EngineBadResponse,
@@ -31,6 +34,28 @@ from switchboard.engines.base import (
 from switchboard.types import FinishReason
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+class _UpstreamResponse(Protocol):
+    status: int
+    reason: str
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def read(self) -> bytes: ...
+
+    async def read_chunk(self) -> bytes: ...
+
+    def release(self) -> None: ...
+
+
+class _Upstream(Protocol):
+    """POSTs a JSON body to the upstream's endpoint for `kind`. Raises http1.HTTPError subclasses only."""
+
+    async def post(self, kind: str, body: bytes) -> _UpstreamResponse: ...
+
+    async def close(self) -> None: ...
 
 
 class OpenAIUpstreamEngine:
@@ -53,12 +78,13 @@ class OpenAIUpstreamEngine:
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: _Upstream | None = None
 
     @classmethod
-    def from_config(cls, expert_id: str, backend: Any, environ: dict[str, str] | None = None) -> "OpenAIUpstreamEngine":
+    def from_config(cls, expert_id: str, backend: Any, environ: dict[str, str] | None = None) -> OpenAIUpstreamEngine:
         environ = os.environ if environ is None else environ
         api_key = environ.get(backend.api_key_env) if backend.api_key_env else None
         return cls(
@@ -72,19 +98,21 @@ class OpenAIUpstreamEngine:
         )
 
     async def start(self) -> None:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers, json_serialize=_dumps_str
-            )
+        if self._upstream is None:
+            if urlsplit(self.base_url).scheme == "http":
+                self._upstream = _Http1Upstream(self.base_url, self._headers, self._max_connections,
+                                                self._connect_timeout_s, self._read_timeout_s)
+            else:
+                self._upstream = _AiohttpUpstream(self.base_url, self._headers, self._max_connections,
+                                                  self._connect_timeout_s, self._read_timeout_s)
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            upstream, self._upstream = self._upstream, None
+            await upstream.close()
 
     def _payload(self, request: GenerationRequest, stream: bool) -> bytes:
-        body = dict(request.body)
+        body = request.body.copy()
         body.pop("routing", None)
         body["model"] = self.upstream_model
         body["stream"] = stream
@@ -94,19 +122,19 @@ class OpenAIUpstreamEngine:
             body.pop("stream_options", None)
         return orjson.dumps(body)
 
-    async def _post(self, request: GenerationRequest, stream: bool) -> aiohttp.ClientResponse:
-        await self.start()
-        assert self._session is not None
-        url = self.base_url + _PATHS[request.kind]
+    async def _post(self, request: GenerationRequest, stream: bool) -> _UpstreamResponse:
+        if self._upstream is None:
+            await self.start()
+        assert self._upstream is not None
         try:
-            response = await self._session.post(url, data=self._payload(request, stream))
-        except aiohttp.ConnectionTimeoutError as exc:
+            response = await self._upstream.post(request.kind, self._payload(request, stream))
+        except http1.ConnectTimeout as exc:
             raise EngineTimeout(self.expert_id, f"no connection to {self.base_url} within the connect timeout") from exc
-        except asyncio.TimeoutError as exc:
+        except http1.ReadTimeout as exc:
             raise EngineTimeout(self.expert_id, f"{self.base_url} sent no answer (read timeout)") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise EngineUnavailable(self.expert_id, f"cannot connect to {self.base_url}: {exc}") from exc
-        except aiohttp.ClientError as exc:
+        except (http1.ConnectError, http1.ConnectionClosed) as exc:
+            raise EngineUnavailable(self.expert_id, f"cannot connect to {self.base_url}: {exc.__cause__ or exc}") from exc
+        except http1.HTTPError as exc:
             raise EngineBadResponse(self.expert_id, f"request to {self.base_url} failed: {exc}") from exc
         if response.status >= 400:
             try:
@@ -115,10 +143,10 @@ class OpenAIUpstreamEngine:
                 response.release()
         return response
 
-    async def _error_for(self, response: aiohttp.ClientResponse) -> EngineError:
+    async def _error_for(self, response: _UpstreamResponse) -> EngineError:
         try:
             raw = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except http1.HTTPError:
             raw = b""
         message = _upstream_message(raw) or response.reason or "no message"
         status = response.status
@@ -138,9 +166,9 @@ class OpenAIUpstreamEngine:
         response = await self._post(request, stream=False)
         try:
             raw = await response.read()
-        except asyncio.TimeoutError as exc:
+        except http1.ReadTimeout as exc:
             raise EngineTimeout(self.expert_id, "upstream stopped sending its answer (read timeout)") from exc
-        except aiohttp.ClientError as exc:
+        except http1.HTTPError as exc:
             raise EngineUnavailable(self.expert_id, f"upstream connection lost: {exc}") from exc
         finally:
             response.release()
@@ -154,11 +182,21 @@ class OpenAIUpstreamEngine:
         finish = Finish(_finish_reason(choice.get("finish_reason")), usage)
         return Completion(text, finish, raw_choice=choice if request.kind == "chat" else None)
 
+    async def _next_chunk(self, response: _UpstreamResponse) -> bytes:
+        try:
+            return await response.read_chunk()
+        except http1.ReadTimeout as exc:
+            raise EngineTimeout(self.expert_id, "upstream stream stalled (read timeout)") from exc
+        except http1.HTTPError as exc:
+            raise EngineUnavailable(self.expert_id, f"upstream stream broke: {exc}") from exc
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         response = await self._post(request, stream=True)
         if not response.content_type.startswith("text/event-stream"):
             try:
-                raw = await response.content.read(200)
+                raw = await _first_bytes(response, 200)
+            except http1.HTTPError:
+                raw = b""
             finally:
                 response.release()
             raise EngineBadResponse(
@@ -167,48 +205,49 @@ class OpenAIUpstreamEngine:
         finish_reason: str | None = None
         usage_raw: dict[str, Any] | None = None
         num_deltas = 0
-        parts_len = 0
+        is_done = False
+        rest = b""  # an SSE line not yet ended by its newline
         try:
-            while True:
-                try:
-                    line = await response.content.readline()
-                except asyncio.TimeoutError as exc:
-                    raise EngineTimeout(self.expert_id, "upstream stream stalled (read timeout)") from exc
-                except aiohttp.ClientError as exc:
-                    raise EngineUnavailable(self.expert_id, f"upstream stream broke: {exc}") from exc
-                if not line:
+            while not is_done:
+                chunk = await self._next_chunk(response)
+                if chunk:
+                    lines = (rest + chunk if rest else chunk).split(b"\n")
+                    rest = lines.pop()
+                elif rest:
+                    lines, rest = [rest], b""
+                else:
                     raise EngineBadResponse(self.expert_id, "upstream stream ended without [DONE]")
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments, event names
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}") from exc
-                if not isinstance(chunk, dict):
-                    raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
-                if "error" in chunk:
-                    raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
-                if chunk.get("usage"):
-                    usage_raw = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-                    if request.kind == "chat":
-                        delta = choice.get("delta") or {}
-                        text = delta.get("content") or ""
-                        if text or len(delta) > (1 if "role" in delta else 0):
-                            num_deltas += 1
-                            parts_len += len(text)
-                            yield TextDelta(text, raw_delta=delta)
-                    else:
-                        text = choice.get("text") or ""
-                        if text:
-                            num_deltas += 1
-                            parts_len += len(text)
-                            yield TextDelta(text)
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments, event names
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        is_done = True
+                        break
+                    try:
+                        chunk_obj = orjson.loads(payload)
+                    except orjson.JSONDecodeError as exc:
+                        raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}") from exc
+                    if not isinstance(chunk_obj, dict):
+                        raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
+                    if "error" in chunk_obj:
+                        raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
+                    if chunk_obj.get("usage"):
+                        usage_raw = chunk_obj["usage"]
+                    for choice in chunk_obj.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                        if request.kind == "chat":
+                            delta = choice.get("delta") or {}
+                            text = delta.get("content") or ""
+                            if text or len(delta) > (1 if "role" in delta else 0):
+                                num_deltas += 1
+                                yield TextDelta(text, raw_delta=delta)
+                        else:
+                            text = choice.get("text") or ""
+                            if text:
+                                num_deltas += 1
+                                yield TextDelta(text)
         finally:
             response.release()
         if usage_raw is None:
@@ -218,8 +257,89 @@ class OpenAIUpstreamEngine:
         yield Finish(_finish_reason(finish_reason), usage)
 
 
-def _dumps_str(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+class _Http1Upstream:
+    """Plain http: http1's pool, with each endpoint's request head built once."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], max_connections: int,
+                 connect_timeout_s: float, read_timeout_s: float) -> None:
+        url = urlsplit(base_url)
+        self._pool = http1.ConnectionPool(
+            url.hostname or "localhost", url.port or 80, max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
+        )
+        self._heads = {kind: self._pool.request_head("POST", url.path + path, headers) for kind, path in _PATHS.items()}
+
+    async def post(self, kind: str, body: bytes) -> http1.Response:
+        return await self._pool.request(self._heads[kind], body)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class _AiohttpUpstream:
+    """https (hosted APIs): a pooled aiohttp session, its errors translated to http1's."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], max_connections: int,
+                 connect_timeout_s: float, read_timeout_s: float) -> None:
+        import aiohttp  # only https upstreams pay for importing it
+
+        self._aiohttp = aiohttp
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        self._urls = {kind: base_url + path for kind, path in _PATHS.items()}
+
+    async def post(self, kind: str, body: bytes) -> _AiohttpResponse:
+        aiohttp = self._aiohttp
+        try:
+            return _AiohttpResponse(await self._session.post(self._urls[kind], data=body), aiohttp)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise http1.ConnectTimeout(str(exc) or "connect timeout") from exc
+        except TimeoutError as exc:
+            raise http1.ReadTimeout("no response within the read timeout") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise http1.ConnectError(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise http1.ProtocolError(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class _AiohttpResponse:
+    def __init__(self, response: Any, aiohttp: Any) -> None:
+        self._response = response
+        self._errors = (aiohttp.ClientError, TimeoutError)
+        self.status: int = response.status
+        self.reason: str = response.reason or ""
+
+    @property
+    def content_type(self) -> str:
+        return self._response.content_type
+
+    async def read(self) -> bytes:
+        return await self._translated(self._response.read())
+
+    async def read_chunk(self) -> bytes:
+        return await self._translated(self._response.content.readany())
+
+    def release(self) -> None:
+        self._response.release()
+
+    async def _translated(self, awaitable: Any) -> bytes:
+        try:
+            return await awaitable
+        except TimeoutError as exc:
+            raise http1.ReadTimeout("no response bytes within the read timeout") from exc
+        except self._errors as exc:
+            raise http1.ConnectionClosed(str(exc)) from exc
+
+
+async def _first_bytes(response: _UpstreamResponse, limit: int) -> bytes:
+    data = b""
+    while len(data) < limit and (chunk := await response.read_chunk()):
+        data += chunk
+    return data[:limit]
 
 
 def _choice_text(choice: dict[str, Any], kind: str) -> str:
