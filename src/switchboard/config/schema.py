@@ -118,6 +118,9 @@ class ControlPlaneConfig(_Strict):
 
     step_interval_s: float = Field(1.0, gt=0, description="How often the control step runs besides on events.")
     start_timeout_s: float = Field(180.0, gt=0, description="Longest a request waits for a starting replica.")
+    startup_wait_s: float = Field(
+        10.0, ge=0, description="Serving starts once real (non-simulated) warm_at_start replicas are up, or after this long."
+    )
     seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
     policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
 

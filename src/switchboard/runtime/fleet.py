@@ -151,7 +151,8 @@ class LiveFleet:
         return self._experts.get(expert_id)
 
     async def start(self) -> None:
-        """Starts the control loop and one replica per `warm_at_start` expert; failures are logged, not fatal."""
+        """Starts the control loop and one replica per `warm_at_start` expert, waiting at most `startup_wait_s`
+        for them; failures are logged, not fatal."""
         for expert in self.config.experts:
             if isinstance(expert.backend, OpenAIBackend):
                 replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))
@@ -163,7 +164,11 @@ class LiveFleet:
                 if start is not None:
                     self._execute([start])  # one at a time: each placement sees the memory the last one took
         self._loop_task = asyncio.create_task(self._control_loop(), name="switchboard-control-loop")
-        await asyncio.gather(*(r.start_task for r in self.live.values() if r.start_task), return_exceptions=True)
+        # Real engines get up to `startup_wait_s` to come up before serving starts; simulated ones model cold
+        # starts of a minute or more for big experts, which must not hold the whole gateway.
+        starting = [r.start_task for r in self.live.values() if r.start_task and r.expert.backend.kind != "simulated"]
+        if starting:
+            await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
 
     def _start_action(self, expert: ExpertConfig) -> StartReplica | None:
         """A start for `expert` where the placement policy puts it, given the replicas already planned."""
