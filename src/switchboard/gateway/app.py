@@ -9,10 +9,12 @@ skip them and keep their own catch-all, everything else goes through Starlette a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +22,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
@@ -28,9 +31,12 @@ from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
 from switchboard.gateway.state import GatewayState
+from switchboard.observability.feed import ObservabilityEndpoints
+from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
 
 log = logging.getLogger("switchboard.gateway")
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 
 
 def build_app(
@@ -39,17 +45,30 @@ def build_app(
     chooser: ExpertChooser | None = None,
     fleet: LiveFleet | None = None,
     engine_factory: EngineFactory | None = None,
+    registry: Any = None,
+    access_log: bool = False,
 ) -> "FastPathApp":
-    """The gateway for `config`. The fleet starts when the app's lifespan starts (uvicorn, or a test client)."""
+    """The gateway for `config`. The fleet starts when the app's lifespan starts (uvicorn, or a test client).
+
+    `registry` is the prometheus_client `CollectorRegistry` behind `/metrics` (a fresh one if omitted);
+    `access_log` logs one line per request to the `switchboard.access` logger.
+    """
     if fleet is None:
         fleet = LiveFleet(config, engine_factory=engine_factory) if engine_factory else LiveFleet(config)
+    observability = Observability.for_app(config, fleet, registry, access_log=access_log)
     state = GatewayState(
         config=config,
         fleet=fleet,
         chooser=chooser or DefaultExpertChooser(config.default_expert_id),
         started_at=int(time.time()),
+        observability=observability,
     )
     handlers = Handlers(state)
+    observe = ObservabilityEndpoints(fleet, observability)
+    dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
+
+    async def dashboard(_: Request) -> Response:
+        return Response(dashboard_html, media_type="text/html; charset=utf-8")
     openapi_bytes = orjson.dumps(build_openapi())
 
     async def openapi(_: Request) -> Response:
@@ -58,9 +77,11 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await fleet.start()
+        metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         try:
             yield
         finally:
+            metrics_sync.cancel()
             await fleet.stop()
 
     async def http_error(_: Request, exc: Exception) -> Response:
@@ -79,6 +100,10 @@ def build_app(
         Route("/healthz", handlers.healthz, methods=["GET"]),
         Route("/admin/fleet", handlers.admin_fleet, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", observe.metrics, methods=["GET"]),
+        Route("/admin/events", observe.events, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Mount("/dashboard/static", StaticFiles(directory=DASHBOARD_DIR), name="dashboard-static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.gateway = state

@@ -21,6 +21,8 @@ from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.responses import ChunkWriter, completion_body
 from switchboard.gateway.state import GatewayState
+from switchboard.observability.logs import request_id_var
+from switchboard.observability.metrics import Outcome
 from switchboard.runtime.fleet import AdmissionRejected
 from switchboard.types import AUTO_MODEL
 
@@ -71,8 +73,10 @@ class Handlers:
         self.state = state
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
+        self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
 
     async def chat_completions(self, request: Request) -> Response:
+        started_at = time.perf_counter()
         try:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
@@ -84,11 +88,13 @@ class Handlers:
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed))
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at)
         except ApiError as exc:
+            self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
 
     async def completions(self, request: Request) -> Response:
+        started_at = time.perf_counter()
         try:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
@@ -96,8 +102,9 @@ class Handlers:
             num_prompt = rq.estimate_tokens(text)
             expert, choice = await self._resolve(parsed.model, parsed.routing, text if parsed.model == AUTO_MODEL else "")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "")
+            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at)
         except ApiError as exc:
+            self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
 
     async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
@@ -136,9 +143,11 @@ class Handlers:
         stream: bool,
         include_usage: bool,
         prefix_key: str,
+        started_at: float,
     ) -> Response:
         max_tokens = self._max_tokens(kind, expert, num_prompt, asked_max_tokens)
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        request_id_var.set(request_id)  # logs: every line logged while serving this request carries its id
         gen = GenerationRequest(request_id, kind, body, max_tokens, num_prompt)
         headers = {"x-switchboard-expert": expert.id, "x-request-id": request_id}
         if choice is not None:
@@ -147,20 +156,31 @@ class Handlers:
         lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
         created = int(time.time())
         if not stream:
+            outcome, status, usage = Outcome.ERROR, 500, None  # metrics: set on every way out, recorded in `finally`
             try:
                 async with asyncio.timeout(self.timeout_s):
                     async with lease:
                         headers["x-switchboard-replica"] = lease.replica.replica_id  # type: ignore[union-attr]
                         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
                         completion = await lease.replica.engine.complete(gen)  # type: ignore[union-attr]
+                outcome, status, usage = Outcome.OK, 200, completion.finish.usage
             except EngineError as exc:
+                outcome, status = (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
                 return error_response(_engine_api_error(exc), headers)
             except AdmissionRejected as exc:
+                outcome, status = Outcome.REJECTED, exc.status
                 return error_response(_rejection_api_error(exc), headers)
             except TimeoutError:
+                outcome, status = Outcome.TIMEOUT, 504
                 return error_response(ApiError(504, f"expert '{expert.id}' did not answer within {self.timeout_s:.0f} s", code="expert_timeout"), headers)
+            except asyncio.CancelledError:
+                outcome, status = Outcome.CANCELLED, 499
+                raise
+            finally:
+                self.metrics.finish(expert.id, outcome, started_at, usage=usage, request_id=request_id, status=status,
+                                    replica_id=headers.get("x-switchboard-replica", ""), was_cold=lease.was_cold)
             return Response(completion_body(kind, request_id, created, expert.id, completion), media_type=JSON, headers=headers)
-        return await self._stream(gen, lease, expert, headers, created, include_usage)
+        return await self._stream(gen, lease, expert, headers, created, include_usage, started_at)
 
     def _max_tokens(self, kind: RequestKind, expert: ExpertConfig, num_prompt: int, asked: int | None) -> int:
         if asked is not None and asked > expert.max_output_tokens:
@@ -178,7 +198,8 @@ class Handlers:
             return asked
         return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
 
-    async def _stream(self, gen: GenerationRequest, lease: Any, expert: ExpertConfig, headers: dict[str, str], created: int, include_usage: bool) -> Response:
+    async def _stream(self, gen: GenerationRequest, lease: Any, expert: ExpertConfig, headers: dict[str, str], created: int, include_usage: bool,
+                      started_at: float) -> Response:
         writer = ChunkWriter(gen.kind, gen.request_id, created, expert.id, include_usage)
         # Everything up to the first event happens before the status line, so a failure there is a proper
         # HTTP error (and, later, a fallback to another expert) rather than a broken stream.
@@ -187,31 +208,40 @@ class Handlers:
                 await lease.__aenter__()
                 events = lease.replica.engine.stream(gen)
                 first = await anext(events)
+                first_token_at = time.perf_counter()
         except EngineError as exc:
             await lease.__aexit__(type(exc), exc, None)
+            self.metrics.finish(expert.id, Outcome.INVALID if exc.status < 500 else Outcome.ERROR, started_at, request_id=gen.request_id, status=exc.status)
             return error_response(_engine_api_error(exc), headers)
         except AdmissionRejected as exc:
+            self.metrics.finish(expert.id, Outcome.REJECTED, started_at, request_id=gen.request_id, status=exc.status)
             return error_response(_rejection_api_error(exc), headers)
         except TimeoutError:
             exc = ApiError(504, f"expert '{expert.id}' sent no token within {self.timeout_s:.0f} s", code="expert_timeout")
             await lease.__aexit__(TimeoutError, None, None)
+            self.metrics.finish(expert.id, Outcome.TIMEOUT, started_at, request_id=gen.request_id, status=504)
             return error_response(exc, headers)
         except BaseException as exc:  # cancelled while waiting: give the replica its load back
             await lease.__aexit__(type(exc), exc, None)
+            self.metrics.finish(expert.id, Outcome.CANCELLED, started_at, request_id=gen.request_id, status=499)
             raise
         headers["x-switchboard-replica"] = lease.replica.replica_id
         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(self._sse(writer, first, events, lease, expert), media_type="text/event-stream", headers=headers)
+        timing = (started_at, first_token_at)
+        return StreamingResponse(self._sse(writer, first, events, lease, expert, timing), media_type="text/event-stream", headers=headers)
 
-    async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig) -> AsyncIterator[bytes]:
+    async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig,
+                   timing: tuple[float, float]) -> AsyncIterator[bytes]:
         failure: BaseException | None = None
+        usage = None  # metrics
         try:
             if writer.kind == "chat":
                 yield writer.role()
             event = first
             while True:
                 if isinstance(event, Finish):
+                    usage = event.usage
                     yield writer.finish(event)
                     return
                 assert isinstance(event, TextDelta)
@@ -229,6 +259,10 @@ class Handlers:
         finally:
             await events.aclose()
             await lease.__aexit__(type(failure) if failure else None, failure, None)
+            # metrics: the stream's one record, with its first-token time
+            outcome = Outcome.OK if failure is None else Outcome.ERROR if isinstance(failure, (EngineError, StopAsyncIteration)) else Outcome.CANCELLED
+            self.metrics.finish(expert.id, outcome, timing[0], first_token_at=timing[1], usage=usage, request_id=writer.head["id"],
+                                replica_id=lease.replica.replica_id, status=200, was_cold=lease.was_cold)
 
     async def models(self, request: Request) -> Response:
         created = self.state.started_at

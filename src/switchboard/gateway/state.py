@@ -1,4 +1,4 @@
-"""What the gateway's handlers share: the config, the live fleet and the expert chooser."""
+"""What the gateway's handlers share: the config, the live fleet, the expert chooser and the metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.gateway.choosing import ExpertChooser
+from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import LiveFleet
 
 
@@ -15,3 +16,4 @@ class GatewayState:
     fleet: LiveFleet
     chooser: ExpertChooser
     started_at: int
+    observability: Observability

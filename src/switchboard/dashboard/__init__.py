@@ -1,0 +1,1 @@
+"""The operator dashboard: static HTML/CSS/JS served by the gateway at /dashboard."""

@@ -1,0 +1,142 @@
+"""The dashboard's live feed: the fleet snapshot plus a summary of the request metrics, as server-sent events
+(`GET /admin/events`, one `data:` line of JSON every `interval_s`), and the `/metrics` endpoint.
+
+The summary reads the Prometheus metrics themselves (one source of truth); latency percentiles come from the
+recent-requests window (the last minute, at most `RECENT_REQUESTS_KEPT` requests), because cumulative
+histograms cannot say what the latency is *now*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from switchboard.observability.metrics import NO_EXPERT, Observability, Outcome
+
+if TYPE_CHECKING:
+    from switchboard.runtime.fleet import LiveFleet
+
+WINDOW_S = 60.0
+DECISIONS_SHOWN = 40
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 10.0
+
+
+def percentiles(values: list[float], qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float | None]:
+    """Nearest-rank percentiles (`p50`, ...) of `values`, None when there are none."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        key = f"p{round(q * 100)}"
+        out[key] = ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+    return out
+
+
+def _samples(metric: Any, suffix: str = "_total") -> list[tuple[dict[str, str], float]]:
+    return [(s.labels, s.value) for family in metric.collect() for s in family.samples if s.name.endswith(suffix)]
+
+
+def metrics_summary(obs: Observability, now_s: float) -> dict[str, Any]:
+    """Per expert: requests by outcome, tokens, USD, recent latency and TTFT percentiles; and the totals."""
+    m = obs.requests
+    experts: dict[str, dict[str, Any]] = {}
+
+    def entry(expert_id: str) -> dict[str, Any]:
+        return experts.setdefault(expert_id, {"requests": {}, "tokens_in": 0, "tokens_out": 0, "usd": 0.0})
+
+    for labels, value in _samples(m.requests):
+        entry(labels["expert"])["requests"][labels["outcome"]] = int(value)
+    for labels, value in _samples(m.tokens):
+        entry(labels["expert"])["tokens_in" if labels["direction"] == "input" else "tokens_out"] = int(value)
+    for labels, value in _samples(m.cost):
+        entry(labels["expert"])["usd"] = value
+    recent = [r for r in m.recent if r.at_s >= now_s - WINDOW_S]
+    by_expert: dict[str, list[Any]] = {}
+    for r in recent:
+        by_expert.setdefault(r.expert_id, []).append(r)
+    for expert_id, rs in by_expert.items():
+        e = entry(expert_id)
+        ok = [r for r in rs if r.outcome is Outcome.OK]
+        e["latency_s"] = percentiles([r.duration_s for r in ok])
+        e["ttft_s"] = percentiles([r.ttft_s for r in ok if r.ttft_s is not None])
+    ok_all = [r for r in recent if r.outcome is Outcome.OK]
+    totals: dict[str, Any] = {"requests": 0, "usd": 0.0, "tokens_in": 0, "tokens_out": 0}
+    by_outcome: dict[str, int] = {}
+    for expert_id, e in experts.items():
+        for outcome, n in e["requests"].items():
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + n
+            totals["requests"] += n
+        totals["usd"] += e["usd"]
+        totals["tokens_in"] += e["tokens_in"]
+        totals["tokens_out"] += e["tokens_out"]
+    totals["by_outcome"] = by_outcome
+    cold = [(labels, value) for labels, value in _samples(obs.watcher.cold_starts)]
+    totals["cold_starts"] = int(sum(v for _, v in cold))
+    return {
+        "window_s": WINDOW_S,
+        "experts": {k: v for k, v in experts.items() if k != NO_EXPERT or v["requests"]},
+        "totals": totals,
+        "latency_s": percentiles([r.duration_s for r in ok_all]),
+        "ttft_s": percentiles([r.ttft_s for r in ok_all if r.ttft_s is not None]),
+        "num_recent": len(recent),
+    }
+
+
+def dashboard_event(fleet: "LiveFleet", obs: Observability) -> dict[str, Any]:
+    obs.watcher.sync()
+    snapshot = fleet.snapshot()
+    snapshot["decisions"] = snapshot["decisions"][-DECISIONS_SHOWN:]
+    model = fleet.model
+    for expert in snapshot["experts"]:
+        expert["num_unplaced"] = len(model.unplaced_of(expert["id"]))
+    now_s = time.time()
+    return {
+        "at": now_s,
+        "fleet": snapshot,
+        "metrics": metrics_summary(obs, now_s),
+        "cold_starts": list(obs.watcher.recent_cold_starts)[-20:],
+    }
+
+
+class ObservabilityEndpoints:
+    """`GET /metrics` (Prometheus text format) and `GET /admin/events` (the dashboard's SSE feed)."""
+
+    def __init__(self, fleet: "LiveFleet", obs: Observability) -> None:
+        self.fleet = fleet
+        self.obs = obs
+
+    async def metrics(self, request: Request) -> Response:
+        self.obs.watcher.sync()
+        return Response(generate_latest(self.obs.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def events(self, request: Request) -> Response:
+        try:
+            interval_s = float(request.query_params.get("interval_s", "1"))
+        except ValueError:
+            interval_s = 1.0
+        interval_s = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, interval_s))
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"retry: 1000\n\n"
+            while True:
+                yield b"data: " + orjson.dumps(dashboard_event(self.fleet, self.obs)) + b"\n\n"
+                await asyncio.sleep(interval_s)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def sync_forever(self, interval_s: float = 1.0) -> None:
+        """Counts decisions and cold starts as they happen, whether or not anyone scrapes."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.obs.watcher.sync()
+            except Exception:  # noqa: BLE001 — metrics must never take the gateway down
+                import logging
+
+                logging.getLogger("switchboard.metrics").exception("fleet metrics sync failed")
