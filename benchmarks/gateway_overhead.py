@@ -107,6 +107,25 @@ async def _client_comparison(port: int, duration_s: float) -> list[dict]:
     return rows
 
 
+def _framework_comparison(config_path: str, results: list[dict], duration_s: float) -> list[dict]:
+    """The same gateway on FastAPI (benchmarks/_fastapi_gateway.py), measured right after ours."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "_fastapi_gateway.py"), config_path, str(port)])
+    rows = []
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        for concurrency in (1, 64):
+            ours = next(r for r in results if not r["stream"] and r["concurrency"] == concurrency)["gateway"]
+            request = build_request("127.0.0.1", port, "/v1/chat/completions", _body(False, "fast"))
+            result = asyncio.run(run_load("127.0.0.1", port, request, concurrency=concurrency, duration_s=duration_s))
+            rows.append({"concurrency": concurrency, "ours_rps": ours["rps"], "ours_p50_ms": ours["p50_ms"],
+                         "fastapi_rps": result.rps, "fastapi_p50_ms": result.pct_ms(50)})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
@@ -146,6 +165,7 @@ def main() -> None:
                       f"gateway {row['gateway']['rps']:8.0f} rps p50 {row['gateway']['p50_ms']:6.2f} ms p99 {row['gateway']['p99_ms']:6.2f} ms | "
                       f"rps ratio {row['rps_ratio']:.2f}, added p50 {row['added_p50_ms']:+.2f} ms, errors {row['gateway']['errors']}", flush=True)
         rss_loaded_mb = gw_proc.memory_info().rss / 2**20
+        frameworks = _framework_comparison(config.name, results, args.duration)
         clients = asyncio.run(_client_comparison(up_port, min(args.duration, 3.0)))
     finally:
         for proc in (gateway, upstream):
@@ -153,6 +173,10 @@ def main() -> None:
             proc.wait(timeout=30)
         os.unlink(config.name)
 
+    print("\nframework (the same gateway, non-streaming; ours = Starlette with the hot-path dispatcher):")
+    for row in frameworks:
+        print(f"  c={row['concurrency']:<3} ours {row['ours_rps']:7.0f} rps p50 {row['ours_p50_ms']:.2f} ms | "
+              f"FastAPI {row['fastapi_rps']:7.0f} rps p50 {row['fastapi_p50_ms']:.2f} ms | ours/FastAPI rps {row['ours_rps'] / row['fastapi_rps']:.2f}")
     print(f"\ngateway resident memory: {rss_idle_mb:.0f} MB idle, {rss_loaded_mb:.0f} MB after the load")
     print("\nupstream HTTP client (closed loop against the same upstream, in one process):")
     for row in clients:
@@ -163,7 +187,7 @@ def main() -> None:
     print(f"gateway non-streaming throughput at concurrency 64: {c64['gateway']['rps']:.0f} rps (target >= 1500)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cells": results, "rss_idle_mb": rss_idle_mb, "rss_loaded_mb": rss_loaded_mb, "clients": clients}, fh, indent=2)
+            json.dump({"cells": results, "rss_idle_mb": rss_idle_mb, "rss_loaded_mb": rss_loaded_mb, "clients": clients, "frameworks": frameworks}, fh, indent=2)
 
 
 if __name__ == "__main__":
