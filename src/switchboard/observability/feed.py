@@ -95,6 +95,8 @@ def dashboard_event(fleet: "LiveFleet", obs: Observability) -> dict[str, Any]:
     model = fleet.model
     for expert in snapshot["experts"]:
         expert["num_unplaced"] = len(model.unplaced_of(expert["id"]))
+    for worker in snapshot["workers"]:
+        worker["memory_used_gb"] = round(model.memory_used_gb(worker["worker_id"]), 2)
     now_s = time.time()
     return {
         "at": now_s,
