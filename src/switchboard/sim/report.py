@@ -11,9 +11,10 @@ empty needs a few cold starts to reach its steady state — but cost and replica
 - `quality`: mean true score of the chosen expert's answer over finished requests (routing data).
 - `usd_cost`: sum over replicas of live time (start decision to stop, or to the end of the run) x USD/hour of
   all its devices. `replica_hours_by_hardware` is live replica-hours per hardware kind.
-- `cold_starts`: replica starts that were not pre-provisioned; `requests_behind_cold_start`: requests that
-  arrived while their expert had no warm replica.
-- `idle_replica_s`: warm time in which the replica's engine had no work, summed over replicas.
+- `cold_starts`: replica starts (not pre-provisioned) decided in the measurement window; `cold_starts_from_zero`
+  those whose expert had no accepting replica (wake-ups, as opposed to scale-ups); `requests_behind_cold_start`:
+  requests that arrived while their expert had no warm replica.
+- `idle_replica_s`: warm time in the measurement window in which the replica's engine had no work, summed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Summary:
     usd_cost: float
     replica_hours_by_hardware: dict[str, float]
     cold_starts: int
+    cold_starts_from_zero: int
     requests_behind_cold_start: int
     idle_replica_s: float
     max_live_replicas: int
@@ -77,12 +79,16 @@ def summarize(result: RunResult, policy: str, warmup_s: float = 0.0) -> Summary:
     hours: dict[str, float] = {}
     usd = 0.0
     idle_s = 0.0
+    window_start = result.warmup_s
     for r in result.replicas:
         live_s = max(0.0, r.stopped_at - r.created_at)
         hours[r.hardware] = hours.get(r.hardware, 0.0) + live_s / 3600.0
         usd += live_s / 3600.0 * r.usd_per_hour
-        if not math.isnan(r.warm_at):
-            idle_s += max(0.0, (r.stopped_at - r.warm_at) - r.busy_s)
+        if not math.isnan(r.warm_at) and r.stopped_at > window_start:
+            warm_in_window = r.stopped_at - max(r.warm_at, window_start)
+            busy_in_window = r.busy_s - (r.busy_before_warmup_s if r.warm_at < window_start else 0.0)
+            idle_s += max(0.0, warm_in_window - busy_in_window)
+    started = [r for r in result.replicas if not r.is_preprovisioned and r.created_at >= window_start]
     counts = np.bincount(result.expert_index[result.expert_index >= 0], minlength=len(result.expert_ids))
     return Summary(
         policy=policy,
@@ -98,7 +104,8 @@ def summarize(result: RunResult, policy: str, warmup_s: float = 0.0) -> Summary:
         quality=_mean_known(result.true_quality[done]),
         usd_cost=usd,
         replica_hours_by_hardware={k: round(v, 4) for k, v in sorted(hours.items())},
-        cold_starts=sum(1 for r in result.replicas if not r.is_preprovisioned),
+        cold_starts=len(started),
+        cold_starts_from_zero=sum(1 for r in started if r.is_from_zero),
         requests_behind_cold_start=int((result.waited_for_cold_start & counted).sum()),
         idle_replica_s=idle_s,
         max_live_replicas=_max_live(result),

@@ -58,7 +58,10 @@ class ReplicaRecord:
     warm_at: float = math.nan
     stopped_at: float = math.nan
     is_preprovisioned: bool = False
+    is_from_zero: bool = False
+    """Its expert had no accepting replica when it was started (a scale-from-zero, not a scale-up)."""
     busy_s: float = 0.0
+    busy_before_warmup_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -82,6 +85,7 @@ class RunResult:
     """Replica that served each finished request."""
     end_s: float
     num_events: int
+    warmup_s: float
     ttft_slo_s: float
     tpot_slo_s: float
 
@@ -105,7 +109,10 @@ class Simulation:
         routing: RoutingInputs,
         *,
         on_progress: Callable[[int], None] | None = None,
+        warmup_s: float = 0.0,
     ) -> None:
+        """`warmup_s`: when the report's measurement window starts (engines' busy time is recorded then)."""
+        self.warmup_s = warmup_s
         self.cluster = cluster
         self.workload = workload
         self.plane = plane
@@ -116,6 +123,7 @@ class Simulation:
         self.engines: dict[str, ReplicaEngine] = {}
         self.records: dict[str, ReplicaRecord] = {}
         self.sequences: dict[int, Sequence] = {}
+        self._prewarm_steps_at: set[float] = set()
         self._expert_ids = cluster.expert_ids
         self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
         n = len(workload)
@@ -148,7 +156,9 @@ class Simulation:
             self.queue.push(Event(float(self.workload.arrival_s[0]), Priority.ARRIVAL, "arrival", 0))
         if self.plane.control_interval_s:
             self.queue.push(Event(self.plane.control_interval_s, Priority.CONTROL, "control", True))
-        handlers = {"arrival": self._on_arrival, "engine_step": self._on_engine_step,
+        if self.warmup_s > 0:
+            self.queue.push(Event(self.warmup_s, Priority.END, "warmup_ends", None))
+        handlers = {"warmup_ends": self._on_warmup_ends,"arrival": self._on_arrival, "engine_step": self._on_engine_step,
                     "replica_ready": self._on_replica_ready, "control": self._on_control}
         num_events = 0
         num_outstanding = len(self.workload)
@@ -173,7 +183,7 @@ class Simulation:
             rejected=self.rejected, waited_for_cold_start=self.waited_for_cold_start,
             true_quality=self._true_quality(), replicas=list(self.records.values()), started_at=self.started_at,
             served_by=self.served_by, end_s=end_s,
-            num_events=num_events, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
+            num_events=num_events, warmup_s=self.warmup_s, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
         )
         result.check_conservation()
         return result
@@ -291,6 +301,11 @@ class Simulation:
             out += self._submit_if_warm(replica_id, request, now_s)
         return out
 
+    def _on_warmup_ends(self, event: Event, now_s: float) -> list[Event]:
+        for replica_id, engine in self.engines.items():
+            self.records[replica_id].busy_before_warmup_s = engine.busy_time_s(now_s)
+        return []
+
     def _on_control(self, event: Event, now_s: float) -> list[Event]:
         self._advance(now_s)
         out = self._apply(self.plane.control(self.snapshot), now_s)
@@ -319,7 +334,11 @@ class Simulation:
             elif isinstance(action, MigrateRequest):
                 out += self._migrate(action, now_s)
             elif isinstance(action, PrewarmAt):
-                out.append(Event(max(now_s, action.at_s), Priority.CONTROL, "control", False))
+                # Every step re-announces pending pre-warms; schedule each wake-up time once.
+                at_s = max(now_s, action.at_s)
+                if at_s not in self._prewarm_steps_at:
+                    self._prewarm_steps_at.add(at_s)
+                    out.append(Event(at_s, Priority.CONTROL, "control", False))
             elif isinstance(action, ForwardUpstream):
                 raise ValueError("the simulator has no external upstream experts")
         for action in actions:  # drained at once: nothing to finish (unless the plan already stopped it)
@@ -338,9 +357,10 @@ class Simulation:
     def _start(self, action: StartReplica, now_s: float) -> list[Event]:
         profile = self.cluster.profiles[(action.expert_id, action.hardware)]
         preprovisioned = self.plane.is_preprovisioned(action.replica_id)
+        others = [r for r in self.snapshot.accepting_replicas_of(action.expert_id) if r.replica_id != action.replica_id]
         self.records[action.replica_id] = ReplicaRecord(
             action.replica_id, action.expert_id, action.hardware, profile.num_devices, profile.usd_per_hour, now_s,
-            is_preprovisioned=preprovisioned)
+            is_preprovisioned=preprovisioned, is_from_zero=not others)
         return [Event(now_s + action.cold_start_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:

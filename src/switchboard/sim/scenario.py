@@ -51,13 +51,13 @@ class Knobs:
 
     cost_weight: float = 0.0
     """λ of the router, per USD/Mtok."""
-    latency_weight_per_s: float = 0.01
+    latency_weight_per_s: float = 0.05
     """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
     hide_margin: float = 0.05
     placement_prompt_tokens: int = 512
     """Prompt length cost-aware placement assumes when predicting a new replica's TTFT with nothing queued."""
     autoscale_kind: str = "in-flight-tokens"
-    target_utilization: float = 0.7
+    target_utilization: float = 0.3
     """Autoscaler: fraction of a replica's KV capacity (or batch) to fill before adding one."""
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
@@ -166,5 +166,5 @@ def run_policy(
         plane = StaticPlane(name, _with_pinned(choices, workload, cluster.expert_ids), counts, knobs.static_hardware)
     else:
         plane = make_plane(name, cluster, routing, knobs)
-    result = Simulation(cluster, workload, plane, routing, on_progress=on_progress).run()
+    result = Simulation(cluster, workload, plane, routing, on_progress=on_progress, warmup_s=warmup_s).run()
     return summarize(result, name, warmup_s), result

@@ -290,6 +290,7 @@ def many_experts_workload(
     rest run scheduled jobs (`periodic_arrivals`, period uniform in `period_range_s`). Token counts are
     resampled from `reference` (default: the Azure conversation trace).
     """
+    reference = reference if reference is not None else load_azure_trace()
     num_periodic = int(round(periodic_fraction * len(expert_names)))
     num_popular = len(expert_names) - num_periodic
     rates = zipf_weights(num_popular, zipf_exponent) * total_rate_per_s if num_popular else []
