@@ -79,3 +79,19 @@ def test_scale_from_zero_spread_and_back_to_zero():
 
         raw = client.chat.completions.with_raw_response.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert raw.headers["x-switchboard-cold-start"] == "true"
+
+
+def test_a_killed_worker_is_noticed_and_replaced():
+    config = CONFIG.replace("warm_at_start: false", "warm_at_start: true")
+    app = build_app(parse_config(config))
+    with serve_in_thread(app) as url:
+        fleet = app.state.gateway.fleet
+        _wait_for(lambda: _states(url) == ["warm"], 60, "the first replica to be warm")
+        (victim,) = fleet.live.values()
+        victim.engine.process.kill()
+        _wait_for(lambda: "warm" not in _states(url), 10, "the dead replica to leave the fleet")
+        stops = [d for d in httpx.get(url + "/admin/fleet").json()["decisions"] if d["action"] == "StopReplica"]
+        assert stops and stops[-1]["code"] == "engine-lost"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        raw = client.chat.completions.with_raw_response.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert raw.headers["x-switchboard-replica"] != victim.replica_id

@@ -413,9 +413,19 @@ class LiveFleet:
             now = self.clock()
             self._prewarm_at = [t for t in self._prewarm_at if t > now]
             try:
+                self._reap_dead_engines()
                 self._step([])
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")
+
+    def _reap_dead_engines(self) -> None:
+        """Stops warm replicas whose engine process has exited (health check), so requests stop going there
+        and the policies start a replacement if one is needed."""
+        for replica_id, live in list(self.live.items()):
+            replica = self.model.replicas.get(ReplicaId(replica_id))
+            if replica is not None and replica.state is ReplicaState.WARM and getattr(live.engine, "is_running", True) is False:
+                live.last_error = "the engine process exited"
+                self._execute([StopReplica(ReplicaId(replica_id), Reason(LiveReasonCode.ENGINE_LOST, live.last_error))])
 
     def _record(self, action: Action, expert_id: str) -> None:
         reason = getattr(action, "reason", None)
