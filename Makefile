@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 WHEEL_CACHE ?= $(HOME)/.cache/switchboard/wheels
 LLAMA_CPP_VERSION := 0.3.36
 STAMP := $(VENV)/.installed
+# Machines of this kind keep CPU torch wheels here; pip must look here rather than pull a CUDA build.
+LOCAL_WHEELS := $(wildcard /opt/wheels)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	scripts/build_llama_wheel.sh $(PY) $(WHEEL_CACHE) $(LLAMA_CPP_VERSION)
-	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) -e '.[dev]'
+	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) -e '.[dev,router-offline]'
 	touch $(STAMP)
 
 run: install
