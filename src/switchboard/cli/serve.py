@@ -17,6 +17,8 @@ def serve(
         None, "--router", help="Router directory for model 'auto' (from `switchboard router train`); default: the packaged one."
     ),
     no_router: bool = typer.Option(False, "--no-router", help="Answer 'auto' with the default expert instead of routing."),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line, with the request id."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (expert, replica, outcome, latency, USD)."),
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models) in front of the configured experts."""
     from switchboard.config import ConfigError, load_config
@@ -39,4 +41,7 @@ def serve(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         chooser = RouterChooser(loaded, cfg.default_expert_id)
-    run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser)
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: --log-format must be text or json, not {log_format!r}", err=True)
+        raise typer.Exit(2)
+    run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser, log_format=log_format, access_log=access_log)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.gateway.app import build_app
 from switchboard.gateway.choosing import ExpertChooser
+from switchboard.observability import logs
 
 
 def run_server(
@@ -18,10 +17,15 @@ def run_server(
     port: int = 8000,
     log_level: str = "info",
     chooser: ExpertChooser | None = None,
+    log_format: str = "text",
+    access_log: bool = False,
 ) -> None:
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_app(config, chooser=chooser)
+    """`log_format` "json" writes every log line (uvicorn's too) as one JSON object with the request id;
+    `access_log` adds one line per request (expert, replica, outcome, latency, tokens, USD)."""
+    is_json = log_format == "json"
+    logs.configure(log_level, json_format=is_json)
+    app = build_app(config, chooser=chooser, access_log=access_log)
     uvicorn.run(
         app, host=host, port=port, loop="uvloop", http="httptools", log_level=log_level,
-        access_log=False, timeout_graceful_shutdown=30,
+        access_log=False, timeout_graceful_shutdown=30, log_config=None,
     )

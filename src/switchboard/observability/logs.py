@@ -20,7 +20,7 @@ from switchboard.engines.base import Usage
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("switchboard_request_id", default="")
 access_log = logging.getLogger("switchboard.access")
 
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
