@@ -26,6 +26,7 @@ run: install
 	$(VENV)/bin/switchboard serve --host $(HOST) --port $(PORT)
 
 test: install
+	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

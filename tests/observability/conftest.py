@@ -25,8 +25,9 @@ control_plane:
   step_interval_s: 0.2
   policies:
     keepalive: {kind: fixed, idle_timeout_s: 1}
-    autoscale: {min_replicas: 0, max_replicas: 2, min_replicas_by_expert: {paid: 1}}
+    autoscale: {min_replicas: 0, max_replicas: 2, downscale_delay_s: 0, min_replicas_by_expert: {paid: 1}}
     prewarm: {kind: none}
+    prewarm_grace_s: 0
 """
 
 
