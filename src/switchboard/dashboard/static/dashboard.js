@@ -74,7 +74,8 @@ function renderKpis(ev) {
   const rate = history.spark.length ? history.spark[history.spark.length - 1] : 0;
   $("kpi-rate").textContent = fmtRate(rate);
   const max = Math.max(1e-9, ...history.spark);
-  const pts = history.spark.map((v, i) => `${(i * 120) / 59},${28 - (v / max) * 26 - 1}`).join(" ");
+  const offset = 60 - history.spark.length;  // the newest point sits at the right edge; the line grows leftwards
+  const pts = history.spark.map((v, i) => `${((i + offset) * 120) / 59},${28 - (v / max) * 26 - 1}`).join(" ");
   document.querySelector("#spark polyline").setAttribute("points", pts);
 
   $("kpi-requests").textContent = fmtInt(t.requests);
@@ -105,7 +106,8 @@ function renderKpis(ev) {
 }
 
 function replicaChip(r) {
-  const load = r.num_running || r.num_queued ? h("span", { class: "load", text: `${r.num_running || 0}▶${r.num_queued ? " " + r.num_queued + "⏸" : ""}` }) : null;
+  const busy = [r.num_running ? `${r.num_running} running` : "", r.num_queued ? `${r.num_queued} queued` : ""].filter(Boolean).join(", ");
+  const load = busy ? h("span", { class: "load", text: `· ${busy}` }) : null;
   return h("span", {
     class: "chip replica", "data-state": r.state, "data-expert": r.expert, "data-replica": r.replica_id,
     title: `${r.replica_id} on ${r.worker} (${r.hardware}): ${r.state}; served ${r.num_served || 0}, running ${r.num_running || 0}, queued ${r.num_queued || 0}`,
