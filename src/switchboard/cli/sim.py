@@ -9,6 +9,7 @@ Heavy imports live inside the commands so `switchboard --help` stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -147,6 +148,8 @@ def run(
     periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
                                             help="many-experts: share of experts that run scheduled jobs."),
     cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
+    keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
+                                                "hybrid policy's fallback window (default 600 s)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
@@ -159,6 +162,8 @@ def run(
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
                           seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    if keepalive_s is not None:
+        knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
     try:
         with _progress(policy, len(w), as_json) as tick:
             summary, _ = run_policy(policy, spec, w, _routing_for(w, data), knobs, on_progress=tick,
@@ -193,6 +198,8 @@ def compare(
     periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
                                             help="many-experts: share of experts that run scheduled jobs."),
     cost_weight: float = typer.Option(0.0, "--cost-weight"),
+    keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
+                                                "hybrid policy's fallback window (default 600 s)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
@@ -206,6 +213,8 @@ def compare(
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
                           seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    if keepalive_s is not None:
+        knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
     rows = []
     for name in [p.strip() for p in policies.split(",") if p.strip()]:
         try:
