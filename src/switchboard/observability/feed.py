@@ -9,6 +9,7 @@ histograms cannot say what the latency is *now*.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from switchboard.observability.metrics import NO_EXPERT, Observability, Outcome
 if TYPE_CHECKING:
     from switchboard.runtime.fleet import LiveFleet
 
+log = logging.getLogger("switchboard.metrics")
 WINDOW_S = 60.0
 DECISIONS_SHOWN = 40
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 10.0
@@ -45,45 +47,37 @@ def _samples(metric: Any, suffix: str = "_total") -> list[tuple[dict[str, str], 
 def metrics_summary(obs: Observability, now_s: float) -> dict[str, Any]:
     """Per expert: requests by outcome, tokens, USD, recent latency and TTFT percentiles; and the totals."""
     m = obs.requests
-    experts: dict[str, dict[str, Any]] = {}
-
-    def entry(expert_id: str) -> dict[str, Any]:
-        return experts.setdefault(expert_id, {"requests": {}, "tokens_in": 0, "tokens_out": 0, "usd": 0.0})
-
-    for labels, value in _samples(m.requests):
-        entry(labels["expert"])["requests"][labels["outcome"]] = int(value)
-    for labels, value in _samples(m.tokens):
-        entry(labels["expert"])["tokens_in" if labels["direction"] == "input" else "tokens_out"] = int(value)
-    for labels, value in _samples(m.cost):
-        entry(labels["expert"])["usd"] = value
-    recent = [r for r in m.recent if r.at_s >= now_s - WINDOW_S]
-    by_expert: dict[str, list[Any]] = {}
-    for r in recent:
-        by_expert.setdefault(r.expert_id, []).append(r)
-    for expert_id, rs in by_expert.items():
-        e = entry(expert_id)
-        ok = [r for r in rs if r.outcome is Outcome.OK]
-        e["latency_s"] = percentiles([r.duration_s for r in ok])
-        e["ttft_s"] = percentiles([r.ttft_s for r in ok if r.ttft_s is not None])
-    ok_all = [r for r in recent if r.outcome is Outcome.OK]
-    totals: dict[str, Any] = {"requests": 0, "usd": 0.0, "tokens_in": 0, "tokens_out": 0}
+    experts: dict[str, dict[str, Any]] = {
+        expert_id: {"requests": {}, "tokens_in": t.tokens_in, "tokens_out": t.tokens_out, "usd": t.usd}
+        for expert_id, t in m.experts.items()
+    }
+    for (expert_id, outcome), series in m.series.items():
+        experts[expert_id]["requests"][outcome.value] = series.num
+    recent = [r for r in m.recent if r[0] >= now_s - WINDOW_S]
+    ok_by_expert: dict[str, list[tuple[float, float | None]]] = {}
+    for _, expert_id, outcome, duration_s, ttft_s in recent:
+        if outcome is Outcome.OK:
+            ok_by_expert.setdefault(expert_id, []).append((duration_s, ttft_s))
+    for expert_id, rs in ok_by_expert.items():
+        experts[expert_id]["latency_s"] = percentiles([d for d, _ in rs])
+        experts[expert_id]["ttft_s"] = percentiles([t for _, t in rs if t is not None])
+    ok_all = [pair for rs in ok_by_expert.values() for pair in rs]
     by_outcome: dict[str, int] = {}
-    for expert_id, e in experts.items():
-        for outcome, n in e["requests"].items():
-            by_outcome[outcome] = by_outcome.get(outcome, 0) + n
-            totals["requests"] += n
-        totals["usd"] += e["usd"]
-        totals["tokens_in"] += e["tokens_in"]
-        totals["tokens_out"] += e["tokens_out"]
-    totals["by_outcome"] = by_outcome
-    cold = [(labels, value) for labels, value in _samples(obs.watcher.cold_starts)]
-    totals["cold_starts"] = int(sum(v for _, v in cold))
+    for (_, outcome), series in m.series.items():
+        by_outcome[outcome.value] = by_outcome.get(outcome.value, 0) + series.num
+    totals: dict[str, Any] = {
+        "requests": sum(by_outcome.values()), "by_outcome": by_outcome,
+        "usd": sum(e["usd"] for e in experts.values()),
+        "tokens_in": sum(e["tokens_in"] for e in experts.values()),
+        "tokens_out": sum(e["tokens_out"] for e in experts.values()),
+        "cold_starts": int(sum(value for _, value in _samples(obs.watcher.cold_starts))),
+    }
     return {
         "window_s": WINDOW_S,
-        "experts": {k: v for k, v in experts.items() if k != NO_EXPERT or v["requests"]},
+        "experts": {k: v for k, v in experts.items() if k != NO_EXPERT or any(v["requests"].values())},
         "totals": totals,
-        "latency_s": percentiles([r.duration_s for r in ok_all]),
-        "ttft_s": percentiles([r.ttft_s for r in ok_all if r.ttft_s is not None]),
+        "latency_s": percentiles([d for d, _ in ok_all]),
+        "ttft_s": percentiles([t for _, t in ok_all if t is not None]),
         "num_recent": len(recent),
     }
 
@@ -139,6 +133,4 @@ class ObservabilityEndpoints:
             try:
                 self.obs.watcher.sync()
             except Exception:  # noqa: BLE001 — metrics must never take the gateway down
-                import logging
-
-                logging.getLogger("switchboard.metrics").exception("fleet metrics sync failed")
+                log.exception("fleet metrics sync failed")
