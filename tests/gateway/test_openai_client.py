@@ -92,3 +92,26 @@ def test_health_fleet_and_openapi(gateway_url):
     spec = httpx.get(gateway_url + "/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/admin/fleet"} <= set(spec["paths"])
     assert "ChatCompletionRequest" in spec["components"]["schemas"]
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_replica(gateway_url):
+    import time
+
+    def small_replicas(http):
+        return next(e for e in http.get("/admin/fleet").json()["experts"] if e["id"] == "small")["replicas"]
+
+    with httpx.Client(base_url=gateway_url, timeout=30) as http:
+        failed_before = sum(r["num_failed"] for r in small_replicas(http))
+        body = {"model": "small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+        # The connection closed after one chunk of a long answer: the gateway stops the engine, releases the
+        # replica and counts the stream as cut short (not served).
+        deadline = time.monotonic() + 30
+        while True:
+            replicas = small_replicas(http)
+            if all(r["num_running"] == 0 for r in replicas) and sum(r["num_failed"] for r in replicas) == failed_before + 1:
+                break
+            assert time.monotonic() < deadline, f"the abandoned stream was not released: {replicas}"
+            time.sleep(0.05)

@@ -12,14 +12,14 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
 from switchboard.gateway import requests as rq
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
-from switchboard.gateway.responses import ChunkWriter, completion_body
+from switchboard.gateway.responses import ChunkWriter, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
@@ -236,7 +236,7 @@ class Handlers:
         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
         headers["cache-control"] = "no-cache"
         timing = (started_at, first_token_at)
-        return StreamingResponse(self._sse(writer, first, events, lease, expert, timing), media_type="text/event-stream", headers=headers)
+        return SSEResponse(self._sse(writer, first, events, lease, expert, timing), headers)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig,
                    timing: tuple[float, float]) -> AsyncIterator[bytes]:

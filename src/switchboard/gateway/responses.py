@@ -82,3 +82,41 @@ class ChunkWriter:
         from switchboard.gateway.errors import error_body
 
         return b"data: " + orjson.dumps(error_body(status, message, None, code)) + b"\n\n"
+
+
+class SSEResponse:
+    """A server-sent-event stream for ASGI, leaner than Starlette's StreamingResponse: one watcher on the
+    client's channel instead of a task group per stream (measured in benchmarks/gateway_overhead.py).
+
+    Chunks are sent as the iterator yields them. When the client goes away the iterator is closed at the next
+    chunk boundary, so an engine stops generating for nobody.
+    """
+
+    __slots__ = ("chunks", "headers")
+
+    def __init__(self, chunks: Any, headers: dict[str, str]) -> None:
+        self.chunks = chunks
+        self.headers = headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            async for chunk in self.chunks:
+                if watcher.done():
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await self.chunks.aclose()
+
+
+async def _wait_for_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
