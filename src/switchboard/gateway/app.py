@@ -107,6 +107,7 @@ def build_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.gateway = state
+    app.state.end_streams = observe.end_streams
     return FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import FrameType
+
 import uvicorn
 
 from switchboard.config.schema import SwitchboardConfig
@@ -25,7 +27,13 @@ def run_server(
     is_json = log_format == "json"
     logs.configure(log_level, json_format=is_json)
     app = build_app(config, chooser=chooser, access_log=access_log)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.end_streams()  # open dashboards would otherwise hold the shutdown for its whole grace period
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http="httptools", log_level=log_level,
         access_log=False, timeout_graceful_shutdown=30, log_config=None,
-    )
+    )).run()

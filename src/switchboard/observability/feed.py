@@ -106,6 +106,12 @@ class ObservabilityEndpoints:
     def __init__(self, fleet: "LiveFleet", obs: Observability) -> None:
         self.fleet = fleet
         self.obs = obs
+        self.is_ending = False
+
+    def end_streams(self) -> None:
+        """Ends every event stream at its next tick, so a shutting-down server does not wait for dashboards.
+        Safe to call from a signal handler (it only sets a flag)."""
+        self.is_ending = True
 
     async def metrics(self, request: Request) -> Response:
         self.obs.watcher.sync()
@@ -120,7 +126,7 @@ class ObservabilityEndpoints:
 
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 1000\n\n"
-            while True:
+            while not self.is_ending:
                 yield b"data: " + orjson.dumps(dashboard_event(self.fleet, self.obs)) + b"\n\n"
                 await asyncio.sleep(interval_s)
 
