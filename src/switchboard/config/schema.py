@@ -125,12 +125,24 @@ class ControlPlaneConfig(_Strict):
     policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
 
 
+class StorageConfig(_Strict):
+    """The durable request log (switchboard.storage; docs/storage.md)."""
+
+    enabled: bool = True
+    url: str | None = Field(None, description="SQLAlchemy URL (sqlite:///path, postgresql+psycopg://...); default: SQLite at <user data dir>/switchboard/requests.db.")
+    flush_interval_s: float = Field(1.0, gt=0, description="Records are written every this often: a crash loses at most this much.")
+    max_batch: int = Field(500, ge=1, description="Rows per INSERT transaction.")
+    max_pending: int = Field(100_000, ge=1, description="Records held while the database is unreachable; beyond, the oldest are dropped (counted, logged).")
+    store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none.")
+
+
 class SwitchboardConfig(_Strict):
     workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
     experts: list[ExpertConfig] = Field(min_length=1)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _check_references(self) -> "SwitchboardConfig":

@@ -1,0 +1,58 @@
+"""The tables of the request log. Alembic migrations (storage/migrations) create them; these definitions are
+what the writer and the queries use, and must match the latest migration."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RequestRecord(Base):
+    """One accepted request: it reached an expert (answered, failed, rejected by admission or cancelled).
+
+    `prompt_text` is the only column holding user content (the last user message, or the completion prompt);
+    it is kept apart so it can be left empty (`storage.store_prompts: false`), purged or access-controlled on
+    its own without touching the accounting columns.
+    """
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # API keys come later (issue 7, keys)
+    kind: Mapped[str] = mapped_column(String(16))
+    expert: Mapped[str] = mapped_column(String(128), index=True)
+    replica: Mapped[str | None] = mapped_column(String(160))
+    hardware: Mapped[str | None] = mapped_column(String(32))
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    usd_cost: Mapped[float] = mapped_column(Float)
+    ttft_s: Mapped[float | None] = mapped_column(Float)
+    latency_s: Mapped[float] = mapped_column(Float)
+    cold_start: Mapped[bool] = mapped_column(Boolean)
+    routing_reason: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int] = mapped_column(Integer)
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+
+
+class FeedbackRecord(Base):
+    """A user's score (0..1) of one answer. No foreign key on purpose: feedback may be written in the same
+    batch as its request, and a request dropped during a long outage must not make its feedback unwritable."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+requests_table = RequestRecord.__table__
+feedback_table = FeedbackRecord.__table__

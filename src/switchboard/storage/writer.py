@@ -1,0 +1,254 @@
+"""`RequestLog`: records every accepted request (and every feedback) without touching the database on the
+request path.
+
+The contract:
+
+- **Request path.** `begin` and `finish` build one dict and append it to an in-memory queue (a deque): no I/O,
+  no lock, a couple of microseconds. A background task drains the queue every `flush_interval_s` (sooner when
+  `max_batch` records are waiting) and writes batches of at most `max_batch` rows, each batch one transaction,
+  in a worker thread.
+- **Durability.** A record is durable once the flush after it commits: a crash loses at most the records of the
+  last `flush_interval_s` (plus whatever is held during an outage, below). SQLite runs in WAL mode with
+  `synchronous=FULL`, so a committed batch also survives a power loss; PostgreSQL commits synchronously by
+  default.
+- **Outages.** When a write fails the batch goes back to the front of the queue and the writer retries with
+  exponential backoff (up to `MAX_BACKOFF_S`), so nothing it holds is lost when the database comes back. Rows
+  are inserted with ON CONFLICT DO NOTHING, so a retry of a batch whose commit did land writes nothing twice.
+- **Bounded memory.** The queue holds at most `max_pending` records. Past that, during a long outage, the
+  *oldest* records are dropped: each drop is counted in `num_dropped` and logged (a warning when dropping
+  starts, an error with the count when the database is back). Those records are lost for good.
+- **Shutdown.** `stop()` flushes everything still queued (retrying until `shutdown_timeout_s`) and logs an
+  error naming the number of records it could not write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine
+
+from switchboard.config.schema import StorageConfig, SwitchboardConfig
+from switchboard.engines.base import Usage
+from switchboard.storage import database
+
+log = logging.getLogger("switchboard.storage")
+MAX_BACKOFF_S = 30.0
+UTC = dt.timezone.utc
+
+
+class LogEntry:
+    """What is known of a request when it gets its id; `RequestLog.finish` completes it into a row."""
+
+    __slots__ = ("request_id", "kind", "expert_id", "routing_reason", "prompt_text", "created_at")
+
+    def __init__(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> None:
+        self.request_id = request_id
+        self.kind = kind
+        self.expert_id = expert_id
+        self.routing_reason = routing_reason
+        self.prompt_text = prompt_text
+        self.created_at = time.time()
+
+
+class RequestLog:
+    def __init__(self, settings: StorageConfig, url: str, prices: Mapping[str, tuple[float, float]] | None = None,
+                 *, sqlite_busy_timeout_s: float = 5.0, shutdown_timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.url = url
+        self.prices = dict(prices or {})  # expert id → (USD per input token, USD per output token)
+        self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.store_prompts = settings.store_prompts
+        self.engine: Engine | None = None
+        self._requests: deque[dict[str, Any]] = deque()
+        self._feedback: deque[dict[str, Any]] = deque()
+        self._unflushed_ids: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._flush_lock = asyncio.Lock()
+        self._migrated = False
+        self.num_written = 0
+        self.num_dropped = 0
+        self.num_failed_flushes = 0
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        self._dropping = False
+
+    @classmethod
+    def for_config(cls, config: SwitchboardConfig, environ: Mapping[str, str], **kwargs: Any) -> "RequestLog":
+        prices = {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
+        return cls(config.storage, config.storage.url or database.default_url(environ), prices, **kwargs)
+
+    # ---- the request path: no I/O ----
+
+    def begin(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> LogEntry:
+        return LogEntry(request_id, kind, expert_id, routing_reason, prompt_text if self.store_prompts else None)
+
+    def finish(self, entry: LogEntry, outcome: str, status: int, started_at: float, *, lease: Any = None,
+               first_token_at: float | None = None, usage: Usage | None = None) -> None:
+        """Queues the request's row. `started_at` / `first_token_at` are `time.perf_counter()` readings; a whole
+        (non-streamed) answer's TTFT is its latency."""
+        now = time.perf_counter()
+        replica = getattr(lease, "replica", None)
+        tokens_in = usage.prompt_tokens if usage is not None else None
+        tokens_out = usage.completion_tokens if usage is not None else None
+        usd = 0.0
+        if usage is not None:
+            usd_in, usd_out = self.prices.get(entry.expert_id, (0.0, 0.0))
+            usd = usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
+        latency_s = now - started_at
+        ttft_s = first_token_at - started_at if first_token_at is not None else (latency_s if outcome == "ok" else None)
+        self._put(self._requests, {
+            "id": entry.request_id, "created_at": entry.created_at, "key_id": None, "kind": entry.kind, "expert": entry.expert_id,
+            "replica": replica.replica_id if replica is not None else None, "hardware": replica.hardware if replica is not None else None,
+            "tokens_in": tokens_in, "tokens_out": tokens_out, "usd_cost": usd, "ttft_s": ttft_s, "latency_s": latency_s,
+            "cold_start": bool(getattr(lease, "was_cold", False)), "routing_reason": entry.routing_reason,
+            "outcome": str(getattr(outcome, "value", outcome)), "status": status, "prompt_text": entry.prompt_text,
+        })
+        self._unflushed_ids.add(entry.request_id)
+
+    def add_feedback(self, request_id: str, score: float) -> str:
+        """Queues a feedback row (written after its request, in the same or a later batch); returns its id."""
+        feedback_id = uuid.uuid4().hex
+        self._put(self._feedback, {"id": feedback_id, "request_id": request_id, "score": float(score), "created_at": time.time()})
+        return feedback_id
+
+    def _put(self, queue: deque[dict[str, Any]], row: dict[str, Any]) -> None:
+        if len(self._requests) + len(self._feedback) >= self.settings.max_pending:
+            oldest = (self._requests or self._feedback).popleft()
+            self._unflushed_ids.discard(oldest.get("id", ""))
+            self.num_dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.warning("request log: %d records waiting for the database; dropping the oldest from now on", self.settings.max_pending)
+        queue.append(row)
+        if len(queue) == self.settings.max_batch:
+            self._wake.set()
+
+    async def knows(self, request_id: str) -> bool:
+        """Whether `request_id` was logged (still queued, or in the database). Raises if the database is down."""
+        if request_id in self._unflushed_ids:
+            return True
+        engine = await self._engine()
+        return await asyncio.to_thread(database.request_exists, engine, request_id)
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._requests) + len(self._feedback)
+
+    # ---- the background side ----
+
+    async def start(self) -> None:
+        """Opens the database, migrates it and starts the flush task. A database that cannot be reached is
+        logged, not fatal: the flush task keeps trying, and records queue (bounded) meanwhile."""
+        try:
+            await self._engine()
+            await self._migrate()
+        except Exception as exc:  # noqa: BLE001 — serving goes on; the writer retries
+            log.error("request log: database %s unavailable at start-up (%s); will retry", database_label(self.url), exc)
+        self._task = asyncio.create_task(self._run(), name="switchboard-request-log")
+
+    async def stop(self) -> None:
+        """Stops the flush task, then flushes everything queued, retrying until `shutdown_timeout_s`."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        deadline = time.monotonic() + self.shutdown_timeout_s
+        delay = 0.1
+        while self.num_pending and not await self.flush():
+            if time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        if self.num_pending:
+            log.error("request log: shutting down with %d records not written (database %s unreachable)", self.num_pending, database_label(self.url))
+        if self.engine is not None:
+            self.engine.dispose()
+
+    async def _run(self) -> None:
+        delay = self.settings.flush_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if await self.flush():
+                delay = self.settings.flush_interval_s
+            else:
+                delay = min(max(delay, self.settings.flush_interval_s) * 2, MAX_BACKOFF_S)
+
+    async def flush(self) -> bool:
+        """Writes everything queued, `max_batch` rows per transaction. False if a write failed (the failed
+        batch is back at the front of the queue)."""
+        async with self._flush_lock:
+            while self._requests or self._feedback:
+                requests = _take(self._requests, self.settings.max_batch)
+                feedback = _take(self._feedback, self.settings.max_batch - len(requests))
+                try:
+                    engine = await self._engine()
+                    if not self._migrated:
+                        await self._migrate()
+                    await asyncio.to_thread(database.write_batch, engine, requests, feedback)
+                except BaseException as exc:  # any failure, or cancelled mid-write: keep the rows, retry later
+                    self._requests.extendleft(reversed(requests))
+                    self._feedback.extendleft(reversed(feedback))
+                    self._trim()
+                    if not isinstance(exc, Exception):
+                        raise
+                    self.num_failed_flushes += 1
+                    log.warning("request log: write of %d records failed (%s: %s); %d queued, retrying with backoff",
+                                len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
+                    return False
+                for row in requests:
+                    self._unflushed_ids.discard(row["id"])
+                self.num_written += len(requests) + len(feedback)
+                self.batch_sizes.append(len(requests) + len(feedback))
+                if self._dropping:
+                    self._dropping = False
+                    log.error("request log: database back; %d records were dropped in total while it was unreachable", self.num_dropped)
+            return True
+
+    def _trim(self) -> None:
+        while self.num_pending > self.settings.max_pending:
+            oldest = (self._requests or self._feedback).popleft()
+            self._unflushed_ids.discard(oldest.get("id", ""))
+            self.num_dropped += 1
+
+    async def _engine(self) -> Engine:
+        if self.engine is None:
+            self.engine = await asyncio.to_thread(database.open_engine, self.url, sqlite_busy_timeout_s=self.sqlite_busy_timeout_s)
+        return self.engine
+
+    async def _migrate(self) -> None:
+        assert self.engine is not None
+        await asyncio.to_thread(database.migrate, self.engine)
+        self._migrated = True
+
+
+def _take(queue: deque[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    out = []
+    while queue and len(out) < n:
+        row = queue.popleft()
+        out.append({**row, "created_at": dt.datetime.fromtimestamp(row["created_at"], UTC)} if isinstance(row["created_at"], float) else row)
+    return out
+
+
+def database_label(url: str) -> str:
+    """The URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "<unparsable url>"

@@ -1,0 +1,57 @@
+"""Reading the log back, and a stand-in for a lease, for the storage tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from sqlalchemy import create_engine, select
+
+from switchboard.config.schema import StorageConfig
+from switchboard.engines.base import Usage
+from switchboard.storage.models import feedback_table, requests_table
+from switchboard.storage.writer import RequestLog
+
+
+@dataclasses.dataclass
+class FakeReplica:
+    replica_id: str = "e#0"
+    hardware: str = "l4"
+
+
+@dataclasses.dataclass
+class FakeLease:
+    replica: FakeReplica = dataclasses.field(default_factory=FakeReplica)
+    was_cold: bool = False
+
+
+def rows(url: str, table=requests_table) -> list[dict]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(select(table))]
+    finally:
+        engine.dispose()
+
+
+def make_log(url: str, **settings) -> RequestLog:
+    sqlite_busy_timeout_s = settings.pop("sqlite_busy_timeout_s", 5.0)
+    return RequestLog(StorageConfig(**settings), url, {"e": (1e-6, 2e-6)}, sqlite_busy_timeout_s=sqlite_busy_timeout_s)
+
+
+def record(log: RequestLog, request_id: str, *, expert: str = "e", outcome: str = "ok") -> None:
+    entry = log.begin(request_id, "chat", expert, "router: best", f"prompt of {request_id}")
+    started = time.perf_counter()
+    log.finish(entry, outcome, 200, started, lease=FakeLease(), first_token_at=started + 0.01, usage=Usage(10, 20))
+
+
+async def wait_until(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+__all__ = ["FakeLease", "rows", "make_log", "record", "wait_until", "feedback_table", "requests_table"]
