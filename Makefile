@@ -27,7 +27,7 @@ run: install
 
 test: install
 	scripts/ensure_chromium.sh
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	pg_url=$$(scripts/postgres.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py
