@@ -140,6 +140,9 @@ class ServerlessPlane:
         self.is_fleet_aware = settings.routing.kind is RoutingKind.FLEET_AWARE
         self._events: list = []
         self._waking: set[str] = set()
+        self._ids = [ExpertId(e) for e in self.expert_ids]
+        self._position = {e: j for j, e in enumerate(self.expert_ids)}
+        self._prices = self.price.tolist()
 
     def initial_actions(self, snapshot: FleetSnapshot) -> list[Action]:
         return []
@@ -147,21 +150,24 @@ class ServerlessPlane:
     def is_preprovisioned(self, replica_id: str) -> bool:
         return False
 
+    def _candidates(self, query: RouteQuery) -> list[ExpertCandidate]:
+        """The router's `num_candidates` best experts by predicted quality − λ·price, best first."""
+        base = query.predicted_quality - self.settings.routing.usd_weight * self.price
+        top = np.argsort(-base, kind="stable")[: self.num_candidates].tolist()
+        quality = query.predicted_quality.tolist()
+        return [ExpertCandidate(self._ids[j], quality[j], self._prices[j]) for j in top]
+
     def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> Routed:
         preferred = int(self.quality_only[query.request_index])
-        self._events.append(RoutePredicted(RoutePrediction(snapshot.now_s, {ExpertId(self.expert_ids[preferred]): 1.0})))
+        self._events.append(RoutePredicted(RoutePrediction(snapshot.now_s, {self._ids[preferred]: 1.0})))
         if not self.is_fleet_aware:
             return Routed(preferred, "quality-only")
-        base = query.predicted_quality - self.settings.routing.usd_weight * self.price
-        top = np.argsort(-base, kind="stable")[: self.num_candidates]
-        candidates = [ExpertCandidate(ExpertId(self.expert_ids[j]), float(query.predicted_quality[j]),
-                                      float(self.price[j])) for j in top]
-        decision = self.plane.route(snapshot, candidates)
+        decision = self.plane.route(snapshot, self._candidates(query))
         for expert_id in decision.wake_expert_ids:
             if expert_id not in self._waking:
                 self._waking.add(expert_id)
                 self._events.append(WakeExpert(expert_id, decision.reason))
-        return Routed(self.expert_ids.index(decision.expert_id), str(decision.reason))
+        return Routed(self._position[decision.expert_id], decision.reason.code.value)
 
     def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> list[Action]:
         decision = self.plane.admission.admit(snapshot, request)

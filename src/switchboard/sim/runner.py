@@ -135,7 +135,13 @@ class Simulation:
         self.waited_for_cold_start = np.zeros(n, dtype=bool)
         self.started_at = np.full(n, np.nan)
         self.served_by: dict[int, str] = {}
-        self._pinned = self._map_pinned(workload)
+        self._pinned = self._map_pinned(workload).tolist()
+        self._arrival_s = workload.arrival_s.tolist()
+        self._prompt_tokens = workload.num_prompt_tokens.tolist()
+        self._output_tokens = workload.num_output_tokens.tolist()
+        self._max_kv_tokens = {e: max((p.kv_capacity_tokens for (x, _), p in cluster.profiles.items() if x == e),
+                                      default=0) for e in self._expert_ids}
+        self._ttft_slo_s = cluster.spec.slo.ttft_s
 
     def _map_pinned(self, workload: Workload) -> np.ndarray:
         if not workload.expert_names:
@@ -204,23 +210,23 @@ class Simulation:
 
     def _on_arrival(self, event: Event, now_s: float) -> list[Event]:
         i = event.payload
-        w = self.workload
         out: list[Event] = []
-        if i + 1 < len(w):
-            out.append(Event(float(w.arrival_s[i + 1]), Priority.ARRIVAL, "arrival", i + 1))
+        if i + 1 < len(self._arrival_s):
+            out.append(Event(self._arrival_s[i + 1], Priority.ARRIVAL, "arrival", i + 1))
         if self.on_progress is not None and i % 500 == 0:
             self.on_progress(i)
         self._advance(now_s)
         self.arrived[i] += 1
-        expert = int(self._pinned[i])
+        expert = self._pinned[i]
+        num_prompt, num_output = self._prompt_tokens[i], self._output_tokens[i]
         if expert == NO_EXPERT:
             expert = self.plane.route(self.snapshot, RouteQuery(
-                i, self.routing.predicted[i], int(w.num_prompt_tokens[i]), int(w.num_output_tokens[i]))).expert_index
+                i, self.routing.predicted[i], num_prompt, num_output)).expert_index
         self.expert_index[i] = expert
         expert_id = ExpertId(self._expert_ids[expert])
         self.snapshot = ops.record_arrival(self.snapshot, expert_id)
-        request = QueuedRequest(RequestId(str(i)), expert_id, now_s, int(w.num_prompt_tokens[i]),
-                                int(w.num_output_tokens[i]), ttft_slo_s=self.cluster.spec.slo.ttft_s)
+        request = QueuedRequest(RequestId(str(i)), expert_id, now_s, num_prompt, num_output,
+                                ttft_slo_s=self._ttft_slo_s)
         if not self.snapshot.is_warm(expert_id):
             self.waited_for_cold_start[i] = True
         if not self._fits_somewhere(expert_id, request):
@@ -236,8 +242,7 @@ class Simulation:
         return any(q.request_id == request.request_id for rid, q in self.snapshot.iter_requests() if rid is not None)
 
     def _fits_somewhere(self, expert_id: str, request: QueuedRequest) -> bool:
-        need = request.num_prompt_tokens + request.num_output_tokens_expected
-        return any(p.kv_capacity_tokens >= need for (e, _), p in self.cluster.profiles.items() if e == expert_id)
+        return request.num_prompt_tokens + request.num_output_tokens_expected <= self._max_kv_tokens[expert_id]
 
     def _submit_if_warm(self, replica_id: ReplicaId, request: QueuedRequest, now_s: float) -> list[Event]:
         engine = self.engines.get(replica_id)
