@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from starlette.staticfiles import StaticFiles
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
 from switchboard.gateway.errors import ApiError, error_response
+from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
+from switchboard.storage.writer import DisabledRequestLog, RequestLog
 
 log = logging.getLogger("switchboard.gateway")
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard" / "static"
@@ -47,11 +50,15 @@ def build_app(
     engine_factory: EngineFactory | None = None,
     registry: Any = None,
     access_log: bool = False,
+    request_log: RequestLog | DisabledRequestLog | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> "FastPathApp":
     """The gateway for `config`. The fleet starts when the app's lifespan starts (uvicorn, or a test client).
 
     `registry` is the prometheus_client `CollectorRegistry` behind `/metrics` (a fresh one if omitted);
-    `access_log` logs one line per request to the `switchboard.access` logger.
+    `access_log` logs one line per request to the `switchboard.access` logger. `request_log` is the durable
+    request log (default: from `config.storage`, its default SQLite path resolved against `environ`, by
+    default `os.environ`).
     """
     if fleet is None:
         fleet = LiveFleet(config, engine_factory=engine_factory) if engine_factory else LiveFleet(config)
@@ -63,7 +70,10 @@ def build_app(
         started_at=int(time.time()),
         observability=observability,
     )
-    handlers = Handlers(state)
+    if request_log is None:
+        request_log = RequestLog.for_config(config, os.environ if environ is None else environ) if config.storage.enabled else DisabledRequestLog()
+    handlers = Handlers(state, request_log)
+    feedback = FeedbackEndpoint(request_log)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -76,6 +86,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await request_log.start()
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         try:
@@ -83,6 +94,7 @@ def build_app(
         finally:
             metrics_sync.cancel()
             await fleet.stop()
+            await request_log.stop()  # after the fleet: requests finishing during its stop are logged too
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -97,6 +109,7 @@ def build_app(
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
+        Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/healthz", handlers.healthz, methods=["GET"]),
         Route("/admin/fleet", handlers.admin_fleet, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -107,6 +120,7 @@ def build_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.gateway = state
+    app.state.request_log = request_log
     app.state.end_streams = observe.end_streams
     return FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
 

@@ -24,6 +24,7 @@ from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
 from switchboard.runtime.fleet import AdmissionRejected
+from switchboard.storage.writer import DisabledRequestLog
 from switchboard.types import AUTO_MODEL
 
 JSON = "application/json"
@@ -76,8 +77,10 @@ def _engine_api_error(exc: EngineError) -> ApiError:
 
 
 class Handlers:
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: GatewayState, request_log: Any = None) -> None:
         self.state = state
+        # request log (storage/writer.py): one `finish` call next to each metrics `finish`, a queue append
+        self.request_log = request_log if request_log is not None else DisabledRequestLog()
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
@@ -89,13 +92,14 @@ class Handlers:
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
             num_prompt = rq.estimate_tokens(text, len(parsed.messages))
-            route_text = rq.last_user_text(parsed) if parsed.model == AUTO_MODEL else ""
+            user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
-            expert, choice = await self._resolve(parsed.model, parsed.routing, route_text)
+            expert, choice = await self._resolve(parsed.model, parsed.routing, user_text if parsed.model == AUTO_MODEL else "")
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at)
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
+                                        user_text)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -109,7 +113,8 @@ class Handlers:
             num_prompt = rq.estimate_tokens(text)
             expert, choice = await self._resolve(parsed.model, parsed.routing, text if parsed.model == AUTO_MODEL else "")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at)
+            return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
+                                        text)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -151,6 +156,7 @@ class Handlers:
         include_usage: bool,
         prefix_key: str,
         started_at: float,
+        prompt_text: str | None = None,
     ) -> Response:
         max_tokens = self._max_tokens(kind, expert, num_prompt, asked_max_tokens)
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
@@ -161,6 +167,7 @@ class Handlers:
             # Header values are latin-1: escape anything else (reasons may hold arrows, names may hold anything).
             headers["x-switchboard-route"] = json.dumps({"reason": choice.reason, **(choice.route_info or {})}, ensure_ascii=True, separators=(",", ":"))
         lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
+        entry = self.request_log.begin(request_id, kind, expert.id, headers.get("x-switchboard-route"), prompt_text)
         created = int(time.time())
         if not stream:
             outcome, status, usage = Outcome.ERROR, 500, None  # metrics: set on every way out, recorded in `finally`
@@ -186,8 +193,9 @@ class Handlers:
             finally:
                 self.metrics.finish(expert.id, outcome, started_at, usage=usage, request_id=request_id, status=status,
                                     replica_id=headers.get("x-switchboard-replica", ""), was_cold=lease.was_cold)
+                self.request_log.finish(entry, outcome, status, started_at, lease=lease, usage=usage)
             return Response(completion_body(kind, request_id, created, expert.id, completion), media_type=JSON, headers=headers)
-        return await self._stream(gen, lease, expert, headers, created, include_usage, started_at)
+        return await self._stream(gen, lease, expert, headers, created, include_usage, started_at, entry)
 
     def _max_tokens(self, kind: RequestKind, expert: ExpertConfig, num_prompt: int, asked: int | None) -> int:
         if asked is not None and asked > expert.max_output_tokens:
@@ -206,7 +214,7 @@ class Handlers:
         return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
 
     async def _stream(self, gen: GenerationRequest, lease: Any, expert: ExpertConfig, headers: dict[str, str], created: int, include_usage: bool,
-                      started_at: float) -> Response:
+                      started_at: float, entry: Any = None) -> Response:
         writer = ChunkWriter(gen.kind, gen.request_id, created, expert.id, include_usage)
         # Everything up to the first event happens before the status line, so a failure there is a proper
         # HTTP error (and, later, a fallback to another expert) rather than a broken stream.
@@ -219,27 +227,31 @@ class Handlers:
         except EngineError as exc:
             await lease.__aexit__(type(exc), exc, None)
             self.metrics.finish(expert.id, Outcome.INVALID if exc.status < 500 else Outcome.ERROR, started_at, request_id=gen.request_id, status=exc.status)
+            self.request_log.finish(entry, Outcome.INVALID if exc.status < 500 else Outcome.ERROR, exc.status, started_at, lease=lease)
             return error_response(_engine_api_error(exc), headers)
         except AdmissionRejected as exc:
             self.metrics.finish(expert.id, Outcome.REJECTED, started_at, request_id=gen.request_id, status=exc.status)
+            self.request_log.finish(entry, Outcome.REJECTED, exc.status, started_at, lease=lease)
             return error_response(_rejection_api_error(exc), headers)
         except TimeoutError:
             exc = ApiError(504, f"expert '{expert.id}' sent no token within {self.timeout_s:.0f} s", code="expert_timeout")
             await lease.__aexit__(TimeoutError, None, None)
             self.metrics.finish(expert.id, Outcome.TIMEOUT, started_at, request_id=gen.request_id, status=504)
+            self.request_log.finish(entry, Outcome.TIMEOUT, 504, started_at, lease=lease)
             return error_response(exc, headers)
         except BaseException as exc:  # cancelled while waiting: give the replica its load back
             await lease.__aexit__(type(exc), exc, None)
             self.metrics.finish(expert.id, Outcome.CANCELLED, started_at, request_id=gen.request_id, status=499)
+            self.request_log.finish(entry, Outcome.CANCELLED, 499, started_at, lease=lease)
             raise
         headers["x-switchboard-replica"] = lease.replica.replica_id
         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
         headers["cache-control"] = "no-cache"
         timing = (started_at, first_token_at)
-        return SSEResponse(self._sse(writer, first, events, lease, expert, timing), headers)
+        return SSEResponse(self._sse(writer, first, events, lease, expert, timing, entry), headers)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig,
-                   timing: tuple[float, float]) -> AsyncIterator[bytes]:
+                   timing: tuple[float, float], entry: Any = None) -> AsyncIterator[bytes]:
         failure: BaseException | None = None
         usage = None  # metrics
         try:
@@ -270,6 +282,7 @@ class Handlers:
             outcome = Outcome.OK if failure is None else Outcome.ERROR if isinstance(failure, (EngineError, StopAsyncIteration)) else Outcome.CANCELLED
             self.metrics.finish(expert.id, outcome, timing[0], first_token_at=timing[1], usage=usage, request_id=writer.head["id"],
                                 replica_id=lease.replica.replica_id, status=200, was_cold=lease.was_cold)
+            self.request_log.finish(entry, outcome, 200, timing[0], lease=lease, first_token_at=timing[1], usage=usage)
 
     async def models(self, request: Request) -> Response:
         created = self.state.started_at

@@ -22,7 +22,7 @@ _ERROR_STATUSES = {
 def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
-        s.ModelList, s.ErrorResponse, s.Health,
+        s.ModelList, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -56,6 +56,17 @@ def build_openapi() -> dict[str, Any]:
             "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
             "/v1/models": {"get": {"summary": "The experts, and 'auto'", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": ref(s.ModelList)}}}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": ref(s.Health)}}}}}},
+            "/v1/feedback": {
+                "post": {
+                    "summary": "Score an answer (0..1) by its request id; stored in the request log for `router train --from-log`",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": ref(s.FeedbackRequest)}}},
+                    "responses": {
+                        "201": {"description": "Stored", "content": {"application/json": {"schema": ref(s.Feedback)}}},
+                        **{code: answer for code, answer in errors().items() if code in ("400", "413", "503")},
+                        "404": {"description": "No logged request has this id", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}},
+                    },
+                }
+            },
             "/admin/fleet": {"get": {"summary": "Experts, replicas and their states", "responses": {"200": {"description": "Fleet snapshot", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
         "components": {"schemas": components},

@@ -104,6 +104,13 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = Field(None, ge=1, le=1)
 
 
+class FeedbackRequest(_Forbid):
+    """A user's score of one answer, for retraining the router from the request log."""
+
+    request_id: str = Field(min_length=1, max_length=64, description="The answer's id (its `id`, and the `x-request-id` header).")
+    score: float = Field(ge=0, le=1, description="0 (useless) to 1 (perfect).")
+
+
 # ---- responses (for the OpenAPI document; the gateway writes them with orjson directly) ----
 
 
@@ -174,6 +181,13 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class Feedback(BaseModel):
+    id: str
+    object: Literal["feedback"]
+    request_id: str
+    score: float
 
 
 class Health(BaseModel):

@@ -58,6 +58,8 @@ class LogEntry:
 
 
 class RequestLog:
+    enabled = True
+
     def __init__(self, settings: StorageConfig, url: str, prices: Mapping[str, tuple[float, float]] | None = None,
                  *, sqlite_busy_timeout_s: float = 5.0, shutdown_timeout_s: float = 10.0) -> None:
         self.settings = settings
@@ -252,3 +254,22 @@ def database_label(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001
         return "<unparsable url>"
+
+
+class DisabledRequestLog:
+    """The request log when `storage.enabled` is false: the same calls, nothing recorded."""
+
+    enabled = False
+    num_pending = 0
+
+    def begin(self, *args: Any) -> None:
+        return None
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None

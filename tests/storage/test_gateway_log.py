@@ -1,0 +1,76 @@
+"""Every accepted request through the real gateway (uvicorn on a free port, the openai client, simulated
+experts answering instantly) is in the request log with the right fields; feedback round-trips."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.testing.servers import serve_in_thread
+
+from .helpers import feedback_table, rows
+
+CONFIG = """
+experts:
+  - id: cheap
+    backend: {{kind: simulated, hardware: l4, time_scale: 0}}
+    usd_per_mtok_input: 1.0
+    usd_per_mtok_output: 2.0
+  - id: big
+    backend: {{kind: simulated, hardware: h100, time_scale: 0}}
+    usd_per_mtok_input: 5.0
+    usd_per_mtok_output: 10.0
+storage: {{url: "{url}", flush_interval_s: 0.05}}
+"""
+
+
+def test_every_accepted_request_is_logged_and_feedback_round_trips(db_url):
+    app = build_app(parse_config(CONFIG.format(url=db_url)))
+    answered: dict[str, dict] = {}
+    with serve_in_thread(app) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="cheap", messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=5)
+        chat = raw.parse()
+        answered[chat.id] = {"expert": "cheap", "kind": "chat", "prompt": "What is 2+2?", "cold": raw.headers["x-switchboard-cold-start"] == "true"}
+        stream = client.chat.completions.create(model="big", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}],
+                                                max_tokens=4, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        answered[chunks[0].id] = {"expert": "big", "kind": "chat", "prompt": "Hi there", "cold": None}
+        completion = client.completions.create(model="auto", prompt="Once upon a time", max_tokens=3)
+        answered[completion.id] = {"expert": completion.model, "kind": "completion", "prompt": "Once upon a time", "cold": None}
+        with pytest.raises(openai.NotFoundError):  # refused before an expert: not an accepted request
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+        with httpx.Client(base_url=base) as http:
+            ok = http.post("/v1/feedback", json={"request_id": chat.id, "score": 0.9})
+            assert ok.status_code == 201 and ok.json()["request_id"] == chat.id  # queued, not yet flushed: still known
+            assert http.post("/v1/feedback", json={"request_id": "chatcmpl-unknown", "score": 1}).status_code == 404
+            for bad in ({"request_id": chat.id, "score": 1.5}, {"request_id": chat.id}, {"score": 0.5}, [1], {"request_id": chat.id, "score": 0.5, "x": 1}):
+                answer = http.post("/v1/feedback", json=bad)
+                assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error", bad
+            assert http.post("/v1/feedback", content=b"{nope", headers={"content-type": "application/json"}).status_code == 400
+    # The server has shut down: graceful shutdown flushed whatever was still queued.
+    logged = {r["id"]: r for r in rows(db_url)}
+    assert set(logged) == set(answered)
+    for request_id, expected in answered.items():
+        r = logged[request_id]
+        assert (r["expert"], r["kind"], r["outcome"], r["status"], r["prompt_text"]) == (expected["expert"], expected["kind"], "ok", 200, expected["prompt"])
+        assert r["replica"].startswith(expected["expert"] + "#") and r["hardware"] == {"cheap": "l4", "big": "h100"}[expected["expert"]]
+        assert r["tokens_in"] > 0 and r["tokens_out"] > 0 and r["key_id"] is None
+        assert r["latency_s"] >= r["ttft_s"] >= 0 and r["created_at"] is not None
+        prices = {"cheap": (1.0, 2.0), "big": (5.0, 10.0)}[expected["expert"]]
+        assert r["usd_cost"] == pytest.approx((r["tokens_in"] * prices[0] + r["tokens_out"] * prices[1]) / 1e6)
+        if expected["cold"] is not None:
+            assert r["cold_start"] == expected["cold"]
+    assert logged[completion.id]["routing_reason"] is not None and logged[chat.id]["routing_reason"] is None
+    assert [(f["request_id"], f["score"]) for f in rows(db_url, feedback_table)] == [(chat.id, 0.9)]
+
+
+def test_feedback_with_the_log_disabled_is_503(tmp_path):
+    app = build_app(parse_config(CONFIG.format(url="sqlite://").replace('storage: {url: "sqlite://", flush_interval_s: 0.05}', "storage: {enabled: false}")))
+    with serve_in_thread(app) as base:
+        answer = httpx.post(base + "/v1/feedback", json={"request_id": "x", "score": 1})
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "storage_disabled"
