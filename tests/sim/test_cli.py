@@ -21,7 +21,7 @@ def app() -> typer.Typer:
 
 
 def test_run_json_has_the_documented_fields():
-    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "60", "--json"])
+    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "60", "--json", "--router", "task-prior"])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)
     for key in ("slo_attainment", "ttft_slo_attainment", "p50_ttft_s", "p99_ttft_s", "p50_tpot_s", "p99_tpot_s",
@@ -32,7 +32,7 @@ def test_run_json_has_the_documented_fields():
 
 def test_compare_json_is_a_list_per_policy_and_writes_a_plot(tmp_path):
     result = CliRunner().invoke(app(), ["sim", "compare", "--cluster", CLUSTER, "--num-requests", "40", "--json",
-                                        "--out", str(tmp_path)])
+                                        "--router", "task-prior", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["policy"] for r in rows] == ["static", "fixed-keepalive", "quality-only-routing", "switchboard"]
@@ -46,7 +46,8 @@ def test_compare_json_is_a_list_per_policy_and_writes_a_plot(tmp_path):
 def test_plan_finds_a_frontier(tmp_path):
     result = CliRunner().invoke(app(), ["sim", "plan", "--cluster", CLUSTER, "--num-requests", "40", "--json",
                                         "--max-mixes", "2", "--cost-weights", "0,0.5", "--keepalive-s", "600",
-                                        "--quality-floor", "0.0", "--ttft-attainment", "0.0", "--out", str(tmp_path)])
+                                        "--quality-floor", "0.0", "--ttft-attainment", "0.0", "--router", "task-prior",
+                                        "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert len(out["tried"]) == 4 and out["chosen"] is not None
@@ -57,5 +58,15 @@ def test_plan_finds_a_frontier(tmp_path):
 def test_bad_inputs_are_clean_errors(tmp_path):
     result = CliRunner().invoke(app(), ["sim", "run", "--cluster", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "error:" in result.output
-    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--policy", "nope", "--num-requests", "5"])
+    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--policy", "nope", "--num-requests", "5",
+                                        "--router", "task-prior"])
     assert result.exit_code == 2 and "unknown policy set" in result.output
+    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "5",
+                                        "--router", str(tmp_path)])
+    assert result.exit_code == 2 and "cannot load router" in result.output
+
+
+def test_the_packaged_router_picks_the_experts():
+    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["requests_by_expert"]

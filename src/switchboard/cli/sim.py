@@ -70,10 +70,28 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
     return spec, w, data
 
 
-def _routing_for(w, data):
+def _routing_for(w, data, router: str = "default"):
+    """Per-request predicted/true quality. `router`: `default` (the packaged learned router predicts each
+    distinct prompt once), `task-prior` (leave-one-out per-task means; fast), or a router directory."""
     from switchboard.sim.quality import routing_inputs
 
-    return lambda ids: routing_inputs(w, data, ids)
+    if router == "task-prior":
+        return lambda ids: routing_inputs(w, data, ids)
+    from switchboard.router.persist import load_default_router, load_router
+
+    try:
+        model = load_default_router() if router == "default" else load_router(router)
+    except Exception as exc:  # RouterLoadError and I/O errors: a clean CLI error, not a traceback
+        typer.echo(f"error: cannot load router {router!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    cache: dict[tuple[str, ...], object] = {}
+
+    def routing(ids):
+        if ids not in cache:
+            cache[ids] = routing_inputs(w, data, ids, predict=model.predict_quality, predict_experts=model.experts)
+        return cache[ids]
+
+    return routing
 
 
 def _progress(label: str, total: int, quiet: bool):
@@ -137,6 +155,7 @@ def run(
     cluster: Path = COMMON["cluster"],
     policy: str = typer.Option("switchboard", "--policy", help="static | fixed-keepalive | quality-only-routing | switchboard"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the run's metrics."),
+    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Multiply arrival times (0.5 = twice the load)."),
     tenants: int = typer.Option(1, "--tenants", help="Superpose this many copies of the trace at random offsets."),
     num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Replay only the first N requests."),
@@ -162,18 +181,20 @@ def run(
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
                           seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    routing = _routing_for(w, data, router)
     if keepalive_s is not None:
         knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
     try:
         with _progress(policy, len(w), as_json) as tick:
-            summary, _ = run_policy(policy, spec, w, _routing_for(w, data), knobs, on_progress=tick,
+            summary, _ = run_policy(policy, spec, w, routing, knobs, on_progress=tick,
                                     warmup_s=warmup_s)
     except KeyError as exc:
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(2) from None
     row = summary.as_dict()
     _write_outputs(out, f"run-{policy}", row, {"cluster": spec.model_dump(), "knobs": knobs.__dict__,
-                                                "trace": str(trace), "time_scale": time_scale, "tenants": tenants})
+                                                "trace": str(trace), "time_scale": time_scale, "tenants": tenants,
+                                                "router": router, "warmup_s": warmup_s})
     if as_json:
         typer.echo(json.dumps(row))
     else:
@@ -187,6 +208,7 @@ def compare(
     cluster: Path = COMMON["cluster"],
     policies: str = typer.Option("static,fixed-keepalive,quality-only-routing,switchboard", "--policies"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy set."),
+    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
     time_scale: float = typer.Option(1.0, "--time-scale"),
     tenants: int = typer.Option(1, "--tenants"),
     num_requests: Optional[int] = typer.Option(None, "--num-requests"),
@@ -213,20 +235,22 @@ def compare(
                           workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
                           seed=seed, periodic_fraction=periodic_fraction)
     knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    routing = _routing_for(w, data, router)
     if keepalive_s is not None:
         knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
     rows = []
     for name in [p.strip() for p in policies.split(",") if p.strip()]:
         try:
             with _progress(name, len(w), as_json) as tick:
-                summary, _ = run_policy(name, spec, w, _routing_for(w, data), knobs, on_progress=tick,
+                summary, _ = run_policy(name, spec, w, routing, knobs, on_progress=tick,
                                         warmup_s=warmup_s)
         except KeyError as exc:
             typer.echo(f"error: {exc.args[0]}", err=True)
             raise typer.Exit(2) from None
         rows.append(summary.as_dict())
     _write_outputs(out, "compare", rows, {"cluster": spec.model_dump(), "knobs": knobs.__dict__, "trace": str(trace),
-                                          "workload": workload, "time_scale": time_scale, "tenants": tenants})
+                                          "workload": workload, "time_scale": time_scale, "tenants": tenants,
+                                          "router": router, "warmup_s": warmup_s})
     plot = plot_compare(rows, out / "compare.png", f"{spec.name}: {len(w)} requests ({workload})")
     if as_json:
         typer.echo(json.dumps(rows))
@@ -250,6 +274,7 @@ def plan(
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
+    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
     out: Path = typer.Option(Path("sim-results"), "--out"),
 ) -> None:
     """Search router cost weight × hardware mix × keep-alive for the cheapest configuration meeting a quality
@@ -266,12 +291,12 @@ def plan(
     )
     configs = space.configurations(spec)
     with _progress("plan", len(configs), as_json) as tick:
-        rows, chosen = search(spec, w, _routing_for(w, data), configs, quality_floor=quality_floor,
+        rows, chosen = search(spec, w, _routing_for(w, data, router), configs, quality_floor=quality_floor,
                               ttft_attainment=ttft_attainment, seed=seed, on_config=tick,
                               warmup_s=warmup_s)
     _write_outputs(out, "plan", {"chosen": chosen, "tried": rows},
                    {"cluster": spec.model_dump(), "space": space.__dict__, "quality_floor": quality_floor,
-                    "ttft_attainment": ttft_attainment, "num_requests": len(w)})
+                    "ttft_attainment": ttft_attainment, "num_requests": len(w), "router": router})
     plot = plot_frontier(rows, out / "plan-frontier.png", quality_floor=quality_floor, chosen=chosen)
     if as_json:
         typer.echo(json.dumps({"chosen": chosen, "tried": rows}))
