@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -68,3 +70,14 @@ def test_rejections_and_upstream_errors_have_their_outcome(config):
         assert r.status_code == 400
         samples = scrape(url)
         assert value(samples, "switchboard_requests_total", expert="none", outcome="invalid") == 1
+
+
+def test_auto_requests_are_counted_by_chosen_expert_and_reason(config):
+    app = build_app(config)  # no router loaded: the default chooser answers `auto` with the first expert
+    with serve_in_thread(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert value(scrape(url), "switchboard_routes_total", expert="paid", reason="router") == 1
+        with httpx.stream("GET", url + "/admin/events", timeout=10) as response:
+            event = next(json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: "))
+    assert [(r["expert"], r["reason"]) for r in event["routes"]] == [("paid", "default expert (no router loaded)")]

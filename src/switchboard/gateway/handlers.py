@@ -166,6 +166,7 @@ class Handlers:
         if choice is not None:
             # Header values are latin-1: escape anything else (reasons may hold arrows, names may hold anything).
             headers["x-switchboard-route"] = json.dumps({"reason": choice.reason, **(choice.route_info or {})}, ensure_ascii=True, separators=(",", ":"))
+            self.metrics.routed(expert.id, choice)  # metrics: where `auto` sent it, and why
         lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
         entry = self.request_log.begin(request_id, kind, expert.id, headers.get("x-switchboard-route"), prompt_text)
         created = int(time.time())

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.metrics")
 WINDOW_S = 60.0
 DECISIONS_SHOWN = 40
+ROUTES_SHOWN = 12
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 10.0
 
 
@@ -97,7 +98,14 @@ def dashboard_event(fleet: "LiveFleet", obs: Observability) -> dict[str, Any]:
         "fleet": snapshot,
         "metrics": metrics_summary(obs, now_s),
         "cold_starts": list(obs.watcher.recent_cold_starts)[-20:],
+        "routes": [_describe_route(at_s, expert_id, choice) for at_s, expert_id, choice in list(obs.requests.recent_routes)[-ROUTES_SHOWN:]],
     }
+
+
+def _describe_route(at_s: float, expert_id: str, choice: Any) -> dict[str, Any]:
+    info = choice.route_info or {}
+    return {"at": at_s, "expert": expert_id, "router_choice": info.get("router_choice", choice.expert_id),
+            "reason": choice.reason, "fleet": info.get("fleet", ""), "fleet_reason": info.get("fleet_reason", "")}
 
 
 class ObservabilityEndpoints:

@@ -38,6 +38,7 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 COLD_START_BUCKETS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 RECENT_REQUESTS_KEPT = 2048
 RECENT_COLD_STARTS_KEPT = 50
+RECENT_ROUTES_KEPT = 50
 NO_EXPERT = "none"
 """The `expert` label of requests refused before an expert was chosen (bad JSON, unknown model, ...)."""
 
@@ -88,6 +89,8 @@ class GatewayMetrics:
         self.series: dict[tuple[str, Outcome], _Series] = {}
         self.experts: dict[str, _ExpertTotals] = {}
         self.recent: deque[tuple[float, str, Outcome, float, float | None]] = deque(maxlen=RECENT_REQUESTS_KEPT)
+        self.routes: dict[tuple[str, str], int] = {}
+        self.recent_routes: deque[tuple[float, str, Any]] = deque(maxlen=RECENT_ROUTES_KEPT)
         for expert in config.experts:  # every expert shows up (at zero) from the first scrape
             self._new_series(expert.id, Outcome.OK)
         registry.register(_RequestCollector(self))
@@ -97,6 +100,16 @@ class GatewayMetrics:
         if expert_id not in self.experts:
             self.experts[expert_id] = _ExpertTotals(*self._prices.get(expert_id, (0.0, 0.0)))
         return series
+
+    def routed(self, expert_id: str, choice: Any) -> None:
+        """An `auto` request went to `expert_id` (an `ExpertChoice`, possibly re-scored by the fleet). The label is
+        the fleet's reason code when fleet-aware routing ran, else `router`; the full sentence goes to the
+        dashboard's recent routes only (free text is no label)."""
+        info = choice.route_info
+        code = info.get("fleet", "router") if info else "router"
+        key = (expert_id, code)
+        self.routes[key] = self.routes.get(key, 0) + 1
+        self.recent_routes.append((time.time(), expert_id, choice))
 
     def finish(
         self,
@@ -171,11 +184,15 @@ class _RequestCollector(Collector):
         tokens = CounterMetricFamily("switchboard_tokens", "Tokens processed, by expert and direction (input: prompt, output: completion).",
                                      labels=["expert", "direction"])
         cost = CounterMetricFamily("switchboard_cost_usd", "USD spent: tokens times the expert's configured prices.", labels=["expert"])
+        routes = CounterMetricFamily("switchboard_routes", "Requests for model 'auto', by chosen expert and reason (fleet-aware routing's code, or 'router').",
+                                     labels=["expert", "reason"])
+        for (expert_id, code), n in sorted(m.routes.items()):
+            routes.add_metric([expert_id, code], n)
         for expert_id, t in sorted(m.experts.items()):
             tokens.add_metric([expert_id, "input"], t.tokens_in)
             tokens.add_metric([expert_id, "output"], t.tokens_out)
             cost.add_metric([expert_id], t.usd)
-        yield from (requests, duration, ttft, tokens, cost)
+        yield from (requests, duration, ttft, tokens, cost, routes)
 
 
 class FleetWatcher:

@@ -197,6 +197,18 @@ function renderColdStarts(ev) {
   $("coldstarts").replaceChildren(...(items.length ? items : [h("li", { class: "empty", text: "no cold starts measured yet" })]));
 }
 
+function renderRoutes(ev) {
+  const items = ev.routes.slice().reverse().map((r) => {
+    const moved = r.router_choice !== r.expert;
+    const why = r.fleet ? [h("span", { class: "code", text: r.fleet }), r.fleet_reason] : [r.reason];
+    return h("li", { "data-expert": r.expert },
+      h("span", { class: "when", text: ago(r.at, ev.at) }),
+      h("span", {}, h("b", { text: r.expert }), moved ? h("span", { class: "muted", text: ` (router: ${r.router_choice})` }) : null),
+      h("span", { class: "reason", title: r.reason }, ...why));
+  });
+  $("routes").replaceChildren(...(items.length ? items : [h("li", { class: "empty", text: 'no requests for model "auto" yet' })]));
+}
+
 function render(ev) {
   updateRates(ev);
   renderKpis(ev);
@@ -204,6 +216,7 @@ function render(ev) {
   renderExperts(ev);
   renderDecisions(ev);
   renderColdStarts(ev);
+  renderRoutes(ev);
   $("clock").textContent = new Date(ev.at * 1000).toLocaleTimeString();
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 }
