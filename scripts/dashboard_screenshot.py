@@ -3,7 +3,10 @@ Chromium (scripts/ensure_chromium.sh). Usage: .venv/bin/python scripts/dashboard
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
+from pathlib import Path
 import sys
 import threading
 import time
@@ -13,6 +16,8 @@ from playwright.sync_api import sync_playwright
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
+from switchboard.router import load_default_router
+from switchboard.router.chooser import RouterChooser
 from switchboard.testing.servers import serve_in_thread
 
 DEMO = """
@@ -21,47 +26,26 @@ workers:
   - {id: l4-2, hardware: l4, memory_gb: 24, usd_per_hour: 0.8}
   - {id: h100-1, hardware: h100, memory_gb: 640, usd_per_hour: 32.0}
 experts:
-  - id: qwen-7b
-    backend: {kind: simulated, hardware: l4, time_scale: 0.05}
-    params_b: 7
-    usd_per_mtok_input: 0.2
-    usd_per_mtok_output: 0.2
-  - id: llama-8b
-    backend: {kind: simulated, hardware: l4, time_scale: 0.05}
-    params_b: 8
-    usd_per_mtok_input: 0.18
-    usd_per_mtok_output: 0.18
-  - id: mistral-24b
-    backend: {kind: simulated, hardware: h100, time_scale: 0.05}
-    params_b: 24
-    usd_per_mtok_input: 0.8
-    usd_per_mtok_output: 0.8
-  - id: llama-70b
-    backend: {kind: simulated, hardware: h100, time_scale: 0.05}
-    params_b: 70
-    usd_per_mtok_input: 0.9
-    usd_per_mtok_output: 0.9
-    warm_at_start: false
-    ttft_slo_s: 30
-  - id: nemotron-51b
-    backend: {kind: simulated, hardware: h100, time_scale: 0.05}
-    params_b: 51
-    usd_per_mtok_input: 0.9
-    usd_per_mtok_output: 0.9
-    warm_at_start: false
+  - {id: qwen2.5-7b-instruct, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 7, usd_per_mtok_input: 0.2, usd_per_mtok_output: 0.2}
+  - {id: gemma-2-9b-it, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 9, usd_per_mtok_input: 0.1, usd_per_mtok_output: 0.1}
+  - {id: llama-3.3-nemotron-super-49b-v1, backend: {kind: simulated, hardware: h100, time_scale: 0.05}, params_b: 49, usd_per_mtok_input: 0.9, usd_per_mtok_output: 0.9}
+  - {id: llama3-chatqa-1.5-70b, backend: {kind: simulated, hardware: h100, time_scale: 0.05}, params_b: 70, usd_per_mtok_input: 0.9, usd_per_mtok_output: 0.9, warm_at_start: false, ttft_slo_s: 30}
+  - {id: llama-3.1-nemotron-51b-instruct, backend: {kind: simulated, hardware: h100, time_scale: 0.05}, params_b: 51, usd_per_mtok_input: 0.9, usd_per_mtok_output: 0.9, warm_at_start: false}
 control_plane:
   step_interval_s: 0.5
   policies:
     keepalive: {kind: fixed, idle_timeout_s: 4}
-    autoscale: {min_replicas: 0, max_replicas: 3, downscale_delay_s: 2, upscale_delay_s: 0, min_replicas_by_expert: {qwen-7b: 1, llama-8b: 1}}
+    autoscale: {min_replicas: 0, max_replicas: 3, downscale_delay_s: 2, upscale_delay_s: 0, min_replicas_by_expert: {qwen2.5-7b-instruct: 1, gemma-2-9b-it: 1}}
     prewarm_grace_s: 0
 """
+ROUTING_DATA = Path(__file__).resolve().parent.parent / "src/switchboard/data/routing/train.jsonl"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-POPULARITY = {"qwen-7b": 5, "llama-8b": 4, "mistral-24b": 2, "llama-70b": 1}
+POPULARITY = {"auto": 4, "qwen2.5-7b-instruct": 3, "gemma-2-9b-it": 3, "llama-3.3-nemotron-super-49b-v1": 2, "llama3-chatqa-1.5-70b": 1}
+SMALL = ["qwen2.5-7b-instruct", "gemma-2-9b-it"]
 
 
-def load(url: str, seed: int, stop: threading.Event) -> None:
+def load(url: str, seed: int, stop: threading.Event, prompts: list[str]) -> None:
     """Closed-loop clients; the big experts get traffic in bursts, so they scale to zero and wake again."""
     rng = random.Random(seed)
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -69,8 +53,8 @@ def load(url: str, seed: int, stop: threading.Event) -> None:
     while not stop.is_set():
         i += 1
         in_burst = time.time() % 30 < 18
-        model = rng.choices(list(POPULARITY), list(POPULARITY.values()))[0] if in_burst else rng.choice(["qwen-7b", "llama-8b"])
-        messages = [{"role": "user", "content": f"question {i}"}]
+        model = rng.choices(list(POPULARITY), list(POPULARITY.values()))[0] if in_burst else rng.choice(SMALL)
+        messages = [{"role": "user", "content": rng.choice(prompts)}]
         try:
             if i % 2:
                 client.chat.completions.create(model=model, messages=messages, max_tokens=rng.randint(8, 48))
@@ -84,8 +68,11 @@ def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else "docs/dashboard.png"
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 40.0
     stop = threading.Event()
-    with serve_in_thread(build_app(parse_config(DEMO))) as url:
-        clients = [threading.Thread(target=load, args=(url, seed, stop), daemon=True) for seed in range(8)]
+    config = parse_config(DEMO)
+    chooser = RouterChooser(load_default_router(), config.default_expert_id)
+    prompts = [json.loads(line)["prompt"][:2000] for line in itertools.islice(open(ROUTING_DATA, encoding="utf-8"), 400)]
+    with serve_in_thread(build_app(config, chooser=chooser)) as url:
+        clients = [threading.Thread(target=load, args=(url, seed, stop, prompts), daemon=True) for seed in range(8)]
         for c in clients:
             c.start()
         with sync_playwright() as p:
