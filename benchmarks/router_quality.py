@@ -1,6 +1,6 @@
 """Cross-validated routing quality per strategy on the shipped data, against the single-expert baselines.
 
-    .venv/bin/python benchmarks/router_quality.py [--seed 0] [--folds 5] [--path static|st] [--strategies mlp,knn]
+    .venv/bin/python benchmarks/router_quality.py [--seed 0] [--folds 5] [--path static|st] [--strategies mlp,knn] [--plot curves.png]
 
 5-fold CV (seeded; every strategy scored on the same folds, each fold's model calibrated on an inner 3-fold
 split of its training part). For each strategy: best mean score over the cost-weight sweep, the mean USD/Mtok
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--path", choices=["static", "st"], default="static")
+    parser.add_argument("--plot", type=Path, default=None, help="Also write the curves as a PNG here.")
     parser.add_argument("--strategies", default=",".join(n.value for n in StrategyName), help="Comma-separated subset.")
     args = parser.parse_args()
     data = resources.files("switchboard.data").joinpath("routing")
@@ -73,6 +74,10 @@ def main() -> None:
         target = "—" if r.usd_at_target is None else f"{r.usd_at_target / best.usd_per_mtok:.3f}"
         print(f"{r.name:10s} {r.best_quality / best.quality:12.3f} {match:>25s} {target:>26s} {seconds[r.name]:6.1f}")
     print("targets: best q ≥ 0.63; cost to reach 0.563 ≤ 0.12 USD/Mtok")
+    if args.plot is not None:
+        from switchboard.router.evaluate import plot_curves
+
+        print(f"plot written to {plot_curves(ev, args.plot)}")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def plot_curves(evaluation: Evaluation, path: Path) -> Path:
     for r in evaluation.rows:
         if r.name.startswith("single:") or r.name == "random":
             p = r.points[0]
-            ax.scatter([p.usd_per_mtok], [p.quality], marker="x" if r.name == "random" else "o", s=30)
+            ax.scatter([p.usd_per_mtok], [p.quality], marker="x" if r.name == "random" else "o", s=30, color="grey")
             ax.annotate(r.name.removeprefix("single:"), (p.usd_per_mtok, p.quality), fontsize=7)
         else:
             pts = sorted(r.points, key=lambda p: p.usd_per_mtok)
