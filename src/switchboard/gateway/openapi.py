@@ -19,6 +19,17 @@ _ERROR_STATUSES = {
 }
 
 
+# Before OpenAPI 3.2 (`itemSchema`), the schema of a text/event-stream response describes each event.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "A JSON chunk (chat.completion.chunk or text_completion), an error object, or [DONE]"},
+        "event": {"type": "string"},
+    },
+}
+
+
 def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
@@ -41,7 +52,7 @@ def build_openapi() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "The answer (JSON), or with `stream: true` a server-sent event stream of chunks ending in `data: [DONE]`",
-                        "content": {"application/json": {"schema": ref(response_model)}, "text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": ref(response_model)}, "text/event-stream": {"schema": SSE_EVENT}},
                     },
                     **errors(),
                 },
