@@ -14,7 +14,7 @@ def serve(
     port: int = typer.Option(8000, "--port", "-p", help="Port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     router: Optional[Path] = typer.Option(
-        None, "--router", help="Router directory for model 'auto' (from `switchboard router train`); default: the packaged one."
+        None, "--router", help="Router directory for model 'auto' (from `switchboard router train`); overrides the config's router.path."
     ),
     no_router: bool = typer.Option(False, "--no-router", help="Answer 'auto' with the default expert instead of routing."),
     log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line, with the request id."),
@@ -31,7 +31,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     chooser = None
-    if not no_router:
+    router = router if router is not None else (Path(cfg.router.path) if cfg.router.path else None)
+    if not no_router and cfg.router.enabled:
         from switchboard.router import RouterLoadError, load_default_router, load_router
         from switchboard.router.chooser import RouterChooser
 

@@ -136,12 +136,20 @@ class StorageConfig(_Strict):
     store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none.")
 
 
+class RouterConfig(_Strict):
+    """The learned router behind `"model": "auto"`."""
+
+    enabled: bool = Field(True, description="False answers 'auto' with the default expert.")
+    path: str | None = Field(None, description="Router directory (from `switchboard router train`); default: the packaged one.")
+
+
 class SwitchboardConfig(_Strict):
     workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
     experts: list[ExpertConfig] = Field(min_length=1)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
