@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 
 @router_app.command("train")
 def train(
-    data: Path = typer.Option(..., "--data", help="Training JSONL: {prompt, scores: {expert: 0..1}}."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training JSONL: {prompt, scores: {expert: 0..1}}."),
+    from_log: Optional[str] = typer.Option(None, "--from-log", help="Instead of --data: a request-log database URL; trains on logged requests with feedback (docs/storage.md)."),
     models: Path = typer.Option(..., "--models", help="Models file: expert → prices per Mtok."),
     out: Path = typer.Option(..., "--out", help="Router directory to write."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf or cascade; default: best by CV."),
@@ -46,6 +47,10 @@ def train(
         chosen = None if strategy is None else StrategyName(strategy)
     except ValueError:
         _fail(f"--strategy must be one of {', '.join(s.value for s in StrategyName)}, got {strategy!r}")
+    if (data is None) == (from_log is None):
+        _fail("give exactly one of --data and --from-log")
+    if from_log is not None:
+        data = _data_from_log(from_log, models, out)
     try:
         examples, prices = load_examples(data), load_models(models)
     except (RoutingDataError, OSError) as exc:
@@ -58,6 +63,19 @@ def train(
     if result.evaluation is not None:
         typer.echo(format_table(result.evaluation))
     typer.echo(f"strategy: {result.chosen.value}; router written to {out}")
+
+
+def _data_from_log(url: str, models: Path, out: Path) -> Path:
+    """Writes <out>/training-from-log.jsonl from the request log (it holds users' prompts: see docs/storage.md)."""
+    from switchboard.router.data import RoutingDataError, load_models
+    from switchboard.storage.export import LogExportError, write_training_jsonl
+
+    try:
+        path, num_lines, experts = write_training_jsonl(url, list(load_models(models)), Path(out) / "training-from-log.jsonl")
+    except (LogExportError, RoutingDataError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{num_lines} logged prompts with feedback for every one of {', '.join(experts)}; written to {path}")
+    return path
 
 
 @router_app.command("route")
