@@ -36,7 +36,6 @@ control_plane:
   policies:
     keepalive: {kind: fixed, idle_timeout_s: 4}
     autoscale: {min_replicas: 0, max_replicas: 3, downscale_delay_s: 2, upscale_delay_s: 0, min_replicas_by_expert: {qwen2.5-7b-instruct: 1, gemma-2-9b-it: 1}}
-    prewarm_grace_s: 0
 """
 ROUTING_DATA = Path(__file__).resolve().parent.parent / "src/switchboard/data/routing/train.jsonl"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

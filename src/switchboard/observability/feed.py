@@ -86,7 +86,9 @@ def metrics_summary(obs: Observability, now_s: float) -> dict[str, Any]:
 def dashboard_event(fleet: "LiveFleet", obs: Observability) -> dict[str, Any]:
     obs.watcher.sync()
     snapshot = fleet.snapshot()
-    snapshot["decisions"] = snapshot["decisions"][-DECISIONS_SHOWN:]
+    # Per-request routing has its own panel (`routes`); under `auto` traffic its entries would push the control
+    # plane's actions out of the snapshot's short list, so pick those from the fleet's whole deque.
+    snapshot["decisions"] = [d for d in fleet.decisions if d["action"] != "Route"][-DECISIONS_SHOWN:]
     model = fleet.model
     for expert in snapshot["experts"]:
         expert["num_unplaced"] = len(model.unplaced_of(expert["id"]))
