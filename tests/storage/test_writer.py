@@ -94,7 +94,7 @@ async def test_memory_is_bounded_by_dropping_the_oldest(tmp_path):
         record(log, f"r{i}")
     assert log.num_pending == 10 and log.num_dropped == 15
     assert not await log.flush()
-    assert [r["id"] for r in log._requests] == [f"r{i}" for i in range(15, 25)]  # the newest are kept
+    assert [r[0] for r in log._requests] == [f"r{i}" for i in range(15, 25)]  # the newest are kept
     await log.stop()
     logging.getLogger("switchboard.storage").removeHandler(handler)
     text = "\n".join(messages)

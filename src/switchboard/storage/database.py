@@ -5,6 +5,7 @@ Everything here blocks; the writer (storage/writer.py) calls it from a worker th
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,9 @@ from sqlalchemy.pool import StaticPool
 from switchboard.storage.models import feedback_table, requests_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+REQUEST_COLUMNS = ("id", "created_at", "key_id", "kind", "expert", "replica", "hardware", "tokens_in", "tokens_out", "usd_cost",
+                   "ttft_s", "latency_s", "cold_start", "routing_reason", "outcome", "status", "prompt_text")
+FEEDBACK_COLUMNS = ("id", "request_id", "score", "created_at")
 
 
 def default_url(environ: Mapping[str, str]) -> str:
@@ -79,13 +83,23 @@ def _insert(engine: Engine, table: Any) -> Any:
     return insert(table).on_conflict_do_nothing()
 
 
-def write_batch(engine: Engine, requests: Sequence[dict[str, Any]], feedback: Sequence[dict[str, Any]]) -> None:
-    """Writes both lists in one transaction (requests first): all of it lands, or none."""
+def write_batch(engine: Engine, requests: Sequence[tuple], feedback: Sequence[tuple]) -> None:
+    """Writes both lists of rows (tuples in REQUEST_COLUMNS / FEEDBACK_COLUMNS order, `created_at` a Unix
+    time) in one transaction, requests first: all of it lands, or none."""
     with engine.begin() as connection:
         if requests:
-            connection.execute(_insert(engine, requests_table), list(requests))
+            connection.execute(_insert(engine, requests_table), _dicts(REQUEST_COLUMNS, requests))
         if feedback:
-            connection.execute(_insert(engine, feedback_table), list(feedback))
+            connection.execute(_insert(engine, feedback_table), _dicts(FEEDBACK_COLUMNS, feedback))
+
+
+def _dicts(columns: tuple[str, ...], rows: Sequence[tuple]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        d = dict(zip(columns, row))
+        d["created_at"] = dt.datetime.fromtimestamp(d["created_at"], dt.timezone.utc)
+        out.append(d)
+    return out
 
 
 def request_exists(engine: Engine, request_id: str) -> bool:

@@ -24,7 +24,6 @@ The contract:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
@@ -40,7 +39,6 @@ from switchboard.storage import database
 
 log = logging.getLogger("switchboard.storage")
 MAX_BACKOFF_S = 30.0
-UTC = dt.timezone.utc
 
 
 class LogEntry:
@@ -69,8 +67,8 @@ class RequestLog:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.store_prompts = settings.store_prompts
         self.engine: Engine | None = None
-        self._requests: deque[dict[str, Any]] = deque()
-        self._feedback: deque[dict[str, Any]] = deque()
+        self._requests: deque[tuple] = deque()  # rows in database.REQUEST_COLUMNS order
+        self._feedback: deque[tuple] = deque()  # rows in database.FEEDBACK_COLUMNS order
         self._unflushed_ids: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -106,25 +104,25 @@ class RequestLog:
             usd = usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
         latency_s = now - started_at
         ttft_s = first_token_at - started_at if first_token_at is not None else (latency_s if outcome == "ok" else None)
-        self._put(self._requests, {
-            "id": entry.request_id, "created_at": entry.created_at, "key_id": None, "kind": entry.kind, "expert": entry.expert_id,
-            "replica": replica.replica_id if replica is not None else None, "hardware": replica.hardware if replica is not None else None,
-            "tokens_in": tokens_in, "tokens_out": tokens_out, "usd_cost": usd, "ttft_s": ttft_s, "latency_s": latency_s,
-            "cold_start": bool(getattr(lease, "was_cold", False)), "routing_reason": entry.routing_reason,
-            "outcome": str(getattr(outcome, "value", outcome)), "status": status, "prompt_text": entry.prompt_text,
-        })
+        # A tuple in database.REQUEST_COLUMNS order: the dict SQLAlchemy wants is built in the writer's thread.
+        self._put(self._requests, (
+            entry.request_id, entry.created_at, None, entry.kind, entry.expert_id,
+            replica.replica_id if replica is not None else None, replica.hardware if replica is not None else None,
+            tokens_in, tokens_out, usd, ttft_s, latency_s, bool(getattr(lease, "was_cold", False)), entry.routing_reason,
+            getattr(outcome, "value", outcome), status, entry.prompt_text,
+        ))
         self._unflushed_ids.add(entry.request_id)
 
     def add_feedback(self, request_id: str, score: float) -> str:
         """Queues a feedback row (written after its request, in the same or a later batch); returns its id."""
         feedback_id = uuid.uuid4().hex
-        self._put(self._feedback, {"id": feedback_id, "request_id": request_id, "score": float(score), "created_at": time.time()})
+        self._put(self._feedback, (feedback_id, request_id, float(score), time.time()))
         return feedback_id
 
-    def _put(self, queue: deque[dict[str, Any]], row: dict[str, Any]) -> None:
+    def _put(self, queue: deque[tuple], row: tuple) -> None:
         if len(self._requests) + len(self._feedback) >= self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest.get("id", ""))
+            self._unflushed_ids.discard(oldest[0])
             self.num_dropped += 1
             if not self._dropping:
                 self._dropping = True
@@ -155,6 +153,7 @@ class RequestLog:
         except Exception as exc:  # noqa: BLE001 — serving goes on; the writer retries
             log.error("request log: database %s unavailable at start-up (%s); will retry", database_label(self.url), exc)
         self._task = asyncio.create_task(self._run(), name="switchboard-request-log")
+        log.info("request log: %s, flushed every %.3g s", database_label(self.url), self.settings.flush_interval_s)
 
     async def stop(self) -> None:
         """Stops the flush task, then flushes everything queued, retrying until `shutdown_timeout_s`."""
@@ -213,7 +212,7 @@ class RequestLog:
                                 len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
                     return False
                 for row in requests:
-                    self._unflushed_ids.discard(row["id"])
+                    self._unflushed_ids.discard(row[0])
                 self.num_written += len(requests) + len(feedback)
                 self.batch_sizes.append(len(requests) + len(feedback))
                 if self._dropping:
@@ -224,7 +223,7 @@ class RequestLog:
     def _trim(self) -> None:
         while self.num_pending > self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest.get("id", ""))
+            self._unflushed_ids.discard(oldest[0])
             self.num_dropped += 1
 
     async def _engine(self) -> Engine:
@@ -238,12 +237,8 @@ class RequestLog:
         self._migrated = True
 
 
-def _take(queue: deque[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    out = []
-    while queue and len(out) < n:
-        row = queue.popleft()
-        out.append({**row, "created_at": dt.datetime.fromtimestamp(row["created_at"], UTC)} if isinstance(row["created_at"], float) else row)
-    return out
+def _take(queue: deque[tuple], n: int) -> list[tuple]:
+    return [queue.popleft() for _ in range(min(n, len(queue)))]
 
 
 def database_label(url: str) -> str:
