@@ -46,6 +46,14 @@ function ago(atS, nowS) {
   return `${(d / 3600).toFixed(1)}h ago`;
 }
 
+// Policy reasons state times as wall-clock epochs ("keep until 1795321157s"): say them relative to now.
+function relTimes(text, nowS) {
+  return String(text || "").replace(/\b(\d{10})(?:\.\d+)?s\b/g, (_, epoch) => {
+    const d = Number(epoch) - nowS;
+    return Math.abs(d) < 0.5 ? "now" : d > 0 ? `in ${d.toFixed(0)}s` : `${(-d).toFixed(0)}s ago`;
+  });
+}
+
 // Requests per second per expert from successive totals, smoothed (EMA) so the numbers don't flicker.
 function updateRates(ev) {
   const now = ev.at;
@@ -149,7 +157,7 @@ function renderExperts(ev) {
     for (const r of e.replicas) { counts[r.state] = (counts[r.state] || 0) + 1; running += r.num_running || 0; queued += r.num_queued || 0; }
     const states = STATES.filter((s) => counts[s]).map((s) => h("span", { class: "chip", "data-state": s, text: `${counts[s]} ${s}` }));
     const rate = history.rates[e.id] || 0;
-    const ka = e.keepalive ? `${e.keepalive.action}: ${e.keepalive.reason}` : "";
+    const ka = e.keepalive ? `${e.keepalive.action}: ${relTimes(e.keepalive.reason, ev.at)}` : "";
     const row = h("tr", { "data-expert": e.id },
       h("td", { class: "expert", title: `${e.backend} · ${e.params_b}B params · $${e.usd_per_mtok_input}/$${e.usd_per_mtok_output} per Mtok in/out`, text: e.id }),
       h("td", { class: "states" }, ...(states.length ? states : [h("span", { class: "chip", "data-state": "cold", text: "cold" })])),
@@ -176,7 +184,7 @@ function renderDecisions(ev) {
   const items = ev.fleet.decisions.slice().reverse().map((d) => h("li", { "data-action": d.action },
     h("span", { class: "when", text: ago(d.at, ev.at) }),
     h("span", {}, h("span", { class: "action", "data-action": d.action, text: d.action }), " ", d.expert),
-    h("span", { class: "reason", title: d.replica || "" }, d.code ? h("span", { class: "code", text: d.code }) : null, d.reason || ""),
+    h("span", { class: "reason", title: d.replica || "" }, d.code ? h("span", { class: "code", text: d.code }) : null, relTimes(d.reason, ev.at)),
   ));
   $("decisions").replaceChildren(...(items.length ? items : [h("li", { class: "empty", text: "no decisions yet" })]));
 }
