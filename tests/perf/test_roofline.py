@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchboard.perf import Hardware, calibrate_hardware, engine_profile, get_hardware, hardware_catalog
@@ -34,6 +34,7 @@ def test_invalid_hardware_is_rejected():
                  compute_efficiency=1.5)
 
 
+@settings(deadline=None)  # no timing assertions: a loaded CI machine must not fail these
 @given(kind=st.sampled_from(GPU_KINDS), params_b=st.sampled_from([1.0, 7.0, 8.0, 13.0]),
        n=st.integers(0, 8000), extra=st.integers(1, 8000))
 def test_more_prompt_tokens_never_faster(kind, params_b, n, extra):
@@ -41,6 +42,7 @@ def test_more_prompt_tokens_never_faster(kind, params_b, n, extra):
     assert p.prefill_time_s(n + extra) >= p.prefill_time_s(n)
 
 
+@settings(deadline=None)  # no timing assertions: a loaded CI machine must not fail these
 @given(kind=st.sampled_from(GPU_KINDS), b=st.integers(1, 256), db=st.integers(0, 64),
        ctx=st.integers(0, 100_000), dctx=st.integers(0, 100_000))
 def test_bigger_batch_or_context_never_faster_step(kind, b, db, ctx, dctx):
@@ -115,6 +117,7 @@ def test_calibration_reproduces_the_measurement():
     assert engine_profile(1.7, hw, bytes_per_param=0.625).decode_tokens_per_s(1) < 80.0
 
 
+@settings(deadline=None)  # no timing assertions: a loaded CI machine must not fail these
 @given(decode=st.floats(1, 2000), prefill=st.floats(10, 1e5))
 def test_calibration_always_reproduces_decode(decode, prefill):
     """Decode is matched exactly even when the measurements are inconsistent (decode faster than prefill)."""
@@ -123,6 +126,7 @@ def test_calibration_always_reproduces_decode(decode, prefill):
     assert p.decode_tokens_per_s(1) == pytest.approx(decode, rel=1e-6)
 
 
+@settings(deadline=None)  # no timing assertions: a loaded CI machine must not fail these
 @given(kind=st.sampled_from(GPU_KINDS + ["cpu"]), b=st.integers(1, 300), ctx=st.integers(0, 200_000),
        n=st.integers(0, 400))
 def test_decode_steps_time_equals_the_sum_of_steps(kind, b, ctx, n):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchboard.sim.events import Event, EventQueue, Priority
@@ -12,6 +12,7 @@ events = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(events)
 def test_pops_in_time_priority_seq_order(specs):
     q = EventQueue()
