@@ -74,3 +74,34 @@ def test_feedback_with_the_log_disabled_is_503(tmp_path):
     with serve_in_thread(app) as base:
         answer = httpx.post(base + "/v1/feedback", json={"request_id": "x", "score": 1})
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "storage_disabled"
+
+
+FAULTY = """
+experts:
+  - id: mock
+    backend: {{kind: openai, base_url: "{upstream}", model: mock}}
+  - id: broken
+    backend: {{kind: openai, base_url: "{upstream}", model: fail-500}}
+  - id: picky
+    backend: {{kind: openai, base_url: "{upstream}", model: reject-400}}
+  - id: cut
+    backend: {{kind: openai, base_url: "{upstream}", model: cut-mid-stream}}
+storage: {{url: "sqlite:///{db}", flush_interval_s: 0.05}}
+"""
+
+
+def test_failed_requests_are_logged_with_their_outcome(tmp_path):
+    """Accepted requests that end in an error (the expert fails, rejects, or cuts its stream) are logged too."""
+    from switchboard.testing.upstream import MockUpstream
+
+    expected: dict[str, tuple[str, str, int]] = {}
+    with serve_in_thread(MockUpstream(num_chunks=3)) as upstream:
+        db = tmp_path / "log.db"
+        app = build_app(parse_config(FAULTY.format(upstream=upstream + "/v1", db=db)))
+        with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+            for expert, stream, outcome in [("mock", False, "ok"), ("mock", True, "ok"), ("broken", False, "error"), ("broken", True, "error"),
+                                            ("picky", False, "invalid"), ("picky", True, "invalid"), ("cut", True, "error")]:
+                answer = http.post("/v1/chat/completions", json={"model": expert, "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+                expected[answer.headers["x-request-id"]] = (expert, outcome, answer.status_code)
+    logged = {r["id"]: (r["expert"], r["outcome"], r["status"]) for r in rows(f"sqlite:///{db}")}
+    assert logged == expected
