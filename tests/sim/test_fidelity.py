@@ -1,0 +1,50 @@
+"""Simulator fidelity on the real engine (issue 5), small: a few requests with one idle gap past the keep-alive,
+run live on the llama.cpp expert and simulated on the CPU worker calibrated from separate measurements of the
+same engine. The full-size check with the strict 15% bound is `benchmarks/sim_fidelity.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.llamacpp
+
+# CPU contention: `make test` runs this next to other test processes on 2 cores, and with only 8 requests a p50 is
+# the mean of two latencies, each of which moves by tens of percent when another process takes a core mid-request
+# (calibration and replay see different contention), and an engine start here takes either ~1 s or ~4 s.
+# 15% is the benchmark's bound on 20 requests (docs/simulator.md, "Fidelity"); here we check
+# the same quantities against a looser bound that still catches a mis-modelled phase (a cold start, prefill or
+# decode off by 2x moves the p50s by more than this).
+TOLERANCE = 0.5
+
+PLAN_OVERRIDES = {
+    "seed": 3, "num_requests": 8, "rate_per_s": 0.5, "max_gap_s": 3.0, "keepalive_s": 5.0, "idle_gap_s": 15.0,
+    "num_idle_gaps": 1, "prompt_chars": (40, 240), "max_tokens": (8, 32), "calibration_starts": 2,
+    "calibration_prefills": 4, "calibration_decodes": 1, "calibration_decode_tokens": 48,
+}
+
+
+def _load_benchmark():
+    # The benchmark is a script, not a package module; load it by path so the test runs exactly its code.
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sim_fidelity.py"
+    spec = importlib.util.spec_from_file_location("sim_fidelity_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulated_latencies_and_cold_starts_match_the_live_run():
+    bench = _load_benchmark()
+    plan = bench.FidelityPlan(**PLAN_OVERRIDES, tolerance=TOLERANCE)
+    result = bench.run(plan, log=lambda _line: None)
+    rows = {r.metric: r for r in result["_rows"]}
+    table = bench.format_table(result["_rows"], TOLERANCE) + f"\nload average {result['load_average']}"
+
+    assert rows["cold-start count"].live == 2, table  # the first request, and the one after the idle gap
+    assert rows["cold-start count"].sim == rows["cold-start count"].live, table
+    for metric in ("TTFT p50 s", "end-to-end p50 s"):
+        assert rows[metric].passes(TOLERANCE), table
