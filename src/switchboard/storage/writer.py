@@ -74,6 +74,7 @@ class RequestLog:
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
         self._migrated = False
+        self._stopping = False
         self.num_written = 0
         self.num_dropped = 0
         self.num_failed_flushes = 0
@@ -158,11 +159,11 @@ class RequestLog:
     async def stop(self) -> None:
         """Stops the flush task, then flushes everything queued, retrying until `shutdown_timeout_s`."""
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Asked to stop rather than cancelled: on Python 3.11, cancelling `wait_for` just as the event it waits
+            # for fires loses the cancellation, and awaiting the task would hang (found by test_writer_properties).
+            self._stopping = True
+            self._wake.set()
+            await self._task
             self._task = None
         deadline = time.monotonic() + self.shutdown_timeout_s
         delay = 0.1
@@ -178,12 +179,15 @@ class RequestLog:
 
     async def _run(self) -> None:
         delay = self.settings.flush_interval_s
-        while True:
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopping:
+                return
             if await self.flush():
                 delay = self.settings.flush_interval_s
             else:
