@@ -139,7 +139,7 @@ class LiveFleet:
         self.counters = {"cold_starts": 0, "rejected": 0, "admitted": 0}
         self._loop_task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
-        self._prewarm_at: list[float] = []
+        self._prewarms_announced: dict[str, float] = {}
         self._changed = asyncio.Event()
         self._pending_events: list[Event] = []
         self._rejections: dict[RequestId, RejectRequest] = {}
@@ -346,8 +346,11 @@ class LiveFleet:
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, PrewarmAt):
-                self._prewarm_at.append(action.at_s)
-                self._record(action, action.expert_id)
+                # The loop steps every step_interval_s, which is when a due pre-warm starts; the step re-announces
+                # pending pre-warms each time, so only a new time is worth an entry in the decision log.
+                if self._prewarms_announced.get(action.expert_id) != action.at_s:
+                    self._prewarms_announced[action.expert_id] = action.at_s
+                    self._record(action, action.expert_id)
                 continue
             try:
                 self.model = apply_action(self._now(), action)
@@ -410,8 +413,6 @@ class LiveFleet:
             except asyncio.TimeoutError:
                 pass
             self._wakeup.clear()
-            now = self.clock()
-            self._prewarm_at = [t for t in self._prewarm_at if t > now]
             try:
                 self._reap_dead_engines()
                 self._step([])
@@ -439,38 +440,9 @@ class LiveFleet:
     # ---- for operators
 
     def snapshot(self) -> dict[str, Any]:
-        model = self._now()
-        by_expert: dict[str, list[dict[str, Any]]] = {e.id: [] for e in self.config.experts}
-        for replica_id, r in sorted(model.replicas.items()):
-            live = self.live.get(replica_id)
-            by_expert[r.expert_id].append({
-                "replica_id": replica_id, "expert": r.expert_id, "worker": r.worker_id, "hardware": r.hardware,
-                "state": r.state.value, "state_since": r.state_since_at, "num_running": r.load.num_running,
-                "num_queued": r.load.num_queued, "num_outstanding_tokens": r.load.num_outstanding_tokens,
-                "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
-                "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
-                "last_error": live.last_error if live else None,
-                "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
-            })
-        for expert_id, ext in self.external.items():
-            by_expert[expert_id].append({
-                "replica_id": ext.replica_id, "expert": expert_id, "worker": "upstream", "hardware": "remote",
-                "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
-                "num_failed": ext.num_failed,
-            })
-        return {
-            "now": model.now_s,
-            "workers": [dataclasses.asdict(w) for w in model.workers.values()],
-            "experts": [
-                {
-                    "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
-                    "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
-                    "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
-                    "keepalive": self._last_keepalive.get(e.id),
-                }
-                for e in self.config.experts
-            ],
-            "counters": {**self.counters, "transitions": {f"{a.value}->{b.value}": n for (a, b), n in model.transition_counts.items()}},
-            "decisions": list(self.decisions)[-50:],
-        }
+        """The JSON view behind GET /admin/fleet (see `switchboard.runtime.view`)."""
+        from switchboard.runtime.view import describe_fleet
+
+        return describe_fleet(self)
+
 

@@ -1,0 +1,50 @@
+"""The operator's view of the live fleet: the JSON behind `GET /admin/fleet`, the dashboard and `switchboard status`.
+
+Replica states, loads and transitions come from the fleet model; what only the engines know (requests served,
+measured cold starts, last error) from the live replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from switchboard.runtime.fleet import LiveFleet
+
+
+def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
+    model = fleet._now()
+    by_expert: dict[str, list[dict[str, Any]]] = {e.id: [] for e in fleet.config.experts}
+    for replica_id, r in sorted(model.replicas.items()):
+        live = fleet.live.get(replica_id)
+        by_expert[r.expert_id].append({
+            "replica_id": replica_id, "expert": r.expert_id, "worker": r.worker_id, "hardware": r.hardware,
+            "state": r.state.value, "state_since": r.state_since_at, "num_running": r.load.num_running,
+            "num_queued": r.load.num_queued, "num_outstanding_tokens": r.load.num_outstanding_tokens,
+            "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
+            "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
+            "last_error": live.last_error if live else None,
+            "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
+        })
+    for expert_id, ext in fleet.external.items():
+        by_expert[expert_id].append({
+            "replica_id": ext.replica_id, "expert": expert_id, "worker": "upstream", "hardware": "remote",
+            "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
+            "num_failed": ext.num_failed,
+        })
+    return {
+        "now": model.now_s,
+        "workers": [dataclasses.asdict(w) for w in model.workers.values()],
+        "experts": [
+            {
+                "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
+                "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
+                "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
+                "keepalive": fleet._last_keepalive.get(e.id),
+            }
+            for e in fleet.config.experts
+        ],
+        "counters": {**fleet.counters, "transitions": {f"{a.value}->{b.value}": n for (a, b), n in model.transition_counts.items()}},
+        "decisions": list(fleet.decisions)[-50:],
+    }
