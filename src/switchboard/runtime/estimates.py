@@ -14,6 +14,7 @@ from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBacke
 from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
 from switchboard.perf.hardware import GB, get_hardware
 from switchboard.perf.roofline import engine_profile
+from switchboard.perf.serving import serving_estimate
 from switchboard.types import ExpertId, HardwareKind, WorkerId
 
 VIRTUAL_DEVICES_PER_WORKER = 8
@@ -58,8 +59,6 @@ def expert_spec(expert: ExpertConfig) -> ExpertSpec:
 
 def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[ServingEstimate]:
     """One estimate per hardware kind this expert may run on (none for external upstreams)."""
-    from switchboard.sim.cluster import serving_estimate
-
     backend = expert.backend
     if isinstance(backend, OpenAIBackend):
         return []

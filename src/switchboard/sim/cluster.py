@@ -28,10 +28,9 @@ from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
 from switchboard.perf.calibration import Measurement, calibrate_hardware
 from switchboard.perf.hardware import Hardware, get_hardware, hardware_catalog
 from switchboard.perf.roofline import EngineProfile, engine_profile
+from switchboard.perf.serving import TYPICAL_PROMPT_TOKENS, serving_estimate  # noqa: F401 (re-exported)
 from switchboard.types import ExpertId, HardwareKind, WorkerId
 
-TYPICAL_PROMPT_TOKENS = 1024
-"""Prompt length behind `ServingEstimate.prefill_tokens_per_s` (the Azure conversation trace median is ~1k)."""
 
 
 class _Strict(BaseModel):
@@ -131,23 +130,6 @@ class BuiltCluster:
     @property
     def num_devices(self) -> int:
         return sum(p.workers * p.devices_per_worker for p in self.spec.pools)
-
-
-def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
-    """The fleet model's linear latency summary of an engine profile."""
-    full = profile.max_batch_size
-    ctx = TYPICAL_PROMPT_TOKENS + 128
-    return ServingEstimate(
-        expert_id=ExpertId(expert_id),
-        hardware=HardwareKind(profile.hardware.kind),
-        memory_gb=profile.num_devices * profile.hardware.memory_bytes / 1e9,
-        cold_start_s=profile.cold_start_s,
-        prefill_tokens_per_s=TYPICAL_PROMPT_TOKENS / profile.prefill_time_s(TYPICAL_PROMPT_TOKENS),
-        decode_step_s_batch_1=profile.decode_step_time_s(1, ctx),
-        decode_step_s_full_batch=profile.decode_step_time_s(full, min(full * ctx, profile.kv_capacity_tokens)),
-        max_num_seqs=full,
-        kv_capacity_tokens=profile.kv_capacity_tokens,
-    )
 
 
 def build_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
