@@ -70,6 +70,18 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
     return spec, w, data
 
 
+def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: float,
+             keepalive_s: Optional[float], seed: int, **load_args):
+    """What `sim run` and `sim compare` share: the cluster, the workload, its routing and the policy knobs."""
+    from switchboard.sim.scenario import Knobs
+
+    spec, w, data = _load(trace, cluster, seed=seed, **load_args)
+    knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    if keepalive_s is not None:
+        knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
+    return spec, w, _routing_for(w, data, router), knobs
+
+
 def _routing_for(w, data, router: str = "default"):
     """Per-request predicted/true quality. `router`: `default` (the packaged learned router predicts each
     distinct prompt once), `task-prior` (leave-one-out per-task means; fast), or a router directory."""
@@ -175,15 +187,12 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the result and its resolved config."),
 ) -> None:
     """Replay one workload through one policy set and report SLOs, latency, quality, cost and replica time."""
-    from switchboard.sim.scenario import Knobs, run_policy
+    from switchboard.sim.scenario import run_policy
 
-    spec, w, data = _load(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
-                          workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
-                          seed=seed, periodic_fraction=periodic_fraction)
-    knobs = Knobs(cost_weight=cost_weight, seed=seed)
-    routing = _routing_for(w, data, router)
-    if keepalive_s is not None:
-        knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
+    spec, w, routing, knobs = _prepare(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
+                                       workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s,
+                                       zipf=zipf, seed=seed, periodic_fraction=periodic_fraction, router=router,
+                                       cost_weight=cost_weight, keepalive_s=keepalive_s)
     try:
         with _progress(policy, len(w), as_json) as tick:
             summary, _ = run_policy(policy, spec, w, routing, knobs, on_progress=tick,
@@ -229,15 +238,12 @@ def compare(
 ) -> None:
     """Run several policy sets on the same workload side by side; write a table and PNG plots."""
     from switchboard.sim.plots import plot_compare
-    from switchboard.sim.scenario import Knobs, run_policy
+    from switchboard.sim.scenario import run_policy
 
-    spec, w, data = _load(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
-                          workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s, zipf=zipf,
-                          seed=seed, periodic_fraction=periodic_fraction)
-    knobs = Knobs(cost_weight=cost_weight, seed=seed)
-    routing = _routing_for(w, data, router)
-    if keepalive_s is not None:
-        knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
+    spec, w, routing, knobs = _prepare(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
+                                       workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s,
+                                       zipf=zipf, seed=seed, periodic_fraction=periodic_fraction, router=router,
+                                       cost_weight=cost_weight, keepalive_s=keepalive_s)
     rows = []
     for name in [p.strip() for p in policies.split(",") if p.strip()]:
         try:
