@@ -44,10 +44,12 @@ MAX_BACKOFF_S = 30.0
 class LogEntry:
     """What is known of a request when it gets its id; `RequestLog.finish` completes it into a row."""
 
-    __slots__ = ("request_id", "kind", "expert_id", "routing_reason", "prompt_text", "created_at")
+    __slots__ = ("request_id", "kind", "expert_id", "routing_reason", "prompt_text", "created_at", "key_id")
 
-    def __init__(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> None:
+    def __init__(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None,
+                 key_id: str | None = None) -> None:
         self.request_id = request_id
+        self.key_id = key_id
         self.kind = kind
         self.expert_id = expert_id
         self.routing_reason = routing_reason
@@ -83,13 +85,14 @@ class RequestLog:
 
     @classmethod
     def for_config(cls, config: SwitchboardConfig, environ: Mapping[str, str], **kwargs: Any) -> "RequestLog":
-        prices = {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
-        return cls(config.storage, config.storage.url or database.default_url(environ), prices, **kwargs)
+        return cls(config.storage, config.storage.url or database.default_url(environ), expert_prices(config), **kwargs)
 
     # ---- the request path: no I/O ----
 
-    def begin(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> LogEntry:
-        return LogEntry(request_id, kind, expert_id, routing_reason, prompt_text if self.store_prompts else None)
+    def begin(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None,
+              key_id: str | None = None) -> LogEntry:
+        """`key_id` is the API key's id (switchboard.tenants), never its secret."""
+        return LogEntry(request_id, kind, expert_id, routing_reason, prompt_text if self.store_prompts else None, key_id)
 
     def finish(self, entry: LogEntry, outcome: str, status: int, started_at: float, *, lease: Any = None,
                first_token_at: float | None = None, usage: Usage | None = None) -> None:
@@ -99,15 +102,12 @@ class RequestLog:
         replica = getattr(lease, "replica", None)
         tokens_in = usage.prompt_tokens if usage is not None else None
         tokens_out = usage.completion_tokens if usage is not None else None
-        usd = 0.0
-        if usage is not None:
-            usd_in, usd_out = self.prices.get(entry.expert_id, (0.0, 0.0))
-            usd = usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
+        usd = usd_of(self.prices, entry.expert_id, usage)
         latency_s = now - started_at
         ttft_s = first_token_at - started_at if first_token_at is not None else (latency_s if outcome == "ok" else None)
         # A tuple in database.REQUEST_COLUMNS order: the dict SQLAlchemy wants is built in the writer's thread.
         self._put(self._requests, (
-            entry.request_id, entry.created_at, None, entry.kind, entry.expert_id,
+            entry.request_id, entry.created_at, entry.key_id, entry.kind, entry.expert_id,
             replica.replica_id if replica is not None else None, replica.hardware if replica is not None else None,
             tokens_in, tokens_out, usd, ttft_s, latency_s, bool(getattr(lease, "was_cold", False)), entry.routing_reason,
             getattr(outcome, "value", outcome), status, entry.prompt_text,
@@ -241,6 +241,18 @@ class RequestLog:
         self._migrated = True
 
 
+def usd_of(prices: Mapping[str, tuple[float, float]], expert_id: str, usage: Usage | None) -> float:
+    """A request's cost from its usage and `prices` (expert id → USD per input token, per output token)."""
+    if usage is None:
+        return 0.0
+    usd_in, usd_out = prices.get(expert_id, (0.0, 0.0))
+    return usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
+
+
+def expert_prices(config: SwitchboardConfig) -> dict[str, tuple[float, float]]:
+    return {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
+
+
 def _take(queue: deque[tuple], n: int) -> list[tuple]:
     return [queue.popleft() for _ in range(min(n, len(queue)))]
 
@@ -261,7 +273,7 @@ class DisabledRequestLog:
     enabled = False
     num_pending = 0
 
-    def begin(self, *args: Any) -> None:
+    def begin(self, *args: Any, **kwargs: Any) -> None:
         return None
 
     def finish(self, *args: Any, **kwargs: Any) -> None:
