@@ -16,20 +16,20 @@ NOON = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc).timestamp()
 
 
 def test_unlimited_key_is_always_admitted():
-    assert admit(KeyLimits(), UsageSnapshot(((NOON - 1, 10**9),) * 1000, 1e9, 1e9), NOON, 10**9) is ALLOWED
+    assert admit(KeyLimits(), UsageSnapshot.of(((NOON - 1, 10**9),) * 1000, 1e9, 1e9), NOON, 10**9) is ALLOWED
 
 
 def test_rpm_names_the_limit_and_when_a_slot_frees():
-    usage = UsageSnapshot(((NOON - 50, 1), (NOON - 30, 1), (NOON - 10, 1)))
+    usage = UsageSnapshot.of(((NOON - 50, 1), (NOON - 30, 1), (NOON - 10, 1)))
     verdict = admit(KeyLimits(rpm=3), usage, NOON, 1)
     assert isinstance(verdict, OverLimit) and (verdict.limit, verdict.status) == (Limit.RPM, 429)
     assert verdict.retry_after_s == pytest.approx(10.0)  # the request at -50 s leaves the window in 10 s
-    assert admit(KeyLimits(rpm=3), usage, NOON + 10.001, 1) is ALLOWED
+    assert admit(KeyLimits(rpm=3), UsageSnapshot.of(((NOON - 30, 1), (NOON - 10, 1))), NOON + 10.001, 1) is ALLOWED
     assert admit(KeyLimits(rpm=4), usage, NOON, 1) is ALLOWED
 
 
 def test_tpm_counts_the_estimate_and_says_when_it_fits():
-    usage = UsageSnapshot(((NOON - 40, 500), (NOON - 20, 400)))
+    usage = UsageSnapshot.of(((NOON - 40, 500), (NOON - 20, 400)))
     verdict = admit(KeyLimits(tpm=1000), usage, NOON, 200)
     assert isinstance(verdict, OverLimit) and verdict.limit is Limit.TPM and verdict.retry_after_s == pytest.approx(20.0)
     assert admit(KeyLimits(tpm=1000), usage, NOON, 100) is ALLOWED
@@ -62,7 +62,7 @@ def test_admitted_requests_never_exceed_the_limits_in_any_minute(rpm, tpm, gaps,
     admitted: list[tuple[float, int]] = []
     for gap, size in zip(gaps, sizes):
         now += gap
-        if admit(limits, meter.snapshot("k", now), now, size) is ALLOWED:
+        if admit(limits, summary_ok(meter.snapshot("k", now)), now, size) is ALLOWED:
             meter.reserve("k", now, size)
             admitted.append((now, size))
     for at, _ in admitted:
@@ -73,12 +73,25 @@ def test_admitted_requests_never_exceed_the_limits_in_any_minute(rpm, tpm, gaps,
 def test_meter_replaces_the_estimate_with_real_usage_and_rolls_spend_over_at_midnight():
     meter = UsageMeter()
     reservation = meter.reserve("k", NOON, 300)
+    assert summary(meter.snapshot("k", NOON)) == (1, 300, 0.0, 0.0)
     meter.settle(reservation, 40, 0.5, NOON + 1)
-    assert meter.snapshot("k", NOON + 2) == UsageSnapshot(((NOON, 40),), 0.5, 0.5)
+    assert summary(meter.snapshot("k", NOON + 2)) == (1, 40, 0.5, 0.5)
     failed = meter.reserve("k", NOON + 3, 100)
     meter.settle(failed, None, 0.0, NOON + 4)  # no usage known: the estimate stays
-    assert meter.snapshot("k", NOON + 5).window[-1] == (NOON + 3, 100)
-    tomorrow = NOON + 86400
-    assert meter.snapshot("k", tomorrow) == UsageSnapshot((), 0.0, 0.5)
+    assert summary(meter.snapshot("k", NOON + 5)) == (2, 140, 0.5, 0.5)
+    assert summary(meter.snapshot("k", NOON + 61)) == (1, 100, 0.5, 0.5)  # the first left the window
+    meter.settle(reservation, 1000, 0.0, NOON + 62)  # settled after it left the window: counts nowhere
+    assert summary(meter.snapshot("k", NOON + 62)) == (1, 100, 0.5, 0.5)
+    assert summary(meter.snapshot("k", NOON + 86400)) == (0, 0, 0.0, 0.5)  # next day, same month
     meter.seed("other", 2.0, 7.0, NOON)
-    assert meter.snapshot("other", NOON) == UsageSnapshot((), 2.0, 7.0)
+    assert summary(meter.snapshot("other", NOON)) == (0, 0, 2.0, 7.0)
+
+
+def summary(usage: UsageSnapshot) -> tuple:
+    assert usage.num_requests == len(usage.window) and usage.num_tokens == sum(e.num_tokens for e in usage.window)
+    return usage.num_requests, usage.num_tokens, usage.usd_today, usage.usd_this_month
+
+
+def summary_ok(usage: UsageSnapshot) -> UsageSnapshot:
+    summary(usage)
+    return usage

@@ -221,10 +221,13 @@ class TenantGate:
 def merge_routing(routing: RoutingParams | None, quality_floor: float | None, usd_per_mtok_ceiling: float | None) -> RoutingParams:
     """The request's routing constraints with the key's: the tighter of each wins."""
     base = routing or RoutingParams()
-    return base.model_copy(update={
-        "min_quality": cp.tighter_floor(base.min_quality, quality_floor),
-        "max_usd_per_mtok": cp.tighter_ceiling(base.max_usd_per_mtok, usd_per_mtok_ceiling),
-    })
+    # model_construct: both sides were validated already (the request by the parser, the key by KeyLimits), and
+    # this runs on every request of a key with a policy.
+    return RoutingParams.model_construct(
+        cost_weight=base.cost_weight, experts=base.experts,
+        min_quality=cp.tighter_floor(base.min_quality, quality_floor),
+        max_usd_per_mtok=cp.tighter_ceiling(base.max_usd_per_mtok, usd_per_mtok_ceiling),
+    )
 
 
 def _allows(routing: RoutingParams | None, expert: ExpertConfig) -> bool:

@@ -2,7 +2,8 @@
 limit is hit, with the status (429 for rate limits, 402 for budgets) and how long until it clears.
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
-burst at a minute's edge cannot pass twice the limit). Budgets are per UTC calendar day and month; they are
+burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
+when it clears. Budgets are per UTC calendar day and month; they are
 soft by one request: a request is refused once the spend *already* reached the budget, so the request that
 crosses it is still served (its cost is only known after it ran).
 """
@@ -13,6 +14,8 @@ import calendar
 import dataclasses
 import datetime as dt
 import enum
+import functools
+from collections.abc import Sequence
 
 from switchboard.tenants.keys import KeyLimits
 
@@ -26,14 +29,34 @@ class Limit(str, enum.Enum):
     USD_PER_MONTH = "usd_per_month"
 
 
+class WindowEntry:
+    """One admitted request in its key's window: when, and its tokens (the admission estimate until the
+    answer's real usage replaces it)."""
+
+    __slots__ = ("key_id", "at_s", "num_tokens", "in_window")
+
+    def __init__(self, key_id: str, at_s: float, num_tokens: int) -> None:
+        self.key_id = key_id
+        self.at_s = at_s
+        self.num_tokens = num_tokens
+        self.in_window = True
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageSnapshot:
-    """A key's recent use. `window` is ((at_s, num_tokens), ...) for the requests of the last `WINDOW_S`,
-    oldest first (tokens are the admission estimate until the answer's real usage replaces it)."""
+    """A key's recent use: the requests of the last `WINDOW_S` (count, tokens, and the entries oldest first,
+    read only to say when an exceeded limit clears) and its spend this UTC day and month."""
 
-    window: tuple[tuple[float, int], ...] = ()
+    num_requests: int = 0
+    num_tokens: int = 0
     usd_today: float = 0.0
     usd_this_month: float = 0.0
+    window: Sequence[WindowEntry] = ()
+
+    @classmethod
+    def of(cls, entries: Sequence[tuple[float, int]], usd_today: float = 0.0, usd_this_month: float = 0.0) -> "UsageSnapshot":
+        window = [WindowEntry("", at_s, n) for at_s, n in entries]
+        return cls(len(window), sum(n for _, n in entries), usd_today, usd_this_month, window)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,49 +91,47 @@ def _check_budget(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> Over
     return None
 
 
-def _recent(usage: UsageSnapshot, now_s: float) -> list[tuple[float, int]]:
-    return [(at, n) for at, n in usage.window if at > now_s - WINDOW_S]
-
-
 def _check_rpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
-    if limits.rpm is None:
+    if limits.rpm is None or usage.num_requests < limits.rpm:
         return None
-    recent = _recent(usage, now_s)
-    if len(recent) < limits.rpm:
-        return None
-    # The request that frees a slot is the (len - rpm + 1)-th oldest: once it leaves the window, one more fits.
-    freeing_at = recent[len(recent) - limits.rpm][0] + WINDOW_S if limits.rpm > 0 else now_s + WINDOW_S
+    # The request that frees a slot is the (n - rpm + 1)-th oldest: once it leaves the window, one more fits.
+    index = usage.num_requests - limits.rpm
+    freeing_at = usage.window[index].at_s + WINDOW_S if limits.rpm > 0 else now_s + WINDOW_S
     return OverLimit(Limit.RPM, 429, max(freeing_at - now_s, 0.0),
                      f"rate limit of {limits.rpm} requests per minute reached")
 
 
 def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens: int) -> OverLimit | None:
-    if limits.tpm is None:
-        return None
-    recent = _recent(usage, now_s)
-    used = sum(n for _, n in recent)
-    if used + num_tokens <= limits.tpm:
+    if limits.tpm is None or usage.num_tokens + num_tokens <= limits.tpm:
         return None
     if num_tokens > limits.tpm:
         return OverLimit(Limit.TPM, 429, WINDOW_S, f"rate limit of {limits.tpm} tokens per minute: this request alone is "
                          f"estimated at {num_tokens} tokens (prompt + max_tokens); lower max_tokens")
-    retry_after_s = WINDOW_S
-    for at, n in recent:  # the oldest requests leave the window first
-        used -= n
+    used, retry_after_s = usage.num_tokens, WINDOW_S
+    for entry in usage.window:  # the oldest requests leave the window first
+        used -= entry.num_tokens
         if used + num_tokens <= limits.tpm:
-            retry_after_s = at + WINDOW_S - now_s
+            retry_after_s = entry.at_s + WINDOW_S - now_s
             break
     return OverLimit(Limit.TPM, 429, max(retry_after_s, 0.0),
-                     f"rate limit of {limits.tpm} tokens per minute reached ({sum(n for _, n in recent)} used, "
+                     f"rate limit of {limits.tpm} tokens per minute reached ({usage.num_tokens} used, "
                      f"this request is estimated at {num_tokens})")
 
 
-def day_of(now_s: float) -> str:
-    return dt.datetime.fromtimestamp(now_s, dt.timezone.utc).strftime("%Y-%m-%d")
+def day_of(now_s: float) -> int:
+    """The UTC day as a number (days since 1970-01-01): cheap enough for every request."""
+    return int(now_s // 86400.0)
 
 
-def month_of(now_s: float) -> str:
-    return dt.datetime.fromtimestamp(now_s, dt.timezone.utc).strftime("%Y-%m")
+def month_of(now_s: float) -> int:
+    """The UTC month as a number (12 * year + month - 1)."""
+    return _month_of_day(day_of(now_s))
+
+
+@functools.lru_cache(maxsize=64)
+def _month_of_day(day: int) -> int:
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    return 12 * date.year + date.month - 1
 
 
 def day_start_s(now_s: float) -> float:

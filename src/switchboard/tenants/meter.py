@@ -9,28 +9,21 @@ from __future__ import annotations
 
 from collections import deque
 
-from switchboard.tenants.limits import WINDOW_S, UsageSnapshot, day_of, month_of
+from switchboard.tenants.limits import WINDOW_S, UsageSnapshot, WindowEntry, day_of, month_of
 
 
-class Reservation:
-    """One admitted request's entry in its key's window: the token estimate, replaced by real usage later."""
-
-    __slots__ = ("key_id", "at_s", "num_tokens")
-
-    def __init__(self, key_id: str, at_s: float, num_tokens: int) -> None:
-        self.key_id = key_id
-        self.at_s = at_s
-        self.num_tokens = num_tokens
+Reservation = WindowEntry  # what `reserve` returns and `settle` takes
 
 
 class _KeyUsage:
-    __slots__ = ("window", "day", "usd_day", "month", "usd_month")
+    __slots__ = ("window", "num_tokens", "day", "usd_day", "month", "usd_month")
 
     def __init__(self) -> None:
-        self.window: deque[Reservation] = deque()
-        self.day = ""
+        self.window: deque[WindowEntry] = deque()
+        self.num_tokens = 0  # the sum over `window`, kept as entries come, go and settle
+        self.day = -1
         self.usd_day = 0.0
-        self.month = ""
+        self.month = -1
         self.usd_month = 0.0
 
 
@@ -45,27 +38,33 @@ class UsageMeter:
         return usage
 
     def snapshot(self, key_id: str, now_s: float) -> UsageSnapshot:
+        """The key's usage at `now_s`. Its `window` is the meter's own (not a copy): read it before the next
+        `reserve` or `settle`."""
         usage = self._keys.get(key_id)
         if usage is None:
             return UsageSnapshot()
-        while usage.window and usage.window[0].at_s <= now_s - WINDOW_S:
-            usage.window.popleft()
-        return UsageSnapshot(
-            tuple((r.at_s, r.num_tokens) for r in usage.window),
-            usage.usd_day if usage.day == day_of(now_s) else 0.0,
-            usage.usd_month if usage.month == month_of(now_s) else 0.0,
-        )
+        window = usage.window
+        while window and window[0].at_s <= now_s - WINDOW_S:
+            gone = window.popleft()
+            gone.in_window = False
+            usage.num_tokens -= gone.num_tokens
+        return UsageSnapshot(len(window), usage.num_tokens, usage.usd_day if usage.day == day_of(now_s) else 0.0,
+                             usage.usd_month if usage.month == month_of(now_s) else 0.0, window)
 
     def reserve(self, key_id: str, now_s: float, num_tokens_estimate: int) -> Reservation:
         """Counts an admitted request (and its estimated tokens) in its key's window."""
         reservation = Reservation(key_id, now_s, num_tokens_estimate)
-        self._usage(key_id).window.append(reservation)
+        usage = self._usage(key_id)
+        usage.window.append(reservation)
+        usage.num_tokens += num_tokens_estimate
         return reservation
 
     def settle(self, reservation: Reservation, num_tokens: int | None, usd: float, now_s: float) -> None:
         """The request finished: its real token count replaces the estimate (None keeps the estimate: a failed
         request's size is unknown) and its cost is added to today's and this month's spend."""
         if num_tokens is not None:
+            if reservation.in_window:
+                self._usage(reservation.key_id).num_tokens += num_tokens - reservation.num_tokens
             reservation.num_tokens = num_tokens
         self.add_spend(reservation.key_id, usd, now_s)
 
