@@ -192,3 +192,25 @@ def test_auth_is_off_by_default_and_any_key_works(tmp_path):
     with serve_in_thread(build_app(config, environ={})) as base:
         assert chat(base, "anything").headers["x-switchboard-expert"] == "cheap"
         assert httpx.get(base + "/admin/fleet").status_code == 200
+
+
+def test_a_key_can_only_score_its_own_requests(db_url):
+    _, mine = new_key(db_url, "mine")
+    _, theirs = new_key(db_url, "theirs")
+    with serve(db_url) as base:
+        request_id = chat(base, mine).parse().id
+
+        def feedback(secret: str) -> int:
+            return httpx.post(base + "/v1/feedback", headers={"authorization": f"Bearer {secret}"},
+                              json={"request_id": request_id, "score": 0.5}).status_code
+
+        assert (feedback(theirs), feedback(mine)) == (404, 201)  # still queued
+        engine = create_engine(db_url)
+        deadline = time.monotonic() + 10
+        with engine.connect() as connection:  # wait for the flush: then answered from the database
+            while not connection.execute(text("SELECT 1 FROM requests WHERE id = :i"), {"i": request_id}).first():
+                assert time.monotonic() < deadline, "the request was never flushed"
+                time.sleep(0.05)
+                connection.rollback()
+        engine.dispose()
+        assert (feedback(theirs), feedback(mine)) == (404, 201)

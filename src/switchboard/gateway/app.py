@@ -92,7 +92,11 @@ def build_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await request_log.start()
         if gate is not None:
-            await gate.start()  # after the request log: its migration creates the key table too
+            try:
+                await gate.start()  # after the request log: the same database; refuses to start without its keys
+            except BaseException:
+                await request_log.stop()
+                raise
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         try:

@@ -71,7 +71,7 @@ class RequestLog:
         self.engine: Engine | None = None
         self._requests: deque[tuple] = deque()  # rows in database.REQUEST_COLUMNS order
         self._feedback: deque[tuple] = deque()  # rows in database.FEEDBACK_COLUMNS order
-        self._unflushed_ids: set[str] = set()
+        self._unflushed_ids: dict[str, str | None] = {}  # request id → its key id, until written
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
@@ -112,7 +112,7 @@ class RequestLog:
             tokens_in, tokens_out, usd, ttft_s, latency_s, bool(getattr(lease, "was_cold", False)), entry.routing_reason,
             getattr(outcome, "value", outcome), status, entry.prompt_text,
         ))
-        self._unflushed_ids.add(entry.request_id)
+        self._unflushed_ids[entry.request_id] = entry.key_id
 
     def add_feedback(self, request_id: str, score: float) -> str:
         """Queues a feedback row (written after its request, in the same or a later batch); returns its id."""
@@ -123,7 +123,7 @@ class RequestLog:
     def _put(self, queue: deque[tuple], row: tuple) -> None:
         if len(self._requests) + len(self._feedback) >= self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest[0])
+            self._unflushed_ids.pop(oldest[0], None)
             self.num_dropped += 1
             if not self._dropping:
                 self._dropping = True
@@ -132,12 +132,13 @@ class RequestLog:
         if len(queue) == self.settings.max_batch:
             self._wake.set()
 
-    async def knows(self, request_id: str) -> bool:
-        """Whether `request_id` was logged (still queued, or in the database). Raises if the database is down."""
+    async def knows(self, request_id: str, key_id: str | None = None) -> bool:
+        """Whether `request_id` was logged (still queued, or in the database) — and, given a `key_id`, by that
+        API key (a tenant only ever sees its own requests). Raises if the database is down."""
         if request_id in self._unflushed_ids:
-            return True
+            return key_id is None or self._unflushed_ids[request_id] == key_id
         engine = await self._engine()
-        return await asyncio.to_thread(database.request_exists, engine, request_id)
+        return await asyncio.to_thread(database.request_exists, engine, request_id, key_id)
 
     @property
     def num_pending(self) -> int:
@@ -216,7 +217,7 @@ class RequestLog:
                                 len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
                     return False
                 for row in requests:
-                    self._unflushed_ids.discard(row[0])
+                    self._unflushed_ids.pop(row[0], None)
                 self.num_written += len(requests) + len(feedback)
                 self.batch_sizes.append(len(requests) + len(feedback))
                 if self._dropping:
@@ -227,7 +228,7 @@ class RequestLog:
     def _trim(self) -> None:
         while self.num_pending > self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest[0])
+            self._unflushed_ids.pop(oldest[0], None)
             self.num_dropped += 1
 
     async def _engine(self) -> Engine:
