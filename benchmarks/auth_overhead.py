@@ -2,10 +2,11 @@
 usage metering, key_id in the request log), and on with a cost ceiling (the key policy at choosing time).
 
 The apps are driven in-process through ASGI (no sockets), against an instantly answering simulated expert,
-so the gateway's own work is all that is timed; the three variants run interleaved in rounds in the same
-process, and the report is their ratio and the added microseconds per request (p50 and mean).
+so the gateway's own work is all that is timed; the three variants take turns request by request in the same
+process, and the report is their ratio and the added microseconds per request (p50, mean, and the median of
+the paired differences between neighbouring requests).
 
-Run: .venv/bin/python benchmarks/auth_overhead.py [--requests 3000] [--rounds 5] [--json out.json]
+Run: .venv/bin/python benchmarks/auth_overhead.py [--requests 3000] [--json out.json]
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def one_request(app: Any, headers: list[tuple[bytes, bytes]]) -> int:
     return status
 
 
-async def main(num_requests: int, num_rounds: int) -> dict[str, Any]:
+async def main(num_requests: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-auth-bench-"))
     variants: dict[str, tuple[Any, list]] = {}
     for name, auth, limits in (("off", "false", None),
@@ -107,13 +108,14 @@ async def main(num_requests: int, num_rounds: int) -> dict[str, Any]:
         for name, (app, headers) in variants.items():  # warm-up
             for _ in range(200):
                 assert await one_request(app, headers) == 200
-        for _ in range(num_rounds):
-            for name, (app, headers) in variants.items():
-                for _ in range(num_requests // num_rounds):
-                    started = time.perf_counter()
-                    status = await one_request(app, headers)
-                    timings[name].append(time.perf_counter() - started)
-                    assert status == 200, (name, status)
+        # Request by request in turn (rotating which goes first), so machine noise and drift hit all alike.
+        order = list(variants.items())
+        for i in range(num_requests):
+            for name, (app, headers) in order[i % len(order):] + order[:i % len(order)]:
+                started = time.perf_counter()
+                status = await one_request(app, headers)
+                timings[name].append(time.perf_counter() - started)
+                assert status == 200, (name, status)
     finally:
         for lifespan in lifespans:
             await lifespan.__aexit__()
@@ -121,20 +123,24 @@ async def main(num_requests: int, num_rounds: int) -> dict[str, Any]:
     rows = []
     for name, values in timings.items():
         p50, mean = statistics.median(values), statistics.fmean(values)
+        # Paired: request i of this variant ran right next to request i with auth off; the median difference
+        # of the pairs is the least noise-sensitive estimate on a busy machine.
+        paired = statistics.median(v - o for v, o in zip(values, timings["off"]))
         rows.append({"variant": name, "requests": len(values), "p50_us": p50 * 1e6, "mean_us": mean * 1e6,
-                     "p50_ratio": p50 / base_p50, "added_p50_us": (p50 - base_p50) * 1e6, "added_mean_us": (mean - base_mean) * 1e6})
+                     "p50_ratio": p50 / base_p50, "added_p50_us": (p50 - base_p50) * 1e6, "added_mean_us": (mean - base_mean) * 1e6,
+                     "added_paired_median_us": paired * 1e6})
     return {"rows": rows, "python": sys.version.split()[0]}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="Timed requests per variant.")
-    parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds the requests are split into.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
-    result = asyncio.run(main(args.requests, args.rounds))
-    print(f"{'variant':<12}{'requests':>9}{'p50 µs':>10}{'mean µs':>10}{'p50 ratio':>11}{'+p50 µs':>9}{'+mean µs':>10}")
+    result = asyncio.run(main(args.requests))
+    print(f"{'variant':<12}{'requests':>9}{'p50 µs':>10}{'mean µs':>10}{'p50 ratio':>11}{'+p50 µs':>9}{'+mean µs':>10}{'+paired µs':>12}")
     for r in result["rows"]:
-        print(f"{r['variant']:<12}{r['requests']:>9}{r['p50_us']:>10.0f}{r['mean_us']:>10.0f}{r['p50_ratio']:>11.3f}{r['added_p50_us']:>9.0f}{r['added_mean_us']:>10.0f}")
+        print(f"{r['variant']:<12}{r['requests']:>9}{r['p50_us']:>10.0f}{r['mean_us']:>10.0f}{r['p50_ratio']:>11.3f}{r['added_p50_us']:>9.0f}"
+              f"{r['added_mean_us']:>10.0f}{r['added_paired_median_us']:>12.0f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
