@@ -214,3 +214,26 @@ def test_a_key_can_only_score_its_own_requests(db_url):
                 connection.rollback()
         engine.dispose()
         assert (feedback(theirs), feedback(mine)) == (404, 201)
+
+
+def test_without_a_router_a_floor_cannot_be_checked_and_the_answer_says_so(db_url):
+    _, floor = new_key(db_url, "floor", quality_floor=0.5)
+    _, ceiling = new_key(db_url, "ceiling", usd_per_mtok_ceiling=1.0)  # cheap costs 1.5 USD/Mtok blended
+    with serve(db_url) as base:
+        assert chat(base, floor, model="auto").headers["x-switchboard-key-policy"] == "quality-unknown"
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            chat(base, ceiling, model="auto")
+        assert err.value.code == "key_cost_ceiling"
+
+
+def test_switchboard_status_sends_the_admin_key(db_url):
+    from typer.testing import CliRunner
+
+    from switchboard.cli.main import _register_subcommands, app as cli_app
+
+    _register_subcommands()
+    with serve(db_url) as base:
+        shown = CliRunner().invoke(cli_app, ["status", "--url", base], env={"COLUMNS": "200", "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY})
+        assert shown.exit_code == 0 and "cheap" in shown.output
+        refused = CliRunner().invoke(cli_app, ["status", "--url", base], env={"SWITCHBOARD_ADMIN_KEY": ""})
+        assert refused.exit_code == 1 and "401" in refused.output

@@ -146,6 +146,8 @@ class TenantGate:
         else:
             compliant = self._option(expert, choice)
             if compliant.is_ready or limits.on_violation is OnViolation.QUEUE:
+                if compliant.predicted_quality is None and limits.quality_floor is not None:
+                    caller.policy_note = "quality-unknown"  # no router, or it does not know the expert
                 return expert, choice
         # Not served as routed: what the request's own constraints allow (raises the usual 400 if nothing).
         expert_any, choice_any = await resolve(AUTO_MODEL, routing, text)
