@@ -29,6 +29,9 @@ def test_compliant_but_cold():
     degraded = decide(limits(OnViolation.DEGRADE), GOOD_COLD, [GOOD_COLD, WEAK, WEAKER])
     assert (degraded.verdict, degraded.expert_id, degraded.violated) == (Verdict.DEGRADE, "weak", (QUALITY_FLOOR,))
     assert decide(limits(OnViolation.DEGRADE), GOOD_COLD, [GOOD_COLD]).verdict is Verdict.SERVE  # nothing ready: wait
+    also_good = ExpertOption("also-good", 0.7, 1.0, True)  # routing preferred the cold one; a warm one complies too
+    for policy in (OnViolation.DEGRADE, OnViolation.REJECT):
+        assert decide(limits(policy), GOOD_COLD, [GOOD_COLD, WEAK, also_good]) == decide(limits(policy), also_good, [])
     rejected = decide(limits(OnViolation.REJECT), GOOD_COLD, [GOOD_COLD, WEAK])
     assert (rejected.verdict, rejected.status, rejected.wake_expert_id) == (Verdict.REJECT, 503, "good") and rejected.retry_after_s
 

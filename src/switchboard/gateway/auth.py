@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from switchboard.config.schema import ExpertConfig, SwitchboardConfig
-from switchboard.gateway.choosing import ExpertChoice
+from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.schemas import RoutingParams
 from switchboard.engines.base import Usage
@@ -190,7 +190,7 @@ class TenantGate:
                 choice = await asyncio.to_thread(self.chooser.choose, text, only, self.config.experts)
             else:
                 choice = self.chooser.choose(text, only, self.config.experts)
-        except Exception:  # noqa: BLE001 — the router refusing to predict is "unknown", not a failed request
+        except ChoiceError:  # the router refusing to predict is "unknown", not a failed request
             return None
         for e, q, _ in choice.candidates:
             if e == expert.id:

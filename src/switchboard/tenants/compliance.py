@@ -3,7 +3,8 @@ under the key's limits (or None: no expert meets them for this prompt) and the e
 constraints allow, `decide` says serve, degrade or reject (docs/tenants.md, "Quality floor and cost ceiling").
 
 - A compliant expert that is ready (a warm replica, or an external backend) is served.
-- A compliant expert that is *not* ready (scaled to zero, starting): `queue` serves it anyway, the request
+- A compliant expert that is *not* ready (scaled to zero, starting), and no other compliant expert is ready
+  (then that one is served): `queue` serves the cold one anyway, the request
   waiting for its replica like any other (bounded by `control_plane.start_timeout_s` and the request timeout);
   `degrade` serves the ready expert that violates the limits least, if there is one; `reject` answers 503 at
   once, with Retry-After, naming the limit.
@@ -109,6 +110,10 @@ def decide(limits: KeyLimits, compliant: ExpertOption | None, allowed: Sequence[
     if compliant is not None:
         if compliant.is_ready or policy is OnViolation.QUEUE:
             return Decision(Verdict.SERVE, compliant.expert_id)
+        # Routing preferred a cold compliant expert over a warm one that also complies: take the warm one.
+        ready_compliant = next((o for o in allowed if o.is_ready and not violations(o, limits)), None)
+        if ready_compliant is not None:
+            return Decision(Verdict.SERVE, ready_compliant.expert_id)
         if policy is OnViolation.DEGRADE:
             ready = [o for o in allowed if o.is_ready]
             best = least_violating(ready, limits)
