@@ -187,6 +187,18 @@ def test_auth_needs_the_admin_key_and_storage():
         parse_config(CONFIG.format(url="sqlite://").replace("storage: {url: \"sqlite://\", flush_interval_s: 0.05}", "storage: {enabled: false}"))
 
 
+def test_serve_refuses_to_start_without_the_admin_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from switchboard.cli.main import _register_subcommands, app as cli_app
+
+    _register_subcommands()
+    config = tmp_path / "auth.yaml"
+    config.write_text(CONFIG.format(url=f"sqlite:///{tmp_path / 'r.db'}"))
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--no-router", "--port", "9"], env={"SWITCHBOARD_ADMIN_KEY": ""})
+    assert result.exit_code == 2 and "$SWITCHBOARD_ADMIN_KEY is empty or unset" in result.output
+
+
 def test_auth_is_off_by_default_and_any_key_works(tmp_path):
     config = parse_config(CONFIG.format(url=f"sqlite:///{tmp_path / 'r.db'}").replace("auth: {enabled: true, refresh_interval_s: 0.1}", ""))
     with serve_in_thread(build_app(config, environ={})) as base:
