@@ -65,15 +65,15 @@ def test_cli_create_list_revoke_with_a_config(db_url, tmp_path):
     created = runner.invoke(app, ["keys", "create", "search", "--tenant", "acme", "--rpm", "60", "--quality-floor", "0.5",
                                   "--on-violation", "degrade", "--config", str(config), "--json"])
     assert created.exit_code == 0, created.output
-    made = json.loads(created.output)
+    made = json.loads(created.stdout)  # stdout only: other tests may have left log handlers writing to stderr
     assert made["secret"].startswith(SECRET_PREFIX) and (made["rpm"], made["quality_floor"], made["on_violation"]) == (60, 0.5, "degrade")
     table = runner.invoke(app, ["keys", "list", "--config", str(config)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and made["id"] in table.output and "active" in table.output
     assert made["secret"] not in table.output and made["secret"][10:] not in table.output
     assert runner.invoke(app, ["keys", "revoke", made["id"], "--config", str(config)]).exit_code == 0
-    listed = json.loads(runner.invoke(app, ["keys", "list", "--config", str(config), "--json"]).output)
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--config", str(config), "--json"]).stdout)
     assert [(k["id"], k["revoked_at"] is not None) for k in listed] == [(made["id"], True)] and "secret" not in listed[0]
-    assert json.loads(runner.invoke(app, ["keys", "list", "--no-revoked", "--config", str(config), "--json"]).output) == []
+    assert json.loads(runner.invoke(app, ["keys", "list", "--no-revoked", "--config", str(config), "--json"]).stdout) == []
     missing = runner.invoke(app, ["keys", "revoke", "key_nope", "--config", str(config)])
     assert missing.exit_code == 2 and "no key with id 'key_nope'" in missing.output
     bad = runner.invoke(app, ["keys", "create", "x", "--on-violation", "panic", "--config", str(config)])

@@ -3,9 +3,9 @@ limit is hit, with the status (429 for rate limits, 402 for budgets) and how lon
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
 burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
-when it clears. Budgets are per UTC calendar day and month; they are
-soft by one request: a request is refused once the spend *already* reached the budget, so the request that
-crosses it is still served (its cost is only known after it ran).
+when it clears. Budgets are per UTC calendar day and month, soft by one request: a request is refused once the
+spend *already* reached the budget, so the request that crosses it is still served (its cost is only known after
+it ran).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class WindowEntry:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageSnapshot:
-    """A key's recent use: the requests of the last `WINDOW_S` (count, tokens, and the entries oldest first,
-    read only to say when an exceeded limit clears) and its spend this UTC day and month."""
+    """A key's recent use: the requests of the last `WINDOW_S` before `now_s` (count, tokens, and the entries
+    oldest first, read only to say when an exceeded limit clears; the producer drops older entries) and its
+    spend this UTC day and month."""
 
     num_requests: int = 0
     num_tokens: int = 0
