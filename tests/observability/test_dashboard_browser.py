@@ -106,3 +106,36 @@ def test_event_feed_carries_fleet_and_metrics(gateway):
     assert [e["id"] for e in event["fleet"]["experts"]] == ["paid", "spare"]
     assert set(event["metrics"]) >= {"experts", "totals", "latency_s", "ttft_s"}
     assert all("memory_used_gb" in w for w in event["fleet"]["workers"])
+
+
+def test_with_auth_on_the_dashboard_asks_for_the_admin_key_and_sends_it(browser, tmp_path):
+    from switchboard.config import parse_config
+    from switchboard.tenants.keys import KeyLimits
+    from switchboard.tenants.store import create_key
+
+    from .conftest import CONFIG
+
+    admin_key = "admin-" + "d" * 40
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = parse_config(CONFIG + f'storage: {{url: "{url}"}}\nauth: {{enabled: true}}\n')
+    app = build_app(config, environ={"SWITCHBOARD_ADMIN_KEY": admin_key})
+    with serve_in_thread(app) as gateway:
+        _, api_key = create_key(app.state.tenants.registry.engine, "not-admin", "t", KeyLimits())
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(gateway + "/dashboard")
+        page.wait_for_selector("#auth:not([hidden])")
+        assert page.locator("#conn").get_attribute("data-state") == "lost"
+        page.fill("#auth-key", api_key)  # an API key is not the admin key: asked again
+        page.click("#auth button")
+        page.wait_for_function("() => document.querySelector('#auth-message').textContent.startsWith('That key was not accepted')")
+        page.fill("#auth-key", admin_key)
+        page.click("#auth button")
+        page.wait_for_selector("body[data-updates]")
+        assert page.locator("#conn").get_attribute("data-state") == "live" and page.locator("#auth").is_hidden()
+        assert page.locator("#experts tbody tr").evaluate_all("rows => rows.map(r => r.dataset.expert)") == ["paid", "spare"]
+        page.close()
+    # The browser reports each refused /admin/events load as a console error; nothing else may be logged.
+    assert [e for e in errors if "status of 401" not in e and "status of 403" not in e] == []

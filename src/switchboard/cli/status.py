@@ -84,17 +84,22 @@ def status(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Base URL of a running `switchboard serve`."),
     decisions: int = typer.Option(10, "--decisions", min=0, help="How many recent decisions to show."),
     watch: float = typer.Option(0.0, "--watch", min=0, help="Refresh every this many seconds (0: print once)."),
+    admin_key_env: str = typer.Option("SWITCHBOARD_ADMIN_KEY", "--admin-key-env", help="Variable holding the admin key, sent when set (gateways with auth on)."),
 ) -> None:
     """Show the fleet of a running gateway: workers, experts and their replicas by state, recent decisions."""
+    import os
+
     import httpx
     from rich.console import Console, Group
     from rich.live import Live
 
     console = Console()
     base = url.rstrip("/")
+    admin_key = os.environ.get(admin_key_env, "")
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
 
     def look() -> Group:
-        fleet = httpx.get(base + "/admin/fleet", timeout=10).raise_for_status().json()
+        fleet = httpx.get(base + "/admin/fleet", headers=headers, timeout=10).raise_for_status().json()
         metrics = httpx.get(base + "/metrics", timeout=10)
         per_expert = _per_expert_metrics(metrics.text) if metrics.status_code == 200 else {}
         return Group(*render(fleet, per_expert, decisions))

@@ -136,6 +136,14 @@ class StorageConfig(_Strict):
     store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none.")
 
 
+class AuthConfig(_Strict):
+    """API keys on /v1/*, the admin key on /admin/* (switchboard.tenants; docs/tenants.md). Off by default."""
+
+    enabled: bool = Field(False, description="Require `Authorization: Bearer <key>` on /v1/* and the admin key on /admin/*.")
+    admin_key_env: str = Field("SWITCHBOARD_ADMIN_KEY", min_length=1, description="Environment variable holding the admin key.")
+    refresh_interval_s: float = Field(2.0, gt=0, description="How often keys are re-read from the database: a key created or revoked by the CLI takes effect within this long.")
+
+
 class RouterConfig(_Strict):
     """The learned router behind `"model": "auto"`."""
 
@@ -151,6 +159,7 @@ class SwitchboardConfig(_Strict):
     control_plane: ControlPlaneConfig = Field(default_factory=ControlPlaneConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _check_references(self) -> "SwitchboardConfig":
@@ -167,6 +176,8 @@ class SwitchboardConfig(_Strict):
             ControlSettings.model_validate(self.control_plane.policies)
         except ValueError as exc:
             raise ValueError(f"control_plane.policies: {exc}") from None
+        if self.auth.enabled and not self.storage.enabled:
+            raise ValueError("auth.enabled needs storage.enabled: keys live in, and spend is rebuilt from, the storage database")
         if self.defaults.expert is not None and self.defaults.expert not in ids:
             raise ValueError(f"defaults.expert '{self.defaults.expert}' is not one of the experts: {', '.join(ids)}")
         return self

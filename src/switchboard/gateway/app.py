@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from switchboard.config.schema import SwitchboardConfig
+from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
@@ -52,14 +53,16 @@ def build_app(
     access_log: bool = False,
     request_log: RequestLog | DisabledRequestLog | None = None,
     environ: Mapping[str, str] | None = None,
-) -> "FastPathApp":
+) -> "FastPathApp | AuthMiddleware":
     """The gateway for `config`. The fleet starts when the app's lifespan starts (uvicorn, or a test client).
 
     `registry` is the prometheus_client `CollectorRegistry` behind `/metrics` (a fresh one if omitted);
     `access_log` logs one line per request to the `switchboard.access` logger. `request_log` is the durable
     request log (default: from `config.storage`, its default SQLite path resolved against `environ`, by
-    default `os.environ`).
+    default `os.environ`). With `auth.enabled`, the app is wrapped in `AuthMiddleware` and the admin key is read
+    from `environ` (raises AuthConfigError if it is missing).
     """
+    environ = os.environ if environ is None else environ
     if fleet is None:
         fleet = LiveFleet(config, engine_factory=engine_factory) if engine_factory else LiveFleet(config)
     observability = Observability.for_app(config, fleet, registry, access_log=access_log)
@@ -71,8 +74,9 @@ def build_app(
         observability=observability,
     )
     if request_log is None:
-        request_log = RequestLog.for_config(config, os.environ if environ is None else environ) if config.storage.enabled else DisabledRequestLog()
-    handlers = Handlers(state, request_log)
+        request_log = RequestLog.for_config(config, environ) if config.storage.enabled else DisabledRequestLog()
+    gate = TenantGate(config, environ, fleet, state.chooser) if config.auth.enabled else None
+    handlers = Handlers(state, MeteringLog(request_log, gate) if gate else request_log, gate)
     feedback = FeedbackEndpoint(request_log)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
@@ -87,6 +91,12 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await request_log.start()
+        if gate is not None:
+            try:
+                await gate.start()  # after the request log: the same database; refuses to start without its keys
+            except BaseException:
+                await request_log.stop()
+                raise
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         try:
@@ -95,6 +105,8 @@ def build_app(
             metrics_sync.cancel()
             await fleet.stop()
             await request_log.stop()  # after the fleet: requests finishing during its stop are logged too
+            if gate is not None:
+                await gate.stop()
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -122,7 +134,9 @@ def build_app(
     app.state.gateway = state
     app.state.request_log = request_log
     app.state.end_streams = observe.end_streams
-    return FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
+    app.state.tenants = gate
+    fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
+    return AuthMiddleware(fast, gate) if gate is not None else fast
 
 
 class FastPathApp:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.gateway import schemas as s
+from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError, error_response
 
 log = logging.getLogger("switchboard.gateway")
@@ -46,7 +47,8 @@ class FeedbackEndpoint:
             param = ".".join(str(p) for p in err["loc"]) or None
             raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value") from None
         try:
-            known = await self.request_log.knows(feedback.request_id)
+            caller = current_caller.get()  # with auth on, a key may only score its own requests
+            known = await self.request_log.knows(feedback.request_id, caller.key.key_id if caller else None)
         except Exception as exc:  # noqa: BLE001 — the database is down: say so, do not guess
             log.warning("feedback: request log unavailable: %s", exc)
             raise ApiError(503, "the request log is unavailable; retry later", code="storage_unavailable", headers={"retry-after": "5"}) from None

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
 from switchboard.gateway import requests as rq
+from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
@@ -77,8 +78,9 @@ def _engine_api_error(exc: EngineError) -> ApiError:
 
 
 class Handlers:
-    def __init__(self, state: GatewayState, request_log: Any = None) -> None:
+    def __init__(self, state: GatewayState, request_log: Any = None, gate: Any = None) -> None:
         self.state = state
+        self.gate = gate or OpenGate()  # API keys (gateway/auth.py): limits and key policies where the expert is chosen
         # request log (storage/writer.py): one `finish` call next to each metrics `finish`, a queue append
         self.request_log = request_log if request_log is not None else DisabledRequestLog()
         self.max_body_bytes = state.config.gateway.max_body_bytes
@@ -94,7 +96,7 @@ class Handlers:
             num_prompt = rq.estimate_tokens(text, len(parsed.messages))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
-            expert, choice = await self._resolve(parsed.model, parsed.routing, user_text if parsed.model == AUTO_MODEL else "")
+            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
@@ -111,7 +113,7 @@ class Handlers:
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
             num_prompt = rq.estimate_tokens(text)
-            expert, choice = await self._resolve(parsed.model, parsed.routing, text if parsed.model == AUTO_MODEL else "")
+            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
                                         text)

@@ -11,8 +11,12 @@ from switchboard.gateway import schemas as s
 
 _ERROR_STATUSES = {
     "400": "Invalid request (malformed JSON, bad or unknown field, context too long, max_tokens out of range)",
+    "401": "Missing, unknown or revoked API key (when auth is enabled)",
+    "402": "The key's daily or monthly USD budget is spent",
+    "403": "The key's quality floor or cost ceiling cannot be met and its policy rejects, or the admin key was used",
     "404": "Unknown model",
     "413": "Request body too large",
+    "429": "The key's requests or tokens per minute, or the expert's admission; see Retry-After",
     "502": "The expert answered with something unusable",
     "503": "The expert is unavailable",
     "504": "The expert timed out",
@@ -80,5 +84,7 @@ def build_openapi() -> dict[str, Any]:
             },
             "/admin/fleet": {"get": {"summary": "Experts, replicas and their states", "responses": {"200": {"description": "Fleet snapshot", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer", "description": "An API key (`switchboard keys create`); required when auth is enabled, ignored otherwise"}}},
+        "security": [{"apiKey": []}, {}],
     }

@@ -18,13 +18,14 @@ import orjson
 from switchboard.engines.base import Usage
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("switchboard_request_id", default="")
+key_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("switchboard_key_id", default="")  # the API key's id, never its secret
 access_log = logging.getLogger("switchboard.access")
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"ts", "level", "logger", "msg", "request_id"?, ...extra fields, "exc"?}` on one line."""
+    """`{"ts", "level", "logger", "msg", "request_id"?, "key_id"?, ...extra fields, "exc"?}` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -36,6 +37,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             out["request_id"] = request_id
+        key_id = key_id_var.get()
+        if key_id:
+            out["key_id"] = key_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key not in out:
                 out[key] = value

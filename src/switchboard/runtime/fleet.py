@@ -60,6 +60,7 @@ class LiveReasonCode(str, enum.Enum):
     WARM_AT_START = "warm-at-start"
     ENGINE_LOST = "engine-lost"
     START_FAILED = "start-failed"
+    KEY_POLICY = "key-policy"
 
 
 class AdmissionRejected(Exception):
@@ -232,6 +233,15 @@ class LiveFleet:
             "expects_cold_start": decision.is_cold_start,
             "waking": list(decision.wake_expert_ids),
         }
+
+    def is_ready(self, expert_id: str) -> bool:
+        """Whether a request to `expert_id` can start without a cold start (a warm replica, or external)."""
+        return self.model.is_warm(ExpertId(expert_id))
+
+    def wake(self, expert_id: str, detail: str) -> None:
+        """Asks the control plane to start a replica of `expert_id` (nothing if it may not or has one)."""
+        self._pending_events.append(WakeExpert(ExpertId(expert_id), Reason(LiveReasonCode.KEY_POLICY, detail)))
+        self._wakeup.set()
 
     # ---- requests
 

@@ -102,6 +102,10 @@ def _dicts(columns: tuple[str, ...], rows: Sequence[tuple]) -> list[dict[str, An
     return out
 
 
-def request_exists(engine: Engine, request_id: str) -> bool:
+def request_exists(engine: Engine, request_id: str, key_id: str | None = None) -> bool:
+    """Whether the request is in the log (and, given `key_id`, was made with that API key)."""
+    query = select(requests_table.c.id).where(requests_table.c.id == request_id)
+    if key_id is not None:
+        query = query.where(requests_table.c.key_id == key_id)
     with engine.connect() as connection:
-        return connection.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first() is not None
+        return connection.execute(query).first() is not None

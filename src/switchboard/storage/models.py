@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -22,10 +22,11 @@ class RequestRecord(Base):
     """
 
     __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_key_id_created_at", "key_id", "created_at"),)  # per-key spend at start
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # API keys come later (issue 7, keys)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the API key's id (tenants), never its secret
     kind: Mapped[str] = mapped_column(String(16))
     expert: Mapped[str] = mapped_column(String(128), index=True)
     replica: Mapped[str | None] = mapped_column(String(160))

@@ -44,10 +44,12 @@ MAX_BACKOFF_S = 30.0
 class LogEntry:
     """What is known of a request when it gets its id; `RequestLog.finish` completes it into a row."""
 
-    __slots__ = ("request_id", "kind", "expert_id", "routing_reason", "prompt_text", "created_at")
+    __slots__ = ("request_id", "kind", "expert_id", "routing_reason", "prompt_text", "created_at", "key_id")
 
-    def __init__(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> None:
+    def __init__(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None,
+                 key_id: str | None = None) -> None:
         self.request_id = request_id
+        self.key_id = key_id
         self.kind = kind
         self.expert_id = expert_id
         self.routing_reason = routing_reason
@@ -69,7 +71,7 @@ class RequestLog:
         self.engine: Engine | None = None
         self._requests: deque[tuple] = deque()  # rows in database.REQUEST_COLUMNS order
         self._feedback: deque[tuple] = deque()  # rows in database.FEEDBACK_COLUMNS order
-        self._unflushed_ids: set[str] = set()
+        self._unflushed_ids: dict[str, str | None] = {}  # request id → its key id, until written
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
@@ -83,13 +85,14 @@ class RequestLog:
 
     @classmethod
     def for_config(cls, config: SwitchboardConfig, environ: Mapping[str, str], **kwargs: Any) -> "RequestLog":
-        prices = {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
-        return cls(config.storage, config.storage.url or database.default_url(environ), prices, **kwargs)
+        return cls(config.storage, config.storage.url or database.default_url(environ), expert_prices(config), **kwargs)
 
     # ---- the request path: no I/O ----
 
-    def begin(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None) -> LogEntry:
-        return LogEntry(request_id, kind, expert_id, routing_reason, prompt_text if self.store_prompts else None)
+    def begin(self, request_id: str, kind: str, expert_id: str, routing_reason: str | None, prompt_text: str | None,
+              key_id: str | None = None) -> LogEntry:
+        """`key_id` is the API key's id (switchboard.tenants), never its secret."""
+        return LogEntry(request_id, kind, expert_id, routing_reason, prompt_text if self.store_prompts else None, key_id)
 
     def finish(self, entry: LogEntry, outcome: str, status: int, started_at: float, *, lease: Any = None,
                first_token_at: float | None = None, usage: Usage | None = None) -> None:
@@ -99,20 +102,17 @@ class RequestLog:
         replica = getattr(lease, "replica", None)
         tokens_in = usage.prompt_tokens if usage is not None else None
         tokens_out = usage.completion_tokens if usage is not None else None
-        usd = 0.0
-        if usage is not None:
-            usd_in, usd_out = self.prices.get(entry.expert_id, (0.0, 0.0))
-            usd = usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
+        usd = usd_of(self.prices, entry.expert_id, usage)
         latency_s = now - started_at
         ttft_s = first_token_at - started_at if first_token_at is not None else (latency_s if outcome == "ok" else None)
         # A tuple in database.REQUEST_COLUMNS order: the dict SQLAlchemy wants is built in the writer's thread.
         self._put(self._requests, (
-            entry.request_id, entry.created_at, None, entry.kind, entry.expert_id,
+            entry.request_id, entry.created_at, entry.key_id, entry.kind, entry.expert_id,
             replica.replica_id if replica is not None else None, replica.hardware if replica is not None else None,
             tokens_in, tokens_out, usd, ttft_s, latency_s, bool(getattr(lease, "was_cold", False)), entry.routing_reason,
             getattr(outcome, "value", outcome), status, entry.prompt_text,
         ))
-        self._unflushed_ids.add(entry.request_id)
+        self._unflushed_ids[entry.request_id] = entry.key_id
 
     def add_feedback(self, request_id: str, score: float) -> str:
         """Queues a feedback row (written after its request, in the same or a later batch); returns its id."""
@@ -123,7 +123,7 @@ class RequestLog:
     def _put(self, queue: deque[tuple], row: tuple) -> None:
         if len(self._requests) + len(self._feedback) >= self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest[0])
+            self._unflushed_ids.pop(oldest[0], None)
             self.num_dropped += 1
             if not self._dropping:
                 self._dropping = True
@@ -132,12 +132,13 @@ class RequestLog:
         if len(queue) == self.settings.max_batch:
             self._wake.set()
 
-    async def knows(self, request_id: str) -> bool:
-        """Whether `request_id` was logged (still queued, or in the database). Raises if the database is down."""
+    async def knows(self, request_id: str, key_id: str | None = None) -> bool:
+        """Whether `request_id` was logged (still queued, or in the database) — and, given a `key_id`, by that
+        API key (a tenant only ever sees its own requests). Raises if the database is down."""
         if request_id in self._unflushed_ids:
-            return True
+            return key_id is None or self._unflushed_ids[request_id] == key_id
         engine = await self._engine()
-        return await asyncio.to_thread(database.request_exists, engine, request_id)
+        return await asyncio.to_thread(database.request_exists, engine, request_id, key_id)
 
     @property
     def num_pending(self) -> int:
@@ -216,7 +217,7 @@ class RequestLog:
                                 len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
                     return False
                 for row in requests:
-                    self._unflushed_ids.discard(row[0])
+                    self._unflushed_ids.pop(row[0], None)
                 self.num_written += len(requests) + len(feedback)
                 self.batch_sizes.append(len(requests) + len(feedback))
                 if self._dropping:
@@ -227,7 +228,7 @@ class RequestLog:
     def _trim(self) -> None:
         while self.num_pending > self.settings.max_pending:
             oldest = (self._requests or self._feedback).popleft()
-            self._unflushed_ids.discard(oldest[0])
+            self._unflushed_ids.pop(oldest[0], None)
             self.num_dropped += 1
 
     async def _engine(self) -> Engine:
@@ -239,6 +240,18 @@ class RequestLog:
         assert self.engine is not None
         await asyncio.to_thread(database.migrate, self.engine)
         self._migrated = True
+
+
+def usd_of(prices: Mapping[str, tuple[float, float]], expert_id: str, usage: Usage | None) -> float:
+    """A request's cost from its usage and `prices` (expert id → USD per input token, per output token)."""
+    if usage is None:
+        return 0.0
+    usd_in, usd_out = prices.get(expert_id, (0.0, 0.0))
+    return usage.prompt_tokens * usd_in + usage.completion_tokens * usd_out
+
+
+def expert_prices(config: SwitchboardConfig) -> dict[str, tuple[float, float]]:
+    return {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
 
 
 def _take(queue: deque[tuple], n: int) -> list[tuple]:
@@ -261,7 +274,7 @@ class DisabledRequestLog:
     enabled = False
     num_pending = 0
 
-    def begin(self, *args: Any) -> None:
+    def begin(self, *args: Any, **kwargs: Any) -> None:
         return None
 
     def finish(self, *args: Any, **kwargs: Any) -> None:

@@ -229,11 +229,66 @@ function render(ev) {
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 }
 
-function connect() {
-  const source = new EventSource("/admin/events");
-  source.onopen = () => { $("conn").dataset.state = "live"; $("conn").textContent = "live"; };
-  source.onerror = () => { $("conn").dataset.state = "lost"; $("conn").textContent = "reconnecting…"; };
-  source.onmessage = (msg) => render(JSON.parse(msg.data));
+// The feed is read with fetch rather than EventSource: EventSource cannot send the admin key that
+// /admin/events needs when the gateway has auth on. The key is kept for this tab only (sessionStorage).
+const KEY_ITEM = "switchboard-admin-key";
+const RECONNECT_MS = 1000;
+
+function setConn(state, text) { $("conn").dataset.state = state; $("conn").textContent = text; }
+
+function askForKey(message) {
+  setConn("lost", "admin key needed");
+  $("auth-message").textContent = message;
+  $("auth").hidden = false;
+  $("auth-key").focus();
+}
+
+$("auth").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $("auth-key").value.trim());
+  $("auth-key").value = "";
+  $("auth").hidden = true;
+  connect();
+});
+
+async function connect() {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  let response;
+  try {
+    response = await fetch("/admin/events", { headers: key ? { Authorization: "Bearer " + key } : {}, cache: "no-store" });
+  } catch (e) {
+    return reconnect();
+  }
+  if (response.status === 401 || response.status === 403) {
+    sessionStorage.removeItem(KEY_ITEM);
+    return askForKey(key ? "That key was not accepted: the dashboard needs the admin key." : "This gateway needs its admin key.");
+  }
+  if (!response.ok || !response.body) return reconnect();
+  setConn("live", "live");
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n").filter((line) => line.startsWith("data:")).map((line) => line.slice(5).trimStart()).join("\n");
+        if (data) render(JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    // the connection dropped mid-stream: reconnect below
+  }
+  reconnect();
+}
+
+function reconnect() {
+  setConn("lost", "reconnecting…");
+  setTimeout(connect, RECONNECT_MS);
 }
 
 connect();

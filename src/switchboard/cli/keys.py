@@ -1,0 +1,159 @@
+"""`switchboard keys create | list | revoke`: API keys in the configured storage database (docs/tenants.md).
+
+The secret is printed once, by `create`; the database keeps its SHA-256 digest only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+keys_app = typer.Typer(help="API keys: create, list and revoke (stored in the storage database).", no_args_is_help=True)
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config whose storage.url holds the keys; the embedded default if omitted.")
+URL_OPTION = typer.Option(None, "--url", help="Database URL instead of the config's storage.url.")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _engine(config: Optional[Path], url: Optional[str]) -> Any:
+    """The migrated storage database of `config` (or `url`)."""
+    import os
+
+    from switchboard.config import ConfigError, load_config
+    from switchboard.config.default import default_config
+    from switchboard.storage import database
+
+    if url is None:
+        try:
+            cfg = load_config(config) if config is not None else default_config()
+        except ConfigError as exc:
+            _fail(str(exc))
+        url = cfg.storage.url or database.default_url(os.environ)
+    try:
+        engine = database.open_engine(url)
+        database.migrate(engine)
+    except Exception as exc:  # noqa: BLE001 — any driver error: say which database, without its password
+        from switchboard.storage.writer import database_label
+
+        _fail(f"cannot open the key database {database_label(url)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return engine
+
+
+def _as_dict(key: Any) -> dict[str, Any]:
+    import dataclasses
+    import datetime as dt
+
+    def iso(t: float | None) -> str | None:
+        return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+    limits = dataclasses.asdict(key.limits)
+    limits["on_violation"] = key.limits.on_violation.value
+    return {"id": key.key_id, "name": key.name, "tenant": key.tenant, "prefix": key.prefix, "created_at": iso(key.created_at),
+            "revoked_at": iso(key.revoked_at), **limits}
+
+
+@keys_app.command("create")
+def create(
+    name: str = typer.Argument(..., help="What the key is for (shown in lists and errors)."),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Tenant the key belongs to; default: the name."),
+    rpm: Optional[int] = typer.Option(None, "--rpm", min=0, help="Requests per minute."),
+    tpm: Optional[int] = typer.Option(None, "--tpm", min=0, help="Tokens (prompt + answer) per minute."),
+    usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Budget per UTC day, USD."),
+    usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Budget per UTC month, USD."),
+    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", min=0, max=1, help="Never serve below this predicted quality."),
+    usd_per_mtok_ceiling: Optional[float] = typer.Option(None, "--usd-per-mtok-ceiling", min=0, help="Never serve an expert pricier than this (USD/Mtok)."),
+    on_violation: str = typer.Option("reject", "--on-violation", help="When floor/ceiling cannot be met: degrade, queue or reject."),
+    config: Optional[Path] = CONFIG_OPTION,
+    url: Optional[str] = URL_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create a key and print its secret (shown this once only)."""
+    from switchboard.tenants.keys import KeyLimits, OnViolation
+    from switchboard.tenants.store import create_key
+
+    if on_violation not in {v.value for v in OnViolation}:
+        _fail(f"--on-violation must be degrade, queue or reject, not {on_violation!r}")
+    limits = KeyLimits(rpm, tpm, usd_per_day, usd_per_month, quality_floor, usd_per_mtok_ceiling, OnViolation(on_violation))
+    engine = _engine(config, url)
+    try:
+        key, secret = create_key(engine, name, tenant or name, limits)
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps({**_as_dict(key), "secret": secret}))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"created key [bold]{key.key_id}[/] ({name}, tenant {key.tenant})")
+    console.print(f"secret: [bold]{secret}[/]", soft_wrap=True)
+    console.print("[yellow]store it now: it is not shown again (only its SHA-256 is kept)[/]")
+
+
+@keys_app.command("list")
+def list_keys(
+    show_revoked: bool = typer.Option(True, "--revoked/--no-revoked", help="Include revoked keys."),
+    config: Optional[Path] = CONFIG_OPTION,
+    url: Optional[str] = URL_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List keys (never their secrets)."""
+    from switchboard.tenants.store import load_keys
+
+    engine = _engine(config, url)
+    try:
+        keys = [k for k in load_keys(engine) if show_revoked or not k.is_revoked]
+    finally:
+        engine.dispose()
+    rows = [_as_dict(k) for k in keys]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"API keys ({len(rows)})", title_justify="left")
+    headers = {"id": "id", "name": "name", "tenant": "tenant", "prefix": "prefix", "rpm": "rpm", "tpm": "tpm", "usd_per_day": "$/day",
+               "usd_per_month": "$/month", "quality_floor": "q floor", "usd_per_mtok_ceiling": "$/Mtok max", "on_violation": "on violation"}
+    for column, header in headers.items():
+        table.add_column(header, justify="right" if column in ("rpm", "tpm") or column.startswith(("usd", "quality")) else "left", no_wrap=column == "id")
+    table.add_column("status")
+    for row in rows:
+        status = "[red]revoked[/]" if row["revoked_at"] else "[green]active[/]"
+        table.add_row(*("—" if row[c] is None else f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in headers), status)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: str = typer.Argument(..., help="The key's id (key_...), from `keys list`."),
+    config: Optional[Path] = CONFIG_OPTION,
+    url: Optional[str] = URL_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Revoke a key: a running gateway refuses it within `auth.refresh_interval_s`."""
+    from switchboard.tenants.store import KeyNotFound, revoke_key
+
+    engine = _engine(config, url)
+    try:
+        key = revoke_key(engine, key_id)
+    except KeyNotFound:
+        _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(_as_dict(key)))
+        return
+    typer.echo(f"revoked {key.key_id} ({key.name}) at {_as_dict(key)['revoked_at']}")

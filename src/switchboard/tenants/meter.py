@@ -1,0 +1,85 @@
+"""`UsageMeter`: each key's recent requests and its spend, in memory, fed by the gateway and seeded at start
+from the request log (spend survives a restart; the one-minute windows start empty).
+
+Not thread-safe: used from the gateway's one event loop. Each gateway process meters on its own (several
+processes behind a balancer each enforce the full rate limit; budgets are rebuilt from the shared log at start).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from switchboard.tenants.limits import WINDOW_S, UsageSnapshot, WindowEntry, day_of, month_of
+
+
+Reservation = WindowEntry  # what `reserve` returns and `settle` takes
+
+
+class _KeyUsage:
+    __slots__ = ("window", "num_tokens", "day", "usd_day", "month", "usd_month")
+
+    def __init__(self) -> None:
+        self.window: deque[WindowEntry] = deque()
+        self.num_tokens = 0  # the sum over `window`, kept as entries come, go and settle
+        self.day = -1
+        self.usd_day = 0.0
+        self.month = -1
+        self.usd_month = 0.0
+
+
+class UsageMeter:
+    def __init__(self) -> None:
+        self._keys: dict[str, _KeyUsage] = {}
+
+    def _usage(self, key_id: str) -> _KeyUsage:
+        usage = self._keys.get(key_id)
+        if usage is None:
+            usage = self._keys[key_id] = _KeyUsage()
+        return usage
+
+    def snapshot(self, key_id: str, now_s: float) -> UsageSnapshot:
+        """The key's usage at `now_s`. Its `window` is the meter's own (not a copy): read it before the next
+        `reserve` or `settle`."""
+        usage = self._keys.get(key_id)
+        if usage is None:
+            return UsageSnapshot()
+        window = usage.window
+        while window and window[0].at_s <= now_s - WINDOW_S:
+            gone = window.popleft()
+            gone.in_window = False
+            usage.num_tokens -= gone.num_tokens
+        return UsageSnapshot(len(window), usage.num_tokens, usage.usd_day if usage.day == day_of(now_s) else 0.0,
+                             usage.usd_month if usage.month == month_of(now_s) else 0.0, window)
+
+    def reserve(self, key_id: str, now_s: float, num_tokens_estimate: int) -> Reservation:
+        """Counts an admitted request (and its estimated tokens) in its key's window."""
+        reservation = Reservation(key_id, now_s, num_tokens_estimate)
+        usage = self._usage(key_id)
+        usage.window.append(reservation)
+        usage.num_tokens += num_tokens_estimate
+        return reservation
+
+    def settle(self, reservation: Reservation, num_tokens: int | None, usd: float, now_s: float) -> None:
+        """The request finished: its real token count replaces the estimate (None keeps the estimate: a failed
+        request's size is unknown) and its cost is added to today's and this month's spend."""
+        if num_tokens is not None:
+            if reservation.in_window:
+                self._usage(reservation.key_id).num_tokens += num_tokens - reservation.num_tokens
+            reservation.num_tokens = num_tokens
+        self.add_spend(reservation.key_id, usd, now_s)
+
+    def add_spend(self, key_id: str, usd: float, now_s: float) -> None:
+        usage = self._usage(key_id)
+        day, month = day_of(now_s), month_of(now_s)
+        if usage.day != day:
+            usage.day, usage.usd_day = day, 0.0
+        if usage.month != month:
+            usage.month, usage.usd_month = month, 0.0
+        usage.usd_day += usd
+        usage.usd_month += usd
+
+    def seed(self, key_id: str, usd_today: float, usd_this_month: float, now_s: float) -> None:
+        """Sets a key's spend so far (from the request log at start)."""
+        usage = self._usage(key_id)
+        usage.day, usage.usd_day = day_of(now_s), usd_today
+        usage.month, usage.usd_month = month_of(now_s), usd_this_month
