@@ -283,7 +283,7 @@ class Handlers:
                 outcome, status = Outcome.CANCELLED, 499
                 raise
         finally:
-            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage)
+            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage, is_last_failure_the_answer=error is not None and outcome is not Outcome.TIMEOUT)
         if error is not None:
             return error_response(error, headers)
         return JSONBytesResponse(completion_body(kind, request_id, created, run.expert_id, completion), headers)
@@ -294,15 +294,16 @@ class Handlers:
                  failure.detail, plan.step, plan.expert_id or plan.reason)
 
     def _finish(self, entry: Any, run: FailoverRun[Any], headers: dict[str, str], outcome: Outcome, status: int, started_at: float, lease: Any,
-                usage: Any = None, first_token_at: float | None = None) -> None:
+                usage: Any = None, first_token_at: float | None = None, *, is_last_failure_the_answer: bool = False) -> None:
         """The request's one metrics record and one log row, naming the expert that answered last and, if
-        attempts failed before, which (header `x-switchboard-failover`, the log's routing reason)."""
+        attempts failed before, which (header `x-switchboard-failover`, the log's routing reason; the list
+        includes the last attempt when its failure is the answer)."""
         headers["x-switchboard-expert"] = run.expert_id
         replica = getattr(lease, "replica", None)
         if replica is not None:
             headers["x-switchboard-replica"] = replica.replica_id
             headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
-        if run.failures:
+        if len(run.failures) > is_last_failure_the_answer:
             failover = run.describe()
             headers["x-switchboard-failover"] = json.dumps(failover, ensure_ascii=True, separators=(",", ":"))
             if entry is not None:
@@ -348,7 +349,7 @@ class Handlers:
             self._finish(entry, run, headers, Outcome.CANCELLED, 499, started_at, attempt.lease)
             raise
         if error is not None:
-            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease)
+            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, is_last_failure_the_answer=outcome is not Outcome.TIMEOUT)
             return error_response(error, headers)
         headers["x-switchboard-expert"] = run.expert_id
         headers["x-switchboard-replica"] = lease.replica.replica_id
