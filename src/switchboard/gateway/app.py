@@ -84,8 +84,17 @@ def build_app(
     async def openapi(_: Request) -> Response:
         return Response(openapi_bytes, media_type="application/json")
 
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def begin_drain(timeout_s: float) -> None:
+        """Graceful shutdown's first step, safe to call from a signal handler: new requests get 503, in-flight
+        ones get `timeout_s` to finish (streams that cannot end with an explicit error event)."""
+        if loops:
+            loops[0].call_soon_threadsafe(handlers.begin_drain, timeout_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        loops.append(asyncio.get_running_loop())
         await request_log.start()
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
@@ -122,6 +131,7 @@ def build_app(
     app.state.gateway = state
     app.state.request_log = request_log
     app.state.end_streams = observe.end_streams
+    app.state.begin_drain = begin_drain
     return FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -32,6 +33,10 @@ from switchboard.types import AUTO_MODEL
 
 JSON = "application/json"
 log = logging.getLogger("switchboard.gateway")
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the gateway is shutting down; retry on another instance", code="gateway_shutting_down", headers={"retry-after": "1"})
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -166,10 +171,39 @@ class Handlers:
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
         self.failover = state.config.failover
         self.rng = random.Random(self.failover.seed)  # backoff jitter
+        # Graceful shutdown: after `begin_drain`, new requests get 503 and every in-flight request's deadline
+        # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
+        self.drain_at = math.inf
+        self._deadlines: set[asyncio.Timeout] = set()
+
+    def begin_drain(self, timeout_s: float) -> None:
+        """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
+        if self.is_draining:
+            return
+        self.drain_at = asyncio.get_running_loop().time() + timeout_s
+        for scope in list(self._deadlines):
+            when = scope.when()
+            if when is None or when > self.drain_at:
+                scope.reschedule(self.drain_at)
+
+    @property
+    def is_draining(self) -> bool:
+        return self.drain_at != math.inf
+
+    def _deadline(self, deadline_at: float) -> asyncio.Timeout:
+        return asyncio.timeout_at(min(deadline_at, self.drain_at))
+
+    def _timed_out(self, run: FailoverRun[Any], what: str) -> ApiError:
+        if asyncio.get_running_loop().time() >= self.drain_at:
+            return ApiError(503, f"the gateway is shutting down; expert '{run.expert_id}' {what} within the drain timeout", code="gateway_shutting_down",
+                            headers={"retry-after": "1"})
+        return ApiError(504, f"expert '{run.expert_id}' {what} within {self.timeout_s:.0f} s{_tried(run)}", code="expert_timeout")
 
     async def chat_completions(self, request: Request) -> Response:
         started_at = time.perf_counter()
         try:
+            if self.is_draining:
+                raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
@@ -189,6 +223,8 @@ class Handlers:
     async def completions(self, request: Request) -> Response:
         started_at = time.perf_counter()
         try:
+            if self.is_draining:
+                raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
@@ -271,14 +307,18 @@ class Handlers:
         outcome, status, usage, error = Outcome.ERROR, 500, None, None  # metrics: set on every way out, recorded in `finally`
         try:
             try:
-                async with asyncio.timeout_at(deadline_at):
-                    completion = await run.first_success(tuple(max_tokens), attempt.whole)
+                async with self._deadline(deadline_at) as scope:
+                    self._deadlines.add(scope)
+                    try:
+                        completion = await run.first_success(tuple(max_tokens), attempt.whole)
+                    finally:
+                        self._deadlines.discard(scope)
                 outcome, status, usage = Outcome.OK, 200, completion.finish.usage
             except AttemptsFailed as exc:
                 outcome, status, error = *_failed_outcome(exc.last), _failure_api_error(exc, run)
             except TimeoutError:
-                outcome, status = Outcome.TIMEOUT, 504
-                error = ApiError(504, f"expert '{run.expert_id}' did not answer within {self.timeout_s:.0f} s{_tried(run)}", code="expert_timeout")
+                error = self._timed_out(run, "did not answer")
+                outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
             except asyncio.CancelledError:
                 outcome, status = Outcome.CANCELLED, 499
                 raise
@@ -336,15 +376,19 @@ class Handlers:
         # invisibly or is a proper HTTP error, never a broken stream.
         error = None
         try:
-            async with asyncio.timeout_at(deadline_at):
-                first, events, lease = await run.first_success(tuple(attempt.max_tokens), attempt.stream)
+            async with self._deadline(deadline_at) as scope:
+                self._deadlines.add(scope)
+                try:
+                    first, events, lease = await run.first_success(tuple(attempt.max_tokens), attempt.stream)
+                finally:
+                    self._deadlines.discard(scope)
             first_token_at = time.perf_counter()
         except AttemptsFailed as exc:
             outcome, status = _failed_outcome(exc.last)
             error = _failure_api_error(exc, run)
         except TimeoutError:
-            outcome, status = Outcome.TIMEOUT, 504
-            error = ApiError(504, f"expert '{run.expert_id}' sent no token within {self.timeout_s:.0f} s{_tried(run)}", code="expert_timeout")
+            error = self._timed_out(run, "sent no token")
+            outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
         except BaseException:  # cancelled while waiting (the attempt gave its replica its load back)
             self._finish(entry, run, headers, Outcome.CANCELLED, 499, started_at, attempt.lease)
             raise
@@ -381,8 +425,13 @@ class Handlers:
                     return
                 assert isinstance(event, TextDelta)
                 yield writer.text(event.text, event.raw_delta)
-                async with asyncio.timeout_at(timing[2]):  # a trickling upstream must not hold a stream forever
-                    event = await anext(events)
+                # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
+                async with asyncio.timeout_at(min(timing[2], self.drain_at)) as scope:
+                    self._deadlines.add(scope)
+                    try:
+                        event = await anext(events)
+                    finally:
+                        self._deadlines.discard(scope)
         except EngineError as exc:
             failure, outcome = exc, Outcome.ERROR
             yield ChunkWriter.error(exc.status, f"expert '{expert_id}' failed mid-stream: {exc.detail}", exc.code)
@@ -390,8 +439,9 @@ class Handlers:
             failure, outcome = exc, Outcome.ERROR
             yield ChunkWriter.error(502, f"expert '{expert_id}' ended its stream without finishing", "bad_upstream_response")
         except TimeoutError as exc:
-            failure, outcome = exc, Outcome.TIMEOUT
-            yield ChunkWriter.error(504, f"expert '{expert_id}' did not finish its stream within {self.timeout_s:.0f} s", "expert_timeout")
+            error = self._timed_out(run, "did not finish its stream")
+            failure, outcome = exc, (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR)
+            yield ChunkWriter.error(error.status, error.message, error.code or "expert_timeout")
         except BaseException as exc:  # client went away (cancellation): record, then let it propagate
             failure, outcome = exc, Outcome.CANCELLED
             raise
