@@ -8,8 +8,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from switchboard.config.schema import FailoverConfig
-from switchboard.engines.base import EngineBadResponse, EngineRejected, EngineTimeout, EngineUnavailable
-from switchboard.gateway.failover import FailedAttempt, FailureKind, backoff_s, classify, plan_next
+from switchboard.engines.base import (
+    EngineBadResponse,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnavailable,
+)
+from switchboard.gateway.failover import (
+    FailedAttempt,
+    FailureKind,
+    backoff_s,
+    classify,
+    plan_next,
+)
 from switchboard.runtime.fleet import AdmissionRejected, CircuitOpen
 
 SETTINGS = FailoverConfig(max_attempts=4, retries_per_expert=1, backoff_base_s=0.1, backoff_max_s=0.3, deadline_s=10)

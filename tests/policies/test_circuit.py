@@ -5,7 +5,16 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from switchboard.policies.circuit import Breaker, BreakerSettings, CircuitState, allow, record_failure, record_neutral, record_success, would_allow
+from switchboard.policies.circuit import (
+    Breaker,
+    BreakerSettings,
+    CircuitState,
+    allow,
+    record_failure,
+    record_neutral,
+    record_success,
+    would_allow,
+)
 
 SETTINGS = BreakerSettings(failure_threshold=3, window_s=10.0, cooldown_s=5.0)
 

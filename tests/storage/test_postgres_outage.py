@@ -89,7 +89,8 @@ storage: {{url: "{url}", flush_interval_s: 0.05}}
             if i % 2:
                 sent.append(client.chat.completions.create(model="sim", messages=messages, max_tokens=2).id)
             else:
-                sent.append([c.id for c in client.chat.completions.create(model="sim", messages=messages, max_tokens=2, stream=True)][0])
+                chunk_ids = {c.id for c in client.chat.completions.create(model="sim", messages=messages, max_tokens=2, stream=True)}
+                sent.extend(chunk_ids)  # every chunk carries the request's id
         asyncio.run(wait_until(lambda: request_log.num_failed_flushes >= 1))
         _pg_ctl(data_dir, "-l", str(data_dir / "server.log"), "-w", "-o", f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1", "start")
     engine = create_engine(url)

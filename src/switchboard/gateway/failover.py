@@ -26,11 +26,18 @@ import dataclasses
 import enum
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from switchboard.config.schema import FailoverConfig
-from switchboard.engines.base import EngineError, EngineTimeout
+from switchboard.engines.base import (
+    Completion,
+    EngineError,
+    EngineTimeout,
+    GenerationRequest,
+    RequestKind,
+    StreamEvent,
+)
 from switchboard.runtime.fleet import AdmissionRejected, CircuitOpen
 
 T = TypeVar("T")
@@ -196,3 +203,51 @@ class FailoverRun(Generic[T]):
 
     def describe(self) -> list[dict[str, str]]:
         return [f.as_json() for f in self.failures]
+
+
+class LeaseAttempts:
+    """One request's attempt callables for `FailoverRun`: each takes a fresh lease on the given expert.
+    `lease` is the latest attempt's (the one the request log and headers name)."""
+
+    __slots__ = ("fleet", "request_id", "kind", "body", "num_prompt", "max_tokens", "prefix_key", "lease")
+
+    def __init__(self, fleet: Any, request_id: str, kind: RequestKind, body: dict[str, Any], num_prompt: int, max_tokens: dict[str, int],
+                 prefix_key: str) -> None:
+        self.fleet = fleet
+        self.request_id = request_id
+        self.kind = kind
+        self.body = body
+        self.num_prompt = num_prompt
+        self.max_tokens = max_tokens  # expert id → max_tokens for it, in failover order
+        self.prefix_key = prefix_key
+        self.lease: Any = None
+
+    def _lease(self, expert_id: str) -> tuple[Any, GenerationRequest]:
+        max_tokens = self.max_tokens[expert_id]
+        self.lease = self.fleet.lease(expert_id, self.request_id, self.num_prompt, max_tokens, self.prefix_key)
+        return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
+
+    async def whole(self, expert_id: str) -> Completion:
+        lease, gen = self._lease(expert_id)
+        try:
+            async with lease:
+                return await lease.replica.engine.complete(gen)
+        except (EngineError, AdmissionRejected) as exc:
+            raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
+
+    async def stream(self, expert_id: str) -> tuple[StreamEvent, AsyncIterator[StreamEvent], Any]:
+        """The first event, the rest of the stream and the lease, held until the stream ends."""
+        lease, gen = self._lease(expert_id)
+        try:
+            await lease.__aenter__()
+        except (EngineError, AdmissionRejected) as exc:
+            raise AttemptError(exc) from exc
+        events = lease.replica.engine.stream(gen)
+        try:
+            first = await anext(events)
+        except BaseException as exc:
+            await lease.__aexit__(type(exc), exc, None)
+            if isinstance(exc, (EngineError, StopAsyncIteration)):
+                raise AttemptError(exc, lease.replica.replica_id) from exc
+            raise
+        return first, events, lease

@@ -22,7 +22,7 @@ from switchboard.engines.base import Completion, EngineError, Finish, Generation
 from switchboard.gateway import requests as rq
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
-from switchboard.gateway.failover import AttemptError, AttemptsFailed, FailedAttempt, FailoverRun, NextAttempt
+from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
 from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
@@ -105,54 +105,6 @@ def _failure_api_error(failed: AttemptsFailed, run: FailoverRun[Any]) -> ApiErro
     if len(run.failures) > 1:
         error.message += f"; {len(run.failures)} attempts failed ({', '.join(f'{f.expert_id}: {f.code}' for f in run.failures)}), {failed.why}"
     return error
-
-
-class _Attempts:
-    """One request's attempt callables for `FailoverRun`: each takes a fresh lease on the given expert.
-    `lease` is the latest attempt's (the one the request log and headers name)."""
-
-    __slots__ = ("fleet", "request_id", "kind", "body", "num_prompt", "max_tokens", "prefix_key", "lease")
-
-    def __init__(self, fleet: Any, request_id: str, kind: RequestKind, body: dict[str, Any], num_prompt: int, max_tokens: dict[str, int],
-                 prefix_key: str) -> None:
-        self.fleet = fleet
-        self.request_id = request_id
-        self.kind = kind
-        self.body = body
-        self.num_prompt = num_prompt
-        self.max_tokens = max_tokens  # expert id → max_tokens for it, in failover order
-        self.prefix_key = prefix_key
-        self.lease: Any = None
-
-    def _lease(self, expert_id: str) -> tuple[Any, GenerationRequest]:
-        max_tokens = self.max_tokens[expert_id]
-        self.lease = self.fleet.lease(expert_id, self.request_id, self.num_prompt, max_tokens, self.prefix_key)
-        return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
-
-    async def whole(self, expert_id: str) -> Completion:
-        lease, gen = self._lease(expert_id)
-        try:
-            async with lease:
-                return await lease.replica.engine.complete(gen)
-        except (EngineError, AdmissionRejected) as exc:
-            raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
-
-    async def stream(self, expert_id: str) -> tuple[StreamEvent, AsyncIterator[StreamEvent], Any]:
-        """The first event, the rest of the stream and the lease, held until the stream ends."""
-        lease, gen = self._lease(expert_id)
-        try:
-            await lease.__aenter__()
-        except (EngineError, AdmissionRejected) as exc:
-            raise AttemptError(exc) from exc
-        events = lease.replica.engine.stream(gen)
-        try:
-            first = await anext(events)
-        except BaseException as exc:
-            await lease.__aexit__(type(exc), exc, None)
-            if isinstance(exc, (EngineError, StopAsyncIteration)):
-                raise AttemptError(exc, lease.replica.replica_id) from exc
-            raise
-        return first, events, lease
 
 
 def _engine_api_error(exc: EngineError) -> ApiError:
@@ -298,7 +250,7 @@ class Handlers:
             headers["x-switchboard-route"] = json.dumps({"reason": choice.reason, **(choice.route_info or {})}, ensure_ascii=True, separators=(",", ":"))
             self.metrics.routed(expert.id, choice)  # metrics: where `auto` sent it, and why
         entry = self.request_log.begin(request_id, kind, expert.id, headers.get("x-switchboard-route"), prompt_text)
-        attempt = _Attempts(self.state.fleet, request_id, kind, body, num_prompt, max_tokens, prefix_key)
+        attempt = LeaseAttempts(self.state.fleet, request_id, kind, body, num_prompt, max_tokens, prefix_key)
         run: FailoverRun[Any] = FailoverRun(self.failover, self.rng, self.state.fleet.is_available, on_failure=self._attempt_failed)
         deadline_at = asyncio.get_running_loop().time() + self.timeout_s
         created = int(time.time())
@@ -370,7 +322,7 @@ class Handlers:
             return asked
         return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
 
-    async def _stream(self, attempt: "_Attempts", run: FailoverRun[Any], headers: dict[str, str], created: int, include_usage: bool,
+    async def _stream(self, attempt: LeaseAttempts, run: FailoverRun[Any], headers: dict[str, str], created: int, include_usage: bool,
                       started_at: float, entry: Any, deadline_at: float) -> Response:
         # Everything up to the first event happens before the status line, so a failure there fails over
         # invisibly or is a proper HTTP error, never a broken stream.
