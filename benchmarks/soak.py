@@ -255,6 +255,9 @@ def main() -> int:
     duplicated = [i for i in accepted if logged[i] > 1]
     unexplained = [r for r in results if r.kind != "ok" and (r.kind.startswith("unexplained") or not injector.explains(r))]
     growth_pct = 100.0 * (memory["end_kib"] - memory["start_kib"]) / memory["start_kib"]
+    # The trend: a leak keeps growing in the second half; buffers and caches filling up do not.
+    middle_kib = next((k for t, k in memory["samples"] if t >= args.duration_s / 2), memory["start_kib"])
+    second_half_pct = 100.0 * (memory["end_kib"] - middle_kib) / middle_kib
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "duration_s": args.duration_s, "rate_per_s": args.rate, "stream_fraction": args.stream_fraction,
@@ -265,7 +268,7 @@ def main() -> int:
                  "log_rows": sum(logged.values()), "accepted": len(accepted)},
         "circuit_openings": circuits,
         "rss_mib": {"start_after_warmup": round(memory["start_kib"] / 1024, 1), "end": round(memory["end_kib"] / 1024, 1),
-                    "growth_pct": round(growth_pct, 2), "samples_s_mib": [(t, round(k / 1024, 1)) for t, k in memory["samples"]]},
+                    "growth_pct": round(growth_pct, 2), "growth_second_half_pct": round(second_half_pct, 2), "samples_s_mib": [(t, round(k / 1024, 1)) for t, k in memory["samples"]]},
         "gateway_exit_code": exit_code,
     }
     print(json.dumps(report, indent=2))

@@ -209,7 +209,9 @@ class Handlers:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
         expert_id, fleet_info = state.fleet.route(choice)
         if fleet_info:
-            choice = dataclasses.replace(choice, expert_id=expert_id, route_info={**(choice.route_info or {}), **fleet_info})
+            # The router's own pick stays first in line should the fleet's choice fail.
+            fallbacks = tuple(e for e in (choice.expert_id, *choice.fallbacks) if e != expert_id)
+            choice = dataclasses.replace(choice, expert_id=expert_id, fallbacks=fallbacks, route_info={**(choice.route_info or {}), **fleet_info})
         expert = state.fleet.expert(expert_id)
         assert expert is not None, "choosers only choose among the candidates they are given"
         return expert, choice

@@ -11,7 +11,7 @@ from switchboard.policies import circuit
 from switchboard.policies.circuit import Breaker, BreakerSettings, CircuitState
 
 
-def counts_against_health(exc: BaseException | None) -> bool | None:
+def counts_against_health(exc: BaseException | type[BaseException] | None) -> bool | None:
     """True for a failure that says the expert or replica is unhealthy (its 5xx, garbage, a stall, a stream that
     ended unfinished), False for success (no exception), None for outcomes that say nothing about its health
     (the client went away, the upstream rejected the request itself with a 4xx)."""
@@ -53,7 +53,7 @@ class CircuitBoard:
     def retry_after_s(self, key: str) -> float:
         return self.get(key).retry_after_s(self.clock(), self.settings)
 
-    def record(self, key: str, exc: BaseException | None) -> CircuitState:
+    def record(self, key: str, exc: BaseException | type[BaseException] | None) -> CircuitState:
         """Records how a request that `allow` let through ended; returns the circuit's new state."""
         failed = counts_against_health(exc)
         breaker = self._breakers.get(key)
