@@ -5,6 +5,7 @@ or an explicit error naming the expert, and is in the request log exactly once (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from switchboard.testing.upstream import MockUpstream
 MESSAGES = [{"role": "user", "content": "Say something"}]
 
 
-def _config(upstream_url: str, db_url: str) -> str:
+def _config(upstream_url: str, db_url: str, failure_threshold: int) -> str:
     def openai_expert(expert_id: str, model: str, extra: str = "", fallbacks: str = "") -> str:
         return f"""
   - id: {expert_id}
@@ -47,7 +48,7 @@ def _config(upstream_url: str, db_url: str) -> str:
 gateway: {{request_timeout_s: 3}}
 failover:
   backoff_base_s: 0.01
-  expert_circuit: {{failure_threshold: 3, window_s: 60, cooldown_s: 0.5}}
+  expert_circuit: {{failure_threshold: {failure_threshold}, window_s: 60, cooldown_s: 0.5}}
 storage: {{url: "{db_url}", flush_interval_s: 0.05}}
 """
 
@@ -66,12 +67,12 @@ def upstream():
     return MockUpstream(num_chunks=4, trickle_interval_s=0.1)
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream, tmp_path_factory):
+@contextlib.contextmanager
+def _gateway(upstream, tmp_path_factory, failure_threshold: int):
     db_url = f"sqlite:///{tmp_path_factory.mktemp('failover')}/requests.db"
     sent: list[str] = []  # x-request-id of every request the gateway accepted
     with serve_in_thread(upstream) as upstream_base:
-        app = build_app(parse_config(_config(upstream_base + "/v1", db_url)), chooser=RankingChooser())
+        app = build_app(parse_config(_config(upstream_base + "/v1", db_url, failure_threshold)), chooser=RankingChooser())
         with serve_in_thread(app) as url:
             yield url, sent
     # The server has stopped, which flushed the log: every accepted request has exactly one row.
@@ -82,17 +83,33 @@ def gateway(upstream, tmp_path_factory):
     assert sent and all(ids[i] == 1 for i in sent), {i: ids[i] for i in sent if ids[i] != 1}
 
 
+@pytest.fixture(scope="module")
+def gateway(upstream, tmp_path_factory):
+    """Circuits that never open, so that tests do not depend on each other's failures."""
+    with _gateway(upstream, tmp_path_factory, 1000) as served:
+        yield served
+
+
 @pytest.fixture
-def client(gateway):
-    url, sent = gateway
+def circuit_gateway(upstream, tmp_path_factory):
+    with _gateway(upstream, tmp_path_factory, 3) as served:
+        yield served
+
+
+def _client(served):
+    url, sent = served
 
     def remember(response: httpx.Response) -> None:
         if "x-request-id" in response.headers:
             sent.append(response.headers["x-request-id"])
 
     http = httpx.Client(event_hooks={"response": [remember]}, timeout=30)
-    yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, http_client=http)
-    http.close()
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, http_client=http)
+
+
+@pytest.fixture
+def client(gateway):
+    return _client(gateway)
 
 
 def _failover(headers) -> list[dict]:
@@ -159,17 +176,21 @@ def test_a_slowloris_upstream_is_cut_off_by_the_deadline_with_a_504(client, stre
     assert "slowloris" in caught.value.body["message"]
 
 
-def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe(client, gateway, upstream):
-    url, _ = gateway
+def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe(circuit_gateway, upstream):
+    url, _ = circuit_gateway
+    client = _client(circuit_gateway)
     upstream.faults["flip"] = "fail-500"
     try:
-        for _ in range(2):  # two requests, two attempts each: past the threshold of three
+        for _ in range(2):  # two attempts, then one: the third failure opens the circuit, so no retry follows
             with pytest.raises(openai.APIStatusError):
                 client.chat.completions.create(model="flip", messages=MESSAGES, max_tokens=5)
         fleet = httpx.get(url + "/admin/fleet").json()
         circuit = next(e["circuit"] for e in fleet["experts"] if e["id"] == "flip")
         assert circuit["state"] == "open" and circuit["times_opened"] == 1
-        assert 'switchboard_circuit_open{id="flip",scope="expert"} 1.0' in httpx.get(url + "/metrics").text
+        metrics = httpx.get(url + "/metrics").text
+        assert 'switchboard_circuit_open{id="flip",scope="expert"} 1.0' in metrics
+        assert 'switchboard_failed_attempts_total{code="bad_upstream_response",expert="flip",next="retry"} 1.0' in metrics
+        assert 'switchboard_failed_attempts_total{code="bad_upstream_response",expert="flip",next="give-up"} 2.0' in metrics
         seen = upstream.requests_seen
         with pytest.raises(openai.APIStatusError) as caught:
             client.chat.completions.create(model="flip", messages=MESSAGES, max_tokens=5)

@@ -60,6 +60,7 @@ def test_gives_up_on_fatal_failures_attempts_deadline_or_no_fallback():
     assert "deadline" in _plan([_failed("a")], elapsed_s=10.0).reason
     assert _plan([_failed("a", FailureKind.FALLBACK)], ranking=("a",)).expert_id is None
     assert _plan([_failed("a", FailureKind.FALLBACK)], available=lambda e: e != "b").expert_id == "c"  # b's circuit is open
+    assert _plan([_failed("a")], available=lambda e: e != "a").expert_id == "b"  # a's circuit just opened: no retry there
     assert _plan([_failed("a")], settings=FailoverConfig(enabled=False)).expert_id is None
 
 

@@ -127,7 +127,7 @@ def plan_next(
     if remaining_s <= 0:
         return NextAttempt(None, reason=f"the failover deadline of {settings.deadline_s:g} s passed")
     num_on_last = sum(1 for f in failures if f.expert_id == last.expert_id)
-    if last.kind is FailureKind.RETRY and num_on_last <= settings.retries_per_expert:
+    if last.kind is FailureKind.RETRY and num_on_last <= settings.retries_per_expert and is_available(last.expert_id):
         return NextAttempt(last.expert_id, min(remaining_s, backoff_s(num_on_last - 1, settings, rng)), reason="retry")
     tried = {f.expert_id for f in failures}
     for expert_id in ranking:
