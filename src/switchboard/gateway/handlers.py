@@ -1,8 +1,10 @@
-"""The API's request handlers: validate, choose an expert, lease a replica, answer whole or streamed."""
+"""The API's request handlers: validate, choose an expert, lease a replica (failing over to others as
+gateway/failover.py says), answer whole or streamed; drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -136,7 +138,8 @@ class Handlers:
         for scope in list(self._deadlines):
             when = scope.when()
             if when is None or when > self.drain_at:
-                scope.reschedule(self.drain_at)
+                with contextlib.suppress(RuntimeError):  # already expiring: that request is ending anyway
+                    scope.reschedule(self.drain_at)
 
     @property
     def is_draining(self) -> bool:
