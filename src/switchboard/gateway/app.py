@@ -87,8 +87,8 @@ def build_app(
     loops: list[asyncio.AbstractEventLoop] = []
 
     def begin_drain(timeout_s: float) -> None:
-        """Graceful shutdown's first step, safe to call from a signal handler: new requests get 503, in-flight
-        ones get `timeout_s` to finish (streams that cannot end with an explicit error event)."""
+        """Graceful shutdown's first step, safe to call from a signal handler: new requests get 503; in-flight
+        ones (streams included) get `timeout_s` to finish, then end with an explicit error."""
         if loops:
             loops[0].call_soon_threadsafe(handlers.begin_drain, timeout_s)
 
