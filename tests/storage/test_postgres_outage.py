@@ -4,14 +4,20 @@ requests queued, then started again. Nothing the writer holds is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
+import openai
 import pytest
+from sqlalchemy import create_engine, select
 
-from switchboard.testing.servers import free_port
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.storage.models import requests_table
+from switchboard.testing.servers import free_port, serve_in_thread
 
 from .conftest import pg_url
 from .helpers import make_log, record, rows, wait_until
@@ -59,3 +65,37 @@ async def test_server_stopped_and_started_loses_nothing(private_postgres):
     await log.stop()
     assert {r["id"] for r in rows(url)} == {"before", *(f"during{i}" for i in range(200))}
     assert log.num_dropped == 0
+
+
+def test_gateway_requests_during_an_outage_are_all_logged_once(private_postgres):
+    """Through the real gateway (the openai client, streamed and whole answers): requests answered while the
+    database is down are in the log exactly once after it comes back and the gateway shuts down."""
+    url, data_dir, port = private_postgres
+    config = parse_config(f"""
+experts:
+  - id: sim
+    backend: {{kind: simulated, time_scale: 0}}
+storage: {{url: "{url}", flush_interval_s: 0.05}}
+""")
+    app = build_app(config)
+    request_log = app.state.request_log
+    sent: list[str] = []
+    with serve_in_thread(app) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        sent.append(client.chat.completions.create(model="sim", messages=messages, max_tokens=2).id)
+        _pg_ctl(data_dir, "-m", "fast", "stop")
+        for i in range(20):
+            if i % 2:
+                sent.append(client.chat.completions.create(model="sim", messages=messages, max_tokens=2).id)
+            else:
+                chunk_ids = {c.id for c in client.chat.completions.create(model="sim", messages=messages, max_tokens=2, stream=True)}
+                sent.extend(chunk_ids)  # every chunk carries the request's id
+        asyncio.run(wait_until(lambda: request_log.num_failed_flushes >= 1))
+        _pg_ctl(data_dir, "-l", str(data_dir / "server.log"), "-w", "-o", f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1", "start")
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        ids = [r.id for r in connection.execute(select(requests_table.c.id))]
+    engine.dispose()
+    assert sorted(ids) == sorted(sent)
+    assert request_log.num_dropped == 0

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from switchboard.policies.circuit import BreakerSettings
 from switchboard.types import AUTO_MODEL
 
 
@@ -90,6 +91,10 @@ class ExpertConfig(_Strict):
     ttft_slo_s: float = Field(2.0, gt=0, description="Time-to-first-token target that admission and placement aim for.")
     tpot_slo_s: float = Field(0.2, gt=0, description="Time-per-output-token target for placement.")
     warm_at_start: bool = Field(True, description="Start one replica when the server starts (keep-alive may then scale it to zero).")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Experts to fail over to, in order, when this one fails a request that names it (model 'auto' uses the router's ranking instead).",
+    )
 
     @model_validator(mode="after")
     def _id_is_not_reserved(self) -> "ExpertConfig":
@@ -111,6 +116,24 @@ class DefaultsConfig(_Strict):
 class GatewayConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests (streams included) may take to finish.")
+
+
+class FailoverConfig(_Strict):
+    """Retries and fallback for failed attempts, and the circuit breakers (docs/reliability.md)."""
+
+    enabled: bool = True
+    max_attempts: int = Field(3, ge=1, description="Attempts per request in all, on any expert (the first included).")
+    retries_per_expert: int = Field(1, ge=0, description="Extra attempts on the same expert (another replica if it has one) before falling back.")
+    backoff_base_s: float = Field(0.05, ge=0, description="Wait before the first retry on the same expert; doubles each retry, with full jitter.")
+    backoff_max_s: float = Field(1.0, ge=0)
+    deadline_s: float = Field(30.0, gt=0, description="No new attempt starts this long after the request arrived.")
+    seed: int = Field(0, description="Seed of the backoff jitter.")
+    expert_circuit: BreakerSettings = Field(default_factory=BreakerSettings, description="Per-expert (per-upstream) circuit breaker.")
+    replica_circuit: BreakerSettings = Field(
+        default_factory=lambda: BreakerSettings(failure_threshold=3, window_s=30.0, cooldown_s=10.0),
+        description="Per-replica circuit breaker: a local replica whose circuit opens is replaced.",
+    )
 
 
 class ControlPlaneConfig(_Strict):
@@ -160,6 +183,7 @@ class SwitchboardConfig(_Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
 
     @model_validator(mode="after")
     def _check_references(self) -> "SwitchboardConfig":
@@ -178,6 +202,10 @@ class SwitchboardConfig(_Strict):
             raise ValueError(f"control_plane.policies: {exc}") from None
         if self.auth.enabled and not self.storage.enabled:
             raise ValueError("auth.enabled needs storage.enabled: keys live in, and spend is rebuilt from, the storage database")
+        for e in self.experts:
+            unknown = [f for f in e.fallbacks if f not in ids or f == e.id]
+            if unknown:
+                raise ValueError(f"experts.{e.id}.fallbacks names {', '.join(unknown)}, which is not another expert")
         if self.defaults.expert is not None and self.defaults.expert not in ids:
             raise ValueError(f"defaults.expert '{self.defaults.expert}' is not one of the experts: {', '.join(ids)}")
         return self

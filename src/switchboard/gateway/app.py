@@ -88,8 +88,17 @@ def build_app(
     async def openapi(_: Request) -> Response:
         return Response(openapi_bytes, media_type="application/json")
 
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def begin_drain(timeout_s: float) -> None:
+        """Graceful shutdown's first step, safe to call from a signal handler: new requests get 503; in-flight
+        ones (streams included) get `timeout_s` to finish, then end with an explicit error."""
+        if loops:
+            loops[0].call_soon_threadsafe(handlers.begin_drain, timeout_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        loops.append(asyncio.get_running_loop())
         await request_log.start()
         if gate is not None:
             try:
@@ -135,6 +144,7 @@ def build_app(
     app.state.request_log = request_log
     app.state.end_streams = observe.end_streams
     app.state.tenants = gate
+    app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
     return AuthMiddleware(fast, gate) if gate is not None else fast
 

@@ -1,11 +1,16 @@
-"""The API's request handlers: validate, choose an expert, lease a replica, answer whole or streamed."""
+"""The API's request handlers: validate, choose an expert, lease a replica (failing over to others as
+gateway/failover.py says), answer whole or streamed; drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
+import math
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,11 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.base import Completion, EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
 from switchboard.gateway import requests as rq
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
+from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
 from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
@@ -29,6 +35,11 @@ from switchboard.storage.writer import DisabledRequestLog
 from switchboard.types import AUTO_MODEL
 
 JSON = "application/json"
+log = logging.getLogger("switchboard.gateway")
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the gateway is shutting down; retry on another instance", code="gateway_shutting_down", headers={"retry-after": "1"})
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -71,6 +82,34 @@ def _prefix_key(parsed: Any) -> str:
     return str(hash(tuple(c[:512] for c in opening))) if opening else ""
 
 
+def _tried(run: FailoverRun[Any]) -> str:
+    if not run.failures:
+        return ""
+    return " (after failed attempts: " + ", ".join(f"{f.expert_id} {f.code}" for f in run.failures) + ")"
+
+
+def _failed_outcome(exc: BaseException) -> tuple[Outcome, int]:
+    if isinstance(exc, AdmissionRejected):
+        return Outcome.REJECTED, exc.status
+    if isinstance(exc, EngineError):
+        return (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
+    return Outcome.ERROR, 502  # a stream that ended before its first event
+
+
+def _failure_api_error(failed: AttemptsFailed, run: FailoverRun[Any]) -> ApiError:
+    """The last attempt's error for the client, naming the expert and, after failover, what was tried."""
+    exc = failed.last
+    if isinstance(exc, AdmissionRejected):
+        error = _rejection_api_error(exc)
+    elif isinstance(exc, EngineError):
+        error = _engine_api_error(exc)
+    else:
+        error = ApiError(502, f"expert '{run.expert_id}' ended its stream before sending anything", code="bad_upstream_response")
+    if len(run.failures) > 1:
+        error.message += f"; {len(run.failures)} attempts failed ({', '.join(f'{f.expert_id}: {f.code}' for f in run.failures)}), {failed.why}"
+    return error
+
+
 def _engine_api_error(exc: EngineError) -> ApiError:
     if exc.status < 500:
         return ApiError(exc.status, f"expert '{exc.expert_id}' rejected the request: {exc.detail}", code=exc.code)
@@ -86,10 +125,42 @@ class Handlers:
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
+        self.failover = state.config.failover
+        self.rng = random.Random(self.failover.seed)  # backoff jitter
+        # Graceful shutdown: after `begin_drain`, new requests get 503 and every in-flight request's deadline
+        # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
+        self.drain_at = math.inf
+        self._deadlines: set[asyncio.Timeout] = set()
+
+    def begin_drain(self, timeout_s: float) -> None:
+        """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
+        if self.is_draining:
+            return
+        self.drain_at = asyncio.get_running_loop().time() + timeout_s
+        for scope in list(self._deadlines):
+            when = scope.when()
+            if when is None or when > self.drain_at:
+                with contextlib.suppress(RuntimeError):  # already expiring: that request is ending anyway
+                    scope.reschedule(self.drain_at)
+
+    @property
+    def is_draining(self) -> bool:
+        return self.drain_at != math.inf
+
+    def _deadline(self, deadline_at: float) -> asyncio.Timeout:
+        return asyncio.timeout_at(min(deadline_at, self.drain_at))
+
+    def _timed_out(self, run: FailoverRun[Any], what: str) -> ApiError:
+        if asyncio.get_running_loop().time() >= self.drain_at:
+            return ApiError(503, f"the gateway is shutting down; expert '{run.expert_id}' {what} within the drain timeout", code="gateway_shutting_down",
+                            headers={"retry-after": "1"})
+        return ApiError(504, f"expert '{run.expert_id}' {what} within {self.timeout_s:.0f} s{_tried(run)}", code="expert_timeout")
 
     async def chat_completions(self, request: Request) -> Response:
         started_at = time.perf_counter()
         try:
+            if self.is_draining:
+                raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
@@ -101,7 +172,7 @@ class Handlers:
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
-                                        user_text)
+                                        user_text, text_only=not rq.has_non_text_content(parsed))
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -109,6 +180,8 @@ class Handlers:
     async def completions(self, request: Request) -> Response:
         started_at = time.perf_counter()
         try:
+            if self.is_draining:
+                raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
@@ -141,7 +214,9 @@ class Handlers:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
         expert_id, fleet_info = state.fleet.route(choice)
         if fleet_info:
-            choice = dataclasses.replace(choice, expert_id=expert_id, route_info={**(choice.route_info or {}), **fleet_info})
+            # The router's own pick stays first in line should the fleet's choice fail.
+            fallbacks = tuple(e for e in (choice.expert_id, *choice.fallbacks) if e != expert_id)
+            choice = dataclasses.replace(choice, expert_id=expert_id, fallbacks=fallbacks, route_info={**(choice.route_info or {}), **fleet_info})
         expert = state.fleet.expert(expert_id)
         assert expert is not None, "choosers only choose among the candidates they are given"
         return expert, choice
@@ -159,46 +234,84 @@ class Handlers:
         prefix_key: str,
         started_at: float,
         prompt_text: str | None = None,
+        text_only: bool = True,
     ) -> Response:
-        max_tokens = self._max_tokens(kind, expert, num_prompt, asked_max_tokens)
+        """Answers on `expert`, failing over as `gateway/failover.py` says. `text_only` False means the request
+        carries non-text content, which only `openai` experts take (so only they are fallbacks for it)."""
+        # The chosen expert's limits are the client's to respect (a 400); a fallback that cannot take this
+        # request is simply no fallback for it.
+        max_tokens = {expert.id: self._max_tokens(kind, expert, num_prompt, asked_max_tokens)}
+        for fallback_id in (choice.fallbacks if choice is not None else expert.fallbacks):
+            fallback = self.state.fleet.expert(fallback_id)
+            if fallback is None or fallback_id in max_tokens or (not text_only and fallback.backend.kind != "openai"):
+                continue
+            try:
+                max_tokens[fallback_id] = self._max_tokens(kind, fallback, num_prompt, asked_max_tokens)
+            except ApiError:
+                continue
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(16).hex()  # uuid4's entropy, cheaper
         request_id_var.set(request_id)  # logs: every line logged while serving this request carries its id
-        gen = GenerationRequest(request_id, kind, body, max_tokens, num_prompt)
         headers = {"x-switchboard-expert": expert.id, "x-request-id": request_id}
         if choice is not None:
             # Header values are latin-1: escape anything else (reasons may hold arrows, names may hold anything).
             headers["x-switchboard-route"] = json.dumps({"reason": choice.reason, **(choice.route_info or {})}, ensure_ascii=True, separators=(",", ":"))
             self.metrics.routed(expert.id, choice)  # metrics: where `auto` sent it, and why
-        lease = self.state.fleet.lease(expert.id, request_id, num_prompt, max_tokens, prefix_key)
         entry = self.request_log.begin(request_id, kind, expert.id, headers.get("x-switchboard-route"), prompt_text)
+        attempt = LeaseAttempts(self.state.fleet, request_id, kind, body, num_prompt, max_tokens, prefix_key)
+        run: FailoverRun[Any] = FailoverRun(self.failover, self.rng, self.state.fleet.is_available, on_failure=self._attempt_failed)
+        deadline_at = asyncio.get_running_loop().time() + self.timeout_s
         created = int(time.time())
-        if not stream:
-            outcome, status, usage = Outcome.ERROR, 500, None  # metrics: set on every way out, recorded in `finally`
+        if stream:
+            return await self._stream(attempt, run, headers, created, include_usage, started_at, entry, deadline_at)
+        outcome, status, usage, error = Outcome.ERROR, 500, None, None  # metrics: set on every way out, recorded in `finally`
+        try:
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    async with lease:
-                        headers["x-switchboard-replica"] = lease.replica.replica_id  # type: ignore[union-attr]
-                        headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
-                        completion = await lease.replica.engine.complete(gen)  # type: ignore[union-attr]
+                async with self._deadline(deadline_at) as scope:
+                    self._deadlines.add(scope)
+                    try:
+                        completion = await run.first_success(tuple(max_tokens), attempt.whole)
+                    finally:
+                        self._deadlines.discard(scope)
                 outcome, status, usage = Outcome.OK, 200, completion.finish.usage
-            except EngineError as exc:
-                outcome, status = (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
-                return error_response(_engine_api_error(exc), headers)
-            except AdmissionRejected as exc:
-                outcome, status = Outcome.REJECTED, exc.status
-                return error_response(_rejection_api_error(exc), headers)
+            except AttemptsFailed as exc:
+                outcome, status, error = *_failed_outcome(exc.last), _failure_api_error(exc, run)
             except TimeoutError:
-                outcome, status = Outcome.TIMEOUT, 504
-                return error_response(ApiError(504, f"expert '{expert.id}' did not answer within {self.timeout_s:.0f} s", code="expert_timeout"), headers)
+                error = self._timed_out(run, "did not answer")
+                outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
             except asyncio.CancelledError:
                 outcome, status = Outcome.CANCELLED, 499
                 raise
-            finally:
-                self.metrics.finish(expert.id, outcome, started_at, usage=usage, request_id=request_id, status=status,
-                                    replica_id=headers.get("x-switchboard-replica", ""), was_cold=lease.was_cold)
-                self.request_log.finish(entry, outcome, status, started_at, lease=lease, usage=usage)
-            return JSONBytesResponse(completion_body(kind, request_id, created, expert.id, completion), headers)
-        return await self._stream(gen, lease, expert, headers, created, include_usage, started_at, entry)
+        finally:
+            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage, is_last_failure_the_answer=error is not None and outcome is not Outcome.TIMEOUT)
+        if error is not None:
+            return error_response(error, headers)
+        return JSONBytesResponse(completion_body(kind, request_id, created, run.expert_id, completion), headers)
+
+    def _attempt_failed(self, failure: FailedAttempt, plan: NextAttempt) -> None:
+        self.metrics.attempt_failed(failure.expert_id, failure.code, plan.step)
+        log.info("attempt on %s (%s) failed: %s (%s); next: %s %s", failure.expert_id, failure.replica_id or "no replica", failure.code,
+                 failure.detail, plan.step, plan.expert_id or plan.reason)
+
+    def _finish(self, entry: Any, run: FailoverRun[Any], headers: dict[str, str], outcome: Outcome, status: int, started_at: float, lease: Any,
+                usage: Any = None, first_token_at: float | None = None, *, is_last_failure_the_answer: bool = False) -> None:
+        """The request's one metrics record and one log row, naming the expert that answered last and, if
+        attempts failed before, which (header `x-switchboard-failover`, the log's routing reason; the list
+        includes the last attempt when its failure is the answer)."""
+        headers["x-switchboard-expert"] = run.expert_id
+        replica = getattr(lease, "replica", None)
+        if replica is not None:
+            headers["x-switchboard-replica"] = replica.replica_id
+            headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
+        if len(run.failures) > is_last_failure_the_answer:
+            failover = run.describe()
+            headers["x-switchboard-failover"] = json.dumps(failover, ensure_ascii=True, separators=(",", ":"))
+            if entry is not None:
+                entry.expert_id = run.expert_id
+                reason = json.loads(entry.routing_reason) if entry.routing_reason else {}
+                entry.routing_reason = json.dumps({**reason, "failover": failover}, separators=(",", ":"))
+        self.metrics.finish(run.expert_id, outcome, started_at, first_token_at=first_token_at, usage=usage, request_id=headers["x-request-id"],
+                            status=status, replica_id=replica.replica_id if replica is not None else "", was_cold=bool(getattr(lease, "was_cold", False)))
+        self.request_log.finish(entry, outcome, status, started_at, lease=lease, first_token_at=first_token_at, usage=usage)
 
     def _max_tokens(self, kind: RequestKind, expert: ExpertConfig, num_prompt: int, asked: int | None) -> int:
         if asked is not None and asked > expert.max_output_tokens:
@@ -216,47 +329,50 @@ class Handlers:
             return asked
         return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
 
-    async def _stream(self, gen: GenerationRequest, lease: Any, expert: ExpertConfig, headers: dict[str, str], created: int, include_usage: bool,
-                      started_at: float, entry: Any = None) -> Response:
-        writer = ChunkWriter(gen.kind, gen.request_id, created, expert.id, include_usage)
-        # Everything up to the first event happens before the status line, so a failure there is a proper
-        # HTTP error (and, later, a fallback to another expert) rather than a broken stream.
+    async def _stream(self, attempt: LeaseAttempts, run: FailoverRun[Any], headers: dict[str, str], created: int, include_usage: bool,
+                      started_at: float, entry: Any, deadline_at: float) -> Response:
+        # Everything up to the first event happens before the status line, so a failure there fails over
+        # invisibly or is a proper HTTP error, never a broken stream.
+        error = None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await lease.__aenter__()
-                events = lease.replica.engine.stream(gen)
-                first = await anext(events)
-                first_token_at = time.perf_counter()
-        except EngineError as exc:
-            await lease.__aexit__(type(exc), exc, None)
-            self.metrics.finish(expert.id, Outcome.INVALID if exc.status < 500 else Outcome.ERROR, started_at, request_id=gen.request_id, status=exc.status)
-            self.request_log.finish(entry, Outcome.INVALID if exc.status < 500 else Outcome.ERROR, exc.status, started_at, lease=lease)
-            return error_response(_engine_api_error(exc), headers)
-        except AdmissionRejected as exc:
-            self.metrics.finish(expert.id, Outcome.REJECTED, started_at, request_id=gen.request_id, status=exc.status)
-            self.request_log.finish(entry, Outcome.REJECTED, exc.status, started_at, lease=lease)
-            return error_response(_rejection_api_error(exc), headers)
+            async with self._deadline(deadline_at) as scope:
+                self._deadlines.add(scope)
+                try:
+                    first, events, lease = await run.first_success(tuple(attempt.max_tokens), attempt.stream)
+                finally:
+                    self._deadlines.discard(scope)
+            first_token_at = time.perf_counter()
+        except AttemptsFailed as exc:
+            outcome, status = _failed_outcome(exc.last)
+            error = _failure_api_error(exc, run)
         except TimeoutError:
-            exc = ApiError(504, f"expert '{expert.id}' sent no token within {self.timeout_s:.0f} s", code="expert_timeout")
-            await lease.__aexit__(TimeoutError, None, None)
-            self.metrics.finish(expert.id, Outcome.TIMEOUT, started_at, request_id=gen.request_id, status=504)
-            self.request_log.finish(entry, Outcome.TIMEOUT, 504, started_at, lease=lease)
-            return error_response(exc, headers)
-        except BaseException as exc:  # cancelled while waiting: give the replica its load back
-            await lease.__aexit__(type(exc), exc, None)
-            self.metrics.finish(expert.id, Outcome.CANCELLED, started_at, request_id=gen.request_id, status=499)
-            self.request_log.finish(entry, Outcome.CANCELLED, 499, started_at, lease=lease)
+            error = self._timed_out(run, "sent no token")
+            outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
+        except BaseException:  # cancelled while waiting (the attempt gave its replica its load back)
+            self._finish(entry, run, headers, Outcome.CANCELLED, 499, started_at, attempt.lease)
             raise
+        if error is not None:
+            self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, is_last_failure_the_answer=outcome is not Outcome.TIMEOUT)
+            return error_response(error, headers)
+        headers["x-switchboard-expert"] = run.expert_id
         headers["x-switchboard-replica"] = lease.replica.replica_id
         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
+        if run.failures:
+            headers["x-switchboard-failover"] = json.dumps(run.describe(), ensure_ascii=True, separators=(",", ":"))
         headers["cache-control"] = "no-cache"
-        timing = (started_at, first_token_at)
-        return SSEResponse(self._sse(writer, first, events, lease, expert, timing, entry), headers)
+        writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage)
+        timing = (started_at, first_token_at, deadline_at)
+        return SSEResponse(self._sse(writer, first, events, lease, run, timing, entry, headers), headers)
 
-    async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, expert: ExpertConfig,
-                   timing: tuple[float, float], entry: Any = None) -> AsyncIterator[bytes]:
+    async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, run: FailoverRun[Any],
+                   timing: tuple[float, float, float], entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """The stream after its first event. A failure from here on cannot fail over (tokens are out): it ends
+        the stream with an explicit error event (OpenAI's `{"error": ...}` chunk, which the openai client
+        raises as an APIError) and no [DONE]."""
         failure: BaseException | None = None
+        outcome = Outcome.OK
         usage = None  # metrics
+        expert_id = run.expert_id
         try:
             if writer.kind == "chat":
                 yield writer.role()
@@ -268,24 +384,31 @@ class Handlers:
                     return
                 assert isinstance(event, TextDelta)
                 yield writer.text(event.text, event.raw_delta)
-                event = await anext(events)
+                # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
+                async with asyncio.timeout_at(min(timing[2], self.drain_at)) as scope:
+                    self._deadlines.add(scope)
+                    try:
+                        event = await anext(events)
+                    finally:
+                        self._deadlines.discard(scope)
         except EngineError as exc:
-            failure = exc
-            yield ChunkWriter.error(exc.status, f"expert '{expert.id}' failed mid-stream: {exc.detail}", exc.code)
+            failure, outcome = exc, Outcome.ERROR
+            yield ChunkWriter.error(exc.status, f"expert '{expert_id}' failed mid-stream: {exc.detail}", exc.code)
         except StopAsyncIteration as exc:
-            failure = exc
-            yield ChunkWriter.error(502, f"expert '{expert.id}' ended its stream without finishing", "bad_upstream_response")
+            failure, outcome = exc, Outcome.ERROR
+            yield ChunkWriter.error(502, f"expert '{expert_id}' ended its stream without finishing", "bad_upstream_response")
+        except TimeoutError as exc:
+            error = self._timed_out(run, "did not finish its stream")
+            failure, outcome = exc, (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR)
+            yield ChunkWriter.error(error.status, error.message, error.code or "expert_timeout")
         except BaseException as exc:  # client went away (cancellation): record, then let it propagate
-            failure = exc
+            failure, outcome = exc, Outcome.CANCELLED
             raise
         finally:
             await events.aclose()
             await lease.__aexit__(type(failure) if failure else None, failure, None)
             # metrics: the stream's one record, with its first-token time
-            outcome = Outcome.OK if failure is None else Outcome.ERROR if isinstance(failure, (EngineError, StopAsyncIteration)) else Outcome.CANCELLED
-            self.metrics.finish(expert.id, outcome, timing[0], first_token_at=timing[1], usage=usage, request_id=writer.head["id"],
-                                replica_id=lease.replica.replica_id, status=200, was_cold=lease.was_cold)
-            self.request_log.finish(entry, outcome, 200, timing[0], lease=lease, first_token_at=timing[1], usage=usage)
+            self._finish(entry, run, headers, outcome, 200, timing[0], lease, usage, timing[1])
 
     async def models(self, request: Request) -> Response:
         created = self.state.started_at

@@ -28,12 +28,19 @@ def run_server(
     logs.configure(log_level, json_format=is_json)
     app = build_app(config, chooser=chooser, access_log=access_log)
 
+    drain_timeout_s = config.gateway.drain_timeout_s
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Graceful shutdown: uvicorn closes the listener and waits for in-flight requests; the gateway gives
+            # them `drain_timeout_s`, after which each ends with an explicit error (a stream with an error
+            # event) rather than being cut. Then the lifespan stops the engines and flushes the request log.
             app.state.end_streams()  # open dashboards would otherwise hold the shutdown for its whole grace period
+            app.state.begin_drain(drain_timeout_s)
             super().handle_exit(sig, frame)
 
     Server(uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http="httptools", log_level=log_level,
-        access_log=False, timeout_graceful_shutdown=30, log_config=None,
+        # A margin past the drain timeout for the requests' own error answers; uvicorn cancels what is left.
+        access_log=False, timeout_graceful_shutdown=drain_timeout_s + 5, log_config=None,
     )).run()

@@ -91,6 +91,7 @@ class GatewayMetrics:
         self.recent: deque[tuple[float, str, Outcome, float, float | None]] = deque(maxlen=RECENT_REQUESTS_KEPT)
         self.routes: dict[tuple[str, str], int] = {}
         self.recent_routes: deque[tuple[float, str, Any]] = deque(maxlen=RECENT_ROUTES_KEPT)
+        self.failed_attempts: dict[tuple[str, str, str], int] = {}
         for expert in config.experts:  # every expert shows up (at zero) from the first scrape
             self._new_series(expert.id, Outcome.OK)
         registry.register(_RequestCollector(self))
@@ -146,6 +147,11 @@ class GatewayMetrics:
         if self.access_log:
             logs.access(request_id, expert_id, replica_id, outcome.value, status, duration_s, ttft_s, usage, usd, was_cold)
 
+    def attempt_failed(self, expert_id: str, code: str, next_step: str) -> None:
+        """One attempt of a request failed with error `code`; `next_step` is retry, fallback or give-up."""
+        key = (expert_id, code, next_step)
+        self.failed_attempts[key] = self.failed_attempts.get(key, 0) + 1
+
     def invalid(self, started_at: float, status: int) -> None:
         """A request refused before it reached an expert."""
         self.finish(NO_EXPERT, Outcome.INVALID, started_at, status=status)
@@ -192,7 +198,11 @@ class _RequestCollector(Collector):
             tokens.add_metric([expert_id, "input"], t.tokens_in)
             tokens.add_metric([expert_id, "output"], t.tokens_out)
             cost.add_metric([expert_id], t.usd)
-        yield from (requests, duration, ttft, tokens, cost, routes)
+        attempts = CounterMetricFamily("switchboard_failed_attempts", "Failed attempts (a request may make several), by expert, error code "
+                                       "and what followed (retry, fallback, give-up).", labels=["expert", "code", "next"])
+        for (expert_id, code, next_step), n in sorted(m.failed_attempts.items()):
+            attempts.add_metric([expert_id, code, next_step], n)
+        yield from (requests, duration, ttft, tokens, cost, routes, attempts)
 
 
 class FleetWatcher:
@@ -270,6 +280,8 @@ class FleetCollector(Collector):
         queued = GaugeMetricFamily("switchboard_queue_depth", "Requests waiting for a replica (queued on one, or unplaced).", labels=["expert"])
         running = GaugeMetricFamily("switchboard_requests_in_flight", "Requests running on a replica.", labels=["expert"])
         workers = GaugeMetricFamily("switchboard_workers", "Workers by hardware kind.", labels=["hardware"])
+        circuits = GaugeMetricFamily("switchboard_circuit_open", "1 while a circuit breaker refuses requests (open, or half-open with its "
+                                     "probe out), by scope (expert or replica) and id.", labels=["scope", "id"])
         model = self.fleet.model
         for expert in snapshot["experts"]:
             counts: dict[tuple[str, str], int] = {}
@@ -280,12 +292,16 @@ class FleetCollector(Collector):
             num_unplaced = len(model.unplaced_of(expert["id"])) if hasattr(model, "unplaced_of") else 0
             queued.add_metric([expert["id"]], sum(r.get("num_queued", 0) for r in expert["replicas"]) + num_unplaced)
             running.add_metric([expert["id"]], sum(r.get("num_running", 0) for r in expert["replicas"]))
+            circuits.add_metric(["expert", expert["id"]], 0.0 if self.fleet.is_available(expert["id"]) else 1.0)
+            for r in expert["replicas"]:
+                if "circuit" in r:
+                    circuits.add_metric(["replica", r["replica_id"]], 0.0 if r["circuit"]["state"] == "closed" else 1.0)
         by_kind: dict[str, int] = {}
         for w in snapshot["workers"]:
             by_kind[w["hardware"]] = by_kind.get(w["hardware"], 0) + 1
         for kind, n in sorted(by_kind.items()):
             workers.add_metric([kind], n)
-        yield from (replicas, queued, running, workers)
+        yield from (replicas, queued, running, workers, circuits)
 
 
 @dataclasses.dataclass

@@ -44,9 +44,11 @@ from switchboard.policies.actions import (
     apply_action,
 )
 from switchboard.policies.base import Reason
+from switchboard.policies.circuit import CircuitState
 from switchboard.policies.control import ControlPlane, ControlSettings, ControlState, Event, RequestArrived, RoutePredicted, WakeExpert
 from switchboard.policies.routing import ExpertCandidate, RoutePrediction
 from switchboard.runtime import estimates as est
+from switchboard.runtime.circuits import CircuitBoard
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -61,6 +63,7 @@ class LiveReasonCode(str, enum.Enum):
     ENGINE_LOST = "engine-lost"
     START_FAILED = "start-failed"
     KEY_POLICY = "key-policy"
+    CIRCUIT_OPEN = "circuit-open"
 
 
 class AdmissionRejected(Exception):
@@ -72,6 +75,13 @@ class AdmissionRejected(Exception):
         self.status = status
         self.retry_after_s = retry_after_s
         self.reason = reason
+
+
+class CircuitOpen(AdmissionRejected):
+    """The expert's circuit is open (it failed repeatedly): refused without trying, 503 until the cool-down ends."""
+
+    def __init__(self, expert_id: str, retry_after_s: float) -> None:
+        super().__init__(expert_id, 503, retry_after_s, "its circuit breaker is open after repeated failures")
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -91,7 +101,12 @@ class LiveReplica:
 
 
 class Lease:
-    """A request's hold on one replica for its lifetime. `replica`, `was_cold` are set on entry."""
+    """A request's hold on one replica for its lifetime. `replica`, `was_cold` are set on entry.
+
+    Entry raises `CircuitOpen` when the expert's circuit refuses, `AdmissionRejected` when the control plane
+    does, `EngineUnavailable` when no replica comes up in time. How the lease ends (the exception passed to
+    exit, or none) feeds the expert's and the replica's circuit breakers.
+    """
 
     __slots__ = ("fleet", "expert_id", "request", "replica", "was_cold", "_external")
 
@@ -103,14 +118,21 @@ class Lease:
         self.was_cold = False
 
     async def __aenter__(self) -> "Lease":
-        self.replica, self.was_cold = await self.fleet._acquire(self)
+        fleet = self.fleet
+        if not fleet.expert_circuits.allow(self.expert_id).is_allowed:
+            raise CircuitOpen(self.expert_id, fleet.expert_circuits.retry_after_s(self.expert_id))
+        try:
+            self.replica, self.was_cold = await fleet._acquire(self)
+        except BaseException as exc:
+            fleet.expert_circuits.record(self.expert_id, exc)
+            raise
         self.replica.num_outstanding += 1
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.replica is not None:
             self.replica.num_outstanding -= 1
-            self.fleet._release(self, ok=exc_type is None, exc=exc)
+            self.fleet._release(self, ok=exc_type is None, exc=exc if exc is not None else exc_type)
 
 
 class LiveFleet:
@@ -138,6 +160,9 @@ class LiveFleet:
         self.external: dict[str, LiveReplica] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
         self.counters = {"cold_starts": 0, "rejected": 0, "admitted": 0}
+        failover = config.failover
+        self.expert_circuits = CircuitBoard(failover.expert_circuit, clock)
+        self.replica_circuits = CircuitBoard(failover.replica_circuit, clock)
         self._loop_task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
         self._prewarms_announced: dict[str, float] = {}
@@ -150,6 +175,10 @@ class LiveFleet:
 
     def expert(self, expert_id: str) -> ExpertConfig | None:
         return self._experts.get(expert_id)
+
+    def is_available(self, expert_id: str) -> bool:
+        """False while the expert's circuit is open (a request would be refused without being tried)."""
+        return self.expert_circuits.would_allow(expert_id)
 
     async def start(self) -> None:
         """Starts the control loop and one replica per `warm_at_start` expert, waiting at most `startup_wait_s`
@@ -213,7 +242,9 @@ class LiveFleet:
         """
         if not choice.candidates:
             return choice.expert_id, {}
-        candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates]
+        candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if self.is_available(e)]
+        if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
+            return choice.expert_id, {}
         decision = self.plane.route(self._now(), candidates, choice.cost_weight)
         if not decision.expert_id:
             return choice.expert_id, {}
@@ -329,8 +360,10 @@ class LiveFleet:
             replica.num_served += 1
         else:
             replica.num_failed += 1
+        self.expert_circuits.record(lease.expert_id, None if ok else exc)
         if lease.request is None:
             return
+        replica_circuit = self.replica_circuits.record(replica.replica_id, None if ok else exc)
         model = self._now()
         if replica.replica_id in model.replicas:
             model = ops.finish_request(model, ReplicaId(replica.replica_id), lease.request.num_tokens)
@@ -340,6 +373,11 @@ class LiveFleet:
             # The engine is gone (process died): stop the replica; the next request starts a fresh one.
             replica.last_error = exc.detail
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.ENGINE_LOST, exc.detail))])
+        elif replica_circuit is CircuitState.OPEN and replica.replica_id in self.live:
+            # A local replica is ours to restart: replacing it beats probing it (the policies start a fresh one
+            # if the load needs it), and routing can never pick a stopped replica.
+            replica.last_error = f"circuit opened: {getattr(exc, 'detail', None) or type(exc).__name__}"
+            self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.CIRCUIT_OPEN, replica.last_error))])
 
     # ---- the control step and its actions
 
@@ -376,6 +414,7 @@ class LiveFleet:
                 self._record(action, action.expert_id)
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
+                self.replica_circuits.forget(action.replica_id)
                 if replica is not None:
                     asyncio.create_task(replica.engine.stop())
                 self._record(action, action.replica_id.split("#")[0])

@@ -24,7 +24,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
             "num_queued": r.load.num_queued, "num_outstanding_tokens": r.load.num_outstanding_tokens,
             "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
-            "last_error": live.last_error if live else None,
+            "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():
@@ -41,7 +41,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
                 "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
                 "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
                 "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
-                "keepalive": fleet._last_keepalive.get(e.id),
+                "keepalive": fleet._last_keepalive.get(e.id), "circuit": fleet.expert_circuits.describe(e.id),
             }
             for e in fleet.config.experts
         ],

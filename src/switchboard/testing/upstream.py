@@ -7,7 +7,13 @@ Its behaviour is chosen by the request's `model`, so one server can play every k
 - `fail-500` — HTTP 500 with an error body;           `fail-429` — HTTP 429;
 - `garbage` — HTTP 200 whose body is not JSON;         `stall` — accepts, then never answers;
 - `cut-mid-stream` — streams two chunks and closes the connection without `[DONE]`;
-- `reject-400` — HTTP 400 as for a prompt over the context window.
+- `reject-400` — HTTP 400 as for a prompt over the context window;
+- `stall-after-headers` — sends a 200 status line and headers, then nothing;
+- `stall-mid-stream` — streams two chunks, then nothing;
+- `slowloris` — sends a 200 and then one byte every `trickle_interval_s`, never completing an answer.
+
+`faults` maps a model name to one of these behaviours, overriding it while set: tests and the soak benchmark
+inject faults into a running upstream by setting and clearing entries.
 """
 
 from __future__ import annotations
@@ -60,10 +66,13 @@ def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes
 class MockUpstream:
     """The ASGI app. `num_chunks` is the length of streamed answers; `requests_seen` counts requests."""
 
-    def __init__(self, num_chunks: int = 8) -> None:
+    def __init__(self, num_chunks: int = 8, *, chunk_interval_s: float = 0.0, trickle_interval_s: float = 0.2) -> None:
         self.num_chunks = num_chunks
+        self.chunk_interval_s = chunk_interval_s
+        self.trickle_interval_s = trickle_interval_s
         self.requests_seen = 0
         self.last_body: dict[str, Any] | None = None
+        self.faults: dict[str, str] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -83,25 +92,39 @@ class MockUpstream:
         self.requests_seen += 1
         self.last_body = body
         model = body.get("model", "mock")
-        if model == "fail-500":
+        behaviour = self.faults.get(model, model)
+        if behaviour == "fail-500":
             await _send_json(send, 500, {"error": {"message": "mock internal failure", "type": "server_error"}})
-        elif model == "fail-429":
+        elif behaviour == "fail-429":
             await _send_json(send, 429, {"error": {"message": "slow down", "type": "rate_limit_error"}})
-        elif model == "reject-400":
+        elif behaviour == "reject-400":
             await _send_json(send, 400, {"error": {"message": "prompt is over the context window", "type": "invalid_request_error"}})
-        elif model == "garbage":
+        elif behaviour == "garbage":
             await _send_json(send, 200, b"<html>definitely not json</html>")
-        elif model == "stall":
+        elif behaviour == "stall":
             await asyncio.sleep(3600)
+        elif behaviour == "stall-after-headers":
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS if body.get("stream") else _JSON_HEADERS})
+            await asyncio.sleep(3600)
+        elif behaviour == "slowloris":
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS if body.get("stream") else _JSON_HEADERS})
+            while True:  # one byte at a time, never a whole line: no read timeout ever fires
+                await send({"type": "http.response.body", "body": b"d", "more_body": True})
+                await asyncio.sleep(self.trickle_interval_s)
         elif body.get("stream"):
-            await self._stream(send, kind, model, cut=model == "cut-mid-stream", usage=bool((body.get("stream_options") or {}).get("include_usage")))
+            await self._stream(send, kind, model, cut=behaviour == "cut-mid-stream", stall=behaviour == "stall-mid-stream",
+                               usage=bool((body.get("stream_options") or {}).get("include_usage")))
         else:
             await _send_json(send, 200, _completion(kind, model, "mock answer"))
 
-    async def _stream(self, send: Any, kind: str, model: str, *, cut: bool, usage: bool) -> None:
+    async def _stream(self, send: Any, kind: str, model: str, *, cut: bool, stall: bool, usage: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        for i in range(2 if cut else self.num_chunks):
+        for i in range(2 if cut or stall else self.num_chunks):
+            if i and self.chunk_interval_s:
+                await asyncio.sleep(self.chunk_interval_s)
             await send({"type": "http.response.body", "body": _chunk(kind, model, f"tok{i} ", None), "more_body": True})
+        if stall:
+            await asyncio.sleep(3600)
         if cut:
             raise ConnectionResetError("mock upstream cut the stream")  # uvicorn closes the connection
         tail = _chunk(kind, model, None, "stop")
