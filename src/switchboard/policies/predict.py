@@ -7,8 +7,9 @@ of the replica's expert × hardware.
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from switchboard.fleet.state import FleetSnapshot, Replica
+from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, ServingEstimate
 from switchboard.types import ExpertId, Seconds, WorkerId
 
 
@@ -79,3 +80,52 @@ def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_me
     if fitting:
         return WakeOption(min(fitting), True)
     return WakeOption(min(known) if known else 0.0, False)
+
+
+# ---------------------------------------------------------------------------------------- capacity at the SLO
+
+
+def request_busy_s(estimate: ServingEstimate, num_prompt_tokens: float, num_output_tokens: float) -> Seconds:
+    """Engine time one request takes on a replica: its prefill, plus its share of full-batch decode steps."""
+    decode_s_per_token = estimate.decode_step_s_full_batch / max(1, estimate.max_num_seqs)
+    return num_prompt_tokens / estimate.prefill_tokens_per_s + num_output_tokens * decode_s_per_token
+
+
+def max_utilization_at_slo(service_s: Seconds, slack_s: Seconds, percentile: float) -> float:
+    """Largest utilization ρ of a replica at which the `percentile`-th wait before prefill is ≤ `slack_s`.
+
+    M/M/1 approximation with mean service time `service_s`: P(wait > t) = ρ·exp(−(1−ρ)·t / service_s). Bursty
+    arrivals wait longer than this predicts, so it is a ceiling, not a promise. 0 when there is no slack.
+    """
+    if slack_s <= 0 or service_s <= 0:
+        return 0.0 if slack_s <= 0 else 1.0
+    tail = max(1e-9, 1.0 - percentile / 100.0)
+    low, high = 0.0, 1.0
+    for _ in range(40):  # the tail probability increases with ρ: bisect
+        rho = (low + high) / 2
+        if rho * math.exp(-(1.0 - rho) * slack_s / service_s) <= tail:
+            low = rho
+        else:
+            high = rho
+    return low
+
+
+def replica_requests_per_s_at_slo(
+    estimate: ServingEstimate, spec: ExpertSpec, num_prompt_tokens: float, num_output_tokens: float,
+    percentile: float,
+) -> float:
+    """Requests/s of this size one replica can take while its `percentile`-th TTFT stays within the expert's SLO
+    and decoding keeps its TPOT SLO (prefill runs first, so decode gets the time prefill leaves).
+
+    This is the capacity Mélange (Griggs et al., 2024) profiles per GPU type and request size; here it is
+    predicted from the `ServingEstimate`. 0 when even an idle replica misses the SLO.
+    """
+    busy_s = request_busy_s(estimate, num_prompt_tokens, num_output_tokens)
+    if busy_s <= 0:
+        return math.inf
+    slack_s = spec.ttft_slo_s - estimate.ttft_s(round(num_prompt_tokens))
+    rho_ttft = max_utilization_at_slo(busy_s, slack_s, percentile)
+    # Prefill stalls decoding: per-token time ≈ full-batch step / (1 − the time share prefill takes).
+    prefill_share = (num_prompt_tokens / estimate.prefill_tokens_per_s) / busy_s
+    rho_tpot = max(0.0, 1.0 - estimate.decode_step_s_full_batch / spec.tpot_slo_s) / max(prefill_share, 1e-9)
+    return min(rho_ttft, rho_tpot, 1.0) / busy_s

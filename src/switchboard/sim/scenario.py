@@ -56,7 +56,7 @@ class Knobs:
     hide_margin: float = 0.05
     placement_prompt_tokens: int = 512
     """Prompt length cost-aware placement assumes when predicting a new replica's TTFT with nothing queued."""
-    autoscale_kind: str = "in-flight-tokens"
+    autoscale_kind: str = "demand-at-slo"
     target_utilization: float = 0.3
     """Autoscaler: fraction of a replica's KV capacity (or batch) to fill before adding one."""
     fixed_idle_timeout_s: float = 600.0
