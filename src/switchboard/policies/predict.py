@@ -115,17 +115,26 @@ def replica_requests_per_s_at_slo(
     percentile: float,
 ) -> float:
     """Requests/s of this size one replica can take while its `percentile`-th TTFT stays within the expert's SLO
-    and decoding keeps its TPOT SLO (prefill runs first, so decode gets the time prefill leaves).
+    and decoding keeps its TPOT SLO.
+
+    The engine runs waiting prefills before decode steps, so a new request queues only behind other prefills
+    (and at most one decode step, in the slack): the TTFT queue is an M/M/1 queue of prefills
+    (`max_utilization_at_slo`). Decoding gets the time prefill leaves, so a token takes about a full-batch step
+    ÷ (1 − prefill's share), which must stay within the TPOT SLO; and the engine's total time (prefill plus each
+    request's share of full-batch decode steps) cannot exceed 1 s per second.
 
     This is the capacity Mélange (Griggs et al., 2024) profiles per GPU type and request size; here it is
     predicted from the `ServingEstimate`. 0 when even an idle replica misses the SLO.
     """
+    prefill_s = num_prompt_tokens / estimate.prefill_tokens_per_s
     busy_s = request_busy_s(estimate, num_prompt_tokens, num_output_tokens)
     if busy_s <= 0:
         return math.inf
     slack_s = spec.ttft_slo_s - estimate.ttft_s(round(num_prompt_tokens))
-    rho_ttft = max_utilization_at_slo(busy_s, slack_s, percentile)
-    # Prefill stalls decoding: per-token time ≈ full-batch step / (1 − the time share prefill takes).
-    prefill_share = (num_prompt_tokens / estimate.prefill_tokens_per_s) / busy_s
-    rho_tpot = max(0.0, 1.0 - estimate.decode_step_s_full_batch / spec.tpot_slo_s) / max(prefill_share, 1e-9)
-    return min(rho_ttft, rho_tpot, 1.0) / busy_s
+    if slack_s <= 0:
+        return 0.0
+    if prefill_s <= 0:
+        return 1.0 / busy_s
+    rho_prefill = min(max_utilization_at_slo(prefill_s, slack_s, percentile),
+                      max(0.0, 1.0 - estimate.decode_step_s_full_batch / spec.tpot_slo_s))
+    return min(rho_prefill / prefill_s, 1.0 / busy_s)
