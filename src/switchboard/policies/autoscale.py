@@ -18,11 +18,11 @@ import abc
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import Field, model_validator
 
-from switchboard.fleet.state import EngineCapacity, FleetSnapshot
+from switchboard.fleet.state import EngineCapacity, FleetSnapshot, ServingEstimate
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.policies.placement import replica_usd_per_hour
@@ -30,7 +30,8 @@ from switchboard.types import ExpertId, ReplicaId, Seconds
 
 
 TYPICAL_PROMPT_TOKENS = 1024
-"""Request size assumed when arrivals were recorded without token counts (the Azure conversation trace's median)."""
+"""demand-at-slo: request size assumed when arrivals were recorded without token counts (the Azure conversation
+trace's median prompt, as `perf.serving` assumes)."""
 TYPICAL_OUTPUT_TOKENS = 128
 
 
@@ -121,7 +122,7 @@ class ScaleDecision:
     num_desired: int
     reason: Reason
     retire_first: tuple[ReplicaId, ...] = ()
-    """For a scale-down, the policy's order of replicas to retire ('' = the control step's default order)."""
+    """For a scale-down, the policy's order of replicas to retire (() = the control step's default order)."""
 
     @property
     def delta(self) -> int:
@@ -288,25 +289,28 @@ class DemandAtSloAutoscale(AutoscalePolicy):
     outstanding) are sized by demand; an idle one is left to keep-alive.
     """
 
-    def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
-        load = expert_load(snapshot, expert_id, new_replica_capacity)
-        if load.num_outstanding_requests == 0:
-            return load
+    def _capacity(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> Callable[[ServingEstimate], float]:
+        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size."""
         spec = snapshot.experts[expert_id]
         demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
-        if demand.requests_per_s <= 0:
-            return load
         prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
         output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
-        rate = lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
-        kinds = [rate(e) for (x, _), e in snapshot.estimates.items() if x == expert_id]
+        return lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
+
+    def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
+        load = expert_load(snapshot, expert_id, new_replica_capacity)
+        requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
+        if load.num_outstanding_requests == 0 or requests_per_s <= 0:
+            return load
+        capacity = self._capacity(snapshot, expert_id)
+        kinds = [capacity(e) for (x, _), e in snapshot.estimates.items() if x == expert_id]
         if not kinds:
             return load
         # The best replicas first; any shortfall in replicas of the best kind (where cost-aware placement puts a
         # loaded expert), so a slow replica left from low load does not multiply the count.
-        have = sorted((rate(e) for r in snapshot.accepting_replicas_of(expert_id)
+        have = sorted((capacity(e) for r in snapshot.accepting_replicas_of(expert_id)
                        if (e := snapshot.estimate(expert_id, r.hardware)) is not None), reverse=True)
-        needed, remaining = 0.0, demand.requests_per_s
+        needed, remaining = 0.0, requests_per_s
         for per_replica in have:
             if remaining <= per_replica:
                 needed += remaining / per_replica
@@ -321,18 +325,14 @@ class DemandAtSloAutoscale(AutoscalePolicy):
     def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
         """Least capacity per USD first (a slow or pricey replica goes before a cost-efficient one), then the
         least loaded."""
-        spec = snapshot.experts[expert_id]
-        demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
-        prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
-        output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
+        capacity = self._capacity(snapshot, expert_id)
 
         def efficiency(replica) -> float:
             estimate = snapshot.estimate(expert_id, replica.hardware)
             if estimate is None:
                 return 0.0
             usd = replica_usd_per_hour(snapshot.workers[replica.worker_id], estimate)
-            per_s = predict.replica_requests_per_s_at_slo(estimate, spec, prompt, output, self.settings.slo_percentile)
-            return per_s / usd if usd > 0 else math.inf
+            return capacity(estimate) / usd if usd > 0 else math.inf
 
         replicas = snapshot.accepting_replicas_of(expert_id)
         return tuple(r.replica_id for r in sorted(
