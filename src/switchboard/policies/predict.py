@@ -101,7 +101,7 @@ def max_utilization_at_slo(service_s: Seconds, slack_s: Seconds, percentile: flo
         return 0.0 if slack_s <= 0 else 1.0
     tail = max(1e-9, 1.0 - percentile / 100.0)
     low, high = 0.0, 1.0
-    for _ in range(40):  # the tail probability increases with ρ: bisect
+    for _ in range(30):  # the tail probability increases with ρ: bisect (to 1e-9)
         rho = (low + high) / 2
         if rho * math.exp(-(1.0 - rho) * slack_s / service_s) <= tail:
             low = rho
