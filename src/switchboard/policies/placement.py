@@ -26,7 +26,7 @@ import math
 
 from pydantic import Field
 
-from switchboard.fleet.state import FleetSnapshot, ServingEstimate, Worker
+from switchboard.fleet.state import ExpertSpec, FleetSnapshot, ServingEstimate, Worker
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
@@ -136,7 +136,7 @@ def replica_usd_per_hour(worker: Worker, estimate: ServingEstimate) -> float:
         else worker.usd_per_hour
 
 
-def _replicas_for_demand(estimate: ServingEstimate, spec, requests_per_s: float, prompt_tokens: float,
+def _replicas_for_demand(estimate: ServingEstimate, spec: ExpertSpec, requests_per_s: float, prompt_tokens: float,
                          output_tokens: float, percentile: float) -> float:
     if requests_per_s <= 0:
         return 0.0
