@@ -118,6 +118,26 @@ def test_random_walks_only_take_legal_edges(steps):
     assert times == sorted(times)
 
 
+def test_activity_demand_tracks_the_recent_rate_and_request_size():
+    a = ExpertActivity(E)
+    assert a.demand(0.0).requests_per_s == 0.0
+    for k in range(600):  # 2 requests/s of 1000 prompt + 200 output tokens for 5 minutes
+        a = a.on_arrival(k * 0.5, 1000, 200)
+    demand = a.demand(300.0)
+    assert demand.requests_per_s == pytest.approx(2.0, rel=0.02)
+    assert (demand.mean_prompt_tokens, demand.mean_output_tokens) == (pytest.approx(1000), pytest.approx(200))
+    # Half-life 60 s: a minute of silence halves the rate.
+    assert a.demand(359.5).requests_per_s == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_new_experts_demand_is_not_understated():
+    a = ExpertActivity(E)
+    for k in range(20):  # 1 request/s for 20 s, far less than the 87 s time constant
+        a = a.on_arrival(float(k))
+    assert a.demand(20.0).requests_per_s == pytest.approx(1.0, rel=0.1)
+    assert a.demand(20.0).mean_prompt_tokens == 0.0  # no token counts given
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.floats(0, 100)), max_size=40))
 def test_activity_records_idle_gaps_between_busy_periods(events):

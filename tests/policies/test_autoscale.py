@@ -5,9 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_builders import at, fleet, request, with_replica
+import math
+
+from policy_builders import at, estimate, fleet, request, with_replica
 from switchboard.fleet import ReplicaLoad
 from switchboard.fleet import ops
+from switchboard.policies import predict
 from switchboard.policies.autoscale import (
     AutoscaleReasonCode,
     AutoscaleSettings,
@@ -85,6 +88,57 @@ def test_keepalive_floor_keeps_one_and_zero_floor_allows_zero():
     assert policy.decide(s, AutoscaleState(), _capacity(s), {A: 0})[0][A].num_desired == 0
 
 
+def _with_demand(s, rate_per_s, duration_s=300.0, prompt=1000, output=200):
+    """`s` after arrivals of `rate_per_s` for `duration_s` that finished at once (clock at the end)."""
+    for k in range(int(rate_per_s * duration_s)):
+        s = ops.record_finish(ops.record_arrival(ops.at_time(s, k / rate_per_s), A, prompt, output), A)
+    return ops.at_time(s, duration_s)
+
+
+def _busy(s, replica="r0"):
+    """One request outstanding: demand-at-slo sizes only experts with work."""
+    return ops.set_load(s, replica, ReplicaLoad(num_running=1, num_running_tokens=500))
+
+
+def test_demand_at_slo_sizes_a_busy_expert_by_its_arrival_rate():
+    policy = make_autoscale(AutoscaleSettings(kind="demand-at-slo", upscale_delay_s=0, max_replicas=32))
+    base = _loaded(0)
+    per_replica = predict.replica_requests_per_s_at_slo(base.estimates[(A, "l4")], base.experts[A], 1000, 200, 99.0)
+    for rate in (0.5 * per_replica, 2.5 * per_replica, 6.5 * per_replica):
+        s = _busy(_with_demand(base, rate))
+        d, _ = policy.decide(s, AutoscaleState(), _capacity(s), {})
+        assert d[A].num_desired == math.ceil(rate / per_replica - 0.05)  # the decayed rate reads ~1% low
+
+
+def test_demand_at_slo_leaves_an_idle_expert_to_keepalive_and_keeps_kv_room():
+    policy = make_autoscale(AutoscaleSettings(kind="demand-at-slo", upscale_delay_s=0, downscale_delay_s=0))
+    s = _with_demand(_loaded(0), 5.0)  # a high rate, but nothing outstanding right now
+    d, _ = policy.decide(s, AutoscaleState(), _capacity(s), {A: 1})
+    assert d[A].num_desired == 1  # the keep-alive floor, not the rate
+    s = _loaded(120_000)  # no recorded arrivals, 120k tokens outstanding on 50k-token replicas
+    assert policy.decide(s, AutoscaleState(), _capacity(s), {})[0][A].num_desired == 3
+
+
+def test_demand_at_slo_counts_a_shortfall_in_the_best_kind_and_retires_the_least_efficient_first():
+    slow = estimate("a", "cpu", memory_gb=8, prefill=1000.0, step1=0.1, step_full=0.15, seqs=4, kv=20_000)
+    fast = estimate("a", "l4", memory_gb=16, prefill=8000.0, step1=0.03, step_full=0.06, seqs=16, kv=50_000)
+    s = fleet(workers=(("c0", "cpu", 32.0, 0.1), ("w0", "l4", 24.0, 0.8), ("w1", "l4", 24.0, 0.8)),
+              estimates=[slow, fast])
+    fleet_at_0 = s = with_replica(with_replica(s, "slow", worker="c0"), "fast", worker="w0")
+    fast_rate, slow_rate = (predict.replica_requests_per_s_at_slo(e, s.experts[A], 1000, 200, 99.0) for e in (fast, slow))
+    assert 0 < slow_rate < 0.2 * fast_rate
+    s = _busy(_with_demand(s, 2.5 * fast_rate), "slow")
+    policy = make_autoscale(AutoscaleSettings(kind="demand-at-slo", upscale_delay_s=0, downscale_delay_s=0))
+    d, _ = policy.decide(s, AutoscaleState(), {A: fast.capacity}, {})
+    # The fast and slow replicas carry what they can; the rest is counted in fast replicas (placement's choice
+    # under load), not as rate ÷ the mean capacity, which the slow replica would inflate.
+    assert d[A].num_desired == math.ceil(2 + (2.5 * fast_rate * 0.99 - fast_rate - slow_rate) / fast_rate)
+    assert d[A].num_desired < math.ceil(2.5 * fast_rate * 0.99 / ((fast_rate + slow_rate) / 2))
+    s = _busy(_with_demand(fleet_at_0, 0.5 * fast_rate), "slow")
+    d, _ = policy.decide(s, AutoscaleState(), {A: fast.capacity}, {})
+    assert d[A].num_desired == 1 and d[A].retire_first[0] == "slow"  # though the slow one is the busier
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     min_r=st.integers(0, 3),
@@ -109,3 +163,13 @@ def test_desired_stays_within_bounds(min_r, extra, tokens, num_replicas, floor, 
         assert min(cfg.min_replicas, num_replicas) <= n <= max(cfg.max_replicas, num_replicas)
         if n != num_replicas:
             assert max(cfg.min_replicas, floor) <= n <= cfg.max_replicas
+
+
+@settings(max_examples=100, deadline=None)
+@given(service_s=st.floats(0.01, 2.0), slack_s=st.floats(0.01, 10.0), percentile=st.floats(50, 99.9))
+def test_max_utilization_at_slo_is_the_largest_load_whose_tail_wait_fits_the_slack(service_s, slack_s, percentile):
+    rho = predict.max_utilization_at_slo(service_s, slack_s, percentile)
+    tail = lambda r: r * math.exp(-(1 - r) * slack_s / service_s)
+    assert 0 <= rho < 1 and tail(rho) <= 1 - percentile / 100 + 1e-9
+    assert tail(min(1.0, rho + 1e-6)) > 1 - percentile / 100 - 1e-6  # the largest such load
+    assert predict.max_utilization_at_slo(service_s, slack_s * 2, percentile) >= rho  # more slack, more load

@@ -237,6 +237,21 @@ def test_speculative_starts_never_evict():
     assert result.actions == ()
 
 
+def test_a_scale_up_without_waiting_requests_does_not_evict():
+    # "a" is busy on the only other worker; "b" sits idle between requests on w1. Scaling "a" up must not push
+    # "b" out (it would pay a cold start for b's next request to add capacity a can live without).
+    s = fleet(experts=("a", "b"), workers=(("w0", "l4", 24.0, 0.8), ("w1", "l4", 24.0, 0.8)),
+              estimates=[estimate("a", "l4", memory_gb=16, kv=1_000), estimate("b", "l4", memory_gb=16)])
+    ex = FakeExecutor(s, ControlPlane(_settings(autoscale={"max_replicas": 3, "upscale_delay_s": 0})))
+    ex.arrive(request(0, expert="b"))
+    ex.advance(25.0)
+    for i in range(1, 6):
+        ex.arrive(request(i, expert="a", at_s=25.0, prompt=900, output=500))
+    result = ex.step()
+    assert ex.snapshot.warm_replicas_of("b")
+    assert not [a for a in result.actions if isinstance(a, StopReplica)]
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     memory=st.sampled_from([4.0, 12.0, 24.0]),

@@ -124,6 +124,32 @@ def test_hybrid_unloads_during_the_prewarm_gap_then_prewarms():
     assert due.action is KeepAliveAction.PREWARM and due.wants_replica
 
 
+def _bursty_activity(period_s: float, num_bursts: int, burst_size: int = 3, gap_s: float = 5.0) -> ExpertActivity:
+    """A scheduled job: every `period_s`, `burst_size` one-second requests `gap_s` apart."""
+    a = ExpertActivity(A)
+    for k in range(num_bursts):
+        for j in range(burst_size):
+            t = k * period_s + j * (gap_s + 1.0)
+            a = a.on_arrival(t).on_finish(t + 1.0)
+    return a
+
+
+def test_hybrid_lingers_through_a_bursts_gaps_then_unloads_until_the_next_burst():
+    policy = make_keepalive(KeepAliveSettings(kind="hybrid-histogram", min_samples=5))
+    a = _bursty_activity(900.0, 12)  # 2 of every 3 idle gaps are 5 s (bin 0); the others ~888 s (bin 14)
+    window = policy.window(IdleHistogram.empty(60.0, 240).ingest(a))
+    # Without lingering, the 5th percentile would be bin 0: no pre-warm gap, warm all the time.
+    assert window.linger_s == 60.0 and window.prewarm_s == 14 * 60 * 0.9
+    s = dataclasses.replace(ops.at_time(with_replica(fleet(), "r1"), a.idle_since_at), activity={A: a})
+    d, state = _decide(policy, at(s, a.idle_since_at + 30))
+    assert d.action is KeepAliveAction.KEEP_WARM  # the burst may not be over
+    d, state = _decide(policy, at(s, a.idle_since_at + 61), state)
+    assert d.action is KeepAliveAction.SCALE_TO_ZERO and d.reason.code is KeepAliveReasonCode.PREWARM_GAP
+    cold = ops.transition(at(s, a.idle_since_at + 61), "r1", ReplicaState.DRAINING)
+    d, _ = _decide(policy, cold, state)
+    assert d.action is KeepAliveAction.PREWARM and d.at_s == a.idle_since_at + 14 * 60 * 0.9 - 20.0
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     prewarm_s=st.floats(0, 1000),

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from policy_builders import CPU, H100, L4, estimate, fleet, request
 from switchboard.fleet import ops
-from switchboard.policies.placement import Placed, PlacementSettings, PlacementStatus, Unplaceable, make_placement
+from switchboard.policies.placement import (
+    Placed,
+    PlacementSettings,
+    PlacementStatus,
+    Unplaceable,
+    candidates,
+    make_placement,
+)
 from switchboard.types import ExpertId, ReplicaId
 
 A = ExpertId("a")
@@ -43,6 +50,35 @@ def test_cost_aware_prefers_big_hardware_when_load_needs_it():
         s = ops.enqueue(s, request(i, prompt=8_000, output=200, slo=2.0), None)
     outcome = policy.place(s, A)
     assert outcome.candidate.worker.worker_id == "h0"
+
+
+def test_cost_aware_prices_only_the_devices_a_replica_occupies():
+    # A 4-GPU machine (4 × 80 GB, $20/h) hosting a 20 GB replica costs a quarter of it ($5/h) — its one device —
+    # not the whole machine; so it beats a $6/h single-device worker.
+    ests = [estimate("a", H100, memory_gb=80), estimate("a", L4, memory_gb=24)]
+    s = fleet(workers=(("l40", L4, 24.0, 6.0), ("h0", H100, 320.0, 20.0)), estimates=ests)
+    outcome = make_placement(PlacementSettings(kind="cost-aware")).place(s, A)
+    assert outcome.candidate.worker.worker_id == "h0" and outcome.candidate.usd_per_hour == 5.0
+
+
+def _arrivals(s, rate_per_s, duration_s, prompt=1000, output=200):
+    """Record arrivals at `rate_per_s` for `duration_s` (they finish at once: nothing is queued)."""
+    for k in range(int(rate_per_s * duration_s)):
+        s = ops.at_time(s, k / rate_per_s)
+        s = ops.record_finish(ops.record_arrival(s, A, prompt, output), A)
+    return ops.at_time(s, duration_s)
+
+
+def test_cost_aware_puts_a_loaded_expert_where_its_capacity_saves_replicas():
+    # L4: 1000-token prefill 0.25 s, $0.8/h; H100: 0.025 s, $4/h. At 0.1 request/s one L4 is plenty (and 5× cheaper);
+    # at 20 requests/s the L4 would need > 10 replicas to keep the p99 TTFT within 2 s, the H100 one or two.
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    quiet = policy.place(_arrivals(_hetero(), 0.1, 300), A)
+    assert quiet.candidate.worker.worker_id == "l40" and quiet.candidate.num_replicas_needed == 1.0
+    busy = policy.place(_arrivals(_hetero(), 20.0, 300), A)
+    assert busy.candidate.worker.worker_id == "h0"
+    l4 = next(c for c in candidates(_arrivals(_hetero(), 20.0, 300), A, PlacementSettings()) if c.worker.hardware == L4)
+    assert l4.num_replicas_needed > 5 * busy.candidate.num_replicas_needed
 
 
 def test_when_nothing_meets_the_slo_the_fastest_is_placed_at_risk():

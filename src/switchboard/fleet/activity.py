@@ -1,11 +1,28 @@
-"""Per-expert request history: what keep-alive learns idle times from."""
+"""Per-expert request history: what keep-alive learns idle times from, and the recent demand that placement and
+autoscaling size replicas for."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from switchboard.fleet.evolve import evolve
 from switchboard.types import ExpertId, Seconds
+
+DEMAND_HALF_LIFE_S = 60.0
+"""Half-life of the decayed request and token counts behind `ExpertActivity.demand` (about a cold start of a
+large model: demand older than that says little about what the next replica will serve)."""
+_DEMAND_TAU_S = DEMAND_HALF_LIFE_S / math.log(2)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Demand:
+    """An expert's recent arrival rate and mean request size (exponentially decayed, `DEMAND_HALF_LIFE_S`)."""
+
+    requests_per_s: float = 0.0
+    mean_prompt_tokens: float = 0.0
+    """0 when the recorder gave no token counts."""
+    mean_output_tokens: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,6 +46,12 @@ class ExpertActivity:
     """When the expert last became idle (or was created); meaningful only while `num_in_flight == 0`."""
     num_idle_gaps: int = 0
     recent_idle_gaps_s: tuple[Seconds, ...] = ()
+    first_arrival_at: Seconds = 0.0
+    """Meaningful only when `num_arrivals > 0`."""
+    decayed_arrivals: float = 0.0
+    """Σ exp(−(last_arrival_at − t_i)/τ) over arrivals i, τ = DEMAND_HALF_LIFE_S / ln 2; likewise the token sums."""
+    decayed_prompt_tokens: float = 0.0
+    decayed_output_tokens: float = 0.0
 
     @property
     def is_idle(self) -> bool:
@@ -43,15 +66,41 @@ class ExpertActivity:
         num_new = min(self.num_idle_gaps - num_consumed, len(self.recent_idle_gaps_s))
         return self.recent_idle_gaps_s[len(self.recent_idle_gaps_s) - num_new:] if num_new > 0 else ()
 
-    def on_arrival(self, at_s: Seconds) -> "ExpertActivity":
+    def demand(self, now_s: Seconds) -> Demand:
+        """Recent arrival rate (requests/s) and mean request size at `now_s`.
+
+        The decayed count of arrivals divided by τ estimates a steady rate; before τ has passed since the first
+        arrival the count is divided by the part of τ observed so far, so a new expert's rate is not understated.
+        """
+        if self.num_arrivals == 0:
+            return Demand()
+        decay = math.exp(-max(0.0, now_s - self.last_arrival_at) / _DEMAND_TAU_S)
+        observed_s = _DEMAND_TAU_S * -math.expm1(-max(0.0, now_s - self.first_arrival_at) / _DEMAND_TAU_S)
+        count = self.decayed_arrivals
+        return Demand(
+            requests_per_s=count * decay / max(observed_s, 1.0),
+            mean_prompt_tokens=self.decayed_prompt_tokens / count,
+            mean_output_tokens=self.decayed_output_tokens / count,
+        )
+
+    def on_arrival(self, at_s: Seconds, num_prompt_tokens: int = 0, num_output_tokens: int = 0) -> "ExpertActivity":
+        """A request arrived; its token counts (if known) feed the mean request size of `demand`."""
         gaps, num_gaps = self.recent_idle_gaps_s, self.num_idle_gaps
         if self.is_idle and self.num_arrivals > 0:
             # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
             gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
             num_gaps += 1
+        if self.num_arrivals:
+            decay = math.exp(-max(0.0, at_s - self.last_arrival_at) / _DEMAND_TAU_S)
+            first_at = self.first_arrival_at
+        else:
+            decay, first_at = 0.0, at_s
         return evolve(
             self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
-            num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps,
+            num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps, first_arrival_at=first_at,
+            decayed_arrivals=self.decayed_arrivals * decay + 1.0,
+            decayed_prompt_tokens=self.decayed_prompt_tokens * decay + num_prompt_tokens,
+            decayed_output_tokens=self.decayed_output_tokens * decay + num_output_tokens,
         )
 
     def on_finish(self, at_s: Seconds) -> "ExpertActivity":

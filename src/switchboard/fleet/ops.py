@@ -138,9 +138,13 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
     raise KeyError(f"request {request_id} is not queued on {replica_id}")
 
 
-def record_arrival(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
+def record_arrival(
+    snapshot: FleetSnapshot, expert_id: ExpertId, num_prompt_tokens: int = 0, num_output_tokens: int = 0
+) -> FleetSnapshot:
+    """A request for `expert_id` arrived (with its prompt and expected output tokens, for the demand estimate)."""
     activity = dict(snapshot.activity)
-    activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s)
+    activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s, num_prompt_tokens,
+                                                                      num_output_tokens)
     return snapshot.evolve(activity=activity)
 
 

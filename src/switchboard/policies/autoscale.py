@@ -8,7 +8,8 @@ Composed like Ray Serve's `autoscaling_policy`, as small steps:
 4. `delay`        — act on an upscale/downscale only after it has been wanted for upscale_delay_s /
                     downscale_delay_s (hysteresis), except 0 → 1 with waiting requests, which is immediate.
 
-Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences.
+Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences —
+or, for `demand-at-slo`, requests/s *of their measured size* against what one replica serves within the SLO.
 """
 
 from __future__ import annotations
@@ -17,18 +18,27 @@ import abc
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import Field, model_validator
 
-from switchboard.fleet.state import EngineCapacity, FleetSnapshot
+from switchboard.fleet.state import EngineCapacity, FleetSnapshot, ServingEstimate
+from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
-from switchboard.types import ExpertId, Seconds
+from switchboard.policies.placement import replica_usd_per_hour
+from switchboard.types import ExpertId, ReplicaId, Seconds
+
+
+TYPICAL_PROMPT_TOKENS = 1024
+"""demand-at-slo: request size assumed when arrivals were recorded without token counts (the Azure conversation
+trace's median prompt, as `perf.serving` assumes)."""
+TYPICAL_OUTPUT_TOKENS = 128
 
 
 class AutoscaleKind(str, enum.Enum):
     IN_FLIGHT_TOKENS = "in-flight-tokens"
     QUEUE_DEPTH = "queue-depth"
+    DEMAND_AT_SLO = "demand-at-slo"
 
 
 class AutoscaleSettings(PolicySettings):
@@ -45,6 +55,8 @@ class AutoscaleSettings(PolicySettings):
     downscale_delay_s: float = Field(120.0, ge=0)
     upscaling_factor: float = Field(1.0, gt=0, description="1 = jump to the desired count; <1 = step part-way.")
     downscaling_factor: float = Field(1.0, gt=0)
+    slo_percentile: float = Field(99.0, gt=0, lt=100, description="demand-at-slo: the TTFT percentile each "
+                                  "replica's share of the demand keeps within the SLO.")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> "AutoscaleSettings":
@@ -86,6 +98,8 @@ class ExpertLoad:
     num_waiting_unplaced: int
     replica_capacity: EngineCapacity
     """Capacity of a typical replica (mean of its replicas, else of a new one)."""
+    num_replicas_for_demand: float = 0.0
+    """Replicas the recent arrival rate needs at the SLO (only `demand-at-slo` fills it)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +121,8 @@ class ScaleDecision:
     num_current: int
     num_desired: int
     reason: Reason
+    retire_first: tuple[ReplicaId, ...] = ()
+    """For a scale-down, the policy's order of replicas to retire (() = the control step's default order)."""
 
     @property
     def delta(self) -> int:
@@ -185,6 +201,13 @@ class AutoscalePolicy(abc.ABC):
     def raw_desired(self, load: ExpertLoad) -> float:
         """Replicas (fractional) needed to carry `load` at the target utilization."""
 
+    def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
+        return expert_load(snapshot, expert_id, new_replica_capacity)
+
+    def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
+        """Which replicas a scale-down retires first; () leaves it to the control step (least loaded first)."""
+        return ()
+
     def decide(
         self,
         snapshot: FleetSnapshot,
@@ -202,7 +225,7 @@ class AutoscalePolicy(abc.ABC):
         for expert_id, spec in snapshot.experts.items():
             if spec.is_external or expert_id not in new_replica_capacity:
                 continue
-            load = expert_load(snapshot, expert_id, new_replica_capacity[expert_id])
+            load = self.expert_load(snapshot, expert_id, new_replica_capacity[expert_id])
             current = load.num_replicas
             needs_wake = load.num_waiting_unplaced > 0 and current == 0
             floor = max(keepalive_floor.get(expert_id, 0), 1 if needs_wake else 0)
@@ -211,8 +234,10 @@ class AutoscalePolicy(abc.ABC):
             now_n, pending[expert_id], is_delayed = delay(
                 current, desired, pending.get(expert_id), snapshot.now_s, self.settings, is_urgent=needs_wake
             )
+            retire = self.retire_order(snapshot, expert_id) if now_n < current else ()
             decisions[expert_id] = ScaleDecision(expert_id, current, now_n, self._reason(load, desired, now_n,
-                                                                                          floor, needs_wake, is_delayed))
+                                                                                          floor, needs_wake, is_delayed),
+                                                 retire)
         return decisions, AutoscaleState(pending)
 
     def _reason(self, load: ExpertLoad, desired: int, now_n: int, floor: int, needs_wake: bool, is_delayed: bool):
@@ -249,6 +274,72 @@ class QueueDepthAutoscale(AutoscalePolicy):
 
     def raw_desired(self, load: ExpertLoad) -> float:
         return load.num_outstanding_requests / (self.settings.target_utilization * load.replica_capacity.max_num_seqs)
+
+
+@AUTOSCALE_POLICIES.register(AutoscaleKind.DEMAND_AT_SLO)
+class DemandAtSloAutoscale(AutoscalePolicy):
+    """The expert's recent arrival rate (`ExpertActivity.demand`: requests/s and their mean prompt and output
+    lengths) over what one of its replicas can take while meeting the TTFT SLO at `slo_percentile` and the TPOT
+    SLO (`predict.replica_requests_per_s_at_slo`, the capacity cost-aware placement prices with) — and never
+    fewer than its outstanding tokens fill in KV cache.
+
+    Why not a fixed fraction of KV cache: KV size says nothing about speed. A 2-GPU H100 replica of a 50B model
+    and a 24 GB L4 replica of a 9B model differ 7× in KV tokens but 2.5× the other way in prefill time, so one
+    utilization target over-provisions the first and under-provisions the second. Only busy experts (requests
+    outstanding) are sized by demand; an idle one is left to keep-alive.
+    """
+
+    def _capacity(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> Callable[[ServingEstimate], float]:
+        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size."""
+        spec = snapshot.experts[expert_id]
+        demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+        prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
+        output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
+        return lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
+
+    def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
+        load = expert_load(snapshot, expert_id, new_replica_capacity)
+        requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
+        if load.num_outstanding_requests == 0 or requests_per_s <= 0:
+            return load
+        capacity = self._capacity(snapshot, expert_id)
+        kinds = [capacity(e) for (x, _), e in snapshot.estimates.items() if x == expert_id]
+        if not kinds:
+            return load
+        # The best replicas first; any shortfall in replicas of the best kind (where cost-aware placement puts a
+        # loaded expert), so a slow replica left from low load does not multiply the count.
+        have = sorted((capacity(e) for r in snapshot.accepting_replicas_of(expert_id)
+                       if (e := snapshot.estimate(expert_id, r.hardware)) is not None), reverse=True)
+        needed, remaining = 0.0, requests_per_s
+        for per_replica in have:
+            if remaining <= per_replica:
+                needed += remaining / per_replica
+                remaining = 0.0
+                break
+            needed, remaining = needed + 1.0, remaining - per_replica
+        if remaining > 0:
+            best = max(kinds)
+            needed += remaining / best if best > 0 else float(self.settings.max_replicas)
+        return dataclasses.replace(load, num_replicas_for_demand=needed)
+
+    def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
+        """Least capacity per USD first (a slow or pricey replica goes before a cost-efficient one), then the
+        least loaded."""
+        capacity = self._capacity(snapshot, expert_id)
+
+        def efficiency(replica) -> float:
+            estimate = snapshot.estimate(expert_id, replica.hardware)
+            if estimate is None:
+                return 0.0
+            usd = replica_usd_per_hour(snapshot.workers[replica.worker_id], estimate)
+            return capacity(estimate) / usd if usd > 0 else math.inf
+
+        replicas = snapshot.accepting_replicas_of(expert_id)
+        return tuple(r.replica_id for r in sorted(
+            replicas, key=lambda r: (efficiency(r), r.load.num_outstanding_tokens, r.replica_id)))
+
+    def raw_desired(self, load: ExpertLoad) -> float:
+        return max(load.num_outstanding_tokens / load.replica_capacity.kv_capacity_tokens, load.num_replicas_for_demand)
 
 
 def make_autoscale(settings: AutoscaleSettings) -> AutoscalePolicy:

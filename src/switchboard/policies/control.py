@@ -415,16 +415,22 @@ class ControlPlane:
             draining = [r for r in plan.snapshot.replicas_of(expert_id) if r.state is ReplicaState.DRAINING]
             if draining:
                 plan.do(ReactivateReplica(draining[0].replica_id, decision.reason))
-            elif isinstance(self._start(plan, expert_id, decision.reason, may_evict=True), Unplaceable):
+            # Only a scale-up for waiting requests may evict idle replicas of other experts (as for a request's
+            # own start): evicting a replica that is idle between requests to add capacity elsewhere trades a
+            # sure cold start for a speculative gain.
+            elif isinstance(self._start(plan, expert_id, decision.reason, may_evict=bool(
+                    plan.snapshot.unplaced_of(expert_id))), Unplaceable):
                 break
         if decision.delta >= 0:
             return
         workers = plan.snapshot.workers
-        # Retire the least loaded first, the most expensive among equals; never a starting replica with a queue.
+        rank = {replica_id: k for k, replica_id in enumerate(decision.retire_first)}
+        # Retire in the policy's order if it gave one, else the least loaded first, the most expensive among
+        # equals; never a starting replica with a queue.
         victims = sorted(
             (r for r in plan.snapshot.accepting_replicas_of(expert_id) if r.is_warm or not r.load.queue),
-            key=lambda r: (not r.is_warm, r.load.num_outstanding_tokens, -workers[r.worker_id].usd_per_hour,
-                           r.replica_id),
+            key=lambda r: (not r.is_warm, rank.get(r.replica_id, len(rank)), r.load.num_outstanding_tokens,
+                           -workers[r.worker_id].usd_per_hour, r.replica_id),
         )
         for replica in victims[: -decision.delta]:
             action = DrainReplica if replica.is_warm else StopReplica

@@ -8,6 +8,11 @@ Variants (`KeepAliveSettings.kind`):
   low percentile (5th) of idle times, the *keep-alive* window runs from there to a high percentile (99th),
   each widened by `margin`. With too few samples, too many idle times beyond the histogram's range, or a
   flat histogram (low coefficient of variation: not predictive), it falls back to `fallback_keepalive_s`.
+  Our extension for bursty experts: idle times shorter than one bin are a burst's own gaps (a job's requests
+  seconds apart), and unloading for them is pointless; so the replica *lingers* warm for one bin after each
+  request, and the pre-warm percentile is taken over the longer idle times only — the gaps between bursts.
+  Without this, a scheduled job's burst gaps put the 5th percentile at zero and the window never opens a
+  pre-warm gap: the expert stays warm all the time.
 
 Both return one `KeepAliveDecision` per expert. A shared rule turns a window into a decision, and accounts for
 the cold start: pre-warming starts `cold_start_s` ahead, and unloading for a pre-warm gap shorter than the
@@ -120,13 +125,14 @@ class IdleHistogram:
         var = sum((c - mean) ** 2 for c in self.counts) / n
         return math.sqrt(var) / mean
 
-    def percentile_bin(self, percentile: float) -> int:
-        """Index of the bin holding the `percentile`-th in-range idle time (needs in-range samples)."""
-        total = sum(self.counts)
+    def percentile_bin(self, percentile: float, first_bin: int = 0) -> int:
+        """Index of the bin holding the `percentile`-th in-range idle time among bins `first_bin` and up (needs
+        samples there)."""
+        total = sum(self.counts[first_bin:])
         rank = max(1, math.ceil(total * percentile / 100))
         running = 0
-        for index, count in enumerate(self.counts):
-            running += count
+        for index in range(first_bin, len(self.counts)):
+            running += self.counts[index]
             if running >= rank:
                 return index
         return len(self.counts) - 1
@@ -142,11 +148,13 @@ class KeepAliveState:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeepAliveWindow:
-    """After an expert goes idle: cold for `prewarm_s`, then warm for `keepalive_s`."""
+    """After an expert goes idle: cold for `prewarm_s`, then warm for `keepalive_s` — except that a replica still
+    up lingers warm for the first `linger_s` (short gaps inside a burst) before it is unloaded for the gap."""
 
     prewarm_s: Seconds
     keepalive_s: Seconds
     reason: str
+    linger_s: Seconds = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -234,6 +242,9 @@ def decide_from_window(
     warm_until = warm_from + keepalive_s
     idle_s = now_s - activity.idle_since_at
     if now_s < warm_from:
+        if has_replica and idle_s < window.linger_s:
+            return decision(KeepAliveAction.KEEP_WARM, KeepAliveReasonCode.IN_WINDOW,
+                            f"idle {idle_s:.0f}s: lingering {window.linger_s:.0f}s for the burst's next request")
         if has_replica:
             return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.PREWARM_GAP,
                             f"next request unlikely before {warm_from:.0f}s: unload, pre-warm then")
@@ -277,12 +288,18 @@ class HybridHistogramKeepAlive(KeepAlivePolicy):
         cv = histogram.coefficient_of_variation()
         if cv < s.min_histogram_cv:
             return dataclasses.replace(fallback, reason=f"fallback: histogram not predictive (cv {cv:.1f})")
-        head_s = histogram.percentile_bin(s.prewarm_percentile) * histogram.bin_width_s
+        # A burst's own gaps (the first bin) say "stay for a moment", not when the next burst comes: linger for
+        # them, and place the pre-warm by the gaps between bursts.
+        has_bursts = histogram.counts[0] > 0 and sum(histogram.counts[1:]) > 0
+        first_bin = 1 if has_bursts else 0
+        head_s = histogram.percentile_bin(s.prewarm_percentile, first_bin) * histogram.bin_width_s
         tail_s = (histogram.percentile_bin(s.keepalive_percentile) + 1) * histogram.bin_width_s
         prewarm_s = head_s * (1 - s.margin)
         keepalive_s = tail_s * (1 + s.margin) - prewarm_s
         return KeepAliveWindow(prewarm_s, keepalive_s,
-                               f"histogram p{s.prewarm_percentile:g}={head_s:.0f}s p{s.keepalive_percentile:g}={tail_s:.0f}s")
+                               f"histogram p{s.prewarm_percentile:g}={head_s:.0f}s p{s.keepalive_percentile:g}={tail_s:.0f}s"
+                               + (f", lingering {histogram.bin_width_s:.0f}s for bursts" if has_bursts else ""),
+                               linger_s=histogram.bin_width_s if has_bursts else 0.0)
 
 
 def make_keepalive(settings: KeepAliveSettings) -> KeepAlivePolicy:

@@ -6,9 +6,13 @@ Variants (`PlacementSettings.kind`):
   free memory.
 - `cost-aware`: Mélange (Griggs et al., 2024) for one replica at a time — among workers that fit, the cheapest
   one whose *predicted* TTFT and TPOT at the expert's current load meet the expert's targets. "Cheapest" is
-  USD/hour × replicas of that kind the current load needs, so a small card wins at low load and a big one
-  when its throughput saves replicas. When no hardware meets the targets, the fastest that fits is chosen
-  and the outcome says the SLO is at risk.
+  the price of the devices the replica occupies (its share of the worker: an 8-GPU machine hosting a 2-GPU
+  replica is charged 2 GPUs, as replicas are packed onto machines) × the replicas of that kind the expert's
+  demand needs: its recent arrival rate (`ExpertActivity.demand`) over one replica's capacity at the SLO
+  (`predict.replica_requests_per_s_at_slo`, Mélange's per-GPU-type "max throughput within the SLO"), and at
+  least what its outstanding tokens fill in KV cache. So a small or cheap card wins at low load and a fast one
+  when its throughput saves replicas. When no hardware meets the targets, the fastest that fits is chosen and
+  the outcome says the SLO is at risk.
 
 Guarantee (both): a placed replica fits in its worker's free memory (never over-commit).
 """
@@ -20,7 +24,10 @@ import dataclasses
 import enum
 import math
 
-from switchboard.fleet.state import FleetSnapshot, ServingEstimate, Worker
+from pydantic import Field
+
+from switchboard.fleet.state import ExpertSpec, FleetSnapshot, ServingEstimate, Worker
+from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
 
@@ -34,6 +41,10 @@ class PlacementSettings(PolicySettings):
     kind: PlacementKind = PlacementKind.COST_AWARE
     default_prompt_tokens: int = 512
     """Prompt length assumed for latency predictions when the expert has no queued requests."""
+    default_output_tokens: int = 128
+    """Output length assumed for capacity predictions when arrivals came without token counts."""
+    slo_percentile: float = Field(99.0, gt=0, lt=100, description="The TTFT percentile a replica's capacity keeps "
+                                  "within the SLO (cost-aware).")
 
 
 class PlacementStatus(str, enum.Enum):
@@ -52,7 +63,14 @@ class Candidate:
     predicted_ttft_s: Seconds
     predicted_tpot_s: Seconds
     meets_slo: bool
-    usd_per_hour_at_load: float
+    usd_per_hour: float
+    """Price of the devices this replica occupies on its worker."""
+    num_replicas_needed: float
+    """Replicas of this kind the expert's current demand needs (≥ 1; fractional)."""
+
+    @property
+    def usd_per_hour_at_load(self) -> float:
+        return self.usd_per_hour * self.num_replicas_needed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +110,9 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     prompt_tokens = round(sum(q.num_prompt_tokens for q in queued) / len(queued)) if queued else settings.default_prompt_tokens
     tokens_ahead = sum(q.num_prompt_tokens for q in queued) // num_after
     seqs = math.ceil(num_requests / num_after)
+    demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+    demand_prompt = demand.mean_prompt_tokens or settings.default_prompt_tokens
+    demand_output = demand.mean_output_tokens or settings.default_output_tokens
     found = []
     for worker in snapshot.workers.values():
         estimate = snapshot.estimate(expert_id, worker.hardware)
@@ -99,11 +120,28 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
             continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
         tpot_s = estimate.tpot_s(seqs)
-        num_needed = max(1, math.ceil(num_tokens / estimate.kv_capacity_tokens))
+        num_needed = max(1.0, math.ceil(num_tokens / estimate.kv_capacity_tokens),
+                         _replicas_for_demand(estimate, spec, demand.requests_per_s, demand_prompt, demand_output,
+                                              settings.slo_percentile))
         found.append(Candidate(worker, estimate, ttft_s, tpot_s,
                                meets_slo=ttft_s <= spec.ttft_slo_s and tpot_s <= spec.tpot_slo_s,
-                               usd_per_hour_at_load=worker.usd_per_hour * num_needed))
+                               usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed))
     return found
+
+
+def replica_usd_per_hour(worker: Worker, estimate: ServingEstimate) -> float:
+    """The price of the part of `worker` a replica occupies: its devices, i.e. its share of the worker's memory
+    (a replica takes whole devices, so on GPUs this is exact)."""
+    return worker.usd_per_hour * min(1.0, estimate.memory_gb / worker.memory_gb) if worker.memory_gb > 0 \
+        else worker.usd_per_hour
+
+
+def _replicas_for_demand(estimate: ServingEstimate, spec: ExpertSpec, requests_per_s: float, prompt_tokens: float,
+                         output_tokens: float, percentile: float) -> float:
+    if requests_per_s <= 0:
+        return 0.0
+    capacity = predict.replica_requests_per_s_at_slo(estimate, spec, prompt_tokens, output_tokens, percentile)
+    return requests_per_s / capacity if capacity > 0 else math.inf
 
 
 class PlacementPolicy(abc.ABC):
@@ -124,7 +162,8 @@ class PlacementPolicy(abc.ABC):
                 PlacementStatus.NO_MEMORY, f"no worker has free memory for {expert_id}"))
         chosen = self.choose(fitting)
         status = PlacementStatus.PLACED if chosen.meets_slo else PlacementStatus.PLACED_SLO_AT_RISK
-        detail = (f"{chosen.worker.worker_id} ({chosen.worker.hardware}, ${chosen.worker.usd_per_hour:.2f}/h): "
+        detail = (f"{chosen.worker.worker_id} ({chosen.worker.hardware}, ${chosen.usd_per_hour:.2f}/h for this replica, "
+                  f"{chosen.num_replicas_needed:.1f} needed): "
                   f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms")
         return Placed(status, expert_id, chosen, Reason(status, detail))
 
@@ -144,8 +183,8 @@ class CostAwarePlacement(PlacementPolicy):
         meeting = [c for c in fitting if c.meets_slo]
         if meeting:
             # min() keeps the first of equals, so configuration order breaks ties deterministically.
-            return min(meeting, key=lambda c: (c.usd_per_hour_at_load, c.worker.usd_per_hour))
-        return min(fitting, key=lambda c: (c.predicted_ttft_s, c.predicted_tpot_s, c.worker.usd_per_hour))
+            return min(meeting, key=lambda c: (c.usd_per_hour_at_load, c.usd_per_hour))
+        return min(fitting, key=lambda c: (c.predicted_ttft_s, c.predicted_tpot_s, c.usd_per_hour))
 
 
 def make_placement(settings: PlacementSettings) -> PlacementPolicy:

@@ -7,8 +7,10 @@ of the replica's expert × hardware.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
-from switchboard.fleet.state import FleetSnapshot, Replica
+from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, ServingEstimate
 from switchboard.types import ExpertId, Seconds, WorkerId
 
 
@@ -79,3 +81,70 @@ def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_me
     if fitting:
         return WakeOption(min(fitting), True)
     return WakeOption(min(known) if known else 0.0, False)
+
+
+# ---------------------------------------------------------------------------------------- capacity at the SLO
+
+
+def request_busy_s(estimate: ServingEstimate, num_prompt_tokens: float, num_output_tokens: float) -> Seconds:
+    """Engine time one request takes on a replica: its prefill, plus its share of full-batch decode steps."""
+    decode_s_per_token = estimate.decode_step_s_full_batch / max(1, estimate.max_num_seqs)
+    return num_prompt_tokens / estimate.prefill_tokens_per_s + num_output_tokens * decode_s_per_token
+
+
+def max_utilization_at_slo(service_s: Seconds, slack_s: Seconds, percentile: float) -> float:
+    """Largest utilization ρ of a replica at which the `percentile`-th wait before prefill is ≤ `slack_s`.
+
+    M/M/1 approximation with mean service time `service_s`: P(wait > t) = ρ·exp(−(1−ρ)·t / service_s). Bursty
+    arrivals wait longer than this predicts, so it is a ceiling, not a promise. 0 when there is no slack.
+    """
+    if slack_s <= 0 or service_s <= 0:
+        return 0.0 if slack_s <= 0 else 1.0
+    tail = max(1e-9, 1.0 - percentile / 100.0)
+    low, high = 0.0, 1.0
+    for _ in range(30):  # the tail probability increases with ρ: bisect (to 1e-9)
+        rho = (low + high) / 2
+        if rho * math.exp(-(1.0 - rho) * slack_s / service_s) <= tail:
+            low = rho
+        else:
+            high = rho
+    return low
+
+
+def replica_requests_per_s_at_slo(
+    estimate: ServingEstimate, spec: ExpertSpec, num_prompt_tokens: float, num_output_tokens: float,
+    percentile: float,
+) -> float:
+    """`requests_per_s_at_slo` for request sizes rounded to 16 tokens (under 2% of a typical size), so a policy
+    that asks every step, as the mean size drifts with each arrival, mostly reuses an answer."""
+    return _requests_per_s_at_slo(estimate, spec.ttft_slo_s, spec.tpot_slo_s, 16 * round(num_prompt_tokens / 16),
+                                  16 * round(num_output_tokens / 16), percentile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _requests_per_s_at_slo(estimate: ServingEstimate, ttft_slo_s: Seconds, tpot_slo_s: Seconds,
+                           num_prompt_tokens: float, num_output_tokens: float, percentile: float) -> float:
+    """Requests/s of this size one replica can take while its `percentile`-th TTFT stays within the expert's SLO
+    and decoding keeps its TPOT SLO.
+
+    The engine runs waiting prefills before decode steps, so a new request queues only behind other prefills
+    (and at most one decode step, in the slack): the TTFT queue is an M/M/1 queue of prefills
+    (`max_utilization_at_slo`). Decoding gets the time prefill leaves, so a token takes about a full-batch step
+    ÷ (1 − prefill's share), which must stay within the TPOT SLO; and the engine's total time (prefill plus each
+    request's share of full-batch decode steps) cannot exceed 1 s per second.
+
+    This is the capacity Mélange (Griggs et al., 2024) profiles per GPU type and request size; here it is
+    predicted from the `ServingEstimate`. 0 when even an idle replica misses the SLO.
+    """
+    prefill_s = num_prompt_tokens / estimate.prefill_tokens_per_s
+    busy_s = request_busy_s(estimate, num_prompt_tokens, num_output_tokens)
+    if busy_s <= 0:
+        return math.inf
+    slack_s = ttft_slo_s - estimate.ttft_s(round(num_prompt_tokens))
+    if slack_s <= 0:
+        return 0.0
+    if prefill_s <= 0:
+        return 1.0 / busy_s
+    rho_prefill = min(max_utilization_at_slo(prefill_s, slack_s, percentile),
+                      max(0.0, 1.0 - estimate.decode_step_s_full_batch / tpot_slo_s))
+    return min(rho_prefill / prefill_s, 1.0 / busy_s)

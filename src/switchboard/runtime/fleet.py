@@ -290,7 +290,8 @@ class LiveFleet:
         if lease.request is None:
             return self.external[lease.expert_id], False
         request = lease.request
-        self.model = ops.record_arrival(self._now(), request.expert_id)
+        self.model = ops.record_arrival(self._now(), request.expert_id, request.num_prompt_tokens,
+                                        request.num_output_tokens_expected)
         fast = self.plane.admit_fast(self.model, request, self.rng)
         if fast.needs_step:
             self._step([RequestArrived(request)])

@@ -224,7 +224,7 @@ class Simulation:
                 i, self.routing.predicted[i], num_prompt, num_output)).expert_index
         self.expert_index[i] = expert
         expert_id = ExpertId(self._expert_ids[expert])
-        self.snapshot = ops.record_arrival(self.snapshot, expert_id)
+        self.snapshot = ops.record_arrival(self.snapshot, expert_id, num_prompt, num_output)
         request = QueuedRequest(RequestId(str(i)), expert_id, now_s, num_prompt, num_output,
                                 ttft_slo_s=self._ttft_slo_s)
         if not self.snapshot.is_warm(expert_id):

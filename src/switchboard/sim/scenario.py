@@ -56,9 +56,11 @@ class Knobs:
     hide_margin: float = 0.05
     placement_prompt_tokens: int = 512
     """Prompt length cost-aware placement assumes when predicting a new replica's TTFT with nothing queued."""
-    autoscale_kind: str = "in-flight-tokens"
+    autoscale_kind: str = "demand-at-slo"
+    """Every serverless set's autoscaler: replicas for the recent arrival rate at the SLO (docs/control-plane.md)."""
     target_utilization: float = 0.3
-    """Autoscaler: fraction of a replica's KV capacity (or batch) to fill before adding one."""
+    """`in-flight-tokens` / `queue-depth` autoscalers only: fraction of a replica's KV capacity (or batch) to fill
+    before adding one."""
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
