@@ -27,11 +27,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
+from switchboard.cluster.base import Cluster, EngineFactory
+from switchboard.cluster.build import build_cluster
+from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import Engine, EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet import ops
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -52,7 +54,7 @@ from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 log = logging.getLogger("switchboard.fleet")
 
 Clock = Callable[[], float]
-EngineFactory = Callable[[ExpertConfig], Engine]
+__all__ = ["AdmissionRejected", "EngineFactory", "Lease", "LiveFleet", "LiveReplica"]
 MAX_DECISIONS_KEPT = 200
 
 
@@ -60,6 +62,8 @@ class LiveReasonCode(str, enum.Enum):
     WARM_AT_START = "warm-at-start"
     ENGINE_LOST = "engine-lost"
     START_FAILED = "start-failed"
+    WORKER_LOST = "worker-lost"
+    REPLACE_LOST = "replace-lost"
 
 
 class AdmissionRejected(Exception):
@@ -121,15 +125,20 @@ class LiveFleet:
         *,
         clock: Clock = time.time,
         engine_factory: EngineFactory = build_engine,
+        cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.engine_factory = engine_factory
+        # Where replicas run (docs/ray.md): local processes by default, Ray actors for `cluster: {kind: ray}`.
+        self.cluster = cluster if cluster is not None else build_cluster(config, engine_factory)
+        self._inventory_interval_s = config.cluster.inventory_interval_s if isinstance(config.cluster, RayClusterConfig) else None
+        self._inventory_read_at = time.monotonic()
         cp = config.control_plane
         self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
         self.rng = random.Random(cp.seed)
         self._experts = {e.id: e for e in config.experts}
-        workers = est.live_workers(config)
+        workers = self.cluster.workers()
         estimates = [e for x in config.experts for e in est.serving_estimates(x, workers)]
         self.model: FleetSnapshot = ops.empty_fleet(clock(), workers, [est.expert_spec(e) for e in config.experts], estimates)
         self.state = ControlState()
@@ -155,7 +164,7 @@ class LiveFleet:
         for them; failures are logged, not fatal."""
         for expert in self.config.experts:
             if isinstance(expert.backend, OpenAIBackend):
-                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))
+                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))  # external: bypasses the cluster
                 self.external[expert.id] = replica
                 await replica.engine.start()
         for expert in self.config.experts:
@@ -170,17 +179,18 @@ class LiveFleet:
         if starting:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
 
-    def _start_action(self, expert: ExpertConfig) -> StartReplica | None:
+    def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
+                      why: str = "the expert is configured warm_at_start") -> StartReplica | None:
         """A start for `expert` where the placement policy puts it, given the replicas already planned."""
         placement = self.plane.placement.place(self._now(), ExpertId(expert.id))
         if not placement.is_placed:
-            log.error("no worker can host expert %s at start-up: %s", expert.id, placement.reason)
+            log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, placement.reason)
             return None
         worker, estimate = placement.candidate.worker, placement.candidate.estimate
         self.state = dataclasses.replace(self.state, num_replicas_created=self.state.num_replicas_created + 1)
         replica_id = ReplicaId(f"{expert.id}#{self.state.num_replicas_created}")
         return StartReplica(replica_id, ExpertId(expert.id), worker.worker_id, worker.hardware, estimate.cold_start_s,
-                            Reason(LiveReasonCode.WARM_AT_START, "the expert is configured warm_at_start"))
+                            Reason(code, why))
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -190,6 +200,7 @@ class LiveFleet:
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
         for replica_id in list(self.live):
             self._transition(replica_id, ReplicaState.STOPPED)
+        await self.cluster.close()
 
     # ---- the model, advanced to now
 
@@ -359,7 +370,8 @@ class LiveFleet:
                 continue
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
-                replica = LiveReplica(action.replica_id, expert, action.hardware, self.engine_factory(expert))
+                engine = self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
                 self.counters["cold_starts"] += 1
                 replica.start_task = asyncio.create_task(self._run_start(replica))
@@ -414,6 +426,9 @@ class LiveFleet:
                 pass
             self._wakeup.clear()
             try:
+                if self._inventory_interval_s is not None and time.monotonic() - self._inventory_read_at >= self._inventory_interval_s:
+                    self._inventory_read_at = time.monotonic()
+                    self._apply_inventory(await asyncio.to_thread(self.cluster.workers))
                 self._reap_dead_engines()
                 self._step([])
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
@@ -427,6 +442,37 @@ class LiveFleet:
             if replica is not None and replica.state is ReplicaState.WARM and getattr(live.engine, "is_running", True) is False:
                 live.last_error = "the engine process exited"
                 self._execute([StopReplica(ReplicaId(replica_id), Reason(LiveReasonCode.ENGINE_LOST, live.last_error))])
+
+    def _apply_inventory(self, workers: list[Worker]) -> None:
+        """Brings the model's workers in line with the cluster's: replicas on a lost worker are stopped (their
+        in-flight requests fail with `ReplicaLost`, their queued ones go back to be placed) and each is
+        replaced where the placement policy now puts it; new workers (and new hardware kinds) become usable."""
+        alive = {w.worker_id: w for w in workers}
+        model = self._now()
+        lost_workers = [worker_id for worker_id in model.workers if worker_id not in alive]
+        to_replace: list[str] = []
+        for worker_id in lost_workers:
+            detail = f"worker {worker_id} was lost (its node left the cluster)"
+            log.error("%s; stopping its replicas", detail)
+            for replica_id, replica in list(self.model.replicas.items()):
+                if replica.worker_id != worker_id or replica.state is ReplicaState.STOPPED:
+                    continue
+                live = self.live.get(replica_id)
+                if live is not None:
+                    live.last_error = detail
+                self._execute([StopReplica(replica_id, Reason(LiveReasonCode.WORKER_LOST, detail))])
+                to_replace.append(replica.expert_id)
+        if not lost_workers and alive.keys() == model.workers.keys():
+            return
+        estimates = dict(self.model.estimates)
+        for expert in self.config.experts:
+            for estimate in est.serving_estimates(expert, workers):
+                estimates.setdefault((estimate.expert_id, estimate.hardware), estimate)  # measured ones stay
+        self.model = self.model.evolve(workers=alive, estimates=estimates)
+        for expert_id in to_replace:
+            start = self._start_action(self._experts[expert_id], LiveReasonCode.REPLACE_LOST, "replaces a replica lost with its worker")
+            if start is not None:
+                self._execute([start])
 
     def _record(self, action: Action, expert_id: str) -> None:
         reason = getattr(action, "reason", None)

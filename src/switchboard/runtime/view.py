@@ -25,6 +25,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
             "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None,
+            "node": getattr(live.engine, "node_id", None) if live else None,  # the Ray node, in Ray mode
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():

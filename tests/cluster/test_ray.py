@@ -1,0 +1,98 @@
+"""Switchboard on a real local Ray cluster: placement pins replicas to nodes of the right hardware kind, tokens
+stream from replica actors through the gateway, and a lost node's replicas are re-placed with every in-flight
+request either completed or failed cleanly. Run with `pytest -m ray tests/cluster` (docs/ray.md)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import httpx
+import openai
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.testing.servers import serve_in_thread
+
+pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
+
+
+def ray_config(address: str):
+    return parse_config(f"""
+cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5}}
+experts:
+  - id: smollm2
+    backend: {{kind: llamacpp, n_threads: 1, hardware: cpu}}
+    params_b: 0.135
+    context_tokens: 512
+    max_output_tokens: 64
+  - id: small-l4
+    backend: {{kind: simulated, hardware: l4, time_scale: 0.05, default_output_tokens: 16}}
+    params_b: 1
+    max_output_tokens: 4096
+router: {{enabled: false}}
+storage: {{enabled: false}}
+control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
+""")
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_cluster):
+    _, address = ray_cluster
+    app = build_app(ray_config(address))
+    with serve_in_thread(app, startup_timeout_s=120) as url:
+        yield url, app.state.gateway.fleet
+
+
+def fleet_view(url: str) -> dict:
+    return httpx.get(url + "/admin/fleet", timeout=10).json()
+
+
+def replicas_of(view: dict, expert_id: str, state: str = "warm") -> list[dict]:
+    expert = next(e for e in view["experts"] if e["id"] == expert_id)
+    return [r for r in expert["replicas"] if r["state"] == state]
+
+
+def hardware_of_node(node_id: str) -> str:
+    import ray
+
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return next(k.split(":", 1)[1] for k in node["Resources"] if k.startswith("switchboard/hw:"))
+
+
+def actor_node(replica: dict) -> str:
+    """The node the replica's actor really runs on, asked from the actor itself."""
+    import ray
+
+    actor = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("/" + replica["replica_id"]))
+    return ray.get(ray.get_actor(actor["name"], namespace=actor["namespace"]).node_id.remote(), timeout=30)
+
+
+def test_experts_land_on_their_hardware_and_answer(gateway):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    answer = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert answer.choices[0].message.content.strip() and "[simulated" not in answer.choices[0].message.content
+    answer = client.chat.completions.create(model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert answer.choices[0].message.content == "[simulated small-l4: 5 tokens]"
+
+    view = fleet_view(url)
+    (smol,) = replicas_of(view, "smollm2")
+    (small,) = replicas_of(view, "small-l4")
+    assert (smol["hardware"], small["hardware"]) == ("cpu", "l4")
+    # The actors really run on nodes of those kinds, the ones placement chose.
+    assert actor_node(smol) == smol["node"] and hardware_of_node(smol["node"]) == "cpu"
+    assert actor_node(small) == small["node"] and hardware_of_node(small["node"]) == "l4"
+
+
+def test_tokens_stream_from_the_replica_actor(gateway):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    for model in ("small-l4", "smollm2"):
+        chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Count to ten."}],
+                                                     max_tokens=12, stream=True))
+        texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert len(texts) > 2, f"{model}: one token per chunk, not one whole answer: {texts}"
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
