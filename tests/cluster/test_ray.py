@@ -96,3 +96,57 @@ def test_tokens_stream_from_the_replica_actor(gateway):
         texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
         assert len(texts) > 2, f"{model}: one token per chunk, not one whole answer: {texts}"
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster):
+    cluster, _ = ray_cluster
+    if cluster is None:
+        pytest.skip("removes a node: only on the cluster this module starts")
+    url, _ = gateway
+    (lost,) = replicas_of(fleet_view(url), "small-l4")
+    node = next(n for n in cluster.worker_nodes if n.node_id == lost["node"])
+    messages = [{"role": "user", "content": "hi"}]
+
+    def stream_all() -> str:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        try:
+            for _ in client.chat.completions.create(model="small-l4", messages=messages, max_tokens=4000, stream=True):
+                pass
+        except openai.APIError as exc:
+            return f"error: {exc.message}"
+        return "ok"
+
+    def whole() -> str:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        try:
+            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=messages, max_tokens=4000)
+        except openai.APIError as exc:
+            return f"error: {exc.message}"
+        return "ok on " + raw.headers["x-switchboard-replica"]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(stream_all), pool.submit(stream_all), pool.submit(whole), pool.submit(whole)]
+        deadline = time.monotonic() + 30
+        while sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4")) < 4:
+            assert time.monotonic() < deadline, "the four requests never ran together"
+            time.sleep(0.05)
+        cluster.remove_node(node, allow_graceful=False)
+        outcomes = [r.result(timeout=90) for r in running]  # none hangs
+
+    # Each completed or failed with an error that says what happened; none vanished.
+    for outcome in outcomes:
+        assert outcome.startswith("ok") or ("lost" in outcome and "small-l4" in outcome), outcome
+    assert all(o.startswith("ok on") and not o.endswith(lost["replica_id"]) for o in outcomes[2:]), outcomes
+
+    deadline = time.monotonic() + 60
+    while not (now := replicas_of(fleet_view(url), "small-l4")):
+        assert time.monotonic() < deadline, "no replacement replica became warm"
+        time.sleep(0.2)
+    (replacement,) = now
+    assert replacement["node"] != lost["node"] and hardware_of_node(replacement["node"]) == "l4"
+    assert actor_node(replacement) == replacement["node"]
+    decisions = fleet_view(url)["decisions"]
+    assert any(d["action"] == "StartReplica" and d["code"] == "replace-lost" for d in decisions)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    answer = client.chat.completions.create(model="small-l4", messages=messages, max_tokens=3)
+    assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"

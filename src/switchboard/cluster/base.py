@@ -21,6 +21,9 @@ EngineFactory = Callable[[ExpertConfig], Engine]
 class Cluster(Protocol):
     """What the live fleet needs from the machines it runs on."""
 
+    inventory_interval_s: float | None
+    """How often the fleet re-reads `workers()` to notice lost and new workers; None: the workers never change."""
+
     def workers(self) -> list[Worker]:
         """The workers alive now. May block briefly (a cluster query): the fleet calls it off its event loop
         once serving. A worker missing from a later answer is lost, with every replica on it."""
@@ -38,6 +41,8 @@ class LocalCluster:
     The worker list never changes, so a local worker is never lost; a dead engine process is found by the
     fleet's health check instead.
     """
+
+    inventory_interval_s = None
 
     def __init__(self, config: SwitchboardConfig, engine_factory: EngineFactory = build_engine) -> None:
         self._workers = est.live_workers(config)

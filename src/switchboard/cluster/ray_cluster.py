@@ -39,6 +39,7 @@ class RayCluster:
     def __init__(self, settings: RayClusterConfig, *, fleet_tag: str = "") -> None:
         connect(settings)
         self.settings = settings
+        self.inventory_interval_s = settings.inventory_interval_s
         self.fleet_tag = fleet_tag
         self._lock = threading.Lock()  # workers() runs in a thread, engine_for() on the event loop
         self._by_worker: dict[str, RayWorker] = {}

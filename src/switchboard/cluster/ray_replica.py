@@ -17,13 +17,7 @@ from typing import Any
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines import base as engine_base
-from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, StreamEvent
-
-
-class ReplicaLost(EngineUnavailable):
-    """The replica's actor or node died; the request may be retried on another replica."""
-
-    code = "replica_lost"
+from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -177,7 +177,8 @@ class Handlers:
                     async with lease:
                         headers["x-switchboard-replica"] = lease.replica.replica_id  # type: ignore[union-attr]
                         headers["x-switchboard-cold-start"] = "true" if lease.was_cold else "false"
-                        completion = await lease.replica.engine.complete(gen)  # type: ignore[union-attr]
+                        completion = await lease.complete(gen)
+                        headers["x-switchboard-replica"] = lease.replica.replica_id  # type: ignore[union-attr]  # the one that answered, after a retry
                 outcome, status, usage = Outcome.OK, 200, completion.finish.usage
             except EngineError as exc:
                 outcome, status = (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
@@ -222,7 +223,7 @@ class Handlers:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await lease.__aenter__()
-                events = lease.replica.engine.stream(gen)
+                events = lease.stream(gen)
                 first = await anext(events)
                 first_token_at = time.perf_counter()
         except EngineError as exc:

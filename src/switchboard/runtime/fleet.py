@@ -24,13 +24,13 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from switchboard.cluster.base import Cluster, EngineFactory
 from switchboard.cluster.build import build_cluster
-from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
-from switchboard.engines.base import Engine, EngineError, EngineUnavailable
+from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
+from switchboard.engines.base import Completion, Engine, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
 from switchboard.engines.factory import build_engine
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
@@ -56,6 +56,8 @@ log = logging.getLogger("switchboard.fleet")
 Clock = Callable[[], float]
 __all__ = ["AdmissionRejected", "EngineFactory", "Lease", "LiveFleet", "LiveReplica"]
 MAX_DECISIONS_KEPT = 200
+MAX_REPLICAS_PER_REQUEST = 2
+"""A request whose replica is lost before answering is retried once on another (`Lease.complete`/`stream`)."""
 
 
 class LiveReasonCode(str, enum.Enum):
@@ -115,6 +117,44 @@ class Lease:
             self.replica.num_outstanding -= 1
             self.fleet._release(self, ok=exc_type is None, exc=exc)
 
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """The leased replica's whole answer; if that replica is lost first, another replica's (once)."""
+        for attempt in range(1, MAX_REPLICAS_PER_REQUEST + 1):
+            try:
+                return await self.replica.engine.complete(request)  # type: ignore[union-attr]
+            except ReplicaLost as exc:
+                if attempt == MAX_REPLICAS_PER_REQUEST or self.request is None:
+                    raise
+                await self._move_after_loss(exc)
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The leased replica's events. If the replica is lost before its first event, the request moves to
+        another replica (once); after the first event the loss is the stream's error (`ReplicaLost`)."""
+        for attempt in range(1, MAX_REPLICAS_PER_REQUEST + 1):
+            num_events = 0
+            try:
+                async for event in self.replica.engine.stream(request):  # type: ignore[union-attr]
+                    num_events += 1
+                    yield event
+                return
+            except ReplicaLost as exc:
+                if num_events or attempt == MAX_REPLICAS_PER_REQUEST or self.request is None:
+                    raise
+                await self._move_after_loss(exc)
+
+    async def _move_after_loss(self, exc: ReplicaLost) -> None:
+        """Gives up the lost replica (the fleet stops it) and waits for another, as a new arrival."""
+        assert self.replica is not None
+        log.warning("request %s retried on another replica: %s", self.request.request_id if self.request else "", exc.detail)
+        self.replica.num_outstanding -= 1
+        self.fleet._release(self, ok=False, exc=exc)
+        self.replica = None
+        await self.fleet.refresh_inventory()  # so the retry is not placed on the lost worker
+        self.replica, was_cold = await self.fleet._acquire(self)
+        self.replica.num_outstanding += 1
+        self.was_cold = self.was_cold or was_cold
+
 
 class LiveFleet:
     """All replicas of all experts. Used from the gateway's one event loop; never blocks it."""
@@ -132,8 +172,9 @@ class LiveFleet:
         self.engine_factory = engine_factory
         # Where replicas run (docs/ray.md): local processes by default, Ray actors for `cluster: {kind: ray}`.
         self.cluster = cluster if cluster is not None else build_cluster(config, engine_factory)
-        self._inventory_interval_s = config.cluster.inventory_interval_s if isinstance(config.cluster, RayClusterConfig) else None
+        self._inventory_interval_s = self.cluster.inventory_interval_s
         self._inventory_read_at = time.monotonic()
+        self._to_replace: list[str] = []  # experts that lost a replica with its worker, actor or process
         cp = config.control_plane
         self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
         self.rng = random.Random(cp.seed)
@@ -341,6 +382,9 @@ class LiveFleet:
             # The engine is gone (process died): stop the replica; the next request starts a fresh one.
             replica.last_error = exc.detail
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.ENGINE_LOST, exc.detail))])
+            if isinstance(exc, ReplicaLost):  # its worker may be gone: re-read the inventory, then replace it
+                self._to_replace.append(replica.expert.id)
+                self._wakeup.set()
 
     # ---- the control step and its actions
 
@@ -426,9 +470,9 @@ class LiveFleet:
                 pass
             self._wakeup.clear()
             try:
-                if self._inventory_interval_s is not None and time.monotonic() - self._inventory_read_at >= self._inventory_interval_s:
-                    self._inventory_read_at = time.monotonic()
-                    self._apply_inventory(await asyncio.to_thread(self.cluster.workers))
+                due = self._inventory_interval_s is not None and time.monotonic() - self._inventory_read_at >= self._inventory_interval_s
+                if due or self._to_replace:
+                    await self.refresh_inventory()
                 self._reap_dead_engines()
                 self._step([])
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
@@ -443,14 +487,25 @@ class LiveFleet:
                 live.last_error = "the engine process exited"
                 self._execute([StopReplica(ReplicaId(replica_id), Reason(LiveReasonCode.ENGINE_LOST, live.last_error))])
 
+    async def refresh_inventory(self) -> None:
+        """Re-reads the cluster's workers now (stopping the replicas of lost ones), then starts a replacement,
+        where the placement policy puts it, for every replica lost since the last refresh."""
+        if self._inventory_interval_s is not None:
+            self._inventory_read_at = time.monotonic()
+            self._apply_inventory(await asyncio.to_thread(self.cluster.workers))
+        pending, self._to_replace = self._to_replace, []
+        for expert_id in pending:
+            start = self._start_action(self._experts[expert_id], LiveReasonCode.REPLACE_LOST, "replaces a lost replica")
+            if start is not None:
+                self._execute([start])
+
     def _apply_inventory(self, workers: list[Worker]) -> None:
         """Brings the model's workers in line with the cluster's: replicas on a lost worker are stopped (their
-        in-flight requests fail with `ReplicaLost`, their queued ones go back to be placed) and each is
-        replaced where the placement policy now puts it; new workers (and new hardware kinds) become usable."""
+        in-flight requests fail with `ReplicaLost`, their queued ones go back to be placed) and queued for
+        replacement; new workers (and new hardware kinds) become usable."""
         alive = {w.worker_id: w for w in workers}
         model = self._now()
         lost_workers = [worker_id for worker_id in model.workers if worker_id not in alive]
-        to_replace: list[str] = []
         for worker_id in lost_workers:
             detail = f"worker {worker_id} was lost (its node left the cluster)"
             log.error("%s; stopping its replicas", detail)
@@ -461,7 +516,7 @@ class LiveFleet:
                 if live is not None:
                     live.last_error = detail
                 self._execute([StopReplica(replica_id, Reason(LiveReasonCode.WORKER_LOST, detail))])
-                to_replace.append(replica.expert_id)
+                self._to_replace.append(replica.expert_id)
         if not lost_workers and alive.keys() == model.workers.keys():
             return
         estimates = dict(self.model.estimates)
@@ -469,10 +524,6 @@ class LiveFleet:
             for estimate in est.serving_estimates(expert, workers):
                 estimates.setdefault((estimate.expert_id, estimate.hardware), estimate)  # measured ones stay
         self.model = self.model.evolve(workers=alive, estimates=estimates)
-        for expert_id in to_replace:
-            start = self._start_action(self._experts[expert_id], LiveReasonCode.REPLACE_LOST, "replaces a replica lost with its worker")
-            if start is not None:
-                self._execute([start])
 
     def _record(self, action: Action, expert_id: str) -> None:
         reason = getattr(action, "reason", None)
