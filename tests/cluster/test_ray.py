@@ -40,10 +40,17 @@ control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
 
 @pytest.fixture(scope="module")
 def gateway(ray_cluster):
+    """A gateway on the cluster; the shared control actor it creates is stopped (with its replicas) at the end."""
+    from switchboard.cluster.ray_control import stop_control_actor
+
     _, address = ray_cluster
-    app = build_app(ray_config(address))
-    with serve_in_thread(app, startup_timeout_s=120) as url:
-        yield url, app.state.gateway.fleet
+    config = ray_config(address)
+    app = build_app(config)
+    try:
+        with serve_in_thread(app, startup_timeout_s=120) as url:
+            yield url, config
+    finally:
+        stop_control_actor(config.cluster)
 
 
 def fleet_view(url: str) -> dict:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from switchboard.config.schema import SwitchboardConfig
+from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
@@ -60,6 +60,10 @@ def build_app(
     request log (default: from `config.storage`, its default SQLite path resolved against `environ`, by
     default `os.environ`).
     """
+    if fleet is None and isinstance(config.cluster, RayClusterConfig):
+        from switchboard.cluster.ray_control import RemoteFleet
+
+        fleet = RemoteFleet(config, **({"engine_factory": engine_factory} if engine_factory else {}))  # type: ignore[assignment]
     if fleet is None:
         fleet = LiveFleet(config, engine_factory=engine_factory) if engine_factory else LiveFleet(config)
     observability = Observability.for_app(config, fleet, registry, access_log=access_log)

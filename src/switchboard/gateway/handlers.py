@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import os
 import time
@@ -137,7 +138,8 @@ class Handlers:
                 choice = chooser.choose(route_text, routing, state.config.experts)
         except ChoiceError as exc:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
-        expert_id, fleet_info = state.fleet.route(choice)
+        routed = state.fleet.route(choice)  # the Ray fleet asks its control actor: awaitable there
+        expert_id, fleet_info = (await routed) if inspect.isawaitable(routed) else routed
         if fleet_info:
             choice = dataclasses.replace(choice, expert_id=expert_id, route_info={**(choice.route_info or {}), **fleet_info})
         expert = state.fleet.expert(expert_id)
