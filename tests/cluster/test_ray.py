@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
@@ -157,3 +161,59 @@ def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_clus
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
     answer = client.chat.completions.create(model="small-l4", messages=messages, max_tokens=3)
     assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"
+
+
+def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
+    """A second `switchboard serve --ray` process joins the same control actor: both gateways show one fleet,
+    and requests through the second are served by the replicas the first one sees."""
+    from switchboard.testing.servers import free_port
+
+    url, config = gateway
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    port = free_port()
+    second = subprocess.Popen(
+        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), "--ray", config.cluster.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    other = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert second.poll() is None, f"the second gateway exited: {second.stderr.read()}"
+            assert time.monotonic() < deadline, "the second gateway never came up"
+            try:
+                if httpx.get(other + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+
+        def warm(view: dict) -> dict[str, tuple[str, str]]:
+            return {r["replica_id"]: (r["worker"], r["node"]) for e in view["experts"] for r in e["replicas"] if r["state"] == "warm"}
+
+        deadline = time.monotonic() + 10
+        while warm(fleet_view(other)) != warm(fleet_view(url)) or not warm(fleet_view(url)):
+            assert time.monotonic() < deadline, (warm(fleet_view(other)), warm(fleet_view(url)))
+            time.sleep(0.2)
+        (replica,) = replicas_of(fleet_view(url), "small-l4")
+
+        client = openai.OpenAI(base_url=other + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+            assert raw.headers["x-switchboard-replica"] == replica["replica_id"]
+        deadline = time.monotonic() + 10
+        while replicas_of(fleet_view(url), "small-l4")[0]["num_served"] != replica["num_served"] + 3:
+            assert time.monotonic() < deadline, "the first gateway does not see the second one's requests"
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGINT)
+        try:
+            second.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()
+    # The shared fleet outlives a gateway that leaves.
+    answer = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60).chat.completions.create(
+        model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert answer.choices[0].message.content == "[simulated small-l4: 2 tokens]"
