@@ -14,11 +14,11 @@ FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_m
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """(cluster, {worker id: Ray node}) of a fresh 3-node cluster; this process is its driver.
+    """(cluster, address) of a fresh 3-node cluster; this process is its driver.
 
-    Set SWITCHBOARD_TEST_RAY_ADDRESS to run the tests against an existing cluster instead: it must have a
-    `switchboard/hw:cpu` node and two `switchboard/hw:l4` nodes labelled `switchboard/worker-id=l4-a` / `l4-b`,
-    and the node-loss test is then skipped (it removes a node).
+    Set SWITCHBOARD_TEST_RAY_ADDRESS to run the tests against an existing cluster instead (cluster is then
+    None): it must have a `switchboard/hw:cpu` node and a `switchboard/hw:l4` node, and the node-loss test is
+    skipped (it removes a node).
     """
     import ray
     from ray.cluster_utils import Cluster

@@ -2,7 +2,8 @@
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
 node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: `stream` is a Ray
-streaming generator, so each token reaches the gateway as soon as the engine yields it (nothing is buffered).
+streaming generator, so each token reaches the gateway as soon as the engine yields it (tokens the engine
+yields faster than they are sent travel together, in one Ray object; none waits for a later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
@@ -11,6 +12,7 @@ which the fleet treats like a dead engine process (the replica is stopped and re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,7 +49,9 @@ class ReplicaActor:
     def __init__(self, expert: dict[str, Any]) -> None:
         from switchboard.engines.factory import build_engine
 
-        self.engine = build_engine(ExpertConfig.model_validate(expert))
+        config = ExpertConfig.model_validate(expert)
+        self.expert_id = config.id
+        self.engine = build_engine(config)
 
     async def start(self) -> Any:
         """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""
@@ -75,13 +79,37 @@ class ReplicaActor:
         except EngineError as exc:
             return RemoteEngineError.of(exc)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent | RemoteEngineError]:
-        """The engine's events, one Ray object each; an engine failure is the last item."""
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[list[StreamEvent | RemoteEngineError]]:
+        """The engine's events in order, as lists: each list holds every event ready since the last one was
+        sent (one Ray object per list, not per token), and none waits for a later event. An engine failure is
+        the last item."""
+        ready: asyncio.Queue[StreamEvent | RemoteEngineError | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in self.engine.stream(request):
+                    ready.put_nowait(event)
+            except EngineError as exc:
+                ready.put_nowait(RemoteEngineError.of(exc))
+            except Exception as exc:  # noqa: BLE001 — any engine bug reaches the client as a named 502, not a hang
+                ready.put_nowait(RemoteEngineError("EngineError", self.expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
+            finally:
+                ready.put_nowait(None)
+
+        pumping = asyncio.create_task(pump())
         try:
-            async for event in self.engine.stream(request):
-                yield event
-        except EngineError as exc:
-            yield RemoteEngineError.of(exc)
+            while True:
+                batch = [await ready.get()]
+                while not ready.empty():
+                    batch.append(ready.get_nowait())
+                ended = batch[-1] is None
+                events = [e for e in batch if e is not None]
+                if events:
+                    yield events
+                if ended:
+                    return
+        finally:
+            pumping.cancel()
 
 
 class RayReplicaEngine:
@@ -101,10 +129,14 @@ class RayReplicaEngine:
         """False once the actor or its node is known dead (the fleet's health check then stops the replica)."""
         return self.lost is None
 
-    def _lost(self, exc: BaseException) -> ReplicaLost:
-        from ray.exceptions import ActorDiedError, NodeDiedError
+    def _failure(self, exc: BaseException) -> EngineError:
+        """A Ray error as the engine error it means: a dead actor or node is `ReplicaLost` (and the replica is
+        marked lost); an exception inside the actor is the replica's own 502."""
+        from ray.exceptions import NodeDiedError, RayActorError
 
-        why = "its node died" if isinstance(exc, NodeDiedError) or (isinstance(exc, ActorDiedError) and "node has died" in str(exc)) else "its actor died"
+        if not isinstance(exc, (RayActorError, NodeDiedError)):
+            return EngineError(self.expert_id, f"replica {self.replica_id} failed: {type(exc).__name__}: {exc}")
+        why = "its node died" if isinstance(exc, NodeDiedError) or "node has died" in str(exc) else "its actor died"
         self.lost = f"replica {self.replica_id} on Ray node {self.node_id[:12]} was lost ({why})"
         return ReplicaLost(self.expert_id, self.lost)
 
@@ -116,7 +148,7 @@ class RayReplicaEngine:
         try:
             started = await self.actor.start.remote()
         except RayError as exc:
-            raise self._lost(exc) from None
+            raise self._failure(exc) from None
         if isinstance(started, RemoteEngineError):
             raise started.to_exception()
         self.last_cold_start = started
@@ -141,7 +173,7 @@ class RayReplicaEngine:
         try:
             answer = await actor.complete.remote(request)
         except RayError as exc:
-            raise self._lost(exc) from None
+            raise self._failure(exc) from None
         if isinstance(answer, RemoteEngineError):
             raise answer.to_exception()
         return answer
@@ -152,22 +184,21 @@ class RayReplicaEngine:
         return self.actor
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        from ray.exceptions import RayError
-
         import ray
+        from ray.exceptions import RayError
 
         events = self._running_actor().stream.remote(request)
         finished = False
         try:
             async for ref in events:
-                event = await ref
-                if isinstance(event, RemoteEngineError):
-                    raise event.to_exception()
-                yield event
+                for event in await ref:
+                    if isinstance(event, RemoteEngineError):
+                        raise event.to_exception()
+                    yield event
             finished = True
         except RayError as exc:
             finished = True
-            raise self._lost(exc) from None
+            raise self._failure(exc) from None
         finally:
             if not finished:  # the client went away or an engine error ended it: stop generating on the replica
                 ray.cancel(events)
