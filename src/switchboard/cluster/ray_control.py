@@ -22,13 +22,14 @@ from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
-from switchboard.cluster.ray_cluster import RayCluster, connect
+from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.runtime.fleet import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveFleet, LiveReplica
+from switchboard.runtime.view import describe_external
 from switchboard.types import ExpertId, RequestId
 
 log = logging.getLogger("switchboard.cluster")
@@ -63,8 +64,7 @@ class ControlActor:
     async def start(self) -> str:
         """Starts the fleet once (later calls only answer); returns the config fingerprint."""
         if self.fleet is None:
-            assert isinstance(self.config.cluster, RayClusterConfig)
-            self.fleet = LiveFleet(self.config, cluster=RayCluster(self.config.cluster, fleet_tag=config_fingerprint(self.config)[:8] + "/"))
+            self.fleet = LiveFleet(self.config)  # over RayCluster: the config's cluster is `kind: ray`
             await self.fleet.start()
         return config_fingerprint(self.config)
 
@@ -97,6 +97,11 @@ class ControlActor:
         if lease is not None:
             exc = error.to_exception() if error is not None else None
             await lease.__aexit__(type(exc) if exc is not None else None, exc, None)
+
+    async def abandon(self, request_id: str) -> None:
+        """Releases any lease still held for `request_id` (its gateway gave up while the lease was granted)."""
+        for token in [t for t in self._leases if t.startswith(f"{request_id}@")]:
+            await self.release(token, None)
 
     async def refresh_inventory(self) -> None:
         await self._fleet().refresh_inventory()
@@ -203,8 +208,16 @@ class RemoteFleet:
     async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
+        import ray
+
         r = lease.request
-        answer = await self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected, r.prefix_key)
+        pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected, r.prefix_key)
+        try:
+            answer = await pending
+        except asyncio.CancelledError:  # the client left or timed out while waiting: the actor must not keep a lease for it
+            ray.cancel(pending)
+            self._actor.abandon.remote(r.request_id)
+            raise
         if answer[0] == "rejected":
             raise AdmissionRejected(*answer[1:])
         if answer[0] == "error":
@@ -241,11 +254,7 @@ class RemoteFleet:
         for expert in view["experts"]:
             ext = self.external.get(expert["id"])
             if ext is not None:  # served by this gateway, as in embedded mode
-                expert["replicas"].append({
-                    "replica_id": ext.replica_id, "expert": ext.expert.id, "worker": "upstream", "hardware": "remote",
-                    "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
-                    "num_failed": ext.num_failed,
-                })
+                expert["replicas"].append(describe_external(ext))
         return view
 
     async def _refresh(self) -> None:

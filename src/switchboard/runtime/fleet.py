@@ -54,7 +54,6 @@ from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 log = logging.getLogger("switchboard.fleet")
 
 Clock = Callable[[], float]
-__all__ = ["AdmissionRejected", "EngineFactory", "Lease", "LiveFleet", "LiveReplica"]
 MAX_DECISIONS_KEPT = 200
 MAX_REPLICAS_PER_REQUEST = 2
 """A request whose replica is lost before answering is retried once on another (`Lease.complete`/`stream`)."""
