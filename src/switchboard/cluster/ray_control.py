@@ -25,7 +25,7 @@ from typing import Any
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
-from switchboard.engines.base import EngineError
+from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.runtime.fleet import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveFleet, LiveReplica
@@ -34,6 +34,7 @@ from switchboard.types import ExpertId, RequestId
 
 log = logging.getLogger("switchboard.cluster")
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 SNAPSHOT_INTERVAL_S = 0.5
 """How often a gateway refreshes its copy of the fleet view (GET /admin/fleet, /metrics, the dashboard)."""
 
@@ -173,6 +174,7 @@ class RemoteFleet:
         self._actor = actor_class.options(
             name=self.settings.control_actor, namespace=self.settings.namespace, lifetime="detached", get_if_exists=True,
             num_cpus=0, max_restarts=0, max_concurrency=10_000,
+            resources={HEAD_NODE_RESOURCE: 0.001},  # on the head: worker nodes come and go, the fleet must not
         ).remote(self.config.model_dump(mode="json"))
         fingerprint = await self._actor.start.remote()
         if fingerprint != config_fingerprint(self.config):
@@ -192,10 +194,20 @@ class RemoteFleet:
 
     # ---- what the gateway calls per request
 
+    async def _control(self, expert_id: str, call: Any) -> Any:
+        """Awaits a control actor call; an unreachable control actor is a clear 503, not an internal error."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return await call
+        except RayActorError as exc:
+            raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
+
     async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
         if not choice.candidates:
             return choice.expert_id, {}
-        return tuple(await self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))  # type: ignore[return-value]
+        routed = await self._control(choice.expert_id, self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
+        return tuple(routed)  # type: ignore[return-value]
 
     def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
         if expert_id in self.external:
@@ -213,7 +225,7 @@ class RemoteFleet:
         r = lease.request
         pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected, r.prefix_key)
         try:
-            answer = await pending
+            answer = await self._control(r.expert_id, pending)
         except asyncio.CancelledError:  # the client left or timed out while waiting: the actor must not keep a lease for it
             ray.cancel(pending)
             self._actor.abandon.remote(r.request_id)
@@ -243,7 +255,7 @@ class RemoteFleet:
             self._actor.release.remote(token, error)
 
     async def refresh_inventory(self) -> None:
-        await self._actor.refresh_inventory.remote()
+        await self._control("", self._actor.refresh_inventory.remote())
 
     # ---- for operators
 

@@ -187,9 +187,11 @@ class RayReplicaEngine:
         import ray
         from ray.exceptions import RayError
 
-        events = self._running_actor().stream.remote(request)
+        actor = self._running_actor()
+        events = None
         finished = False
         try:
+            events = actor.stream.remote(request)  # raises at once if Ray already knows the actor is dead
             async for ref in events:
                 for event in await ref:
                     if isinstance(event, RemoteEngineError):
@@ -200,5 +202,5 @@ class RayReplicaEngine:
             finished = True
             raise self._failure(exc) from None
         finally:
-            if not finished:  # the client went away or an engine error ended it: stop generating on the replica
+            if not finished and events is not None:  # the client went away or an engine error ended it: stop generating on the replica
                 ray.cancel(events)
