@@ -53,4 +53,8 @@ def serve(
     if log_format not in ("text", "json"):
         typer.echo(f"error: --log-format must be text or json, not {log_format!r}", err=True)
         raise typer.Exit(2)
-    run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser, log_format=log_format, access_log=access_log)
+    try:
+        run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser, log_format=log_format, access_log=access_log)
+    except ConnectionError as exc:  # `cluster: {kind: ray}` with no cluster at the address
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -17,12 +18,24 @@ log = logging.getLogger("switchboard.cluster")
 REPLICA_ACTOR_PREFIX = "switchboard-replica:"
 
 
+GCS_CONNECT_TIMEOUT_S = 5.0
+
+
 def connect(settings: RayClusterConfig) -> None:
-    """Joins the Ray cluster at `settings.address` as a driver, unless this process already is one."""
+    """Joins the Ray cluster at `settings.address` as a driver, unless this process already is one.
+
+    Raises ConnectionError at once when nothing listens at a host:port address (Ray itself would retry for
+    minutes)."""
     import ray
 
     if not ray.is_initialized():
         address = None if settings.address == "local" else settings.address
+        if address not in (None, "auto") and "://" not in address and ":" in address:
+            host, port = address.rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=GCS_CONNECT_TIMEOUT_S).close()
+            except (OSError, ValueError) as exc:
+                raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from None
         ray.init(address=address, namespace=settings.namespace, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
 

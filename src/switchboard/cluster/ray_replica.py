@@ -64,9 +64,6 @@ class ReplicaActor:
     async def stop(self) -> None:
         await self.engine.stop()
 
-    def is_running(self) -> bool:
-        return bool(getattr(self.engine, "is_running", True))
-
     def node_id(self) -> str:
         """The Ray node this actor runs on (placement checks and operators' `ray list actors` cross-checks)."""
         import ray
