@@ -96,6 +96,10 @@ def test_experts_land_on_their_hardware_and_answer(gateway):
     # The actors really run on nodes of those kinds, the ones placement chose.
     assert actor_node(smol) == smol["node"] and hardware_of_node(smol["node"]) == "cpu"
     assert actor_node(small) == small["node"] and hardware_of_node(small["node"]) == "l4"
+    # The gateway's metrics and dashboard read the shared fleet too.
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    assert 'switchboard_replicas{expert="small-l4",hardware="l4",state="warm"} 1.0' in metrics
+    assert 'switchboard_workers{hardware="l4"} 2.0' in metrics
 
 
 def test_tokens_stream_from_the_replica_actor(gateway):
