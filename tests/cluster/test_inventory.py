@@ -37,3 +37,4 @@ def test_dead_undeclared_unknown_and_ambiguous_nodes_host_nothing():
         node("5" * 56, {"switchboard/hw:a10g": 1.0}),
     ]
     assert [w.worker.hardware for w in workers_from_nodes(nodes)] == ["a10g"]
+

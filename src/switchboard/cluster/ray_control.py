@@ -40,8 +40,11 @@ SNAPSHOT_INTERVAL_S = 0.5
 
 
 def config_fingerprint(config: SwitchboardConfig) -> str:
-    """Gateways sharing a control actor must serve the same config; this is what they compare."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    """Gateways sharing a control actor must serve the same config; this is what they compare. The cluster
+    address is left out: gateways on different nodes may reach the same cluster by different addresses."""
+    settings = config.model_dump(mode="json")
+    settings["cluster"].pop("address", None)
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
