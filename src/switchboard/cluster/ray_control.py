@@ -105,7 +105,7 @@ class ControlActor:
     async def abandon(self, request_id: str) -> None:
         """Releases any lease still held for `request_id` (its gateway gave up while the lease was granted)."""
         for token in [t for t in self._leases if t.startswith(f"{request_id}@")]:
-            await self.release(token, None)
+            await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)  # counted as not served
 
     async def refresh_inventory(self) -> None:
         await self._fleet().refresh_inventory()
