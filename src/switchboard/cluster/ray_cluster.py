@@ -29,8 +29,8 @@ def connect(settings: RayClusterConfig) -> None:
     import ray
 
     if not ray.is_initialized():
-        address = None if settings.address == "local" else settings.address
-        if address not in (None, "auto") and "://" not in address and ":" in address:
+        address = settings.address
+        if address != "auto" and "://" not in address and ":" in address:
             host, port = address.rsplit(":", 1)
             try:
                 socket.create_connection((host, int(port)), timeout=GCS_CONNECT_TIMEOUT_S).close()

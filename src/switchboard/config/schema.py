@@ -146,7 +146,7 @@ class RouterConfig(_Strict):
     path: str | None = Field(None, description="Router directory (from `switchboard router train`); default: the packaged one.")
 
 
-class EmbeddedCluster(_Strict):
+class EmbeddedClusterConfig(_Strict):
     """Replicas run as local processes (llama.cpp) or in-process (simulated) beside the gateway: the default."""
 
     kind: Literal["embedded"] = "embedded"
@@ -157,7 +157,7 @@ class RayClusterConfig(_Strict):
     that declare a `switchboard/hw:<kind>` resource; the config's `workers` are then not used."""
 
     kind: Literal["ray"]
-    address: str = Field("auto", description="Ray cluster address (host:port of the head's GCS, 'auto', or 'local' for a private one).")
+    address: str = Field("auto", description="Ray cluster address: host:port of the head's GCS, or 'auto' (the cluster this machine is part of).")
     namespace: str = Field("switchboard", description="Ray namespace of the control actor and the replica actors.")
     control_actor: str = Field(
         "switchboard-control", description="Name of the detached actor holding the control plane, shared by every gateway on the cluster.",
@@ -165,11 +165,11 @@ class RayClusterConfig(_Strict):
     inventory_interval_s: float = Field(1.0, gt=0, description="How often the node inventory is re-read (node loss and joins).")
 
 
-ClusterConfig = Annotated[Union[EmbeddedCluster, RayClusterConfig], Field(discriminator="kind")]
+ClusterConfig = Annotated[Union[EmbeddedClusterConfig, RayClusterConfig], Field(discriminator="kind")]
 
 
 class SwitchboardConfig(_Strict):
-    cluster: ClusterConfig = Field(default_factory=EmbeddedCluster)
+    cluster: ClusterConfig = Field(default_factory=EmbeddedClusterConfig)
     workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
     experts: list[ExpertConfig] = Field(min_length=1)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
