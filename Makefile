@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	scripts/build_llama_wheel.sh $(PY) $(WHEEL_CACHE) $(LLAMA_CPP_VERSION)
-	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) -e '.[dev,router-offline]'
+	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) -e '.[dev,router-offline,ray]'
 	touch $(STAMP)
 
 run: install

@@ -19,6 +19,9 @@ def serve(
     no_router: bool = typer.Option(False, "--no-router", help="Answer 'auto' with the default expert instead of routing."),
     log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line, with the request id."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (expert, replica, outcome, latency, USD)."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run the replicas on the Ray cluster at this address (host:port, or 'auto'); overrides the config's cluster."
+    ),
 ) -> None:
     """Serve the OpenAI-compatible API (chat, completions, models) in front of the configured experts."""
     from switchboard.config import ConfigError, load_config
@@ -30,6 +33,11 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if ray is not None:
+        from switchboard.config.schema import RayClusterConfig
+
+        settings = cfg.cluster.model_dump() if isinstance(cfg.cluster, RayClusterConfig) else {"kind": "ray"}
+        cfg = cfg.model_copy(update={"cluster": RayClusterConfig.model_validate({**settings, "address": ray})})
     chooser = None
     router = router if router is not None else (Path(cfg.router.path) if cfg.router.path else None)
     if not no_router and cfg.router.enabled:
@@ -49,6 +57,6 @@ def serve(
 
     try:
         run_server(cfg, host=host, port=port, log_level=log_level, chooser=chooser, log_format=log_format, access_log=access_log)
-    except AuthConfigError as exc:
+    except (AuthConfigError, ConnectionError) as exc:  # ConnectionError: `cluster: {kind: ray}` with no cluster at the address
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

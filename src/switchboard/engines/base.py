@@ -113,6 +113,13 @@ class EngineUnavailable(EngineError):
     code = "expert_unavailable"
 
 
+class ReplicaLost(EngineUnavailable):
+    """The replica itself is gone (its process, actor or node died). A request that got no answer from it yet
+    may be retried on another replica."""
+
+    code = "replica_lost"
+
+
 class EngineTimeout(EngineError):
     status = 504
     code = "expert_timeout"

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from switchboard.config.schema import SwitchboardConfig
+from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
 from switchboard.gateway.errors import ApiError, error_response
@@ -63,6 +63,10 @@ def build_app(
     from `environ` (raises AuthConfigError if it is missing).
     """
     environ = os.environ if environ is None else environ
+    if fleet is None and isinstance(config.cluster, RayClusterConfig):
+        from switchboard.cluster.ray_control import RemoteFleet
+
+        fleet = RemoteFleet(config, **({"engine_factory": engine_factory} if engine_factory else {}))  # type: ignore[assignment]
     if fleet is None:
         fleet = LiveFleet(config, engine_factory=engine_factory) if engine_factory else LiveFleet(config)
     observability = Observability.for_app(config, fleet, registry, access_log=access_log)

@@ -231,7 +231,7 @@ class LeaseAttempts:
         lease, gen = self._lease(expert_id)
         try:
             async with lease:
-                return await lease.replica.engine.complete(gen)
+                return await lease.complete(gen)  # a Ray lease retries once on another replica if its node is lost
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
 
@@ -242,7 +242,7 @@ class LeaseAttempts:
             await lease.__aenter__()
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc) from exc
-        events = lease.replica.engine.stream(gen)
+        events = lease.stream(gen)
         try:
             first = await anext(events)
         except BaseException as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -212,7 +213,8 @@ class Handlers:
                 choice = chooser.choose(route_text, routing, state.config.experts)
         except ChoiceError as exc:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
-        expert_id, fleet_info = state.fleet.route(choice)
+        routed = state.fleet.route(choice)  # the Ray fleet asks its control actor: awaitable there
+        expert_id, fleet_info = (await routed) if inspect.isawaitable(routed) else routed
         if fleet_info:
             # The router's own pick stays first in line should the fleet's choice fail.
             fallbacks = tuple(e for e in (choice.expert_id, *choice.fallbacks) if e != expert_id)

@@ -64,6 +64,8 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
         return []
     if isinstance(backend, SimulatedBackend):
         kinds = [backend.hardware]
+    elif isinstance(backend, LlamaCppBackend) and backend.hardware is not None:
+        kinds = [get_hardware(backend.hardware).kind]
     else:
         kinds = sorted({w.hardware for w in workers if w.location != "virtual"})
     estimates = []

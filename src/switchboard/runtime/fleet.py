@@ -24,14 +24,16 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from switchboard.cluster.base import Cluster, EngineFactory
+from switchboard.cluster.build import build_cluster
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
-from switchboard.engines.base import Engine, EngineError, EngineUnavailable
+from switchboard.engines.base import Completion, Engine, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
 from switchboard.engines.factory import build_engine
 from switchboard.fleet import ops
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -54,8 +56,9 @@ from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 log = logging.getLogger("switchboard.fleet")
 
 Clock = Callable[[], float]
-EngineFactory = Callable[[ExpertConfig], Engine]
 MAX_DECISIONS_KEPT = 200
+MAX_REPLICAS_PER_REQUEST = 2
+"""A request whose replica is lost before answering is retried once on another (`Lease.complete`/`stream`)."""
 
 
 class LiveReasonCode(str, enum.Enum):
@@ -64,6 +67,8 @@ class LiveReasonCode(str, enum.Enum):
     START_FAILED = "start-failed"
     KEY_POLICY = "key-policy"
     CIRCUIT_OPEN = "circuit-open"
+    WORKER_LOST = "worker-lost"
+    REPLACE_LOST = "replace-lost"
 
 
 class AdmissionRejected(Exception):
@@ -134,6 +139,44 @@ class Lease:
             self.replica.num_outstanding -= 1
             self.fleet._release(self, ok=exc_type is None, exc=exc if exc is not None else exc_type)
 
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """The leased replica's whole answer; if that replica is lost first, another replica's (once)."""
+        for attempt in range(1, MAX_REPLICAS_PER_REQUEST + 1):
+            try:
+                return await self.replica.engine.complete(request)  # type: ignore[union-attr]
+            except ReplicaLost as exc:
+                if attempt == MAX_REPLICAS_PER_REQUEST or self.request is None:
+                    raise
+                await self._move_after_loss(exc)
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The leased replica's events. If the replica is lost before its first event, the request moves to
+        another replica (once); after the first event the loss is the stream's error (`ReplicaLost`)."""
+        for attempt in range(1, MAX_REPLICAS_PER_REQUEST + 1):
+            num_events = 0
+            try:
+                async for event in self.replica.engine.stream(request):  # type: ignore[union-attr]
+                    num_events += 1
+                    yield event
+                return
+            except ReplicaLost as exc:
+                if num_events or attempt == MAX_REPLICAS_PER_REQUEST or self.request is None:
+                    raise
+                await self._move_after_loss(exc)
+
+    async def _move_after_loss(self, exc: ReplicaLost) -> None:
+        """Gives up the lost replica (the fleet stops it) and waits for another, as a new arrival."""
+        assert self.replica is not None
+        log.warning("request %s retried on another replica: %s", self.request.request_id if self.request else "", exc.detail)
+        self.replica.num_outstanding -= 1
+        self.fleet._release(self, ok=False, exc=exc)
+        self.replica = None
+        await self.fleet.refresh_inventory()  # so the retry is not placed on the lost worker
+        self.replica, was_cold = await self.fleet._acquire(self)
+        self.replica.num_outstanding += 1
+        self.was_cold = self.was_cold or was_cold
+
 
 class LiveFleet:
     """All replicas of all experts. Used from the gateway's one event loop; never blocks it."""
@@ -144,15 +187,21 @@ class LiveFleet:
         *,
         clock: Clock = time.time,
         engine_factory: EngineFactory = build_engine,
+        cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.engine_factory = engine_factory
+        # Where replicas run (docs/ray.md): local processes by default, Ray actors for `cluster: {kind: ray}`.
+        self.cluster = cluster if cluster is not None else build_cluster(config, engine_factory)
+        self._inventory_interval_s = self.cluster.inventory_interval_s
+        self._inventory_read_at = time.monotonic()
+        self._to_replace: list[str] = []  # experts that lost a replica with its worker, actor or process
         cp = config.control_plane
         self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
         self.rng = random.Random(cp.seed)
         self._experts = {e.id: e for e in config.experts}
-        workers = est.live_workers(config)
+        workers = self.cluster.workers()
         estimates = [e for x in config.experts for e in est.serving_estimates(x, workers)]
         self.model: FleetSnapshot = ops.empty_fleet(clock(), workers, [est.expert_spec(e) for e in config.experts], estimates)
         self.state = ControlState()
@@ -185,7 +234,7 @@ class LiveFleet:
         for them; failures are logged, not fatal."""
         for expert in self.config.experts:
             if isinstance(expert.backend, OpenAIBackend):
-                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))
+                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))  # external: bypasses the cluster
                 self.external[expert.id] = replica
                 await replica.engine.start()
         for expert in self.config.experts:
@@ -200,17 +249,18 @@ class LiveFleet:
         if starting:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
 
-    def _start_action(self, expert: ExpertConfig) -> StartReplica | None:
+    def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
+                      why: str = "the expert is configured warm_at_start") -> StartReplica | None:
         """A start for `expert` where the placement policy puts it, given the replicas already planned."""
         placement = self.plane.placement.place(self._now(), ExpertId(expert.id))
         if not placement.is_placed:
-            log.error("no worker can host expert %s at start-up: %s", expert.id, placement.reason)
+            log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, placement.reason)
             return None
         worker, estimate = placement.candidate.worker, placement.candidate.estimate
         self.state = dataclasses.replace(self.state, num_replicas_created=self.state.num_replicas_created + 1)
         replica_id = ReplicaId(f"{expert.id}#{self.state.num_replicas_created}")
         return StartReplica(replica_id, ExpertId(expert.id), worker.worker_id, worker.hardware, estimate.cold_start_s,
-                            Reason(LiveReasonCode.WARM_AT_START, "the expert is configured warm_at_start"))
+                            Reason(code, why))
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -220,6 +270,7 @@ class LiveFleet:
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
         for replica_id in list(self.live):
             self._transition(replica_id, ReplicaState.STOPPED)
+        await self.cluster.close()
 
     # ---- the model, advanced to now
 
@@ -374,6 +425,9 @@ class LiveFleet:
             # The engine is gone (process died): stop the replica; the next request starts a fresh one.
             replica.last_error = exc.detail
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.ENGINE_LOST, exc.detail))])
+            if isinstance(exc, ReplicaLost):  # its worker may be gone: re-read the inventory, then replace it
+                self._to_replace.append(replica.expert.id)
+                self._wakeup.set()
         elif replica_circuit is CircuitState.OPEN and replica.replica_id in self.live:
             # A local replica is ours to restart: replacing it beats probing it (the policies start a fresh one
             # if the load needs it), and routing can never pick a stopped replica.
@@ -408,7 +462,8 @@ class LiveFleet:
                 continue
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
-                replica = LiveReplica(action.replica_id, expert, action.hardware, self.engine_factory(expert))
+                engine = self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
                 self.counters["cold_starts"] += 1
                 replica.start_task = asyncio.create_task(self._run_start(replica))
@@ -464,6 +519,9 @@ class LiveFleet:
                 pass
             self._wakeup.clear()
             try:
+                due = self._inventory_interval_s is not None and time.monotonic() - self._inventory_read_at >= self._inventory_interval_s
+                if due or self._to_replace:
+                    await self.refresh_inventory()
                 self._reap_dead_engines()
                 self._step([])
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
@@ -477,6 +535,44 @@ class LiveFleet:
             if replica is not None and replica.state is ReplicaState.WARM and getattr(live.engine, "is_running", True) is False:
                 live.last_error = "the engine process exited"
                 self._execute([StopReplica(ReplicaId(replica_id), Reason(LiveReasonCode.ENGINE_LOST, live.last_error))])
+
+    async def refresh_inventory(self) -> None:
+        """Re-reads the cluster's workers now (stopping the replicas of lost ones), then starts a replacement,
+        where the placement policy puts it, for every replica lost since the last refresh."""
+        if self._inventory_interval_s is not None:
+            self._inventory_read_at = time.monotonic()
+            self._apply_inventory(await asyncio.to_thread(self.cluster.workers))
+        pending, self._to_replace = self._to_replace, []
+        for expert_id in pending:
+            start = self._start_action(self._experts[expert_id], LiveReasonCode.REPLACE_LOST, "replaces a lost replica")
+            if start is not None:
+                self._execute([start])
+
+    def _apply_inventory(self, workers: list[Worker]) -> None:
+        """Brings the model's workers in line with the cluster's: replicas on a lost worker are stopped (their
+        in-flight requests fail with `ReplicaLost`, their queued ones go back to be placed) and queued for
+        replacement; new workers (and new hardware kinds) become usable."""
+        alive = {w.worker_id: w for w in workers}
+        model = self._now()
+        lost_workers = [worker_id for worker_id in model.workers if worker_id not in alive]
+        for worker_id in lost_workers:
+            detail = f"worker {worker_id} was lost (its node left the cluster)"
+            log.error("%s; stopping its replicas", detail)
+            for replica_id, replica in list(self.model.replicas.items()):
+                if replica.worker_id != worker_id or replica.state is ReplicaState.STOPPED:
+                    continue
+                live = self.live.get(replica_id)
+                if live is not None:
+                    live.last_error = detail
+                self._execute([StopReplica(replica_id, Reason(LiveReasonCode.WORKER_LOST, detail))])
+                self._to_replace.append(replica.expert_id)
+        if not lost_workers and alive.keys() == model.workers.keys():
+            return
+        estimates = dict(self.model.estimates)
+        for expert in self.config.experts:
+            for estimate in est.serving_estimates(expert, workers):
+                estimates.setdefault((estimate.expert_id, estimate.hardware), estimate)  # measured ones stay
+        self.model = self.model.evolve(workers=alive, estimates=estimates)
 
     def _record(self, action: Action, expert_id: str) -> None:
         reason = getattr(action, "reason", None)

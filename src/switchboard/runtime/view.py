@@ -10,7 +10,16 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from switchboard.runtime.fleet import LiveFleet
+    from switchboard.runtime.fleet import LiveFleet, LiveReplica
+
+
+def describe_external(ext: "LiveReplica") -> dict[str, Any]:
+    """An external (`openai`) expert's pseudo-replica, always warm, served from the gateway itself."""
+    return {
+        "replica_id": ext.replica_id, "expert": ext.expert.id, "worker": "upstream", "hardware": "remote",
+        "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
+        "num_failed": ext.num_failed,
+    }
 
 
 def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
@@ -25,14 +34,11 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
             "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),
+            "node": getattr(live.engine, "node_id", None) if live else None,  # the Ray node, in Ray mode
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():
-        by_expert[expert_id].append({
-            "replica_id": ext.replica_id, "expert": expert_id, "worker": "upstream", "hardware": "remote",
-            "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
-            "num_failed": ext.num_failed,
-        })
+        by_expert[expert_id].append(describe_external(ext))
     return {
         "now": model.now_s,
         "workers": [dataclasses.asdict(w) for w in model.workers.values()],

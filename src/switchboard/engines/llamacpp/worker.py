@@ -198,6 +198,22 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     ])
 
 
+PARENT_CHECK_INTERVAL_S = 1.0
+
+
+def _exit_with_parent() -> None:
+    """Ends this worker once its parent (the gateway, or a Ray replica actor) is gone, even if the parent was
+    killed without stopping it: an orphaned worker would hold its memory and CPU forever."""
+    parent_pid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_INTERVAL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Switchboard llama.cpp worker")
     parser.add_argument("--model", required=True)
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    _exit_with_parent()
 
     import llama_cpp
     import uvicorn

@@ -1,0 +1,332 @@
+"""The control plane as one named, detached Ray actor, shared by every gateway on the cluster (docs/ray.md).
+
+`ControlActor` runs the same `LiveFleet` as embedded mode (policies, admission, leases, reaping, node-loss
+handling) over `RayCluster`, so all gateways see one fleet. `RemoteFleet` is what a gateway holds instead of a
+`LiveFleet`: the same surface (`lease`, `route`, `snapshot`, ...), with leases granted by the actor and tokens
+streamed straight from the replica actor to the gateway (the control actor never carries answer traffic).
+
+The first gateway creates the actor (`get_if_exists`); later ones join it and must bring the same config. The
+actor outlives the gateways (it is detached): `stop_control_actor` (or `switchboard ray-stop`) ends it and its
+replicas. Known limit: a gateway process that dies mid-request leaves that request's lease held in the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+from switchboard.cluster.ray_cluster import connect
+from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
+from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
+from switchboard.engines.base import EngineError, EngineUnavailable
+from switchboard.engines.factory import build_engine
+from switchboard.fleet.state import QueuedRequest
+from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.fleet import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveFleet, LiveReplica
+from switchboard.runtime.view import describe_external
+from switchboard.types import ExpertId, RequestId
+
+log = logging.getLogger("switchboard.cluster")
+
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+SNAPSHOT_INTERVAL_S = 0.5
+"""How often a gateway refreshes its copy of the fleet view (GET /admin/fleet, /metrics, the dashboard)."""
+
+
+def config_fingerprint(config: SwitchboardConfig) -> str:
+    """Gateways sharing a control actor must serve the same config; this is what they compare. The cluster
+    address is left out: gateways on different nodes may reach the same cluster by different addresses."""
+    settings = config.model_dump(mode="json")
+    settings["cluster"].pop("address", None)
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _replica_info(token: str, lease: Lease) -> dict[str, Any]:
+    replica = lease.replica
+    assert replica is not None
+    engine = replica.engine
+    return {"token": token, "replica_id": replica.replica_id, "hardware": replica.hardware, "was_cold": lease.was_cold,
+            "actor": getattr(engine, "actor", None), "node_id": getattr(engine, "node_id", "")}
+
+
+class ControlActor:
+    """The body of the control actor. Every method is a coroutine on the actor's one event loop."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = SwitchboardConfig.model_validate(config)
+        self.fleet: LiveFleet | None = None
+        self._leases: dict[str, Lease] = {}
+        self._tokens = itertools.count(1)
+
+    async def start(self) -> str:
+        """Starts the fleet once (later calls only answer); returns the config fingerprint."""
+        if self.fleet is None:
+            self.fleet = LiveFleet(self.config)  # over RayCluster: the config's cluster is `kind: ray`
+            await self.fleet.start()
+        return config_fingerprint(self.config)
+
+    async def shutdown(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
+
+    def _fleet(self) -> LiveFleet:
+        assert self.fleet is not None, "start() first"
+        return self.fleet
+
+    async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
+        return self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
+
+    async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str) -> tuple:
+        """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not."""
+        lease = self._fleet().lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
+        try:
+            await lease.__aenter__()
+        except AdmissionRejected as exc:
+            return ("rejected", exc.expert_id, exc.status, exc.retry_after_s, exc.reason)
+        except EngineError as exc:
+            return ("error", RemoteEngineError.of(exc))
+        token = f"{request_id}@{next(self._tokens)}"
+        self._leases[token] = lease
+        return ("ok", _replica_info(token, lease))
+
+    async def release(self, token: str, error: RemoteEngineError | None) -> None:
+        lease = self._leases.pop(token, None)
+        if lease is not None:
+            exc = error.to_exception() if error is not None else None
+            await lease.__aexit__(type(exc) if exc is not None else None, exc, None)
+
+    async def abandon(self, request_id: str) -> None:
+        """Releases any lease still held for `request_id` (its gateway gave up while the lease was granted)."""
+        for token in [t for t in self._leases if t.startswith(f"{request_id}@")]:
+            await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)  # counted as not served
+
+    async def refresh_inventory(self) -> None:
+        await self._fleet().refresh_inventory()
+
+    async def wake(self, expert_id: str, detail: str) -> None:
+        self._fleet().wake(expert_id, detail)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The fleet view, plus what gateways' metrics read from the model (unplaced requests, memory used)."""
+        fleet = self._fleet()
+        view = fleet.snapshot()
+        model = fleet.model
+        for expert in view["experts"]:
+            expert["num_unplaced"] = len(model.unplaced_of(ExpertId(expert["id"])))
+        for worker in view["workers"]:
+            worker["memory_used_gb"] = model.memory_used_gb(worker["worker_id"])
+        view["decisions"] = list(fleet.decisions)
+        return view
+
+
+class SnapshotModel:
+    """The two fleet-model queries the gateway's metrics and dashboard make, answered from the actor's view."""
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        self._unplaced = {e["id"]: e.get("num_unplaced", 0) for e in view.get("experts", [])}
+        self._memory_used = {w["worker_id"]: w.get("memory_used_gb", 0.0) for w in view.get("workers", [])}
+
+    def unplaced_of(self, expert_id: str) -> tuple[None, ...]:
+        return (None,) * self._unplaced.get(expert_id, 0)
+
+    def memory_used_gb(self, worker_id: str) -> float:
+        return self._memory_used.get(worker_id, 0.0)
+
+
+class RemoteFleet:
+    """A gateway's handle on the shared control actor, with `LiveFleet`'s surface.
+
+    External (`openai`) experts are served from the gateway itself, as in embedded mode. `snapshot()`,
+    `decisions`, `live` and `model` are a copy refreshed every `SNAPSHOT_INTERVAL_S`.
+    """
+
+    def __init__(self, config: SwitchboardConfig, *, engine_factory: Any = build_engine) -> None:
+        assert isinstance(config.cluster, RayClusterConfig)
+        connect(config.cluster)
+        self.config = config
+        self.settings = config.cluster
+        self.engine_factory = engine_factory
+        self._experts = {e.id: e for e in config.experts}
+        self.external: dict[str, LiveReplica] = {}
+        self.live: dict[str, LiveReplica] = {}
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
+        self.counters: dict[str, Any] = {}
+        self.model = SnapshotModel({})
+        self._view: dict[str, Any] = {"now": time.time(), "workers": [], "experts": [], "counters": {}, "decisions": []}
+        self._actor: Any = None
+        self._tokens: dict[str, str] = {}
+        self._refresh_task: asyncio.Task | None = None
+        # This gateway's own breakers (what it saw fail); the control actor keeps the replicas' for the fleet.
+        self.expert_circuits = CircuitBoard(config.failover.expert_circuit, time.time)
+        self.replica_circuits = CircuitBoard(config.failover.replica_circuit, time.time)
+
+    def expert(self, expert_id: str) -> ExpertConfig | None:
+        return self._experts.get(expert_id)
+
+    def is_available(self, expert_id: str) -> bool:
+        """False while this gateway's circuit for the expert is open."""
+        return self.expert_circuits.would_allow(expert_id)
+
+    def is_ready(self, expert_id: str) -> bool:
+        """Whether the last fleet view (at most `SNAPSHOT_INTERVAL_S` old) has a warm replica, or it is external."""
+        if expert_id in self.external:
+            return True
+        return any(r["state"] == "warm" for e in self._view["experts"] if e["id"] == expert_id for r in e["replicas"])
+
+    def wake(self, expert_id: str, detail: str) -> None:
+        """Asks the control actor to start a replica of `expert_id` (fire and forget, as in embedded mode)."""
+        self._actor.wake.remote(expert_id, detail)
+
+    async def start(self) -> None:
+        """Joins (or creates) the control actor, which starts the fleet once for all gateways."""
+        import ray
+
+        for expert in self.config.experts:
+            if isinstance(expert.backend, OpenAIBackend):
+                replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))
+                self.external[expert.id] = replica
+                await replica.engine.start()
+        actor_class = ray.remote(ControlActor)
+        self._actor = actor_class.options(
+            name=self.settings.control_actor, namespace=self.settings.namespace, lifetime="detached", get_if_exists=True,
+            num_cpus=0, max_restarts=0, max_concurrency=10_000,
+            resources={HEAD_NODE_RESOURCE: 0.001},  # on the head: worker nodes come and go, the fleet must not
+        ).remote(self.config.model_dump(mode="json"))
+        fingerprint = await self._actor.start.remote()
+        if fingerprint != config_fingerprint(self.config):
+            raise RuntimeError(
+                f"the control actor '{self.settings.control_actor}' in Ray namespace '{self.settings.namespace}' already serves a "
+                "different config; serve the same config from every gateway, or stop it first (`switchboard ray-stop`)"
+            )
+        await self._refresh()
+        self._refresh_task = asyncio.create_task(self._refresh_forever(), name="switchboard-fleet-view")
+
+    async def stop(self) -> None:
+        """Leaves the shared fleet running (other gateways use it); stops this gateway's own upstream clients."""
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            await asyncio.gather(self._refresh_task, return_exceptions=True)
+        await asyncio.gather(*(r.engine.stop() for r in self.external.values()), return_exceptions=True)
+
+    # ---- what the gateway calls per request
+
+    async def _control(self, expert_id: str, call: Any) -> Any:
+        """Awaits a control actor call; an unreachable control actor is a clear 503, not an internal error."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return await call
+        except RayActorError as exc:
+            raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
+
+    async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
+        if not choice.candidates:
+            return choice.expert_id, {}
+        routed = await self._control(choice.expert_id, self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
+        return tuple(routed)  # type: ignore[return-value]
+
+    def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
+        if expert_id in self.external:
+            return Lease(self, expert_id, None)  # type: ignore[arg-type]
+        expert = self._experts[expert_id]
+        request = QueuedRequest(RequestId(request_id), ExpertId(expert_id), time.time(), num_prompt_tokens, max_tokens,
+                                ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key)
+        return Lease(self, expert_id, request)  # type: ignore[arg-type]
+
+    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+        if lease.request is None:
+            return self.external[lease.expert_id], False
+        import ray
+
+        r = lease.request
+        pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected, r.prefix_key)
+        try:
+            answer = await self._control(r.expert_id, pending)
+        except asyncio.CancelledError:  # the client left or timed out while waiting: the actor must not keep a lease for it
+            ray.cancel(pending)
+            self._actor.abandon.remote(r.request_id)
+            raise
+        if answer[0] == "rejected":
+            raise AdmissionRejected(*answer[1:])
+        if answer[0] == "error":
+            raise answer[1].to_exception()
+        info = answer[1]
+        self._tokens[r.request_id] = info["token"]
+        engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
+        return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
+
+    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+        replica = lease.replica
+        assert replica is not None
+        if ok:
+            replica.num_served += 1
+        else:
+            replica.num_failed += 1
+        self.expert_circuits.record(lease.expert_id, None if ok else exc)
+        if lease.request is None:
+            return
+        token = self._tokens.pop(lease.request.request_id, None)
+        if token is not None:
+            error = RemoteEngineError.of(exc) if isinstance(exc, EngineError) else None
+            # Submitted now (Ray keeps one caller's calls in order), so a retry's acquire comes after it.
+            self._actor.release.remote(token, error)
+
+    async def refresh_inventory(self) -> None:
+        await self._control("", self._actor.refresh_inventory.remote())
+
+    # ---- for operators
+
+    def snapshot(self) -> dict[str, Any]:
+        view = dict(self._view)
+        view["decisions"] = list(self.decisions)[-50:]
+        view["experts"] = [dict(e, replicas=list(e["replicas"])) for e in view["experts"]]
+        for expert in view["experts"]:
+            ext = self.external.get(expert["id"])
+            if ext is not None:  # served by this gateway, as in embedded mode
+                expert["replicas"].append(describe_external(ext))
+        return view
+
+    async def _refresh(self) -> None:
+        view = await self._actor.snapshot.remote()
+        known = {(d["at"], d["action"], d["replica"], d["code"]) for d in self.decisions}
+        for d in view.pop("decisions"):  # keep the dicts already seen: the metrics watcher tracks them by identity
+            if (d["at"], d["action"], d["replica"], d["code"]) not in known:
+                self.decisions.append(d)
+        self.counters = view["counters"]
+        self.model = SnapshotModel(view)
+        self.live = {
+            r["replica_id"]: SimpleNamespace(replica_id=r["replica_id"], hardware=r["hardware"], cold_start=r.get("cold_start"),
+                                             expert=self._experts[r["expert"]])
+            for e in view["experts"] for r in e["replicas"]
+        }
+        self._view = view
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+            try:
+                await self._refresh()
+            except Exception:  # noqa: BLE001 — a missed refresh leaves the last view; logged and retried
+                log.exception("could not refresh the fleet view from the control actor")
+
+
+def stop_control_actor(settings: RayClusterConfig) -> bool:
+    """Stops the shared fleet (its replicas) and ends the control actor. False if none was running."""
+    import ray
+
+    connect(settings)
+    try:
+        actor = ray.get_actor(settings.control_actor, namespace=settings.namespace)
+    except ValueError:
+        return False
+    ray.get(actor.shutdown.remote(), timeout=120)
+    ray.kill(actor, no_restart=True)
+    return True

@@ -1,0 +1,203 @@
+"""A replica as a Ray actor, and the engine proxy the gateway calls it through.
+
+`ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
+node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: `stream` is a Ray
+streaming generator, so each token reaches the gateway as soon as the engine yields it (tokens the engine
+yields faster than they are sent travel together, in one Ray object; none waits for a later one).
+
+Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
+their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
+which the fleet treats like a dead engine process (the replica is stopped and replaced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from switchboard.config.schema import ExpertConfig
+from switchboard.engines import base as engine_base
+from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteEngineError:
+    """An `EngineError` raised inside a replica actor, as a value that survives pickling."""
+
+    error_type: str
+    expert_id: str
+    detail: str
+    status: int
+    code: str
+
+    @classmethod
+    def of(cls, exc: EngineError) -> "RemoteEngineError":
+        return cls(type(exc).__name__, exc.expert_id, exc.detail, exc.status, exc.code)
+
+    def to_exception(self) -> EngineError:
+        error_class = getattr(engine_base, self.error_type, EngineError)
+        if not (isinstance(error_class, type) and issubclass(error_class, EngineError)):
+            error_class = EngineError
+        return error_class(self.expert_id, self.detail, status=self.status, code=self.code)
+
+
+class ReplicaActor:
+    """The body of a replica actor (made a Ray actor class by `RayCluster`). One engine, one expert."""
+
+    def __init__(self, expert: dict[str, Any]) -> None:
+        from switchboard.engines.factory import build_engine
+
+        config = ExpertConfig.model_validate(expert)
+        self.expert_id = config.id
+        self.engine = build_engine(config)
+
+    async def start(self) -> Any:
+        """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""
+        try:
+            await self.engine.start()
+        except EngineError as exc:
+            return RemoteEngineError.of(exc)
+        return getattr(self.engine, "last_cold_start", None)
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks and operators' `ray list actors` cross-checks)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    async def complete(self, request: GenerationRequest) -> Completion | RemoteEngineError:
+        try:
+            return await self.engine.complete(request)
+        except EngineError as exc:
+            return RemoteEngineError.of(exc)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[list[StreamEvent | RemoteEngineError]]:
+        """The engine's events in order, as lists: each list holds every event ready since the last one was
+        sent (one Ray object per list, not per token), and none waits for a later event. An engine failure is
+        the last item."""
+        ready: asyncio.Queue[StreamEvent | RemoteEngineError | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in self.engine.stream(request):
+                    ready.put_nowait(event)
+            except EngineError as exc:
+                ready.put_nowait(RemoteEngineError.of(exc))
+            except Exception as exc:  # noqa: BLE001 — any engine bug reaches the client as a named 502, not a hang
+                ready.put_nowait(RemoteEngineError("EngineError", self.expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
+            finally:
+                ready.put_nowait(None)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while True:
+                batch = [await ready.get()]
+                while not ready.empty():
+                    batch.append(ready.get_nowait())
+                ended = batch[-1] is None
+                events = [e for e in batch if e is not None]
+                if events:
+                    yield events
+                if ended:
+                    return
+        finally:
+            pumping.cancel()
+
+
+class RayReplicaEngine:
+    """The `Engine` for a replica actor. `start` creates the actor (via `make_actor`) and waits for its engine."""
+
+    def __init__(self, replica_id: str, expert_id: str, node_id: str, make_actor: Any, actor: Any = None) -> None:
+        self.replica_id = replica_id
+        self.expert_id = expert_id
+        self.node_id = node_id
+        self._make_actor = make_actor
+        self.actor = actor
+        self.last_cold_start: Any = None
+        self.lost: str | None = None
+
+    @property
+    def is_running(self) -> bool:
+        """False once the actor or its node is known dead (the fleet's health check then stops the replica)."""
+        return self.lost is None
+
+    def _failure(self, exc: BaseException) -> EngineError:
+        """A Ray error as the engine error it means: a dead actor or node is `ReplicaLost` (and the replica is
+        marked lost); an exception inside the actor is the replica's own 502."""
+        from ray.exceptions import NodeDiedError, RayActorError
+
+        if not isinstance(exc, (RayActorError, NodeDiedError)):
+            return EngineError(self.expert_id, f"replica {self.replica_id} failed: {type(exc).__name__}: {exc}")
+        why = "its node died" if isinstance(exc, NodeDiedError) or "node has died" in str(exc) else "its actor died"
+        self.lost = f"replica {self.replica_id} on Ray node {self.node_id[:12]} was lost ({why})"
+        return ReplicaLost(self.expert_id, self.lost)
+
+    async def start(self) -> None:
+        from ray.exceptions import RayError
+
+        if self.actor is None:
+            self.actor = self._make_actor()
+        try:
+            started = await self.actor.start.remote()
+        except RayError as exc:
+            raise self._failure(exc) from None
+        if isinstance(started, RemoteEngineError):
+            raise started.to_exception()
+        self.last_cold_start = started
+
+    async def stop(self) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        if self.actor is None:
+            return
+        actor, self.actor = self.actor, None
+        try:
+            await actor.stop.remote()
+        except RayError:
+            pass  # already gone: nothing left to release
+        ray.kill(actor, no_restart=True)
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        from ray.exceptions import RayError
+
+        actor = self._running_actor()
+        try:
+            answer = await actor.complete.remote(request)
+        except RayError as exc:
+            raise self._failure(exc) from None
+        if isinstance(answer, RemoteEngineError):
+            raise answer.to_exception()
+        return answer
+
+    def _running_actor(self) -> Any:
+        if self.actor is None or self.lost is not None:
+            raise EngineUnavailable(self.expert_id, self.lost or f"replica {self.replica_id} is not running")
+        return self.actor
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        import ray
+        from ray.exceptions import RayError
+
+        actor = self._running_actor()
+        events = None
+        finished = False
+        try:
+            events = actor.stream.remote(request)  # raises at once if Ray already knows the actor is dead
+            async for ref in events:
+                for event in await ref:
+                    if isinstance(event, RemoteEngineError):
+                        raise event.to_exception()
+                    yield event
+            finished = True
+        except RayError as exc:
+            finished = True
+            raise self._failure(exc) from None
+        finally:
+            if not finished and events is not None:  # the client went away or an engine error ended it: stop generating on the replica
+                ray.cancel(events)

@@ -1,0 +1,225 @@
+"""Switchboard on a real local Ray cluster: placement pins replicas to nodes of the right hardware kind, tokens
+stream from replica actors through the gateway, and a lost node's replicas are re-placed with every in-flight
+request either completed or failed cleanly. Run with `pytest -m ray tests/cluster` (docs/ray.md)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.testing.servers import serve_in_thread
+
+pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
+
+
+def ray_config(address: str):
+    return parse_config(f"""
+cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5}}
+experts:
+  - id: smollm2
+    backend: {{kind: llamacpp, n_threads: 1, hardware: cpu}}
+    params_b: 0.135
+    context_tokens: 512
+    max_output_tokens: 64
+  - id: small-l4
+    backend: {{kind: simulated, hardware: l4, time_scale: 0.05, default_output_tokens: 16}}
+    params_b: 1
+    max_output_tokens: 4096
+router: {{enabled: false}}
+storage: {{enabled: false}}
+control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
+""")
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_cluster):
+    """A gateway on the cluster; the shared control actor it creates is stopped (with its replicas) at the end."""
+    from switchboard.cluster.ray_control import stop_control_actor
+
+    _, address = ray_cluster
+    config = ray_config(address)
+    app = build_app(config)
+    try:
+        with serve_in_thread(app, startup_timeout_s=120) as url:
+            yield url, config
+    finally:
+        stop_control_actor(config.cluster)
+
+
+def fleet_view(url: str) -> dict:
+    return httpx.get(url + "/admin/fleet", timeout=10).json()
+
+
+def replicas_of(view: dict, expert_id: str, state: str = "warm") -> list[dict]:
+    expert = next(e for e in view["experts"] if e["id"] == expert_id)
+    return [r for r in expert["replicas"] if r["state"] == state]
+
+
+def hardware_of_node(node_id: str) -> str:
+    import ray
+
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return next(k.split(":", 1)[1] for k in node["Resources"] if k.startswith("switchboard/hw:"))
+
+
+def actor_node(replica: dict) -> str:
+    """The node the replica's actor really runs on, asked from the actor itself."""
+    import ray
+
+    actor = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("/" + replica["replica_id"]))
+    return ray.get(ray.get_actor(actor["name"], namespace=actor["namespace"]).node_id.remote(), timeout=30)
+
+
+def test_experts_land_on_their_hardware_and_answer(gateway, ray_cluster):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    answer = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert answer.choices[0].message.content.strip() and "[simulated" not in answer.choices[0].message.content
+    answer = client.chat.completions.create(model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert answer.choices[0].message.content == "[simulated small-l4: 5 tokens]"
+
+    view = fleet_view(url)
+    if ray_cluster[0] is not None:  # this module's cluster names its l4 nodes with the `switchboard/worker-id` label
+        assert {"l4-a", "l4-b"} <= {w["worker_id"] for w in view["workers"]}
+    (smol,) = replicas_of(view, "smollm2")
+    (small,) = replicas_of(view, "small-l4")
+    assert (smol["hardware"], small["hardware"]) == ("cpu", "l4")
+    # The actors really run on nodes of those kinds, the ones placement chose.
+    assert actor_node(smol) == smol["node"] and hardware_of_node(smol["node"]) == "cpu"
+    assert actor_node(small) == small["node"] and hardware_of_node(small["node"]) == "l4"
+    # The gateway's metrics and dashboard read the shared fleet too.
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    assert 'switchboard_replicas{expert="small-l4",hardware="l4",state="warm"} 1.0' in metrics
+    assert 'switchboard_workers{hardware="l4"} 2.0' in metrics
+
+
+def test_tokens_stream_from_the_replica_actor(gateway):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    for model in ("small-l4", "smollm2"):
+        chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Count to ten."}],
+                                                     max_tokens=12, stream=True))
+        texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert len(texts) > 2, f"{model}: one token per chunk, not one whole answer: {texts}"
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster):
+    cluster, _ = ray_cluster
+    if cluster is None:
+        pytest.skip("removes a node: only on the cluster this module starts")
+    url, _ = gateway
+    (lost,) = replicas_of(fleet_view(url), "small-l4")
+    node = next(n for n in cluster.worker_nodes if n.node_id == lost["node"])
+    messages = [{"role": "user", "content": "hi"}]
+
+    def stream_all() -> str:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        try:
+            for _ in client.chat.completions.create(model="small-l4", messages=messages, max_tokens=4000, stream=True):
+                pass
+        except openai.APIError as exc:
+            return f"error: {exc.message}"
+        return "ok"
+
+    def whole() -> str:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        try:
+            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=messages, max_tokens=4000)
+        except openai.APIError as exc:
+            return f"error: {exc.message}"
+        return "ok on " + raw.headers["x-switchboard-replica"]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(stream_all), pool.submit(stream_all), pool.submit(whole), pool.submit(whole)]
+        deadline = time.monotonic() + 30
+        while sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4")) < 4:
+            assert time.monotonic() < deadline, "the four requests never ran together"
+            time.sleep(0.05)
+        cluster.remove_node(node, allow_graceful=False)
+        outcomes = [r.result(timeout=90) for r in running]  # none hangs
+
+    # Each completed or failed with an error that says what happened; none vanished.
+    for outcome in outcomes:
+        assert outcome.startswith("ok") or ("lost" in outcome and "small-l4" in outcome), outcome
+    assert all(o.startswith("ok on") and not o.endswith(lost["replica_id"]) for o in outcomes[2:]), outcomes
+
+    deadline = time.monotonic() + 60
+    while not (now := replicas_of(fleet_view(url), "small-l4")):
+        assert time.monotonic() < deadline, "no replacement replica became warm"
+        time.sleep(0.2)
+    (replacement,) = now
+    assert replacement["node"] != lost["node"] and hardware_of_node(replacement["node"]) == "l4"
+    assert actor_node(replacement) == replacement["node"]
+    decisions = fleet_view(url)["decisions"]
+    assert any(d["action"] == "StartReplica" and d["code"] == "replace-lost" for d in decisions)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    answer = client.chat.completions.create(model="small-l4", messages=messages, max_tokens=3)
+    assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"
+
+
+def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
+    """A second `switchboard serve --ray` process joins the same control actor: both gateways show one fleet,
+    and requests through the second are served by the replicas the first one sees."""
+    from switchboard.testing.servers import free_port
+
+    url, config = gateway
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    port = free_port()
+    second = subprocess.Popen(
+        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), "--ray", config.cluster.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    other = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert second.poll() is None, f"the second gateway exited: {second.stderr.read()}"
+            assert time.monotonic() < deadline, "the second gateway never came up"
+            try:
+                if httpx.get(other + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+
+        def warm(view: dict) -> dict[str, tuple[str, str]]:
+            return {r["replica_id"]: (r["worker"], r["node"]) for e in view["experts"] for r in e["replicas"] if r["state"] == "warm"}
+
+        deadline = time.monotonic() + 10
+        while warm(fleet_view(other)) != warm(fleet_view(url)) or not warm(fleet_view(url)):
+            assert time.monotonic() < deadline, (warm(fleet_view(other)), warm(fleet_view(url)))
+            time.sleep(0.2)
+        (replica,) = replicas_of(fleet_view(url), "small-l4")
+
+        client = openai.OpenAI(base_url=other + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+            assert raw.headers["x-switchboard-replica"] == replica["replica_id"]
+        deadline = time.monotonic() + 10
+        while replicas_of(fleet_view(url), "small-l4")[0]["num_served"] != replica["num_served"] + 3:
+            assert time.monotonic() < deadline, "the first gateway does not see the second one's requests"
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGINT)
+        try:
+            second.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()
+    # The shared fleet outlives a gateway that leaves.
+    answer = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60).chat.completions.create(
+        model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert answer.choices[0].message.content == "[simulated small-l4: 2 tokens]"
