@@ -105,6 +105,18 @@ class LiveReplica:
     num_outstanding: int = 0
 
 
+def count_outcome(lease: "Lease", expert_circuits: CircuitBoard, *, ok: bool, exc: Any) -> "LiveReplica":
+    """A released lease's outcome on its replica's counters and its expert's circuit; returns the replica."""
+    replica = lease.replica
+    assert replica is not None
+    if ok:
+        replica.num_served += 1
+    else:
+        replica.num_failed += 1
+    expert_circuits.record(lease.expert_id, None if ok else exc)
+    return replica
+
+
 class Lease:
     """A request's hold on one replica for its lifetime. `replica`, `was_cold` are set on entry.
 
@@ -406,13 +418,7 @@ class LiveFleet:
         changed.set()
 
     def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
-        replica = lease.replica
-        assert replica is not None
-        if ok:
-            replica.num_served += 1
-        else:
-            replica.num_failed += 1
-        self.expert_circuits.record(lease.expert_id, None if ok else exc)
+        replica = count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
         replica_circuit = self.replica_circuits.record(replica.replica_id, None if ok else exc)
