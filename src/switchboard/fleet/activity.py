@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from switchboard.fleet.evolve import evolve
+from switchboard.frozen import evolve
 from switchboard.types import ExpertId, Seconds
 
 

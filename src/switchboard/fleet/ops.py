@@ -86,13 +86,13 @@ def transition(
     if to_state is ReplicaState.STOPPED and moved.load.queue:
         unplaced = unplaced + moved.load.queue
         moved = evolve(moved, load=evolve(moved.load, queue=()))
-    return _replace_replicas(snapshot, moved).evolve(transition_counts=counts, unplaced=unplaced)
+    return _replace_replicas(snapshot, moved).evolve_taking(transition_counts=counts, unplaced=unplaced)
 
 
 def prune_stopped(snapshot: FleetSnapshot) -> FleetSnapshot:
     """Forget stopped replicas (their transitions stay counted in `transition_counts`)."""
     kept = {rid: r for rid, r in snapshot.replicas.items() if r.state is not ReplicaState.STOPPED}
-    return snapshot.evolve(replicas=kept)
+    return snapshot.evolve_taking(replicas=kept)
 
 
 def set_load(snapshot: FleetSnapshot, replica_id: ReplicaId, load: ReplicaLoad) -> FleetSnapshot:
@@ -141,14 +141,14 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
 def record_arrival(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s)
-    return snapshot.evolve(activity=activity)
+    return snapshot.evolve_taking(activity=activity)
 
 
 def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
-    return snapshot.evolve(activity=activity)
+    return snapshot.evolve_taking(activity=activity)
 
 
 def empty_fleet(

@@ -17,9 +17,22 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from switchboard.fleet.activity import ExpertActivity
-from switchboard.fleet.evolve import evolve
-from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
-from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
+from switchboard.fleet.lifecycle import (
+    ACCEPTING_STATES,
+    LIVE_STATES,
+    Transition,
+    check_transition,
+)
+from switchboard.frozen import evolve, evolver_of, fast_init
+from switchboard.types import (
+    ExpertId,
+    HardwareKind,
+    ReplicaId,
+    ReplicaState,
+    RequestId,
+    Seconds,
+    WorkerId,
+)
 
 if TYPE_CHECKING:
     from switchboard.config.schema import ExpertConfig, WorkerConfig
@@ -48,6 +61,7 @@ class Worker:
                    config.location)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineCapacity:
     """What one replica can hold at once, as its engine reports it."""
@@ -126,6 +140,7 @@ class ExpertSpec:
 # --------------------------------------------------------------------------------------------- requests & load
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueuedRequest:
     """A request that has not started yet (no prefill began); only these may be migrated or reordered."""
@@ -150,6 +165,7 @@ class QueuedRequest:
         return self.arrived_at + self.ttft_slo_s
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReplicaLoad:
     """Outstanding work on one replica: running sequences plus the queue of not-yet-started requests."""
@@ -327,27 +343,34 @@ class FleetSnapshot:
         for name in changes:
             if name in _MAPPING_FIELDS:
                 changes[name] = _frozen_mapping(changes[name])
-        new = evolve(self, **changes)
-        if "workers" not in changes and "replicas" not in changes:
-            set_ = object.__setattr__
-            set_(new, "_live_by_expert", self._live_by_expert)
-            set_(new, "_memory_used", self._memory_used)
-            set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
-        return new
+        if "workers" in changes or "replicas" in changes:
+            return _evolve_snapshot(self, **changes)
+        return _evolve_snapshot_keeping_indexes(self, **changes)
 
-    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: Mapping) -> "FleetSnapshot":
-        """`evolve(replicas=replicas)` where `replicas` differs from ours only by `updated` (new or replaced).
+    def evolve_taking(self, **changes) -> "FleetSnapshot":
+        """`evolve` for the update functions of `fleet.ops`: a mapping argument must be a fresh `dict` that the
+        snapshot takes over (wrapped read-only without a copy); the caller must not keep or change it."""
+        for name in changes:
+            if name in _MAPPING_FIELDS:
+                changes[name] = types.MappingProxyType(changes[name])
+        if "workers" in changes or "replicas" in changes:
+            return _evolve_snapshot(self, **changes)
+        return _evolve_snapshot_keeping_indexes(self, **changes)
+
+    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: dict) -> "FleetSnapshot":
+        """`evolve_taking(replicas=replicas)` where `replicas` (a fresh dict, taken over) differs from ours only
+        by `updated` (new or replaced).
 
         When every updated replica existed before in the same state, the indexes are patched instead of rebuilt:
         the common case of a load change, which the simulator makes several times per request.
         """
-        new = self.evolve(replicas=replicas)
         old = self.replicas
-        if any(r.replica_id not in old or old[r.replica_id].state is not r.state for r in updated):
-            return new
-        set_ = object.__setattr__
-        set_(new, "_memory_used", self._memory_used)
-        set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        for replica in updated:
+            before = old.get(replica.replica_id)
+            if before is None or before.state is not replica.state:
+                return self.evolve_taking(replicas=replicas)
+        # Memory use depends only on which replicas are live where, which a same-state update keeps.
+        new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
         index = self._live_by_expert
         if index is not None:
             patched = dict(index)
@@ -355,10 +378,12 @@ class FleetSnapshot:
                 sets = patched.get(replica.expert_id)
                 if sets is None or replica.state not in LIVE_STATES:
                     continue
+                replica_id = replica.replica_id
                 patched[replica.expert_id] = tuple(
-                    tuple(replica if r.replica_id == replica.replica_id else r for r in group) for group in sets
+                    tuple([replica if r.replica_id == replica_id else r for r in group]) if group else group
+                    for group in sets
                 )
-            set_(new, "_live_by_expert", patched)
+            object.__setattr__(new, "_live_by_expert", patched)
         return new
 
     def _index_replicas(self) -> dict[ExpertId, tuple[tuple[Replica, ...], ...]]:
@@ -456,3 +481,8 @@ class FleetSnapshot:
     @property
     def num_cold_starts(self) -> int:
         return self.transition_counts.get((ReplicaState.COLD, ReplicaState.STARTING), 0)
+
+
+# Compiled once, like the dataclass machinery above (a few lines of generated code, no I/O).
+_evolve_snapshot = evolver_of(FleetSnapshot)
+_evolve_snapshot_keeping_indexes = evolver_of(FleetSnapshot, keep_caches=True)

@@ -27,6 +27,7 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ReplicaId, Seconds
+from switchboard.frozen import fast_init
 
 
 class AdmissionKind(str, enum.Enum):
@@ -57,6 +58,7 @@ class Verdict(str, enum.Enum):
         return self in (Verdict.ADMIT, Verdict.QUEUE_FOR_START)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionInputs:
     """What admission looks at for one request (built by `gather`)."""
@@ -79,6 +81,7 @@ class AdmissionInputs:
         return bool(self.best_replica_id)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionDecision:
     verdict: Verdict

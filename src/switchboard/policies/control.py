@@ -72,6 +72,7 @@ from switchboard.policies.routing import (
     make_routing,
 )
 from switchboard.types import ExpertId, ReplicaId, ReplicaState
+from switchboard.frozen import fast_init
 
 
 class ControlSettings(PolicySettings):
@@ -111,6 +112,7 @@ class WakeExpert:
     reason: Reason
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePredicted:
     prediction: RoutePrediction

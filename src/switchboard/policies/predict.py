@@ -10,6 +10,7 @@ import dataclasses
 
 from switchboard.fleet.state import FleetSnapshot, Replica
 from switchboard.types import ExpertId, Seconds, WorkerId
+from switchboard.frozen import fast_init
 
 
 def prefill_tokens_per_s(snapshot: FleetSnapshot, replica: Replica) -> float:
@@ -39,6 +40,7 @@ def ttft_s(snapshot: FleetSnapshot, replica: Replica, num_prompt_tokens: int) ->
     return queueing_s(snapshot, replica) + num_prompt_tokens / prefill_tokens_per_s(snapshot, replica)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class WakeOption:
     """How fast a new replica of an expert could serve."""

@@ -36,6 +36,7 @@ from switchboard.fleet.state import FleetSnapshot
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
+from switchboard.frozen import fast_init
 
 
 class RoutingKind(str, enum.Enum):
@@ -62,6 +63,7 @@ class RouteReasonCode(str, enum.Enum):
     NO_CANDIDATES = "no-candidates"
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExpertCandidate:
     """The router's view of one expert for one request."""
@@ -71,6 +73,7 @@ class ExpertCandidate:
     usd_per_mtok: float
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ScoredExpert:
     candidate: ExpertCandidate
@@ -79,6 +82,7 @@ class ScoredExpert:
     score: float
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RouteDecision:
     expert_id: ExpertId
@@ -192,6 +196,7 @@ class PrewarmSettings(PolicySettings):
     min_expected_requests: float = Field(1.0, gt=0, description="Pre-warm when this many requests are expected.")
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePrediction:
     """The router's belief about one request: probability per expert of being the right one (sums to ≤ 1)."""

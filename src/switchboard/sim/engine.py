@@ -21,6 +21,7 @@ import math
 
 from switchboard.perf.roofline import EngineProfile
 from switchboard.sim.events import Event, Priority
+from switchboard.frozen import fast_init
 
 MAX_BATCHED_PREFILL_TOKENS = 2048
 """Prompt tokens one prefill iteration may batch from several requests (vLLM's `max_num_batched_tokens`
@@ -62,6 +63,7 @@ class StepOutcome:
     next_event: Event | None = None
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepDone:
     """Payload of an engine event: which replica, and which plan it belongs to."""
