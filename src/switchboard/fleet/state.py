@@ -330,6 +330,9 @@ class FleetSnapshot:
     _live_by_expert: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # Memo dicts shared by related snapshots (see `catalog_memo` / `layout_memo`).
+    _catalog_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _layout_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _MAPPING_FIELDS:
@@ -338,14 +341,12 @@ class FleetSnapshot:
     def evolve(self, **changes) -> "FleetSnapshot":
         """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor).
 
-        Indexes carry over when the fields they derive from are unchanged.
+        Indexes and memos carry over when the fields they derive from are unchanged.
         """
         for name in changes:
             if name in _MAPPING_FIELDS:
                 changes[name] = _frozen_mapping(changes[name])
-        if "workers" in changes or "replicas" in changes:
-            return _evolve_snapshot(self, **changes)
-        return _evolve_snapshot_keeping_indexes(self, **changes)
+        return self._evolved(changes)
 
     def evolve_taking(self, **changes) -> "FleetSnapshot":
         """`evolve` for the update functions of `fleet.ops`: a mapping argument must be a fresh `dict` that the
@@ -353,23 +354,32 @@ class FleetSnapshot:
         for name in changes:
             if name in _MAPPING_FIELDS:
                 changes[name] = types.MappingProxyType(changes[name])
+        return self._evolved(changes)
+
+    def _evolved(self, changes: dict) -> "FleetSnapshot":
         if "workers" in changes or "replicas" in changes:
             return _evolve_snapshot(self, **changes)
-        return _evolve_snapshot_keeping_indexes(self, **changes)
+        new = _evolve_snapshot_keeping_indexes(self, **changes)
+        if "experts" in changes or "estimates" in changes:
+            object.__setattr__(new, "_catalog_memo", None)
+            object.__setattr__(new, "_layout_memo", None)
+        return new
 
     def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: dict) -> "FleetSnapshot":
         """`evolve_taking(replicas=replicas)` where `replicas` (a fresh dict, taken over) differs from ours only
         by `updated` (new or replaced).
 
-        When every updated replica existed before in the same state, the indexes are patched instead of rebuilt:
-        the common case of a load change, which the simulator makes several times per request.
+        When every updated replica existed before in the same state, on the same worker with the same memory,
+        the indexes are patched instead of rebuilt and the memos carried over: the common case of a load
+        change, which the simulator makes several times per request.
         """
         old = self.replicas
         for replica in updated:
             before = old.get(replica.replica_id)
-            if before is None or before.state is not replica.state:
+            if (before is None or before.state is not replica.state or before.worker_id != replica.worker_id
+                    or before.memory_gb != replica.memory_gb):
                 return self.evolve_taking(replicas=replicas)
-        # Memory use depends only on which replicas are live where, which a same-state update keeps.
+        # Memory use depends only on which replicas are live where, which such an update keeps.
         new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
         index = self._live_by_expert
         if index is not None:
@@ -385,6 +395,28 @@ class FleetSnapshot:
                 )
             object.__setattr__(new, "_live_by_expert", patched)
         return new
+
+    def catalog_memo(self) -> dict:
+        """A dict for memoizing values that are pure functions of `workers`, `experts` and `estimates` alone
+        (e.g. per-expert hardware options). Every snapshot evolved from this one without changing those three
+        shares it, so a value computed once serves them all. Key entries by what they mean, with a
+        module-specific prefix; never store anything that depends on replicas, load or time."""
+        memo = self._catalog_memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_catalog_memo", memo)
+        return memo
+
+    def layout_memo(self) -> dict:
+        """Like `catalog_memo`, for values that may also depend on the replicas' placement — which replica is
+        on which worker, in which life-cycle state, holding how much memory (e.g. where a new replica would
+        fit) — but not on their load or on the time. Shared by the snapshots evolved from this one by load,
+        queue, activity and clock changes."""
+        memo = self._layout_memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_layout_memo", memo)
+        return memo
 
     def _index_replicas(self) -> dict[ExpertId, tuple[tuple[Replica, ...], ...]]:
         # Per expert: (live, accepting, warm) replicas, each in id order.

@@ -60,6 +60,20 @@ def reclaimable_gb(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: 
 
 def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_memory: bool = False) -> WakeOption:
     """`reclaim_idle_memory`: count idle replicas of other experts as evictable."""
+    if reclaim_idle_memory:  # depends on which replicas are idle: not memoizable by placement
+        return _wake_option(snapshot, expert_id, True)
+    # A function of the placement and the catalogue only: computed once per placement.
+    memo = snapshot.layout_memo()
+    option = memo.get((_WAKE_KEY, expert_id))
+    if option is None:
+        option = memo[(_WAKE_KEY, expert_id)] = _wake_option(snapshot, expert_id, False)
+    return option
+
+
+_WAKE_KEY = "predict.wake_option"
+
+
+def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memory: bool) -> WakeOption:
     fitting, known = [], []
     if reclaim_idle_memory:
         for worker in snapshot.workers.values():

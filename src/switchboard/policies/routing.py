@@ -97,16 +97,28 @@ class RouteDecision:
 
 
 def expected_extra_latency_s(snapshot: FleetSnapshot, expert_id: ExpertId, settings: RoutingSettings) -> Seconds:
+    return _latency_and_warmth(snapshot, expert_id, settings)[0]
+
+
+def _latency_and_warmth(snapshot: FleetSnapshot, expert_id: ExpertId, settings: RoutingSettings) -> tuple[Seconds, bool]:
+    """(`expected_extra_latency_s`, `snapshot.is_warm`) of an expert, from one look at the fleet."""
     spec = snapshot.experts.get(expert_id)
     if spec is None:
-        return settings.unplaceable_penalty_s
+        return settings.unplaceable_penalty_s, snapshot.is_warm(expert_id)
     if spec.is_external:
-        return 0.0
+        return 0.0, True
     replicas = snapshot.accepting_replicas_of(expert_id)
     if replicas:
-        return min(predict.queueing_s(snapshot, r) for r in replicas)
+        queueing_s = predict.queueing_s
+        latency_s = min([queueing_s(snapshot, r) for r in replicas]) if len(replicas) > 1 \
+            else queueing_s(snapshot, replicas[0])
+        return latency_s, bool(snapshot.warm_replicas_of(expert_id))
     wake = predict.wake_option(snapshot, expert_id)
-    return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s)
+    return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s), False
+
+
+def _by_score(scored: ScoredExpert) -> float:
+    return -scored.score
 
 
 class RoutingPolicy(abc.ABC):
@@ -131,13 +143,15 @@ class RoutingPolicy(abc.ABC):
         mu = self.settings.latency_weight_per_s
         lam = self.settings.usd_weight if usd_weight is None else usd_weight
         scored = []
+        preferred, preferred_base = None, 0.0
         for c in candidates:
-            latency_s = expected_extra_latency_s(snapshot, c.expert_id, self.settings)
-            scored.append(ScoredExpert(c, snapshot.is_warm(c.expert_id), latency_s,
-                                       c.predicted_quality - lam * c.usd_per_mtok - mu * latency_s))
-        ranked = [scored[i] for i in sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))]
-        preferred = scored[max(range(len(scored)), key=lambda i: (
-            candidates[i].predicted_quality - lam * candidates[i].usd_per_mtok, -i))]
+            latency_s, is_warm = _latency_and_warmth(snapshot, c.expert_id, self.settings)
+            base = c.predicted_quality - lam * c.usd_per_mtok
+            entry = ScoredExpert(c, is_warm, latency_s, base - mu * latency_s)
+            scored.append(entry)
+            if preferred is None or base > preferred_base:  # the first best: ties keep the router's order
+                preferred, preferred_base = entry, base
+        ranked = sorted(scored, key=_by_score)  # stable: ties keep the router's order
         chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 

@@ -19,9 +19,11 @@ import dataclasses
 import enum
 import math
 
+from switchboard.frozen import fast_init
 from switchboard.perf.roofline import EngineProfile
 from switchboard.sim.events import Event, Priority
-from switchboard.frozen import fast_init
+
+_NO_BATCH: list = []  # never appended to: `_admit` builds a fresh list for every batch
 
 MAX_BATCHED_PREFILL_TOKENS = 2048
 """Prompt tokens one prefill iteration may batch from several requests (vLLM's `max_num_batched_tokens`
@@ -52,15 +54,19 @@ class Phase(enum.Enum):
     DECODE = "decode"
 
 
-@dataclasses.dataclass(slots=True)
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
 class StepOutcome:
     """What one engine event caused: sequences whose prefill began, that got their first token, that finished,
     and the engine's next event (None when it went idle or the event was stale)."""
 
-    started: list[Sequence] = dataclasses.field(default_factory=list)
-    first_tokens: list[Sequence] = dataclasses.field(default_factory=list)
-    finished: list[Sequence] = dataclasses.field(default_factory=list)
+    started: list[Sequence] | tuple[()] = ()
+    first_tokens: list[Sequence] | tuple[()] = ()
+    finished: list[Sequence] | tuple[()] = ()
     next_event: Event | None = None
+
+
+_NOTHING = StepOutcome()
 
 
 @fast_init
@@ -107,42 +113,54 @@ class ReplicaEngine:
         the next iteration boundary so the newcomer is prefilled there."""
         self.waiting.append(seq)
         if self.phase is Phase.IDLE:
-            return self._plan(now_s)
+            started, event = self._plan(now_s, 0, 0)
+            return StepOutcome(started, (), (), event)
         if self.phase is Phase.DECODE:
             return StepOutcome(next_event=self._cut_segment(now_s))
-        return StepOutcome()
+        return _NOTHING
 
     def on_step(self, done: StepDone, now_s: float) -> StepOutcome:
         """The planned iteration(s) ended at `now_s`: apply them and plan the next."""
         if done.version != self.version or self.phase is Phase.IDLE:
-            return StepOutcome()
-        outcome = StepOutcome()
+            return _NOTHING
+        first_tokens: list[Sequence] = []
+        finished: list[Sequence] = []
+        still_running: list[Sequence] = []
+        # The next decode segment's length and context, gathered on the way (sequences left running).
+        min_remaining = context_total = 0
         if self.phase is Phase.PREFILL:
+            for seq in self.running:  # decoding stalled during the prefill: unchanged, none finishes
+                still_running.append(seq)
+                if not min_remaining or seq.num_remaining_tokens < min_remaining:
+                    min_remaining = seq.num_remaining_tokens
+                context_total += seq.context_tokens
             for seq in self._prefill_batch:
                 seq.first_token_at = now_s
                 seq.num_remaining_tokens = seq.num_output_tokens - 1
                 seq.context_tokens = seq.num_prompt_tokens + 1
-                outcome.first_tokens.append(seq)
-                self.running.append(seq)
+                first_tokens.append(seq)
             self._prefill_batch = []
+            joined = first_tokens
         else:
             k = self._segment_steps
             for seq in self.running:
                 seq.num_remaining_tokens -= k
                 seq.context_tokens += k
-        still_running = []
-        for seq in self.running:
+            joined = self.running
+            self.running = still_running = []
+        for seq in joined:
             if seq.num_remaining_tokens <= 0:
                 seq.finished_at = now_s
-                self.kv_reserved_tokens -= seq.num_reserved_tokens
-                outcome.finished.append(seq)
+                self.kv_reserved_tokens -= seq.num_prompt_tokens + seq.num_output_tokens
+                finished.append(seq)
             else:
                 still_running.append(seq)
+                if not min_remaining or seq.num_remaining_tokens < min_remaining:
+                    min_remaining = seq.num_remaining_tokens
+                context_total += seq.context_tokens
         self.running = still_running
-        planned = self._plan(now_s)
-        outcome.started = planned.started
-        outcome.next_event = planned.next_event
-        return outcome
+        started, event = self._plan(now_s, min_remaining, context_total)
+        return StepOutcome(started, first_tokens, finished, event)
 
     def withdraw(self, seq: Sequence) -> bool:
         """Take a not-yet-started sequence back out of the queue (migration); False if it already started."""
@@ -154,33 +172,36 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _plan(self, now_s: float) -> StepOutcome:
+    def _plan(self, now_s: float, min_remaining: int, context_total: int) -> tuple[list[Sequence], Event | None]:
+        """Start the next iteration(s): (sequences whose prefill begins, the event at its end or None when
+        idle). `min_remaining` / `context_total`: min remaining tokens and total context of `self.running`."""
         was_busy = self.phase is not Phase.IDLE
         self.version += 1
-        batch = self._admit()
+        batch = self._admit() if self.waiting else _NO_BATCH
         if batch:
             self.phase = Phase.PREFILL
             self._prefill_batch = batch
+            num_prompt_tokens = 0
             for seq in batch:
                 seq.started_at = now_s
-            duration = self.profile.prefill_time_s(sum(s.num_prompt_tokens for s in batch))
+                num_prompt_tokens += seq.num_prompt_tokens
+            duration = self.profile.prefill_time_s(num_prompt_tokens)
         elif self.running:
             self.phase = Phase.DECODE
-            self._segment_steps = min(s.num_remaining_tokens for s in self.running)
-            self._segment_context = sum(s.context_tokens for s in self.running)
-            duration = self.profile.decode_steps_time_s(len(self.running), self._segment_context,
-                                                        self._segment_steps)
+            self._segment_steps = min_remaining
+            self._segment_context = context_total
+            duration = self.profile.decode_steps_time_s(len(self.running), context_total, min_remaining)
         else:
             if was_busy:
                 self.busy_s += now_s - self._busy_since
             self.phase = Phase.IDLE
-            return StepOutcome()
+            return _NO_BATCH, None
         if not was_busy:
             self._busy_since = now_s
         self._segment_started_at = now_s
         self._phase_ends_at = now_s + duration
         event = Event(self._phase_ends_at, Priority.ENGINE_STEP, "engine_step", StepDone(self.replica_id, self.version))
-        return StepOutcome(started=batch, next_event=event)
+        return batch, event
 
     def _admit(self) -> list[Sequence]:
         batch: list[Sequence] = []
