@@ -231,6 +231,17 @@ class Replica:
     """Last time it had outstanding work (or became warm), for idle-based scale-down."""
     load: ReplicaLoad = ReplicaLoad()
     transitions: tuple[Transition, ...] = ()
+    _memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def memo(self) -> dict:
+        """A dict for memoizing what policies derive from this replica (it is immutable; `evolve` gives the
+        changed copy a fresh memo). A value that also depends on something else must be stored with that
+        something, to be checked on use (e.g. the snapshot's `estimates` mapping, by identity)."""
+        memo = self._memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
     @property
     def is_live(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import heapq
 import math
 
 from switchboard.frozen import fast_init
@@ -37,8 +38,9 @@ class Sequence:
     request_index: int
     num_prompt_tokens: int
     num_output_tokens: int
-    num_remaining_tokens: int = 0
-    context_tokens: int = 0
+    finish_step: int = 0
+    """While running: the engine's decode-iteration count (`ReplicaEngine.num_decode_steps`) at which its last
+    token is out."""
     started_at: float = math.nan
     first_token_at: float = math.nan
     finished_at: float = math.nan
@@ -85,7 +87,16 @@ class ReplicaEngine:
         self.replica_id = replica_id
         self.profile = profile
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.running: list[Sequence] = []
+        # The running sequences as a heap of (finish_step, join order, sequence): the next to finish first, and
+        # among those finishing together, the order they joined (a plain list's order). Their lengths are not
+        # stored per sequence but follow from the iteration count, so a decode segment costs O(1), not O(batch).
+        self.running: list[tuple[int, int, Sequence]] = []
+        self.num_decode_steps = 0
+        """Decode iterations this engine has run (the clock of `Sequence.finish_step`)."""
+        self._num_joined = 0
+        self._context_base = 0
+        """Sum over running sequences of (context tokens when it joined − `num_decode_steps` then): the batch's
+        total context is this + len(running) · num_decode_steps."""
         self.phase = Phase.IDLE
         self.version = 0
         self.kv_reserved_tokens = 0
@@ -113,7 +124,7 @@ class ReplicaEngine:
         the next iteration boundary so the newcomer is prefilled there."""
         self.waiting.append(seq)
         if self.phase is Phase.IDLE:
-            started, event = self._plan(now_s, 0, 0)
+            started, event = self._plan(now_s)
             return StepOutcome(started, (), (), event)
         if self.phase is Phase.DECODE:
             return StepOutcome(next_event=self._cut_segment(now_s))
@@ -125,42 +136,33 @@ class ReplicaEngine:
             return _NOTHING
         first_tokens: list[Sequence] = []
         finished: list[Sequence] = []
-        still_running: list[Sequence] = []
-        # The next decode segment's length and context, gathered on the way (sequences left running).
-        min_remaining = context_total = 0
-        if self.phase is Phase.PREFILL:
-            for seq in self.running:  # decoding stalled during the prefill: unchanged, none finishes
-                still_running.append(seq)
-                if not min_remaining or seq.num_remaining_tokens < min_remaining:
-                    min_remaining = seq.num_remaining_tokens
-                context_total += seq.context_tokens
+        running = self.running
+        if self.phase is Phase.PREFILL:  # decoding stalled meanwhile: the running sequences are unchanged
             for seq in self._prefill_batch:
                 seq.first_token_at = now_s
-                seq.num_remaining_tokens = seq.num_output_tokens - 1
-                seq.context_tokens = seq.num_prompt_tokens + 1
                 first_tokens.append(seq)
+                if seq.num_output_tokens <= 1:  # the prefill's token was its only one
+                    self._finish(seq, now_s, finished)
+                    continue
+                seq.finish_step = self.num_decode_steps + seq.num_output_tokens - 1
+                heapq.heappush(running, (seq.finish_step, self._num_joined, seq))
+                self._num_joined += 1
+                self._context_base += seq.num_prompt_tokens + 1 - self.num_decode_steps
             self._prefill_batch = []
-            joined = first_tokens
         else:
-            k = self._segment_steps
-            for seq in self.running:
-                seq.num_remaining_tokens -= k
-                seq.context_tokens += k
-            joined = self.running
-            self.running = still_running = []
-        for seq in joined:
-            if seq.num_remaining_tokens <= 0:
-                seq.finished_at = now_s
-                self.kv_reserved_tokens -= seq.num_prompt_tokens + seq.num_output_tokens
-                finished.append(seq)
-            else:
-                still_running.append(seq)
-                if not min_remaining or seq.num_remaining_tokens < min_remaining:
-                    min_remaining = seq.num_remaining_tokens
-                context_total += seq.context_tokens
-        self.running = still_running
-        started, event = self._plan(now_s, min_remaining, context_total)
+            self.num_decode_steps += self._segment_steps
+            # A segment ends at the first finish (or earlier, when cut): whoever finishes, finishes now.
+            while running and running[0][0] <= self.num_decode_steps:
+                seq = heapq.heappop(running)[2]
+                self._context_base -= seq.num_prompt_tokens + 1 - (seq.finish_step - seq.num_output_tokens + 1)
+                self._finish(seq, now_s, finished)
+        started, event = self._plan(now_s)
         return StepOutcome(started, first_tokens, finished, event)
+
+    def _finish(self, seq: Sequence, now_s: float, finished: list[Sequence]) -> None:
+        seq.finished_at = now_s
+        self.kv_reserved_tokens -= seq.num_prompt_tokens + seq.num_output_tokens
+        finished.append(seq)
 
     def withdraw(self, seq: Sequence) -> bool:
         """Take a not-yet-started sequence back out of the queue (migration); False if it already started."""
@@ -172,9 +174,9 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _plan(self, now_s: float, min_remaining: int, context_total: int) -> tuple[list[Sequence], Event | None]:
+    def _plan(self, now_s: float) -> tuple[list[Sequence], Event | None]:
         """Start the next iteration(s): (sequences whose prefill begins, the event at its end or None when
-        idle). `min_remaining` / `context_total`: min remaining tokens and total context of `self.running`."""
+        idle)."""
         was_busy = self.phase is not Phase.IDLE
         self.version += 1
         batch = self._admit() if self.waiting else _NO_BATCH
@@ -188,9 +190,9 @@ class ReplicaEngine:
             duration = self.profile.prefill_time_s(num_prompt_tokens)
         elif self.running:
             self.phase = Phase.DECODE
-            self._segment_steps = min_remaining
-            self._segment_context = context_total
-            duration = self.profile.decode_steps_time_s(len(self.running), context_total, min_remaining)
+            self._segment_steps = self.running[0][0] - self.num_decode_steps  # until the next finish
+            self._segment_context = self._context_base + len(self.running) * self.num_decode_steps
+            duration = self.profile.decode_steps_time_s(len(self.running), self._segment_context, self._segment_steps)
         else:
             if was_busy:
                 self.busy_s += now_s - self._busy_since

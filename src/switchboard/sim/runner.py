@@ -321,6 +321,13 @@ class Simulation:
 
     def _apply(self, actions, now_s: float) -> list[Event]:
         """Apply the plane's actions to the fleet (`apply_action`) and carry them out on the engines."""
+        if len(actions) == 1 and type(actions[0]) is AssignRequest:  # most arrivals: the loops below, unrolled
+            action = actions[0]
+            self.snapshot = apply_action(self.snapshot, action)
+            out = self._submit_if_warm(action.replica_id, action.request, now_s)
+            if self.snapshot.unplaced and self.plane.control_interval_s:
+                out.append(Event(now_s, Priority.CONTROL, "control", False))
+            return out
         out: list[Event] = []
         for action in actions:
             replica_id = getattr(action, "replica_id", None)
