@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from switchboard.frozen import evolve
+from switchboard.frozen import evolver_of
 from switchboard.types import ExpertId, Seconds
 
 
@@ -49,7 +49,7 @@ class ExpertActivity:
             # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
             gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
             num_gaps += 1
-        return evolve(
+        return _evolve_activity(
             self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
             num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps,
         )
@@ -59,6 +59,9 @@ class ExpertActivity:
         if self.num_in_flight <= 0:
             raise ValueError(f"expert {self.expert_id}: finish without a matching arrival")
         num_in_flight = self.num_in_flight - 1
-        return evolve(
+        return _evolve_activity(
             self, num_in_flight=num_in_flight, idle_since_at=at_s if num_in_flight == 0 else self.idle_since_at
         )
+
+
+_evolve_activity = evolver_of(ExpertActivity)  # compiled once, like the dataclass machinery

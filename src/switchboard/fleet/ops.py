@@ -30,7 +30,7 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
     """The same fleet seen at a later time; raises ValueError if time would go backwards."""
     if now_s < snapshot.now_s:
         raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
-    return snapshot.evolve(now_s=now_s)
+    return snapshot.at(now_s)
 
 
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:

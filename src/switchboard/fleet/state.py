@@ -293,10 +293,19 @@ class Replica:
 
     def with_load(self, load: ReplicaLoad, now_s: Seconds) -> "Replica":
         busy = load.num_outstanding_requests > 0 or self.load.num_outstanding_requests > 0
-        return evolve(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
+        return _evolve_replica(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
 
 
 # --------------------------------------------------------------------------------------------- the snapshot
+
+
+def _swapped(group: tuple[Replica, ...], replica: Replica) -> tuple[Replica, ...]:
+    """`group` with the replica of the same id replaced by `replica` (unchanged if it has none)."""
+    replica_id = replica.replica_id
+    for index, r in enumerate(group):
+        if r.replica_id == replica_id:
+            return group[:index] + (replica,) + group[index + 1:]
+    return group
 
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
@@ -367,6 +376,10 @@ class FleetSnapshot:
                 changes[name] = types.MappingProxyType(changes[name])
         return self._evolved(changes)
 
+    def at(self, now_s: Seconds) -> "FleetSnapshot":
+        """`evolve(now_s=now_s)`, the most frequent update (every event that touches the fleet moves the clock)."""
+        return _evolve_snapshot_keeping_indexes(self, now_s=now_s)
+
     def _evolved(self, changes: dict) -> "FleetSnapshot":
         if "workers" in changes or "replicas" in changes:
             return _evolve_snapshot(self, **changes)
@@ -399,10 +412,12 @@ class FleetSnapshot:
                 sets = patched.get(replica.expert_id)
                 if sets is None or replica.state not in LIVE_STATES:
                     continue
-                replica_id = replica.replica_id
-                patched[replica.expert_id] = tuple(
-                    tuple([replica if r.replica_id == replica_id else r for r in group]) if group else group
-                    for group in sets
+                live, accepting, warm = sets
+                # Same state as before: it sits in exactly the groups its state puts it in.
+                patched[replica.expert_id] = (
+                    _swapped(live, replica),
+                    _swapped(accepting, replica) if replica.state in ACCEPTING_STATES else accepting,
+                    _swapped(warm, replica) if replica.state is ReplicaState.WARM else warm,
                 )
             object.__setattr__(new, "_live_by_expert", patched)
         return new
@@ -527,5 +542,6 @@ class FleetSnapshot:
 
 
 # Compiled once, like the dataclass machinery above (a few lines of generated code, no I/O).
+_evolve_replica = evolver_of(Replica)
 _evolve_snapshot = evolver_of(FleetSnapshot)
 _evolve_snapshot_keeping_indexes = evolver_of(FleetSnapshot, keep_caches=True)

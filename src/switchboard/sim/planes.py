@@ -145,9 +145,12 @@ class ServerlessPlane:
         self._ids = [ExpertId(e) for e in self.expert_ids]
         self._position = {e: j for j, e in enumerate(self.expert_ids)}
         self._prices = self.price.tolist()
+        self._preferred = np.asarray(quality_only).tolist()
         self._top: list[list[int]] | None = None
+        self._quality_rows: list[list[float]] | None = None
         if predicted_quality is not None and self.is_fleet_aware and len(predicted_quality):
             self._top = self._rank(predicted_quality).tolist()
+            self._quality_rows = predicted_quality.tolist()
 
     def initial_actions(self, snapshot: FleetSnapshot) -> list[Action]:
         return []
@@ -163,12 +166,14 @@ class ServerlessPlane:
 
     def _candidates(self, query: RouteQuery) -> list[ExpertCandidate]:
         """The router's `num_candidates` best experts by predicted quality − λ·price, best first."""
-        top = self._top[query.request_index] if self._top is not None else self._rank(query.predicted_quality).tolist()
-        quality = query.predicted_quality.tolist()
+        if self._top is not None:
+            top, quality = self._top[query.request_index], self._quality_rows[query.request_index]
+        else:
+            top, quality = self._rank(query.predicted_quality).tolist(), query.predicted_quality.tolist()
         return [ExpertCandidate(self._ids[j], quality[j], self._prices[j]) for j in top]
 
     def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> Routed:
-        preferred = int(self.quality_only[query.request_index])
+        preferred = self._preferred[query.request_index]
         self._events.append(RoutePredicted(RoutePrediction(snapshot.now_s, {self._ids[preferred]: 1.0})))
         if not self.is_fleet_aware:
             return Routed(preferred, "quality-only")
