@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import Field
 
-from switchboard.fleet.state import FleetSnapshot
+from switchboard.fleet.state import FleetSnapshot, Replica
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
-from switchboard.types import ExpertId, Seconds
+from switchboard.types import ExpertId, ReplicaState, Seconds
 from switchboard.frozen import fast_init
 
 
@@ -109,12 +109,28 @@ def _latency_and_warmth(snapshot: FleetSnapshot, expert_id: ExpertId, settings: 
         return 0.0, True
     replicas = snapshot.accepting_replicas_of(expert_id)
     if replicas:
-        queueing_s = predict.queueing_s
-        latency_s = min([queueing_s(snapshot, r) for r in replicas]) if len(replicas) > 1 \
-            else queueing_s(snapshot, replicas[0])
-        return latency_s, bool(snapshot.warm_replicas_of(expert_id))
+        return _least_queueing_s(snapshot, expert_id, replicas), bool(snapshot.warm_replicas_of(expert_id))
     wake = predict.wake_option(snapshot, expert_id)
     return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s), False
+
+
+def _least_queueing_s(snapshot: FleetSnapshot, expert_id: ExpertId, replicas: tuple[Replica, ...]) -> Seconds:
+    """min of `predict.queueing_s` over the expert's accepting replicas. When none is starting it does not depend
+    on the time, so it is memoized per placement for exactly these replica values (the index hands out the same
+    tuple until one of them changes) and these estimates."""
+    memo = snapshot.layout_memo()
+    key = (_LEAST_QUEUEING_KEY, expert_id)
+    entry = memo.get(key)
+    if entry is not None and entry[0] is replicas and entry[1] is snapshot.estimates:
+        return entry[2]
+    queueing_s = predict.queueing_s
+    least_s = min([queueing_s(snapshot, r) for r in replicas]) if len(replicas) > 1 else queueing_s(snapshot, replicas[0])
+    if not any(r.state is ReplicaState.STARTING for r in replicas):
+        memo[key] = (replicas, snapshot.estimates, least_s)
+    return least_s
+
+
+_LEAST_QUEUEING_KEY = "routing.least_queueing_s"
 
 
 def _by_score(scored: ScoredExpert) -> float:
