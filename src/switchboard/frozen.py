@@ -28,11 +28,13 @@ def _compile_evolver(cls: type, keep_caches: bool):
         raise TypeError(f"{cls.__name__}: field names ending in '_' would clash with the evolver's own names")
     params = ", ".join(f"{n}=_KEEP_" for n in names)
     lines = [f"def evolve(_obj_, *, {params}):" if names else "def evolve(_obj_):", "    new_ = _new_(cls_)"]
-    lines += [f"    _set_(new_, {n!r}, _obj_.{n} if {n} is _KEEP_ else {n})" for n in names]
-    lines += [f"    _set_(new_, {n!r}, _obj_.{n})" if keep_caches else f"    _set_(new_, {n!r}, None)" for n in caches]
+    # Each slot is stored through its own descriptor (what object.__setattr__ would look up by name every time).
+    lines += [f"    _set_{n}_(new_, _obj_.{n} if {n} is _KEEP_ else {n})" for n in names]
+    lines += [f"    _set_{n}_(new_, _obj_.{n})" if keep_caches else f"    _set_{n}_(new_, None)" for n in caches]
     lines.append("    return new_")
     # Helper names end in "_", which no field name does.
-    namespace = {"_new_": object.__new__, "_set_": object.__setattr__, "cls_": cls, "_KEEP_": _KEEP}
+    namespace = {"_new_": object.__new__, "cls_": cls, "_KEEP_": _KEEP}
+    namespace.update({f"_set_{n}_": cls.__dict__[n].__set__ for n in names + caches})
     exec("\n".join(lines), namespace)  # noqa: S102 - source built from the class's own slot names
     evolver = namespace["evolve"]
     evolver.__qualname__ = f"evolve[{cls.__name__}]"
