@@ -130,8 +130,8 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
 
 
 def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: Sequence[RequestId]) -> FleetSnapshot:
-    """`start_request` for each of `request_ids` (one prefill batch), as one update; raises KeyError, leaving
-    the snapshot unchanged, if one of them is not queued on `replica_id`."""
+    """`start_request` for each of `request_ids` (one prefill batch), as one update; raises KeyError if one
+    of them is not queued on `replica_id`."""
     replica = _get(snapshot, replica_id)
     load = replica.load
     num_running, num_running_tokens, queue = load.num_running, load.num_running_tokens, load.queue

@@ -17,22 +17,9 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from switchboard.fleet.activity import ExpertActivity
-from switchboard.fleet.lifecycle import (
-    ACCEPTING_STATES,
-    LIVE_STATES,
-    Transition,
-    check_transition,
-)
+from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
 from switchboard.frozen import evolve, evolver_of, fast_init
-from switchboard.types import (
-    ExpertId,
-    HardwareKind,
-    ReplicaId,
-    ReplicaState,
-    RequestId,
-    Seconds,
-    WorkerId,
-)
+from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
 
 if TYPE_CHECKING:
     from switchboard.config.schema import ExpertConfig, WorkerConfig
