@@ -193,7 +193,7 @@ def test_carried_indexes_equal_fresh_ones(steps):
 
 
 def test_evolve_replaces_fields_and_rejects_unknown_ones():
-    from switchboard.fleet.evolve import evolve
+    from switchboard.frozen import evolve
 
     r = _request(1)
     assert evolve(r, num_prompt_tokens=7) == QueuedRequest(RequestId("q1"), E, 0.0, 7, 50)

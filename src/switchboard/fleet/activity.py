@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from switchboard.fleet.evolve import evolve
+from switchboard.frozen import evolver_of
 from switchboard.types import ExpertId, Seconds
 
 DEMAND_HALF_LIFE_S = 60.0
@@ -95,7 +95,7 @@ class ExpertActivity:
             first_at = self.first_arrival_at
         else:
             decay, first_at = 0.0, at_s
-        return evolve(
+        return _evolve_activity(
             self, num_in_flight=self.num_in_flight + 1, num_arrivals=self.num_arrivals + 1, last_arrival_at=at_s,
             num_idle_gaps=num_gaps, recent_idle_gaps_s=gaps, first_arrival_at=first_at,
             decayed_arrivals=self.decayed_arrivals * decay + 1.0,
@@ -108,6 +108,9 @@ class ExpertActivity:
         if self.num_in_flight <= 0:
             raise ValueError(f"expert {self.expert_id}: finish without a matching arrival")
         num_in_flight = self.num_in_flight - 1
-        return evolve(
+        return _evolve_activity(
             self, num_in_flight=num_in_flight, idle_since_at=at_s if num_in_flight == 0 else self.idle_since_at
         )
+
+
+_evolve_activity = evolver_of(ExpertActivity)  # compiled once, like the dataclass machinery

@@ -7,7 +7,7 @@ accounted per worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from switchboard.fleet.state import (
     ExpertActivity,
@@ -30,7 +30,7 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
     """The same fleet seen at a later time; raises ValueError if time would go backwards."""
     if now_s < snapshot.now_s:
         raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
-    return snapshot.evolve(now_s=now_s)
+    return snapshot.at(now_s)
 
 
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
@@ -86,13 +86,13 @@ def transition(
     if to_state is ReplicaState.STOPPED and moved.load.queue:
         unplaced = unplaced + moved.load.queue
         moved = evolve(moved, load=evolve(moved.load, queue=()))
-    return _replace_replicas(snapshot, moved).evolve(transition_counts=counts, unplaced=unplaced)
+    return _replace_replicas(snapshot, moved).evolve_taking(transition_counts=counts, unplaced=unplaced)
 
 
 def prune_stopped(snapshot: FleetSnapshot) -> FleetSnapshot:
     """Forget stopped replicas (their transitions stay counted in `transition_counts`)."""
     kept = {rid: r for rid, r in snapshot.replicas.items() if r.state is not ReplicaState.STOPPED}
-    return snapshot.evolve(replicas=kept)
+    return snapshot.evolve_taking(replicas=kept)
 
 
 def set_load(snapshot: FleetSnapshot, replica_id: ReplicaId, load: ReplicaLoad) -> FleetSnapshot:
@@ -126,16 +126,26 @@ def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[Flee
 
 def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: RequestId) -> FleetSnapshot:
     """The engine began `request_id` on `replica_id`: it leaves the queue and joins the running set."""
+    return start_requests(snapshot, replica_id, (request_id,))
+
+
+def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: Sequence[RequestId]) -> FleetSnapshot:
+    """`start_request` for each of `request_ids` (one prefill batch), as one update; raises KeyError if one
+    of them is not queued on `replica_id`."""
     replica = _get(snapshot, replica_id)
-    for index, request in enumerate(replica.load.queue):
-        if request.request_id == request_id:
-            load = ReplicaLoad(
-                num_running=replica.load.num_running + 1,
-                num_running_tokens=replica.load.num_running_tokens + request.num_tokens,
-                queue=replica.load.queue[:index] + replica.load.queue[index + 1:],
-            )
-            return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
-    raise KeyError(f"request {request_id} is not queued on {replica_id}")
+    load = replica.load
+    num_running, num_running_tokens, queue = load.num_running, load.num_running_tokens, load.queue
+    for request_id in request_ids:
+        for index, request in enumerate(queue):
+            if request.request_id == request_id:
+                num_running += 1
+                num_running_tokens += request.num_tokens
+                queue = queue[:index] + queue[index + 1:]
+                break
+        else:
+            raise KeyError(f"request {request_id} is not queued on {replica_id}")
+    load = ReplicaLoad(num_running=num_running, num_running_tokens=num_running_tokens, queue=queue)
+    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
 
 
 def record_arrival(
@@ -145,14 +155,14 @@ def record_arrival(
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s, num_prompt_tokens,
                                                                       num_output_tokens)
-    return snapshot.evolve(activity=activity)
+    return snapshot.evolve_taking(activity=activity)
 
 
 def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
     activity = dict(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
-    return snapshot.evolve(activity=activity)
+    return snapshot.evolve_taking(activity=activity)
 
 
 def empty_fleet(
@@ -175,11 +185,26 @@ def empty_fleet(
 def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: int) -> FleetSnapshot:
     """A running request of `num_tokens` (as counted by `start_request`) left the replica."""
     replica = _get(snapshot, replica_id)
-    if replica.load.num_running <= 0:
-        raise ValueError(f"replica {replica_id} has no running request to finish")
-    load = evolve(
-        replica.load,
-        num_running=replica.load.num_running - 1,
-        num_running_tokens=max(0, replica.load.num_running_tokens - num_tokens),
-    )
-    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    return _replace_replicas(snapshot, replica.with_load(_finished_load(replica, (num_tokens,)), snapshot.now_s))
+
+
+def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Sequence[int]) -> FleetSnapshot:
+    """Running requests of the replica's expert, of `num_tokens` each, finished: `finish_request` then
+    `record_finish` for each, in order, as one update."""
+    replica = _get(snapshot, replica_id)
+    activity = snapshot.activity_of(replica.expert_id)
+    for _ in num_tokens:
+        activity = activity.on_finish(snapshot.now_s)
+    activities = dict(snapshot.activity)
+    activities[replica.expert_id] = activity
+    updated = replica.with_load(_finished_load(replica, num_tokens), snapshot.now_s)
+    return _replace_replicas(snapshot, updated).evolve_taking(activity=activities)
+
+
+def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
+    num_running, num_running_tokens = replica.load.num_running, replica.load.num_running_tokens
+    for n in num_tokens:
+        if num_running <= 0:
+            raise ValueError(f"replica {replica.replica_id} has no running request to finish")
+        num_running, num_running_tokens = num_running - 1, max(0, num_running_tokens - n)
+    return evolve(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)

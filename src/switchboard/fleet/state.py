@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from switchboard.fleet.activity import ExpertActivity
-from switchboard.fleet.evolve import evolve
 from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
+from switchboard.frozen import evolve, evolver_of, fast_init
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Worker:
                    config.location)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineCapacity:
     """What one replica can hold at once, as its engine reports it."""
@@ -126,6 +127,7 @@ class ExpertSpec:
 # --------------------------------------------------------------------------------------------- requests & load
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueuedRequest:
     """A request that has not started yet (no prefill began); only these may be migrated or reordered."""
@@ -150,6 +152,7 @@ class QueuedRequest:
         return self.arrived_at + self.ttft_slo_s
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReplicaLoad:
     """Outstanding work on one replica: running sequences plus the queue of not-yet-started requests."""
@@ -215,6 +218,17 @@ class Replica:
     """Last time it had outstanding work (or became warm), for idle-based scale-down."""
     load: ReplicaLoad = ReplicaLoad()
     transitions: tuple[Transition, ...] = ()
+    _memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def memo(self) -> dict:
+        """A dict for memoizing what policies derive from this replica (it is immutable; `evolve` gives the
+        changed copy a fresh memo). A value that also depends on something else must be stored with that
+        something, to be checked on use (e.g. the snapshot's `estimates` mapping, by identity)."""
+        memo = self._memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
     @property
     def is_live(self) -> bool:
@@ -266,10 +280,19 @@ class Replica:
 
     def with_load(self, load: ReplicaLoad, now_s: Seconds) -> "Replica":
         busy = load.num_outstanding_requests > 0 or self.load.num_outstanding_requests > 0
-        return evolve(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
+        return _evolve_replica(self, load=load, last_busy_at=now_s if busy else self.last_busy_at)
 
 
 # --------------------------------------------------------------------------------------------- the snapshot
+
+
+def _swapped(group: tuple[Replica, ...], replica: Replica) -> tuple[Replica, ...]:
+    """`group` with the replica of the same id replaced by `replica` (unchanged if it has none)."""
+    replica_id = replica.replica_id
+    for index, r in enumerate(group):
+        if r.replica_id == replica_id:
+            return group[:index] + (replica,) + group[index + 1:]
+    return group
 
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
@@ -314,6 +337,9 @@ class FleetSnapshot:
     _live_by_expert: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # Memo dicts shared by related snapshots (see `catalog_memo` / `layout_memo`).
+    _catalog_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _layout_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _MAPPING_FIELDS:
@@ -322,32 +348,50 @@ class FleetSnapshot:
     def evolve(self, **changes) -> "FleetSnapshot":
         """This snapshot with some fields replaced (mappings are wrapped read-only, as in the constructor).
 
-        Indexes carry over when the fields they derive from are unchanged.
+        Indexes and memos carry over when the fields they derive from are unchanged.
         """
         for name in changes:
             if name in _MAPPING_FIELDS:
                 changes[name] = _frozen_mapping(changes[name])
-        new = evolve(self, **changes)
-        if "workers" not in changes and "replicas" not in changes:
-            set_ = object.__setattr__
-            set_(new, "_live_by_expert", self._live_by_expert)
-            set_(new, "_memory_used", self._memory_used)
-            set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        return self._evolved(changes)
+
+    def evolve_taking(self, **changes) -> "FleetSnapshot":
+        """`evolve` for the update functions of `fleet.ops`: a mapping argument must be a fresh `dict` that the
+        snapshot takes over (wrapped read-only without a copy); the caller must not keep or change it."""
+        for name in changes:
+            if name in _MAPPING_FIELDS:
+                changes[name] = types.MappingProxyType(changes[name])
+        return self._evolved(changes)
+
+    def at(self, now_s: Seconds) -> "FleetSnapshot":
+        """`evolve(now_s=now_s)`, the most frequent update (every event that touches the fleet moves the clock)."""
+        return _evolve_snapshot_keeping_indexes(self, now_s=now_s)
+
+    def _evolved(self, changes: dict) -> "FleetSnapshot":
+        if "workers" in changes or "replicas" in changes:
+            return _evolve_snapshot(self, **changes)
+        new = _evolve_snapshot_keeping_indexes(self, **changes)
+        if "experts" in changes or "estimates" in changes:
+            object.__setattr__(new, "_catalog_memo", None)
+            object.__setattr__(new, "_layout_memo", None)
         return new
 
-    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: Mapping) -> "FleetSnapshot":
-        """`evolve(replicas=replicas)` where `replicas` differs from ours only by `updated` (new or replaced).
+    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: dict) -> "FleetSnapshot":
+        """`evolve_taking(replicas=replicas)` where `replicas` (a fresh dict, taken over) differs from ours only
+        by `updated` (new or replaced).
 
-        When every updated replica existed before in the same state, the indexes are patched instead of rebuilt:
-        the common case of a load change, which the simulator makes several times per request.
+        When every updated replica existed before in the same state, on the same worker with the same memory,
+        the indexes are patched instead of rebuilt and the memos carried over: the common case of a load
+        change, which the simulator makes several times per request.
         """
-        new = self.evolve(replicas=replicas)
         old = self.replicas
-        if any(r.replica_id not in old or old[r.replica_id].state is not r.state for r in updated):
-            return new
-        set_ = object.__setattr__
-        set_(new, "_memory_used", self._memory_used)
-        set_(new, "_max_free_by_hardware", self._max_free_by_hardware)
+        for replica in updated:
+            before = old.get(replica.replica_id)
+            if (before is None or before.state is not replica.state or before.worker_id != replica.worker_id
+                    or before.memory_gb != replica.memory_gb):
+                return self.evolve_taking(replicas=replicas)
+        # Memory use depends only on which replicas are live where, which such an update keeps.
+        new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
         index = self._live_by_expert
         if index is not None:
             patched = dict(index)
@@ -355,11 +399,37 @@ class FleetSnapshot:
                 sets = patched.get(replica.expert_id)
                 if sets is None or replica.state not in LIVE_STATES:
                     continue
-                patched[replica.expert_id] = tuple(
-                    tuple(replica if r.replica_id == replica.replica_id else r for r in group) for group in sets
+                live, accepting, warm = sets
+                # Same state as before: it sits in exactly the groups its state puts it in.
+                patched[replica.expert_id] = (
+                    _swapped(live, replica),
+                    _swapped(accepting, replica) if replica.state in ACCEPTING_STATES else accepting,
+                    _swapped(warm, replica) if replica.state is ReplicaState.WARM else warm,
                 )
-            set_(new, "_live_by_expert", patched)
+            object.__setattr__(new, "_live_by_expert", patched)
         return new
+
+    def catalog_memo(self) -> dict:
+        """A dict for memoizing values that are pure functions of `workers`, `experts` and `estimates` alone
+        (e.g. per-expert hardware options). Every snapshot evolved from this one without changing those three
+        shares it, so a value computed once serves them all. Key entries by what they mean, with a
+        module-specific prefix; never store anything that depends on replicas, load or time."""
+        memo = self._catalog_memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_catalog_memo", memo)
+        return memo
+
+    def layout_memo(self) -> dict:
+        """Like `catalog_memo`, for values that may also depend on the replicas' placement — which replica is
+        on which worker, in which life-cycle state, holding how much memory (e.g. where a new replica would
+        fit) — but not on their load or on the time. Shared by the snapshots evolved from this one by load,
+        queue, activity and clock changes."""
+        memo = self._layout_memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_layout_memo", memo)
+        return memo
 
     def _index_replicas(self) -> dict[ExpertId, tuple[tuple[Replica, ...], ...]]:
         # Per expert: (live, accepting, warm) replicas, each in id order.
@@ -456,3 +526,9 @@ class FleetSnapshot:
     @property
     def num_cold_starts(self) -> int:
         return self.transition_counts.get((ReplicaState.COLD, ReplicaState.STARTING), 0)
+
+
+# Compiled once, like the dataclass machinery above (a few lines of generated code, no I/O).
+_evolve_replica = evolver_of(Replica)
+_evolve_snapshot = evolver_of(FleetSnapshot)
+_evolve_snapshot_keeping_indexes = evolver_of(FleetSnapshot, keep_caches=True)

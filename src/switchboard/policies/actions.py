@@ -26,6 +26,7 @@ from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.policies.base import Reason
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
+from switchboard.frozen import fast_init
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class StopReplica:
     reason: Reason
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class AssignRequest:
     request: QueuedRequest

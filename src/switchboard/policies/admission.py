@@ -27,6 +27,7 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ReplicaId, Seconds
+from switchboard.frozen import fast_init
 
 
 class AdmissionKind(str, enum.Enum):
@@ -57,6 +58,7 @@ class Verdict(str, enum.Enum):
         return self in (Verdict.ADMIT, Verdict.QUEUE_FOR_START)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionInputs:
     """What admission looks at for one request (built by `gather`)."""
@@ -79,6 +81,7 @@ class AdmissionInputs:
         return bool(self.best_replica_id)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionDecision:
     verdict: Verdict
@@ -95,26 +98,37 @@ class AdmissionDecision:
 
 
 def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memory: bool = False) -> AdmissionInputs:
-    spec = snapshot.experts[request.expert_id]
-    options = sorted(
-        (predict.ttft_s(snapshot, r, request.num_prompt_tokens), r.replica_id)
-        for r in snapshot.accepting_replicas_of(request.expert_id)
-    )
-    wake = predict.wake_option(snapshot, request.expert_id, reclaim_idle_memory=reclaim_idle_memory)
-    estimates = (snapshot.estimate(request.expert_id, hw) for hw in snapshot.max_free_gb_by_hardware())
-    fastest_prefill = max((e.prefill_tokens_per_s for e in estimates if e is not None), default=1.0)
-    best_ttft_s, best_id = options[0] if options else (0.0, ReplicaId(""))
+    expert_id = request.expert_id
+    spec = snapshot.experts[expert_id]
+    options = [(predict.ttft_s(snapshot, r, request.num_prompt_tokens), r.replica_id)
+               for r in snapshot.accepting_replicas_of(expert_id)]
+    wake = predict.wake_option(snapshot, expert_id, reclaim_idle_memory=reclaim_idle_memory)
+    best_ttft_s, best_id = min(options) if options else (0.0, ReplicaId(""))
     return AdmissionInputs(
         request=request,
         budget_s=request.deadline_at - snapshot.now_s,
         is_external=spec.is_external,
-        has_warm_replica=bool(snapshot.warm_replicas_of(request.expert_id)),
+        has_warm_replica=bool(snapshot.warm_replicas_of(expert_id)),
         best_replica_id=best_id,
         best_ttft_s=best_ttft_s,
         best_is_warm=bool(options) and snapshot.replicas[best_id].is_warm,
         wake=wake,
-        new_replica_ttft_s=wake.cold_start_s + request.num_prompt_tokens / fastest_prefill,
+        new_replica_ttft_s=wake.cold_start_s + request.num_prompt_tokens / _fastest_prefill(snapshot, expert_id),
     )
+
+
+def _fastest_prefill(snapshot: FleetSnapshot, expert_id) -> float:
+    """Prefill tokens/s of the expert on the fastest hardware kind in the fleet (1.0 if it has no estimate)."""
+    memo = snapshot.catalog_memo()  # a function of the workers' kinds and the estimates only
+    fastest = memo.get((_FASTEST_PREFILL_KEY, expert_id))
+    if fastest is None:
+        estimates = (snapshot.estimate(expert_id, hw) for hw in snapshot.max_free_gb_by_hardware())
+        fastest = max((e.prefill_tokens_per_s for e in estimates if e is not None), default=1.0)
+        memo[(_FASTEST_PREFILL_KEY, expert_id)] = fastest
+    return fastest
+
+
+_FASTEST_PREFILL_KEY = "admission.fastest_prefill"
 
 
 def _retry_after(seconds: float) -> int:

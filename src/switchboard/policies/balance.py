@@ -24,6 +24,7 @@ from pydantic import Field
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Replica
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ReplicaId, Seconds
+from switchboard.frozen import fast_init
 
 
 class BalanceKind(str, enum.Enum):
@@ -48,6 +49,7 @@ class BalanceReasonCode(str, enum.Enum):
     NO_REPLICA = "no-accepting-replica"
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Routed:
     replica_id: ReplicaId

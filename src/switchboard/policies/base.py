@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+from switchboard.frozen import fast_init
 
 
 class PolicySettings(BaseModel):
@@ -20,6 +21,7 @@ class PolicySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reason:
     """Why a decision was made: a stable code (for headers, metrics, tests) and a sentence for humans."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+import types
 from collections.abc import Mapping, Sequence
 
 from pydantic import Field
@@ -72,6 +73,7 @@ from switchboard.policies.routing import (
     make_routing,
 )
 from switchboard.types import ExpertId, ReplicaId, ReplicaState
+from switchboard.frozen import fast_init
 
 
 class ControlSettings(PolicySettings):
@@ -111,6 +113,7 @@ class WakeExpert:
     reason: Reason
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePredicted:
     prediction: RoutePrediction
@@ -183,14 +186,22 @@ def _never_served(replica: Replica) -> bool:
     return replica.last_busy_at <= warm_at
 
 
-def _new_replica_capacity(snapshot: FleetSnapshot) -> dict[ExpertId, EngineCapacity]:
-    """Per expert, the smallest capacity among its hardware options (scale for the worst case)."""
-    capacity: dict[ExpertId, EngineCapacity] = {}
-    for (expert_id, _), estimate in sorted(snapshot.estimates.items()):
-        c = estimate.capacity
-        if expert_id not in capacity or c.kv_capacity_tokens < capacity[expert_id].kv_capacity_tokens:
-            capacity[expert_id] = c
+def _new_replica_capacity(snapshot: FleetSnapshot) -> Mapping[ExpertId, EngineCapacity]:
+    """Per expert, the smallest capacity among its hardware options (scale for the worst case). Read-only:
+    computed once per catalogue (`FleetSnapshot.catalog_memo`)."""
+    memo = snapshot.catalog_memo()
+    capacity = memo.get(_NEW_REPLICA_CAPACITY_KEY)
+    if capacity is None:
+        smallest: dict[ExpertId, EngineCapacity] = {}
+        for (expert_id, _), estimate in sorted(snapshot.estimates.items()):
+            c = estimate.capacity
+            if expert_id not in smallest or c.kv_capacity_tokens < smallest[expert_id].kv_capacity_tokens:
+                smallest[expert_id] = c
+        capacity = memo[_NEW_REPLICA_CAPACITY_KEY] = types.MappingProxyType(smallest)
     return capacity
+
+
+_NEW_REPLICA_CAPACITY_KEY = "control.new_replica_capacity"
 
 
 class ControlPlane:

@@ -32,10 +32,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import Field
 
-from switchboard.fleet.state import FleetSnapshot
+from switchboard.fleet.state import FleetSnapshot, Replica
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
-from switchboard.types import ExpertId, Seconds
+from switchboard.types import ExpertId, ReplicaState, Seconds
+from switchboard.frozen import fast_init
 
 
 class RoutingKind(str, enum.Enum):
@@ -62,6 +63,7 @@ class RouteReasonCode(str, enum.Enum):
     NO_CANDIDATES = "no-candidates"
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExpertCandidate:
     """The router's view of one expert for one request."""
@@ -71,6 +73,7 @@ class ExpertCandidate:
     usd_per_mtok: float
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ScoredExpert:
     candidate: ExpertCandidate
@@ -79,6 +82,7 @@ class ScoredExpert:
     score: float
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RouteDecision:
     expert_id: ExpertId
@@ -93,16 +97,44 @@ class RouteDecision:
 
 
 def expected_extra_latency_s(snapshot: FleetSnapshot, expert_id: ExpertId, settings: RoutingSettings) -> Seconds:
+    return _latency_and_warmth(snapshot, expert_id, settings)[0]
+
+
+def _latency_and_warmth(snapshot: FleetSnapshot, expert_id: ExpertId, settings: RoutingSettings) -> tuple[Seconds, bool]:
+    """(`expected_extra_latency_s`, `snapshot.is_warm`) of an expert, from one look at the fleet."""
     spec = snapshot.experts.get(expert_id)
     if spec is None:
-        return settings.unplaceable_penalty_s
+        return settings.unplaceable_penalty_s, snapshot.is_warm(expert_id)
     if spec.is_external:
-        return 0.0
+        return 0.0, True
     replicas = snapshot.accepting_replicas_of(expert_id)
     if replicas:
-        return min(predict.queueing_s(snapshot, r) for r in replicas)
+        return _least_queueing_s(snapshot, expert_id, replicas), bool(snapshot.warm_replicas_of(expert_id))
     wake = predict.wake_option(snapshot, expert_id)
-    return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s)
+    return wake.cold_start_s + (0.0 if wake.is_placeable else settings.unplaceable_penalty_s), False
+
+
+def _least_queueing_s(snapshot: FleetSnapshot, expert_id: ExpertId, replicas: tuple[Replica, ...]) -> Seconds:
+    """min of `predict.queueing_s` over the expert's accepting replicas. When none is starting it does not depend
+    on the time, so it is memoized per placement for exactly these replica values (the index hands out the same
+    tuple until one of them changes) and these estimates."""
+    memo = snapshot.layout_memo()
+    key = (_LEAST_QUEUEING_KEY, expert_id)
+    entry = memo.get(key)
+    if entry is not None and entry[0] is replicas and entry[1] is snapshot.estimates:
+        return entry[2]
+    queueing_s = predict.queueing_s
+    least_s = min([queueing_s(snapshot, r) for r in replicas]) if len(replicas) > 1 else queueing_s(snapshot, replicas[0])
+    if not any(r.state is ReplicaState.STARTING for r in replicas):
+        memo[key] = (replicas, snapshot.estimates, least_s)
+    return least_s
+
+
+_LEAST_QUEUEING_KEY = "routing.least_queueing_s"
+
+
+def _by_score(scored: ScoredExpert) -> float:
+    return -scored.score
 
 
 class RoutingPolicy(abc.ABC):
@@ -127,13 +159,15 @@ class RoutingPolicy(abc.ABC):
         mu = self.settings.latency_weight_per_s
         lam = self.settings.usd_weight if usd_weight is None else usd_weight
         scored = []
+        preferred, preferred_base = None, 0.0
         for c in candidates:
-            latency_s = expected_extra_latency_s(snapshot, c.expert_id, self.settings)
-            scored.append(ScoredExpert(c, snapshot.is_warm(c.expert_id), latency_s,
-                                       c.predicted_quality - lam * c.usd_per_mtok - mu * latency_s))
-        ranked = [scored[i] for i in sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))]
-        preferred = scored[max(range(len(scored)), key=lambda i: (
-            candidates[i].predicted_quality - lam * candidates[i].usd_per_mtok, -i))]
+            latency_s, is_warm = _latency_and_warmth(snapshot, c.expert_id, self.settings)
+            base = c.predicted_quality - lam * c.usd_per_mtok
+            entry = ScoredExpert(c, is_warm, latency_s, base - mu * latency_s)
+            scored.append(entry)
+            if preferred is None or base > preferred_base:  # the first best: ties keep the router's order
+                preferred, preferred_base = entry, base
+        ranked = sorted(scored, key=_by_score)  # stable: ties keep the router's order
         chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 
@@ -192,6 +226,7 @@ class PrewarmSettings(PolicySettings):
     min_expected_requests: float = Field(1.0, gt=0, description="Pre-warm when this many requests are expected.")
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePrediction:
     """The router's belief about one request: probability per expert of being the right one (sums to ≤ 1)."""

@@ -17,10 +17,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import heapq
 import math
 
+from switchboard.frozen import fast_init
 from switchboard.perf.roofline import EngineProfile
 from switchboard.sim.events import Event, Priority
+
+_NO_BATCH: list = []  # never appended to: `_admit` builds a fresh list for every batch
 
 MAX_BATCHED_PREFILL_TOKENS = 2048
 """Prompt tokens one prefill iteration may batch from several requests (vLLM's `max_num_batched_tokens`
@@ -34,8 +38,9 @@ class Sequence:
     request_index: int
     num_prompt_tokens: int
     num_output_tokens: int
-    num_remaining_tokens: int = 0
-    context_tokens: int = 0
+    finish_step: int = 0
+    """While running: the engine's decode-iteration count (`ReplicaEngine.num_decode_steps`) at which its last
+    token is out."""
     started_at: float = math.nan
     first_token_at: float = math.nan
     finished_at: float = math.nan
@@ -51,17 +56,22 @@ class Phase(enum.Enum):
     DECODE = "decode"
 
 
-@dataclasses.dataclass(slots=True)
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
 class StepOutcome:
     """What one engine event caused: sequences whose prefill began, that got their first token, that finished,
     and the engine's next event (None when it went idle or the event was stale)."""
 
-    started: list[Sequence] = dataclasses.field(default_factory=list)
-    first_tokens: list[Sequence] = dataclasses.field(default_factory=list)
-    finished: list[Sequence] = dataclasses.field(default_factory=list)
+    started: list[Sequence] | tuple[()] = ()
+    first_tokens: list[Sequence] | tuple[()] = ()
+    finished: list[Sequence] | tuple[()] = ()
     next_event: Event | None = None
 
 
+_NOTHING = StepOutcome()
+
+
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepDone:
     """Payload of an engine event: which replica, and which plan it belongs to."""
@@ -77,7 +87,16 @@ class ReplicaEngine:
         self.replica_id = replica_id
         self.profile = profile
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.running: list[Sequence] = []
+        # The running sequences as a heap of (finish_step, join order, sequence): the next to finish first, and
+        # among those finishing together, the order they joined (a plain list's order). Their lengths are not
+        # stored per sequence but follow from the iteration count, so a decode segment costs O(1), not O(batch).
+        self.running: list[tuple[int, int, Sequence]] = []
+        self.num_decode_steps = 0
+        """Decode iterations this engine has run (the clock of `Sequence.finish_step`)."""
+        self._num_joined = 0
+        self._context_base = 0
+        """Sum over running sequences of (context tokens when it joined − `num_decode_steps` then): the batch's
+        total context is this + len(running) · num_decode_steps."""
         self.phase = Phase.IDLE
         self.version = 0
         self.kv_reserved_tokens = 0
@@ -105,42 +124,45 @@ class ReplicaEngine:
         the next iteration boundary so the newcomer is prefilled there."""
         self.waiting.append(seq)
         if self.phase is Phase.IDLE:
-            return self._plan(now_s)
+            started, event = self._plan(now_s)
+            return StepOutcome(started, (), (), event)
         if self.phase is Phase.DECODE:
             return StepOutcome(next_event=self._cut_segment(now_s))
-        return StepOutcome()
+        return _NOTHING
 
     def on_step(self, done: StepDone, now_s: float) -> StepOutcome:
         """The planned iteration(s) ended at `now_s`: apply them and plan the next."""
         if done.version != self.version or self.phase is Phase.IDLE:
-            return StepOutcome()
-        outcome = StepOutcome()
-        if self.phase is Phase.PREFILL:
+            return _NOTHING
+        first_tokens: list[Sequence] = []
+        finished: list[Sequence] = []
+        running = self.running
+        if self.phase is Phase.PREFILL:  # decoding stalled meanwhile: the running sequences are unchanged
             for seq in self._prefill_batch:
                 seq.first_token_at = now_s
-                seq.num_remaining_tokens = seq.num_output_tokens - 1
-                seq.context_tokens = seq.num_prompt_tokens + 1
-                outcome.first_tokens.append(seq)
-                self.running.append(seq)
+                first_tokens.append(seq)
+                if seq.num_output_tokens <= 1:  # the prefill's token was its only one
+                    self._finish(seq, now_s, finished)
+                    continue
+                seq.finish_step = self.num_decode_steps + seq.num_output_tokens - 1
+                heapq.heappush(running, (seq.finish_step, self._num_joined, seq))
+                self._num_joined += 1
+                self._context_base += seq.num_prompt_tokens + 1 - self.num_decode_steps
             self._prefill_batch = []
         else:
-            k = self._segment_steps
-            for seq in self.running:
-                seq.num_remaining_tokens -= k
-                seq.context_tokens += k
-        still_running = []
-        for seq in self.running:
-            if seq.num_remaining_tokens <= 0:
-                seq.finished_at = now_s
-                self.kv_reserved_tokens -= seq.num_reserved_tokens
-                outcome.finished.append(seq)
-            else:
-                still_running.append(seq)
-        self.running = still_running
-        planned = self._plan(now_s)
-        outcome.started = planned.started
-        outcome.next_event = planned.next_event
-        return outcome
+            self.num_decode_steps += self._segment_steps
+            # A segment ends at the first finish (or earlier, when cut): whoever finishes, finishes now.
+            while running and running[0][0] <= self.num_decode_steps:
+                seq = heapq.heappop(running)[2]
+                self._context_base -= seq.num_prompt_tokens + 1 - (seq.finish_step - seq.num_output_tokens + 1)
+                self._finish(seq, now_s, finished)
+        started, event = self._plan(now_s)
+        return StepOutcome(started, first_tokens, finished, event)
+
+    def _finish(self, seq: Sequence, now_s: float, finished: list[Sequence]) -> None:
+        seq.finished_at = now_s
+        self.kv_reserved_tokens -= seq.num_prompt_tokens + seq.num_output_tokens
+        finished.append(seq)
 
     def withdraw(self, seq: Sequence) -> bool:
         """Take a not-yet-started sequence back out of the queue (migration); False if it already started."""
@@ -152,33 +174,36 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def _plan(self, now_s: float) -> StepOutcome:
+    def _plan(self, now_s: float) -> tuple[list[Sequence], Event | None]:
+        """Start the next iteration(s): (sequences whose prefill begins, the event at its end or None when
+        idle)."""
         was_busy = self.phase is not Phase.IDLE
         self.version += 1
-        batch = self._admit()
+        batch = self._admit() if self.waiting else _NO_BATCH
         if batch:
             self.phase = Phase.PREFILL
             self._prefill_batch = batch
+            num_prompt_tokens = 0
             for seq in batch:
                 seq.started_at = now_s
-            duration = self.profile.prefill_time_s(sum(s.num_prompt_tokens for s in batch))
+                num_prompt_tokens += seq.num_prompt_tokens
+            duration = self.profile.prefill_time_s(num_prompt_tokens)
         elif self.running:
             self.phase = Phase.DECODE
-            self._segment_steps = min(s.num_remaining_tokens for s in self.running)
-            self._segment_context = sum(s.context_tokens for s in self.running)
-            duration = self.profile.decode_steps_time_s(len(self.running), self._segment_context,
-                                                        self._segment_steps)
+            self._segment_steps = self.running[0][0] - self.num_decode_steps  # until the next finish
+            self._segment_context = self._context_base + len(self.running) * self.num_decode_steps
+            duration = self.profile.decode_steps_time_s(len(self.running), self._segment_context, self._segment_steps)
         else:
             if was_busy:
                 self.busy_s += now_s - self._busy_since
             self.phase = Phase.IDLE
-            return StepOutcome()
+            return _NO_BATCH, None
         if not was_busy:
             self._busy_since = now_s
         self._segment_started_at = now_s
         self._phase_ends_at = now_s + duration
         event = Event(self._phase_ends_at, Priority.ENGINE_STEP, "engine_step", StepDone(self.replica_id, self.version))
-        return StepOutcome(started=batch, next_event=event)
+        return batch, event
 
     def _admit(self) -> list[Sequence]:
         batch: list[Sequence] = []

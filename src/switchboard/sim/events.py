@@ -13,6 +13,8 @@ import enum
 import heapq
 from typing import Any
 
+from switchboard.frozen import fast_init
+
 
 class Priority(enum.IntEnum):
     """Same-time ordering: lower values are processed first."""
@@ -24,6 +26,7 @@ class Priority(enum.IntEnum):
     END = 9
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """Something that happens at `time_s`. `kind` is the handler's name; `payload` its argument."""

@@ -17,8 +17,10 @@ import numpy as np
 
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.policies.actions import Action
+from switchboard.frozen import fast_init
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class RouteQuery:
     """An `auto` request as the router sees it: predicted quality of every expert (columns in the cluster's
@@ -30,6 +32,7 @@ class RouteQuery:
     num_output_tokens: int
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Routed:
     expert_index: int

@@ -126,7 +126,9 @@ class ServerlessPlane:
 
     def __init__(self, name: str, settings: ControlSettings, expert_ids: Sequence[str], usd_per_mtok: np.ndarray,
                  quality_only: np.ndarray, *, control_interval_s: float = 5.0, num_candidates: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, predicted_quality: np.ndarray | None = None) -> None:
+        """`predicted_quality` (optional): every request's row of predictions (rows = request index, as in
+        `RouteQuery`), to rank the candidates of all requests in one vectorised pass instead of one by one."""
         self.name = name
         self.settings = settings
         self.plane = ControlPlane(settings)
@@ -143,6 +145,12 @@ class ServerlessPlane:
         self._ids = [ExpertId(e) for e in self.expert_ids]
         self._position = {e: j for j, e in enumerate(self.expert_ids)}
         self._prices = self.price.tolist()
+        self._preferred = np.asarray(quality_only).tolist()
+        self._top: list[list[int]] | None = None
+        self._quality_rows: list[list[float]] | None = None
+        if predicted_quality is not None and self.is_fleet_aware and len(predicted_quality):
+            self._top = self._rank(predicted_quality).tolist()
+            self._quality_rows = predicted_quality.tolist()
 
     def initial_actions(self, snapshot: FleetSnapshot) -> list[Action]:
         return []
@@ -150,15 +158,22 @@ class ServerlessPlane:
     def is_preprovisioned(self, replica_id: str) -> bool:
         return False
 
+    def _rank(self, predicted_quality: np.ndarray) -> np.ndarray:
+        """Per row, expert positions by predicted quality − λ·price, best first (stable: ties keep the cluster's
+        expert order), cut to `num_candidates`."""
+        base = predicted_quality - self.settings.routing.usd_weight * self.price
+        return np.argsort(-base, axis=-1, kind="stable")[..., : self.num_candidates]
+
     def _candidates(self, query: RouteQuery) -> list[ExpertCandidate]:
         """The router's `num_candidates` best experts by predicted quality − λ·price, best first."""
-        base = query.predicted_quality - self.settings.routing.usd_weight * self.price
-        top = np.argsort(-base, kind="stable")[: self.num_candidates].tolist()
-        quality = query.predicted_quality.tolist()
+        if self._top is not None:
+            top, quality = self._top[query.request_index], self._quality_rows[query.request_index]
+        else:
+            top, quality = self._rank(query.predicted_quality).tolist(), query.predicted_quality.tolist()
         return [ExpertCandidate(self._ids[j], quality[j], self._prices[j]) for j in top]
 
     def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> Routed:
-        preferred = int(self.quality_only[query.request_index])
+        preferred = self._preferred[query.request_index]
         self._events.append(RoutePredicted(RoutePrediction(snapshot.now_s, {self._ids[preferred]: 1.0})))
         if not self.is_fleet_aware:
             return Routed(preferred, "quality-only")

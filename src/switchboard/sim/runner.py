@@ -255,26 +255,25 @@ class Simulation:
 
     def _absorb(self, replica_id: ReplicaId, outcome: StepOutcome) -> list[Event]:
         """Mirror an engine outcome into the fleet snapshot and the per-request results."""
-        for seq in outcome.started:
-            self.snapshot = ops.start_request(self.snapshot, replica_id, RequestId(str(seq.request_index)))
-            self.started_at[seq.request_index] = seq.started_at
-            self.served_by[seq.request_index] = replica_id
+        if outcome.started:
+            self.snapshot = ops.start_requests(
+                self.snapshot, replica_id, [RequestId(str(seq.request_index)) for seq in outcome.started])
+            for seq in outcome.started:
+                self.started_at[seq.request_index] = seq.started_at
+                self.served_by[seq.request_index] = replica_id
         for seq in outcome.first_tokens:
             self.first_token_at[seq.request_index] = seq.first_token_at
-        out: list[Event] = []
-        for seq in outcome.finished:
-            i = seq.request_index
-            self.finished_at[i] = seq.finished_at
-            self.snapshot = ops.finish_request(self.snapshot, replica_id, seq.num_reserved_tokens)
-            self.snapshot = ops.record_finish(self.snapshot, ExpertId(self._expert_ids[self.expert_index[i]]))
-            self._num_outstanding -= 1
-            del self.sequences[i]
-        if outcome.next_event is not None:
-            out.append(outcome.next_event)
-        replica = self.snapshot.replicas[replica_id]
-        if replica.state is ReplicaState.DRAINING and self.engines[replica_id].num_outstanding == 0:
+        if outcome.finished:
+            # Requests end on a replica of the expert they were routed to: one update for the load and activity.
+            self.snapshot = ops.end_requests(
+                self.snapshot, replica_id, [seq.num_reserved_tokens for seq in outcome.finished])
+            for seq in outcome.finished:
+                self.finished_at[seq.request_index] = seq.finished_at
+                del self.sequences[seq.request_index]
+            self._num_outstanding -= len(outcome.finished)
+        if self.snapshot.replicas[replica_id].state is ReplicaState.DRAINING and not self.engines[replica_id].num_outstanding:
             self._stop(replica_id)
-        return out
+        return [outcome.next_event] if outcome.next_event is not None else []
 
     def _end_rejected(self, i: int, expert_id: ExpertId) -> None:
         self.rejected[i] = True
@@ -322,6 +321,13 @@ class Simulation:
 
     def _apply(self, actions, now_s: float) -> list[Event]:
         """Apply the plane's actions to the fleet (`apply_action`) and carry them out on the engines."""
+        if len(actions) == 1 and type(actions[0]) is AssignRequest:  # most arrivals: the loops below, unrolled
+            action = actions[0]
+            self.snapshot = apply_action(self.snapshot, action)
+            out = self._submit_if_warm(action.replica_id, action.request, now_s)
+            if self.snapshot.unplaced and self.plane.control_interval_s:
+                out.append(Event(now_s, Priority.CONTROL, "control", False))
+            return out
         out: list[Event] = []
         for action in actions:
             replica_id = getattr(action, "replica_id", None)

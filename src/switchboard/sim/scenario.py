@@ -144,7 +144,8 @@ def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: 
     price = np.array([e.usd_per_mtok for e in cluster.experts])
     choices = quality_only_choices(cluster.expert_ids, routing.predicted, price, knobs.cost_weight)
     return ServerlessPlane(name, control_settings(name, knobs), cluster.expert_ids, price, choices,
-                           control_interval_s=knobs.control_interval_s, seed=knobs.seed)
+                           control_interval_s=knobs.control_interval_s, seed=knobs.seed,
+                           predicted_quality=routing.predicted)
 
 
 def run_policy(
