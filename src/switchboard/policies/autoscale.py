@@ -6,7 +6,8 @@ Composed like Ray Serve's `autoscaling_policy`, as small steps:
 2. `smooth`       — move only a fraction of the way (upscaling_factor / downscaling_factor);
 3. `bound`        — clamp to [min_replicas, max_replicas] and to the keep-alive floor;
 4. `delay`        — act on an upscale/downscale only after it has been wanted for upscale_delay_s /
-                    downscale_delay_s (hysteresis), except 0 → 1 with waiting requests, which is immediate.
+                    downscale_delay_s (hysteresis), except 0 → 1 with waiting requests, which is immediate,
+                    and a scale-down that `is_replacement` (newer, better replicas have taken over: demand-at-slo).
 
 Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences —
 or, for `demand-at-slo`, requests/s *of their measured size* against what one replica serves within the SLO.
