@@ -17,7 +17,7 @@ from switchboard.policies.autoscale import (
     AutoscaleState,
     make_autoscale,
 )
-from switchboard.types import ExpertId
+from switchboard.types import ExpertId, ReplicaState
 
 A = ExpertId("a")
 
@@ -137,6 +137,36 @@ def test_demand_at_slo_counts_a_shortfall_in_the_best_kind_and_retires_the_least
     s = _busy(_with_demand(fleet_at_0, 0.5 * fast_rate), "slow")
     d, _ = policy.decide(s, AutoscaleState(), {A: fast.capacity}, {})
     assert d[A].num_desired == 1 and d[A].retire_first[0] == "slow"  # though the slow one is the busier
+
+
+def test_demand_at_slo_retires_a_slow_replica_at_once_when_a_newer_better_kind_has_taken_over():
+    slow = estimate("a", "cpu", memory_gb=8, prefill=1000.0, step1=0.1, step_full=0.15, seqs=4, kv=20_000)
+    fast = estimate("a", "l4", memory_gb=16, prefill=8000.0, step1=0.03, step_full=0.06, seqs=16, kv=50_000)
+    s = fleet(workers=(("c0", "cpu", 32.0, 0.1), ("w0", "l4", 24.0, 0.8), ("w1", "l4", 24.0, 0.8)),
+              estimates=[slow, fast])
+    rate = 0.5 * predict.replica_requests_per_s_at_slo(fast, s.experts[A], 1000, 200, 99.0)
+    loaded = _with_demand(s, rate)
+    policy = make_autoscale(AutoscaleSettings(kind="demand-at-slo", downscale_delay_s=120))
+
+    def decide(first, second, second_state=ReplicaState.WARM):
+        """`first` = (id, worker) started, then `second` 10 s later; the slow replica is the busy one."""
+        f = with_replica(loaded, first[0], worker=first[1])
+        f = with_replica(at(f, loaded.now_s + 10), second[0], worker=second[1], state=second_state)
+        return policy.decide(_busy(f, "slow"), AutoscaleState(), {A: fast.capacity}, {})[0][A]
+
+    # Replaced: a newer fast replica is warm and carries the demand → the slow one goes now, not after 120 s.
+    swapped = decide(("slow", "c0"), ("fast", "w0"))
+    assert (swapped.num_current, swapped.num_desired, swapped.retire_first[0]) == (2, 1, "slow")
+    assert swapped.reason.code is AutoscaleReasonCode.SCALE_DOWN
+    # The replacement still starting: the slow replica serves until it is warm (the delay applies).
+    starting = decide(("slow", "c0"), ("fast", "w0"), ReplicaState.STARTING)
+    assert starting.num_desired == 2 and starting.reason.code is AutoscaleReasonCode.WAITING_FOR_DELAY
+    # The slow replica is the newer one (added for a burst that has ended): hysteresis as before.
+    burst = decide(("fast", "w0"), ("slow", "c0"))
+    assert burst.num_desired == 2 and burst.reason.code is AutoscaleReasonCode.WAITING_FOR_DELAY
+    # Two of the same kind: hysteresis as before.
+    same = decide(("slow", "w1"), ("fast", "w0"))
+    assert same.num_desired == 2 and same.reason.code is AutoscaleReasonCode.WAITING_FOR_DELAY
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,7 +6,8 @@ Composed like Ray Serve's `autoscaling_policy`, as small steps:
 2. `smooth`       — move only a fraction of the way (upscaling_factor / downscaling_factor);
 3. `bound`        — clamp to [min_replicas, max_replicas] and to the keep-alive floor;
 4. `delay`        — act on an upscale/downscale only after it has been wanted for upscale_delay_s /
-                    downscale_delay_s (hysteresis), except 0 → 1 with waiting requests, which is immediate.
+                    downscale_delay_s (hysteresis), except 0 → 1 with waiting requests, which is immediate,
+                    and a scale-down that `is_replacement` (newer, better replicas have taken over: demand-at-slo).
 
 Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences —
 or, for `demand-at-slo`, requests/s *of their measured size* against what one replica serves within the SLO.
@@ -208,6 +209,12 @@ class AutoscalePolicy(abc.ABC):
         """Which replicas a scale-down retires first; () leaves it to the control step (least loaded first)."""
         return ()
 
+    def is_replacement(self, snapshot: FleetSnapshot, expert_id: ExpertId, retiring: tuple[ReplicaId, ...]) -> bool:
+        """Whether retiring `retiring` (first in `retire_order`) swaps them for replicas of a better kind that
+        are already warm, rather than shrinking capacity: then the downscale delay does not apply. False unless
+        the strategy ranks replicas (`retire_order`)."""
+        return False
+
     def decide(
         self,
         snapshot: FleetSnapshot,
@@ -231,10 +238,13 @@ class AutoscalePolicy(abc.ABC):
             floor = max(keepalive_floor.get(expert_id, 0), 1 if needs_wake else 0)
             desired = bound(smooth(current, self.raw_desired(load), self.settings), self.settings, floor,
                             self.settings.min_for(expert_id))
+            retire_all = self.retire_order(snapshot, expert_id) if desired < current else ()
+            is_replacement = self.is_replacement(snapshot, expert_id, retire_all[: current - desired])
             now_n, pending[expert_id], is_delayed = delay(
-                current, desired, pending.get(expert_id), snapshot.now_s, self.settings, is_urgent=needs_wake
+                current, desired, pending.get(expert_id), snapshot.now_s, self.settings,
+                is_urgent=needs_wake or is_replacement,
             )
-            retire = self.retire_order(snapshot, expert_id) if now_n < current else ()
+            retire = retire_all if now_n < current else ()
             decisions[expert_id] = ScaleDecision(expert_id, current, now_n, self._reason(load, desired, now_n,
                                                                                           floor, needs_wake, is_delayed),
                                                  retire)
@@ -337,6 +347,24 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         replicas = snapshot.accepting_replicas_of(expert_id)
         return tuple(r.replica_id for r in sorted(
             replicas, key=lambda r: (efficiency(r), r.load.num_outstanding_tokens, r.replica_id)))
+
+    def is_replacement(self, snapshot: FleetSnapshot, expert_id: ExpertId, retiring: tuple[ReplicaId, ...]) -> bool:
+        """*Retire on replacement*: the replicas kept are all warm, all started after the retiring ones, and none
+        is of a kind being retired — newer replicas of a faster-per-USD kind have taken over (e.g. a slow replica
+        placed while the expert's load was unknown, once the better kind started for that load is warm).
+
+        Why no delay: the downscale delay is hysteresis against demand that dips and returns; here capacity was
+        swapped, and if demand rises again the shortfall is added in the best kind, not the retired one. A
+        scale-down that retires the *newer* replicas (a burst ending) or one of the kind kept still waits.
+        """
+        if not retiring:
+            return False
+        retired = [snapshot.replicas[r] for r in retiring]
+        kept = [r for r in snapshot.accepting_replicas_of(expert_id) if r.replica_id not in set(retiring)]
+        kinds = {r.hardware for r in retired}
+        last_retired_at = max(r.created_at for r in retired)
+        return bool(kept) and all(r.is_warm and r.hardware not in kinds and r.created_at > last_retired_at
+                                  for r in kept)
 
     def raw_desired(self, load: ExpertLoad) -> float:
         return max(load.num_outstanding_tokens / load.replica_capacity.kv_capacity_tokens, load.num_replicas_for_demand)
