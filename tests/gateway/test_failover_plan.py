@@ -21,7 +21,7 @@ from switchboard.gateway.failover import (
     classify,
     plan_next,
 )
-from switchboard.runtime.fleet import AdmissionRejected, CircuitOpen
+from switchboard.runtime.lease import AdmissionRejected, CircuitOpen
 
 SETTINGS = FailoverConfig(max_attempts=4, retries_per_expert=1, backoff_base_s=0.1, backoff_max_s=0.3, deadline_s=10)
 

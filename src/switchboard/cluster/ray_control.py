@@ -29,7 +29,8 @@ from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.runtime.circuits import CircuitBoard
-from switchboard.runtime.fleet import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveFleet, LiveReplica, count_outcome
+from switchboard.runtime.fleet import LiveFleet
+from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
 from switchboard.types import ExpertId, RequestId
 
@@ -264,7 +265,7 @@ class RemoteFleet:
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
 
     def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
-        replica = count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
+        count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
         token = self._tokens.pop(lease.request.request_id, None)

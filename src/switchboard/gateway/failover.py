@@ -38,7 +38,7 @@ from switchboard.engines.base import (
     RequestKind,
     StreamEvent,
 )
-from switchboard.runtime.fleet import AdmissionRejected, CircuitOpen
+from switchboard.runtime.lease import AdmissionRejected, CircuitOpen
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import Completion, EngineError, Finish, GenerationRequest, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.base import EngineError, Finish, RequestKind, StreamEvent, TextDelta
 from switchboard.gateway import requests as rq
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
@@ -31,7 +31,7 @@ from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSERes
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
-from switchboard.runtime.fleet import AdmissionRejected
+from switchboard.runtime.lease import AdmissionRejected
 from switchboard.storage.writer import DisabledRequestLog
 from switchboard.types import AUTO_MODEL
 

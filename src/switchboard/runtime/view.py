@@ -10,7 +10,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from switchboard.runtime.fleet import LiveFleet, LiveReplica
+    from switchboard.runtime.fleet import LiveFleet
+    from switchboard.runtime.lease import LiveReplica
 
 
 def describe_external(ext: "LiveReplica") -> dict[str, Any]:
