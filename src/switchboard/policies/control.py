@@ -11,7 +11,8 @@ Order inside a step (each stage sees the fleet as the earlier stages left it —
    assigned, forwarded or rejected: none is left behind or handled twice.
 2. `WakeExpert` events (cold-start hiding woke it in the background).
 3. keep-alive: scale idle experts to zero, start due pre-warms, announce future ones (`PrewarmAt`).
-4. route-aware pre-warming from `RoutePredicted` events.
+4. route-aware pre-warming from `RoutePredicted` events; re-place starts the router's demand shows are on a
+   kind too slow for it (`replace_starts`).
 5. autoscaling with the keep-alive floor; new replicas through placement.
 6. migration of queued requests.
 7. stop draining replicas that have finished their work.
