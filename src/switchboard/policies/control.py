@@ -93,9 +93,9 @@ class ControlSettings(PolicySettings):
         True, description="When no worker has room for a needed replica, stop the longest-idle one of another expert."
     )
     replace_starts: bool = Field(
-        True, description="Re-place a start: when an expert's only replica is still starting on a kind that "
-        "costs more at the load the router now shows than another kind, start it there instead and stop the "
-        "first — unless requests queued on it would wait longer."
+        True, description="Re-place a start: when an expert's only replica is still starting, with nothing queued "
+        "on it, on a kind that cannot carry the load the router now shows, and a faster kind carries it for less, "
+        "start one there and stop the first (cost-aware placement only)."
     )
     prewarm_grace_s: float = Field(
         60.0, ge=0, description="A replica that has served nothing since it became warm is kept at least this long."
@@ -361,9 +361,11 @@ class ControlPlane:
             if len(replicas) != 1 or replicas[0].is_warm:
                 continue
             starting = replicas[0]
+            if starting.load.num_outstanding_requests:
+                continue
             better = self.placement.better_than_starting(
                 plan.snapshot, starting, self.prewarm.routed_requests_per_s(prewarm_state, expert_id))
-            if better is None or starting.load.num_outstanding_requests:
+            if better is None:
                 continue
             reason = Reason(ControlReasonCode.REPLACED_START, f"{starting.replica_id} ({starting.hardware}) is still "
                             f"starting; {better.worker.hardware} costs less at the routed load "

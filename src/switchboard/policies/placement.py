@@ -190,7 +190,6 @@ class PlacementPolicy(abc.ABC):
                   f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms")
         return Placed(status, expert_id, chosen, Reason(status, detail))
 
-
     def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
                              routed_requests_per_s: float) -> Candidate | None:
         """*Re-place a start*: a worker of another kind for `replica`'s expert when `replica`, still starting,
@@ -234,9 +233,9 @@ class CostAwarePlacement(PlacementPolicy):
                   if c.worker.hardware != replica.hardware and c.meets_slo]
         if not current or not others:
             return None
-        best, now = self.choose(others), current[0]
-        is_better = (now.num_replicas_needed > 1.0 and best.num_replicas_needed < now.num_replicas_needed
-                     and best.usd_per_hour_at_load < now.usd_per_hour_at_load - 1e-9)
+        best, kept = self.choose(others), current[0]
+        is_better = (kept.num_replicas_needed > 1.0 and best.num_replicas_needed < kept.num_replicas_needed
+                     and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
         return best if is_better else None
 
 
