@@ -387,3 +387,53 @@ def test_plan_start_reserves_an_id_and_locate_follows_a_request():
     ex.arrive(request(1))
     where = ex.snapshot.locate("q1")
     assert where.whereabouts is Whereabouts.QUEUED and where.replica_id == start.replica_id
+
+
+# ---- re-place a start
+
+def _two_kinds_fleet():
+    """One cheap slow worker (l4) and one pricier fast one (h100) for expert "a"."""
+    return fleet(workers=(("slow", "l4", 24.0, 1.0), ("fast", "h100", 24.0, 2.0)),
+                 estimates=[estimate("a", "l4", memory_gb=16, cold_start_s=60, prefill=600.0),
+                            estimate("a", "h100", memory_gb=16, cold_start_s=60, prefill=20_000.0)])
+
+
+def _woken_then_preferred(cfg: ControlSettings, num_predictions: int) -> tuple[FakeExecutor, list]:
+    """Expert "a" woken with no load known (placed on the cheap kind), then preferred by the router
+    `num_predictions` times over 20 s while its replica is still starting; returns the actions of those steps."""
+    ex = FakeExecutor(_two_kinds_fleet(), ControlPlane(cfg))
+    first = ex.step([WakeExpert(ExpertId("a"), Reason(RouteReasonCode.COLD_START_HIDDEN, "test"))])
+    assert [(a.worker_id, a.replica_id) for a in first.actions if isinstance(a, StartReplica)] == [("slow", "a#1")]
+    actions = []
+    for k in range(num_predictions):
+        t = 20.0 * (k + 1) / num_predictions
+        ex.advance(t)
+        actions += ex.step([RoutePredicted(RoutePrediction(t, {ExpertId("a"): 1.0}))]).actions
+    return ex, actions
+
+
+def test_a_start_placed_for_no_load_moves_to_the_faster_kind_once_the_router_shows_its_load():
+    ex, actions = _woken_then_preferred(_settings(), 40)  # ~0.3 requests/s routed: more than the l4 takes
+    starts = [(a.worker_id, a.replica_id) for a in actions if isinstance(a, StartReplica)]
+    stops = [a for a in actions if isinstance(a, StopReplica)]
+    assert starts == [("fast", "a#2")]
+    assert [s.replica_id for s in stops] == ["a#1"] and stops[0].reason.code.value == "replaced-start"
+    assert [r.worker_id for r in ex.snapshot.accepting_replicas_of(ExpertId("a"))] == ["fast"]
+    _check_invariants(ex)
+
+
+def test_re_placing_starts_can_be_switched_off_and_needs_load_beyond_the_slow_replica():
+    _, off = _woken_then_preferred(_settings(replace_starts=False), 40)
+    _, light = _woken_then_preferred(_settings(), 2)  # a light load the cheap replica carries alone
+    for actions in (off, light):
+        assert not [a for a in actions if isinstance(a, (StartReplica, StopReplica))]
+
+
+def test_a_start_with_a_request_waiting_on_it_is_not_re_placed():
+    ex, _ = _woken_then_preferred(_settings(), 1)
+    arrival = ex.arrive(request(0, at_s=20.0, slo=60.0))  # queues on the starting cheap replica
+    result = ex.step([RoutePredicted(RoutePrediction(20.0, {ExpertId("a"): 1.0})) for _ in range(60)])
+    assert not [a for a in arrival.actions + result.actions if isinstance(a, (StartReplica, StopReplica))]
+    assert [r.replica_id for r in ex.snapshot.accepting_replicas_of(ExpertId("a"))] == ["a#1"]
+    ex.advance(200.0)
+    assert ex.ledger.finished["q0"] == 1

@@ -116,3 +116,24 @@ def test_placement_never_overcommits_memory(kind, memories, needs):
             s = ops.add_replica(s, ReplicaId(f"r{n}"), outcome.candidate.estimate, outcome.candidate.worker.worker_id)
         for w in s.workers.values():
             assert s.memory_used_gb(w.worker_id) <= w.memory_gb + 1e-9
+
+
+def test_a_starting_replica_on_a_kind_too_slow_for_the_routed_load_has_a_better_place():
+    from policy_builders import with_replica
+    from switchboard.types import ReplicaState
+
+    s = with_replica(_hetero(), "a#1", worker="l40", state=ReplicaState.STARTING)
+    starting = s.replicas[ReplicaId("a#1")]
+    cost_aware = make_placement(PlacementSettings(kind="cost-aware"))
+    # No arrivals yet; the router prefers "a" 15 times a second: the L4 replica would be one of many, one H100
+    # replica carries it.
+    better = cost_aware.better_than_starting(s, starting, 15.0)
+    assert better is not None and better.worker.worker_id == "h0" and better.num_replicas_needed == 1.0
+    assert cost_aware.better_than_starting(s, starting, 0.1) is None  # the L4 carries a light load alone
+    assert make_placement(PlacementSettings(kind="first-fit")).better_than_starting(s, starting, 15.0) is None
+    # A start on the H100 that carries the load alone stays, though the L4 would now be cheaper at that load:
+    # a rate estimate that dips does not send it back.
+    s = with_replica(_hetero(), "a#2", worker="h0", state=ReplicaState.STARTING)
+    l4_at_load, = [c for c in candidates(s, A, PlacementSettings(), 0.1) if c.worker.worker_id == "l40"]
+    assert l4_at_load.usd_per_hour_at_load < 1.0 and l4_at_load.meets_slo
+    assert cost_aware.better_than_starting(s, s.replicas[ReplicaId("a#2")], 0.1) is None

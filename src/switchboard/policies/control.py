@@ -11,7 +11,8 @@ Order inside a step (each stage sees the fleet as the earlier stages left it —
    assigned, forwarded or rejected: none is left behind or handled twice.
 2. `WakeExpert` events (cold-start hiding woke it in the background).
 3. keep-alive: scale idle experts to zero, start due pre-warms, announce future ones (`PrewarmAt`).
-4. route-aware pre-warming from `RoutePredicted` events.
+4. route-aware pre-warming from `RoutePredicted` events; re-place starts the router's demand shows are on a
+   kind too slow for it (`replace_starts`).
 5. autoscaling with the keep-alive floor; new replicas through placement.
 6. migration of queued requests.
 7. stop draining replicas that have finished their work.
@@ -61,7 +62,7 @@ from switchboard.policies.keepalive import (
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
-from switchboard.policies.placement import PlacementSettings, PlacementStatus, Unplaceable, make_placement
+from switchboard.policies.placement import Candidate, PlacementSettings, PlacementStatus, Unplaceable, make_placement
 from switchboard.policies.routing import (
     ExpertCandidate,
     PrewarmSettings,
@@ -90,6 +91,11 @@ class ControlSettings(PolicySettings):
     prewarm: PrewarmSettings = Field(default_factory=PrewarmSettings)
     evict_idle_for_memory: bool = Field(
         True, description="When no worker has room for a needed replica, stop the longest-idle one of another expert."
+    )
+    replace_starts: bool = Field(
+        True, description="Re-place a start: when an expert's only replica is still starting, with nothing queued "
+        "on it, on a kind that cannot carry the load the router now shows, and a faster kind carries it for less, "
+        "start one there and stop the first (cost-aware placement only)."
     )
     prewarm_grace_s: float = Field(
         60.0, ge=0, description="A replica that has served nothing since it became warm is kept at least this long."
@@ -156,6 +162,7 @@ class ControlReasonCode(str, enum.Enum):
     DRAINED = "drained"
     START_FAILED = "start-failed"
     EVICTED = "evicted-for-memory"
+    REPLACED_START = "replaced-start"
 
 
 # --------------------------------------------------------------------------------------------- the plan
@@ -295,6 +302,9 @@ class ControlPlane:
         for wanted in self.prewarm.wanted(plan.snapshot, prewarm_state):
             self._start(plan, wanted.expert_id, wanted.reason)
 
+        if self.settings.replace_starts:
+            self._replace_starts(plan, prewarm_state)
+
         floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
         scaling, autoscale_state = self.autoscale.decide(
             plan.snapshot, state.autoscale, _new_replica_capacity(plan.snapshot), floors
@@ -328,11 +338,40 @@ class ControlPlane:
             outcome = self.placement.place(plan.snapshot, expert_id)
         if isinstance(outcome, Unplaceable):
             return outcome
+        return self._start_on(plan, outcome.candidate, expert_id, Reason(why.code, f"{why.detail}; on {outcome.reason.detail}"))
+
+    def _start_on(self, plan: _Plan, candidate: Candidate, expert_id: ExpertId, why: Reason) -> ReplicaId:
         replica_id = plan.new_replica_id(expert_id)
-        worker, estimate = outcome.candidate.worker, outcome.candidate.estimate
-        plan.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware, estimate.cold_start_s,
-                             Reason(why.code, f"{why.detail}; on {outcome.reason.detail}")))
+        worker, estimate = candidate.worker, candidate.estimate
+        plan.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware, estimate.cold_start_s, why))
         return replica_id
+
+    def _replace_starts(self, plan: _Plan, prewarm_state: PrewarmState) -> None:
+        """*Re-place a start* (Llumnix/Mélange re-placement applied to a replica still loading): an expert whose
+        only replica is starting on a kind that now costs more at its load than another kind — typically woken
+        by cold-start hiding before any of its traffic arrived, so placed for no load, while the router's
+        preferences since show a rate a faster kind serves more cheaply — gets the better replica started now
+        and the first one stopped. Only while nothing is queued on the starting replica: a request waiting for it
+        would wait longer (the new start begins from scratch). So nobody waits for the restart — the expert's
+        requests go to stand-ins meanwhile, as they did while it was cold; what re-placing costs is the load
+        time already spent and some requests answered by a stand-in for longer, and what it saves is the slow
+        kind serving (and being overloaded) until a replacement of the better kind is warm."""
+        for expert_id in sorted(plan.snapshot.experts):
+            replicas = plan.snapshot.accepting_replicas_of(expert_id)
+            if len(replicas) != 1 or replicas[0].is_warm:
+                continue
+            starting = replicas[0]
+            if starting.load.num_outstanding_requests:
+                continue
+            better = self.placement.better_than_starting(
+                plan.snapshot, starting, self.prewarm.routed_requests_per_s(prewarm_state, expert_id))
+            if better is None:
+                continue
+            reason = Reason(ControlReasonCode.REPLACED_START, f"{starting.replica_id} ({starting.hardware}) is still "
+                            f"starting; {better.worker.hardware} costs less at the routed load "
+                            f"(${better.usd_per_hour_at_load:.2f}/h, {better.num_replicas_needed:.1f} needed)")
+            self._start_on(plan, better, expert_id, reason)
+            plan.do(StopReplica(starting.replica_id, reason))
 
     def _evict_one_idle(self, plan: _Plan, expert_id: ExpertId) -> bool:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to

@@ -23,10 +23,11 @@ import abc
 import dataclasses
 import enum
 import math
+from collections.abc import Sequence
 
 from pydantic import Field
 
-from switchboard.fleet.state import ExpertSpec, FleetSnapshot, ServingEstimate, Worker
+from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, ServingEstimate, Worker
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
@@ -99,8 +100,14 @@ class Unplaceable:
 PlacementOutcome = Placed | Unplaceable
 
 
-def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: PlacementSettings) -> list[Candidate]:
-    """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load."""
+def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: PlacementSettings,
+               min_requests_per_s: float = 0.0, workers: Sequence[Worker] | None = None) -> list[Candidate]:
+    """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load.
+
+    The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
+    e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away). `workers`
+    (default: all) restricts the search; a listed worker is priced even if it has no room (for comparing with
+    a replica already on it)."""
     spec = snapshot.experts[expert_id]
     replicas = snapshot.accepting_replicas_of(expert_id)
     queued = [q for r in replicas for q in r.load.queue] + list(snapshot.unplaced_of(expert_id))
@@ -111,22 +118,38 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     tokens_ahead = sum(q.num_prompt_tokens for q in queued) // num_after
     seqs = math.ceil(num_requests / num_after)
     demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
-    demand_prompt = demand.mean_prompt_tokens or settings.default_prompt_tokens
-    demand_output = demand.mean_output_tokens or settings.default_output_tokens
+    requests_per_s = max(demand.requests_per_s, min_requests_per_s)
+    if demand.mean_prompt_tokens or not min_requests_per_s:
+        demand_prompt = demand.mean_prompt_tokens or settings.default_prompt_tokens
+        demand_output = demand.mean_output_tokens or settings.default_output_tokens
+    else:  # a rate known from elsewhere, with no request of its own yet: size it like the fleet's recent traffic
+        demand_prompt, demand_output = _fleet_request_size(snapshot, settings)
     found = []
-    for worker in snapshot.workers.values():
+    for worker in snapshot.workers.values() if workers is None else workers:
         estimate = snapshot.estimate(expert_id, worker.hardware)
-        if estimate is None or estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + 1e-9:
+        if estimate is None or (workers is None and estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + 1e-9):
             continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
         tpot_s = estimate.tpot_s(seqs)
         num_needed = max(1.0, math.ceil(num_tokens / estimate.kv_capacity_tokens),
-                         _replicas_for_demand(estimate, spec, demand.requests_per_s, demand_prompt, demand_output,
+                         _replicas_for_demand(estimate, spec, requests_per_s, demand_prompt, demand_output,
                                               settings.slo_percentile))
         found.append(Candidate(worker, estimate, ttft_s, tpot_s,
                                meets_slo=ttft_s <= spec.ttft_slo_s and tpot_s <= spec.tpot_slo_s,
                                usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed))
     return found
+
+
+def _fleet_request_size(snapshot: FleetSnapshot, settings: PlacementSettings) -> tuple[float, float]:
+    """Mean prompt and output tokens of the whole fleet's recent arrivals (rate-weighted over experts), else the
+    defaults."""
+    demands = [a.demand(snapshot.now_s) for a in snapshot.activity.values()]
+    sized = [d for d in demands if d.mean_prompt_tokens and d.requests_per_s > 0]
+    total_per_s = sum(d.requests_per_s for d in sized)
+    if total_per_s <= 0:
+        return float(settings.default_prompt_tokens), float(settings.default_output_tokens)
+    return (sum(d.requests_per_s * d.mean_prompt_tokens for d in sized) / total_per_s,
+            sum(d.requests_per_s * d.mean_output_tokens for d in sized) / total_per_s)
 
 
 def replica_usd_per_hour(worker: Worker, estimate: ServingEstimate) -> float:
@@ -167,6 +190,21 @@ class PlacementPolicy(abc.ABC):
                   f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms")
         return Placed(status, expert_id, chosen, Reason(status, detail))
 
+    def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
+                             routed_requests_per_s: float) -> Candidate | None:
+        """*Re-place a start*: a worker of another kind for `replica`'s expert when `replica`, still starting,
+        could not carry the expert's load alone (demand-at-slo autoscaling would add a replica of the best kind
+        as soon as it is warm) and the other kind carries it with fewer replicas at a lower price — or None.
+        The load is the expert's arrival rate or `routed_requests_per_s` (how often the router prefers it),
+        whichever is higher: while an expert is cold, cold-start hiding sends its requests elsewhere, so its own
+        arrivals understate what it will get; its requests' size is then the fleet's recent mean.
+
+        A re-placement only ever moves to a kind that needs fewer replicas for the same load (a faster one), so
+        a noisy rate estimate near a price crossover cannot flip a start back and forth.
+
+        Only cost-aware placement re-places (first-fit has no notion of a better kind)."""
+        return None
+
 
 PLACEMENT_POLICIES: Registry[PlacementKind, PlacementPolicy] = Registry("placement")
 
@@ -185,6 +223,20 @@ class CostAwarePlacement(PlacementPolicy):
             # min() keeps the first of equals, so configuration order breaks ties deterministically.
             return min(meeting, key=lambda c: (c.usd_per_hour_at_load, c.usd_per_hour))
         return min(fitting, key=lambda c: (c.predicted_ttft_s, c.predicted_tpot_s, c.usd_per_hour))
+
+    def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
+                             routed_requests_per_s: float) -> Candidate | None:
+        expert_id = replica.expert_id
+        current = candidates(snapshot, expert_id, self.settings, routed_requests_per_s,
+                             workers=[snapshot.workers[replica.worker_id]])
+        others = [c for c in candidates(snapshot, expert_id, self.settings, routed_requests_per_s)
+                  if c.worker.hardware != replica.hardware and c.meets_slo]
+        if not current or not others:
+            return None
+        best, kept = self.choose(others), current[0]
+        is_better = (kept.num_replicas_needed > 1.0 and best.num_replicas_needed < kept.num_replicas_needed
+                     and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
+        return best if is_better else None
 
 
 def make_placement(settings: PlacementSettings) -> PlacementPolicy:

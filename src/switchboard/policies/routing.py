@@ -272,10 +272,14 @@ class PrewarmPolicy(abc.ABC):
                 demand[expert_id] = demand.get(expert_id, 0.0) + probability * weight
         return PrewarmState(demand, max(now_s, state.updated_at))
 
+    def routed_requests_per_s(self, state: PrewarmState, expert_id: ExpertId) -> float:
+        """How often the router has recently preferred `expert_id` (decayed sum × decay rate; it understates a
+        rate for the first half-lives after the router starts, never overstates a steady one)."""
+        return state.demand.get(expert_id, 0.0) * math.log(2) / self.settings.half_life_s
+
     def expected_requests(self, state: PrewarmState, expert_id: ExpertId) -> float:
         """Requests expected over the horizon if the recent rate continues (decayed sum ≈ rate / decay rate)."""
-        rate_per_s = state.demand.get(expert_id, 0.0) * math.log(2) / self.settings.half_life_s
-        return rate_per_s * self.settings.horizon_s
+        return self.routed_requests_per_s(state, expert_id) * self.settings.horizon_s
 
 
 PREWARM_POLICIES: Registry[PrewarmKind, PrewarmPolicy] = Registry("prewarm")
