@@ -295,6 +295,16 @@ def _swapped(group: tuple[Replica, ...], replica: Replica) -> tuple[Replica, ...
     return group
 
 
+def _groups(live: list[Replica], accepting: list[Replica], warm: list[Replica]) -> tuple[tuple[Replica, ...], ...]:
+    """An expert's (live, accepting, warm) index entry. Each group is a subset of the one before it in the same
+    (id) order, so a group as long as the one before it is equal to it: it is then the same tuple, which lets a
+    load update swap the replica once for both (when all of an expert's replicas are warm, its usual state)."""
+    live_t = tuple(live)
+    accepting_t = live_t if len(accepting) == len(live) else tuple(accepting)
+    warm_t = accepting_t if len(warm) == len(accepting) else tuple(warm)
+    return live_t, accepting_t, warm_t
+
+
 TransitionKey = tuple[ReplicaState, ReplicaState]
 _NO_REPLICA_SETS: tuple[tuple, tuple, tuple] = ((), (), ())
 _MAPPING_FIELDS = frozenset({"workers", "experts", "estimates", "replicas", "activity", "transition_counts"})
@@ -408,12 +418,18 @@ class FleetSnapshot:
                 if sets is None or replica.state not in LIVE_STATES:
                     continue
                 live, accepting, warm = sets
-                # Same state as before: it sits in exactly the groups its state puts it in.
-                patched[replica.expert_id] = (
-                    _swapped(live, replica),
-                    _swapped(accepting, replica) if replica.state in ACCEPTING_STATES else accepting,
-                    _swapped(warm, replica) if replica.state is ReplicaState.WARM else warm,
-                )
+                # Same state as before: it sits in exactly the groups its state puts it in. A group that is the
+                # same tuple as the one before it (`_groups`) holds it too, and stays shared.
+                new_live = _swapped(live, replica)
+                if replica.state in ACCEPTING_STATES:
+                    new_accepting = new_live if accepting is live else _swapped(accepting, replica)
+                else:
+                    new_accepting = accepting
+                if replica.state is ReplicaState.WARM:
+                    new_warm = new_accepting if warm is accepting else _swapped(warm, replica)
+                else:
+                    new_warm = warm
+                patched[replica.expert_id] = (new_live, new_accepting, new_warm)
             object.__setattr__(new, "_live_by_expert", patched)
         return new
 
@@ -451,7 +467,7 @@ class FleetSnapshot:
                     accepting.append(replica)
                 if replica.state is ReplicaState.WARM:
                     warm.append(replica)
-        index = {e: tuple(map(tuple, lists)) for e, lists in by_expert.items()}
+        index = {e: _groups(*lists) for e, lists in by_expert.items()}
         object.__setattr__(self, "_live_by_expert", index)
         return index
 
