@@ -85,13 +85,16 @@ class ExpertActivity:
 
     def on_arrival(self, at_s: Seconds, num_prompt_tokens: int = 0, num_output_tokens: int = 0) -> "ExpertActivity":
         """A request arrived; its token counts (if known) feed the mean request size of `demand`."""
+        # (Once per request: written out rather than through `is_idle` and `max`.)
         gaps, num_gaps = self.recent_idle_gaps_s, self.num_idle_gaps
-        if self.is_idle and self.num_arrivals > 0:
-            # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
-            gaps = (gaps + (max(0.0, at_s - self.idle_since_at),))[-self.MAX_RECENT_GAPS:]
-            num_gaps += 1
         if self.num_arrivals:
-            decay = math.exp(-max(0.0, at_s - self.last_arrival_at) / _DEMAND_TAU_S)
+            if self.num_in_flight == 0:
+                # The first arrival has no gap before it: "since creation" is not an idle time of the workload.
+                gap_s = at_s - self.idle_since_at
+                gaps = (gaps + (gap_s if gap_s > 0.0 else 0.0,))[-self.MAX_RECENT_GAPS:]
+                num_gaps += 1
+            since_last_s = at_s - self.last_arrival_at
+            decay = math.exp(-(since_last_s if since_last_s > 0.0 else 0.0) / _DEMAND_TAU_S)
             first_at = self.first_arrival_at
         else:
             decay, first_at = 0.0, at_s

@@ -198,7 +198,9 @@ def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Seq
     activities = dict(snapshot.activity)
     activities[replica.expert_id] = activity
     updated = replica.with_load(_finished_load(replica, num_tokens), snapshot.now_s)
-    return _replace_replicas(snapshot, updated).evolve_taking(activity=activities)
+    replicas = dict(snapshot.replicas)
+    replicas[updated.replica_id] = updated
+    return snapshot.with_replicas_updated((updated,), replicas, activities)
 
 
 def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:

@@ -295,6 +295,16 @@ def _swapped(group: tuple[Replica, ...], replica: Replica) -> tuple[Replica, ...
     return group
 
 
+def _groups(live: list[Replica], accepting: list[Replica], warm: list[Replica]) -> tuple[tuple[Replica, ...], ...]:
+    """An expert's (live, accepting, warm) index entry. Each group is a subset of the one before it in the same
+    (id) order, so a group as long as the one before it is equal to it: it is then the same tuple, which lets a
+    load update swap the replica once for both (when all of an expert's replicas are warm, its usual state)."""
+    live_t = tuple(live)
+    accepting_t = live_t if len(accepting) == len(live) else tuple(accepting)
+    warm_t = accepting_t if len(warm) == len(accepting) else tuple(warm)
+    return live_t, accepting_t, warm_t
+
+
 TransitionKey = tuple[ReplicaState, ReplicaState]
 _NO_REPLICA_SETS: tuple[tuple, tuple, tuple] = ((), (), ())
 _MAPPING_FIELDS = frozenset({"workers", "experts", "estimates", "replicas", "activity", "transition_counts"})
@@ -376,9 +386,11 @@ class FleetSnapshot:
             object.__setattr__(new, "_layout_memo", None)
         return new
 
-    def with_replicas_updated(self, updated: tuple[Replica, ...], replicas: dict) -> "FleetSnapshot":
+    def with_replicas_updated(
+        self, updated: tuple[Replica, ...], replicas: dict, activity: dict | None = None
+    ) -> "FleetSnapshot":
         """`evolve_taking(replicas=replicas)` where `replicas` (a fresh dict, taken over) differs from ours only
-        by `updated` (new or replaced).
+        by `updated` (new or replaced); with `activity` (a fresh dict, taken over) as well, in the same update.
 
         When every updated replica existed before in the same state, on the same worker with the same memory,
         the indexes are patched instead of rebuilt and the memos carried over: the common case of a load
@@ -389,9 +401,15 @@ class FleetSnapshot:
             before = old.get(replica.replica_id)
             if (before is None or before.state is not replica.state or before.worker_id != replica.worker_id
                     or before.memory_gb != replica.memory_gb):
+                if activity is not None:
+                    return self.evolve_taking(replicas=replicas, activity=activity)
                 return self.evolve_taking(replicas=replicas)
         # Memory use depends only on which replicas are live where, which such an update keeps.
-        new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
+        if activity is None:
+            new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
+        else:
+            new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas),
+                                                   activity=types.MappingProxyType(activity))
         index = self._live_by_expert
         if index is not None:
             patched = dict(index)
@@ -400,12 +418,18 @@ class FleetSnapshot:
                 if sets is None or replica.state not in LIVE_STATES:
                     continue
                 live, accepting, warm = sets
-                # Same state as before: it sits in exactly the groups its state puts it in.
-                patched[replica.expert_id] = (
-                    _swapped(live, replica),
-                    _swapped(accepting, replica) if replica.state in ACCEPTING_STATES else accepting,
-                    _swapped(warm, replica) if replica.state is ReplicaState.WARM else warm,
-                )
+                # Same state as before: it sits in exactly the groups its state puts it in. A group that is the
+                # same tuple as the one before it (`_groups`) holds it too, and stays shared.
+                new_live = _swapped(live, replica)
+                if replica.state in ACCEPTING_STATES:
+                    new_accepting = new_live if accepting is live else _swapped(accepting, replica)
+                else:
+                    new_accepting = accepting
+                if replica.state is ReplicaState.WARM:
+                    new_warm = new_accepting if warm is accepting else _swapped(warm, replica)
+                else:
+                    new_warm = warm
+                patched[replica.expert_id] = (new_live, new_accepting, new_warm)
             object.__setattr__(new, "_live_by_expert", patched)
         return new
 
@@ -443,7 +467,7 @@ class FleetSnapshot:
                     accepting.append(replica)
                 if replica.state is ReplicaState.WARM:
                     warm.append(replica)
-        index = {e: tuple(map(tuple, lists)) for e, lists in by_expert.items()}
+        index = {e: _groups(*lists) for e, lists in by_expert.items()}
         object.__setattr__(self, "_live_by_expert", index)
         return index
 

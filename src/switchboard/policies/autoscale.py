@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 from pydantic import Field, model_validator
 
+from switchboard.fleet.activity import Demand
 from switchboard.fleet.state import EngineCapacity, FleetSnapshot, ServingEstimate
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
@@ -299,23 +300,30 @@ class DemandAtSloAutoscale(AutoscalePolicy):
     outstanding) are sized by demand; an idle one is left to keep-alive.
     """
 
-    def _capacity(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> Callable[[ServingEstimate], float]:
-        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size."""
+    def _capacity(
+        self, snapshot: FleetSnapshot, expert_id: ExpertId, demand: Demand | None = None
+    ) -> Callable[[ServingEstimate], float]:
+        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size
+        (`demand`, the expert's demand now if not given)."""
         spec = snapshot.experts[expert_id]
-        demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+        if demand is None:
+            demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
         prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
         output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
         return lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
 
     def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
         load = expert_load(snapshot, expert_id, new_replica_capacity)
-        requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
-        if load.num_outstanding_requests == 0 or requests_per_s <= 0:
+        if load.num_outstanding_requests == 0:
             return load
-        capacity = self._capacity(snapshot, expert_id)
-        kinds = [capacity(e) for (x, _), e in snapshot.estimates.items() if x == expert_id]
-        if not kinds:
+        demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+        requests_per_s = demand.requests_per_s
+        if requests_per_s <= 0:
             return load
+        estimates = _estimates_of(snapshot, expert_id)
+        if not estimates:
+            return load
+        capacity = self._capacity(snapshot, expert_id, demand)
         # The best replicas first; any shortfall in replicas of the best kind (where cost-aware placement puts a
         # loaded expert), so a slow replica left from low load does not multiply the count.
         have = sorted((capacity(e) for r in snapshot.accepting_replicas_of(expert_id)
@@ -328,7 +336,7 @@ class DemandAtSloAutoscale(AutoscalePolicy):
                 break
             needed, remaining = needed + 1.0, remaining - per_replica
         if remaining > 0:
-            best = max(kinds)
+            best = max(capacity(e) for e in estimates)
             needed += remaining / best if best > 0 else float(self.settings.max_replicas)
         return dataclasses.replace(load, num_replicas_for_demand=needed)
 
@@ -368,6 +376,19 @@ class DemandAtSloAutoscale(AutoscalePolicy):
 
     def raw_desired(self, load: ExpertLoad) -> float:
         return max(load.num_outstanding_tokens / load.replica_capacity.kv_capacity_tokens, load.num_replicas_for_demand)
+
+
+def _estimates_of(snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ServingEstimate, ...]:
+    """The expert's estimates, one per hardware kind (a function of the catalogue: computed once per catalogue)."""
+    memo = snapshot.catalog_memo()
+    estimates = memo.get((_ESTIMATES_KEY, expert_id))
+    if estimates is None:
+        estimates = memo[(_ESTIMATES_KEY, expert_id)] = tuple(
+            e for (x, _), e in snapshot.estimates.items() if x == expert_id)
+    return estimates
+
+
+_ESTIMATES_KEY = "autoscale.estimates_of"
 
 
 def make_autoscale(settings: AutoscaleSettings) -> AutoscalePolicy:

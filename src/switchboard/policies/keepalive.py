@@ -88,6 +88,17 @@ class IdleHistogram:
     counts: tuple[int, ...]
     num_out_of_bounds: int = 0
     num_consumed: int = 0
+    _memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def memo(self) -> dict:
+        """A dict for memoizing what policies derive from this histogram (it is immutable; `ingest` gives the
+        changed copy a fresh memo). A value that also depends on something else must be stored with that
+        something, to be checked on use (e.g. the policy's settings, by identity)."""
+        memo = self._memo
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        return memo
 
     @classmethod
     def empty(cls, bin_width_s: float, num_bins: int) -> "IdleHistogram":
@@ -279,6 +290,15 @@ class FixedKeepAlive(KeepAlivePolicy):
 @KEEPALIVE_POLICIES.register(KeepAliveKind.HYBRID_HISTOGRAM)
 class HybridHistogramKeepAlive(KeepAlivePolicy):
     def window(self, histogram: IdleHistogram) -> KeepAliveWindow:
+        # A function of the histogram and the settings alone, asked for every expert at every control step while
+        # a histogram changes only when its expert completes an idle gap: memoized on the histogram.
+        memo = histogram.memo()
+        held = memo.get(_HYBRID_WINDOW_KEY)
+        if held is None or held[0] is not self.settings:
+            held = memo[_HYBRID_WINDOW_KEY] = (self.settings, self._window(histogram))
+        return held[1]
+
+    def _window(self, histogram: IdleHistogram) -> KeepAliveWindow:
         s = self.settings
         fallback = KeepAliveWindow(0.0, s.fallback_keepalive_s, "")
         if histogram.num_samples < s.min_samples:
@@ -300,6 +320,9 @@ class HybridHistogramKeepAlive(KeepAlivePolicy):
                                f"histogram p{s.prewarm_percentile:g}={head_s:.0f}s p{s.keepalive_percentile:g}={tail_s:.0f}s"
                                + (f", lingering {histogram.bin_width_s:.0f}s for bursts" if has_bursts else ""),
                                linger_s=histogram.bin_width_s if has_bursts else 0.0)
+
+
+_HYBRID_WINDOW_KEY = "keepalive.hybrid_window"
 
 
 def make_keepalive(settings: KeepAliveSettings) -> KeepAlivePolicy:
