@@ -3,10 +3,11 @@ calibrated from separate measurements of the same engine; TTFT, end-to-end laten
 
 1. Calibration (half before and half after the workload, never during it, on prompts the workload does not
    use): a LlamaCppEngine is started a few times (cold start = spawn to the first token of a short first
-   request, less that request's prefill: the worker's one-off first-request set-up is part of every wake-up),
-   prefills prompts spanning the workload's lengths with max_tokens=1 (prefill tokens/s: median of per-prompt
-   rates) and generates long answers (decode tokens/s after the first token). The medians become the cluster's
-   `calibration: cpu:` section (`switchboard.perf.calibrate_hardware`).
+   request, less that request's prefill: the worker's one-off first-request set-up is part of every wake-up);
+   then, through the same gateway and streaming client as the replay (the served engine, which shares the 2
+   cores with them), prompts spanning the workload's lengths are prefilled with max_tokens=1 (prefill
+   tokens/s: median of per-prompt rates) and long answers generated (decode tokens/s after the first token).
+   The medians become the cluster's `calibration: cpu:` section (`switchboard.perf.calibrate_hardware`).
 2. Live: a seeded workload — Poisson arrivals with inter-arrival gaps capped below the keep-alive, plus planned
    idle gaps well beyond it (so the expert scales to zero and wakes again), prompts from the shipped routing
    data truncated to varied lengths, varied max_tokens — replayed in real time against the real gateway and
@@ -187,8 +188,8 @@ async def _timed(engine: LlamaCppEngine, content: str, max_tokens: int) -> tuple
 
 
 async def measure_engine(plan: FidelityPlan, exclude_rows: set[int], phase: int, num_starts: int) -> dict:
-    """Measure the engine on its own: cold starts, prefill on prompts of the workload's lengths (not its prompts),
-    decode on long answers. Each prompt is new to the engine, so no KV prefix is reused beyond the chat template."""
+    """Measure the engine: cold starts on its own, then prefill on prompts of the workload's lengths (not its
+    prompts) and decode on long answers as served (`_measure_served`). Each prompt is new to the engine, so no KV prefix is reused beyond the chat template."""
     rng = np.random.default_rng([plan.seed, 1_000_003, phase])
     samples: dict = {"starts": [], "prefill": [], "decode": []}
     engine = None
@@ -206,23 +207,36 @@ async def measure_engine(plan: FidelityPlan, exclude_rows: set[int], phase: int,
             samples["starts"].append({"ready_s": engine.last_cold_start.ready_s, "first_ttft_s": ttft,
                                       "num_tokens": n_prompt})
     assert engine is not None
-    try:
-        lo, hi = plan.prompt_chars
-        prompts, _ = pick_prompts(rng, plan.calibration_prefills, (hi, hi), exclude_rows)
-        for k, text in enumerate(prompts):
-            cut = int(lo + (hi - lo) * (k + 0.5) / len(prompts))
-            ttft, _, n_prompt, _ = await _timed(engine, text[:cut], 1)
-            samples["prefill"].append({"num_tokens": n_prompt, "ttft_s": ttft})
-        for k in range(plan.calibration_decodes):
-            ttft, total, _, n_out = await _timed(
-                engine, f"Count from {10 * phase + k + 2} to 500, separated by commas.", plan.calibration_decode_tokens)
-            samples["decode"].append({"num_tokens": n_out, "tokens_per_s": (n_out - 1) / (total - ttft)})
-    finally:
-        await engine.stop()
+    await engine.stop()
+    await _measure_served(plan, rng, exclude_rows, phase, samples)
     samples["load_average"] = load_average()
     samples["prefill_tokens_per_s"] = _median_prefill_rate(samples["prefill"])
     samples["decode_tokens_per_s"] = float(np.median([x["tokens_per_s"] for x in samples["decode"]]))
     return samples
+
+
+async def _measure_served(plan: FidelityPlan, rng: np.random.Generator, exclude_rows: set[int], phase: int,
+                          samples: dict) -> None:
+    """Prefill and decode rates as the replay sees them: through the same gateway (in a thread of this process,
+    as in the replay) and the same streaming client, on a warm replica. On 2 cores the gateway and the client
+    take CPU from llama.cpp's threads while tokens stream, so the bare engine decodes faster than the served one
+    (32 vs 17-25 tokens/s in one quiet run); the simulated CPU worker stands for the served one."""
+    lo, hi = plan.prompt_chars
+    prompts, _ = pick_prompts(rng, plan.calibration_prefills, (hi, hi), exclude_rows)
+    with serve_in_thread(build_app(parse_config(live_config(plan)))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+            # Wakes the expert (unmeasured): every measured request below finds it warm (gaps << keep-alive).
+            await _stream_chat(http, f"Say hello to {phase}.", 1)
+            for k, text in enumerate(prompts):
+                cut = int(lo + (hi - lo) * (k + 0.5) / len(prompts))
+                ttft, _, is_cold, n_prompt, _ = await _stream_chat(http, text[:cut], 1)
+                assert not is_cold, "a calibration prefill met a cold start"
+                samples["prefill"].append({"num_tokens": n_prompt, "ttft_s": ttft})
+            for k in range(plan.calibration_decodes):
+                ttft, total, is_cold, _, n_out = await _stream_chat(
+                    http, f"Count from {10 * phase + k + 2} to 500, separated by commas.", plan.calibration_decode_tokens)
+                assert not is_cold, "a calibration decode met a cold start"
+                samples["decode"].append({"num_tokens": n_out, "tokens_per_s": (n_out - 1) / (total - ttft)})
 
 
 def _median_prefill_rate(prefills: list[dict]) -> float:
@@ -267,33 +281,41 @@ control_plane:
 """
 
 
+async def _stream_chat(http: httpx.AsyncClient, content: str, max_tokens: int) -> tuple[float, float, bool, int, int]:
+    """(TTFT, total seconds, was cold, prompt tokens, completion tokens) of one streamed chat request through the
+    gateway, timed as a client sees it (first content or finish chunk)."""
+    body = {"model": EXPERT_ID, "messages": [{"role": "user", "content": content}], "temperature": 0,
+            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    first = math.nan
+    usage = None
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        is_cold = response.headers["x-switchboard-cold-start"] == "true"
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            choices = chunk.get("choices") or []
+            if math.isnan(first) and choices and (choices[0].get("delta", {}).get("content")
+                                                 or choices[0].get("finish_reason")):
+                first = time.perf_counter() - sent
+    done = time.perf_counter() - sent
+    assert usage is not None, "no usage in the stream"
+    return (done if math.isnan(first) else first), done, is_cold, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+
+
 async def _replay(url: str, requests: list[PlannedRequest]) -> list[Outcome]:
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
         t0 = time.perf_counter()
 
         async def one(req: PlannedRequest) -> Outcome:
             await asyncio.sleep(max(0.0, t0 + req.at_s - time.perf_counter()))
-            body = {"model": EXPERT_ID, "messages": [{"role": "user", "content": req.content}], "temperature": 0,
-                    "max_tokens": req.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
             sent = time.perf_counter()
-            first = math.nan
-            usage = None
-            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                assert response.status_code == 200, await response.aread()
-                is_cold = response.headers["x-switchboard-cold-start"] == "true"
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    chunk = json.loads(line[6:])
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    choices = chunk.get("choices") or []
-                    if math.isnan(first) and choices and (choices[0].get("delta", {}).get("content")
-                                                         or choices[0].get("finish_reason")):
-                        first = time.perf_counter() - sent
-            done = time.perf_counter() - sent
-            assert usage is not None, "no usage in the stream"
-            return Outcome(sent - t0, first, done, is_cold, int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+            first, done, is_cold, n_prompt, n_out = await _stream_chat(http, req.content, req.max_tokens)
+            return Outcome(sent - t0, first, done, is_cold, n_prompt, n_out)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
