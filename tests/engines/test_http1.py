@@ -274,14 +274,21 @@ async def test_read_timeout_before_the_head_and_mid_body():
         await until(lambda: stats.num_open == 0 and pool.num_open == 0)
 
 
-async def test_pool_never_opens_more_than_max_connections():
-    release = asyncio.Event()
+def echo_after(release: asyncio.Event):
+    """A raw handler that reads each request but answers it (an echo) only once `release` is set."""
 
     async def slow_echo(reader, writer):
         while True:
             body = await read_request(reader)
             await release.wait()
             writer.write(answer(body))
+
+    return slow_echo
+
+
+async def test_pool_never_opens_more_than_max_connections():
+    release = asyncio.Event()
+    slow_echo = echo_after(release)
 
     async with raw_server(slow_echo) as (port, stats):
         pool = http1.ConnectionPool("127.0.0.1", port, max_connections=3)
@@ -297,12 +304,7 @@ async def test_pool_never_opens_more_than_max_connections():
 
 async def test_a_cancelled_waiter_does_not_lose_the_connection():
     release = asyncio.Event()
-
-    async def slow_echo(reader, writer):
-        while True:
-            body = await read_request(reader)
-            await release.wait()
-            writer.write(answer(body))
+    slow_echo = echo_after(release)
 
     async with raw_server(slow_echo) as (port, stats):
         pool = http1.ConnectionPool("127.0.0.1", port, max_connections=1)
