@@ -6,8 +6,10 @@ calibrated from separate measurements of the same engine; TTFT, end-to-end laten
    request, less that request's prefill: the worker's one-off first-request set-up is part of every wake-up);
    then, through the same gateway and streaming client as the replay (the served engine, which shares the 2
    cores with them), prompts spanning the workload's lengths are prefilled with max_tokens=1 (prefill
-   tokens/s: median of per-prompt rates) and long answers generated (decode tokens/s after the first token).
-   The medians become the cluster's `calibration: cpu:` section (`switchboard.perf.calibrate_hardware`).
+   tokens/s: median of per-prompt rates over the tokens actually computed, i.e. less those the engine reported
+   as `cached_tokens`) and long answers generated (decode tokens/s after the first token). The medians become
+   the cluster's `calibration: cpu:` section (`switchboard.perf.calibrate_hardware`); the cached tokens
+   measure the chat template's shared prefix (the system prompt llama-cpp-python keeps in its KV cache).
 2. Live: a seeded workload — Poisson arrivals with inter-arrival gaps capped below the keep-alive, plus planned
    idle gaps well beyond it (so the expert scales to zero and wakes again), prompts from the shipped routing
    data truncated to varied lengths, varied max_tokens — replayed in real time against the real gateway and
@@ -15,7 +17,9 @@ calibrated from separate measurements of the same engine; TTFT, end-to-end laten
    end-to-end latency, the `x-switchboard-cold-start` flag and the exact `usage` tokens.
 3. Simulated: the same arrival times (as actually sent) and the measured prompt / completion tokens through
    `switchboard.sim` with the calibrated CPU worker and the *same* control-plane settings (keep-alive,
-   autoscaling, step interval) as the live run.
+   autoscaling, step interval) as the live run; every prompt starts with the calibration's shared prefix, which
+   the simulated engine computes once per start (prefix caching) — which requests hit it is the simulator's
+   own prediction, compared with the live `cached_tokens` in an info row.
 4. The table: TTFT and end-to-end p50 (and p90), cold starts, live vs simulated, relative error, PASS/FAIL
    against the tolerance (15%; cold starts must be equal).
 
@@ -108,6 +112,8 @@ class Outcome:
     is_cold: bool
     num_prompt_tokens: int
     num_output_tokens: int
+    num_cached_tokens: int
+    """Prompt tokens served from the engine's prefix cache."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,8 @@ class Calibration:
     prefill_tokens_per_s: float
     prefill_num_tokens: int
     cold_start_s: float
+    num_shared_prefix_tokens: int
+    """The chat template's prefix every prompt shares (median `cached_tokens` of the warm prefills)."""
     samples: dict
 
     def section(self) -> dict:
@@ -136,7 +144,8 @@ def load_average() -> str:
 def pick_prompts(rng: np.random.Generator, count: int, chars: tuple[int, int], exclude: set[int] = frozenset()
                  ) -> tuple[list[str], list[int]]:
     """`count` prompts from the routing data, each cut to a length drawn in `chars`, with distinct openings:
-    llama.cpp reuses the KV of a prompt prefix it has just seen, which the simulator does not model."""
+    llama.cpp reuses the KV of any prompt prefix it has just seen, and the simulator models only the chat
+    template's shared one."""
     prompts = load_routing_data().prompts
     order = rng.permutation(len(prompts))
     out: list[str] = []
@@ -189,7 +198,8 @@ async def _timed(engine: LlamaCppEngine, content: str, max_tokens: int) -> tuple
 
 async def measure_engine(plan: FidelityPlan, exclude_rows: set[int], phase: int, num_starts: int) -> dict:
     """Measure the engine: cold starts on its own, then prefill on prompts of the workload's lengths (not its
-    prompts) and decode on long answers as served (`_measure_served`). Each prompt is new to the engine, so no KV prefix is reused beyond the chat template."""
+    prompts) and decode on long answers as served (`_measure_served`). Each prompt is new to the engine, so no
+    KV prefix is reused beyond the chat template's."""
     rng = np.random.default_rng([plan.seed, 1_000_003, phase])
     samples: dict = {"starts": [], "prefill": [], "decode": []}
     engine = None
@@ -229,11 +239,11 @@ async def _measure_served(plan: FidelityPlan, rng: np.random.Generator, exclude_
             await _stream_chat(http, f"Say hello to {phase}.", 1)
             for k, text in enumerate(prompts):
                 cut = int(lo + (hi - lo) * (k + 0.5) / len(prompts))
-                ttft, _, is_cold, n_prompt, _ = await _stream_chat(http, text[:cut], 1)
+                ttft, _, is_cold, n_prompt, _, n_cached = await _stream_chat(http, text[:cut], 1)
                 assert not is_cold, "a calibration prefill met a cold start"
-                samples["prefill"].append({"num_tokens": n_prompt, "ttft_s": ttft})
+                samples["prefill"].append({"num_tokens": n_prompt, "num_cached_tokens": n_cached, "ttft_s": ttft})
             for k in range(plan.calibration_decodes):
-                ttft, total, is_cold, _, n_out = await _stream_chat(
+                ttft, total, is_cold, _, n_out, _ = await _stream_chat(
                     http, f"Count from {10 * phase + k + 2} to 500, separated by commas.", plan.calibration_decode_tokens)
                 assert not is_cold, "a calibration decode met a cold start"
                 samples["decode"].append({"num_tokens": n_out, "tokens_per_s": (n_out - 1) / (total - ttft)})
@@ -242,8 +252,9 @@ async def _measure_served(plan: FidelityPlan, rng: np.random.Generator, exclude_
 def _median_prefill_rate(prefills: list[dict]) -> float:
     # A median of per-prompt rates, not a least-squares fit: on a shared machine one prompt in ten stalls 2x when
     # another process takes a core, and a fit follows it. The roofline's prefill time is proportional to the
-    # prompt (plus one step overhead), so a rate is the quantity to estimate.
-    return float(np.median([x["num_tokens"] / x["ttft_s"] for x in prefills]))
+    # prompt (plus one step overhead), so a rate is the quantity to estimate. Tokens from the prefix cache cost
+    # nothing: the rate is over the computed ones.
+    return float(np.median([(x["num_tokens"] - x["num_cached_tokens"]) / x["ttft_s"] for x in prefills]))
 
 
 def fit_calibration(phases: list[dict]) -> Calibration:
@@ -255,9 +266,11 @@ def fit_calibration(phases: list[dict]) -> Calibration:
     return Calibration(
         decode_tokens_per_s=float(np.median([s["tokens_per_s"] for s in pooled["decode"]])),
         prefill_tokens_per_s=prefill_rate,
-        prefill_num_tokens=int(np.median([s["num_tokens"] for s in pooled["prefill"]])),
+        prefill_num_tokens=int(np.median([s["num_tokens"] - s["num_cached_tokens"] for s in pooled["prefill"]])),
+        # The first request after a start finds an empty cache: all its tokens are computed.
         cold_start_s=float(np.median([x["ready_s"] + x["first_ttft_s"] - x["num_tokens"] / prefill_rate
                                       for x in pooled["starts"]])),
+        num_shared_prefix_tokens=int(np.median([s["num_cached_tokens"] for s in pooled["prefill"]])),
         samples={"phases": phases},
     )
 
@@ -281,9 +294,10 @@ control_plane:
 """
 
 
-async def _stream_chat(http: httpx.AsyncClient, content: str, max_tokens: int) -> tuple[float, float, bool, int, int]:
-    """(TTFT, total seconds, was cold, prompt tokens, completion tokens) of one streamed chat request through the
-    gateway, timed as a client sees it (first content or finish chunk)."""
+async def _stream_chat(http: httpx.AsyncClient, content: str, max_tokens: int
+                       ) -> tuple[float, float, bool, int, int, int]:
+    """(TTFT, total seconds, was cold, prompt tokens, completion tokens, cached prompt tokens) of one streamed
+    chat request through the gateway, timed as a client sees it (first content or finish chunk)."""
     body = {"model": EXPERT_ID, "messages": [{"role": "user", "content": content}], "temperature": 0,
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     sent = time.perf_counter()
@@ -304,7 +318,9 @@ async def _stream_chat(http: httpx.AsyncClient, content: str, max_tokens: int) -
                 first = time.perf_counter() - sent
     done = time.perf_counter() - sent
     assert usage is not None, "no usage in the stream"
-    return (done if math.isnan(first) else first), done, is_cold, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return ((done if math.isnan(first) else first), done, is_cold, int(usage["prompt_tokens"]),
+            int(usage["completion_tokens"]), cached)
 
 
 async def _replay(url: str, requests: list[PlannedRequest]) -> list[Outcome]:
@@ -314,8 +330,8 @@ async def _replay(url: str, requests: list[PlannedRequest]) -> list[Outcome]:
         async def one(req: PlannedRequest) -> Outcome:
             await asyncio.sleep(max(0.0, t0 + req.at_s - time.perf_counter()))
             sent = time.perf_counter()
-            first, done, is_cold, n_prompt, n_out = await _stream_chat(http, req.content, req.max_tokens)
-            return Outcome(sent - t0, first, done, is_cold, n_prompt, n_out)
+            first, done, is_cold, n_prompt, n_out, n_cached = await _stream_chat(http, req.content, req.max_tokens)
+            return Outcome(sent - t0, first, done, is_cold, n_prompt, n_out, n_cached)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
@@ -344,7 +360,8 @@ def run_sim(plan: FidelityPlan, calibration: Calibration, live: list[Outcome]) -
     n = len(live)
     workload = Workload.from_arrays(
         [o.arrival_s for o in live], [o.num_prompt_tokens for o in live], [o.num_output_tokens for o in live],
-        pinned_expert=np.zeros(n, dtype=np.int32), expert_names=(EXPERT_ID,))
+        pinned_expert=np.zeros(n, dtype=np.int32), num_prefix_tokens=calibration.num_shared_prefix_tokens,
+        expert_names=(EXPERT_ID,))
     order = np.argsort([o.arrival_s for o in live], kind="stable")  # from_arrays sorts; map back afterwards
     settings = ControlSettings.model_validate(plan.policies())
     plane = ServerlessPlane("fidelity", settings, cluster.expert_ids, np.zeros(1), np.zeros(n, dtype=np.int32),
@@ -355,7 +372,7 @@ def run_sim(plan: FidelityPlan, calibration: Calibration, live: list[Outcome]) -
         arrival = float(workload.arrival_s[k])
         sim[i] = Outcome(arrival, float(result.first_token_at[k] - arrival), float(result.finished_at[k] - arrival),
                          bool(result.waited_for_cold_start[k]), int(workload.num_prompt_tokens[k]),
-                         int(workload.num_output_tokens[k]))
+                         int(workload.num_output_tokens[k]), int(result.cached_prompt_tokens[k]))
     return sim, len(result.replicas)
 
 
@@ -390,6 +407,8 @@ def compare(live: list[Outcome], live_starts: int, sim: list[Outcome], sim_start
         Row("end-to-end p90 s", pct(live, "e2e_s", 90), pct(sim, "e2e_s", 90), False),
         Row("cold-start count", live_starts, sim_starts, True),
         Row("requests behind a cold start count", sum(o.is_cold for o in live), sum(o.is_cold for o in sim), False),
+        Row("prefix-cache hits count", sum(o.num_cached_tokens > 0 for o in live),
+            sum(o.num_cached_tokens > 0 for o in sim), False),
     ]
 
 
@@ -420,7 +439,7 @@ def run(plan: FidelityPlan, log: Callable[[str], None] = print) -> dict:
     calibration = fit_calibration([before, after])
     log(f"calibration (load {before['load_average']} before, {after['load_average']} after the replay): "
         f"decode {calibration.decode_tokens_per_s:.1f} tok/s, prefill {calibration.prefill_tokens_per_s:.1f} tok/s, "
-        f"cold start {calibration.cold_start_s:.2f} s; before / after: decode {before['decode_tokens_per_s']:.1f} / "
+        f"cold start {calibration.cold_start_s:.2f} s, shared prefix {calibration.num_shared_prefix_tokens} tokens; before / after: decode {before['decode_tokens_per_s']:.1f} / "
         f"{after['decode_tokens_per_s']:.1f} tok/s, prefill {before['prefill_tokens_per_s']:.1f} / "
         f"{after['prefill_tokens_per_s']:.1f} tok/s (they differ when other processes' load changed)")
     sim, sim_starts = run_sim(plan, calibration, live)

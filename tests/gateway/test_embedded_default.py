@@ -73,3 +73,24 @@ def test_default_auto_and_context_errors(served_default):
         client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hello " * 1800}], max_tokens=4)
     completion = client.completions.create(model="smollm2-135m", prompt="The sky is", max_tokens=4, temperature=0)
     assert completion.choices[0].text
+
+
+def test_prefix_cache_hits_are_reported_as_cached_tokens(served_default):
+    """llama-cpp-python reuses the KV cache for the prompt prefix it shares with the previous request; the
+    answer reports those tokens as OpenAI's `usage.prompt_tokens_details.cached_tokens`."""
+    client = openai.OpenAI(base_url=served_default + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def chat(content: str):
+        return client.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": content}], max_tokens=2, temperature=0
+        ).usage
+
+    chat("Name a colour.")
+    usage = chat("Explain photosynthesis briefly.")
+    # SmolLM2's chat template puts the same system prompt and `<|im_start|>user\n` (24 tokens) before every
+    # user message; the rest of the prompt differs from the previous one.
+    assert usage.prompt_tokens_details.cached_tokens == 24
+    again = chat("Explain photosynthesis briefly.")  # the same prompt: all but the last token (re-evaluated)
+    assert again.prompt_tokens_details.cached_tokens == again.prompt_tokens - 1
+    completion = client.completions.create(model="smollm2-135m", prompt="The sky is", max_tokens=2, temperature=0)
+    assert completion.usage.prompt_tokens_details.cached_tokens == 0  # shares no prefix with the chat prompt

@@ -70,3 +70,22 @@ def test_every_sequence_finishes_once_in_causal_order(specs, kind):
         assert not math.isnan(s.finished_at)
     assert engine.num_outstanding == 0 and engine.kv_reserved_tokens == 0
     assert 0 < engine.busy_time_s(max(s.finished_at for s in seqs)) <= max(s.finished_at for s in seqs)
+
+
+def test_a_shared_prefix_is_computed_once_per_engine_and_again_after_a_cold_start():
+    p = engine_profile(8, "a10g")
+    engine = ReplicaEngine("r", p)
+    first, second, other = Sequence(0, 300, 2, 24), Sequence(1, 200, 2, 24), Sequence(2, 100, 2, 40)
+    drive(engine, [(0.0, first), (10.0, second), (20.0, other)])
+    assert (first.num_cached_tokens, second.num_cached_tokens, other.num_cached_tokens) == (0, 24, 0)
+    assert first.first_token_at == pytest.approx(0.0 + p.prefill_time_s(300))
+    assert second.first_token_at == pytest.approx(10.0 + p.prefill_time_s(200 - 24))
+    assert other.first_token_at == pytest.approx(20.0 + p.prefill_time_s(100))  # another prefix: not cached
+    assert engine.kv_reserved_tokens == 0
+    # A prompt that is nothing but the prefix still computes its last token; a new engine starts empty.
+    short = Sequence(3, 24, 2, 24)
+    drive(engine, [(30.0, short)])
+    assert short.num_cached_tokens == 23
+    fresh = Sequence(4, 200, 2, 24)
+    drive(ReplicaEngine("r2", p), [(0.0, fresh)])
+    assert fresh.num_cached_tokens == 0

@@ -82,6 +82,15 @@ def test_superpose_reindexes_pinned_experts():
     assert list(merged.pinned_expert) == [0, 1, wl.NO_EXPERT]
 
 
+def test_shared_prefixes_follow_their_requests_and_never_exceed_the_prompt():
+    w = wl.Workload.from_arrays([2.0, 1.0, 0.0], [30, 10, 50], [1, 1, 1], num_prefix_tokens=np.array([24, 24, 0]))
+    assert list(w.num_prompt_tokens) == [50, 10, 30]
+    assert list(w.num_prefix_tokens) == [0, 10, 24]  # sorted with their requests; 24 clipped to a 10-token prompt
+    merged = wl.superpose([w, wl.Workload.from_arrays([0.5], [5], [1])])
+    assert list(merged.num_prefix_tokens) == [0, 0, 10, 24]
+    assert list(wl.Workload.from_arrays([0.0], [40], [1], num_prefix_tokens=24).num_prefix_tokens) == [24]
+
+
 def test_routing_data_and_prompts():
     data = wl.load_routing_data()
     assert len(data) == 5608 and len(data.model_names) == 9

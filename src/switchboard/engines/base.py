@@ -43,19 +43,27 @@ class GenerationRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one answer. `cached_prompt_tokens` is how many prompt tokens the engine reused from its KV
+    cache (prefix caching) instead of computing; None when the engine does not say."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, Any]:
+        """OpenAI's `usage` object (`prompt_tokens_details.cached_tokens` only when the engine said)."""
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cached_prompt_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_prompt_tokens}
+        return usage
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

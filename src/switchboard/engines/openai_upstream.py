@@ -354,7 +354,10 @@ def _finish_reason(raw: Any) -> FinishReason:
 
 def _usage(raw: Any, request: GenerationRequest, text: str) -> Usage:
     if isinstance(raw, dict) and isinstance(raw.get("prompt_tokens"), int):
-        return Usage(raw["prompt_tokens"], int(raw.get("completion_tokens") or 0))
+        details = raw.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return Usage(raw["prompt_tokens"], int(raw.get("completion_tokens") or 0),
+                     cached if isinstance(cached, int) and cached >= 0 else None)
     # Upstreams that report no usage still get an honest estimate rather than zeros.
     return Usage(request.num_prompt_tokens_estimate, max(1, len(text) // 4) if text else 0)
 

@@ -114,10 +114,15 @@ class FeedbackRequest(_Forbid):
 # ---- responses (for the OpenAPI document; the gateway writes them with orjson directly) ----
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens the engine reused from its KV cache (prefix caching).")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class AssistantMessage(BaseModel):

@@ -74,4 +74,6 @@ def access(request_id: str, expert_id: str, replica_id: str, outcome: str, statu
         fields["ttft_ms"] = round(ttft_s * 1000, 3)
     if usage is not None:
         fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, usd=usd)
+        if usage.cached_prompt_tokens is not None:
+            fields["cached_prompt_tokens"] = usage.cached_prompt_tokens
     access_log.info("request", extra=fields)

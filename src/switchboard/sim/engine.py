@@ -5,6 +5,12 @@ prefilled first (FIFO, as many as fit the batch size, the per-step token budget 
 decodes for that iteration; otherwise all running sequences decode one token. KV cache is reserved for a
 request's whole prompt + output when it is admitted (no preemption).
 
+Prefix caching: a request whose prompt starts with a shared prefix (`Sequence.num_prefix_tokens`, e.g. a chat
+template's system prompt) does not compute it again on an engine that has computed it before — as vLLM's
+automatic prefix caching and llama-cpp-python's reuse of the previous prompt's KV do; a new engine (after a
+cold start) has nothing cached. At least one prompt token is always computed (llama.cpp re-evaluates the last
+one to get logits). The KV cache still holds the whole prompt.
+
 To stay fast, consecutive identical decode iterations are one *segment*: the engine schedules a single event at
 the end of the segment (when the first running sequence finishes), timed exactly by
 `EngineProfile.decode_steps_time_s`. A request arriving mid-segment cuts it at the next iteration boundary.
@@ -38,6 +44,10 @@ class Sequence:
     request_index: int
     num_prompt_tokens: int
     num_output_tokens: int
+    num_prefix_tokens: int = 0
+    """Leading prompt tokens shared with other requests (same length = same prefix); see the module doc."""
+    num_cached_tokens: int = 0
+    """Prompt tokens taken from the prefix cache instead of computed (set when its prefill is planned)."""
     finish_step: int = 0
     """While running: the engine's decode-iteration count (`ReplicaEngine.num_decode_steps`) at which its last
     token is out."""
@@ -107,6 +117,8 @@ class ReplicaEngine:
         self._prefill_batch: list[Sequence] = []
         self._segment_steps = 0
         self._segment_context = 0
+        self._cached_prefixes: set[int] = set()
+        """Shared prefixes (by length) this engine has computed."""
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -186,7 +198,8 @@ class ReplicaEngine:
             num_prompt_tokens = 0
             for seq in batch:
                 seq.started_at = now_s
-                num_prompt_tokens += seq.num_prompt_tokens
+                num_prompt_tokens += seq.num_prompt_tokens - self._reuse_prefix(seq) if seq.num_prefix_tokens \
+                    else seq.num_prompt_tokens
             duration = self.profile.prefill_time_s(num_prompt_tokens)
         elif self.running:
             self.phase = Phase.DECODE
@@ -204,6 +217,14 @@ class ReplicaEngine:
         self._phase_ends_at = now_s + duration
         event = Event(self._phase_ends_at, Priority.ENGINE_STEP, "engine_step", StepDone(self.replica_id, self.version))
         return batch, event
+
+    def _reuse_prefix(self, seq: Sequence) -> int:
+        """Prompt tokens of `seq` served from the prefix cache (recorded on it); its prefix is cached afterwards."""
+        if seq.num_prefix_tokens in self._cached_prefixes:
+            seq.num_cached_tokens = min(seq.num_prefix_tokens, seq.num_prompt_tokens - 1)
+        else:
+            self._cached_prefixes.add(seq.num_prefix_tokens)
+        return seq.num_cached_tokens
 
     def _admit(self) -> list[Sequence]:
         batch: list[Sequence] = []

@@ -81,6 +81,8 @@ class RunResult:
     replicas: list[ReplicaRecord]
     started_at: np.ndarray
     """When each request's prefill began (NaN if rejected)."""
+    cached_prompt_tokens: np.ndarray
+    """Prompt tokens each request took from its engine's prefix cache (0 if none or rejected)."""
     served_by: dict[int, str]
     """Replica that served each finished request."""
     end_s: float
@@ -134,11 +136,13 @@ class Simulation:
         self.rejected = np.zeros(n, dtype=bool)
         self.waited_for_cold_start = np.zeros(n, dtype=bool)
         self.started_at = np.full(n, np.nan)
+        self.cached_prompt_tokens = np.zeros(n, dtype=np.int64)
         self.served_by: dict[int, str] = {}
         self._pinned = self._map_pinned(workload).tolist()
         self._arrival_s = workload.arrival_s.tolist()
         self._prompt_tokens = workload.num_prompt_tokens.tolist()
         self._output_tokens = workload.num_output_tokens.tolist()
+        self._prefix_tokens = workload.num_prefix_tokens.tolist()
         self._max_kv_tokens = {e: max((p.kv_capacity_tokens for (x, _), p in cluster.profiles.items() if x == e),
                                       default=0) for e in self._expert_ids}
         self._ttft_slo_s = cluster.spec.slo.ttft_s
@@ -188,7 +192,7 @@ class Simulation:
             arrived=self.arrived, first_token_at=self.first_token_at, finished_at=self.finished_at,
             rejected=self.rejected, waited_for_cold_start=self.waited_for_cold_start,
             true_quality=self._true_quality(), replicas=list(self.records.values()), started_at=self.started_at,
-            served_by=self.served_by, end_s=end_s,
+            cached_prompt_tokens=self.cached_prompt_tokens, served_by=self.served_by, end_s=end_s,
             num_events=num_events, warmup_s=self.warmup_s, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
         )
         result.check_conservation()
@@ -249,7 +253,7 @@ class Simulation:
         if engine is None or self.snapshot.replicas[replica_id].state is not ReplicaState.WARM:
             return []
         i = int(request.request_id)
-        seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected)
+        seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected, self._prefix_tokens[i])
         self.sequences[i] = seq
         return self._absorb(replica_id, engine.submit(seq, now_s))
 
@@ -261,6 +265,8 @@ class Simulation:
             for seq in outcome.started:
                 self.started_at[seq.request_index] = seq.started_at
                 self.served_by[seq.request_index] = replica_id
+                if seq.num_cached_tokens:
+                    self.cached_prompt_tokens[seq.request_index] = seq.num_cached_tokens
         for seq in outcome.first_tokens:
             self.first_token_at[seq.request_index] = seq.first_token_at
         if outcome.finished:

@@ -49,6 +49,10 @@ class Workload:
     - `tenant` (int32): which superposed trace a request came from
     - `prompt_index` (int32): row of the routing data, or `NO_PROMPT`
     - `pinned_expert` (int32): index into `expert_names` for requests that name a model, or `NO_EXPERT`
+    - `num_prefix_tokens` (int32, >= 0): how many of the prompt's first tokens are a prefix that other requests
+      share (a chat template's system prompt): an engine that has computed that prefix before reuses its KV
+      cache (prefix caching, `switchboard.sim.engine`). Requests share a prefix when they give the same length
+      (one shared prefix per length). 0: none (the Azure traces, which carry no prompt text).
     """
 
     arrival_s: np.ndarray
@@ -57,6 +61,7 @@ class Workload:
     tenant: np.ndarray
     prompt_index: np.ndarray
     pinned_expert: np.ndarray
+    num_prefix_tokens: np.ndarray
     expert_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -85,9 +90,11 @@ class Workload:
         tenant: int | np.ndarray = 0,
         prompt_index: np.ndarray | None = None,
         pinned_expert: np.ndarray | None = None,
+        num_prefix_tokens: int | np.ndarray = 0,
         expert_names: tuple[str, ...] = (),
     ) -> "Workload":
-        """A workload from unsorted arrays (sorted here, stably). Token counts are clipped to >= 1."""
+        """A workload from unsorted arrays (sorted here, stably). Token counts are clipped to >= 1, shared
+        prefixes to [0, prompt tokens]."""
         arrival = np.asarray(arrival_s, dtype=np.float64)
         n = len(arrival)
         order = np.argsort(arrival, kind="stable")
@@ -97,13 +104,15 @@ class Workload:
                 return np.full(n, fill if value is None else value, dtype=dtype)
             return np.asarray(value, dtype)[order]
 
+        prompt = np.maximum(1, np.asarray(num_prompt_tokens, dtype=np.int64))[order]
         return cls(
             arrival_s=arrival[order],
-            num_prompt_tokens=np.maximum(1, np.asarray(num_prompt_tokens, dtype=np.int64))[order],
+            num_prompt_tokens=prompt,
             num_output_tokens=np.maximum(1, np.asarray(num_output_tokens, dtype=np.int64))[order],
             tenant=col(tenant, np.int32, 0),
             prompt_index=col(prompt_index, np.int32, NO_PROMPT),
             pinned_expert=col(pinned_expert, np.int32, NO_EXPERT),
+            num_prefix_tokens=np.clip(col(num_prefix_tokens, np.int32, 0), 0, prompt).astype(np.int32),
             expert_names=expert_names,
         )
 
@@ -202,6 +211,7 @@ def superpose(
         tenant=np.concatenate([np.full(len(w), i, dtype=np.int32) for i, w in enumerate(workloads)]),
         prompt_index=np.concatenate([w.prompt_index for w in workloads]),
         pinned_expert=np.concatenate(pinned) if pinned else None,
+        num_prefix_tokens=np.concatenate([w.num_prefix_tokens for w in workloads]) if workloads else 0,
         expert_names=tuple(names),
     )
 

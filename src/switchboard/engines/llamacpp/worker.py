@@ -38,6 +38,20 @@ def _announce(event: dict[str, Any]) -> None:
 _SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
 
 
+def _num_cached_prompt_tokens(previous_context: list[int], prompt: list[int]) -> int:
+    """Prompt tokens llama-cpp-python took from the KV cache instead of evaluating (`Llama.generate`): the
+    longest common prefix with the previous context, less one when the whole prompt matched (that token is
+    re-evaluated to refresh the logits) unless the context was exactly the prompt."""
+    num_common = 0
+    for a, b in zip(previous_context, prompt):
+        if a != b:
+            break
+        num_common += 1
+    if prompt and num_common == len(prompt) and len(previous_context) != len(prompt):
+        return num_common - 1
+    return num_common
+
+
 class _Generator:
     """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio."""
 
@@ -55,6 +69,7 @@ class _Generator:
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
         try:
             kwargs = self._kwargs(body)
+            previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
             if kind == "chat":
                 chunks = self.llm.create_chat_completion(messages=body["messages"], stream=True, **kwargs)
             else:
@@ -76,7 +91,9 @@ class _Generator:
                     finish = choice["finish_reason"]
             # llama.cpp's stream carries no usage; the context holds prompt + evaluated completion tokens.
             num_prompt = max(0, self.llm.n_tokens - max(0, num_completion - 1))
-            emit(("finish", {"reason": finish or "stop", "prompt_tokens": num_prompt, "completion_tokens": num_completion}))
+            num_cached = _num_cached_prompt_tokens(previous_context, self.llm._input_ids[:num_prompt].tolist())
+            emit(("finish", {"reason": finish or "stop", "prompt_tokens": num_prompt,
+                             "completion_tokens": num_completion, "cached_tokens": num_cached}))
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
             emit(("rejected", str(exc)))
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
@@ -99,6 +116,12 @@ class _Generator:
                     return
         finally:
             cancelled.set()
+
+
+def _usage(info: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+            "total_tokens": info["prompt_tokens"] + info["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": info["cached_tokens"]}}
 
 
 def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float):
@@ -151,8 +174,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
             return JSONResponse({
                 "id": rid, "object": obj, "created": created, "model": model_name,
                 "choices": [choice("".join(parts), info["reason"], stream=False)],
-                "usage": {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
-                          "total_tokens": info["prompt_tokens"] + info["completion_tokens"]},
+                "usage": _usage(info),
             })
 
         async def sse():
@@ -168,10 +190,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
                                 "choices": [choice(None, info["reason"], stream=True)]}
                         yield f"data: {json.dumps(data)}\n\n"
-                        usage = {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
-                                 "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
-                                "choices": [], "usage": usage}
+                                "choices": [], "usage": _usage(info)}
                         yield f"data: {json.dumps(data)}\n\n"
                         yield "data: [DONE]\n\n"
                         return
