@@ -77,7 +77,7 @@ class FidelityPlan:
     max_tokens: tuple[int, int] = (8, 48)
     step_interval_s: float = 0.25
     n_threads: int | None = None
-    """llama.cpp threads (None: all cores, as `make run`)."""
+    """llama.cpp threads (None: the worker's default, half the cores, as `make run`)."""
     tolerance: float = 0.15
     calibration_starts: int = 5
     calibration_prefills: int = 8
@@ -462,7 +462,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=FidelityPlan.num_requests)
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores, as `make run`)")
     parser.add_argument("--tolerance", type=float, default=FidelityPlan.tolerance)
     parser.add_argument("--json", default=None, help="write plan, calibration, per-request outcomes and the table")
     args = parser.parse_args()

@@ -38,6 +38,15 @@ def _announce(event: dict[str, Any]) -> None:
 _SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
 
 
+def default_num_threads() -> int:
+    """llama.cpp threads when the config gives none: half the cores, at least 1 (llama-cpp-python's own default).
+    Not all of them: llama.cpp's threads meet at a barrier every layer, so one thread preempted by the gateway,
+    the client or another replica stalls the rest. On the 2-core development machine one thread decodes
+    SmolLM2-135M at 57 tokens/s bare and ~52 served through the gateway, two threads at 36 bare and 12-24
+    served (docs/simulator.md, "Fidelity")."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def _num_cached_prompt_tokens(previous_context: list[int], prompt: list[int]) -> int:
     """Prompt tokens llama-cpp-python took from the KV cache instead of evaluating (`Llama.generate`): the
     longest common prefix with the previous context, less one when the whole prompt matched (that token is
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     t_load = time.perf_counter()
     llm = llama_cpp.Llama(
-        model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or os.cpu_count(),
+        model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or default_num_threads(),
         n_batch=args.n_batch, seed=args.seed, verbose=False,
     )
     load_s = time.perf_counter() - t_load
