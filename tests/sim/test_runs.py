@@ -77,3 +77,17 @@ def test_pinned_requests_go_to_their_expert(data):
     _, result = run_policy("switchboard", SPEC, w, lambda ids: routing_inputs(w, data, ids))
     ids = result.expert_ids
     assert [ids[k] for k in result.expert_index] == [names[k] for k in w.pinned_expert]
+
+
+def test_prewarm_starts_are_told_apart_from_starts_on_demand(data):
+    # One expert called every 15 minutes for 8 hours: a 10-minute timeout lets it go and wakes it for every
+    # call; the hybrid histogram learns the period, unloads it and pre-warms it ahead of the next call.
+    n = 32
+    w = wl.attach_prompts(wl.Workload.from_arrays(np.arange(n) * 900.0, np.full(n, 500), np.full(n, 50),
+                                                  pinned_expert=np.zeros(n, dtype=np.int32),
+                                                  expert_names=("gemma-2-9b-it",)), 5608, np.random.default_rng(2))
+    fixed, _ = run_policy("fixed-keepalive", SPEC, w, lambda ids: routing_inputs(w, data, ids))
+    hybrid, run = run_policy("hybrid-keepalive", SPEC, w, lambda ids: routing_inputs(w, data, ids))
+    assert fixed.prewarm_starts == 0 and fixed.cold_starts == fixed.requests_behind_cold_start == n
+    assert hybrid.prewarm_starts == sum(r.is_prewarm for r in run.replicas) > n // 2
+    assert hybrid.requests_behind_cold_start == hybrid.cold_starts - hybrid.prewarm_starts < n // 2

@@ -139,6 +139,7 @@ def _print_table(rows: list[dict], title: str) -> None:
             ("ttft_slo_attainment", "TTFT att.", "{:.3f}"), ("p50_ttft_s", "p50 TTFT s", "{:.2f}"),
             ("p99_ttft_s", "p99 TTFT s", "{:.2f}"), ("p99_tpot_s", "p99 TPOT s", "{:.3f}"),
             ("quality", "quality", "{:.3f}"), ("cold_starts", "cold starts", "{}"),
+            ("prewarm_starts", "of them pre-warms", "{}"), ("requests_behind_cold_start", "requests behind cold", "{}"),
             ("idle_replica_s", "idle rep-s", "{:.0f}"), ("num_rejected", "rejected", "{}")]
     for _, header, _ in cols:
         table.add_column(header, justify="right")

@@ -12,8 +12,10 @@ empty needs a few cold starts to reach its steady state — but cost and replica
 - `usd_cost`: sum over replicas of live time (start decision to stop, or to the end of the run) x USD/hour of
   all its devices. `replica_hours_by_hardware` is live replica-hours per hardware kind.
 - `cold_starts`: replica starts (not pre-provisioned) decided in the measurement window; `cold_starts_from_zero`
-  those whose expert had no accepting replica (wake-ups, as opposed to scale-ups); `requests_behind_cold_start`:
-  requests that arrived while their expert had no warm replica.
+  those whose expert had no accepting replica (wake-ups, as opposed to scale-ups); `prewarm_starts` those a
+  pre-warm decided ahead of demand (keep-alive's histogram, route-aware pre-warming) rather than for requests;
+  `requests_behind_cold_start`: requests that arrived while their expert had no warm replica (Serverless in the
+  Wild's cold starts: invocations that find their application unloaded).
 - `idle_replica_s`: warm time in the measurement window in which the replica's engine had no work, summed.
 """
 
@@ -47,6 +49,7 @@ class Summary:
     replica_hours_by_hardware: dict[str, float]
     cold_starts: int
     cold_starts_from_zero: int
+    prewarm_starts: int
     requests_behind_cold_start: int
     idle_replica_s: float
     max_live_replicas: int
@@ -106,6 +109,7 @@ def summarize(result: RunResult, policy: str, warmup_s: float = 0.0) -> Summary:
         replica_hours_by_hardware={k: round(v, 4) for k, v in sorted(hours.items())},
         cold_starts=len(started),
         cold_starts_from_zero=sum(1 for r in started if r.is_from_zero),
+        prewarm_starts=sum(1 for r in started if r.is_prewarm),
         requests_behind_cold_start=int((result.waited_for_cold_start & counted).sum()),
         idle_replica_s=idle_s,
         max_live_replicas=_max_live(result),

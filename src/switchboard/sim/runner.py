@@ -33,6 +33,8 @@ from switchboard.policies.actions import (
     StopReplica,
     apply_action,
 )
+from switchboard.policies.keepalive import KeepAliveReasonCode
+from switchboard.policies.routing import PrewarmReasonCode
 from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
@@ -45,6 +47,11 @@ class RoutingInputs:
 
     predicted: np.ndarray
     true: np.ndarray
+
+
+_PREWARM_CODES = frozenset({KeepAliveReasonCode.PREWARM_DUE, KeepAliveReasonCode.PREWARM_SCHEDULED,
+                            PrewarmReasonCode.PREDICTED_DEMAND})
+"""Start reasons of pre-warms: a start decided ahead of demand rather than for a request."""
 
 
 @dataclasses.dataclass
@@ -60,6 +67,9 @@ class ReplicaRecord:
     is_preprovisioned: bool = False
     is_from_zero: bool = False
     """Its expert had no accepting replica when it was started (a scale-from-zero, not a scale-up)."""
+    is_prewarm: bool = False
+    """Started ahead of demand by a pre-warm (keep-alive's histogram or route-aware pre-warming), not for
+    requests that had arrived or been routed."""
     busy_s: float = 0.0
     busy_before_warmup_s: float = 0.0
 
@@ -377,7 +387,7 @@ class Simulation:
         others = [r for r in self.snapshot.accepting_replicas_of(action.expert_id) if r.replica_id != action.replica_id]
         self.records[action.replica_id] = ReplicaRecord(
             action.replica_id, action.expert_id, action.hardware, profile.num_devices, profile.usd_per_hour, now_s,
-            is_preprovisioned=preprovisioned, is_from_zero=not others)
+            is_preprovisioned=preprovisioned, is_from_zero=not others, is_prewarm=action.reason.code in _PREWARM_CODES)
         return [Event(now_s + action.cold_start_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
