@@ -42,7 +42,8 @@ class ChoiceError(Exception):
 
 
 class DefaultExpertChooser:
-    """Answers `auto` with the configured default expert (used when no router is loaded)."""
+    """Answers `auto` with the configured default expert (used when no router is loaded), falling back along
+    that expert's configured `fallbacks` (those the request's constraints allow), as when it is named."""
 
     blocking = False
 
@@ -55,6 +56,7 @@ class DefaultExpertChooser:
             allowed = [c for c in allowed if c.usd_per_mtok_blended <= routing.max_usd_per_mtok]
         if not allowed:
             raise ChoiceError("no served expert satisfies the routing constraints (experts, max_usd_per_mtok)")
-        ids = [c.id for c in allowed]
-        chosen = self.default_expert_id if self.default_expert_id in ids else ids[0]
-        return ExpertChoice(chosen, reason="default expert (no router loaded)")
+        by_id = {c.id: c for c in allowed}
+        chosen = self.default_expert_id if self.default_expert_id in by_id else allowed[0].id
+        fallbacks = tuple(f for f in by_id[chosen].fallbacks if f in by_id)
+        return ExpertChoice(chosen, reason="default expert (no router loaded)", fallbacks=fallbacks)
