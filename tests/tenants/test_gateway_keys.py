@@ -19,7 +19,7 @@ from switchboard.gateway.auth import AuthConfigError
 from switchboard.observability.logs import JsonFormatter
 from switchboard.storage import database
 from switchboard.tenants.keys import KeyLimits
-from switchboard.tenants.store import create_key, revoke_key
+from switchboard.tenants.store import create_key, load_keys, revoke_key, update_key_limits
 from switchboard.testing.servers import serve_in_thread
 
 ADMIN_KEY = "admin-" + "x" * 40
@@ -109,6 +109,28 @@ def test_rate_limits_answer_429_with_retry_after_naming_the_limit(db_url):
             chat(base, tpm350, max_tokens=None)
         assert err.value.code == "tpm_exceeded" and "350 tokens per minute" in err.value.message
         assert 1 <= int(err.value.response.headers["retry-after"]) <= 60 and err.value.response.headers["x-switchboard-limit"] == "tpm"
+
+
+def test_a_raised_limit_applies_without_a_restart(db_url):
+    key_id, secret = new_key(db_url, "grows", rpm=1)
+    with serve(db_url) as base:
+        chat(base, secret)
+        with pytest.raises(openai.RateLimitError):
+            chat(base, secret)
+        # Raised by another process (`switchboard keys update`): served once the gateway re-reads the table.
+        engine = database.open_engine(db_url)
+        update_key_limits(engine, key_id, KeyLimits(rpm=100))
+        assert [k.limits.rpm for k in load_keys(engine) if k.key_id == key_id] == [100]
+        engine.dispose()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = chat(base, secret)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the raised limit was not applied within 10 s"
+                time.sleep(0.05)
+        assert answer.headers["x-switchboard-expert"] == "cheap"
 
 
 def test_budgets_answer_402_and_survive_a_restart(db_url):

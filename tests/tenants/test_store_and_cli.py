@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from switchboard.cli.main import _register_subcommands, app
 from switchboard.storage import database
 from switchboard.tenants.keys import SECRET_PREFIX, KeyLimits, OnViolation, digest_of
-from switchboard.tenants.store import KeyNotFound, create_key, load_keys, revoke_key, spend_since
+from switchboard.tenants.store import KeyNotFound, create_key, load_keys, revoke_key, spend_since, update_key_limits
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc).timestamp()
 
@@ -43,6 +43,16 @@ def test_keys_round_trip_and_only_the_digest_is_stored(engine):
         revoke_key(engine, "key_nope")
 
 
+def test_a_keys_limits_can_be_replaced_keeping_its_identity(engine):
+    key, secret = create_key(engine, "search", "acme", KeyLimits(rpm=60, usd_per_day=1.0), now_s=NOW)
+    updated = update_key_limits(engine, key.key_id, KeyLimits(rpm=600, on_violation=OnViolation.QUEUE))
+    assert updated.limits == KeyLimits(rpm=600, on_violation=OnViolation.QUEUE)
+    assert (updated.key_id, updated.digest, updated.created_at) == (key.key_id, digest_of(secret), NOW)
+    assert load_keys(engine) == [updated]
+    with pytest.raises(KeyNotFound):
+        update_key_limits(engine, "key_nope", KeyLimits())
+
+
 def test_spend_per_key_since_the_start_of_the_day_and_month(engine):
     def row(request_id, key_id, at, usd):
         return (request_id, at, key_id, "chat", "e", None, None, 1, 1, usd, 0.1, 0.1, False, None, "ok", 200, None)
@@ -70,12 +80,28 @@ def test_cli_create_list_revoke_with_a_config(db_url, tmp_path):
     table = runner.invoke(app, ["keys", "list", "--config", str(config)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and made["id"] in table.output and "active" in table.output
     assert made["secret"] not in table.output and made["secret"][10:] not in table.output
+    updated = runner.invoke(app, ["keys", "update", made["id"], "--rpm", "600", "--unset", "quality-floor", "--tpm", "5000",
+                                  "--config", str(config), "--json"])
+    assert updated.exit_code == 0, updated.output
+    changed = json.loads(updated.stdout)
+    assert (changed["rpm"], changed["tpm"], changed["quality_floor"], changed["on_violation"]) == (600, 5000, None, "degrade")
+    human = runner.invoke(app, ["keys", "update", made["id"], "--usd-per-day", "2.5", "--config", str(config)])
+    assert human.exit_code == 0 and "usd_per_day=2.5" in human.output
+    for args, message in ((["--unset", "colour"], "--unset takes rpm, tpm"), ([], "nothing to change"),
+                          (["--rpm", "1", "--unset", "rpm"], "rpm both set and unset"),
+                          (["--on-violation", "panic"], "degrade, queue or reject")):
+        bad = runner.invoke(app, ["keys", "update", made["id"], *args, "--config", str(config)])
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
     assert runner.invoke(app, ["keys", "revoke", made["id"], "--config", str(config)]).exit_code == 0
+    revoked = runner.invoke(app, ["keys", "update", made["id"], "--rpm", "1", "--config", str(config)])
+    assert revoked.exit_code == 2 and "is revoked" in revoked.output
     listed = json.loads(runner.invoke(app, ["keys", "list", "--config", str(config), "--json"]).stdout)
     assert [(k["id"], k["revoked_at"] is not None) for k in listed] == [(made["id"], True)] and "secret" not in listed[0]
     assert json.loads(runner.invoke(app, ["keys", "list", "--no-revoked", "--config", str(config), "--json"]).stdout) == []
-    missing = runner.invoke(app, ["keys", "revoke", "key_nope", "--config", str(config)])
-    assert missing.exit_code == 2 and "no key with id 'key_nope'" in missing.output
+    for command in ("revoke", "update"):
+        missing = runner.invoke(app, ["keys", command, "key_nope", "--rpm", "1", "--config", str(config)]
+                                if command == "update" else ["keys", command, "key_nope", "--config", str(config)])
+        assert missing.exit_code == 2 and "no key with id 'key_nope'" in missing.output
     bad = runner.invoke(app, ["keys", "create", "x", "--on-violation", "panic", "--config", str(config)])
     assert bad.exit_code == 2 and "degrade, queue or reject" in bad.output
     human = runner.invoke(app, ["keys", "create", "shown-once", "--config", str(config)])

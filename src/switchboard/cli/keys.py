@@ -1,4 +1,4 @@
-"""`switchboard keys create | list | revoke`: API keys in the configured storage database (docs/tenants.md).
+"""`switchboard keys create | list | update | revoke`: API keys in the configured storage database (docs/tenants.md).
 
 The secret is printed once, by `create`; the database keeps its SHA-256 digest only.
 """
@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-keys_app = typer.Typer(help="API keys: create, list and revoke (stored in the storage database).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: create, list, update limits and revoke (stored in the storage database).",
+                       no_args_is_help=True)
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config whose storage.url holds the keys; the embedded default if omitted.")
 URL_OPTION = typer.Option(None, "--url", help="Database URL instead of the config's storage.url.")
@@ -134,6 +135,62 @@ def list_keys(
         status = "[red]revoked[/]" if row["revoked_at"] else "[green]active[/]"
         table.add_row(*("—" if row[c] is None else f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in headers), status)
     Console().print(table)
+
+
+@keys_app.command("update")
+def update(
+    key_id: str = typer.Argument(..., help="The key's id (key_...), from `keys list`."),
+    rpm: Optional[int] = typer.Option(None, "--rpm", min=0, help="Requests per minute."),
+    tpm: Optional[int] = typer.Option(None, "--tpm", min=0, help="Tokens (prompt + answer) per minute."),
+    usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Budget per UTC day, USD."),
+    usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Budget per UTC month, USD."),
+    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", min=0, max=1, help="Never serve below this predicted quality."),
+    usd_per_mtok_ceiling: Optional[float] = typer.Option(None, "--usd-per-mtok-ceiling", min=0, help="Never serve an expert pricier than this (USD/Mtok)."),
+    on_violation: Optional[str] = typer.Option(None, "--on-violation", help="When floor/ceiling cannot be met: degrade, queue or reject."),
+    unset: list[str] = typer.Option([], "--unset", help="A limit to remove (unlimited), by name: rpm, tpm, usd-per-day, "
+                                    "usd-per-month, quality-floor, usd-per-mtok-ceiling. Repeatable."),
+    config: Optional[Path] = CONFIG_OPTION,
+    url: Optional[str] = URL_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Change a key's limits; the others stay. A running gateway applies them within `auth.refresh_interval_s`."""
+    import dataclasses
+
+    from switchboard.tenants.keys import OnViolation
+    from switchboard.tenants.store import LIMIT_COLUMNS, KeyNotFound, load_keys, update_key_limits
+
+    if on_violation is not None and on_violation not in {v.value for v in OnViolation}:
+        _fail(f"--on-violation must be degrade, queue or reject, not {on_violation!r}")
+    cleared = {name.replace("-", "_") for name in unset}
+    if unknown := sorted(cleared - set(LIMIT_COLUMNS)):
+        _fail(f"--unset takes {', '.join(c.replace('_', '-') for c in LIMIT_COLUMNS)}; not {', '.join(unknown)}")
+    given = {"rpm": rpm, "tpm": tpm, "usd_per_day": usd_per_day, "usd_per_month": usd_per_month,
+             "quality_floor": quality_floor, "usd_per_mtok_ceiling": usd_per_mtok_ceiling}
+    changes: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if both := sorted(cleared & changes.keys()):
+        _fail(f"{', '.join(both)} both set and unset")
+    changes.update({name: None for name in cleared})
+    if on_violation is not None:
+        changes["on_violation"] = OnViolation(on_violation)
+    if not changes:
+        _fail("nothing to change: give a limit (e.g. --rpm 60) or --unset NAME")
+    engine = _engine(config, url)
+    try:
+        current = next((k for k in load_keys(engine) if k.key_id == key_id), None)
+        if current is None:
+            _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
+        if current.is_revoked:
+            _fail(f"key {key_id} is revoked; create a new one")
+        key = update_key_limits(engine, key_id, dataclasses.replace(current.limits, **changes))
+    except KeyNotFound:
+        _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(_as_dict(key)))
+        return
+    shown = ", ".join(f"{k}={'unlimited' if v is None else getattr(v, 'value', v)}" for k, v in changes.items())
+    typer.echo(f"updated {key.key_id} ({key.name}): {shown}")
 
 
 @keys_app.command("revoke")

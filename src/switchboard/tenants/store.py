@@ -95,6 +95,17 @@ def revoke_key(engine: Engine, key_id: str, now_s: float | None = None) -> ApiKe
     raise KeyNotFound(key_id)
 
 
+def update_key_limits(engine: Engine, key_id: str, limits: KeyLimits) -> ApiKey:
+    """Replaces the key's limits (its id, name and secret stay). A running gateway applies them at its next
+    re-read of the key table. Raises KeyNotFound."""
+    with engine.begin() as connection:
+        result = connection.execute(update(keys_table).where(keys_table.c.id == key_id).values(
+            on_violation=limits.on_violation.value, **{c: getattr(limits, c) for c in LIMIT_COLUMNS}))
+    if result.rowcount == 0:
+        raise KeyNotFound(key_id)
+    return next(k for k in load_keys(engine) if k.key_id == key_id)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Spend:
     usd_today: float
