@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switchboard.cluster.ray_control import config_fingerprint
+from switchboard.cluster.ray_control import ControlActor, config_fingerprint, silent_gateways
 from switchboard.config import parse_config
 
 
@@ -13,3 +13,40 @@ def test_gateways_compare_configs_but_not_how_they_reach_the_cluster():
     same = config_fingerprint(parse_config(config("auto", 7)))
     assert config_fingerprint(parse_config(config("10.0.0.1:6379", 7))) == same
     assert config_fingerprint(parse_config(config("auto", 8))) != same
+
+
+def test_silent_gateways_are_those_past_the_timeout_oldest_first():
+    seen = {"a": 10.0, "b": 4.0, "c": 14.5}
+    assert silent_gateways(seen, 15.0, 4.0) == ["b", "a"] and silent_gateways(seen, 15.0, 5.0) == ["b"]
+    assert silent_gateways(seen, 15.0, 11.0) == []
+
+
+async def test_a_silent_gateways_leases_are_released_and_a_live_ones_kept():
+    """The control actor's body in-process over the embedded cluster (the lease bookkeeping is Ray-free)."""
+    config = parse_config("""
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0}, warm_at_start: true}
+router: {enabled: false}
+storage: {enabled: false}
+""")
+    now = [100.0]
+    actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=5.0, clock=lambda: now[0])
+    await actor.start()
+    try:
+        def running() -> int:
+            return sum(r["num_running"] for e in actor.fleet.snapshot()["experts"] for r in e["replicas"])
+
+        dead = await actor.acquire("e", "r1", 10, 4, "", "gw-dead")
+        alive = await actor.acquire("e", "r2", 10, 4, "", "gw-alive")
+        assert dead[0] == alive[0] == "ok" and running() == 2
+        now[0] += 3.0
+        await actor.snapshot("gw-alive")  # the live gateway's periodic refresh
+        now[0] += 3.0
+        assert await actor.reclaim_silent_gateways() == ["gw-dead"]
+        assert running() == 1
+        assert (await actor.snapshot("gw-alive"))["counters"]["leases_reclaimed_from_silent_gateways"] == 1
+        await actor.release(dead[1]["token"], None, "gw-dead")  # a late release of a reclaimed lease is harmless
+        await actor.release(alive[1]["token"], None, "gw-alive")
+        assert running() == 0 and await actor.reclaim_silent_gateways() == []
+    finally:
+        await actor.shutdown()

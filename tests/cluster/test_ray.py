@@ -5,6 +5,7 @@ request either completed or failed cleanly. Run with `pytest -m ray tests/cluste
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
 
 def ray_config(address: str):
     return parse_config(f"""
-cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5}}
+cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5, gateway_timeout_s: 3}}
 experts:
   - id: smollm2
     backend: {{kind: llamacpp, n_threads: 1, hardware: cpu}}
@@ -169,32 +170,47 @@ def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_clus
     assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"
 
 
-def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
-    """A second `switchboard serve --ray` process joins the same control actor: both gateways show one fleet,
-    and requests through the second are served by the replicas the first one sees."""
+@contextlib.contextmanager
+def second_gateway(config, tmp_path):
+    """Another `switchboard serve --ray` process on the same cluster and config; yields (url, process). Stopped
+    with SIGINT at the end unless the test killed it."""
     from switchboard.testing.servers import free_port
 
-    url, config = gateway
     path = tmp_path / "switchboard.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     port = free_port()
-    second = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), "--ray", config.cluster.address],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    other = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert second.poll() is None, f"the second gateway exited: {second.stderr.read()}"
+            assert process.poll() is None, f"the second gateway exited: {process.stderr.read()}"
             assert time.monotonic() < deadline, "the second gateway never came up"
             try:
-                if httpx.get(other + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
+
+def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
+    """A second `switchboard serve --ray` process joins the same control actor: both gateways show one fleet,
+    and requests through the second are served by the replicas the first one sees."""
+    url, config = gateway
+    with second_gateway(config, tmp_path) as (other, _):
         def warm(view: dict) -> dict[str, tuple[str, str]]:
             return {r["replica_id"]: (r["worker"], r["node"]) for e in view["experts"] for r in e["replicas"] if r["state"] == "warm"}
 
@@ -212,14 +228,34 @@ def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
         while replicas_of(fleet_view(url), "small-l4")[0]["num_served"] != replica["num_served"] + 3:
             assert time.monotonic() < deadline, "the first gateway does not see the second one's requests"
             time.sleep(0.2)
-    finally:
-        second.send_signal(signal.SIGINT)
-        try:
-            second.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            second.kill()
-            second.wait()
     # The shared fleet outlives a gateway that leaves.
     answer = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60).chat.completions.create(
         model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert answer.choices[0].message.content == "[simulated small-l4: 2 tokens]"
+
+
+def test_a_gateway_killed_mid_stream_does_not_leave_its_replica_busy(gateway, tmp_path):
+    """SIGKILL a gateway while it streams: the control actor hears no more from it and, after
+    `cluster.gateway_timeout_s`, releases its lease, so the replica no longer counts the dead request."""
+    url, config = gateway
+
+    def running() -> int:
+        return sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4"))
+
+    with second_gateway(config, tmp_path) as (other, process):
+        client = openai.OpenAI(base_url=other + "/v1", api_key="unused", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model="small-l4", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=4000, stream=True)
+        next(iter(stream))  # streaming: the lease is held
+        deadline = time.monotonic() + 10
+        while running() != 1:
+            assert time.monotonic() < deadline, "the streaming request never showed as running"
+            time.sleep(0.1)
+        process.kill()
+        process.wait()
+        killed_at = time.monotonic()
+        while running() != 0:
+            assert time.monotonic() - killed_at < config.cluster.gateway_timeout_s + 10, "the dead gateway's lease was kept"
+            time.sleep(0.2)
+    counters = fleet_view(url)["counters"]
+    assert counters["leases_reclaimed_from_silent_gateways"] >= 1

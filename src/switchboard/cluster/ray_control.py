@@ -7,7 +7,9 @@ streamed straight from the replica actor to the gateway (the control actor never
 
 The first gateway creates the actor (`get_if_exists`); later ones join it and must bring the same config. The
 actor outlives the gateways (it is detached): `stop_control_actor` (or `switchboard ray-stop`) ends it and its
-replicas. Known limit: a gateway process that dies mid-request leaves that request's lease held in the actor.
+replicas. Every gateway has an id; the leases it holds are released when it has not been heard from (it
+refreshes its fleet view every `SNAPSHOT_INTERVAL_S`) for `cluster.gateway_timeout_s`, so a gateway process
+that dies mid-request does not leave its replicas looking busy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -58,25 +61,76 @@ def _replica_info(token: str, lease: Lease) -> dict[str, Any]:
             "actor": getattr(engine, "actor", None), "node_id": getattr(engine, "node_id", "")}
 
 
-class ControlActor:
-    """The body of the control actor. Every method is a coroutine on the actor's one event loop."""
+def silent_gateways(seen_at_s: dict[str, float], now_s: float, timeout_s: float) -> list[str]:
+    """Gateways not heard from for more than `timeout_s` at `now_s`, oldest first."""
+    return sorted((g for g, t in seen_at_s.items() if now_s - t > timeout_s), key=seen_at_s.__getitem__)
 
-    def __init__(self, config: dict[str, Any]) -> None:
+
+class ControlActor:
+    """The body of the control actor. Every method is a coroutine on the actor's one event loop.
+
+    `gateway_timeout_s` defaults to the config's `cluster.gateway_timeout_s` (Ray) or 10 s; `clock` is
+    monotonic seconds (both passed in by tests)."""
+
+    def __init__(self, config: dict[str, Any], gateway_timeout_s: float | None = None,
+                 clock: Any = time.monotonic) -> None:
         self.config = SwitchboardConfig.model_validate(config)
         self.fleet: LiveFleet | None = None
         self._leases: dict[str, Lease] = {}
+        self._owners: dict[str, str] = {}
+        """Lease token -> id of the gateway holding it."""
+        self._seen_at_s: dict[str, float] = {}
+        """Gateway id -> when it last called (a lease, a release, its fleet-view refresh)."""
         self._tokens = itertools.count(1)
+        cluster = self.config.cluster
+        self.gateway_timeout_s = gateway_timeout_s if gateway_timeout_s is not None else (
+            cluster.gateway_timeout_s if isinstance(cluster, RayClusterConfig) else 10.0)
+        self.clock = clock
+        self.num_leases_reclaimed = 0
+        self._reaper: asyncio.Task | None = None
 
     async def start(self) -> str:
         """Starts the fleet once (later calls only answer); returns the config fingerprint."""
         if self.fleet is None:
             self.fleet = LiveFleet(self.config)  # over RayCluster: the config's cluster is `kind: ray`
             await self.fleet.start()
+            self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
         return config_fingerprint(self.config)
 
     async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         if self.fleet is not None:
             await self.fleet.stop()
+
+    def _heard_from(self, gateway_id: str) -> None:
+        if gateway_id:
+            self._seen_at_s[gateway_id] = self.clock()
+
+    async def reclaim_silent_gateways(self) -> list[str]:
+        """Releases every lease held by a gateway silent for longer than the timeout (its process died or lost
+        the cluster mid-request), counted as not served; returns those gateways' ids."""
+        silent = silent_gateways(self._seen_at_s, self.clock(), self.gateway_timeout_s)
+        for gateway_id in silent:
+            del self._seen_at_s[gateway_id]
+            tokens = [t for t, owner in self._owners.items() if owner == gateway_id]
+            for token in tokens:
+                del self._owners[token]
+                await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)
+            self.num_leases_reclaimed += len(tokens)
+            if tokens:
+                log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
+                            self.gateway_timeout_s, len(tokens), ", ".join(tokens))
+        return silent
+
+    async def _reclaim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.gateway_timeout_s / 4)
+            try:
+                await self.reclaim_silent_gateways()
+            except Exception:  # noqa: BLE001 — a failed pass is retried; the fleet must keep running
+                log.exception("could not release the leases of silent gateways")
 
     def _fleet(self) -> LiveFleet:
         assert self.fleet is not None, "start() first"
@@ -85,8 +139,11 @@ class ControlActor:
     async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
         return self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
 
-    async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str) -> tuple:
-        """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not."""
+    async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
+                      gateway_id: str = "") -> tuple:
+        """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not.
+        The lease belongs to `gateway_id` (released if that gateway falls silent)."""
+        self._heard_from(gateway_id)
         lease = self._fleet().lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
         try:
             await lease.__aenter__()
@@ -96,9 +153,13 @@ class ControlActor:
             return ("error", RemoteEngineError.of(exc))
         token = f"{request_id}@{next(self._tokens)}"
         self._leases[token] = lease
+        if gateway_id:
+            self._owners[token] = gateway_id
         return ("ok", _replica_info(token, lease))
 
-    async def release(self, token: str, error: RemoteEngineError | None) -> None:
+    async def release(self, token: str, error: RemoteEngineError | None, gateway_id: str = "") -> None:
+        self._heard_from(gateway_id)
+        self._owners.pop(token, None)
         lease = self._leases.pop(token, None)
         if lease is not None:
             exc = error.to_exception() if error is not None else None
@@ -107,6 +168,7 @@ class ControlActor:
     async def abandon(self, request_id: str) -> None:
         """Releases any lease still held for `request_id` (its gateway gave up while the lease was granted)."""
         for token in [t for t in self._leases if t.startswith(f"{request_id}@")]:
+            self._owners.pop(token, None)
             await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)  # counted as not served
 
     async def refresh_inventory(self) -> None:
@@ -115,8 +177,10 @@ class ControlActor:
     async def wake(self, expert_id: str, detail: str) -> None:
         self._fleet().wake(expert_id, detail)
 
-    async def snapshot(self) -> dict[str, Any]:
-        """The fleet view, plus what gateways' metrics read from the model (unplaced requests, memory used)."""
+    async def snapshot(self, gateway_id: str = "") -> dict[str, Any]:
+        """The fleet view, plus what gateways' metrics read from the model (unplaced requests, memory used).
+        A gateway's periodic call is also how the actor knows it is alive."""
+        self._heard_from(gateway_id)
         fleet = self._fleet()
         view = fleet.snapshot()
         model = fleet.model
@@ -125,6 +189,7 @@ class ControlActor:
         for worker in view["workers"]:
             worker["memory_used_gb"] = model.memory_used_gb(worker["worker_id"])
         view["decisions"] = list(fleet.decisions)
+        view["counters"] = {**view["counters"], "leases_reclaimed_from_silent_gateways": self.num_leases_reclaimed}
         return view
 
 
@@ -163,6 +228,8 @@ class RemoteFleet:
         self.model = SnapshotModel({})
         self._view: dict[str, Any] = {"now": time.time(), "workers": [], "experts": [], "counters": {}, "decisions": []}
         self._actor: Any = None
+        self.gateway_id = uuid.uuid4().hex[:12]
+        """Who holds this gateway's leases in the control actor (they are released if it falls silent)."""
         self._tokens: dict[str, str] = {}
         self._refresh_task: asyncio.Task | None = None
         # This gateway's own breakers (what it saw fail); the control actor keeps the replicas' for the fleet.
@@ -248,7 +315,8 @@ class RemoteFleet:
         import ray
 
         r = lease.request
-        pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected, r.prefix_key)
+        pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected,
+                                             r.prefix_key, self.gateway_id)
         try:
             answer = await self._control(r.expert_id, pending)
         except asyncio.CancelledError:  # the client left or timed out while waiting: the actor must not keep a lease for it
@@ -272,7 +340,7 @@ class RemoteFleet:
         if token is not None:
             error = RemoteEngineError.of(exc) if isinstance(exc, EngineError) else None
             # Submitted now (Ray keeps one caller's calls in order), so a retry's acquire comes after it.
-            self._actor.release.remote(token, error)
+            self._actor.release.remote(token, error, self.gateway_id)
 
     async def refresh_inventory(self) -> None:
         await self._control("", self._actor.refresh_inventory.remote())
@@ -290,7 +358,7 @@ class RemoteFleet:
         return view
 
     async def _refresh(self) -> None:
-        view = await self._actor.snapshot.remote()
+        view = await self._actor.snapshot.remote(self.gateway_id)
         known = {(d["at"], d["action"], d["replica"], d["code"]) for d in self.decisions}
         for d in view.pop("decisions"):  # keep the dicts already seen: the metrics watcher tracks them by identity
             if (d["at"], d["action"], d["replica"], d["code"]) not in known:

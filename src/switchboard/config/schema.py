@@ -197,6 +197,10 @@ class RayClusterConfig(_Strict):
         "switchboard-control", description="Name of the detached actor holding the control plane, shared by every gateway on the cluster.",
     )
     inventory_interval_s: float = Field(1.0, gt=0, description="How often the node inventory is re-read (node loss and joins).")
+    gateway_timeout_s: float = Field(
+        10.0, gt=1.0, description="A gateway not heard from for this long (it refreshes its fleet view every 0.5 s) is "
+        "taken for dead: the control actor releases the leases it held.",
+    )
 
 
 ClusterConfig = Annotated[Union[EmbeddedClusterConfig, RayClusterConfig], Field(discriminator="kind")]
