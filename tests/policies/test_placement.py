@@ -137,3 +137,31 @@ def test_a_starting_replica_on_a_kind_too_slow_for_the_routed_load_has_a_better_
     l4_at_load, = [c for c in candidates(s, A, PlacementSettings(), 0.1) if c.worker.worker_id == "l40"]
     assert l4_at_load.usd_per_hour_at_load < 1.0 and l4_at_load.meets_slo
     assert cost_aware.better_than_starting(s, s.replicas[ReplicaId("a#2")], 0.1) is None
+
+
+def test_one_long_first_request_is_no_rate_to_size_an_expert_by():
+    # The expert's only arrival has a 3,000-token prompt. Read as one such request per second, it would need
+    # several L4 replicas and go to the H100 for good; one request says nothing about a rate, so the cheapest
+    # kind that serves it within the SLO (the L4: ~1.5 s) is chosen. A second arrival makes it a rate.
+    s = ops.record_arrival(_hetero(), A, 3_000, 50)
+    s = ops.enqueue(s, request(0, prompt=3_000, output=50, slo=2.0), None)
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    assert policy.place(s, A).candidate.worker.worker_id == "l40"
+    s = ops.at_time(ops.record_arrival(ops.at_time(s, 0.5), A, 3_000, 50), 1.0)
+    assert policy.place(s, A).candidate.worker.worker_id == "h0"
+
+
+def test_a_scale_up_is_judged_on_one_request_not_on_the_queue_the_warm_replicas_drain():
+    # A warm L4 replica has 12 × 1,000-token prompts queued (3 s of prefill). A first replica would serve that
+    # queue, so the L4 would miss the 2 s TTFT; a scale-up's replica serves new requests of the mean size (0.25 s).
+    from policy_builders import with_replica
+
+    two_l4 = _hetero()
+    s = fleet(workers=HETERO + (("l41", L4, 24.0, 0.8),), estimates=list(two_l4.estimates.values()))
+    for i in range(12):
+        s = ops.enqueue(ops.record_arrival(s, A, 1_000, 200), request(i, prompt=1_000, output=200, slo=2.0), None)
+    first = {c.worker.hardware: c for c in candidates(s, A, PlacementSettings())}
+    assert not first[L4].meets_slo and first[H100].meets_slo
+    s = with_replica(s, "a#1", worker="l40")
+    scale_up = {c.worker.hardware: c for c in candidates(s, A, PlacementSettings())}
+    assert scale_up[L4].meets_slo and scale_up[L4].predicted_ttft_s < 0.3

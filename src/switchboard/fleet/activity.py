@@ -71,6 +71,9 @@ class ExpertActivity:
 
         The decayed count of arrivals divided by τ estimates a steady rate; before τ has passed since the first
         arrival the count is divided by the part of τ observed so far, so a new expert's rate is not understated.
+        The rate is 0 until a second arrival: one request says nothing about how often the next come (divided by
+        the 1 s floor it would read as one per second, and a long first prompt would then size the expert for a
+        big card or many replicas). The mean request size is known from the first.
         """
         if self.num_arrivals == 0:
             return Demand()
@@ -78,7 +81,7 @@ class ExpertActivity:
         observed_s = _DEMAND_TAU_S * -math.expm1(-max(0.0, now_s - self.first_arrival_at) / _DEMAND_TAU_S)
         count = self.decayed_arrivals
         return Demand(
-            requests_per_s=count * decay / max(observed_s, 1.0),
+            requests_per_s=count * decay / max(observed_s, 1.0) if self.num_arrivals > 1 else 0.0,
             mean_prompt_tokens=self.decayed_prompt_tokens / count,
             mean_output_tokens=self.decayed_output_tokens / count,
         )

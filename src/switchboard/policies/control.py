@@ -12,7 +12,8 @@ Order inside a step (each stage sees the fleet as the earlier stages left it —
 2. `WakeExpert` events (cold-start hiding woke it in the background).
 3. keep-alive: scale idle experts to zero, start due pre-warms, announce future ones (`PrewarmAt`).
 4. route-aware pre-warming from `RoutePredicted` events; re-place starts the router's demand shows are on a
-   kind too slow for it (`replace_starts`).
+   kind too slow for it (`replace_starts`), and warm replicas another kind with room now serves for less
+   (`replace_warm`; the old one is drained once the new one is warm).
 5. autoscaling with the keep-alive floor; new replicas through placement.
 6. migration of queued requests.
 7. stop draining replicas that have finished their work.
@@ -97,6 +98,18 @@ class ControlSettings(PolicySettings):
         "on it, on a kind that cannot carry the load the router now shows, and a faster kind carries it for less, "
         "start one there and stop the first (cost-aware placement only)."
     )
+    replace_warm: bool = Field(
+        True, description="Re-place a warm replica: when an expert's only replica has been warm for "
+        "`replace_warm_after_s` and another kind, with room now, serves its demand for `replace_warm_min_saving` "
+        "less, start one there and drain the old one once the new one is warm (cost-aware placement only)."
+    )
+    replace_warm_after_s: float = Field(
+        300.0, ge=0, description="How long a replica must have been warm before it is re-placed for cost (the "
+        "demand it is priced at has then held for five of its 60 s half-lives)."
+    )
+    replace_warm_min_saving: float = Field(
+        0.15, ge=0, lt=1, description="The saving per hour, as a fraction, that justifies a re-placement's cold start."
+    )
     prewarm_grace_s: float = Field(
         60.0, ge=0, description="A replica that has served nothing since it became warm is kept at least this long."
     )
@@ -136,6 +149,8 @@ class ControlState:
     autoscale: AutoscaleState = AutoscaleState()
     prewarm: PrewarmState = PrewarmState()
     num_replicas_created: int = 0
+    replacing: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...] = ()
+    """Re-placements of warm replicas under way: (expert, old replica, new replica still starting)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,6 +178,7 @@ class ControlReasonCode(str, enum.Enum):
     START_FAILED = "start-failed"
     EVICTED = "evicted-for-memory"
     REPLACED_START = "replaced-start"
+    REPLACED_WARM = "replaced-warm"
 
 
 # --------------------------------------------------------------------------------------------- the plan
@@ -304,6 +320,7 @@ class ControlPlane:
 
         if self.settings.replace_starts:
             self._replace_starts(plan, prewarm_state)
+        replacing = self._replace_warm(plan, state.replacing) if self.settings.replace_warm else ()
 
         floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
         scaling, autoscale_state = self.autoscale.decide(
@@ -320,7 +337,7 @@ class ControlPlane:
             if replica.state is ReplicaState.DRAINING and replica.load.num_outstanding_requests == 0:
                 plan.do(StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "drained: no work left")))
 
-        new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created)
+        new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created, replacing)
         return StepResult(tuple(plan.actions), new_state, plan.snapshot, keepalive, scaling)
 
     # ---- stages
@@ -372,6 +389,45 @@ class ControlPlane:
                             f"(${better.usd_per_hour_at_load:.2f}/h, {better.num_replicas_needed:.1f} needed)")
             self._start_on(plan, better, expert_id, reason)
             plan.do(StopReplica(starting.replica_id, reason))
+
+    def _replace_warm(self, plan: _Plan, pending: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...]
+                      ) -> tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...]:
+        """*Re-place a warm replica* (`PlacementPolicy.cheaper_than_warm`): an expert served by one replica,
+        warm for `replace_warm_after_s`, that another kind with room now serves for `replace_warm_min_saving`
+        less at its demand gets a replica started there. The old one keeps serving meanwhile and is drained once
+        the new one is warm (so nobody waits for the move). A re-placement whose old or new replica stops on
+        the way (keep-alive, a failed start) is dropped. Needs two arrivals (a demand). Returns the
+        re-placements still under way."""
+        still: list[tuple[ExpertId, ReplicaId, ReplicaId]] = []
+        for expert_id, old_id, new_id in pending:
+            old, new = plan.snapshot.replicas.get(old_id), plan.snapshot.replicas.get(new_id)
+            if old is None or new is None or not old.is_accepting or not new.is_accepting:
+                continue
+            if new.is_warm:
+                plan.do(DrainReplica(old_id, Reason(ControlReasonCode.REPLACED_WARM,
+                                                    f"{new_id} ({new.hardware}) has taken over")))
+            else:
+                still.append((expert_id, old_id, new_id))
+        under_way = {expert_id for expert_id, _, _ in still}
+        now_s = plan.snapshot.now_s
+        for expert_id in sorted(plan.snapshot.experts):
+            if expert_id in under_way:
+                continue
+            replicas = plan.snapshot.accepting_replicas_of(expert_id)
+            if len(replicas) != 1 or not replicas[0].is_warm:
+                continue
+            warm = replicas[0]
+            if now_s - warm.state_since_at < self.settings.replace_warm_after_s:
+                continue
+            if plan.snapshot.activity_of(expert_id).num_arrivals < 2:
+                continue
+            cheaper = self.placement.cheaper_than_warm(plan.snapshot, warm, self.settings.replace_warm_min_saving)
+            if cheaper is None:
+                continue
+            reason = Reason(ControlReasonCode.REPLACED_WARM, f"{warm.replica_id} ({warm.hardware}) serves the load "
+                            f"for more; {cheaper.worker.hardware} now has room at ${cheaper.usd_per_hour_at_load:.2f}/h")
+            still.append((expert_id, warm.replica_id, self._start_on(plan, cheaper, expert_id, reason)))
+        return tuple(still)
 
     def _evict_one_idle(self, plan: _Plan, expert_id: ExpertId) -> bool:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to

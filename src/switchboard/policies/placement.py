@@ -105,9 +105,14 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load.
 
     The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
-    e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away). `workers`
-    (default: all) restricts the search; a listed worker is priced even if it has no room (for comparing with
-    a replica already on it)."""
+    e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away; an expert's own
+    rate needs two arrivals, `ExpertActivity.demand`). `workers` (default: all) restricts the search; a listed worker is priced even if it has no room (for
+    comparing with a replica already on it).
+
+    Latency: a first replica will serve what is queued for the expert now, so its TTFT is predicted behind that
+    queue. A scale-up's replica will not take over today's queue (the warm replicas drain it while it starts):
+    it is judged on one request of the expert's mean size; whether one such replica is enough is the demand's
+    business (`num_replicas_needed`)."""
     spec = snapshot.experts[expert_id]
     replicas = snapshot.accepting_replicas_of(expert_id)
     queued = [q for r in replicas for q in r.load.queue] + list(snapshot.unplaced_of(expert_id))
@@ -124,6 +129,8 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         demand_output = demand.mean_output_tokens or settings.default_output_tokens
     else:  # a rate known from elsewhere, with no request of its own yet: size it like the fleet's recent traffic
         demand_prompt, demand_output = _fleet_request_size(snapshot, settings)
+    if replicas:  # a scale-up: one request of the mean size, nothing ahead of it
+        prompt_tokens, tokens_ahead = round(demand_prompt), 0
     found = []
     for worker in snapshot.workers.values() if workers is None else workers:
         estimate = snapshot.estimate(expert_id, worker.hardware)
@@ -205,6 +212,18 @@ class PlacementPolicy(abc.ABC):
         Only cost-aware placement re-places (first-fit has no notion of a better kind)."""
         return None
 
+    def cheaper_than_warm(self, snapshot: FleetSnapshot, replica: Replica, min_saving: float) -> Candidate | None:
+        """*Re-place a warm replica*: a worker of another kind, with room now, where a replica of `replica`'s
+        expert would cost at least `min_saving` (a fraction) less per hour at the expert's current demand,
+        meeting the SLO and needing no more replicas for it — now and if the demand doubled, so that a rate near
+        the two kinds' price crossover does not move the expert back and forth — or None. The case it is for: a replica placed
+        while the cheaper kind was full (other experts' start-up replicas) or while its load was different,
+        which would otherwise serve on the pricier kind for as long as it stays warm (Mélange's mix re-solved
+        as load and room change; Llumnix moves work between instances in the same spirit).
+
+        Only cost-aware placement re-places."""
+        return None
+
 
 PLACEMENT_POLICIES: Registry[PlacementKind, PlacementPolicy] = Registry("placement")
 
@@ -237,6 +256,24 @@ class CostAwarePlacement(PlacementPolicy):
         is_better = (kept.num_replicas_needed > 1.0 and best.num_replicas_needed < kept.num_replicas_needed
                      and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
         return best if is_better else None
+
+    def cheaper_than_warm(self, snapshot: FleetSnapshot, replica: Replica, min_saving: float) -> Candidate | None:
+        expert_id = replica.expert_id
+        requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
+        chosen = None
+        for load_factor in (1.0, 2.0):
+            rate = requests_per_s * load_factor
+            current = candidates(snapshot, expert_id, self.settings, rate, workers=[snapshot.workers[replica.worker_id]])
+            others = [c for c in candidates(snapshot, expert_id, self.settings, rate)
+                      if c.worker.hardware != replica.hardware and c.meets_slo]
+            if not current or not others:
+                return None
+            best, kept = self.choose(others), current[0]
+            if not (best.num_replicas_needed <= kept.num_replicas_needed + 1e-9
+                    and best.usd_per_hour_at_load < kept.usd_per_hour_at_load * (1.0 - min_saving)):
+                return None
+            chosen = chosen or best
+        return chosen
 
 
 def make_placement(settings: PlacementSettings) -> PlacementPolicy:
