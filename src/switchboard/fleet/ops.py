@@ -7,7 +7,7 @@ accounted per worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from switchboard.fleet.state import (
     ExpertActivity,
@@ -132,7 +132,11 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
 def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: Sequence[RequestId]) -> FleetSnapshot:
     """`start_request` for each of `request_ids` (one prefill batch), as one update; raises KeyError if one
     of them is not queued on `replica_id`."""
-    replica = _get(snapshot, replica_id)
+    return _replace_replicas(snapshot, started(_get(snapshot, replica_id), request_ids, snapshot.now_s))
+
+
+def started(replica: Replica, request_ids: Sequence[RequestId], now_s: Seconds) -> Replica:
+    """The replica after `start_requests` at `now_s` (for `apply_changes`); raises KeyError like it."""
     load = replica.load
     num_running, num_running_tokens, queue = load.num_running, load.num_running_tokens, load.queue
     for request_id in request_ids:
@@ -143,9 +147,9 @@ def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: 
                 queue = queue[:index] + queue[index + 1:]
                 break
         else:
-            raise KeyError(f"request {request_id} is not queued on {replica_id}")
+            raise KeyError(f"request {request_id} is not queued on {replica.replica_id}")
     load = ReplicaLoad(num_running=num_running, num_running_tokens=num_running_tokens, queue=queue)
-    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    return replica.with_load(load, now_s)
 
 
 def record_arrival(
@@ -192,15 +196,47 @@ def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Seq
     """Running requests of the replica's expert, of `num_tokens` each, finished: `finish_request` then
     `record_finish` for each, in order, as one update."""
     replica = _get(snapshot, replica_id)
-    activity = snapshot.activity_of(replica.expert_id)
-    for _ in num_tokens:
-        activity = activity.on_finish(snapshot.now_s)
     activities = dict(snapshot.activity)
-    activities[replica.expert_id] = activity
-    updated = replica.with_load(_finished_load(replica, num_tokens), snapshot.now_s)
+    activities[replica.expert_id] = finished(snapshot.activity_of(replica.expert_id), num_tokens, snapshot.now_s)
+    updated = ended(replica, num_tokens, snapshot.now_s)
     replicas = dict(snapshot.replicas)
     replicas[updated.replica_id] = updated
     return snapshot.with_replicas_updated((updated,), replicas, activities)
+
+
+def ended(replica: Replica, num_tokens: Sequence[int], now_s: Seconds) -> Replica:
+    """The replica after `end_requests` at `now_s` (for `apply_changes`); raises ValueError like it."""
+    return replica.with_load(_finished_load(replica, num_tokens), now_s)
+
+
+def finished(activity: ExpertActivity, num_tokens: Sequence[int], now_s: Seconds) -> ExpertActivity:
+    """The expert's activity after `end_requests` of `num_tokens` at `now_s` (for `apply_changes`)."""
+    for _ in num_tokens:
+        activity = activity.on_finish(now_s)
+    return activity
+
+
+def apply_changes(
+    snapshot: FleetSnapshot, now_s: Seconds, replicas: Mapping[ReplicaId, Replica],
+    activity: Mapping[ExpertId, ExpertActivity],
+) -> FleetSnapshot:
+    """The fleet at `now_s` (`at_time`) with the load changes of `replicas` and the `activity` entries, as one
+    update: for a caller that applies many engine events between two policy decisions.
+
+    Each replica must be the snapshot's own replica after `started` / `ended` (any number, in event order, each
+    at its event's time ≤ `now_s`) and each activity the snapshot's after `finished`, so that the result equals
+    applying `start_requests` / `end_requests` one by one at those times and then `at_time(now_s)`: those
+    updates read nothing but the replica and activity they change, and the clock only for the times they record.
+    """
+    if now_s < snapshot.now_s:
+        raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
+    merged = dict(snapshot.replicas)
+    merged.update(replicas)
+    activities = None
+    if activity:
+        activities = dict(snapshot.activity)
+        activities.update(activity)
+    return snapshot.with_replicas_updated(tuple(replicas.values()), merged, activities, now_s=now_s)
 
 
 def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
