@@ -193,11 +193,11 @@ def test_carried_indexes_equal_fresh_ones(steps):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["start", "end", "tick"]), st.integers(0, 1), st.integers(1, 2)),
+@given(st.lists(st.tuples(st.sampled_from(["enqueue", "start", "end", "tick"]), st.integers(0, 1), st.integers(1, 2)),
                 max_size=25))
 def test_changes_applied_together_equal_updates_one_by_one(events):
-    """`apply_changes` of `started` / `ended` / `finished` (each at its event's time) gives the snapshot that
-    `start_requests` / `end_requests` one by one and `at_time` give, indexes included."""
+    """`apply_changes` of `enqueued` / `started` / `ended` / `finished` (each at its event's time) gives the
+    snapshot that `enqueue` / `start_requests` / `end_requests` one by one and `at_time` give, indexes included."""
     s = ops.empty_fleet(0.0, [Worker(WorkerId(f"w{i}"), L4, 24.0, 0.8) for i in range(2)], [ExpertSpec(E, 7, 0.2)],
                         [_estimate()])
     for k in range(2):
@@ -217,7 +217,11 @@ def test_changes_applied_together_equal_updates_one_by_one(events):
             now_s += 0.5
             continue
         one_by_one = ops.at_time(one_by_one, now_s)
-        if kind == "start":
+        if kind == "enqueue":
+            request = _request(100 + len(replica.load.queue) + 10 * replica.load.num_running, now_s)
+            one_by_one = ops.enqueue(one_by_one, request, rid)
+            replicas[rid] = ops.enqueued(replica, request, now_s)
+        elif kind == "start":
             ids = [q.request_id for q in replica.load.queue[:n]]
             if not ids:
                 continue

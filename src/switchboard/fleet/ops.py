@@ -104,9 +104,12 @@ def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: Replica
     """Put a request at the tail of a replica's queue, or in `unplaced` when `replica_id` is None."""
     if replica_id is None:
         return snapshot.evolve(unplaced=snapshot.unplaced + (request,))
-    replica = _get(snapshot, replica_id)
-    load = evolve(replica.load, queue=replica.load.queue + (request,))
-    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    return _replace_replicas(snapshot, enqueued(_get(snapshot, replica_id), request, snapshot.now_s))
+
+
+def enqueued(replica: Replica, request: QueuedRequest, now_s: Seconds) -> Replica:
+    """The replica after `enqueue` of `request` on it at `now_s` (for `apply_changes`)."""
+    return replica.with_load(evolve(replica.load, queue=replica.load.queue + (request,)), now_s)
 
 
 def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[FleetSnapshot, QueuedRequest]:
@@ -223,10 +226,11 @@ def apply_changes(
     """The fleet at `now_s` (`at_time`) with the load changes of `replicas` and the `activity` entries, as one
     update: for a caller that applies many engine events between two policy decisions.
 
-    Each replica must be the snapshot's own replica after `started` / `ended` (any number, in event order, each
-    at its event's time ≤ `now_s`) and each activity the snapshot's after `finished`, so that the result equals
-    applying `start_requests` / `end_requests` one by one at those times and then `at_time(now_s)`: those
-    updates read nothing but the replica and activity they change, and the clock only for the times they record.
+    Each replica must be the snapshot's own replica after `enqueued` / `started` / `ended` (any number, in
+    event order, each at its event's time ≤ `now_s`) and each activity the snapshot's after `finished`, so that
+    the result equals applying `enqueue` / `start_requests` / `end_requests` one by one at those times and then
+    `at_time(now_s)`: those updates read nothing but the replica and activity they change, and the clock only
+    for the times they record.
     """
     if now_s < snapshot.now_s:
         raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")

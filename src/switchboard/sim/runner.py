@@ -211,10 +211,11 @@ class Simulation:
         """Bring `self.snapshot` to `now_s` with every pending engine change in it. Called before anything reads
         the snapshot beyond a replica's state or updates it: policies and `ops`/`apply_action` calls.
 
-        Engine events only change replicas' load and experts' activity, and nothing reads those between two
-        policy decisions, so `_absorb` computes each change at its event's time (`ops.started` / `ended` /
-        `finished`, what `start_requests` / `end_requests` do) and they enter the snapshot together, in one
-        update (`ops.apply_changes`), instead of one snapshot per engine event."""
+        Engine events (and an arrival's assignment) only change replicas' load and experts' activity, and
+        nothing reads those between two policy decisions, so `_absorb` (and `_apply`) compute each change at its
+        event's time (`ops.started` / `ended` / `finished` / `enqueued`, what `start_requests` / `end_requests` /
+        `enqueue` do) and they enter the snapshot together, in one update (`ops.apply_changes`), instead of one
+        snapshot per event."""
         if self._pending_replicas:
             self.snapshot = ops.apply_changes(self.snapshot, now_s, self._pending_replicas, self._pending_activity)
             self._pending_replicas = {}
@@ -250,8 +251,10 @@ class Simulation:
             return out
         actions = self.plane.admit(self.snapshot, request)
         out += self._apply(actions, now_s)
-        if not (self.rejected[i] or i in self.sequences or self._is_queued_on_a_replica(request)):
-            raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
+        if not (self.rejected[i] or i in self.sequences):
+            self._sync(now_s)
+            if not self._is_queued_on_a_replica(request):
+                raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
         return out
 
     def _is_queued_on_a_replica(self, request: QueuedRequest) -> bool:
@@ -343,8 +346,12 @@ class Simulation:
         """Apply the plane's actions to the fleet (`apply_action`) and carry them out on the engines."""
         if len(actions) == 1 and type(actions[0]) is AssignRequest:  # most arrivals: the loops below, unrolled
             action = actions[0]
-            self._sync(now_s)
-            self.snapshot = apply_action(self.snapshot, action)
+            if self.snapshot.unplaced:  # `apply_action` takes the request out of them too
+                self._sync(now_s)
+                self.snapshot = apply_action(self.snapshot, action)
+            else:  # `apply_action` is then `ops.enqueue` alone: a pending change, like the engines' (`_sync`)
+                replica = self._pending_replicas.get(action.replica_id) or self.snapshot.replicas[action.replica_id]
+                self._pending_replicas[action.replica_id] = ops.enqueued(replica, action.request, now_s)
             out = self._submit_if_warm(action.replica_id, action.request, now_s)
             if self.snapshot.unplaced and self.plane.control_interval_s:
                 out.append(Event(now_s, Priority.CONTROL, "control", False))
