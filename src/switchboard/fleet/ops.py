@@ -33,8 +33,14 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
     return snapshot.at(now_s)
 
 
+def _copy(mapping: Mapping) -> dict:
+    """A fresh dict of one of the snapshot's mappings. They are read-only views of dicts, whose `copy()` copies
+    the dict whole (`dict(view)` would look up every key through the view: ~8× slower on the fleet's hot path)."""
+    return mapping.copy()
+
+
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
-    merged = dict(snapshot.replicas)
+    merged = _copy(snapshot.replicas)
     for replica in replicas:
         merged[replica.replica_id] = replica
     return snapshot.with_replicas_updated(replicas, merged)
@@ -80,7 +86,7 @@ def transition(
     replica = _get(snapshot, replica_id)
     moved = replica.transition(to_state, snapshot.now_s, cold_start_s=cold_start_s)
     key = (replica.state, to_state)
-    counts = dict(snapshot.transition_counts)
+    counts = _copy(snapshot.transition_counts)
     counts[key] = counts.get(key, 0) + 1
     unplaced = snapshot.unplaced
     if to_state is ReplicaState.STOPPED and moved.load.queue:
@@ -159,7 +165,7 @@ def record_arrival(
     snapshot: FleetSnapshot, expert_id: ExpertId, num_prompt_tokens: int = 0, num_output_tokens: int = 0
 ) -> FleetSnapshot:
     """A request for `expert_id` arrived (with its prompt and expected output tokens, for the demand estimate)."""
-    activity = dict(snapshot.activity)
+    activity = _copy(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s, num_prompt_tokens,
                                                                       num_output_tokens)
     return snapshot.evolve_taking(activity=activity)
@@ -167,7 +173,7 @@ def record_arrival(
 
 def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
-    activity = dict(snapshot.activity)
+    activity = _copy(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
     return snapshot.evolve_taking(activity=activity)
 
@@ -199,10 +205,10 @@ def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Seq
     """Running requests of the replica's expert, of `num_tokens` each, finished: `finish_request` then
     `record_finish` for each, in order, as one update."""
     replica = _get(snapshot, replica_id)
-    activities = dict(snapshot.activity)
+    activities = _copy(snapshot.activity)
     activities[replica.expert_id] = finished(snapshot.activity_of(replica.expert_id), num_tokens, snapshot.now_s)
     updated = ended(replica, num_tokens, snapshot.now_s)
-    replicas = dict(snapshot.replicas)
+    replicas = _copy(snapshot.replicas)
     replicas[updated.replica_id] = updated
     return snapshot.with_replicas_updated((updated,), replicas, activities)
 
@@ -234,11 +240,11 @@ def apply_changes(
     """
     if now_s < snapshot.now_s:
         raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
-    merged = dict(snapshot.replicas)
+    merged = _copy(snapshot.replicas)
     merged.update(replicas)
     activities = None
     if activity:
-        activities = dict(snapshot.activity)
+        activities = _copy(snapshot.activity)
         activities.update(activity)
     return snapshot.with_replicas_updated(tuple(replicas.values()), merged, activities, now_s=now_s)
 

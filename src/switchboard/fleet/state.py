@@ -529,6 +529,8 @@ class FleetSnapshot:
         return self.estimates.get((expert_id, hardware))
 
     def unplaced_of(self, expert_id: ExpertId) -> tuple[QueuedRequest, ...]:
+        if not self.unplaced:  # the usual case, asked per expert at every control step
+            return ()
         return tuple(r for r in self.unplaced if r.expert_id == expert_id)
 
     def iter_requests(self) -> Iterator[tuple[ReplicaId | None, QueuedRequest]]:

@@ -51,8 +51,12 @@ class EventQueue:
         self._seq += 1
 
     def extend(self, events) -> None:
+        # `push` written out: the simulator extends the queue once per event it handles.
+        heap, seq = self._heap, self._seq
         for event in events:
-            self.push(event)
+            heapq.heappush(heap, (event.time_s, int(event.priority), seq, event))
+            seq += 1
+        self._seq = seq
 
     def pop(self) -> Event:
         """The event with the smallest key; raises IndexError when empty."""
