@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from switchboard.frozen import fast_init
@@ -57,6 +58,15 @@ class EventQueue:
             heapq.heappush(heap, (event.time_s, int(event.priority), seq, event))
             seq += 1
         self._seq = seq
+
+    def drain(self, handle: Callable[[Event], Iterable[Event]]) -> None:
+        """Pop every event in order, pushing the events `handle(event)` returns, until none are left (`pop` and
+        `extend` in one loop: the simulator's main loop, once per event)."""
+        heap, heappop = self._heap, heapq.heappop
+        while heap:
+            caused = handle(heappop(heap)[3])
+            if caused:
+                self.extend(caused)
 
     def pop(self) -> Event:
         """The event with the smallest key; raises IndexError when empty."""

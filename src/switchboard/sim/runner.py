@@ -171,16 +171,18 @@ class Simulation:
         handlers = {"warmup_ends": self._on_warmup_ends,"arrival": self._on_arrival, "engine_step": self._on_engine_step,
                     "replica_ready": self._on_replica_ready, "control": self._on_control}
         num_events = 0
-        num_outstanding = len(self.workload)
-        self._num_outstanding = num_outstanding
-        while self.queue:
-            event = self.queue.pop()
-            now_s = event.time_s
-            if event.kind == "control" and event.payload and self._num_outstanding == 0:
-                continue  # periodic control stops once every request has ended
-            num_events += 1
-            self.queue.extend(handlers[event.kind](event, now_s))
         end_s = now_s
+        self._num_outstanding = len(self.workload)
+
+        def handle(event: Event) -> list[Event]:
+            nonlocal num_events, end_s
+            end_s = event.time_s
+            if event.kind == "control" and event.payload and self._num_outstanding == 0:
+                return []  # periodic control stops once every request has ended
+            num_events += 1
+            return handlers[event.kind](event, end_s)
+
+        self.queue.drain(handle)
         self._sync(end_s)
         for record in self.records.values():
             if math.isnan(record.stopped_at):
