@@ -19,6 +19,7 @@ from switchboard.fleet.state import (
     ServingEstimate,
     Worker,
 )
+from switchboard.frozen import evolver_of
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
 
 
@@ -115,7 +116,8 @@ def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: Replica
 
 def enqueued(replica: Replica, request: QueuedRequest, now_s: Seconds) -> Replica:
     """The replica after `enqueue` of `request` on it at `now_s` (for `apply_changes`)."""
-    return replica.with_load(evolve(replica.load, queue=replica.load.queue + (request,)), now_s)
+    load = replica.load
+    return replica.with_load(ReplicaLoad(load.num_running, load.num_running_tokens, load.queue + (request,)), now_s)
 
 
 def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[FleetSnapshot, QueuedRequest]:
@@ -255,4 +257,8 @@ def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
         if num_running <= 0:
             raise ValueError(f"replica {replica.replica_id} has no running request to finish")
         num_running, num_running_tokens = num_running - 1, max(0, num_running_tokens - n)
-    return evolve(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)
+    # The queue is unchanged, and with it the sums the load caches over it: they carry over.
+    return _evolve_load_keeping_queue_sums(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)
+
+
+_evolve_load_keeping_queue_sums = evolver_of(ReplicaLoad, keep_caches=True)
