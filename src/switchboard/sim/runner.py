@@ -253,7 +253,7 @@ class Simulation:
             return out
         actions = self.plane.admit(self.snapshot, request)
         out += self._apply(actions, now_s)
-        if not (self.rejected[i] or i in self.sequences):
+        if not (i in self.sequences or self.rejected[i]):
             self._sync(now_s)
             if not self._is_queued_on_a_replica(request):
                 raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
