@@ -25,10 +25,10 @@ from pydantic import Field, model_validator
 
 from switchboard.fleet.activity import Demand
 from switchboard.fleet.state import EngineCapacity, FleetSnapshot, ServingEstimate
+from switchboard.frozen import evolve, fast_init
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.policies.placement import replica_usd_per_hour
-from switchboard.frozen import evolve, fast_init
 from switchboard.types import ExpertId, ReplicaId, Seconds
 
 

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from pydantic import Field
 
 from switchboard.fleet.state import ExpertActivity, FleetSnapshot
-from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.frozen import fast_init
+from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
 
 

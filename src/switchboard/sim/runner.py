@@ -2,8 +2,9 @@
 
 Each handler takes one event and returns the events it causes; `Simulation.run` pops them in
 (time, priority, seq) order until none are left. The fleet's control-plane view is a `FleetSnapshot` updated
-only through `switchboard.fleet.ops` (the same updates the live server makes), so the policies see the same
-kind of state they see live.
+only through `switchboard.fleet.ops` (the same updates the live server makes; those of engine events are
+applied together at the next decision, `Simulation._sync`), so the policies see the same kind of state they
+see live.
 
 Conservation, checked at the end of every run (`RunResult.check_conservation`): every request arrives exactly
 once and ends exactly once, either finished or rejected.
@@ -124,7 +125,7 @@ class Simulation:
         self.engines: dict[str, ReplicaEngine] = {}
         self.records: dict[str, ReplicaRecord] = {}
         self.sequences: dict[int, Sequence] = {}
-        # Engine events' load changes not yet in `self.snapshot` (see `_sync`).
+        # Load and activity changes (engine events, an arrival's assignment) not yet in `self.snapshot` (`_sync`).
         self._pending_replicas: dict[ReplicaId, Replica] = {}
         self._pending_activity: dict[ExpertId, ExpertActivity] = {}
         self._prewarm_steps_at: set[float] = set()
@@ -218,7 +219,7 @@ class Simulation:
         event's time (`ops.started` / `ended` / `finished` / `enqueued`, what `start_requests` / `end_requests` /
         `enqueue` do) and they enter the snapshot together, in one update (`ops.apply_changes`), instead of one
         snapshot per event."""
-        if self._pending_replicas:
+        if self._pending_replicas or self._pending_activity:
             self.snapshot = ops.apply_changes(self.snapshot, now_s, self._pending_replicas, self._pending_activity)
             self._pending_replicas = {}
             self._pending_activity = {}
