@@ -192,6 +192,59 @@ def test_carried_indexes_equal_fresh_ones(steps):
         assert s.max_free_gb_by_hardware() == fresh.max_free_gb_by_hardware()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["enqueue", "start", "end", "tick"]), st.integers(0, 1), st.integers(1, 2)),
+                max_size=25))
+def test_changes_applied_together_equal_updates_one_by_one(events):
+    """`apply_changes` of `enqueued` / `started` / `ended` / `finished` (each at its event's time) gives the
+    snapshot that `enqueue` / `start_requests` / `end_requests` one by one and `at_time` give, indexes included."""
+    s = ops.empty_fleet(0.0, [Worker(WorkerId(f"w{i}"), L4, 24.0, 0.8) for i in range(2)], [ExpertSpec(E, 7, 0.2)],
+                        [_estimate()])
+    for k in range(2):
+        rid = ReplicaId(f"r{k}")
+        s = ops.add_replica(s, rid, _estimate(), WorkerId(f"w{k}"))
+        s = ops.transition(ops.transition(s, rid, S.STARTING), rid, S.WARM)
+        for i in range(6):
+            s = ops.record_arrival(s, E, 100, 50)
+            s = ops.enqueue(s, _request(10 * k + i), rid)
+    s.replicas_of(E)  # build the index, so that it is carried (patched), not rebuilt
+    one_by_one, now_s = s, s.now_s
+    replicas, activity = {}, {}
+    for kind, k, n in events:
+        rid = ReplicaId(f"r{k}")
+        replica = replicas.get(rid) or s.replicas[rid]
+        if kind == "tick":
+            now_s += 0.5
+            continue
+        one_by_one = ops.at_time(one_by_one, now_s)
+        if kind == "enqueue":
+            request = _request(100 + len(replica.load.queue) + 10 * replica.load.num_running, now_s)
+            one_by_one = ops.enqueue(one_by_one, request, rid)
+            replicas[rid] = ops.enqueued(replica, request, now_s)
+        elif kind == "start":
+            ids = [q.request_id for q in replica.load.queue[:n]]
+            if not ids:
+                continue
+            one_by_one = ops.start_requests(one_by_one, rid, ids)
+            replicas[rid] = ops.started(replica, ids, now_s)
+        else:
+            num_tokens = [150] * min(n, replica.load.num_running)
+            if not num_tokens:
+                continue
+            one_by_one = ops.end_requests(one_by_one, rid, num_tokens)
+            replicas[rid] = ops.ended(replica, num_tokens, now_s)
+            activity[E] = ops.finished(activity.get(E) or s.activity_of(E), num_tokens, now_s)
+    one_by_one = ops.at_time(one_by_one, now_s)
+    together = ops.apply_changes(s, now_s, replicas, activity)
+    assert together.now_s == one_by_one.now_s
+    assert together.replicas == one_by_one.replicas and together.activity == one_by_one.activity
+    assert together.replicas_of(E) == one_by_one.replicas_of(E)
+    assert together.warm_replicas_of(E) == ops.FleetSnapshot(
+        now_s, s.workers, s.experts, s.estimates, together.replicas).warm_replicas_of(E)
+    with pytest.raises(ValueError, match="backwards"):
+        ops.apply_changes(together, now_s - 1.0, {}, {})
+
+
 def test_evolve_replaces_fields_and_rejects_unknown_ones():
     from switchboard.frozen import evolve
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from switchboard.frozen import evolver_of
+from switchboard.frozen import evolver_of, fast_init
 from switchboard.types import ExpertId, Seconds
 
 DEMAND_HALF_LIFE_S = 60.0
@@ -15,6 +15,7 @@ large model: demand older than that says little about what the next replica will
 _DEMAND_TAU_S = DEMAND_HALF_LIFE_S / math.log(2)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Demand:
     """An expert's recent arrival rate and mean request size (exponentially decayed, `DEMAND_HALF_LIFE_S`)."""

@@ -7,7 +7,7 @@ accounted per worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from switchboard.fleet.state import (
     ExpertActivity,
@@ -19,6 +19,7 @@ from switchboard.fleet.state import (
     ServingEstimate,
     Worker,
 )
+from switchboard.frozen import evolver_of
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
 
 
@@ -33,8 +34,14 @@ def at_time(snapshot: FleetSnapshot, now_s: Seconds) -> FleetSnapshot:
     return snapshot.at(now_s)
 
 
+def _copy(mapping: Mapping) -> dict:
+    """A fresh dict of one of the snapshot's mappings. They are read-only views of dicts, whose `copy()` copies
+    the dict whole (`dict(view)` would look up every key through the view: ~8× slower on the fleet's hot path)."""
+    return mapping.copy()
+
+
 def _replace_replicas(snapshot: FleetSnapshot, *replicas: Replica) -> FleetSnapshot:
-    merged = dict(snapshot.replicas)
+    merged = _copy(snapshot.replicas)
     for replica in replicas:
         merged[replica.replica_id] = replica
     return snapshot.with_replicas_updated(replicas, merged)
@@ -80,7 +87,7 @@ def transition(
     replica = _get(snapshot, replica_id)
     moved = replica.transition(to_state, snapshot.now_s, cold_start_s=cold_start_s)
     key = (replica.state, to_state)
-    counts = dict(snapshot.transition_counts)
+    counts = _copy(snapshot.transition_counts)
     counts[key] = counts.get(key, 0) + 1
     unplaced = snapshot.unplaced
     if to_state is ReplicaState.STOPPED and moved.load.queue:
@@ -104,9 +111,13 @@ def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: Replica
     """Put a request at the tail of a replica's queue, or in `unplaced` when `replica_id` is None."""
     if replica_id is None:
         return snapshot.evolve(unplaced=snapshot.unplaced + (request,))
-    replica = _get(snapshot, replica_id)
-    load = evolve(replica.load, queue=replica.load.queue + (request,))
-    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    return _replace_replicas(snapshot, enqueued(_get(snapshot, replica_id), request, snapshot.now_s))
+
+
+def enqueued(replica: Replica, request: QueuedRequest, now_s: Seconds) -> Replica:
+    """The replica after `enqueue` of `request` on it at `now_s` (for `apply_changes`)."""
+    load = replica.load
+    return replica.with_load(ReplicaLoad(load.num_running, load.num_running_tokens, load.queue + (request,)), now_s)
 
 
 def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[FleetSnapshot, QueuedRequest]:
@@ -132,7 +143,11 @@ def start_request(snapshot: FleetSnapshot, replica_id: ReplicaId, request_id: Re
 def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: Sequence[RequestId]) -> FleetSnapshot:
     """`start_request` for each of `request_ids` (one prefill batch), as one update; raises KeyError if one
     of them is not queued on `replica_id`."""
-    replica = _get(snapshot, replica_id)
+    return _replace_replicas(snapshot, started(_get(snapshot, replica_id), request_ids, snapshot.now_s))
+
+
+def started(replica: Replica, request_ids: Sequence[RequestId], now_s: Seconds) -> Replica:
+    """The replica after `start_requests` at `now_s` (for `apply_changes`); raises KeyError like it."""
     load = replica.load
     num_running, num_running_tokens, queue = load.num_running, load.num_running_tokens, load.queue
     for request_id in request_ids:
@@ -143,16 +158,16 @@ def start_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, request_ids: 
                 queue = queue[:index] + queue[index + 1:]
                 break
         else:
-            raise KeyError(f"request {request_id} is not queued on {replica_id}")
+            raise KeyError(f"request {request_id} is not queued on {replica.replica_id}")
     load = ReplicaLoad(num_running=num_running, num_running_tokens=num_running_tokens, queue=queue)
-    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
+    return replica.with_load(load, now_s)
 
 
 def record_arrival(
     snapshot: FleetSnapshot, expert_id: ExpertId, num_prompt_tokens: int = 0, num_output_tokens: int = 0
 ) -> FleetSnapshot:
     """A request for `expert_id` arrived (with its prompt and expected output tokens, for the demand estimate)."""
-    activity = dict(snapshot.activity)
+    activity = _copy(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_arrival(snapshot.now_s, num_prompt_tokens,
                                                                       num_output_tokens)
     return snapshot.evolve_taking(activity=activity)
@@ -160,7 +175,7 @@ def record_arrival(
 
 def record_finish(snapshot: FleetSnapshot, expert_id: ExpertId) -> FleetSnapshot:
     """A request of `expert_id` finished, failed or was rejected (any end after `record_arrival`)."""
-    activity = dict(snapshot.activity)
+    activity = _copy(snapshot.activity)
     activity[expert_id] = snapshot.activity_of(expert_id).on_finish(snapshot.now_s)
     return snapshot.evolve_taking(activity=activity)
 
@@ -192,15 +207,48 @@ def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Seq
     """Running requests of the replica's expert, of `num_tokens` each, finished: `finish_request` then
     `record_finish` for each, in order, as one update."""
     replica = _get(snapshot, replica_id)
-    activity = snapshot.activity_of(replica.expert_id)
-    for _ in num_tokens:
-        activity = activity.on_finish(snapshot.now_s)
-    activities = dict(snapshot.activity)
-    activities[replica.expert_id] = activity
-    updated = replica.with_load(_finished_load(replica, num_tokens), snapshot.now_s)
-    replicas = dict(snapshot.replicas)
+    activities = _copy(snapshot.activity)
+    activities[replica.expert_id] = finished(snapshot.activity_of(replica.expert_id), num_tokens, snapshot.now_s)
+    updated = ended(replica, num_tokens, snapshot.now_s)
+    replicas = _copy(snapshot.replicas)
     replicas[updated.replica_id] = updated
     return snapshot.with_replicas_updated((updated,), replicas, activities)
+
+
+def ended(replica: Replica, num_tokens: Sequence[int], now_s: Seconds) -> Replica:
+    """The replica after `end_requests` at `now_s` (for `apply_changes`); raises ValueError like it."""
+    return replica.with_load(_finished_load(replica, num_tokens), now_s)
+
+
+def finished(activity: ExpertActivity, num_tokens: Sequence[int], now_s: Seconds) -> ExpertActivity:
+    """The expert's activity after `end_requests` of `num_tokens` at `now_s` (for `apply_changes`)."""
+    for _ in num_tokens:
+        activity = activity.on_finish(now_s)
+    return activity
+
+
+def apply_changes(
+    snapshot: FleetSnapshot, now_s: Seconds, replicas: Mapping[ReplicaId, Replica],
+    activity: Mapping[ExpertId, ExpertActivity],
+) -> FleetSnapshot:
+    """The fleet at `now_s` (`at_time`) with the load changes of `replicas` and the `activity` entries, as one
+    update: for a caller that applies many engine events between two policy decisions.
+
+    Each replica must be the snapshot's own replica after `enqueued` / `started` / `ended` (any number, in
+    event order, each at its event's time ≤ `now_s`) and each activity the snapshot's after `finished`, so that
+    the result equals applying `enqueue` / `start_requests` / `end_requests` one by one at those times and then
+    `at_time(now_s)`: those updates read nothing but the replica and activity they change, and the clock only
+    for the times they record.
+    """
+    if now_s < snapshot.now_s:
+        raise ValueError(f"time went backwards: {now_s} < {snapshot.now_s}")
+    merged = _copy(snapshot.replicas)
+    merged.update(replicas)
+    activities = None
+    if activity:
+        activities = _copy(snapshot.activity)
+        activities.update(activity)
+    return snapshot.with_replicas_updated(tuple(replicas.values()), merged, activities, now_s=now_s)
 
 
 def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
@@ -209,4 +257,8 @@ def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
         if num_running <= 0:
             raise ValueError(f"replica {replica.replica_id} has no running request to finish")
         num_running, num_running_tokens = num_running - 1, max(0, num_running_tokens - n)
-    return evolve(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)
+    # The queue is unchanged, and with it the sums the load caches over it: they carry over.
+    return _evolve_load_keeping_queue_sums(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)
+
+
+_evolve_load_keeping_queue_sums = evolver_of(ReplicaLoad, keep_caches=True)

@@ -387,29 +387,30 @@ class FleetSnapshot:
         return new
 
     def with_replicas_updated(
-        self, updated: tuple[Replica, ...], replicas: dict, activity: dict | None = None
+        self, updated: tuple[Replica, ...], replicas: dict, activity: dict | None = None, *,
+        now_s: Seconds | None = None,
     ) -> "FleetSnapshot":
         """`evolve_taking(replicas=replicas)` where `replicas` (a fresh dict, taken over) differs from ours only
-        by `updated` (new or replaced); with `activity` (a fresh dict, taken over) as well, in the same update.
+        by `updated` (new or replaced); with `activity` (a fresh dict, taken over) and the clock (`now_s`) as
+        well, in the same update.
 
         When every updated replica existed before in the same state, on the same worker with the same memory,
         the indexes are patched instead of rebuilt and the memos carried over: the common case of a load
         change, which the simulator makes several times per request.
         """
+        changes: dict = {"replicas": types.MappingProxyType(replicas)}
+        if activity is not None:
+            changes["activity"] = types.MappingProxyType(activity)
+        if now_s is not None:
+            changes["now_s"] = now_s
         old = self.replicas
         for replica in updated:
             before = old.get(replica.replica_id)
             if (before is None or before.state is not replica.state or before.worker_id != replica.worker_id
                     or before.memory_gb != replica.memory_gb):
-                if activity is not None:
-                    return self.evolve_taking(replicas=replicas, activity=activity)
-                return self.evolve_taking(replicas=replicas)
+                return _evolve_snapshot(self, **changes)
         # Memory use depends only on which replicas are live where, which such an update keeps.
-        if activity is None:
-            new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas))
-        else:
-            new = _evolve_snapshot_keeping_indexes(self, replicas=types.MappingProxyType(replicas),
-                                                   activity=types.MappingProxyType(activity))
+        new = _evolve_snapshot_keeping_indexes(self, **changes)
         index = self._live_by_expert
         if index is not None:
             patched = dict(index)
@@ -528,6 +529,8 @@ class FleetSnapshot:
         return self.estimates.get((expert_id, hardware))
 
     def unplaced_of(self, expert_id: ExpertId) -> tuple[QueuedRequest, ...]:
+        if not self.unplaced:  # the usual case, asked per expert at every control step
+            return ()
         return tuple(r for r in self.unplaced if r.expert_id == expert_id)
 
     def iter_requests(self) -> Iterator[tuple[ReplicaId | None, QueuedRequest]]:

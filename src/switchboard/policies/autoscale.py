@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from switchboard.fleet.activity import Demand
 from switchboard.fleet.state import EngineCapacity, FleetSnapshot, ServingEstimate
+from switchboard.frozen import evolve, fast_init
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.policies.placement import replica_usd_per_hour
@@ -89,6 +90,7 @@ class AutoscaleReasonCode(str, enum.Enum):
     EXTERNAL = "external"
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExpertLoad:
     """An expert's outstanding work, summed over its accepting replicas plus its unplaced requests."""
@@ -117,6 +119,7 @@ class AutoscaleState:
     pending: Mapping[ExpertId, PendingScale] = dataclasses.field(default_factory=dict)
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ScaleDecision:
     expert_id: ExpertId
@@ -338,7 +341,7 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         if remaining > 0:
             best = max(capacity(e) for e in estimates)
             needed += remaining / best if best > 0 else float(self.settings.max_replicas)
-        return dataclasses.replace(load, num_replicas_for_demand=needed)
+        return evolve(load, num_replicas_for_demand=needed)
 
     def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
         """Least capacity per USD first (a slow or pricey replica goes before a cost-efficient one), then the

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pydantic import Field
 
 from switchboard.fleet.state import ExpertActivity, FleetSnapshot
+from switchboard.frozen import fast_init
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
 
@@ -168,6 +169,7 @@ class KeepAliveWindow:
     linger_s: Seconds = 0.0
 
 
+@fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeepAliveDecision:
     expert_id: ExpertId

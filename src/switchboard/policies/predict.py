@@ -53,7 +53,11 @@ def queueing_s(snapshot: FleetSnapshot, replica: Replica) -> Seconds:
     Prefill of the requests queued ahead, plus, when the batch is full, the time for enough running sequences
     to finish to free a slot.
     """
-    _, _, queued_prefill_s, batch_wait_s = _terms(snapshot, replica)
+    return _queueing_s(snapshot, replica, _terms(snapshot, replica))
+
+
+def _queueing_s(snapshot: FleetSnapshot, replica: Replica, terms: tuple) -> Seconds:
+    _, _, queued_prefill_s, batch_wait_s = terms
     wait_s = replica.wait_until_warm_s(snapshot.now_s) + queued_prefill_s
     if batch_wait_s is not None:
         wait_s += batch_wait_s
@@ -62,7 +66,8 @@ def queueing_s(snapshot: FleetSnapshot, replica: Replica) -> Seconds:
 
 def ttft_s(snapshot: FleetSnapshot, replica: Replica, num_prompt_tokens: int) -> Seconds:
     """Predicted time to first token of a new request of `num_prompt_tokens` sent to `replica` now."""
-    return queueing_s(snapshot, replica) + num_prompt_tokens / _terms(snapshot, replica)[1]
+    terms = _terms(snapshot, replica)
+    return _queueing_s(snapshot, replica, terms) + num_prompt_tokens / terms[1]
 
 
 @fast_init

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from switchboard.frozen import fast_init
@@ -51,8 +52,21 @@ class EventQueue:
         self._seq += 1
 
     def extend(self, events) -> None:
+        # `push` written out: the simulator extends the queue once per event it handles.
+        heap, seq = self._heap, self._seq
         for event in events:
-            self.push(event)
+            heapq.heappush(heap, (event.time_s, int(event.priority), seq, event))
+            seq += 1
+        self._seq = seq
+
+    def drain(self, handle: Callable[[Event], Iterable[Event]]) -> None:
+        """Pop every event in order, pushing the events `handle(event)` returns, until none are left (`pop` and
+        `extend` in one loop: the simulator's main loop, once per event)."""
+        heap, heappop = self._heap, heapq.heappop
+        while heap:
+            caused = handle(heappop(heap)[3])
+            if caused:
+                self.extend(caused)
 
     def pop(self) -> Event:
         """The event with the smallest key; raises IndexError when empty."""

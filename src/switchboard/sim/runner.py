@@ -2,8 +2,9 @@
 
 Each handler takes one event and returns the events it causes; `Simulation.run` pops them in
 (time, priority, seq) order until none are left. The fleet's control-plane view is a `FleetSnapshot` updated
-only through `switchboard.fleet.ops` (the same updates the live server makes), so the policies see the same
-kind of state they see live.
+only through `switchboard.fleet.ops` (the same updates the live server makes; those of engine events are
+applied together at the next decision, `Simulation._sync`), so the policies see the same kind of state they
+see live.
 
 Conservation, checked at the end of every run (`RunResult.check_conservation`): every request arrives exactly
 once and ends exactly once, either finished or rejected.
@@ -18,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from switchboard.fleet import ops
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest
+from switchboard.fleet.activity import ExpertActivity
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Replica
 from switchboard.sim.cluster import BuiltCluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
 from switchboard.sim.events import Event, EventQueue, Priority
@@ -135,6 +137,9 @@ class Simulation:
         self.engines: dict[str, ReplicaEngine] = {}
         self.records: dict[str, ReplicaRecord] = {}
         self.sequences: dict[int, Sequence] = {}
+        # Load and activity changes (engine events, an arrival's assignment) not yet in `self.snapshot` (`_sync`).
+        self._pending_replicas: dict[ReplicaId, Replica] = {}
+        self._pending_activity: dict[ExpertId, ExpertActivity] = {}
         self._prewarm_steps_at: set[float] = set()
         self._expert_ids = cluster.expert_ids
         self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
@@ -181,16 +186,19 @@ class Simulation:
         handlers = {"warmup_ends": self._on_warmup_ends,"arrival": self._on_arrival, "engine_step": self._on_engine_step,
                     "replica_ready": self._on_replica_ready, "control": self._on_control}
         num_events = 0
-        num_outstanding = len(self.workload)
-        self._num_outstanding = num_outstanding
-        while self.queue:
-            event = self.queue.pop()
-            now_s = event.time_s
-            if event.kind == "control" and event.payload and self._num_outstanding == 0:
-                continue  # periodic control stops once every request has ended
-            num_events += 1
-            self.queue.extend(handlers[event.kind](event, now_s))
         end_s = now_s
+        self._num_outstanding = len(self.workload)
+
+        def handle(event: Event) -> list[Event]:
+            nonlocal num_events, end_s
+            end_s = event.time_s
+            if event.kind == "control" and event.payload and self._num_outstanding == 0:
+                return []  # periodic control stops once every request has ended
+            num_events += 1
+            return handlers[event.kind](event, end_s)
+
+        self.queue.drain(handle)
+        self._sync(end_s)
         for record in self.records.values():
             if math.isnan(record.stopped_at):
                 record.stopped_at = end_s
@@ -216,8 +224,20 @@ class Simulation:
             q[rows] = self.routing.true[rows, self.expert_index[rows]]
         return q
 
-    def _advance(self, now_s: float) -> None:
-        if now_s != self.snapshot.now_s:
+    def _sync(self, now_s: float) -> None:
+        """Bring `self.snapshot` to `now_s` with every pending engine change in it. Called before anything reads
+        the snapshot beyond a replica's state or updates it: policies and `ops`/`apply_action` calls.
+
+        Engine events (and an arrival's assignment) only change replicas' load and experts' activity, and
+        nothing reads those between two policy decisions, so `_absorb` (and `_apply`) compute each change at its
+        event's time (`ops.started` / `ended` / `finished` / `enqueued`, what `start_requests` / `end_requests` /
+        `enqueue` do) and they enter the snapshot together, in one update (`ops.apply_changes`), instead of one
+        snapshot per event."""
+        if self._pending_replicas or self._pending_activity:
+            self.snapshot = ops.apply_changes(self.snapshot, now_s, self._pending_replicas, self._pending_activity)
+            self._pending_replicas = {}
+            self._pending_activity = {}
+        elif now_s != self.snapshot.now_s:
             self.snapshot = ops.at_time(self.snapshot, now_s)
 
     # ------------------------------------------------------------------------------------------ handlers
@@ -229,7 +249,7 @@ class Simulation:
             out.append(Event(self._arrival_s[i + 1], Priority.ARRIVAL, "arrival", i + 1))
         if self.on_progress is not None and i % 500 == 0:
             self.on_progress(i)
-        self._advance(now_s)
+        self._sync(now_s)
         self.arrived[i] += 1
         expert = self._pinned[i]
         num_prompt, num_output = self._prompt_tokens[i], self._output_tokens[i]
@@ -248,8 +268,10 @@ class Simulation:
             return out
         actions = self.plane.admit(self.snapshot, request)
         out += self._apply(actions, now_s)
-        if not (self.rejected[i] or i in self.sequences or self._is_queued_on_a_replica(request)):
-            raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
+        if not (i in self.sequences or self.rejected[i]):
+            self._sync(now_s)
+            if not self._is_queued_on_a_replica(request):
+                raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
         return out
 
     def _is_queued_on_a_replica(self, request: QueuedRequest) -> bool:
@@ -265,13 +287,16 @@ class Simulation:
         i = int(request.request_id)
         seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected, self._prefix_tokens[i])
         self.sequences[i] = seq
-        return self._absorb(replica_id, engine.submit(seq, now_s))
+        return self._absorb(replica_id, engine.submit(seq, now_s), now_s)
 
-    def _absorb(self, replica_id: ReplicaId, outcome: StepOutcome) -> list[Event]:
-        """Mirror an engine outcome into the fleet snapshot and the per-request results."""
+    def _absorb(self, replica_id: ReplicaId, outcome: StepOutcome, now_s: float) -> list[Event]:
+        """Mirror an engine outcome into the fleet snapshot (pending until the next `_sync`) and the per-request
+        results."""
+        if outcome.started or outcome.finished:
+            replica = self._pending_replicas.get(replica_id) or self.snapshot.replicas[replica_id]
         if outcome.started:
-            self.snapshot = ops.start_requests(
-                self.snapshot, replica_id, [RequestId(str(seq.request_index)) for seq in outcome.started])
+            replica = ops.started(replica, [RequestId(str(seq.request_index)) for seq in outcome.started], now_s)
+            self._pending_replicas[replica_id] = replica
             for seq in outcome.started:
                 self.started_at[seq.request_index] = seq.started_at
                 self.served_by[seq.request_index] = replica_id
@@ -280,14 +305,18 @@ class Simulation:
         for seq in outcome.first_tokens:
             self.first_token_at[seq.request_index] = seq.first_token_at
         if outcome.finished:
-            # Requests end on a replica of the expert they were routed to: one update for the load and activity.
-            self.snapshot = ops.end_requests(
-                self.snapshot, replica_id, [seq.num_reserved_tokens for seq in outcome.finished])
+            # Requests end on a replica of the expert they were routed to (what `ops.end_requests` does).
+            num_tokens = [seq.num_reserved_tokens for seq in outcome.finished]
+            expert_id = replica.expert_id
+            activity = self._pending_activity.get(expert_id) or self.snapshot.activity_of(expert_id)
+            self._pending_activity[expert_id] = ops.finished(activity, num_tokens, now_s)
+            self._pending_replicas[replica_id] = ops.ended(replica, num_tokens, now_s)
             for seq in outcome.finished:
                 self.finished_at[seq.request_index] = seq.finished_at
                 del self.sequences[seq.request_index]
             self._num_outstanding -= len(outcome.finished)
         if self.snapshot.replicas[replica_id].state is ReplicaState.DRAINING and not self.engines[replica_id].num_outstanding:
+            self._sync(now_s)
             self._stop(replica_id)
         return [outcome.next_event] if outcome.next_event is not None else []
 
@@ -301,17 +330,14 @@ class Simulation:
         engine = self.engines.get(done.replica_id)
         if engine is None or done.version != engine.version:
             return []
-        outcome = engine.on_step(done, now_s)
-        if outcome.started or outcome.finished:  # only these touch the fleet snapshot, which needs the clock
-            self._advance(now_s)
-        return self._absorb(ReplicaId(done.replica_id), outcome)
+        return self._absorb(ReplicaId(done.replica_id), engine.on_step(done, now_s), now_s)
 
     def _on_replica_ready(self, event: Event, now_s: float) -> list[Event]:
         replica_id = event.payload
         replica = self.snapshot.replicas.get(replica_id)
         if replica is None or replica.state is not ReplicaState.STARTING:
             return []
-        self._advance(now_s)
+        self._sync(now_s)
         self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.WARM)
         self.records[replica_id].warm_at = now_s
         profile = self.cluster.profiles[(replica.expert_id, replica.hardware)]
@@ -327,7 +353,7 @@ class Simulation:
         return []
 
     def _on_control(self, event: Event, now_s: float) -> list[Event]:
-        self._advance(now_s)
+        self._sync(now_s)
         out = self._apply(self.plane.control(self.snapshot), now_s)
         if event.payload:  # periodic
             out.append(Event(now_s + self.plane.control_interval_s, Priority.CONTROL, "control", True))
@@ -339,7 +365,12 @@ class Simulation:
         """Apply the plane's actions to the fleet (`apply_action`) and carry them out on the engines."""
         if len(actions) == 1 and type(actions[0]) is AssignRequest:  # most arrivals: the loops below, unrolled
             action = actions[0]
-            self.snapshot = apply_action(self.snapshot, action)
+            if self.snapshot.unplaced:  # `apply_action` takes the request out of them too
+                self._sync(now_s)
+                self.snapshot = apply_action(self.snapshot, action)
+            else:  # `apply_action` is then `ops.enqueue` alone: a pending change, like the engines' (`_sync`)
+                replica = self._pending_replicas.get(action.replica_id) or self.snapshot.replicas[action.replica_id]
+                self._pending_replicas[action.replica_id] = ops.enqueued(replica, action.request, now_s)
             out = self._submit_if_warm(action.replica_id, action.request, now_s)
             if self.snapshot.unplaced and self.plane.control_interval_s:
                 out.append(Event(now_s, Priority.CONTROL, "control", False))
@@ -349,6 +380,7 @@ class Simulation:
             replica_id = getattr(action, "replica_id", None)
             if isinstance(action, StopReplica) and self._engine_outstanding(replica_id):
                 raise AssertionError(f"{replica_id} stopped with work in its engine")
+            self._sync(now_s)  # an earlier action's engine may have started requests
             self.snapshot = apply_action(self.snapshot, action)
             if isinstance(action, StartReplica):
                 out += self._start(action, now_s)
@@ -370,6 +402,7 @@ class Simulation:
                 raise ValueError("the simulator has no external upstream experts")
         for action in actions:  # drained at once: nothing to finish (unless the plan already stopped it)
             if isinstance(action, DrainReplica) and self._engine_outstanding(action.replica_id) == 0:
+                self._sync(now_s)
                 replica = self.snapshot.replicas.get(action.replica_id)
                 if replica is not None and replica.state is ReplicaState.DRAINING:
                     self._stop(action.replica_id)
