@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import random
 import types
 from collections.abc import Mapping, Sequence
@@ -107,6 +108,9 @@ class ControlSettings(PolicySettings):
         300.0, ge=0, description="How long a replica must have been warm before it is re-placed for cost (the "
         "demand it is priced at has then held for five of its 60 s half-lives)."
     )
+    replace_warm_cooldown_s: float = Field(
+        1800.0, ge=0, description="At most one re-placement of a warm replica per expert in this long."
+    )
     replace_warm_min_saving: float = Field(
         0.15, ge=0, lt=1, description="The saving per hour, as a fraction, that justifies a re-placement's cold start."
     )
@@ -151,6 +155,8 @@ class ControlState:
     num_replicas_created: int = 0
     replacing: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...] = ()
     """Re-placements of warm replicas under way: (expert, old replica, new replica still starting)."""
+    replaced_at: tuple[tuple[ExpertId, float], ...] = ()
+    """When each expert's warm replica was last re-placed (for `replace_warm_cooldown_s`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -320,7 +326,8 @@ class ControlPlane:
 
         if self.settings.replace_starts:
             self._replace_starts(plan, prewarm_state)
-        replacing = self._replace_warm(plan, state.replacing) if self.settings.replace_warm else ()
+        replacing, replaced_at = self._replace_warm(plan, state.replacing, dict(state.replaced_at)) \
+            if self.settings.replace_warm else ((), {})
 
         floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
         scaling, autoscale_state = self.autoscale.decide(
@@ -337,7 +344,8 @@ class ControlPlane:
             if replica.state is ReplicaState.DRAINING and replica.load.num_outstanding_requests == 0:
                 plan.do(StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "drained: no work left")))
 
-        new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created, replacing)
+        new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created, replacing,
+                                 tuple(sorted(replaced_at.items())))
         return StepResult(tuple(plan.actions), new_state, plan.snapshot, keepalive, scaling)
 
     # ---- stages
@@ -390,14 +398,17 @@ class ControlPlane:
             self._start_on(plan, better, expert_id, reason)
             plan.do(StopReplica(starting.replica_id, reason))
 
-    def _replace_warm(self, plan: _Plan, pending: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...]
-                      ) -> tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...]:
+    def _replace_warm(self, plan: _Plan, pending: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...],
+                      replaced_at: dict[ExpertId, float]
+                      ) -> tuple[tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...], dict[ExpertId, float]]:
         """*Re-place a warm replica* (`PlacementPolicy.cheaper_than_warm`): an expert served by one replica,
         warm for `replace_warm_after_s`, that another kind with room now serves for `replace_warm_min_saving`
         less at its demand gets a replica started there. The old one keeps serving meanwhile and is drained once
         the new one is warm (so nobody waits for the move). A re-placement whose old or new replica stops on
-        the way (keep-alive, a failed start) is dropped. Needs two arrivals (a demand). Returns the
-        re-placements still under way."""
+        the way (keep-alive, a failed start) is dropped. Needs two arrivals (a demand), and at most one
+        re-placement per expert per `replace_warm_cooldown_s`: autoscaling adds a load's shortfall in the fastest
+        kind, so a load that rises after a move to a cheaper kind and falls again would otherwise move the expert
+        back and forth. Returns the re-placements still under way and the updated `replaced_at`."""
         still: list[tuple[ExpertId, ReplicaId, ReplicaId]] = []
         for expert_id, old_id, new_id in pending:
             old, new = plan.snapshot.replicas.get(old_id), plan.snapshot.replicas.get(new_id)
@@ -411,7 +422,7 @@ class ControlPlane:
         under_way = {expert_id for expert_id, _, _ in still}
         now_s = plan.snapshot.now_s
         for expert_id in sorted(plan.snapshot.experts):
-            if expert_id in under_way:
+            if expert_id in under_way or now_s - replaced_at.get(expert_id, -math.inf) < self.settings.replace_warm_cooldown_s:
                 continue
             replicas = plan.snapshot.accepting_replicas_of(expert_id)
             if len(replicas) != 1 or not replicas[0].is_warm:
@@ -427,7 +438,8 @@ class ControlPlane:
             reason = Reason(ControlReasonCode.REPLACED_WARM, f"{warm.replica_id} ({warm.hardware}) serves the load "
                             f"for more; {cheaper.worker.hardware} now has room at ${cheaper.usd_per_hour_at_load:.2f}/h")
             still.append((expert_id, warm.replica_id, self._start_on(plan, cheaper, expert_id, reason)))
-        return tuple(still)
+            replaced_at[expert_id] = now_s
+        return tuple(still), replaced_at
 
     def _evict_one_idle(self, plan: _Plan, expert_id: ExpertId) -> bool:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to
