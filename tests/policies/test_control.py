@@ -441,14 +441,14 @@ def test_a_start_with_a_request_waiting_on_it_is_not_re_placed():
 
 # ---- re-place a warm replica
 
-def _warm_on_the_pricey_kind(cfg: ControlSettings, num_requests: int = 5) -> tuple[FakeExecutor, list]:
+def _warm_on_the_pricey_kind(cfg: ControlSettings, num_requests: int = 5, replaced_at=()) -> tuple[FakeExecutor, list]:
     """Expert "a" served by a warm replica on the h100 (placed there while the l4 was taken, say) with the l4
     free now, and a light load: a request every 80 s. Returns the executor and every action of the run."""
     from policy_builders import with_replica
     from switchboard.policies.control import ControlState
 
     ex = FakeExecutor(with_replica(_two_kinds_fleet(), "a#1", worker="fast"), ControlPlane(cfg))
-    ex.state = ControlState(num_replicas_created=1)
+    ex.state = ControlState(num_replicas_created=1, replaced_at=replaced_at)
     actions = []
     for k in range(num_requests):
         ex.advance(80.0 * (k + 1))
@@ -459,22 +459,28 @@ def _warm_on_the_pricey_kind(cfg: ControlSettings, num_requests: int = 5) -> tup
     return ex, actions
 
 
+LONG_KEEPALIVE = {"kind": "fixed", "idle_timeout_s": 900}
+
+
 def test_a_warm_replica_moves_to_a_cheaper_kind_with_room_and_the_old_one_drains_once_the_new_is_warm():
-    ex, actions = _warm_on_the_pricey_kind(_settings(keepalive={"kind": "fixed", "idle_timeout_s": 900}))
+    ex, actions = _warm_on_the_pricey_kind(_settings(keepalive=LONG_KEEPALIVE))
     starts = [a for a in actions if isinstance(a, StartReplica)]
     drains = [a for a in actions if isinstance(a, DrainReplica)]
     assert [(a.worker_id, a.reason.code.value) for a in starts] == [("slow", "replaced-warm")]
     assert [(d.replica_id, d.reason.code.value) for d in drains] == [("a#1", "replaced-warm")]
     assert [r.worker_id for r in ex.snapshot.accepting_replicas_of(ExpertId("a"))] == ["slow"]
     assert all(n == 1 for n in ex.ledger.finished.values()) and len(ex.ledger.finished) == 5
+    assert [e for e, _ in ex.state.replaced_at] == ["a"]
     _check_invariants(ex)
 
 
-def test_a_warm_replica_is_not_moved_early_without_demand_or_when_switched_off():
-    long_keepalive = {"kind": "fixed", "idle_timeout_s": 900}
-    for cfg, num_requests in ((_settings(keepalive=long_keepalive, replace_warm=False), 5),
-                              (_settings(keepalive=long_keepalive), 1),  # one request: no demand known
-                              (_settings(keepalive=long_keepalive, replace_warm_after_s=3600), 5)):
-        ex, actions = _warm_on_the_pricey_kind(cfg, num_requests)
-        assert not [a for a in actions if isinstance(a, (StartReplica, DrainReplica))], cfg
+def test_a_warm_replica_is_not_moved_early_without_demand_within_the_cooldown_or_when_switched_off():
+    for cfg, num_requests, replaced_at in (
+        (_settings(keepalive=LONG_KEEPALIVE, replace_warm=False), 5, ()),
+        (_settings(keepalive=LONG_KEEPALIVE), 1, ()),  # one request: no demand known
+        (_settings(keepalive=LONG_KEEPALIVE, replace_warm_after_s=3600), 5, ()),
+        (_settings(keepalive=LONG_KEEPALIVE), 5, ((ExpertId("a"), 0.0),)),  # moved at t = 0: cooldown 1800 s
+    ):
+        ex, actions = _warm_on_the_pricey_kind(cfg, num_requests, replaced_at)
+        assert not [a for a in actions if isinstance(a, (StartReplica, DrainReplica))], (cfg, replaced_at)
         assert [r.replica_id for r in ex.snapshot.accepting_replicas_of(ExpertId("a"))] == ["a#1"]
