@@ -108,6 +108,9 @@ class ControlSettings(PolicySettings):
         300.0, ge=0, description="How long a replica must have been warm before it is re-placed for cost (the "
         "demand it is priced at has then held for five of its 60 s half-lives)."
     )
+    replace_warm_check_interval_s: float = Field(
+        60.0, ge=0, description="How often warm replicas are priced against the other kinds (a move is never urgent)."
+    )
     replace_warm_cooldown_s: float = Field(
         1800.0, ge=0, description="At most one re-placement of a warm replica per expert in this long."
     )
@@ -157,6 +160,8 @@ class ControlState:
     """Re-placements of warm replicas under way: (expert, old replica, new replica still starting)."""
     replaced_at: tuple[tuple[ExpertId, float], ...] = ()
     """When each expert's warm replica was last re-placed (for `replace_warm_cooldown_s`)."""
+    replace_warm_checked_at: float = -math.inf
+    """When warm replicas were last looked at for a cheaper kind (every `replace_warm_check_interval_s`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -326,8 +331,13 @@ class ControlPlane:
 
         if self.settings.replace_starts:
             self._replace_starts(plan, prewarm_state)
-        replacing, replaced_at = self._replace_warm(plan, state.replacing, dict(state.replaced_at)) \
-            if self.settings.replace_warm else ((), {})
+        replacing, replaced_at, checked_at = state.replacing, dict(state.replaced_at), state.replace_warm_checked_at
+        if self.settings.replace_warm:
+            # Finishing a move is checked every step; looking for new ones (pricing every kind for every expert)
+            # only every `replace_warm_check_interval_s`: a move is never urgent.
+            look = now_s - checked_at >= self.settings.replace_warm_check_interval_s
+            replacing, replaced_at = self._replace_warm(plan, replacing, replaced_at, look_for_new=look)
+            checked_at = now_s if look else checked_at
 
         floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
         scaling, autoscale_state = self.autoscale.decide(
@@ -345,7 +355,7 @@ class ControlPlane:
                 plan.do(StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "drained: no work left")))
 
         new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created, replacing,
-                                 tuple(sorted(replaced_at.items())))
+                                 tuple(sorted(replaced_at.items())), checked_at)
         return StepResult(tuple(plan.actions), new_state, plan.snapshot, keepalive, scaling)
 
     # ---- stages
@@ -399,7 +409,7 @@ class ControlPlane:
             plan.do(StopReplica(starting.replica_id, reason))
 
     def _replace_warm(self, plan: _Plan, pending: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...],
-                      replaced_at: dict[ExpertId, float]
+                      replaced_at: dict[ExpertId, float], *, look_for_new: bool = True
                       ) -> tuple[tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...], dict[ExpertId, float]]:
         """*Re-place a warm replica* (`PlacementPolicy.cheaper_than_warm`): an expert served by one replica,
         warm for `replace_warm_after_s`, that another kind with room now serves for `replace_warm_min_saving`
@@ -419,6 +429,8 @@ class ControlPlane:
                                                     f"{new_id} ({new.hardware}) has taken over")))
             else:
                 still.append((expert_id, old_id, new_id))
+        if not look_for_new:
+            return tuple(still), replaced_at
         under_way = {expert_id for expert_id, _, _ in still}
         now_s = plan.snapshot.now_s
         for expert_id in sorted(plan.snapshot.experts):

@@ -260,6 +260,17 @@ class CostAwarePlacement(PlacementPolicy):
     def cheaper_than_warm(self, snapshot: FleetSnapshot, replica: Replica, min_saving: float) -> Candidate | None:
         expert_id = replica.expert_id
         requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
+        # Cheap necessary condition first (this runs every control step): another kind's replicas (≥ 1 of them)
+        # must cost `min_saving` less than this one does at the load, so one of them alone must.
+        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=[snapshot.workers[replica.worker_id]])
+        if not current:
+            return None
+        limit_usd = current[0].usd_per_hour_at_load * (1.0 - min_saving)
+        if not any(w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
+                   and replica_usd_per_hour(w, e) < limit_usd
+                   and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9
+                   for w in snapshot.workers.values()):
+            return None
         chosen = None
         for load_factor in (1.0, 2.0):
             rate = requests_per_s * load_factor
