@@ -17,6 +17,14 @@ keys_app = typer.Typer(help="API keys: create, list, update limits and revoke (s
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config whose storage.url holds the keys; the embedded default if omitted.")
 URL_OPTION = typer.Option(None, "--url", help="Database URL instead of the config's storage.url.")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+# The limits, shared by `create` and `update`.
+RPM_OPTION = typer.Option(None, "--rpm", min=0, help="Requests per minute.")
+TPM_OPTION = typer.Option(None, "--tpm", min=0, help="Tokens (prompt + answer) per minute.")
+USD_PER_DAY_OPTION = typer.Option(None, "--usd-per-day", min=0, help="Budget per UTC day, USD.")
+USD_PER_MONTH_OPTION = typer.Option(None, "--usd-per-month", min=0, help="Budget per UTC month, USD.")
+QUALITY_FLOOR_OPTION = typer.Option(None, "--quality-floor", min=0, max=1, help="Never serve below this predicted quality.")
+USD_PER_MTOK_CEILING_OPTION = typer.Option(None, "--usd-per-mtok-ceiling", min=0,
+                                           help="Never serve an expert pricier than this (USD/Mtok).")
 
 
 def register(app: typer.Typer) -> None:
@@ -69,12 +77,12 @@ def _as_dict(key: Any) -> dict[str, Any]:
 def create(
     name: str = typer.Argument(..., help="What the key is for (shown in lists and errors)."),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="Tenant the key belongs to; default: the name."),
-    rpm: Optional[int] = typer.Option(None, "--rpm", min=0, help="Requests per minute."),
-    tpm: Optional[int] = typer.Option(None, "--tpm", min=0, help="Tokens (prompt + answer) per minute."),
-    usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Budget per UTC day, USD."),
-    usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Budget per UTC month, USD."),
-    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", min=0, max=1, help="Never serve below this predicted quality."),
-    usd_per_mtok_ceiling: Optional[float] = typer.Option(None, "--usd-per-mtok-ceiling", min=0, help="Never serve an expert pricier than this (USD/Mtok)."),
+    rpm: Optional[int] = RPM_OPTION,
+    tpm: Optional[int] = TPM_OPTION,
+    usd_per_day: Optional[float] = USD_PER_DAY_OPTION,
+    usd_per_month: Optional[float] = USD_PER_MONTH_OPTION,
+    quality_floor: Optional[float] = QUALITY_FLOOR_OPTION,
+    usd_per_mtok_ceiling: Optional[float] = USD_PER_MTOK_CEILING_OPTION,
     on_violation: str = typer.Option("reject", "--on-violation", help="When floor/ceiling cannot be met: degrade, queue or reject."),
     config: Optional[Path] = CONFIG_OPTION,
     url: Optional[str] = URL_OPTION,
@@ -140,12 +148,12 @@ def list_keys(
 @keys_app.command("update")
 def update(
     key_id: str = typer.Argument(..., help="The key's id (key_...), from `keys list`."),
-    rpm: Optional[int] = typer.Option(None, "--rpm", min=0, help="Requests per minute."),
-    tpm: Optional[int] = typer.Option(None, "--tpm", min=0, help="Tokens (prompt + answer) per minute."),
-    usd_per_day: Optional[float] = typer.Option(None, "--usd-per-day", min=0, help="Budget per UTC day, USD."),
-    usd_per_month: Optional[float] = typer.Option(None, "--usd-per-month", min=0, help="Budget per UTC month, USD."),
-    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", min=0, max=1, help="Never serve below this predicted quality."),
-    usd_per_mtok_ceiling: Optional[float] = typer.Option(None, "--usd-per-mtok-ceiling", min=0, help="Never serve an expert pricier than this (USD/Mtok)."),
+    rpm: Optional[int] = RPM_OPTION,
+    tpm: Optional[int] = TPM_OPTION,
+    usd_per_day: Optional[float] = USD_PER_DAY_OPTION,
+    usd_per_month: Optional[float] = USD_PER_MONTH_OPTION,
+    quality_floor: Optional[float] = QUALITY_FLOOR_OPTION,
+    usd_per_mtok_ceiling: Optional[float] = USD_PER_MTOK_CEILING_OPTION,
     on_violation: Optional[str] = typer.Option(None, "--on-violation", help="When floor/ceiling cannot be met: degrade, queue or reject."),
     unset: list[str] = typer.Option([], "--unset", help="A limit to remove (unlimited), by name: rpm, tpm, usd-per-day, "
                                     "usd-per-month, quality-floor, usd-per-mtok-ceiling. Repeatable."),
@@ -174,23 +182,34 @@ def update(
         changes["on_violation"] = OnViolation(on_violation)
     if not changes:
         _fail("nothing to change: give a limit (e.g. --rpm 60) or --unset NAME")
-    engine = _engine(config, url)
-    try:
+    def change(engine: Any) -> Any:
         current = next((k for k in load_keys(engine) if k.key_id == key_id), None)
         if current is None:
-            _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
+            raise KeyNotFound(key_id)
         if current.is_revoked:
             _fail(f"key {key_id} is revoked; create a new one")
-        key = update_key_limits(engine, key_id, dataclasses.replace(current.limits, **changes))
+        return update_key_limits(engine, key_id, dataclasses.replace(current.limits, **changes))
+
+    key = _on_key(config, url, key_id, change)
+    shown = ", ".join(f"{k}={'unlimited' if v is None else getattr(v, 'value', v)}" for k, v in changes.items())
+    _echo_key(key, as_json, f"updated {key.key_id} ({key.name}): {shown}")
+
+
+def _on_key(config: Optional[Path], url: Optional[str], key_id: str, operation: Any) -> Any:
+    """`operation(engine)` on the key database; an unknown key id is a clear error (exit 2)."""
+    from switchboard.tenants.store import KeyNotFound
+
+    engine = _engine(config, url)
+    try:
+        return operation(engine)
     except KeyNotFound:
         _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
     finally:
         engine.dispose()
-    if as_json:
-        typer.echo(json.dumps(_as_dict(key)))
-        return
-    shown = ", ".join(f"{k}={'unlimited' if v is None else getattr(v, 'value', v)}" for k, v in changes.items())
-    typer.echo(f"updated {key.key_id} ({key.name}): {shown}")
+
+
+def _echo_key(key: Any, as_json: bool, line: str) -> None:
+    typer.echo(json.dumps(_as_dict(key)) if as_json else line)
 
 
 @keys_app.command("revoke")
@@ -201,16 +220,7 @@ def revoke(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Revoke a key: a running gateway refuses it within `auth.refresh_interval_s`."""
-    from switchboard.tenants.store import KeyNotFound, revoke_key
+    from switchboard.tenants.store import revoke_key
 
-    engine = _engine(config, url)
-    try:
-        key = revoke_key(engine, key_id)
-    except KeyNotFound:
-        _fail(f"no key with id {key_id!r}; see `switchboard keys list`")
-    finally:
-        engine.dispose()
-    if as_json:
-        typer.echo(json.dumps(_as_dict(key)))
-        return
-    typer.echo(f"revoked {key.key_id} ({key.name}) at {_as_dict(key)['revoked_at']}")
+    key = _on_key(config, url, key_id, lambda engine: revoke_key(engine, key_id))
+    _echo_key(key, as_json, f"revoked {key.key_id} ({key.name}) at {_as_dict(key)['revoked_at']}")
