@@ -110,6 +110,16 @@ def test_demand_at_slo_sizes_a_busy_expert_by_its_arrival_rate():
         assert d[A].num_desired == math.ceil(rate / per_replica - 0.05)  # the decayed rate reads ~1% low
 
 
+def test_demand_at_slo_headroom_provisions_for_a_multiple_of_the_rate():
+    base = _loaded(0)
+    per_replica = predict.replica_requests_per_s_at_slo(base.estimates[(A, "l4")], base.experts[A], 1000, 200, 99.0)
+    s = _busy(_with_demand(base, 1.9 * per_replica))
+    desired = {headroom: make_autoscale(AutoscaleSettings(kind="demand-at-slo", upscale_delay_s=0, max_replicas=32,
+                                                          demand_headroom=headroom)).decide(s, AutoscaleState(), _capacity(s), {})[0][A].num_desired
+               for headroom in (1.0, 1.5)}
+    assert desired == {1.0: 2, 1.5: 3}  # 1.9 → 2 replicas; 1.9 × 1.5 = 2.85 → 3
+
+
 def test_demand_at_slo_leaves_an_idle_expert_to_keepalive_and_keeps_kv_room():
     policy = make_autoscale(AutoscaleSettings(kind="demand-at-slo", upscale_delay_s=0, downscale_delay_s=0))
     s = _with_demand(_loaded(0), 5.0)  # a high rate, but nothing outstanding right now

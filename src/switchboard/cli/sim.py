@@ -71,12 +71,12 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
 
 
 def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: float,
-             keepalive_s: Optional[float], seed: int, **load_args):
+             keepalive_s: Optional[float], seed: int, demand_headroom: float = 1.0, **load_args):
     """What `sim run` and `sim compare` share: the cluster, the workload, its routing and the policy knobs."""
     from switchboard.sim.scenario import Knobs
 
     spec, w, data = _load(trace, cluster, seed=seed, **load_args)
-    knobs = Knobs(cost_weight=cost_weight, seed=seed)
+    knobs = Knobs(cost_weight=cost_weight, seed=seed, demand_headroom=demand_headroom)
     if keepalive_s is not None:
         knobs = dataclasses.replace(knobs, fixed_idle_timeout_s=keepalive_s, fallback_keepalive_s=keepalive_s)
     return spec, w, _routing_for(w, data, router), knobs
@@ -182,6 +182,8 @@ def run(
     cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
+    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+                                          "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
@@ -193,7 +195,7 @@ def run(
     spec, w, routing, knobs = _prepare(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
                                        workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s,
                                        zipf=zipf, seed=seed, periodic_fraction=periodic_fraction, router=router,
-                                       cost_weight=cost_weight, keepalive_s=keepalive_s)
+                                       cost_weight=cost_weight, keepalive_s=keepalive_s, demand_headroom=demand_headroom)
     try:
         with _progress(policy, len(w), as_json) as tick:
             summary, _ = run_policy(policy, spec, w, routing, knobs, on_progress=tick,
@@ -232,6 +234,8 @@ def compare(
     cost_weight: float = typer.Option(0.0, "--cost-weight"),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
+    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+                                          "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
@@ -244,7 +248,7 @@ def compare(
     spec, w, routing, knobs = _prepare(trace, cluster, time_scale=time_scale, tenants=tenants, num_requests=num_requests,
                                        workload=workload, num_experts=num_experts, rate=rate, duration_s=duration_s,
                                        zipf=zipf, seed=seed, periodic_fraction=periodic_fraction, router=router,
-                                       cost_weight=cost_weight, keepalive_s=keepalive_s)
+                                       cost_weight=cost_weight, keepalive_s=keepalive_s, demand_headroom=demand_headroom)
     rows = []
     for name in [p.strip() for p in policies.split(",") if p.strip()]:
         try:

@@ -60,6 +60,9 @@ class AutoscaleSettings(PolicySettings):
     downscaling_factor: float = Field(1.0, gt=0)
     slo_percentile: float = Field(99.0, gt=0, lt=100, description="demand-at-slo: the TTFT percentile each "
                                   "replica's share of the demand keeps within the SLO.")
+    demand_headroom: float = Field(1.0, ge=1.0, description="demand-at-slo: provision for this multiple of the recent "
+                                   "arrival rate (1.1 = 10% headroom for load that grows while a new replica starts; "
+                                   "costs more, misses fewer TTFTs in load ramps; docs/simulator.md).")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> "AutoscaleSettings":
@@ -320,7 +323,7 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         if load.num_outstanding_requests == 0:
             return load
         demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
-        requests_per_s = demand.requests_per_s
+        requests_per_s = demand.requests_per_s * self.settings.demand_headroom
         if requests_per_s <= 0:
             return load
         estimates = _estimates_of(snapshot, expert_id)

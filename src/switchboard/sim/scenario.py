@@ -61,6 +61,8 @@ class Knobs:
     target_utilization: float = 0.3
     """`in-flight-tokens` / `queue-depth` autoscalers only: fraction of a replica's KV capacity (or batch) to fill
     before adding one."""
+    demand_headroom: float = 1.0
+    """`demand-at-slo`: the multiple of the recent arrival rate provisioned for (`AutoscaleSettings`)."""
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
@@ -117,7 +119,7 @@ def control_settings(name: str, knobs: Knobs) -> ControlSettings:
                               cold_start_quality_margin=knobs.hide_margin)
     hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
     autoscale = AutoscaleSettings(kind=knobs.autoscale_kind, target_utilization=knobs.target_utilization,
-                                  max_replicas=32)
+                                  demand_headroom=knobs.demand_headroom, max_replicas=32)
     if name in ("fixed-keepalive", "hybrid-keepalive"):
         fixed = KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s)
         return ControlSettings(
