@@ -106,8 +106,8 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
 
     The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
     e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away; an expert's own
-    rate needs two arrivals, `ExpertActivity.demand`). `workers` (default: all) restricts the search; a listed worker is priced even if it has no room (for
-    comparing with a replica already on it).
+    rate needs two arrivals, `ExpertActivity.demand`). `workers` (default: all) restricts the search; a listed
+    worker is priced even if it has no room (for comparing with a replica already on it).
 
     Latency: a first replica will serve what is queued for the expert now, so its TTFT is predicted behind that
     queue. A scale-up's replica will not take over today's queue (the warm replicas drain it while it starts):
@@ -115,12 +115,9 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     business (`num_replicas_needed`)."""
     spec = snapshot.experts[expert_id]
     replicas = snapshot.accepting_replicas_of(expert_id)
-    queued = [q for r in replicas for q in r.load.queue] + list(snapshot.unplaced_of(expert_id))
     num_after = len(replicas) + 1
     num_requests = sum(r.load.num_outstanding_requests for r in replicas) + len(snapshot.unplaced_of(expert_id))
     num_tokens = sum(r.load.num_outstanding_tokens for r in replicas) + sum(q.num_tokens for q in snapshot.unplaced_of(expert_id))
-    prompt_tokens = round(sum(q.num_prompt_tokens for q in queued) / len(queued)) if queued else settings.default_prompt_tokens
-    tokens_ahead = sum(q.num_prompt_tokens for q in queued) // num_after
     seqs = math.ceil(num_requests / num_after)
     demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
     requests_per_s = max(demand.requests_per_s, min_requests_per_s)
@@ -131,6 +128,10 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         demand_prompt, demand_output = _fleet_request_size(snapshot, settings)
     if replicas:  # a scale-up: one request of the mean size, nothing ahead of it
         prompt_tokens, tokens_ahead = round(demand_prompt), 0
+    else:  # a first replica: behind what is queued for the expert (all of it unplaced)
+        queued = snapshot.unplaced_of(expert_id)
+        prompt_tokens = round(sum(q.num_prompt_tokens for q in queued) / len(queued)) if queued else settings.default_prompt_tokens
+        tokens_ahead = sum(q.num_prompt_tokens for q in queued)
     found = []
     for worker in snapshot.workers.values() if workers is None else workers:
         estimate = snapshot.estimate(expert_id, worker.hardware)
@@ -262,7 +263,8 @@ class CostAwarePlacement(PlacementPolicy):
         requests_per_s = snapshot.activity_of(expert_id).demand(snapshot.now_s).requests_per_s
         # Cheap necessary condition first (this runs every control step): another kind's replicas (≥ 1 of them)
         # must cost `min_saving` less than this one does at the load, so one of them alone must.
-        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=[snapshot.workers[replica.worker_id]])
+        here = [snapshot.workers[replica.worker_id]]
+        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=here)
         if not current:
             return None
         limit_usd = current[0].usd_per_hour_at_load * (1.0 - min_saving)
@@ -274,7 +276,8 @@ class CostAwarePlacement(PlacementPolicy):
         chosen = None
         for load_factor in (1.0, 2.0):
             rate = requests_per_s * load_factor
-            current = candidates(snapshot, expert_id, self.settings, rate, workers=[snapshot.workers[replica.worker_id]])
+            if load_factor != 1.0:
+                current = candidates(snapshot, expert_id, self.settings, rate, workers=here)
             others = [c for c in candidates(snapshot, expert_id, self.settings, rate)
                       if c.worker.hardware != replica.hardware and c.meets_slo]
             if not current or not others:
