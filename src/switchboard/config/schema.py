@@ -123,6 +123,12 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests (streams included) may take to finish.")
+    prefix_key_secret: str = Field(
+        "switchboard-prefix-affinity", min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$",
+        description="Key of the keyed hash (BLAKE2b) that names a conversation's opening for prefix affinity. Every "
+        "gateway of a fleet shares it (the config is the same), so they agree on which replica holds a prefix; set "
+        "your own so clients cannot aim openings at one replica. ASCII, at most 64 bytes.",
+    )
 
 
 class FailoverConfig(_Strict):

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import EngineError, Finish, RequestKind, StreamEvent, TextDelta
 from switchboard.gateway import requests as rq
+from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
@@ -76,13 +77,6 @@ def _rejection_api_error(exc: AdmissionRejected) -> ApiError:
                     code="expert_overloaded" if exc.status == 429 else "expert_unavailable", headers={"retry-after": retry_after})
 
 
-def _prefix_key(parsed: Any) -> str:
-    """The conversation's opening (system prompt and first user turn): the same key keeps a conversation on
-    the replica that already holds its prefix."""
-    opening = [m.content for m in parsed.messages[:2] if isinstance(m.content, str)]
-    return str(hash(tuple(c[:512] for c in opening))) if opening else ""
-
-
 def _tried(run: FailoverRun[Any]) -> str:
     if not run.failures:
         return ""
@@ -125,6 +119,7 @@ class Handlers:
         self.request_log = request_log if request_log is not None else DisabledRequestLog()
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
+        self.prefix_secret = state.config.gateway.prefix_key_secret.encode()
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
         self.failover = state.config.failover
         self.rng = random.Random(self.failover.seed)  # backoff jitter
@@ -172,7 +167,7 @@ class Handlers:
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, chat_prefix_key(parsed, self.prefix_secret), started_at,
                                         user_text, text_only=not rq.has_non_text_content(parsed))
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
