@@ -122,13 +122,16 @@ class TenantGate:
         if caller is None:
             return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
         key, now_s = caller.key, self.clock()
-        num_tokens = num_prompt_tokens + (asked_max_tokens or self.config.defaults.max_tokens)
+        num_output_tokens = asked_max_tokens or self.config.defaults.max_tokens
+        num_tokens = num_prompt_tokens + num_output_tokens
+        # Checked and reserved with no await between: concurrent requests each see the others' holds.
         verdict = lim.admit(key.limits, self.meter.snapshot(key.key_id, now_s), now_s, num_tokens)
         if isinstance(verdict, lim.OverLimit):
             retry_after = str(max(1, round(verdict.retry_after_s)))
             raise ApiError(verdict.status, f"key {key.key_id} ('{key.name}'): {verdict.message}; retry after {retry_after} s",
                            code=f"{verdict.limit.value}_exceeded", headers={"retry-after": retry_after, "x-switchboard-limit": verdict.limit.value})
-        caller.reservation = self.meter.reserve(key.key_id, now_s, num_tokens)
+        usd_estimate = self.usd_estimate(model, num_prompt_tokens, num_output_tokens) if key.limits.has_budget else 0.0
+        caller.reservation = self.meter.reserve(key.key_id, now_s, num_tokens, usd_estimate)
         if not key.limits.has_answer_policy:
             return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
         if model == AUTO_MODEL:
@@ -210,6 +213,14 @@ class TenantGate:
         code = "key_quality_floor" if decision.violated == (cp.QUALITY_FLOOR,) else "key_cost_ceiling" if decision.violated == (cp.COST_CEILING,) else "key_answer_policy"
         return ApiError(decision.status, f"key {caller.key.key_id} ('{caller.key.name}'): {decision.message}", code=code, headers=headers)
 
+    def usd_estimate(self, model: str, num_prompt_tokens: int, num_output_tokens: int) -> float:
+        """What a request may cost at most (its prompt estimate and all of `max_tokens`): at the named expert's
+        prices, or for `auto` at the dearest expert's (routing and failover may pick any)."""
+        usage = Usage(num_prompt_tokens, num_output_tokens)
+        if model in self.prices:
+            return usd_of(self.prices, model, usage)
+        return max((usd_of(self.prices, expert_id, usage) for expert_id in self.prices), default=0.0)
+
     # ---- after the answer
 
     def settle(self, caller: Caller, expert_id: str, usage: Usage | None) -> None:
@@ -218,6 +229,12 @@ class TenantGate:
         tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
         self.meter.settle(caller.reservation, tokens, usd_of(self.prices, expert_id, usage), self.clock())
         caller.reservation = None
+
+    def release(self, caller: Caller) -> None:
+        """The request is over: a hold it still has (it was refused or failed before its answer was logged) is
+        dropped; its window entry stays (it counts as a request)."""
+        if caller.reservation is not None:
+            self.meter.release(caller.reservation)
 
 
 def merge_routing(routing: RoutingParams | None, quality_floor: float | None, usd_per_mtok_ceiling: float | None) -> RoutingParams:
@@ -312,6 +329,7 @@ class AuthMiddleware:
         try:
             await self.app(scope, receive, send_with_policy)
         finally:
+            self.gate.release(caller)
             key_id_var.reset(key_token)
             current_caller.reset(token)
 
