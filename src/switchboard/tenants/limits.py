@@ -3,11 +3,11 @@ limit is hit, with the status (429 for rate limits, 402 for budgets) and how lon
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
 burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
-when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its estimated cost
-(prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real cost, and a
-request is refused once the spend plus what the requests in flight hold reaches the budget. However many run at
-once, a budget is exceeded by less than the last admitted request's estimate (and only if the real prompt was
-longer than estimated, by that difference too).
+when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its
+estimated cost (prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real
+cost, and a request is refused once the spend plus what the requests in flight hold reaches the budget. However
+many run at once, a budget is exceeded by less than the last admitted request's estimate (plus, if a real prompt
+was longer than estimated, that difference).
 """
 
 from __future__ import annotations
