@@ -80,3 +80,32 @@ def test_three_gateways_share_one_count_of_a_keys_requests_and_budget():
     assert counts.release_gateway("gw-b") == 1 and counts.num_holds == 1  # a silent gateway's holds go with it
     counts.settle(holds[1], 10, 0.4)  # a late settle of a released hold is not counted twice
     assert isinstance(counts.admit("b", budget, 10, 0.4, "gw-a"), str)  # 0.1 spent + 0.4 held
+
+
+
+async def test_the_view_version_moves_with_membership_not_with_load():
+    """A gateway refreshes its view when a lease carries a newer version: replicas starting, changing state or
+    going move it; requests coming and going do not (else every request would refresh the whole view)."""
+    config = parse_config("""
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0}, warm_at_start: true}
+  - {id: cold, backend: {kind: simulated, time_scale: 0}, warm_at_start: false}
+router: {enabled: false}
+storage: {enabled: false}
+""")
+    actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=5.0)
+    await actor.start()
+    try:
+        first = await actor.acquire("e", "r1", 10, 4, "", "gw")
+        second = await actor.acquire("e", "r2", 10, 4, "", "gw")
+        assert first[0] == second[0] == "ok" and first[2] == second[2]
+        for answer in (first, second):
+            await actor.release(answer[1]["token"], None, "gw")
+        assert (await actor.snapshot("gw"))["version"] == first[2]
+        woken = await actor.acquire("cold", "r3", 10, 4, "", "gw")  # a replica started (and warmed) for it
+        assert woken[0] == "ok" and woken[1]["replica_id"].startswith("cold#")
+        incarnation, number = woken[2]
+        assert incarnation == first[2][0] and number > first[2][1]
+        await actor.release(woken[1]["token"], None, "gw")
+    finally:
+        await actor.shutdown()

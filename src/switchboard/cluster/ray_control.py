@@ -63,12 +63,12 @@ def _replica_info(token: str, lease: Lease) -> dict[str, Any]:
 
 
 def view_key(fleet: LiveFleet) -> tuple:
-    """What changes whenever the operator's view of `fleet` changes in substance: a replica's state (every
-    transition is counted), the workers, or a new decision. Loads are left out: they change with every request."""
+    """What changes whenever the fleet's membership changes: a replica starts, changes state (every transition
+    is counted) or goes, or a worker comes or goes. Loads and routing or admission decisions are left out: they
+    change with every request, and a gateway catching up on each would refresh its whole view per request (the
+    periodic refresh brings them)."""
     model = fleet.model
-    last_decision = fleet.decisions[-1] if fleet.decisions else {}
-    return (sum(model.transition_counts.values()), len(model.replicas), tuple(sorted(model.workers)),
-            last_decision.get("at"), last_decision.get("replica"), last_decision.get("action"))
+    return sum(model.transition_counts.values()), tuple(sorted(model.replicas)), tuple(sorted(model.workers))
 
 
 def silent_gateways(seen_at_s: dict[str, float], now_s: float, timeout_s: float) -> list[str]:
