@@ -197,7 +197,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     catalog = get_hardware("h200")
     if args.check:
         table = load_table(args.check)
-        _print_errors("catalog h200", errors(catalog, timed_steps(table), model_specs(table)))
+        steps, specs = timed_steps(table), model_specs(table)
+        for s in steps:
+            predicted_s = predict_s(catalog, specs[s.model], s)
+            print(f"  {s.model:5s} {s.group:14s} decodes {s.num_decode_seqs:4d} x ctx {s.context_tokens_per_seq:5d}  "
+                  f"prompts {s.num_prompt_seqs:2d} x {s.prompt_tokens_per_seq:5d}  measured {s.measured_s * 1e3:8.3f} ms"
+                  f"  predicted {predicted_s * 1e3:8.3f} ms  {predicted_s / s.measured_s - 1:+6.1%}")
+        _print_errors("catalog h200", errors(catalog, steps, specs))
         return
     forward, mixed = load_table(FORWARD_TABLE), load_table(MIXED_TABLE)
     specs = model_specs(forward) | model_specs(mixed)
