@@ -12,6 +12,7 @@ from switchboard.perf.gpu_calibration import (
     FORWARD_TABLE,
     MIXED_TABLE,
     errors,
+    fit_base,
     fit_hardware,
     leave_one_size_out,
     load_table,
@@ -51,23 +52,23 @@ def test_the_catalog_h200_reproduces_the_table(forward):
 
 
 def test_the_catalog_is_the_fit_rounded(forward):
-    _, steps, specs = forward
+    table, steps, specs = forward
     catalog = get_hardware("h200")
-    fitted = fit_hardware(catalog, steps, specs)  # starts from fixed values, not from the catalog's
+    fitted = fit_hardware(fit_base(table, catalog), steps, specs)  # starts from fixed values, not the catalog's
+    assert catalog.bandwidth_efficiency == pytest.approx(fitted.bandwidth_efficiency, rel=0.002)  # measured
     for field in FITTED_FIELDS:
         assert getattr(catalog, field) == pytest.approx(getattr(fitted, field), rel=0.02), field
 
 
 def test_a_size_left_out_of_the_fit_is_still_predicted_within_the_issue_max(forward):
-    """With one size only, the fixed step cost and the bandwidth cannot be told apart: medians reach ~13% on the
-    1B's graph decode from the 8B alone; the maximum stays within the issue's 30% for every size and group."""
-    _, steps, specs = forward
-    held_out = leave_one_size_out(get_hardware("h200"), steps, specs)
+    """What the owners check on held-back sizes, with the issue's bounds (median <= 10%, max <= 30%), from one
+    size only."""
+    table, steps, specs = forward
+    held_out = leave_one_size_out(fit_base(table, get_hardware("h200")), steps, specs)
     assert set(held_out) == {"1b", "8b"}
     for name, found in held_out.items():
         for group in ("prefill", "decode-graph"):
-            assert found[group].max <= 0.30, (name, group, found[group])
-            assert found[group].median <= 0.15, (name, group, found[group])
+            assert found[group].median <= 0.10 and found[group].max <= 0.30, (name, group, found[group])
 
 
 def test_mixed_steps_are_predicted_without_being_fitted(mixed):
@@ -89,8 +90,8 @@ def test_other_gpu_kinds_share_the_h200_efficiencies_and_differ_by_datasheet():
     h200 = get_hardware("h200")
     for kind in GPU_KINDS:
         hw = get_hardware(kind)
-        for field in FITTED_FIELDS + ("cuda_graphs", "chunked_prefill", "max_num_batched_tokens", "process_start_s",
-                                      "load_bandwidth_bytes_per_s"):
+        for field in FITTED_FIELDS + ("bandwidth_efficiency", "step_overhead_s", "cuda_graphs", "chunked_prefill",
+                                      "max_num_batched_tokens", "process_start_s", "load_bandwidth_bytes_per_s"):
             assert getattr(hw, field) == getattr(h200, field), (kind, field)
     assert get_hardware("cpu").chunked_prefill is False and get_hardware("cpu").attention_efficiency is None
 

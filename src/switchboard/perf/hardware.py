@@ -38,8 +38,12 @@ class Hardware:
     bandwidth_efficiency: float = 0.8
     """Achieved fraction of `mem_bandwidth_bytes_per_s` when streaming weights and KV cache."""
     step_overhead_s: float = 0.0
-    """Fixed cost of one engine iteration as the engine runs it: on GPUs the step replayed from CUDA graphs (the
-    GPU time of its many small kernels); on the CPU worker llama.cpp's scheduling, sampling and thread sync."""
+    """Fixed cost of one engine iteration, whatever the model's depth: on the CPU worker llama.cpp's scheduling,
+    sampling and thread sync. 0 on GPUs, whose fixed cost is per layer."""
+    step_overhead_s_per_layer: float = 0.0
+    """Fixed cost of one engine iteration per model layer: a GPU step replayed from a CUDA graph still runs a few
+    dozen small kernels per layer (norms, projections, rotary, attention, activations), each taking a few
+    microseconds however little it reads."""
     kv_bandwidth_efficiency: float = 0.8
     """Achieved fraction of `mem_bandwidth_bytes_per_s` when decode attention reads the KV cache (below the weights'
     rate on GPUs: many short, scattered reads)."""
@@ -78,7 +82,8 @@ class Hardware:
         for name in ("peak_flops", "mem_bandwidth_bytes_per_s", "memory_bytes", "load_bandwidth_bytes_per_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Hardware {self.kind!r}: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("usd_per_hour", "step_overhead_s", "process_start_s", "decode_attention_s_per_seq_layer",
+        for name in ("usd_per_hour", "step_overhead_s", "step_overhead_s_per_layer", "process_start_s",
+                     "decode_attention_s_per_seq_layer",
                      "gemm_min_tokens", "activation_bytes_per_element", "eager_launch_s_per_layer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Hardware {self.kind!r}: {name} must be >= 0, got {getattr(self, name)!r}")
@@ -99,16 +104,18 @@ class Hardware:
 
 # Every GPU kind shares the efficiencies and overheads fitted to one H200 (switchboard.perf.gpu_calibration, on
 # switchboard/data/perf/h200_llama_forward.json: prefill and CUDA-graph decode of Llama-shaped 1B and 8B models,
-# PyTorch 2.11, FlashAttention SDPA; in sample the fit's median / max error is 0.9% / 2.1% on prefill and
-# 0.6% / 1.2% on graph decode; docs/simulator.md has the leave-one-size-out numbers). Only the datasheet numbers
-# (peak FLOP/s, bandwidth, memory) differ between kinds: a kernel reaching 74% of the tensor-core peak on an H200
-# is assumed to reach 74% of an L4's. Rounded from the fit; tests/perf/test_gpu_calibration.py refits and checks.
-# - compute 0.738 of dense BF16 peak in matmuls (the table's own 8192^3 GEMM reaches 0.80), attention 0.319
+# PyTorch 2.11, FlashAttention SDPA; in sample the median / max error is 0.9% / 1.8% on prefill and 0.7% / 1.8%
+# on graph decode; docs/simulator.md has the leave-one-size-out numbers). Only the datasheet numbers (peak
+# FLOP/s, bandwidth, memory) differ between kinds: a kernel reaching 74% of the tensor-core peak on an H200 is
+# assumed to reach 74% of an L4's. Rounded from the fit; tests/perf/test_gpu_calibration.py refits and checks.
+# - weights stream at 0.884 of HBM bandwidth: measured, not fitted (the table's 4 GiB device-to-device copy
+#   moves 4.24 TB/s); with it fixed, each size's fixed step cost is identifiable and comes out per layer;
+# - compute 0.739 of dense BF16 peak in matmuls (the table's own 8192^3 GEMM reaches 0.80), attention 0.319
 #   (FlashAttention-2 through SDPA, head dim 64 and 128);
-# - weights stream at 0.673 of HBM bandwidth, the KV cache at 0.567, plus 0.245 us per sequence per layer;
-# - 0.91 ms per step replayed from a CUDA graph (its ~10 small kernels per layer), 0.52 ms per layer of host
-#   launch time when eager; matmuls cost as if 105 more tokens were in the step (a short step cannot fill
-#   the 132 SMs); 20.6 bytes of element-wise traffic per token, layer and hidden + intermediate element.
+# - the KV cache is read at 0.578 of HBM bandwidth, plus 0.27 us per decoded sequence per layer;
+# - 67.8 us per layer per step replayed from a CUDA graph, 0.52 ms per layer of host launch time when eager;
+#   matmuls cost as if 49 more tokens were in the step (a short step cannot fill the 132 SMs); 27.2 bytes of
+#   element-wise traffic per token, layer and hidden + intermediate element.
 # No scheduler or sampling time is added: the table times GPU work only, and vLLM V1 overlaps its scheduler
 # with the GPU.
 # Steps run from CUDA graphs with chunked prefill and a 2,048-token budget per step (vLLM V1's
@@ -119,15 +126,16 @@ class Hardware:
 # cache, best of 2; 4.95 GB/s page-cache read). Not included, so a lower bound: engine initialisation, CUDA
 # graph capture (~0.05-0.2 s per captured shape), and reading the weights from a cold disk or the network.
 _GPU_DEFAULTS = dict(
-    compute_efficiency=0.738,
-    bandwidth_efficiency=0.673,
-    kv_bandwidth_efficiency=0.567,
+    compute_efficiency=0.739,
+    bandwidth_efficiency=0.884,
+    kv_bandwidth_efficiency=0.578,
     attention_efficiency=0.319,
-    step_overhead_s=0.00091,
+    step_overhead_s=0.0,
+    step_overhead_s_per_layer=67.8e-6,
     eager_launch_s_per_layer=0.00052,
-    decode_attention_s_per_seq_layer=0.245e-6,
-    gemm_min_tokens=105.0,
-    activation_bytes_per_element=20.6,
+    decode_attention_s_per_seq_layer=0.27e-6,
+    gemm_min_tokens=49.0,
+    activation_bytes_per_element=27.2,
     cuda_graphs=True,
     chunked_prefill=True,
     max_num_batched_tokens=2048,

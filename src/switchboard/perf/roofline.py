@@ -3,7 +3,8 @@
 Notation (all per replica): P = parameters, W = P * bytes_per_param weight bytes, k = KV-cache bytes per token,
 L / h / i = layers / hidden / intermediate size (`ModelShape`), n = tensor-parallel devices, and achieved rates
 F = n * peak_flops * compute_efficiency, B = n * mem_bandwidth * bandwidth_efficiency, B_kv (the same with
-kv_bandwidth_efficiency), F_attn (attention_efficiency), each times tp_efficiency(n). One engine step carries
+kv_bandwidth_efficiency), F_attn (attention_efficiency), each times tp_efficiency(n), and the step's fixed cost
+o = step_overhead_s + L * step_overhead_s_per_layer. One engine step carries
 d decoding sequences with C context tokens in all, plus p prompt tokens (whole prompts or chunks):
 
     gpu_s(d, C, p, U) = o + max(2P (d + p + g) / F,  W / B)        matmuls: compute- or weight-bound
@@ -40,11 +41,12 @@ MAX_TENSOR_PARALLEL = 8
 ACTIVATION_RESERVE_BYTES_PER_DEVICE = 1 * GB
 """Memory vLLM's profiling run sets aside for activations and CUDA graphs, per device."""
 
+_EAGER_OVERLAP_EXPONENT = 8.0
+"""Sharpness of the smooth maximum of launch time and GPU time in an eager step (chosen on the H200 table: its
+launch-bound and compute-bound prefills are then all within 2%)."""
+
 # Llama-3-8B keeps 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 bytes = 128 KiB per token; Llama-3-70B
 # 320 KiB; SmolLM2-135M 22.5 KiB. k = 128 KiB * (params_b / 8) ** 0.42 fits all three within 5%.
-_EAGER_OVERLAP_EXPONENT = 8.0
-"""Sharpness of the smooth maximum of launch time and GPU time in an eager step (fitted with the H200 table)."""
-
 _KV_BYTES_PER_TOKEN_8B = 131072.0
 _KV_SIZE_EXPONENT = 0.42
 
@@ -128,7 +130,8 @@ class EngineProfile:
         activation_s = num_tokens * hw.activation_bytes_per_element * shape.num_layers * (
             shape.hidden_size + shape.intermediate_size) / self.achieved_bandwidth_bytes_per_s
         per_seq_s = num_decode_seqs * shape.num_layers * hw.decode_attention_s_per_seq_layer
-        return hw.step_overhead_s + max(compute_s, weights_s) + activation_s + per_seq_s
+        overhead_s = hw.step_overhead_s + shape.num_layers * hw.step_overhead_s_per_layer
+        return overhead_s + max(compute_s, weights_s) + activation_s + per_seq_s
 
     def _context_step_s(self, decode_context_tokens: int) -> float:
         return decode_context_tokens * self.kv_bytes_per_token / self.achieved_kv_bandwidth_bytes_per_s
