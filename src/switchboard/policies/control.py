@@ -190,6 +190,7 @@ class ControlReasonCode(str, enum.Enum):
     EVICTED = "evicted-for-memory"
     REPLACED_START = "replaced-start"
     REPLACED_WARM = "replaced-warm"
+    ENGINE_LOST = "engine-lost"
 
 
 # --------------------------------------------------------------------------------------------- the plan
