@@ -48,7 +48,6 @@ from switchboard.policies.actions import (
 )
 from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
-from switchboard.policies.control import ControlSettings
 from switchboard.policies.loop import ControlLoop
 from switchboard.policies.placement import Unplaceable
 from switchboard.policies.routing import ExpertCandidate
@@ -89,8 +88,7 @@ class LiveFleet:
         self._inventory_read_at = time.monotonic()
         self._to_replace: list[str] = []  # experts that lost a replica with its worker, actor or process
         cp = config.control_plane
-        self.loop = ControlLoop(ControlSettings.model_validate(cp.policies), step_interval_s=cp.step_interval_s,
-                                seed=cp.seed)
+        self.loop = ControlLoop(cp.policies, step_interval_s=cp.step_interval_s, seed=cp.seed)
         self.plane = self.loop.plane
         self._experts = {e.id: e for e in config.experts}
         workers = self.cluster.workers()

@@ -26,7 +26,6 @@ from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcom
 from switchboard.sim.events import Event, EventQueue, Priority
 from switchboard.policies.actions import (
     AssignRequest,
-    DrainReplica,
     ForwardUpstream,
     MigrateRequest,
     PrewarmAt,
