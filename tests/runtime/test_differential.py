@@ -30,11 +30,11 @@ from switchboard.fleet import ops
 from switchboard.engines.base import Completion, EngineUnavailable, Finish, GenerationRequest, Usage
 from switchboard.policies.actions import AssignRequest, RejectRequest
 from switchboard.policies.admission import Verdict
-from switchboard.policies.balance import Routed
+from switchboard.policies.balance import Balanced
 from switchboard.policies.control import ControlSettings, RequestArrived
 from switchboard.runtime.fleet import LiveFleet
 from switchboard.runtime.lease import AdmissionRejected
-from switchboard.sim.cluster import BuiltCluster, ClusterSpec, ExpertSimSpec, PoolSpec, SloSpec, build_cluster
+from switchboard.sim.cluster import BuiltCluster, ClusterSpec, ExpertSimSpec, PoolSpec, SloSpec, resolve_cluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone
 from switchboard.sim.planes import ServerlessPlane
 from switchboard.sim.runner import ReplicaCrash, RoutingInputs, Simulation
@@ -77,7 +77,7 @@ def sim_cluster() -> BuiltCluster:
         pools=[PoolSpec(hardware="l4", workers=2, devices_per_worker=2)],
         experts=[ExpertSimSpec(id=e, params_b=p, usd_per_mtok=usd) for e, p, usd in EXPERTS],
     )
-    return build_cluster(spec)
+    return resolve_cluster(spec)
 
 
 def live_config(step_interval_s: float):
@@ -352,7 +352,7 @@ def old_simulator_fast_path(loop) -> None:
         decision = plane.admission.admit(snapshot, request)
         if decision.verdict is Verdict.ADMIT and not decision.wake_expert:
             outcome = plane.balance.choose(snapshot, request, loop.rng)
-            if isinstance(outcome, Routed):
+            if isinstance(outcome, Balanced):
                 return (AssignRequest(request, outcome.replica_id, decision.expected_ttft_s, False, decision.reason),)
         if not decision.verdict.is_admitted and not decision.wake_expert:
             return (RejectRequest(request, decision.status_code, decision.retry_after_s, decision.reason),)

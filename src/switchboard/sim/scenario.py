@@ -31,7 +31,7 @@ import numpy as np
 from switchboard.config.schema import ControlPlaneConfig
 from switchboard.policies.control import ControlSettings
 from switchboard.perf.roofline import EngineProfile
-from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, build_cluster
+from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, resolve_cluster
 from switchboard.sim.planes import ServerlessPlane, StaticPlane, peak_replicas, quality_only_choices
 from switchboard.sim.report import Summary, summarize
 from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
@@ -106,7 +106,7 @@ def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs
                    experts: tuple[str, ...]) -> tuple[BuiltCluster, dict[str, int]]:
     """A one-kind fleet sized for the workload's busiest minute under quality-only routing."""
     kind = knobs.static_hardware
-    probe = build_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
+    probe = resolve_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
     price = np.array([e.usd_per_mtok for e in probe.experts])
     chosen = quality_only_choices(experts, routing.predicted, price, knobs.cost_weight)
     chosen = _with_pinned(chosen, workload, experts)
@@ -117,7 +117,7 @@ def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs
                            chosen, experts, capacity)
     devices = sum(n * probe.profiles[(e, kind)].num_devices for e, n in counts.items())
     pools = [PoolSpec(hardware=kind, workers=max(1, math.ceil(devices / 8)) + 1, devices_per_worker=8)]
-    return build_cluster(base.with_pools(pools)), counts
+    return resolve_cluster(base.with_pools(pools)), counts
 
 
 def _with_pinned(chosen: np.ndarray, workload: Workload, experts: tuple[str, ...]) -> np.ndarray:
@@ -161,7 +161,7 @@ def run_policy(
     warmup_s: float = 0.0,
 ) -> tuple[Summary, RunResult]:
     """Run one policy set; `routing_for(expert_ids)` gives the per-request quality in that expert order."""
-    cluster = build_cluster(spec, hardware_overrides)
+    cluster = resolve_cluster(spec, hardware_overrides)
     routing = routing_for(cluster.expert_ids)
     if name == "static":
         cluster, counts = static_cluster(spec, workload, routing, knobs, cluster.expert_ids)
