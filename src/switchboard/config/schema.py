@@ -13,11 +13,12 @@ Unknown fields are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from switchboard.policies.circuit import BreakerSettings
+from switchboard.policies.control import ControlSettings
 from switchboard.types import AUTO_MODEL
 
 
@@ -157,7 +158,10 @@ class ControlPlaneConfig(_Strict):
         10.0, ge=0, description="Serving starts once real (non-simulated) warm_at_start replicas are up, or after this long."
     )
     seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
-    policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
+    policies: ControlSettings = Field(
+        default_factory=ControlSettings,
+        description="Every policy's settings (keepalive, autoscale, placement, ...; docs/control-plane.md). The "
+        "defaults are the simulator's `switchboard` policy set.")
 
 
 class StorageConfig(_Strict):
@@ -233,12 +237,6 @@ class SwitchboardConfig(_Strict):
         worker_ids = [w.id for w in self.workers]
         if len(set(worker_ids)) != len(worker_ids):
             raise ValueError("worker ids must be unique")
-        from switchboard.policies.control import ControlSettings
-
-        try:
-            ControlSettings.model_validate(self.control_plane.policies)
-        except ValueError as exc:
-            raise ValueError(f"control_plane.policies: {exc}") from None
         if self.auth.enabled and not self.storage.enabled:
             raise ValueError("auth.enabled needs storage.enabled: keys live in, and spend is rebuilt from, the storage database")
         for e in self.experts:
