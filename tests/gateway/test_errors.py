@@ -79,7 +79,7 @@ def test_unknown_paths_and_methods(http):
         ("broken", 502, "mock internal failure"),
         ("garbage", 502, "is not an OpenAI"),
         ("down", 503, "cannot connect"),
-        ("limited", 503, "rate limiting"),
+        ("limited", 429, "rate limit"),
         ("stall", 504, "read timeout"),
         ("picky", 400, "context window"),
     ],

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, Finish, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent
 from switchboard.gateway import requests as rq
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
@@ -92,6 +92,8 @@ def _tried(run: FailoverRun[Any]) -> str:
 def _failed_outcome(exc: BaseException) -> tuple[Outcome, int]:
     if isinstance(exc, AdmissionRejected):
         return Outcome.REJECTED, exc.status
+    if isinstance(exc, EngineRateLimited):
+        return Outcome.REJECTED, exc.status
     if isinstance(exc, EngineError):
         return (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
     return Outcome.ERROR, 502  # a stream that ended before its first event
@@ -112,6 +114,11 @@ def _failure_api_error(failed: AttemptsFailed, run: FailoverRun[Any]) -> ApiErro
 
 
 def _engine_api_error(exc: EngineError) -> ApiError:
+    if isinstance(exc, EngineRateLimited):
+        # The upstream's own Retry-After, so a client (the openai SDK) waits exactly as long as it asked.
+        retry_after = str(max(1, math.ceil(exc.retry_after_s))) if exc.retry_after_s is not None else "1"
+        return ApiError(429, f"expert '{exc.expert_id}' is rate limited by its upstream: {exc.detail}; retry after {retry_after} s",
+                        code=exc.code, headers={"retry-after": retry_after})
     if exc.status < 500:
         return ApiError(exc.status, f"expert '{exc.expert_id}' rejected the request: {exc.detail}", code=exc.code)
     return ApiError(exc.status, f"expert '{exc.expert_id}' failed: {exc.detail}", code=exc.code)
@@ -287,6 +294,8 @@ class Handlers:
             self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage, is_last_failure_the_answer=error is not None and outcome is not Outcome.TIMEOUT)
         if error is not None:
             return error_response(error, headers)
+        if completion.raw_body is not None:  # a pass-through engine's answer, byte for byte
+            return JSONBytesResponse(completion.raw_body, headers, completion.raw_headers)
         return JSONBytesResponse(completion_body(kind, request_id, created, run.expert_id, completion), headers)
 
     def _attempt_failed(self, failure: FailedAttempt, plan: NextAttempt) -> None:
@@ -364,7 +373,8 @@ class Handlers:
         headers["cache-control"] = "no-cache"
         writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage)
         timing = (started_at, first_token_at, deadline_at)
-        return SSEResponse(self._sse(writer, first, events, lease, run, timing, entry, headers), headers)
+        raw_headers = first.headers if type(first) is RawChunk else ()
+        return SSEResponse(self._sse(writer, first, events, lease, run, timing, entry, headers), headers, raw_headers)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, run: FailoverRun[Any],
                    timing: tuple[float, float, float], entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
@@ -376,16 +386,19 @@ class Handlers:
         usage = None  # metrics
         expert_id = run.expert_id
         try:
-            if writer.kind == "chat":
+            if writer.kind == "chat" and type(first) is not RawChunk:
                 yield writer.role()
             event = first
             while True:
-                if isinstance(event, Finish):
+                if type(event) is RawChunk:  # a pass-through engine's bytes, already the client's wire format
+                    yield event.data
+                elif isinstance(event, Finish):
                     usage = event.usage
-                    yield writer.finish(event)
+                    if not event.is_relayed:
+                        yield writer.finish(event)
                     return
-                assert isinstance(event, TextDelta)
-                yield writer.text(event.text, event.raw_delta)
+                else:
+                    yield writer.text(event.text, event.raw_delta)
                 # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
                 async with asyncio.timeout_at(min(timing[2], self.drain_at)) as scope:
                     self._deadlines.add(scope)
