@@ -24,6 +24,7 @@ from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent
 from switchboard.gateway import requests as rq
 from switchboard.gateway.auth import OpenGate
+from switchboard.gateway.capabilities import unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
@@ -178,6 +179,8 @@ class Handlers:
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
+            if (cannot := unsupported("chat", expert, body)) is not None:
+                raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
                                         user_text, text_only=not rq.has_non_text_content(parsed))
@@ -195,6 +198,8 @@ class Handlers:
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
             num_prompt = rq.estimate_tokens(text)
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
+            if (cannot := unsupported("completion", expert, body)) is not None:
+                raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
                                         text)
@@ -253,6 +258,8 @@ class Handlers:
         for fallback_id in (choice.fallbacks if choice is not None else expert.fallbacks):
             fallback = self.state.fleet.expert(fallback_id)
             if fallback is None or fallback_id in max_tokens or (not text_only and fallback.backend.kind != "openai"):
+                continue
+            if unsupported(kind, fallback, body) is not None:  # it cannot honour some field: no fallback for this request
                 continue
             try:
                 max_tokens[fallback_id] = self._max_tokens(kind, fallback, num_prompt, asked_max_tokens)
