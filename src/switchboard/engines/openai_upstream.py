@@ -244,7 +244,11 @@ class OpenAIUpstreamEngine:
         except http1.HTTPError as exc:
             raise EngineUnavailable(self.expert_id, f"upstream stream broke: {exc}") from exc
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        # The relay is itself the stream (no generator wrapping another: each layer costs per event).
+        return self._relay(request) if self.passthrough else self._parsed_stream(request)
+
+    async def _open_stream(self, request: GenerationRequest) -> _UpstreamResponse:
         response = await self._post(request, stream=True)
         if not response.content_type.startswith("text/event-stream"):
             try:
@@ -256,10 +260,11 @@ class OpenAIUpstreamEngine:
             raise EngineBadResponse(
                 self.expert_id, f"upstream answer is not an OpenAI event stream ({response.content_type}): {raw!r}"
             )
-        if self.passthrough:
-            async for event in self._relay(request, response):
-                yield event
-            return
+        return response
+
+    async def _parsed_stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The upstream's stream as TextDelta events (engines that present their own server's stream as text)."""
+        response = await self._open_stream(request)
         finish_reason: str | None = None
         usage_raw: dict[str, Any] | None = None
         num_deltas = 0
@@ -315,7 +320,7 @@ class OpenAIUpstreamEngine:
         yield Finish(_finish_reason(finish_reason), usage)
 
 
-    async def _relay(self, request: GenerationRequest, response: _UpstreamResponse) -> AsyncIterator[StreamEvent]:
+    async def _relay(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """The upstream's event stream as RawChunks of whole lines, then a relayed Finish.
 
         Per chunk this only searches bytes (C speed): a line is parsed only when it may hold an error, a
@@ -323,6 +328,7 @@ class OpenAIUpstreamEngine:
         A usage chunk the client did not ask for (`_payload` asked for it) is dropped, as are the `"usage":
         null` fields asking for it adds to every chunk.
         """
+        response = await self._open_stream(request)
         headers = _client_headers(response.headers)
         options = request.body.get("stream_options")
         drop_usage = not (isinstance(options, dict) and options.get("include_usage"))
@@ -347,7 +353,7 @@ class OpenAIUpstreamEngine:
                     rest = b""
                 if rewrites is None:
                     rewrites = self._model_rewrites(_first_model(chunk))
-                if any(marker in chunk for marker in _LOOK_MARKERS):
+                if b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk or b'"usage":{' in chunk or b'"usage": {' in chunk or b'{"error"' in chunk:
                     chunk, reason, usage = self._look(chunk, drop_usage)
                     finish_reason = reason or finish_reason
                     usage_raw = usage or usage_raw
@@ -369,35 +375,49 @@ class OpenAIUpstreamEngine:
         yield Finish(_finish_reason(finish_reason), usage, is_relayed=True)
 
     def _look(self, chunk: bytes, drop_usage: bool) -> tuple[bytes, str | None, dict[str, Any] | None]:
-        """Parses the lines of `chunk` that may hold an error, a finish reason or usage. Returns the chunk (less
-        a usage-only line when `drop_usage`), the last finish reason and the usage seen. Raises
-        EngineBadResponse for an upstream error event or a malformed line."""
+        """Parses the lines of `chunk` that may hold an error, a finish reason or usage (found by byte search,
+        not by walking every line). Returns the chunk (less a usage-only line when `drop_usage`), the last
+        finish reason and the usage seen. Raises EngineBadResponse for an upstream error event or a malformed
+        line."""
+        lines: set[tuple[int, int]] = set()
+        for marker in _LOOK_MARKERS:
+            at = chunk.find(marker)
+            while at >= 0:
+                start = chunk.rfind(b"\n", 0, at) + 1
+                end = chunk.find(b"\n", at)
+                end = len(chunk) if end < 0 else end
+                lines.add((start, end))
+                at = chunk.find(marker, end)
         finish_reason = None
         usage = None
-        kept: list[bytes] = []
-        for line in chunk.split(b"\n"):
-            if line.startswith(b"data:") and any(marker in line for marker in _LOOK_MARKERS):
-                payload = line[5:].strip()
-                try:
-                    obj = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}") from exc
-                if not isinstance(obj, dict):
-                    raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
-                if "error" in obj:
-                    raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
-                for choice in obj.get("choices") or ():
-                    if isinstance(choice, dict) and choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-                if isinstance(obj.get("usage"), dict):
-                    usage = obj["usage"]
-                    if drop_usage and not obj.get("choices"):
-                        continue
-            kept.append(line)
-        return b"\n".join(kept), finish_reason, usage
+        cuts: list[tuple[int, int]] = []
+        for start, end in sorted(lines):
+            line = chunk[start:end]
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}") from exc
+            if not isinstance(obj, dict):
+                raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
+            if "error" in obj:
+                raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
+            for choice in obj.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            if isinstance(obj.get("usage"), dict):
+                usage = obj["usage"]
+                if drop_usage and not obj.get("choices"):
+                    cuts.append((start, min(end + 1, len(chunk))))
+        for start, end in reversed(cuts):
+            chunk = chunk[:start] + chunk[end:]
+        return chunk, finish_reason, usage
 
 
 _LOOK_MARKERS = (b'"finish_reason":"', b'"finish_reason": "', b'"usage":{', b'"usage": {', b'{"error"')
+"""What makes a relayed line worth parsing: a finish reason, usage, an error event."""
 
 _NOT_FOR_THE_CLIENT = frozenset({
     b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server", b"content-type",

@@ -28,7 +28,7 @@ from switchboard.gateway.capabilities import unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
-from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
+from switchboard.gateway.responses import SSE_DONE, ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
@@ -399,6 +399,9 @@ class Handlers:
             while True:
                 if type(event) is RawChunk:  # a pass-through engine's bytes, already the client's wire format
                     yield event.data
+                    if event.data.endswith(SSE_DONE):  # the engine's Finish follows at once: no deadline to watch
+                        event = await anext(events)
+                        continue
                 elif isinstance(event, Finish):
                     usage = event.usage
                     if not event.is_relayed:

@@ -105,14 +105,21 @@ class SSEResponse:
         raw = [(b"content-type", b"text/event-stream; charset=utf-8"), *self.raw_headers]
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        is_ended = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for chunk in self.chunks:
                 if watcher.done():
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if is_ended:
+                    continue
+                # The chunk that closes the stream ends the response in the same message (one send fewer); the
+                # iterator still runs to its end for its bookkeeping.
+                is_ended = chunk.endswith(SSE_DONE)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not is_ended})
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not is_ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             await self.chunks.aclose()
