@@ -51,6 +51,8 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
     "logit_bias": _off,
 }
 _SAMPLING = {name: _ANY for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p")}
+# Not (yet) for local engines, so a 400 names them: n > 1, logprobs, tools (SmolLM2's chat template has no tool
+# syntax), echo/suffix/best_of.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +69,9 @@ CAPABILITIES: dict[str, Capabilities] = {
     "openai": Capabilities("an OpenAI-compatible upstream", passes_everything=True),
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
     "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING}),
-    "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING}),
+    # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias.
+    "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "repetition_penalty": _ANY, "logit_bias": _ANY,
+                                                     "response_format": _json_format}),
 }
 _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})
 
