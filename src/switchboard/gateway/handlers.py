@@ -26,6 +26,7 @@ from switchboard.gateway import requests as rq
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.capabilities import unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
+from switchboard.gateway.deadline import StreamDeadline
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
 from switchboard.gateway.responses import SSE_DONE, ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
@@ -139,7 +140,7 @@ class Handlers:
         # Graceful shutdown: after `begin_drain`, new requests get 503 and every in-flight request's deadline
         # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
         self.drain_at = math.inf
-        self._deadlines: set[asyncio.Timeout] = set()
+        self._deadlines: set[asyncio.Timeout | StreamDeadline] = set()
 
     def begin_drain(self, timeout_s: float) -> None:
         """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
@@ -352,13 +353,11 @@ class Handlers:
         # Everything up to the first event happens before the status line, so a failure there fails over
         # invisibly or is a proper HTTP error, never a broken stream.
         error = None
+        # One deadline for the whole stream (gateway/deadline.py), pulled in by a drain like every other.
+        deadline = StreamDeadline(min(deadline_at, self.drain_at))
+        self._deadlines.add(deadline)
         try:
-            async with self._deadline(deadline_at) as scope:
-                self._deadlines.add(scope)
-                try:
-                    first, events, lease = await run.first_success(tuple(attempt.max_tokens), attempt.stream)
-                finally:
-                    self._deadlines.discard(scope)
+            first, events, lease = await deadline.wait(run.first_success(tuple(attempt.max_tokens), attempt.stream))
             first_token_at = time.perf_counter()
         except AttemptsFailed as exc:
             outcome, status = _failed_outcome(exc.last)
@@ -367,9 +366,11 @@ class Handlers:
             error = self._timed_out(run, "sent no token")
             outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
         except BaseException:  # cancelled while waiting (the attempt gave its replica its load back)
+            self._end_deadline(deadline)
             self._finish(entry, run, headers, Outcome.CANCELLED, 499, started_at, attempt.lease)
             raise
         if error is not None:
+            self._end_deadline(deadline)
             self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, is_last_failure_the_answer=outcome is not Outcome.TIMEOUT)
             return error_response(error, headers)
         headers["x-switchboard-expert"] = run.expert_id
@@ -379,12 +380,16 @@ class Handlers:
             headers["x-switchboard-failover"] = json.dumps(run.describe(), ensure_ascii=True, separators=(",", ":"))
         headers["cache-control"] = "no-cache"
         writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage)
-        timing = (started_at, first_token_at, deadline_at)
+        timing = (started_at, first_token_at)
         raw_headers = first.headers if type(first) is RawChunk else ()
-        return SSEResponse(self._sse(writer, first, events, lease, run, timing, entry, headers), headers, raw_headers)
+        return SSEResponse(self._sse(writer, first, events, lease, run, timing, deadline, entry, headers), headers, raw_headers)
+
+    def _end_deadline(self, deadline: StreamDeadline) -> None:
+        deadline.close()
+        self._deadlines.discard(deadline)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, run: FailoverRun[Any],
-                   timing: tuple[float, float, float], entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
+                   timing: tuple[float, float], deadline: StreamDeadline, entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
         """The stream after its first event. A failure from here on cannot fail over (tokens are out): it ends
         the stream with an explicit error event (OpenAI's `{"error": ...}` chunk, which the openai client
         raises as an APIError) and no [DONE]."""
@@ -410,12 +415,7 @@ class Handlers:
                 else:
                     yield writer.text(event.text, event.raw_delta)
                 # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
-                async with asyncio.timeout_at(min(timing[2], self.drain_at)) as scope:
-                    self._deadlines.add(scope)
-                    try:
-                        event = await anext(events)
-                    finally:
-                        self._deadlines.discard(scope)
+                event = await deadline.wait(anext(events))
         except EngineError as exc:
             failure, outcome = exc, Outcome.ERROR
             yield ChunkWriter.error(exc.status, f"expert '{expert_id}' failed mid-stream: {exc.detail}", exc.code)
@@ -430,6 +430,7 @@ class Handlers:
             failure, outcome = exc, Outcome.CANCELLED
             raise
         finally:
+            self._end_deadline(deadline)
             await events.aclose()
             await lease.__aexit__(type(failure) if failure else None, failure, None)
             # metrics: the stream's one record, with its first-token time
