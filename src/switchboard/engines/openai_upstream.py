@@ -429,13 +429,11 @@ def _client_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, by
     """The upstream's response headers that are the client's to see (its rate-limit and processing headers,
     ...): not framing or hop-by-hop ones, not cookies, not another gateway's `x-switchboard-*`. Its
     `x-request-id` comes back as `x-switchboard-upstream-request-id` (ours is the request log's key)."""
-    kept = []
-    for name, value in headers:
-        name = name.lower()
-        if name in _NOT_FOR_THE_CLIENT or name.startswith(b"x-switchboard-"):
-            continue
-        kept.append((b"x-switchboard-upstream-request-id" if name == b"x-request-id" else name, value))
-    return tuple(kept)
+    return tuple((_RENAMED.get(name, name), value) for name, value in ((n.lower(), v) for n, v in headers)
+                 if name not in _NOT_FOR_THE_CLIENT and not name.startswith(b"x-switchboard-"))
+
+
+_RENAMED = {b"x-request-id": b"x-switchboard-upstream-request-id"}
 
 
 def _first_model(chunk: bytes) -> Any:
@@ -546,13 +544,13 @@ def _choice_text(choice: dict[str, Any], kind: str) -> str:
     return choice["text"]
 
 
+_FINISH_REASONS = {reason.value: reason for reason in FinishReason}
+
+
 def _finish_reason(raw: Any) -> FinishReason:
     """The engine's own finish reason (stop, length, tool_calls, content_filter, function_call); stop for
     none or one we do not know."""
-    try:
-        return FinishReason(raw)
-    except ValueError:
-        return FinishReason.STOP
+    return _FINISH_REASONS.get(raw, FinishReason.STOP) if isinstance(raw, str) else FinishReason.STOP
 
 
 def _usage(raw: Any, request: GenerationRequest, text: str) -> Usage:
