@@ -38,6 +38,17 @@ def _announce(event: dict[str, Any]) -> None:
 _SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
 
 
+def _response_format(asked: Any) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as llama-cpp-python takes it: json_object (with the json_schema's schema, if
+    one) becomes a grammar that only admits such JSON. None for text or nothing."""
+    if not isinstance(asked, dict) or asked.get("type") not in ("json_object", "json_schema"):
+        return None
+    if asked["type"] == "json_schema":
+        schema = (asked.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    return {"type": "json_object"}
+
+
 def default_num_threads() -> int:
     """llama.cpp threads when the config gives none: half the cores, at least 1 (llama-cpp-python's own default).
     Not all of them: llama.cpp's threads meet at a barrier every layer, so one thread preempted by the gateway,
@@ -73,6 +84,13 @@ class _Generator:
         kwargs["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         if isinstance(kwargs.get("stop"), str):
             kwargs["stop"] = [kwargs["stop"]]
+        if body.get("repetition_penalty") is not None:
+            kwargs["repeat_penalty"] = body["repetition_penalty"]
+        if body.get("logit_bias"):
+            kwargs["logit_bias"] = body["logit_bias"]
+        response_format = _response_format(body.get("response_format"))
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
