@@ -55,6 +55,9 @@ class OpenGate:
                       route_text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
 
+    def admit(self, num_tokens: int) -> None:
+        return None
+
 
 class AuthConfigError(RuntimeError):
     """Auth is enabled but cannot work (no admin key in the environment)."""
@@ -118,22 +121,31 @@ class TenantGate:
                       route_text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         """`resolve(model, routing, route_text)` as the key allows: raises ApiError 429/402 over a limit or
         budget, 403/503 when the key's quality floor or cost ceiling cannot be met and its policy rejects."""
-        caller = current_caller.get()
+        caller = self.admit(num_prompt_tokens + (asked_max_tokens or self.config.defaults.max_tokens))
         if caller is None:
             return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
+        key = caller.key
+        if not key.limits.has_answer_policy:
+            return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
+        if model == AUTO_MODEL:
+            return await self._resolve_auto(caller, routing, route_text, resolve)
+        return await self._resolve_named(caller, model, routing, route_text, resolve)
+
+    def admit(self, num_tokens: int) -> Caller | None:
+        """The caller's rate limits and budgets for a request of about `num_tokens` tokens: raises ApiError
+        429/402 over one, else reserves the tokens in the key's window (settled with the real usage when the
+        request is logged). None when the request came without a key."""
+        caller = current_caller.get()
+        if caller is None:
+            return None
         key, now_s = caller.key, self.clock()
-        num_tokens = num_prompt_tokens + (asked_max_tokens or self.config.defaults.max_tokens)
         verdict = lim.admit(key.limits, self.meter.snapshot(key.key_id, now_s), now_s, num_tokens)
         if isinstance(verdict, lim.OverLimit):
             retry_after = str(max(1, round(verdict.retry_after_s)))
             raise ApiError(verdict.status, f"key {key.key_id} ('{key.name}'): {verdict.message}; retry after {retry_after} s",
                            code=f"{verdict.limit.value}_exceeded", headers={"retry-after": retry_after, "x-switchboard-limit": verdict.limit.value})
         caller.reservation = self.meter.reserve(key.key_id, now_s, num_tokens)
-        if not key.limits.has_answer_policy:
-            return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
-        if model == AUTO_MODEL:
-            return await self._resolve_auto(caller, routing, route_text, resolve)
-        return await self._resolve_named(caller, model, routing, route_text, resolve)
+        return caller
 
     async def _resolve_auto(self, caller: Caller, routing: RoutingParams | None, text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         limits = caller.key.limits

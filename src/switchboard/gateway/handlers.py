@@ -415,7 +415,8 @@ class Handlers:
     async def models(self, request: Request) -> Response:
         created = self.state.started_at
         data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
-        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in self.state.config.experts]
+        config = self.state.config
+        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in (*config.experts, *config.embedding_experts)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:
