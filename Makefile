@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_wheel.sh
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	scripts/build_llama_wheel.sh $(PY) $(WHEEL_CACHE) $(LLAMA_CPP_VERSION)
 	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) -e '.[dev,router-offline,ray]'
+	# The local embedding expert's model as ONNX, exported once into ~/.cache/switchboard/onnx (needs torch; serving does not).
+	$(VENV)/bin/switchboard embeddings prepare
 	touch $(STAMP)
 
 run: install

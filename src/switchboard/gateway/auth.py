@@ -278,11 +278,38 @@ class MeteringLog:
         return getattr(self.inner, name)
 
 
-@dataclasses.dataclass(slots=True)
 class _MeteredEntry:
-    inner: Any
-    caller: Caller | None
-    expert_id: str
+    """A request-log entry with the caller attached. What the handlers set on an entry after failover (the
+    expert that answered, the routing reason with the failed attempts) goes to the log's own entry, so the
+    row and the key's charge both name the expert that answered."""
+
+    __slots__ = ("inner", "caller", "_expert_id", "_routing_reason")
+
+    def __init__(self, inner: Any, caller: Caller | None, expert_id: str) -> None:
+        self.inner = inner  # None when the request log is disabled
+        self.caller = caller
+        self._expert_id = expert_id
+        self._routing_reason: str | None = getattr(inner, "routing_reason", None)
+
+    @property
+    def expert_id(self) -> str:
+        return self._expert_id
+
+    @expert_id.setter
+    def expert_id(self, value: str) -> None:
+        self._expert_id = value
+        if self.inner is not None:
+            self.inner.expert_id = value
+
+    @property
+    def routing_reason(self) -> str | None:
+        return self._routing_reason
+
+    @routing_reason.setter
+    def routing_reason(self, value: str | None) -> None:
+        self._routing_reason = value
+        if self.inner is not None:
+            self.inner.routing_reason = value
 
 
 class AuthMiddleware:
