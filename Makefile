@@ -29,6 +29,8 @@ run: install
 
 test: install
 	scripts/ensure_chromium.sh
+	# The official openai Node client for tests/conformance, pinned by its package-lock.json (node and npm: the machine's).
+	test -f tests/conformance/node/node_modules/openai/package.json || (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 	pg_url=$$(scripts/postgres.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

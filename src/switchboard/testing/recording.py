@@ -7,8 +7,11 @@ text, each carrying an extra field no gateway knows (`x_upstream`), to catch a g
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
+import struct
+import time
 from typing import Any
 
 import orjson
@@ -22,6 +25,8 @@ class Recorded:
     headers: dict[str, str]
     body: Any  # the parsed JSON body (None if it was not JSON)
     raw: bytes
+    received_at: float  # time.monotonic()
+    answer: "Canned"  # what the upstream answered it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,9 +82,9 @@ class RecordingUpstream:
             body = None
         path = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self.requests.append(Recorded(path, headers, body, raw))
         suffix = next((s for s in sorted(self._queued, key=len, reverse=True) if path.endswith(s) and self._queued[s]), None)
         canned = self._queued[suffix].popleft() if suffix is not None else self._default(path, body)
+        self.requests.append(Recorded(path, headers, body, raw, time.monotonic(), canned))
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in canned.headers.items()]
         if canned.sse is not None:
             await send({"type": "http.response.start", "status": canned.status, "headers": [(b"content-type", b"text/event-stream"), *extra]})
@@ -96,7 +101,10 @@ class RecordingUpstream:
         if path.endswith("/embeddings"):
             inputs = body.get("input")
             items = [inputs] if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)) else inputs or []
-            data = [{"object": "embedding", "index": i, "embedding": [float(i), 0.5, -0.25]} for i in range(len(items))]
+            vectors = [[float(i), 0.5, -0.25] for i in range(len(items))]
+            if body.get("encoding_format") == "base64":  # float32 little-endian bytes, as OpenAI sends them
+                vectors = [base64.b64encode(struct.pack("<3f", *v)).decode("ascii") for v in vectors]  # type: ignore[misc]
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
             return Canned(json={"object": "list", "data": data, "model": model,
                                 "usage": {"prompt_tokens": 3 * len(items), "total_tokens": 3 * len(items)}, **UNKNOWN_RESPONSE_FIELD})
         choice = {"index": 0, "message": {"role": "assistant", "content": "recorded", "refusal": None}, "logprobs": None, "finish_reason": "stop"}
