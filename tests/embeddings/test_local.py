@@ -112,3 +112,24 @@ async def test_a_failed_run_fails_only_its_requests():
         results = await asyncio.gather(bad, good, return_exceptions=True)
     assert isinstance(results[0], RuntimeError) and results[1][0].shape == (1, 2)
     assert calls == 2  # bad-1 was skipped once its request had failed
+
+
+def test_a_missing_onnx_file_is_exported_on_first_use_and_serves_the_same_vectors(engine, tmp_path):
+    fresh = OnnxEmbeddingEngine("fresh", OnnxEmbeddingBackend(kind="onnx", onnx_path=str(tmp_path / "cache" / "minilm-fp32.onnx")))
+    try:
+        answer, _ = embed(fresh, ["exported just now"])  # runs `python -m switchboard.embeddings.prepare` in a child
+    finally:
+        asyncio.run(fresh.stop())
+    assert (tmp_path / "cache" / "minilm-fp32.onnx").is_file()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".export-")]  # nothing half-written left
+    reference, _ = embed(engine, ["exported just now"])
+    np.testing.assert_allclose(answer.body["data"][0]["embedding"], reference.body["data"][0]["embedding"], atol=1e-6)
+
+
+def test_an_export_that_fails_is_a_503_saying_how_to_fix_it(tmp_path):
+    from switchboard.engines.base import EngineUnavailable
+
+    broken = OnnxEmbeddingEngine("broken", OnnxEmbeddingBackend(kind="onnx", model_dir=str(tmp_path), onnx_path=str(tmp_path / "x.onnx")))
+    with pytest.raises(EngineUnavailable) as err:
+        asyncio.run(broken.start())
+    assert err.value.status == 503 and "switchboard embeddings prepare" in err.value.detail
