@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent
+from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
 from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
@@ -136,6 +137,7 @@ class Handlers:
         # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
         self.drain_at = math.inf
         self._deadlines: set[asyncio.Timeout | StreamDeadline] = set()
+        self.prompt_tokens = PromptTokens()  # llama.cpp experts' exact prompt counts (engines/llamacpp/tokens.py)
 
     def begin_drain(self, timeout_s: float) -> None:
         """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
@@ -169,10 +171,12 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
-            num_prompt = rq.estimate_tokens(text, len(parsed.messages))
+            num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
+            if expert.id != parsed.model:  # chosen by the router: its own count for the context check
+                num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             if (cannot := unsupported("chat", expert, body)) is not None:
@@ -192,8 +196,10 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
-            num_prompt = rq.estimate_tokens(text)
+            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
+            if expert.id != parsed.model:
+                num_prompt = await self.prompt_tokens.count("completion", body, expert, num_prompt)
             if (cannot := unsupported("completion", expert, body)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
@@ -202,6 +208,11 @@ class Handlers:
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
+
+    async def _prompt_tokens(self, kind: RequestKind, body: dict[str, Any], model: str, estimate: int) -> int:
+        """The prompt's tokens as the named expert counts them (llama.cpp experts: exactly, with the GGUF's own
+        template and vocabulary), else `estimate`. What context-length checks and per-key token limits use."""
+        return await self.prompt_tokens.count(kind, body, self.state.fleet.expert(model) if model != AUTO_MODEL else None, estimate)
 
     async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
         state = self.state
@@ -334,7 +345,7 @@ class Handlers:
         if room < 1 or (asked is not None and asked > room):
             raise ApiError(
                 400,
-                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is about {num_prompt} tokens"
+                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is {'' if expert.backend.kind == 'llamacpp' else 'about '}{num_prompt} tokens"
                 + (f" and max_tokens asks for {asked}" if asked is not None else ""),
                 param=(("messages" if kind == "chat" else "prompt") if asked is None or room < 1 else "max_tokens"),
                 code="context_length_exceeded",
@@ -434,7 +445,8 @@ class Handlers:
     async def models(self, request: Request) -> Response:
         created = self.state.started_at
         data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
-        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in self.state.config.experts]
+        config = self.state.config
+        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in (*config.experts, *config.embedding_experts)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:
