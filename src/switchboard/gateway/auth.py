@@ -257,7 +257,7 @@ def merge_routing(routing: RoutingParams | None, quality_floor: float | None, us
     # model_construct: both sides were validated already (the request by the parser, the key by KeyLimits), and
     # this runs on every request of a key with a policy.
     return RoutingParams.model_construct(
-        cost_weight=base.cost_weight, experts=base.experts,
+        cost_weight=base.cost_weight, objective=base.objective, experts=base.experts,
         min_quality=cp.tighter_floor(base.min_quality, quality_floor),
         max_usd_per_mtok=cp.tighter_ceiling(base.max_usd_per_mtok, usd_per_mtok_ceiling),
     )
