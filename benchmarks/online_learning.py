@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--cost-weights", default="0,0.05,0.1")
     parser.add_argument("--tasks", default=None, help="Comma-separated subset (default: every task).")
     parser.add_argument("--plot", type=Path, default=None)
-    parser.add_argument("--settings", default="{}", help="router.online overrides as JSON (default: the config's defaults).")
+    parser.add_argument("--settings", default="{}", help="router.online overrides as a JSON object, or a list of them to compare (default: the config's defaults).")
     parser.add_argument("--json", type=Path, default=None, help="Write every run's numbers here.")
     args = parser.parse_args()
     data = resources.files("switchboard.data").joinpath("routing")
@@ -217,16 +217,18 @@ def main() -> None:
     texts = [e.prompt for e in examples]
     x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
     wanted = sorted(set(tasks)) if args.tasks is None else args.tasks.split(",")
-    settings = OnlineLearningConfig(**json.loads(args.settings))
-    print(f"online settings: {settings.model_dump()}")
+    variants = json.loads(args.settings)
     routers = loto_routers(x, y, tasks, wanted, price, experts, embedder)
-    runs = []
-    for task in wanted:
-        rows = np.nonzero(tasks == task)[0]
-        for weight in [float(w) for w in args.cost_weights.split(",")]:
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                runs.append(run_task(routers[task], x, y, rows, task, weight, seed, args.events, settings))
-    summarise(runs)
+    for overrides in variants if isinstance(variants, list) else [variants]:
+        settings = OnlineLearningConfig(**overrides)
+        print(f"\n## online settings: {settings.model_dump()}")
+        runs = []
+        for task in wanted:
+            rows = np.nonzero(tasks == task)[0]
+            for weight in [float(w) for w in args.cost_weights.split(",")]:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    runs.append(run_task(routers[task], x, y, rows, task, weight, seed, args.events, settings))
+        summarise(runs)
     if args.plot:
         plot(runs, args.plot)
     if args.json:
