@@ -1,5 +1,5 @@
-"""The correction's math: prior with no evidence, shrinkage toward the router, locality, and the hard
-exploration budget."""
+"""The correction's math: prior with no evidence, shrinkage toward the router, locality, what the slope learns,
+and the hard exploration budget."""
 
 from __future__ import annotations
 
@@ -10,41 +10,61 @@ from hypothesis import strategies as st
 from switchboard.config.schema import OnlineLearningConfig
 from switchboard.online.correction import Events, ExplorationBudget, correction, unit
 
-SETTINGS = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1)
+OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_var=0.0)
+SLOPE = OFFSET.model_copy(update={"num_neighbors": 256, "slope_prior_var": 1.0})
+PRIOR_STD = np.sqrt(0.1 / 4.0)
 
 
-def events(contexts, experts, residuals) -> Events:
-    return Events(np.stack([unit(c) for c in contexts]), np.asarray(experts, np.int16), np.asarray(residuals, np.float32))
+def events(contexts, experts, predicted, scores) -> Events:
+    return Events(np.stack([unit(c) for c in contexts]), np.asarray(experts, np.int16),
+                  np.asarray(predicted, np.float32), np.asarray(scores, np.float32))
 
 
 def test_without_events_the_posterior_is_the_prior():
-    empty = Events(np.zeros((0, 3), np.float32), np.zeros(0, np.int16), np.zeros(0, np.float32))
-    corr = correction(empty, unit([1, 0, 0]), 2, SETTINGS)
-    assert np.all(corr.mean == 0) and np.allclose(corr.std, np.sqrt(0.1 / 4.0)) and np.all(corr.evidence == 0)
+    empty = Events(np.zeros((0, 3), np.float32), np.zeros(0, np.int16), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    corr = correction(empty, unit([1, 0, 0]), np.array([0, 1]), np.array([0.5, 0.5]), SLOPE)
+    assert np.all(corr.mean == 0) and np.allclose(corr.std, PRIOR_STD) and np.all(corr.evidence == 0)
 
 
 def test_identical_prompts_pull_the_mean_toward_their_residual_and_shrink_the_std():
     here = [1.0, 0.0, 0.0]
-    corr_few = correction(events([here] * 2, [1, 1], [-0.5, -0.5]), unit(here), 2, SETTINGS)
-    corr_many = correction(events([here] * 8, [1] * 8, [-0.5] * 8), unit(here), 2, SETTINGS)
-    assert corr_few.mean[0] == 0 and corr_few.std[0] == np.sqrt(0.1 / 4.0)  # expert 0 untouched
-    assert np.isclose(corr_few.mean[1], -0.5 * 2 / 6) and np.isclose(corr_many.mean[1], -0.5 * 8 / 12)
-    assert corr_many.std[1] < corr_few.std[1] < np.sqrt(0.1 / 4.0)
+    few = correction(events([here] * 2, [1, 1], [0.8, 0.8], [0.3, 0.3]), unit(here), np.array([0, 1]), np.array([0.6, 0.8]), OFFSET)
+    many = correction(events([here] * 8, [1] * 8, [0.8] * 8, [0.3] * 8), unit(here), np.array([0, 1]), np.array([0.6, 0.8]), OFFSET)
+    assert few.mean[0] == 0 and few.std[0] == PRIOR_STD  # expert 0 has no events: untouched
+    assert np.isclose(few.mean[1], -0.5 * 2 / 6) and np.isclose(many.mean[1], -0.5 * 8 / 12)
+    assert many.std[1] < few.std[1] < PRIOR_STD
 
 
 def test_dissimilar_events_do_not_count_and_only_the_nearest_k_do():
     here, far = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # cosine 0 < min_similarity
-    assert correction(events([far] * 5, [0] * 5, [1.0] * 5), unit(here), 1, SETTINGS).evidence[0] == 0
+    assert correction(events([far] * 5, [0] * 5, [0.5] * 5, [1.0] * 5), unit(here), np.array([0]), np.array([0.5]), OFFSET).evidence[0] == 0
     near = [[1.0, 0.05 * i, 0.0] for i in range(20)]
-    corr = correction(events(near, [0] * 20, [0.0] * 8 + [1.0] * 12), unit(here), 1, SETTINGS)
-    assert corr.mean[0] == 0.0  # the 8 nearest all have residual 0; the 12 farther ones are not among them
+    corr = correction(events(near, [0] * 20, [0.5] * 20, [0.5] * 8 + [1.0] * 12), unit(here), np.array([0]), np.array([0.5]), OFFSET)
+    assert corr.mean[0] == 0.0  # the 8 nearest all scored as predicted; the 12 farther ones are not among them
 
 
 def test_weights_fall_with_distance():
-    here = unit([1.0, 0.0])
     close, midway = [1.0, 0.1], [1.0, 0.9]
-    corr = correction(events([close, midway], [0, 0], [1.0, -1.0]), here, 1, SETTINGS)
+    corr = correction(events([close, midway], [0, 0], [0.5, 0.5], [1.0, 0.0]), unit([1.0, 0.0]), np.array([0]), np.array([0.5]), OFFSET)
     assert corr.mean[0] > 0
+
+
+def _varied(rng, scores_follow_predictions: bool, n: int = 200):
+    predicted = rng.uniform(0.2, 0.8, n)
+    scores = predicted + rng.normal(0, 0.05, n) if scores_follow_predictions else np.full(n, 0.5) + rng.normal(0, 0.05, n)
+    return events([[1.0, 0.0]] * n, [0] * n, predicted, scores)
+
+
+def test_the_slope_keeps_the_routers_per_prompt_differences_only_where_they_hold(rng=np.random.default_rng(5)):
+    here = unit([1.0, 0.0])
+    # Scores track the router's predictions: a prompt predicted at 0.8 keeps about 0.8.
+    informative = correction(_varied(rng, True), here, np.array([0]), np.array([0.8]), SLOPE)
+    assert abs(informative.mean[0]) < 0.05
+    # Scores are 0.5 whatever the router says (a task it never saw): 0.8 is corrected to about 0.5 —
+    # which a pure offset (slope fixed at 1) cannot do: it only moves the average.
+    noise = _varied(rng, False)
+    assert abs(0.8 + correction(noise, here, np.array([0]), np.array([0.8]), SLOPE).mean[0] - 0.5) < 0.05
+    assert correction(noise, here, np.array([0]), np.array([0.8]), SLOPE.model_copy(update={"slope_prior_var": 0.0})).mean[0] > -0.2
 
 
 @given(st.floats(0.0, 1.0), st.lists(st.booleans(), max_size=300))

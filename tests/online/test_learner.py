@@ -76,7 +76,7 @@ def test_memory_is_bounded_per_tenant_and_in_tenants(router):
         online.learn("acme", f"{PROMPT} ({i})", "gemma-2-9b-it", 1.0)
     assert online.num_events("acme") == 12  # counted; only the last 5 are held
     x = router.features([PROMPT])[0]
-    assert online.posterior_mean("acme", x).shape == (len(router.experts),)
+    assert online.posterior_mean("acme", x, router.predict_quality_from_features(x[None])[0]).shape == (len(router.experts),)
     online.learn("globex", PROMPT, "gemma-2-9b-it", 1.0)
     online.learn("initech", PROMPT, "gemma-2-9b-it", 1.0)
     assert online.num_events("acme") == 0  # least recently used tenant evicted
@@ -91,5 +91,7 @@ def test_restore_rebuilds_the_same_corrections_as_live_learning(router):
         live.learn(e.tenant, e.prompt, e.expert, e.score)
     assert restored.restore(scored, batch_size=5) == len(scored) - 1
     x = router.features([SIMILAR])[0]
+    quality = router.predict_quality_from_features(x[None])[0]
     for tenant in ("acme", "globex"):
-        assert np.allclose(live.posterior_mean(tenant, x), restored.posterior_mean(tenant, x), atol=1e-6)
+        assert np.allclose(live.posterior_mean(tenant, x, quality), restored.posterior_mean(tenant, x, quality), atol=1e-6)
+    assert not np.allclose(live.posterior_mean("acme", x, quality), quality)

@@ -1,18 +1,21 @@
-"""The math of learning from feedback: a local Bayesian correction of the router's predicted quality.
+"""The math of learning from feedback: a local Bayesian recalibration of the router's predicted quality.
 
-The router predicts q̂_j(x), expert j's expected score on prompt x. A tenant's feedback events (x_i, j_i, s_i)
-give residuals r_i = s_i − q̂_{j_i}(x_i). Near a new prompt x the residual of expert j is modelled as one
-unknown offset δ_j with prior N(0, noise_var / prior_events), each of the `num_neighbors` most similar
-events of j (cosine similarity ≥ `min_similarity`) an observation of it with variance noise_var / w_i, where
-w_i grows linearly from 0 at `min_similarity` to 1 at identical prompts. The posterior is then
+The router predicts p_j(x), expert j's expected score on prompt x. A tenant's feedback events (x_i, j_i, s_i)
+say how good that prediction was where the tenant's traffic is. Near a new prompt x, expert j's score is
+modelled as linear in the router's prediction,
 
-    mean_j = Σ w_i r_i / (prior_events + Σ w_i),    var_j = noise_var / (prior_events + Σ w_i)
+    s ≈ a + b · (p_j(x_i) − p_j(x)),      so that the corrected quality at x itself is a,
 
-— a kernel-weighted nearest-neighbour average shrunk toward "the router is right", with an uncertainty that
-falls as evidence accumulates. A task the router never saw (its prompts far from the training data but close
-to each other) gets its own corrections after a few dozen events; an expert never tried near x keeps the
-router's prediction and the prior's uncertainty, which is what Thompson sampling explores (Chapelle & Li 2011;
-the bandit view of routing is that of RouterBench and of RouteLLM's preference-data training).
+fitted by Bayesian weighted least squares on the `num_neighbors` events of j most similar to x (cosine
+similarity ≥ `min_similarity`; an event's weight grows linearly from 0 there to 1 at an identical prompt),
+with the prior "the router is right": a ~ N(p_j(x), noise_var / prior_events), b ~ N(1, slope_prior_var).
+With b held at 1 (slope_prior_var 0) this is an offset: the kernel-weighted mean residual s − p, shrunk toward
+0. Letting b move lets the feedback also say how much the router's *per-prompt* differences are worth there:
+on a task the router never saw they are mostly noise (b → 0, the local mean score of j wins), on familiar
+traffic they hold (b ≈ 1). The posterior's uncertainty in a falls as evidence accumulates; an expert never
+tried near x keeps the router's prediction and the prior's uncertainty, which is what Thompson sampling
+explores (Chapelle & Li 2011; the bandit view of routing is RouterBench's, and RouteLLM learns routers from
+the same kind of preference feedback).
 
 Everything here is a pure function of arrays; `switchboard.online.learner` owns the state.
 """
@@ -28,19 +31,22 @@ from switchboard.config.schema import OnlineLearningConfig
 
 @dataclass(frozen=True)
 class Events:
-    """A snapshot of a tenant's feedback events: unit-norm contexts (n, d), expert index (n,), residual (n,)."""
+    """A snapshot of a tenant's feedback events: unit-norm contexts (n, d), expert index (n,), the router's
+    predicted quality of that expert at that prompt (n,), and the feedback score (n,)."""
 
     contexts: np.ndarray
     experts: np.ndarray
-    residuals: np.ndarray
+    predicted: np.ndarray
+    scores: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.residuals)
+        return len(self.scores)
 
 
 @dataclass(frozen=True)
 class Correction:
-    """Posterior of the residual of each expert near one prompt: mean, standard deviation, evidence (Σ w)."""
+    """Posterior of the corrected quality minus the router's, per expert asked for: mean, standard deviation,
+    and evidence (the sum of the weights of the events used)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -54,28 +60,47 @@ def unit(context: np.ndarray) -> np.ndarray:
     return c / norm if norm > 0 else c
 
 
-def correction(events: Events, context: np.ndarray, num_experts: int, settings: OnlineLearningConfig) -> Correction:
-    """The posterior residual of every expert 0..num_experts-1 near `context` (unit norm, as `unit` gives).
-
-    With no events near it, an expert's posterior is the prior: mean 0, std sqrt(noise_var / prior_events).
-    """
-    weighted = np.zeros(num_experts)
-    evidence = np.zeros(num_experts)
-    if len(events):
-        similarity = events.contexts @ context
-        near = similarity >= settings.min_similarity
-        if near.any():
-            idx = np.nonzero(near)[0]
-            sims, experts, residuals = similarity[idx], events.experts[idx], events.residuals[idx]
-            weights = (sims - settings.min_similarity) / (1.0 - settings.min_similarity)
-            for j in np.unique(experts):
-                mine = np.nonzero(experts == j)[0]
-                if len(mine) > settings.num_neighbors:  # the k most similar events of expert j
-                    mine = mine[np.argpartition(-sims[mine], settings.num_neighbors - 1)[: settings.num_neighbors]]
-                weighted[j] = float(weights[mine] @ residuals[mine])
-                evidence[j] = float(weights[mine].sum())
-    precision = settings.prior_events + evidence
-    return Correction(mean=weighted / precision, std=np.sqrt(settings.noise_var / precision), evidence=evidence)
+def correction(events: Events, context: np.ndarray, experts: np.ndarray, predicted: np.ndarray,
+               settings: OnlineLearningConfig) -> Correction:
+    """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
+    whose router predictions there are `predicted`. With no events near it, an expert's correction is the
+    prior's: mean 0, std sqrt(noise_var / prior_events)."""
+    experts = np.asarray(experts)
+    mean, evidence = np.zeros(len(experts)), np.zeros(len(experts))
+    std = np.full(len(experts), np.sqrt(settings.noise_var / settings.prior_events))
+    if not len(events):
+        return Correction(mean, std, evidence)
+    similarity = events.contexts @ context
+    near = np.nonzero(similarity >= settings.min_similarity)[0]
+    if not len(near):
+        return Correction(mean, std, evidence)
+    sims, owners = similarity[near], events.experts[near]
+    # Prior precisions, in units of one full-weight event: the slope's is noise_var / slope_prior_var.
+    slope_precision = settings.noise_var / settings.slope_prior_var if settings.slope_prior_var > 0 else np.inf
+    for c, j in enumerate(experts):
+        mine = np.nonzero(owners == j)[0]
+        if not len(mine):
+            continue
+        if len(mine) > settings.num_neighbors:  # the k most similar events of expert j
+            mine = mine[np.argpartition(-sims[mine], settings.num_neighbors - 1)[: settings.num_neighbors]]
+        rows = near[mine]
+        w = (sims[mine] - settings.min_similarity) / (1.0 - settings.min_similarity)
+        dx = events.predicted[rows].astype(np.float64) - predicted[c]  # the prediction's difference from here
+        ds = events.scores[rows].astype(np.float64) - predicted[c]  # the score's difference from the prior mean
+        evidence[c] = float(w.sum())
+        if np.isinf(slope_precision):  # b fixed at 1: an offset
+            a_precision = settings.prior_events + evidence[c]
+            mean[c] = float(w @ (ds - dx)) / a_precision
+            std[c] = np.sqrt(settings.noise_var / a_precision)
+            continue
+        # Normal equations of (a − p, b − 1) with the prior at 0: A θ = r, posterior covariance noise_var · A⁻¹.
+        target = ds - dx  # s − p − 1·dx: what is left for (a − p) + (b − 1)·dx
+        a = np.array([[settings.prior_events + w.sum(), w @ dx], [w @ dx, slope_precision + w @ (dx * dx)]])
+        r = np.array([w @ target, w @ (target * dx)])
+        inverse = np.linalg.inv(a)
+        mean[c] = float((inverse @ r)[0])
+        std[c] = float(np.sqrt(settings.noise_var * inverse[0, 0]))
+    return Correction(mean, std, evidence)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ the event loop.
 
 Nothing is persisted here: the request log already holds every scored request (prompt, expert, key) and its
 score, so `restore` rebuilds the memories from it at start — against the router being served, which keeps the
-residuals right even when the router directory was retrained in between.
+corrections right even when the router directory was retrained in between.
 """
 
 from __future__ import annotations
@@ -52,16 +52,18 @@ class TenantMemory:
         self.max_events = max_events
         self.contexts = np.zeros((0, 0), np.float32)
         self.experts = np.zeros(0, np.int16)
-        self.residuals = np.zeros(0, np.float32)
+        self.predicted = np.zeros(0, np.float32)
+        self.scores = np.zeros(0, np.float32)
         self.num_events = 0  # ever added; the buffer holds the last min(num_events, max_events)
         self.budget = ExplorationBudget()
 
-    def add(self, context: np.ndarray, expert: int, residual: float) -> None:
+    def add(self, context: np.ndarray, expert: int, predicted: float, score: float) -> None:
         size = min(self.num_events, self.max_events)
-        if size == len(self.residuals) and size < self.max_events:
+        if size == len(self.scores) and size < self.max_events:
             self._grow(len(context), min(self.max_events, max(16, 2 * size)))
         slot = self.num_events % self.max_events
-        self.contexts[slot], self.experts[slot], self.residuals[slot] = context, expert, residual
+        self.contexts[slot], self.experts[slot] = context, expert
+        self.predicted[slot], self.scores[slot] = predicted, score
         self.num_events += 1
 
     def _grow(self, dims: int, capacity: int) -> None:
@@ -69,13 +71,15 @@ class TenantMemory:
         if len(self.contexts):
             contexts[: len(self.contexts)] = self.contexts
         self.contexts = contexts
-        self.experts = np.concatenate([self.experts, np.zeros(capacity - len(self.experts), np.int16)])
-        self.residuals = np.concatenate([self.residuals, np.zeros(capacity - len(self.residuals), np.float32)])
+        grow = capacity - len(self.scores)
+        self.experts = np.concatenate([self.experts, np.zeros(grow, np.int16)])
+        self.predicted = np.concatenate([self.predicted, np.zeros(grow, np.float32)])
+        self.scores = np.concatenate([self.scores, np.zeros(grow, np.float32)])
 
     def events(self) -> Events:
         """A view of the events held (valid until the next `add`)."""
         size = min(self.num_events, self.max_events)
-        return Events(self.contexts[:size], self.experts[:size], self.residuals[:size])
+        return Events(self.contexts[:size], self.experts[:size], self.predicted[:size], self.scores[:size])
 
 
 class Adjustment:
@@ -130,14 +134,14 @@ class OnlineLearner:
             if memory is None:
                 return np.asarray(quality, np.float64)
             self._tenants.move_to_end(adjustment.tenant)
-            corr = correction(memory.events(), context, len(self.expert_index), self.settings)
+            corr = correction(memory.events(), context, columns, np.asarray(quality, np.float64), self.settings)
             is_sampled = memory.budget.allows_sample(self.settings.explore_fraction)
             memory.budget = memory.budget.after(is_sampled)
             adjustment.num_events = memory.num_events
             noise = self.rng.standard_normal(len(columns)) if is_sampled else None
         adjustment.is_sampled = is_sampled
-        adjustment.evidence = {n: round(float(corr.evidence[c]), 2) for n, c in zip(names, columns)}
-        delta = corr.mean[columns] if noise is None else corr.mean[columns] + corr.std[columns] * noise
+        adjustment.evidence = {n: round(float(e), 2) for n, e in zip(names, corr.evidence)}
+        delta = corr.mean if noise is None else corr.mean + corr.std * noise
         return np.clip(np.asarray(quality, np.float64) + delta, 0.0, 1.0)
 
     # ---- learning
@@ -149,7 +153,7 @@ class OnlineLearner:
             return outcome
         features = self.router.features([prompt])
         predicted = self.router.predict_quality_from_features(features)[0, self.expert_index[expert]]
-        self.add_event(tenant, features[0], self.expert_index[expert], float(score) - float(predicted))
+        self.add_event(tenant, features[0], self.expert_index[expert], float(predicted), float(score))
         return outcome
 
     def restore(self, events: Iterable[FeedbackEvent], batch_size: int = 256) -> int:
@@ -161,10 +165,12 @@ class OnlineLearner:
             predicted = self.router.predict_quality_from_features(features)
             for i, e in enumerate(batch):
                 j = self.expert_index[e.expert]
-                self.add_event(e.tenant, features[i], j, e.score - float(predicted[i, j]))
+                self.add_event(e.tenant, features[i], j, float(predicted[i, j]), e.score)
         return len(usable)
 
-    def add_event(self, tenant: str, features: np.ndarray, expert: int, residual: float) -> None:
+    def add_event(self, tenant: str, features: np.ndarray, expert: int, predicted: float, score: float) -> None:
+        """One scored answer: the router's feature row of the prompt, the expert's index among the router's
+        experts, the router's predicted quality of it there, and the score."""
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
@@ -172,7 +178,7 @@ class OnlineLearner:
                 while len(self._tenants) > self.settings.max_tenants:
                     self._tenants.popitem(last=False)
             self._tenants.move_to_end(tenant)
-            memory.add(unit(features), expert, residual)
+            memory.add(unit(features), expert, predicted, score)
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -185,14 +191,17 @@ class OnlineLearner:
 
     # ---- inspection
 
-    def posterior_mean(self, tenant: str, features: np.ndarray) -> np.ndarray:
-        """(len(router.experts),) the tenant's mean correction at one prompt, spending no exploration budget
-        (for evaluation and inspection)."""
+    def posterior_mean(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> np.ndarray:
+        """The tenant's corrected quality at one prompt (`quality`: the router's, for all its experts), from
+        the posterior mean, spending no exploration budget (for evaluation and inspection)."""
+        quality = np.asarray(quality, np.float64)
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
-                return np.zeros(len(self.expert_index))
-            return correction(memory.events(), unit(features), len(self.expert_index), self.settings).mean
+                return quality.copy()
+            columns = np.arange(len(self.expert_index))
+            corr = correction(memory.events(), unit(features), columns, quality, self.settings)
+        return np.clip(quality + corr.mean, 0.0, 1.0)
 
     def num_events(self, tenant: str) -> int:
         with self._lock:
