@@ -163,7 +163,7 @@ def summarise(runs: list[TaskRun], tuning_tasks: frozenset[str]) -> None:
                       f"{np.mean([r.quality[-1] - r.best_single_quality for r in part]):+.3f} (no learning "
                       f"{np.mean([r.base_quality - r.best_single_quality for r in part]):+.3f}); explored decisions "
                       f"{np.mean([r.num_sampled for r in part]):.1f} per stream")
-    tasks = sorted({r.task for r in runs})
+    tasks = sorted({str(r.task) for r in runs})
     met_any = {t: sum(any(r.meets_target() for r in runs if r.task == t and r.seed == s) for s in {r.seed for r in runs}) for t in tasks}
     print(f"\nmet at some λ of the grid (per seed): {met_any}")
 
