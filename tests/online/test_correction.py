@@ -80,3 +80,32 @@ def test_sampled_decisions_never_exceed_the_budget(fraction, wants):
 def test_a_zero_budget_never_samples_and_a_full_one_always_may():
     assert not ExplorationBudget(10, 0).allows_sample(0.0)
     assert ExplorationBudget(10, 10).allows_sample(1.0)
+
+
+def _reference(events: Events, context, experts, predicted, settings) -> np.ndarray:
+    """The posterior mean, one expert at a time, straight from the module docstring's model."""
+    out = np.zeros(len(experts))
+    sims = events.contexts @ context
+    for c, j in enumerate(experts):
+        mine = [i for i in np.argsort(-sims, kind="stable") if events.experts[i] == j and sims[i] >= settings.min_similarity]
+        mine = mine[: settings.num_neighbors]
+        w = (sims[mine] - settings.min_similarity) / (1 - settings.min_similarity)
+        phi = np.stack([np.ones(len(mine)), events.predicted[mine] - predicted[c]], axis=1)
+        prior_precision = np.diag([settings.prior_events, settings.noise_var / settings.slope_prior_var])
+        a = prior_precision + (phi * w[:, None]).T @ phi
+        r = prior_precision @ np.array([predicted[c], 1.0]) + (phi * w[:, None]).T @ events.scores[mine]
+        out[c] = np.linalg.solve(a, r)[0] - predicted[c]
+    return out
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_vectorised_correction_is_the_model(seed):
+    rng = np.random.default_rng(seed)
+    n, dims = int(rng.integers(1, 60)), 4
+    ev = Events(np.stack([unit(v) for v in rng.normal(size=(n, dims))]), rng.integers(0, 5, n).astype(np.int16),
+                rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 2, n).astype(np.float32))
+    settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8))})
+    experts, predicted = np.array([4, 0, 2]), rng.uniform(0, 1, 3)
+    context = unit(rng.normal(size=dims))
+    got = correction(ev, context, experts, predicted, settings).mean
+    assert np.allclose(got, _reference(ev, context, experts, predicted, settings), atol=1e-5)

@@ -65,42 +65,41 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
     whose router predictions there are `predicted`. With no events near it, an expert's correction is the
     prior's: mean 0, std sqrt(noise_var / prior_events)."""
-    experts = np.asarray(experts)
-    mean, evidence = np.zeros(len(experts)), np.zeros(len(experts))
-    std = np.full(len(experts), np.sqrt(settings.noise_var / settings.prior_events))
-    if not len(events):
-        return Correction(mean, std, evidence)
-    similarity = events.contexts @ context
-    near = np.nonzero(similarity >= settings.min_similarity)[0]
+    experts = np.asarray(experts, np.int64)
+    num = len(experts)
+    prior_std = np.sqrt(settings.noise_var / settings.prior_events)
+    none = Correction(np.zeros(num), np.full(num, prior_std), np.zeros(num))
+    if not len(events) or not num:
+        return none
+    # einsum, not `@`: a BLAS matrix-vector product spreads over threads that, on cores shared with the
+    # gateway and other jobs, wait on each other — 6–30 ms for 4096 events against einsum's steady ~0.8 ms.
+    similarity = np.einsum("ij,j->i", events.contexts, context)
+    column = np.full(max(int(events.experts.max()), int(experts.max())) + 1, -1)  # expert index → its column
+    column[experts] = np.arange(num)
+    near = np.nonzero((similarity >= settings.min_similarity) & (column[events.experts] >= 0))[0]
     if not len(near):
-        return Correction(mean, std, evidence)
-    sims, owners = similarity[near], events.experts[near]
-    # Prior precisions, in units of one full-weight event: the slope's is noise_var / slope_prior_var.
-    slope_precision = settings.noise_var / settings.slope_prior_var if settings.slope_prior_var > 0 else np.inf
-    for c, j in enumerate(experts):
-        mine = np.nonzero(owners == j)[0]
-        if not len(mine):
-            continue
-        if len(mine) > settings.num_neighbors:  # the k most similar events of expert j
-            mine = mine[np.argpartition(-sims[mine], settings.num_neighbors - 1)[: settings.num_neighbors]]
-        rows = near[mine]
-        w = (sims[mine] - settings.min_similarity) / (1.0 - settings.min_similarity)
-        dx = events.predicted[rows].astype(np.float64) - predicted[c]  # the prediction's difference from here
-        ds = events.scores[rows].astype(np.float64) - predicted[c]  # the score's difference from the prior mean
-        evidence[c] = float(w.sum())
-        if np.isinf(slope_precision):  # b fixed at 1: an offset
-            a_precision = settings.prior_events + evidence[c]
-            mean[c] = float(w @ (ds - dx)) / a_precision
-            std[c] = np.sqrt(settings.noise_var / a_precision)
-            continue
-        # Normal equations of (a − p, b − 1) with the prior at 0: A θ = r, posterior covariance noise_var · A⁻¹.
-        target = ds - dx  # s − p − 1·dx: what is left for (a − p) + (b − 1)·dx
-        a = np.array([[settings.prior_events + w.sum(), w @ dx], [w @ dx, slope_precision + w @ (dx * dx)]])
-        r = np.array([w @ target, w @ (target * dx)])
-        inverse = np.linalg.inv(a)
-        mean[c] = float((inverse @ r)[0])
-        std[c] = float(np.sqrt(settings.noise_var * inverse[0, 0]))
-    return Correction(mean, std, evidence)
+        return none
+    # The `num_neighbors` most similar events of each expert: sort by (column, similarity descending) and
+    # keep each column's first k. Vectorised: a per-expert loop cost milliseconds per decision.
+    sims, cols = similarity[near], column[events.experts[near]]
+    order = np.lexsort((-sims, cols))
+    ranks = np.arange(len(order)) - np.searchsorted(cols[order], cols[order], side="left")
+    kept = order[ranks < settings.num_neighbors]
+    rows, cols = near[kept], cols[kept]
+    w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
+    here = np.asarray(predicted, np.float64)[cols]
+    dx = events.predicted[rows] - here  # the prediction's difference from here
+    target = events.scores[rows] - here - dx  # what is left for (a − p) + (b − 1)·dx
+    sums = [np.bincount(cols, v, minlength=num) for v in (w, w * dx, w * dx * dx, w * target, w * target * dx)]
+    sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx = sums
+    # Normal equations of θ = (a − p, b − 1), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),
+    # in units of one full-weight event: A θ = r, posterior covariance noise_var · A⁻¹ (2×2, solved in closed form).
+    a11 = settings.prior_events + sum_w
+    if settings.slope_prior_var == 0:  # b fixed at 1: an offset
+        return Correction(sum_wt / a11, np.sqrt(settings.noise_var / a11), sum_w)
+    a12, a22 = sum_wx, settings.noise_var / settings.slope_prior_var + sum_wxx
+    det = a11 * a22 - a12 * a12
+    return Correction((a22 * sum_wt - a12 * sum_wtx) / det, np.sqrt(settings.noise_var * a22 / det), sum_w)
 
 
 @dataclass(frozen=True)
