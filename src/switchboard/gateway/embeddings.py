@@ -102,7 +102,7 @@ class EmbeddingsEndpoint:
             await engine.start()  # a local model's first request waits for its load
             # Tokenizing thousands of inputs takes milliseconds: off the event loop then (the tokenizer releases the GIL).
             num_tokens = engine.count_tokens(call) if call.num_inputs <= 16 else await asyncio.to_thread(engine.count_tokens, call)
-            self.gate.admit(num_tokens)
+            await self.gate.admit(num_tokens)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
