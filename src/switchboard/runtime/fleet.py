@@ -53,6 +53,7 @@ from switchboard.policies.placement import Unplaceable
 from switchboard.policies.routing import ExpertCandidate
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.view import describe_fleet
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -170,7 +171,7 @@ class LiveFleet:
 
     # ---- fleet-aware routing
 
-    def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
+    async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
         """Re-scores the router's feasible candidates against the live fleet (queueing, cold starts).
 
         Returns the expert to use and what to report about it. Cold experts that quality prefers are woken in
@@ -219,7 +220,7 @@ class LiveFleet:
         )
         return Lease(self, expert_id, request)
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         request = lease.request
@@ -292,7 +293,7 @@ class LiveFleet:
                 replica = self.model.replicas[replica_id]
                 waiter.set_result(replica_id)
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         replica = count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
@@ -480,8 +481,6 @@ class LiveFleet:
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON view behind GET /admin/fleet (see `switchboard.runtime.view`)."""
-        from switchboard.runtime.view import describe_fleet
-
-        return describe_fleet(self)
+        return describe_fleet(self, self._now())
 
 
