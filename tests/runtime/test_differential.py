@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,37 +39,53 @@ from switchboard.sim.cluster import BuiltCluster, ClusterSpec, ExpertSimSpec, Po
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone
 from switchboard.sim.planes import ServerlessPlane
 from switchboard.sim.runner import ReplicaCrash, RoutingInputs, Simulation
-from switchboard.sim.workload import Workload
+from switchboard.sim.planes import quality_only_choices
+from switchboard.sim.workload import NO_EXPERT, Workload
 from switchboard.types import FinishReason
 
 EXPERTS = (("e1b", 1.0, 0.1), ("e3b", 3.0, 0.2), ("e8b", 8.0, 0.4), ("e14b", 14.0, 0.8))
 """(id, params_b, USD/Mtok) of the experts, all served on L4s."""
 SLO = SloSpec(ttft_s=2.0, tpot_s=0.2)
-CRASH = ReplicaCrash(at_s=1650.0, replica_id="e8b#11")
+CRASH = ReplicaCrash(at_s=1650.0, replica_id="e8b#14")
 """In the second burst, while the replica holds requests (the test checks that it does)."""
 
 
-def make_arrivals(seed: int = 7) -> list[tuple[float, int, int, int]]:
-    """(arrival s, expert index, prompt tokens, output tokens): a steady trickle to the small experts, bursts
-    to the larger ones, and idle gaps longer than keep-alive's fallback window between the phases."""
-    rng = random.Random(seed)
-    out: list[tuple[float, int, int, int]] = []
+AUTO = NO_EXPERT
+QUALITY_BY_SIZE = (0.55, 0.62, 0.70, 0.74)
+"""Predicted quality of each expert for an `auto` request, ± 0.08 per request: bigger is better, so the router
+prefers experts that are often cold and fleet-aware routing trades quality for warmth (and wakes them)."""
 
-    def poisson(start_s: float, end_s: float, rate_per_s: float, experts: tuple[int, ...]) -> None:
+
+def make_arrivals(seed: int = 7) -> list[tuple[float, int, int, int, tuple[float, ...]]]:
+    """(arrival s, expert index or AUTO, prompt tokens, output tokens, predicted quality per expert): a steady
+    trickle to the small experts, bursts to the larger ones, `auto` requests the fleet-aware router places,
+    and idle gaps longer than keep-alive's fallback window between the phases."""
+    rng, auto_rng = random.Random(seed), random.Random(seed + 1)
+    out: list[tuple[float, int, int, int, tuple[float, ...]]] = []
+
+    def poisson(start_s: float, end_s: float, rate_per_s: float, experts: tuple[int, ...], r=rng) -> None:
         t = start_s
         while True:
-            t += rng.expovariate(rate_per_s)
+            t += r.expovariate(rate_per_s)
             if t >= end_s:
                 return
-            out.append((t, rng.choice(experts), rng.randint(50, 1500), rng.randint(10, 300)))
+            expert = r.choice(experts)
+            quality = tuple(round(q + r.uniform(-0.08, 0.08), 4) for q in QUALITY_BY_SIZE) if expert == AUTO else ()
+            out.append((t, expert, r.randint(50, 1500), r.randint(10, 300), quality))
 
     poisson(0.0, 240.0, 0.25, (0, 1))            # a trickle: cold starts of the small experts
     poisson(100.0, 140.0, 1.6, (2,))             # a burst on e8b: scale-up
     poisson(200.0, 220.0, 1.2, (2, 3))           # a burst on both larger experts
+    poisson(20.0, 300.0, 0.1, (AUTO,), auto_rng)  # the router chooses, among cold and warm experts
     poisson(1500.0, 1700.0, 0.2, (0, 1, 3))      # after a gap past keep-alive: everything cold again
     poisson(1600.0, 1680.0, 1.4, (2,))           # a burst on e8b during which one of its replicas crashes
+    poisson(1500.0, 1700.0, 0.1, (AUTO,), auto_rng)
     out.sort()
     return out
+
+
+def predicted_quality(arrivals) -> np.ndarray:
+    return np.array([a[4] or (0.0,) * len(EXPERTS) for a in arrivals])
 
 
 def sim_cluster() -> BuiltCluster:
@@ -122,11 +139,13 @@ def run_simulator(arrivals, settings: ControlSettings, step_interval_s: float, f
         pinned_expert=np.array([a[1] for a in arrivals], dtype=np.int32),
         expert_names=tuple(e for e, _, _ in EXPERTS))
     price = np.array([e.usd_per_mtok for e in cluster.experts])
-    plane = ServerlessPlane("differential", settings, cluster.expert_ids, price, np.zeros(n, dtype=np.int32),
-                            control_interval_s=step_interval_s, keep_log=True)
+    predicted = predicted_quality(arrivals)
+    router_pick = quality_only_choices(cluster.expert_ids, predicted, price, 0.0)
+    plane = ServerlessPlane("differential", settings, cluster.expert_ids, price, router_pick,
+                            control_interval_s=step_interval_s, keep_log=True, predicted_quality=predicted)
     if fork is not None:
         fork(plane.loop)
-    result = Simulation(cluster, workload, plane, RoutingInputs(np.zeros((n, len(EXPERTS))), np.zeros((0, 0))),
+    result = Simulation(cluster, workload, plane, RoutingInputs(predicted, np.zeros((0, 0))),
                         crashes=(CRASH,)).run()
     outcomes = []
     for i in range(n):
@@ -256,8 +275,15 @@ def run_live(arrivals, step_interval_s: float, end_s: float, fork=None):
         tasks = []
 
         async def one(i: int) -> None:
-            _, j, num_prompt, num_output = arrivals[i]
-            expert = EXPERTS[j][0]
+            _, j, num_prompt, num_output, quality = arrivals[i]
+            if j == AUTO:  # the router's candidates and pick, as the simulator's plane ranks them
+                price = [usd for _, _, usd in EXPERTS]
+                ranked = sorted(range(len(EXPERTS)), key=lambda k: -quality[k])[:4]
+                choice = SimpleNamespace(expert_id=EXPERTS[ranked[0]][0], cost_weight=0.0,
+                                         candidates=[(EXPERTS[k][0], quality[k], price[k]) for k in ranked])
+                expert, _ = await fleet.route(choice)
+            else:
+                expert = EXPERTS[j][0]
             lease = fleet.lease(expert, str(i), num_prompt, num_output)
             try:
                 async with lease:

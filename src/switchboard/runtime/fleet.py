@@ -409,6 +409,9 @@ class LiveFleet:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, self._next_step_at() - self.clock()))
             except asyncio.TimeoutError:
                 pass
+            # Let whatever else happens at this instant (a replica turning warm, an arrival) land first: one step
+            # then serves every trigger of the instant, after them, as the simulator orders its events.
+            await asyncio.sleep(0)
             self._wakeup.clear()
             while self._prewarm_steps_at and self._prewarm_steps_at[0] <= self.clock():
                 heapq.heappop(self._prewarm_steps_at)
