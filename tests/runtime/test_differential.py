@@ -1,8 +1,9 @@
 """The differential test of issue 16: the live fleet and the simulator take the same decisions.
 
-The same arrivals — a few hundred requests for four experts, in bursts with idle gaps past keep-alive, on a
-cluster small enough that starts compete for memory, with one replica's engine crashing under its requests —
-go through
+The same arrivals — a few hundred requests for four experts, some naming their expert and some `auto` (the
+fleet-aware router chooses among the router's candidates and wakes cold experts), in bursts with idle gaps
+past keep-alive, on a cluster small enough that starts compete for memory, with one replica's engine crashing
+under its requests — go through
 
 - the simulator (`Simulation` with the serverless plane), and
 - the live fleet (`LiveFleet`, its own control loop task and lease path), on an event loop whose clock is
@@ -347,6 +348,10 @@ def test_live_and_simulated_take_the_same_decisions(arrivals, simulated):
     assert sum(e.kind == "StartReplica" for e in sim_log) >= 8
     assert any(e.code == "engine-lost" for e in sim_log) and crashed_holding and crashed_holding[0] >= 1
     assert sum(o.how == "failed" for o in sim_outcomes) == crashed_holding[0]
+    auto = [i for i, a in enumerate(arrivals) if a[1] == AUTO]
+    router_picks = [EXPERTS[max(range(len(EXPERTS)), key=lambda k: arrivals[i][4][k])][0] for i in auto]
+    assert sum(sim_outcomes[i].expert != pick for i, pick in zip(auto, router_picks)) >= 5  # fleet-aware swaps
+    assert any(e.kind == "StartReplica" and e.code == "predicted-demand" for e in sim_log)  # route-aware pre-warm
 
     assert _rounded(live_log) == _rounded(sim_log), first_difference(_rounded(live_log), _rounded(sim_log))
     differing = [(i, s, l) for i, (s, l) in enumerate(zip(sim_outcomes, live_outcomes)) if s != l]
