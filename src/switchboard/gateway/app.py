@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
+from switchboard.gateway.embeddings import EmbeddingsEndpoint
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
@@ -81,6 +82,7 @@ def build_app(
         request_log = RequestLog.for_config(config, environ) if config.storage.enabled else DisabledRequestLog()
     gate = TenantGate(config, environ, fleet, state.chooser) if config.auth.enabled else None
     handlers = Handlers(state, MeteringLog(request_log, gate) if gate else request_log, gate)
+    embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     feedback = FeedbackEndpoint(request_log)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
@@ -117,6 +119,7 @@ def build_app(
         finally:
             metrics_sync.cancel()
             await fleet.stop()
+            await embeddings.stop()
             await request_log.stop()  # after the fleet: requests finishing during its stop are logged too
             if gate is not None:
                 await gate.stop()
@@ -133,6 +136,7 @@ def build_app(
     routes = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/healthz", handlers.healthz, methods=["GET"]),

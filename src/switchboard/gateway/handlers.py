@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent
+from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
+from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.capabilities import unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
@@ -78,13 +80,6 @@ def _rejection_api_error(exc: AdmissionRejected) -> ApiError:
                     code="expert_overloaded" if exc.status == 429 else "expert_unavailable", headers={"retry-after": retry_after})
 
 
-def _prefix_key(parsed: Any) -> str:
-    """The conversation's opening (system prompt and first user turn): the same key keeps a conversation on
-    the replica that already holds its prefix."""
-    opening = [m.content for m in parsed.messages[:2] if isinstance(m.content, str)]
-    return str(hash(tuple(c[:512] for c in opening))) if opening else ""
-
-
 def _tried(run: FailoverRun[Any]) -> str:
     if not run.failures:
         return ""
@@ -134,6 +129,7 @@ class Handlers:
         self.request_log = request_log if request_log is not None else DisabledRequestLog()
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
+        self.prefix_secret = state.config.gateway.prefix_key_secret.encode()
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
         self.failover = state.config.failover
         self.rng = random.Random(self.failover.seed)  # backoff jitter
@@ -141,6 +137,7 @@ class Handlers:
         # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
         self.drain_at = math.inf
         self._deadlines: set[asyncio.Timeout | StreamDeadline] = set()
+        self.prompt_tokens = PromptTokens()  # llama.cpp experts' exact prompt counts (engines/llamacpp/tokens.py)
 
     def begin_drain(self, timeout_s: float) -> None:
         """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
@@ -174,16 +171,18 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
-            num_prompt = rq.estimate_tokens(text, len(parsed.messages))
+            num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
+            if expert.id != parsed.model:  # chosen by the router: its own count for the context check
+                num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             if (cannot := unsupported("chat", expert, body)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, chat_prefix_key(parsed, self.prefix_secret), started_at,
                                         user_text, text_only=not rq.has_non_text_content(parsed))
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
@@ -197,8 +196,10 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
-            num_prompt = rq.estimate_tokens(text)
+            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
+            if expert.id != parsed.model:
+                num_prompt = await self.prompt_tokens.count("completion", body, expert, num_prompt)
             if (cannot := unsupported("completion", expert, body)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
@@ -207,6 +208,11 @@ class Handlers:
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
+
+    async def _prompt_tokens(self, kind: RequestKind, body: dict[str, Any], model: str, estimate: int) -> int:
+        """The prompt's tokens as the named expert counts them (llama.cpp experts: exactly, with the GGUF's own
+        template and vocabulary), else `estimate`. What context-length checks and per-key token limits use."""
+        return await self.prompt_tokens.count(kind, body, self.state.fleet.expert(model) if model != AUTO_MODEL else None, estimate)
 
     async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
         state = self.state
@@ -339,7 +345,7 @@ class Handlers:
         if room < 1 or (asked is not None and asked > room):
             raise ApiError(
                 400,
-                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is about {num_prompt} tokens"
+                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is {'' if expert.backend.kind == 'llamacpp' else 'about '}{num_prompt} tokens"
                 + (f" and max_tokens asks for {asked}" if asked is not None else ""),
                 param=(("messages" if kind == "chat" else "prompt") if asked is None or room < 1 else "max_tokens"),
                 code="context_length_exceeded",
@@ -441,7 +447,8 @@ class Handlers:
     async def models(self, request: Request) -> Response:
         created = self.state.started_at
         data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
-        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in self.state.config.experts]
+        config = self.state.config
+        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in (*config.experts, *config.embedding_experts)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:

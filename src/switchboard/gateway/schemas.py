@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class _Forbid(BaseModel):
@@ -105,6 +105,23 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = Field(None, ge=1, le=20)
 
 
+MAX_EMBEDDING_INPUTS = 2048
+"""OpenAI's limit on inputs per embeddings request."""
+
+
+class EmbeddingsRequest(_Open):
+    """`POST /v1/embeddings`. Fields beyond these are forwarded to `openai`-kind upstreams; a local model
+    answers 400 naming a field it does not understand."""
+
+    model: str = Field(min_length=1, description="An embedding expert's id (see GET /v1/models).")
+    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+        description=f"A text, a list of texts, a list of token ids, or a list of token-id lists (at most {MAX_EMBEDDING_INPUTS} inputs).",
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(None, description="base64: each vector's float32 little-endian bytes.")
+    dimensions: int | None = Field(None, ge=1, description="Vector length, for models that can shorten theirs.")
+    user: str | None = None
+
+
 class FeedbackRequest(_Forbid):
     """A user's score of one answer, for retraining the router from the request log."""
 
@@ -164,6 +181,24 @@ class TextCompletion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str] = Field(description="The vector, or its base64 float32 bytes.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

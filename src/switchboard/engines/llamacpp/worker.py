@@ -72,6 +72,27 @@ def _num_cached_prompt_tokens(previous_context: list[int], prompt: list[int]) ->
     return num_common
 
 
+def _counting(llama_class: Any) -> Any:
+    """`llama_cpp.Llama` that remembers, for its latest generation, the prompt tokens it evaluated and how many
+    tokens it generated, counted as llama.cpp's own `usage` counts them (every token its sampler yielded but an
+    end-of-generation one: `_create_completion` appends each such token before it checks for stops)."""
+    import llama_cpp
+
+    class CountingLlama(llama_class):
+        last_prompt_tokens: list[int] = []
+        num_completion_tokens = 0
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+            self.last_prompt_tokens = list(tokens)
+            self.num_completion_tokens = 0
+            for token in super().generate(tokens, *args, **kwargs):
+                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                    self.num_completion_tokens += 1
+                yield token
+
+    return CountingLlama
+
+
 class _Generator:
     """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio."""
 
@@ -102,7 +123,6 @@ class _Generator:
             else:
                 prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
-            num_completion = 0
             finish = None
             for chunk in chunks:
                 if cancelled.is_set():
@@ -112,15 +132,15 @@ class _Generator:
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
                 if text:
-                    num_completion += 1
                     emit(("text", text))
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
-            # llama.cpp's stream carries no usage; the context holds prompt + evaluated completion tokens.
-            num_prompt = max(0, self.llm.n_tokens - max(0, num_completion - 1))
-            num_cached = _num_cached_prompt_tokens(previous_context, self.llm._input_ids[:num_prompt].tolist())
-            emit(("finish", {"reason": finish or "stop", "prompt_tokens": num_prompt,
-                             "completion_tokens": num_completion, "cached_tokens": num_cached}))
+            # llama.cpp's stream carries no usage: its counts, as its whole answers give them, from the tokens
+            # its generate() was given and yielded (see _counting).
+            prompt = self.llm.last_prompt_tokens
+            num_cached = _num_cached_prompt_tokens(previous_context, prompt)
+            emit(("finish", {"reason": finish or "stop", "prompt_tokens": len(prompt),
+                             "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached}))
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
             emit(("rejected", str(exc)))
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
@@ -277,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     t_load = time.perf_counter()
-    llm = llama_cpp.Llama(
+    llm = _counting(llama_cpp.Llama)(
         model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or default_num_threads(),
         n_batch=args.n_batch, seed=args.seed, verbose=False,
     )
