@@ -290,11 +290,3 @@ def _rejected(expert_id: str, message: str, param: str, code: str) -> EngineReje
     error.param = param  # type: ignore[attr-defined]
     return error
 
-
-def build_embedding_engine(expert: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """A fresh, not yet started engine for the embedding expert `expert` (an EmbeddingExpertConfig)."""
-    if isinstance(expert.backend, OnnxEmbeddingBackend):
-        return OnnxEmbeddingEngine(expert.id, expert.backend, environ)
-    from switchboard.embeddings.upstream import OpenAIEmbeddingEngine
-
-    return OpenAIEmbeddingEngine.from_config(expert.id, expert.backend, environ)

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.embeddings.base import EmbeddingEngine, EmbeddingRequest, UpstreamRateLimited
-from switchboard.embeddings.local import build_embedding_engine
+from switchboard.embeddings.factory import build_embedding_engine
 from switchboard.engines.base import EngineError, Usage
 from switchboard.gateway import requests as rq
 from switchboard.gateway.errors import ApiError, error_response
