@@ -71,7 +71,7 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
 
 
 def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: float,
-             keepalive_s: Optional[float], seed: int, demand_headroom: float = 1.0, **load_args):
+             keepalive_s: Optional[float], seed: int, demand_headroom: Optional[float] = None, **load_args):
     """What `sim run` and `sim compare` share: the cluster, the workload, its routing and the policy knobs."""
     from switchboard.sim.scenario import Knobs
 
@@ -196,7 +196,7 @@ def run(
     cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
-    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+    demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
                                           "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
@@ -248,7 +248,7 @@ def compare(
     cost_weight: float = typer.Option(0.0, "--cost-weight"),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
-    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+    demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
                                           "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
+from switchboard.gateway.embeddings import EmbeddingsEndpoint
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
@@ -81,6 +82,7 @@ def build_app(
         request_log = RequestLog.for_config(config, environ) if config.storage.enabled else DisabledRequestLog()
     gate = TenantGate(config, environ, fleet, state.chooser) if config.auth.enabled else None
     handlers = Handlers(state, MeteringLog(request_log, gate) if gate else request_log, gate)
+    embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
     observe = ObservabilityEndpoints(fleet, observability)
@@ -120,6 +122,7 @@ def build_app(
             restoring.cancel()
             metrics_sync.cancel()
             await fleet.stop()
+            await embeddings.stop()
             await request_log.stop()  # after the fleet: requests finishing during its stop are logged too
             if gate is not None:
                 await gate.stop()
@@ -136,6 +139,7 @@ def build_app(
     routes = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/healthz", handlers.healthz, methods=["GET"]),

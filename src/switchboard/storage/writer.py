@@ -269,7 +269,7 @@ def usd_of(prices: Mapping[str, tuple[float, float]], expert_id: str, usage: Usa
 
 
 def expert_prices(config: SwitchboardConfig) -> dict[str, tuple[float, float]]:
-    return {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
+    return config.usd_per_token()
 
 
 def _take(queue: deque[tuple], n: int) -> list[tuple]:
