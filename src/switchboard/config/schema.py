@@ -246,7 +246,7 @@ class OnlineLearningConfig(_Strict):
         0.2, ge=0.0, le=1.0,
         description="At most this fraction of a tenant's routing decisions sample the posterior (Thompson) instead of taking its mean.",
     )
-    max_events_per_tenant: int = Field(4096, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
+    max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 
 
