@@ -162,7 +162,7 @@ class ControlActor:
         return self.fleet
 
     async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
-        return self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
+        return await self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
 
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
                       gateway_id: str = "") -> tuple:
@@ -370,7 +370,7 @@ class RemoteFleet:
                                 ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key)
         return Lease(self, expert_id, request)  # type: ignore[arg-type]
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         import ray
@@ -397,7 +397,7 @@ class RemoteFleet:
         engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
