@@ -18,8 +18,9 @@ from switchboard.testing.servers import serve_in_process, serve_in_thread
 
 pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
 
-LONG_ANSWER_TOKENS = 4000
-"""Long enough that a request is still running when the test removes its node, short enough to retry in full."""
+LONG_ANSWER_TOKENS = 16000
+"""Long enough (about 7 s of modelled decoding at small-l4's time scale) that a request is still running when a
+test removes its node or kills its gateway, however slow the machine; short enough to retry in full."""
 
 
 def ray_config(address: str):
@@ -34,7 +35,8 @@ experts:
   - id: small-l4
     backend: {{kind: simulated, hardware: l4, time_scale: 0.05, default_output_tokens: 16}}
     params_b: 1
-    max_output_tokens: 4096
+    context_tokens: 24576
+    max_output_tokens: 20000
 router: {{enabled: false}}
 storage: {{enabled: false}}
 control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
