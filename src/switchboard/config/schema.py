@@ -78,8 +78,37 @@ class SimulatedBackend(_Strict):
     max_concurrency: int = Field(64, ge=1, description="Sequences decoded together (continuous batching).")
 
 
+class ProcessBackend(_Strict):
+    """Any OpenAI-compatible server (llama.cpp's server, vLLM, SGLang, TGI) started from a command template, one
+    process per replica (engines/process.py; examples in examples/engines/, docs/engines.md)."""
+
+    kind: Literal["process"]
+    command: list[str] = Field(
+        min_length=1, description="argv template; placeholders {port} {host} {model} {model_path} {devices} {num_devices}.",
+    )
+    model: str | None = Field(None, description="Model name sent upstream and filled into {model}; defaults to the expert id.")
+    model_path: str | None = Field(None, description="Filled into {model_path}.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
+    hardware: str | None = Field(None, description="Hardware kind of the workers that may host it; default: any worker.")
+    readiness_path: str = Field("/health", description="GET path that answers 2xx once the server can serve (/health, /v1/models).")
+    api_path: str = Field("/v1", description="Path prefix of the OpenAI API on the server.")
+    log_dir: str | None = Field(None, description="Directory of the per-replica log files; default $TMPDIR/switchboard-logs.")
+    start_timeout_s: float = Field(300.0, gt=0)
+    stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then this long to exit gracefully, then SIGKILL.")
+    read_timeout_s: float = Field(300.0, gt=0, description="Longest silence allowed between the server's bytes.")
+    sleep: tuple[str, str] | None = Field(None, description='The server\'s sleep call, e.g. ["POST", "/sleep?level=1"] for vLLM.')
+    wake: tuple[str, str] | None = Field(None, description='The server\'s wake call, e.g. ["POST", "/wake_up"] for vLLM.')
+    cold_start_s: float = Field(30.0, gt=0, description="Expected start time before one is measured (placement, admission).")
+
+    @model_validator(mode="after")
+    def _sleep_and_wake_together(self) -> "ProcessBackend":
+        if (self.sleep is None) != (self.wake is None):
+            raise ValueError("sleep and wake must be declared together")
+        return self
+
+
 BackendConfig = Annotated[
-    Union[OpenAIBackend, LlamaCppBackend, SimulatedBackend], Field(discriminator="kind")
+    Union[OpenAIBackend, LlamaCppBackend, SimulatedBackend, ProcessBackend], Field(discriminator="kind")
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, SimulatedBackend
+from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, ProcessBackend, SimulatedBackend
 from switchboard.engines.base import Engine
 
 
@@ -21,4 +21,8 @@ def build_engine(expert: ExpertConfig, environ: dict[str, str] | None = None) ->
         from switchboard.engines.simulated import SimulatedEngine
 
         return SimulatedEngine.from_config(expert.id, expert.params_b, backend)
+    if isinstance(backend, ProcessBackend):
+        from switchboard.engines.process import ProcessEngine
+
+        return ProcessEngine.from_config(expert.id, backend)
     raise TypeError(f"unknown backend {type(backend).__name__}")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, SimulatedBackend, SwitchboardConfig
+from switchboard.config.schema import (
+    ExpertConfig,
+    LlamaCppBackend,
+    OpenAIBackend,
+    ProcessBackend,
+    SimulatedBackend,
+    SwitchboardConfig,
+)
 from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
 from switchboard.perf.hardware import GB, get_hardware
 from switchboard.perf.roofline import engine_profile
@@ -64,7 +71,7 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
         return []
     if isinstance(backend, SimulatedBackend):
         kinds = [backend.hardware]
-    elif isinstance(backend, LlamaCppBackend) and backend.hardware is not None:
+    elif isinstance(backend, (LlamaCppBackend, ProcessBackend)) and backend.hardware is not None:
         kinds = [get_hardware(backend.hardware).kind]
     else:
         kinds = sorted({w.hardware for w in workers if w.location != "virtual"})
@@ -80,6 +87,10 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
                 estimate, max_num_seqs=1, kv_capacity_tokens=expert.context_tokens,
                 cold_start_s=LLAMACPP_COLD_START_GUESS_S, memory_gb=memory_gb,
             )
+        elif isinstance(backend, ProcessBackend):
+            # The roofline's cold start models a GPU engine's load; a server's own start is configured until
+            # the first one is measured.
+            estimate = dataclasses.replace(estimate, cold_start_s=backend.cold_start_s)
         estimates.append(dataclasses.replace(estimate, expert_id=ExpertId(expert.id)))
     return estimates
 
