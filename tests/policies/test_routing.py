@@ -107,3 +107,13 @@ def test_no_stand_in_by_default_or_when_the_preferred_expert_is_close_to_serving
     assert d.expert_id == "big" and d.reason.code is RouteReasonCode.COLD_START
     patient = RoutingSettings(latency_weight_per_s=0.0, stand_in_after_s=30.0)
     assert make_routing(patient).route(_starting_fleet(), _candidates(q_small=0.3)).expert_id == "big"
+
+
+def test_an_unrated_stand_in_answers_only_while_the_preferred_expert_starts():
+    """`stand_in_ids` (experts the router cannot rate) are never chosen on score, even when free and λ is large."""
+    settings = RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.0, stand_in_after_s=1.0)
+    only_big = [ExpertCandidate(ExpertId("big"), 0.8, 1.0)]
+    starting = make_routing(settings).route(_starting_fleet(), only_big, 100.0, (ExpertId("small"),))
+    assert starting.expert_id == "small" and starting.reason.code is RouteReasonCode.STAND_IN
+    warm = with_replica(_fleet(), "r9", expert="big", worker="w1")
+    assert make_routing(settings).route(warm, only_big, 100.0, (ExpertId("small"),)).expert_id == "big"

@@ -56,7 +56,11 @@ class LlamaCppBackend(_Strict):
     )
     n_threads: int | None = Field(
         None, ge=1, description="CPU threads for llama.cpp's decode; defaults to half the cores (at least 1), as "
-        "llama-cpp-python does (prompt processing always uses all of them).",
+        "llama-cpp-python does.",
+    )
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="CPU threads for prompt processing; defaults to n_threads (llama-cpp-python's own "
+        "default, every core, stalls at llama.cpp's per-layer barrier when a core is busy elsewhere).",
     )
     hardware: str | None = Field(
         None, description="Hardware kind of the workers that may host it (e.g. cpu for this CPU build); default: any worker.",

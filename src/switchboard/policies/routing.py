@@ -159,10 +159,14 @@ class RoutingPolicy(abc.ABC):
         """
 
     def route(
-        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None
+        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None,
+        stand_in_ids: Sequence[ExpertId] = (),
     ) -> RouteDecision:
         """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable.
-        `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`)."""
+        `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`).
+
+        `stand_in_ids` are experts the router has no prediction for (the embedded default's real model): ranked
+        after every candidate at quality 0, so they are chosen only by the `stand_in_after_s` rule."""
         if not candidates:
             return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
         mu = self.settings.latency_weight_per_s
@@ -177,6 +181,11 @@ class RoutingPolicy(abc.ABC):
             if preferred is None or base > preferred_base:  # the first best: ties keep the router's order
                 preferred, preferred_base = entry, base
         ranked = sorted(scored, key=_by_score)  # stable: ties keep the router's order
+        named = {c.expert_id for c in candidates}
+        for expert_id in stand_in_ids:
+            if expert_id not in named:
+                latency_s, is_warm = _latency_and_warmth(snapshot, expert_id, self.settings)
+                ranked.append(ScoredExpert(ExpertCandidate(expert_id, 0.0, 0.0), is_warm, latency_s, -math.inf))
         chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 

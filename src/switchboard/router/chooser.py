@@ -27,6 +27,18 @@ def constraints_from(routing: RoutingParams | None) -> RoutingConstraints:
     )
 
 
+def stand_ins(unknown_ids: Sequence[str], constraints: RoutingConstraints, prices: dict[str, float]) -> tuple[str, ...]:
+    """The served experts the router has no prediction for that the request's constraints allow; none when the
+    request sets a quality floor, which an expert of unknown quality cannot be shown to meet."""
+    if constraints.min_quality is not None:
+        return ()
+    return tuple(
+        e for e in unknown_ids
+        if (constraints.experts is None or e in constraints.experts)
+        and (constraints.max_usd_per_mtok is None or prices[e] <= constraints.max_usd_per_mtok)
+    )
+
+
 class RouterChooser:
     """Routes with a loaded `Router`; about a millisecond per request on the static path, so it runs off-loop."""
 
@@ -58,4 +70,5 @@ class RouterChooser:
             (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
         )
         return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
-                            candidates=candidates, cost_weight=constraints.cost_weight)
+                            candidates=candidates, cost_weight=constraints.cost_weight,
+                            stand_ins=stand_ins(decision.skipped, constraints, prices))

@@ -183,7 +183,8 @@ class LiveFleet:
         candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if self.is_available(e)]
         if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
             return choice.expert_id, {}
-        decision = self.plane.route(self._now(), candidates, choice.cost_weight)
+        stand_in_ids = [ExpertId(e) for e in getattr(choice, "stand_ins", ()) if self.is_available(e)]
+        decision = self.plane.route(self._now(), candidates, choice.cost_weight, stand_in_ids)
         if not decision.expert_id:
             return choice.expert_id, {}
         now = self.clock()

@@ -43,6 +43,7 @@ class LlamaCppEngine:
         model_path: str | Path | None = None,
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         n_batch: int = 512,
         seed: int = 0,
         start_timeout_s: float = 120.0,
@@ -52,6 +53,7 @@ class LlamaCppEngine:
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.n_threads_batch = n_threads_batch
         self.n_batch = n_batch
         self.seed = seed
         self.start_timeout_s = start_timeout_s
@@ -69,6 +71,7 @@ class LlamaCppEngine:
             model_path=backend.model_path,
             n_ctx=context_tokens,
             n_threads=backend.n_threads,
+            n_threads_batch=backend.n_threads_batch,
             n_batch=backend.n_batch,
             seed=backend.seed,
             start_timeout_s=backend.start_timeout_s,
@@ -98,6 +101,8 @@ class LlamaCppEngine:
         ]
         if self.n_threads:
             argv += ["--threads", str(self.n_threads)]
+        if self.n_threads_batch:
+            argv += ["--threads-batch", str(self.n_threads_batch)]
         t0 = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=dict(os.environ)

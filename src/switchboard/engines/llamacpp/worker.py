@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="llamacpp")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads-batch", type=int, default=None, help="prompt-processing threads; default: --threads")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -259,8 +260,11 @@ def main(argv: list[str] | None = None) -> None:
 
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     t_load = time.perf_counter()
+    num_threads = args.threads or default_num_threads()
+    # Prompt processing gets as many threads as decode, not llama-cpp-python's default of every core: its
+    # threads meet at a barrier every layer too, and on a shared machine one preempted thread stalls them all.
     llm = llama_cpp.Llama(
-        model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or default_num_threads(),
+        model_path=args.model, n_ctx=args.n_ctx, n_threads=num_threads, n_threads_batch=args.threads_batch or num_threads,
         n_batch=args.n_batch, seed=args.seed, verbose=False,
     )
     load_s = time.perf_counter() - t_load
