@@ -88,7 +88,7 @@ class ProcessBackend(_Strict):
 
     kind: Literal["process"]
     command: list[str] = Field(
-        min_length=1, description="argv template; placeholders {port} {host} {model} {model_path} {devices} {num_devices}.",
+        min_length=1, description="argv template; placeholders {port} {host} {model} {model_path} {devices} {num_devices} {python} (the gateway's interpreter).",
     )
     model: str | None = Field(None, description="Model name sent upstream and filled into {model}; defaults to the expert id.")
     model_path: str | None = Field(None, description="Filled into {model_path}.")

@@ -3,7 +3,7 @@
 One `ProcessEngine` owns one server process (llama.cpp's server, vLLM, SGLang, TGI, ...):
 
 - **start**: picks a free loopback port, fills the command template (`{port}`, `{host}`, `{model}`,
-  `{model_path}`, `{devices}`), spawns it in its own process group with stdout and stderr going to its own log
+  `{model_path}`, `{devices}`, `{num_devices}`, `{python}`), spawns it in its own process group with stdout and stderr going to its own log
   file, and polls the readiness path (`/health`, `/v1/models`) until it answers 2xx. A process that exits first,
   or is not ready within `start_timeout_s`, is an `EngineUnavailable` quoting the end of its log.
 - **traffic** goes through the existing `openai` engine (`OpenAIUpstreamEngine`), so errors, streaming and
@@ -29,6 +29,7 @@ import dataclasses
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -169,7 +170,7 @@ class ProcessEngine:
     def _argv_and_env(self, port: int) -> tuple[list[str], dict[str, str]]:
         devices = ",".join(str(d) for d in self.devices)
         values = {"port": str(port), "host": "127.0.0.1", "model": self.model, "model_path": self.model_path,
-                  "devices": devices, "num_devices": str(max(1, len(self.devices)))}
+                  "devices": devices, "num_devices": str(max(1, len(self.devices))), "python": sys.executable}
         try:
             argv = fill_template(self.command, values)
         except ValueError as exc:
