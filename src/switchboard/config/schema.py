@@ -184,6 +184,10 @@ class ControlPlaneConfig(_Strict):
         10.0, ge=0, description="Serving starts once real (non-simulated) warm_at_start replicas are up, or after this long."
     )
     seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
+    standby_workers: int = Field(
+        1, ge=0, description="Embedded mode with llama.cpp experts: worker processes kept pre-started (interpreter and "
+        "llama.cpp imported, no model, ~100 MB each) for a cold start to adopt; 0 spawns each one.",
+    )
     policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
 
 

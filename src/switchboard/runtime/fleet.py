@@ -28,9 +28,9 @@ from typing import Any
 
 from switchboard.cluster.base import Cluster, EngineFactory
 from switchboard.cluster.build import build_cluster
-from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
+from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, LlamaCppBackend, OpenAIBackend, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
-from switchboard.engines.factory import build_engine
+from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
 from switchboard.policies.actions import (
@@ -73,11 +73,16 @@ class LiveFleet:
         config: SwitchboardConfig,
         *,
         clock: Clock = time.time,
-        engine_factory: EngineFactory = build_engine,
+        engine_factory: EngineFactory | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        if engine_factory is None:
+            # Embedded llama.cpp experts adopt pre-started workers (issue 15); elsewhere plain `build_engine`.
+            has_llamacpp = any(isinstance(e.backend, LlamaCppBackend) for e in config.experts)
+            embedded = cluster is None and isinstance(config.cluster, EmbeddedClusterConfig)
+            engine_factory = PooledEngineFactory(config.control_plane.standby_workers if has_llamacpp and embedded else 0)
         self.engine_factory = engine_factory
         # Where replicas run (docs/ray.md): local processes by default, Ray actors for `cluster: {kind: ray}`.
         self.cluster = cluster if cluster is not None else build_cluster(config, engine_factory)
@@ -135,6 +140,8 @@ class LiveFleet:
         starting = [r.start_task for r in self.live.values() if r.start_task and r.expert.backend.kind != "simulated"]
         if starting:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
+        if isinstance(self.engine_factory, PooledEngineFactory):
+            self.engine_factory.start()  # after the first starts, so the standby workers do not slow them
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
                       why: str = "the expert is configured warm_at_start") -> StartReplica | None:
@@ -157,6 +164,8 @@ class LiveFleet:
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
         for replica_id in list(self.live):
             self._transition(replica_id, ReplicaState.STOPPED)
+        if isinstance(self.engine_factory, PooledEngineFactory):
+            await self.engine_factory.close()
         await self.cluster.close()
 
     # ---- the model, advanced to now
