@@ -40,9 +40,10 @@ from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
 from switchboard.sim.workload import NO_EXPERT, Workload
 
 POLICY_SETS = ("static", "fixed-keepalive", "quality-only-routing", "switchboard")
-EXTRA_POLICY_SETS = ("hybrid-keepalive",)
+EXTRA_POLICY_SETS = ("hybrid-keepalive", "switchboard-sleep")
 """Not in the default comparison: `hybrid-keepalive` is `fixed-keepalive` with only the keep-alive policy swapped
-for the hybrid histogram (the keep-alive experiment's treatment)."""
+for the hybrid histogram (the keep-alive experiment's treatment); `switchboard-sleep` is `switchboard` with the
+sleep tier (warm → asleep → cold, `Knobs.sleep_after_s`; wake times from `perf.sleep`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Knobs:
     fixed_idle_timeout_s: float = 600.0
     fallback_keepalive_s: float = 600.0
     static_hardware: str = "h100"
+    sleep_after_s: float = 30.0
+    """`switchboard-sleep`: idle time after which a replica sleeps (host RAM, no devices) instead of staying warm."""
+    asleep_keepalive_s: float = 1800.0
     control_interval_s: float = 5.0
     """Period of the control step (it also runs at once when a request waits for a replica)."""
     seed: int = 0
@@ -138,6 +142,10 @@ def control_settings(name: str, knobs: Knobs) -> ControlSettings:
                                routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}))
     if name == "switchboard":
         return ControlSettings(keepalive=hybrid, autoscale=autoscale, placement=placement, routing=routing)
+    if name == "switchboard-sleep":
+        tiered = hybrid.model_copy(update={"sleep_after_s": knobs.sleep_after_s,
+                                           "asleep_keepalive_s": knobs.asleep_keepalive_s})
+        return ControlSettings(keepalive=tiered, autoscale=autoscale, placement=placement, routing=routing)
     raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS + EXTRA_POLICY_SETS)}")
 
 
