@@ -50,6 +50,7 @@ from switchboard.policies.control import ControlPlane, ControlSettings, ControlS
 from switchboard.policies.routing import ExpertCandidate, RoutePrediction
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.sleeping import LiveSleepTier
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -91,6 +92,8 @@ class LiveFleet:
         self._to_replace: list[str] = []  # experts that lost a replica with its worker, actor or process
         cp = config.control_plane
         self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
+        keepalive = self.plane.settings.keepalive
+        self.sleep_tier = LiveSleepTier(keepalive.asleep_keepalive_s) if keepalive.sleep_after_s is not None else None
         self.rng = random.Random(cp.seed)
         self._experts = {e.id: e for e in config.experts}
         workers = self.cluster.workers()
@@ -100,7 +103,7 @@ class LiveFleet:
         self.live: dict[str, LiveReplica] = {}
         self.external: dict[str, LiveReplica] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
-        self.counters = {"cold_starts": 0, "rejected": 0, "admitted": 0}
+        self.counters = {"cold_starts": 0, "wakes": 0, "rejected": 0, "admitted": 0}
         failover = config.failover
         self.expert_circuits = CircuitBoard(failover.expert_circuit, clock)
         self.replica_circuits = CircuitBoard(failover.replica_circuit, clock)
@@ -164,6 +167,8 @@ class LiveFleet:
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
         for replica_id in list(self.live):
             self._transition(replica_id, ReplicaState.STOPPED)
+        if self.sleep_tier is not None:
+            await self.sleep_tier.close()
         if isinstance(self.engine_factory, PooledEngineFactory):
             await self.engine_factory.close()
         await self.cluster.close()
@@ -346,6 +351,9 @@ class LiveFleet:
                     self._prewarms_announced[action.expert_id] = action.at_s
                     self._record(action, action.expert_id)
                 continue
+            live = self.live.get(getattr(action, "replica_id", ""))
+            if self.sleep_tier is not None and live is not None and self.sleep_tier.skips(action, live.engine):
+                continue  # keep-alive would put it to sleep, but its engine cannot sleep: it stays warm
             try:
                 self.model = apply_action(self._now(), action)
             except (KeyError, ValueError) as exc:
@@ -353,20 +361,26 @@ class LiveFleet:
                 continue
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
-                engine = self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                asleep = self.sleep_tier.take(expert.id, action.worker_id, self.clock()) if self.sleep_tier else None
+                engine = asleep[0] if asleep else self.cluster.engine_for(action.replica_id, expert, action.worker_id)
                 replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
-                self.counters["cold_starts"] += 1
-                replica.start_task = asyncio.create_task(self._run_start(replica))
+                self.counters["wakes" if asleep else "cold_starts"] += 1
+                replica.start_task = asyncio.create_task(self._run_start(replica, asleep[1] if asleep else None))
                 self._record(action, action.expert_id)
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
                 self.replica_circuits.forget(action.replica_id)
-                if replica is not None:
+                if replica is not None and not self._sleeps(action.replica_id, replica):
                     asyncio.create_task(replica.engine.stop())
                 self._record(action, action.replica_id.split("#")[0])
                 self.model = ops.prune_stopped(self.model)
             elif isinstance(action, (DrainReplica, ReactivateReplica)):
+                if self.sleep_tier is not None and live is not None:
+                    if isinstance(action, DrainReplica):
+                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine)
+                    else:
+                        self.sleep_tier.note_reactivate(action.replica_id)
                 self._record(action, action.replica_id.split("#")[0])
             elif isinstance(action, RejectRequest):
                 self.counters["rejected"] += 1
@@ -377,8 +391,30 @@ class LiveFleet:
         if actions:
             self._notify()
 
-    async def _run_start(self, replica: LiveReplica) -> None:
+    def _sleeps(self, replica_id: str, replica: LiveReplica) -> bool:
+        """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that and its engine can."""
+        model_replica = self.model.replicas.get(ReplicaId(replica_id))
+        if self.sleep_tier is None or model_replica is None:
+            return False
+        wake_s = (replica.cold_start or {}).get("wake_s") or self.model.estimates[(replica.expert.id, replica.hardware)].cold_start_s
+        return self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
+                                             replica.engine, wake_s, self.clock())
+
+    async def _run_start(self, replica: LiveReplica, sleep_task: asyncio.Task | None = None) -> None:
         started = time.perf_counter()
+        if sleep_task is not None:  # an asleep engine: wake it, no new process
+            try:
+                replica.cold_start = {"wake_s": await LiveSleepTier.wake(replica.engine, sleep_task)}
+            except Exception as exc:  # noqa: BLE001 — a failed wake: stop the engine; the policies start afresh
+                replica.last_error = exc.detail if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                await replica.engine.stop()
+                self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.START_FAILED, replica.last_error))])
+                return
+            if replica.replica_id in self.live:
+                self._transition(replica.replica_id, ReplicaState.WARM)
+                self._wakeup.set()
+                self._notify()
+            return
         try:
             await replica.engine.start()
         except Exception as exc:  # noqa: BLE001 — any start failure makes the replica unusable, with the reason kept
@@ -414,6 +450,8 @@ class LiveFleet:
                 if due or self._to_replace:
                     await self.refresh_inventory()
                 self._reap_dead_engines()
+                if self.sleep_tier is not None:
+                    self.sleep_tier.expire(self.clock())
                 self._step([])
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")

@@ -40,6 +40,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
         })
     for expert_id, ext in fleet.external.items():
         by_expert[expert_id].append(describe_external(ext))
+    asleep = fleet.sleep_tier.describe() if getattr(fleet, "sleep_tier", None) is not None else []
     return {
         "now": model.now_s,
         "workers": [dataclasses.asdict(w) for w in model.workers.values()],
@@ -49,6 +50,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
                 "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
                 "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
                 "keepalive": fleet._last_keepalive.get(e.id), "circuit": fleet.expert_circuits.describe(e.id),
+                "asleep": [a for a in asleep if a["expert"] == e.id],  # the sleep tier: engines kept, weights off
             }
             for e in fleet.config.experts
         ],
