@@ -33,6 +33,10 @@ class WorkerConfig(_Strict):
     memory_gb: float = Field(16.0, gt=0)
     usd_per_hour: float = Field(0.0, ge=0)
     location: str = "local"
+    devices: list[int] = Field(
+        default_factory=list, description="Accelerator indices on this machine (e.g. [0, 1, 2, 3]); `process` replicas "
+        "get whole devices of them, passed as CUDA_VISIBLE_DEVICES and {devices}, never two replicas on one device.",
+    )
 
 
 class OpenAIBackend(_Strict):

@@ -33,6 +33,7 @@ from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
+from switchboard.perf.roofline import engine_profile
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -50,7 +51,8 @@ from switchboard.policies.control import ControlPlane, ControlSettings, ControlS
 from switchboard.policies.routing import ExpertCandidate, RoutePrediction
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
-from switchboard.runtime.sleeping import LiveSleepTier
+from switchboard.runtime.devices import DeviceBook, DevicesBusy
+from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -94,6 +96,7 @@ class LiveFleet:
         self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
         keepalive = self.plane.settings.keepalive
         self.sleep_tier = LiveSleepTier(keepalive.asleep_keepalive_s) if keepalive.sleep_after_s is not None else None
+        self.devices = DeviceBook({w.id: w.devices for w in config.workers})
         self.rng = random.Random(cp.seed)
         self._experts = {e.id: e for e in config.experts}
         workers = self.cluster.workers()
@@ -363,6 +366,11 @@ class LiveFleet:
                 expert = self._experts[action.expert_id]
                 asleep = self.sleep_tier.take(expert.id, action.worker_id, self.clock()) if self.sleep_tier else None
                 engine = asleep[0] if asleep else self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                try:
+                    asleep, engine = self._give_devices(action, engine, asleep)
+                except DevicesBusy as exc:
+                    self._execute([StopReplica(action.replica_id, Reason(LiveReasonCode.START_FAILED, str(exc)))])
+                    continue
                 replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
                 self.counters["wakes" if asleep else "cold_starts"] += 1
@@ -371,6 +379,7 @@ class LiveFleet:
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
                 self.replica_circuits.forget(action.replica_id)
+                self.devices.release(action.replica_id)  # an asleep replica holds no device either
                 if replica is not None and not self._sleeps(action.replica_id, replica):
                     asyncio.create_task(replica.engine.stop())
                 self._record(action, action.replica_id.split("#")[0])
@@ -390,6 +399,25 @@ class LiveFleet:
                 self._record(action, str(action.to_replica_id).split("#")[0])
         if actions:
             self._notify()
+
+    def _give_devices(self, action: StartReplica, engine: Any, asleep: Any) -> tuple[Any, Any]:
+        """Gives a starting replica whole devices of its worker, if the worker declares any: the perf model's
+        tensor-parallel size, the same devices for an asleep engine (its CUDA context is there; if they were
+        given away meanwhile, it is stopped and a fresh engine started). Returns (asleep, engine); raises
+        DevicesBusy when too few devices are free."""
+        if not self.devices.has_devices(action.worker_id) or not hasattr(engine, "devices"):
+            return asleep, engine
+        expert = self._experts[action.expert_id]
+        num_devices = engine_profile(expert.params_b, action.hardware).num_devices
+        if asleep is not None:
+            try:
+                self.devices.assign(action.replica_id, action.worker_id, num_devices, exactly=engine.devices)
+                return asleep, engine
+            except DevicesBusy:
+                asyncio.ensure_future(stop_after_sleep(engine, asleep[1]))
+                asleep, engine = None, self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+        engine.devices = self.devices.assign(action.replica_id, action.worker_id, num_devices)
+        return asleep, engine
 
     def _sleeps(self, replica_id: str, replica: LiveReplica) -> bool:
         """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that and its engine can."""

@@ -82,21 +82,22 @@ class LiveSleepTier:
         """Stops the engines asleep past their time (in the background)."""
         for asleep in self.asleep.expired(now_s):
             engine, task = asleep.handle
-            asyncio.ensure_future(_stop_after(engine, task))
+            asyncio.ensure_future(stop_after_sleep(engine, task))
 
     async def close(self) -> None:
         everything = self.asleep.expired(float("inf"))
-        await asyncio.gather(*(_stop_after(*a.handle) for a in everything), return_exceptions=True)
+        await asyncio.gather(*(stop_after_sleep(*a.handle) for a in everything), return_exceptions=True)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"replica": a.replica_id, "expert": a.expert_id, "worker": a.worker_id, "asleep_at": a.asleep_at_s,
                  "until": a.until_s} for a in self.asleep.all()]
 
 
-async def _stop_after(engine: Any, sleep_task: asyncio.Task) -> None:
+async def stop_after_sleep(engine: Any, sleep_task: asyncio.Task) -> None:
+    """Stops an engine once its sleep call (successful or not) is over."""
     with contextlib.suppress(Exception):
         await sleep_task
     await engine.stop()
 
 
-__all__ = ["LiveSleepTier", "SLEEP_CODES"]
+__all__ = ["LiveSleepTier", "SLEEP_CODES", "stop_after_sleep"]

@@ -36,6 +36,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),
             "node": getattr(live.engine, "node_id", None) if live else None,  # the Ray node, in Ray mode
+            "devices": list(fleet.devices.held(replica_id)) if getattr(fleet, "devices", None) else [],
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():

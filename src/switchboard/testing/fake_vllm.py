@@ -10,7 +10,8 @@ the parts of vLLM's HTTP API that the `process` backend uses, with vLLM's semant
   a generation request is answered 503, as vLLM cannot run a model whose weights are off the device.
 
 `--wake-s` delays each wake (a model's weights coming back), `--start-s` delays readiness (a model load).
-Every generation is counted in `GET /stats` so tests can check that each request reached a server once.
+Every generation is counted in `GET /stats` so tests can check that each request reached a server once; it
+also shows the `CUDA_VISIBLE_DEVICES` the server was given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -30,7 +32,8 @@ def build_app(model: str, *, wake_s: float = 0.0, start_s: float = 0.0):
     from starlette.routing import Route
 
     state: dict[str, Any] = {"sleep_level": 0, "num_generations": 0, "num_sleeps": 0, "num_wakes": 0,
-                             "ready_at": time.monotonic() + start_s}
+                             "ready_at": time.monotonic() + start_s,
+                             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     async def health(_: Request) -> Response:
         if time.monotonic() < state["ready_at"]:
