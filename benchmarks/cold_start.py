@@ -117,6 +117,7 @@ def gateway_modes(num_requests: int, num_rounds: int) -> dict[str, dict[str, lis
                     while expert()["replicas"] or (sleep and not expert()["asleep"]) or (not sleep and expert()["asleep"]):
                         assert time.monotonic() < deadline, f"{mode}: the expert never reached the state"
                         time.sleep(0.05)
+                    time.sleep(5.0)  # every mode alike: a standby worker is back in the pool by then
                     ttft, total = timed(expect_cold=True)
                     out[mode]["ttft_s"].append(ttft)
                     out[mode]["total_s"].append(total)

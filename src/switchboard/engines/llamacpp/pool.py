@@ -4,7 +4,9 @@ A cold start spends about two thirds of its time before the model load even begi
 start, `import llama_cpp`: 0.39 s of 0.6 s for SmolLM2-135M here, issue 15). A `StandbyPool` keeps `size`
 such workers waiting (`worker.py --standby`); `LlamaCppEngine` adopts one by writing its arguments to the
 worker's stdin, so only the model load and warm-up remain on the request's path. The pool refills itself in
-the background after each adoption. Each standby worker holds ~100 MB of memory and no model.
+the background `refill_delay_s` after each adoption: a new interpreter importing llama.cpp right away would
+compete for the cores with the adopted worker's model load and first request (measured here: the first token
+came ~0.8 s later with an immediate refill on 2 busy cores). Each standby worker holds ~100 MB and no model.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ async def hand_over(process: asyncio.subprocess.Process, args: list[str]) -> Non
 class StandbyPool:
     """Keeps `size` standby workers started. Used from one event loop; `take` never blocks."""
 
-    def __init__(self, size: int, *, start_timeout_s: float = 60.0) -> None:
+    def __init__(self, size: int, *, start_timeout_s: float = 60.0, refill_delay_s: float = 3.0) -> None:
         self.size = size
         self.start_timeout_s = start_timeout_s
+        self.refill_delay_s = refill_delay_s
         self._ready: list[asyncio.subprocess.Process] = []
         self._refilling: asyncio.Task | None = None
         self._closed = False
@@ -77,8 +80,9 @@ class StandbyPool:
         return sum(1 for p in self._ready if p.returncode is None)
 
     def start(self) -> None:
-        """Begins filling the pool in the background (call from the event loop)."""
-        self._refill_soon()
+        """Begins filling the pool in the background, `refill_delay_s` from now (call from the event loop): a
+        server's first requests arrive right after it is ready, and should not share the cores with it."""
+        self._refill_soon(self.refill_delay_s)
 
     def take(self) -> asyncio.subprocess.Process | None:
         """A started standby worker, or None if none is ready (the caller spawns one itself)."""
@@ -86,16 +90,18 @@ class StandbyPool:
             process = self._ready.pop(0)
             if process.returncode is None:
                 self.num_adopted += 1
-                self._refill_soon()
+                self._refill_soon(self.refill_delay_s)
                 return process
-        self._refill_soon()
+        self._refill_soon(self.refill_delay_s)
         return None
 
-    def _refill_soon(self) -> None:
+    def _refill_soon(self, delay_s: float = 0.0) -> None:
         if not self._closed and self.size > 0 and (self._refilling is None or self._refilling.done()):
-            self._refilling = asyncio.ensure_future(self._refill())
+            self._refilling = asyncio.ensure_future(self._refill(delay_s))
 
-    async def _refill(self) -> None:
+    async def _refill(self, delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         while not self._closed and self.num_ready < self.size:
             process = await spawn_worker(standby=True)
             try:
