@@ -38,19 +38,14 @@ from typing import Any
 import httpx
 
 from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, StreamEvent
+from switchboard.engines.local_server import HttpCall, WakeTiming, call_server
 from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
+
+__all__ = ["HttpCall", "ProcessColdStart", "ProcessEngine", "WakeTiming", "fill_template", "free_loopback_port"]
 
 _PR_SET_PDEATHSIG = 1
 READINESS_POLL_S = 0.02
 LOG_TAIL_LINES = 20
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HttpCall:
-    """One HTTP call the engine makes to its server (sleep, wake): method and path (with its query)."""
-
-    method: str
-    path: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,14 +54,6 @@ class ProcessColdStart:
 
     spawn_s: float  # until the process existed
     ready_s: float  # until its readiness path answered 2xx
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WakeTiming:
-    """A sleep or wake call and how long the server took to answer it."""
-
-    call: str
-    took_s: float
 
 
 def free_loopback_port() -> int:
@@ -270,18 +257,7 @@ class ProcessEngine:
         await process.wait()
 
     async def _call(self, call: HttpCall) -> float:
-        if not self.is_running:
-            raise EngineUnavailable(self.expert_id, "the server process is not running")
-        url = f"http://127.0.0.1:{self.port}{call.path}"
-        t0 = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(timeout=self.read_timeout_s) as client:
-                response = await client.request(call.method, url)
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(self.expert_id, f"{call.method} {call.path} failed: {type(exc).__name__}: {exc}") from None
-        if not response.is_success:
-            raise EngineError(self.expert_id, f"{call.method} {call.path} answered {response.status_code}: {response.text[:200]}")
-        return time.perf_counter() - t0
+        return await call_server(self.expert_id, self.port if self.is_running else None, call, self.read_timeout_s)
 
     async def sleep(self) -> None:
         """Puts the server to sleep with its own call (the process stays). Raises EngineError if it cannot."""

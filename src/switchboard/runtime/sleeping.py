@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from switchboard.fleet.sleep import SLEEP_CODES, AsleepReplicas
+from switchboard.fleet.sleep import AsleepReplicas
 from switchboard.policies.actions import DrainReplica
 from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.types import ExpertId
@@ -100,4 +100,4 @@ async def stop_after_sleep(engine: Any, sleep_task: asyncio.Task) -> None:
     await engine.stop()
 
 
-__all__ = ["LiveSleepTier", "SLEEP_CODES", "stop_after_sleep"]
+__all__ = ["LiveSleepTier", "stop_after_sleep"]

@@ -13,11 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
-
-from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, StreamEvent
+from switchboard.engines.base import Completion, EngineUnavailable, GenerationRequest, StreamEvent
 from switchboard.engines.llamacpp.paths import default_model_path
 from switchboard.engines.llamacpp.pool import StandbyPool, hand_over, read_event, spawn_worker
+from switchboard.engines.local_server import HttpCall, WakeTiming, call_server
 from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
 
 __all__ = ["ColdStartAnatomy", "LlamaCppEngine", "default_model_path"]
@@ -32,14 +31,6 @@ class ColdStartAnatomy:
     warmup_s: float  # one warm-up decode (faults the weights in, builds the compute graph)
     ready_s: float  # until the worker listens (spawn + load + warm-up + server set-up)
     adopted: bool = False  # a pre-started standby worker was adopted (no spawn on the request's path)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class WakeTiming:
-    """A sleep or wake call and how long the worker took to answer it (wake: model load and warm-up)."""
-
-    call: str
-    took_s: float
 
 
 class LlamaCppEngine:
@@ -174,17 +165,9 @@ class LlamaCppEngine:
             await process.wait()
 
     async def _call(self, path: str) -> float:
-        if not self.is_running:
-            raise EngineUnavailable(self.expert_id, "the llama.cpp worker process is not running")
-        t0 = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(timeout=self.start_timeout_s) as client:
-                response = await client.post(f"http://127.0.0.1:{self.port}{path}")
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(self.expert_id, f"POST {path} failed: {type(exc).__name__}: {exc}") from None
-        if not response.is_success:
-            raise EngineError(self.expert_id, f"POST {path} answered {response.status_code}: {response.text[:200]}")
-        return time.perf_counter() - t0
+        # A wake loads the model: as long as a start may take.
+        port = self.port if self.is_running else None
+        return await call_server(self.expert_id, port, HttpCall("POST", path), self.start_timeout_s)
 
     async def sleep(self) -> None:
         """Frees the model inside the worker; the process, its imports and its server stay (level-1 sleep)."""
