@@ -76,3 +76,31 @@ def test_a_sleeping_replica_wakes_in_the_wake_time_and_costs_nothing_while_aslee
     assert second < 1.0  # a wake (~0.4 s) plus the prefill, not an 18 s cold start
     wakes = [r for r in run.replicas if r.is_wake]
     assert len(wakes) == 1 and wakes[0].warm_at - wakes[0].created_at == pytest.approx(wake_time_s(engine_profile(8, "h100")))
+
+
+TINY = ClusterSpec(
+    name="tiny",
+    pools=[PoolSpec(hardware="a10g", workers=3), PoolSpec(hardware="h100", workers=1, devices_per_worker=4)],
+    experts=[ExpertSimSpec(id="llama-3.1-8b-instruct", params_b=8, usd_per_mtok=0.2),
+             ExpertSimSpec(id="gemma-2-9b-it", params_b=9, usd_per_mtok=0.1),
+             ExpertSimSpec(id="llama-3.1-nemotron-51b-instruct", params_b=51, usd_per_mtok=0.9)],
+)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), rate=st.floats(0.05, 2.0), cv=st.floats(0.5, 4.0), sleep_after_s=st.floats(0, 60))
+def test_with_the_sleep_tier_every_request_arrives_once_and_ends_once(seed, rate, cv, sleep_after_s):
+    data = wl.load_routing_data()
+    rng = np.random.default_rng(seed)
+    arrival = wl.gamma_arrivals(rng, rate, 300.0, cv)
+    n = len(arrival)
+    w = wl.attach_prompts(wl.Workload.from_arrays(arrival, rng.integers(1, 4000, n), rng.integers(1, 500, n)), 5608, rng)
+    knobs = dataclasses.replace(Knobs(seed=seed), sleep_after_s=sleep_after_s, asleep_keepalive_s=120.0)
+    summary, result = run_policy("switchboard-sleep", TINY, w, lambda ids: routing_inputs(w, data, ids), knobs)
+    result.check_conservation()
+    assert summary.num_finished + summary.num_rejected == len(w)
+    done = ~np.isnan(result.finished_at)
+    assert (result.first_token_at[done] >= w.arrival_s[done]).all()
+    for r in result.replicas:  # a wake is never billed as long as a cold start
+        if r.is_wake and not np.isnan(r.warm_at):
+            assert r.warm_at - r.created_at < engine_profile(51, r.hardware).cold_start_s
