@@ -6,7 +6,7 @@ from __future__ import annotations
 from switchboard.router.chooser import stand_ins
 from switchboard.router.selection import RoutingConstraints
 
-PRICES = {"local": 0.0, "pricey": 5.0}
+PRICES = {"local": (0.0, 0.0), "pricey": (2.0, 8.0)}  # (input, output) USD/Mtok: blended 0 and 5
 
 
 def test_unknown_experts_are_stand_ins():

@@ -12,7 +12,7 @@ Where the next attempt goes (`plan_next`, a pure function):
   new lease another replica when the expert has one, and the failed replica's circuit counts the failure —
   after an exponential backoff with full jitter, up to `retries_per_expert` times;
 - a failure that says the expert cannot serve now (a stall past its read timeout, admission refused with
-  429/503, an open circuit), or a transient one whose retries are used up, moves to the next expert of the
+  429/503, an open circuit, the upstream's own 429 rate limit), or a transient one whose retries are used up, moves to the next expert of the
   ranking whose circuit is not open: for `model: "auto"` the router's ranking (`ExpertChoice.fallbacks`),
   for a named model the expert's configured `fallbacks` (none by default: naming a model means that model);
 - a failure that is the request's own fault (the upstream's 4xx) is final, as is running out of attempts
@@ -33,6 +33,7 @@ from switchboard.config.schema import FailoverConfig
 from switchboard.engines.base import (
     Completion,
     EngineError,
+    EngineRateLimited,
     EngineTimeout,
     GenerationRequest,
     RequestKind,
@@ -52,6 +53,8 @@ class FailureKind(str, enum.Enum):
 def classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, AdmissionRejected):
         return FailureKind.FALLBACK
+    if isinstance(exc, EngineRateLimited):
+        return FailureKind.FALLBACK  # not the request's fault, and asking the same upstream again now is what it refused
     if isinstance(exc, EngineError):
         if exc.status < 500:
             return FailureKind.FATAL

@@ -1,7 +1,9 @@
-"""OpenAI's exact response and stream-chunk shapes, serialized with orjson."""
+"""OpenAI's exact response and stream-chunk shapes, serialized with orjson, and the two raw ASGI responses
+that send them (or an upstream's own bytes, relayed)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -92,26 +94,32 @@ class SSEResponse:
     chunk boundary, so an engine stops generating for nobody.
     """
 
-    __slots__ = ("chunks", "headers")
+    __slots__ = ("chunks", "headers", "raw_headers")
 
-    def __init__(self, chunks: Any, headers: dict[str, str]) -> None:
+    def __init__(self, chunks: Any, headers: dict[str, str], raw_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.chunks = chunks
         self.headers = headers
+        self.raw_headers = raw_headers  # an upstream's own (engines/openai_upstream.py `_client_headers`)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        import asyncio
-
-        raw = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8"), *self.raw_headers]
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        is_ended = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for chunk in self.chunks:
                 if watcher.done():
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if is_ended:
+                    continue
+                # The chunk that closes the stream ends the response in the same message (one send fewer); the
+                # iterator still runs to its end for its bookkeeping.
+                is_ended = chunk.endswith(SSE_DONE)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not is_ended})
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not is_ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             await self.chunks.aclose()
@@ -126,14 +134,15 @@ class JSONBytesResponse:
     """An already-serialized JSON answer sent as two raw ASGI messages: the success path skips Starlette's
     header normalisation, which profiled at ~6% of a proxied request's CPU."""
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("body", "headers", "raw_headers")
 
-    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, body: bytes, headers: dict[str, str], raw_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.body = body
         self.headers = headers
+        self.raw_headers = raw_headers  # an upstream's own (engines/openai_upstream.py `_client_headers`)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()), *self.raw_headers]
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": self.body})

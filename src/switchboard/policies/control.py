@@ -50,7 +50,7 @@ from switchboard.policies.actions import (
 )
 from switchboard.policies.admission import AdmissionSettings, make_admission
 from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
-from switchboard.policies.balance import BalanceSettings, Routed, make_balance
+from switchboard.policies.balance import Balanced, BalanceSettings, make_balance
 from switchboard.policies.base import PolicySettings, Reason
 from switchboard.policies.keepalive import (
     IdleHistogram,
@@ -190,6 +190,7 @@ class ControlReasonCode(str, enum.Enum):
     EVICTED = "evicted-for-memory"
     REPLACED_START = "replaced-start"
     REPLACED_WARM = "replaced-warm"
+    ENGINE_LOST = "engine-lost"
 
 
 # --------------------------------------------------------------------------------------------- the plan
@@ -295,7 +296,7 @@ class ControlPlane:
             return FastAdmission((RejectRequest(request, decision.status_code, decision.retry_after_s,
                                                 decision.reason),), False)
         outcome = self.balance.choose(snapshot, request, rng)
-        if not isinstance(outcome, Routed) or not snapshot.replicas[outcome.replica_id].is_warm:
+        if not isinstance(outcome, Balanced) or not snapshot.replicas[outcome.replica_id].is_warm:
             return FastAdmission((), True)
         ttft_s = predict.ttft_s(snapshot, snapshot.replicas[outcome.replica_id], request.num_prompt_tokens)
         return FastAdmission((AssignRequest(request, outcome.replica_id, ttft_s, False, decision.reason),), False)
@@ -500,7 +501,7 @@ class ControlPlane:
             replica_id = started
         else:
             outcome = self.balance.choose(plan.snapshot, request, rng)
-            if not isinstance(outcome, Routed):  # unreachable: accepting replicas exist
+            if not isinstance(outcome, Balanced):  # unreachable: accepting replicas exist
                 raise RuntimeError(f"balancer found no replica for {request.expert_id}: {outcome.reason}")
             replica_id = outcome.replica_id
         replica = plan.snapshot.replicas[replica_id]

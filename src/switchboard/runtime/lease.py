@@ -31,7 +31,6 @@ MAX_REPLICAS_PER_REQUEST = 2
 
 class LiveReasonCode(str, enum.Enum):
     WARM_AT_START = "warm-at-start"
-    ENGINE_LOST = "engine-lost"
     START_FAILED = "start-failed"
     KEY_POLICY = "key-policy"
     CIRCUIT_OPEN = "circuit-open"

@@ -50,7 +50,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
                 "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
                 "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
                 "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
-                "keepalive": fleet._last_keepalive.get(e.id), "circuit": fleet.expert_circuits.describe(e.id),
+                "keepalive": fleet.keepalive_decision(e.id), "circuit": fleet.expert_circuits.describe(e.id),
                 "asleep": [a for a in asleep if a["expert"] == e.id],  # the sleep tier: engines kept, weights off
             }
             for e in fleet.config.experts

@@ -3,9 +3,11 @@ limit is hit, with the status (429 for rate limits, 402 for budgets) and how lon
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
 burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
-when it clears. Budgets are per UTC calendar day and month, soft by one request: a request is refused once the
-spend *already* reached the budget, so the request that crosses it is still served (its cost is only known after
-it ran).
+when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its estimated cost
+(prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real cost, and a
+request is refused once the spend plus what the requests in flight hold reaches the budget. However many run at
+once, a budget is exceeded by less than the last admitted request's estimate (and only if the real prompt was
+longer than estimated, by that difference too).
 """
 
 from __future__ import annotations
@@ -33,26 +35,29 @@ class WindowEntry:
     """One admitted request in its key's window: when, and its tokens (the admission estimate until the
     answer's real usage replaces it)."""
 
-    __slots__ = ("key_id", "at_s", "num_tokens", "in_window")
+    __slots__ = ("key_id", "at_s", "num_tokens", "in_window", "usd_held")
 
-    def __init__(self, key_id: str, at_s: float, num_tokens: int) -> None:
+    def __init__(self, key_id: str, at_s: float, num_tokens: int, usd_held: float = 0.0) -> None:
         self.key_id = key_id
         self.at_s = at_s
         self.num_tokens = num_tokens
         self.in_window = True
+        self.usd_held = usd_held
+        """The request's estimated cost, held against the key's budgets until it settles (0 after)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageSnapshot:
     """A key's recent use: the requests of the last `WINDOW_S` before `now_s` (count, tokens, and the entries
-    oldest first, read only to say when an exceeded limit clears; the producer drops older entries) and its
-    spend this UTC day and month."""
+    oldest first, read only to say when an exceeded limit clears; the producer drops older entries), its
+    spend this UTC day and month, and the estimated cost its requests in flight hold."""
 
     num_requests: int = 0
     num_tokens: int = 0
     usd_today: float = 0.0
     usd_this_month: float = 0.0
     window: Sequence[WindowEntry] = ()
+    usd_held: float = 0.0
 
     @classmethod
     def of(cls, entries: Sequence[tuple[float, int]], usd_today: float = 0.0, usd_this_month: float = 0.0) -> "UsageSnapshot":
@@ -83,12 +88,13 @@ def admit(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens_esti
 
 
 def _check_budget(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
-    if limits.usd_per_day is not None and usage.usd_today >= limits.usd_per_day:
+    held = f" + {usage.usd_held:.4f} USD held by requests in flight" if usage.usd_held > 0 else ""
+    if limits.usd_per_day is not None and usage.usd_today + usage.usd_held >= limits.usd_per_day:
         return OverLimit(Limit.USD_PER_DAY, 402, seconds_to_next_day(now_s),
-                         f"daily budget of {limits.usd_per_day:g} USD is spent ({usage.usd_today:.4f} USD today, UTC)")
-    if limits.usd_per_month is not None and usage.usd_this_month >= limits.usd_per_month:
+                         f"daily budget of {limits.usd_per_day:g} USD is spent ({usage.usd_today:.4f} USD today, UTC{held})")
+    if limits.usd_per_month is not None and usage.usd_this_month + usage.usd_held >= limits.usd_per_month:
         return OverLimit(Limit.USD_PER_MONTH, 402, seconds_to_next_month(now_s),
-                         f"monthly budget of {limits.usd_per_month:g} USD is spent ({usage.usd_this_month:.4f} USD this month, UTC)")
+                         f"monthly budget of {limits.usd_per_month:g} USD is spent ({usage.usd_this_month:.4f} USD this month, UTC{held})")
     return None
 
 
