@@ -12,15 +12,15 @@ import sys
 import pytest
 
 from switchboard.config import parse_config
-from switchboard.engines.base import EngineError, EngineUnavailable, GenerationRequest, TextDelta
+from switchboard.engines.base import EngineError, EngineUnavailable, Finish, GenerationRequest, RawChunk
 from switchboard.engines.factory import build_engine
 from switchboard.engines.process import HttpCall, ProcessEngine, fill_template
 
 FAKE_VLLM = [sys.executable, "-m", "switchboard.testing.fake_vllm", "--port", "{port}", "--model", "{model}"]
 
 
-def _request(max_tokens: int = 5) -> GenerationRequest:
-    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+def _request(max_tokens: int = 5, stream: bool = False) -> GenerationRequest:
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": stream}
     return GenerationRequest("r1", "chat", body, max_tokens, 3)
 
 
@@ -37,8 +37,10 @@ async def test_start_serve_sleep_wake_stop(tmp_path):
         assert engine.is_running and engine.last_cold_start.ready_s >= engine.last_cold_start.spawn_s
         answer = await engine.complete(_request(5))
         assert answer.text.startswith("fake vllm answer 5") and answer.finish.usage.completion_tokens == 5
-        events = [e async for e in engine.stream(_request(3))]
-        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "fake vllm answer"
+        events = [e async for e in engine.stream(_request(3, stream=True))]
+        # Passed through as the server's own SSE bytes (as for any `openai` upstream), closed by one Finish.
+        relayed = b"".join(e.data for e in events if isinstance(e, RawChunk))
+        assert b'"content": "fake"' in relayed and b'" answer"' in relayed and isinstance(events[-1], Finish)
 
         await engine.sleep()
         assert engine.is_asleep and engine.is_running  # the process stays

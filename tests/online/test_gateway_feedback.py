@@ -58,7 +58,7 @@ def new_key(url: str, tenant: str) -> str:
 def serve(url: str, router):
     config = parse_config(CONFIG.format(url=url))
     online = OnlineLearner(router, config.router.online, np.random.default_rng(0))
-    app = build_app(config, chooser=RouterChooser(router, "gemma-2-9b-it", online), environ={"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY})
+    app = build_app(config, chooser=RouterChooser(router, "gemma-2-9b-it", online=online), environ={"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY})
     return serve_in_thread(app), online
 
 

@@ -260,6 +260,10 @@ class AuthConfig(_Strict):
     enabled: bool = Field(False, description="Require `Authorization: Bearer <key>` on /v1/* and the admin key on /admin/*.")
     admin_key_env: str = Field("SWITCHBOARD_ADMIN_KEY", min_length=1, description="Environment variable holding the admin key.")
     refresh_interval_s: float = Field(2.0, gt=0, description="How often keys are re-read from the database: a key created or revoked by the CLI takes effect within this long.")
+    rate_window_s: float = Field(
+        60.0, gt=0, description="The sliding window keys' `rpm` and `tpm` count over: a minute. Shorter (or longer) only for tests "
+        "and demos: a key's rpm then allows that many requests per window.",
+    )
 
 
 class OnlineLearningConfig(_Strict):
@@ -283,7 +287,7 @@ class OnlineLearningConfig(_Strict):
         0.2, ge=0.0, le=1.0,
         description="At most this fraction of a tenant's routing decisions sample the posterior (Thompson) instead of taking its mean.",
     )
-    max_events_per_tenant: int = Field(4096, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
+    max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 
 
