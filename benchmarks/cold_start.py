@@ -2,13 +2,14 @@
 
 Part 1 — repeated starts of a real SmolLM2-135M worker process: process spawn (interpreter up, llama.cpp
 imported), model load, ready (listening), and first token of a first request; p50/p99 over N starts.
-Part 2 — the gateway with the live control plane: the same request to a cold expert (scaled to zero; the
-request wakes it) and to a warm one, side by side; reports time to first token and total latency for each
-and their ratio.
+Part 2 — the gateway with the live control plane: the same streamed request to an expert scaled to zero
+(cold: a new worker process, or a pre-started standby worker adopted), to an asleep one (the sleep tier: the
+worker process kept, its model freed and reloaded on wake) and to a warm one, side by side, per phase; reports
+time to first token and total latency for each.
 
 The measured numbers feed the simulator's CPU calibration (switchboard.sim cluster `calibration`).
 
-Run: .venv/bin/python benchmarks/cold_start.py [--starts 10] [--requests 5] [--json out.json]
+Run: .venv/bin/python benchmarks/cold_start.py [--starts 10] [--requests 5] [--rounds 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -71,35 +72,59 @@ async def engine_starts(num_starts: int) -> dict[str, list[float]]:
     return phases
 
 
-def gateway_cold_vs_warm(num_requests: int) -> dict[str, dict[str, list[float]]]:
-    out = {"cold": {"ttft_s": [], "total_s": []}, "warm": {"ttft_s": [], "total_s": []}}
+def _config(standby_workers: int, sleep: bool) -> str:
+    keepalive = ("{kind: fixed, idle_timeout_s: 600, sleep_after_s: 0.3, asleep_keepalive_s: 600}" if sleep
+                 else "{kind: fixed, idle_timeout_s: 1}")
+    return GATEWAY_CONFIG.replace("{kind: fixed, idle_timeout_s: 1}", keepalive).replace(
+        "step_interval_s: 0.1", f"step_interval_s: 0.1\n  standby_workers: {standby_workers}")
+
+
+MODES = {
+    # name: (standby workers, sleep tier, what the request meets)
+    "cold, no standby": (0, False),
+    "cold (standby)": (1, False),
+    "asleep": (1, True),
+}
+
+
+def gateway_modes(num_requests: int, num_rounds: int) -> dict[str, dict[str, list]]:
+    """TTFT of the same streamed request meeting each mode, then warm right after; the modes' servers take
+    turns round by round, so drifting machine load hits them alike."""
+    out: dict[str, dict[str, list]] = {m: {"ttft_s": [], "total_s": [], "phases": []} for m in (*MODES, "warm")}
     body = {"model": "smol", "messages": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}
-    with serve_in_thread(build_app(parse_config(GATEWAY_CONFIG))) as url, httpx.Client(base_url=url, timeout=120) as http:
-        def states() -> list[str]:
-            return [r["state"] for r in http.get("/admin/fleet").json()["experts"][0]["replicas"]]
+    for _ in range(num_rounds):
+        for mode, (standby, sleep) in MODES.items():
+            with serve_in_thread(build_app(parse_config(_config(standby, sleep)))) as url, \
+                    httpx.Client(base_url=url, timeout=120) as http:
+                def expert() -> dict:
+                    return http.get("/admin/fleet").json()["experts"][0]
 
-        def timed(expect_cold: bool) -> tuple[float, float]:
-            t0 = time.perf_counter()
-            ttft = None
-            with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                assert response.status_code == 200, response.read()
-                assert response.headers["x-switchboard-cold-start"] == ("true" if expect_cold else "false")
-                for line in response.iter_lines():
-                    if ttft is None and '"content":"' in line and '"content":""' not in line:
-                        ttft = time.perf_counter() - t0
-            return ttft or float("nan"), time.perf_counter() - t0
+                def timed(expect_cold: bool) -> tuple[float, float]:
+                    t0 = time.perf_counter()
+                    ttft = None
+                    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                        assert response.status_code == 200, response.read()
+                        assert response.headers["x-switchboard-cold-start"] == ("true" if expect_cold else "false")
+                        for line in response.iter_lines():
+                            if ttft is None and '"content":"' in line and '"content":""' not in line:
+                                ttft = time.perf_counter() - t0
+                    return ttft or float("nan"), time.perf_counter() - t0
 
-        for _ in range(num_requests):
-            deadline = time.monotonic() + 60
-            while states():  # wait for scale-to-zero
-                assert time.monotonic() < deadline, "expert never scaled to zero"
-                time.sleep(0.1)
-            ttft, total = timed(expect_cold=True)
-            out["cold"]["ttft_s"].append(ttft)
-            out["cold"]["total_s"].append(total)
-            ttft, total = timed(expect_cold=False)
-            out["warm"]["ttft_s"].append(ttft)
-            out["warm"]["total_s"].append(total)
+                if sleep:
+                    timed(expect_cold=True)  # the first start, then it goes to sleep
+                for _ in range(num_requests):
+                    deadline = time.monotonic() + 60
+                    while expert()["replicas"] or (sleep and not expert()["asleep"]) or (not sleep and expert()["asleep"]):
+                        assert time.monotonic() < deadline, f"{mode}: the expert never reached the state"
+                        time.sleep(0.05)
+                    time.sleep(5.0)  # every mode alike: a standby worker is back in the pool by then
+                    ttft, total = timed(expect_cold=True)
+                    out[mode]["ttft_s"].append(ttft)
+                    out[mode]["total_s"].append(total)
+                    out[mode]["phases"].append(expert()["replicas"][0]["cold_start"])
+                    ttft, total = timed(expect_cold=False)
+                    out["warm"]["ttft_s"].append(ttft)
+                    out["warm"]["total_s"].append(total)
     return out
 
 
@@ -107,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -116,14 +142,17 @@ def main() -> None:
     for name, values in phases.items():
         print(f"  {name:<16}{pct(values, 50):8.3f}{pct(values, 99):8.3f}")
 
-    gw = gateway_cold_vs_warm(args.requests)
-    print(f"\ngateway, same streamed request ({args.requests} each), cold expert (woken by the request) vs warm:")
-    print(f"  {'':<6}{'TTFT p50 s':>12}{'TTFT p99 s':>12}{'total p50 s':>13}")
-    for kind in ("cold", "warm"):
-        print(f"  {kind:<6}{pct(gw[kind]['ttft_s'], 50):12.3f}{pct(gw[kind]['ttft_s'], 99):12.3f}{pct(gw[kind]['total_s'], 50):13.3f}")
-    added = pct(gw["cold"]["ttft_s"], 50) - pct(gw["warm"]["ttft_s"], 50)
-    print(f"  cold adds {added:.3f} s to TTFT p50 (x{pct(gw['cold']['ttft_s'], 50) / pct(gw['warm']['ttft_s'], 50):.1f}); "
-          f"engine ready p50 is {pct(phases['ready_s'], 50):.3f} s of it")
+    gw = gateway_modes(args.requests, args.rounds)
+    print(f"\ngateway, the same streamed request ({args.requests} per mode per round, {args.rounds} rounds, modes taking "
+          f"turns): the expert scaled to zero (cold, without and with a standby worker to adopt), asleep (sleep "
+          f"tier: process kept, model freed), and warm right after each")
+    print(f"  {'':<18}{'TTFT p50 s':>12}{'TTFT min s':>12}{'TTFT max s':>12}{'total p50 s':>13}  phases p50")
+    for kind in (*MODES, "warm"):
+        ttft = gw[kind]["ttft_s"]
+        phases = gw[kind].get("phases") or []
+        keys = sorted({k for p in phases for k, v in (p or {}).items() if isinstance(v, (int, float))})
+        shown = ", ".join(f"{k} {pct([float(p[k]) for p in phases if p and k in p], 50):.3f}" for k in keys)
+        print(f"  {kind:<18}{pct(ttft, 50):12.3f}{min(ttft):12.3f}{max(ttft):12.3f}{pct(gw[kind]['total_s'], 50):13.3f}  {shown}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"engine": phases, "gateway": gw}, fh, indent=2)

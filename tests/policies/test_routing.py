@@ -15,7 +15,7 @@ from switchboard.policies.routing import (
     make_prewarm,
     make_routing,
 )
-from switchboard.types import ExpertId
+from switchboard.types import ExpertId, ReplicaId, ReplicaState
 
 WORKERS = [(f"w{i}", "l4", 24.0, 0.8) for i in range(3)]
 
@@ -86,3 +86,34 @@ def test_route_aware_prewarm_starts_cold_experts_with_predicted_demand_and_forge
     assert policy.wanted(s, later) == []
     none = make_prewarm(PrewarmSettings(kind="none"))
     assert none.wanted(s, state) == []
+
+
+def _starting_fleet():
+    """big's only replica started a moment ago (as every expert is right after a server starts); small is warm."""
+    s = _fleet()
+    s = with_replica(s, "r9", expert="big", worker="w1", state=ReplicaState.COLD)
+    return ops.transition(s, ReplicaId("r9"), ReplicaState.STARTING, cold_start_s=20.0)
+
+
+def test_stand_in_answers_whatever_its_quality_while_the_preferred_expert_starts():
+    settings = RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.0, stand_in_after_s=1.0)
+    d = make_routing(settings).route(_starting_fleet(), _candidates(q_small=0.3))
+    assert d.expert_id == "small" and not d.is_cold_start and d.wake_expert_ids == ("big",)
+    assert d.reason.code is RouteReasonCode.STAND_IN and "big is 20.0s from serving" in d.reason.detail
+
+
+def test_no_stand_in_by_default_or_when_the_preferred_expert_is_close_to_serving():
+    d = make_routing(RoutingSettings(latency_weight_per_s=0.0)).route(_starting_fleet(), _candidates(q_small=0.3))
+    assert d.expert_id == "big" and d.reason.code is RouteReasonCode.COLD_START
+    patient = RoutingSettings(latency_weight_per_s=0.0, stand_in_after_s=30.0)
+    assert make_routing(patient).route(_starting_fleet(), _candidates(q_small=0.3)).expert_id == "big"
+
+
+def test_an_unrated_stand_in_answers_only_while_the_preferred_expert_starts():
+    """`stand_in_ids` (experts the router cannot rate) are never chosen on score, even when free and λ is large."""
+    settings = RoutingSettings(kind="fleet-aware", latency_weight_per_s=0.0, stand_in_after_s=1.0)
+    only_big = [ExpertCandidate(ExpertId("big"), 0.8, 1.0)]
+    starting = make_routing(settings).route(_starting_fleet(), only_big, 100.0, (ExpertId("small"),))
+    assert starting.expert_id == "small" and starting.reason.code is RouteReasonCode.STAND_IN
+    warm = with_replica(_fleet(), "r9", expert="big", worker="w1")
+    assert make_routing(settings).route(warm, only_big, 100.0, (ExpertId("small"),)).expert_id == "big"

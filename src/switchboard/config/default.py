@@ -67,6 +67,10 @@ def default_config_dict() -> dict[str, Any]:
         "workers": [{"id": "local", "hardware": "cpu", "memory_gb": 16, "usd_per_hour": 0.0}],
         "experts": experts,
         "defaults": {"expert": DEFAULT_EXPERT_ID},
+        # The first minute: the simulated experts model GPU cold starts of 15-60 s, all under way right after
+        # `make run`; without a stand-in, `auto` would wait for one and answer with placeholder text. The warm
+        # real model answers instead (the answer's x-switchboard-route says `stand-in`) until they are up.
+        "control_plane": {"policies": {"routing": {"stand_in_after_s": 1.0}}},
     }
 
 

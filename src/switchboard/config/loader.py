@@ -46,7 +46,7 @@ def parse_config(text: str, source: str = "<config>") -> SwitchboardConfig:
 
 
 def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in {"openai", "llamacpp", "simulated"})]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in {"openai", "llamacpp", "simulated", "process"})]
     field = _dotted(loc) or "(top level)"
     line = _line_of(root, loc)
     where = f"{source}:{line}" if line else source

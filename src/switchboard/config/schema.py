@@ -34,6 +34,10 @@ class WorkerConfig(_Strict):
     memory_gb: float = Field(16.0, gt=0)
     usd_per_hour: float = Field(0.0, ge=0)
     location: str = "local"
+    devices: list[int] = Field(
+        default_factory=list, description="Accelerator indices on this machine (e.g. [0, 1, 2, 3]); `process` replicas "
+        "get whole devices of them, passed as CUDA_VISIBLE_DEVICES and {devices}, never two replicas on one device.",
+    )
 
 
 class OpenAIBackend(_Strict):
@@ -57,7 +61,11 @@ class LlamaCppBackend(_Strict):
     )
     n_threads: int | None = Field(
         None, ge=1, description="CPU threads for llama.cpp's decode; defaults to half the cores (at least 1), as "
-        "llama-cpp-python does (prompt processing always uses all of them).",
+        "llama-cpp-python does.",
+    )
+    n_threads_batch: int | None = Field(
+        None, ge=1, description="CPU threads for prompt processing; defaults to n_threads (llama-cpp-python's own "
+        "default, every core, stalls at llama.cpp's per-layer barrier when a core is busy elsewhere).",
     )
     hardware: str | None = Field(
         None, description="Hardware kind of the workers that may host it (e.g. cpu for this CPU build); default: any worker.",
@@ -79,8 +87,37 @@ class SimulatedBackend(_Strict):
     max_concurrency: int = Field(64, ge=1, description="Sequences decoded together (continuous batching).")
 
 
+class ProcessBackend(_Strict):
+    """Any OpenAI-compatible server (llama.cpp's server, vLLM, SGLang, TGI) started from a command template, one
+    process per replica (engines/process.py; examples in examples/engines/, docs/engines.md)."""
+
+    kind: Literal["process"]
+    command: list[str] = Field(
+        min_length=1, description="argv template; placeholders {port} {host} {model} {model_path} {devices} {num_devices} {python} (the gateway's interpreter).",
+    )
+    model: str | None = Field(None, description="Model name sent upstream and filled into {model}; defaults to the expert id.")
+    model_path: str | None = Field(None, description="Filled into {model_path}.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
+    hardware: str | None = Field(None, description="Hardware kind of the workers that may host it; default: any worker.")
+    readiness_path: str = Field("/health", description="GET path that answers 2xx once the server can serve (/health, /v1/models).")
+    api_path: str = Field("/v1", description="Path prefix of the OpenAI API on the server.")
+    log_dir: str | None = Field(None, description="Directory of the per-replica log files; default $TMPDIR/switchboard-logs.")
+    start_timeout_s: float = Field(300.0, gt=0)
+    stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then this long to exit gracefully, then SIGKILL.")
+    read_timeout_s: float = Field(300.0, gt=0, description="Longest silence allowed between the server's bytes.")
+    sleep: tuple[str, str] | None = Field(None, description='The server\'s sleep call, e.g. ["POST", "/sleep?level=1"] for vLLM.')
+    wake: tuple[str, str] | None = Field(None, description='The server\'s wake call, e.g. ["POST", "/wake_up"] for vLLM.')
+    cold_start_s: float = Field(30.0, gt=0, description="Expected start time before one is measured (placement, admission).")
+
+    @model_validator(mode="after")
+    def _sleep_and_wake_together(self) -> "ProcessBackend":
+        if (self.sleep is None) != (self.wake is None):
+            raise ValueError("sleep and wake must be declared together")
+        return self
+
+
 BackendConfig = Annotated[
-    Union[OpenAIBackend, LlamaCppBackend, SimulatedBackend], Field(discriminator="kind")
+    Union[OpenAIBackend, LlamaCppBackend, SimulatedBackend, ProcessBackend], Field(discriminator="kind")
 ]
 
 
@@ -196,6 +233,10 @@ class ControlPlaneConfig(_Strict):
         10.0, ge=0, description="Serving starts once real (non-simulated) warm_at_start replicas are up, or after this long."
     )
     seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
+    standby_workers: int = Field(
+        1, ge=0, description="Embedded mode with llama.cpp experts: worker processes kept pre-started (interpreter and "
+        "llama.cpp imported, no model, ~100 MB each) for a cold start to adopt; 0 spawns each one.",
+    )
     policies: ControlSettings = Field(
         default_factory=ControlSettings,
         description="Every policy's settings (keepalive, autoscale, placement, ...; docs/control-plane.md). The "

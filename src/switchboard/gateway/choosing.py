@@ -26,6 +26,9 @@ class ExpertChoice:
     """Feasible experts as (id, predicted quality, USD/Mtok), best first: what fleet-aware routing re-scores."""
     cost_weight: float | None = None
     """The λ the router used for this request."""
+    stand_ins: tuple[str, ...] = ()
+    """Served experts the request's constraints allow but the router has no prediction for: fleet-aware routing
+    may let a warm one answer while the experts the router prefers start (`routing.stand_in_after_s`)."""
 
 
 class ExpertChooser(Protocol):

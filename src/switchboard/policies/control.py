@@ -234,11 +234,13 @@ class ControlPlane:
         self.prewarm = make_prewarm(s.prewarm)
 
     def route(
-        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None
+        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None,
+        stand_in_ids: Sequence[ExpertId] = (),
     ) -> RouteDecision:
-        """Fleet-aware choice among the router's candidates (λ = `usd_weight` if given). Pass `WakeExpert`
-        events for `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
-        return self.routing.route(snapshot, candidates, usd_weight)
+        """Fleet-aware choice among the router's candidates (λ = `usd_weight` if given; `stand_in_ids` as in
+        `RoutingPolicy.route`). Pass `WakeExpert` events for `decision.wake_expert_ids` (and a `RoutePredicted`)
+        to the next step."""
+        return self.routing.route(snapshot, candidates, usd_weight, stand_in_ids)
 
     def plan_start(
         self, snapshot: FleetSnapshot, state: ControlState, expert_id: ExpertId, reason: Reason

@@ -14,6 +14,14 @@ Variants (`KeepAliveSettings.kind`):
   Without this, a scheduled job's burst gaps put the 5th percentile at zero and the window never opens a
   pre-warm gap: the expert stays warm all the time.
 
+**The sleep tier** (`sleep_after_s`, issue 15; vLLM's sleep mode): warm → asleep → cold. A replica idle for
+`sleep_after_s` inside its keep-alive window is put to sleep (`SCALE_TO_ZERO` with code `sleep`): its engine
+process stays, its weights leave the accelerator, and the accelerator is released — a cost of host RAM only
+— until `asleep_keepalive_s` later, when it is stopped; a request in between wakes it in a fraction of a cold
+start (the executor's `fleet.sleep.AsleepReplicas`). The explicit costs: warm holds the devices (their USD/hour),
+asleep holds host RAM (no devices) and costs a wake (`perf.sleep.wake_time_s`) on the next request, cold holds
+nothing and costs a cold start.
+
 Both return one `KeepAliveDecision` per expert. A shared rule turns a window into a decision, and accounts for
 the cold start: pre-warming starts `cold_start_s` ahead, and unloading for a pre-warm gap shorter than the
 cold start is not worth it, so the replica is kept instead.
@@ -54,6 +62,13 @@ class KeepAliveSettings(PolicySettings):
         2.0, ge=0, description="Coefficient of variation of bin counts below which the histogram is not trusted."
     )
     fallback_keepalive_s: float = Field(600.0, ge=0, description="Window for experts with too little history.")
+    sleep_after_s: float | None = Field(
+        None, ge=0, description="Sleep tier: a replica idle this long (and past a burst's linger) inside its window "
+        "is put to sleep instead of kept warm; None: no sleep tier (warm → cold only).",
+    )
+    asleep_keepalive_s: float = Field(
+        1800.0, ge=0, description="Sleep tier: an asleep replica is stopped this long after it went to sleep.",
+    )
 
 
 class KeepAliveAction(str, enum.Enum):
@@ -73,6 +88,7 @@ class KeepAliveReasonCode(str, enum.Enum):
     PREWARM_SCHEDULED = "prewarm-scheduled"
     PREWARM_DUE = "prewarm-due"
     NEVER_USED = "never-used"
+    SLEEP = "sleep"
 
 
 # --------------------------------------------------------------------------------------------- histogram
@@ -223,6 +239,7 @@ class KeepAlivePolicy(abc.ABC):
                 has_replica=bool(snapshot.accepting_replicas_of(expert_id)),
                 cold_start_s=cold_start_s.get(expert_id, 0.0),
                 now_s=now_s,
+                sleep_after_s=self.settings.sleep_after_s,
             )
         return decisions, state
 
@@ -235,8 +252,10 @@ def decide_from_window(
     has_replica: bool,
     cold_start_s: Seconds,
     now_s: Seconds,
+    sleep_after_s: Seconds | None = None,
 ) -> KeepAliveDecision:
-    """The shared rule. Guarantees: never `SCALE_TO_ZERO` while busy or inside the keep-alive window."""
+    """The shared rule. Guarantees: never `SCALE_TO_ZERO` while busy, nor inside the keep-alive window except
+    to put the replica to sleep (code `sleep`, only with `sleep_after_s`, never during a burst's linger)."""
 
     def decision(action: KeepAliveAction, code: KeepAliveReasonCode, detail: str, at_s: Seconds = now_s):
         return KeepAliveDecision(expert_id, action, at_s, now_s, Reason(code, f"{detail} ({window.reason})"))
@@ -264,6 +283,9 @@ def decide_from_window(
         return decision(KeepAliveAction.PREWARM, KeepAliveReasonCode.PREWARM_SCHEDULED,
                         f"pre-warm at {warm_from:.0f}s", at_s=warm_from)
     if now_s < warm_until:
+        if has_replica and sleep_after_s is not None and not is_new and idle_s >= sleep_after_s:
+            return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.SLEEP,
+                            f"idle {idle_s:.0f}s: asleep (host RAM, no devices) rather than warm until {warm_until:.0f}s")
         if has_replica:
             code = KeepAliveReasonCode.NEVER_USED if is_new else KeepAliveReasonCode.IN_WINDOW
             return decision(KeepAliveAction.KEEP_WARM, code, f"idle {idle_s:.0f}s, keep until {warm_until:.0f}s")

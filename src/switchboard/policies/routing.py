@@ -16,6 +16,9 @@ Variants (`RoutingSettings.kind`):
   `cold_start_quality_margin` of its predicted quality, the warm one answers and the preferred one is woken in
   the background (`RouteDecision.wake_expert_ids`). If no warm expert is close enough, the full score decides,
   and a cold preferred expert that loses on latency is still woken for the traffic to come.
+  With `stand_in_after_s` set, a preferred expert further than that from serving (cold, or still starting, as
+  every expert is in the first minute after a server starts) is replaced by the best-scoring warm expert
+  *whatever its quality* while it starts: the answer's `x-switchboard-route` says `stand-in` and names both.
 
 **Route-aware pre-warming** (`PrewarmSettings`), after MoE-Infinity / ExpertFlow's expert prefetching: the
 router's recent predictions feed an exponentially decayed demand per expert; an expert whose expected
@@ -54,11 +57,17 @@ class RoutingSettings(PolicySettings):
     unplaceable_penalty_s: float = Field(
         300.0, ge=0, description="Extra latency charged to a cold expert that no worker can host right now."
     )
+    stand_in_after_s: float | None = Field(
+        None, ge=0, description="When the preferred expert is more than this many seconds from serving (cold or "
+        "still starting), the best-scoring warm expert answers whatever its quality, and the preferred one is "
+        "woken. None: only warm experts within cold_start_quality_margin stand in. The embedded default sets 1.0.",
+    )
 
 
 class RouteReasonCode(str, enum.Enum):
     BEST_SCORE = "best-score"
     COLD_START_HIDDEN = "cold-start-hidden"
+    STAND_IN = "stand-in"
     COLD_START = "cold-start"
     NO_CANDIDATES = "no-candidates"
 
@@ -150,10 +159,14 @@ class RoutingPolicy(abc.ABC):
         """
 
     def route(
-        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None
+        self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None,
+        stand_in_ids: Sequence[ExpertId] = (),
     ) -> RouteDecision:
         """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable.
-        `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`)."""
+        `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`).
+
+        `stand_in_ids` are experts the router has no prediction for (the embedded default's real model): ranked
+        after every candidate at quality 0, so they are chosen only by the `stand_in_after_s` rule."""
         if not candidates:
             return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
         mu = self.settings.latency_weight_per_s
@@ -168,6 +181,11 @@ class RoutingPolicy(abc.ABC):
             if preferred is None or base > preferred_base:  # the first best: ties keep the router's order
                 preferred, preferred_base = entry, base
         ranked = sorted(scored, key=_by_score)  # stable: ties keep the router's order
+        named = {c.expert_id for c in candidates}
+        for expert_id in stand_in_ids:
+            if expert_id not in named:
+                latency_s, is_warm = _latency_and_warmth(snapshot, expert_id, self.settings)
+                ranked.append(ScoredExpert(ExpertCandidate(expert_id, 0.0, 0.0), is_warm, latency_s, -math.inf))
         chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 
@@ -200,6 +218,16 @@ class FleetAwareRouting(RoutingPolicy):
             return stand_in, wake, Reason(
                 RouteReasonCode.COLD_START_HIDDEN,
                 f"{preferred.candidate.expert_id} is cold; {_describe(stand_in)} answers while it wakes")
+        wait_s = self.settings.stand_in_after_s
+        if wait_s is not None and preferred.expected_extra_latency_s > wait_s:
+            # The first minute of a server (every expert still starting) or a cold expert that takes long to
+            # wake: an answer now from a weaker warm expert beats one many seconds later.
+            stand_in = next((s for s in ranked if s.is_warm), None)
+            if stand_in is not None:
+                return stand_in, wake, Reason(
+                    RouteReasonCode.STAND_IN,
+                    f"{preferred.candidate.expert_id} is {preferred.expected_extra_latency_s:.1f}s from serving "
+                    f"(over {wait_s:g}s); {_describe(stand_in)} stands in while it starts")
         if best is preferred:
             return best, (), Reason(RouteReasonCode.COLD_START, _describe(best) + "; no warm expert close enough")
         # The fleet made another expert win on latency: still wake the one quality wants, for the traffic to come.

@@ -40,6 +40,20 @@ def constraints_from(routing: RoutingParams | None, cost_weight: float = 0.0) ->
     )
 
 
+def stand_ins(unknown_ids: Sequence[str], constraints: RoutingConstraints,
+              prices: Mapping[str, tuple[float, float]]) -> tuple[str, ...]:
+    """The served experts the router has no prediction for that the request's constraints allow (the price cap
+    on the blended list price, as for the router's own experts; `prices` are (input, output) USD/Mtok); none
+    when the request sets a quality floor, which an expert of unknown quality cannot be shown to meet."""
+    if constraints.min_quality is not None:
+        return ()
+    return tuple(
+        e for e in unknown_ids
+        if (constraints.experts is None or e in constraints.experts)
+        and (constraints.max_usd_per_mtok is None or sum(prices[e]) / 2 <= constraints.max_usd_per_mtok)
+    )
+
+
 def configured_usd_weight(policies: Any) -> float | None:
     """`control_plane.policies.routing.usd_weight` when the operator set it, else None (the objective decides).
     `policies` is the typed `ControlSettings` (or, from older callers, its dict form)."""
@@ -93,7 +107,8 @@ class RouterChooser:
             (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
         )
         return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
-                            candidates=candidates, cost_weight=constraints.cost_weight)
+                            candidates=candidates, cost_weight=constraints.cost_weight,
+                            stand_ins=stand_ins(decision.skipped, constraints, prices))
 
 
 def current_tenant() -> str:

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from switchboard.config.schema import ExpertConfig, LlamaCppBackend, OpenAIBackend, SimulatedBackend, SwitchboardConfig
+from switchboard.config.schema import (
+    ExpertConfig,
+    LlamaCppBackend,
+    OpenAIBackend,
+    ProcessBackend,
+    SimulatedBackend,
+    SwitchboardConfig,
+)
 from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
 from switchboard.perf.hardware import GB, get_hardware
 from switchboard.perf.roofline import engine_profile
@@ -67,7 +74,7 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
         return []
     if isinstance(backend, SimulatedBackend):
         kinds = [backend.hardware]
-    elif isinstance(backend, LlamaCppBackend) and backend.hardware is not None:
+    elif isinstance(backend, (LlamaCppBackend, ProcessBackend)) and backend.hardware is not None:
         kinds = [get_hardware(backend.hardware).kind]
     else:
         kinds = sorted({w.hardware for w in workers if w.location != "virtual"})
@@ -75,14 +82,19 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
     for kind in kinds:
         profile = engine_profile(expert.params_b, kind)
         estimate = serving_estimate(expert.id, profile)
-        if isinstance(backend, LlamaCppBackend):
-            # One sequence at a time (llama.cpp is not thread-safe); memory is what the process holds (weights,
-            # KV for the configured context, overhead), not whole devices as for a GPU replica.
+        if isinstance(backend, LlamaCppBackend) or (isinstance(backend, ProcessBackend) and kind == "cpu"):
+            # One sequence at a time (llama.cpp is not thread-safe, nor is its server by default); memory is what
+            # the process holds (weights, KV for the configured context, overhead), not whole devices as for a
+            # GPU replica.
             memory_gb = (profile.weights_bytes + expert.context_tokens * profile.kv_bytes_per_token) / GB + PROCESS_OVERHEAD_GB
             estimate = dataclasses.replace(
                 estimate, max_num_seqs=1, kv_capacity_tokens=expert.context_tokens,
                 cold_start_s=LLAMACPP_COLD_START_GUESS_S, memory_gb=memory_gb,
             )
+        if isinstance(backend, ProcessBackend):
+            # The roofline's cold start models a GPU engine's load; a server's own start is configured until
+            # the first one is measured.
+            estimate = dataclasses.replace(estimate, cold_start_s=backend.cold_start_s)
         estimates.append(dataclasses.replace(estimate, expert_id=ExpertId(expert.id)))
     return estimates
 

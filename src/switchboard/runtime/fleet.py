@@ -30,11 +30,12 @@ from typing import Any
 
 from switchboard.cluster.base import Cluster, EngineFactory
 from switchboard.cluster.build import build_cluster
-from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardConfig
+from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, LlamaCppBackend, OpenAIBackend, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
-from switchboard.engines.factory import build_engine
+from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
+from switchboard.perf.roofline import engine_profile
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -53,6 +54,8 @@ from switchboard.policies.placement import Unplaceable
 from switchboard.policies.routing import ExpertCandidate
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.devices import DeviceBook, DevicesBusy
+from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
 from switchboard.runtime.view import describe_fleet
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
@@ -77,11 +80,16 @@ class LiveFleet:
         config: SwitchboardConfig,
         *,
         clock: Clock = time.time,
-        engine_factory: EngineFactory = build_engine,
+        engine_factory: EngineFactory | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        if engine_factory is None:
+            # Embedded llama.cpp experts adopt pre-started workers (issue 15); elsewhere plain `build_engine`.
+            has_llamacpp = any(isinstance(e.backend, LlamaCppBackend) for e in config.experts)
+            embedded = cluster is None and isinstance(config.cluster, EmbeddedClusterConfig)
+            engine_factory = PooledEngineFactory(config.control_plane.standby_workers if has_llamacpp and embedded else 0)
         self.engine_factory = engine_factory
         # Where replicas run (docs/ray.md): local processes by default, Ray actors for `cluster: {kind: ray}`.
         self.cluster = cluster if cluster is not None else build_cluster(config, engine_factory)
@@ -91,6 +99,9 @@ class LiveFleet:
         cp = config.control_plane
         self.loop = ControlLoop(cp.policies, step_interval_s=cp.step_interval_s, seed=cp.seed)
         self.plane = self.loop.plane
+        keepalive = self.plane.settings.keepalive
+        self.sleep_tier = LiveSleepTier(keepalive.asleep_keepalive_s) if keepalive.sleep_after_s is not None else None
+        self.devices = DeviceBook({w.id: w.devices for w in config.workers})
         self._experts = {e.id: e for e in config.experts}
         workers = self.cluster.workers()
         estimates = [e for x in config.experts for e in est.serving_estimates(x, workers)]
@@ -98,7 +109,7 @@ class LiveFleet:
         self.live: dict[str, LiveReplica] = {}
         self.external: dict[str, LiveReplica] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
-        self.counters = {"cold_starts": 0, "rejected": 0, "admitted": 0}
+        self.counters = {"cold_starts": 0, "wakes": 0, "rejected": 0, "admitted": 0}
         failover = config.failover
         self.expert_circuits = CircuitBoard(failover.expert_circuit, clock)
         self.replica_circuits = CircuitBoard(failover.replica_circuit, clock)
@@ -138,6 +149,8 @@ class LiveFleet:
         starting = [r.start_task for r in self.live.values() if r.start_task and r.expert.backend.kind != "simulated"]
         if starting:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
+        if isinstance(self.engine_factory, PooledEngineFactory):
+            self.engine_factory.start()  # after the first starts, so the standby workers do not slow them
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
                       why: str = "the expert is configured warm_at_start", *, avoid_worker: str | None = None,
@@ -164,6 +177,10 @@ class LiveFleet:
         await asyncio.gather(*(r.engine.stop() for r in replicas), return_exceptions=True)
         for replica_id in list(self.live):
             self._transition(replica_id, ReplicaState.STOPPED)
+        if self.sleep_tier is not None:
+            await self.sleep_tier.close()
+        if isinstance(self.engine_factory, PooledEngineFactory):
+            await self.engine_factory.close()
         await self.cluster.close()
 
     # ---- the model, advanced to now
@@ -190,7 +207,8 @@ class LiveFleet:
         candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if self.is_available(e)]
         if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
             return choice.expert_id, {}
-        decision = self.loop.route(self._now(), candidates, ExpertId(choice.expert_id), choice.cost_weight)
+        stand_in_ids = [ExpertId(e) for e in getattr(choice, "stand_ins", ()) if self.is_available(e)]
+        decision = self.loop.route(self._now(), candidates, ExpertId(choice.expert_id), choice.cost_weight, stand_in_ids)
         if not decision.expert_id:
             return choice.expert_id, {}
         now = self.clock()
@@ -364,6 +382,9 @@ class LiveFleet:
                 if at_s not in self._prewarm_steps_at:
                     heapq.heappush(self._prewarm_steps_at, at_s)
                 continue
+            live = self.live.get(getattr(action, "replica_id", ""))
+            if self.sleep_tier is not None and live is not None and self.sleep_tier.skips(action, live.engine):
+                continue  # keep-alive would put it to sleep, but its engine cannot sleep: it stays warm
             try:
                 self.model = apply_action(self._now(), action)
             except (KeyError, ValueError) as exc:
@@ -371,20 +392,32 @@ class LiveFleet:
                 continue
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
-                engine = self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                asleep = self.sleep_tier.take(expert.id, action.worker_id, self.clock()) if self.sleep_tier else None
+                engine = asleep[0] if asleep else self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                try:
+                    asleep, engine = self._give_devices(action, engine, asleep)
+                except DevicesBusy as exc:
+                    self._execute([StopReplica(action.replica_id, Reason(LiveReasonCode.START_FAILED, str(exc)))])
+                    continue
                 replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
-                self.counters["cold_starts"] += 1
-                replica.start_task = asyncio.create_task(self._run_start(replica))
+                self.counters["wakes" if asleep else "cold_starts"] += 1
+                replica.start_task = asyncio.create_task(self._run_start(replica, asleep[1] if asleep else None))
                 self._record(action, action.expert_id)
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
                 self.replica_circuits.forget(action.replica_id)
-                if replica is not None:
+                self.devices.release(action.replica_id)  # an asleep replica holds no device either
+                if replica is not None and not self._sleeps(action.replica_id, replica):
                     asyncio.create_task(replica.engine.stop())
                 self._record(action, action.replica_id.split("#")[0])
                 self.model = ops.prune_stopped(self.model)
             elif isinstance(action, (DrainReplica, ReactivateReplica)):
+                if self.sleep_tier is not None and live is not None:
+                    if isinstance(action, DrainReplica):
+                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine)
+                    else:
+                        self.sleep_tier.note_reactivate(action.replica_id)
                 self._record(action, action.replica_id.split("#")[0])
             elif isinstance(action, RejectRequest):
                 self.counters["rejected"] += 1
@@ -395,8 +428,49 @@ class LiveFleet:
         if actions:
             self._notify()
 
-    async def _run_start(self, replica: LiveReplica) -> None:
+    def _give_devices(self, action: StartReplica, engine: Any, asleep: Any) -> tuple[Any, Any]:
+        """Gives a starting replica whole devices of its worker, if the worker declares any: the perf model's
+        tensor-parallel size, the same devices for an asleep engine (its CUDA context is there; if they were
+        given away meanwhile, it is stopped and a fresh engine started). Returns (asleep, engine); raises
+        DevicesBusy when too few devices are free."""
+        if not self.devices.has_devices(action.worker_id) or not hasattr(engine, "devices"):
+            return asleep, engine
+        expert = self._experts[action.expert_id]
+        num_devices = engine_profile(expert.params_b, action.hardware).num_devices
+        if asleep is not None:
+            try:
+                self.devices.assign(action.replica_id, action.worker_id, num_devices, exactly=engine.devices)
+                return asleep, engine
+            except DevicesBusy:
+                asyncio.ensure_future(stop_after_sleep(engine, asleep[1]))
+                asleep, engine = None, self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+        engine.devices = self.devices.assign(action.replica_id, action.worker_id, num_devices)
+        return asleep, engine
+
+    def _sleeps(self, replica_id: str, replica: LiveReplica) -> bool:
+        """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that and its engine can."""
+        model_replica = self.model.replicas.get(ReplicaId(replica_id))
+        if self.sleep_tier is None or model_replica is None:
+            return False
+        wake_s = (replica.cold_start or {}).get("wake_s") or self.model.estimates[(replica.expert.id, replica.hardware)].cold_start_s
+        return self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
+                                             replica.engine, wake_s, self.clock())
+
+    async def _run_start(self, replica: LiveReplica, sleep_task: asyncio.Task | None = None) -> None:
         started = time.perf_counter()
+        if sleep_task is not None:  # an asleep engine: wake it, no new process
+            try:
+                replica.cold_start = {"wake_s": await LiveSleepTier.wake(replica.engine, sleep_task)}
+            except Exception as exc:  # noqa: BLE001 — a failed wake: stop the engine; the policies start afresh
+                replica.last_error = exc.detail if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                await replica.engine.stop()
+                self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.START_FAILED, replica.last_error))])
+                return
+            if replica.replica_id in self.live:
+                self._transition(replica.replica_id, ReplicaState.WARM)
+                self._wakeup.set()
+                self._notify()
+            return
         try:
             await replica.engine.start()
         except Exception as exc:  # noqa: BLE001 — any start failure makes the replica unusable, with the reason kept
@@ -445,6 +519,8 @@ class LiveFleet:
                 if due or self._to_replace:
                     await self.refresh_inventory()
                 self._reap_dead_engines()
+                if self.sleep_tier is not None:
+                    self.sleep_tier.expire(self.clock())
                 self._step()
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")

@@ -36,10 +36,12 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),
             "node": getattr(live.engine, "node_id", None) if live else None,  # the Ray node, in Ray mode
+            "devices": list(fleet.devices.held(replica_id)) if getattr(fleet, "devices", None) else [],
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():
         by_expert[expert_id].append(describe_external(ext))
+    asleep = fleet.sleep_tier.describe() if getattr(fleet, "sleep_tier", None) is not None else []
     return {
         "now": model.now_s,
         "workers": [dataclasses.asdict(w) for w in model.workers.values()],
@@ -49,6 +51,7 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
                 "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
                 "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
                 "keepalive": fleet.keepalive_decision(e.id), "circuit": fleet.expert_circuits.describe(e.id),
+                "asleep": [a for a in asleep if a["expert"] == e.id],  # the sleep tier: engines kept, weights off
             }
             for e in fleet.config.experts
         ],

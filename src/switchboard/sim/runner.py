@@ -24,11 +24,15 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Replica
 from switchboard.sim.cluster import BuiltCluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
 from switchboard.sim.events import Event, EventQueue, Priority
+from switchboard.fleet.sleep import AsleepReplicas
+from switchboard.perf.sleep import wake_time_s
 from switchboard.policies.actions import (
     AssignRequest,
+    DrainReplica,
     ForwardUpstream,
     MigrateRequest,
     PrewarmAt,
+    ReactivateReplica,
     RejectRequest,
     StartReplica,
     StopReplica,
@@ -85,6 +89,9 @@ class ReplicaRecord:
     requests that had arrived or been routed."""
     busy_s: float = 0.0
     busy_before_warmup_s: float = 0.0
+    is_wake: bool = False
+    """Woken from the sleep tier (a wake, not a cold start)."""
+    worker_id: str = ""
 
 
 @dataclasses.dataclass
@@ -187,6 +194,12 @@ class Simulation:
         loop = getattr(plane, "loop", None)
         fifo = make_queue_order(QueueOrderSettings())
         self._next_to_run = loop.next_to_run if loop is not None else (lambda r, now_s: next_to_run(r, fifo, now_s))
+        # The sleep tier (policies/keepalive.py `sleep_after_s`): replicas keep-alive unloads sleep instead of
+        # stopping, billed nothing while asleep (their devices are released), and a start there wakes them.
+        keepalive = getattr(getattr(plane, "settings", None), "keepalive", None)
+        self.asleep = (AsleepReplicas(keepalive.asleep_keepalive_s)
+                       if keepalive is not None and keepalive.sleep_after_s is not None else None)
+        self._base_estimates = self.snapshot.estimates
 
     def _map_pinned(self, workload: Workload) -> np.ndarray:
         if not workload.expert_names:
@@ -424,6 +437,8 @@ class Simulation:
     def _on_control(self, event: Event, now_s: float) -> list[Event]:
         self._steps_queued_at.discard(now_s)
         self._sync(now_s)
+        if self.asleep is not None and self.asleep.expired(now_s):
+            self._price_wakes()
         out = self._apply(self.plane.control(self.snapshot), now_s)
         if event.payload:  # periodic, on the loop's grid
             out.append(self._step_at(self.plane.loop.next_periodic_step_at(now_s), periodic=True))
@@ -456,6 +471,10 @@ class Simulation:
                 out += self._start(action, now_s)
             elif isinstance(action, StopReplica):
                 self._stopped(replica_id)
+            elif isinstance(action, DrainReplica) and self.asleep is not None:
+                self.asleep.note_drain(action.replica_id, action.reason.code)
+            elif isinstance(action, ReactivateReplica) and self.asleep is not None:
+                self.asleep.note_reactivate(action.replica_id)
             elif isinstance(action, AssignRequest):
                 out += self._run_queued(action.replica_id, now_s)
             elif isinstance(action, RejectRequest):
@@ -484,10 +503,26 @@ class Simulation:
         profile = self.cluster.profiles[(action.expert_id, action.hardware)]
         preprovisioned = self.plane.is_preprovisioned(action.replica_id)
         others = [r for r in self.snapshot.accepting_replicas_of(action.expert_id) if r.replica_id != action.replica_id]
+        woken = self.asleep.take(action.expert_id, action.worker_id, now_s) if self.asleep is not None else None
         self.records[action.replica_id] = ReplicaRecord(
             action.replica_id, action.expert_id, action.hardware, profile.num_devices, profile.usd_per_hour, now_s,
-            is_preprovisioned=preprovisioned, is_from_zero=not others, is_prewarm=action.reason.code in _PREWARM_CODES)
-        return [Event(now_s + action.cold_start_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
+            is_preprovisioned=preprovisioned, is_from_zero=not others, is_prewarm=action.reason.code in _PREWARM_CODES,
+            is_wake=woken is not None, worker_id=action.worker_id)
+        ready_in_s = action.cold_start_s
+        if woken is not None:
+            ready_in_s = woken.wake_s
+            self._price_wakes()
+        return [Event(now_s + ready_in_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
+
+    def _price_wakes(self) -> None:
+        """The policies' estimates with each start priced at the wake time where a replica of the expert sleeps
+        on that hardware kind (and back at the cold start once none does)."""
+        overrides = self.asleep.cold_start_overrides() if self.asleep is not None else {}
+        estimates = dict(self._base_estimates)
+        for key, wake_s in overrides.items():
+            if key in estimates:
+                estimates[key] = dataclasses.replace(estimates[key], cold_start_s=wake_s)
+        self.snapshot = self.snapshot.evolve(estimates=estimates)
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
         if int(action.request_id) in self.sequences:
@@ -497,6 +532,11 @@ class Simulation:
     def _stopped(self, replica_id: ReplicaId) -> None:
         record = self.records[replica_id]
         record.stopped_at = self.snapshot.now_s
+        if self.asleep is not None and self.asleep.should_sleep(replica_id) and not math.isnan(record.warm_at):
+            profile = self.cluster.profiles[(record.expert_id, record.hardware)]
+            self.asleep.put(replica_id, ExpertId(record.expert_id), record.worker_id, record.hardware,
+                            wake_time_s(profile), self.snapshot.now_s)
+            self._price_wakes()
         engine = self.engines.get(replica_id)
         if engine is not None:
             record.busy_s = engine.busy_time_s(self.snapshot.now_s)

@@ -38,9 +38,10 @@ from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
 from switchboard.sim.workload import NO_EXPERT, Workload
 
 POLICY_SETS = ("static", "fixed-keepalive", "quality-only-routing", "switchboard")
-EXTRA_POLICY_SETS = ("hybrid-keepalive",)
+EXTRA_POLICY_SETS = ("hybrid-keepalive", "switchboard-sleep")
 """Not in the default comparison: `hybrid-keepalive` is `fixed-keepalive` with only the keep-alive policy swapped
-for the hybrid histogram (the keep-alive experiment's treatment)."""
+for the hybrid histogram (the keep-alive experiment's treatment); `switchboard-sleep` is `switchboard` with the
+sleep tier (warm → asleep → cold, `Knobs.sleep_after_s`; wake times from `perf.sleep`)."""
 
 _BASIC_FLEET: dict[str, Any] = {
     "placement": {"kind": "first-fit"}, "balance": {"kind": "least-outstanding-tokens"},
@@ -49,6 +50,7 @@ _BASIC_FLEET: dict[str, Any] = {
 }
 POLICY_SET_DELTAS: dict[str, dict[str, Any]] = {
     "switchboard": {},
+    "switchboard-sleep": {"keepalive": {"sleep_after_s": 30.0, "asleep_keepalive_s": 1800.0}},
     "quality-only-routing": {"routing": {"kind": "quality-only"}},
     "fixed-keepalive": {**_BASIC_FLEET, "keepalive": {"kind": "fixed"}},
     "hybrid-keepalive": _BASIC_FLEET,
@@ -73,6 +75,10 @@ class Knobs:
     fallback_keepalive_s: float | None = None
     """The hybrid keep-alive's window for experts with too little history."""
     static_hardware: str = "h100"
+    sleep_after_s: float | None = None
+    """`switchboard-sleep`: idle time after which a replica sleeps (host RAM, no devices) instead of staying
+    warm (the set's 30 s when None)."""
+    asleep_keepalive_s: float | None = None
     control_interval_s: float = DEFAULT_STEP_INTERVAL_S
     """Period of the control step (it also runs at once when a request waits for a replica)."""
     seed: int = 0
@@ -137,6 +143,9 @@ def control_settings(name: str, knobs: Knobs = Knobs()) -> ControlSettings:
         knob_delta["autoscale"] = {"kind": "demand-at-slo", "demand_headroom": knobs.demand_headroom}
     keepalive = {"idle_timeout_s": knobs.fixed_idle_timeout_s, "fallback_keepalive_s": knobs.fallback_keepalive_s}
     knob_delta["keepalive"] = {k: v for k, v in keepalive.items() if v is not None}
+    if name == "switchboard-sleep":
+        tier = {"sleep_after_s": knobs.sleep_after_s, "asleep_keepalive_s": knobs.asleep_keepalive_s}
+        knob_delta["keepalive"].update({k: v for k, v in tier.items() if v is not None})
     return with_delta(with_delta(ControlSettings(), POLICY_SET_DELTAS[name]), knob_delta)
 
 

@@ -7,6 +7,14 @@ to measure the cold-start anatomy:
     {"event": "started", "pid": ..., "t_import_s": ...}     interpreter up, llama.cpp imported
     {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ...}   model loaded and warmed up, listening
 
+With `--standby` (and no model) it stops after "started" and waits for one line on stdin, the JSON list of
+the arguments to go on with: a pre-started worker that a cold start adopts (`engines/llamacpp/pool.py`),
+skipping the interpreter start and the imports.
+
+Sleep mode, with vLLM's endpoints: `POST /sleep` frees the model (the process, its imports and its server
+stay), `POST /wake_up` loads it again (from the page cache) and warms it up; `GET /is_sleeping`. While asleep
+a generation is answered 503.
+
 After "ready" stdout is redirected to stderr so the parent never has to drain it. llama.cpp is not
 thread-safe, so one generation runs at a time (a single-thread executor); others queue in arrival order.
 Kept separate from the gateway's process so a slow decode never blocks its event loop and a crash takes
@@ -94,11 +102,32 @@ def _counting(llama_class: Any) -> Any:
 
 
 class _Generator:
-    """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio."""
+    """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio. Sleep and
+    wake run on the same thread, so they wait for the generation in progress and never overlap one."""
 
-    def __init__(self, llm: Any) -> None:
-        self.llm = llm
+    def __init__(self, load: Any) -> None:
+        self.load = load  # () -> a loaded, warmed-up Llama
+        self.llm: Any = load()
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+
+    @property
+    def is_asleep(self) -> bool:
+        return self.llm is None
+
+    def _sleep(self) -> None:
+        if self.llm is not None:
+            self.llm.close()  # frees the weights, the KV cache and the compute buffers
+            self.llm = None
+
+    def _wake(self) -> None:
+        if self.llm is None:
+            self.llm = self.load()
+
+    async def sleep(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._sleep)
+
+    async def wake(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._wake)
 
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: body[k] for k in _SAMPLING_FIELDS if body.get(k) is not None}
@@ -115,6 +144,9 @@ class _Generator:
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
+        if self.llm is None:
+            emit(("asleep", "the model is asleep (POST /wake_up loads it)"))
+            return
         try:
             kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
@@ -159,7 +191,7 @@ class _Generator:
             while True:
                 item = await queue.get()
                 yield item
-                if item[0] in ("finish", "rejected", "error", "cancelled"):
+                if item[0] in ("finish", "rejected", "error", "cancelled", "asleep"):
                     return
         finally:
             cancelled.set()
@@ -185,7 +217,19 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
         )
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": model_name, "n_ctx": n_ctx, "load_s": load_s, "pid": os.getpid()})
+        return JSONResponse({"status": "ok", "model": model_name, "n_ctx": n_ctx, "load_s": load_s, "pid": os.getpid(),
+                             "is_sleeping": generator.is_asleep})
+
+    async def sleep(_: Request) -> Response:
+        await generator.sleep()
+        return Response(status_code=200)
+
+    async def wake_up(_: Request) -> Response:
+        await generator.wake()
+        return Response(status_code=200)
+
+    async def is_sleeping(_: Request) -> Response:
+        return JSONResponse({"is_sleeping": generator.is_asleep})
 
     async def generate(request: Request, kind: str) -> Response:
         try:
@@ -198,6 +242,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
             return error(400, first[1], "context_length_exceeded")
         if first[0] == "error":
             return error(500, first[1], "engine_error")
+        if first[0] == "asleep":
+            return error(503, first[1], "engine_asleep")
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -260,6 +306,9 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
 
     return Starlette(routes=[
         Route("/health", health),
+        Route("/sleep", sleep, methods=["POST"]),
+        Route("/wake_up", wake_up, methods=["POST"]),
+        Route("/is_sleeping", is_sleeping),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ])
@@ -283,31 +332,52 @@ def _exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Switchboard llama.cpp worker")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--standby", action="store_true", help="import, announce 'started', then read the arguments from stdin")
     parser.add_argument("--name", default="llamacpp")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads-batch", type=int, default=None, help="prompt-processing threads; default: --threads")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     _exit_with_parent()
 
     import llama_cpp
+    import starlette.applications  # noqa: F401 — imported now so a standby worker has nothing left to import
+    import starlette.responses  # noqa: F401
     import uvicorn
 
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
-    t_load = time.perf_counter()
-    llm = _counting(llama_cpp.Llama)(
-        model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or default_num_threads(),
-        n_batch=args.n_batch, seed=args.seed, verbose=False,
-    )
-    load_s = time.perf_counter() - t_load
-    # One tiny decode before announcing "ready": it faults the memory-mapped weights in and builds llama.cpp's
-    # compute graph, costs that would otherwise land on the first request (measured several seconds here).
-    t_warmup = time.perf_counter()
-    llm.create_completion(prompt="Hi", max_tokens=1, temperature=0)
-    llm.reset()
-    warmup_s = time.perf_counter() - t_warmup
+    if args.standby:
+        line = sys.stdin.readline()
+        if not line:
+            return  # the pool closed without handing this worker a model
+        args = parser.parse_args(json.loads(line))
+    if not args.model:
+        parser.error("--model is required")
+    num_threads = args.threads or default_num_threads()
+    timings: dict[str, float] = {}
+
+    def load() -> Any:
+        t_load = time.perf_counter()
+        # Prompt processing gets as many threads as decode, not llama-cpp-python's default of every core: its
+        # threads meet at a barrier every layer too, and on a shared machine one preempted thread stalls them all.
+        llm = _counting(llama_cpp.Llama)(
+            model_path=args.model, n_ctx=args.n_ctx, n_threads=num_threads,
+            n_threads_batch=args.threads_batch or num_threads, n_batch=args.n_batch, seed=args.seed, verbose=False,
+        )
+        timings["load_s"] = time.perf_counter() - t_load
+        # One tiny decode before serving: it faults the memory-mapped weights in and builds llama.cpp's compute
+        # graph, costs that would otherwise land on the first request (measured several seconds here).
+        t_warmup = time.perf_counter()
+        llm.create_completion(prompt="Hi", max_tokens=1, temperature=0)
+        llm.reset()
+        timings["warmup_s"] = time.perf_counter() - t_warmup
+        return llm
+
+    generator = _Generator(load)
+    load_s, warmup_s = timings["load_s"], timings["warmup_s"]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -315,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     # Listening before announcing "ready": connections that arrive before uvicorn's loop runs wait in the
     # backlog instead of being refused.
     sock.listen(128)
-    app = build_app(_Generator(llm), args.name, args.n_ctx, load_s)
+    app = build_app(generator, args.name, args.n_ctx, load_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     _announce({"event": "ready", "port": port, "t_load_s": load_s, "t_warmup_s": warmup_s, "n_ctx": args.n_ctx,

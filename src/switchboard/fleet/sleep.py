@@ -1,0 +1,104 @@
+"""The executor's side of the sleep tier (warm → asleep → cold; policies/keepalive.py decides).
+
+An asleep replica is outside the fleet model: its devices are released (placement may give them to another
+expert), and it holds host RAM on its worker. `AsleepReplicas` keeps track of them for an executor (the live
+fleet and the simulator alike):
+
+- a replica that keep-alive drains with code `sleep` or `unloaded-until-prewarm` is marked (`note_drain`); when
+  it stops, the executor puts it to sleep instead (`put`), until `asleep_keepalive_s` later;
+- a start of the same expert on the same worker while one sleeps there wakes it (`take`) instead of a cold
+  start, and the executor tells the policies so by pricing that expert's start at the wake time
+  (`cold_start_overrides`);
+- an asleep replica past its time is stopped (`expired`).
+
+Pure bookkeeping with the time passed in; the executor does the sleeping, waking and stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from switchboard.policies.keepalive import KeepAliveReasonCode
+from switchboard.types import ExpertId, Seconds
+
+SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
+"""Keep-alive reasons whose replicas sleep instead of stopping (when the tier is on)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asleep:
+    replica_id: str
+    expert_id: ExpertId
+    worker_id: str
+    hardware: str
+    asleep_at_s: Seconds
+    until_s: Seconds
+    wake_s: Seconds
+    """Expected time to wake (the policies' price of starting this expert here while it sleeps)."""
+    handle: Any = None
+    """The executor's own object (the live fleet: the sleeping engine)."""
+
+
+class AsleepReplicas:
+    """The replicas asleep now, and those marked to sleep when they stop."""
+
+    def __init__(self, asleep_keepalive_s: Seconds) -> None:
+        self.asleep_keepalive_s = asleep_keepalive_s
+        self._asleep: list[Asleep] = []
+        self._to_sleep: set[str] = set()
+        self.num_slept = 0
+        self.num_woken = 0
+        self.num_expired = 0
+
+    def note_drain(self, replica_id: str, reason_code: Any) -> None:
+        if reason_code in SLEEP_CODES:
+            self._to_sleep.add(replica_id)
+        else:
+            self._to_sleep.discard(replica_id)
+
+    def note_reactivate(self, replica_id: str) -> None:
+        self._to_sleep.discard(replica_id)
+
+    def should_sleep(self, replica_id: str) -> bool:
+        """Whether this stopping replica goes to sleep (forgets the mark either way)."""
+        if replica_id in self._to_sleep:
+            self._to_sleep.discard(replica_id)
+            return True
+        return False
+
+    def put(self, replica_id: str, expert_id: ExpertId, worker_id: str, hardware: str, wake_s: Seconds, now_s: Seconds,
+            handle: Any = None) -> Asleep:
+        asleep = Asleep(replica_id, expert_id, worker_id, hardware, now_s, now_s + self.asleep_keepalive_s, wake_s, handle)
+        self._asleep.append(asleep)
+        self.num_slept += 1
+        return asleep
+
+    def take(self, expert_id: ExpertId, worker_id: str, now_s: Seconds) -> Asleep | None:
+        """The replica of `expert_id` asleep on `worker_id` that slept last (taken out), or None."""
+        for i in range(len(self._asleep) - 1, -1, -1):
+            a = self._asleep[i]
+            if a.expert_id == expert_id and a.worker_id == worker_id and now_s < a.until_s:
+                del self._asleep[i]
+                self.num_woken += 1
+                return a
+        return None
+
+    def expired(self, now_s: Seconds) -> list[Asleep]:
+        """The asleep replicas whose time is up (taken out): the executor stops them."""
+        done = [a for a in self._asleep if now_s >= a.until_s]
+        if done:
+            self._asleep = [a for a in self._asleep if now_s < a.until_s]
+            self.num_expired += len(done)
+        return done
+
+    def cold_start_overrides(self) -> dict[tuple[ExpertId, str], Seconds]:
+        """(expert, hardware kind) → wake time, for every expert with a replica asleep on that kind."""
+        out: dict[tuple[ExpertId, str], Seconds] = {}
+        for a in self._asleep:
+            key = (a.expert_id, a.hardware)
+            out[key] = min(out.get(key, a.wake_s), a.wake_s)
+        return out
+
+    def all(self) -> list[Asleep]:
+        return list(self._asleep)

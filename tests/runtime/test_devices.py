@@ -1,0 +1,61 @@
+"""Accelerators as placement resources: a worker's declared devices go to `process` replicas whole (the
+perf model's tensor-parallel size), as CUDA_VISIBLE_DEVICES, and never to two replicas at once."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import httpx
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.runtime.devices import DeviceBook, DevicesBusy
+from switchboard.testing.servers import serve_in_thread
+
+
+def test_the_book_never_double_books_and_frees_on_release():
+    book = DeviceBook({"gpu": [0, 1, 2, 3], "cpu": []})
+    assert book.assign("big#1", "gpu", 3) == (0, 1, 2) and book.assign("cpu#1", "cpu", 1) == ()
+    with pytest.raises(DevicesBusy, match=r"1 free of devices \[0, 1, 2, 3\].*big#1 holds \[0, 1, 2\]"):
+        book.assign("other#1", "gpu", 2)
+    assert book.assign("small#1", "gpu", 1) == (3,)
+    book.release("big#1")
+    with pytest.raises(DevicesBusy):
+        book.assign("woken#2", "gpu", 1, exactly=(3,))  # an asleep replica wakes only on its own devices
+    assert book.assign("woken#2", "gpu", 2, exactly=(1, 2)) == (1, 2) and book.free("gpu") == (0,)
+
+
+CONFIG = """
+workers: [{{id: box, hardware: h100, memory_gb: 2000, usd_per_hour: 31.4, devices: [0, 1, 2, 3]}}]
+experts:
+  - id: big
+    backend: {{kind: process, command: ["{python}", "-m", "switchboard.testing.fake_vllm", "--port", "{{port}}", "--model", "{{model}}"],
+              cold_start_s: 2, log_dir: "{logs}"}}
+    params_b: 70
+  - id: small
+    backend: {{kind: process, command: ["{python}", "-m", "switchboard.testing.fake_vllm", "--port", "{{port}}", "--model", "{{model}}"],
+              cold_start_s: 2, log_dir: "{logs}"}}
+    params_b: 8
+control_plane: {{step_interval_s: 0.1, policies: {{prewarm: {{kind: none}}}}}}
+storage: {{enabled: false}}
+"""
+
+
+def test_replicas_get_whole_devices_and_a_start_without_free_ones_fails_saying_who_holds_them(tmp_path):
+    app = build_app(parse_config(CONFIG.format(python=sys.executable, logs=tmp_path)))
+    with serve_in_thread(app, startup_timeout_s=60) as url:
+        deadline = time.monotonic() + 30
+        while True:
+            view = httpx.get(url + "/admin/fleet").json()
+            decisions = [d for d in view["decisions"] if d["code"] == "start-failed"]
+            replicas = {e["id"]: e["replicas"] for e in view["experts"]}
+            if decisions and [r["state"] for r in replicas["big"]] == ["warm"]:
+                break
+            assert time.monotonic() < deadline, view
+            time.sleep(0.1)
+        assert replicas["big"][0]["devices"] == [0, 1, 2, 3]  # 70B on H100: tensor-parallel 4
+        engine = next(r.engine for r in app.state.gateway.fleet.live.values() if r.expert.id == "big")
+        assert httpx.get(f"http://127.0.0.1:{engine.port}/stats").json()["cuda_visible_devices"] == "0,1,2,3"
+        assert "small" in decisions[0]["replica"] and "big#1 holds [0, 1, 2, 3]" in decisions[0]["reason"]

@@ -1,0 +1,106 @@
+"""The sleep tier (warm → asleep → cold) in the simulator and in the keep-alive rule."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from switchboard.fleet.activity import ExpertActivity
+from switchboard.fleet.sleep import AsleepReplicas
+from switchboard.perf.roofline import engine_profile
+from switchboard.perf.sleep import MEASURED_RECAPTURE_S, wake_time_s
+from switchboard.policies.keepalive import KeepAliveAction, KeepAliveReasonCode, KeepAliveWindow, decide_from_window
+from switchboard.sim import workload as wl
+from switchboard.sim.cluster import ClusterSpec, ExpertSimSpec, PoolSpec
+from switchboard.sim.quality import routing_inputs
+from switchboard.sim.scenario import Knobs, run_policy
+from switchboard.types import ExpertId
+
+A = ExpertId("a")
+SPEC = ClusterSpec(name="one-h100", pools=[PoolSpec(hardware="h100", workers=1, devices_per_worker=1)],
+                   experts=[ExpertSimSpec(id="llama-3.1-8b-instruct", params_b=8, usd_per_mtok=0.2)])
+
+
+def test_wake_time_is_the_measured_bandwidth_per_device_shard_plus_a_recapture():
+    eight_b = engine_profile(8, "h100")
+    assert wake_time_s(eight_b) == pytest.approx(eight_b.weights_bytes / 51.7e9 + MEASURED_RECAPTURE_S)
+    assert 0.3 < wake_time_s(eight_b) < 0.5 < eight_b.cold_start_s  # the issue's "~0.4 s where cold needs 8-20 s"
+    seventy_b = engine_profile(70, "h100")
+    assert wake_time_s(seventy_b) < seventy_b.weights_bytes / 51.7e9  # four shards over four links at once
+
+
+@settings(max_examples=300, deadline=None)
+@given(prewarm_s=st.floats(0, 1000), keepalive_s=st.floats(0, 1000), sleep_after_s=st.floats(0, 500),
+       dt=st.floats(0, 3000), num_in_flight=st.integers(0, 2))
+def test_sleeps_only_when_idle_past_sleep_after_and_never_while_busy(prewarm_s, keepalive_s, sleep_after_s, dt, num_in_flight):
+    activity = ExpertActivity(A, num_in_flight=num_in_flight, num_arrivals=5, idle_since_at=100.0)
+    d = decide_from_window(A, activity, KeepAliveWindow(prewarm_s, keepalive_s, "test"), has_replica=True,
+                           cold_start_s=20.0, now_s=100.0 + dt, sleep_after_s=sleep_after_s)
+    if d.reason.code is KeepAliveReasonCode.SLEEP:
+        assert d.action is KeepAliveAction.SCALE_TO_ZERO and not num_in_flight and dt >= sleep_after_s
+    without = decide_from_window(A, activity, KeepAliveWindow(prewarm_s, keepalive_s, "test"), has_replica=True,
+                                 cold_start_s=20.0, now_s=100.0 + dt)
+    if d.reason.code is not KeepAliveReasonCode.SLEEP:
+        assert d == without  # the tier changes nothing but warm-in-window → asleep
+
+
+def test_asleep_replicas_wake_only_on_their_worker_and_expire():
+    asleep = AsleepReplicas(asleep_keepalive_s=100.0)
+    asleep.note_drain("r1", KeepAliveReasonCode.SLEEP)
+    asleep.note_drain("r2", KeepAliveReasonCode.WINDOW_EXPIRED)
+    assert asleep.should_sleep("r1") and not asleep.should_sleep("r2") and not asleep.should_sleep("r1")
+    asleep.put("r1", A, "w0", "h100", 0.4, now_s=10.0)
+    assert asleep.cold_start_overrides() == {(A, "h100"): 0.4}
+    assert asleep.take(A, "w1", 20.0) is None  # its weights are in w0's host memory
+    assert asleep.take(A, "w0", 20.0).replica_id == "r1" and asleep.cold_start_overrides() == {}
+    asleep.put("r3", A, "w0", "h100", 0.4, now_s=10.0)
+    assert asleep.take(A, "w0", 110.0) is None and [a.replica_id for a in asleep.expired(110.0)] == ["r3"]
+
+
+def test_a_sleeping_replica_wakes_in_the_wake_time_and_costs_nothing_while_asleep():
+    data = wl.load_routing_data()
+    # Two requests 200 s apart on one expert: without the tier the replica stays warm between them (the
+    # fallback window is 600 s); with it, it sleeps after 30 s idle and the second request wakes it.
+    rng = np.random.default_rng(0)
+    w = wl.attach_prompts(wl.Workload.from_arrays(np.array([0.0, 200.0]), np.full(2, 200), np.full(2, 20)), 5608, rng)
+    routing = lambda ids: routing_inputs(w, data, ids)  # noqa: E731
+    warm, _ = run_policy("switchboard", SPEC, w, routing, Knobs())
+    tiered, run = run_policy("switchboard-sleep", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=30.0))
+    run.check_conservation()
+    assert tiered.usd_cost < warm.usd_cost
+    second = run.first_token_at[1] - 200.0
+    assert second < 1.0  # a wake (~0.4 s) plus the prefill, not an 18 s cold start
+    wakes = [r for r in run.replicas if r.is_wake]
+    assert len(wakes) == 1 and wakes[0].warm_at - wakes[0].created_at == pytest.approx(wake_time_s(engine_profile(8, "h100")))
+
+
+TINY = ClusterSpec(
+    name="tiny",
+    pools=[PoolSpec(hardware="a10g", workers=3), PoolSpec(hardware="h100", workers=1, devices_per_worker=4)],
+    experts=[ExpertSimSpec(id="llama-3.1-8b-instruct", params_b=8, usd_per_mtok=0.2),
+             ExpertSimSpec(id="gemma-2-9b-it", params_b=9, usd_per_mtok=0.1),
+             ExpertSimSpec(id="llama-3.1-nemotron-51b-instruct", params_b=51, usd_per_mtok=0.9)],
+)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), rate=st.floats(0.05, 2.0), cv=st.floats(0.5, 4.0), sleep_after_s=st.floats(0, 60))
+def test_with_the_sleep_tier_every_request_arrives_once_and_ends_once(seed, rate, cv, sleep_after_s):
+    data = wl.load_routing_data()
+    rng = np.random.default_rng(seed)
+    arrival = wl.gamma_arrivals(rng, rate, 300.0, cv)
+    n = len(arrival)
+    w = wl.attach_prompts(wl.Workload.from_arrays(arrival, rng.integers(1, 4000, n), rng.integers(1, 500, n)), 5608, rng)
+    knobs = dataclasses.replace(Knobs(seed=seed), sleep_after_s=sleep_after_s, asleep_keepalive_s=120.0)
+    summary, result = run_policy("switchboard-sleep", TINY, w, lambda ids: routing_inputs(w, data, ids), knobs)
+    result.check_conservation()
+    assert summary.num_finished + summary.num_rejected == len(w)
+    done = ~np.isnan(result.finished_at)
+    assert (result.first_token_at[done] >= w.arrival_s[done]).all()
+    for r in result.replicas:  # a wake is never billed as long as a cold start
+        if r.is_wake and not np.isnan(r.warm_at):
+            assert r.warm_at - r.created_at < engine_profile(51, r.hardware).cold_start_s
