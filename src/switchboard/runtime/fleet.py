@@ -140,9 +140,17 @@ class LiveFleet:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
-                      why: str = "the expert is configured warm_at_start") -> StartReplica | None:
-        """A start for `expert` where the placement policy puts it, given the replicas already planned."""
-        start = self.loop.start(self._now(), ExpertId(expert.id), Reason(code, why))
+                      why: str = "the expert is configured warm_at_start", *, avoid_worker: str | None = None,
+                      ) -> StartReplica | None:
+        """A start for `expert` where the placement policy puts it, given the replicas already planned; with
+        `avoid_worker`, on any other worker (None, not logged, if no other worker can host it)."""
+        snapshot = self._now()
+        if avoid_worker is not None:
+            others = {w: worker for w, worker in snapshot.workers.items() if w != avoid_worker}
+            if not self.plane.placement.place(snapshot.evolve(workers=others), ExpertId(expert.id)).is_placed:
+                return None
+            snapshot = snapshot.evolve(workers=others)
+        start = self.loop.start(snapshot, ExpertId(expert.id), Reason(code, why))
         if isinstance(start, Unplaceable):
             log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, start.reason)
             return None
@@ -306,15 +314,32 @@ class LiveFleet:
         if isinstance(exc, EngineUnavailable) and replica.replica_id in self.live:
             # The engine is gone (process died): stop the replica; the next request starts a fresh one.
             replica.last_error = exc.detail
+            lost_on = self.model.replicas[ReplicaId(replica.replica_id)].worker_id \
+                if replica.replica_id in self.model.replicas else None
             self._execute([self.loop.lost(self.model.now_s, ReplicaId(replica.replica_id), exc.detail)])
-            if isinstance(exc, ReplicaLost):  # its worker may be gone: re-read the inventory, then replace it
-                self._to_replace.append(replica.expert.id)
-                self._wakeup.set()
+            if isinstance(exc, ReplicaLost):
+                self._replace_lost(replica.expert, lost_on)
         elif replica_circuit is CircuitState.OPEN and replica.replica_id in self.live:
             # A local replica is ours to restart: replacing it beats probing it (the policies start a fresh one
             # if the load needs it), and routing can never pick a stopped replica.
             replica.last_error = f"circuit opened: {getattr(exc, 'detail', None) or type(exc).__name__}"
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.CIRCUIT_OPEN, replica.last_error))])
+
+    def _replace_lost(self, expert: ExpertConfig, lost_on: str | None) -> None:
+        """Starts the replacement of a lost replica in the same step as its stop, so the requests retried after
+        the loss queue on it (rather than making the policies start another) and the decision log pairs the
+        stop with its `replace-lost` start. It goes to another worker than `lost_on`: that worker's node may be
+        dead before the inventory knows. If no other worker can host it, the inventory is re-read first (the
+        control loop's next pass) and the replacement placed then."""
+        start = None
+        if lost_on is not None:
+            start = self._start_action(expert, LiveReasonCode.REPLACE_LOST, f"replaces a replica lost on {lost_on}",
+                                       avoid_worker=lost_on)
+        if start is not None:
+            self._execute([start])
+        else:
+            self._to_replace.append(expert.id)
+            self._wakeup.set()
 
     # ---- the control step and its actions
 
