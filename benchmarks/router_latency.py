@@ -1,6 +1,6 @@
 """Routing-decision latency per embedding path, with each path's routing quality beside it.
 
-    .venv/bin/python benchmarks/router_latency.py [--iterations 300]
+    .venv/bin/python benchmarks/router_latency.py [--iterations 300] [--static-only]
 
 For every path (sentence-transformers on torch = the baseline, ONNX fp32, ONNX int8, the distilled static table)
 it times `Router.route` on 200-token prompts (embedding + features + prediction + selection, one request at a
@@ -53,7 +53,10 @@ def prompts_of_200_tokens(texts: list[str], count: int) -> list[str]:
     return out
 
 
-def embedders():
+def embedders(static_only: bool = False):
+    if static_only:  # the serving path alone: its baseline is then the static table with `linear`
+        yield "static table (numpy)", lambda: StaticEmbedder(builtin_static_dir())
+        return
     yield "sentence-transformers (torch)", lambda: SentenceTransformerEmbedder()
     for kind in ("fp32", "int8"):
         path = ONNX_DIR / f"minilm-{kind}.onnx"
@@ -124,6 +127,7 @@ def gateway_latency(prompts: list[str], iterations: int) -> dict[str, tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description="Routing-decision latency and quality per embedding path.")
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--static-only", action="store_true", help="Skip the full-model paths (minutes on 2 cores).")
     args = parser.parse_args()
     data = resources.files("switchboard.data").joinpath("routing")
     examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
@@ -134,7 +138,7 @@ def main() -> None:
     texts = [e.prompt for e in examples]
     long_prompts = prompts_of_200_tokens(texts, 50)
     rows = []
-    for label, make in embedders():
+    for label, make in embedders(args.static_only):
         embedder = make()
         x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
         preds = {s.value: (cross_validated_quality(s, x, y, seed=0), STRATEGIES[s].selection_rule) for s in (StrategyName.LINEAR, StrategyName.KNN)}
@@ -145,7 +149,8 @@ def main() -> None:
         rows.append((label, embedder.dims, p50, p99, ev["linear"], ev["knn"]))
     default = load_default_router()
     p50, p99 = time_route(default, long_prompts, args.iterations)
-    cv = read_report(default_router_dir()).get("cv", {}).get(default.strategy, {})
+    report = read_report(default_router_dir()).get("cv", {})
+    cv = report.get("nested selection", report.get(default.strategy, {}))
     base_p50, base_p99 = rows[0][2], rows[0][3]
     print(f"routing decision for a 200-token prompt, {args.iterations} requests one at a time; quality = 5-fold CV")
     head = f"{'path':32s} {'dims':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ×base':>9s} {'p99 ×base':>9s} | {'linear best q':>13s} {'$@0.563':>7s} {'AUC':>6s} | {'knn best q':>10s} {'AUC':>6s}"

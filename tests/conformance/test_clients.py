@@ -54,7 +54,13 @@ def run_node(node: str, base_url: str, api_key: str, case: Case) -> dict[str, An
 
 
 def _as_upstream_sent(body: Any, model: str) -> Any:
-    return {**body, "model": model}
+    """What the upstream must receive for `body`: the same, but for `model` (the expert's upstream name) and, on a
+    stream, `stream_options.include_usage` — the one field the gateway adds, since it meters by the upstream's
+    usage (the usage chunk is then withheld from a client that did not ask for it; docs/api.md)."""
+    expected = {**body, "model": model}
+    if body.get("stream") and not (body.get("stream_options") or {}).get("include_usage"):
+        expected["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return expected
 
 
 def _decoded(body: dict[str, Any]) -> dict[str, Any]:

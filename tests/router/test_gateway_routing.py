@@ -79,3 +79,27 @@ def test_unknown_experts_fall_back_to_the_default(router):
     chooser = RouterChooser(router, config.default_expert_id)
     choice = chooser.choose("hello", None, config.experts)
     assert choice.expert_id == "only-local"
+
+
+def test_auto_without_routing_uses_the_balanced_preset_and_objectives_set_lambda(client):
+    route = json.loads(ask(client).headers["x-switchboard-route"])
+    assert route["cost_weight"] == 0.025 and route["cost_weight_from"] == "default:balanced"
+    assert route["predicted_usd"] > 0
+    quality = json.loads(ask(client, {"objective": "quality"}).headers["x-switchboard-route"])
+    assert quality["cost_weight"] == 0.0 and quality["cost_weight_from"] == "objective:quality"
+    explicit = json.loads(ask(client, {"objective": "cost", "cost_weight": 0.5}).headers["x-switchboard-route"])
+    assert explicit["cost_weight"] == 0.5 and explicit["cost_weight_from"] == "request"
+    with pytest.raises(openai.BadRequestError, match="objective"):
+        ask(client, {"objective": "cheapest"})
+
+
+def test_configured_usd_weight_reaches_the_router_and_fleet_routing(router):
+    """`control_plane.policies.routing.usd_weight` used to be dead (the chooser always sent 0.0)."""
+    from switchboard.router.chooser import configured_usd_weight
+
+    config = parse_config(CONFIG + "control_plane:\n  policies:\n    routing: {usd_weight: 100.0}\n")
+    chooser = RouterChooser(router, config.default_expert_id, configured_usd_weight(config.control_plane.policies))
+    choice = chooser.choose("Prove that there are infinitely many primes.", None, config.experts)
+    assert choice.expert_id == "gemma-2-9b-it" and choice.cost_weight == 100.0
+    assert choice.route_info["cost_weight_from"] == "config"
+    assert configured_usd_weight(parse_config(CONFIG).control_plane.policies) is None

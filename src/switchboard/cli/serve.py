@@ -42,14 +42,21 @@ def serve(
     router = router if router is not None else (Path(cfg.router.path) if cfg.router.path else None)
     if not no_router and cfg.router.enabled:
         from switchboard.router import RouterLoadError, load_default_router, load_router
-        from switchboard.router.chooser import RouterChooser
+        from switchboard.router.chooser import RouterChooser, configured_usd_weight
 
         try:
             loaded = load_router(router) if router is not None else load_default_router()
         except RouterLoadError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        chooser = RouterChooser(loaded, cfg.default_expert_id)
+        online = None
+        if cfg.router.online.enabled:
+            import numpy as np
+
+            from switchboard.online import OnlineLearner
+
+            online = OnlineLearner(loaded, cfg.router.online, np.random.default_rng())  # exploration: fresh entropy per run
+        chooser = RouterChooser(loaded, cfg.default_expert_id, configured_usd_weight(cfg.control_plane.policies), online)
     if log_format not in ("text", "json"):
         typer.echo(f"error: --log-format must be text or json, not {log_format!r}", err=True)
         raise typer.Exit(2)

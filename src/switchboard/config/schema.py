@@ -219,6 +219,35 @@ class AuthConfig(_Strict):
     enabled: bool = Field(False, description="Require `Authorization: Bearer <key>` on /v1/* and the admin key on /admin/*.")
     admin_key_env: str = Field("SWITCHBOARD_ADMIN_KEY", min_length=1, description="Environment variable holding the admin key.")
     refresh_interval_s: float = Field(2.0, gt=0, description="How often keys are re-read from the database: a key created or revoked by the CLI takes effect within this long.")
+    rate_window_s: float = Field(
+        60.0, gt=0, description="The sliding window keys' `rpm` and `tpm` count over: a minute. Shorter (or longer) only for tests "
+        "and demos: a key's rpm then allows that many requests per window.",
+    )
+
+
+class OnlineLearningConfig(_Strict):
+    """Learning from `POST /v1/feedback` while serving (switchboard.online, docs/router.md "Learning from feedback").
+
+    Each tenant's feedback corrects the router's predicted quality near the prompts it scored, for that tenant
+    only; the corrections are rebuilt from the request log at start, so they survive restarts. The defaults were
+    chosen on five of the fourteen tasks of benchmarks/online_learning.py (docs/router.md).
+    """
+
+    enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
+    num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
+    min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
+    prior_events: float = Field(4.0, gt=0, description="Strength of the prior 'the router is right', in events.")
+    noise_var: float = Field(0.25, gt=0, description="Variance of one feedback score around its expected value.")
+    slope_prior_var: float = Field(
+        1.0, ge=0,
+        description="How freely feedback may re-weigh the router's per-prompt differences (0: never; a pure offset correction).",
+    )
+    explore_fraction: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="At most this fraction of a tenant's routing decisions sample the posterior (Thompson) instead of taking its mean.",
+    )
+    max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
+    max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 
 
 class RouterConfig(_Strict):
@@ -226,6 +255,7 @@ class RouterConfig(_Strict):
 
     enabled: bool = Field(True, description="False answers 'auto' with the default expert.")
     path: str | None = Field(None, description="Router directory (from `switchboard router train`); default: the packaged one.")
+    online: OnlineLearningConfig = Field(default_factory=OnlineLearningConfig)
 
 
 class EmbeddedClusterConfig(_Strict):

@@ -83,7 +83,8 @@ def build_app(
     gate = TenantGate(config, environ, fleet, state.chooser) if config.auth.enabled else None
     handlers = Handlers(state, MeteringLog(request_log, gate) if gate else request_log, gate)
     embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
-    feedback = FeedbackEndpoint(request_log)
+    online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
+    feedback = FeedbackEndpoint(request_log, online)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -114,9 +115,11 @@ def build_app(
                 raise
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
+        restoring = asyncio.create_task(restore_online(online, request_log), name="switchboard-online-restore")
         try:
             yield
         finally:
+            restoring.cancel()
             metrics_sync.cancel()
             await fleet.stop()
             await embeddings.stop()
@@ -155,6 +158,22 @@ def build_app(
     app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
     return AuthMiddleware(fast, gate) if gate is not None else fast
+
+
+async def restore_online(online: Any, request_log: Any) -> None:
+    """Rebuilds the router's online corrections from the request log, in the background: routing starts at
+    once and the corrections fill in (seconds for thousands of events). A failure is logged, not fatal."""
+    if online is None or not request_log.enabled or not online.settings.enabled:
+        return
+    from switchboard.online.restore import logged_feedback
+
+    try:
+        events = await request_log.read(logged_feedback)
+        learned = await asyncio.to_thread(online.restore, events)
+    except Exception as exc:  # noqa: BLE001 — serving goes on without the past corrections
+        log.error("online learning: could not restore from the request log (%s: %s)", type(exc).__name__, exc)
+        return
+    log.info("online learning: %d of %d logged feedback events restored", learned, len(events))
 
 
 class FastPathApp:

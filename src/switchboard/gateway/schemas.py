@@ -48,7 +48,9 @@ class ChatMessage(_Open):
 class RoutingParams(_Forbid):
     """Per-request routing controls for `"model": "auto"` (sent by the openai client through `extra_body`)."""
 
-    cost_weight: float | None = Field(None, ge=0, description="λ: quality traded per USD per million tokens.")
+    cost_weight: float | None = Field(None, ge=0, description="λ: quality traded per USD per million tokens of this request (docs/router.md).")
+    objective: Literal["quality", "balanced", "cost"] | None = Field(
+        None, description="A named λ preset, used when cost_weight is absent; `auto` without either routes `balanced`.")
     max_usd_per_mtok: float | None = Field(None, ge=0, description="Never choose an expert pricier than this.")
     min_quality: float | None = Field(None, ge=0, le=1, description="Never choose an expert predicted below this.")
     experts: list[str] | None = Field(None, min_length=1, description="Choose only among these experts.")

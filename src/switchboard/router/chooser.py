@@ -2,29 +2,55 @@
 
 The gateway hands over the latest user text, the request's `routing` object and the experts it serves. Served
 experts the router was not trained on are skipped; if it knows none of them, the configured default expert
-answers (so a config of unrelated experts still works). Prices come from the config, not the training data.
+answers (so a config of unrelated experts still works). Prices (input and output) come from the config, not the
+training data. λ comes from `router.objective.resolve_cost_weight` (request, objective preset, configured
+`usd_weight`, else `balanced`), and the same λ is handed on to fleet-aware routing. With an `OnlineLearner`
+(switchboard.online), the caller's tenant's feedback corrects the predicted quality.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.gateway.choosing import ChoiceError, DefaultExpertChooser, ExpertChoice
 from switchboard.gateway.schemas import RoutingParams
+from switchboard.router.objective import ResolvedCostWeight, resolve_cost_weight
 from switchboard.router.router import RouteOutcome, Router
 from switchboard.router.selection import RoutingConstraints
 
+if TYPE_CHECKING:
+    from switchboard.online import OnlineLearner
 
-def constraints_from(routing: RoutingParams | None) -> RoutingConstraints:
+
+def resolved_cost_weight(routing: RoutingParams | None, configured_usd_weight: float | None) -> ResolvedCostWeight:
     if routing is None:
-        return RoutingConstraints()
+        return resolve_cost_weight(None, None, configured_usd_weight)
+    return resolve_cost_weight(routing.cost_weight, routing.objective, configured_usd_weight)
+
+
+def constraints_from(routing: RoutingParams | None, cost_weight: float = 0.0) -> RoutingConstraints:
+    if routing is None:
+        return RoutingConstraints(cost_weight=cost_weight)
     return RoutingConstraints(
-        cost_weight=routing.cost_weight or 0.0,
+        cost_weight=cost_weight,
         max_usd_per_mtok=routing.max_usd_per_mtok,
         min_quality=routing.min_quality,
         experts=None if routing.experts is None else frozenset(routing.experts),
     )
+
+
+def configured_usd_weight(policies: Any) -> float | None:
+    """`control_plane.policies.routing.usd_weight` when the operator set it, else None (the objective decides).
+    `policies` is the typed `ControlSettings` (or, from older callers, its dict form)."""
+    if isinstance(policies, Mapping):
+        routing = policies.get("routing") or {}
+        value = routing.get("usd_weight") if isinstance(routing, Mapping) else None
+        return None if value is None else float(value)
+    routing = getattr(policies, "routing", None)
+    if routing is None or "usd_weight" not in routing.model_fields_set:
+        return None
+    return float(routing.usd_weight)
 
 
 class RouterChooser:
@@ -32,14 +58,19 @@ class RouterChooser:
 
     blocking = True
 
-    def __init__(self, router: Router, default_expert_id: str) -> None:
+    def __init__(self, router: Router, default_expert_id: str, configured_usd_weight: float | None = None,
+                 online: "OnlineLearner | None" = None) -> None:
         self.router = router
         self.fallback = DefaultExpertChooser(default_expert_id)
+        self.configured_usd_weight = configured_usd_weight
+        self.online = online  # the gateway feeds it from POST /v1/feedback
 
     def choose(self, prompt_text: str, routing: RoutingParams | None, candidates: Sequence[ExpertConfig]) -> ExpertChoice:
-        constraints = constraints_from(routing)
-        prices = {c.id: c.usd_per_mtok_blended for c in candidates}
-        decision = self.router.route(prompt_text, constraints, [c.id for c in candidates], prices)
+        lam = resolved_cost_weight(routing, self.configured_usd_weight)
+        constraints = constraints_from(routing, lam.cost_weight)
+        prices = {c.id: (c.usd_per_mtok_input, c.usd_per_mtok_output) for c in candidates}
+        adjust = self.online.adjuster(current_tenant()) if self.online is not None else None
+        decision = self.router.route(prompt_text, constraints, [c.id for c in candidates], prices, adjust=adjust)
         if decision.outcome is RouteOutcome.NO_KNOWN_CANDIDATE:
             return self.fallback.choose(prompt_text, routing, candidates)
         if decision.outcome is RouteOutcome.NO_FEASIBLE_EXPERT or decision.expert is None:
@@ -52,10 +83,23 @@ class RouterChooser:
             "predicted_quality": round(chosen.predicted_quality, 4),
             "usd_per_mtok": round(chosen.usd_per_mtok, 6),
             "cost_weight": constraints.cost_weight,
+            "cost_weight_from": lam.source,
+            "predicted_usd": float(f"{decision.request_usd.get(decision.expert, 0.0):.3g}"),
             "candidates": len(decision.ranking),
         }
+        if adjust is not None:
+            info["online"] = adjust.info()
         candidates = tuple(
             (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
         )
         return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
                             candidates=candidates, cost_weight=constraints.cost_weight)
+
+
+def current_tenant() -> str:
+    """The tenant of the request being served (its API key's tenant; one anonymous tenant with auth off)."""
+    from switchboard.gateway.auth import current_caller
+    from switchboard.online import ANONYMOUS
+
+    caller = current_caller.get()
+    return ANONYMOUS if caller is None else caller.key.tenant

@@ -31,12 +31,16 @@ def sweep(
     names: Sequence[str],
     rule: SelectionRule = SelectionRule.ARGMAX,
     cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
+    weights: np.ndarray | None = None,
 ) -> list[CurvePoint]:
+    """One point per cost weight: the weighted mean price and score of the experts chosen. `weights` (n,) sum
+    to 1 (None: every row the same); a task-balanced evaluation passes equal weight per task."""
     points = []
     rows = np.arange(len(true_scores))
+    w = np.full(len(rows), 1.0 / max(len(rows), 1)) if weights is None else np.asarray(weights, np.float64)
     for lam in cost_weights:
         index, _ = choose(predicted, price, names, RoutingConstraints(cost_weight=float(lam)), rule)
-        points.append(CurvePoint(float(lam), float(price[index].mean()), float(true_scores[rows, index].mean())))
+        points.append(CurvePoint(float(lam), float(w @ price[index]), float(w @ true_scores[rows, index])))
     return points
 
 

@@ -26,6 +26,7 @@ class RoutingExample:
     prompt: str
     scores: Mapping[str, float]
     task: str | None = None
+    output_tokens: Mapping[str, float] | None = None  # answer length per expert, where known (router.cost)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,14 @@ def _parse_example(obj: Any, where: str) -> RoutingExample:
     task = obj.get("task")
     if task is not None and not isinstance(task, str):
         raise RoutingDataError(f"{where}: field 'task' must be a string when present")
-    return RoutingExample(prompt=prompt, scores=clean, task=task)
+    lengths = obj.get("output_tokens")
+    if lengths is not None:
+        if not isinstance(lengths, dict) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in lengths.values()
+        ):
+            raise RoutingDataError(f"{where}: field 'output_tokens' must be an object of expert id → tokens ≥ 0")
+        lengths = {str(k): float(v) for k, v in lengths.items()}
+    return RoutingExample(prompt=prompt, scores=clean, task=task, output_tokens=lengths)
 
 
 def parse_examples(lines: Iterable[str], source: str = "<data>") -> list[RoutingExample]:
@@ -137,6 +145,16 @@ def score_matrix(examples: Sequence[RoutingExample], experts: Sequence[str]) -> 
                 out[i, j] = ex.scores[expert]
             except KeyError:
                 raise RoutingDataError(f"example {i}: no score for expert {expert!r}") from None
+    return out
+
+
+def output_token_matrix(examples: Sequence[RoutingExample], experts: Sequence[str]) -> np.ndarray:
+    """(n, m) answer lengths in tokens, NaN where an example does not say."""
+    out = np.full((len(examples), len(experts)), np.nan)
+    for i, ex in enumerate(examples):
+        for j, expert in enumerate(experts):
+            if ex.output_tokens and expert in ex.output_tokens:
+                out[i, j] = ex.output_tokens[expert]
     return out
 
 

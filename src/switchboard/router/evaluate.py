@@ -59,9 +59,12 @@ def evaluate(
     rng: np.random.Generator,
     target_quality: float = 0.563,
     cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
+    weights: np.ndarray | None = None,
 ) -> Evaluation:
-    """`predictions` maps a strategy name to its (n, m) predicted quality and selection rule."""
-    means = true_scores.mean(axis=0)
+    """`predictions` maps a strategy name to its (n, m) predicted quality and selection rule. `weights` (n,),
+    summing to 1, weigh the rows (None: uniform; see `protocol.row_weights`)."""
+    w = np.full(len(true_scores), 1.0 / len(true_scores)) if weights is None else np.asarray(weights, np.float64)
+    means = w @ true_scores
     single = {e: CurvePoint(float("nan"), float(price[j]), float(means[j])) for j, e in enumerate(experts)}
     best_single = max(experts, key=lambda e: (single[e].quality, -single[e].usd_per_mtok))
     cheapest = min(experts, key=lambda e: (single[e].usd_per_mtok, -single[e].quality))
@@ -69,10 +72,10 @@ def evaluate(
     low, high = float(price.min()), float(price.max())
     rows = []
     for name, (pred, rule) in predictions.items():
-        rows.append(_summary(name, sweep(pred, true_scores, price, experts, rule, cost_weights), strong, weak, target_quality, low, high))
-    rows.append(_summary("oracle", sweep(true_scores, true_scores, price, experts, SelectionRule.ARGMAX, cost_weights), strong, weak, target_quality, low, high))
+        rows.append(_summary(name, sweep(pred, true_scores, price, experts, rule, cost_weights, w), strong, weak, target_quality, low, high))
+    rows.append(_summary("oracle", sweep(true_scores, true_scores, price, experts, SelectionRule.ARGMAX, cost_weights, w), strong, weak, target_quality, low, high))
     pick = rng.integers(0, len(experts), len(true_scores))
-    rand = CurvePoint(float("nan"), float(price[pick].mean()), float(true_scores[np.arange(len(pick)), pick].mean()))
+    rand = CurvePoint(float("nan"), float(w @ price[pick]), float(w @ true_scores[np.arange(len(pick)), pick]))
     rows.append(_summary("random", [rand], strong, weak, target_quality, low, high))
     for e in experts:
         rows.append(_summary(f"single:{e}", [single[e]], strong, weak, target_quality, low, high))
@@ -128,3 +131,57 @@ def plot_curves(evaluation: Evaluation, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """On one task's rows at one cost weight: the router against the best single expert that costs no more."""
+
+    task: str
+    num_rows: int
+    cost_weight: float
+    router_usd_per_mtok: float
+    router_quality: float
+    single: str
+    single_usd_per_mtok: float
+    single_quality: float
+
+    @property
+    def gap(self) -> float:
+        return self.router_quality - self.single_quality
+
+
+def per_task_table(
+    predicted: np.ndarray,
+    true_scores: np.ndarray,
+    price: np.ndarray,
+    experts: Sequence[str],
+    tasks: Sequence[str],
+    cost_weight: float,
+    rule: SelectionRule = SelectionRule.ARGMAX,
+) -> list[TaskRow]:
+    """For each task, the router's mean price and score at `cost_weight` vs the best single expert (on that
+    task, in hindsight) among those priced at or below the router's mean price there."""
+    tasks_arr = np.asarray(tasks, dtype=object)
+    rows = []
+    for task in sorted(set(tasks_arr.tolist())):
+        idx = np.flatnonzero(tasks_arr == task)
+        point = sweep(predicted[idx], true_scores[idx], price, experts, rule, (cost_weight,))[0]
+        means = true_scores[idx].mean(axis=0)
+        affordable = [j for j in range(len(experts)) if price[j] <= point.usd_per_mtok + 1e-9]
+        j = max(affordable, key=lambda k: (means[k], -price[k]))
+        rows.append(TaskRow(task, len(idx), cost_weight, point.usd_per_mtok, point.quality, experts[j], float(price[j]), float(means[j])))
+    return rows
+
+
+def format_task_table(rows: Sequence[TaskRow]) -> str:
+    head = f"{'task':22s} {'n':>4s} {'router $':>8s} {'router q':>8s} {'best single at ≤ cost':32s} {'$':>5s} {'q':>6s} {'gap':>7s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.task[:22]:22s} {r.num_rows:4d} {r.router_usd_per_mtok:8.3f} {r.router_quality:8.3f} "
+            f"{r.single[:32]:32s} {r.single_usd_per_mtok:5.2f} {r.single_quality:6.3f} {r.gap:+7.3f}"
+        )
+    worst = min(rows, key=lambda r: r.gap)
+    lines.append(f"worst gap {worst.gap:+.3f} ({worst.task}); tasks more than 0.02 below: {sum(r.gap < -0.02 for r in rows)} of {len(rows)}")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from switchboard.router.calibration import Calibration
+from switchboard.router.cost import OutputLengthModel
 from switchboard.router.embed import Embedder, EmbedderKind, StaticEmbedder
 from switchboard.router.router import Router
 from switchboard.router.strategies import STRATEGIES, StrategyName
@@ -59,11 +60,16 @@ def save_router(router: Router, out_dir: Path | str, embedder_spec: dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "model.npz", **router.model.arrays())
     np.savez(out / "calibration.npz", **router.calibration.arrays())
+    if router.output_length is not None:
+        np.savez(out / "output_length.npz", **router.output_length.arrays())
+    input_usd, output_usd = router.io_prices()
     meta = {
         "format_version": FORMAT_VERSION,
         "strategy": router.model.name.value,
         "experts": list(router.experts),
         "usd_per_mtok": [float(p) for p in router.usd_per_mtok],
+        "input_usd_per_mtok": [float(p) for p in input_usd],
+        "output_usd_per_mtok": [float(p) for p in output_usd],
         "use_cheap_features": router.use_cheap_features,
         "embedder": embedder_spec,
         "report": report,
@@ -97,8 +103,13 @@ def load_router(path: Path | str) -> Router:
         with np.load(path / "calibration.npz") as arrays:
             calibration = Calibration.from_arrays(dict(arrays), len(experts))
         embedder = load_embedder(meta["embedder"], path)
+        output_length = None
+        if (path / "output_length.npz").exists():  # absent: the constant default (router.cost)
+            with np.load(path / "output_length.npz") as arrays:
+                output_length = OutputLengthModel.from_arrays(dict(arrays))
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise RouterLoadError(f"{path}: {exc}") from exc
+    io = {k: np.asarray(meta[k], np.float64) for k in ("input_usd_per_mtok", "output_usd_per_mtok") if k in meta}
     return Router(
         experts=experts,
         usd_per_mtok=np.asarray(meta["usd_per_mtok"], np.float64),
@@ -106,6 +117,9 @@ def load_router(path: Path | str) -> Router:
         calibration=calibration,
         embedder=embedder,
         use_cheap_features=bool(meta.get("use_cheap_features", True)),
+        input_usd_per_mtok=io.get("input_usd_per_mtok"),
+        output_usd_per_mtok=io.get("output_usd_per_mtok"),
+        output_length=output_length,
     )
 
 

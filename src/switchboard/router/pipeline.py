@@ -1,7 +1,10 @@
-"""End-to-end training: data → features (cached) → strategy chosen by cross-validation → router directory.
+"""End-to-end training: data → features (cached) → candidate chosen on inner folds → router directory.
 
-The CV report written into the router (and printed by the CLI) scores every candidate strategy on the same
-seeded outer folds. The strategy picked is the one with the largest area under its quality/cost curve.
+Without a fixed `--strategy`, training is the nested protocol of `router.nested`: the candidates (strategy,
+hyper-parameters, calibration) are scored on task-balanced inner folds (random folds when rows carry no task),
+the best by AUC of its task-weighted quality/cost curve is fitted on all rows and calibrated on its inner
+out-of-fold estimates. The CV report written into the router (and printed by the CLI) is an outer nested CV
+of that same procedure, so it is out of sample for the choice as well as for the fit.
 """
 
 from __future__ import annotations
@@ -13,23 +16,34 @@ from typing import Callable, Sequence
 import numpy as np
 
 from switchboard.router.cache import DEFAULT_CACHE_DIR, EmbeddingCache
-from switchboard.router.data import ExpertPrice, RoutingExample, common_experts, score_matrix
+from switchboard.router.cost import OutputLengthModel
+from switchboard.router.data import ExpertPrice, RoutingExample, common_experts, output_token_matrix, score_matrix
 from switchboard.router.embed import Embedder, StaticEmbedder
 from switchboard.router.evaluate import Evaluation, evaluate
 from switchboard.router.persist import BUILTIN_STATIC, builtin_static_dir, copy_static_embedder, save_router
+from switchboard.router.features import cheap_feature_matrix
+from switchboard.router.nested import NESTED, Candidate, nested_cross_validate, num_fits, select_and_fit
+from switchboard.router.protocol import SplitKind
 from switchboard.router.router import Router, build_features
 from switchboard.router.strategies import STRATEGIES, StrategyName
-from switchboard.router.training import cross_validated_quality, fit_calibrated, fits_per_calibrated_model
+from switchboard.router.training import fit_calibrated, fits_per_calibrated_model
 
-DEFAULT_CANDIDATES = (StrategyName.KNN, StrategyName.LINEAR, StrategyName.MLP, StrategyName.MF, StrategyName.CASCADE)
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("knn", StrategyName.KNN, {"num_neighbours": 40}),
+    Candidate("knn-100-soft", StrategyName.KNN, {"num_neighbours": 100, "temperature": 0.05}),
+    Candidate("linear", StrategyName.LINEAR),
+    Candidate("mlp", StrategyName.MLP),
+    Candidate("ensemble", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05}),
+)
+"""Simplest first: on an exact tie of inner AUC the earlier one wins."""
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    strategy: StrategyName | None = None  # None: pick by cross-validation among `candidates`
-    candidates: tuple[StrategyName, ...] = DEFAULT_CANDIDATES
-    folds: int = 5
-    calibration_folds: int = 3
+    strategy: StrategyName | None = None  # None: pick by nested selection among `candidates`
+    candidates: tuple[Candidate, ...] = DEFAULT_CANDIDATES
+    folds: int = 5  # outer folds of the reported CV
+    calibration_folds: int = 3  # inner folds: selection and calibration
     seed: int = 0
     use_cheap_features: bool = True
     cache_dir: Path = field(default=DEFAULT_CACHE_DIR)
@@ -40,12 +54,16 @@ class TrainResult:
     router: Router
     evaluation: Evaluation | None  # None when a strategy was given and CV was skipped
     chosen: StrategyName
+    chosen_label: str = ""  # the candidate and calibration chosen, e.g. "ensemble+none"
+    split: SplitKind | None = None  # the split selection and the CV report used
+    chosen_per_fold: dict[str, str] = field(default_factory=dict)
 
 
 def total_fits(settings: TrainSettings) -> int:
-    per_model = fits_per_calibrated_model(settings.calibration_folds)
-    cv = 0 if settings.strategy is not None else len(settings.candidates) * settings.folds * per_model
-    return cv + per_model
+    if settings.strategy is not None:
+        return fits_per_calibrated_model(settings.calibration_folds)
+    cv = num_fits(len(settings.candidates), settings.folds, settings.calibration_folds)
+    return cv + len(settings.candidates) * settings.calibration_folds + 1
 
 
 def embed_cached(embedder: Embedder, texts: Sequence[str], cache_dir: Path) -> np.ndarray:
@@ -65,30 +83,48 @@ def train_router(
     price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
     texts = [ex.prompt for ex in examples]
     x = build_features(embedder, texts, settings.use_cheap_features, embed_cached(embedder, texts, settings.cache_dir))
-    evaluation = None
-    chosen = settings.strategy
-    if chosen is None:
-        predictions = {
-            s.value: (
-                cross_validated_quality(s, x, y, settings.seed, settings.folds, settings.calibration_folds, progress),
-                STRATEGIES[s].selection_rule,
-            )
-            for s in settings.candidates
-        }
-        evaluation = evaluate(predictions, y, price, experts, np.random.default_rng([settings.seed, 2]))
-        by_name = {r.name: r for r in evaluation.rows}
-        chosen = max(settings.candidates, key=lambda s: by_name[s.value].auc)
-    model, calibration = fit_calibrated(
-        chosen, x, y, np.random.default_rng([settings.seed, 3]), settings.calibration_folds, progress
+    tasks = [ex.task for ex in examples]
+    has_tasks = all(t is not None for t in tasks) and len(set(tasks)) > 1
+    split = SplitKind.TASK_BALANCED if has_tasks else SplitKind.RANDOM
+    rng = np.random.default_rng([settings.seed, 3])
+    evaluation, label, per_fold = None, "", {}
+    if settings.strategy is not None:
+        chosen = settings.strategy
+        model, calibration = fit_calibrated(chosen, x, y, rng, settings.calibration_folds, progress)
+        label = chosen.value
+    else:
+        task_arg = tasks if has_tasks else None
+        cv = nested_cross_validate(settings.candidates, x, y, texts, task_arg, price, split, settings.seed,
+                                   settings.folds, settings.calibration_folds, progress=progress)
+        predictions = {name: (pred, STRATEGIES[_strategy_of(settings.candidates, name)].selection_rule)
+                       for name, pred in cv.predictions.items()}
+        evaluation = evaluate(predictions, y, price, experts, np.random.default_rng([settings.seed, 2]), weights=cv.weights)
+        choice, model, calibration = select_and_fit(settings.candidates, x, y, texts, task_arg, price, split, rng,
+                                                    settings.calibration_folds, progress=progress)
+        chosen, label, per_fold = choice.candidate.strategy, choice.label, cv.chosen
+    cheap = cheap_feature_matrix(texts)
+    lengths = output_token_matrix(examples, experts)
+    output_length = OutputLengthModel.fit(cheap, lengths) if np.isfinite(lengths).any() else None
+    router = Router(
+        tuple(experts), price, model, calibration, embedder, settings.use_cheap_features,
+        input_usd_per_mtok=np.asarray([prices[e].input_usd_per_mtok for e in experts]),
+        output_usd_per_mtok=np.asarray([prices[e].output_usd_per_mtok for e in experts]),
+        output_length=output_length,
     )
-    router = Router(tuple(experts), price, model, calibration, embedder, settings.use_cheap_features)
-    return TrainResult(router, evaluation, chosen)
+    return TrainResult(router, evaluation, chosen, label, split, per_fold)
+
+
+def _strategy_of(candidates: tuple[Candidate, ...], name: str) -> StrategyName:
+    if name == NESTED:
+        return StrategyName.MLP  # every default candidate uses the argmax rule; cascade is never nested
+    return next(c.strategy for c in candidates if c.label == name)
 
 
 def evaluation_report(evaluation: Evaluation | None, settings: TrainSettings, num_examples: int) -> dict:
     report: dict = {"num_examples": num_examples, "folds": settings.folds, "seed": settings.seed}
     if evaluation is None:
         return report
+    report["cv_note"] = "nested CV: every candidate and the nested selection scored on the same outer folds"
     report["best_single"] = evaluation.best_single
     report["cv"] = {
         r.name: {
@@ -114,5 +150,10 @@ def write_router(result: TrainResult, out_dir: Path, settings: TrainSettings, nu
     else:
         spec = copy_static_embedder(embedder_dir, out_dir)
     report = evaluation_report(result.evaluation, settings, num_examples)
-    report["strategy_choice"] = "given" if settings.strategy is not None else "cross-validation (max AUC)"
+    report["strategy_choice"] = "given" if settings.strategy is not None else "nested selection (max inner AUC)"
+    report["chosen"] = result.chosen_label
+    if result.split is not None:
+        report["split"] = result.split.value
+    if result.chosen_per_fold:
+        report["chosen_per_outer_fold"] = result.chosen_per_fold
     return save_router(result.router, out_dir, spec, report)

@@ -10,15 +10,21 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from switchboard.router.embed import Embedder
-from switchboard.router.features import cheap_feature_matrix
 from switchboard.router.calibration import Calibration
+from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, request_usd, request_usd_per_mtok
+from switchboard.router.embed import Embedder
+from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
 from switchboard.router.selection import RankedCandidate, RoutingConstraints, choose, rank_candidates
 from switchboard.router.strategies import QualityModel
+
+
+QualityAdjust = Callable[[np.ndarray, Sequence[str], np.ndarray], np.ndarray]
+"""`adjust(features, experts, quality) -> quality`: a correction of one prompt's predicted quality (for `experts`)
+given the router's feature row for it — the hook of online learning (switchboard.online)."""
 
 
 class RouteOutcome(str, enum.Enum):
@@ -34,6 +40,8 @@ class RouteDecision:
     ranking: tuple[RankedCandidate, ...]
     reason: str
     skipped: tuple[str, ...] = field(default=())
+    request_usd: Mapping[str, float] = field(default_factory=dict)
+    """Predicted USD of this request on each ranked expert (input × prompt tokens + output × output tokens)."""
 
     def chosen(self) -> RankedCandidate | None:
         return next((c for c in self.ranking if c.expert == self.expert), None)
@@ -45,6 +53,8 @@ class RouteDecision:
         if chosen is not None:
             body["predicted_quality"] = round(chosen.predicted_quality, 4)
             body["usd_per_mtok"] = round(chosen.usd_per_mtok, 6)
+        if self.expert is not None and self.expert in self.request_usd:
+            body["predicted_usd"] = float(f"{self.request_usd[self.expert]:.3g}")
         return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -64,6 +74,9 @@ class Router:
     calibration: Calibration
     embedder: Embedder
     use_cheap_features: bool = True
+    input_usd_per_mtok: np.ndarray | None = None  # (m,); None: `usd_per_mtok` (routers saved before prices split)
+    output_usd_per_mtok: np.ndarray | None = None
+    output_length: OutputLengthModel | None = None  # None: the constant default (router.cost)
 
     @property
     def strategy(self) -> str:
@@ -72,45 +85,91 @@ class Router:
     def predict_quality_from_features(self, x: np.ndarray) -> np.ndarray:
         return self.calibration.apply(self.model.predict(x))
 
+    def features(self, prompts: Sequence[str]) -> np.ndarray:
+        """(len(prompts), dims) the rows the quality model reads."""
+        return build_features(self.embedder, prompts, self.use_cheap_features)
+
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), len(self.experts)) calibrated expected score of each expert on each prompt."""
-        return self.predict_quality_from_features(build_features(self.embedder, prompts, self.use_cheap_features))
+        return self.predict_quality_from_features(self.features(prompts))
+
+    def io_prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(input, output) USD per Mtok per expert, as trained."""
+        if self.input_usd_per_mtok is None or self.output_usd_per_mtok is None:
+            return self.usd_per_mtok, self.usd_per_mtok
+        return self.input_usd_per_mtok, self.output_usd_per_mtok
+
+    def request_prices(self, prompts: Sequence[str], cheap: np.ndarray, input_usd: np.ndarray, output_usd: np.ndarray,
+                       max_output_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """((n, m) each request's USD per Mtok, (n, m) its USD) for experts priced `input_usd`/`output_usd` (m,),
+        which must be in the router's expert order; `cheap` are the prompts' cheap features."""
+        lengths = self.output_length or OutputLengthModel.constant(len(FEATURE_NAMES), len(self.experts))
+        out_tokens = lengths.predict(cheap, max_output_tokens)
+        prompt_tokens = np.asarray([estimate_prompt_tokens(p) for p in prompts], np.float64)
+        return (request_usd_per_mtok(input_usd, output_usd, prompt_tokens, out_tokens),
+                request_usd(input_usd, output_usd, prompt_tokens, out_tokens))
 
     def route(
         self,
         prompt: str,
         constraints: RoutingConstraints = RoutingConstraints(),
         candidates: Iterable[str] | None = None,
-        usd_per_mtok: Mapping[str, float] | None = None,
+        usd_per_mtok: Mapping[str, float | tuple[float, float]] | None = None,
+        max_output_tokens: int | None = None,
+        adjust: QualityAdjust | None = None,
     ) -> RouteDecision:
         """Picks among `candidates` (default: every known expert); never raises for infeasible requests.
 
-        `usd_per_mtok` overrides the trained prices per expert (the gateway passes the prices it is configured
-        with, so constraints and the cost trade-off use what the operator actually pays).
+        `usd_per_mtok` overrides the trained prices per expert, as one blended price or an (input, output)
+        pair (the gateway passes the prices it is configured with, so constraints and the cost trade-off use
+        what the operator actually pays). λ multiplies this request's own USD/Mtok (`router.cost`); the
+        `max_usd_per_mtok` cap applies to the blended list price. `adjust`, when given, corrects the predicted
+        quality before constraints and selection see it (online learning).
         """
         wanted = list(self.experts) if candidates is None else list(dict.fromkeys(candidates))
         known = [self.experts.index(c) for c in wanted if c in self.experts]
         skipped = tuple(c for c in wanted if c not in self.experts)
         if not known:
             return RouteDecision(RouteOutcome.NO_KNOWN_CANDIDATE, None, (), "no candidate is known to the router", skipped)
-        quality = self.predict_quality([prompt])[0, known]
+        x = self.features([prompt])
+        quality = self.predict_quality_from_features(x)[0, known]
         names = [self.experts[j] for j in known]
-        price = self.usd_per_mtok[known].copy()
-        if usd_per_mtok:
-            price = np.asarray([usd_per_mtok.get(n, p) for n, p in zip(names, price)], np.float64)
-        ranking = tuple(rank_candidates(quality, price, names, constraints))
-        index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule)
+        if adjust is not None:
+            quality = adjust(x[0], names, quality)
+        trained_in, trained_out = self.io_prices()
+        io = [_as_pair((usd_per_mtok or {}).get(n), trained_in[j], trained_out[j]) for n, j in zip(names, known)]
+        input_usd, output_usd = np.asarray([p[0] for p in io]), np.asarray([p[1] for p in io])
+        price = (input_usd + output_usd) / 2.0
+        cheap = x[:, -len(FEATURE_NAMES):] if self.use_cheap_features else cheap_feature_matrix([prompt])
+        full_in, full_out = trained_in.copy(), trained_out.copy()
+        full_in[known], full_out[known] = input_usd, output_usd
+        per_mtok, usd = self.request_prices([prompt], cheap, full_in, full_out, max_output_tokens)
+        traded, usd = per_mtok[0, known], usd[0, known]
+        ranking = tuple(rank_candidates(quality, price, names, constraints, traded))
+        index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :])
+        request_costs = {n: float(u) for n, u in zip(names, usd)}
         if not is_feasible[0]:
             reason = "no candidate satisfies the constraints (experts / max_usd_per_mtok / min_quality)"
-            return RouteDecision(RouteOutcome.NO_FEASIBLE_EXPERT, None, ranking, reason, skipped)
+            return RouteDecision(RouteOutcome.NO_FEASIBLE_EXPERT, None, ranking, reason, skipped, request_costs)
         expert = names[int(index[0])]
         reason = (
-            f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * usd_per_mtok"
+            f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * request usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
         )
-        return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped)
+        return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped, request_costs)
 
     def route_batch(self, prompts: Sequence[str], constraints: RoutingConstraints = RoutingConstraints()) -> list[str | None]:
-        quality = self.predict_quality(prompts)
-        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule)
+        x = build_features(self.embedder, prompts, self.use_cheap_features)
+        quality = self.predict_quality_from_features(x)
+        cheap = x[:, -len(FEATURE_NAMES):] if self.use_cheap_features else cheap_feature_matrix(prompts)
+        traded, _ = self.request_prices(prompts, cheap, *self.io_prices())
+        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule, traded)
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
+
+
+def _as_pair(override: float | tuple[float, float] | None, input_usd: float, output_usd: float) -> tuple[float, float]:
+    if override is None:
+        return float(input_usd), float(output_usd)
+    if isinstance(override, tuple):
+        return float(override[0]), float(override[1])
+    return float(override), float(override)

@@ -69,9 +69,12 @@ def choose(
     names: Sequence[str],
     constraints: RoutingConstraints,
     rule: SelectionRule = SelectionRule.ARGMAX,
+    request_price: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chosen column per row and whether any candidate was feasible: (index (n,) int, is_feasible (n,) bool).
 
+    `price` (m,) is the list price: the `max_usd_per_mtok` cap and tie-breaks use it. `request_price` (n, m),
+    when given, is each request's own USD/Mtok (`router.cost`), which λ multiplies instead.
     Where `is_feasible` is False the index is meaningless (0); callers must check it.
     """
     quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
@@ -79,14 +82,15 @@ def choose(
     mask = feasible_mask(quality, price, names, constraints)
     is_feasible = mask.any(axis=1)
     lam = float(constraints.cost_weight)
-    utility = quality - lam * price[None, :]
+    traded = price[None, :] if request_price is None else np.atleast_2d(np.asarray(request_price, np.float64))
+    utility = quality - lam * traded
     if rule is SelectionRule.ARGMAX:
         index = _argmax_choice(utility, mask, price)
     else:
         best = _argmax_choice(quality, mask, price)  # the highest-quality feasible expert
         best_utility = utility[np.arange(len(best)), best]
         good_enough = mask & (utility >= best_utility[:, None])
-        index = _argmax_choice(-np.broadcast_to(price, utility.shape), good_enough, price)
+        index = _argmax_choice(-np.broadcast_to(traded, utility.shape), good_enough, price)
     return np.where(is_feasible, index, 0), is_feasible
 
 
@@ -100,12 +104,15 @@ class RankedCandidate:
 
 
 def rank_candidates(
-    quality: np.ndarray, price: np.ndarray, names: Sequence[str], constraints: RoutingConstraints
+    quality: np.ndarray, price: np.ndarray, names: Sequence[str], constraints: RoutingConstraints,
+    request_price: np.ndarray | None = None,
 ) -> list[RankedCandidate]:
-    """All candidates, feasible ones first, each group by utility descending (cheaper first on ties)."""
+    """All candidates, feasible ones first, each group by utility descending (cheaper first on ties).
+    A candidate's `usd_per_mtok` is the price λ multiplied: `request_price` (m,) when given, else `price`."""
     quality = np.asarray(quality, dtype=np.float64).reshape(-1)
     price = np.asarray(price, dtype=np.float64)
+    traded = price if request_price is None else np.asarray(request_price, np.float64).reshape(-1)
     mask = feasible_mask(quality[None, :], price, names, constraints)[0]
-    utility = quality - constraints.cost_weight * price
+    utility = quality - constraints.cost_weight * traded
     order = sorted(range(len(names)), key=lambda j: (not mask[j], -utility[j], price[j], j))
-    return [RankedCandidate(names[j], float(quality[j]), float(price[j]), float(utility[j]), bool(mask[j])) for j in order]
+    return [RankedCandidate(names[j], float(quality[j]), float(traded[j]), float(utility[j]), bool(mask[j])) for j in order]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from switchboard.router.strategies.base import QualityModel, StrategyName
+from switchboard.router.strategies.ensemble import EnsembleModel
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.mf import MfModel
 from switchboard.router.strategies.neural import CascadeModel, LinearModel, MlpModel
@@ -13,6 +14,7 @@ STRATEGIES: dict[StrategyName, type[QualityModel]] = {
     StrategyName.MLP: MlpModel,
     StrategyName.MF: MfModel,
     StrategyName.CASCADE: CascadeModel,
+    StrategyName.ENSEMBLE: EnsembleModel,
 }
 
 __all__ = ["STRATEGIES", "QualityModel", "StrategyName"]

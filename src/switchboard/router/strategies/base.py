@@ -24,6 +24,7 @@ class StrategyName(str, enum.Enum):
     MLP = "mlp"
     MF = "mf"
     CASCADE = "cascade"
+    ENSEMBLE = "ensemble"  # kNN and MLP averaged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""Nested cross-validation: everything that is chosen is chosen on inner folds only.
+
+For each outer fold of a split (`protocol.SplitKind`), every candidate (a strategy, its hyper-parameters and a
+calibration kind) is scored on inner folds of the outer *training* part, of the same kind as the outer split;
+the best by AUC of its task-weighted quality/cost curve on the fixed λ grid is refitted on the whole training
+part, calibrated on its inner out-of-fold estimates, and only then predicts the outer test rows. No outer test
+row ever influences a choice, and the λ grid (`curves.DEFAULT_COST_WEIGHTS`) is fixed in code before any run.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from switchboard.router.calibration import Calibration, fit_calibration
+from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
+from switchboard.router.protocol import Fold, SplitKind, check_covers, check_no_leak, inner_folds, make_folds, row_weights
+from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
+
+Progress = Callable[[int], None]
+
+
+class CalibrationKind(str, enum.Enum):
+    ISOTONIC = "isotonic"  # per-expert isotonic regression on inner out-of-fold estimates
+    NONE = "none"  # the strategy's raw estimate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search: `STRATEGIES[strategy].fit(x, y, rng, **params)`, then `calibration`."""
+
+    label: str
+    strategy: StrategyName
+    params: Mapping[str, float | int] = field(default_factory=dict)
+    calibrations: tuple[CalibrationKind, ...] = (CalibrationKind.ISOTONIC, CalibrationKind.NONE)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> QualityModel:
+        return STRATEGIES[self.strategy].fit(x, y, rng, **self.params)
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate
+    calibration_kind: CalibrationKind
+    inner_auc: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.candidate.label}+{self.calibration_kind.value}"
+
+
+@dataclass(frozen=True)
+class NestedResult:
+    kind: SplitKind
+    folds: tuple[Fold, ...]
+    predictions: dict[str, np.ndarray]  # candidate label (or NESTED) → (n, m) calibrated out-of-fold estimates
+    weights: np.ndarray  # (n,) the split's row weights, summing to 1
+    chosen: dict[str, str]  # outer fold name → chosen candidate label
+
+
+def _calibrate(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray) -> Calibration:
+    return fit_calibration(raw, y) if kind is CalibrationKind.ISOTONIC else Calibration.identity(raw.shape[1])
+
+
+def _cross_fitted(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray, folds: Sequence[Fold]) -> np.ndarray:
+    """Calibrated inner estimates where each inner fold's rows are calibrated on the other folds' rows, so
+    isotonic calibration is not scored on the rows it was fitted on (that would always favour it)."""
+    if kind is CalibrationKind.NONE:
+        return raw
+    out = np.empty_like(raw)
+    for f in folds:
+        others = np.setdiff1d(np.concatenate([g.test for g in folds]), f.test)
+        out[f.test] = _calibrate(kind, raw[others], y[others]).apply(raw[f.test])
+    return out
+
+
+def _inner_raw(candidate: Candidate, x, y, folds: Sequence[Fold], rng, progress: Progress) -> np.ndarray:
+    raw = np.zeros_like(y, dtype=np.float32)
+    for f in folds:
+        raw[f.test] = candidate.fit(x[f.train], y[f.train], rng).predict(x[f.test])
+        progress(1)
+    return raw
+
+
+@dataclass(frozen=True)
+class _Scored:
+    candidate: Candidate
+    calibration_kind: CalibrationKind
+    inner_auc: float
+    calibration: Calibration  # fitted on every inner out-of-fold estimate
+
+
+def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress):
+    """Per candidate: the best calibration kind by cross-fitted inner AUC, and that calibration."""
+    folds = inner_folds(kind, prompts, tasks, num_inner_folds, rng)
+    covered = np.concatenate([f.test for f in folds])
+    weights = row_weights(kind, None if tasks is None else [tasks[i] for i in covered], len(covered))
+    names = [str(j) for j in range(y.shape[1])]
+    low, high = float(price.min()), float(price.max())
+    scored = []
+    for candidate in candidates:
+        raw = _inner_raw(candidate, x, y, folds, rng, progress)
+        rule = STRATEGIES[candidate.strategy].selection_rule
+        best = None
+        for cal in candidate.calibrations:
+            est = _cross_fitted(cal, raw, y, folds)[covered]
+            score = auc(sweep(est, y[covered], price, names, rule, cost_weights, weights), low, high)
+            if best is None or score > best[0] + 1e-9:  # ties keep the earlier (simpler) calibration
+                best = (score, cal)
+        scored.append(_Scored(candidate, best[1], best[0], _calibrate(best[1], raw[covered], y[covered])))
+    return scored
+
+
+def _best(scored: Sequence[_Scored]) -> _Scored:
+    return max(scored, key=lambda s: s.inner_auc)  # max keeps the first on ties: candidates are listed simplest first
+
+
+def select_and_fit(
+    candidates: Sequence[Candidate],
+    x: np.ndarray,
+    y: np.ndarray,
+    prompts: Sequence[str],
+    tasks: Sequence[str] | None,
+    price: np.ndarray,
+    kind: SplitKind,
+    rng: np.random.Generator,
+    num_inner_folds: int = 3,
+    cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
+    progress: Progress = lambda _: None,
+) -> tuple[Choice, QualityModel, Calibration]:
+    """Chooses among `candidates` on inner folds of (x, y) alone, then fits the choice on all of it and
+    calibrates it on its inner out-of-fold estimates. This is also how a deployed router is trained."""
+    best = _best(_score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress))
+    model = best.candidate.fit(x, y, rng)
+    progress(1)
+    return Choice(best.candidate, best.calibration_kind, best.inner_auc), model, best.calibration
+
+
+NESTED = "nested selection"
+"""The key of the nested-selection predictions in `NestedResult.predictions`."""
+
+
+def nested_cross_validate(
+    candidates: Sequence[Candidate],
+    x: np.ndarray,
+    y: np.ndarray,
+    prompts: Sequence[str],
+    tasks: Sequence[str] | None,
+    price: np.ndarray,
+    kind: SplitKind,
+    seed: int,
+    num_folds: int = 5,
+    num_inner_folds: int = 3,
+    cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
+    progress: Progress = lambda _: None,
+) -> NestedResult:
+    """Out-of-fold estimates for every row under `kind`: one set per candidate (its calibration chosen on
+    inner folds) and one for the nested selection among them (`NESTED`: per outer fold, the candidate with
+    the best inner AUC). Each candidate is fitted once per outer fold, so the selection costs no extra fits.
+
+    Raises LeakError if a fold would test on a prompt it trained on (checked, not assumed).
+    """
+    outer = make_folds(kind, prompts, tasks, num_folds, np.random.default_rng([seed, 0]))
+    check_no_leak(outer, prompts)
+    check_covers(outer, len(prompts))
+    rng = np.random.default_rng([seed, 1])
+    out = {c.label: np.zeros_like(y, dtype=np.float32) for c in candidates}
+    out[NESTED] = np.zeros_like(y, dtype=np.float32)
+    chosen: dict[str, str] = {}
+    for fold in outer:
+        sub_prompts = [prompts[i] for i in fold.train]
+        sub_tasks = None if tasks is None else [tasks[i] for i in fold.train]
+        scored = _score_on_inner_folds(candidates, x[fold.train], y[fold.train], sub_prompts, sub_tasks, price, kind,
+                                       rng, num_inner_folds, cost_weights, progress)
+        for s in scored:
+            model = s.candidate.fit(x[fold.train], y[fold.train], rng)
+            progress(1)
+            out[s.candidate.label][fold.test] = s.calibration.apply(model.predict(x[fold.test]))
+        best = _best(scored)
+        out[NESTED][fold.test] = out[best.candidate.label][fold.test]
+        chosen[fold.name] = f"{best.candidate.label}+{best.calibration_kind.value}"
+    return NestedResult(kind, tuple(outer), out, row_weights(kind, tasks, len(prompts)), chosen)
+
+
+def num_fits(num_candidates: int, num_outer_folds: int, num_inner_folds: int) -> int:
+    return num_outer_folds * num_candidates * (num_inner_folds + 1)

@@ -1,0 +1,46 @@
+"""kNN and MLP averaged: two estimators that fail differently under shift (the MLP extrapolates smoothly and
+can be confidently wrong far from the data; the kNN falls back to its prior there), so their mean is steadier
+than either on a task neither saw."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from switchboard.router.strategies.base import QualityModel, StrategyName
+from switchboard.router.strategies.knn import KnnModel
+from switchboard.router.strategies.neural import MlpModel
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleModel(QualityModel):
+    name = StrategyName.ENSEMBLE
+    knn: KnnModel
+    mlp: MlpModel
+    knn_share: float = 0.5
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        share = float(self.knn_share)
+        return (share * self.knn.predict(x) + (1.0 - share) * self.mlp.predict(x)).astype(np.float32)
+
+    @classmethod
+    def fit(cls, x, y, rng, knn_share: float = 0.5, num_neighbours: int = 100, prior_weight: float = 4.0,
+            temperature: float = 0.0, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4) -> "EnsembleModel":
+        knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature)
+        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay)
+        return cls(knn, mlp, knn_share)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"knn.{k}": v for k, v in self.knn.arrays().items()}
+        out.update({f"mlp.{k}": v for k, v in self.mlp.arrays().items()})
+        out["knn_share"] = np.asarray(self.knn_share)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "EnsembleModel":
+        def part(prefix: str) -> dict:
+            return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+
+        return cls(KnnModel.from_arrays(part("knn.")), MlpModel.from_arrays(part("mlp.")),
+                   float(np.asarray(arrays["knn_share"]).item()))

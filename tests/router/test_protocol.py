@@ -1,0 +1,136 @@
+"""The evaluation protocol: splits, leak detection, task weights and nested selection on small data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from switchboard.router.evaluate import per_task_table
+from switchboard.router.nested import NESTED, Candidate, CalibrationKind, nested_cross_validate, select_and_fit
+from switchboard.router.protocol import (
+    Fold,
+    LeakError,
+    SplitKind,
+    check_covers,
+    check_no_leak,
+    inner_folds,
+    make_folds,
+    prompt_key,
+    row_weights,
+)
+from switchboard.router.strategies import StrategyName
+
+
+def corpus(rng, per_task=(30, 30, 10)):
+    """Three tasks of different sizes; expert 0 is good at task a, expert 1 at task b, expert 2 middling."""
+    prompts, tasks, xs, ys = [], [], [], []
+    for t, (name, n) in enumerate(zip("abc", per_task)):
+        for i in range(n):
+            prompts.append(f"task {name} prompt {i}")
+            tasks.append(name)
+            centre = np.zeros(6)
+            centre[t] = 3.0
+            xs.append(centre + rng.normal(size=6))
+            p = [0.9 if t == 0 else 0.1, 0.9 if t == 1 else 0.1, 0.5]
+            ys.append((rng.random(3) < p).astype(np.float32))
+    return prompts, tasks, np.asarray(xs, np.float32), np.asarray(ys, np.float32)
+
+
+@pytest.mark.parametrize("kind", list(SplitKind))
+def test_every_split_covers_each_row_once_without_leaks(rng, kind):
+    prompts, tasks, _, _ = corpus(rng)
+    folds = make_folds(kind, prompts, tasks, 5, rng)
+    check_covers(folds, len(prompts))
+    check_no_leak(folds, prompts)
+    if kind is SplitKind.LEAVE_ONE_TASK_OUT:
+        assert [f.name for f in folds] == ["task:a", "task:b", "task:c"]
+        assert all(len({tasks[i] for i in f.test}) == 1 and tasks[f.test[0]] not in {tasks[i] for i in f.train} for f in folds)
+    if kind is SplitKind.TASK_BALANCED:
+        assert all({tasks[i] for i in f.test} == {"a", "b", "c"} for f in folds)
+
+
+def test_a_prompt_in_both_train_and_test_is_detected():
+    prompts = ["What is 2+2?", "Name a fruit.", "what   is 2+2?", "Write a loop."]
+    leaky = [Fold("f0", np.array([0, 1]), np.array([2, 3]))]  # rows 0 and 2 are the same prompt
+    with pytest.raises(LeakError, match="f0"):
+        check_no_leak(leaky, prompts)
+    with pytest.raises(LeakError, match="row 1"):
+        check_no_leak([Fold("f1", np.array([0, 1]), np.array([1]))], prompts)
+    assert prompt_key(prompts[0]) == prompt_key(prompts[2])
+
+
+@pytest.mark.parametrize("kind", list(SplitKind))
+def test_duplicated_prompts_never_straddle_a_fold(rng, kind):
+    prompts, tasks, _, _ = corpus(rng)
+    prompts[5] = prompts[40] = "the same question"  # a duplicate across tasks a and b
+    prompts[6] = prompts[7] = "Another  Question"  # and one within task a
+    for folds in (make_folds(kind, prompts, tasks, 4, rng), inner_folds(kind, prompts, tasks, 2, rng)):
+        check_no_leak(folds, prompts)
+
+
+def test_task_balanced_weights_give_every_task_the_same_mass(rng):
+    _, tasks, _, _ = corpus(rng)
+    w = row_weights(SplitKind.TASK_BALANCED, tasks, len(tasks))
+    assert w.sum() == pytest.approx(1.0)
+    for t in "abc":
+        assert w[np.asarray(tasks) == t].sum() == pytest.approx(1 / 3)
+    assert np.allclose(row_weights(SplitKind.RANDOM, tasks, len(tasks)), 1 / len(tasks))
+
+
+def test_task_splits_need_task_labels(rng):
+    prompts, _, _, _ = corpus(rng)
+    with pytest.raises(ValueError, match="task label"):
+        make_folds(SplitKind.LEAVE_ONE_TASK_OUT, prompts, None, 5, rng)
+
+
+CANDIDATES = (
+    Candidate("knn", StrategyName.KNN, {"num_neighbours": 5}),
+    Candidate("linear", StrategyName.LINEAR, {"epochs": 5}),
+)
+
+
+@pytest.mark.parametrize("kind", list(SplitKind))
+def test_nested_cv_predicts_every_row_and_records_its_choices(rng, kind):
+    prompts, tasks, x, y = corpus(rng)
+    price = np.array([0.1, 0.2, 0.9])
+    result = nested_cross_validate(CANDIDATES, x, y, prompts, tasks, price, kind, seed=0, num_folds=3, num_inner_folds=2)
+    assert set(result.predictions) == {"knn", "linear", NESTED}
+    assert set(result.chosen) == {f.name for f in result.folds}
+    for fold in result.folds:
+        label = result.chosen[fold.name].split("+")[0]
+        assert np.array_equal(result.predictions[NESTED][fold.test], result.predictions[label][fold.test])
+    assert all(((p >= 0) & (p <= 1)).all() for p in result.predictions.values())
+    assert result.weights.sum() == pytest.approx(1.0)
+
+
+def test_selection_never_sees_the_outer_test_rows(rng):
+    """Changing the held-out rows' scores cannot change what is chosen or how it is fitted."""
+    prompts, tasks, x, y = corpus(rng)
+    price = np.array([0.1, 0.2, 0.9])
+    train = np.flatnonzero(np.asarray(tasks) != "c")
+    tr_prompts, tr_tasks = [prompts[i] for i in train], [tasks[i] for i in train]
+    a = select_and_fit(CANDIDATES, x[train], y[train], tr_prompts, tr_tasks, price, SplitKind.LEAVE_ONE_TASK_OUT, np.random.default_rng(0), 2)
+    y2 = y.copy()
+    y2[np.asarray(tasks) == "c"] = 1 - y2[np.asarray(tasks) == "c"]
+    b = select_and_fit(CANDIDATES, x[train], y2[train], tr_prompts, tr_tasks, price, SplitKind.LEAVE_ONE_TASK_OUT, np.random.default_rng(0), 2)
+    assert a[0].label == b[0].label
+    assert np.array_equal(a[1].predict(x), b[1].predict(x))
+
+
+def test_isotonic_is_chosen_only_when_it_helps_on_held_out_inner_folds(rng):
+    prompts, tasks, x, y = corpus(rng, per_task=(40, 40, 40))
+    price = np.array([0.1, 0.2, 0.9])
+    choice, _, calibration = select_and_fit(CANDIDATES[:1], x, y, prompts, tasks, price, SplitKind.TASK_BALANCED, rng, 3)
+    assert choice.calibration_kind in set(CalibrationKind)
+    if choice.calibration_kind is CalibrationKind.NONE:
+        assert all(np.array_equal(kx, [0.0, 1.0]) for kx in calibration.knots_x)
+
+
+def test_per_task_table_compares_against_a_single_expert_that_costs_no_more(rng):
+    prompts, tasks, x, y = corpus(rng)
+    price = np.array([0.1, 0.2, 0.9])
+    rows = per_task_table(y, y, price, ["e0", "e1", "e2"], tasks, cost_weight=0.0)  # the oracle
+    assert [r.task for r in rows] == ["a", "b", "c"]
+    for r in rows:
+        assert r.single_usd_per_mtok <= r.router_usd_per_mtok + 1e-9
+        assert r.gap >= 0.0  # the oracle is never below a single expert on its own rows
