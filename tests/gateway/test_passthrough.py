@@ -203,3 +203,24 @@ async def test_the_relay_finishes_a_stream_whose_last_line_has_no_newline_and_re
                         _ = [event async for event in engine.stream(request)]
             finally:
                 await engine.stop()
+
+
+async def test_an_upstream_error_event_is_the_engines_error_not_relayed_as_data():
+    from switchboard.engines.base import EngineBadResponse, GenerationRequest
+    from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
+
+    async def failing(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"error": {"message": "the upstream fell over", "type": "server_error"}}\n\n'})
+
+    with serve_in_thread(failing) as base:
+        engine = OpenAIUpstreamEngine("e", base + "/v1", "up")
+        try:
+            with pytest.raises(EngineBadResponse, match="the upstream fell over"):
+                _ = [event async for event in engine.stream(GenerationRequest("r", "chat", {"model": "e", "messages": MESSAGES, "stream": True}, 8, 3))]
+        finally:
+            await engine.stop()
