@@ -167,3 +167,60 @@ def test_a_local_engine_answers_a_clear_400_naming_what_it_cannot_do(client, fie
         client.chat.completions.create(model="small", messages=MESSAGES, **kwargs)
     error = failed.value.body
     assert error["param"] == field and "'small'" in error["message"] and error["code"] == "unsupported_parameter"
+
+
+async def test_the_relay_finishes_a_stream_whose_last_line_has_no_newline_and_refuses_one_without_done():
+    from switchboard.engines.base import EngineBadResponse, Finish, GenerationRequest, RawChunk
+    from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
+
+    line = b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"up","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+
+    async def terse(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        ends_well = b'"good"' in body
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": line + (b"data: [DONE]" if ends_well else b"data: {\"id\"")})
+
+    with serve_in_thread(terse) as base:
+        for model, ends_well in (("good", True), ("bad", False)):
+            engine = OpenAIUpstreamEngine("e", base + "/v1", model)
+            request = GenerationRequest("r", "chat", {"model": "e", "messages": MESSAGES, "stream": True}, 8, 3)
+            try:
+                if ends_well:
+                    events = [event async for event in engine.stream(request)]
+                    relayed = b"".join(e.data for e in events if isinstance(e, RawChunk))
+                    assert relayed.endswith(b"data: [DONE]\n\n") and b'"model":"e"' in relayed
+                    assert isinstance(events[-1], Finish) and events[-1].reason.value == "stop"
+                else:
+                    with pytest.raises(EngineBadResponse, match="without \\[DONE\\]"):
+                        _ = [event async for event in engine.stream(request)]
+            finally:
+                await engine.stop()
+
+
+async def test_an_upstream_error_event_is_the_engines_error_not_relayed_as_data():
+    from switchboard.engines.base import EngineBadResponse, GenerationRequest
+    from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
+
+    async def failing(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"error": {"message": "the upstream fell over", "type": "server_error"}}\n\n'})
+
+    with serve_in_thread(failing) as base:
+        engine = OpenAIUpstreamEngine("e", base + "/v1", "up")
+        try:
+            with pytest.raises(EngineBadResponse, match="the upstream fell over"):
+                _ = [event async for event in engine.stream(GenerationRequest("r", "chat", {"model": "e", "messages": MESSAGES, "stream": True}, 8, 3))]
+        finally:
+            await engine.stop()

@@ -341,8 +341,10 @@ class OpenAIUpstreamEngine:
             while True:
                 chunk = await self._next_chunk(response)
                 if not chunk:
-                    raise EngineBadResponse(self.expert_id, "upstream stream ended without [DONE]")
-                if rest:
+                    if not rest.strip().endswith(b"[DONE]"):
+                        raise EngineBadResponse(self.expert_id, "upstream stream ended without [DONE]")
+                    chunk, rest = rest + b"\n\n", b""  # a last line the upstream did not end: ended here
+                elif rest:
                     chunk = rest + chunk
                 cut = chunk.rfind(b"\n") + 1
                 if cut < len(chunk):

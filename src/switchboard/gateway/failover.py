@@ -234,8 +234,11 @@ class LeaseAttempts:
     def num_choices_on(self, expert_id: str) -> int:
         """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); `openai`
         upstreams make their own."""
+        n = choices.num_choices(self.body)
+        if n == 1:
+            return 1
         expert = self.fleet.expert(expert_id)
-        return 1 if expert is None or expert.backend.kind == "openai" else choices.num_choices(self.body)
+        return 1 if expert is None or expert.backend.kind == "openai" else n
 
     async def whole(self, expert_id: str) -> Completion:
         lease, gen = self._lease(expert_id)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent
 from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
 from switchboard.gateway.affinity import chat_prefix_key
