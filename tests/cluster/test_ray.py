@@ -5,22 +5,16 @@ request either completed or failed cleanly. Run with `pytest -m ray tests/cluste
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
-from switchboard.testing.servers import serve_in_thread
+from switchboard.testing.servers import serve_in_process, serve_in_thread
 
 pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
 
@@ -201,40 +195,9 @@ def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_clus
     assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"
 
 
-@contextlib.contextmanager
 def second_gateway(config, tmp_path):
-    """Another `switchboard serve --ray` process on the same cluster and config; yields (url, process). Stopped
-    with SIGINT at the end unless the test killed it."""
-    from switchboard.testing.servers import free_port
-
-    path = tmp_path / "switchboard.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), "--ray", config.cluster.address],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the second gateway exited: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "the second gateway never came up"
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """Another `switchboard serve --ray` process on the same cluster and config; yields (url, process)."""
+    return serve_in_process(config, tmp_path, "--ray", config.cluster.address)
 
 
 def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):

@@ -51,6 +51,27 @@ def test_json_schema_output_is_constrained_by_a_grammar(client, stream):
     assert set(answer) == {"city", "sunny"} and isinstance(answer["sunny"], bool)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_choices_are_n_generations_with_usage_counting_the_prompt_once(client, stream):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    one = client.chat.completions.create(model="smol", messages=messages, max_tokens=6, temperature=0)
+    if stream:
+        chunks = list(client.chat.completions.create(model="smol", messages=messages, max_tokens=6, temperature=0, n=2, stream=True,
+                                                     stream_options={"include_usage": True}))
+        texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)]
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    else:
+        answer = client.chat.completions.create(model="smol", messages=messages, max_tokens=6, temperature=0, n=2)
+        assert [c.index for c in answer.choices] == [0, 1]
+        texts = [c.message.content for c in answer.choices]
+        finishes = [c.finish_reason for c in answer.choices]
+        usage = answer.usage
+    assert texts == [one.choices[0].message.content] * 2  # greedy: the same answer twice
+    assert len(finishes) == 2
+    assert usage.prompt_tokens == one.usage.prompt_tokens and usage.completion_tokens == 2 * one.usage.completion_tokens
+
+
 def test_json_object_and_penalties_are_honoured(client):
     choice = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
                                             response_format={"type": "json_object"}, max_tokens=120, temperature=0,
@@ -61,7 +82,7 @@ def test_json_object_and_penalties_are_honoured(client):
     assert choice.finish_reason == "length" or isinstance(json.loads(text), dict)
 
 
-@pytest.mark.parametrize(("field", "value"), [("n", 2), ("logprobs", True), ("tools", [{"type": "function", "function": {"name": "f"}}])])
+@pytest.mark.parametrize(("field", "value"), [("top_logprobs", 2), ("logprobs", True), ("tools", [{"type": "function", "function": {"name": "f"}}])])
 def test_what_llamacpp_cannot_do_is_a_400_naming_the_field(client, field, value):
     with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=4, **{field: value})

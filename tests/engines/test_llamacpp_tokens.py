@@ -103,3 +103,33 @@ def test_the_context_check_uses_the_exact_count(counter, gateway):
     with pytest.raises(openai.BadRequestError) as err:
         gateway.chat.completions.create(model="smol", messages=messages, max_tokens=room + 1)
     assert err.value.code == "context_length_exceeded" and f"the prompt is {exact} tokens" in err.value.message
+
+
+def test_per_key_token_limits_use_the_exact_count(counter, tmp_path):
+    from switchboard.storage import database
+    from switchboard.tenants.keys import KeyLimits
+    from switchboard.tenants.store import create_key
+
+    messages = [{"role": "user", "content": "9 8 7 6 5 4 3 2 1 0 ! ? % $ # @ " * 6}]
+    exact = counter.count("chat", {"messages": messages})
+    estimate = rq.estimate_tokens(rq.chat_prompt_text(ChatCompletionRequest(model="smol", messages=messages)), 1)
+    db = f"sqlite:///{tmp_path / 'keys.db'}"
+    engine = database.open_engine(db)
+    database.migrate(engine)
+    _, secret = create_key(engine, "tight", "acme", KeyLimits(tpm=(exact + estimate) // 2 + 4))  # room for the estimate, not the truth
+    engine.dispose()
+    config = parse_config(f"""
+experts:
+  - id: smol
+    backend: {{kind: llamacpp}}
+    context_tokens: {N_CTX}
+    warm_at_start: false    # refused before any worker is needed
+embedding_experts: []
+storage: {{url: "{db}"}}
+auth: {{enabled: true}}
+""")
+    with serve_in_thread(build_app(config, environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "t" * 40})) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=secret, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model="smol", messages=messages, max_tokens=4)
+    assert err.value.code == "tpm_exceeded" and "this request alone" in err.value.message

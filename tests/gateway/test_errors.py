@@ -39,7 +39,7 @@ def _error(response: httpx.Response) -> dict:
         (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 501}', 400, "max_tokens"),
         (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "temperature"),
         (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "n": 129}', 400, "n"),
-        (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "n": 3}', 400, "n"),
+        (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 2}', 400, "logprobs"),
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "logprobs": true}', 400, "logprobs"),
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}', 400, "tools"),
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}', 400, "response_format"),

@@ -159,7 +159,7 @@ def test_legacy_completions_pass_through_too(client, upstream, sent):
     assert [c.index for c in answer.choices] == [0, 1] and answer.model == "gpt" and answer.system_fingerprint == FINGERPRINT
 
 
-@pytest.mark.parametrize(("field", "value"), [("n", 2), ("logprobs", True), ("tools", TOOLS), ("vendor_knob", 1),
+@pytest.mark.parametrize(("field", "value"), [("top_logprobs", 2), ("logprobs", True), ("tools", TOOLS), ("vendor_knob", 1),
                                               ("response_format", {"type": "json_object"})])
 def test_a_local_engine_answers_a_clear_400_naming_what_it_cannot_do(client, field, value):
     kwargs = {field: value} if field != "vendor_knob" else {"extra_body": {field: value}}

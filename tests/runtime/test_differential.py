@@ -1,8 +1,9 @@
 """The differential test of issue 16: the live fleet and the simulator take the same decisions.
 
-The same arrivals — a few hundred requests for four experts, in bursts with idle gaps past keep-alive, on a
-cluster small enough that starts compete for memory, with one replica's engine crashing under its requests —
-go through
+The same arrivals — a few hundred requests for four experts, some naming their expert and some `auto` (the
+fleet-aware router chooses among the router's candidates and wakes cold experts), in bursts with idle gaps
+past keep-alive, on a cluster small enough that starts compete for memory, with one replica's engine crashing
+under its requests — go through
 
 - the simulator (`Simulation` with the serverless plane), and
 - the live fleet (`LiveFleet`, its own control loop task and lease path), on an event loop whose clock is
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,38 +40,54 @@ from switchboard.sim.cluster import BuiltCluster, ClusterSpec, ExpertSimSpec, Po
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone
 from switchboard.sim.planes import ServerlessPlane
 from switchboard.sim.runner import ReplicaCrash, RoutingInputs, Simulation
-from switchboard.sim.workload import Workload
+from switchboard.sim.planes import quality_only_choices
+from switchboard.sim.workload import NO_EXPERT, Workload
 from switchboard.types import FinishReason
 
 EXPERTS = (("e1b", 1.0, 0.1), ("e3b", 3.0, 0.2), ("e8b", 8.0, 0.4), ("e14b", 14.0, 0.8))
 """(id, params_b, USD/Mtok) of the experts, all served on L4s."""
 SLO = SloSpec(ttft_s=2.0, tpot_s=0.2)
-CRASH = ReplicaCrash(at_s=1650.0, replica_id="e8b#13")
-"""In the second burst, while the replica holds requests (the test checks that it does). The replica number
-depends on the timing model (the fitted GPU model moved it from #11 to #13): pick the e8b replica warm then."""
+CRASH_AT_S = 1650.0
+"""In the second burst, the e8b replica serving then crashes while it holds requests (the test checks that it
+does). Which replica that is (its number) depends on the timing model, so a run without the crash finds it."""
 
 
-def make_arrivals(seed: int = 7) -> list[tuple[float, int, int, int]]:
-    """(arrival s, expert index, prompt tokens, output tokens): a steady trickle to the small experts, bursts
-    to the larger ones, and idle gaps longer than keep-alive's fallback window between the phases."""
-    rng = random.Random(seed)
-    out: list[tuple[float, int, int, int]] = []
+AUTO = NO_EXPERT
+QUALITY_BY_SIZE = (0.55, 0.62, 0.70, 0.74)
+"""Predicted quality of each expert for an `auto` request, ± 0.08 per request: bigger is better, so the router
+prefers experts that are often cold and fleet-aware routing trades quality for warmth (and wakes them)."""
 
-    def poisson(start_s: float, end_s: float, rate_per_s: float, experts: tuple[int, ...]) -> None:
+
+def make_arrivals(seed: int = 7) -> list[tuple[float, int, int, int, tuple[float, ...]]]:
+    """(arrival s, expert index or AUTO, prompt tokens, output tokens, predicted quality per expert): a steady
+    trickle to the small experts, bursts to the larger ones, `auto` requests the fleet-aware router places,
+    and idle gaps longer than keep-alive's fallback window between the phases."""
+    rng, auto_rng = random.Random(seed), random.Random(seed + 1)
+    out: list[tuple[float, int, int, int, tuple[float, ...]]] = []
+
+    def poisson(start_s: float, end_s: float, rate_per_s: float, experts: tuple[int, ...], r=rng) -> None:
         t = start_s
         while True:
-            t += rng.expovariate(rate_per_s)
+            t += r.expovariate(rate_per_s)
             if t >= end_s:
                 return
-            out.append((t, rng.choice(experts), rng.randint(50, 1500), rng.randint(10, 300)))
+            expert = r.choice(experts)
+            quality = tuple(round(q + r.uniform(-0.08, 0.08), 4) for q in QUALITY_BY_SIZE) if expert == AUTO else ()
+            out.append((t, expert, r.randint(50, 1500), r.randint(10, 300), quality))
 
     poisson(0.0, 240.0, 0.25, (0, 1))            # a trickle: cold starts of the small experts
     poisson(100.0, 140.0, 1.6, (2,))             # a burst on e8b: scale-up
     poisson(200.0, 220.0, 1.2, (2, 3))           # a burst on both larger experts
+    poisson(20.0, 300.0, 0.1, (AUTO,), auto_rng)  # the router chooses, among cold and warm experts
     poisson(1500.0, 1700.0, 0.2, (0, 1, 3))      # after a gap past keep-alive: everything cold again
     poisson(1600.0, 1680.0, 1.4, (2,))           # a burst on e8b during which one of its replicas crashes
+    poisson(1500.0, 1700.0, 0.1, (AUTO,), auto_rng)
     out.sort()
     return out
+
+
+def predicted_quality(arrivals) -> np.ndarray:
+    return np.array([a[4] or (0.0,) * len(EXPERTS) for a in arrivals])
 
 
 def sim_cluster() -> BuiltCluster:
@@ -115,7 +133,22 @@ class Outcome:
     how: str  # "served" | "rejected" | "failed"
 
 
-def run_simulator(arrivals, settings: ControlSettings, step_interval_s: float, fork=None):
+def crash_at(arrivals, settings: ControlSettings, step_interval_s: float) -> ReplicaCrash:
+    """The crash of the e8b replica that is warm and busiest at `CRASH_AT_S`, found by a run without it."""
+    starts, stops = {}, set()
+    log = run_simulator(arrivals, settings, step_interval_s, crash=None)[0]
+    for e in log:
+        if e.at_s < CRASH_AT_S and e.kind == "StartReplica" and e.subject.startswith("e8b#"):
+            starts[e.subject] = e.at_s
+        elif e.at_s < CRASH_AT_S and e.kind in ("StopReplica", "DrainReplica"):
+            stops.add(e.subject)
+    live = [r for r in starts if r not in stops]
+    assigned = {r: sum(1 for e in log if e.kind == "AssignRequest" and e.target == r and e.at_s <= CRASH_AT_S) for r in live}
+    assert live, "no e8b replica is up at the crash time: the scenario no longer exercises a crash"
+    return ReplicaCrash(at_s=CRASH_AT_S, replica_id=max(live, key=lambda r: (assigned[r], starts[r])))
+
+
+def run_simulator(arrivals, settings: ControlSettings, step_interval_s: float, fork=None, crash: ReplicaCrash | None = None):
     cluster = sim_cluster()
     n = len(arrivals)
     workload = Workload.from_arrays(
@@ -123,16 +156,18 @@ def run_simulator(arrivals, settings: ControlSettings, step_interval_s: float, f
         pinned_expert=np.array([a[1] for a in arrivals], dtype=np.int32),
         expert_names=tuple(e for e, _, _ in EXPERTS))
     price = np.array([e.usd_per_mtok for e in cluster.experts])
-    plane = ServerlessPlane("differential", settings, cluster.expert_ids, price, np.zeros(n, dtype=np.int32),
-                            control_interval_s=step_interval_s, keep_log=True)
+    predicted = predicted_quality(arrivals)
+    router_pick = quality_only_choices(cluster.expert_ids, predicted, price, 0.0)
+    plane = ServerlessPlane("differential", settings, cluster.expert_ids, price, router_pick,
+                            control_interval_s=step_interval_s, keep_log=True, predicted_quality=predicted)
     if fork is not None:
         fork(plane.loop)
-    result = Simulation(cluster, workload, plane, RoutingInputs(np.zeros((n, len(EXPERTS))), np.zeros((0, 0))),
-                        crashes=(CRASH,)).run()
+    result = Simulation(cluster, workload, plane, RoutingInputs(predicted, np.zeros((0, 0))),
+                        crashes=(crash,) if crash is not None else ()).run()
     outcomes = []
     for i in range(n):
         expert = result.expert_ids[result.expert_index[i]]
-        how = "failed" if result.failed[i] else "rejected" if result.rejected[i] else "served"
+        how = "failed" if result.failed is not None and result.failed[i] else "rejected" if result.rejected[i] else "served"
         replica = result.served_by.get(i) if how != "rejected" else None
         outcomes.append(Outcome(expert, replica, bool(result.waited_for_cold_start[i]) and how != "rejected", how))
     # The simulator stops stepping at its first periodic step with every request ended; compare until then.
@@ -237,7 +272,7 @@ class VirtualCluster:
         return None
 
 
-def run_live(arrivals, step_interval_s: float, end_s: float, fork=None):
+def run_live(arrivals, step_interval_s: float, end_s: float, crash: ReplicaCrash, fork=None):
     cluster = sim_cluster()
     virtual = VirtualCluster(cluster)
     outcomes: list[Outcome | None] = [None] * len(arrivals)
@@ -257,8 +292,15 @@ def run_live(arrivals, step_interval_s: float, end_s: float, fork=None):
         tasks = []
 
         async def one(i: int) -> None:
-            _, j, num_prompt, num_output = arrivals[i]
-            expert = EXPERTS[j][0]
+            _, j, num_prompt, num_output, quality = arrivals[i]
+            if j == AUTO:  # the router's candidates and pick, as the simulator's plane ranks them
+                price = [usd for _, _, usd in EXPERTS]
+                ranked = sorted(range(len(EXPERTS)), key=lambda k: -quality[k])[:4]
+                choice = SimpleNamespace(expert_id=EXPERTS[ranked[0]][0], cost_weight=0.0,
+                                         candidates=[(EXPERTS[k][0], quality[k], price[k]) for k in ranked])
+                expert, _ = await fleet.route(choice)
+            else:
+                expert = EXPERTS[j][0]
             lease = fleet.lease(expert, str(i), num_prompt, num_output)
             try:
                 async with lease:
@@ -272,7 +314,7 @@ def run_live(arrivals, step_interval_s: float, end_s: float, fork=None):
 
         for i, (at_s, *_rest) in enumerate(arrivals):
             loop.call_at(at_s, lambda i=i: tasks.append(loop.create_task(one(i))))
-        loop.call_at(CRASH.at_s, lambda: crashed_holding.append(virtual.engines[CRASH.replica_id].crash()))
+        loop.call_at(crash.at_s, lambda: crashed_holding.append(virtual.engines[crash.replica_id].crash()))
         await asyncio.sleep(end_s + 1.0)
         await asyncio.gather(*tasks)
         log = [entry for entry in fleet.loop.log if entry.at_s < end_s]
@@ -307,13 +349,18 @@ def arrivals():
 
 
 @pytest.fixture(scope="module")
-def simulated(arrivals):
-    return run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S)
+def crash(arrivals):
+    return crash_at(arrivals, ControlSettings(), STEP_INTERVAL_S)
 
 
-def test_live_and_simulated_take_the_same_decisions(arrivals, simulated):
+@pytest.fixture(scope="module")
+def simulated(arrivals, crash):
+    return run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S, crash=crash)
+
+
+def test_live_and_simulated_take_the_same_decisions(arrivals, simulated, crash):
     sim_log, sim_outcomes, end_s = simulated
-    live_log, live_outcomes, crashed_holding = run_live(arrivals, STEP_INTERVAL_S, end_s)
+    live_log, live_outcomes, crashed_holding = run_live(arrivals, STEP_INTERVAL_S, end_s, crash)
 
     # The scenario exercises what it claims to.
     kinds = {e.kind for e in sim_log}
@@ -322,6 +369,10 @@ def test_live_and_simulated_take_the_same_decisions(arrivals, simulated):
     assert sum(e.kind == "StartReplica" for e in sim_log) >= 8
     assert any(e.code == "engine-lost" for e in sim_log) and crashed_holding and crashed_holding[0] >= 1
     assert sum(o.how == "failed" for o in sim_outcomes) == crashed_holding[0]
+    auto = [i for i, a in enumerate(arrivals) if a[1] == AUTO]
+    router_picks = [EXPERTS[max(range(len(EXPERTS)), key=lambda k: arrivals[i][4][k])][0] for i in auto]
+    assert sum(sim_outcomes[i].expert != pick for i, pick in zip(auto, router_picks)) >= 5  # fleet-aware swaps
+    assert any(e.kind == "StartReplica" and e.code == "predicted-demand" for e in sim_log)  # route-aware pre-warm
 
     assert _rounded(live_log) == _rounded(sim_log), first_difference(_rounded(live_log), _rounded(sim_log))
     differing = [(i, s, l) for i, (s, l) in enumerate(zip(sim_outcomes, live_outcomes)) if s != l]
@@ -364,13 +415,13 @@ def old_simulator_fast_path(loop) -> None:
 
 @pytest.mark.parametrize("side, fork", [("live", reject_one_admission), ("simulator", reject_one_admission),
                                         ("simulator", old_simulator_fast_path)])
-def test_a_fork_on_one_side_is_caught(arrivals, simulated, side, fork):
+def test_a_fork_on_one_side_is_caught(arrivals, simulated, crash, side, fork):
     """One side alone changes a decision, or decides on its own path, and the comparison fails."""
     if side == "live":
         sim_log, sim_outcomes, end_s = simulated
-        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, fork=lambda fleet: fork(fleet.loop))
+        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash, fork=lambda fleet: fork(fleet.loop))
     else:
-        sim_log, sim_outcomes, end_s = run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S, fork=fork)
-        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s)
+        sim_log, sim_outcomes, end_s = run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S, fork=fork, crash=crash)
+        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash)
     assert _rounded(live_log) != _rounded(sim_log)
     assert live_outcomes != sim_outcomes

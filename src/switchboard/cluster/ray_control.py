@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
+from switchboard.cluster.ray_limits import KeyCounts, RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
@@ -96,6 +97,8 @@ class ControlActor:
             cluster.gateway_timeout_s if isinstance(cluster, RayClusterConfig) else 10.0)
         self.clock = clock
         self.num_leases_reclaimed = 0
+        self.keys = KeyCounts(self.config.auth.rate_window_s)
+        """Every gateway's keyed requests, counted once for the fleet (cluster-wide rpm, tpm and budgets)."""
         self._incarnation = uuid.uuid4().hex[:8]
         self._view_key: tuple = ()
         self._view_number = 0
@@ -140,6 +143,7 @@ class ControlActor:
                 del self._owners[token]
                 await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)
             self.num_leases_reclaimed += len(tokens)
+            self.keys.release_gateway(gateway_id)
             if tokens:
                 log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
                             self.gateway_timeout_s, len(tokens), ", ".join(tokens))
@@ -158,7 +162,7 @@ class ControlActor:
         return self.fleet
 
     async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
-        return self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
+        return await self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
 
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
                       gateway_id: str = "") -> tuple:
@@ -194,6 +198,22 @@ class ControlActor:
 
     async def refresh_inventory(self) -> None:
         await self._fleet().refresh_inventory()
+
+    # ---- keys' limits, for every gateway (`switchboard.cluster.ray_limits`)
+
+    async def admit_key(self, key_id: str, limits: Any, num_tokens: int, usd_estimate: float, gateway_id: str) -> Any:
+        self._heard_from(gateway_id)
+        return self.keys.admit(key_id, limits, num_tokens, usd_estimate, gateway_id)
+
+    async def settle_key(self, hold_id: str, num_tokens: int | None, usd: float) -> None:
+        self.keys.settle(hold_id, num_tokens, usd)
+
+    async def release_key(self, hold_id: str) -> None:
+        self.keys.release(hold_id)
+
+    async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
+        for key_id, usd_today, usd_this_month in seeds:
+            self.keys.seed(key_id, usd_today, usd_this_month)
 
     async def wake(self, expert_id: str, detail: str) -> None:
         self._fleet().wake(expert_id, detail)
@@ -264,6 +284,7 @@ class RemoteFleet:
         self._tokens: dict[str, str] = {}
         self._refresh_task: asyncio.Task | None = None
         self._syncing: asyncio.Future | None = None
+        self._key_ledger: RayKeyLedger | None = None
         # This gateway's own breakers (what it saw fail); the control actor keeps the replicas' for the fleet.
         self.expert_circuits = CircuitBoard(config.failover.expert_circuit, time.time)
         self.replica_circuits = CircuitBoard(config.failover.replica_circuit, time.time)
@@ -306,8 +327,16 @@ class RemoteFleet:
                 f"the control actor '{self.settings.control_actor}' in Ray namespace '{self.settings.namespace}' already serves a "
                 "different config; serve the same config from every gateway, or stop it first (`switchboard ray-stop`)"
             )
+        if self._key_ledger is not None:
+            self._key_ledger.flush_seeds()
         await self._refresh()
         self._refresh_task = asyncio.create_task(self._refresh_forever(), name="switchboard-fleet-view")
+
+    def key_ledger(self) -> RayKeyLedger:
+        """Where this gateway counts keys' usage: the control actor, shared with every other gateway."""
+        if self._key_ledger is None:
+            self._key_ledger = RayKeyLedger(lambda: self._actor, self.gateway_id, self.settings.control_actor)
+        return self._key_ledger
 
     async def stop(self) -> None:
         """Leaves the shared fleet running (other gateways use it); stops this gateway's own upstream clients."""
@@ -341,7 +370,7 @@ class RemoteFleet:
                                 ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key)
         return Lease(self, expert_id, request)  # type: ignore[arg-type]
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         import ray
@@ -368,7 +397,7 @@ class RemoteFleet:
         engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return

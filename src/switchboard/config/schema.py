@@ -219,6 +219,10 @@ class AuthConfig(_Strict):
     enabled: bool = Field(False, description="Require `Authorization: Bearer <key>` on /v1/* and the admin key on /admin/*.")
     admin_key_env: str = Field("SWITCHBOARD_ADMIN_KEY", min_length=1, description="Environment variable holding the admin key.")
     refresh_interval_s: float = Field(2.0, gt=0, description="How often keys are re-read from the database: a key created or revoked by the CLI takes effect within this long.")
+    rate_window_s: float = Field(
+        60.0, gt=0, description="The sliding window keys' `rpm` and `tpm` count over: a minute. Shorter (or longer) only for tests "
+        "and demos: a key's rpm then allows that many requests per window.",
+    )
 
 
 class OnlineLearningConfig(_Strict):

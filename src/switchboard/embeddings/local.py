@@ -23,7 +23,6 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -290,11 +289,3 @@ def _rejected(expert_id: str, message: str, param: str, code: str) -> EngineReje
     error.param = param  # type: ignore[attr-defined]
     return error
 
-
-def build_embedding_engine(expert: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """A fresh, not yet started engine for the embedding expert `expert` (an EmbeddingExpertConfig)."""
-    if isinstance(expert.backend, OnnxEmbeddingBackend):
-        return OnnxEmbeddingEngine(expert.id, expert.backend, environ)
-    from switchboard.embeddings.upstream import OpenAIEmbeddingEngine
-
-    return OpenAIEmbeddingEngine.from_config(expert.id, expert.backend, environ)

@@ -73,6 +73,7 @@ class TextDelta:
 
     text: str
     raw_delta: dict[str, Any] | None = None
+    index: int = 0  # the choice it belongs to (n > 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class Finish:
     reason: FinishReason
     usage: Usage
     is_relayed: bool = False
+    index: int = 0  # the choice it ends; with n > 1 only the last choice's Finish ends the stream
 
 
 StreamEvent = TextDelta | RawChunk | Finish
@@ -109,6 +111,7 @@ class Completion:
     raw_choice: dict[str, Any] | None = None
     raw_body: bytes | None = None
     raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    more_choices: tuple[Completion, ...] = ()  # choices 1..n-1 when n > 1 (`finish.usage` covers them all)
 
 
 class EngineError(Exception):

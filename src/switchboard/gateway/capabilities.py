@@ -2,7 +2,7 @@
 
 `openai` experts take every field (pass-through: the upstream decides). Local engines (llama.cpp, simulated)
 take the common subset listed here; anything else — a field they do not know, or a value they cannot honour
-(`n: 3` on an engine that answers one choice) — is a 400 naming the field, never silently ignored. A fallback
+(`logprobs: true` on an engine that reports none) — is a 400 naming the field, never silently ignored. A fallback
 expert that cannot honour a request is no fallback for it.
 
 Pure: a table and one function of (request kind, expert, body).
@@ -51,8 +51,8 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
     "logit_bias": _off,
 }
 _SAMPLING = {name: _ANY for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p")}
-# Not (yet) for local engines, so a 400 names them: n > 1, logprobs, tools (SmolLM2's chat template has no tool
-# syntax), echo/suffix/best_of.
+# `n` > 1 on local engines: the gateway makes the choices (gateway/choices.py). Not (yet) for local engines, so a
+# 400 names them: logprobs, tools (SmolLM2's chat template has no tool syntax), echo/suffix/best_of > 1.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +68,9 @@ class Capabilities:
 CAPABILITIES: dict[str, Capabilities] = {
     "openai": Capabilities("an OpenAI-compatible upstream", passes_everything=True),
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
-    "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING}),
+    "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}),
     # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias.
-    "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "repetition_penalty": _ANY, "logit_bias": _ANY,
+    "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "n": _ANY, "repetition_penalty": _ANY, "logit_bias": _ANY,
                                                      "response_format": _json_format}),
 }
 _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from switchboard.config.schema import SwitchboardConfig
 from switchboard.embeddings.base import EmbeddingEngine, EmbeddingRequest, UpstreamRateLimited
-from switchboard.embeddings.local import build_embedding_engine
+from switchboard.embeddings.factory import build_embedding_engine
 from switchboard.engines.base import EngineError, Usage
 from switchboard.gateway import requests as rq
 from switchboard.gateway.errors import ApiError, error_response
@@ -67,7 +67,8 @@ def parse_embeddings(raw: bytes) -> tuple[EmbeddingsRequest, dict[str, Any], lis
 
 
 class EmbeddingsEndpoint:
-    """The endpoint and its engines, one per embedding expert, started with the app's lifespan."""
+    """The endpoint and its engines, one per embedding expert: each starts on its first request, all stop with
+    the app's lifespan."""
 
     def __init__(self, config: SwitchboardConfig, request_log: Any, gate: Any, metrics: Any, is_draining: Callable[[], bool],
                  environ: Mapping[str, str] | None = None, engines: Mapping[str, EmbeddingEngine] | None = None) -> None:
@@ -99,10 +100,14 @@ class EmbeddingsEndpoint:
                 raise self._unknown_model(parsed.model)
             engine = self.engines[expert.id]
             call = EmbeddingRequest(request_id, body, texts, token_ids)
-            await engine.start()  # a local model's first request waits for its load
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await engine.start()  # a local model's first request waits for its load (or export)
+            except TimeoutError:
+                raise ApiError(504, f"expert '{expert.id}' did not get ready within {self.timeout_s:.0f} s", code="expert_timeout") from None
             # Tokenizing thousands of inputs takes milliseconds: off the event loop then (the tokenizer releases the GIL).
             num_tokens = engine.count_tokens(call) if call.num_inputs <= 16 else await asyncio.to_thread(engine.count_tokens, call)
-            self.gate.admit(num_tokens)
+            await self.gate.admit(num_tokens)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)

@@ -39,6 +39,7 @@ from switchboard.engines.base import (
     RequestKind,
     StreamEvent,
 )
+from switchboard.gateway import choices
 from switchboard.runtime.lease import AdmissionRejected, CircuitOpen
 
 T = TypeVar("T")
@@ -230,10 +231,19 @@ class LeaseAttempts:
         self.lease = self.fleet.lease(expert_id, self.request_id, self.num_prompt, max_tokens, self.prefix_key)
         return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
 
+    def num_choices_on(self, expert_id: str) -> int:
+        """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); `openai`
+        upstreams make their own."""
+        expert = self.fleet.expert(expert_id)
+        return 1 if expert is None or expert.backend.kind == "openai" else choices.num_choices(self.body)
+
     async def whole(self, expert_id: str) -> Completion:
         lease, gen = self._lease(expert_id)
+        n = self.num_choices_on(expert_id)
         try:
             async with lease:
+                if n > 1:
+                    return await choices.complete_choices(lease, choices.choice_requests(gen, n))
                 return await lease.complete(gen)  # a Ray lease retries once on another replica if its node is lost
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
@@ -245,7 +255,8 @@ class LeaseAttempts:
             await lease.__aenter__()
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc) from exc
-        events = lease.stream(gen)
+        n = self.num_choices_on(expert_id)
+        events = choices.stream_choices(lease, choices.choice_requests(gen, n)) if n > 1 else lease.stream(gen)
         try:
             first = await anext(events)
         except BaseException as exc:

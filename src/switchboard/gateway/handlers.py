@@ -385,7 +385,7 @@ class Handlers:
         if run.failures:
             headers["x-switchboard-failover"] = json.dumps(run.describe(), ensure_ascii=True, separators=(",", ":"))
         headers["cache-control"] = "no-cache"
-        writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage)
+        writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage, attempt.num_choices_on(run.expert_id))
         timing = (started_at, first_token_at)
         raw_headers = first.headers if type(first) is RawChunk else ()
         return SSEResponse(self._sse(writer, first, events, lease, run, timing, deadline, entry, headers), headers, raw_headers)
@@ -414,12 +414,14 @@ class Handlers:
                         event = await anext(events)
                         continue
                 elif isinstance(event, Finish):
-                    usage = event.usage
-                    if not event.is_relayed:
-                        yield writer.finish(event)
-                    return
+                    if event.is_relayed or writer.is_last(event):
+                        usage = event.usage
+                        if not event.is_relayed:
+                            yield writer.finish(event)
+                        return
+                    yield writer.finish(event)  # one choice of several ends (n > 1); the next follows
                 else:
-                    yield writer.text(event.text, event.raw_delta)
+                    yield writer.text(event.text, event.raw_delta, event.index)
                 # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
                 event = await deadline.wait(anext(events))
         except EngineError as exc:

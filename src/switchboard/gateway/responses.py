@@ -13,30 +13,25 @@ from switchboard.engines.base import Completion, Finish, RequestKind, Usage
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+def _choice(kind: RequestKind, index: int, completion: Completion) -> dict[str, Any]:
+    reason = completion.finish.reason.value
+    if kind == "completion":
+        return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": reason}
+    if completion.raw_choice is not None:
+        return {**completion.raw_choice, "index": index}
+    return {"index": index, "message": {"role": "assistant", "content": completion.text, "refusal": None}, "logprobs": None,
+            "finish_reason": reason}
+
+
 def completion_body(kind: RequestKind, request_id: str, created: int, model: str, completion: Completion) -> bytes:
-    finish = completion.finish
-    if kind == "chat":
-        if completion.raw_choice is not None:
-            choice = dict(completion.raw_choice)
-            choice["index"] = 0
-        else:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish.reason.value,
-            }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish.reason.value}
-        obj = "text_completion"
+    """The whole answer; `completion.more_choices` are choices 1..n-1, `completion.finish.usage` covers all."""
     return orjson.dumps({
         "id": request_id,
-        "object": obj,
+        "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [choice],
-        "usage": finish.usage.as_dict(),
+        "choices": [_choice(kind, i, c) for i, c in enumerate((completion, *completion.more_choices))],
+        "usage": completion.finish.usage.as_dict(),
         "system_fingerprint": None,
     })
 
@@ -44,13 +39,15 @@ def completion_body(kind: RequestKind, request_id: str, created: int, model: str
 class ChunkWriter:
     """Writes one stream's SSE chunks; every chunk shares the id, created time and model."""
 
-    __slots__ = ("kind", "head", "include_usage")
+    __slots__ = ("kind", "head", "include_usage", "num_choices", "num_announced")
 
-    def __init__(self, kind: RequestKind, request_id: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(self, kind: RequestKind, request_id: str, created: int, model: str, include_usage: bool, num_choices: int = 1) -> None:
         self.kind = kind
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self.head = {"id": request_id, "object": obj, "created": created, "model": model, "system_fingerprint": None}
         self.include_usage = include_usage
+        self.num_choices = num_choices
+        self.num_announced = 1  # choices whose role chunk is out (choice 0's by `role()`)
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
         data = dict(self.head)
@@ -59,21 +56,31 @@ class ChunkWriter:
             data["usage"] = usage.as_dict() if usage is not None else None
         return b"data: " + orjson.dumps(data) + b"\n\n"
 
-    def role(self) -> bytes:
-        """The chat stream's first chunk, announcing the assistant role (as OpenAI sends it)."""
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    def role(self, index: int = 0) -> bytes:
+        """A chat choice's first chunk, announcing the assistant role (as OpenAI sends it)."""
+        return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
-    def text(self, text: str, raw_delta: dict[str, Any] | None = None) -> bytes:
+    def text(self, text: str, raw_delta: dict[str, Any] | None = None, index: int = 0) -> bytes:
         if self.kind == "chat":
             delta = raw_delta if raw_delta is not None else {"content": text}
-            return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
-        return self._chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+            chunk = self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+            if index >= self.num_announced:  # a later choice's first piece (n > 1)
+                self.num_announced = index + 1
+                return self.role(index) + chunk
+            return chunk
+        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def is_last(self, finish: Finish) -> bool:
+        return finish.index + 1 >= self.num_choices
 
     def finish(self, finish: Finish) -> bytes:
+        """A choice's finish chunk; after the last choice's, the usage chunk (if asked for) and [DONE]."""
         if self.kind == "chat":
-            last = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish.reason.value}])
+            last = self._chunk([{"index": finish.index, "delta": {}, "logprobs": None, "finish_reason": finish.reason.value}])
         else:
-            last = self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish.reason.value}])
+            last = self._chunk([{"index": finish.index, "text": "", "logprobs": None, "finish_reason": finish.reason.value}])
+        if not self.is_last(finish):
+            return last
         if self.include_usage:
             last += self._chunk([], finish.usage)
         return last + SSE_DONE

@@ -53,6 +53,7 @@ from switchboard.policies.placement import Unplaceable
 from switchboard.policies.routing import ExpertCandidate
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.view import describe_fleet
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -178,7 +179,7 @@ class LiveFleet:
 
     # ---- fleet-aware routing
 
-    def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
+    async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
         """Re-scores the router's feasible candidates against the live fleet (queueing, cold starts).
 
         Returns the expert to use and what to report about it. Cold experts that quality prefers are woken in
@@ -227,7 +228,7 @@ class LiveFleet:
         )
         return Lease(self, expert_id, request)
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         request = lease.request
@@ -300,7 +301,7 @@ class LiveFleet:
                 replica = self.model.replicas[replica_id]
                 waiter.set_result(replica_id)
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         replica = count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
@@ -433,6 +434,9 @@ class LiveFleet:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, self._next_step_at() - self.clock()))
             except asyncio.TimeoutError:
                 pass
+            # Let whatever else happens at this instant (a replica turning warm, an arrival) land first: one step
+            # then serves every trigger of the instant, after them, as the simulator orders its events.
+            await asyncio.sleep(0)
             self._wakeup.clear()
             while self._prewarm_steps_at and self._prewarm_steps_at[0] <= self.clock():
                 heapq.heappop(self._prewarm_steps_at)
@@ -505,8 +509,6 @@ class LiveFleet:
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON view behind GET /admin/fleet (see `switchboard.runtime.view`)."""
-        from switchboard.runtime.view import describe_fleet
-
-        return describe_fleet(self)
+        return describe_fleet(self, self._now())
 
 

@@ -161,6 +161,9 @@ class Simulation:
         self._pending_replicas: dict[ReplicaId, Replica] = {}
         self._pending_activity: dict[ExpertId, ExpertActivity] = {}
         self._prewarm_steps_at: set[float] = set()
+        self._steps_queued_at: set[float] = set()
+        """Times with a control step queued and not yet run: one step serves every trigger of an instant (the
+        live control loop likewise steps once for all that woke it)."""
         self._expert_ids = cluster.expert_ids
         self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
         n = len(workload)
@@ -203,7 +206,7 @@ class Simulation:
         if len(self.workload):
             self.queue.push(Event(float(self.workload.arrival_s[0]), Priority.ARRIVAL, "arrival", 0))
         if self.plane.control_interval_s:
-            self.queue.push(Event(self.plane.control_interval_s, Priority.CONTROL, "control", True))
+            self.queue.push(self._step_at(self.plane.control_interval_s, periodic=True))
         if self.warmup_s > 0:
             self.queue.push(Event(self.warmup_s, Priority.END, "warmup_ends", None))
         for crash in self.crashes:
@@ -218,6 +221,7 @@ class Simulation:
             nonlocal num_events, end_s
             end_s = event.time_s
             if event.kind == "control" and event.payload and self._num_outstanding == 0:
+                self._steps_queued_at.discard(end_s)
                 return []  # periodic control stops once every request has ended
             num_events += 1
             return handlers[event.kind](event, end_s)
@@ -295,7 +299,7 @@ class Simulation:
         if i not in self.sequences and not self.rejected[i] and not self._is_on_warm_replica(request):
             self.waited_for_cold_start[i] = True  # it waits for a start (what the live fleet answers)
         if self.plane.step_is_due():  # routing asked for a wake-up: the live control loop steps at once
-            out.append(Event(now_s, Priority.CONTROL, "control", False))
+            out += self._step_now(now_s)
         if not (i in self.sequences or self.rejected[i]):
             self._sync(now_s)
             if not self._is_queued_on_a_replica(request):
@@ -383,7 +387,7 @@ class Simulation:
         self.engines[replica_id] = ReplicaEngine(replica_id, profile)
         out = self._run_queued(replica_id, now_s)
         if self.plane.control_interval_s:  # its queue started: a step sees it warm (as the live fleet steps then)
-            out.append(Event(now_s, Priority.CONTROL, "control", False))
+            out += self._step_now(now_s)
         return out
 
     def _on_warmup_ends(self, event: Event, now_s: float) -> list[Event]:
@@ -409,11 +413,20 @@ class Simulation:
         del self.engines[replica_id]  # its pending step events are stale from now on
         return self._apply([self.plane.loop.lost(now_s, replica_id, "the engine crashed")], now_s)
 
+    def _step_at(self, at_s: float, *, periodic: bool) -> Event:
+        self._steps_queued_at.add(at_s)
+        return Event(at_s, Priority.CONTROL, "control", periodic)
+
+    def _step_now(self, at_s: float) -> list[Event]:
+        """A control step at `at_s` (after the instant's other events), unless one is queued for then."""
+        return [] if at_s in self._steps_queued_at else [self._step_at(at_s, periodic=False)]
+
     def _on_control(self, event: Event, now_s: float) -> list[Event]:
+        self._steps_queued_at.discard(now_s)
         self._sync(now_s)
         out = self._apply(self.plane.control(self.snapshot), now_s)
         if event.payload:  # periodic, on the loop's grid
-            out.append(Event(self.plane.loop.next_periodic_step_at(now_s), Priority.CONTROL, "control", True))
+            out.append(self._step_at(self.plane.loop.next_periodic_step_at(now_s), periodic=True))
         return out
 
     # ------------------------------------------------------------------------------------------ actions
@@ -430,7 +443,7 @@ class Simulation:
                 self._pending_replicas[action.replica_id] = ops.enqueued(replica, action.request, now_s)
             out = self._run_queued(action.replica_id, now_s)
             if self.snapshot.unplaced and self.plane.control_interval_s:
-                out.append(Event(now_s, Priority.CONTROL, "control", False))
+                out += self._step_now(now_s)
             return out
         out: list[Event] = []
         for action in actions:
@@ -454,13 +467,13 @@ class Simulation:
                 at_s = max(now_s, action.at_s)
                 if at_s not in self._prewarm_steps_at:
                     self._prewarm_steps_at.add(at_s)
-                    out.append(Event(at_s, Priority.CONTROL, "control", False))
+                    out += self._step_now(at_s)
             elif isinstance(action, ForwardUpstream):
                 raise ValueError("the simulator has no external upstream experts")
         if self.snapshot.unplaced and self.plane.control_interval_s:
             for request in self.snapshot.unplaced:  # it waits for a replica again (the live fleet says cold)
                 self.waited_for_cold_start[int(request.request_id)] = True
-            out.append(Event(now_s, Priority.CONTROL, "control", False))  # a stopped start left requests behind
+            out += self._step_now(now_s)  # a stopped start left requests behind
         return out
 
     def _engine_outstanding(self, replica_id) -> int:

@@ -3,11 +3,11 @@ limit is hit, with the status (429 for rate limits, 402 for budgets) and how lon
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
 burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
-when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its estimated cost
-(prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real cost, and a
-request is refused once the spend plus what the requests in flight hold reaches the budget. However many run at
-once, a budget is exceeded by less than the last admitted request's estimate (and only if the real prompt was
-longer than estimated, by that difference too).
+when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its
+estimated cost (prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real
+cost, and a request is refused once the spend plus what the requests in flight hold reaches the budget. However
+many run at once, a budget is exceeded by less than the last admitted request's estimate (plus, if a real prompt
+was longer than estimated, that difference).
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ class OverLimit:
 ALLOWED = Allowed()
 
 
-def admit(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens_estimate: int) -> Allowed | OverLimit:
-    """Budgets first (waiting a minute does not help them), then requests per minute, then tokens per minute."""
-    return (_check_budget(limits, usage, now_s) or _check_rpm(limits, usage, now_s)
-            or _check_tpm(limits, usage, now_s, num_tokens_estimate) or ALLOWED)
+def admit(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens_estimate: int,
+          window_s: float = WINDOW_S) -> Allowed | OverLimit:
+    """Budgets first (waiting a minute does not help them), then requests per minute, then tokens per minute.
+    `window_s` is the window `usage` counts over (a minute but in tests and demos)."""
+    return (_check_budget(limits, usage, now_s) or _check_rpm(limits, usage, now_s, window_s)
+            or _check_tpm(limits, usage, now_s, num_tokens_estimate, window_s) or ALLOWED)
 
 
 def _check_budget(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
@@ -98,27 +100,27 @@ def _check_budget(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> Over
     return None
 
 
-def _check_rpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
+def _check_rpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, window_s: float) -> OverLimit | None:
     if limits.rpm is None or usage.num_requests < limits.rpm:
         return None
     # The request that frees a slot is the (n - rpm + 1)-th oldest: once it leaves the window, one more fits.
     index = usage.num_requests - limits.rpm
-    freeing_at = usage.window[index].at_s + WINDOW_S if limits.rpm > 0 else now_s + WINDOW_S
+    freeing_at = usage.window[index].at_s + window_s if limits.rpm > 0 else now_s + window_s
     return OverLimit(Limit.RPM, 429, max(freeing_at - now_s, 0.0),
                      f"rate limit of {limits.rpm} requests per minute reached")
 
 
-def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens: int) -> OverLimit | None:
+def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens: int, window_s: float) -> OverLimit | None:
     if limits.tpm is None or usage.num_tokens + num_tokens <= limits.tpm:
         return None
     if num_tokens > limits.tpm:
-        return OverLimit(Limit.TPM, 429, WINDOW_S, f"rate limit of {limits.tpm} tokens per minute: this request alone is "
+        return OverLimit(Limit.TPM, 429, window_s, f"rate limit of {limits.tpm} tokens per minute: this request alone is "
                          f"estimated at {num_tokens} tokens (prompt + max_tokens); lower max_tokens")
-    used, retry_after_s = usage.num_tokens, WINDOW_S
+    used, retry_after_s = usage.num_tokens, window_s
     for entry in usage.window:  # the oldest requests leave the window first
         used -= entry.num_tokens
         if used + num_tokens <= limits.tpm:
-            retry_after_s = entry.at_s + WINDOW_S - now_s
+            retry_after_s = entry.at_s + window_s - now_s
             break
     return OverLimit(Limit.TPM, 429, max(retry_after_s, 0.0),
                      f"rate limit of {limits.tpm} tokens per minute reached ({usage.num_tokens} used, "

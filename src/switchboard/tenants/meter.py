@@ -30,7 +30,10 @@ class _KeyUsage:
 
 
 class UsageMeter:
-    def __init__(self) -> None:
+    """Keys' usage over a sliding window of `window_s` (a minute: `limits.WINDOW_S`) and their spend."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
         self._keys: dict[str, _KeyUsage] = {}
 
     def _usage(self, key_id: str) -> _KeyUsage:
@@ -46,7 +49,7 @@ class UsageMeter:
         if usage is None:
             return UsageSnapshot()
         window = usage.window
-        while window and window[0].at_s <= now_s - WINDOW_S:
+        while window and window[0].at_s <= now_s - self.window_s:
             gone = window.popleft()
             gone.in_window = False
             usage.num_tokens -= gone.num_tokens
@@ -101,7 +104,10 @@ class UsageMeter:
         usage.usd_month += usd
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float, now_s: float) -> None:
-        """Sets a key's spend so far (from the request log at start)."""
+        """Sets a key's spend so far (from the request log at start). A meter that already counted more (a
+        shared meter seeded by several gateways, each from its own log) keeps its own count."""
         usage = self._usage(key_id)
-        usage.day, usage.usd_day = day_of(now_s), usd_today
-        usage.month, usage.usd_month = month_of(now_s), usd_this_month
+        day, month = day_of(now_s), month_of(now_s)
+        usage.usd_day = max(usd_today, usage.usd_day if usage.day == day else 0.0)
+        usage.usd_month = max(usd_this_month, usage.usd_month if usage.month == month else 0.0)
+        usage.day, usage.month = day, month
