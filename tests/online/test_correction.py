@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from switchboard.config.schema import OnlineLearningConfig
@@ -67,6 +68,7 @@ def test_the_slope_keeps_the_routers_per_prompt_differences_only_where_they_hold
     assert correction(noise, here, np.array([0]), np.array([0.8]), SLOPE.model_copy(update={"slope_prior_var": 0.0})).mean[0] > -0.2
 
 
+@hypothesis_settings(deadline=None)
 @given(st.floats(0.0, 1.0), st.lists(st.booleans(), max_size=300))
 def test_sampled_decisions_never_exceed_the_budget(fraction, wants):
     budget = ExplorationBudget()
@@ -98,6 +100,7 @@ def _reference(events: Events, context, experts, predicted, settings) -> np.ndar
     return out
 
 
+@hypothesis_settings(deadline=None)  # no timing in tests: on two shared cores one example can take longer than 200 ms
 @given(st.integers(0, 2**32 - 1))
 def test_the_vectorised_correction_is_the_model(seed):
     rng = np.random.default_rng(seed)

@@ -90,7 +90,6 @@ class Adjustment:
         self.tenant = tenant
         self.is_sampled = False
         self.num_events = 0
-        self.evidence: dict[str, float] = {}
 
     def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
         return self.learner.adjust(self, features, names, quality)
@@ -140,7 +139,6 @@ class OnlineLearner:
             adjustment.num_events = memory.num_events
             noise = self.rng.standard_normal(len(columns)) if is_sampled else None
         adjustment.is_sampled = is_sampled
-        adjustment.evidence = {n: round(float(e), 2) for n, e in zip(names, corr.evidence)}
         delta = corr.mean if noise is None else corr.mean + corr.std * noise
         return np.clip(np.asarray(quality, np.float64) + delta, 0.0, 1.0)
 
@@ -157,7 +155,9 @@ class OnlineLearner:
         return outcome
 
     def restore(self, events: Iterable[FeedbackEvent], batch_size: int = 256) -> int:
-        """Replays logged feedback, oldest first (as `learn` would have); returns the number learned."""
+        """Replays logged feedback, oldest first (as `learn` would have); returns the number learned. Run at
+        start: a feedback learned live while it runs, and already in the log, is counted twice (harmless: one
+        event among thousands, and only in the first seconds)."""
         usable = [e for e in events if self._check(e.prompt, e.expert) is LearnOutcome.LEARNED]
         for start in range(0, len(usable), batch_size):
             batch = usable[start : start + batch_size]
