@@ -2,7 +2,8 @@
 
 Composed like Ray Serve's `autoscaling_policy`, as small steps:
 
-1. `raw_desired`  — outstanding work ÷ what one replica should carry (the strategy: tokens or queue depth);
+1. `raw_desired`  — outstanding work ÷ what one replica should carry (the strategy: tokens — with the engine
+                    time of the recent arrival rate — or queue depth, or the arrival rate at the SLO);
 2. `smooth`       — move only a fraction of the way (upscaling_factor / downscaling_factor);
 3. `bound`        — clamp to [min_replicas, max_replicas] and to the keep-alive floor;
 4. `delay`        — act on an upscale/downscale only after it has been wanted for upscale_delay_s /
@@ -10,7 +11,8 @@ Composed like Ray Serve's `autoscaling_policy`, as small steps:
                     and a scale-down that `is_replacement` (newer, better replicas have taken over: demand-at-slo).
 
 Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences —
-or, for `demand-at-slo`, requests/s *of their measured size* against what one replica serves within the SLO.
+or requests/s *of their measured size*: against a replica's engine time (`in-flight-tokens`) or against what
+one replica serves within the SLO (`demand-at-slo`).
 """
 
 from __future__ import annotations
@@ -265,7 +267,9 @@ class AutoscalePolicy(abc.ABC):
     def _reason(self, load: ExpertLoad, desired: int, now_n: int, floor: int, needs_wake: bool, is_delayed: bool):
         current = load.num_replicas
         detail = (f"{load.num_outstanding_tokens} tokens / {load.num_outstanding_requests} requests outstanding "
-                  f"on {current} replica(s); want {desired}")
+                  f"on {current} replica(s)"
+                  + (f", {load.num_replicas_for_demand:.1f} for the arrival rate" if load.num_replicas_for_demand else "")
+                  + f"; want {desired}")
         if needs_wake:
             return Reason(AutoscaleReasonCode.WAKE_FOR_WAITING_REQUESTS, detail)
         if is_delayed:
@@ -291,8 +295,8 @@ class InFlightTokensAutoscale(AutoscalePolicy):
     ~1,500-token prompts, ~13-token answers) leave the KV cache nearly empty while prefill keeps the engine
     busy, so KV fill alone kept one replica of a 51B expert whose prefills queued past the TTFT SLO for minutes.
     Engine time is Little's law in seconds: requests/s × (prefill + the request's share of full-batch decode
-    steps, `predict.request_busy_s`) is the replicas' busy fraction, kept within `target_utilization` — the
-    token budget a chunked-prefill step shares between decodes and prefill chunks is spent on these same tokens.
+    steps, `predict.request_busy_s`, from the engine profile) is the replicas' busy fraction, kept within
+    `target_utilization`.
     Only busy experts (requests outstanding) are sized by their rate; an idle one is left to keep-alive.
     """
 
