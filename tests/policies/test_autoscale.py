@@ -213,3 +213,28 @@ def test_max_utilization_at_slo_is_the_largest_load_whose_tail_wait_fits_the_sla
     assert 0 <= rho < 1 and tail(rho) <= 1 - percentile / 100 + 1e-9
     assert tail(min(1.0, rho + 1e-6)) > 1 - percentile / 100 - 1e-6  # the largest such load
     assert predict.max_utilization_at_slo(service_s, slack_s * 2, percentile) >= rho  # more slack, more load
+
+
+def test_in_flight_tokens_counts_engine_time_of_long_prompts_that_barely_fill_kv():
+    """Code-shaped load: 4,000-token prompts with 8-token answers keep the engine busy while one request
+    outstanding fills 8% of one replica's KV cache; the engine-time term scales up, KV fill alone would not."""
+    base = _loaded(0)
+    e = base.estimates[(A, "l4")]
+    busy_s = predict.request_busy_s(e, 4000, 8)
+    rate = 2.5 * 0.7 / busy_s  # 2.5 replicas' worth at 70% busy
+    s = _busy(_with_demand(base, rate, prompt=4000, output=8))
+    with_time = make_autoscale(AutoscaleSettings(upscale_delay_s=0, target_utilization=0.7, max_replicas=8))
+    kv_only = make_autoscale(AutoscaleSettings(upscale_delay_s=0, target_utilization=0.7, max_replicas=8,
+                                               count_engine_time=False))
+    assert with_time.decide(s, AutoscaleState(), _capacity(s), {})[0][A].num_desired == 3
+    assert kv_only.decide(s, AutoscaleState(), _capacity(s), {})[0][A].num_desired == 1
+
+
+def test_in_flight_tokens_leaves_an_idle_expert_to_keepalive_and_keeps_kv_room():
+    policy = make_autoscale(AutoscaleSettings(upscale_delay_s=0, downscale_delay_s=0))
+    s = _with_demand(_loaded(0), 5.0)  # a high rate, but nothing outstanding right now
+    assert policy.decide(s, AutoscaleState(), _capacity(s), {A: 1})[0][A].num_desired == 1
+    half_a_replica = 0.5 * 0.7 / predict.request_busy_s(s.estimates[(A, "l4")], 1000, 200)
+    s = _with_demand(_loaded(120_000), half_a_replica)  # KV fill wants 120k / (0.7 × 50k) → 4; the rate wants 1
+    assert s.activity_of(A).demand(s.now_s).requests_per_s > 0
+    assert policy.decide(s, AutoscaleState(), _capacity(s), {})[0][A].num_desired == 4

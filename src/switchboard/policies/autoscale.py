@@ -2,7 +2,8 @@
 
 Composed like Ray Serve's `autoscaling_policy`, as small steps:
 
-1. `raw_desired`  — outstanding work ÷ what one replica should carry (the strategy: tokens or queue depth);
+1. `raw_desired`  — outstanding work ÷ what one replica should carry (the strategy: tokens — with the engine
+                    time of the recent arrival rate — or queue depth, or the arrival rate at the SLO);
 2. `smooth`       — move only a fraction of the way (upscaling_factor / downscaling_factor);
 3. `bound`        — clamp to [min_replicas, max_replicas] and to the keep-alive floor;
 4. `delay`        — act on an upscale/downscale only after it has been wanted for upscale_delay_s /
@@ -10,7 +11,8 @@ Composed like Ray Serve's `autoscaling_policy`, as small steps:
                     and a scale-down that `is_replacement` (newer, better replicas have taken over: demand-at-slo).
 
 Never on requests/s alone: LLM requests differ 100× in cost, so the load measures are tokens and sequences —
-or, for `demand-at-slo`, requests/s *of their measured size* against what one replica serves within the SLO.
+or requests/s *of their measured size*: against a replica's engine time (`in-flight-tokens`) or against what
+one replica serves within the SLO (`demand-at-slo`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class AutoscaleSettings(PolicySettings):
     demand_headroom: float = Field(1.0, ge=1.0, description="demand-at-slo: provision for this multiple of the recent "
                                    "arrival rate (1.1 = 10% headroom for load that grows while a new replica starts; "
                                    "costs more, misses fewer TTFTs in load ramps; docs/simulator.md).")
+    count_engine_time: bool = Field(True, description="in-flight-tokens: also want enough replicas that each is "
+                                    "busy (prefill + its share of decode, from the engine profile) at most "
+                                    "`target_utilization` of the time at the expert's recent arrival rate; else KV "
+                                    "fill alone, which long prompts with short answers never raise.")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> "AutoscaleSettings":
@@ -106,7 +112,8 @@ class ExpertLoad:
     replica_capacity: EngineCapacity
     """Capacity of a typical replica (mean of its replicas, else of a new one)."""
     num_replicas_for_demand: float = 0.0
-    """Replicas the recent arrival rate needs at the SLO (only `demand-at-slo` fills it)."""
+    """Replicas the recent arrival rate needs: at the SLO (`demand-at-slo`), or at the target engine utilization
+    (`in-flight-tokens` with `count_engine_time`); 0 when not sized by rate."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -260,7 +267,9 @@ class AutoscalePolicy(abc.ABC):
     def _reason(self, load: ExpertLoad, desired: int, now_n: int, floor: int, needs_wake: bool, is_delayed: bool):
         current = load.num_replicas
         detail = (f"{load.num_outstanding_tokens} tokens / {load.num_outstanding_requests} requests outstanding "
-                  f"on {current} replica(s); want {desired}")
+                  f"on {current} replica(s)"
+                  + (f", {load.num_replicas_for_demand:.1f} for the arrival rate" if load.num_replicas_for_demand else "")
+                  + f"; want {desired}")
         if needs_wake:
             return Reason(AutoscaleReasonCode.WAKE_FOR_WAITING_REQUESTS, detail)
         if is_delayed:
@@ -279,10 +288,38 @@ AUTOSCALE_POLICIES: Registry[AutoscaleKind, AutoscalePolicy] = Registry("autosca
 
 @AUTOSCALE_POLICIES.register(AutoscaleKind.IN_FLIGHT_TOKENS)
 class InFlightTokensAutoscale(AutoscalePolicy):
-    """Outstanding tokens against each replica's KV capacity: a long prompt weighs what it costs."""
+    """Outstanding tokens against each replica's KV capacity, and (`count_engine_time`) the engine time the
+    recent arrivals take against each replica's time: whichever needs more replicas.
+
+    Why both: KV fill measures memory, not speed. Requests with long prompts and short answers (code completion:
+    ~1,500-token prompts, ~13-token answers) leave the KV cache nearly empty while prefill keeps the engine
+    busy, so KV fill alone kept one replica of a 51B expert whose prefills queued past the TTFT SLO for minutes.
+    Engine time is Little's law in seconds: requests/s × (prefill + the request's share of full-batch decode
+    steps, `predict.request_busy_s`, from the engine profile) is the replicas' busy fraction, kept within
+    `target_utilization`.
+    Only busy experts (requests outstanding) are sized by their rate; an idle one is left to keep-alive.
+    """
+
+    def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
+        load = expert_load(snapshot, expert_id, new_replica_capacity)
+        if not self.settings.count_engine_time or load.num_outstanding_requests == 0:
+            return load
+        demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+        if demand.requests_per_s <= 0:
+            return load
+        prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
+        output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
+        utilization = self.settings.target_utilization
+
+        def capacity(estimate: ServingEstimate) -> float:
+            return utilization / predict.request_busy_s(estimate, prompt, output)
+
+        needed = _replicas_for_rate(snapshot, expert_id, demand.requests_per_s, capacity, self.settings.max_replicas)
+        return load if needed is None else evolve(load, num_replicas_for_demand=needed)
 
     def raw_desired(self, load: ExpertLoad) -> float:
-        return load.num_outstanding_tokens / (self.settings.target_utilization * load.replica_capacity.kv_capacity_tokens)
+        kv_fill = load.num_outstanding_tokens / (self.settings.target_utilization * load.replica_capacity.kv_capacity_tokens)
+        return max(kv_fill, load.num_replicas_for_demand)
 
 
 @AUTOSCALE_POLICIES.register(AutoscaleKind.QUEUE_DEPTH)
@@ -326,25 +363,9 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         requests_per_s = demand.requests_per_s * self.settings.demand_headroom
         if requests_per_s <= 0:
             return load
-        estimates = _estimates_of(snapshot, expert_id)
-        if not estimates:
-            return load
-        capacity = self._capacity(snapshot, expert_id, demand)
-        # The best replicas first; any shortfall in replicas of the best kind (where cost-aware placement puts a
-        # loaded expert), so a slow replica left from low load does not multiply the count.
-        have = sorted((capacity(e) for r in snapshot.accepting_replicas_of(expert_id)
-                       if (e := snapshot.estimate(expert_id, r.hardware)) is not None), reverse=True)
-        needed, remaining = 0.0, requests_per_s
-        for per_replica in have:
-            if remaining <= per_replica:
-                needed += remaining / per_replica
-                remaining = 0.0
-                break
-            needed, remaining = needed + 1.0, remaining - per_replica
-        if remaining > 0:
-            best = max(capacity(e) for e in estimates)
-            needed += remaining / best if best > 0 else float(self.settings.max_replicas)
-        return evolve(load, num_replicas_for_demand=needed)
+        needed = _replicas_for_rate(snapshot, expert_id, requests_per_s, self._capacity(snapshot, expert_id, demand),
+                                    self.settings.max_replicas)
+        return load if needed is None else evolve(load, num_replicas_for_demand=needed)
 
     def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
         """Least capacity per USD first (a slow or pricey replica goes before a cost-efficient one), then the
@@ -382,6 +403,34 @@ class DemandAtSloAutoscale(AutoscalePolicy):
 
     def raw_desired(self, load: ExpertLoad) -> float:
         return max(load.num_outstanding_tokens / load.replica_capacity.kv_capacity_tokens, load.num_replicas_for_demand)
+
+
+def _replicas_for_rate(
+    snapshot: FleetSnapshot, expert_id: ExpertId, requests_per_s: float,
+    capacity: Callable[[ServingEstimate], float], max_replicas: int,
+) -> float | None:
+    """Replicas (fractional) that carry `requests_per_s` when one with estimate `e` carries `capacity(e)`
+    requests/s; None when the expert has no estimate.
+
+    The existing replicas count best first; any shortfall is counted in replicas of the best kind (where
+    cost-aware placement puts a loaded expert), so a slow replica left from low load does not multiply the count.
+    """
+    estimates = _estimates_of(snapshot, expert_id)
+    if not estimates:
+        return None
+    have = sorted((capacity(e) for r in snapshot.accepting_replicas_of(expert_id)
+                   if (e := snapshot.estimate(expert_id, r.hardware)) is not None), reverse=True)
+    needed, remaining = 0.0, requests_per_s
+    for per_replica in have:
+        if remaining <= per_replica:
+            needed += remaining / per_replica
+            remaining = 0.0
+            break
+        needed, remaining = needed + 1.0, remaining - per_replica
+    if remaining > 0:
+        best = max(capacity(e) for e in estimates)
+        needed += remaining / best if best > 0 else float(max_replicas)
+    return needed
 
 
 def _estimates_of(snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ServingEstimate, ...]:
