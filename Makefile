@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_wheel.sh
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
 	scripts/build_llama_wheel.sh $(PY) $(WHEEL_CACHE) $(LLAMA_CPP_VERSION)
 	$(PY) -m pip install --quiet --find-links $(WHEEL_CACHE) $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) -e '.[dev,router-offline,ray]'
+	# The local embedding expert's model as ONNX, exported once into ~/.cache/switchboard/onnx (needs torch; serving does not).
+	$(VENV)/bin/switchboard embeddings prepare
 	touch $(STAMP)
 
 run: install
@@ -27,6 +29,8 @@ run: install
 
 test: install
 	scripts/ensure_chromium.sh
+	# The official openai Node client for tests/conformance, pinned by its package-lock.json (node and npm: the machine's).
+	test -f tests/conformance/node/node_modules/openai/package.json || (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 	pg_url=$$(scripts/postgres.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -10,6 +10,13 @@ generator each run in their own process on this 2-core machine, so absolute numb
 among the three; the ratios compare like with like.
 
 Run: .venv/bin/python benchmarks/gateway_overhead.py [--duration 5] [--json out.json]
+
+The streaming relay cell (issue 14's target): one gateway process pinned to one core with `taskset` in front of
+a fast mock upstream (20-chunk streams), closed-loop load at concurrency 64 and 1, alternating round by round
+(ABBA) with a baseline gateway — the same measurement on other code, e.g. main before a change:
+
+    git archive main src | tar -x -C /tmp/sb-baseline
+    .venv/bin/python benchmarks/gateway_overhead.py --relay-cell --baseline-src /tmp/sb-baseline/src [--rounds 6]
 """
 
 from __future__ import annotations
@@ -126,11 +133,97 @@ def _framework_comparison(config_path: str, results: list[dict], duration_s: flo
     return rows
 
 
+RELAY_UPSTREAM_CODE = UPSTREAM_CODE.replace("num_chunks=16", "num_chunks=20")
+
+
+def _pinned(cpu: int, argv: list[str], src: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src
+    return subprocess.Popen(["taskset", "-c", str(cpu), *argv], env=env)
+
+
+def _relay_cell(args: argparse.Namespace) -> None:
+    """Streams/s at c=64 and the added p50 per stream at c=1, current code vs `--baseline-src`, alternated."""
+    gateway_cpu, other_cpu = args.gateway_cpu, 1 - args.gateway_cpu
+    os.sched_setaffinity(0, {other_cpu})  # the load generator and the upstream share the other core
+    up_port = free_port()
+    upstream = _pinned(other_cpu, [sys.executable, "-c", RELAY_UPSTREAM_CODE, str(up_port)])
+    here_src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    variants = {"current": here_src, "baseline": args.baseline_src}
+    ports = {name: free_port() for name in variants}
+    scratch = tempfile.TemporaryDirectory()
+    configs = {}
+    for name in variants:  # the default config (request log on), each gateway with its own log database
+        configs[name] = os.path.join(scratch.name, f"{name}.yaml")
+        with open(configs[name], "w") as fh:
+            fh.write(f"""experts:
+  - id: fast
+    backend: {{kind: openai, base_url: "http://127.0.0.1:{up_port}/v1", model: mock}}
+storage: {{url: "sqlite:///{scratch.name}/{name}.db"}}
+""")
+    gateways = {name: _pinned(gateway_cpu, [sys.executable, "-m", "switchboard.cli", "serve", "--config", configs[name],
+                                            "--port", str(ports[name]), "--log-level", "warning"], src) for name, src in variants.items()}
+    rows: list[dict] = []
+    try:
+        _wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+        for name, proc in gateways.items():
+            _wait_http(f"http://127.0.0.1:{ports[name]}/healthz", proc)
+        uvloop.install()
+        body = _body(True, "fast")
+        for round_ in range(args.rounds):
+            order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
+            direct = asyncio.run(run_load("127.0.0.1", up_port, build_request("127.0.0.1", up_port, "/v1/chat/completions", _body(True, "mock")),
+                                          concurrency=1, duration_s=args.duration / 2))
+            for name in order:
+                request = build_request("127.0.0.1", ports[name], "/v1/chat/completions", body)
+                cpu = psutil.Process(gateways[name].pid)
+                cpu_before = sum(cpu.cpu_times()[:2])
+                c64 = asyncio.run(run_load("127.0.0.1", ports[name], request, concurrency=64, duration_s=args.duration, warmup_s=0))
+                cpu_us = (sum(cpu.cpu_times()[:2]) - cpu_before) / max(1, c64.num_requests + 64) * 1e6
+                c1 = asyncio.run(run_load("127.0.0.1", ports[name], request, concurrency=1, duration_s=args.duration / 2))
+                row = {"round": round_, "variant": name, "streams_per_s": c64.rps, "p50_ms": c64.pct_ms(50), "errors": c64.num_errors + c1.num_errors,
+                       "c1_added_p50_ms": c1.pct_ms(50) - direct.pct_ms(50), "cpu_us_per_stream": cpu_us}
+                rows.append(row)
+                print(f"round {round_} {name:8} c=64 {row['streams_per_s']:7.0f} streams/s p50 {row['p50_ms']:6.1f} ms, gateway CPU {cpu_us:5.0f} us/stream | "
+                      f"c=1 added p50 {row['c1_added_p50_ms']:+.2f} ms | errors {row['errors']}", flush=True)
+    finally:
+        for proc in (*gateways.values(), upstream):
+            proc.terminate()
+            proc.wait(timeout=30)
+        scratch.cleanup()
+    import statistics
+
+    def summary(name: str, key: str) -> str:
+        values = sorted(r[key] for r in rows if r["variant"] == name)
+        return f"median {statistics.median(values):.2f} (min {values[0]:.2f}, max {values[-1]:.2f})"
+
+    ratios = sorted(a["streams_per_s"] / b["streams_per_s"] for a, b in zip(
+        (r for r in rows if r["variant"] == "current"), (r for r in rows if r["variant"] == "baseline")))
+    print(f"\nstreams/s at c=64, current:  {summary('current', 'streams_per_s')}")
+    print(f"streams/s at c=64, baseline: {summary('baseline', 'streams_per_s')}")
+    print(f"current/baseline per round: {', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})")
+    print(f"gateway CPU per stream at c=64 (us), current: {summary('current', 'cpu_us_per_stream')}; baseline: {summary('baseline', 'cpu_us_per_stream')}")
+    print(f"added p50 per stream at c=1 (ms), current: {summary('current', 'c1_added_p50_ms')}; baseline: {summary('baseline', 'c1_added_p50_ms')}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"relay_cell": rows}, fh, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--relay-cell", action="store_true", help="only the streaming relay cell, against --baseline-src")
+    parser.add_argument("--baseline-src", default=None, help="a `src` directory of the code to compare against")
+    parser.add_argument("--rounds", type=int, default=6, help="relay cell: alternating rounds")
+    parser.add_argument("--gateway-cpu", type=int, default=1, help="relay cell: the core the gateways are pinned to")
     args = parser.parse_args()
+    if args.relay_cell:
+        if not args.baseline_src:
+            parser.error("--relay-cell needs --baseline-src")
+        _relay_cell(args)
+        return
 
     up_port, gw_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up_port)])

@@ -49,7 +49,7 @@ from switchboard.engines.base import Finish, GenerationRequest, TextDelta
 from switchboard.engines.llamacpp.engine import LlamaCppEngine
 from switchboard.gateway.app import build_app
 from switchboard.policies.control import ControlSettings
-from switchboard.sim.cluster import ClusterSpec, build_cluster
+from switchboard.sim.cluster import ClusterSpec, resolve_cluster
 from switchboard.sim.planes import ServerlessPlane
 from switchboard.sim.runner import RoutingInputs, Simulation
 from switchboard.sim.workload import Workload, load_routing_data
@@ -356,7 +356,7 @@ def run_sim(plan: FidelityPlan, calibration: Calibration, live: list[Outcome]) -
         "experts": [{"id": EXPERT_ID, "params_b": PARAMS_B, "bytes_per_param": BYTES_PER_PARAM}],
         "calibration": {"cpu": calibration.section()},
     })
-    cluster = build_cluster(spec)
+    cluster = resolve_cluster(spec)
     n = len(live)
     workload = Workload.from_arrays(
         [o.arrival_s for o in live], [o.num_prompt_tokens for o in live], [o.num_output_tokens for o in live],

@@ -43,3 +43,6 @@ class ReplicaState(str, enum.Enum):
 class FinishReason(str, enum.Enum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    FUNCTION_CALL = "function_call"

@@ -9,6 +9,7 @@ import pytest
 
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 # Node death is noticed within ~1.5 s instead of Ray's default ~30 s, so the node-loss test stays short.
+NODE_ARGS = dict(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
 FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
 
@@ -29,7 +30,7 @@ def ray_cluster():
         yield None, address
         ray.shutdown()
         return
-    node_args = dict(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
+    node_args = NODE_ARGS
     cluster = Cluster(initialize_head=True, head_node_args={
         **node_args, "resources": {"switchboard/hw:cpu": 1}, "_system_config": FAST_HEALTH_CHECKS,
     })
@@ -41,3 +42,16 @@ def ray_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def add_l4_node(ray_cluster):
+    """Adds a one-device `l4` node named `worker_id` to this module's cluster (skips on an existing cluster)."""
+    cluster, _ = ray_cluster
+    if cluster is None:
+        pytest.skip("adds nodes: only on the cluster this module starts")
+
+    def add(worker_id: str):
+        return cluster.add_node(**NODE_ARGS, resources={"switchboard/hw:l4": 1}, labels={"switchboard/worker-id": worker_id})
+
+    return add

@@ -50,3 +50,33 @@ storage: {enabled: false}
         assert running() == 0 and await actor.reclaim_silent_gateways() == []
     finally:
         await actor.shutdown()
+
+
+def test_three_gateways_share_one_count_of_a_keys_requests_and_budget():
+    """The control actor's key counts (Ray-free): what three gateways admit together stays within the key's
+    rpm, and its budget's holds count every gateway's requests in flight."""
+    from switchboard.cluster.ray_limits import KeyCounts
+    from switchboard.tenants.keys import KeyLimits
+    from switchboard.tenants.limits import Limit, OverLimit
+
+    now = [1_800_000_000.0]
+    counts = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    rpm = KeyLimits(rpm=600)
+    granted = {g: 0 for g in ("gw-a", "gw-b", "gw-c")}
+    for i in range(900):  # each gateway alone would grant all of its 300
+        gateway = ("gw-a", "gw-b", "gw-c")[i % 3]
+        now[0] += 0.01
+        if isinstance(counts.admit("k", rpm, 10, 0.0, gateway), str):
+            granted[gateway] += 1
+    assert sum(granted.values()) == 600 and all(n == 200 for n in granted.values())
+    refused = counts.admit("k", rpm, 10, 0.0, "gw-a")
+    assert isinstance(refused, OverLimit) and refused.limit is Limit.RPM
+
+    counts, budget = KeyCounts(window_s=60.0, clock=lambda: now[0]), KeyLimits(usd_per_day=1.0)
+    holds = [counts.admit("b", budget, 10, 0.4, g) for g in ("gw-a", "gw-b", "gw-c")]
+    assert all(isinstance(h, str) for h in holds)  # 0, 0.4, 0.8 held when each was admitted
+    assert isinstance(counts.admit("b", budget, 10, 0.4, "gw-a"), OverLimit)  # 1.2 held
+    counts.settle(holds[0], 10, 0.1)
+    assert counts.release_gateway("gw-b") == 1 and counts.num_holds == 1  # a silent gateway's holds go with it
+    counts.settle(holds[1], 10, 0.4)  # a late settle of a released hold is not counted twice
+    assert isinstance(counts.admit("b", budget, 10, 0.4, "gw-a"), str)  # 0.1 spent + 0.4 held

@@ -5,23 +5,21 @@ request either completed or failed cleanly. Run with `pytest -m ray tests/cluste
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
+import uuid
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
-from switchboard.testing.servers import serve_in_thread
+from switchboard.testing.servers import serve_in_process, serve_in_thread
 
 pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
+
+LONG_ANSWER_TOKENS = 4000
+"""Long enough that a request is still running when the test removes its node, short enough to retry in full."""
 
 
 def ray_config(address: str):
@@ -58,6 +56,16 @@ def gateway(ray_cluster):
         stop_control_actor(config.cluster)
 
 
+def wait_for(condition, timeout_s: float, what: str):
+    """Polls `condition` until it returns something truthy (returned), or fails naming `what` after `timeout_s`.
+    The tests wait on conditions like this, never on sleeps of a guessed length."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for: {what}"
+        time.sleep(0.05)
+    return found
+
+
 def fleet_view(url: str) -> dict:
     return httpx.get(url + "/admin/fleet", timeout=10).json()
 
@@ -65,6 +73,17 @@ def fleet_view(url: str) -> dict:
 def replicas_of(view: dict, expert_id: str, state: str = "warm") -> list[dict]:
     expert = next(e for e in view["experts"] if e["id"] == expert_id)
     return [r for r in expert["replicas"] if r["state"] == state]
+
+
+def warm_replica(url: str, expert_id: str) -> dict:
+    """A warm replica of `expert_id` that has just answered a request (started for it if there was none), as
+    `/admin/fleet` shows it: each test makes its own instead of relying on an earlier test's."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    raw = client.chat.completions.with_raw_response.create(model=expert_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    replica_id = raw.headers["x-switchboard-replica"]
+    # The gateway refreshed its view when the lease showed the fleet had changed: no waiting needed.
+    (replica,) = [r for r in replicas_of(fleet_view(url), expert_id) if r["replica_id"] == replica_id]
+    return replica
 
 
 def hardware_of_node(node_id: str) -> str:
@@ -116,19 +135,23 @@ def test_tokens_stream_from_the_replica_actor(gateway):
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster):
+def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster, add_l4_node):
     cluster, _ = ray_cluster
     if cluster is None:
         pytest.skip("removes a node: only on the cluster this module starts")
     url, _ = gateway
-    (lost,) = replicas_of(fleet_view(url), "small-l4")
+    lost = warm_replica(url, "small-l4")
+    # A fresh l4 node first: the replacement needs somewhere to go, and later tests keep two l4 nodes.
+    fresh_id = f"l4-{uuid.uuid4().hex[:6]}"
+    add_l4_node(fresh_id)
+    wait_for(lambda: fresh_id in {w["worker_id"] for w in fleet_view(url)["workers"]}, 60, f"the fleet to see worker {fresh_id}")
     node = next(n for n in cluster.worker_nodes if n.node_id == lost["node"])
     messages = [{"role": "user", "content": "hi"}]
 
     def stream_all() -> str:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         try:
-            for _ in client.chat.completions.create(model="small-l4", messages=messages, max_tokens=4000, stream=True):
+            for _ in client.chat.completions.create(model="small-l4", messages=messages, max_tokens=LONG_ANSWER_TOKENS, stream=True):
                 pass
         except openai.APIError as exc:
             return f"error: {exc.message}"
@@ -137,97 +160,66 @@ def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_clus
     def whole() -> str:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         try:
-            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=messages, max_tokens=4000)
+            raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=messages, max_tokens=LONG_ANSWER_TOKENS)
         except openai.APIError as exc:
             return f"error: {exc.message}"
         return "ok on " + raw.headers["x-switchboard-replica"]
 
+    def running_on_lost() -> int:
+        return sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4") if r["replica_id"] == lost["replica_id"])
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = [pool.submit(stream_all), pool.submit(stream_all), pool.submit(whole), pool.submit(whole)]
-        deadline = time.monotonic() + 30
-        while sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4")) < 4:
-            assert time.monotonic() < deadline, "the four requests never ran together"
-            time.sleep(0.05)
+        wait_for(lambda: running_on_lost() == 4, 30, f"the four requests running together on {lost['replica_id']}")
         cluster.remove_node(node, allow_graceful=False)
         outcomes = [r.result(timeout=90) for r in running]  # none hangs
 
     # Each completed or failed with an error that says what happened; none vanished.
     for outcome in outcomes:
         assert outcome.startswith("ok") or ("lost" in outcome and "small-l4" in outcome), outcome
+    # The two that had no answer yet were retried on another replica and answered in full.
     assert all(o.startswith("ok on") and not o.endswith(lost["replica_id"]) for o in outcomes[2:]), outcomes
 
-    deadline = time.monotonic() + 60
-    while not (now := replicas_of(fleet_view(url), "small-l4")):
-        assert time.monotonic() < deadline, "no replacement replica became warm"
-        time.sleep(0.2)
-    (replacement,) = now
+    # The lost replica was stopped and, in the same step, its replacement started on another l4 node.
+    decisions = fleet_view(url)["decisions"]
+    assert any(d["action"] == "StopReplica" and d["replica"] == lost["replica_id"] and d["code"] in ("worker-lost", "engine-lost")
+               for d in decisions), decisions
+    replacing = [d["replica"] for d in decisions if d["action"] == "StartReplica" and d["code"] == "replace-lost"]
+    assert replacing, decisions
+    (replacement,) = wait_for(lambda: [r for r in replicas_of(fleet_view(url), "small-l4") if r["replica_id"] in replacing], 60,
+                              "the replacement replica to become warm")
     assert replacement["node"] != lost["node"] and hardware_of_node(replacement["node"]) == "l4"
     assert actor_node(replacement) == replacement["node"]
-    decisions = fleet_view(url)["decisions"]
-    assert any(d["action"] == "StartReplica" and d["code"] == "replace-lost" for d in decisions)
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
     answer = client.chat.completions.create(model="small-l4", messages=messages, max_tokens=3)
     assert answer.choices[0].message.content == "[simulated small-l4: 3 tokens]"
 
 
-@contextlib.contextmanager
 def second_gateway(config, tmp_path):
-    """Another `switchboard serve --ray` process on the same cluster and config; yields (url, process). Stopped
-    with SIGINT at the end unless the test killed it."""
-    from switchboard.testing.servers import free_port
-
-    path = tmp_path / "switchboard.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), "--ray", config.cluster.address],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the second gateway exited: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "the second gateway never came up"
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """Another `switchboard serve --ray` process on the same cluster and config; yields (url, process)."""
+    return serve_in_process(config, tmp_path, "--ray", config.cluster.address)
 
 
 def test_two_gateway_processes_share_one_fleet(gateway, tmp_path):
     """A second `switchboard serve --ray` process joins the same control actor: both gateways show one fleet,
     and requests through the second are served by the replicas the first one sees."""
     url, config = gateway
+    warm_replica(url, "small-l4")
     with second_gateway(config, tmp_path) as (other, _):
         def warm(view: dict) -> dict[str, tuple[str, str]]:
             return {r["replica_id"]: (r["worker"], r["node"]) for e in view["experts"] for r in e["replicas"] if r["state"] == "warm"}
 
-        deadline = time.monotonic() + 10
-        while warm(fleet_view(other)) != warm(fleet_view(url)) or not warm(fleet_view(url)):
-            assert time.monotonic() < deadline, (warm(fleet_view(other)), warm(fleet_view(url)))
-            time.sleep(0.2)
-        (replica,) = replicas_of(fleet_view(url), "small-l4")
+        def served(view: dict) -> int:
+            return sum(r["num_served"] for r in replicas_of(view, "small-l4"))
 
+        shared = wait_for(lambda: (w := warm(fleet_view(url))) and warm(fleet_view(other)) == w and w, 30,
+                          "both gateways to show the same warm replicas")
+        num_served = served(fleet_view(url))
         client = openai.OpenAI(base_url=other + "/v1", api_key="unused", max_retries=0, timeout=60)
         for _ in range(3):
             raw = client.chat.completions.with_raw_response.create(model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-            assert raw.headers["x-switchboard-replica"] == replica["replica_id"]
-        deadline = time.monotonic() + 10
-        while replicas_of(fleet_view(url), "small-l4")[0]["num_served"] != replica["num_served"] + 3:
-            assert time.monotonic() < deadline, "the first gateway does not see the second one's requests"
-            time.sleep(0.2)
+            assert raw.headers["x-switchboard-replica"] in shared
+        wait_for(lambda: served(fleet_view(url)) == num_served + 3, 30, "the first gateway to see the second one's requests")
     # The shared fleet outlives a gateway that leaves.
     answer = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60).chat.completions.create(
         model="small-l4", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
@@ -238,6 +230,7 @@ def test_a_gateway_killed_mid_stream_does_not_leave_its_replica_busy(gateway, tm
     """SIGKILL a gateway while it streams: the control actor hears no more from it and, after
     `cluster.gateway_timeout_s`, releases its lease, so the replica no longer counts the dead request."""
     url, config = gateway
+    warm_replica(url, "small-l4")
 
     def running() -> int:
         return sum(r["num_running"] for r in replicas_of(fleet_view(url), "small-l4"))
@@ -245,17 +238,11 @@ def test_a_gateway_killed_mid_stream_does_not_leave_its_replica_busy(gateway, tm
     with second_gateway(config, tmp_path) as (other, process):
         client = openai.OpenAI(base_url=other + "/v1", api_key="unused", max_retries=0, timeout=60)
         stream = client.chat.completions.create(model="small-l4", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=4000, stream=True)
+                                                max_tokens=LONG_ANSWER_TOKENS, stream=True)
         next(iter(stream))  # streaming: the lease is held
-        deadline = time.monotonic() + 10
-        while running() != 1:
-            assert time.monotonic() < deadline, "the streaming request never showed as running"
-            time.sleep(0.1)
+        wait_for(lambda: running() == 1, 30, "the streaming request to show as running")
         process.kill()
         process.wait()
-        killed_at = time.monotonic()
-        while running() != 0:
-            assert time.monotonic() - killed_at < config.cluster.gateway_timeout_s + 10, "the dead gateway's lease was kept"
-            time.sleep(0.2)
+        wait_for(lambda: running() == 0, config.cluster.gateway_timeout_s + 30, "the dead gateway's lease to be released")
     counters = fleet_view(url)["counters"]
     assert counters["leases_reclaimed_from_silent_gateways"] >= 1

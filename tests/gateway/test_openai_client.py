@@ -70,7 +70,8 @@ def test_auto_answers_with_the_default_expert_and_says_why(client):
 def test_models_lists_auto_and_every_expert(client, gateway_config):
     ids = [m.id for m in client.models.list()]
     assert ids[0] == "auto"
-    assert set(ids[1:]) == {e.id for e in gateway_config.experts}
+    assert set(ids[1:]) == {e.id for e in (*gateway_config.experts, *gateway_config.embedding_experts)}
+    assert "all-minilm-l6-v2" in ids  # the local embedding expert is there by default
 
 
 async def test_async_client_streams_concurrently(aclient):

@@ -33,9 +33,10 @@ experts:
 storage: {url: "sqlite://", flush_interval_s: 0.2}
 """
 EXPERTS = ["small", "large", "auto"]
+EMBEDDING_EXPERTS = ["all-minilm-l6-v2", "small"]  # the default local embedding expert, and a model that is not one
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Chat bodies are the slowest to generate (~10x a completion): fewer of them keeps the test near 30-60 s.
-EXAMPLES_PER_MODE = {"POST /v1/chat/completions": 100, "POST /v1/completions": 250, "POST /v1/feedback": 160}
+EXAMPLES_PER_MODE = {"POST /v1/chat/completions": 100, "POST /v1/completions": 250, "POST /v1/feedback": 160, "POST /v1/embeddings": 100}
 MIN_REQUESTS = 1000
 
 
@@ -61,7 +62,8 @@ def test_no_5xx_and_no_schema_violations():
             modes = list(GenerationMode) if operation.method.upper() == "POST" else [GenerationMode.POSITIVE]
             for mode in modes:
                 num_examples = EXAMPLES_PER_MODE.get(label, 20)
-                strategy = st.builds(_with_real_model, operation.as_strategy(generation_mode=mode), st.sampled_from(EXPERTS), st.booleans())
+                models = EMBEDDING_EXPERTS if operation.path == "/v1/embeddings" else EXPERTS
+                strategy = st.builds(_with_real_model, operation.as_strategy(generation_mode=mode), st.sampled_from(models), st.booleans())
 
                 @settings(max_examples=num_examples, derandomize=True, database=None, deadline=None,
                           suppress_health_check=list(HealthCheck), phases=[Phase.generate])

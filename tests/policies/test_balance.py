@@ -14,7 +14,7 @@ from switchboard.policies.balance import (
     BalanceReasonCode,
     BalanceSettings,
     NoReplica,
-    Routed,
+    Balanced,
     make_balance,
 )
 from switchboard.types import ReplicaState
@@ -33,7 +33,7 @@ def _three(loads=(0, 0, 0)):
 def test_least_outstanding_tokens_picks_the_least_loaded():
     policy = make_balance(BalanceSettings(kind="least-outstanding-tokens"))
     outcome = policy.choose(_three((5000, 100, 3000)), request(1), random.Random(0))
-    assert isinstance(outcome, Routed) and outcome.replica_id == "r1"
+    assert isinstance(outcome, Balanced) and outcome.replica_id == "r1"
 
 
 def test_a_warm_replica_beats_an_idle_starting_one():
@@ -88,5 +88,5 @@ def test_prefix_owner_survives_removal_of_another_replica():
 def test_always_routes_to_an_accepting_replica_of_the_expert(kind, loads, prefix, seed):
     s = _three(tuple(loads))
     outcome = make_balance(BalanceSettings(kind=kind)).choose(s, request(1, prefix=prefix), random.Random(seed))
-    assert isinstance(outcome, Routed)
+    assert isinstance(outcome, Balanced)
     assert s.replicas[outcome.replica_id].is_accepting and s.replicas[outcome.replica_id].expert_id == "a"

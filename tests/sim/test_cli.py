@@ -67,6 +67,6 @@ def test_bad_inputs_are_clean_errors(tmp_path):
 
 
 def test_the_packaged_router_picks_the_experts():
-    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "30", "--json"])
+    result = CliRunner().invoke(app(), ["sim", "run", "--cluster", CLUSTER, "--num-requests", "30", "--json", "--router", "default"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["requests_by_expert"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from switchboard.perf import engine_profile
-from switchboard.sim.cluster import build_cluster, load_cluster
+from switchboard.sim.cluster import resolve_cluster, load_cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
@@ -15,11 +15,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 @pytest.mark.parametrize("name", ["hetero-32.yaml", "many-experts.yaml", "local-cpu.yaml"])
 def test_examples_load(name):
     spec = load_cluster(EXAMPLES / name)
-    assert build_cluster(spec).workers
+    assert resolve_cluster(spec).workers
 
 
 def test_hetero_32_has_32_devices_and_hosts_every_expert():
-    built = build_cluster(load_cluster(EXAMPLES / "hetero-32.yaml"))
+    built = resolve_cluster(load_cluster(EXAMPLES / "hetero-32.yaml"))
     assert built.num_devices == 32
     assert {e for e, _ in built.profiles} == set(built.expert_ids)
     assert len(built.expert_ids) == 9
@@ -42,7 +42,7 @@ def test_calibration_section_overrides_the_catalog(tmp_path):
         "experts: [{id: smol, params_b: 0.135, bytes_per_param: 0.625}]\n"
         "calibration: {cpu: {params_b: 0.135, bytes_per_param: 0.625, decode_tokens_per_s: 90, cold_start_s: 2.0}}\n"
     )
-    profile = build_cluster(load_cluster(path)).profiles[("smol", "cpu")]
+    profile = resolve_cluster(load_cluster(path)).profiles[("smol", "cpu")]
     assert profile.decode_tokens_per_s(1) == pytest.approx(90.0)
     assert profile.cold_start_s == pytest.approx(2.0)
     assert engine_profile(0.135, "cpu", bytes_per_param=0.625).decode_tokens_per_s(1) != pytest.approx(90.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -79,7 +80,8 @@ def test_a_shared_prefix_is_computed_once_per_engine_and_again_after_a_cold_star
     drive(engine, [(0.0, first), (10.0, second), (20.0, other)])
     assert (first.num_cached_tokens, second.num_cached_tokens, other.num_cached_tokens) == (0, 24, 0)
     assert first.first_token_at == pytest.approx(0.0 + p.prefill_time_s(300))
-    assert second.first_token_at == pytest.approx(10.0 + p.prefill_time_s(200 - 24))
+    # The rest of the prompt attends to the cached prefix: 176 tokens after 24 (chunked prefill on GPUs).
+    assert second.first_token_at == pytest.approx(10.0 + p.step_time_s(0, 0, 176, 176 * (2 * 24 + 176)))
     assert other.first_token_at == pytest.approx(20.0 + p.prefill_time_s(100))  # another prefix: not cached
     assert engine.kv_reserved_tokens == 0
     # A prompt that is nothing but the prefix still computes its last token; a new engine starts empty.
@@ -89,3 +91,32 @@ def test_a_shared_prefix_is_computed_once_per_engine_and_again_after_a_cold_star
     fresh = Sequence(4, 200, 2, 24)
     drive(ReplicaEngine("r2", p), [(0.0, fresh)])
     assert fresh.num_cached_tokens == 0
+
+
+def test_a_long_prompt_is_prefilled_in_budget_sized_chunks_that_attend_to_the_earlier_ones():
+    p = engine_profile(8, "h200")
+    assert p.chunked_prefill and p.max_num_batched_tokens == 2048
+    seq = Sequence(0, num_prompt_tokens=5000, num_output_tokens=3)
+    [done] = drive(ReplicaEngine("r", p), [(0.0, seq)])
+    chunks = [(2048, 0), (2048, 2048), (904, 4096)]  # (tokens, computed before)
+    prefill_s = sum(p.step_time_s(0, 0, c, c * (2 * q + c)) for c, q in chunks)
+    assert done.first_token_at == pytest.approx(prefill_s)
+    assert done.finished_at == pytest.approx(prefill_s + p.decode_steps_time_s(1, 5001, 2))
+    assert prefill_s > p.prefill_time_s(5000)  # three steps' fixed costs; the attention work is the same
+
+
+def test_with_chunked_prefill_decodes_ride_along_instead_of_stalling():
+    """Sarathi-Serve's point: a newcomer's long prompt no longer stops a running sequence for its whole prefill, so
+    a short answer's time per output token is one chunk step, not the newcomer's whole prefill."""
+    chunked = engine_profile(8, "h200")
+    prefill_first = dataclasses.replace(chunked, hardware=dataclasses.replace(chunked.hardware, chunked_prefill=False))
+    tpot_s = {}
+    for name, profile in (("chunked", chunked), ("prefill-first", prefill_first)):
+        running, newcomer = Sequence(0, 100, 2), Sequence(1, 8000, 2)
+        engine = ReplicaEngine("r", profile)
+        drive(engine, [(0.0, running), (0.001, newcomer)])
+        assert newcomer.started_at == running.first_token_at  # it arrived during `running`'s prefill step
+        tpot_s[name] = running.finished_at - running.first_token_at  # its one decoded token
+        assert engine.num_outstanding == 0 and engine.kv_reserved_tokens == 0
+    assert tpot_s["chunked"] < 0.5 * tpot_s["prefill-first"]
+    assert tpot_s["chunked"] == pytest.approx(chunked.step_time_s(1, 101, 2047, 2047 * 2047))  # the first chunk

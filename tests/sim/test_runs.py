@@ -91,3 +91,18 @@ def test_prewarm_starts_are_told_apart_from_starts_on_demand(data):
     assert fixed.prewarm_starts == 0 and fixed.cold_starts == fixed.requests_behind_cold_start == n
     assert hybrid.prewarm_starts == sum(r.is_prewarm for r in run.replicas) > n // 2
     assert hybrid.requests_behind_cold_start == hybrid.cold_starts - hybrid.prewarm_starts < n // 2
+
+
+def test_the_switchboard_set_is_the_live_default_and_the_others_are_deltas_of_it():
+    from switchboard.config import parse_config
+    from switchboard.policies.control import ControlSettings
+    from switchboard.sim.scenario import DEFAULT_STEP_INTERVAL_S, POLICY_SET_DELTAS, Knobs, control_settings
+
+    live = parse_config("experts: [{id: a, backend: {kind: simulated}}]").control_plane
+    assert control_settings("switchboard") == live.policies == ControlSettings()
+    assert Knobs().control_interval_s == DEFAULT_STEP_INTERVAL_S == live.step_interval_s
+    for name, delta in POLICY_SET_DELTAS.items():
+        settings = control_settings(name).model_dump()
+        default = ControlSettings().model_dump()
+        changed = {section for section in default if settings[section] != default[section]}
+        assert changed == set(delta), name  # exactly the sections the delta names differ

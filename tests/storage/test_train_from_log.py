@@ -72,10 +72,56 @@ def test_train_from_log_explains_what_is_missing(tmp_path):
     result = runner.invoke(_cli(), ["router", "train", "--from-log", url, "--models", str(models), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no feedback in the log" in result.output
     result = runner.invoke(_cli(), ["router", "train", "--models", str(models), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "exactly one of --data and --from-log" in result.output
+    assert result.exit_code == 2 and "give --data, --from-log, or both" in result.output
 
 
 async def _start_and_stop(url: str) -> None:
     log = make_log(url)
     await log.start()
     await log.stop()
+
+
+async def _fill_bandit_log(url: str) -> list[str]:
+    """Real traffic: each prompt answered by one expert and scored once (code fails on gemma, passes on qwen)."""
+    log = make_log(url, flush_interval_s=3600)
+    await log.start()
+    prompts = []
+    for i in range(12):
+        prompt = f"Write a python function number {i} that sorts a list"
+        expert = "gemma-2-9b-it" if i % 2 else "qwen2.5-7b-instruct"
+        log.finish(log.begin(f"r{i}", "chat", expert, None, prompt), "ok", 200, 0.0, lease=FakeLease())
+        log.add_feedback(f"r{i}", 0.0 if expert == "gemma-2-9b-it" else 1.0)
+        prompts.append(prompt)
+    await log.stop()
+    return prompts
+
+
+async def test_train_from_log_fills_the_gaps_of_real_traffic_and_adds_to_the_data(db_url, tmp_path):
+    from importlib import resources
+
+    from switchboard.router import load_default_router
+
+    await _fill_bandit_log(db_url)
+    routing = resources.files("switchboard.data").joinpath("routing")
+    models = tmp_path / "models.json"
+    shipped = json.loads(routing.joinpath("models.json").read_text())
+    models.write_text(json.dumps({e: shipped[e] for e in ("gemma-2-9b-it", "qwen2.5-7b-instruct", "codegemma-7b")}))
+    data = tmp_path / "base.jsonl"  # a few shipped lines, so --data and --from-log train together
+    data.write_text("".join(routing.joinpath("train.jsonl").read_text().splitlines(keepends=True)[:40]))
+    out = tmp_path / "router"
+    strict = CliRunner().invoke(_cli(), ["router", "train", "--from-log", db_url, "--models", str(models), "--out", str(out)])
+    assert strict.exit_code == 2 and "--impute-from" in strict.output  # no prompt has feedback for every expert
+    args = ["router", "train", "--data", str(data), "--from-log", db_url, "--impute-from", "default", "--models", str(models),
+            "--out", str(out), "--strategy", "knn", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert "12 logged prompts with feedback; 24 of 36 scores for gemma-2-9b-it, qwen2.5-7b-instruct, codegemma-7b imputed from default" in result.output
+    lines = [json.loads(line) for line in (out / "training-from-log.jsonl").read_text().splitlines()]
+    packaged = load_default_router()
+    for line in lines:
+        number = int(line["prompt"].split()[5])
+        scored = "gemma-2-9b-it" if number % 2 else "qwen2.5-7b-instruct"
+        assert line["scores"][scored] == (0.0 if number % 2 else 1.0)
+        predicted = packaged.predict_quality([line["prompt"]])[0, packaged.experts.index("codegemma-7b")]
+        assert abs(line["scores"]["codegemma-7b"] - predicted) < 1e-6
+    assert json.loads((out / "router.json").read_text())["report"]["num_examples"] == 52

@@ -95,3 +95,38 @@ def summary(usage: UsageSnapshot) -> tuple:
 def summary_ok(usage: UsageSnapshot) -> UsageSnapshot:
     summary(usage)
     return usage
+
+
+def test_a_budget_counts_what_requests_in_flight_hold_and_settling_frees_it():
+    meter, limits = UsageMeter(), KeyLimits(usd_per_day=1.0)
+    first = meter.reserve("k", NOON, 10, usd_estimate=0.6)
+    assert meter.snapshot("k", NOON).usd_held == pytest.approx(0.6)
+    assert admit(limits, meter.snapshot("k", NOON), NOON, 10) is ALLOWED  # 0.6 held < 1.0
+    second = meter.reserve("k", NOON, 10, usd_estimate=0.6)
+    refused = admit(limits, meter.snapshot("k", NOON), NOON, 10)  # 1.2 held: nothing more until one settles
+    assert isinstance(refused, OverLimit) and refused.limit is Limit.USD_PER_DAY and "held by requests in flight" in refused.message
+    meter.settle(first, 8, 0.1, NOON + 1)  # real cost below the estimate: the difference is free again
+    assert meter.snapshot("k", NOON + 1).usd_held == pytest.approx(0.6) and meter.snapshot("k", NOON + 1).usd_today == pytest.approx(0.1)
+    assert admit(limits, meter.snapshot("k", NOON + 1), NOON + 1, 10) is ALLOWED
+    meter.release(second)  # refused downstream or failed before it was logged: no spend
+    meter.release(second)  # idempotent
+    usage = meter.snapshot("k", NOON + 2)
+    assert (usage.usd_held, usage.usd_today, usage.num_requests) == (0.0, pytest.approx(0.1), 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(budget=st.floats(0.01, 5.0), costs=st.lists(st.tuples(st.floats(0.001, 1.0), st.floats(0, 1)), min_size=1, max_size=64),
+       finish_order=st.randoms(use_true_random=False))
+def test_concurrent_requests_overshoot_a_budget_by_less_than_one_estimate(budget, costs, finish_order):
+    """All requests arrive before any finishes (the worst case for concurrency); each costs at most its
+    estimate. Whatever the order they finish in, the spend ends below the budget plus the largest estimate."""
+    meter, limits = UsageMeter(), KeyLimits(usd_per_day=budget)
+    admitted = []
+    for estimate, fraction in costs:
+        if admit(limits, meter.snapshot("k", NOON), NOON, 1) is ALLOWED:
+            admitted.append((meter.reserve("k", NOON, 1, usd_estimate=estimate), estimate * fraction))
+    finish_order.shuffle(admitted)
+    for reservation, usd in admitted:
+        meter.settle(reservation, 1, usd, NOON + 1)
+    assert meter.snapshot("k", NOON + 1).usd_today < budget + max(e for e, _ in costs)
+    assert meter.snapshot("k", NOON + 1).usd_held == 0.0

@@ -24,7 +24,7 @@ def _register_subcommands() -> None:
     """Adds the sub-command groups that exist; each lives in its own module under switchboard.cli."""
     import importlib
 
-    for name in ("router", "sim", "keys", "status", "ray"):
+    for name in ("router", "sim", "keys", "status", "ray", "embeddings"):
         try:
             module = importlib.import_module(f"switchboard.cli.{name}")
         except ModuleNotFoundError as exc:

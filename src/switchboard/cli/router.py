@@ -26,7 +26,8 @@ def _fail(message: str) -> None:
 @router_app.command("train")
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Training JSONL: {prompt, scores: {expert: 0..1}}."),
-    from_log: Optional[str] = typer.Option(None, "--from-log", help="Instead of --data: a request-log database URL; trains on logged requests with feedback (docs/storage.md)."),
+    from_log: Optional[str] = typer.Option(None, "--from-log", help="A request-log database URL: trains on logged requests with feedback (docs/storage.md); with --data, on both."),
+    impute_from: Optional[str] = typer.Option(None, "--impute-from", help="With --from-log: fill the scores no feedback gave with this router's predictions ('default' = the packaged one, or a router directory), so every scored request counts."),
     models: Path = typer.Option(..., "--models", help="Models file: expert → prices per Mtok."),
     out: Path = typer.Option(..., "--out", help="Router directory to write."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf, cascade or ensemble; default: chosen by nested CV (docs/router.md)."),
@@ -47,12 +48,15 @@ def train(
         chosen = None if strategy is None else StrategyName(strategy)
     except ValueError:
         _fail(f"--strategy must be one of {', '.join(s.value for s in StrategyName)}, got {strategy!r}")
-    if (data is None) == (from_log is None):
-        _fail("give exactly one of --data and --from-log")
-    if from_log is not None:
-        data = _data_from_log(from_log, models, out)
+    if data is None and from_log is None:
+        _fail("give --data, --from-log, or both")
+    if impute_from is not None and from_log is None:
+        _fail("--impute-from fills the gaps of --from-log's feedback; give --from-log too")
     try:
-        examples, prices = load_examples(data), load_models(models)
+        examples = load_examples(data) if data is not None else []
+        if from_log is not None:
+            examples = examples + load_examples(_data_from_log(from_log, models, out, impute_from))
+        prices = load_models(models)
     except (RoutingDataError, OSError) as exc:
         _fail(str(exc))
     settings = TrainSettings(strategy=chosen, folds=folds, seed=seed, cache_dir=cache_dir.expanduser())
@@ -65,16 +69,32 @@ def train(
     typer.echo(f"strategy: {result.chosen.value}; router written to {out}")
 
 
-def _data_from_log(url: str, models: Path, out: Path) -> Path:
+def _data_from_log(url: str, models: Path, out: Path, impute_from: str | None = None) -> Path:
     """Writes <out>/training-from-log.jsonl from the request log (it holds users' prompts: see docs/storage.md)."""
     from switchboard.router.data import RoutingDataError, load_models
+    from switchboard.router.persist import RouterLoadError, load_default_router, load_router
     from switchboard.storage.export import LogExportError, write_training_jsonl
 
     try:
-        path, num_lines, experts = write_training_jsonl(url, list(load_models(models)), Path(out) / "training-from-log.jsonl")
-    except (LogExportError, RoutingDataError, OSError) as exc:
+        impute = None
+        if impute_from is not None:
+            known = load_default_router() if impute_from == "default" else load_router(impute_from)
+
+            def impute(prompts, experts):
+                missing = [e for e in experts if e not in known.experts]
+                if missing:
+                    raise LogExportError(f"--impute-from router does not know {', '.join(missing)}; narrow the models file")
+                return known.predict_quality(prompts)[:, [known.experts.index(e) for e in experts]]
+
+        path, num_lines, experts, num_imputed = write_training_jsonl(
+            url, list(load_models(models)), Path(out) / "training-from-log.jsonl", impute=impute)
+    except (LogExportError, RoutingDataError, RouterLoadError, OSError) as exc:
         _fail(str(exc))
-    typer.echo(f"{num_lines} logged prompts with feedback for every one of {', '.join(experts)}; written to {path}")
+    if impute_from is None:
+        typer.echo(f"{num_lines} logged prompts with feedback for every one of {', '.join(experts)}; written to {path}")
+    else:
+        typer.echo(f"{num_lines} logged prompts with feedback; {num_imputed} of {num_lines * len(experts)} scores "
+                   f"for {', '.join(experts)} imputed from {impute_from}; written to {path}")
     return path
 
 

@@ -49,7 +49,14 @@ def serve(
         except RouterLoadError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        chooser = RouterChooser(loaded, cfg.default_expert_id, configured_usd_weight(cfg.control_plane.policies))
+        online = None
+        if cfg.router.online.enabled:
+            import numpy as np
+
+            from switchboard.online import OnlineLearner
+
+            online = OnlineLearner(loaded, cfg.router.online, np.random.default_rng())  # exploration: fresh entropy per run
+        chooser = RouterChooser(loaded, cfg.default_expert_id, configured_usd_weight(cfg.control_plane.policies), online)
     if log_format not in ("text", "json"):
         typer.echo(f"error: --log-format must be text or json, not {log_format!r}", err=True)
         raise typer.Exit(2)

@@ -71,7 +71,7 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
 
 
 def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: float,
-             keepalive_s: Optional[float], seed: int, demand_headroom: float = 1.0, **load_args):
+             keepalive_s: Optional[float], seed: int, demand_headroom: Optional[float] = None, **load_args):
     """What `sim run` and `sim compare` share: the cluster, the workload, its routing and the policy knobs."""
     from switchboard.sim.scenario import Knobs
 
@@ -82,13 +82,27 @@ def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: 
     return spec, w, _routing_for(w, data, router), knobs
 
 
-def _routing_for(w, data, router: str = "default"):
-    """Per-request predicted/true quality. `router`: `default` (the packaged learned router predicts each
-    distinct prompt once), `task-prior` (leave-one-out per-task means; fast), or a router directory."""
+def _routing_for(w, data, router: str = "cross-fitted"):
+    """Per-request predicted/true quality. `router`: `cross-fitted` (each prompt predicted by a router of the
+    packaged recipe trained on the other 4 of 5 folds: out of sample; cached after the first run),
+    `default` (the packaged router itself, trained on these very prompts: in-sample), `task-prior`
+    (leave-one-out per-task means; fast), or a router directory."""
     from switchboard.sim.quality import routing_inputs
 
     if router == "task-prior":
         return lambda ids: routing_inputs(w, data, ids)
+    if router == "cross-fitted":
+        from switchboard.sim.crossfit import cross_fitted_quality
+
+        predicted = cross_fitted_quality(data)
+        cached: dict[tuple[str, ...], object] = {}
+
+        def cross_fitted(ids):
+            if ids not in cached:
+                cached[ids] = routing_inputs(w, data, ids, predicted_by_prompt=predicted)
+            return cached[ids]
+
+        return cross_fitted
     from switchboard.router.persist import load_default_router, load_router
 
     try:
@@ -168,7 +182,7 @@ def run(
     cluster: Path = COMMON["cluster"],
     policy: str = typer.Option("switchboard", "--policy", help="static | fixed-keepalive | quality-only-routing | switchboard"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the run's metrics."),
-    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
+    router: str = typer.Option("cross-fitted", "--router", help="cross-fitted (out of sample) | default (the packaged router, in-sample) | task-prior | ROUTER_DIR"),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Multiply arrival times (0.5 = twice the load)."),
     tenants: int = typer.Option(1, "--tenants", help="Superpose this many copies of the trace at random offsets."),
     num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Replay only the first N requests."),
@@ -182,7 +196,7 @@ def run(
     cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
-    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+    demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
                                           "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
@@ -220,7 +234,7 @@ def compare(
     cluster: Path = COMMON["cluster"],
     policies: str = typer.Option("static,fixed-keepalive,quality-only-routing,switchboard", "--policies"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy set."),
-    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
+    router: str = typer.Option("cross-fitted", "--router", help="cross-fitted (out of sample) | default (the packaged router, in-sample) | task-prior | ROUTER_DIR"),
     time_scale: float = typer.Option(1.0, "--time-scale"),
     tenants: int = typer.Option(1, "--tenants"),
     num_requests: Optional[int] = typer.Option(None, "--num-requests"),
@@ -234,7 +248,7 @@ def compare(
     cost_weight: float = typer.Option(0.0, "--cost-weight"),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
-    demand_headroom: float = typer.Option(1.0, "--demand-headroom", min=1.0, help="Autoscale for this multiple of the "
+    demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
                                           "recent arrival rate (every serverless set)."),
     warmup_s: float = typer.Option(0.0, "--warmup-s", help="Leave requests arriving before this out of the SLO, "
                                    "latency and quality metrics (cost always covers the whole run)."),
@@ -285,7 +299,7 @@ def plan(
                                    "latency and quality metrics (cost always covers the whole run)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
-    router: str = typer.Option("default", "--router", help="default (the packaged router) | task-prior | ROUTER_DIR"),
+    router: str = typer.Option("cross-fitted", "--router", help="cross-fitted (out of sample) | default (the packaged router, in-sample) | task-prior | ROUTER_DIR"),
     out: Path = typer.Option(Path("sim-results"), "--out"),
 ) -> None:
     """Search router cost weight × hardware mix × keep-alive for the cheapest configuration meeting a quality

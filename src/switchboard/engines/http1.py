@@ -185,6 +185,8 @@ class _Connection(asyncio.Protocol):
         self._loop = pool._loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
+        self._wait_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._is_paused = False
 
     @property
@@ -212,6 +214,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         response = self.response
         if response is not None and not response._is_complete and response._error is None:
             if response._is_head_done and _is_close_delimited(response):
@@ -271,14 +276,32 @@ class _Connection(asyncio.Protocol):
         return response
 
     async def wait(self) -> None:
-        """Waits for the parser to make progress, at most `read_timeout_s`."""
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self.pool.read_timeout_s, _expire, waiter)
+        """Waits for the parser to make progress, at most `read_timeout_s`.
+
+        One timer per connection rather than one per wait: it is re-armed only when it fires while a wait is
+        still young (under uvloop a timer costs more than the rest of a wait, and a stream waits a few times).
+        """
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._wait_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._wait_since + self.pool.read_timeout_s, self._on_timer)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self.is_closed:
+            return  # idle or done: the next wait arms a new timer
+        expires_at = self._wait_since + self.pool.read_timeout_s
+        now = self._loop.time()
+        if now >= expires_at:
+            _expire(waiter)
+        else:
+            self._timer = self._loop.call_at(max(expires_at, now + 0.001), self._on_timer)
 
     def resume_reading(self) -> None:
         if self._is_paused and not self.is_closed:

@@ -10,8 +10,10 @@ buffered beyond one SSE line.
 
 from __future__ import annotations
 
+import email.utils
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -22,11 +24,13 @@ from switchboard.engines.base import (
     Completion,
     EngineBadResponse,
     EngineError,
+    EngineRateLimited,
     EngineRejected,
     EngineTimeout,
     EngineUnavailable,
     Finish,
     GenerationRequest,
+    RawChunk,
     StreamEvent,
     TextDelta,
     Usage,
@@ -35,10 +39,16 @@ from switchboard.types import FinishReason
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 
+DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+"""How long nothing is sent to an upstream that answered 429 without saying for how long (no Retry-After)."""
+
 
 class _UpstreamResponse(Protocol):
     status: int
     reason: str
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> str | None: ...
 
     @property
     def content_type(self) -> str: ...
@@ -71,8 +81,15 @@ class OpenAIUpstreamEngine:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 120.0,
         max_connections: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        passthrough: bool = True,
     ) -> None:
         self.expert_id = expert_id
+        # Pass-through (every `openai` expert): the client's body goes up unchanged but for `model`, the
+        # upstream's answer, chunks and headers come back unchanged but for `model`. Off only for engines that
+        # wrap their own OpenAI-like server and want its stream as text events (the llama.cpp worker).
+        self.passthrough = passthrough
+        self._rewrites: dict[str, tuple[tuple[bytes, bytes], ...]] = {}
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
         self._headers = {"content-type": "application/json"}
@@ -82,6 +99,9 @@ class OpenAIUpstreamEngine:
         self._read_timeout_s = read_timeout_s
         self._max_connections = max_connections
         self._upstream: _Upstream | None = None
+        self._clock = clock
+        # Until when (clock time) the upstream asked not to be sent anything (its 429's Retry-After).
+        self._rate_limited_until = 0.0
 
     @classmethod
     def from_config(cls, expert_id: str, backend: Any, environ: dict[str, str] | None = None) -> OpenAIUpstreamEngine:
@@ -113,19 +133,32 @@ class OpenAIUpstreamEngine:
 
     def _payload(self, request: GenerationRequest, stream: bool) -> bytes:
         body = request.body.copy()
-        body.pop("routing", None)
+        body.pop("routing", None)  # the gateway's own field
         body["model"] = self.upstream_model
-        body["stream"] = stream
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        else:
-            body.pop("stream_options", None)
+        if not self.passthrough:
+            body["stream"] = stream
+            if stream:
+                body["stream_options"] = {"include_usage": True}
+            else:
+                body.pop("stream_options", None)
+        elif stream:
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                # Metering needs the upstream's usage: asked for here, and kept from a client that did not ask
+                # for it (`_relay`). The one field the client did not send.
+                body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
         return orjson.dumps(body)
 
     async def _post(self, request: GenerationRequest, stream: bool) -> _UpstreamResponse:
         if self._upstream is None:
             await self.start()
         assert self._upstream is not None
+        if self._rate_limited_until:
+            wait_s = self._rate_limited_until - self._clock()
+            if wait_s > 0:
+                raise EngineRateLimited(self.expert_id, f"upstream is rate limiting (429); not asked again for {wait_s:.1f} s more (its Retry-After)",
+                                        retry_after_s=wait_s)
+            self._rate_limited_until = 0.0
         try:
             response = await self._upstream.post(request.kind, self._payload(request, stream))
         except http1.ConnectTimeout as exc:
@@ -153,7 +186,10 @@ class OpenAIUpstreamEngine:
         if status in (401, 403):
             return EngineBadResponse(self.expert_id, f"upstream refused our credentials ({status}): {message}")
         if status == 429:
-            return EngineUnavailable(self.expert_id, f"upstream is rate limiting (429): {message}", status=503)
+            retry_after_s = _retry_after_s(response, time.time())
+            pause_s = DEFAULT_RATE_LIMIT_PAUSE_S if retry_after_s is None else retry_after_s
+            self._rate_limited_until = max(self._rate_limited_until, self._clock() + pause_s)
+            return EngineRateLimited(self.expert_id, f"upstream is rate limiting (429): {message}", retry_after_s=retry_after_s)
         if 400 <= status < 500:
             return EngineRejected(self.expert_id, f"upstream rejected the request ({status}): {message}")
         if status in (502, 503):
@@ -180,7 +216,25 @@ class OpenAIUpstreamEngine:
             raise EngineBadResponse(self.expert_id, f"upstream answer is not an OpenAI completion: {raw[:200]!r}") from exc
         usage = _usage(data.get("usage"), request, text)
         finish = Finish(_finish_reason(choice.get("finish_reason")), usage)
-        return Completion(text, finish, raw_choice=choice if request.kind == "chat" else None)
+        if not self.passthrough:
+            return Completion(text, finish, raw_choice=choice if request.kind == "chat" else None)
+        for old, new in self._model_rewrites(data.get("model")):
+            raw = raw.replace(old, new, 1)
+        return Completion(text, finish, raw_body=raw, raw_headers=_client_headers(response.headers))
+
+    def _model_rewrites(self, upstream_model: Any) -> tuple[tuple[bytes, bytes], ...]:
+        """Byte replacements that turn the upstream's `"model": ...` into this expert's id (both JSON spacings;
+        none when they are equal). The value is the one the upstream answered with, which may name a dated
+        snapshot of the model asked for."""
+        if not isinstance(upstream_model, str) or upstream_model == self.expert_id:
+            return ()
+        rewrites = self._rewrites.get(upstream_model)
+        if rewrites is None:
+            old, new = orjson.dumps(upstream_model), orjson.dumps(self.expert_id)
+            rewrites = ((b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new))
+            if len(self._rewrites) < 64:
+                self._rewrites[upstream_model] = rewrites
+        return rewrites
 
     async def _next_chunk(self, response: _UpstreamResponse) -> bytes:
         try:
@@ -190,7 +244,11 @@ class OpenAIUpstreamEngine:
         except http1.HTTPError as exc:
             raise EngineUnavailable(self.expert_id, f"upstream stream broke: {exc}") from exc
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        # The relay is itself the stream (no generator wrapping another: each layer costs per event).
+        return self._relay(request) if self.passthrough else self._parsed_stream(request)
+
+    async def _open_stream(self, request: GenerationRequest) -> _UpstreamResponse:
         response = await self._post(request, stream=True)
         if not response.content_type.startswith("text/event-stream"):
             try:
@@ -202,6 +260,11 @@ class OpenAIUpstreamEngine:
             raise EngineBadResponse(
                 self.expert_id, f"upstream answer is not an OpenAI event stream ({response.content_type}): {raw!r}"
             )
+        return response
+
+    async def _parsed_stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The upstream's stream as TextDelta events (engines that present their own server's stream as text)."""
+        response = await self._open_stream(request)
         finish_reason: str | None = None
         usage_raw: dict[str, Any] | None = None
         num_deltas = 0
@@ -255,6 +318,135 @@ class OpenAIUpstreamEngine:
         else:
             usage = _usage(usage_raw, request, "")
         yield Finish(_finish_reason(finish_reason), usage)
+
+
+    async def _relay(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The upstream's event stream as RawChunks of whole lines, then a relayed Finish.
+
+        Per chunk this only searches bytes (C speed): a line is parsed only when it may hold an error, a
+        finish reason or usage, which happens about once a stream. `model` is rewritten by byte replacement.
+        A usage chunk the client did not ask for (`_payload` asked for it) is dropped, as are the `"usage":
+        null` fields asking for it adds to every chunk.
+        """
+        response = await self._open_stream(request)
+        headers = _client_headers(response.headers)
+        options = request.body.get("stream_options")
+        drop_usage = not (isinstance(options, dict) and options.get("include_usage"))
+        rewrites: tuple[tuple[bytes, bytes], ...] | None = None
+        finish_reason: str | None = None
+        usage_raw: dict[str, Any] | None = None
+        num_chunks = 0
+        rest = b""  # an SSE line not yet ended by its newline
+        try:
+            while True:
+                chunk = await self._next_chunk(response)
+                if not chunk:
+                    raise EngineBadResponse(self.expert_id, "upstream stream ended without [DONE]")
+                if rest:
+                    chunk = rest + chunk
+                cut = chunk.rfind(b"\n") + 1
+                if cut < len(chunk):
+                    chunk, rest = chunk[:cut], chunk[cut:]
+                    if not chunk:
+                        continue
+                else:
+                    rest = b""
+                if rewrites is None:
+                    rewrites = self._model_rewrites(_first_model(chunk))
+                if b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk or b'"usage":{' in chunk or b'"usage": {' in chunk or b'{"error"' in chunk:
+                    chunk, reason, usage = self._look(chunk, drop_usage)
+                    finish_reason = reason or finish_reason
+                    usage_raw = usage or usage_raw
+                if drop_usage:
+                    chunk = chunk.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
+                for old, new in rewrites:
+                    chunk = chunk.replace(old, new)
+                is_done = b"data: [DONE]" in chunk or b"data:[DONE]" in chunk
+                num_chunks += 1
+                if chunk.strip():
+                    yield RawChunk(chunk, headers)
+                    headers = ()
+                if is_done:
+                    break
+        finally:
+            response.release()
+        # Metering only (the client got the upstream's own bytes): the upstream's usage, else an estimate.
+        usage = _usage(usage_raw, request, "") if usage_raw is not None else Usage(request.num_prompt_tokens_estimate, num_chunks)
+        yield Finish(_finish_reason(finish_reason), usage, is_relayed=True)
+
+    def _look(self, chunk: bytes, drop_usage: bool) -> tuple[bytes, str | None, dict[str, Any] | None]:
+        """Parses the lines of `chunk` that may hold an error, a finish reason or usage (found by byte search,
+        not by walking every line). Returns the chunk (less a usage-only line when `drop_usage`), the last
+        finish reason and the usage seen. Raises EngineBadResponse for an upstream error event or a malformed
+        line."""
+        lines: set[tuple[int, int]] = set()
+        for marker in _LOOK_MARKERS:
+            at = chunk.find(marker)
+            while at >= 0:
+                start = chunk.rfind(b"\n", 0, at) + 1
+                end = chunk.find(b"\n", at)
+                end = len(chunk) if end < 0 else end
+                lines.add((start, end))
+                at = chunk.find(marker, end)
+        finish_reason = None
+        usage = None
+        cuts: list[tuple[int, int]] = []
+        for start, end in sorted(lines):
+            line = chunk[start:end]
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}") from exc
+            if not isinstance(obj, dict):
+                raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
+            if "error" in obj:
+                raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
+            for choice in obj.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            if isinstance(obj.get("usage"), dict):
+                usage = obj["usage"]
+                if drop_usage and not obj.get("choices"):
+                    cuts.append((start, min(end + 1, len(chunk))))
+        for start, end in reversed(cuts):
+            chunk = chunk[:start] + chunk[end:]
+        return chunk, finish_reason, usage
+
+
+_LOOK_MARKERS = (b'"finish_reason":"', b'"finish_reason": "', b'"usage":{', b'"usage": {', b'{"error"')
+"""What makes a relayed line worth parsing: a finish reason, usage, an error event."""
+
+_NOT_FOR_THE_CLIENT = frozenset({
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server", b"content-type",
+    b"content-encoding", b"cache-control", b"set-cookie",
+})
+
+
+def _client_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """The upstream's response headers that are the client's to see (its rate-limit and processing headers,
+    ...): not framing or hop-by-hop ones, not cookies, not another gateway's `x-switchboard-*`. Its
+    `x-request-id` comes back as `x-switchboard-upstream-request-id` (ours is the request log's key)."""
+    return tuple((_RENAMED.get(name, name), value) for name, value in ((n.lower(), v) for n, v in headers)
+                 if name not in _NOT_FOR_THE_CLIENT and not name.startswith(b"x-switchboard-"))
+
+
+_RENAMED = {b"x-request-id": b"x-switchboard-upstream-request-id"}
+
+
+def _first_model(chunk: bytes) -> Any:
+    """The `model` of the first data line in `chunk` (None if there is none to read)."""
+    start = chunk.find(b"data:")
+    if start < 0:
+        return None
+    end = chunk.find(b"\n", start)
+    try:
+        obj = orjson.loads(chunk[start + 5:end if end >= 0 else None].strip())
+    except orjson.JSONDecodeError:
+        return None
+    return obj.get("model") if isinstance(obj, dict) else None
 
 
 class _Http1Upstream:
@@ -312,6 +504,10 @@ class _AiohttpResponse:
         self._errors = (aiohttp.ClientError, TimeoutError)
         self.status: int = response.status
         self.reason: str = response.reason or ""
+        self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
+
+    def header(self, name: bytes) -> str | None:
+        return self._response.headers.get(name.decode("latin-1"))
 
     @property
     def content_type(self) -> str:
@@ -348,8 +544,13 @@ def _choice_text(choice: dict[str, Any], kind: str) -> str:
     return choice["text"]
 
 
+_FINISH_REASONS = {reason.value: reason for reason in FinishReason}
+
+
 def _finish_reason(raw: Any) -> FinishReason:
-    return FinishReason.LENGTH if raw == "length" else FinishReason.STOP
+    """The engine's own finish reason (stop, length, tool_calls, content_filter, function_call); stop for
+    none or one we do not know."""
+    return _FINISH_REASONS.get(raw, FinishReason.STOP) if isinstance(raw, str) else FinishReason.STOP
 
 
 def _usage(raw: Any, request: GenerationRequest, text: str) -> Usage:
@@ -360,6 +561,28 @@ def _usage(raw: Any, request: GenerationRequest, text: str) -> Usage:
                      cached if isinstance(cached, int) and cached >= 0 else None)
     # Upstreams that report no usage still get an honest estimate rather than zeros.
     return Usage(request.num_prompt_tokens_estimate, max(1, len(text) // 4) if text else 0)
+
+
+def _retry_after_s(response: _UpstreamResponse, now_epoch_s: float) -> float | None:
+    """The upstream's wait, in seconds, from `retry-after-ms` (OpenAI's) or `Retry-After` (seconds or an
+    HTTP date); None when it sent neither or nothing readable."""
+    millis = response.header(b"retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = response.header(b"retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now_epoch_s)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _upstream_message(raw: bytes) -> str:

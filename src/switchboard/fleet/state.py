@@ -14,16 +14,11 @@ import dataclasses
 import enum
 import types
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from switchboard.fleet.activity import ExpertActivity
 from switchboard.fleet.lifecycle import ACCEPTING_STATES, LIVE_STATES, Transition, check_transition
 from switchboard.frozen import evolve, evolver_of, fast_init
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, RequestId, Seconds, WorkerId
-
-if TYPE_CHECKING:
-    from switchboard.config.schema import ExpertConfig, WorkerConfig
-
 
 def _frozen_mapping(value: Mapping) -> Mapping:
     return value if isinstance(value, types.MappingProxyType) else types.MappingProxyType(dict(value))
@@ -41,11 +36,6 @@ class Worker:
     memory_gb: float
     usd_per_hour: float
     location: str = "local"
-
-    @classmethod
-    def from_config(cls, config: WorkerConfig) -> "Worker":
-        return cls(WorkerId(config.id), HardwareKind(config.hardware), config.memory_gb, config.usd_per_hour,
-                   config.location)
 
 
 @fast_init
@@ -117,11 +107,6 @@ class ExpertSpec:
     tpot_slo_s: Seconds = 0.2
     is_external: bool = False
     """An upstream API (the `openai` backend): always warm, never placed, started or stopped."""
-
-    @classmethod
-    def from_config(cls, config: ExpertConfig, *, ttft_slo_s: Seconds = 2.0, tpot_slo_s: Seconds = 0.2) -> "ExpertSpec":
-        return cls(ExpertId(config.id), config.params_b, config.usd_per_mtok_blended, ttft_slo_s, tpot_slo_s,
-                   is_external=config.backend.kind == "openai")
 
 
 # --------------------------------------------------------------------------------------------- requests & load

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
+from switchboard.gateway.embeddings import EmbeddingsEndpoint
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
@@ -81,7 +82,9 @@ def build_app(
         request_log = RequestLog.for_config(config, environ) if config.storage.enabled else DisabledRequestLog()
     gate = TenantGate(config, environ, fleet, state.chooser) if config.auth.enabled else None
     handlers = Handlers(state, MeteringLog(request_log, gate) if gate else request_log, gate)
-    feedback = FeedbackEndpoint(request_log)
+    embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
+    online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
+    feedback = FeedbackEndpoint(request_log, online)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -112,11 +115,14 @@ def build_app(
                 raise
         await fleet.start()
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
+        restoring = asyncio.create_task(restore_online(online, request_log), name="switchboard-online-restore")
         try:
             yield
         finally:
+            restoring.cancel()
             metrics_sync.cancel()
             await fleet.stop()
+            await embeddings.stop()
             await request_log.stop()  # after the fleet: requests finishing during its stop are logged too
             if gate is not None:
                 await gate.stop()
@@ -133,6 +139,7 @@ def build_app(
     routes = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/healthz", handlers.healthz, methods=["GET"]),
@@ -151,6 +158,22 @@ def build_app(
     app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
     return AuthMiddleware(fast, gate) if gate is not None else fast
+
+
+async def restore_online(online: Any, request_log: Any) -> None:
+    """Rebuilds the router's online corrections from the request log, in the background: routing starts at
+    once and the corrections fill in (seconds for thousands of events). A failure is logged, not fatal."""
+    if online is None or not request_log.enabled or not online.settings.enabled:
+        return
+    from switchboard.online.restore import logged_feedback
+
+    try:
+        events = await request_log.read(logged_feedback)
+        learned = await asyncio.to_thread(online.restore, events)
+    except Exception as exc:  # noqa: BLE001 — serving goes on without the past corrections
+        log.error("online learning: could not restore from the request log (%s: %s)", type(exc).__name__, exc)
+        return
+    log.info("online learning: %d of %d logged feedback events restored", learned, len(events))
 
 
 class FastPathApp:

@@ -28,7 +28,8 @@ from switchboard.storage.writer import expert_prices, usd_of
 from switchboard.tenants import compliance as cp
 from switchboard.tenants import limits as lim
 from switchboard.tenants.keys import ApiKey, OnViolation, digest_of
-from switchboard.tenants.meter import Reservation, UsageMeter
+from switchboard.tenants.ledger import KeyLedger, LocalLedger
+from switchboard.tenants.meter import UsageMeter
 from switchboard.tenants.registry import KeyRegistry
 from switchboard.types import AUTO_MODEL
 
@@ -41,7 +42,8 @@ class Caller:
     """The key a request came with, its window entry once admitted, and what to tell the client about policy."""
 
     key: ApiKey
-    reservation: Reservation | None = None
+    reservation: Any = None
+    """The request's hold in the key ledger once admitted (settled or released when it ends)."""
     policy_note: str | None = None
 
 
@@ -54,6 +56,9 @@ class OpenGate:
     async def resolve(self, model: str, routing: RoutingParams | None, num_prompt_tokens: int, asked_max_tokens: int | None,
                       route_text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
+
+    async def admit(self, num_tokens: int, usd_estimate: Callable[[], float] = lambda: 0.0) -> None:
+        return None
 
 
 class AuthConfigError(RuntimeError):
@@ -74,9 +79,11 @@ class TenantGate:
         self.fleet = fleet
         self.chooser = chooser
         self.clock = clock
-        self.meter = UsageMeter()
+        # A Ray fleet counts every gateway's requests in its control actor; embedded, this process counts its own.
+        cluster_ledger = getattr(fleet, "key_ledger", None)
+        self.ledger: KeyLedger = cluster_ledger() if cluster_ledger is not None else LocalLedger(UsageMeter(auth.rate_window_s), clock)
         self.prices = expert_prices(config)
-        self.registry = KeyRegistry(config.storage.url or database.default_url(environ), auth.refresh_interval_s, self.meter, clock)
+        self.registry = KeyRegistry(config.storage.url or database.default_url(environ), auth.refresh_interval_s, self.ledger, clock)
 
     async def start(self) -> None:
         await self.registry.start()
@@ -118,22 +125,36 @@ class TenantGate:
                       route_text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         """`resolve(model, routing, route_text)` as the key allows: raises ApiError 429/402 over a limit or
         budget, 403/503 when the key's quality floor or cost ceiling cannot be met and its policy rejects."""
-        caller = current_caller.get()
+        num_output_tokens = asked_max_tokens or self.config.defaults.max_tokens
+        caller = await self.admit(num_prompt_tokens + num_output_tokens,
+                            lambda: self.usd_estimate(model, num_prompt_tokens, num_output_tokens))
         if caller is None:
             return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
-        key, now_s = caller.key, self.clock()
-        num_tokens = num_prompt_tokens + (asked_max_tokens or self.config.defaults.max_tokens)
-        verdict = lim.admit(key.limits, self.meter.snapshot(key.key_id, now_s), now_s, num_tokens)
-        if isinstance(verdict, lim.OverLimit):
-            retry_after = str(max(1, round(verdict.retry_after_s)))
-            raise ApiError(verdict.status, f"key {key.key_id} ('{key.name}'): {verdict.message}; retry after {retry_after} s",
-                           code=f"{verdict.limit.value}_exceeded", headers={"retry-after": retry_after, "x-switchboard-limit": verdict.limit.value})
-        caller.reservation = self.meter.reserve(key.key_id, now_s, num_tokens)
+        key = caller.key
         if not key.limits.has_answer_policy:
             return await resolve(model, routing, route_text if model == AUTO_MODEL else "")
         if model == AUTO_MODEL:
             return await self._resolve_auto(caller, routing, route_text, resolve)
         return await self._resolve_named(caller, model, routing, route_text, resolve)
+
+    async def admit(self, num_tokens: int, usd_estimate: Callable[[], float] = lambda: 0.0) -> Caller | None:
+        """The caller's rate limits and budgets for a request of about `num_tokens` tokens: raises ApiError
+        429/402 over one, else reserves the tokens in the key's window and holds `usd_estimate()` against its
+        budgets (both settled with the real usage when the request is logged; counted cluster-wide by the
+        key ledger in Ray mode). None when the request came without a key."""
+        caller = current_caller.get()
+        if caller is None:
+            return None
+        key = caller.key
+        usd = usd_estimate() if key.limits.has_budget else 0.0
+        # Checked and reserved in one step: concurrent requests each see the others' counts and holds.
+        verdict = await self.ledger.admit(key.key_id, key.limits, num_tokens, usd)
+        if isinstance(verdict, lim.OverLimit):
+            retry_after = str(max(1, round(verdict.retry_after_s)))
+            raise ApiError(verdict.status, f"key {key.key_id} ('{key.name}'): {verdict.message}; retry after {retry_after} s",
+                           code=f"{verdict.limit.value}_exceeded", headers={"retry-after": retry_after, "x-switchboard-limit": verdict.limit.value})
+        caller.reservation = verdict
+        return caller
 
     async def _resolve_auto(self, caller: Caller, routing: RoutingParams | None, text: str, resolve: Resolve) -> tuple[ExpertConfig, ExpertChoice | None]:
         limits = caller.key.limits
@@ -210,14 +231,28 @@ class TenantGate:
         code = "key_quality_floor" if decision.violated == (cp.QUALITY_FLOOR,) else "key_cost_ceiling" if decision.violated == (cp.COST_CEILING,) else "key_answer_policy"
         return ApiError(decision.status, f"key {caller.key.key_id} ('{caller.key.name}'): {decision.message}", code=code, headers=headers)
 
+    def usd_estimate(self, model: str, num_prompt_tokens: int, num_output_tokens: int) -> float:
+        """What a request may cost at most (its prompt estimate and all of `max_tokens`): at the named expert's
+        prices, or for `auto` at the dearest expert's (routing and failover may pick any)."""
+        usage = Usage(num_prompt_tokens, num_output_tokens)
+        if model in self.prices:
+            return usd_of(self.prices, model, usage)
+        return max((usd_of(self.prices, expert_id, usage) for expert_id in self.prices), default=0.0)
+
     # ---- after the answer
 
     def settle(self, caller: Caller, expert_id: str, usage: Usage | None) -> None:
         if caller.reservation is None:
             return
         tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
-        self.meter.settle(caller.reservation, tokens, usd_of(self.prices, expert_id, usage), self.clock())
+        self.ledger.settle(caller.reservation, tokens, usd_of(self.prices, expert_id, usage))
         caller.reservation = None
+
+    def release(self, caller: Caller) -> None:
+        """The request is over: a hold it still has (it was refused or failed before its answer was logged) is
+        dropped; its window entry stays (it counts as a request)."""
+        if caller.reservation is not None:
+            self.ledger.release(caller.reservation)
 
 
 def merge_routing(routing: RoutingParams | None, quality_floor: float | None, usd_per_mtok_ceiling: float | None) -> RoutingParams:
@@ -266,11 +301,38 @@ class MeteringLog:
         return getattr(self.inner, name)
 
 
-@dataclasses.dataclass(slots=True)
 class _MeteredEntry:
-    inner: Any
-    caller: Caller | None
-    expert_id: str
+    """A request-log entry with the caller attached. What the handlers set on an entry after failover (the
+    expert that answered, the routing reason with the failed attempts) goes to the log's own entry, so the
+    row and the key's charge both name the expert that answered."""
+
+    __slots__ = ("inner", "caller", "_expert_id", "_routing_reason")
+
+    def __init__(self, inner: Any, caller: Caller | None, expert_id: str) -> None:
+        self.inner = inner  # None when the request log is disabled
+        self.caller = caller
+        self._expert_id = expert_id
+        self._routing_reason: str | None = getattr(inner, "routing_reason", None)
+
+    @property
+    def expert_id(self) -> str:
+        return self._expert_id
+
+    @expert_id.setter
+    def expert_id(self, value: str) -> None:
+        self._expert_id = value
+        if self.inner is not None:
+            self.inner.expert_id = value
+
+    @property
+    def routing_reason(self) -> str | None:
+        return self._routing_reason
+
+    @routing_reason.setter
+    def routing_reason(self, value: str | None) -> None:
+        self._routing_reason = value
+        if self.inner is not None:
+            self.inner.routing_reason = value
 
 
 class AuthMiddleware:
@@ -312,6 +374,7 @@ class AuthMiddleware:
         try:
             await self.app(scope, receive, send_with_policy)
         finally:
+            self.gate.release(caller)
             key_id_var.reset(key_token)
             current_caller.reset(token)
 

@@ -12,7 +12,7 @@ Where the next attempt goes (`plan_next`, a pure function):
   new lease another replica when the expert has one, and the failed replica's circuit counts the failure —
   after an exponential backoff with full jitter, up to `retries_per_expert` times;
 - a failure that says the expert cannot serve now (a stall past its read timeout, admission refused with
-  429/503, an open circuit), or a transient one whose retries are used up, moves to the next expert of the
+  429/503, an open circuit, the upstream's own 429 rate limit), or a transient one whose retries are used up, moves to the next expert of the
   ranking whose circuit is not open: for `model: "auto"` the router's ranking (`ExpertChoice.fallbacks`),
   for a named model the expert's configured `fallbacks` (none by default: naming a model means that model);
 - a failure that is the request's own fault (the upstream's 4xx) is final, as is running out of attempts
@@ -33,11 +33,13 @@ from switchboard.config.schema import FailoverConfig
 from switchboard.engines.base import (
     Completion,
     EngineError,
+    EngineRateLimited,
     EngineTimeout,
     GenerationRequest,
     RequestKind,
     StreamEvent,
 )
+from switchboard.gateway import choices
 from switchboard.runtime.lease import AdmissionRejected, CircuitOpen
 
 T = TypeVar("T")
@@ -52,6 +54,8 @@ class FailureKind(str, enum.Enum):
 def classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, AdmissionRejected):
         return FailureKind.FALLBACK
+    if isinstance(exc, EngineRateLimited):
+        return FailureKind.FALLBACK  # not the request's fault, and asking the same upstream again now is what it refused
     if isinstance(exc, EngineError):
         if exc.status < 500:
             return FailureKind.FATAL
@@ -227,10 +231,19 @@ class LeaseAttempts:
         self.lease = self.fleet.lease(expert_id, self.request_id, self.num_prompt, max_tokens, self.prefix_key)
         return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
 
+    def num_choices_on(self, expert_id: str) -> int:
+        """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); `openai`
+        upstreams make their own."""
+        expert = self.fleet.expert(expert_id)
+        return 1 if expert is None or expert.backend.kind == "openai" else choices.num_choices(self.body)
+
     async def whole(self, expert_id: str) -> Completion:
         lease, gen = self._lease(expert_id)
+        n = self.num_choices_on(expert_id)
         try:
             async with lease:
+                if n > 1:
+                    return await choices.complete_choices(lease, choices.choice_requests(gen, n))
                 return await lease.complete(gen)  # a Ray lease retries once on another replica if its node is lost
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
@@ -242,7 +255,8 @@ class LeaseAttempts:
             await lease.__aenter__()
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc) from exc
-        events = lease.stream(gen)
+        n = self.num_choices_on(expert_id)
+        events = choices.stream_choices(lease, choices.choice_requests(gen, n)) if n > 1 else lease.stream(gen)
         try:
             first = await anext(events)
         except BaseException as exc:

@@ -21,13 +21,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines.base import EngineError, Finish, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.base import EngineError, EngineRateLimited, Finish, RawChunk, RequestKind, StreamEvent, TextDelta
+from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
+from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
+from switchboard.gateway.capabilities import unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
+from switchboard.gateway.deadline import StreamDeadline
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
-from switchboard.gateway.responses import ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
+from switchboard.gateway.responses import SSE_DONE, ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
@@ -76,13 +80,6 @@ def _rejection_api_error(exc: AdmissionRejected) -> ApiError:
                     code="expert_overloaded" if exc.status == 429 else "expert_unavailable", headers={"retry-after": retry_after})
 
 
-def _prefix_key(parsed: Any) -> str:
-    """The conversation's opening (system prompt and first user turn): the same key keeps a conversation on
-    the replica that already holds its prefix."""
-    opening = [m.content for m in parsed.messages[:2] if isinstance(m.content, str)]
-    return str(hash(tuple(c[:512] for c in opening))) if opening else ""
-
-
 def _tried(run: FailoverRun[Any]) -> str:
     if not run.failures:
         return ""
@@ -91,6 +88,8 @@ def _tried(run: FailoverRun[Any]) -> str:
 
 def _failed_outcome(exc: BaseException) -> tuple[Outcome, int]:
     if isinstance(exc, AdmissionRejected):
+        return Outcome.REJECTED, exc.status
+    if isinstance(exc, EngineRateLimited):
         return Outcome.REJECTED, exc.status
     if isinstance(exc, EngineError):
         return (Outcome.INVALID if exc.status < 500 else Outcome.ERROR), exc.status
@@ -112,6 +111,11 @@ def _failure_api_error(failed: AttemptsFailed, run: FailoverRun[Any]) -> ApiErro
 
 
 def _engine_api_error(exc: EngineError) -> ApiError:
+    if isinstance(exc, EngineRateLimited):
+        # The upstream's own Retry-After, so a client (the openai SDK) waits exactly as long as it asked.
+        retry_after = str(max(1, math.ceil(exc.retry_after_s))) if exc.retry_after_s is not None else "1"
+        return ApiError(429, f"expert '{exc.expert_id}' is rate limited by its upstream: {exc.detail}; retry after {retry_after} s",
+                        code=exc.code, headers={"retry-after": retry_after})
     if exc.status < 500:
         return ApiError(exc.status, f"expert '{exc.expert_id}' rejected the request: {exc.detail}", code=exc.code)
     return ApiError(exc.status, f"expert '{exc.expert_id}' failed: {exc.detail}", code=exc.code)
@@ -125,13 +129,15 @@ class Handlers:
         self.request_log = request_log if request_log is not None else DisabledRequestLog()
         self.max_body_bytes = state.config.gateway.max_body_bytes
         self.timeout_s = state.config.gateway.request_timeout_s
+        self.prefix_secret = state.config.gateway.prefix_key_secret.encode()
         self.metrics = state.observability.requests  # metrics: one `finish` call at each request's end
         self.failover = state.config.failover
         self.rng = random.Random(self.failover.seed)  # backoff jitter
         # Graceful shutdown: after `begin_drain`, new requests get 503 and every in-flight request's deadline
         # becomes at most `drain_at` (loop time), so each ends with an answer or an explicit error in time.
         self.drain_at = math.inf
-        self._deadlines: set[asyncio.Timeout] = set()
+        self._deadlines: set[asyncio.Timeout | StreamDeadline] = set()
+        self.prompt_tokens = PromptTokens()  # llama.cpp experts' exact prompt counts (engines/llamacpp/tokens.py)
 
     def begin_drain(self, timeout_s: float) -> None:
         """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
@@ -165,14 +171,18 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_chat(raw)
             text = rq.chat_prompt_text(parsed)
-            num_prompt = rq.estimate_tokens(text, len(parsed.messages))
+            num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
+            if expert.id != parsed.model:  # chosen by the router: its own count for the context check
+                num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
+            if (cannot := unsupported("chat", expert, body)) is not None:
+                raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, _prefix_key(parsed), started_at,
+            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, chat_prefix_key(parsed, self.prefix_secret), started_at,
                                         user_text, text_only=not rq.has_non_text_content(parsed))
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
@@ -186,14 +196,23 @@ class Handlers:
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
-            num_prompt = rq.estimate_tokens(text)
+            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
+            if expert.id != parsed.model:
+                num_prompt = await self.prompt_tokens.count("completion", body, expert, num_prompt)
+            if (cannot := unsupported("completion", expert, body)) is not None:
+                raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
                                         text)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
+
+    async def _prompt_tokens(self, kind: RequestKind, body: dict[str, Any], model: str, estimate: int) -> int:
+        """The prompt's tokens as the named expert counts them (llama.cpp experts: exactly, with the GGUF's own
+        template and vocabulary), else `estimate`. What context-length checks and per-key token limits use."""
+        return await self.prompt_tokens.count(kind, body, self.state.fleet.expert(model) if model != AUTO_MODEL else None, estimate)
 
     async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
         state = self.state
@@ -247,6 +266,8 @@ class Handlers:
             fallback = self.state.fleet.expert(fallback_id)
             if fallback is None or fallback_id in max_tokens or (not text_only and fallback.backend.kind != "openai"):
                 continue
+            if unsupported(kind, fallback, body) is not None:  # it cannot honour some field: no fallback for this request
+                continue
             try:
                 max_tokens[fallback_id] = self._max_tokens(kind, fallback, num_prompt, asked_max_tokens)
             except ApiError:
@@ -287,6 +308,8 @@ class Handlers:
             self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage, is_last_failure_the_answer=error is not None and outcome is not Outcome.TIMEOUT)
         if error is not None:
             return error_response(error, headers)
+        if completion.raw_body is not None:  # a pass-through engine's answer, byte for byte
+            return JSONBytesResponse(completion.raw_body, headers, completion.raw_headers)
         return JSONBytesResponse(completion_body(kind, request_id, created, run.expert_id, completion), headers)
 
     def _attempt_failed(self, failure: FailedAttempt, plan: NextAttempt) -> None:
@@ -322,7 +345,7 @@ class Handlers:
         if room < 1 or (asked is not None and asked > room):
             raise ApiError(
                 400,
-                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is about {num_prompt} tokens"
+                f"expert '{expert.id}' has a context of {expert.context_tokens} tokens; the prompt is {'' if expert.backend.kind == 'llamacpp' else 'about '}{num_prompt} tokens"
                 + (f" and max_tokens asks for {asked}" if asked is not None else ""),
                 param=(("messages" if kind == "chat" else "prompt") if asked is None or room < 1 else "max_tokens"),
                 code="context_length_exceeded",
@@ -336,13 +359,11 @@ class Handlers:
         # Everything up to the first event happens before the status line, so a failure there fails over
         # invisibly or is a proper HTTP error, never a broken stream.
         error = None
+        # One deadline for the whole stream (gateway/deadline.py), pulled in by a drain like every other.
+        deadline = StreamDeadline(min(deadline_at, self.drain_at))
+        self._deadlines.add(deadline)
         try:
-            async with self._deadline(deadline_at) as scope:
-                self._deadlines.add(scope)
-                try:
-                    first, events, lease = await run.first_success(tuple(attempt.max_tokens), attempt.stream)
-                finally:
-                    self._deadlines.discard(scope)
+            first, events, lease = await deadline.wait(run.first_success(tuple(attempt.max_tokens), attempt.stream))
             first_token_at = time.perf_counter()
         except AttemptsFailed as exc:
             outcome, status = _failed_outcome(exc.last)
@@ -351,9 +372,11 @@ class Handlers:
             error = self._timed_out(run, "sent no token")
             outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
         except BaseException:  # cancelled while waiting (the attempt gave its replica its load back)
+            self._end_deadline(deadline)
             self._finish(entry, run, headers, Outcome.CANCELLED, 499, started_at, attempt.lease)
             raise
         if error is not None:
+            self._end_deadline(deadline)
             self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, is_last_failure_the_answer=outcome is not Outcome.TIMEOUT)
             return error_response(error, headers)
         headers["x-switchboard-expert"] = run.expert_id
@@ -362,12 +385,17 @@ class Handlers:
         if run.failures:
             headers["x-switchboard-failover"] = json.dumps(run.describe(), ensure_ascii=True, separators=(",", ":"))
         headers["cache-control"] = "no-cache"
-        writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage)
-        timing = (started_at, first_token_at, deadline_at)
-        return SSEResponse(self._sse(writer, first, events, lease, run, timing, entry, headers), headers)
+        writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage, attempt.num_choices_on(run.expert_id))
+        timing = (started_at, first_token_at)
+        raw_headers = first.headers if type(first) is RawChunk else ()
+        return SSEResponse(self._sse(writer, first, events, lease, run, timing, deadline, entry, headers), headers, raw_headers)
+
+    def _end_deadline(self, deadline: StreamDeadline) -> None:
+        deadline.close()
+        self._deadlines.discard(deadline)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, run: FailoverRun[Any],
-                   timing: tuple[float, float, float], entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
+                   timing: tuple[float, float], deadline: StreamDeadline, entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
         """The stream after its first event. A failure from here on cannot fail over (tokens are out): it ends
         the stream with an explicit error event (OpenAI's `{"error": ...}` chunk, which the openai client
         raises as an APIError) and no [DONE]."""
@@ -376,23 +404,26 @@ class Handlers:
         usage = None  # metrics
         expert_id = run.expert_id
         try:
-            if writer.kind == "chat":
+            if writer.kind == "chat" and type(first) is not RawChunk:
                 yield writer.role()
             event = first
             while True:
-                if isinstance(event, Finish):
-                    usage = event.usage
-                    yield writer.finish(event)
-                    return
-                assert isinstance(event, TextDelta)
-                yield writer.text(event.text, event.raw_delta)
-                # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
-                async with asyncio.timeout_at(min(timing[2], self.drain_at)) as scope:
-                    self._deadlines.add(scope)
-                    try:
+                if type(event) is RawChunk:  # a pass-through engine's bytes, already the client's wire format
+                    yield event.data
+                    if event.data.endswith(SSE_DONE):  # the engine's Finish follows at once: no deadline to watch
                         event = await anext(events)
-                    finally:
-                        self._deadlines.discard(scope)
+                        continue
+                elif isinstance(event, Finish):
+                    if event.is_relayed or writer.is_last(event):
+                        usage = event.usage
+                        if not event.is_relayed:
+                            yield writer.finish(event)
+                        return
+                    yield writer.finish(event)  # one choice of several ends (n > 1); the next follows
+                else:
+                    yield writer.text(event.text, event.raw_delta, event.index)
+                # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
+                event = await deadline.wait(anext(events))
         except EngineError as exc:
             failure, outcome = exc, Outcome.ERROR
             yield ChunkWriter.error(exc.status, f"expert '{expert_id}' failed mid-stream: {exc.detail}", exc.code)
@@ -407,6 +438,7 @@ class Handlers:
             failure, outcome = exc, Outcome.CANCELLED
             raise
         finally:
+            self._end_deadline(deadline)
             await events.aclose()
             await lease.__aexit__(type(failure) if failure else None, failure, None)
             # metrics: the stream's one record, with its first-token time
@@ -415,7 +447,8 @@ class Handlers:
     async def models(self, request: Request) -> Response:
         created = self.state.started_at
         data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
-        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in self.state.config.experts]
+        config = self.state.config
+        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in (*config.experts, *config.embedding_experts)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:

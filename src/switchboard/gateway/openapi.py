@@ -37,7 +37,7 @@ SSE_EVENT = {
 def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
-        s.ModelList, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback,
+        s.ModelList, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -69,6 +69,14 @@ def build_openapi() -> dict[str, Any]:
         "paths": {
             "/v1/chat/completions": generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto')"),
             "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "Embeddings (model: an embedding expert's id)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": ref(s.EmbeddingsRequest)}}},
+                    "responses": {"200": {"description": "One vector per input, in input order", "content": {"application/json": {"schema": ref(s.EmbeddingList)}}},
+                                  **errors()},
+                }
+            },
             "/v1/models": {"get": {"summary": "The experts, and 'auto'", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": ref(s.ModelList)}}}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": ref(s.Health)}}}}}},
             "/v1/feedback": {

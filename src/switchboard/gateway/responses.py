@@ -1,7 +1,9 @@
-"""OpenAI's exact response and stream-chunk shapes, serialized with orjson."""
+"""OpenAI's exact response and stream-chunk shapes, serialized with orjson, and the two raw ASGI responses
+that send them (or an upstream's own bytes, relayed)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -11,30 +13,25 @@ from switchboard.engines.base import Completion, Finish, RequestKind, Usage
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+def _choice(kind: RequestKind, index: int, completion: Completion) -> dict[str, Any]:
+    reason = completion.finish.reason.value
+    if kind == "completion":
+        return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": reason}
+    if completion.raw_choice is not None:
+        return {**completion.raw_choice, "index": index}
+    return {"index": index, "message": {"role": "assistant", "content": completion.text, "refusal": None}, "logprobs": None,
+            "finish_reason": reason}
+
+
 def completion_body(kind: RequestKind, request_id: str, created: int, model: str, completion: Completion) -> bytes:
-    finish = completion.finish
-    if kind == "chat":
-        if completion.raw_choice is not None:
-            choice = dict(completion.raw_choice)
-            choice["index"] = 0
-        else:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish.reason.value,
-            }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish.reason.value}
-        obj = "text_completion"
+    """The whole answer; `completion.more_choices` are choices 1..n-1, `completion.finish.usage` covers all."""
     return orjson.dumps({
         "id": request_id,
-        "object": obj,
+        "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
         "model": model,
-        "choices": [choice],
-        "usage": finish.usage.as_dict(),
+        "choices": [_choice(kind, i, c) for i, c in enumerate((completion, *completion.more_choices))],
+        "usage": completion.finish.usage.as_dict(),
         "system_fingerprint": None,
     })
 
@@ -42,13 +39,15 @@ def completion_body(kind: RequestKind, request_id: str, created: int, model: str
 class ChunkWriter:
     """Writes one stream's SSE chunks; every chunk shares the id, created time and model."""
 
-    __slots__ = ("kind", "head", "include_usage")
+    __slots__ = ("kind", "head", "include_usage", "num_choices", "num_announced")
 
-    def __init__(self, kind: RequestKind, request_id: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(self, kind: RequestKind, request_id: str, created: int, model: str, include_usage: bool, num_choices: int = 1) -> None:
         self.kind = kind
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self.head = {"id": request_id, "object": obj, "created": created, "model": model, "system_fingerprint": None}
         self.include_usage = include_usage
+        self.num_choices = num_choices
+        self.num_announced = 1  # choices whose role chunk is out (choice 0's by `role()`)
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
         data = dict(self.head)
@@ -57,21 +56,31 @@ class ChunkWriter:
             data["usage"] = usage.as_dict() if usage is not None else None
         return b"data: " + orjson.dumps(data) + b"\n\n"
 
-    def role(self) -> bytes:
-        """The chat stream's first chunk, announcing the assistant role (as OpenAI sends it)."""
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    def role(self, index: int = 0) -> bytes:
+        """A chat choice's first chunk, announcing the assistant role (as OpenAI sends it)."""
+        return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
-    def text(self, text: str, raw_delta: dict[str, Any] | None = None) -> bytes:
+    def text(self, text: str, raw_delta: dict[str, Any] | None = None, index: int = 0) -> bytes:
         if self.kind == "chat":
             delta = raw_delta if raw_delta is not None else {"content": text}
-            return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
-        return self._chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+            chunk = self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+            if index >= self.num_announced:  # a later choice's first piece (n > 1)
+                self.num_announced = index + 1
+                return self.role(index) + chunk
+            return chunk
+        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def is_last(self, finish: Finish) -> bool:
+        return finish.index + 1 >= self.num_choices
 
     def finish(self, finish: Finish) -> bytes:
+        """A choice's finish chunk; after the last choice's, the usage chunk (if asked for) and [DONE]."""
         if self.kind == "chat":
-            last = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish.reason.value}])
+            last = self._chunk([{"index": finish.index, "delta": {}, "logprobs": None, "finish_reason": finish.reason.value}])
         else:
-            last = self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish.reason.value}])
+            last = self._chunk([{"index": finish.index, "text": "", "logprobs": None, "finish_reason": finish.reason.value}])
+        if not self.is_last(finish):
+            return last
         if self.include_usage:
             last += self._chunk([], finish.usage)
         return last + SSE_DONE
@@ -92,26 +101,32 @@ class SSEResponse:
     chunk boundary, so an engine stops generating for nobody.
     """
 
-    __slots__ = ("chunks", "headers")
+    __slots__ = ("chunks", "headers", "raw_headers")
 
-    def __init__(self, chunks: Any, headers: dict[str, str]) -> None:
+    def __init__(self, chunks: Any, headers: dict[str, str], raw_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.chunks = chunks
         self.headers = headers
+        self.raw_headers = raw_headers  # an upstream's own (engines/openai_upstream.py `_client_headers`)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        import asyncio
-
-        raw = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8"), *self.raw_headers]
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        is_ended = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for chunk in self.chunks:
                 if watcher.done():
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if is_ended:
+                    continue
+                # The chunk that closes the stream ends the response in the same message (one send fewer); the
+                # iterator still runs to its end for its bookkeeping.
+                is_ended = chunk.endswith(SSE_DONE)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not is_ended})
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not is_ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             await self.chunks.aclose()
@@ -126,14 +141,15 @@ class JSONBytesResponse:
     """An already-serialized JSON answer sent as two raw ASGI messages: the success path skips Starlette's
     header normalisation, which profiled at ~6% of a proxied request's CPU."""
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("body", "headers", "raw_headers")
 
-    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, body: bytes, headers: dict[str, str], raw_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.body = body
         self.headers = headers
+        self.raw_headers = raw_headers  # an upstream's own (engines/openai_upstream.py `_client_headers`)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()), *self.raw_headers]
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": self.body})

@@ -1,15 +1,16 @@
 """Request and response schemas of the OpenAI-compatible API, as pydantic models.
 
-They validate incoming bodies (unknown fields are rejected, as OpenAI does) and generate the OpenAPI
-document. Validated bodies are forwarded as the client sent them, so these models only check; they never
-rewrite.
+They validate what the gateway needs (model, messages shape, limits) and generate the OpenAPI document. Request
+bodies and messages accept fields the gateway does not know: `openai` experts get the body exactly as the
+client sent it (but `model`), and local engines answer a clear 400 naming any field they cannot honour
+(gateway/capabilities.py). These models only check; they never rewrite.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class _Forbid(BaseModel):
@@ -34,7 +35,7 @@ class OtherPart(_Open):
 ContentPart = Union[TextPart, OtherPart]
 
 
-class ChatMessage(_Forbid):
+class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Union[str, list[ContentPart], None] = None
     name: str | None = None
@@ -55,7 +56,7 @@ class RoutingParams(_Forbid):
     experts: list[str] | None = Field(None, min_length=1, description="Choose only among these experts.")
 
 
-class StreamOptions(_Forbid):
+class StreamOptions(_Open):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
@@ -63,12 +64,12 @@ class StreamOptions(_Forbid):
 Stop = Union[str, list[str], None]
 
 
-class _SamplingFields(_Forbid):
+class _SamplingFields(_Open):
     model: str = Field(min_length=1, description="An expert id, or 'auto' to let the router choose.")
     max_tokens: int | None = Field(None, ge=1, description="Largest number of tokens to generate.")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1, description="Only one choice per request is supported.")
+    n: int | None = Field(None, ge=1, le=128, description="Choices to generate.")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stop = Field(None, description="Up to 4 stop sequences.")
@@ -103,7 +104,24 @@ class CompletionRequest(_SamplingFields):
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=1, le=1)
+    best_of: int | None = Field(None, ge=1, le=20)
+
+
+MAX_EMBEDDING_INPUTS = 2048
+"""OpenAI's limit on inputs per embeddings request."""
+
+
+class EmbeddingsRequest(_Open):
+    """`POST /v1/embeddings`. Fields beyond these are forwarded to `openai`-kind upstreams; a local model
+    answers 400 naming a field it does not understand."""
+
+    model: str = Field(min_length=1, description="An embedding expert's id (see GET /v1/models).")
+    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+        description=f"A text, a list of texts, a list of token ids, or a list of token-id lists (at most {MAX_EMBEDDING_INPUTS} inputs).",
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(None, description="base64: each vector's float32 little-endian bytes.")
+    dimensions: int | None = Field(None, ge=1, description="Vector length, for models that can shorten theirs.")
+    user: str | None = None
 
 
 class FeedbackRequest(_Forbid):
@@ -165,6 +183,24 @@ class TextCompletion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str] = Field(description="The vector, or its base64 float32 bytes.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

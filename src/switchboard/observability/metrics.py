@@ -85,7 +85,7 @@ class GatewayMetrics:
 
     def __init__(self, config: SwitchboardConfig, registry: CollectorRegistry, *, access_log: bool = False) -> None:
         self.access_log = access_log
-        self._prices = {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
+        self._prices = config.usd_per_token()
         self.series: dict[tuple[str, Outcome], _Series] = {}
         self.experts: dict[str, _ExpertTotals] = {}
         self.recent: deque[tuple[float, str, Outcome, float, float | None]] = deque(maxlen=RECENT_REQUESTS_KEPT)

@@ -73,6 +73,10 @@ def calibrate_hardware(hardware: Hardware | str, measurement: Measurement) -> Ha
     changes.update(_split(weights_bytes / memory_step_s, hw.mem_bandwidth_bytes_per_s, "mem_bandwidth_bytes_per_s",
                           "bandwidth_efficiency"))
     changes["step_overhead_s"] = overhead_s
+    # The KV cache keeps its rate relative to the weights' (equal on the CPU worker).
+    kv_ratio = hw.kv_bandwidth_efficiency / hw.bandwidth_efficiency
+    new_bandwidth_efficiency = changes.get("bandwidth_efficiency", hw.bandwidth_efficiency)
+    changes["kv_bandwidth_efficiency"] = min(1.0, kv_ratio * new_bandwidth_efficiency)
 
     if m.cold_start_s is not None:
         changes["process_start_s"] = max(0.0, m.cold_start_s - weights_bytes / hw.load_bandwidth_bytes_per_s)

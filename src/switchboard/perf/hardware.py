@@ -5,9 +5,9 @@ datasheets quote 2x that "with sparsity"; LLM serving does not use structured sp
 cloud list prices per device-hour; for multi-GPU instances the instance price is divided by its GPU count.
 Prices move; the date and instance type are named so they can be re-checked.
 
-The efficiency fields are not vendor numbers: they are what a serving engine achieves against the peak, set
-from published measurements and documented beside each value, and they are what `calibrate_hardware`
-(in `switchboard.perf.calibration`) fits to local measurements.
+The efficiency and overhead fields are not vendor numbers: for GPUs they are fitted to kernel-level timings of
+one H200 (`switchboard.perf.gpu_calibration`) and shared by every GPU kind; for the CPU worker,
+`calibrate_hardware` (in `switchboard.perf.calibration`) fits them to the local llama.cpp engine.
 """
 
 from __future__ import annotations
@@ -38,7 +38,36 @@ class Hardware:
     bandwidth_efficiency: float = 0.8
     """Achieved fraction of `mem_bandwidth_bytes_per_s` when streaming weights and KV cache."""
     step_overhead_s: float = 0.0
-    """Fixed cost of one engine iteration (scheduling, kernel launches, sampling)."""
+    """Fixed cost of one engine iteration, whatever the model's depth: on the CPU worker llama.cpp's scheduling,
+    sampling and thread sync. 0 on GPUs, whose fixed cost is per layer."""
+    step_overhead_s_per_layer: float = 0.0
+    """Fixed cost of one engine iteration per model layer: a GPU step replayed from a CUDA graph still runs a few
+    dozen small kernels per layer (norms, projections, rotary, attention, activations), each taking a few
+    microseconds however little it reads."""
+    kv_bandwidth_efficiency: float = 0.8
+    """Achieved fraction of `mem_bandwidth_bytes_per_s` when decode attention reads the KV cache (below the weights'
+    rate on GPUs: many short, scattered reads)."""
+    attention_efficiency: float | None = None
+    """Achieved fraction of `peak_flops` in prefill attention (FlashAttention), whose FLOPs, 2 × layers × hidden ×
+    N² for an N-token prompt, are then modelled beside the matmuls'. None: folded into `compute_efficiency`."""
+    decode_attention_s_per_seq_layer: float = 0.0
+    """Fixed cost per decoded sequence per layer of a decode step's attention (one KV walk per sequence)."""
+    gemm_min_tokens: float = 0.0
+    """A step's matmuls cost as much as (tokens + this) tokens' worth at the achieved FLOP/s: a short step's GEMMs
+    leave most of the device idle (tile and wave quantisation), so compute time is affine, not linear, in tokens."""
+    activation_bytes_per_element: float = 0.0
+    """Memory traffic of the unfused element-wise kernels (norms, rotary, SwiGLU, residuals) per token, per layer
+    and per hidden + intermediate element, at the achieved bandwidth."""
+    eager_launch_s_per_layer: float = 0.0
+    """Host time to launch one layer's kernels when a step is not captured in a CUDA graph (eager PyTorch): an
+    eager step takes about the larger of that launch time and the GPU time (they overlap)."""
+    cuda_graphs: bool = False
+    """The engine replays its steps from CUDA graphs (vLLM's default; piecewise for mixed prefill/decode steps)."""
+    chunked_prefill: bool = False
+    """Every step carries all running decodes plus prompt chunks up to `max_num_batched_tokens` (vLLM V1, SGLang;
+    Sarathi-Serve). Without it, a prefill step stalls the decodes (llama.cpp's one sequence needs none)."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one engine step (vLLM's `max_num_batched_tokens`): decode tokens plus prompt tokens."""
     memory_utilization: float = 0.9
     """Fraction of `memory_bytes` the engine may use (vLLM's `gpu_memory_utilization` default is 0.9)."""
     load_bandwidth_bytes_per_s: float = 2.0 * GB
@@ -53,12 +82,18 @@ class Hardware:
         for name in ("peak_flops", "mem_bandwidth_bytes_per_s", "memory_bytes", "load_bandwidth_bytes_per_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Hardware {self.kind!r}: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("usd_per_hour", "step_overhead_s", "process_start_s"):
+        for name in ("usd_per_hour", "step_overhead_s", "step_overhead_s_per_layer", "process_start_s",
+                     "decode_attention_s_per_seq_layer",
+                     "gemm_min_tokens", "activation_bytes_per_element", "eager_launch_s_per_layer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Hardware {self.kind!r}: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"Hardware {self.kind!r}: max_num_seqs must be >= 1, got {self.max_num_seqs!r}")
-        for name in ("compute_efficiency", "bandwidth_efficiency", "memory_utilization"):
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Hardware {self.kind!r}: {name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("compute_efficiency", "bandwidth_efficiency", "kv_bandwidth_efficiency", "memory_utilization",
+                     "attention_efficiency"):
+            if getattr(self, name) is None and name == "attention_efficiency":
+                continue
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"Hardware {self.kind!r}: {name} must be in (0, 1], got {getattr(self, name)!r}")
 
@@ -67,22 +102,46 @@ class Hardware:
         return self.usd_per_hour / 3600.0
 
 
-# Efficiency defaults for GPUs, shared by every GPU kind unless noted:
-# - compute 0.5: vLLM/SGLang prefill reaches roughly 40-60% MFU on A100/H100 for 7B-70B models (e.g. the
-#   Sarathi-Serve and DistServe evaluations); 0.5 is the middle.
-# - bandwidth 0.8: decode kernels stream weights at 70-90% of peak HBM bandwidth (FlashDecoding, vLLM's
-#   paged-attention benchmarks).
-# - step overhead 3 ms: per-iteration scheduler + sampling + launch cost of vLLM without CUDA graphs is a few ms.
-# - cold start: 10 s fixed (container start, CUDA context, engine init and CUDA-graph capture in vLLM take
-#   5-20 s, see "Serverless Cold Starts and Where to Find Them" and ServerlessLLM, OSDI'24) plus weights at
-#   2 GB/s (local NVMe gen4 read of safetensors; ServerlessLLM measures 1-6 GB/s depending on the loader).
+# Every GPU kind shares the efficiencies and overheads fitted to one H200 (switchboard.perf.gpu_calibration, on
+# switchboard/data/perf/h200_llama_forward.json: prefill and CUDA-graph decode of Llama-shaped 1B and 8B models,
+# PyTorch 2.11, FlashAttention SDPA; in sample the median / max error is 0.9% / 1.8% on prefill and 0.7% / 1.8%
+# on graph decode; docs/simulator.md has the leave-one-size-out numbers). Only the datasheet numbers (peak
+# FLOP/s, bandwidth, memory) differ between kinds: a kernel reaching 74% of the tensor-core peak on an H200 is
+# assumed to reach 74% of an L4's. Rounded from the fit; tests/perf/test_gpu_calibration.py refits and checks.
+# - weights stream at 0.884 of HBM bandwidth: measured, not fitted (the table's 4 GiB device-to-device copy
+#   moves 4.24 TB/s); with it fixed, each size's fixed step cost is identifiable and comes out per layer;
+# - compute 0.739 of dense BF16 peak in matmuls (the table's own 8192^3 GEMM reaches 0.80), attention 0.319
+#   (FlashAttention-2 through SDPA, head dim 64 and 128);
+# - the KV cache is read at 0.578 of HBM bandwidth, plus 0.27 us per decoded sequence per layer;
+# - 67.8 us per layer per step replayed from a CUDA graph, 0.52 ms per layer of host launch time when eager;
+#   matmuls cost as if 49 more tokens were in the step (a short step cannot fill the 132 SMs); 27.2 bytes of
+#   element-wise traffic per token, layer and hidden + intermediate element.
+# No scheduler or sampling time is added: the table times GPU work only, and vLLM V1 overlaps its scheduler
+# with the GPU.
+# Steps run from CUDA graphs with chunked prefill and a 2,048-token budget per step (vLLM V1's
+# `max_num_batched_tokens` default below 70 GiB devices; Sarathi-Serve sizes the budget from the TPOT target:
+# on the H200 an 8B step of 32 decodes and a 2,048-token chunk measured 63 ms, well under a 200 ms TPOT).
+# Cold start, from the same H200's measured parts: 4.4 s for a fresh Python process with torch imported and a
+# CUDA context (median of 3), plus the weights at 5.3 GB/s (safetensors load_file to the GPU from the page
+# cache, best of 2; 4.95 GB/s page-cache read). Not included, so a lower bound: engine initialisation, CUDA
+# graph capture (~0.05-0.2 s per captured shape), and reading the weights from a cold disk or the network.
 _GPU_DEFAULTS = dict(
-    compute_efficiency=0.5,
-    bandwidth_efficiency=0.8,
-    step_overhead_s=0.003,
+    compute_efficiency=0.739,
+    bandwidth_efficiency=0.884,
+    kv_bandwidth_efficiency=0.578,
+    attention_efficiency=0.319,
+    step_overhead_s=0.0,
+    step_overhead_s_per_layer=67.8e-6,
+    eager_launch_s_per_layer=0.00052,
+    decode_attention_s_per_seq_layer=0.27e-6,
+    gemm_min_tokens=49.0,
+    activation_bytes_per_element=27.2,
+    cuda_graphs=True,
+    chunked_prefill=True,
+    max_num_batched_tokens=2048,
     memory_utilization=0.9,
-    load_bandwidth_bytes_per_s=2.0 * GB,
-    process_start_s=10.0,
+    load_bandwidth_bytes_per_s=5.3 * GB,
+    process_start_s=4.4,
 )
 
 
@@ -106,6 +165,7 @@ def _build_catalog() -> dict[str, Hardware]:
             usd_per_hour=0.11592,
             compute_efficiency=0.3,
             bandwidth_efficiency=0.5,
+            kv_bandwidth_efficiency=0.5,  # llama.cpp reads its KV cache like its weights
             step_overhead_s=0.0070,
             memory_utilization=0.8,
             load_bandwidth_bytes_per_s=1.0 * GB,  # page-cache / local-disk read of a GGUF by llama.cpp (mmap)

@@ -51,7 +51,7 @@ class BalanceReasonCode(str, enum.Enum):
 
 @fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
-class Routed:
+class Balanced:
     replica_id: ReplicaId
     reason: Reason
 
@@ -69,7 +69,7 @@ class NoReplica:
         return False
 
 
-BalanceOutcome = Routed | NoReplica
+BalanceOutcome = Balanced | NoReplica
 
 
 def work_ahead_s(replica: Replica, now_s: Seconds) -> Seconds:
@@ -112,9 +112,9 @@ class BalancePolicy(abc.ABC):
         if not candidates:
             return NoReplica(Reason(BalanceReasonCode.NO_REPLICA, f"{request.expert_id} has no warm or starting replica"))
         if len(candidates) == 1:
-            return Routed(candidates[0].replica_id, Reason(BalanceReasonCode.ONLY_REPLICA, candidates[0].replica_id))
+            return Balanced(candidates[0].replica_id, Reason(BalanceReasonCode.ONLY_REPLICA, candidates[0].replica_id))
         replica, reason = self.pick(candidates, request, snapshot.now_s, rng)
-        return Routed(replica.replica_id, reason)
+        return Balanced(replica.replica_id, reason)
 
 
 BALANCE_POLICIES: Registry[BalanceKind, BalancePolicy] = Registry("balance")

@@ -11,9 +11,9 @@ Order inside a step (each stage sees the fleet as the earlier stages left it —
    assigned, forwarded or rejected: none is left behind or handled twice.
 2. `WakeExpert` events (cold-start hiding woke it in the background).
 3. keep-alive: scale idle experts to zero, start due pre-warms, announce future ones (`PrewarmAt`).
-4. route-aware pre-warming from `RoutePredicted` events; re-place starts the router's demand shows are on a
-   kind too slow for it (`replace_starts`), and warm replicas another kind with room now serves for less
-   (`replace_warm`; the old one is drained once the new one is warm).
+4. route-aware pre-warming from `RoutePredicted` events; re-placement (`policies/replace.py`): starts the
+   router's demand shows are on a kind too slow for it (`replace_starts`), and warm replicas another kind
+   with room now serves for less (`replace_warm`; the old one is drained once the new one is warm).
 5. autoscaling with the keep-alive floor; new replicas through placement.
 6. migration of queued requests.
 7. stop draining replicas that have finished their work.
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import Field
 
 from switchboard.fleet.state import EngineCapacity, FleetSnapshot, QueuedRequest, Replica
-from switchboard.policies import predict
+from switchboard.policies import predict, replace
 from switchboard.policies.actions import (
     Action,
     AssignRequest,
@@ -46,11 +46,10 @@ from switchboard.policies.actions import (
     RejectRequest,
     StartReplica,
     StopReplica,
-    apply_action,
 )
 from switchboard.policies.admission import AdmissionSettings, make_admission
 from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
-from switchboard.policies.balance import BalanceSettings, Routed, make_balance
+from switchboard.policies.balance import Balanced, BalanceSettings, make_balance
 from switchboard.policies.base import PolicySettings, Reason
 from switchboard.policies.keepalive import (
     IdleHistogram,
@@ -64,7 +63,8 @@ from switchboard.policies.keepalive import (
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
-from switchboard.policies.placement import Candidate, PlacementSettings, PlacementStatus, Unplaceable, make_placement
+from switchboard.policies.placement import PlacementSettings, PlacementStatus, Unplaceable, make_placement
+from switchboard.policies.plan import Plan
 from switchboard.policies.routing import (
     ExpertCandidate,
     PrewarmSettings,
@@ -188,31 +188,10 @@ class ControlReasonCode(str, enum.Enum):
     DRAINED = "drained"
     START_FAILED = "start-failed"
     EVICTED = "evicted-for-memory"
-    REPLACED_START = "replaced-start"
-    REPLACED_WARM = "replaced-warm"
+    ENGINE_LOST = "engine-lost"
 
 
 # --------------------------------------------------------------------------------------------- the plan
-
-
-class _Plan:
-    """The step's scratchpad: actions so far and the fleet with them applied. Lives for one step only."""
-
-    def __init__(self, snapshot: FleetSnapshot, num_replicas_created: int) -> None:
-        self.snapshot = snapshot
-        self.actions: list[Action] = []
-        self.num_replicas_created = num_replicas_created
-
-    def do(self, action: Action) -> None:
-        self.snapshot = apply_action(self.snapshot, action)
-        self.actions.append(action)
-
-    def new_replica_id(self, expert_id: ExpertId) -> ReplicaId:
-        while True:
-            self.num_replicas_created += 1
-            replica_id = ReplicaId(f"{expert_id}#{self.num_replicas_created}")
-            if replica_id not in self.snapshot.replicas:
-                return replica_id
 
 
 def _never_served(replica: Replica) -> bool:
@@ -266,7 +245,7 @@ class ControlPlane:
     ) -> tuple[StartReplica | Unplaceable, ControlState]:
         """A `StartReplica` for `expert_id` where placement puts it, with a fresh replica id (outside a step,
         e.g. experts configured warm at start-up), and the state that reserves the id."""
-        plan = _Plan(snapshot, state.num_replicas_created)
+        plan = Plan(snapshot, state.num_replicas_created)
         outcome = self._start(plan, expert_id, reason)
         new_state = dataclasses.replace(state, num_replicas_created=plan.num_replicas_created)
         if isinstance(outcome, Unplaceable):
@@ -293,7 +272,7 @@ class ControlPlane:
             return FastAdmission((RejectRequest(request, decision.status_code, decision.retry_after_s,
                                                 decision.reason),), False)
         outcome = self.balance.choose(snapshot, request, rng)
-        if not isinstance(outcome, Routed) or not snapshot.replicas[outcome.replica_id].is_warm:
+        if not isinstance(outcome, Balanced) or not snapshot.replicas[outcome.replica_id].is_warm:
             return FastAdmission((), True)
         ttft_s = predict.ttft_s(snapshot, snapshot.replicas[outcome.replica_id], request.num_prompt_tokens)
         return FastAdmission((AssignRequest(request, outcome.replica_id, ttft_s, False, decision.reason),), False)
@@ -306,7 +285,7 @@ class ControlPlane:
         rng: random.Random | None = None,
     ) -> StepResult:
         rng = rng if rng is not None else random.Random(0)
-        plan = _Plan(snapshot, state.num_replicas_created)
+        plan = Plan(snapshot, state.num_replicas_created)
         now_s = snapshot.now_s
 
         unplaced_ids = {r.request_id for r in snapshot.unplaced}
@@ -330,13 +309,17 @@ class ControlPlane:
             self._start(plan, wanted.expert_id, wanted.reason)
 
         if self.settings.replace_starts:
-            self._replace_starts(plan, prewarm_state)
+            replace.replace_starts(plan, self.placement,
+                                   lambda e: self.prewarm.routed_requests_per_s(prewarm_state, e))
         replacing, replaced_at, checked_at = state.replacing, dict(state.replaced_at), state.replace_warm_checked_at
         if self.settings.replace_warm:
             # Finishing a move is checked every step; looking for new ones (pricing every kind for every expert)
             # only every `replace_warm_check_interval_s`: a move is never urgent.
             look = now_s - checked_at >= self.settings.replace_warm_check_interval_s
-            replacing, replaced_at = self._replace_warm(plan, replacing, replaced_at, look_for_new=look)
+            replacing, replaced_at = replace.replace_warm(
+                plan, self.placement, replacing, replaced_at, look_for_new=look,
+                after_s=self.settings.replace_warm_after_s, cooldown_s=self.settings.replace_warm_cooldown_s,
+                min_saving=self.settings.replace_warm_min_saving)
             checked_at = now_s if look else checked_at
 
         floors = {e: int(d.wants_replica) for e, d in keepalive.items()}
@@ -360,11 +343,11 @@ class ControlPlane:
 
     # ---- stages
 
-    def _can_start(self, plan: _Plan, expert_id: ExpertId) -> bool:
+    def _can_start(self, plan: Plan, expert_id: ExpertId) -> bool:
         spec = plan.snapshot.experts.get(expert_id)
         return spec is not None and not spec.is_external and not plan.snapshot.accepting_replicas_of(expert_id)
 
-    def _start(self, plan: _Plan, expert_id: ExpertId, why: Reason, *, may_evict: bool = False) -> ReplicaId | Unplaceable:
+    def _start(self, plan: Plan, expert_id: ExpertId, why: Reason, *, may_evict: bool = False) -> ReplicaId | Unplaceable:
         """Place and start a replica. Only starts that serve waiting work (`may_evict`) evict idle replicas:
         speculative ones (pre-warms, wakes) must not push out replicas that might be used."""
         outcome = self.placement.place(plan.snapshot, expert_id)
@@ -373,87 +356,9 @@ class ControlPlane:
             outcome = self.placement.place(plan.snapshot, expert_id)
         if isinstance(outcome, Unplaceable):
             return outcome
-        return self._start_on(plan, outcome.candidate, expert_id, Reason(why.code, f"{why.detail}; on {outcome.reason.detail}"))
+        return plan.start_on(outcome.candidate, expert_id, Reason(why.code, f"{why.detail}; on {outcome.reason.detail}"))
 
-    def _start_on(self, plan: _Plan, candidate: Candidate, expert_id: ExpertId, why: Reason) -> ReplicaId:
-        replica_id = plan.new_replica_id(expert_id)
-        worker, estimate = candidate.worker, candidate.estimate
-        plan.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware, estimate.cold_start_s, why))
-        return replica_id
-
-    def _replace_starts(self, plan: _Plan, prewarm_state: PrewarmState) -> None:
-        """*Re-place a start* (Llumnix/Mélange re-placement applied to a replica still loading): an expert whose
-        only replica is starting on a kind that now costs more at its load than another kind — typically woken
-        by cold-start hiding before any of its traffic arrived, so placed for no load, while the router's
-        preferences since show a rate a faster kind serves more cheaply — gets the better replica started now
-        and the first one stopped. Only while nothing is queued on the starting replica: a request waiting for it
-        would wait longer (the new start begins from scratch). So nobody waits for the restart — the expert's
-        requests go to stand-ins meanwhile, as they did while it was cold; what re-placing costs is the load
-        time already spent and some requests answered by a stand-in for longer, and what it saves is the slow
-        kind serving (and being overloaded) until a replacement of the better kind is warm."""
-        for expert_id in sorted(plan.snapshot.experts):
-            replicas = plan.snapshot.accepting_replicas_of(expert_id)
-            if len(replicas) != 1 or replicas[0].is_warm:
-                continue
-            starting = replicas[0]
-            if starting.load.num_outstanding_requests:
-                continue
-            better = self.placement.better_than_starting(
-                plan.snapshot, starting, self.prewarm.routed_requests_per_s(prewarm_state, expert_id))
-            if better is None:
-                continue
-            reason = Reason(ControlReasonCode.REPLACED_START, f"{starting.replica_id} ({starting.hardware}) is still "
-                            f"starting; {better.worker.hardware} costs less at the routed load "
-                            f"(${better.usd_per_hour_at_load:.2f}/h, {better.num_replicas_needed:.1f} needed)")
-            self._start_on(plan, better, expert_id, reason)
-            plan.do(StopReplica(starting.replica_id, reason))
-
-    def _replace_warm(self, plan: _Plan, pending: tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...],
-                      replaced_at: dict[ExpertId, float], *, look_for_new: bool = True
-                      ) -> tuple[tuple[tuple[ExpertId, ReplicaId, ReplicaId], ...], dict[ExpertId, float]]:
-        """*Re-place a warm replica* (`PlacementPolicy.cheaper_than_warm`): an expert served by one replica,
-        warm for `replace_warm_after_s`, that another kind with room now serves for `replace_warm_min_saving`
-        less at its demand gets a replica started there. The old one keeps serving meanwhile and is drained once
-        the new one is warm (so nobody waits for the move). A re-placement whose old or new replica stops on
-        the way (keep-alive, a failed start) is dropped. Needs two arrivals (a demand), and at most one
-        re-placement per expert per `replace_warm_cooldown_s`: autoscaling adds a load's shortfall in the fastest
-        kind, so a load that rises after a move to a cheaper kind and falls again would otherwise move the expert
-        back and forth. Returns the re-placements still under way and the updated `replaced_at`."""
-        still: list[tuple[ExpertId, ReplicaId, ReplicaId]] = []
-        for expert_id, old_id, new_id in pending:
-            old, new = plan.snapshot.replicas.get(old_id), plan.snapshot.replicas.get(new_id)
-            if old is None or new is None or not old.is_accepting or not new.is_accepting:
-                continue
-            if new.is_warm:
-                plan.do(DrainReplica(old_id, Reason(ControlReasonCode.REPLACED_WARM,
-                                                    f"{new_id} ({new.hardware}) has taken over")))
-            else:
-                still.append((expert_id, old_id, new_id))
-        if not look_for_new:
-            return tuple(still), replaced_at
-        under_way = {expert_id for expert_id, _, _ in still}
-        now_s = plan.snapshot.now_s
-        for expert_id in sorted(plan.snapshot.experts):
-            if expert_id in under_way or now_s - replaced_at.get(expert_id, -math.inf) < self.settings.replace_warm_cooldown_s:
-                continue
-            replicas = plan.snapshot.accepting_replicas_of(expert_id)
-            if len(replicas) != 1 or not replicas[0].is_warm:
-                continue
-            warm = replicas[0]
-            if now_s - warm.state_since_at < self.settings.replace_warm_after_s:
-                continue
-            if plan.snapshot.activity_of(expert_id).num_arrivals < 2:
-                continue
-            cheaper = self.placement.cheaper_than_warm(plan.snapshot, warm, self.settings.replace_warm_min_saving)
-            if cheaper is None:
-                continue
-            reason = Reason(ControlReasonCode.REPLACED_WARM, f"{warm.replica_id} ({warm.hardware}) serves the load "
-                            f"for more; {cheaper.worker.hardware} now has room at ${cheaper.usd_per_hour_at_load:.2f}/h")
-            still.append((expert_id, warm.replica_id, self._start_on(plan, cheaper, expert_id, reason)))
-            replaced_at[expert_id] = now_s
-        return tuple(still), replaced_at
-
-    def _evict_one_idle(self, plan: _Plan, expert_id: ExpertId) -> bool:
+    def _evict_one_idle(self, plan: Plan, expert_id: ExpertId) -> bool:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to
         make room for it (an idle replica is worth less than a waiting request). Returns whether one was."""
         now_s = plan.snapshot.now_s
@@ -472,7 +377,7 @@ class ControlPlane:
         plan.do(StopReplica(victim.replica_id, reason))
         return True
 
-    def _handle_request(self, plan: _Plan, request: QueuedRequest, rng: random.Random) -> None:
+    def _handle_request(self, plan: Plan, request: QueuedRequest, rng: random.Random) -> None:
         snapshot = plan.snapshot
         spec = snapshot.experts.get(request.expert_id)
         if spec is None:
@@ -498,7 +403,7 @@ class ControlPlane:
             replica_id = started
         else:
             outcome = self.balance.choose(plan.snapshot, request, rng)
-            if not isinstance(outcome, Routed):  # unreachable: accepting replicas exist
+            if not isinstance(outcome, Balanced):  # unreachable: accepting replicas exist
                 raise RuntimeError(f"balancer found no replica for {request.expert_id}: {outcome.reason}")
             replica_id = outcome.replica_id
         replica = plan.snapshot.replicas[replica_id]
@@ -507,7 +412,7 @@ class ControlPlane:
 
     def _apply_keepalive(
         self,
-        plan: _Plan,
+        plan: Plan,
         decisions: Mapping[ExpertId, KeepAliveDecision],
         histograms: Mapping[ExpertId, IdleHistogram],
         cold_start_s: Mapping[ExpertId, float],
@@ -539,7 +444,7 @@ class ControlPlane:
                     plan.do(PrewarmAt(expert_id, decision.at_s, decision.reason))
         return zeroed
 
-    def _apply_scale(self, plan: _Plan, decision: ScaleDecision) -> None:
+    def _apply_scale(self, plan: Plan, decision: ScaleDecision) -> None:
         expert_id = decision.expert_id
         for _ in range(max(0, decision.delta)):
             draining = [r for r in plan.snapshot.replicas_of(expert_id) if r.state is ReplicaState.DRAINING]

@@ -4,12 +4,13 @@ The gateway hands over the latest user text, the request's `routing` object and 
 experts the router was not trained on are skipped; if it knows none of them, the configured default expert
 answers (so a config of unrelated experts still works). Prices (input and output) come from the config, not the
 training data. λ comes from `router.objective.resolve_cost_weight` (request, objective preset, configured
-`usd_weight`, else `balanced`), and the same λ is handed on to fleet-aware routing.
+`usd_weight`, else `balanced`), and the same λ is handed on to fleet-aware routing. With an `OnlineLearner`
+(switchboard.online), the caller's tenant's feedback corrects the predicted quality.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.gateway.choosing import ChoiceError, DefaultExpertChooser, ExpertChoice
@@ -17,6 +18,9 @@ from switchboard.gateway.schemas import RoutingParams
 from switchboard.router.objective import ResolvedCostWeight, resolve_cost_weight
 from switchboard.router.router import RouteOutcome, Router
 from switchboard.router.selection import RoutingConstraints
+
+if TYPE_CHECKING:
+    from switchboard.online import OnlineLearner
 
 
 def resolved_cost_weight(routing: RoutingParams | None, configured_usd_weight: float | None) -> ResolvedCostWeight:
@@ -36,11 +40,17 @@ def constraints_from(routing: RoutingParams | None, cost_weight: float = 0.0) ->
     )
 
 
-def configured_usd_weight(control_plane_policies: Mapping[str, Any]) -> float | None:
-    """`control_plane.policies.routing.usd_weight` when the operator set it, else None (the objective decides)."""
-    routing = control_plane_policies.get("routing") or {}
-    value = routing.get("usd_weight") if isinstance(routing, Mapping) else None
-    return None if value is None else float(value)
+def configured_usd_weight(policies: Any) -> float | None:
+    """`control_plane.policies.routing.usd_weight` when the operator set it, else None (the objective decides).
+    `policies` is the typed `ControlSettings` (or, from older callers, its dict form)."""
+    if isinstance(policies, Mapping):
+        routing = policies.get("routing") or {}
+        value = routing.get("usd_weight") if isinstance(routing, Mapping) else None
+        return None if value is None else float(value)
+    routing = getattr(policies, "routing", None)
+    if routing is None or "usd_weight" not in routing.model_fields_set:
+        return None
+    return float(routing.usd_weight)
 
 
 class RouterChooser:
@@ -48,16 +58,19 @@ class RouterChooser:
 
     blocking = True
 
-    def __init__(self, router: Router, default_expert_id: str, configured_usd_weight: float | None = None) -> None:
+    def __init__(self, router: Router, default_expert_id: str, configured_usd_weight: float | None = None,
+                 online: "OnlineLearner | None" = None) -> None:
         self.router = router
         self.fallback = DefaultExpertChooser(default_expert_id)
         self.configured_usd_weight = configured_usd_weight
+        self.online = online  # the gateway feeds it from POST /v1/feedback
 
     def choose(self, prompt_text: str, routing: RoutingParams | None, candidates: Sequence[ExpertConfig]) -> ExpertChoice:
         lam = resolved_cost_weight(routing, self.configured_usd_weight)
         constraints = constraints_from(routing, lam.cost_weight)
         prices = {c.id: (c.usd_per_mtok_input, c.usd_per_mtok_output) for c in candidates}
-        decision = self.router.route(prompt_text, constraints, [c.id for c in candidates], prices)
+        adjust = self.online.adjuster(current_tenant()) if self.online is not None else None
+        decision = self.router.route(prompt_text, constraints, [c.id for c in candidates], prices, adjust=adjust)
         if decision.outcome is RouteOutcome.NO_KNOWN_CANDIDATE:
             return self.fallback.choose(prompt_text, routing, candidates)
         if decision.outcome is RouteOutcome.NO_FEASIBLE_EXPERT or decision.expert is None:
@@ -74,8 +87,19 @@ class RouterChooser:
             "predicted_usd": float(f"{decision.request_usd.get(decision.expert, 0.0):.3g}"),
             "candidates": len(decision.ranking),
         }
+        if adjust is not None:
+            info["online"] = adjust.info()
         candidates = tuple(
             (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
         )
         return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
                             candidates=candidates, cost_weight=constraints.cost_weight)
+
+
+def current_tenant() -> str:
+    """The tenant of the request being served (its API key's tenant; one anonymous tenant with auth off)."""
+    from switchboard.gateway.auth import current_caller
+    from switchboard.online import ANONYMOUS
+
+    caller = current_caller.get()
+    return ANONYMOUS if caller is None else caller.key.tenant

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
 from switchboard.router.selection import RankedCandidate, RoutingConstraints, choose, rank_candidates
 from switchboard.router.strategies import QualityModel
+
+
+QualityAdjust = Callable[[np.ndarray, Sequence[str], np.ndarray], np.ndarray]
+"""`adjust(features, experts, quality) -> quality`: a correction of one prompt's predicted quality (for `experts`)
+given the router's feature row for it — the hook of online learning (switchboard.online)."""
 
 
 class RouteOutcome(str, enum.Enum):
@@ -80,9 +85,13 @@ class Router:
     def predict_quality_from_features(self, x: np.ndarray) -> np.ndarray:
         return self.calibration.apply(self.model.predict(x))
 
+    def features(self, prompts: Sequence[str]) -> np.ndarray:
+        """(len(prompts), dims) the rows the quality model reads."""
+        return build_features(self.embedder, prompts, self.use_cheap_features)
+
     def predict_quality(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), len(self.experts)) calibrated expected score of each expert on each prompt."""
-        return self.predict_quality_from_features(build_features(self.embedder, prompts, self.use_cheap_features))
+        return self.predict_quality_from_features(self.features(prompts))
 
     def io_prices(self) -> tuple[np.ndarray, np.ndarray]:
         """(input, output) USD per Mtok per expert, as trained."""
@@ -107,22 +116,26 @@ class Router:
         candidates: Iterable[str] | None = None,
         usd_per_mtok: Mapping[str, float | tuple[float, float]] | None = None,
         max_output_tokens: int | None = None,
+        adjust: QualityAdjust | None = None,
     ) -> RouteDecision:
         """Picks among `candidates` (default: every known expert); never raises for infeasible requests.
 
         `usd_per_mtok` overrides the trained prices per expert, as one blended price or an (input, output)
         pair (the gateway passes the prices it is configured with, so constraints and the cost trade-off use
         what the operator actually pays). λ multiplies this request's own USD/Mtok (`router.cost`); the
-        `max_usd_per_mtok` cap applies to the blended list price.
+        `max_usd_per_mtok` cap applies to the blended list price. `adjust`, when given, corrects the predicted
+        quality before constraints and selection see it (online learning).
         """
         wanted = list(self.experts) if candidates is None else list(dict.fromkeys(candidates))
         known = [self.experts.index(c) for c in wanted if c in self.experts]
         skipped = tuple(c for c in wanted if c not in self.experts)
         if not known:
             return RouteDecision(RouteOutcome.NO_KNOWN_CANDIDATE, None, (), "no candidate is known to the router", skipped)
-        x = build_features(self.embedder, [prompt], self.use_cheap_features)
+        x = self.features([prompt])
         quality = self.predict_quality_from_features(x)[0, known]
         names = [self.experts[j] for j in known]
+        if adjust is not None:
+            quality = adjust(x[0], names, quality)
         trained_in, trained_out = self.io_prices()
         io = [_as_pair((usd_per_mtok or {}).get(n), trained_in[j], trained_out[j]) for n, j in zip(names, known)]
         input_usd, output_usd = np.asarray([p[0] for p in io]), np.asarray([p[1] for p in io])

@@ -1,5 +1,6 @@
-"""What the live control plane knows about serving each expert on each hardware kind (its `ServingEstimate`s),
-and the virtual workers that host `simulated` experts.
+"""The adapters from configuration to the fleet model: what the live control plane knows about serving each
+expert on each hardware kind (its `ServingEstimate`s), its workers (with the virtual ones that host `simulated`
+experts) and its experts (`ExpertSpec`). The fleet model and the policies never import the configuration.
 
 Numbers come from the perf model's roofline (`switchboard.perf`), except where the live engine measures
 better: a llama.cpp worker decodes one sequence at a time, and its cold start is replaced by the measured one
@@ -39,7 +40,8 @@ def hardware_of(expert: ExpertConfig, default_hardware: str) -> str:
 def live_workers(config: SwitchboardConfig) -> list[Worker]:
     """The configured workers, plus one virtual 8-device worker per hardware kind that simulated experts
     need and no configured worker has (simulated replicas run in-process but are accounted on it)."""
-    workers = [Worker.from_config(w) for w in config.workers]
+    workers = [Worker(WorkerId(w.id), HardwareKind(w.hardware), w.memory_gb, w.usd_per_hour, w.location)
+               for w in config.workers]
     kinds = {w.hardware for w in workers}
     for expert in config.experts:
         if isinstance(expert.backend, SimulatedBackend) and expert.backend.hardware not in kinds:
@@ -54,7 +56,8 @@ def live_workers(config: SwitchboardConfig) -> list[Worker]:
 
 
 def expert_spec(expert: ExpertConfig) -> ExpertSpec:
-    return ExpertSpec.from_config(expert, ttft_slo_s=expert.ttft_slo_s, tpot_slo_s=expert.tpot_slo_s)
+    return ExpertSpec(ExpertId(expert.id), expert.params_b, expert.usd_per_mtok_blended, expert.ttft_slo_s,
+                      expert.tpot_slo_s, is_external=isinstance(expert.backend, OpenAIBackend))
 
 
 def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[ServingEstimate]:

@@ -5,7 +5,9 @@ contract of `switchboard.policies.control` (docs/control-plane.md): every arriva
 control step runs on an interval and on events (a request that needs a replica started, a replica that became
 warm, a due pre-warm), and every action it returns is executed here — `StartReplica` spawns an engine in the
 background, `StopReplica` stops one, `AssignRequest` hands the request its replica, `RejectRequest` answers
-429/503 with Retry-After. The simulator drives the same `ControlPlane` through simulated time.
+429/503 with Retry-After. Every decision comes from its `ControlLoop` (`switchboard.policies.loop`), which the
+simulator drives through simulated time in the same way (`tests/runtime/test_differential.py` checks both take
+the same decisions).
 
 A request holds a `Lease` for its lifetime. External (`openai`) experts are always warm and bypass the
 policies: one pseudo-replica each, no placement, no admission.
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from switchboard.config.schema import ExpertConfig, OpenAIBackend, SwitchboardCo
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import build_engine
 from switchboard.fleet import ops
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Worker
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -46,10 +48,12 @@ from switchboard.policies.actions import (
 )
 from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
-from switchboard.policies.control import ControlPlane, ControlSettings, ControlState, Event, RequestArrived, RoutePredicted, WakeExpert
-from switchboard.policies.routing import ExpertCandidate, RoutePrediction
+from switchboard.policies.loop import ControlLoop
+from switchboard.policies.placement import Unplaceable
+from switchboard.policies.routing import ExpertCandidate
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.view import describe_fleet
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.fleet")
@@ -85,13 +89,12 @@ class LiveFleet:
         self._inventory_read_at = time.monotonic()
         self._to_replace: list[str] = []  # experts that lost a replica with its worker, actor or process
         cp = config.control_plane
-        self.plane = ControlPlane(ControlSettings.model_validate(cp.policies))
-        self.rng = random.Random(cp.seed)
+        self.loop = ControlLoop(cp.policies, step_interval_s=cp.step_interval_s, seed=cp.seed)
+        self.plane = self.loop.plane
         self._experts = {e.id: e for e in config.experts}
         workers = self.cluster.workers()
         estimates = [e for x in config.experts for e in est.serving_estimates(x, workers)]
         self.model: FleetSnapshot = ops.empty_fleet(clock(), workers, [est.expert_spec(e) for e in config.experts], estimates)
-        self.state = ControlState()
         self.live: dict[str, LiveReplica] = {}
         self.external: dict[str, LiveReplica] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS_KEPT)
@@ -102,10 +105,10 @@ class LiveFleet:
         self._loop_task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
         self._prewarms_announced: dict[str, float] = {}
-        self._changed = asyncio.Event()
-        self._pending_events: list[Event] = []
+        self._prewarm_steps_at: list[float] = []  # a heap: when announced pre-warms are due (a step then)
+        self._waiters: dict[RequestId, asyncio.Future] = {}  # requests not yet running: each its own future
+        self._waited_for_start: set[RequestId] = set()
         self._rejections: dict[RequestId, RejectRequest] = {}
-        self._last_keepalive: dict[str, dict[str, Any]] = {}
 
     # ---- life cycle
 
@@ -137,17 +140,21 @@ class LiveFleet:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
-                      why: str = "the expert is configured warm_at_start") -> StartReplica | None:
-        """A start for `expert` where the placement policy puts it, given the replicas already planned."""
-        placement = self.plane.placement.place(self._now(), ExpertId(expert.id))
-        if not placement.is_placed:
-            log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, placement.reason)
+                      why: str = "the expert is configured warm_at_start", *, avoid_worker: str | None = None,
+                      ) -> StartReplica | None:
+        """A start for `expert` where the placement policy puts it, given the replicas already planned; with
+        `avoid_worker`, on any other worker (None, not logged, if no other worker can host it)."""
+        snapshot = self._now()
+        if avoid_worker is not None:
+            others = {w: worker for w, worker in snapshot.workers.items() if w != avoid_worker}
+            if not self.plane.placement.place(snapshot.evolve(workers=others), ExpertId(expert.id)).is_placed:
+                return None
+            snapshot = snapshot.evolve(workers=others)
+        start = self.loop.start(snapshot, ExpertId(expert.id), Reason(code, why))
+        if isinstance(start, Unplaceable):
+            log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, start.reason)
             return None
-        worker, estimate = placement.candidate.worker, placement.candidate.estimate
-        self.state = dataclasses.replace(self.state, num_replicas_created=self.state.num_replicas_created + 1)
-        replica_id = ReplicaId(f"{expert.id}#{self.state.num_replicas_created}")
-        return StartReplica(replica_id, ExpertId(expert.id), worker.worker_id, worker.hardware, estimate.cold_start_s,
-                            Reason(code, why))
+        return start
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -172,7 +179,7 @@ class LiveFleet:
 
     # ---- fleet-aware routing
 
-    def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
+    async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
         """Re-scores the router's feasible candidates against the live fleet (queueing, cold starts).
 
         Returns the expert to use and what to report about it. Cold experts that quality prefers are woken in
@@ -183,13 +190,10 @@ class LiveFleet:
         candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if self.is_available(e)]
         if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
             return choice.expert_id, {}
-        decision = self.plane.route(self._now(), candidates, choice.cost_weight)
+        decision = self.loop.route(self._now(), candidates, ExpertId(choice.expert_id), choice.cost_weight)
         if not decision.expert_id:
             return choice.expert_id, {}
         now = self.clock()
-        self._pending_events.append(RoutePredicted(RoutePrediction(now, {ExpertId(choice.expert_id): 1.0})))
-        for expert_id in decision.wake_expert_ids:
-            self._pending_events.append(WakeExpert(expert_id, decision.reason))
         if decision.wake_expert_ids:
             self._wakeup.set()
         if decision.expert_id != choice.expert_id or decision.wake_expert_ids:
@@ -209,7 +213,7 @@ class LiveFleet:
 
     def wake(self, expert_id: str, detail: str) -> None:
         """Asks the control plane to start a replica of `expert_id` (nothing if it may not or has one)."""
-        self._pending_events.append(WakeExpert(ExpertId(expert_id), Reason(LiveReasonCode.KEY_POLICY, detail)))
+        self.loop.wake(ExpertId(expert_id), Reason(LiveReasonCode.KEY_POLICY, detail))
         self._wakeup.set()
 
     # ---- requests
@@ -224,75 +228,80 @@ class LiveFleet:
         )
         return Lease(self, expert_id, request)
 
-    async def _acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
+    async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
         if lease.request is None:
             return self.external[lease.expert_id], False
         request = lease.request
         self.model = ops.record_arrival(self._now(), request.expert_id, request.num_prompt_tokens,
                                         request.num_output_tokens_expected)
-        fast = self.plane.admit_fast(self.model, request, self.rng)
-        if fast.needs_step:
-            self._step([RequestArrived(request)])
-        else:
-            self._execute(list(fast.actions))
-        return await self._await_replica(request)
+        waiter = self._waiters[request.request_id] = asyncio.get_running_loop().create_future()
+        self._execute(list(self.loop.admit(self.model, request)))  # may already answer `waiter`
+        return await self._await_replica(request, waiter)
 
-    async def _await_replica(self, request: QueuedRequest) -> tuple[LiveReplica, bool]:
-        """Follows the request through the model until it may run on a warm replica, or is rejected.
+    async def _await_replica(self, request: QueuedRequest, waiter: asyncio.Future) -> tuple[LiveReplica, bool]:
+        """Waits on the request's own future until it may run on a warm replica (`_notify` answers it), or is
+        rejected, or `start_timeout_s` passes.
 
         A request runs when its replica is warm, has a free sequence slot and the queue-order policy picks it
-        next; until then it waits in the model's queue, where autoscaling sees it and migration may move it.
+        next (`ControlLoop.next_to_run`); until then it waits in the model's queue, where autoscaling sees it
+        and migration may move it.
         """
-        was_cold = False
-        deadline = time.monotonic() + self.config.control_plane.start_timeout_s
         request_id = request.request_id
+        timeout_s = self.config.control_plane.start_timeout_s
         try:
-            while True:
-                changed = self._changed
-                rejection = self._rejections.pop(request_id, None)
-                if rejection is not None:
-                    self.model = ops.record_finish(self._now(), request.expert_id)
-                    raise AdmissionRejected(request.expert_id, rejection.status_code, rejection.retry_after_s, rejection.reason.detail)
-                where = self._where(request_id)
-                replica = self.model.replicas.get(where) if where is not None else None
-                if replica is not None and replica.state is ReplicaState.WARM and where in self.live:
-                    if replica.load.num_running < replica.capacity.max_num_seqs:
-                        chosen = self.plane.queue_order.next_request(replica.load.queue, self.model.now_s)
-                        if chosen.request_id == request_id:
-                            self.model = ops.start_request(self._now(), where, request_id)
-                            self.counters["admitted"] += 1
-                            return self.live[where], was_cold
-                else:
-                    was_cold = True
-                    if where is None:
-                        self._wakeup.set()  # unplaced: the next step re-admits it
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise EngineUnavailable(request.expert_id, f"no replica could take the request within {self.config.control_plane.start_timeout_s:.0f} s")
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
-                except asyncio.TimeoutError:
-                    pass
+            try:
+                replica_id = await asyncio.wait_for(waiter, timeout=timeout_s)
+            except asyncio.TimeoutError:
+                raise EngineUnavailable(request.expert_id, f"no replica could take the request within {timeout_s:.0f} s") from None
+            self.counters["admitted"] += 1
+            return self.live[replica_id], request_id in self._waited_for_start
+        except AdmissionRejected:
+            self.model = ops.record_finish(self._now(), request.expert_id)
+            raise
         except BaseException:
-            if self._where(request_id) != "missing":
+            if self.model.locate(request_id).whereabouts is not Whereabouts.ABSENT:
                 self.model = ops.remove_request(self._now(), request_id)[0]
                 self.model = ops.record_finish(self.model, request.expert_id)
             self._notify()
             raise
-
-    def _where(self, request_id: RequestId) -> ReplicaId | None | str:
-        """The replica a not-yet-started request waits on, None if unplaced, "missing" if not in the model."""
-        for rid, queued in self.model.iter_requests():
-            if queued.request_id == request_id:
-                return rid
-        return "missing"
+        finally:
+            self._waiters.pop(request_id, None)
+            self._waited_for_start.discard(request_id)
 
     def _notify(self) -> None:
-        """Wakes every waiting request to look at the model again (a slot freed, a replica warmed, a move)."""
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """After any change of the model: start the queued requests that may run now, each on its warm replica
+        in the queue order (`ControlLoop.next_to_run`, as the simulator does), answering their own futures;
+        answer rejected requests; note those that wait for a replica to start; wake the control loop for an
+        unplaced one (the next step places it)."""
+        for request_id, rejection in self._rejections.items():
+            waiter = self._waiters.get(request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(AdmissionRejected(rejection.request.expert_id, rejection.status_code,
+                                                       rejection.retry_after_s, rejection.reason.detail))
+        self._rejections.clear()
+        if not self._waiters:
+            return
+        model = self._now()
+        for replica_id, request in list(model.iter_requests()):
+            if request.request_id not in self._waiters:
+                continue
+            if replica_id is None:
+                self._waited_for_start.add(request.request_id)
+                self._wakeup.set()
+                continue
+            replica = self.model.replicas[replica_id]
+            if replica.state is not ReplicaState.WARM or replica_id not in self.live:
+                self._waited_for_start.add(request.request_id)
+                continue
+            while (chosen := self.loop.next_to_run(replica, self.model.now_s)) is not None:
+                waiter = self._waiters.get(chosen.request_id)
+                if waiter is None or waiter.done():
+                    break  # not this fleet's to start (it is being withdrawn)
+                self.model = ops.start_request(self.model, replica_id, chosen.request_id)
+                replica = self.model.replicas[replica_id]
+                waiter.set_result(replica_id)
 
-    def _release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
+    def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         replica = count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
@@ -305,36 +314,55 @@ class LiveFleet:
         if isinstance(exc, EngineUnavailable) and replica.replica_id in self.live:
             # The engine is gone (process died): stop the replica; the next request starts a fresh one.
             replica.last_error = exc.detail
-            self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.ENGINE_LOST, exc.detail))])
-            if isinstance(exc, ReplicaLost):  # its worker may be gone: re-read the inventory, then replace it
-                self._to_replace.append(replica.expert.id)
-                self._wakeup.set()
+            lost_on = self.model.replicas[ReplicaId(replica.replica_id)].worker_id \
+                if replica.replica_id in self.model.replicas else None
+            self._execute([self.loop.lost(self.model.now_s, ReplicaId(replica.replica_id), exc.detail)])
+            if isinstance(exc, ReplicaLost):
+                self._replace_lost(replica.expert, lost_on)
         elif replica_circuit is CircuitState.OPEN and replica.replica_id in self.live:
             # A local replica is ours to restart: replacing it beats probing it (the policies start a fresh one
             # if the load needs it), and routing can never pick a stopped replica.
             replica.last_error = f"circuit opened: {getattr(exc, 'detail', None) or type(exc).__name__}"
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.CIRCUIT_OPEN, replica.last_error))])
 
+    def _replace_lost(self, expert: ExpertConfig, lost_on: str | None) -> None:
+        """Starts the replacement of a lost replica in the same step as its stop, so the requests retried after
+        the loss queue on it (rather than making the policies start another) and the decision log pairs the
+        stop with its `replace-lost` start. It goes to another worker than `lost_on`: that worker's node may be
+        dead before the inventory knows. If no other worker can host it, the inventory is re-read first (the
+        control loop's next pass) and the replacement placed then."""
+        start = None
+        if lost_on is not None:
+            start = self._start_action(expert, LiveReasonCode.REPLACE_LOST, f"replaces a replica lost on {lost_on}",
+                                       avoid_worker=lost_on)
+        if start is not None:
+            self._execute([start])
+        else:
+            self._to_replace.append(expert.id)
+            self._wakeup.set()
+
     # ---- the control step and its actions
 
-    def _step(self, events: list[Event]) -> None:
-        events = self._pending_events + events
-        self._pending_events = []
-        result = self.plane.step(self._now(), self.state, events, self.rng)
-        self.state = result.state
-        self._last_keepalive = {
-            e: {"action": d.action.value, "reason": d.reason.detail} for e, d in result.keepalive.items()
-        } if result.keepalive else self._last_keepalive
-        self._execute(list(result.actions))
+    def _step(self) -> None:
+        self._execute(list(self.loop.step(self._now()).actions))
+
+    def keepalive_decision(self, expert_id: str) -> dict[str, Any] | None:
+        """The last step's keep-alive decision for `expert_id` (action and reason), None before any."""
+        step = self.loop.last_step
+        decision = step.keepalive.get(ExpertId(expert_id)) if step is not None else None
+        return None if decision is None else {"action": decision.action.value, "reason": decision.reason.detail}
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, PrewarmAt):
-                # The loop steps every step_interval_s, which is when a due pre-warm starts; the step re-announces
-                # pending pre-warms each time, so only a new time is worth an entry in the decision log.
+                # The step re-announces pending pre-warms each time: schedule a step for each new time once (as
+                # the simulator does), and log only a new time.
                 if self._prewarms_announced.get(action.expert_id) != action.at_s:
                     self._prewarms_announced[action.expert_id] = action.at_s
                     self._record(action, action.expert_id)
+                at_s = max(self.model.now_s, action.at_s)
+                if at_s not in self._prewarm_steps_at:
+                    heapq.heappush(self._prewarm_steps_at, at_s)
                 continue
             try:
                 self.model = apply_action(self._now(), action)
@@ -388,23 +416,36 @@ class LiveFleet:
             self.model = self.model.evolve(estimates=estimates)
         if replica.replica_id in self.live:
             self._transition(replica.replica_id, ReplicaState.WARM)
-            self._wakeup.set()
+            # The requests queued on it start first, then a step sees the replica warm and busy (the simulator
+            # does the same, in the same order).
             self._notify()
+            self._wakeup.set()
+
+    def _next_step_at(self) -> float:
+        """The loop's next periodic step, or an announced pre-warm's time if sooner."""
+        next_at = self.loop.next_periodic_step_at(self.clock())
+        if self._prewarm_steps_at:
+            next_at = min(next_at, self._prewarm_steps_at[0])
+        return next_at
 
     async def _control_loop(self) -> None:
-        interval_s = self.config.control_plane.step_interval_s
         while True:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=interval_s)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, self._next_step_at() - self.clock()))
             except asyncio.TimeoutError:
                 pass
+            # Let whatever else happens at this instant (a replica turning warm, an arrival) land first: one step
+            # then serves every trigger of the instant, after them, as the simulator orders its events.
+            await asyncio.sleep(0)
             self._wakeup.clear()
+            while self._prewarm_steps_at and self._prewarm_steps_at[0] <= self.clock():
+                heapq.heappop(self._prewarm_steps_at)
             try:
                 due = self._inventory_interval_s is not None and time.monotonic() - self._inventory_read_at >= self._inventory_interval_s
                 if due or self._to_replace:
                     await self.refresh_inventory()
                 self._reap_dead_engines()
-                self._step([])
+                self._step()
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")
 
@@ -415,7 +456,7 @@ class LiveFleet:
             replica = self.model.replicas.get(ReplicaId(replica_id))
             if replica is not None and replica.state is ReplicaState.WARM and getattr(live.engine, "is_running", True) is False:
                 live.last_error = "the engine process exited"
-                self._execute([StopReplica(ReplicaId(replica_id), Reason(LiveReasonCode.ENGINE_LOST, live.last_error))])
+                self._execute([self.loop.lost(self.model.now_s, ReplicaId(replica_id), live.last_error)])
 
     async def refresh_inventory(self) -> None:
         """Re-reads the cluster's workers now (stopping the replicas of lost ones), then starts a replacement,
@@ -468,8 +509,6 @@ class LiveFleet:
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON view behind GET /admin/fleet (see `switchboard.runtime.view`)."""
-        from switchboard.runtime.view import describe_fleet
-
-        return describe_fleet(self)
+        return describe_fleet(self, self._now())
 
 

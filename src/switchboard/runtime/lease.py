@@ -1,8 +1,8 @@
 """A request's hold on a replica (`Lease`), the replica as the live side sees it (`LiveReplica`), and the
 answers a lease can end in before any engine runs (`AdmissionRejected`, `CircuitOpen`).
 
-The lease is duck-typed over its fleet (`_acquire`, `_release`, `refresh_inventory`, `expert_circuits`): the
-embedded `LiveFleet` and the Ray `RemoteFleet` both grant them.
+A lease is granted by a `LeaseGrantor` (the public lease interface, defined here): the embedded `LiveFleet`
+and the Ray `RemoteFleet` both are one (runtime/protocol.py has the whole `Fleet`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ import dataclasses
 import enum
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import Completion, Engine, GenerationRequest, ReplicaLost, StreamEvent
 from switchboard.fleet.state import QueuedRequest
 from switchboard.runtime.circuits import CircuitBoard
-
-if TYPE_CHECKING:
-    from switchboard.runtime.fleet import LiveFleet
 
 log = logging.getLogger("switchboard.fleet")
 
@@ -31,7 +28,6 @@ MAX_REPLICAS_PER_REQUEST = 2
 
 class LiveReasonCode(str, enum.Enum):
     WARM_AT_START = "warm-at-start"
-    ENGINE_LOST = "engine-lost"
     START_FAILED = "start-failed"
     KEY_POLICY = "key-policy"
     CIRCUIT_OPEN = "circuit-open"
@@ -73,6 +69,22 @@ class LiveReplica:
     num_outstanding: int = 0
 
 
+class LeaseGrantor(Protocol):
+    """The public lease interface: how a `Lease` gets and gives back its replica."""
+
+    expert_circuits: CircuitBoard
+
+    async def acquire(self, lease: Lease) -> tuple["LiveReplica", bool]:
+        """A replica that may run `lease.request` now, and whether the request waited for one to start.
+        Raises `AdmissionRejected` (429/503 with Retry-After) or `EngineUnavailable` (none came up in time)."""
+
+    def release(self, lease: "Lease", *, ok: bool, exc: Any) -> None:
+        """The lease ended (`ok`, or failed with `exc`): its replica's load, counters and circuits are updated."""
+
+    async def refresh_inventory(self) -> None:
+        """Re-reads the workers now (a retry after a lost replica must not be placed on the lost worker)."""
+
+
 def count_outcome(lease: "Lease", expert_circuits: CircuitBoard, *, ok: bool, exc: Any) -> "LiveReplica":
     """A released lease's outcome on its replica's counters and its expert's circuit; returns the replica."""
     replica = lease.replica
@@ -95,7 +107,7 @@ class Lease:
 
     __slots__ = ("fleet", "expert_id", "request", "replica", "was_cold", "_external")
 
-    def __init__(self, fleet: "LiveFleet", expert_id: str, request: QueuedRequest | None) -> None:
+    def __init__(self, fleet: LeaseGrantor, expert_id: str, request: QueuedRequest | None) -> None:
         self.fleet = fleet
         self.expert_id = expert_id
         self.request = request
@@ -107,7 +119,7 @@ class Lease:
         if not fleet.expert_circuits.allow(self.expert_id).is_allowed:
             raise CircuitOpen(self.expert_id, fleet.expert_circuits.retry_after_s(self.expert_id))
         try:
-            self.replica, self.was_cold = await fleet._acquire(self)
+            self.replica, self.was_cold = await fleet.acquire(self)
         except BaseException as exc:
             fleet.expert_circuits.record(self.expert_id, exc)
             raise
@@ -117,7 +129,7 @@ class Lease:
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.replica is not None:
             self.replica.num_outstanding -= 1
-            self.fleet._release(self, ok=exc_type is None, exc=exc if exc is not None else exc_type)
+            self.fleet.release(self, ok=exc_type is None, exc=exc if exc is not None else exc_type)
 
     async def complete(self, request: GenerationRequest) -> Completion:
         """The leased replica's whole answer; if that replica is lost first, another replica's (once)."""
@@ -150,9 +162,9 @@ class Lease:
         assert self.replica is not None
         log.warning("request %s retried on another replica: %s", self.request.request_id if self.request else "", exc.detail)
         self.replica.num_outstanding -= 1
-        self.fleet._release(self, ok=False, exc=exc)
+        self.fleet.release(self, ok=False, exc=exc)
         self.replica = None
         await self.fleet.refresh_inventory()  # so the retry is not placed on the lost worker
-        self.replica, was_cold = await self.fleet._acquire(self)
+        self.replica, was_cold = await self.fleet.acquire(self)
         self.replica.num_outstanding += 1
         self.was_cold = self.was_cold or was_cold

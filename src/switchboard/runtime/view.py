@@ -7,14 +7,13 @@ measured cold starts, last error) from the live replicas.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from switchboard.runtime.fleet import LiveFleet
-    from switchboard.runtime.lease import LiveReplica
+from switchboard.fleet.state import FleetSnapshot
+from switchboard.runtime.lease import LiveReplica
 
 
-def describe_external(ext: "LiveReplica") -> dict[str, Any]:
+def describe_external(ext: LiveReplica) -> dict[str, Any]:
     """An external (`openai`) expert's pseudo-replica, always warm, served from the gateway itself."""
     return {
         "replica_id": ext.replica_id, "expert": ext.expert.id, "worker": "upstream", "hardware": "remote",
@@ -23,8 +22,9 @@ def describe_external(ext: "LiveReplica") -> dict[str, Any]:
     }
 
 
-def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
-    model = fleet._now()
+def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
+    """The view of `fleet` (a `LiveFleet`: its public `config`, `live`, `external`, circuits, counters, decisions
+    and `keepalive_decision`) with `model`, its fleet model at the time of the view."""
     by_expert: dict[str, list[dict[str, Any]]] = {e.id: [] for e in fleet.config.experts}
     for replica_id, r in sorted(model.replicas.items()):
         live = fleet.live.get(replica_id)
@@ -48,7 +48,7 @@ def describe_fleet(fleet: "LiveFleet") -> dict[str, Any]:
                 "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,
                 "usd_per_mtok_input": e.usd_per_mtok_input, "usd_per_mtok_output": e.usd_per_mtok_output,
                 "context_tokens": e.context_tokens, "replicas": by_expert[e.id],
-                "keepalive": fleet._last_keepalive.get(e.id), "circuit": fleet.expert_circuits.describe(e.id),
+                "keepalive": fleet.keepalive_decision(e.id), "circuit": fleet.expert_circuits.describe(e.id),
             }
             for e in fleet.config.experts
         ],

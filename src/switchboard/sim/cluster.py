@@ -132,7 +132,7 @@ class BuiltCluster:
         return sum(p.workers * p.devices_per_worker for p in self.spec.pools)
 
 
-def build_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
+def resolve_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
     """Workers, experts, estimates and profiles of `spec`. `hardware_overrides` replaces catalog entries
     (e.g. a calibrated CPU). Pairings whose replica needs more devices than one worker has are left out."""
     overrides = dict(hardware_overrides or {})

@@ -1,9 +1,19 @@
 """One replica's engine in simulated time: vLLM-style continuous batching driven by the roofline profile.
 
-Scheduling (vLLM's default without chunked prefill): at every iteration boundary, waiting requests are
-prefilled first (FIFO, as many as fit the batch size, the per-step token budget and the KV cache), stalling
-decodes for that iteration; otherwise all running sequences decode one token. KV cache is reserved for a
-request's whole prompt + output when it is admitted (no preemption).
+Scheduling follows the hardware's engine (`EngineProfile.chunked_prefill`):
+
+- *Chunked prefill* (GPU kinds; vLLM V1's and SGLang's default, Sarathi-Serve's stall-free batching): every step
+  carries all running sequences' next tokens plus prompt chunks up to the step's token budget
+  (`EngineProfile.max_num_batched_tokens` minus the decodes): prompts already under way first, then waiting
+  requests FIFO, as many as fit the batch size and the KV cache. A long prompt is computed over several steps;
+  decodes never stall. The step is timed by `EngineProfile.step_time_s`, which charges a chunk's attention
+  over the prompt tokens before it.
+- *Prefill-first* (the CPU worker: llama.cpp decodes one sequence): at every iteration boundary, waiting
+  requests are prefilled whole (FIFO, as many as fit the batch size, `max_num_batched_tokens` and the KV cache;
+  a single longer prompt runs alone), stalling decodes for that iteration.
+
+Otherwise all running sequences decode one token. KV cache is reserved for a request's whole prompt + output
+when it is admitted (no preemption).
 
 Prefix caching: a request whose prompt starts with a shared prefix (`Sequence.num_prefix_tokens`, e.g. a chat
 template's system prompt) does not compute it again on an engine that has computed it before — as vLLM's
@@ -32,10 +42,6 @@ from switchboard.sim.events import Event, Priority
 
 _NO_BATCH: list = []  # never appended to: `_admit` builds a fresh list for every batch
 
-MAX_BATCHED_PREFILL_TOKENS = 2048
-"""Prompt tokens one prefill iteration may batch from several requests (vLLM's `max_num_batched_tokens`
-default is 2048); a single longer prompt still runs alone, whole."""
-
 
 @dataclasses.dataclass(slots=True)
 class Sequence:
@@ -48,6 +54,8 @@ class Sequence:
     """Leading prompt tokens shared with other requests (same length = same prefix); see the module doc."""
     num_cached_tokens: int = 0
     """Prompt tokens taken from the prefix cache instead of computed (set when its prefill is planned)."""
+    num_computed_tokens: int = 0
+    """With chunked prefill: prompt tokens computed (or taken from the prefix cache) so far."""
     finish_step: int = 0
     """While running: the engine's decode-iteration count (`ReplicaEngine.num_decode_steps`) at which its last
     token is out."""
@@ -63,6 +71,7 @@ class Sequence:
 class Phase(enum.Enum):
     IDLE = "idle"
     PREFILL = "prefill"
+    """A step that computes prompt tokens; with chunked prefill the running sequences decode in it too."""
     DECODE = "decode"
 
 
@@ -115,6 +124,10 @@ class ReplicaEngine:
         self._segment_started_at = 0.0
         self._phase_ends_at = 0.0
         self._prefill_batch: list[Sequence] = []
+        self._prefilling: list[Sequence] = []
+        """Chunked prefill: admitted sequences whose prompt is not computed yet, in admission order."""
+        self._chunks: list[tuple[Sequence, int]] = []
+        """Chunked prefill: the current step's (sequence, prompt tokens) chunks, a prefix of `_prefilling`."""
         self._segment_steps = 0
         self._segment_context = 0
         self._cached_prefixes: set[int] = set()
@@ -124,7 +137,7 @@ class ReplicaEngine:
 
     @property
     def num_outstanding(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self._prefill_batch)
+        return len(self.waiting) + len(self.running) + len(self._prefill_batch) + len(self._prefilling)
 
     def can_ever_fit(self, num_prompt_tokens: int, num_output_tokens: int) -> bool:
         return num_prompt_tokens + num_output_tokens <= self.profile.kv_capacity_tokens
@@ -148,28 +161,47 @@ class ReplicaEngine:
             return _NOTHING
         first_tokens: list[Sequence] = []
         finished: list[Sequence] = []
-        running = self.running
-        if self.phase is Phase.PREFILL:  # decoding stalled meanwhile: the running sequences are unchanged
-            for seq in self._prefill_batch:
-                seq.first_token_at = now_s
-                first_tokens.append(seq)
-                if seq.num_output_tokens <= 1:  # the prefill's token was its only one
-                    self._finish(seq, now_s, finished)
-                    continue
-                seq.finish_step = self.num_decode_steps + seq.num_output_tokens - 1
-                heapq.heappush(running, (seq.finish_step, self._num_joined, seq))
-                self._num_joined += 1
-                self._context_base += seq.num_prompt_tokens + 1 - self.num_decode_steps
-            self._prefill_batch = []
-        else:
+        if self.phase is Phase.DECODE:
             self.num_decode_steps += self._segment_steps
-            # A segment ends at the first finish (or earlier, when cut): whoever finishes, finishes now.
-            while running and running[0][0] <= self.num_decode_steps:
-                seq = heapq.heappop(running)[2]
-                self._context_base -= seq.num_prompt_tokens + 1 - (seq.finish_step - seq.num_output_tokens + 1)
-                self._finish(seq, now_s, finished)
+            self._retire_finished(now_s, finished)  # a segment ends at the first finish, or earlier when cut
+        elif self._chunks:  # a chunked step: every running sequence decoded one token beside the chunks
+            self.num_decode_steps += 1
+            self._retire_finished(now_s, finished)
+            num_done = 0
+            for seq, num_tokens in self._chunks:
+                seq.num_computed_tokens += num_tokens
+                if seq.num_computed_tokens >= seq.num_prompt_tokens:
+                    num_done += 1
+                    self._emit_first_token(seq, now_s, first_tokens, finished)
+            # Chunks go to `_prefilling` in order and only the last one can stop short: the done ones lead.
+            del self._prefilling[:num_done]
+            self._chunks = []
+        else:  # a prefill-first step: decoding stalled meanwhile, the running sequences are unchanged
+            for seq in self._prefill_batch:
+                self._emit_first_token(seq, now_s, first_tokens, finished)
+            self._prefill_batch = []
         started, event = self._plan(now_s)
         return StepOutcome(started, first_tokens, finished, event)
+
+    def _emit_first_token(self, seq: Sequence, now_s: float, first_tokens: list[Sequence],
+                          finished: list[Sequence]) -> None:
+        """`seq`'s prompt is computed: its first token is out now; it decodes from the next step on."""
+        seq.first_token_at = now_s
+        first_tokens.append(seq)
+        if seq.num_output_tokens <= 1:  # the prefill's token was its only one
+            self._finish(seq, now_s, finished)
+            return
+        seq.finish_step = self.num_decode_steps + seq.num_output_tokens - 1
+        heapq.heappush(self.running, (seq.finish_step, self._num_joined, seq))
+        self._num_joined += 1
+        self._context_base += seq.num_prompt_tokens + 1 - self.num_decode_steps
+
+    def _retire_finished(self, now_s: float, finished: list[Sequence]) -> None:
+        running = self.running
+        while running and running[0][0] <= self.num_decode_steps:
+            seq = heapq.heappop(running)[2]
+            self._context_base -= seq.num_prompt_tokens + 1 - (seq.finish_step - seq.num_output_tokens + 1)
+            self._finish(seq, now_s, finished)
 
     def _finish(self, seq: Sequence, now_s: float, finished: list[Sequence]) -> None:
         seq.finished_at = now_s
@@ -191,8 +223,19 @@ class ReplicaEngine:
         idle)."""
         was_busy = self.phase is not Phase.IDLE
         self.version += 1
-        batch = self._admit() if self.waiting else _NO_BATCH
-        if batch:
+        if self.profile.chunked_prefill:
+            batch = self._admit_chunked(now_s) if self.waiting or self._prefilling else _NO_BATCH
+        else:
+            batch = self._admit() if self.waiting else _NO_BATCH
+        if self._chunks:
+            self.phase = Phase.PREFILL
+            num_tokens = num_units = 0
+            for seq, chunk in self._chunks:
+                num_tokens += chunk
+                num_units += chunk * (2 * seq.num_computed_tokens + chunk)
+            context = self._context_base + len(self.running) * self.num_decode_steps
+            duration = self.profile.step_time_s(len(self.running), context, num_tokens, num_units)
+        elif batch:
             self.phase = Phase.PREFILL
             self._prefill_batch = batch
             num_prompt_tokens = 0
@@ -226,9 +269,39 @@ class ReplicaEngine:
             self._cached_prefixes.add(seq.num_prefix_tokens)
         return seq.num_cached_tokens
 
+    def _admit_chunked(self, now_s: float) -> list[Sequence]:
+        """Fill this step's token budget: prompts under way first, then waiting requests (admitted, returned).
+
+        Sets `_chunks`; a request is admitted only when it gets a chunk, i.e. while budget is left.
+        """
+        budget = self.profile.max_num_batched_tokens - len(self.running)
+        chunks = self._chunks
+        for seq in self._prefilling:
+            if budget <= 0:
+                return _NO_BATCH
+            chunk = min(seq.num_prompt_tokens - seq.num_computed_tokens, budget)
+            chunks.append((seq, chunk))
+            budget -= chunk
+        admitted: list[Sequence] = []
+        max_batch, capacity = self.profile.max_batch_size, self.profile.kv_capacity_tokens
+        while budget > 0 and self.waiting and len(self.running) + len(self._prefilling) < max_batch:
+            seq = self.waiting[0]
+            if self.kv_reserved_tokens + seq.num_reserved_tokens > capacity:
+                break
+            self.waiting.popleft()
+            self.kv_reserved_tokens += seq.num_reserved_tokens
+            seq.started_at = now_s
+            seq.num_computed_tokens = self._reuse_prefix(seq) if seq.num_prefix_tokens else 0
+            chunk = min(seq.num_prompt_tokens - seq.num_computed_tokens, budget)
+            self._prefilling.append(seq)
+            chunks.append((seq, chunk))
+            admitted.append(seq)
+            budget -= chunk
+        return admitted
+
     def _admit(self) -> list[Sequence]:
         batch: list[Sequence] = []
-        budget = MAX_BATCHED_PREFILL_TOKENS
+        budget = self.profile.max_num_batched_tokens
         while self.waiting and len(self.running) + len(batch) < self.profile.max_batch_size:
             seq = self.waiting[0]
             if batch and seq.num_prompt_tokens > budget:

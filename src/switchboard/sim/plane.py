@@ -57,5 +57,8 @@ class SimPlane(Protocol):
     def control(self, snapshot: FleetSnapshot) -> Sequence[Action]:
         """The periodic control step."""
 
+    def step_is_due(self) -> bool:
+        """Whether a control step should follow at once (asked after each arrival; the answer resets)."""
+
     def is_preprovisioned(self, replica_id: str) -> bool:
         """A replica provisioned before the workload (its start is not a cold start)."""

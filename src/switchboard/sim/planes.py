@@ -2,17 +2,16 @@
 
 - `StaticPlane`: a fleet provisioned once for peak and always on; round-robin over an expert's replicas;
   quality-only routing. The obvious baseline; it makes no decisions after time 0.
-- `ServerlessPlane`: the control plane of `switchboard.policies.control.ControlPlane`, unchanged — its
-  fleet-aware (or quality-only) routing, admission and load balancing per request, and its composed control
-  step (keep-alive, route-aware pre-warming, autoscaling, placement, migration) on an interval and whenever a
-  request needs a replica started.
+- `ServerlessPlane`: the live fleet's own decision path, `switchboard.policies.loop.ControlLoop`, unchanged —
+  fleet-aware (or quality-only) routing, `ControlLoop.admit` per request (the fast path the live fleet takes,
+  or a whole step), and the composed control step (keep-alive, route-aware pre-warming, autoscaling,
+  placement, migration) on the loop's interval and whenever a request needs a replica started.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,18 +19,10 @@ import numpy as np
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest
 from switchboard.policies.actions import Action, AssignRequest, RejectRequest, StartReplica
-from switchboard.policies.admission import Verdict
-from switchboard.policies.balance import Routed as Balanced
 from switchboard.policies.base import Reason
-from switchboard.policies.control import (
-    ControlPlane,
-    ControlSettings,
-    ControlState,
-    RequestArrived,
-    RoutePredicted,
-    WakeExpert,
-)
-from switchboard.policies.routing import ExpertCandidate, RoutePrediction, RoutingKind
+from switchboard.policies.control import ControlSettings
+from switchboard.policies.loop import ControlLoop
+from switchboard.policies.routing import ExpertCandidate, RoutingKind
 from switchboard.router.selection import RoutingConstraints, choose
 from switchboard.sim.plane import RouteQuery, Routed
 from switchboard.types import ExpertId, ReplicaId, WorkerId
@@ -53,6 +44,7 @@ class StaticPlane:
     """Provisioned for peak before the workload starts, always on, round-robin balancing, no control loop."""
 
     control_interval_s = None
+    loop = None
 
     def __init__(self, name: str, choices: np.ndarray, replicas_per_expert: dict[str, int], hardware: str) -> None:
         self.name = name
@@ -95,6 +87,9 @@ class StaticPlane:
     def control(self, snapshot: FleetSnapshot) -> list[Action]:
         return []
 
+    def step_is_due(self) -> bool:
+        return False
+
 
 class StaticReasonCode(str, enum.Enum):
     PROVISIONED = "provisioned-for-peak"
@@ -116,34 +111,29 @@ def _first_fit(snapshot: FleetSnapshot, expert_id: ExpertId, hardware: str) -> W
 class ServerlessPlane:
     """The real control plane, driven request by request and step by step.
 
-    Per request: routing (fleet-aware via `ControlPlane.route` over the router's `num_candidates` best experts
-    by predicted quality − λ·price, or the router's own quality-only choice), then the fast path the live
-    gateway takes — admission, and when it admits onto a replica, the balancer — or, when the request needs a
-    replica started or a rejection decided with a wake-up, a full control step with a `RequestArrived` event.
-    Wake-ups requested by cold-start hiding and the router's predictions reach the next step as `WakeExpert`
-    and `RoutePredicted` events.
+    Per request: routing (fleet-aware via `ControlLoop.route` over the router's `num_candidates` best experts
+    by predicted quality − λ·price, or the router's own quality-only choice), then `ControlLoop.admit`, as the
+    live fleet does. Wake-ups requested by cold-start hiding make a step due at once (`step_is_due`), as they
+    wake the live fleet's control loop.
     """
 
     def __init__(self, name: str, settings: ControlSettings, expert_ids: Sequence[str], usd_per_mtok: np.ndarray,
                  quality_only: np.ndarray, *, control_interval_s: float = 5.0, num_candidates: int = 4,
-                 seed: int = 0, predicted_quality: np.ndarray | None = None) -> None:
+                 seed: int = 0, predicted_quality: np.ndarray | None = None, keep_log: bool = False) -> None:
         """`predicted_quality` (optional): every request's row of predictions (rows = request index, as in
         `RouteQuery`), to rank the candidates of all requests in one vectorised pass instead of one by one, and
         build them once per distinct row (a trace replays the routing data's prompts: the hour's 19k requests
         have ~1.2k distinct rows)."""
         self.name = name
         self.settings = settings
-        self.plane = ControlPlane(settings)
-        self.state = ControlState()
+        self.loop = ControlLoop(settings, step_interval_s=control_interval_s, seed=seed, keep_log=keep_log)
         self.expert_ids = tuple(expert_ids)
         self.price = np.asarray(usd_per_mtok, dtype=np.float64)
         self.quality_only = quality_only
         self.control_interval_s = control_interval_s
         self.num_candidates = num_candidates
-        self.rng = random.Random(seed)
         self.is_fleet_aware = settings.routing.kind is RoutingKind.FLEET_AWARE
-        self._events: list = []
-        self._waking: set[str] = set()
+        self._step_due = False
         self._ids = [ExpertId(e) for e in self.expert_ids]
         self._position = {e: j for j, e in enumerate(self.expert_ids)}
         self._prices = self.price.tolist()
@@ -188,36 +178,26 @@ class ServerlessPlane:
 
     def route(self, snapshot: FleetSnapshot, query: RouteQuery) -> Routed:
         preferred = self._preferred[query.request_index]
-        self._events.append(RoutePredicted(RoutePrediction(snapshot.now_s, {self._ids[preferred]: 1.0})))
         if not self.is_fleet_aware:
+            # The router's own choice: what `ControlPlane.route` under quality-only routing picks too.
+            self.loop.predicted(snapshot.now_s, self._ids[preferred])
             return Routed(preferred, "quality-only")
-        decision = self.plane.route(snapshot, self._candidates(query))
-        for expert_id in decision.wake_expert_ids:
-            if expert_id not in self._waking:
-                self._waking.add(expert_id)
-                self._events.append(WakeExpert(expert_id, decision.reason))
+        decision = self.loop.route(snapshot, self._candidates(query), self._ids[preferred])
+        if decision.wake_expert_ids:
+            self._step_due = True
         return Routed(self._position[decision.expert_id], decision.reason.code.value)
 
-    def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> list[Action]:
-        decision = self.plane.admission.admit(snapshot, request)
-        if decision.verdict is Verdict.ADMIT and not decision.wake_expert:
-            outcome = self.plane.balance.choose(snapshot, request, self.rng)
-            if isinstance(outcome, Balanced):
-                return [AssignRequest(request, outcome.replica_id, decision.expected_ttft_s, False, decision.reason)]
-        if not decision.verdict.is_admitted and not decision.wake_expert:
-            return [RejectRequest(request, decision.status_code, decision.retry_after_s, decision.reason)]
-        return self._step(snapshot, [RequestArrived(request)])
+    def admit(self, snapshot: FleetSnapshot, request: QueuedRequest) -> Sequence[Action]:
+        return self.loop.admit(snapshot, request)
 
-    def control(self, snapshot: FleetSnapshot) -> list[Action]:
-        return self._step(snapshot, [])
+    def control(self, snapshot: FleetSnapshot) -> Sequence[Action]:
+        return self.loop.step(snapshot).actions
 
-    def _step(self, snapshot: FleetSnapshot, events: list) -> list[Action]:
-        events = self._events + events
-        self._events = []
-        self._waking.clear()
-        result = self.plane.step(snapshot, self.state, events, self.rng)
-        self.state = result.state
-        return list(result.actions)
+    def step_is_due(self) -> bool:
+        """Whether routing asked for a wake-up since the last call (a step then follows at once, as the live
+        fleet's control loop wakes)."""
+        due, self._step_due = self._step_due, False
+        return due
 
 
 def peak_replicas(

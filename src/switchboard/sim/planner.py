@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 
-from switchboard.sim.cluster import ClusterSpec, build_cluster
+from switchboard.sim.cluster import ClusterSpec, resolve_cluster
 from switchboard.sim.scenario import Knobs, run_policy
 
 
@@ -33,12 +33,12 @@ class PlanSpace:
     def mixes(self, spec: ClusterSpec) -> list[ClusterSpec]:
         """The full cluster, then single pools, then pairs, ... — each able to host every expert."""
         pools = list(spec.pools)
-        experts = set(build_cluster(spec).expert_ids)
+        experts = set(resolve_cluster(spec).expert_ids)
         found: list[ClusterSpec] = [spec]
         for size in range(1, len(pools)):
             for subset in itertools.combinations(pools, size):
                 candidate = spec.with_pools(list(subset))
-                hosted = {e for (e, _) in build_cluster(candidate).profiles}
+                hosted = {e for (e, _) in resolve_cluster(candidate).profiles}
                 if hosted >= experts:
                     found.append(candidate)
         return found[: self.max_mixes]

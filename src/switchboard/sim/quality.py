@@ -1,9 +1,10 @@
 """Predicted and true quality per request, in the cluster's expert order.
 
 The true quality of expert j on a request is the routing data's graded score of j's real answer to the request's
-prompt. The prediction comes from a router (`switchboard.router.Router.predict_quality`) when one is given;
-otherwise from a leave-one-out per-task mean (what a router that only recognises the task would predict) — a
-transparent stand-in that never sees the prompt's own scores.
+prompt. The prediction comes from a router (`switchboard.router.Router.predict_quality`) when one is given, from
+a table of per-prompt predictions (the cross-fitted routers of `sim/crossfit.py`, each prompt predicted by a
+router that never saw it), or otherwise from a leave-one-out per-task mean (what a router that only recognises
+the task would predict) — a transparent stand-in that never sees the prompt's own scores.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def routing_inputs(
     expert_ids: Sequence[str],
     predict: Callable[[Sequence[str]], np.ndarray] | None = None,
     predict_experts: Sequence[str] | None = None,
+    predicted_by_prompt: np.ndarray | None = None,
 ) -> RoutingInputs:
     """Per-request predicted and true quality (columns = `expert_ids`). Requests without a prompt get the data's
     mean scores. `predict(prompts)` returns (n, len(predict_experts)); it is called once per distinct prompt.
+
+    `predicted_by_prompt` (len(data), len(data.model_names)) instead gives every prompt's prediction directly.
 
     Experts that are not models of the routing data (e.g. the synthetic experts of a keep-alive experiment, whose
     requests name their expert) get NaN true quality and a predicted quality of 0.
@@ -51,7 +55,10 @@ def routing_inputs(
         if known[j]:
             true_by_prompt[:, j] = data.scores[:, data.model_index(e)]
     cols = [data.model_index(e) if known[j] else 0 for j, e in enumerate(expert_ids)]
-    if predict is None:
+    if predicted_by_prompt is not None:
+        pred_by_prompt = np.asarray(predicted_by_prompt, np.float64)[:, cols]
+        pred_by_prompt[:, ~np.array(known, dtype=bool)] = 0.0
+    elif predict is None:
         pred_by_prompt = task_prior_predictions(data)[:, cols]
         pred_by_prompt[:, ~np.array(known, dtype=bool)] = 0.0
     else:

@@ -26,7 +26,6 @@ from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcom
 from switchboard.sim.events import Event, EventQueue, Priority
 from switchboard.policies.actions import (
     AssignRequest,
-    DrainReplica,
     ForwardUpstream,
     MigrateRequest,
     PrewarmAt,
@@ -36,6 +35,8 @@ from switchboard.policies.actions import (
     apply_action,
 )
 from switchboard.policies.keepalive import KeepAliveReasonCode
+from switchboard.policies.loop import next_to_run
+from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
 from switchboard.policies.routing import PrewarmReasonCode
 from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
@@ -54,6 +55,16 @@ class RoutingInputs:
 _PREWARM_CODES = frozenset({KeepAliveReasonCode.PREWARM_DUE, KeepAliveReasonCode.PREWARM_SCHEDULED,
                             PrewarmReasonCode.PREDICTED_DEMAND})
 """Start reasons of pre-warms: a start decided ahead of demand rather than for a request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaCrash:
+    """A fault to inject: the engine of `replica_id` dies at `at_s` (if that replica is warm then). Requests it
+    holds fail (they end as `failed`, counted with the rejected), and the control loop stops the replica
+    (`ControlLoop.lost`), as the live fleet does when an engine fails under its requests."""
+
+    at_s: float
+    replica_id: str
 
 
 @dataclasses.dataclass
@@ -88,7 +99,10 @@ class RunResult:
     first_token_at: np.ndarray
     finished_at: np.ndarray
     rejected: np.ndarray
+    """Ended without an answer: rejected by the control plane, or failed with a crashed replica (`failed`)."""
     waited_for_cold_start: np.ndarray
+    """Waited for a replica to start: assigned to one still starting, or left without a replica (what the live
+    fleet answers as `x-switchboard-cold-start`)."""
     true_quality: np.ndarray
     replicas: list[ReplicaRecord]
     started_at: np.ndarray
@@ -102,6 +116,8 @@ class RunResult:
     warmup_s: float
     ttft_slo_s: float
     tpot_slo_s: float
+    failed: np.ndarray | None = None
+    """Lost with a crashed replica (`ReplicaCrash`); None when no crash was injected."""
 
     def check_conservation(self) -> None:
         """Raises AssertionError unless every request arrived once and ended once (finished xor rejected)."""
@@ -124,9 +140,13 @@ class Simulation:
         *,
         on_progress: Callable[[int], None] | None = None,
         warmup_s: float = 0.0,
+        crashes: tuple[ReplicaCrash, ...] = (),
     ) -> None:
-        """`warmup_s`: when the report's measurement window starts (engines' busy time is recorded then)."""
+        """`warmup_s`: when the report's measurement window starts (engines' busy time is recorded then).
+        `crashes`: replica engines that die during the run."""
         self.warmup_s = warmup_s
+        self.crashes = crashes
+        self.failed = np.zeros(len(workload), dtype=bool) if crashes else None
         self.cluster = cluster
         self.workload = workload
         self.plane = plane
@@ -141,6 +161,9 @@ class Simulation:
         self._pending_replicas: dict[ReplicaId, Replica] = {}
         self._pending_activity: dict[ExpertId, ExpertActivity] = {}
         self._prewarm_steps_at: set[float] = set()
+        self._steps_queued_at: set[float] = set()
+        """Times with a control step queued and not yet run: one step serves every trigger of an instant (the
+        live control loop likewise steps once for all that woke it)."""
         self._expert_ids = cluster.expert_ids
         self._expert_pos = {e: i for i, e in enumerate(self._expert_ids)}
         n = len(workload)
@@ -161,6 +184,9 @@ class Simulation:
         self._max_kv_tokens = {e: max((p.kv_capacity_tokens for (x, _), p in cluster.profiles.items() if x == e),
                                       default=0) for e in self._expert_ids}
         self._ttft_slo_s = cluster.spec.slo.ttft_s
+        loop = getattr(plane, "loop", None)
+        fifo = make_queue_order(QueueOrderSettings())
+        self._next_to_run = loop.next_to_run if loop is not None else (lambda r, now_s: next_to_run(r, fifo, now_s))
 
     def _map_pinned(self, workload: Workload) -> np.ndarray:
         if not workload.expert_names:
@@ -180,11 +206,13 @@ class Simulation:
         if len(self.workload):
             self.queue.push(Event(float(self.workload.arrival_s[0]), Priority.ARRIVAL, "arrival", 0))
         if self.plane.control_interval_s:
-            self.queue.push(Event(self.plane.control_interval_s, Priority.CONTROL, "control", True))
+            self.queue.push(self._step_at(self.plane.control_interval_s, periodic=True))
         if self.warmup_s > 0:
             self.queue.push(Event(self.warmup_s, Priority.END, "warmup_ends", None))
-        handlers = {"warmup_ends": self._on_warmup_ends,"arrival": self._on_arrival, "engine_step": self._on_engine_step,
-                    "replica_ready": self._on_replica_ready, "control": self._on_control}
+        for crash in self.crashes:
+            self.queue.push(Event(crash.at_s, Priority.ENGINE_STEP, "crash", ReplicaId(crash.replica_id)))
+        handlers = {"warmup_ends": self._on_warmup_ends, "arrival": self._on_arrival, "engine_step": self._on_engine_step,
+                    "replica_ready": self._on_replica_ready, "control": self._on_control, "crash": self._on_crash}
         num_events = 0
         end_s = now_s
         self._num_outstanding = len(self.workload)
@@ -193,6 +221,7 @@ class Simulation:
             nonlocal num_events, end_s
             end_s = event.time_s
             if event.kind == "control" and event.payload and self._num_outstanding == 0:
+                self._steps_queued_at.discard(end_s)
                 return []  # periodic control stops once every request has ended
             num_events += 1
             return handlers[event.kind](event, end_s)
@@ -212,6 +241,7 @@ class Simulation:
             true_quality=self._true_quality(), replicas=list(self.records.values()), started_at=self.started_at,
             cached_prompt_tokens=self.cached_prompt_tokens, served_by=self.served_by, end_s=end_s,
             num_events=num_events, warmup_s=self.warmup_s, ttft_slo_s=self.cluster.spec.slo.ttft_s, tpot_slo_s=self.cluster.spec.slo.tpot_s,
+            failed=self.failed,
         )
         result.check_conservation()
         return result
@@ -261,18 +291,26 @@ class Simulation:
         self.snapshot = ops.record_arrival(self.snapshot, expert_id, num_prompt, num_output)
         request = QueuedRequest(RequestId(str(i)), expert_id, now_s, num_prompt, num_output,
                                 ttft_slo_s=self._ttft_slo_s)
-        if not self.snapshot.is_warm(expert_id):
-            self.waited_for_cold_start[i] = True
         if not self._fits_somewhere(expert_id, request):
             self._end_rejected(i, expert_id)
             return out
         actions = self.plane.admit(self.snapshot, request)
         out += self._apply(actions, now_s)
+        if i not in self.sequences and not self.rejected[i] and not self._is_on_warm_replica(request):
+            self.waited_for_cold_start[i] = True  # it waits for a start (what the live fleet answers)
+        if self.plane.step_is_due():  # routing asked for a wake-up: the live control loop steps at once
+            out += self._step_now(now_s)
         if not (i in self.sequences or self.rejected[i]):
             self._sync(now_s)
             if not self._is_queued_on_a_replica(request):
                 raise AssertionError(f"plane left request {i} unplaced: {actions!r}")
         return out
+
+    def _is_on_warm_replica(self, request: QueuedRequest) -> bool:
+        self._sync(self.snapshot.now_s)
+        return any(q.request_id == request.request_id and rid is not None
+                   and self.snapshot.replicas[rid].state is ReplicaState.WARM
+                   for rid, q in self.snapshot.iter_requests())
 
     def _is_queued_on_a_replica(self, request: QueuedRequest) -> bool:
         return any(q.request_id == request.request_id for rid, q in self.snapshot.iter_requests() if rid is not None)
@@ -280,45 +318,50 @@ class Simulation:
     def _fits_somewhere(self, expert_id: str, request: QueuedRequest) -> bool:
         return request.num_prompt_tokens + request.num_output_tokens_expected <= self._max_kv_tokens[expert_id]
 
-    def _submit_if_warm(self, replica_id: ReplicaId, request: QueuedRequest, now_s: float) -> list[Event]:
+    def _run_queued(self, replica_id: ReplicaId, now_s: float) -> list[Event]:
+        """Hand the replica's queued requests to its engine while it is warm with free sequence slots, in the
+        queue order's pick (`ControlLoop.next_to_run`, the live fleet's rule): they are running in the fleet
+        model from now, as live, though the engine may hold one a few milliseconds before its prefill."""
         engine = self.engines.get(replica_id)
-        if engine is None or self.snapshot.replicas[replica_id].state is not ReplicaState.WARM:
+        if engine is None:
             return []
-        i = int(request.request_id)
-        seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected, self._prefix_tokens[i])
-        self.sequences[i] = seq
-        return self._absorb(replica_id, engine.submit(seq, now_s), now_s)
+        replica = self._pending_replicas.get(replica_id) or self.snapshot.replicas[replica_id]
+        out: list[Event] = []
+        while (request := self._next_to_run(replica, now_s)) is not None:
+            replica = ops.started(replica, (request.request_id,), now_s)
+            self._pending_replicas[replica_id] = replica
+            i = int(request.request_id)
+            seq = Sequence(i, request.num_prompt_tokens, request.num_output_tokens_expected, self._prefix_tokens[i])
+            self.sequences[i] = seq
+            self.served_by[i] = replica_id
+            out += self._absorb(replica_id, engine.submit(seq, now_s), now_s)
+        return out
 
     def _absorb(self, replica_id: ReplicaId, outcome: StepOutcome, now_s: float) -> list[Event]:
-        """Mirror an engine outcome into the fleet snapshot (pending until the next `_sync`) and the per-request
-        results."""
-        if outcome.started or outcome.finished:
-            replica = self._pending_replicas.get(replica_id) or self.snapshot.replicas[replica_id]
-        if outcome.started:
-            replica = ops.started(replica, [RequestId(str(seq.request_index)) for seq in outcome.started], now_s)
-            self._pending_replicas[replica_id] = replica
-            for seq in outcome.started:
-                self.started_at[seq.request_index] = seq.started_at
-                self.served_by[seq.request_index] = replica_id
-                if seq.num_cached_tokens:
-                    self.cached_prompt_tokens[seq.request_index] = seq.num_cached_tokens
+        """Mirror an engine outcome into the per-request results and, for finished requests, the fleet snapshot
+        (pending until the next `_sync`); freed slots take the next queued requests."""
+        for seq in outcome.started:
+            self.started_at[seq.request_index] = seq.started_at
+            if seq.num_cached_tokens:
+                self.cached_prompt_tokens[seq.request_index] = seq.num_cached_tokens
         for seq in outcome.first_tokens:
             self.first_token_at[seq.request_index] = seq.first_token_at
+        out = [outcome.next_event] if outcome.next_event is not None else []
         if outcome.finished:
             # Requests end on a replica of the expert they were routed to (what `ops.end_requests` does).
+            replica = self._pending_replicas.get(replica_id) or self.snapshot.replicas[replica_id]
             num_tokens = [seq.num_reserved_tokens for seq in outcome.finished]
             expert_id = replica.expert_id
             activity = self._pending_activity.get(expert_id) or self.snapshot.activity_of(expert_id)
             self._pending_activity[expert_id] = ops.finished(activity, num_tokens, now_s)
-            self._pending_replicas[replica_id] = ops.ended(replica, num_tokens, now_s)
+            replica = self._pending_replicas[replica_id] = ops.ended(replica, num_tokens, now_s)
             for seq in outcome.finished:
                 self.finished_at[seq.request_index] = seq.finished_at
                 del self.sequences[seq.request_index]
             self._num_outstanding -= len(outcome.finished)
-        if self.snapshot.replicas[replica_id].state is ReplicaState.DRAINING and not self.engines[replica_id].num_outstanding:
-            self._sync(now_s)
-            self._stop(replica_id)
-        return [outcome.next_event] if outcome.next_event is not None else []
+            if replica.load.queue:
+                out += self._run_queued(replica_id, now_s)
+        return out
 
     def _end_rejected(self, i: int, expert_id: ExpertId) -> None:
         self.rejected[i] = True
@@ -342,9 +385,9 @@ class Simulation:
         self.records[replica_id].warm_at = now_s
         profile = self.cluster.profiles[(replica.expert_id, replica.hardware)]
         self.engines[replica_id] = ReplicaEngine(replica_id, profile)
-        out: list[Event] = []
-        for request in self.snapshot.replicas[replica_id].load.queue:
-            out += self._submit_if_warm(replica_id, request, now_s)
+        out = self._run_queued(replica_id, now_s)
+        if self.plane.control_interval_s:  # its queue started: a step sees it warm (as the live fleet steps then)
+            out += self._step_now(now_s)
         return out
 
     def _on_warmup_ends(self, event: Event, now_s: float) -> list[Event]:
@@ -352,11 +395,38 @@ class Simulation:
             self.records[replica_id].busy_before_warmup_s = engine.busy_time_s(now_s)
         return []
 
+    def _on_crash(self, event: Event, now_s: float) -> list[Event]:
+        """The replica's engine dies: the requests it runs fail, then the control loop stops the replica (its
+        queued requests go back to be placed). As live, a dead engine holding nothing is not noticed here (the
+        live health check finds it at a later step)."""
+        replica_id = event.payload
+        engine = self.engines.get(replica_id)
+        if engine is None or not engine.num_outstanding or self.plane.loop is None:
+            return []
+        self._sync(now_s)
+        for i in sorted(i for i in self.sequences if self.served_by.get(i) == replica_id):
+            seq = self.sequences.pop(i)
+            self.snapshot = ops.end_requests(self.snapshot, replica_id, [seq.num_reserved_tokens])
+            self.failed[i] = self.rejected[i] = True
+            self._num_outstanding -= 1
+        self.records[replica_id].busy_s = engine.busy_time_s(now_s)
+        del self.engines[replica_id]  # its pending step events are stale from now on
+        return self._apply([self.plane.loop.lost(now_s, replica_id, "the engine crashed")], now_s)
+
+    def _step_at(self, at_s: float, *, periodic: bool) -> Event:
+        self._steps_queued_at.add(at_s)
+        return Event(at_s, Priority.CONTROL, "control", periodic)
+
+    def _step_now(self, at_s: float) -> list[Event]:
+        """A control step at `at_s` (after the instant's other events), unless one is queued for then."""
+        return [] if at_s in self._steps_queued_at else [self._step_at(at_s, periodic=False)]
+
     def _on_control(self, event: Event, now_s: float) -> list[Event]:
+        self._steps_queued_at.discard(now_s)
         self._sync(now_s)
         out = self._apply(self.plane.control(self.snapshot), now_s)
-        if event.payload:  # periodic
-            out.append(Event(now_s + self.plane.control_interval_s, Priority.CONTROL, "control", True))
+        if event.payload:  # periodic, on the loop's grid
+            out.append(self._step_at(self.plane.loop.next_periodic_step_at(now_s), periodic=True))
         return out
 
     # ------------------------------------------------------------------------------------------ actions
@@ -371,9 +441,9 @@ class Simulation:
             else:  # `apply_action` is then `ops.enqueue` alone: a pending change, like the engines' (`_sync`)
                 replica = self._pending_replicas.get(action.replica_id) or self.snapshot.replicas[action.replica_id]
                 self._pending_replicas[action.replica_id] = ops.enqueued(replica, action.request, now_s)
-            out = self._submit_if_warm(action.replica_id, action.request, now_s)
+            out = self._run_queued(action.replica_id, now_s)
             if self.snapshot.unplaced and self.plane.control_interval_s:
-                out.append(Event(now_s, Priority.CONTROL, "control", False))
+                out += self._step_now(now_s)
             return out
         out: list[Event] = []
         for action in actions:
@@ -387,7 +457,7 @@ class Simulation:
             elif isinstance(action, StopReplica):
                 self._stopped(replica_id)
             elif isinstance(action, AssignRequest):
-                out += self._submit_if_warm(action.replica_id, action.request, now_s)
+                out += self._run_queued(action.replica_id, now_s)
             elif isinstance(action, RejectRequest):
                 self._end_rejected(int(action.request.request_id), action.request.expert_id)
             elif isinstance(action, MigrateRequest):
@@ -397,17 +467,13 @@ class Simulation:
                 at_s = max(now_s, action.at_s)
                 if at_s not in self._prewarm_steps_at:
                     self._prewarm_steps_at.add(at_s)
-                    out.append(Event(at_s, Priority.CONTROL, "control", False))
+                    out += self._step_now(at_s)
             elif isinstance(action, ForwardUpstream):
                 raise ValueError("the simulator has no external upstream experts")
-        for action in actions:  # drained at once: nothing to finish (unless the plan already stopped it)
-            if isinstance(action, DrainReplica) and self._engine_outstanding(action.replica_id) == 0:
-                self._sync(now_s)
-                replica = self.snapshot.replicas.get(action.replica_id)
-                if replica is not None and replica.state is ReplicaState.DRAINING:
-                    self._stop(action.replica_id)
         if self.snapshot.unplaced and self.plane.control_interval_s:
-            out.append(Event(now_s, Priority.CONTROL, "control", False))  # a stopped start left requests behind
+            for request in self.snapshot.unplaced:  # it waits for a replica again (the live fleet says cold)
+                self.waited_for_cold_start[int(request.request_id)] = True
+            out += self._step_now(now_s)  # a stopped start left requests behind
         return out
 
     def _engine_outstanding(self, replica_id) -> int:
@@ -424,19 +490,9 @@ class Simulation:
         return [Event(now_s + action.cold_start_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
-        source = self.engines.get(action.from_replica_id)
-        i = int(action.request_id)
-        if source is not None and i in self.sequences:
-            if not source.withdraw(self.sequences[i]):
-                raise AssertionError(f"migrated request {i} had already started on {action.from_replica_id}")
-            del self.sequences[i]
-        target = self.snapshot.replicas[action.to_replica_id]
-        request = next(q for q in target.load.queue if q.request_id == action.request_id)
-        return self._submit_if_warm(action.to_replica_id, request, now_s)
-
-    def _stop(self, replica_id: ReplicaId) -> None:
-        self.snapshot = ops.transition(self.snapshot, replica_id, ReplicaState.STOPPED)
-        self._stopped(replica_id)
+        if int(action.request_id) in self.sequences:
+            raise AssertionError(f"migrated request {action.request_id} had already started on {action.from_replica_id}")
+        return self._run_queued(action.to_replica_id, now_s)
 
     def _stopped(self, replica_id: ReplicaId) -> None:
         record = self.records[replica_id]

@@ -1,19 +1,22 @@
 """Named policy sets and the one-call way to run them on a workload and a cluster.
 
-Policy sets (`POLICY_SETS`):
+Policy sets (`POLICY_SETS`), every serverless one the live default `ControlSettings()` — what
+`switchboard serve` runs when the config says nothing under `control_plane.policies` — with the explicit
+changes of `POLICY_SET_DELTAS`:
 
 - `static`: peak-provisioned, always on, one GPU kind (`static_hardware`, H100 by default), round-robin,
   quality-only routing. It runs on its own fleet of that kind, sized for the workload's busiest minute.
 - `fixed-keepalive`: the obvious serverless fleet on the given cluster — scale-to-zero with a fixed 10-minute
   idle timeout, autoscaling, first-fit placement, least-outstanding-tokens balancing, admit-always, no
   migration or pre-warming, quality-only routing.
-- `quality-only-routing`: the full serverless fleet (the control plane's defaults: hybrid-histogram keep-alive,
-  route-aware pre-warming, autoscaling, cost-aware placement, prefix-affinity balancing, SLO admission,
-  migration) with a router blind to fleet state.
-- `switchboard`: all of it, with fleet-aware routing and cold-start hiding.
+- `quality-only-routing`: the full serverless fleet (hybrid-histogram keep-alive, route-aware pre-warming,
+  autoscaling, cost-aware placement, prefix-affinity balancing, SLO admission, migration) with a router blind
+  to fleet state.
+- `switchboard`: the live default itself — all of it, with fleet-aware routing and cold-start hiding — on the
+  live default step interval (`ControlPlaneConfig.step_interval_s`).
 
-Every serverless set runs the control plane's own code (`switchboard.policies.control.ControlPlane`) with the
-settings of `control_settings`; only the settings differ.
+Every serverless set runs the live fleet's own decision path (`switchboard.policies.loop.ControlLoop`); only
+the settings differ.
 """
 
 from __future__ import annotations
@@ -21,19 +24,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from switchboard.policies.admission import AdmissionSettings
-from switchboard.policies.autoscale import AutoscaleSettings
-from switchboard.policies.balance import BalanceSettings
+from switchboard.config.schema import ControlPlaneConfig
 from switchboard.policies.control import ControlSettings
-from switchboard.policies.keepalive import KeepAliveSettings
-from switchboard.policies.migration import MigrationSettings
-from switchboard.policies.placement import PlacementSettings
-from switchboard.policies.routing import PrewarmSettings, RoutingKind, RoutingSettings
 from switchboard.perf.roofline import EngineProfile
-from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, build_cluster
+from switchboard.sim.cluster import BuiltCluster, ClusterSpec, PoolSpec, resolve_cluster
 from switchboard.sim.planes import ServerlessPlane, StaticPlane, peak_replicas, quality_only_choices
 from switchboard.sim.report import Summary, summarize
 from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
@@ -44,31 +42,49 @@ EXTRA_POLICY_SETS = ("hybrid-keepalive",)
 """Not in the default comparison: `hybrid-keepalive` is `fixed-keepalive` with only the keep-alive policy swapped
 for the hybrid histogram (the keep-alive experiment's treatment)."""
 
+_BASIC_FLEET: dict[str, Any] = {
+    "placement": {"kind": "first-fit"}, "balance": {"kind": "least-outstanding-tokens"},
+    "admission": {"kind": "always"}, "migration": {"kind": "none"}, "routing": {"kind": "quality-only"},
+    "prewarm": {"kind": "none"},
+}
+POLICY_SET_DELTAS: dict[str, dict[str, Any]] = {
+    "switchboard": {},
+    "quality-only-routing": {"routing": {"kind": "quality-only"}},
+    "fixed-keepalive": {**_BASIC_FLEET, "keepalive": {"kind": "fixed"}},
+    "hybrid-keepalive": _BASIC_FLEET,
+}
+"""Each serverless policy set as its changes to the live default `ControlSettings()` (section → fields)."""
+
+DEFAULT_STEP_INTERVAL_S: float = ControlPlaneConfig.model_fields["step_interval_s"].default
+"""The live control loop's default period, which the simulator steps on too."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Knobs:
-    """What `sim plan` searches over, and what every policy set shares."""
+    """What `sim plan` searches over and the CLI sets, on top of a policy set's settings. None: the live
+    default."""
 
     cost_weight: float = 0.0
     """λ of the router, per USD/Mtok."""
-    latency_weight_per_s: float = 0.05
-    """μ of fleet-aware routing: predicted quality points given up per second of expected extra latency."""
-    hide_margin: float = 0.05
-    placement_prompt_tokens: int = 512
-    """Prompt length cost-aware placement assumes when predicting a new replica's TTFT with nothing queued."""
-    autoscale_kind: str = "demand-at-slo"
-    """Every serverless set's autoscaler: replicas for the recent arrival rate at the SLO (docs/control-plane.md)."""
-    target_utilization: float = 0.3
-    """`in-flight-tokens` / `queue-depth` autoscalers only: fraction of a replica's KV capacity (or batch) to fill
-    before adding one."""
-    demand_headroom: float = 1.0
-    """`demand-at-slo`: the multiple of the recent arrival rate provisioned for (`AutoscaleSettings`)."""
-    fixed_idle_timeout_s: float = 600.0
-    fallback_keepalive_s: float = 600.0
+    demand_headroom: float | None = None
+    """Autoscale with `demand-at-slo` for this multiple of the recent arrival rate (`AutoscaleSettings`)."""
+    fixed_idle_timeout_s: float | None = None
+    """`fixed-keepalive`'s idle timeout."""
+    fallback_keepalive_s: float | None = None
+    """The hybrid keep-alive's window for experts with too little history."""
     static_hardware: str = "h100"
-    control_interval_s: float = 5.0
+    control_interval_s: float = DEFAULT_STEP_INTERVAL_S
     """Period of the control step (it also runs at once when a request waits for a replica)."""
     seed: int = 0
+
+
+def with_delta(settings: ControlSettings, delta: dict[str, Any]) -> ControlSettings:
+    """`settings` with `delta`'s fields replaced (section → {field: value}, or a top-level field → value),
+    validated as a whole."""
+    merged = settings.model_dump()
+    for key, value in delta.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    return ControlSettings.model_validate(merged)
 
 
 def replica_tokens_per_s(profile: EngineProfile, mean_prompt: float, mean_output: float, tpot_slo_s: float) -> float:
@@ -90,7 +106,7 @@ def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs
                    experts: tuple[str, ...]) -> tuple[BuiltCluster, dict[str, int]]:
     """A one-kind fleet sized for the workload's busiest minute under quality-only routing."""
     kind = knobs.static_hardware
-    probe = build_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
+    probe = resolve_cluster(base.with_pools([PoolSpec(hardware=kind, workers=1, devices_per_worker=8)]))
     price = np.array([e.usd_per_mtok for e in probe.experts])
     chosen = quality_only_choices(experts, routing.predicted, price, knobs.cost_weight)
     chosen = _with_pinned(chosen, workload, experts)
@@ -101,7 +117,7 @@ def static_cluster(base: ClusterSpec, workload: Workload, routing: RoutingInputs
                            chosen, experts, capacity)
     devices = sum(n * probe.profiles[(e, kind)].num_devices for e, n in counts.items())
     pools = [PoolSpec(hardware=kind, workers=max(1, math.ceil(devices / 8)) + 1, devices_per_worker=8)]
-    return build_cluster(base.with_pools(pools)), counts
+    return resolve_cluster(base.with_pools(pools)), counts
 
 
 def _with_pinned(chosen: np.ndarray, workload: Workload, experts: tuple[str, ...]) -> np.ndarray:
@@ -112,33 +128,16 @@ def _with_pinned(chosen: np.ndarray, workload: Workload, experts: tuple[str, ...
     return np.where(pinned != NO_EXPERT, pinned, chosen)
 
 
-def control_settings(name: str, knobs: Knobs) -> ControlSettings:
-    """The control plane's settings for a serverless policy set."""
-    routing = RoutingSettings(kind="fleet-aware", usd_weight=knobs.cost_weight,
-                              latency_weight_per_s=knobs.latency_weight_per_s,
-                              cold_start_quality_margin=knobs.hide_margin)
-    hybrid = KeepAliveSettings(kind="hybrid-histogram", fallback_keepalive_s=knobs.fallback_keepalive_s)
-    autoscale = AutoscaleSettings(kind=knobs.autoscale_kind, target_utilization=knobs.target_utilization,
-                                  demand_headroom=knobs.demand_headroom, max_replicas=32)
-    if name in ("fixed-keepalive", "hybrid-keepalive"):
-        fixed = KeepAliveSettings(kind="fixed", idle_timeout_s=knobs.fixed_idle_timeout_s)
-        return ControlSettings(
-            keepalive=fixed if name == "fixed-keepalive" else hybrid,
-            autoscale=autoscale,
-            placement=PlacementSettings(kind="first-fit"),
-            balance=BalanceSettings(kind="least-outstanding-tokens"),
-            admission=AdmissionSettings(kind="always"),
-            migration=MigrationSettings(kind="none"),
-            routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}),
-            prewarm=PrewarmSettings(kind="none"),
-        )
-    placement = PlacementSettings(kind="cost-aware", default_prompt_tokens=knobs.placement_prompt_tokens)
-    if name == "quality-only-routing":
-        return ControlSettings(keepalive=hybrid, autoscale=autoscale, placement=placement,
-                               routing=routing.model_copy(update={"kind": RoutingKind.QUALITY_ONLY}))
-    if name == "switchboard":
-        return ControlSettings(keepalive=hybrid, autoscale=autoscale, placement=placement, routing=routing)
-    raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS + EXTRA_POLICY_SETS)}")
+def control_settings(name: str, knobs: Knobs = Knobs()) -> ControlSettings:
+    """The control plane's settings for a serverless policy set: the live default, the set's delta, the knobs."""
+    if name not in POLICY_SET_DELTAS:
+        raise KeyError(f"unknown policy set {name!r}; known: {', '.join(POLICY_SETS + EXTRA_POLICY_SETS)}")
+    knob_delta: dict[str, Any] = {"routing": {"usd_weight": knobs.cost_weight}}
+    if knobs.demand_headroom is not None:
+        knob_delta["autoscale"] = {"kind": "demand-at-slo", "demand_headroom": knobs.demand_headroom}
+    keepalive = {"idle_timeout_s": knobs.fixed_idle_timeout_s, "fallback_keepalive_s": knobs.fallback_keepalive_s}
+    knob_delta["keepalive"] = {k: v for k, v in keepalive.items() if v is not None}
+    return with_delta(with_delta(ControlSettings(), POLICY_SET_DELTAS[name]), knob_delta)
 
 
 def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs) -> ServerlessPlane:
@@ -162,7 +161,7 @@ def run_policy(
     warmup_s: float = 0.0,
 ) -> tuple[Summary, RunResult]:
     """Run one policy set; `routing_for(expert_ids)` gives the per-request quality in that expert order."""
-    cluster = build_cluster(spec, hardware_overrides)
+    cluster = resolve_cluster(spec, hardware_overrides)
     routing = routing_for(cluster.expert_ids)
     if name == "static":
         cluster, counts = static_cluster(spec, workload, routing, knobs, cluster.expert_ids)

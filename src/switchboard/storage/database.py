@@ -109,3 +109,11 @@ def request_exists(engine: Engine, request_id: str, key_id: str | None = None) -
         query = query.where(requests_table.c.key_id == key_id)
     with engine.connect() as connection:
         return connection.execute(query).first() is not None
+
+
+def prompt_and_expert(engine: Engine, request_id: str) -> tuple[str | None, str] | None:
+    """The logged prompt text (None if not stored) and the expert that answered, or None if not logged."""
+    query = select(requests_table.c.prompt_text, requests_table.c.expert).where(requests_table.c.id == request_id)
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    return None if row is None else (row[0], row[1])

@@ -28,8 +28,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -39,6 +39,9 @@ from switchboard.storage import database
 
 log = logging.getLogger("switchboard.storage")
 MAX_BACKOFF_S = 30.0
+T = TypeVar("T")
+REQUEST_EXPERT = database.REQUEST_COLUMNS.index("expert")
+REQUEST_PROMPT = database.REQUEST_COLUMNS.index("prompt_text")
 
 
 class LogEntry:
@@ -139,6 +142,21 @@ class RequestLog:
             return key_id is None or self._unflushed_ids[request_id] == key_id
         engine = await self._engine()
         return await asyncio.to_thread(database.request_exists, engine, request_id, key_id)
+
+    async def prompt_and_expert(self, request_id: str) -> tuple[str | None, str] | None:
+        """The logged prompt text (None when prompts are not stored) and answering expert of a request, or None
+        if it is not in the log. Raises if the database is down."""
+        if request_id in self._unflushed_ids:
+            for row in reversed(self._requests):  # still queued: recent, so near the end
+                if row[0] == request_id:
+                    return row[REQUEST_PROMPT], row[REQUEST_EXPERT]
+        engine = await self._engine()
+        return await asyncio.to_thread(database.prompt_and_expert, engine, request_id)
+
+    async def read(self, query: Callable[[Engine], T]) -> T:
+        """Runs a blocking read `query(engine)` on the log's database in a worker thread."""
+        engine = await self._engine()
+        return await asyncio.to_thread(query, engine)
 
     @property
     def num_pending(self) -> int:
@@ -251,7 +269,7 @@ def usd_of(prices: Mapping[str, tuple[float, float]], expert_id: str, usage: Usa
 
 
 def expert_prices(config: SwitchboardConfig) -> dict[str, tuple[float, float]]:
-    return {e.id: (e.usd_per_mtok_input / 1e6, e.usd_per_mtok_output / 1e6) for e in config.experts}
+    return config.usd_per_token()
 
 
 def _take(queue: deque[tuple], n: int) -> list[tuple]:

@@ -45,6 +45,10 @@ class KeyLimits:
             raise ValueError(f"quality_floor must be between 0 and 1, got {self.quality_floor}")
 
     @property
+    def has_budget(self) -> bool:
+        return self.usd_per_day is not None or self.usd_per_month is not None
+
+    @property
     def has_answer_policy(self) -> bool:
         return self.quality_floor is not None or self.usd_per_mtok_ceiling is not None
 

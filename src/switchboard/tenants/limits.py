@@ -3,9 +3,11 @@ limit is hit, with the status (429 for rate limits, 402 for budgets) and how lon
 
 Windows: requests and tokens per minute count the 60 s before `now_s` (a sliding log, not fixed minutes, so a
 burst at a minute's edge cannot pass twice the limit). Checks cost O(1); only a refusal walks the window to say
-when it clears. Budgets are per UTC calendar day and month, soft by one request: a request is refused once the
-spend *already* reached the budget, so the request that crosses it is still served (its cost is only known after
-it ran).
+when it clears. Budgets are per UTC calendar day and month, with reservation: each admitted request holds its
+estimated cost (prompt plus `max_tokens` at its expert's prices, an upper bound) until it settles at its real
+cost, and a request is refused once the spend plus what the requests in flight hold reaches the budget. However
+many run at once, a budget is exceeded by less than the last admitted request's estimate (plus, if a real prompt
+was longer than estimated, that difference).
 """
 
 from __future__ import annotations
@@ -33,26 +35,29 @@ class WindowEntry:
     """One admitted request in its key's window: when, and its tokens (the admission estimate until the
     answer's real usage replaces it)."""
 
-    __slots__ = ("key_id", "at_s", "num_tokens", "in_window")
+    __slots__ = ("key_id", "at_s", "num_tokens", "in_window", "usd_held")
 
-    def __init__(self, key_id: str, at_s: float, num_tokens: int) -> None:
+    def __init__(self, key_id: str, at_s: float, num_tokens: int, usd_held: float = 0.0) -> None:
         self.key_id = key_id
         self.at_s = at_s
         self.num_tokens = num_tokens
         self.in_window = True
+        self.usd_held = usd_held
+        """The request's estimated cost, held against the key's budgets until it settles (0 after)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageSnapshot:
     """A key's recent use: the requests of the last `WINDOW_S` before `now_s` (count, tokens, and the entries
-    oldest first, read only to say when an exceeded limit clears; the producer drops older entries) and its
-    spend this UTC day and month."""
+    oldest first, read only to say when an exceeded limit clears; the producer drops older entries), its
+    spend this UTC day and month, and the estimated cost its requests in flight hold."""
 
     num_requests: int = 0
     num_tokens: int = 0
     usd_today: float = 0.0
     usd_this_month: float = 0.0
     window: Sequence[WindowEntry] = ()
+    usd_held: float = 0.0
 
     @classmethod
     def of(cls, entries: Sequence[tuple[float, int]], usd_today: float = 0.0, usd_this_month: float = 0.0) -> "UsageSnapshot":
@@ -76,43 +81,46 @@ class OverLimit:
 ALLOWED = Allowed()
 
 
-def admit(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens_estimate: int) -> Allowed | OverLimit:
-    """Budgets first (waiting a minute does not help them), then requests per minute, then tokens per minute."""
-    return (_check_budget(limits, usage, now_s) or _check_rpm(limits, usage, now_s)
-            or _check_tpm(limits, usage, now_s, num_tokens_estimate) or ALLOWED)
+def admit(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens_estimate: int,
+          window_s: float = WINDOW_S) -> Allowed | OverLimit:
+    """Budgets first (waiting a minute does not help them), then requests per minute, then tokens per minute.
+    `window_s` is the window `usage` counts over (a minute but in tests and demos)."""
+    return (_check_budget(limits, usage, now_s) or _check_rpm(limits, usage, now_s, window_s)
+            or _check_tpm(limits, usage, now_s, num_tokens_estimate, window_s) or ALLOWED)
 
 
 def _check_budget(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
-    if limits.usd_per_day is not None and usage.usd_today >= limits.usd_per_day:
+    held = f" + {usage.usd_held:.4f} USD held by requests in flight" if usage.usd_held > 0 else ""
+    if limits.usd_per_day is not None and usage.usd_today + usage.usd_held >= limits.usd_per_day:
         return OverLimit(Limit.USD_PER_DAY, 402, seconds_to_next_day(now_s),
-                         f"daily budget of {limits.usd_per_day:g} USD is spent ({usage.usd_today:.4f} USD today, UTC)")
-    if limits.usd_per_month is not None and usage.usd_this_month >= limits.usd_per_month:
+                         f"daily budget of {limits.usd_per_day:g} USD is spent ({usage.usd_today:.4f} USD today, UTC{held})")
+    if limits.usd_per_month is not None and usage.usd_this_month + usage.usd_held >= limits.usd_per_month:
         return OverLimit(Limit.USD_PER_MONTH, 402, seconds_to_next_month(now_s),
-                         f"monthly budget of {limits.usd_per_month:g} USD is spent ({usage.usd_this_month:.4f} USD this month, UTC)")
+                         f"monthly budget of {limits.usd_per_month:g} USD is spent ({usage.usd_this_month:.4f} USD this month, UTC{held})")
     return None
 
 
-def _check_rpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float) -> OverLimit | None:
+def _check_rpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, window_s: float) -> OverLimit | None:
     if limits.rpm is None or usage.num_requests < limits.rpm:
         return None
     # The request that frees a slot is the (n - rpm + 1)-th oldest: once it leaves the window, one more fits.
     index = usage.num_requests - limits.rpm
-    freeing_at = usage.window[index].at_s + WINDOW_S if limits.rpm > 0 else now_s + WINDOW_S
+    freeing_at = usage.window[index].at_s + window_s if limits.rpm > 0 else now_s + window_s
     return OverLimit(Limit.RPM, 429, max(freeing_at - now_s, 0.0),
                      f"rate limit of {limits.rpm} requests per minute reached")
 
 
-def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens: int) -> OverLimit | None:
+def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens: int, window_s: float) -> OverLimit | None:
     if limits.tpm is None or usage.num_tokens + num_tokens <= limits.tpm:
         return None
     if num_tokens > limits.tpm:
-        return OverLimit(Limit.TPM, 429, WINDOW_S, f"rate limit of {limits.tpm} tokens per minute: this request alone is "
+        return OverLimit(Limit.TPM, 429, window_s, f"rate limit of {limits.tpm} tokens per minute: this request alone is "
                          f"estimated at {num_tokens} tokens (prompt + max_tokens); lower max_tokens")
-    used, retry_after_s = usage.num_tokens, WINDOW_S
+    used, retry_after_s = usage.num_tokens, window_s
     for entry in usage.window:  # the oldest requests leave the window first
         used -= entry.num_tokens
         if used + num_tokens <= limits.tpm:
-            retry_after_s = entry.at_s + WINDOW_S - now_s
+            retry_after_s = entry.at_s + window_s - now_s
             break
     return OverLimit(Limit.TPM, 429, max(retry_after_s, 0.0),
                      f"rate limit of {limits.tpm} tokens per minute reached ({usage.num_tokens} used, "

@@ -16,7 +16,7 @@ Reservation = WindowEntry  # what `reserve` returns and `settle` takes
 
 
 class _KeyUsage:
-    __slots__ = ("window", "num_tokens", "day", "usd_day", "month", "usd_month")
+    __slots__ = ("window", "num_tokens", "day", "usd_day", "month", "usd_month", "usd_held", "num_holding")
 
     def __init__(self) -> None:
         self.window: deque[WindowEntry] = deque()
@@ -25,10 +25,15 @@ class _KeyUsage:
         self.usd_day = 0.0
         self.month = -1
         self.usd_month = 0.0
+        self.usd_held = 0.0  # the sum of the holds of the requests in flight
+        self.num_holding = 0
 
 
 class UsageMeter:
-    def __init__(self) -> None:
+    """Keys' usage over a sliding window of `window_s` (a minute: `limits.WINDOW_S`) and their spend."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
         self._keys: dict[str, _KeyUsage] = {}
 
     def _usage(self, key_id: str) -> _KeyUsage:
@@ -44,28 +49,48 @@ class UsageMeter:
         if usage is None:
             return UsageSnapshot()
         window = usage.window
-        while window and window[0].at_s <= now_s - WINDOW_S:
+        while window and window[0].at_s <= now_s - self.window_s:
             gone = window.popleft()
             gone.in_window = False
             usage.num_tokens -= gone.num_tokens
         return UsageSnapshot(len(window), usage.num_tokens, usage.usd_day if usage.day == day_of(now_s) else 0.0,
-                             usage.usd_month if usage.month == month_of(now_s) else 0.0, window)
+                             usage.usd_month if usage.month == month_of(now_s) else 0.0, window, usage.usd_held)
 
-    def reserve(self, key_id: str, now_s: float, num_tokens_estimate: int) -> Reservation:
-        """Counts an admitted request (and its estimated tokens) in its key's window."""
+    def reserve(self, key_id: str, now_s: float, num_tokens_estimate: int, usd_estimate: float = 0.0) -> Reservation:
+        """Counts an admitted request (and its estimated tokens) in its key's window, and holds its estimated
+        cost against the key's budgets until `settle` (or `release`)."""
         reservation = Reservation(key_id, now_s, num_tokens_estimate)
         usage = self._usage(key_id)
         usage.window.append(reservation)
         usage.num_tokens += num_tokens_estimate
+        self.hold(reservation, usd_estimate)
         return reservation
+
+    def hold(self, reservation: Reservation, usd_estimate: float) -> None:
+        """Sets the cost `reservation` holds (a better estimate once its expert is known)."""
+        usage = self._usage(reservation.key_id)
+        if reservation.usd_held > 0:
+            usage.usd_held -= reservation.usd_held
+            usage.num_holding -= 1
+        reservation.usd_held = max(usd_estimate, 0.0)
+        if reservation.usd_held > 0:
+            usage.usd_held += reservation.usd_held
+            usage.num_holding += 1
+        if usage.num_holding == 0:
+            usage.usd_held = 0.0  # no float residue once nothing is held
+
+    def release(self, reservation: Reservation) -> None:
+        """Drops the request's hold without spending (it never ran, or settles elsewhere); idempotent."""
+        self.hold(reservation, 0.0)
 
     def settle(self, reservation: Reservation, num_tokens: int | None, usd: float, now_s: float) -> None:
         """The request finished: its real token count replaces the estimate (None keeps the estimate: a failed
-        request's size is unknown) and its cost is added to today's and this month's spend."""
+        request's size is unknown), its hold is dropped and its cost is added to today's and this month's spend."""
         if num_tokens is not None:
             if reservation.in_window:
                 self._usage(reservation.key_id).num_tokens += num_tokens - reservation.num_tokens
             reservation.num_tokens = num_tokens
+        self.release(reservation)
         self.add_spend(reservation.key_id, usd, now_s)
 
     def add_spend(self, key_id: str, usd: float, now_s: float) -> None:
@@ -79,7 +104,10 @@ class UsageMeter:
         usage.usd_month += usd
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float, now_s: float) -> None:
-        """Sets a key's spend so far (from the request log at start)."""
+        """Sets a key's spend so far (from the request log at start). A meter that already counted more (a
+        shared meter seeded by several gateways, each from its own log) keeps its own count."""
         usage = self._usage(key_id)
-        usage.day, usage.usd_day = day_of(now_s), usd_today
-        usage.month, usage.usd_month = month_of(now_s), usd_this_month
+        day, month = day_of(now_s), month_of(now_s)
+        usage.usd_day = max(usd_today, usage.usd_day if usage.day == day else 0.0)
+        usage.usd_month = max(usd_this_month, usage.usd_month if usage.month == month else 0.0)
+        usage.day, usage.month = day, month

@@ -1,5 +1,5 @@
 """`KeyRegistry`: the gateway's view of the key table (kept in memory, re-read every `refresh_interval_s`) and
-the adapter that seeds the usage meter with today's and this month's spend from the request log at start.
+the adapter that seeds the key ledger with today's and this month's spend from the request log at start.
 
 The request path only looks a digest up in a dict: an unknown key costs no database round trip, so a flood of
 made-up keys cannot load the database.
@@ -18,16 +18,16 @@ from switchboard.storage import database
 from switchboard.tenants import store
 from switchboard.tenants.keys import ApiKey
 from switchboard.tenants.limits import day_start_s, month_start_s
-from switchboard.tenants.meter import UsageMeter
+from switchboard.tenants.ledger import KeyLedger
 
 log = logging.getLogger("switchboard.tenants")
 
 
 class KeyRegistry:
-    def __init__(self, url: str, refresh_interval_s: float, meter: UsageMeter, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, refresh_interval_s: float, ledger: KeyLedger, clock: Callable[[], float] = time.time) -> None:
         self.url = url
         self.refresh_interval_s = refresh_interval_s
-        self.meter = meter
+        self.ledger = ledger
         self.clock = clock
         self.engine: Engine | None = None
         self._by_digest: dict[str, ApiKey] = {}
@@ -49,7 +49,7 @@ class KeyRegistry:
         now_s = self.clock()
         spend = await asyncio.to_thread(store.spend_since, self.engine, day_start_s(now_s), month_start_s(now_s))
         for key_id, s in spend.items():
-            self.meter.seed(key_id, s.usd_today, s.usd_this_month, now_s)
+            self.ledger.seed(key_id, s.usd_today, s.usd_this_month)
         log.info("keys: %d loaded (%d revoked), spend rebuilt for %d from the request log", len(self._by_digest),
                  sum(k.is_revoked for k in self._by_digest.values()), len(spend))
         self._task = asyncio.create_task(self._refresh_forever(), name="switchboard-keys-refresh")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -41,3 +46,43 @@ def serve_in_thread(app: Any, *, port: int | None = None, startup_timeout_s: flo
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_in_process(config: Any, workdir: Any, *args: str, env: dict[str, str] | None = None,
+                     startup_timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`switchboard serve` of `config` (a SwitchboardConfig, written to `workdir`) in a child process, with
+    extra CLI `args` and `env` added to this process's environment; yields (base URL, process) once /healthz
+    answers. Stopped with SIGINT at the end unless the caller killed it. Raises AssertionError, with the
+    child's stderr, if it exits or does not come up within `startup_timeout_s`."""
+    import httpx
+    import yaml
+
+    path = Path(workdir) / f"switchboard-{os.urandom(3).hex()}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            assert process.poll() is None, f"the gateway process exited: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "the gateway process never came up"
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

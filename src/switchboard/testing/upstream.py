@@ -4,7 +4,7 @@ the gateway is measured against it).
 Its behaviour is chosen by the request's `model`, so one server can play every kind of upstream:
 
 - anything else — a healthy model: answers `"mock answer"` (or streams `num_chunks` chunks with usage);
-- `fail-500` — HTTP 500 with an error body;           `fail-429` — HTTP 429;
+- `fail-500` — HTTP 500 with an error body;           `fail-429` — HTTP 429 with `Retry-After: 2`;
 - `garbage` — HTTP 200 whose body is not JSON;         `stall` — accepts, then never answers;
 - `cut-mid-stream` — streams two chunks and closes the connection without `[DONE]`;
 - `reject-400` — HTTP 400 as for a prompt over the context window;
@@ -36,9 +36,9 @@ async def _read_body(receive: Any) -> bytes:
             return body
 
 
-async def _send_json(send: Any, status: int, payload: Any) -> None:
+async def _send_json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS + (headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -53,9 +53,10 @@ def _completion(kind: str, model: str, text: str) -> dict[str, Any]:
             "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}
 
 
-def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes:
+def _chunk(kind: str, model: str, text: str | None, finish: str | None, *, role: bool = False) -> bytes:
     if kind == "chat":
-        choice = {"index": 0, "delta": {"content": text} if text is not None else {}, "finish_reason": finish}
+        delta = {"role": "assistant", "content": ""} if role else {"content": text} if text is not None else {}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish}
@@ -96,7 +97,7 @@ class MockUpstream:
         if behaviour == "fail-500":
             await _send_json(send, 500, {"error": {"message": "mock internal failure", "type": "server_error"}})
         elif behaviour == "fail-429":
-            await _send_json(send, 429, {"error": {"message": "slow down", "type": "rate_limit_error"}})
+            await _send_json(send, 429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, [(b"retry-after", b"2")])
         elif behaviour == "reject-400":
             await _send_json(send, 400, {"error": {"message": "prompt is over the context window", "type": "invalid_request_error"}})
         elif behaviour == "garbage":
@@ -119,6 +120,8 @@ class MockUpstream:
 
     async def _stream(self, send: Any, kind: str, model: str, *, cut: bool, stall: bool, usage: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        if kind == "chat":  # OpenAI's first chunk announces the role
+            await send({"type": "http.response.body", "body": _chunk(kind, model, None, None, role=True), "more_body": True})
         for i in range(2 if cut or stall else self.num_chunks):
             if i and self.chunk_interval_s:
                 await asyncio.sleep(self.chunk_interval_s)

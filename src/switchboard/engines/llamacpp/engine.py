@@ -119,7 +119,7 @@ class LlamaCppEngine:
         )
         self._client = OpenAIUpstreamEngine(
             self.expert_id, f"http://127.0.0.1:{self.port}/v1", self.expert_id,
-            read_timeout_s=self.read_timeout_s, max_connections=64,
+            read_timeout_s=self.read_timeout_s, max_connections=64, passthrough=False,
         )
         await self._client.start()
 

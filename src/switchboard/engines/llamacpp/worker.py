@@ -38,6 +38,17 @@ def _announce(event: dict[str, Any]) -> None:
 _SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
 
 
+def _response_format(asked: Any) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as llama-cpp-python takes it: json_object (with the json_schema's schema, if
+    one) becomes a grammar that only admits such JSON. None for text or nothing."""
+    if not isinstance(asked, dict) or asked.get("type") not in ("json_object", "json_schema"):
+        return None
+    if asked["type"] == "json_schema":
+        schema = (asked.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    return {"type": "json_object"}
+
+
 def default_num_threads() -> int:
     """llama.cpp threads when the config gives none: half the cores, at least 1 (llama-cpp-python's own default).
     Not all of them: llama.cpp's threads meet at a barrier every layer, so one thread preempted by the gateway,
@@ -61,6 +72,27 @@ def _num_cached_prompt_tokens(previous_context: list[int], prompt: list[int]) ->
     return num_common
 
 
+def _counting(llama_class: Any) -> Any:
+    """`llama_cpp.Llama` that remembers, for its latest generation, the prompt tokens it evaluated and how many
+    tokens it generated, counted as llama.cpp's own `usage` counts them (every token its sampler yielded but an
+    end-of-generation one: `_create_completion` appends each such token before it checks for stops)."""
+    import llama_cpp
+
+    class CountingLlama(llama_class):
+        last_prompt_tokens: list[int] = []
+        num_completion_tokens = 0
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+            self.last_prompt_tokens = list(tokens)
+            self.num_completion_tokens = 0
+            for token in super().generate(tokens, *args, **kwargs):
+                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                    self.num_completion_tokens += 1
+                yield token
+
+    return CountingLlama
+
+
 class _Generator:
     """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio."""
 
@@ -73,6 +105,13 @@ class _Generator:
         kwargs["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         if isinstance(kwargs.get("stop"), str):
             kwargs["stop"] = [kwargs["stop"]]
+        if body.get("repetition_penalty") is not None:
+            kwargs["repeat_penalty"] = body["repetition_penalty"]
+        if body.get("logit_bias"):
+            kwargs["logit_bias"] = body["logit_bias"]
+        response_format = _response_format(body.get("response_format"))
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
@@ -84,7 +123,6 @@ class _Generator:
             else:
                 prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
-            num_completion = 0
             finish = None
             for chunk in chunks:
                 if cancelled.is_set():
@@ -94,15 +132,15 @@ class _Generator:
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
                 if text:
-                    num_completion += 1
                     emit(("text", text))
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
-            # llama.cpp's stream carries no usage; the context holds prompt + evaluated completion tokens.
-            num_prompt = max(0, self.llm.n_tokens - max(0, num_completion - 1))
-            num_cached = _num_cached_prompt_tokens(previous_context, self.llm._input_ids[:num_prompt].tolist())
-            emit(("finish", {"reason": finish or "stop", "prompt_tokens": num_prompt,
-                             "completion_tokens": num_completion, "cached_tokens": num_cached}))
+            # llama.cpp's stream carries no usage: its counts, as its whole answers give them, from the tokens
+            # its generate() was given and yielded (see _counting).
+            prompt = self.llm.last_prompt_tokens
+            num_cached = _num_cached_prompt_tokens(previous_context, prompt)
+            emit(("finish", {"reason": finish or "stop", "prompt_tokens": len(prompt),
+                             "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached}))
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
             emit(("rejected", str(exc)))
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
@@ -259,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     t_load = time.perf_counter()
-    llm = llama_cpp.Llama(
+    llm = _counting(llama_cpp.Llama)(
         model_path=args.model, n_ctx=args.n_ctx, n_threads=args.threads or default_num_threads(),
         n_batch=args.n_batch, seed=args.seed, verbose=False,
     )

@@ -1,0 +1,62 @@
+"""What online learning adds to a routing decision: `Router.route` with and without a tenant's corrections.
+
+    .venv/bin/python benchmarks/online_latency.py [--events 0,512,1024,2048] [--rounds 3] [--decisions 300]
+
+A 200-token prompt through the packaged router (embedding included), alternating in the same process between
+the router alone (the baseline) and the router with `OnlineLearner` corrections from a tenant holding N
+feedback events (random ones near the prompt, spread over the 9 experts: every event is a candidate neighbour,
+the worst case). Reports p50/p99 per round and the added p50; rounds alternate so load drifts hit both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from switchboard.config.schema import OnlineLearningConfig
+from switchboard.online import OnlineLearner
+from switchboard.router import load_default_router
+from switchboard.router.selection import RoutingConstraints
+
+WORDS = "the of a to in is you that it he was for on are as with his they at be this from have or by one had not".split()
+
+
+def percentiles_ms(fn, num: int) -> tuple[float, float]:
+    times = []
+    for _ in range(num):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", default="0,512,1024,2048")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decisions", type=int, default=300)
+    args = parser.parse_args()
+    router = load_default_router()
+    rng = np.random.default_rng(0)
+    prompt = " ".join(rng.choice(WORDS, 200))
+    x = router.features([prompt])[0]
+    learners = {}
+    for num_events in [int(n) for n in args.events.split(",")]:
+        learner = OnlineLearner(router, OnlineLearningConfig(max_events_per_tenant=max(num_events, 1)), np.random.default_rng(1))
+        for k in range(num_events):
+            learner.add_event("t", x + rng.normal(0, 0.05, x.shape), k % len(router.experts), 0.5, float(k % 2))
+        learners[num_events] = learner
+    print("| round | events | p50 ms (router alone) | p50 ms (with corrections) | added p50 ms | p99 ms (alone / with) |")
+    print("|---|---|---|---|---|---|")
+    constraints = RoutingConstraints()
+    for r in range(args.rounds):
+        for num_events, learner in learners.items():
+            base = percentiles_ms(lambda: router.route(prompt, constraints), args.decisions)
+            online = percentiles_ms(lambda: router.route(prompt, constraints, adjust=learner.adjuster("t")), args.decisions)
+            print(f"| {r} | {num_events} | {base[0]:.2f} | {online[0]:.2f} | {online[0] - base[0]:+.2f} | {base[1]:.1f} / {online[1]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The math of learning from feedback: a local Bayesian recalibration of the router's predicted quality.
+
+The router predicts p_j(x), expert j's expected score on prompt x. A tenant's feedback events (x_i, j_i, s_i)
+say how good that prediction was where the tenant's traffic is. Near a new prompt x, expert j's score is
+modelled as linear in the router's prediction,
+
+    s ≈ a + b · (p_j(x_i) − p_j(x)),      so that the corrected quality at x itself is a,
+
+fitted by Bayesian weighted least squares on the `num_neighbors` events of j most similar to x (cosine
+similarity ≥ `min_similarity`; an event's weight grows linearly from 0 there to 1 at an identical prompt),
+with the prior "the router is right": a ~ N(p_j(x), noise_var / prior_events), b ~ N(1, slope_prior_var).
+With b held at 1 (slope_prior_var 0) this is an offset: the kernel-weighted mean residual s − p, shrunk toward
+0. Letting b move lets the feedback also say how much the router's *per-prompt* differences are worth there:
+on a task the router never saw they are mostly noise (b → 0, the local mean score of j wins), on familiar
+traffic they hold (b ≈ 1). The posterior's uncertainty in a falls as evidence accumulates; an expert never
+tried near x keeps the router's prediction and the prior's uncertainty, which is what Thompson sampling
+explores (Chapelle & Li 2011; the bandit view of routing is RouterBench's, and RouteLLM learns routers from
+the same kind of preference feedback).
+
+Everything here is a pure function of arrays; `switchboard.online.learner` owns the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from switchboard.config.schema import OnlineLearningConfig
+
+
+@dataclass(frozen=True)
+class Events:
+    """A snapshot of a tenant's feedback events: unit-norm contexts (n, d), expert index (n,), the router's
+    predicted quality of that expert at that prompt (n,), and the feedback score (n,)."""
+
+    contexts: np.ndarray
+    experts: np.ndarray
+    predicted: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """Posterior of the corrected quality minus the router's, per expert asked for: mean, standard deviation,
+    and evidence (the sum of the weights of the events used)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    evidence: np.ndarray
+
+
+def unit(context: np.ndarray) -> np.ndarray:
+    """The context scaled to unit L2 norm (an all-zero vector stays zero), as float32."""
+    c = np.asarray(context, np.float32).reshape(-1)
+    norm = float(np.linalg.norm(c))
+    return c / norm if norm > 0 else c
+
+
+def correction(events: Events, context: np.ndarray, experts: np.ndarray, predicted: np.ndarray,
+               settings: OnlineLearningConfig) -> Correction:
+    """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
+    whose router predictions there are `predicted`. With no events near it, an expert's correction is the
+    prior's: mean 0, std sqrt(noise_var / prior_events)."""
+    experts = np.asarray(experts, np.int64)
+    num = len(experts)
+    prior_std = np.sqrt(settings.noise_var / settings.prior_events)
+    none = Correction(np.zeros(num), np.full(num, prior_std), np.zeros(num))
+    if not len(events) or not num:
+        return none
+    # einsum, not `@`: a BLAS matrix-vector product spreads over threads that, on cores shared with the
+    # gateway and other jobs, wait on each other — 6–30 ms for 4096 events against einsum's steady ~0.8 ms.
+    similarity = np.einsum("ij,j->i", events.contexts, context)
+    column = np.full(max(int(events.experts.max()), int(experts.max())) + 1, -1)  # expert index → its column
+    column[experts] = np.arange(num)
+    near = np.nonzero((similarity >= settings.min_similarity) & (column[events.experts] >= 0))[0]
+    if not len(near):
+        return none
+    # The `num_neighbors` most similar events of each expert: sort by (column, similarity descending) and
+    # keep each column's first k. Vectorised: a per-expert loop cost milliseconds per decision.
+    sims, cols = similarity[near], column[events.experts[near]]
+    order = np.lexsort((-sims, cols))
+    ranks = np.arange(len(order)) - np.searchsorted(cols[order], cols[order], side="left")
+    kept = order[ranks < settings.num_neighbors]
+    rows, cols = near[kept], cols[kept]
+    w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
+    here = np.asarray(predicted, np.float64)[cols]
+    dx = events.predicted[rows] - here  # the prediction's difference from here
+    target = events.scores[rows] - here - dx  # what is left for (a − p) + (b − 1)·dx
+    sums = [np.bincount(cols, v, minlength=num) for v in (w, w * dx, w * dx * dx, w * target, w * target * dx)]
+    sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx = sums
+    # Normal equations of θ = (a − p, b − 1), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),
+    # in units of one full-weight event: A θ = r, posterior covariance noise_var · A⁻¹ (2×2, solved in closed form).
+    a11 = settings.prior_events + sum_w
+    if settings.slope_prior_var == 0:  # b fixed at 1: an offset
+        return Correction(sum_wt / a11, np.sqrt(settings.noise_var / a11), sum_w)
+    a12, a22 = sum_wx, settings.noise_var / settings.slope_prior_var + sum_wxx
+    det = a11 * a22 - a12 * a12
+    return Correction((a22 * sum_wt - a12 * sum_wtx) / det, np.sqrt(settings.noise_var * a22 / det), sum_w)
+
+
+@dataclass(frozen=True)
+class ExplorationBudget:
+    """How many of a tenant's routing decisions were made, and how many of them sampled the posterior."""
+
+    num_decisions: int = 0
+    num_sampled: int = 0
+
+    def allows_sample(self, explore_fraction: float) -> bool:
+        """Sampling keeps `num_sampled ≤ explore_fraction × num_decisions` after this decision, rounded down
+        — a hard bound at every moment, not an average that a burst could overshoot."""
+        return self.num_sampled + 1 <= explore_fraction * (self.num_decisions + 1)
+
+    def after(self, sampled: bool) -> "ExplorationBudget":
+        return ExplorationBudget(self.num_decisions + 1, self.num_sampled + int(sampled))

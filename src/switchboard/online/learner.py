@@ -1,0 +1,214 @@
+"""`OnlineLearner`: each tenant's feedback events, and the per-request quality correction built from them.
+
+The learner is the stateful side of `switchboard.online.correction`: it keeps a bounded memory of feedback
+events per tenant (never shared between tenants: one tenant's scores cannot move another's routing), turns a
+feedback into an event with the router's own features and prediction, and hands `Router.route` an `adjust`
+callable for one decision. It is thread-safe: the gateway routes in worker threads while feedback arrives on
+the event loop.
+
+Nothing is persisted here: the request log already holds every scored request (prompt, expert, key) and its
+score, so `restore` rebuilds the memories from it at start — against the router being served, which keeps the
+corrections right even when the router directory was retrained in between.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from switchboard.config.schema import OnlineLearningConfig
+from switchboard.online.correction import Events, ExplorationBudget, correction, unit
+
+ANONYMOUS = ""
+"""The tenant of every request when auth is off."""
+
+
+class LearnOutcome(str, enum.Enum):
+    LEARNED = "learned"
+    UNKNOWN_EXPERT = "unknown_expert"  # the request's expert is not one the router predicts
+    NO_PROMPT = "no_prompt"  # the log kept no prompt for it (storage.store_prompts: false)
+    DISABLED = "disabled"  # router.online.enabled is false
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """A logged, scored request, as `restore` reads it from the request log."""
+
+    tenant: str
+    prompt: str | None
+    expert: str
+    score: float
+
+
+class TenantMemory:
+    """One tenant's last `max_events` events (a ring buffer grown on demand) and its exploration budget."""
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self.contexts = np.zeros((0, 0), np.float32)
+        self.experts = np.zeros(0, np.int16)
+        self.predicted = np.zeros(0, np.float32)
+        self.scores = np.zeros(0, np.float32)
+        self.num_events = 0  # ever added; the buffer holds the last min(num_events, max_events)
+        self.budget = ExplorationBudget()
+
+    def add(self, context: np.ndarray, expert: int, predicted: float, score: float) -> None:
+        size = min(self.num_events, self.max_events)
+        if size == len(self.scores) and size < self.max_events:
+            self._grow(len(context), min(self.max_events, max(16, 2 * size)))
+        slot = self.num_events % self.max_events
+        self.contexts[slot], self.experts[slot] = context, expert
+        self.predicted[slot], self.scores[slot] = predicted, score
+        self.num_events += 1
+
+    def _grow(self, dims: int, capacity: int) -> None:
+        contexts = np.zeros((capacity, dims), np.float32)
+        if len(self.contexts):
+            contexts[: len(self.contexts)] = self.contexts
+        self.contexts = contexts
+        grow = capacity - len(self.scores)
+        self.experts = np.concatenate([self.experts, np.zeros(grow, np.int16)])
+        self.predicted = np.concatenate([self.predicted, np.zeros(grow, np.float32)])
+        self.scores = np.concatenate([self.scores, np.zeros(grow, np.float32)])
+
+    def events(self) -> Events:
+        """A view of the events held (valid until the next `add`)."""
+        size = min(self.num_events, self.max_events)
+        return Events(self.contexts[:size], self.experts[:size], self.predicted[:size], self.scores[:size])
+
+
+class Adjustment:
+    """One routing decision's correction (`Router.route(adjust=...)`); afterwards says what it did."""
+
+    def __init__(self, learner: "OnlineLearner", tenant: str) -> None:
+        self.learner = learner
+        self.tenant = tenant
+        self.is_sampled = False
+        self.num_events = 0
+        self.evidence: dict[str, float] = {}
+
+    def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
+        return self.learner.adjust(self, features, names, quality)
+
+    def info(self) -> dict[str, object]:
+        """For the `x-switchboard-route` header: the tenant's event count, whether this decision explored."""
+        return {"feedback_events": self.num_events, "explored": self.is_sampled}
+
+
+class OnlineLearner:
+    """Per-tenant corrections of `router`'s predicted quality. `rng` drives Thompson sampling (seed it)."""
+
+    def __init__(self, router, settings: OnlineLearningConfig, rng: np.random.Generator) -> None:
+        self.router = router  # switchboard.router.Router: features(), predict_quality_from_features(), experts
+        self.settings = settings
+        self.rng = rng
+        self.expert_index = {e: j for j, e in enumerate(router.experts)}
+        self._tenants: OrderedDict[str, TenantMemory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- routing
+
+    def adjuster(self, tenant: str) -> Adjustment | None:
+        """The `adjust` for one decision of `tenant`, or None when there is nothing to apply (learning off,
+        or the tenant never gave feedback: no feedback, no exploration either)."""
+        if not self.settings.enabled:
+            return None
+        with self._lock:
+            memory = self._tenants.get(tenant)
+            if memory is None or memory.num_events == 0:
+                return None
+        return Adjustment(self, tenant)
+
+    def adjust(self, adjustment: Adjustment, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
+        """`quality` (for experts `names`) corrected by the tenant's posterior: its mean, or a Thompson sample
+        when the tenant's exploration budget allows one."""
+        context = unit(features)
+        columns = np.asarray([self.expert_index[n] for n in names])
+        with self._lock:
+            memory = self._tenants.get(adjustment.tenant)
+            if memory is None:
+                return np.asarray(quality, np.float64)
+            self._tenants.move_to_end(adjustment.tenant)
+            corr = correction(memory.events(), context, columns, np.asarray(quality, np.float64), self.settings)
+            is_sampled = memory.budget.allows_sample(self.settings.explore_fraction)
+            memory.budget = memory.budget.after(is_sampled)
+            adjustment.num_events = memory.num_events
+            noise = self.rng.standard_normal(len(columns)) if is_sampled else None
+        adjustment.is_sampled = is_sampled
+        adjustment.evidence = {n: round(float(e), 2) for n, e in zip(names, corr.evidence)}
+        delta = corr.mean if noise is None else corr.mean + corr.std * noise
+        return np.clip(np.asarray(quality, np.float64) + delta, 0.0, 1.0)
+
+    # ---- learning
+
+    def learn(self, tenant: str, prompt: str | None, expert: str, score: float) -> LearnOutcome:
+        """Adds one scored answer to `tenant`'s events. Blocks for one embedding (run it off the event loop)."""
+        outcome = self._check(prompt, expert)
+        if outcome is not LearnOutcome.LEARNED:
+            return outcome
+        features = self.router.features([prompt])
+        predicted = self.router.predict_quality_from_features(features)[0, self.expert_index[expert]]
+        self.add_event(tenant, features[0], self.expert_index[expert], float(predicted), float(score))
+        return outcome
+
+    def restore(self, events: Iterable[FeedbackEvent], batch_size: int = 256) -> int:
+        """Replays logged feedback, oldest first (as `learn` would have); returns the number learned."""
+        usable = [e for e in events if self._check(e.prompt, e.expert) is LearnOutcome.LEARNED]
+        for start in range(0, len(usable), batch_size):
+            batch = usable[start : start + batch_size]
+            features = self.router.features([e.prompt for e in batch])
+            predicted = self.router.predict_quality_from_features(features)
+            for i, e in enumerate(batch):
+                j = self.expert_index[e.expert]
+                self.add_event(e.tenant, features[i], j, float(predicted[i, j]), e.score)
+        return len(usable)
+
+    def add_event(self, tenant: str, features: np.ndarray, expert: int, predicted: float, score: float) -> None:
+        """One scored answer: the router's feature row of the prompt, the expert's index among the router's
+        experts, the router's predicted quality of it there, and the score."""
+        with self._lock:
+            memory = self._tenants.get(tenant)
+            if memory is None:
+                memory = self._tenants[tenant] = TenantMemory(self.settings.max_events_per_tenant)
+                while len(self._tenants) > self.settings.max_tenants:
+                    self._tenants.popitem(last=False)
+            self._tenants.move_to_end(tenant)
+            memory.add(unit(features), expert, predicted, score)
+
+    def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
+        if not self.settings.enabled:
+            return LearnOutcome.DISABLED
+        if expert not in self.expert_index:
+            return LearnOutcome.UNKNOWN_EXPERT
+        if prompt is None:
+            return LearnOutcome.NO_PROMPT
+        return LearnOutcome.LEARNED
+
+    # ---- inspection
+
+    def posterior_mean(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> np.ndarray:
+        """The tenant's corrected quality at one prompt (`quality`: the router's, for all its experts), from
+        the posterior mean, spending no exploration budget (for evaluation and inspection)."""
+        quality = np.asarray(quality, np.float64)
+        with self._lock:
+            memory = self._tenants.get(tenant)
+            if memory is None:
+                return quality.copy()
+            columns = np.arange(len(self.expert_index))
+            corr = correction(memory.events(), unit(features), columns, quality, self.settings)
+        return np.clip(quality + corr.mean, 0.0, 1.0)
+
+    def num_events(self, tenant: str) -> int:
+        with self._lock:
+            memory = self._tenants.get(tenant)
+            return 0 if memory is None else memory.num_events
+
+    def budget(self, tenant: str) -> ExplorationBudget:
+        with self._lock:
+            memory = self._tenants.get(tenant)
+            return ExplorationBudget() if memory is None else memory.budget

@@ -1,0 +1,72 @@
+"""The conformance suite's servers (a recording upstream, the gateway in front of it, the same with API keys
+on) and the official Node client, installed with `npm ci` from the pinned package-lock.json when missing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.storage import database
+from switchboard.tenants.keys import KeyLimits
+from switchboard.tenants.store import create_key
+from switchboard.testing.canned_upstream import RecordingUpstream
+from switchboard.testing.servers import serve_in_thread
+
+from .cases import EMBEDDING_EXPERT, EXPERT, UPSTREAM_EMBEDDING_MODEL, UPSTREAM_MODEL
+
+NODE_DIR = Path(__file__).parent / "node"
+ADMIN_KEY = "admin-" + "c" * 40
+
+
+def gateway_config(upstream_url: str, extra: str = "") -> str:
+    return f"""
+experts:
+  - id: {EXPERT}
+    backend: {{kind: openai, base_url: "{upstream_url}", model: {UPSTREAM_MODEL}}}
+embedding_experts:
+  - id: {EMBEDDING_EXPERT}
+    backend: {{kind: openai, base_url: "{upstream_url}", model: {UPSTREAM_EMBEDDING_MODEL}}}
+{extra}"""
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The `node` binary, with the pinned openai package installed beside run.mjs."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("node and npm are needed for the Node client's conformance tests (Debian's nodejs and npm, or the machine image's)")
+    if not (NODE_DIR / "node_modules" / "openai" / "package.json").is_file():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=600)
+    return node
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    recording = RecordingUpstream()
+    with serve_in_thread(recording) as url:
+        yield recording, url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream):
+    _, url = upstream
+    with serve_in_thread(build_app(parse_config(gateway_config(url, "storage: {enabled: false}")))) as base:
+        yield base
+
+
+@pytest.fixture(scope="session")
+def keyed_gateway(upstream, tmp_path_factory):
+    _, url = upstream
+    db = f"sqlite:///{tmp_path_factory.mktemp('conformance') / 'keys.db'}"
+    engine = database.open_engine(db)
+    database.migrate(engine)
+    create_key(engine, "conformance", "acme", KeyLimits())
+    engine.dispose()
+    config = parse_config(gateway_config(url, f'storage: {{url: "{db}"}}\nauth: {{enabled: true}}'))
+    with serve_in_thread(build_app(config, environ={"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY})) as base:
+        yield base

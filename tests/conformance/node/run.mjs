@@ -1,0 +1,34 @@
+// Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
+// {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
+// {baseURL, apiKey, maxRetries, endpoint: "chat" | "embeddings", params}. Driven by tests/conformance/test_clients.py.
+import OpenAI from "openai";
+
+const spec = JSON.parse(process.argv[2]);
+const sent = [];
+const client = new OpenAI({
+  baseURL: spec.baseURL,
+  apiKey: spec.apiKey,
+  maxRetries: spec.maxRetries,
+  timeout: 60_000,
+  // Records each request body exactly as the client put it on the wire.
+  fetch: async (url, init) => {
+    sent.push(JSON.parse(init.body));
+    return fetch(url, init);
+  },
+});
+
+const out = { sent };
+try {
+  if (spec.endpoint === "chat" && spec.params.stream) {
+    out.chunks = [];
+    for await (const chunk of await client.chat.completions.create(spec.params)) out.chunks.push(chunk);
+  } else if (spec.endpoint === "chat") {
+    out.body = await client.chat.completions.create(spec.params);
+  } else {
+    out.body = await client.embeddings.create(spec.params);
+  }
+} catch (err) {
+  if (!(err instanceof OpenAI.APIError)) throw err;
+  out.error = { class: err.constructor.name, status: err.status ?? null, retry_after: err.headers?.get("retry-after") ?? null };
+}
+process.stdout.write(JSON.stringify(out) + "\n");
