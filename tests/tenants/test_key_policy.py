@@ -2,8 +2,8 @@
 client: merged with the request's own routing constraints, checked for named models, and each of degrade,
 queue and reject when no expert meets them (statically) or the one that does is not warm (dynamically).
 
-Predicted qualities of the packaged router for PROMPT: llama-3.1-8b 0.55 (0.2 USD/Mtok), nemotron-51b 0.53
-(0.9), gemma-2-9b 0.44 (0.1); local-small is unknown to the router (quality unknown, free).
+Predicted qualities of the packaged router for PROMPT: llama-3.1-8b 0.521 (0.2 USD/Mtok), nemotron-51b 0.515
+(0.9), gemma-2-9b 0.46 (0.1); local-small is unknown to the router (quality unknown, free).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def test_named_models_are_checked_and_unknown_quality_is_said(tmp_path, router):
         assert raw.headers["x-switchboard-key-policy"].startswith("degraded; violated=usd_per_mtok_ceiling")
         assert "x-switchboard-key-policy" not in ask(base, keys["ceiling"], model="gemma-2-9b-it").headers
         with pytest.raises(openai.PermissionDeniedError) as err:
-            ask(base, keys["floor"], model="gemma-2-9b-it")  # predicted 0.44 for this prompt
+            ask(base, keys["floor"], model="gemma-2-9b-it")  # predicted 0.46 for this prompt
         assert err.value.code == "key_quality_floor"
         assert "x-switchboard-key-policy" not in ask(base, keys["floor"], model="llama-3.1-8b-instruct").headers
         raw = ask(base, keys["floor"], model="local-small")  # the router does not know it: served, quality unknown
@@ -138,12 +138,12 @@ def test_named_models_are_checked_and_unknown_quality_is_said(tmp_path, router):
 
 def test_when_the_compliant_expert_is_cold_degrade_serves_now_reject_says_retry_and_queue_waits(tmp_path, router):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    limits = dict(quality_floor=0.54)  # only llama-3.1-8b (0.55) meets it, and it starts cold
+    limits = dict(quality_floor=0.518)  # only llama-3.1-8b (0.521) meets it, and it starts cold
     keys = make_keys(url, **{p.value: KeyLimits(**limits, on_violation=p) for p in OnViolation})
     # One gateway per policy: the first request wakes the cold expert (fleet-aware routing hides cold starts).
     with serve(url, router, eight_b_warm=False) as base:
         raw = ask(base, keys["degrade"])
-        assert raw.headers["x-switchboard-expert"] == "llama-3.1-nemotron-51b-instruct"  # warm, 0.53: closest to 0.54
+        assert raw.headers["x-switchboard-expert"] == "llama-3.1-nemotron-51b-instruct"  # warm, 0.515: closest to 0.518
         assert raw.headers["x-switchboard-key-policy"].startswith("degraded; violated=quality_floor")
     with serve(url, router, eight_b_warm=False) as base:
         with pytest.raises(openai.InternalServerError) as err:

@@ -26,7 +26,7 @@ class EnsembleModel(QualityModel):
 
     @classmethod
     def fit(cls, x, y, rng, knn_share: float = 0.5, num_neighbours: int = 100, prior_weight: float = 4.0,
-            temperature: float = 0.0, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4) -> "EnsembleModel":
+            temperature: float = 0.05, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4) -> "EnsembleModel":
         knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature)
         mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay)
         return cls(knn, mlp, knn_share)
