@@ -31,14 +31,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, StreamEvent
-from switchboard.engines.local_server import HttpCall, WakeTiming, call_server
+from switchboard.engines.base import EngineUnavailable
+from switchboard.engines.local_server import HttpCall, LocalServerEngine, WakeTiming
 from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
 
 __all__ = ["HttpCall", "ProcessColdStart", "ProcessEngine", "WakeTiming", "fill_template", "free_loopback_port"]
@@ -83,7 +83,7 @@ def _die_with_parent() -> None:
         pass
 
 
-class ProcessEngine:
+class ProcessEngine(LocalServerEngine):
     """One OpenAI-compatible server process. start() and stop() are idempotent; concurrent start() calls share
     one spawn. Safe for concurrent use from one event loop."""
 
@@ -105,7 +105,7 @@ class ProcessEngine:
         sleep_call: HttpCall | None = None,
         wake_call: HttpCall | None = None,
     ) -> None:
-        self.expert_id = expert_id
+        super().__init__(expert_id)
         self.command = list(command)
         self.model = model or expert_id
         self.model_path = model_path or ""
@@ -119,14 +119,8 @@ class ProcessEngine:
         self.read_timeout_s = read_timeout_s
         self.sleep_call = sleep_call
         self.wake_call = wake_call
-        self.process: asyncio.subprocess.Process | None = None
-        self.port: int | None = None
         self.log_path: Path | None = None
         self.last_cold_start: ProcessColdStart | None = None
-        self.last_wake: WakeTiming | None = None
-        self.is_asleep = False
-        self._client: OpenAIUpstreamEngine | None = None
-        self._starting: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, expert_id: str, backend: Any, devices: Sequence[int] = ()) -> "ProcessEngine":
@@ -140,19 +134,8 @@ class ProcessEngine:
         )
 
     @property
-    def can_sleep(self) -> bool:
-        return self.sleep_call is not None and self.wake_call is not None
-
-    @property
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.returncode is None and self._client is not None
-
-    async def start(self) -> None:
-        if self.is_running:
-            return
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.ensure_future(self._spawn())
-        await asyncio.shield(self._starting)
+    def _control_timeout_s(self) -> float:
+        return self.read_timeout_s
 
     def _argv_and_env(self, port: int) -> tuple[list[str], dict[str, str]]:
         devices = ",".join(str(d) for d in self.devices)
@@ -193,7 +176,7 @@ class ProcessEngine:
         try:
             await self._wait_ready(process, port, t0)
         except BaseException:
-            await self._terminate(process)
+            await self._end_process(process)
             self.process = None
             raise
         self.last_cold_start = ProcessColdStart(spawn_s=spawn_s, ready_s=time.perf_counter() - t0)
@@ -232,15 +215,7 @@ class ProcessEngine:
             lines = collections.deque(f, maxlen=num_lines)
         return b"".join(lines).decode("utf-8", "replace")
 
-    async def stop(self) -> None:
-        client, process = self._client, self.process
-        self._client, self.process, self.port = None, None, None
-        if client is not None:
-            await client.stop()
-        if process is not None:
-            await self._terminate(process)
-
-    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+    async def _end_process(self, process: asyncio.subprocess.Process) -> None:
         """SIGTERM to the server's process group, `stop_timeout_s` to exit, then SIGKILL."""
         if process.returncode is not None:
             return
@@ -255,35 +230,3 @@ class ProcessEngine:
             except asyncio.TimeoutError:
                 continue
         await process.wait()
-
-    async def _call(self, call: HttpCall) -> float:
-        return await call_server(self.expert_id, self.port if self.is_running else None, call, self.read_timeout_s)
-
-    async def sleep(self) -> None:
-        """Puts the server to sleep with its own call (the process stays). Raises EngineError if it cannot."""
-        if self.sleep_call is None:
-            raise EngineError(self.expert_id, "this backend declares no sleep call", status=501, code="sleep_unsupported")
-        if not self.is_asleep:
-            self.last_wake = WakeTiming("sleep", await self._call(self.sleep_call))
-            self.is_asleep = True
-
-    async def wake(self) -> None:
-        """Wakes a sleeping server with its own call; returns when it can serve."""
-        if self.wake_call is None:
-            raise EngineError(self.expert_id, "this backend declares no wake call", status=501, code="sleep_unsupported")
-        if self.is_asleep:
-            self.last_wake = WakeTiming("wake", await self._call(self.wake_call))
-            self.is_asleep = False
-
-    def _require_client(self) -> OpenAIUpstreamEngine:
-        if not self.is_running:
-            raise EngineUnavailable(self.expert_id, "the server process is not running")
-        assert self._client is not None
-        return self._client
-
-    async def complete(self, request: GenerationRequest) -> Completion:
-        return await self._require_client().complete(request)
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async for event in self._require_client().stream(request):
-            yield event

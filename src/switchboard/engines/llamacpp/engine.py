@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from switchboard.engines.base import Completion, EngineUnavailable, GenerationRequest, StreamEvent
+from switchboard.engines.base import EngineUnavailable
 from switchboard.engines.llamacpp.paths import default_model_path
 from switchboard.engines.llamacpp.pool import StandbyPool, hand_over, read_event, spawn_worker
-from switchboard.engines.local_server import HttpCall, WakeTiming, call_server
+from switchboard.engines.local_server import HttpCall, LocalServerEngine
 from switchboard.engines.openai_upstream import OpenAIUpstreamEngine
 
 __all__ = ["ColdStartAnatomy", "LlamaCppEngine", "default_model_path"]
@@ -33,8 +32,15 @@ class ColdStartAnatomy:
     adopted: bool = False  # a pre-started standby worker was adopted (no spawn on the request's path)
 
 
-class LlamaCppEngine:
-    """One llama.cpp worker process. start() and stop() are idempotent; concurrent start() calls share one spawn."""
+class LlamaCppEngine(LocalServerEngine):
+    """One llama.cpp worker process. start() and stop() are idempotent; concurrent start() calls share one spawn.
+
+    Sleep frees the model inside the worker; the process, its imports and its server stay (level-1 sleep). Wake
+    loads the model again in the same worker (from the page cache) and warms it up."""
+
+    not_running_message = "the llama.cpp worker process is not running"
+    sleep_call = HttpCall("POST", "/sleep")
+    wake_call = HttpCall("POST", "/wake_up")
 
     def __init__(
         self,
@@ -50,7 +56,7 @@ class LlamaCppEngine:
         read_timeout_s: float = 300.0,
         pool: StandbyPool | None = None,
     ) -> None:
-        self.expert_id = expert_id
+        super().__init__(expert_id)
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -59,14 +65,8 @@ class LlamaCppEngine:
         self.seed = seed
         self.start_timeout_s = start_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.process: asyncio.subprocess.Process | None = None
-        self.port: int | None = None
         self.pool = pool
         self.last_cold_start: ColdStartAnatomy | None = None
-        self.last_wake: WakeTiming | None = None
-        self.is_asleep = False
-        self._client: OpenAIUpstreamEngine | None = None
-        self._starting: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, expert_id: str, context_tokens: int, backend, pool: StandbyPool | None = None) -> "LlamaCppEngine":
@@ -82,18 +82,9 @@ class LlamaCppEngine:
             pool=pool,
         )
 
-    can_sleep = True
-
     @property
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.returncode is None and self._client is not None
-
-    async def start(self) -> None:
-        if self.is_running:
-            return
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.ensure_future(self._spawn())
-        await asyncio.shield(self._starting)
+    def _control_timeout_s(self) -> float:
+        return self.start_timeout_s  # a wake loads the model: as long as a start may take
 
     async def _spawn(self) -> None:
         if self.process is not None or self._client is not None:
@@ -121,7 +112,7 @@ class LlamaCppEngine:
             spawn_s = time.perf_counter() - t0
             ready = await self._read_event(process, "ready", t0)
         except BaseException:
-            await self._kill(process)
+            await self._end_process(process)
             self.process = None
             raise
         self.port = int(ready["port"])
@@ -145,16 +136,8 @@ class LlamaCppEngine:
         code = await process.wait()
         raise EngineUnavailable(self.expert_id, f"llama.cpp worker exited with code {code} before it was {name}")
 
-    async def stop(self) -> None:
-        client, process = self._client, self.process
-        self._client, self.process, self.port = None, None, None
-        if client is not None:
-            await client.stop()
-        if process is not None:
-            await self._kill(process)
-
     @staticmethod
-    async def _kill(process: asyncio.subprocess.Process) -> None:
+    async def _end_process(process: asyncio.subprocess.Process) -> None:
         if process.returncode is not None:
             return
         process.terminate()
@@ -163,33 +146,3 @@ class LlamaCppEngine:
         except asyncio.TimeoutError:
             process.kill()
             await process.wait()
-
-    async def _call(self, path: str) -> float:
-        # A wake loads the model: as long as a start may take.
-        port = self.port if self.is_running else None
-        return await call_server(self.expert_id, port, HttpCall("POST", path), self.start_timeout_s)
-
-    async def sleep(self) -> None:
-        """Frees the model inside the worker; the process, its imports and its server stay (level-1 sleep)."""
-        if not self.is_asleep:
-            self.last_wake = WakeTiming("sleep", await self._call("/sleep"))
-            self.is_asleep = True
-
-    async def wake(self) -> None:
-        """Loads the model again in the same worker (from the page cache) and warms it up."""
-        if self.is_asleep:
-            self.last_wake = WakeTiming("wake", await self._call("/wake_up"))
-            self.is_asleep = False
-
-    def _require_client(self) -> OpenAIUpstreamEngine:
-        if not self.is_running:
-            raise EngineUnavailable(self.expert_id, "the llama.cpp worker process is not running")
-        assert self._client is not None
-        return self._client
-
-    async def complete(self, request: GenerationRequest) -> Completion:
-        return await self._require_client().complete(request)
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async for event in self._require_client().stream(request):
-            yield event
