@@ -23,6 +23,7 @@ from switchboard.engines.base import (
     EngineTimeout,
     EngineUnavailable,
 )
+from switchboard.engines.openai_upstream import upstream_message
 
 CHARS_PER_TOKEN = 4
 """For admission against per-key token limits before the upstream has counted; its `usage` settles the meter."""
@@ -89,7 +90,8 @@ class OpenAIEmbeddingEngine:
         return EmbeddingAnswer(answer, num_prompt)
 
     def _error_for(self, response: httpx.Response) -> EngineError:
-        status, message = response.status_code, _upstream_message(response.content) or response.reason_phrase
+        message = upstream_message(response.content, bare_json_chars=500) or response.reason_phrase
+        status = response.status_code
         if status == 429:
             return UpstreamRateLimited(self.expert_id, f"upstream is rate limiting (429): {message}", _retry_after_s(response.headers))
         if status in (401, 403):
@@ -123,14 +125,3 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-def _upstream_message(raw: bytes) -> str:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:200].decode("utf-8", "replace").strip()
-    error = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(error, dict):
-        return str(error.get("message") or error)[:500]
-    return str(error)[:500]

@@ -181,7 +181,7 @@ class OpenAIUpstreamEngine:
             raw = await response.read()
         except http1.HTTPError:
             raw = b""
-        message = _upstream_message(raw) or response.reason or "no message"
+        message = upstream_message(raw) or response.reason or "no message"
         status = response.status
         if status in (401, 403):
             return EngineBadResponse(self.expert_id, f"upstream refused our credentials ({status}): {message}")
@@ -294,7 +294,7 @@ class OpenAIUpstreamEngine:
                     if not isinstance(chunk_obj, dict):
                         raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
                     if "error" in chunk_obj:
-                        raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
+                        raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {upstream_message(payload)}")
                     if chunk_obj.get("usage"):
                         usage_raw = chunk_obj["usage"]
                     for choice in chunk_obj.get("choices") or ():
@@ -405,7 +405,7 @@ class OpenAIUpstreamEngine:
             if not isinstance(obj, dict):
                 raise EngineBadResponse(self.expert_id, f"upstream sent a malformed chunk: {payload[:200]!r}")
             if "error" in obj:
-                raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {_upstream_message(payload)}")
+                raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {upstream_message(payload)}")
             for choice in obj.get("choices") or ():
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
@@ -587,7 +587,10 @@ def _retry_after_s(response: _UpstreamResponse, now_epoch_s: float) -> float | N
         return None
 
 
-def _upstream_message(raw: bytes) -> str:
+def upstream_message(raw: bytes, *, bare_json_chars: int = 200) -> str:
+    """The message in an upstream's error body: `error.message` of a JSON object (or the `error` value, or the
+    object), at most 500 characters; a JSON body that is not an object, at most `bare_json_chars`; a body that is
+    not JSON, its first 200 bytes as text."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -597,4 +600,4 @@ def _upstream_message(raw: bytes) -> str:
         if isinstance(err, dict):
             return str(err.get("message") or err)[:500]
         return str(err)[:500]
-    return str(data)[:200]
+    return str(data)[:bare_json_chars]
