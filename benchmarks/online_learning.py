@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/online_learning.py [--seeds 0,1,2] [--events 300] [--cost-weights 0,0.05,0.1]
                                                    [--tasks gpqa,mbpp] [--plot docs/online-learning.png]
 
-For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe: MLP on
-the static table plus cheap features, calibrated on an inner 3-fold split). T's prompts, shuffled (seed), are
+For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe — its strategy,
+the kNN+MLP ensemble since issue 13, on the static table plus cheap features — calibrated on an inner 3-fold split). T's prompts, shuffled (seed), are
 split into a stream of `--events` prompts (at most half of T) and the rest, the test part. The stream is routed
 one prompt at a time by that router through `OnlineLearner` — the gateway's code: its correction, Thompson
 sampling within the exploration budget — and each routed prompt's true score for the chosen expert comes back
@@ -37,7 +37,7 @@ from switchboard.online import OnlineLearner
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.router.data import common_experts, load_examples, load_models, score_matrix
 from switchboard.router.embed import StaticEmbedder
-from switchboard.router.persist import builtin_static_dir
+from switchboard.router.persist import builtin_static_dir, load_default_router
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, build_features
 from switchboard.router.selection import RoutingConstraints, choose
@@ -75,11 +75,12 @@ class TaskRun:
 def loto_routers(x, y, tasks, wanted, price, experts, embedder) -> dict[str, Router]:
     """One router per wanted task, trained on every other task."""
     out: dict[str, Router] = {}
+    strategy = StrategyName(load_default_router().strategy)  # the packaged router's recipe
     for task in wanted:
         train = np.nonzero(tasks != task)[0]
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
-        model, calibration = fit_calibrated(StrategyName.MLP, x[train], y[train], rng)
+        model, calibration = fit_calibrated(strategy, x[train], y[train], rng)
         out[task] = Router(tuple(experts), price, model, calibration, embedder, True)
         print(f"  router without {task}: {time.perf_counter() - t0:.1f} s", flush=True)
     return out
