@@ -50,6 +50,12 @@ def test_token_logprob_takes_the_sampled_token_and_the_most_likely_first():
     assert got.token_bytes == b"t2" and got.logprob == float(expected[2])
     assert [b for b, _ in got.top] == [b"t1", b"t3", b"t2"]  # a tie goes to the lower id
     assert token_logprob(logits, 2, 0, piece).top == ()
+    # One token far above the rest (the others outside the window looked in first), and a flat distribution.
+    peaked = np.full(1000, -30.0, dtype=np.single)
+    peaked[[7, 9, 11]] = [10.0, -29.0, -28.0]
+    assert [b for b, _ in token_logprob(peaked, 7, 3, piece).top] == [b"t7", b"t11", b"t9"]
+    flat = token_logprob(np.zeros(1000, dtype=np.single), 0, 20, piece)
+    assert len(flat.top) == 20 and all(lp == pytest.approx(-np.log(1000)) for _, lp in flat.top)
 
 
 def test_tokens_are_handed_out_with_the_text_that_completes_them():

@@ -52,13 +52,22 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
         return shifted - np.log(np.sum(np.exp(shifted)))
 
 
+_TOP_WINDOW_NATS = -12.0
+
+
 def token_logprob(logits: np.ndarray, token: int, num_top: int, piece: Callable[[int], bytes]) -> TokenLogprob:
     """`token`'s logprob under `logits` (one row, the vocabulary's length) and the `num_top` most likely tokens;
     `piece(id)` is a token's bytes."""
     logprobs = log_softmax(logits)
     top: tuple[tuple[bytes, float], ...] = ()
     if num_top > 0:
-        ids = np.argpartition(-logprobs, num_top - 1)[:num_top]
+        # The top few lie within a few nats of the peak: select among those (typically tens of tokens, a
+        # fraction of a partition over the whole vocabulary); a flat distribution falls back to all of it.
+        ids = np.flatnonzero(logprobs >= _TOP_WINDOW_NATS)
+        if len(ids) < num_top:
+            ids = np.argpartition(logprobs, -num_top)[-num_top:]
+        elif len(ids) > num_top:
+            ids = ids[np.argpartition(logprobs[ids], -num_top)[-num_top:]]
         # Most likely first; equal logprobs by token id, so the order is reproducible.
         ids = sorted(ids.tolist(), key=lambda i: (-float(logprobs[i]), i))
         top = tuple((piece(i), float(logprobs[i])) for i in ids)

@@ -108,9 +108,15 @@ def _counting(llama_class: Any) -> Any:
                         # Llama.generate evaluates, samples, yields, and evaluates the token only when resumed:
                         # the context's last logits are still the ones this token was sampled from.
                         logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self.n_vocab(),))
-                        self.sampled_logprobs.append(
-                            token_logprob(logits, token, self.num_top_logprobs, lambda t: self.detokenize([t])))
+                        self.sampled_logprobs.append(token_logprob(logits, token, self.num_top_logprobs, self.piece))
                 yield token
+
+        def piece(self, token: int) -> bytes:
+            """A token's bytes (cached: the top alternatives repeat, and each lookup is a ctypes call)."""
+            pieces = self.__dict__.setdefault("_pieces", {})
+            if token not in pieces:
+                pieces[token] = self.detokenize([token])
+            return pieces[token]
 
     return CountingLlama
 
