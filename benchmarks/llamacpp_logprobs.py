@@ -10,7 +10,8 @@ scratch every time (KV cache reset), on one thread:
     all-off    a logits_all model, no logprobs asked (what loading it that way costs every request)
     all-20     a logits_all model, llama-cpp-python's own logprobs=20
 
-The arms run in rounds, in ABBA order (off, ours-20, all-off, all-20, then reversed), `--rounds` times; each
+First, the logprobs work per token alone (`token_logprob` on real logits, top 0, 5 and 20, interleaved). Then
+the arms run in rounds, in ABBA order (off, ours-20, all-off, all-20, then reversed), `--rounds` times; each
 arm's median and range, and its ratio to `off` within each round (median and range), are printed. Peak memory
 (RSS after, and peak) of a child process that loads the model and answers once, with and without `logits_all`,
 is printed after. Run:
@@ -65,6 +66,28 @@ def _answer(llm, num_tokens: int, arm: str) -> int:
         llm.num_top_logprobs = None
 
 
+def _per_token_cost(llm) -> None:
+    """The worker's own work per token (engines/llamacpp/logprobs.py `token_logprob`) on real logits, for
+    top_logprobs 0, 5 and 20, interleaved, 9 rounds of 200 calls each."""
+    import numpy as np
+
+    from switchboard.engines.llamacpp.logprobs import token_logprob
+
+    llm.reset()
+    llm.create_completion(PROMPT[:200], max_tokens=1, temperature=0)
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
+    token = int(np.argmax(logits))
+    per_call_ms: dict[int, list[float]] = {0: [], 5: [], 20: []}
+    for _ in range(9):
+        for num_top in per_call_ms:
+            started = time.perf_counter()
+            for _ in range(200):
+                token_logprob(logits, token, num_top, llm.piece)
+            per_call_ms[num_top].append((time.perf_counter() - started) / 200 * 1000)
+    print("logprobs work per token: " + ", ".join(
+        f"top {k}: {statistics.median(v):.3f} ms ({min(v):.3f}-{max(v):.3f})" for k, v in per_call_ms.items()))
+
+
 def _peak_rss_child(logits_all: bool, n_ctx: int, num_tokens: int) -> None:
     import llama_cpp
 
@@ -89,6 +112,7 @@ def main() -> None:
         return
 
     ours, everything = _models(args.n_ctx)
+    _per_token_cost(ours)
     arms = {"off": ours, "ours-20": ours, "all-off": everything, "all-20": everything}
     for arm, llm in arms.items():  # warm-up: weights faulted in, compute graphs built
         _answer(llm, 4, arm)

@@ -208,6 +208,17 @@ def test_chat_logprobs_whole_and_streamed(client):
 
 
 @pytest.mark.llamacpp
+def test_answers_with_logprobs_conform_to_the_openapi_document(client):
+    from switchboard.gateway.schemas import ChatCompletion, TextCompletion
+
+    chat = client.chat.completions.with_raw_response.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+                                                            top_logprobs=2)
+    assert ChatCompletion.model_validate_json(chat.text).choices[0].logprobs.content
+    legacy = client.completions.with_raw_response.create(model="smol", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    assert TextCompletion.model_validate_json(legacy.text).choices[0].logprobs.tokens
+
+
+@pytest.mark.llamacpp
 def test_no_logprobs_unless_asked(client):
     whole = client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=False)
     assert whole.choices[0].logprobs is None
