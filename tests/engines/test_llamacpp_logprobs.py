@@ -258,6 +258,19 @@ def test_legacy_completion_logprobs(client, stream):
 
 
 @pytest.mark.llamacpp
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_sequences_tokens_have_no_logprobs(client, stream):
+    asked = {"model": "smol", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 1, "stop": ["."]}
+    if stream:
+        choices = [c.choices[0] for c in client.completions.create(**asked, stream=True)]
+        text, tokens = "".join(c.text for c in choices), [t for c in choices if c.logprobs for t in c.logprobs.tokens]
+    else:
+        choice = client.completions.create(**asked).choices[0]
+        text, tokens = choice.text, choice.logprobs.tokens
+    assert (text, tokens) == (" Paris", [" Paris"])  # greedy SmolLM2 goes on " Paris", "." (the stop)
+
+
+@pytest.mark.llamacpp
 @pytest.mark.parametrize(("endpoint", "fields"), [
     ("chat", {"logprobs": True, "top_logprobs": 21}),
     ("chat", {"logprobs": True, "top_logprobs": -1}),
