@@ -1,10 +1,9 @@
 """logprobs and top_logprobs on the llama.cpp engine, computed from the last position's logits as the worker's
-generation samples (engines/llamacpp/logprobs.py), never with `logits_all`.
+generation samples (engines/llamacpp/logprobs.py), never with `logits_all`. Through the gateway and the
+official client: tests/engines/test_llamacpp_fields.py.
 
 - The values are llama.cpp's own: on the same prompt at temperature 0, the worker's numbers, from a model
   loaded without `logits_all`, equal llama-cpp-python's `logits_all` logprobs exactly (float32 for float32).
-- Through the real gateway with the official openai client: chat's `choices[].logprobs.content[]` and the
-  legacy completions' parallel lists, whole and streamed, tokens that concatenate to the answer; the 400s.
 - The alignment of tokens to the emitted text, and the formats, on their own (no model).
 """
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import openai
 import pytest
 
 from switchboard.engines.llamacpp.logprobs import (
@@ -154,134 +152,3 @@ def test_chat_logprobs_equal_llama_cpps_logits_all_path():
     # llama-cpp-python's top list holds the sampled token too (its legacy map, converted): the same 4 at greedy.
     assert [[(a["token"], a["logprob"]) for a in t["top_logprobs"]] for t in ours] == \
         [[(a["token"], float(a["logprob"])) for a in t["top_logprobs"]][:4] for t in want]
-
-
-# --- through the gateway, with the official client -----------------------------------------------------------------
-
-CONFIG = """
-experts:
-  - id: smol
-    backend: {kind: llamacpp, n_threads: 1}
-    context_tokens: 1024
-    warm_at_start: true
-    ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
-storage: {enabled: false}
-"""
-
-
-@pytest.fixture(scope="module")
-def client():
-    from switchboard.config import parse_config
-    from switchboard.gateway.app import build_app
-    from switchboard.testing.servers import serve_in_thread
-
-    with serve_in_thread(build_app(parse_config(CONFIG)), startup_timeout_s=180) as url:
-        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
-            yield c
-
-
-def _check_chat(content: str, entries: list, num_top: int) -> None:
-    assert entries and "".join(e.token for e in entries) == content
-    for entry in entries:
-        assert entry.bytes == list(entry.token.encode()) and entry.logprob <= 0
-        assert len(entry.top_logprobs) == num_top
-        assert [a.logprob for a in entry.top_logprobs] == sorted((a.logprob for a in entry.top_logprobs), reverse=True)
-        # Greedy: the sampled token is the most likely one.
-        assert (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob) == (entry.token, entry.logprob)
-
-
-@pytest.mark.llamacpp
-def test_chat_logprobs_whole_and_streamed(client):
-    asked = {"model": "smol", "messages": MESSAGES, "max_tokens": 10, "temperature": 0, "logprobs": True, "top_logprobs": 3}
-    whole = client.chat.completions.create(**asked).choices[0]
-    _check_chat(whole.message.content, whole.logprobs.content, 3)
-    chunks = [c for c in client.chat.completions.create(**asked, stream=True) if c.choices]
-    pieces = [c.choices[0] for c in chunks if c.choices[0].delta.content]
-    assert all(p.logprobs is not None and "".join(e.token for e in p.logprobs.content) == p.delta.content for p in pieces)
-    streamed = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert "".join(p.delta.content for p in pieces) == whole.message.content
-    _check_chat(whole.message.content, streamed, 3)
-    # The same tokens; the values differ in the last digits, as llama.cpp's own do, when the second request
-    # reuses the first one's prompt from the KV cache (one token evaluated instead of a batch).
-    assert [e.token for e in streamed] == [e.token for e in whole.logprobs.content]
-    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole.logprobs.content], abs=0.2)
-
-
-@pytest.mark.llamacpp
-def test_answers_with_logprobs_conform_to_the_openapi_document(client):
-    from switchboard.gateway.schemas import ChatCompletion, TextCompletion
-
-    chat = client.chat.completions.with_raw_response.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
-                                                            top_logprobs=2)
-    assert ChatCompletion.model_validate_json(chat.text).choices[0].logprobs.content
-    legacy = client.completions.with_raw_response.create(model="smol", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
-    assert TextCompletion.model_validate_json(legacy.text).choices[0].logprobs.tokens
-
-
-@pytest.mark.llamacpp
-def test_no_logprobs_unless_asked(client):
-    whole = client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=False)
-    assert whole.choices[0].logprobs is None
-    chunks = list(client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, stream=True))
-    assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
-
-
-@pytest.mark.llamacpp
-def test_logprobs_with_zero_alternatives_and_n_choices(client):
-    answer = client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, n=2)
-    assert [c.index for c in answer.choices] == [0, 1]
-    for choice in answer.choices:
-        assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
-        assert all(e.top_logprobs == [] for e in choice.logprobs.content)
-
-
-@pytest.mark.llamacpp
-@pytest.mark.parametrize("stream", [False, True])
-def test_legacy_completion_logprobs(client, stream):
-    asked = {"model": "smol", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 2}
-    if stream:
-        choices = [c.choices[0] for c in client.completions.create(**asked, stream=True)]
-        text = "".join(c.text for c in choices)
-        parts = [c.logprobs for c in choices if c.logprobs is not None]
-        tokens = [t for p in parts for t in p.tokens]
-        token_logprobs = [v for p in parts for v in p.token_logprobs]
-        tops = [t for p in parts for t in p.top_logprobs]
-        offsets = [o for p in parts for o in p.text_offset]
-    else:
-        choice = client.completions.create(**asked).choices[0]
-        text, lp = choice.text, choice.logprobs
-        tokens, token_logprobs, tops, offsets = lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset
-    assert "".join(tokens) == text and len(tokens) == 6
-    assert offsets == [len("".join(tokens[:i])) for i in range(len(tokens))]
-    for token, logprob, top in zip(tokens, token_logprobs, tops):
-        assert len(top) <= 3 and top[token] == logprob == max(top.values())  # greedy: the sampled one is the top one
-
-
-@pytest.mark.llamacpp
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_stop_sequences_tokens_have_no_logprobs(client, stream):
-    asked = {"model": "smol", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 1, "stop": ["."]}
-    if stream:
-        choices = [c.choices[0] for c in client.completions.create(**asked, stream=True)]
-        text, tokens = "".join(c.text for c in choices), [t for c in choices if c.logprobs for t in c.logprobs.tokens]
-    else:
-        choice = client.completions.create(**asked).choices[0]
-        text, tokens = choice.text, choice.logprobs.tokens
-    assert (text, tokens) == (" Paris", [" Paris"])  # greedy SmolLM2 goes on " Paris", "." (the stop)
-
-
-@pytest.mark.llamacpp
-@pytest.mark.parametrize(("endpoint", "fields"), [
-    ("chat", {"logprobs": True, "top_logprobs": 21}),
-    ("chat", {"logprobs": True, "top_logprobs": -1}),
-    ("chat", {"top_logprobs": 2}),
-    ("chat", {"logprobs": False, "top_logprobs": 0}),
-    ("completion", {"logprobs": 6}),
-])
-def test_bad_logprobs_fields_are_a_400(client, endpoint, fields):
-    with pytest.raises(openai.BadRequestError) as failed:
-        if endpoint == "chat":
-            client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=2, **fields)
-        else:
-            client.completions.create(model="smol", prompt=PROMPT, max_tokens=2, **fields)
-    assert failed.value.body["param"] == ("top_logprobs" if endpoint == "chat" else "logprobs")

@@ -104,9 +104,10 @@ StreamEvent = TextDelta | RawChunk | Finish
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Completion:
-    """A whole answer. `raw_choice` is an upstream's own first choice (a chat one, with tool calls, logprobs,
-    ..., passed through by the gateway; of a legacy completion the gateway takes its `logprobs`), when present. `raw_body`, when set, is the upstream's whole answer with only
-    `model` rewritten, sent to the client byte for byte with `raw_headers` (pass-through engines)."""
+    """A whole answer. `raw_choice` is an upstream's own first choice when present: a chat one (tool calls,
+    logprobs, ...) is passed through by the gateway, of a legacy completion it takes the `logprobs`. `raw_body`,
+    when set, is the upstream's whole answer with only `model` rewritten, sent to the client byte for byte with
+    `raw_headers` (pass-through engines)."""
 
     text: str
     finish: Finish
