@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_TOP_LOGPROBS = 20
 """OpenAI's limit on `top_logprobs` (chat); the legacy completions' `logprobs` allows 5."""
@@ -44,6 +45,7 @@ class AlignedToken:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """float32 log-softmax, the same arithmetic as `llama_cpp.Llama.logits_to_logprobs` (so the values match
     llama.cpp's own logprobs bit for bit on the same logits)."""
+    import numpy as np  # here, not at import: the worker imports this module before it times its own imports
     peak = np.amax(logits)
     if not np.isfinite(peak):
         peak = 0
@@ -58,6 +60,8 @@ _TOP_WINDOW_NATS = -12.0
 def token_logprob(logits: np.ndarray, token: int, num_top: int, piece: Callable[[int], bytes]) -> TokenLogprob:
     """`token`'s logprob under `logits` (one row, the vocabulary's length) and the `num_top` most likely tokens;
     `piece(id)` is a token's bytes."""
+    import numpy as np
+
     logprobs = log_softmax(logits)
     top: tuple[tuple[bytes, float], ...] = ()
     if num_top > 0:
