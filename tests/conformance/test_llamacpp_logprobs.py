@@ -3,7 +3,7 @@
 real SmolLM2 model at temperature 0.
 
 There is no recording upstream to compare with here (the model is the upstream), so each client's answer is
-checked for what OpenAI's own guarantee: the tokens concatenate to the text, each token's `bytes` are its
+checked for what OpenAI's own answers guarantee: the tokens concatenate to the text, each token's `bytes` are its
 UTF-8, `top_logprobs` has the asked length, most likely first, and greedy decoding sampled the top one. Both
 clients get the same tokens for the same request.
 """

@@ -20,10 +20,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-MAX_TOP_LOGPROBS = 20
-"""OpenAI's limit on `top_logprobs` (chat); the legacy completions' `logprobs` allows 5."""
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenLogprob:
     """One sampled token: its bytes, its logprob, and the `num_top` most likely tokens at its position (most
@@ -46,6 +42,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """float32 log-softmax, the same arithmetic as `llama_cpp.Llama.logits_to_logprobs` (so the values match
     llama.cpp's own logprobs bit for bit on the same logits)."""
     import numpy as np  # here, not at import: the worker imports this module before it times its own imports
+
     peak = np.amax(logits)
     if not np.isfinite(peak):
         peak = 0
