@@ -35,8 +35,6 @@ import time
 import uuid
 from typing import Any
 
-from switchboard.engines.llamacpp.logprobs import Aligner, TokenLogprob, chat_logprobs, completion_logprobs, num_top_asked, token_logprob
-
 _T0 = time.perf_counter()
 
 
@@ -91,6 +89,8 @@ def _counting(llama_class: Any) -> Any:
     from the logits it was sampled from (engines/llamacpp/logprobs.py)."""
     import llama_cpp
     import numpy as np
+
+    from switchboard.engines.llamacpp.logprobs import TokenLogprob, token_logprob
 
     class CountingLlama(llama_class):
         last_prompt_tokens: list[int] = []
@@ -164,6 +164,8 @@ class _Generator:
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
+        from switchboard.engines.llamacpp.logprobs import Aligner, num_top_asked
+
         if self.llm is None:
             emit(("asleep", "the model is asleep (POST /wake_up loads it)"))
             return
@@ -236,6 +238,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    from switchboard.engines.llamacpp.logprobs import chat_logprobs, completion_logprobs, num_top_asked
 
     def error(status: int, message: str, code: str) -> JSONResponse:
         return JSONResponse(
