@@ -145,6 +145,12 @@ def test_logprobs_with_zero_alternatives_and_n_choices(client):
     for choice in answer.choices:
         assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
         assert all(e.top_logprobs == [] for e in choice.logprobs.content)
+    chunks = [c.choices[0] for c in client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True,
+                                                                   n=2, stream=True) if c.choices]
+    for index, whole in enumerate(answer.choices):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.delta.content or "" for c in mine) == whole.message.content
+        assert [e.token for c in mine if c.logprobs for e in c.logprobs.content] == [e.token for e in whole.logprobs.content]
 
 
 @pytest.mark.parametrize("stream", [False, True])
