@@ -116,7 +116,7 @@ def test_chat_logprobs_whole_and_streamed(client):
     streamed = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert "".join(p.delta.content for p in pieces) == whole.message.content
     _check_chat(whole.message.content, streamed, 3)
-    # The same tokens; the values differ in the last digits, as llama.cpp's own do, when the second request
+    # The same tokens; the values differ in the second decimal when the second request
     # reuses the first one's prompt from the KV cache (one token evaluated instead of a batch).
     assert [e.token for e in streamed] == [e.token for e in whole.logprobs.content]
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole.logprobs.content], abs=0.2)
