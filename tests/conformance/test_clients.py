@@ -36,10 +36,11 @@ def run_python(base_url: str, api_key: str, case: Case) -> dict[str, Any]:
     out: dict[str, Any] = {"sent": sent}
     with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=case.max_retries, http_client=http, timeout=60) as client:
         try:
-            if case.endpoint == "chat" and case.params.get("stream"):
-                out["chunks"] = [chunk.to_dict() for chunk in client.chat.completions.create(**case.params)]
-            elif case.endpoint == "chat":
-                out["body"] = client.chat.completions.create(**case.params).to_dict()
+            create = {"chat": client.chat.completions.create, "completions": client.completions.create}.get(case.endpoint)
+            if create is not None and case.params.get("stream"):
+                out["chunks"] = [chunk.to_dict() for chunk in create(**case.params)]
+            elif create is not None:
+                out["body"] = create(**case.params).to_dict()
             else:
                 out["body"] = client.embeddings.create(**case.params).to_dict()
         except openai.APIStatusError as exc:

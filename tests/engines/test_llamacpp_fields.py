@@ -1,6 +1,7 @@
 """The OpenAI fields a llama.cpp expert honours, through the real gateway and the real SmolLM2 model on this CPU
-(the official openai client as the caller): JSON output constrained by a grammar from the json_schema, and a
-clear 400 naming what it cannot do."""
+(the official openai client as the caller): JSON output constrained by a grammar from the json_schema, n
+choices, penalties, logprobs (chat's `choices[].logprobs.content[]` and the legacy completions' lists, whole and
+streamed), and a clear 400 naming what it cannot do."""
 
 from __future__ import annotations
 
@@ -82,8 +83,120 @@ def test_json_object_and_penalties_are_honoured(client):
     assert choice.finish_reason == "length" or isinstance(json.loads(text), dict)
 
 
-@pytest.mark.parametrize(("field", "value"), [("top_logprobs", 2), ("logprobs", True), ("tools", [{"type": "function", "function": {"name": "f"}}])])
+@pytest.mark.parametrize(("field", "value"), [("tools", [{"type": "function", "function": {"name": "f"}}])])
 def test_what_llamacpp_cannot_do_is_a_400_naming_the_field(client, field, value):
     with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=4, **{field: value})
     assert failed.value.body["param"] == field and "llama.cpp" in failed.value.body["message"]
+
+
+# --- logprobs (engines/llamacpp/logprobs.py; their values: tests/engines/test_llamacpp_logprobs.py) ---------------
+
+PROMPT = "The capital of France is"
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _check_chat(content: str, entries: list, num_top: int) -> None:
+    assert entries and "".join(e.token for e in entries) == content
+    for entry in entries:
+        assert entry.bytes == list(entry.token.encode()) and entry.logprob <= 0
+        assert len(entry.top_logprobs) == num_top
+        assert [a.logprob for a in entry.top_logprobs] == sorted((a.logprob for a in entry.top_logprobs), reverse=True)
+        # Greedy: the sampled token is the most likely one.
+        assert (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob) == (entry.token, entry.logprob)
+
+
+def test_chat_logprobs_whole_and_streamed(client):
+    asked = {"model": "smol", "messages": MESSAGES, "max_tokens": 10, "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    whole = client.chat.completions.create(**asked).choices[0]
+    _check_chat(whole.message.content, whole.logprobs.content, 3)
+    chunks = [c for c in client.chat.completions.create(**asked, stream=True) if c.choices]
+    pieces = [c.choices[0] for c in chunks if c.choices[0].delta.content]
+    assert all(p.logprobs is not None and "".join(e.token for e in p.logprobs.content) == p.delta.content for p in pieces)
+    streamed = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert "".join(p.delta.content for p in pieces) == whole.message.content
+    _check_chat(whole.message.content, streamed, 3)
+    # The same tokens; the values differ in the second decimal when the second request
+    # reuses the first one's prompt from the KV cache (one token evaluated instead of a batch).
+    assert [e.token for e in streamed] == [e.token for e in whole.logprobs.content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole.logprobs.content], abs=0.2)
+
+
+def test_answers_with_logprobs_conform_to_the_openapi_document(client):
+    from switchboard.gateway.schemas import ChatCompletion, TextCompletion
+
+    chat = client.chat.completions.with_raw_response.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+                                                            top_logprobs=2)
+    assert ChatCompletion.model_validate_json(chat.text).choices[0].logprobs.content
+    legacy = client.completions.with_raw_response.create(model="smol", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    assert TextCompletion.model_validate_json(legacy.text).choices[0].logprobs.tokens
+
+
+def test_no_logprobs_unless_asked(client):
+    whole = client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=False)
+    assert whole.choices[0].logprobs is None
+    chunks = list(client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=4, temperature=0, stream=True))
+    assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+
+
+def test_logprobs_with_zero_alternatives_and_n_choices(client):
+    answer = client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, n=2)
+    assert [c.index for c in answer.choices] == [0, 1]
+    for choice in answer.choices:
+        assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
+        assert all(e.top_logprobs == [] for e in choice.logprobs.content)
+    chunks = [c.choices[0] for c in client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True,
+                                                                   n=2, stream=True) if c.choices]
+    for index, whole in enumerate(answer.choices):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.delta.content or "" for c in mine) == whole.message.content
+        assert [e.token for c in mine if c.logprobs for e in c.logprobs.content] == [e.token for e in whole.logprobs.content]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_legacy_completion_logprobs(client, stream):
+    asked = {"model": "smol", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 2}
+    if stream:
+        choices = [c.choices[0] for c in client.completions.create(**asked, stream=True)]
+        text = "".join(c.text for c in choices)
+        parts = [c.logprobs for c in choices if c.logprobs is not None]
+        tokens = [t for p in parts for t in p.tokens]
+        token_logprobs = [v for p in parts for v in p.token_logprobs]
+        tops = [t for p in parts for t in p.top_logprobs]
+        offsets = [o for p in parts for o in p.text_offset]
+    else:
+        choice = client.completions.create(**asked).choices[0]
+        text, lp = choice.text, choice.logprobs
+        tokens, token_logprobs, tops, offsets = lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset
+    assert "".join(tokens) == text and len(tokens) == 6
+    assert offsets == [len("".join(tokens[:i])) for i in range(len(tokens))]
+    for token, logprob, top in zip(tokens, token_logprobs, tops):
+        assert len(top) <= 3 and top[token] == logprob == max(top.values())  # greedy: the sampled one is the top one
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_sequences_tokens_have_no_logprobs(client, stream):
+    asked = {"model": "smol", "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 1, "stop": ["."]}
+    if stream:
+        choices = [c.choices[0] for c in client.completions.create(**asked, stream=True)]
+        text, tokens = "".join(c.text for c in choices), [t for c in choices if c.logprobs for t in c.logprobs.tokens]
+    else:
+        choice = client.completions.create(**asked).choices[0]
+        text, tokens = choice.text, choice.logprobs.tokens
+    assert (text, tokens) == (" Paris", [" Paris"])  # greedy SmolLM2 goes on " Paris", "." (the stop)
+
+
+@pytest.mark.parametrize(("endpoint", "fields"), [
+    ("chat", {"logprobs": True, "top_logprobs": 21}),
+    ("chat", {"logprobs": True, "top_logprobs": -1}),
+    ("chat", {"top_logprobs": 2}),
+    ("chat", {"logprobs": False, "top_logprobs": 0}),
+    ("completion", {"logprobs": 6}),
+])
+def test_bad_logprobs_fields_are_a_400(client, endpoint, fields):
+    with pytest.raises(openai.BadRequestError) as failed:
+        if endpoint == "chat":
+            client.chat.completions.create(model="smol", messages=MESSAGES, max_tokens=2, **fields)
+        else:
+            client.completions.create(model="smol", prompt=PROMPT, max_tokens=2, **fields)
+    assert failed.value.body["param"] == ("top_logprobs" if endpoint == "chat" else "logprobs")

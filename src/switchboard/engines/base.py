@@ -68,12 +68,14 @@ class Usage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of the answer. `raw_delta` is an upstream's own choice delta (tool calls, logprobs, ...),
-    passed through unchanged by the gateway when present."""
+    """A piece of the answer. `raw_delta` is an upstream's own choice delta (tool calls, ...), passed through
+    unchanged by the gateway when present; `logprobs` is the choice's `logprobs` for this piece, in OpenAI's
+    shape for the request's kind (chat's `{"content": [...]}`, the legacy completions' parallel lists)."""
 
     text: str
     raw_delta: dict[str, Any] | None = None
     index: int = 0  # the choice it belongs to (n > 1)
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,9 +104,10 @@ StreamEvent = TextDelta | RawChunk | Finish
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Completion:
-    """A whole answer. `raw_choice` is an upstream's own first choice (message with tool calls, logprobs, ...),
-    passed through by the gateway when present. `raw_body`, when set, is the upstream's whole answer with only
-    `model` rewritten, sent to the client byte for byte with `raw_headers` (pass-through engines)."""
+    """A whole answer. `raw_choice` is an upstream's own first choice when present: a chat one (tool calls,
+    logprobs, ...) is passed through by the gateway, of a legacy completion it takes the `logprobs`. `raw_body`,
+    when set, is the upstream's whole answer with only `model` rewritten, sent to the client byte for byte with
+    `raw_headers` (pass-through engines)."""
 
     text: str
     finish: Finish

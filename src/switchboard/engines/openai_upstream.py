@@ -217,7 +217,7 @@ class OpenAIUpstreamEngine:
         usage = _usage(data.get("usage"), request, text)
         finish = Finish(_finish_reason(choice.get("finish_reason")), usage)
         if not self.passthrough:
-            return Completion(text, finish, raw_choice=choice if request.kind == "chat" else None)
+            return Completion(text, finish, raw_choice=choice)
         for old, new in self._model_rewrites(data.get("model")):
             raw = raw.replace(old, new, 1)
         return Completion(text, finish, raw_body=raw, raw_headers=_client_headers(response.headers))
@@ -303,14 +303,16 @@ class OpenAIUpstreamEngine:
                         if request.kind == "chat":
                             delta = choice.get("delta") or {}
                             text = delta.get("content") or ""
-                            if text or len(delta) > (1 if "role" in delta else 0):
+                            logprobs = choice.get("logprobs")
+                            if text or logprobs or len(delta) > (1 if "role" in delta else 0):
                                 num_deltas += 1
-                                yield TextDelta(text, raw_delta=delta)
+                                yield TextDelta(text, raw_delta=delta, logprobs=logprobs)
                         else:
                             text = choice.get("text") or ""
-                            if text:
+                            logprobs = choice.get("logprobs")
+                            if text or logprobs:
                                 num_deltas += 1
-                                yield TextDelta(text)
+                                yield TextDelta(text, logprobs=logprobs)
         finally:
             response.release()
         if usage_raw is None:

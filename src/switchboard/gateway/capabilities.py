@@ -52,7 +52,7 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
 }
 _SAMPLING = {name: _ANY for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p")}
 # `n` > 1 on local engines: the gateway makes the choices (gateway/choices.py). Not (yet) for local engines, so a
-# 400 names them: logprobs, tools (SmolLM2's chat template has no tool syntax), echo/suffix/best_of > 1.
+# 400 names them: tools (SmolLM2's chat template has no tool syntax; docs/api.md), echo/suffix/best_of > 1.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,10 @@ CAPABILITIES: dict[str, Capabilities] = {
     "openai": Capabilities("an OpenAI-compatible upstream", passes_everything=True),
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
     "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}),
-    # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias.
+    # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias,
+    # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does).
     "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "n": _ANY, "repetition_penalty": _ANY, "logit_bias": _ANY,
-                                                     "response_format": _json_format}),
+                                                     "response_format": _json_format, "logprobs": _ANY, "top_logprobs": _ANY}),
 }
 _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})
 
@@ -81,8 +82,8 @@ def capabilities_of(expert: ExpertConfig) -> Capabilities:
 
 
 def unsupported(kind: RequestKind, expert: ExpertConfig, body: Mapping[str, Any]) -> ApiError | None:
-    """The 400 for the first field of `body` that `expert`'s engine cannot honour, or None if it can honour
-    them all."""
+    """The 400 for the first field of `body` that `expert`'s engine cannot honour (then, on chat, for
+    `top_logprobs` without `logprobs: true`), or None if it can honour them all."""
     caps = capabilities_of(expert)
     if caps.passes_everything:
         return None
@@ -95,4 +96,7 @@ def unsupported(kind: RequestKind, expert: ExpertConfig, body: Mapping[str, Any]
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             return ApiError(400, f"expert '{expert.id}' is {caps.description} and cannot do {name}={shown}", param=name,
                             code="unsupported_parameter")
+    if kind == "chat" and body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        # OpenAI's rule; an openai upstream applies its own.
+        return ApiError(400, "top_logprobs requires logprobs: true", param="top_logprobs", code="invalid_value")
     return None

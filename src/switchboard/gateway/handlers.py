@@ -421,7 +421,7 @@ class Handlers:
                         return
                     yield writer.finish(event)  # one choice of several ends (n > 1); the next follows
                 else:
-                    yield writer.text(event.text, event.raw_delta, event.index)
+                    yield writer.text(event.text, event.raw_delta, event.index, event.logprobs)
                 # The request's deadline (a trickling upstream must not hold a stream forever), or the drain's.
                 event = await deadline.wait(anext(events))
         except EngineError as exc:

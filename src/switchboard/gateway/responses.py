@@ -16,7 +16,8 @@ SSE_DONE = b"data: [DONE]\n\n"
 def _choice(kind: RequestKind, index: int, completion: Completion) -> dict[str, Any]:
     reason = completion.finish.reason.value
     if kind == "completion":
-        return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": reason}
+        logprobs = completion.raw_choice.get("logprobs") if completion.raw_choice is not None else None
+        return {"index": index, "text": completion.text, "logprobs": logprobs, "finish_reason": reason}
     if completion.raw_choice is not None:
         return {**completion.raw_choice, "index": index}
     return {"index": index, "message": {"role": "assistant", "content": completion.text, "refusal": None}, "logprobs": None,
@@ -60,15 +61,15 @@ class ChunkWriter:
         """A chat choice's first chunk, announcing the assistant role (as OpenAI sends it)."""
         return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
-    def text(self, text: str, raw_delta: dict[str, Any] | None = None, index: int = 0) -> bytes:
+    def text(self, text: str, raw_delta: dict[str, Any] | None = None, index: int = 0, logprobs: dict[str, Any] | None = None) -> bytes:
         if self.kind == "chat":
             delta = raw_delta if raw_delta is not None else {"content": text}
-            chunk = self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
+            chunk = self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
             if index >= self.num_announced:  # a later choice's first piece (n > 1)
                 self.num_announced = index + 1
                 return self.role(index) + chunk
             return chunk
-        return self._chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+        return self._chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}])
 
     def is_last(self, finish: Finish) -> bool:
         return finish.index + 1 >= self.num_choices

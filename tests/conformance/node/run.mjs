@@ -1,6 +1,6 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
-// {baseURL, apiKey, maxRetries, endpoint: "chat" | "embeddings", params}. Driven by tests/conformance/test_clients.py.
+// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings", params}. Driven by tests/conformance/test_clients.py.
 import OpenAI from "openai";
 
 const spec = JSON.parse(process.argv[2]);
@@ -19,11 +19,12 @@ const client = new OpenAI({
 
 const out = { sent };
 try {
-  if (spec.endpoint === "chat" && spec.params.stream) {
+  const create = { chat: (p) => client.chat.completions.create(p), completions: (p) => client.completions.create(p) }[spec.endpoint];
+  if (create && spec.params.stream) {
     out.chunks = [];
-    for await (const chunk of await client.chat.completions.create(spec.params)) out.chunks.push(chunk);
-  } else if (spec.endpoint === "chat") {
-    out.body = await client.chat.completions.create(spec.params);
+    for await (const chunk of await create(spec.params)) out.chunks.push(chunk);
+  } else if (create) {
+    out.body = await create(spec.params);
   } else {
     out.body = await client.embeddings.create(spec.params);
   }

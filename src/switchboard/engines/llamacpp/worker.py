@@ -83,12 +83,20 @@ def _num_cached_prompt_tokens(previous_context: list[int], prompt: list[int]) ->
 def _counting(llama_class: Any) -> Any:
     """`llama_cpp.Llama` that remembers, for its latest generation, the prompt tokens it evaluated and how many
     tokens it generated, counted as llama.cpp's own `usage` counts them (every token its sampler yielded but an
-    end-of-generation one: `_create_completion` appends each such token before it checks for stops)."""
+    end-of-generation one: `_create_completion` appends each such token before it checks for stops).
+
+    With `num_top_logprobs` set (None: off), it also appends each such token's logprobs to `sampled_logprobs`,
+    from the logits it was sampled from (engines/llamacpp/logprobs.py)."""
     import llama_cpp
+    import numpy as np
+
+    from switchboard.engines.llamacpp.logprobs import TokenLogprob, token_logprob
 
     class CountingLlama(llama_class):
         last_prompt_tokens: list[int] = []
         num_completion_tokens = 0
+        num_top_logprobs: int | None = None
+        sampled_logprobs: list[TokenLogprob] = []
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
             self.last_prompt_tokens = list(tokens)
@@ -96,7 +104,19 @@ def _counting(llama_class: Any) -> Any:
             for token in super().generate(tokens, *args, **kwargs):
                 if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                     self.num_completion_tokens += 1
+                    if self.num_top_logprobs is not None:
+                        # Llama.generate evaluates, samples, yields, and evaluates the token only when resumed:
+                        # the context's last logits are still the ones this token was sampled from.
+                        logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self.n_vocab(),))
+                        self.sampled_logprobs.append(token_logprob(logits, token, self.num_top_logprobs, self.piece))
                 yield token
+
+        def piece(self, token: int) -> bytes:
+            """A token's bytes (cached: the top alternatives repeat, and each lookup is a ctypes call)."""
+            pieces = self.__dict__.setdefault("_pieces", {})
+            if token not in pieces:
+                pieces[token] = self.detokenize([token])
+            return pieces[token]
 
     return CountingLlama
 
@@ -144,9 +164,14 @@ class _Generator:
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
+        from switchboard.engines.llamacpp.logprobs import Aligner, num_top_asked
+
         if self.llm is None:
             emit(("asleep", "the model is asleep (POST /wake_up loads it)"))
             return
+        llm = self.llm
+        llm.num_top_logprobs, llm.sampled_logprobs = num_top_asked(kind, body), []
+        aligner = Aligner(llm.sampled_logprobs) if llm.num_top_logprobs is not None else None
         try:
             kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
@@ -163,10 +188,13 @@ class _Generator:
                     return
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
-                if text:
-                    emit(("text", text))
+                tokens = aligner.take(text or "") if aligner is not None else None
+                if text or tokens:
+                    emit(("text", text or "", tokens))
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
+            if aligner is not None and (rest := aligner.rest()):
+                emit(("text", "", rest))
             # llama.cpp's stream carries no usage: its counts, as its whole answers give them, from the tokens
             # its generate() was given and yielded (see _counting).
             prompt = self.llm.last_prompt_tokens
@@ -177,6 +205,8 @@ class _Generator:
             emit(("rejected", str(exc)))
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
             emit(("error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            llm.num_top_logprobs = None  # logprobs cost nothing when the next request does not ask
 
     async def events(self, kind: str, body: dict[str, Any]):
         loop = asyncio.get_running_loop()
@@ -208,6 +238,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    from switchboard.engines.llamacpp.logprobs import chat_logprobs, completion_logprobs, num_top_asked
 
     def error(status: int, message: str, code: str) -> JSONResponse:
         return JSONResponse(
@@ -248,25 +280,31 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
 
-        def choice(text: str | None, finish: str | None, *, stream: bool) -> dict[str, Any]:
+        format_logprobs = chat_logprobs if kind == "chat" else completion_logprobs
+
+        def choice(text: str | None, finish: str | None, tokens: list | None, *, stream: bool) -> dict[str, Any]:
+            logprobs = format_logprobs(tokens) if tokens is not None else None
             if kind == "chat":
                 key = "delta" if stream else "message"
                 content = {"content": text} if stream else {"role": "assistant", "content": text}
-                return {"index": 0, key: content if text is not None else {}, "finish_reason": finish}
-            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                return {"index": 0, key: content if text is not None else {}, "logprobs": logprobs, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
 
         if not body.get("stream"):
             parts: list[str] = []
+            tokens: list | None = [] if num_top_asked(kind, body) is not None else None
             item = first
             while item[0] == "text":
                 parts.append(item[1])
+                if tokens is not None:
+                    tokens += item[2] or ()
                 item = await events.__anext__()
             if item[0] != "finish":
                 return error(500, str(item[1]), "engine_error")
             info = item[1]
             return JSONResponse({
                 "id": rid, "object": obj, "created": created, "model": model_name,
-                "choices": [choice("".join(parts), info["reason"], stream=False)],
+                "choices": [choice("".join(parts), info["reason"], tokens, stream=False)],
                 "usage": _usage(info),
             })
 
@@ -277,11 +315,11 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                 while True:
                     if item[0] == "text":
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
-                                "choices": [choice(item[1], None, stream=True)]}
+                                "choices": [choice(item[1], None, item[2], stream=True)]}
                     elif item[0] == "finish":
                         info = item[1]
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
-                                "choices": [choice(None, info["reason"], stream=True)]}
+                                "choices": [choice(None, info["reason"], None, stream=True)]}
                         yield f"data: {json.dumps(data)}\n\n"
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
                                 "choices": [], "usage": _usage(info)}
