@@ -38,20 +38,15 @@ def control_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=False, trust_env=False)
 
 
-async def call_server(expert_id: str, port: int | None, call: HttpCall, timeout_s: float,
-                      client: httpx.AsyncClient | None = None) -> float:
-    """Makes `call` to the server on 127.0.0.1:`port` (with `client` if given, else a new one); returns the
-    seconds it took. Raises EngineUnavailable if the server cannot be reached, EngineError if it answers other
-    than 2xx."""
+async def call_server(client: httpx.AsyncClient, expert_id: str, port: int | None, call: HttpCall,
+                      timeout_s: float) -> float:
+    """Makes `call` to the server on 127.0.0.1:`port` with `client`; returns the seconds it took. Raises
+    EngineUnavailable if the server cannot be reached, EngineError if it answers other than 2xx."""
     if port is None:
         raise EngineUnavailable(expert_id, "the server process is not running")
     t0 = time.perf_counter()
     try:
-        if client is not None:
-            response = await client.request(call.method, f"http://127.0.0.1:{port}{call.path}", timeout=timeout_s)
-        else:
-            async with control_client() as own:
-                response = await own.request(call.method, f"http://127.0.0.1:{port}{call.path}", timeout=timeout_s)
+        response = await client.request(call.method, f"http://127.0.0.1:{port}{call.path}", timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise EngineUnavailable(expert_id, f"{call.method} {call.path} failed: {type(exc).__name__}: {exc}") from None
     if not response.is_success:
@@ -122,8 +117,8 @@ class LocalServerEngine:
     async def _call(self, call: HttpCall) -> float:
         if self._control is None:
             self._control = control_client()
-        return await call_server(self.expert_id, self.port if self.is_running else None, call, self._control_timeout_s,
-                                 self._control)
+        return await call_server(self._control, self.expert_id, self.port if self.is_running else None, call,
+                                 self._control_timeout_s)
 
     async def sleep(self) -> None:
         """Puts the server to sleep with its own call (the process stays). Raises EngineError if it cannot."""
