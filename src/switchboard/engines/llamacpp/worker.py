@@ -354,6 +354,11 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     ])
 
 
+def _server_config(uvicorn: Any, app: Any) -> Any:
+    # No websockets: the worker serves none, and uvicorn would import a websockets library for them.
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none")
+
+
 PARENT_CHECK_INTERVAL_S = 1.0
 
 
@@ -387,9 +392,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import llama_cpp
     import starlette.applications  # noqa: F401 — imported now so a standby worker has nothing left to import
+    import starlette.requests  # noqa: F401
     import starlette.responses  # noqa: F401
     import uvicorn
 
+    # uvicorn imports its protocol and event-loop modules when its config is loaded, which would come after
+    # "ready", on the first request's path (10-45 ms here): load a config now, before a standby worker waits.
+    _server_config(uvicorn, build_app(None, "", 0, 0.0)).load()
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     if args.standby:
         line = sys.stdin.readline()
@@ -431,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     # backlog instead of being refused.
     sock.listen(128)
     app = build_app(generator, args.name, args.n_ctx, load_s)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = _server_config(uvicorn, app)
+    config.load()
     server = uvicorn.Server(config)
     _announce({"event": "ready", "port": port, "t_load_s": load_s, "t_warmup_s": warmup_s, "n_ctx": args.n_ctx,
                "t_ready_s": time.perf_counter() - _T0, "prefix_tokens": timings["prefix_tokens"],
