@@ -177,9 +177,9 @@ def main() -> None:
     print(f"  {'':<18}{'TTFT p50 s':>12}{'TTFT min s':>12}{'TTFT max s':>12}{'total p50 s':>13}  phases p50")
     for kind in (*MODES, "warm"):
         ttft = gw[kind]["ttft_s"]
-        phases = gw[kind].get("phases") or []
-        keys = sorted({k for p in phases for k, v in (p or {}).items() if isinstance(v, (int, float))})
-        shown = ", ".join(f"{k} {pct([float(p[k]) for p in phases if p and k in p], 50):.3f}" for k in keys)
+        mode_phases = gw[kind].get("phases") or []
+        keys = sorted({k for p in mode_phases for k, v in (p or {}).items() if isinstance(v, (int, float))})
+        shown = ", ".join(f"{k} {pct([float(p[k]) for p in mode_phases if p and k in p], 50):.3f}" for k in keys)
         print(f"  {kind:<18}{pct(ttft, 50):12.3f}{min(ttft):12.3f}{max(ttft):12.3f}{pct(gw[kind]['total_s'], 50):13.3f}  {shown}")
     if args.json:
         with open(args.json, "w") as fh:

@@ -5,7 +5,8 @@ free loopback port itself and announces itself on stdout with one JSON line per 
 to measure the cold-start anatomy:
 
     {"event": "started", "pid": ..., "t_import_s": ...}     interpreter up, llama.cpp imported
-    {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ...}   model loaded and warmed up, listening
+    {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ..., "prefix_tokens": ..., "prefix_restored": ...}
+                                   model loaded and warmed up (the chat template's prefix in the KV cache), listening
 
 With `--standby` (and no model) it stops after "started" and waits for one line on stdin, the JSON list of
 the arguments to go on with: a pre-started worker that a cold start adopts (`engines/llamacpp/pool.py`),
