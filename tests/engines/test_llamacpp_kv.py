@@ -79,3 +79,21 @@ def test_the_prefix_file_is_named_by_the_model_file_and_the_tokens(tmp_path):
     assert a != kv.prefix_file(tmp_path, str(model), [1, 3])
     model.write_bytes(b"other weights")
     assert a != kv.prefix_file(tmp_path, str(model), [1, 2])
+
+
+def test_the_config_sets_the_sleep_level_and_the_prefix_directory():
+    from switchboard.config import parse_config
+    from switchboard.engines.llamacpp.engine import LlamaCppEngine
+
+    config = parse_config("""
+experts:
+  - id: a
+    backend: {kind: llamacpp}
+  - id: b
+    backend: {kind: llamacpp, sleep_level: 2, prefix_cache_dir: null}
+""")
+    a, b = (LlamaCppEngine.from_config(e.id, e.context_tokens, e.backend) for e in config.experts)
+    assert a.sleep_call.path == "/sleep?level=1" and a.prefix_cache_dir is not None and "~" not in str(a.prefix_cache_dir)
+    assert b.sleep_call.path == "/sleep?level=2" and b.prefix_cache_dir is None
+    with pytest.raises(ValueError):
+        parse_config("experts:\n  - id: c\n    backend: {kind: llamacpp, sleep_level: 3}\n")
