@@ -95,28 +95,15 @@ def new_context(llm: Any) -> None:
 
 
 def template_prefix(llm: Any) -> list[int]:
-    """The tokens every chat prompt without its own system message starts with under the model's GGUF chat
-    template (its default system prompt and the user turn's opening): the longest common prefix of two prompts
-    that differ only in the user's text. Empty where the model has no template or llama-cpp-python formats
-    chats another way. A request whose prompt does not start with them is still correct: the KV cache is only
-    reused for the tokens it matches."""
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template or llm.chat_handler is not None or llm.chat_format != "chat_template.default":
-        return []
-    from llama_cpp import llama_chat_format
+    """The tokens every chat prompt without its own system message starts with under the model's chat format
+    (for SmolLM2, its GGUF template's default system prompt and the user turn's opening): the longest common
+    prefix of two prompts that differ only in the user's text, as llama-cpp-python's own chat handler builds
+    them (`tokens.PromptTokenCounter`). A request whose prompt does not start with them is still correct: the
+    KV cache is only reused for the tokens it matches."""
+    from switchboard.engines.llamacpp.tokens import PromptTokenCounter
 
-    def special_text(token: int) -> str:
-        return llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
-
-    formatter = llama_chat_format.Jinja2ChatFormatter(
-        template=template, eos_token=special_text(llm.token_eos()), bos_token=special_text(llm.token_bos()),
-    )
-
-    def tokens(text: str) -> list[int]:  # as llama-cpp-python's chat handler tokenizes a formatted prompt
-        result = formatter(messages=[{"role": "user", "content": text}])
-        return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-
-    a, b = tokens("a"), tokens("Zz 1")
+    counter = PromptTokenCounter(llm)
+    a, b = (counter.chat_tokens({"messages": [{"role": "user", "content": text}]}) for text in ("a", "Zz 1"))
     num_common = 0
     for x, y in zip(a, b):
         if x != y:
@@ -167,10 +154,10 @@ def write_prefix_file(path: Path, snapshot: KvSnapshot) -> None:
 
 def warm_up(llm: Any, model_path: str, cache_dir: Path | None) -> WarmUp:
     """Prepares `llm` for its first request: faults the memory-mapped weights in and builds llama.cpp's compute
-    graph with one decode (costs that would otherwise land on the first request), and leaves the chat template's
+    graph with one decode (costs that would otherwise land on the first request), and leaves the chat format's
     prefix in the KV cache. The prefix comes from its file in `cache_dir` when there is one (all but its last
-    token, which the decode evaluates), else is evaluated and written there. Without a template: one decode of
-    "Hi", the cache left empty."""
+    token, which the decode evaluates), else is evaluated and written there. Without a common prefix: one
+    decode of "Hi", the cache left empty."""
     prefix = template_prefix(llm)
     if not prefix:
         llm.create_completion(prompt="Hi", max_tokens=1, temperature=0)
