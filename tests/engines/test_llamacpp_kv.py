@@ -97,3 +97,19 @@ experts:
     assert b.sleep_call.path == "/sleep?level=2" and b.prefix_cache_dir is None
     with pytest.raises(ValueError):
         parse_config("experts:\n  - id: c\n    backend: {kind: llamacpp, sleep_level: 3}\n")
+
+
+@pytest.mark.llamacpp
+def test_a_chat_format_that_cannot_render_gives_no_prefix_and_the_plain_warm_up(llm, tmp_path):
+    saved = llm.chat_handler
+
+    def refusing_handler(**_):
+        raise ValueError("this template needs a system message")
+
+    llm.chat_handler = refusing_handler
+    try:
+        assert kv.template_prefix(llm) == []
+        assert kv.warm_up(llm, str(default_model_path()), tmp_path) == kv.WarmUp(0, is_restored=False)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        llm.chat_handler = saved

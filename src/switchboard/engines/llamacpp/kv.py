@@ -99,11 +99,14 @@ def template_prefix(llm: Any) -> list[int]:
     (for SmolLM2, its GGUF template's default system prompt and the user turn's opening): the longest common
     prefix of two prompts that differ only in the user's text, as llama-cpp-python's own chat handler builds
     them (`tokens.PromptTokenCounter`). A request whose prompt does not start with them is still correct: the
-    KV cache is only reused for the tokens it matches."""
+    KV cache is only reused for the tokens it matches. Empty if the chat format cannot render such prompts."""
     from switchboard.engines.llamacpp.tokens import PromptTokenCounter
 
-    counter = PromptTokenCounter(llm)
-    a, b = (counter.chat_tokens({"messages": [{"role": "user", "content": text}]}) for text in ("a", "Zz 1"))
+    try:
+        counter = PromptTokenCounter(llm)
+        a, b = (counter.chat_tokens({"messages": [{"role": "user", "content": text}]}) for text in ("a", "Zz 1"))
+    except Exception:  # noqa: BLE001 — a template that rejects these prompts: warm up without a prefix
+        return []
     num_common = 0
     for x, y in zip(a, b):
         if x != y:
