@@ -76,7 +76,7 @@ class LocalServerEngine:
         self.last_wake: WakeTiming | None = None
         self.is_asleep = False
         self._client: OpenAIUpstreamEngine | None = None
-        self._control: httpx.AsyncClient | None = None  # for sleep and wake, made on the first (a sleep)
+        self._control: httpx.AsyncClient | None = None  # see _control_client
         self._starting: asyncio.Task | None = None
 
     @property
@@ -114,10 +114,15 @@ class LocalServerEngine:
     async def _end_process(self, process: asyncio.subprocess.Process) -> None:
         raise NotImplementedError
 
-    async def _call(self, call: HttpCall) -> float:
+    def _control_client(self) -> httpx.AsyncClient:
+        """This engine's client for calls to its server other than traffic (readiness, sleep, wake); closed by
+        stop()."""
         if self._control is None:
             self._control = control_client()
-        return await call_server(self._control, self.expert_id, self.port if self.is_running else None, call,
+        return self._control
+
+    async def _call(self, call: HttpCall) -> float:
+        return await call_server(self._control_client(), self.expert_id, self.port if self.is_running else None, call,
                                  self._control_timeout_s)
 
     async def sleep(self) -> None:
