@@ -15,7 +15,7 @@ script (`PYTHONPATH=/tmp/main-src`); modes and settings that code lacks are skip
 
 The measured numbers feed the simulator's CPU calibration (switchboard.sim cluster `calibration`).
 
-Run: .venv/bin/python benchmarks/cold_start.py [--starts 10] [--requests 5] [--rounds 2] [--json out.json]
+Run: .venv/bin/python benchmarks/cold_start.py [--starts 10] [--requests 5] [--rounds 2] [--fresh-prompts] [--json out.json]
 """
 
 from __future__ import annotations
