@@ -73,6 +73,15 @@ class LlamaCppBackend(_Strict):
     n_batch: int = Field(512, ge=1)
     seed: int = 0
     start_timeout_s: float = Field(120.0, gt=0)
+    sleep_level: Literal[1, 2] = Field(
+        1, description="What the sleep tier frees (vLLM's levels): 1 the context (KV cache and compute buffers; the "
+        "model and a host copy of the KV cells stay, wake takes milliseconds), 2 the model too (wake reloads it "
+        "from the page cache).",
+    )
+    prefix_cache_dir: str | None = Field(
+        "~/.cache/switchboard/kv-prefix", description="Where the chat template prefix's KV cells are kept, so a "
+        "new worker restores them instead of evaluating them; null: evaluated by every worker.",
+    )
 
 
 class SimulatedBackend(_Strict):

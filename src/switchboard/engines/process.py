@@ -189,23 +189,23 @@ class ProcessEngine(LocalServerEngine):
 
     async def _wait_ready(self, process: asyncio.subprocess.Process, port: int, t0: float) -> None:
         url = f"http://127.0.0.1:{port}{self.readiness_path}"
-        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=0.5)) as client:
-            while True:
-                if process.returncode is not None:
-                    raise EngineUnavailable(self.expert_id, f"server exited with code {process.returncode} before it was "
-                                            f"ready; end of {self.log_path}:\n{self.log_tail()}")
-                if time.perf_counter() - t0 > self.start_timeout_s:
-                    raise EngineUnavailable(self.expert_id, f"server not ready ({url}) within {self.start_timeout_s:.0f} s; "
-                                            f"end of {self.log_path}:\n{self.log_tail()}")
-                try:
-                    if (await client.get(url)).is_success:
-                        return
-                except httpx.HTTPError:
-                    pass  # not listening yet
-                try:
-                    await asyncio.wait_for(process.wait(), timeout=READINESS_POLL_S)
-                except asyncio.TimeoutError:
-                    pass
+        client = self._control_client()  # kept for the sleep and wake calls
+        while True:
+            if process.returncode is not None:
+                raise EngineUnavailable(self.expert_id, f"server exited with code {process.returncode} before it was "
+                                        f"ready; end of {self.log_path}:\n{self.log_tail()}")
+            if time.perf_counter() - t0 > self.start_timeout_s:
+                raise EngineUnavailable(self.expert_id, f"server not ready ({url}) within {self.start_timeout_s:.0f} s; "
+                                        f"end of {self.log_path}:\n{self.log_tail()}")
+            try:
+                if (await client.get(url, timeout=httpx.Timeout(2.0, connect=0.5))).is_success:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            try:
+                await asyncio.wait_for(process.wait(), timeout=READINESS_POLL_S)
+            except asyncio.TimeoutError:
+                pass
 
     def log_tail(self, num_lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of the server's log ('' before the first start)."""

@@ -114,6 +114,7 @@ def build_app(
                 await request_log.stop()
                 raise
         await fleet.start()
+        handlers.prompt_tokens.preload(config.experts)
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         restoring = asyncio.create_task(restore_online(online, request_log), name="switchboard-online-restore")
         try:

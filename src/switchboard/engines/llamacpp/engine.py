@@ -27,19 +27,24 @@ class ColdStartAnatomy:
 
     spawn_s: float  # until the worker's interpreter is up and llama.cpp is imported (0 for an adopted standby worker)
     load_s: float  # model load inside the worker
-    warmup_s: float  # one warm-up decode (faults the weights in, builds the compute graph)
+    warmup_s: float  # one warm-up decode (faults the weights in, builds the compute graph) and the template prefix
     ready_s: float  # until the worker listens (spawn + load + warm-up + server set-up)
     adopted: bool = False  # a pre-started standby worker was adopted (no spawn on the request's path)
+    prefix_tokens: int = 0  # chat template prefix tokens in the KV cache at ready (the first request reuses them)
+    prefix_restored: bool = False  # they came from an earlier worker's file, not evaluated
 
 
 class LlamaCppEngine(LocalServerEngine):
     """One llama.cpp worker process. start() and stop() are idempotent; concurrent start() calls share one spawn.
 
-    Sleep frees the model inside the worker; the process, its imports and its server stay (level-1 sleep). Wake
-    loads the model again in the same worker (from the page cache) and warms it up."""
+    Sleep keeps the process, its imports and its server. At `sleep_level` 1 it frees the context (KV cache and
+    compute buffers) and keeps the model and a host copy of the KV cells; wake makes a new context and puts the
+    cells back. At level 2 it frees the model too; wake loads it again (from the page cache) and warms it up.
+    `prefix_cache_dir` is where workers keep the chat template prefix's KV cells for the next worker's warm-up
+    (None: each evaluates it)."""
 
     not_running_message = "the llama.cpp worker process is not running"
-    sleep_call = HttpCall("POST", "/sleep")
+    sleep_call = HttpCall("POST", "/sleep?level=1")
     wake_call = HttpCall("POST", "/wake_up")
 
     def __init__(
@@ -55,8 +60,15 @@ class LlamaCppEngine(LocalServerEngine):
         start_timeout_s: float = 120.0,
         read_timeout_s: float = 300.0,
         pool: StandbyPool | None = None,
+        sleep_level: int = 1,
+        prefix_cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__(expert_id)
+        if sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, not {sleep_level}")
+        self.sleep_level = sleep_level
+        self.sleep_call = HttpCall("POST", f"/sleep?level={sleep_level}")
+        self.prefix_cache_dir = Path(prefix_cache_dir).expanduser() if prefix_cache_dir else None
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -80,6 +92,8 @@ class LlamaCppEngine(LocalServerEngine):
             seed=backend.seed,
             start_timeout_s=backend.start_timeout_s,
             pool=pool,
+            sleep_level=backend.sleep_level,
+            prefix_cache_dir=backend.prefix_cache_dir,
         )
 
     @property
@@ -100,6 +114,8 @@ class LlamaCppEngine(LocalServerEngine):
             args += ["--threads", str(self.n_threads)]
         if self.n_threads_batch:
             args += ["--threads-batch", str(self.n_threads_batch)]
+        if self.prefix_cache_dir is not None:
+            args += ["--prefix-cache-dir", str(self.prefix_cache_dir)]
         t0 = time.perf_counter()
         standby = self.pool.take() if self.pool is not None else None
         process = standby or await spawn_worker(standby=False, args=args)
@@ -120,6 +136,7 @@ class LlamaCppEngine(LocalServerEngine):
         self.last_cold_start = ColdStartAnatomy(
             spawn_s=0.0 if standby is not None else spawn_s, load_s=float(ready["t_load_s"]),
             warmup_s=float(ready.get("t_warmup_s", 0.0)), ready_s=time.perf_counter() - t0, adopted=standby is not None,
+            prefix_tokens=int(ready.get("prefix_tokens", 0)), prefix_restored=bool(ready.get("prefix_restored", False)),
         )
         self._client = OpenAIUpstreamEngine(
             self.expert_id, f"http://127.0.0.1:{self.port}/v1", self.expert_id,

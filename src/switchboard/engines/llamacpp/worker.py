@@ -5,15 +5,17 @@ free loopback port itself and announces itself on stdout with one JSON line per 
 to measure the cold-start anatomy:
 
     {"event": "started", "pid": ..., "t_import_s": ...}     interpreter up, llama.cpp imported
-    {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ...}   model loaded and warmed up, listening
+    {"event": "ready", "port": ..., "t_load_s": ..., "t_warmup_s": ..., "prefix_tokens": ..., "prefix_restored": ...}
+                                   model loaded and warmed up (the chat template's prefix in the KV cache), listening
 
 With `--standby` (and no model) it stops after "started" and waits for one line on stdin, the JSON list of
 the arguments to go on with: a pre-started worker that a cold start adopts (`engines/llamacpp/pool.py`),
 skipping the interpreter start and the imports.
 
-Sleep mode, with vLLM's endpoints: `POST /sleep` frees the model (the process, its imports and its server
-stay), `POST /wake_up` loads it again (from the page cache) and warms it up; `GET /is_sleeping`. While asleep
-a generation is answered 503.
+Sleep mode, with vLLM's endpoints: `POST /sleep?level=1` (the default) frees the context and keeps the model
+and a host copy of the KV cache's cells, `POST /sleep?level=2` frees the model too (the process, its imports
+and its server stay either way); `POST /wake_up` makes a new context (level 1) or loads the model again from
+the page cache and warms it up (level 2); `GET /is_sleeping`. While asleep a generation is answered 503.
 
 After "ready" stdout is redirected to stderr so the parent never has to drain it. llama.cpp is not
 thread-safe, so one generation runs at a time (a single-thread executor); others queue in arrival order.
@@ -33,7 +35,10 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+
+from switchboard.engines.llamacpp import kv
 
 _T0 = time.perf_counter()
 
@@ -123,28 +128,60 @@ def _counting(llama_class: Any) -> Any:
 
 class _Generator:
     """Runs llama.cpp generations one at a time on a dedicated thread and bridges chunks to asyncio. Sleep and
-    wake run on the same thread, so they wait for the generation in progress and never overlap one."""
+    wake run on the same thread, so they wait for the generation in progress and never overlap one.
+
+    Sleep levels (vLLM's numbering): 1 frees the context (KV cache, compute and output buffers) and keeps the
+    model loaded (its weights are the GGUF file's pages, mmapped) and a host copy of the KV cache's used cells;
+    wake makes a new context and puts the cells back (milliseconds, and the next request still reuses its
+    common prefix with them). 2 frees the model too; wake loads it again (from the page cache) and warms it up.
+    """
 
     def __init__(self, load: Any) -> None:
         self.load = load  # () -> a loaded, warmed-up Llama
         self.llm: Any = load()
+        self.sleep_level = 0  # 0 awake; 1 or 2 asleep at that level
+        self._asleep: tuple[Any, kv.KvSnapshot] | None = None  # level 1: the Llama without a context, its cells
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
     @property
     def is_asleep(self) -> bool:
         return self.llm is None
 
-    def _sleep(self) -> None:
+    @property
+    def num_kept_kv_bytes(self) -> int:
+        """Bytes of KV cells held on the host while asleep at level 1 (0 otherwise)."""
+        return self._asleep[1].num_bytes if self._asleep is not None else 0
+
+    def _sleep(self, level: int) -> None:
         if self.llm is not None:
-            self.llm.close()  # frees the weights, the KV cache and the compute buffers
+            if level == 1:
+                snapshot = kv.take_snapshot(self.llm)
+                kv.free_context(self.llm)
+                self._asleep = (self.llm, snapshot)
+            else:
+                self.llm.close()  # frees the weights, the KV cache and the compute buffers
             self.llm = None
+            self.sleep_level = level
+        elif level == 2 and self._asleep is not None:  # deeper: level 1 to 2 frees the model as well
+            self._asleep[0].close()
+            self._asleep = None
+            self.sleep_level = 2
 
     def _wake(self) -> None:
-        if self.llm is None:
+        if self.llm is not None:
+            return
+        if self._asleep is not None:
+            llm, snapshot = self._asleep
+            kv.new_context(llm)
+            kv.restore_snapshot(llm, snapshot)  # if refused, the cache starts empty: slower, still correct
+            self._asleep = None
+            self.llm = llm
+        else:
             self.llm = self.load()
+        self.sleep_level = 0
 
-    async def sleep(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._sleep)
+    async def sleep(self, level: int = 1) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._sleep, level)
 
     async def wake(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, self._wake)
@@ -250,10 +287,14 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "model": model_name, "n_ctx": n_ctx, "load_s": load_s, "pid": os.getpid(),
-                             "is_sleeping": generator.is_asleep})
+                             "is_sleeping": generator.is_asleep, "sleep_level": generator.sleep_level,
+                             "kept_kv_bytes": generator.num_kept_kv_bytes})
 
-    async def sleep(_: Request) -> Response:
-        await generator.sleep()
+    async def sleep(request: Request) -> Response:
+        level = request.query_params.get("level", "1")
+        if level not in ("1", "2"):
+            return error(400, f"level must be 1 or 2, not {level!r}", "invalid_sleep_level")
+        await generator.sleep(int(level))
         return Response(status_code=200)
 
     async def wake_up(_: Request) -> Response:
@@ -261,7 +302,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
         return Response(status_code=200)
 
     async def is_sleeping(_: Request) -> Response:
-        return JSONResponse({"is_sleeping": generator.is_asleep})
+        return JSONResponse({"is_sleeping": generator.is_asleep, "sleep_level": generator.sleep_level})
 
     async def generate(request: Request, kind: str) -> Response:
         try:
@@ -352,6 +393,11 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     ])
 
 
+def _server_config(uvicorn: Any, app: Any) -> Any:
+    # No websockets: the worker serves none, and uvicorn would import a websockets library for them.
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none")
+
+
 PARENT_CHECK_INTERVAL_S = 1.0
 
 
@@ -378,14 +424,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads-batch", type=int, default=None, help="prompt-processing threads; default: --threads")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix-cache-dir", default=None,
+                        help="where the chat template prefix's KV cells are kept across processes; none: not kept")
     args = parser.parse_args(argv)
     _exit_with_parent()
 
     import llama_cpp
     import starlette.applications  # noqa: F401 — imported now so a standby worker has nothing left to import
+    import starlette.requests  # noqa: F401
     import starlette.responses  # noqa: F401
     import uvicorn
 
+    # uvicorn imports its protocol and event-loop modules when its config is loaded, which would come after
+    # "ready", on the first request's path (10-45 ms here): load a config now, before a standby worker waits.
+    _server_config(uvicorn, build_app(None, "", 0, 0.0)).load()
     _announce({"event": "started", "pid": os.getpid(), "t_import_s": time.perf_counter() - _T0})
     if args.standby:
         line = sys.stdin.readline()
@@ -406,12 +458,15 @@ def main(argv: list[str] | None = None) -> None:
             n_threads_batch=args.threads_batch or num_threads, n_batch=args.n_batch, seed=args.seed, verbose=False,
         )
         timings["load_s"] = time.perf_counter() - t_load
-        # One tiny decode before serving: it faults the memory-mapped weights in and builds llama.cpp's compute
-        # graph, costs that would otherwise land on the first request (measured several seconds here).
+        # Before serving, what the first request would otherwise pay: one decode (faults the memory-mapped
+        # weights in, builds llama.cpp's compute graph: measured several seconds here once) and the chat
+        # template's shared prefix in the KV cache (~0.14 s of the first request's 0.19 s on SmolLM2), restored
+        # from its file when an earlier worker wrote one (engines/llamacpp/kv.py).
         t_warmup = time.perf_counter()
-        llm.create_completion(prompt="Hi", max_tokens=1, temperature=0)
-        llm.reset()
+        warm = kv.warm_up(llm, args.model, Path(args.prefix_cache_dir) if args.prefix_cache_dir else None)
         timings["warmup_s"] = time.perf_counter() - t_warmup
+        timings["prefix_tokens"] = warm.num_prefix_tokens
+        timings["prefix_restored"] = warm.is_restored
         return llm
 
     generator = _Generator(load)
@@ -424,10 +479,12 @@ def main(argv: list[str] | None = None) -> None:
     # backlog instead of being refused.
     sock.listen(128)
     app = build_app(generator, args.name, args.n_ctx, load_s)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = _server_config(uvicorn, app)
+    config.load()
     server = uvicorn.Server(config)
     _announce({"event": "ready", "port": port, "t_load_s": load_s, "t_warmup_s": warmup_s, "n_ctx": args.n_ctx,
-               "t_ready_s": time.perf_counter() - _T0})
+               "t_ready_s": time.perf_counter() - _T0, "prefix_tokens": timings["prefix_tokens"],
+               "prefix_restored": timings["prefix_restored"]})
     sys.stdout = sys.stderr
     server.run(sockets=[sock])
 
