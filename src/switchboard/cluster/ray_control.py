@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import json
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -28,6 +29,16 @@ from typing import Any
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_limits import KeyCounts, RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
+from switchboard.cluster.ray_routing import (
+    POLL_INTERVAL_S,
+    REPORT_INTERVAL_S,
+    Ended,
+    LoadReports,
+    LocalRouter,
+    RoutingView,
+    Started,
+    without_requests,
+)
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
@@ -36,13 +47,17 @@ from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.fleet import LiveFleet
 from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
-from switchboard.types import ExpertId, RequestId
+from switchboard.policies.control import ControlPlane
+from switchboard.types import ExpertId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.cluster")
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
-SNAPSHOT_INTERVAL_S = 0.5
-"""How often a gateway refreshes its copy of the fleet view (GET /admin/fleet, /metrics, the dashboard)."""
+SNAPSHOT_INTERVAL_S = POLL_INTERVAL_S
+"""How often, at the latest, a gateway's copy of the fleet view (GET /admin/fleet, /metrics, the dashboard, and
+its routing view) is refreshed; a new view version is pushed at once (long poll)."""
+VERSION_CHECK_INTERVAL_S = 0.02
+"""How often the control actor looks for a new view version to answer the gateways' long polls with."""
 
 
 def config_fingerprint(config: SwitchboardConfig) -> str:
@@ -103,6 +118,11 @@ class ControlActor:
         self._view_key: tuple = ()
         self._view_number = 0
         self._reaper: asyncio.Task | None = None
+        self._adopted: dict[str, dict[str, Lease]] = {}
+        """Gateway id -> request id -> lease: the requests gateways assigned to warm replicas themselves."""
+        self._changed = asyncio.Event()
+        """Set (and replaced) when the view version changes: what the gateways' long polls wait on."""
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> str:
         """Starts the fleet once (later calls only answer); returns the config fingerprint."""
@@ -110,12 +130,14 @@ class ControlActor:
             self.fleet = LiveFleet(self.config)  # over RayCluster: the config's cluster is `kind: ray`
             await self.fleet.start()
             self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
+            self._watcher = asyncio.create_task(self._watch_versions(), name="switchboard-view-versions")
         return config_fingerprint(self.config)
 
     async def shutdown(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for task in (self._reaper, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.fleet is not None:
             await self.fleet.stop()
 
@@ -142,12 +164,25 @@ class ControlActor:
             for token in tokens:
                 del self._owners[token]
                 await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)
+            adopted = self._adopted.pop(gateway_id, {})
+            for lease in adopted.values():
+                await lease.__aexit__(asyncio.CancelledError, None, None)
+            tokens += list(adopted)
             self.num_leases_reclaimed += len(tokens)
             self.keys.release_gateway(gateway_id)
             if tokens:
                 log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
                             self.gateway_timeout_s, len(tokens), ", ".join(tokens))
         return silent
+
+    async def _watch_versions(self) -> None:
+        version = self.view_version()
+        while True:
+            await asyncio.sleep(VERSION_CHECK_INTERVAL_S)
+            if (now := self.view_version()) != version:
+                version = now
+                self._changed.set()
+                self._changed = asyncio.Event()
 
     async def _reclaim_forever(self) -> None:
         while True:
@@ -218,6 +253,51 @@ class ControlActor:
     async def wake(self, expert_id: str, detail: str) -> None:
         self._fleet().wake(expert_id, detail)
 
+    # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
+
+    async def report(self, gateway_id: str, events: list[Started | Ended]) -> None:
+        """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted
+        in the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine,
+        stops and replaces the replica). A start on a replica no longer warm here is not counted, nor its end."""
+        self._heard_from(gateway_id)
+        fleet = self._fleet()
+        adopted = self._adopted.setdefault(gateway_id, {})
+        for event in events:
+            if isinstance(event, Started):
+                request = event.request
+                if request.request_id not in adopted:
+                    lease = Lease(fleet, request.expert_id, request)
+                    if fleet.adopt(lease, event.replica_id):
+                        adopted[request.request_id] = lease
+            else:
+                lease = adopted.pop(event.request_id, None)
+                if lease is not None:
+                    exc = event.error.to_exception() if event.error is not None else None
+                    exc_type = type(exc) if exc is not None else (None if event.ok else asyncio.CancelledError)
+                    await lease.__aexit__(exc_type, exc, None)
+
+    async def poll(self, gateway_id: str, known_version: Any, timeout_s: float) -> dict[str, Any]:
+        """The gateway's view (`snapshot`) with its `RoutingView` under "routing": at once if the view version
+        is not `known_version`, else when it changes or after `timeout_s` (a long poll)."""
+        self._heard_from(gateway_id)
+        if known_version is not None and tuple(known_version) == self.view_version():
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        view = await self.snapshot(gateway_id)
+        fleet = self._fleet()
+        own = [(lease.replica.replica_id, lease.request) for lease in self._adopted.get(gateway_id, {}).values()
+               if lease.replica is not None and lease.request is not None]
+        actors = {}
+        for replica_id, live in fleet.live.items():
+            replica = fleet.model.replicas.get(replica_id)
+            actor = getattr(live.engine, "actor", None)
+            if replica is not None and replica.state is ReplicaState.WARM and actor is not None:
+                actors[replica_id] = (actor, getattr(live.engine, "node_id", ""))
+        view["routing"] = RoutingView(view["version"], without_requests(fleet.model, own), actors)
+        return view
+
     async def snapshot(self, gateway_id: str = "") -> dict[str, Any]:
         """The fleet view, plus what gateways' metrics read from the model (unplaced requests, memory used).
         A gateway's periodic call is also how the actor knows it is alive."""
@@ -282,6 +362,13 @@ class RemoteFleet:
         self.gateway_id = uuid.uuid4().hex[:12]
         """Who holds this gateway's leases in the control actor (they are released if it falls silent)."""
         self._tokens: dict[str, str] = {}
+        self.router = LocalRouter(ControlPlane(config.control_plane.policies), random.Random(config.control_plane.seed))
+        """This gateway's own decisions for warm replicas, on the view the control actor pushes."""
+        self.reports = LoadReports()
+        self._engines: dict[str, RayReplicaEngine] = {}
+        """Replica id -> the engine proxy this gateway calls it through (kept: it remembers a lost actor)."""
+        self._report_due: asyncio.Event | None = None
+        self._report_task: asyncio.Task | None = None
         self._refresh_task: asyncio.Task | None = None
         self._syncing: asyncio.Future | None = None
         self._key_ledger: RayKeyLedger | None = None
@@ -330,7 +417,9 @@ class RemoteFleet:
         if self._key_ledger is not None:
             self._key_ledger.flush_seeds()
         await self._refresh()
-        self._refresh_task = asyncio.create_task(self._refresh_forever(), name="switchboard-fleet-view")
+        self._report_due = asyncio.Event()
+        self._refresh_task = asyncio.create_task(self._poll_forever(), name="switchboard-fleet-view")
+        self._report_task = asyncio.create_task(self._report_forever(), name="switchboard-load-reports")
 
     def key_ledger(self) -> RayKeyLedger:
         """Where this gateway counts keys' usage: the control actor, shared with every other gateway."""
@@ -340,9 +429,11 @@ class RemoteFleet:
 
     async def stop(self) -> None:
         """Leaves the shared fleet running (other gateways use it); stops this gateway's own upstream clients."""
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            await asyncio.gather(self._refresh_task, return_exceptions=True)
+        for task in (self._refresh_task, self._report_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._send_reports()
         await asyncio.gather(*(r.engine.stop() for r in self.external.values()), return_exceptions=True)
 
     # ---- what the gateway calls per request
@@ -376,6 +467,16 @@ class RemoteFleet:
         import ray
 
         r = lease.request
+        local = self.router.assign(r, time.time())
+        if local is not None:  # a warm replica with room, chosen here: no call to the control actor
+            self.reports.add(Started(r, local.replica_id))
+            if self.reports.is_due and self._report_due is not None:
+                self._report_due.set()
+            engine = self._engines.get(local.replica_id)
+            if engine is None:
+                engine = self._engines[local.replica_id] = RayReplicaEngine(local.replica_id, r.expert_id, local.node_id,
+                                                                            make_actor=None, actor=local.actor)
+            return LiveReplica(local.replica_id, self._experts[r.expert_id], local.hardware, engine), False
         pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected,
                                              r.prefix_key, self.gateway_id)
         try:
@@ -401,11 +502,41 @@ class RemoteFleet:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
         if lease.request is None:
             return
-        token = self._tokens.pop(lease.request.request_id, None)
+        request_id = lease.request.request_id
+        error = RemoteEngineError.of(exc) if isinstance(exc, EngineError) else None
+        token = self._tokens.pop(request_id, None)
         if token is not None:
-            error = RemoteEngineError.of(exc) if isinstance(exc, EngineError) else None
             # Submitted now (Ray keeps one caller's calls in order), so a retry's acquire comes after it.
             self._actor.release.remote(token, error, self.gateway_id)
+            return
+        self.router.finish(request_id)
+        self.reports.add(Ended(request_id, ok, error))
+        if isinstance(exc, EngineUnavailable):
+            # The replica's engine, actor or node is gone: never choose it again here, and tell the control
+            # actor now (before a retry's acquire, submitted after this), which stops and replaces it.
+            self.router.forget(lease.replica.replica_id)  # type: ignore[union-attr]
+            self._send_reports()
+        elif self.reports.is_due and self._report_due is not None:
+            self._report_due.set()
+
+    def _send_reports(self) -> None:
+        """Sends the pending load events (fire and forget: Ray keeps one caller's calls in order)."""
+        events = self.reports.take()
+        if events and self._actor is not None:
+            self._actor.report.remote(self.gateway_id, events)
+
+    async def _report_forever(self) -> None:
+        assert self._report_due is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._report_due.wait(), timeout=REPORT_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._report_due.clear()
+            try:
+                self._send_reports()
+            except Exception:  # noqa: BLE001 — a failed send is logged; the events of a dead actor are rebuilt
+                log.exception("could not send load reports to the control actor")
 
     async def refresh_inventory(self) -> None:
         await self._control("", self._actor.refresh_inventory.remote())
@@ -437,8 +568,11 @@ class RemoteFleet:
             if not _is_older(self._view.get("version"), version):
                 return
 
-    async def _refresh(self) -> None:
-        view = await self._actor.snapshot.remote(self.gateway_id)
+    async def _refresh(self, known_version: Any = None) -> None:
+        """Installs the control actor's view: at once (`known_version` None), else once it differs from
+        `known_version` or `POLL_INTERVAL_S` passed (the long poll)."""
+        view = await self._actor.poll.remote(self.gateway_id, known_version, POLL_INTERVAL_S)
+        routing = view.pop("routing")
         new, old = view.get("version"), self._view.get("version")
         if new is not None and old is not None and new[0] == old[0] and new[1] < old[1]:
             return  # overtaken by a newer refresh: keep the newer view
@@ -454,14 +588,15 @@ class RemoteFleet:
             for e in view["experts"] for r in e["replicas"]
         }
         self._view = view
+        self.router.install(routing)
 
-    async def _refresh_forever(self) -> None:
+    async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
             try:
-                await self._refresh()
+                await self._refresh(self._view.get("version"))
             except Exception:  # noqa: BLE001 — a missed refresh leaves the last view; logged and retried
                 log.exception("could not refresh the fleet view from the control actor")
+                await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
 def stop_control_actor(settings: RayClusterConfig) -> bool:

@@ -256,6 +256,25 @@ class LiveFleet:
         self._execute(list(self.loop.admit(self.model, request)))  # may already answer `waiter`
         return await self._await_replica(request, waiter)
 
+    def adopt(self, lease: Lease, replica_id: str) -> bool:
+        """Counts a request that a gateway assigned to warm replica `replica_id` itself (Ray mode: the gateway
+        decided with the same policies on its copy of the model, docs/ray.md "Local decisions") as running there,
+        as if admitted here; `release(lease, ...)` ends it. False, and nothing counted, when that replica is not
+        warm here any more (stopped since: the request fails on it and is retried elsewhere)."""
+        live = self.live.get(replica_id)
+        replica = self._now().replicas.get(ReplicaId(replica_id))
+        request = lease.request
+        if live is None or replica is None or replica.state is not ReplicaState.WARM or request is None:
+            return False
+        self.model = ops.record_arrival(self.model, request.expert_id, request.num_prompt_tokens,
+                                        request.num_output_tokens_expected)
+        self.model = ops.start_request(ops.enqueue(self.model, request, replica.replica_id), replica.replica_id,
+                                       request.request_id)
+        self.counters["admitted"] += 1
+        lease.replica = live
+        live.num_outstanding += 1
+        return True
+
     async def _await_replica(self, request: QueuedRequest, waiter: asyncio.Future) -> tuple[LiveReplica, bool]:
         """Waits on the request's own future until it may run on a warm replica (`_notify` answers it), or is
         rejected, or `start_timeout_s` passes.
