@@ -52,10 +52,11 @@ from switchboard.types import ExpertId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.cluster")
 
-HEAD_NODE_RESOURCE = "node:__internal_head__"
 SNAPSHOT_INTERVAL_S = POLL_INTERVAL_S
 """How often, at the latest, a gateway's copy of the fleet view (GET /admin/fleet, /metrics, the dashboard, and
 its routing view) is refreshed; a new view version is pushed at once (long poll)."""
+CONTROL_RETRY_INTERVAL_S = 0.2
+"""How often a request that needs the control actor tries again while Ray restarts it."""
 VERSION_CHECK_INTERVAL_S = 0.02
 """How often the control actor looks for a new view version to answer the gateways' long polls with."""
 
@@ -98,8 +99,12 @@ class ControlActor:
     monotonic seconds (both passed in by tests)."""
 
     def __init__(self, config: dict[str, Any], gateway_timeout_s: float | None = None,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, fleet_tag: str = "") -> None:
         self.config = SwitchboardConfig.model_validate(config)
+        self.fleet_tag = fleet_tag
+        """Prefix of this fleet's replica actor names; Ray passes it again when it restarts the actor, so the
+        restarted one finds the replicas by name."""
+        self._starting = asyncio.Lock()
         self.fleet: LiveFleet | None = None
         self._leases: dict[str, Lease] = {}
         self._owners: dict[str, str] = {}
@@ -125,15 +130,43 @@ class ControlActor:
         self._watcher: asyncio.Task | None = None
 
     async def start(self) -> str:
-        """Starts the fleet once (later calls only answer); returns the config fingerprint."""
-        if self.fleet is None:
-            self.fleet = LiveFleet(self.config)  # over RayCluster: the config's cluster is `kind: ray`
-            await self.fleet.start()
-            self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
-            self._watcher = asyncio.create_task(self._watch_versions(), name="switchboard-view-versions")
+        """Starts the fleet once (later calls only answer); returns the config fingerprint.
+
+        On Ray the fleet first takes over the replica actors of this fleet still alive and serving: after Ray
+        restarted this actor (its node died), the fleet is rebuilt from them, and from what the gateways report
+        of their requests in flight (`report`), instead of starting replicas afresh."""
+        async with self._starting:
+            if self.fleet is None:
+                cluster, survivors = None, []
+                if isinstance(self.config.cluster, RayClusterConfig):
+                    from switchboard.cluster.ray_cluster import RayCluster
+
+                    cluster = RayCluster(self.config.cluster, fleet_tag=self.fleet_tag)
+                    survivors = await cluster.surviving_replicas()
+                fleet = LiveFleet(self.config, cluster=cluster)
+                await fleet.start(survivors)
+                if survivors:
+                    log.warning("control plane restarted: took over %d live replicas (%s)", len(survivors),
+                                ", ".join(s.replica_id for s in survivors))
+                self.fleet = fleet
+                self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
+                self._watcher = asyncio.create_task(self._watch_versions(), name="switchboard-view-versions")
         return config_fingerprint(self.config)
 
+    async def _started(self) -> LiveFleet:
+        """The fleet, started first if need be (a restarted actor starts on its first call, from any gateway)."""
+        if self.fleet is None:
+            await self.start()
+        return self._fleet()
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (tests kill it; operators check where it went after a restart)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     async def shutdown(self) -> None:
+        await self._started()  # a restarted actor takes its replicas over first, so that they are stopped too
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
@@ -197,14 +230,14 @@ class ControlActor:
         return self.fleet
 
     async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
-        return await self._fleet().route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
+        return await (await self._started()).route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
 
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
                       gateway_id: str = "") -> tuple:
         """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not.
         The lease belongs to `gateway_id` (released if that gateway falls silent)."""
         self._heard_from(gateway_id)
-        lease = self._fleet().lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
+        lease = (await self._started()).lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
         try:
             await lease.__aenter__()
         except AdmissionRejected as exc:
@@ -232,7 +265,7 @@ class ControlActor:
             await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)  # counted as not served
 
     async def refresh_inventory(self) -> None:
-        await self._fleet().refresh_inventory()
+        await (await self._started()).refresh_inventory()
 
     # ---- keys' limits, for every gateway (`switchboard.cluster.ray_limits`)
 
@@ -251,7 +284,7 @@ class ControlActor:
             self.keys.seed(key_id, usd_today, usd_this_month)
 
     async def wake(self, expert_id: str, detail: str) -> None:
-        self._fleet().wake(expert_id, detail)
+        (await self._started()).wake(expert_id, detail)
 
     # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
 
@@ -260,7 +293,7 @@ class ControlActor:
         in the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine,
         stops and replaces the replica). A start on a replica no longer warm here is not counted, nor its end."""
         self._heard_from(gateway_id)
-        fleet = self._fleet()
+        fleet = await self._started()
         adopted = self._adopted.setdefault(gateway_id, {})
         for event in events:
             if isinstance(event, Started):
@@ -280,6 +313,7 @@ class ControlActor:
         """The gateway's view (`snapshot`) with its `RoutingView` under "routing": at once if the view version
         is not `known_version`, else when it changes or after `timeout_s` (a long poll)."""
         self._heard_from(gateway_id)
+        await self._started()
         if known_version is not None and tuple(known_version) == self.view_version():
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
@@ -302,7 +336,7 @@ class ControlActor:
         """The fleet view, plus what gateways' metrics read from the model (unplaced requests, memory used).
         A gateway's periodic call is also how the actor knows it is alive."""
         self._heard_from(gateway_id)
-        fleet = self._fleet()
+        fleet = await self._started()
         view = fleet.snapshot()
         model = fleet.model
         for expert in view["experts"]:
@@ -361,7 +395,8 @@ class RemoteFleet:
         self._actor: Any = None
         self.gateway_id = uuid.uuid4().hex[:12]
         """Who holds this gateway's leases in the control actor (they are released if it falls silent)."""
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, str, QueuedRequest]] = {}
+        """Request id -> (lease token, replica id, request) of the leases the control actor granted."""
         self.router = LocalRouter(ControlPlane(config.control_plane.policies), random.Random(config.control_plane.seed))
         """This gateway's own decisions for warm replicas, on the view the control actor pushes."""
         self.reports = LoadReports()
@@ -403,11 +438,14 @@ class RemoteFleet:
                 self.external[expert.id] = replica
                 await replica.engine.start()
         actor_class = ray.remote(ControlActor)
+        # Restarted by Ray wherever `control_resources` allow (any node by default) when its node dies; its calls
+        # are not retried (a lease or a load report must not count twice): the restarted actor rebuilds its state
+        # from the live replica actors and the gateways' reports instead.
         self._actor = actor_class.options(
             name=self.settings.control_actor, namespace=self.settings.namespace, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_restarts=0, max_concurrency=10_000,
-            resources={HEAD_NODE_RESOURCE: 0.001},  # on the head: worker nodes come and go, the fleet must not
-        ).remote(self.config.model_dump(mode="json"))
+            num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000,
+            resources=dict(self.settings.control_resources),
+        ).remote(self.config.model_dump(mode="json"), fleet_tag=uuid.uuid4().hex[:8] + "/")
         fingerprint = await self._actor.start.remote()
         if fingerprint != config_fingerprint(self.config):
             raise RuntimeError(
@@ -438,19 +476,32 @@ class RemoteFleet:
 
     # ---- what the gateway calls per request
 
-    async def _control(self, expert_id: str, call: Any) -> Any:
-        """Awaits a control actor call; an unreachable control actor is a clear 503, not an internal error."""
-        from ray.exceptions import RayActorError
+    async def _control(self, expert_id: str, call: Any, *, undo: Any = None) -> Any:
+        """Awaits `call()`, a control actor call. While Ray restarts the actor (`ActorUnavailableError`) the call
+        is made again (after `undo()`, in case the failed one did run) until `cluster.control_restart_wait_s`
+        passed: such requests wait for the restarted actor. An actor that stays unreachable, or is gone for good,
+        is a clear 503 naming it, not an internal error."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
-        try:
-            return await call
-        except RayActorError as exc:
-            raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
+        deadline = time.monotonic() + self.settings.control_restart_wait_s
+        while True:
+            try:
+                return await call()
+            except ActorUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable "
+                                            f"(restarting?) for over {self.settings.control_restart_wait_s:.0f} s: "
+                                            f"{str(exc).splitlines()[0]}") from None
+                if undo is not None:
+                    undo()
+                await asyncio.sleep(CONTROL_RETRY_INTERVAL_S)
+            except RayActorError as exc:
+                raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
 
     async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
         if not choice.candidates:
             return choice.expert_id, {}
-        routed = await self._control(choice.expert_id, self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
+        routed = await self._control(choice.expert_id, lambda: self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
         return tuple(routed)  # type: ignore[return-value]
 
     def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
@@ -477,12 +528,17 @@ class RemoteFleet:
                 engine = self._engines[local.replica_id] = RayReplicaEngine(local.replica_id, r.expert_id, local.node_id,
                                                                             make_actor=None, actor=local.actor)
             return LiveReplica(local.replica_id, self._experts[r.expert_id], local.hardware, engine), False
-        pending = self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens, r.num_output_tokens_expected,
-                                             r.prefix_key, self.gateway_id)
+        pending: list[Any] = []
+
+        def call() -> Any:
+            pending.append(self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens,
+                                                      r.num_output_tokens_expected, r.prefix_key, self.gateway_id))
+            return pending[-1]
+
         try:
-            answer = await self._control(r.expert_id, pending)
+            answer = await self._control(r.expert_id, call, undo=lambda: self._actor.abandon.remote(r.request_id))
         except asyncio.CancelledError:  # the client left or timed out while waiting: the actor must not keep a lease for it
-            ray.cancel(pending)
+            ray.cancel(pending[-1])
             self._actor.abandon.remote(r.request_id)
             raise
         if answer[0] == "rejected":
@@ -490,7 +546,7 @@ class RemoteFleet:
         if answer[0] == "error":
             raise answer[1].to_exception()
         info, version = answer[1], answer[2]
-        self._tokens[r.request_id] = info["token"]
+        self._tokens[r.request_id] = (info["token"], info["replica_id"], r)
         if _is_older(self._view.get("version"), version):
             # The fleet changed since this gateway's last view (e.g. the replica just started for this request
             # became warm): catch up before answering, so the operator's view never lags what a client has seen.
@@ -504,8 +560,9 @@ class RemoteFleet:
             return
         request_id = lease.request.request_id
         error = RemoteEngineError.of(exc) if isinstance(exc, EngineError) else None
-        token = self._tokens.pop(request_id, None)
-        if token is not None:
+        leased = self._tokens.pop(request_id, None)
+        if leased is not None:
+            token = leased[0]
             # Submitted now (Ray keeps one caller's calls in order), so a retry's acquire comes after it.
             self._actor.release.remote(token, error, self.gateway_id)
             return
@@ -539,7 +596,7 @@ class RemoteFleet:
                 log.exception("could not send load reports to the control actor")
 
     async def refresh_inventory(self) -> None:
-        await self._control("", self._actor.refresh_inventory.remote())
+        await self._control("", lambda: self._actor.refresh_inventory.remote())
 
     # ---- for operators
 
@@ -589,6 +646,24 @@ class RemoteFleet:
         }
         self._view = view
         self.router.install(routing)
+        if new is not None and old is not None and new[0] != old[0]:
+            self._rejoin()
+
+    def _rejoin(self) -> None:
+        """The control actor was restarted (a new incarnation answered): tells it what this gateway has in
+        flight, so that it counts those requests on their replicas again. Leases the old incarnation granted
+        become this gateway's own requests (reported like those it assigned itself)."""
+        for request_id, (_, replica_id, request) in list(self._tokens.items()):
+            del self._tokens[request_id]
+            self.router.adopt(request, replica_id)
+        self._send_reports()
+        in_flight = self.router.in_flight()
+        if in_flight:
+            self._actor.report.remote(self.gateway_id, in_flight)
+        if self._key_ledger is not None:
+            self._key_ledger.reseed()
+        log.warning("the control actor '%s' restarted: reported %d requests in flight to it", self.settings.control_actor,
+                    len(in_flight))
 
     async def _poll_forever(self) -> None:
         while True:

@@ -74,6 +74,7 @@ class RayKeyLedger:
         self.gateway_id = gateway_id
         self.control_actor_name = control_actor_name
         self._seeds: list[tuple[str, float, float]] = []
+        self._sent_seeds: list[tuple[str, float, float]] = []
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
         from ray.exceptions import RayActorError
@@ -98,4 +99,11 @@ class RayKeyLedger:
     def flush_seeds(self) -> None:
         seeds, self._seeds = self._seeds, []
         if seeds:
+            self._sent_seeds += seeds
             self._actor().seed_keys.remote(seeds)
+
+    def reseed(self) -> None:
+        """Sends every seed again (a restarted control actor starts its key counts from nothing)."""
+        self._seeds = self._sent_seeds + self._seeds
+        self._sent_seeds = []
+        self.flush_seeds()

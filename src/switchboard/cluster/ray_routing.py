@@ -121,6 +121,13 @@ class LocalRouter:
         self._own[request.request_id] = (replica_id, request)
         return LocalAssignment(replica_id, where[0], where[1], replica.hardware)
 
+    def adopt(self, request: QueuedRequest, replica_id: str) -> None:
+        """Counts `request`, running on `replica_id` by the control actor's leave, as this gateway's own (its
+        lease died with the control actor that granted it)."""
+        self._own[request.request_id] = (replica_id, request)
+        if self._model is not None:
+            self._model = _with_running(self._model, replica_id, +1, request.num_tokens)
+
     def finish(self, request_id: str) -> None:
         """A request `assign` placed ended (however): its replica's load drops."""
         found = self._own.pop(request_id, None)
