@@ -139,3 +139,48 @@ async def test_a_silent_gateways_own_requests_are_released_and_a_stopped_replica
         assert running(actor) == 0 and sum(r.num_failed for r in actor.fleet.live.values()) == 3  # 2 reclaimed, 1 failed
     finally:
         await actor.shutdown()
+
+
+async def test_a_restarted_control_actor_counts_again_what_a_gateway_reports_in_flight():
+    """After a restart the gateway reports everything it has in flight — requests it placed itself and leases
+    the dead incarnation granted — and the new incarnation counts them on their replicas."""
+    before = await started_actor()
+    try:
+        router = gateway_router()
+        router.install(await routing_view(before, "gw"))
+        placed = router.assign(request("mine"), before.fleet.model.now_s)
+        leased = await before.acquire("e", "leased", 10, 4, "", "gw")
+        assert placed is not None and leased[0] == "ok"
+    finally:
+        await before.shutdown()
+    after = await started_actor()  # stands in for the restarted incarnation (same replica names)
+    try:
+        router.adopt(request("leased"), leased[1]["replica_id"])
+        in_flight = router.in_flight()
+        assert {(s.request.request_id, s.replica_id) for s in in_flight} == {("mine", placed.replica_id),
+                                                                             ("leased", leased[1]["replica_id"])}
+        await after.report("gw", in_flight)
+        await after.report("gw", in_flight)  # reported twice (a batch and the rejoin): counted once
+        assert running(after) == 2
+        router.install(await routing_view(after, "gw"))  # its own requests come back exactly once
+        assert sum(r.load.num_running for r in router._model.replicas_of("e")) == 2
+    finally:
+        await after.shutdown()
+
+
+def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
+    from switchboard.cluster.ray_limits import RayKeyLedger
+
+    sent = []
+
+    class Actor:
+        class seed_keys:  # noqa: N801 — stands in for a Ray actor method
+            @staticmethod
+            def remote(seeds):
+                sent.append(list(seeds))
+
+    ledger = RayKeyLedger(lambda: Actor, "gw", "control")
+    ledger.seed("k", 1.0, 2.0)
+    ledger.seed("j", 0.5, 0.5)
+    ledger.reseed()
+    assert sent == [[("k", 1.0, 2.0)], [("j", 0.5, 0.5)], [("k", 1.0, 2.0), ("j", 0.5, 0.5)]]

@@ -2,14 +2,20 @@
 
 `ControlActor` runs the same `LiveFleet` as embedded mode (policies, admission, leases, reaping, node-loss
 handling) over `RayCluster`, so all gateways see one fleet. `RemoteFleet` is what a gateway holds instead of a
-`LiveFleet`: the same surface (`lease`, `route`, `snapshot`, ...), with leases granted by the actor and tokens
-streamed straight from the replica actor to the gateway (the control actor never carries answer traffic).
+`LiveFleet`: the same surface (`lease`, `route`, `snapshot`, ...). A request to a warm replica with room is
+assigned in the gateway itself (`ray_routing.LocalRouter`, on the view the actor pushes by long poll) and
+reported to the actor in batches; anything else takes a lease from the actor. Tokens stream straight from the
+replica actor to the gateway (the control actor never carries answer traffic).
 
 The first gateway creates the actor (`get_if_exists`); later ones join it and must bring the same config. The
 actor outlives the gateways (it is detached): `stop_control_actor` (or `switchboard ray-stop`) ends it and its
 replicas. Every gateway has an id; the leases it holds are released when it has not been heard from (it
-refreshes its fleet view every `SNAPSHOT_INTERVAL_S`) for `cluster.gateway_timeout_s`, so a gateway process
-that dies mid-request does not leave its replicas looking busy.
+long-polls its fleet view at least every `SNAPSHOT_INTERVAL_S`) for `cluster.gateway_timeout_s`, so a gateway
+process that dies mid-request does not leave its replicas looking busy.
+
+Ray restarts the actor when its node dies (`max_restarts=-1`); the restarted one takes over the live replica
+actors and counts again the requests the gateways report in flight (docs/ray.md, "When the control actor's
+node dies").
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterCon
 from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
+from switchboard.policies.control import ControlPlane
 from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.fleet import LiveFleet
 from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
-from switchboard.policies.control import ControlPlane
 from switchboard.types import ExpertId, ReplicaState, RequestId
 
 log = logging.getLogger("switchboard.cluster")
