@@ -25,7 +25,8 @@ test removes its node or kills its gateway, however slow the machine; short enou
 
 def ray_config(address: str):
     return parse_config(f"""
-cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5, gateway_timeout_s: 3}}
+cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5, gateway_timeout_s: 3,
+           control_resources: {{"node:__internal_head__": 0.001}}}}  # not on the l4 node a test removes
 experts:
   - id: smollm2
     backend: {{kind: llamacpp, n_threads: 1, hardware: cpu}}

@@ -672,9 +672,15 @@ class RemoteFleet:
                     len(in_flight))
 
     async def _poll_forever(self) -> None:
+        from ray.exceptions import RayActorError
+
         while True:
             try:
                 await self._refresh(self._view.get("version"))
+            except RayActorError as exc:  # away (restarting): warm replicas are served from the last view meanwhile
+                log.warning("the control actor '%s' is unreachable; serving from the last fleet view: %s",
+                            self.settings.control_actor, str(exc).splitlines()[0])
+                await asyncio.sleep(SNAPSHOT_INTERVAL_S)
             except Exception:  # noqa: BLE001 — a missed refresh leaves the last view; logged and retried
                 log.exception("could not refresh the fleet view from the control actor")
                 await asyncio.sleep(SNAPSHOT_INTERVAL_S)
