@@ -131,6 +131,35 @@ def _ray_config(address: str) -> str:
     return f'cluster: {{kind: ray, address: "{address}", namespace: switchboard-bench}}\n' + EXPERTS
 
 
+def _call_ceiling(address: str, duration_s: float) -> dict[int, float]:
+    """Calls/s of the `instant` replica actor's `complete`, called straight from this process (a bare Ray driver,
+    no gateway) with 1 and 16 calls in flight: what one actor call per request allows on this machine."""
+    import ray
+
+    from switchboard.engines.base import GenerationRequest
+
+    ray.init(address=address, namespace="switchboard-bench", include_dashboard=False, log_to_driver=False)
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"]]
+    actor = ray.get_actor(name, namespace="switchboard-bench")
+    request = GenerationRequest("bench", "chat", json.loads(_body("instant", False)), 16, 4)
+
+    async def calls_per_s(concurrency: int) -> float:
+        num_calls = 0
+        stop_at = time.perf_counter() + duration_s
+
+        async def caller() -> None:
+            nonlocal num_calls
+            while time.perf_counter() < stop_at:
+                await actor.complete.remote(request)
+                num_calls += 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return num_calls / duration_s
+
+    return {concurrency: asyncio.run(calls_per_s(concurrency)) for concurrency in CONCURRENCIES}
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         proc.terminate()
@@ -165,6 +194,7 @@ def main() -> None:
                         order = sides if index % 2 == 0 else sides[::-1]
                         rounds.append({name: _measure_cell(ports, model, stream, concurrency, args.duration) for name, ports in order})
                     cells[(model, stream, concurrency)] = rounds
+        ceiling = _call_ceiling(cluster.address, args.duration)
     finally:
         load_after = os.getloadavg()
         _stop(embedded + ray_procs)
@@ -189,11 +219,14 @@ def main() -> None:
             print(f"{num_gateways:2d} {model:8} {str(stream):6} {concurrency:4d} | {emb['rps']:8.1f} {on_ray['rps']:8.1f} {row['rps_ratio']:6.2f} "
                   f"({ratios.min():.2f}-{ratios.max():.2f}) | {emb['p50_ms']:8.2f} {on_ray['p50_ms']:8.2f} {row['added_p50_ms']:7.2f} "
                   f"({added.min():+.2f}..{added.max():+.2f}) | {ttfb} | {errors}")
+    print("one Ray actor call per request allows: " + ", ".join(
+        f"{n:.0f} calls/s at concurrency {c}" for c, n in ceiling.items()) + " (the instant replica actor's `complete`, "
+        "called from a bare Ray driver)")
     print(f"medians over {args.rounds} ABBA rounds of {args.duration:.0f} s per side; ratio = Ray rps / embedded rps; "
           f"added = Ray p50 - embedded p50 (ms); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"load_average": [load_before, load_after], "rows": rows}, fh, indent=2)
+            json.dump({"load_average": [load_before, load_after], "rows": rows, "call_ceiling": ceiling}, fh, indent=2)
 
 
 if __name__ == "__main__":

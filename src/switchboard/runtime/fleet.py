@@ -173,9 +173,11 @@ class LiveFleet:
         self.model = ops.transition(self.model, ReplicaId(survivor.replica_id), ReplicaState.STARTING)
         self.model = ops.transition(self.model, ReplicaId(survivor.replica_id), ReplicaState.WARM)
         self.live[survivor.replica_id] = LiveReplica(survivor.replica_id, expert, worker.hardware, survivor.engine)
-        number = int(survivor.replica_id.rsplit("#", 1)[-1]) if survivor.replica_id.rsplit("#", 1)[-1].isdigit() else 0
+        # Replica ids are `<expert>#<n>`, n counting the fleet's starts: later starts must count on from it.
+        suffix = survivor.replica_id.rsplit("#", 1)[-1]
         state = self.loop.state
-        self.loop.state = dataclasses.replace(state, num_replicas_created=max(state.num_replicas_created, number))
+        self.loop.state = dataclasses.replace(
+            state, num_replicas_created=max(state.num_replicas_created, int(suffix) if suffix.isdigit() else 0))
         self.decisions.append({"at": self.clock(), "action": "TakeOverReplica", "expert": expert.id,
                                "replica": survivor.replica_id, "reason": "alive after the control plane restarted",
                                "code": "taken-over"})
