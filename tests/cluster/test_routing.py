@@ -184,3 +184,37 @@ def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
     ledger.seed("j", 0.5, 0.5)
     ledger.reseed()
     assert sent == [[("k", 1.0, 2.0)], [("j", 0.5, 0.5)], [("k", 1.0, 2.0), ("j", 0.5, 0.5)]]
+
+
+async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_skips_the_limits():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from switchboard.cluster.ray_limits import RayKeyLedger
+    from switchboard.gateway.errors import ApiError
+    from switchboard.tenants.keys import KeyLimits
+
+    answers: list = [ActorUnavailableError("restarting", None), ActorUnavailableError("restarting", None), "gw/1"]
+
+    class Actor:
+        class admit_key:  # noqa: N801 — stands in for a Ray actor method
+            @staticmethod
+            def remote(*args):
+                async def answer():
+                    found = answers.pop(0)
+                    if isinstance(found, Exception):
+                        raise found
+                    return found
+                return answer()
+
+    ledger = RayKeyLedger(lambda: Actor, "gw", "control", restart_wait_s=30.0)
+    assert await ledger.admit("k", KeyLimits(rpm=10), 10, 0.0) == "gw/1" and answers == []
+
+    impatient = RayKeyLedger(lambda: Actor, "gw", "control", restart_wait_s=0.0)
+    for failure in (ActorUnavailableError("restarting", None), ActorDiedError()):
+        answers[:] = [failure]
+        try:
+            await impatient.admit("k", KeyLimits(rpm=10), 10, 0.0)
+        except ApiError as exc:
+            assert exc.status == 503 and "control" in exc.message
+        else:
+            raise AssertionError("admitted without checking the key's limits")

@@ -156,7 +156,8 @@ class RemoteFleet:
     def key_ledger(self) -> RayKeyLedger:
         """Where this gateway counts keys' usage: the control actor, shared with every other gateway."""
         if self._key_ledger is None:
-            self._key_ledger = RayKeyLedger(lambda: self._actor, self.gateway_id, self.settings.control_actor)
+            self._key_ledger = RayKeyLedger(lambda: self._actor, self.gateway_id, self.settings.control_actor,
+                                            self.settings.control_restart_wait_s)
         return self._key_ledger
 
     async def stop(self) -> None:
