@@ -54,7 +54,8 @@ class ReplicaActor:
         self.engine = build_engine(config)
         self.is_started = False
         self.num_completed = 0
-        """Requests answered in full (`complete`, or a stream to its end): each request runs here once."""
+        """Requests answered in full (`complete`, or a stream to its end): what a test compares with the answers
+        clients got, to show that no request ran twice."""
 
     async def start(self) -> Any:
         """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""

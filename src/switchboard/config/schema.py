@@ -321,8 +321,9 @@ class RayClusterConfig(_Strict):
         "taken for dead: the control actor releases the leases it held.",
     )
     control_restart_wait_s: float = Field(
-        30.0, ge=0, description="How long a request that needs the control actor (a start, a queue, `auto` routing) "
-        "waits for it while Ray restarts it after its node died; then 503. Warm replicas are served meanwhile.",
+        30.0, ge=0, description="How long a request that needs the control actor (a start, a queue, `auto` routing, a "
+        "key's limits) waits for it while Ray restarts it after its node died; then 503. Warm replicas are served "
+        "meanwhile.",
     )
     control_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources the control actor needs, i.e. the nodes it may run on (and be "
