@@ -341,6 +341,7 @@ class RemoteFleet:
         }
         self._view = view
         self.router.install(routing)
+        self._engines = {r: e for r, e in self._engines.items() if r in routing.actors}  # gone replicas' proxies go
         if new is not None and old is not None and new[0] != old[0]:
             self._rejoin()
 
