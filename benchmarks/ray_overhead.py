@@ -1,21 +1,26 @@
-"""Ray overhead: the same simulated experts served embedded and on a local Ray cluster, in the same run.
+"""Ray overhead: the same simulated experts served embedded and on a local Ray cluster, side by side.
 
 For each expert (`instant`: time_scale 0, so only the serving path is measured; `timed`: a 1B model's modelled
 L4 timing, to show the overhead relative to a real answer's duration), streaming and not, at concurrency 1 and
 16, prints requests/s and p50 latency (streams: also p50 time to first byte) embedded and on Ray, the ratio
-Ray/embedded and the added p50 latency. On Ray each request takes a lease from the control actor (one actor
-call), the answer comes from the replica actor (a second process), and each streamed token is one Ray object.
+Ray/embedded and the added p50 latency. On Ray a gateway assigns a request to a warm replica itself, from the
+view the control actor pushes (docs/ray.md, "Local decisions"): the answer comes from the replica actor (another
+process; one actor call), and each streamed batch of tokens is one Ray object.
 
-Processes: the gateway (`switchboard serve`, one worker) and this load generator; on Ray also a one-node Ray
-cluster (GCS, raylet, the control actor, the replica actors; the node declares 4 L4s) on the same 2-core machine, so absolute numbers
-include that contention; the ratios compare like with like.
+Both sides run for the whole benchmark (the embedded gateway, and the Ray cluster with its gateways) and each
+cell is measured in rounds alternating the order (embedded, Ray 1..N gateways; then Ray N..1, embedded; ...:
+ABBA), so slow drifts of a shared machine hit both sides alike. Per cell it prints the median over rounds and the
+spread (min-max) of the per-round ratio and added latency.
 
-Scale-out (`--gateways 1 2 3`): on Ray, N gateway processes share the control actor and the replicas, and each
-cell's connections are split evenly over them (concurrency 1: one gateway carries the load); the embedded
-baseline is one gateway. On one machine more gateways add processes, not cores: the numbers show what the
-shared control actor costs as gateways are added, not what more machines would serve.
+Processes: the embedded gateway (`switchboard serve`, one worker), this load generator, and on Ray a one-node
+Ray cluster (GCS, raylet, the control actor, the replica actors; the node declares 4 L4s) with its gateways, on
+the same machine, so absolute numbers include that contention; the ratios compare like with like.
 
-Run: .venv/bin/python benchmarks/ray_overhead.py [--duration 5] [--gateways 1 2 3] [--json out.json]
+Scale-out (`--gateways 1 2 3`): N gateway processes share the control actor and the replicas, and each cell's
+connections are split evenly over them (concurrency 1: one gateway carries the load); the embedded baseline is
+one gateway. On one machine more gateways add processes, not cores.
+
+Run: .venv/bin/python benchmarks/ray_overhead.py [--duration 3] [--rounds 4] [--gateways 1 2 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -91,82 +96,137 @@ async def _split_load(ports: list[int], body: bytes, concurrency: int, duration_
                       np.concatenate([r.latencies_s for r in results]), np.concatenate([r.ttfb_s for r in results]))
 
 
-def _measure(ports: list[int], duration_s: float) -> dict[tuple[str, bool, int], dict[str, float]]:
-    cells = {}
-    for model in ("instant", "timed"):
-        for stream in (False, True):
-            for concurrency in CONCURRENCIES:
-                result = asyncio.run(_split_load(ports, _body(model, stream), concurrency, duration_s))
-                cells[(model, stream, concurrency)] = {
-                    "rps": result.rps, "p50_ms": result.pct_ms(50), "ttfb_p50_ms": result.pct_ms(50, ttfb=True),
-                    "num_errors": result.num_errors,
-                }
-    return cells
+def _measure_cell(ports: list[int], model: str, stream: bool, concurrency: int, duration_s: float) -> dict[str, float]:
+    result = asyncio.run(_split_load(ports, _body(model, stream), concurrency, duration_s))
+    return {"rps": result.rps, "p50_ms": result.pct_ms(50), "ttfb_p50_ms": result.pct_ms(50, ttfb=True),
+            "num_errors": result.num_errors}
 
 
-def _embedded(duration_s: float) -> dict:
+def _start_embedded() -> list[subprocess.Popen]:
     proc, port = _serve(EXPERTS)
-    try:
-        return _measure([port], duration_s)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    proc.ports = [port]  # type: ignore[attr-defined]
+    return [proc]
 
 
-def _on_ray(duration_s: float, num_gateways: int = 1) -> dict:
-    import ray
+def _start_ray(num_gateways: int) -> tuple[object, list[subprocess.Popen], list[int]]:
     from ray.cluster_utils import Cluster
-
-    from switchboard.cluster.ray_control import stop_control_actor
-    from switchboard.config import parse_config
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"switchboard/hw:l4": 4}, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False,
     })
-    config_text = f'cluster: {{kind: ray, address: "{cluster.address}", namespace: switchboard-bench}}\n' + EXPERTS
-    procs = []
+    procs, ports = [], []
     try:
-        ports = []
         for _ in range(num_gateways):  # one at a time: the first creates the control actor, the others join it
-            proc, port = _serve(config_text)
+            proc, port = _serve(_ray_config(cluster.address))
             procs.append(proc)
             ports.append(port)
-        return _measure(ports, duration_s)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=60)
-        stop_control_actor(parse_config(config_text).cluster)
-        ray.shutdown()
+    except BaseException:
+        _stop(procs)
         cluster.shutdown()
+        raise
+    return cluster, procs, ports
+
+
+def _ray_config(address: str) -> str:
+    return f'cluster: {{kind: ray, address: "{address}", namespace: switchboard-bench}}\n' + EXPERTS
+
+
+def _call_ceiling(address: str, duration_s: float) -> dict[int, float]:
+    """Calls/s of the `instant` replica actor's `complete`, called straight from this process (a bare Ray driver,
+    no gateway) with 1 and 16 calls in flight: what one actor call per request allows on this machine."""
+    import ray
+
+    from switchboard.engines.base import GenerationRequest
+
+    ray.init(address=address, namespace="switchboard-bench", include_dashboard=False, log_to_driver=False)
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"]]
+    actor = ray.get_actor(name, namespace="switchboard-bench")
+    request = GenerationRequest("bench", "chat", json.loads(_body("instant", False)), 16, 4)
+
+    async def calls_per_s(concurrency: int) -> float:
+        num_calls = 0
+        stop_at = time.perf_counter() + duration_s
+
+        async def caller() -> None:
+            nonlocal num_calls
+            while time.perf_counter() < stop_at:
+                await actor.complete.remote(request)
+                num_calls += 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return num_calls / duration_s
+
+    return {concurrency: asyncio.run(calls_per_s(concurrency)) for concurrency in CONCURRENCIES}
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=60)
 
 
 def main() -> None:
+    import numpy as np
+    import ray
+
+    from switchboard.cluster.ray_control import stop_control_actor
+    from switchboard.config import parse_config
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell, side and round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per cell, alternating the order (ABBA)")
     parser.add_argument("--gateways", type=int, nargs="+", default=[1], help="numbers of Ray gateway processes to measure")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    embedded = _embedded(args.duration)
-    on_ray_by_gateways = {n: _on_ray(args.duration, n) for n in args.gateways}
+    embedded = _start_embedded()
+    cluster, ray_procs, ray_ports = _start_ray(max(args.gateways))
+    sides = [("embedded", embedded[0].ports)] + [(n, ray_ports[:n]) for n in sorted(args.gateways)]  # type: ignore[attr-defined]
+    load_before = os.getloadavg()
+    cells: dict[tuple, dict] = {}
+    try:
+        for model in ("instant", "timed"):
+            for stream in (False, True):
+                for concurrency in CONCURRENCIES:
+                    rounds = []
+                    for index in range(args.rounds):
+                        order = sides if index % 2 == 0 else sides[::-1]
+                        rounds.append({name: _measure_cell(ports, model, stream, concurrency, args.duration) for name, ports in order})
+                    cells[(model, stream, concurrency)] = rounds
+        ceiling = _call_ceiling(cluster.address, args.duration)
+    finally:
+        load_after = os.getloadavg()
+        _stop(embedded + ray_procs)
+        stop_control_actor(parse_config(_ray_config(cluster.address)).cluster)
+        ray.shutdown()
+        cluster.shutdown()
     rows = []
-    print(f"{'gw':>2} {'expert':8} {'stream':6} {'conc':>4} | {'emb rps':>8} {'ray rps':>8} {'ratio':>6} | {'emb p50':>8} {'ray p50':>8} "
-          f"{'added':>8} | {'emb ttfb':>8} {'ray ttfb':>8} | errors")
-    for num_gateways, ray_cells in on_ray_by_gateways.items():
-        for key, emb in embedded.items():
-            model, stream, concurrency = key
-            on_ray = ray_cells[key]
-            row = {"gateways": num_gateways, "expert": model, "stream": stream, "concurrency": concurrency, "embedded": emb, "ray": on_ray,
-                   "rps_ratio": on_ray["rps"] / emb["rps"], "added_p50_ms": on_ray["p50_ms"] - emb["p50_ms"]}
+    print(f"{'gw':>2} {'expert':8} {'stream':6} {'conc':>4} | {'emb rps':>8} {'ray rps':>8} {'ratio':>6} {'(min-max)':>11} | "
+          f"{'emb p50':>8} {'ray p50':>8} {'added':>7} {'(min-max)':>13} | {'emb ttfb':>8} {'ray ttfb':>8} | errors")
+    for num_gateways in sorted(args.gateways):
+        for (model, stream, concurrency), rounds in cells.items():
+            ratios = np.array([r[num_gateways]["rps"] / r["embedded"]["rps"] for r in rounds])
+            added = np.array([r[num_gateways]["p50_ms"] - r["embedded"]["p50_ms"] for r in rounds])
+            med = {side: {k: float(np.median([r[side][k] for r in rounds])) for k in rounds[0][side]} for side in ("embedded", num_gateways)}
+            emb, on_ray = med["embedded"], med[num_gateways]
+            row = {"gateways": num_gateways, "expert": model, "stream": stream, "concurrency": concurrency, "rounds": rounds,
+                   "rps_ratio": float(np.median(ratios)), "rps_ratio_range": [float(ratios.min()), float(ratios.max())],
+                   "added_p50_ms": float(np.median(added)), "added_p50_ms_range": [float(added.min()), float(added.max())]}
             rows.append(row)
             ttfb = f"{emb['ttfb_p50_ms']:8.2f} {on_ray['ttfb_p50_ms']:8.2f}" if stream else f"{'':8} {'':8}"
-            print(f"{num_gateways:2d} {model:8} {str(stream):6} {concurrency:4d} | {emb['rps']:8.1f} {on_ray['rps']:8.1f} {row['rps_ratio']:6.2f} | "
-                  f"{emb['p50_ms']:8.2f} {on_ray['p50_ms']:8.2f} {row['added_p50_ms']:8.2f} | {ttfb} | "
-                  f"{emb['num_errors']}/{on_ray['num_errors']}")
-    print("ratio = Ray rps / embedded rps; added = Ray p50 - embedded p50 (ms); times in ms")
+            errors = f"{sum(r['embedded']['num_errors'] for r in rounds):.0f}/{sum(r[num_gateways]['num_errors'] for r in rounds):.0f}"
+            print(f"{num_gateways:2d} {model:8} {str(stream):6} {concurrency:4d} | {emb['rps']:8.1f} {on_ray['rps']:8.1f} {row['rps_ratio']:6.2f} "
+                  f"({ratios.min():.2f}-{ratios.max():.2f}) | {emb['p50_ms']:8.2f} {on_ray['p50_ms']:8.2f} {row['added_p50_ms']:7.2f} "
+                  f"({added.min():+.2f}..{added.max():+.2f}) | {ttfb} | {errors}")
+    print("one Ray actor call per request allows: " + ", ".join(
+        f"{n:.0f} calls/s at concurrency {c}" for c, n in ceiling.items()) + " (the instant replica actor's `complete`, "
+        "called from a bare Ray driver)")
+    print(f"medians over {args.rounds} ABBA rounds of {args.duration:.0f} s per side; ratio = Ray rps / embedded rps; "
+          f"added = Ray p50 - embedded p50 (ms); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+            json.dump({"load_average": [load_before, load_after], "rows": rows, "call_ceiling": ceiling}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,12 @@ def add_l4_node(ray_cluster):
         return cluster.add_node(**NODE_ARGS, resources={"switchboard/hw:l4": 1}, labels={"switchboard/worker-id": worker_id})
 
     return add
+
+
+@pytest.fixture(scope="module")
+def control_nodes(ray_cluster):
+    """Two nodes that may host the control actor (resource `switchboard/control`) and nothing else."""
+    cluster, _ = ray_cluster
+    if cluster is None:
+        pytest.skip("adds and removes nodes: only on the cluster this module starts")
+    return [cluster.add_node(**NODE_ARGS, resources={"switchboard/control": 1}) for _ in range(2)]

@@ -5,7 +5,6 @@ request either completed or failed cleanly. Run with `pytest -m ray tests/cluste
 from __future__ import annotations
 
 import concurrent.futures
-import time
 import uuid
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
+from switchboard.testing.fleet_view import fleet_view, replicas_of, wait_for
 from switchboard.testing.servers import serve_in_process, serve_in_thread
 
 pytestmark = [pytest.mark.ray, pytest.mark.llamacpp]
@@ -25,7 +25,8 @@ test removes its node or kills its gateway, however slow the machine; short enou
 
 def ray_config(address: str):
     return parse_config(f"""
-cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5, gateway_timeout_s: 3}}
+cluster: {{kind: ray, address: "{address}", namespace: switchboard-test, inventory_interval_s: 0.5, gateway_timeout_s: 3,
+           control_resources: {{"node:__internal_head__": 0.001}}}}  # not on the l4 node a test removes
 experts:
   - id: smollm2
     backend: {{kind: llamacpp, n_threads: 1, hardware: cpu}}
@@ -56,25 +57,6 @@ def gateway(ray_cluster):
             yield url, config
     finally:
         stop_control_actor(config.cluster)
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    """Polls `condition` until it returns something truthy (returned), or fails naming `what` after `timeout_s`.
-    The tests wait on conditions like this, never on sleeps of a guessed length."""
-    deadline = time.monotonic() + timeout_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for: {what}"
-        time.sleep(0.05)
-    return found
-
-
-def fleet_view(url: str) -> dict:
-    return httpx.get(url + "/admin/fleet", timeout=10).json()
-
-
-def replicas_of(view: dict, expert_id: str, state: str = "warm") -> list[dict]:
-    expert = next(e for e in view["experts"] if e["id"] == expert_id)
-    return [r for r in expert["replicas"] if r["state"] == state]
 
 
 def warm_replica(url: str, expert_id: str) -> dict:

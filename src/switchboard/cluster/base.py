@@ -6,8 +6,9 @@ policy over the fleet model; the adapter only executes its choice (it never pick
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from switchboard.config.schema import ExpertConfig, SwitchboardConfig
 from switchboard.engines.base import Engine
@@ -16,6 +17,16 @@ from switchboard.fleet.state import Worker
 from switchboard.runtime import estimates as est
 
 EngineFactory = Callable[[ExpertConfig], Engine]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SurvivingReplica:
+    """A warm replica that outlived the control plane which started it (its engine is already running)."""
+
+    replica_id: str
+    expert_id: str
+    worker_id: str
+    engine: Any
 
 
 class Cluster(Protocol):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 from typing import Any
 
+from switchboard.cluster.base import SurvivingReplica
 from switchboard.cluster.ray_inventory import RayWorker, workers_from_nodes
 from switchboard.cluster.ray_replica import RayReplicaEngine, ReplicaActor
 from switchboard.config.schema import ExpertConfig, RayClusterConfig
@@ -46,7 +48,8 @@ class RayCluster:
     Replica actors take no Ray CPUs (`num_cpus=0`): the control plane's placement already accounts for each
     worker's memory, and Ray's own scheduler must not refuse or move a replica the policy placed. Actors are
     never restarted by Ray (`max_restarts=0`): a lost replica is replaced by the control plane, elsewhere if
-    need be. `fleet_tag` makes replica actor names unique per fleet (several fleets may share a cluster).
+    need be. `fleet_tag` makes replica actor names unique per fleet (several fleets may share a cluster); a
+    restarted control actor finds its fleet's replicas by it (`surviving_replicas`).
     """
 
     def __init__(self, settings: RayClusterConfig, *, fleet_tag: str = "") -> None:
@@ -70,6 +73,39 @@ class RayCluster:
         with self._lock:
             return self._by_worker[worker_id].node_id
 
+    def worker_of(self, node_id: str) -> str | None:
+        """The worker id of Ray node `node_id` (as of the last `workers()`), None if it hosts no replicas."""
+        with self._lock:
+            return next((w for w, found in self._by_worker.items() if found.node_id == node_id), None)
+
+    async def surviving_replicas(self, timeout_s: float = 10.0) -> list[SurvivingReplica]:
+        """This fleet's replica actors that are alive and serving (found by name in the namespace), for a
+        restarted control actor to take over. Ones whose engine never finished starting, or on a node that hosts
+        no replicas now, are killed (the policies start what is needed afresh); unreachable ones are skipped."""
+        import ray
+
+        self.workers()
+        prefix = self.actor_name("")
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == self.settings.namespace and a["name"].startswith(prefix)]
+        found = []
+        for name in names:
+            try:
+                actor = ray.get_actor(name, namespace=self.settings.namespace)
+                info = await asyncio.wait_for(actor.describe.remote(), timeout=timeout_s)
+            except Exception as exc:  # noqa: BLE001 — dead, or on a dead node: nothing to take over
+                log.warning("replica actor %s did not answer: %s", name, exc)
+                continue
+            replica_id = name[len(prefix):]
+            worker_id = self.worker_of(info["node_id"])
+            if not info["is_started"] or worker_id is None:
+                log.warning("replica actor %s was not serving (or its node hosts nothing now): stopped", name)
+                ray.kill(actor, no_restart=True)
+                continue
+            engine = RayReplicaEngine(replica_id, info["expert_id"], info["node_id"], make_actor=None, actor=actor)
+            found.append(SurvivingReplica(replica_id, info["expert_id"], worker_id, engine))
+        return found
+
     def actor_name(self, replica_id: str) -> str:
         return f"{REPLICA_ACTOR_PREFIX}{self.fleet_tag}{replica_id}"
 
@@ -82,6 +118,9 @@ class RayCluster:
         node_id = self.node_of(worker_id)
         options = dict(
             name=self.actor_name(replica_id), namespace=self.settings.namespace, num_cpus=0, max_restarts=0,
+            # Detached: an actor dies with its owner otherwise, and the replicas must outlive a control actor whose
+            # node died (the restarted one takes them over). The fleet kills them when it stops them.
+            lifetime="detached",
             max_concurrency=1000,  # an async actor: concurrent requests interleave on its event loop
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )

@@ -10,6 +10,7 @@ caller's calls in order). Holds of a gateway that falls silent are released with
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -65,24 +66,44 @@ class KeyCounts:
         return len(self._holds)
 
 
+RETRY_INTERVAL_S = 0.2
+"""How often an admission is asked again while Ray restarts the control actor."""
+
+
 class RayKeyLedger:
     """A gateway's `KeyLedger` on the control actor (`actor()` is None until the fleet has joined it; spend
     seeded before then is sent when `flush_seeds` is called)."""
 
-    def __init__(self, actor: Callable[[], Any], gateway_id: str, control_actor_name: str) -> None:
+    def __init__(self, actor: Callable[[], Any], gateway_id: str, control_actor_name: str,
+                 restart_wait_s: float = 0.0) -> None:
         self._actor = actor
         self.gateway_id = gateway_id
         self.control_actor_name = control_actor_name
+        self.restart_wait_s = restart_wait_s
+        """How long an admission waits for the control actor while Ray restarts it (then 503)."""
         self._seeds: list[tuple[str, float, float]] = []
+        self._sent_seeds: list[tuple[str, float, float]] = []
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
-        from ray.exceptions import RayActorError
+        """The hold id, or the refusal. While Ray restarts the control actor the admission is asked again every
+        `RETRY_INTERVAL_S` for up to `restart_wait_s` (a key's limits are never skipped); then, or when the actor
+        is gone for good, a 503 naming it."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
-        try:
-            return await self._actor().admit_key.remote(key_id, limits, num_tokens, usd_estimate, self.gateway_id)
-        except RayActorError as exc:
+        deadline = time.monotonic() + self.restart_wait_s
+        while True:
+            try:
+                return await self._actor().admit_key.remote(key_id, limits, num_tokens, usd_estimate, self.gateway_id)
+            except ActorUnavailableError as exc:
+                if time.monotonic() < deadline:
+                    # An attempt that reached the dying actor held nothing that outlives it.
+                    await asyncio.sleep(RETRY_INTERVAL_S)
+                    continue
+                failure = exc
+            except RayActorError as exc:
+                failure = exc
             raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
-                                f"{str(exc).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
+                                f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         self._actor().settle_key.remote(hold, num_tokens, usd)
@@ -98,4 +119,11 @@ class RayKeyLedger:
     def flush_seeds(self) -> None:
         seeds, self._seeds = self._seeds, []
         if seeds:
+            self._sent_seeds += seeds
             self._actor().seed_keys.remote(seeds)
+
+    def reseed(self) -> None:
+        """Sends every seed again (a restarted control actor starts its key counts from nothing)."""
+        self._seeds = self._sent_seeds + self._seeds
+        self._sent_seeds = []
+        self.flush_seeds()

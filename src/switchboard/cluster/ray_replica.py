@@ -52,6 +52,10 @@ class ReplicaActor:
         config = ExpertConfig.model_validate(expert)
         self.expert_id = config.id
         self.engine = build_engine(config)
+        self.is_started = False
+        self.num_completed = 0
+        """Requests answered in full (`complete`, or a stream to its end): what a test compares with the answers
+        clients got, to show that no request ran twice."""
 
     async def start(self) -> Any:
         """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""
@@ -59,7 +63,14 @@ class ReplicaActor:
             await self.engine.start()
         except EngineError as exc:
             return RemoteEngineError.of(exc)
+        self.is_started = True
         return getattr(self.engine, "last_cold_start", None)
+
+    def describe(self) -> dict[str, Any]:
+        """What a restarted control actor needs to take this replica over: its expert, node, whether its engine
+        is serving, and how many requests it has answered."""
+        return {"expert_id": self.expert_id, "node_id": self.node_id(), "is_started": self.is_started,
+                "num_completed": self.num_completed}
 
     async def stop(self) -> None:
         await self.engine.stop()
@@ -72,9 +83,11 @@ class ReplicaActor:
 
     async def complete(self, request: GenerationRequest) -> Completion | RemoteEngineError:
         try:
-            return await self.engine.complete(request)
+            completion = await self.engine.complete(request)
         except EngineError as exc:
             return RemoteEngineError.of(exc)
+        self.num_completed += 1
+        return completion
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[list[StreamEvent | RemoteEngineError]]:
         """The engine's events in order, as lists: each list holds every event ready since the last one was
@@ -104,6 +117,8 @@ class ReplicaActor:
                 if events:
                     yield events
                 if ended:
+                    if not any(isinstance(e, RemoteEngineError) for e in events):
+                        self.num_completed += 1
                     return
         finally:
             pumping.cancel()

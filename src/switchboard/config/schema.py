@@ -329,6 +329,16 @@ class RayClusterConfig(_Strict):
         10.0, gt=1.0, description="A gateway not heard from for this long (it refreshes its fleet view every 0.5 s) is "
         "taken for dead: the control actor releases the leases it held.",
     )
+    control_restart_wait_s: float = Field(
+        30.0, ge=0, description="How long a request that needs the control actor (a start, a queue, `auto` routing, a "
+        "key's limits) waits for it while Ray restarts it after its node died; then 503. Warm replicas are served "
+        "meanwhile.",
+    )
+    control_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources the control actor needs, i.e. the nodes it may run on (and be "
+        "restarted on when its node dies), e.g. {'switchboard/control': 0.001} with nodes declaring "
+        "`switchboard/control`; empty: any node.",
+    )
 
 
 ClusterConfig = Annotated[Union[EmbeddedClusterConfig, RayClusterConfig], Field(discriminator="kind")]

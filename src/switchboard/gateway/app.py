@@ -65,7 +65,7 @@ def build_app(
     """
     environ = os.environ if environ is None else environ
     if fleet is None and isinstance(config.cluster, RayClusterConfig):
-        from switchboard.cluster.ray_control import RemoteFleet
+        from switchboard.cluster.ray_gateway import RemoteFleet
 
         fleet = RemoteFleet(config, **({"engine_factory": engine_factory} if engine_factory else {}))  # type: ignore[assignment]
     if fleet is None:

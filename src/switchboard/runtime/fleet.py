@@ -25,10 +25,10 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from switchboard.cluster.base import Cluster, EngineFactory
+from switchboard.cluster.base import Cluster, EngineFactory, SurvivingReplica
 from switchboard.cluster.build import build_cluster
 from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, LlamaCppBackend, OpenAIBackend, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
@@ -57,7 +57,7 @@ from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.devices import DeviceBook, DevicesBusy
 from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
 from switchboard.runtime.view import describe_fleet
-from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
+from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId, WorkerId
 
 log = logging.getLogger("switchboard.fleet")
 
@@ -130,16 +130,20 @@ class LiveFleet:
         """False while the expert's circuit is open (a request would be refused without being tried)."""
         return self.expert_circuits.would_allow(expert_id)
 
-    async def start(self) -> None:
+    async def start(self, survivors: Sequence[SurvivingReplica] = ()) -> None:
         """Starts the control loop and one replica per `warm_at_start` expert, waiting at most `startup_wait_s`
-        for them; failures are logged, not fatal."""
+        for them; failures are logged, not fatal. `survivors` are warm replicas of an earlier run of this fleet
+        (a restarted Ray control actor found them alive): they are taken over as warm, and an expert with one
+        is not started again."""
+        for survivor in survivors:
+            self._take_over(survivor)
         for expert in self.config.experts:
             if isinstance(expert.backend, OpenAIBackend):
                 replica = LiveReplica(f"{expert.id}/upstream", expert, "remote", self.engine_factory(expert))  # external: bypasses the cluster
                 self.external[expert.id] = replica
                 await replica.engine.start()
         for expert in self.config.experts:
-            if expert.warm_at_start and expert.id not in self.external:
+            if expert.warm_at_start and expert.id not in self.external and not self.model.is_warm(ExpertId(expert.id)):
                 start = self._start_action(expert)
                 if start is not None:
                     self._execute([start])  # one at a time: each placement sees the memory the last one took
@@ -151,6 +155,32 @@ class LiveFleet:
             await asyncio.wait(starting, timeout=self.config.control_plane.startup_wait_s)
         if isinstance(self.engine_factory, PooledEngineFactory):
             self.engine_factory.start()  # after the first starts, so the standby workers do not slow them
+
+    def _take_over(self, survivor: SurvivingReplica) -> None:
+        """Counts a surviving replica as warm in the model (and its number as used, so no new replica takes its
+        id); one on an unknown worker or expert, or whose id is taken, is stopped instead."""
+        expert = self._experts.get(survivor.expert_id)
+        worker = self.model.workers.get(survivor.worker_id)
+        estimate = self.model.estimates.get((survivor.expert_id, worker.hardware)) if worker and expert else None
+        try:
+            if estimate is None:
+                raise ValueError(f"no worker {survivor.worker_id} or expert {survivor.expert_id} here")
+            self.model = ops.add_replica(self._now(), ReplicaId(survivor.replica_id), estimate, WorkerId(survivor.worker_id))
+        except ValueError as exc:
+            log.warning("not taking over replica %s: %s", survivor.replica_id, exc)
+            asyncio.ensure_future(survivor.engine.stop())
+            return
+        self.model = ops.transition(self.model, ReplicaId(survivor.replica_id), ReplicaState.STARTING)
+        self.model = ops.transition(self.model, ReplicaId(survivor.replica_id), ReplicaState.WARM)
+        self.live[survivor.replica_id] = LiveReplica(survivor.replica_id, expert, worker.hardware, survivor.engine)
+        # Replica ids are `<expert>#<n>`, n counting the fleet's starts: later starts must count on from it.
+        suffix = survivor.replica_id.rsplit("#", 1)[-1]
+        state = self.loop.state
+        self.loop.state = dataclasses.replace(
+            state, num_replicas_created=max(state.num_replicas_created, int(suffix) if suffix.isdigit() else 0))
+        self.decisions.append({"at": self.clock(), "action": "TakeOverReplica", "expert": expert.id,
+                               "replica": survivor.replica_id, "reason": "alive after the control plane restarted",
+                               "code": "taken-over"})
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
                       why: str = "the expert is configured warm_at_start", *, avoid_worker: str | None = None,
@@ -255,6 +285,25 @@ class LiveFleet:
         waiter = self._waiters[request.request_id] = asyncio.get_running_loop().create_future()
         self._execute(list(self.loop.admit(self.model, request)))  # may already answer `waiter`
         return await self._await_replica(request, waiter)
+
+    def adopt(self, lease: Lease, replica_id: str) -> bool:
+        """Counts a request that a gateway assigned to warm replica `replica_id` itself (Ray mode: the gateway
+        decided with the same policies on its copy of the model, docs/ray.md "Local decisions") as running there,
+        as if admitted here; `release(lease, ...)` ends it. False, and nothing counted, when that replica is not
+        warm here any more (stopped since: the request fails on it and is retried elsewhere)."""
+        live = self.live.get(replica_id)
+        replica = self._now().replicas.get(ReplicaId(replica_id))
+        request = lease.request
+        if live is None or replica is None or replica.state is not ReplicaState.WARM or request is None:
+            return False
+        self.model = ops.record_arrival(self.model, request.expert_id, request.num_prompt_tokens,
+                                        request.num_output_tokens_expected)
+        self.model = ops.start_request(ops.enqueue(self.model, request, replica.replica_id), replica.replica_id,
+                                       request.request_id)
+        self.counters["admitted"] += 1
+        lease.replica = live
+        live.num_outstanding += 1
+        return True
 
     async def _await_replica(self, request: QueuedRequest, waiter: asyncio.Future) -> tuple[LiveReplica, bool]:
         """Waits on the request's own future until it may run on a warm replica (`_notify` answers it), or is

@@ -1,5 +1,5 @@
 """What a fleet offers the gateway, whichever runs it: the embedded `LiveFleet` (runtime/fleet.py) and the Ray
-`RemoteFleet` (cluster/ray_control.py) both satisfy `Fleet`; a `Lease` only needs its `LeaseGrantor` part
+`RemoteFleet` (cluster/ray_gateway.py) both satisfy `Fleet`; a `Lease` only needs its `LeaseGrantor` part
 (runtime/lease.py).
 
 Nothing here imports a fleet: `lease.py`, `view.py` and the gateway are written against these protocols, so

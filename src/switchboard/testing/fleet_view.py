@@ -1,0 +1,28 @@
+"""Waiting on a live gateway's fleet, for tests that drive one over HTTP (tests/cluster)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    """Polls `condition` until it returns something truthy (returned), or fails naming `what` after `timeout_s`.
+    The tests wait on conditions like this, never on sleeps of a guessed length."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for: {what}"
+        time.sleep(0.05)
+    return found
+
+
+def fleet_view(url: str) -> dict:
+    """The gateway's `GET /admin/fleet`."""
+    return httpx.get(url + "/admin/fleet", timeout=10).json()
+
+
+def replicas_of(view: dict, expert_id: str, state: str = "warm") -> list[dict]:
+    """The replicas of `expert_id` in `state` in a fleet view."""
+    expert = next(e for e in view["experts"] if e["id"] == expert_id)
+    return [r for r in expert["replicas"] if r["state"] == state]

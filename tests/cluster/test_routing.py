@@ -1,0 +1,220 @@
+"""A gateway's own decisions on the view the control actor pushes, and the control actor's count of them (Ray-free:
+the control actor's body runs in-process over the embedded cluster; replica actors are stood in for by names)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from switchboard.cluster.ray_control import ControlActor
+from switchboard.cluster.ray_routing import Ended, LocalRouter, RoutingView, Started
+from switchboard.config import parse_config
+from switchboard.fleet import ops
+from switchboard.fleet.state import QueuedRequest, ReplicaLoad
+from switchboard.policies.control import ControlPlane
+
+CONFIG = """
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0}, warm_at_start: true}
+  - {id: cold, backend: {kind: simulated, time_scale: 0}, warm_at_start: false}
+router: {enabled: false}
+storage: {enabled: false}
+control_plane:
+  policies:
+    autoscale: {min_replicas_by_expert: {e: 2}, upscale_delay_s: 0}
+    balance: {kind: power-of-two}
+"""
+
+
+def request(request_id: str, expert_id: str = "e", num_tokens: int = 14) -> QueuedRequest:
+    return QueuedRequest(request_id, expert_id, time.time(), 10, num_tokens - 10)
+
+
+async def started_actor(now: list[float] | None = None) -> ControlActor:
+    """A control actor whose expert `e` has two warm replicas."""
+    config = parse_config(CONFIG)
+    actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=5.0,
+                         **({"clock": lambda: now[0]} if now is not None else {}))
+    await actor.start()
+    for _ in range(400):
+        if len(actor.fleet.model.warm_replicas_of("e")) == 2:
+            return actor
+        await asyncio.sleep(0.01)
+    raise AssertionError("expert e never had two warm replicas")
+
+
+async def routing_view(actor: ControlActor, gateway_id: str) -> RoutingView:
+    """The gateway's routing view, with stand-ins for the replica actors (the embedded engines have none)."""
+    view = (await actor.poll(gateway_id, None, 0.0))["routing"]
+    warm = [r.replica_id for r in view.model.replicas.values() if r.state.value == "warm"]
+    return RoutingView(view.version, view.model, {r: (f"actor-of-{r}", "node") for r in warm})
+
+
+def running(actor: ControlActor, expert_id: str = "e") -> int:
+    return sum(r.load.num_running for r in actor.fleet.model.replicas_of(expert_id))
+
+
+def gateway_router(config_text: str = CONFIG) -> LocalRouter:
+    config = parse_config(config_text)
+    return LocalRouter(ControlPlane(config.control_plane.policies), random.Random(0))
+
+
+async def test_a_gateway_balances_warm_requests_itself_and_the_control_actor_counts_them():
+    actor = await started_actor()
+    try:
+        router = gateway_router()
+        router.install(await routing_view(actor, "gw"))
+        assignments = [router.assign(request(f"r{i}"), actor.fleet.model.now_s) for i in range(6)]
+        assert all(a is not None for a in assignments)
+        # Power of two choices on the gateway's own loads: with two replicas, they take turns.
+        by_replica = {a.replica_id for a in assignments}
+        assert len(by_replica) == 2 and all(a.actor == f"actor-of-{a.replica_id}" for a in assignments)
+        assert sorted(sum(a.replica_id == r for a in assignments) for r in by_replica) == [3, 3]
+
+        # Reported in a batch, the control actor counts them on the same replicas (as if it had admitted them).
+        await actor.report("gw", [Started(request(f"r{i}"), a.replica_id) for i, a in enumerate(assignments)])
+        assert running(actor) == 6 and actor.fleet.counters["admitted"] == 6
+        # The reporting gateway gets the model without its own requests (it adds them itself, exactly); another
+        # gateway sees them.
+        own = (await actor.poll("gw", None, 0.0))["routing"].model
+        other = (await actor.poll("gw-2", None, 0.0))["routing"].model
+        assert sum(r.load.num_running for r in own.replicas_of("e")) == 0
+        assert sum(r.load.num_running for r in other.replicas_of("e")) == 6
+        router.install(await routing_view(actor, "gw"))
+        assert sum(r.load.num_running for r in router._model.replicas_of("e")) == 6
+
+        for i in range(6):
+            router.finish(f"r{i}")
+        await actor.report("gw", [Ended(f"r{i}", ok=True) for i in range(6)] + [Ended("r0", ok=True)])  # a repeat counts once
+        assert running(actor) == 0
+        assert sum(r.num_served for r in actor.fleet.live.values()) == 6
+    finally:
+        await actor.shutdown()
+
+
+async def test_what_needs_a_start_a_queue_or_a_lost_replica_goes_to_the_control_actor():
+    actor = await started_actor()
+    try:
+        router = gateway_router()
+        assert router.assign(request("r0"), 0.0) is None  # no view yet
+        view = await routing_view(actor, "gw")
+        router.install(view)
+        now_s = actor.fleet.model.now_s
+        assert router.assign(request("c0", "cold"), now_s) is None  # no warm replica: a start
+
+        # A replica without a free sequence slot queues in the control actor, never in the gateway.
+        full, free = sorted(view.actors)
+        replica = view.model.replicas[full]
+        crowded = ops.set_load(view.model, full, ReplicaLoad(replica.capacity.max_num_seqs, 10, ()))
+        router.install(RoutingView(view.version, crowded, {full: view.actors[full]}))
+        assert router.assign(request("r1"), now_s) is None
+
+        # A replica seen failing is never chosen again by this gateway, even before the control actor stops it.
+        router.install(view)
+        router.forget(free)
+        picks = {router.assign(request(f"r{i}"), now_s).replica_id for i in range(2, 6)}
+        assert picks == {full}
+        router.install(view)  # a view that still lists it (the report is on its way) does not bring it back
+        assert {router.assign(request(f"r{i}"), now_s).replica_id for i in range(6, 10)} == {full}
+    finally:
+        await actor.shutdown()
+
+
+async def test_a_silent_gateways_own_requests_are_released_and_a_stopped_replica_is_not_counted():
+    now = [100.0]
+    actor = await started_actor(now)
+    try:
+        view = await routing_view(actor, "gw-dead")
+        first, second = sorted(view.actors)
+        await actor.report("gw-dead", [Started(request("d1"), first), Started(request("d2"), second)])
+        await actor.report("gw-alive", [Started(request("a1"), first), Started(request("x"), "e#99")])  # no such replica
+        assert running(actor) == 3
+        now[0] += 3.0
+        await actor.poll("gw-alive", None, 0.0)
+        now[0] += 3.0
+        assert await actor.reclaim_silent_gateways() == ["gw-dead"]
+        assert running(actor) == 1 and actor.num_leases_reclaimed == 2
+        await actor.report("gw-alive", [Ended("a1", ok=False), Ended("x", ok=True)])
+        assert running(actor) == 0 and sum(r.num_failed for r in actor.fleet.live.values()) == 3  # 2 reclaimed, 1 failed
+    finally:
+        await actor.shutdown()
+
+
+async def test_a_restarted_control_actor_counts_again_what_a_gateway_reports_in_flight():
+    """After a restart the gateway reports everything it has in flight — requests it placed itself and leases
+    the dead incarnation granted — and the new incarnation counts them on their replicas."""
+    before = await started_actor()
+    try:
+        router = gateway_router()
+        router.install(await routing_view(before, "gw"))
+        placed = router.assign(request("mine"), before.fleet.model.now_s)
+        leased = await before.acquire("e", "leased", 10, 4, "", "gw")
+        assert placed is not None and leased[0] == "ok"
+    finally:
+        await before.shutdown()
+    after = await started_actor()  # stands in for the restarted incarnation (same replica names)
+    try:
+        router.adopt(request("leased"), leased[1]["replica_id"])
+        in_flight = router.in_flight()
+        assert {(s.request.request_id, s.replica_id) for s in in_flight} == {("mine", placed.replica_id),
+                                                                             ("leased", leased[1]["replica_id"])}
+        await after.report("gw", in_flight)
+        await after.report("gw", in_flight)  # reported twice (a batch and the rejoin): counted once
+        assert running(after) == 2
+        router.install(await routing_view(after, "gw"))  # its own requests come back exactly once
+        assert sum(r.load.num_running for r in router._model.replicas_of("e")) == 2
+    finally:
+        await after.shutdown()
+
+
+def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
+    from switchboard.cluster.ray_limits import RayKeyLedger
+
+    sent = []
+
+    class Actor:
+        class seed_keys:  # noqa: N801 — stands in for a Ray actor method
+            @staticmethod
+            def remote(seeds):
+                sent.append(list(seeds))
+
+    ledger = RayKeyLedger(lambda: Actor, "gw", "control")
+    ledger.seed("k", 1.0, 2.0)
+    ledger.seed("j", 0.5, 0.5)
+    ledger.reseed()
+    assert sent == [[("k", 1.0, 2.0)], [("j", 0.5, 0.5)], [("k", 1.0, 2.0), ("j", 0.5, 0.5)]]
+
+
+async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_skips_the_limits():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from switchboard.cluster.ray_limits import RayKeyLedger
+    from switchboard.gateway.errors import ApiError
+    from switchboard.tenants.keys import KeyLimits
+
+    answers: list = [ActorUnavailableError("restarting", None), ActorUnavailableError("restarting", None), "gw/1"]
+
+    class Actor:
+        class admit_key:  # noqa: N801 — stands in for a Ray actor method
+            @staticmethod
+            def remote(*args):
+                async def answer():
+                    found = answers.pop(0)
+                    if isinstance(found, Exception):
+                        raise found
+                    return found
+                return answer()
+
+    ledger = RayKeyLedger(lambda: Actor, "gw", "control", restart_wait_s=30.0)
+    assert await ledger.admit("k", KeyLimits(rpm=10), 10, 0.0) == "gw/1" and answers == []
+
+    impatient = RayKeyLedger(lambda: Actor, "gw", "control", restart_wait_s=0.0)
+    for failure in (ActorUnavailableError("restarting", None), ActorDiedError()):
+        answers[:] = [failure]
+        try:
+            await impatient.admit("k", KeyLimits(rpm=10), 10, 0.0)
+        except ApiError as exc:
+            assert exc.status == 503 and "control" in exc.message
+        else:
+            raise AssertionError("admitted without checking the key's limits")
