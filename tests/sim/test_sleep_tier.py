@@ -104,3 +104,46 @@ def test_with_the_sleep_tier_every_request_arrives_once_and_ends_once(seed, rate
     for r in result.replicas:  # a wake is never billed as long as a cold start
         if r.is_wake and not np.isnan(r.warm_at):
             assert r.warm_at - r.created_at < engine_profile(51, r.hardware).cold_start_s
+
+
+@settings(max_examples=300, deadline=None)
+@given(prewarm_s=st.floats(0, 1000), keepalive_s=st.floats(0, 1000), dt=st.floats(0, 3000),
+       linger_s=st.sampled_from([0.0, 60.0]))
+def test_an_expert_a_request_wakes_within_its_slo_is_never_prewarmed(prewarm_s, keepalive_s, dt, linger_s):
+    activity = ExpertActivity(A, num_arrivals=5, idle_since_at=100.0)
+    window = KeepAliveWindow(prewarm_s, keepalive_s, "test", linger_s=linger_s)
+    d = decide_from_window(A, activity, window, has_replica=False, cold_start_s=0.8, now_s=100.0 + dt,
+                           sleep_after_s=5.0, wakes_on_demand=True)
+    assert d.action is not KeepAliveAction.PREWARM and not d.wants_replica
+
+
+def test_a_bursts_linger_is_spent_asleep_once_idle_past_sleep_after():
+    activity = ExpertActivity(A, num_arrivals=5, idle_since_at=100.0)
+    window = KeepAliveWindow(600.0, 600.0, "test", linger_s=60.0)
+    lingering = decide_from_window(A, activity, window, has_replica=True, cold_start_s=20.0, now_s=110.0)
+    assert lingering.action is KeepAliveAction.KEEP_WARM  # without the tier: warm for the burst
+    asleep = decide_from_window(A, activity, window, has_replica=True, cold_start_s=20.0, now_s=110.0,
+                                sleep_after_s=5.0)
+    assert asleep.action is KeepAliveAction.SCALE_TO_ZERO and asleep.reason.code is KeepAliveReasonCode.SLEEP
+    early = decide_from_window(A, activity, window, has_replica=True, cold_start_s=20.0, now_s=103.0,
+                               sleep_after_s=5.0)
+    assert early.action is KeepAliveAction.KEEP_WARM
+
+
+def test_requests_seconds_apart_wake_the_asleep_replica_and_nothing_wakes_it_ahead():
+    """A steady trickle (a request every ~20 s): each request wakes the replica, which sleeps 5 s after it;
+    route-aware pre-warming and keep-alive's pre-warm must not wake it in between (they did: an expert put to
+    sleep was restarted in the same control step, so the tier saved nothing)."""
+    data = wl.load_routing_data()
+    rng = np.random.default_rng(0)
+    arrivals = np.arange(0.0, 600.0, 20.0)
+    w = wl.attach_prompts(wl.Workload.from_arrays(arrivals, np.full(len(arrivals), 200), np.full(len(arrivals), 20)),
+                          5608, rng)
+    routing = lambda ids: routing_inputs(w, data, ids)  # noqa: E731
+    warm, _ = run_policy("switchboard", SPEC, w, routing, Knobs())
+    tiered, run = run_policy("switchboard-sleep", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=5.0))
+    run.check_conservation()
+    wakes = [r for r in run.replicas if r.is_wake]
+    assert len(wakes) >= len(arrivals) - 3 and not any(r.is_prewarm for r in wakes)
+    assert tiered.usd_cost < 0.5 * warm.usd_cost
+    assert tiered.ttft_slo_attainment == pytest.approx((len(arrivals) - 1) / len(arrivals))  # all but the cold start

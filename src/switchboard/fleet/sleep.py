@@ -100,5 +100,12 @@ class AsleepReplicas:
             out[key] = min(out.get(key, a.wake_s), a.wake_s)
         return out
 
+    def counts(self) -> dict[tuple[ExpertId, str], int]:
+        """(expert, hardware kind) → replicas of it asleep on that kind."""
+        out: dict[tuple[ExpertId, str], int] = {}
+        for a in self._asleep:
+            out[(a.expert_id, a.hardware)] = out.get((a.expert_id, a.hardware), 0) + 1
+        return out
+
     def all(self) -> list[Asleep]:
         return list(self._asleep)

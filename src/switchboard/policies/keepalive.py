@@ -39,6 +39,7 @@ from pydantic import Field
 
 from switchboard.fleet.state import ExpertActivity, FleetSnapshot
 from switchboard.frozen import fast_init
+from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
 from switchboard.types import ExpertId, Seconds
 
@@ -239,9 +240,36 @@ class KeepAlivePolicy(abc.ABC):
                 has_replica=bool(snapshot.accepting_replicas_of(expert_id)),
                 cold_start_s=cold_start_s.get(expert_id, 0.0),
                 now_s=now_s,
-                sleep_after_s=self.settings.sleep_after_s,
+                sleep_after_s=self._sleep_after_s(snapshot, expert_id),
+                wakes_on_demand=self.settings.sleep_after_s is not None and wakes_on_demand(snapshot, expert_id),
             )
         return decisions, state
+
+    def _sleep_after_s(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> Seconds | None:
+        """The tier's `sleep_after_s` if the expert's warm replicas, put to sleep, could be woken for its next
+        request within its TTFT SLO (or their wake time is unknown); else None: sleeping inside the window would
+        trade the keep-alive's warm hit for a late first token, so they stay warm."""
+        after_s = self.settings.sleep_after_s
+        if after_s is None:
+            return None
+        for replica in snapshot.warm_replicas_of(expert_id):
+            estimate = snapshot.estimate(expert_id, replica.hardware)
+            if estimate is not None and estimate.wake_s is not None and not predict.start_fits_slo(
+                    snapshot, expert_id, estimate.wake_s, estimate):
+                return None
+        return after_s
+
+
+def wakes_on_demand(snapshot: FleetSnapshot, expert_id: ExpertId) -> bool:
+    """Whether the expert has no accepting replica but one asleep (the sleep tier) that a request could wake
+    within its TTFT SLO: then nothing need be started ahead of demand — the wake is the pre-warm."""
+    if snapshot.accepting_replicas_of(expert_id):
+        return False
+    for (estimated_id, _), estimate in snapshot.estimates.items():
+        if (estimated_id == expert_id and estimate.num_asleep
+                and predict.start_fits_slo(snapshot, expert_id, estimate.cold_start_s, estimate)):
+            return True
+    return False
 
 
 def decide_from_window(
@@ -253,9 +281,12 @@ def decide_from_window(
     cold_start_s: Seconds,
     now_s: Seconds,
     sleep_after_s: Seconds | None = None,
+    wakes_on_demand: bool = False,
 ) -> KeepAliveDecision:
     """The shared rule. Guarantees: never `SCALE_TO_ZERO` while busy, nor inside the keep-alive window except
-    to put the replica to sleep (code `sleep`, only with `sleep_after_s`, never during a burst's linger)."""
+    to put the replica to sleep (code `sleep`, only with `sleep_after_s`; the caller passes it only where a wake
+    meets the SLO, so a burst's linger may be spent asleep); never
+    `PREWARM` an expert that `wakes_on_demand` (asleep, and woken within its SLO by the request itself)."""
 
     def decision(action: KeepAliveAction, code: KeepAliveReasonCode, detail: str, at_s: Seconds = now_s):
         return KeepAliveDecision(expert_id, action, at_s, now_s, Reason(code, f"{detail} ({window.reason})"))
@@ -273,22 +304,34 @@ def decide_from_window(
     warm_from = activity.idle_since_at + prewarm_s
     warm_until = warm_from + keepalive_s
     idle_s = now_s - activity.idle_since_at
+    may_sleep = has_replica and sleep_after_s is not None and not is_new and idle_s >= sleep_after_s
     if now_s < warm_from:
+        if may_sleep and idle_s < window.linger_s:
+            # The burst's next request wakes it within its SLO: lingering asleep costs no cold start.
+            return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.SLEEP,
+                            f"idle {idle_s:.0f}s: asleep (host RAM, no devices) rather than lingering "
+                            f"{window.linger_s:.0f}s warm for the burst's next request")
         if has_replica and idle_s < window.linger_s:
             return decision(KeepAliveAction.KEEP_WARM, KeepAliveReasonCode.IN_WINDOW,
                             f"idle {idle_s:.0f}s: lingering {window.linger_s:.0f}s for the burst's next request")
         if has_replica:
             return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.PREWARM_GAP,
                             f"next request unlikely before {warm_from:.0f}s: unload, pre-warm then")
+        if wakes_on_demand:
+            return decision(KeepAliveAction.STAY_COLD, KeepAliveReasonCode.SLEEP,
+                            f"asleep: its next request wakes it in {cold_start_s:.1f}s, within its SLO")
         return decision(KeepAliveAction.PREWARM, KeepAliveReasonCode.PREWARM_SCHEDULED,
                         f"pre-warm at {warm_from:.0f}s", at_s=warm_from)
     if now_s < warm_until:
-        if has_replica and sleep_after_s is not None and not is_new and idle_s >= sleep_after_s:
+        if may_sleep:
             return decision(KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.SLEEP,
                             f"idle {idle_s:.0f}s: asleep (host RAM, no devices) rather than warm until {warm_until:.0f}s")
         if has_replica:
             code = KeepAliveReasonCode.NEVER_USED if is_new else KeepAliveReasonCode.IN_WINDOW
             return decision(KeepAliveAction.KEEP_WARM, code, f"idle {idle_s:.0f}s, keep until {warm_until:.0f}s")
+        if wakes_on_demand:
+            return decision(KeepAliveAction.STAY_COLD, KeepAliveReasonCode.SLEEP,
+                            f"asleep: its next request wakes it in {cold_start_s:.1f}s, within its SLO")
         if prewarm_s > 0:
             return decision(KeepAliveAction.PREWARM, KeepAliveReasonCode.PREWARM_DUE,
                             f"pre-warm window opened at {warm_from:.0f}s")

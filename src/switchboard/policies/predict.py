@@ -130,6 +130,15 @@ def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memo
 # ---------------------------------------------------------------------------------------- capacity at the SLO
 
 
+def start_fits_slo(snapshot: FleetSnapshot, expert_id: ExpertId, start_s: Seconds, estimate: ServingEstimate) -> bool:
+    """Whether a request of the expert's recent mean prompt that finds it not warm would still get its first token
+    within its TTFT SLO after a start (a wake from the sleep tier, or a cold start) of `start_s` on `estimate`'s
+    kind. What makes starting on demand enough: no replica need be kept warm, nor started ahead, to meet the SLO."""
+    spec = snapshot.experts[expert_id]
+    prompt = snapshot.activity_of(expert_id).demand(snapshot.now_s).mean_prompt_tokens
+    return start_s + estimate.ttft_s(int(math.ceil(prompt))) <= spec.ttft_slo_s
+
+
 def request_busy_s(estimate: ServingEstimate, num_prompt_tokens: float, num_output_tokens: float) -> Seconds:
     """Engine time one request takes on a replica: its prefill, plus its share of full-batch decode steps."""
     decode_s_per_token = estimate.decode_step_s_full_batch / max(1, estimate.max_num_seqs)
