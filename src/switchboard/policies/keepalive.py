@@ -30,6 +30,7 @@ cold start is not worth it, so the replica is kept instead.
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
 import enum
 import math
@@ -240,36 +241,66 @@ class KeepAlivePolicy(abc.ABC):
                 has_replica=bool(snapshot.accepting_replicas_of(expert_id)),
                 cold_start_s=cold_start_s.get(expert_id, 0.0),
                 now_s=now_s,
-                sleep_after_s=self._sleep_after_s(snapshot, expert_id),
-                wakes_on_demand=self.settings.sleep_after_s is not None and wakes_on_demand(snapshot, expert_id),
+                sleep_after_s=self._sleep_after_s(snapshot, expert_id, state.histograms[expert_id]),
+                wakes_on_demand=self.settings.sleep_after_s is not None and predict.wakes_within_slo(snapshot, expert_id),
             )
         return decisions, state
 
-    def _sleep_after_s(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> Seconds | None:
-        """The tier's `sleep_after_s` if the expert's warm replicas, put to sleep, could be woken for its next
-        request within its TTFT SLO (or their wake time is unknown); else None: sleeping inside the window would
-        trade the keep-alive's warm hit for a late first token, so they stay warm."""
+    def _sleep_after_s(self, snapshot: FleetSnapshot, expert_id: ExpertId, histogram: IdleHistogram) -> Seconds | None:
+        """The tier's `sleep_after_s` if the expert's idle warm replicas should sleep now; else None (they stay warm).
+
+        Two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within its
+        TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
+        the keep-alive's warm hit for a late first token. Money: the idle time still to come must be worth the
+        wake, which bills the devices for `wake_s` again — ski rental (Karlin et al., 1988) with the idle-time
+        distribution known: sleep once the expected rest of the idle gap, given that it has lasted this long
+        (from the expert's recent exact idle gaps), exceeds the wake time. A busy expert's short lulls never
+        pay, nor does a bet on too little history; a gap longer than any seen does."""
         after_s = self.settings.sleep_after_s
         if after_s is None:
             return None
+        activity = snapshot.activity_of(expert_id)
+        idle_s = activity.idle_for_s(snapshot.now_s)
+        if idle_s < after_s or not activity.is_idle:
+            return after_s  # not asleep yet either way: decide_from_window keeps it warm
+        wake_s = 0.0
         for replica in snapshot.warm_replicas_of(expert_id):
             estimate = snapshot.estimate(expert_id, replica.hardware)
-            if estimate is not None and estimate.wake_s is not None and not predict.start_fits_slo(
-                    snapshot, expert_id, estimate.wake_s, estimate):
+            if estimate is None or estimate.wake_s is None:
+                continue
+            if not predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate):
                 return None
-        return after_s
+            wake_s = max(wake_s, estimate.wake_s)
+        residual_s = _expected_residual_idle_s(histogram, activity, idle_s, self.settings.min_samples)
+        return after_s if residual_s > wake_s else None
 
 
-def wakes_on_demand(snapshot: FleetSnapshot, expert_id: ExpertId) -> bool:
-    """Whether the expert has no accepting replica but one asleep (the sleep tier) that a request could wake
-    within its TTFT SLO: then nothing need be started ahead of demand — the wake is the pre-warm."""
-    if snapshot.accepting_replicas_of(expert_id):
-        return False
-    for (estimated_id, _), estimate in snapshot.estimates.items():
-        if (estimated_id == expert_id and estimate.num_asleep
-                and predict.start_fits_slo(snapshot, expert_id, estimate.cold_start_s, estimate)):
-            return True
-    return False
+def _expected_residual_idle_s(histogram: IdleHistogram, activity: ExpertActivity, idle_s: Seconds,
+                              min_samples: int) -> Seconds:
+    """E[gap − idle_s | gap > idle_s] over the expert's recent exact idle gaps; infinite when none was longer than
+    `idle_s` (nothing says this one ends soon); 0 with fewer than `min_samples` gaps — too little history to bet
+    a wake on (the break-even rule, sleep once idle as long as the wake costs, cost p99 TTFT on the conversation
+    trace: a busy expert that slept in a rare lull lost its devices to another expert and cold-started). The sorted gaps and their suffix sums are memoized on the histogram, which changes exactly
+    when a gap completes."""
+    memo = histogram.memo()
+    held = memo.get(_RESIDUAL_KEY)
+    if held is None or held[0] is not activity.recent_idle_gaps_s:
+        gaps = sorted(activity.recent_idle_gaps_s)
+        suffix = [0.0] * (len(gaps) + 1)
+        for i in range(len(gaps) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + gaps[i]
+        held = memo[_RESIDUAL_KEY] = (activity.recent_idle_gaps_s, gaps, suffix)
+    _, gaps, suffix = held
+    if len(gaps) < min_samples:
+        return 0.0
+    first = bisect.bisect_right(gaps, idle_s)
+    longer = len(gaps) - first
+    if longer == 0:
+        return math.inf
+    return suffix[first] / longer - idle_s
+
+
+_RESIDUAL_KEY = "keepalive.residual_idle"
 
 
 def decide_from_window(
