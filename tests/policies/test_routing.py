@@ -136,7 +136,8 @@ def test_an_asleep_expert_its_request_wakes_within_the_slo_is_not_hidden_behind_
     h100 = HardwareKind("h100")
     workers = {WorkerId("w"): Worker(WorkerId("w"), h100, 640.0, 53.7)}
     cold = {(e, h100): serving_estimate(e, engine_profile(8, "h100")) for e in (best, other)}
-    asleep = {**cold, (best, h100): dc.replace(cold[(best, h100)], cold_start_s=cold[(best, h100)].wake_s, num_asleep=1)}
+    asleep = {**cold, (best, h100): dc.replace(cold[(best, h100)], cold_start_s=cold[(best, h100)].wake_s,
+                                           asleep_worker_ids=(WorkerId("w"),))}
     warm = Replica(ReplicaId("other#0"), other, WorkerId("w"), h100, 80.0, cold[(other, h100)].capacity, ReplicaState.WARM)
     activity = {best: ExpertActivity(best, num_arrivals=20, decayed_arrivals=1.0, decayed_prompt_tokens=1000.0)}
     candidates = [ExpertCandidate(best, 0.80, 0.2), ExpertCandidate(other, 0.78, 0.2)]

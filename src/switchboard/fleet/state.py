@@ -73,9 +73,9 @@ class ServingEstimate:
     wake_s: Seconds | None = None
     """From asleep (the sleep tier: engine process kept, weights off the accelerator) to servable on this kind;
     None: unknown, or the engine cannot sleep."""
-    num_asleep: int = 0
-    """Replicas of this expert asleep on this kind now (the executor's sleep tier): a start here wakes one, and
-    `cold_start_s` is then that wake."""
+    asleep_worker_ids: tuple[WorkerId, ...] = ()
+    """Workers of this kind where a replica of this expert is asleep now (the executor's sleep tier): a start on
+    one of them wakes it, and `cold_start_s` is then that wake."""
 
     @property
     def capacity(self) -> EngineCapacity:

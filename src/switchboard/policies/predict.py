@@ -160,7 +160,7 @@ def wakes_within_slo(snapshot: FleetSnapshot, expert_id: ExpertId) -> bool:
     if snapshot.accepting_replicas_of(expert_id):
         return False
     for (estimated_id, _), estimate in snapshot.estimates.items():
-        if (estimate.num_asleep and estimated_id == expert_id
+        if (estimate.asleep_worker_ids and estimated_id == expert_id
                 and start_fits_slo(snapshot, expert_id, estimate.cold_start_s, estimate)):
             return True
     return False
