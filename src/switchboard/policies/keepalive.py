@@ -242,12 +242,14 @@ class KeepAlivePolicy(abc.ABC):
                 cold_start_s=cold_start_s.get(expert_id, 0.0),
                 now_s=now_s,
                 sleep_after_s=self._sleep_after_s(snapshot, expert_id, state.histograms[expert_id]),
-                wakes_on_demand=self.settings.sleep_after_s is not None and predict.wakes_within_slo(snapshot, expert_id),
+                wakes_on_demand=(self.settings.sleep_after_s is not None
+                                 and predict.wakes_within_slo(snapshot, expert_id)),
             )
         return decisions, state
 
-    def _sleep_after_s(self, snapshot: FleetSnapshot, expert_id: ExpertId, histogram: IdleHistogram) -> Seconds | None:
-        """The tier's `sleep_after_s` if the expert's idle warm replicas should sleep now; else None (they stay warm).
+    def _sleep_after_s(self, snapshot: FleetSnapshot, expert_id: ExpertId,
+                       histogram: IdleHistogram) -> Seconds | None:
+        """The tier's `sleep_after_s` if the expert's idle warm replicas should sleep now; else None (stay warm).
 
         Two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within its
         TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
@@ -279,8 +281,9 @@ def _expected_residual_idle_s(histogram: IdleHistogram, activity: ExpertActivity
                               min_samples: int) -> Seconds:
     """E[gap − idle_s | gap > idle_s] over the expert's recent exact idle gaps; infinite when none was longer than
     `idle_s` (nothing says this one ends soon); 0 with fewer than `min_samples` gaps — too little history to bet
-    a wake on (the break-even rule, sleep once idle as long as the wake costs, cost p99 TTFT on the conversation
-    trace: a busy expert that slept in a rare lull lost its devices to another expert and cold-started). The sorted gaps and their suffix sums are memoized on the histogram, which changes exactly
+    a wake on (the break-even rule instead, sleep once idle as long as the wake costs, cost p99 TTFT on the
+    conversation trace: a busy expert that slept in a rare lull lost its devices to another expert and
+    cold-started). The sorted gaps and their suffix sums are memoized on the histogram, which changes exactly
     when a gap completes."""
     memo = histogram.memo()
     held = memo.get(_RESIDUAL_KEY)

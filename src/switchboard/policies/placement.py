@@ -264,7 +264,8 @@ class CostAwarePlacement(PlacementPolicy):
         expert_id = replica.expert_id
         current = candidates(snapshot, expert_id, self.settings, routed_requests_per_s,
                              workers=[snapshot.workers[replica.worker_id]], sleep_after_s=self.sleep_after_s)
-        others = [c for c in candidates(snapshot, expert_id, self.settings, routed_requests_per_s, sleep_after_s=self.sleep_after_s)
+        others = [c for c in candidates(snapshot, expert_id, self.settings, routed_requests_per_s,
+                                        sleep_after_s=self.sleep_after_s)
                   if c.worker.hardware != replica.hardware and c.meets_slo]
         if not current or not others:
             return None
@@ -279,21 +280,24 @@ class CostAwarePlacement(PlacementPolicy):
         # Cheap necessary condition first (this runs every control step): another kind's replicas (≥ 1 of them)
         # must cost `min_saving` less than this one does at the load, so one of them alone must.
         here = [snapshot.workers[replica.worker_id]]
-        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=here, sleep_after_s=self.sleep_after_s)
+        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=here,
+                             sleep_after_s=self.sleep_after_s)
         if not current:
             return None
         limit_usd = current[0].usd_per_hour_at_load * (1.0 - min_saving)
         # (With the sleep tier a replica may count as a fraction of one, so the condition does not hold.)
-        if self.sleep_after_s is None and not any(w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
-                   and replica_usd_per_hour(w, e) < limit_usd
-                   and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9
-                   for w in snapshot.workers.values()):
+        if self.sleep_after_s is None and not any(
+                w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
+                and replica_usd_per_hour(w, e) < limit_usd
+                and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9
+                for w in snapshot.workers.values()):
             return None
         chosen = None
         for load_factor in (1.0, 2.0):
             rate = requests_per_s * load_factor
             if load_factor != 1.0:
-                current = candidates(snapshot, expert_id, self.settings, rate, workers=here, sleep_after_s=self.sleep_after_s)
+                current = candidates(snapshot, expert_id, self.settings, rate, workers=here,
+                                     sleep_after_s=self.sleep_after_s)
             others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s)
                       if c.worker.hardware != replica.hardware and c.meets_slo]
             if not current or not others:

@@ -133,8 +133,9 @@ def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memo
 START_SLO_PERCENTILE = 95.0
 """The share of an expert's prompts a start on demand must still serve within the SLO (`start_fits_slo`). Not
 the 99th of the fleet's SLO target: a start on demand delays only the requests that find the expert asleep,
-a few percent of its own. Measured on the conversation trace (docs/simulator.md, "The sleep tier"): at the
-mean prompt the tier costs 41.2% of static at p99 TTFT +3%; at the 95th 43.9% at +0.9%; at the 99th 48.2%."""
+a few percent of its own. Measured on the conversation trace at `sleep_after_s` 1 (docs/simulator.md, "The sleep
+tier"): at the mean prompt the tier costs 41.2% of static at p99 TTFT +3%; at the 95th 43.9% at +0.9%; at the 99th
+48.2% at +1%."""
 
 
 def start_fits_slo(snapshot: FleetSnapshot, expert_id: ExpertId, start_s: Seconds, estimate: ServingEstimate,
