@@ -128,13 +128,22 @@ def test_requests_seconds_apart_wake_the_asleep_replica_and_nothing_wakes_it_ahe
 def test_sleeping_is_bet_on_the_rest_of_the_idle_gap_exceeding_the_wake():
     from switchboard.policies.keepalive import IdleHistogram, _expected_residual_idle_s
 
-    def residual(gaps, idle_s):
-        activity = ExpertActivity(A, num_arrivals=len(gaps) + 1, recent_idle_gaps_s=tuple(gaps))
-        return _expected_residual_idle_s(IdleHistogram.empty(60.0, 4), activity, idle_s, min_samples=10)
+    def activity_of(gaps, num_arrivals=None, decayed_arrivals=1.0):
+        return ExpertActivity(A, num_arrivals=len(gaps) + 1 if num_arrivals is None else num_arrivals,
+                              recent_idle_gaps_s=tuple(gaps), idle_since_at=100.0, last_arrival_at=99.0,
+                              decayed_arrivals=decayed_arrivals)
+
+    def residual(gaps, idle_s, **kw):
+        return _expected_residual_idle_s(IdleHistogram.empty(60.0, 4), activity_of(gaps, **kw), 100.0 + idle_s,
+                                         min_samples=10)
 
     lulls = [0.5] * 18 + [1.5, 2.5]  # a busy expert: idle gaps well under a second, rarely two
     assert residual(lulls, 1.0) == pytest.approx(1.0)  # E[g − 1 | g > 1] over {1.5, 2.5}: shorter than a 1.03 s wake
     trickle = [4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0]
     assert residual(trickle, 1.0) == pytest.approx(12.0)
     assert residual(trickle, 30.0) == float("inf")  # longer than any seen: nothing says it ends soon
-    assert residual(trickle[:5], 1.0) == 0.0  # too little history to bet a wake on
+    # Too few gaps: the Poisson guess from the arrival rate (a busy expert's lull is short); rate unknown: sleep.
+    busy = activity_of(trickle[:5], decayed_arrivals=100.0)
+    rate = busy.demand(101.0).requests_per_s
+    assert rate > 1.0 and residual(trickle[:5], 1.0, decayed_arrivals=100.0) == pytest.approx(1.0 / rate)
+    assert residual(trickle[:5], 1.0, num_arrivals=1) == float("inf")
