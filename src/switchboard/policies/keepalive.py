@@ -257,7 +257,7 @@ class KeepAlivePolicy(abc.ABC):
         wake, which bills the devices for `wake_s` again — ski rental (Karlin et al., 1988) with the idle-time
         distribution known: sleep once the expected rest of the idle gap, given that it has lasted this long
         (from the expert's recent exact idle gaps), exceeds the wake time. A busy expert's short lulls never
-        pay; a gap longer than any seen does."""
+        pay, nor a bet on too little history; a gap longer than any seen does."""
         after_s = self.settings.sleep_after_s
         if after_s is None:
             return None
@@ -265,14 +265,16 @@ class KeepAlivePolicy(abc.ABC):
         idle_s = activity.idle_for_s(snapshot.now_s)
         if idle_s < after_s or not activity.is_idle:
             return after_s  # not asleep yet either way: decide_from_window keeps it warm
-        wake_s = 0.0
+        wake_s = None
         for replica in snapshot.warm_replicas_of(expert_id):
             estimate = snapshot.estimate(expert_id, replica.hardware)
             if estimate is None or estimate.wake_s is None:
                 continue
             if not predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate):
                 return None
-            wake_s = max(wake_s, estimate.wake_s)
+            wake_s = max(wake_s or 0.0, estimate.wake_s)
+        if wake_s is None:
+            return after_s  # no wake time to weigh (e.g. the CPU worker's, measured live): the setting decides
         residual_s = _expected_residual_idle_s(histogram, activity, snapshot.now_s, self.settings.min_samples)
         return after_s if residual_s > wake_s else None
 
@@ -280,11 +282,12 @@ class KeepAlivePolicy(abc.ABC):
 def _expected_residual_idle_s(histogram: IdleHistogram, activity: ExpertActivity, now_s: Seconds,
                               min_samples: int) -> Seconds:
     """E[gap − idle_s | gap > idle_s] over the expert's recent exact idle gaps; infinite when none was longer than
-    `idle_s` (nothing says this one ends soon). With fewer than `min_samples` gaps, the Poisson answer from the
-    expert's recent arrival rate: 1 / rate, whatever the idle time so far (infinite while the rate is unknown).
-    That keeps a busy expert awake in a rare lull (sleeping there, it lost its devices to another expert and
-    cold-started: p99 TTFT 1.609 s against 1.584 s on the conversation trace). The sorted gaps and their suffix
-    sums are memoized on the histogram, which changes exactly when a gap completes."""
+    `idle_s` (nothing says this one ends soon); 0 with fewer than `min_samples` gaps: too little history to bet a
+    wake on. (Betting without it cost p99 TTFT: sleeping in a rare lull, the busy 49B expert lost its devices to
+    another expert and cold-started, 1.609 s against 1.584 s on the conversation trace; letting experts with few
+    arrivals sleep, or guessing a lull from the arrival rate, cost 0.6–0.7 points of TTFT attainment at seed 2.)
+    The sorted gaps and their suffix sums are memoized on the histogram, which changes exactly when a gap
+    completes."""
     memo = histogram.memo()
     held = memo.get(_RESIDUAL_KEY)
     if held is None or held[0] is not activity.recent_idle_gaps_s:
@@ -295,8 +298,7 @@ def _expected_residual_idle_s(histogram: IdleHistogram, activity: ExpertActivity
         held = memo[_RESIDUAL_KEY] = (activity.recent_idle_gaps_s, gaps, suffix)
     _, gaps, suffix = held
     if len(gaps) < min_samples:
-        requests_per_s = activity.demand(now_s).requests_per_s
-        return 1.0 / requests_per_s if requests_per_s > 0 else math.inf
+        return 0.0
     idle_s = activity.idle_for_s(now_s)
     first = bisect.bisect_right(gaps, idle_s)
     longer = len(gaps) - first
