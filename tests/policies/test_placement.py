@@ -165,3 +165,28 @@ def test_a_scale_up_is_judged_on_one_request_not_on_the_queue_the_warm_replicas_
     s = with_replica(s, "a#1", worker="l40")
     scale_up = {c.worker.hardware: c for c in candidates(s, A, PlacementSettings())}
     assert scale_up[L4].meets_slo and scale_up[L4].predicted_ttft_s < 0.3
+
+
+def test_with_the_sleep_tier_a_rarely_used_expert_is_priced_by_the_time_it_is_awake():
+    """70B at one request every ~11 s: awake (wake + its request + the idle before sleeping) about half the
+    time on H100s, all of it on the slower A100s — so the pricier but faster kind is cheaper once it sleeps,
+    and without the tier (a replica billed the hour) the cheaper kind wins."""
+    from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Worker
+    from switchboard.fleet.activity import ExpertActivity
+    from switchboard.perf.roofline import engine_profile
+    from switchboard.perf.serving import serving_estimate
+    from switchboard.policies.placement import PlacementSettings, make_placement
+    from switchboard.types import ExpertId, HardwareKind, WorkerId
+
+    e = ExpertId("big")
+    workers = {WorkerId("a100"): Worker(WorkerId("a100"), HardwareKind("a100-80gb"), 640.0, 41.0),
+               WorkerId("h100"): Worker(WorkerId("h100"), HardwareKind("h100"), 640.0, 53.7)}
+    estimates = {(e, HardwareKind(k)): serving_estimate(e, engine_profile(70, k)) for k in ("a100-80gb", "h100")}
+    activity = ExpertActivity(e)
+    for i in range(40):
+        activity = activity.on_arrival(i * 11.0, 1100, 210).on_finish(i * 11.0 + 5.0)
+    snapshot = FleetSnapshot(now_s=440.0, workers=workers, experts={e: ExpertSpec(e, 70, 0.9)},
+                             estimates=estimates, activity={e: activity})
+    assert make_placement(PlacementSettings()).place(snapshot, e).candidate.worker.hardware == "a100-80gb"
+    tiered = make_placement(PlacementSettings(), sleep_after_s=1.0).place(snapshot, e)
+    assert tiered.candidate.worker.hardware == "h100" and tiered.candidate.num_replicas_needed < 1.0

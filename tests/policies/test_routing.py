@@ -117,3 +117,33 @@ def test_an_unrated_stand_in_answers_only_while_the_preferred_expert_starts():
     assert starting.expert_id == "small" and starting.reason.code is RouteReasonCode.STAND_IN
     warm = with_replica(_fleet(), "r9", expert="big", worker="w1")
     assert make_routing(settings).route(warm, only_big, 100.0, (ExpertId("small"),)).expert_id == "big"
+
+
+def test_an_asleep_expert_its_request_wakes_within_the_slo_is_not_hidden_behind_a_stand_in():
+    """Sleep tier: the preferred expert has no replica but one asleep with a 0.4 s wake. Its request wakes it
+    (no stand-in, nothing woken in the background); with a cold start instead, cold-start hiding answers from the
+    warm expert as before."""
+    import dataclasses as dc
+
+    from switchboard.fleet.activity import ExpertActivity
+    from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, Worker
+    from switchboard.perf.roofline import engine_profile
+    from switchboard.perf.serving import serving_estimate
+    from switchboard.policies.routing import ExpertCandidate, RoutingSettings, make_routing
+    from switchboard.types import ExpertId, HardwareKind, ReplicaId, ReplicaState, WorkerId
+
+    best, other = ExpertId("best"), ExpertId("other")
+    h100 = HardwareKind("h100")
+    workers = {WorkerId("w"): Worker(WorkerId("w"), h100, 640.0, 53.7)}
+    cold = {(e, h100): serving_estimate(e, engine_profile(8, "h100")) for e in (best, other)}
+    asleep = {**cold, (best, h100): dc.replace(cold[(best, h100)], cold_start_s=cold[(best, h100)].wake_s,
+                                           asleep_worker_ids=(WorkerId("w"),))}
+    warm = Replica(ReplicaId("other#0"), other, WorkerId("w"), h100, 80.0, cold[(other, h100)].capacity, ReplicaState.WARM)
+    activity = {best: ExpertActivity(best, num_arrivals=20, decayed_arrivals=1.0, decayed_prompt_tokens=1000.0)}
+    candidates = [ExpertCandidate(best, 0.80, 0.2), ExpertCandidate(other, 0.78, 0.2)]
+    routing = make_routing(RoutingSettings())
+    for estimates, hidden in ((cold, True), (asleep, False)):
+        snapshot = FleetSnapshot(now_s=100.0, workers=workers, experts={e: ExpertSpec(e, 8, 0.2) for e in (best, other)},
+                                 estimates=estimates, replicas={warm.replica_id: warm}, activity=activity)
+        decision = routing.route(snapshot, candidates)
+        assert (decision.expert_id == other) is hidden and bool(decision.wake_expert_ids) is hidden

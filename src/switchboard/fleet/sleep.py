@@ -100,5 +100,12 @@ class AsleepReplicas:
             out[key] = min(out.get(key, a.wake_s), a.wake_s)
         return out
 
+    def workers(self) -> dict[tuple[ExpertId, str], tuple[str, ...]]:
+        """(expert, hardware kind) → the workers where a replica of it sleeps, sorted (one per replica)."""
+        out: dict[tuple[ExpertId, str], list[str]] = {}
+        for a in self._asleep:
+            out.setdefault((a.expert_id, a.hardware), []).append(a.worker_id)
+        return {key: tuple(sorted(ids)) for key, ids in out.items()}
+
     def all(self) -> list[Asleep]:
         return list(self._asleep)

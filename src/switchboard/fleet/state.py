@@ -70,6 +70,12 @@ class ServingEstimate:
     decode_step_s_full_batch: Seconds
     max_num_seqs: int
     kv_capacity_tokens: int
+    wake_s: Seconds | None = None
+    """From asleep (the sleep tier: engine process kept, weights off the accelerator) to servable on this kind;
+    None: unknown, or the engine cannot sleep."""
+    asleep_worker_ids: tuple[WorkerId, ...] = ()
+    """Workers of this kind where a replica of this expert is asleep now (the executor's sleep tier): a start on
+    one of them wakes it, and `cold_start_s` is then that wake."""
 
     @property
     def capacity(self) -> EngineCapacity:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from switchboard.fleet.state import ServingEstimate
 from switchboard.perf.roofline import EngineProfile
+from switchboard.perf.sleep import wake_time_s
 from switchboard.types import ExpertId, HardwareKind
 
 TYPICAL_PROMPT_TOKENS = 1024
@@ -25,4 +26,6 @@ def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
         decode_step_s_full_batch=profile.decode_step_time_s(full, min(full * ctx, profile.kv_capacity_tokens)),
         max_num_seqs=full,
         kv_capacity_tokens=profile.kv_capacity_tokens,
+        # A CPU worker wakes by reloading from the page cache, which the live worker measures itself.
+        wake_s=None if profile.hardware.kind == "cpu" else wake_time_s(profile),
     )

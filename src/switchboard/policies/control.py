@@ -225,7 +225,7 @@ class ControlPlane:
         s = self.settings
         self.keepalive = make_keepalive(s.keepalive)
         self.autoscale = make_autoscale(s.autoscale)
-        self.placement = make_placement(s.placement)
+        self.placement = make_placement(s.placement, sleep_after_s=s.keepalive.sleep_after_s)
         self.balance = make_balance(s.balance)
         self.admission = make_admission(s.admission)
         self.queue_order = make_queue_order(s.queue_order)
@@ -308,6 +308,10 @@ class ControlPlane:
         predictions = [e.prediction for e in events if isinstance(e, RoutePredicted)]
         prewarm_state = self.prewarm.observe(state.prewarm, predictions, now_s)
         for wanted in self.prewarm.wanted(plan.snapshot, prewarm_state):
+            # Keep-alive has the last word on an expert it unloads in this step, and on one asleep whose request
+            # wakes it within its SLO (the sleep tier): a start ahead of demand would only undo its decision.
+            if wanted.expert_id in zeroed or keepalive[wanted.expert_id].reason.code is KeepAliveReasonCode.SLEEP:
+                continue
             self._start(plan, wanted.expert_id, wanted.reason)
 
         if self.settings.replace_starts:

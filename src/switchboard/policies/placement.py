@@ -101,7 +101,8 @@ PlacementOutcome = Placed | Unplaceable
 
 
 def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: PlacementSettings,
-               min_requests_per_s: float = 0.0, workers: Sequence[Worker] | None = None) -> list[Candidate]:
+               min_requests_per_s: float = 0.0, workers: Sequence[Worker] | None = None,
+               sleep_after_s: float | None = None) -> list[Candidate]:
     """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load.
 
     The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
@@ -112,7 +113,13 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     Latency: a first replica will serve what is queued for the expert now, so its TTFT is predicted behind that
     queue. A scale-up's replica will not take over today's queue (the warm replicas drain it while it starts):
     it is judged on one request of the expert's mean size; whether one such replica is enough is the demand's
-    business (`num_replicas_needed`)."""
+    business (`num_replicas_needed`).
+
+    With the sleep tier (`sleep_after_s`, keep-alive's), a replica whose wake meets the TTFT SLO sleeps once idle
+    for `sleep_after_s` (policies/keepalive.py), so it is billed for the time it is awake, not the hour: at low
+    load it counts as the fraction of a replica its requests keep awake — each woken, served alone, then idle
+    `sleep_after_s` before it sleeps (an upper bound: requests that overlap share it) — not as a whole one. A
+    faster kind then wins when it serves the same requests in proportionally less time."""
     spec = snapshot.experts[expert_id]
     replicas = snapshot.accepting_replicas_of(expert_id)
     num_after = len(replicas) + 1
@@ -139,7 +146,13 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
             continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
         tpot_s = estimate.tpot_s(seqs)
-        num_needed = max(1.0, math.ceil(num_tokens / estimate.kv_capacity_tokens),
+        floor = 1.0
+        if (sleep_after_s is not None and estimate.wake_s is not None and requests_per_s > 0
+                and predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate)):
+            awake_s = (estimate.wake_s + estimate.ttft_s(round(demand_prompt))
+                       + demand_output * estimate.decode_step_s_batch_1 + sleep_after_s)
+            floor = min(1.0, requests_per_s * awake_s)
+        num_needed = max(floor, math.ceil(num_tokens / estimate.kv_capacity_tokens),
                          _replicas_for_demand(estimate, spec, requests_per_s, demand_prompt, demand_output,
                                               settings.slo_percentile))
         found.append(Candidate(worker, estimate, ttft_s, tpot_s,
@@ -178,13 +191,15 @@ def _replicas_for_demand(estimate: ServingEstimate, spec: ExpertSpec, requests_p
 class PlacementPolicy(abc.ABC):
     def __init__(self, settings: PlacementSettings) -> None:
         self.settings = settings
+        self.sleep_after_s: float | None = None
+        """Keep-alive's sleep tier (`candidates`' `sleep_after_s`); set by `make_placement`."""
 
     @abc.abstractmethod
     def choose(self, fitting: list[Candidate]) -> Candidate:
         """One of `fitting` (never empty)."""
 
     def place(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> PlacementOutcome:
-        fitting = candidates(snapshot, expert_id, self.settings)
+        fitting = candidates(snapshot, expert_id, self.settings, sleep_after_s=self.sleep_after_s)
         if not fitting:
             if not any(snapshot.estimate(expert_id, w.hardware) for w in snapshot.workers.values()):
                 return Unplaceable(PlacementStatus.NO_ESTIMATE, expert_id, Reason(
@@ -248,8 +263,9 @@ class CostAwarePlacement(PlacementPolicy):
                              routed_requests_per_s: float) -> Candidate | None:
         expert_id = replica.expert_id
         current = candidates(snapshot, expert_id, self.settings, routed_requests_per_s,
-                             workers=[snapshot.workers[replica.worker_id]])
-        others = [c for c in candidates(snapshot, expert_id, self.settings, routed_requests_per_s)
+                             workers=[snapshot.workers[replica.worker_id]], sleep_after_s=self.sleep_after_s)
+        others = [c for c in candidates(snapshot, expert_id, self.settings, routed_requests_per_s,
+                                        sleep_after_s=self.sleep_after_s)
                   if c.worker.hardware != replica.hardware and c.meets_slo]
         if not current or not others:
             return None
@@ -264,21 +280,25 @@ class CostAwarePlacement(PlacementPolicy):
         # Cheap necessary condition first (this runs every control step): another kind's replicas (≥ 1 of them)
         # must cost `min_saving` less than this one does at the load, so one of them alone must.
         here = [snapshot.workers[replica.worker_id]]
-        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=here)
+        current = candidates(snapshot, expert_id, self.settings, requests_per_s, workers=here,
+                             sleep_after_s=self.sleep_after_s)
         if not current:
             return None
         limit_usd = current[0].usd_per_hour_at_load * (1.0 - min_saving)
-        if not any(w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
-                   and replica_usd_per_hour(w, e) < limit_usd
-                   and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9
-                   for w in snapshot.workers.values()):
+        # (With the sleep tier a replica may count as a fraction of one, so the condition does not hold.)
+        if self.sleep_after_s is None and not any(
+                w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
+                and replica_usd_per_hour(w, e) < limit_usd
+                and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9
+                for w in snapshot.workers.values()):
             return None
         chosen = None
         for load_factor in (1.0, 2.0):
             rate = requests_per_s * load_factor
             if load_factor != 1.0:
-                current = candidates(snapshot, expert_id, self.settings, rate, workers=here)
-            others = [c for c in candidates(snapshot, expert_id, self.settings, rate)
+                current = candidates(snapshot, expert_id, self.settings, rate, workers=here,
+                                     sleep_after_s=self.sleep_after_s)
+            others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s)
                       if c.worker.hardware != replica.hardware and c.meets_slo]
             if not current or not others:
                 return None
@@ -290,5 +310,8 @@ class CostAwarePlacement(PlacementPolicy):
         return chosen
 
 
-def make_placement(settings: PlacementSettings) -> PlacementPolicy:
-    return PLACEMENT_POLICIES.create(settings)
+def make_placement(settings: PlacementSettings, *, sleep_after_s: float | None = None) -> PlacementPolicy:
+    """`sleep_after_s`: keep-alive's sleep tier (a replica is priced by the time it is awake)."""
+    policy = PLACEMENT_POLICIES.create(settings)
+    policy.sleep_after_s = sleep_after_s
+    return policy

@@ -130,6 +130,43 @@ def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memo
 # ---------------------------------------------------------------------------------------- capacity at the SLO
 
 
+START_SLO_PERCENTILE = 95.0
+"""The share of an expert's prompts a start on demand must still serve within the SLO (`start_fits_slo`). Not
+the 99th of the fleet's SLO target: a start on demand delays only the requests that find the expert asleep,
+a few percent of its own. Measured on the conversation trace at `sleep_after_s` 1 (docs/simulator.md, "The sleep
+tier"): at the mean prompt the tier costs 41.2% of static at p99 TTFT +3%; at the 95th 43.9% at +0.9%; at the 99th
+48.2% at +1%."""
+
+
+def start_fits_slo(snapshot: FleetSnapshot, expert_id: ExpertId, start_s: Seconds, estimate: ServingEstimate,
+                   percentile: float = START_SLO_PERCENTILE) -> bool:
+    """Whether a request that finds the expert not warm would still get its first token within its TTFT SLO after
+    a start (a wake from the sleep tier, or a cold start) of `start_s` on `estimate`'s kind — for all but the
+    longest `100 − percentile`% of prompts. What makes starting on demand enough: no replica need be kept warm,
+    nor started ahead, nor stand in, to meet the SLO.
+
+    Prefill times are taken as exponential around the expert's recent mean prompt, as the capacity model does
+    (`max_utilization_at_slo`): the percentile-th prefill is the mean × ln(1 / (1 − percentile/100)) (4.6× at the
+    99th)."""
+    spec = snapshot.experts[expert_id]
+    prompt = snapshot.activity_of(expert_id).demand(snapshot.now_s).mean_prompt_tokens
+    tail = -math.log(max(1e-9, 1.0 - percentile / 100.0))
+    return start_s + tail * prompt / estimate.prefill_tokens_per_s + estimate.decode_step_s_batch_1 <= spec.ttft_slo_s
+
+
+def wakes_within_slo(snapshot: FleetSnapshot, expert_id: ExpertId) -> bool:
+    """Whether the expert has no accepting replica but one asleep (the sleep tier) that its next request could
+    wake within its TTFT SLO (`start_fits_slo`): then nothing need start ahead of demand, nor stand in for it —
+    the request's own wake is enough."""
+    if snapshot.accepting_replicas_of(expert_id):
+        return False
+    for (estimated_id, _), estimate in snapshot.estimates.items():
+        if (estimate.asleep_worker_ids and estimated_id == expert_id
+                and start_fits_slo(snapshot, expert_id, estimate.cold_start_s, estimate)):
+            return True
+    return False
+
+
 def request_busy_s(estimate: ServingEstimate, num_prompt_tokens: float, num_output_tokens: float) -> Seconds:
     """Engine time one request takes on a replica: its prefill, plus its share of full-batch decode steps."""
     decode_s_per_token = estimate.decode_step_s_full_batch / max(1, estimate.max_num_seqs)

@@ -12,7 +12,8 @@ Variants (`RoutingSettings.kind`):
 
 - `quality-only`: blind to the fleet: the best quality − λ·price, warm or not, no wakes. The baseline.
 - `fleet-aware`: the full score, plus **cold-start hiding**: if the *preferred* expert (best quality − λ·price,
-  what the router would pick were the fleet all warm) is cold and a warm expert is within
+  what the router would pick were the fleet all warm) is cold (not merely asleep in the sleep tier with a wake
+  that meets its SLO, which its request simply wakes) and a warm expert is within
   `cold_start_quality_margin` of its predicted quality, the warm one answers and the preferred one is woken in
   the background (`RouteDecision.wake_expert_ids`). If no warm expert is close enough, the full score decides,
   and a cold preferred expert that loses on latency is still woken for the traffic to come.
@@ -89,6 +90,8 @@ class ScoredExpert:
     is_warm: bool
     expected_extra_latency_s: Seconds
     score: float
+    wakes_within_slo: bool = False
+    """Not warm, but asleep (the sleep tier) and woken by a request within its TTFT SLO: no need to hide."""
 
 
 @fast_init
@@ -176,7 +179,8 @@ class RoutingPolicy(abc.ABC):
         for c in candidates:
             latency_s, is_warm = _latency_and_warmth(snapshot, c.expert_id, self.settings)
             base = c.predicted_quality - lam * c.usd_per_mtok
-            entry = ScoredExpert(c, is_warm, latency_s, base - mu * latency_s)
+            entry = ScoredExpert(c, is_warm, latency_s, base - mu * latency_s,
+                                 not is_warm and predict.wakes_within_slo(snapshot, c.expert_id))
             scored.append(entry)
             if preferred is None or base > preferred_base:  # the first best: ties keep the router's order
                 preferred, preferred_base = entry, base
@@ -209,7 +213,9 @@ class QualityOnlyRouting(RoutingPolicy):
 class FleetAwareRouting(RoutingPolicy):
     def select(self, ranked, preferred):
         best = ranked[0]
-        if preferred.is_warm:
+        if preferred.is_warm or preferred.wakes_within_slo:
+            # An expert whose request wakes it from the sleep tier within its SLO needs no stand-in: hiding that
+            # wake would only move its load onto other experts while it wakes anyway.
             return best, (), Reason(RouteReasonCode.BEST_SCORE, _describe(best))
         floor = preferred.candidate.predicted_quality - self.settings.cold_start_quality_margin
         stand_in = next((s for s in ranked if s.is_warm and s.candidate.predicted_quality >= floor), None)

@@ -518,10 +518,11 @@ class Simulation:
         """The policies' estimates with each start priced at the wake time where a replica of the expert sleeps
         on that hardware kind (and back at the cold start once none does)."""
         overrides = self.asleep.cold_start_overrides() if self.asleep is not None else {}
+        counts = self.asleep.workers() if self.asleep is not None else {}
         estimates = dict(self._base_estimates)
         for key, wake_s in overrides.items():
             if key in estimates:
-                estimates[key] = dataclasses.replace(estimates[key], cold_start_s=wake_s)
+                estimates[key] = dataclasses.replace(estimates[key], cold_start_s=wake_s, asleep_worker_ids=counts[key])
         self.snapshot = self.snapshot.evolve(estimates=estimates)
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:

@@ -50,7 +50,9 @@ _BASIC_FLEET: dict[str, Any] = {
 }
 POLICY_SET_DELTAS: dict[str, dict[str, Any]] = {
     "switchboard": {},
-    "switchboard-sleep": {"keepalive": {"sleep_after_s": 30.0, "asleep_keepalive_s": 1800.0}},
+    # 0: an idle replica sleeps at the first control step at which keep-alive's costs allow it (the wake keeps the
+    # SLO and the rest of the idle gap is worth the wake, policies/keepalive.py); a fixed delay only adds warm time.
+    "switchboard-sleep": {"keepalive": {"sleep_after_s": 0.0, "asleep_keepalive_s": 1800.0}},
     "quality-only-routing": {"routing": {"kind": "quality-only"}},
     "fixed-keepalive": {**_BASIC_FLEET, "keepalive": {"kind": "fixed"}},
     "hybrid-keepalive": _BASIC_FLEET,
@@ -76,8 +78,8 @@ class Knobs:
     """The hybrid keep-alive's window for experts with too little history."""
     static_hardware: str = "h100"
     sleep_after_s: float | None = None
-    """`switchboard-sleep`: idle time after which a replica sleeps (host RAM, no devices) instead of staying
-    warm (the set's 30 s when None)."""
+    """`switchboard-sleep`: idle time after which a replica may sleep (host RAM, no devices) instead of staying
+    warm (the set's 0 s when None: as soon as keep-alive's costs allow)."""
     asleep_keepalive_s: float | None = None
     control_interval_s: float = DEFAULT_STEP_INTERVAL_S
     """Period of the control step (it also runs at once when a request waits for a replica)."""
