@@ -37,6 +37,14 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
 )
 """Simplest first: on an exact tie of inner AUC the earlier one wins."""
 
+SHRINK_CANDIDATES: tuple[Candidate, ...] = tuple(
+    Candidate(f"shrunk-q{q:g}", StrategyName.SHRUNK,
+              {"num_neighbours": 100, "temperature": 0.05, "familiarity_quantile": q, "familiarity_scale": 0.03})
+    for q in (0.05, 0.25, 0.5)
+)
+"""The ensemble shrunk toward the prior below the q-quantile of the training prompts' own familiarity
+(`strategies.shrunk`): a fixed grid, declared before any run, that nested selection chooses from."""
+
 
 @dataclass(frozen=True)
 class TrainSettings:
