@@ -31,6 +31,7 @@ class ConversationSettings:
     max_context_ratio: float = 1.0
     min_context_chars: int = 400
     max_user_turns: int = 2  # earlier user turns kept in the context, newest first
+    max_system_share: float = 1.0  # of the context budget, at most this share for system prompts
 
 
 CONTEXT_ROLES = frozenset({"system", "developer"})
@@ -45,14 +46,16 @@ def routing_text(turns: Sequence[Turn], settings: ConversationSettings = Convers
     question = turns[last_user].text
     earlier_users = [t.text for t in reversed(turns[:last_user]) if t.role == "user" and t.text.strip()]
     system = [t.text for t in turns if t.role in CONTEXT_ROLES and t.text.strip()]
-    context = earlier_users[: settings.max_user_turns] + system
-    if not context:
+    if not earlier_users and not system:
         return question
     budget = max(int(settings.max_context_ratio * len(question)), settings.min_context_chars)
+    system_budget = int(settings.max_system_share * budget)
     kept: list[str] = []
-    for part in context:
-        if budget <= 0:
-            break
+    for part in earlier_users[: settings.max_user_turns]:
         kept.append(part[:budget])
         budget -= len(kept[-1])
-    return "\n\n".join([question, *kept])
+    system_budget = min(budget, system_budget)
+    for part in system:
+        kept.append(part[:system_budget])
+        system_budget -= len(kept[-1])
+    return "\n\n".join([question, *(part for part in kept if part)])
