@@ -11,9 +11,9 @@ each test prompt is wrapped into four conversation shapes whose true scores are 
   answer the question above.");
 - `system+follow-up`: both —
 
-and each shape is read three ways: the last user turn only (the gateway before), `routing_text` (the
-serving path now: question first, bounded context, `router.conversation`), and every system and user turn
-joined without a bound. Task-balanced 5-fold CV (seed 0) with one fixed strategy per fold (no nested selection,
+and each shape is read five ways: the last user turn only (the gateway before), `routing_text` (the
+serving path now: question first, bounded context, `router.conversation`), two variants of its settings, and
+every system and user turn joined without a bound. Task-balanced 5-fold CV (seed 0) with one fixed strategy per fold (no nested selection,
 to keep it short): best quality over the λ grid, USD/Mtok to reach 0.563, AUC — task-balanced weights.
 """
 
@@ -67,7 +67,8 @@ def conversation(prompt: str, shape: str, rng: np.random.Generator) -> list[Turn
 READERS = {
     "last user turn": lambda turns: next(t.text for t in reversed(turns) if t.role == "user"),
     "routing_text (serving path)": routing_text,
-    "routing_text, system ≤ 1/4": lambda turns: routing_text(turns, ConversationSettings(max_system_share=0.25)),
+    "routing_text, system ≤ 1/1": lambda turns: routing_text(turns, ConversationSettings(max_system_share=1.0)),
+    "routing_text, context ≥ 1000": lambda turns: routing_text(turns, ConversationSettings(min_context_chars=1000)),
     "all turns, unbounded": lambda turns: "\n\n".join(t.text for t in turns if t.role != "assistant"),
 }
 

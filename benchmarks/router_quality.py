@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
@@ -96,8 +97,11 @@ def main() -> None:
     parts = [embeddings(kind, texts) for kind in args.features.split("+")]
     x = np.concatenate(parts + [cheap_feature_matrix(texts)], axis=1)
     splits = [SplitKind(s) for s in args.splits.split(",")]
-    reports = run_splits(candidate_pool(args.candidates), x, y, texts, tasks, price, experts, args.seed, splits, args.folds,
-                         args.inner_folds, clock=time.perf_counter)
+    # One BLAS thread: the fits multiply small matrices, and threads fighting over two shared cores made the
+    # nested LOTO run several times slower under load.
+    with threadpool_limits(limits=1):
+        reports = run_splits(candidate_pool(args.candidates), x, y, texts, tasks, price, experts, args.seed, splits,
+                             args.folds, args.inner_folds, clock=time.perf_counter)
     print(f"{len(examples)} prompts, {len(set(tasks))} tasks, {len(experts)} experts; features: {args.features} "
           f"+ 7 cheap ({x.shape[1]} dims); seed {args.seed}; outer folds: one per task (LOTO), {args.folds} "
           f"(task-balanced, random); inner folds {args.inner_folds}")

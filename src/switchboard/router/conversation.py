@@ -31,7 +31,7 @@ class ConversationSettings:
     max_context_ratio: float = 1.0
     min_context_chars: int = 400
     max_user_turns: int = 2  # earlier user turns kept in the context, newest first
-    max_system_share: float = 1.0  # of the context budget, at most this share for system prompts
+    max_system_share: float = 0.25  # of the context budget, at most this share for system prompts
 
 
 CONTEXT_ROLES = frozenset({"system", "developer"})
