@@ -45,6 +45,12 @@ SHRINK_CANDIDATES: tuple[Candidate, ...] = tuple(
 """The ensemble shrunk toward the prior below the q-quantile of the training prompts' own familiarity
 (`strategies.shrunk`): a fixed grid, declared before any run, that nested selection chooses from."""
 
+BALANCED_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("ensemble-balanced", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05},
+              balance_tasks=True),
+)
+"""The default ensemble trained on rows resampled so every task counts the same, as in the held-out mix."""
+
 
 @dataclass(frozen=True)
 class TrainSettings:
