@@ -45,6 +45,10 @@ class KnnModel(QualityModel):
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_with_familiarity(x)[0]
 
+    def prior(self) -> np.ndarray:
+        """(m,) each expert's mean training score: the estimate of a prompt with no neighbour weight."""
+        return self._scores32.mean(axis=0)
+
     def predict_with_familiarity(self, x: np.ndarray, num_nearest: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """((n, m) estimates, (n,) familiarity): the familiarity of a row is the mean cosine similarity of its
         `num_nearest` most similar training prompts — how close it is to anything the router was trained on."""
@@ -63,7 +67,7 @@ class KnnModel(QualityModel):
         k = min(int(self.num_neighbours), sims.shape[1])
         top, top_sims = top[:, :k], top_sims[:, :k]
         scores = self._scores32
-        prior = scores.mean(axis=0)
+        prior = self.prior()
         if self.temperature > 0:
             weight = np.exp((top_sims - 1.0) / float(self.temperature))
         else:

@@ -19,7 +19,7 @@ import numpy as np
 
 from switchboard.router.strategies.base import QualityModel, StrategyName, sigmoid
 from switchboard.router.strategies.ensemble import EnsembleModel
-from switchboard.router.strategies.knn import KnnModel, _unit
+from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
 
 NUM_NEAREST = 10
@@ -29,7 +29,7 @@ NUM_NEAREST = 10
 def self_familiarity(points: np.ndarray, num_nearest: int = NUM_NEAREST, chunk_rows: int = 1024) -> np.ndarray:
     """(n,) familiarity of each unit row of `points` against the other rows (itself left out), in chunks so the
     n × n similarity matrix never sits in memory whole."""
-    points = np.asarray(points, np.float32)
+    points = np.ascontiguousarray(points, np.float32)
     k = min(num_nearest, len(points) - 1)
     out = np.empty(len(points), np.float32)
     for start in range(0, len(points), chunk_rows):
@@ -58,7 +58,7 @@ class ShrunkEnsembleModel(QualityModel):
         share = float(self.knn_share)
         local = share * knn + (1.0 - share) * self.mlp.predict(x)
         weight = sigmoid((familiarity - float(self.familiarity_centre)) / float(self.familiarity_scale))
-        prior = self.knn._scores32.mean(axis=0)
+        prior = self.knn.prior()
         return (weight[:, None] * local + (1.0 - weight[:, None]) * prior).astype(np.float32), weight
 
     @classmethod
@@ -67,7 +67,7 @@ class ShrunkEnsembleModel(QualityModel):
             epochs: int = 40, weight_decay: float = 1e-4) -> "ShrunkEnsembleModel":
         ensemble = EnsembleModel.fit(x, y, rng, knn_share, num_neighbours, prior_weight, temperature, hidden, epochs,
                                      weight_decay)
-        centre = float(np.quantile(self_familiarity(_unit(np.asarray(x, np.float32))), familiarity_quantile))
+        centre = float(np.quantile(self_familiarity(ensemble.knn.points), familiarity_quantile))
         return cls(ensemble.knn, ensemble.mlp, centre, float(familiarity_scale), float(knn_share))
 
     def arrays(self) -> dict[str, np.ndarray]:
