@@ -1,7 +1,7 @@
 """Out-of-sample routing quality under task shift: three splits side by side, nested selection, per-task table.
 
     .venv/bin/python benchmarks/router_quality.py [--seed 0] [--folds 5] [--inner-folds 3]
-        [--splits leave-one-task-out,task-balanced,random] [--features static|onnx-fp32|onnx-int8|static+onnx-int8]
+        [--splits leave-one-task-out,task-balanced,random] [--candidates default|shrink|LABEL,...] [--features static|onnx-fp32|onnx-int8|static+onnx-int8]
         [--plot curves.png]
 
 Protocol (`switchboard.router.protocol`, `router.nested`): for each split, the outer folds' test rows are never
@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
@@ -38,7 +39,7 @@ from switchboard.router.evaluate import format_task_table, format_table, plot_cu
 from switchboard.router.features import cheap_feature_matrix  # noqa: E402
 from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
-from switchboard.router.pipeline import DEFAULT_CANDIDATES, embed_cached  # noqa: E402
+from switchboard.router.pipeline import BALANCED_CANDIDATES, DEFAULT_CANDIDATES, SHRINK_CANDIDATES, embed_cached  # noqa: E402
 from switchboard.router.protocol import SPLIT_ORDER, SplitKind  # noqa: E402
 from switchboard.router.report import format_summary, loto_task_rows, preset_table, run_splits  # noqa: E402
 
@@ -60,6 +61,18 @@ def embeddings(kind: str, texts: list[str]) -> np.ndarray:
     return embed_cached(OnnxEmbedder(path, num_threads=1), texts, cache)
 
 
+def candidate_pool(spec: str):
+    every = {c.label: c for c in DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES}
+    if spec == "default":
+        return DEFAULT_CANDIDATES
+    if spec == "shrink":
+        return DEFAULT_CANDIDATES + SHRINK_CANDIDATES
+    unknown = [label for label in spec.split(",") if label not in every]
+    if unknown:
+        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(every)}")
+    return tuple(every[label] for label in spec.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Out-of-sample routing quality under task shift.")
     parser.add_argument("--seed", type=int, default=0)
@@ -67,6 +80,9 @@ def main() -> None:
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--splits", default=",".join(k.value for k in SPLIT_ORDER))
     parser.add_argument("--features", default="static", help="static, onnx-fp32, onnx-int8, or two joined by '+'.")
+    parser.add_argument("--candidates", default="default",
+                        help="'default' (pipeline.DEFAULT_CANDIDATES), 'shrink' (those and pipeline.SHRINK_CANDIDATES), "
+                             "or a comma-separated list of labels from those, SHRINK_ and BALANCED_CANDIDATES.")
     parser.add_argument("--plot", type=Path, default=None, help="Also write the task-balanced curves as a PNG here.")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -81,8 +97,11 @@ def main() -> None:
     parts = [embeddings(kind, texts) for kind in args.features.split("+")]
     x = np.concatenate(parts + [cheap_feature_matrix(texts)], axis=1)
     splits = [SplitKind(s) for s in args.splits.split(",")]
-    reports = run_splits(DEFAULT_CANDIDATES, x, y, texts, tasks, price, experts, args.seed, splits, args.folds,
-                         args.inner_folds, clock=time.perf_counter)
+    # One BLAS thread: the fits multiply small matrices, and threads fighting over two shared cores made the
+    # nested LOTO run several times slower under load.
+    with threadpool_limits(limits=1):
+        reports = run_splits(candidate_pool(args.candidates), x, y, texts, tasks, price, experts, args.seed, splits,
+                             args.folds, args.inner_folds, clock=time.perf_counter)
     print(f"{len(examples)} prompts, {len(set(tasks))} tasks, {len(experts)} experts; features: {args.features} "
           f"+ 7 cheap ({x.shape[1]} dims); seed {args.seed}; outer folds: one per task (LOTO), {args.folds} "
           f"(task-balanced, random); inner folds {args.inner_folds}")

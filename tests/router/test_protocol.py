@@ -134,3 +134,25 @@ def test_per_task_table_compares_against_a_single_expert_that_costs_no_more(rng)
     for r in rows:
         assert r.single_usd_per_mtok <= r.router_usd_per_mtok + 1e-9
         assert r.gap >= 0.0  # the oracle is never below a single expert on its own rows
+
+
+def test_balanced_rows_give_every_task_the_largest_tasks_count(rng):
+    from switchboard.router.protocol import balanced_rows
+
+    tasks = ["a"] * 10 + ["b"] * 3 + ["c"] * 7
+    rows = balanced_rows(tasks, rng)
+    counts = {t: sum(tasks[i] == t for i in rows) for t in "abc"}
+    assert counts == {"a": 10, "b": 10, "c": 10}
+    assert set(rows.tolist()) == set(range(len(tasks)))  # every row kept, rare ones repeated
+
+
+def test_a_task_balanced_candidate_trains_on_balanced_rows_only_inside_the_training_part(rng):
+    from switchboard.router.nested import Candidate
+    from switchboard.router.strategies import StrategyName
+
+    x, y = rng.normal(size=(30, 4)).astype(np.float32), (rng.random((30, 2)) < 0.5).astype(np.float32)
+    tasks = ["a"] * 25 + ["b"] * 5
+    model = Candidate("knn-balanced", StrategyName.KNN, {"num_neighbours": 200}, balance_tasks=True).fit(x, y, rng, tasks)
+    assert len(model.points) == 50  # 25 + 5 × 5
+    plain = Candidate("knn", StrategyName.KNN, {"num_neighbours": 200}).fit(x, y, rng, tasks)
+    assert len(plain.points) == 30

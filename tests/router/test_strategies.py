@@ -52,3 +52,19 @@ def test_cross_validated_estimates_are_out_of_fold(rng):
     y = (rng.random((200, 3)) < 0.5).astype(np.float32)
     oof = cross_validated_quality(StrategyName.KNN, x, y, seed=0, folds=4, calibration_folds=2)
     assert abs(np.corrcoef(oof.ravel(), y.ravel())[0, 1]) < 0.2
+
+
+def test_shrunk_ensemble_falls_back_to_the_prior_far_from_the_training_data(rng):
+    from switchboard.router.strategies.shrunk import ShrunkEnsembleModel
+
+    x, y = synthetic_xy(rng, n=300)
+    x[:, -1] = 4.0  # every training prompt leans the same way ...
+    model = ShrunkEnsembleModel.fit(x, y, np.random.default_rng(0), familiarity_quantile=0.1)
+    far = x[:5].copy()
+    far[:, -1] = -4.0  # ... and these lean the other way: nothing like them was seen
+    estimate, weight = model.predict_with_weight(far)
+    assert np.all(weight < 0.01)
+    np.testing.assert_allclose(estimate, np.broadcast_to(y.mean(axis=0), estimate.shape), atol=0.01)
+    # On the training data itself most rows keep the ensemble (the centre is the 10% quantile of familiarity).
+    _, seen = model.predict_with_weight(x)
+    assert np.mean(seen > 0.5) >= 0.85

@@ -174,7 +174,7 @@ class Handlers:
             num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
-            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, user_text, self._resolve)
+            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, rq.routing_text(parsed), self._resolve)
             if expert.id != parsed.model:  # chosen by the router: its own count for the context check
                 num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
             if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":

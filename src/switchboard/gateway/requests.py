@@ -99,16 +99,26 @@ def chat_prompt_text(request: ChatCompletionRequest) -> str:
     return "\n".join(parts)
 
 
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.text for p in content or () if getattr(p, "type", None) == "text")
+
+
 def last_user_text(request: ChatCompletionRequest) -> str:
-    """The latest user turn: what the router judges (earlier turns are context, not the question)."""
+    """The latest user turn: what the request log stores and feedback learns from."""
     for message in reversed(request.messages):
-        if message.role == "user":
-            content = message.content
-            if isinstance(content, str):
-                return content
-            if content:
-                return "\n".join(p.text for p in content if getattr(p, "type", None) == "text")
+        if message.role == "user" and (isinstance(message.content, str) or message.content):
+            return _message_text(message.content)
     return chat_prompt_text(request)
+
+
+def routing_text(request: ChatCompletionRequest) -> str:
+    """What the router reads: the latest user turn, then a bounded slice of the system prompt and earlier user
+    turns (`switchboard.router.conversation`); the latest user turn alone for a one-turn chat."""
+    from switchboard.router.conversation import Turn, routing_text as conversation_text
+
+    return conversation_text([Turn(m.role, _message_text(m.content)) for m in request.messages])
 
 
 def has_non_text_content(request: ChatCompletionRequest) -> bool:

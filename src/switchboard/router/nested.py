@@ -17,7 +17,8 @@ import numpy as np
 
 from switchboard.router.calibration import Calibration, fit_calibration
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
-from switchboard.router.protocol import Fold, SplitKind, check_covers, check_no_leak, inner_folds, make_folds, row_weights
+from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds, make_folds,
+                                        row_weights)
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
 
 Progress = Callable[[int], None]
@@ -36,8 +37,13 @@ class Candidate:
     strategy: StrategyName
     params: Mapping[str, float | int] = field(default_factory=dict)
     calibrations: tuple[CalibrationKind, ...] = (CalibrationKind.ISOTONIC, CalibrationKind.NONE)
+    balance_tasks: bool = False  # train on rows resampled so every task counts the same (`protocol.balanced_rows`)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> QualityModel:
+    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, tasks: Sequence[str] | None = None) -> QualityModel:
+        """Fits on (x, y); with `balance_tasks` and task labels, on rows resampled to equal counts per task."""
+        if self.balance_tasks and tasks is not None:
+            rows = balanced_rows(tasks, rng)
+            x, y = x[rows], y[rows]
         return STRATEGIES[self.strategy].fit(x, y, rng, **self.params)
 
 
@@ -77,12 +83,16 @@ def _cross_fitted(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray, folds: 
     return out
 
 
-def _inner_raw(candidate: Candidate, x, y, folds: Sequence[Fold], rng, progress: Progress) -> np.ndarray:
+def _inner_raw(candidate: Candidate, x, y, tasks, folds: Sequence[Fold], rng, progress: Progress) -> np.ndarray:
     raw = np.zeros_like(y, dtype=np.float32)
     for f in folds:
-        raw[f.test] = candidate.fit(x[f.train], y[f.train], rng).predict(x[f.test])
+        raw[f.test] = candidate.fit(x[f.train], y[f.train], rng, _take(tasks, f.train)).predict(x[f.test])
         progress(1)
     return raw
+
+
+def _take(tasks: Sequence[str] | None, rows: np.ndarray) -> list[str] | None:
+    return None if tasks is None else [tasks[i] for i in rows]
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, nu
     low, high = float(price.min()), float(price.max())
     scored = []
     for candidate in candidates:
-        raw = _inner_raw(candidate, x, y, folds, rng, progress)
+        raw = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
         rule = STRATEGIES[candidate.strategy].selection_rule
         best = None
         for cal in candidate.calibrations:
@@ -134,7 +144,7 @@ def select_and_fit(
     """Chooses among `candidates` on inner folds of (x, y) alone, then fits the choice on all of it and
     calibrates it on its inner out-of-fold estimates. This is also how a deployed router is trained."""
     best = _best(_score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress))
-    model = best.candidate.fit(x, y, rng)
+    model = best.candidate.fit(x, y, rng, tasks)
     progress(1)
     return Choice(best.candidate, best.calibration_kind, best.inner_auc), model, best.calibration
 
@@ -176,7 +186,7 @@ def nested_cross_validate(
         scored = _score_on_inner_folds(candidates, x[fold.train], y[fold.train], sub_prompts, sub_tasks, price, kind,
                                        rng, num_inner_folds, cost_weights, progress)
         for s in scored:
-            model = s.candidate.fit(x[fold.train], y[fold.train], rng)
+            model = s.candidate.fit(x[fold.train], y[fold.train], rng, sub_tasks)
             progress(1)
             out[s.candidate.label][fold.test] = s.calibration.apply(model.predict(x[fold.test]))
         best = _best(scored)

@@ -37,6 +37,20 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
 )
 """Simplest first: on an exact tie of inner AUC the earlier one wins."""
 
+SHRINK_CANDIDATES: tuple[Candidate, ...] = tuple(
+    Candidate(f"shrunk-q{q:g}", StrategyName.SHRUNK,
+              {"num_neighbours": 100, "temperature": 0.05, "familiarity_quantile": q, "familiarity_scale": 0.03})
+    for q in (0.05, 0.25, 0.5)
+)
+"""The ensemble shrunk toward the prior below the q-quantile of the training prompts' own familiarity
+(`strategies.shrunk`): a fixed grid, declared before any run, that nested selection chooses from."""
+
+BALANCED_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("ensemble-balanced", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05},
+              balance_tasks=True),
+)
+"""The default ensemble trained on rows resampled so every task counts the same, as in the held-out mix."""
+
 
 @dataclass(frozen=True)
 class TrainSettings:

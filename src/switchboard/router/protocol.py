@@ -173,3 +173,18 @@ def task_balanced_weights(tasks: Sequence[str]) -> np.ndarray:
     tasks_arr = np.asarray(tasks, dtype=object)
     names, inverse, counts = np.unique(tasks_arr.astype(str), return_inverse=True, return_counts=True)
     return 1.0 / (len(names) * counts[inverse])
+
+
+def balanced_rows(tasks: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """Row indices in which every task appears as often as the largest one: each task's rows repeated whole,
+    the remainder drawn without replacement. Training on them weighs tasks as the task-balanced score does
+    (importance weighting toward a mix where rare tasks are as common as any other; Shimodaira, 2000)."""
+    tasks_arr = np.asarray(tasks, dtype=object).astype(str)
+    names, inverse = np.unique(tasks_arr, return_inverse=True)
+    target = int(np.bincount(inverse).max())
+    parts = []
+    for k in range(len(names)):
+        rows = np.flatnonzero(inverse == k)
+        repeats = target // len(rows)
+        parts += [np.tile(rows, repeats), rng.choice(rows, target - repeats * len(rows), replace=False)]
+    return np.sort(np.concatenate(parts))

@@ -7,6 +7,7 @@ from switchboard.router.strategies.ensemble import EnsembleModel
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.mf import MfModel
 from switchboard.router.strategies.neural import CascadeModel, LinearModel, MlpModel
+from switchboard.router.strategies.shrunk import ShrunkEnsembleModel
 
 STRATEGIES: dict[StrategyName, type[QualityModel]] = {
     StrategyName.KNN: KnnModel,
@@ -15,6 +16,7 @@ STRATEGIES: dict[StrategyName, type[QualityModel]] = {
     StrategyName.MF: MfModel,
     StrategyName.CASCADE: CascadeModel,
     StrategyName.ENSEMBLE: EnsembleModel,
+    StrategyName.SHRUNK: ShrunkEnsembleModel,
 }
 
 __all__ = ["STRATEGIES", "QualityModel", "StrategyName"]

@@ -25,6 +25,7 @@ class StrategyName(str, enum.Enum):
     MF = "mf"
     CASCADE = "cascade"
     ENSEMBLE = "ensemble"  # kNN and MLP averaged
+    SHRUNK = "shrunk"  # the ensemble shrunk toward the prior far from the training data
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,23 +43,38 @@ class KnnModel(QualityModel):
         object.__setattr__(self, "_scores32", np.asarray(self.scores, np.float32))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_with_familiarity(x)[0]
+
+    def prior(self) -> np.ndarray:
+        """(m,) each expert's mean training score: the estimate of a prompt with no neighbour weight."""
+        return self._scores32.mean(axis=0)
+
+    def predict_with_familiarity(self, x: np.ndarray, num_nearest: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """((n, m) estimates, (n,) familiarity): the familiarity of a row is the mean cosine similarity of its
+        `num_nearest` most similar training prompts — how close it is to anything the router was trained on."""
         # One BLAS thread: a 1 × n_train product split over threads that share two busy cores took 30–130 ms
         # (measured under load), single-threaded 0.1 ms.
         unit = _unit(np.asarray(x, np.float32))
         with _blas_controller().limit(limits=1):
             # One row (a request) as a matrix-vector product: sgemm with one row ran ~40× slower here.
             sims = (self._points32 @ unit[0])[None, :] if len(unit) == 1 else unit @ self._points32.T
-        k = min(int(self.num_neighbours), sims.shape[1])
+        k = min(max(int(self.num_neighbours), num_nearest), sims.shape[1])
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1)  # k ≤ a few hundred: cheap, and fixes which k are the nearest
+        top, top_sims = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sims, order, axis=1)
+        familiarity = top_sims[:, :num_nearest].mean(axis=1)
+        k = min(int(self.num_neighbours), sims.shape[1])
+        top, top_sims = top[:, :k], top_sims[:, :k]
         scores = self._scores32
-        prior = scores.mean(axis=0)
+        prior = self.prior()
         if self.temperature > 0:
-            weight = np.exp((np.take_along_axis(sims, top, axis=1) - 1.0) / float(self.temperature))
+            weight = np.exp((top_sims - 1.0) / float(self.temperature))
         else:
             weight = np.ones(top.shape, np.float32)
         neighbour_sum = np.einsum("nk,nkm->nm", weight, scores[top])
         total = weight.sum(axis=1, keepdims=True) + self.prior_weight
-        return ((neighbour_sum + self.prior_weight * prior) / total).astype(np.float32)
+        return ((neighbour_sum + self.prior_weight * prior) / total).astype(np.float32), familiarity.astype(np.float32)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, num_neighbours: int = 40,
