@@ -1,6 +1,7 @@
 """Which request fields each kind of engine honours, and the clear 400 for one it cannot.
 
-`openai` experts take every field (pass-through: the upstream decides). Local engines (llama.cpp, simulated)
+`openai` experts, and `process` experts (an OpenAI-compatible server the control plane runs: vLLM, SGLang,
+TGI, llama.cpp's server), take every field (pass-through: the server decides). Local engines (llama.cpp, simulated)
 take the common subset listed here; anything else — a field they do not know, or a value they cannot honour
 (`logprobs: true` on an engine that reports none) — is a 400 naming the field, never silently ignored. A fallback
 expert that cannot honour a request is no fallback for it.
@@ -67,6 +68,9 @@ class Capabilities:
 
 CAPABILITIES: dict[str, Capabilities] = {
     "openai": Capabilities("an OpenAI-compatible upstream", passes_everything=True),
+    # engines/process.py relays its traffic through the openai engine: the server answers n, tools, logprobs,
+    # images or its own 400, as it would without the gateway.
+    "process": Capabilities("an OpenAI-compatible server", passes_everything=True),
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
     "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}),
     # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias,
@@ -79,6 +83,12 @@ _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})
 
 def capabilities_of(expert: ExpertConfig) -> Capabilities:
     return CAPABILITIES.get(expert.backend.kind, _LOCAL_DEFAULT)
+
+
+def relays_everything(expert: ExpertConfig) -> bool:
+    """Whether the expert's engine forwards the whole request to an OpenAI-compatible server, which then makes
+    its own `n` choices and judges every field and content part itself."""
+    return capabilities_of(expert).passes_everything
 
 
 def unsupported(kind: RequestKind, expert: ExpertConfig, body: Mapping[str, Any]) -> ApiError | None:

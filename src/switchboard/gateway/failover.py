@@ -40,6 +40,7 @@ from switchboard.engines.base import (
     StreamEvent,
 )
 from switchboard.gateway import choices
+from switchboard.gateway.capabilities import relays_everything
 from switchboard.runtime.lease import AdmissionRejected, CircuitOpen
 
 T = TypeVar("T")
@@ -232,13 +233,13 @@ class LeaseAttempts:
         return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
 
     def num_choices_on(self, expert_id: str) -> int:
-        """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); `openai`
-        upstreams make their own."""
+        """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); servers the
+        request is relayed to (`openai`, `process`) make their own."""
         n = choices.num_choices(self.body)
         if n == 1:
             return 1
         expert = self.fleet.expert(expert_id)
-        return 1 if expert is None or expert.backend.kind == "openai" else n
+        return 1 if expert is None or relays_everything(expert) else n
 
     async def whole(self, expert_id: str) -> Completion:
         lease, gen = self._lease(expert_id)

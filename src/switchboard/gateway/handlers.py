@@ -26,7 +26,7 @@ from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
 from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
-from switchboard.gateway.capabilities import unsupported
+from switchboard.gateway.capabilities import relays_everything, unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.deadline import StreamDeadline
 from switchboard.gateway.errors import ApiError, error_response
@@ -177,7 +177,7 @@ class Handlers:
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, rq.routing_text(parsed), self._resolve)
             if expert.id != parsed.model:  # chosen by the router: its own count for the context check
                 num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
-            if rq.has_non_text_content(parsed) and expert.backend.kind != "openai":
+            if rq.has_non_text_content(parsed) and not relays_everything(expert):
                 raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
             if (cannot := unsupported("chat", expert, body)) is not None:
                 raise cannot
@@ -258,13 +258,13 @@ class Handlers:
         text_only: bool = True,
     ) -> Response:
         """Answers on `expert`, failing over as `gateway/failover.py` says. `text_only` False means the request
-        carries non-text content, which only `openai` experts take (so only they are fallbacks for it)."""
+        carries non-text content, which only experts relaying to a server take (so only they are fallbacks for it)."""
         # The chosen expert's limits are the client's to respect (a 400); a fallback that cannot take this
         # request is simply no fallback for it.
         max_tokens = {expert.id: self._max_tokens(kind, expert, num_prompt, asked_max_tokens)}
         for fallback_id in (choice.fallbacks if choice is not None else expert.fallbacks):
             fallback = self.state.fleet.expert(fallback_id)
-            if fallback is None or fallback_id in max_tokens or (not text_only and fallback.backend.kind != "openai"):
+            if fallback is None or fallback_id in max_tokens or (not text_only and not relays_everything(fallback)):
                 continue
             if unsupported(kind, fallback, body) is not None:  # it cannot honour some field: no fallback for this request
                 continue

@@ -32,7 +32,7 @@ def build_app(model: str, *, wake_s: float = 0.0, start_s: float = 0.0):
     from starlette.routing import Route
 
     state: dict[str, Any] = {"sleep_level": 0, "num_generations": 0, "num_sleeps": 0, "num_wakes": 0,
-                             "ready_at": time.monotonic() + start_s,
+                             "last_request": None, "ready_at": time.monotonic() + start_s,
                              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     async def health(_: Request) -> Response:
@@ -73,6 +73,7 @@ def build_app(model: str, *, wake_s: float = 0.0, start_s: float = 0.0):
             return JSONResponse({"error": {"message": f"model {body.get('model')!r} does not exist", "type": "NotFoundError"}},
                                 status_code=404)
         state["num_generations"] += 1
+        state["last_request"] = body  # what reached the server, for tests of the gateway's pass-through
         num_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
         words = [f"w{i}" for i in range(num_tokens)]
         words[:4] = ["fake", "vllm", "answer", str(num_tokens)][:num_tokens]
