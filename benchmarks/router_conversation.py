@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from importlib import resources
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,7 +31,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from switchboard.router.conversation import ConversationSettings, Turn, routing_text  # noqa: E402
 from switchboard.router.curves import auc, cost_to_reach, sweep  # noqa: E402
-from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
+from switchboard.router.data import load_shipped  # noqa: E402
 from switchboard.router.embed import StaticEmbedder  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
 from switchboard.router.pipeline import embed_cached  # noqa: E402
@@ -80,13 +78,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="ensemble")
     args = parser.parse_args()
     started = time.perf_counter()
-    data = resources.files("switchboard.data").joinpath("routing")
-    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
-    prices = load_models(Path(str(data.joinpath("models.json"))))
-    experts = common_experts(examples, prices)
-    y = score_matrix(examples, experts)
-    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
-    texts, tasks = [e.prompt for e in examples], [e.task for e in examples]
+    shipped = load_shipped()
+    experts, y, price = shipped.experts, shipped.scores, shipped.usd_per_mtok
+    texts, tasks = shipped.texts, shipped.tasks
     embedder = StaticEmbedder(builtin_static_dir())
     x_train = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
     rng = np.random.default_rng([args.seed, 7])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from switchboard.router import RoutingConstraints, load_default_router  # noqa: E402
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
-from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
+from switchboard.router.data import load_shipped  # noqa: E402
 from switchboard.router.embed import OnnxEmbedder, SentenceTransformerEmbedder, StaticEmbedder, minilm_model_dir  # noqa: E402
 from switchboard.router.evaluate import evaluate  # noqa: E402
 from switchboard.router.persist import builtin_static_dir, read_report, default_router_dir  # noqa: E402
@@ -129,13 +128,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--static-only", action="store_true", help="Skip the full-model paths (minutes on 2 cores).")
     args = parser.parse_args()
-    data = resources.files("switchboard.data").joinpath("routing")
-    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
-    prices = load_models(Path(str(data.joinpath("models.json"))))
-    experts = common_experts(examples, prices)
-    y = score_matrix(examples, experts)
-    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
-    texts = [e.prompt for e in examples]
+    shipped = load_shipped()
+    experts, y, price = shipped.experts, shipped.scores, shipped.usd_per_mtok
+    texts = shipped.texts
     long_prompts = prompts_of_200_tokens(texts, 50)
     rows = []
     for label, make in embedders(args.static_only):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
-from switchboard.router.data import common_experts, load_examples, load_models, score_matrix  # noqa: E402
+from switchboard.router.data import load_shipped  # noqa: E402
 from switchboard.router.embed import StaticEmbedder  # noqa: E402
 from switchboard.router.evaluate import format_task_table, format_table, plot_curves  # noqa: E402
 from switchboard.router.features import cheap_feature_matrix  # noqa: E402
@@ -86,14 +85,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="Also write the task-balanced curves as a PNG here.")
     args = parser.parse_args()
     started = time.perf_counter()
-    data = resources.files("switchboard.data").joinpath("routing")
-    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
-    prices = load_models(Path(str(data.joinpath("models.json"))))
-    experts = common_experts(examples, prices)
-    y = score_matrix(examples, experts)
-    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
-    texts = [e.prompt for e in examples]
-    tasks = [e.task for e in examples]
+    shipped = load_shipped()
+    examples, experts, y, price = shipped.examples, shipped.experts, shipped.scores, shipped.usd_per_mtok
+    texts, tasks = shipped.texts, shipped.tasks
     parts = [embeddings(kind, texts) for kind in args.features.split("+")]
     x = np.concatenate(parts + [cheap_feature_matrix(texts)], axis=1)
     splits = [SplitKind(s) for s in args.splits.split(",")]

@@ -9,10 +9,9 @@ the package carries the embedding table once.
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
-from switchboard.router.data import load_examples, load_models
+from switchboard.router.data import load_shipped
 from switchboard.router.evaluate import format_table
 from switchboard.router.persist import default_router_dir
 from switchboard.router.pipeline import TrainSettings, train_router, write_router
@@ -22,9 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_router_dir())
     args = parser.parse_args(argv)
-    data = resources.files("switchboard.data").joinpath("routing")
-    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
-    prices = load_models(Path(str(data.joinpath("models.json"))))
+    shipped = load_shipped()
+    examples, prices = shipped.examples, shipped.prices
     settings = TrainSettings()
     result = train_router(examples, prices, settings)
     if result.evaluation is not None:

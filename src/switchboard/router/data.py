@@ -164,3 +164,36 @@ def common_experts(examples: Sequence[RoutingExample], prices: Mapping[str, Expe
     if not experts:
         raise RoutingDataError("no expert is both priced in the models file and scored on every example")
     return experts
+
+
+@dataclass(frozen=True)
+class ShippedData:
+    """The routing data shipped in the package, laid out for evaluation: `scores[i, j]` is example i's score on
+    `experts[j]`, whose blended price is `usd_per_mtok[j]`."""
+
+    examples: list[RoutingExample]
+    prices: dict[str, ExpertPrice]
+    experts: list[str]
+    scores: np.ndarray
+    usd_per_mtok: np.ndarray
+
+    @property
+    def texts(self) -> list[str]:
+        return [ex.prompt for ex in self.examples]
+
+    @property
+    def tasks(self) -> list[str | None]:
+        return [ex.task for ex in self.examples]
+
+
+def load_shipped() -> ShippedData:
+    """The package's `switchboard/data/routing/` (train.jsonl and models.json), as the benchmarks and the default
+    router's build read it."""
+    from importlib import resources  # the package data, read only when asked for
+
+    folder = resources.files("switchboard.data").joinpath("routing")
+    examples = load_examples(Path(str(folder.joinpath("train.jsonl"))))
+    prices = load_models(Path(str(folder.joinpath("models.json"))))
+    experts = common_experts(examples, prices)
+    usd = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
+    return ShippedData(examples, prices, experts, score_matrix(examples, experts), usd)
