@@ -76,6 +76,10 @@ class Hardware:
     """Fixed part of a cold start: container or process start, runtime and engine initialisation."""
     max_num_seqs: int = 256
     """Most sequences one engine batches together (vLLM's `max_num_seqs` default is 256)."""
+    warmup_caches_prefix: bool = False
+    """The engine's warm-up leaves the shared chat-template prefix in its KV cache, so a new engine's first
+    request finds it cached (the llama.cpp worker: `engines/llamacpp/kv.py`). False: a new engine starts with an
+    empty prefix cache (vLLM's automatic prefix caching fills on the first request)."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -171,6 +175,7 @@ def _build_catalog() -> dict[str, Hardware]:
             load_bandwidth_bytes_per_s=1.0 * GB,  # page-cache / local-disk read of a GGUF by llama.cpp (mmap)
             process_start_s=0.5,  # Python worker process spawn + llama-cpp-python import, before the load
             max_num_seqs=1,  # one llama-cpp-python process decodes one sequence at a time
+            warmup_caches_prefix=True,  # the worker's warm-up restores the template prefix (engines/llamacpp/kv.py)
             description="Local CPU worker (2-core AMD EPYC, llama.cpp); calibrate with calibrate_hardware.",
         ),
         # NVIDIA L4 datasheet (nvidia.com/en-us/data-center/l4/): FP16/BF16 tensor 242 TFLOPS with sparsity ->

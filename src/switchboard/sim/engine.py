@@ -18,7 +18,8 @@ when it is admitted (no preemption).
 Prefix caching: a request whose prompt starts with a shared prefix (`Sequence.num_prefix_tokens`, e.g. a chat
 template's system prompt) does not compute it again on an engine that has computed it before — as vLLM's
 automatic prefix caching and llama-cpp-python's reuse of the previous prompt's KV do; a new engine (after a
-cold start) has nothing cached. At least one prompt token is always computed (llama.cpp re-evaluates the last
+cold start) has nothing cached, unless its warm-up caches the prefix (`Hardware.warmup_caches_prefix`: the
+llama.cpp worker). At least one prompt token is always computed (llama.cpp re-evaluates the last
 one to get logits). The KV cache still holds the whole prompt.
 
 To stay fast, consecutive identical decode iterations are one *segment*: the engine schedules a single event at
@@ -132,6 +133,8 @@ class ReplicaEngine:
         self._segment_context = 0
         self._cached_prefixes: set[int] = set()
         """Shared prefixes (by length) this engine has computed."""
+        self._warm_prefix = profile.hardware.warmup_caches_prefix
+        """Every shared prefix is cached from the start (the warm-up left it in the KV cache)."""
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -263,7 +266,7 @@ class ReplicaEngine:
 
     def _reuse_prefix(self, seq: Sequence) -> int:
         """Prompt tokens of `seq` served from the prefix cache (recorded on it); its prefix is cached afterwards."""
-        if seq.num_prefix_tokens in self._cached_prefixes:
+        if self._warm_prefix or seq.num_prefix_tokens in self._cached_prefixes:
             seq.num_cached_tokens = min(seq.num_prefix_tokens, seq.num_prompt_tokens - 1)
         else:
             self._cached_prefixes.add(seq.num_prefix_tokens)
