@@ -20,12 +20,11 @@ Pure bookkeeping with the time passed in; the executor does the sleeping, waking
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-from switchboard.policies.keepalive import KeepAliveReasonCode
-from collections.abc import Mapping
-
 from switchboard.fleet.state import ServingEstimate
+from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.types import ExpertId, HardwareKind, Seconds, WorkerId
 
 SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
