@@ -14,10 +14,12 @@ trace, `--seed` 1 and 2, `--time-scale` 0.5 and 2, `--tenants 2`, the synthetic 
 attainment and p99 TTFT without and with the tier, and the p99 TTFT difference with its 95% interval from a
 paired bootstrap over the requests (the same resampled requests for both sets, 1,000 resamples): how far the
 difference could move with another draw of requests of the same shape, which a one-run difference alone
-does not say.
+does not say. `--step-s 0.98,1,1.02` repeats each shape with the control step's period moved by ±2% (an
+operationally irrelevant change that moves which decisions fall in which step): how much a policy set's p99
+TTFT moves with the fleet's decision dynamics alone, the other noise a one-run difference has.
 
 Run: .venv/bin/python benchmarks/sleep_tier.py [--cluster examples/clusters/hetero-32.yaml] [--sleep-after-s 0,1,5,30]
-     .venv/bin/python benchmarks/sleep_tier.py --shapes
+     .venv/bin/python benchmarks/sleep_tier.py --shapes [--step-s 0.98,1,1.02]
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def paired_p99_difference(without: np.ndarray, with_tier: np.ndarray, seed: int 
     return float(low), float(high)
 
 
-def shape_row(args: tuple[str, dict, Path, str, float]) -> str:
-    label, shape, cluster, router, warmup_s = args
+def shape_row(args: tuple[str, dict, Path, str, float, float]) -> str:
+    label, shape, cluster, router, warmup_s, step_s = args
     shape = dict(shape)
     with tempfile.TemporaryDirectory() as tmp:
         if shape.pop("code_like", False):
@@ -81,25 +83,27 @@ def shape_row(args: tuple[str, dict, Path, str, float]) -> str:
             shape["trace"] = Path(tmp) / "code_like.csv"
             write_code_like_trace(shape["trace"])
         spec, workload, routing, knobs = prepare(cluster, router, **shape)
+        knobs = dataclasses.replace(knobs, control_interval_s=step_s)
         runs = {name: run_policy(name, spec, workload, routing, knobs, warmup_s=warmup_s)
                 for name in ("static", "switchboard", "switchboard-sleep")}
     static_usd = runs["static"][0].usd_cost
     (a, ra), (b, rb) = runs["switchboard"], runs["switchboard-sleep"]
     low, high = paired_p99_difference(ttft_s(ra, warmup_s), ttft_s(rb, warmup_s))
     diff = b.p99_ttft_s - a.p99_ttft_s
-    return (f"| {label} | {static_usd:.2f} | {a.usd_cost:.2f} ({100 * a.usd_cost / static_usd:.2f}%) | "
+    return (f"| {label} | {step_s:g} | {static_usd:.2f} | {a.usd_cost:.2f} ({100 * a.usd_cost / static_usd:.2f}%) | "
             f"{b.usd_cost:.2f} ({100 * b.usd_cost / static_usd:.2f}%) | "
             f"{a.ttft_slo_attainment:.4f} → {b.ttft_slo_attainment:.4f} | {a.p99_ttft_s:.3f} → {b.p99_ttft_s:.3f} | "
             f"{1000 * diff:+.0f} ({1000 * low:+.0f} to {1000 * high:+.0f}) | {a.quality:.4f} → {b.quality:.4f} | "
             f"{a.num_rejected} → {b.num_rejected} |")
 
 
-def shapes(cluster: Path, router: str, warmup_s: float) -> None:
-    print("| workload | static USD | `switchboard` (no tier) | `switchboard-sleep` | TTFT att. no tier → tier | "
+def shapes(cluster: Path, router: str, warmup_s: float, steps_s: list[float]) -> None:
+    print("| workload | step s | static USD | `switchboard` (no tier) | `switchboard-sleep` | TTFT att. no tier → tier | "
           "p99 TTFT s no tier → tier | p99 Δ ms (95% interval) | quality | rejected |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    jobs = [(label, shape, cluster, router, warmup_s, step_s) for label, shape in SHAPES for step_s in steps_s]
     with ProcessPoolExecutor(2) as pool:
-        for row in pool.map(shape_row, [(label, shape, cluster, router, warmup_s) for label, shape in SHAPES]):
+        for row in pool.map(shape_row, jobs):
             print(row, flush=True)
 
 
@@ -114,9 +118,10 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--tenants", type=int, default=1)
     parser.add_argument("--shapes", action="store_true", help="the seven workload shapes, one row each")
+    parser.add_argument("--step-s", default="1", help="--shapes: control step periods to run each shape at")
     args = parser.parse_args()
     if args.shapes:
-        shapes(args.cluster, args.router, args.warmup_s)
+        shapes(args.cluster, args.router, args.warmup_s, [float(s) for s in args.step_s.split(",")])
         return
     spec, workload, routing, knobs = prepare(args.cluster, args.router, trace=args.trace, seed=args.seed,
                                              time_scale=args.time_scale, tenants=args.tenants)
