@@ -18,6 +18,7 @@ from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
 from switchboard.router import load_default_router
 from switchboard.router.chooser import RouterChooser
+from switchboard.testing.browser import launch_chromium
 from switchboard.testing.servers import serve_in_thread
 
 DEMO = """
@@ -38,8 +39,6 @@ control_plane:
     autoscale: {min_replicas: 0, max_replicas: 3, downscale_delay_s: 2, upscale_delay_s: 0, min_replicas_by_expert: {qwen2.5-7b-instruct: 1, gemma-2-9b-it: 1}}
 """
 ROUTING_DATA = Path(__file__).resolve().parent.parent / "src/switchboard/data/routing/train.jsonl"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 POPULARITY = {"auto": 4, "qwen2.5-7b-instruct": 3, "gemma-2-9b-it": 3, "llama-3.3-nemotron-super-49b-v1": 2, "llama3-chatqa-1.5-70b": 1}
 SMALL = ["qwen2.5-7b-instruct", "gemma-2-9b-it"]
 
@@ -75,7 +74,7 @@ def main() -> None:
         for c in clients:
             c.start()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url + "/dashboard")
             time.sleep(seconds)

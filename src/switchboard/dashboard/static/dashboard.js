@@ -145,6 +145,32 @@ function renderFleet(ev) {
   $("fleet").replaceChildren(...out);
 }
 
+// One row per worker that declares devices, one cell per device. An asleep replica holds no device (placement may
+// give it to another expert), so its cell reads "asleep" only while the device is free: that is where it wakes.
+function deviceCell(c, worker) {
+  const held = c.state !== "free" && c.state !== "asleep";
+  const others = c.asleep.filter((r) => r !== c.replica);
+  const title = `device ${c.index} (${c.hardware}) on ${worker}: ` + (c.state === "free" ? "free"
+    : held ? `held by ${c.replica}, ${c.state}` : `free; ${c.replica} is asleep and wakes here while it stays free`)
+    + (others.length ? ` (asleep on it too: ${others.join(", ")})` : "");
+  return h("div", { class: "device", "data-index": c.index, "data-state": c.state, "data-expert": c.expert || "", "data-replica": c.replica || "", title },
+    h("span", { class: "index", text: `${c.hardware} ${c.index}` }),
+    h("span", { class: "who", text: c.state === "free" ? "free" : c.expert }),
+    c.state === "free" ? null : h("span", { class: "state", text: c.state }));
+}
+
+function renderDevices(ev) {
+  const rows = ev.fleet.workers.filter((w) => (w.devices || []).length).map((w) => {
+    const numFree = w.devices.filter((c) => c.state === "free" || c.state === "asleep").length;
+    return h("div", { class: "device-row", "data-worker": w.worker_id },
+      h("div", { class: "head" }, h("b", { text: w.worker_id }), `${w.hardware} · ${numFree} of ${w.devices.length} free`),
+      h("div", { class: "cells" }, ...w.devices.map((c) => deviceCell(c, w.worker_id))));
+  });
+  $("devices-panel").hidden = !rows.length;
+  document.querySelector("main").classList.toggle("with-devices", rows.length > 0);
+  $("devices").replaceChildren(...rows);
+}
+
 function renderExperts(ev) {
   const rows = [];
   const maxRate = Math.max(1e-9, ...Object.values(history.rates));
@@ -221,6 +247,7 @@ function render(ev) {
   updateRates(ev);
   renderKpis(ev);
   renderFleet(ev);
+  renderDevices(ev);
   renderExperts(ev);
   renderDecisions(ev);
   renderColdStarts(ev);
