@@ -23,9 +23,9 @@ from switchboard.testing.servers import serve_in_thread
 
 DEMO = """
 workers:
-  - {id: l4-1, hardware: l4, memory_gb: 24, usd_per_hour: 0.8}
-  - {id: l4-2, hardware: l4, memory_gb: 24, usd_per_hour: 0.8}
-  - {id: h100-1, hardware: h100, memory_gb: 640, usd_per_hour: 32.0}
+  - {id: l4-1, hardware: l4, memory_gb: 24, usd_per_hour: 0.8, devices: [0]}
+  - {id: l4-2, hardware: l4, memory_gb: 24, usd_per_hour: 0.8, devices: [0]}
+  - {id: h100-1, hardware: h100, memory_gb: 640, usd_per_hour: 32.0, devices: [0, 1, 2, 3, 4, 5, 6, 7]}
 experts:
   - {id: qwen2.5-7b-instruct, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 7, usd_per_mtok_input: 0.2, usd_per_mtok_output: 0.2}
   - {id: gemma-2-9b-it, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 9, usd_per_mtok_input: 0.1, usd_per_mtok_output: 0.1}

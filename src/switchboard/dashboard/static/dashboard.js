@@ -156,7 +156,7 @@ function deviceCell(c, worker) {
   return h("div", { class: "device", "data-index": c.index, "data-state": c.state, "data-expert": c.expert || "", "data-replica": c.replica || "", title },
     h("span", { class: "index", text: `${c.hardware} ${c.index}` }),
     h("span", { class: "who", text: c.state === "free" ? "free" : c.expert }),
-    c.state === "free" ? null : h("span", { class: "state", text: c.state }));
+    c.state === "free" ? null : h("span", { class: "state", text: `${c.state} · ${c.replica.slice(c.replica.lastIndexOf("#"))}` }));
 }
 
 function renderDevices(ev) {
