@@ -72,6 +72,7 @@ def test_device_cells_follow_a_replica_starting_warming_and_stopping(browser):
         assert answers and answers[0].startswith("[simulated wide:")
         assert "1 of 4 free" in page.locator('#devices .device-row[data-worker="h100-box"] .head').inner_text()
         assert "held by wide#" in page.locator(cell("h100-box", 1, "warm", "wide")).get_attribute("title")
+        assert "(h100 devices 1, 2)" in page.locator('.replica[data-expert="wide"]').get_attribute("title")  # the fleet panel
 
         # Idle past its keep-alive window, `wide` stops and its devices are free again.
         page.wait_for_selector(cell("h100-box", 1, "free"), timeout=20_000)

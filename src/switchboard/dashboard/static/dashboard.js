@@ -118,7 +118,7 @@ function replicaChip(r) {
   const load = busy ? h("span", { class: "load", text: `· ${busy}` }) : null;
   return h("span", {
     class: "chip replica", "data-state": r.state, "data-expert": r.expert, "data-replica": r.replica_id,
-    title: `${r.replica_id} on ${r.worker} (${r.hardware}): ${r.state}; served ${r.num_served || 0}, running ${r.num_running || 0}, queued ${r.num_queued || 0}`,
+    title: `${r.replica_id} on ${r.worker} (${r.hardware}${r.devices && r.devices.length ? ` devices ${r.devices.join(", ")}` : ""}): ${r.state}; served ${r.num_served || 0}, running ${r.num_running || 0}, queued ${r.num_queued || 0}`,
   }, r.replica_id, load);
 }
 
