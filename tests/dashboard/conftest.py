@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # `resident` (8B on H100: one device) stays warm; `wide` (49B on H100: tensor-parallel 2) starts on demand (its
-# modelled cold start scaled to ~3.4 s, long enough to be seen starting) and stops 2 s after its last request.
+# modelled cold start scaled to ~5.7 s, long enough to be seen starting) and stops 2 s after its last request.
 # The L4 box has devices too; the CPU worker declares none.
 SIMULATED = """
 workers:
@@ -12,7 +12,7 @@ workers:
   - {id: cpu, hardware: cpu, memory_gb: 16}
 experts:
   - {id: resident, backend: {kind: simulated, hardware: h100, time_scale: 0}, params_b: 8}
-  - {id: wide, backend: {kind: simulated, hardware: h100, time_scale: 0.15}, params_b: 49, warm_at_start: false, ttft_slo_s: 60}
+  - {id: wide, backend: {kind: simulated, hardware: h100, time_scale: 0.25}, params_b: 49, warm_at_start: false, ttft_slo_s: 60}
 control_plane:
   step_interval_s: 0.1
   policies:
@@ -22,7 +22,7 @@ control_plane:
 storage: {enabled: false}
 """
 
-# The fake vLLM server implements vLLM's /sleep and /wake_up; idle 2 s, the replica sleeps (keeping its server).
+# The fake vLLM server implements vLLM's /sleep and /wake_up; idle 3 s, the replica sleeps (keeping its server).
 # The worker is of the CPU kind, whose wake time is measured live rather than modelled, so `sleep_after_s` alone
 # decides when it sleeps (on a GPU kind keep-alive also weighs the modelled wake against the expected idle time).
 SLEEPING = """
@@ -37,7 +37,7 @@ experts:
 control_plane:
   step_interval_s: 0.1
   policies:
-    keepalive: {{kind: fixed, idle_timeout_s: 600, sleep_after_s: 2, asleep_keepalive_s: 30}}
+    keepalive: {{kind: fixed, idle_timeout_s: 600, sleep_after_s: 3, asleep_keepalive_s: 30}}
     autoscale: {{min_replicas: 0, max_replicas: 1, downscale_delay_s: 0}}
     prewarm: {{kind: none}}
 storage: {{enabled: false}}
