@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from switchboard.config.schema import EmbeddedClusterConfig
 from switchboard.fleet.state import FleetSnapshot
 from switchboard.runtime.devices import DeviceBook
 from switchboard.runtime.lease import LiveReplica
@@ -68,10 +69,12 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
     for expert_id, ext in fleet.external.items():
         by_expert[expert_id].append(describe_external(ext))
     asleep = fleet.sleep_tier.describe() if getattr(fleet, "sleep_tier", None) is not None else []
+    # In Ray mode the workers are Ray nodes, not the config's, and replica actors take no devices: none to show.
+    book = fleet.devices if isinstance(fleet.config.cluster, EmbeddedClusterConfig) else DeviceBook({})
     return {
         "now": model.now_s,
         "workers": [
-            {**dataclasses.asdict(w), "devices": describe_devices(fleet.devices, w.worker_id, w.hardware, model, asleep)}
+            {**dataclasses.asdict(w), "devices": describe_devices(book, w.worker_id, w.hardware, model, asleep)}
             for w in model.workers.values()
         ],
         "experts": [
