@@ -46,6 +46,7 @@ def test_dashboard_loads_and_shows_the_configured_experts(page):
     assert page.locator('.kind[data-hardware="h100"] .worker[data-worker="gpu-b"]').count() == 1
     page.wait_for_selector('.replica[data-expert="paid"][data-state="warm"]')
     assert "StartReplica" in page.locator("#decisions").inner_text()
+    assert page.locator("#devices-panel").is_hidden()  # no worker declares devices (tests/dashboard has some)
 
 
 def test_dashboard_updates_when_requests_arrive(page, gateway):
