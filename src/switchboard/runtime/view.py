@@ -38,7 +38,8 @@ def describe_devices(book: DeviceBook, worker_id: str, hardware: str, model: Fle
         replica_id = holders.get(index)
         held = model.replicas.get(ReplicaId(replica_id)) if replica_id is not None else None
         if replica_id is not None:
-            # A held device's replica is in the model: the fleet assigns after adding it, releases before pruning.
+            # A held device's replica is in the model (the fleet assigns after adding it, releases before pruning
+            # it); only while the gateway shuts down does it read `stopped`.
             state, expert = (held.state.value, held.expert_id) if held else ("stopped", replica_id.split("#")[0])
         elif sleepers:
             state, replica_id, expert = "asleep", sleepers[-1]["replica"], sleepers[-1]["expert"]
