@@ -18,13 +18,14 @@ from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
 from switchboard.router import load_default_router
 from switchboard.router.chooser import RouterChooser
+from switchboard.testing.browser import launch_chromium
 from switchboard.testing.servers import serve_in_thread
 
 DEMO = """
 workers:
-  - {id: l4-1, hardware: l4, memory_gb: 24, usd_per_hour: 0.8}
-  - {id: l4-2, hardware: l4, memory_gb: 24, usd_per_hour: 0.8}
-  - {id: h100-1, hardware: h100, memory_gb: 640, usd_per_hour: 32.0}
+  - {id: l4-1, hardware: l4, memory_gb: 24, usd_per_hour: 0.8, devices: [0]}
+  - {id: l4-2, hardware: l4, memory_gb: 24, usd_per_hour: 0.8, devices: [0]}
+  - {id: h100-1, hardware: h100, memory_gb: 640, usd_per_hour: 32.0, devices: [0, 1, 2, 3, 4, 5, 6, 7]}
 experts:
   - {id: qwen2.5-7b-instruct, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 7, usd_per_mtok_input: 0.2, usd_per_mtok_output: 0.2}
   - {id: gemma-2-9b-it, backend: {kind: simulated, hardware: l4, time_scale: 0.05}, params_b: 9, usd_per_mtok_input: 0.1, usd_per_mtok_output: 0.1}
@@ -38,8 +39,6 @@ control_plane:
     autoscale: {min_replicas: 0, max_replicas: 3, downscale_delay_s: 2, upscale_delay_s: 0, min_replicas_by_expert: {qwen2.5-7b-instruct: 1, gemma-2-9b-it: 1}}
 """
 ROUTING_DATA = Path(__file__).resolve().parent.parent / "src/switchboard/data/routing/train.jsonl"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 POPULARITY = {"auto": 4, "qwen2.5-7b-instruct": 3, "gemma-2-9b-it": 3, "llama-3.3-nemotron-super-49b-v1": 2, "llama3-chatqa-1.5-70b": 1}
 SMALL = ["qwen2.5-7b-instruct", "gemma-2-9b-it"]
 
@@ -75,7 +74,7 @@ def main() -> None:
         for c in clients:
             c.start()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url + "/dashboard")
             time.sleep(seconds)

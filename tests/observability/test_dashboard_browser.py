@@ -4,7 +4,6 @@ and a replica going cold, and the SSE feed it reads carries the fleet and the me
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import httpx
@@ -12,25 +11,10 @@ import openai
 import pytest
 
 from switchboard.gateway.app import build_app
+from switchboard.testing.browser import record_errors
 from switchboard.testing.servers import serve_in_thread
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -42,9 +26,7 @@ def gateway(config):
 @pytest.fixture
 def page(browser, gateway):
     page = browser.new_page(viewport={"width": 1366, "height": 768})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    errors = record_errors(page)
     page.goto(gateway + "/dashboard")
     yield page
     page.close()
@@ -64,6 +46,7 @@ def test_dashboard_loads_and_shows_the_configured_experts(page):
     assert page.locator('.kind[data-hardware="h100"] .worker[data-worker="gpu-b"]').count() == 1
     page.wait_for_selector('.replica[data-expert="paid"][data-state="warm"]')
     assert "StartReplica" in page.locator("#decisions").inner_text()
+    assert page.locator("#devices-panel").is_hidden()  # no worker declares devices (tests/dashboard has some)
 
 
 def test_dashboard_updates_when_requests_arrive(page, gateway):
@@ -122,9 +105,7 @@ def test_with_auth_on_the_dashboard_asks_for_the_admin_key_and_sends_it(browser,
     with serve_in_thread(app) as gateway:
         _, api_key = create_key(app.state.tenants.registry.engine, "not-admin", "t", KeyLimits())
         page = browser.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        errors = record_errors(page)
         page.goto(gateway + "/dashboard")
         page.wait_for_selector("#auth:not([hidden])")
         assert page.locator("#conn").get_attribute("data-state") == "lost"

@@ -53,6 +53,9 @@ class SimulatedEngine:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._num_active = 0
         self._context_tokens_active = 0
+        # Whole devices of a worker that declares them, given by the live fleet as to a real GPU server: a modelled
+        # replica holds the devices its size needs, so placement books them as it would for the real engine.
+        self.devices: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, expert_id: str, params_b: float, backend: Any) -> "SimulatedEngine":

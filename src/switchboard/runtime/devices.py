@@ -53,3 +53,11 @@ class DeviceBook:
 
     def held(self, replica_id: str) -> tuple[int, ...]:
         return self._held.get(replica_id, ("", ()))[1]
+
+    def declared(self, worker_id: str) -> tuple[int, ...]:
+        """The device indices `worker_id` declares, in its config's order; () for a worker without any."""
+        return self._devices.get(worker_id, ())
+
+    def holders(self, worker_id: str) -> dict[int, str]:
+        """Device index → the replica holding it, for the held devices of `worker_id` (free ones are absent)."""
+        return {d: r for r, (w, ds) in self._held.items() if w == worker_id for d in ds}

@@ -94,7 +94,7 @@ class LiveSleepTier:
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"replica": a.replica_id, "expert": a.expert_id, "worker": a.worker_id, "asleep_at": a.asleep_at_s,
-                 "until": a.until_s} for a in self.asleep.all()]
+                 "until": a.until_s, "devices": list(getattr(a.handle[0], "devices", ()))} for a in self.asleep.all()]
 
 
 async def stop_after_sleep(engine: Any, sleep_task: asyncio.Task) -> None:

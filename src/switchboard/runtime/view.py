@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from switchboard.config.schema import EmbeddedClusterConfig
 from switchboard.fleet.state import FleetSnapshot
+from switchboard.runtime.devices import DeviceBook
 from switchboard.runtime.lease import LiveReplica
+from switchboard.types import ReplicaId
 
 
 def describe_external(ext: LiveReplica) -> dict[str, Any]:
@@ -20,6 +23,31 @@ def describe_external(ext: LiveReplica) -> dict[str, Any]:
         "state": "warm", "num_running": ext.num_outstanding, "num_queued": 0, "num_served": ext.num_served,
         "num_failed": ext.num_failed,
     }
+
+
+def describe_devices(book: DeviceBook, worker_id: str, hardware: str, model: FleetSnapshot,
+                     asleep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per device `worker_id` declares, in its order: `state` is the holding replica's state (`starting`,
+    `warm`, `draining`), else `asleep` when a replica asleep on it would wake there (it holds no device: placement
+    may give it away, and the wake then becomes a cold start elsewhere), else `free`. `replica` and `expert` name
+    the holder (or that asleep replica); `asleep` lists every replica asleep on the device, held or not."""
+    holders = book.holders(worker_id)
+    cells = []
+    for index in book.declared(worker_id):
+        sleepers = [a for a in asleep if a["worker"] == worker_id and index in a.get("devices", ())]
+        replica_id = holders.get(index)
+        held = model.replicas.get(ReplicaId(replica_id)) if replica_id is not None else None
+        if replica_id is not None:
+            # A held device's replica is in the model (the fleet assigns after adding it, releases before pruning
+            # it); only while the gateway shuts down does it read `stopped`.
+            state, expert = (held.state.value, held.expert_id) if held else ("stopped", replica_id.split("#")[0])
+        elif sleepers:
+            state, replica_id, expert = "asleep", sleepers[-1]["replica"], sleepers[-1]["expert"]
+        else:
+            state, expert = "free", None
+        cells.append({"index": index, "hardware": hardware, "state": state, "replica": replica_id, "expert": expert,
+                      "asleep": [a["replica"] for a in sleepers]})
+    return cells
 
 
 def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
@@ -42,9 +70,14 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
     for expert_id, ext in fleet.external.items():
         by_expert[expert_id].append(describe_external(ext))
     asleep = fleet.sleep_tier.describe() if getattr(fleet, "sleep_tier", None) is not None else []
+    # In Ray mode the workers are Ray nodes, not the config's, and replica actors take no devices: none to show.
+    book = fleet.devices if isinstance(fleet.config.cluster, EmbeddedClusterConfig) else DeviceBook({})
     return {
         "now": model.now_s,
-        "workers": [dataclasses.asdict(w) for w in model.workers.values()],
+        "workers": [
+            {**dataclasses.asdict(w), "devices": describe_devices(book, w.worker_id, w.hardware, model, asleep)}
+            for w in model.workers.values()
+        ],
         "experts": [
             {
                 "id": e.id, "backend": e.backend.kind, "params_b": e.params_b,

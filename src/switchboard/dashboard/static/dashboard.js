@@ -118,7 +118,7 @@ function replicaChip(r) {
   const load = busy ? h("span", { class: "load", text: `· ${busy}` }) : null;
   return h("span", {
     class: "chip replica", "data-state": r.state, "data-expert": r.expert, "data-replica": r.replica_id,
-    title: `${r.replica_id} on ${r.worker} (${r.hardware}): ${r.state}; served ${r.num_served || 0}, running ${r.num_running || 0}, queued ${r.num_queued || 0}`,
+    title: `${r.replica_id} on ${r.worker} (${r.hardware}${r.devices && r.devices.length ? ` devices ${r.devices.join(", ")}` : ""}): ${r.state}; served ${r.num_served || 0}, running ${r.num_running || 0}, queued ${r.num_queued || 0}`,
   }, r.replica_id, load);
 }
 
@@ -143,6 +143,32 @@ function renderFleet(ev) {
     out.push(box);
   }
   $("fleet").replaceChildren(...out);
+}
+
+// One row per worker that declares devices, one cell per device. An asleep replica holds no device (placement may
+// give it to another expert), so its cell reads "asleep" only while the device is free: that is where it wakes.
+function deviceCell(c, worker) {
+  const held = c.state !== "free" && c.state !== "asleep";
+  const others = c.asleep.filter((r) => r !== c.replica);
+  const title = `device ${c.index} (${c.hardware}) on ${worker}: ` + (c.state === "free" ? "free"
+    : held ? `held by ${c.replica}, ${c.state}` : `free; ${c.replica} is asleep and wakes here while it stays free`)
+    + (others.length ? ` (asleep on it too: ${others.join(", ")})` : "");
+  return h("div", { class: "device", "data-index": c.index, "data-state": c.state, "data-expert": c.expert || "", "data-replica": c.replica || "", title },
+    h("span", { class: "index", text: `${c.hardware} ${c.index}` }),
+    h("span", { class: "who", text: c.state === "free" ? "free" : c.expert }),
+    c.state === "free" ? null : h("span", { class: "state", text: `${c.state} · ${c.replica.slice(c.replica.lastIndexOf("#"))}` }));
+}
+
+function renderDevices(ev) {
+  const rows = ev.fleet.workers.filter((w) => (w.devices || []).length).map((w) => {
+    const numFree = w.devices.filter((c) => c.state === "free" || c.state === "asleep").length;
+    return h("div", { class: "device-row", "data-worker": w.worker_id },
+      h("div", { class: "head" }, h("b", { text: w.worker_id }), `${w.hardware} · ${numFree} of ${w.devices.length} free`),
+      h("div", { class: "cells" }, ...w.devices.map((c) => deviceCell(c, w.worker_id))));
+  });
+  $("devices-panel").hidden = !rows.length;
+  document.querySelector("main").classList.toggle("with-devices", rows.length > 0);
+  $("devices").replaceChildren(...rows);
 }
 
 function renderExperts(ev) {
@@ -221,6 +247,7 @@ function render(ev) {
   updateRates(ev);
   renderKpis(ev);
   renderFleet(ev);
+  renderDevices(ev);
   renderExperts(ev);
   renderDecisions(ev);
   renderColdStarts(ev);
