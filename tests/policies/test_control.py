@@ -7,6 +7,8 @@ fleet equals the fleet after executing its actions (checked inside the fake).
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -484,3 +486,18 @@ def test_a_warm_replica_is_not_moved_early_without_demand_within_the_cooldown_or
         ex, actions = _warm_on_the_pricey_kind(cfg, num_requests, replaced_at)
         assert not [a for a in actions if isinstance(a, (StartReplica, DrainReplica))], (cfg, replaced_at)
         assert [r.replica_id for r in ex.snapshot.accepting_replicas_of(ExpertId("a"))] == ["a#1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(interval_s=st.sampled_from([0.1, 0.3, 1.0, 1.02, 2.5, 5.0]), k=st.integers(0, 20_000),
+       offset=st.sampled_from([0.0, 1e-9, 0.5]))
+def test_the_next_periodic_step_is_always_later_and_on_the_grid(interval_s, k, offset):
+    """On a grid point the division may round under it (1.02 s: 127 × 1.02 / 1.02 < 127), and the step was
+    scheduled at its own time again: the simulator looped forever at a 1.02 s step."""
+    from switchboard.policies.loop import ControlLoop
+
+    loop = ControlLoop(ControlSettings(), step_interval_s=interval_s)
+    now_s = k * interval_s + offset * interval_s
+    at_s = loop.next_periodic_step_at(now_s)
+    assert now_s < at_s <= now_s + interval_s * (1 + 1e-9)
+    assert math.isclose(at_s / interval_s, round(at_s / interval_s), abs_tol=1e-6)

@@ -190,3 +190,39 @@ def test_with_the_sleep_tier_a_rarely_used_expert_is_priced_by_the_time_it_is_aw
     assert make_placement(PlacementSettings()).place(snapshot, e).candidate.worker.hardware == "a100-80gb"
     tiered = make_placement(PlacementSettings(), sleep_after_s=1.0).place(snapshot, e)
     assert tiered.candidate.worker.hardware == "h100" and tiered.candidate.num_replicas_needed < 1.0
+
+
+def _priced(snapshot, asleep_on: dict[str, str]):
+    """`snapshot` with its estimates priced as the executors price them when expert → worker sleeps there."""
+    from switchboard.fleet.sleep import AsleepReplicas, price_wakes
+
+    asleep = AsleepReplicas(asleep_keepalive_s=1800.0)
+    for n, (expert, worker) in enumerate(asleep_on.items()):
+        hardware = snapshot.workers[worker].hardware
+        asleep.put(f"{expert}#s{n}", ExpertId(expert), worker, hardware, 0.5, now_s=snapshot.now_s)
+    return snapshot.evolve(estimates=price_wakes(snapshot.estimates, asleep))
+
+
+def test_a_waiting_request_wakes_its_experts_sleeping_replica_rather_than_cold_start_a_cheaper_kind():
+    """The expert sleeps on the pricier H100; a cold start on the L4 is cheaper but takes 20 s, the request
+    waiting on it would miss its SLO: the H100 replica is woken. With a replica up (a scale-up), cost decides."""
+    s = _priced(_hetero(), {"a": "h0"})
+    s = ops.enqueue(s, request(1, prompt=400), None)
+    placed = make_placement(PlacementSettings()).place(s, A)
+    assert placed.candidate.worker.worker_id == "h0"
+    assert placed.candidate.estimate.start_s_on(placed.candidate.worker.worker_id) == 0.5
+    cold = make_placement(PlacementSettings()).place(ops.enqueue(_hetero(), request(1, prompt=400), None), A)
+    assert cold.candidate.worker.worker_id == "l40"  # nothing asleep: the cheaper kind
+
+
+def test_a_start_wakes_on_the_worker_it_sleeps_on_and_keeps_off_other_experts_sleeping_devices():
+    workers = (("l40", L4, 24.0, 0.8), ("l41", L4, 24.0, 0.8), ("l42", L4, 24.0, 0.8))
+    s = fleet(experts=("a", "b"), workers=workers)
+    s = _priced(s, {"a": "l42", "b": "l40"})
+    policy = make_placement(PlacementSettings())
+    assert policy.place(s, A).candidate.worker.worker_id == "l42"  # its own: a wake
+    assert policy.place(s, ExpertId("b")).candidate.worker.worker_id == "l40"
+    c = _priced(fleet(experts=("a", "b", "c"), workers=workers), {"a": "l40", "b": "l41"})
+    assert policy.place(c, ExpertId("c")).candidate.worker.worker_id == "l42"  # the one no wake needs
+    est = c.estimate(A, L4)
+    assert (est.start_s_on("l40"), est.start_s_on("l41")) == (0.5, 20.0)  # elsewhere a start is a cold start

@@ -143,3 +143,54 @@ def test_sleeping_is_bet_on_the_rest_of_the_idle_gap_exceeding_the_wake():
     assert residual(trickle, 1.0) == pytest.approx(12.0)
     assert residual(trickle, 30.0) == float("inf")  # longer than any seen: nothing says it ends soon
     assert residual(trickle[:5], 1.0) == 0.0  # too little history to bet a wake on
+
+
+def test_wakes_are_priced_where_the_replica_sleeps_and_the_pricing_is_idempotent():
+    """`price_wakes`, which the simulator and the live fleet both apply whenever the asleep set changes: the
+    wake on the worker a replica sleeps on, the cold start on the kind's other workers, and back once taken."""
+    from switchboard.fleet.sleep import price_wakes
+    from switchboard.fleet.state import ServingEstimate
+
+    key = (A, "h100")
+    cold = ServingEstimate(A, "h100", 20.0, 18.0, 1e4, 0.01, 0.02, 8, 10_000, wake_s=0.4)
+    asleep = AsleepReplicas(asleep_keepalive_s=100.0)
+    asleep.put("r1", A, "w0", "h100", 0.4, now_s=0.0)
+    priced = price_wakes({key: cold}, asleep)[key]
+    assert (priced.cold_start_s, priced.asleep_worker_ids) == (0.4, ("w0",))
+    assert (priced.start_s_on("w0"), priced.start_s_on("w1")) == (0.4, 18.0)
+    assert price_wakes({key: priced}, asleep)[key] == priced and priced.unpriced() == cold
+    asleep.take(A, "w0", 1.0)
+    assert price_wakes({key: priced}, asleep)[key] == cold
+    assert price_wakes({key: priced}, None)[key] == cold
+
+
+def test_keepalive_sleeps_only_where_a_wake_keeps_the_fleets_ttft_tail():
+    """`start_keeps_tail`: a wake is allowed where the expert's 99th-percentile request, woken, is no slower than
+    the slowest other warm expert's 99th-percentile request already is — so the wake adds no new tail."""
+    from switchboard.fleet.state import ExpertSpec, FleetSnapshot, ServingEstimate, Worker
+    from switchboard.fleet import ops
+    from switchboard.policies import predict
+    from switchboard.types import HardwareKind, ReplicaId, ReplicaState, WorkerId
+
+    def est(e, prefill):
+        return ServingEstimate(ExpertId(e), HardwareKind("l4"), 10.0, 7.0, prefill, 0.02, 0.05, 16, 50_000, wake_s=0.6)
+
+    def snapshot(other_prefill):
+        workers = {WorkerId("w0"): Worker(WorkerId("w0"), HardwareKind("l4"), 24.0, 0.8)}
+        s = FleetSnapshot(now_s=0.0, workers=workers,
+                          experts={ExpertId(e): ExpertSpec(ExpertId(e), 7, 0.2, ttft_slo_s=2.0) for e in ("a", "b")},
+                          estimates={(ExpertId("a"), "l4"): est("a", 4000.0), (ExpertId("b"), "l4"): est("b", other_prefill)})
+        for t in (1.0, 2.0):
+            s = ops.at_time(s, t)
+            for e in ("a", "b"):
+                s = ops.record_arrival(s, ExpertId(e), 200, 50)
+        s = ops.add_replica(s, ReplicaId("b#1"), s.estimates[(ExpertId("b"), "l4")], WorkerId("w0"))
+        for state in (ReplicaState.STARTING, ReplicaState.WARM):
+            s = ops.transition(s, ReplicaId("b#1"), state)
+        return s
+
+    # a's woken p99 request: 0.6 s + 4.6 × 200 / 4000 ≈ 0.85 s; b's warm one 4.6 × 200 / b's prefill rate.
+    for other_prefill, keeps in ((4000.0, False), (400.0, True)):
+        s = snapshot(other_prefill)
+        assert predict.start_fits_slo(s, A, 0.6, s.estimates[(A, "l4")])  # the SLO alone would let it sleep
+        assert predict.start_keeps_tail(s, A, 0.6, s.estimates[(A, "l4")]) is keeps

@@ -11,16 +11,21 @@ fleet and the simulator alike):
   (`cold_start_overrides`);
 - an asleep replica past its time is stopped (`expired`).
 
+`price_wakes` is that pricing, one function for both executors: the simulator and the live fleet call it
+whenever the set of asleep replicas changes, so their policies see the same estimates.
+
 Pure bookkeeping with the time passed in; the executor does the sleeping, waking and stopping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+from switchboard.fleet.state import ServingEstimate
 from switchboard.policies.keepalive import KeepAliveReasonCode
-from switchboard.types import ExpertId, Seconds
+from switchboard.types import ExpertId, HardwareKind, Seconds, WorkerId
 
 SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
 """Keep-alive reasons whose replicas sleep instead of stopping (when the tier is on)."""
@@ -109,3 +114,22 @@ class AsleepReplicas:
 
     def all(self) -> list[Asleep]:
         return list(self._asleep)
+
+
+def price_wakes(estimates: Mapping[tuple[ExpertId, HardwareKind], ServingEstimate],
+                asleep: AsleepReplicas | None) -> dict[tuple[ExpertId, HardwareKind], ServingEstimate]:
+    """`estimates` with each start priced at the wake where a replica of the expert sleeps on that hardware kind
+    (`cold_start_s` the shortest wake there, `asleep_worker_ids` where, `cold_start_elsewhere_s` the cold start on
+    the kind's other workers), and at the cold start where none does. Idempotent: it starts from each estimate's
+    `unpriced()` form, so the caller need not keep the estimates as they were before."""
+    overrides = asleep.cold_start_overrides() if asleep is not None else {}
+    workers = asleep.workers() if asleep is not None else {}
+    out = {}
+    for key, estimate in estimates.items():
+        base = estimate.unpriced()
+        wake_s = overrides.get(key)
+        if wake_s is not None:
+            base = dataclasses.replace(base, cold_start_s=wake_s, cold_start_elsewhere_s=base.cold_start_s,
+                                       asleep_worker_ids=tuple(WorkerId(w) for w in workers[key]))
+        out[key] = base
+    return out

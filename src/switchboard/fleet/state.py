@@ -75,7 +75,24 @@ class ServingEstimate:
     None: unknown, or the engine cannot sleep."""
     asleep_worker_ids: tuple[WorkerId, ...] = ()
     """Workers of this kind where a replica of this expert is asleep now (the executor's sleep tier): a start on
-    one of them wakes it, and `cold_start_s` is then that wake."""
+    one of them wakes it, and `cold_start_s` is then that wake (`fleet.sleep.price_wakes`)."""
+    cold_start_elsewhere_s: Seconds | None = None
+    """While `cold_start_s` is a wake (`asleep_worker_ids` set): the cold start on a worker of this kind where
+    none sleeps. None otherwise."""
+
+    def start_s_on(self, worker_id: WorkerId) -> Seconds:
+        """Expected start of a replica on `worker_id`: the wake where one of this expert sleeps there, else the
+        cold start."""
+        if self.cold_start_elsewhere_s is None or worker_id in self.asleep_worker_ids:
+            return self.cold_start_s
+        return self.cold_start_elsewhere_s
+
+    def unpriced(self) -> "ServingEstimate":
+        """This estimate without the sleep tier's pricing (the cold start everywhere, nothing asleep)."""
+        if self.cold_start_elsewhere_s is None and not self.asleep_worker_ids:
+            return self
+        cold_s = self.cold_start_s if self.cold_start_elsewhere_s is None else self.cold_start_elsewhere_s
+        return dataclasses.replace(self, cold_start_s=cold_s, asleep_worker_ids=(), cold_start_elsewhere_s=None)
 
     @property
     def capacity(self) -> EngineCapacity:

@@ -270,7 +270,7 @@ class KeepAlivePolicy(abc.ABC):
             estimate = snapshot.estimate(expert_id, replica.hardware)
             if estimate is None or estimate.wake_s is None:
                 continue
-            if not predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate):
+            if not predict.start_keeps_tail(snapshot, expert_id, estimate.wake_s, estimate):
                 return None
             wake_s = max(wake_s or 0.0, estimate.wake_s)
         if wake_s is None:

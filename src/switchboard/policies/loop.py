@@ -135,8 +135,15 @@ class ControlLoop:
 
     def next_periodic_step_at(self, now_s: float) -> float:
         """The first periodic step time after `now_s`: steps fall on multiples of `step_interval_s`, whatever
-        else made the loop step in between, so both drivers step on the same grid."""
-        return (math.floor(now_s / self.step_interval_s) + 1) * self.step_interval_s
+        else made the loop step in between, so both drivers step on the same grid. Always later than `now_s`:
+        on a grid point k × interval, `now_s / interval` may round to just under k (1.02 s: 127 × 1.02 / 1.02 <
+        127), and the step would be scheduled at its own time again, forever."""
+        index = math.floor(now_s / self.step_interval_s) + 1
+        at_s = index * self.step_interval_s
+        while at_s <= now_s:
+            index += 1
+            at_s = index * self.step_interval_s
+        return at_s
 
     # ---- decisions
 

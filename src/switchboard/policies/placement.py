@@ -68,6 +68,9 @@ class Candidate:
     """Price of the devices this replica occupies on its worker."""
     num_replicas_needed: float
     """Replicas of this kind the expert's current demand needs (≥ 1; fractional)."""
+    sleep_rank: int = 1
+    """The sleep tier on this worker: 0 a replica of this expert sleeps there (the start is a wake), 1 none
+    sleeps there, 2 only other experts' replicas do (a start here may take the devices their wake needs)."""
 
     @property
     def usd_per_hour_at_load(self) -> float:
@@ -140,6 +143,7 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         prompt_tokens = round(sum(q.num_prompt_tokens for q in queued) / len(queued)) if queued else settings.default_prompt_tokens
         tokens_ahead = sum(q.num_prompt_tokens for q in queued)
     found = []
+    sleepers = _asleep_workers(snapshot)
     for worker in snapshot.workers.values() if workers is None else workers:
         estimate = snapshot.estimate(expert_id, worker.hardware)
         if estimate is None or (workers is None and estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + 1e-9):
@@ -157,8 +161,38 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
                                               settings.slo_percentile))
         found.append(Candidate(worker, estimate, ttft_s, tpot_s,
                                meets_slo=ttft_s <= spec.ttft_slo_s and tpot_s <= spec.tpot_slo_s,
-                               usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed))
+                               usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed,
+                               sleep_rank=(0 if worker.worker_id in estimate.asleep_worker_ids
+                                           else 2 if worker.worker_id in sleepers else 1)))
     return found
+
+
+def _asleep_workers(snapshot: FleetSnapshot) -> frozenset:
+    """Workers where a replica of some expert sleeps (the executor's `asleep_worker_ids`); memoized with the
+    estimates, which change when a replica sleeps or wakes."""
+    memo = snapshot.layout_memo()
+    held = memo.get(_ASLEEP_KEY)
+    if held is None or held[0] is not snapshot.estimates:
+        found = frozenset(w for e in snapshot.estimates.values() for w in e.asleep_worker_ids)
+        held = memo[_ASLEEP_KEY] = (snapshot.estimates, found)
+    return held[1]
+
+
+_ASLEEP_KEY = "placement.asleep_workers"
+
+
+def _waking_first(snapshot: FleetSnapshot, expert_id: ExpertId, fitting: list[Candidate]) -> list[Candidate]:
+    """For an expert with no replica up, the candidates where a replica of it sleeps and wakes in time for the
+    request waiting on it (wake + predicted TTFT within the SLO), if any; else `fitting`. The start of a first
+    replica is on its requests' path: a cheaper kind's cold start (7–30 s for a GPU engine) would miss the SLO
+    the wake keeps — on the conversation trace the sleeping 70B expert's next request cold-started on H100 for
+    30 s while its A100 replica could wake in 1.4 s (docs/simulator.md, "The sleep tier")."""
+    if snapshot.accepting_replicas_of(expert_id):
+        return fitting
+    slo_s = snapshot.experts[expert_id].ttft_slo_s
+    waking = [c for c in fitting if c.worker.worker_id in c.estimate.asleep_worker_ids
+              and c.estimate.start_s_on(c.worker.worker_id) + c.predicted_ttft_s <= slo_s]
+    return waking or fitting
 
 
 def _fleet_request_size(snapshot: FleetSnapshot, settings: PlacementSettings) -> tuple[float, float]:
@@ -206,7 +240,7 @@ class PlacementPolicy(abc.ABC):
                     PlacementStatus.NO_ESTIMATE, f"no worker's hardware can serve {expert_id}"))
             return Unplaceable(PlacementStatus.NO_MEMORY, expert_id, Reason(
                 PlacementStatus.NO_MEMORY, f"no worker has free memory for {expert_id}"))
-        chosen = self.choose(fitting)
+        chosen = self.choose(_waking_first(snapshot, expert_id, fitting))
         status = PlacementStatus.PLACED if chosen.meets_slo else PlacementStatus.PLACED_SLO_AT_RISK
         detail = (f"{chosen.worker.worker_id} ({chosen.worker.hardware}, ${chosen.usd_per_hour:.2f}/h for this replica, "
                   f"{chosen.num_replicas_needed:.1f} needed): "
@@ -255,9 +289,11 @@ class CostAwarePlacement(PlacementPolicy):
     def choose(self, fitting: list[Candidate]) -> Candidate:
         meeting = [c for c in fitting if c.meets_slo]
         if meeting:
-            # min() keeps the first of equals, so configuration order breaks ties deterministically.
-            return min(meeting, key=lambda c: (c.usd_per_hour_at_load, c.usd_per_hour))
-        return min(fitting, key=lambda c: (c.predicted_ttft_s, c.predicted_tpot_s, c.usd_per_hour))
+            # Among equals (workers of one kind), a wake of this expert first and another expert's sleeping
+            # replica's devices last (taking them turns its next wake into a cold start); then min() keeps the
+            # first of equals, so configuration order breaks ties deterministically.
+            return min(meeting, key=lambda c: (c.usd_per_hour_at_load, c.usd_per_hour, c.sleep_rank))
+        return min(fitting, key=lambda c: (c.predicted_ttft_s, c.predicted_tpot_s, c.usd_per_hour, c.sleep_rank))
 
     def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
                              routed_requests_per_s: float) -> Candidate | None:

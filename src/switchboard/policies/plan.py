@@ -34,5 +34,6 @@ class Plan:
         """Start a replica of `expert_id` on the candidate's worker (placement already chose it)."""
         replica_id = self.new_replica_id(expert_id)
         worker, estimate = candidate.worker, candidate.estimate
-        self.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware, estimate.cold_start_s, why))
+        self.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware,
+                             estimate.start_s_on(worker.worker_id), why))
         return replica_id

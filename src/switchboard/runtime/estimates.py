@@ -100,4 +100,8 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
 
 
 def with_measured_cold_start(estimate: ServingEstimate, measured_s: float) -> ServingEstimate:
+    """The estimate with its cold start measured; where its start is priced at a wake (`fleet.sleep.price_wakes`)
+    the wake stays and the cold start elsewhere is the measured one."""
+    if estimate.cold_start_elsewhere_s is not None:
+        return dataclasses.replace(estimate, cold_start_elsewhere_s=measured_s)
     return dataclasses.replace(estimate, cold_start_s=measured_s)

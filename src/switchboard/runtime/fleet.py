@@ -34,6 +34,7 @@ from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, Llama
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
+from switchboard.fleet.sleep import price_wakes
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
 from switchboard.perf.roofline import engine_profile
 from switchboard.policies.actions import (
@@ -442,6 +443,8 @@ class LiveFleet:
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
                 asleep = self.sleep_tier.take(expert.id, action.worker_id, self.clock()) if self.sleep_tier else None
+                if asleep is not None:
+                    self._price_wakes()
                 engine = asleep[0] if asleep else self.cluster.engine_for(action.replica_id, expert, action.worker_id)
                 try:
                     asleep, engine = self._give_devices(action, engine, asleep)
@@ -501,15 +504,26 @@ class LiveFleet:
         model_replica = self.model.replicas.get(ReplicaId(replica_id))
         if self.sleep_tier is None or model_replica is None:
             return False
-        wake_s = (replica.cold_start or {}).get("wake_s") or self.model.estimates[(replica.expert.id, replica.hardware)].cold_start_s
-        return self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
-                                             replica.engine, wake_s, self.clock())
+        estimate = self.model.estimates[(replica.expert.id, replica.hardware)]
+        # The wake this engine took last, else the perf model's, else (an engine the model has no wake for: the
+        # CPU worker's until measured) its cold start.
+        wake_s = (replica.cold_start or {}).get("wake_s") or estimate.wake_s or estimate.unpriced().cold_start_s
+        if not self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
+                                             replica.engine, wake_s, self.clock()):
+            return False
+        self._price_wakes()
+        return True
+
+    def _price_wakes(self) -> None:
+        """The policies' estimates with each start priced at the wake where a replica of the expert sleeps
+        (`fleet.sleep.price_wakes`, as the simulator prices them)."""
+        self.model = self.model.evolve(estimates=price_wakes(self.model.estimates, self.sleep_tier.asleep))
 
     async def _run_start(self, replica: LiveReplica, sleep_task: asyncio.Task | None = None) -> None:
         started = time.perf_counter()
         if sleep_task is not None:  # an asleep engine: wake it, no new process
             try:
-                replica.cold_start = {"wake_s": await LiveSleepTier.wake(replica.engine, sleep_task)}
+                replica.cold_start = {"wake_s": await LiveSleepTier.wake(replica.engine, sleep_task, self.clock)}
             except Exception as exc:  # noqa: BLE001 — a failed wake: stop the engine; the policies start afresh
                 replica.last_error = exc.detail if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
                 await replica.engine.stop()
@@ -568,8 +582,8 @@ class LiveFleet:
                 if due or self._to_replace:
                     await self.refresh_inventory()
                 self._reap_dead_engines()
-                if self.sleep_tier is not None:
-                    self.sleep_tier.expire(self.clock())
+                if self.sleep_tier is not None and self.sleep_tier.expire(self.clock()):
+                    self._price_wakes()
                 self._step()
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from switchboard.fleet.sleep import AsleepReplicas
@@ -68,21 +69,24 @@ class LiveSleepTier:
         return asleep.handle if asleep is not None else None
 
     @staticmethod
-    async def wake(engine: Any, sleep_task: asyncio.Task) -> float:
-        """Wakes a taken engine (after its sleep call has finished); returns the seconds the wake took.
-        Raises what the wake raises; an engine whose sleep failed was stopped, so it is started afresh."""
-        t0 = time.perf_counter()
+    async def wake(engine: Any, sleep_task: asyncio.Task, clock: Callable[[], float] = time.perf_counter) -> float:
+        """Wakes a taken engine (after its sleep call has finished); returns the seconds the wake took on `clock`
+        (the fleet's, so an injected clock measures its own time). Raises what the wake raises; an engine whose
+        sleep failed was stopped, so it is started afresh."""
+        t0 = clock()
         if await sleep_task:
             await engine.wake()
         else:
             await engine.start()
-        return time.perf_counter() - t0
+        return clock() - t0
 
-    def expire(self, now_s: float) -> None:
-        """Stops the engines asleep past their time (in the background)."""
-        for asleep in self.asleep.expired(now_s):
+    def expire(self, now_s: float) -> bool:
+        """Stops the engines asleep past their time (in the background); True if there were any."""
+        expired = self.asleep.expired(now_s)
+        for asleep in expired:
             engine, task = asleep.handle
             asyncio.ensure_future(stop_after_sleep(engine, task))
+        return bool(expired)
 
     async def close(self) -> None:
         everything = self.asleep.expired(float("inf"))

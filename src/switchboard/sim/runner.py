@@ -24,7 +24,7 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Replica
 from switchboard.sim.cluster import BuiltCluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
 from switchboard.sim.events import Event, EventQueue, Priority
-from switchboard.fleet.sleep import AsleepReplicas
+from switchboard.fleet.sleep import AsleepReplicas, price_wakes
 from switchboard.perf.sleep import wake_time_s
 from switchboard.policies.actions import (
     AssignRequest,
@@ -199,7 +199,6 @@ class Simulation:
         keepalive = getattr(getattr(plane, "settings", None), "keepalive", None)
         self.asleep = (AsleepReplicas(keepalive.asleep_keepalive_s)
                        if keepalive is not None and keepalive.sleep_after_s is not None else None)
-        self._base_estimates = self.snapshot.estimates
 
     def _map_pinned(self, workload: Workload) -> np.ndarray:
         if not workload.expert_names:
@@ -515,15 +514,9 @@ class Simulation:
         return [Event(now_s + ready_in_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
 
     def _price_wakes(self) -> None:
-        """The policies' estimates with each start priced at the wake time where a replica of the expert sleeps
-        on that hardware kind (and back at the cold start once none does)."""
-        overrides = self.asleep.cold_start_overrides() if self.asleep is not None else {}
-        counts = self.asleep.workers() if self.asleep is not None else {}
-        estimates = dict(self._base_estimates)
-        for key, wake_s in overrides.items():
-            if key in estimates:
-                estimates[key] = dataclasses.replace(estimates[key], cold_start_s=wake_s, asleep_worker_ids=counts[key])
-        self.snapshot = self.snapshot.evolve(estimates=estimates)
+        """The policies' estimates with each start priced at the wake where a replica of the expert sleeps on
+        that hardware kind (`fleet.sleep.price_wakes`, as the live fleet prices them)."""
+        self.snapshot = self.snapshot.evolve(estimates=price_wakes(self.snapshot.estimates, self.asleep))
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
         if int(action.request_id) in self.sequences:
