@@ -126,6 +126,8 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         adjust = learner.adjuster("t")
         q = base[i] if adjust is None else adjust(x[i], names, base[i])
         j = int(pick(q[None, :])[0])
+        if adjust is not None:
+            adjust.settle(names[j])  # as RouterChooser does: an exploration the trade-off declined is refunded
         learner.add_event("t", x[i], j, float(base[i, j]), float(y[i, j]))  # what POST /v1/feedback does, minus the lookup
         value = lambda k: float(y[i, k] - cost_weight * price[k])  # noqa: E731
         cum += value(best_fixed) - value(j)
@@ -158,12 +160,15 @@ def summarise(runs: list[TaskRun], tuning_tasks: frozenset[str]) -> None:
             print(f"| {task}{'*' if task in tuning_tasks else ''} | {rs[0].num_stream} | {np.mean([r.quality[-1] for r in rs]):.3f} | "
                   f"{np.mean([r.usd[-1] for r in rs]):.3f} | {np.mean([r.base_quality for r in rs]):.3f} | {rs[0].best_single} "
                   f"({np.mean([r.best_single_quality for r in rs]):.3f}, {rs[0].best_single_usd:.2f}) | {sum(r.meets_target() for r in rs)}/{len(rs)} |")
-        for label, part in (("all tasks", group), ("tasks not used for tuning", [r for r in group if r.task not in tuning_tasks])):
+        parts = (("all tasks", group), ("tuning tasks (*)", [r for r in group if r.task in tuning_tasks]),
+                 ("tasks not used for tuning", [r for r in group if r.task not in tuning_tasks]))
+        for label, part in parts:
             if part:
                 print(f"{label}: target met in {sum(r.meets_target() for r in part)}/{len(part)} runs; mean test quality − best single "
                       f"{np.mean([r.quality[-1] - r.best_single_quality for r in part]):+.3f} (no learning "
-                      f"{np.mean([r.base_quality - r.best_single_quality for r in part]):+.3f}); explored decisions "
-                      f"{np.mean([r.num_sampled for r in part]):.1f} per stream")
+                      f"{np.mean([r.base_quality - r.best_single_quality for r in part]):+.3f}); cumulative regret "
+                      f"{np.mean([r.regret[-1] for r in part]):.1f} (none {np.mean([r.base_regret[-1] for r in part]):.1f}); "
+                      f"explored decisions {np.mean([r.num_sampled for r in part]):.1f} per stream")
     tasks = sorted({str(r.task) for r in runs})
     met_any = {t: sum(any(r.meets_target() for r in runs if r.task == t and r.seed == s) for s in {r.seed for r in runs}) for t in tasks}
     print(f"\nmet at some λ of the grid (per seed): {met_any}")

@@ -9,9 +9,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Events, ExplorationBudget, correction, unit
+from switchboard.online.correction import Events, correction, unit
+from switchboard.online.exploration import ExplorationBudget
 
-OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_var=0.0)
+OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_mean=1.0, slope_prior_var=0.0)
 SLOPE = OFFSET.model_copy(update={"num_neighbors": 256, "slope_prior_var": 1.0})
 PRIOR_STD = np.sqrt(0.1 / 4.0)
 
@@ -95,7 +96,7 @@ def _reference(events: Events, context, experts, predicted, settings) -> np.ndar
         phi = np.stack([np.ones(len(mine)), events.predicted[mine] - predicted[c]], axis=1)
         prior_precision = np.diag([settings.prior_events, settings.noise_var / settings.slope_prior_var])
         a = prior_precision + (phi * w[:, None]).T @ phi
-        r = prior_precision @ np.array([predicted[c], 1.0]) + (phi * w[:, None]).T @ events.scores[mine]
+        r = prior_precision @ np.array([predicted[c], settings.slope_prior_mean]) + (phi * w[:, None]).T @ events.scores[mine]
         out[c] = np.linalg.solve(a, r)[0] - predicted[c]
     return out
 
@@ -107,7 +108,8 @@ def test_the_vectorised_correction_is_the_model(seed):
     n, dims = int(rng.integers(1, 60)), 4
     ev = Events(np.stack([unit(v) for v in rng.normal(size=(n, dims))]), rng.integers(0, 5, n).astype(np.int16),
                 rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 2, n).astype(np.float32))
-    settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8))})
+    settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8)),
+                                        "slope_prior_mean": float(rng.choice([0.0, 0.5, 1.0]))})
     experts, predicted = np.array([4, 0, 2]), rng.uniform(0, 1, 3)
     context = unit(rng.normal(size=dims))
     got = correction(ev, context, experts, predicted, settings).mean
