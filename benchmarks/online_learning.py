@@ -127,7 +127,7 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         q = base[i] if adjust is None else adjust(x[i], names, base[i])
         j = int(pick(q[None, :])[0])
         if adjust is not None:
-            adjust.settle(names[j])  # as RouterChooser does: an exploration the trade-off declined is refunded
+            adjust.settle(names[j])  # as RouterChooser does
         learner.add_event("t", x[i], j, float(base[i, j]), float(y[i, j]))  # what POST /v1/feedback does, minus the lookup
         value = lambda k: float(y[i, k] - cost_weight * price[k])  # noqa: E731
         cum += value(best_fixed) - value(j)

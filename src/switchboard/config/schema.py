@@ -294,25 +294,23 @@ class OnlineLearningConfig(_Strict):
         "per-prompt differences (an offset correction), 0 replaces them by the local mean score as evidence accumulates.",
     )
     slope_prior_var: float = Field(
-        1.0, ge=0,
+        0.1, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
-    exploration: Literal["under_tried", "thompson"] = Field(
-        "under_tried",
-        description="under_tried: an exploring decision values experts with little evidence near the prompt as perfect "
-        "(the router's trade-off then picks among them); thompson: it samples the posterior (switchboard.online.exploration).",
+    exploration: Literal["optimistic", "thompson"] = Field(
+        "optimistic",
+        description="optimistic: an exploring decision values experts at posterior mean + explore_ucb_sd SDs near the prompt "
+        "(widest where least tried), the router's trade-off picks; thompson: it samples the posterior (switchboard.online.exploration).",
     )
     explore_fraction: float = Field(
         0.2, ge=0.0, le=1.0,
         description="The bound: at every moment, at most this fraction of a tenant's routing decisions explore.",
     )
+    explore_ucb_sd: float = Field(1.0, ge=0.0, description="The optimism of an exploring decision, in posterior SDs (optimistic).")
     explore_min_evidence: float = Field(
-        3.0, ge=0.0,
-        description="An expert is under-tried near a prompt while its events there weigh less than this many identical prompts (under_tried).",
-    )
-    explore_ucb_sd: float = Field(
         0.0, ge=0.0,
-        description="An exploring decision values tried experts at posterior mean + this many posterior SDs (under_tried; 0: the mean).",
+        description="Experts whose events near the prompt weigh less than this many identical prompts are valued as perfect "
+        "when exploring (optimistic; 0: off).",
     )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")

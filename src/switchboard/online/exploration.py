@@ -1,24 +1,27 @@
 """Exploration: which decisions may try something other than the posterior's best, and what they try.
 
-Why not Thompson samples alone: the learner only sees an expert where it is routed, and it is routed where the
-router already rates it. On a task the router never saw, an expert it underrates by 0.5 is practically never
-sampled from a posterior centred on the router's prediction, so its feedback never comes (selection bias;
-docs/online-learning.md). The default rule aims exploration at the evidence that is missing instead:
+Why aim it: the learner only sees an expert where it is routed, and it is routed where the router already rates
+it. On a task the router never saw, an expert it underrates stays untried and its feedback never comes
+(selection bias; docs/online-learning.md). The default rule, `optimistic`, is optimism in the face of
+uncertainty (UCB, Auer, Cesa-Bianchi & Fischer 2002) near the prompt:
 
-- an expert is **under-tried** near a prompt when the similarity-weighted evidence of its events there (as
-  `correction` counts it) is below `explore_min_evidence`;
-- an exploring decision values every under-tried expert as perfect (quality 1; ties: the least tried first) and
-  keeps the posterior mean for the others. The router's own trade-off then picks, so exploration respects the
-  request's constraints and λ: an expert too expensive to be worth it even if perfect is never tried, and at
-  λ > 0 the cheaper of two untried experts goes first. This is optimism in the face of uncertainty (the UCB
-  idea of Auer, Cesa-Bianchi & Fischer 2002) with the score's upper bound as the optimistic value, because the
-  router's predicted quality is exactly what cannot be trusted on new traffic; visiting under-tried experts in
-  turn is forced exploration, as in ε-greedy with ε spent only where evidence is missing;
-- a decision explores only when some expert is under-tried there and the tenant's budget allows one: at every
-  moment, explored decisions ≤ `explore_fraction` × decisions (`ExplorationBudget`). With nothing left to
-  learn near the prompt, no budget is spent and the decision takes the posterior mean.
+- an exploring decision values each expert but the posterior's best at its posterior mean + `explore_ucb_sd`
+  posterior SDs near the prompt (the best keeps its mean: the decision is spent on learning about the others,
+  so at λ = 0 it always tries one whose optimistic value beats the best). An expert with little evidence there keeps the prior's wide SD, so it is the one lifted most: the
+  bonus is aimed at the under-tried. Experts whose events there weigh less than `explore_min_evidence` are
+  valued as perfect (quality 1, the least tried first) — forced exploration, off by default: trying every
+  expert, hopeless ones included, cost regret and bought nothing on the tuning tasks;
+- the router's own trade-off then picks, so exploration respects the request's constraints and λ: an expert
+  too expensive to be worth it even at its optimistic value is not tried. The decision is charged to the budget
+  all the same: its values were not the posterior mean's, and whether the mean would have chosen differently
+  is not known here, so the bound counts every decision whose values were changed;
+- a decision explores only when there is something to learn near the prompt — an expert other than the
+  posterior's best whose optimistic value beats the best mean, or an under-tried one — and the tenant's budget
+  allows it: at every moment, explored decisions ≤ `explore_fraction` × decisions (`ExplorationBudget`).
+  Otherwise it takes the posterior mean and spends nothing.
 
-`thompson` keeps the earlier rule (Chapelle & Li 2011): an exploring decision samples the posterior.
+`thompson` is the earlier rule (Chapelle & Li 2011): an exploring decision samples the posterior, whenever the
+budget allows.
 Everything here is a pure function of arrays and small values; `switchboard.online.learner` owns the state.
 """
 
@@ -50,22 +53,17 @@ class ExplorationBudget:
     def after(self, sampled: bool) -> "ExplorationBudget":
         return ExplorationBudget(self.num_decisions + 1, self.num_sampled + int(sampled))
 
-    def refunded(self) -> "ExplorationBudget":
-        """One explored decision that did not explore after all (the router chose an expert it was not
-        offered): given back, which can only lower `num_sampled`, so the bound still holds."""
-        return ExplorationBudget(self.num_decisions, max(0, self.num_sampled - 1))
-
 
 def under_tried(evidence: np.ndarray, settings: OnlineLearningConfig) -> np.ndarray:
     """Which experts have less evidence near the prompt than `explore_min_evidence` (a boolean mask)."""
     return np.asarray(evidence, np.float64) < settings.explore_min_evidence
 
 
-def optimistic_quality(mean_quality: np.ndarray, evidence: np.ndarray, is_under_tried: np.ndarray,
+def optimistic_quality(upper: np.ndarray, evidence: np.ndarray, is_under_tried: np.ndarray,
                        settings: OnlineLearningConfig) -> np.ndarray:
-    """An exploring decision's quality: the posterior mean, but 1 (just under, the least tried highest) for
-    under-tried experts."""
-    out = np.asarray(mean_quality, np.float64).copy()
+    """An exploring decision's quality: `upper` (the optimistic values), but 1 (just under, the least tried
+    highest) for under-tried experts."""
+    out = np.asarray(upper, np.float64).copy()
     tried = np.asarray(evidence, np.float64)[is_under_tried] / max(settings.explore_min_evidence, 1e-9)
     out[is_under_tried] = 1.0 - LEAST_TRIED_TIE_BREAK * tried
     return out
@@ -74,7 +72,8 @@ def optimistic_quality(mean_quality: np.ndarray, evidence: np.ndarray, is_under_
 @dataclass(frozen=True)
 class Exploration:
     """What one decision's correction does: the quality to route on, whether it explores, and the experts it
-    offers to explore (the under-tried ones; empty for Thompson sampling or when not exploring)."""
+    offers to explore (those whose optimistic value beats the best mean, and the under-tried; empty for
+    Thompson sampling or when not exploring)."""
 
     quality: np.ndarray
     is_exploring: bool
@@ -92,10 +91,10 @@ def explore(mean_quality: np.ndarray, std: np.ndarray, evidence: np.ndarray, bud
         sample = np.clip(mean_quality + std * rng.standard_normal(len(mean_quality)), 0.0, 1.0)
         return Exploration(sample, True, ())
     mask = under_tried(evidence, settings)
-    upper = np.clip(mean_quality + settings.explore_ucb_sd * np.asarray(std, np.float64), 0.0, 1.0)
     best = int(np.argmax(mean_quality))
+    upper = np.clip(mean_quality + settings.explore_ucb_sd * np.asarray(std, np.float64), 0.0, 1.0)
+    upper[best] = mean_quality[best]  # the best stays at its mean: the decision is for learning about the others
     contenders = upper > mean_quality[best]
-    contenders[best] = False
     if not (mask.any() or contenders.any()) or not budget.allows_sample(settings.explore_fraction):
         return Exploration(mean_quality, False, ())
     offered = tuple(int(j) for j in np.nonzero(mask | contenders)[0])

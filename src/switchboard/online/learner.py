@@ -91,8 +91,8 @@ class Adjustment:
         self.learner = learner
         self.tenant = tenant
         self.is_sampled = False  # this decision was charged to the exploration budget
-        self.offered: tuple[str, ...] = ()  # the under-tried experts it offered to explore
-        self.explored: str | None = None  # the expert it explored, once settled
+        self.offered: tuple[str, ...] = ()  # the experts it offered to explore (empty for Thompson sampling)
+        self.explored: str | None = None  # the expert it explored, once settled (None: the offer was declined)
         self.num_events = 0
         self.budget = ExplorationBudget()  # the tenant's, after this decision
 
@@ -100,12 +100,9 @@ class Adjustment:
         return self.learner.adjust(self, features, names, quality)
 
     def settle(self, chosen: str | None) -> None:
-        """The router chose `chosen` (None: nothing). An exploring decision that offered under-tried experts
-        and got another one (the trade-off or a constraint preferred it) explored nothing: its budget is
-        given back. Call once, after routing."""
-        if self.is_sampled and self.offered and chosen not in self.offered:
-            self.learner.refund(self)
-        elif self.is_sampled:
+        """The router chose `chosen` (None: nothing): when this decision explored and `chosen` is one of the
+        experts it offered, `info` names it. Call once, after routing."""
+        if self.is_sampled and (chosen in self.offered or not self.offered):
             self.explored = chosen
 
     def info(self) -> dict[str, object]:
@@ -164,15 +161,6 @@ class OnlineLearner:
         adjustment.is_sampled = step.is_exploring
         adjustment.offered = tuple(names[j] for j in step.offered)
         return step.quality
-
-    def refund(self, adjustment: Adjustment) -> None:
-        """Gives back the exploration budget `adjustment` was charged (it explored nothing after all)."""
-        with self._lock:
-            memory = self._tenants.get(adjustment.tenant)
-            if memory is not None:
-                memory.budget = memory.budget.refunded()
-                adjustment.budget = memory.budget
-        adjustment.is_sampled = False
 
     # ---- learning
 
