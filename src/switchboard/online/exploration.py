@@ -7,10 +7,11 @@ uncertainty (UCB, Auer, Cesa-Bianchi & Fischer 2002) near the prompt:
 
 - an exploring decision values each expert but the posterior's best at its posterior mean + `explore_ucb_sd`
   posterior SDs near the prompt (the best keeps its mean: the decision is spent on learning about the others,
-  so at λ = 0 it always tries one whose optimistic value beats the best). An expert with little evidence there keeps the prior's wide SD, so it is the one lifted most: the
-  bonus is aimed at the under-tried. Experts whose events there weigh less than `explore_min_evidence` are
-  valued as perfect (quality 1, the least tried first) — forced exploration, off by default: trying every
-  expert, hopeless ones included, cost regret and bought nothing on the tuning tasks;
+  so at λ = 0 it always tries one whose optimistic value beats the best). An expert with little evidence there
+  keeps the prior's wide SD, so it is the one lifted most: the bonus is aimed at the under-tried. Experts whose
+  events there weigh less than `explore_min_evidence` are valued as perfect (quality 1, the least tried first)
+  — forced exploration, off by default: trying every expert, hopeless ones included, cost regret and bought
+  nothing on the tuning tasks;
 - the router's own trade-off then picks, so exploration respects the request's constraints and λ: an expert
   too expensive to be worth it even at its optimistic value is not tried. The decision is charged to the budget
   all the same: its values were not the posterior mean's, and whether the mean would have chosen differently
@@ -18,10 +19,11 @@ uncertainty (UCB, Auer, Cesa-Bianchi & Fischer 2002) near the prompt:
 - a decision explores only when there is something to learn near the prompt — an expert other than the
   posterior's best whose optimistic value beats the best mean, or an under-tried one — and the tenant's budget
   allows it: at every moment, explored decisions ≤ `explore_fraction` × decisions (`ExplorationBudget`).
-  Otherwise it takes the posterior mean and spends nothing.
+  Otherwise it routes on the posterior mean exactly and spends nothing: no uncounted decision deviates from it.
 
 `thompson` is the earlier rule (Chapelle & Li 2011): an exploring decision samples the posterior, whenever the
 budget allows.
+
 Everything here is a pure function of arrays and small values; `switchboard.online.learner` owns the state.
 """
 

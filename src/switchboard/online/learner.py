@@ -118,7 +118,8 @@ class Adjustment:
 
 
 class OnlineLearner:
-    """Per-tenant corrections of `router`'s predicted quality. `rng` drives Thompson sampling (seed it)."""
+    """Per-tenant corrections of `router`'s predicted quality. `rng` drives Thompson sampling when configured
+    (seed it)."""
 
     def __init__(self, router, settings: OnlineLearningConfig, rng: np.random.Generator) -> None:
         self.router = router  # switchboard.router.Router: features(), predict_quality_from_features(), experts
