@@ -69,6 +69,15 @@ def test_the_slope_keeps_the_routers_per_prompt_differences_only_where_they_hold
     assert correction(noise, here, np.array([0]), np.array([0.8]), SLOPE.model_copy(update={"slope_prior_var": 0.0})).mean[0] > -0.2
 
 
+def test_a_slope_held_at_0_moves_toward_the_local_mean_score_where_an_offset_keeps_the_routers_guess():
+    here = [1.0, 0.0]
+    varied = events([here] * 8, [0] * 8, np.linspace(0.2, 0.8, 8), [0.5] * 8)  # scores ignore the router's guesses
+    local_mean = correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET.model_copy(update={"slope_prior_mean": 0.0}))
+    offset = correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET)
+    assert np.isclose(0.9 + local_mean.mean[0], 0.9 + 8 * (0.5 - 0.9) / 12)  # shrunk from 0.9 toward 0.5 by 8 events against 4
+    assert np.isclose(offset.mean[0], 0.0, atol=1e-6)  # on average the router was right: its 0.9 stands
+
+
 @hypothesis_settings(deadline=None)
 @given(st.floats(0.0, 1.0), st.lists(st.booleans(), max_size=300))
 def test_sampled_decisions_never_exceed_the_budget(fraction, wants):

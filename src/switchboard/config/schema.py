@@ -299,8 +299,9 @@ class OnlineLearningConfig(_Strict):
     )
     exploration: Literal["optimistic", "thompson"] = Field(
         "optimistic",
-        description="optimistic: an exploring decision values experts at posterior mean + explore_ucb_sd SDs near the prompt "
-        "(widest where least tried), the router's trade-off picks; thompson: it samples the posterior (switchboard.online.exploration).",
+        description="optimistic: an exploring decision values the experts but the posterior's best at mean + explore_ucb_sd SDs "
+        "near the prompt (widest where least tried), the router's trade-off picks; thompson: it samples the posterior "
+        "(switchboard.online.exploration).",
     )
     explore_fraction: float = Field(
         0.2, ge=0.0, le=1.0,
