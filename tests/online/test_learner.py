@@ -142,3 +142,21 @@ def test_an_exploration_the_trade_off_declines_is_still_charged_and_names_no_exp
         if adjust.info()["explored"]:
             explored.append((expert, adjust.info()["explored_expert"]))
     assert len(explored) == 1 and explored[0][0] == explored[0][1] != cheapest
+
+
+def test_under_the_default_rule_experts_the_router_passes_over_get_tried_and_without_exploration_never(router):
+    def tried_by(explore_fraction: float) -> set[str]:
+        online = OnlineLearner(router, OnlineLearningConfig(explore_fraction=explore_fraction), np.random.default_rng(7))
+        favourite = route(router, online, "acme")
+        online.learn("acme", PROMPT, favourite, 0.9)
+        tried = {favourite}
+        for _ in range(60):
+            expert, _ = routed(router, online, "acme")
+            budget = online.budget("acme")
+            assert budget.num_sampled <= explore_fraction * budget.num_decisions
+            online.learn("acme", PROMPT, expert, 0.9)  # every answer is good: the favourite only gets better
+            tried.add(expert)
+        return tried
+
+    assert len(tried_by(0.0)) == 1  # the favourite's mean only rises: nothing else is ever seen
+    assert len(tried_by(0.2)) > 1  # optimism sends some decisions to experts with only the prior's wide SD
