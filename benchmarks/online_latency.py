@@ -1,11 +1,12 @@
 """What online learning adds to a routing decision: `Router.route` with and without a tenant's corrections.
 
-    .venv/bin/python benchmarks/online_latency.py [--events 0,512,1024,2048] [--rounds 3] [--decisions 300]
+    .venv/bin/python benchmarks/online_latency.py [--events 0,512,1024,2048] [--rounds 4] [--decisions 300]
 
 A 200-token prompt through the packaged router (embedding included), alternating in the same process between
 the router alone (the baseline) and the router with `OnlineLearner` corrections from a tenant holding N
 feedback events (random ones near the prompt, spread over the 9 experts: every event is a candidate neighbour,
-the worst case). Reports p50/p99 per round and the added p50; rounds alternate so load drifts hit both.
+the worst case), exploring within the default budget. Reports p50/p99 per round and the added p50; the order
+within a round alternates (ABBA) so load drifts hit both.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def percentiles_ms(fn, num: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", default="0,512,1024,2048")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--decisions", type=int, default=300)
     args = parser.parse_args()
     router = load_default_router()
@@ -51,10 +52,21 @@ def main() -> None:
     print("| round | events | p50 ms (router alone) | p50 ms (with corrections) | added p50 ms | p99 ms (alone / with) |")
     print("|---|---|---|---|---|---|")
     constraints = RoutingConstraints()
+
+    def decide(learner: OnlineLearner) -> None:  # as RouterChooser does: route with the adjustment, then settle it
+        adjust = learner.adjuster("t")
+        decision = router.route(prompt, constraints, adjust=adjust)
+        if adjust is not None:
+            adjust.settle(decision.expert)
+
     for r in range(args.rounds):
         for num_events, learner in learners.items():
-            base = percentiles_ms(lambda: router.route(prompt, constraints), args.decisions)
-            online = percentiles_ms(lambda: router.route(prompt, constraints, adjust=learner.adjuster("t")), args.decisions)
+            alone = lambda: percentiles_ms(lambda: router.route(prompt, constraints), args.decisions)  # noqa: E731
+            corrected = lambda: percentiles_ms(lambda: decide(learner), args.decisions)  # noqa: E731
+            if r % 2 == 0:  # ABBA: which side goes first alternates, so a load drift within a round hits both
+                base, online = alone(), corrected()
+            else:
+                online, base = corrected(), alone()
             print(f"| {r} | {num_events} | {base[0]:.2f} | {online[0]:.2f} | {online[0] - base[0]:+.2f} | {base[1]:.1f} / {online[1]:.1f} |")
 
 

@@ -9,9 +9,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Events, ExplorationBudget, correction, unit
+from switchboard.online.correction import Events, correction, unit
+from switchboard.online.exploration import ExplorationBudget
 
-OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_var=0.0)
+OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_mean=1.0, slope_prior_var=0.0)
 SLOPE = OFFSET.model_copy(update={"num_neighbors": 256, "slope_prior_var": 1.0})
 PRIOR_STD = np.sqrt(0.1 / 4.0)
 
@@ -68,6 +69,15 @@ def test_the_slope_keeps_the_routers_per_prompt_differences_only_where_they_hold
     assert correction(noise, here, np.array([0]), np.array([0.8]), SLOPE.model_copy(update={"slope_prior_var": 0.0})).mean[0] > -0.2
 
 
+def test_a_slope_held_at_0_moves_toward_the_local_mean_score_where_an_offset_keeps_the_routers_guess():
+    here = [1.0, 0.0]
+    varied = events([here] * 8, [0] * 8, np.linspace(0.2, 0.8, 8), [0.5] * 8)  # scores ignore the router's guesses
+    local_mean = correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET.model_copy(update={"slope_prior_mean": 0.0}))
+    offset = correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET)
+    assert np.isclose(0.9 + local_mean.mean[0], 0.9 + 8 * (0.5 - 0.9) / 12)  # shrunk from 0.9 toward 0.5 by 8 events against 4
+    assert np.isclose(offset.mean[0], 0.0, atol=1e-6)  # on average the router was right: its 0.9 stands
+
+
 @hypothesis_settings(deadline=None)
 @given(st.floats(0.0, 1.0), st.lists(st.booleans(), max_size=300))
 def test_sampled_decisions_never_exceed_the_budget(fraction, wants):
@@ -95,7 +105,7 @@ def _reference(events: Events, context, experts, predicted, settings) -> np.ndar
         phi = np.stack([np.ones(len(mine)), events.predicted[mine] - predicted[c]], axis=1)
         prior_precision = np.diag([settings.prior_events, settings.noise_var / settings.slope_prior_var])
         a = prior_precision + (phi * w[:, None]).T @ phi
-        r = prior_precision @ np.array([predicted[c], 1.0]) + (phi * w[:, None]).T @ events.scores[mine]
+        r = prior_precision @ np.array([predicted[c], settings.slope_prior_mean]) + (phi * w[:, None]).T @ events.scores[mine]
         out[c] = np.linalg.solve(a, r)[0] - predicted[c]
     return out
 
@@ -107,7 +117,8 @@ def test_the_vectorised_correction_is_the_model(seed):
     n, dims = int(rng.integers(1, 60)), 4
     ev = Events(np.stack([unit(v) for v in rng.normal(size=(n, dims))]), rng.integers(0, 5, n).astype(np.int16),
                 rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 2, n).astype(np.float32))
-    settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8))})
+    settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8)),
+                                        "slope_prior_mean": float(rng.choice([0.0, 0.5, 1.0]))})
     experts, predicted = np.array([4, 0, 2]), rng.uniform(0, 1, 3)
     context = unit(rng.normal(size=dims))
     got = correction(ev, context, experts, predicted, settings).mean

@@ -33,7 +33,7 @@ experts:
   - {{id: llama-3.1-nemotron-51b-instruct, backend: {{kind: simulated, time_scale: 0}}, usd_per_mtok_input: 0.9, usd_per_mtok_output: 0.9}}
 storage: {{url: "{url}", flush_interval_s: 0.05}}
 auth: {{enabled: true, refresh_interval_s: 0.1}}
-router: {{online: {{explore_fraction: 0.0}}}}
+router: {{online: {{explore_fraction: {explore_fraction}, explore_min_evidence: 3.0}}}}
 """
 
 
@@ -55,8 +55,8 @@ def new_key(url: str, tenant: str) -> str:
     return secret
 
 
-def serve(url: str, router):
-    config = parse_config(CONFIG.format(url=url))
+def serve(url: str, router, explore_fraction: float = 0.0):
+    config = parse_config(CONFIG.format(url=url, explore_fraction=explore_fraction))
     online = OnlineLearner(router, config.router.online, np.random.default_rng(0))
     app = build_app(config, chooser=RouterChooser(router, "gemma-2-9b-it", online=online), environ={"SWITCHBOARD_ADMIN_KEY": ADMIN_KEY})
     return serve_in_thread(app), online
@@ -116,6 +116,31 @@ def test_feedback_needs_the_callers_own_request_and_a_small_body(db_url, router)
         status_line = _declared_only(base, acme, 10 * 1024 * 1024)
         assert status_line.startswith("HTTP/1.1 413")
         assert feedback(base, acme, request_id, 1.0).status_code == 201 and online.num_events("acme") == 1
+
+
+def test_exploration_is_bounded_named_in_the_route_header_and_only_for_the_tenant_with_feedback(db_url, router):
+    acme, globex = new_key(db_url, "acme"), new_key(db_url, "globex")
+    server, online = serve(db_url, router, explore_fraction=0.5)
+    with server as base:
+        first, request_id, route = ask(base, acme)
+        assert "online" not in route  # no feedback yet: the router's own decision
+        deadline = time.monotonic() + 30
+        while online.num_events("acme") == 0:  # stored at once; learned once the request's row is written
+            assert time.monotonic() < deadline, "the feedback was never learned"
+            assert feedback(base, acme, request_id, 1.0).status_code == 201
+            time.sleep(0.05)
+        explored = set()
+        for n in range(1, 9):
+            expert, _, route = ask(base, acme)
+            info = route["online"]
+            num_explored, num_decisions = map(int, info["explored_decisions"].split("/"))
+            assert info["explore_fraction"] == 0.5 and num_decisions == n and num_explored <= 0.5 * n
+            if "explored_expert" in info:
+                assert info["explored"] and info["explored_expert"] == expert != first
+                explored.add(expert)
+            theirs, _, their_route = ask(base, globex)
+            assert theirs == first and "online" not in their_route
+        assert explored  # the experts the router passed over were tried, within the bound
 
 
 def _declared_only(base: str, secret: str, num_bytes: int) -> str:

@@ -95,3 +95,68 @@ def test_restore_rebuilds_the_same_corrections_as_live_learning(router):
     for tenant in ("acme", "globex"):
         assert np.allclose(live.posterior_mean(tenant, x, quality), restored.posterior_mean(tenant, x, quality), atol=1e-6)
     assert not np.allclose(live.posterior_mean("acme", x, quality), quality)
+
+
+def routed(router, online, tenant, constraints=RoutingConstraints(), prompt=PROMPT):
+    """One decision as `RouterChooser` makes it: route with the tenant's adjustment, then settle it."""
+    adjust = online.adjuster(tenant)
+    expert = router.route(prompt, constraints, adjust=adjust).expert
+    if adjust is not None:
+        adjust.settle(expert)
+    return expert, adjust
+
+
+def test_every_expert_gets_tried_within_the_bound_and_only_for_the_tenant_that_gave_feedback(router):
+    online = learner(router, explore_fraction=0.25, explore_min_evidence=3.0)
+    favourite = route(router, online, "acme")
+    online.learn("acme", PROMPT, favourite, 1.0)
+    tried = {favourite}
+    for _ in range(120):
+        expert, adjust = routed(router, online, "acme")
+        budget = online.budget("acme")
+        assert budget.num_sampled <= 0.25 * budget.num_decisions  # the bound, after every decision
+        assert adjust.info()["explore_fraction"] == 0.25
+        online.learn("acme", PROMPT, expert, 0.5)  # feedback on every answer, as a client scoring all of them
+        tried.add(expert)
+        assert routed(router, online, "globex") == (favourite, None)  # no feedback: the router's choice, no budget
+    assert tried == set(router.experts)  # including the ones the router rates worst here
+    assert online.budget("globex").num_decisions == 0
+    without = learner(router)  # explore_fraction 0: the same feedback tries only what the router picks
+    without.learn("acme", PROMPT, favourite, 1.0)
+    assert {routed(router, without, "acme")[0] for _ in range(20)} == {favourite}
+
+
+def test_an_exploration_the_trade_off_declines_is_still_charged_and_names_no_expert(router):
+    online = learner(router, explore_fraction=0.5, explore_min_evidence=3.0)
+    cheapest = router.experts[int(np.argmin(router.usd_per_mtok))]
+    for _ in range(5):
+        online.learn("acme", PROMPT, cheapest, 1.0)  # every other expert is under-tried here
+    expensive = RoutingConstraints(cost_weight=100.0)  # even a perfect answer is not worth a dearer expert
+    for _ in range(6):
+        expert, adjust = routed(router, online, "acme", expensive)
+        assert expert == cheapest and "explored_expert" not in adjust.info()
+    assert online.budget("acme").num_sampled == 3  # every other decision was offered an exploration
+    explored = []
+    for _ in range(2):  # λ = 0: the offer is taken
+        expert, adjust = routed(router, online, "acme")
+        if adjust.info()["explored"]:
+            explored.append((expert, adjust.info()["explored_expert"]))
+    assert len(explored) == 1 and explored[0][0] == explored[0][1] != cheapest
+
+
+def test_under_the_default_rule_experts_the_router_passes_over_get_tried_and_without_exploration_never(router):
+    def tried_by(explore_fraction: float) -> set[str]:
+        online = OnlineLearner(router, OnlineLearningConfig(explore_fraction=explore_fraction), np.random.default_rng(7))
+        favourite = route(router, online, "acme")
+        online.learn("acme", PROMPT, favourite, 0.9)
+        tried = {favourite}
+        for _ in range(60):
+            expert, _ = routed(router, online, "acme")
+            budget = online.budget("acme")
+            assert budget.num_sampled <= explore_fraction * budget.num_decisions
+            online.learn("acme", PROMPT, expert, 0.9)  # every answer is good: the favourite only gets better
+            tried.add(expert)
+        return tried
+
+    assert len(tried_by(0.0)) == 1  # the favourite's mean only rises: nothing else is ever seen
+    assert len(tried_by(0.2)) > 1  # optimism sends some decisions to experts with only the prior's wide SD

@@ -280,21 +280,38 @@ class OnlineLearningConfig(_Strict):
 
     Each tenant's feedback corrects the router's predicted quality near the prompts it scored, for that tenant
     only; the corrections are rebuilt from the request log at start, so they survive restarts. The defaults were
-    chosen on five of the fourteen tasks of benchmarks/online_learning.py (docs/router.md).
+    chosen on five of the fourteen tasks of benchmarks/online_learning.py (docs/online-learning.md).
     """
 
     enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
     num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
     min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
-    prior_events: float = Field(4.0, gt=0, description="Strength of the prior 'the router is right', in events.")
+    prior_events: float = Field(2.0, gt=0, description="Strength of the prior 'the router is right here', in events.")
     noise_var: float = Field(0.25, gt=0, description="Variance of one feedback score around its expected value.")
+    slope_prior_mean: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="The prior slope of score on the router's per-prompt prediction near a prompt: 1 keeps the router's "
+        "per-prompt differences (an offset correction), 0 replaces them by the local mean score as evidence accumulates.",
+    )
     slope_prior_var: float = Field(
-        1.0, ge=0,
-        description="How freely feedback may re-weigh the router's per-prompt differences (0: never; a pure offset correction).",
+        0.1, ge=0,
+        description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
+    )
+    exploration: Literal["optimistic", "thompson"] = Field(
+        "optimistic",
+        description="optimistic: an exploring decision values the experts but the posterior's best at mean + explore_ucb_sd SDs "
+        "near the prompt (widest where least tried), the router's trade-off picks; thompson: it samples the posterior "
+        "(switchboard.online.exploration).",
     )
     explore_fraction: float = Field(
         0.2, ge=0.0, le=1.0,
-        description="At most this fraction of a tenant's routing decisions sample the posterior (Thompson) instead of taking its mean.",
+        description="The bound: at every moment, at most this fraction of a tenant's routing decisions explore.",
+    )
+    explore_ucb_sd: float = Field(1.0, ge=0.0, description="The optimism of an exploring decision, in posterior SDs (optimistic).")
+    explore_min_evidence: float = Field(
+        0.0, ge=0.0,
+        description="Experts whose events near the prompt weigh less than this many identical prompts are valued as perfect "
+        "when exploring (optimistic; 0: off).",
     )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")

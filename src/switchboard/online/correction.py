@@ -8,14 +8,19 @@ modelled as linear in the router's prediction,
 
 fitted by Bayesian weighted least squares on the `num_neighbors` events of j most similar to x (cosine
 similarity ≥ `min_similarity`; an event's weight grows linearly from 0 there to 1 at an identical prompt),
-with the prior "the router is right": a ~ N(p_j(x), noise_var / prior_events), b ~ N(1, slope_prior_var).
-With b held at 1 (slope_prior_var 0) this is an offset: the kernel-weighted mean residual s − p, shrunk toward
-0. Letting b move lets the feedback also say how much the router's *per-prompt* differences are worth there:
-on a task the router never saw they are mostly noise (b → 0, the local mean score of j wins), on familiar
-traffic they hold (b ≈ 1). The posterior's uncertainty in a falls as evidence accumulates; an expert never
-tried near x keeps the router's prediction and the prior's uncertainty, which is what Thompson sampling
-explores (Chapelle & Li 2011; the bandit view of routing is RouterBench's, and RouteLLM learns routers from
-the same kind of preference feedback).
+with the prior "the router is right at x": a ~ N(p_j(x), noise_var / prior_events), and b ~ N(b₀,
+slope_prior_var) with b₀ = `slope_prior_mean`. With b held at 1 (b₀ = 1, slope_prior_var 0) this is an offset:
+the kernel-weighted mean residual s − p, shrunk toward 0; it keeps the router's *per-prompt* differences. With
+b held at 0 it is the kernel-weighted mean score of j near x, shrunk toward the router's prediction at x: the
+per-prompt differences are dropped once evidence outweighs the prior. On a task the router never saw they are
+mostly noise, and picking the best of nine noisy per-prompt estimates loses to the best expert: even with every
+expert's score on 300 of a held-out task's prompts (full information), b₀ = 1 falls 0.019 short of the task's
+best single expert on the tuning tasks where b held at 0 falls 0.008 short (docs/online-learning.md). A slope
+prior around b₀ lets feedback bring the differences back where they do hold (b → 1 on familiar traffic).
+The posterior's uncertainty in a falls as evidence accumulates; an expert never
+tried near x keeps the router's prediction and the prior's uncertainty, and its evidence (the summed weights
+of its events there) says how under-tried it is, which is what `exploration` aims at (the bandit view of
+routing is RouterBench's, and RouteLLM learns routers from the same kind of preference feedback).
 
 Everything here is a pure function of arrays; `switchboard.online.learner` owns the state.
 """
@@ -89,30 +94,14 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
     here = np.asarray(predicted, np.float64)[cols]
     dx = events.predicted[rows] - here  # the prediction's difference from here
-    target = events.scores[rows] - here - dx  # what is left for (a − p) + (b − 1)·dx
+    target = events.scores[rows] - here - settings.slope_prior_mean * dx  # what is left for (a − p) + (b − b₀)·dx
     sums = [np.bincount(cols, v, minlength=num) for v in (w, w * dx, w * dx * dx, w * target, w * target * dx)]
     sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx = sums
-    # Normal equations of θ = (a − p, b − 1), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),
+    # Normal equations of θ = (a − p, b − b₀), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),
     # in units of one full-weight event: A θ = r, posterior covariance noise_var · A⁻¹ (2×2, solved in closed form).
     a11 = settings.prior_events + sum_w
-    if settings.slope_prior_var == 0:  # b fixed at 1: an offset
+    if settings.slope_prior_var == 0:  # b fixed at b₀
         return Correction(sum_wt / a11, np.sqrt(settings.noise_var / a11), sum_w)
     a12, a22 = sum_wx, settings.noise_var / settings.slope_prior_var + sum_wxx
     det = a11 * a22 - a12 * a12
     return Correction((a22 * sum_wt - a12 * sum_wtx) / det, np.sqrt(settings.noise_var * a22 / det), sum_w)
-
-
-@dataclass(frozen=True)
-class ExplorationBudget:
-    """How many of a tenant's routing decisions were made, and how many of them sampled the posterior."""
-
-    num_decisions: int = 0
-    num_sampled: int = 0
-
-    def allows_sample(self, explore_fraction: float) -> bool:
-        """Sampling keeps `num_sampled ≤ explore_fraction × num_decisions` after this decision, rounded down
-        — a hard bound at every moment, not an average that a burst could overshoot."""
-        return self.num_sampled + 1 <= explore_fraction * (self.num_decisions + 1)
-
-    def after(self, sampled: bool) -> "ExplorationBudget":
-        return ExplorationBudget(self.num_decisions + 1, self.num_sampled + int(sampled))

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Events, ExplorationBudget, correction, unit
+from switchboard.online.correction import Events, correction, unit
+from switchboard.online.exploration import ExplorationBudget, explore
 
 ANONYMOUS = ""
 """The tenant of every request when auth is off."""
@@ -83,24 +84,42 @@ class TenantMemory:
 
 
 class Adjustment:
-    """One routing decision's correction (`Router.route(adjust=...)`); afterwards says what it did."""
+    """One routing decision's correction (`Router.route(adjust=...)`). After the router has chosen, `settle`
+    tells it the chosen expert; `info` then says what the decision did."""
 
     def __init__(self, learner: "OnlineLearner", tenant: str) -> None:
         self.learner = learner
         self.tenant = tenant
-        self.is_sampled = False
+        self.is_sampled = False  # this decision was charged to the exploration budget
+        self.offered: tuple[str, ...] = ()  # the experts it offered to explore (empty for Thompson sampling)
+        self.explored: str | None = None  # the expert it explored, once settled (None: the offer was declined)
         self.num_events = 0
+        self.budget = ExplorationBudget()  # the tenant's, after this decision
 
     def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
         return self.learner.adjust(self, features, names, quality)
 
+    def settle(self, chosen: str | None) -> None:
+        """The router chose `chosen` (None: nothing): when this decision explored and `chosen` is one of the
+        experts it offered, `info` names it. Call once, after routing."""
+        if self.is_sampled and (chosen in self.offered or not self.offered):
+            self.explored = chosen
+
     def info(self) -> dict[str, object]:
-        """For the `x-switchboard-route` header: the tenant's event count, whether this decision explored."""
-        return {"feedback_events": self.num_events, "explored": self.is_sampled}
+        """For the `x-switchboard-route` header: the tenant's event count, whether this decision explored (and
+        which expert), and the bound with how much of it the tenant has used."""
+        return {
+            "feedback_events": self.num_events,
+            "explored": self.is_sampled,
+            **({"explored_expert": self.explored} if self.explored is not None else {}),
+            "explore_fraction": self.learner.settings.explore_fraction,
+            "explored_decisions": f"{self.budget.num_sampled}/{self.budget.num_decisions}",
+        }
 
 
 class OnlineLearner:
-    """Per-tenant corrections of `router`'s predicted quality. `rng` drives Thompson sampling (seed it)."""
+    """Per-tenant corrections of `router`'s predicted quality. `rng` drives Thompson sampling when configured
+    (seed it)."""
 
     def __init__(self, router, settings: OnlineLearningConfig, rng: np.random.Generator) -> None:
         self.router = router  # switchboard.router.Router: features(), predict_quality_from_features(), experts
@@ -124,23 +143,25 @@ class OnlineLearner:
         return Adjustment(self, tenant)
 
     def adjust(self, adjustment: Adjustment, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
-        """`quality` (for experts `names`) corrected by the tenant's posterior: its mean, or a Thompson sample
-        when the tenant's exploration budget allows one."""
+        """`quality` (for experts `names`) corrected by the tenant's posterior: its mean, or, when the tenant's
+        exploration budget allows and there is something to explore, the exploring quality
+        (`switchboard.online.exploration.explore`), charged to the budget."""
         context = unit(features)
         columns = np.asarray([self.expert_index[n] for n in names])
+        quality = np.asarray(quality, np.float64)
         with self._lock:
             memory = self._tenants.get(adjustment.tenant)
             if memory is None:
-                return np.asarray(quality, np.float64)
+                return quality
             self._tenants.move_to_end(adjustment.tenant)
-            corr = correction(memory.events(), context, columns, np.asarray(quality, np.float64), self.settings)
-            is_sampled = memory.budget.allows_sample(self.settings.explore_fraction)
-            memory.budget = memory.budget.after(is_sampled)
-            adjustment.num_events = memory.num_events
-            noise = self.rng.standard_normal(len(columns)) if is_sampled else None
-        adjustment.is_sampled = is_sampled
-        delta = corr.mean if noise is None else corr.mean + corr.std * noise
-        return np.clip(np.asarray(quality, np.float64) + delta, 0.0, 1.0)
+            corr = correction(memory.events(), context, columns, quality, self.settings)
+            mean = np.clip(quality + corr.mean, 0.0, 1.0)
+            step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
+            memory.budget = memory.budget.after(step.is_exploring)
+            adjustment.num_events, adjustment.budget = memory.num_events, memory.budget
+        adjustment.is_sampled = step.is_exploring
+        adjustment.offered = tuple(names[j] for j in step.offered)
+        return step.quality
 
     # ---- learning
 

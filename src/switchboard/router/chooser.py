@@ -85,6 +85,8 @@ class RouterChooser:
         prices = {c.id: (c.usd_per_mtok_input, c.usd_per_mtok_output) for c in candidates}
         adjust = self.online.adjuster(current_tenant()) if self.online is not None else None
         decision = self.router.route(prompt_text, constraints, [c.id for c in candidates], prices, adjust=adjust)
+        if adjust is not None:
+            adjust.settle(decision.expert)  # so x-switchboard-route names the expert an exploration tried
         if decision.outcome is RouteOutcome.NO_KNOWN_CANDIDATE:
             return self.fallback.choose(prompt_text, routing, candidates)
         if decision.outcome is RouteOutcome.NO_FEASIBLE_EXPERT or decision.expert is None:
