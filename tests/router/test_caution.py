@@ -99,15 +99,14 @@ def shifted_corpus(rng, per_task=30):
 
 @pytest.mark.parametrize("kind", [SplitKind.LEAVE_ONE_TASK_OUT, SplitKind.TASK_BALANCED])
 def test_the_margin_is_chosen_on_task_held_out_inner_folds(rng, kind):
-    """Whatever the outer split, the margin is chosen where tasks are held out (six inner folds: one task each),
-    so the cheap wins that do not transfer to an unseen task earn it; with one grid value there is nothing to
-    choose."""
+    """Whatever the outer split, the margin is chosen where tasks are held out one at a time, so the cheap wins
+    that do not transfer to an unseen task earn it; with one grid value there is nothing to choose."""
     prompts, tasks, x, y = shifted_corpus(rng)
     cautious = Candidate("knn", StrategyName.KNN, {"num_neighbours": 10}, caution_margins=(0.0, 0.5))
-    choice, _, _ = select_and_fit((cautious,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 6)
+    choice, _, _ = select_and_fit((cautious,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 3)
     assert choice.caution_margin == 0.5 and choice.label.endswith("+margin0.5")
     plain = Candidate("knn", StrategyName.KNN, {"num_neighbours": 10})
-    choice, _, _ = select_and_fit((plain,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 6)
+    choice, _, _ = select_and_fit((plain,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 3)
     assert choice.caution_margin == 0.0 and "margin" not in choice.label
 
 

@@ -7,9 +7,11 @@ part, calibrated on its inner out-of-fold estimates, and only then predicts the 
 row ever influences a choice, and the λ grid (`curves.DEFAULT_COST_WEIGHTS`) is fixed in code before any run.
 
 A candidate with several `caution_margins` also chooses the margin of the conservative rule
-(`selection.Caution`) on inner folds — always leave-one-task-out inner folds when rows carry tasks, whatever the
-outer split, because the margin is there to protect against task shift and would be chosen as zero on folds
-that have none. The deployed router chooses it the same way.
+(`selection.Caution`) on inner folds — always leave-one-task-out inner folds when rows carry tasks, one per
+task of the training part, whatever the outer split: the margin is there to protect against task shift and
+would be chosen as zero on folds that have none, and one task held out at a time is the shift of the outer
+LOTO split (three folds of whole tasks hold out a third of them and chose larger margins, docs/router.md).
+The deployed router chooses it the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 
 from switchboard.router.calibration import Calibration, fit_calibration
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
-from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds, make_folds,
-                                        row_weights)
+from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds,
+                                        leave_one_task_out_folds, make_folds, row_weights)
 from switchboard.router.selection import Caution
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
 
@@ -128,16 +130,16 @@ def _fold_priors(y: np.ndarray, folds: Sequence[Fold]) -> np.ndarray:
     return prior
 
 
-def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks, price, kind, rng, num_inner_folds,
-                   cost_weights, progress) -> float:
+def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
+                   progress) -> float:
     """The margin of `candidate.caution_margins` with the best inner best quality over the λ grid on
-    leave-one-task-out inner folds (on `folds` when rows carry no task or they already are); ties keep the
-    smaller margin. Best quality, not AUC: the margin trades a little of the cheap end of the curve for the
+    leave-one-task-out inner folds, one per task (on `folds` when rows carry fewer than two tasks); ties keep
+    the smaller margin. Best quality, not AUC: the margin trades a little of the cheap end of the curve for the
     top (measured, docs/router.md), and the top under shift is what it is for."""
     if len(candidate.caution_margins) == 1:
         return float(candidate.caution_margins[0])
-    if tasks is not None and kind is not SplitKind.LEAVE_ONE_TASK_OUT:
-        folds = inner_folds(SplitKind.LEAVE_ONE_TASK_OUT, prompts, tasks, num_inner_folds, rng)
+    if tasks is not None and len(set(tasks)) > 1:
+        folds = leave_one_task_out_folds(prompts, tasks)
         raw = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
         kind = SplitKind.LEAVE_ONE_TASK_OUT
     covered = np.concatenate([f.test for f in folds])
@@ -172,8 +174,8 @@ def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, nu
             score = auc(sweep(est, y[covered], price, names, rule, cost_weights, weights), low, high)
             if best is None or score > best[0] + 1e-9:  # ties keep the earlier (simpler) calibration
                 best = (score, cal)
-        margin = _choose_margin(candidate, best[1], raw, folds, x, y, prompts, tasks, price, kind, rng, num_inner_folds,
-                                cost_weights, progress)
+        margin = _choose_margin(candidate, best[1], raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
+                                progress)
         scored.append(_Scored(candidate, best[1], best[0], _calibrate(best[1], raw[covered], y[covered]), margin))
     return scored
 
@@ -224,7 +226,7 @@ def nested_cross_validate(
     """Out-of-fold estimates for every row under `kind`: one set per candidate (its calibration and caution
     margin chosen on inner folds) and one for the nested selection among them (`NESTED`: per outer fold, the
     candidate with the best inner AUC). Each candidate is fitted once per outer fold, so the selection costs no
-    extra fits (choosing a margin under a split other than LOTO costs its LOTO inner fits).
+    extra fits (choosing a margin costs one inner fit per task).
 
     Raises LeakError if a fold would test on a prompt it trained on (checked, not assumed).
     """
