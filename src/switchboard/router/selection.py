@@ -108,7 +108,8 @@ def choose(
 
     `price` (m,) is the list price: the `max_usd_per_mtok` cap and tie-breaks use it. `request_price` (n, m),
     when given, is each request's own USD/Mtok (`router.cost`), which λ multiplies instead.
-    With `caution`, every expert but each row's prior choice is judged on quality less its margin (both rules).
+    With `caution`, every expert priced below each row's prior choice is judged on its quality less the margin
+    (both rules; see `cautious_quality`).
     Where `is_feasible` is False the index is meaningless (0); callers must check it.
     """
     quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
@@ -144,7 +145,7 @@ def rank_candidates(
     request_price: np.ndarray | None = None, caution: Caution | None = None,
 ) -> list[RankedCandidate]:
     """All candidates, feasible ones first, each group by utility descending (cheaper first on ties), so the
-    first feasible one is `choose`'s pick. A candidate's `usd_per_mtok` is the price λ multiplied:
+    first feasible one is `choose`'s pick under the argmax rule. A candidate's `usd_per_mtok` is the price λ multiplied:
     `request_price` (m,) when given, else `price`; with `caution` its utility carries the margin, its
     `predicted_quality` does not."""
     quality = np.asarray(quality, dtype=np.float64).reshape(-1)
