@@ -10,7 +10,7 @@ A candidate with several `caution_margins` also chooses the margin of the conser
 (`selection.Caution`) on inner folds — always leave-one-task-out inner folds when rows carry tasks, one per
 task of the training part, whatever the outer split: the margin is there to protect against task shift and
 would be chosen as zero on folds that have none, and one task held out at a time is the shift of the outer
-LOTO split (three folds of whole tasks hold out a third of them and chose larger margins, docs/router.md).
+LOTO split (it costs one inner fit per task).
 The deployed router chooses it the same way. Candidates are still compared by the inner AUC of the plain rule:
 pool a candidate with its cautious twin and the pick between them is noise (measure each alone).
 """
