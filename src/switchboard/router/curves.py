@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from switchboard.router.selection import RoutingConstraints, SelectionRule, choose
+from switchboard.router.selection import Caution, RoutingConstraints, SelectionRule, choose
 
 DEFAULT_COST_WEIGHTS = tuple([0.0] + np.geomspace(0.001, 5.0, 80).round(6).tolist())
 
@@ -32,14 +32,16 @@ def sweep(
     rule: SelectionRule = SelectionRule.ARGMAX,
     cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
     weights: np.ndarray | None = None,
+    caution: Caution | None = None,
 ) -> list[CurvePoint]:
     """One point per cost weight: the weighted mean price and score of the experts chosen. `weights` (n,) sum
-    to 1 (None: every row the same); a task-balanced evaluation passes equal weight per task."""
+    to 1 (None: every row the same); a task-balanced evaluation passes equal weight per task. `caution`: the
+    conservative rule of `selection.Caution`, its prior choice recomputed at each cost weight."""
     points = []
     rows = np.arange(len(true_scores))
     w = np.full(len(rows), 1.0 / max(len(rows), 1)) if weights is None else np.asarray(weights, np.float64)
     for lam in cost_weights:
-        index, _ = choose(predicted, price, names, RoutingConstraints(cost_weight=float(lam)), rule)
+        index, _ = choose(predicted, price, names, RoutingConstraints(cost_weight=float(lam)), rule, caution=caution)
         points.append(CurvePoint(float(lam), float(w @ price[index]), float(w @ true_scores[rows, index])))
     return points
 

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, CurvePoint, apgr, auc, cost_to_reach, sweep
-from switchboard.router.selection import SelectionRule
+from switchboard.router.selection import Caution, SelectionRule
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _summary(name, points, best_single: CurvePoint, weak: CurvePoint, target_qua
 
 
 def evaluate(
-    predictions: Mapping[str, tuple[np.ndarray, SelectionRule]],
+    predictions: Mapping[str, tuple[np.ndarray, SelectionRule] | tuple[np.ndarray, SelectionRule, Caution | None]],
     true_scores: np.ndarray,
     price: np.ndarray,
     experts: Sequence[str],
@@ -61,7 +61,8 @@ def evaluate(
     cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
     weights: np.ndarray | None = None,
 ) -> Evaluation:
-    """`predictions` maps a strategy name to its (n, m) predicted quality and selection rule. `weights` (n,),
+    """`predictions` maps a strategy name to its (n, m) predicted quality, selection rule and, optionally, its
+    `Caution` (the conservative rule; None or absent: the plain one). `weights` (n,),
     summing to 1, weigh the rows (None: uniform; see `protocol.row_weights`)."""
     w = np.full(len(true_scores), 1.0 / len(true_scores)) if weights is None else np.asarray(weights, np.float64)
     means = w @ true_scores
@@ -71,8 +72,10 @@ def evaluate(
     strong, weak = single[best_single], single[cheapest]
     low, high = float(price.min()), float(price.max())
     rows = []
-    for name, (pred, rule) in predictions.items():
-        rows.append(_summary(name, sweep(pred, true_scores, price, experts, rule, cost_weights, w), strong, weak, target_quality, low, high))
+    for name, (pred, rule, *rest) in predictions.items():
+        caution = rest[0] if rest else None
+        rows.append(_summary(name, sweep(pred, true_scores, price, experts, rule, cost_weights, w, caution), strong, weak,
+                             target_quality, low, high))
     rows.append(_summary("oracle", sweep(true_scores, true_scores, price, experts, SelectionRule.ARGMAX, cost_weights, w), strong, weak, target_quality, low, high))
     pick = rng.integers(0, len(experts), len(true_scores))
     rand = CurvePoint(float("nan"), float(w @ price[pick]), float(w @ true_scores[np.arange(len(pick)), pick]))
@@ -159,19 +162,30 @@ def per_task_table(
     tasks: Sequence[str],
     cost_weight: float,
     rule: SelectionRule = SelectionRule.ARGMAX,
+    caution: Caution | None = None,
 ) -> list[TaskRow]:
     """For each task, the router's mean price and score at `cost_weight` vs the best single expert (on that
-    task, in hindsight) among those priced at or below the router's mean price there."""
+    task, in hindsight) among those priced at or below the router's mean price there. `caution` (per row or
+    per expert) as in `curves.sweep`."""
     tasks_arr = np.asarray(tasks, dtype=object)
     rows = []
     for task in sorted(set(tasks_arr.tolist())):
         idx = np.flatnonzero(tasks_arr == task)
-        point = sweep(predicted[idx], true_scores[idx], price, experts, rule, (cost_weight,))[0]
+        point = sweep(predicted[idx], true_scores[idx], price, experts, rule, (cost_weight,), caution=_rows_of(caution, idx))[0]
         means = true_scores[idx].mean(axis=0)
         affordable = [j for j in range(len(experts)) if price[j] <= point.usd_per_mtok + 1e-9]
         j = max(affordable, key=lambda k: (means[k], -price[k]))
         rows.append(TaskRow(task, len(idx), cost_weight, point.usd_per_mtok, point.quality, experts[j], float(price[j]), float(means[j])))
     return rows
+
+
+def _rows_of(caution: Caution | None, idx: np.ndarray) -> Caution | None:
+    if caution is None:
+        return None
+    def take(a):
+        a = np.asarray(a)
+        return a[idx] if a.ndim == 2 else a
+    return Caution(take(caution.prior), take(caution.margin))
 
 
 def format_task_table(rows: Sequence[TaskRow]) -> str:

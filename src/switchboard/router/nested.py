@@ -5,6 +5,14 @@ calibration kind) is scored on inner folds of the outer *training* part, of the 
 the best by AUC of its task-weighted quality/cost curve on the fixed λ grid is refitted on the whole training
 part, calibrated on its inner out-of-fold estimates, and only then predicts the outer test rows. No outer test
 row ever influences a choice, and the λ grid (`curves.DEFAULT_COST_WEIGHTS`) is fixed in code before any run.
+
+A candidate with several `caution_margins` also chooses the margin of the conservative rule
+(`selection.Caution`) on inner folds — always leave-one-task-out inner folds when rows carry tasks, one per
+task of the training part, whatever the outer split: the margin is there to protect against task shift and
+would be chosen as zero on folds that have none, and one task held out at a time is the shift of the outer
+LOTO split (it costs one inner fit per task).
+The deployed router chooses it the same way. Candidates are still compared by the inner AUC of the plain rule:
+pool a candidate with its cautious twin and the pick between them is noise (measure each alone).
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import numpy as np
 
 from switchboard.router.calibration import Calibration, fit_calibration
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
-from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds, make_folds,
-                                        row_weights)
+from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds,
+                                        leave_one_task_out_folds, make_folds, row_weights)
+from switchboard.router.selection import Caution
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
 
 Progress = Callable[[int], None]
@@ -38,6 +47,7 @@ class Candidate:
     params: Mapping[str, float | int] = field(default_factory=dict)
     calibrations: tuple[CalibrationKind, ...] = (CalibrationKind.ISOTONIC, CalibrationKind.NONE)
     balance_tasks: bool = False  # train on rows resampled so every task counts the same (`protocol.balanced_rows`)
+    caution_margins: tuple[float, ...] = (0.0,)  # the conservative rule's margin, chosen on LOTO inner folds; 0: off
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, tasks: Sequence[str] | None = None) -> QualityModel:
         """Fits on (x, y); with `balance_tasks` and task labels, on rows resampled to equal counts per task."""
@@ -52,10 +62,15 @@ class Choice:
     candidate: Candidate
     calibration_kind: CalibrationKind
     inner_auc: float
+    caution_margin: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"{self.candidate.label}+{self.calibration_kind.value}"
+        return _label(self.candidate, self.calibration_kind, self.caution_margin)
+
+
+def _label(candidate: Candidate, calibration: CalibrationKind, margin: float) -> str:
+    return f"{candidate.label}+{calibration.value}" + (f"+margin{margin:g}" if len(candidate.caution_margins) > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,9 @@ class NestedResult:
     predictions: dict[str, np.ndarray]  # candidate label (or NESTED) → (n, m) calibrated out-of-fold estimates
     weights: np.ndarray  # (n,) the split's row weights, summing to 1
     chosen: dict[str, str]  # outer fold name → chosen candidate label
+    cautions: dict[str, Caution] = field(default_factory=dict)
+    """Candidate label (or NESTED) → its conservative rule per row: the prior (each row's outer training part's
+    mean scores) and the margin chosen for that fold (0: the plain rule)."""
 
 
 def _calibrate(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray) -> Calibration:
@@ -101,6 +119,43 @@ class _Scored:
     calibration_kind: CalibrationKind
     inner_auc: float
     calibration: Calibration  # fitted on every inner out-of-fold estimate
+    caution_margin: float = 0.0
+
+
+def _fold_priors(y: np.ndarray, folds: Sequence[Fold]) -> np.ndarray:
+    """(n, m): on each fold's test rows, the mean scores of its training rows (what a router trained there
+    knows as each expert's prior)."""
+    prior = np.zeros(y.shape, np.float64)
+    for f in folds:
+        prior[f.test] = y[f.train].mean(axis=0)
+    return prior
+
+
+def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
+                   progress) -> float:
+    """The margin of `candidate.caution_margins` with the best inner best quality over the λ grid on
+    leave-one-task-out inner folds, one per task (on `folds` when rows carry fewer than two tasks); ties keep
+    the smaller margin. Best quality, not AUC: the margin trades a little of the cheap end of the curve for the
+    top (measured, docs/router.md), and the top under shift is what it is for."""
+    if len(candidate.caution_margins) == 1:
+        return float(candidate.caution_margins[0])
+    if tasks is not None and len(set(tasks)) > 1:
+        folds = leave_one_task_out_folds(prompts, tasks)
+        raw = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
+        kind = SplitKind.LEAVE_ONE_TASK_OUT
+    covered = np.concatenate([f.test for f in folds])
+    weights = row_weights(kind, None if tasks is None else [tasks[i] for i in covered], len(covered))
+    est = _cross_fitted(calibration_kind, raw, y, folds)[covered]
+    prior = _fold_priors(y, folds)[covered]
+    names = [str(j) for j in range(y.shape[1])]
+    rule = STRATEGIES[candidate.strategy].selection_rule
+    best = None
+    for margin in sorted(candidate.caution_margins):
+        caution = Caution(prior, np.full((len(covered), 1), float(margin)))
+        score = max(p.quality for p in sweep(est, y[covered], price, names, rule, cost_weights, weights, caution))
+        if best is None or score > best[0] + 1e-9:
+            best = (score, float(margin))
+    return best[1]
 
 
 def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress):
@@ -120,7 +175,9 @@ def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, nu
             score = auc(sweep(est, y[covered], price, names, rule, cost_weights, weights), low, high)
             if best is None or score > best[0] + 1e-9:  # ties keep the earlier (simpler) calibration
                 best = (score, cal)
-        scored.append(_Scored(candidate, best[1], best[0], _calibrate(best[1], raw[covered], y[covered])))
+        margin = _choose_margin(candidate, best[1], raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
+                                progress)
+        scored.append(_Scored(candidate, best[1], best[0], _calibrate(best[1], raw[covered], y[covered]), margin))
     return scored
 
 
@@ -146,7 +203,7 @@ def select_and_fit(
     best = _best(_score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress))
     model = best.candidate.fit(x, y, rng, tasks)
     progress(1)
-    return Choice(best.candidate, best.calibration_kind, best.inner_auc), model, best.calibration
+    return Choice(best.candidate, best.calibration_kind, best.inner_auc, best.caution_margin), model, best.calibration
 
 
 NESTED = "nested selection"
@@ -167,9 +224,10 @@ def nested_cross_validate(
     cost_weights: Sequence[float] = DEFAULT_COST_WEIGHTS,
     progress: Progress = lambda _: None,
 ) -> NestedResult:
-    """Out-of-fold estimates for every row under `kind`: one set per candidate (its calibration chosen on
-    inner folds) and one for the nested selection among them (`NESTED`: per outer fold, the candidate with
-    the best inner AUC). Each candidate is fitted once per outer fold, so the selection costs no extra fits.
+    """Out-of-fold estimates for every row under `kind`: one set per candidate (its calibration and caution
+    margin chosen on inner folds) and one for the nested selection among them (`NESTED`: per outer fold, the
+    candidate with the best inner AUC). Each candidate is fitted once per outer fold, so the selection costs no
+    extra fits (choosing a margin costs one inner fit per task).
 
     Raises LeakError if a fold would test on a prompt it trained on (checked, not assumed).
     """
@@ -179,6 +237,9 @@ def nested_cross_validate(
     rng = np.random.default_rng([seed, 1])
     out = {c.label: np.zeros_like(y, dtype=np.float32) for c in candidates}
     out[NESTED] = np.zeros_like(y, dtype=np.float32)
+    labels = [c.label for c in candidates] + [NESTED]
+    prior = _fold_priors(y, outer)
+    margins = {label: np.zeros((len(y), 1)) for label in labels}
     chosen: dict[str, str] = {}
     for fold in outer:
         sub_prompts = [prompts[i] for i in fold.train]
@@ -189,10 +250,13 @@ def nested_cross_validate(
             model = s.candidate.fit(x[fold.train], y[fold.train], rng, sub_tasks)
             progress(1)
             out[s.candidate.label][fold.test] = s.calibration.apply(model.predict(x[fold.test]))
+            margins[s.candidate.label][fold.test] = s.caution_margin
         best = _best(scored)
         out[NESTED][fold.test] = out[best.candidate.label][fold.test]
-        chosen[fold.name] = f"{best.candidate.label}+{best.calibration_kind.value}"
-    return NestedResult(kind, tuple(outer), out, row_weights(kind, tasks, len(prompts)), chosen)
+        margins[NESTED][fold.test] = best.caution_margin
+        chosen[fold.name] = _label(best.candidate, best.calibration_kind, best.caution_margin)
+    cautions = {label: Caution(prior, margins[label]) for label in labels}
+    return NestedResult(kind, tuple(outer), out, row_weights(kind, tasks, len(prompts)), chosen, cautions)
 
 
 def num_fits(num_candidates: int, num_outer_folds: int, num_inner_folds: int) -> int:

@@ -71,9 +71,12 @@ def save_router(router: Router, out_dir: Path | str, embedder_spec: dict[str, An
         "input_usd_per_mtok": [float(p) for p in input_usd],
         "output_usd_per_mtok": [float(p) for p in output_usd],
         "use_cheap_features": router.use_cheap_features,
+        "caution_margin": float(router.caution_margin),
         "embedder": embedder_spec,
         "report": report,
     }
+    if router.prior_quality is not None:
+        meta["prior_quality"] = [float(q) for q in router.prior_quality]
     (out / "router.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -120,6 +123,9 @@ def load_router(path: Path | str) -> Router:
         input_usd_per_mtok=io.get("input_usd_per_mtok"),
         output_usd_per_mtok=io.get("output_usd_per_mtok"),
         output_length=output_length,
+        # Routers saved before the conservative rule have neither: the plain rule.
+        prior_quality=np.asarray(meta["prior_quality"], np.float64) if "prior_quality" in meta else None,
+        caution_margin=float(meta.get("caution_margin", 0.0)),
     )
 
 

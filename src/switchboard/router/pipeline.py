@@ -51,6 +51,16 @@ BALANCED_CANDIDATES: tuple[Candidate, ...] = (
 )
 """The default ensemble trained on rows resampled so every task counts the same, as in the held-out mix."""
 
+CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
+"""The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
+margin is chosen on leave-one-task-out inner folds (`nested._choose_margin`)."""
+
+CAUTIOUS_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("ensemble-cautious", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05},
+              caution_margins=CAUTION_MARGINS),
+)
+"""The default ensemble under the conservative selection rule (`selection.Caution`)."""
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -101,7 +111,7 @@ def train_router(
     has_tasks = all(t is not None for t in tasks) and len(set(tasks)) > 1
     split = SplitKind.TASK_BALANCED if has_tasks else SplitKind.RANDOM
     rng = np.random.default_rng([settings.seed, 3])
-    evaluation, label, per_fold = None, "", {}
+    evaluation, label, per_fold, margin = None, "", {}, 0.0
     if settings.strategy is not None:
         chosen = settings.strategy
         model, calibration = fit_calibrated(chosen, x, y, rng, settings.calibration_folds, progress)
@@ -110,12 +120,13 @@ def train_router(
         task_arg = tasks if has_tasks else None
         cv = nested_cross_validate(settings.candidates, x, y, texts, task_arg, price, split, settings.seed,
                                    settings.folds, settings.calibration_folds, progress=progress)
-        predictions = {name: (pred, STRATEGIES[_strategy_of(settings.candidates, name)].selection_rule)
+        predictions = {name: (pred, STRATEGIES[_strategy_of(settings.candidates, name)].selection_rule,
+                              cv.cautions.get(name))
                        for name, pred in cv.predictions.items()}
         evaluation = evaluate(predictions, y, price, experts, np.random.default_rng([settings.seed, 2]), weights=cv.weights)
         choice, model, calibration = select_and_fit(settings.candidates, x, y, texts, task_arg, price, split, rng,
                                                     settings.calibration_folds, progress=progress)
-        chosen, label, per_fold = choice.candidate.strategy, choice.label, cv.chosen
+        chosen, label, per_fold, margin = choice.candidate.strategy, choice.label, cv.chosen, choice.caution_margin
     cheap = cheap_feature_matrix(texts)
     lengths = output_token_matrix(examples, experts)
     output_length = OutputLengthModel.fit(cheap, lengths) if np.isfinite(lengths).any() else None
@@ -124,6 +135,7 @@ def train_router(
         input_usd_per_mtok=np.asarray([prices[e].input_usd_per_mtok for e in experts]),
         output_usd_per_mtok=np.asarray([prices[e].output_usd_per_mtok for e in experts]),
         output_length=output_length,
+        prior_quality=y.mean(axis=0), caution_margin=margin,
     )
     return TrainResult(router, evaluation, chosen, label, split, per_fold)
 

@@ -48,7 +48,8 @@ def run_splits(
         result = nested_cross_validate(candidates, x, y, prompts, tasks, price, kind, seed, num_folds, num_inner_folds,
                                        progress=progress)
         rules = {c.label: STRATEGIES[c.strategy].selection_rule for c in candidates}
-        predictions = {name: (pred, rules.get(name, STRATEGIES[candidates[0].strategy].selection_rule))
+        predictions = {name: (pred, rules.get(name, STRATEGIES[candidates[0].strategy].selection_rule),
+                              result.cautions.get(name))
                        for name, pred in result.predictions.items()}
         ev = evaluate(predictions, y, price, experts, np.random.default_rng([seed, 2]), weights=result.weights)
         reports.append(SplitReport(kind, result, ev, clock() - started))
@@ -87,7 +88,8 @@ def preset_table(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndarra
         lam = OBJECTIVE_COST_WEIGHTS[objective]
         cells = []
         for rep in reports:
-            point = sweep(rep.result.predictions[NESTED], y, price, experts, cost_weights=(lam,), weights=rep.result.weights)[0]
+            point = sweep(rep.result.predictions[NESTED], y, price, experts, cost_weights=(lam,), weights=rep.result.weights,
+                          caution=rep.result.cautions.get(NESTED))[0]
             cells.append(f" | {'':18s} {point.quality:.4f} {point.usd_per_mtok:6.3f}")
         lines.append(f"{objective.value:10s} {lam:6.3f}" + "".join(cells))
     return "\n".join(lines)
@@ -98,7 +100,8 @@ def loto_task_rows(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndar
     rep = next((r for r in reports if r.kind is SplitKind.LEAVE_ONE_TASK_OUT), None)
     if rep is None:
         return None
-    return per_task_table(rep.result.predictions[NESTED], y, price, experts, tasks, cost_weight)
+    return per_task_table(rep.result.predictions[NESTED], y, price, experts, tasks, cost_weight,
+                          caution=rep.result.cautions.get(NESTED))
 
 
 def _row(rep: SplitReport, name: str):

@@ -18,7 +18,7 @@ from switchboard.router.calibration import Calibration
 from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, request_usd, request_usd_per_mtok
 from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
-from switchboard.router.selection import RankedCandidate, RoutingConstraints, choose, rank_candidates
+from switchboard.router.selection import Caution, RankedCandidate, RoutingConstraints, choose, rank_candidates
 from switchboard.router.strategies import QualityModel
 
 
@@ -77,10 +77,20 @@ class Router:
     input_usd_per_mtok: np.ndarray | None = None  # (m,); None: `usd_per_mtok` (routers saved before prices split)
     output_usd_per_mtok: np.ndarray | None = None
     output_length: OutputLengthModel | None = None  # None: the constant default (router.cost)
+    prior_quality: np.ndarray | None = None  # (m,) mean training score per expert; None: routers saved before it
+    caution_margin: float = 0.0  # the conservative rule's margin (`selection.Caution`); 0 or no prior: plain argmax
 
     @property
     def strategy(self) -> str:
         return self.model.name.value
+
+    def caution(self, known: Sequence[int] | None = None) -> Caution | None:
+        """The conservative rule over the experts at indices `known` (all by default), or None when off."""
+        if self.prior_quality is None or self.caution_margin <= 0:
+            return None
+        prior = np.asarray(self.prior_quality, np.float64)
+        prior = prior if known is None else prior[list(known)]
+        return Caution(prior, np.full(len(prior), float(self.caution_margin)))
 
     def predict_quality_from_features(self, x: np.ndarray) -> np.ndarray:
         return self.calibration.apply(self.model.predict(x))
@@ -145,8 +155,10 @@ class Router:
         full_in[known], full_out[known] = input_usd, output_usd
         per_mtok, usd = self.request_prices([prompt], cheap, full_in, full_out, max_output_tokens)
         traded, usd = per_mtok[0, known], usd[0, known]
-        ranking = tuple(rank_candidates(quality, price, names, constraints, traded))
-        index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :])
+        caution = self.caution(known)
+        ranking = tuple(rank_candidates(quality, price, names, constraints, traded, caution))
+        index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :],
+                                    caution)
         request_costs = {n: float(u) for n, u in zip(names, usd)}
         if not is_feasible[0]:
             reason = "no candidate satisfies the constraints (experts / max_usd_per_mtok / min_quality)"
@@ -155,6 +167,7 @@ class Router:
         reason = (
             f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * request usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
+            + (f"; a cheaper expert than the prior choice must gain {self.caution_margin:g}" if caution else "")
         )
         return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped, request_costs)
 
@@ -163,7 +176,8 @@ class Router:
         quality = self.predict_quality_from_features(x)
         cheap = x[:, -len(FEATURE_NAMES):] if self.use_cheap_features else cheap_feature_matrix(prompts)
         traded, _ = self.request_prices(prompts, cheap, *self.io_prices())
-        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule, traded)
+        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule, traded,
+                                    self.caution())
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
 
 

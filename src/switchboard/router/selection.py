@@ -4,6 +4,14 @@ Every strategy shares these. Utility is `quality − cost_weight · price` (pric
 constraints (allowed experts, a price cap, a quality floor) remove candidates before the choice. Ties go to the
 cheaper expert, then to the earlier one, which is what makes "a larger cost weight never picks a pricier expert"
 hold exactly. Batch functions work on (n, m) arrays for evaluation; `rank_candidates` serves one request.
+
+`Caution` makes the rule conservative: the *prior* expert — the best by mean training score net of λ, what a
+one-expert deployment would pick — is the default, and an expert priced below it wins only if its predicted
+quality, less a margin κ, still beats the prior's net of λ: a lower confidence bound on the gain of stepping
+down (safe policy improvement: leave the baseline policy only where the estimate is confident, Thomas et al.
+2015, Laroche et al. 2019; RouteLLM's threshold routing is the two-expert case). Experts priced at or above the
+prior carry no margin: under task shift it is the cheap experts' predicted wins that do not transfer (measured
+in docs/router.md; a margin on every challenger lost more on the held-out setting).
 """
 
 from __future__ import annotations
@@ -52,6 +60,30 @@ def feasible_mask(
     return mask
 
 
+@dataclass(frozen=True)
+class Caution:
+    """Step down from the prior choice to a cheaper expert only for a predicted gain above `margin`.
+
+    `prior` is each expert's mean training score, (m,) or per row (n, m); `margin` (m,), (n, 1) or (n, m), ≥ 0,
+    is what a cheaper expert's predicted quality must beat the prior expert's by, net of λ. Zero: the plain rule.
+    """
+
+    prior: np.ndarray
+    margin: np.ndarray
+
+
+def cautious_quality(quality: np.ndarray, caution: Caution, traded: np.ndarray, mask: np.ndarray, price: np.ndarray,
+                     cost_weight: float) -> np.ndarray:
+    """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice:
+    the feasible expert with the best prior net of λ (cheaper on ties), so constraints never leave a row
+    without its default."""
+    prior = np.broadcast_to(np.asarray(caution.prior, np.float64), quality.shape)
+    margin = np.broadcast_to(np.asarray(caution.margin, np.float64), quality.shape)
+    prior_index = _argmax_choice(prior - cost_weight * np.broadcast_to(traded, quality.shape), mask, price)
+    is_cheaper = price[None, :] < price[prior_index][:, None]
+    return np.where(is_cheaper, quality - margin, quality)
+
+
 def _tie_break_order(price: np.ndarray) -> np.ndarray:
     # Columns sorted cheapest first (stable), so argmax over reordered columns prefers the cheaper on ties.
     return np.argsort(price, kind="stable")
@@ -70,11 +102,14 @@ def choose(
     constraints: RoutingConstraints,
     rule: SelectionRule = SelectionRule.ARGMAX,
     request_price: np.ndarray | None = None,
+    caution: Caution | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chosen column per row and whether any candidate was feasible: (index (n,) int, is_feasible (n,) bool).
 
     `price` (m,) is the list price: the `max_usd_per_mtok` cap and tie-breaks use it. `request_price` (n, m),
     when given, is each request's own USD/Mtok (`router.cost`), which λ multiplies instead.
+    With `caution`, every expert priced below each row's prior choice is judged on its quality less the margin
+    (both rules; see `cautious_quality`).
     Where `is_feasible` is False the index is meaningless (0); callers must check it.
     """
     quality = np.atleast_2d(np.asarray(quality, dtype=np.float64))
@@ -83,6 +118,8 @@ def choose(
     is_feasible = mask.any(axis=1)
     lam = float(constraints.cost_weight)
     traded = price[None, :] if request_price is None else np.atleast_2d(np.asarray(request_price, np.float64))
+    if caution is not None:
+        quality = cautious_quality(quality, caution, traded, mask, price, lam)
     utility = quality - lam * traded
     if rule is SelectionRule.ARGMAX:
         index = _argmax_choice(utility, mask, price)
@@ -105,14 +142,20 @@ class RankedCandidate:
 
 def rank_candidates(
     quality: np.ndarray, price: np.ndarray, names: Sequence[str], constraints: RoutingConstraints,
-    request_price: np.ndarray | None = None,
+    request_price: np.ndarray | None = None, caution: Caution | None = None,
 ) -> list[RankedCandidate]:
-    """All candidates, feasible ones first, each group by utility descending (cheaper first on ties).
-    A candidate's `usd_per_mtok` is the price λ multiplied: `request_price` (m,) when given, else `price`."""
+    """All candidates, feasible ones first, each group by utility descending (cheaper first on ties), so the
+    first feasible one is `choose`'s pick under the argmax rule. A candidate's `usd_per_mtok` is the price λ multiplied:
+    `request_price` (m,) when given, else `price`; with `caution` its utility carries the margin, its
+    `predicted_quality` does not."""
     quality = np.asarray(quality, dtype=np.float64).reshape(-1)
     price = np.asarray(price, dtype=np.float64)
     traded = price if request_price is None else np.asarray(request_price, np.float64).reshape(-1)
     mask = feasible_mask(quality[None, :], price, names, constraints)[0]
-    utility = quality - constraints.cost_weight * traded
+    judged = quality
+    if caution is not None:
+        judged = cautious_quality(quality[None, :], caution, traded[None, :], mask[None, :], price,
+                                  constraints.cost_weight)[0]
+    utility = judged - constraints.cost_weight * traded
     order = sorted(range(len(names)), key=lambda j: (not mask[j], -utility[j], price[j], j))
     return [RankedCandidate(names[j], float(quality[j]), float(traded[j]), float(utility[j]), bool(mask[j])) for j in order]

@@ -1,0 +1,141 @@
+"""The conservative selection rule (`selection.Caution`): properties of the shared rule, the margin's choice on
+leave-one-task-out inner folds, and a router that carries it through save and load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from switchboard.router import load_router
+from switchboard.router.nested import Candidate, nested_cross_validate, select_and_fit
+from switchboard.router.pipeline import TrainSettings, train_router, write_router
+from switchboard.router.persist import builtin_static_dir
+from switchboard.router.protocol import SplitKind
+from switchboard.router.selection import Caution, RoutingConstraints, SelectionRule, choose, rank_candidates
+from switchboard.router.strategies import StrategyName
+
+from .helpers import PRICES, synthetic_examples
+from .test_protocol import corpus
+from .test_selection import constraint_sets, problems
+
+PRICE = np.array([0.1, 0.2, 0.9])
+NAMES = ["cheap", "mid", "big"]
+PRIOR = np.array([0.4, 0.5, 0.6])  # `big` is the prior choice at λ = 0
+
+
+def test_a_cheaper_expert_must_beat_the_prior_by_the_margin():
+    caution = Caution(PRIOR, np.full(3, 0.05))
+    lam0 = RoutingConstraints()
+    assert choose(np.array([[0.3, 0.64, 0.6]]), PRICE, NAMES, lam0)[0][0] == 1  # plain: any gain wins
+    assert choose(np.array([[0.3, 0.64, 0.6]]), PRICE, NAMES, lam0, caution=caution)[0][0] == 2  # 0.04 < 0.05
+    assert choose(np.array([[0.3, 0.66, 0.6]]), PRICE, NAMES, lam0, caution=caution)[0][0] == 1  # 0.06 > 0.05
+
+
+def test_experts_priced_at_or_above_the_prior_carry_no_margin():
+    # At λ = 0.3 the prior choice is `mid` (0.5 − 0.06 beats 0.6 − 0.27 and 0.4 − 0.03).
+    caution = Caution(PRIOR, np.full(3, 0.5))
+    quality = np.array([[0.9, 0.5, 0.9]])
+    assert choose(quality, PRICE, NAMES, RoutingConstraints(cost_weight=0.3), caution=caution)[0][0] == 2
+    assert choose(quality, PRICE, NAMES, RoutingConstraints(cost_weight=0.3))[0][0] == 0
+
+
+def test_the_prior_choice_respects_the_constraints():
+    # `big` is excluded, so the prior choice is `mid`, and `cheap` must beat it by the margin.
+    caution = Caution(PRIOR, np.full(3, 0.1))
+    only = RoutingConstraints(experts=frozenset({"cheap", "mid"}))
+    assert choose(np.array([[0.55, 0.5, 0.9]]), PRICE, NAMES, only, caution=caution)[0][0] == 1
+    assert choose(np.array([[0.65, 0.5, 0.9]]), PRICE, NAMES, only, caution=caution)[0][0] == 0
+
+
+@st.composite
+def cautions(draw, m):
+    prior = np.asarray(draw(st.lists(st.floats(0.0, 1.0), min_size=m, max_size=m)))
+    return Caution(prior, np.full(m, draw(st.floats(0.0, 0.5))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), rule=st.sampled_from(list(SelectionRule)))
+def test_caution_keeps_the_constraints_and_ranks_its_pick_first(data, rule):
+    quality, price, names = data.draw(problems())
+    constraints = data.draw(constraint_sets(names))
+    caution = data.draw(cautions(len(names)))
+    index, is_feasible = choose(quality, price, names, constraints, rule, caution=caution)
+    plain_index, plain_feasible = choose(quality, price, names, constraints, rule)
+    assert np.array_equal(is_feasible, plain_feasible)  # caution never changes what is allowed
+    for row in range(len(quality)):
+        if not is_feasible[row]:
+            continue
+        assert constraints.experts is None or names[index[row]] in constraints.experts
+        assert constraints.max_usd_per_mtok is None or price[index[row]] <= constraints.max_usd_per_mtok
+        if rule is SelectionRule.ARGMAX:  # the ranking the gateway fails over along starts with the pick
+            ranking = rank_candidates(quality[row], price, names, constraints, caution=caution)
+            assert next(c for c in ranking if c.is_feasible).expert == names[index[row]]
+    zero = Caution(caution.prior, np.zeros(len(names)))
+    assert np.array_equal(choose(quality, price, names, constraints, rule, caution=zero)[0], plain_index)
+
+
+def shifted_corpus(rng, per_task=30):
+    """Tasks come in pairs sharing one region of feature space: `cheap` wins the first of each pair (0.95) and
+    fails the second (0.1); `big` scores 0.7 everywhere. Trained without a pair's second task, a router sends
+    it to `cheap` on its neighbours' word and is wrong; the prior choice (`big`) is right."""
+    prompts, tasks, xs, ys = [], [], [], []
+    for pair in range(3):
+        for second in (False, True):
+            name = f"t{pair}{'b' if second else 'a'}"
+            for i in range(per_task):
+                prompts.append(f"{name} prompt {i}")
+                tasks.append(name)
+                centre = np.zeros(6)
+                centre[pair] = 3.0
+                xs.append(centre + 0.3 * rng.normal(size=6))
+                p = [0.1 if second else 0.95, 0.1, 0.7]
+                ys.append((rng.random(3) < p).astype(np.float32))
+    return prompts, tasks, np.asarray(xs, np.float32), np.asarray(ys, np.float32)
+
+
+@pytest.mark.parametrize("kind", [SplitKind.LEAVE_ONE_TASK_OUT, SplitKind.TASK_BALANCED])
+def test_the_margin_is_chosen_on_task_held_out_inner_folds(rng, kind):
+    """Whatever the outer split, the margin is chosen where tasks are held out one at a time, so the cheap wins
+    that do not transfer to an unseen task earn it; with one grid value there is nothing to choose."""
+    prompts, tasks, x, y = shifted_corpus(rng)
+    cautious = Candidate("knn", StrategyName.KNN, {"num_neighbours": 10}, caution_margins=(0.0, 0.5))
+    choice, _, _ = select_and_fit((cautious,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 3)
+    assert choice.caution_margin == 0.5 and choice.label.endswith("+margin0.5")
+    plain = Candidate("knn", StrategyName.KNN, {"num_neighbours": 10})
+    choice, _, _ = select_and_fit((plain,), x, y, prompts, tasks, PRICE, kind, np.random.default_rng(0), 3)
+    assert choice.caution_margin == 0.0 and "margin" not in choice.label
+
+
+def test_nested_cv_records_each_folds_margin_and_the_prior_per_row(rng):
+    prompts, tasks, x, y = corpus(rng)
+    candidates = (Candidate("knn", StrategyName.KNN, {"num_neighbours": 5}),
+                  Candidate("knn-cautious", StrategyName.KNN, {"num_neighbours": 5}, caution_margins=(0.0, 0.05, 0.2)))
+    result = nested_cross_validate(candidates, x, y, prompts, tasks, PRICE, SplitKind.TASK_BALANCED, seed=0, num_folds=3,
+                                   num_inner_folds=2)
+    assert set(result.cautions) == set(result.predictions)
+    assert not result.cautions["knn"].margin.any()
+    assert set(np.unique(result.cautions["knn-cautious"].margin)) <= {0.0, 0.05, 0.2}
+    for fold in result.folds:  # the prior of a test row is its outer training part's mean, never its own fold's
+        assert np.allclose(result.cautions["knn"].prior[fold.test], y[fold.train].mean(axis=0))
+
+
+def test_a_trained_router_carries_its_margin_and_prior_through_save_and_load(tmp_path, rng):
+    candidates = (Candidate("linear", StrategyName.LINEAR, {"epochs": 5}, caution_margins=(0.0, 0.3)),)
+    settings_ = TrainSettings(candidates=candidates, folds=2, calibration_folds=2, cache_dir=tmp_path / "cache")
+    examples = synthetic_examples(rng, 80)
+    result = train_router(examples, PRICES, settings_)
+    router = load_router(write_router(result, tmp_path / "router", settings_, 80, builtin_static_dir()))
+    assert router.caution_margin == result.router.caution_margin in (0.0, 0.3)
+    assert np.allclose(router.prior_quality, [np.mean([e.scores[n] for e in examples]) for n in router.experts])
+    forced = type(router)(**{**router.__dict__, "caution_margin": 1.0})  # a margin no gain can beat
+    prior_choice = router.experts[int(np.argmax(router.prior_quality))]
+    assert forced.route("How long should I boil pasta?").expert == prior_choice
+    meta = json.loads((tmp_path / "router" / "router.json").read_text())
+    del meta["prior_quality"], meta["caution_margin"]  # a router saved before the rule: the plain one
+    (tmp_path / "router" / "router.json").write_text(json.dumps(meta))
+    old = load_router(tmp_path / "router")
+    assert old.caution() is None
