@@ -1,9 +1,10 @@
 """A replica as a Ray actor, and the engine proxy the gateway calls it through.
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
-node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: `stream` is a Ray
-streaming generator, so each token reaches the gateway as soon as the engine yields it (tokens the engine
-yields faster than they are sent travel together, in one Ray object; none waits for a later one).
+node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: a stream is fetched
+in batches by plain actor calls (`OpenStreams`), each returning every event ready as soon as one is, so each
+token reaches the gateway as soon as the engine yields it (tokens the engine yields faster than they are fetched
+travel together; none waits for a later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,9 +56,15 @@ class ReplicaActor:
         self.expert_id = config.id
         self.engine = build_engine(config)
         self.is_started = False
-        self.num_completed = 0
+        self.num_completed_whole = 0
+        """Requests answered whole by `complete`."""
+        self.streams = OpenStreams()
+
+    @property
+    def num_completed(self) -> int:
         """Requests answered in full (`complete`, or a stream to its end): what a test compares with the answers
         clients got, to show that no request ran twice."""
+        return self.num_completed_whole + self.streams.num_completed
 
     async def start(self) -> Any:
         """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""
@@ -86,42 +95,119 @@ class ReplicaActor:
             completion = await self.engine.complete(request)
         except EngineError as exc:
             return RemoteEngineError.of(exc)
-        self.num_completed += 1
+        self.num_completed_whole += 1
         return completion
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[list[StreamEvent | RemoteEngineError]]:
-        """The engine's events in order, as lists: each list holds every event ready since the last one was
-        sent (one Ray object per list, not per token), and none waits for a later event. An engine failure is
-        the last item."""
-        ready: asyncio.Queue[StreamEvent | RemoteEngineError | None] = asyncio.Queue()
+    async def stream_open(self, request: GenerationRequest) -> StreamBatch:
+        """Starts streaming `request`; returns once at least one event is ready, with every event ready then."""
+        return await self.streams.open(self.engine.stream(request), self.expert_id)
+
+    async def stream_next(self, stream_id: int) -> StreamBatch:
+        """The events of stream `stream_id` ready since the last batch (waiting for at least one)."""
+        return await self.streams.next(stream_id)
+
+    def stream_cancel(self, stream_id: int) -> None:
+        """The caller went away: stop generating stream `stream_id`."""
+        self.streams.cancel(stream_id)
+
+
+STREAM_ABANDONED_AFTER_S = 600.0
+"""An open stream whose caller has not asked for its next batch for this long is taken for abandoned (its gateway
+died) and cancelled. Longer than `gateway.request_timeout_s`'s default (300 s): a live gateway asks again within
+a client's read of one batch, or cancels the stream when its client leaves."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """One answer of `ReplicaActor.stream_open` / `stream_next`: the events ready, in order (an engine failure
+    is the last one, as a `RemoteEngineError`), and the id to ask for the next batch with (None: the stream has
+    ended with these events)."""
+
+    stream_id: int | None
+    events: list[Any]
+
+
+class _OpenStream:
+    __slots__ = ("ready", "pump", "polled_at")
+
+    def __init__(self, ready: asyncio.Queue, pump: asyncio.Task, polled_at: float | None) -> None:
+        self.ready = ready
+        self.pump = pump
+        self.polled_at = polled_at
+        """When its last batch was handed out; None while a batch is being waited for."""
+
+
+class OpenStreams:
+    """A replica actor's streams in progress, answered in batches the caller asks for (issue 17: a Ray streaming
+    generator costs a task, a report per item and an end-of-stream message, about 1 ms and twice the CPU of a
+    plain actor call here; asking for batches costs one plain call per batch, and a stream whose events are all
+    ready at once, one call in all).
+
+    A batch holds every event ready when it is asked for and returns as soon as one is: no event waits for a
+    later one. The caller keeps one request in flight while it relays the previous batch, so an event produced
+    meanwhile leaves the replica at once. Engine errors end the stream as a `RemoteEngineError` event. Streams not
+    asked for within `abandoned_after_s` of their last batch are cancelled (checked whenever a stream opens).
+    """
+
+    def __init__(self, clock: Any = time.monotonic, abandoned_after_s: float = STREAM_ABANDONED_AFTER_S) -> None:
+        self.clock = clock
+        self.abandoned_after_s = abandoned_after_s
+        self._open: dict[int, _OpenStream] = {}
+        self._ids = itertools.count(1)
+        self.num_completed = 0
+        """Streams whose last batch was handed out without an engine error."""
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def open(self, events: AsyncIterator[StreamEvent], expert_id: str) -> StreamBatch:
+        self._cancel_abandoned()
+        ready: asyncio.Queue[Any] = asyncio.Queue()
 
         async def pump() -> None:
             try:
-                async for event in self.engine.stream(request):
+                async for event in events:
                     ready.put_nowait(event)
             except EngineError as exc:
                 ready.put_nowait(RemoteEngineError.of(exc))
             except Exception as exc:  # noqa: BLE001 — any engine bug reaches the client as a named 502, not a hang
-                ready.put_nowait(RemoteEngineError("EngineError", self.expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
+                ready.put_nowait(RemoteEngineError("EngineError", expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
             finally:
                 ready.put_nowait(None)
 
-        pumping = asyncio.create_task(pump())
+        stream_id = next(self._ids)
+        self._open[stream_id] = _OpenStream(ready, asyncio.create_task(pump()), self.clock())
+        return await self.next(stream_id)
+
+    async def next(self, stream_id: int) -> StreamBatch:
+        stream = self._open.get(stream_id)
+        if stream is None:
+            return StreamBatch(None, [RemoteEngineError("EngineError", "", f"stream {stream_id} is no longer open on this replica "
+                                                        "(cancelled, or abandoned for too long)", 502, "upstream_error")])
+        stream.polled_at = None
         try:
-            while True:
-                batch = [await ready.get()]
-                while not ready.empty():
-                    batch.append(ready.get_nowait())
-                ended = batch[-1] is None
-                events = [e for e in batch if e is not None]
-                if events:
-                    yield events
-                if ended:
-                    if not any(isinstance(e, RemoteEngineError) for e in events):
-                        self.num_completed += 1
-                    return
+            batch = [await stream.ready.get()]
         finally:
-            pumping.cancel()
+            stream.polled_at = self.clock()
+        while not stream.ready.empty():
+            batch.append(stream.ready.get_nowait())
+        if batch[-1] is not None:
+            return StreamBatch(stream_id, batch)
+        events = batch[:-1]
+        if self._open.pop(stream_id, None) is not None and not any(isinstance(e, RemoteEngineError) for e in events):
+            self.num_completed += 1  # (a cancelled stream was not answered in full)
+        return StreamBatch(None, events)
+
+    def cancel(self, stream_id: int) -> None:
+        stream = self._open.pop(stream_id, None)
+        if stream is not None:
+            stream.pump.cancel()
+            stream.ready.put_nowait(None)  # a batch being waited for returns (with what was ready)
+
+    def _cancel_abandoned(self) -> None:
+        now = self.clock()
+        for stream_id in [s for s, x in self._open.items() if x.polled_at is not None and now - x.polled_at > self.abandoned_after_s]:
+            self.cancel(stream_id)
 
 
 class RayReplicaEngine:
@@ -196,23 +282,28 @@ class RayReplicaEngine:
         return self.actor
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        import ray
+        """The replica's events, fetched in batches (`OpenStreams`): the next batch is asked for before this one
+        is relayed, so the replica never holds a ready event for want of a request."""
         from ray.exceptions import RayError
 
         actor = self._running_actor()
-        events = None
-        finished = False
+        stream_id = None
         try:
-            events = actor.stream.remote(request)  # raises at once if Ray already knows the actor is dead
-            async for ref in events:
-                for event in await ref:
+            batch = await actor.stream_open.remote(request)
+            while True:
+                stream_id = batch.stream_id
+                following = actor.stream_next.remote(stream_id) if stream_id is not None else None
+                for event in batch.events:
                     if isinstance(event, RemoteEngineError):
+                        stream_id = None  # it ended on the replica
                         raise event.to_exception()
                     yield event
-            finished = True
+                if following is None:
+                    return
+                batch = await following
         except RayError as exc:
-            finished = True
+            stream_id = None
             raise self._failure(exc) from None
         finally:
-            if not finished and events is not None:  # the client went away or an engine error ended it: stop generating on the replica
-                ray.cancel(events)
+            if stream_id is not None:  # the client went away or its deadline passed: stop generating on the replica
+                actor.stream_cancel.remote(stream_id)
