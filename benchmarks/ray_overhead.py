@@ -139,8 +139,9 @@ def _call_ceiling(address: str, duration_s: float) -> dict[int, float]:
     from switchboard.engines.base import GenerationRequest
 
     ray.init(address=address, namespace="switchboard-bench", include_dashboard=False, log_to_driver=False)
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"]]
+    # The first replica (autoscaling may have added more under the load before).
+    name = min(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"])
     actor = ray.get_actor(name, namespace="switchboard-bench")
     request = GenerationRequest("bench", "chat", json.loads(_body("instant", False)), 16, 4)
 

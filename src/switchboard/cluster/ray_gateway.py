@@ -3,7 +3,7 @@ surface (`lease`, `route`, `snapshot`, ...), over the control actor (`ray_contro
 
 The gateway joins (or creates) the detached control actor, long-polls its view of the fleet (the operator's view
 and the routing view, in one answer), assigns requests to warm replicas itself (`ray_routing.LocalRouter`) and
-reports them in batches; a request that needs a start, a queue or fleet-aware routing asks the actor, waiting for
+reports them in batches, as it does its fleet-aware routing decisions; a request that needs a start or a queue asks the actor, waiting for
 it while Ray restarts it (`cluster.control_restart_wait_s`). When a new incarnation of the actor answers, the
 gateway reports everything it has in flight to it.
 """
@@ -23,13 +23,14 @@ from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
 from switchboard.cluster.ray_limits import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
-from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Started
+from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.policies.control import ControlPlane
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.fleet import fleet_route, route_answer
 from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
 from switchboard.types import ExpertId, RequestId
@@ -194,10 +195,19 @@ class RemoteFleet:
                 raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
 
     async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
-        if not choice.candidates:
+        """Fleet-aware routing decided here, on this gateway's view, by the control actor's own function
+        (`fleet_route`), and reported to it in the next batch (at once when it wakes an expert, so the start
+        is not delayed): no call to wait for."""
+        model = self.router.model_at(time.time())
+        decision = None if model is None else fleet_route(self.router.plane, model, choice, self.expert_circuits.would_allow)
+        if decision is None:
             return choice.expert_id, {}
-        routed = await self._control(choice.expert_id, lambda: self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
-        return tuple(routed)  # type: ignore[return-value]
+        self.reports.add(Routed(model.now_s, choice.expert_id, decision))  # type: ignore[union-attr]
+        if decision.wake_expert_ids:
+            self._send_reports()
+        elif self.reports.is_due and self._report_due is not None:
+            self._report_due.set()
+        return route_answer(choice, decision)
 
     def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
         if expert_id in self.external:
