@@ -22,7 +22,7 @@ from typing import Any
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
 from switchboard.cluster.ray_limits import RayKeyLedger
-from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
+from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError, StreamChannel
 from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
@@ -97,6 +97,8 @@ class RemoteFleet:
         self.reports = LoadReports()
         self._engines: dict[str, RayReplicaEngine] = {}
         """Replica id -> the engine proxy this gateway calls it through (kept: it remembers a lost actor)."""
+        self._channels: dict[str, StreamChannel] = {}
+        """Replica id -> the channel this gateway's streams from it are fetched through."""
         self._report_due: asyncio.Event | None = None
         self._report_task: asyncio.Task | None = None
         self._refresh_task: asyncio.Task | None = None
@@ -231,7 +233,8 @@ class RemoteFleet:
             engine = self._engines.get(local.replica_id)
             if engine is None:
                 engine = self._engines[local.replica_id] = RayReplicaEngine(local.replica_id, r.expert_id, local.node_id,
-                                                                            make_actor=None, actor=local.actor)
+                                                                            make_actor=None, actor=local.actor,
+                                                                            channel=self._channel(local.replica_id, local.actor))
             return LiveReplica(local.replica_id, self._experts[r.expert_id], local.hardware, engine), False
         pending: list[Any] = []
 
@@ -256,8 +259,16 @@ class RemoteFleet:
             # The fleet changed since this gateway's last view (e.g. the replica just started for this request
             # became warm): catch up before answering, so the operator's view never lags what a client has seen.
             await self._sync_view(version)
-        engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
+        engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"],
+                                  channel=self._channel(info["replica_id"], info["actor"]))
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
+
+    def _channel(self, replica_id: str, actor: Any) -> StreamChannel:
+        """The one channel this gateway fetches `replica_id`'s streams through (all of them in one call)."""
+        channel = self._channels.get(replica_id)
+        if channel is None or channel.actor != actor:
+            channel = self._channels[replica_id] = StreamChannel(actor)
+        return channel
 
     def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
@@ -351,7 +362,9 @@ class RemoteFleet:
         }
         self._view = view
         self.router.install(routing)
+        leased = {replica_id for _, replica_id, _ in self._tokens.values()}
         self._engines = {r: e for r, e in self._engines.items() if r in routing.actors}  # gone replicas' proxies go
+        self._channels = {r: c for r, c in self._channels.items() if r in routing.actors or r in leased}
         if new is not None and old is not None and new[0] != old[0]:
             self._rejoin()
 

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,122 +99,228 @@ class ReplicaActor:
         self.num_completed_whole += 1
         return completion
 
-    async def stream_open(self, request: GenerationRequest) -> StreamBatch:
-        """Starts streaming `request`; returns once at least one event is ready, with every event ready then."""
-        return await self.streams.open(self.engine.stream(request), self.expert_id)
+    async def stream_open(self, request: GenerationRequest, channel_id: str, stream_id: int) -> StreamBatch:
+        """Starts streaming `request` as stream `stream_id` of the caller's `channel_id`; returns once at least
+        one event is ready, with every event ready then (later ones come from `stream_take`)."""
+        return await self.streams.open(self.engine.stream(request), self.expert_id, channel_id, stream_id)
 
-    async def stream_next(self, stream_id: int) -> StreamBatch:
-        """The events of stream `stream_id` ready since the last batch (waiting for at least one)."""
-        return await self.streams.next(stream_id)
+    async def stream_take(self, channel_id: str) -> list[StreamBatch]:
+        """The events ready on any stream of `channel_id` since the last take, one batch per stream (waiting
+        for at least one)."""
+        return await self.streams.take(channel_id)
 
-    def stream_cancel(self, stream_id: int) -> None:
-        """The caller went away: stop generating stream `stream_id`."""
-        self.streams.cancel(stream_id)
+    def stream_cancel(self, channel_id: str, stream_id: int) -> None:
+        """The caller went away: stop generating that stream."""
+        self.streams.cancel((channel_id, stream_id))
 
 
 STREAM_ABANDONED_AFTER_S = 600.0
-"""An open stream whose caller has not asked for its next batch for this long is taken for abandoned (its gateway
-died) and cancelled. Longer than `gateway.request_timeout_s`'s default (300 s): a live gateway asks again within
-a client's read of one batch, or cancels the stream when its client leaves."""
+"""An open stream whose channel has not taken its events for this long is taken for abandoned (its gateway died)
+and cancelled. Longer than `gateway.request_timeout_s`'s default (300 s): a live gateway keeps a take in flight
+while it has streams open, and cancels a stream when its client leaves."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamBatch:
-    """One answer of `ReplicaActor.stream_open` / `stream_next`: the events ready, in order (an engine failure
-    is the last one, as a `RemoteEngineError`), and the id to ask for the next batch with (None: the stream has
-    ended with these events)."""
+    """Events of one stream, in order (an engine failure is the last one, as a `RemoteEngineError`);
+    `is_last`: the stream has ended with these."""
 
-    stream_id: int | None
+    stream_id: int
     events: list[Any]
+    is_last: bool
 
 
 class _OpenStream:
-    __slots__ = ("ready", "pump", "polled_at")
+    __slots__ = ("ready", "pump", "is_in_channel")
 
-    def __init__(self, ready: asyncio.Queue, pump: asyncio.Task, polled_at: float | None) -> None:
+    def __init__(self, ready: asyncio.Queue, pump: asyncio.Task) -> None:
         self.ready = ready
         self.pump = pump
-        self.polled_at = polled_at
-        """When its last batch was handed out; None while a batch is being waited for."""
+        self.is_in_channel = False
+        """Its first batch was answered: later events are for `take`."""
+
+
+class _Channel:
+    __slots__ = ("ready_ids", "wake", "taken_at")
+
+    def __init__(self, taken_at: float) -> None:
+        self.ready_ids: dict[int, None] = {}  # ordered set: streams with events waiting
+        self.wake = asyncio.Event()
+        self.taken_at: float | None = taken_at
+        """When its last take returned; None while one is waiting."""
+
+
+StreamKey = tuple[str, int]  # (channel id, stream id)
 
 
 class OpenStreams:
-    """A replica actor's streams in progress, answered in batches the caller asks for (issue 17: a Ray streaming
-    generator costs a task, a report per item and an end-of-stream message, about 1 ms and twice the CPU of a
-    plain actor call here; asking for batches costs one plain call per batch, and a stream whose events are all
-    ready at once, one call in all).
+    """A replica actor's streams in progress, fetched in batches by plain actor calls (issue 17).
 
-    A batch holds every event ready when it is asked for and returns as soon as one is: no event waits for a
-    later one. The caller keeps one request in flight while it relays the previous batch, so an event produced
-    meanwhile leaves the replica at once. Engine errors end the stream as a `RemoteEngineError` event. Streams not
-    asked for within `abandoned_after_s` of their last batch are cancelled (checked whenever a stream opens).
+    A Ray streaming generator costs a task, a report per item and an end-of-stream message: about 1 ms and
+    twice the CPU of a plain actor call here. Here a stream's first batch is the answer to the call that opens
+    it (a stream ready at once, all of it: one call in all), and the rest of every stream a caller has open on
+    this replica (its *channel*: one per gateway process and replica) comes from one call in flight at a time,
+    `take`, which returns as soon as any of them has an event, with everything ready on all of them. So a
+    stream's events never wait for a later one, and 16 streams cost one call per round trip, not one per token.
+
+    Engine errors end a stream as a `RemoteEngineError` event. Streams of a channel that has not taken for
+    `abandoned_after_s` are cancelled (checked whenever a stream opens).
     """
 
     def __init__(self, clock: Any = time.monotonic, abandoned_after_s: float = STREAM_ABANDONED_AFTER_S) -> None:
         self.clock = clock
         self.abandoned_after_s = abandoned_after_s
-        self._open: dict[int, _OpenStream] = {}
-        self._ids = itertools.count(1)
+        self._open: dict[StreamKey, _OpenStream] = {}
+        self._channels: dict[str, _Channel] = {}
         self.num_completed = 0
         """Streams whose last batch was handed out without an engine error."""
 
     def __len__(self) -> int:
         return len(self._open)
 
-    async def open(self, events: AsyncIterator[StreamEvent], expert_id: str) -> StreamBatch:
+    def _channel(self, channel_id: str) -> _Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = self._channels[channel_id] = _Channel(self.clock())
+        return channel
+
+    async def open(self, events: AsyncIterator[StreamEvent], expert_id: str, channel_id: str, stream_id: int) -> StreamBatch:
         self._cancel_abandoned()
+        key = (channel_id, stream_id)
+        channel = self._channel(channel_id)
         ready: asyncio.Queue[Any] = asyncio.Queue()
+
+        def put(item: Any) -> None:
+            ready.put_nowait(item)
+            stream = self._open.get(key)
+            if stream is not None and stream.is_in_channel:
+                channel.ready_ids[stream_id] = None
+                channel.wake.set()
 
         async def pump() -> None:
             try:
                 async for event in events:
-                    ready.put_nowait(event)
+                    put(event)
             except EngineError as exc:
-                ready.put_nowait(RemoteEngineError.of(exc))
+                put(RemoteEngineError.of(exc))
             except Exception as exc:  # noqa: BLE001 — any engine bug reaches the client as a named 502, not a hang
-                ready.put_nowait(RemoteEngineError("EngineError", expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
+                put(RemoteEngineError("EngineError", expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
             finally:
-                ready.put_nowait(None)
+                put(None)
 
-        stream_id = next(self._ids)
-        self._open[stream_id] = _OpenStream(ready, asyncio.create_task(pump()), self.clock())
-        return await self.next(stream_id)
+        stream = self._open[key] = _OpenStream(ready, asyncio.create_task(pump()))
+        first = [await ready.get()]
+        batch = self._drain(key, stream, first)
+        if not batch.is_last:
+            stream.is_in_channel = True  # from now on its events wake the channel's take
+            if not ready.empty():
+                channel.ready_ids[stream_id] = None
+                channel.wake.set()
+        return batch
 
-    async def next(self, stream_id: int) -> StreamBatch:
-        stream = self._open.get(stream_id)
-        if stream is None:
-            return StreamBatch(None, [RemoteEngineError("EngineError", "", f"stream {stream_id} is no longer open on this replica "
-                                                        "(cancelled, or abandoned for too long)", 502, "upstream_error")])
-        stream.polled_at = None
-        try:
-            batch = [await stream.ready.get()]
-        finally:
-            stream.polled_at = self.clock()
+    def _drain(self, key: StreamKey, stream: _OpenStream, batch: list[Any]) -> StreamBatch:
         while not stream.ready.empty():
             batch.append(stream.ready.get_nowait())
-        if batch[-1] is not None:
-            return StreamBatch(stream_id, batch)
+        if not batch or batch[-1] is not None:
+            return StreamBatch(key[1], batch, False)
         events = batch[:-1]
-        if self._open.pop(stream_id, None) is not None and not any(isinstance(e, RemoteEngineError) for e in events):
+        if self._open.pop(key, None) is not None and not any(isinstance(e, RemoteEngineError) for e in events):
             self.num_completed += 1  # (a cancelled stream was not answered in full)
-        return StreamBatch(None, events)
+        return StreamBatch(key[1], events, True)
 
-    def cancel(self, stream_id: int) -> None:
-        stream = self._open.pop(stream_id, None)
+    async def take(self, channel_id: str) -> list[StreamBatch]:
+        """The events ready on the channel's streams, one batch per stream, as soon as there are any. Empty when woken by a cancel: the caller may have no stream left to wait for."""
+        channel = self._channel(channel_id)
+        channel.taken_at = None
+        try:
+            await channel.wake.wait()
+        finally:
+            channel.taken_at = self.clock()
+        channel.wake.clear()
+        ready_ids, channel.ready_ids = channel.ready_ids, {}
+        batches = []
+        for stream_id in ready_ids:
+            stream = self._open.get((channel_id, stream_id))
+            if stream is not None:
+                batch = self._drain((channel_id, stream_id), stream, [])
+                if batch.events or batch.is_last:
+                    batches.append(batch)
+        return batches
+
+    def cancel(self, key: StreamKey) -> None:
+        stream = self._open.pop(key, None)
         if stream is not None:
             stream.pump.cancel()
-            stream.ready.put_nowait(None)  # a batch being waited for returns (with what was ready)
+        channel = self._channels.get(key[0])
+        if channel is not None:
+            channel.wake.set()
 
     def _cancel_abandoned(self) -> None:
         now = self.clock()
-        for stream_id in [s for s, x in self._open.items() if x.polled_at is not None and now - x.polled_at > self.abandoned_after_s]:
-            self.cancel(stream_id)
+        for channel_id, channel in list(self._channels.items()):
+            if channel.taken_at is not None and now - channel.taken_at > self.abandoned_after_s:
+                del self._channels[channel_id]
+                for key in [k for k in self._open if k[0] == channel_id]:
+                    self.cancel(key)
+
+
+class StreamChannel:
+    """This process's streams from one replica actor (`OpenStreams`' caller side). Each stream's first batch
+    answers its `stream_open`; the rest of all of them comes from one `stream_take` call in flight at a time,
+    made while any is open, whose batches go to each stream's queue. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.channel_id = uuid.uuid4().hex
+        self._ids = itertools.count(1)
+        self._queues: dict[int, asyncio.Queue] = {}
+        self._taking: asyncio.Task | None = None
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent | RemoteEngineError]:
+        """The stream's events in order (an engine failure as a `RemoteEngineError`, last); a Ray error (the
+        actor or its node died) is raised. Closed early, it cancels the stream on the replica."""
+        stream_id = next(self._ids)
+        queue = self._queues[stream_id] = asyncio.Queue()  # before the open: a take may bring its events first
+        is_over = False
+        try:
+            batch = await self.actor.stream_open.remote(request, self.channel_id, stream_id)
+            while True:
+                if batch.is_last:
+                    is_over = True
+                elif self._taking is None:
+                    self._taking = asyncio.create_task(self._take_while_open())
+                for event in batch.events:
+                    yield event
+                if is_over:
+                    return
+                batch = await queue.get()
+                if isinstance(batch, BaseException):
+                    is_over = True  # the replica is gone: nothing to cancel there
+                    raise batch
+        finally:
+            self._queues.pop(stream_id, None)
+            if not is_over:  # the client went away or its deadline passed: stop generating on the replica
+                self.actor.stream_cancel.remote(self.channel_id, stream_id)
+
+    async def _take_while_open(self) -> None:
+        try:
+            while self._queues:
+                for batch in await self.actor.stream_take.remote(self.channel_id):
+                    queue = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
+                    if queue is not None:
+                        queue.put_nowait(batch)
+        except Exception as exc:  # noqa: BLE001 — a dead actor or node ends every stream open on it
+            for queue in self._queues.values():
+                queue.put_nowait(exc)
+        finally:
+            self._taking = None
 
 
 class RayReplicaEngine:
     """The `Engine` for a replica actor. `start` creates the actor (via `make_actor`) and waits for its engine."""
 
-    def __init__(self, replica_id: str, expert_id: str, node_id: str, make_actor: Any, actor: Any = None) -> None:
+    def __init__(self, replica_id: str, expert_id: str, node_id: str, make_actor: Any, actor: Any = None,
+                 channel: StreamChannel | None = None) -> None:
         self.replica_id = replica_id
         self.expert_id = expert_id
         self.node_id = node_id
@@ -221,6 +328,8 @@ class RayReplicaEngine:
         self.actor = actor
         self.last_cold_start: Any = None
         self.lost: str | None = None
+        self.channel = channel
+        """Where this engine's streams are fetched (pass one to share it with other engines for this actor)."""
 
     @property
     def is_running(self) -> bool:
@@ -282,28 +391,16 @@ class RayReplicaEngine:
         return self.actor
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """The replica's events, fetched in batches (`OpenStreams`): the next batch is asked for before this one
-        is relayed, so the replica never holds a ready event for want of a request."""
+        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's streams on it)."""
         from ray.exceptions import RayError
 
-        actor = self._running_actor()
-        stream_id = None
+        self._running_actor()
+        if self.channel is None or self.channel.actor != self.actor:
+            self.channel = StreamChannel(self.actor)
         try:
-            batch = await actor.stream_open.remote(request)
-            while True:
-                stream_id = batch.stream_id
-                following = actor.stream_next.remote(stream_id) if stream_id is not None else None
-                for event in batch.events:
-                    if isinstance(event, RemoteEngineError):
-                        stream_id = None  # it ended on the replica
-                        raise event.to_exception()
-                    yield event
-                if following is None:
-                    return
-                batch = await following
+            async for event in self.channel.stream(request):
+                if isinstance(event, RemoteEngineError):
+                    raise event.to_exception()
+                yield event
         except RayError as exc:
-            stream_id = None
             raise self._failure(exc) from None
-        finally:
-            if stream_id is not None:  # the client went away or its deadline passed: stop generating on the replica
-                actor.stream_cancel.remote(stream_id)
