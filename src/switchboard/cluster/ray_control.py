@@ -270,9 +270,10 @@ class ControlActor:
     # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
 
     async def report(self, gateway_id: str, events: list[Started | Ended | Routed]) -> None:
-        """What `gateway_id` routed and started on warm replicas it chose itself, and what of it ended, in order: counted
-        in the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine,
-        stops and replaces the replica). A start on a replica no longer warm here is not counted, nor its end."""
+        """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted in
+        the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine, stops
+        and replaces the replica). A start on a replica no longer warm here is not counted, nor its end. Its
+        routing decisions (`Routed`) are recorded as this fleet's own."""
         self._heard_from(gateway_id)
         fleet = await self._started()
         adopted = self._adopted.setdefault(gateway_id, {})

@@ -3,8 +3,8 @@ surface (`lease`, `route`, `snapshot`, ...), over the control actor (`ray_contro
 
 The gateway joins (or creates) the detached control actor, long-polls its view of the fleet (the operator's view
 and the routing view, in one answer), assigns requests to warm replicas itself (`ray_routing.LocalRouter`) and
-reports them in batches, as it does its fleet-aware routing decisions; a request that needs a start or a queue asks the actor, waiting for
-it while Ray restarts it (`cluster.control_restart_wait_s`). When a new incarnation of the actor answers, the
+routes `model: auto` requests itself, reporting both in batches; a request that needs a start or a queue asks the
+actor, waiting for it while Ray restarts it (`cluster.control_restart_wait_s`). When a new incarnation of the actor answers, the
 gateway reports everything it has in flight to it.
 """
 

@@ -2,9 +2,10 @@
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
 node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: a stream is fetched
-in batches by plain actor calls (`OpenStreams`), each returning every event ready as soon as one is, so each
-token reaches the gateway as soon as the engine yields it (tokens the engine yields faster than they are fetched
-travel together; none waits for a later one).
+in batches by plain actor calls (`OpenStreams` on the replica, `StreamChannel` in the gateway: one call in flight
+brings the ready events of all of a gateway's streams on the replica), each returning as soon as one event is
+ready, so each token reaches the gateway as soon as the engine yields it (tokens the engine yields faster than
+they are fetched travel together; none waits for a later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
@@ -229,7 +230,8 @@ class OpenStreams:
         return StreamBatch(key[1], events, True)
 
     async def take(self, channel_id: str) -> list[StreamBatch]:
-        """The events ready on the channel's streams, one batch per stream, as soon as there are any. Empty when woken by a cancel: the caller may have no stream left to wait for."""
+        """The events ready on the channel's streams, one batch per stream, as soon as there are any. Empty when
+        woken by a cancel: the caller may have no stream left to wait for."""
         channel = self._channel(channel_id)
         channel.taken_at = None
         try:
