@@ -302,7 +302,10 @@ class StreamChannel:
         finally:
             self._queues.pop(stream_id, None)
             if not is_over:  # the client went away or its deadline passed: stop generating on the replica
-                self.actor.stream_cancel.remote(self.channel_id, stream_id)
+                try:
+                    self.actor.stream_cancel.remote(self.channel_id, stream_id)
+                except Exception:  # noqa: BLE001 — Ray knows the actor is gone: nothing left generating there
+                    pass
 
     async def _take_while_open(self) -> None:
         try:

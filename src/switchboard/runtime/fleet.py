@@ -49,9 +49,9 @@ from switchboard.policies.actions import (
 )
 from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
+from switchboard.policies.control import ControlPlane
 from switchboard.policies.loop import ControlLoop
 from switchboard.policies.placement import Unplaceable
-from switchboard.policies.control import ControlPlane
 from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
