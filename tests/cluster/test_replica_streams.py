@@ -1,4 +1,4 @@
-"""A replica actor's streams fetched in batches (`ray_replica.OpenStreams` on the replica, `StreamChannel` in the
+"""A replica actor's streams fetched in batches (`ray_streams.OpenStreams` on the replica, `StreamChannel` in the
 gateway), without Ray: every event arrives once and in order, a batch returns as soon as one event is ready
 (never waiting for a later one), many streams share one take, engine failures end a stream as a value, and
 cancelled or abandoned streams stop generating."""
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from switchboard.cluster.ray_replica import OpenStreams, RemoteEngineError, ReplicaActor, StreamChannel
+from switchboard.cluster.ray_replica import ReplicaActor
+from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, TextDelta, Usage
 
 
