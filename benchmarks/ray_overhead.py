@@ -5,7 +5,7 @@ L4 timing, to show the overhead relative to a real answer's duration), streaming
 16, prints requests/s and p50 latency (streams: also p50 time to first byte) embedded and on Ray, the ratio
 Ray/embedded and the added p50 latency. On Ray a gateway assigns a request to a warm replica itself, from the
 view the control actor pushes (docs/ray.md, "Local decisions"): the answer comes from the replica actor (another
-process; one actor call), and each streamed batch of tokens is one Ray object.
+process; one actor call), and a stream is fetched in batches of ready tokens by plain actor calls.
 
 Both sides run for the whole benchmark (the embedded gateway, and the Ray cluster with its gateways) and each
 cell is measured in rounds alternating the order (embedded, Ray 1..N gateways; then Ray N..1, embedded; ...:
@@ -139,8 +139,9 @@ def _call_ceiling(address: str, duration_s: float) -> dict[int, float]:
     from switchboard.engines.base import GenerationRequest
 
     ray.init(address=address, namespace="switchboard-bench", include_dashboard=False, log_to_driver=False)
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"]]
+    # The first replica (autoscaling may have added more under the load before).
+    name = min(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "switchboard-bench" and "/instant#" in a["name"])
     actor = ray.get_actor(name, namespace="switchboard-bench")
     request = GenerationRequest("bench", "chat", json.loads(_body("instant", False)), 16, 4)
 

@@ -218,3 +218,37 @@ async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_
             assert exc.status == 503 and "control" in exc.message
         else:
             raise AssertionError("admitted without checking the key's limits")
+
+
+async def test_a_gateway_routes_auto_requests_itself_as_the_control_actor_would_and_reports_the_wake_ups():
+    from types import SimpleNamespace
+
+    from switchboard.cluster.ray_routing import Routed
+    from switchboard.runtime.fleet import fleet_route, route_answer
+
+    actor = await started_actor()
+    try:
+        router = gateway_router()
+        router.install(await routing_view(actor, "gw"))
+        # The router prefers the cold expert; a warm one close in quality answers while it wakes (cold-start hiding).
+        choice = SimpleNamespace(expert_id="cold", candidates=(("e", 0.85, 1.0), ("cold", 0.9, 1.0)), cost_weight=None, stand_ins=())
+        model = router.model_at(actor.fleet.model.now_s)
+        decision = fleet_route(router.plane, model, choice, lambda expert_id: True)
+        here = route_answer(choice, decision)
+        assert here == route_answer(choice, fleet_route(actor.fleet.loop.plane, actor.fleet.model, choice, lambda expert_id: True))
+        assert here[0] == "e" and here[1]["waking"] == ["cold"]
+        assert not actor.fleet.model.replicas_of("cold")
+
+        # Reported, the control actor records the decision as its own and starts what it wakes.
+        await actor.report("gw", [Routed(model.now_s, choice.expert_id, decision)])
+        assert any(d["action"] == "Route" and d["expert"] == "e" for d in actor.fleet.decisions)
+        for _ in range(1000):
+            if actor.fleet.model.warm_replicas_of("cold"):
+                break
+            await asyncio.sleep(0.01)
+        assert actor.fleet.model.warm_replicas_of("cold")
+        # Nothing to decide (no candidates, or every circuit open): the router's pick stands.
+        assert fleet_route(router.plane, model, choice, lambda expert_id: False) is None
+        assert fleet_route(router.plane, model, SimpleNamespace(expert_id="e", candidates=()), lambda expert_id: True) is None
+    finally:
+        await actor.shutdown()

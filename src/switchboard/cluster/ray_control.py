@@ -27,13 +27,12 @@ import json
 import logging
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_limits import KeyCounts
 from switchboard.cluster.ray_replica import RemoteEngineError
-from switchboard.cluster.ray_routing import Ended, RoutingView, Started, without_requests
+from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Started, without_requests
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
 from switchboard.runtime.fleet import LiveFleet
@@ -214,9 +213,6 @@ class ControlActor:
         assert self.fleet is not None, "start() first"
         return self.fleet
 
-    async def route(self, expert_id: str, candidates: tuple, cost_weight: float | None) -> tuple[str, dict[str, Any]]:
-        return await (await self._started()).route(SimpleNamespace(expert_id=expert_id, candidates=candidates, cost_weight=cost_weight))
-
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
                       gateway_id: str = "") -> tuple:
         """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not.
@@ -273,15 +269,18 @@ class ControlActor:
 
     # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
 
-    async def report(self, gateway_id: str, events: list[Started | Ended]) -> None:
-        """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted
-        in the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine,
-        stops and replaces the replica). A start on a replica no longer warm here is not counted, nor its end."""
+    async def report(self, gateway_id: str, events: list[Started | Ended | Routed]) -> None:
+        """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted in
+        the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine, stops
+        and replaces the replica). A start on a replica no longer warm here is not counted, nor its end. Its
+        routing decisions (`Routed`) are recorded as this fleet's own."""
         self._heard_from(gateway_id)
         fleet = await self._started()
         adopted = self._adopted.setdefault(gateway_id, {})
         for event in events:
-            if isinstance(event, Started):
+            if isinstance(event, Routed):
+                fleet.record_route(event.at_s, event.preferred, event.decision)
+            elif isinstance(event, Started):
                 request = event.request
                 if request.request_id not in adopted:
                     lease = Lease(fleet, request.expert_id, request)

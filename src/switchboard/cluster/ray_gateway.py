@@ -3,8 +3,8 @@ surface (`lease`, `route`, `snapshot`, ...), over the control actor (`ray_contro
 
 The gateway joins (or creates) the detached control actor, long-polls its view of the fleet (the operator's view
 and the routing view, in one answer), assigns requests to warm replicas itself (`ray_routing.LocalRouter`) and
-reports them in batches; a request that needs a start, a queue or fleet-aware routing asks the actor, waiting for
-it while Ray restarts it (`cluster.control_restart_wait_s`). When a new incarnation of the actor answers, the
+routes `model: auto` requests itself, reporting both in batches; a request that needs a start or a queue asks the
+actor, waiting for it while Ray restarts it (`cluster.control_restart_wait_s`). When a new incarnation of the actor answers, the
 gateway reports everything it has in flight to it.
 """
 
@@ -23,13 +23,15 @@ from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
 from switchboard.cluster.ray_limits import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
-from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Started
+from switchboard.cluster.ray_streams import StreamChannel
+from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.policies.control import ControlPlane
 from switchboard.runtime.circuits import CircuitBoard
+from switchboard.runtime.fleet import fleet_route, route_answer
 from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
 from switchboard.types import ExpertId, RequestId
@@ -96,6 +98,8 @@ class RemoteFleet:
         self.reports = LoadReports()
         self._engines: dict[str, RayReplicaEngine] = {}
         """Replica id -> the engine proxy this gateway calls it through (kept: it remembers a lost actor)."""
+        self._channels: dict[str, StreamChannel] = {}
+        """Replica id -> the channel this gateway's streams from it are fetched through."""
         self._report_due: asyncio.Event | None = None
         self._report_task: asyncio.Task | None = None
         self._refresh_task: asyncio.Task | None = None
@@ -194,10 +198,19 @@ class RemoteFleet:
                 raise EngineUnavailable(expert_id, f"the control actor '{self.settings.control_actor}' is unreachable: {str(exc).splitlines()[0]}") from None
 
     async def route(self, choice: Any) -> tuple[str, dict[str, Any]]:
-        if not choice.candidates:
+        """Fleet-aware routing decided here, on this gateway's view, by the control actor's own function
+        (`fleet_route`), and reported to it in the next batch (at once when it wakes an expert, so the start
+        is not delayed): no call to wait for."""
+        model = self.router.model_at(time.time())
+        decision = None if model is None else fleet_route(self.router.plane, model, choice, self.expert_circuits.would_allow)
+        if decision is None:
             return choice.expert_id, {}
-        routed = await self._control(choice.expert_id, lambda: self._actor.route.remote(choice.expert_id, tuple(choice.candidates), choice.cost_weight))
-        return tuple(routed)  # type: ignore[return-value]
+        self.reports.add(Routed(model.now_s, choice.expert_id, decision))  # type: ignore[union-attr]
+        if decision.wake_expert_ids:
+            self._send_reports()
+        elif self.reports.is_due and self._report_due is not None:
+            self._report_due.set()
+        return route_answer(choice, decision)
 
     def lease(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str = "") -> Lease:
         if expert_id in self.external:
@@ -221,7 +234,8 @@ class RemoteFleet:
             engine = self._engines.get(local.replica_id)
             if engine is None:
                 engine = self._engines[local.replica_id] = RayReplicaEngine(local.replica_id, r.expert_id, local.node_id,
-                                                                            make_actor=None, actor=local.actor)
+                                                                            make_actor=None, actor=local.actor,
+                                                                            channel=self._channel(local.replica_id, local.actor))
             return LiveReplica(local.replica_id, self._experts[r.expert_id], local.hardware, engine), False
         pending: list[Any] = []
 
@@ -246,8 +260,16 @@ class RemoteFleet:
             # The fleet changed since this gateway's last view (e.g. the replica just started for this request
             # became warm): catch up before answering, so the operator's view never lags what a client has seen.
             await self._sync_view(version)
-        engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"])
+        engine = RayReplicaEngine(info["replica_id"], r.expert_id, info["node_id"], make_actor=None, actor=info["actor"],
+                                  channel=self._channel(info["replica_id"], info["actor"]))
         return LiveReplica(info["replica_id"], self._experts[r.expert_id], info["hardware"], engine), bool(info["was_cold"])
+
+    def _channel(self, replica_id: str, actor: Any) -> StreamChannel:
+        """The one channel this gateway fetches `replica_id`'s streams through (all of them in one call)."""
+        channel = self._channels.get(replica_id)
+        if channel is None or channel.actor != actor:
+            channel = self._channels[replica_id] = StreamChannel(actor)
+        return channel
 
     def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)
@@ -341,7 +363,9 @@ class RemoteFleet:
         }
         self._view = view
         self.router.install(routing)
+        leased = {replica_id for _, replica_id, _ in self._tokens.values()}
         self._engines = {r: e for r, e in self._engines.items() if r in routing.actors}  # gone replicas' proxies go
+        self._channels = {r: c for r, c in self._channels.items() if r in routing.actors or r in leased}
         if new is not None and old is not None and new[0] != old[0]:
             self._rejoin()
 

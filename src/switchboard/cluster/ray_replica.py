@@ -1,9 +1,11 @@
 """A replica as a Ray actor, and the engine proxy the gateway calls it through.
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
-node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: `stream` is a Ray
-streaming generator, so each token reaches the gateway as soon as the engine yields it (tokens the engine
-yields faster than they are sent travel together, in one Ray object; none waits for a later one).
+node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: a stream is fetched
+in batches by plain actor calls (`ray_streams`: one call in flight brings the ready events of all of a gateway's
+streams on the replica), each returning as soon as one event is ready, so each token reaches the gateway as soon
+as the engine yields it (tokens the engine yields faster than they are fetched travel together; none waits for a
+later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
@@ -12,35 +14,12 @@ which the fleet treats like a dead engine process (the replica is stopped and re
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamBatch, StreamChannel
 from switchboard.config.schema import ExpertConfig
-from switchboard.engines import base as engine_base
 from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RemoteEngineError:
-    """An `EngineError` raised inside a replica actor, as a value that survives pickling."""
-
-    error_type: str
-    expert_id: str
-    detail: str
-    status: int
-    code: str
-
-    @classmethod
-    def of(cls, exc: EngineError) -> "RemoteEngineError":
-        return cls(type(exc).__name__, exc.expert_id, exc.detail, exc.status, exc.code)
-
-    def to_exception(self) -> EngineError:
-        error_class = getattr(engine_base, self.error_type, EngineError)
-        if not (isinstance(error_class, type) and issubclass(error_class, EngineError)):
-            error_class = EngineError
-        return error_class(self.expert_id, self.detail, status=self.status, code=self.code)
 
 
 class ReplicaActor:
@@ -53,9 +32,15 @@ class ReplicaActor:
         self.expert_id = config.id
         self.engine = build_engine(config)
         self.is_started = False
-        self.num_completed = 0
+        self.num_completed_whole = 0
+        """Requests answered whole by `complete`."""
+        self.streams = OpenStreams()
+
+    @property
+    def num_completed(self) -> int:
         """Requests answered in full (`complete`, or a stream to its end): what a test compares with the answers
         clients got, to show that no request ran twice."""
+        return self.num_completed_whole + self.streams.num_completed
 
     async def start(self) -> Any:
         """Starts the engine; returns its cold-start anatomy (or None), or a RemoteEngineError."""
@@ -86,48 +71,29 @@ class ReplicaActor:
             completion = await self.engine.complete(request)
         except EngineError as exc:
             return RemoteEngineError.of(exc)
-        self.num_completed += 1
+        self.num_completed_whole += 1
         return completion
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[list[StreamEvent | RemoteEngineError]]:
-        """The engine's events in order, as lists: each list holds every event ready since the last one was
-        sent (one Ray object per list, not per token), and none waits for a later event. An engine failure is
-        the last item."""
-        ready: asyncio.Queue[StreamEvent | RemoteEngineError | None] = asyncio.Queue()
+    async def stream_open(self, request: GenerationRequest, channel_id: str, stream_id: int) -> StreamBatch:
+        """Starts streaming `request` as stream `stream_id` of the caller's `channel_id`; returns once at least
+        one event is ready, with every event ready then (later ones come from `stream_take`)."""
+        return await self.streams.open(self.engine.stream(request), self.expert_id, channel_id, stream_id)
 
-        async def pump() -> None:
-            try:
-                async for event in self.engine.stream(request):
-                    ready.put_nowait(event)
-            except EngineError as exc:
-                ready.put_nowait(RemoteEngineError.of(exc))
-            except Exception as exc:  # noqa: BLE001 — any engine bug reaches the client as a named 502, not a hang
-                ready.put_nowait(RemoteEngineError("EngineError", self.expert_id, f"{type(exc).__name__}: {exc}", 502, "upstream_error"))
-            finally:
-                ready.put_nowait(None)
+    async def stream_take(self, channel_id: str) -> list[StreamBatch]:
+        """The events ready on any stream of `channel_id` since the last take, one batch per stream (waiting
+        for at least one)."""
+        return await self.streams.take(channel_id)
 
-        pumping = asyncio.create_task(pump())
-        try:
-            while True:
-                batch = [await ready.get()]
-                while not ready.empty():
-                    batch.append(ready.get_nowait())
-                ended = batch[-1] is None
-                events = [e for e in batch if e is not None]
-                if events:
-                    yield events
-                if ended:
-                    if not any(isinstance(e, RemoteEngineError) for e in events):
-                        self.num_completed += 1
-                    return
-        finally:
-            pumping.cancel()
+    def stream_cancel(self, channel_id: str, stream_id: int) -> None:
+        """The caller went away: stop generating that stream."""
+        self.streams.cancel((channel_id, stream_id))
 
 
 class RayReplicaEngine:
     """The `Engine` for a replica actor. `start` creates the actor (via `make_actor`) and waits for its engine."""
 
-    def __init__(self, replica_id: str, expert_id: str, node_id: str, make_actor: Any, actor: Any = None) -> None:
+    def __init__(self, replica_id: str, expert_id: str, node_id: str, make_actor: Any, actor: Any = None,
+                 channel: StreamChannel | None = None) -> None:
         self.replica_id = replica_id
         self.expert_id = expert_id
         self.node_id = node_id
@@ -135,6 +101,8 @@ class RayReplicaEngine:
         self.actor = actor
         self.last_cold_start: Any = None
         self.lost: str | None = None
+        self.channel = channel
+        """Where this engine's streams are fetched (pass one to share it with other engines for this actor)."""
 
     @property
     def is_running(self) -> bool:
@@ -196,23 +164,16 @@ class RayReplicaEngine:
         return self.actor
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        import ray
+        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's streams on it)."""
         from ray.exceptions import RayError
 
-        actor = self._running_actor()
-        events = None
-        finished = False
+        self._running_actor()
+        if self.channel is None or self.channel.actor != self.actor:
+            self.channel = StreamChannel(self.actor)
         try:
-            events = actor.stream.remote(request)  # raises at once if Ray already knows the actor is dead
-            async for ref in events:
-                for event in await ref:
-                    if isinstance(event, RemoteEngineError):
-                        raise event.to_exception()
-                    yield event
-            finished = True
+            async for event in self.channel.stream(request):
+                if isinstance(event, RemoteEngineError):
+                    raise event.to_exception()
+                yield event
         except RayError as exc:
-            finished = True
             raise self._failure(exc) from None
-        finally:
-            if not finished and events is not None:  # the client went away or an engine error ended it: stop generating on the replica
-                ray.cancel(events)

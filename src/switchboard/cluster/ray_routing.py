@@ -7,7 +7,9 @@ own fast path (`ControlPlane.admit_fast`: the configured admission and balance p
 choices or prefix affinity on the cached loads), over that model plus this gateway's own requests in flight.
 When the answer is a warm replica with a free sequence slot and no queue, the gateway calls that replica actor
 itself: one actor call per request. Anything else (a start, a queue behind a start, a rejection) goes to the
-control actor, which decides it as before.
+control actor, which decides it as before. Fleet-aware routing of `model: auto` requests is decided here too, on
+the same model, with the same pure function as the control actor (`runtime.fleet.fleet_route`), and reported
+(`Routed`) so that the control actor's pre-warming and wake-ups see it.
 
 What the gateway started and finished reaches the control actor as `Started` / `Ended` events in batches
 (`LoadReports`): every `REPORT_INTERVAL_S`, or once `REPORT_MAX_EVENTS` are pending, and at once after an
@@ -27,6 +29,7 @@ from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, ReplicaLoad
 from switchboard.policies.actions import AssignRequest
 from switchboard.policies.control import ControlPlane
+from switchboard.policies.routing import RouteDecision
 from switchboard.types import ReplicaId, ReplicaState
 
 POLL_INTERVAL_S = 0.5
@@ -67,6 +70,17 @@ class Ended:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Routed:
+    """The gateway made a fleet-aware routing decision (`model: auto`) itself, on its view, at `at_s`: the
+    control actor records it as its own (`LiveFleet.record_route`: pre-warming's demand, wake-ups, the log)."""
+
+    at_s: float
+    preferred: str
+    """The router's own pick."""
+    decision: RouteDecision
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LocalAssignment:
     replica_id: str
     actor: Any
@@ -101,12 +115,19 @@ class LocalRouter:
             return model
         return model.evolve(replicas={r: x for r, x in model.replicas.items() if r not in self._lost})
 
+    def model_at(self, now_s: float) -> FleetSnapshot | None:
+        """The fleet model this gateway decides on (its own requests counted), advanced to `now_s`; None before
+        the first view."""
+        if self._model is None:
+            return None
+        return ops.at_time(self._model, max(now_s, self._model.now_s))
+
     def assign(self, request: QueuedRequest, now_s: float) -> LocalAssignment | None:
         """The warm replica `request` runs on, chosen here and counted as running on it; None when the control
         actor must decide (no view yet, a start or queue is needed, the policies reject, the replica is full)."""
-        if self._model is None or self.view is None:
+        model = self.model_at(now_s)
+        if model is None or self.view is None:
             return None
-        model = ops.at_time(self._model, max(now_s, self._model.now_s))
         fast = self.plane.admit_fast(model, request, self.rng)
         if fast.needs_step or len(fast.actions) != 1 or not isinstance(fast.actions[0], AssignRequest):
             return None
@@ -169,9 +190,9 @@ class LoadReports:
     """The events a gateway has not sent yet, in the order they happened."""
 
     def __init__(self) -> None:
-        self._pending: list[Started | Ended] = []
+        self._pending: list[Started | Ended | Routed] = []
 
-    def add(self, event: Started | Ended) -> None:
+    def add(self, event: Started | Ended | Routed) -> None:
         self._pending.append(event)
 
     @property
@@ -179,6 +200,6 @@ class LoadReports:
         """Enough events for a batch of their own."""
         return len(self._pending) >= REPORT_MAX_EVENTS
 
-    def take(self) -> list[Started | Ended]:
+    def take(self) -> list[Started | Ended | Routed]:
         taken, self._pending = self._pending, []
         return taken

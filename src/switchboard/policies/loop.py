@@ -111,11 +111,16 @@ class ControlLoop:
         rate: `RoutingPolicy.route`); `preferred` (the router's own pick) feeds route-aware pre-warming, and
         experts the decision wakes (cold-start hiding) are started by the next step, which is then due at once
         (`step_is_due`)."""
-        self.predicted(snapshot.now_s, preferred)
         decision = self.plane.route(snapshot, candidates, usd_weight, stand_in_ids)
+        self.routed(snapshot.now_s, preferred, decision)
+        return decision
+
+    def routed(self, now_s: float, preferred: ExpertId, decision: RouteDecision) -> None:
+        """What `route` records of a decision: `preferred` for pre-warming, and the wake-ups. Called directly for
+        a decision made elsewhere with `plane.route` (a Ray gateway, on its view of this fleet)."""
+        self.predicted(now_s, preferred)
         for expert_id in decision.wake_expert_ids:
             self.wake(expert_id, decision.reason)
-        return decision
 
     def predicted(self, now_s: float, preferred: ExpertId) -> None:
         """The router preferred `preferred` at `now_s` (route-aware pre-warming's demand signal)."""

@@ -50,9 +50,10 @@ from switchboard.policies.actions import (
 )
 from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
+from switchboard.policies.control import ControlPlane
 from switchboard.policies.loop import ControlLoop
 from switchboard.policies.placement import Unplaceable
-from switchboard.policies.routing import ExpertCandidate
+from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.devices import DeviceBook, DevicesBusy
@@ -233,28 +234,22 @@ class LiveFleet:
         Returns the expert to use and what to report about it. Cold experts that quality prefers are woken in
         the background (cold-start hiding), and the router's pick feeds route-aware pre-warming.
         """
-        if not choice.candidates:
+        snapshot = self._now()
+        decision = fleet_route(self.loop.plane, snapshot, choice, self.is_available)
+        if decision is None:
             return choice.expert_id, {}
-        candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if self.is_available(e)]
-        if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
-            return choice.expert_id, {}
-        stand_in_ids = [ExpertId(e) for e in getattr(choice, "stand_ins", ()) if self.is_available(e)]
-        decision = self.loop.route(self._now(), candidates, ExpertId(choice.expert_id), choice.cost_weight, stand_in_ids)
-        if not decision.expert_id:
-            return choice.expert_id, {}
-        now = self.clock()
+        self.record_route(snapshot.now_s, choice.expert_id, decision)
+        return route_answer(choice, decision)
+
+    def record_route(self, at_s: float, preferred: str, decision: RouteDecision) -> None:
+        """Records a fleet-aware routing decision (made here, or by a Ray gateway on its view of this fleet):
+        the router's pick `preferred` for pre-warming, the experts it wakes, and the decision log's entry."""
+        self.loop.routed(at_s, ExpertId(preferred), decision)
         if decision.wake_expert_ids:
             self._wakeup.set()
-        if decision.expert_id != choice.expert_id or decision.wake_expert_ids:
-            self.decisions.append({"at": now, "action": "Route", "expert": decision.expert_id, "replica": "",
+        if decision.expert_id and (decision.expert_id != preferred or decision.wake_expert_ids):
+            self.decisions.append({"at": at_s, "action": "Route", "expert": decision.expert_id, "replica": "",
                                    "reason": decision.reason.detail, "code": decision.reason.code.value})
-        return decision.expert_id, {
-            "fleet": decision.reason.code.value,
-            "fleet_reason": decision.reason.detail,
-            "router_choice": choice.expert_id,
-            "expects_cold_start": decision.is_cold_start,
-            "waking": list(decision.wake_expert_ids),
-        }
 
     def is_ready(self, expert_id: str) -> bool:
         """Whether a request to `expert_id` can start without a cold start (a warm replica, or external)."""
@@ -651,3 +646,27 @@ class LiveFleet:
         return describe_fleet(self, self._now())
 
 
+def fleet_route(plane: ControlPlane, snapshot: FleetSnapshot, choice: Any, is_available: Callable[[str], bool]) -> RouteDecision | None:
+    """The fleet-aware choice among `choice`'s candidates (and stand-ins) whose circuits are closed, on
+    `snapshot`; None when there is nothing to decide (no candidates, every circuit open): the router's pick
+    stands. A pure function of its arguments, shared by `LiveFleet` and a Ray gateway deciding on its view."""
+    if not choice.candidates:
+        return None
+    candidates = [ExpertCandidate(ExpertId(e), q, p) for e, q, p in choice.candidates if is_available(e)]
+    if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
+        return None
+    stand_in_ids = [ExpertId(e) for e in getattr(choice, "stand_ins", ()) if is_available(e)]
+    return plane.route(snapshot, candidates, choice.cost_weight, stand_in_ids)
+
+
+def route_answer(choice: Any, decision: RouteDecision) -> tuple[str, dict[str, Any]]:
+    """`route`'s answer for `decision`: the expert to use and what the `x-switchboard-route` header says."""
+    if not decision.expert_id:
+        return choice.expert_id, {}
+    return decision.expert_id, {
+        "fleet": decision.reason.code.value,
+        "fleet_reason": decision.reason.detail,
+        "router_choice": choice.expert_id,
+        "expects_cold_start": decision.is_cold_start,
+        "waking": list(decision.wake_expert_ids),
+    }

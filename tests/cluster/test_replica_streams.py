@@ -1,0 +1,179 @@
+"""A replica actor's streams fetched in batches (`ray_streams.OpenStreams` on the replica, `StreamChannel` in the
+gateway), without Ray: every event arrives once and in order, a batch returns as soon as one event is ready
+(never waiting for a later one), many streams share one take, engine failures end a stream as a value, and
+cancelled or abandoned streams stop generating."""
+
+from __future__ import annotations
+
+import asyncio
+
+from switchboard.cluster.ray_replica import ReplicaActor
+from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel
+from switchboard.engines.base import EngineError, Finish, GenerationRequest, TextDelta, Usage
+
+
+class Gate:
+    """An engine stream that yields a token each time the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Queue()
+        self.is_closed = False
+
+    async def events(self, num_tokens: int):
+        try:
+            for index in range(num_tokens):
+                await self.opened.get()
+                yield TextDelta(f"t{index}")
+            yield Finish("stop", Usage(1, num_tokens))
+        finally:
+            self.is_closed = True
+
+
+async def instant(num_tokens: int):
+    for index in range(num_tokens):
+        yield TextDelta(f"t{index}")
+    yield Finish("length", Usage(1, num_tokens))
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_stream_ready_at_once_is_one_batch():
+    streams = OpenStreams()
+    batch = await streams.open(instant(16), "e", "gw", 1)
+    assert batch.is_last  # ended: nothing more to take
+    assert [e.text for e in batch.events[:-1]] == [f"t{i}" for i in range(16)]
+    assert isinstance(batch.events[-1], Finish)
+    assert len(streams) == 0 and streams.num_completed == 1
+
+
+async def test_a_batch_returns_with_the_one_ready_event_and_later_ones_follow_in_order():
+    streams, gate = OpenStreams(), Gate()
+    opening = asyncio.ensure_future(streams.open(gate.events(3), "e", "gw", 1))
+    await settle()
+    assert not opening.done()  # nothing ready yet: the first batch waits for the first event
+    gate.opened.put_nowait(None)
+    first = await opening  # returns with that one token, without waiting for the second
+    assert [e.text for e in first.events] == ["t0"] and not first.is_last
+    taking = asyncio.ensure_future(streams.take("gw"))
+    await settle()
+    assert not taking.done()
+    gate.opened.put_nowait(None)
+    (second,) = await taking
+    assert second.stream_id == 1 and [e.text for e in second.events] == ["t1"] and not second.is_last
+    gate.opened.put_nowait(None)
+    seen = []
+    while not seen or not seen[-1].is_last:
+        seen += await streams.take("gw")
+    assert [getattr(e, "text", None) for b in seen for e in b.events] == ["t2", None] and isinstance(seen[-1].events[-1], Finish)
+    assert streams.num_completed == 1 and len(streams) == 0
+
+
+async def test_one_take_brings_the_ready_events_of_every_stream_of_its_channel_only():
+    streams, gates = OpenStreams(), [Gate() for _ in range(4)]
+    for index, gate in enumerate(gates):
+        gate.opened.put_nowait(None)
+        await streams.open(gate.events(2), "e", "gw-a" if index < 3 else "gw-b", index)
+    for gate in gates:
+        gate.opened.put_nowait(None)
+    await settle()
+    taken = await streams.take("gw-a")
+    assert sorted(b.stream_id for b in taken) == [0, 1, 2]
+    assert all([getattr(e, "text", None) for e in b.events] == ["t1", None] and b.is_last for b in taken)
+    (other,) = await streams.take("gw-b")
+    assert other.stream_id == 3 and other.is_last and streams.num_completed == 4
+
+
+async def test_an_engine_failure_ends_the_stream_as_a_value():
+    async def failing():
+        yield TextDelta("a")
+        raise EngineError("e", "out of memory", status=503, code="engine_down")
+
+    streams = OpenStreams()
+    batch = await streams.open(failing(), "e", "gw", 1)
+    events = list(batch.events)
+    while not batch.is_last:
+        (batch,) = await streams.take("gw")
+        events += batch.events
+    assert events[0] == TextDelta("a")
+    assert events[-1] == RemoteEngineError("EngineError", "e", "out of memory", 503, "engine_down")
+    assert streams.num_completed == 0  # not answered in full
+
+
+async def test_cancel_stops_generating_and_wakes_a_waiting_take():
+    streams, gate = OpenStreams(), Gate()
+    gate.opened.put_nowait(None)
+    await streams.open(gate.events(100), "e", "gw", 1)
+    taking = asyncio.ensure_future(streams.take("gw"))
+    await settle()
+    streams.cancel(("gw", 1))
+    assert await taking == []  # nothing left to wait for
+    await settle()
+    assert gate.is_closed and len(streams) == 0 and streams.num_completed == 0
+
+
+async def test_streams_of_a_channel_nobody_takes_from_are_cancelled_when_another_opens():
+    now = [0.0]
+    streams, gate = OpenStreams(clock=lambda: now[0], abandoned_after_s=60.0), Gate()
+    gate.opened.put_nowait(None)
+    await streams.open(gate.events(100), "e", "dead-gw", 1)
+    now[0] = 59.0
+    await streams.open(instant(1), "e", "gw", 1)
+    assert len(streams) == 1  # not yet abandoned
+    now[0] = 61.0
+    await streams.open(instant(1), "e", "gw", 2)
+    await settle()
+    assert len(streams) == 0 and gate.is_closed
+
+
+class InProcess:
+    """A replica actor's methods called in-process, shaped like a Ray actor handle's (`.remote(...)` returns an
+    awaitable): the transport is the one thing left out."""
+
+    def __init__(self, actor: ReplicaActor) -> None:
+        self._actor = actor
+
+    def __getattr__(self, name: str):
+        method = getattr(self._actor, name)
+
+        class Remote:
+            @staticmethod
+            def remote(*args):
+                result = method(*args)
+                if asyncio.iscoroutine(result):
+                    return asyncio.ensure_future(result)
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(result)
+                return done
+
+        return Remote
+
+
+def chat(num_tokens: int) -> GenerationRequest:
+    body = {"model": "sim", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": num_tokens, "stream": True}
+    return GenerationRequest("r", "chat", body, num_tokens, 4)
+
+
+async def test_sixteen_streams_through_one_channel_each_get_their_whole_answer():
+    replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0.05}})
+    await replica.start()
+    channel = StreamChannel(InProcess(replica))
+
+    async def collect(num_tokens: int) -> list:
+        return [event async for event in channel.stream(chat(num_tokens))]
+
+    answers = await asyncio.gather(*(collect(4 + i) for i in range(16)))
+    for index, events in enumerate(answers):
+        assert [type(e) for e in events] == [TextDelta] * (4 + index) + [Finish]
+        assert events[-1].usage.completion_tokens == 4 + index
+    assert replica.num_completed == 16 and len(replica.streams) == 0
+
+    # A client that leaves mid-stream: the replica stops generating it.
+    stream = channel.stream(chat(1000))
+    assert isinstance(await stream.__anext__(), TextDelta)
+    await stream.aclose()
+    await settle()
+    assert len(replica.streams) == 0 and replica.num_completed == 16
+    await replica.stop()
