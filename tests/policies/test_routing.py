@@ -179,6 +179,7 @@ def test_a_request_whose_wake_would_land_in_the_fleets_tail_goes_to_a_near_equal
     within the quality margin answers it in ~1.0 s, and the sleeper stays asleep. A short prompt, or no prompt
     size (a caller that does not pass one), wakes it as before; so does a long one when no warm expert is near
     enough in quality, or under quality-only routing."""
+    from switchboard.fleet.state import ExpertSpec
     from switchboard.policies import predict
 
     snapshot, candidates = _asleep_and_warm_on_l4()
@@ -193,6 +194,10 @@ def test_a_request_whose_wake_would_land_in_the_fleets_tail_goes_to_a_near_equal
         assert (short.expert_id, short.reason.code) == ("best", RouteReasonCode.BEST_SCORE)
     far_snapshot, far = _asleep_and_warm_on_l4(q_other=0.70)
     assert fleet_aware.route(far_snapshot, far, num_prompt_tokens=4000).expert_id == "best"
+    # An external expert near in quality is warm but has no replica whose latency the fleet models: not taken.
+    api = ExpertId("api")
+    with_api = far_snapshot.evolve(experts={**far_snapshot.experts, api: ExpertSpec(api, 0, 1.0, is_external=True)})
+    assert fleet_aware.route(with_api, [*far, ExpertCandidate(api, 0.79, 1.0)], num_prompt_tokens=4000).expert_id == "best"
     assert make_routing(RoutingSettings(kind="quality-only")).route(snapshot, candidates, num_prompt_tokens=4000).expert_id == "best"
 
 
