@@ -147,3 +147,69 @@ def test_an_asleep_expert_its_request_wakes_within_the_slo_is_not_hidden_behind_
                                  estimates=estimates, replicas={warm.replica_id: warm}, activity=activity)
         decision = routing.route(snapshot, candidates)
         assert (decision.expert_id == other) is hidden and bool(decision.wake_expert_ids) is hidden
+
+
+def _asleep_and_warm_on_l4(q_best=0.80, q_other=0.78):
+    """`best` asleep on L4 w1 (a 0.71 s wake), `other` warm on L4 w0; both 8B, both with recent traffic of
+    1,000-token prompts. The router's candidates with these qualities."""
+    import dataclasses as dc
+
+    from switchboard.fleet.activity import ExpertActivity
+    from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, Worker
+    from switchboard.perf.roofline import engine_profile
+    from switchboard.perf.serving import serving_estimate
+    from switchboard.types import HardwareKind, WorkerId
+
+    best, other, l4 = ExpertId("best"), ExpertId("other"), HardwareKind("l4")
+    workers = {WorkerId(w): Worker(WorkerId(w), l4, 24.0, 0.8) for w in ("w0", "w1")}
+    cold = {(e, l4): serving_estimate(e, engine_profile(8, "l4")) for e in (best, other)}
+    estimates = {**cold, (best, l4): dc.replace(cold[(best, l4)], cold_start_s=cold[(best, l4)].wake_s,
+                                                asleep_worker_ids=(WorkerId("w1"),))}
+    warm = Replica(ReplicaId("other#0"), other, WorkerId("w0"), l4, 24.0, cold[(other, l4)].capacity, ReplicaState.WARM)
+    activity = {e: ExpertActivity(e, num_arrivals=20, first_arrival_at=0.0, last_arrival_at=100.0, idle_since_at=100.0,
+                                  decayed_arrivals=10.0, decayed_prompt_tokens=10_000.0) for e in (best, other)}
+    snapshot = FleetSnapshot(now_s=100.0, workers=workers, experts={e: ExpertSpec(e, 8, 0.2) for e in (best, other)},
+                             estimates=estimates, replicas={warm.replica_id: warm}, activity=activity)
+    return snapshot, [ExpertCandidate(best, q_best, 0.2), ExpertCandidate(other, q_other, 0.2)]
+
+
+def test_a_request_whose_wake_would_land_in_the_fleets_tail_goes_to_a_near_equal_warm_expert_that_answers_sooner():
+    """Slow-wake hiding (sleep tier): woken, a 4,000-token prompt would first answer after 0.71 s + ~1.0 s of
+    prefill, past the 99th-percentile warm request (~1.25 s: 1,000-token mean prompts on an L4); the warm expert
+    within the quality margin answers it in ~1.0 s, and the sleeper stays asleep. A short prompt, or no prompt
+    size (a caller that does not pass one), wakes it as before; so does a long one when no warm expert is near
+    enough in quality, or under quality-only routing."""
+    from switchboard.fleet.state import ExpertSpec
+    from switchboard.policies import predict
+
+    snapshot, candidates = _asleep_and_warm_on_l4()
+    fleet_aware = make_routing(RoutingSettings())
+    bound_s = predict.warm_ttft_percentile_s(snapshot, ExpertId("best"), 99.0)
+    assert predict.woken_ttft_s(snapshot, ExpertId("best"), 200) < bound_s < predict.woken_ttft_s(snapshot, ExpertId("best"), 4000)
+    long = fleet_aware.route(snapshot, candidates, num_prompt_tokens=4000)
+    assert (long.expert_id, long.wake_expert_ids, long.reason.code) == ("other", (), RouteReasonCode.SLOW_WAKE_HIDDEN)
+    assert not long.is_cold_start
+    for num_prompt_tokens in (200, None):
+        short = fleet_aware.route(snapshot, candidates, num_prompt_tokens=num_prompt_tokens)
+        assert (short.expert_id, short.reason.code) == ("best", RouteReasonCode.BEST_SCORE)
+    far_snapshot, far = _asleep_and_warm_on_l4(q_other=0.70)
+    assert fleet_aware.route(far_snapshot, far, num_prompt_tokens=4000).expert_id == "best"
+    # An external expert near in quality is warm but has no replica whose latency the fleet models: not taken.
+    api = ExpertId("api")
+    with_api = far_snapshot.evolve(experts={**far_snapshot.experts, api: ExpertSpec(api, 0, 1.0, is_external=True)})
+    assert fleet_aware.route(with_api, [*far, ExpertCandidate(api, 0.79, 1.0)], num_prompt_tokens=4000).expert_id == "best"
+    assert make_routing(RoutingSettings(kind="quality-only")).route(snapshot, candidates, num_prompt_tokens=4000).expert_id == "best"
+
+
+def test_no_slow_wake_hiding_when_the_warm_expert_would_answer_no_sooner():
+    """The warm expert's queue (20,000 prompt tokens ahead, ~5 s) makes it slower than the wake: the request
+    wakes the sleeper."""
+    from switchboard.fleet.state import QueuedRequest
+    from switchboard.types import RequestId
+
+    snapshot, candidates = _asleep_and_warm_on_l4()
+    busy = snapshot
+    for i in range(5):
+        busy = ops.enqueue(busy, QueuedRequest(RequestId(f"q{i}"), ExpertId("other"), 99.0, 4_000, 100), ReplicaId("other#0"))
+    decision = make_routing(RoutingSettings()).route(busy, candidates, num_prompt_tokens=4000)
+    assert (decision.expert_id, decision.reason.code) == ("best", RouteReasonCode.BEST_SCORE)

@@ -315,7 +315,7 @@ def run_live(arrivals, step_interval_s: float, end_s: float, crash: ReplicaCrash
             if j == AUTO:  # the router's candidates and pick, as the simulator's plane ranks them
                 price = [usd for _, _, usd in EXPERTS]
                 ranked = sorted(range(len(EXPERTS)), key=lambda k: -quality[k])[:4]
-                choice = SimpleNamespace(expert_id=EXPERTS[ranked[0]][0], cost_weight=0.0,
+                choice = SimpleNamespace(expert_id=EXPERTS[ranked[0]][0], cost_weight=0.0, num_prompt_tokens=num_prompt,
                                          candidates=[(EXPERTS[k][0], quality[k], price[k]) for k in ranked])
                 expert, _ = await fleet.route(choice)
             else:

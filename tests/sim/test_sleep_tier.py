@@ -194,3 +194,40 @@ def test_keepalive_sleeps_only_where_a_wake_keeps_the_fleets_ttft_tail():
         s = snapshot(other_prefill)
         assert predict.start_fits_slo(s, A, 0.6, s.estimates[(A, "l4")])  # the SLO alone would let it sleep
         assert predict.start_keeps_tail(s, A, 0.6, s.estimates[(A, "l4")]) is keeps
+
+
+def test_the_fleets_warm_ttft_percentile_is_the_rate_weighted_mixture_of_its_warm_experts():
+    """`predict.warm_ttft_percentile_s` (slow-wake hiding's bound): with one other expert warm, that expert's own
+    99th-percentile request (prefill of 4.6 × its mean prompt, plus a decode step); with a second, faster one
+    added, lower, and the lower the more of the traffic the fast one carries — the fleet's p99, not its slowest
+    expert's. None with no other expert warm."""
+    import math
+
+    from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, Worker
+    from switchboard.perf.serving import serving_estimate
+    from switchboard.policies import predict
+    from switchboard.types import HardwareKind, ReplicaId, ReplicaState, WorkerId
+
+    kinds = {"slow": "l4", "fast": "h100", "me": "l4"}
+    estimates = {(ExpertId(e), HardwareKind(hw)): serving_estimate(ExpertId(e), engine_profile(8, hw)) for e, hw in kinds.items()}
+    workers = {WorkerId(hw): Worker(WorkerId(hw), HardwareKind(hw), 80.0, 1.0) for hw in ("l4", "h100")}
+
+    def snapshot(rates: dict[str, float]) -> FleetSnapshot:
+        replicas, activity = {}, {}
+        for e, rate in rates.items():
+            estimate = estimates[(ExpertId(e), HardwareKind(kinds[e]))]
+            replicas[ReplicaId(f"{e}#0")] = Replica(ReplicaId(f"{e}#0"), ExpertId(e), WorkerId(kinds[e]), HardwareKind(kinds[e]),
+                                                    estimate.memory_gb, estimate.capacity, ReplicaState.WARM)
+            # A steady `rate` requests/s of 1,000-token prompts (the decayed count over the demand window).
+            count = rate * 300.0
+            activity[ExpertId(e)] = ExpertActivity(ExpertId(e), num_arrivals=100, first_arrival_at=0.0, last_arrival_at=1e4,
+                                                   idle_since_at=1e4, decayed_arrivals=count, decayed_prompt_tokens=1000.0 * count)
+        return FleetSnapshot(now_s=1e4, workers=workers, experts={ExpertId(e): ExpertSpec(ExpertId(e), 8, 0.2) for e in kinds},
+                             estimates=estimates, replicas=replicas, activity=activity)
+
+    slow = estimates[(ExpertId("slow"), HardwareKind("l4"))]
+    own_p99_s = -math.log(0.01) * 1000.0 / slow.prefill_tokens_per_s + slow.decode_step_s_batch_1
+    assert predict.warm_ttft_percentile_s(snapshot({"slow": 1.0}), ExpertId("me"), 99.0) == pytest.approx(own_p99_s, rel=1e-6)
+    mixed = [predict.warm_ttft_percentile_s(snapshot({"slow": 1.0, "fast": f}), ExpertId("me"), 99.0) for f in (1.0, 10.0)]
+    assert own_p99_s > mixed[0] > mixed[1]
+    assert predict.warm_ttft_percentile_s(snapshot({"me": 1.0}), ExpertId("me"), 99.0) is None

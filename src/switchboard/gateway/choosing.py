@@ -29,6 +29,9 @@ class ExpertChoice:
     stand_ins: tuple[str, ...] = ()
     """Served experts the request's constraints allow but the router has no prediction for: fleet-aware routing
     may let a warm one answer while the experts the router prefers start (`routing.stand_in_after_s`)."""
+    num_prompt_tokens: int | None = None
+    """The request's prompt tokens (the gateway's count), set by the gateway before fleet-aware routing, which
+    judges a wake for the request by it (`RoutingPolicy.hide_slow_wake`)."""
 
 
 class ExpertChooser(Protocol):

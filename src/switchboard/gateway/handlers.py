@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -174,7 +175,8 @@ class Handlers:
             num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
-            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, rq.routing_text(parsed), self._resolve)
+            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, rq.routing_text(parsed),
+                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt))
             if expert.id != parsed.model:  # chosen by the router: its own count for the context check
                 num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
             if rq.has_non_text_content(parsed) and not relays_everything(expert):
@@ -197,7 +199,8 @@ class Handlers:
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
             num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
-            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text, self._resolve)
+            expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text,
+                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt))
             if expert.id != parsed.model:
                 num_prompt = await self.prompt_tokens.count("completion", body, expert, num_prompt)
             if (cannot := unsupported("completion", expert, body)) is not None:
@@ -214,7 +217,10 @@ class Handlers:
         template and vocabulary), else `estimate`. What context-length checks and per-key token limits use."""
         return await self.prompt_tokens.count(kind, body, self.state.fleet.expert(model) if model != AUTO_MODEL else None, estimate)
 
-    async def _resolve(self, model: str, routing: Any, route_text: str) -> tuple[ExpertConfig, ExpertChoice | None]:
+    async def _resolve(self, model: str, routing: Any, route_text: str,
+                       num_prompt_tokens: int | None = None) -> tuple[ExpertConfig, ExpertChoice | None]:
+        """The expert for `model` (`auto`: the router's choice, re-scored against the fleet, which judges a wake
+        for this request by its `num_prompt_tokens`)."""
         state = self.state
         if model != AUTO_MODEL:
             expert = state.fleet.expert(model)
@@ -232,6 +238,8 @@ class Handlers:
                 choice = chooser.choose(route_text, routing, state.config.experts)
         except ChoiceError as exc:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
+        if num_prompt_tokens is not None:
+            choice = dataclasses.replace(choice, num_prompt_tokens=num_prompt_tokens)
         routed = state.fleet.route(choice)  # the Ray fleet asks its control actor: awaitable there
         expert_id, fleet_info = (await routed) if inspect.isawaitable(routed) else routed
         if fleet_info:

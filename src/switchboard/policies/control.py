@@ -235,12 +235,12 @@ class ControlPlane:
 
     def route(
         self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None,
-        stand_in_ids: Sequence[ExpertId] = (),
+        stand_in_ids: Sequence[ExpertId] = (), num_prompt_tokens: int | None = None,
     ) -> RouteDecision:
-        """Fleet-aware choice among the router's candidates (λ = `usd_weight` if given; `stand_in_ids` as in
-        `RoutingPolicy.route`). Pass `WakeExpert` events for `decision.wake_expert_ids` (and a `RoutePredicted`)
-        to the next step."""
-        return self.routing.route(snapshot, candidates, usd_weight, stand_in_ids)
+        """Fleet-aware choice among the router's candidates (λ = `usd_weight` if given; `stand_in_ids` and
+        `num_prompt_tokens` as in `RoutingPolicy.route`). Pass `WakeExpert` events for
+        `decision.wake_expert_ids` (and a `RoutePredicted`) to the next step."""
+        return self.routing.route(snapshot, candidates, usd_weight, stand_in_ids, num_prompt_tokens)
 
     def plan_start(
         self, snapshot: FleetSnapshot, state: ControlState, expert_id: ExpertId, reason: Reason

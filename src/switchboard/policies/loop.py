@@ -106,12 +106,13 @@ class ControlLoop:
     # ---- routing and wake-ups: events for the next step
 
     def route(self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], preferred: ExpertId,
-              usd_weight: float | None = None, stand_in_ids: Sequence[ExpertId] = ()) -> RouteDecision:
+              usd_weight: float | None = None, stand_in_ids: Sequence[ExpertId] = (),
+              num_prompt_tokens: int | None = None) -> RouteDecision:
         """Fleet-aware choice among the router's `candidates` (and `stand_in_ids`, experts the router cannot
         rate: `RoutingPolicy.route`); `preferred` (the router's own pick) feeds route-aware pre-warming, and
         experts the decision wakes (cold-start hiding) are started by the next step, which is then due at once
         (`step_is_due`)."""
-        decision = self.plane.route(snapshot, candidates, usd_weight, stand_in_ids)
+        decision = self.plane.route(snapshot, candidates, usd_weight, stand_in_ids, num_prompt_tokens)
         self.routed(snapshot.now_s, preferred, decision)
         return decision
 

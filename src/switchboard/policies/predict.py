@@ -181,6 +181,54 @@ def start_keeps_tail(snapshot: FleetSnapshot, expert_id: ExpertId, start_s: Seco
     return slowest_s is None or own_s <= slowest_s
 
 
+def warm_ttft_percentile_s(snapshot: FleetSnapshot, except_id: ExpertId, percentile: float) -> Seconds | None:
+    """The `percentile`-th TTFT of the fleet's requests served warm, from the experts other than `except_id` with
+    warm replicas now: each expert's requests weighted by its recent arrival rate (split evenly over its warm
+    replicas, each on its kind), each request its prefill plus a decode step, prompts exponential around the
+    expert's recent mean. None when no other expert is warm with a known rate and prompt size."""
+    parts = []  # (weight, decode step s, mean prefill s)
+    for other_id in snapshot.experts:
+        if other_id == except_id:
+            continue
+        demand = snapshot.activity_of(other_id).demand(snapshot.now_s)
+        replicas = snapshot.warm_replicas_of(other_id)
+        if demand.requests_per_s <= 0 or demand.mean_prompt_tokens <= 0 or not replicas:
+            continue
+        for replica in replicas:
+            other = snapshot.estimate(other_id, replica.hardware)
+            if other is not None:
+                parts.append((demand.requests_per_s / len(replicas), other.decode_step_s_batch_1,
+                              demand.mean_prompt_tokens / other.prefill_tokens_per_s))
+    if not parts:
+        return None
+    total = sum(w for w, _, _ in parts)
+    target = total * max(1e-9, 1.0 - percentile / 100.0)
+
+    def weight_above(t_s: float) -> float:
+        return sum(w * (math.exp(-(t_s - d) / m) if t_s > d else 1.0) for w, d, m in parts)
+
+    tail = -math.log(max(1e-9, 1.0 - percentile / 100.0))
+    low, high = 0.0, max(d + tail * m for _, d, m in parts)  # each part alone is below `target` there
+    for _ in range(40):
+        mid = (low + high) / 2
+        if weight_above(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def woken_ttft_s(snapshot: FleetSnapshot, expert_id: ExpertId, num_prompt_tokens: int) -> Seconds | None:
+    """Predicted TTFT of a request of `num_prompt_tokens` that wakes a sleeping replica of `expert_id`: the
+    shortest wake over the kinds where one sleeps, then its prefill there; None when none sleeps."""
+    best_s = None
+    for (estimated_id, _), estimate in snapshot.estimates.items():
+        if estimated_id == expert_id and estimate.asleep_worker_ids:
+            ttft_s = estimate.cold_start_s + num_prompt_tokens / estimate.prefill_tokens_per_s
+            best_s = ttft_s if best_s is None else min(best_s, ttft_s)
+    return best_s
+
+
 def wakes_within_slo(snapshot: FleetSnapshot, expert_id: ExpertId) -> bool:
     """Whether the expert has no accepting replica but one asleep (the sleep tier) that its next request could
     wake within its TTFT SLO (`start_fits_slo`): then nothing need start ahead of demand, nor stand in for it —

@@ -70,6 +70,7 @@ class RouteReasonCode(str, enum.Enum):
     COLD_START_HIDDEN = "cold-start-hidden"
     STAND_IN = "stand-in"
     COLD_START = "cold-start"
+    SLOW_WAKE_HIDDEN = "slow-wake-hidden"
     NO_CANDIDATES = "no-candidates"
 
 
@@ -161,15 +162,24 @@ class RoutingPolicy(abc.ABC):
         alone, the expert the router would pick if the whole fleet were warm.
         """
 
+    def hide_slow_wake(self, snapshot: FleetSnapshot, ranked: list[ScoredExpert], preferred: ScoredExpert,
+                       num_prompt_tokens: int) -> RouteDecision | None:
+        """A decision that spares this request the wake of `preferred` (asleep, `wakes_within_slo`), or None:
+        the request wakes it. None here; fleet-aware routing overrides."""
+        return None
+
     def route(
         self, snapshot: FleetSnapshot, candidates: Sequence[ExpertCandidate], usd_weight: float | None = None,
-        stand_in_ids: Sequence[ExpertId] = (),
+        stand_in_ids: Sequence[ExpertId] = (), num_prompt_tokens: int | None = None,
     ) -> RouteDecision:
         """Choose among `candidates`; ties keep the router's order. Unknown experts are charged as unplaceable.
         `usd_weight` is the request's own λ when it sets one (else the configured `usd_weight`).
 
         `stand_in_ids` are experts the router has no prediction for (the embedded default's real model): ranked
-        after every candidate at quality 0, so they are chosen only by the `stand_in_after_s` rule."""
+        after every candidate at quality 0, so they are chosen only by the `stand_in_after_s` rule.
+
+        `num_prompt_tokens` (the request's prompt, when known) lets a policy judge a wake for this request itself
+        (`hide_slow_wake`)."""
         if not candidates:
             return RouteDecision(ExpertId(""), False, (), (), Reason(RouteReasonCode.NO_CANDIDATES, "router gave none"))
         mu = self.settings.latency_weight_per_s
@@ -190,6 +200,10 @@ class RoutingPolicy(abc.ABC):
             if expert_id not in named:
                 latency_s, is_warm = _latency_and_warmth(snapshot, expert_id, self.settings)
                 ranked.append(ScoredExpert(ExpertCandidate(expert_id, 0.0, 0.0), is_warm, latency_s, -math.inf))
+        if num_prompt_tokens is not None and preferred.wakes_within_slo:
+            hidden = self.hide_slow_wake(snapshot, ranked, preferred, num_prompt_tokens)
+            if hidden is not None:
+                return hidden
         chosen, wake, reason = self.select(ranked, preferred)
         return RouteDecision(chosen.candidate.expert_id, not chosen.is_warm, wake, tuple(ranked), reason)
 
@@ -239,6 +253,35 @@ class FleetAwareRouting(RoutingPolicy):
         # The fleet made another expert win on latency: still wake the one quality wants, for the traffic to come.
         return best, wake, Reason(RouteReasonCode.BEST_SCORE,
                                   f"{_describe(best)}; waking {preferred.candidate.expert_id}")
+
+    def hide_slow_wake(self, snapshot, ranked, preferred, num_prompt_tokens):
+        """*Slow-wake hiding*: a request whose wake would put it in the fleet's TTFT tail — woken, its first
+        token (`predict.woken_ttft_s`) later than the 99th-percentile request served warm
+        (`predict.warm_ttft_percentile_s`) — goes to the warm expert within `cold_start_quality_margin` of the
+        sleeper's quality that answers it soonest, if one answers it sooner than the wake would; the sleeper
+        stays asleep. (An external expert, whose latency the fleet does not model, is not one of them.) Keep-alive lets an expert sleep where its recent mean prompt keeps the tail
+        (`predict.start_keeps_tail`); this is the same bound for the one long prompt that does not — on the
+        conversation trace such wakes (0.6 s before a ~4,000-token prefill on an L4) were the tier's own
+        entries in the p99 (docs/simulator.md, "The sleep tier")."""
+        expert_id = preferred.candidate.expert_id
+        woken_s = predict.woken_ttft_s(snapshot, expert_id, num_prompt_tokens)
+        bound_s = predict.warm_ttft_percentile_s(snapshot, expert_id, predict.START_SLO_PERCENTILE)
+        if woken_s is None or bound_s is None or woken_s <= bound_s:
+            return None
+        floor = preferred.candidate.predicted_quality - self.settings.cold_start_quality_margin
+        best, best_s = None, woken_s
+        for s in ranked:
+            replicas = snapshot.warm_replicas_of(s.candidate.expert_id)
+            if replicas and s.candidate.predicted_quality >= floor:
+                ttft_s = min(predict.ttft_s(snapshot, r, num_prompt_tokens) for r in replicas)
+                if ttft_s < best_s:
+                    best, best_s = s, ttft_s
+        if best is None:
+            return None
+        return RouteDecision(best.candidate.expert_id, False, (), tuple(ranked), Reason(
+            RouteReasonCode.SLOW_WAKE_HIDDEN,
+            f"{expert_id} is asleep and would first answer in {woken_s:.2f}s, past the fleet's warm "
+            f"p{predict.START_SLO_PERCENTILE:g} {bound_s:.2f}s; {_describe(best)} answers in {best_s:.2f}s"))
 
 
 def make_routing(settings: RoutingSettings) -> RoutingPolicy:

@@ -656,7 +656,7 @@ def fleet_route(plane: ControlPlane, snapshot: FleetSnapshot, choice: Any, is_av
     if not candidates:  # every circuit open: keep the router's pick, whose lease will say so
         return None
     stand_in_ids = [ExpertId(e) for e in getattr(choice, "stand_ins", ()) if is_available(e)]
-    return plane.route(snapshot, candidates, choice.cost_weight, stand_in_ids)
+    return plane.route(snapshot, candidates, choice.cost_weight, stand_in_ids, getattr(choice, "num_prompt_tokens", None))
 
 
 def route_answer(choice: Any, decision: RouteDecision) -> tuple[str, dict[str, Any]]:

@@ -182,7 +182,8 @@ class ServerlessPlane:
             # The router's own choice: what `ControlPlane.route` under quality-only routing picks too.
             self.loop.predicted(snapshot.now_s, self._ids[preferred])
             return Routed(preferred, "quality-only")
-        decision = self.loop.route(snapshot, self._candidates(query), self._ids[preferred])
+        decision = self.loop.route(snapshot, self._candidates(query), self._ids[preferred],
+                                   num_prompt_tokens=query.num_prompt_tokens)
         if decision.wake_expert_ids:
             self._step_due = True
         return Routed(self._position[decision.expert_id], decision.reason.code.value)
