@@ -279,7 +279,7 @@ class VirtualCluster:
     def workers(self):
         return list(self.cluster.workers)
 
-    def engine_for(self, replica_id, expert, worker_id):
+    def engine_for(self, replica_id, expert, worker_id, num_devices=0):
         hardware = next(w.hardware for w in self.cluster.workers if w.worker_id == worker_id)
         engine = VirtualEngine(replica_id, expert.id, self.cluster.profiles[(expert.id, hardware)])
         self.engines[replica_id] = engine
