@@ -514,7 +514,7 @@ class LiveFleet:
         wake_s = (replica.cold_start or {}).get("wake_s") or estimate.wake_s or estimate.unpriced().cold_start_s
         if not self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
                                              replica.engine, wake_s, self.clock(),
-                                             num_devices=len(self.devices.held(replica_id))):
+                                             num_devices=model_replica.num_devices):
             return False
         self._reflect_asleep()
         return True
