@@ -139,10 +139,10 @@ def reflect_asleep(snapshot: FleetSnapshot, asleep: AsleepReplicas | None) -> Fl
     `asleep` list (in the order they fell asleep). Idempotent."""
     holders: dict[WorkerId, list[AsleepHolder]] = {}
     for a in asleep.all() if asleep is not None else ():
-        holders.setdefault(WorkerId(a.worker_id), []).append(AsleepHolder(ReplicaId(a.replica_id), a.expert_id, a.num_devices,
-                                                                            a.until_s))
-    workers = {w: dataclasses.replace(worker, asleep=tuple(holders.get(w, ()))) if worker.asleep or w in holders else worker
-               for w, worker in snapshot.workers.items()}
+        holder = AsleepHolder(ReplicaId(a.replica_id), a.expert_id, a.num_devices, a.until_s)
+        holders.setdefault(WorkerId(a.worker_id), []).append(holder)
+    workers = {w: dataclasses.replace(worker, asleep=tuple(holders.get(w, ())))
+               if worker.asleep or w in holders else worker for w, worker in snapshot.workers.items()}
     changes: dict = {"estimates": price_wakes(snapshot.estimates, asleep)}
     if any(workers[w] is not worker for w, worker in snapshot.workers.items()):
         changes["workers"] = workers
