@@ -417,8 +417,13 @@ class FleetSnapshot:
         return _evolve_snapshot_keeping_indexes(self, now_s=now_s)
 
     def _evolved(self, changes: dict) -> "FleetSnapshot":
-        if "workers" in changes or "replicas" in changes:
+        if "replicas" in changes:
             return _evolve_snapshot(self, **changes)
+        if "workers" in changes:
+            new = _evolve_snapshot(self, **changes)
+            # The replica index depends on the replicas alone (workers change as replicas sleep and wake).
+            object.__setattr__(new, "_live_by_expert", self._live_by_expert)
+            return new
         new = _evolve_snapshot_keeping_indexes(self, **changes)
         if "experts" in changes or "estimates" in changes:
             object.__setattr__(new, "_catalog_memo", None)

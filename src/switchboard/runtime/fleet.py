@@ -442,8 +442,11 @@ class LiveFleet:
                 woken = self.sleep_tier.take(expert.id, action.worker_id, self.model.now_s) if self.sleep_tier else None
                 if woken is not None:
                     self._reflect_asleep()
-                engine, sleep_task = woken.handle if woken else (self.cluster.engine_for(
-                    action.replica_id, expert, action.worker_id, num_devices=self.model.replicas[action.replica_id].num_devices), None)
+                    engine, sleep_task = woken.handle
+                else:
+                    num_devices = self.model.replicas[action.replica_id].num_devices
+                    engine, sleep_task = self.cluster.engine_for(action.replica_id, expert, action.worker_id,
+                                                                 num_devices=num_devices), None
                 try:
                     self._give_devices(action, engine, woken)
                 except DevicesBusy as exc:  # the book disagrees with the model: never double-book, refuse the start

@@ -4,7 +4,8 @@ A worker is one machine (cloud instance) with `devices_per_worker` devices of on
 live fleet's workers declare theirs (`Worker.num_devices`); its memory is the devices' memory. A replica of an
 expert takes whole devices (its `EngineProfile.num_devices`), which placement books as it does live (never two
 replicas on one device; an asleep replica keeps its own), and is billed for them while it is live (starting,
-warm or draining): the serverless model, where idle capacity that holds no replica costs nothing. A static fleet keeps its replicas live all the time and so pays for all of them.
+warm or draining): the serverless model, where idle capacity that holds no replica costs nothing. A static
+fleet keeps its replicas live all the time and so pays for all of them.
 
     name: hetero-32
     slo: {ttft_s: 2.0, tpot_s: 0.2}
