@@ -386,6 +386,7 @@ class FleetSnapshot:
     _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _devices_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _rooms_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     # Memo dicts shared by related snapshots (see `catalog_memo` / `layout_memo`).
     _catalog_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _layout_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -583,6 +584,23 @@ class FleetSnapshot:
         worker = self.workers[worker_id]
         asleep = sum(h.num_devices for h in worker.asleep) if worker.asleep else 0
         return worker.num_devices - self._devices_used.get(worker_id, 0) - asleep
+
+    def rooms_by_hardware(self) -> Mapping[HardwareKind, tuple[tuple[float, float], ...]]:
+        """Per hardware kind, the distinct (free memory GB, devices a start may take) of its workers: the devices
+        no live replica holds (an asleep one's included: placement may evict it), infinite on a worker that
+        declares none. For "could a replica go anywhere of this kind" without a loop over every worker."""
+        rooms = self._rooms_by_hardware
+        if rooms is None:
+            if self._devices_used is None:
+                self._index_memory()
+            found: dict[HardwareKind, set[tuple[float, float]]] = {}
+            for worker in self.workers.values():
+                devices = (worker.num_devices - self._devices_used.get(worker.worker_id, 0)) if worker.num_devices \
+                    else float("inf")
+                found.setdefault(worker.hardware, set()).add((self.memory_free_gb(worker.worker_id), devices))
+            rooms = {hw: tuple(sorted(pairs)) for hw, pairs in found.items()}
+            object.__setattr__(self, "_rooms_by_hardware", rooms)
+        return rooms
 
     def max_free_gb_by_hardware(self) -> Mapping[HardwareKind, float]:
         """Per hardware kind present in the fleet, the most free memory on one worker of that kind."""

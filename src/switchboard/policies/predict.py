@@ -121,18 +121,20 @@ def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memo
             if estimate is None:
                 continue
             known.append(estimate.cold_start_s)
-            free_gb = snapshot.memory_free_gb(worker.worker_id) + reclaimable_gb(snapshot, worker.worker_id, expert_id)
-            if estimate.memory_gb <= free_gb + 1e-9 and devices_reachable(
-                    snapshot, worker, estimate, reclaimable_devices(snapshot, worker.worker_id, expert_id)):
-                fitting.append(estimate.cold_start_s)
-    elif snapshot.declares_devices():
-        for worker in snapshot.workers.values():  # memory and devices on the same worker
-            estimate = snapshot.estimate(expert_id, worker.hardware)
+            idle = _idle_others(snapshot, worker.worker_id, expert_id)
+            if estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + sum(r.memory_gb for r in idle) + 1e-9:
+                continue
+            if worker.num_devices and not devices_reachable(snapshot, worker, estimate, sum(r.num_devices for r in idle)):
+                continue
+            fitting.append(estimate.cold_start_s)
+    elif snapshot.declares_devices():  # memory and devices on the same worker
+        for hardware, rooms in snapshot.rooms_by_hardware().items():
+            estimate = snapshot.estimate(expert_id, hardware)
             if estimate is None:
                 continue
             known.append(estimate.cold_start_s)
-            if (estimate.memory_gb <= snapshot.memory_free_gb(worker.worker_id) + 1e-9
-                    and devices_reachable(snapshot, worker, estimate)):
+            need = estimate.num_devices
+            if any(estimate.memory_gb <= free_gb + 1e-9 and need <= devices for free_gb, devices in rooms):
                 fitting.append(estimate.cold_start_s)
     else:
         for hardware, free_gb in snapshot.max_free_gb_by_hardware().items():
