@@ -2,8 +2,9 @@
 
 Variants (`PlacementSettings.kind`):
 
-- `first-fit`: the first worker (in configuration order) with a serving estimate for its hardware and enough
-  free memory.
+- `first-fit`: the first worker (in configuration order) with a serving estimate for its hardware, enough
+  free memory and, where it declares devices, enough free devices (the first that evicts no asleep replica for
+  them, if any does).
 - `cost-aware`: Mélange (Griggs et al., 2024) for one replica at a time — among workers that fit, the cheapest
   one whose *predicted* TTFT and TPOT at the expert's current load meet the expert's targets. "Cheapest" is
   the price of the devices the replica occupies (its share of the worker: an 8-GPU machine hosting a 2-GPU
