@@ -39,6 +39,11 @@ def _box(*, devices=(2, 2)):
     return _with_devices(s, g0=devices[0], g1=devices[1])
 
 
+def _only(s, worker_id: str):
+    """`s` with only worker `worker_id`."""
+    return s.evolve(workers={w: x for w, x in s.workers.items() if w == worker_id})
+
+
 def _asleep(s, *sleepers):
     """`s` with (replica, expert, worker, devices) asleep, as the executors put them (`reflect_asleep`)."""
     asleep = AsleepReplicas(asleep_keepalive_s=600.0)
@@ -75,17 +80,16 @@ def test_an_asleep_replica_keeps_its_devices_for_its_wake_and_is_evicted_only_by
     s = _asleep(with_replica(_box(), "a#1", "a", "g0"), ("b#0", "b", "g0", 1))  # g0: a warm, b asleep
     assert s.devices_free(WorkerId("g0")) == 0
     # b's start on g0 is its wake, on the device it kept: nothing evicted, nothing booked twice.
-    s_g0 = s.evolve(workers={w: x for w, x in s.workers.items() if w == "g0"})
+    s_g0 = _only(s, "g0")
     woken = make_placement(PlacementSettings()).place(s_g0, B)
     assert woken.candidate.worker.worker_id == "g0" and woken.evicts == () and woken.candidate.sleep_rank == 0
     after = apply_action(s_g0, StartReplica(ReplicaId("b#2"), B, WorkerId("g0"), H100, 0.5, Reason(PlacementStatus.PLACED, "")))
     assert after.workers[WorkerId("g0")].asleep == () and after.devices_free(WorkerId("g0")) == 0
     # `wide` needs both of g1's: free there, so no sleeper is disturbed; with g1 gone it must evict b.
     assert make_placement(PlacementSettings()).place(s, WIDE).candidate.worker.worker_id == "g1"
-    s_g0_free = _asleep(_box(), ("b#0", "b", "g0", 1)).evolve(
-        workers={w: x for w, x in _asleep(_box(), ("b#0", "b", "g0", 1)).workers.items() if w == "g0"})
+    only_g0 = _only(_asleep(_box(), ("b#0", "b", "g0", 1)), "g0")  # g0: one device free, one kept by b
     for kind in POLICIES:
-        placed = make_placement(PlacementSettings(kind=kind)).place(s_g0_free, WIDE)
+        placed = make_placement(PlacementSettings(kind=kind)).place(only_g0, WIDE)
         assert placed.evicts == (ReplicaId("b#0"),) and "evicting asleep b#0" in placed.reason.detail
 
 
@@ -96,8 +100,7 @@ def test_first_fit_takes_free_devices_before_an_asleep_replicas():
 
 
 def test_a_start_that_takes_a_sleepers_devices_evicts_it_first_in_the_same_plan():
-    s = _asleep(_box(devices=(2, 0)), ("b#0", "b", "g0", 1))
-    s = s.evolve(workers={w: x for w, x in s.workers.items() if w == "g0"})
+    s = _only(_asleep(_box(devices=(2, 0)), ("b#0", "b", "g0", 1)), "g0")
     plane = ControlPlane(ControlSettings.model_validate({"placement": {"kind": "first-fit"}}))
     actions, _ = plane.plan_start(s, ControlState(), WIDE, Reason(PlacementStatus.PLACED, "test"))
     assert [type(a) for a in actions] == [EvictAsleep, StartReplica]
