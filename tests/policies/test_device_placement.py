@@ -115,24 +115,38 @@ def test_a_start_that_takes_a_sleepers_devices_evicts_it_first_in_the_same_plan(
         assert "devices free" in str(exc)
 
 
+def _burst_step(s, num_requests: int, kind: str = "cost-aware"):
+    """One control step over `num_requests` big requests for every expert at once: autoscaling (no upscale delay)
+    adds replicas of each as far as the devices allow, all planned in the same step."""
+    for i in range(num_requests):
+        for e in ("a", "b", "wide"):
+            s = ops.enqueue(s, request(f"{e}{i}", expert=e, slo=60.0, prompt=20_000, output=5_000), None)
+    plane = ControlPlane(ControlSettings.model_validate(
+        {"placement": {"kind": kind}, "autoscale": {"max_replicas": 8, "upscale_delay_s": 0}, "prewarm": {"kind": "none"}}))
+    return plane.step(s, ControlState())  # `Plan.do` applies every action: a double-booking would raise
+
+
+def test_a_scale_up_burst_fills_the_devices_and_stops_there():
+    result = _burst_step(_asleep(_box(devices=(4, 4)), ("a#s0", "a", "g1", 1), ("wide#s1", "wide", "g1", 2)), 12)
+    starts = [a.expert_id for a in result.actions if isinstance(a, StartReplica)]
+    assert starts.count(A) >= 3  # a scale-up burst, not one start per expert
+    held = sum(r.num_devices for r in result.snapshot.replicas.values() if r.is_live)
+    assert held == 8 and all(w.asleep == () for w in result.snapshot.workers.values())  # both sleepers woken
+
+
 @settings(max_examples=60, deadline=None)
 @given(num_requests=st.integers(1, 12), devices=st.tuples(st.integers(0, 4), st.integers(1, 4)),
        sleepers=st.lists(st.sampled_from(["a", "b", "wide"]), max_size=3),
        kind=st.sampled_from(["first-fit", "cost-aware"]))
 def test_a_scale_up_burst_never_double_books_a_device(num_requests, devices, sleepers, kind):
-    """Many requests at once for every expert, in one control step: every start lands on free devices (or its
+    """Many big requests at once for every expert, in one control step: every start lands on free devices (or its
     own sleeper's, or an evicted one's), so the plan applies without the model refusing any, and no worker ever
     has more devices held than it declares."""
     s = _box(devices=devices)
     asleep = [(f"{e}#s{i}", e, "g1", 2 if e == "wide" else 1) for i, e in enumerate(sleepers)]
-    held = sum(n for *_, n in asleep)
-    s = _asleep(s, *asleep) if held <= devices[1] else s
-    for i in range(num_requests):
-        for e in ("a", "b", "wide"):
-            s = ops.enqueue(s, request(f"{e}{i}", expert=e, slo=60.0), None)
-    plane = ControlPlane(ControlSettings.model_validate(
-        {"placement": {"kind": kind}, "autoscale": {"max_replicas": 8}, "prewarm": {"kind": "none"}}))
-    result = plane.step(s, ControlState())  # `Plan.do` applies every action: a double-booking would raise
+    if sum(n for *_, n in asleep) <= devices[1]:
+        s = _asleep(s, *asleep)
+    result = _burst_step(s, num_requests, kind)
     after = result.snapshot
     for worker_id, worker in after.workers.items():
         live = sum(r.num_devices for r in after.replicas.values() if r.worker_id == worker_id and r.is_live)
