@@ -20,6 +20,12 @@ def test_nodes_declaring_hardware_become_workers_priced_from_the_catalog():
     assert worker.worker.memory_gb == 2 * l4.memory_bytes / GB
     assert worker.worker.usd_per_hour == 2 * l4.usd_per_hour
     assert worker.worker.location == "10.0.0.7"
+    assert worker.worker.num_devices == 0  # no Ray GPUs: memory only, its actors request none
+
+
+def test_a_node_with_ray_gpus_declares_them_as_devices_placement_books():
+    (worker,) = workers_from_nodes([node("d" * 56, {"switchboard/hw:h100": 4.0, "GPU": 4.0})])
+    assert worker.worker.num_devices == 4
 
 
 def test_labels_and_overrides():

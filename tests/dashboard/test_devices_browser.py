@@ -79,14 +79,14 @@ def test_device_cells_follow_a_replica_starting_warming_and_stopping(browser):
         assert row_states(page, "h100-box") == [["0", "warm", "resident"], ["1", "free", ""], ["2", "free", ""], ["3", "free", ""]]
 
 
-def test_a_sleeping_replica_frees_its_device_and_the_cell_says_where_it_wakes(browser, tmp_path):
+def test_a_sleeping_replica_keeps_its_device_and_the_cell_says_it_wakes_there(browser, tmp_path):
     app = build_app(parse_config(SLEEPING.format(python=sys.executable, logs=tmp_path)))
     with serve_in_thread(app, startup_timeout_s=60) as url, dashboard(browser, url) as page:
         assert row_states(page, "box") == [["0", "free", ""], ["1", "free", ""]]
         assert ask(url, "vllm").startswith("fake vllm answer")
         page.wait_for_selector(cell("box", 0, "warm", "vllm"), timeout=20_000)
         page.wait_for_selector(cell("box", 0, "asleep", "vllm"), timeout=20_000)
-        assert "2 of 2 free" in page.locator('#devices .device-row[data-worker="box"] .head').inner_text()
+        assert "1 of 2 free" in page.locator('#devices .device-row[data-worker="box"] .head').inner_text()
         assert "is asleep and wakes here" in page.locator(cell("box", 0, "asleep", "vllm")).get_attribute("title")
         assert ask(url, "vllm").startswith("fake vllm answer")
         page.wait_for_selector(cell("box", 0, "warm", "vllm"), timeout=20_000)

@@ -1,5 +1,5 @@
 """`GET /admin/fleet` shows the device assignment: per worker one cell per declared device (free, or held by a
-replica in its state, or `asleep` where a sleeping replica would wake) and per replica its device indices, as
+replica in its state, or `asleep` where a sleeping replica keeps it) and per replica its device indices, as
 placement books them for simulated GPU experts and for a `process` server that sleeps."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_devices_show_who_holds_them_and_free_again_when_the_replica_stops():
         assert cells(view, "h100-box") == [(0, "warm", "resident"), (1, "free", None), (2, "free", None), (3, "free", None)]
 
 
-def test_an_asleep_replica_frees_its_device_and_is_shown_where_it_would_wake(tmp_path):
+def test_an_asleep_replica_keeps_its_device_and_wakes_on_it(tmp_path):
     app = build_app(parse_config(SLEEPING.format(python=sys.executable, logs=tmp_path)))
     with serve_in_thread(app, startup_timeout_s=60) as url:
         answer = httpx.post(url + "/v1/completions", json={"model": "vllm", "prompt": "hi", "max_tokens": 2}, timeout=60)

@@ -378,10 +378,10 @@ def test_plan_start_reserves_an_id_and_locate_follows_a_request():
 
     plane = ControlPlane(_settings())
     s = fleet(workers=WORKERS)
-    start, state = plane.plan_start(s, ControlState(), ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
+    (start,), state = plane.plan_start(s, ControlState(), ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
     assert isinstance(start, StartReplica) and state.num_replicas_created == 1
     s = apply_action(s, start)
-    again, _ = plane.plan_start(s, state, ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
+    (again,), _ = plane.plan_start(s, state, ExpertId("a"), Reason(RouteReasonCode.BEST_SCORE, "test"))
     assert again.replica_id != start.replica_id
     ex = FakeExecutor(s, plane)
     ex.state = state

@@ -279,7 +279,7 @@ class VirtualCluster:
     def workers(self):
         return list(self.cluster.workers)
 
-    def engine_for(self, replica_id, expert, worker_id):
+    def engine_for(self, replica_id, expert, worker_id, num_devices=0):
         hardware = next(w.hardware for w in self.cluster.workers if w.worker_id == worker_id)
         engine = VirtualEngine(replica_id, expert.id, self.cluster.profiles[(expert.id, hardware)])
         self.engines[replica_id] = engine
@@ -452,7 +452,7 @@ def test_a_fork_on_one_side_is_caught(arrivals, simulated, crash, side, fork):
 def test_with_the_sleep_tier_live_and_simulated_sleep_and_wake_alike(arrivals):
     """The same comparison with the sleep tier on (`switchboard-sleep`'s delta): idle replicas go to sleep, the
     next request wakes them on their worker, and both sides price those starts at the wake
-    (`fleet.sleep.price_wakes`) — in keep-alive, placement, admission, routing — and take the same decisions.
+    (`fleet.sleep.reflect_asleep`) — in keep-alive, placement, admission, routing — and take the same decisions.
     (No crash here: the test above has it, and with the tier its e8b target is still starting at the crash,
     which the simulator's crash model does not cover.)"""
     settings = with_delta(ControlSettings(), SLEEP_TIER)
@@ -462,6 +462,8 @@ def test_with_the_sleep_tier_live_and_simulated_sleep_and_wake_alike(arrivals):
 
     sleeps = [e for e in sim_log if e.kind == "DrainReplica" and e.code == "sleep"]
     assert len(sleeps) >= 5 and run_live.counters["wakes"] >= 5, (len(sleeps), run_live.counters)
+    # Asleep replicas keep their devices on both sides: a start that needs them evicts them first, alike.
+    assert any(e.kind == "EvictAsleep" for e in sim_log)
     assert _rounded(live_log) == _rounded(sim_log), first_difference(_rounded(live_log), _rounded(sim_log))
     differing = [(i, s, l) for i, (s, l) in enumerate(zip(sim_outcomes, live_outcomes)) if s != l]
     assert not differing, f"{len(differing)} requests differ, first: {differing[:3]}"

@@ -39,8 +39,11 @@ class Cluster(Protocol):
         """The workers alive now. May block briefly (a cluster query): the fleet calls it off its event loop
         once serving. A worker missing from a later answer is lost, with every replica on it."""
 
-    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str) -> Engine:
-        """A fresh, not yet started engine for replica `replica_id` of `expert`, that will run on `worker_id`."""
+    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str, num_devices: int = 0) -> Engine:
+        """A fresh, not yet started engine for replica `replica_id` of `expert`, that will run on `worker_id`
+        holding `num_devices` of its devices (the fleet model's count: the replica's tensor-parallel size where
+        the worker declares devices, else 0). Which ones is the fleet's business (its `DeviceBook`) where it
+        knows the workers' device indices, the cluster's where it books them itself (Ray's GPUs)."""
 
     async def close(self) -> None:
         """Releases the cluster connection (engines are stopped by the fleet before)."""
@@ -62,7 +65,7 @@ class LocalCluster:
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
-    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str) -> Engine:
+    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str, num_devices: int = 0) -> Engine:
         return self.engine_factory(expert)
 
     async def close(self) -> None:

@@ -79,7 +79,7 @@ class FakeCluster:
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
-    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str) -> Engine:
+    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str, num_devices: int = 0) -> Engine:
         engine = LosableEngine(self.engine_factory(expert), expert.id, worker_id)
         self.engines.append(engine)
         return engine

@@ -46,7 +46,10 @@ class RayCluster:
     """`Cluster` on Ray. Placement (a pure policy) picks the worker; this only pins the actor to that node.
 
     Replica actors take no Ray CPUs (`num_cpus=0`): the control plane's placement already accounts for each
-    worker's memory, and Ray's own scheduler must not refuse or move a replica the policy placed. Actors are
+    worker's memory, and Ray's own scheduler must not refuse or move a replica the policy placed. On a node that
+    declares GPUs (its Ray `GPU` resource, the worker's `num_devices`) a replica takes `num_gpus` = its
+    tensor-parallel size, so Ray books the same devices placement counted and gives the actor their ids
+    (`CUDA_VISIBLE_DEVICES`, `ray.get_gpu_ids()`), shown per replica in `/admin/fleet`. Actors are
     never restarted by Ray (`max_restarts=0`): a lost replica is replaced by the control plane, elsewhere if
     need be. `fleet_tag` makes replica actor names unique per fleet (several fleets may share a cluster); a
     restarted control actor finds its fleet's replicas by it (`surviving_replicas`).
@@ -103,13 +106,14 @@ class RayCluster:
                 ray.kill(actor, no_restart=True)
                 continue
             engine = RayReplicaEngine(replica_id, info["expert_id"], info["node_id"], make_actor=None, actor=actor)
+            engine.devices = tuple(info.get("gpu_ids", ()))
             found.append(SurvivingReplica(replica_id, info["expert_id"], worker_id, engine))
         return found
 
     def actor_name(self, replica_id: str) -> str:
         return f"{REPLICA_ACTOR_PREFIX}{self.fleet_tag}{replica_id}"
 
-    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str) -> Engine:
+    def engine_for(self, replica_id: str, expert: ExpertConfig, worker_id: str, num_devices: int = 0) -> Engine:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -117,7 +121,8 @@ class RayCluster:
             self._actor_class = ray.remote(ReplicaActor)
         node_id = self.node_of(worker_id)
         options = dict(
-            name=self.actor_name(replica_id), namespace=self.settings.namespace, num_cpus=0, max_restarts=0,
+            name=self.actor_name(replica_id), namespace=self.settings.namespace, num_cpus=0, num_gpus=num_devices,
+            max_restarts=0,
             # Detached: an actor dies with its owner otherwise, and the replicas must outlive a control actor whose
             # node died (the restarted one takes them over). The fleet kills them when it stops them.
             lifetime="detached",

@@ -6,6 +6,10 @@ An operator declares a node's hardware when starting it (docs/ray.md):
     ray start --address HEAD:6379 --resources '{"switchboard/hw:l4": 1}'       # one L4
     ray start --address HEAD:6379 --labels switchboard/hw=cpu                   # same, as a label (1 device)
 
+A node that also declares GPUs to Ray (`ray start --num-gpus 4`) is a worker with that many devices
+(`Worker.num_devices`): placement books them whole per replica and Ray gives them to the replica's actor. A node
+without Ray GPUs has none declared (memory only, as a CPU node).
+
 Optional numeric resources override the hardware catalog's numbers for that node:
 `switchboard/memory_gb` (memory replicas may use) and `switchboard/usd_per_hour` (the node's price); the label
 `switchboard/worker-id` names the worker (default `ray-<first 12 hex digits of the node id>`). Nodes that
@@ -30,6 +34,7 @@ HW_LABEL = "switchboard/hw"
 WORKER_ID_LABEL = "switchboard/worker-id"
 MEMORY_RESOURCE = "switchboard/memory_gb"
 PRICE_RESOURCE = "switchboard/usd_per_hour"
+GPU_RESOURCE = "GPU"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ def workers_from_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[RayWorker]:
             memory_gb=float(resources.get(MEMORY_RESOURCE, num_devices * hw.memory_bytes / GB)),
             usd_per_hour=float(resources.get(PRICE_RESOURCE, num_devices * hw.usd_per_hour)),
             location=str(node.get("NodeManagerAddress") or "ray"),
+            num_devices=int(resources.get(GPU_RESOURCE, 0)),
         )
         found.append(RayWorker(worker, node_id))
     return sorted(found, key=lambda w: w.node_id)

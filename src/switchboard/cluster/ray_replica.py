@@ -55,10 +55,16 @@ class ReplicaActor:
         """What a restarted control actor needs to take this replica over: its expert, node, whether its engine
         is serving, and how many requests it has answered."""
         return {"expert_id": self.expert_id, "node_id": self.node_id(), "is_started": self.is_started,
-                "num_completed": self.num_completed}
+                "num_completed": self.num_completed, "gpu_ids": self.gpu_ids()}
 
     async def stop(self) -> None:
         await self.engine.stop()
+
+    def gpu_ids(self) -> list[int]:
+        """The GPUs Ray gave this actor (its `num_gpus`; empty on a node without GPUs)."""
+        import ray
+
+        return [int(i) for i in ray.get_gpu_ids()]
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (placement checks and operators' `ray list actors` cross-checks)."""
@@ -101,6 +107,8 @@ class RayReplicaEngine:
         self.actor = actor
         self.last_cold_start: Any = None
         self.lost: str | None = None
+        self.devices: tuple[int, ...] = ()
+        """The GPU ids Ray gave the actor (`ray.get_gpu_ids()`), once started."""
         self.channel = channel
         """Where this engine's streams are fetched (pass one to share it with other engines for this actor)."""
 
@@ -132,6 +140,10 @@ class RayReplicaEngine:
         if isinstance(started, RemoteEngineError):
             raise started.to_exception()
         self.last_cold_start = started
+        try:
+            self.devices = tuple(await self.actor.gpu_ids.remote())
+        except RayError as exc:
+            raise self._failure(exc) from None
 
     async def stop(self) -> None:
         import ray

@@ -58,7 +58,8 @@ def add_replica(
     snapshot: FleetSnapshot, replica_id: ReplicaId, estimate: ServingEstimate, worker_id: WorkerId
 ) -> FleetSnapshot:
     """A new cold replica of `estimate.expert_id` on a worker; raises ValueError if the id is taken or the
-    worker lacks the memory (placement must never over-commit)."""
+    worker lacks the memory or, where it declares devices, the free devices (placement must never over-commit
+    nor double-book a device). The replica holds `estimate.num_devices` devices on such a worker, none elsewhere."""
     if replica_id in snapshot.replicas:
         raise ValueError(f"replica id {replica_id} already exists")
     worker = snapshot.workers[worker_id]
@@ -68,13 +69,45 @@ def add_replica(
         raise ValueError(
             f"worker {worker_id} has {snapshot.memory_free_gb(worker_id):.1f} GB free, replica needs {estimate.memory_gb:.1f}"
         )
+    num_devices = estimate.num_devices if worker.num_devices else 0
+    if num_devices and num_devices > snapshot.devices_free(worker_id):
+        raise ValueError(f"worker {worker_id} has {snapshot.devices_free(worker_id)} of {worker.num_devices} devices "
+                         f"free, replica needs {num_devices}")
     now_s = snapshot.now_s
     replica = Replica(
         replica_id=replica_id, expert_id=estimate.expert_id, worker_id=worker_id, hardware=worker.hardware,
         memory_gb=estimate.memory_gb, capacity=estimate.capacity, state=ReplicaState.COLD, state_since_at=now_s,
-        created_at=now_s, expected_warm_at=now_s + estimate.cold_start_s, last_busy_at=now_s,
+        created_at=now_s, expected_warm_at=now_s + estimate.cold_start_s, last_busy_at=now_s, num_devices=num_devices,
     )
     return _replace_replicas(snapshot, replica)
+
+
+def wake_asleep(snapshot: FleetSnapshot, expert_id: ExpertId, worker_id: WorkerId) -> FleetSnapshot:
+    """A start of `expert_id` on `worker_id` wakes the replica of it asleep there that fell asleep last (if any,
+    before its `until_s`): it leaves the worker's `asleep` list, its devices going to the start (the executor's
+    `AsleepReplicas.take` takes the same one)."""
+    worker = snapshot.workers[worker_id]
+    now_s = snapshot.now_s
+    for index in range(len(worker.asleep) - 1, -1, -1):
+        if worker.asleep[index].wakes_for(expert_id, now_s):
+            return _without_asleep(snapshot, worker, index)
+    return snapshot
+
+
+def evict_asleep(snapshot: FleetSnapshot, worker_id: WorkerId, replica_id: ReplicaId) -> FleetSnapshot:
+    """The asleep replica `replica_id` leaves `worker_id` (evicted: stopped, its devices free); raises KeyError if
+    it is not asleep there."""
+    worker = snapshot.workers[worker_id]
+    for index, holder in enumerate(worker.asleep):
+        if holder.replica_id == replica_id:
+            return _without_asleep(snapshot, worker, index)
+    raise KeyError(f"{replica_id} is not asleep on {worker_id}")
+
+
+def _without_asleep(snapshot: FleetSnapshot, worker: Worker, index: int) -> FleetSnapshot:
+    workers = _copy(snapshot.workers)
+    workers[worker.worker_id] = evolve(worker, asleep=worker.asleep[:index] + worker.asleep[index + 1:])
+    return snapshot.evolve_taking(workers=workers)
 
 
 def transition(

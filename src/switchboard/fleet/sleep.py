@@ -1,18 +1,21 @@
 """The executor's side of the sleep tier (warm → asleep → cold; policies/keepalive.py decides).
 
-An asleep replica is outside the fleet model: its devices are released (placement may give them to another
-expert), and it holds host RAM on its worker. `AsleepReplicas` keeps track of them for an executor (the live
-fleet and the simulator alike):
+An asleep replica is outside the fleet model's replicas: it holds host RAM on its worker, no accelerator memory,
+and keeps its devices (its engine's process and accelerator context stay there). The snapshot lists it on its
+worker (`Worker.asleep`), so placement counts its devices as taken: a start of its expert there wakes it on
+them, and any other start may take them only by evicting it first (`EvictAsleep`, which the executor carries out
+by stopping it). `AsleepReplicas` keeps track of them for an executor (the live fleet and the simulator alike):
 
 - a replica that keep-alive drains with code `sleep` or `unloaded-until-prewarm` is marked (`note_drain`); when
   it stops, the executor puts it to sleep instead (`put`), until `asleep_keepalive_s` later;
 - a start of the same expert on the same worker while one sleeps there wakes it (`take`) instead of a cold
   start, and the executor tells the policies so by pricing that expert's start at the wake time
   (`cold_start_overrides`);
-- an asleep replica past its time is stopped (`expired`).
+- an asleep replica past its time is stopped (`expired`), or sooner if placement evicts it (`evict`).
 
-`price_wakes` is that pricing, one function for both executors: the simulator and the live fleet call it
-whenever the set of asleep replicas changes, so their policies see the same estimates.
+`reflect_asleep` puts them in a snapshot: that pricing (`price_wakes`) and each worker's `asleep` list, one
+function for both executors: the simulator and the live fleet call it whenever the set of asleep replicas
+changes, so their policies see the same estimates and the same devices.
 
 Pure bookkeeping with the time passed in; the executor does the sleeping, waking and stopping.
 """
@@ -23,9 +26,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from switchboard.fleet.state import ServingEstimate
+from switchboard.fleet.state import AsleepHolder, FleetSnapshot, ServingEstimate
 from switchboard.policies.keepalive import KeepAliveReasonCode
-from switchboard.types import ExpertId, HardwareKind, Seconds, WorkerId
+from switchboard.types import ExpertId, HardwareKind, ReplicaId, Seconds, WorkerId
 
 SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
 """Keep-alive reasons whose replicas sleep instead of stopping (when the tier is on)."""
@@ -43,6 +46,8 @@ class Asleep:
     """Expected time to wake (the policies' price of starting this expert here while it sleeps)."""
     handle: Any = None
     """The executor's own object (the live fleet: the sleeping engine)."""
+    num_devices: int = 0
+    """Devices it keeps on its worker (those it held awake; 0 on a worker that declares none)."""
 
 
 class AsleepReplicas:
@@ -55,6 +60,7 @@ class AsleepReplicas:
         self.num_slept = 0
         self.num_woken = 0
         self.num_expired = 0
+        self.num_evicted = 0
 
     def note_drain(self, replica_id: str, reason_code: Any) -> None:
         if reason_code in SLEEP_CODES:
@@ -73,14 +79,16 @@ class AsleepReplicas:
         return False
 
     def put(self, replica_id: str, expert_id: ExpertId, worker_id: str, hardware: str, wake_s: Seconds, now_s: Seconds,
-            handle: Any = None) -> Asleep:
-        asleep = Asleep(replica_id, expert_id, worker_id, hardware, now_s, now_s + self.asleep_keepalive_s, wake_s, handle)
+            handle: Any = None, num_devices: int = 0) -> Asleep:
+        asleep = Asleep(replica_id, expert_id, worker_id, hardware, now_s, now_s + self.asleep_keepalive_s, wake_s, handle,
+                        num_devices)
         self._asleep.append(asleep)
         self.num_slept += 1
         return asleep
 
     def take(self, expert_id: ExpertId, worker_id: str, now_s: Seconds) -> Asleep | None:
-        """The replica of `expert_id` asleep on `worker_id` that slept last (taken out), or None."""
+        """The replica of `expert_id` asleep on `worker_id` that slept last (taken out), or None (the one a
+        `StartReplica` there consumes in the fleet model, `ops.wake_asleep`)."""
         for i in range(len(self._asleep) - 1, -1, -1):
             a = self._asleep[i]
             if a.expert_id == expert_id and a.worker_id == worker_id and now_s < a.until_s:
@@ -88,6 +96,16 @@ class AsleepReplicas:
                 self.num_woken += 1
                 return a
         return None
+
+    def evict(self, replica_id: str) -> Asleep:
+        """Takes out the asleep replica `replica_id` (placement evicts it for its devices): the executor stops it.
+        Raises KeyError if it is not asleep."""
+        for i, a in enumerate(self._asleep):
+            if a.replica_id == replica_id:
+                del self._asleep[i]
+                self.num_evicted += 1
+                return a
+        raise KeyError(f"{replica_id} is not asleep")
 
     def expired(self, now_s: Seconds) -> list[Asleep]:
         """The asleep replicas whose time is up (taken out): the executor stops them."""
@@ -114,6 +132,21 @@ class AsleepReplicas:
 
     def all(self) -> list[Asleep]:
         return list(self._asleep)
+
+
+def reflect_asleep(snapshot: FleetSnapshot, asleep: AsleepReplicas | None) -> FleetSnapshot:
+    """`snapshot` with the asleep replicas in it: starts priced at their wakes (`price_wakes`) and each worker's
+    `asleep` list (in the order they fell asleep). Idempotent."""
+    holders: dict[WorkerId, list[AsleepHolder]] = {}
+    for a in asleep.all() if asleep is not None else ():
+        holder = AsleepHolder(ReplicaId(a.replica_id), a.expert_id, a.num_devices, a.until_s)
+        holders.setdefault(WorkerId(a.worker_id), []).append(holder)
+    workers = {w: dataclasses.replace(worker, asleep=tuple(holders.get(w, ())))
+               if worker.asleep or w in holders else worker for w, worker in snapshot.workers.items()}
+    changes: dict = {"estimates": price_wakes(snapshot.estimates, asleep)}
+    if any(workers[w] is not worker for w, worker in snapshot.workers.items()):
+        changes["workers"] = workers
+    return snapshot.evolve(**changes)
 
 
 def price_wakes(estimates: Mapping[tuple[ExpertId, HardwareKind], ServingEstimate],

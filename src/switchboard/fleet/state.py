@@ -28,14 +28,38 @@ def _frozen_mapping(value: Mapping) -> Mapping:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AsleepHolder:
+    """A replica asleep on a worker (the sleep tier) and the devices it keeps there: its engine's process and
+    accelerator context stay on them, so they are not free. A start of its expert there wakes it on them; any
+    other start may take them only by evicting it first (`EvictAsleep`)."""
+
+    replica_id: ReplicaId
+    expert_id: ExpertId
+    num_devices: int
+    until_s: Seconds
+    """When it is stopped unless woken: a start of its expert wakes it only before then."""
+
+    def wakes_for(self, expert_id: ExpertId, now_s: Seconds) -> bool:
+        return self.expert_id == expert_id and now_s < self.until_s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Worker:
-    """A machine that hosts replicas."""
+    """A machine that hosts replicas.
+
+    A worker with `num_devices` > 0 declares its accelerators: a replica there takes whole devices (its
+    estimate's `num_devices`, the tensor-parallel size) and placement checks free devices as well as memory.
+    With 0 (no devices declared) only memory is checked."""
 
     worker_id: WorkerId
     hardware: HardwareKind
     memory_gb: float
     usd_per_hour: float
     location: str = "local"
+    num_devices: int = 0
+    asleep: tuple[AsleepHolder, ...] = ()
+    """Replicas asleep here, in the order they fell asleep (oldest first); set by the executors
+    (`fleet.sleep.reflect_asleep`)."""
 
 
 @fast_init
@@ -70,6 +94,9 @@ class ServingEstimate:
     decode_step_s_full_batch: Seconds
     max_num_seqs: int
     kv_capacity_tokens: int
+    num_devices: int = 0
+    """Whole devices a replica takes on a worker that declares devices (the perf model's tensor-parallel size);
+    0 for an engine that takes none (the llama.cpp worker: a CPU process)."""
     wake_s: Seconds | None = None
     """From asleep (the sleep tier: engine process kept, weights off the accelerator) to servable on this kind;
     None: unknown, or the engine cannot sleep."""
@@ -218,6 +245,8 @@ class Replica:
     memory_gb: float
     capacity: EngineCapacity
     state: ReplicaState = ReplicaState.COLD
+    num_devices: int = 0
+    """Whole devices it holds while live (0 on a worker that declares none)."""
     state_since_at: Seconds = 0.0
     created_at: Seconds = 0.0
     expected_warm_at: Seconds = 0.0
@@ -314,6 +343,7 @@ def _groups(live: list[Replica], accepting: list[Replica], warm: list[Replica]) 
 
 
 TransitionKey = tuple[ReplicaState, ReplicaState]
+_DECLARES_DEVICES_KEY = "state.declares_devices"
 _NO_REPLICA_SETS: tuple[tuple, tuple, tuple] = ((), (), ())
 _MAPPING_FIELDS = frozenset({"workers", "experts", "estimates", "replicas", "activity", "transition_counts"})
 
@@ -354,7 +384,9 @@ class FleetSnapshot:
     # Derived indexes, built on first use (a snapshot is immutable, so they never go stale; `evolve` resets them).
     _live_by_expert: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _memory_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _devices_used: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _max_free_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _rooms_by_hardware: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     # Memo dicts shared by related snapshots (see `catalog_memo` / `layout_memo`).
     _catalog_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
     _layout_memo: dict | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -386,8 +418,13 @@ class FleetSnapshot:
         return _evolve_snapshot_keeping_indexes(self, now_s=now_s)
 
     def _evolved(self, changes: dict) -> "FleetSnapshot":
-        if "workers" in changes or "replicas" in changes:
+        if "replicas" in changes:
             return _evolve_snapshot(self, **changes)
+        if "workers" in changes:
+            new = _evolve_snapshot(self, **changes)
+            # The replica index depends on the replicas alone (workers change as replicas sleep and wake).
+            object.__setattr__(new, "_live_by_expert", self._live_by_expert)
+            return new
         new = _evolve_snapshot_keeping_indexes(self, **changes)
         if "experts" in changes or "estimates" in changes:
             object.__setattr__(new, "_catalog_memo", None)
@@ -482,14 +519,18 @@ class FleetSnapshot:
 
     def _index_memory(self) -> None:
         used: dict[WorkerId, float] = {}
+        devices: dict[WorkerId, int] = {}
         for replica in self.replicas.values():
             if replica.state in LIVE_STATES:
                 used[replica.worker_id] = used.get(replica.worker_id, 0.0) + replica.memory_gb
+                if replica.num_devices:
+                    devices[replica.worker_id] = devices.get(replica.worker_id, 0) + replica.num_devices
         max_free: dict[HardwareKind, float] = {}
         for worker in self.workers.values():
             free = worker.memory_gb - used.get(worker.worker_id, 0.0)
             max_free[worker.hardware] = max(free, max_free.get(worker.hardware, free))
         object.__setattr__(self, "_memory_used", used)
+        object.__setattr__(self, "_devices_used", devices)
         object.__setattr__(self, "_max_free_by_hardware", max_free)
 
     # ---- queries
@@ -526,6 +567,40 @@ class FleetSnapshot:
 
     def memory_free_gb(self, worker_id: WorkerId) -> float:
         return self.workers[worker_id].memory_gb - self.memory_used_gb(worker_id)
+
+    def declares_devices(self) -> bool:
+        """Whether any worker declares devices (else placement checks memory only)."""
+        memo = self.catalog_memo()
+        found = memo.get(_DECLARES_DEVICES_KEY)
+        if found is None:
+            found = memo[_DECLARES_DEVICES_KEY] = any(w.num_devices for w in self.workers.values())
+        return found
+
+    def devices_free(self, worker_id: WorkerId) -> int:
+        """Devices of `worker_id` that neither a live replica nor an asleep one holds (0 on a worker that declares
+        none: check `Worker.num_devices` first)."""
+        if self._devices_used is None:
+            self._index_memory()
+        worker = self.workers[worker_id]
+        asleep = sum(h.num_devices for h in worker.asleep) if worker.asleep else 0
+        return worker.num_devices - self._devices_used.get(worker_id, 0) - asleep
+
+    def rooms_by_hardware(self) -> Mapping[HardwareKind, tuple[tuple[float, float], ...]]:
+        """Per hardware kind, the distinct (free memory GB, devices a start may take) of its workers: the devices
+        no live replica holds (an asleep one's included: placement may evict it), infinite on a worker that
+        declares none. For "could a replica go anywhere of this kind" without a loop over every worker."""
+        rooms = self._rooms_by_hardware
+        if rooms is None:
+            if self._devices_used is None:
+                self._index_memory()
+            found: dict[HardwareKind, set[tuple[float, float]]] = {}
+            for worker in self.workers.values():
+                devices = (worker.num_devices - self._devices_used.get(worker.worker_id, 0)) if worker.num_devices \
+                    else float("inf")
+                found.setdefault(worker.hardware, set()).add((self.memory_free_gb(worker.worker_id), devices))
+            rooms = {hw: tuple(sorted(pairs)) for hw, pairs in found.items()}
+            object.__setattr__(self, "_rooms_by_hardware", rooms)
+        return rooms
 
     def max_free_gb_by_hardware(self) -> Mapping[HardwareKind, float]:
         """Per hardware kind present in the fleet, the most free memory on one worker of that kind."""

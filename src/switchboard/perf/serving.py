@@ -26,6 +26,7 @@ def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
         decode_step_s_full_batch=profile.decode_step_time_s(full, min(full * ctx, profile.kv_capacity_tokens)),
         max_num_seqs=full,
         kv_capacity_tokens=profile.kv_capacity_tokens,
+        num_devices=profile.num_devices,
         # A CPU worker wakes by reloading from the page cache, which the live worker measures itself.
         wake_s=None if profile.hardware.kind == "cpu" else wake_time_s(profile),
     )

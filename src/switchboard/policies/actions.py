@@ -5,7 +5,8 @@ Effects on the fleet model (`apply_action`):
 
 | action              | fleet model change                                                        |
 |---------------------|---------------------------------------------------------------------------|
-| `StartReplica`      | new replica on the worker, cold → starting (expected warm after cold_start_s) |
+| `StartReplica`      | new replica on the worker, cold → starting (expected warm after cold_start_s); a replica of the expert asleep there is woken (`ops.wake_asleep`) |
+| `EvictAsleep`       | the asleep replica leaves its worker's `asleep` list (its devices are free) |
 | `ReactivateReplica` | draining → warm                                                           |
 | `DrainReplica`      | warm → draining (finishes what it holds, accepts nothing new)             |
 | `StopReplica`       | → stopped; anything still queued on it moves to `unplaced`                |
@@ -36,6 +37,16 @@ class StartReplica:
     worker_id: WorkerId
     hardware: HardwareKind
     cold_start_s: Seconds
+    reason: Reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EvictAsleep:
+    """Stop a replica asleep on `worker_id` (the sleep tier) to free its devices for a start that placement put
+    there; always right before that `StartReplica`, so its devices are never booked twice."""
+
+    replica_id: ReplicaId
+    worker_id: WorkerId
     reason: Reason
 
 
@@ -101,7 +112,7 @@ class PrewarmAt:
 
 
 Action = (
-    StartReplica | ReactivateReplica | DrainReplica | StopReplica | AssignRequest | ForwardUpstream | RejectRequest
+    StartReplica | EvictAsleep | ReactivateReplica | DrainReplica | StopReplica | AssignRequest | ForwardUpstream | RejectRequest
     | MigrateRequest | PrewarmAt
 )
 
@@ -119,8 +130,12 @@ def apply_action(snapshot: FleetSnapshot, action: Action) -> FleetSnapshot:
     match action:
         case StartReplica():
             estimate = snapshot.estimates[(action.expert_id, action.hardware)]
+            if snapshot.workers[action.worker_id].asleep:
+                snapshot = ops.wake_asleep(snapshot, action.expert_id, action.worker_id)
             snapshot = ops.add_replica(snapshot, action.replica_id, estimate, action.worker_id)
             return ops.transition(snapshot, action.replica_id, ReplicaState.STARTING, cold_start_s=action.cold_start_s)
+        case EvictAsleep():
+            return ops.evict_asleep(snapshot, action.worker_id, action.replica_id)
         case ReactivateReplica():
             return ops.transition(snapshot, action.replica_id, ReplicaState.WARM)
         case DrainReplica():

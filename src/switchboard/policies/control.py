@@ -63,6 +63,7 @@ from switchboard.policies.keepalive import (
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
+from switchboard.policies.devices import devices_reachable
 from switchboard.policies.placement import PlacementSettings, PlacementStatus, Unplaceable, make_placement
 from switchboard.policies.plan import Plan
 from switchboard.policies.routing import (
@@ -244,15 +245,16 @@ class ControlPlane:
 
     def plan_start(
         self, snapshot: FleetSnapshot, state: ControlState, expert_id: ExpertId, reason: Reason
-    ) -> tuple[StartReplica | Unplaceable, ControlState]:
-        """A `StartReplica` for `expert_id` where placement puts it, with a fresh replica id (outside a step,
-        e.g. experts configured warm at start-up), and the state that reserves the id."""
+    ) -> tuple[tuple[Action, ...] | Unplaceable, ControlState]:
+        """The actions that start a replica of `expert_id` where placement puts it, with a fresh replica id
+        (outside a step, e.g. experts configured warm at start-up): a `StartReplica`, after the `EvictAsleep`s
+        placement asked for; and the state that reserves the id."""
         plan = Plan(snapshot, state.num_replicas_created)
         outcome = self._start(plan, expert_id, reason)
         new_state = dataclasses.replace(state, num_replicas_created=plan.num_replicas_created)
         if isinstance(outcome, Unplaceable):
             return outcome, state
-        return plan.actions[-1], new_state
+        return tuple(plan.actions), new_state
 
     def admit_fast(self, snapshot: FleetSnapshot, request: QueuedRequest, rng: random.Random) -> FastAdmission:
         """The per-request fast path a gateway takes without running a whole step.
@@ -357,7 +359,7 @@ class ControlPlane:
         """Place and start a replica. Only starts that serve waiting work (`may_evict`) evict idle replicas:
         speculative ones (pre-warms, wakes) must not push out replicas that might be used."""
         outcome = self.placement.place(plan.snapshot, expert_id)
-        while (isinstance(outcome, Unplaceable) and outcome.status is PlacementStatus.NO_MEMORY
+        while (isinstance(outcome, Unplaceable) and outcome.status in (PlacementStatus.NO_MEMORY, PlacementStatus.NO_DEVICES)
                and may_evict and self.settings.evict_idle_for_memory and self._evict_one_idle(plan, expert_id)):
             outcome = self.placement.place(plan.snapshot, expert_id)
         if isinstance(outcome, Unplaceable):
@@ -368,13 +370,16 @@ class ControlPlane:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to
         make room for it (an idle replica is worth less than a waiting request). Returns whether one was."""
         now_s = plan.snapshot.now_s
-        need_gb = min((e.memory_gb for (eid, _), e in plan.snapshot.estimates.items() if eid == expert_id), default=0.0)
-        hosts = {w.hardware for w in plan.snapshot.workers.values() if plan.snapshot.estimate(expert_id, w.hardware)}
-        idle = [r for r in plan.snapshot.replicas.values()
+        snapshot = plan.snapshot
+        need_gb = min((e.memory_gb for (eid, _), e in snapshot.estimates.items() if eid == expert_id), default=0.0)
+        hosts = {w.hardware for w in snapshot.workers.values() if snapshot.estimate(expert_id, w.hardware)}
+        idle = [r for r in snapshot.replicas.values()
                 if r.is_warm and r.expert_id != expert_id and r.hardware in hosts
                 and r.load.num_outstanding_requests == 0
-                and plan.snapshot.memory_free_gb(r.worker_id)
-                + predict.reclaimable_gb(plan.snapshot, r.worker_id, expert_id) >= need_gb - 1e-9]
+                and snapshot.memory_free_gb(r.worker_id)
+                + predict.reclaimable_gb(snapshot, r.worker_id, expert_id) >= need_gb - 1e-9
+                and devices_reachable(snapshot, snapshot.workers[r.worker_id], snapshot.estimates[(expert_id, r.hardware)],
+                                      predict.reclaimable_devices(snapshot, r.worker_id, expert_id))]
         if not idle:
             return False
         victim = max(idle, key=lambda r: (r.idle_for_s(now_s), r.replica_id))

@@ -6,7 +6,7 @@ server decides.
     expert = loop.route(snapshot, candidates, preferred).expert_id  # an `auto` request (queues wake-ups)
     actions = loop.admit(snapshot, request)                         # every arrival: fast path, or a whole step
     actions = loop.step(snapshot).actions                           # on an interval and whenever `step_is_due`
-    start = loop.start(snapshot, expert_id, reason)                 # a start outside a step (warm at start-up)
+    actions = loop.start(snapshot, expert_id, reason)               # a start outside a step (warm at start-up)
     stop = loop.lost(replica_id, detail)                            # an engine died under its requests
 
 A driver owns time, engines and the `FleetSnapshot`; it executes the returned actions and keeps its snapshot
@@ -177,12 +177,13 @@ class ControlLoop:
         self._record(snapshot.now_s, result.actions)
         return result
 
-    def start(self, snapshot: FleetSnapshot, expert_id: ExpertId, reason: Reason) -> StartReplica | Unplaceable:
-        """A start of `expert_id` where placement puts it, outside a step (experts configured warm at
-        start-up, a replacement for a lost replica). The caller executes it."""
+    def start(self, snapshot: FleetSnapshot, expert_id: ExpertId, reason: Reason) -> tuple[Action, ...] | Unplaceable:
+        """The actions that start `expert_id` where placement puts it, outside a step (experts configured warm at
+        start-up, a replacement for a lost replica): its `StartReplica`, last, after any `EvictAsleep` placement
+        asked for. The caller executes them in order."""
         outcome, self.state = self.plane.plan_start(snapshot, self.state, expert_id, reason)
-        if isinstance(outcome, StartReplica):
-            self._record(snapshot.now_s, (outcome,))
+        if not isinstance(outcome, Unplaceable):
+            self._record(snapshot.now_s, outcome)
         return outcome
 
     def lost(self, now_s: float, replica_id: ReplicaId, detail: str) -> StopReplica:

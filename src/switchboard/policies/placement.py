@@ -2,8 +2,9 @@
 
 Variants (`PlacementSettings.kind`):
 
-- `first-fit`: the first worker (in configuration order) with a serving estimate for its hardware and enough
-  free memory.
+- `first-fit`: the first worker (in configuration order) with a serving estimate for its hardware, enough
+  free memory and, where it declares devices, enough free devices (the first that evicts no asleep replica for
+  them, if any does).
 - `cost-aware`: Mélange (Griggs et al., 2024) for one replica at a time — among workers that fit, the cheapest
   one whose *predicted* TTFT and TPOT at the expert's current load meet the expert's targets. "Cheapest" is
   the price of the devices the replica occupies (its share of the worker: an 8-GPU machine hosting a 2-GPU
@@ -14,7 +15,12 @@ Variants (`PlacementSettings.kind`):
   when its throughput saves replicas. When no hardware meets the targets, the fastest that fits is chosen and
   the outcome says the SLO is at risk.
 
-Guarantee (both): a placed replica fits in its worker's free memory (never over-commit).
+Guarantees (both): a placed replica fits in its worker's free memory (never over-commit), and on a worker
+that declares devices it gets as many whole devices as its tensor-parallel size (`ServingEstimate.num_devices`)
+that no live replica holds (never double-book a device). Devices held by a replica asleep there
+(`Worker.asleep`) go to it only as the wake of that replica, or by evicting asleep replicas, which the outcome
+names (`Placed.evicts`: the executor stops them before the start; `policies/devices.py`). Workers without
+declared devices are checked for memory only.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pydantic import Field
 from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, ServingEstimate, Worker
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
-from switchboard.types import ExpertId, Seconds
+from switchboard.policies.devices import NO_ROOM, device_room
+from switchboard.types import ExpertId, ReplicaId, Seconds
 
 
 class PlacementKind(str, enum.Enum):
@@ -53,6 +60,8 @@ class PlacementStatus(str, enum.Enum):
     PLACED_SLO_AT_RISK = "placed-slo-at-risk"
     NO_ESTIMATE = "no-estimate"
     NO_MEMORY = "no-memory"
+    NO_DEVICES = "no-devices"
+    """Some worker has the memory, none the free devices (held by live replicas)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,7 +79,11 @@ class Candidate:
     """Replicas of this kind the expert's current demand needs (≥ 1; fractional)."""
     sleep_rank: int = 1
     """The sleep tier on this worker: 0 a replica of this expert sleeps there (the start is a wake), 1 none
-    sleeps there, 2 only other experts' replicas do (a start here may take the devices their wake needs)."""
+    sleeps there (or, where the worker declares devices, the start leaves the sleepers' devices alone), 2 the
+    start takes devices other experts' asleep replicas need to wake: it evicts them, or (a worker without
+    declared devices) they sleep there."""
+    evicts: tuple[ReplicaId, ...] = ()
+    """Asleep replicas on this worker the start must stop first, for their devices."""
 
     @property
     def usd_per_hour_at_load(self) -> float:
@@ -87,6 +100,11 @@ class Placed:
     @property
     def is_placed(self) -> bool:
         return True
+
+    @property
+    def evicts(self) -> tuple[ReplicaId, ...]:
+        """Asleep replicas to stop (`EvictAsleep`) right before the start, for their devices."""
+        return self.candidate.evicts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +166,9 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         estimate = snapshot.estimate(expert_id, worker.hardware)
         if estimate is None or (workers is None and estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + 1e-9):
             continue
+        room = device_room(snapshot, worker, estimate) if worker.num_devices else None
+        if room is NO_ROOM and workers is None:
+            continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
         tpot_s = estimate.tpot_s(seqs)
         floor = 1.0
@@ -163,7 +184,9 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
                                meets_slo=ttft_s <= spec.ttft_slo_s and tpot_s <= spec.tpot_slo_s,
                                usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed,
                                sleep_rank=(0 if worker.worker_id in estimate.asleep_worker_ids
-                                           else 2 if worker.worker_id in sleepers else 1)))
+                                           else (2 if room.evicts else 1) if room is not None
+                                           else 2 if worker.worker_id in sleepers else 1),
+                               evicts=room.evicts if room is not None else ()))
     return found
 
 
@@ -238,13 +261,18 @@ class PlacementPolicy(abc.ABC):
             if not any(snapshot.estimate(expert_id, w.hardware) for w in snapshot.workers.values()):
                 return Unplaceable(PlacementStatus.NO_ESTIMATE, expert_id, Reason(
                     PlacementStatus.NO_ESTIMATE, f"no worker's hardware can serve {expert_id}"))
+            if any((e := snapshot.estimate(expert_id, w.hardware)) is not None
+                   and e.memory_gb <= snapshot.memory_free_gb(w.worker_id) + 1e-9 for w in snapshot.workers.values()):
+                return Unplaceable(PlacementStatus.NO_DEVICES, expert_id, Reason(
+                    PlacementStatus.NO_DEVICES, f"no worker has free devices for {expert_id}"))
             return Unplaceable(PlacementStatus.NO_MEMORY, expert_id, Reason(
                 PlacementStatus.NO_MEMORY, f"no worker has free memory for {expert_id}"))
         chosen = self.choose(_waking_first(snapshot, expert_id, fitting))
         status = PlacementStatus.PLACED if chosen.meets_slo else PlacementStatus.PLACED_SLO_AT_RISK
         detail = (f"{chosen.worker.worker_id} ({chosen.worker.hardware}, ${chosen.usd_per_hour:.2f}/h for this replica, "
                   f"{chosen.num_replicas_needed:.1f} needed): "
-                  f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms")
+                  f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms"
+                  + (f"; evicting asleep {', '.join(chosen.evicts)} for its devices" if chosen.evicts else ""))
         return Placed(status, expert_id, chosen, Reason(status, detail))
 
     def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
@@ -281,7 +309,8 @@ PLACEMENT_POLICIES: Registry[PlacementKind, PlacementPolicy] = Registry("placeme
 @PLACEMENT_POLICIES.register(PlacementKind.FIRST_FIT)
 class FirstFitPlacement(PlacementPolicy):
     def choose(self, fitting: list[Candidate]) -> Candidate:
-        return fitting[0]
+        # The first that fits without evicting an asleep replica, else the first that fits.
+        return next((c for c in fitting if not c.evicts), fitting[0])
 
 
 @PLACEMENT_POLICIES.register(PlacementKind.COST_AWARE)

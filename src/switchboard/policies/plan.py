@@ -5,8 +5,9 @@ actions with `plan.do`, so every stage sees the fleet as the earlier ones left i
 from __future__ import annotations
 
 from switchboard.fleet.state import FleetSnapshot
-from switchboard.policies.actions import Action, StartReplica, apply_action
+from switchboard.policies.actions import Action, EvictAsleep, StartReplica, apply_action
 from switchboard.policies.base import Reason
+from switchboard.policies.devices import DeviceReasonCode
 from switchboard.policies.placement import Candidate
 from switchboard.types import ExpertId, ReplicaId
 
@@ -31,9 +32,13 @@ class Plan:
                 return replica_id
 
     def start_on(self, candidate: Candidate, expert_id: ExpertId, why: Reason) -> ReplicaId:
-        """Start a replica of `expert_id` on the candidate's worker (placement already chose it)."""
+        """Start a replica of `expert_id` on the candidate's worker (placement already chose it), after stopping
+        the asleep replicas whose devices it takes there (`candidate.evicts`)."""
         replica_id = self.new_replica_id(expert_id)
         worker, estimate = candidate.worker, candidate.estimate
+        for evicted in candidate.evicts:
+            self.do(EvictAsleep(evicted, worker.worker_id, Reason(
+                DeviceReasonCode.EVICTED_ASLEEP, f"asleep on {worker.worker_id}; its devices go to {replica_id}")))
         self.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware,
                              estimate.start_s_on(worker.worker_id), why))
         return replica_id

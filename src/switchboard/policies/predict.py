@@ -11,6 +11,7 @@ import functools
 import math
 
 from switchboard.fleet.state import ExpertSpec, FleetSnapshot, Replica, ServingEstimate
+from switchboard.policies.devices import devices_reachable
 from switchboard.types import ExpertId, Seconds, WorkerId
 from switchboard.frozen import fast_init
 
@@ -78,14 +79,23 @@ class WakeOption:
     cold_start_s: Seconds
     """Shortest cold start over hardware kinds that fit now (over all known kinds if none fits; 0 if none known)."""
     is_placeable: bool
-    """Some worker has the memory and an estimate for it right now."""
+    """Some worker has an estimate for it and the memory (and, where it declares devices, the devices: free or
+    held by asleep replicas placement may evict) right now."""
+
+
+def _idle_others(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: ExpertId) -> list:
+    return [r for r in snapshot.replicas.values() if r.worker_id == worker_id and r.is_warm
+            and r.expert_id != for_expert_id and r.load.num_outstanding_requests == 0]
 
 
 def reclaimable_gb(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: ExpertId) -> float:
     """Memory on a worker held by warm, idle replicas of other experts (what eviction could free)."""
-    return sum(r.memory_gb for r in snapshot.replicas.values()
-               if r.worker_id == worker_id and r.is_warm and r.expert_id != for_expert_id
-               and r.load.num_outstanding_requests == 0)
+    return sum(r.memory_gb for r in _idle_others(snapshot, worker_id, for_expert_id))
+
+
+def reclaimable_devices(snapshot: FleetSnapshot, worker_id: WorkerId, for_expert_id: ExpertId) -> int:
+    """Devices on a worker held by warm, idle replicas of other experts (what eviction could free)."""
+    return sum(r.num_devices for r in _idle_others(snapshot, worker_id, for_expert_id))
 
 
 def wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, *, reclaim_idle_memory: bool = False) -> WakeOption:
@@ -111,8 +121,20 @@ def _wake_option(snapshot: FleetSnapshot, expert_id: ExpertId, reclaim_idle_memo
             if estimate is None:
                 continue
             known.append(estimate.cold_start_s)
-            free_gb = snapshot.memory_free_gb(worker.worker_id) + reclaimable_gb(snapshot, worker.worker_id, expert_id)
-            if estimate.memory_gb <= free_gb + 1e-9:
+            idle = _idle_others(snapshot, worker.worker_id, expert_id)
+            if estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + sum(r.memory_gb for r in idle) + 1e-9:
+                continue
+            if worker.num_devices and not devices_reachable(snapshot, worker, estimate, sum(r.num_devices for r in idle)):
+                continue
+            fitting.append(estimate.cold_start_s)
+    elif snapshot.declares_devices():  # memory and devices on the same worker
+        for hardware, rooms in snapshot.rooms_by_hardware().items():
+            estimate = snapshot.estimate(expert_id, hardware)
+            if estimate is None:
+                continue
+            known.append(estimate.cold_start_s)
+            need = estimate.num_devices
+            if any(estimate.memory_gb <= free_gb + 1e-9 and need <= devices for free_gb, devices in rooms):
                 fitting.append(estimate.cold_start_s)
     else:
         for hardware, free_gb in snapshot.max_free_gb_by_hardware().items():

@@ -47,8 +47,8 @@ def hardware_of(expert: ExpertConfig, default_hardware: str) -> str:
 def live_workers(config: SwitchboardConfig) -> list[Worker]:
     """The configured workers, plus one virtual 8-device worker per hardware kind that simulated experts
     need and no configured worker has (simulated replicas run in-process but are accounted on it)."""
-    workers = [Worker(WorkerId(w.id), HardwareKind(w.hardware), w.memory_gb, w.usd_per_hour, w.location)
-               for w in config.workers]
+    workers = [Worker(WorkerId(w.id), HardwareKind(w.hardware), w.memory_gb, w.usd_per_hour, w.location,
+                      num_devices=len(w.devices)) for w in config.workers]
     kinds = {w.hardware for w in workers}
     for expert in config.experts:
         if isinstance(expert.backend, SimulatedBackend) and expert.backend.hardware not in kinds:
@@ -90,6 +90,8 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
             estimate = dataclasses.replace(
                 estimate, max_num_seqs=1, kv_capacity_tokens=expert.context_tokens,
                 cold_start_s=LLAMACPP_COLD_START_GUESS_S, memory_gb=memory_gb,
+                # The llama.cpp worker is a CPU process: it takes no device (a `process` server does).
+                num_devices=0 if isinstance(backend, LlamaCppBackend) else estimate.num_devices,
             )
         if isinstance(backend, ProcessBackend):
             # The roofline's cold start models a GPU engine's load; a server's own start is configured until

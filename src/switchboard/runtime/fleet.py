@@ -34,12 +34,12 @@ from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, Llama
 from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
-from switchboard.fleet.sleep import price_wakes
+from switchboard.fleet.sleep import Asleep, reflect_asleep
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
-from switchboard.perf.roofline import engine_profile
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
+    EvictAsleep,
     MigrateRequest,
     PrewarmAt,
     ReactivateReplica,
@@ -148,7 +148,7 @@ class LiveFleet:
             if expert.warm_at_start and expert.id not in self.external and not self.model.is_warm(ExpertId(expert.id)):
                 start = self._start_action(expert)
                 if start is not None:
-                    self._execute([start])  # one at a time: each placement sees the memory the last one took
+                    self._execute(start)  # one at a time: each placement sees the memory the last one took
         self._loop_task = asyncio.create_task(self._control_loop(), name="switchboard-control-loop")
         # Real engines get up to `startup_wait_s` to come up before serving starts; simulated ones model cold
         # starts of a minute or more for big experts, which must not hold the whole gateway.
@@ -186,9 +186,10 @@ class LiveFleet:
 
     def _start_action(self, expert: ExpertConfig, code: LiveReasonCode = LiveReasonCode.WARM_AT_START,
                       why: str = "the expert is configured warm_at_start", *, avoid_worker: str | None = None,
-                      ) -> StartReplica | None:
-        """A start for `expert` where the placement policy puts it, given the replicas already planned; with
-        `avoid_worker`, on any other worker (None, not logged, if no other worker can host it)."""
+                      ) -> list[Action] | None:
+        """The actions of a start for `expert` where the placement policy puts it, given the replicas already
+        planned (its `StartReplica`, after the `EvictAsleep`s placement asked for); with `avoid_worker`, on any
+        other worker (None, not logged, if no other worker can host it)."""
         snapshot = self._now()
         if avoid_worker is not None:
             others = {w: worker for w, worker in snapshot.workers.items() if w != avoid_worker}
@@ -199,7 +200,7 @@ class LiveFleet:
         if isinstance(start, Unplaceable):
             log.error("no worker can host a replica of expert %s (%s): %s", expert.id, why, start.reason)
             return None
-        return start
+        return list(start)
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -399,7 +400,7 @@ class LiveFleet:
             start = self._start_action(expert, LiveReasonCode.REPLACE_LOST, f"replaces a replica lost on {lost_on}",
                                        avoid_worker=lost_on)
         if start is not None:
-            self._execute([start])
+            self._execute(start)
         else:
             self._to_replace.append(expert.id)
             self._wakeup.set()
@@ -437,26 +438,41 @@ class LiveFleet:
                 continue
             if isinstance(action, StartReplica):
                 expert = self._experts[action.expert_id]
-                asleep = self.sleep_tier.take(expert.id, action.worker_id, self.clock()) if self.sleep_tier else None
-                if asleep is not None:
-                    self._price_wakes()
-                engine = asleep[0] if asleep else self.cluster.engine_for(action.replica_id, expert, action.worker_id)
+                # The one the model woke (`ops.wake_asleep`): the same rule at the same time.
+                woken = self.sleep_tier.take(expert.id, action.worker_id, self.model.now_s) if self.sleep_tier else None
+                if woken is not None:
+                    self._reflect_asleep()
+                    engine, sleep_task = woken.handle
+                else:
+                    num_devices = self.model.replicas[action.replica_id].num_devices
+                    engine, sleep_task = self.cluster.engine_for(action.replica_id, expert, action.worker_id,
+                                                                 num_devices=num_devices), None
                 try:
-                    asleep, engine = self._give_devices(action, engine, asleep)
-                except DevicesBusy as exc:
+                    self._give_devices(action, engine, woken)
+                except DevicesBusy as exc:  # the book disagrees with the model: never double-book, refuse the start
+                    log.error("%s", exc)
                     self._execute([StopReplica(action.replica_id, Reason(LiveReasonCode.START_FAILED, str(exc)))])
                     continue
                 replica = LiveReplica(action.replica_id, expert, action.hardware, engine)
                 self.live[action.replica_id] = replica
-                self.counters["wakes" if asleep else "cold_starts"] += 1
-                replica.start_task = asyncio.create_task(self._run_start(replica, asleep[1] if asleep else None))
+                self.counters["wakes" if woken else "cold_starts"] += 1
+                replica.start_task = asyncio.create_task(self._run_start(replica, sleep_task))
                 self._record(action, action.expert_id)
+            elif isinstance(action, EvictAsleep):
+                evicted = self.sleep_tier.asleep.evict(action.replica_id)
+                self.devices.release(action.replica_id)  # the start right after this takes them
+                asyncio.ensure_future(stop_after_sleep(*evicted.handle))
+                self._reflect_asleep()
+                self._record(action, evicted.expert_id)
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
                 self.replica_circuits.forget(action.replica_id)
-                self.devices.release(action.replica_id)  # an asleep replica holds no device either
-                if replica is not None and not self._sleeps(action.replica_id, replica):
-                    asyncio.create_task(replica.engine.stop())
+                if replica is not None and self._sleeps(action.replica_id, replica):
+                    pass  # asleep: it keeps its devices (held under its id until woken, evicted or expired)
+                else:
+                    self.devices.release(action.replica_id)
+                    if replica is not None:
+                        asyncio.create_task(replica.engine.stop())
                 self._record(action, action.replica_id.split("#")[0])
                 self.model = ops.prune_stopped(self.model)
             elif isinstance(action, (DrainReplica, ReactivateReplica)):
@@ -475,24 +491,20 @@ class LiveFleet:
         if actions:
             self._notify()
 
-    def _give_devices(self, action: StartReplica, engine: Any, asleep: Any) -> tuple[Any, Any]:
-        """Gives a starting replica whole devices of its worker, if the worker declares any: the perf model's
-        tensor-parallel size, the same devices for an asleep engine (its CUDA context is there; if they were
-        given away meanwhile, it is stopped and a fresh engine started). Returns (asleep, engine); raises
-        DevicesBusy when too few devices are free."""
-        if not self.devices.has_devices(action.worker_id) or not hasattr(engine, "devices"):
-            return asleep, engine
-        expert = self._experts[action.expert_id]
-        num_devices = engine_profile(expert.params_b, action.hardware).num_devices
-        if asleep is not None:
-            try:
-                self.devices.assign(action.replica_id, action.worker_id, num_devices, exactly=engine.devices)
-                return asleep, engine
-            except DevicesBusy:
-                asyncio.ensure_future(stop_after_sleep(engine, asleep[1]))
-                asleep, engine = None, self.cluster.engine_for(action.replica_id, expert, action.worker_id)
-        engine.devices = self.devices.assign(action.replica_id, action.worker_id, num_devices)
-        return asleep, engine
+    def _give_devices(self, action: StartReplica, engine: Any, woken: Asleep | None) -> None:
+        """Books a starting replica's devices, as many as the fleet model counts for it (`Replica.num_devices`:
+        its tensor-parallel size on a worker that declares devices): a woken engine keeps those it held asleep
+        (its accelerator context is there), a fresh one gets the lowest free indices. Raises DevicesBusy when
+        too few are free: placement never chooses such a worker, so only if the book and the model disagree."""
+        if woken is not None:
+            held = self.devices.held(woken.replica_id)
+            self.devices.release(woken.replica_id)
+            if held:
+                self.devices.assign(action.replica_id, action.worker_id, len(held), exactly=held)
+            return
+        num_devices = self.model.replicas[action.replica_id].num_devices
+        if num_devices and self.devices.has_devices(action.worker_id) and hasattr(engine, "devices"):
+            engine.devices = self.devices.assign(action.replica_id, action.worker_id, num_devices)
 
     def _sleeps(self, replica_id: str, replica: LiveReplica) -> bool:
         """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that and its engine can."""
@@ -504,15 +516,16 @@ class LiveFleet:
         # CPU worker's until measured) its cold start.
         wake_s = (replica.cold_start or {}).get("wake_s") or estimate.wake_s or estimate.unpriced().cold_start_s
         if not self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
-                                             replica.engine, wake_s, self.clock()):
+                                             replica.engine, wake_s, self.clock(),
+                                             num_devices=model_replica.num_devices):
             return False
-        self._price_wakes()
+        self._reflect_asleep()
         return True
 
-    def _price_wakes(self) -> None:
-        """The policies' estimates with each start priced at the wake where a replica of the expert sleeps
-        (`fleet.sleep.price_wakes`, as the simulator prices them)."""
-        self.model = self.model.evolve(estimates=price_wakes(self.model.estimates, self.sleep_tier.asleep))
+    def _reflect_asleep(self) -> None:
+        """The model with the asleep replicas in it: starts priced at their wakes and the devices they keep
+        (`fleet.sleep.reflect_asleep`, as the simulator does)."""
+        self.model = reflect_asleep(self.model, self.sleep_tier.asleep)
 
     async def _run_start(self, replica: LiveReplica, sleep_task: asyncio.Task | None = None) -> None:
         started = time.perf_counter()
@@ -577,8 +590,10 @@ class LiveFleet:
                 if due or self._to_replace:
                     await self.refresh_inventory()
                 self._reap_dead_engines()
-                if self.sleep_tier is not None and self.sleep_tier.expire(self.clock()):
-                    self._price_wakes()
+                if self.sleep_tier is not None and (expired := self.sleep_tier.expire(self.clock())):
+                    for asleep in expired:
+                        self.devices.release(asleep.replica_id)
+                    self._reflect_asleep()
                 self._step()
             except Exception:  # noqa: BLE001 — a failing step must not kill the loop; it is logged and retried
                 log.exception("control step failed")
@@ -602,7 +617,7 @@ class LiveFleet:
         for expert_id in pending:
             start = self._start_action(self._experts[expert_id], LiveReasonCode.REPLACE_LOST, "replaces a lost replica")
             if start is not None:
-                self._execute([start])
+                self._execute(start)
 
     def _apply_inventory(self, workers: list[Worker]) -> None:
         """Brings the model's workers in line with the cluster's: replicas on a lost worker are stopped (their

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.fleet.sleep import AsleepReplicas
+from switchboard.fleet.sleep import Asleep, AsleepReplicas
 from switchboard.policies.actions import DrainReplica
 from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.types import ExpertId
@@ -45,12 +45,14 @@ class LiveSleepTier:
         self.asleep.note_reactivate(replica_id)
 
     def stop_or_sleep(self, replica_id: str, expert_id: str, worker_id: str, hardware: str, engine: Any,
-                      wake_s: float, now_s: float) -> bool:
-        """Puts a stopping replica's engine to sleep if it was marked to; False if the caller must stop it."""
+                      wake_s: float, now_s: float, num_devices: int = 0) -> bool:
+        """Puts a stopping replica's engine to sleep if it was marked to, keeping its `num_devices` devices; False
+        if the caller must stop it."""
         if not self.asleep.should_sleep(replica_id) or not self.can_sleep(engine):
             return False
         task = asyncio.ensure_future(self._sleep(engine))
-        self.asleep.put(replica_id, ExpertId(expert_id), worker_id, hardware, wake_s, now_s, handle=(engine, task))
+        self.asleep.put(replica_id, ExpertId(expert_id), worker_id, hardware, wake_s, now_s, handle=(engine, task),
+                        num_devices=num_devices)
         return True
 
     @staticmethod
@@ -63,10 +65,9 @@ class LiveSleepTier:
             await engine.stop()
             return False
 
-    def take(self, expert_id: str, worker_id: str, now_s: float) -> tuple[Any, asyncio.Task] | None:
-        """(engine, its sleep task) of a replica of `expert_id` asleep on `worker_id`, or None."""
-        asleep = self.asleep.take(ExpertId(expert_id), worker_id, now_s)
-        return asleep.handle if asleep is not None else None
+    def take(self, expert_id: str, worker_id: str, now_s: float) -> Asleep | None:
+        """A replica of `expert_id` asleep on `worker_id` (its `handle`: the engine and its sleep task), or None."""
+        return self.asleep.take(ExpertId(expert_id), worker_id, now_s)
 
     @staticmethod
     async def wake(engine: Any, sleep_task: asyncio.Task, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -80,13 +81,12 @@ class LiveSleepTier:
             await engine.start()
         return clock() - t0
 
-    def expire(self, now_s: float) -> bool:
-        """Stops the engines asleep past their time (in the background); True if there were any."""
+    def expire(self, now_s: float) -> list[Asleep]:
+        """Stops the engines asleep past their time (in the background); returns them."""
         expired = self.asleep.expired(now_s)
         for asleep in expired:
-            engine, task = asleep.handle
-            asyncio.ensure_future(stop_after_sleep(engine, task))
-        return bool(expired)
+            asyncio.ensure_future(stop_after_sleep(*asleep.handle))
+        return expired
 
     async def close(self) -> None:
         everything = self.asleep.expired(float("inf"))

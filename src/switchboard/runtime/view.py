@@ -28,25 +28,25 @@ def describe_external(ext: LiveReplica) -> dict[str, Any]:
 def describe_devices(book: DeviceBook, worker_id: str, hardware: str, model: FleetSnapshot,
                      asleep: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One cell per device `worker_id` declares, in its order: `state` is the holding replica's state (`starting`,
-    `warm`, `draining`), else `asleep` when a replica asleep on it would wake there (it holds no device: placement
-    may give it away, and the wake then becomes a cold start elsewhere), else `free`. `replica` and `expert` name
-    the holder (or that asleep replica); `asleep` lists every replica asleep on the device, held or not."""
+    `warm`, `draining`), or `asleep` when a replica asleep there holds it (it keeps its devices: it wakes on them,
+    and placement gives them to another replica only by evicting it first), else `free`. `replica` and `expert`
+    name the holder; `asleep` lists the replica asleep on the device, if any."""
     holders = book.holders(worker_id)
+    sleepers = {a["replica"]: a for a in asleep if a["worker"] == worker_id}
     cells = []
     for index in book.declared(worker_id):
-        sleepers = [a for a in asleep if a["worker"] == worker_id and index in a.get("devices", ())]
         replica_id = holders.get(index)
         held = model.replicas.get(ReplicaId(replica_id)) if replica_id is not None else None
-        if replica_id is not None:
+        if replica_id in sleepers:
+            state, expert = "asleep", sleepers[replica_id]["expert"]
+        elif replica_id is not None:
             # A held device's replica is in the model (the fleet assigns after adding it, releases before pruning
             # it); only while the gateway shuts down does it read `stopped`.
             state, expert = (held.state.value, held.expert_id) if held else ("stopped", replica_id.split("#")[0])
-        elif sleepers:
-            state, replica_id, expert = "asleep", sleepers[-1]["replica"], sleepers[-1]["expert"]
         else:
             state, expert = "free", None
         cells.append({"index": index, "hardware": hardware, "state": state, "replica": replica_id, "expert": expert,
-                      "asleep": [a["replica"] for a in sleepers]})
+                      "asleep": [replica_id] if state == "asleep" else []})
     return cells
 
 
@@ -64,13 +64,14 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),
             "node": getattr(live.engine, "node_id", None) if live else None,  # the Ray node, in Ray mode
-            "devices": list(fleet.devices.held(replica_id)) if getattr(fleet, "devices", None) else [],
+            # The devices the fleet booked for it, or (Ray mode) the GPU ids Ray gave its actor.
+            "devices": list(fleet.devices.held(replica_id)) or list(getattr(live.engine, "devices", ()) if live else ()),
             "transitions": [{"from": t.from_state.value, "to": t.to_state.value, "at": t.at_s} for t in r.transitions[-10:]],
         })
     for expert_id, ext in fleet.external.items():
         by_expert[expert_id].append(describe_external(ext))
     asleep = fleet.sleep_tier.describe() if getattr(fleet, "sleep_tier", None) is not None else []
-    # In Ray mode the workers are Ray nodes, not the config's, and replica actors take no devices: none to show.
+    # In Ray mode the workers are Ray nodes, not the config's, and Ray books their GPUs: shown per replica only.
     book = fleet.devices if isinstance(fleet.config.cluster, EmbeddedClusterConfig) else DeviceBook({})
     return {
         "now": model.now_s,

@@ -1,9 +1,11 @@
 """Cluster specs for the simulator: pools of workers, experts and SLOs, loaded from YAML and validated.
 
-A worker is one machine (cloud instance) with `devices_per_worker` devices of one hardware kind; its memory is
-the devices' memory. A replica of an expert takes whole devices (its `EngineProfile.num_devices`) and is billed
-for them while it is live (starting, warm or draining): the serverless model, where idle capacity that holds no
-replica costs nothing. A static fleet keeps its replicas live all the time and so pays for all of them.
+A worker is one machine (cloud instance) with `devices_per_worker` devices of one hardware kind, declared as the
+live fleet's workers declare theirs (`Worker.num_devices`); its memory is the devices' memory. A replica of an
+expert takes whole devices (its `EngineProfile.num_devices`), which placement books as it does live (never two
+replicas on one device; an asleep replica keeps its own), and is billed for them while it is live (starting,
+warm or draining): the serverless model, where idle capacity that holds no replica costs nothing. A static
+fleet keeps its replicas live all the time and so pays for all of them.
 
     name: hetero-32
     slo: {ttft_s: 2.0, tpot_s: 0.2}
@@ -151,6 +153,7 @@ def resolve_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] |
                 HardwareKind(pool.hardware),
                 memory_gb=pool.devices_per_worker * hw.memory_bytes / 1e9,
                 usd_per_hour=pool.devices_per_worker * hw.usd_per_hour,
+                num_devices=pool.devices_per_worker,
             ))
     experts = tuple(ExpertSpec(ExpertId(e.id), e.params_b, e.usd_per_mtok, spec.slo.ttft_s, spec.slo.tpot_s)
                     for e in experts_spec)

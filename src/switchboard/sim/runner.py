@@ -24,11 +24,12 @@ from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Replica
 from switchboard.sim.cluster import BuiltCluster
 from switchboard.sim.engine import ReplicaEngine, Sequence, StepDone, StepOutcome
 from switchboard.sim.events import Event, EventQueue, Priority
-from switchboard.fleet.sleep import AsleepReplicas, price_wakes
+from switchboard.fleet.sleep import AsleepReplicas, reflect_asleep
 from switchboard.perf.sleep import wake_time_s
 from switchboard.policies.actions import (
     AssignRequest,
     DrainReplica,
+    EvictAsleep,
     ForwardUpstream,
     MigrateRequest,
     PrewarmAt,
@@ -195,7 +196,8 @@ class Simulation:
         fifo = make_queue_order(QueueOrderSettings())
         self._next_to_run = loop.next_to_run if loop is not None else (lambda r, now_s: next_to_run(r, fifo, now_s))
         # The sleep tier (policies/keepalive.py `sleep_after_s`): replicas keep-alive unloads sleep instead of
-        # stopping, billed nothing while asleep (their devices are released), and a start there wakes them.
+        # stopping, billed nothing while asleep (they keep their devices, which placement may evict them for),
+        # and a start there wakes them.
         keepalive = getattr(getattr(plane, "settings", None), "keepalive", None)
         self.asleep = (AsleepReplicas(keepalive.asleep_keepalive_s)
                        if keepalive is not None and keepalive.sleep_after_s is not None else None)
@@ -437,7 +439,7 @@ class Simulation:
         self._steps_queued_at.discard(now_s)
         self._sync(now_s)
         if self.asleep is not None and self.asleep.expired(now_s):
-            self._price_wakes()
+            self._reflect_asleep()
         out = self._apply(self.plane.control(self.snapshot), now_s)
         if event.payload:  # periodic, on the loop's grid
             out.append(self._step_at(self.plane.loop.next_periodic_step_at(now_s), periodic=True))
@@ -470,6 +472,9 @@ class Simulation:
                 out += self._start(action, now_s)
             elif isinstance(action, StopReplica):
                 self._stopped(replica_id)
+            elif isinstance(action, EvictAsleep):
+                self.asleep.evict(action.replica_id)
+                self._reflect_asleep()
             elif isinstance(action, DrainReplica) and self.asleep is not None:
                 self.asleep.note_drain(action.replica_id, action.reason.code)
             elif isinstance(action, ReactivateReplica) and self.asleep is not None:
@@ -510,13 +515,13 @@ class Simulation:
         ready_in_s = action.cold_start_s
         if woken is not None:
             ready_in_s = woken.wake_s
-            self._price_wakes()
+            self._reflect_asleep()
         return [Event(now_s + ready_in_s, Priority.REPLICA_READY, "replica_ready", action.replica_id)]
 
-    def _price_wakes(self) -> None:
-        """The policies' estimates with each start priced at the wake where a replica of the expert sleeps on
-        that hardware kind (`fleet.sleep.price_wakes`, as the live fleet prices them)."""
-        self.snapshot = self.snapshot.evolve(estimates=price_wakes(self.snapshot.estimates, self.asleep))
+    def _reflect_asleep(self) -> None:
+        """The fleet with the asleep replicas in it: starts priced at their wakes and the devices they keep
+        (`fleet.sleep.reflect_asleep`, as the live fleet does)."""
+        self.snapshot = reflect_asleep(self.snapshot, self.asleep)
 
     def _migrate(self, action: MigrateRequest, now_s: float) -> list[Event]:
         if int(action.request_id) in self.sequences:
@@ -529,8 +534,9 @@ class Simulation:
         if self.asleep is not None and self.asleep.should_sleep(replica_id) and not math.isnan(record.warm_at):
             profile = self.cluster.profiles[(record.expert_id, record.hardware)]
             self.asleep.put(replica_id, ExpertId(record.expert_id), record.worker_id, record.hardware,
-                            wake_time_s(profile), self.snapshot.now_s)
-            self._price_wakes()
+                            wake_time_s(profile), self.snapshot.now_s,
+                            num_devices=self.snapshot.replicas[replica_id].num_devices)
+            self._reflect_asleep()
         engine = self.engines.get(replica_id)
         if engine is not None:
             record.busy_s = engine.busy_time_s(self.snapshot.now_s)

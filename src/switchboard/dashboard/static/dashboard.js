@@ -145,14 +145,12 @@ function renderFleet(ev) {
   $("fleet").replaceChildren(...out);
 }
 
-// One row per worker that declares devices, one cell per device. An asleep replica holds no device (placement may
-// give it to another expert), so its cell reads "asleep" only while the device is free: that is where it wakes.
+// One row per worker that declares devices, one cell per device. An asleep replica keeps its devices (it wakes
+// on them; placement gives them to another replica only by evicting it first), so its cells read "asleep".
 function deviceCell(c, worker) {
-  const held = c.state !== "free" && c.state !== "asleep";
-  const others = c.asleep.filter((r) => r !== c.replica);
   const title = `device ${c.index} (${c.hardware}) on ${worker}: ` + (c.state === "free" ? "free"
-    : held ? `held by ${c.replica}, ${c.state}` : `free; ${c.replica} is asleep and wakes here while it stays free`)
-    + (others.length ? ` (asleep on it too: ${others.join(", ")})` : "");
+    : c.state === "asleep" ? `kept by ${c.replica}, which is asleep and wakes here (another start takes it only by evicting it)`
+    : `held by ${c.replica}, ${c.state}`);
   return h("div", { class: "device", "data-index": c.index, "data-state": c.state, "data-expert": c.expert || "", "data-replica": c.replica || "", title },
     h("span", { class: "index", text: `${c.hardware} ${c.index}` }),
     h("span", { class: "who", text: c.state === "free" ? "free" : c.expert }),
@@ -161,7 +159,7 @@ function deviceCell(c, worker) {
 
 function renderDevices(ev) {
   const rows = ev.fleet.workers.filter((w) => (w.devices || []).length).map((w) => {
-    const numFree = w.devices.filter((c) => c.state === "free" || c.state === "asleep").length;
+    const numFree = w.devices.filter((c) => c.state === "free").length;
     return h("div", { class: "device-row", "data-worker": w.worker_id },
       h("div", { class: "head" }, h("b", { text: w.worker_id }), `${w.hardware} · ${numFree} of ${w.devices.length} free`),
       h("div", { class: "cells" }, ...w.devices.map((c) => deviceCell(c, w.worker_id))));
