@@ -196,7 +196,7 @@ async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_
     answers: list = [ActorUnavailableError("restarting", None), ActorUnavailableError("restarting", None), "gw/1"]
 
     class Actor:
-        class admit_key:  # noqa: N801 — stands in for a Ray actor method
+        class lease_key:  # noqa: N801 — stands in for a Ray actor method
             @staticmethod
             def remote(*args):
                 async def answer():

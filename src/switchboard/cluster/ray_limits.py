@@ -2,16 +2,32 @@
 counted in one `UsageMeter` inside the control actor, so three gateways grant a key its rpm, tpm and budgets
 once, not three times.
 
+Quota leases (issue 17): a gateway does not ask the control actor about every keyed request. It takes a
+*lease*, a slice of what the key has left (`LEASE_FRACTION` of its free requests, tokens and USD, counted in the
+actor's meter at once), in one call, and admits requests from it by itself until the slice is used up or
+`LEASE_TTL_S` passed; it takes the next one in the background when the slice runs low, and gives back what it did
+not use. Settlements travel in batches (`Settled`, `Returned`) with the gateway's next call. A lease only fits
+requests whole, so leases never overshoot a limit; near a limit, where a slice would not hold the request
+(`lease_share` is None), requests are admitted one by one by the actor, exactly as without leases. So:
+
+- rpm/tpm: never more than the limit in the actor's window; requests from a lease count from the lease's grant,
+  up to `LEASE_TTL_S` early, so a client's sliding minute can see the few requests of one lease period more.
+  Under-granting is bounded by the unused slices the gateways hold when the key runs out (a sixteenth of what
+  was left, at most two per gateway), and lasts until they are used or given back (`LEASE_TTL_S`).
+- budgets: reservation at admission, settled at completion, as before; a lease's slice is held in full, so
+  the budget is exceeded by less than one request's estimate in all (the one admitted exactly last).
+
 `KeyCounts` is the control actor's part (plain Python, tested without Ray); `RayKeyLedger` is the gateway's
-`KeyLedger` over it: admission is one actor call (check and count in one step on the actor's event loop, with
-the same pure `limits.admit` as embedded mode); settling and releasing are sent without waiting (Ray keeps one
-caller's calls in order). Holds of a gateway that falls silent are released with its leases.
+`KeyLedger` over it. Holds and leases of a gateway that falls silent are released with its leases of replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,21 +35,116 @@ from typing import Any
 from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.ledger import admit_and_reserve
-from switchboard.tenants.limits import OverLimit
+from switchboard.tenants.limits import OverLimit, UsageSnapshot
 from switchboard.tenants.meter import Reservation, UsageMeter
+
+log = logging.getLogger("switchboard.cluster")
+
+LEASE_FRACTION = 1 / 16
+"""The share of what a key has left (in each limited dimension) that one lease takes."""
+LEASE_MAX_REQUESTS = 256
+"""The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
+LEASE_TTL_S = 2.0
+"""How long a gateway may admit from a lease; then it gives back what is left."""
+RENEW_BELOW = 0.25
+"""A gateway takes its next lease in the background once a lease has less than this share of its requests left."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyLease:
+    """A slice of key `key_id`'s limits that one gateway admits from by itself for `ttl_s`: up to `num_requests`
+    requests, `num_tokens` estimated tokens and `usd` estimated cost (None: not limited, not counted here)."""
+
+    lease_id: str
+    key_id: str
+    num_requests: int | None
+    num_tokens: int | None
+    usd: float | None
+    ttl_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseHold:
+    """A request admitted from lease `lease_id`, with the estimates it took from the lease."""
+
+    lease_id: str
+    key_id: str
+    num_tokens: int
+    usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """A request ended: `hold` (a `LeaseHold`, or the id of a hold the actor made) with its real tokens (None:
+    unknown, the estimate stays) and cost (0 for a request that ended without a logged answer)."""
+
+    hold: Any
+    num_tokens: int | None
+    usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Returned:
+    """What of lease `lease_id` its gateway did not use (the lease expired, or the gateway stops), and how many
+    requests it admitted from it (`num_taken`: the actor forgets the lease once they have all settled)."""
+
+    lease_id: str
+    num_taken: int
+    num_requests: int
+    num_tokens: int
+    usd: float
+
+
+def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
+                fraction: float = LEASE_FRACTION) -> tuple[int | None, int | None, float | None] | None:
+    """(requests, tokens, USD) one lease may take of what the key has left after `usage` (None where the key has
+    no such limit; tokens and USD in whole multiples of the request's), or None when that slice would not hold one request of `num_tokens` tokens and `usd_estimate`
+    (the key is near a limit: its requests are then admitted one by one)."""
+    num_requests = None if limits.rpm is None else min(LEASE_MAX_REQUESTS, math.floor((limits.rpm - usage.num_requests) * fraction))
+    tokens = None if limits.tpm is None else math.floor((limits.tpm - usage.num_tokens) * fraction)
+    budgets_left = [budget - spent - usage.usd_held for budget, spent in
+                    ((limits.usd_per_day, usage.usd_today), (limits.usd_per_month, usage.usd_this_month)) if budget is not None]
+    usd = min(budgets_left) * fraction if budgets_left else None
+    # Whole multiples of this request: the gateway's next requests are often of its size, and a remainder too
+    # small for them would sit unused until the lease expires (held from every other gateway).
+    if tokens is not None and num_tokens > 0:
+        tokens -= tokens % num_tokens
+    if usd is not None and usd_estimate > 0:
+        usd = math.floor(usd / usd_estimate) * usd_estimate
+    if (num_requests is not None and num_requests < 1) or (tokens is not None and tokens < num_tokens) \
+            or (usd is not None and usd < usd_estimate):
+        return None
+    return num_requests, tokens, usd
+
+
+@dataclasses.dataclass(slots=True)
+class _Lent:
+    """A lease in the actor's meter: its window entries (the first carries its tokens and its USD hold)."""
+
+    gateway_id: str
+    entries: list[Reservation]
+    counts_requests: bool
+    counts_tokens: bool
+    holds_usd: bool
+    num_taken: int | None = None
+    """Requests admitted from it, once it was given back (None before)."""
+    num_settled: int = 0
 
 
 class KeyCounts:
-    """The fleet's one count of keys' usage, with each admitted request's hold and the gateway holding it."""
+    """The fleet's one count of keys' usage, with each exactly admitted request's hold, each lease, and the
+    gateway holding it."""
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.meter = UsageMeter(window_s)
         self.clock = clock  # one clock for every gateway's requests: the actor's
+        self.lease_ttl_s = lease_ttl_s
         self._holds: dict[str, tuple[Reservation, str]] = {}
+        self._lent: dict[str, _Lent] = {}
         self._ids = itertools.count(1)
 
     def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str) -> OverLimit | str:
-        """The refusal, or the id of the request's hold (for `settle` / `release`)."""
+        """The refusal, or the id of the request's hold (for `settle`)."""
         verdict = admit_and_reserve(self.meter, key_id, limits, self.clock(), num_tokens, usd_estimate)
         if isinstance(verdict, OverLimit):
             return verdict
@@ -41,75 +152,299 @@ class KeyCounts:
         self._holds[hold_id] = (verdict, gateway_id)
         return hold_id
 
-    def settle(self, hold_id: str, num_tokens: int | None, usd: float) -> None:
-        found = self._holds.pop(hold_id, None)
+    def lease(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str,
+              admit_one: bool) -> KeyLease | OverLimit | str | None:
+        """A lease for `gateway_id` when a slice of what the key has left holds a request of this size (the
+        caller takes that request from it), counted in the meter at once. Else, with `admit_one`, the request is
+        admitted exactly (`admit`: a hold id, or the refusal); without, None."""
+        now_s = self.clock()
+        share = lease_share(limits, self.meter.snapshot(key_id, now_s), num_tokens, usd_estimate)
+        if share is None:
+            return self.admit(key_id, limits, num_tokens, usd_estimate, gateway_id) if admit_one else None
+        num_requests, tokens, usd = share
+        entries = [self.meter.reserve(key_id, now_s, tokens or 0, usd or 0.0)]
+        entries += [self.meter.reserve(key_id, now_s, 0) for _ in range((num_requests or 1) - 1)]
+        lease_id = f"{gateway_id}/L{next(self._ids)}"
+        self._lent[lease_id] = _Lent(gateway_id, entries, num_requests is not None, tokens is not None, usd is not None)
+        return KeyLease(lease_id, key_id, num_requests, tokens, usd, self.lease_ttl_s)
+
+    def apply(self, updates: list[Settled | Returned]) -> None:
+        """A gateway's settlements and returns, in the order it made them."""
+        for update in updates:
+            if isinstance(update, Returned):
+                self._give_back(update)
+            else:
+                self.settle(update.hold, update.num_tokens, update.usd)
+
+    def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
+        """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
+        stays) and cost replace what it held. A hold already released with its silent gateway adds its cost to
+        the spend (it was spent) but holds nothing any more."""
+        if isinstance(hold, LeaseHold):
+            self._settle_leased(hold, num_tokens, usd)
+            return
+        found = self._holds.pop(hold, None)
         if found is not None:  # else already released with its silent gateway: its cost is lost, not double counted
             self.meter.settle(found[0], num_tokens, usd, self.clock())
 
-    def release(self, hold_id: str) -> None:
-        found = self._holds.pop(hold_id, None)
-        if found is not None:
-            self.meter.release(found[0])
+    def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
+        lent = self._lent.get(hold.lease_id)
+        if lent is None:  # its lease went with a silent gateway (or a restarted actor never lent it): spent all the same
+            self.meter.add_spend(hold.key_id, usd, self.clock())
+            return
+        lent.num_settled += 1
+        first = lent.entries[0]
+        tokens = hold.num_tokens if num_tokens is None else num_tokens
+        self.meter.retoken(first, tokens - hold.num_tokens if lent.counts_tokens else tokens)
+        if lent.holds_usd:
+            self.meter.hold(first, first.usd_held - hold.usd)
+        self.meter.add_spend(hold.key_id, usd, self.clock())
+        self._forget_if_done(hold.lease_id, lent)
+
+    def _give_back(self, returned: Returned) -> None:
+        lent = self._lent.get(returned.lease_id)
+        if lent is None or lent.num_taken is not None:
+            return
+        lent.num_taken = returned.num_taken
+        entries = lent.entries
+        if lent.counts_requests and returned.num_requests >= len(entries):  # none used: as if never lent
+            for entry in entries:
+                self.meter.unreserve(entry)
+        else:  # the first entry carries the lease's tokens and hold: it stays, less what is given back
+            for entry in entries[len(entries) - returned.num_requests:] if returned.num_requests > 0 else ():
+                self.meter.unreserve(entry)
+            if lent.counts_tokens:
+                self.meter.retoken(entries[0], -returned.num_tokens)
+            if lent.holds_usd:
+                self.meter.hold(entries[0], entries[0].usd_held - returned.usd)
+        self._forget_if_done(returned.lease_id, lent)
+
+    def _forget_if_done(self, lease_id: str, lent: _Lent) -> None:
+        if lent.num_taken is not None and lent.num_settled >= lent.num_taken:
+            del self._lent[lease_id]
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self.meter.seed(key_id, usd_today, usd_this_month, self.clock())
 
     def release_gateway(self, gateway_id: str) -> int:
-        """Releases every hold of `gateway_id` (it died mid-request); returns how many."""
+        """Releases every hold of `gateway_id` (it died mid-request), and the USD its leases hold (their requests
+        stay counted in the windows); returns how many holds and leases."""
         held = [h for h, (_, owner) in self._holds.items() if owner == gateway_id]
         for hold_id in held:
-            self.release(hold_id)
-        return len(held)
+            self.meter.release(self._holds.pop(hold_id)[0])
+        lent = [lease_id for lease_id, x in self._lent.items() if x.gateway_id == gateway_id]
+        for lease_id in lent:
+            self.meter.release(self._lent.pop(lease_id).entries[0])
+        return len(held) + len(lent)
 
     @property
     def num_holds(self) -> int:
         return len(self._holds)
+
+    @property
+    def num_leases(self) -> int:
+        """Leases lent and not yet given back (or whose requests still hold USD)."""
+        return len(self._lent)
 
 
 RETRY_INTERVAL_S = 0.2
 """How often an admission is asked again while Ray restarts the control actor."""
 
 
+class _OpenLease:
+    """A gateway's lease with what is left of it (None: not limited)."""
+
+    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked")
+
+    def __init__(self, lease: KeyLease, expires_at: float, asked: tuple[KeyLimits, int, float]) -> None:
+        self.lease = lease
+        self.num_requests, self.num_tokens, self.usd = lease.num_requests, lease.num_tokens, lease.usd
+        self.expires_at = expires_at
+        self.num_taken = 0
+        self.asked = asked
+        """(limits, tokens, USD) of the request it was taken for: what its renewal asks with."""
+
+    def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
+        """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
+        # (USD compared with a tolerance: a lease of k estimates, taken k times, leaves float residue below 0.)
+        if (self.num_requests is not None and self.num_requests < 1) or (self.num_tokens is not None and self.num_tokens < num_tokens) \
+                or (self.usd is not None and self.usd < usd * (1 - 1e-9)):
+            return None
+        if self.num_requests is not None:
+            self.num_requests -= 1
+        if self.num_tokens is not None:
+            self.num_tokens -= num_tokens
+        if self.usd is not None:
+            self.usd -= usd
+        self.num_taken += 1
+        return LeaseHold(self.lease.lease_id, self.lease.key_id, num_tokens, usd)
+
+    @property
+    def is_low(self) -> bool:
+        """Less than `RENEW_BELOW` of it is left (in a dimension it limits)."""
+        lease = self.lease
+        return any(left is not None and left < RENEW_BELOW * whole for left, whole in
+                   ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
+
+    def give_back(self) -> Returned:
+        """What is left, returned; the lease admits nothing more."""
+        returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0, self.num_tokens or 0, self.usd or 0.0)
+        self.num_requests, self.num_tokens, self.usd = 0, 0, 0.0
+        return returned
+
+
 class RayKeyLedger:
-    """A gateway's `KeyLedger` on the control actor (`actor()` is None until the fleet has joined it; spend
-    seeded before then is sent when `flush_seeds` is called)."""
+    """A gateway's `KeyLedger` on the control actor, by quota leases (module docstring). `actor()` is None until
+    the fleet has joined it; spend seeded before then is sent when `flush_seeds` is called. Settlements and
+    returns are sent with the next call to the actor, or by `flush` (the gateway's report loop calls it)."""
 
     def __init__(self, actor: Callable[[], Any], gateway_id: str, control_actor_name: str,
-                 restart_wait_s: float = 0.0) -> None:
+                 restart_wait_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._actor = actor
         self.gateway_id = gateway_id
         self.control_actor_name = control_actor_name
         self.restart_wait_s = restart_wait_s
         """How long an admission waits for the control actor while Ray restarts it (then 503)."""
+        self.clock = clock
         self._seeds: list[tuple[str, float, float]] = []
         self._sent_seeds: list[tuple[str, float, float]] = []
+        self._open: dict[str, list[_OpenLease]] = {}
+        """Key id -> its leases this gateway admits from, oldest first."""
+        self._asking: dict[str, asyncio.Future] = {}
+        """Key id -> the lease call in flight for it (others wait for it rather than ask too)."""
+        self._near_limit: set[str] = set()
+        """Keys whose last call got no lease: their requests are asked one by one, not waiting on each other."""
+        self._updates: list[Settled | Returned] = []
+        self._renewals: set[asyncio.Task] = set()
+        self.num_calls = 0
+        """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
-        """The hold id, or the refusal. While Ray restarts the control actor the admission is asked again every
-        `RETRY_INTERVAL_S` for up to `restart_wait_s` (a key's limits are never skipped); then, or when the actor
-        is gone for good, a 503 naming it."""
+        """A `LeaseHold`, the id of a hold the actor made, or the refusal. A request that fits in this gateway's
+        lease costs no call; else it waits for a lease call in flight for its key, or makes one (which may admit
+        it exactly instead). While Ray restarts the control actor a call is asked again every `RETRY_INTERVAL_S`
+        for up to `restart_wait_s` (a key's limits are never skipped); then, or when the actor is gone for good,
+        a 503 naming it."""
+        while True:
+            hold = self._from_lease(key_id, num_tokens, usd_estimate)
+            if hold is not None:
+                return hold
+            asking = self._asking.get(key_id)
+            if asking is None or key_id in self._near_limit:
+                break
+            await asyncio.wait([asking])
+        answer = await self._ask(key_id, limits, num_tokens, usd_estimate, admit_one=True)
+        if isinstance(answer, KeyLease):
+            hold = self._open_lease(answer, (limits, num_tokens, usd_estimate)).take(num_tokens, usd_estimate)
+            assert hold is not None  # the actor lends only slices that hold the request it was asked for
+            return hold
+        return answer
+
+    def _from_lease(self, key_id: str, num_tokens: int, usd: float) -> LeaseHold | None:
+        leases = self._open.get(key_id)
+        if not leases:
+            return None
+        now = self.clock()
+        for lease in list(leases):
+            if now >= lease.expires_at:
+                self._close(key_id, lease)
+                continue
+            hold = lease.take(num_tokens, usd)
+            if hold is None:
+                # Given back now, with the call this request makes next: the actor counts it free before it decides.
+                self._close(key_id, lease)
+                continue
+            if lease.is_low and len(leases) == 1:
+                self._renew(key_id, *lease.asked)
+            return hold
+        return None
+
+    def _open_lease(self, lease: KeyLease, asked: tuple[KeyLimits, int, float]) -> _OpenLease:
+        self._near_limit.discard(lease.key_id)
+        opened = _OpenLease(lease, self.clock() + lease.ttl_s, asked)
+        self._open.setdefault(lease.key_id, []).append(opened)
+        return opened
+
+    def _close(self, key_id: str, lease: _OpenLease) -> None:
+        self._updates.append(lease.give_back())
+        leases = self._open[key_id]
+        leases.remove(lease)
+        if not leases:
+            del self._open[key_id]
+
+    def _renew(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float) -> None:
+        """Takes the key's next lease in the background (unless a call for it is in flight)."""
+        if key_id in self._asking or key_id in self._near_limit:
+            return
+
+        async def renew() -> None:
+            try:
+                answer = await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
+            except Exception:  # noqa: BLE001 — a request that finds no lease asks itself, and reports the failure
+                log.debug("could not renew a quota lease of key %s", key_id, exc_info=True)
+                return
+            if isinstance(answer, KeyLease):
+                self._open_lease(answer, (limits, num_tokens, usd))
+
+        task = asyncio.ensure_future(renew())
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _ask(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float, *, admit_one: bool) -> Any:
+        """One lease call (with the pending updates), registered as the key's call in flight while it lasts."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
+        done = asyncio.get_running_loop().create_future()
+        self._asking.setdefault(key_id, done)
         deadline = time.monotonic() + self.restart_wait_s
-        while True:
-            try:
-                return await self._actor().admit_key.remote(key_id, limits, num_tokens, usd_estimate, self.gateway_id)
-            except ActorUnavailableError as exc:
-                if time.monotonic() < deadline:
-                    # An attempt that reached the dying actor held nothing that outlives it.
-                    await asyncio.sleep(RETRY_INTERVAL_S)
-                    continue
-                failure = exc
-            except RayActorError as exc:
-                failure = exc
-            raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
-                                f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
+        try:
+            while True:
+                self.num_calls += 1
+                try:
+                    answer = await self._actor().lease_key.remote(self.gateway_id, key_id, limits, num_tokens, usd, admit_one,
+                                                                  self._take_updates())
+                except ActorUnavailableError as exc:
+                    if time.monotonic() < deadline:
+                        # An attempt that reached the dying actor counted nothing that outlives it.
+                        await asyncio.sleep(RETRY_INTERVAL_S)
+                        continue
+                    failure = exc
+                except RayActorError as exc:
+                    failure = exc
+                else:
+                    if not isinstance(answer, KeyLease):
+                        self._near_limit.add(key_id)
+                    return answer
+                raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
+                                    f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
+        finally:
+            if self._asking.get(key_id) is done:
+                del self._asking[key_id]
+            done.set_result(None)
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
-        self._actor().settle_key.remote(hold, num_tokens, usd)
+        self._updates.append(Settled(hold, num_tokens, usd))
 
     def release(self, hold: Any) -> None:
-        self._actor().release_key.remote(hold)
+        self._updates.append(Settled(hold, None, 0.0))
+
+    def _take_updates(self) -> list[Settled | Returned]:
+        updates, self._updates = self._updates, []
+        return updates
+
+    def flush(self, *, give_back_all: bool = False) -> None:
+        """Gives back the leases that expired (all of them with `give_back_all`: the gateway stops), renewing
+        in the background those that were used, and sends the pending updates (fire and forget: Ray keeps one
+        caller's calls in order)."""
+        now = self.clock()
+        for key_id, leases in list(self._open.items()):
+            for lease in list(leases):
+                if give_back_all or now >= lease.expires_at:
+                    self._close(key_id, lease)
+                    if lease.num_taken and not give_back_all:
+                        self._renew(key_id, *lease.asked)
+        if self._updates and self._actor() is not None:
+            self._actor().key_updates.remote(self.gateway_id, self._take_updates())
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self._seeds.append((key_id, usd_today, usd_this_month))
@@ -123,7 +458,10 @@ class RayKeyLedger:
             self._actor().seed_keys.remote(seeds)
 
     def reseed(self) -> None:
-        """Sends every seed again (a restarted control actor starts its key counts from nothing)."""
+        """Sends every seed again, and forgets this gateway's leases (a restarted control actor starts its key
+        counts from nothing: it knows neither)."""
+        self._open.clear()
+        self._near_limit.clear()
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []
         self.flush_seeds()

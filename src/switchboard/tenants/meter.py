@@ -79,6 +79,23 @@ class UsageMeter:
         if usage.num_holding == 0:
             usage.usd_held = 0.0  # no float residue once nothing is held
 
+    def retoken(self, reservation: Reservation, num_tokens_delta: int) -> None:
+        """Adds `num_tokens_delta` (may be negative) to the tokens `reservation` counts (a cluster quota lease's
+        tokens as its requests settle, `switchboard.cluster.ray_limits`)."""
+        if reservation.in_window:
+            self._usage(reservation.key_id).num_tokens += num_tokens_delta
+        reservation.num_tokens += num_tokens_delta
+
+    def unreserve(self, reservation: Reservation) -> None:
+        """Takes `reservation` out of its key's window and drops its hold, as if never admitted (an unused slot
+        of a quota lease, given back)."""
+        if reservation.in_window:
+            usage = self._usage(reservation.key_id)
+            usage.window.remove(reservation)
+            usage.num_tokens -= reservation.num_tokens
+            reservation.in_window = False
+        self.release(reservation)
+
     def release(self, reservation: Reservation) -> None:
         """Drops the request's hold without spending (it never ran, or settles elsewhere); idempotent."""
         self.hold(reservation, 0.0)
