@@ -1,5 +1,6 @@
-"""A replica actor's streams, fetched in batches by plain actor calls (docs/ray.md, "Streaming"; issue 17):
-`OpenStreams` inside the replica actor, `StreamChannel` in the gateway; and `RemoteEngineError`, an engine error
+"""A gateway's requests to a replica actor, streamed or whole, opened in batches and fetched in batches by plain
+actor calls (docs/ray.md, "Streaming" and "Batched calls"; issue 17): `OpenStreams` inside the replica actor,
+`StreamChannel` in the gateway; and `RemoteEngineError`, an engine error
 as a value that crosses the process boundary. Ray-free (the actor handle is passed in), so the protocol is tested
 in-process."""
 
@@ -256,7 +257,6 @@ class StreamChannel:
         self._taking: asyncio.Task | None = None
         self._to_open: list[_ToOpen] = []
         self._opening: asyncio.Task | None = None
-        self.num_open_calls = 0
 
     async def stream(self, request: GenerationRequest, *, whole: bool = False) -> AsyncIterator[StreamEvent | RemoteEngineError]:
         """The request's events in order (an engine failure as a `RemoteEngineError`, last; `whole`: its one event
@@ -301,7 +301,6 @@ class StreamChannel:
                 batch, self._to_open = self._to_open, []
                 for item in batch:
                     item.is_sent = True
-                self.num_open_calls += 1
                 try:
                     answers = await self.actor.open_many.remote(
                         [(item.stream_id, item.request, item.is_whole) for item in batch], self.channel_id, self.open_wait_s)
