@@ -13,6 +13,7 @@ from switchboard.cluster.ray_limits import (LEASE_TTL_S, KeyCounts, KeyLease, Le
 from switchboard.config import parse_config
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.limits import Limit, OverLimit, UsageSnapshot
+from switchboard.testing.actor_handles import InProcessHandle
 
 START_S = 1_800_000_000.0
 
@@ -25,24 +26,6 @@ class Clock:
         return self.now_s
 
 
-class ActorHandle:
-    """Stands in for a Ray handle on `target`: `handle.method.remote(...)` runs the call as a task (so a call not
-    awaited still runs, and calls run in the order they were made, as Ray runs one caller's calls)."""
-
-    def __init__(self, target: object) -> None:
-        self.target = target
-
-    def __getattr__(self, name: str):
-        method = getattr(self.target, name)
-
-        class Method:
-            @staticmethod
-            def remote(*args):
-                return asyncio.ensure_future(method(*args))
-
-        return Method
-
-
 def control_actor(clock: Clock) -> ControlActor:
     config = parse_config("experts: [{id: e, backend: {kind: simulated, time_scale: 0}}]")
     actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=5.0, clock=clock)
@@ -51,7 +34,7 @@ def control_actor(clock: Clock) -> ControlActor:
 
 
 def gateways(actor: ControlActor, clock: Clock, n: int = 3) -> list[RayKeyLedger]:
-    handle = ActorHandle(actor)
+    handle = InProcessHandle(actor)
     return [RayKeyLedger(lambda: handle, f"gw-{i}", "control", clock=clock) for i in range(n)]
 
 

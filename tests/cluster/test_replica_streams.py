@@ -10,6 +10,7 @@ import asyncio
 from switchboard.cluster.ray_replica import ReplicaActor
 from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, TextDelta, Usage
+from switchboard.testing.actor_handles import InProcessHandle
 
 
 class Gate:
@@ -128,29 +129,6 @@ async def test_streams_of_a_channel_nobody_takes_from_are_cancelled_when_another
     assert len(streams) == 0 and gate.is_closed
 
 
-class InProcess:
-    """A replica actor's methods called in-process, shaped like a Ray actor handle's (`.remote(...)` returns an
-    awaitable): the transport is the one thing left out."""
-
-    def __init__(self, actor: ReplicaActor) -> None:
-        self._actor = actor
-
-    def __getattr__(self, name: str):
-        method = getattr(self._actor, name)
-
-        class Remote:
-            @staticmethod
-            def remote(*args):
-                result = method(*args)
-                if asyncio.iscoroutine(result):
-                    return asyncio.ensure_future(result)
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(result)
-                return done
-
-        return Remote
-
-
 def chat(num_tokens: int) -> GenerationRequest:
     body = {"model": "sim", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": num_tokens, "stream": True}
     return GenerationRequest("r", "chat", body, num_tokens, 4)
@@ -159,7 +137,7 @@ def chat(num_tokens: int) -> GenerationRequest:
 async def test_sixteen_streams_through_one_channel_each_get_their_whole_answer():
     replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0.05}})
     await replica.start()
-    channel = StreamChannel(InProcess(replica))
+    channel = StreamChannel(InProcessHandle(replica))
 
     async def collect(num_tokens: int) -> list:
         return [event async for event in channel.stream(chat(num_tokens))]
@@ -179,8 +157,8 @@ async def test_sixteen_streams_through_one_channel_each_get_their_whole_answer()
     await replica.stop()
 
 
-class Counting(InProcess):
-    """`InProcess`, counting the requests of each `open_many` call."""
+class Counting(InProcessHandle):
+    """`InProcessHandle`, counting the requests of each `open_many` call."""
 
     def __init__(self, actor: ReplicaActor) -> None:
         super().__init__(actor)
@@ -286,7 +264,7 @@ class Dying:
     """A replica actor handle whose actor dies: calls in flight, and later ones, fail as Ray fails them."""
 
     def __init__(self, actor: ReplicaActor) -> None:
-        self.inner = InProcess(actor)
+        self.inner = InProcessHandle(actor)
         self.died = asyncio.Event()
         self.batches: list[int] = []
 
