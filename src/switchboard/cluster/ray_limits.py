@@ -208,11 +208,10 @@ class KeyCounts:
         lent.num_taken = returned.num_taken
         entries = lent.entries
         if lent.counts_requests and returned.num_requests >= len(entries):  # none used: as if never lent
-            for entry in entries:
-                self.meter.unreserve(entry)
+            self.meter.unreserve(entries)
         else:  # the first entry carries the lease's tokens and hold: it stays, less what is given back
-            for entry in entries[len(entries) - returned.num_requests:] if returned.num_requests > 0 else ():
-                self.meter.unreserve(entry)
+            if returned.num_requests > 0:
+                self.meter.unreserve(entries[len(entries) - returned.num_requests:])
             if lent.counts_tokens:
                 self.meter.retoken(entries[0], -returned.num_tokens)
             if lent.holds_usd:
