@@ -28,7 +28,7 @@ def _quantiles_ms(samples_s: list[float]) -> dict:
 
 
 async def _measure(actor, num_requests: int) -> dict:
-    from switchboard.cluster.ray_limits import RayKeyLedger
+    from switchboard.cluster.ray_key_ledger import RayKeyLedger
     from switchboard.tenants.keys import KeyLimits
 
     ledger = RayKeyLedger(lambda: actor, "bench-gw", "bench-control")

@@ -8,8 +8,8 @@ import asyncio
 import random
 
 from switchboard.cluster.ray_control import ControlActor
-from switchboard.cluster.ray_limits import (LEASE_TTL_S, KeyCounts, KeyLease, LeaseHold, RayKeyLedger, Returned, Settled,
-                                            lease_share)
+from switchboard.cluster.ray_key_ledger import RayKeyLedger
+from switchboard.cluster.ray_limits import LEASE_TTL_S, KeyCounts, KeyLease, LeaseHold, Returned, Settled, lease_share
 from switchboard.config import parse_config
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.limits import Limit, OverLimit, UsageSnapshot

@@ -21,7 +21,7 @@ from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
-from switchboard.cluster.ray_limits import RayKeyLedger
+from switchboard.cluster.ray_key_ledger import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.cluster.ray_streams import StreamChannel
 from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
