@@ -5,7 +5,9 @@ L4 timing, to show the overhead relative to a real answer's duration), streaming
 16, prints requests/s and p50 latency (streams: also p50 time to first byte) embedded and on Ray, the ratio
 Ray/embedded and the added p50 latency. On Ray a gateway assigns a request to a warm replica itself, from the
 view the control actor pushes (docs/ray.md, "Local decisions"): the answer comes from the replica actor (another
-process; one actor call), and a stream is fetched in batches of ready tokens by plain actor calls.
+process), opened in a batch with the gateway's other requests to it that arrive while a call is in flight
+(docs/ray.md, "Batched calls"), and the rest of a stream or slow answer is fetched in batches of ready events by
+plain actor calls.
 
 Both sides run for the whole benchmark (the embedded gateway, and the Ray cluster with its gateways) and each
 cell is measured in rounds alternating the order (embedded, Ray 1..N gateways; then Ray N..1, embedded; ...:

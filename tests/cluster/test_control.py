@@ -114,6 +114,7 @@ storage: {enabled: false}
 async def test_a_silent_gateways_key_holds_are_released_with_its_leases():
     """A gateway that dies mid-request leaves no budget held in the control actor's shared key counts (the
     key bookkeeping needs no fleet: the actor is not started)."""
+    from switchboard.cluster.ray_limits import Settled
     from switchboard.tenants.keys import KeyLimits
     from switchboard.tenants.limits import OverLimit
 
@@ -121,15 +122,15 @@ async def test_a_silent_gateways_key_holds_are_released_with_its_leases():
     now = [100.0]
     actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=5.0, clock=lambda: now[0])
     budget = KeyLimits(usd_per_day=0.5)
-    held = await actor.admit_key("k", budget, 10, 0.6, "gw-dead")
+    held = await actor.lease_key("gw-dead", "k", budget, 10, 0.6, True, [])  # near the limit: exact
     assert isinstance(held, str)
-    assert isinstance(await actor.admit_key("k", budget, 10, 0.6, "gw-alive"), OverLimit)  # 0.6 held
+    assert isinstance(await actor.lease_key("gw-alive", "k", budget, 10, 0.6, True, []), OverLimit)  # 0.6 held
     now[0] += 6.0
-    assert isinstance(await actor.admit_key("other", KeyLimits(), 10, 0.0, "gw-alive"), str)  # gw-alive is heard from
+    assert await actor.lease_key("gw-alive", "other", KeyLimits(), 10, 0.0, True, []) is not None  # gw-alive is heard from
     assert await actor.reclaim_silent_gateways() == ["gw-dead"]
-    alive = await actor.admit_key("k", budget, 10, 0.6, "gw-alive")
+    alive = await actor.lease_key("gw-alive", "k", budget, 10, 0.6, True, [])
     assert isinstance(alive, str)  # the dead gateway's hold is gone
-    await actor.settle_key(held, 10, 0.6)  # a late settle of a released hold counts nothing
-    await actor.settle_key(alive, 10, 0.3)
+    # A late settle of a released hold counts nothing.
+    await actor.key_updates("gw-alive", [Settled(held, 10, 0.6), Settled(alive, 10, 0.3)])
     usage = actor.keys.meter.snapshot("k", actor.keys.clock())
     assert (usage.usd_held, usage.usd_today) == (0.0, 0.3)

@@ -10,6 +10,7 @@ import asyncio
 from switchboard.cluster.ray_replica import ReplicaActor
 from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, TextDelta, Usage
+from switchboard.testing.actor_handles import InProcessHandle
 
 
 class Gate:
@@ -128,29 +129,6 @@ async def test_streams_of_a_channel_nobody_takes_from_are_cancelled_when_another
     assert len(streams) == 0 and gate.is_closed
 
 
-class InProcess:
-    """A replica actor's methods called in-process, shaped like a Ray actor handle's (`.remote(...)` returns an
-    awaitable): the transport is the one thing left out."""
-
-    def __init__(self, actor: ReplicaActor) -> None:
-        self._actor = actor
-
-    def __getattr__(self, name: str):
-        method = getattr(self._actor, name)
-
-        class Remote:
-            @staticmethod
-            def remote(*args):
-                result = method(*args)
-                if asyncio.iscoroutine(result):
-                    return asyncio.ensure_future(result)
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(result)
-                return done
-
-        return Remote
-
-
 def chat(num_tokens: int) -> GenerationRequest:
     body = {"model": "sim", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": num_tokens, "stream": True}
     return GenerationRequest("r", "chat", body, num_tokens, 4)
@@ -159,7 +137,7 @@ def chat(num_tokens: int) -> GenerationRequest:
 async def test_sixteen_streams_through_one_channel_each_get_their_whole_answer():
     replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0.05}})
     await replica.start()
-    channel = StreamChannel(InProcess(replica))
+    channel = StreamChannel(InProcessHandle(replica))
 
     async def collect(num_tokens: int) -> list:
         return [event async for event in channel.stream(chat(num_tokens))]
@@ -177,3 +155,176 @@ async def test_sixteen_streams_through_one_channel_each_get_their_whole_answer()
     await settle()
     assert len(replica.streams) == 0 and replica.num_completed == 16
     await replica.stop()
+
+
+class Counting(InProcessHandle):
+    """`InProcessHandle`, counting the requests of each `open_many` call."""
+
+    def __init__(self, actor: ReplicaActor) -> None:
+        super().__init__(actor)
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str):
+        remote = super().__getattr__(name)
+        if name != "open_many":
+            return remote
+        batches = self.batches
+
+        class Counted:
+            @staticmethod
+            def remote(requests, *args):
+                batches.append(len(requests))
+                return remote.remote(requests, *args)
+
+        return Counted
+
+
+def whole(num_tokens: int) -> GenerationRequest:
+    body = {"model": "sim", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": num_tokens}
+    return GenerationRequest("r", "chat", body, num_tokens, 4)
+
+
+class Held:
+    """Wraps a replica's engine: nothing starts answering until `go` is set."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.go = asyncio.Event()
+
+    async def complete(self, request):
+        await self.go.wait()
+        return await self.engine.complete(request)
+
+    async def stream(self, request):
+        await self.go.wait()
+        async for event in self.engine.stream(request):
+            yield event
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+
+async def until(condition) -> None:
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("never happened")
+
+
+async def test_requests_arriving_while_a_call_is_in_flight_go_together_in_the_next_one():
+    from switchboard.cluster.ray_replica import RayReplicaEngine
+
+    replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
+    await replica.start()
+    handle = Counting(replica)
+    engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle)
+    alone = await engine.complete(whole(3))  # alone: one call, out at once, answered whole in it
+    assert alone.finish.usage.completion_tokens == 3 and handle.batches == [1]
+    together = await asyncio.gather(*(engine.complete(whole(2)) for _ in range(16)))  # arriving at once: one call
+    assert handle.batches == [1, 16] and all(c.finish.usage.completion_tokens == 2 for c in together)
+
+    async def streamed(num_tokens: int) -> list:
+        return [event async for event in engine.stream(chat(num_tokens))]
+
+    handle.batches.clear()
+    replica.engine = held = Held(replica.engine)
+    engine.channel = StreamChannel(handle, open_wait_s=60.0)  # the call waits for the first events, however long
+    requests = [asyncio.ensure_future(engine.complete(whole(1)))]
+    await until(lambda: handle.batches == [1])  # in flight: its replica waits for its first event
+    requests += [asyncio.ensure_future(engine.complete(whole(1 + i)) if i % 2 else streamed(1 + i)) for i in range(1, 16)]
+    await settle()
+    assert handle.batches == [1]  # queued behind the call in flight
+    held.go.set()
+    answers = await asyncio.gather(*requests)
+    assert handle.batches == [1, 15]  # then all together, in the next call
+    for index, answer in enumerate(answers):  # each its own answer, once
+        if index % 2 or index == 0:
+            assert answer.finish.usage.completion_tokens == 1 + index
+        else:
+            assert [type(e) for e in answer] == [TextDelta] * (1 + index) + [Finish]
+    assert replica.num_completed == 33 and len(replica.streams) == 0
+    await replica.stop()
+
+
+async def test_a_batch_answers_without_waiting_for_its_slow_requests():
+    streams, gate = OpenStreams(), Gate()
+    opening = asyncio.ensure_future(streams.open_many([(1, instant(2)), (2, gate.events(1))], "e", "gw", 0.01))
+    first, slow = await opening  # after 10 ms at most: the slow one has nothing yet
+    assert first.is_last and len(first.events) == 3
+    assert slow.events == [] and not slow.is_last
+    gate.opened.put_nowait(None)
+    taken = []
+    while not taken or not taken[-1].is_last:
+        taken += await streams.take("gw")
+    assert [type(e) for b in taken for e in b.events] == [TextDelta, Finish] and streams.num_completed == 2
+
+
+class Dying:
+    """A replica actor handle whose actor dies: calls in flight, and later ones, fail as Ray fails them."""
+
+    def __init__(self, actor: ReplicaActor) -> None:
+        self.inner = InProcessHandle(actor)
+        self.died = asyncio.Event()
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str):
+        remote = self.inner.__getattr__(name)
+        died, batches = self.died, self.batches
+        if name == "stream_cancel":  # not awaited by its caller (a dead actor's cancel changes nothing)
+            return remote
+
+        class Method:
+            @staticmethod
+            def remote(*args):
+                if name == "open_many":
+                    batches.append(len(args[0]))
+
+                async def call():
+                    from ray.exceptions import ActorDiedError
+
+                    answer = asyncio.ensure_future(remote.remote(*args))
+                    await asyncio.wait([answer, asyncio.ensure_future(died.wait())], return_when=asyncio.FIRST_COMPLETED)
+                    if died.is_set():
+                        answer.cancel()
+                        raise ActorDiedError()
+                    return answer.result()
+                return call()
+
+        return Method
+
+
+async def test_a_replica_dying_mid_batch_ends_every_request_of_the_batch_as_lost():
+    """Dying while a batch's call is in flight (15 more queued behind it), or while a batch's requests are open
+    and answering: every request ends once, as `ReplicaLost` (the fleet's 503 and retry), none hangs."""
+    from switchboard.cluster.ray_replica import RayReplicaEngine
+    from switchboard.engines.base import ReplicaLost
+
+    for open_wait_s in (60.0, 0.01):
+        replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
+        await replica.start()
+        replica.engine = Held(replica.engine)
+        handle = Dying(replica)
+        engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle,
+                                  channel=StreamChannel(handle, open_wait_s=open_wait_s))
+
+        async def one(index: int):
+            try:
+                if index % 2:
+                    return await engine.complete(whole(50))
+                return [event async for event in engine.stream(chat(50))]
+            except ReplicaLost as exc:
+                return exc
+
+        requests = [asyncio.ensure_future(one(0))]
+        await until(lambda: handle.batches == [1])
+        requests += [asyncio.ensure_future(one(i)) for i in range(1, 16)]
+        if open_wait_s < 1:  # both calls answered (nothing ready yet): all 16 open on the replica, a take in flight
+            await until(lambda: handle.batches == [1, 15] and len(replica.streams) == 16)
+        else:
+            await settle()
+        handle.died.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+        assert all(isinstance(o, ReplicaLost) and "its actor died" in o.detail for o in outcomes), outcomes
+        assert handle.batches == [1, 15] and not engine.is_running
+        await replica.stop()

@@ -169,7 +169,7 @@ async def test_a_restarted_control_actor_counts_again_what_a_gateway_reports_in_
 
 
 def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
-    from switchboard.cluster.ray_limits import RayKeyLedger
+    from switchboard.cluster.ray_key_ledger import RayKeyLedger
 
     sent = []
 
@@ -189,14 +189,14 @@ def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
 async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_skips_the_limits():
     from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-    from switchboard.cluster.ray_limits import RayKeyLedger
+    from switchboard.cluster.ray_key_ledger import RayKeyLedger
     from switchboard.gateway.errors import ApiError
     from switchboard.tenants.keys import KeyLimits
 
     answers: list = [ActorUnavailableError("restarting", None), ActorUnavailableError("restarting", None), "gw/1"]
 
     class Actor:
-        class admit_key:  # noqa: N801 — stands in for a Ray actor method
+        class lease_key:  # noqa: N801 — stands in for a Ray actor method
             @staticmethod
             def remote(*args):
                 async def answer():

@@ -250,15 +250,18 @@ class ControlActor:
 
     # ---- keys' limits, for every gateway (`switchboard.cluster.ray_limits`)
 
-    async def admit_key(self, key_id: str, limits: Any, num_tokens: int, usd_estimate: float, gateway_id: str) -> Any:
+    async def lease_key(self, gateway_id: str, key_id: str, limits: Any, num_tokens: int, usd_estimate: float,
+                        admit_one: bool, updates: list[Any]) -> Any:
+        """After `updates` (the gateway's settlements and returns, in order): a quota lease of the key for the
+        gateway, or (`admit_one`, the key near a limit) the request admitted exactly, or refused
+        (`KeyCounts.lease`)."""
         self._heard_from(gateway_id)
-        return self.keys.admit(key_id, limits, num_tokens, usd_estimate, gateway_id)
+        self.keys.apply(updates)
+        return self.keys.lease(key_id, limits, num_tokens, usd_estimate, gateway_id, admit_one)
 
-    async def settle_key(self, hold_id: str, num_tokens: int | None, usd: float) -> None:
-        self.keys.settle(hold_id, num_tokens, usd)
-
-    async def release_key(self, hold_id: str) -> None:
-        self.keys.release(hold_id)
+    async def key_updates(self, gateway_id: str, updates: list[Any]) -> None:
+        self._heard_from(gateway_id)
+        self.keys.apply(updates)
 
     async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
         for key_id, usd_today, usd_this_month in seeds:

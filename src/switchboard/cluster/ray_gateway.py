@@ -21,7 +21,7 @@ from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
-from switchboard.cluster.ray_limits import RayKeyLedger
+from switchboard.cluster.ray_key_ledger import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.cluster.ray_streams import StreamChannel
 from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
@@ -171,6 +171,8 @@ class RemoteFleet:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._send_reports()
+        if self._key_ledger is not None and self._actor is not None:
+            self._key_ledger.flush(give_back_all=True)
         await asyncio.gather(*(r.engine.stop() for r in self.external.values()), return_exceptions=True)
 
     # ---- what the gateway calls per request
@@ -309,6 +311,8 @@ class RemoteFleet:
             self._report_due.clear()
             try:
                 self._send_reports()
+                if self._key_ledger is not None:
+                    self._key_ledger.flush()
             except Exception:  # noqa: BLE001 — a failed send is logged; the events of a dead actor are rebuilt
                 log.exception("could not send load reports to the control actor")
 

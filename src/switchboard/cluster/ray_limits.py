@@ -2,38 +2,142 @@
 counted in one `UsageMeter` inside the control actor, so three gateways grant a key its rpm, tpm and budgets
 once, not three times.
 
-`KeyCounts` is the control actor's part (plain Python, tested without Ray); `RayKeyLedger` is the gateway's
-`KeyLedger` over it: admission is one actor call (check and count in one step on the actor's event loop, with
-the same pure `limits.admit` as embedded mode); settling and releasing are sent without waiting (Ray keeps one
-caller's calls in order). Holds of a gateway that falls silent are released with its leases.
+Quota leases (issue 17): a gateway does not ask the control actor about every keyed request. It takes a
+*lease*, a slice of what the key has left (`LEASE_FRACTION` of its free requests, tokens and USD, counted in the
+actor's meter at once), in one call, and admits requests from it by itself until the slice is used up or
+`LEASE_TTL_S` passed; it takes the next one in the background when the slice runs low, and gives back what it did
+not use. Settlements travel in batches (`Settled`, `Returned`) with the gateway's next call. A lease only fits
+requests whole, so leases never overshoot a limit; near a limit, where a slice would not hold the request
+(`lease_share` is None), requests are admitted one by one by the actor, exactly as without leases. So:
+
+- rpm/tpm: never more than the limit in the actor's window; requests from a lease count from the lease's grant,
+  up to `LEASE_TTL_S` early, so a client's sliding minute can see the few requests of one lease period more.
+  Under-granting is bounded by the unused slices the gateways hold when the key runs out (a sixteenth of what
+  was left, at most two per gateway), and lasts until they are used or given back (`LEASE_TTL_S`).
+- budgets: reservation at admission, settled at completion, as before; a lease's slice is held in full, so
+  the budget is exceeded by less than one request's estimate in all (the one admitted exactly last).
+
+`KeyCounts` is the control actor's part (plain Python, tested without Ray); `ray_key_ledger.RayKeyLedger` is the
+gateway's `KeyLedger` over it. Holds and leases of a gateway that falls silent are released with its leases of replicas.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.ledger import admit_and_reserve
-from switchboard.tenants.limits import OverLimit
+from switchboard.tenants.limits import OverLimit, UsageSnapshot
 from switchboard.tenants.meter import Reservation, UsageMeter
+
+LEASE_FRACTION = 1 / 16
+"""The share of what a key has left (in each limited dimension) that one lease takes."""
+LEASE_MAX_REQUESTS = 256
+"""The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
+LEASE_TTL_S = 2.0
+"""How long a gateway may admit from a lease; then it gives back what is left."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyLease:
+    """A slice of key `key_id`'s limits that one gateway admits from by itself for `ttl_s`: up to `num_requests`
+    requests, `num_tokens` estimated tokens and `usd` estimated cost (None: not limited, not counted here)."""
+
+    lease_id: str
+    key_id: str
+    num_requests: int | None
+    num_tokens: int | None
+    usd: float | None
+    ttl_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseHold:
+    """A request admitted from lease `lease_id`, with the estimates it took from the lease."""
+
+    lease_id: str
+    key_id: str
+    num_tokens: int
+    usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """A request ended: `hold` (a `LeaseHold`, or the id of a hold the actor made) with its real tokens (None:
+    unknown, the estimate stays) and cost (0 for a request that ended without a logged answer)."""
+
+    hold: Any
+    num_tokens: int | None
+    usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Returned:
+    """What of lease `lease_id` its gateway did not use (the lease expired, or the gateway stops), and how many
+    requests it admitted from it (`num_taken`: the actor forgets the lease once they have all settled)."""
+
+    lease_id: str
+    num_taken: int
+    num_requests: int
+    num_tokens: int
+    usd: float
+
+
+def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
+                fraction: float = LEASE_FRACTION) -> tuple[int | None, int | None, float | None] | None:
+    """(requests, tokens, USD) one lease may take of what the key has left after `usage` (None where the key has
+    no such limit; tokens and USD in whole multiples of the request's), or None when that slice would not hold one request of `num_tokens` tokens and `usd_estimate`
+    (the key is near a limit: its requests are then admitted one by one)."""
+    num_requests = None if limits.rpm is None else min(LEASE_MAX_REQUESTS, math.floor((limits.rpm - usage.num_requests) * fraction))
+    tokens = None if limits.tpm is None else math.floor((limits.tpm - usage.num_tokens) * fraction)
+    budgets_left = [budget - spent - usage.usd_held for budget, spent in
+                    ((limits.usd_per_day, usage.usd_today), (limits.usd_per_month, usage.usd_this_month)) if budget is not None]
+    usd = min(budgets_left) * fraction if budgets_left else None
+    # Whole multiples of this request: the gateway's next requests are often of its size, and a remainder too
+    # small for them would sit unused until the lease expires (held from every other gateway).
+    if tokens is not None and num_tokens > 0:
+        tokens -= tokens % num_tokens
+    if usd is not None and usd_estimate > 0:
+        usd = math.floor(usd / usd_estimate) * usd_estimate
+    if (num_requests is not None and num_requests < 1) or (tokens is not None and tokens < num_tokens) \
+            or (usd is not None and usd < usd_estimate):
+        return None
+    return num_requests, tokens, usd
+
+
+@dataclasses.dataclass(slots=True)
+class _Lent:
+    """A lease in the actor's meter: its window entries (the first carries its tokens and its USD hold)."""
+
+    gateway_id: str
+    entries: list[Reservation]
+    counts_requests: bool
+    counts_tokens: bool
+    holds_usd: bool
+    num_taken: int | None = None
+    """Requests admitted from it, once it was given back (None before)."""
+    num_settled: int = 0
 
 
 class KeyCounts:
-    """The fleet's one count of keys' usage, with each admitted request's hold and the gateway holding it."""
+    """The fleet's one count of keys' usage, with each exactly admitted request's hold, each lease, and the
+    gateway holding it."""
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.time, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.meter = UsageMeter(window_s)
         self.clock = clock  # one clock for every gateway's requests: the actor's
+        self.lease_ttl_s = lease_ttl_s
         self._holds: dict[str, tuple[Reservation, str]] = {}
+        self._lent: dict[str, _Lent] = {}
         self._ids = itertools.count(1)
 
     def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str) -> OverLimit | str:
-        """The refusal, or the id of the request's hold (for `settle` / `release`)."""
+        """The refusal, or the id of the request's hold (for `settle`)."""
         verdict = admit_and_reserve(self.meter, key_id, limits, self.clock(), num_tokens, usd_estimate)
         if isinstance(verdict, OverLimit):
             return verdict
@@ -41,89 +145,95 @@ class KeyCounts:
         self._holds[hold_id] = (verdict, gateway_id)
         return hold_id
 
-    def settle(self, hold_id: str, num_tokens: int | None, usd: float) -> None:
-        found = self._holds.pop(hold_id, None)
+    def lease(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str,
+              admit_one: bool) -> KeyLease | OverLimit | str | None:
+        """A lease for `gateway_id` when a slice of what the key has left holds a request of this size (the
+        caller takes that request from it), counted in the meter at once. Else, with `admit_one`, the request is
+        admitted exactly (`admit`: a hold id, or the refusal); without, None."""
+        now_s = self.clock()
+        share = lease_share(limits, self.meter.snapshot(key_id, now_s), num_tokens, usd_estimate)
+        if share is None:
+            return self.admit(key_id, limits, num_tokens, usd_estimate, gateway_id) if admit_one else None
+        num_requests, tokens, usd = share
+        entries = [self.meter.reserve(key_id, now_s, tokens or 0, usd or 0.0)]
+        entries += [self.meter.reserve(key_id, now_s, 0) for _ in range((num_requests or 1) - 1)]
+        lease_id = f"{gateway_id}/L{next(self._ids)}"
+        self._lent[lease_id] = _Lent(gateway_id, entries, num_requests is not None, tokens is not None, usd is not None)
+        return KeyLease(lease_id, key_id, num_requests, tokens, usd, self.lease_ttl_s)
+
+    def apply(self, updates: list[Settled | Returned]) -> None:
+        """A gateway's settlements and returns, in the order it made them."""
+        for update in updates:
+            if isinstance(update, Returned):
+                self._give_back(update)
+            else:
+                self.settle(update.hold, update.num_tokens, update.usd)
+
+    def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
+        """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
+        stays) and cost replace what it held. A hold already released with its silent gateway adds its cost to
+        the spend (it was spent) but holds nothing any more."""
+        if isinstance(hold, LeaseHold):
+            self._settle_leased(hold, num_tokens, usd)
+            return
+        found = self._holds.pop(hold, None)
         if found is not None:  # else already released with its silent gateway: its cost is lost, not double counted
             self.meter.settle(found[0], num_tokens, usd, self.clock())
 
-    def release(self, hold_id: str) -> None:
-        found = self._holds.pop(hold_id, None)
-        if found is not None:
-            self.meter.release(found[0])
+    def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
+        lent = self._lent.get(hold.lease_id)
+        if lent is None:  # its lease went with a silent gateway (or a restarted actor never lent it): spent all the same
+            self.meter.add_spend(hold.key_id, usd, self.clock())
+            return
+        lent.num_settled += 1
+        first = lent.entries[0]
+        tokens = hold.num_tokens if num_tokens is None else num_tokens
+        self.meter.retoken(first, tokens - hold.num_tokens if lent.counts_tokens else tokens)
+        if lent.holds_usd:
+            self.meter.hold(first, first.usd_held - hold.usd)
+        self.meter.add_spend(hold.key_id, usd, self.clock())
+        self._forget_if_done(hold.lease_id, lent)
+
+    def _give_back(self, returned: Returned) -> None:
+        lent = self._lent.get(returned.lease_id)
+        if lent is None or lent.num_taken is not None:
+            return
+        lent.num_taken = returned.num_taken
+        entries = lent.entries
+        if lent.counts_requests and returned.num_requests >= len(entries):  # none used: as if never lent
+            self.meter.unreserve(entries)
+        else:  # the first entry carries the lease's tokens and hold: it stays, less what is given back
+            if returned.num_requests > 0:
+                self.meter.unreserve(entries[len(entries) - returned.num_requests:])
+            if lent.counts_tokens:
+                self.meter.retoken(entries[0], -returned.num_tokens)
+            if lent.holds_usd:
+                self.meter.hold(entries[0], entries[0].usd_held - returned.usd)
+        self._forget_if_done(returned.lease_id, lent)
+
+    def _forget_if_done(self, lease_id: str, lent: _Lent) -> None:
+        if lent.num_taken is not None and lent.num_settled >= lent.num_taken:
+            del self._lent[lease_id]
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self.meter.seed(key_id, usd_today, usd_this_month, self.clock())
 
     def release_gateway(self, gateway_id: str) -> int:
-        """Releases every hold of `gateway_id` (it died mid-request); returns how many."""
+        """Releases every hold of `gateway_id` (it died mid-request), and the USD its leases hold (their requests
+        stay counted in the windows); returns how many holds and leases."""
         held = [h for h, (_, owner) in self._holds.items() if owner == gateway_id]
         for hold_id in held:
-            self.release(hold_id)
-        return len(held)
+            self.meter.release(self._holds.pop(hold_id)[0])
+        lent = [lease_id for lease_id, x in self._lent.items() if x.gateway_id == gateway_id]
+        for lease_id in lent:
+            self.meter.release(self._lent.pop(lease_id).entries[0])
+        return len(held) + len(lent)
 
     @property
     def num_holds(self) -> int:
         return len(self._holds)
 
-
-RETRY_INTERVAL_S = 0.2
-"""How often an admission is asked again while Ray restarts the control actor."""
-
-
-class RayKeyLedger:
-    """A gateway's `KeyLedger` on the control actor (`actor()` is None until the fleet has joined it; spend
-    seeded before then is sent when `flush_seeds` is called)."""
-
-    def __init__(self, actor: Callable[[], Any], gateway_id: str, control_actor_name: str,
-                 restart_wait_s: float = 0.0) -> None:
-        self._actor = actor
-        self.gateway_id = gateway_id
-        self.control_actor_name = control_actor_name
-        self.restart_wait_s = restart_wait_s
-        """How long an admission waits for the control actor while Ray restarts it (then 503)."""
-        self._seeds: list[tuple[str, float, float]] = []
-        self._sent_seeds: list[tuple[str, float, float]] = []
-
-    async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
-        """The hold id, or the refusal. While Ray restarts the control actor the admission is asked again every
-        `RETRY_INTERVAL_S` for up to `restart_wait_s` (a key's limits are never skipped); then, or when the actor
-        is gone for good, a 503 naming it."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        deadline = time.monotonic() + self.restart_wait_s
-        while True:
-            try:
-                return await self._actor().admit_key.remote(key_id, limits, num_tokens, usd_estimate, self.gateway_id)
-            except ActorUnavailableError as exc:
-                if time.monotonic() < deadline:
-                    # An attempt that reached the dying actor held nothing that outlives it.
-                    await asyncio.sleep(RETRY_INTERVAL_S)
-                    continue
-                failure = exc
-            except RayActorError as exc:
-                failure = exc
-            raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
-                                f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
-
-    def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
-        self._actor().settle_key.remote(hold, num_tokens, usd)
-
-    def release(self, hold: Any) -> None:
-        self._actor().release_key.remote(hold)
-
-    def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
-        self._seeds.append((key_id, usd_today, usd_this_month))
-        if self._actor() is not None:
-            self.flush_seeds()
-
-    def flush_seeds(self) -> None:
-        seeds, self._seeds = self._seeds, []
-        if seeds:
-            self._sent_seeds += seeds
-            self._actor().seed_keys.remote(seeds)
-
-    def reseed(self) -> None:
-        """Sends every seed again (a restarted control actor starts its key counts from nothing)."""
-        self._seeds = self._sent_seeds + self._seeds
-        self._sent_seeds = []
-        self.flush_seeds()
+    @property
+    def num_leases(self) -> int:
+        """Leases lent and not yet given back (or whose requests still hold USD)."""
+        return len(self._lent)

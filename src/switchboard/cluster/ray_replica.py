@@ -1,11 +1,12 @@
 """A replica as a Ray actor, and the engine proxy the gateway calls it through.
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
-node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it: a stream is fetched
-in batches by plain actor calls (`ray_streams`: one call in flight brings the ready events of all of a gateway's
-streams on the replica), each returning as soon as one event is ready, so each token reaches the gateway as soon
-as the engine yields it (tokens the engine yields faster than they are fetched travel together; none waits for a
-later one).
+node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it over the gateway's
+channel to the replica (`ray_streams`): requests, whole or streamed, are opened in batches (those arriving while
+an open call is in flight go together in the next), and their events are fetched in batches by plain actor calls
+(one call in flight brings the ready events of all of a gateway's requests on the replica), each returning as
+soon as one event is ready, so each token reaches the gateway as soon as the engine yields it (tokens the engine
+yields faster than they are fetched travel together; none waits for a later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
@@ -73,6 +74,8 @@ class ReplicaActor:
         return ray.get_runtime_context().get_node_id()
 
     async def complete(self, request: GenerationRequest) -> Completion | RemoteEngineError:
+        """One request in one call (the gateways batch theirs by `open_many`; benchmarks call this for the bare
+        ceiling of one actor call per request)."""
         try:
             completion = await self.engine.complete(request)
         except EngineError as exc:
@@ -80,10 +83,16 @@ class ReplicaActor:
         self.num_completed_whole += 1
         return completion
 
-    async def stream_open(self, request: GenerationRequest, channel_id: str, stream_id: int) -> StreamBatch:
-        """Starts streaming `request` as stream `stream_id` of the caller's `channel_id`; returns once at least
-        one event is ready, with every event ready then (later ones come from `stream_take`)."""
-        return await self.streams.open(self.engine.stream(request), self.expert_id, channel_id, stream_id)
+    async def open_many(self, requests: list[tuple[int, GenerationRequest, bool]], channel_id: str,
+                        wait_s: float | None) -> list[StreamBatch]:
+        """Starts each (stream id, request, is_whole) of the caller's `channel_id` at once, to run concurrently:
+        streamed, or whole (its one event is the `Completion`). Returns one batch per request, in order, once each
+        has an event ready or `wait_s` passed (later events come from `stream_take`)."""
+        return await self.streams.open_many([(stream_id, self._whole(request) if is_whole else self.engine.stream(request))
+                                             for stream_id, request, is_whole in requests], self.expert_id, channel_id, wait_s)
+
+    async def _whole(self, request: GenerationRequest) -> AsyncIterator[Completion]:
+        yield await self.engine.complete(request)
 
     async def stream_take(self, channel_id: str) -> list[StreamBatch]:
         """The events ready on any stream of `channel_id` since the last take, one batch per stream (waiting
@@ -159,15 +168,12 @@ class RayReplicaEngine:
         ray.kill(actor, no_restart=True)
 
     async def complete(self, request: GenerationRequest) -> Completion:
-        from ray.exceptions import RayError
-
-        actor = self._running_actor()
-        try:
-            answer = await actor.complete.remote(request)
-        except RayError as exc:
-            raise self._failure(exc) from None
-        if isinstance(answer, RemoteEngineError):
-            raise answer.to_exception()
+        """The whole answer, through the channel (batched with this process's other requests to the replica)."""
+        answer: Any = None
+        async for event in self._events(request, whole=True):
+            answer = event
+        if not isinstance(answer, Completion):
+            raise EngineError(self.expert_id, f"replica {self.replica_id} ended a request without an answer")
         return answer
 
     def _running_actor(self) -> Any:
@@ -176,14 +182,18 @@ class RayReplicaEngine:
         return self.actor
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's streams on it)."""
+        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's requests to it)."""
+        async for event in self._events(request, whole=False):
+            yield event
+
+    async def _events(self, request: GenerationRequest, *, whole: bool) -> AsyncIterator[Any]:
         from ray.exceptions import RayError
 
         self._running_actor()
         if self.channel is None or self.channel.actor != self.actor:
             self.channel = StreamChannel(self.actor)
         try:
-            async for event in self.channel.stream(request):
+            async for event in self.channel.stream(request, whole=whole):
                 if isinstance(event, RemoteEngineError):
                     raise event.to_exception()
                 yield event

@@ -1,5 +1,6 @@
-"""A replica actor's streams, fetched in batches by plain actor calls (docs/ray.md, "Streaming"; issue 17):
-`OpenStreams` inside the replica actor, `StreamChannel` in the gateway; and `RemoteEngineError`, an engine error
+"""A gateway's requests to a replica actor, streamed or whole, opened in batches and fetched in batches by plain
+actor calls (docs/ray.md, "Streaming" and "Batched calls"; issue 17): `OpenStreams` inside the replica actor,
+`StreamChannel` in the gateway; and `RemoteEngineError`, an engine error
 as a value that crosses the process boundary. Ray-free (the actor handle is passed in), so the protocol is tested
 in-process."""
 
@@ -109,16 +110,56 @@ class OpenStreams:
         return channel
 
     async def open(self, events: AsyncIterator[StreamEvent], expert_id: str, channel_id: str, stream_id: int) -> StreamBatch:
+        """Starts `events` as stream `stream_id` of `channel_id`; returns once its first event is ready, with every
+        event ready then."""
+        (batch,) = await self.open_many([(stream_id, events)], expert_id, channel_id, None)
+        return batch
+
+    async def open_many(self, opened: list[tuple[int, AsyncIterator[StreamEvent]]], expert_id: str, channel_id: str,
+                        wait_s: float | None) -> list[StreamBatch]:
+        """Starts each (stream id, events) as a stream of `channel_id`, all at once; returns once each has an event
+        ready, or `wait_s` passed (None: no bound), with one batch per stream, in order: every event ready then
+        (none yet: an empty batch; its events come from `take`, as all later ones do)."""
         self._cancel_abandoned()
-        key = (channel_id, stream_id)
         channel = self._channel(channel_id)
+        num_waiting = len(opened)
+        all_ready = asyncio.Event()
+
+        def on_first() -> None:
+            nonlocal num_waiting
+            num_waiting -= 1
+            if num_waiting == 0:
+                all_ready.set()
+
+        started = [self._start((channel_id, stream_id), events, expert_id, channel, on_first) for stream_id, events in opened]
+        if num_waiting > 0:
+            try:
+                await asyncio.wait_for(all_ready.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        batches = []
+        for key, stream in started:
+            batch = self._drain(key, stream, [])
+            if not batch.is_last:
+                stream.is_in_channel = True  # from now on its events wake the channel's take
+            batches.append(batch)
+        return batches
+
+    def _start(self, key: StreamKey, events: AsyncIterator[StreamEvent], expert_id: str, channel: _Channel,
+               on_first: Any) -> tuple[StreamKey, _OpenStream]:
+        """The stream, its engine events pumped into its queue; `on_first()` is called with its first event."""
         ready: asyncio.Queue[Any] = asyncio.Queue()
+        is_first = True
 
         def put(item: Any) -> None:
+            nonlocal is_first
             ready.put_nowait(item)
+            if is_first:
+                is_first = False
+                on_first()
             stream = self._open.get(key)
             if stream is not None and stream.is_in_channel:
-                channel.ready_ids[stream_id] = None
+                channel.ready_ids[key[1]] = None
                 channel.wake.set()
 
         async def pump() -> None:
@@ -133,14 +174,7 @@ class OpenStreams:
                 put(None)
 
         stream = self._open[key] = _OpenStream(ready, asyncio.create_task(pump()))
-        first = [await ready.get()]
-        batch = self._drain(key, stream, first)
-        if not batch.is_last:
-            stream.is_in_channel = True  # from now on its events wake the channel's take
-            if not ready.empty():
-                channel.ready_ids[stream_id] = None
-                channel.wake.set()
-        return batch
+        return key, stream
 
     def _drain(self, key: StreamKey, stream: _OpenStream, batch: list[Any]) -> StreamBatch:
         while not stream.ready.empty():
@@ -189,26 +223,54 @@ class OpenStreams:
                     self.cancel(key)
 
 
-class StreamChannel:
-    """This process's streams from one replica actor (`OpenStreams`' caller side). Each stream's first batch
-    answers its `stream_open`; the rest of all of them comes from one `stream_take` call in flight at a time,
-    made while any is open, whose batches go to each stream's queue. Not thread-safe: one event loop owns it."""
+OPEN_WAIT_S = 0.002
+"""How long a replica waits, at most, for the first event of each request of a batch before it answers the call
+that opened them (the rest then comes by `take`): longer holds back the next batch, shorter costs an extra call
+for answers that take a moment."""
 
-    def __init__(self, actor: Any) -> None:
+
+class _ToOpen:
+    __slots__ = ("stream_id", "request", "is_whole", "answer", "is_sent")
+
+    def __init__(self, stream_id: int, request: GenerationRequest, is_whole: bool, answer: asyncio.Future) -> None:
+        self.stream_id = stream_id
+        self.request = request
+        self.is_whole = is_whole
+        self.answer = answer
+        self.is_sent = False
+
+
+class StreamChannel:
+    """This process's requests to one replica actor (`OpenStreams`' caller side), streamed or whole. Requests are
+    opened in batches: the first goes out at once in an `open_many` call, and those that arrive while that call is
+    in flight go together in the next (one call for many requests: what lets one gateway carry more than one
+    actor call per request allows). Each request's first batch answers its `open_many`; the rest of all of them
+    comes from one `stream_take` call in flight at a time, made while any is open, whose batches go to each
+    request's queue. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S) -> None:
         self.actor = actor
+        self.open_wait_s = open_wait_s
         self.channel_id = uuid.uuid4().hex
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue] = {}
         self._taking: asyncio.Task | None = None
+        self._to_open: list[_ToOpen] = []
+        self._opening: asyncio.Task | None = None
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent | RemoteEngineError]:
-        """The stream's events in order (an engine failure as a `RemoteEngineError`, last); a Ray error (the
-        actor or its node died) is raised. Closed early, it cancels the stream on the replica."""
+    async def stream(self, request: GenerationRequest, *, whole: bool = False) -> AsyncIterator[StreamEvent | RemoteEngineError]:
+        """The request's events in order (an engine failure as a `RemoteEngineError`, last; `whole`: its one event
+        is the whole answer, a `Completion`); a Ray error (the actor or its node died, also under the batch it was
+        opened in) is raised. Closed early, it cancels the request on the replica (or before it is sent)."""
         stream_id = next(self._ids)
         queue = self._queues[stream_id] = asyncio.Queue()  # before the open: a take may bring its events first
+        item = _ToOpen(stream_id, request, whole, asyncio.get_running_loop().create_future())
+        self._to_open.append(item)
+        if self._opening is None:
+            self._opening = asyncio.create_task(self._open_queued())
         is_over = False
         try:
-            batch = await self.actor.stream_open.remote(request, self.channel_id, stream_id)
+            batch = await item.answer
             while True:
                 if batch.is_last:
                     is_over = True
@@ -224,11 +286,35 @@ class StreamChannel:
                     raise batch
         finally:
             self._queues.pop(stream_id, None)
-            if not is_over:  # the client went away or its deadline passed: stop generating on the replica
+            if not item.is_sent:  # the caller left before its batch went: it is never sent
+                self._to_open = [x for x in self._to_open if x is not item]
+            elif not is_over:  # the client went away or its deadline passed: stop generating on the replica
                 try:
                     self.actor.stream_cancel.remote(self.channel_id, stream_id)
                 except Exception:  # noqa: BLE001 — Ray knows the actor is gone: nothing left generating there
                     pass
+
+    async def _open_queued(self) -> None:
+        """Sends what is waiting to be opened, one `open_many` call at a time, until nothing is."""
+        try:
+            while self._to_open:
+                batch, self._to_open = self._to_open, []
+                for item in batch:
+                    item.is_sent = True
+                try:
+                    answers = await self.actor.open_many.remote(
+                        [(item.stream_id, item.request, item.is_whole) for item in batch], self.channel_id, self.open_wait_s)
+                except Exception as exc:  # noqa: BLE001 — a dead actor or node ends every request of the batch
+                    answers = [exc] * len(batch)
+                for item, answer in zip(batch, answers):
+                    if item.answer.done():  # its caller left meanwhile (it cancels the request on the replica)
+                        continue
+                    if isinstance(answer, BaseException):
+                        item.answer.set_exception(answer)
+                    else:
+                        item.answer.set_result(answer)
+        finally:
+            self._opening = None
 
     async def _take_while_open(self) -> None:
         try:

@@ -1,5 +1,5 @@
 """Where a key's usage is counted (docs/tenants.md): `LocalLedger`, this gateway's own meter (embedded mode),
-or `switchboard.cluster.ray_limits.RayKeyLedger`, the Ray fleet's control actor (one count for every gateway).
+or `switchboard.cluster.ray_key_ledger.RayKeyLedger`, the Ray fleet's control actor (one count for every gateway).
 Both decide with the same pure `limits.admit` over a `UsageMeter`; they differ only in where the meter lives.
 """
 

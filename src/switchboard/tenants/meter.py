@@ -79,6 +79,26 @@ class UsageMeter:
         if usage.num_holding == 0:
             usage.usd_held = 0.0  # no float residue once nothing is held
 
+    def retoken(self, reservation: Reservation, num_tokens_delta: int) -> None:
+        """Adds `num_tokens_delta` (may be negative) to the tokens `reservation` counts (a cluster quota lease's
+        tokens as its requests settle, `switchboard.cluster.ray_limits`)."""
+        if reservation.in_window:
+            self._usage(reservation.key_id).num_tokens += num_tokens_delta
+        reservation.num_tokens += num_tokens_delta
+
+    def unreserve(self, reservations: list[Reservation]) -> None:
+        """Takes `reservations` (of one key) out of its window and drops their holds, as if never admitted (the
+        unused slots of a quota lease, given back). One pass over the window, however many."""
+        gone = {id(r) for r in reservations if r.in_window}
+        if gone:
+            usage = self._usage(reservations[0].key_id)
+            usage.window = deque(entry for entry in usage.window if id(entry) not in gone)
+        for reservation in reservations:
+            if reservation.in_window:
+                self._usage(reservation.key_id).num_tokens -= reservation.num_tokens
+                reservation.in_window = False
+            self.release(reservation)
+
     def release(self, reservation: Reservation) -> None:
         """Drops the request's hold without spending (it never ran, or settles elsewhere); idempotent."""
         self.hold(reservation, 0.0)

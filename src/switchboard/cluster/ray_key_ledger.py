@@ -1,0 +1,240 @@
+"""A gateway's side of cluster-wide key limits (docs/ray.md, "Keys' limits"; issue 17): `RayKeyLedger`, the
+`KeyLedger` that admits a key's requests from the quota leases the control actor lends (`ray_limits`), with no
+call per request: it calls the actor for a lease (in the background once one runs low), or, near a limit, for
+each request, and sends its settlements and the leases' unused rest in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Returned, Settled
+from switchboard.gateway.errors import ApiError
+from switchboard.tenants.keys import KeyLimits
+
+log = logging.getLogger("switchboard.cluster")
+
+RENEW_BELOW = 0.25
+"""A gateway takes its next lease in the background once a lease has less than this share of its requests left."""
+
+RETRY_INTERVAL_S = 0.2
+"""How often an admission is asked again while Ray restarts the control actor."""
+
+
+class _OpenLease:
+    """A gateway's lease with what is left of it (None: not limited)."""
+
+    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked")
+
+    def __init__(self, lease: KeyLease, expires_at: float, asked: tuple[KeyLimits, int, float]) -> None:
+        self.lease = lease
+        self.num_requests, self.num_tokens, self.usd = lease.num_requests, lease.num_tokens, lease.usd
+        self.expires_at = expires_at
+        self.num_taken = 0
+        self.asked = asked
+        """(limits, tokens, USD) of the request it was taken for: what its renewal asks with."""
+
+    def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
+        """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
+        # (USD compared with a tolerance: a lease of k estimates, taken k times, leaves float residue below 0.)
+        if (self.num_requests is not None and self.num_requests < 1) or (self.num_tokens is not None and self.num_tokens < num_tokens) \
+                or (self.usd is not None and self.usd < usd * (1 - 1e-9)):
+            return None
+        if self.num_requests is not None:
+            self.num_requests -= 1
+        if self.num_tokens is not None:
+            self.num_tokens -= num_tokens
+        if self.usd is not None:
+            self.usd -= usd
+        self.num_taken += 1
+        return LeaseHold(self.lease.lease_id, self.lease.key_id, num_tokens, usd)
+
+    @property
+    def is_low(self) -> bool:
+        """Less than `RENEW_BELOW` of it is left (in a dimension it limits)."""
+        lease = self.lease
+        return any(left is not None and left < RENEW_BELOW * whole for left, whole in
+                   ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
+
+    def give_back(self) -> Returned:
+        """What is left, returned; the lease admits nothing more."""
+        returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0, self.num_tokens or 0, self.usd or 0.0)
+        self.num_requests, self.num_tokens, self.usd = 0, 0, 0.0
+        return returned
+
+
+class RayKeyLedger:
+    """A gateway's `KeyLedger` on the control actor, by quota leases (module docstring). `actor()` is None until
+    the fleet has joined it; spend seeded before then is sent when `flush_seeds` is called. Settlements and
+    returns are sent with the next call to the actor, or by `flush` (the gateway's report loop calls it)."""
+
+    def __init__(self, actor: Callable[[], Any], gateway_id: str, control_actor_name: str,
+                 restart_wait_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._actor = actor
+        self.gateway_id = gateway_id
+        self.control_actor_name = control_actor_name
+        self.restart_wait_s = restart_wait_s
+        """How long an admission waits for the control actor while Ray restarts it (then 503)."""
+        self.clock = clock
+        self._seeds: list[tuple[str, float, float]] = []
+        self._sent_seeds: list[tuple[str, float, float]] = []
+        self._open: dict[str, list[_OpenLease]] = {}
+        """Key id -> its leases this gateway admits from, oldest first."""
+        self._asking: dict[str, asyncio.Future] = {}
+        """Key id -> the lease call in flight for it (others wait for it rather than ask too)."""
+        self._near_limit: set[str] = set()
+        """Keys whose last call got no lease: their requests are asked one by one, not waiting on each other."""
+        self._updates: list[Settled | Returned] = []
+        self._renewals: set[asyncio.Task] = set()
+        self.num_calls = 0
+        """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
+
+    async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
+        """A `LeaseHold`, the id of a hold the actor made, or the refusal. A request that fits in this gateway's
+        lease costs no call; else it waits for a lease call in flight for its key, or makes one (which may admit
+        it exactly instead). While Ray restarts the control actor a call is asked again every `RETRY_INTERVAL_S`
+        for up to `restart_wait_s` (a key's limits are never skipped); then, or when the actor is gone for good,
+        a 503 naming it."""
+        while True:
+            hold = self._from_lease(key_id, num_tokens, usd_estimate)
+            if hold is not None:
+                return hold
+            asking = self._asking.get(key_id)
+            if asking is None or key_id in self._near_limit:
+                break
+            await asyncio.wait([asking])
+        answer = await self._ask(key_id, limits, num_tokens, usd_estimate, admit_one=True)
+        if isinstance(answer, KeyLease):
+            hold = self._open_lease(answer, (limits, num_tokens, usd_estimate)).take(num_tokens, usd_estimate)
+            assert hold is not None  # the actor lends only slices that hold the request it was asked for
+            return hold
+        return answer
+
+    def _from_lease(self, key_id: str, num_tokens: int, usd: float) -> LeaseHold | None:
+        leases = self._open.get(key_id)
+        if not leases:
+            return None
+        now = self.clock()
+        for lease in list(leases):
+            if now >= lease.expires_at:
+                self._close(key_id, lease)
+                continue
+            hold = lease.take(num_tokens, usd)
+            if hold is None:
+                # Given back now, with the call this request makes next: the actor counts it free before it decides.
+                self._close(key_id, lease)
+                continue
+            if lease.is_low and len(leases) == 1:
+                self._renew(key_id, *lease.asked)
+            return hold
+        return None
+
+    def _open_lease(self, lease: KeyLease, asked: tuple[KeyLimits, int, float]) -> _OpenLease:
+        self._near_limit.discard(lease.key_id)
+        opened = _OpenLease(lease, self.clock() + lease.ttl_s, asked)
+        self._open.setdefault(lease.key_id, []).append(opened)
+        return opened
+
+    def _close(self, key_id: str, lease: _OpenLease) -> None:
+        self._updates.append(lease.give_back())
+        leases = self._open[key_id]
+        leases.remove(lease)
+        if not leases:
+            del self._open[key_id]
+
+    def _renew(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float) -> None:
+        """Takes the key's next lease in the background (unless a call for it is in flight)."""
+        if key_id in self._asking or key_id in self._near_limit:
+            return
+
+        async def renew() -> None:
+            try:
+                answer = await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
+            except Exception:  # noqa: BLE001 — a request that finds no lease asks itself, and reports the failure
+                log.debug("could not renew a quota lease of key %s", key_id, exc_info=True)
+                return
+            if isinstance(answer, KeyLease):
+                self._open_lease(answer, (limits, num_tokens, usd))
+
+        task = asyncio.ensure_future(renew())
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _ask(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float, *, admit_one: bool) -> Any:
+        """One lease call (with the pending updates), registered as the key's call in flight while it lasts."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        done = asyncio.get_running_loop().create_future()
+        self._asking.setdefault(key_id, done)
+        deadline = time.monotonic() + self.restart_wait_s
+        try:
+            while True:
+                self.num_calls += 1
+                try:
+                    answer = await self._actor().lease_key.remote(self.gateway_id, key_id, limits, num_tokens, usd, admit_one,
+                                                                  self._take_updates())
+                except ActorUnavailableError as exc:
+                    if time.monotonic() < deadline:
+                        # An attempt that reached the dying actor counted nothing that outlives it.
+                        await asyncio.sleep(RETRY_INTERVAL_S)
+                        continue
+                    failure = exc
+                except RayActorError as exc:
+                    failure = exc
+                else:
+                    if not isinstance(answer, KeyLease):
+                        self._near_limit.add(key_id)
+                    return answer
+                raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
+                                    f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
+        finally:
+            if self._asking.get(key_id) is done:
+                del self._asking[key_id]
+            done.set_result(None)
+
+    def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
+        self._updates.append(Settled(hold, num_tokens, usd))
+
+    def release(self, hold: Any) -> None:
+        self._updates.append(Settled(hold, None, 0.0))
+
+    def _take_updates(self) -> list[Settled | Returned]:
+        updates, self._updates = self._updates, []
+        return updates
+
+    def flush(self, *, give_back_all: bool = False) -> None:
+        """Gives back the leases that expired (all of them with `give_back_all`: the gateway stops), renewing
+        in the background those that were used, and sends the pending updates (fire and forget: Ray keeps one
+        caller's calls in order)."""
+        now = self.clock()
+        for key_id, leases in list(self._open.items()):
+            for lease in list(leases):
+                if give_back_all or now >= lease.expires_at:
+                    self._close(key_id, lease)
+                    if lease.num_taken and not give_back_all:
+                        self._renew(key_id, *lease.asked)
+        if self._updates and self._actor() is not None:
+            self._actor().key_updates.remote(self.gateway_id, self._take_updates())
+
+    def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
+        self._seeds.append((key_id, usd_today, usd_this_month))
+        if self._actor() is not None:
+            self.flush_seeds()
+
+    def flush_seeds(self) -> None:
+        seeds, self._seeds = self._seeds, []
+        if seeds:
+            self._sent_seeds += seeds
+            self._actor().seed_keys.remote(seeds)
+
+    def reseed(self) -> None:
+        """Sends every seed again, and forgets this gateway's leases (a restarted control actor starts its key
+        counts from nothing: it knows neither)."""
+        self._open.clear()
+        self._near_limit.clear()
+        self._seeds = self._sent_seeds + self._seeds
+        self._sent_seeds = []
+        self.flush_seeds()
