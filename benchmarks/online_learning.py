@@ -73,6 +73,29 @@ class TaskRun:
         return self.quality[-1] >= self.best_single_quality - 1e-9 and self.usd[-1] <= self.best_single_usd + 1e-9
 
 
+def load_routing_data():
+    """The shipped routing data: features x (n, d) as the packaged router computes them, scores y (n, m), blended
+    USD/Mtok per expert (m,), task per row (n,), the expert names, and the static embedder."""
+    data = resources.files("switchboard.data").joinpath("routing")
+    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
+    prices = load_models(Path(str(data.joinpath("models.json"))))
+    experts = common_experts(examples, prices)
+    y = score_matrix(examples, experts).astype(np.float64)
+    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
+    tasks = np.asarray([e.task for e in examples])
+    embedder = StaticEmbedder(builtin_static_dir())
+    texts = [e.prompt for e in examples]
+    x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
+    return x, y, price, tasks, experts, embedder
+
+
+def split_task(rows: np.ndarray, seed: int, num_events: int) -> tuple[np.ndarray, np.ndarray]:
+    """A task's rows shuffled (seed) into the stream (`num_events`, at most two thirds) and the test part."""
+    order = np.random.default_rng([seed, 17]).permutation(rows)
+    num_stream = min(num_events, len(order) - len(order) // 3)  # at least a third of the task stays for the test
+    return order[:num_stream], order[num_stream:]
+
+
 def loto_routers(x, y, tasks, wanted, price, experts, embedder) -> dict[str, Router]:
     """One router per wanted task, trained on every other task."""
     out: dict[str, Router] = {}
@@ -89,10 +112,8 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder) -> dict[str, Rou
 
 def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, task: str, cost_weight: float,
              seed: int, num_events: int, settings: OnlineLearningConfig) -> TaskRun:
-    rng = np.random.default_rng([seed, 17])
-    order = rng.permutation(rows)
-    num_stream = min(num_events, len(order) - len(order) // 3)  # at least a third of the task stays for the test
-    stream, test = order[:num_stream], order[num_stream:]
+    stream, test = split_task(rows, seed, num_events)
+    num_stream = len(stream)
     price = router.usd_per_mtok
     names = router.experts
     constraints = RoutingConstraints(cost_weight=cost_weight)
@@ -109,7 +130,7 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         j = pick(q)
         return float(y[test, j].mean()), float(price[j].mean())
 
-    best_fixed = int(np.argmax(y[order].mean(axis=0) - cost_weight * price))  # in hindsight, on the whole task
+    best_fixed = int(np.argmax(y[np.concatenate([stream, test])].mean(axis=0) - cost_weight * price))  # in hindsight, on the whole task
     single_quality = y[test].mean(axis=0)
     best_single = int(np.argmax(single_quality))  # the target's comparison: best quality, at its price
     learner = OnlineLearner(router, settings, np.random.default_rng([seed, 23]))
@@ -175,6 +196,20 @@ def summarise(runs: list[TaskRun], tuning_tasks: frozenset[str]) -> None:
     print(f"\nmet at some λ of the grid (per seed): {met_any}")
 
 
+def select_nested(runs_by_variant: list[list[TaskRun]]) -> tuple[list[TaskRun], dict[str, int]]:
+    """Leave-one-task-out selection among settings variants: each task gets the variant that did best on every
+    *other* task (runs meeting the target, summed over λ and seeds; then the mean gap to the best single
+    expert), and its runs are that variant's. No task's own runs inform its choice."""
+    tasks = sorted({r.task for r in runs_by_variant[0]})
+
+    def score(runs: list[TaskRun], held_out: str) -> tuple[int, float]:
+        rest = [r for r in runs if r.task != held_out]
+        return sum(r.meets_target() for r in rest), float(np.mean([r.quality[-1] - r.best_single_quality for r in rest]))
+
+    chosen = {t: max(range(len(runs_by_variant)), key=lambda v: score(runs_by_variant[v], t)) for t in tasks}
+    return [r for t in tasks for r in runs_by_variant[chosen[t]] if r.task == t], chosen
+
+
 def plot(runs: list[TaskRun], path: Path) -> None:
     import matplotlib
 
@@ -218,20 +253,14 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--settings", default="{}", help="router.online overrides as a JSON object, or a list of them to compare (default: the config's defaults).")
     parser.add_argument("--json", type=Path, default=None, help="Write every run's numbers here.")
+    parser.add_argument("--select", action="store_true",
+                        help="With a list of --settings: also report the nested result, each task routed with the variant best on the other tasks.")
     args = parser.parse_args()
-    data = resources.files("switchboard.data").joinpath("routing")
-    examples = load_examples(Path(str(data.joinpath("train.jsonl"))))
-    prices = load_models(Path(str(data.joinpath("models.json"))))
-    experts = common_experts(examples, prices)
-    y = score_matrix(examples, experts).astype(np.float64)
-    price = np.asarray([prices[e].blended_usd_per_mtok for e in experts])
-    tasks = np.asarray([e.task for e in examples])
-    embedder = StaticEmbedder(builtin_static_dir())
-    texts = [e.prompt for e in examples]
-    x = build_features(embedder, texts, True, embed_cached(embedder, texts, DEFAULT_CACHE_DIR.expanduser()))
+    x, y, price, tasks, experts, embedder = load_routing_data()
     wanted = sorted(set(tasks)) if args.tasks is None else args.tasks.split(",")
     variants = json.loads(args.settings)
     routers = loto_routers(x, y, tasks, wanted, price, experts, embedder)
+    runs_by_variant = []
     for overrides in variants if isinstance(variants, list) else [variants]:
         settings = OnlineLearningConfig(**overrides)
         print(f"\n## online settings: {settings.model_dump()}")
@@ -241,6 +270,11 @@ def main() -> None:
             for weight in [float(w) for w in args.cost_weights.split(",")]:
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     runs.append(run_task(routers[task], x, y, rows, task, weight, seed, args.events, settings))
+        summarise(runs, TUNING_TASKS)
+        runs_by_variant.append(runs)
+    if args.select and len(runs_by_variant) > 1:
+        runs, chosen = select_nested(runs_by_variant)
+        print(f"\n## nested: each task routed with the variant best on the other tasks (variant index per task: {chosen})")
         summarise(runs, TUNING_TASKS)
     if args.plot:
         plot(runs, args.plot)

@@ -286,6 +286,11 @@ class OnlineLearningConfig(_Strict):
     enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
     num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
     min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
+    neighbor_weight: Literal["linear", "uniform"] = Field(
+        "linear",
+        description="How a kept event weighs: linear grows from 0 at min_similarity to 1 at an identical prompt; uniform "
+        "weighs each of the num_neighbors nearest 1 (a kNN mean blended with the router's prediction by count).",
+    )
     prior_events: float = Field(2.0, gt=0, description="Strength of the prior 'the router is right here', in events.")
     noise_var: float = Field(0.25, gt=0, description="Variance of one feedback score around its expected value.")
     slope_prior_mean: float = Field(

@@ -91,7 +91,10 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     ranks = np.arange(len(order)) - np.searchsorted(cols[order], cols[order], side="left")
     kept = order[ranks < settings.num_neighbors]
     rows, cols = near[kept], cols[kept]
-    w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
+    if settings.neighbor_weight == "uniform":
+        w = np.ones(len(rows))
+    else:
+        w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
     here = np.asarray(predicted, np.float64)[cols]
     dx = events.predicted[rows] - here  # the prediction's difference from here
     target = events.scores[rows] - here - settings.slope_prior_mean * dx  # what is left for (a − p) + (b − b₀)·dx
