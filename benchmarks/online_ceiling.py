@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     x, y, price, tasks, experts, embedder = load_routing_data()
     wanted = sorted(set(tasks))
-    routers = loto_routers(x, y, tasks, wanted, price, experts, embedder)
+    routers, _ = loto_routers(x, y, tasks, wanted, price, experts, embedder)
     weights = [float(w) for w in args.cost_weights.split(",")]
     names = ["oracle fixed", *ESTIMATORS]
     met = {(n, w): 0 for n in names for w in weights}
