@@ -131,7 +131,8 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     names = router.experts
     constraints = RoutingConstraints(cost_weight=cost_weight)
     rule = router.model.selection_rule
-    base = router.predict_quality_from_features(x)  # (n, m) for every row; only T's rows are used
+    base = np.zeros((len(x), len(router.experts)))  # (n, m); only T's rows are predicted (and used)
+    base[rows] = router.predict_quality_from_features(x[rows])
 
     def pick(q: np.ndarray) -> np.ndarray:
         return choose(q, price, names, constraints, rule)[0]
