@@ -14,8 +14,9 @@ Estimators:
   one, the target asks for more quality than the objective does.
 - `fixed`: the expert best on the stream (mean score − λ·price): a per-tenant, context-free correction.
 - `router`: no learning.
-- `kernel (defaults)`, `kernel (slope 0)`: `OnlineLearner`'s posterior mean (the shipped correction), fed all
-  nine experts' scores on the stream; the second with the slope held at 0 (`slope_prior_var` 0).
+- `kernel (defaults)`, `kernel (slope var 0.1)`, `kernel (slope 0)`: `OnlineLearner`'s posterior mean (the
+  shipped correction), fed all nine experts' scores on the stream; with the defaults, with the slope's prior
+  variance at 0.1 (the defaults before 2026-12-06), and with the slope held at 0 (`slope_prior_var` 0).
 - contextual corrections on the router's features: per-expert ridge regression of the router's residual
   (score − prediction) around its stream mean, `ridge residual α`; ridge regression of the score itself around
   the stream mean (the router dropped), `ridge score α`; the mean score of the k most similar stream prompts
@@ -103,6 +104,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "fixed": fixed,
     "router": router,
     "kernel (defaults)": kernel({}),
+    "kernel (slope var 0.1)": kernel({"slope_prior_var": 0.1}),
     "kernel (slope 0)": kernel({"slope_prior_var": 0.0}),
     **{f"ridge residual {a:g}": ridge_residual(a) for a in (10.0, 100.0, 1000.0)},
     **{f"ridge score {a:g}": ridge_score(a) for a in (100.0, 1000.0)},
