@@ -1,17 +1,19 @@
 """What online learning adds to a routing decision: `Router.route` with and without a tenant's corrections.
 
     .venv/bin/python benchmarks/online_latency.py [--events 0,512,1024,2048] [--rounds 4] [--decisions 300]
+                                                  [--settings '{"neighbor_weight": "uniform"}']
 
 A 200-token prompt through the packaged router (embedding included), alternating in the same process between
 the router alone (the baseline) and the router with `OnlineLearner` corrections from a tenant holding N
 feedback events (random ones near the prompt, spread over the 9 experts: every event is a candidate neighbour,
-the worst case), exploring within the default budget. Reports p50/p99 per round and the added p50; the order
-within a round alternates (ABBA) so load drifts hit both.
+the worst case), exploring within the default budget (`--settings` overrides `router.online`). Reports p50/p99
+per round and the added p50; the order within a round alternates (ABBA) so load drifts hit both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--events", default="0,512,1024,2048")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--decisions", type=int, default=300)
+    parser.add_argument("--settings", default="{}", help="router.online overrides as a JSON object (default: the config's defaults).")
     args = parser.parse_args()
     router = load_default_router()
     rng = np.random.default_rng(0)
@@ -45,7 +48,8 @@ def main() -> None:
     x = router.features([prompt])[0]
     learners = {}
     for num_events in [int(n) for n in args.events.split(",")]:
-        learner = OnlineLearner(router, OnlineLearningConfig(max_events_per_tenant=max(num_events, 1)), np.random.default_rng(1))
+        settings = OnlineLearningConfig(**{**json.loads(args.settings), "max_events_per_tenant": max(num_events, 1)})
+        learner = OnlineLearner(router, settings, np.random.default_rng(1))
         for k in range(num_events):
             learner.add_event("t", x + rng.normal(0, 0.05, x.shape), k % len(router.experts), 0.5, float(k % 2))
         learners[num_events] = learner

@@ -45,6 +45,16 @@ def test_dissimilar_events_do_not_count_and_only_the_nearest_k_do():
     assert corr.mean[0] == 0.0  # the 8 nearest all scored as predicted; the 12 farther ones are not among them
 
 
+def test_uniform_weights_average_the_nearest_k_alike_whatever_their_similarity():
+    uniform = OFFSET.model_copy(update={"neighbor_weight": "uniform", "num_neighbors": 2})
+    here, near, farther, farthest = [1.0, 0.0], [1.0, 0.1], [1.0, 0.9], [1.0, 0.95]
+    corr = correction(events([near, farther, farthest], [0, 0, 0], [0.5] * 3, [1.0, 0.0, 1.0]), unit(here), np.array([0]),
+                      np.array([0.5]), uniform)
+    assert np.isclose(corr.mean[0], (0.5 + -0.5) / (4 + 2)) and corr.evidence[0] == 2  # the two nearest, one each; not the third
+    linear = correction(events([near, farther], [0, 0], [0.5] * 2, [1.0, 0.0]), unit(here), np.array([0]), np.array([0.5]), OFFSET)
+    assert linear.mean[0] > corr.mean[0]  # linear weights trust the nearer event more
+
+
 def test_weights_fall_with_distance():
     close, midway = [1.0, 0.1], [1.0, 0.9]
     corr = correction(events([close, midway], [0, 0], [0.5, 0.5], [1.0, 0.0]), unit([1.0, 0.0]), np.array([0]), np.array([0.5]), OFFSET)
@@ -102,6 +112,8 @@ def _reference(events: Events, context, experts, predicted, settings) -> np.ndar
         mine = [i for i in np.argsort(-sims, kind="stable") if events.experts[i] == j and sims[i] >= settings.min_similarity]
         mine = mine[: settings.num_neighbors]
         w = (sims[mine] - settings.min_similarity) / (1 - settings.min_similarity)
+        if settings.neighbor_weight == "uniform":
+            w = np.ones(len(mine))
         phi = np.stack([np.ones(len(mine)), events.predicted[mine] - predicted[c]], axis=1)
         prior_precision = np.diag([settings.prior_events, settings.noise_var / settings.slope_prior_var])
         a = prior_precision + (phi * w[:, None]).T @ phi
@@ -118,7 +130,8 @@ def test_the_vectorised_correction_is_the_model(seed):
     ev = Events(np.stack([unit(v) for v in rng.normal(size=(n, dims))]), rng.integers(0, 5, n).astype(np.int16),
                 rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 2, n).astype(np.float32))
     settings = SLOPE.model_copy(update={"num_neighbors": int(rng.integers(1, 10)), "min_similarity": float(rng.uniform(-0.5, 0.8)),
-                                        "slope_prior_mean": float(rng.choice([0.0, 0.5, 1.0]))})
+                                        "slope_prior_mean": float(rng.choice([0.0, 0.5, 1.0])),
+                                        "neighbor_weight": str(rng.choice(["linear", "uniform"]))})
     experts, predicted = np.array([4, 0, 2]), rng.uniform(0, 1, 3)
     context = unit(rng.normal(size=dims))
     got = correction(ev, context, experts, predicted, settings).mean

@@ -280,12 +280,18 @@ class OnlineLearningConfig(_Strict):
 
     Each tenant's feedback corrects the router's predicted quality near the prompts it scored, for that tenant
     only; the corrections are rebuilt from the request log at start, so they survive restarts. The defaults were
-    chosen on five of the fourteen tasks of benchmarks/online_learning.py (docs/online-learning.md).
+    chosen on five of the fourteen tasks of benchmarks/online_learning.py, slope_prior_var by nested
+    leave-one-task-out selection (docs/online-learning.md).
     """
 
     enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
     num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
     min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
+    neighbor_weight: Literal["linear", "uniform"] = Field(
+        "linear",
+        description="How a kept event weighs: linear grows from 0 at min_similarity to 1 at an identical prompt; uniform "
+        "weighs each of the num_neighbors nearest 1 (a kNN mean blended with the router's prediction by count).",
+    )
     prior_events: float = Field(2.0, gt=0, description="Strength of the prior 'the router is right here', in events.")
     noise_var: float = Field(0.25, gt=0, description="Variance of one feedback score around its expected value.")
     slope_prior_mean: float = Field(
@@ -294,7 +300,7 @@ class OnlineLearningConfig(_Strict):
         "per-prompt differences (an offset correction), 0 replaces them by the local mean score as evidence accumulates.",
     )
     slope_prior_var: float = Field(
-        0.1, ge=0,
+        0.03, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
     exploration: Literal["optimistic", "thompson"] = Field(

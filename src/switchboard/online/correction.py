@@ -7,7 +7,8 @@ modelled as linear in the router's prediction,
     s ≈ a + b · (p_j(x_i) − p_j(x)),      so that the corrected quality at x itself is a,
 
 fitted by Bayesian weighted least squares on the `num_neighbors` events of j most similar to x (cosine
-similarity ≥ `min_similarity`; an event's weight grows linearly from 0 there to 1 at an identical prompt),
+similarity ≥ `min_similarity`; an event's weight grows linearly from 0 there to 1 at an identical prompt, or is
+1 for each of them with `neighbor_weight: uniform` — a kNN mean blended with the router by count),
 with the prior "the router is right at x": a ~ N(p_j(x), noise_var / prior_events), and b ~ N(b₀,
 slope_prior_var) with b₀ = `slope_prior_mean`. With b held at 1 (b₀ = 1, slope_prior_var 0) this is an offset:
 the kernel-weighted mean residual s − p, shrunk toward 0; it keeps the router's *per-prompt* differences. With
@@ -91,7 +92,10 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     ranks = np.arange(len(order)) - np.searchsorted(cols[order], cols[order], side="left")
     kept = order[ranks < settings.num_neighbors]
     rows, cols = near[kept], cols[kept]
-    w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
+    if settings.neighbor_weight == "uniform":
+        w = np.ones(len(rows))
+    else:
+        w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
     here = np.asarray(predicted, np.float64)[cols]
     dx = events.predicted[rows] - here  # the prediction's difference from here
     target = events.scores[rows] - here - settings.slope_prior_mean * dx  # what is left for (a − p) + (b − b₀)·dx
