@@ -51,6 +51,7 @@ from switchboard.policies.admission import AdmissionSettings, make_admission
 from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
 from switchboard.policies.balance import Balanced, BalanceSettings, make_balance
 from switchboard.policies.base import PolicySettings, Reason
+from switchboard.policies.devices import devices_reachable
 from switchboard.policies.keepalive import (
     IdleHistogram,
     KeepAliveAction,
@@ -63,7 +64,6 @@ from switchboard.policies.keepalive import (
 )
 from switchboard.policies.migration import MigrationSettings, make_migration
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
-from switchboard.policies.devices import devices_reachable
 from switchboard.policies.placement import PlacementSettings, PlacementStatus, Unplaceable, make_placement
 from switchboard.policies.plan import Plan
 from switchboard.policies.routing import (

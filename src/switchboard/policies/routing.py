@@ -254,12 +254,14 @@ class FleetAwareRouting(RoutingPolicy):
         return best, wake, Reason(RouteReasonCode.BEST_SCORE,
                                   f"{_describe(best)}; waking {preferred.candidate.expert_id}")
 
-    def hide_slow_wake(self, snapshot, ranked, preferred, num_prompt_tokens):
+    def hide_slow_wake(self, snapshot: FleetSnapshot, ranked: list[ScoredExpert], preferred: ScoredExpert,
+                       num_prompt_tokens: int) -> RouteDecision | None:
         """*Slow-wake hiding*: a request whose wake would put it in the fleet's TTFT tail — woken, its first
         token (`predict.woken_ttft_s`) later than the 99th-percentile request served warm
         (`predict.warm_ttft_percentile_s`) — goes to the warm expert within `cold_start_quality_margin` of the
         sleeper's quality that answers it soonest, if one answers it sooner than the wake would; the sleeper
-        stays asleep. (An external expert, whose latency the fleet does not model, is not one of them.) Keep-alive lets an expert sleep where its recent mean prompt keeps the tail
+        stays asleep. (An external expert, whose latency the fleet does not model, has no warm replica here, so
+        it is not one of them.) Keep-alive lets an expert sleep where its recent mean prompt keeps the tail
         (`predict.start_keeps_tail`); this is the same bound for the one long prompt that does not — on the
         conversation trace such wakes (0.6 s before a ~4,000-token prefill on an L4) were the tier's own
         entries in the p99 (docs/simulator.md, "The sleep tier")."""
