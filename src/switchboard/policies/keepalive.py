@@ -94,6 +94,11 @@ class KeepAliveReasonCode(str, enum.Enum):
     SLEEP = "sleep"
 
 
+SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
+"""Keep-alive reasons whose drained replicas sleep instead of stopping (when the tier is on; the executors'
+`fleet.sleep.AsleepReplicas`)."""
+
+
 # --------------------------------------------------------------------------------------------- histogram
 
 
