@@ -170,7 +170,8 @@ def test_a_scale_up_burst_never_double_books_a_device(num_requests, devices, sle
 def test_a_scale_up_waits_a_step_for_the_devices_of_a_replica_put_to_sleep_in_this_step(tier, drain_code, waits):
     # g0 is the cheaper H100 box, but b's replica holds its only device, drained in this very step; g1 has room.
     s = _box(devices=(1, 1))
-    s = s.evolve(workers={**s.workers, WorkerId("g1"): dataclasses.replace(s.workers[WorkerId("g1")], usd_per_hour=16.0)})
+    g1 = dataclasses.replace(s.workers[WorkerId("g1")], usd_per_hour=16.0)
+    s = s.evolve(workers={**s.workers, WorkerId("g1"): g1})
     s = with_replica(s, "b#0", expert="b", worker="g0")
     plane = ControlPlane(ControlSettings.model_validate(
         {"placement": {"kind": "cost-aware"}, "keepalive": {"sleep_after_s": tier}}))

@@ -381,8 +381,8 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         requests_per_s = demand.requests_per_s * self.settings.demand_headroom
         if requests_per_s <= 0:
             return load
-        needed = _replicas_for_rate(snapshot, expert_id, requests_per_s, self.capacity_at_slo(snapshot, expert_id, demand),
-                                    self.settings.max_replicas)
+        needed = _replicas_for_rate(snapshot, expert_id, requests_per_s,
+                                    self.capacity_at_slo(snapshot, expert_id, demand), self.settings.max_replicas)
         return load if needed is None else evolve(load, num_replicas_for_demand=needed)
 
     def is_replacement(self, snapshot: FleetSnapshot, expert_id: ExpertId, retiring: tuple[ReplicaId, ...]) -> bool:

@@ -377,7 +377,8 @@ class ControlPlane:
         scale-up decided in the step that puts it to sleep found its devices taken and went to a slower kind
         for good — the code-like trace's 51B expert to A100s beside a 70B expert's sleeping H100 replica
         (p99 TTFT +101 ms at the 1.02 s step, docs/simulator.md, "The sleep tier"). One step later they are
-        evictable."""
+        evictable. (Live, a replica whose engine cannot sleep stays warm instead: the start then waits one step
+        for nothing, and goes where placement says.)"""
         if self.keepalive.settings.sleep_after_s is None or plan.snapshot.unplaced_of(expert_id):
             return False
         snapshot = plan.snapshot
@@ -389,7 +390,8 @@ class ControlPlane:
             return False
         later_snapshot = snapshot
         for replica_id in sleeping:
-            later_snapshot = apply_action(later_snapshot, StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "")))
+            stop = StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "asleep next step"))
+            later_snapshot = apply_action(later_snapshot, stop)
         later = self.placement.place(later_snapshot, expert_id)
         if isinstance(later, Unplaceable) or later.candidate.worker.worker_id not in {
                 snapshot.replicas[r].worker_id for r in sleeping}:

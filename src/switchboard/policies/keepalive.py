@@ -260,8 +260,8 @@ class KeepAlivePolicy(abc.ABC):
         Only where sleeping frees something priced (`placement.sleep_frees_accelerator`: the worker declares
         accelerators); on a worker without, asleep costs what warm does, so a replica there never sleeps — not
         after every request, as `sleep_after_s: 0` would otherwise put the embedded CPU worker to sleep.
-        Then two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within its
-        TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
+        Then two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within
+        its TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
         the keep-alive's warm hit for a late first token. Money: the idle time still to come must be worth the
         wake, which bills the devices for `wake_s` again — ski rental (Karlin et al., 1988) with the idle-time
         distribution known: sleep once the expected rest of the idle gap, given that it has lasted this long

@@ -173,7 +173,8 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         tpot_s = estimate.tpot_s(seqs)
         floor = 1.0
         if (sleep_after_s is not None and estimate.wake_s is not None and requests_per_s > 0
-                and sleep_frees_accelerator(worker) and predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate)):
+                and sleep_frees_accelerator(worker)
+                and predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate)):
             awake_s = (estimate.wake_s + estimate.ttft_s(round(demand_prompt))
                        + demand_output * estimate.decode_step_s_batch_1 + sleep_after_s)
             floor = min(1.0, requests_per_s * awake_s)
