@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,6 +148,20 @@ def test_demand_at_slo_counts_a_shortfall_in_the_best_kind_and_retires_the_least
     s = _busy(_with_demand(fleet_at_0, 0.5 * fast_rate), "slow")
     d, _ = policy.decide(s, AutoscaleState(), {A: fast.capacity}, {})
     assert d[A].num_desired == 1 and d[A].retire_first[0] == "slow"  # though the slow one is the busier
+
+
+@pytest.mark.parametrize("kind", ["in-flight-tokens", "queue-depth", "demand-at-slo"])
+def test_every_strategy_retires_the_least_efficient_kind_first_though_it_is_the_busier(kind):
+    # Least loaded first retired the fast replica (its queue drains sooner) and left the slow one alone with
+    # the next burst: p99 TTFT +560 ms on the code-like trace.
+    slow = estimate("a", "cpu", memory_gb=8, prefill=1000.0, step1=0.1, step_full=0.15, seqs=4, kv=20_000)
+    fast = estimate("a", "l4", memory_gb=16, prefill=8000.0, step1=0.03, step_full=0.06, seqs=16, kv=50_000)
+    s = fleet(workers=(("c0", "cpu", 32.0, 0.1), ("w0", "l4", 24.0, 0.8)), estimates=[slow, fast])
+    s = with_replica(with_replica(s, "slow", worker="c0"), "fast", worker="w0")
+    s = _busy(_with_demand(s, 0.01), "slow")
+    policy = make_autoscale(AutoscaleSettings(kind=kind, downscale_delay_s=0))
+    d, _ = policy.decide(s, AutoscaleState(), {A: fast.capacity}, {})
+    assert (d[A].num_current, d[A].num_desired, d[A].retire_first[0]) == (2, 1, "slow")
 
 
 def test_demand_at_slo_retires_a_slow_replica_at_once_when_a_newer_better_kind_has_taken_over():

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchboard.fleet import ops
 from switchboard.fleet.sleep import AsleepReplicas, reflect_asleep
 from switchboard.fleet.state import Worker
-from switchboard.policies.actions import EvictAsleep, StartReplica, apply_action
+from switchboard.policies.actions import DrainReplica, EvictAsleep, StartReplica, apply_action
+from switchboard.policies.autoscale import AutoscaleReasonCode, ScaleDecision
 from switchboard.policies.base import Reason
 from switchboard.policies.control import ControlPlane, ControlSettings, ControlState
+from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.policies.placement import FirstFitPlacement, PlacementKind, PlacementSettings, PlacementStatus, make_placement
+from switchboard.policies.plan import Plan
 from switchboard.policies.predict import wake_option
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, WorkerId
 
@@ -156,3 +160,23 @@ def test_a_scale_up_burst_never_double_books_a_device(num_requests, devices, sle
     assert not evicted & kept
     starts = [a for a in result.actions if isinstance(a, StartReplica)]
     assert starts and all(after.replicas[a.replica_id].state is ReplicaState.STARTING for a in starts)
+
+
+@pytest.mark.parametrize("tier, drain_code, waits", [
+    (0.0, KeepAliveReasonCode.SLEEP, True),  # asleep once it stops: its devices are evictable next step
+    (None, KeepAliveReasonCode.SLEEP, False),  # no tier: nothing to wait for
+    (0.0, KeepAliveReasonCode.WINDOW_EXPIRED, False),  # stopping, not sleeping: not a sleeper's devices
+])
+def test_a_scale_up_waits_a_step_for_the_devices_of_a_replica_put_to_sleep_in_this_step(tier, drain_code, waits):
+    # g0 is the cheaper H100 box, but b's replica holds its only device, drained in this very step; g1 has room.
+    s = _box(devices=(1, 1))
+    g1 = dataclasses.replace(s.workers[WorkerId("g1")], usd_per_hour=16.0)
+    s = s.evolve(workers={**s.workers, WorkerId("g1"): g1})
+    s = with_replica(s, "b#0", expert="b", worker="g0")
+    plane = ControlPlane(ControlSettings.model_validate(
+        {"placement": {"kind": "cost-aware"}, "keepalive": {"sleep_after_s": tier}}))
+    plan = Plan(s, 0)
+    plan.do(DrainReplica(ReplicaId("b#0"), Reason(drain_code, "test")))
+    plane._apply_scale(plan, ScaleDecision(A, 0, 1, Reason(AutoscaleReasonCode.SCALE_UP, "test")))
+    starts = [a.worker_id for a in plan.actions if isinstance(a, StartReplica)]
+    assert starts == ([] if waits else ["g1"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_builders import at, fleet, with_replica
+from policy_builders import L4, at, estimate, fleet, with_replica
 from switchboard.fleet import ExpertActivity
 from switchboard.fleet import ops
 from switchboard.policies.keepalive import (
@@ -185,3 +186,20 @@ def test_fixed_scale_to_zero_exactly_at_the_timeout(timeout_s, dt):
     d, _ = _decide(policy, at(s, 1.0 + dt))
     expected = KeepAliveAction.SCALE_TO_ZERO if dt >= timeout_s else KeepAliveAction.KEEP_WARM
     assert d.action is expected
+
+
+@pytest.mark.parametrize("num_devices", [1, 0])
+def test_the_sleep_tier_sleeps_a_replica_only_where_that_frees_an_accelerator(num_devices):
+    # Asleep holds host RAM and no accelerator: on a worker that declares none (the embedded CPU worker) that is
+    # what warm holds, so `sleep_after_s: 0` must not put it to sleep after every request.
+    s = fleet(estimates=[dataclasses.replace(estimate("a", L4), wake_s=0.1)])
+    s = s.evolve(workers={w: dataclasses.replace(x, num_devices=num_devices) for w, x in s.workers.items()})
+    s = with_replica(s, "r1")
+    for k in range(12):  # requests 100 s apart, each done at once: the expert's idle gaps are ~100 s
+        s = ops.record_finish(ops.record_arrival(ops.at_time(s, 100.0 * k), A, 200, 20), A)
+    s = ops.at_time(s, 1105.0)  # idle 5 s, ~95 s expected to come: the wake (0.1 s) pays where it saves
+    policy = make_keepalive(KeepAliveSettings(kind="fixed", sleep_after_s=0.0))
+    decision = policy.decide(s, KeepAliveState(), {})[0][A]
+    expected = ((KeepAliveAction.SCALE_TO_ZERO, KeepAliveReasonCode.SLEEP) if num_devices
+                else (KeepAliveAction.KEEP_WARM, KeepAliveReasonCode.IN_WINDOW))
+    assert (decision.action, decision.reason.code) == expected

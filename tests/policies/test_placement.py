@@ -178,18 +178,26 @@ def test_with_the_sleep_tier_a_rarely_used_expert_is_priced_by_the_time_it_is_aw
     from switchboard.policies.placement import PlacementSettings, make_placement
     from switchboard.types import ExpertId, HardwareKind, WorkerId
 
+    def placed(num_devices: int, sleep_after_s: float | None) -> str:
+        workers = {WorkerId("a100"): Worker(WorkerId("a100"), HardwareKind("a100-80gb"), 640.0, 41.0,
+                                            num_devices=num_devices),
+                   WorkerId("h100"): Worker(WorkerId("h100"), HardwareKind("h100"), 640.0, 53.7,
+                                            num_devices=num_devices)}
+        estimates = {(e, HardwareKind(k)): serving_estimate(e, engine_profile(70, k)) for k in ("a100-80gb", "h100")}
+        activity = ExpertActivity(e)
+        for i in range(40):
+            activity = activity.on_arrival(i * 11.0, 1100, 210).on_finish(i * 11.0 + 5.0)
+        snapshot = FleetSnapshot(now_s=440.0, workers=workers, experts={e: ExpertSpec(e, 70, 0.9)},
+                                 estimates=estimates, activity={e: activity})
+        outcome = make_placement(PlacementSettings(), sleep_after_s=sleep_after_s).place(snapshot, e)
+        assert (outcome.candidate.num_replicas_needed < 1.0) == (outcome.candidate.worker.hardware == "h100")
+        return outcome.candidate.worker.hardware
+
     e = ExpertId("big")
-    workers = {WorkerId("a100"): Worker(WorkerId("a100"), HardwareKind("a100-80gb"), 640.0, 41.0),
-               WorkerId("h100"): Worker(WorkerId("h100"), HardwareKind("h100"), 640.0, 53.7)}
-    estimates = {(e, HardwareKind(k)): serving_estimate(e, engine_profile(70, k)) for k in ("a100-80gb", "h100")}
-    activity = ExpertActivity(e)
-    for i in range(40):
-        activity = activity.on_arrival(i * 11.0, 1100, 210).on_finish(i * 11.0 + 5.0)
-    snapshot = FleetSnapshot(now_s=440.0, workers=workers, experts={e: ExpertSpec(e, 70, 0.9)},
-                             estimates=estimates, activity={e: activity})
-    assert make_placement(PlacementSettings()).place(snapshot, e).candidate.worker.hardware == "a100-80gb"
-    tiered = make_placement(PlacementSettings(), sleep_after_s=1.0).place(snapshot, e)
-    assert tiered.candidate.worker.hardware == "h100" and tiered.candidate.num_replicas_needed < 1.0
+    assert placed(8, None) == "a100-80gb"
+    assert placed(8, 1.0) == "h100"
+    # Workers that declare no accelerators: asleep would hold what warm holds, so nothing is priced by awake time.
+    assert placed(0, 1.0) == "a100-80gb"
 
 
 def _priced(snapshot, asleep_on: dict[str, str]):

@@ -32,7 +32,7 @@ experts:
     params_b: 0.135
     warm_at_start: false
     ttft_slo_s: 30
-workers: [{{id: local, hardware: cpu, memory_gb: 16}}]
+workers: [{{id: local, hardware: cpu, memory_gb: 16, devices: [0, 1]}}]  # accelerators: sleeping frees them
 control_plane:
   step_interval_s: 0.1
   policies:

@@ -27,11 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from switchboard.fleet.state import AsleepHolder, FleetSnapshot, ServingEstimate
-from switchboard.policies.keepalive import KeepAliveReasonCode
+from switchboard.policies.keepalive import SLEEP_CODES
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, Seconds, WorkerId
-
-SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
-"""Keep-alive reasons whose replicas sleep instead of stopping (when the tier is on)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -60,8 +60,9 @@ class AutoscaleSettings(PolicySettings):
     downscale_delay_s: float = Field(120.0, ge=0)
     upscaling_factor: float = Field(1.0, gt=0, description="1 = jump to the desired count; <1 = step part-way.")
     downscaling_factor: float = Field(1.0, gt=0)
-    slo_percentile: float = Field(99.0, gt=0, lt=100, description="demand-at-slo: the TTFT percentile each "
-                                  "replica's share of the demand keeps within the SLO.")
+    slo_percentile: float = Field(99.0, gt=0, lt=100, description="The TTFT percentile each replica's share of "
+                                  "the demand keeps within the SLO (demand-at-slo's sizing; every strategy's "
+                                  "retire order).")
     demand_headroom: float = Field(1.0, ge=1.0, description="demand-at-slo: provision for this multiple of the recent "
                                    "arrival rate (1.1 = 10% headroom for load that grows while a new replica starts; "
                                    "costs more, misses fewer TTFTs in load ramps; docs/simulator.md).")
@@ -219,14 +220,43 @@ class AutoscalePolicy(abc.ABC):
     def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
         return expert_load(snapshot, expert_id, new_replica_capacity)
 
+    def capacity_at_slo(
+        self, snapshot: FleetSnapshot, expert_id: ExpertId, demand: Demand | None = None
+    ) -> Callable[[ServingEstimate], float]:
+        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size
+        (`demand`, the expert's demand now if not given)."""
+        spec = snapshot.experts[expert_id]
+        if demand is None:
+            demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
+        prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
+        output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
+        return lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
+
     def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
-        """Which replicas a scale-down retires first; () leaves it to the control step (least loaded first)."""
-        return ()
+        """Which replicas a scale-down retires first: least capacity at the SLO (`capacity_at_slo`) per USD first
+        — a slow or pricey replica goes before a cost-efficient one, and one that cannot keep the SLO for the
+        expert's requests (capacity 0) before any that can — then the least loaded.
+
+        Why not the least loaded first: of an expert's replicas on two kinds, the slow one has the longer queue,
+        so that rule retired the fast one and left the slow one alone with the next burst (the code-like trace:
+        a 51B expert's H100 replica retired, its A100 one kept, p99 TTFT +560 ms; docs/simulator.md)."""
+        capacity = self.capacity_at_slo(snapshot, expert_id)
+
+        def efficiency(replica) -> float:
+            estimate = snapshot.estimate(expert_id, replica.hardware)
+            if estimate is None:
+                return 0.0
+            usd = replica_usd_per_hour(snapshot.workers[replica.worker_id], estimate)
+            return capacity(estimate) / usd if usd > 0 else math.inf
+
+        replicas = snapshot.accepting_replicas_of(expert_id)
+        return tuple(r.replica_id for r in sorted(
+            replicas, key=lambda r: (efficiency(r), r.load.num_outstanding_tokens, r.replica_id)))
 
     def is_replacement(self, snapshot: FleetSnapshot, expert_id: ExpertId, retiring: tuple[ReplicaId, ...]) -> bool:
         """Whether retiring `retiring` (first in `retire_order`) swaps them for replicas of a better kind that
         are already warm, rather than shrinking capacity: then the downscale delay does not apply. False unless
-        the strategy ranks replicas (`retire_order`)."""
+        the strategy says otherwise (demand-at-slo does)."""
         return False
 
     def decide(
@@ -343,18 +373,6 @@ class DemandAtSloAutoscale(AutoscalePolicy):
     outstanding) are sized by demand; an idle one is left to keep-alive.
     """
 
-    def _capacity(
-        self, snapshot: FleetSnapshot, expert_id: ExpertId, demand: Demand | None = None
-    ) -> Callable[[ServingEstimate], float]:
-        """Requests/s one replica with this estimate takes at the SLO, for requests of the expert's recent size
-        (`demand`, the expert's demand now if not given)."""
-        spec = snapshot.experts[expert_id]
-        if demand is None:
-            demand = snapshot.activity_of(expert_id).demand(snapshot.now_s)
-        prompt = demand.mean_prompt_tokens or TYPICAL_PROMPT_TOKENS
-        output = demand.mean_output_tokens or TYPICAL_OUTPUT_TOKENS
-        return lambda e: predict.replica_requests_per_s_at_slo(e, spec, prompt, output, self.settings.slo_percentile)
-
     def expert_load(self, snapshot: FleetSnapshot, expert_id: ExpertId, new_replica_capacity: EngineCapacity) -> ExpertLoad:
         load = expert_load(snapshot, expert_id, new_replica_capacity)
         if load.num_outstanding_requests == 0:
@@ -363,25 +381,9 @@ class DemandAtSloAutoscale(AutoscalePolicy):
         requests_per_s = demand.requests_per_s * self.settings.demand_headroom
         if requests_per_s <= 0:
             return load
-        needed = _replicas_for_rate(snapshot, expert_id, requests_per_s, self._capacity(snapshot, expert_id, demand),
-                                    self.settings.max_replicas)
+        needed = _replicas_for_rate(snapshot, expert_id, requests_per_s,
+                                    self.capacity_at_slo(snapshot, expert_id, demand), self.settings.max_replicas)
         return load if needed is None else evolve(load, num_replicas_for_demand=needed)
-
-    def retire_order(self, snapshot: FleetSnapshot, expert_id: ExpertId) -> tuple[ReplicaId, ...]:
-        """Least capacity per USD first (a slow or pricey replica goes before a cost-efficient one), then the
-        least loaded."""
-        capacity = self._capacity(snapshot, expert_id)
-
-        def efficiency(replica) -> float:
-            estimate = snapshot.estimate(expert_id, replica.hardware)
-            if estimate is None:
-                return 0.0
-            usd = replica_usd_per_hour(snapshot.workers[replica.worker_id], estimate)
-            return capacity(estimate) / usd if usd > 0 else math.inf
-
-        replicas = snapshot.accepting_replicas_of(expert_id)
-        return tuple(r.replica_id for r in sorted(
-            replicas, key=lambda r: (efficiency(r), r.load.num_outstanding_tokens, r.replica_id)))
 
     def is_replacement(self, snapshot: FleetSnapshot, expert_id: ExpertId, retiring: tuple[ReplicaId, ...]) -> bool:
         """*Retire on replacement*: the replicas kept are all warm, all started after the retiring ones, and none

@@ -42,6 +42,7 @@ from switchboard.fleet.state import ExpertActivity, FleetSnapshot
 from switchboard.frozen import fast_init
 from switchboard.policies import predict
 from switchboard.policies.base import PolicySettings, Reason, Registry
+from switchboard.policies.placement import sleep_frees_accelerator
 from switchboard.types import ExpertId, Seconds
 
 
@@ -91,6 +92,11 @@ class KeepAliveReasonCode(str, enum.Enum):
     PREWARM_DUE = "prewarm-due"
     NEVER_USED = "never-used"
     SLEEP = "sleep"
+
+
+SLEEP_CODES = frozenset({KeepAliveReasonCode.SLEEP, KeepAliveReasonCode.PREWARM_GAP})
+"""Keep-alive reasons whose drained replicas sleep instead of stopping (when the tier is on; the executors'
+`fleet.sleep.AsleepReplicas`)."""
 
 
 # --------------------------------------------------------------------------------------------- histogram
@@ -251,8 +257,11 @@ class KeepAlivePolicy(abc.ABC):
                        histogram: IdleHistogram) -> Seconds | None:
         """The tier's `sleep_after_s` if the expert's idle warm replicas should sleep now; else None (stay warm).
 
-        Two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within its
-        TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
+        Only where sleeping frees something priced (`placement.sleep_frees_accelerator`: the worker declares
+        accelerators); on a worker without, asleep costs what warm does, so a replica there never sleeps — not
+        after every request, as `sleep_after_s: 0` would otherwise put the embedded CPU worker to sleep.
+        Then two explicit costs decide. Latency: each replica, put to sleep, must wake for the next request within
+        its TTFT SLO (`predict.start_fits_slo`; an unknown wake time passes) — else sleeping inside the window trades
         the keep-alive's warm hit for a late first token. Money: the idle time still to come must be worth the
         wake, which bills the devices for `wake_s` again — ski rental (Karlin et al., 1988) with the idle-time
         distribution known: sleep once the expected rest of the idle gap, given that it has lasted this long
@@ -265,8 +274,11 @@ class KeepAlivePolicy(abc.ABC):
         idle_s = activity.idle_for_s(snapshot.now_s)
         if idle_s < after_s or not activity.is_idle:
             return after_s  # not asleep yet either way: decide_from_window keeps it warm
+        replicas = snapshot.warm_replicas_of(expert_id)
+        if not all(sleep_frees_accelerator(snapshot.workers[r.worker_id]) for r in replicas):
+            return None  # asleep would cost what warm does there: a wake to pay for, nothing saved
         wake_s = None
-        for replica in snapshot.warm_replicas_of(expert_id):
+        for replica in replicas:
             estimate = snapshot.estimate(expert_id, replica.hardware)
             if estimate is None or estimate.wake_s is None:
                 continue

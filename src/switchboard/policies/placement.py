@@ -173,6 +173,7 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         tpot_s = estimate.tpot_s(seqs)
         floor = 1.0
         if (sleep_after_s is not None and estimate.wake_s is not None and requests_per_s > 0
+                and sleep_frees_accelerator(worker)
                 and predict.start_fits_slo(snapshot, expert_id, estimate.wake_s, estimate)):
             awake_s = (estimate.wake_s + estimate.ttft_s(round(demand_prompt))
                        + demand_output * estimate.decode_step_s_batch_1 + sleep_after_s)
@@ -235,6 +236,17 @@ def replica_usd_per_hour(worker: Worker, estimate: ServingEstimate) -> float:
     (a replica takes whole devices, so on GPUs this is exact)."""
     return worker.usd_per_hour * min(1.0, estimate.memory_gb / worker.memory_gb) if worker.memory_gb > 0 \
         else worker.usd_per_hour
+
+
+def sleep_frees_accelerator(worker: Worker) -> bool:
+    """Whether putting a replica on `worker` to sleep frees something priced: its accelerators — the worker
+    declares devices; asleep, the replica holds host RAM only, which is not priced (`fleet/sleep.py`). On a worker
+    that declares none (the embedded CPU worker), a replica's weights sit in the host memory the asleep engine
+    process also keeps, so asleep costs what warm does and sleeping frees nothing: only a wake to pay for.
+
+    Decided from the configured devices, never from the expert or its backend: the sleep tier (keep-alive's
+    `sleep_after_s`) and placement's awake-time pricing apply exactly where this holds."""
+    return worker.num_devices > 0
 
 
 def _replicas_for_demand(estimate: ServingEstimate, spec: ExpertSpec, requests_per_s: float, prompt_tokens: float,
