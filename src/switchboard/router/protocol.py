@@ -90,14 +90,15 @@ def near_duplicate_pairs(prompts: Sequence[str], min_jaccard: float = NEAR_DUPLI
     return pairs
 
 
-def _group_ids(prompts: Sequence[str]) -> np.ndarray:
-    """Per row, its group: rows with the same `prompt_key`, joined through `near_duplicate_pairs` (union-find),
-    numbered in order of first appearance."""
-    return _groups_of(tuple(prompts)).copy()
+def prompt_groups(prompts: Sequence[str], near_duplicates: bool = True) -> np.ndarray:
+    """Per row, its group: rows with the same `prompt_key`, joined through `near_duplicate_pairs` (union-find)
+    unless `near_duplicates` is False (the grouping before near-duplicates were found, kept to measure what they
+    moved), numbered in order of first appearance."""
+    return _groups_of(tuple(prompts), near_duplicates).copy()
 
 
 @functools.lru_cache(maxsize=32)
-def _groups_of(prompts: tuple[str, ...]) -> np.ndarray:
+def _groups_of(prompts: tuple[str, ...], near_duplicates: bool) -> np.ndarray:
     # Memoised: nested CV asks for the same prompts' groups many times, and the 5-grams cost ~1 s on the shipped data.
     ids: dict[str, int] = {}
     key_ids = [ids.setdefault(prompt_key(p), len(ids)) for p in prompts]
@@ -109,7 +110,7 @@ def _groups_of(prompts: tuple[str, ...]) -> np.ndarray:
             g = parent[g]
         return g
 
-    for a, b in near_duplicate_pairs(prompts):
+    for a, b in near_duplicate_pairs(prompts) if near_duplicates else ():
         ra, rb = root(key_ids[a]), root(key_ids[b])
         parent[max(ra, rb)] = min(ra, rb)
     renumber: dict[int, int] = {}
@@ -120,9 +121,10 @@ def _fold(name: str, test_mask: np.ndarray) -> Fold:
     return Fold(name, np.flatnonzero(~test_mask), np.flatnonzero(test_mask))
 
 
-def random_folds(prompts: Sequence[str], num_folds: int, rng: np.random.Generator) -> list[Fold]:
-    """`num_folds` folds of shuffled prompt groups (duplicates together)."""
-    groups = _group_ids(prompts)
+def random_folds(prompts: Sequence[str], num_folds: int, rng: np.random.Generator,
+                 near_duplicates: bool = True) -> list[Fold]:
+    """`num_folds` folds of shuffled prompt groups (`prompt_groups`: duplicates together)."""
+    groups = prompt_groups(prompts, near_duplicates)
     num_groups = int(groups.max()) + 1 if len(groups) else 0
     if not 2 <= num_folds <= num_groups:
         raise ValueError(f"need 2 ≤ folds ≤ distinct prompts, got folds={num_folds}, prompts={num_groups}")
@@ -132,9 +134,10 @@ def random_folds(prompts: Sequence[str], num_folds: int, rng: np.random.Generato
     return [_fold(f"random-{k}", fold_of_group[groups] == k) for k in range(num_folds)]
 
 
-def task_balanced_folds(prompts: Sequence[str], tasks: Sequence[str], num_folds: int, rng: np.random.Generator) -> list[Fold]:
+def task_balanced_folds(prompts: Sequence[str], tasks: Sequence[str], num_folds: int, rng: np.random.Generator,
+                        near_duplicates: bool = True) -> list[Fold]:
     """`num_folds` folds stratified by task: each task's prompt groups are dealt round-robin from a shuffle."""
-    groups = _group_ids(prompts)
+    groups = prompt_groups(prompts, near_duplicates)
     tasks = np.asarray(tasks, dtype=object)
     fold_of_group: dict[int, int] = {}  # a prompt under two task labels keeps its first fold
     position = 0
@@ -149,9 +152,9 @@ def task_balanced_folds(prompts: Sequence[str], tasks: Sequence[str], num_folds:
     return [_fold(f"task-balanced-{k}", fold_of_row == k) for k in range(num_folds)]
 
 
-def leave_one_task_out_folds(prompts: Sequence[str], tasks: Sequence[str]) -> list[Fold]:
+def leave_one_task_out_folds(prompts: Sequence[str], tasks: Sequence[str], near_duplicates: bool = True) -> list[Fold]:
     """One fold per task: test on the task, train on every other task's rows except copies of test prompts."""
-    groups = _group_ids(prompts)
+    groups = prompt_groups(prompts, near_duplicates)
     tasks = np.asarray(tasks, dtype=object)
     names = sorted(set(tasks.tolist()))
     if len(names) < 2:
@@ -166,16 +169,18 @@ def leave_one_task_out_folds(prompts: Sequence[str], tasks: Sequence[str]) -> li
 
 
 def make_folds(
-    kind: SplitKind, prompts: Sequence[str], tasks: Sequence[str] | None, num_folds: int, rng: np.random.Generator
+    kind: SplitKind, prompts: Sequence[str], tasks: Sequence[str] | None, num_folds: int, rng: np.random.Generator,
+    near_duplicates: bool = True,
 ) -> list[Fold]:
-    """The outer folds of a split. Task splits need `tasks` (raise ValueError without them)."""
+    """The outer folds of a split. Task splits need `tasks` (raise ValueError without them). `near_duplicates`
+    as in `prompt_groups`."""
     if kind is SplitKind.RANDOM:
-        return random_folds(prompts, num_folds, rng)
+        return random_folds(prompts, num_folds, rng, near_duplicates)
     if tasks is None or any(t is None for t in tasks):
         raise ValueError(f"the {kind.value} split needs a task label on every row")
     if kind is SplitKind.TASK_BALANCED:
-        return task_balanced_folds(prompts, tasks, num_folds, rng)
-    return leave_one_task_out_folds(prompts, tasks)
+        return task_balanced_folds(prompts, tasks, num_folds, rng, near_duplicates)
+    return leave_one_task_out_folds(prompts, tasks, near_duplicates)
 
 
 def inner_folds(
@@ -191,7 +196,7 @@ def inner_folds(
     names = rng.permutation(sorted(set(tasks_arr.tolist())))
     if len(names) < num_folds:
         return random_folds(prompts, num_folds, rng)
-    groups = _group_ids(prompts)
+    groups = prompt_groups(prompts)
     folds = []
     for k, part in enumerate(np.array_split(names, num_folds)):
         test = np.isin(tasks_arr, part)
@@ -202,7 +207,7 @@ def inner_folds(
 def check_no_leak(folds: Sequence[Fold], prompts: Sequence[str]) -> None:
     """Raises LeakError if any fold has a prompt (by `prompt_key`) or two near-duplicates (`near_duplicate_pairs`)
     split between its train and test rows, or a row in both."""
-    keys = _group_ids(prompts).tolist()
+    keys = prompt_groups(prompts).tolist()
     for fold in folds:
         overlap_rows = np.intersect1d(fold.train, fold.test)
         if overlap_rows.size:
