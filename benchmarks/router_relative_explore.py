@@ -1,13 +1,14 @@
 """Exploration, not a result: relative targets and matrix factorisation on outer folds, raw estimates.
 
-    .venv/bin/python benchmarks/router_relative_explore.py [--seed 0] [--round 1|2] [--exact-duplicates-only]
+    .venv/bin/python benchmarks/router_relative_explore.py [--seed 0] [--round 1|2|3] [--exact-duplicates-only]
 
 Each estimator is fitted on every outer fold's training part of the leave-one-task-out and task-balanced splits
 and predicts its test part, with no calibration and no selection: a cheap look at which ideas deserve the nested
 protocol of `router_quality.py` (docs/router.md, "Relative targets, matrix factorisation and near-duplicates").
 Round 1: kNN, MLP, MF, each on raw and on relative targets (`strategies.base.relative_targets`), and their
 means. Round 2: relative targets under other losses (squared error with a linear output, listwise softmax) and
-longer training. The models of a fold share one random stream, so a row moves a little with the others in its
+longer training. Round 3: pairwise preferences (which expert beats which, Bradley–Terry as in RouteLLM's
+preference-trained routers). The models of a fold share one random stream, so a row moves a little with the others in its
 round. `--exact-duplicates-only` folds as before near-duplicates were grouped (how the docs' numbers were made).
 """
 
@@ -57,7 +58,8 @@ def round_one(x, y, rng):
 
 
 def _train_head(x, targets, rng, loss: str, hidden=128, epochs=40, lr=1e-3, weight_decay=1e-4):
-    """A one-hidden-layer net with a linear output under squared error ("mse") or a softmax over experts under
+    """A one-hidden-layer net with a linear output under squared error ("mse") or pairwise logistic loss on
+    score differences weighted by how much one expert beat the other ("pair"), or a softmax over experts under
     cross-entropy against a distribution ("list"); returns its prediction function (outputs or probabilities)."""
     d, m = x.shape[1], targets.shape[1]
     p = {"w1": rng.normal(0, np.sqrt(2 / d), (d, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
@@ -67,7 +69,7 @@ def _train_head(x, targets, rng, loss: str, hidden=128, epochs=40, lr=1e-3, weig
     def forward(xs):
         h = np.maximum(xs @ p["w1"] + p["b1"], 0)
         z = h @ p["w2"] + p["b2"]
-        if loss == "mse":
+        if loss in ("mse", "pair"):
             return h, z
         e = np.exp(z - z.max(1, keepdims=True))
         return h, e / e.sum(1, keepdims=True)
@@ -76,7 +78,12 @@ def _train_head(x, targets, rng, loss: str, hidden=128, epochs=40, lr=1e-3, weig
     for _ in range(epochs):
         for idx in minibatches(len(x), 128, rng):
             h, out = forward(x[idx])
-            dz = (out - targets[idx]) / len(idx)  # the gradient of both losses at the logits
+            if loss == "pair":
+                margin = np.maximum(targets[idx][:, :, None] - targets[idx][:, None, :], 0)  # j beat k by this much
+                g = -margin / (1 + np.exp(np.clip(out[:, :, None] - out[:, None, :], -30, 30)))
+                dz = (g.sum(2) - g.sum(1)) / len(idx)
+            else:
+                dz = (out - targets[idx]) / len(idx)  # the gradient of both losses at the logits
             dh = (dz @ p["w2"].T) * (h > 0)
             opt.step({"w2": h.T @ dz, "b2": dz.sum(0), "w1": x[idx].T @ dh, "b1": dh.sum(0)})
     return lambda xs: forward(xs)[1]
@@ -105,17 +112,39 @@ def round_two(x, y, rng):
     return predict
 
 
+def _onto_centred(spread_of, x, centred):
+    """`spread_of(x)` centred per row, scaled by least squares onto the centred scores (a quality-scale estimate)."""
+    out = spread_of(x)
+    spread = out - out.mean(1, keepdims=True)
+    return float((spread * centred).sum() / (spread * spread).sum())
+
+
+def round_three(x, y, rng):
+    knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
+    mlp = MlpModel.fit(x, y, rng)
+    row_mean = y.mean(1, keepdims=True)
+    mean_difficulty = float(row_mean.mean())
+    pairwise = _train_head(x, y, rng, "pair")
+    scale = _onto_centred(pairwise, x, y - row_mean)
+
+    def predict(xs):
+        k, m, z = knn.predict(xs), mlp.predict(xs), pairwise(xs)
+        pw = scale * (z - z.mean(1, keepdims=True)) + mean_difficulty
+        return {"ensemble": (k + m) / 2, "mlp-pairwise": pw, "ens-pairwise": (k + pw) / 2}
+    return predict
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--round", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--round", type=int, choices=(1, 2, 3), default=1)
     parser.add_argument("--exact-duplicates-only", action="store_true")
     args = parser.parse_args()
     shipped = load_shipped()
     texts, tasks, y, price, experts = shipped.texts, shipped.tasks, shipped.scores, shipped.usd_per_mtok, shipped.experts
     embedded = embed_cached(StaticEmbedder(builtin_static_dir()), texts, DEFAULT_CACHE_DIR.expanduser())
     x = np.concatenate([embedded, cheap_feature_matrix(texts)], axis=1).astype(np.float32)
-    fit = round_one if args.round == 1 else round_two
+    fit = {1: round_one, 2: round_two, 3: round_three}[args.round]
     balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
     for kind in (SplitKind.LEAVE_ONE_TASK_OUT, SplitKind.TASK_BALANCED):
         started = time.perf_counter()
