@@ -6,7 +6,8 @@ Two notions of "near": word 5-gram Jaccard (`protocol.near_duplicate_pairs`, wha
 static-table cosine similarity (the router's own embedding, which also joins prompts sharing a template). For
 each, the pairs found (and how many join two tasks), then, per split, the pairs with one row in a fold's training
 part and the other in its test part, and the test rows with such a partner, under the grouping before
-(`near_duplicates=False`: exact duplicates only) and now.
+(`near_duplicates=False`: exact duplicates only) and now; and whether the leave-one-task-out folds are the same
+under both (they are when no near-duplicate pair joins two tasks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from switchboard.router.data import load_shipped
 from switchboard.router.embed import StaticEmbedder
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.pipeline import embed_cached
-from switchboard.router.protocol import SPLIT_ORDER, make_folds, near_duplicate_pairs
+from switchboard.router.protocol import SPLIT_ORDER, SplitKind, make_folds, near_duplicate_pairs
 
 
 def cosine_pairs(vectors: np.ndarray, min_cosine: float, chunk_rows: int = 1024) -> np.ndarray:
@@ -63,6 +64,10 @@ def main() -> None:
         rows = np.unique(pairs)
         across = int((tasks[pairs[:, 0]] != tasks[pairs[:, 1]]).sum()) if len(pairs) else 0
         print(f"{name}: {len(pairs)} pairs in {len(rows)} rows, {across} joining two tasks")
+    loto = [make_folds(SplitKind.LEAVE_ONE_TASK_OUT, texts, list(tasks), args.folds, np.random.default_rng(0), near)
+            for near in (False, True)]
+    same = all(np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test) for a, b in zip(*loto))
+    print(f"leave-one-task-out folds identical under both groupings: {same}")
     print()
     print(f"{'split':20s} {'grouping':12s}" + "".join(f" | {name:>22s} pairs / test rows" for name in notions))
     for kind in SPLIT_ORDER:
