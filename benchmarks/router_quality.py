@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from switchboard.router.data import load_shipped  # noqa: E402
 from switchboard.router.embed import StaticEmbedder  # noqa: E402
-from switchboard.router.evaluate import format_task_table, format_table, plot_curves  # noqa: E402
+from switchboard.router.evaluate import format_task_table, format_table, plot_curves, tasks_below  # noqa: E402
 from switchboard.router.features import cheap_feature_matrix  # noqa: E402
 from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
@@ -112,6 +112,14 @@ def main() -> None:
             print()
             print(f"leave-one-task-out, per task, at {label}:")
             print(format_task_table(rows))
+    loto = next((rep for rep in reports if rep.kind is SplitKind.LEAVE_ONE_TASK_OUT), None)
+    if loto is not None:
+        balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
+        counts = [f"{name} " + " / ".join(str(tasks_below(loto_task_rows(reports, y, price, experts, tasks, lam, name)))
+                                          for lam in (0.0, balanced))
+                  for name in loto.result.predictions]
+        print()
+        print("leave-one-task-out tasks more than 0.02 below, per router (λ = 0 / balanced): " + "; ".join(counts))
     for rep in reports:
         if rep.kind is SplitKind.TASK_BALANCED:
             print()

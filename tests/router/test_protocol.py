@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from switchboard.router.evaluate import per_task_table
+from switchboard.router.evaluate import per_task_table, tasks_below
 from switchboard.router.nested import NESTED, Candidate, CalibrationKind, nested_cross_validate, select_and_fit
 from switchboard.router.protocol import (
     Fold,
@@ -174,6 +174,11 @@ def test_per_task_table_compares_against_a_single_expert_that_costs_no_more(rng)
     for r in rows:
         assert r.single_usd_per_mtok <= r.router_usd_per_mtok + 1e-9
         assert r.gap >= 0.0  # the oracle is never below a single expert on its own rows
+    assert tasks_below(rows) == 0
+    # The opposite of the oracle (the worst expert on every row) falls below the best single expert.
+    anti = per_task_table(-y, y, price, ["e0", "e1", "e2"], tasks, cost_weight=0.0)
+    assert tasks_below(anti) == sum(r.gap < -0.02 for r in anti) >= 2
+    assert tasks_below(anti, margin=1.0) == 0
 
 
 def test_balanced_rows_give_every_task_the_largest_tasks_count(rng):
