@@ -34,12 +34,12 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from switchboard.router.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from switchboard.router.data import load_shipped  # noqa: E402
 from switchboard.router.embed import StaticEmbedder  # noqa: E402
-from switchboard.router.evaluate import format_task_table, format_table, plot_curves  # noqa: E402
+from switchboard.router.evaluate import format_task_table, format_table, plot_curves, tasks_below  # noqa: E402
 from switchboard.router.features import cheap_feature_matrix  # noqa: E402
 from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
 from switchboard.router.pipeline import (BALANCED_CANDIDATES, CAUTIOUS_CANDIDATES, DEFAULT_CANDIDATES,  # noqa: E402
-                                         SHRINK_CANDIDATES, embed_cached)  # noqa: E402
+                                         RELATIVE_CANDIDATES, SHRINK_CANDIDATES, embed_cached)  # noqa: E402
 from switchboard.router.protocol import SPLIT_ORDER, SplitKind  # noqa: E402
 from switchboard.router.report import format_summary, loto_task_rows, preset_table, run_splits  # noqa: E402
 
@@ -62,7 +62,8 @@ def embeddings(kind: str, texts: list[str]) -> np.ndarray:
 
 
 def candidate_pool(spec: str):
-    every = {c.label: c for c in DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES}
+    every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
+                                   + RELATIVE_CANDIDATES)}
     if spec == "default":
         return DEFAULT_CANDIDATES
     if spec == "shrink":
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--features", default="static", help="static, onnx-fp32, onnx-int8, or two joined by '+'.")
     parser.add_argument("--candidates", default="default",
                         help="'default' (pipeline.DEFAULT_CANDIDATES), 'shrink' (those and pipeline.SHRINK_CANDIDATES), "
-                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_ and CAUTIOUS_CANDIDATES.")
+                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_, CAUTIOUS_ and RELATIVE_CANDIDATES.")
     parser.add_argument("--plot", type=Path, default=None, help="Also write the task-balanced curves as a PNG here.")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -111,6 +112,14 @@ def main() -> None:
             print()
             print(f"leave-one-task-out, per task, at {label}:")
             print(format_task_table(rows))
+    loto = next((rep for rep in reports if rep.kind is SplitKind.LEAVE_ONE_TASK_OUT), None)
+    if loto is not None:
+        balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
+        counts = [f"{name} " + " / ".join(str(tasks_below(loto_task_rows(reports, y, price, experts, tasks, lam, name)))
+                                          for lam in (0.0, balanced))
+                  for name in loto.result.predictions]
+        print()
+        print("leave-one-task-out tasks more than 0.02 below, per router (λ = 0 / balanced): " + "; ".join(counts))
     for rep in reports:
         if rep.kind is SplitKind.TASK_BALANCED:
             print()

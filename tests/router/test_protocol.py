@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from switchboard.router.evaluate import per_task_table
+from switchboard.router.evaluate import per_task_table, tasks_below
 from switchboard.router.nested import NESTED, Candidate, CalibrationKind, nested_cross_validate, select_and_fit
 from switchboard.router.protocol import (
     Fold,
@@ -15,6 +15,7 @@ from switchboard.router.protocol import (
     check_no_leak,
     inner_folds,
     make_folds,
+    near_duplicate_pairs,
     prompt_key,
     row_weights,
 )
@@ -66,6 +67,45 @@ def test_duplicated_prompts_never_straddle_a_fold(rng, kind):
     prompts[6] = prompts[7] = "Another  Question"  # and one within task a
     for folds in (make_folds(kind, prompts, tasks, 4, rng), inner_folds(kind, prompts, tasks, 2, rng)):
         check_no_leak(folds, prompts)
+
+
+PASSAGE = ("When Boris left school he could not find a job. He tried hard and asked his relatives, but they had "
+           "problems of their own. He answered advertisements until he could not afford any more stamps.")
+
+
+def test_near_duplicates_are_found_and_template_text_alone_does_not_make_a_pair():
+    prompts = [PASSAGE + " Why was Boris sad?", PASSAGE + " What did Boris buy?", "Write a function to sort a list.",
+               "Write a function to find the perimeter of a rombus.", "Write a function to find the perimeter of a square."]
+    assert near_duplicate_pairs(prompts) == [(0, 1), (3, 4)]
+    template = "Solve the puzzle below, thinking step by step, and give the answer on the last line. "
+    puzzles = [template * 3 + f"Puzzle {i}: " + " ".join(f"clue{i}-{k}" for k in range(20)) for i in range(60)]
+    assert near_duplicate_pairs(puzzles) == []  # 60 rows share the template's 5-grams: template text, not a pair
+
+
+def test_a_near_duplicate_split_between_train_and_test_is_detected():
+    prompts = [PASSAGE + " Why was Boris sad?", "Name a fruit.", PASSAGE + " What did Boris buy?", "Write a loop."]
+    with pytest.raises(LeakError, match="near-duplicate"):
+        check_no_leak([Fold("f0", np.array([0, 1]), np.array([2, 3]))], prompts)
+    check_no_leak([Fold("f0", np.array([0, 2]), np.array([1, 3]))], prompts)
+
+
+@pytest.mark.parametrize("kind", list(SplitKind))
+def test_near_duplicate_groups_never_straddle_a_fold(rng, kind):
+    prompts, tasks, _, _ = corpus(rng)
+    prompts[3], prompts[12], prompts[45] = (PASSAGE + f" Question {q}?" for q in ("one", "two", "three"))  # a and b
+    prompts[60], prompts[61] = PASSAGE[:150] + " alpha", PASSAGE[:150] + " beta"  # within task c
+    for folds in (make_folds(kind, prompts, tasks, 4, rng), inner_folds(kind, prompts, tasks, 2, rng)):
+        check_no_leak(folds, prompts)
+        assert not any(_straddles(f, group) for f in folds for group in ((3, 12, 45), (60, 61)))
+    if kind is SplitKind.LEAVE_ONE_TASK_OUT:  # the grouping before: the copy under task b trains the fold of task a
+        exact_only = make_folds(kind, prompts, tasks, 4, rng, near_duplicates=False)
+        assert any(_straddles(f, (3, 12, 45)) for f in exact_only)
+        with pytest.raises(LeakError, match="near-duplicate"):
+            check_no_leak(exact_only, prompts)
+
+
+def _straddles(fold: Fold, group: tuple[int, ...]) -> bool:
+    return bool(np.isin(group, fold.train).any() and np.isin(group, fold.test).any())
 
 
 def test_task_balanced_weights_give_every_task_the_same_mass(rng):
@@ -134,6 +174,11 @@ def test_per_task_table_compares_against_a_single_expert_that_costs_no_more(rng)
     for r in rows:
         assert r.single_usd_per_mtok <= r.router_usd_per_mtok + 1e-9
         assert r.gap >= 0.0  # the oracle is never below a single expert on its own rows
+    assert tasks_below(rows) == 0
+    # The opposite of the oracle (the worst expert on every row) falls below the best single expert.
+    anti = per_task_table(-y, y, price, ["e0", "e1", "e2"], tasks, cost_weight=0.0)
+    assert tasks_below(anti) == sum(r.gap < -0.02 for r in anti) >= 2
+    assert tasks_below(anti, margin=1.0) == 0
 
 
 def test_balanced_rows_give_every_task_the_largest_tasks_count(rng):

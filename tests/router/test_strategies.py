@@ -68,3 +68,40 @@ def test_shrunk_ensemble_falls_back_to_the_prior_far_from_the_training_data(rng)
     # On the training data itself most rows keep the ensemble (the centre is the 10% quantile of familiarity).
     _, seen = model.predict_with_weight(x)
     assert np.mean(seen > 0.5) >= 0.85
+
+
+def test_relative_targets_are_undone_to_each_experts_prior_and_keep_the_differences(rng):
+    from switchboard.router.strategies.base import relative_targets
+
+    y = (rng.random((50, 4)) < np.linspace(0.2, 0.8, 4)).astype(np.float32)
+    targets, mean_difficulty = relative_targets(y)
+    assert targets.min() >= 0 and targets.max() <= 1
+    undone = 2 * targets - 1 + mean_difficulty
+    np.testing.assert_allclose(undone.mean(axis=0), y.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(undone[:, 1:] - undone[:, :1], y[:, 1:] - y[:, :1], atol=1e-6)  # who beats whom
+
+
+def test_relative_mlp_learns_which_expert_wins_under_varying_difficulty_and_round_trips(rng):
+    from switchboard.router.strategies.neural import MlpModel
+
+    # Difficulty (x1) moves every expert together; which expert wins depends on x0 alone.
+    x = rng.normal(size=(1200, 4)).astype(np.float32)
+    base = 1 / (1 + np.exp(-2 * x[:, 1]))
+    p = np.stack([base * (0.5 + 0.5 * (x[:, 0] > 0)), base * (0.5 + 0.5 * (x[:, 0] < 0)), 0.7 * base], axis=1)
+    y = (rng.random(p.shape) < p).astype(np.float32)
+    model = MlpModel.fit(x[:900], y[:900], np.random.default_rng(0), relative=True)
+    assert model.out_scale == 2.0
+    pred = model.predict(x[900:])
+    pos, neg = x[900:, 0] > 0.5, x[900:, 0] < -0.5
+    assert pred[pos, 0].mean() > pred[pos, 1].mean() + 0.1 and pred[neg, 1].mean() > pred[neg, 0].mean() + 0.1
+    np.testing.assert_allclose(model.predict(x[:900]).mean(axis=0), y[:900].mean(axis=0), atol=0.05)
+    np.testing.assert_allclose(MlpModel.from_arrays(model.arrays()).predict(x[900:]), pred, rtol=1e-6)
+
+
+def test_an_mlp_saved_before_relative_targets_loads_as_raw_scores(rng):
+    from switchboard.router.strategies.neural import MlpModel
+
+    x, y = synthetic_xy(rng, n=200)
+    model = MlpModel.fit(x, y, np.random.default_rng(0))
+    old = {k: v for k, v in model.arrays().items() if k not in ("out_scale", "out_offset")}
+    np.testing.assert_array_equal(MlpModel.from_arrays(old).predict(x), model.predict(x))

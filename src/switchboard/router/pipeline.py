@@ -51,6 +51,13 @@ BALANCED_CANDIDATES: tuple[Candidate, ...] = (
 )
 """The default ensemble trained on rows resampled so every task counts the same, as in the held-out mix."""
 
+RELATIVE_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("ensemble-relative", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05, "relative": True}),
+)
+"""The default ensemble whose MLP learns each expert's score relative to the prompt's mean over experts
+(`strategies.base.relative_targets`), so its capacity goes on which expert wins rather than on how hard the
+prompt is (issue 13)."""
+
 CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
 """The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
 margin is chosen on leave-one-task-out inner folds (`nested._choose_margin`)."""

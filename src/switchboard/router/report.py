@@ -96,12 +96,14 @@ def preset_table(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndarra
 
 
 def loto_task_rows(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndarray, experts: Sequence[str],
-                   tasks: Sequence[str], cost_weight: float) -> list[TaskRow] | None:
+                   tasks: Sequence[str], cost_weight: float, name: str = NESTED) -> list[TaskRow] | None:
+    """The per-task table of router `name` (a candidate label, or the nested selection) under LOTO; None
+    without a LOTO report."""
     rep = next((r for r in reports if r.kind is SplitKind.LEAVE_ONE_TASK_OUT), None)
     if rep is None:
         return None
-    return per_task_table(rep.result.predictions[NESTED], y, price, experts, tasks, cost_weight,
-                          caution=rep.result.cautions.get(NESTED))
+    return per_task_table(rep.result.predictions[name], y, price, experts, tasks, cost_weight,
+                          caution=rep.result.cautions.get(name))
 
 
 def _row(rep: SplitReport, name: str):

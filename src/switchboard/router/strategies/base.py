@@ -58,6 +58,15 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
+def relative_targets(y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Relative targets in [0, 1] for a learner with sigmoid outputs: t = (y − the prompt's mean over experts + 1)
+    / 2, and d̄, the mean over rows of the prompts' means. `2 t̂ − 1 + d̄` undoes the map: each expert's mean
+    estimate over the training rows is then its mean training score (its prior), while the prompt's difficulty
+    (its mean over experts), which never changes which expert is best, is not learned."""
+    row_mean = y.mean(axis=1, keepdims=True)
+    return ((y - row_mean + 1.0) / 2.0).astype(np.float32), float(row_mean.mean())
+
+
 class Adam:
     """Plain Adam over a dict of parameter arrays (in place)."""
 

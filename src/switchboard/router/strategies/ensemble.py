@@ -26,9 +26,12 @@ class EnsembleModel(QualityModel):
 
     @classmethod
     def fit(cls, x, y, rng, knn_share: float = 0.5, num_neighbours: int = 100, prior_weight: float = 4.0,
-            temperature: float = 0.05, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4) -> "EnsembleModel":
+            temperature: float = 0.05, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4,
+            relative: bool = False) -> "EnsembleModel":
+        """`relative`: the MLP learns scores relative to the prompt's mean over experts (`MlpModel.fit`); the kNN
+        is left as it is, since subtracting a per-prompt constant from every expert never changes its choice."""
         knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature)
-        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay)
+        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay, relative=relative)
         return cls(knn, mlp, knn_share)
 
     def arrays(self) -> dict[str, np.ndarray]:

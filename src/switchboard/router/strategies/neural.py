@@ -1,6 +1,8 @@
 """Per-expert quality predictors trained jointly in numpy: a one-hidden-layer MLP (multi-task, one sigmoid
 output per expert, Tryage-style) and its zero-hidden-layer special case, logistic regression. The loss is
-binary cross-entropy against the graded score, so fractional scores are fine."""
+binary cross-entropy against the graded score, so fractional scores are fine. With `relative=True` the MLP
+learns each expert's score relative to the prompt's mean over experts (`base.relative_targets`) and maps it back
+(`out_scale`, `out_offset`); its estimates may then leave [0, 1] by a little."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from switchboard.router.selection import SelectionRule
-from switchboard.router.strategies.base import Adam, QualityModel, StrategyName, minibatches, sigmoid
+from switchboard.router.strategies.base import Adam, QualityModel, StrategyName, minibatches, relative_targets, sigmoid
 
 
 def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = 128):
@@ -43,15 +45,27 @@ class MlpModel(QualityModel):
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
+    out_scale: float = 1.0  # estimate = out_scale · sigmoid(...) + out_offset: (2, d̄ − 1) for relative targets
+    out_offset: float = 0.0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         h = np.maximum(np.asarray(x, np.float32) @ self.w1 + self.b1, 0)
-        return sigmoid(h @ self.w2 + self.b2).astype(np.float32)
+        return (float(self.out_scale) * sigmoid(h @ self.w2 + self.b2) + float(self.out_offset)).astype(np.float32)
 
     @classmethod
-    def fit(cls, x, y, rng, hidden: int = 128, epochs: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4):
-        p = _train_mlp(np.asarray(x, np.float32), y.astype(np.float32), rng, hidden, epochs, lr, weight_decay)
-        return cls(p["w1"], p["b1"], p["w2"], p["b2"])
+    def fit(cls, x, y, rng, hidden: int = 128, epochs: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4,
+            relative: bool = False):
+        targets, scale, offset = y.astype(np.float32), 1.0, 0.0
+        if relative:
+            targets, mean_difficulty = relative_targets(targets)
+            scale, offset = 2.0, mean_difficulty - 1.0
+        p = _train_mlp(np.asarray(x, np.float32), targets, rng, hidden, epochs, lr, weight_decay)
+        return cls(p["w1"], p["b1"], p["w2"], p["b2"], scale, offset)
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "MlpModel":
+        # Routers saved before relative targets existed learned raw scores.
+        return super().from_arrays({"out_scale": 1.0, "out_offset": 0.0, **arrays})
 
 
 @dataclasses.dataclass(frozen=True)
