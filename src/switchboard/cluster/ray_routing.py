@@ -70,6 +70,17 @@ class Ended:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Served:
+    """Requests the gateway assigned to warm replica `replica_id` itself that were served before it reported
+    them: each a (expert id, prompt tokens, expected output tokens). One event instead of a `Started` and an
+    `Ended` each, counted by the control actor in one step (`LiveFleet.record_served`): on the bare serving path
+    that accounting was the control actor's largest cost per request (issue 17)."""
+
+    replica_id: str
+    requests: tuple[tuple[str, int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Routed:
     """The gateway made a fleet-aware routing decision (`model: auto`) itself, on its view, at `at_s`: the
     control actor records it as its own (`LiveFleet.record_route`: pre-warming's demand, wake-ups, the log)."""
@@ -200,6 +211,33 @@ class LoadReports:
         """Enough events for a batch of their own."""
         return len(self._pending) >= REPORT_MAX_EVENTS
 
-    def take(self) -> list[Started | Ended | Routed]:
+    def take(self) -> list[Served | Started | Ended | Routed]:
+        """The pending events, in order, with the requests that started and were served among them folded into
+        one `Served` per replica, first."""
         taken, self._pending = self._pending, []
-        return taken
+        return fold_served(taken)
+
+
+def fold_served(events: list[Started | Ended | Routed]) -> list[Served | Started | Ended | Routed]:
+    """`events` with each `Started` whose request ended served (`Ended` ok, no error) later among them taken
+    out with that `Ended`, and those requests reported as one `Served` per replica, ahead of the rest (which
+    keep their order). A request that failed keeps its two events: its error may stop the replica."""
+    started_at: dict[str, int] = {}
+    folded: set[int] = set()
+    served: dict[str, list[tuple[str, int, int]]] = {}
+    for index, event in enumerate(events):
+        if isinstance(event, Started):
+            started_at[event.request.request_id] = index
+        elif isinstance(event, Ended) and event.ok and event.error is None:
+            start_index = started_at.pop(event.request_id, None)
+            if start_index is not None:
+                start = events[start_index]
+                assert isinstance(start, Started)
+                request = start.request
+                served.setdefault(start.replica_id, []).append(
+                    (request.expert_id, request.num_prompt_tokens, request.num_output_tokens_expected))
+                folded.update((start_index, index))
+    if not folded:
+        return events
+    return [Served(replica_id, tuple(requests)) for replica_id, requests in served.items()] + \
+        [event for index, event in enumerate(events) if index not in folded]

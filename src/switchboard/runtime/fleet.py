@@ -35,7 +35,7 @@ from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.sleep import Asleep, reflect_asleep
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, ReplicaLoad, Whereabouts, Worker
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -301,6 +301,32 @@ class LiveFleet:
         lease.replica = live
         live.num_outstanding += 1
         return True
+
+    def record_served(self, replica_id: str, requests: Sequence[tuple[str, int, int]]) -> int:
+        """Counts requests that a gateway ran on warm replica `replica_id` and that were served before it reported
+        them, each (expert id, prompt tokens, expected output tokens): what `adopt` then `release(ok=True)` of
+        each would count — arrivals and ends in the demand statistics, the replica busy now, `admitted`, served,
+        the circuits' successes — in one update. None is counted when that replica is not warm here any more
+        (as `adopt`); returns how many were."""
+        live = self.live.get(replica_id)
+        replica = self._now().replicas.get(ReplicaId(replica_id))
+        if live is None or replica is None or replica.state is not ReplicaState.WARM or not requests:
+            return 0
+        model = self.model
+        for expert_id, num_prompt_tokens, num_output_tokens in requests:
+            model = ops.record_arrival(model, ExpertId(expert_id), num_prompt_tokens, num_output_tokens)
+        load = replica.load
+        # Running, then done: the replica was busy now (keep-alive reads `last_busy_at`), its load as before.
+        model = ops.set_load(model, replica.replica_id, ReplicaLoad(load.num_running + len(requests), load.num_running_tokens, load.queue))
+        model = ops.set_load(model, replica.replica_id, load)
+        for expert_id, _, _ in requests:
+            model = ops.record_finish(model, ExpertId(expert_id))
+            self.expert_circuits.record(expert_id, None)
+            self.replica_circuits.record(replica_id, None)
+        self.model = model
+        self.counters["admitted"] += len(requests)
+        live.num_served += len(requests)
+        return len(requests)
 
     async def _await_replica(self, request: QueuedRequest, waiter: asyncio.Future) -> tuple[LiveReplica, bool]:
         """Waits on the request's own future until it may run on a warm replica (`_notify` answers it), or is
