@@ -8,7 +8,7 @@ import random
 import time
 
 from switchboard.cluster.ray_control import ControlActor
-from switchboard.cluster.ray_routing import Ended, LoadReports, LocalRouter, RoutingView, Served, Started
+from switchboard.cluster.ray_routing import REPORT_MAX_EVENTS, Ended, LoadReports, LocalRouter, RoutingView, Served, Started
 from switchboard.config import parse_config
 from switchboard.fleet import ops
 from switchboard.fleet.state import QueuedRequest, ReplicaLoad
@@ -157,6 +157,13 @@ def test_requests_served_within_one_batch_are_reported_as_one_served_event_per_r
     assert taken == [Served("e#1", (("e", 10, 4), ("e", 10, 4), ("e", 10, 10))),  # a, c, the retried x: as they ended
                      events[1], events[4], events[5], events[6], events[7], events[10]]
     assert reports.take() == []
+    for i in range(REPORT_MAX_EVENTS):  # served requests wait for the next batch...
+        reports.add(Started(request(f"s{i}"), "e#1"))
+        reports.add(Ended(f"s{i}", ok=True))
+    assert not reports.is_due
+    for i in range(REPORT_MAX_EVENTS):  # ... requests running (or failed) fill one
+        reports.add(Started(request(f"t{i}"), "e#1"))
+    assert reports.is_due and len(reports.take()) == 1 + REPORT_MAX_EVENTS
 
 
 async def test_served_requests_count_as_their_starts_and_ends_would():

@@ -198,46 +198,42 @@ def without_requests(model: FleetSnapshot, requests: list[tuple[str, QueuedReque
 
 
 class LoadReports:
-    """The events a gateway has not sent yet, in the order they happened."""
+    """The events a gateway has not sent yet, in the order they happened; a request that started and was served
+    (`Ended` ok, no error) before they are sent is folded, as it ends, into one `Served` per replica."""
 
     def __init__(self) -> None:
-        self._pending: list[Started | Ended | Routed] = []
+        self._pending: list[Started | Ended | Routed | None] = []
+        self._started_at: dict[str, int] = {}
+        """Request id -> the index of its pending `Started`."""
+        self._served: dict[str, list[tuple[str, int, int]]] = {}
+        self._num_folded = 0
 
     def add(self, event: Started | Ended | Routed) -> None:
+        if isinstance(event, Ended) and event.ok and event.error is None:
+            start_index = self._started_at.pop(event.request_id, None)
+            if start_index is not None:
+                start = self._pending[start_index]
+                assert isinstance(start, Started)
+                self._pending[start_index] = None
+                self._num_folded += 1
+                request = start.request
+                self._served.setdefault(start.replica_id, []).append(
+                    (request.expert_id, request.num_prompt_tokens, request.num_output_tokens_expected))
+                return
+        if isinstance(event, Started):
+            self._started_at[event.request.request_id] = len(self._pending)
         self._pending.append(event)
 
     @property
     def is_due(self) -> bool:
-        """Enough events for a batch of their own."""
-        return len(self._pending) >= REPORT_MAX_EVENTS
+        """Enough events for a batch of their own (`Served` requests are sent with the next, whenever it goes:
+        they are counted in one step, and no request is running on their account)."""
+        return len(self._pending) - self._num_folded >= REPORT_MAX_EVENTS
 
     def take(self) -> list[Served | Started | Ended | Routed]:
-        """The pending events, in order, with the requests that started and were served among them folded into
-        one `Served` per replica, first."""
-        taken, self._pending = self._pending, []
-        return fold_served(taken)
-
-
-def fold_served(events: list[Started | Ended | Routed]) -> list[Served | Started | Ended | Routed]:
-    """`events` with each `Started` whose request ended served (`Ended` ok, no error) later among them taken
-    out with that `Ended`, and those requests reported as one `Served` per replica, ahead of the rest (which
-    keep their order). A request that failed keeps its two events: its error may stop the replica."""
-    started_at: dict[str, int] = {}
-    folded: set[int] = set()
-    served: dict[str, list[tuple[str, int, int]]] = {}
-    for index, event in enumerate(events):
-        if isinstance(event, Started):
-            started_at[event.request.request_id] = index
-        elif isinstance(event, Ended) and event.ok and event.error is None:
-            start_index = started_at.pop(event.request_id, None)
-            if start_index is not None:
-                start = events[start_index]
-                assert isinstance(start, Started)
-                request = start.request
-                served.setdefault(start.replica_id, []).append(
-                    (request.expert_id, request.num_prompt_tokens, request.num_output_tokens_expected))
-                folded.update((start_index, index))
-    if not folded:
-        return events
-    return [Served(replica_id, tuple(requests)) for replica_id, requests in served.items()] + \
-        [event for index, event in enumerate(events) if index not in folded]
+        """The `Served` events first, then the other pending events in order. A request that failed keeps its
+        two events: its error may stop the replica."""
+        served = [Served(replica_id, tuple(requests)) for replica_id, requests in self._served.items()]
+        taken = served + [event for event in self._pending if event is not None]
+        self._pending, self._started_at, self._served, self._num_folded = [], {}, {}, 0
+        return taken
