@@ -12,8 +12,9 @@ the same model, with the same pure function as the control actor (`runtime.fleet
 (`Routed`) so that the control actor's pre-warming and wake-ups see it.
 
 What the gateway started and finished reaches the control actor as `Started` / `Ended` events in batches
-(`LoadReports`): every `REPORT_INTERVAL_S`, or once `REPORT_MAX_EVENTS` are pending, and at once after an
-engine failure (the control actor stops and replaces a lost replica). The control actor counts them in its
+(`LoadReports`; requests started and served within one batch as one `Served` per replica): every
+`REPORT_INTERVAL_S`, or once `REPORT_MAX_EVENTS` are pending, and at once after an engine failure (the control
+actor stops and replaces a lost replica). The control actor counts them in its
 model, so autoscaling, keep-alive and every other gateway's view see this gateway's load within about
 `REPORT_INTERVAL_S + POLL_INTERVAL_S`; a gateway's own requests are always counted exactly in its own decisions.
 """
