@@ -199,6 +199,24 @@ async def test_served_requests_count_as_their_starts_and_ends_would():
         await folded.shutdown()
 
 
+async def test_a_gateway_under_steady_load_reports_no_idle_gaps():
+    """Served requests overlap the requests a report shows running, as they did: a gateway that always had one
+    in flight (ending one and starting the next within a report) leaves the expert no idle gap, and keep-alive
+    no reason to unload it."""
+    actor = await started_actor()
+    try:
+        first, _ = sorted((await routing_view(actor, "gw")).actors)
+        served = Served(first, (("e", 10, 4),) * 3)
+        await actor.report("gw", [served, Started(request("p1"), first)])
+        await actor.report("gw", [served, Ended("p1", ok=True), Started(request("p2"), first)])
+        await actor.report("gw", [served, Ended("p2", ok=True)])
+        activity = actor.fleet.model.activity_of("e")
+        assert (activity.num_arrivals, activity.num_in_flight, activity.num_idle_gaps) == (11, 0, 0)
+        assert running(actor) == 0 and actor.fleet.live[first].num_served == 11
+    finally:
+        await actor.shutdown()
+
+
 async def test_a_restarted_control_actor_counts_again_what_a_gateway_reports_in_flight():
     """After a restart the gateway reports everything it has in flight — requests it placed itself and leases
     the dead incarnation granted — and the new incarnation counts them on their replicas."""
