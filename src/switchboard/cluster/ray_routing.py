@@ -74,8 +74,8 @@ class Ended:
 class Served:
     """Requests the gateway assigned to warm replica `replica_id` itself that were served before it reported
     them: each a (expert id, prompt tokens, expected output tokens). One event instead of a `Started` and an
-    `Ended` each, counted by the control actor in one step (`LiveFleet.record_served`): on the bare serving path
-    that accounting was the control actor's largest cost per request (issue 17)."""
+    `Ended` each, counted by the control actor in one pass (`LiveFleet.arrive_served`, `end_served`): on the
+    bare serving path that accounting was the control actor's largest cost per request (issue 17)."""
 
     replica_id: str
     requests: tuple[tuple[str, int, int], ...]

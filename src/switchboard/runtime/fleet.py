@@ -305,7 +305,7 @@ class LiveFleet:
     def arrive_served(self, replica_id: str, requests: Sequence[tuple[str, int, int]]) -> bool:
         """The first half of counting requests that a gateway ran on warm replica `replica_id` and that were
         served before it reported them, each (expert id, prompt tokens, expected output tokens): their arrivals
-        in the demand statistics, the replica busy now, `admitted` — what `adopt` of each counts, in one update.
+        in the demand statistics, the replica busy now, `admitted` — what `adopt` of each counts, without queueing and starting each.
         `end_served` counts their ends; a report's other events go in between, so that the requests those
         report running overlap them as they did (no idle gap is recorded between a report's requests). False,
         and nothing counted, when that replica is not warm here any more (as `adopt`)."""
