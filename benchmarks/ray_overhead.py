@@ -197,6 +197,10 @@ def main() -> None:
                         order = sides if index % 2 == 0 else sides[::-1]
                         rounds.append({name: _measure_cell(ports, model, stream, concurrency, args.duration) for name, ports in order})
                     cells[(model, stream, concurrency)] = rounds
+        # Keep-alive may have unloaded `instant` while the `timed` cells ran (over a minute idle): one request
+        # through a gateway starts it again, so that the ceiling has a replica to call.
+        httpx.post(f"http://127.0.0.1:{ray_ports[0]}/v1/chat/completions", content=_body("instant", False),
+                   headers={"content-type": "application/json"}, timeout=180).raise_for_status()
         ceiling = _call_ceiling(cluster.address, args.duration)
     finally:
         load_after = os.getloadavg()

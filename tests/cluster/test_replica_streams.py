@@ -247,6 +247,40 @@ async def test_requests_arriving_while_a_call_is_in_flight_go_together_in_the_ne
     await replica.stop()
 
 
+async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_request_goes_at_once():
+    from switchboard.cluster.ray_replica import RayReplicaEngine
+
+    replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
+    await replica.start()
+    handle = Counting(replica)
+    channel = StreamChannel(handle, gather_s=60.0)
+    engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle, channel=channel)
+    await asyncio.gather(*(engine.complete(whole(2)) for _ in range(4)))
+    assert handle.batches == [4]
+    # Their clients come back one by one: the next call waits for as many as the last one carried...
+    requests = [asyncio.ensure_future(engine.complete(whole(2)))]
+    for _ in range(2):
+        await settle()
+        requests.append(asyncio.ensure_future(engine.complete(whole(2))))
+    await settle()
+    assert handle.batches == [4]
+    requests.append(asyncio.ensure_future(engine.complete(whole(2))))
+    await asyncio.gather(*requests)
+    assert handle.batches == [4, 4]
+    # ... for at most `gather_s` after the first arrived; a client that leaves meanwhile is never sent.
+    channel.gather_s = 0.05
+    leaving = asyncio.ensure_future(engine.complete(whole(2)))
+    await settle()
+    leaving.cancel()
+    staying = await engine.complete(whole(3))
+    assert staying.finish.usage.completion_tokens == 3 and handle.batches == [4, 4, 1]
+    # After a lone request, the next one goes at once, however long the window.
+    channel.gather_s = 60.0
+    await asyncio.wait_for(engine.complete(whole(2)), timeout=10)
+    assert handle.batches == [4, 4, 1, 1] and replica.num_completed == 10
+    await replica.stop()
+
+
 async def test_a_batch_answers_without_waiting_for_its_slow_requests():
     streams, gate = OpenStreams(), Gate()
     opening = asyncio.ensure_future(streams.open_many([(1, instant(2)), (2, gate.events(1))], "e", "gw", 0.01))

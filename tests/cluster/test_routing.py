@@ -8,7 +8,7 @@ import random
 import time
 
 from switchboard.cluster.ray_control import ControlActor
-from switchboard.cluster.ray_routing import Ended, LocalRouter, RoutingView, Started
+from switchboard.cluster.ray_routing import REPORT_MAX_EVENTS, Ended, LoadReports, LocalRouter, RoutingView, Served, Started
 from switchboard.config import parse_config
 from switchboard.fleet import ops
 from switchboard.fleet.state import QueuedRequest, ReplicaLoad
@@ -137,6 +137,82 @@ async def test_a_silent_gateways_own_requests_are_released_and_a_stopped_replica
         assert running(actor) == 1 and actor.num_leases_reclaimed == 2
         await actor.report("gw-alive", [Ended("a1", ok=False), Ended("x", ok=True)])
         assert running(actor) == 0 and sum(r.num_failed for r in actor.fleet.live.values()) == 3  # 2 reclaimed, 1 failed
+    finally:
+        await actor.shutdown()
+
+
+def test_requests_served_within_one_batch_are_reported_as_one_served_event_per_replica():
+    """A request started and served before its gateway reports is one entry of its replica's `Served` (first);
+    failed ones, ones still running and ends of earlier starts keep their own events, in order."""
+    from switchboard.cluster.ray_streams import RemoteEngineError
+
+    lost = RemoteEngineError("ReplicaLost", "e", "gone", 503, "replica_lost")
+    reports = LoadReports()
+    events = [Started(request("a"), "e#1"), Started(request("b"), "e#2"), Ended("a", ok=True), Started(request("c"), "e#1"),
+              Ended("b", ok=False), Ended("old", ok=True), Started(request("x"), "e#2"), Ended("x", ok=False, error=lost),
+              Started(request("x", num_tokens=20), "e#1"), Ended("c", ok=True), Started(request("d"), "e#1"), Ended("x", ok=True)]
+    for event in events:
+        reports.add(event)
+    taken = reports.take()
+    assert taken == [Served("e#1", (("e", 10, 4), ("e", 10, 4), ("e", 10, 10))),  # a, c, the retried x: as they ended
+                     events[1], events[4], events[5], events[6], events[7], events[10]]
+    assert reports.take() == []
+    for i in range(REPORT_MAX_EVENTS):  # served requests wait for the next batch...
+        reports.add(Started(request(f"s{i}"), "e#1"))
+        reports.add(Ended(f"s{i}", ok=True))
+    assert not reports.is_due
+    for i in range(REPORT_MAX_EVENTS):  # ... requests running (or failed) fill one
+        reports.add(Started(request(f"t{i}"), "e#1"))
+    assert reports.is_due and len(reports.take()) == 1 + REPORT_MAX_EVENTS
+
+
+async def test_served_requests_count_as_their_starts_and_ends_would():
+    """`Served` counts what a `Started` and an `Ended` (ok) per request count: arrivals and ends in the demand
+    statistics, the replica busy at the report, `admitted`, served; the replica's load as before. (Only the
+    zero-length idle gaps between requests reported in turn are not recorded: they ran together.) Nothing on a
+    replica no longer warm."""
+    by_events, folded = await started_actor(), await started_actor()
+    try:
+        first, second = sorted((await routing_view(by_events, "gw")).actors)
+        assert sorted((await routing_view(folded, "gw")).actors) == [first, second]
+        requests = [request(f"r{i}", num_tokens=12 + i) for i in range(5)]
+        reported_at = time.time()
+        await by_events.report("gw", [e for r in requests for e in (Started(r, first), Ended(r.request_id, ok=True))])
+        await folded.report("gw", [Served(first, tuple((r.expert_id, r.num_prompt_tokens, r.num_output_tokens_expected)
+                                                     for r in requests))])
+        for actor in (by_events, folded):
+            assert actor.fleet.counters["admitted"] == 5 and actor.fleet.live[first].num_served == 5
+            assert running(actor) == 0 and actor.fleet.model.replicas[first].last_busy_at >= reported_at
+            activity = actor.fleet.model.activity_of("e")
+            assert (activity.num_arrivals, activity.num_in_flight) == (5, 0) and activity.idle_since_at >= reported_at
+        one, other = by_events.fleet.model.activity_of("e"), folded.fleet.model.activity_of("e")
+        assert abs(other.decayed_arrivals - one.decayed_arrivals) < 1e-3
+        assert abs(other.decayed_output_tokens - one.decayed_output_tokens) < 1e-2 and other.decayed_prompt_tokens > 49.9
+        assert other.num_idle_gaps == 0 and one.num_idle_gaps == 4
+        for actor in (by_events, folded):
+            assert actor.fleet.model.replicas[second].load == ReplicaLoad(0, 0, ())
+
+        await folded.report("gw", [Served("e#99", (("e", 10, 4),))])  # no such replica: nothing counted
+        assert folded.fleet.counters["admitted"] == 5 and folded.fleet.model.activity_of("e").num_arrivals == 5
+    finally:
+        await by_events.shutdown()
+        await folded.shutdown()
+
+
+async def test_a_gateway_under_steady_load_reports_no_idle_gaps():
+    """Served requests overlap the requests a report shows running, as they did: a gateway that always had one
+    in flight (ending one and starting the next within a report) leaves the expert no idle gap, and keep-alive
+    no reason to unload it."""
+    actor = await started_actor()
+    try:
+        first, _ = sorted((await routing_view(actor, "gw")).actors)
+        served = Served(first, (("e", 10, 4),) * 3)
+        await actor.report("gw", [served, Started(request("p1"), first)])
+        await actor.report("gw", [served, Ended("p1", ok=True), Started(request("p2"), first)])
+        await actor.report("gw", [served, Ended("p2", ok=True)])
+        activity = actor.fleet.model.activity_of("e")
+        assert (activity.num_arrivals, activity.num_in_flight, activity.num_idle_gaps) == (11, 0, 0)
+        assert running(actor) == 0 and actor.fleet.live[first].num_served == 11
     finally:
         await actor.shutdown()
 

@@ -32,7 +32,7 @@ from typing import Any
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_limits import KeyCounts
 from switchboard.cluster.ray_replica import RemoteEngineError
-from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Started, without_requests
+from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Served, Started, without_requests
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
 from switchboard.runtime.fleet import LiveFleet
@@ -272,15 +272,20 @@ class ControlActor:
 
     # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
 
-    async def report(self, gateway_id: str, events: list[Started | Ended | Routed]) -> None:
+    async def report(self, gateway_id: str, events: list[Served | Started | Ended | Routed]) -> None:
         """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted in
         the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine, stops
-        and replaces the replica). A start on a replica no longer warm here is not counted, nor its end. Its
-        routing decisions (`Routed`) are recorded as this fleet's own."""
+        and replaces the replica). A start on a replica no longer warm here is not counted, nor its end; nor are
+        requests reported `Served` (started and served) on one. Those arrive before the other events and end
+        after them (`LiveFleet.arrive_served`), so the requests they report running overlap them. Its routing
+        decisions (`Routed`) are recorded as this fleet's own."""
         self._heard_from(gateway_id)
         fleet = await self._started()
         adopted = self._adopted.setdefault(gateway_id, {})
+        served = [e for e in events if isinstance(e, Served) and fleet.arrive_served(e.replica_id, e.requests)]
         for event in events:
+            if isinstance(event, Served):
+                continue
             if isinstance(event, Routed):
                 fleet.record_route(event.at_s, event.preferred, event.decision)
             elif isinstance(event, Started):
@@ -295,6 +300,8 @@ class ControlActor:
                     exc = event.error.to_exception() if event.error is not None else None
                     exc_type = type(exc) if exc is not None else (None if event.ok else asyncio.CancelledError)
                     await lease.__aexit__(exc_type, exc, None)
+        for event in served:
+            fleet.end_served(event.replica_id, event.requests)
 
     async def poll(self, gateway_id: str, known_version: Any, timeout_s: float) -> dict[str, Any]:
         """The gateway's view (`snapshot`) with its `RoutingView` under "routing": at once if the view version

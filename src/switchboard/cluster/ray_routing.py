@@ -12,8 +12,9 @@ the same model, with the same pure function as the control actor (`runtime.fleet
 (`Routed`) so that the control actor's pre-warming and wake-ups see it.
 
 What the gateway started and finished reaches the control actor as `Started` / `Ended` events in batches
-(`LoadReports`): every `REPORT_INTERVAL_S`, or once `REPORT_MAX_EVENTS` are pending, and at once after an
-engine failure (the control actor stops and replaces a lost replica). The control actor counts them in its
+(`LoadReports`; requests started and served within one batch as one `Served` per replica): every
+`REPORT_INTERVAL_S`, or once `REPORT_MAX_EVENTS` are pending, and at once after an engine failure (the control
+actor stops and replaces a lost replica). The control actor counts them in its
 model, so autoscaling, keep-alive and every other gateway's view see this gateway's load within about
 `REPORT_INTERVAL_S + POLL_INTERVAL_S`; a gateway's own requests are always counted exactly in its own decisions.
 """
@@ -67,6 +68,17 @@ class Ended:
     ok: bool
     error: Any = None
     """A `RemoteEngineError`, or None."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Served:
+    """Requests the gateway assigned to warm replica `replica_id` itself that were served before it reported
+    them: each a (expert id, prompt tokens, expected output tokens). One event instead of a `Started` and an
+    `Ended` each, counted by the control actor in one pass (`LiveFleet.arrive_served`, `end_served`): on the
+    bare serving path that accounting was the control actor's largest cost per request (issue 17)."""
+
+    replica_id: str
+    requests: tuple[tuple[str, int, int], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -187,19 +199,42 @@ def without_requests(model: FleetSnapshot, requests: list[tuple[str, QueuedReque
 
 
 class LoadReports:
-    """The events a gateway has not sent yet, in the order they happened."""
+    """The events a gateway has not sent yet, in the order they happened; a request that started and was served
+    (`Ended` ok, no error) before they are sent is folded, as it ends, into one `Served` per replica."""
 
     def __init__(self) -> None:
-        self._pending: list[Started | Ended | Routed] = []
+        self._pending: list[Started | Ended | Routed | None] = []
+        self._started_at: dict[str, int] = {}
+        """Request id -> the index of its pending `Started`."""
+        self._served: dict[str, list[tuple[str, int, int]]] = {}
+        self._num_folded = 0
 
     def add(self, event: Started | Ended | Routed) -> None:
+        if isinstance(event, Ended) and event.ok and event.error is None:
+            start_index = self._started_at.pop(event.request_id, None)
+            if start_index is not None:
+                start = self._pending[start_index]
+                assert isinstance(start, Started)
+                self._pending[start_index] = None
+                self._num_folded += 1
+                request = start.request
+                self._served.setdefault(start.replica_id, []).append(
+                    (request.expert_id, request.num_prompt_tokens, request.num_output_tokens_expected))
+                return
+        if isinstance(event, Started):
+            self._started_at[event.request.request_id] = len(self._pending)
         self._pending.append(event)
 
     @property
     def is_due(self) -> bool:
-        """Enough events for a batch of their own."""
-        return len(self._pending) >= REPORT_MAX_EVENTS
+        """Enough events for a batch of their own (`Served` requests are sent with the next, whenever it goes:
+        they are counted in one step, and no request is running on their account)."""
+        return len(self._pending) - self._num_folded >= REPORT_MAX_EVENTS
 
-    def take(self) -> list[Started | Ended | Routed]:
-        taken, self._pending = self._pending, []
+    def take(self) -> list[Served | Started | Ended | Routed]:
+        """The `Served` events first, then the other pending events in order. A request that failed keeps its
+        two events: its error may stop the replica."""
+        served = [Served(replica_id, tuple(requests)) for replica_id, requests in self._served.items()]
+        taken = served + [event for event in self._pending if event is not None]
+        self._pending, self._started_at, self._served, self._num_folded = [], {}, {}, 0
         return taken

@@ -227,30 +227,46 @@ OPEN_WAIT_S = 0.002
 """How long a replica waits, at most, for the first event of each request of a batch before it answers the call
 that opened them (the rest then comes by `take`): longer holds back the next batch, shorter costs an extra call
 for answers that take a moment."""
+OPEN_GATHER_S = 0.002
+"""How long a channel's next batch waits, at most after its first request arrived, for as many requests as the
+last batch had (their clients, just answered, are about to send their next ones) before its call goes: one actor
+call costs both processes far more CPU than a request's own work on the bare path (issue 17), so gathering the
+batch that is forming, rather than sending its first request alone, is what lets several gateways share the
+cores. A channel whose last batch was one request (concurrency 1) never waits."""
 
 
 class _ToOpen:
-    __slots__ = ("stream_id", "request", "is_whole", "answer", "is_sent")
+    __slots__ = ("stream_id", "request", "is_whole", "answer", "is_sent", "queued_at")
 
-    def __init__(self, stream_id: int, request: GenerationRequest, is_whole: bool, answer: asyncio.Future) -> None:
+    def __init__(self, stream_id: int, request: GenerationRequest, is_whole: bool, answer: asyncio.Future,
+                 queued_at: float) -> None:
         self.stream_id = stream_id
         self.request = request
         self.is_whole = is_whole
         self.answer = answer
         self.is_sent = False
+        self.queued_at = queued_at
+        """The event loop's time when it was queued."""
 
 
 class StreamChannel:
     """This process's requests to one replica actor (`OpenStreams`' caller side), streamed or whole. Requests are
-    opened in batches: the first goes out at once in an `open_many` call, and those that arrive while that call is
-    in flight go together in the next (one call for many requests: what lets one gateway carry more than one
-    actor call per request allows). Each request's first batch answers its `open_many`; the rest of all of them
-    comes from one `stream_take` call in flight at a time, made while any is open, whose batches go to each
-    request's queue. Not thread-safe: one event loop owns it."""
+    opened in batches, one `open_many` call in flight at a time: those that arrive while a call is in flight go
+    together in the next (one call for many requests: what lets one gateway carry more than one actor call per
+    request allows), and a batch goes once it has as many requests as the last one had, or `gather_s` after its
+    first arrived, whichever is first (so a lone request, at concurrency 1, goes at once). Each request's first
+    batch answers its `open_many`; the rest of all of them comes from one `stream_take` call in flight at a
+    time, made while any is open, whose batches go to each request's queue. Not thread-safe: one event loop
+    owns it."""
 
-    def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S) -> None:
+    def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S, gather_s: float = OPEN_GATHER_S) -> None:
         self.actor = actor
         self.open_wait_s = open_wait_s
+        self.gather_s = gather_s
+        self._batch_size = 1
+        """Requests in the last batch sent: how many the next one waits for (up to `gather_s`)."""
+        self._gathered: asyncio.Future | None = None
+        """Set while the next batch waits to fill up; answered when it has."""
         self.channel_id = uuid.uuid4().hex
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue] = {}
@@ -264,10 +280,13 @@ class StreamChannel:
         opened in) is raised. Closed early, it cancels the request on the replica (or before it is sent)."""
         stream_id = next(self._ids)
         queue = self._queues[stream_id] = asyncio.Queue()  # before the open: a take may bring its events first
-        item = _ToOpen(stream_id, request, whole, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _ToOpen(stream_id, request, whole, loop.create_future(), loop.time())
         self._to_open.append(item)
         if self._opening is None:
             self._opening = asyncio.create_task(self._open_queued())
+        elif self._gathered is not None and len(self._to_open) >= self._batch_size and not self._gathered.done():
+            self._gathered.set_result(None)
         is_over = False
         try:
             batch = await item.answer
@@ -298,7 +317,11 @@ class StreamChannel:
         """Sends what is waiting to be opened, one `open_many` call at a time, until nothing is."""
         try:
             while self._to_open:
+                await self._gather()
                 batch, self._to_open = self._to_open, []
+                if not batch:  # their callers all left while it gathered
+                    continue
+                self._batch_size = len(batch)
                 for item in batch:
                     item.is_sent = True
                 try:
@@ -315,6 +338,22 @@ class StreamChannel:
                         item.answer.set_result(answer)
         finally:
             self._opening = None
+
+    async def _gather(self) -> None:
+        """Returns once the waiting batch has `_batch_size` requests, or `gather_s` after its first arrived."""
+        if len(self._to_open) >= self._batch_size:
+            return
+        loop = asyncio.get_running_loop()
+        delay_s = self._to_open[0].queued_at + self.gather_s - loop.time()
+        if delay_s <= 0:
+            return
+        self._gathered = loop.create_future()
+        timer = loop.call_later(delay_s, lambda: self._gathered.done() or self._gathered.set_result(None))
+        try:
+            await self._gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
 
     async def _take_while_open(self) -> None:
         try:

@@ -35,7 +35,7 @@ from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.sleep import Asleep, reflect_asleep
-from switchboard.fleet.state import FleetSnapshot, QueuedRequest, Whereabouts, Worker
+from switchboard.fleet.state import FleetSnapshot, QueuedRequest, ReplicaLoad, Whereabouts, Worker
 from switchboard.policies.actions import (
     Action,
     DrainReplica,
@@ -301,6 +301,40 @@ class LiveFleet:
         lease.replica = live
         live.num_outstanding += 1
         return True
+
+    def arrive_served(self, replica_id: str, requests: Sequence[tuple[str, int, int]]) -> bool:
+        """The first half of counting requests that a gateway ran on warm replica `replica_id` and that were
+        served before it reported them, each (expert id, prompt tokens, expected output tokens): their arrivals
+        in the demand statistics, the replica busy now, `admitted` — what `adopt` of each counts, without queueing and starting each.
+        `end_served` counts their ends; a report's other events go in between, so that the requests those
+        report running overlap them as they did (no idle gap is recorded between a report's requests). False,
+        and nothing counted, when that replica is not warm here any more (as `adopt`)."""
+        live = self.live.get(replica_id)
+        replica = self._now().replicas.get(ReplicaId(replica_id))
+        if live is None or replica is None or replica.state is not ReplicaState.WARM or not requests:
+            return False
+        model = self.model
+        for expert_id, num_prompt_tokens, num_output_tokens in requests:
+            model = ops.record_arrival(model, ExpertId(expert_id), num_prompt_tokens, num_output_tokens)
+        load = replica.load
+        # Running, then done: the replica was busy now (keep-alive reads `last_busy_at`), its load as before.
+        model = ops.set_load(model, replica.replica_id, ReplicaLoad(load.num_running + len(requests), load.num_running_tokens, load.queue))
+        self.model = ops.set_load(model, replica.replica_id, load)
+        self.counters["admitted"] += len(requests)
+        return True
+
+    def end_served(self, replica_id: str, requests: Sequence[tuple[str, int, int]]) -> None:
+        """The second half of `arrive_served` (only after it returned True): the requests' ends in the demand
+        statistics, served, the circuits' successes — what `release(ok=True)` of each counts."""
+        model = self._now()
+        for expert_id, _, _ in requests:
+            model = ops.record_finish(model, ExpertId(expert_id))
+            self.expert_circuits.record(expert_id, None)
+            self.replica_circuits.record(replica_id, None)
+        self.model = model
+        live = self.live.get(replica_id)
+        if live is not None:
+            live.num_served += len(requests)
 
     async def _await_replica(self, request: QueuedRequest, waiter: asyncio.Future) -> tuple[LiveReplica, bool]:
         """Waits on the request's own future until it may run on a warm replica (`_notify` answers it), or is
