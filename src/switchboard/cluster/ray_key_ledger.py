@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Returned, Settled
+from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reopened, Returned, Settled
 from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 
@@ -27,7 +27,8 @@ RETRY_INTERVAL_S = 0.2
 class _OpenLease:
     """A gateway's lease with what is left of it (None: not limited)."""
 
-    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked")
+    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked", "num_settled",
+                 "usd_settled")
 
     def __init__(self, lease: KeyLease, expires_at: float, asked: tuple[KeyLimits, int, float]) -> None:
         self.lease = lease
@@ -36,6 +37,9 @@ class _OpenLease:
         self.num_taken = 0
         self.asked = asked
         """(limits, tokens, USD) of the request it was taken for: what its renewal asks with."""
+        self.num_settled = 0
+        self.usd_settled = 0.0
+        """The estimates of its requests settled so far (what a restarted control actor releases of its hold)."""
 
     def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
         """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
@@ -58,6 +62,9 @@ class _OpenLease:
         lease = self.lease
         return any(left is not None and left < RENEW_BELOW * whole for left, whole in
                    ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
+
+    def reopened(self) -> Reopened:
+        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled)
 
     def give_back(self) -> Returned:
         """What is left, returned; the lease admits nothing more."""
@@ -196,10 +203,15 @@ class RayKeyLedger:
             done.set_result(None)
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
+        if isinstance(hold, LeaseHold):
+            for lease in self._open.get(hold.key_id, ()):
+                if lease.lease.lease_id == hold.lease_id:
+                    lease.num_settled += 1
+                    lease.usd_settled += hold.usd
         self._updates.append(Settled(hold, num_tokens, usd))
 
     def release(self, hold: Any) -> None:
-        self._updates.append(Settled(hold, None, 0.0))
+        self.settle(hold, None, 0.0)
 
     def _take_updates(self) -> list[Settled | Returned]:
         updates, self._updates = self._updates, []
@@ -231,10 +243,13 @@ class RayKeyLedger:
             self._actor().seed_keys.remote(seeds)
 
     def reseed(self) -> None:
-        """Sends every seed again, and forgets this gateway's leases (a restarted control actor starts its key
-        counts from nothing: it knows neither)."""
-        self._open.clear()
+        """Tells a restarted control actor what it may not know: every seed again (it keeps the larger spend),
+        and the leases this gateway still admits from, after the updates already made (it counts those its
+        checkpoint lacks: `ray_limits.Reopened`)."""
         self._near_limit.clear()
+        self._updates += [lease.reopened() for leases in self._open.values() for lease in leases]
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []
         self.flush_seeds()
+        if self._updates:
+            self._actor().key_updates.remote(self.gateway_id, self._take_updates())

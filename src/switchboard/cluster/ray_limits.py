@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import pickle
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +76,18 @@ class Settled:
     hold: Any
     num_tokens: int | None
     usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reopened:
+    """A lease its gateway still admits from, told to a restarted control actor: `num_taken` requests admitted
+    from it so far, `num_settled` of them settled, releasing `usd_settled` of its hold (their estimates). The
+    actor counts it again if its checkpoint did not have it (it was lent after the last write)."""
+
+    lease: KeyLease
+    num_taken: int
+    num_settled: int
+    usd_settled: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,14 +148,17 @@ class KeyCounts:
         self.lease_ttl_s = lease_ttl_s
         self._holds: dict[str, tuple[Reservation, str]] = {}
         self._lent: dict[str, _Lent] = {}
+        # Ids carry this object's incarnation: a restarted actor's must not collide with the ones its
+        # predecessor lent after its last checkpoint (gateways still hold them).
         self._ids = itertools.count(1)
+        self._incarnation = uuid.uuid4().hex[:6]
 
     def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str) -> OverLimit | str:
         """The refusal, or the id of the request's hold (for `settle`)."""
         verdict = admit_and_reserve(self.meter, key_id, limits, self.clock(), num_tokens, usd_estimate)
         if isinstance(verdict, OverLimit):
             return verdict
-        hold_id = f"{gateway_id}/{next(self._ids)}"
+        hold_id = f"{gateway_id}/{self._incarnation}.{next(self._ids)}"
         self._holds[hold_id] = (verdict, gateway_id)
         return hold_id
 
@@ -155,19 +172,45 @@ class KeyCounts:
         if share is None:
             return self.admit(key_id, limits, num_tokens, usd_estimate, gateway_id) if admit_one else None
         num_requests, tokens, usd = share
-        entries = [self.meter.reserve(key_id, now_s, tokens or 0, usd or 0.0)]
-        entries += [self.meter.reserve(key_id, now_s, 0) for _ in range((num_requests or 1) - 1)]
-        lease_id = f"{gateway_id}/L{next(self._ids)}"
-        self._lent[lease_id] = _Lent(gateway_id, entries, num_requests is not None, tokens is not None, usd is not None)
-        return KeyLease(lease_id, key_id, num_requests, tokens, usd, self.lease_ttl_s)
+        lease = KeyLease(f"{gateway_id}/{self._incarnation}.L{next(self._ids)}", key_id, num_requests, tokens, usd, self.lease_ttl_s)
+        self._lend(lease, gateway_id, now_s)
+        return lease
 
-    def apply(self, updates: list[Settled | Returned]) -> None:
-        """A gateway's settlements and returns, in the order it made them."""
+    def _lend(self, lease: KeyLease, gateway_id: str, now_s: float) -> _Lent:
+        entries = [self.meter.reserve(lease.key_id, now_s, lease.num_tokens or 0, lease.usd or 0.0)]
+        entries += [self.meter.reserve(lease.key_id, now_s, 0) for _ in range((lease.num_requests or 1) - 1)]
+        lent = self._lent[lease.lease_id] = _Lent(gateway_id, entries, lease.num_requests is not None,
+                                                  lease.num_tokens is not None, lease.usd is not None)
+        return lent
+
+    def apply(self, updates: list[Settled | Returned | Reopened], gateway_id: str = "") -> None:
+        """A gateway's settlements, returns and (to a restarted actor) leases still open, in the order it made them."""
         for update in updates:
             if isinstance(update, Returned):
                 self._give_back(update)
+            elif isinstance(update, Reopened):
+                self._reopen(update, gateway_id)
             else:
                 self.settle(update.hold, update.num_tokens, update.usd)
+
+    def _reopen(self, reopened: Reopened, gateway_id: str) -> None:
+        """Counts a lease lent by a predecessor after its last checkpoint, in full as if lent now (its requests
+        then count a little longer than they would have: never fewer), less the holds of its requests settled
+        (their spend was counted when they settled: by the predecessor, lost with it, or here, unknown lease)."""
+        if reopened.lease.lease_id in self._lent:
+            return
+        lent = self._lend(reopened.lease, gateway_id, self.clock())
+        lent.num_settled = reopened.num_settled
+        if lent.holds_usd:
+            self.meter.hold(lent.entries[0], lent.entries[0].usd_held - reopened.usd_settled)
+
+    def checkpoint(self) -> bytes:
+        """Everything counted (windows, spend, holds, leases), for a restarted actor's `restore`."""
+        return pickle.dumps((self.meter, self._holds, self._lent), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first)."""
+        self.meter, self._holds, self._lent = pickle.loads(data)
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
@@ -228,6 +271,10 @@ class KeyCounts:
         for lease_id in lent:
             self.meter.release(self._lent.pop(lease_id).entries[0])
         return len(held) + len(lent)
+
+    def gateway_ids(self) -> set[str]:
+        """The gateways holding a hold or a lease."""
+        return {owner for _, owner in self._holds.values()} | {lent.gateway_id for lent in self._lent.values()}
 
     @property
     def num_holds(self) -> int:

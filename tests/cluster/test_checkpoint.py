@@ -1,0 +1,137 @@
+"""What a restarted control actor reads back from its checkpoint (Ray-free: `KeyCounts` and the actor's body
+in-process over a dict store; `test_ray_state.py` kills the real actor and its node)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from switchboard.cluster.ray_checkpoint import Checkpointer, ControlCheckpoint, MemoryCheckpointStore
+from switchboard.cluster.ray_control import ControlActor
+from switchboard.cluster.ray_limits import KeyCounts, KeyLease, LeaseHold, Reopened, Returned, Settled
+from switchboard.config import parse_config
+from switchboard.policies.keepalive import IdleHistogram, KeepAliveState
+from switchboard.tenants.keys import KeyLimits
+from switchboard.tenants.limits import OverLimit
+from switchboard.types import ExpertId
+
+RPM = KeyLimits(rpm=64, usd_per_day=1.0)
+
+
+def usage(counts: KeyCounts, key_id: str = "k") -> tuple[int, float, float]:
+    snapshot = counts.meter.snapshot(key_id, counts.clock())
+    return snapshot.num_requests, snapshot.usd_today, snapshot.usd_held
+
+
+def test_restored_key_counts_count_on_where_the_old_ones_stopped():
+    now = [1_800_000_000.0]
+    old = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    lease = old.lease("k", RPM, 10, 0.01, "gw", admit_one=True)
+    assert isinstance(lease, KeyLease) and lease.num_requests == 4
+    hold = old.admit("k", RPM, 10, 0.01, "gw")
+    old.settle(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.02)
+    restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    restored.restore(old.checkpoint())
+    assert usage(restored) == usage(old) and restored.gateway_ids() == {"gw"}
+
+    # The lease and the hold go on as if nothing happened: settled, returned, forgotten.
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.02), Settled(hold, 10, 0.03),
+                    Returned(lease.lease_id, 2, 2, 0, lease.usd - 0.02)])
+    num_requests, usd_today, usd_held = usage(restored)
+    assert (num_requests, round(usd_today, 9), round(usd_held, 9)) == (3, 0.07, 0.0)
+    assert restored.num_leases == restored.num_holds == 0
+    # New ids never collide with what the predecessor lent after its checkpoint (gateways may still hold those).
+    assert old.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id != restored.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id
+
+
+def test_a_lease_lent_after_the_checkpoint_is_counted_again_when_its_gateway_reopens_it():
+    now = [1_800_000_000.0]
+    old = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    data = old.checkpoint()
+    lease = old.lease("k", RPM, 10, 0.01, "gw", admit_one=True)  # lent after the last checkpoint
+    old.settle(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01)  # lost with the old actor
+    restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    restored.restore(data)
+    assert usage(restored) == (0, 0.0, 0.0)
+    # A settlement that reaches the new actor before the lease does is spent all the same.
+    reopened = Reopened(lease, num_taken=3, num_settled=2, usd_settled=0.02)
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), reopened], "gw")
+    assert usage(restored) == (4, 0.01, lease.usd - 0.02)  # the whole lease counted; its settled holds released
+    restored.apply([reopened], "gw")  # known now: counted once
+    assert usage(restored)[0] == 4
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), Returned(lease.lease_id, 3, 1, 0, lease.usd - 0.03)])
+    assert restored.num_leases == 0 and usage(restored)[0] == 3
+    assert abs(usage(restored)[2]) < 1e-12
+
+
+def test_a_restarted_key_count_refuses_what_the_old_one_would_have():
+    """rpm 64 across a restart: what the predecessor counted plus what the restored one grants stays 64."""
+    now = [1_800_000_000.0]
+    limits = KeyLimits(rpm=64)
+    counts = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    granted = 0
+    for i in range(200):
+        if i == 50:  # the actor dies; its last checkpoint is current (every change is written)
+            data = counts.checkpoint()
+            counts = KeyCounts(window_s=60.0, clock=lambda: now[0])
+            counts.restore(data)
+        now[0] += 0.01
+        granted += isinstance(counts.admit("k", limits, 1, 0.0, "gw"), str)
+    assert granted == 64 and isinstance(counts.admit("k", limits, 1, 0.0, "gw"), OverLimit)
+
+
+async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval():
+    store = MemoryCheckpointStore()
+    taken = [0]
+
+    def take() -> ControlCheckpoint:
+        taken[0] += 1
+        return ControlCheckpoint({}, b"")
+
+    checkpointer = Checkpointer(store, "k", take, interval_s=0.2)
+    task = asyncio.create_task(checkpointer.run())
+    try:
+        for _ in range(50):
+            checkpointer.mark()  # a burst of changes
+        assert store.num_puts == 0  # mark() never writes: the task does
+        while store.num_puts < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert store.num_puts == 1 and taken[0] == 1  # one write for the burst, none after
+        assert await checkpointer.load() == ControlCheckpoint({}, b"")
+    finally:
+        task.cancel()
+    await checkpointer.delete()
+    assert await checkpointer.load() is None
+
+
+async def test_a_restarted_control_actor_starts_from_its_predecessors_histograms_and_key_counts():
+    """The actor's body twice over one store, as Ray restarts it: the second starts from the first's state."""
+    config = parse_config("""
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0}, warm_at_start: false}
+router: {enabled: false}
+storage: {enabled: false}
+""").model_dump(mode="json")
+    store = MemoryCheckpointStore()
+    first = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    await first.start()
+    learned = IdleHistogram(60.0, (3, 0, 7) + (0,) * 237, num_out_of_bounds=2, num_consumed=12)
+    first.fleet.loop.state = first.fleet.loop.state.__class__(keepalive=KeepAliveState({ExpertId("e"): learned}))
+    lease = await first.lease_key("gw", "k", RPM, 10, 0.01, True, [])
+    assert isinstance(lease, KeyLease)
+    while first.checkpointer.num_written < 2 or first.keepalive_histograms()["e"][1] != learned.counts:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(2 * first.checkpointer.interval_s)  # the last change written
+    before = first.keepalive_histograms(), first.key_usage("k")
+    await first.fleet.stop()  # the actor dies (its checkpoint stays: only `shutdown` removes it)
+
+    second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    await second.start()
+    try:
+        assert second.is_restored and (second.keepalive_histograms(), second.key_usage("k")) == before
+        # Its own activity starts afresh, so none of its idle gaps count as ingested.
+        assert second.fleet.loop.state.keepalive.histograms[ExpertId("e")].num_consumed == 0
+    finally:
+        await second.shutdown()
+    assert store.values == {}  # a fleet shut down leaves no checkpoint behind
+    await ControlActor(config, checkpoint_store=store, fleet_tag="other/").start()  # another fleet: nothing to restore
