@@ -7,7 +7,7 @@ import asyncio
 
 from switchboard.cluster.ray_checkpoint import Checkpointer, ControlCheckpoint, MemoryCheckpointStore
 from switchboard.cluster.ray_control import ControlActor
-from switchboard.cluster.ray_limits import KeyCounts, KeyLease, LeaseHold, Reopened, Returned, Settled
+from switchboard.cluster.ray_limits import KeyCounts, KeyLease, LeaseHold, Reheld, Reopened, Returned, Settled
 from switchboard.config import parse_config
 from switchboard.policies.keepalive import IdleHistogram, KeepAliveState
 from switchboard.tenants.keys import KeyLimits
@@ -43,7 +43,11 @@ def test_restored_key_counts_count_on_where_the_old_ones_stopped():
     assert old.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id != restored.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id
 
 
-def test_a_lease_lent_after_the_checkpoint_is_counted_again_when_its_gateway_reopens_it():
+def rounded(values: tuple) -> tuple:
+    return tuple(round(v, 9) for v in values)
+
+
+def test_grants_made_after_the_checkpoint_are_counted_once_when_their_gateway_tells_them_again():
     now = [1_800_000_000.0]
     old = KeyCounts(window_s=60.0, clock=lambda: now[0])
     data = old.checkpoint()
@@ -52,15 +56,26 @@ def test_a_lease_lent_after_the_checkpoint_is_counted_again_when_its_gateway_reo
     restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
     restored.restore(data)
     assert usage(restored) == (0, 0.0, 0.0)
-    # A settlement that reaches the new actor before the lease does is spent all the same.
-    reopened = Reopened(lease, num_taken=3, num_settled=2, usd_settled=0.02)
+    # A settlement that reaches the new actor before the lease does is spent once, not again with the lease.
+    reopened = Reopened(lease, num_taken=3, num_settled=2, usd_settled=0.02, usd_spent=0.02, returned=None)
     restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), reopened], "gw")
-    assert usage(restored) == (4, 0.01, lease.usd - 0.02)  # the whole lease counted; its settled holds released
+    assert rounded(usage(restored)) == rounded((4, 0.02, lease.usd - 0.02))  # the whole lease; its settled holds released
     restored.apply([reopened], "gw")  # known now: counted once
     assert usage(restored)[0] == 4
-    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), Returned(lease.lease_id, 3, 1, 0, lease.usd - 0.03)])
-    assert restored.num_leases == 0 and usage(restored)[0] == 3
-    assert abs(usage(restored)[2]) < 1e-12
+    returned = Returned(lease.lease_id, 3, 1, 0, lease.usd - 0.03)
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), returned])
+    assert restored.num_leases == 0 and rounded(usage(restored)) == (3, 0.03, 0.0)
+    # Done with and forgotten, it is still known: told again (a gateway's recent grants), it counts nothing more.
+    restored.apply([Reopened(lease, 3, 3, 0.03, 0.03, returned)], "gw")
+    assert rounded(usage(restored)) == (3, 0.03, 0.0)
+
+    # Exact admissions, running and settled.
+    running, settled = Reheld("gw/x.1", "k", 10, 0.01, None), Reheld("gw/x.2", "k", 10, 0.01, 0.005)
+    for _ in range(2):
+        restored.apply([running, settled], "gw")
+    assert rounded(usage(restored)) == (5, 0.035, 0.01)
+    restored.apply([Settled("gw/x.1", 10, 0.01)])
+    assert rounded(usage(restored)) == (5, 0.045, 0.0)
 
 
 def test_a_restarted_key_count_refuses_what_the_old_one_would_have():
@@ -119,16 +134,16 @@ storage: {enabled: false}
     first.fleet.loop.state = first.fleet.loop.state.__class__(keepalive=KeepAliveState({ExpertId("e"): learned}))
     lease = await first.lease_key("gw", "k", RPM, 10, 0.01, True, [])
     assert isinstance(lease, KeyLease)
-    while first.checkpointer.num_written < 2 or first.keepalive_histograms()["e"][1] != learned.counts:
+    while first.checkpointer.num_written < 2 or (await first.keepalive_histograms())["e"][1] != learned.counts:
         await asyncio.sleep(0.01)
     await asyncio.sleep(2 * first.checkpointer.interval_s)  # the last change written
-    before = first.keepalive_histograms(), first.key_usage("k")
+    before = await first.keepalive_histograms(), first.key_usage("k")
     await first.fleet.stop()  # the actor dies (its checkpoint stays: only `shutdown` removes it)
 
     second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
     await second.start()
     try:
-        assert second.is_restored and (second.keepalive_histograms(), second.key_usage("k")) == before
+        assert second.is_restored and (await second.keepalive_histograms(), second.key_usage("k")) == before
         # Its own activity starts afresh, so none of its idle gaps count as ingested.
         assert second.fleet.loop.state.keepalive.histograms[ExpertId("e")].num_consumed == 0
     finally:

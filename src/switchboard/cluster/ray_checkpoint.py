@@ -128,11 +128,17 @@ class Checkpointer:
         self.take = take
         self.interval_s = interval_s
         self._dirty = asyncio.Event()
+        self._is_writing = False
         self.num_written = 0
 
     def mark(self) -> None:
         """Something to checkpoint changed (cheap: called on the request path)."""
         self._dirty.set()
+
+    @property
+    def is_current(self) -> bool:
+        """Whether the last checkpoint written holds every change marked."""
+        return not self._dirty.is_set() and not self._is_writing
 
     async def load(self) -> ControlCheckpoint | None:
         """The last checkpoint written under `key`, None if none (or unreadable: logged)."""
@@ -149,12 +155,15 @@ class Checkpointer:
         if len(data) > MAX_CHECKPOINT_BYTES:
             log.error("control actor checkpoint of %d bytes not written (over %d)", len(data), MAX_CHECKPOINT_BYTES)
             return
+        self._is_writing = True
         try:
             await asyncio.to_thread(self.store.put, self.key, data)
         except Exception:  # noqa: BLE001 — retried: the state is dirty again
             log.warning("could not write the control actor's checkpoint; retrying", exc_info=True)
             self._dirty.set()
             return
+        finally:
+            self._is_writing = False
         self.num_written += 1
 
     async def run(self) -> None:

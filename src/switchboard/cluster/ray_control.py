@@ -325,9 +325,15 @@ class ControlActor:
             self.keys.seed(key_id, usd_today, usd_this_month)
         self.checkpointer.mark()
 
-    def keepalive_histograms(self) -> dict[str, tuple[float, tuple[int, ...], int]]:
+    async def checkpoint_status(self) -> tuple[bool, bool]:
+        """(whether this incarnation started from a predecessor's checkpoint, whether its own last checkpoint is
+        current), for operators and tests."""
+        await self._started()
+        return self.is_restored, self.checkpointer.is_current
+
+    async def keepalive_histograms(self) -> dict[str, tuple[float, tuple[int, ...], int]]:
         """Each expert's keep-alive idle-time histogram: (bin width, counts, idle times beyond its range)."""
-        return histograms_state(self._fleet().loop.state.keepalive.histograms)
+        return histograms_state((await self._started()).loop.state.keepalive.histograms)
 
     def key_usage(self, key_id: str) -> tuple[int, float, float]:
         """(requests in the key's window, USD spent today, USD held): what the fleet counts of a key now."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reopened, Returned, Settled
+from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reheld, Reopened, Returned, Settled
 from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 
@@ -23,23 +23,35 @@ RENEW_BELOW = 0.25
 RETRY_INTERVAL_S = 0.2
 """How often an admission is asked again while Ray restarts the control actor."""
 
+RECENT_GRANTS_S = 10.0
+"""How long a gateway remembers a lease or exact admission it got, to tell a restarted control actor of it (its
+checkpoint, written within `ray_checkpoint.CHECKPOINT_INTERVAL_S` of a change, may lack it)."""
+
 
 class _OpenLease:
     """A gateway's lease with what is left of it (None: not limited)."""
 
     __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked", "num_settled",
-                 "usd_settled")
+                 "usd_settled", "usd_spent", "returned", "granted_at")
 
-    def __init__(self, lease: KeyLease, expires_at: float, asked: tuple[KeyLimits, int, float]) -> None:
+    def __init__(self, lease: KeyLease, granted_at: float, asked: tuple[KeyLimits, int, float]) -> None:
         self.lease = lease
         self.num_requests, self.num_tokens, self.usd = lease.num_requests, lease.num_tokens, lease.usd
-        self.expires_at = expires_at
+        self.granted_at = granted_at
+        self.expires_at = granted_at + lease.ttl_s
         self.num_taken = 0
         self.asked = asked
         """(limits, tokens, USD) of the request it was taken for: what its renewal asks with."""
         self.num_settled = 0
         self.usd_settled = 0.0
         """The estimates of its requests settled so far (what a restarted control actor releases of its hold)."""
+        self.usd_spent = 0.0
+        self.returned: Returned | None = None
+
+    def settled(self, hold: LeaseHold, usd: float) -> None:
+        self.num_settled += 1
+        self.usd_settled += hold.usd
+        self.usd_spent += usd
 
     def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
         """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
@@ -63,14 +75,28 @@ class _OpenLease:
         return any(left is not None and left < RENEW_BELOW * whole for left, whole in
                    ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
 
-    def reopened(self) -> Reopened:
-        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled)
+    def regranted(self) -> Reopened:
+        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled, self.usd_spent, self.returned)
 
     def give_back(self) -> Returned:
         """What is left, returned; the lease admits nothing more."""
-        returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0, self.num_tokens or 0, self.usd or 0.0)
+        returned = self.returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0,
+                                            self.num_tokens or 0, self.usd or 0.0)
         self.num_requests, self.num_tokens, self.usd = 0, 0, 0.0
         return returned
+
+
+class _ExactHold:
+    """A request the control actor admitted exactly (its hold id), as its gateway remembers it."""
+
+    __slots__ = ("hold_id", "key_id", "num_tokens", "usd", "granted_at", "usd_settled")
+
+    def __init__(self, hold_id: str, key_id: str, num_tokens: int, usd: float, granted_at: float) -> None:
+        self.hold_id, self.key_id, self.num_tokens, self.usd, self.granted_at = hold_id, key_id, num_tokens, usd, granted_at
+        self.usd_settled: float | None = None
+
+    def regranted(self) -> Reheld:
+        return Reheld(self.hold_id, self.key_id, self.num_tokens, self.usd, self.usd_settled)
 
 
 class RayKeyLedger:
@@ -94,7 +120,10 @@ class RayKeyLedger:
         """Key id -> the lease call in flight for it (others wait for it rather than ask too)."""
         self._near_limit: set[str] = set()
         """Keys whose last call got no lease: their requests are asked one by one, not waiting on each other."""
-        self._updates: list[Settled | Returned] = []
+        self._updates: list[Any] = []
+        self._recent: dict[str, _OpenLease | _ExactHold] = {}
+        """Grant id -> the leases and exact admissions of the last `RECENT_GRANTS_S` (oldest first), and the
+        leases still open."""
         self._renewals: set[asyncio.Task] = set()
         self.num_calls = 0
         """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
@@ -118,6 +147,8 @@ class RayKeyLedger:
             hold = self._open_lease(answer, (limits, num_tokens, usd_estimate)).take(num_tokens, usd_estimate)
             assert hold is not None  # the actor lends only slices that hold the request it was asked for
             return hold
+        if isinstance(answer, str):
+            self._recent[answer] = _ExactHold(answer, key_id, num_tokens, usd_estimate, self.clock())
         return answer
 
     def _from_lease(self, key_id: str, num_tokens: int, usd: float) -> LeaseHold | None:
@@ -141,8 +172,9 @@ class RayKeyLedger:
 
     def _open_lease(self, lease: KeyLease, asked: tuple[KeyLimits, int, float]) -> _OpenLease:
         self._near_limit.discard(lease.key_id)
-        opened = _OpenLease(lease, self.clock() + lease.ttl_s, asked)
+        opened = _OpenLease(lease, self.clock(), asked)
         self._open.setdefault(lease.key_id, []).append(opened)
+        self._recent[lease.lease_id] = opened
         return opened
 
     def _close(self, key_id: str, lease: _OpenLease) -> None:
@@ -203,11 +235,11 @@ class RayKeyLedger:
             done.set_result(None)
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
-        if isinstance(hold, LeaseHold):
-            for lease in self._open.get(hold.key_id, ()):
-                if lease.lease.lease_id == hold.lease_id:
-                    lease.num_settled += 1
-                    lease.usd_settled += hold.usd
+        grant = self._recent.get(hold.lease_id if isinstance(hold, LeaseHold) else hold)
+        if isinstance(grant, _OpenLease):
+            grant.settled(hold, usd)
+        elif grant is not None:
+            grant.usd_settled = usd
         self._updates.append(Settled(hold, num_tokens, usd))
 
     def release(self, hold: Any) -> None:
@@ -228,6 +260,7 @@ class RayKeyLedger:
                     self._close(key_id, lease)
                     if lease.num_taken and not give_back_all:
                         self._renew(key_id, *lease.asked)
+        self._forget_old_grants(now)
         if self._updates and self._actor() is not None:
             self._actor().key_updates.remote(self.gateway_id, self._take_updates())
 
@@ -242,12 +275,20 @@ class RayKeyLedger:
             self._sent_seeds += seeds
             self._actor().seed_keys.remote(seeds)
 
+    def _forget_old_grants(self, now: float) -> None:
+        for grant_id, grant in list(self._recent.items()):
+            if now - grant.granted_at < RECENT_GRANTS_S:
+                break  # (oldest first)
+            if not (isinstance(grant, _OpenLease) and grant.returned is None):
+                del self._recent[grant_id]
+
     def reseed(self) -> None:
         """Tells a restarted control actor what it may not know: every seed again (it keeps the larger spend),
-        and the leases this gateway still admits from, after the updates already made (it counts those its
-        checkpoint lacks: `ray_limits.Reopened`)."""
+        and, after the updates already made, this gateway's leases still open and its grants of the last
+        `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`)."""
         self._near_limit.clear()
-        self._updates += [lease.reopened() for leases in self._open.values() for lease in leases]
+        self._forget_old_grants(self.clock())
+        self._updates += [grant.regranted() for grant in self._recent.values()]
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []
         self.flush_seeds()

@@ -43,6 +43,10 @@ LEASE_MAX_REQUESTS = 256
 """The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
 LEASE_TTL_S = 2.0
 """How long a gateway may admit from a lease; then it gives back what is left."""
+FORGOTTEN_KEPT_S = 60.0
+"""How long the actor remembers the ids of leases and holds it is done with, so that a gateway telling a
+restarted actor of its recent grants (`Reopened`, `Reheld`) does not get one counted twice. More than a
+gateway's `ray_key_ledger.RECENT_GRANTS_S` plus a restart."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,18 +83,6 @@ class Settled:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Reopened:
-    """A lease its gateway still admits from, told to a restarted control actor: `num_taken` requests admitted
-    from it so far, `num_settled` of them settled, releasing `usd_settled` of its hold (their estimates). The
-    actor counts it again if its checkpoint did not have it (it was lent after the last write)."""
-
-    lease: KeyLease
-    num_taken: int
-    num_settled: int
-    usd_settled: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Returned:
     """What of lease `lease_id` its gateway did not use (the lease expired, or the gateway stops), and how many
     requests it admitted from it (`num_taken`: the actor forgets the lease once they have all settled)."""
@@ -100,6 +92,33 @@ class Returned:
     num_requests: int
     num_tokens: int
     usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reopened:
+    """A lease its gateway took recently (or still admits from), told to a restarted control actor: `num_taken`
+    requests admitted from it so far, `num_settled` of them settled, which released `usd_settled` of its hold
+    (their estimates) and cost `usd_spent`; `returned` if the gateway gave it back. The actor counts it if its
+    checkpoint did not have it (it was lent after the last write)."""
+
+    lease: KeyLease
+    num_taken: int
+    num_settled: int
+    usd_settled: float
+    usd_spent: float
+    returned: Returned | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reheld:
+    """A request the actor admitted exactly recently, told to a restarted control actor by its gateway: its
+    estimates, and its cost once settled (`usd_settled`, None while it runs)."""
+
+    hold_id: str
+    key_id: str
+    num_tokens: int
+    usd: float
+    usd_settled: float | None
 
 
 def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
@@ -148,6 +167,10 @@ class KeyCounts:
         self.lease_ttl_s = lease_ttl_s
         self._holds: dict[str, tuple[Reservation, str]] = {}
         self._lent: dict[str, _Lent] = {}
+        self._forgotten: dict[str, float] = {}
+        """Ids of leases and holds done with -> when (kept `FORGOTTEN_KEPT_S`)."""
+        self._unknown_spend: dict[str, tuple[float, float]] = {}
+        """Lease id -> (USD spent by its requests, when first) for settlements of leases not known here."""
         # Ids carry this object's incarnation: a restarted actor's must not collide with the ones its
         # predecessor lent after its last checkpoint (gateways still hold them).
         self._ids = itertools.count(1)
@@ -183,34 +206,61 @@ class KeyCounts:
                                                   lease.num_tokens is not None, lease.usd is not None)
         return lent
 
-    def apply(self, updates: list[Settled | Returned | Reopened], gateway_id: str = "") -> None:
-        """A gateway's settlements, returns and (to a restarted actor) leases still open, in the order it made them."""
+    def apply(self, updates: list[Settled | Returned | Reopened | Reheld], gateway_id: str = "") -> None:
+        """A gateway's settlements, returns and (to a restarted actor) recent grants, in the order it made them."""
         for update in updates:
             if isinstance(update, Returned):
                 self._give_back(update)
             elif isinstance(update, Reopened):
                 self._reopen(update, gateway_id)
+            elif isinstance(update, Reheld):
+                self._rehold(update, gateway_id)
             else:
                 self.settle(update.hold, update.num_tokens, update.usd)
 
+    def _is_known(self, grant_id: str) -> bool:
+        return grant_id in self._lent or grant_id in self._holds or grant_id in self._forgotten
+
     def _reopen(self, reopened: Reopened, gateway_id: str) -> None:
-        """Counts a lease lent by a predecessor after its last checkpoint, in full as if lent now (its requests
-        then count a little longer than they would have: never fewer), less the holds of its requests settled
-        (their spend was counted when they settled: by the predecessor, lost with it, or here, unknown lease)."""
-        if reopened.lease.lease_id in self._lent:
+        """Counts a lease a predecessor lent after its last checkpoint, in full as if lent now (its requests then
+        count a little longer than they would have: never fewer), with what its gateway settled and returned."""
+        lease_id = reopened.lease.lease_id
+        if self._is_known(lease_id):
             return
-        lent = self._lend(reopened.lease, gateway_id, self.clock())
+        now_s = self.clock()
+        lent = self._lend(reopened.lease, gateway_id, now_s)
         lent.num_settled = reopened.num_settled
         if lent.holds_usd:
             self.meter.hold(lent.entries[0], lent.entries[0].usd_held - reopened.usd_settled)
+        spent_here, _ = self._unknown_spend.pop(lease_id, (0.0, 0.0))
+        self.meter.add_spend(reopened.lease.key_id, reopened.usd_spent - spent_here, now_s)
+        if reopened.returned is not None:
+            self._give_back(reopened.returned)
+
+    def _rehold(self, reheld: Reheld, gateway_id: str) -> None:
+        """Counts a request a predecessor admitted exactly after its last checkpoint (with its cost, if settled)."""
+        if self._is_known(reheld.hold_id):
+            return
+        now_s = self.clock()
+        if reheld.usd_settled is None:
+            self._holds[reheld.hold_id] = (self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens, reheld.usd), gateway_id)
+        else:
+            self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens)
+            self.meter.add_spend(reheld.key_id, reheld.usd_settled, now_s)
+            self._forgotten[reheld.hold_id] = now_s
 
     def checkpoint(self) -> bytes:
-        """Everything counted (windows, spend, holds, leases), for a restarted actor's `restore`."""
-        return pickle.dumps((self.meter, self._holds, self._lent), protocol=pickle.HIGHEST_PROTOCOL)
+        """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
+        `restore`."""
+        horizon_s = self.clock() - FORGOTTEN_KEPT_S
+        self._forgotten = {i: at_s for i, at_s in self._forgotten.items() if at_s > horizon_s}
+        self._unknown_spend = {i: x for i, x in self._unknown_spend.items() if x[1] > horizon_s}
+        state = (self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, data: bytes) -> None:
         """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first)."""
-        self.meter, self._holds, self._lent = pickle.loads(data)
+        self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend = pickle.loads(data)
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
@@ -220,13 +270,17 @@ class KeyCounts:
             self._settle_leased(hold, num_tokens, usd)
             return
         found = self._holds.pop(hold, None)
-        if found is not None:  # else already released with its silent gateway: its cost is lost, not double counted
+        if found is not None:  # else released with its silent gateway, or a predecessor's: its cost is lost, not double counted
             self.meter.settle(found[0], num_tokens, usd, self.clock())
+            self._forgotten[hold] = self.clock()
 
     def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
         lent = self._lent.get(hold.lease_id)
         if lent is None:  # its lease went with a silent gateway (or a restarted actor never lent it): spent all the same
-            self.meter.add_spend(hold.key_id, usd, self.clock())
+            now_s = self.clock()
+            self.meter.add_spend(hold.key_id, usd, now_s)
+            spent, first_at_s = self._unknown_spend.get(hold.lease_id, (0.0, now_s))
+            self._unknown_spend[hold.lease_id] = (spent + usd, first_at_s)  # (not counted again if it is reopened)
             return
         lent.num_settled += 1
         first = lent.entries[0]
@@ -257,6 +311,7 @@ class KeyCounts:
     def _forget_if_done(self, lease_id: str, lent: _Lent) -> None:
         if lent.num_taken is not None and lent.num_settled >= lent.num_taken:
             del self._lent[lease_id]
+            self._forgotten[lease_id] = self.clock()
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self.meter.seed(key_id, usd_today, usd_this_month, self.clock())
