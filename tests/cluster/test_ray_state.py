@@ -163,7 +163,8 @@ def test_the_restarted_control_actor_keeps_histograms_rpm_and_budget(ray_cluster
 
     cluster, _ = ray_cluster
     urls, config, db_url, estimate = gateways
-    secrets = {"rpm": new_key(db_url, f"rpm-{kill}", rpm=RPM)[1],
+    rpm_id, rpm_secret = new_key(db_url, f"rpm-{kill}", rpm=RPM)
+    secrets = {"rpm": rpm_secret,
                "budget": new_key(db_url, f"budget-{kill}", usd_per_day=BUDGET_ESTIMATES * estimate)[1]}
     gaps_secret = new_key(db_url, f"gaps-{kill}")[1]
     for secret in (*secrets.values(), gaps_secret):
@@ -203,7 +204,7 @@ def test_the_restarted_control_actor_keeps_histograms_rpm_and_budget(ray_cluster
     granted = load.count("rpm", 200)
     refused = {s for s in load.outcomes["rpm"] if s != 200}
     assert refused <= {429, 503}, refused  # 503: a request that needed the actor while it was away
-    assert 0.9 * RPM <= granted <= RPM, granted
+    assert 0.9 * RPM <= granted <= RPM, (granted, ask(config, "key_usage", rpm_id))
     # (c) The budget: never over by more than one request's estimate per gateway.
     served = load.count("budget", 200)
     assert {s for s in load.outcomes["budget"] if s != 200} <= {402, 503}

@@ -131,27 +131,34 @@ class ControlActor:
         self.checkpointer = Checkpointer(checkpoint_store, checkpoint_key(
             cluster.namespace if is_ray else "", cluster.control_actor if is_ray else "", fleet_tag), self._checkpoint)
         self._checkpoints: asyncio.Task | None = None
+        self._loading = asyncio.Lock()
         self._histograms_seen: dict = {}
+        self._restored_histograms: dict = {}
         self.is_restored = False
         """Whether this incarnation started from a predecessor's checkpoint."""
 
     def _checkpoint(self) -> ControlCheckpoint:
-        return ControlCheckpoint(histograms_state(self._fleet().loop.state.keepalive.histograms), self.keys.checkpoint())
+        histograms = self.fleet.loop.state.keepalive.histograms if self.fleet is not None else self._restored_histograms
+        return ControlCheckpoint(histograms_state(histograms), self.keys.checkpoint())
 
-    async def _restore(self, fleet: LiveFleet) -> None:
-        """Counts what the last checkpoint of this fleet holds (a predecessor's: Ray restarted the actor), before
-        the fleet starts; the gateways in it count as heard from now (released if they stay silent)."""
-        checkpoint = await self.checkpointer.load()
-        if checkpoint is None:
-            return
-        self.keys.restore(checkpoint.keys)
-        fleet.loop.state = dataclasses.replace(
-            fleet.loop.state, keepalive=KeepAliveState(restored_histograms(checkpoint.histograms)))
-        for gateway_id in self.keys.gateway_ids():
-            self._heard_from(gateway_id)
-        self.is_restored = True
-        log.warning("control plane restarted: restored %d keep-alive histograms and the key counts of %d gateways",
-                    len(checkpoint.histograms), len(self.keys.gateway_ids()))
+    async def _load_checkpoint(self) -> None:
+        """Once, before this incarnation counts anything (a key's call may come before the fleet starts): counts
+        what the last checkpoint of this fleet holds (a predecessor's, if Ray restarted the actor), and keeps
+        its keep-alive histograms for the fleet; then checkpoints from now on. The gateways in it count as heard
+        from now (released if they stay silent)."""
+        async with self._loading:
+            if self._checkpoints is not None:
+                return
+            checkpoint = await self.checkpointer.load()
+            if checkpoint is not None:
+                self.keys.restore(checkpoint.keys)
+                self._restored_histograms = restored_histograms(checkpoint.histograms)
+                for gateway_id in self.keys.gateway_ids():
+                    self._heard_from(gateway_id)
+                self.is_restored = True
+                log.warning("control plane restarted: restored %d keep-alive histograms and the key counts of %d "
+                            "gateways", len(checkpoint.histograms), len(self.keys.gateway_ids()))
+            self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="switchboard-checkpoints")
 
     async def start(self) -> str:
         """Starts the fleet once (later calls only answer); returns the config fingerprint.
@@ -168,7 +175,8 @@ class ControlActor:
                     cluster = RayCluster(self.config.cluster, fleet_tag=self.fleet_tag)
                     survivors = await cluster.surviving_replicas()
                 fleet = LiveFleet(self.config, cluster=cluster)
-                await self._restore(fleet)
+                await self._load_checkpoint()
+                fleet.loop.state = dataclasses.replace(fleet.loop.state, keepalive=KeepAliveState(self._restored_histograms))
                 await fleet.start(survivors)
                 if survivors:
                     log.warning("control plane restarted: took over %d live replicas (%s)", len(survivors),
@@ -176,7 +184,6 @@ class ControlActor:
                 self.fleet = fleet
                 self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
                 self._watcher = asyncio.create_task(self._watch_versions(), name="switchboard-view-versions")
-                self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="switchboard-checkpoints")
                 self.checkpointer.mark()
         return config_fingerprint(self.config)
 
@@ -311,16 +318,19 @@ class ControlActor:
         gateway, or (`admit_one`, the key near a limit) the request admitted exactly, or refused
         (`KeyCounts.lease`)."""
         self._heard_from(gateway_id)
+        await self._load_checkpoint()
         self.keys.apply(updates, gateway_id)
         self.checkpointer.mark()
         return self.keys.lease(key_id, limits, num_tokens, usd_estimate, gateway_id, admit_one)
 
     async def key_updates(self, gateway_id: str, updates: list[Any]) -> None:
         self._heard_from(gateway_id)
+        await self._load_checkpoint()
         self.keys.apply(updates, gateway_id)
         self.checkpointer.mark()
 
     async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
+        await self._load_checkpoint()
         for key_id, usd_today, usd_this_month in seeds:
             self.keys.seed(key_id, usd_today, usd_this_month)
         self.checkpointer.mark()
@@ -335,8 +345,9 @@ class ControlActor:
         """Each expert's keep-alive idle-time histogram: (bin width, counts, idle times beyond its range)."""
         return histograms_state((await self._started()).loop.state.keepalive.histograms)
 
-    def key_usage(self, key_id: str) -> tuple[int, float, float]:
+    async def key_usage(self, key_id: str) -> tuple[int, float, float]:
         """(requests in the key's window, USD spent today, USD held): what the fleet counts of a key now."""
+        await self._load_checkpoint()
         usage = self.keys.meter.snapshot(key_id, self.keys.clock())
         return usage.num_requests, usage.usd_today, usage.usd_held
 

@@ -23,9 +23,10 @@ RENEW_BELOW = 0.25
 RETRY_INTERVAL_S = 0.2
 """How often an admission is asked again while Ray restarts the control actor."""
 
-RECENT_GRANTS_S = 10.0
+RECENT_GRANTS_S = 30.0
 """How long a gateway remembers a lease or exact admission it got, to tell a restarted control actor of it (its
-checkpoint, written within `ray_checkpoint.CHECKPOINT_INTERVAL_S` of a change, may lack it)."""
+checkpoint, written within `ray_checkpoint.CHECKPOINT_INTERVAL_S` of a change, may lack it): counted up to the
+last answer from the actor, so a restart however long forgets nothing granted just before it."""
 
 
 class _OpenLease:
@@ -127,6 +128,8 @@ class RayKeyLedger:
         self._renewals: set[asyncio.Task] = set()
         self.num_calls = 0
         """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
+        self._answered_at = clock()
+        """When the control actor last answered a lease call."""
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
         """A `LeaseHold`, the id of a hold the actor made, or the refusal. A request that fits in this gateway's
@@ -224,6 +227,7 @@ class RayKeyLedger:
                 except RayActorError as exc:
                     failure = exc
                 else:
+                    self._answered_at = self.clock()
                     if not isinstance(answer, KeyLease):
                         self._near_limit.add(key_id)
                     return answer
@@ -260,7 +264,7 @@ class RayKeyLedger:
                     self._close(key_id, lease)
                     if lease.num_taken and not give_back_all:
                         self._renew(key_id, *lease.asked)
-        self._forget_old_grants(now)
+        self._forget_old_grants()
         if self._updates and self._actor() is not None:
             self._actor().key_updates.remote(self.gateway_id, self._take_updates())
 
@@ -275,9 +279,10 @@ class RayKeyLedger:
             self._sent_seeds += seeds
             self._actor().seed_keys.remote(seeds)
 
-    def _forget_old_grants(self, now: float) -> None:
+    def _forget_old_grants(self) -> None:
+        until = self._answered_at - RECENT_GRANTS_S
         for grant_id, grant in list(self._recent.items()):
-            if now - grant.granted_at < RECENT_GRANTS_S:
+            if grant.granted_at > until:
                 break  # (oldest first)
             if not (isinstance(grant, _OpenLease) and grant.returned is None):
                 del self._recent[grant_id]
@@ -287,7 +292,7 @@ class RayKeyLedger:
         and, after the updates already made, this gateway's leases still open and its grants of the last
         `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`)."""
         self._near_limit.clear()
-        self._forget_old_grants(self.clock())
+        self._forget_old_grants()
         self._updates += [grant.regranted() for grant in self._recent.values()]
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []

@@ -43,7 +43,7 @@ LEASE_MAX_REQUESTS = 256
 """The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
 LEASE_TTL_S = 2.0
 """How long a gateway may admit from a lease; then it gives back what is left."""
-FORGOTTEN_KEPT_S = 60.0
+FORGOTTEN_KEPT_S = 120.0
 """How long the actor remembers the ids of leases and holds it is done with, so that a gateway telling a
 restarted actor of its recent grants (`Reopened`, `Reheld`) does not get one counted twice. More than a
 gateway's `ray_key_ledger.RECENT_GRANTS_S` plus a restart."""
