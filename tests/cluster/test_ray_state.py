@@ -207,5 +207,6 @@ def test_the_restarted_control_actor_keeps_histograms_rpm_and_budget(ray_cluster
     assert 0.9 * RPM <= granted <= RPM, (granted, ask(config, "key_usage", rpm_id))
     # (c) The budget: never over by more than one request's estimate per gateway.
     served = load.count("budget", 200)
+    print(f"kill {kill}: rpm {RPM} granted {granted}; budget of {BUDGET_ESTIMATES} estimates served {served}")
     assert {s for s in load.outcomes["budget"] if s != 200} <= {402, 503}
     assert BUDGET_ESTIMATES - NUM_GATEWAYS <= served <= BUDGET_ESTIMATES + NUM_GATEWAYS, served
