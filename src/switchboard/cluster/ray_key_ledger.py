@@ -1,7 +1,9 @@
 """A gateway's side of cluster-wide key limits (docs/ray.md, "Keys' limits"; issue 17): `RayKeyLedger`, the
 `KeyLedger` that admits a key's requests from the quota leases the control actor lends (`ray_limits`), with no
 call per request: it calls the actor for a lease (in the background once one runs low), or, near a limit, for
-each request, and sends its settlements and the leases' unused rest in batches."""
+each request, and sends its settlements and the leases' unused rest in batches. When Ray restarts the actor, it
+tells the new one of its recent grants, which its checkpoint may lack (`reseed`; docs/ray.md, "What survives a
+restart")."""
 
 from __future__ import annotations
 
@@ -220,7 +222,8 @@ class RayKeyLedger:
                                                                   self._take_updates())
                 except ActorUnavailableError as exc:
                     if time.monotonic() < deadline:
-                        # An attempt that reached the dying actor counted nothing that outlives it.
+                        # What an attempt that reached the dying actor counted after its last checkpoint is lost
+                        # with it (or told again: `reseed`): asked again, the request is counted at most twice.
                         await asyncio.sleep(RETRY_INTERVAL_S)
                         continue
                     failure = exc
@@ -249,7 +252,7 @@ class RayKeyLedger:
     def release(self, hold: Any) -> None:
         self.settle(hold, None, 0.0)
 
-    def _take_updates(self) -> list[Settled | Returned]:
+    def _take_updates(self) -> list[Any]:
         updates, self._updates = self._updates, []
         return updates
 

@@ -19,6 +19,9 @@ requests whole, so leases never overshoot a limit; near a limit, where a slice w
 
 `KeyCounts` is the control actor's part (plain Python, tested without Ray); `ray_key_ledger.RayKeyLedger` is the
 gateway's `KeyLedger` over it. Holds and leases of a gateway that falls silent are released with its leases of replicas.
+A restarted control actor restores its `KeyCounts` from the last checkpoint (`checkpoint`, `restore`), and counts
+the grants made after it when their gateways tell them again (`Reopened`, `Reheld`; docs/ray.md, "What survives a
+restart").
 """
 
 from __future__ import annotations
