@@ -4,6 +4,8 @@ in-process over a dict store; `test_ray_state.py` kills the real actor and its n
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 
 from switchboard.cluster.ray_checkpoint import Checkpointer, ControlCheckpoint, MemoryCheckpointStore
 from switchboard.cluster.ray_control import ControlActor
@@ -152,3 +154,49 @@ storage: {enabled: false}
         await second.shutdown()
     assert store.values == {}  # a fleet shut down leaves no checkpoint behind
     await ControlActor(config, checkpoint_store=store, fleet_tag="other/").start()  # another fleet: nothing to restore
+
+
+async def test_three_gateways_grant_a_keys_rpm_once_across_a_restart_from_a_lagging_checkpoint():
+    """The actor dies at a random moment; its last checkpoint was written a random number of admissions before.
+    The restarted one restores it, the gateways tell it their recent grants (`reseed`), and the cluster still
+    grants a key's rpm at most once, and its budget (each request costing its estimate) overspent by at most one
+    request per gateway; what it under-grants is bounded too (leases and holds the lost writes left counted)."""
+    from switchboard.cluster.ray_key_ledger import RayKeyLedger
+    from switchboard.testing.actor_handles import InProcessHandle
+
+    config = parse_config("experts: [{id: e, backend: {kind: simulated, time_scale: 0}}]").model_dump(mode="json")
+    cases = [(KeyLimits(rpm=200), 200, 200), (KeyLimits(usd_per_day=1.2), 120, 120 + 3)]
+    for seed, (limits, num_allowed, num_at_most) in itertools.product(range(8), cases):
+        rng = random.Random(seed)
+        now = [1_800_000_000.0]
+        actors = [ControlActor(config, gateway_timeout_s=30.0, clock=lambda: now[0])]
+        actors[0].keys = KeyCounts(window_s=60.0, clock=lambda: now[0])
+        handle = lambda: InProcessHandle(actors[-1])  # noqa: E731 — the current incarnation
+        ledgers = [RayKeyLedger(handle, f"gw-{i}", "control", clock=lambda: now[0]) for i in range(3)]
+        checkpoint_at, crash_at = sorted(rng.sample(range(1, 150), 2))
+        checkpoint, num_admitted, in_flight = actors[0].keys.checkpoint(), 0, []
+        for i in range(400):
+            now[0] += 0.01
+            if i == checkpoint_at:
+                checkpoint = actors[-1].keys.checkpoint()
+            if i == crash_at:
+                restarted = ControlActor(config, gateway_timeout_s=30.0, clock=lambda: now[0])
+                restarted.keys = KeyCounts(window_s=60.0, clock=lambda: now[0])
+                restarted.keys.restore(checkpoint)
+                actors.append(restarted)
+                for ledger in ledgers:
+                    ledger.reseed()
+            ledger = ledgers[rng.randrange(3)]
+            verdict = await ledger.admit("k", limits, 10, 0.01)
+            if not isinstance(verdict, OverLimit):
+                num_admitted += 1
+                in_flight.append((ledger, verdict))
+            while in_flight and (len(in_flight) > 8 or rng.random() < 0.5):
+                done_by, hold = in_flight.pop(rng.randrange(len(in_flight)))
+                done_by.settle(hold, 10, 0.01)
+            if rng.random() < 0.2:
+                ledger.flush()
+            await asyncio.sleep(0)
+        assert num_allowed - 16 <= num_admitted <= num_at_most, (seed, limits, num_admitted)
+        for actor in actors:
+            await actor.shutdown()

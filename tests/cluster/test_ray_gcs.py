@@ -24,6 +24,7 @@ from switchboard.testing.fleet_view import wait_for
 from switchboard.testing.servers import free_port, serve_in_thread
 
 from .conftest import NODE_ARGS
+from .test_ray_restart import num_completed
 
 pytestmark = [pytest.mark.ray]
 
@@ -100,14 +101,6 @@ router: {{enabled: false}}
 storage: {{enabled: false}}
 control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
 """)
-
-
-def num_completed(replica_id: str, config) -> int:
-    import ray
-
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["namespace"] == config.cluster.namespace and a["name"].endswith("/" + replica_id)]
-    return ray.get(ray.get_actor(name, namespace=config.cluster.namespace).describe.remote(), timeout=60)["num_completed"]
 
 
 def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_cluster):

@@ -17,11 +17,10 @@ import pytest
 from switchboard.config import parse_config
 from switchboard.gateway import requests as rq
 from switchboard.gateway.app import build_app
-from switchboard.storage import database
-from switchboard.tenants.keys import KeyLimits
-from switchboard.tenants.store import create_key
 from switchboard.testing.fleet_view import wait_for
 from switchboard.testing.servers import serve_in_thread
+
+from .test_ray_limits import new_key
 
 pytestmark = [pytest.mark.ray]
 
@@ -56,14 +55,6 @@ storage: {{url: "{db_url}", flush_interval_s: 0.05}}
 auth: {{enabled: true, refresh_interval_s: 0.1, rate_window_s: 3600}}
 control_plane: {{step_interval_s: 0.2, startup_wait_s: 60}}
 """)
-
-
-def new_key(db_url: str, name: str, **limits) -> tuple[str, str]:
-    engine = database.open_engine(db_url)
-    database.migrate(engine)
-    key, secret = create_key(engine, name, "acme", KeyLimits(**limits))
-    engine.dispose()
-    return key.key_id, secret
 
 
 def wait_until_known(urls: list[str], secret: str) -> None:

@@ -132,6 +132,7 @@ class RayKeyLedger:
         """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
         self._answered_at = clock()
         """When the control actor last answered a lease call."""
+        self._num_reseeds = 0
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
         """A `LeaseHold`, the id of a hold the actor made, or the refusal. A request that fits in this gateway's
@@ -148,12 +149,10 @@ class RayKeyLedger:
                 break
             await asyncio.wait([asking])
         answer = await self._ask(key_id, limits, num_tokens, usd_estimate, admit_one=True)
-        if isinstance(answer, KeyLease):
-            hold = self._open_lease(answer, (limits, num_tokens, usd_estimate)).take(num_tokens, usd_estimate)
+        if isinstance(answer, _OpenLease):
+            hold = answer.take(num_tokens, usd_estimate)
             assert hold is not None  # the actor lends only slices that hold the request it was asked for
             return hold
-        if isinstance(answer, str):
-            self._recent[answer] = _ExactHold(answer, key_id, num_tokens, usd_estimate, self.clock())
         return answer
 
     def _from_lease(self, key_id: str, num_tokens: int, usd: float) -> LeaseHold | None:
@@ -196,24 +195,23 @@ class RayKeyLedger:
 
         async def renew() -> None:
             try:
-                answer = await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
+                await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
             except Exception:  # noqa: BLE001 — a request that finds no lease asks itself, and reports the failure
                 log.debug("could not renew a quota lease of key %s", key_id, exc_info=True)
-                return
-            if isinstance(answer, KeyLease):
-                self._open_lease(answer, (limits, num_tokens, usd))
 
         task = asyncio.ensure_future(renew())
         self._renewals.add(task)
         task.add_done_callback(self._renewals.discard)
 
     async def _ask(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float, *, admit_one: bool) -> Any:
-        """One lease call (with the pending updates), registered as the key's call in flight while it lasts."""
+        """One lease call (with the pending updates), registered as the key's call in flight while it lasts: the
+        lease it got, opened (`_OpenLease`), the id of the exact hold it got, or the refusal (None: no lease)."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         done = asyncio.get_running_loop().create_future()
         self._asking.setdefault(key_id, done)
         deadline = time.monotonic() + self.restart_wait_s
+        num_reseeds = self._num_reseeds
         try:
             while True:
                 self.num_calls += 1
@@ -230,16 +228,28 @@ class RayKeyLedger:
                 except RayActorError as exc:
                     failure = exc
                 else:
-                    self._answered_at = self.clock()
-                    if not isinstance(answer, KeyLease):
-                        self._near_limit.add(key_id)
-                    return answer
+                    return self._granted(answer, key_id, (limits, num_tokens, usd), num_reseeds)
                 raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
                                     f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
         finally:
             if self._asking.get(key_id) is done:
                 del self._asking[key_id]
             done.set_result(None)
+
+    def _granted(self, answer: Any, key_id: str, asked: tuple[KeyLimits, int, float], num_reseeds: int) -> Any:
+        """Remembers what a lease call got (see `_ask`). A grant whose call was in flight across a `reseed`
+        may come from the dead actor after its last checkpoint: it is told to the new one too."""
+        self._answered_at = self.clock()
+        grant: _OpenLease | _ExactHold | None = None
+        if isinstance(answer, KeyLease):
+            answer = grant = self._open_lease(answer, asked)
+        else:
+            self._near_limit.add(key_id)
+            if isinstance(answer, str):
+                grant = self._recent[answer] = _ExactHold(answer, key_id, asked[1], asked[2], self.clock())
+        if grant is not None and num_reseeds != self._num_reseeds:
+            self._updates.append(grant.regranted())
+        return answer
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         grant = self._recent.get(hold.lease_id if isinstance(hold, LeaseHold) else hold)
@@ -294,6 +304,7 @@ class RayKeyLedger:
         """Tells a restarted control actor what it may not know: every seed again (it keeps the larger spend),
         and, after the updates already made, this gateway's leases still open and its grants of the last
         `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`)."""
+        self._num_reseeds += 1
         self._near_limit.clear()
         self._forget_old_grants()
         self._updates += [grant.regranted() for grant in self._recent.values()]
