@@ -111,7 +111,7 @@ def _answer_or_none(call, unavailable: type[Exception]):
 
 class Load:
     """Requests of two keys (one limited by rpm, one by a USD budget) through every gateway at once, from a thread
-    of its own, until `stop`; `outcomes[key]` lists each answer's status (200 or the refusal's)."""
+    of its own, until `stopping` is set; `outcomes[key]` lists each answer's status (200 or the refusal's)."""
 
     def __init__(self, urls: list[str], secrets: dict[str, str]) -> None:
         self.urls, self.secrets = urls, secrets
