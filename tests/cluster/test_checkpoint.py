@@ -200,3 +200,23 @@ async def test_three_gateways_grant_a_keys_rpm_once_across_a_restart_from_a_lagg
         assert num_allowed - 16 <= num_admitted <= num_at_most, (seed, limits, num_admitted)
         for actor in actors:
             await actor.shutdown()
+
+
+async def test_a_restarted_actor_lends_no_quota_until_the_gateways_that_used_keys_told_their_grants():
+    from switchboard.cluster.ray_limits import Rejoined
+
+    config = parse_config("experts: [{id: e, backend: {kind: simulated, time_scale: 0}}]").model_dump(mode="json")
+    store = MemoryCheckpointStore()
+    first = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    for gateway_id in ("gw-a", "gw-b"):
+        assert isinstance(await first.lease_key(gateway_id, "k", RPM, 10, 0.01, True, []), KeyLease)
+    await first.checkpointer.write()
+    second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    asking = asyncio.ensure_future(second.lease_key("gw-a", "k", RPM, 10, 0.01, True, [Rejoined()]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not asking.done() and second.keys.rejoining == {"gw-b"}  # gw-b may hold a lease unknown here
+    await second.key_updates("gw-b", [Rejoined()])
+    assert isinstance(await asking, KeyLease)
+    for actor in (first, second):
+        actor._checkpoints.cancel()

@@ -56,6 +56,9 @@ log = logging.getLogger("switchboard.cluster")
 
 VERSION_CHECK_INTERVAL_S = 0.02
 """How often the control actor looks for a new view version to answer the gateways' long polls with."""
+REJOIN_WAIT_S = 5.0
+"""How long a restarted control actor lends no key quota while gateways that used keys have not told it their
+recent grants (`ray_limits.Rejoined`): a gateway that died with the old actor is not waited for longer."""
 
 
 def config_fingerprint(config: SwitchboardConfig) -> str:
@@ -134,6 +137,8 @@ class ControlActor:
         self._loading = asyncio.Lock()
         self._histograms_seen: dict = {}
         self._restored_histograms: dict = {}
+        self._all_rejoined = asyncio.Event()
+        self._rejoin_deadline = 0.0
         self.is_restored = False
         """Whether this incarnation started from a predecessor's checkpoint."""
 
@@ -152,6 +157,7 @@ class ControlActor:
             checkpoint = await self.checkpointer.load()
             if checkpoint is not None:
                 self.keys.restore(checkpoint.keys)
+                self._rejoin_deadline = self.clock() + REJOIN_WAIT_S
                 self._restored_histograms = restored_histograms(checkpoint.histograms)
                 for gateway_id in self.keys.gateway_ids():
                     self._heard_from(gateway_id)
@@ -319,15 +325,33 @@ class ControlActor:
         (`KeyCounts.lease`)."""
         self._heard_from(gateway_id)
         await self._load_checkpoint()
-        self.keys.apply(updates, gateway_id)
-        self.checkpointer.mark()
+        self._apply_key_updates(gateway_id, updates)
+        await self._until_gateways_rejoined()
         return self.keys.lease(key_id, limits, num_tokens, usd_estimate, gateway_id, admit_one)
 
     async def key_updates(self, gateway_id: str, updates: list[Any]) -> None:
         self._heard_from(gateway_id)
         await self._load_checkpoint()
+        self._apply_key_updates(gateway_id, updates)
+
+    def _apply_key_updates(self, gateway_id: str, updates: list[Any]) -> None:
         self.keys.apply(updates, gateway_id)
         self.checkpointer.mark()
+        if not self.keys.rejoining:
+            self._all_rejoined.set()
+
+    async def _until_gateways_rejoined(self) -> None:
+        """After a restart, until the gateways that used keys before it told their recent grants, or
+        `REJOIN_WAIT_S` passed: quota lent before then could overshoot by what they hold unknown here."""
+        if not self.keys.rejoining:
+            return
+        try:
+            await asyncio.wait_for(self._all_rejoined.wait(), max(0.0, self._rejoin_deadline - self.clock()))
+        except asyncio.TimeoutError:
+            if self.keys.rejoining:
+                log.warning("gateways %s did not rejoin the restarted control actor within %.0f s: lending key quota "
+                            "without their recent grants", ", ".join(sorted(self.keys.rejoining)), REJOIN_WAIT_S)
+                self.keys.rejoining.clear()
 
     async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
         await self._load_checkpoint()

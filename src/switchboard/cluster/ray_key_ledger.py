@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reheld, Reopened, Returned, Settled
+from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reheld, Rejoined, Reopened, Returned, Settled
 from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 
@@ -307,9 +307,8 @@ class RayKeyLedger:
         self._num_reseeds += 1
         self._near_limit.clear()
         self._forget_old_grants()
-        self._updates += [grant.regranted() for grant in self._recent.values()]
+        self._updates += [grant.regranted() for grant in self._recent.values()] + [Rejoined()]
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []
         self.flush_seeds()
-        if self._updates:
-            self._actor().key_updates.remote(self.gateway_id, self._take_updates())
+        self._actor().key_updates.remote(self.gateway_id, self._take_updates())

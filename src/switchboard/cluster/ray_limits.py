@@ -46,6 +46,8 @@ LEASE_MAX_REQUESTS = 256
 """The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
 LEASE_TTL_S = 2.0
 """How long a gateway may admit from a lease; then it gives back what is left."""
+ACTIVE_GATEWAY_S = 30.0
+"""A gateway that used keys this long before a checkpoint is expected to tell a restarted actor its grants."""
 FORGOTTEN_KEPT_S = 120.0
 """How long the actor remembers the ids of leases and holds it is done with, so that a gateway telling a
 restarted actor of its recent grants (`Reopened`, `Reheld`) does not get one counted twice. More than a
@@ -124,6 +126,12 @@ class Reheld:
     usd_settled: float | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejoined:
+    """The end of what a gateway tells a restarted control actor (`Reopened`, `Reheld`): the actor lends no
+    quota until every gateway that used keys before the restart has sent this (or a timeout passed)."""
+
+
 def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
                 fraction: float = LEASE_FRACTION) -> tuple[int | None, int | None, float | None] | None:
     """(requests, tokens, USD) one lease may take of what the key has left after `usage` (None where the key has
@@ -174,6 +182,11 @@ class KeyCounts:
         """Ids of leases and holds done with -> when (kept `FORGOTTEN_KEPT_S`)."""
         self._unknown_spend: dict[str, tuple[float, float]] = {}
         """Lease id -> (USD spent by its requests, when first) for settlements of leases not known here."""
+        self._called_at: dict[str, float] = {}
+        """Gateway id -> when it last asked for or settled a key's quota."""
+        self.rejoining: set[str] = set()
+        """After `restore`: the gateways that used keys shortly before the checkpoint and have not yet told this
+        actor their recent grants (`Rejoined`). Quota lent before they have may overshoot by their grants."""
         # Ids carry this object's incarnation: a restarted actor's must not collide with the ones its
         # predecessor lent after its last checkpoint (gateways still hold them).
         self._ids = itertools.count(1)
@@ -194,6 +207,7 @@ class KeyCounts:
         caller takes that request from it), counted in the meter at once. Else, with `admit_one`, the request is
         admitted exactly (`admit`: a hold id, or the refusal); without, None."""
         now_s = self.clock()
+        self._called_at[gateway_id] = now_s
         share = lease_share(limits, self.meter.snapshot(key_id, now_s), num_tokens, usd_estimate)
         if share is None:
             return self.admit(key_id, limits, num_tokens, usd_estimate, gateway_id) if admit_one else None
@@ -211,8 +225,12 @@ class KeyCounts:
 
     def apply(self, updates: list[Settled | Returned | Reopened | Reheld], gateway_id: str = "") -> None:
         """A gateway's settlements, returns and (to a restarted actor) recent grants, in the order it made them."""
+        if updates and gateway_id:
+            self._called_at[gateway_id] = self.clock()
         for update in updates:
-            if isinstance(update, Returned):
+            if isinstance(update, Rejoined):
+                self.rejoining.discard(gateway_id)
+            elif isinstance(update, Returned):
                 self._give_back(update)
             elif isinstance(update, Reopened):
                 self._reopen(update, gateway_id)
@@ -255,15 +273,19 @@ class KeyCounts:
     def checkpoint(self) -> bytes:
         """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
         `restore`."""
-        horizon_s = self.clock() - FORGOTTEN_KEPT_S
+        now_s = self.clock()
+        horizon_s = now_s - FORGOTTEN_KEPT_S
         self._forgotten = {i: at_s for i, at_s in self._forgotten.items() if at_s > horizon_s}
         self._unknown_spend = {i: x for i, x in self._unknown_spend.items() if x[1] > horizon_s}
-        state = (self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend)
+        self._called_at = {g: at_s for g, at_s in self._called_at.items() if at_s > horizon_s}
+        state = (self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, now_s)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def restore(self, data: bytes) -> None:
-        """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first)."""
-        self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend = pickle.loads(data)
+    def restore(self, data: bytes, active_s: float = ACTIVE_GATEWAY_S) -> None:
+        """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first). The
+        gateways that used keys in the `active_s` before it was written are expected to rejoin (`rejoining`)."""
+        self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, taken_at_s = pickle.loads(data)
+        self.rejoining = {g for g, at_s in self._called_at.items() if at_s > taken_at_s - active_s}
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
