@@ -213,6 +213,8 @@ async def test_a_restarted_actor_lends_no_quota_until_the_gateways_that_used_key
     await first.checkpointer.write()
     second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
     asking = asyncio.ensure_future(second.lease_key("gw-a", "k", RPM, 10, 0.01, True, [Rejoined()]))
+    while not second.is_restored:  # (the checkpoint is read in a thread)
+        await asyncio.sleep(0.01)
     for _ in range(5):
         await asyncio.sleep(0)
     assert not asking.done() and second.keys.rejoining == {"gw-b"}  # gw-b may hold a lease unknown here
