@@ -142,8 +142,17 @@ def idle_gaps(url: str, secret: str, config, expert_id: str, num_gaps: int) -> N
     waits until its keep-alive histogram has them."""
     client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=60)
     before = sum(ask(config, "keepalive_histograms").get(expert_id, (0, (), 0))[1])
+
+    def num_served() -> int:
+        expert = next(e for e in ask(config, "snapshot")["experts"] if e["id"] == expert_id)
+        return sum(r["num_served"] for r in expert["replicas"])
+
     for _ in range(num_gaps + 1):
+        served = num_served()
         client.chat.completions.create(model=expert_id, messages=MESSAGES, max_tokens=2)
+        # Counted by the control actor before the next is sent: a gateway reports its requests in batches, and
+        # requests in one batch count as overlapping (no idle gap between them).
+        wait_for(lambda: num_served() > served, 30, f"the control actor to count a request to {expert_id}")
     wait_for(lambda: sum(ask(config, "keepalive_histograms")[expert_id][1]) >= before + num_gaps, 30,
              f"{expert_id}'s histogram to count its idle gaps")
 
