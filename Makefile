@@ -31,7 +31,9 @@ test: install
 	scripts/ensure_chromium.sh
 	# The official openai Node client for tests/conformance, pinned by its package-lock.json (node and npm: the machine's).
 	test -f tests/conformance/node/node_modules/openai/package.json || (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
-	pg_url=$$(scripts/postgres.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url $(PY) -m pytest -q $(PYTEST_ARGS)
+	# Debian's redis-server for the GCS fault-tolerance test (tests/cluster/test_ray_gcs.py starts its own from it).
+	pg_url=$$(scripts/postgres.sh) && redis_server=$$(scripts/redis.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url \
+		SWITCHBOARD_TEST_REDIS_SERVER=$$redis_server $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -247,7 +247,9 @@ async def test_a_restarted_control_actor_counts_again_what_a_gateway_reports_in_
 def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
     from switchboard.cluster.ray_key_ledger import RayKeyLedger
 
-    sent = []
+    from switchboard.cluster.ray_limits import Rejoined
+
+    sent, updates = [], []
 
     class Actor:
         class seed_keys:  # noqa: N801 — stands in for a Ray actor method
@@ -255,11 +257,17 @@ def test_key_spend_seeds_are_sent_again_to_a_restarted_control_actor():
             def remote(seeds):
                 sent.append(list(seeds))
 
+        class key_updates:  # noqa: N801
+            @staticmethod
+            def remote(gateway_id, batch):
+                updates.append((gateway_id, batch))
+
     ledger = RayKeyLedger(lambda: Actor, "gw", "control")
     ledger.seed("k", 1.0, 2.0)
     ledger.seed("j", 0.5, 0.5)
     ledger.reseed()
     assert sent == [[("k", 1.0, 2.0)], [("j", 0.5, 0.5)], [("k", 1.0, 2.0), ("j", 0.5, 0.5)]]
+    assert updates == [("gw", [Rejoined()])]  # no grants to tell: only that it has told them
 
 
 async def test_a_keyed_admission_waits_for_a_restarting_control_actor_and_never_skips_the_limits():

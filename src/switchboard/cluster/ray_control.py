@@ -15,12 +15,14 @@ process that dies mid-request does not leave its replicas looking busy.
 
 Ray restarts the actor when its node dies (`max_restarts=-1`); the restarted one takes over the live replica
 actors and counts again the requests the gateways report in flight (docs/ray.md, "When the control actor's
-node dies").
+node dies"). What only it knew, the keep-alive histograms and the keys' counts, it reads back from its last
+checkpoint in the GCS (`ray_checkpoint`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,12 +31,23 @@ import time
 import uuid
 from typing import Any
 
+from switchboard.cluster.ray_checkpoint import (
+    Checkpointer,
+    CheckpointStore,
+    ControlCheckpoint,
+    GcsCheckpointStore,
+    MemoryCheckpointStore,
+    checkpoint_key,
+    histograms_state,
+    restored_histograms,
+)
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_limits import KeyCounts
 from switchboard.cluster.ray_replica import RemoteEngineError
 from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Served, Started, without_requests
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
+from switchboard.policies.keepalive import KeepAliveState
 from switchboard.runtime.fleet import LiveFleet
 from switchboard.runtime.lease import AdmissionRejected, Lease
 from switchboard.types import ExpertId, ReplicaState
@@ -43,6 +56,9 @@ log = logging.getLogger("switchboard.cluster")
 
 VERSION_CHECK_INTERVAL_S = 0.02
 """How often the control actor looks for a new view version to answer the gateways' long polls with."""
+REJOIN_WAIT_S = 5.0
+"""How long a restarted control actor lends no key quota while gateways that used keys have not told it their
+recent grants (`ray_limits.Rejoined`): a gateway that died with the old actor is not waited for longer."""
 
 
 def config_fingerprint(config: SwitchboardConfig) -> str:
@@ -80,10 +96,10 @@ class ControlActor:
     """The body of the control actor. Every method is a coroutine on the actor's one event loop.
 
     `gateway_timeout_s` defaults to the config's `cluster.gateway_timeout_s` (Ray) or 10 s; `clock` is
-    monotonic seconds (both passed in by tests)."""
+    monotonic seconds; `checkpoint_store` defaults to the GCS on Ray, a dict elsewhere (all passed in by tests)."""
 
     def __init__(self, config: dict[str, Any], gateway_timeout_s: float | None = None,
-                 clock: Any = time.monotonic, fleet_tag: str = "") -> None:
+                 clock: Any = time.monotonic, fleet_tag: str = "", checkpoint_store: CheckpointStore | None = None) -> None:
         self.config = SwitchboardConfig.model_validate(config)
         self.fleet_tag = fleet_tag
         """Prefix of this fleet's replica actor names; Ray passes it again when it restarts the actor, so the
@@ -112,6 +128,43 @@ class ControlActor:
         self._changed = asyncio.Event()
         """Set (and replaced) when the view version changes: what the gateways' long polls wait on."""
         self._watcher: asyncio.Task | None = None
+        is_ray = isinstance(cluster, RayClusterConfig)
+        if checkpoint_store is None:
+            checkpoint_store = GcsCheckpointStore() if is_ray else MemoryCheckpointStore()
+        self.checkpointer = Checkpointer(checkpoint_store, checkpoint_key(
+            cluster.namespace if is_ray else "", cluster.control_actor if is_ray else "", fleet_tag), self._checkpoint)
+        self._checkpoints: asyncio.Task | None = None
+        self._loading = asyncio.Lock()
+        self._histograms_seen: dict = {}
+        self._restored_histograms: dict = {}
+        self._all_rejoined = asyncio.Event()
+        self._rejoin_deadline = 0.0
+        self.is_restored = False
+        """Whether this incarnation started from a predecessor's checkpoint."""
+
+    def _checkpoint(self) -> ControlCheckpoint:
+        histograms = self.fleet.loop.state.keepalive.histograms if self.fleet is not None else self._restored_histograms
+        return ControlCheckpoint(histograms_state(histograms), self.keys.checkpoint())
+
+    async def _load_checkpoint(self) -> None:
+        """Once, before this incarnation counts anything (a key's call may come before the fleet starts): counts
+        what the last checkpoint of this fleet holds (a predecessor's, if Ray restarted the actor), and keeps
+        its keep-alive histograms for the fleet; then checkpoints from now on. The gateways in it count as heard
+        from now (released if they stay silent)."""
+        async with self._loading:
+            if self._checkpoints is not None:
+                return
+            checkpoint = await self.checkpointer.load()
+            if checkpoint is not None:
+                self.keys.restore(checkpoint.keys)
+                self._rejoin_deadline = self.clock() + REJOIN_WAIT_S
+                self._restored_histograms = restored_histograms(checkpoint.histograms)
+                for gateway_id in self.keys.gateway_ids():
+                    self._heard_from(gateway_id)
+                self.is_restored = True
+                log.warning("control plane restarted: restored %d keep-alive histograms and the key counts of %d "
+                            "gateways", len(checkpoint.histograms), len(self.keys.gateway_ids()))
+            self._checkpoints = asyncio.create_task(self.checkpointer.run(), name="switchboard-checkpoints")
 
     async def start(self) -> str:
         """Starts the fleet once (later calls only answer); returns the config fingerprint.
@@ -128,6 +181,8 @@ class ControlActor:
                     cluster = RayCluster(self.config.cluster, fleet_tag=self.fleet_tag)
                     survivors = await cluster.surviving_replicas()
                 fleet = LiveFleet(self.config, cluster=cluster)
+                await self._load_checkpoint()
+                fleet.loop.state = dataclasses.replace(fleet.loop.state, keepalive=KeepAliveState(self._restored_histograms))
                 await fleet.start(survivors)
                 if survivors:
                     log.warning("control plane restarted: took over %d live replicas (%s)", len(survivors),
@@ -135,6 +190,7 @@ class ControlActor:
                 self.fleet = fleet
                 self._reaper = asyncio.create_task(self._reclaim_forever(), name="switchboard-gateway-leases")
                 self._watcher = asyncio.create_task(self._watch_versions(), name="switchboard-view-versions")
+                self.checkpointer.mark()
         return config_fingerprint(self.config)
 
     async def _started(self) -> LiveFleet:
@@ -151,12 +207,13 @@ class ControlActor:
 
     async def shutdown(self) -> None:
         await self._started()  # a restarted actor takes its replicas over first, so that they are stopped too
-        for task in (self._reaper, self._watcher):
+        for task in (self._reaper, self._watcher, self._checkpoints):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self.fleet is not None:
             await self.fleet.stop()
+        await self.checkpointer.delete()  # the fleet ends: nothing is to be restored
 
     def view_version(self) -> tuple[str, int]:
         """(this actor's incarnation, a number that grows whenever `view_key` changes): a gateway whose view is
@@ -186,7 +243,8 @@ class ControlActor:
                 await lease.__aexit__(asyncio.CancelledError, None, None)
             tokens += list(adopted)
             self.num_leases_reclaimed += len(tokens)
-            self.keys.release_gateway(gateway_id)
+            if self.keys.release_gateway(gateway_id):
+                self.checkpointer.mark()
             if tokens:
                 log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
                             self.gateway_timeout_s, len(tokens), ", ".join(tokens))
@@ -196,10 +254,20 @@ class ControlActor:
         version = self.view_version()
         while True:
             await asyncio.sleep(VERSION_CHECK_INTERVAL_S)
+            self._watch_histograms()
             if (now := self.view_version()) != version:
                 version = now
                 self._changed.set()
                 self._changed = asyncio.Event()
+
+    def _watch_histograms(self) -> None:
+        """Marks the checkpoint dirty when a keep-alive histogram changed (an idle gap ended): the policy
+        replaces a histogram only then, so identity tells."""
+        histograms = self._fleet().loop.state.keepalive.histograms
+        if len(histograms) != len(self._histograms_seen) or any(
+                self._histograms_seen.get(e) is not h for e, h in histograms.items()):
+            self._histograms_seen = dict(histograms)
+            self.checkpointer.mark()
 
     async def _reclaim_forever(self) -> None:
         while True:
@@ -256,16 +324,56 @@ class ControlActor:
         gateway, or (`admit_one`, the key near a limit) the request admitted exactly, or refused
         (`KeyCounts.lease`)."""
         self._heard_from(gateway_id)
-        self.keys.apply(updates)
+        await self._load_checkpoint()
+        self._apply_key_updates(gateway_id, updates)
+        await self._until_gateways_rejoined()
         return self.keys.lease(key_id, limits, num_tokens, usd_estimate, gateway_id, admit_one)
 
     async def key_updates(self, gateway_id: str, updates: list[Any]) -> None:
         self._heard_from(gateway_id)
-        self.keys.apply(updates)
+        await self._load_checkpoint()
+        self._apply_key_updates(gateway_id, updates)
+
+    def _apply_key_updates(self, gateway_id: str, updates: list[Any]) -> None:
+        self.keys.apply(updates, gateway_id)
+        self.checkpointer.mark()
+        if not self.keys.rejoining:
+            self._all_rejoined.set()
+
+    async def _until_gateways_rejoined(self) -> None:
+        """After a restart, until the gateways that used keys before it told their recent grants, or
+        `REJOIN_WAIT_S` passed: quota lent before then could overshoot by what they hold unknown here."""
+        if not self.keys.rejoining:
+            return
+        try:
+            await asyncio.wait_for(self._all_rejoined.wait(), max(0.0, self._rejoin_deadline - self.clock()))
+        except asyncio.TimeoutError:
+            if self.keys.rejoining:
+                log.warning("gateways %s did not rejoin the restarted control actor within %.0f s: lending key quota "
+                            "without their recent grants", ", ".join(sorted(self.keys.rejoining)), REJOIN_WAIT_S)
+                self.keys.rejoining.clear()
 
     async def seed_keys(self, seeds: list[tuple[str, float, float]]) -> None:
+        await self._load_checkpoint()
         for key_id, usd_today, usd_this_month in seeds:
             self.keys.seed(key_id, usd_today, usd_this_month)
+        self.checkpointer.mark()
+
+    async def checkpoint_status(self) -> tuple[bool, bool]:
+        """(whether this incarnation started from a predecessor's checkpoint, whether its own last checkpoint is
+        current), for operators and tests."""
+        await self._started()
+        return self.is_restored, self.checkpointer.is_current
+
+    async def keepalive_histograms(self) -> dict[str, tuple[float, tuple[int, ...], int]]:
+        """Each expert's keep-alive idle-time histogram: (bin width, counts, idle times beyond its range)."""
+        return histograms_state((await self._started()).loop.state.keepalive.histograms)
+
+    async def key_usage(self, key_id: str) -> tuple[int, float, float]:
+        """(requests in the key's window, USD spent today, USD held): what the fleet counts of a key now."""
+        await self._load_checkpoint()
+        usage = self.keys.meter.snapshot(key_id, self.keys.clock())
+        return usage.num_requests, usage.usd_today, usage.usd_held
 
     async def wake(self, expert_id: str, detail: str) -> None:
         (await self._started()).wake(expert_id, detail)

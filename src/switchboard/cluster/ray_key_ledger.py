@@ -1,7 +1,9 @@
 """A gateway's side of cluster-wide key limits (docs/ray.md, "Keys' limits"; issue 17): `RayKeyLedger`, the
 `KeyLedger` that admits a key's requests from the quota leases the control actor lends (`ray_limits`), with no
 call per request: it calls the actor for a lease (in the background once one runs low), or, near a limit, for
-each request, and sends its settlements and the leases' unused rest in batches."""
+each request, and sends its settlements and the leases' unused rest in batches. When Ray restarts the actor, it
+tells the new one of its recent grants, which its checkpoint may lack (`reseed`; docs/ray.md, "What survives a
+restart")."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Returned, Settled
+from switchboard.cluster.ray_limits import KeyLease, LeaseHold, Reheld, Rejoined, Reopened, Returned, Settled
 from switchboard.gateway.errors import ApiError
 from switchboard.tenants.keys import KeyLimits
 
@@ -23,19 +25,36 @@ RENEW_BELOW = 0.25
 RETRY_INTERVAL_S = 0.2
 """How often an admission is asked again while Ray restarts the control actor."""
 
+RECENT_GRANTS_S = 30.0
+"""How long a gateway remembers a lease or exact admission it got, to tell a restarted control actor of it (its
+checkpoint, written within `ray_checkpoint.CHECKPOINT_INTERVAL_S` of a change, may lack it): counted up to the
+last answer from the actor, so a restart however long forgets nothing granted just before it."""
+
 
 class _OpenLease:
     """A gateway's lease with what is left of it (None: not limited)."""
 
-    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked")
+    __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked", "num_settled",
+                 "usd_settled", "usd_spent", "returned", "granted_at")
 
-    def __init__(self, lease: KeyLease, expires_at: float, asked: tuple[KeyLimits, int, float]) -> None:
+    def __init__(self, lease: KeyLease, granted_at: float, asked: tuple[KeyLimits, int, float]) -> None:
         self.lease = lease
         self.num_requests, self.num_tokens, self.usd = lease.num_requests, lease.num_tokens, lease.usd
-        self.expires_at = expires_at
+        self.granted_at = granted_at
+        self.expires_at = granted_at + lease.ttl_s
         self.num_taken = 0
         self.asked = asked
         """(limits, tokens, USD) of the request it was taken for: what its renewal asks with."""
+        self.num_settled = 0
+        self.usd_settled = 0.0
+        """The estimates of its requests settled so far (what a restarted control actor releases of its hold)."""
+        self.usd_spent = 0.0
+        self.returned: Returned | None = None
+
+    def settled(self, hold: LeaseHold, usd: float) -> None:
+        self.num_settled += 1
+        self.usd_settled += hold.usd
+        self.usd_spent += usd
 
     def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
         """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
@@ -59,11 +78,28 @@ class _OpenLease:
         return any(left is not None and left < RENEW_BELOW * whole for left, whole in
                    ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
 
+    def regranted(self) -> Reopened:
+        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled, self.usd_spent, self.returned)
+
     def give_back(self) -> Returned:
         """What is left, returned; the lease admits nothing more."""
-        returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0, self.num_tokens or 0, self.usd or 0.0)
+        returned = self.returned = Returned(self.lease.lease_id, self.num_taken, self.num_requests or 0,
+                                            self.num_tokens or 0, self.usd or 0.0)
         self.num_requests, self.num_tokens, self.usd = 0, 0, 0.0
         return returned
+
+
+class _ExactHold:
+    """A request the control actor admitted exactly (its hold id), as its gateway remembers it."""
+
+    __slots__ = ("hold_id", "key_id", "num_tokens", "usd", "granted_at", "usd_settled")
+
+    def __init__(self, hold_id: str, key_id: str, num_tokens: int, usd: float, granted_at: float) -> None:
+        self.hold_id, self.key_id, self.num_tokens, self.usd, self.granted_at = hold_id, key_id, num_tokens, usd, granted_at
+        self.usd_settled: float | None = None
+
+    def regranted(self) -> Reheld:
+        return Reheld(self.hold_id, self.key_id, self.num_tokens, self.usd, self.usd_settled)
 
 
 class RayKeyLedger:
@@ -87,10 +123,16 @@ class RayKeyLedger:
         """Key id -> the lease call in flight for it (others wait for it rather than ask too)."""
         self._near_limit: set[str] = set()
         """Keys whose last call got no lease: their requests are asked one by one, not waiting on each other."""
-        self._updates: list[Settled | Returned] = []
+        self._updates: list[Any] = []
+        self._recent: dict[str, _OpenLease | _ExactHold] = {}
+        """Grant id -> the leases and exact admissions of the last `RECENT_GRANTS_S` (oldest first), and the
+        leases still open."""
         self._renewals: set[asyncio.Task] = set()
         self.num_calls = 0
         """Lease and admission calls made (the cost of leases, for benchmarks and tests)."""
+        self._answered_at = clock()
+        """When the control actor last answered a lease call."""
+        self._num_reseeds = 0
 
     async def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float) -> Any:
         """A `LeaseHold`, the id of a hold the actor made, or the refusal. A request that fits in this gateway's
@@ -107,8 +149,8 @@ class RayKeyLedger:
                 break
             await asyncio.wait([asking])
         answer = await self._ask(key_id, limits, num_tokens, usd_estimate, admit_one=True)
-        if isinstance(answer, KeyLease):
-            hold = self._open_lease(answer, (limits, num_tokens, usd_estimate)).take(num_tokens, usd_estimate)
+        if isinstance(answer, _OpenLease):
+            hold = answer.take(num_tokens, usd_estimate)
             assert hold is not None  # the actor lends only slices that hold the request it was asked for
             return hold
         return answer
@@ -134,8 +176,9 @@ class RayKeyLedger:
 
     def _open_lease(self, lease: KeyLease, asked: tuple[KeyLimits, int, float]) -> _OpenLease:
         self._near_limit.discard(lease.key_id)
-        opened = _OpenLease(lease, self.clock() + lease.ttl_s, asked)
+        opened = _OpenLease(lease, self.clock(), asked)
         self._open.setdefault(lease.key_id, []).append(opened)
+        self._recent[lease.lease_id] = opened
         return opened
 
     def _close(self, key_id: str, lease: _OpenLease) -> None:
@@ -152,24 +195,23 @@ class RayKeyLedger:
 
         async def renew() -> None:
             try:
-                answer = await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
+                await self._ask(key_id, limits, num_tokens, usd, admit_one=False)
             except Exception:  # noqa: BLE001 — a request that finds no lease asks itself, and reports the failure
                 log.debug("could not renew a quota lease of key %s", key_id, exc_info=True)
-                return
-            if isinstance(answer, KeyLease):
-                self._open_lease(answer, (limits, num_tokens, usd))
 
         task = asyncio.ensure_future(renew())
         self._renewals.add(task)
         task.add_done_callback(self._renewals.discard)
 
     async def _ask(self, key_id: str, limits: KeyLimits, num_tokens: int, usd: float, *, admit_one: bool) -> Any:
-        """One lease call (with the pending updates), registered as the key's call in flight while it lasts."""
+        """One lease call (with the pending updates), registered as the key's call in flight while it lasts: the
+        lease it got, opened (`_OpenLease`), the id of the exact hold it got, or the refusal (None: no lease)."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         done = asyncio.get_running_loop().create_future()
         self._asking.setdefault(key_id, done)
         deadline = time.monotonic() + self.restart_wait_s
+        num_reseeds = self._num_reseeds
         try:
             while True:
                 self.num_calls += 1
@@ -178,16 +220,15 @@ class RayKeyLedger:
                                                                   self._take_updates())
                 except ActorUnavailableError as exc:
                     if time.monotonic() < deadline:
-                        # An attempt that reached the dying actor counted nothing that outlives it.
+                        # What an attempt that reached the dying actor counted after its last checkpoint is lost
+                        # with it (or told again: `reseed`): asked again, the request is counted at most twice.
                         await asyncio.sleep(RETRY_INTERVAL_S)
                         continue
                     failure = exc
                 except RayActorError as exc:
                     failure = exc
                 else:
-                    if not isinstance(answer, KeyLease):
-                        self._near_limit.add(key_id)
-                    return answer
+                    return self._granted(answer, key_id, (limits, num_tokens, usd), num_reseeds)
                 raise ApiError(503, f"the control actor '{self.control_actor_name}' is unreachable, so key limits cannot be checked: "
                                     f"{str(failure).splitlines()[0]}", code="limits_unavailable", headers={"retry-after": "1"}) from None
         finally:
@@ -195,13 +236,33 @@ class RayKeyLedger:
                 del self._asking[key_id]
             done.set_result(None)
 
+    def _granted(self, answer: Any, key_id: str, asked: tuple[KeyLimits, int, float], num_reseeds: int) -> Any:
+        """Remembers what a lease call got (see `_ask`). A grant whose call was in flight across a `reseed`
+        may come from the dead actor after its last checkpoint: it is told to the new one too."""
+        self._answered_at = self.clock()
+        grant: _OpenLease | _ExactHold | None = None
+        if isinstance(answer, KeyLease):
+            answer = grant = self._open_lease(answer, asked)
+        else:
+            self._near_limit.add(key_id)
+            if isinstance(answer, str):
+                grant = self._recent[answer] = _ExactHold(answer, key_id, asked[1], asked[2], self.clock())
+        if grant is not None and num_reseeds != self._num_reseeds:
+            self._updates.append(grant.regranted())
+        return answer
+
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
+        grant = self._recent.get(hold.lease_id if isinstance(hold, LeaseHold) else hold)
+        if isinstance(grant, _OpenLease):
+            grant.settled(hold, usd)
+        elif grant is not None:
+            grant.usd_settled = usd
         self._updates.append(Settled(hold, num_tokens, usd))
 
     def release(self, hold: Any) -> None:
-        self._updates.append(Settled(hold, None, 0.0))
+        self.settle(hold, None, 0.0)
 
-    def _take_updates(self) -> list[Settled | Returned]:
+    def _take_updates(self) -> list[Any]:
         updates, self._updates = self._updates, []
         return updates
 
@@ -216,6 +277,7 @@ class RayKeyLedger:
                     self._close(key_id, lease)
                     if lease.num_taken and not give_back_all:
                         self._renew(key_id, *lease.asked)
+        self._forget_old_grants()
         if self._updates and self._actor() is not None:
             self._actor().key_updates.remote(self.gateway_id, self._take_updates())
 
@@ -230,11 +292,23 @@ class RayKeyLedger:
             self._sent_seeds += seeds
             self._actor().seed_keys.remote(seeds)
 
+    def _forget_old_grants(self) -> None:
+        until = self._answered_at - RECENT_GRANTS_S
+        for grant_id, grant in list(self._recent.items()):
+            if grant.granted_at > until:
+                break  # (oldest first)
+            if not (isinstance(grant, _OpenLease) and grant.returned is None):
+                del self._recent[grant_id]
+
     def reseed(self) -> None:
-        """Sends every seed again, and forgets this gateway's leases (a restarted control actor starts its key
-        counts from nothing: it knows neither)."""
-        self._open.clear()
+        """Tells a restarted control actor what it may not know: every seed again (it keeps the larger spend),
+        and, after the updates already made, this gateway's leases still open and its grants of the last
+        `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`)."""
+        self._num_reseeds += 1
         self._near_limit.clear()
+        self._forget_old_grants()
+        self._updates += [grant.regranted() for grant in self._recent.values()] + [Rejoined()]
         self._seeds = self._sent_seeds + self._seeds
         self._sent_seeds = []
         self.flush_seeds()
+        self._actor().key_updates.remote(self.gateway_id, self._take_updates())

@@ -19,6 +19,9 @@ requests whole, so leases never overshoot a limit; near a limit, where a slice w
 
 `KeyCounts` is the control actor's part (plain Python, tested without Ray); `ray_key_ledger.RayKeyLedger` is the
 gateway's `KeyLedger` over it. Holds and leases of a gateway that falls silent are released with its leases of replicas.
+A restarted control actor restores its `KeyCounts` from the last checkpoint (`checkpoint`, `restore`), and counts
+the grants made after it when their gateways tell them again (`Reopened`, `Reheld`; docs/ray.md, "What survives a
+restart").
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import pickle
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +46,12 @@ LEASE_MAX_REQUESTS = 256
 """The most requests one lease holds (a key with a huge rpm would otherwise lend thousands of slots at once)."""
 LEASE_TTL_S = 2.0
 """How long a gateway may admit from a lease; then it gives back what is left."""
+ACTIVE_GATEWAY_S = 30.0
+"""A gateway that used keys this long before a checkpoint is expected to tell a restarted actor its grants."""
+FORGOTTEN_KEPT_S = 120.0
+"""How long the actor remembers the ids of leases and holds it is done with, so that a gateway telling a
+restarted actor of its recent grants (`Reopened`, `Reheld`) does not get one counted twice. More than a
+gateway's `ray_key_ledger.RECENT_GRANTS_S` plus a restart."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +97,39 @@ class Returned:
     num_requests: int
     num_tokens: int
     usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reopened:
+    """A lease its gateway took recently (or still admits from), told to a restarted control actor: `num_taken`
+    requests admitted from it so far, `num_settled` of them settled, which released `usd_settled` of its hold
+    (their estimates) and cost `usd_spent`; `returned` if the gateway gave it back. The actor counts it if its
+    checkpoint did not have it (it was lent after the last write)."""
+
+    lease: KeyLease
+    num_taken: int
+    num_settled: int
+    usd_settled: float
+    usd_spent: float
+    returned: Returned | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reheld:
+    """A request the actor admitted exactly recently, told to a restarted control actor by its gateway: its
+    estimates, and its cost once settled (`usd_settled`, None while it runs)."""
+
+    hold_id: str
+    key_id: str
+    num_tokens: int
+    usd: float
+    usd_settled: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejoined:
+    """The end of what a gateway tells a restarted control actor (`Reopened`, `Reheld`): the actor lends no
+    quota until every gateway that used keys before the restart has sent this (or a timeout passed)."""
 
 
 def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
@@ -134,14 +178,26 @@ class KeyCounts:
         self.lease_ttl_s = lease_ttl_s
         self._holds: dict[str, tuple[Reservation, str]] = {}
         self._lent: dict[str, _Lent] = {}
+        self._forgotten: dict[str, float] = {}
+        """Ids of leases and holds done with -> when (kept `FORGOTTEN_KEPT_S`)."""
+        self._unknown_spend: dict[str, tuple[float, float]] = {}
+        """Lease id -> (USD spent by its requests, when first) for settlements of leases not known here."""
+        self._called_at: dict[str, float] = {}
+        """Gateway id -> when it last asked for or settled a key's quota."""
+        self.rejoining: set[str] = set()
+        """After `restore`: the gateways that used keys shortly before the checkpoint and have not yet told this
+        actor their recent grants (`Rejoined`). Quota lent before they have may overshoot by their grants."""
+        # Ids carry this object's incarnation: a restarted actor's must not collide with the ones its
+        # predecessor lent after its last checkpoint (gateways still hold them).
         self._ids = itertools.count(1)
+        self._incarnation = uuid.uuid4().hex[:6]
 
     def admit(self, key_id: str, limits: KeyLimits, num_tokens: int, usd_estimate: float, gateway_id: str) -> OverLimit | str:
         """The refusal, or the id of the request's hold (for `settle`)."""
         verdict = admit_and_reserve(self.meter, key_id, limits, self.clock(), num_tokens, usd_estimate)
         if isinstance(verdict, OverLimit):
             return verdict
-        hold_id = f"{gateway_id}/{next(self._ids)}"
+        hold_id = f"{gateway_id}/{self._incarnation}.{next(self._ids)}"
         self._holds[hold_id] = (verdict, gateway_id)
         return hold_id
 
@@ -151,23 +207,85 @@ class KeyCounts:
         caller takes that request from it), counted in the meter at once. Else, with `admit_one`, the request is
         admitted exactly (`admit`: a hold id, or the refusal); without, None."""
         now_s = self.clock()
+        self._called_at[gateway_id] = now_s
         share = lease_share(limits, self.meter.snapshot(key_id, now_s), num_tokens, usd_estimate)
         if share is None:
             return self.admit(key_id, limits, num_tokens, usd_estimate, gateway_id) if admit_one else None
         num_requests, tokens, usd = share
-        entries = [self.meter.reserve(key_id, now_s, tokens or 0, usd or 0.0)]
-        entries += [self.meter.reserve(key_id, now_s, 0) for _ in range((num_requests or 1) - 1)]
-        lease_id = f"{gateway_id}/L{next(self._ids)}"
-        self._lent[lease_id] = _Lent(gateway_id, entries, num_requests is not None, tokens is not None, usd is not None)
-        return KeyLease(lease_id, key_id, num_requests, tokens, usd, self.lease_ttl_s)
+        lease = KeyLease(f"{gateway_id}/{self._incarnation}.L{next(self._ids)}", key_id, num_requests, tokens, usd, self.lease_ttl_s)
+        self._lend(lease, gateway_id, now_s)
+        return lease
 
-    def apply(self, updates: list[Settled | Returned]) -> None:
-        """A gateway's settlements and returns, in the order it made them."""
+    def _lend(self, lease: KeyLease, gateway_id: str, now_s: float) -> _Lent:
+        entries = [self.meter.reserve(lease.key_id, now_s, lease.num_tokens or 0, lease.usd or 0.0)]
+        entries += [self.meter.reserve(lease.key_id, now_s, 0) for _ in range((lease.num_requests or 1) - 1)]
+        lent = self._lent[lease.lease_id] = _Lent(gateway_id, entries, lease.num_requests is not None,
+                                                  lease.num_tokens is not None, lease.usd is not None)
+        return lent
+
+    def apply(self, updates: list[Settled | Returned | Reopened | Reheld], gateway_id: str = "") -> None:
+        """A gateway's settlements, returns and (to a restarted actor) recent grants, in the order it made them."""
+        if updates and gateway_id:
+            self._called_at[gateway_id] = self.clock()
         for update in updates:
-            if isinstance(update, Returned):
+            if isinstance(update, Rejoined):
+                self.rejoining.discard(gateway_id)
+            elif isinstance(update, Returned):
                 self._give_back(update)
+            elif isinstance(update, Reopened):
+                self._reopen(update, gateway_id)
+            elif isinstance(update, Reheld):
+                self._rehold(update, gateway_id)
             else:
                 self.settle(update.hold, update.num_tokens, update.usd)
+
+    def _is_known(self, grant_id: str) -> bool:
+        return grant_id in self._lent or grant_id in self._holds or grant_id in self._forgotten
+
+    def _reopen(self, reopened: Reopened, gateway_id: str) -> None:
+        """Counts a lease a predecessor lent after its last checkpoint, in full as if lent now (its requests then
+        count a little longer than they would have: never fewer), with what its gateway settled and returned."""
+        lease_id = reopened.lease.lease_id
+        if self._is_known(lease_id):
+            return
+        now_s = self.clock()
+        lent = self._lend(reopened.lease, gateway_id, now_s)
+        lent.num_settled = reopened.num_settled
+        if lent.holds_usd:
+            self.meter.hold(lent.entries[0], lent.entries[0].usd_held - reopened.usd_settled)
+        spent_here, _ = self._unknown_spend.pop(lease_id, (0.0, 0.0))
+        self.meter.add_spend(reopened.lease.key_id, reopened.usd_spent - spent_here, now_s)
+        if reopened.returned is not None:
+            self._give_back(reopened.returned)
+
+    def _rehold(self, reheld: Reheld, gateway_id: str) -> None:
+        """Counts a request a predecessor admitted exactly after its last checkpoint (with its cost, if settled)."""
+        if self._is_known(reheld.hold_id):
+            return
+        now_s = self.clock()
+        if reheld.usd_settled is None:
+            self._holds[reheld.hold_id] = (self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens, reheld.usd), gateway_id)
+        else:
+            self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens)
+            self.meter.add_spend(reheld.key_id, reheld.usd_settled, now_s)
+            self._forgotten[reheld.hold_id] = now_s
+
+    def checkpoint(self) -> bytes:
+        """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
+        `restore`."""
+        now_s = self.clock()
+        horizon_s = now_s - FORGOTTEN_KEPT_S
+        self._forgotten = {i: at_s for i, at_s in self._forgotten.items() if at_s > horizon_s}
+        self._unknown_spend = {i: x for i, x in self._unknown_spend.items() if x[1] > horizon_s}
+        self._called_at = {g: at_s for g, at_s in self._called_at.items() if at_s > horizon_s}
+        state = (self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, now_s)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes, active_s: float = ACTIVE_GATEWAY_S) -> None:
+        """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first). The
+        gateways that used keys in the `active_s` before it was written are expected to rejoin (`rejoining`)."""
+        self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, taken_at_s = pickle.loads(data)
+        self.rejoining = {g for g, at_s in self._called_at.items() if at_s > taken_at_s - active_s}
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
@@ -177,13 +295,17 @@ class KeyCounts:
             self._settle_leased(hold, num_tokens, usd)
             return
         found = self._holds.pop(hold, None)
-        if found is not None:  # else already released with its silent gateway: its cost is lost, not double counted
+        if found is not None:  # else released with its silent gateway, or a predecessor's: its cost is lost, not double counted
             self.meter.settle(found[0], num_tokens, usd, self.clock())
+            self._forgotten[hold] = self.clock()
 
     def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
         lent = self._lent.get(hold.lease_id)
         if lent is None:  # its lease went with a silent gateway (or a restarted actor never lent it): spent all the same
-            self.meter.add_spend(hold.key_id, usd, self.clock())
+            now_s = self.clock()
+            self.meter.add_spend(hold.key_id, usd, now_s)
+            spent, first_at_s = self._unknown_spend.get(hold.lease_id, (0.0, now_s))
+            self._unknown_spend[hold.lease_id] = (spent + usd, first_at_s)  # (not counted again if it is reopened)
             return
         lent.num_settled += 1
         first = lent.entries[0]
@@ -214,6 +336,7 @@ class KeyCounts:
     def _forget_if_done(self, lease_id: str, lent: _Lent) -> None:
         if lent.num_taken is not None and lent.num_settled >= lent.num_taken:
             del self._lent[lease_id]
+            self._forgotten[lease_id] = self.clock()
 
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self.meter.seed(key_id, usd_today, usd_this_month, self.clock())
@@ -228,6 +351,10 @@ class KeyCounts:
         for lease_id in lent:
             self.meter.release(self._lent.pop(lease_id).entries[0])
         return len(held) + len(lent)
+
+    def gateway_ids(self) -> set[str]:
+        """The gateways holding a hold or a lease."""
+        return {owner for _, owner in self._holds.values()} | {lent.gateway_id for lent in self._lent.values()}
 
     @property
     def num_holds(self) -> int:

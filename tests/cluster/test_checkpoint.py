@@ -1,0 +1,224 @@
+"""What a restarted control actor reads back from its checkpoint (Ray-free: `KeyCounts` and the actor's body
+in-process over a dict store; `test_ray_state.py` kills the real actor and its node)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+from switchboard.cluster.ray_checkpoint import Checkpointer, ControlCheckpoint, MemoryCheckpointStore
+from switchboard.cluster.ray_control import ControlActor
+from switchboard.cluster.ray_limits import KeyCounts, KeyLease, LeaseHold, Reheld, Reopened, Returned, Settled
+from switchboard.config import parse_config
+from switchboard.policies.keepalive import IdleHistogram, KeepAliveState
+from switchboard.tenants.keys import KeyLimits
+from switchboard.tenants.limits import OverLimit
+from switchboard.types import ExpertId
+
+RPM = KeyLimits(rpm=64, usd_per_day=1.0)
+
+
+def usage(counts: KeyCounts, key_id: str = "k") -> tuple[int, float, float]:
+    snapshot = counts.meter.snapshot(key_id, counts.clock())
+    return snapshot.num_requests, snapshot.usd_today, snapshot.usd_held
+
+
+def test_restored_key_counts_count_on_where_the_old_ones_stopped():
+    now = [1_800_000_000.0]
+    old = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    lease = old.lease("k", RPM, 10, 0.01, "gw", admit_one=True)
+    assert isinstance(lease, KeyLease) and lease.num_requests == 4
+    hold = old.admit("k", RPM, 10, 0.01, "gw")
+    old.settle(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.02)
+    restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    restored.restore(old.checkpoint())
+    assert usage(restored) == usage(old) and restored.gateway_ids() == {"gw"}
+
+    # The lease and the hold go on as if nothing happened: settled, returned, forgotten.
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.02), Settled(hold, 10, 0.03),
+                    Returned(lease.lease_id, 2, 2, 0, lease.usd - 0.02)])
+    num_requests, usd_today, usd_held = usage(restored)
+    assert (num_requests, round(usd_today, 9), round(usd_held, 9)) == (3, 0.07, 0.0)
+    assert restored.num_leases == restored.num_holds == 0
+    # New ids never collide with what the predecessor lent after its checkpoint (gateways may still hold those).
+    assert old.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id != restored.lease("k", RPM, 10, 0.01, "gw", admit_one=True).lease_id
+
+
+def rounded(values: tuple) -> tuple:
+    return tuple(round(v, 9) for v in values)
+
+
+def test_grants_made_after_the_checkpoint_are_counted_once_when_their_gateway_tells_them_again():
+    now = [1_800_000_000.0]
+    old = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    data = old.checkpoint()
+    lease = old.lease("k", RPM, 10, 0.01, "gw", admit_one=True)  # lent after the last checkpoint
+    old.settle(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01)  # lost with the old actor
+    restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    restored.restore(data)
+    assert usage(restored) == (0, 0.0, 0.0)
+    # A settlement that reaches the new actor before the lease does is spent once, not again with the lease.
+    reopened = Reopened(lease, num_taken=3, num_settled=2, usd_settled=0.02, usd_spent=0.02, returned=None)
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), reopened], "gw")
+    assert rounded(usage(restored)) == rounded((4, 0.02, lease.usd - 0.02))  # the whole lease; its settled holds released
+    restored.apply([reopened], "gw")  # known now: counted once
+    assert usage(restored)[0] == 4
+    returned = Returned(lease.lease_id, 3, 1, 0, lease.usd - 0.03)
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), returned])
+    assert restored.num_leases == 0 and rounded(usage(restored)) == (3, 0.03, 0.0)
+    # Done with and forgotten, it is still known: told again (a gateway's recent grants), it counts nothing more.
+    restored.apply([Reopened(lease, 3, 3, 0.03, 0.03, returned)], "gw")
+    assert rounded(usage(restored)) == (3, 0.03, 0.0)
+
+    # Exact admissions, running and settled.
+    running, settled = Reheld("gw/x.1", "k", 10, 0.01, None), Reheld("gw/x.2", "k", 10, 0.01, 0.005)
+    for _ in range(2):
+        restored.apply([running, settled], "gw")
+    assert rounded(usage(restored)) == (5, 0.035, 0.01)
+    restored.apply([Settled("gw/x.1", 10, 0.01)])
+    assert rounded(usage(restored)) == (5, 0.045, 0.0)
+
+
+def test_a_restarted_key_count_refuses_what_the_old_one_would_have():
+    """rpm 64 across a restart: what the predecessor counted plus what the restored one grants stays 64."""
+    now = [1_800_000_000.0]
+    limits = KeyLimits(rpm=64)
+    counts = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    granted = 0
+    for i in range(200):
+        if i == 50:  # the actor dies; its last checkpoint is current (every change is written)
+            data = counts.checkpoint()
+            counts = KeyCounts(window_s=60.0, clock=lambda: now[0])
+            counts.restore(data)
+        now[0] += 0.01
+        granted += isinstance(counts.admit("k", limits, 1, 0.0, "gw"), str)
+    assert granted == 64 and isinstance(counts.admit("k", limits, 1, 0.0, "gw"), OverLimit)
+
+
+async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval():
+    store = MemoryCheckpointStore()
+    taken = [0]
+
+    def take() -> ControlCheckpoint:
+        taken[0] += 1
+        return ControlCheckpoint({}, b"")
+
+    checkpointer = Checkpointer(store, "k", take, interval_s=0.2)
+    task = asyncio.create_task(checkpointer.run())
+    try:
+        for _ in range(50):
+            checkpointer.mark()  # a burst of changes
+        assert store.num_puts == 0  # mark() never writes: the task does
+        while store.num_puts < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert store.num_puts == 1 and taken[0] == 1  # one write for the burst, none after
+        assert await checkpointer.load() == ControlCheckpoint({}, b"")
+    finally:
+        task.cancel()
+    await checkpointer.delete()
+    assert await checkpointer.load() is None
+
+
+async def test_a_restarted_control_actor_starts_from_its_predecessors_histograms_and_key_counts():
+    """The actor's body twice over one store, as Ray restarts it: the second starts from the first's state."""
+    config = parse_config("""
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0}, warm_at_start: false}
+router: {enabled: false}
+storage: {enabled: false}
+""").model_dump(mode="json")
+    store = MemoryCheckpointStore()
+    first = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    await first.start()
+    learned = IdleHistogram(60.0, (3, 0, 7) + (0,) * 237, num_out_of_bounds=2, num_consumed=12)
+    first.fleet.loop.state = first.fleet.loop.state.__class__(keepalive=KeepAliveState({ExpertId("e"): learned}))
+    lease = await first.lease_key("gw", "k", RPM, 10, 0.01, True, [])
+    assert isinstance(lease, KeyLease)
+    while first.checkpointer.num_written < 2 or (await first.keepalive_histograms())["e"][1] != learned.counts:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(2 * first.checkpointer.interval_s)  # the last change written
+    before = await first.keepalive_histograms(), (await first.key_usage("k"))
+    await first.fleet.stop()  # the actor dies (its checkpoint stays: only `shutdown` removes it)
+
+    second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    # A key's call may reach it before anything starts its fleet: what it counts adds to the predecessor's.
+    assert await second.key_updates("gw", []) is None and await second.key_usage("k") == before[1]
+    await second.start()
+    try:
+        assert second.is_restored and (await second.keepalive_histograms(), (await second.key_usage("k"))) == before
+        # Its own activity starts afresh, so none of its idle gaps count as ingested.
+        assert second.fleet.loop.state.keepalive.histograms[ExpertId("e")].num_consumed == 0
+    finally:
+        await second.shutdown()
+    assert store.values == {}  # a fleet shut down leaves no checkpoint behind
+    await ControlActor(config, checkpoint_store=store, fleet_tag="other/").start()  # another fleet: nothing to restore
+
+
+async def test_three_gateways_grant_a_keys_rpm_once_across_a_restart_from_a_lagging_checkpoint():
+    """The actor dies at a random moment; its last checkpoint was written a random number of admissions before.
+    The restarted one restores it, the gateways tell it their recent grants (`reseed`), and the cluster still
+    grants a key's rpm at most once, and its budget (each request costing its estimate) overspent by at most one
+    request per gateway; what it under-grants is bounded too (leases and holds the lost writes left counted)."""
+    from switchboard.cluster.ray_key_ledger import RayKeyLedger
+    from switchboard.testing.actor_handles import InProcessHandle
+
+    config = parse_config("experts: [{id: e, backend: {kind: simulated, time_scale: 0}}]").model_dump(mode="json")
+    cases = [(KeyLimits(rpm=200), 200, 200), (KeyLimits(usd_per_day=1.2), 120, 120 + 3)]
+    for seed, (limits, num_allowed, num_at_most) in itertools.product(range(8), cases):
+        rng = random.Random(seed)
+        now = [1_800_000_000.0]
+        actors = [ControlActor(config, gateway_timeout_s=30.0, clock=lambda: now[0])]
+        actors[0].keys = KeyCounts(window_s=60.0, clock=lambda: now[0])
+        handle = lambda: InProcessHandle(actors[-1])  # noqa: E731 — the current incarnation
+        ledgers = [RayKeyLedger(handle, f"gw-{i}", "control", clock=lambda: now[0]) for i in range(3)]
+        checkpoint_at, crash_at = sorted(rng.sample(range(1, 150), 2))
+        checkpoint, num_admitted, in_flight = actors[0].keys.checkpoint(), 0, []
+        for i in range(400):
+            now[0] += 0.01
+            if i == checkpoint_at:
+                checkpoint = actors[-1].keys.checkpoint()
+            if i == crash_at:
+                restarted = ControlActor(config, gateway_timeout_s=30.0, clock=lambda: now[0])
+                restarted.keys = KeyCounts(window_s=60.0, clock=lambda: now[0])
+                restarted.keys.restore(checkpoint)
+                actors.append(restarted)
+                for ledger in ledgers:
+                    ledger.reseed()
+            ledger = ledgers[rng.randrange(3)]
+            verdict = await ledger.admit("k", limits, 10, 0.01)
+            if not isinstance(verdict, OverLimit):
+                num_admitted += 1
+                in_flight.append((ledger, verdict))
+            while in_flight and (len(in_flight) > 8 or rng.random() < 0.5):
+                done_by, hold = in_flight.pop(rng.randrange(len(in_flight)))
+                done_by.settle(hold, 10, 0.01)
+            if rng.random() < 0.2:
+                ledger.flush()
+            await asyncio.sleep(0)
+        assert num_allowed - 16 <= num_admitted <= num_at_most, (seed, limits, num_admitted)
+        for actor in actors:
+            await actor.shutdown()
+
+
+async def test_a_restarted_actor_lends_no_quota_until_the_gateways_that_used_keys_told_their_grants():
+    from switchboard.cluster.ray_limits import Rejoined
+
+    config = parse_config("experts: [{id: e, backend: {kind: simulated, time_scale: 0}}]").model_dump(mode="json")
+    store = MemoryCheckpointStore()
+    first = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    for gateway_id in ("gw-a", "gw-b"):
+        assert isinstance(await first.lease_key(gateway_id, "k", RPM, 10, 0.01, True, []), KeyLease)
+    await first.checkpointer.write()
+    second = ControlActor(config, checkpoint_store=store, fleet_tag="t/")
+    asking = asyncio.ensure_future(second.lease_key("gw-a", "k", RPM, 10, 0.01, True, [Rejoined()]))
+    while not second.is_restored:  # (the checkpoint is read in a thread)
+        await asyncio.sleep(0.01)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not asking.done() and second.keys.rejoining == {"gw-b"}  # gw-b may hold a lease unknown here
+    await second.key_updates("gw-b", [Rejoined()])
+    assert isinstance(await asking, KeyLease)
+    for actor in (first, second):
+        actor._checkpoints.cancel()
