@@ -134,23 +134,23 @@ def test_a_checkpoint_restores_every_window_hold_and_lease_and_is_plain_data_tak
                     num_tokens = rng.randrange(5, 15)
                     for c, lease in zip(counts, granted):
                         c.apply([Settled(LeaseHold(lease.lease_id, key, 10, 0.01), num_tokens, 0.008)], gateway)
-            elif choice < 0.7 and leases:
+            elif choice < 0.6 and leases:
                 gateway, granted, taken = leases.pop(rng.randrange(len(leases)))
                 for c, lease in zip(counts, granted):
                     c.apply([Returned(lease.lease_id, taken[0], (lease.num_requests or 1) - taken[0], 0,
                                       max(0.0, (lease.usd or 0.0) - 0.01 * taken[0]))], gateway)
-            elif choice < 0.85 and holds:
+            elif choice < 0.65 and holds:
                 gateway, granted = holds.pop(rng.randrange(len(holds)))
                 num_tokens = rng.randrange(5, 15)
                 for c, hold_id in zip(counts, granted):
                     c.apply([Settled(hold_id, num_tokens, 0.009)], gateway)
-            elif choice < 0.88:
+            elif choice < 0.655:
                 for c in counts:
                     c.release_gateway(gateway)
-            now[0] += rng.random() * 0.6
+            now[0] += rng.uniform(-0.05, 0.6) if rng.random() < 0.98 else -2.0  # now and then the clock steps back
 
-        checkpoint_at = rng.randrange(100, 500)
-        for step in range(600):
+        checkpoint_at = rng.randrange(300, 700)
+        for step in range(800):
             if step == checkpoint_at:
                 data, taken = counts[0].checkpoint(), key_state(counts[0])
                 encoded = ControlCheckpoint({}, data).encode()
@@ -167,6 +167,22 @@ def test_a_checkpoint_restores_every_window_hold_and_lease_and_is_plain_data_tak
                     granted.append(granted[0])  # the copy knows the original's grants by the same ids
             act()
             assert key_state(counts[-1]) == key_state(counts[0]), (seed, step)
+
+
+def test_a_hold_and_a_lease_older_than_the_window_are_restored_and_settle_alike():
+    now = [1_800_000_000.0]
+    original = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    hold = original.admit("a", KeyLimits(usd_per_day=1.0), 10, 0.1, "gw-0")
+    lease = original.lease("b", KeyLimits(rpm=160, usd_per_day=1.0), 10, 0.01, "gw-1", admit_one=False)
+    assert isinstance(hold, str) and isinstance(lease, KeyLease) and lease.num_requests == 10
+    now[0] += 61  # both out of their windows, still holding USD
+    copy = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    copy.restore(ControlCheckpoint.decode(ControlCheckpoint({}, original.checkpoint()).encode()).keys)
+    assert key_state(copy) == key_state(original) == (("a", 0, 0, 0.0, 0.1), ("b", 0, 0, 0.0, 0.06), 1, 1, ("gw-0", "gw-1"))
+    for counts in (original, copy):
+        counts.apply([Settled(hold, 12, 0.05)], "gw-0")
+        counts.apply([Settled(LeaseHold(lease.lease_id, "b", 10, 0.01), 9, 0.02), Returned(lease.lease_id, 1, 9, 0, 0.05)], "gw-1")
+    assert key_state(copy) == key_state(original) == (("a", 0, 0, 0.05, 0.0), ("b", 0, 0, 0.02, 0.0), 0, 0, ())
 
 
 async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval():

@@ -10,9 +10,9 @@ tolerance (an external Redis) the head too.
 
 Off the request path: a change only marks the state dirty; `Checkpointer` writes from a background task, at
 most every `CHECKPOINT_INTERVAL_S`. On the actor's event loop it only takes the state as plain data (lists of
-numbers: `UsageMeter.dump`, ~30 ns per rpm-window entry); the pickling and the blocking GCS call run in a thread
-(`benchmarks/ray_checkpoint_cost.py`: pickling the live objects had blocked the loop ~2.5 µs per entry, 140 ms
-CPU for 20 keys' full windows at rpm 3000). What the actor counted after its last
+numbers: `UsageMeter.dump`, ~0.1 µs per rpm-window entry); the pickling and the blocking GCS call run in a
+thread (`benchmarks/ray_checkpoint_cost.py`: pickling the live objects had held the loop ~2.7 µs per entry,
+~150 ms of CPU for 20 keys' full windows at rpm 3000). What the actor counted after its last
 write and before it died is lost (gateways make up the leases they still hold: `ray_limits.Reopened`).
 """
 

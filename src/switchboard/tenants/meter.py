@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from switchboard.tenants.limits import WINDOW_S, UsageSnapshot, WindowEntry, day_of, month_of
 
@@ -143,8 +142,8 @@ class UsageMeter:
 
     def dump(self, now_s: float) -> MeterDump:
         """Every key's usage at `now_s` as plain data (lists of numbers, made now: later changes to this meter do
-        not touch them), with a way to name its reservations (`MeterDump.ref`, `run`). About 30 ns per window
-        entry: no object per entry, which is what made pickling the meter itself cost ~2.5 µs per entry."""
+        not touch them), with a way to name its reservations (`MeterDump.ref`, `run`). About 0.1 µs per window
+        entry: no object per entry (pickling the meter's own objects costs ~2.7 µs per entry)."""
         keys = {}
         windows = {}
         for key_id, usage in self._keys.items():
@@ -157,7 +156,7 @@ class UsageMeter:
         return MeterDump(self.window_s, keys, windows)
 
     @classmethod
-    def load(cls, state: tuple) -> tuple[UsageMeter, Any]:
+    def load(cls, state: tuple) -> tuple[UsageMeter, Callable[[EntryRef], WindowEntry | list[WindowEntry]]]:
         """A meter counting what `MeterDump.state` holds, and a function giving back the reservation an
         `EntryRef` (or a `run`) names in it."""
         window_s, keys = state
