@@ -210,6 +210,36 @@ async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval(
     assert await checkpointer.load() is None
 
 
+async def test_deleting_the_checkpoint_waits_for_a_write_still_running_in_its_thread():
+    """A fleet shut down while a checkpoint is being written (in a thread, which cancelling the writer's task does
+    not stop) leaves no checkpoint behind."""
+    import threading
+
+    class SlowStore(MemoryCheckpointStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.putting, self.may_put = threading.Event(), threading.Event()
+
+        def put(self, key: str, value: bytes) -> None:
+            self.putting.set()
+            self.may_put.wait(10)
+            super().put(key, value)
+
+    store = SlowStore()
+    checkpointer = Checkpointer(store, "k", lambda: ControlCheckpoint({}, ()), interval_s=0.01)
+    task = asyncio.create_task(checkpointer.run())
+    checkpointer.mark()
+    while not store.putting.is_set():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    deleting = asyncio.create_task(checkpointer.delete())
+    await asyncio.sleep(0.05)
+    store.may_put.set()
+    await deleting
+    assert store.num_puts == 1 and store.values == {}
+
+
 async def test_a_restarted_control_actor_starts_from_its_predecessors_histograms_and_key_counts():
     """The actor's body twice over one store, as Ray restarts it: the second starts from the first's state."""
     config = parse_config("""

@@ -133,6 +133,8 @@ class Checkpointer:
         self.interval_s = interval_s
         self._dirty = asyncio.Event()
         self._is_writing = False
+        self._put_in_thread: asyncio.Future | None = None
+        """The last write's thread (it runs on when `run` is cancelled: `delete` waits for it)."""
         self.num_written = 0
 
     def mark(self) -> None:
@@ -158,7 +160,8 @@ class Checkpointer:
         checkpoint = self.take()  # on the loop, between two changes: consistent
         self._is_writing = True
         try:
-            is_written = await asyncio.to_thread(self._put, checkpoint)
+            self._put_in_thread = asyncio.ensure_future(asyncio.to_thread(self._put, checkpoint))
+            is_written = await asyncio.shield(self._put_in_thread)
         except Exception:  # noqa: BLE001 — retried: the state is dirty again
             log.warning("could not write the control actor's checkpoint; retrying", exc_info=True)
             self._dirty.set()
@@ -184,4 +187,8 @@ class Checkpointer:
             await asyncio.sleep(self.interval_s)
 
     async def delete(self) -> None:
+        """Deletes the checkpoint, after any write still running (else that write would bring it back). Stop
+        `run` first."""
+        if self._put_in_thread is not None:
+            await asyncio.gather(self._put_in_thread, return_exceptions=True)
         await asyncio.to_thread(self.store.delete, self.key)
