@@ -133,12 +133,11 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
 
     cluster, address = gcs_cluster
     config = gcs_config(address)
-    messages = MESSAGES
     try:
         with serve_in_thread(build_app(config), startup_timeout_s=120) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
             warm_id = client.chat.completions.with_raw_response.create(
-                model="warm-l4", messages=messages, max_tokens=2).headers["x-switchboard-replica"]
+                model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
             completed_before = num_completed(warm_id, config)
             # The control actor's checkpoints live in the GCS's key-value store: in Redis, so kept across a restart.
             internal_kv._internal_kv_put("test/sentinel", b"kept", namespace=KV_NAMESPACE)
@@ -156,7 +155,7 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
                     cluster.head_node.start_gcs_server()
                     back_at = time.monotonic()
                     # Full service: a request that needs a replica started, sent as soon as the GCS is back.
-                    cold = client.chat.completions.create(model="cold-cpu", messages=messages, max_tokens=3)
+                    cold = client.chat.completions.create(model="cold-cpu", messages=MESSAGES, max_tokens=3)
                     cold_at = time.monotonic()
                     wait_for(lambda: len([o for o in outcomes if o[0] > cold_at]) >= 10, 60, "warm requests after the GCS is back")
                 finally:
