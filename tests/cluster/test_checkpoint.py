@@ -96,6 +96,95 @@ def test_a_restarted_key_count_refuses_what_the_old_one_would_have():
     assert granted == 64 and isinstance(counts.admit("k", limits, 1, 0.0, "gw"), OverLimit)
 
 
+def key_state(counts: KeyCounts) -> tuple:
+    """What a key's counts decide with, for each key, rounded: window requests and tokens, spend, USD held; and
+    the holds and leases in flight."""
+    now_s = counts.clock()
+    keys = tuple((k, counts.meter.snapshot(k, now_s)) for k in ("a", "b"))
+    return tuple((k, u.num_requests, u.num_tokens, round(u.usd_today, 9), round(u.usd_held, 9)) for k, u in keys) + (
+        counts.num_holds, counts.num_leases, tuple(sorted(counts.gateway_ids())))
+
+
+def test_a_checkpoint_restores_every_window_hold_and_lease_and_is_plain_data_taken_at_once():
+    """Random leases, exact admissions, settlements, returns and silent gateways on two keys through three
+    gateways. At a random moment a checkpoint is taken, and the original counts one more call (not in it); a copy
+    restored from the checkpoint must count what the original counted when it was taken, and, given the same
+    calls from then on as a second copy restored at that moment, count as the original to the end. The
+    checkpoint holds no live object (plain data: the windows as numbers, pickled apart from the actor's state)."""
+    limits = KeyLimits(rpm=400, tpm=40_000, usd_per_day=5.0)
+    for seed in range(8):
+        rng = random.Random(seed)
+        now = [1_800_000_000.0]
+        counts = [KeyCounts(window_s=60.0, clock=lambda: now[0])]  # the original, then the copy
+        leases: list[tuple[str, list[KeyLease], list[int]]] = []  # (gateway, each one's lease, [requests taken])
+        holds: list[tuple[str, list[str]]] = []  # (gateway, each one's hold id)
+
+        def act() -> None:
+            choice, gateway, key = rng.random(), f"gw-{rng.randrange(3)}", rng.choice("ab")
+            if choice < 0.2:
+                granted = [c.lease(key, limits, 10, 0.01, gateway, admit_one=True) for c in counts]
+                if isinstance(granted[0], KeyLease):
+                    leases.append((gateway, granted, [0]))
+                elif isinstance(granted[0], str):
+                    holds.append((gateway, granted))
+            elif choice < 0.55 and leases:
+                gateway, granted, taken = rng.choice(leases)
+                if taken[0] < (granted[0].num_requests or 1):
+                    taken[0] += 1
+                    num_tokens = rng.randrange(5, 15)
+                    for c, lease in zip(counts, granted):
+                        c.apply([Settled(LeaseHold(lease.lease_id, key, 10, 0.01), num_tokens, 0.008)], gateway)
+            elif choice < 0.6 and leases:
+                gateway, granted, taken = leases.pop(rng.randrange(len(leases)))
+                for c, lease in zip(counts, granted):
+                    c.apply([Returned(lease.lease_id, taken[0], (lease.num_requests or 1) - taken[0], 0,
+                                      max(0.0, (lease.usd or 0.0) - 0.01 * taken[0]))], gateway)
+            elif choice < 0.65 and holds:
+                gateway, granted = holds.pop(rng.randrange(len(holds)))
+                num_tokens = rng.randrange(5, 15)
+                for c, hold_id in zip(counts, granted):
+                    c.apply([Settled(hold_id, num_tokens, 0.009)], gateway)
+            elif choice < 0.655:
+                for c in counts:
+                    c.release_gateway(gateway)
+            now[0] += rng.uniform(-0.05, 0.6) if rng.random() < 0.98 else -2.0  # now and then the clock steps back
+
+        checkpoint_at = rng.randrange(300, 700)
+        for step in range(800):
+            if step == checkpoint_at:
+                data, taken = counts[0].checkpoint(), key_state(counts[0])
+                encoded = ControlCheckpoint({}, data).encode()
+                taken_at_s = now[0]
+                act()  # counted after the checkpoint was taken: not in it
+                assert b"WindowEntry" not in encoded and b"_Lent" not in encoded
+                restored = KeyCounts(window_s=60.0, clock=lambda: taken_at_s)
+                restored.restore(ControlCheckpoint.decode(encoded).keys)
+                assert key_state(restored) == taken
+                copy = KeyCounts(window_s=60.0, clock=lambda: now[0])
+                copy.restore(counts[0].checkpoint())
+                counts.append(copy)
+                for granted in [g for _, g, _ in leases] + [g for _, g in holds]:
+                    granted.append(granted[0])  # the copy knows the original's grants by the same ids
+            act()
+            assert key_state(counts[-1]) == key_state(counts[0]), (seed, step)
+
+
+def test_a_hold_and_a_lease_older_than_the_window_are_restored_and_settle_alike():
+    now = [1_800_000_000.0]
+    original = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    hold = original.admit("a", KeyLimits(usd_per_day=1.0), 10, 0.1, "gw-0")
+    lease = original.lease("b", KeyLimits(rpm=160, usd_per_day=1.0), 10, 0.01, "gw-1", admit_one=False)
+    assert isinstance(hold, str) and isinstance(lease, KeyLease) and lease.num_requests == 10
+    now[0] += 61  # both out of their windows, still holding USD
+    copy = KeyCounts(window_s=60.0, clock=lambda: now[0])
+    copy.restore(ControlCheckpoint.decode(ControlCheckpoint({}, original.checkpoint()).encode()).keys)
+    assert key_state(copy) == key_state(original) == (("a", 0, 0, 0.0, 0.1), ("b", 0, 0, 0.0, 0.06), 1, 1, ("gw-0", "gw-1"))
+    for counts in (original, copy):
+        counts.apply([Settled(hold, 12, 0.05)], "gw-0")
+        counts.apply([Settled(LeaseHold(lease.lease_id, "b", 10, 0.01), 9, 0.02), Returned(lease.lease_id, 1, 9, 0, 0.05)], "gw-1")
+    assert key_state(copy) == key_state(original) == (("a", 0, 0, 0.05, 0.0), ("b", 0, 0, 0.02, 0.0), 0, 0, ())
+
+
 async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval():
     store = MemoryCheckpointStore()
     taken = [0]
@@ -119,6 +208,36 @@ async def test_the_checkpointer_writes_off_the_caller_at_most_once_per_interval(
         task.cancel()
     await checkpointer.delete()
     assert await checkpointer.load() is None
+
+
+async def test_deleting_the_checkpoint_waits_for_a_write_still_running_in_its_thread():
+    """A fleet shut down while a checkpoint is being written (in a thread, which cancelling the writer's task does
+    not stop) leaves no checkpoint behind."""
+    import threading
+
+    class SlowStore(MemoryCheckpointStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.putting, self.may_put = threading.Event(), threading.Event()
+
+        def put(self, key: str, value: bytes) -> None:
+            self.putting.set()
+            self.may_put.wait(10)
+            super().put(key, value)
+
+    store = SlowStore()
+    checkpointer = Checkpointer(store, "k", lambda: ControlCheckpoint({}, ()), interval_s=0.01)
+    task = asyncio.create_task(checkpointer.run())
+    checkpointer.mark()
+    while not store.putting.is_set():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    deleting = asyncio.create_task(checkpointer.delete())
+    await asyncio.sleep(0.05)
+    store.may_put.set()
+    await deleting
+    assert store.num_puts == 1 and store.values == {}
 
 
 async def test_a_restarted_control_actor_starts_from_its_predecessors_histograms_and_key_counts():

@@ -2,8 +2,12 @@
 with GCS fault tolerance (an external Redis) warm-replica requests through a gateway keep succeeding while it is
 away, none is lost or answered twice, and full service, a cold start included, is back soon after it returns.
 
-Its own cluster (this module's): a private `redis-server` (Debian's, installed by `scripts/redis.sh`; the test
-is skipped without one), a CPU head whose GCS stores its tables there (and hosts the cold expert), and one `l4` node.
+A replica whose actor dies while the GCS is away (as it would on a node taken for dead across the restart) is
+replaced once the GCS is back, and the requests it had or was sent are answered by the replacement.
+
+Its own cluster (this module's): a private `redis-server` (Debian's, installed by `scripts/redis.sh`; the tests
+are skipped without one), a CPU head whose GCS stores its tables there (and hosts the cold expert), and one `l4`
+node, with the other modules' fast health checks.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -20,11 +25,11 @@ import pytest
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
-from switchboard.testing.fleet_view import wait_for
+from switchboard.testing.fleet_view import fleet_view, replicas_of, wait_for
 from switchboard.testing.servers import free_port, serve_in_thread
 
-from .conftest import NODE_ARGS
-from .test_ray_restart import num_completed
+from .conftest import FAST_HEALTH_CHECKS, NODE_ARGS
+from .test_ray_restart import num_completed, replica_actor
 
 pytestmark = [pytest.mark.ray]
 
@@ -32,6 +37,7 @@ FULL_SERVICE_WITHIN_S = 15.0
 OUTAGE_MIN_REQUESTS = 30
 OUTAGE_MIN_S = 3.0
 """The GCS is started again once it was away this long and this many warm requests were sent meanwhile."""
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +74,15 @@ def gcs_cluster(redis_address):
     from ray.cluster_utils import Cluster
 
     # Ray reads it when each node starts (`ray._private.node.Node`); the driver and the gateway need it not.
-    # Ray's default health checks (a node is dead after ~15 s unheard), not the other modules' fast ones: a
-    # restarted GCS must not take a node for dead while its raylet reconnects on a loaded machine.
+    # The other modules' fast health checks, as a GCS-FT user may tune them: a check fails on a refused
+    # connection or after `health_check_timeout_ms` (10 s, unchanged), so a raylet slow to answer the restarted
+    # GCS on a loaded machine is not taken for dead (docs/ray.md, "A head that survives its GCS"). Raylets and
+    # workers wait this long for the GCS to come back before they exit.
     os.environ["RAY_REDIS_ADDRESS"] = redis_address
     try:
         cluster = Cluster(initialize_head=True, head_node_args={
-            **NODE_ARGS, "resources": {"switchboard/hw:cpu": 1}, "_system_config": {"gcs_rpc_server_reconnect_timeout_s": 120}})
+            **NODE_ARGS, "resources": {"switchboard/hw:cpu": 1},
+            "_system_config": {**FAST_HEALTH_CHECKS, "gcs_rpc_server_reconnect_timeout_s": 120}})
         cluster.add_node(**NODE_ARGS, resources={"switchboard/hw:l4": 1}, labels={"switchboard/worker-id": "l4-a"})
     finally:
         del os.environ["RAY_REDIS_ADDRESS"]
@@ -103,6 +112,19 @@ control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
 """)
 
 
+def keep_sending(url: str, outcomes: list[tuple[float, str]], stop: threading.Event) -> None:
+    """Sends warm-l4 requests one after another until `stop`, appending (sent at, "ok on <replica>" or
+    "error: ...") to `outcomes`."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    while not stop.is_set():
+        sent_at = time.monotonic()
+        try:
+            answer = client.chat.completions.with_raw_response.create(model="warm-l4", messages=MESSAGES, max_tokens=4)
+            outcomes.append((sent_at, "ok on " + answer.headers["x-switchboard-replica"]))
+        except openai.APIError as exc:
+            outcomes.append((sent_at, f"error: {exc.message}"))
+
+
 def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_cluster):
     from ray.experimental import internal_kv
 
@@ -111,30 +133,18 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
 
     cluster, address = gcs_cluster
     config = gcs_config(address)
-    messages = [{"role": "user", "content": "hi"}]
     try:
         with serve_in_thread(build_app(config), startup_timeout_s=120) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
             warm_id = client.chat.completions.with_raw_response.create(
-                model="warm-l4", messages=messages, max_tokens=2).headers["x-switchboard-replica"]
+                model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
             completed_before = num_completed(warm_id, config)
             # The control actor's checkpoints live in the GCS's key-value store: in Redis, so kept across a restart.
             internal_kv._internal_kv_put("test/sentinel", b"kept", namespace=KV_NAMESPACE)
             outcomes: list[tuple[float, str]] = []  # (sent at, "ok on <replica>" or "error: ...")
             stop = threading.Event()
-
-            def keep_sending() -> None:
-                own = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-                while not stop.is_set():
-                    sent_at = time.monotonic()
-                    try:
-                        answer = own.chat.completions.with_raw_response.create(model="warm-l4", messages=messages, max_tokens=4)
-                        outcomes.append((sent_at, "ok on " + answer.headers["x-switchboard-replica"]))
-                    except openai.APIError as exc:
-                        outcomes.append((sent_at, f"error: {exc.message}"))
-
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                senders = [pool.submit(keep_sending) for _ in range(3)]
+                senders = [pool.submit(keep_sending, url, outcomes, stop) for _ in range(3)]
                 try:
                     wait_for(lambda: len(outcomes) >= 10, 60, "requests flowing before the GCS dies")
                     killed_at = time.monotonic()
@@ -145,7 +155,7 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
                     cluster.head_node.start_gcs_server()
                     back_at = time.monotonic()
                     # Full service: a request that needs a replica started, sent as soon as the GCS is back.
-                    cold = client.chat.completions.create(model="cold-cpu", messages=messages, max_tokens=3)
+                    cold = client.chat.completions.create(model="cold-cpu", messages=MESSAGES, max_tokens=3)
                     cold_at = time.monotonic()
                     wait_for(lambda: len([o for o in outcomes if o[0] > cold_at]) >= 10, 60, "warm requests after the GCS is back")
                 finally:
@@ -165,5 +175,62 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
             print(f"GCS away {restarted_at - killed_at:.1f} s ({len(during)} warm requests, {len(ok_during)} ok); "
                   f"restarted in {back_at - restarted_at:.1f} s; cold start answered {cold_at - back_at:.1f} s after")
             assert cold_at - back_at <= FULL_SERVICE_WITHIN_S, f"full service {cold_at - back_at:.1f} s after the GCS is back"
+    finally:
+        stop_control_actor(config.cluster)
+
+
+def test_a_replica_whose_actor_dies_while_the_gcs_is_away_is_replaced_and_no_request_is_lost(gcs_cluster):
+    """The warm replica's actor process is killed while the GCS is away (as a node marked dead across a GCS
+    restart takes its actors): requests keep getting answered — those it was running or was sent are retried on
+    its replacement, which the control plane starts as soon as the GCS is back."""
+    import ray
+
+    from switchboard.cluster.ray_control import stop_control_actor
+
+    cluster, address = gcs_cluster
+    config = gcs_config(address)
+    try:
+        with serve_in_thread(build_app(config), startup_timeout_s=120) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            warm_id = client.chat.completions.with_raw_response.create(
+                model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
+            actor = replica_actor(warm_id, config)
+            pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
+            outcomes: list[tuple[float, str]] = []
+            stop = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                senders = [pool.submit(keep_sending, url, outcomes, stop) for _ in range(3)]
+                try:
+                    wait_for(lambda: len(outcomes) >= 10, 60, "requests flowing before the GCS dies")
+                    killed_at = time.monotonic()
+                    cluster.head_node.kill_gcs_server()
+                    wait_for(lambda: len([o for o in outcomes if o[0] > killed_at]) >= 10, 60, "warm requests while the GCS is away")
+                    os.kill(pid, signal.SIGKILL)
+                    replica_killed_at = time.monotonic()
+                    wait_for(lambda: warm_id not in {r["replica_id"] for r in replicas_of(fleet_view(url), "warm-l4")}, 60,
+                             "the gateway to see the replica lost while the GCS is away")
+                    wait_for(lambda: time.monotonic() - killed_at >= OUTAGE_MIN_S, 60, "the outage to last")
+                    cluster.head_node.start_gcs_server()
+                    back_at = time.monotonic()
+                    wait_for(lambda: [o for o in outcomes if o[0] > back_at and o[1].startswith("ok")], 60,
+                             "a request answered after the GCS is back")
+                    answered_at = time.monotonic()
+                    wait_for(lambda: len([o for o in outcomes if o[0] > answered_at]) >= 10, 60, "warm requests after that")
+                finally:
+                    stop.set()
+                for sender in senders:
+                    sender.result(timeout=180)  # none hangs
+
+            failed = [o for o in outcomes if not o[1].startswith("ok")]
+            assert not failed, failed
+            replacements = {o[1][len("ok on "):] for o in outcomes} - {warm_id}
+            assert len(replacements) == 1, replacements
+            (replacement,) = replacements
+            assert all(o[1] == f"ok on {warm_id}" for o in outcomes if o[0] < killed_at)
+            # None answered twice: the replacement answered exactly the requests it was credited with.
+            assert num_completed(replacement, config) == sum(o[1] == f"ok on {replacement}" for o in outcomes)
+            print(f"replica killed {replica_killed_at - killed_at:.1f} s into a {back_at - killed_at:.1f} s GCS outage; "
+                  f"first answer by its replacement {answered_at - back_at:.1f} s after the GCS was back; "
+                  f"{len(outcomes)} requests, all answered")
     finally:
         stop_control_actor(config.cluster)

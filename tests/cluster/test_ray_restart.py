@@ -61,13 +61,20 @@ def control_actor_node(config) -> str:
     return ray.get(actor.node_id.remote(), timeout=60)
 
 
-def num_completed(replica_id: str, config) -> int:
-    """How many requests the replica's actor answered in full, asked from the actor."""
+def replica_actor(replica_id: str, config):
+    """The handle of the replica's actor, found by name."""
     import ray
 
     (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["namespace"] == config.cluster.namespace and a["name"].endswith("/" + replica_id)]
-    return ray.get(ray.get_actor(name, namespace=config.cluster.namespace).describe.remote(), timeout=30)["num_completed"]
+    return ray.get_actor(name, namespace=config.cluster.namespace)
+
+
+def num_completed(replica_id: str, config) -> int:
+    """How many requests the replica's actor answered in full, asked from the actor."""
+    import ray
+
+    return ray.get(replica_actor(replica_id, config).describe.remote(), timeout=30)["num_completed"]
 
 
 def test_killing_the_control_actors_node_under_load_loses_no_request(ray_cluster, control_nodes, restart_gateway):

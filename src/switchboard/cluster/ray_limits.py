@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import pickle
 import time
 import uuid
 from collections.abc import Callable
@@ -270,21 +269,36 @@ class KeyCounts:
             self.meter.add_spend(reheld.key_id, reheld.usd_settled, now_s)
             self._forgotten[reheld.hold_id] = now_s
 
-    def checkpoint(self) -> bytes:
+    def checkpoint(self) -> tuple:
         """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
-        `restore`."""
+        `restore`: plain data (numbers, strings, tuples, lists and dicts made now, none shared with this object),
+        so that it can be pickled in another thread while this object goes on counting, and cheap to take (the
+        windows as lists of numbers: `UsageMeter.dump`)."""
         now_s = self.clock()
         horizon_s = now_s - FORGOTTEN_KEPT_S
         self._forgotten = {i: at_s for i, at_s in self._forgotten.items() if at_s > horizon_s}
         self._unknown_spend = {i: x for i, x in self._unknown_spend.items() if x[1] > horizon_s}
         self._called_at = {g: at_s for g, at_s in self._called_at.items() if at_s > horizon_s}
-        state = (self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, now_s)
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        dump = self.meter.dump(now_s)
+        holds = {hold_id: (dump.ref(entry), owner) for hold_id, (entry, owner) in self._holds.items()}
+        # A lease given back uses only its first entry from then on (its hold and tokens): the rest are not kept.
+        lent = {lease_id: (x.gateway_id, dump.run(x.entries) if x.num_taken is None else (dump.ref(x.entries[0]),),
+                           x.counts_requests, x.counts_tokens, x.holds_usd, x.num_taken, x.num_settled)
+                for lease_id, x in self._lent.items()}
+        return (dump.state, holds, lent, dict(self._forgotten), dict(self._unknown_spend), dict(self._called_at), now_s)
 
-    def restore(self, data: bytes, active_s: float = ACTIVE_GATEWAY_S) -> None:
-        """Counts what `checkpoint` wrote, instead of what this object counted (a fresh one: restore first). The
-        gateways that used keys in the `active_s` before it was written are expected to rejoin (`rejoining`)."""
-        self.meter, self._holds, self._lent, self._forgotten, self._unknown_spend, self._called_at, taken_at_s = pickle.loads(data)
+    def restore(self, data: tuple, active_s: float = ACTIVE_GATEWAY_S) -> None:
+        """Counts what `checkpoint` took, instead of what this object counted (a fresh one: restore first). The
+        gateways that used keys in the `active_s` before it was taken are expected to rejoin (`rejoining`)."""
+        meter_state, holds, lent, forgotten, unknown_spend, called_at, taken_at_s = data
+        self.meter, resolve = UsageMeter.load(meter_state)
+
+        def entries(refs: Any) -> list[Reservation]:
+            return resolve(refs) if refs[0] == "r" else [resolve(ref) for ref in refs]
+
+        self._holds = {hold_id: (resolve(ref), owner) for hold_id, (ref, owner) in holds.items()}
+        self._lent = {lease_id: _Lent(gateway_id, entries(refs), *rest) for lease_id, (gateway_id, refs, *rest) in lent.items()}
+        self._forgotten, self._unknown_spend, self._called_at = dict(forgotten), dict(unknown_spend), dict(called_at)
         self.rejoining = {g for g, at_s in self._called_at.items() if at_s > taken_at_s - active_s}
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:

@@ -7,12 +7,18 @@ processes behind a balancer each enforce the full rate limit; budgets are rebuil
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
+from collections.abc import Callable, Sequence
 
 from switchboard.tenants.limits import WINDOW_S, UsageSnapshot, WindowEntry, day_of, month_of
 
 
 Reservation = WindowEntry  # what `reserve` returns and `settle` takes
+
+EntryRef = tuple
+"""Names a reservation in a `MeterDump`: ("w", key, position in its window), or ("v", key, at_s, tokens, USD
+held) for one no longer in its window."""
 
 
 class _KeyUsage:
@@ -131,3 +137,86 @@ class UsageMeter:
         usage.usd_day = max(usd_today, usage.usd_day if usage.day == day else 0.0)
         usage.usd_month = max(usd_this_month, usage.usd_month if usage.month == month else 0.0)
         usage.day, usage.month = day, month
+
+    # ---- plain-data copies (the Ray control actor's checkpoint, `switchboard.cluster.ray_limits`)
+
+    def dump(self, now_s: float) -> MeterDump:
+        """Every key's usage at `now_s` as plain data (lists of numbers, made now: later changes to this meter do
+        not touch them), with a way to name its reservations (`MeterDump.ref`, `run`). About 0.1 µs per window
+        entry: no object per entry (pickling the meter's own objects costs ~2.7 µs per entry)."""
+        keys = {}
+        windows = {}
+        for key_id, usage in self._keys.items():
+            self.snapshot(key_id, now_s)  # drops what left the window
+            entries = list(usage.window)
+            windows[key_id] = entries
+            keys[key_id] = ((usage.num_tokens, usage.day, usage.usd_day, usage.month, usage.usd_month, usage.usd_held,
+                             usage.num_holding), [e.at_s for e in entries], [e.num_tokens for e in entries],
+                            [e.usd_held for e in entries])
+        return MeterDump(self.window_s, keys, windows)
+
+    @classmethod
+    def load(cls, state: tuple) -> tuple[UsageMeter, Callable[[EntryRef], WindowEntry | list[WindowEntry]]]:
+        """A meter counting what `MeterDump.state` holds, and a function giving back the reservation an
+        `EntryRef` (or a `run`) names in it."""
+        window_s, keys = state
+        meter = cls(window_s)
+        windows: dict[str, list[WindowEntry]] = {}
+        for key_id, (scalars, at_s, tokens, usd_held) in keys.items():
+            usage = meter._usage(key_id)
+            (usage.num_tokens, usage.day, usage.usd_day, usage.month, usage.usd_month, usage.usd_held,
+             usage.num_holding) = scalars
+            entries = windows[key_id] = [WindowEntry(key_id, a, t, u) for a, t, u in zip(at_s, tokens, usd_held)]
+            usage.window = deque(entries)
+
+        def resolve(ref: EntryRef) -> WindowEntry | list[WindowEntry]:
+            if ref[0] == "w":
+                return windows[ref[1]][ref[2]]
+            if ref[0] == "r":
+                return windows[ref[1]][ref[2]:ref[2] + ref[3]]
+            entry = WindowEntry(ref[1], ref[2], ref[3], ref[4])
+            entry.in_window = False
+            return entry
+
+        return meter, resolve
+
+
+class MeterDump:
+    """`UsageMeter.dump`'s answer: `state` (plain data for `UsageMeter.load`) and names for the meter's
+    reservations, valid until the meter changes."""
+
+    def __init__(self, window_s: float, keys: dict[str, tuple], windows: dict[str, list[WindowEntry]]) -> None:
+        self.state = (window_s, keys)
+        self._windows = windows
+        self._positions: dict[str, dict[int, int]] = {}
+
+    def _position(self, entry: WindowEntry) -> int:
+        """The entry's position in its key's window: by bisection on the window's times (they grow as entries
+        are appended), an identity map of the window where they do not (a clock stepped back)."""
+        entries = self._windows[entry.key_id]
+        times = self.state[1][entry.key_id][1]
+        i = bisect.bisect_left(times, entry.at_s)
+        while i < len(entries) and times[i] == entry.at_s:
+            if entries[i] is entry:
+                return i
+            i += 1
+        positions = self._positions.get(entry.key_id)
+        if positions is None:
+            positions = self._positions[entry.key_id] = {id(e): j for j, e in enumerate(entries)}
+        return positions[id(entry)]
+
+    def ref(self, entry: WindowEntry) -> EntryRef:
+        if entry.in_window:
+            return ("w", entry.key_id, self._position(entry))
+        return ("v", entry.key_id, entry.at_s, entry.num_tokens, entry.usd_held)
+
+    def run(self, entries: Sequence[WindowEntry]) -> EntryRef | tuple[EntryRef, ...]:
+        """Names `entries` (a quota lease's: appended together, so side by side in the window while none has left
+        it) as one ("r", key, start, count), or, where they are not side by side, one `ref` each."""
+        first = entries[0]
+        if first.in_window:
+            window = self._windows[first.key_id]
+            start = self._position(first)
+            if window[start:start + len(entries)] == list(entries):  # identity: entries define no __eq__
+                return ("r", first.key_id, start, len(entries))
+        return tuple(self.ref(e) for e in entries)
