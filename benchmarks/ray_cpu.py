@@ -6,8 +6,9 @@ the control actor), drives each cell's load through them in turn, and reads ever
 seconds (psutil) before the load and again `--settle` seconds after it (so work a process still does for the
 load, e.g. the control actor counting reports, is charged to it). It prints, per cell and side, CPU µs per
 request for: the gateways, the replica actors, the control actor, Ray's own processes (raylet, GCS, agents,
-idle workers) and this load generator. CPU time is robust to the shared machine's load where wall-clock
-throughput is not; an idle window of the same length is measured too (what the processes spend with no load).
+idle workers) and this load generator — this script's processes and their descendants only, never another job's
+on a shared machine. CPU time is robust to the machine's load where wall-clock throughput is not; an idle window
+of the same length is measured too (what the processes spend with no load).
 
 Run with the code to measure first on the path (A/B against another checkout by `PYTHONPATH`):
   PYTHONPATH=$PWD/src .venv/bin/python benchmarks/ray_cpu.py [--gateways 3] [--duration 4] [--rounds 2]
@@ -49,15 +50,15 @@ def _group(proc: psutil.Process, gateway_pids: set[int], is_ray: bool) -> str | 
         return "replica actors"
     if name.startswith("ray::ControlActor"):
         return "control actor"
-    if name.startswith("ray::") or "raylet" in name or "gcs_server" in name or "/ray/" in name:
-        return "ray system"
-    return None
+    return "ray system"  # the GCS, the raylet, Ray's agents and idle workers of this cluster
 
 
-def _cpu_by_group(gateway_pids: set[int], is_ray: bool) -> dict[str, float]:
-    """CPU seconds (user + system) so far of every process in a group, summed per group."""
-    totals = dict.fromkeys(GROUPS, 0.0)
-    for proc in psutil.process_iter():
+def _cpu_by_process(gateway_pids: set[int], is_ray: bool) -> dict[int, tuple[str, float]]:
+    """Pid -> (group, CPU seconds so far, user + system) of this process and its descendants (the embedded
+    gateway, the Ray cluster this script started, its workers and the Ray gateways: never another job's)."""
+    me = psutil.Process()
+    found = {}
+    for proc in [me, *me.children(recursive=True)]:
         group = _group(proc, gateway_pids, is_ray)
         if group is None:
             continue
@@ -65,7 +66,16 @@ def _cpu_by_group(gateway_pids: set[int], is_ray: bool) -> dict[str, float]:
             times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        totals[group] += times.user + times.system
+        found[proc.pid] = (group, times.user + times.system)
+    return found
+
+
+def _cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each group spent between two `_cpu_by_process` readings (a process that started in between
+    counts from zero; one that ended, not at all)."""
+    totals = dict.fromkeys(GROUPS, 0.0)
+    for pid, (group, cpu_s) in after.items():
+        totals[group] += cpu_s - before.get(pid, (group, 0.0))[1]
     return totals
 
 
@@ -80,13 +90,13 @@ def _measure(ports: list[int], gateway_pids: set[int], is_ray: bool, model: str,
                      duration_s=duration_s, warmup_s=0)
             for port, share in zip(ports, shares) if share))
 
-    before = _cpu_by_group(gateway_pids, is_ray)
+    before = _cpu_by_process(gateway_pids, is_ray)
     results = asyncio.run(load())
     time.sleep(settle_s)
-    after = _cpu_by_group(gateway_pids, is_ray)
+    spent = _cpu_by_group(before, _cpu_by_process(gateway_pids, is_ray))
     num_requests = sum(r.num_requests for r in results)
     num_errors = sum(r.num_errors for r in results)
-    cpu_us = {g: (after[g] - before[g]) / max(1, num_requests) * 1e6 for g in GROUPS}
+    cpu_us = {g: spent[g] / max(1, num_requests) * 1e6 for g in GROUPS}
     return {"rps": num_requests / max(r.elapsed_s for r in results), "num_requests": num_requests, "num_errors": num_errors,
             "cpu_us": cpu_us, "cpu_us_total": sum(cpu_us.values())}
 
@@ -115,10 +125,10 @@ def main() -> None:
         time.sleep(args.settle)
         idle = {}
         for name, (_, pids) in sides.items():
-            start = _cpu_by_group(pids, name == "ray")
+            start = _cpu_by_process(pids, name == "ray")
             time.sleep(args.duration)
-            end = _cpu_by_group(pids, name == "ray")
-            idle[name] = {g: (end[g] - start[g]) / args.duration * 1e3 for g in GROUPS}  # ms of CPU per s
+            spent = _cpu_by_group(start, _cpu_by_process(pids, name == "ray"))
+            idle[name] = {g: spent[g] / args.duration * 1e3 for g in GROUPS}  # ms of CPU per s
         for model, stream, concurrency in CELLS:
             for index in range(args.rounds):
                 order = list(sides) if index % 2 == 0 else list(sides)[::-1]

@@ -128,8 +128,9 @@ class RayCluster:
             lifetime="detached",
             max_concurrency=1000,  # an async actor: concurrent requests interleave on its event loop
             # No task events (the per-task state records behind `ray list tasks` and the dashboard) for its calls,
-            # as Ray Serve does for its replicas: every request's call would otherwise record its transitions in
-            # the caller and here and ship them to the GCS (issue 17: the GCS's CPU per call fell by ~2/3).
+            # as Ray Serve does for its replicas: every call would otherwise record its transitions in the caller
+            # and here and ship them to the GCS (issue 17; in a bare-call test the GCS spent 13 µs per call
+            # without them, 17–43 µs with).
             enable_task_events=False,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )

@@ -1,15 +1,15 @@
 """What crosses the boundary between a gateway and a replica actor for each request, packed as values Ray
-serializes without pickling (docs/ray.md, "Batched calls"; issue 17).
+serializes without pickling (docs/ray.md, "What crosses per request"; issue 17).
 
 Ray packs an actor call's arguments and its answer with msgpack and pickles (cloudpickle) only what msgpack does
 not hold natively: exact lists, dicts, str, bytes, int, float, bool and None travel as they are, but a tuple, a
 dataclass or an enum is pickled, and unpickled on the other side by Python code per object (a frozen slotted
 dataclass: `__getstate__`/`__setstate__` calls). A streamed answer of 16 tokens is 19 such objects: packing them
-cost ~85 µs and unpacking ~40 µs here, as much as the engine's own work for the request; the same events as
-strings and lists, ~3 µs and ~1 µs. So requests, and the events every answer has (plain text pieces, the
-`Finish`, a plain `Completion`), travel packed; any other event (a `RawChunk`, a `TextDelta` with logprobs or a raw
-delta, a `RemoteEngineError`, a `Finish` with a reason outside `FinishReason`, ...) travels as itself, pickled by
-Ray as before, and comes out equal. `unpack_*(pack_*(x))` == x for every value.
+cost 67 µs of CPU and unpacking 36 µs here, as much as the engine's own work for the request; the same events as
+strings and lists, under 1 µs each (`benchmarks/ray_wire_cost.py`). So requests, and the events every answer has
+(plain text pieces, the `Finish`, a plain `Completion`), travel packed; any other event (a `RawChunk`, a
+`TextDelta` with logprobs or a raw delta, a `RemoteEngineError`, a `Finish` with a reason outside `FinishReason`,
+...) travels as itself, pickled by Ray as before, and comes out equal. `unpack_*(pack_*(x))` == x for every value.
 """
 
 from __future__ import annotations
