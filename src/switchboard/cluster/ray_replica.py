@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamBatch, StreamChannel
+from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel, pack_batches
+from switchboard.cluster.ray_wire import unpack_request
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import Completion, EngineError, EngineUnavailable, GenerationRequest, ReplicaLost, StreamEvent
 
@@ -83,21 +84,24 @@ class ReplicaActor:
         self.num_completed_whole += 1
         return completion
 
-    async def open_many(self, requests: list[tuple[int, GenerationRequest, bool]], channel_id: str,
-                        wait_s: float | None) -> list[StreamBatch]:
-        """Starts each (stream id, request, is_whole) of the caller's `channel_id` at once, to run concurrently:
-        streamed, or whole (its one event is the `Completion`). Returns one batch per request, in order, once each
-        has an event ready or `wait_s` passed (later events come from `stream_take`)."""
-        return await self.streams.open_many([(stream_id, self._whole(request) if is_whole else self.engine.stream(request))
-                                             for stream_id, request, is_whole in requests], self.expert_id, channel_id, wait_s)
+    async def open_many(self, requests: list[list[Any]], channel_id: str, wait_s: float | None) -> list[list[Any]]:
+        """Starts each request (`ray_wire.pack_request`: stream id, request, is_whole) of the caller's `channel_id`
+        at once, to run concurrently: streamed, or whole (its one event is the `Completion`). Returns one batch per
+        request (`ray_streams.pack_batches`), in order, once each has an event ready or `wait_s` passed (later
+        events come from `stream_take`)."""
+        opened = []
+        for packed in requests:
+            stream_id, request, is_whole = unpack_request(packed)
+            opened.append((stream_id, self._whole(request) if is_whole else self.engine.stream(request)))
+        return pack_batches(await self.streams.open_many(opened, self.expert_id, channel_id, wait_s))
 
     async def _whole(self, request: GenerationRequest) -> AsyncIterator[Completion]:
         yield await self.engine.complete(request)
 
-    async def stream_take(self, channel_id: str) -> list[StreamBatch]:
+    async def stream_take(self, channel_id: str) -> list[list[Any]]:
         """The events ready on any stream of `channel_id` since the last take, one batch per stream (waiting
-        for at least one)."""
-        return await self.streams.take(channel_id)
+        for at least one), packed (`ray_streams.pack_batches`)."""
+        return pack_batches(await self.streams.take(channel_id))
 
     def stream_cancel(self, channel_id: str, stream_id: int) -> None:
         """The caller went away: stop generating that stream."""
@@ -181,10 +185,10 @@ class RayReplicaEngine:
             raise EngineUnavailable(self.expert_id, self.lost or f"replica {self.replica_id} is not running")
         return self.actor
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's requests to it)."""
-        async for event in self._events(request, whole=False):
-            yield event
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """The replica's events, fetched in batches (`StreamChannel`, shared by this process's requests to it).
+        (`_events` itself, not a generator around it: each layer costs every token a step.)"""
+        return self._events(request, whole=False)
 
     async def _events(self, request: GenerationRequest, *, whole: bool) -> AsyncIterator[Any]:
         from ray.exceptions import RayError

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from switchboard.cluster.ray_wire import pack_event, pack_request, unpack_event
 from switchboard.engines import base as engine_base
 from switchboard.engines.base import EngineError, GenerationRequest, StreamEvent
 
@@ -53,6 +54,17 @@ class StreamBatch:
     stream_id: int
     events: list[Any]
     is_last: bool
+
+
+def pack_batches(batches: list[StreamBatch]) -> list[list[Any]]:
+    """Batches as they cross to the gateway: each [stream id, is last, [its events, packed]] (`ray_wire`)."""
+    return [[batch.stream_id, batch.is_last, [pack_event(event) for event in batch.events]] for batch in batches]
+
+
+def unpack_batch(packed: list[Any]) -> StreamBatch:
+    """The `StreamBatch` of one `pack_batches` item."""
+    stream_id, is_last, events = packed
+    return StreamBatch(stream_id, [unpack_event(event) for event in events], is_last)
 
 
 class _OpenStream:
@@ -123,20 +135,28 @@ class OpenStreams:
         self._cancel_abandoned()
         channel = self._channel(channel_id)
         num_waiting = len(opened)
-        all_ready = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # A future and a timer rather than `wait_for(event.wait(), ...)`, which costs a task more per call.
+        all_ready = loop.create_future()
+
+        def ready() -> None:
+            if not all_ready.done():
+                all_ready.set_result(None)
 
         def on_first() -> None:
             nonlocal num_waiting
             num_waiting -= 1
             if num_waiting == 0:
-                all_ready.set()
+                ready()
 
         started = [self._start((channel_id, stream_id), events, expert_id, channel, on_first) for stream_id, events in opened]
         if num_waiting > 0:
+            timer = None if wait_s is None else loop.call_later(wait_s, ready)
             try:
-                await asyncio.wait_for(all_ready.wait(), wait_s)
-            except asyncio.TimeoutError:
-                pass
+                await all_ready
+            finally:
+                if timer is not None:
+                    timer.cancel()
         batches = []
         for key, stream in started:
             batch = self._drain(key, stream, [])
@@ -326,7 +346,8 @@ class StreamChannel:
                     item.is_sent = True
                 try:
                     answers = await self.actor.open_many.remote(
-                        [(item.stream_id, item.request, item.is_whole) for item in batch], self.channel_id, self.open_wait_s)
+                        [pack_request(item.stream_id, item.request, item.is_whole) for item in batch], self.channel_id,
+                        self.open_wait_s)
                 except Exception as exc:  # noqa: BLE001 — a dead actor or node ends every request of the batch
                     answers = [exc] * len(batch)
                 for item, answer in zip(batch, answers):
@@ -335,7 +356,7 @@ class StreamChannel:
                     if isinstance(answer, BaseException):
                         item.answer.set_exception(answer)
                     else:
-                        item.answer.set_result(answer)
+                        item.answer.set_result(unpack_batch(answer))
         finally:
             self._opening = None
 
@@ -358,7 +379,8 @@ class StreamChannel:
     async def _take_while_open(self) -> None:
         try:
             while self._queues:
-                for batch in await self.actor.stream_take.remote(self.channel_id):
+                for packed in await self.actor.stream_take.remote(self.channel_id):
+                    batch = unpack_batch(packed)
                     queue = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
                     if queue is not None:
                         queue.put_nowait(batch)
