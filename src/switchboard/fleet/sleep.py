@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from switchboard.fleet.state import AsleepHolder, FleetSnapshot, ServingEstimate
+from switchboard.policies.devices import DeviceReasonCode
 from switchboard.policies.keepalive import SLEEP_CODES
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, Seconds, WorkerId
 
@@ -68,8 +69,12 @@ class AsleepReplicas:
     def note_reactivate(self, replica_id: str) -> None:
         self._to_sleep.discard(replica_id)
 
-    def should_sleep(self, replica_id: str) -> bool:
-        """Whether this stopping replica goes to sleep (forgets the mark either way)."""
+    def should_sleep(self, replica_id: str, stop_code: Any = None) -> bool:
+        """Whether this stopping replica goes to sleep (forgets the mark either way): marked, and not stopped for
+        another start's room (`stop_code` `evicted-draining-for-devices`, `policies/devices.py`)."""
+        if stop_code is DeviceReasonCode.EVICTED_DRAINING:
+            self._to_sleep.discard(replica_id)
+            return False
         if replica_id in self._to_sleep:
             self._to_sleep.discard(replica_id)
             return True
