@@ -60,8 +60,12 @@ class AsleepReplicas:
         self.num_expired = 0
         self.num_evicted = 0
 
-    def note_drain(self, replica_id: str, reason_code: Any) -> None:
-        if reason_code in SLEEP_CODES:
+    def note_drain(self, replica_id: str, reason_code: Any, *, frees_accelerator: bool = True) -> None:
+        """Marks a replica drained with one of keep-alive's sleep codes to sleep when it stops — only where that
+        frees an accelerator (`frees_accelerator`: `placement.sleep_frees_accelerator` of its worker). Keep-alive
+        gives code `sleep` only there, but `unloaded-until-prewarm` anywhere: on a worker without declared
+        devices (the embedded CPU worker) that unload stops the replica, as without the tier."""
+        if reason_code in SLEEP_CODES and frees_accelerator:
             self._to_sleep.add(replica_id)
         else:
             self._to_sleep.discard(replica_id)

@@ -52,7 +52,7 @@ from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
 from switchboard.policies.control import ControlPlane
 from switchboard.policies.loop import ControlLoop
-from switchboard.policies.placement import Unplaceable
+from switchboard.policies.placement import Unplaceable, sleep_frees_accelerator
 from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
@@ -512,7 +512,11 @@ class LiveFleet:
             elif isinstance(action, (DrainReplica, ReactivateReplica)):
                 if self.sleep_tier is not None and live is not None:
                     if isinstance(action, DrainReplica):
-                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine)
+                        model_replica = self.model.replicas.get(ReplicaId(action.replica_id))
+                        worker = self.model.workers[model_replica.worker_id] if model_replica is not None else None
+                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine,
+                                                   frees_accelerator=worker is not None
+                                                   and sleep_frees_accelerator(worker))
                     else:
                         self.sleep_tier.note_reactivate(action.replica_id)
                 self._record(action, action.replica_id.split("#")[0])

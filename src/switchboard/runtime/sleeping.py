@@ -38,8 +38,9 @@ class LiveSleepTier:
         return (isinstance(action, DrainReplica) and action.reason.code is KeepAliveReasonCode.SLEEP
                 and not self.can_sleep(engine))
 
-    def note_drain(self, replica_id: str, reason_code: Any, engine: Any) -> None:
-        self.asleep.note_drain(replica_id, reason_code if self.can_sleep(engine) else None)
+    def note_drain(self, replica_id: str, reason_code: Any, engine: Any, *, frees_accelerator: bool = True) -> None:
+        self.asleep.note_drain(replica_id, reason_code if self.can_sleep(engine) else None,
+                               frees_accelerator=frees_accelerator)
 
     def note_reactivate(self, replica_id: str) -> None:
         self.asleep.note_reactivate(replica_id)

@@ -42,6 +42,7 @@ from switchboard.policies.actions import (
 from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.policies.loop import next_to_run
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
+from switchboard.policies.placement import sleep_frees_accelerator
 from switchboard.policies.routing import PrewarmReasonCode
 from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
@@ -476,7 +477,9 @@ class Simulation:
                 self.asleep.evict(action.replica_id)
                 self._reflect_asleep()
             elif isinstance(action, DrainReplica) and self.asleep is not None:
-                self.asleep.note_drain(action.replica_id, action.reason.code)
+                worker = self.snapshot.workers[self.snapshot.replicas[action.replica_id].worker_id]
+                self.asleep.note_drain(action.replica_id, action.reason.code,
+                                       frees_accelerator=sleep_frees_accelerator(worker))
             elif isinstance(action, ReactivateReplica) and self.asleep is not None:
                 self.asleep.note_reactivate(action.replica_id)
             elif isinstance(action, AssignRequest):
