@@ -202,3 +202,16 @@ def test_a_replica_draining_with_work_left_or_of_the_same_expert_is_not_soon_fre
         placed = make_placement(PlacementSettings()).place(plan.snapshot, expert)
         assert placed.is_placed is fits
         assert not fits or (placed.evicts == (ReplicaId("b#0"),) and "stopping drained b#0" in placed.reason.detail)
+
+
+def test_a_move_for_cost_does_not_take_the_room_of_a_replica_just_drained():
+    """`cheaper_than_warm` prices other kinds with `takes_soon_free=False`: a warm re-placement is never urgent,
+    and stopping a replica keep-alive has just drained to sleep turns its expert's next request into a cold start
+    (the code-like trace, 1.05 s step: five more rejections)."""
+    from switchboard.policies.placement import candidates
+
+    s = _only(with_replica(_box(devices=(1, 1)), "b#0", expert="b", worker="g0"), "g0")
+    plan = Plan(s, 0)
+    plan.do(DrainReplica(ReplicaId("b#0"), Reason(KeepAliveReasonCode.SLEEP, "test")))
+    assert [c.evicts for c in candidates(plan.snapshot, A, PlacementSettings())] == [(ReplicaId("b#0"),)]
+    assert candidates(plan.snapshot, A, PlacementSettings(), takes_soon_free=False) == []

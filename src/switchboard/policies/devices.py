@@ -43,10 +43,11 @@ ROOM = DeviceRoom(True)
 NO_ROOM = DeviceRoom(False)
 
 
-def device_room(snapshot: FleetSnapshot, worker: Worker, estimate: ServingEstimate) -> DeviceRoom:
+def device_room(snapshot: FleetSnapshot, worker: Worker, estimate: ServingEstimate, *,
+                takes_soon_free: bool = True) -> DeviceRoom:
     """Whether a replica of `estimate`'s expert fits the memory and devices of `worker` now, and what it evicts
-    for them: asleep replicas for devices (they hold no accelerator memory), then soon-free ones (`soon_free`)
-    for memory and devices."""
+    for them: asleep replicas for devices (they hold no accelerator memory), then, with `takes_soon_free`,
+    soon-free ones (`soon_free`) for memory and devices."""
     takes_devices = bool(worker.num_devices and estimate.num_devices)
     need = estimate.num_devices if takes_devices else 0
     free = snapshot.devices_free(worker.worker_id) if takes_devices else 0
@@ -67,7 +68,7 @@ def device_room(snapshot: FleetSnapshot, worker: Worker, estimate: ServingEstima
             free += holder.num_devices
         if free >= need and short_gb <= 1e-9:
             return DeviceRoom(True, tuple(evicts))
-    for replica in soon_free(snapshot, worker.worker_id, estimate.expert_id):
+    for replica in soon_free(snapshot, worker.worker_id, estimate.expert_id) if takes_soon_free else ():
         evicts.append(replica.replica_id)
         free += replica.num_devices if takes_devices else 0
         short_gb -= replica.memory_gb

@@ -125,8 +125,9 @@ PlacementOutcome = Placed | Unplaceable
 
 def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: PlacementSettings,
                min_requests_per_s: float = 0.0, workers: Sequence[Worker] | None = None,
-               sleep_after_s: float | None = None) -> list[Candidate]:
+               sleep_after_s: float | None = None, takes_soon_free: bool = True) -> list[Candidate]:
     """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load.
+    `takes_soon_free`: a start may take the room of replicas draining with no work left (`devices.soon_free`).
 
     The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
     e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away; an expert's own
@@ -168,7 +169,7 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
         estimate = snapshot.estimate(expert_id, worker.hardware)
         if estimate is None:
             continue
-        room = device_room(snapshot, worker, estimate)
+        room = device_room(snapshot, worker, estimate, takes_soon_free=takes_soon_free)
         if room is NO_ROOM and workers is None:
             continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
@@ -385,7 +386,11 @@ class CostAwarePlacement(PlacementPolicy):
             if load_factor != 1.0:
                 current = candidates(snapshot, expert_id, self.settings, rate, workers=here,
                                      sleep_after_s=self.sleep_after_s)
-            others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s)
+            # A move for cost is never urgent: it does not stop a replica that keep-alive has just drained to sleep
+            # (its expert's next request would cold-start; on the code-like trace at the 1.05 s step the 70B's move
+            # to the H100 machine took a just-drained 8B's device, and that 8B's next requests were rejected).
+            others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s,
+                                            takes_soon_free=False)
                       if c.worker.hardware != replica.hardware and c.meets_slo]
             if not current or not others:
                 return None
