@@ -1,7 +1,7 @@
-"""The sleep tier in the simulator: `switchboard` (warm → asleep → cold) beside `switchboard-no-tier` on a trace.
+"""The sleep tier in the simulator: `switchboard` beside `switchboard-sleep` (warm → asleep → cold) on a trace.
 
-Runs the packaged conversation trace (default) on a cluster spec through `switchboard-no-tier` (warm → cold) and
-`switchboard` (the live default, with the tier) at each `--sleep-after-s`, with the first `--warmup-s` seconds left out of the request
+Runs the packaged conversation trace (default) on a cluster spec through `switchboard` (warm → cold) and
+`switchboard-sleep` at each `--sleep-after-s`, with the first `--warmup-s` seconds left out of the request
 metrics (not of the cost), as `switchboard sim compare --warmup-s 300` does; the static fleet's cost is the
 baseline. Deterministic (seeded): one run per row.
 
@@ -10,7 +10,7 @@ Routes with the cross-fitted (out-of-sample) router by default, as `switchboard 
 
 `--shapes` runs the seven workload shapes of docs/simulator.md ("The sleep tier") instead — the conversation
 trace, `--seed` 1 and 2, `--time-scale` 0.5 and 2, `--tenants 2`, the synthetic code-like trace — with
-`switchboard` at its own setting, two shapes at a time, and prints one row per shape: cost, TTFT SLO
+`switchboard-sleep` at its own setting, two shapes at a time, and prints one row per shape: cost, TTFT SLO
 attainment and p99 TTFT without and with the tier, and the p99 TTFT difference with its 95% interval from a
 paired bootstrap over the requests (the same resampled requests for both sets, 1,000 resamples): how far the
 difference could move with another draw of requests of the same shape, which a one-run difference alone
@@ -85,9 +85,9 @@ def shape_row(args: tuple[str, dict, Path, str, float, float]) -> str:
         spec, workload, routing, knobs = prepare(cluster, router, **shape)
         knobs = dataclasses.replace(knobs, control_interval_s=step_s)
         runs = {name: run_policy(name, spec, workload, routing, knobs, warmup_s=warmup_s)
-                for name in ("static", "switchboard-no-tier", "switchboard")}
+                for name in ("static", "switchboard", "switchboard-sleep")}
     static_usd = runs["static"][0].usd_cost
-    (a, ra), (b, rb) = runs["switchboard-no-tier"], runs["switchboard"]
+    (a, ra), (b, rb) = runs["switchboard"], runs["switchboard-sleep"]
     low, high = paired_p99_difference(ttft_s(ra, warmup_s), ttft_s(rb, warmup_s))
     diff = b.p99_ttft_s - a.p99_ttft_s
     return (f"| {label} | {step_s:g} | {static_usd:.2f} | {a.usd_cost:.2f} ({100 * a.usd_cost / static_usd:.2f}%) | "
@@ -98,7 +98,7 @@ def shape_row(args: tuple[str, dict, Path, str, float, float]) -> str:
 
 
 def shapes(cluster: Path, router: str, warmup_s: float, steps_s: list[float]) -> None:
-    print("| workload | step s | static USD | `switchboard-no-tier` | `switchboard` (tier) | TTFT att. no tier → tier | "
+    print("| workload | step s | static USD | `switchboard` (no tier) | `switchboard-sleep` | TTFT att. no tier → tier | "
           "p99 TTFT s no tier → tier | p99 Δ ms (95% interval) | quality | rejected |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     jobs = [(label, shape, cluster, router, warmup_s, step_s) for label, shape in SHAPES for step_s in steps_s]
@@ -125,8 +125,8 @@ def main() -> None:
         return
     spec, workload, routing, knobs = prepare(args.cluster, args.router, trace=args.trace, seed=args.seed,
                                              time_scale=args.time_scale, tenants=args.tenants)
-    rows = [("static", None, knobs), ("switchboard-no-tier", None, knobs)]
-    rows += [("switchboard", float(s), dataclasses.replace(knobs, sleep_after_s=float(s)))
+    rows = [("static", None, knobs), ("switchboard", None, knobs)]
+    rows += [("switchboard-sleep", float(s), dataclasses.replace(knobs, sleep_after_s=float(s)))
              for s in args.sleep_after_s.split(",")]
     static_usd = None
     print("| policy | sleep after s | USD | % of static | SLO att. | TTFT att. | p99 TTFT s | quality | cold starts + wakes | rejected |")

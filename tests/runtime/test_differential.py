@@ -10,8 +10,7 @@ under its requests — go through
   virtual (it jumps to the next timer instead of waiting), with engines that run the simulator's engine model
   (`sim.engine.ReplicaEngine`) on that clock,
 
-both with the live default `ControlSettings` (without the sleep tier where a replica crashes; with it, the live
-default itself, in a second comparison). They must produce the same control actions in the same order at
+both with the live default `ControlSettings`. They must produce the same control actions in the same order at
 the same times (`ControlLoop.log`), and every request the same outcome: served by the same expert and replica,
 with the same cold-start flag, or rejected, or failed with the crash. A decision forked on either side — a
 driver deciding itself, stepping at other moments, or seeing the fleet differently — changes the log or an
@@ -102,12 +101,8 @@ def sim_cluster() -> BuiltCluster:
     return resolve_cluster(spec)
 
 
-NO_TIER = {"keepalive": {"sleep_after_s": None}}
-"""The live default without the sleep tier (`switchboard-no-tier`, sim/scenario.py), for the scenario with the
-crash: with the tier its e8b target is still starting at the crash, which the simulator's crash model does not
-cover. The tier (the live default itself) has its own comparison below, without the crash."""
-NO_TIER_LIVE = "{keepalive: {sleep_after_s: null}}"
-CRASH_SETTINGS = with_delta(ControlSettings(), NO_TIER)
+SLEEP_TIER = {"keepalive": {"sleep_after_s": 0.0, "asleep_keepalive_s": 1800.0}}
+"""The sleep tier as `switchboard-sleep` turns it on (sim/scenario.py): the live default's delta."""
 
 
 def live_config(step_interval_s: float, policies: str = "{}"):
@@ -377,17 +372,17 @@ def arrivals():
 
 @pytest.fixture(scope="module")
 def crash(arrivals):
-    return crash_at(arrivals, CRASH_SETTINGS, STEP_INTERVAL_S)
+    return crash_at(arrivals, ControlSettings(), STEP_INTERVAL_S)
 
 
 @pytest.fixture(scope="module")
 def simulated(arrivals, crash):
-    return run_simulator(arrivals, CRASH_SETTINGS, STEP_INTERVAL_S, crash=crash)
+    return run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S, crash=crash)
 
 
 def test_live_and_simulated_take_the_same_decisions(arrivals, simulated, crash):
     sim_log, sim_outcomes, end_s = simulated
-    live_log, live_outcomes, crashed_holding = run_live(arrivals, STEP_INTERVAL_S, end_s, crash, policies=NO_TIER_LIVE)
+    live_log, live_outcomes, crashed_holding = run_live(arrivals, STEP_INTERVAL_S, end_s, crash)
 
     # The scenario exercises what it claims to.
     kinds = {e.kind for e in sim_log}
@@ -446,23 +441,24 @@ def test_a_fork_on_one_side_is_caught(arrivals, simulated, crash, side, fork):
     """One side alone changes a decision, or decides on its own path, and the comparison fails."""
     if side == "live":
         sim_log, sim_outcomes, end_s = simulated
-        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash, fork=lambda fleet: fork(fleet.loop),
-                                              policies=NO_TIER_LIVE)
+        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash, fork=lambda fleet: fork(fleet.loop))
     else:
-        sim_log, sim_outcomes, end_s = run_simulator(arrivals, CRASH_SETTINGS, STEP_INTERVAL_S, fork=fork, crash=crash)
-        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash, policies=NO_TIER_LIVE)
+        sim_log, sim_outcomes, end_s = run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S, fork=fork, crash=crash)
+        live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, crash)
     assert _rounded(live_log) != _rounded(sim_log)
     assert live_outcomes != sim_outcomes
 
 
 def test_with_the_sleep_tier_live_and_simulated_sleep_and_wake_alike(arrivals):
-    """The same comparison with the sleep tier on (the live default itself): idle replicas go to sleep, the
+    """The same comparison with the sleep tier on (`switchboard-sleep`'s delta): idle replicas go to sleep, the
     next request wakes them on their worker, and both sides price those starts at the wake
     (`fleet.sleep.reflect_asleep`) — in keep-alive, placement, admission, routing — and take the same decisions.
     (No crash here: the test above has it, and with the tier its e8b target is still starting at the crash,
     which the simulator's crash model does not cover.)"""
-    sim_log, sim_outcomes, end_s = run_simulator(arrivals, ControlSettings(), STEP_INTERVAL_S)
-    live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, None)
+    settings = with_delta(ControlSettings(), SLEEP_TIER)
+    sim_log, sim_outcomes, end_s = run_simulator(arrivals, settings, STEP_INTERVAL_S)
+    live_log, live_outcomes, _ = run_live(arrivals, STEP_INTERVAL_S, end_s, None,
+                                          policies='{keepalive: {sleep_after_s: 0.0, asleep_keepalive_s: 1800.0}}')
 
     sleeps = [e for e in sim_log if e.kind == "DrainReplica" and e.code == "sleep"]
     assert len(sleeps) >= 5 and run_live.counters["wakes"] >= 5, (len(sleeps), run_live.counters)

@@ -71,8 +71,8 @@ def test_a_sleeping_replica_wakes_in_the_wake_time_and_costs_nothing_while_aslee
     n = len(arrivals)
     w = wl.attach_prompts(wl.Workload.from_arrays(arrivals, np.full(n, 200), np.full(n, 20)), 5608, rng)
     routing = lambda ids: routing_inputs(w, data, ids)  # noqa: E731
-    warm, _ = run_policy("switchboard-no-tier", SPEC, w, routing, Knobs())
-    tiered, run = run_policy("switchboard", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=30.0))
+    warm, _ = run_policy("switchboard", SPEC, w, routing, Knobs())
+    tiered, run = run_policy("switchboard-sleep", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=30.0))
     run.check_conservation()
     assert tiered.usd_cost < warm.usd_cost
     wakes = [r for r in run.replicas if r.is_wake]
@@ -116,8 +116,8 @@ def test_requests_seconds_apart_wake_the_asleep_replica_and_nothing_wakes_it_ahe
     w = wl.attach_prompts(wl.Workload.from_arrays(arrivals, np.full(len(arrivals), 200), np.full(len(arrivals), 20)),
                           5608, rng)
     routing = lambda ids: routing_inputs(w, data, ids)  # noqa: E731
-    warm, _ = run_policy("switchboard-no-tier", SPEC, w, routing, Knobs())
-    tiered, run = run_policy("switchboard", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=5.0))
+    warm, _ = run_policy("switchboard", SPEC, w, routing, Knobs())
+    tiered, run = run_policy("switchboard-sleep", SPEC, w, routing, dataclasses.replace(Knobs(), sleep_after_s=5.0))
     run.check_conservation()
     wakes = [r for r in run.replicas if r.is_wake]
     assert len(wakes) >= len(arrivals) - 13 and not any(r.is_prewarm for r in wakes)  # once 10 gaps are known
@@ -236,7 +236,7 @@ def test_the_fleets_warm_ttft_percentile_is_the_rate_weighted_mixture_of_its_war
 def test_an_unload_until_prewarm_sleeps_only_where_sleeping_frees_an_accelerator():
     """Keep-alive's `unloaded-until-prewarm` is a sleep code wherever the replica is; on a worker without declared
     devices (the embedded CPU worker, `placement.sleep_frees_accelerator`) the executors stop it instead, so with
-    the tier on by default nothing sleeps there."""
+    the tier on nothing sleeps there."""
     asleep = AsleepReplicas(asleep_keepalive_s=600.0)
     asleep.note_drain("cpu#1", KeepAliveReasonCode.PREWARM_GAP, frees_accelerator=False)
     asleep.note_drain("gpu#1", KeepAliveReasonCode.PREWARM_GAP, frees_accelerator=True)

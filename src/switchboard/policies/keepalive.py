@@ -66,9 +66,8 @@ class KeepAliveSettings(PolicySettings):
     )
     fallback_keepalive_s: float = Field(600.0, ge=0, description="Window for experts with too little history.")
     sleep_after_s: float | None = Field(
-        0.0, ge=0, description="Sleep tier: a replica idle this long (and past a burst's linger) inside its window "
-        "is put to sleep instead of kept warm, where its costs allow it and only on a worker that declares "
-        "accelerators (0: at the first control step they allow it); None: no sleep tier (warm → cold only).",
+        None, ge=0, description="Sleep tier: a replica idle this long (and past a burst's linger) inside its window "
+        "is put to sleep instead of kept warm; None: no sleep tier (warm → cold only).",
     )
     asleep_keepalive_s: float = Field(
         1800.0, ge=0, description="Sleep tier: an asleep replica is stopped this long after it went to sleep.",

@@ -7,14 +7,13 @@ changes of `POLICY_SET_DELTAS`:
 - `static`: peak-provisioned, always on, one GPU kind (`static_hardware`, H100 by default), round-robin,
   quality-only routing. It runs on its own fleet of that kind, sized for the workload's busiest minute.
 - `fixed-keepalive`: the obvious serverless fleet on the given cluster — scale-to-zero with a fixed 10-minute
-  idle timeout (warm → cold, no sleep tier), autoscaling, first-fit placement, least-outstanding-tokens
-  balancing, admit-always, no migration or pre-warming, quality-only routing.
+  idle timeout, autoscaling, first-fit placement, least-outstanding-tokens balancing, admit-always, no
+  migration or pre-warming, quality-only routing.
 - `quality-only-routing`: the full serverless fleet (hybrid-histogram keep-alive, route-aware pre-warming,
   autoscaling, cost-aware placement, prefix-affinity balancing, SLO admission, migration) with a router blind
   to fleet state.
-- `switchboard`: the live default itself — all of it, with fleet-aware routing, cold-start hiding and the sleep
-  tier (warm → asleep → cold, keep-alive's `sleep_after_s` 0; wake times from `perf.sleep`) — on the live
-  default step interval (`ControlPlaneConfig.step_interval_s`).
+- `switchboard`: the live default itself — all of it, with fleet-aware routing and cold-start hiding — on the
+  live default step interval (`ControlPlaneConfig.step_interval_s`).
 
 Every serverless set runs the live fleet's own decision path (`switchboard.policies.loop.ControlLoop`); only
 the settings differ.
@@ -39,26 +38,24 @@ from switchboard.sim.runner import RoutingInputs, RunResult, Simulation
 from switchboard.sim.workload import NO_EXPERT, Workload
 
 POLICY_SETS = ("static", "fixed-keepalive", "quality-only-routing", "switchboard")
-EXTRA_POLICY_SETS = ("hybrid-keepalive", "switchboard-no-tier", "switchboard-sleep")
+EXTRA_POLICY_SETS = ("hybrid-keepalive", "switchboard-sleep")
 """Not in the default comparison: `hybrid-keepalive` is `fixed-keepalive` with only the keep-alive policy swapped
-for the hybrid histogram (the keep-alive experiment's treatment); `switchboard-no-tier` is `switchboard` without
-the sleep tier (warm → cold, as the live default was before issue 15); `switchboard-sleep` is `switchboard`
-itself, the name the tier had while it was off in the live default (kept so that older commands still run)."""
+for the hybrid histogram (the keep-alive experiment's treatment); `switchboard-sleep` is `switchboard` with the
+sleep tier (warm → asleep → cold, `Knobs.sleep_after_s`; wake times from `perf.sleep`)."""
 
 _BASIC_FLEET: dict[str, Any] = {
     "placement": {"kind": "first-fit"}, "balance": {"kind": "least-outstanding-tokens"},
     "admission": {"kind": "always"}, "migration": {"kind": "none"}, "routing": {"kind": "quality-only"},
     "prewarm": {"kind": "none"},
 }
-_NO_TIER: dict[str, Any] = {"sleep_after_s": None}
-"""Keep-alive without the sleep tier: the baselines stay what they were (warm → cold)."""
 POLICY_SET_DELTAS: dict[str, dict[str, Any]] = {
     "switchboard": {},
-    "switchboard-sleep": {},
-    "switchboard-no-tier": {"keepalive": _NO_TIER},
+    # 0: an idle replica sleeps at the first control step at which keep-alive's costs allow it (the wake keeps the
+    # SLO and the rest of the idle gap is worth the wake, policies/keepalive.py); a fixed delay only adds warm time.
+    "switchboard-sleep": {"keepalive": {"sleep_after_s": 0.0, "asleep_keepalive_s": 1800.0}},
     "quality-only-routing": {"routing": {"kind": "quality-only"}},
-    "fixed-keepalive": {**_BASIC_FLEET, "keepalive": {"kind": "fixed", **_NO_TIER}},
-    "hybrid-keepalive": {**_BASIC_FLEET, "keepalive": _NO_TIER},
+    "fixed-keepalive": {**_BASIC_FLEET, "keepalive": {"kind": "fixed"}},
+    "hybrid-keepalive": _BASIC_FLEET,
 }
 """Each serverless policy set as its changes to the live default `ControlSettings()` (section → fields)."""
 
@@ -81,8 +78,8 @@ class Knobs:
     """The hybrid keep-alive's window for experts with too little history."""
     static_hardware: str = "h100"
     sleep_after_s: float | None = None
-    """A set with the sleep tier: idle time after which a replica may sleep (host RAM, no devices) instead of
-    staying warm (the live default's 0 s when None: as soon as keep-alive's costs allow)."""
+    """`switchboard-sleep`: idle time after which a replica may sleep (host RAM, no devices) instead of staying
+    warm (the set's 0 s when None: as soon as keep-alive's costs allow)."""
     asleep_keepalive_s: float | None = None
     control_interval_s: float = DEFAULT_STEP_INTERVAL_S
     """Period of the control step (it also runs at once when a request waits for a replica)."""
@@ -148,11 +145,10 @@ def control_settings(name: str, knobs: Knobs = Knobs()) -> ControlSettings:
         knob_delta["autoscale"] = {"kind": "demand-at-slo", "demand_headroom": knobs.demand_headroom}
     keepalive = {"idle_timeout_s": knobs.fixed_idle_timeout_s, "fallback_keepalive_s": knobs.fallback_keepalive_s}
     knob_delta["keepalive"] = {k: v for k, v in keepalive.items() if v is not None}
-    settings = with_delta(ControlSettings(), POLICY_SET_DELTAS[name])
-    if settings.keepalive.sleep_after_s is not None:  # the set has the tier
+    if name == "switchboard-sleep":
         tier = {"sleep_after_s": knobs.sleep_after_s, "asleep_keepalive_s": knobs.asleep_keepalive_s}
         knob_delta["keepalive"].update({k: v for k, v in tier.items() if v is not None})
-    return with_delta(settings, knob_delta)
+    return with_delta(with_delta(ControlSettings(), POLICY_SET_DELTAS[name]), knob_delta)
 
 
 def make_plane(name: str, cluster: BuiltCluster, routing: RoutingInputs, knobs: Knobs) -> ServerlessPlane:
