@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from switchboard.fleet import ops
 from switchboard.fleet.sleep import AsleepReplicas, reflect_asleep
 from switchboard.fleet.state import Worker
-from switchboard.policies.actions import DrainReplica, EvictAsleep, StartReplica, apply_action
+from switchboard.policies.actions import DrainReplica, EvictAsleep, StartReplica, StopReplica, apply_action
 from switchboard.policies.autoscale import AutoscaleReasonCode, ScaleDecision
 from switchboard.policies.base import Reason
 from switchboard.policies.control import ControlPlane, ControlSettings, ControlState
+from switchboard.policies.devices import DeviceReasonCode
 from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.policies.placement import FirstFitPlacement, PlacementKind, PlacementSettings, PlacementStatus, make_placement
 from switchboard.policies.plan import Plan
@@ -162,13 +163,16 @@ def test_a_scale_up_burst_never_double_books_a_device(num_requests, devices, sle
     assert starts and all(after.replicas[a.replica_id].state is ReplicaState.STARTING for a in starts)
 
 
-@pytest.mark.parametrize("tier, drain_code, waits", [
-    (0.0, KeepAliveReasonCode.SLEEP, True),  # asleep once it stops: its devices are evictable next step
-    (None, KeepAliveReasonCode.SLEEP, False),  # no tier: nothing to wait for
-    (0.0, KeepAliveReasonCode.WINDOW_EXPIRED, False),  # stopping, not sleeping: not a sleeper's devices
+@pytest.mark.parametrize("tier, drain_code", [
+    (0.0, KeepAliveReasonCode.SLEEP),  # put to sleep at the end of the step: its devices would be evictable then
+    (None, KeepAliveReasonCode.SLEEP),  # no tier: stopped at the end of the step
+    (0.0, KeepAliveReasonCode.WINDOW_EXPIRED),  # stopping, not sleeping
 ])
-def test_a_scale_up_waits_a_step_for_the_devices_of_a_replica_put_to_sleep_in_this_step(tier, drain_code, waits):
-    # g0 is the cheaper H100 box, but b's replica holds its only device, drained in this very step; g1 has room.
+def test_a_scale_up_takes_the_room_of_a_replica_drained_with_no_work_left_in_the_same_step(tier, drain_code):
+    # g0 is the cheaper H100 box, but b's replica holds its only device, drained (idle) in this very step; g1 has
+    # room. The drained replica is as good as stopped or asleep (`devices.soon_free`): the scale-up goes to g0,
+    # stopping it first with a code that keeps it from sleeping. Before, it went to g1 (or, with the tier, waited
+    # a step: `_waits_for_sleepers`).
     s = _box(devices=(1, 1))
     g1 = dataclasses.replace(s.workers[WorkerId("g1")], usd_per_hour=16.0)
     s = s.evolve(workers={**s.workers, WorkerId("g1"): g1})
@@ -178,5 +182,36 @@ def test_a_scale_up_waits_a_step_for_the_devices_of_a_replica_put_to_sleep_in_th
     plan = Plan(s, 0)
     plan.do(DrainReplica(ReplicaId("b#0"), Reason(drain_code, "test")))
     plane._apply_scale(plan, ScaleDecision(A, 0, 1, Reason(AutoscaleReasonCode.SCALE_UP, "test")))
-    starts = [a.worker_id for a in plan.actions if isinstance(a, StartReplica)]
-    assert starts == ([] if waits else ["g1"])
+    stop, start = plan.actions[1:]
+    assert isinstance(stop, StopReplica) and stop.replica_id == "b#0"
+    assert stop.reason.code is DeviceReasonCode.EVICTED_DRAINING
+    assert isinstance(start, StartReplica) and start.worker_id == "g0"
+    assert plan.snapshot.devices_free(WorkerId("g0")) == 0  # b's device went to a's replica: not double-booked
+    # The executors' side: a replica marked to sleep is stopped, not put to sleep, by that stop.
+    asleep = AsleepReplicas(asleep_keepalive_s=600.0)
+    asleep.note_drain("b#0", drain_code)
+    assert not asleep.should_sleep("b#0", stop.reason.code)
+
+
+def test_a_replica_draining_with_work_left_or_of_the_same_expert_is_not_soon_free():
+    s = _only(with_replica(_box(devices=(1, 1)), "b#0", expert="b", worker="g0"), "g0")
+    busy = ops.enqueue(s, request(1, expert="b"), ReplicaId("b#0"))
+    for snapshot, expert, fits in ((s, A, True), (busy, A, False), (s, B, False)):
+        plan = Plan(snapshot, 0)
+        plan.do(DrainReplica(ReplicaId("b#0"), Reason(KeepAliveReasonCode.SLEEP, "test")))
+        placed = make_placement(PlacementSettings()).place(plan.snapshot, expert)
+        assert placed.is_placed is fits
+        assert not fits or (placed.evicts == (ReplicaId("b#0"),) and "stopping drained b#0" in placed.reason.detail)
+
+
+def test_a_move_for_cost_does_not_take_the_room_of_a_replica_just_drained():
+    """`cheaper_than_warm` prices other kinds with `takes_soon_free=False`: a warm re-placement is never urgent,
+    and stopping a replica keep-alive has just drained to sleep turns its expert's next request into a cold start
+    (the code-like trace, 1.05 s step: five more rejections)."""
+    from switchboard.policies.placement import candidates
+
+    s = _only(with_replica(_box(devices=(1, 1)), "b#0", expert="b", worker="g0"), "g0")
+    plan = Plan(s, 0)
+    plan.do(DrainReplica(ReplicaId("b#0"), Reason(KeepAliveReasonCode.SLEEP, "test")))
+    assert [c.evicts for c in candidates(plan.snapshot, A, PlacementSettings())] == [(ReplicaId("b#0"),)]
+    assert candidates(plan.snapshot, A, PlacementSettings(), takes_soon_free=False) == []

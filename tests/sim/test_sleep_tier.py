@@ -231,3 +231,13 @@ def test_the_fleets_warm_ttft_percentile_is_the_rate_weighted_mixture_of_its_war
     mixed = [predict.warm_ttft_percentile_s(snapshot({"slow": 1.0, "fast": f}), ExpertId("me"), 99.0) for f in (1.0, 10.0)]
     assert own_p99_s > mixed[0] > mixed[1]
     assert predict.warm_ttft_percentile_s(snapshot({"me": 1.0}), ExpertId("me"), 99.0) is None
+
+
+def test_an_unload_until_prewarm_sleeps_only_where_sleeping_frees_an_accelerator():
+    """Keep-alive's `unloaded-until-prewarm` is a sleep code wherever the replica is; on a worker without declared
+    devices (the embedded CPU worker, `placement.sleep_frees_accelerator`) the executors stop it instead, so with
+    the tier on nothing sleeps there."""
+    asleep = AsleepReplicas(asleep_keepalive_s=600.0)
+    asleep.note_drain("cpu#1", KeepAliveReasonCode.PREWARM_GAP, frees_accelerator=False)
+    asleep.note_drain("gpu#1", KeepAliveReasonCode.PREWARM_GAP, frees_accelerator=True)
+    assert not asleep.should_sleep("cpu#1") and asleep.should_sleep("gpu#1")

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from switchboard.fleet.state import AsleepHolder, FleetSnapshot, ServingEstimate
+from switchboard.policies.devices import DeviceReasonCode
 from switchboard.policies.keepalive import SLEEP_CODES
 from switchboard.types import ExpertId, HardwareKind, ReplicaId, Seconds, WorkerId
 
@@ -59,8 +60,12 @@ class AsleepReplicas:
         self.num_expired = 0
         self.num_evicted = 0
 
-    def note_drain(self, replica_id: str, reason_code: Any) -> None:
-        if reason_code in SLEEP_CODES:
+    def note_drain(self, replica_id: str, reason_code: Any, *, frees_accelerator: bool = True) -> None:
+        """Marks a replica drained with one of keep-alive's sleep codes to sleep when it stops — only where that
+        frees an accelerator (`frees_accelerator`: `placement.sleep_frees_accelerator` of its worker). Keep-alive
+        gives code `sleep` only there, but `unloaded-until-prewarm` anywhere: on a worker without declared
+        devices (the embedded CPU worker) that unload stops the replica, as without the tier."""
+        if reason_code in SLEEP_CODES and frees_accelerator:
             self._to_sleep.add(replica_id)
         else:
             self._to_sleep.discard(replica_id)
@@ -68,8 +73,12 @@ class AsleepReplicas:
     def note_reactivate(self, replica_id: str) -> None:
         self._to_sleep.discard(replica_id)
 
-    def should_sleep(self, replica_id: str) -> bool:
-        """Whether this stopping replica goes to sleep (forgets the mark either way)."""
+    def should_sleep(self, replica_id: str, stop_code: Any = None) -> bool:
+        """Whether this stopping replica goes to sleep (forgets the mark either way): marked, and not stopped for
+        another start's room (`stop_code` `evicted-draining-for-devices`, `policies/devices.py`)."""
+        if stop_code is DeviceReasonCode.EVICTED_DRAINING:
+            self._to_sleep.discard(replica_id)
+            return False
         if replica_id in self._to_sleep:
             self._to_sleep.discard(replica_id)
             return True

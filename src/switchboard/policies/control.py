@@ -46,7 +46,6 @@ from switchboard.policies.actions import (
     RejectRequest,
     StartReplica,
     StopReplica,
-    apply_action,
 )
 from switchboard.policies.admission import AdmissionSettings, make_admission
 from switchboard.policies.autoscale import AutoscaleSettings, AutoscaleState, ScaleDecision, make_autoscale
@@ -54,7 +53,6 @@ from switchboard.policies.balance import Balanced, BalanceSettings, make_balance
 from switchboard.policies.base import PolicySettings, Reason
 from switchboard.policies.devices import devices_reachable
 from switchboard.policies.keepalive import (
-    SLEEP_CODES,
     IdleHistogram,
     KeepAliveAction,
     KeepAliveDecision,
@@ -368,40 +366,6 @@ class ControlPlane:
             return outcome
         return plan.start_on(outcome.candidate, expert_id, Reason(why.code, f"{why.detail}; on {outcome.reason.detail}"))
 
-    def _waits_for_sleepers(self, plan: Plan, expert_id: ExpertId) -> bool:
-        """Whether a scale-up waits for the next step: replicas keep-alive puts to sleep in this step still hold
-        their devices until they stop (asleep, placement may evict them like any asleep replica), and placement
-        would then choose their worker over any it can choose now. Never with requests waiting for the expert.
-
-        Why: an expert that sleeps between requests is awake or draining a good part of the time, and a
-        scale-up decided in the step that puts it to sleep found its devices taken and went to a slower kind
-        for good — the code-like trace's 51B expert to A100s beside a 70B expert's sleeping H100 replica
-        (p99 TTFT +101 ms at the 1.02 s step, docs/simulator.md, "The sleep tier"). One step later they are
-        evictable. (Live, a replica whose engine cannot sleep stays warm instead: the start then waits one step
-        for nothing, and goes where placement says.)"""
-        if self.keepalive.settings.sleep_after_s is None or plan.snapshot.unplaced_of(expert_id):
-            return False
-        snapshot = plan.snapshot
-        sleeping = [a.replica_id for a in plan.actions
-                    if isinstance(a, DrainReplica) and a.reason.code in SLEEP_CODES
-                    and (r := snapshot.replicas.get(a.replica_id)) is not None
-                    and r.state is ReplicaState.DRAINING and r.load.num_outstanding_requests == 0]
-        if not sleeping:
-            return False
-        later_snapshot = snapshot
-        for replica_id in sleeping:
-            stop = StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "asleep next step"))
-            later_snapshot = apply_action(later_snapshot, stop)
-        later = self.placement.place(later_snapshot, expert_id)
-        if isinstance(later, Unplaceable) or later.candidate.worker.worker_id not in {
-                snapshot.replicas[r].worker_id for r in sleeping}:
-            return False
-        now = self.placement.place(snapshot, expert_id)
-        if isinstance(now, Unplaceable):
-            return True
-        return (now.candidate.worker.worker_id != later.candidate.worker.worker_id
-                and self.placement.choose([now.candidate, later.candidate]) is later.candidate)
-
     def _evict_one_idle(self, plan: Plan, expert_id: ExpertId) -> bool:
         """Stop the longest-idle warm replica of another expert on hardware that could host `expert_id`, to
         make room for it (an idle replica is worth less than a waiting request). Returns whether one was."""
@@ -497,8 +461,6 @@ class ControlPlane:
             draining = [r for r in plan.snapshot.replicas_of(expert_id) if r.state is ReplicaState.DRAINING]
             if draining:
                 plan.do(ReactivateReplica(draining[0].replica_id, decision.reason))
-            elif self._waits_for_sleepers(plan, expert_id):
-                break
             # Only a scale-up for waiting requests may evict idle replicas of other experts (as for a request's
             # own start): evicting a replica that is idle between requests to add capacity elsewhere trades a
             # sure cold start for a speculative gain.

@@ -19,8 +19,9 @@ Guarantees (both): a placed replica fits in its worker's free memory (never over
 that declares devices it gets as many whole devices as its tensor-parallel size (`ServingEstimate.num_devices`)
 that no live replica holds (never double-book a device). Devices held by a replica asleep there
 (`Worker.asleep`) go to it only as the wake of that replica, or by evicting asleep replicas, which the outcome
-names (`Placed.evicts`: the executor stops them before the start; `policies/devices.py`). Workers without
-declared devices are checked for memory only.
+names (`Placed.evicts`: the executor stops them before the start; `policies/devices.py`). So do the memory and
+devices of a replica draining with no work left (`devices.soon_free`: the step stops it or puts it to sleep at
+its end anyway). Workers without declared devices are checked for memory only.
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ class Candidate:
     sleep_rank: int = 1
     """The sleep tier on this worker: 0 a replica of this expert sleeps there (the start is a wake), 1 none
     sleeps there (or, where the worker declares devices, the start leaves the sleepers' devices alone), 2 the
-    start takes devices other experts' asleep replicas need to wake: it evicts them, or (a worker without
-    declared devices) they sleep there."""
+    start evicts replicas for their room (other experts' asleep ones, or soon-free ones, `devices.soon_free`),
+    or (a worker without declared devices) other experts sleep there."""
     evicts: tuple[ReplicaId, ...] = ()
-    """Asleep replicas on this worker the start must stop first, for their devices."""
+    """Replicas on this worker the start must stop first, for their room (`devices.device_room`)."""
 
     @property
     def usd_per_hour_at_load(self) -> float:
@@ -103,7 +104,8 @@ class Placed:
 
     @property
     def evicts(self) -> tuple[ReplicaId, ...]:
-        """Asleep replicas to stop (`EvictAsleep`) right before the start, for their devices."""
+        """Replicas to stop right before the start, for their room: asleep ones (`EvictAsleep`) and soon-free
+        ones (`StopReplica`, `Plan.start_on`)."""
         return self.candidate.evicts
 
 
@@ -123,8 +125,9 @@ PlacementOutcome = Placed | Unplaceable
 
 def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: PlacementSettings,
                min_requests_per_s: float = 0.0, workers: Sequence[Worker] | None = None,
-               sleep_after_s: float | None = None) -> list[Candidate]:
+               sleep_after_s: float | None = None, takes_soon_free: bool = True) -> list[Candidate]:
     """Workers that fit a new replica of `expert_id`, in configuration order, with latency and cost at load.
+    `takes_soon_free`: a start may take the room of replicas draining with no work left (`devices.soon_free`).
 
     The load is the expert's recent arrival rate, or `min_requests_per_s` if higher (a rate known from elsewhere,
     e.g. how often the router prefers the expert while cold-start hiding keeps its arrivals away; an expert's own
@@ -164,9 +167,9 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
     sleepers = _asleep_workers(snapshot)
     for worker in snapshot.workers.values() if workers is None else workers:
         estimate = snapshot.estimate(expert_id, worker.hardware)
-        if estimate is None or (workers is None and estimate.memory_gb > snapshot.memory_free_gb(worker.worker_id) + 1e-9):
+        if estimate is None:
             continue
-        room = device_room(snapshot, worker, estimate) if worker.num_devices else None
+        room = device_room(snapshot, worker, estimate, takes_soon_free=takes_soon_free)
         if room is NO_ROOM and workers is None:
             continue
         ttft_s = estimate.ttft_s(prompt_tokens, tokens_ahead)
@@ -185,9 +188,10 @@ def candidates(snapshot: FleetSnapshot, expert_id: ExpertId, settings: Placement
                                meets_slo=ttft_s <= spec.ttft_slo_s and tpot_s <= spec.tpot_slo_s,
                                usd_per_hour=replica_usd_per_hour(worker, estimate), num_replicas_needed=num_needed,
                                sleep_rank=(0 if worker.worker_id in estimate.asleep_worker_ids
-                                           else (2 if room.evicts else 1) if room is not None
-                                           else 2 if worker.worker_id in sleepers else 1),
-                               evicts=room.evicts if room is not None else ()))
+                                           else 2 if room.evicts or (not worker.num_devices
+                                                                     and worker.worker_id in sleepers)
+                                           else 1),
+                               evicts=room.evicts))
     return found
 
 
@@ -217,6 +221,13 @@ def _waking_first(snapshot: FleetSnapshot, expert_id: ExpertId, fitting: list[Ca
     waking = [c for c in fitting if c.worker.worker_id in c.estimate.asleep_worker_ids
               and c.estimate.start_s_on(c.worker.worker_id) + c.predicted_ttft_s <= slo_s]
     return waking or fitting
+
+
+def _evicting(snapshot: FleetSnapshot, evicts: tuple[ReplicaId, ...]) -> str:
+    asleep = [r for r in evicts if r not in snapshot.replicas]
+    drained = [r for r in evicts if r in snapshot.replicas]
+    return ((f"; evicting asleep {', '.join(asleep)} for its devices" if asleep else "")
+            + (f"; stopping drained {', '.join(drained)} for its room" if drained else ""))
 
 
 def _fleet_request_size(snapshot: FleetSnapshot, settings: PlacementSettings) -> tuple[float, float]:
@@ -284,7 +295,7 @@ class PlacementPolicy(abc.ABC):
         detail = (f"{chosen.worker.worker_id} ({chosen.worker.hardware}, ${chosen.usd_per_hour:.2f}/h for this replica, "
                   f"{chosen.num_replicas_needed:.1f} needed): "
                   f"predicted TTFT {chosen.predicted_ttft_s:.2f}s, TPOT {chosen.predicted_tpot_s * 1000:.0f}ms"
-                  + (f"; evicting asleep {', '.join(chosen.evicts)} for its devices" if chosen.evicts else ""))
+                  + _evicting(snapshot, chosen.evicts))
         return Placed(status, expert_id, chosen, Reason(status, detail))
 
     def better_than_starting(self, snapshot: FleetSnapshot, replica: Replica,
@@ -375,7 +386,11 @@ class CostAwarePlacement(PlacementPolicy):
             if load_factor != 1.0:
                 current = candidates(snapshot, expert_id, self.settings, rate, workers=here,
                                      sleep_after_s=self.sleep_after_s)
-            others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s)
+            # A move for cost is never urgent: it does not stop a replica that keep-alive has just drained to sleep
+            # (its expert's next request would cold-start; on the code-like trace at the 1.05 s step the 70B's move
+            # to the H100 machine took a just-drained 8B's device, and that 8B's next requests were rejected).
+            others = [c for c in candidates(snapshot, expert_id, self.settings, rate, sleep_after_s=self.sleep_after_s,
+                                            takes_soon_free=False)
                       if c.worker.hardware != replica.hardware and c.meets_slo]
             if not current or not others:
                 return None

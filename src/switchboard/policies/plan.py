@@ -5,7 +5,7 @@ actions with `plan.do`, so every stage sees the fleet as the earlier ones left i
 from __future__ import annotations
 
 from switchboard.fleet.state import FleetSnapshot
-from switchboard.policies.actions import Action, EvictAsleep, StartReplica, apply_action
+from switchboard.policies.actions import Action, EvictAsleep, StartReplica, StopReplica, apply_action
 from switchboard.policies.base import Reason
 from switchboard.policies.devices import DeviceReasonCode
 from switchboard.policies.placement import Candidate
@@ -33,12 +33,17 @@ class Plan:
 
     def start_on(self, candidate: Candidate, expert_id: ExpertId, why: Reason) -> ReplicaId:
         """Start a replica of `expert_id` on the candidate's worker (placement already chose it), after stopping
-        the asleep replicas whose devices it takes there (`candidate.evicts`)."""
+        the replicas whose room it takes there (`candidate.evicts`): asleep ones, and drained ones with no work
+        left, which the stop's code keeps from sleeping."""
         replica_id = self.new_replica_id(expert_id)
         worker, estimate = candidate.worker, candidate.estimate
         for evicted in candidate.evicts:
-            self.do(EvictAsleep(evicted, worker.worker_id, Reason(
-                DeviceReasonCode.EVICTED_ASLEEP, f"asleep on {worker.worker_id}; its devices go to {replica_id}")))
+            if evicted in self.snapshot.replicas:  # draining with no work left (`devices.soon_free`)
+                self.do(StopReplica(evicted, Reason(
+                    DeviceReasonCode.EVICTED_DRAINING, f"drained on {worker.worker_id}; its room goes to {replica_id}")))
+            else:
+                self.do(EvictAsleep(evicted, worker.worker_id, Reason(
+                    DeviceReasonCode.EVICTED_ASLEEP, f"asleep on {worker.worker_id}; its devices go to {replica_id}")))
         self.do(StartReplica(replica_id, expert_id, worker.worker_id, worker.hardware,
                              estimate.start_s_on(worker.worker_id), why))
         return replica_id

@@ -52,7 +52,7 @@ from switchboard.policies.base import Reason
 from switchboard.policies.circuit import CircuitState
 from switchboard.policies.control import ControlPlane
 from switchboard.policies.loop import ControlLoop
-from switchboard.policies.placement import Unplaceable
+from switchboard.policies.placement import Unplaceable, sleep_frees_accelerator
 from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
 from switchboard.runtime.circuits import CircuitBoard
@@ -501,7 +501,7 @@ class LiveFleet:
             elif isinstance(action, StopReplica):
                 replica = self.live.pop(action.replica_id, None)
                 self.replica_circuits.forget(action.replica_id)
-                if replica is not None and self._sleeps(action.replica_id, replica):
+                if replica is not None and self._sleeps(action.replica_id, replica, action.reason.code):
                     pass  # asleep: it keeps its devices (held under its id until woken, evicted or expired)
                 else:
                     self.devices.release(action.replica_id)
@@ -512,7 +512,11 @@ class LiveFleet:
             elif isinstance(action, (DrainReplica, ReactivateReplica)):
                 if self.sleep_tier is not None and live is not None:
                     if isinstance(action, DrainReplica):
-                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine)
+                        model_replica = self.model.replicas.get(ReplicaId(action.replica_id))
+                        worker = self.model.workers[model_replica.worker_id] if model_replica is not None else None
+                        self.sleep_tier.note_drain(action.replica_id, action.reason.code, live.engine,
+                                                   frees_accelerator=worker is not None
+                                                   and sleep_frees_accelerator(worker))
                     else:
                         self.sleep_tier.note_reactivate(action.replica_id)
                 self._record(action, action.replica_id.split("#")[0])
@@ -540,8 +544,9 @@ class LiveFleet:
         if num_devices and self.devices.has_devices(action.worker_id) and hasattr(engine, "devices"):
             engine.devices = self.devices.assign(action.replica_id, action.worker_id, num_devices)
 
-    def _sleeps(self, replica_id: str, replica: LiveReplica) -> bool:
-        """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that and its engine can."""
+    def _sleeps(self, replica_id: str, replica: LiveReplica, stop_code: Any = None) -> bool:
+        """Puts a stopping replica to sleep instead, if keep-alive unloaded it for that, its engine can, and the
+        stop (`stop_code`) is not for another start's room."""
         model_replica = self.model.replicas.get(ReplicaId(replica_id))
         if self.sleep_tier is None or model_replica is None:
             return False
@@ -551,7 +556,7 @@ class LiveFleet:
         wake_s = (replica.cold_start or {}).get("wake_s") or estimate.wake_s or estimate.unpriced().cold_start_s
         if not self.sleep_tier.stop_or_sleep(replica_id, replica.expert.id, model_replica.worker_id, replica.hardware,
                                              replica.engine, wake_s, self.clock(),
-                                             num_devices=model_replica.num_devices):
+                                             num_devices=model_replica.num_devices, stop_code=stop_code):
             return False
         self._reflect_asleep()
         return True

@@ -38,17 +38,18 @@ class LiveSleepTier:
         return (isinstance(action, DrainReplica) and action.reason.code is KeepAliveReasonCode.SLEEP
                 and not self.can_sleep(engine))
 
-    def note_drain(self, replica_id: str, reason_code: Any, engine: Any) -> None:
-        self.asleep.note_drain(replica_id, reason_code if self.can_sleep(engine) else None)
+    def note_drain(self, replica_id: str, reason_code: Any, engine: Any, *, frees_accelerator: bool = True) -> None:
+        self.asleep.note_drain(replica_id, reason_code if self.can_sleep(engine) else None,
+                               frees_accelerator=frees_accelerator)
 
     def note_reactivate(self, replica_id: str) -> None:
         self.asleep.note_reactivate(replica_id)
 
     def stop_or_sleep(self, replica_id: str, expert_id: str, worker_id: str, hardware: str, engine: Any,
-                      wake_s: float, now_s: float, num_devices: int = 0) -> bool:
-        """Puts a stopping replica's engine to sleep if it was marked to, keeping its `num_devices` devices; False
-        if the caller must stop it."""
-        if not self.asleep.should_sleep(replica_id) or not self.can_sleep(engine):
+                      wake_s: float, now_s: float, num_devices: int = 0, stop_code: Any = None) -> bool:
+        """Puts a stopping replica's engine to sleep if it was marked to (and `stop_code` allows it,
+        `AsleepReplicas.should_sleep`), keeping its `num_devices` devices; False if the caller must stop it."""
+        if not self.asleep.should_sleep(replica_id, stop_code) or not self.can_sleep(engine):
             return False
         task = asyncio.ensure_future(self._sleep(engine))
         self.asleep.put(replica_id, ExpertId(expert_id), worker_id, hardware, wake_s, now_s, handle=(engine, task),

@@ -42,6 +42,7 @@ from switchboard.policies.actions import (
 from switchboard.policies.keepalive import KeepAliveReasonCode
 from switchboard.policies.loop import next_to_run
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
+from switchboard.policies.placement import sleep_frees_accelerator
 from switchboard.policies.routing import PrewarmReasonCode
 from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
@@ -471,12 +472,14 @@ class Simulation:
             if isinstance(action, StartReplica):
                 out += self._start(action, now_s)
             elif isinstance(action, StopReplica):
-                self._stopped(replica_id)
+                self._stopped(replica_id, action.reason.code)
             elif isinstance(action, EvictAsleep):
                 self.asleep.evict(action.replica_id)
                 self._reflect_asleep()
             elif isinstance(action, DrainReplica) and self.asleep is not None:
-                self.asleep.note_drain(action.replica_id, action.reason.code)
+                worker = self.snapshot.workers[self.snapshot.replicas[action.replica_id].worker_id]
+                self.asleep.note_drain(action.replica_id, action.reason.code,
+                                       frees_accelerator=sleep_frees_accelerator(worker))
             elif isinstance(action, ReactivateReplica) and self.asleep is not None:
                 self.asleep.note_reactivate(action.replica_id)
             elif isinstance(action, AssignRequest):
@@ -528,10 +531,10 @@ class Simulation:
             raise AssertionError(f"migrated request {action.request_id} had already started on {action.from_replica_id}")
         return self._run_queued(action.to_replica_id, now_s)
 
-    def _stopped(self, replica_id: ReplicaId) -> None:
+    def _stopped(self, replica_id: ReplicaId, stop_code=None) -> None:
         record = self.records[replica_id]
         record.stopped_at = self.snapshot.now_s
-        if self.asleep is not None and self.asleep.should_sleep(replica_id) and not math.isnan(record.warm_at):
+        if self.asleep is not None and self.asleep.should_sleep(replica_id, stop_code) and not math.isnan(record.warm_at):
             profile = self.cluster.profiles[(record.expert_id, record.hardware)]
             self.asleep.put(replica_id, ExpertId(record.expert_id), record.worker_id, record.hardware,
                             wake_time_s(profile), self.snapshot.now_s,
