@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
 from switchboard.online import OnlineLearner
+from switchboard.online.correction import residual_correlation
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.router.data import common_experts, load_examples, load_models, score_matrix
 from switchboard.router.embed import StaticEmbedder
@@ -118,7 +119,9 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
         model, calibration = fit_calibrated(strategy, x[train], y[train], rng)
-        out[task] = Router(tuple(experts), price, model, calibration, embedder, True)
+        router = Router(tuple(experts), price, model, calibration, embedder, True)
+        # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
+        out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))
         print(f"  router without {'half of ' if familiar else ''}{task}: {time.perf_counter() - t0:.1f} s", flush=True)
     return out, unseen
 

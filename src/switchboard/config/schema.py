@@ -303,6 +303,11 @@ class OnlineLearningConfig(_Strict):
         0.03, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
+    expert_correlation: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="How much the experts' corrections are linked by the router's shipped residual correlation (0: "
+        "independent; ρ: prior correlation (1 − ρ)·I + ρ·R), so feedback on one expert moves its correlated peers.",
+    )
     exploration: Literal["optimistic", "thompson", "top_two"] = Field(
         "optimistic",
         description="optimistic: an exploring decision values the experts but the posterior's best at mean + explore_ucb_sd SDs "
