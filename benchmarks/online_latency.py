@@ -112,5 +112,6 @@ def cpu_versus(router, x, learners, defaults, rounds: int, decisions: int) -> No
                 b, a = cpu_ms(learner), cpu_ms(defaults[num_events])
             print(f"| {r} | {num_events} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
 
+
 if __name__ == "__main__":
     main()

@@ -42,7 +42,6 @@ import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
 from switchboard.online import OnlineLearner
-from switchboard.online.correction import residual_correlation
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.router.data import common_experts, load_examples, load_models, score_matrix
 from switchboard.router.embed import StaticEmbedder
@@ -51,7 +50,7 @@ from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, build_features
 from switchboard.router.selection import RoutingConstraints, choose
 from switchboard.router.strategies import StrategyName
-from switchboard.router.training import fit_calibrated
+from switchboard.router.training import fit_calibrated, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
 TUNING_TASKS = frozenset({"gpqa", "mbpp", "math", "natural_qa", "arc_challenge"})

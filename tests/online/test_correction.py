@@ -9,8 +9,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Events, correction, residual_correlation, unit
+from switchboard.online.correction import Events, correction, unit
 from switchboard.online.exploration import ExplorationBudget
+from switchboard.router.training import residual_correlation
 
 OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_mean=1.0, slope_prior_var=0.0)
 SLOPE = OFFSET.model_copy(update={"num_neighbors": 256, "slope_prior_var": 1.0})

@@ -66,27 +66,13 @@ def unit(context: np.ndarray) -> np.ndarray:
     return c / norm if norm > 0 else c
 
 
-def residual_correlation(predicted: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """(m, m) the correlation between experts of the router's per-prompt residuals (score − prediction) on
-    `scores` (n, m) — computed at `router train` time and shipped with the router, it is the correlated prior's
-    shape (`expert_correlation`). An expert whose residual does not vary correlates with nothing."""
-    residual = np.asarray(scores, np.float64) - np.asarray(predicted, np.float64)
-    residual = residual - residual.mean(axis=0)
-    sd = np.sqrt((residual ** 2).mean(axis=0))
-    safe = np.where(sd > 0, sd, 1.0)
-    corr = (residual.T @ residual) / len(residual) / np.outer(safe, safe)
-    corr[sd == 0, :] = corr[:, sd == 0] = 0.0
-    np.fill_diagonal(corr, 1.0)
-    return np.clip(corr, -1.0, 1.0)
-
-
 def correction(events: Events, context: np.ndarray, experts: np.ndarray, predicted: np.ndarray,
                settings: OnlineLearningConfig, prior_correlation: np.ndarray | None = None) -> Correction:
     """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
     whose router predictions there are `predicted`. With no events near it, an expert's correction is the
     prior's: mean 0, std sqrt(noise_var / prior_events).
 
-    `prior_correlation` (all the router's experts × all, as `residual_correlation` gives) links the experts'
+    `prior_correlation` (all the router's experts × all, as `router.training.residual_correlation` gives) links the experts'
     intercepts when `settings.expert_correlation` > 0: their prior is jointly Gaussian with correlation
     (1 − ρ)·I + ρ·R (ρ = `expert_correlation`), so feedback on one expert moves its correlated peers too. The
     posterior is then solved jointly (an m × m system, the slopes eliminated per expert); without it, per expert."""

@@ -77,7 +77,7 @@ def save_router(router: Router, out_dir: Path | str, embedder_spec: dict[str, An
     }
     if router.prior_quality is not None:
         meta["prior_quality"] = [float(q) for q in router.prior_quality]
-    if router.residual_correlation is not None:  # m × m, about 1.5 KB of JSON for nine experts
+    if router.residual_correlation is not None:  # m × m, about 1.3 KB of JSON for nine experts
         meta["residual_correlation"] = [[round(float(c), 4) for c in row] for row in router.residual_correlation]
     (out / "router.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -26,8 +26,7 @@ from switchboard.router.nested import NESTED, Candidate, nested_cross_validate, 
 from switchboard.router.protocol import SplitKind
 from switchboard.router.router import Router, build_features
 from switchboard.router.strategies import STRATEGIES, StrategyName
-from switchboard.online.correction import residual_correlation
-from switchboard.router.training import fit_calibrated, fits_per_calibrated_model
+from switchboard.router.training import fit_calibrated, fits_per_calibrated_model, residual_correlation
 
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("knn", StrategyName.KNN, {"num_neighbours": 40}),
