@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -50,7 +50,7 @@ from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, build_features
 from switchboard.router.selection import RoutingConstraints, choose
 from switchboard.router.strategies import StrategyName
-from switchboard.router.training import fit_calibrated
+from switchboard.router.training import fit_calibrated, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
 TUNING_TASKS = frozenset({"gpqa", "mbpp", "math", "natural_qa", "arc_challenge"})
@@ -118,7 +118,9 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
         model, calibration = fit_calibrated(strategy, x[train], y[train], rng)
-        out[task] = Router(tuple(experts), price, model, calibration, embedder, True)
+        router = Router(tuple(experts), price, model, calibration, embedder, True)
+        # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
+        out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))
         print(f"  router without {'half of ' if familiar else ''}{task}: {time.perf_counter() - t0:.1f} s", flush=True)
     return out, unseen
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from switchboard.config.schema import OnlineLearningConfig
 from switchboard.online.correction import Events, correction, unit
 from switchboard.online.exploration import ExplorationBudget
+from switchboard.router.training import residual_correlation
 
 OFFSET = OnlineLearningConfig(num_neighbors=8, min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_mean=1.0, slope_prior_var=0.0)
 SLOPE = OFFSET.model_copy(update={"num_neighbors": 256, "slope_prior_var": 1.0})
@@ -136,3 +137,43 @@ def test_the_vectorised_correction_is_the_model(seed):
     context = unit(rng.normal(size=dims))
     got = correction(ev, context, experts, predicted, settings).mean
     assert np.allclose(got, _reference(ev, context, experts, predicted, settings), atol=1e-5)
+
+
+LINKED = OnlineLearningConfig(min_similarity=0.5, prior_events=4.0, noise_var=0.1, slope_prior_var=0.0, expert_correlation=0.8)
+PEERS = np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+"""Experts 0 and 1 err together on the training data; expert 2 errs on its own."""
+
+
+def test_feedback_on_one_expert_moves_its_correlated_peer_and_not_the_others():
+    low = events([[1, 0, 0]] * 20, [0] * 20, [0.8] * 20, [0.2] * 20)  # expert 0 scores 0.6 below the router, here
+    here = unit([1, 0, 0])
+    linked = correction(low, here, np.arange(3), np.full(3, 0.8), LINKED, PEERS)
+    alone = correction(low, here, np.arange(3), np.full(3, 0.8), LINKED.model_copy(update={"expert_correlation": 0.0}), PEERS)
+    assert alone.mean[1] == 0 and alone.mean[2] == 0  # independent: the untried keep the router's prediction
+    assert linked.mean[1] < -0.2 and abs(linked.mean[2]) < 1e-9  # linked: the peer falls, the unrelated one does not
+    assert linked.std[1] < alone.std[1] and np.isclose(linked.std[2], alone.std[2])
+    assert np.isclose(linked.mean[0], alone.mean[0], atol=0.02)  # the tried expert's own evidence still dominates
+
+
+@hypothesis_settings(deadline=None)
+@given(st.integers(0, 2**32 - 1), st.just(0.0) | st.floats(1e-4, 1.0))
+def test_the_linked_posterior_without_correlation_is_the_independent_one(seed, slope_var):
+    """The joint solve (each slope eliminated) is the per-expert closed form when the prior links nothing."""
+    rng = np.random.default_rng(seed)
+    n, m = 40, 4
+    evs = events(rng.normal(1.0, 0.5, (n, 3)), rng.integers(0, m, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n))
+    settings = OnlineLearningConfig(min_similarity=0.0, slope_prior_var=slope_var, expert_correlation=0.5)
+    args = (evs, unit([1, 1, 1]), np.arange(m), rng.uniform(0, 1, m))
+    linked = correction(*args, settings, np.eye(m))
+    alone = correction(*args, settings.model_copy(update={"expert_correlation": 0.0}), np.eye(m))
+    assert np.allclose(linked.mean, alone.mean) and np.allclose(linked.std, alone.std)
+
+
+def test_residual_correlation_is_a_correlation_of_the_routers_errors():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=500)
+    scores = np.stack([shared + 0.1 * rng.normal(size=500), shared + 0.1 * rng.normal(size=500), rng.normal(size=500),
+                       np.zeros(500)], axis=1)
+    corr = residual_correlation(np.zeros_like(scores), scores)
+    assert corr[0, 1] > 0.95 and abs(corr[0, 2]) < 0.15 and np.allclose(np.diag(corr), 1) and np.allclose(corr, corr.T)
+    assert not corr[3, :3].any()  # an expert whose residual never varies correlates with nothing

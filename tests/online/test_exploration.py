@@ -63,3 +63,40 @@ def test_explored_decisions_never_exceed_the_bound(fraction, evidences):
         assert step.is_exploring == (evidence < 3.0 and budget.allows_sample(fraction))
         budget = budget.after(step.is_exploring)
         assert budget.num_sampled <= fraction * budget.num_decisions + 1e-9
+
+
+TOP_TWO = OnlineLearningConfig(exploration="top_two", explore_fraction=0.5)
+
+
+def test_top_two_spends_exploration_on_the_close_challenger_not_on_hopeless_experts():
+    """The leader 0.80 and a challenger 0.78 are close; an untried expert the router rates 0.45 has the prior's
+    wide posterior, and one at 0.05 none at all. The optimistic rule always tries the untried one (its upper
+    bound, 0.81, is the highest); top-two tries each in proportion to its chance of being best: the challenger
+    most, the hopeless one never."""
+    mean, std, evidence = np.array([0.80, 0.78, 0.45, 0.05]), np.array([0.03, 0.02, 0.36, 0.03]), np.array([80.0, 60.0, 0.0, 60.0])
+    rng = np.random.default_rng(0)
+    tried = [explore(mean, std, evidence, OPEN, TOP_TWO, rng) for _ in range(400)]
+    counts = np.bincount([s.offered[0] for s in tried if s.is_exploring], minlength=4)
+    assert counts[1] > counts[2] > 0 and counts[0] == counts[3] == 0
+    assert all(int(np.argmax(s.quality)) == s.offered[0] for s in tried if s.is_exploring)
+    optimistic = explore(mean, std, evidence, OPEN, OnlineLearningConfig(explore_fraction=0.5), rng)
+    assert int(np.argmax(optimistic.quality)) == 2
+
+
+def test_top_two_does_not_explore_when_the_leader_is_clearly_best():
+    mean = np.array([0.9, 0.5, 0.4])
+    step = explore(mean, np.full(3, 0.02), np.full(3, 50.0), OPEN, TOP_TWO, np.random.default_rng(0))
+    assert not step.is_exploring and step.offered == () and np.array_equal(step.quality, mean)
+
+
+@hypothesis_settings(deadline=None)
+@given(st.floats(0.0, 1.0), st.lists(st.floats(0.0, 0.3), max_size=200))
+def test_top_two_never_exceeds_the_bound(fraction, gaps):
+    """Each step: how far the challenger's mean lies below the leader's (close: something to explore)."""
+    settings = TOP_TWO.model_copy(update={"explore_fraction": fraction})
+    budget, rng = ExplorationBudget(), np.random.default_rng(0)
+    for gap in gaps:
+        step = explore(np.array([0.8, 0.8 - gap]), np.full(2, 0.05), np.full(2, 50.0), budget, settings, rng)
+        assert not step.is_exploring or budget.allows_sample(fraction)
+        budget = budget.after(step.is_exploring)
+        assert budget.num_sampled <= fraction * budget.num_decisions + 1e-9

@@ -131,11 +131,13 @@ def test_a_trained_router_carries_its_margin_and_prior_through_save_and_load(tmp
     router = load_router(write_router(result, tmp_path / "router", settings_, 80, builtin_static_dir()))
     assert router.caution_margin == result.router.caution_margin in (0.0, 0.3)
     assert np.allclose(router.prior_quality, [np.mean([e.scores[n] for e in examples]) for n in router.experts])
+    m = len(router.experts)  # the correlated prior's shape for online learning travels too (4 decimals)
+    assert router.residual_correlation.shape == (m, m) and np.allclose(router.residual_correlation, result.router.residual_correlation, atol=1e-4)
     forced = type(router)(**{**router.__dict__, "caution_margin": 1.0})  # a margin no gain can beat
     prior_choice = router.experts[int(np.argmax(router.prior_quality))]
     assert forced.route("How long should I boil pasta?").expert == prior_choice
     meta = json.loads((tmp_path / "router" / "router.json").read_text())
-    del meta["prior_quality"], meta["caution_margin"]  # a router saved before the rule: the plain one
+    del meta["prior_quality"], meta["caution_margin"], meta["residual_correlation"]  # a router saved before these
     (tmp_path / "router" / "router.json").write_text(json.dumps(meta))
     old = load_router(tmp_path / "router")
-    assert old.caution() is None
+    assert old.caution() is None and old.residual_correlation is None

@@ -303,11 +303,17 @@ class OnlineLearningConfig(_Strict):
         0.03, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
-    exploration: Literal["optimistic", "thompson"] = Field(
+    expert_correlation: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="How much the experts' corrections are linked by the router's shipped residual correlation (0: "
+        "independent; ρ: prior correlation (1 − ρ)·I + ρ·R), so feedback on one expert moves its correlated peers.",
+    )
+    exploration: Literal["optimistic", "thompson", "top_two"] = Field(
         "optimistic",
         description="optimistic: an exploring decision values the experts but the posterior's best at mean + explore_ucb_sd SDs "
-        "near the prompt (widest where least tried), the router's trade-off picks; thompson: it samples the posterior "
-        "(switchboard.online.exploration).",
+        "near the prompt (widest where least tried), the router's trade-off picks; thompson: it samples the posterior; "
+        "top_two: it routes on a posterior draw whose best expert is not the mean's best (the challenger), or does not "
+        "explore (switchboard.online.exploration).",
     )
     explore_fraction: float = Field(
         0.2, ge=0.0, le=1.0,

@@ -67,10 +67,15 @@ def unit(context: np.ndarray) -> np.ndarray:
 
 
 def correction(events: Events, context: np.ndarray, experts: np.ndarray, predicted: np.ndarray,
-               settings: OnlineLearningConfig) -> Correction:
+               settings: OnlineLearningConfig, prior_correlation: np.ndarray | None = None) -> Correction:
     """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
     whose router predictions there are `predicted`. With no events near it, an expert's correction is the
-    prior's: mean 0, std sqrt(noise_var / prior_events)."""
+    prior's: mean 0, std sqrt(noise_var / prior_events).
+
+    `prior_correlation` (all the router's experts × all, as `router.training.residual_correlation` gives) links the experts'
+    intercepts when `settings.expert_correlation` > 0: their prior is jointly Gaussian with correlation
+    (1 − ρ)·I + ρ·R (ρ = `expert_correlation`), so feedback on one expert moves its correlated peers too. The
+    posterior is then solved jointly (an m × m system, the slopes eliminated per expert); without it, per expert."""
     experts = np.asarray(experts, np.int64)
     num = len(experts)
     prior_std = np.sqrt(settings.noise_var / settings.prior_events)
@@ -104,8 +109,27 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     # Normal equations of θ = (a − p, b − b₀), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),
     # in units of one full-weight event: A θ = r, posterior covariance noise_var · A⁻¹ (2×2, solved in closed form).
     a11 = settings.prior_events + sum_w
+    if prior_correlation is not None and settings.expert_correlation > 0:
+        return _linked(sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx, experts, prior_correlation, settings)
     if settings.slope_prior_var == 0:  # b fixed at b₀
         return Correction(sum_wt / a11, np.sqrt(settings.noise_var / a11), sum_w)
     a12, a22 = sum_wx, settings.noise_var / settings.slope_prior_var + sum_wxx
     det = a11 * a22 - a12 * a12
     return Correction((a22 * sum_wt - a12 * sum_wtx) / det, np.sqrt(settings.noise_var * a22 / det), sum_w)
+
+
+def _linked(sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx, experts, prior_correlation, settings) -> Correction:
+    """The joint posterior of the intercepts under the correlated prior, each expert's slope eliminated (its
+    Schur complement): with ρ = 0 it is the per-expert closed form exactly."""
+    rho = settings.expert_correlation
+    linked = np.asarray(prior_correlation, np.float64)[np.ix_(experts, experts)]
+    shape = (1.0 - rho) * np.eye(len(experts)) + rho * linked
+    precision = settings.prior_events * np.linalg.inv(shape)
+    rhs = np.asarray(sum_wt, np.float64).copy()
+    diag = np.asarray(sum_w, np.float64).copy()
+    if settings.slope_prior_var > 0:
+        a22 = settings.noise_var / settings.slope_prior_var + sum_wxx
+        diag -= sum_wx * sum_wx / a22
+        rhs -= sum_wx * sum_wtx / a22
+    covariance = np.linalg.inv(precision + np.diag(diag))
+    return Correction(covariance @ rhs, np.sqrt(settings.noise_var * np.diag(covariance)), sum_w)

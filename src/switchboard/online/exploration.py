@@ -24,6 +24,14 @@ uncertainty (UCB, Auer, Cesa-Bianchi & Fischer 2002) near the prompt:
 `thompson` is the earlier rule (Chapelle & Li 2011): an exploring decision samples the posterior, whenever the
 budget allows.
 
+`top_two` is best-arm identification (top-two Thompson sampling, Russo 2016): the misses that remain are about
+telling the top two or three experts apart, so an exploring decision is spent on the *challenger* — the expert
+that a posterior draw ranks first where the posterior mean does not. It draws up to `TOP_TWO_DRAWS` samples of
+the posterior at once and routes on the first whose best expert is not the mean's best; an expert with no real
+chance of being best is almost never drawn first, so hopeless experts are not tried. When no draw dethrones the
+mean's best (it is best with probability ≳ 1 − 1/`TOP_TWO_DRAWS`), there is nothing to learn here: the decision
+routes on the mean and spends nothing.
+
 Everything here is a pure function of arrays and small values; `switchboard.online.learner` owns the state.
 """
 
@@ -34,6 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
+
+TOP_TWO_DRAWS = 64
+"""Posterior draws a `top_two` decision looks through for a challenger: it explores only when the mean's best
+loses in some draw, i.e. is not best with probability ≳ 1/64."""
 
 LEAST_TRIED_TIE_BREAK = 1e-3
 """How far below 1 the most-tried under-tried expert is valued: enough to order them, too little to matter
@@ -74,8 +86,8 @@ def optimistic_quality(upper: np.ndarray, evidence: np.ndarray, is_under_tried: 
 @dataclass(frozen=True)
 class Exploration:
     """What one decision's correction does: the quality to route on, whether it explores, and the experts it
-    offers to explore (those whose optimistic value beats the best mean, and the under-tried; empty for
-    Thompson sampling or when not exploring)."""
+    offers to explore (those whose optimistic value beats the best mean, and the under-tried; the challenger for
+    `top_two`; empty for Thompson sampling or when not exploring)."""
 
     quality: np.ndarray
     is_exploring: bool
@@ -92,6 +104,8 @@ def explore(mean_quality: np.ndarray, std: np.ndarray, evidence: np.ndarray, bud
             return Exploration(mean_quality, False, ())
         sample = np.clip(mean_quality + std * rng.standard_normal(len(mean_quality)), 0.0, 1.0)
         return Exploration(sample, True, ())
+    if settings.exploration == "top_two":
+        return top_two(mean_quality, std, budget, settings, rng)
     mask = under_tried(evidence, settings)
     best = int(np.argmax(mean_quality))
     upper = np.clip(mean_quality + settings.explore_ucb_sd * np.asarray(std, np.float64), 0.0, 1.0)
@@ -101,3 +115,21 @@ def explore(mean_quality: np.ndarray, std: np.ndarray, evidence: np.ndarray, bud
         return Exploration(mean_quality, False, ())
     offered = tuple(int(j) for j in np.nonzero(mask | contenders)[0])
     return Exploration(optimistic_quality(upper, evidence, mask, settings), True, offered)
+
+
+def top_two(mean_quality: np.ndarray, std: np.ndarray, budget: ExplorationBudget, settings: OnlineLearningConfig,
+            rng: np.random.Generator) -> Exploration:
+    """Top-two Thompson sampling's challenger step: the first of `TOP_TWO_DRAWS` posterior draws whose best
+    expert is not the mean's best, offered as that expert (the router's trade-off still picks under λ, on the
+    draw's values); none such, or no budget: the mean, nothing spent. The draws are taken only when the budget
+    allows, so a decision that cannot explore costs no sampling."""
+    mean_quality = np.asarray(mean_quality, np.float64)
+    if len(mean_quality) < 2 or not budget.allows_sample(settings.explore_fraction):
+        return Exploration(mean_quality, False, ())
+    draws = np.clip(mean_quality + np.asarray(std, np.float64) * rng.standard_normal((TOP_TWO_DRAWS, len(mean_quality))), 0.0, 1.0)
+    winners = np.argmax(draws, axis=1)
+    dethroned = np.nonzero(winners != int(np.argmax(mean_quality)))[0]
+    if not len(dethroned):
+        return Exploration(mean_quality, False, ())
+    first = int(dethroned[0])
+    return Exploration(draws[first], True, (int(winners[first]),))

@@ -126,6 +126,8 @@ class OnlineLearner:
         self.settings = settings
         self.rng = rng
         self.expert_index = {e: j for j, e in enumerate(router.experts)}
+        # The correlated prior's shape (`expert_correlation`), shipped with the router; absent: independent experts.
+        self.prior_correlation = getattr(router, "residual_correlation", None)
         self._tenants: OrderedDict[str, TenantMemory] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -154,7 +156,7 @@ class OnlineLearner:
             if memory is None:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
-            corr = correction(memory.events(), context, columns, quality, self.settings)
+            corr = correction(memory.events(), context, columns, quality, self.settings, self.prior_correlation)
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
@@ -221,7 +223,7 @@ class OnlineLearner:
             if memory is None:
                 return quality.copy()
             columns = np.arange(len(self.expert_index))
-            corr = correction(memory.events(), unit(features), columns, quality, self.settings)
+            corr = correction(memory.events(), unit(features), columns, quality, self.settings, self.prior_correlation)
         return np.clip(quality + corr.mean, 0.0, 1.0)
 
     def num_events(self, tenant: str) -> int:

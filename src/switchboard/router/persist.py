@@ -77,6 +77,8 @@ def save_router(router: Router, out_dir: Path | str, embedder_spec: dict[str, An
     }
     if router.prior_quality is not None:
         meta["prior_quality"] = [float(q) for q in router.prior_quality]
+    if router.residual_correlation is not None:  # m × m, about 1.3 KB of JSON for nine experts
+        meta["residual_correlation"] = [[round(float(c), 4) for c in row] for row in router.residual_correlation]
     (out / "router.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -126,6 +128,8 @@ def load_router(path: Path | str) -> Router:
         # Routers saved before the conservative rule have neither: the plain rule.
         prior_quality=np.asarray(meta["prior_quality"], np.float64) if "prior_quality" in meta else None,
         caution_margin=float(meta.get("caution_margin", 0.0)),
+        # Routers saved before the correlated prior have none: online learning treats the experts as independent.
+        residual_correlation=np.asarray(meta["residual_correlation"], np.float64) if "residual_correlation" in meta else None,
     )
 
 

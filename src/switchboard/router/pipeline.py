@@ -26,7 +26,7 @@ from switchboard.router.nested import NESTED, Candidate, nested_cross_validate, 
 from switchboard.router.protocol import SplitKind
 from switchboard.router.router import Router, build_features
 from switchboard.router.strategies import STRATEGIES, StrategyName
-from switchboard.router.training import fit_calibrated, fits_per_calibrated_model
+from switchboard.router.training import fit_calibrated, fits_per_calibrated_model, residual_correlation
 
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("knn", StrategyName.KNN, {"num_neighbours": 40}),
@@ -143,6 +143,9 @@ def train_router(
         output_usd_per_mtok=np.asarray([prices[e].output_usd_per_mtok for e in experts]),
         output_length=output_length,
         prior_quality=y.mean(axis=0), caution_margin=margin,
+        # The correlated prior's shape for online learning (`router.online.expert_correlation`): residuals on the
+        # training rows themselves (in-sample; the out-of-fold ones of the nested search are not kept).
+        residual_correlation=residual_correlation(calibration.apply(model.predict(x)), y),
     )
     return TrainResult(router, evaluation, chosen, label, split, per_fold)
 

@@ -79,6 +79,7 @@ class Router:
     output_length: OutputLengthModel | None = None  # None: the constant default (router.cost)
     prior_quality: np.ndarray | None = None  # (m,) mean training score per expert; None: routers saved before it
     caution_margin: float = 0.0  # the conservative rule's margin (`selection.Caution`); 0 or no prior: plain argmax
+    residual_correlation: np.ndarray | None = None  # (m, m) between experts' residuals on the training data; None: not shipped
 
     @property
     def strategy(self) -> str:

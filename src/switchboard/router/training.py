@@ -1,7 +1,8 @@
 """Fitting and cross-validating strategies on feature rows; every split comes from a seeded generator.
 
 `fit_calibrated` trains a strategy on all rows and calibrates it on out-of-fold estimates from an inner split.
-`cross_validated_quality` gives the outer out-of-fold calibrated estimates for every row, the input of all the
+`residual_correlation` is the correlation between experts of a router's errors, shipped for online learning's
+correlated prior. `cross_validated_quality` gives the outer out-of-fold calibrated estimates for every row, the input of all the
 CV numbers we report (no row is ever scored by a model that saw its answer).
 """
 
@@ -23,6 +24,20 @@ def kfold_indices(num_rows: int, num_folds: int, rng: np.random.Generator) -> li
     if not 2 <= num_folds <= num_rows:
         raise ValueError(f"need 2 ≤ folds ≤ rows, got folds={num_folds}, rows={num_rows}")
     return np.array_split(rng.permutation(num_rows), num_folds)
+
+
+def residual_correlation(predicted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(m, m) the correlation between experts of the router's per-prompt residuals (score − prediction) on
+    `scores` (n, m) — computed at `router train` time and shipped with the router, it is the correlated prior's
+    shape (`router.online.expert_correlation`). An expert whose residual does not vary correlates with nothing."""
+    residual = np.asarray(scores, np.float64) - np.asarray(predicted, np.float64)
+    residual = residual - residual.mean(axis=0)
+    sd = np.sqrt((residual ** 2).mean(axis=0))
+    safe = np.where(sd > 0, sd, 1.0)
+    corr = (residual.T @ residual) / len(residual) / np.outer(safe, safe)
+    corr[sd == 0, :] = corr[:, sd == 0] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)
 
 
 def fits_per_calibrated_model(calibration_folds: int) -> int:
