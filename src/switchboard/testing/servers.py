@@ -17,6 +17,9 @@ from typing import Any
 import uvicorn
 
 
+_NUM_PORT_TRIES = 3
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,28 +58,23 @@ def serve_in_process(config: Any, workdir: Any, *args: str, env: dict[str, str] 
     extra CLI `args` and `env` added to this process's environment; yields (base URL, process) once /healthz
     answers. Stopped with SIGINT at the end unless the caller killed it. Raises AssertionError, with the
     child's stderr, if it exits or does not come up within `startup_timeout_s`."""
-    import httpx
     import yaml
 
     path = Path(workdir) / f"switchboard-{os.urandom(3).hex()}.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_timeout_s
+    # A port free_port() found free may be taken before the child binds it (on a busy machine, Ray's own
+    # processes open ports all the time): the child then exits saying so, and another port is tried.
+    for attempt in range(_NUM_PORT_TRIES):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "switchboard.cli", "serve", "--config", str(path), "--port", str(port), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        if _wait_healthy(url, process, deadline, last_try=attempt == _NUM_PORT_TRIES - 1):
+            break
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            assert process.poll() is None, f"the gateway process exited: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "the gateway process never came up"
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
         yield url, process
     finally:
         if process.poll() is None:
@@ -86,3 +84,24 @@ def serve_in_process(config: Any, workdir: Any, *args: str, env: dict[str, str] 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, deadline: float, *, last_try: bool) -> bool:
+    """Waits until `process` answers /healthz at `url`: True. False if it exited because its port was taken
+    (unless `last_try`). Raises AssertionError, with the child's stderr, if it exits otherwise or `deadline`
+    (monotonic) passes."""
+    import httpx
+
+    while True:
+        if process.poll() is not None:
+            stderr = process.stderr.read()
+            if "address already in use" in stderr.lower() and not last_try:
+                return False
+            raise AssertionError(f"the gateway process exited: {stderr}")
+        assert time.monotonic() < deadline, "the gateway process never came up"
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
