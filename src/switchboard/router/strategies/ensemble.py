@@ -27,11 +27,15 @@ class EnsembleModel(QualityModel):
     @classmethod
     def fit(cls, x, y, rng, knn_share: float = 0.5, num_neighbours: int = 100, prior_weight: float = 4.0,
             temperature: float = 0.05, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4,
-            relative: bool = False) -> "EnsembleModel":
+            relative: bool = False, groups: np.ndarray | None = None, prior_by_task: bool = False,
+            task_objective: str | None = None, task_strength: float = 0.0) -> "EnsembleModel":
         """`relative`: the MLP learns scores relative to the prompt's mean over experts (`MlpModel.fit`); the kNN
-        is left as it is, since subtracting a per-prompt constant from every expert never changes its choice."""
-        knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature)
-        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay, relative=relative)
+        is left as it is, since subtracting a per-prompt constant from every expert never changes its choice.
+        `groups` (a task id per row) with `prior_by_task` gives the kNN a task-averaged prior (`KnnModel.fit`),
+        with `task_objective` trains the MLP across tasks (`strategies.robust`)."""
+        knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature, groups, prior_by_task)
+        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay, relative=relative,
+                           groups=groups, task_objective=task_objective, task_strength=task_strength)
         return cls(knn, mlp, knn_share)
 
     def arrays(self) -> dict[str, np.ndarray]:
