@@ -12,7 +12,9 @@ across tasks"). The settings below are the fixed grid tried, declared before the
 - `mlp-vrex-b*`: V-REx at β;
 - `knn-taskprior`: the kNN whose prior is each expert's mean over tasks, not over prompts;
 - `mlp-surface`: the MLP with 5 more surface features (`SURFACE_FEATURES`); `mlp-format-only`: an MLP on the 12
-  surface features alone, no embedding (does format transfer where content does not?);
+  surface features alone, no embedding (does format transfer where content does not?); `mlp-cheap-only`: on the 7
+  cheap features the served router already computes (added after seed 0, when `mlp-format-only` stood out), and
+  the means of three, kNN + MLP + either;
 - `cs-head`: cost-sensitive classification of the best expert at λ = 0 — a softmax over experts trained on the
   best expert(s) of each prompt, each prompt weighted by its regret range (best − worst score), so prompts where
   the choice matters dominate; its centred log-probabilities are scaled onto the centred scores by least squares
@@ -93,7 +95,8 @@ def _cost_sensitive_head(x, y, rng, hidden=128, epochs=40, lr=1e-3, weight_decay
 def fit_all(x, surface, y, groups, rng):
     """Fits every estimator on one training part; returns predict((x, surface) of test rows) → name → estimates."""
     def views(xr, sr):  # the 7 cheap features are the last columns of x
-        return {"x": xr, "surface": np.concatenate([xr, sr], axis=1), "format": np.concatenate([xr[:, -7:], sr], axis=1)}
+        return {"x": xr, "surface": np.concatenate([xr, sr], axis=1), "format": np.concatenate([xr[:, -7:], sr], axis=1),
+                "cheap": xr[:, -7:]}
 
     train = views(x, surface)
     knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
@@ -107,6 +110,7 @@ def fit_all(x, surface, y, groups, rng):
                                                          task_strength=beta))
     mlps["mlp-surface"] = ("surface", MlpModel.fit(train["surface"], y, rng))
     mlps["mlp-format-only"] = ("format", MlpModel.fit(train["format"], y, rng))
+    mlps["mlp-cheap-only"] = ("cheap", MlpModel.fit(train["cheap"], y, rng))
     cs = _cost_sensitive_head(x, y, rng)
 
     def predict(test):
@@ -116,6 +120,8 @@ def fit_all(x, surface, y, groups, rng):
         for name, (view, model) in mlps.items():
             out[name] = model.predict(v[view])
             out[f"ens:{name}"] = (k + out[name]) / 2
+        out["ens3:knn+mlp+format"] = (k + out["mlp"] + out["mlp-format-only"]) / 3
+        out["ens3:knn+mlp+cheap"] = (k + out["mlp"] + out["mlp-cheap-only"]) / 3
         out["ens-taskprior:mlp"] = (out["knn-taskprior"] + out["mlp"]) / 2
         out["cs-head"] = cs(v["x"])
         out["ens:cs-head"] = (k + out["cs-head"]) / 2

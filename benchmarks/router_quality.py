@@ -39,7 +39,8 @@ from switchboard.router.features import cheap_feature_matrix  # noqa: E402
 from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
 from switchboard.router.pipeline import (BALANCED_CANDIDATES, CAUTIOUS_CANDIDATES, DEFAULT_CANDIDATES,  # noqa: E402
-                                         RELATIVE_CANDIDATES, SHRINK_CANDIDATES, embed_cached)  # noqa: E402
+                                         RELATIVE_CANDIDATES, SHRINK_CANDIDATES, TASK_ROBUST_CANDIDATES,  # noqa: E402
+                                         embed_cached)  # noqa: E402
 from switchboard.router.protocol import SPLIT_ORDER, SplitKind  # noqa: E402
 from switchboard.router.report import format_summary, loto_task_rows, preset_table, run_splits  # noqa: E402
 
@@ -63,7 +64,7 @@ def embeddings(kind: str, texts: list[str]) -> np.ndarray:
 
 def candidate_pool(spec: str):
     every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
-                                   + RELATIVE_CANDIDATES)}
+                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES)}
     if spec == "default":
         return DEFAULT_CANDIDATES
     if spec == "shrink":
@@ -83,7 +84,8 @@ def main() -> None:
     parser.add_argument("--features", default="static", help="static, onnx-fp32, onnx-int8, or two joined by '+'.")
     parser.add_argument("--candidates", default="default",
                         help="'default' (pipeline.DEFAULT_CANDIDATES), 'shrink' (those and pipeline.SHRINK_CANDIDATES), "
-                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_, CAUTIOUS_ and RELATIVE_CANDIDATES.")
+                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_, CAUTIOUS_, RELATIVE_ and "
+                             "TASK_ROBUST_CANDIDATES.")
     parser.add_argument("--plot", type=Path, default=None, help="Also write the task-balanced curves as a PNG here.")
     args = parser.parse_args()
     started = time.perf_counter()

@@ -115,3 +115,21 @@ def test_candidate_passes_task_ids_and_refuses_rows_without_tasks(rng):
     np.testing.assert_allclose(model.knn.prior(), (y[groups == 0].mean(0) + y[groups == 1].mean(0)) / 2, rtol=1e-3)
     with pytest.raises(ValueError, match="task label"):
         candidate.fit(x, y, np.random.default_rng(0), None)
+
+
+def test_format_ensemble_feeds_its_mlp_the_last_columns_only(rng):
+    x, y = synthetic_xy(rng, n=300)
+    # The winner is decided by the last column here, the kNN sees every column, the MLP only the last two.
+    x[:, -1], x[:, 0] = x[:, 0], rng.normal(size=len(x))
+    model = EnsembleModel.fit(x, y, np.random.default_rng(0), num_neighbours=10, mlp_columns=2)
+    assert model.mlp.w1.shape[0] == 2
+    np.testing.assert_allclose(model.predict(x), (model.knn.predict(x) + model.mlp.predict(x[:, -2:])) / 2, rtol=1e-5)
+    pos, neg = x[:, -1] > 0.5, x[:, -1] < -0.5
+    mlp = model.mlp.predict(x[:, -2:])
+    assert mlp[pos, 0].mean() > mlp[pos, 1].mean() and mlp[neg, 1].mean() > mlp[neg, 0].mean()
+    again = EnsembleModel.from_arrays(model.arrays())
+    assert again.mlp_columns == 2
+    np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
+    plain = EnsembleModel.fit(x, y, np.random.default_rng(0), num_neighbours=10)
+    old = {k: v for k, v in plain.arrays().items() if k != "mlp_columns"}  # saved before the field: every column
+    np.testing.assert_allclose(EnsembleModel.from_arrays(old).predict(x), plain.predict(x), rtol=1e-6)
