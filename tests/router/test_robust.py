@@ -133,3 +133,13 @@ def test_format_ensemble_feeds_its_mlp_the_last_columns_only(rng):
     plain = EnsembleModel.fit(x, y, np.random.default_rng(0), num_neighbours=10)
     old = {k: v for k, v in plain.arrays().items() if k != "mlp_columns"}  # saved before the field: every column
     np.testing.assert_allclose(EnsembleModel.from_arrays(old).predict(x), plain.predict(x), rtol=1e-6)
+
+
+def test_three_member_ensemble_averages_knn_mlp_and_format_mlp(rng):
+    x, y = synthetic_xy(rng, n=300)
+    model = EnsembleModel.fit(x, y, np.random.default_rng(0), num_neighbours=10, format_columns=3)
+    assert model.format_mlp is not None and model.format_mlp.w1.shape[0] == 3 and model.mlp.w1.shape[0] == x.shape[1]
+    expected = (model.knn.predict(x) + model.mlp.predict(x) + model.format_mlp.predict(x[:, -3:])) / 3
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5)
+    again = EnsembleModel.from_arrays(model.arrays())
+    np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)

@@ -67,11 +67,14 @@ TASK_ROBUST_CANDIDATES: tuple[Candidate, ...] = (
               group_by_task=True),
     Candidate("ensemble-format", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
                                                          "mlp_columns": len(FEATURE_NAMES)}),
+    Candidate("ensemble-format3", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
+                                                          "format_columns": len(FEATURE_NAMES)}),
 )
 """Issue 13's ideas for an unseen task: the default ensemble with its MLP trained across tasks — Group DRO (τ =
 0.01) or V-REx (β = 10), `strategies.robust`, each the better of its two settings in the exploration
 (`benchmarks/router_dro_explore.py`) — and with its MLP reading only the cheap format features (length, code,
-maths, multiple choice…), which transfer across tasks where the embedding's content does not."""
+maths, multiple choice…), which transfer across tasks where the embedding's content does not — instead of the
+full MLP (`ensemble-format`) or as a third member beside it (`ensemble-format3`, the mean of three)."""
 
 CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
 """The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
