@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/router_latency.py [--iterations 300] [--static-only]
     .venv/bin/python benchmarks/router_latency.py --caution-ab [--rounds 10]
-    .venv/bin/python benchmarks/router_latency.py --format-ab [--rounds 10]
+    .venv/bin/python benchmarks/router_latency.py --format-ab ensemble-format|ensemble-format3 [--rounds 10]
 
 For every path (sentence-transformers on torch = the baseline, ONNX fp32, ONNX int8, the distilled static table)
 it times `Router.route` on 200-token prompts (embedding + features + prediction + selection, one request at a
@@ -15,8 +15,8 @@ on 2 cores) and caches it under ~/.cache/switchboard/embeddings; ONNX files are 
 `--caution-ab` times only the packaged router with the plain rule (A) against the same router with the
 conservative rule (B, `selection.Caution`, margin 0.08, the prior from the shipped data), alternating A B B A in
 rounds of 50 requests in one process, and prints each round's p50/p99 and the B/A ratios with their spread.
-`--format-ab` does the same for the packaged ensemble (A) against `ensemble-format` (B: the same kNN, an MLP on the
-7 cheap features only).
+`--format-ab V` does the same for the packaged ensemble (A) against V (B): `ensemble-format` (the same kNN, an MLP
+on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP, and that third MLP).
 """
 
 from __future__ import annotations
@@ -142,9 +142,10 @@ def caution_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
               per_round)
 
 
-def format_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
-    """The packaged ensemble (A) against the same kNN with an MLP on the 7 cheap features only (B,
-    `ensemble-format`), its MLP fitted here on the shipped data: latency depends on the shapes, not the weights."""
+def format_ab(prompts: list[str], rounds: int, variant: str, per_round: int = 50) -> None:
+    """The packaged ensemble (A) against the same kNN with an MLP on the 7 cheap features only (B): instead of its
+    MLP (`ensemble-format`) or beside it (`ensemble-format3`). The new MLP is fitted here on the shipped data:
+    latency depends on the shapes, not the weights."""
     import dataclasses
 
     from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
@@ -154,10 +155,14 @@ def format_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
     plain = load_default_router()
     shipped = load_shipped()
     y = shipped.scores[:, [shipped.experts.index(e) for e in plain.experts]]
-    mlp = MlpModel.fit(cheap_feature_matrix(shipped.texts), y, np.random.default_rng(0))
-    model = EnsembleModel(plain.model.knn, mlp, plain.model.knn_share, len(FEATURE_NAMES))
-    ab_rounds("packaged router (ensemble) vs ensemble-format", {"ensemble": plain,
-              "ensemble-format": dataclasses.replace(plain, model=model)}, prompts, rounds, per_round)
+    cheap_mlp = MlpModel.fit(cheap_feature_matrix(shipped.texts), y, np.random.default_rng(0))
+    columns = len(FEATURE_NAMES)
+    if variant == "ensemble-format":
+        model = EnsembleModel(plain.model.knn, cheap_mlp, plain.model.knn_share, columns)
+    else:
+        model = EnsembleModel(plain.model.knn, plain.model.mlp, plain.model.knn_share, 0, cheap_mlp, columns)
+    ab_rounds(f"packaged router (ensemble) vs {variant}", {"ensemble": plain,
+              variant: dataclasses.replace(plain, model=model)}, prompts, rounds, per_round)
 
 
 def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: int, per_round: int) -> None:
@@ -196,15 +201,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--static-only", action="store_true", help="Skip the full-model paths (minutes on 2 cores).")
     parser.add_argument("--caution-ab", action="store_true", help="Only the packaged router, plain vs conservative rule.")
-    parser.add_argument("--format-ab", action="store_true",
-                        help="Only the packaged ensemble vs ensemble-format (its MLP on the cheap features).")
+    parser.add_argument("--format-ab", choices=("ensemble-format", "ensemble-format3"), default=None,
+                        help="Only the packaged ensemble vs this variant with an MLP on the cheap features.")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     if args.caution_ab:
         caution_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
         return
     if args.format_ab:
-        format_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
+        format_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds, args.format_ab)
         return
     shipped = load_shipped()
     experts, y, price = shipped.experts, shipped.scores, shipped.usd_per_mtok
