@@ -143,3 +143,20 @@ def test_three_member_ensemble_averages_knn_mlp_and_format_mlp(rng):
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5)
     again = EnsembleModel.from_arrays(model.arrays())
     np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)
+
+
+def test_router_train_chooses_among_the_format_candidates_and_serves_them(tmp_path, rng):
+    from switchboard.router import load_router
+    from switchboard.router.persist import builtin_static_dir
+    from switchboard.router.pipeline import TASK_ROBUST_CANDIDATES, TrainSettings, train_router, write_router
+
+    from .helpers import PRICES, synthetic_examples
+
+    candidates = tuple(c for c in TASK_ROBUST_CANDIDATES if c.label.startswith("ensemble-format"))
+    settings = TrainSettings(candidates=candidates, folds=2, calibration_folds=2, cache_dir=tmp_path / "cache")
+    result = train_router(synthetic_examples(rng, 80), PRICES, settings)
+    assert result.chosen_label.split("+")[0] in {"ensemble-format", "ensemble-format3"}
+    router = load_router(write_router(result, tmp_path / "router", settings, 80, builtin_static_dir()))
+    assert router.model.mlp_columns or router.model.format_columns
+    prompts = ["Write a python function that returns the sorted list", "How long should I boil pasta?"]
+    np.testing.assert_allclose(router.predict_quality(prompts), result.router.predict_quality(prompts), rtol=1e-5)
