@@ -160,3 +160,13 @@ def test_router_train_chooses_among_the_format_candidates_and_serves_them(tmp_pa
     assert router.model.mlp_columns or router.model.format_columns
     prompts = ["Write a python function that returns the sorted list", "How long should I boil pasta?"]
     np.testing.assert_allclose(router.predict_quality(prompts), result.router.predict_quality(prompts), rtol=1e-5)
+
+
+def test_candidate_pool_expands_default_and_names_unknown_labels():
+    from switchboard.router.pipeline import DEFAULT_CANDIDATES, candidate_pool
+
+    assert candidate_pool("default") == DEFAULT_CANDIDATES
+    pool = candidate_pool("default,ensemble-format3,ensemble")
+    assert [c.label for c in pool] == [c.label for c in DEFAULT_CANDIDATES] + ["ensemble-format3"]
+    with pytest.raises(ValueError, match="nope"):
+        candidate_pool("ensemble,nope")

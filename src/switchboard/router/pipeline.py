@@ -87,6 +87,24 @@ CAUTIOUS_CANDIDATES: tuple[Candidate, ...] = (
 """The default ensemble under the conservative selection rule (`selection.Caution`)."""
 
 
+def candidate_pool(spec: str) -> tuple[Candidate, ...]:
+    """The candidates named by `spec`: "default" (`DEFAULT_CANDIDATES`), "shrink" (those and `SHRINK_CANDIDATES`),
+    or comma-separated labels, "default" among them standing for `DEFAULT_CANDIDATES` (e.g.
+    "default,ensemble-format3"). Raises ValueError naming unknown labels."""
+    every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
+                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES)}
+    if spec == "shrink":
+        return DEFAULT_CANDIDATES + SHRINK_CANDIDATES
+    pool: list[Candidate] = []
+    for label in spec.split(","):
+        if label != "default" and label not in every:
+            raise ValueError(f"unknown candidate {label!r}; known: default, shrink, {', '.join(sorted(every))}")
+        for c in DEFAULT_CANDIDATES if label == "default" else (every[label],):
+            if c not in pool:
+                pool.append(c)
+    return tuple(pool)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     strategy: StrategyName | None = None  # None: pick by nested selection among `candidates`
