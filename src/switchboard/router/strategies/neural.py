@@ -15,7 +15,10 @@ from switchboard.router.strategies.base import Adam, QualityModel, StrategyName,
 from switchboard.router.strategies.robust import TaskObjective, TaskReweighting, row_bce
 
 
-def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = 128,
+BATCH_SIZE = 128
+
+
+def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = BATCH_SIZE,
                reweighting: TaskReweighting | None = None):
     """`reweighting`: per-row gradient weights from per-task losses (`strategies.robust`); None: every row alike."""
     d, m = x.shape[1], y.shape[1]
@@ -72,7 +75,7 @@ class MlpModel(QualityModel):
         if task_objective is not None:
             if groups is None:
                 raise ValueError(f"task_objective={task_objective!r} needs a task id per training row (groups)")
-            steps_per_epoch = -(-len(x) // 128)
+            steps_per_epoch = -(-len(x) // BATCH_SIZE)
             reweighting = TaskReweighting(TaskObjective(task_objective), task_strength, groups, targets,
                                           warmup_steps=(epochs // 4) * steps_per_epoch)
         p = _train_mlp(np.asarray(x, np.float32), targets, rng, hidden, epochs, lr, weight_decay, reweighting=reweighting)
