@@ -74,7 +74,9 @@ TASK_ROBUST_CANDIDATES: tuple[Candidate, ...] = (
 0.01) or V-REx (β = 10), `strategies.robust`, each the better of its two settings in the exploration
 (`benchmarks/router_dro_explore.py`) — and with its MLP reading only the cheap format features (length, code,
 maths, multiple choice…), which transfer across tasks where the embedding's content does not — instead of the
-full MLP (`ensemble-format`) or as a third member beside it (`ensemble-format3`, the mean of three)."""
+full MLP (`ensemble-format`) or as a third member beside it (`ensemble-format3`, the mean of three). Measured
+(docs/router.md): only `ensemble-format3` gains under LOTO at every seed, for a little task-balanced and random
+quality; none is in `DEFAULT_CANDIDATES` (`router train --candidates default,ensemble-format3` offers it)."""
 
 CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
 """The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
