@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/router_latency.py [--iterations 300] [--static-only]
     .venv/bin/python benchmarks/router_latency.py --caution-ab [--rounds 10]
+    .venv/bin/python benchmarks/router_latency.py --format-ab ensemble-format|ensemble-format3 [--rounds 10]
 
 For every path (sentence-transformers on torch = the baseline, ONNX fp32, ONNX int8, the distilled static table)
 it times `Router.route` on 200-token prompts (embedding + features + prediction + selection, one request at a
@@ -14,6 +15,8 @@ on 2 cores) and caches it under ~/.cache/switchboard/embeddings; ONNX files are 
 `--caution-ab` times only the packaged router with the plain rule (A) against the same router with the
 conservative rule (B, `selection.Caution`, margin 0.08, the prior from the shipped data), alternating A B B A in
 rounds of 50 requests in one process, and prints each round's p50/p99 and the B/A ratios with their spread.
+`--format-ab V` does the same for the packaged ensemble (A) against V (B): `ensemble-format` (the same kNN, an MLP
+on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP, and that third MLP).
 """
 
 from __future__ import annotations
@@ -135,33 +138,62 @@ def caution_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
     shipped = load_shipped()
     prior = shipped.scores.mean(axis=0)[[shipped.experts.index(e) for e in plain.experts]]
     cautious = dataclasses.replace(plain, prior_quality=prior, caution_margin=0.08)
-    arms = {"plain": plain, "cautious": cautious}
+    ab_rounds("packaged router, plain vs conservative rule", {"plain": plain, "cautious": cautious}, prompts, rounds,
+              per_round)
+
+
+def format_ab(prompts: list[str], rounds: int, variant: str, per_round: int = 50) -> None:
+    """The packaged ensemble (A) against the same kNN with an MLP on the 7 cheap features only (B): instead of its
+    MLP (`ensemble-format`) or beside it (`ensemble-format3`). The new MLP is fitted here on the shipped data:
+    latency depends on the shapes, not the weights."""
+    import dataclasses
+
+    from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
+    from switchboard.router.strategies.ensemble import EnsembleModel
+    from switchboard.router.strategies.neural import MlpModel
+
+    plain = load_default_router()
+    shipped = load_shipped()
+    y = shipped.scores[:, [shipped.experts.index(e) for e in plain.experts]]
+    cheap_mlp = MlpModel.fit(cheap_feature_matrix(shipped.texts), y, np.random.default_rng(0))
+    columns = len(FEATURE_NAMES)
+    if variant == "ensemble-format":
+        model = EnsembleModel(plain.model.knn, cheap_mlp, plain.model.knn_share, columns)
+    else:
+        model = EnsembleModel(plain.model.knn, plain.model.mlp, plain.model.knn_share, 0, cheap_mlp, columns)
+    ab_rounds(f"packaged router (ensemble) vs {variant}", {"ensemble": plain,
+              variant: dataclasses.replace(plain, model=model)}, prompts, rounds, per_round)
+
+
+def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: int, per_round: int) -> None:
+    """Times two routers alternating A B B A (B A A B on odd rounds) and prints per-round p50/p99 and B/A ratios."""
+    a_name, b_name = arms
     samples: dict[str, list[list[float]]] = {k: [] for k in arms}
     for arm in arms.values():  # warm both
         for p in prompts[:5]:
             arm.route(p, RoutingConstraints(cost_weight=0.025))
     for r in range(rounds):
-        for name in (("plain", "cautious", "cautious", "plain") if r % 2 == 0 else ("cautious", "plain", "plain", "cautious")):
+        for name in ((a_name, b_name, b_name, a_name) if r % 2 == 0 else (b_name, a_name, a_name, b_name)):
             times = []
             for i in range(per_round):
                 start = time.perf_counter()
                 arms[name].route(prompts[i % len(prompts)], RoutingConstraints(cost_weight=0.025))
                 times.append((time.perf_counter() - start) * 1000.0)
             samples[name].append(times)
-    print(f"packaged router, plain vs conservative rule, {rounds} rounds × (A B B A) × {per_round} requests; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{title}, {rounds} rounds × (A B B A) × {per_round} requests; load average {os.getloadavg()[0]:.1f}")
     ratios50, ratios99 = [], []
     for r in range(rounds):
-        a, b = np.concatenate(samples["plain"][2 * r : 2 * r + 2]), np.concatenate(samples["cautious"][2 * r : 2 * r + 2])
+        a, b = np.concatenate(samples[a_name][2 * r : 2 * r + 2]), np.concatenate(samples[b_name][2 * r : 2 * r + 2])
         ratios50.append(np.percentile(b, 50) / np.percentile(a, 50))
         ratios99.append(np.percentile(b, 99) / np.percentile(a, 99))
-        print(f"round {r}: plain p50 {np.percentile(a, 50):6.2f} p99 {np.percentile(a, 99):6.2f} ms | "
-              f"cautious p50 {np.percentile(b, 50):6.2f} p99 {np.percentile(b, 99):6.2f} ms")
+        print(f"round {r}: {a_name} p50 {np.percentile(a, 50):6.2f} p99 {np.percentile(a, 99):6.2f} ms | "
+              f"{b_name} p50 {np.percentile(b, 50):6.2f} p99 {np.percentile(b, 99):6.2f} ms")
     every = {k: np.concatenate([t for t in v]) for k, v in samples.items()}
     for k, v in every.items():
-        print(f"{k:9s} all rounds: p50 {np.percentile(v, 50):.2f} ms, p99 {np.percentile(v, 99):.2f} ms")
-    print(f"cautious / plain per round: p50 median {np.median(ratios50):.3f} [{min(ratios50):.3f}–{max(ratios50):.3f}], "
-          f"p99 median {np.median(ratios99):.3f} [{min(ratios99):.3f}–{max(ratios99):.3f}]; targets p50 ≤ 5 ms, p99 ≤ 15 ms")
+        print(f"{k:15s} all rounds: p50 {np.percentile(v, 50):.2f} ms, p99 {np.percentile(v, 99):.2f} ms")
+    print(f"{b_name} / {a_name} per round: p50 median {np.median(ratios50):.3f} [{min(ratios50):.3f}–{max(ratios50):.3f}], "
+          f"p99 median {np.median(ratios99):.3f} [{min(ratios99):.3f}–{max(ratios99):.3f}]; targets p50 ≤ 5 ms, p99 ≤ 15 ms; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -169,10 +201,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--static-only", action="store_true", help="Skip the full-model paths (minutes on 2 cores).")
     parser.add_argument("--caution-ab", action="store_true", help="Only the packaged router, plain vs conservative rule.")
+    parser.add_argument("--format-ab", choices=("ensemble-format", "ensemble-format3"), default=None,
+                        help="Only the packaged ensemble vs this variant with an MLP on the cheap features.")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     if args.caution_ab:
         caution_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
+        return
+    if args.format_ab:
+        format_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds, args.format_ab)
         return
     shipped = load_shipped()
     experts, y, price = shipped.experts, shipped.scores, shipped.usd_per_mtok

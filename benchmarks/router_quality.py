@@ -38,8 +38,7 @@ from switchboard.router.evaluate import format_task_table, format_table, plot_cu
 from switchboard.router.features import cheap_feature_matrix  # noqa: E402
 from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # noqa: E402
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
-from switchboard.router.pipeline import (BALANCED_CANDIDATES, CAUTIOUS_CANDIDATES, DEFAULT_CANDIDATES,  # noqa: E402
-                                         RELATIVE_CANDIDATES, SHRINK_CANDIDATES, embed_cached)  # noqa: E402
+from switchboard.router.pipeline import candidate_pool, embed_cached  # noqa: E402
 from switchboard.router.protocol import SPLIT_ORDER, SplitKind  # noqa: E402
 from switchboard.router.report import format_summary, loto_task_rows, preset_table, run_splits  # noqa: E402
 
@@ -61,19 +60,6 @@ def embeddings(kind: str, texts: list[str]) -> np.ndarray:
     return embed_cached(OnnxEmbedder(path, num_threads=1), texts, cache)
 
 
-def candidate_pool(spec: str):
-    every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
-                                   + RELATIVE_CANDIDATES)}
-    if spec == "default":
-        return DEFAULT_CANDIDATES
-    if spec == "shrink":
-        return DEFAULT_CANDIDATES + SHRINK_CANDIDATES
-    unknown = [label for label in spec.split(",") if label not in every]
-    if unknown:
-        raise SystemExit(f"unknown candidates {unknown}; known: {sorted(every)}")
-    return tuple(every[label] for label in spec.split(","))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Out-of-sample routing quality under task shift.")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,7 +69,8 @@ def main() -> None:
     parser.add_argument("--features", default="static", help="static, onnx-fp32, onnx-int8, or two joined by '+'.")
     parser.add_argument("--candidates", default="default",
                         help="'default' (pipeline.DEFAULT_CANDIDATES), 'shrink' (those and pipeline.SHRINK_CANDIDATES), "
-                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_, CAUTIOUS_ and RELATIVE_CANDIDATES.")
+                             "or a comma-separated list of labels from those, SHRINK_, BALANCED_, CAUTIOUS_, RELATIVE_ and "
+                             "TASK_ROBUST_CANDIDATES ('default' among them: every default one; pipeline.candidate_pool).")
     parser.add_argument("--plot", type=Path, default=None, help="Also write the task-balanced curves as a PNG here.")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -96,7 +83,11 @@ def main() -> None:
     # One BLAS thread: the fits multiply small matrices, and threads fighting over two shared cores made the
     # nested LOTO run several times slower under load.
     with threadpool_limits(limits=1):
-        reports = run_splits(candidate_pool(args.candidates), x, y, texts, tasks, price, experts, args.seed, splits,
+        try:
+            candidates = candidate_pool(args.candidates)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        reports = run_splits(candidates, x, y, texts, tasks, price, experts, args.seed, splits,
                              args.folds, args.inner_folds, clock=time.perf_counter)
     print(f"{len(examples)} prompts, {len(set(tasks))} tasks, {len(experts)} experts; features: {args.features} "
           f"+ 7 cheap ({x.shape[1]} dims); seed {args.seed}; outer folds: one per task (LOTO), {args.folds} "

@@ -65,3 +65,17 @@ def test_train_with_a_named_strategy_and_bad_input(cli, tmp_path, rng):
     bad.write_text('{"prompt": "ok", "scores": {"cheap": 1, "mid": 0, "big": 1}}\n{"prompt": 5}\n')
     result = runner.invoke(cli, base + ["--data", str(bad)])
     assert result.exit_code == 2 and "bad.jsonl:2" in result.output
+
+
+def test_train_chooses_among_the_candidates_given(cli, tmp_path, rng):
+    models = write_models(tmp_path / "models.json")
+    data = write_examples(tmp_path / "train.jsonl", synthetic_examples(rng, 40))
+    runner = CliRunner()
+    base = ["router", "train", "--models", str(models), "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
+            "--data", str(data), "--folds", "2"]
+    result = runner.invoke(cli, base + ["--candidates", "ensemble-format3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "router.json").read_text())
+    assert report["strategy"] == "ensemble" and json.dumps(report).count("ensemble-format3") >= 1
+    result = runner.invoke(cli, base + ["--candidates", "default,nope"])
+    assert result.exit_code == 2 and "nope" in result.output

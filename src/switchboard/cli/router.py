@@ -31,6 +31,7 @@ def train(
     models: Path = typer.Option(..., "--models", help="Models file: expert → prices per Mtok."),
     out: Path = typer.Option(..., "--out", help="Router directory to write."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf, cascade or ensemble; default: chosen by nested CV (docs/router.md)."),
+    candidates: str = typer.Option("default", "--candidates", help="Without --strategy, the candidates nested CV chooses among: 'default', or comma-separated labels, e.g. 'default,ensemble-format3' (docs/router.md)."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for choosing the strategy."),
     seed: int = typer.Option(0, "--seed", help="Seed for splits and initialisation."),
     cache_dir: Path = typer.Option(Path("~/.cache/switchboard/embeddings"), "--cache-dir", help="Embedding cache."),
@@ -41,13 +42,17 @@ def train(
     from switchboard.router.data import RoutingDataError, load_examples, load_models
     from switchboard.router.evaluate import format_table
     from switchboard.router.persist import builtin_static_dir
-    from switchboard.router.pipeline import TrainSettings, total_fits, train_router, write_router
+    from switchboard.router.pipeline import TrainSettings, candidate_pool, total_fits, train_router, write_router
     from switchboard.router.strategies import StrategyName
 
     try:
         chosen = None if strategy is None else StrategyName(strategy)
     except ValueError:
         _fail(f"--strategy must be one of {', '.join(s.value for s in StrategyName)}, got {strategy!r}")
+    try:
+        pool = candidate_pool(candidates)
+    except ValueError as exc:
+        _fail(f"--candidates: {exc}")
     if data is None and from_log is None:
         _fail("give --data, --from-log, or both")
     if impute_from is not None and from_log is None:
@@ -59,7 +64,7 @@ def train(
         prices = load_models(models)
     except (RoutingDataError, OSError) as exc:
         _fail(str(exc))
-    settings = TrainSettings(strategy=chosen, folds=folds, seed=seed, cache_dir=cache_dir.expanduser())
+    settings = TrainSettings(strategy=chosen, candidates=pool, folds=folds, seed=seed, cache_dir=cache_dir.expanduser())
     with Progress(transient=False) as progress:
         task = progress.add_task("training", total=total_fits(settings))
         result = train_router(examples, prices, settings, progress=lambda n: progress.advance(task, n))

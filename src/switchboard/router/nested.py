@@ -29,6 +29,7 @@ from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_c
                                         leave_one_task_out_folds, make_folds, row_weights)
 from switchboard.router.selection import Caution
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
+from switchboard.router.strategies.robust import task_ids
 
 Progress = Callable[[int], None]
 
@@ -48,13 +49,20 @@ class Candidate:
     calibrations: tuple[CalibrationKind, ...] = (CalibrationKind.ISOTONIC, CalibrationKind.NONE)
     balance_tasks: bool = False  # train on rows resampled so every task counts the same (`protocol.balanced_rows`)
     caution_margins: tuple[float, ...] = (0.0,)  # the conservative rule's margin, chosen on LOTO inner folds; 0: off
+    group_by_task: bool = False  # the strategy's fit takes the training rows' task ids (`groups`): task-robust training
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, tasks: Sequence[str] | None = None) -> QualityModel:
-        """Fits on (x, y); with `balance_tasks` and task labels, on rows resampled to equal counts per task."""
+        """Fits on (x, y); with `balance_tasks` and task labels, on rows resampled to equal counts per task; with
+        `group_by_task`, passing each row's task id (raises ValueError without task labels)."""
+        params = dict(self.params)
         if self.balance_tasks and tasks is not None:
             rows = balanced_rows(tasks, rng)
-            x, y = x[rows], y[rows]
-        return STRATEGIES[self.strategy].fit(x, y, rng, **self.params)
+            x, y, tasks = x[rows], y[rows], [tasks[i] for i in rows]
+        if self.group_by_task:
+            if tasks is None or any(t is None for t in tasks):
+                raise ValueError(f"candidate {self.label!r} trains across tasks and needs a task label on every row")
+            params["groups"] = task_ids(tasks)
+        return STRATEGIES[self.strategy].fit(x, y, rng, **params)
 
 
 @dataclass(frozen=True)

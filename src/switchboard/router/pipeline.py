@@ -21,7 +21,7 @@ from switchboard.router.data import ExpertPrice, RoutingExample, common_experts,
 from switchboard.router.embed import Embedder, StaticEmbedder
 from switchboard.router.evaluate import Evaluation, evaluate
 from switchboard.router.persist import BUILTIN_STATIC, builtin_static_dir, copy_static_embedder, save_router
-from switchboard.router.features import cheap_feature_matrix
+from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
 from switchboard.router.nested import NESTED, Candidate, nested_cross_validate, num_fits, select_and_fit
 from switchboard.router.protocol import SplitKind
 from switchboard.router.router import Router, build_features
@@ -58,6 +58,26 @@ RELATIVE_CANDIDATES: tuple[Candidate, ...] = (
 (`strategies.base.relative_targets`), so its capacity goes on which expert wins rather than on how hard the
 prompt is (issue 13)."""
 
+TASK_ROBUST_CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("ensemble-dro", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
+                                                      "task_objective": "dro", "task_strength": 0.01},
+              group_by_task=True),
+    Candidate("ensemble-vrex", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
+                                                       "task_objective": "vrex", "task_strength": 10.0},
+              group_by_task=True),
+    Candidate("ensemble-format", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
+                                                         "mlp_columns": len(FEATURE_NAMES)}),
+    Candidate("ensemble-format3", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05,
+                                                          "format_columns": len(FEATURE_NAMES)}),
+)
+"""Issue 13's ideas for an unseen task: the default ensemble with its MLP trained across tasks — Group DRO (τ =
+0.01) or V-REx (β = 10), `strategies.robust`, each the better of its two settings in the exploration
+(`benchmarks/router_dro_explore.py`) — and with its MLP reading only the cheap format features (length, code,
+maths, multiple choice…), which transfer across tasks where the embedding's content does not — instead of the
+full MLP (`ensemble-format`) or as a third member beside it (`ensemble-format3`, the mean of three). Measured
+(docs/router.md): only `ensemble-format3` gains under LOTO at every seed, for a little task-balanced and random
+quality; none is in `DEFAULT_CANDIDATES` (`router train --candidates default,ensemble-format3` offers it)."""
+
 CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
 """The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
 margin is chosen on leave-one-task-out inner folds (`nested._choose_margin`)."""
@@ -67,6 +87,24 @@ CAUTIOUS_CANDIDATES: tuple[Candidate, ...] = (
               caution_margins=CAUTION_MARGINS),
 )
 """The default ensemble under the conservative selection rule (`selection.Caution`)."""
+
+
+def candidate_pool(spec: str) -> tuple[Candidate, ...]:
+    """The candidates named by `spec`: "default" (`DEFAULT_CANDIDATES`), "shrink" (those and `SHRINK_CANDIDATES`),
+    or comma-separated labels, "default" among them standing for `DEFAULT_CANDIDATES` (e.g.
+    "default,ensemble-format3"). Raises ValueError naming unknown labels."""
+    every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
+                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES)}
+    if spec == "shrink":
+        return DEFAULT_CANDIDATES + SHRINK_CANDIDATES
+    pool: list[Candidate] = []
+    for label in spec.split(","):
+        if label != "default" and label not in every:
+            raise ValueError(f"unknown candidate {label!r}; known: default, shrink, {', '.join(sorted(every))}")
+        for c in DEFAULT_CANDIDATES if label == "default" else (every[label],):
+            if c not in pool:
+                pool.append(c)
+    return tuple(pool)
 
 
 @dataclass(frozen=True)

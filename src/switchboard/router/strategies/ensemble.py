@@ -19,25 +19,53 @@ class EnsembleModel(QualityModel):
     knn: KnnModel
     mlp: MlpModel
     knn_share: float = 0.5
+    mlp_columns: int = 0
+    """> 0: the MLP reads only the last `mlp_columns` feature columns — the cheap format features (length, code,
+    maths, multiple choice…; `features.py`), not the embedding. 0: every column."""
+    format_mlp: MlpModel | None = None
+    """A third member, an MLP on the last `format_columns` columns only; the estimate is then the mean of the three
+    (`knn_share` unused)."""
+    format_columns: int = 0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.format_mlp is not None:
+            members = self.knn.predict(x) + self.mlp.predict(self._mlp_view(x))
+            return ((members + self.format_mlp.predict(_last_columns(x, int(self.format_columns)))) / 3.0).astype(np.float32)
         share = float(self.knn_share)
-        return (share * self.knn.predict(x) + (1.0 - share) * self.mlp.predict(x)).astype(np.float32)
+        return (share * self.knn.predict(x) + (1.0 - share) * self.mlp.predict(self._mlp_view(x))).astype(np.float32)
+
+    def _mlp_view(self, x: np.ndarray) -> np.ndarray:
+        return _last_columns(x, int(self.mlp_columns))
 
     @classmethod
     def fit(cls, x, y, rng, knn_share: float = 0.5, num_neighbours: int = 100, prior_weight: float = 4.0,
             temperature: float = 0.05, hidden: int = 128, epochs: int = 40, weight_decay: float = 1e-4,
-            relative: bool = False) -> "EnsembleModel":
+            relative: bool = False, groups: np.ndarray | None = None, prior_by_task: bool = False,
+            task_objective: str | None = None, task_strength: float = 0.0, mlp_columns: int = 0,
+            format_columns: int = 0) -> "EnsembleModel":
         """`relative`: the MLP learns scores relative to the prompt's mean over experts (`MlpModel.fit`); the kNN
-        is left as it is, since subtracting a per-prompt constant from every expert never changes its choice."""
-        knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature)
-        mlp = MlpModel.fit(x, y, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay, relative=relative)
-        return cls(knn, mlp, knn_share)
+        is left as it is, since subtracting a per-prompt constant from every expert never changes its choice.
+        `groups` (a task id per row) with `prior_by_task` gives the kNN a task-averaged prior (`KnnModel.fit`),
+        with `task_objective` trains the MLP across tasks (`strategies.robust`). `mlp_columns` as the field;
+        `format_columns` > 0 adds the third member (`format_mlp`)."""
+        knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature, groups, prior_by_task)
+        mlp = MlpModel.fit(_last_columns(x, mlp_columns), y, rng, hidden=hidden, epochs=epochs,
+                           weight_decay=weight_decay, relative=relative, groups=groups, task_objective=task_objective,
+                           task_strength=task_strength)
+        format_mlp = None
+        if format_columns > 0:
+            format_mlp = MlpModel.fit(_last_columns(x, format_columns), y, rng, hidden=hidden, epochs=epochs,
+                                      weight_decay=weight_decay)
+        return cls(knn, mlp, knn_share, int(mlp_columns), format_mlp, int(format_columns))
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {f"knn.{k}": v for k, v in self.knn.arrays().items()}
         out.update({f"mlp.{k}": v for k, v in self.mlp.arrays().items()})
         out["knn_share"] = np.asarray(self.knn_share)
+        out["mlp_columns"] = np.asarray(self.mlp_columns)
+        if self.format_mlp is not None:
+            out.update({f"format_mlp.{k}": v for k, v in self.format_mlp.arrays().items()})
+            out["format_columns"] = np.asarray(self.format_columns)
         return out
 
     @classmethod
@@ -45,5 +73,14 @@ class EnsembleModel(QualityModel):
         def part(prefix: str) -> dict:
             return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
 
+        def scalar(key: str) -> int:  # routers saved before these fields fed the MLP every column, no third member
+            return int(np.asarray(arrays.get(key, 0)).item())
+
+        format_mlp = MlpModel.from_arrays(part("format_mlp.")) if scalar("format_columns") else None
         return cls(KnnModel.from_arrays(part("knn.")), MlpModel.from_arrays(part("mlp.")),
-                   float(np.asarray(arrays["knn_share"]).item()))
+                   float(np.asarray(arrays["knn_share"]).item()), scalar("mlp_columns"), format_mlp,
+                   scalar("format_columns"))
+
+
+def _last_columns(x: np.ndarray, num_columns: int) -> np.ndarray:
+    return np.asarray(x)[:, -num_columns:] if num_columns > 0 else x

@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 from switchboard.router.strategies.base import QualityModel, StrategyName
+from switchboard.router.strategies.robust import task_mean_scores
 
 
 @functools.cache
@@ -36,6 +37,8 @@ class KnnModel(QualityModel):
     num_neighbours: int = 40
     prior_weight: float = 4.0
     temperature: float = 0.0
+    prior_scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    """(m,) the prior the estimates fall back to; empty: each expert's mean over the training prompts."""
 
     def __post_init__(self) -> None:
         # float16 on disk, float32 to compute: converted once here, not per request (~50 ms under load).
@@ -46,7 +49,10 @@ class KnnModel(QualityModel):
         return self.predict_with_familiarity(x)[0]
 
     def prior(self) -> np.ndarray:
-        """(m,) each expert's mean training score: the estimate of a prompt with no neighbour weight."""
+        """(m,) the estimate of a prompt with no neighbour weight: `prior_scores`, else each expert's mean
+        training score."""
+        if np.size(self.prior_scores):
+            return np.asarray(self.prior_scores, np.float32)
         return self._scores32.mean(axis=0)
 
     def predict_with_familiarity(self, x: np.ndarray, num_nearest: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +84,20 @@ class KnnModel(QualityModel):
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, num_neighbours: int = 40,
-            prior_weight: float = 4.0, temperature: float = 0.0) -> "KnnModel":
+            prior_weight: float = 4.0, temperature: float = 0.0, groups: np.ndarray | None = None,
+            prior_by_task: bool = False) -> "KnnModel":
+        """`prior_by_task` (needs `groups`, a task id per row): the prior is each expert's mean over *tasks* of
+        its per-task mean score, so the fallback is the expert that is best on an average task rather than on an
+        average prompt of the training mix."""
+        prior = np.zeros(0, np.float32)
+        if prior_by_task:
+            if groups is None:
+                raise ValueError("prior_by_task needs a task id per training row (groups)")
+            prior = task_mean_scores(y, groups).mean(axis=0).astype(np.float32)
         return cls(_unit(np.asarray(x, np.float32)).astype(np.float16), y.astype(np.float16), num_neighbours,
-                   prior_weight, temperature)
+                   prior_weight, temperature, prior)
 
     @classmethod
     def from_arrays(cls, arrays) -> "KnnModel":
-        # Routers saved before `temperature` existed used the uniform rule.
-        return super().from_arrays({"temperature": 0.0, **arrays})
+        # Routers saved before `temperature` existed used the uniform rule; before `prior_scores`, the mean.
+        return super().from_arrays({"temperature": 0.0, "prior_scores": np.zeros(0, np.float32), **arrays})

@@ -12,9 +12,15 @@ import numpy as np
 
 from switchboard.router.selection import SelectionRule
 from switchboard.router.strategies.base import Adam, QualityModel, StrategyName, minibatches, relative_targets, sigmoid
+from switchboard.router.strategies.robust import TaskObjective, TaskReweighting, row_bce
 
 
-def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = 128):
+BATCH_SIZE = 128
+
+
+def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: float, batch_size: int = BATCH_SIZE,
+               reweighting: TaskReweighting | None = None):
+    """`reweighting`: per-row gradient weights from per-task losses (`strategies.robust`); None: every row alike."""
     d, m = x.shape[1], y.shape[1]
     params: dict[str, np.ndarray] = {"b2": np.log(np.clip(y.mean(0), 1e-3, 1 - 1e-3) / np.clip(1 - y.mean(0), 1e-3, 1))}
     if hidden:
@@ -29,7 +35,10 @@ def _train_mlp(x, y, rng, hidden: int, epochs: int, lr: float, weight_decay: flo
         for idx in minibatches(len(x), batch_size, rng):
             xb, yb = x[idx], y[idx]
             h = np.maximum(xb @ params["w1"] + params["b1"], 0) if hidden else xb
-            dz = (sigmoid(h @ params["w2"] + params["b2"]) - yb) / len(idx)
+            out = sigmoid(h @ params["w2"] + params["b2"])
+            dz = (out - yb) / len(idx)
+            if reweighting is not None:
+                dz *= reweighting.row_scale(idx, row_bce(out, yb))[:, None]
             grads = {"w2": h.T @ dz, "b2": dz.sum(0)}
             if hidden:
                 dh = (dz @ params["w2"].T) * (h > 0)
@@ -54,12 +63,22 @@ class MlpModel(QualityModel):
 
     @classmethod
     def fit(cls, x, y, rng, hidden: int = 128, epochs: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4,
-            relative: bool = False):
+            relative: bool = False, groups: np.ndarray | None = None, task_objective: str | None = None,
+            task_strength: float = 0.0):
+        """`groups` (an int task id per row, `robust.task_ids`) with `task_objective` ("dro", τ = `task_strength`;
+        "vrex", β = `task_strength`) trains across tasks (`strategies.robust`); the objective needs the groups."""
         targets, scale, offset = y.astype(np.float32), 1.0, 0.0
         if relative:
             targets, mean_difficulty = relative_targets(targets)
             scale, offset = 2.0, mean_difficulty - 1.0
-        p = _train_mlp(np.asarray(x, np.float32), targets, rng, hidden, epochs, lr, weight_decay)
+        reweighting = None
+        if task_objective is not None:
+            if groups is None:
+                raise ValueError(f"task_objective={task_objective!r} needs a task id per training row (groups)")
+            steps_per_epoch = -(-len(x) // BATCH_SIZE)
+            reweighting = TaskReweighting(TaskObjective(task_objective), task_strength, groups, targets,
+                                          warmup_steps=(epochs // 4) * steps_per_epoch)
+        p = _train_mlp(np.asarray(x, np.float32), targets, rng, hidden, epochs, lr, weight_decay, reweighting=reweighting)
         return cls(p["w1"], p["b1"], p["w2"], p["b2"], scale, offset)
 
     @classmethod
