@@ -83,11 +83,17 @@ class FidelityPlan:
     calibration_prefills: int = 8
     calibration_decodes: int = 3
     calibration_decode_tokens: int = 48
+    sleep_after_s: float | None = None
+    """The sleep tier's `keepalive.sleep_after_s` (None: off, the live default). On the CPU worker, which
+    declares no devices live or simulated, nothing sleeps: the tier must not change the cold starts."""
 
     def policies(self) -> dict:
         """The control-plane settings both worlds run (live config `control_plane.policies`, simulator)."""
+        keepalive = {"kind": "fixed", "idle_timeout_s": self.keepalive_s}
+        if self.sleep_after_s is not None:
+            keepalive["sleep_after_s"] = self.sleep_after_s
         return {
-            "keepalive": {"kind": "fixed", "idle_timeout_s": self.keepalive_s},
+            "keepalive": keepalive,
             "autoscale": {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0, "downscale_delay_s": 0},
             "admission": {"kind": "always"},
             "migration": {"kind": "none"},
@@ -347,16 +353,21 @@ def run_live(plan: FidelityPlan, requests: list[PlannedRequest]) -> tuple[list[O
 # ---------------------------------------------------------------------------------------------- simulated
 
 
-def run_sim(plan: FidelityPlan, calibration: Calibration, live: list[Outcome]) -> tuple[list[Outcome], int]:
-    """The live run's arrivals and token counts through the simulator, same policies, calibrated CPU worker."""
-    spec = ClusterSpec.model_validate({
+def sim_cluster(calibration: Calibration) -> ClusterSpec:
+    """The live config's one embedded CPU worker as a simulated pool, calibrated: like it, it declares no
+    devices (a CPU pool's default)."""
+    return ClusterSpec.model_validate({
         "name": "local-cpu-calibrated",
         "slo": {"ttft_s": 300.0, "tpot_s": 10.0},
         "pools": [{"hardware": "cpu", "workers": 1}],
         "experts": [{"id": EXPERT_ID, "params_b": PARAMS_B, "bytes_per_param": BYTES_PER_PARAM}],
         "calibration": {"cpu": calibration.section()},
     })
-    cluster = resolve_cluster(spec)
+
+
+def run_sim(plan: FidelityPlan, calibration: Calibration, live: list[Outcome]) -> tuple[list[Outcome], int]:
+    """The live run's arrivals and token counts through the simulator, same policies, calibrated CPU worker."""
+    cluster = resolve_cluster(sim_cluster(calibration))
     n = len(live)
     workload = Workload.from_arrays(
         [o.arrival_s for o in live], [o.num_prompt_tokens for o in live], [o.num_output_tokens for o in live],
@@ -464,9 +475,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=FidelityPlan.num_requests)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: half the cores, as `make run`)")
     parser.add_argument("--tolerance", type=float, default=FidelityPlan.tolerance)
+    parser.add_argument("--sleep-after-s", type=float, default=None,
+                        help="turn the sleep tier on in both worlds (keepalive.sleep_after_s; default: off)")
     parser.add_argument("--json", default=None, help="write plan, calibration, per-request outcomes and the table")
     args = parser.parse_args()
-    plan = FidelityPlan(seed=args.seed, num_requests=args.requests, n_threads=args.threads, tolerance=args.tolerance)
+    plan = FidelityPlan(seed=args.seed, num_requests=args.requests, n_threads=args.threads, tolerance=args.tolerance,
+                        sleep_after_s=args.sleep_after_s)
     result = run(plan)
     rows = result.pop("_rows")
     print()

@@ -80,6 +80,10 @@ class Hardware:
     """The engine's warm-up leaves the shared chat-template prefix in its KV cache, so a new engine's first
     request finds it cached (the llama.cpp worker: `engines/llamacpp/kv.py`). False: a new engine starts with an
     empty prefix cache (vLLM's automatic prefix caching fills on the first request)."""
+    is_accelerator: bool = True
+    """A worker of this kind declares its devices (a GPU). False for the CPU: the live CPU worker declares none
+    (`WorkerConfig.devices` empty, so `Worker.num_devices` 0) and its replicas take memory only; a simulated pool
+    of it declares none either (`sim.cluster.PoolSpec.devices_per_worker`), one `Hardware`'s memory per worker."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -176,6 +180,7 @@ def _build_catalog() -> dict[str, Hardware]:
             process_start_s=0.5,  # Python worker process spawn + llama-cpp-python import, before the load
             max_num_seqs=1,  # one llama-cpp-python process decodes one sequence at a time
             warmup_caches_prefix=True,  # the worker's warm-up restores the template prefix (engines/llamacpp/kv.py)
+            is_accelerator=False,
             description="Local CPU worker (2-core AMD EPYC, llama.cpp); calibrate with calibrate_hardware.",
         ),
         # NVIDIA L4 datasheet (nvidia.com/en-us/data-center/l4/): FP16/BF16 tensor 242 TFLOPS with sparsity ->

@@ -7,6 +7,10 @@ replicas on one device; an asleep replica keeps its own), and is billed for them
 warm or draining): the serverless model, where idle capacity that holds no replica costs nothing. A static
 fleet keeps its replicas live all the time and so pays for all of them.
 
+A CPU pool declares no devices by default (`devices_per_worker` 0), as the live CPU worker declares none (its
+`WorkerConfig.devices` is empty): its worker is one `Hardware` of the kind (the machine's memory and price),
+its replicas take memory only, and — as live — none of them sleeps (`placement.sleep_frees_accelerator`).
+
     name: hetero-32
     slo: {ttft_s: 2.0, tpot_s: 0.2}
     pools:
@@ -42,8 +46,21 @@ class _Strict(BaseModel):
 class PoolSpec(_Strict):
     hardware: str
     workers: int = Field(1, ge=1)
-    devices_per_worker: int = Field(1, ge=1, le=8)
+    devices_per_worker: int | None = Field(
+        None, ge=0, le=8, description="Devices each worker declares (`Worker.num_devices`); 0: none, memory only, "
+        "as the live CPU worker. None: the kind's default, 1 for an accelerator and 0 for the CPU.")
     max_replicas_per_expert: int | None = Field(None, ge=1)
+
+    def declared_devices(self, hw: Hardware) -> int:
+        """The devices each worker declares: `devices_per_worker`, or the kind's default."""
+        if self.devices_per_worker is not None:
+            return self.devices_per_worker
+        return 1 if hw.is_accelerator else 0
+
+    def size(self, hw: Hardware) -> int:
+        """How many of the kind's `Hardware` one worker is (its memory and price): its devices, at least one —
+        a worker that declares none is one machine of the kind."""
+        return max(1, self.declared_devices(hw))
 
 
 class ExpertSimSpec(_Strict):
@@ -131,42 +148,45 @@ class BuiltCluster:
 
     @property
     def num_devices(self) -> int:
-        return sum(p.workers * p.devices_per_worker for p in self.spec.pools)
+        """Devices the workers declare (a CPU pool's, by default, none)."""
+        return sum(w.num_devices for w in self.workers)
 
 
 def resolve_cluster(spec: ClusterSpec, hardware_overrides: dict[str, Hardware] | None = None) -> BuiltCluster:
     """Workers, experts, estimates and profiles of `spec`. `hardware_overrides` replaces catalog entries
-    (e.g. a calibrated CPU). Pairings whose replica needs more devices than one worker has are left out."""
+    (e.g. a calibrated CPU). Pairings whose replica needs more devices (or, on a worker that declares none, more
+    memory) than one worker has are left out."""
     overrides = dict(hardware_overrides or {})
     for kind, cal in spec.calibration.items():
         if kind not in overrides:
             overrides[kind] = calibrate_hardware(kind, Measurement(**cal.model_dump()))
     experts_spec = spec.experts if spec.experts is not None else default_experts()
     workers: list[Worker] = []
-    max_devices: dict[str, int] = {}
+    max_size: dict[str, int] = {}
     for pool in spec.pools:
         hw = overrides.get(pool.hardware) or get_hardware(pool.hardware)
-        max_devices[pool.hardware] = max(max_devices.get(pool.hardware, 0), pool.devices_per_worker)
+        size = pool.size(hw)
+        max_size[pool.hardware] = max(max_size.get(pool.hardware, 0), size)
         for i in range(pool.workers):
             workers.append(Worker(
                 WorkerId(f"{pool.hardware}-{len([w for w in workers if w.hardware == pool.hardware])}"),
                 HardwareKind(pool.hardware),
-                memory_gb=pool.devices_per_worker * hw.memory_bytes / 1e9,
-                usd_per_hour=pool.devices_per_worker * hw.usd_per_hour,
-                num_devices=pool.devices_per_worker,
+                memory_gb=size * hw.memory_bytes / 1e9,
+                usd_per_hour=size * hw.usd_per_hour,
+                num_devices=pool.declared_devices(hw),
             ))
     experts = tuple(ExpertSpec(ExpertId(e.id), e.params_b, e.usd_per_mtok, spec.slo.ttft_s, spec.slo.tpot_s)
                     for e in experts_spec)
     profiles: dict[tuple[str, str], EngineProfile] = {}
     estimates: list[ServingEstimate] = []
     for e in experts_spec:
-        for kind, n_max in max_devices.items():
+        for kind, n_max in max_size.items():
             hw = overrides.get(kind) or get_hardware(kind)
             try:
                 profile = engine_profile(e.params_b, hw, bytes_per_param=e.bytes_per_param)
             except ValueError:
                 continue
-            if profile.num_devices > n_max:
+            if profile.num_devices > n_max:  # more of the kind's memory than one worker has
                 continue
             profiles[(e.id, kind)] = profile
             estimates.append(serving_estimate(e.id, profile))

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 
+from switchboard.perf.hardware import get_hardware
 from switchboard.sim.cluster import ClusterSpec, resolve_cluster
 from switchboard.sim.scenario import Knobs, run_policy
 
@@ -46,7 +47,7 @@ class PlanSpace:
     def configurations(self, spec: ClusterSpec) -> list[PlanConfig]:
         out = []
         for mix in self.mixes(spec):
-            kinds = "+".join(f"{p.workers * p.devices_per_worker}x{p.hardware}" for p in mix.pools)
+            kinds = "+".join(f"{p.workers * p.size(get_hardware(p.hardware))}x{p.hardware}" for p in mix.pools)
             for lam, keep in itertools.product(self.cost_weights, self.keepalive_s):
                 out.append(PlanConfig(f"{kinds} λ={lam:g} keep={keep:g}s", mix,
                                       Knobs(cost_weight=lam, fallback_keepalive_s=keep)))

@@ -512,7 +512,9 @@ class Simulation:
         others = [r for r in self.snapshot.accepting_replicas_of(action.expert_id) if r.replica_id != action.replica_id]
         woken = self.asleep.take(action.expert_id, action.worker_id, now_s) if self.asleep is not None else None
         self.records[action.replica_id] = ReplicaRecord(
-            action.replica_id, action.expert_id, action.hardware, profile.num_devices, profile.usd_per_hour, now_s,
+            # The devices it holds (none on a worker that declares none), not the profile's tensor-parallel size.
+            action.replica_id, action.expert_id, action.hardware, self.snapshot.replicas[action.replica_id].num_devices,
+            profile.usd_per_hour, now_s,
             is_preprovisioned=preprovisioned, is_from_zero=not others, is_prewarm=action.reason.code in _PREWARM_CODES,
             is_wake=woken is not None, worker_id=action.worker_id)
         ready_in_s = action.cold_start_s
