@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _load import build_request, run_load  # noqa: E402
-from ray_overhead import _body, _ray_config, _start_embedded, _start_ray, _stop  # noqa: E402
+from ray_overhead import _body, _start_embedded, _start_ray, _stop_all  # noqa: E402
 
 CELLS = (("instant", False, 16), ("instant", True, 16), ("instant", False, 1), ("instant", True, 1))
 GROUPS = ("gateways", "replica actors", "control actor", "ray system", "load generator")
@@ -102,11 +102,7 @@ def _measure(ports: list[int], gateway_pids: set[int], is_ray: bool, model: str,
 
 
 def main() -> None:
-    import ray
-
     import switchboard
-    from switchboard.cluster.ray_control import stop_control_actor
-    from switchboard.config import parse_config
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateways", type=int, default=3, help="Ray gateway processes sharing the load")
@@ -142,10 +138,7 @@ def main() -> None:
                           + f" (errors {row['num_errors']}; load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         load_after = os.getloadavg()
-        _stop(embedded + ray_procs)
-        stop_control_actor(parse_config(_ray_config(cluster.address)).cluster)
-        ray.shutdown()
-        cluster.shutdown()
+        _stop_all(embedded + ray_procs, cluster)
     print(f"\nmedians over {args.rounds} rounds, CPU us per request ({args.gateways} Ray gateways; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after)")
     print(f"{'cell':26} {'side':8} {'req/s':>7} {'total':>6} " + " ".join(f"{g:>14}" for g in GROUPS))

@@ -170,12 +170,21 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         proc.wait(timeout=60)
 
 
-def main() -> None:
-    import numpy as np
+def _stop_all(procs: list[subprocess.Popen], cluster) -> None:
+    """Stops the gateway processes, the control actor, this driver's Ray connection and the local cluster."""
     import ray
 
     from switchboard.cluster.ray_control import stop_control_actor
     from switchboard.config import parse_config
+
+    _stop(procs)
+    stop_control_actor(parse_config(_ray_config(cluster.address)).cluster)
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def main() -> None:
+    import numpy as np
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell, side and round")
@@ -204,10 +213,7 @@ def main() -> None:
         ceiling = _call_ceiling(cluster.address, args.duration)
     finally:
         load_after = os.getloadavg()
-        _stop(embedded + ray_procs)
-        stop_control_actor(parse_config(_ray_config(cluster.address)).cluster)
-        ray.shutdown()
-        cluster.shutdown()
+        _stop_all(embedded + ray_procs, cluster)
     rows = []
     print(f"{'gw':>2} {'expert':8} {'stream':6} {'conc':>4} | {'emb rps':>8} {'ray rps':>8} {'ratio':>6} {'(min-max)':>11} | "
           f"{'emb p50':>8} {'ray p50':>8} {'added':>7} {'(min-max)':>13} | {'emb ttfb':>8} {'ray ttfb':>8} | errors")

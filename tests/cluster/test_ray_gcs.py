@@ -112,10 +112,20 @@ control_plane: {{step_interval_s: 0.5, startup_wait_s: 60}}
 """)
 
 
+def gateway_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def warm_replica(client: openai.OpenAI) -> str:
+    """The id of the replica that answers a warm-l4 request (the expert starts warm)."""
+    return client.chat.completions.with_raw_response.create(
+        model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
+
+
 def keep_sending(url: str, outcomes: list[tuple[float, str]], stop: threading.Event) -> None:
     """Sends warm-l4 requests one after another until `stop`, appending (sent at, "ok on <replica>" or
     "error: ...") to `outcomes`."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    client = gateway_client(url)
     while not stop.is_set():
         sent_at = time.monotonic()
         try:
@@ -135,9 +145,8 @@ def test_warm_requests_outlive_the_gcs_and_full_service_returns_after_it(gcs_clu
     config = gcs_config(address)
     try:
         with serve_in_thread(build_app(config), startup_timeout_s=120) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-            warm_id = client.chat.completions.with_raw_response.create(
-                model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
+            client = gateway_client(url)
+            warm_id = warm_replica(client)
             completed_before = num_completed(warm_id, config)
             # The control actor's checkpoints live in the GCS's key-value store: in Redis, so kept across a restart.
             internal_kv._internal_kv_put("test/sentinel", b"kept", namespace=KV_NAMESPACE)
@@ -191,9 +200,7 @@ def test_a_replica_whose_actor_dies_while_the_gcs_is_away_is_replaced_and_no_req
     config = gcs_config(address)
     try:
         with serve_in_thread(build_app(config), startup_timeout_s=120) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-            warm_id = client.chat.completions.with_raw_response.create(
-                model="warm-l4", messages=MESSAGES, max_tokens=2).headers["x-switchboard-replica"]
+            warm_id = warm_replica(gateway_client(url))
             actor = replica_actor(warm_id, config)
             pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
             outcomes: list[tuple[float, str]] = []
