@@ -111,6 +111,10 @@ class OpenStreams:
         self._channels: dict[str, _Channel] = {}
         self.num_completed = 0
         """Streams whose last batch was handed out without an engine error."""
+        self.num_open_calls = 0
+        self.num_opened = 0
+        self.num_take_calls = 0
+        """Calls answered and streams opened, for the benchmarks' calls per request (issue 17)."""
 
     def __len__(self) -> int:
         return len(self._open)
@@ -133,6 +137,8 @@ class OpenStreams:
         ready, or `wait_s` passed (None: no bound), with one batch per stream, in order: every event ready then
         (none yet: an empty batch; its events come from `take`, as all later ones do)."""
         self._cancel_abandoned()
+        self.num_open_calls += 1
+        self.num_opened += len(opened)
         channel = self._channel(channel_id)
         num_waiting = len(opened)
         loop = asyncio.get_running_loop()
@@ -209,6 +215,7 @@ class OpenStreams:
     async def take(self, channel_id: str) -> list[StreamBatch]:
         """The events ready on the channel's streams, one batch per stream, as soon as there are any. Empty when
         woken by a cancel: the caller may have no stream left to wait for."""
+        self.num_take_calls += 1
         channel = self._channel(channel_id)
         channel.taken_at = None
         try:
