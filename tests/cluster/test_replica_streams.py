@@ -281,6 +281,34 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     await replica.stop()
 
 
+async def test_the_requests_queued_behind_a_call_wait_for_the_clients_it_answers_and_go_with_them():
+    """Two groups of clients on one channel (those answered by the call in flight, those queued behind it) merge
+    into one call per round instead of alternating in two (issue 17: three gateways at concurrency 16)."""
+    from switchboard.cluster.ray_replica import RayReplicaEngine
+
+    replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
+    await replica.start()
+    handle = Counting(replica)
+    replica.engine = held = Held(replica.engine)
+    engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle,
+                              channel=StreamChannel(handle, open_wait_s=60.0, gather_s=0.5))
+
+    async def client(num_requests: int) -> int:
+        for _ in range(num_requests):
+            await engine.complete(whole(2))
+        return num_requests
+
+    first = [asyncio.ensure_future(client(2)) for _ in range(3)]
+    await until(lambda: handle.batches == [3])  # in flight, held on the replica
+    queued = [asyncio.ensure_future(client(1)) for _ in range(2)]
+    await asyncio.sleep(1.0)  # the call in flight outlasts `gather_s`: the queued ones have waited longer than it
+    held.go.set()
+    assert await asyncio.gather(*first, *queued) == [2, 2, 2, 1, 1]
+    # Still they wait for the 3 just answered (up to `gather_s` after the answer) and go with them.
+    assert handle.batches == [3, 5] and replica.num_completed == 8
+    await replica.stop()
+
+
 async def test_a_batch_answers_without_waiting_for_its_slow_requests():
     streams, gate = OpenStreams(), Gate()
     opening = asyncio.ensure_future(streams.open_many([(1, instant(2)), (2, gate.events(1))], "e", "gw", 0.01))
