@@ -247,7 +247,7 @@ async def test_requests_arriving_while_a_call_is_in_flight_go_together_in_the_ne
     await replica.stop()
 
 
-async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_request_goes_at_once():
+async def test_a_batch_waits_for_the_clients_the_last_one_answered_and_a_lone_request_goes_at_once():
     from switchboard.cluster.ray_replica import RayReplicaEngine
 
     replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
@@ -257,7 +257,7 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle, channel=channel)
     await asyncio.gather(*(engine.complete(whole(2)) for _ in range(4)))
     assert handle.batches == [4]
-    # Their clients come back one by one: the next call waits for as many as the last one carried...
+    # Their clients come back one by one: the next call waits for all of them...
     requests = [asyncio.ensure_future(engine.complete(whole(2)))]
     for _ in range(2):
         await settle()
@@ -267,7 +267,7 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     requests.append(asyncio.ensure_future(engine.complete(whole(2))))
     await asyncio.gather(*requests)
     assert handle.batches == [4, 4]
-    # ... for at most `gather_s` after the first arrived; a client that leaves meanwhile is never sent.
+    # ... for at most `gather_s` after the first arrived (or the last answer); a client that leaves meanwhile is never sent.
     channel.gather_s = 0.05
     leaving = asyncio.ensure_future(engine.complete(whole(2)))
     await settle()
