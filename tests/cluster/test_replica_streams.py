@@ -247,7 +247,7 @@ async def test_requests_arriving_while_a_call_is_in_flight_go_together_in_the_ne
     await replica.stop()
 
 
-async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_request_goes_at_once():
+async def test_a_batch_waits_for_the_clients_the_last_one_answered_and_a_lone_request_goes_at_once():
     from switchboard.cluster.ray_replica import RayReplicaEngine
 
     replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
@@ -257,7 +257,7 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle, channel=channel)
     await asyncio.gather(*(engine.complete(whole(2)) for _ in range(4)))
     assert handle.batches == [4]
-    # Their clients come back one by one: the next call waits for as many as the last one carried...
+    # Their clients come back one by one: the next call waits for all of them...
     requests = [asyncio.ensure_future(engine.complete(whole(2)))]
     for _ in range(2):
         await settle()
@@ -267,7 +267,7 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     requests.append(asyncio.ensure_future(engine.complete(whole(2))))
     await asyncio.gather(*requests)
     assert handle.batches == [4, 4]
-    # ... for at most `gather_s` after the first arrived; a client that leaves meanwhile is never sent.
+    # ... for at most `gather_s` after the first arrived (or the last answer); a client that leaves meanwhile is never sent.
     channel.gather_s = 0.05
     leaving = asyncio.ensure_future(engine.complete(whole(2)))
     await settle()
@@ -278,6 +278,34 @@ async def test_a_batch_gathers_as_many_requests_as_the_last_one_had_and_a_lone_r
     channel.gather_s = 60.0
     await asyncio.wait_for(engine.complete(whole(2)), timeout=10)
     assert handle.batches == [4, 4, 1, 1] and replica.num_completed == 10
+    await replica.stop()
+
+
+async def test_the_requests_queued_behind_a_call_wait_for_the_clients_it_answers_and_go_with_them():
+    """Two groups of clients on one channel (those answered by the call in flight, those queued behind it) merge
+    into one call per round instead of alternating in two (issue 17: three gateways at concurrency 16)."""
+    from switchboard.cluster.ray_replica import RayReplicaEngine
+
+    replica = ReplicaActor({"id": "sim", "backend": {"kind": "simulated", "time_scale": 0}})
+    await replica.start()
+    handle = Counting(replica)
+    replica.engine = held = Held(replica.engine)
+    engine = RayReplicaEngine("sim#1", "sim", "node", make_actor=None, actor=handle,
+                              channel=StreamChannel(handle, open_wait_s=60.0, gather_s=0.5))
+
+    async def client(num_requests: int) -> int:
+        for _ in range(num_requests):
+            await engine.complete(whole(2))
+        return num_requests
+
+    first = [asyncio.ensure_future(client(2)) for _ in range(3)]
+    await until(lambda: handle.batches == [3])  # in flight, held on the replica
+    queued = [asyncio.ensure_future(client(1)) for _ in range(2)]
+    await asyncio.sleep(1.0)  # the call in flight outlasts `gather_s`: the queued ones have waited longer than it
+    held.go.set()
+    assert await asyncio.gather(*first, *queued) == [2, 2, 2, 1, 1]
+    # Still they wait for the 3 just answered (up to `gather_s` after the answer) and go with them.
+    assert handle.batches == [3, 5] and replica.num_completed == 8
     await replica.stop()
 
 

@@ -62,6 +62,13 @@ class ReplicaActor:
     async def stop(self) -> None:
         await self.engine.stop()
 
+    def call_counts(self) -> dict[str, int]:
+        """Calls this actor answered on the request path and the requests they opened (`open_many`, `stream_take`,
+        `complete`): what `benchmarks/ray_cpu.py` divides into calls per request."""
+        streams = self.streams
+        return {"open_calls": streams.num_open_calls, "opened": streams.num_opened, "take_calls": streams.num_take_calls,
+                "complete_calls": self.num_completed_whole}
+
     def gpu_ids(self) -> list[int]:
         """The GPUs Ray gave this actor (its `num_gpus`; empty on a node without GPUs)."""
         import ray

@@ -111,6 +111,10 @@ class OpenStreams:
         self._channels: dict[str, _Channel] = {}
         self.num_completed = 0
         """Streams whose last batch was handed out without an engine error."""
+        self.num_open_calls = 0
+        self.num_opened = 0
+        self.num_take_calls = 0
+        """Calls answered and streams opened, for the benchmarks' calls per request (issue 17)."""
 
     def __len__(self) -> int:
         return len(self._open)
@@ -133,6 +137,8 @@ class OpenStreams:
         ready, or `wait_s` passed (None: no bound), with one batch per stream, in order: every event ready then
         (none yet: an empty batch; its events come from `take`, as all later ones do)."""
         self._cancel_abandoned()
+        self.num_open_calls += 1
+        self.num_opened += len(opened)
         channel = self._channel(channel_id)
         num_waiting = len(opened)
         loop = asyncio.get_running_loop()
@@ -209,6 +215,7 @@ class OpenStreams:
     async def take(self, channel_id: str) -> list[StreamBatch]:
         """The events ready on the channel's streams, one batch per stream, as soon as there are any. Empty when
         woken by a cancel: the caller may have no stream left to wait for."""
+        self.num_take_calls += 1
         channel = self._channel(channel_id)
         channel.taken_at = None
         try:
@@ -248,11 +255,12 @@ OPEN_WAIT_S = 0.002
 that opened them (the rest then comes by `take`): longer holds back the next batch, shorter costs an extra call
 for answers that take a moment."""
 OPEN_GATHER_S = 0.002
-"""How long a channel's next batch waits, at most after its first request arrived, for as many requests as the
-last batch had (their clients, just answered, are about to send their next ones) before its call goes: one actor
-call costs both processes far more CPU than a request's own work on the bare path (issue 17), so gathering the
-batch that is forming, rather than sending its first request alone, is what lets several gateways share the
-cores. A channel whose last batch was one request (concurrency 1) never waits."""
+"""How long a channel's next batch waits, at most, for the clients its last answers went to (they are about to
+send their next requests) before its call goes: one actor call costs both processes far more CPU than a request's
+own work on the bare path (issue 17), so gathering those clients into one call, rather than sending whatever
+queued behind the last call and leaving them for the call after, is what lets several gateways share the cores.
+Counted from the later of the batch's first arrival and the last answer: with no client answered and not back
+yet (concurrency 1: its one client is back), a batch never waits."""
 
 
 class _ToOpen:
@@ -273,8 +281,10 @@ class StreamChannel:
     """This process's requests to one replica actor (`OpenStreams`' caller side), streamed or whole. Requests are
     opened in batches, one `open_many` call in flight at a time: those that arrive while a call is in flight go
     together in the next (one call for many requests: what lets one gateway carry more than one actor call per
-    request allows), and a batch goes once it has as many requests as the last one had, or `gather_s` after its
-    first arrived, whichever is first (so a lone request, at concurrency 1, goes at once). Each request's first
+    request allows), and a batch goes once every client answered since the last batch went has sent its next
+    request, or `gather_s` after that batch's first request arrived or the last answer, whichever is later — so
+    the requests that queued behind a call and those its answers bring back go together, instead of alternating
+    in two half-size calls, and a lone request (concurrency 1: its client is back) goes at once. Each request's first
     batch answers its `open_many`; the rest of all of them comes from one `stream_take` call in flight at a
     time, made while any is open, whose batches go to each request's queue. Not thread-safe: one event loop
     owns it."""
@@ -283,8 +293,11 @@ class StreamChannel:
         self.actor = actor
         self.open_wait_s = open_wait_s
         self.gather_s = gather_s
-        self._batch_size = 1
-        """Requests in the last batch sent: how many the next one waits for (up to `gather_s`)."""
+        self._num_returning = 0
+        """Requests answered in full whose clients have not sent another yet (each new request counts as one
+        back): what the next batch waits for, up to `gather_s`."""
+        self._answered_at = float("-inf")
+        """The event loop's time of the last answer counted in `_num_returning`."""
         self._gathered: asyncio.Future | None = None
         """Set while the next batch waits to fill up; answered when it has."""
         self.channel_id = uuid.uuid4().hex
@@ -303,9 +316,10 @@ class StreamChannel:
         loop = asyncio.get_running_loop()
         item = _ToOpen(stream_id, request, whole, loop.create_future(), loop.time())
         self._to_open.append(item)
+        self._num_returning = max(0, self._num_returning - 1)
         if self._opening is None:
             self._opening = asyncio.create_task(self._open_queued())
-        elif self._gathered is not None and len(self._to_open) >= self._batch_size and not self._gathered.done():
+        elif self._gathered is not None and self._num_returning == 0 and not self._gathered.done():
             self._gathered.set_result(None)
         is_over = False
         try:
@@ -341,7 +355,6 @@ class StreamChannel:
                 batch, self._to_open = self._to_open, []
                 if not batch:  # their callers all left while it gathered
                     continue
-                self._batch_size = len(batch)
                 for item in batch:
                     item.is_sent = True
                 try:
@@ -356,31 +369,40 @@ class StreamChannel:
                     if isinstance(answer, BaseException):
                         item.answer.set_exception(answer)
                     else:
-                        item.answer.set_result(unpack_batch(answer))
+                        item.answer.set_result(self._answered(unpack_batch(answer)))
         finally:
             self._opening = None
 
+    def _answered(self, batch: StreamBatch) -> StreamBatch:
+        """Counts `batch`'s request as answered in full, if it is: its client's next request is on its way."""
+        if batch.is_last:
+            self._num_returning += 1
+            self._answered_at = asyncio.get_running_loop().time()
+        return batch
+
     async def _gather(self) -> None:
-        """Returns once the waiting batch has `_batch_size` requests, or `gather_s` after its first arrived."""
-        if len(self._to_open) >= self._batch_size:
+        """Returns once every client answered since the last batch went is back (`_num_returning`), or `gather_s`
+        after the waiting batch's first request arrived or the last answer, whichever is later (then the clients
+        still out are not waited for again)."""
+        if self._num_returning == 0:
             return
         loop = asyncio.get_running_loop()
-        delay_s = self._to_open[0].queued_at + self.gather_s - loop.time()
-        if delay_s <= 0:
-            return
-        self._gathered = loop.create_future()
-        timer = loop.call_later(delay_s, lambda: self._gathered.done() or self._gathered.set_result(None))
-        try:
-            await self._gathered
-        finally:
-            timer.cancel()
-            self._gathered = None
+        delay_s = max(self._to_open[0].queued_at, self._answered_at) + self.gather_s - loop.time()
+        if delay_s > 0:
+            self._gathered = loop.create_future()
+            timer = loop.call_later(delay_s, lambda: self._gathered.done() or self._gathered.set_result(None))
+            try:
+                await self._gathered
+            finally:
+                timer.cancel()
+                self._gathered = None
+        self._num_returning = 0  # those not back by now are not coming soon
 
     async def _take_while_open(self) -> None:
         try:
             while self._queues:
                 for packed in await self.actor.stream_take.remote(self.channel_id):
-                    batch = unpack_batch(packed)
+                    batch = self._answered(unpack_batch(packed))
                     queue = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
                     if queue is not None:
                         queue.put_nowait(batch)
