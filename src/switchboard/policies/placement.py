@@ -317,7 +317,10 @@ class PlacementPolicy(abc.ABC):
         """*Re-place a warm replica*: a worker of another kind, with room now, where a replica of `replica`'s
         expert would cost at least `min_saving` (a fraction) less per hour at the expert's current demand,
         meeting the SLO and needing no more replicas for it — now and if the demand doubled, so that a rate near
-        the two kinds' price crossover does not move the expert back and forth — or None. The case it is for: a replica placed
+        the two kinds' price crossover does not move the expert back and forth — or None. An overloaded replica
+        (its kind needs more than one replica for the demand) is moved for any saving to a kind that needs fewer
+        (`_relieves_overload`): the minimum saving prices a cold start against money, and there staying costs the
+        SLO too. The case it is for: a replica placed
         while the cheaper kind was full (other experts' start-up replicas) or while its load was different,
         which would otherwise serve on the pricier kind for as long as it stays warm (Mélange's mix re-solved
         as load and room change; Llumnix moves work between instances in the same spirit).
