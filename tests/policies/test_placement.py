@@ -139,6 +139,40 @@ def test_a_starting_replica_on_a_kind_too_slow_for_the_routed_load_has_a_better_
     assert cost_aware.better_than_starting(s, s.replicas[ReplicaId("a#2")], 0.1) is None
 
 
+def _warm_on_l4_with_h100_free(rate_per_s: float, h100_saving: float):
+    """Expert "a" warm on an L4 at `rate_per_s` (1,000-token prompts) with an H100 free, the H100 priced to cost
+    `h100_saving` (a fraction) less than the L4 replicas the demand needs."""
+    from policy_builders import with_replica
+
+    def snapshot(h100_usd: float):
+        s = fleet(workers=(("l40", L4, 24.0, 1.0), ("h0", H100, 80.0, h100_usd)),
+                  estimates=[e for e in _hetero().estimates.values() if e.hardware != CPU])
+        return _arrivals(with_replica(s, "a#1", worker="l40"), rate_per_s, 600)
+
+    priced = {c.worker.worker_id: c for c in candidates(snapshot(1.0), A, PlacementSettings(), rate_per_s,
+                                                         workers=list(snapshot(1.0).workers.values()))}
+    s = snapshot(priced["l40"].usd_per_hour_at_load * (1.0 - h100_saving) / priced["h0"].usd_per_hour_at_load)
+    return s, s.replicas[ReplicaId("a#1")]
+
+
+def test_an_overloaded_warm_replica_moves_to_a_kind_that_carries_its_load_alone_for_any_saving():
+    """The 49B expert of the conversation trace (`--seed 2`): its one A100 replica needed 1.51 replicas' capacity
+    at the SLO, one H100 replica carried it for 11% less — short of the 15% minimum saving, so it stayed, its
+    ~4,000-token prompts served at 1.5–4.4 s until the H100 room went to another expert. A move that relieves an
+    overloaded replica is about the SLO too; the minimum saving holds for a replica that carries its load."""
+    policy = make_placement(PlacementSettings(kind="cost-aware"))
+    s, warm = _warm_on_l4_with_h100_free(1.5, 0.08)
+    l4, = candidates(s, A, PlacementSettings(), workers=[s.workers["l40"]])
+    assert l4.num_replicas_needed > 1.4
+    moved = policy.cheaper_than_warm(s, warm, 0.15)
+    assert moved is not None and moved.worker.worker_id == "h0" and moved.num_replicas_needed == 1.0
+    light, warm = _warm_on_l4_with_h100_free(0.5, 0.08)  # one L4 carries it: 8% is no reason to move
+    assert candidates(light, A, PlacementSettings(), workers=[light.workers["l40"]])[0].num_replicas_needed == 1.0
+    assert policy.cheaper_than_warm(light, warm, 0.15) is None
+    pricier, warm = _warm_on_l4_with_h100_free(1.5, -0.05)  # overloaded, but the H100 costs more: autoscaling's
+    assert policy.cheaper_than_warm(pricier, warm, 0.15) is None  # business
+
+
 def test_one_long_first_request_is_no_rate_to_size_an_expert_by():
     # The expert's only arrival has a 3,000-token prompt. Read as one such request per second, it would need
     # several L4 replicas and go to the H100 for good; one request says nothing about a rate, so the cheapest

@@ -317,7 +317,10 @@ class PlacementPolicy(abc.ABC):
         """*Re-place a warm replica*: a worker of another kind, with room now, where a replica of `replica`'s
         expert would cost at least `min_saving` (a fraction) less per hour at the expert's current demand,
         meeting the SLO and needing no more replicas for it — now and if the demand doubled, so that a rate near
-        the two kinds' price crossover does not move the expert back and forth — or None. The case it is for: a replica placed
+        the two kinds' price crossover does not move the expert back and forth — or None. An overloaded replica
+        (its kind needs more than one replica for the demand) is moved for any saving to a kind that needs fewer
+        (`_relieves_overload`): the minimum saving prices a cold start against money, and there staying costs the
+        SLO too. The case it is for: a replica placed
         while the cheaper kind was full (other experts' start-up replicas) or while its load was different,
         which would otherwise serve on the pricier kind for as long as it stays warm (Mélange's mix re-solved
         as load and room change; Llumnix moves work between instances in the same spirit).
@@ -372,7 +375,7 @@ class CostAwarePlacement(PlacementPolicy):
                              sleep_after_s=self.sleep_after_s)
         if not current:
             return None
-        limit_usd = current[0].usd_per_hour_at_load * (1.0 - min_saving)
+        limit_usd = current[0].usd_per_hour_at_load * (1.0 if _is_overloaded(current[0]) else 1.0 - min_saving)
         # (With the sleep tier a replica may count as a fraction of one, so the condition does not hold.)
         if self.sleep_after_s is None and not any(
                 w.hardware != replica.hardware and (e := snapshot.estimate(expert_id, w.hardware)) is not None
@@ -396,10 +399,25 @@ class CostAwarePlacement(PlacementPolicy):
                 return None
             best, kept = self.choose(others), current[0]
             if not (best.num_replicas_needed <= kept.num_replicas_needed + 1e-9
-                    and best.usd_per_hour_at_load < kept.usd_per_hour_at_load * (1.0 - min_saving)):
+                    and best.usd_per_hour_at_load < kept.usd_per_hour_at_load * (1.0 - min_saving)
+                    or _relieves_overload(kept, best)):
                 return None
             chosen = chosen or best
         return chosen
+
+
+def _is_overloaded(kept: Candidate) -> bool:
+    """Whether one replica of `kept`'s kind cannot carry its expert's demand at the SLO (more than one needed)."""
+    return kept.num_replicas_needed > 1.0 + 1e-9
+
+
+def _relieves_overload(kept: Candidate, best: Candidate) -> bool:
+    """A warm re-placement that is about the SLO as much as the price: the one replica on `kept`'s kind is
+    overloaded (`_is_overloaded`), `best`'s kind carries the same demand with fewer replicas, and for less at
+    load. Then no minimum saving is asked — as for a start (`better_than_starting`) — since staying leaves the
+    expert's requests queued past the SLO until a second slow replica is added or the demand falls."""
+    return (_is_overloaded(kept) and best.num_replicas_needed < kept.num_replicas_needed - 1e-9
+            and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
 
 
 def make_placement(settings: PlacementSettings, *, sleep_after_s: float | None = None) -> PlacementPolicy:
