@@ -201,3 +201,18 @@ def test_a_task_balanced_candidate_trains_on_balanced_rows_only_inside_the_train
     assert len(model.points) == 50  # 25 + 5 × 5
     plain = Candidate("knn", StrategyName.KNN, {"num_neighbours": 200}).fit(x, y, rng, tasks)
     assert len(plain.points) == 30
+
+
+def test_a_fixed_router_is_fitted_once_per_outer_fold_with_no_inner_fits(rng):
+    """One candidate, no calibration to choose: the nested CV is a plain CV (the reference routers of
+    `benchmarks/router_reference.py`), and its estimates are the raw fits on each outer training part."""
+    prompts, tasks, x, y = corpus(rng)
+    price = np.array([0.1, 0.2, 0.9])
+    fixed = Candidate("knn", StrategyName.KNN, {"num_neighbours": 5}, calibrations=(CalibrationKind.NONE,))
+    fits = []
+    result = nested_cross_validate((fixed,), x, y, prompts, tasks, price, SplitKind.LEAVE_ONE_TASK_OUT, seed=0,
+                                   num_inner_folds=2, progress=fits.append)
+    assert len(fits) == len(result.folds) == 3
+    for fold in result.folds:
+        raw = fixed.fit(x[fold.train], y[fold.train], rng).predict(x[fold.test])
+        assert np.allclose(result.predictions["knn"][fold.test], raw)

@@ -166,8 +166,19 @@ def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks
     return best[1]
 
 
+def _is_fixed(candidates: Sequence[Candidate]) -> bool:
+    """One candidate with nothing to choose: no calibration to fit, one margin."""
+    return (len(candidates) == 1 and candidates[0].calibrations == (CalibrationKind.NONE,)
+            and len(candidates[0].caution_margins) == 1)
+
+
 def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, num_inner_folds, cost_weights, progress):
-    """Per candidate: the best calibration kind by cross-fitted inner AUC, and that calibration."""
+    """Per candidate: the best calibration kind by cross-fitted inner AUC, and that calibration. A fixed router
+    (`_is_fixed`) is not scored (inner AUC NaN): its inner fits would choose and calibrate nothing."""
+    if _is_fixed(candidates):
+        only = candidates[0]
+        return [_Scored(only, CalibrationKind.NONE, float("nan"), Calibration.identity(y.shape[1]),
+                        float(only.caution_margins[0]))]
     folds = inner_folds(kind, prompts, tasks, num_inner_folds, rng)
     covered = np.concatenate([f.test for f in folds])
     weights = row_weights(kind, None if tasks is None else [tasks[i] for i in covered], len(covered))
