@@ -3,10 +3,11 @@
 Without a fixed `--strategy`, training is the nested protocol of `router.nested`: the candidates (strategy,
 hyper-parameters, calibration; by default only `ensemble-format3` and its calibration, `PACKAGED_CANDIDATES`) are
 scored on inner folds that hold whole tasks out when every row carries a task (`training_split`: task-balanced
-folds with too few tasks for that, random folds without tasks), the best by AUC of its task-weighted quality/cost curve is fitted on all rows and calibrated on its inner out-of-fold
-estimates. The CV report written into the router (and printed by the CLI) is an outer nested CV of that same
-procedure — leave-one-task-out when rows carry tasks, the column that reproduces the owners' held-out set
-(docs/router.md) — so it is out of sample for the choice as well as for the fit.
+folds with too few tasks for that, random folds without tasks), the best by AUC of its task-weighted quality/cost
+curve is fitted on all rows and calibrated on its inner out-of-fold estimates. The CV report written into the
+router (and printed by the CLI) is an outer nested CV of that same procedure — leave-one-task-out when rows carry
+enough tasks, the column that reproduces the owners' held-out set (docs/router.md) — so it is out of sample for
+the choice as well as for the fit.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def candidate_pool(spec: str) -> tuple[Candidate, ...]:
 class TrainSettings:
     strategy: StrategyName | None = None  # None: pick by nested selection among `candidates`
     candidates: tuple[Candidate, ...] = PACKAGED_CANDIDATES
-    folds: int = 5  # outer folds of the reported CV
+    folds: int = 5  # outer folds of the reported CV, unless it is leave-one-task-out (one per task)
     calibration_folds: int = 3  # inner folds: selection and calibration
     seed: int = 0
     use_cheap_features: bool = True
