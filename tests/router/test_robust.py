@@ -162,10 +162,21 @@ def test_router_train_chooses_among_the_format_candidates_and_serves_them(tmp_pa
     np.testing.assert_allclose(router.predict_quality(prompts), result.router.predict_quality(prompts), rtol=1e-5)
 
 
+def test_the_ensembles_fit_params_retrain_its_shape():
+    x, y = synthetic_xy(np.random.default_rng(2), n=120)
+    model = EnsembleModel.fit(x, y, np.random.default_rng(0), num_neighbours=10, temperature=0.05, format_columns=3)
+    params = EnsembleModel.from_arrays(model.arrays()).fit_params()  # what a saved router carries
+    assert params["num_neighbours"] == 10 and params["format_columns"] == 3 and params["temperature"] == pytest.approx(0.05)
+    again = EnsembleModel.fit(x, y, np.random.default_rng(1), **params)
+    assert again.format_mlp is not None and again.format_columns == 3 and again.knn.num_neighbours == 10
+
+
 def test_candidate_pool_expands_default_and_names_unknown_labels():
-    from switchboard.router.pipeline import DEFAULT_CANDIDATES, candidate_pool
+    from switchboard.router.pipeline import DEFAULT_CANDIDATES, PACKAGED_CANDIDATES, TrainSettings, candidate_pool
 
     assert candidate_pool("default") == DEFAULT_CANDIDATES
+    assert candidate_pool("packaged") == PACKAGED_CANDIDATES == TrainSettings().candidates
+    assert [c.label for c in PACKAGED_CANDIDATES] == ["ensemble-format3"]
     pool = candidate_pool("default,ensemble-format3,ensemble")
     assert [c.label for c in pool] == [c.label for c in DEFAULT_CANDIDATES] + ["ensemble-format3"]
     with pytest.raises(ValueError, match="nope"):

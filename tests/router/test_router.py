@@ -3,6 +3,7 @@ packaged default router."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,9 +11,12 @@ import pytest
 
 from switchboard.router import RouteOutcome, RoutingConstraints, load_default_router, load_router
 from switchboard.router.cache import EmbeddingCache
-from switchboard.router.data import load_models
+from switchboard.router.data import RoutingExample, load_models
+from switchboard.router.features import FEATURE_NAMES
+from switchboard.router.nested import Candidate
 from switchboard.router.pipeline import TrainSettings, train_router, write_router
 from switchboard.router.persist import RouterLoadError, builtin_static_dir
+from switchboard.router.protocol import SplitKind
 from switchboard.router.strategies import StrategyName
 
 from .helpers import PRICES, synthetic_examples
@@ -72,6 +76,31 @@ def test_default_router_covers_shipped_experts(shipped_models_path):
     assert decision.outcome is RouteOutcome.ROUTED and len(decision.ranking) == len(router.experts)
     cheap = router.route("What is 17 * 23?", RoutingConstraints(cost_weight=100.0))
     assert cheap.chosen().usd_per_mtok == min(router.usd_per_mtok)
+
+
+def test_the_packaged_router_is_the_ensemble_with_a_format_member():
+    router = load_default_router()  # `pipeline.PACKAGED_CANDIDATES`, chosen by leave-one-task-out CV
+    assert router.strategy == "ensemble" and router.model.fit_params()["format_columns"] == len(FEATURE_NAMES)
+
+
+def test_rows_with_enough_tasks_are_chosen_on_and_reported_under_leave_one_task_out(tmp_path, rng):
+    candidates = (Candidate("linear", StrategyName.LINEAR, {"epochs": 5}),)
+    settings = TrainSettings(candidates=candidates, folds=3, calibration_folds=2, cache_dir=tmp_path / "cache")
+    words = "pasta python boil sort list recipe oven function salt loop array bake".split()
+    tasks = ("code", "cooking", "maths", "travel")
+    tagged = [RoutingExample(f"{tasks[i % 4]}: {' '.join(rng.choice(words, 8))} {i}",
+                             {"cheap": float(i % 4 == 1), "mid": float(i % 4 == 0), "big": float(rng.random() < 0.6)},
+                             tasks[i % 4]) for i in range(80)]
+    result = train_router(tagged, PRICES, settings)
+    assert result.split is SplitKind.LEAVE_ONE_TASK_OUT and result.num_folds == 4
+    assert set(result.chosen_per_fold) == {f"task:{t}" for t in tasks}
+    report = json.loads((write_router(result, tmp_path / "r", settings, 80, builtin_static_dir()) / "router.json").read_text())["report"]
+    assert report["split"] == "leave-one-task-out" and report["folds"] == 4
+    # Two tasks cannot leave whole tasks out on 2 inner folds of a training part that holds one: task-balanced.
+    examples = synthetic_examples(rng, 60)
+    assert train_router(examples, PRICES, settings).split is SplitKind.TASK_BALANCED
+    untagged = train_router([dataclasses.replace(e, task=None) for e in examples], PRICES, settings)
+    assert untagged.split is SplitKind.RANDOM and untagged.num_folds == 3
 
 
 def test_loading_a_non_router_dir_fails_clearly(tmp_path):

@@ -30,9 +30,9 @@ def train(
     impute_from: Optional[str] = typer.Option(None, "--impute-from", help="With --from-log: fill the scores no feedback gave with this router's predictions ('default' = the packaged one, or a router directory), so every scored request counts."),
     models: Path = typer.Option(..., "--models", help="Models file: expert → prices per Mtok."),
     out: Path = typer.Option(..., "--out", help="Router directory to write."),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf, cascade or ensemble; default: chosen by nested CV (docs/router.md)."),
-    candidates: str = typer.Option("default", "--candidates", help="Without --strategy, the candidates nested CV chooses among: 'default', or comma-separated labels, e.g. 'default,ensemble-format3' (docs/router.md)."),
-    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for choosing the strategy."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="knn, linear, mlp, mf, cascade or ensemble, with its default parameters; default: --candidates."),
+    candidates: str = typer.Option("packaged", "--candidates", help="Without --strategy, the candidates nested CV chooses among (on whole-task inner folds when every row has a task): 'packaged' (ensemble-format3, the packaged router's recipe, chosen by leave-one-task-out CV), 'default' (knn, knn-100-soft, linear, mlp, ensemble), or comma-separated labels, e.g. 'default,ensemble-format3' (docs/router.md)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Outer folds of the reported CV when rows carry no task (with a task on every row: one fold per task)."),
     seed: int = typer.Option(0, "--seed", help="Seed for splits and initialisation."),
     cache_dir: Path = typer.Option(Path("~/.cache/switchboard/embeddings"), "--cache-dir", help="Embedding cache."),
 ) -> None:
@@ -66,7 +66,7 @@ def train(
         _fail(str(exc))
     settings = TrainSettings(strategy=chosen, candidates=pool, folds=folds, seed=seed, cache_dir=cache_dir.expanduser())
     with Progress(transient=False) as progress:
-        task = progress.add_task("training", total=total_fits(settings))
+        task = progress.add_task("training", total=total_fits(settings, [ex.task for ex in examples]))
         result = train_router(examples, prices, settings, progress=lambda n: progress.advance(task, n))
     write_router(result, out, settings, len(examples), builtin_static_dir())
     if result.evaluation is not None:

@@ -2,8 +2,10 @@
 
     .venv/bin/python -m switchboard.router.build_default [--out DIR]
 
-Picks the strategy by 5-fold CV (seed 0) and writes a router that refers to the built-in static embedder, so
-the package carries the embedding table once.
+Trains what `router train` trains by default (`pipeline.PACKAGED_CANDIDATES`: `ensemble-format3`, chosen by
+leave-one-task-out CV — docs/router.md), its calibration chosen on inner folds that hold whole tasks out, reports
+a leave-one-task-out nested CV (seed 0), and writes a router that refers to the built-in static embedder, so the
+package carries the embedding table once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     if result.evaluation is not None:
         print(format_table(result.evaluation))
     write_router(result, args.out, settings, len(examples), embedder_dir=None)
-    print(f"default router ({result.chosen.value}) written to {args.out}")
+    print(f"default router ({result.chosen_label}) written to {args.out}")
 
 
 if __name__ == "__main__":

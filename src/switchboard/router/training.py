@@ -8,7 +8,7 @@ CV numbers we report (no row is ever scored by a model that saw its answer).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -51,16 +51,19 @@ def fit_calibrated(
     rng: np.random.Generator,
     calibration_folds: int = 3,
     progress: Progress = lambda _: None,
+    params: Mapping[str, Any] | None = None,
 ) -> tuple[QualityModel, Calibration]:
-    cls = STRATEGIES[strategy]
+    """`STRATEGIES[strategy].fit(x, y, rng, **params)` on all rows, with isotonic calibration fitted on its
+    out-of-fold estimates from `calibration_folds` random folds."""
+    cls, params = STRATEGIES[strategy], dict(params or {})
     raw = np.zeros_like(y, dtype=np.float32)
     with _single_threaded():
         for val in kfold_indices(len(x), calibration_folds, rng):
             train = np.setdiff1d(np.arange(len(x)), val)
-            raw[val] = cls.fit(x[train], y[train], rng).predict(x[val])
+            raw[val] = cls.fit(x[train], y[train], rng, **params).predict(x[val])
             progress(1)
         calibration = fit_calibration(raw, y)
-        model = cls.fit(x, y, rng)
+        model = cls.fit(x, y, rng, **params)
     progress(1)
     return model, calibration
 

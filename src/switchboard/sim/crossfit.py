@@ -2,9 +2,9 @@
 
 The simulator draws its prompts from the routing data the packaged router was trained on, so that router's
 predictions there are in-sample (issue 13, item 5). Here the prompts are split into `num_folds` seeded folds;
-the rows of each fold are predicted by a router trained, with the packaged router's recipe (its strategy, the
-static table plus cheap features, calibrated on an inner split), on the other folds — the cross-fitting of
-double machine learning, and the same out-of-fold estimate `switchboard router eval` reports.
+the rows of each fold are predicted by a router trained, with the packaged router's recipe (its strategy and fit
+parameters, the static table plus cheap features, isotonic calibration on an inner split), on the other folds — the
+cross-fitting of double machine learning, and the same out-of-fold estimate `switchboard router eval` reports.
 
 Fitting takes some tens of seconds on two cores, so the predictions are cached on disk, keyed by the data's
 content, the recipe and the seed.
@@ -22,7 +22,7 @@ import numpy as np
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.sim.workload import RoutingData
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the recipe includes the model's fit parameters (an ensemble's format member)
 
 
 def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
@@ -36,10 +36,11 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     from switchboard.router.router import build_features
     from switchboard.router.training import fit_calibrated, kfold_indices
 
-    packaged = load_default_router()  # the recipe: its strategy, embedder and features
+    packaged = load_default_router()  # the recipe: its strategy and fit parameters, embedder and features
+    params = packaged.model.fit_params()
     key = hashlib.sha256()
-    for part in (str(CACHE_VERSION), packaged.strategy, packaged.embedder.name, str(packaged.use_cheap_features),
-                 str(num_folds), str(seed), *data.model_names):
+    for part in (str(CACHE_VERSION), packaged.strategy, repr(sorted(params.items())), packaged.embedder.name,
+                 str(packaged.use_cheap_features), str(num_folds), str(seed), *data.model_names):
         key.update(part.encode() + b"\0")
     key.update(np.ascontiguousarray(data.scores, np.float64).tobytes())
     for prompt in data.prompts:
@@ -54,7 +55,7 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     rng = np.random.default_rng([seed, 5])
     for fold in kfold_indices(len(x), num_folds, np.random.default_rng(seed)):
         train = np.setdiff1d(np.arange(len(x)), fold)
-        model, calibration = fit_calibrated(packaged.model.name, x[train], y[train], rng)
+        model, calibration = fit_calibrated(packaged.model.name, x[train], y[train], rng, params=params)
         out[fold] = calibration.apply(model.predict(x[fold]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")

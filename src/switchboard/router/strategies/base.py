@@ -42,6 +42,11 @@ class QualityModel(ABC):
         """Trains on features (n, d) and scores (n, m) in [0, 1]."""
         raise NotImplementedError
 
+    def fit_params(self) -> dict[str, Any]:
+        """Keyword arguments of `fit` that retrain a model of this shape (the recipe a saved model carries); the
+        fit's defaults for everything not listed."""
+        return {}
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

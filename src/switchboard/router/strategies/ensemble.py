@@ -58,6 +58,14 @@ class EnsembleModel(QualityModel):
                                       weight_decay=weight_decay)
         return cls(knn, mlp, knn_share, int(mlp_columns), format_mlp, int(format_columns))
 
+    def fit_params(self) -> dict:
+        """The members' shape: kNN size, weighting and prior weight, the MLP's columns, the format member. Training
+        settings a saved model does not carry (epochs, relative targets, task objectives) come back as `fit`'s
+        defaults."""
+        return {"knn_share": float(self.knn_share), "num_neighbours": int(self.knn.num_neighbours),
+                "prior_weight": float(self.knn.prior_weight), "temperature": float(self.knn.temperature),
+                "mlp_columns": int(self.mlp_columns), "format_columns": int(self.format_columns)}
+
     def arrays(self) -> dict[str, np.ndarray]:
         out = {f"knn.{k}": v for k, v in self.knn.arrays().items()}
         out.update({f"mlp.{k}": v for k, v in self.mlp.arrays().items()})
