@@ -316,8 +316,11 @@ class PlacementPolicy(abc.ABC):
     def cheaper_than_warm(self, snapshot: FleetSnapshot, replica: Replica, min_saving: float) -> Candidate | None:
         """*Re-place a warm replica*: a worker of another kind, with room now, where a replica of `replica`'s
         expert would cost at least `min_saving` (a fraction) less per hour at the expert's current demand,
-        meeting the SLO and needing no more replicas for it — now and if the demand doubled, so that a rate near
-        the two kinds' price crossover does not move the expert back and forth — or None. An overloaded replica
+        meeting the SLO and needing no more replicas for it, and that would still cost no more and need no more
+        replicas if the demand doubled, so that a rate near the two kinds' price crossover does not move the expert
+        back and forth — or None. (Only no loss at twice the demand, not the saving: with the sleep tier a kind
+        that can sleep is priced by its awake time, which doubles with the demand, while one that cannot costs the
+        hour either way.) An overloaded replica
         (its kind needs more than one replica for the demand) is moved for any saving to a kind that needs fewer
         (`_relieves_overload`): the minimum saving prices a cold start against money, and there staying costs the
         SLO too. The case it is for: a replica placed
@@ -398,8 +401,13 @@ class CostAwarePlacement(PlacementPolicy):
             if not current or not others:
                 return None
             best, kept = self.choose(others), current[0]
+            # The saving is asked at today's demand; at twice it the move need only not lose. With the sleep tier
+            # the kind that can sleep is priced by its awake time, which doubles with the demand, while a kind
+            # whose wake misses the SLO never sleeps and costs the same: asking the full saving there kept the
+            # 70B awake on an A100 for most of an hour (docs/simulator.md, "The sleep tier").
+            saving = min_saving if load_factor == 1.0 else 0.0
             if not (best.num_replicas_needed <= kept.num_replicas_needed + 1e-9
-                    and best.usd_per_hour_at_load < kept.usd_per_hour_at_load * (1.0 - min_saving)
+                    and best.usd_per_hour_at_load < kept.usd_per_hour_at_load * (1.0 - saving)
                     or _relieves_overload(kept, best)):
                 return None
             chosen = chosen or best
