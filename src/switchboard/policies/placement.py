@@ -364,9 +364,7 @@ class CostAwarePlacement(PlacementPolicy):
         if not current or not others:
             return None
         best, kept = self.choose(others), current[0]
-        is_better = (kept.num_replicas_needed > 1.0 and best.num_replicas_needed < kept.num_replicas_needed
-                     and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
-        return best if is_better else None
+        return best if _relieves_overload(kept, best) else None
 
     def cheaper_than_warm(self, snapshot: FleetSnapshot, replica: Replica, min_saving: float) -> Candidate | None:
         expert_id = replica.expert_id
@@ -420,10 +418,11 @@ def _is_overloaded(kept: Candidate) -> bool:
 
 
 def _relieves_overload(kept: Candidate, best: Candidate) -> bool:
-    """A warm re-placement that is about the SLO as much as the price: the one replica on `kept`'s kind is
-    overloaded (`_is_overloaded`), `best`'s kind carries the same demand with fewer replicas, and for less at
-    load. Then no minimum saving is asked — as for a start (`better_than_starting`) — since staying leaves the
-    expert's requests queued past the SLO until a second slow replica is added or the demand falls."""
+    """A re-placement that is about the SLO as much as the price: the one replica on `kept`'s kind is overloaded
+    (`_is_overloaded`), `best`'s kind carries the same demand with fewer replicas, and for less at load. The rule
+    for moving a start (`better_than_starting`); for a warm replica (`cheaper_than_warm`) it waives the minimum
+    saving, since staying leaves the expert's requests queued past the SLO until a second slow replica is added or
+    the demand falls."""
     return (_is_overloaded(kept) and best.num_replicas_needed < kept.num_replicas_needed - 1e-9
             and best.usd_per_hour_at_load < kept.usd_per_hour_at_load - 1e-9)
 
