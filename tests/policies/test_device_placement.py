@@ -120,6 +120,22 @@ def test_a_start_that_takes_a_sleepers_devices_evicts_it_first_in_the_same_plan(
         assert "devices free" in str(exc)
 
 
+def test_an_eviction_ends_the_evicted_experts_re_placement_cooldown():
+    """`b` was moved (re-placed for cost) 10 s ago to g0, where it sleeps; `wide`'s waiting request takes its
+    device. The cooldown keeps an expert's own demand from moving it back and forth; this eviction put `b` off
+    the kind its move chose, so it ends `b`'s cooldown and `b` may move back as soon as it is cheaper. `a`'s,
+    untouched, stays. (On the conversation trace the 70B otherwise stayed awake on the A100s for 1,800 s.)"""
+    s = _only(_asleep(_box(devices=(2, 0)), ("b#0", "b", "g0", 1)), "g0")
+    s = ops.enqueue(s.evolve(now_s=100.0), request("w0", expert="wide", slo=60.0), None)
+    plane = ControlPlane(ControlSettings.model_validate({"placement": {"kind": "first-fit"}}))
+    result = plane.step(s, ControlState(replaced_at=((A, 90.0), (B, 90.0))))
+    assert [a.replica_id for a in result.actions if isinstance(a, EvictAsleep)] == ["b#0"]
+    assert result.state.replaced_at == ((A, 90.0),)
+    kept = plane.step(_only(_asleep(_box(devices=(2, 0)), ("b#0", "b", "g0", 1)), "g0"),
+                      ControlState(replaced_at=((A, 90.0), (B, 90.0))))  # nothing evicted: both cooldowns stay
+    assert kept.state.replaced_at == ((A, 90.0), (B, 90.0))
+
+
 def _burst_step(s, num_requests: int, kind: str = "cost-aware"):
     """One control step over `num_requests` big requests for every expert at once: autoscaling (no upscale delay)
     adds replicas of each as far as the devices allow, all planned in the same step."""

@@ -345,6 +345,7 @@ class ControlPlane:
             if replica.state is ReplicaState.DRAINING and replica.load.num_outstanding_requests == 0:
                 plan.do(StopReplica(replica_id, Reason(ControlReasonCode.DRAINED, "drained: no work left")))
 
+        replaced_at = replace.cooldowns_after_evictions(snapshot, plan.actions, replaced_at)
         new_state = ControlState(keepalive_state, autoscale_state, prewarm_state, plan.num_replicas_created, replacing,
                                  tuple(sorted(replaced_at.items())), checked_at)
         return StepResult(tuple(plan.actions), new_state, plan.snapshot, keepalive, scaling)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from switchboard.policies.actions import DrainReplica, StopReplica
+from switchboard.fleet.state import FleetSnapshot
+from switchboard.policies.actions import Action, DrainReplica, EvictAsleep, StopReplica
 from switchboard.policies.base import Reason
 from switchboard.policies.placement import PlacementPolicy
 from switchboard.policies.plan import Plan
@@ -98,3 +99,20 @@ def replace_warm(plan: Plan, placement: PlacementPolicy, pending: tuple[tuple[Ex
         still.append((expert_id, warm.replica_id, plan.start_on(cheaper, expert_id, reason)))
         replaced_at[expert_id] = now_s
     return tuple(still), replaced_at
+
+
+def cooldowns_after_evictions(snapshot: FleetSnapshot, actions: Sequence[Action],
+                              replaced_at: dict[ExpertId, float]) -> dict[ExpertId, float]:
+    """`replaced_at` without the experts whose asleep replica one of `actions` evicts (`EvictAsleep`; `snapshot`
+    is the step's first, where the evicted replica still sleeps). The cooldown keeps an expert's own demand from
+    moving it back and forth; an eviction moves it off the kind its last move chose for another expert's start,
+    and its next start lands wherever there is room. Moving it back to the cheaper kind is then the move the
+    cooldown let through, not its reversal: with the cooldown kept, on the conversation trace at the 1 s step the
+    70B, moved to the H100 machine where it sleeps, was evicted there by the 49B's move, cold-started on the A100s,
+    where its wake misses the SLO so it never sleeps, and stayed awake there for 1,800 s, $14
+    (docs/simulator.md, "The sleep tier")."""
+    evicted = {a.replica_id for a in actions if isinstance(a, EvictAsleep)}
+    if not evicted or not replaced_at:
+        return replaced_at
+    experts = {h.expert_id for w in snapshot.workers.values() for h in w.asleep if h.replica_id in evicted}
+    return {e: at_s for e, at_s in replaced_at.items() if e not in experts}
