@@ -227,8 +227,11 @@ def main() -> None:
         rows.append((label, embedder.dims, p50, p99, ev["linear"], ev["knn"]))
     default = load_default_router()
     p50, p99 = time_route(default, long_prompts, args.iterations)
-    report = read_report(default_router_dir()).get("cv", {})
+    full_report = read_report(default_router_dir())
+    report = full_report.get("cv", {})
     cv = report.get("nested selection", report.get(default.strategy, {}))
+    chosen = str(full_report.get("chosen", default.strategy)).split("+")[0]
+    split = full_report.get("split", "random")
     base_p50, base_p99 = rows[0][2], rows[0][3]
     print(f"routing decision for a 200-token prompt, {args.iterations} requests one at a time; quality = 5-fold CV")
     head = f"{'path':32s} {'dims':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ×base':>9s} {'p99 ×base':>9s} | {'linear best q':>13s} {'$@0.563':>7s} {'AUC':>6s} | {'knn best q':>10s} {'AUC':>6s}"
@@ -242,9 +245,9 @@ def main() -> None:
         )
     usd = cv.get("usd_per_mtok_at_target_quality")
     print(
-        f"{'default router (' + default.strategy + ', static)':32s} {default.embedder.dims:4d} {p50:8.2f} {p99:8.2f} "
+        f"{'default router (' + chosen + ')':32s} {default.embedder.dims:4d} {p50:8.2f} {p99:8.2f} "
         f"{p50 / base_p50:9.3f} {p99 / base_p99:9.3f} | {cv.get('best_quality', float('nan')):13.4f} "
-        f"{'—' if usd is None else format(usd, '.3f'):>7s} {cv.get('auc', float('nan')):6.4f} |  (its own strategy's CV)"
+        f"{'—' if usd is None else format(usd, '.3f'):>7s} {cv.get('auc', float('nan')):6.4f} |  (its own {split} CV)"
     )
     print("targets: p50 ≤ 5 ms, p99 ≤ 15 ms; baseline = sentence-transformers on torch")
     print()
