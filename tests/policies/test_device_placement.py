@@ -124,7 +124,7 @@ def test_an_eviction_ends_the_evicted_experts_re_placement_cooldown():
     """`b` was moved (re-placed for cost) 10 s ago to g0, where it sleeps; `wide`'s waiting request takes its
     device. The cooldown keeps an expert's own demand from moving it back and forth; this eviction put `b` off
     the kind its move chose, so it ends `b`'s cooldown and `b` may move back as soon as it is cheaper. `a`'s,
-    untouched, stays. (On the conversation trace the 70B otherwise stayed awake on the A100s for 1,800 s.)"""
+    untouched, stays. (On the conversation trace the 70B otherwise stayed awake on the A100s from 601 to 2,620 s.)"""
     s = _only(_asleep(_box(devices=(2, 0)), ("b#0", "b", "g0", 1)), "g0")
     s = ops.enqueue(s.evolve(now_s=100.0), request("w0", expert="wide", slo=60.0), None)
     plane = ControlPlane(ControlSettings.model_validate({"placement": {"kind": "first-fit"}}))

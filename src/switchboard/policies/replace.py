@@ -109,7 +109,7 @@ def cooldowns_after_evictions(snapshot: FleetSnapshot, actions: Sequence[Action]
     and its next start lands wherever there is room. Moving it back to the cheaper kind is then the move the
     cooldown let through, not its reversal: with the cooldown kept, on the conversation trace at the 1 s step the
     70B, moved to the H100 machine where it sleeps, was evicted there by the 49B's move, cold-started on the A100s,
-    where its wake misses the SLO so it never sleeps, and stayed awake there for 1,800 s, $14
+    where its wake misses the SLO so it never sleeps, and stayed awake there from 601 to 2,620 s, ~$11
     (docs/simulator.md, "The sleep tier")."""
     evicted = {a.replica_id for a in actions if isinstance(a, EvictAsleep)}
     if not evicted or not replaced_at:
