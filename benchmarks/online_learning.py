@@ -4,8 +4,9 @@
                                                    [--tasks gpqa,mbpp] [--plot docs/online-learning.png]
                                                    [--settings '[{...}, {...}]' [--select]] [--familiar]
 
-For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe — its strategy,
-the kNN+MLP ensemble since issue 13, on the static table plus cheap features — calibrated on an inner 3-fold split). T's prompts, shuffled (seed), are
+For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe — its strategy
+and fit parameters, `ensemble-format3` since 2026-12-06, on the static table plus cheap features — calibrated on an
+inner 3-fold split). T's prompts, shuffled (seed), are
 split into a stream of `--events` prompts (at most half of T) and the rest, the test part. The stream is routed
 one prompt at a time by that router through `OnlineLearner` — the gateway's code: its correction, its
 exploration within the budget — and each routed prompt's true score for the chosen expert comes back as
@@ -110,14 +111,15 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
     router was trained for: online learning must not make it worse), the other half being the rows returned."""
     out: dict[str, Router] = {}
     unseen: dict[str, np.ndarray] = {}
-    strategy = StrategyName(load_default_router().strategy)  # the packaged router's recipe
+    packaged = load_default_router()  # the packaged router's recipe: its strategy and fit parameters
+    strategy, params = StrategyName(packaged.strategy), packaged.model.fit_params()
     for task in wanted:
         rows = np.nonzero(tasks == task)[0]
         unseen[task] = np.sort(np.random.default_rng([0, 29]).permutation(rows)[: len(rows) // 2]) if familiar else rows
         train = np.setdiff1d(np.arange(len(tasks)), unseen[task])
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
-        model, calibration = fit_calibrated(strategy, x[train], y[train], rng)
+        model, calibration = fit_calibrated(strategy, x[train], y[train], rng, params=params)
         router = Router(tuple(experts), price, model, calibration, embedder, True)
         # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
         out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))
