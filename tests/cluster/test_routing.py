@@ -336,3 +336,37 @@ async def test_a_gateway_routes_auto_requests_itself_as_the_control_actor_would_
         assert fleet_route(router.plane, model, SimpleNamespace(expert_id="e", candidates=()), lambda expert_id: True) is None
     finally:
         await actor.shutdown()
+
+
+async def test_a_report_run_before_an_earlier_one_still_counts_each_request_once_and_ends_it():
+    """Ray does not keep an async actor's calls in the order one caller made them: under load, a gateway's report
+    with a request's end ran before its earlier report with the start, and the start, counted last, never
+    ended — the replica showed a request running for good (`tests/cluster/test_ray_restart.py` failed on it).
+    An end that comes first waits for its start and is applied right after it; one for another replica does not
+    end a start there (a retry of the same request elsewhere), and one whose start never comes is dropped after
+    `EARLY_END_KEPT_S`."""
+    from switchboard.cluster.ray_control import EARLY_END_KEPT_S
+
+    now = [1000.0]
+    actor = await started_actor(now)
+    try:
+        first, second = sorted(r.replica_id for r in actor.fleet.model.warm_replicas_of("e"))
+        await actor.report("gw", [Ended("late", ok=True, replica_id=first), Started(request("x"), first)])
+        assert running(actor) == 1  # "x" runs; "late"'s end waits for its start
+        await actor.report("gw", [Started(request("late"), first)])
+        assert running(actor) == 1 and actor.fleet.counters["admitted"] == 2  # "late" counted, then ended
+        await actor.report("gw", [Ended("x", ok=True, replica_id=first)])
+        assert running(actor) == 0
+
+        await actor.report("gw", [Ended("retried", ok=False, replica_id=first)])  # its first try, on `first`
+        await actor.report("gw", [Started(request("retried"), second)])  # the retry on `second`: still running
+        assert running(actor) == 1
+        await actor.report("gw", [Ended("retried", ok=True, replica_id=second)])
+        assert running(actor) == 0
+
+        now[0] += EARLY_END_KEPT_S + 1  # the first try's end never met its start: forgotten
+        await actor.report("gw", [])  # the gateway is not silent: only the old end goes
+        assert await actor.reclaim_silent_gateways() == []
+        assert "retried" not in actor._early_ends.get("gw", {})
+    finally:
+        await actor.shutdown()

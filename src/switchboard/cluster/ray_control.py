@@ -56,6 +56,9 @@ log = logging.getLogger("switchboard.cluster")
 
 VERSION_CHECK_INTERVAL_S = 0.02
 """How often the control actor looks for a new view version to answer the gateways' long polls with."""
+EARLY_END_KEPT_S = 60.0
+"""How long an end reported before its start (`ControlActor.report`) waits for that start: long enough for any
+reordered call; its start may never come (it went to an earlier incarnation, or was not counted)."""
 REJOIN_WAIT_S = 5.0
 """How long a restarted control actor lends no key quota while gateways that used keys have not told it their
 recent grants (`ray_limits.Rejoined`): a gateway that died with the old actor is not waited for longer."""
@@ -125,6 +128,12 @@ class ControlActor:
         self._reaper: asyncio.Task | None = None
         self._adopted: dict[str, dict[str, Lease]] = {}
         """Gateway id -> request id -> lease: the requests gateways assigned to warm replicas themselves."""
+        self._early_ends: dict[str, dict[str, tuple[float, Ended]]] = {}
+        """Gateway id -> request id -> (when heard, the event): ends reported before their starts. Ray does not keep
+        an async actor's calls in the order one caller made them, so a gateway's report with a request's end can
+        run before the earlier one with its start; counted as it came, the start would never end (the replica
+        busy for good: keep-alive would never stop it). Applied right after the start when it comes; dropped after
+        `EARLY_END_KEPT_S`."""
         self._changed = asyncio.Event()
         """Set (and replaced) when the view version changes: what the gateways' long polls wait on."""
         self._watcher: asyncio.Task | None = None
@@ -238,6 +247,7 @@ class ControlActor:
             for token in tokens:
                 del self._owners[token]
                 await self._leases.pop(token).__aexit__(asyncio.CancelledError, None, None)
+            self._early_ends.pop(gateway_id, None)
             adopted = self._adopted.pop(gateway_id, {})
             for lease in adopted.values():
                 await lease.__aexit__(asyncio.CancelledError, None, None)
@@ -248,7 +258,16 @@ class ControlActor:
             if tokens:
                 log.warning("gateway %s silent for over %.0f s: released the %d leases it held (%s)", gateway_id,
                             self.gateway_timeout_s, len(tokens), ", ".join(tokens))
+        self._forget_old_early_ends()
         return silent
+
+    def _forget_old_early_ends(self) -> None:
+        oldest_s = self.clock() - EARLY_END_KEPT_S
+        for gateway_id, ends in list(self._early_ends.items()):
+            for request_id in [r for r, (heard_at, _) in ends.items() if heard_at < oldest_s]:
+                del ends[request_id]
+            if not ends:
+                del self._early_ends[gateway_id]
 
     async def _watch_versions(self) -> None:
         version = self.view_version()
@@ -386,10 +405,15 @@ class ControlActor:
         and replaces the replica). A start on a replica no longer warm here is not counted, nor its end; nor are
         requests reported `Served` (started and served) on one. Those arrive before the other events and end
         after them (`LiveFleet.arrive_served`), so the requests they report running overlap them. Its routing
-        decisions (`Routed`) are recorded as this fleet's own."""
+        decisions (`Routed`) are recorded as this fleet's own.
+
+        Ray may run two reports of one gateway out of the order it made them (an async actor's calls are not kept
+        in order): an end whose start this actor has not counted waits for that start (`_early_ends`) and is
+        applied right after it, so a reordered pair still counts the request once and ends it."""
         self._heard_from(gateway_id)
         fleet = await self._started()
         adopted = self._adopted.setdefault(gateway_id, {})
+        early_ends = self._early_ends.setdefault(gateway_id, {})
         served = [e for e in events if isinstance(e, Served) and fleet.arrive_served(e.replica_id, e.requests)]
         for event in events:
             if isinstance(event, Served):
@@ -402,12 +426,14 @@ class ControlActor:
                     lease = Lease(fleet, request.expert_id, request)
                     if fleet.adopt(lease, event.replica_id):
                         adopted[request.request_id] = lease
+                early = early_ends.get(request.request_id)
+                if early is not None and early[1].replica_id in ("", event.replica_id):
+                    del early_ends[request.request_id]
+                    await _end(adopted.pop(request.request_id, None), early[1])
+            elif event.request_id in adopted:
+                await _end(adopted.pop(event.request_id), event)
             else:
-                lease = adopted.pop(event.request_id, None)
-                if lease is not None:
-                    exc = event.error.to_exception() if event.error is not None else None
-                    exc_type = type(exc) if exc is not None else (None if event.ok else asyncio.CancelledError)
-                    await lease.__aexit__(exc_type, exc, None)
+                early_ends[event.request_id] = (self.clock(), event)
         for event in served:
             fleet.end_served(event.replica_id, event.requests)
 
@@ -449,6 +475,15 @@ class ControlActor:
         view["counters"] = {**view["counters"], "leases_reclaimed_from_silent_gateways": self.num_leases_reclaimed}
         view["version"] = self.view_version()
         return view
+
+
+async def _end(lease: Lease | None, event: Ended) -> None:
+    """Ends an adopted request's lease as its gateway reported (served, failed with an engine error, or not
+    served); nothing when it was not counted."""
+    if lease is not None:
+        exc = event.error.to_exception() if event.error is not None else None
+        exc_type = type(exc) if exc is not None else (None if event.ok else asyncio.CancelledError)
+        await lease.__aexit__(exc_type, exc, None)
 
 
 def stop_control_actor(settings: RayClusterConfig) -> bool:

@@ -282,11 +282,12 @@ class RemoteFleet:
         leased = self._tokens.pop(request_id, None)
         if leased is not None:
             token = leased[0]
-            # Submitted now (Ray keeps one caller's calls in order), so a retry's acquire comes after it.
+            # Submitted now, before a retry's acquire. (Ray does not promise that an async actor runs one caller's
+            # calls in order: a retry counted before this release overlaps it for a moment, never for good.)
             self._actor.release.remote(token, error, self.gateway_id)
             return
         self.router.finish(request_id)
-        self.reports.add(Ended(request_id, ok, error))
+        self.reports.add(Ended(request_id, ok, error, getattr(lease.replica, "replica_id", "")))
         if isinstance(exc, EngineUnavailable):
             # The replica's engine, actor or node is gone: never choose it again here, and tell the control
             # actor now (before a retry's acquire, submitted after this), which stops and replaces it.
@@ -296,7 +297,8 @@ class RemoteFleet:
             self._report_due.set()
 
     def _send_reports(self) -> None:
-        """Sends the pending load events (fire and forget: Ray keeps one caller's calls in order)."""
+        """Sends the pending load events (fire and forget; Ray may run two reports out of the order they were sent
+        in, which `ControlActor.report` copes with)."""
         events = self.reports.take()
         if events and self._actor is not None:
             self._actor.report.remote(self.gateway_id, events)

@@ -68,6 +68,8 @@ class Ended:
     ok: bool
     error: Any = None
     """A `RemoteEngineError`, or None."""
+    replica_id: str = ""
+    """The replica it ran on ("": not said): an end that arrives before its start matches only that start."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
