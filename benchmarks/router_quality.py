@@ -40,7 +40,8 @@ from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective  # no
 from switchboard.router.persist import builtin_static_dir  # noqa: E402
 from switchboard.router.pipeline import candidate_pool, embed_cached  # noqa: E402
 from switchboard.router.protocol import SPLIT_ORDER, SplitKind  # noqa: E402
-from switchboard.router.report import format_summary, loto_task_rows, preset_table, run_splits  # noqa: E402
+from switchboard.router.report import (format_summary, loto_task_rows, margins_per_fold, preset_table,  # noqa: E402
+                                       run_splits)
 
 ONNX_DIR = Path("~/.cache/switchboard/onnx").expanduser()
 
@@ -97,6 +98,18 @@ def main() -> None:
     print()
     print("objective presets (nested selection), quality and mean USD/Mtok per split:")
     print(preset_table(reports, y, price, experts))
+    if len(candidates) > 1:  # the nested selection is one of them per fold; each candidate's own presets too
+        for c in candidates:
+            print()
+            print(f"objective presets ({c.label}), quality and mean USD/Mtok per split:")
+            print(preset_table(reports, y, price, experts, c.label))
+    for c in candidates:
+        if len(c.caution_margins) > 1:
+            for rep in reports:
+                per_fold = margins_per_fold(rep.result, c.label)
+                print()
+                print(f"{c.label}: caution margin κ per outer fold, {rep.kind.value}: "
+                      + ", ".join(f"{fold} {kappa:g}" for fold, kappa in per_fold.items()))
     for lam, label in ((0.0, "λ = 0 (best quality)"), (OBJECTIVE_COST_WEIGHTS[Objective.BALANCED], "the balanced preset")):
         rows = loto_task_rows(reports, y, price, experts, tasks, lam)
         if rows is not None:

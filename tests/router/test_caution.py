@@ -15,6 +15,7 @@ from switchboard.router.nested import Candidate, nested_cross_validate, select_a
 from switchboard.router.pipeline import TrainSettings, train_router, write_router
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.protocol import SplitKind
+from switchboard.router.report import margins_per_fold
 from switchboard.router.selection import Caution, RoutingConstraints, SelectionRule, choose, rank_candidates
 from switchboard.router.strategies import StrategyName
 
@@ -121,6 +122,11 @@ def test_nested_cv_records_each_folds_margin_and_the_prior_per_row(rng):
     assert set(np.unique(result.cautions["knn-cautious"].margin)) <= {0.0, 0.05, 0.2}
     for fold in result.folds:  # the prior of a test row is its outer training part's mean, never its own fold's
         assert np.allclose(result.cautions["knn"].prior[fold.test], y[fold.train].mean(axis=0))
+    per_fold = margins_per_fold(result, "knn-cautious")  # what the benchmark prints as κ per outer fold
+    assert list(per_fold) == [f.name for f in result.folds] and set(per_fold.values()) <= {0.0, 0.05, 0.2}
+    for fold in result.folds:
+        assert np.all(result.cautions["knn-cautious"].margin[fold.test] == per_fold[fold.name])
+    assert set(margins_per_fold(result, "knn").values()) == {0.0}
 
 
 def test_a_trained_router_carries_its_margin_and_prior_through_save_and_load(tmp_path, rng):

@@ -181,3 +181,17 @@ def test_candidate_pool_expands_default_and_names_unknown_labels():
     assert [c.label for c in pool] == [c.label for c in DEFAULT_CANDIDATES] + ["ensemble-format3"]
     with pytest.raises(ValueError, match="nope"):
         candidate_pool("ensemble,nope")
+
+
+def test_the_cautious_format3_label_is_format3_under_the_conservative_rule():
+    from switchboard.router.features import FEATURE_NAMES
+    from switchboard.router.pipeline import CAUTION_MARGINS, candidate_pool
+
+    plain, cautious = candidate_pool("ensemble-format3,ensemble-format3-cautious")
+    assert cautious.label == "ensemble-format3-cautious"
+    assert (cautious.strategy, dict(cautious.params)) == (plain.strategy, dict(plain.params))
+    assert dict(cautious.params) == {"num_neighbours": 100, "temperature": 0.05, "format_columns": len(FEATURE_NAMES)}
+    assert (cautious.calibrations, cautious.balance_tasks, cautious.group_by_task) == (
+        plain.calibrations, plain.balance_tasks, plain.group_by_task)
+    assert cautious.caution_margins == CAUTION_MARGINS and len(CAUTION_MARGINS) > 1 and 0.0 in CAUTION_MARGINS
+    assert plain.caution_margins == (0.0,)  # the packaged one stays plain

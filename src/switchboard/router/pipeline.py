@@ -12,7 +12,7 @@ the choice as well as for the fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -98,8 +98,12 @@ margin is chosen on leave-one-task-out inner folds (`nested._choose_margin`)."""
 CAUTIOUS_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("ensemble-cautious", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05},
               caution_margins=CAUTION_MARGINS),
+    replace(PACKAGED_CANDIDATES[0], label="ensemble-format3-cautious", caution_margins=CAUTION_MARGINS),
 )
-"""The default ensemble under the conservative selection rule (`selection.Caution`)."""
+"""Candidates under the conservative selection rule (`selection.Caution`), κ chosen from `CAUTION_MARGINS` on
+leave-one-task-out inner folds: the previous default ensemble (`ensemble-cautious`), and the packaged
+`ensemble-format3` — its strategy, params and calibrations copied, not restated, so the two cannot drift apart
+(`ensemble-format3-cautious`)."""
 
 
 def candidate_pool(spec: str) -> tuple[Candidate, ...]:

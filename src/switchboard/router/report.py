@@ -81,15 +81,17 @@ def format_summary(reports: Sequence[SplitReport], target_quality: float = 0.563
     return "\n".join(lines)
 
 
-def preset_table(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndarray, experts: Sequence[str]) -> str:
-    """What each `routing.objective` preset gives and costs, per split (the nested-selection router)."""
+def preset_table(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndarray, experts: Sequence[str],
+                 name: str = NESTED) -> str:
+    """What each `routing.objective` preset gives and costs, per split, for router `name` (a candidate label, or
+    the nested selection)."""
     lines = [f"{'objective':10s} {'λ':>6s}" + "".join(f" | {rep.kind.value[:18]:>18s} q     $/Mtok" for rep in reports)]
     for objective in Objective:
         lam = OBJECTIVE_COST_WEIGHTS[objective]
         cells = []
         for rep in reports:
-            point = sweep(rep.result.predictions[NESTED], y, price, experts, cost_weights=(lam,), weights=rep.result.weights,
-                          caution=rep.result.cautions.get(NESTED))[0]
+            point = sweep(rep.result.predictions[name], y, price, experts, cost_weights=(lam,), weights=rep.result.weights,
+                          caution=rep.result.cautions.get(name))[0]
             cells.append(f" | {'':18s} {point.quality:.4f} {point.usd_per_mtok:6.3f}")
         lines.append(f"{objective.value:10s} {lam:6.3f}" + "".join(cells))
     return "\n".join(lines)
@@ -104,6 +106,15 @@ def loto_task_rows(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndar
         return None
     return per_task_table(rep.result.predictions[name], y, price, experts, tasks, cost_weight,
                           caution=rep.result.cautions.get(name))
+
+
+def margins_per_fold(result: NestedResult, name: str) -> dict[str, float]:
+    """Outer fold name → the conservative rule's margin router `name` used on that fold's test rows (0: plain)."""
+    caution = result.cautions.get(name)
+    if caution is None:
+        return {fold.name: 0.0 for fold in result.folds}
+    margin = np.asarray(caution.margin, np.float64)  # (n, 1): one margin per row, the same on a fold's rows
+    return {fold.name: float(margin[fold.test[0], 0]) for fold in result.folds}
 
 
 def _row(rep: SplitReport, name: str):
