@@ -32,3 +32,32 @@ def test_a_taken_port_is_retried_with_another(tmp_path, monkeypatch):
             assert not url.endswith(f":{taken_port}")
             assert httpx.get(url + "/healthz", timeout=5).status_code == 200
             assert process.poll() is None
+
+
+def test_the_in_thread_server_holds_its_port_from_before_its_app_starts():
+    """`serve_in_thread` binds its socket before the server starts, so nothing can take the port while the app's
+    start-up runs (a Ray gateway's takes seconds, and Ray opens ports meanwhile: a fresh-clone CI run lost the
+    whole `tests/cluster/test_ray.py` fixture to "address already in use"). Here the app's start-up itself tries
+    to take the port it is about to be served on."""
+    import contextlib
+
+    from fastapi import FastAPI
+
+    taken_during_startup: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            try:
+                other.bind(("127.0.0.1", app.state.port))
+                taken_during_startup.append(False)
+            except OSError:
+                taken_during_startup.append(True)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.get("/healthz")(lambda: {"ok": True})
+    app.state.port = servers.free_port()
+    with servers.serve_in_thread(app, port=app.state.port) as url:
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+    assert taken_during_startup == [True]

@@ -30,18 +30,26 @@ def free_port() -> int:
 def serve_in_thread(app: Any, *, port: int | None = None, startup_timeout_s: float = 60.0) -> Iterator[str]:
     """Serves `app` on 127.0.0.1 (lifespan on) until the block ends; yields its base URL.
 
+    The listening socket is bound here, before the server starts, and handed to it: a port found free and bound
+    later may be taken meanwhile (Ray's processes open ports all the time; a fresh-clone CI run lost a whole
+    module's fixture to "address already in use" so).
+
     Raises RuntimeError if the server does not start within `startup_timeout_s`.
     """
-    port = port or free_port()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", port or 0))
+    port = sock.getsockname()[1]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http="httptools", log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
+            thread.join(timeout=30)
+            sock.close()
             raise RuntimeError(f"uvicorn on port {port} did not start")
         time.sleep(0.01)
     try:
@@ -49,6 +57,7 @@ def serve_in_thread(app: Any, *, port: int | None = None, startup_timeout_s: flo
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()
 
 
 @contextlib.contextmanager
