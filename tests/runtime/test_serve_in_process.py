@@ -1,5 +1,6 @@
-"""The test helper that runs `switchboard serve` in a child process tries another port when its first is taken
-(on a busy machine a port found free can be taken before the child binds it)."""
+"""The test helpers' ports (on a busy machine a port found free can be taken before the server binds it): the one
+that runs `switchboard serve` in a child process tries another port when its first is taken; the in-thread one
+binds its port before its app starts."""
 
 from __future__ import annotations
 
