@@ -50,8 +50,7 @@ from switchboard.router.persist import builtin_static_dir, load_default_router
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, build_features
 from switchboard.router.selection import RoutingConstraints, choose
-from switchboard.router.strategies import StrategyName
-from switchboard.router.training import fit_calibrated, residual_correlation
+from switchboard.router.training import fit_calibrated_like, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
 TUNING_TASKS = frozenset({"gpqa", "mbpp", "math", "natural_qa", "arc_challenge"})
@@ -111,15 +110,14 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
     router was trained for: online learning must not make it worse), the other half being the rows returned."""
     out: dict[str, Router] = {}
     unseen: dict[str, np.ndarray] = {}
-    packaged = load_default_router()  # the packaged router's recipe: its strategy and fit parameters
-    strategy, params = StrategyName(packaged.strategy), packaged.model.fit_params()
+    recipe = load_default_router().model  # the packaged router's recipe: its strategy and fit parameters
     for task in wanted:
         rows = np.nonzero(tasks == task)[0]
         unseen[task] = np.sort(np.random.default_rng([0, 29]).permutation(rows)[: len(rows) // 2]) if familiar else rows
         train = np.setdiff1d(np.arange(len(tasks)), unseen[task])
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
-        model, calibration = fit_calibrated(strategy, x[train], y[train], rng, params=params)
+        model, calibration = fit_calibrated_like(recipe, x[train], y[train], rng)
         router = Router(tuple(experts), price, model, calibration, embedder, True)
         # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
         out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))

@@ -68,6 +68,14 @@ def fit_calibrated(
     return model, calibration
 
 
+def fit_calibrated_like(recipe: QualityModel, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                        calibration_folds: int = 3) -> tuple[QualityModel, Calibration]:
+    """`fit_calibrated` of the recipe a trained model carries — its strategy and fit parameters
+    (`QualityModel.fit_params`) — on (x, y): how the simulator's cross-fitted routers and the benchmarks retrain
+    "the packaged router" on other rows (the strategy alone would drop, e.g., the ensemble's format member)."""
+    return fit_calibrated(recipe.name, x, y, rng, calibration_folds, params=recipe.fit_params())
+
+
 def _single_threaded():
     # The fits multiply small matrices: one BLAS thread per fit is ~10x faster than a pool fighting
     # over two shared cores (measured), and leaves the other core to the gateway.

@@ -34,12 +34,12 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     from switchboard.router.persist import load_default_router
     from switchboard.router.pipeline import embed_cached
     from switchboard.router.router import build_features
-    from switchboard.router.training import fit_calibrated, kfold_indices
+    from switchboard.router.training import fit_calibrated_like, kfold_indices
 
     packaged = load_default_router()  # the recipe: its strategy and fit parameters, embedder and features
-    params = packaged.model.fit_params()
     key = hashlib.sha256()
-    for part in (str(CACHE_VERSION), packaged.strategy, repr(sorted(params.items())), packaged.embedder.name,
+    recipe = repr(sorted(packaged.model.fit_params().items()))
+    for part in (str(CACHE_VERSION), packaged.strategy, recipe, packaged.embedder.name,
                  str(packaged.use_cheap_features), str(num_folds), str(seed), *data.model_names):
         key.update(part.encode() + b"\0")
     key.update(np.ascontiguousarray(data.scores, np.float64).tobytes())
@@ -55,7 +55,7 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     rng = np.random.default_rng([seed, 5])
     for fold in kfold_indices(len(x), num_folds, np.random.default_rng(seed)):
         train = np.setdiff1d(np.arange(len(x)), fold)
-        model, calibration = fit_calibrated(packaged.model.name, x[train], y[train], rng, params=params)
+        model, calibration = fit_calibrated_like(packaged.model, x[train], y[train], rng)
         out[fold] = calibration.apply(model.predict(x[fold]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
