@@ -6,8 +6,10 @@ L4 timing, to show the overhead relative to a real answer's duration), streaming
 Ray/embedded and the added p50 latency. On Ray a gateway assigns a request to a warm replica itself, from the
 view the control actor pushes (docs/ray.md, "Local decisions"): the answer comes from the replica actor (another
 process), opened in a batch with the gateway's other requests to it that arrive while a call is in flight
-(docs/ray.md, "Batched calls"), and the rest of a stream or slow answer is fetched in batches of ready events by
-plain actor calls.
+(docs/ray.md, "Batched calls"), and the rest of a stream or slow answer is fetched in batches of ready events.
+Those calls go over the gateway's direct connection to the replica (docs/ray.md, "Direct connections"); the
+`calls` rows (`--call-gateways`) are gateways with `direct_requests: false`, making them as Ray actor calls: the
+path before direct connections, measured in the same run as its baseline.
 
 Both sides run for the whole benchmark (the embedded gateway, and the Ray cluster with its gateways) and each
 cell is measured in rounds alternating the order (embedded, Ray 1..N gateways; then Ray N..1, embedded; ...:
@@ -22,7 +24,8 @@ Scale-out (`--gateways 1 2 3`): N gateway processes share the control actor and 
 connections are split evenly over them (concurrency 1: one gateway carries the load); the embedded baseline is
 one gateway. On one machine more gateways add processes, not cores.
 
-Run: .venv/bin/python benchmarks/ray_overhead.py [--duration 3] [--rounds 4] [--gateways 1 2 3] [--json out.json]
+Run: .venv/bin/python benchmarks/ray_overhead.py [--duration 3] [--rounds 4] [--gateways 1 2 3] [--call-gateways 1]
+[--json out.json]
 """
 
 from __future__ import annotations
@@ -110,27 +113,33 @@ def _start_embedded() -> list[subprocess.Popen]:
     return [proc]
 
 
-def _start_ray(num_gateways: int) -> tuple[object, list[subprocess.Popen], list[int]]:
+def _start_ray(num_gateways: int, num_call_gateways: int) -> tuple[object, list[subprocess.Popen], list[int], list[int]]:
+    """The cluster, its gateway processes, the ports of the `num_gateways` that send requests over direct
+    connections (the default) and of the `num_call_gateways` that send them by Ray actor calls."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"switchboard/hw:l4": 4}, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False,
     })
-    procs, ports = [], []
+    procs, ports, call_ports = [], [], []
     try:
-        for _ in range(num_gateways):  # one at a time: the first creates the control actor, the others join it
-            proc, port = _serve(_ray_config(cluster.address))
+        # One at a time: the first creates the control actor, the others join it.
+        for direct, into in [(True, ports)] * num_gateways + [(False, call_ports)] * num_call_gateways:
+            proc, port = _serve(_ray_config(cluster.address, direct=direct))
             procs.append(proc)
-            ports.append(port)
+            into.append(port)
     except BaseException:
         _stop(procs)
         cluster.shutdown()
         raise
-    return cluster, procs, ports
+    return cluster, procs, ports, call_ports
 
 
-def _ray_config(address: str) -> str:
-    return f'cluster: {{kind: ray, address: "{address}", namespace: switchboard-bench}}\n' + EXPERTS
+def _ray_config(address: str, *, direct: bool = True) -> str:
+    """A gateway's config on the cluster; `direct`: requests go over direct connections to the replicas (the
+    default, docs/ray.md "Direct connections"), else by a Ray actor call each (`direct_requests: false`)."""
+    options = "" if direct else ", direct_requests: false"
+    return f'cluster: {{kind: ray, address: "{address}", namespace: switchboard-bench{options}}}\n' + EXPERTS
 
 
 def _call_ceiling(address: str, duration_s: float) -> dict[int, float]:
@@ -190,11 +199,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell, side and round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per cell, alternating the order (ABBA)")
     parser.add_argument("--gateways", type=int, nargs="+", default=[1], help="numbers of Ray gateway processes to measure")
+    parser.add_argument("--call-gateways", type=int, nargs="*", default=[1],
+                        help="numbers of Ray gateway processes sending requests by actor calls (direct_requests: false), "
+                        "measured beside the direct ones as the baseline of the old path")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     embedded = _start_embedded()
-    cluster, ray_procs, ray_ports = _start_ray(max(args.gateways))
-    sides = [("embedded", embedded[0].ports)] + [(n, ray_ports[:n]) for n in sorted(args.gateways)]  # type: ignore[attr-defined]
+    cluster, ray_procs, ray_ports, call_ports = _start_ray(max(args.gateways), max(args.call_gateways, default=0))
+    ray_sides = [(str(n), ray_ports[:n]) for n in sorted(args.gateways)]
+    ray_sides += [(f"{n} calls", call_ports[:n]) for n in sorted(args.call_gateways)]
+    sides = [("embedded", embedded[0].ports)] + ray_sides  # type: ignore[attr-defined]
     load_before = os.getloadavg()
     cells: dict[tuple, dict] = {}
     try:
@@ -215,26 +229,28 @@ def main() -> None:
         load_after = os.getloadavg()
         _stop_all(embedded + ray_procs, cluster)
     rows = []
-    print(f"{'gw':>2} {'expert':8} {'stream':6} {'conc':>4} | {'emb rps':>8} {'ray rps':>8} {'ratio':>6} {'(min-max)':>11} | "
+    print(f"{'gw':>7} {'expert':8} {'stream':6} {'conc':>4} | {'emb rps':>8} {'ray rps':>8} {'ratio':>6} {'(min-max)':>11} | "
           f"{'emb p50':>8} {'ray p50':>8} {'added':>7} {'(min-max)':>13} | {'emb ttfb':>8} {'ray ttfb':>8} | errors")
-    for num_gateways in sorted(args.gateways):
+    for side, _ in ray_sides:
         for (model, stream, concurrency), rounds in cells.items():
-            ratios = np.array([r[num_gateways]["rps"] / r["embedded"]["rps"] for r in rounds])
-            added = np.array([r[num_gateways]["p50_ms"] - r["embedded"]["p50_ms"] for r in rounds])
-            med = {side: {k: float(np.median([r[side][k] for r in rounds])) for k in rounds[0][side]} for side in ("embedded", num_gateways)}
-            emb, on_ray = med["embedded"], med[num_gateways]
-            row = {"gateways": num_gateways, "expert": model, "stream": stream, "concurrency": concurrency, "rounds": rounds,
+            ratios = np.array([r[side]["rps"] / r["embedded"]["rps"] for r in rounds])
+            added = np.array([r[side]["p50_ms"] - r["embedded"]["p50_ms"] for r in rounds])
+            med = {name: {k: float(np.median([r[name][k] for r in rounds])) for k in rounds[0][name]} for name in ("embedded", side)}
+            emb, on_ray = med["embedded"], med[side]
+            row = {"gateways": side, "expert": model, "stream": stream, "concurrency": concurrency, "rounds": rounds,
                    "rps_ratio": float(np.median(ratios)), "rps_ratio_range": [float(ratios.min()), float(ratios.max())],
                    "added_p50_ms": float(np.median(added)), "added_p50_ms_range": [float(added.min()), float(added.max())]}
             rows.append(row)
             ttfb = f"{emb['ttfb_p50_ms']:8.2f} {on_ray['ttfb_p50_ms']:8.2f}" if stream else f"{'':8} {'':8}"
-            errors = f"{sum(r['embedded']['num_errors'] for r in rounds):.0f}/{sum(r[num_gateways]['num_errors'] for r in rounds):.0f}"
-            print(f"{num_gateways:2d} {model:8} {str(stream):6} {concurrency:4d} | {emb['rps']:8.1f} {on_ray['rps']:8.1f} {row['rps_ratio']:6.2f} "
+            errors = f"{sum(r['embedded']['num_errors'] for r in rounds):.0f}/{sum(r[side]['num_errors'] for r in rounds):.0f}"
+            print(f"{side:>7} {model:8} {str(stream):6} {concurrency:4d} | {emb['rps']:8.1f} {on_ray['rps']:8.1f} {row['rps_ratio']:6.2f} "
                   f"({ratios.min():.2f}-{ratios.max():.2f}) | {emb['p50_ms']:8.2f} {on_ray['p50_ms']:8.2f} {row['added_p50_ms']:7.2f} "
                   f"({added.min():+.2f}..{added.max():+.2f}) | {ttfb} | {errors}")
     print("one Ray actor call per request allows: " + ", ".join(
         f"{n:.0f} calls/s at concurrency {c}" for c, n in ceiling.items()) + " (the instant replica actor's `complete`, "
         "called from a bare Ray driver)")
+    print("gw: the number of Ray gateway processes, sending requests over direct connections to the replicas, or "
+          "('calls') by a Ray actor call each")
     print(f"medians over {args.rounds} ABBA rounds of {args.duration:.0f} s per side; ratio = Ray rps / embedded rps; "
           f"added = Ray p50 - embedded p50 (ms); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if args.json:

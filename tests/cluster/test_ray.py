@@ -117,6 +117,15 @@ def test_tokens_stream_from_the_replica_actor(gateway):
         texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
         assert len(texts) > 2, f"{model}: one token per chunk, not one whole answer: {texts}"
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    # Every call on the request path went over the gateway's direct connection to the replica, none by Ray.
+    import ray
+
+    for replica in fleet_view(url)["experts"]:
+        for r in replica["replicas"]:
+            actor = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("/" + r["replica_id"]))
+            counts = ray.get(ray.get_actor(actor["name"], namespace=actor["namespace"]).call_counts.remote(), timeout=30)
+            assert counts["direct_connections"] >= 1 and counts["opened"] >= 1, counts
+            assert counts["direct_calls"] == counts["open_calls"] + counts["take_calls"], counts
 
 
 def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster, add_l4_node):

@@ -66,9 +66,11 @@ recent grants (`ray_limits.Rejoined`): a gateway that died with the old actor is
 
 def config_fingerprint(config: SwitchboardConfig) -> str:
     """Gateways sharing a control actor must serve the same config; this is what they compare. The cluster
-    address is left out: gateways on different nodes may reach the same cluster by different addresses."""
+    address is left out: gateways on different nodes may reach the same cluster by different addresses; so is
+    `direct_requests`, each gateway's own way to its replicas."""
     settings = config.model_dump(mode="json")
     settings["cluster"].pop("address", None)
+    settings["cluster"].pop("direct_requests", None)  # how a gateway reaches replicas: its own business
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

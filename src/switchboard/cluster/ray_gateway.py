@@ -21,6 +21,7 @@ from typing import Any
 
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_control import ControlActor, config_fingerprint
+from switchboard.cluster.ray_direct import connect_direct
 from switchboard.cluster.ray_key_ledger import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.cluster.ray_streams import StreamChannel
@@ -270,7 +271,8 @@ class RemoteFleet:
         """The one channel this gateway fetches `replica_id`'s streams through (all of them in one call)."""
         channel = self._channels.get(replica_id)
         if channel is None or channel.actor != actor:
-            channel = self._channels[replica_id] = StreamChannel(actor)
+            channel = self._channels[replica_id] = StreamChannel(
+                actor, connect=connect_direct if self.settings.direct_requests else None)
         return channel
 
     def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
@@ -371,7 +373,11 @@ class RemoteFleet:
         self.router.install(routing)
         leased = {replica_id for _, replica_id, _ in self._tokens.values()}
         self._engines = {r: e for r, e in self._engines.items() if r in routing.actors}  # gone replicas' proxies go
-        self._channels = {r: c for r, c in self._channels.items() if r in routing.actors or r in leased}
+        kept = {r: c for r, c in self._channels.items() if r in routing.actors or r in leased}
+        for replica_id, channel in self._channels.items():
+            if replica_id not in kept:
+                channel.close_when_idle()  # its direct connection, once the requests still on it end
+        self._channels = kept
         if new is not None and old is not None and new[0] != old[0]:
             self._rejoin()
 

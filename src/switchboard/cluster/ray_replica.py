@@ -15,9 +15,11 @@ which the fleet treats like a dead engine process (the replica is stopped and re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from switchboard.cluster.ray_direct import DirectCallFailed, DirectConnectionLost, DirectServer
 from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel, pack_batches
 from switchboard.cluster.ray_wire import unpack_request
 from switchboard.config.schema import ExpertConfig
@@ -37,6 +39,11 @@ class ReplicaActor:
         self.num_completed_whole = 0
         """Requests answered whole by `complete`."""
         self.streams = OpenStreams()
+        self.direct: DirectServer | None = None
+        """The socket gateways send requests over (`ray_direct`), once one asked for it."""
+        self._stopped = asyncio.Event()
+        self.direct_host: str | None = None
+        """The address the direct socket listens on; None: this Ray node's (tests without Ray set one)."""
 
     @property
     def num_completed(self) -> int:
@@ -60,14 +67,36 @@ class ReplicaActor:
                 "num_completed": self.num_completed, "gpu_ids": self.gpu_ids()}
 
     async def stop(self) -> None:
+        self._stopped.set()
+        if self.direct is not None:
+            self.direct.close()
         await self.engine.stop()
+
+    async def direct_address(self) -> list[Any]:
+        """[host, port, token] of this replica's direct socket (`ray_direct`), listening on its node's address
+        from the first ask on: gateways send their requests over it rather than by actor calls."""
+        if self.direct is None:
+            self.direct = DirectServer(self.open_many, self.stream_take, self.stream_cancel, self.streams.cancel_channel)
+        if self.direct_host is None:
+            import ray
+
+            self.direct_host = ray.util.get_node_ip_address()
+        return await self.direct.start(self.direct_host)
+
+    async def wait_stopped(self) -> None:
+        """Returns when the replica is stopped; fails (a Ray error, for the caller) when the actor or its node
+        dies: what each direct connection watches, so a host that vanished without closing its sockets still ends
+        them."""
+        await self._stopped.wait()
 
     def call_counts(self) -> dict[str, int]:
         """Calls this actor answered on the request path and the requests they opened (`open_many`, `stream_take`,
-        `complete`): what `benchmarks/ray_cpu.py` divides into calls per request."""
-        streams = self.streams
+        `complete`), by Ray calls or over direct connections (`direct_calls` of them, on `direct_connections`):
+        what `benchmarks/ray_cpu.py` divides into calls per request."""
+        streams, direct = self.streams, self.direct
         return {"open_calls": streams.num_open_calls, "opened": streams.num_opened, "take_calls": streams.num_take_calls,
-                "complete_calls": self.num_completed_whole}
+                "complete_calls": self.num_completed_whole,
+                "direct_connections": direct.num_connections if direct else 0, "direct_calls": direct.num_calls if direct else 0}
 
     def gpu_ids(self) -> list[int]:
         """The GPUs Ray gave this actor (its `num_gpus`; empty on a node without GPUs)."""
@@ -113,6 +142,10 @@ class ReplicaActor:
     def stream_cancel(self, channel_id: str, stream_id: int) -> None:
         """The caller went away: stop generating that stream."""
         self.streams.cancel((channel_id, stream_id))
+
+
+LOST_PROBE_TIMEOUT_S = 5.0
+"""How long a lost direct connection waits for Ray to say whether its replica actor is alive."""
 
 
 class RayReplicaEngine:
@@ -208,5 +241,20 @@ class RayReplicaEngine:
                 if isinstance(event, RemoteEngineError):
                     raise event.to_exception()
                 yield event
-        except RayError as exc:
+        except (RayError, DirectCallFailed) as exc:
             raise self._failure(exc) from None
+        except DirectConnectionLost as exc:
+            raise await self._connection_lost(exc) from None
+
+    async def _connection_lost(self, exc: DirectConnectionLost) -> EngineError:
+        """What a lost direct connection means: asks Ray whether the actor is alive (`ReplicaLost` if not; a
+        502 naming the connection if it is, or if Ray cannot tell within `LOST_PROBE_TIMEOUT_S`)."""
+        from ray.exceptions import RayError
+
+        try:
+            await asyncio.wait_for(self._running_actor().describe.remote(), LOST_PROBE_TIMEOUT_S)
+        except RayError as ray_exc:
+            return self._failure(ray_exc)
+        except (asyncio.TimeoutError, EngineUnavailable):
+            pass
+        return EngineError(self.expert_id, f"the connection to replica {self.replica_id} was lost: {exc}")

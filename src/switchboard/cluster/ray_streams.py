@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from switchboard.cluster.ray_wire import pack_event, pack_request, unpack_event
@@ -241,6 +241,12 @@ class OpenStreams:
         if channel is not None:
             channel.wake.set()
 
+    def cancel_channel(self, channel_id: str) -> None:
+        """The channel's caller is gone for good (its direct connection closed): stop all its streams."""
+        self._channels.pop(channel_id, None)
+        for key in [k for k in self._open if k[0] == channel_id]:
+            self.cancel(key)
+
     def _cancel_abandoned(self) -> None:
         now = self.clock()
         for channel_id, channel in list(self._channels.items()):
@@ -248,6 +254,25 @@ class OpenStreams:
                 del self._channels[channel_id]
                 for key in [k for k in self._open if k[0] == channel_id]:
                     self.cancel(key)
+
+
+class ActorCalls:
+    """The protocol's calls as the actor's own Ray calls: what `StreamChannel` uses with no `connect`
+    (`cluster.direct_requests: false`), and where a replica's direct socket cannot be reached."""
+
+    is_closed = False
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def open_many(self, requests: list[list[Any]], channel_id: str, wait_s: float | None) -> Any:
+        return self.actor.open_many.remote(requests, channel_id, wait_s)
+
+    def stream_take(self, channel_id: str) -> Any:
+        return self.actor.stream_take.remote(channel_id)
+
+    def stream_cancel(self, channel_id: str, stream_id: int) -> None:
+        self.actor.stream_cancel.remote(channel_id, stream_id)
 
 
 OPEN_WAIT_S = 0.002
@@ -264,7 +289,7 @@ yet (concurrency 1: its one client is back), a batch never waits."""
 
 
 class _ToOpen:
-    __slots__ = ("stream_id", "request", "is_whole", "answer", "is_sent", "queued_at")
+    __slots__ = ("stream_id", "request", "is_whole", "answer", "is_sent", "queued_at", "calls", "events")
 
     def __init__(self, stream_id: int, request: GenerationRequest, is_whole: bool, answer: asyncio.Future,
                  queued_at: float) -> None:
@@ -275,6 +300,10 @@ class _ToOpen:
         self.is_sent = False
         self.queued_at = queued_at
         """The event loop's time when it was queued."""
+        self.calls: Any = None
+        """What it was sent through (its later events and its cancel go the same way)."""
+        self.events: asyncio.Queue = asyncio.Queue()
+        """Its batches after the first (from `stream_take`), or the error that ended them."""
 
 
 class StreamChannel:
@@ -289,8 +318,13 @@ class StreamChannel:
     time, made while any is open, whose batches go to each request's queue. Not thread-safe: one event loop
     owns it."""
 
-    def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S, gather_s: float = OPEN_GATHER_S) -> None:
+    def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S, gather_s: float = OPEN_GATHER_S,
+                 connect: Callable[[Any], Awaitable[Any]] | None = None) -> None:
         self.actor = actor
+        self._connect = connect
+        """Makes the object the calls go through (`ray_direct.connect_direct`: a direct connection to the actor);
+        None: the actor's own Ray calls."""
+        self._calls: Any = None if connect is not None else ActorCalls(actor)
         self.open_wait_s = open_wait_s
         self.gather_s = gather_s
         self._num_returning = 0
@@ -302,19 +336,22 @@ class StreamChannel:
         """Set while the next batch waits to fill up; answered when it has."""
         self.channel_id = uuid.uuid4().hex
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue] = {}
+        self._queues: dict[int, _ToOpen] = {}
+        """Stream id -> the request, while its events may still come from a take."""
         self._taking: asyncio.Task | None = None
         self._to_open: list[_ToOpen] = []
         self._opening: asyncio.Task | None = None
+        self._is_closing = False
 
     async def stream(self, request: GenerationRequest, *, whole: bool = False) -> AsyncIterator[StreamEvent | RemoteEngineError]:
         """The request's events in order (an engine failure as a `RemoteEngineError`, last; `whole`: its one event
         is the whole answer, a `Completion`); a Ray error (the actor or its node died, also under the batch it was
         opened in) is raised. Closed early, it cancels the request on the replica (or before it is sent)."""
         stream_id = next(self._ids)
-        queue = self._queues[stream_id] = asyncio.Queue()  # before the open: a take may bring its events first
         loop = asyncio.get_running_loop()
         item = _ToOpen(stream_id, request, whole, loop.create_future(), loop.time())
+        queue = item.events
+        self._queues[stream_id] = item  # before the open: a take may bring its events first
         self._to_open.append(item)
         self._num_returning = max(0, self._num_returning - 1)
         if self._opening is None:
@@ -343,9 +380,10 @@ class StreamChannel:
                 self._to_open = [x for x in self._to_open if x is not item]
             elif not is_over:  # the client went away or its deadline passed: stop generating on the replica
                 try:
-                    self.actor.stream_cancel.remote(self.channel_id, stream_id)
+                    item.calls.stream_cancel(self.channel_id, stream_id)
                 except Exception:  # noqa: BLE001 — Ray knows the actor is gone: nothing left generating there
                     pass
+            self._close_if_idle()
 
     async def _open_queued(self) -> None:
         """Sends what is waiting to be opened, one `open_many` call at a time, until nothing is."""
@@ -355,10 +393,12 @@ class StreamChannel:
                 batch, self._to_open = self._to_open, []
                 if not batch:  # their callers all left while it gathered
                     continue
-                for item in batch:
-                    item.is_sent = True
                 try:
-                    answers = await self.actor.open_many.remote(
+                    calls = await self._calls_now()
+                    for item in batch:
+                        item.is_sent = True
+                        item.calls = calls
+                    answers = await calls.open_many(
                         [pack_request(item.stream_id, item.request, item.is_whole) for item in batch], self.channel_id,
                         self.open_wait_s)
                 except Exception as exc:  # noqa: BLE001 — a dead actor or node ends every request of the batch
@@ -398,16 +438,47 @@ class StreamChannel:
                 self._gathered = None
         self._num_returning = 0  # those not back by now are not coming soon
 
+    async def _calls_now(self) -> Any:
+        """What this batch's calls go through: the current connection, or a new one if it was lost."""
+        if self._calls is None or self._calls.is_closed:
+            assert self._connect is not None
+            self._calls = await self._connect(self.actor)
+        return self._calls
+
+    def close_when_idle(self) -> None:
+        """Closes this channel's direct connection, if it has one, once no request is open or waiting on it (the
+        gateway dropped the replica from its view; a later request through it connects again)."""
+        self._is_closing = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._is_closing and not self._queues and not self._to_open:
+            self._is_closing = False
+            close = getattr(self._calls, "close", None)
+            if close is not None:
+                close()
+
     async def _take_while_open(self) -> None:
+        """Takes the events of the open streams while any is open, each through the connection it was opened on
+        (the current one: a request goes through a new connection only once the last was lost, and a lost one
+        fails every stream still open on it)."""
         try:
             while self._queues:
-                for packed in await self.actor.stream_take.remote(self.channel_id):
+                calls = self._calls
+                try:
+                    taken = await calls.stream_take(self.channel_id)
+                except Exception as exc:  # noqa: BLE001 — a dead actor or node (or a lost connection) ends its streams
+                    for stream_id, item in list(self._queues.items()):
+                        if item.calls is calls:
+                            del self._queues[stream_id]
+                            item.events.put_nowait(exc)
+                    if self._calls is calls:
+                        return  # no newer connection (or Ray calls: the actor is gone): nothing more to take
+                    continue  # streams opened on the connection that replaced it are taken from there
+                for packed in taken:
                     batch = self._answered(unpack_batch(packed))
-                    queue = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
-                    if queue is not None:
-                        queue.put_nowait(batch)
-        except Exception as exc:  # noqa: BLE001 — a dead actor or node ends every stream open on it
-            for queue in self._queues.values():
-                queue.put_nowait(exc)
+                    item = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
+                    if item is not None:
+                        item.events.put_nowait(batch)
         finally:
             self._taking = None

@@ -368,6 +368,12 @@ class RayClusterConfig(_Strict):
         "restarted on when its node dies), e.g. {'switchboard/control': 0.001} with nodes declaring "
         "`switchboard/control`; empty: any node.",
     )
+    direct_requests: bool = Field(
+        True, description="Send requests to replica actors over a direct TCP connection from the gateway (one per "
+        "gateway and replica, its address asked once through Ray) rather than by a Ray actor call each: one Ray call "
+        "costs about as much as a request's whole serving path. Each gateway's own choice (false: Ray calls only, "
+        "e.g. where gateways cannot reach the nodes' ports directly).",
+    )
 
 
 ClusterConfig = Annotated[Union[EmbeddedClusterConfig, RayClusterConfig], Field(discriminator="kind")]
