@@ -2,15 +2,17 @@
 
 `ReplicaActor` runs one engine (llama.cpp, simulated, or a proxy to an `openai` upstream reachable from its
 node) on the node it was pinned to. `RayReplicaEngine` speaks the `Engine` interface for it over the gateway's
-channel to the replica (`ray_streams`): requests, whole or streamed, are opened in batches (those arriving while
-an open call is in flight go together in the next), and their events are fetched in batches by plain actor calls
-(one call in flight brings the ready events of all of a gateway's requests on the replica), each returning as
+channel to the replica (`ray_streams`, over a direct connection: `ray_direct`): requests, whole or streamed, are
+opened in batches (those arriving while an open call is in flight go together in the next), and their events are
+fetched in batches by plain calls (one call in flight brings the ready events of all of a gateway's requests on
+the replica), each returning as
 soon as one event is ready, so each token reaches the gateway as soon as the engine yields it (tokens the engine
 yields faster than they are fetched travel together; none waits for a later one).
 
 Engine errors cross the process boundary as `RemoteEngineError` values (engine exceptions do not pickle with
 their status and code) and are raised again on the gateway side; a dead actor or node becomes `ReplicaLost`,
-which the fleet treats like a dead engine process (the replica is stopped and replaced).
+which the fleet treats like a dead engine process (the replica is stopped and replaced); a lost direct connection
+to a live actor is a 502 for the requests it carried.
 """
 
 from __future__ import annotations

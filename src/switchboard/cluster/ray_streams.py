@@ -1,8 +1,8 @@
 """A gateway's requests to a replica actor, streamed or whole, opened in batches and fetched in batches by plain
-actor calls (docs/ray.md, "Streaming" and "Batched calls"; issue 17): `OpenStreams` inside the replica actor,
-`StreamChannel` in the gateway; and `RemoteEngineError`, an engine error
-as a value that crosses the process boundary. Ray-free (the actor handle is passed in), so the protocol is tested
-in-process."""
+calls (docs/ray.md, "Streaming" and "Batched calls"; issue 17) — over a direct connection to the replica
+(`ray_direct`), or as Ray actor calls (`ActorCalls`): `OpenStreams` inside the replica actor, `StreamChannel` in
+the gateway; and `RemoteEngineError`, an engine error as a value that crosses the process boundary. Ray-free (the
+actor handle and the connection are passed in), so the protocol is tested in-process."""
 
 from __future__ import annotations
 
@@ -315,7 +315,9 @@ class StreamChannel:
     the requests that queued behind a call and those its answers bring back go together, instead of alternating
     in two half-size calls, and a lone request (concurrency 1: its client is back) goes at once. Each request's first
     batch answers its `open_many`; the rest of all of them comes from one `stream_take` call in flight at a
-    time, made while any is open, whose batches go to each request's queue. Not thread-safe: one event loop
+    time, made while any is open, whose batches go to each request's queue. The calls go through what `connect`
+    makes (a direct connection: `ray_direct.connect_direct`), made again for the next batch once it is lost (the
+    requests on the lost one fail), or as the actor's Ray calls with no `connect`. Not thread-safe: one event loop
     owns it."""
 
     def __init__(self, actor: Any, open_wait_s: float = OPEN_WAIT_S, gather_s: float = OPEN_GATHER_S,
@@ -336,7 +338,7 @@ class StreamChannel:
         """Set while the next batch waits to fill up; answered when it has."""
         self.channel_id = uuid.uuid4().hex
         self._ids = itertools.count(1)
-        self._queues: dict[int, _ToOpen] = {}
+        self._streams: dict[int, _ToOpen] = {}
         """Stream id -> the request, while its events may still come from a take."""
         self._taking: asyncio.Task | None = None
         self._to_open: list[_ToOpen] = []
@@ -351,7 +353,7 @@ class StreamChannel:
         loop = asyncio.get_running_loop()
         item = _ToOpen(stream_id, request, whole, loop.create_future(), loop.time())
         queue = item.events
-        self._queues[stream_id] = item  # before the open: a take may bring its events first
+        self._streams[stream_id] = item  # before the open: a take may bring its events first
         self._to_open.append(item)
         self._num_returning = max(0, self._num_returning - 1)
         if self._opening is None:
@@ -375,7 +377,7 @@ class StreamChannel:
                     is_over = True  # the replica is gone: nothing to cancel there
                     raise batch
         finally:
-            self._queues.pop(stream_id, None)
+            self._streams.pop(stream_id, None)
             if not item.is_sent:  # the caller left before its batch went: it is never sent
                 self._to_open = [x for x in self._to_open if x is not item]
             elif not is_over:  # the client went away or its deadline passed: stop generating on the replica
@@ -452,7 +454,7 @@ class StreamChannel:
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
-        if self._is_closing and not self._queues and not self._to_open:
+        if self._is_closing and not self._streams and not self._to_open:
             self._is_closing = False
             close = getattr(self._calls, "close", None)
             if close is not None:
@@ -463,21 +465,21 @@ class StreamChannel:
         (the current one: a request goes through a new connection only once the last was lost, and a lost one
         fails every stream still open on it)."""
         try:
-            while self._queues:
+            while self._streams:
                 calls = self._calls
                 try:
                     taken = await calls.stream_take(self.channel_id)
                 except Exception as exc:  # noqa: BLE001 — a dead actor or node (or a lost connection) ends its streams
-                    for stream_id, item in list(self._queues.items()):
+                    for stream_id, item in list(self._streams.items()):
                         if item.calls is calls:
-                            del self._queues[stream_id]
+                            del self._streams[stream_id]
                             item.events.put_nowait(exc)
                     if self._calls is calls:
                         return  # no newer connection (or Ray calls: the actor is gone): nothing more to take
                     continue  # streams opened on the connection that replaced it are taken from there
                 for packed in taken:
                     batch = self._answered(unpack_batch(packed))
-                    item = self._queues.pop(batch.stream_id, None) if batch.is_last else self._queues.get(batch.stream_id)
+                    item = self._streams.pop(batch.stream_id, None) if batch.is_last else self._streams.get(batch.stream_id)
                     if item is not None:
                         item.events.put_nowait(batch)
         finally:
