@@ -58,14 +58,15 @@ def test_grants_made_after_the_checkpoint_are_counted_once_when_their_gateway_te
     restored = KeyCounts(window_s=60.0, clock=lambda: now[0])
     restored.restore(data)
     assert usage(restored) == (0, 0.0, 0.0)
-    # A settlement that reaches the new actor before the lease does is spent once, not again with the lease.
+    # A settlement (the lease's second) that reaches the new actor before the lease does is spent once, not
+    # again with the lease.
     reopened = Reopened(lease, num_taken=3, num_settled=2, usd_settled=0.02, usd_spent=0.02, returned=None)
-    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), reopened], "gw")
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01, num_settled=2), reopened], "gw")
     assert rounded(usage(restored)) == rounded((4, 0.02, lease.usd - 0.02))  # the whole lease; its settled holds released
     restored.apply([reopened], "gw")  # known now: counted once
     assert usage(restored)[0] == 4
     returned = Returned(lease.lease_id, 3, 1, 0, lease.usd - 0.03)
-    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01), returned])
+    restored.apply([Settled(LeaseHold(lease.lease_id, "k", 10, 0.01), 10, 0.01, num_settled=3), returned])
     assert restored.num_leases == 0 and rounded(usage(restored)) == (3, 0.03, 0.0)
     # Done with and forgotten, it is still known: told again (a gateway's recent grants), it counts nothing more.
     restored.apply([Reopened(lease, 3, 3, 0.03, 0.03, returned)], "gw")

@@ -341,9 +341,9 @@ class ControlActor:
 
     async def lease_key(self, gateway_id: str, key_id: str, limits: Any, num_tokens: int, usd_estimate: float,
                         admit_one: bool, updates: list[Any]) -> Any:
-        """After `updates` (the gateway's settlements and returns, in order): a quota lease of the key for the
-        gateway, or (`admit_one`, the key near a limit) the request admitted exactly, or refused
-        (`KeyCounts.lease`)."""
+        """After `updates` (the gateway's settlements and returns, in order; its batches may come in any order:
+        `KeyCounts.apply`): a quota lease of the key for the gateway, or (`admit_one`, the key near a limit) the
+        request admitted exactly, or refused (`KeyCounts.lease`)."""
         self._heard_from(gateway_id)
         await self._load_checkpoint()
         self._apply_key_updates(gateway_id, updates)

@@ -253,11 +253,13 @@ class RayKeyLedger:
 
     def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
         grant = self._recent.get(hold.lease_id if isinstance(hold, LeaseHold) else hold)
+        num_settled = 0  # (a lease forgotten here is in no `Reopened` from now on)
         if isinstance(grant, _OpenLease):
             grant.settled(hold, usd)
+            num_settled = grant.num_settled
         elif grant is not None:
             grant.usd_settled = usd
-        self._updates.append(Settled(hold, num_tokens, usd))
+        self._updates.append(Settled(hold, num_tokens, usd, num_settled))
 
     def release(self, hold: Any) -> None:
         self.settle(hold, None, 0.0)
@@ -268,8 +270,9 @@ class RayKeyLedger:
 
     def flush(self, *, give_back_all: bool = False) -> None:
         """Gives back the leases that expired (all of them with `give_back_all`: the gateway stops), renewing
-        in the background those that were used, and sends the pending updates (fire and forget: Ray keeps one
-        caller's calls in order)."""
+        in the background those that were used, and sends the pending updates (fire and forget). Ray may run
+        this gateway's calls out of the order they were made (an async actor's are): the actor counts its
+        batches the same in any order (`ray_limits`)."""
         now = self.clock()
         for key_id, leases in list(self._open.items()):
             for lease in list(leases):
@@ -303,7 +306,8 @@ class RayKeyLedger:
     def reseed(self) -> None:
         """Tells a restarted control actor what it may not know: every seed again (it keeps the larger spend),
         and, after the updates already made, this gateway's leases still open and its grants of the last
-        `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`)."""
+        `RECENT_GRANTS_S` (it counts those its checkpoint lacks: `ray_limits.Reopened`, `Reheld`). The actor may
+        apply this batch after later ones, or earlier ones after it: it counts each settlement once all the same."""
         self._num_reseeds += 1
         self._near_limit.clear()
         self._forget_old_grants()

@@ -22,6 +22,12 @@ gateway's `KeyLedger` over it. Holds and leases of a gateway that falls silent a
 A restarted control actor restores its `KeyCounts` from the last checkpoint (`checkpoint`, `restore`), and counts
 the grants made after it when their gateways tell them again (`Reopened`, `Reheld`; docs/ray.md, "What survives a
 restart").
+
+Ray runs an async actor's calls in any order, so a gateway's batches of updates (`KeyCounts.apply`) may be
+applied out of the order it sent them, and the counts come out the same whatever the order: a settlement of a
+lease carries its place among the lease's settlements (`Settled.num_settled`), which tells the actor whether a
+`Reopened` already counts it; what arrives for a grant before the grant itself (before its `Reopened` or
+`Reheld`) is kept and counted when it arrives.
 """
 
 from __future__ import annotations
@@ -79,11 +85,15 @@ class LeaseHold:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settled:
     """A request ended: `hold` (a `LeaseHold`, or the id of a hold the actor made) with its real tokens (None:
-    unknown, the estimate stays) and cost (0 for a request that ended without a logged answer)."""
+    unknown, the estimate stays) and cost (0 for a request that ended without a logged answer). For a
+    `LeaseHold`, `num_settled` is the lease's settlements its gateway counted with this one (1, 2, ...): a
+    `Reopened` with `num_settled` k counts those up to k. 0: in no `Reopened` (an exact hold, or a lease its
+    gateway no longer remembers)."""
 
     hold: Any
     num_tokens: int | None
     usd: float
+    num_settled: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,6 +175,19 @@ class _Lent:
     num_taken: int | None = None
     """Requests admitted from it, once it was given back (None before)."""
     num_settled: int = 0
+    num_settled_at_reopen: int = 0
+    """The settlements the `Reopened` that told it counted (`Settled.num_settled` up to this): not counted again."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Unlent:
+    """What a gateway told of a lease not lent here before its `Reopened` (a lease this actor's predecessor lent
+    after its last checkpoint), or of one released with its silent gateway: its settlements, spent when they came
+    (`Settled.num_settled`, estimated tokens and USD, real tokens, cost), and its return."""
+
+    first_at_s: float
+    settled: list[tuple[int, int, float, int | None, float]]
+    returned: Returned | None = None
 
 
 class KeyCounts:
@@ -179,8 +202,11 @@ class KeyCounts:
         self._lent: dict[str, _Lent] = {}
         self._forgotten: dict[str, float] = {}
         """Ids of leases and holds done with -> when (kept `FORGOTTEN_KEPT_S`)."""
-        self._unknown_spend: dict[str, tuple[float, float]] = {}
-        """Lease id -> (USD spent by its requests, when first) for settlements of leases not known here."""
+        self._unlent: dict[str, _Unlent] = {}
+        """Lease id -> what came for it while not lent here (kept `FORGOTTEN_KEPT_S`)."""
+        self._unheld: dict[str, tuple[int | None, float, float]] = {}
+        """Hold id -> (real tokens, cost, when) of a settlement of an exact hold not known here: one its gateway
+        tells this actor of later (`Reheld`), or one released with its silent gateway (kept `FORGOTTEN_KEPT_S`)."""
         self._called_at: dict[str, float] = {}
         """Gateway id -> when it last asked for or settled a key's quota."""
         self.rejoining: set[str] = set()
@@ -223,7 +249,9 @@ class KeyCounts:
         return lent
 
     def apply(self, updates: list[Settled | Returned | Reopened | Reheld], gateway_id: str = "") -> None:
-        """A gateway's settlements, returns and (to a restarted actor) recent grants, in the order it made them."""
+        """A gateway's settlements, returns and (to a restarted actor) recent grants, in the order it made them.
+        Its batches may come in any order (Ray runs an async actor's calls out of order): what they count does
+        not depend on it (module docstring)."""
         if updates and gateway_id:
             self._called_at[gateway_id] = self.clock()
         for update in updates:
@@ -236,38 +264,53 @@ class KeyCounts:
             elif isinstance(update, Reheld):
                 self._rehold(update, gateway_id)
             else:
-                self.settle(update.hold, update.num_tokens, update.usd)
+                self.settle(update.hold, update.num_tokens, update.usd, update.num_settled)
 
     def _is_known(self, grant_id: str) -> bool:
         return grant_id in self._lent or grant_id in self._holds or grant_id in self._forgotten
 
     def _reopen(self, reopened: Reopened, gateway_id: str) -> None:
         """Counts a lease a predecessor lent after its last checkpoint, in full as if lent now (its requests then
-        count a little longer than they would have: never fewer), with what its gateway settled and returned."""
+        count a little longer than they would have: never fewer), with what its gateway settled and returned,
+        and with what came for it here before (`_Unlent`)."""
         lease_id = reopened.lease.lease_id
         if self._is_known(lease_id):
             return
         now_s = self.clock()
         lent = self._lend(reopened.lease, gateway_id, now_s)
-        lent.num_settled = reopened.num_settled
+        lent.num_settled = lent.num_settled_at_reopen = reopened.num_settled
         if lent.holds_usd:
             self.meter.hold(lent.entries[0], lent.entries[0].usd_held - reopened.usd_settled)
-        spent_here, _ = self._unknown_spend.pop(lease_id, (0.0, 0.0))
+        unlent = self._unlent.pop(lease_id, None)
+        early = [] if unlent is None else unlent.settled
+        # Settlements that came first were spent then: those `reopened` counts are in its spend too; the ones its
+        # gateway made after telling it are counted on top (it holds and settled less).
+        spent_here = sum(usd for num_settled, *_, usd in early if 0 < num_settled <= reopened.num_settled)
         self.meter.add_spend(reopened.lease.key_id, reopened.usd_spent - spent_here, now_s)
-        if reopened.returned is not None:
-            self._give_back(reopened.returned)
+        for num_settled, estimated_tokens, estimated_usd, num_tokens, _ in early:
+            if not 0 < num_settled <= reopened.num_settled:
+                self._count_settled(lent, estimated_tokens, estimated_usd, num_tokens)
+        returned = reopened.returned if reopened.returned is not None or unlent is None else unlent.returned
+        if returned is not None:
+            self._give_back(returned)
 
     def _rehold(self, reheld: Reheld, gateway_id: str) -> None:
-        """Counts a request a predecessor admitted exactly after its last checkpoint (with its cost, if settled)."""
+        """Counts a request a predecessor admitted exactly after its last checkpoint (with its cost, if settled:
+        as its gateway tells it, or as a settlement that came first says)."""
         if self._is_known(reheld.hold_id):
             return
         now_s = self.clock()
-        if reheld.usd_settled is None:
-            self._holds[reheld.hold_id] = (self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens, reheld.usd), gateway_id)
+        early = self._unheld.pop(reheld.hold_id, None)
+        if reheld.usd_settled is not None:  # (then `early`, if any, is this very settlement)
+            num_tokens, usd = reheld.num_tokens, reheld.usd_settled
+        elif early is not None:
+            num_tokens, usd = reheld.num_tokens if early[0] is None else early[0], early[1]
         else:
-            self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens)
-            self.meter.add_spend(reheld.key_id, reheld.usd_settled, now_s)
-            self._forgotten[reheld.hold_id] = now_s
+            self._holds[reheld.hold_id] = (self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens, reheld.usd), gateway_id)
+            return
+        self.meter.reserve(reheld.key_id, now_s, num_tokens)
+        self.meter.add_spend(reheld.key_id, usd, now_s)
+        self._forgotten[reheld.hold_id] = now_s
 
     def checkpoint(self) -> tuple:
         """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
@@ -277,20 +320,23 @@ class KeyCounts:
         now_s = self.clock()
         horizon_s = now_s - FORGOTTEN_KEPT_S
         self._forgotten = {i: at_s for i, at_s in self._forgotten.items() if at_s > horizon_s}
-        self._unknown_spend = {i: x for i, x in self._unknown_spend.items() if x[1] > horizon_s}
+        self._unlent = {i: x for i, x in self._unlent.items() if x.first_at_s > horizon_s}
+        self._unheld = {i: x for i, x in self._unheld.items() if x[2] > horizon_s}
         self._called_at = {g: at_s for g, at_s in self._called_at.items() if at_s > horizon_s}
         dump = self.meter.dump(now_s)
         holds = {hold_id: (dump.ref(entry), owner) for hold_id, (entry, owner) in self._holds.items()}
         # A lease given back uses only its first entry from then on (its hold and tokens): the rest are not kept.
         lent = {lease_id: (x.gateway_id, dump.run(x.entries) if x.num_taken is None else (dump.ref(x.entries[0]),),
-                           x.counts_requests, x.counts_tokens, x.holds_usd, x.num_taken, x.num_settled)
+                           x.counts_requests, x.counts_tokens, x.holds_usd, x.num_taken, x.num_settled, x.num_settled_at_reopen)
                 for lease_id, x in self._lent.items()}
-        return (dump.state, holds, lent, dict(self._forgotten), dict(self._unknown_spend), dict(self._called_at), now_s)
+        unlent = {lease_id: (x.first_at_s, list(x.settled), None if x.returned is None else dataclasses.astuple(x.returned))
+                  for lease_id, x in self._unlent.items()}
+        return (dump.state, holds, lent, dict(self._forgotten), unlent, dict(self._unheld), dict(self._called_at), now_s)
 
     def restore(self, data: tuple, active_s: float = ACTIVE_GATEWAY_S) -> None:
         """Counts what `checkpoint` took, instead of what this object counted (a fresh one: restore first). The
         gateways that used keys in the `active_s` before it was taken are expected to rejoin (`rejoining`)."""
-        meter_state, holds, lent, forgotten, unknown_spend, called_at, taken_at_s = data
+        meter_state, holds, lent, forgotten, unlent, unheld, called_at, taken_at_s = data
         self.meter, resolve = UsageMeter.load(meter_state)
 
         def entries(refs: Any) -> list[Reservation]:
@@ -298,41 +344,59 @@ class KeyCounts:
 
         self._holds = {hold_id: (resolve(ref), owner) for hold_id, (ref, owner) in holds.items()}
         self._lent = {lease_id: _Lent(gateway_id, entries(refs), *rest) for lease_id, (gateway_id, refs, *rest) in lent.items()}
-        self._forgotten, self._unknown_spend, self._called_at = dict(forgotten), dict(unknown_spend), dict(called_at)
+        self._unlent = {lease_id: _Unlent(at_s, list(settled), None if returned is None else Returned(*returned))
+                        for lease_id, (at_s, settled, returned) in unlent.items()}
+        self._forgotten, self._unheld, self._called_at = dict(forgotten), dict(unheld), dict(called_at)
         self.rejoining = {g for g, at_s in self._called_at.items() if at_s > taken_at_s - active_s}
 
-    def settle(self, hold: Any, num_tokens: int | None, usd: float) -> None:
-        """The request of `hold` (a hold id or a `LeaseHold`) finished: its real tokens (None: the estimate
-        stays) and cost replace what it held. A hold already released with its silent gateway adds its cost to
-        the spend (it was spent) but holds nothing any more."""
+    def settle(self, hold: Any, num_tokens: int | None, usd: float, num_settled: int = 0) -> None:
+        """The request of `hold` (a hold id or a `LeaseHold`, the lease's `num_settled`-th settlement: `Settled`)
+        finished: its real tokens (None: the estimate stays) and cost replace what it held. A lease's request
+        whose lease is not lent here (released with its silent gateway, or not yet told again to a restarted
+        actor) adds its cost to the spend (it was spent) and holds nothing. An exact hold not known here is
+        counted when its gateway tells it (`Reheld`), else not at all; one settled before is not counted again."""
         if isinstance(hold, LeaseHold):
-            self._settle_leased(hold, num_tokens, usd)
+            self._settle_leased(hold, num_tokens, usd, num_settled)
             return
         found = self._holds.pop(hold, None)
-        if found is not None:  # else released with its silent gateway, or a predecessor's: its cost is lost, not double counted
+        if found is not None:
             self.meter.settle(found[0], num_tokens, usd, self.clock())
             self._forgotten[hold] = self.clock()
+        elif hold not in self._forgotten:
+            self._unheld[hold] = (num_tokens, usd, self.clock())
 
-    def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
+    def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float, num_settled: int) -> None:
         lent = self._lent.get(hold.lease_id)
-        if lent is None:  # its lease went with a silent gateway (or a restarted actor never lent it): spent all the same
+        if lent is None:
+            if hold.lease_id in self._forgotten:  # every request it admitted is counted (this one by its `Reopened`)
+                return
             now_s = self.clock()
             self.meter.add_spend(hold.key_id, usd, now_s)
-            spent, first_at_s = self._unknown_spend.get(hold.lease_id, (0.0, now_s))
-            self._unknown_spend[hold.lease_id] = (spent + usd, first_at_s)  # (not counted again if it is reopened)
+            unlent = self._unlent.setdefault(hold.lease_id, _Unlent(now_s, []))
+            unlent.settled.append((num_settled, hold.num_tokens, hold.usd, num_tokens, usd))
             return
-        lent.num_settled += 1
-        first = lent.entries[0]
-        tokens = hold.num_tokens if num_tokens is None else num_tokens
-        self.meter.retoken(first, tokens - hold.num_tokens if lent.counts_tokens else tokens)
-        if lent.holds_usd:
-            self.meter.hold(first, first.usd_held - hold.usd)
+        if 0 < num_settled <= lent.num_settled_at_reopen:
+            return  # counted by the `Reopened` that told this actor of the lease (sent before it, applied after)
+        self._count_settled(lent, hold.num_tokens, hold.usd, num_tokens)
         self.meter.add_spend(hold.key_id, usd, self.clock())
         self._forget_if_done(hold.lease_id, lent)
 
+    def _count_settled(self, lent: _Lent, estimated_tokens: int, estimated_usd: float, num_tokens: int | None) -> None:
+        """One of the lease's requests settled: its real tokens replace its estimate, which its hold releases."""
+        lent.num_settled += 1
+        first = lent.entries[0]
+        tokens = estimated_tokens if num_tokens is None else num_tokens
+        self.meter.retoken(first, tokens - estimated_tokens if lent.counts_tokens else tokens)
+        if lent.holds_usd:
+            self.meter.hold(first, first.usd_held - estimated_usd)
+
     def _give_back(self, returned: Returned) -> None:
         lent = self._lent.get(returned.lease_id)
-        if lent is None or lent.num_taken is not None:
+        if lent is None:
+            if returned.lease_id not in self._forgotten:  # (given back once its `Reopened` comes)
+                self._unlent.setdefault(returned.lease_id, _Unlent(self.clock(), [])).returned = returned
+            return
+        if lent.num_taken is not None:
             return
         lent.num_taken = returned.num_taken
         entries = lent.entries

@@ -10,7 +10,8 @@ from typing import Any
 class InProcessHandle:
     """`handle.method.remote(*args)` calls `target.method(*args)` and returns an awaitable of its result: a
     coroutine method runs as a task (so a call nobody awaits still runs, and calls start in the order they were
-    made, as Ray runs one caller's calls to an actor); a plain method runs at once. Call it from a running loop."""
+    made; Ray promises no order for an async actor's calls, so a protocol must not rely on this one); a plain
+    method runs at once. Call it from a running loop."""
 
     def __init__(self, target: Any) -> None:
         self._target = target
