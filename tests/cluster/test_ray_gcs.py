@@ -46,23 +46,33 @@ def redis_address(tmp_path_factory):
     binary = os.environ.get("SWITCHBOARD_TEST_REDIS_SERVER") or shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server (scripts/redis.sh installs it; `make test` runs it)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    workdir = tmp_path_factory.mktemp("redis")
+    # A port free_port() found free may be taken before redis-server binds it (Ray's processes open ports all the
+    # time): redis-server then exits, and another port is tried; a PONG says it is this Redis that listens.
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                    "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+        wait_for(lambda: process.poll() is not None or _pongs(port), 30, "redis-server to listen or exit")
+        if process.poll() is None:
+            break
+    else:
+        pytest.fail("redis-server could not bind a free port in 5 tries")
     try:
-        wait_for(lambda: _answers(port), 30, "redis-server to listen")
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def _answers(port: int) -> bool:
+def _pongs(port: int) -> bool:
+    """Whether a Redis answers PING on `port`."""
     import socket
 
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
 
