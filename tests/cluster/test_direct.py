@@ -202,3 +202,19 @@ async def test_a_replica_whose_socket_cannot_be_reached_is_called_through_ray():
     assert isinstance(events[-1], Finish)
     assert replica.direct.num_connections == 0 and replica.call_counts()["open_calls"] == 1
     await replica.stop()
+
+
+async def test_a_dropped_channel_closes_its_connection_once_its_requests_end():
+    replica, handle = await replica_with({"kind": "simulated", "time_scale": 0.02})
+    channel = StreamChannel(handle, connect=connect_direct)
+    stream = channel.stream(chat(50))
+    assert isinstance(await stream.__anext__(), TextDelta)
+    connection = channel._calls
+    channel.close_when_idle()  # the gateway dropped the replica from its view, a request still under way
+    assert not connection.is_closed
+    rest = [event async for event in stream]
+    assert isinstance(rest[-1], Finish) and replica.num_completed == 1  # it finished whole
+    assert connection.is_closed
+    events = [event async for event in channel.stream(chat(3))]  # a later request through it connects again
+    assert isinstance(events[-1], Finish) and replica.direct.num_connections == 2 and not channel._calls.is_closed
+    await replica.stop()
