@@ -11,7 +11,8 @@ from typing import Any
 
 from switchboard.cluster.ray_control import ControlActor
 from switchboard.cluster.ray_key_ledger import RayKeyLedger
-from switchboard.cluster.ray_limits import LEASE_TTL_S, KeyCounts, KeyLease, LeaseHold, Returned, Settled, lease_share
+from switchboard.cluster.ray_limits import (LEASE_TTL_S, KeyCounts, KeyLease, LeaseHold, Reheld, Rejoined, Reopened, Returned,
+                                             Settled, lease_share)
 from switchboard.config import parse_config
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.limits import Limit, OverLimit, UsageSnapshot
@@ -220,9 +221,20 @@ def restarting_gateway(clock: Clock) -> tuple[FakeControl, RayKeyLedger, tuple]:
     return control, RayKeyLedger(lambda: control, "gw", "control", clock=clock), control.counts.checkpoint()
 
 
-def counted(checkpoint: tuple, batches: list[list[Any]], clock: Clock, restore_after: int | None = None) -> tuple:
-    """What a restarted actor counts of key k once it applied `batches` in this order (restarted again from its
-    own checkpoint after `restore_after` of them): window requests and tokens, spend, USD held, holds, leases."""
+def key_state(counts: KeyCounts, key_ids: tuple[str, ...] = ("k",)) -> tuple:
+    """What `counts` counts of keys `key_ids`: for each, window requests and tokens, spend, USD held (rounded);
+    then holds and leases."""
+    state: tuple = ()
+    for key_id in key_ids:
+        usage = counts.meter.snapshot(key_id, counts.clock())
+        state += (usage.num_requests, usage.num_tokens, round(usage.usd_today, 9), round(usage.usd_held, 9))
+    return state + (counts.num_holds, counts.num_leases)
+
+
+def counted(checkpoint: tuple, batches: list[list[Any]], clock: Clock, restore_after: int | None = None,
+            key_ids: tuple[str, ...] = ("k",)) -> tuple:
+    """What a restarted actor counts of `key_ids` (`key_state`) once it applied `batches` in this order
+    (restarted again from its own checkpoint after `restore_after` of them)."""
     counts = KeyCounts(window_s=60.0, clock=clock)
     counts.restore(checkpoint)
     for i, batch in enumerate(batches):
@@ -230,20 +242,27 @@ def counted(checkpoint: tuple, batches: list[list[Any]], clock: Clock, restore_a
             data, counts = counts.checkpoint(), KeyCounts(window_s=60.0, clock=clock)
             counts.restore(data)
         counts.apply(batch, "gw")
-    usage = counts.meter.snapshot("k", clock())
-    return (usage.num_requests, usage.num_tokens, round(usage.usd_today, 9), round(usage.usd_held, 9),
-            counts.num_holds, counts.num_leases)
+    return key_state(counts, key_ids)
 
 
-def counted_in_every_order(checkpoint: tuple, batches: list[list[Any]], clock: Clock) -> tuple:
+def counted_in_every_order(checkpoint: tuple, batches: list[list[Any]], clock: Clock,
+                           key_ids: tuple[str, ...] = ("k",)) -> tuple:
     """What `counted` counts of `batches` in the order they were sent, after checking that every other order
     counts the same (with a checkpoint and restore between any two batches, or none)."""
-    in_order = counted(checkpoint, batches, clock)
+    in_order = counted(checkpoint, batches, clock, key_ids=key_ids)
     for order in itertools.permutations(batches):
         for restore_after in [None, *range(1, len(batches))]:
-            assert counted(checkpoint, list(order), clock, restore_after) == in_order, \
+            assert counted(checkpoint, list(order), clock, restore_after, key_ids) == in_order, \
                 ([[type(u).__name__ for u in b] for b in order], restore_after)
     return in_order
+
+
+def never_restarted(counts: KeyCounts, batches: list[list[Any]], key_ids: tuple[str, ...] = ("k",)) -> tuple:
+    """What the old actor (`counts`, alive after all) counts (`key_state`) once it applied `batches` in order,
+    less what a gateway tells only a restarted actor."""
+    for batch in batches:
+        counts.apply([u for u in batch if not isinstance(u, (Reopened, Reheld, Rejoined))], "gw")
+    return key_state(counts, key_ids)
 
 
 async def test_a_lease_settled_after_its_gateway_told_a_restarted_actor_of_it_counts_once_in_any_order():
@@ -264,9 +283,9 @@ async def test_a_lease_settled_after_its_gateway_told_a_restarted_actor_of_it_co
     ledger.settle(third, None, 0.002)
     ledger.flush(give_back_all=True)
     assert len(control.batches) == 3
-    # The lease limits no tokens, so its requests count their real ones as they settle: the first one's were
-    # lost with the old actor (a `Reopened` tells no tokens), the third's are unknown (its estimate counts).
-    assert counted_in_every_order(checkpoint, control.batches, clock) == (3, 120 + 100, 0.013, 0.0, 0, 0)
+    # The lease limits no tokens, so its requests count their real ones as they settle: the first one's, lost
+    # with the old actor, as the `Reopened` tells them; the third's are unknown (its estimate counts).
+    assert counted_in_every_order(checkpoint, control.batches, clock) == (3, 80 + 120 + 100, 0.013, 0.0, 0, 0)
     assert lease_usd > 0.03  # (the lease did hold USD, and gave it all back)
 
 
@@ -288,8 +307,8 @@ async def test_a_lease_settled_before_its_gateway_told_a_restarted_actor_of_it_c
     assert counted(checkpoint, control.batches[::-1], clock) == in_flight
     ledger.settle(holds[2], 100, 0.002)
     ledger.flush(give_back_all=True)
-    # (The first one's real tokens are in no batch after the `Reopened`: they do not count, whatever the order.)
-    assert counted_in_every_order(checkpoint, control.batches, clock) == (3, 200, 0.013, 0.0, 0, 0)
+    # (The first one's real tokens count once, whatever the order: on their own, or in the `Reopened`'s.)
+    assert counted_in_every_order(checkpoint, control.batches, clock) == (3, 300, 0.013, 0.0, 0, 0)
 
 
 async def test_an_exact_hold_settled_around_a_restart_is_counted_once_and_holds_nothing_in_any_order():
@@ -307,36 +326,85 @@ async def test_an_exact_hold_settled_around_a_restart_is_counted_once_and_holds_
     ledger.reseed()
     ledger.settle(late, 70, 0.006)
     ledger.flush()
-    # (The early one's real tokens are not told again: its estimate stays.)
-    assert counted_in_every_order(checkpoint, control.batches, clock) == (2, 100 + 70, 0.009, 0.0, 0, 0)
+    # (The early one's real tokens count once, whatever the order: on their own, or as its `Reheld` tells them.)
+    assert counted_in_every_order(checkpoint, control.batches, clock) == (2, 50 + 70, 0.009, 0.0, 0, 0)
+
+
+async def test_what_the_old_actor_counted_after_its_checkpoint_of_grants_it_had_is_counted_once_in_any_order():
+    """Case: the checkpoint has a lease (one request settled) and two exact holds; after it the old actor counts
+    more settlements of both and the lease's return, then dies. The restarted actor knows the grants from its
+    checkpoint, and counts what it lacks of them from what the gateway tells it (`Reopened`, `Reheld`) —
+    with a settlement sent before the `reseed` and one after, applied in any order — exactly what the old
+    actor, had it lived, would count: spend, USD held, window requests and tokens, holds and leases."""
+    clock = Clock()
+    control = FakeControl(KeyCounts(window_s=60.0, clock=clock))
+    ledger = RayKeyLedger(lambda: control, "gw", "control", clock=clock)
+    roomy = KeyLimits(rpm=600, tpm=60_000, usd_per_day=10.0)
+    tight = KeyLimits(usd_per_day=1.0)  # a sixteenth of it holds no request of 0.1: admitted exactly
+    leased = [await ledger.admit("k", roomy, 100, 0.01) for _ in range(5)]
+    exact = [await ledger.admit("x", tight, 100, 0.1) for _ in range(2)]
+    assert all(isinstance(h, LeaseHold) for h in leased) and all(isinstance(h, str) for h in exact)
+    assert control.counts.num_leases == 1
+    ledger.settle(leased[0], 80, 0.004)
+    ledger.flush()
+    checkpoint = control.counts.checkpoint()
+    # Counted by the old actor after its last checkpoint: lost with it.
+    ledger.settle(leased[1], 130, 0.012)
+    ledger.settle(exact[0], 60, 0.07)
+    ledger.flush()
+    ledger.settle(leased[2], 90, 0.006)
+    ledger.flush(give_back_all=True)
+    control.is_capturing = True  # the old actor is gone: what the gateway sends now reaches the restarted one
+    ledger.settle(leased[3], 70, 0.005)
+    ledger.flush()
+    ledger.reseed()
+    keys = ("k", "x")
+    while_running = never_restarted(control.counts, control.batches, keys)
+    # k: 5 requests, 4 settled (370 real tokens) and one running (its estimate: 100); 0.01 held for it.
+    # x: both held, one settled (60 tokens, 0.07 spent) and one running (0.1 held, its 100 estimated tokens).
+    assert while_running == (5, 470, 0.027, 0.01, 2, 160, 0.07, 0.1, 1, 1)
+    assert counted_in_every_order(checkpoint, control.batches, clock, keys) == while_running
+    num_batches = len(control.batches)
+    ledger.settle(leased[4], 120, 0.009)
+    ledger.settle(exact[1], 95, 0.08)
+    ledger.flush()
+    done = never_restarted(control.counts, control.batches[num_batches:], keys)
+    assert done == (5, 490, 0.036, 0.0, 2, 155, 0.15, 0.0, 0, 0)
+    assert counted_in_every_order(checkpoint, control.batches, clock, keys) == done
 
 
 async def test_a_gateways_batches_count_the_same_in_any_order_across_a_restart():
     """A gateway admits from leases and, near the rpm limit, exactly, settling in random order; the control
-    actor dies with all it counted since its last checkpoint (some batches sent before the gateway noticed reach
-    the restarted one); the gateway tells it its grants (`reseed`), settles the rest, lets its leases expire
-    (renewing them with its updates) and stops. Applied in any order, with a checkpoint and restore between
-    any two, its batches count what they count in order: every request and its cost, once, and nothing held."""
-    for seed in range(12):
+    actor, whose last checkpoint was taken at a random moment of its life, dies with all it counted since (some
+    batches sent before the gateway noticed reach the restarted one); the gateway tells it its grants
+    (`reseed`), settles the rest, lets its leases expire (renewing them with its updates) and stops. Applied in
+    any order, with a checkpoint and restore between any two, its batches count what they count in order, and
+    what the old actor would have counted had it lived: every request, its real tokens and its cost, once, and
+    nothing held."""
+    for seed in range(16):
         rng = random.Random(seed)
         clock = Clock()
         control, ledger, checkpoint = restarting_gateway(clock)
+        checkpoint_at = rng.randrange(61)  # 0: empty; 60: the moment the actor dies
         limits = KeyLimits(rpm=48, tpm=48_000, usd_per_day=1.0)
         in_flight: list[Any] = []
-        num_admitted, num_exact, usd_spent = 0, 0, 0.0
+        num_admitted, num_exact, num_tokens, usd_spent = 0, 0, 0, 0.0
 
         def settle_some(p: float) -> None:
-            nonlocal usd_spent
+            nonlocal num_tokens, usd_spent
             for hold in [h for h in in_flight if rng.random() < p]:
                 in_flight.remove(hold)
                 tokens, usd = rng.randrange(1, 200), rng.randrange(0, 100) / 10_000
                 ledger.settle(hold, tokens, usd)
+                num_tokens += tokens
                 usd_spent += usd
                 if rng.random() < 0.3:
                     ledger.flush()
 
         for i in range(90):
             clock.now_s += 0.01
+            if i == checkpoint_at:
+                checkpoint = control.counts.checkpoint()
             if i == 60:  # the actor died; what the gateway sends from now reaches the restarted one
                 control.is_capturing = True
             if i < 60:
@@ -362,7 +430,8 @@ async def test_a_gateways_batches_count_the_same_in_any_order_across_a_restart()
         assert len(batches) >= 3, (seed, len(batches))
 
         in_order = counted(checkpoint, batches, clock)
-        assert in_order[0] == num_admitted and in_order[2:] == (round(usd_spent, 9), 0.0, 0, 0), (seed, in_order)
+        assert in_order == (num_admitted, num_tokens, round(usd_spent, 9), 0.0, 0, 0), (seed, checkpoint_at, in_order)
+        assert never_restarted(control.counts, batches) == in_order, (seed, checkpoint_at)
         for _ in range(10):
             shuffled = rng.sample(batches, len(batches))
             assert counted(checkpoint, shuffled, clock, restore_after=rng.randrange(len(batches))) == in_order, seed

@@ -13,7 +13,8 @@ most every `CHECKPOINT_INTERVAL_S`. On the actor's event loop it only takes the 
 numbers: `UsageMeter.dump`, ~0.1 µs per rpm-window entry); the pickling and the blocking GCS call run in a
 thread (`benchmarks/ray_checkpoint_cost.py`: pickling the live objects had held the loop ~2.7 µs per entry,
 ~150 ms of CPU for 20 keys' full windows at rpm 3000). What the actor counted after its last
-write and before it died is lost (gateways make up the leases they still hold: `ray_limits.Reopened`).
+write and before it died is made up by the gateways: they tell the restarted actor their recent grants with what
+they settled and gave back, and it counts what its checkpoint lacks (`ray_limits_rejoin`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class _OpenLease:
     """A gateway's lease with what is left of it (None: not limited)."""
 
     __slots__ = ("lease", "num_requests", "num_tokens", "usd", "expires_at", "num_taken", "asked", "num_settled",
-                 "usd_settled", "usd_spent", "returned", "granted_at")
+                 "usd_settled", "usd_spent", "num_tokens_settled", "num_tokens_used", "returned", "granted_at")
 
     def __init__(self, lease: KeyLease, granted_at: float, asked: tuple[KeyLimits, int, float]) -> None:
         self.lease = lease
@@ -49,12 +49,19 @@ class _OpenLease:
         self.usd_settled = 0.0
         """The estimates of its requests settled so far (what a restarted control actor releases of its hold)."""
         self.usd_spent = 0.0
+        self.num_tokens_settled = 0
+        """Their estimated tokens (what a restarted control actor counted for them until then)."""
+        self.num_tokens_used = 0
+        """Their real tokens (the estimate where unknown)."""
         self.returned: Returned | None = None
 
-    def settled(self, hold: LeaseHold, usd: float) -> None:
+    def settled(self, hold: LeaseHold, num_tokens: int | None, usd: float) -> None:
+        # (Summed in the order made, as the actor sums the settlements it counts: `ray_limits_rejoin`.)
         self.num_settled += 1
         self.usd_settled += hold.usd
         self.usd_spent += usd
+        self.num_tokens_settled += hold.num_tokens
+        self.num_tokens_used += hold.num_tokens if num_tokens is None else num_tokens
 
     def take(self, num_tokens: int, usd: float) -> LeaseHold | None:
         """A hold on this lease for a request of this size, or None if what is left does not hold it whole."""
@@ -79,7 +86,8 @@ class _OpenLease:
                    ((self.num_requests, lease.num_requests), (self.num_tokens, lease.num_tokens), (self.usd, lease.usd)))
 
     def regranted(self) -> Reopened:
-        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled, self.usd_spent, self.returned)
+        return Reopened(self.lease, self.num_taken, self.num_settled, self.usd_settled, self.usd_spent, self.returned,
+                        self.num_tokens_settled, self.num_tokens_used)
 
     def give_back(self) -> Returned:
         """What is left, returned; the lease admits nothing more."""
@@ -92,14 +100,15 @@ class _OpenLease:
 class _ExactHold:
     """A request the control actor admitted exactly (its hold id), as its gateway remembers it."""
 
-    __slots__ = ("hold_id", "key_id", "num_tokens", "usd", "granted_at", "usd_settled")
+    __slots__ = ("hold_id", "key_id", "num_tokens", "usd", "granted_at", "usd_settled", "num_tokens_used")
 
     def __init__(self, hold_id: str, key_id: str, num_tokens: int, usd: float, granted_at: float) -> None:
         self.hold_id, self.key_id, self.num_tokens, self.usd, self.granted_at = hold_id, key_id, num_tokens, usd, granted_at
         self.usd_settled: float | None = None
+        self.num_tokens_used: int | None = None
 
     def regranted(self) -> Reheld:
-        return Reheld(self.hold_id, self.key_id, self.num_tokens, self.usd, self.usd_settled)
+        return Reheld(self.hold_id, self.key_id, self.num_tokens, self.usd, self.usd_settled, self.num_tokens_used)
 
 
 class RayKeyLedger:
@@ -255,10 +264,10 @@ class RayKeyLedger:
         grant = self._recent.get(hold.lease_id if isinstance(hold, LeaseHold) else hold)
         num_settled = 0  # (a lease forgotten here is in no `Reopened` from now on)
         if isinstance(grant, _OpenLease):
-            grant.settled(hold, usd)
+            grant.settled(hold, num_tokens, usd)
             num_settled = grant.num_settled
         elif grant is not None:
-            grant.usd_settled = usd
+            grant.usd_settled, grant.num_tokens_used = usd, num_tokens
         self._updates.append(Settled(hold, num_tokens, usd, num_settled))
 
     def release(self, hold: Any) -> None:

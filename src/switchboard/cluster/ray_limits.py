@@ -20,14 +20,15 @@ requests whole, so leases never overshoot a limit; near a limit, where a slice w
 `KeyCounts` is the control actor's part (plain Python, tested without Ray); `ray_key_ledger.RayKeyLedger` is the
 gateway's `KeyLedger` over it. Holds and leases of a gateway that falls silent are released with its leases of replicas.
 A restarted control actor restores its `KeyCounts` from the last checkpoint (`checkpoint`, `restore`), and counts
-the grants made after it when their gateways tell them again (`Reopened`, `Reheld`; docs/ray.md, "What survives a
+what the dead actor counted after it (grants made since, and settlements and returns of grants the checkpoint
+has) when their gateways tell them again (`Reopened`, `Reheld`: `ray_limits_rejoin`; docs/ray.md, "What survives a
 restart").
 
 Ray runs an async actor's calls in any order, so a gateway's batches of updates (`KeyCounts.apply`) may be
 applied out of the order it sent them, and the counts come out the same whatever the order: a settlement of a
 lease carries its place among the lease's settlements (`Settled.num_settled`), which tells the actor whether a
-`Reopened` already counts it; what arrives for a grant before the grant itself (before its `Reopened` or
-`Reheld`) is kept and counted when it arrives.
+`Reopened` already counts it, or it already counts one the `Reopened` tells; what arrives for a grant before the
+grant itself (before its `Reopened` or `Reheld`) is kept and counted when it arrives.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from switchboard.cluster.ray_limits_rejoin import CountedSettlements, Reheld, Rejoined, Rejoining, Reopened, Tally, Unlent
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.ledger import admit_and_reserve
 from switchboard.tenants.limits import OverLimit, UsageSnapshot
@@ -108,39 +110,6 @@ class Returned:
     usd: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reopened:
-    """A lease its gateway took recently (or still admits from), told to a restarted control actor: `num_taken`
-    requests admitted from it so far, `num_settled` of them settled, which released `usd_settled` of its hold
-    (their estimates) and cost `usd_spent`; `returned` if the gateway gave it back. The actor counts it if its
-    checkpoint did not have it (it was lent after the last write)."""
-
-    lease: KeyLease
-    num_taken: int
-    num_settled: int
-    usd_settled: float
-    usd_spent: float
-    returned: Returned | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reheld:
-    """A request the actor admitted exactly recently, told to a restarted control actor by its gateway: its
-    estimates, and its cost once settled (`usd_settled`, None while it runs)."""
-
-    hold_id: str
-    key_id: str
-    num_tokens: int
-    usd: float
-    usd_settled: float | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rejoined:
-    """The end of what a gateway tells a restarted control actor (`Reopened`, `Reheld`): the actor lends no
-    quota until every gateway that used keys before the restart has sent this (or a timeout passed)."""
-
-
 def lease_share(limits: KeyLimits, usage: UsageSnapshot, num_tokens: int, usd_estimate: float,
                 fraction: float = LEASE_FRACTION) -> tuple[int | None, int | None, float | None] | None:
     """(requests, tokens, USD) one lease may take of what the key has left after `usage` (None where the key has
@@ -175,22 +144,12 @@ class _Lent:
     num_taken: int | None = None
     """Requests admitted from it, once it was given back (None before)."""
     num_settled: int = 0
-    num_settled_at_reopen: int = 0
-    """The settlements the `Reopened` that told it counted (`Settled.num_settled` up to this): not counted again."""
+    """Its settlements counted (each once, whether on its own or in a `Reopened`'s totals)."""
+    counted: CountedSettlements = dataclasses.field(default_factory=CountedSettlements)
+    """Which of them, by ordinal, and their totals: what a `Reopened` tells that is not counted yet."""
 
 
-@dataclasses.dataclass(slots=True)
-class _Unlent:
-    """What a gateway told of a lease not lent here before its `Reopened` (a lease this actor's predecessor lent
-    after its last checkpoint), or of one released with its silent gateway: its settlements, spent when they came
-    (`Settled.num_settled`, estimated tokens and USD, real tokens, cost), and its return."""
-
-    first_at_s: float
-    settled: list[tuple[int, int, float, int | None, float]]
-    returned: Returned | None = None
-
-
-class KeyCounts:
+class KeyCounts(Rejoining):
     """The fleet's one count of keys' usage, with each exactly admitted request's hold, each lease, and the
     gateway holding it."""
 
@@ -202,7 +161,7 @@ class KeyCounts:
         self._lent: dict[str, _Lent] = {}
         self._forgotten: dict[str, float] = {}
         """Ids of leases and holds done with -> when (kept `FORGOTTEN_KEPT_S`)."""
-        self._unlent: dict[str, _Unlent] = {}
+        self._unlent: dict[str, Unlent] = {}
         """Lease id -> what came for it while not lent here (kept `FORGOTTEN_KEPT_S`)."""
         self._unheld: dict[str, tuple[int | None, float, float]] = {}
         """Hold id -> (real tokens, cost, when) of a settlement of an exact hold not known here: one its gateway
@@ -266,52 +225,6 @@ class KeyCounts:
             else:
                 self.settle(update.hold, update.num_tokens, update.usd, update.num_settled)
 
-    def _is_known(self, grant_id: str) -> bool:
-        return grant_id in self._lent or grant_id in self._holds or grant_id in self._forgotten
-
-    def _reopen(self, reopened: Reopened, gateway_id: str) -> None:
-        """Counts a lease a predecessor lent after its last checkpoint, in full as if lent now (its requests then
-        count a little longer than they would have: never fewer), with what its gateway settled and returned,
-        and with what came for it here before (`_Unlent`)."""
-        lease_id = reopened.lease.lease_id
-        if self._is_known(lease_id):
-            return
-        now_s = self.clock()
-        lent = self._lend(reopened.lease, gateway_id, now_s)
-        lent.num_settled = lent.num_settled_at_reopen = reopened.num_settled
-        if lent.holds_usd:
-            self.meter.hold(lent.entries[0], lent.entries[0].usd_held - reopened.usd_settled)
-        unlent = self._unlent.pop(lease_id, None)
-        early = [] if unlent is None else unlent.settled
-        # Settlements that came first were spent then: those `reopened` counts are in its spend too; the ones its
-        # gateway made after telling it are counted on top (it holds and settled less).
-        spent_here = sum(usd for num_settled, *_, usd in early if 0 < num_settled <= reopened.num_settled)
-        self.meter.add_spend(reopened.lease.key_id, reopened.usd_spent - spent_here, now_s)
-        for num_settled, estimated_tokens, estimated_usd, num_tokens, _ in early:
-            if not 0 < num_settled <= reopened.num_settled:
-                self._count_settled(lent, estimated_tokens, estimated_usd, num_tokens)
-        returned = reopened.returned if reopened.returned is not None or unlent is None else unlent.returned
-        if returned is not None:
-            self._give_back(returned)
-
-    def _rehold(self, reheld: Reheld, gateway_id: str) -> None:
-        """Counts a request a predecessor admitted exactly after its last checkpoint (with its cost, if settled:
-        as its gateway tells it, or as a settlement that came first says)."""
-        if self._is_known(reheld.hold_id):
-            return
-        now_s = self.clock()
-        early = self._unheld.pop(reheld.hold_id, None)
-        if reheld.usd_settled is not None:  # (then `early`, if any, is this very settlement)
-            num_tokens, usd = reheld.num_tokens, reheld.usd_settled
-        elif early is not None:
-            num_tokens, usd = reheld.num_tokens if early[0] is None else early[0], early[1]
-        else:
-            self._holds[reheld.hold_id] = (self.meter.reserve(reheld.key_id, now_s, reheld.num_tokens, reheld.usd), gateway_id)
-            return
-        self.meter.reserve(reheld.key_id, now_s, num_tokens)
-        self.meter.add_spend(reheld.key_id, usd, now_s)
-        self._forgotten[reheld.hold_id] = now_s
-
     def checkpoint(self) -> tuple:
         """Everything counted (windows, spend, holds, leases, what it is done with), for a restarted actor's
         `restore`: plain data (numbers, strings, tuples, lists and dicts made now, none shared with this object),
@@ -327,10 +240,9 @@ class KeyCounts:
         holds = {hold_id: (dump.ref(entry), owner) for hold_id, (entry, owner) in self._holds.items()}
         # A lease given back uses only its first entry from then on (its hold and tokens): the rest are not kept.
         lent = {lease_id: (x.gateway_id, dump.run(x.entries) if x.num_taken is None else (dump.ref(x.entries[0]),),
-                           x.counts_requests, x.counts_tokens, x.holds_usd, x.num_taken, x.num_settled, x.num_settled_at_reopen)
+                           x.counts_requests, x.counts_tokens, x.holds_usd, x.num_taken, x.num_settled, x.counted.state())
                 for lease_id, x in self._lent.items()}
-        unlent = {lease_id: (x.first_at_s, list(x.settled), None if x.returned is None else dataclasses.astuple(x.returned))
-                  for lease_id, x in self._unlent.items()}
+        unlent = {lease_id: x.state() for lease_id, x in self._unlent.items()}
         return (dump.state, holds, lent, dict(self._forgotten), unlent, dict(self._unheld), dict(self._called_at), now_s)
 
     def restore(self, data: tuple, active_s: float = ACTIVE_GATEWAY_S) -> None:
@@ -343,9 +255,9 @@ class KeyCounts:
             return resolve(refs) if refs[0] == "r" else [resolve(ref) for ref in refs]
 
         self._holds = {hold_id: (resolve(ref), owner) for hold_id, (ref, owner) in holds.items()}
-        self._lent = {lease_id: _Lent(gateway_id, entries(refs), *rest) for lease_id, (gateway_id, refs, *rest) in lent.items()}
-        self._unlent = {lease_id: _Unlent(at_s, list(settled), None if returned is None else Returned(*returned))
-                        for lease_id, (at_s, settled, returned) in unlent.items()}
+        self._lent = {lease_id: _Lent(gateway_id, entries(refs), *flags, CountedSettlements.from_state(counted))
+                      for lease_id, (gateway_id, refs, *flags, counted) in lent.items()}
+        self._unlent = {lease_id: Unlent.from_state(state, Returned) for lease_id, state in unlent.items()}
         self._forgotten, self._unheld, self._called_at = dict(forgotten), dict(unheld), dict(called_at)
         self.rejoining = {g for g, at_s in self._called_at.items() if at_s > taken_at_s - active_s}
 
@@ -366,35 +278,36 @@ class KeyCounts:
             self._unheld[hold] = (num_tokens, usd, self.clock())
 
     def _settle_leased(self, hold: LeaseHold, num_tokens: int | None, usd: float, num_settled: int) -> None:
+        settled = Tally.of(hold, num_tokens, usd)
         lent = self._lent.get(hold.lease_id)
         if lent is None:
             if hold.lease_id in self._forgotten:  # every request it admitted is counted (this one by its `Reopened`)
                 return
             now_s = self.clock()
             self.meter.add_spend(hold.key_id, usd, now_s)
-            unlent = self._unlent.setdefault(hold.lease_id, _Unlent(now_s, []))
-            unlent.settled.append((num_settled, hold.num_tokens, hold.usd, num_tokens, usd))
+            self._unlent.setdefault(hold.lease_id, Unlent(now_s, [])).settled.append((num_settled, settled))
             return
-        if 0 < num_settled <= lent.num_settled_at_reopen:
-            return  # counted by the `Reopened` that told this actor of the lease (sent before it, applied after)
-        self._count_settled(lent, hold.num_tokens, hold.usd, num_tokens)
-        self.meter.add_spend(hold.key_id, usd, self.clock())
+        if not lent.counted.add(num_settled, settled):
+            return  # already counted: in the totals of a `Reopened` sent after it (and applied before it)
+        self._count_settled(lent, 1, settled)
         self._forget_if_done(hold.lease_id, lent)
 
-    def _count_settled(self, lent: _Lent, estimated_tokens: int, estimated_usd: float, num_tokens: int | None) -> None:
-        """One of the lease's requests settled: its real tokens replace its estimate, which its hold releases."""
-        lent.num_settled += 1
+    def _count_settled(self, lent: _Lent, num_settled: int, settled: Tally, is_spent: bool = False) -> None:
+        """`num_settled` of the lease's requests settled, with totals `settled`: their real tokens replace their
+        estimates, which its hold releases, and their cost is spent (unless `is_spent` already)."""
+        lent.num_settled += num_settled
         first = lent.entries[0]
-        tokens = estimated_tokens if num_tokens is None else num_tokens
-        self.meter.retoken(first, tokens - estimated_tokens if lent.counts_tokens else tokens)
+        self.meter.retoken(first, settled.num_tokens - settled.num_tokens_estimated if lent.counts_tokens else settled.num_tokens)
         if lent.holds_usd:
-            self.meter.hold(first, first.usd_held - estimated_usd)
+            self.meter.hold(first, first.usd_held - settled.usd_estimated)
+        if not is_spent:
+            self.meter.add_spend(first.key_id, settled.usd_spent, self.clock())
 
     def _give_back(self, returned: Returned) -> None:
         lent = self._lent.get(returned.lease_id)
         if lent is None:
             if returned.lease_id not in self._forgotten:  # (given back once its `Reopened` comes)
-                self._unlent.setdefault(returned.lease_id, _Unlent(self.clock(), [])).returned = returned
+                self._unlent.setdefault(returned.lease_id, Unlent(self.clock(), [])).returned = returned
             return
         if lent.num_taken is not None:
             return
@@ -412,7 +325,7 @@ class KeyCounts:
         self._forget_if_done(returned.lease_id, lent)
 
     def _forget_if_done(self, lease_id: str, lent: _Lent) -> None:
-        if lent.num_taken is not None and lent.num_settled >= lent.num_taken:
+        if self._lent.get(lease_id) is lent and lent.num_taken is not None and lent.num_settled >= lent.num_taken:
             del self._lent[lease_id]
             self._forgotten[lease_id] = self.clock()
 
