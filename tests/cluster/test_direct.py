@@ -13,21 +13,14 @@ import pytest
 from switchboard.cluster.ray_direct import DirectConnection, DirectConnectionLost, connect_direct, frame, read_frame
 from switchboard.cluster.ray_replica import RayReplicaEngine, ReplicaActor
 from switchboard.cluster.ray_streams import StreamChannel
-from switchboard.engines.base import EngineError, Finish, GenerationRequest, RawChunk, ReplicaLost, TextDelta, Usage
+from switchboard.engines.base import EngineError, Finish, GenerationRequest, RawChunk, ReplicaLost, TextDelta
 from switchboard.testing.actor_handles import InProcessHandle
+from switchboard.testing.fleet_view import until
 
 
 def chat(num_tokens: int, *, stream: bool = True) -> GenerationRequest:
     body = {"model": "sim", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": num_tokens, "stream": stream}
     return GenerationRequest("r", "chat", body, num_tokens, 4)
-
-
-async def until(condition) -> None:
-    for _ in range(5_000):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("never happened")
 
 
 class Handle(InProcessHandle):
@@ -194,7 +187,6 @@ async def test_a_connection_closes_when_its_replica_stops():
 
 async def test_a_replica_whose_socket_cannot_be_reached_is_called_through_ray():
     replica, handle = await replica_with({"kind": "simulated", "time_scale": 0})
-    replica.direct_host = "127.0.0.1"
     await replica.direct_address()
     replica.direct.address = ["127.0.0.1", 1, replica.direct.token]  # nothing listens on port 1
     channel = StreamChannel(handle, connect=connect_direct)

@@ -11,6 +11,7 @@ from switchboard.cluster.ray_replica import ReplicaActor
 from switchboard.cluster.ray_streams import OpenStreams, RemoteEngineError, StreamChannel
 from switchboard.engines.base import EngineError, Finish, GenerationRequest, TextDelta, Usage
 from switchboard.testing.actor_handles import InProcessHandle
+from switchboard.testing.fleet_view import until
 
 
 class Gate:
@@ -202,14 +203,6 @@ class Held:
 
     async def stop(self) -> None:
         await self.engine.stop()
-
-
-async def until(condition) -> None:
-    for _ in range(10_000):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("never happened")
 
 
 async def test_requests_arriving_while_a_call_is_in_flight_go_together_in_the_next_one():

@@ -1,7 +1,9 @@
-"""Waiting on a live gateway's fleet, for tests that drive one over HTTP (tests/cluster)."""
+"""Waiting on conditions, and on a live gateway's fleet, for tests that drive one over HTTP or an actor's
+protocol in-process (tests/cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -15,6 +17,15 @@ def wait_for(condition, timeout_s: float, what: str):
         assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for: {what}"
         time.sleep(0.05)
     return found
+
+
+async def until(condition, timeout_s: float = 10.0, what: str = "the condition") -> None:
+    """`wait_for` on a running event loop: polls `condition` (every 2 ms, yielding to the loop) until it is true,
+    or fails naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for: {what}"
+        await asyncio.sleep(0.002)
 
 
 def fleet_view(url: str) -> dict:
