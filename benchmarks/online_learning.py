@@ -117,7 +117,7 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
         train = np.setdiff1d(np.arange(len(tasks)), unseen[task])
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
-        model, calibration = fit_calibrated_like(recipe, x[train], y[train], rng)
+        model, calibration = fit_calibrated_like(recipe, x[train], y[train], rng, tasks=list(tasks[train]))
         router = Router(tuple(experts), price, model, calibration, embedder, True)
         # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
         out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))

@@ -176,7 +176,7 @@ def test_candidate_pool_expands_default_and_names_unknown_labels():
 
     assert candidate_pool("default") == DEFAULT_CANDIDATES
     assert candidate_pool("packaged") == PACKAGED_CANDIDATES == TrainSettings().candidates
-    assert [c.label for c in PACKAGED_CANDIDATES] == ["ensemble-format3"]
+    assert [c.label for c in PACKAGED_CANDIDATES] == ["ensemble-format3-task"]
     pool = candidate_pool("default,ensemble-format3,ensemble")
     assert [c.label for c in pool] == [c.label for c in DEFAULT_CANDIDATES] + ["ensemble-format3"]
     with pytest.raises(ValueError, match="nope"):

@@ -14,7 +14,7 @@ from switchboard.router.cache import EmbeddingCache
 from switchboard.router.data import RoutingExample, load_models
 from switchboard.router.features import FEATURE_NAMES
 from switchboard.router.nested import Candidate
-from switchboard.router.pipeline import TrainSettings, train_router, write_router
+from switchboard.router.pipeline import TASK_STAGE_POWER, TrainSettings, train_router, write_router
 from switchboard.router.persist import RouterLoadError, builtin_static_dir
 from switchboard.router.protocol import SplitKind
 from switchboard.router.strategies import StrategyName
@@ -78,9 +78,11 @@ def test_default_router_covers_shipped_experts(shipped_models_path):
     assert cheap.chosen().usd_per_mtok == min(router.usd_per_mtok)
 
 
-def test_the_packaged_router_is_the_ensemble_with_a_format_member():
-    router = load_default_router()  # `pipeline.PACKAGED_CANDIDATES`, chosen by leave-one-task-out CV
+def test_the_packaged_router_is_the_ensemble_with_a_format_member_and_a_task_stage():
+    router = load_default_router()  # `pipeline.PACKAGED_CANDIDATES`, docs/router.md
     assert router.strategy == "ensemble" and router.model.fit_params()["format_columns"] == len(FEATURE_NAMES)
+    assert router.model.task_stage is not None and router.model.task_stage.task_means.shape == (14, len(router.experts))
+    assert router.model.fit_params()["task_gate_power"] == TASK_STAGE_POWER
 
 
 def test_rows_with_enough_tasks_are_chosen_on_and_reported_under_leave_one_task_out(tmp_path, rng):

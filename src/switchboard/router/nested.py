@@ -50,18 +50,22 @@ class Candidate:
     balance_tasks: bool = False  # train on rows resampled so every task counts the same (`protocol.balanced_rows`)
     caution_margins: tuple[float, ...] = (0.0,)  # the conservative rule's margin, chosen on LOTO inner folds; 0: off
     group_by_task: bool = False  # the strategy's fit takes the training rows' task ids (`groups`): task-robust training
+    tasks_optional: bool = False  # with `group_by_task`: rows without task labels train without `groups` (no raise)
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, tasks: Sequence[str] | None = None) -> QualityModel:
         """Fits on (x, y); with `balance_tasks` and task labels, on rows resampled to equal counts per task; with
-        `group_by_task`, passing each row's task id (raises ValueError without task labels)."""
+        `group_by_task`, passing each row's task id (raises ValueError without task labels, unless `tasks_optional`:
+        then the fit gets no `groups`)."""
         params = dict(self.params)
         if self.balance_tasks and tasks is not None:
             rows = balanced_rows(tasks, rng)
             x, y, tasks = x[rows], y[rows], [tasks[i] for i in rows]
         if self.group_by_task:
             if tasks is None or any(t is None for t in tasks):
-                raise ValueError(f"candidate {self.label!r} trains across tasks and needs a task label on every row")
-            params["groups"] = task_ids(tasks)
+                if not self.tasks_optional:
+                    raise ValueError(f"candidate {self.label!r} trains across tasks and needs a task label on every row")
+            else:
+                params["groups"] = task_ids(tasks)
         return STRATEGIES[self.strategy].fit(x, y, rng, **params)
 
 

@@ -1,7 +1,7 @@
 """End-to-end training: data → features (cached) → candidate chosen on inner folds → router directory.
 
 Without a fixed `--strategy`, training is the nested protocol of `router.nested`: the candidates (strategy,
-hyper-parameters, calibration; by default only `ensemble-format3` and its calibration, `PACKAGED_CANDIDATES`) are
+hyper-parameters, calibration; by default only `ensemble-format3-task` and its calibration, `PACKAGED_CANDIDATES`) are
 scored on inner folds that hold whole tasks out when every row carries a task (`training_split`: task-balanced
 folds with too few tasks for that, random folds without tasks), the best by AUC of its task-weighted quality/cost
 curve is fitted on all rows and calibrated on its inner out-of-fold estimates. The CV report written into the
@@ -81,15 +81,33 @@ TASK_ROBUST_CANDIDATES: tuple[Candidate, ...] = (
 maths, multiple choice…), which transfer across tasks where the embedding's content does not — instead of the
 full MLP (`ensemble-format`) or as a third member beside it (`ensemble-format3`, the mean of three). Measured
 (docs/router.md): only `ensemble-format3` gains under LOTO at every seed, for a little task-balanced and random
-quality; it is what `router train` trains by default (`PACKAGED_CANDIDATES`)."""
+quality; with a task stage added it is what `router train` trains by default (`PACKAGED_CANDIDATES`)."""
 
-PACKAGED_CANDIDATES: tuple[Candidate, ...] = tuple(c for c in TASK_ROBUST_CANDIDATES if c.label == "ensemble-format3")
-"""What `router train` (no `--strategy`, no `--candidates`) and the packaged default router train: `ensemble-format3`,
-its calibration chosen on inner folds. The candidate was chosen offline, by leave-one-task-out nested CV on the
-shipped data (best quality 0.6111 against the previous default `ensemble`'s 0.6008, 3 seeds, ahead at every seed),
-because LOTO is the column that reproduces the owners' held-out set (docs/router.md); nested selection among
-`DEFAULT_CANDIDATES` by inner AUC is not used for it, as on whole-task inner folds it was noisy and on task-balanced
-ones it reads the column that does not predict the held-out set."""
+TASK_STAGE_POWER = 4.0
+"""The task stage's weight is its confidence to this power (`EnsembleModel.task_gate_power`): chosen from {2, 4, 8}
+(and a ramp) in the exploration `benchmarks/router_task_explore.py`, seeds 0–2, as the one that kept
+leave-one-task-out quality and most of the task-balanced gain; checked with the nested protocol on seeds 3–5."""
+
+TASK_STAGE_CANDIDATES: tuple[Candidate, ...] = (
+    replace(next(c for c in TASK_ROBUST_CANDIDATES if c.label == "ensemble-format3"), label="ensemble-format3-task",
+            params={"num_neighbours": 100, "temperature": 0.05, "format_columns": len(FEATURE_NAMES),
+                    "task_gate_power": TASK_STAGE_POWER},
+            group_by_task=True, tasks_optional=True),
+)
+"""Category first, then expert (Composition of Experts): `ensemble-format3` with a task stage, P(task | prompt) @
+each task's mean scores, blended in by the task classifier's confidence (`strategies.task_stage`). Trains the
+stage from the rows' task labels; rows without them train `ensemble-format3` alone."""
+
+PACKAGED_CANDIDATES: tuple[Candidate, ...] = TASK_STAGE_CANDIDATES
+"""What `router train` (no `--strategy`, no `--candidates`) and the packaged default router train:
+`ensemble-format3-task` (since 2026-12-07), its calibration chosen on inner folds; on rows without task labels,
+`ensemble-format3` alone. The candidate was chosen offline, not by a data-driven selection: `ensemble-format3` by
+leave-one-task-out nested CV (best quality 0.6111 against the previous default `ensemble`'s 0.6008, 3 seeds),
+because LOTO is the column that reproduces the owners' held-out set; its task stage by a rule declared before the
+check (seeds 3–5, unseen by the exploration that chose its power): LOTO no worse than −0.003 on average and
+task-balanced better at every seed — LOTO +0.0016, task-balanced +0.0092, random +0.0106 (docs/router.md).
+Nested selection among `DEFAULT_CANDIDATES` by inner AUC is not used for it: on whole-task inner folds it was
+noisy, and on task-balanced ones it reads a column that predicts the held-out set less well."""
 
 CAUTION_MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04, 0.08)
 """The conservative rule's margins (quality a cheaper expert must gain over the prior choice), from which the
@@ -98,11 +116,12 @@ margin is chosen on leave-one-task-out inner folds (`nested._choose_margin`)."""
 CAUTIOUS_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("ensemble-cautious", StrategyName.ENSEMBLE, {"num_neighbours": 100, "temperature": 0.05},
               caution_margins=CAUTION_MARGINS),
-    replace(PACKAGED_CANDIDATES[0], label="ensemble-format3-cautious", caution_margins=CAUTION_MARGINS),
+    replace(next(c for c in TASK_ROBUST_CANDIDATES if c.label == "ensemble-format3"), label="ensemble-format3-cautious",
+            caution_margins=CAUTION_MARGINS),
 )
 """Candidates under the conservative selection rule (`selection.Caution`), κ chosen from `CAUTION_MARGINS` on
-leave-one-task-out inner folds: the previous default ensemble (`ensemble-cautious`), and the packaged
-`ensemble-format3` — its strategy, params and calibrations copied, not restated, so the two cannot drift apart
+leave-one-task-out inner folds: the previous default ensemble (`ensemble-cautious`), and `ensemble-format3` (the
+packaged router before its task stage) — its strategy, params and calibrations copied, not restated, so the two cannot drift apart
 (`ensemble-format3-cautious`)."""
 
 
@@ -111,7 +130,7 @@ def candidate_pool(spec: str) -> tuple[Candidate, ...]:
     "shrink" (those and `SHRINK_CANDIDATES`), or comma-separated labels, "default" and "packaged" among them
     standing for their pools (e.g. "default,ensemble-format3"). Raises ValueError naming unknown labels."""
     every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
-                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES)}
+                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES + TASK_STAGE_CANDIDATES)}
     pools = {"default": DEFAULT_CANDIDATES, "packaged": PACKAGED_CANDIDATES}
     if spec == "shrink":
         return DEFAULT_CANDIDATES + SHRINK_CANDIDATES

@@ -52,28 +52,42 @@ def fit_calibrated(
     calibration_folds: int = 3,
     progress: Progress = lambda _: None,
     params: Mapping[str, Any] | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[QualityModel, Calibration]:
     """`STRATEGIES[strategy].fit(x, y, rng, **params)` on all rows, with isotonic calibration fitted on its
-    out-of-fold estimates from `calibration_folds` random folds."""
+    out-of-fold estimates from `calibration_folds` random folds. `groups` (a task id per row), when given, goes
+    to every fit as `groups=` (the rows' own ids on each fold)."""
     cls, params = STRATEGIES[strategy], dict(params or {})
+
+    def rows(idx):
+        return {} if groups is None else {"groups": np.asarray(groups)[idx]}
+
     raw = np.zeros_like(y, dtype=np.float32)
     with _single_threaded():
         for val in kfold_indices(len(x), calibration_folds, rng):
             train = np.setdiff1d(np.arange(len(x)), val)
-            raw[val] = cls.fit(x[train], y[train], rng, **params).predict(x[val])
+            raw[val] = cls.fit(x[train], y[train], rng, **params, **rows(train)).predict(x[val])
             progress(1)
         calibration = fit_calibration(raw, y)
-        model = cls.fit(x, y, rng, **params)
+        model = cls.fit(x, y, rng, **params, **rows(slice(None)))
     progress(1)
     return model, calibration
 
 
 def fit_calibrated_like(recipe: QualityModel, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-                        calibration_folds: int = 3) -> tuple[QualityModel, Calibration]:
+                        calibration_folds: int = 3, tasks=None) -> tuple[QualityModel, Calibration]:
     """`fit_calibrated` of the recipe a trained model carries — its strategy and fit parameters
     (`QualityModel.fit_params`) — on (x, y): how the simulator's cross-fitted routers and the benchmarks retrain
-    "the packaged router" on other rows (the strategy alone would drop, e.g., the ensemble's format member)."""
-    return fit_calibrated(recipe.name, x, y, rng, calibration_folds, params=recipe.fit_params())
+    "the packaged router" on other rows (the strategy alone would drop, e.g., the ensemble's format member).
+    `tasks`: each row's task label, which a recipe with a task stage (`uses_tasks`) trains on; without a label on
+    every row it trains as `router train` does on such rows, without the stage."""
+    groups = None
+    if recipe.uses_tasks and tasks is not None and all(tasks):
+        from switchboard.router.strategies.robust import task_ids
+
+        groups = task_ids(tasks)
+    params = recipe.fit_params() if groups is not None else recipe.without_tasks().fit_params()
+    return fit_calibrated(recipe.name, x, y, rng, calibration_folds, params=params, groups=groups)
 
 
 def _single_threaded():

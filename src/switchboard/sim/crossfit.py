@@ -45,6 +45,9 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     key.update(np.ascontiguousarray(data.scores, np.float64).tobytes())
     for prompt in data.prompts:
         key.update(prompt.encode() + b"\0")
+    if packaged.model.uses_tasks:  # a task stage trains on the labels too
+        for task in data.tasks:
+            key.update(task.encode() + b"\0")
     path = Path(cache_dir).expanduser() / f"crossfit-{key.hexdigest()[:24]}.npy"
     if path.exists():
         return np.load(path)
@@ -55,7 +58,8 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     rng = np.random.default_rng([seed, 5])
     for fold in kfold_indices(len(x), num_folds, np.random.default_rng(seed)):
         train = np.setdiff1d(np.arange(len(x)), fold)
-        model, calibration = fit_calibrated_like(packaged.model, x[train], y[train], rng)
+        model, calibration = fit_calibrated_like(packaged.model, x[train], y[train], rng,
+                                                 tasks=[data.tasks[i] for i in train] if data.tasks else None)
         out[fold] = calibration.apply(model.predict(x[fold]))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
