@@ -16,6 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from switchboard.engines.sockets import loopback_listener
+
 
 _NUM_PORT_TRIES = 3
 
@@ -36,8 +38,7 @@ def serve_in_thread(app: Any, *, port: int | None = None, startup_timeout_s: flo
 
     Raises RuntimeError if the server does not start within `startup_timeout_s`.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", port or 0))
+    sock = loopback_listener(port or 0)  # TCP_NODELAY on its connections, as uvicorn's own sockets
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http="httptools", log_level="warning",
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5)
