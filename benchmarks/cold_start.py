@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 from switchboard.config import parse_config
-from switchboard.config.schema import LlamaCppBackend
+from switchboard.config.schema import LlamaCppBackend, WorkerConfig
 from switchboard.engines.base import GenerationRequest
 from switchboard.engines.llamacpp.engine import LlamaCppEngine
 from switchboard.gateway.app import build_app
@@ -48,6 +48,7 @@ def prompt(fresh: bool) -> list[dict]:
 
 
 HAS_SLEEP_LEVELS = "sleep_level" in LlamaCppBackend.model_fields
+HAS_WORKER_DEVICES = "devices" in WorkerConfig.model_fields
 
 GATEWAY_CONFIG = """
 experts:
@@ -102,6 +103,11 @@ def _config(standby_workers: int, sleep_level: int) -> str:
         "step_interval_s: 0.1", f"step_interval_s: 0.1\n  standby_workers: {standby_workers}")
     if HAS_SLEEP_LEVELS and sleep_level:
         config = config.replace("backend: {kind: llamacpp}", f"backend: {{kind: llamacpp, sleep_level: {sleep_level}}}")
+    if sleep_level and HAS_WORKER_DEVICES:
+        # Keep-alive sleeps a replica only where that frees a priced device (`placement.sleep_frees_accelerator`);
+        # the embedded CPU worker declares none, so it never would. One notional device (llama.cpp here runs on
+        # the CPU either way) lets the tier's wake path be measured on this machine.
+        config = "workers:\n  - {id: local, hardware: cpu, devices: [0]}\n" + config
     return config
 
 
