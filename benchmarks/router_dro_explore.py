@@ -25,21 +25,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from switchboard.router.cache import DEFAULT_CACHE_DIR
-from switchboard.router.curves import auc, sweep
-from switchboard.router.data import load_shipped
-from switchboard.router.embed import StaticEmbedder
-from switchboard.router.evaluate import per_task_table
-from switchboard.router.features import cheap_feature_matrix
-from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective
-from switchboard.router.persist import builtin_static_dir
-from switchboard.router.pipeline import embed_cached
-from switchboard.router.protocol import SplitKind, make_folds, row_weights
+from _explore import screen, shipped_features
 from switchboard.router.strategies.base import Adam, minibatches
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
@@ -135,34 +124,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", default="leave-one-task-out,task-balanced")
     args = parser.parse_args()
-    shipped = load_shipped()
-    texts, tasks, y, price, experts = shipped.texts, shipped.tasks, shipped.scores, shipped.usd_per_mtok, shipped.experts
-    embedded = embed_cached(StaticEmbedder(builtin_static_dir()), texts, DEFAULT_CACHE_DIR.expanduser())
-    x = np.concatenate([embedded, cheap_feature_matrix(texts)], axis=1).astype(np.float32)
-    surface = np.asarray([surface_features(t) for t in texts], np.float32)
-    balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
-    for kind in (SplitKind(s) for s in args.splits.split(",")):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        folds = make_folds(kind, texts, tasks, 5, np.random.default_rng([args.seed, 0]))
-        rng = np.random.default_rng([args.seed, 1])
-        predictions: dict[str, np.ndarray] = {}
-        with threadpool_limits(limits=1):
-            for fold in folds:
-                groups = task_ids([tasks[i] for i in fold.train])
-                predict = fit_all(x[fold.train], surface[fold.train], y[fold.train], groups, rng)
-                for name, pred in predict((x[fold.test], surface[fold.test])).items():
-                    predictions.setdefault(name, np.zeros_like(y, dtype=np.float32))[fold.test] = pred
-        weights = row_weights(kind, tasks, len(y))
-        for name, pred in predictions.items():
-            points = sweep(pred, y, price, experts, weights=weights)
-            line = (f"{kind.value:20s} {name:24s} best {max(p.quality for p in points):.4f} "
-                    f"auc {auc(points, float(price.min()), float(price.max())):.4f}")
-            if kind is SplitKind.LEAVE_ONE_TASK_OUT:
-                below = [sum(r.gap < -0.02 for r in per_task_table(pred, y, price, experts, tasks, lam)) for lam in (0.0, balanced)]
-                line += f" tasks below at λ=0 {below[0]}, at balanced {below[1]}"
-            print(line, flush=True)
-        print(f"{kind.value}: {time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s CPU, "
-              f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
+    data = shipped_features()
+    surface = np.asarray([surface_features(t) for t in data.texts], np.float32)
+
+    def fit_fold(train: np.ndarray, rng: np.random.Generator):
+        groups = task_ids([data.tasks[i] for i in train])
+        predict = fit_all(data.x[train], surface[train], data.y[train], groups, rng)
+        return lambda test: predict((data.x[test], surface[test]))
+
+    screen(data, args.splits, args.seed, fit_fold)
 
 
 if __name__ == "__main__":

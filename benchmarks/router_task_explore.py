@@ -27,21 +27,10 @@ Outputs: benchmarks/results/router_task_explore_seed{0,1,2}.txt (the step-3 scri
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from switchboard.router.cache import DEFAULT_CACHE_DIR
-from switchboard.router.curves import auc, sweep
-from switchboard.router.data import load_shipped
-from switchboard.router.embed import StaticEmbedder
-from switchboard.router.evaluate import per_task_table
-from switchboard.router.features import cheap_feature_matrix
-from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective
-from switchboard.router.persist import builtin_static_dir
-from switchboard.router.pipeline import embed_cached
-from switchboard.router.protocol import SplitKind, make_folds, row_weights
+from _explore import screen, shipped_features
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
 from switchboard.router.strategies.robust import task_ids
@@ -115,38 +104,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", default="leave-one-task-out,task-balanced")
     args = parser.parse_args()
-    shipped = load_shipped()
-    texts, tasks, y, price, experts = shipped.texts, shipped.tasks, shipped.scores, shipped.usd_per_mtok, shipped.experts
-    embedded = embed_cached(StaticEmbedder(builtin_static_dir()), texts, DEFAULT_CACHE_DIR.expanduser())
-    x = np.concatenate([embedded, cheap_feature_matrix(texts)], axis=1).astype(np.float32)
-    balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
-    for kind in (SplitKind(s) for s in args.splits.split(",")):
-        started = time.perf_counter()
-        folds = make_folds(kind, texts, tasks, 5, np.random.default_rng([args.seed, 0]))
-        rng = np.random.default_rng([args.seed, 1])
-        predictions: dict[str, np.ndarray] = {}
-        with threadpool_limits(limits=1):
-            for fold in folds:
-                groups = task_ids([tasks[i] for i in fold.train])
-                predict = fit_all(x[fold.train], y[fold.train], groups, rng)
-                for name, pred in predict(x[fold.test]).items():
-                    predictions.setdefault(name, np.zeros_like(y, dtype=np.float32))[fold.test] = pred
-        weights = row_weights(kind, tasks, len(y))
+    data = shipped_features()
+
+    def fit_fold(train: np.ndarray, rng: np.random.Generator):
+        predict = fit_all(data.x[train], data.y[train], task_ids([data.tasks[i] for i in train]), rng)
+        return lambda test: predict(data.x[test])
+
+    def confidence_quantiles(kind) -> None:
         for name, values in CONFIDENCE.items():
             print(kind.value, name, "max posterior quantiles 5/25/50/75%",
                   np.round(np.quantile(np.concatenate(values), [0.05, 0.25, 0.5, 0.75]), 3))
             values.clear()
-        for name, pred in predictions.items():
-            points = sweep(pred, y, price, experts, weights=weights)
-            line = (f"{kind.value:20s} {name:26s} best {max(p.quality for p in points):.4f} "
-                    f"auc {auc(points, float(price.min()), float(price.max())):.4f}")
-            if kind is SplitKind.LEAVE_ONE_TASK_OUT:
-                below = [sum(r.gap < -0.02 for r in per_task_table(pred, y, price, experts, tasks, lam))
-                         for lam in (0.0, balanced)]
-                line += f" tasks below at λ=0 {below[0]}, at balanced {below[1]}"
-            print(line, flush=True)
-        print(f"{kind.value}: {time.perf_counter() - started:.0f} s wall, load average "
-              f"{open('/proc/loadavg').read().split()[:3]}", flush=True)
+
+    screen(data, args.splits, args.seed, fit_fold, confidence_quantiles)
 
 
 if __name__ == "__main__":

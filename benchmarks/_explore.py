@@ -1,0 +1,74 @@
+"""The outer-fold screen shared by the router explorations (`router_dro_explore.py`, `router_task_explore.py`):
+the shipped data's serving-path features, raw estimates on the outer folds of `router_quality.py` (no calibration,
+no selection), and one line per estimator — best quality over the λ grid, AUC, and under LOTO the tasks more than
+0.02 below their best single expert at λ = 0 and at `balanced`. An exploration, never a result."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from switchboard.router.cache import DEFAULT_CACHE_DIR
+from switchboard.router.curves import auc, sweep
+from switchboard.router.data import load_shipped
+from switchboard.router.embed import StaticEmbedder
+from switchboard.router.evaluate import per_task_table
+from switchboard.router.features import cheap_feature_matrix
+from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective
+from switchboard.router.persist import builtin_static_dir
+from switchboard.router.pipeline import embed_cached
+from switchboard.router.protocol import SplitKind, make_folds, row_weights
+
+FitFold = Callable[[np.ndarray, np.random.Generator], Callable[[np.ndarray], dict[str, np.ndarray]]]
+"""(training row indices, rng) → predict(test row indices) → estimator name → (n_test, m) raw estimates."""
+
+
+@dataclass(frozen=True)
+class Shipped:
+    texts: list[str]
+    tasks: list[str]
+    y: np.ndarray
+    price: np.ndarray
+    experts: list[str]
+    x: np.ndarray  # the serving path's features: static-table embedding + the 7 cheap features (last columns)
+
+
+def shipped_features() -> Shipped:
+    shipped = load_shipped()
+    embedded = embed_cached(StaticEmbedder(builtin_static_dir()), shipped.texts, DEFAULT_CACHE_DIR.expanduser())
+    x = np.concatenate([embedded, cheap_feature_matrix(shipped.texts)], axis=1).astype(np.float32)
+    return Shipped(shipped.texts, shipped.tasks, shipped.scores, shipped.usd_per_mtok, shipped.experts, x)
+
+
+def screen(data: Shipped, splits: str, seed: int, fit_fold: FitFold,
+           after_folds: Callable[[SplitKind], None] = lambda _: None) -> None:
+    """For each split of `splits` (comma-separated `SplitKind` values): every estimator's out-of-fold estimates,
+    one printed line each; `after_folds(kind)` runs once the folds are done, before the lines."""
+    balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
+    for kind in (SplitKind(s) for s in splits.split(",")):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        folds = make_folds(kind, data.texts, data.tasks, 5, np.random.default_rng([seed, 0]))
+        rng = np.random.default_rng([seed, 1])
+        predictions: dict[str, np.ndarray] = {}
+        with threadpool_limits(limits=1):
+            for fold in folds:
+                predict = fit_fold(fold.train, rng)
+                for name, pred in predict(fold.test).items():
+                    predictions.setdefault(name, np.zeros_like(data.y, dtype=np.float32))[fold.test] = pred
+        after_folds(kind)
+        weights = row_weights(kind, data.tasks, len(data.y))
+        for name, pred in predictions.items():
+            points = sweep(pred, data.y, data.price, data.experts, weights=weights)
+            line = (f"{kind.value:20s} {name:26s} best {max(p.quality for p in points):.4f} "
+                    f"auc {auc(points, float(data.price.min()), float(data.price.max())):.4f}")
+            if kind is SplitKind.LEAVE_ONE_TASK_OUT:
+                below = [sum(r.gap < -0.02 for r in per_task_table(pred, data.y, data.price, data.experts, data.tasks, lam))
+                         for lam in (0.0, balanced)]
+                line += f" tasks below at λ=0 {below[0]}, at balanced {below[1]}"
+            print(line, flush=True)
+        print(f"{kind.value}: {time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s CPU, "
+              f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
