@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/router_latency.py [--iterations 300] [--static-only]
     .venv/bin/python benchmarks/router_latency.py --caution-ab [--rounds 10]
     .venv/bin/python benchmarks/router_latency.py --format-ab ensemble-format|ensemble-format3 [--rounds 10]
+    .venv/bin/python benchmarks/router_latency.py --task-ab [--rounds 10]
 
 For every path (sentence-transformers on torch = the baseline, ONNX fp32, ONNX int8, the distilled static table)
 it times `Router.route` on 200-token prompts (embedding + features + prediction + selection, one request at a
@@ -15,8 +16,9 @@ on 2 cores) and caches it under ~/.cache/switchboard/embeddings; ONNX files are 
 `--caution-ab` times only the packaged router with the plain rule (A) against the same router with the
 conservative rule (B, `selection.Caution`, margin 0.08, the prior from the shipped data), alternating A B B A in
 rounds of 50 requests in one process, and prints each round's p50/p99 and the B/A ratios with their spread.
-`--format-ab V` does the same for the packaged ensemble (A) against V (B): `ensemble-format` (the same kNN, an MLP
-on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP, and that third MLP).
+`--format-ab V` does the same for the kNN + MLP ensemble (A, the packaged router's own members) against V (B):
+`ensemble-format` (the same kNN, an MLP on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP,
+and that third MLP). `--task-ab`: the packaged router without its task stage (A) against the packaged router (B).
 """
 
 from __future__ import annotations
@@ -152,7 +154,9 @@ def format_ab(prompts: list[str], rounds: int, variant: str, per_round: int = 50
     from switchboard.router.strategies.ensemble import EnsembleModel
     from switchboard.router.strategies.neural import MlpModel
 
-    plain = load_default_router()
+    packaged = load_default_router()
+    # The kNN + MLP ensemble of the packaged router's own members (the packaged default until 2026-12-06).
+    plain = dataclasses.replace(packaged, model=EnsembleModel(packaged.model.knn, packaged.model.mlp, packaged.model.knn_share))
     shipped = load_shipped()
     y = shipped.scores[:, [shipped.experts.index(e) for e in plain.experts]]
     cheap_mlp = MlpModel.fit(cheap_feature_matrix(shipped.texts), y, np.random.default_rng(0))
@@ -161,8 +165,19 @@ def format_ab(prompts: list[str], rounds: int, variant: str, per_round: int = 50
         model = EnsembleModel(plain.model.knn, cheap_mlp, plain.model.knn_share, columns)
     else:
         model = EnsembleModel(plain.model.knn, plain.model.mlp, plain.model.knn_share, 0, cheap_mlp, columns)
-    ab_rounds(f"packaged router (ensemble) vs {variant}", {"ensemble": plain,
+    ab_rounds(f"ensemble vs {variant}", {"ensemble": plain,
               variant: dataclasses.replace(plain, model=model)}, prompts, rounds, per_round)
+
+
+def task_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
+    """The packaged router without its task stage (A: `ensemble-format3`, the default until 2026-12-07) against the
+    packaged router (B: `ensemble-format3-task`): the same members, plus the stage's two small matrix products."""
+    import dataclasses
+
+    packaged = load_default_router()
+    ab_rounds("ensemble-format3 vs the packaged ensemble-format3-task",
+              {"ensemble-format3": dataclasses.replace(packaged, model=packaged.model.without_tasks()),
+               "format3-task": packaged}, prompts, rounds, per_round)
 
 
 def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: int, per_round: int) -> None:
@@ -203,8 +218,13 @@ def main() -> None:
     parser.add_argument("--caution-ab", action="store_true", help="Only the packaged router, plain vs conservative rule.")
     parser.add_argument("--format-ab", choices=("ensemble-format", "ensemble-format3"), default=None,
                         help="Only the packaged ensemble vs this variant with an MLP on the cheap features.")
+    parser.add_argument("--task-ab", action="store_true",
+                        help="Only the packaged router without its task stage vs with it.")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.task_ab:
+        task_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
+        return
     if args.caution_ab:
         caution_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
         return
