@@ -76,6 +76,7 @@ def test_without_task_labels_the_task_candidate_trains_the_ensemble_alone(rng):
     assert candidate.fit(x, y, np.random.default_rng(0), tasks).task_stage is not None
     assert candidate.fit(x, y, np.random.default_rng(0), None).task_stage is None
     assert candidate.fit(x, y, np.random.default_rng(0), tasks[:-1] + [None]).task_stage is None
+    assert candidate.fit(x, y, np.random.default_rng(0), ["one task"] * len(x)).task_stage is None
 
 
 def test_retraining_a_staged_recipe_uses_the_rows_task_labels_and_drops_the_stage_without_them(rng):
@@ -87,3 +88,20 @@ def test_retraining_a_staged_recipe_uses_the_rows_task_labels_and_drops_the_stag
     assert with_tasks.knn.num_neighbours == 20
     without, _ = fit_calibrated_like(recipe, x, y, np.random.default_rng(1))
     assert without.task_stage is None and without.knn.num_neighbours == 20
+
+
+def test_router_train_says_when_the_rows_left_the_packaged_recipe_without_its_stage(tmp_path, rng):
+    import dataclasses
+
+    from switchboard.router.pipeline import TrainSettings, train_router
+
+    from .helpers import PRICES, synthetic_examples
+
+    settings = TrainSettings(folds=2, calibration_folds=2, cache_dir=tmp_path / "cache")  # the packaged recipe
+    examples = synthetic_examples(rng, 60)
+    with_tasks = train_router(examples, PRICES, settings)
+    assert with_tasks.router.model.task_stage is not None and "without" not in with_tasks.chosen_label
+    unlabelled = [dataclasses.replace(e, task=None) for e in examples]
+    without = train_router(unlabelled, PRICES, settings)
+    assert without.router.model.task_stage is None
+    assert without.chosen_label.startswith("ensemble-format3-task") and "without its task stage" in without.chosen_label

@@ -2,8 +2,10 @@
 client: merged with the request's own routing constraints, checked for named models, and each of degrade,
 queue and reject when no expert meets them (statically) or the one that does is not warm (dynamically).
 
-Predicted qualities of the packaged router for PROMPT: llama-3.1-8b 0.521 (0.2 USD/Mtok), nemotron-51b 0.515
-(0.9), gemma-2-9b 0.46 (0.1); local-small is unknown to the router (quality unknown, free).
+Predicted qualities of the packaged router for PROMPT (`ensemble-format3-task`): llama-3.1-8b 0.359 (0.2 USD/Mtok),
+nemotron-51b 0.349 (0.9), gemma-2-9b 0.204 (0.1); local-small is unknown to the router (quality unknown, free).
+The floors below sit between them (`test_the_floors_sit_between_the_packaged_routers_predictions` says so first
+when a new packaged router moves them).
 """
 
 from __future__ import annotations
@@ -53,9 +55,19 @@ control_plane:
 """
 
 
+BOTH_MEET = 0.3  # llama-3.1-8b and nemotron-51b meet it, gemma-2-9b does not
+ONLY_8B_MEETS = 0.354  # between nemotron-51b and llama-3.1-8b
+
+
 @pytest.fixture(scope="module")
 def router():
     return load_default_router()
+
+
+def test_the_floors_sit_between_the_packaged_routers_predictions(router):
+    quality = dict(zip(router.experts, router.predict_quality([PROMPT])[0]))
+    assert quality["llama-3.1-8b-instruct"] > ONLY_8B_MEETS > quality["llama-3.1-nemotron-51b-instruct"] > BOTH_MEET
+    assert BOTH_MEET > quality["gemma-2-9b-it"]
 
 
 def make_keys(url: str, **policies: KeyLimits) -> dict[str, str]:
@@ -79,7 +91,7 @@ def ask(base: str, secret: str, model: str = "auto", routing: dict | None = None
 
 def test_auto_honours_the_tighter_of_the_key_and_the_request(tmp_path, router):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    keys = make_keys(url, plain=KeyLimits(), ceiling=KeyLimits(usd_per_mtok_ceiling=0.15), floor=KeyLimits(quality_floor=0.5))
+    keys = make_keys(url, plain=KeyLimits(), ceiling=KeyLimits(usd_per_mtok_ceiling=0.15), floor=KeyLimits(quality_floor=BOTH_MEET))
     with serve(url, router) as base:
         assert ask(base, keys["plain"]).headers["x-switchboard-expert"] == "llama-3.1-8b-instruct"
         assert ask(base, keys["ceiling"]).headers["x-switchboard-expert"] == "gemma-2-9b-it"  # the key's ceiling
@@ -90,7 +102,7 @@ def test_auto_honours_the_tighter_of_the_key_and_the_request(tmp_path, router):
         assert err.value.code == "no_expert_satisfies_routing"  # the request's own constraints: the usual 400
         raw = ask(base, keys["floor"], routing={"min_quality": 0.2})
         assert raw.headers["x-switchboard-expert"] == "llama-3.1-8b-instruct"
-        assert json.loads(raw.headers["x-switchboard-route"])["predicted_quality"] >= 0.5
+        assert json.loads(raw.headers["x-switchboard-route"])["predicted_quality"] >= BOTH_MEET
         assert "x-switchboard-key-policy" not in raw.headers
 
 
@@ -100,10 +112,11 @@ def test_no_compliant_expert_degrade_serves_the_closest_queue_and_reject_name_th
                      cheap_degrade=KeyLimits(quality_floor=0.5, usd_per_mtok_ceiling=0.15, on_violation=OnViolation.DEGRADE))
     with serve(url, router) as base:
         raw = ask(base, keys["degrade"])
-        assert raw.headers["x-switchboard-expert"] == "llama-3.1-8b-instruct"  # 0.55: the least below 0.9
+        assert raw.headers["x-switchboard-expert"] == "llama-3.1-8b-instruct"  # the highest predicted: the least below 0.9
         assert raw.headers["x-switchboard-key-policy"] == "degraded; violated=quality_floor; expert=llama-3.1-8b-instruct"
         assert json.loads(raw.headers["x-switchboard-route"])["key_policy"].startswith("degraded")
-        # Floor 0.5 and ceiling 0.15 cannot both hold: gemma (0.44, 0.1) is closer than 8b (0.55, 0.2).
+        # Floor 0.5 and ceiling 0.15: no expert meets the floor; gemma (0.1 USD/Mtok) at least meets the ceiling,
+        # so it is closer than 8b (0.2), which misses both.
         raw = ask(base, keys["cheap_degrade"])
         assert raw.headers["x-switchboard-expert"] == "gemma-2-9b-it"
         assert raw.headers["x-switchboard-key-policy"] == "degraded; violated=quality_floor; expert=gemma-2-9b-it"
@@ -119,7 +132,7 @@ def test_no_compliant_expert_degrade_serves_the_closest_queue_and_reject_name_th
 def test_named_models_are_checked_and_unknown_quality_is_said(tmp_path, router):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     keys = make_keys(url, ceiling=KeyLimits(usd_per_mtok_ceiling=0.15), ceiling_degrade=KeyLimits(usd_per_mtok_ceiling=0.15, on_violation=OnViolation.DEGRADE),
-                     floor=KeyLimits(quality_floor=0.5))
+                     floor=KeyLimits(quality_floor=BOTH_MEET))
     with serve(url, router) as base:
         with pytest.raises(openai.PermissionDeniedError) as err:
             ask(base, keys["ceiling"], model="llama-3.1-nemotron-51b-instruct")
@@ -129,7 +142,7 @@ def test_named_models_are_checked_and_unknown_quality_is_said(tmp_path, router):
         assert raw.headers["x-switchboard-key-policy"].startswith("degraded; violated=usd_per_mtok_ceiling")
         assert "x-switchboard-key-policy" not in ask(base, keys["ceiling"], model="gemma-2-9b-it").headers
         with pytest.raises(openai.PermissionDeniedError) as err:
-            ask(base, keys["floor"], model="gemma-2-9b-it")  # predicted 0.46 for this prompt
+            ask(base, keys["floor"], model="gemma-2-9b-it")  # predicted below the floor for this prompt
         assert err.value.code == "key_quality_floor"
         assert "x-switchboard-key-policy" not in ask(base, keys["floor"], model="llama-3.1-8b-instruct").headers
         raw = ask(base, keys["floor"], model="local-small")  # the router does not know it: served, quality unknown
@@ -138,12 +151,12 @@ def test_named_models_are_checked_and_unknown_quality_is_said(tmp_path, router):
 
 def test_when_the_compliant_expert_is_cold_degrade_serves_now_reject_says_retry_and_queue_waits(tmp_path, router):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    limits = dict(quality_floor=0.518)  # only llama-3.1-8b (0.521) meets it, and it starts cold
+    limits = dict(quality_floor=ONLY_8B_MEETS)  # only llama-3.1-8b meets it, and it starts cold
     keys = make_keys(url, **{p.value: KeyLimits(**limits, on_violation=p) for p in OnViolation})
     # One gateway per policy: the first request wakes the cold expert (fleet-aware routing hides cold starts).
     with serve(url, router, eight_b_warm=False) as base:
         raw = ask(base, keys["degrade"])
-        assert raw.headers["x-switchboard-expert"] == "llama-3.1-nemotron-51b-instruct"  # warm, 0.515: closest to 0.518
+        assert raw.headers["x-switchboard-expert"] == "llama-3.1-nemotron-51b-instruct"  # warm, and the closest to the floor
         assert raw.headers["x-switchboard-key-policy"].startswith("degraded; violated=quality_floor")
     with serve(url, router, eight_b_warm=False) as base:
         with pytest.raises(openai.InternalServerError) as err:

@@ -225,6 +225,8 @@ def train_router(
         choice, model, calibration = select_and_fit(settings.candidates, x, y, texts, task_arg, price, split, rng,
                                                     settings.calibration_folds, progress=progress)
         chosen, label, per_fold, margin = choice.candidate.strategy, choice.label, cv.chosen, choice.caution_margin
+        if choice.candidate.tasks_optional and not model.uses_tasks:
+            label += " (without its task stage: the rows carry too few task labels)"
         num_folds = len(cv.folds)
     cheap = cheap_feature_matrix(texts)
     lengths = output_token_matrix(examples, experts)

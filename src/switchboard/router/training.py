@@ -80,7 +80,7 @@ def fit_calibrated_like(recipe: QualityModel, x: np.ndarray, y: np.ndarray, rng:
     (`QualityModel.fit_params`) — on (x, y): how the simulator's cross-fitted routers and the benchmarks retrain
     "the packaged router" on other rows (the strategy alone would drop, e.g., the ensemble's format member).
     `tasks`: each row's task label, which a recipe with a task stage (`uses_tasks`) trains on; without a label on
-    every row it trains as `router train` does on such rows, without the stage."""
+    every row (or with one task only) it trains as `router train` does on such rows, without the stage."""
     groups = None
     if recipe.uses_tasks and tasks is not None and all(tasks):
         from switchboard.router.strategies.robust import task_ids

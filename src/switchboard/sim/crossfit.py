@@ -22,7 +22,11 @@ import numpy as np
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.sim.workload import RoutingData
 
-CACHE_VERSION = 2  # 2: the recipe includes the model's fit parameters (an ensemble's format member)
+CACHE_VERSION = 3
+"""2: the recipe includes the model's fit parameters (an ensemble's format member). 3: a task stage's labels are in
+the key; and caches written by code before the retraining helper of 2026-12-06 23:06 are dropped (the key does
+not carry the code: such a cache is the likely reason the README's simulator table of 6 December did not
+reproduce on a fresh machine; not traced)."""
 
 
 def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0,

@@ -66,8 +66,8 @@ class EnsembleModel(QualityModel):
         `groups` (a task id per row) with `prior_by_task` gives the kNN a task-averaged prior (`KnnModel.fit`),
         with `task_objective` trains the MLP across tasks (`strategies.robust`). `mlp_columns` as the field;
         `format_columns` > 0 adds the third member (`format_mlp`). `task_gate_power` > 0 with `groups` adds the task
-        stage (`task_stage`, blended in by its confidence to that power); without `groups` there is none, so
-        rows without task labels train the ensemble alone."""
+        stage (`task_stage`, blended in by its confidence to that power); without `groups`, or with one task only,
+        there is none, so rows without task labels train the ensemble alone."""
         knn = KnnModel.fit(x, y, rng, num_neighbours, prior_weight, temperature, groups, prior_by_task)
         mlp = MlpModel.fit(_last_columns(x, mlp_columns), y, rng, hidden=hidden, epochs=epochs,
                            weight_decay=weight_decay, relative=relative, groups=groups, task_objective=task_objective,
@@ -77,7 +77,7 @@ class EnsembleModel(QualityModel):
             format_mlp = MlpModel.fit(_last_columns(x, format_columns), y, rng, hidden=hidden, epochs=epochs,
                                       weight_decay=weight_decay)
         stage = None
-        if task_gate_power > 0 and groups is not None:
+        if task_gate_power > 0 and groups is not None and len(np.unique(groups)) >= 2:
             stage = TaskStage.fit(x, y, groups, rng, hidden=hidden, epochs=epochs, weight_decay=weight_decay)
         return cls(knn, mlp, knn_share, int(mlp_columns), format_mlp, int(format_columns), stage,
                    float(task_gate_power) if stage is not None else 0.0)
