@@ -281,7 +281,8 @@ class OnlineLearningConfig(_Strict):
     Each tenant's feedback corrects the router's predicted quality near the prompts it scored, for that tenant
     only; the corrections are rebuilt from the request log at start, so they survive restarts. The defaults were
     chosen on five of the fourteen tasks of benchmarks/online_learning.py, slope_prior_var by nested
-    leave-one-task-out selection, again for the packaged `ensemble-format3` router (docs/online-learning.md).
+    leave-one-task-out selection, again for each packaged router: 0.03 for `ensemble-format3-task` since 2026-12-07
+    (0.01 for `ensemble-format3`; docs/online-learning.md).
     """
 
     enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
@@ -300,7 +301,7 @@ class OnlineLearningConfig(_Strict):
         "per-prompt differences (an offset correction), 0 replaces them by the local mean score as evidence accumulates.",
     )
     slope_prior_var: float = Field(
-        0.01, ge=0,
+        0.03, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
     expert_correlation: float = Field(
