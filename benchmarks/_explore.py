@@ -5,6 +5,7 @@ no selection), and one line per estimator — best quality over the λ grid, AUC
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -35,6 +36,14 @@ class Shipped:
     price: np.ndarray
     experts: list[str]
     x: np.ndarray  # the serving path's features: static-table embedding + the 7 cheap features (last columns)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The explorations' command line: `--seed` (the outer folds' and fits' seed) and `--splits`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", default="leave-one-task-out,task-balanced")
+    return parser.parse_args()
 
 
 def shipped_features() -> Shipped:

@@ -23,12 +23,11 @@ across tasks"). The settings below are the fixed grid tried, declared before the
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
 
-from _explore import screen, shipped_features
+from _explore import parse_args, screen, shipped_features
 from switchboard.router.strategies.base import Adam, minibatches
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
@@ -120,10 +119,7 @@ def fit_all(x, surface, y, groups, rng):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--splits", default="leave-one-task-out,task-balanced")
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     data = shipped_features()
     surface = np.asarray([surface_features(t) for t in data.texts], np.float32)
 

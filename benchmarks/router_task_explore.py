@@ -26,11 +26,10 @@ Outputs: benchmarks/results/router_task_explore_seed{0,1,2}.txt (the step-3 scri
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
-from _explore import screen, shipped_features
+from _explore import parse_args, screen, shipped_features
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
 from switchboard.router.strategies.robust import task_ids
@@ -100,10 +99,7 @@ def fit_all(x, y, groups, rng):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--splits", default="leave-one-task-out,task-balanced")
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     data = shipped_features()
 
     def fit_fold(train: np.ndarray, rng: np.random.Generator):
