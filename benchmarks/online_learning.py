@@ -5,8 +5,8 @@
                                                    [--settings '[{...}, {...}]' [--select]] [--familiar]
 
 For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe — its strategy
-and fit parameters, `ensemble-format3` since 2026-12-06, on the static table plus cheap features — calibrated on an
-inner 3-fold split). T's prompts, shuffled (seed), are
+and fit parameters, `ensemble-format3-task` since 2026-12-07 (its task stage trained on the other tasks' labels),
+`ensemble-format3` from 2026-12-06, on the static table plus cheap features — calibrated on an inner 3-fold split). T's prompts, shuffled (seed), are
 split into a stream of `--events` prompts (at most half of T) and the rest, the test part. The stream is routed
 one prompt at a time by that router through `OnlineLearner` — the gateway's code: its correction, its
 exploration within the budget — and each routed prompt's true score for the chosen expert comes back as
