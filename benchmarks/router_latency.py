@@ -176,7 +176,8 @@ def task_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
 
     packaged = load_default_router()
     ab_rounds("ensemble-format3 vs the packaged ensemble-format3-task",
-              {"ensemble-format3": dataclasses.replace(packaged, model=packaged.model.without_tasks()),
+              {"ensemble-format3": dataclasses.replace(
+                  packaged, model=dataclasses.replace(packaged.model, task_stage=None, task_gate_power=0.0)),
                "format3-task": packaged}, prompts, rounds, per_round)
 
 

@@ -86,8 +86,8 @@ def fit_calibrated_like(recipe: QualityModel, x: np.ndarray, y: np.ndarray, rng:
         from switchboard.router.strategies.robust import task_ids
 
         groups = task_ids(tasks)
-    params = recipe.fit_params() if groups is not None else recipe.without_tasks().fit_params()
-    return fit_calibrated(recipe.name, x, y, rng, calibration_folds, params=params, groups=groups)
+    # Without groups the recipe's own fit leaves the stage out (`EnsembleModel.fit`): no separate recipe needed.
+    return fit_calibrated(recipe.name, x, y, rng, calibration_folds, params=recipe.fit_params(), groups=groups)
 
 
 def _single_threaded():

@@ -52,10 +52,6 @@ class QualityModel(ABC):
         """Whether retraining this model's recipe (`fit_params`) needs each row's task id (`groups`)."""
         return False
 
-    def without_tasks(self) -> "QualityModel":
-        """This model's recipe for rows without task labels: itself unless `uses_tasks`."""
-        return self
-
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

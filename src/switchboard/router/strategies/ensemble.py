@@ -49,9 +49,6 @@ class EnsembleModel(QualityModel):
     def uses_tasks(self) -> bool:
         return self.task_stage is not None
 
-    def without_tasks(self) -> "EnsembleModel":
-        return dataclasses.replace(self, task_stage=None, task_gate_power=0.0)
-
     def _mlp_view(self, x: np.ndarray) -> np.ndarray:
         return _last_columns(x, int(self.mlp_columns))
 
