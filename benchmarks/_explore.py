@@ -23,9 +23,12 @@ from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.protocol import SplitKind, make_folds, row_weights
+from switchboard.router.selection import Caution
 
-FitFold = Callable[[np.ndarray, np.random.Generator], Callable[[np.ndarray], dict[str, np.ndarray]]]
-"""(training row indices, rng) → predict(test row indices) → estimator name → (n_test, m) raw estimates."""
+FitFold = Callable[[np.ndarray, np.random.Generator], Callable[[np.ndarray], dict[str, np.ndarray | tuple]]]
+"""(training row indices, rng) → predict(test row indices) → estimator name → (n_test, m) raw estimates, or a
+tuple (estimates, prior (n_test, m), margin (n_test, 1)) to select under the conservative rule
+(`selection.Caution`)."""
 
 
 @dataclass(frozen=True)
@@ -63,21 +66,45 @@ def screen(data: Shipped, splits: str, seed: int, fit_fold: FitFold,
         folds = make_folds(kind, data.texts, data.tasks, 5, np.random.default_rng([seed, 0]))
         rng = np.random.default_rng([seed, 1])
         predictions: dict[str, np.ndarray] = {}
+        cautions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with threadpool_limits(limits=1):
             for fold in folds:
                 predict = fit_fold(fold.train, rng)
                 for name, pred in predict(fold.test).items():
+                    if isinstance(pred, tuple):
+                        pred, prior, margin = pred
+                        stored = cautions.setdefault(name, (np.zeros(data.y.shape), np.zeros((len(data.y), 1))))
+                        stored[0][fold.test], stored[1][fold.test] = prior, margin
                     predictions.setdefault(name, np.zeros_like(data.y, dtype=np.float32))[fold.test] = pred
         after_folds(kind)
         weights = row_weights(kind, data.tasks, len(data.y))
         for name, pred in predictions.items():
-            points = sweep(pred, data.y, data.price, data.experts, weights=weights)
+            caution = Caution(*cautions[name]) if name in cautions else None
+            points = sweep(pred, data.y, data.price, data.experts, weights=weights, caution=caution)
             line = (f"{kind.value:20s} {name:26s} best {max(p.quality for p in points):.4f} "
                     f"auc {auc(points, float(data.price.min()), float(data.price.max())):.4f}")
             if kind is SplitKind.LEAVE_ONE_TASK_OUT:
-                below = [sum(r.gap < -0.02 for r in per_task_table(pred, data.y, data.price, data.experts, data.tasks, lam))
+                below = [sum(r.gap < -0.02 for r in per_task_table(pred, data.y, data.price, data.experts, data.tasks, lam,
+                                                                   caution=caution))
                          for lam in (0.0, balanced)]
                 line += f" tasks below at λ=0 {below[0]}, at balanced {below[1]}"
             print(line, flush=True)
         print(f"{kind.value}: {time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s CPU, "
               f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
+
+
+def screen_fit_by_task(description: str, fit_all: Callable,
+                       after_folds: Callable[[SplitKind], None] = lambda _: None) -> None:
+    """The whole command line of an exploration whose fits take the rows' task ids: `--seed` and `--splits`
+    parsed, the shipped features loaded, and `screen` run with `fit_all(x, y, task ids, rng)` → `predict(x_test)`
+    → estimator name → estimates."""
+    from switchboard.router.strategies.robust import task_ids
+
+    args = parse_args(description)
+    data = shipped_features()
+
+    def fit_fold(train: np.ndarray, rng: np.random.Generator):
+        predict = fit_all(data.x[train], data.y[train], task_ids([data.tasks[i] for i in train]), rng)
+        return lambda test: predict(data.x[test])
+
+    screen(data, args.splits, args.seed, fit_fold, after_folds)

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from _explore import parse_args, screen, shipped_features
+from _explore import screen_fit_by_task
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
-from switchboard.router.strategies.robust import task_ids
 from switchboard.router.strategies.task_stage import TaskStage
 
 
@@ -99,20 +98,13 @@ def fit_all(x, y, groups, rng):
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    data = shipped_features()
-
-    def fit_fold(train: np.ndarray, rng: np.random.Generator):
-        predict = fit_all(data.x[train], data.y[train], task_ids([data.tasks[i] for i in train]), rng)
-        return lambda test: predict(data.x[test])
-
     def confidence_quantiles(kind) -> None:
         for name, values in CONFIDENCE.items():
             print(kind.value, name, "max posterior quantiles 5/25/50/75%",
                   np.round(np.quantile(np.concatenate(values), [0.05, 0.25, 0.5, 0.75]), 3))
             values.clear()
 
-    screen(data, args.splits, args.seed, fit_fold, confidence_quantiles)
+    screen_fit_by_task(__doc__.splitlines()[0], fit_all, confidence_quantiles)
 
 
 if __name__ == "__main__":
