@@ -13,8 +13,8 @@ The last row is the packaged default router. The first run embeds the corpus onc
 on 2 cores) and caches it under ~/.cache/switchboard/embeddings; ONNX files are exported to
 ~/.cache/switchboard/onnx if missing (needs torch).
 
-`--caution-ab` times only the packaged router with the plain rule (A) against the same router with the
-conservative rule (B, `selection.Caution`, margin 0.08, the prior from the shipped data), alternating A B B A in
+`--caution-ab` times only the packaged router with the plain rule (A) against the packaged router itself, with its
+conservative rule gated by the task stage's confidence (B, `selection.Caution`, κ · (1 − c)), alternating A B B A in
 rounds of 50 requests in one process, and prints each round's p50/p99 and the B/A ratios with their spread.
 `--format-ab V` does the same for the kNN + MLP ensemble (A, the packaged router's own members) against V (B):
 `ensemble-format` (the same kNN, an MLP on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP,
@@ -136,12 +136,10 @@ def gateway_latency(prompts: list[str], iterations: int) -> dict[str, tuple[floa
 def caution_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
     import dataclasses
 
-    plain = load_default_router()
-    shipped = load_shipped()
-    prior = shipped.scores.mean(axis=0)[[shipped.experts.index(e) for e in plain.experts]]
-    cautious = dataclasses.replace(plain, prior_quality=prior, caution_margin=0.08)
-    ab_rounds("packaged router, plain vs conservative rule", {"plain": plain, "cautious": cautious}, prompts, rounds,
-              per_round)
+    packaged = load_default_router()  # its conservative rule gated by the task stage's confidence (κ 0.32)
+    plain = dataclasses.replace(packaged, caution_margin=0.0)
+    ab_rounds("packaged router, plain vs its gated conservative rule", {"plain": plain, "cautious": packaged}, prompts,
+              rounds, per_round)
 
 
 def format_ab(prompts: list[str], rounds: int, variant: str, per_round: int = 50) -> None:

@@ -3,21 +3,30 @@ leave-one-task-out inner folds, and a router that carries it through save and lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from switchboard.config import parse_config
+from switchboard.gateway.schemas import RoutingParams
 from switchboard.router import load_router
-from switchboard.router.nested import Candidate, nested_cross_validate, select_and_fit
+from switchboard.router.calibration import Calibration
+from switchboard.router.chooser import RouterChooser
+from switchboard.router.embed import StaticEmbedder
+from switchboard.router.nested import CalibrationKind, Candidate, nested_cross_validate, select_and_fit
 from switchboard.router.pipeline import TrainSettings, train_router, write_router
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.protocol import SplitKind
 from switchboard.router.report import margins_per_fold
-from switchboard.router.selection import Caution, RoutingConstraints, SelectionRule, choose, rank_candidates
-from switchboard.router.strategies import StrategyName
+from switchboard.router.selection import (Caution, RoutingConstraints, SelectionRule, choose, gated_margin,
+                                          rank_candidates)
+from switchboard.router.router import Router
+from switchboard.router.strategies import QualityModel, StrategyName
 
 from .helpers import PRICES, synthetic_examples
 from .test_protocol import corpus
@@ -129,6 +138,36 @@ def test_nested_cv_records_each_folds_margin_and_the_prior_per_row(rng):
     assert set(margins_per_fold(result, "knn").values()) == {0.0}
 
 
+def test_a_gated_margin_is_kappa_times_the_models_doubt_and_off_without_a_confidence():
+    assert np.allclose(gated_margin(0.3, np.array([1.0, 0.5, 0.0]), 3), [[0.0], [0.15], [0.3]])
+    assert np.allclose(gated_margin(0.3, np.array([1.2, -0.1]), 2), [[0.0], [0.3]])  # clipped to [0, 1]
+    assert not gated_margin(0.3, None, 4).any() and gated_margin(0.3, None, 4).shape == (4, 1)
+
+
+STAGED = {"num_neighbours": 5, "epochs": 5, "format_columns": 2, "task_gate_power": 4.0}
+
+
+def test_nested_cv_gates_each_rows_margin_by_the_fold_models_confidence(rng):
+    """A gated candidate's margin per test row is κ · (1 − c) from the model fitted on that outer fold; the κ
+    chosen per fold is reported as it is; a model without a confidence (no task stage) gets no margin."""
+    prompts, tasks, x, y = corpus(rng)
+    gated = Candidate("staged-gated", StrategyName.ENSEMBLE, STAGED, calibrations=(CalibrationKind.NONE,),
+                      caution_margins=(0.2,), caution_by_confidence=True, group_by_task=True)
+    unstaged = Candidate("knn-gated", StrategyName.KNN, {"num_neighbours": 5}, calibrations=(CalibrationKind.NONE,),
+                         caution_margins=(0.2,), caution_by_confidence=True)
+    result = nested_cross_validate((gated, unstaged), x, y, prompts, tasks, PRICE, SplitKind.TASK_BALANCED, seed=0,
+                                   num_folds=3, num_inner_folds=2)
+    margin = result.cautions["staged-gated"].margin
+    assert margin.shape == (len(y), 1) and len(np.unique(margin)) > 3  # per row, not per fold
+    # c = max P(task | prompt) over the 3 training tasks is at least 1/3, so κ · (1 − c) is at most 0.2 · 2/3.
+    assert np.all((margin >= 0) & (margin <= 0.2 * 2 / 3 + 1e-9))
+    assert set(margins_per_fold(result, "staged-gated").values()) == {0.2}
+    assert not result.cautions["knn-gated"].margin.any()
+    model = gated.fit(x, y, np.random.default_rng(0), tasks)
+    estimate, confidence = model.predict_with_confidence(x)
+    assert np.array_equal(estimate, model.predict(x)) and np.all((confidence >= 1 / 3 - 1e-6) & (confidence <= 1))
+
+
 def test_a_trained_router_carries_its_margin_and_prior_through_save_and_load(tmp_path, rng):
     candidates = (Candidate("linear", StrategyName.LINEAR, {"epochs": 5}, caution_margins=(0.0, 0.3)),)
     settings_ = TrainSettings(candidates=candidates, folds=2, calibration_folds=2, cache_dir=tmp_path / "cache")
@@ -147,3 +186,87 @@ def test_a_trained_router_carries_its_margin_and_prior_through_save_and_load(tmp
     (tmp_path / "router" / "router.json").write_text(json.dumps(meta))
     old = load_router(tmp_path / "router")
     assert old.caution() is None and old.residual_correlation is None
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedModel(QualityModel):
+    """The same estimate for every prompt and a fixed confidence (None: a model that cannot tell)."""
+
+    name: ClassVar[StrategyName] = StrategyName.ENSEMBLE
+    quality: tuple[float, ...] = (0.75, 0.5, 0.7)
+    confidence: float | None = 1.0
+
+    def predict(self, x):
+        return np.tile(np.asarray(self.quality, np.float32), (len(x), 1))
+
+    def predict_with_confidence(self, x):
+        return self.predict(x), None if self.confidence is None else np.full(len(x), self.confidence)
+
+
+def gated_router(confidence: float | None) -> Router:
+    """`cheap` predicted 0.75 against the prior choice `big` (prior 0.7, predicted 0.7): a gain of 0.05."""
+    return Router(tuple(NAMES), PRICE, FixedModel(confidence=confidence), Calibration.identity(3),
+                  StaticEmbedder(builtin_static_dir()), prior_quality=PRIOR_BIG, caution_margin=0.3,
+                  caution_by_confidence=True)
+
+
+PRIOR_BIG = np.array([0.4, 0.5, 0.7])
+
+
+@pytest.mark.parametrize("confidence, expert", [(1.0, "cheap"), (0.9, "cheap"), (0.5, "big"), (0.0, "big"), (None, "cheap")])
+def test_a_router_gated_by_confidence_applies_kappa_times_its_doubt(confidence, expert):
+    """κ = 0.3: a sure model (c = 1) keeps the plain rule; at c = 0.9 the margin is 0.03 < 0.05, at c = 0.5
+    0.15 > 0.05; a model without a confidence routes by the plain rule (the gate has nothing to read)."""
+    router = gated_router(confidence)
+    decision = router.route("Which is the capital of France?", RoutingConstraints())
+    assert decision.expert == expert
+    assert router.route_batch(["Which is the capital of France?"] * 2) == [expert, expert]
+    cheap = next(c for c in decision.ranking if c.expert == "cheap")
+    doubt = 0.0 if confidence is None else 0.3 * (1 - confidence)
+    assert cheap.predicted_quality == pytest.approx(0.75)
+    assert cheap.quality_for_choice == pytest.approx(0.75 - doubt)  # what the fleet-aware choice scores
+    assert ("must gain" in decision.reason) == (confidence is not None and doubt > 0)
+
+
+def test_the_chooser_hands_the_fleet_the_routers_judged_quality():
+    config = parse_config("experts:\n" + "".join(
+        f"  - id: {n}\n    backend: {{kind: simulated, time_scale: 0}}\n    usd_per_mtok_input: {p}\n"
+        f"    usd_per_mtok_output: {p}\n" for n, p in zip(NAMES, PRICE)))
+    choice = RouterChooser(gated_router(0.5), config.default_expert_id).choose(
+        "Which is the capital of France?", RoutingParams(cost_weight=0.0), config.experts)
+    assert choice.expert_id == "big"
+    assert dict((e, q) for e, q, _ in choice.candidates)["cheap"] == pytest.approx(0.75 - 0.15)
+    assert choice.route_info["predicted_quality"] == pytest.approx(0.7)  # the header still reports the estimate
+
+
+def test_a_gated_router_keeps_its_rule_through_save_and_load(tmp_path, rng):
+    candidates = (Candidate("staged", StrategyName.ENSEMBLE, STAGED, calibrations=(CalibrationKind.NONE,),
+                            caution_margins=(0.3,), caution_by_confidence=True, group_by_task=True),)
+    settings_ = TrainSettings(candidates=candidates, folds=2, calibration_folds=2, cache_dir=tmp_path / "cache")
+    examples = synthetic_examples(rng, 80)
+    result = train_router(examples, PRICES, settings_)
+    router = load_router(write_router(result, tmp_path / "router", settings_, 80, builtin_static_dir()))
+    assert router.caution_margin == 0.3 and router.caution_by_confidence and router.model.uses_tasks
+    _, confidence = router.predict_with_confidence(router.features(["Write a python function that sorts"]))
+    assert confidence is not None and router.caution(None, confidence).margin.shape == (1, 1)
+
+
+class ShareAdjust:
+    """An online correction that changes nothing but says how much of each estimate is still the router's."""
+
+    def __init__(self, share):
+        self.router_share = np.asarray(share, np.float64)
+
+    def __call__(self, features, names, quality):
+        return np.asarray(quality, np.float64)
+
+
+def test_online_evidence_outweighs_the_margin_as_it_outweighs_the_estimate():
+    """c = 0.5: margin 0.15 > `cheap`'s predicted gain of 0.05. With nine tenths of `cheap`'s corrected estimate
+    from the tenant's feedback, the margin left is 0.015, and `cheap` wins."""
+    router = gated_router(0.5)
+    prompt = "Which is the capital of France?"
+    assert router.route(prompt, RoutingConstraints(), adjust=ShareAdjust([1.0, 1.0, 1.0])).expert == "big"
+    decision = router.route(prompt, RoutingConstraints(), adjust=ShareAdjust([0.1, 1.0, 1.0]))
+    assert decision.expert == "cheap"
+    assert next(c for c in decision.ranking if c.expert == "cheap").quality_for_choice == pytest.approx(0.75 - 0.015)

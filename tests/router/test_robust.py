@@ -176,7 +176,7 @@ def test_candidate_pool_expands_default_and_names_unknown_labels():
 
     assert candidate_pool("default") == DEFAULT_CANDIDATES
     assert candidate_pool("packaged") == PACKAGED_CANDIDATES == TrainSettings().candidates
-    assert [c.label for c in PACKAGED_CANDIDATES] == ["ensemble-format3-task"]
+    assert [c.label for c in PACKAGED_CANDIDATES] == ["ensemble-format3-task-gated"]
     pool = candidate_pool("default,ensemble-format3,ensemble")
     assert [c.label for c in pool] == [c.label for c in DEFAULT_CANDIDATES] + ["ensemble-format3"]
     with pytest.raises(ValueError, match="nope"):
@@ -195,3 +195,13 @@ def test_the_cautious_format3_label_is_format3_under_the_conservative_rule():
         plain.calibrations, plain.balance_tasks, plain.group_by_task)
     assert cautious.caution_margins == CAUTION_MARGINS and len(CAUTION_MARGINS) > 1 and 0.0 in CAUTION_MARGINS
     assert plain.caution_margins == (0.0,)  # the packaged one stays plain
+
+
+def test_the_packaged_gated_candidate_is_the_task_stage_under_the_gated_rule():
+    from switchboard.router.pipeline import GATED_CAUTION_MARGIN, candidate_pool
+
+    staged, gated = candidate_pool("ensemble-format3-task,ensemble-format3-task-gated")
+    assert (gated.strategy, dict(gated.params), gated.calibrations, gated.group_by_task, gated.tasks_optional) == (
+        staged.strategy, dict(staged.params), staged.calibrations, staged.group_by_task, staged.tasks_optional)
+    assert gated.caution_margins == (GATED_CAUTION_MARGIN,) and gated.caution_by_confidence
+    assert staged.caution_margins == (0.0,) and not staged.caution_by_confidence

@@ -105,8 +105,10 @@ class RouterChooser:
         }
         if adjust is not None:
             info["online"] = adjust.info()
+        # The fleet-aware choice scores what the router's own choice did: quality less the conservative rule's
+        # margin where it applies, so a warm cheap expert does not win on an estimate the router would not trust.
         candidates = tuple(
-            (c.expert, float(c.predicted_quality), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
+            (c.expert, float(c.quality_for_choice), float(c.usd_per_mtok)) for c in decision.ranking if c.is_feasible
         )
         return ExpertChoice(decision.expert, reason=decision.reason, fallbacks=fallbacks, route_info=info,
                             candidates=candidates, cost_weight=constraints.cost_weight,

@@ -27,7 +27,7 @@ from switchboard.router.calibration import Calibration, fit_calibration
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
 from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds,
                                         leave_one_task_out_folds, make_folds, row_weights)
-from switchboard.router.selection import Caution
+from switchboard.router.selection import Caution, gated_margin
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
 from switchboard.router.strategies.robust import task_ids
 
@@ -49,6 +49,9 @@ class Candidate:
     calibrations: tuple[CalibrationKind, ...] = (CalibrationKind.ISOTONIC, CalibrationKind.NONE)
     balance_tasks: bool = False  # train on rows resampled so every task counts the same (`protocol.balanced_rows`)
     caution_margins: tuple[float, ...] = (0.0,)  # the conservative rule's margin, chosen on LOTO inner folds; 0: off
+    caution_by_confidence: bool = False
+    """The margin per row is κ · (1 − c), c the model's confidence that the row is of a task it was trained on
+    (`selection.gated_margin`; a model without one gets no margin); False: κ on every row."""
     group_by_task: bool = False  # the strategy's fit takes the training rows' task ids (`groups`): task-robust training
     tasks_optional: bool = False  # with `group_by_task`: rows without task labels train without `groups` (no raise)
 
@@ -94,7 +97,9 @@ class NestedResult:
     chosen: dict[str, str]  # outer fold name → chosen candidate label
     cautions: dict[str, Caution] = field(default_factory=dict)
     """Candidate label (or NESTED) → its conservative rule per row: the prior (each row's outer training part's
-    mean scores) and the margin chosen for that fold (0: the plain rule)."""
+    mean scores) and the margin chosen for that fold (0: the plain rule), per row when gated by confidence."""
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Candidate label (or NESTED) → outer fold name → the margin κ chosen there (before any gating)."""
 
 
 def _calibrate(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray) -> Calibration:
@@ -113,12 +118,28 @@ def _cross_fitted(kind: CalibrationKind, raw: np.ndarray, y: np.ndarray, folds: 
     return out
 
 
-def _inner_raw(candidate: Candidate, x, y, tasks, folds: Sequence[Fold], rng, progress: Progress) -> np.ndarray:
+def _inner_raw(candidate: Candidate, x, y, tasks, folds: Sequence[Fold], rng, progress: Progress
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Out-of-fold raw estimates on `folds`, and each row's confidence (`QualityModel.predict_with_confidence`;
+    None unless every fold's model has one)."""
     raw = np.zeros_like(y, dtype=np.float32)
+    confidence: np.ndarray | None = np.zeros(len(y))
     for f in folds:
-        raw[f.test] = candidate.fit(x[f.train], y[f.train], rng, _take(tasks, f.train)).predict(x[f.test])
+        model = candidate.fit(x[f.train], y[f.train], rng, _take(tasks, f.train))
+        raw[f.test], conf = model.predict_with_confidence(x[f.test])
+        if conf is None:
+            confidence = None
+        elif confidence is not None:
+            confidence[f.test] = conf
         progress(1)
-    return raw
+    return raw, confidence
+
+
+def _row_margins(candidate: Candidate, margin: float, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """(n, 1) the candidate's conservative-rule margin per row: `margin`, gated by confidence if it says so."""
+    if candidate.caution_by_confidence:
+        return gated_margin(margin, confidence, num_rows)
+    return np.full((num_rows, 1), float(margin))
 
 
 def _take(tasks: Sequence[str] | None, rows: np.ndarray) -> list[str] | None:
@@ -143,8 +164,8 @@ def _fold_priors(y: np.ndarray, folds: Sequence[Fold]) -> np.ndarray:
     return prior
 
 
-def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
-                   progress) -> float:
+def _choose_margin(candidate, calibration_kind, raw, confidence, folds, x, y, prompts, tasks, price, kind, rng,
+                   cost_weights, progress) -> float:
     """The margin of `candidate.caution_margins` with the best inner best quality over the λ grid on
     leave-one-task-out inner folds, one per task (on `folds` when rows carry fewer than two tasks); ties keep
     the smaller margin. Best quality, not AUC: the margin trades a little of the cheap end of the curve for the
@@ -153,17 +174,18 @@ def _choose_margin(candidate, calibration_kind, raw, folds, x, y, prompts, tasks
         return float(candidate.caution_margins[0])
     if tasks is not None and len(set(tasks)) > 1:
         folds = leave_one_task_out_folds(prompts, tasks)
-        raw = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
+        raw, confidence = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
         kind = SplitKind.LEAVE_ONE_TASK_OUT
     covered = np.concatenate([f.test for f in folds])
     weights = row_weights(kind, None if tasks is None else [tasks[i] for i in covered], len(covered))
     est = _cross_fitted(calibration_kind, raw, y, folds)[covered]
     prior = _fold_priors(y, folds)[covered]
+    covered_confidence = None if confidence is None else confidence[covered]
     names = [str(j) for j in range(y.shape[1])]
     rule = STRATEGIES[candidate.strategy].selection_rule
     best = None
     for margin in sorted(candidate.caution_margins):
-        caution = Caution(prior, np.full((len(covered), 1), float(margin)))
+        caution = Caution(prior, _row_margins(candidate, margin, covered_confidence, len(covered)))
         score = max(p.quality for p in sweep(est, y[covered], price, names, rule, cost_weights, weights, caution))
         if best is None or score > best[0] + 1e-9:
             best = (score, float(margin))
@@ -190,7 +212,7 @@ def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, nu
     low, high = float(price.min()), float(price.max())
     scored = []
     for candidate in candidates:
-        raw = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
+        raw, confidence = _inner_raw(candidate, x, y, tasks, folds, rng, progress)
         rule = STRATEGIES[candidate.strategy].selection_rule
         best = None
         for cal in candidate.calibrations:
@@ -198,8 +220,8 @@ def _score_on_inner_folds(candidates, x, y, prompts, tasks, price, kind, rng, nu
             score = auc(sweep(est, y[covered], price, names, rule, cost_weights, weights), low, high)
             if best is None or score > best[0] + 1e-9:  # ties keep the earlier (simpler) calibration
                 best = (score, cal)
-        margin = _choose_margin(candidate, best[1], raw, folds, x, y, prompts, tasks, price, kind, rng, cost_weights,
-                                progress)
+        margin = _choose_margin(candidate, best[1], raw, confidence, folds, x, y, prompts, tasks, price, kind, rng,
+                                cost_weights, progress)
         scored.append(_Scored(candidate, best[1], best[0], _calibrate(best[1], raw[covered], y[covered]), margin))
     return scored
 
@@ -263,6 +285,7 @@ def nested_cross_validate(
     labels = [c.label for c in candidates] + [NESTED]
     prior = _fold_priors(y, outer)
     margins = {label: np.zeros((len(y), 1)) for label in labels}
+    kappas: dict[str, dict[str, float]] = {label: {} for label in labels}
     chosen: dict[str, str] = {}
     for fold in outer:
         sub_prompts = [prompts[i] for i in fold.train]
@@ -272,14 +295,18 @@ def nested_cross_validate(
         for s in scored:
             model = s.candidate.fit(x[fold.train], y[fold.train], rng, sub_tasks)
             progress(1)
-            out[s.candidate.label][fold.test] = s.calibration.apply(model.predict(x[fold.test]))
-            margins[s.candidate.label][fold.test] = s.caution_margin
+            raw, confidence = model.predict_with_confidence(x[fold.test])
+            out[s.candidate.label][fold.test] = s.calibration.apply(raw)
+            margins[s.candidate.label][fold.test] = _row_margins(s.candidate, s.caution_margin, confidence,
+                                                                 len(fold.test))
+            kappas[s.candidate.label][fold.name] = s.caution_margin
         best = _best(scored)
         out[NESTED][fold.test] = out[best.candidate.label][fold.test]
-        margins[NESTED][fold.test] = best.caution_margin
+        margins[NESTED][fold.test] = margins[best.candidate.label][fold.test]
+        kappas[NESTED][fold.name] = best.caution_margin
         chosen[fold.name] = _label(best.candidate, best.calibration_kind, best.caution_margin)
     cautions = {label: Caution(prior, margins[label]) for label in labels}
-    return NestedResult(kind, tuple(outer), out, row_weights(kind, tasks, len(prompts)), chosen, cautions)
+    return NestedResult(kind, tuple(outer), out, row_weights(kind, tasks, len(prompts)), chosen, cautions, kappas)
 
 
 def num_fits(num_candidates: int, num_outer_folds: int, num_inner_folds: int) -> int:

@@ -72,6 +72,7 @@ def save_router(router: Router, out_dir: Path | str, embedder_spec: dict[str, An
         "output_usd_per_mtok": [float(p) for p in output_usd],
         "use_cheap_features": router.use_cheap_features,
         "caution_margin": float(router.caution_margin),
+        "caution_by_confidence": bool(router.caution_by_confidence),
         "embedder": embedder_spec,
         "report": report,
     }
@@ -128,6 +129,7 @@ def load_router(path: Path | str) -> Router:
         # Routers saved before the conservative rule have neither: the plain rule.
         prior_quality=np.asarray(meta["prior_quality"], np.float64) if "prior_quality" in meta else None,
         caution_margin=float(meta.get("caution_margin", 0.0)),
+        caution_by_confidence=bool(meta.get("caution_by_confidence", False)),  # absent: routers saved before it
         # Routers saved before the correlated prior have none: online learning treats the experts as independent.
         residual_correlation=np.asarray(meta["residual_correlation"], np.float64) if "residual_correlation" in meta else None,
     )

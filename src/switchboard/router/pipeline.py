@@ -99,13 +99,31 @@ TASK_STAGE_CANDIDATES: tuple[Candidate, ...] = (
 each task's mean scores, blended in by the task classifier's confidence (`strategies.task_stage`). Trains the
 stage from the rows' task labels; rows without them train `ensemble-format3` alone."""
 
-PACKAGED_CANDIDATES: tuple[Candidate, ...] = TASK_STAGE_CANDIDATES
+GATED_CAUTION_MARGIN = 0.32
+"""κ of the conservative rule gated by the task stage's confidence (margin κ · (1 − c) per prompt): chosen with the
+form from {0.04, 0.08, 0.16, 0.32} × {1 − c, 1 − c⁴} (and the ungated rule, for reference) in the exploration
+`benchmarks/router_gate_caution_explore.py`, seeds 0–2, by a rule written before seed 2 was read: the best
+leave-one-task-out quality among variants within 0.001 of the task-balanced quality and 0.002 of its AUC."""
+
+GATED_CAUTION_CANDIDATES: tuple[Candidate, ...] = (
+    replace(TASK_STAGE_CANDIDATES[0], label="ensemble-format3-task-gated", caution_margins=(GATED_CAUTION_MARGIN,),
+            caution_by_confidence=True),
+)
+"""`ensemble-format3-task` under the conservative rule gated by its task stage's confidence: a cheaper expert than
+the prior choice must gain κ · (1 − c), so the rule bites only where the stage does not know the prompt's task."""
+
+PACKAGED_CANDIDATES: tuple[Candidate, ...] = GATED_CAUTION_CANDIDATES
 """What `router train` (no `--strategy`, no `--candidates`) and the packaged default router train:
-`ensemble-format3-task` (since 2026-12-07), its calibration chosen on inner folds; on rows without task labels,
-`ensemble-format3` alone. The candidate was chosen offline, not by a data-driven selection: `ensemble-format3` by
-leave-one-task-out nested CV (best quality 0.6111 against the previous default `ensemble`'s 0.6008, 3 seeds),
-because LOTO is the column that reproduces the owners' held-out set; its task stage by a rule declared before the
-check (seeds 3–5: new task-balanced and random partitions; LOTO's folds are the same at every seed, so that
+`ensemble-format3-task-gated` (`ensemble-format3-task` under the conservative rule gated by its stage's
+confidence; since 2026-12-07, after `ensemble-format3-task` earlier that day), its calibration chosen on inner
+folds; on rows without task labels, `ensemble-format3` alone under the plain rule. The gated rule was adopted by a
+rule declared before its check (seeds 6–8, nested protocol): task-balanced and random best quality no lower than
+−0.001 on average, LOTO higher — LOTO +0.0051, task-balanced −0.0005, random +0.0008 (docs/router.md; LOTO's
+folds are those the exploration chose κ on, so that column is in-sample for it). It makes the `balanced` preset
+about 10% dearer on the training tasks' mix. The candidate was chosen offline, not by a data-driven selection:
+`ensemble-format3` by leave-one-task-out nested CV (best quality 0.6111 against the previous default `ensemble`'s
+0.6008, 3 seeds), because LOTO is the column that reproduces the owners' held-out set; its task stage by a rule
+declared before the check (seeds 3–5: new task-balanced and random partitions; LOTO's folds are the same at every seed, so that
 column is in-sample for the power): LOTO no worse than −0.003 on average and
 task-balanced better at every seed — LOTO +0.0016, task-balanced +0.0092, random +0.0106 (docs/router.md).
 Nested selection among `DEFAULT_CANDIDATES` by inner AUC is not used for it: on whole-task inner folds it was
@@ -132,7 +150,8 @@ def candidate_pool(spec: str) -> tuple[Candidate, ...]:
     "shrink" (those and `SHRINK_CANDIDATES`), or comma-separated labels, "default" and "packaged" among them
     standing for their pools (e.g. "default,ensemble-format3"). Raises ValueError naming unknown labels."""
     every = {c.label: c for c in (DEFAULT_CANDIDATES + SHRINK_CANDIDATES + BALANCED_CANDIDATES + CAUTIOUS_CANDIDATES
-                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES + TASK_STAGE_CANDIDATES)}
+                                   + RELATIVE_CANDIDATES + TASK_ROBUST_CANDIDATES + TASK_STAGE_CANDIDATES
+                                   + GATED_CAUTION_CANDIDATES)}
     pools = {"default": DEFAULT_CANDIDATES, "packaged": PACKAGED_CANDIDATES}
     if spec == "shrink":
         return DEFAULT_CANDIDATES + SHRINK_CANDIDATES
@@ -211,7 +230,7 @@ def train_router(
     tasks = [ex.task for ex in examples]
     split = training_split(tasks, settings.calibration_folds)
     rng = np.random.default_rng([settings.seed, 3])
-    evaluation, label, per_fold, margin, num_folds = None, "", {}, 0.0, 0
+    evaluation, label, per_fold, margin, by_confidence, num_folds = None, "", {}, 0.0, False, 0
     if settings.strategy is not None:
         chosen = settings.strategy
         model, calibration = fit_calibrated(chosen, x, y, rng, settings.calibration_folds, progress)
@@ -227,8 +246,10 @@ def train_router(
         choice, model, calibration = select_and_fit(settings.candidates, x, y, texts, task_arg, price, split, rng,
                                                     settings.calibration_folds, progress=progress)
         chosen, label, per_fold, margin = choice.candidate.strategy, choice.label, cv.chosen, choice.caution_margin
+        by_confidence = choice.candidate.caution_by_confidence
         if choice.candidate.tasks_optional and not model.uses_tasks:
-            label += " (without its task stage: the rows carry too few task labels)"
+            label += " (without its task stage: the rows carry too few task labels"
+            label += "; so without the rule it gates)" if by_confidence and margin > 0 else ")"
         num_folds = len(cv.folds)
     cheap = cheap_feature_matrix(texts)
     lengths = output_token_matrix(examples, experts)
@@ -238,7 +259,7 @@ def train_router(
         input_usd_per_mtok=np.asarray([prices[e].input_usd_per_mtok for e in experts]),
         output_usd_per_mtok=np.asarray([prices[e].output_usd_per_mtok for e in experts]),
         output_length=output_length,
-        prior_quality=y.mean(axis=0), caution_margin=margin,
+        prior_quality=y.mean(axis=0), caution_margin=margin, caution_by_confidence=by_confidence,
         # The correlated prior's shape for online learning (`router.online.expert_correlation`): residuals on the
         # training rows themselves (in-sample; the out-of-fold ones of the nested search are not kept).
         residual_correlation=residual_correlation(calibration.apply(model.predict(x)), y),

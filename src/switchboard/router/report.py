@@ -63,14 +63,15 @@ def _usd(v: float | None) -> str:
 def format_summary(reports: Sequence[SplitReport], target_quality: float = 0.563) -> str:
     """One row per router, three column groups (best quality, USD/Mtok to reach `target_quality`, AUC) per split."""
     names = [r.name for r in reports[0].evaluation.rows if not r.name.startswith("single:")]
-    head = f"{'router':20s}" + "".join(f" | {rep.kind.value[:18]:>18s} best q  $@{target_quality:.3f}    AUC" for rep in reports)
+    width = max([20] + [len(n) for n in names])  # whole labels: twins differ only at their ends
+    head = f"{'router':{width}s}" + "".join(f" | {rep.kind.value[:18]:>18s} best q  $@{target_quality:.3f}    AUC" for rep in reports)
     lines = [head, "-" * len(head)]
     for name in names:
         cells = []
         for rep in reports:
             row = next(r for r in rep.evaluation.rows if r.name == name)
             cells.append(f" | {'':18s} {row.best_quality:6.4f} {_usd(row.usd_at_target):>8s} {row.auc:6.4f}")
-        lines.append(f"{name[:20]:20s}" + "".join(cells))
+        lines.append(f"{name:{width}s}" + "".join(cells))
     for rep in reports:
         best = rep.evaluation.single[rep.evaluation.best_single]
         lines.append(
@@ -109,12 +110,10 @@ def loto_task_rows(reports: Sequence[SplitReport], y: np.ndarray, price: np.ndar
 
 
 def margins_per_fold(result: NestedResult, name: str) -> dict[str, float]:
-    """Outer fold name → the conservative rule's margin router `name` used on that fold's test rows (0: plain)."""
-    caution = result.cautions.get(name)
-    if caution is None:
-        return {fold.name: 0.0 for fold in result.folds}
-    margin = np.asarray(caution.margin, np.float64)  # (n, 1): one margin per row, the same on a fold's rows
-    return {fold.name: float(margin[fold.test[0], 0]) for fold in result.folds}
+    """Outer fold name → the conservative rule's margin κ router `name` chose for that fold (0: plain; a rule
+    gated by confidence applies κ · (1 − c) per row)."""
+    chosen = result.margins.get(name, {})
+    return {fold.name: float(chosen.get(fold.name, 0.0)) for fold in result.folds}
 
 
 def _row(rep: SplitReport, name: str):

@@ -18,7 +18,8 @@ from switchboard.router.calibration import Calibration
 from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, request_usd, request_usd_per_mtok
 from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
-from switchboard.router.selection import Caution, RankedCandidate, RoutingConstraints, choose, rank_candidates
+from switchboard.router.selection import (Caution, RankedCandidate, RoutingConstraints, choose, gated_margin,
+                                          rank_candidates)
 from switchboard.router.strategies import QualityModel
 
 
@@ -79,22 +80,41 @@ class Router:
     output_length: OutputLengthModel | None = None  # None: the constant default (router.cost)
     prior_quality: np.ndarray | None = None  # (m,) mean training score per expert; None: routers saved before it
     caution_margin: float = 0.0  # the conservative rule's margin (`selection.Caution`); 0 or no prior: plain argmax
+    caution_by_confidence: bool = False
+    """The margin per prompt is `caution_margin` · (1 − c), c the model's confidence that the prompt is of a task it
+    was trained on (`selection.gated_margin`): the rule bites on unfamiliar tasks only; a model without a
+    confidence then routes by the plain rule."""
     residual_correlation: np.ndarray | None = None  # (m, m) between experts' residuals on the training data; None: not shipped
 
     @property
     def strategy(self) -> str:
         return self.model.name.value
 
-    def caution(self, known: Sequence[int] | None = None) -> Caution | None:
-        """The conservative rule over the experts at indices `known` (all by default), or None when off."""
+    def caution(self, known: Sequence[int] | None = None, confidence: np.ndarray | None = None,
+                num_rows: int = 1) -> Caution | None:
+        """The conservative rule over the experts at indices `known` (all by default), or None when off. Its
+        margin is (n, 1), one per row: gated by `confidence` (n,) (`predict_with_confidence`) when the router says
+        so; `num_rows` rows of the full margin otherwise."""
         if self.prior_quality is None or self.caution_margin <= 0:
             return None
+        if self.caution_by_confidence:
+            if confidence is None:
+                return None
+            margin = gated_margin(self.caution_margin, confidence, len(confidence))
+        else:
+            margin = np.full((num_rows, 1), float(self.caution_margin))
         prior = np.asarray(self.prior_quality, np.float64)
         prior = prior if known is None else prior[list(known)]
-        return Caution(prior, np.full(len(prior), float(self.caution_margin)))
+        return Caution(prior, margin)
 
     def predict_quality_from_features(self, x: np.ndarray) -> np.ndarray:
         return self.calibration.apply(self.model.predict(x))
+
+    def predict_with_confidence(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated quality (n, m), the model's confidence (n,) that each row is of a task it was trained on,
+        or None: `QualityModel.predict_with_confidence`)."""
+        raw, confidence = self.model.predict_with_confidence(x)
+        return self.calibration.apply(raw), confidence
 
     def features(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), dims) the rows the quality model reads."""
@@ -143,7 +163,8 @@ class Router:
         if not known:
             return RouteDecision(RouteOutcome.NO_KNOWN_CANDIDATE, None, (), "no candidate is known to the router", skipped)
         x = self.features([prompt])
-        quality = self.predict_quality_from_features(x)[0, known]
+        predicted, confidence = self.predict_with_confidence(x)
+        quality = predicted[0, known]
         names = [self.experts[j] for j in known]
         if adjust is not None:
             quality = adjust(x[0], names, quality)
@@ -156,7 +177,16 @@ class Router:
         full_in[known], full_out[known] = input_usd, output_usd
         per_mtok, usd = self.request_prices([prompt], cheap, full_in, full_out, max_output_tokens)
         traded, usd = per_mtok[0, known], usd[0, known]
-        caution = self.caution(known)
+        caution = self.caution(known, confidence)
+        share = getattr(adjust, "router_share", None)
+        if getattr(adjust, "is_sampled", False):
+            # An exploring decision (within the tenant's bound) is there to try what the estimate doubts.
+            caution = None
+        elif caution is not None and share is not None:
+            # Online feedback near this prompt outweighs the caution about the router's own estimate by as much
+            # as it outweighs the estimate itself (`Adjustment.router_share`).
+            margin = np.asarray(caution.margin, np.float64).reshape(1, -1) * np.asarray(share)[None, :]
+            caution = Caution(caution.prior, margin)
         ranking = tuple(rank_candidates(quality, price, names, constraints, traded, caution))
         index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :],
                                     caution)
@@ -165,20 +195,21 @@ class Router:
             reason = "no candidate satisfies the constraints (experts / max_usd_per_mtok / min_quality)"
             return RouteDecision(RouteOutcome.NO_FEASIBLE_EXPERT, None, ranking, reason, skipped, request_costs)
         expert = names[int(index[0])]
+        margin = 0.0 if caution is None else float(np.max(caution.margin))
         reason = (
             f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * request usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
-            + (f"; a cheaper expert than the prior choice must gain {self.caution_margin:g}" if caution else "")
+            + (f"; a cheaper expert than the prior choice must gain {margin:.3g}" if margin > 0 else "")
         )
         return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped, request_costs)
 
     def route_batch(self, prompts: Sequence[str], constraints: RoutingConstraints = RoutingConstraints()) -> list[str | None]:
         x = build_features(self.embedder, prompts, self.use_cheap_features)
-        quality = self.predict_quality_from_features(x)
+        quality, confidence = self.predict_with_confidence(x)
         cheap = x[:, -len(FEATURE_NAMES):] if self.use_cheap_features else cheap_feature_matrix(prompts)
         traded, _ = self.request_prices(prompts, cheap, *self.io_prices())
         index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule, traded,
-                                    self.caution())
+                                    self.caution(None, confidence, len(prompts)))
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
 
 

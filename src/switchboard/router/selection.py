@@ -72,6 +72,17 @@ class Caution:
     margin: np.ndarray
 
 
+def gated_margin(margin: float, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """(n, 1) the conservative rule's margin gated by the model's confidence that each row is of a task it was
+    trained on (`QualityModel.predict_with_confidence`): κ · (1 − c), nearly none on a familiar task's prompt,
+    nearly κ on an unfamiliar one's. Without a confidence (a model that cannot tell, e.g. trained without task
+    labels) the rule is off (0), not on everywhere: an ungated margin costs the seen tasks (docs/router.md)."""
+    if confidence is None:
+        return np.zeros((num_rows, 1))
+    c = np.clip(np.asarray(confidence, np.float64).reshape(-1, 1), 0.0, 1.0)
+    return float(margin) * (1.0 - c)
+
+
 def cautious_quality(quality: np.ndarray, caution: Caution, traded: np.ndarray, mask: np.ndarray, price: np.ndarray,
                      cost_weight: float) -> np.ndarray:
     """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice:
@@ -138,6 +149,13 @@ class RankedCandidate:
     usd_per_mtok: float
     utility: float
     is_feasible: bool
+    judged_quality: float | None = None
+    """`predicted_quality` less the conservative rule's margin where it applies (what `utility` was made of);
+    None: no rule, the predicted quality itself. What the fleet-aware choice scores (`RouterChooser`)."""
+
+    @property
+    def quality_for_choice(self) -> float:
+        return self.predicted_quality if self.judged_quality is None else self.judged_quality
 
 
 def rank_candidates(
@@ -158,4 +176,5 @@ def rank_candidates(
                                   constraints.cost_weight)[0]
     utility = judged - constraints.cost_weight * traded
     order = sorted(range(len(names)), key=lambda j: (not mask[j], -utility[j], price[j], j))
-    return [RankedCandidate(names[j], float(quality[j]), float(traded[j]), float(utility[j]), bool(mask[j])) for j in order]
+    return [RankedCandidate(names[j], float(quality[j]), float(traded[j]), float(utility[j]), bool(mask[j]),
+                            None if caution is None else float(judged[j])) for j in order]

@@ -37,6 +37,12 @@ class QualityModel(ABC):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(n, m) float32 raw estimates of each expert's score for the (n, d) feature rows `x`."""
 
+    def predict_with_confidence(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(`predict(x)`, (n,) how sure the model is that each row is of a task it was trained on, in [0, 1], or
+        None when the model cannot tell): what the conservative rule gated by confidence reads
+        (`selection.gated_margin`)."""
+        return self.predict(x), None
+
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> "QualityModel":
         """Trains on features (n, d) and scores (n, m) in [0, 1]."""

@@ -33,17 +33,21 @@ class EnsembleModel(QualityModel):
     task_gate_power: float = 0.0
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_with_confidence(x)[0]
+
+    def predict_with_confidence(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The estimates and, with a task stage, its confidence c = max P(task | prompt); None without one."""
         if self.format_mlp is not None:
             members = self.knn.predict(x) + self.mlp.predict(self._mlp_view(x))
             out = (members + self.format_mlp.predict(_last_columns(x, int(self.format_columns)))) / 3.0
         else:
             share = float(self.knn_share)
             out = share * self.knn.predict(x) + (1.0 - share) * self.mlp.predict(self._mlp_view(x))
-        if self.task_stage is not None:
-            staged, confidence = self.task_stage.predict(x)
-            weight = (confidence ** float(self.task_gate_power))[:, None]
-            out = weight * staged + (1.0 - weight) * out
-        return out.astype(np.float32)
+        if self.task_stage is None:
+            return out.astype(np.float32), None
+        staged, confidence = self.task_stage.predict(x)
+        weight = (confidence ** float(self.task_gate_power))[:, None]
+        return (weight * staged + (1.0 - weight) * out).astype(np.float32), confidence
 
     @property
     def uses_tasks(self) -> bool:
