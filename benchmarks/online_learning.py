@@ -49,7 +49,7 @@ from switchboard.router.embed import StaticEmbedder
 from switchboard.router.persist import builtin_static_dir, load_default_router
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, build_features
-from switchboard.router.selection import RoutingConstraints, choose
+from switchboard.router.selection import Caution, RoutingConstraints, choose
 from switchboard.router.training import fit_calibrated_like, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
@@ -110,7 +110,8 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
     router was trained for: online learning must not make it worse), the other half being the rows returned."""
     out: dict[str, Router] = {}
     unseen: dict[str, np.ndarray] = {}
-    recipe = load_default_router().model  # the packaged router's recipe: its strategy and fit parameters
+    packaged = load_default_router()
+    recipe = packaged.model  # the packaged router's recipe: its strategy and fit parameters, and its selection rule
     for task in wanted:
         rows = np.nonzero(tasks == task)[0]
         unseen[task] = np.sort(np.random.default_rng([0, 29]).permutation(rows)[: len(rows) // 2]) if familiar else rows
@@ -118,7 +119,8 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
         model, calibration = fit_calibrated_like(recipe, x[train], y[train], rng, tasks=list(tasks[train]))
-        router = Router(tuple(experts), price, model, calibration, embedder, True)
+        router = Router(tuple(experts), price, model, calibration, embedder, True, prior_quality=y[train].mean(axis=0),
+                        caution_margin=packaged.caution_margin, caution_by_confidence=packaged.caution_by_confidence)
         # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
         out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))
         print(f"  router without {'half of ' if familiar else ''}{task}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -134,16 +136,25 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     constraints = RoutingConstraints(cost_weight=cost_weight)
     rule = router.model.selection_rule
     base = np.zeros((len(x), len(router.experts)))  # (n, m); only T's rows are predicted (and used)
-    base[rows] = router.predict_quality_from_features(x[rows])
+    confidence = np.ones(len(x))
+    base[rows], rows_confidence = router.predict_with_confidence(x[rows])
+    if rows_confidence is not None:
+        confidence[rows] = rows_confidence
 
-    def pick(q: np.ndarray) -> np.ndarray:
-        return choose(q, price, names, constraints, rule)[0]
+    def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
+        """Router.route's choice for rows `at` with (adjusted) quality `q`: its conservative rule included, its
+        margin scaled by the router's share of the online posterior (`share` (n, m); None: no feedback)."""
+        caution = router.caution(None, confidence[at] if rows_confidence is not None else None, len(at))
+        if caution is not None and share is not None:
+            caution = Caution(caution.prior, np.asarray(caution.margin) * share)
+        return choose(q, price, names, constraints, rule, caution=caution)[0]
 
     def test_point(learner: OnlineLearner | None) -> tuple[float, float]:
-        q = base[test].astype(np.float64)
+        q, share = base[test].astype(np.float64), None
         if learner is not None:
-            q = np.stack([learner.posterior_mean("t", x[i], base[i]) for i in test])
-        j = pick(q)
+            posteriors = [learner.posterior("t", x[i], base[i]) for i in test]
+            q, share = np.stack([p[0] for p in posteriors]), np.stack([p[1] for p in posteriors])
+        j = pick(q, test, share)
         return float(y[test, j].mean()), float(price[j].mean())
 
     best_fixed = int(np.argmax(y[np.concatenate([stream, test])].mean(axis=0) - cost_weight * price))  # in hindsight, on the whole task
@@ -154,7 +165,7 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     learner = OnlineLearner(router, settings, np.random.default_rng([seed, 23]))
     quality, usd, regret, base_regret, points = [], [], [], [], []
     cum, cum_base = 0.0, 0.0
-    base_choice = pick(base[stream])
+    base_choice = pick(base[stream], stream)
     for t in range(num_stream + 1):
         if t in CHECKPOINTS or t == num_stream:
             if not points or points[-1] != t:
@@ -165,7 +176,10 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         i = stream[t]
         adjust = learner.adjuster("t")
         q = base[i] if adjust is None else adjust(x[i], names, base[i])
-        j = int(pick(q[None, :])[0])
+        share = None if adjust is None or adjust.router_share is None else adjust.router_share[None, :]
+        if adjust is not None and adjust.is_sampled:
+            share = np.zeros((1, len(names)))  # an exploring decision carries no margin, as in Router.route
+        j = int(pick(q[None, :], stream[t:t + 1], share)[0])
         if adjust is not None:
             adjust.settle(names[j])  # as RouterChooser does
         learner.add_event("t", x[i], j, float(base[i, j]), float(y[i, j]))  # what POST /v1/feedback does, minus the lookup

@@ -92,17 +92,18 @@ def _routing_for(w, data, router: str = "cross-fitted"):
     if router == "task-prior":
         return lambda ids: routing_inputs(w, data, ids)
     if router == "cross-fitted":
-        from switchboard.sim.crossfit import cross_fitted_quality
+        from switchboard.sim.crossfit import cross_fitted
 
-        predicted = cross_fitted_quality(data)
+        fitted = cross_fitted(data)
         cached: dict[tuple[str, ...], object] = {}
 
-        def cross_fitted(ids):
+        def cross_fitted_routing(ids):
             if ids not in cached:
-                cached[ids] = routing_inputs(w, data, ids, predicted_by_prompt=predicted)
+                cached[ids] = routing_inputs(w, data, ids, predicted_by_prompt=fitted.quality,
+                                             caution_by_prompt=fitted.caution)
             return cached[ids]
 
-        return cross_fitted
+        return cross_fitted_routing
     from switchboard.router.persist import load_default_router, load_router
 
     try:
@@ -110,11 +111,14 @@ def _routing_for(w, data, router: str = "cross-fitted"):
     except Exception as exc:  # RouterLoadError and I/O errors: a clean CLI error, not a traceback
         typer.echo(f"error: cannot load router {router!r}: {exc}", err=True)
         raise typer.Exit(2) from None
+    from switchboard.sim.quality import router_by_prompt
+
+    predicted, caution = router_by_prompt(model, data)
     cache: dict[tuple[str, ...], object] = {}
 
     def routing(ids):
         if ids not in cache:
-            cache[ids] = routing_inputs(w, data, ids, predict=model.predict_quality, predict_experts=model.experts)
+            cache[ids] = routing_inputs(w, data, ids, predicted_by_prompt=predicted, caution_by_prompt=caution)
         return cache[ids]
 
     return routing

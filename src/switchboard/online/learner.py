@@ -95,6 +95,10 @@ class Adjustment:
         self.explored: str | None = None  # the expert it explored, once settled (None: the offer was declined)
         self.num_events = 0
         self.budget = ExplorationBudget()  # the tenant's, after this decision
+        self.router_share: np.ndarray | None = None
+        """Per expert of the last call, the share of its corrected quality that is still the router's estimate,
+        prior_events / (prior_events + evidence): the router scales its conservative rule's margin by it, so the
+        tenant's own feedback, as it accumulates, overrides a caution that is about the router's estimate."""
 
     def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
         return self.learner.adjust(self, features, names, quality)
@@ -161,6 +165,7 @@ class OnlineLearner:
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
             adjustment.num_events, adjustment.budget = memory.num_events, memory.budget
+        adjustment.router_share = self._router_share(corr.evidence)
         adjustment.is_sampled = step.is_exploring
         adjustment.offered = tuple(names[j] for j in step.offered)
         return step.quality
@@ -217,14 +222,23 @@ class OnlineLearner:
     def posterior_mean(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> np.ndarray:
         """The tenant's corrected quality at one prompt (`quality`: the router's, for all its experts), from
         the posterior mean, spending no exploration budget (for evaluation and inspection)."""
+        return self.posterior(tenant, features, quality)[0]
+
+    def posterior(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(`posterior_mean`, each expert's `Adjustment.router_share` there): what a decision without
+        exploration would see."""
         quality = np.asarray(quality, np.float64)
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
-                return quality.copy()
+                return quality.copy(), np.ones(len(quality))
             columns = np.arange(len(self.expert_index))
             corr = correction(memory.events(), unit(features), columns, quality, self.settings, self.prior_correlation)
-        return np.clip(quality + corr.mean, 0.0, 1.0)
+        return np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence)
+
+    def _router_share(self, evidence: np.ndarray) -> np.ndarray:
+        prior = float(self.settings.prior_events)
+        return prior / (prior + np.maximum(np.asarray(evidence, np.float64), 0.0))
 
     def num_events(self, tenant: str) -> int:
         with self._lock:

@@ -6,12 +6,18 @@ the rows of each fold are predicted by a router trained, with the packaged route
 parameters, the static table plus cheap features, isotonic calibration on an inner split), on the other folds — the
 cross-fitting of double machine learning, and the same out-of-fold estimate `switchboard router eval` reports.
 
+With the predictions go the packaged router's conservative rule's inputs, each prompt's as its cross-fitted router
+sees it: the prior (its training part's mean scores) and the margin (gated by that router's confidence where the
+packaged router's rule is; zero where it has none), so the simulator chooses as the live router would
+(`RoutingInputs.judged`).
+
 Fitting takes some tens of seconds on two cores, so the predictions are cached on disk, keyed by the data's
 content, the recipe and the seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -22,16 +28,37 @@ import numpy as np
 from switchboard.router.cache import DEFAULT_CACHE_DIR
 from switchboard.sim.workload import RoutingData
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """2: the recipe includes the model's fit parameters (an ensemble's format member). 3: a task stage's labels are in
 the key; and caches written by code before the retraining helper of 2026-12-06 23:06 are dropped (the key does
 not carry the code: such a cache is the likely reason the README's simulator table of 6 December did not
-reproduce on a fresh machine; not traced)."""
+reproduce on a fresh machine; not traced). 4: the conservative rule's prior and margin are cached beside the
+predictions (`.npz`), and the rule is in the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossFit:
+    """Per prompt of the data (rows), in `data.model_names` order."""
+
+    quality: np.ndarray  # (n, m) calibrated predicted quality, out of fold
+    prior: np.ndarray  # (n, m) the mean scores of the training part of the prompt's router
+    margin: np.ndarray  # (n, 1) the conservative rule's margin there (0: the plain rule)
+
+    @property
+    def caution(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prior, margin), as `sim.quality.routing_inputs(caution_by_prompt=...)` takes them."""
+        return self.prior, self.margin
 
 
 def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
                          cache_dir: Path | str = DEFAULT_CACHE_DIR) -> np.ndarray:
-    """(len(data), len(data.model_names)) calibrated predicted quality, each row out of fold (see module doc).
+    """(len(data), len(data.model_names)) calibrated predicted quality, each row out of fold (see module doc)."""
+    return cross_fitted(data, num_folds=num_folds, seed=seed, cache_dir=cache_dir).quality
+
+
+def cross_fitted(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
+                 cache_dir: Path | str = DEFAULT_CACHE_DIR) -> CrossFit:
+    """Each prompt's prediction and conservative rule by a router of the packaged recipe that never saw it.
 
     Raises ValueError for fewer than 2 folds or more folds than prompts.
     """
@@ -43,7 +70,8 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     packaged = load_default_router()  # the recipe: its strategy and fit parameters, embedder and features
     key = hashlib.sha256()
     recipe = repr(sorted(packaged.model.fit_params().items()))
-    for part in (str(CACHE_VERSION), packaged.strategy, recipe, packaged.embedder.name,
+    rule = f"{packaged.caution_margin:g}/{packaged.caution_by_confidence}/{packaged.prior_quality is not None}"
+    for part in (str(CACHE_VERSION), packaged.strategy, recipe, rule, packaged.embedder.name,
                  str(packaged.use_cheap_features), str(num_folds), str(seed), *data.model_names):
         key.update(part.encode() + b"\0")
     key.update(np.ascontiguousarray(data.scores, np.float64).tobytes())
@@ -52,22 +80,30 @@ def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0
     if packaged.model.uses_tasks:  # a task stage trains on the labels too
         for task in data.tasks:
             key.update(task.encode() + b"\0")
-    path = Path(cache_dir).expanduser() / f"crossfit-{key.hexdigest()[:24]}.npy"
+    path = Path(cache_dir).expanduser() / f"crossfit-{key.hexdigest()[:24]}.npz"
     if path.exists():
-        return np.load(path)
+        with np.load(path) as cached:
+            return CrossFit(cached["quality"], cached["prior"], cached["margin"])
     x = build_features(packaged.embedder, data.prompts, packaged.use_cheap_features,
                        embed_cached(packaged.embedder, data.prompts, Path(cache_dir).expanduser()))
     y = data.scores.astype(np.float32)
-    out = np.zeros_like(y)
+    out = CrossFit(np.zeros_like(y), np.zeros(y.shape), np.zeros((len(y), 1)))
     rng = np.random.default_rng([seed, 5])
     for fold in kfold_indices(len(x), num_folds, np.random.default_rng(seed)):
         train = np.setdiff1d(np.arange(len(x)), fold)
         model, calibration = fit_calibrated_like(packaged.model, x[train], y[train], rng,
                                                  tasks=[data.tasks[i] for i in train] if data.tasks else None)
-        out[fold] = calibration.apply(model.predict(x[fold]))
+        raw, confidence = model.predict_with_confidence(x[fold])
+        out.quality[fold] = calibration.apply(raw)
+        out.prior[fold] = y[train].mean(axis=0)
+        # The packaged router's rule, as this fold's router would apply it (its confidence, its prior).
+        fold_router = dataclasses.replace(packaged, prior_quality=y[train].mean(axis=0))
+        caution = fold_router.caution(None, confidence, len(fold))
+        if caution is not None:
+            out.margin[fold] = np.broadcast_to(caution.margin, (len(fold), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as fh:
-        np.save(fh, out)
+        np.savez(fh, quality=out.quality, prior=out.prior, margin=out.margin)
     os.replace(tmp, path)  # a crash never leaves a torn cache file
     return out

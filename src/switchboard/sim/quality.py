@@ -33,6 +33,26 @@ def task_prior_predictions(data: RoutingData) -> np.ndarray:
     return out
 
 
+def router_by_prompt(router, data: RoutingData) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """A loaded `Router`'s predictions for every prompt of `data`, columns in `data.model_names` order (0 for a
+    model the router does not know), and its conservative rule's (prior, margin) per prompt, or None without
+    one: what `routing_inputs(predicted_by_prompt=..., caution_by_prompt=...)` takes."""
+    quality, confidence = router.predict_with_confidence(router.features(list(data.prompts)))
+    columns = [router.experts.index(m) if m in router.experts else None for m in data.model_names]
+    out = np.zeros((len(data), len(data.model_names)))
+    for j, c in enumerate(columns):
+        if c is not None:
+            out[:, j] = quality[:, c]
+    caution = router.caution(None, confidence, len(data))
+    if caution is None:
+        return out, None
+    prior = np.zeros_like(out)
+    for j, c in enumerate(columns):
+        if c is not None:
+            prior[:, j] = np.asarray(caution.prior, np.float64)[c]
+    return out, (prior, np.broadcast_to(caution.margin, (len(data), 1)).copy())
+
+
 def routing_inputs(
     workload: Workload,
     data: RoutingData,
@@ -40,11 +60,14 @@ def routing_inputs(
     predict: Callable[[Sequence[str]], np.ndarray] | None = None,
     predict_experts: Sequence[str] | None = None,
     predicted_by_prompt: np.ndarray | None = None,
+    caution_by_prompt: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RoutingInputs:
     """Per-request predicted and true quality (columns = `expert_ids`). Requests without a prompt get the data's
     mean scores. `predict(prompts)` returns (n, len(predict_experts)); it is called once per distinct prompt.
 
-    `predicted_by_prompt` (len(data), len(data.model_names)) instead gives every prompt's prediction directly.
+    `predicted_by_prompt` (len(data), len(data.model_names)) instead gives every prompt's prediction directly, and
+    `caution_by_prompt` (prior (len(data), len(data.model_names)), margin (len(data), 1)) the router's
+    conservative rule for it (`RoutingInputs.judged` applies it; requests without a prompt get no margin).
 
     Experts that are not models of the routing data (e.g. the synthetic experts of a keep-alive experiment, whose
     requests name their expert) get NaN true quality and a predicted quality of 0.
@@ -74,4 +97,10 @@ def routing_inputs(
     true = true_by_prompt[idx]
     predicted[~has_prompt] = np.nan_to_num(true_by_prompt.mean(axis=0))
     true[~has_prompt] = true_by_prompt.mean(axis=0)
-    return RoutingInputs(predicted=predicted, true=true)
+    if caution_by_prompt is None:
+        return RoutingInputs(predicted=predicted, true=true)
+    prior_by_prompt, margin_by_prompt = (np.asarray(a, np.float64) for a in caution_by_prompt)
+    prior = prior_by_prompt[:, cols][idx]
+    prior[:, ~np.array(known, dtype=bool)] = 0.0
+    margin = np.where(has_prompt[:, None], margin_by_prompt[idx], 0.0)
+    return RoutingInputs(predicted=predicted, true=true, caution_prior=prior, caution_margin=margin)

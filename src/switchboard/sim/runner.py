@@ -56,6 +56,27 @@ class RoutingInputs:
 
     predicted: np.ndarray
     true: np.ndarray
+    caution_prior: np.ndarray | None = None
+    """(n, m) per request, what the router knows as each expert's mean score, for its conservative rule
+    (`router.selection.Caution`); None: the plain rule."""
+    caution_margin: np.ndarray | None = None
+    """(n, 1) per request, the rule's margin (gated by the router's confidence where it is; 0 without a prompt)."""
+
+    def judged(self, usd_per_mtok: np.ndarray, cost_weight: float) -> "RoutingInputs":
+        """These inputs with `predicted` less the conservative rule's margin where the router's own choice would
+        apply it (experts priced below each request's prior choice at `cost_weight`), and no rule left: what every
+        plane, the static one and the fleet-aware ones alike, then scores, as `RouterChooser` hands the live fleet
+        the router's judged quality. Unchanged without a rule."""
+        if self.caution_prior is None or self.caution_margin is None or not len(self.predicted):
+            return self
+        from switchboard.router.selection import Caution, cautious_quality
+
+        price = np.asarray(usd_per_mtok, np.float64)
+        mask = np.ones(self.predicted.shape, dtype=bool)
+        traded = np.broadcast_to(price, self.predicted.shape)
+        judged = cautious_quality(self.predicted, Caution(self.caution_prior, self.caution_margin), traded, mask, price,
+                                  cost_weight)
+        return RoutingInputs(judged, self.true)
 
 
 _PREWARM_CODES = frozenset({KeepAliveReasonCode.PREWARM_DUE, KeepAliveReasonCode.PREWARM_SCHEDULED,

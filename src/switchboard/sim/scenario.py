@@ -173,7 +173,9 @@ def run_policy(
 ) -> tuple[Summary, RunResult]:
     """Run one policy set; `routing_for(expert_ids)` gives the per-request quality in that expert order."""
     cluster = resolve_cluster(spec, hardware_overrides)
-    routing = routing_for(cluster.expert_ids)
+    # The router's conservative rule, if it has one, is applied once here, at this run's λ, for every plane.
+    routing = routing_for(cluster.expert_ids).judged(np.array([e.usd_per_mtok for e in cluster.experts]),
+                                                     knobs.cost_weight)
     if name == "static":
         cluster, counts = static_cluster(spec, workload, routing, knobs, cluster.expert_ids)
         price = np.array([e.usd_per_mtok for e in cluster.experts])
