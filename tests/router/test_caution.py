@@ -270,3 +270,14 @@ def test_online_evidence_outweighs_the_margin_as_it_outweighs_the_estimate():
     decision = router.route(prompt, RoutingConstraints(), adjust=ShareAdjust([0.1, 1.0, 1.0]))
     assert decision.expert == "cheap"
     assert next(c for c in decision.ranking if c.expert == "cheap").quality_for_choice == pytest.approx(0.75 - 0.015)
+
+
+def test_a_router_is_evaluated_as_served_with_its_gated_rule(tmp_path):
+    """`router eval` and the simulator's `--router DIR` score what `route_batch` chooses: the rule included."""
+    router = gated_router(0.5)
+    x = router.features(["Which is the capital of France?"] * 3)
+    quality, rule, caution = router.as_served(x)
+    assert np.allclose(quality, [[0.75, 0.5, 0.7]] * 3) and rule is router.model.selection_rule
+    assert np.allclose(caution.margin, 0.15) and caution.margin.shape == (3, 1)
+    assert choose(quality, PRICE, NAMES, RoutingConstraints(), rule, caution=caution)[0].tolist() == [2, 2, 2]
+    assert gated_router(None).as_served(x)[2] is None

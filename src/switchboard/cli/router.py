@@ -165,7 +165,8 @@ def evaluate_cmd(
     tasks = tasks if all(t is not None for t in tasks) and len(set(tasks)) > 1 else None
     emb = embed_cached(loaded.embedder, texts, Path("~/.cache/switchboard/embeddings").expanduser())
     x = build_features(loaded.embedder, texts, loaded.use_cheap_features, emb)
-    predictions = {f"router ({loaded.strategy})": (loaded.predict_quality_from_features(x), loaded.model.selection_rule)}
+    # As served: its selection rule, and its conservative rule if it has one (gated per prompt where it is).
+    predictions = {f"router ({loaded.strategy})": loaded.as_served(x)}
     weights = None if tasks is None else task_balanced_weights(tasks)
     evaluation = evaluate(predictions, y, loaded.usd_per_mtok, loaded.experts, np.random.default_rng(seed), weights=weights)
     typer.echo(format_table(evaluation))

@@ -18,8 +18,8 @@ from switchboard.router.calibration import Calibration
 from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, request_usd, request_usd_per_mtok
 from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
-from switchboard.router.selection import (Caution, RankedCandidate, RoutingConstraints, choose, gated_margin,
-                                          rank_candidates)
+from switchboard.router.selection import (Caution, RankedCandidate, RoutingConstraints, SelectionRule, choose,
+                                          gated_margin, rank_candidates)
 from switchboard.router.strategies import QualityModel
 
 
@@ -116,6 +116,13 @@ class Router:
         raw, confidence = self.model.predict_with_confidence(x)
         return self.calibration.apply(raw), confidence
 
+    def as_served(self, x: np.ndarray) -> tuple[np.ndarray, SelectionRule, Caution | None]:
+        """(calibrated quality (n, m), the selection rule, the conservative rule per row or None) for feature rows
+        `x`: what `route_batch` chooses with, and what an evaluation of this router as served scores
+        (`curves.sweep`, `evaluate.evaluate`)."""
+        quality, confidence = self.predict_with_confidence(x)
+        return quality, self.model.selection_rule, self.caution(None, confidence, len(x))
+
     def features(self, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), dims) the rows the quality model reads."""
         return build_features(self.embedder, prompts, self.use_cheap_features)
@@ -205,11 +212,10 @@ class Router:
 
     def route_batch(self, prompts: Sequence[str], constraints: RoutingConstraints = RoutingConstraints()) -> list[str | None]:
         x = build_features(self.embedder, prompts, self.use_cheap_features)
-        quality, confidence = self.predict_with_confidence(x)
+        quality, rule, caution = self.as_served(x)
         cheap = x[:, -len(FEATURE_NAMES):] if self.use_cheap_features else cheap_feature_matrix(prompts)
         traded, _ = self.request_prices(prompts, cheap, *self.io_prices())
-        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, self.model.selection_rule, traded,
-                                    self.caution(None, confidence, len(prompts)))
+        index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, rule, traded, caution)
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
 
 

@@ -37,13 +37,12 @@ def router_by_prompt(router, data: RoutingData) -> tuple[np.ndarray, tuple[np.nd
     """A loaded `Router`'s predictions for every prompt of `data`, columns in `data.model_names` order (0 for a
     model the router does not know), and its conservative rule's (prior, margin) per prompt, or None without
     one: what `routing_inputs(predicted_by_prompt=..., caution_by_prompt=...)` takes."""
-    quality, confidence = router.predict_with_confidence(router.features(list(data.prompts)))
+    quality, _, caution = router.as_served(router.features(list(data.prompts)))
     columns = [router.experts.index(m) if m in router.experts else None for m in data.model_names]
     out = np.zeros((len(data), len(data.model_names)))
     for j, c in enumerate(columns):
         if c is not None:
             out[:, j] = quality[:, c]
-    caution = router.caution(None, confidence, len(data))
     if caution is None:
         return out, None
     prior = np.zeros_like(out)
