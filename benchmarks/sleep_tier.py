@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from switchboard.cli.sim import _prepare
+from switchboard.cli.sim import DEFAULT_COST_WEIGHT, _prepare
 from switchboard.sim.runner import RunResult
 from switchboard.sim.scenario import run_policy
 
@@ -47,7 +47,8 @@ NUM_RESAMPLES = 1000
 
 def prepare(cluster: Path, router: str, *, trace: Path | None = None, seed: int = 0, time_scale: float = 1.0,
             tenants: int = 1):
-    return _prepare(trace, cluster, router=router, cost_weight=0.0, keepalive_s=None, seed=seed,
+    # The router's λ of `sim compare` by default: the live `auto` default (the balanced preset; 0 before 2026-12-07).
+    return _prepare(trace, cluster, router=router, cost_weight=DEFAULT_COST_WEIGHT, keepalive_s=None, seed=seed,
                     time_scale=time_scale, tenants=tenants, num_requests=None, workload="trace", num_experts=0,
                     rate=0.0, duration_s=0.0, zipf=1.0)
 

@@ -16,11 +16,22 @@ from typing import Optional
 
 import typer
 
+from switchboard.router.objective import DEFAULT_OBJECTIVE, OBJECTIVE_COST_WEIGHTS
+
 sim_app = typer.Typer(help="Simulate the fleet and its policies on real traces (capacity planning, policy proofs).",
                       no_args_is_help=True)
 
 TRACE_HELP = "Azure LLM trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens); default: the packaged conversation trace."
 
+
+
+DEFAULT_COST_WEIGHT = OBJECTIVE_COST_WEIGHTS[DEFAULT_OBJECTIVE]
+"""The router's λ when `sim run`/`sim compare` are given none: the `balanced` preset, what the live `auto` routes
+with when neither the request nor the config sets one (`router.objective`), so the `switchboard` row is the live
+default in its routing too (the blended list price is the request's price for the shipped experts, whose input
+and output prices are equal)."""
+
+COST_WEIGHT_HELP = "Router λ per USD/Mtok (default: the balanced preset, as the live `auto` with none set)."
 
 def register(app: typer.Typer) -> None:
     app.add_typer(sim_app, name="sim")
@@ -197,7 +208,7 @@ def run(
     zipf: float = typer.Option(1.2, "--zipf", help="many-experts: popularity exponent."),
     periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
                                             help="many-experts: share of experts that run scheduled jobs."),
-    cost_weight: float = typer.Option(0.0, "--cost-weight", help="Router λ per USD/Mtok."),
+    cost_weight: float = typer.Option(DEFAULT_COST_WEIGHT, "--cost-weight", help=COST_WEIGHT_HELP),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
     demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
@@ -249,7 +260,7 @@ def compare(
     zipf: float = typer.Option(1.2, "--zipf"),
     periodic_fraction: float = typer.Option(0.5, "--periodic-fraction",
                                             help="many-experts: share of experts that run scheduled jobs."),
-    cost_weight: float = typer.Option(0.0, "--cost-weight"),
+    cost_weight: float = typer.Option(DEFAULT_COST_WEIGHT, "--cost-weight", help=COST_WEIGHT_HELP),
     keepalive_s: Optional[float] = typer.Option(None, "--keepalive-s", help="Override the fixed idle timeout and the "
                                                 "hybrid policy's fallback window (default 600 s)."),
     demand_headroom: Optional[float] = typer.Option(None, "--demand-headroom", min=1.0, help="Autoscale with demand-at-slo for this multiple of the "
