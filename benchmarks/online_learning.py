@@ -10,7 +10,9 @@ and fit parameters, `ensemble-format3-task` since 2026-12-07 (its task stage tra
 split into a stream of `--events` prompts (at most half of T) and the rest, the test part. The stream is routed
 one prompt at a time by that router through `OnlineLearner` — the gateway's code: its correction, its
 exploration within the budget — and each routed prompt's true score for the chosen expert comes back as
-feedback. After 0, 25, 50, 100, 200 and 300 events the test part is routed with the posterior mean (no
+feedback. Every pick is `Router.route`'s: with the packaged router's conservative rule (`ensemble-format3-task-gated`
+since 2026-12-07: margin 0.32 · (1 − c) per prompt, the prior from the router's own training part), each expert's
+margin scaled by the router's share of the online posterior, none on an exploring decision. After 0, 25, 50, 100, 200 and 300 events the test part is routed with the posterior mean (no
 exploration, no learning) and its mean score and mean USD/Mtok recorded.
 
 Reported, per cost weight λ (quality per USD/Mtok, blended price: the router's current units) and averaged over

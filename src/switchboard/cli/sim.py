@@ -23,8 +23,6 @@ sim_app = typer.Typer(help="Simulate the fleet and its policies on real traces (
 
 TRACE_HELP = "Azure LLM trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens); default: the packaged conversation trace."
 
-
-
 DEFAULT_COST_WEIGHT = OBJECTIVE_COST_WEIGHTS[DEFAULT_OBJECTIVE]
 """The router's λ when `sim run`/`sim compare` are given none: the `balanced` preset, what the live `auto` routes
 with when neither the request nor the config sets one (`router.objective`), so the `switchboard` row is the live
@@ -32,6 +30,7 @@ default in its routing too (the blended list price is the request's price for th
 and output prices are equal)."""
 
 COST_WEIGHT_HELP = "Router λ per USD/Mtok (default: the balanced preset, as the live `auto` with none set)."
+
 
 def register(app: typer.Typer) -> None:
     app.add_typer(sim_app, name="sim")
