@@ -119,7 +119,8 @@ confidence; since 2026-12-07, after `ensemble-format3-task` earlier that day), i
 folds; on rows without task labels, `ensemble-format3` alone under the plain rule. The gated rule was adopted by a
 rule declared before its check (seeds 6–8, nested protocol): task-balanced and random best quality no lower than
 −0.001 on average, LOTO higher — LOTO +0.0051, task-balanced −0.0005, random +0.0008 (docs/router.md; LOTO's
-folds are those the exploration chose κ on, so that column is in-sample for it). It makes the `balanced` preset
+folds are those the exploration chose κ on, so that column is in-sample for it); seeds 6–11 together (9–11 a
+report-only confirmation): LOTO +0.0062, task-balanced −0.0008, random +0.0005. It makes the `balanced` preset
 about 10% dearer on the training tasks' mix. The candidate was chosen offline, not by a data-driven selection:
 `ensemble-format3` by leave-one-task-out nested CV (best quality 0.6111 against the previous default `ensemble`'s
 0.6008, 3 seeds), because LOTO is the column that reproduces the owners' held-out set; its task stage by a rule
