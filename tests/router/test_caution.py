@@ -1,5 +1,7 @@
 """The conservative selection rule (`selection.Caution`): properties of the shared rule, the margin's choice on
-leave-one-task-out inner folds, and a router that carries it through save and load."""
+leave-one-task-out inner folds, a router that carries it through save and load; and the packaged form, the margin
+gated by the model's confidence per prompt, through nested CV, `Router.route`, the chooser's hand-over to the fleet,
+online feedback and evaluation as served."""
 
 from __future__ import annotations
 
