@@ -50,8 +50,8 @@ from switchboard.router.data import common_experts, load_examples, load_models, 
 from switchboard.router.embed import StaticEmbedder
 from switchboard.router.persist import builtin_static_dir, load_default_router
 from switchboard.router.pipeline import embed_cached
-from switchboard.router.router import Router, build_features
-from switchboard.router.selection import Caution, RoutingConstraints, choose
+from switchboard.router.router import Router, after_feedback, build_features
+from switchboard.router.selection import RoutingConstraints, choose
 from switchboard.router.training import fit_calibrated_like, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
@@ -143,13 +143,11 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     if rows_confidence is not None:
         confidence[rows] = rows_confidence
 
-    def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None) -> np.ndarray:
-        """Router.route's choice for rows `at` with (adjusted) quality `q`: its conservative rule included, its
-        margin scaled by the router's share of the online posterior (`share` (n, m); None: no feedback)."""
+    def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None, is_exploring: bool = False) -> np.ndarray:
+        """Router.route's choice for rows `at` with (adjusted) quality `q`: its conservative rule included, after
+        feedback as `Router.route` applies it (`share` (n, m): the router's share of the online posterior)."""
         caution = router.caution(None, confidence[at] if rows_confidence is not None else None, len(at))
-        if caution is not None and share is not None:
-            caution = Caution(caution.prior, np.asarray(caution.margin) * share)
-        return choose(q, price, names, constraints, rule, caution=caution)[0]
+        return choose(q, price, names, constraints, rule, caution=after_feedback(caution, share, is_exploring))[0]
 
     def test_point(learner: OnlineLearner | None) -> tuple[float, float]:
         q, share = base[test].astype(np.float64), None
@@ -178,10 +176,8 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         i = stream[t]
         adjust = learner.adjuster("t")
         q = base[i] if adjust is None else adjust(x[i], names, base[i])
-        share = None if adjust is None or adjust.router_share is None else adjust.router_share[None, :]
-        if adjust is not None and adjust.is_sampled:
-            share = np.zeros((1, len(names)))  # an exploring decision carries no margin, as in Router.route
-        j = int(pick(q[None, :], stream[t:t + 1], share)[0])
+        share = None if adjust is None else adjust.router_share
+        j = int(pick(q[None, :], stream[t:t + 1], share, adjust is not None and adjust.is_sampled)[0])
         if adjust is not None:
             adjust.settle(names[j])  # as RouterChooser does
         learner.add_event("t", x[i], j, float(base[i, j]), float(y[i, j]))  # what POST /v1/feedback does, minus the lookup

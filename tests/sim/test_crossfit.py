@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from switchboard.router.persist import load_default_router
-from switchboard.sim.crossfit import cross_fitted, cross_fitted_quality
+from switchboard.sim.crossfit import cross_fitted
 from switchboard.sim.quality import routing_inputs
 from switchboard.sim.runner import RoutingInputs
 from switchboard.sim.workload import NO_PROMPT, Workload, load_routing_data
@@ -22,21 +22,21 @@ def small_data(num_prompts: int = 45):
 
 def test_a_prompts_own_scores_never_reach_its_prediction(tmp_path):
     data = small_data()
-    before = cross_fitted_quality(data, num_folds=3, cache_dir=tmp_path)
+    before = cross_fitted(data, num_folds=3, cache_dir=tmp_path).quality
     assert before.shape == (len(data), len(data.model_names)) and np.all((before >= 0) & (before <= 1))
     # A leak — row 0 in the training folds of its own router — would move row 0's prediction with its scores.
     poisoned = dataclasses.replace(data, scores=data.scores.copy())
     poisoned.scores[0] = 1.0 - poisoned.scores[0]
-    after = cross_fitted_quality(poisoned, num_folds=3, cache_dir=tmp_path)
+    after = cross_fitted(poisoned, num_folds=3, cache_dir=tmp_path).quality
     assert np.allclose(after[0], before[0])
     assert not np.allclose(np.delete(after, 0, axis=0), np.delete(before, 0, axis=0))  # the other folds' routers did see it
 
 
 def test_predictions_are_cached_by_content_and_fed_to_the_simulator(tmp_path):
     data = small_data()
-    first = cross_fitted_quality(data, num_folds=3, cache_dir=tmp_path)
+    first = cross_fitted(data, num_folds=3, cache_dir=tmp_path).quality
     assert len(list(tmp_path.glob("crossfit-*.npz"))) == 1
-    assert np.array_equal(cross_fitted_quality(data, num_folds=3, cache_dir=tmp_path), first)
+    assert np.array_equal(cross_fitted(data, num_folds=3, cache_dir=tmp_path).quality, first)
     prompts = np.array([2, NO_PROMPT, 2, 7], np.int32)
     workload = Workload.from_arrays(np.arange(4.0), np.full(4, 10), np.full(4, 5), prompt_index=prompts)
     experts = (data.model_names[3], data.model_names[0])

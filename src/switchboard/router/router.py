@@ -90,19 +90,23 @@ class Router:
     def strategy(self) -> str:
         return self.model.name.value
 
+    def margins(self, confidence: np.ndarray | None = None, num_rows: int = 1) -> np.ndarray | None:
+        """(n, 1) the conservative rule's margin per row, or None when the rule is off: gated by `confidence` (n,)
+        (`predict_with_confidence`) when the router says so (off without one); `num_rows` rows of the full
+        margin otherwise. Needs no prior: the simulator's cross-fitted routers bring their own."""
+        if self.caution_margin <= 0:
+            return None
+        if not self.caution_by_confidence:
+            return np.full((num_rows, 1), float(self.caution_margin))
+        return None if confidence is None else gated_margin(self.caution_margin, confidence, len(confidence))
+
     def caution(self, known: Sequence[int] | None = None, confidence: np.ndarray | None = None,
                 num_rows: int = 1) -> Caution | None:
-        """The conservative rule over the experts at indices `known` (all by default), or None when off. Its
-        margin is (n, 1), one per row: gated by `confidence` (n,) (`predict_with_confidence`) when the router says
-        so; `num_rows` rows of the full margin otherwise."""
-        if self.prior_quality is None or self.caution_margin <= 0:
+        """The conservative rule over the experts at indices `known` (all by default), or None when off; its
+        margin per row is `margins(confidence, num_rows)`."""
+        margin = self.margins(confidence, num_rows)
+        if self.prior_quality is None or margin is None:
             return None
-        if self.caution_by_confidence:
-            if confidence is None:
-                return None
-            margin = gated_margin(self.caution_margin, confidence, len(confidence))
-        else:
-            margin = np.full((num_rows, 1), float(self.caution_margin))
         prior = np.asarray(self.prior_quality, np.float64)
         prior = prior if known is None else prior[list(known)]
         return Caution(prior, margin)
@@ -184,16 +188,8 @@ class Router:
         full_in[known], full_out[known] = input_usd, output_usd
         per_mtok, usd = self.request_prices([prompt], cheap, full_in, full_out, max_output_tokens)
         traded, usd = per_mtok[0, known], usd[0, known]
-        caution = self.caution(known, confidence)
-        share = getattr(adjust, "router_share", None)
-        if getattr(adjust, "is_sampled", False):
-            # An exploring decision (within the tenant's bound) is there to try what the estimate doubts.
-            caution = None
-        elif caution is not None and share is not None:
-            # Online feedback near this prompt outweighs the caution about the router's own estimate by as much
-            # as it outweighs the estimate itself (`Adjustment.router_share`).
-            margin = np.asarray(caution.margin, np.float64).reshape(1, -1) * np.asarray(share)[None, :]
-            caution = Caution(caution.prior, margin)
+        caution = after_feedback(self.caution(known, confidence), getattr(adjust, "router_share", None),
+                                 bool(getattr(adjust, "is_sampled", False)))
         ranking = tuple(rank_candidates(quality, price, names, constraints, traded, caution))
         index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :],
                                     caution)
@@ -217,6 +213,20 @@ class Router:
         traded, _ = self.request_prices(prompts, cheap, *self.io_prices())
         index, is_feasible = choose(quality, self.usd_per_mtok, self.experts, constraints, rule, traded, caution)
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
+
+
+def after_feedback(caution: Caution | None, router_share: np.ndarray | None, is_exploring: bool) -> Caution | None:
+    """The conservative rule of one decision after online learning corrected its estimates (`Router.route(adjust=)`,
+    whose online `Adjustment` carries `router_share` and `is_sampled`): none on an exploring decision (within the
+    tenant's bound, it is there to try what the estimate doubts); otherwise each expert's margin scaled by
+    `router_share` (n, m) or (m,), the router's remaining share of its corrected estimate, so feedback outweighs the
+    caution about the router's estimate as much as it outweighs the estimate itself. Unchanged without feedback."""
+    if is_exploring:
+        return None
+    if caution is None or router_share is None:
+        return caution
+    share = np.asarray(router_share, np.float64)
+    return Caution(caution.prior, np.asarray(caution.margin, np.float64) * share.reshape(-1, share.shape[-1]))
 
 
 def _as_pair(override: float | tuple[float, float] | None, input_usd: float, output_usd: float) -> tuple[float, float]:

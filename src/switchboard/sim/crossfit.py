@@ -50,12 +50,6 @@ class CrossFit:
         return self.prior, self.margin
 
 
-def cross_fitted_quality(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
-                         cache_dir: Path | str = DEFAULT_CACHE_DIR) -> np.ndarray:
-    """(len(data), len(data.model_names)) calibrated predicted quality, each row out of fold (see module doc)."""
-    return cross_fitted(data, num_folds=num_folds, seed=seed, cache_dir=cache_dir).quality
-
-
 def cross_fitted(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
                  cache_dir: Path | str = DEFAULT_CACHE_DIR) -> CrossFit:
     """Each prompt's prediction and conservative rule by a router of the packaged recipe that never saw it.
@@ -96,11 +90,9 @@ def cross_fitted(data: RoutingData, *, num_folds: int = 5, seed: int = 0,
         raw, confidence = model.predict_with_confidence(x[fold])
         out.quality[fold] = calibration.apply(raw)
         out.prior[fold] = y[train].mean(axis=0)
-        # The packaged router's rule, as this fold's router would apply it (its confidence, its prior).
-        fold_router = dataclasses.replace(packaged, prior_quality=y[train].mean(axis=0))
-        caution = fold_router.caution(None, confidence, len(fold))
-        if caution is not None:
-            out.margin[fold] = np.broadcast_to(caution.margin, (len(fold), 1))
+        margin = packaged.margins(confidence, len(fold))  # the packaged rule, on this fold's router's confidence
+        if margin is not None:
+            out.margin[fold] = margin
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as fh:

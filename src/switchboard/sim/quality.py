@@ -38,17 +38,12 @@ def router_by_prompt(router, data: RoutingData) -> tuple[np.ndarray, tuple[np.nd
     model the router does not know), and its conservative rule's (prior, margin) per prompt, or None without
     one: what `routing_inputs(predicted_by_prompt=..., caution_by_prompt=...)` takes."""
     quality, _, caution = router.as_served(router.features(list(data.prompts)))
-    columns = [router.experts.index(m) if m in router.experts else None for m in data.model_names]
-    out = np.zeros((len(data), len(data.model_names)))
-    for j, c in enumerate(columns):
-        if c is not None:
-            out[:, j] = quality[:, c]
+    known = np.array([m in router.experts for m in data.model_names])
+    columns = np.array([router.experts.index(m) if m in router.experts else 0 for m in data.model_names])
+    out = np.where(known, np.asarray(quality, np.float64)[:, columns], 0.0)
     if caution is None:
         return out, None
-    prior = np.zeros_like(out)
-    for j, c in enumerate(columns):
-        if c is not None:
-            prior[:, j] = np.asarray(caution.prior, np.float64)[c]
+    prior = np.broadcast_to(np.where(known, np.asarray(caution.prior, np.float64)[columns], 0.0), out.shape).copy()
     return out, (prior, np.broadcast_to(caution.margin, (len(data), 1)).copy())
 
 

@@ -44,6 +44,7 @@ from switchboard.policies.loop import next_to_run
 from switchboard.policies.ordering import QueueOrderSettings, make_queue_order
 from switchboard.policies.placement import sleep_frees_accelerator
 from switchboard.policies.routing import PrewarmReasonCode
+from switchboard.router.selection import Caution, cautious_quality
 from switchboard.sim.plane import RouteQuery, SimPlane
 from switchboard.sim.workload import NO_EXPERT, Workload
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId
@@ -69,8 +70,6 @@ class RoutingInputs:
         the router's judged quality. Unchanged without a rule."""
         if self.caution_prior is None or self.caution_margin is None or not len(self.predicted):
             return self
-        from switchboard.router.selection import Caution, cautious_quality
-
         price = np.asarray(usd_per_mtok, np.float64)
         mask = np.ones(self.predicted.shape, dtype=bool)
         traded = np.broadcast_to(price, self.predicted.shape)
