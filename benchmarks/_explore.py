@@ -1,7 +1,8 @@
 """The outer-fold screen shared by the router explorations (`router_dro_explore.py`, `router_task_explore.py`):
 the shipped data's serving-path features, raw estimates on the outer folds of `router_quality.py` (no calibration,
-no selection), and one line per estimator — best quality over the λ grid, AUC, and under LOTO the tasks more than
-0.02 below their best single expert at λ = 0 and at `balanced`. An exploration, never a result."""
+no selection), and one line per estimator — best quality over the λ grid, AUC, quality and mean USD/Mtok at the `balanced` preset
+(added 2026-12-07 05:16 UTC; earlier outputs lack it), and under LOTO the tasks more than 0.02 below their best
+single expert at λ = 0 and at `balanced`. An exploration, never a result."""
 
 from __future__ import annotations
 
@@ -81,8 +82,11 @@ def screen(data: Shipped, splits: str, seed: int, fit_fold: FitFold,
         for name, pred in predictions.items():
             caution = Caution(*cautions[name]) if name in cautions else None
             points = sweep(pred, data.y, data.price, data.experts, weights=weights, caution=caution)
+            preset = sweep(pred, data.y, data.price, data.experts, cost_weights=(balanced,), weights=weights,
+                           caution=caution)[0]
             line = (f"{kind.value:20s} {name:26s} best {max(p.quality for p in points):.4f} "
-                    f"auc {auc(points, float(data.price.min()), float(data.price.max())):.4f}")
+                    f"auc {auc(points, float(data.price.min()), float(data.price.max())):.4f} "
+                    f"balanced {preset.quality:.4f} ${preset.usd_per_mtok:.3f}")
             if kind is SplitKind.LEAVE_ONE_TASK_OUT:
                 below = [sum(r.gap < -0.02 for r in per_task_table(pred, data.y, data.price, data.experts, data.tasks, lam,
                                                                    caution=caution))
