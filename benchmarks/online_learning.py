@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/online_learning.py [--seeds 0,1,2] [--events 300] [--cost-weights 0,0.05,0.1]
                                                    [--tasks gpqa,mbpp] [--plot docs/online-learning.png]
-                                                   [--settings '[{...}, {...}]' [--select]] [--familiar]
+                                                   [--settings '[{...}, {...}]' [--select]] [--familiar | --mixed]
 
 For each task T of the shipped routing data: a router is trained without T (the shipped router's recipe — its strategy
 and fit parameters, `ensemble-format3-task` since 2026-12-07 (its task stage trained on the other tasks' labels),
@@ -29,7 +29,10 @@ best single expert; the summary reports the other nine tasks alone: the honest n
 result: each task routed with the variant that did best on the *other* tasks (runs meeting the target summed
 over λ and seeds, then the mean gap), so no task's own runs choose its settings. `--familiar` checks the other
 side: each router is trained on half of the task as well, and the other half is streamed — traffic the router
-was trained for, where learning should not make routing worse.
+was trained for, where learning should not make routing worse. `--mixed` checks a tenant whose traffic is not one
+task: each router is trained without the task and without half of every other task, and the task's prompts are
+streamed mixed with as many from the other tasks' held-back halves (kinds the router knows, prompts it never saw),
+where sending everything to one expert would be wrong.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from switchboard.router.embed import StaticEmbedder
 from switchboard.router.persist import builtin_static_dir, load_default_router
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.router import Router, after_feedback, build_features
-from switchboard.router.selection import RoutingConstraints, choose
+from switchboard.router.selection import Caution, RoutingConstraints, choose
 from switchboard.router.training import fit_calibrated_like, residual_correlation
 
 CHECKPOINTS = (0, 25, 50, 100, 200, 300)
@@ -106,10 +109,14 @@ def split_task(rows: np.ndarray, seed: int, num_events: int) -> tuple[np.ndarray
     return order[:num_stream], order[num_stream:]
 
 
-def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool = False) -> tuple[dict[str, Router], dict[str, np.ndarray]]:
+def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool = False,
+                 mixed: bool = False) -> tuple[dict[str, Router], dict[str, np.ndarray]]:
     """One router per wanted task, and the task's rows that router never saw (the stream and test rows). Trained on
     every other task; with `familiar`, on every other task and a fixed random half of this one (the traffic the
-    router was trained for: online learning must not make it worse), the other half being the rows returned."""
+    router was trained for: online learning must not make it worse), the other half being the rows returned; with
+    `mixed`, on a fixed random half of every other task, and the rows returned are the task's and as many again
+    drawn from the other tasks' held-back halves — a tenant whose traffic mixes an unseen task with kinds the
+    router knows (prompts it never saw), where one expert for everything would be wrong."""
     out: dict[str, Router] = {}
     unseen: dict[str, np.ndarray] = {}
     packaged = load_default_router()
@@ -117,7 +124,15 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
     for task in wanted:
         rows = np.nonzero(tasks == task)[0]
         unseen[task] = np.sort(np.random.default_rng([0, 29]).permutation(rows)[: len(rows) // 2]) if familiar else rows
-        train = np.setdiff1d(np.arange(len(tasks)), unseen[task])
+        if mixed:
+            halves = [np.random.default_rng([0, 31, i]).permutation(np.nonzero(tasks == other)[0])
+                      for i, other in enumerate(sorted(set(tasks))) if other != task]
+            held_back = np.concatenate([h[: len(h) // 2] for h in halves])
+            drawn = np.random.default_rng([0, 37]).choice(held_back, size=min(len(rows), len(held_back)), replace=False)
+            unseen[task] = np.sort(np.concatenate([rows, drawn]))
+            train = np.setdiff1d(np.arange(len(tasks)), np.concatenate([rows, held_back]))
+        else:
+            train = np.setdiff1d(np.arange(len(tasks)), unseen[task])
         rng = np.random.default_rng([0, 3])
         t0 = time.perf_counter()
         model, calibration = fit_calibrated_like(recipe, x[train], y[train], rng, tasks=list(tasks[train]))
@@ -125,7 +140,8 @@ def loto_routers(x, y, tasks, wanted, price, experts, embedder, familiar: bool =
                         caution_margin=packaged.caution_margin, caution_by_confidence=packaged.caution_by_confidence)
         # What `router train` ships for the correlated prior (`expert_correlation`): residuals on its training rows.
         out[task] = replace(router, residual_correlation=residual_correlation(router.predict_quality_from_features(x[train]), y[train]))
-        print(f"  router without {'half of ' if familiar else ''}{task}: {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"  router without {'half of ' if familiar else ''}{task}{' (and half of the rest)' if mixed else ''}: "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
     return out, unseen
 
 
@@ -143,18 +159,22 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     if rows_confidence is not None:
         confidence[rows] = rows_confidence
 
-    def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None, is_exploring: bool = False) -> np.ndarray:
+    def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None, is_exploring: bool = False,
+             anchor: Caution | None = None) -> np.ndarray:
         """Router.route's choice for rows `at` with (adjusted) quality `q`: its conservative rule included, after
-        feedback as `Router.route` applies it (`share` (n, m): the router's share of the online posterior)."""
+        feedback as `Router.route` applies it (`share` (n, m): the router's share of the online posterior; `anchor`:
+        the tenant's anchored rule for one row, which replaces it)."""
         caution = router.caution(None, confidence[at] if rows_confidence is not None else None, len(at))
-        return choose(q, price, names, constraints, rule, caution=after_feedback(caution, share, is_exploring))[0]
+        return choose(q, price, names, constraints, rule, caution=after_feedback(caution, share, is_exploring, anchor))[0]
 
     def test_point(learner: OnlineLearner | None) -> tuple[float, float]:
-        q, share = base[test].astype(np.float64), None
-        if learner is not None:
-            posteriors = [learner.posterior("t", x[i], base[i]) for i in test]
-            q, share = np.stack([p[0] for p in posteriors]), np.stack([p[1] for p in posteriors])
-        j = pick(q, test, share)
+        if learner is None:
+            j = pick(base[test].astype(np.float64), test)
+            return float(y[test, j].mean()), float(price[j].mean())
+        j = np.zeros(len(test), np.int64)
+        for k, i in enumerate(test):  # row by row: each row's anchor is its own
+            post = learner.posterior("t", x[i], base[i])
+            j[k] = pick(post.mean[None, :], test[k:k + 1], post.router_share[None, :], anchor=post.anchor)[0]
         return float(y[test, j].mean()), float(price[j].mean())
 
     best_fixed = int(np.argmax(y[np.concatenate([stream, test])].mean(axis=0) - cost_weight * price))  # in hindsight, on the whole task
@@ -177,10 +197,11 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
         adjust = learner.adjuster("t")
         q = base[i] if adjust is None else adjust(x[i], names, base[i])
         share = None if adjust is None else adjust.router_share
-        j = int(pick(q[None, :], stream[t:t + 1], share, adjust is not None and adjust.is_sampled)[0])
+        j = int(pick(q[None, :], stream[t:t + 1], share, adjust is not None and adjust.is_sampled,
+                     None if adjust is None else adjust.anchor)[0])
         if adjust is not None:
             adjust.settle(names[j])  # as RouterChooser does
-        learner.add_event("t", x[i], j, float(base[i, j]), float(y[i, j]))  # what POST /v1/feedback does, minus the lookup
+        learner.add_event("t", x[i], j, base[i], float(y[i, j]))  # what POST /v1/feedback does, minus the lookup
         value = lambda k: float(y[i, k] - cost_weight * price[k])  # noqa: E731
         cum += value(best_fixed) - value(j)
         cum_base += value(best_fixed) - value(int(base_choice[t]))
@@ -286,13 +307,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write every run's numbers here.")
     parser.add_argument("--familiar", action="store_true",
                         help="Familiar traffic instead: each router is trained on half of the task too, and the other half is streamed.")
+    parser.add_argument("--mixed", action="store_true",
+                        help="Mixed traffic instead: each router is trained without the task and without half of every other task; "
+                             "the task's prompts are streamed mixed with as many from the other tasks' held-back halves.")
     parser.add_argument("--select", action="store_true",
                         help="With a list of --settings: also report the nested result, each task routed with the variant best on the other tasks.")
     args = parser.parse_args()
     x, y, price, tasks, experts, embedder = load_routing_data()
     wanted = sorted(set(tasks)) if args.tasks is None else args.tasks.split(",")
     variants = json.loads(args.settings)
-    routers, unseen = loto_routers(x, y, tasks, wanted, price, experts, embedder, args.familiar)
+    if args.familiar and args.mixed:
+        parser.error("--familiar and --mixed are two different checks: pick one")
+    routers, unseen = loto_routers(x, y, tasks, wanted, price, experts, embedder, args.familiar, args.mixed)
     runs_by_variant = []
     for overrides in variants if isinstance(variants, list) else [variants]:
         settings = OnlineLearningConfig(**overrides)

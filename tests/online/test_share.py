@@ -15,7 +15,7 @@ def test_the_routers_share_falls_with_the_feedback_near_the_prompt_and_only_for_
     prompt = "What is 17 * 23? Answer with a number."
     x = router.features([prompt])
     base = router.predict_quality_from_features(x)[0]
-    _, share = learner.posterior("t", x[0], base)
+    share = learner.posterior("t", x[0], base).router_share
     assert np.all(share == 1.0)  # no feedback: all of it is the router's
     for _ in range(8):
         learner.learn("t", prompt, router.experts[0], 1.0)

@@ -326,6 +326,13 @@ class OnlineLearningConfig(_Strict):
         description="Experts whose events near the prompt weigh less than this many identical prompts are valued as perfect "
         "when exploring (optimistic; 0: off).",
     )
+    anchor_sd: float = Field(
+        0.0, ge=0.0,
+        description="After feedback, a decision that does not explore anchors on the tenant's best expert near the prompt by a "
+        "context-free posterior (its mean feedback there, shrunk toward the router's mean prediction there), net of λ: "
+        "another expert must beat it by this many of its own posterior SDs at the prompt (0: off; the router's "
+        "conservative rule then applies, scaled by its share).",
+    )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 

@@ -44,6 +44,8 @@ class Events:
     experts: np.ndarray
     predicted: np.ndarray
     scores: np.ndarray
+    predictions: np.ndarray | None = None
+    """(n, m) the router's predicted quality of every expert at each event's prompt (for `anchor`); None: not kept."""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -116,6 +118,31 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
     a12, a22 = sum_wx, settings.noise_var / settings.slope_prior_var + sum_wxx
     det = a11 * a22 - a12 * a12
     return Correction((a22 * sum_wt - a12 * sum_wtx) / det, np.sqrt(settings.noise_var * a22 / det), sum_w)
+
+
+def anchor(events: Events, context: np.ndarray, experts: np.ndarray, settings: OnlineLearningConfig) -> np.ndarray | None:
+    """(len(experts),) each expert's *context-free* posterior mean over the tenant's events near `context` (cosine
+    similarity ≥ `min_similarity`, each weighing 1): its mean feedback score there, shrunk toward the router's mean
+    prediction of it over those same prompts by `prior_events` — or None without such events (or without
+    `events.predictions`).
+
+    Why: near a prompt of a task the router never saw, each expert's corrected quality still carries the
+    router's per-prompt estimate wherever that expert has little evidence, and per-prompt noise then spreads the
+    traffic over experts a few hundredths apart — each pick a little worse on average than staying with the best
+    one (docs/online-learning.md, "The anchor"). Averaged over the tenant's traffic there, that noise cancels: the
+    anchor is the expert this traffic's feedback says is best, and a challenger must beat it at the prompt by a
+    margin of its own posterior SDs (`selection.Caution.on_every_challenger`)."""
+    experts = np.asarray(experts, np.int64)
+    if not len(events) or events.predictions is None or not len(experts):
+        return None
+    near = np.einsum("ij,j->i", events.contexts, context) >= settings.min_similarity
+    if not near.any():
+        return None
+    num_all = events.predictions.shape[1]
+    counts = np.bincount(events.experts[near], minlength=num_all)[experts]
+    sums = np.bincount(events.experts[near], events.scores[near].astype(np.float64), minlength=num_all)[experts]
+    prior = events.predictions[near][:, experts].astype(np.float64).mean(axis=0)
+    return (settings.prior_events * prior + sums) / (settings.prior_events + counts)
 
 
 def _linked(sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx, experts, prior_correlation, settings) -> Correction:

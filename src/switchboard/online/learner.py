@@ -18,12 +18,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Events, correction, unit
+from switchboard.online.correction import Correction, Events, anchor, correction, unit
 from switchboard.online.exploration import ExplorationBudget, explore
+from switchboard.router.selection import Caution
 
 ANONYMOUS = ""
 """The tenant of every request when auth is off."""
@@ -53,34 +55,48 @@ class TenantMemory:
         self.max_events = max_events
         self.contexts = np.zeros((0, 0), np.float32)
         self.experts = np.zeros(0, np.int16)
-        self.predicted = np.zeros(0, np.float32)
+        self.predictions = np.zeros((0, 0), np.float32)  # the router's prediction of every expert at the prompt
         self.scores = np.zeros(0, np.float32)
         self.num_events = 0  # ever added; the buffer holds the last min(num_events, max_events)
         self.budget = ExplorationBudget()
 
-    def add(self, context: np.ndarray, expert: int, predicted: float, score: float) -> None:
+    def add(self, context: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> None:
         size = min(self.num_events, self.max_events)
         if size == len(self.scores) and size < self.max_events:
-            self._grow(len(context), min(self.max_events, max(16, 2 * size)))
+            self._grow(len(context), len(predictions), min(self.max_events, max(16, 2 * size)))
         slot = self.num_events % self.max_events
         self.contexts[slot], self.experts[slot] = context, expert
-        self.predicted[slot], self.scores[slot] = predicted, score
+        self.predictions[slot], self.scores[slot] = predictions, score
         self.num_events += 1
 
-    def _grow(self, dims: int, capacity: int) -> None:
-        contexts = np.zeros((capacity, dims), np.float32)
-        if len(self.contexts):
-            contexts[: len(self.contexts)] = self.contexts
-        self.contexts = contexts
+    def _grow(self, dims: int, num_experts: int, capacity: int) -> None:
+        self.contexts = _grown(self.contexts, (capacity, dims))
+        self.predictions = _grown(self.predictions, (capacity, num_experts))
         grow = capacity - len(self.scores)
         self.experts = np.concatenate([self.experts, np.zeros(grow, np.int16)])
-        self.predicted = np.concatenate([self.predicted, np.zeros(grow, np.float32)])
         self.scores = np.concatenate([self.scores, np.zeros(grow, np.float32)])
 
     def events(self) -> Events:
         """A view of the events held (valid until the next `add`)."""
         size = min(self.num_events, self.max_events)
-        return Events(self.contexts[:size], self.experts[:size], self.predicted[:size], self.scores[:size])
+        experts, predictions = self.experts[:size], self.predictions[:size]
+        predicted = predictions[np.arange(size), experts]  # the router's prediction of the expert that answered
+        return Events(self.contexts[:size], experts, predicted, self.scores[:size], predictions)
+
+
+def _grown(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    if len(rows):
+        out[: len(rows)] = rows
+    return out
+
+
+class Posterior(NamedTuple):
+    """What a decision without exploration sees at one prompt (`OnlineLearner.posterior`)."""
+
+    mean: np.ndarray  # the corrected quality of every expert
+    router_share: np.ndarray  # per expert, the share of it that is still the router's estimate
+    anchor: Caution | None  # the anchored rule (`anchor_sd` > 0 and feedback near the prompt), else None
 
 
 class Adjustment:
@@ -99,6 +115,9 @@ class Adjustment:
         """Per expert of the last call, the share of its corrected quality that is still the router's estimate,
         prior_events / (prior_events + evidence): the router scales its conservative rule's margin by it, so the
         tenant's own feedback, as it accumulates, overrides a caution that is about the router's estimate."""
+        self.anchor: Caution | None = None
+        """The last call's anchored rule (`anchor_sd`; None when off, exploring, or without feedback near the
+        prompt): it replaces the router's conservative rule for this decision (`router.after_feedback`)."""
 
     def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
         return self.learner.adjust(self, features, names, quality)
@@ -111,11 +130,13 @@ class Adjustment:
 
     def info(self) -> dict[str, object]:
         """For the `x-switchboard-route` header: the tenant's event count, whether this decision explored (and
-        which expert), and the bound with how much of it the tenant has used."""
+        which expert), whether it was anchored (with `anchor_sd` on), and the bound with how much of it the tenant
+        has used."""
         return {
             "feedback_events": self.num_events,
             "explored": self.is_sampled,
             **({"explored_expert": self.explored} if self.explored is not None else {}),
+            **({"anchored": self.anchor is not None} if self.learner.settings.anchor_sd > 0 else {}),
             "explore_fraction": self.learner.settings.explore_fraction,
             "explored_decisions": f"{self.budget.num_sampled}/{self.budget.num_decisions}",
         }
@@ -160,11 +181,14 @@ class OnlineLearner:
             if memory is None:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
-            corr = correction(memory.events(), context, columns, quality, self.settings, self.prior_correlation)
+            events = memory.events()
+            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation)
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
             adjustment.num_events, adjustment.budget = memory.num_events, memory.budget
+            if not step.is_exploring:
+                adjustment.anchor = self._anchored(events, context, columns, corr)
         adjustment.router_share = self._router_share(corr.evidence)
         adjustment.is_sampled = step.is_exploring
         adjustment.offered = tuple(names[j] for j in step.offered)
@@ -178,8 +202,8 @@ class OnlineLearner:
         if outcome is not LearnOutcome.LEARNED:
             return outcome
         features = self.router.features([prompt])
-        predicted = self.router.predict_quality_from_features(features)[0, self.expert_index[expert]]
-        self.add_event(tenant, features[0], self.expert_index[expert], float(predicted), float(score))
+        predictions = self.router.predict_quality_from_features(features)[0]
+        self.add_event(tenant, features[0], self.expert_index[expert], predictions, float(score))
         return outcome
 
     def restore(self, events: Iterable[FeedbackEvent], batch_size: int = 256) -> int:
@@ -192,13 +216,12 @@ class OnlineLearner:
             features = self.router.features([e.prompt for e in batch])
             predicted = self.router.predict_quality_from_features(features)
             for i, e in enumerate(batch):
-                j = self.expert_index[e.expert]
-                self.add_event(e.tenant, features[i], j, float(predicted[i, j]), e.score)
+                self.add_event(e.tenant, features[i], self.expert_index[e.expert], predicted[i], e.score)
         return len(usable)
 
-    def add_event(self, tenant: str, features: np.ndarray, expert: int, predicted: float, score: float) -> None:
+    def add_event(self, tenant: str, features: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> None:
         """One scored answer: the router's feature row of the prompt, the expert's index among the router's
-        experts, the router's predicted quality of it there, and the score."""
+        experts, the router's predicted quality of every expert there (m,), and the score."""
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
@@ -206,7 +229,7 @@ class OnlineLearner:
                 while len(self._tenants) > self.settings.max_tenants:
                     self._tenants.popitem(last=False)
             self._tenants.move_to_end(tenant)
-            memory.add(unit(features), expert, predicted, score)
+            memory.add(unit(features), expert, np.asarray(predictions, np.float32).reshape(-1), score)
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -224,17 +247,30 @@ class OnlineLearner:
         the posterior mean, spending no exploration budget (for evaluation and inspection)."""
         return self.posterior(tenant, features, quality)[0]
 
-    def posterior(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(`posterior_mean`, each expert's `Adjustment.router_share` there): what a decision without
-        exploration would see."""
+    def posterior(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> Posterior:
+        """What a decision without exploration would see at one prompt (`quality`: the router's, for all its
+        experts): the posterior mean, each expert's `Adjustment.router_share`, and the anchored rule."""
         quality = np.asarray(quality, np.float64)
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
-                return quality.copy(), np.ones(len(quality))
+                return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
-            corr = correction(memory.events(), unit(features), columns, quality, self.settings, self.prior_correlation)
-        return np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence)
+            events, context = memory.events(), unit(features)
+            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation)
+            anchored = self._anchored(events, context, columns, corr)
+        return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
+
+    def _anchored(self, events: Events, context: np.ndarray, columns: np.ndarray, corr: Correction) -> Caution | None:
+        """The anchored rule at one prompt (`anchor_sd` > 0): the prior is each expert's context-free posterior
+        near it (`correction.anchor`), the margin `anchor_sd` of each expert's posterior SDs at the prompt, on
+        every expert but the anchor; None when off or without events near the prompt."""
+        if self.settings.anchor_sd <= 0:
+            return None
+        means = anchor(events, context, columns, self.settings)
+        if means is None:
+            return None
+        return Caution(means, (self.settings.anchor_sd * np.asarray(corr.std, np.float64))[None, :], on_every_challenger=True)
 
     def _router_share(self, evidence: np.ndarray) -> np.ndarray:
         prior = float(self.settings.prior_events)

@@ -189,7 +189,7 @@ class Router:
         per_mtok, usd = self.request_prices([prompt], cheap, full_in, full_out, max_output_tokens)
         traded, usd = per_mtok[0, known], usd[0, known]
         caution = after_feedback(self.caution(known, confidence), getattr(adjust, "router_share", None),
-                                 bool(getattr(adjust, "is_sampled", False)))
+                                 bool(getattr(adjust, "is_sampled", False)), getattr(adjust, "anchor", None))
         ranking = tuple(rank_candidates(quality, price, names, constraints, traded, caution))
         index, is_feasible = choose(quality[None, :], price, names, constraints, self.model.selection_rule, traded[None, :],
                                     caution)
@@ -202,7 +202,8 @@ class Router:
         reason = (
             f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * request usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
-            + (f"; a cheaper expert than the prior choice must gain {margin:.3g}" if margin > 0 else "")
+            + ("" if margin <= 0 else f"; an expert other than the tenant's anchor must gain up to {margin:.3g}"
+               if caution.on_every_challenger else f"; a cheaper expert than the prior choice must gain {margin:.3g}")
         )
         return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped, request_costs)
 
@@ -215,14 +216,19 @@ class Router:
         return [self.experts[int(i)] if ok else None for i, ok in zip(index, is_feasible)]
 
 
-def after_feedback(caution: Caution | None, router_share: np.ndarray | None, is_exploring: bool) -> Caution | None:
+def after_feedback(caution: Caution | None, router_share: np.ndarray | None, is_exploring: bool,
+                   anchor: Caution | None = None) -> Caution | None:
     """The conservative rule of one decision after online learning corrected its estimates (`Router.route(adjust=)`,
-    whose online `Adjustment` carries `router_share` and `is_sampled`): none on an exploring decision (within the
-    tenant's bound, it is there to try what the estimate doubts); otherwise each expert's margin scaled by
-    `router_share` (n, m) or (m,), the router's remaining share of its corrected estimate, so feedback outweighs the
-    caution about the router's estimate as much as it outweighs the estimate itself. Unchanged without feedback."""
+    whose online `Adjustment` carries `router_share`, `is_sampled` and `anchor`): none on an exploring decision
+    (within the tenant's bound, it is there to try what the estimate doubts); the tenant's `anchor` when there is
+    one (its feedback near the prompt says which expert is the safe choice: that replaces the training prior's);
+    otherwise each expert's margin scaled by `router_share` (n, m) or (m,), the router's remaining share of its
+    corrected estimate, so feedback outweighs the caution about the router's estimate as much as it outweighs the
+    estimate itself. Unchanged without feedback."""
     if is_exploring:
         return None
+    if anchor is not None:
+        return anchor
     if caution is None or router_share is None:
         return caution
     share = np.asarray(router_share, np.float64)

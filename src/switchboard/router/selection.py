@@ -70,6 +70,10 @@ class Caution:
 
     prior: np.ndarray
     margin: np.ndarray
+    on_every_challenger: bool = False
+    """False: the margin applies to the experts priced below the prior choice. True: to every expert but the prior
+    choice — the online anchor (`switchboard.online.correction.anchor`), where the tenant's feedback, not price,
+    says which choice is safe."""
 
 
 def gated_margin(margin: float, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
@@ -85,14 +89,17 @@ def gated_margin(margin: float, confidence: np.ndarray | None, num_rows: int) ->
 
 def cautious_quality(quality: np.ndarray, caution: Caution, traded: np.ndarray, mask: np.ndarray, price: np.ndarray,
                      cost_weight: float) -> np.ndarray:
-    """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice:
-    the feasible expert with the best prior net of λ (cheaper on ties), so constraints never leave a row
-    without its default."""
+    """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice
+    (on every expert but the prior choice with `caution.on_every_challenger`): the prior choice is the feasible
+    expert with the best prior net of λ (cheaper on ties), so constraints never leave a row without its default."""
     prior = np.broadcast_to(np.asarray(caution.prior, np.float64), quality.shape)
     margin = np.broadcast_to(np.asarray(caution.margin, np.float64), quality.shape)
     prior_index = _argmax_choice(prior - cost_weight * np.broadcast_to(traded, quality.shape), mask, price)
-    is_cheaper = price[None, :] < price[prior_index][:, None]
-    return np.where(is_cheaper, quality - margin, quality)
+    if caution.on_every_challenger:
+        is_challenger = np.arange(quality.shape[1])[None, :] != prior_index[:, None]
+    else:
+        is_challenger = price[None, :] < price[prior_index][:, None]
+    return np.where(is_challenger, quality - margin, quality)
 
 
 def _tie_break_order(price: np.ndarray) -> np.ndarray:
