@@ -159,6 +159,10 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
     if rows_confidence is not None:
         confidence[rows] = rows_confidence
 
+    def row_confidence(i: int) -> float | None:
+        """What `Router.route` hands the online correction: the router's confidence in the prompt's task."""
+        return None if rows_confidence is None else float(confidence[i])
+
     def pick(q: np.ndarray, at: np.ndarray, share: np.ndarray | None = None, is_exploring: bool = False,
              anchor: Caution | None = None) -> np.ndarray:
         """Router.route's choice for rows `at` with (adjusted) quality `q`: its conservative rule included, after
@@ -173,7 +177,7 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
             return float(y[test, j].mean()), float(price[j].mean())
         j = np.zeros(len(test), np.int64)
         for k, i in enumerate(test):  # row by row: each row's anchor is its own
-            post = learner.posterior("t", x[i], base[i])
+            post = learner.posterior("t", x[i], base[i], row_confidence(i))
             j[k] = pick(post.mean[None, :], test[k:k + 1], post.router_share[None, :], anchor=post.anchor)[0]
         return float(y[test, j].mean()), float(price[j].mean())
 
@@ -195,7 +199,7 @@ def run_task(router: Router, x: np.ndarray, y: np.ndarray, rows: np.ndarray, tas
             break
         i = stream[t]
         adjust = learner.adjuster("t")
-        q = base[i] if adjust is None else adjust(x[i], names, base[i])
+        q = base[i] if adjust is None else adjust(x[i], names, base[i], row_confidence(i))
         share = None if adjust is None else adjust.router_share
         j = int(pick(q[None, :], stream[t:t + 1], share, adjust is not None and adjust.is_sampled,
                      None if adjust is None else adjust.anchor)[0])

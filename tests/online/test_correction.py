@@ -87,6 +87,12 @@ def test_a_slope_held_at_0_moves_toward_the_local_mean_score_where_an_offset_kee
     offset = correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET)
     assert np.isclose(0.9 + local_mean.mean[0], 0.9 + 8 * (0.5 - 0.9) / 12)  # shrunk from 0.9 toward 0.5 by 8 events against 4
     assert np.isclose(offset.mean[0], 0.0, atol=1e-6)  # on average the router was right: its 0.9 stands
+    # A per-call b₀ (what `slope_prior_by_confidence` passes) is the same as the settings' b₀.
+    as_setting = OFFSET.model_copy(update={"slope_prior_mean": 0.0})
+    assert np.allclose(correction(varied, unit(here), np.array([0]), np.array([0.9]), OFFSET, slope_prior_mean=0.0).mean,
+                       local_mean.mean)
+    assert np.allclose(correction(varied, unit(here), np.array([0]), np.array([0.9]), as_setting, slope_prior_mean=1.0).mean,
+                       offset.mean)
 
 
 @hypothesis_settings(deadline=None)

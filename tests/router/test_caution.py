@@ -259,7 +259,7 @@ class ShareAdjust:
     def __init__(self, share):
         self.router_share = np.asarray(share, np.float64)
 
-    def __call__(self, features, names, quality):
+    def __call__(self, features, names, quality, confidence=None):
         return np.asarray(quality, np.float64)
 
 

@@ -304,6 +304,12 @@ class OnlineLearningConfig(_Strict):
         0.03, ge=0,
         description="How freely feedback may move that slope away from slope_prior_mean (0: never).",
     )
+    slope_prior_by_confidence: bool = Field(
+        False,
+        description="The slope's prior mean at a prompt is the router's weight on its task stage there, c^p (c its confidence "
+        "in the prompt's task; routers without a task stage keep slope_prior_mean): where the router knows the task, "
+        "feedback corrects its per-prompt estimates by an offset; where it does not, they give way to the local mean score.",
+    )
     expert_correlation: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="How much the experts' corrections are linked by the router's shipped residual correlation (0: "

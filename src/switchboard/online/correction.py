@@ -69,10 +69,12 @@ def unit(context: np.ndarray) -> np.ndarray:
 
 
 def correction(events: Events, context: np.ndarray, experts: np.ndarray, predicted: np.ndarray,
-               settings: OnlineLearningConfig, prior_correlation: np.ndarray | None = None) -> Correction:
+               settings: OnlineLearningConfig, prior_correlation: np.ndarray | None = None,
+               slope_prior_mean: float | None = None) -> Correction:
     """The posterior correction near `context` (unit norm, as `unit` gives) of each expert index in `experts`,
     whose router predictions there are `predicted`. With no events near it, an expert's correction is the
-    prior's: mean 0, std sqrt(noise_var / prior_events).
+    prior's: mean 0, std sqrt(noise_var / prior_events). `slope_prior_mean`, when given, is this prompt's b₀
+    (`OnlineLearner` sets it from the router's confidence with `slope_prior_by_confidence`); else the settings'.
 
     `prior_correlation` (all the router's experts × all, as `router.training.residual_correlation` gives) links the experts'
     intercepts when `settings.expert_correlation` > 0: their prior is jointly Gaussian with correlation
@@ -105,7 +107,8 @@ def correction(events: Events, context: np.ndarray, experts: np.ndarray, predict
         w = (similarity[rows] - settings.min_similarity) / (1.0 - settings.min_similarity)
     here = np.asarray(predicted, np.float64)[cols]
     dx = events.predicted[rows] - here  # the prediction's difference from here
-    target = events.scores[rows] - here - settings.slope_prior_mean * dx  # what is left for (a − p) + (b − b₀)·dx
+    b0 = settings.slope_prior_mean if slope_prior_mean is None else float(slope_prior_mean)
+    target = events.scores[rows] - here - b0 * dx  # what is left for (a − p) + (b − b₀)·dx
     sums = [np.bincount(cols, v, minlength=num) for v in (w, w * dx, w * dx * dx, w * target, w * target * dx)]
     sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx = sums
     # Normal equations of θ = (a − p, b − b₀), prior N(0, noise_var · diag(1/prior_events, slope_prior_var/noise_var)),

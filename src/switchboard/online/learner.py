@@ -119,8 +119,9 @@ class Adjustment:
         """The last call's anchored rule (`anchor_sd`; None when off, exploring, or without feedback near the
         prompt): it replaces the router's conservative rule for this decision (`router.after_feedback`)."""
 
-    def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
-        return self.learner.adjust(self, features, names, quality)
+    def __call__(self, features: np.ndarray, names: Sequence[str], quality: np.ndarray,
+                 confidence: float | None = None) -> np.ndarray:
+        return self.learner.adjust(self, features, names, quality, confidence)
 
     def settle(self, chosen: str | None) -> None:
         """The router chose `chosen` (None: nothing): when this decision explored and `chosen` is one of the
@@ -169,10 +170,12 @@ class OnlineLearner:
                 return None
         return Adjustment(self, tenant)
 
-    def adjust(self, adjustment: Adjustment, features: np.ndarray, names: Sequence[str], quality: np.ndarray) -> np.ndarray:
+    def adjust(self, adjustment: Adjustment, features: np.ndarray, names: Sequence[str], quality: np.ndarray,
+               confidence: float | None = None) -> np.ndarray:
         """`quality` (for experts `names`) corrected by the tenant's posterior: its mean, or, when the tenant's
         exploration budget allows and there is something to explore, the exploring quality
-        (`switchboard.online.exploration.explore`), charged to the budget."""
+        (`switchboard.online.exploration.explore`), charged to the budget. `confidence`: the router's confidence
+        in the prompt's task (`Router.predict_with_confidence`), which `slope_prior_by_confidence` reads."""
         context = unit(features)
         columns = np.asarray([self.expert_index[n] for n in names])
         quality = np.asarray(quality, np.float64)
@@ -182,7 +185,8 @@ class OnlineLearner:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
             events = memory.events()
-            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation)
+            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation,
+                              self._slope_prior_mean(confidence))
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
@@ -247,9 +251,11 @@ class OnlineLearner:
         the posterior mean, spending no exploration budget (for evaluation and inspection)."""
         return self.posterior(tenant, features, quality)[0]
 
-    def posterior(self, tenant: str, features: np.ndarray, quality: np.ndarray) -> Posterior:
+    def posterior(self, tenant: str, features: np.ndarray, quality: np.ndarray,
+                  confidence: float | None = None) -> Posterior:
         """What a decision without exploration would see at one prompt (`quality`: the router's, for all its
-        experts): the posterior mean, each expert's `Adjustment.router_share`, and the anchored rule."""
+        experts; `confidence` as for `adjust`): the posterior mean, each expert's `Adjustment.router_share`, and the
+        anchored rule."""
         quality = np.asarray(quality, np.float64)
         with self._lock:
             memory = self._tenants.get(tenant)
@@ -257,9 +263,18 @@ class OnlineLearner:
                 return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
             events, context = memory.events(), unit(features)
-            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation)
+            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation,
+                              self._slope_prior_mean(confidence))
             anchored = self._anchored(events, context, columns, corr)
         return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
+
+    def _slope_prior_mean(self, confidence: float | None) -> float | None:
+        """This prompt's b₀ with `slope_prior_by_confidence`: the router's weight on its task stage, c ** the
+        model's `task_gate_power` (c itself for a model that gates by none); None (the settings') otherwise."""
+        if not self.settings.slope_prior_by_confidence or confidence is None:
+            return None
+        power = float(getattr(self.router.model, "task_gate_power", 0.0)) or 1.0
+        return float(np.clip(confidence, 0.0, 1.0)) ** power
 
     def _anchored(self, events: Events, context: np.ndarray, columns: np.ndarray, corr: Correction) -> Caution | None:
         """The anchored rule at one prompt (`anchor_sd` > 0): the prior is each expert's context-free posterior

@@ -23,9 +23,10 @@ from switchboard.router.selection import (Caution, RankedCandidate, RoutingConst
 from switchboard.router.strategies import QualityModel
 
 
-QualityAdjust = Callable[[np.ndarray, Sequence[str], np.ndarray], np.ndarray]
-"""`adjust(features, experts, quality) -> quality`: a correction of one prompt's predicted quality (for `experts`)
-given the router's feature row for it — the hook of online learning (switchboard.online)."""
+QualityAdjust = Callable[[np.ndarray, Sequence[str], np.ndarray, "float | None"], np.ndarray]
+"""`adjust(features, experts, quality, confidence) -> quality`: a correction of one prompt's predicted quality (for
+`experts`) given the router's feature row for it and its confidence in the prompt's task (None without a task
+stage) — the hook of online learning (switchboard.online)."""
 
 
 class RouteOutcome(str, enum.Enum):
@@ -178,7 +179,7 @@ class Router:
         quality = predicted[0, known]
         names = [self.experts[j] for j in known]
         if adjust is not None:
-            quality = adjust(x[0], names, quality)
+            quality = adjust(x[0], names, quality, None if confidence is None else float(confidence[0]))
         trained_in, trained_out = self.io_prices()
         io = [_as_pair((usd_per_mtok or {}).get(n), trained_in[j], trained_out[j]) for n, j in zip(names, known)]
         input_usd, output_usd = np.asarray([p[0] for p in io]), np.asarray([p[1] for p in io])
