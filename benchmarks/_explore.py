@@ -25,6 +25,9 @@ from switchboard.router.persist import builtin_static_dir
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.protocol import SplitKind, make_folds, row_weights
 from switchboard.router.selection import Caution
+from switchboard.router.strategies.knn import KnnModel
+from switchboard.router.strategies.neural import MlpModel
+from switchboard.router.strategies.task_stage import TaskStage
 
 FitFold = Callable[[np.ndarray, np.random.Generator], Callable[[np.ndarray], dict[str, np.ndarray | tuple]]]
 """(training row indices, rng) → predict(test row indices) → estimator name → (n_test, m) raw estimates, or a
@@ -95,6 +98,36 @@ def screen(data: Shipped, splits: str, seed: int, fit_fold: FitFold,
             print(line, flush=True)
         print(f"{kind.value}: {time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s CPU, "
               f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
+
+
+@dataclass(frozen=True)
+class PackagedEstimates:
+    """The packaged estimator's parts on some rows: the three-member mean, the task stage's estimate and confidence
+    c, the stage's weight c⁴, and their blend (what `ensemble-format3-task` predicts, raw)."""
+
+    ens3: np.ndarray
+    staged: np.ndarray
+    confidence: np.ndarray
+    weight: np.ndarray  # (n, 1)
+    task4: np.ndarray
+
+
+def fit_packaged(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.random.Generator
+                 ) -> Callable[[np.ndarray], PackagedEstimates]:
+    """The packaged estimator's members fitted on (x, y) — kNN (k = 100, τ = 0.05), MLP, format MLP, task stage, in
+    that order from `rng`, as the explorations have always drawn them — and `predict(x_test)`."""
+    knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
+    mlp = MlpModel.fit(x, y, rng)
+    fmt = MlpModel.fit(x[:, -7:], y, rng)
+    stage = TaskStage.fit(x, y, groups, rng)
+
+    def predict(xt: np.ndarray) -> PackagedEstimates:
+        ens3 = (knn.predict(xt) + mlp.predict(xt) + fmt.predict(xt[:, -7:])) / 3
+        staged, confidence = stage.predict(xt)
+        w = (confidence ** 4)[:, None]
+        return PackagedEstimates(ens3, staged, confidence, w, w * staged + (1 - w) * ens3)
+
+    return predict
 
 
 def screen_fit_by_task(description: str, fit_all: Callable,

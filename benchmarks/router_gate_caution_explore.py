@@ -25,26 +25,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from _explore import screen_fit_by_task
-from switchboard.router.strategies.knn import KnnModel
-from switchboard.router.strategies.neural import MlpModel
-from switchboard.router.strategies.task_stage import TaskStage
+from _explore import fit_packaged, screen_fit_by_task
 
 KAPPAS = (0.04, 0.08, 0.16, 0.32)
 
 
 def fit_all(x, y, groups, rng):
-    knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
-    mlp = MlpModel.fit(x, y, rng)
-    fmt = MlpModel.fit(x[:, -7:], y, rng)
-    stage = TaskStage.fit(x, y, groups, rng)
+    packaged = fit_packaged(x, y, groups, rng)
     prior_means = y.mean(axis=0)
 
     def predict(xt):
-        ens3 = (knn.predict(xt) + mlp.predict(xt) + fmt.predict(xt[:, -7:])) / 3
-        staged, confidence = stage.predict(xt)
-        w = (confidence ** 4)[:, None]
-        task4 = w * staged + (1 - w) * ens3
+        p = packaged(xt)
+        ens3, staged, confidence, w, task4 = p.ens3, p.staged, p.confidence, p.weight, p.task4
         prior = np.broadcast_to(prior_means, task4.shape)
         out = {"ens3": ens3, "task4": task4}
         for kappa in (0.04, 0.08):

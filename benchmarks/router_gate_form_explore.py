@@ -27,26 +27,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from _explore import screen_fit_by_task
-from switchboard.router.strategies.knn import KnnModel
-from switchboard.router.strategies.neural import MlpModel
-from switchboard.router.strategies.task_stage import TaskStage
+from _explore import fit_packaged, screen_fit_by_task
 
 GRID = {2: (0.5, 1.0, 2.0), 3: (1.5, 3.0, 6.0)}
 
 
 def fit_all(x, y, groups, rng):
-    knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
-    mlp = MlpModel.fit(x, y, rng)
-    fmt = MlpModel.fit(x[:, -7:], y, rng)
-    stage = TaskStage.fit(x, y, groups, rng)
+    packaged = fit_packaged(x, y, groups, rng)
     prior_means = y.mean(axis=0)
 
     def predict(xt):
-        ens3 = (knn.predict(xt) + mlp.predict(xt) + fmt.predict(xt[:, -7:])) / 3
-        staged, confidence = stage.predict(xt)
-        w = (confidence ** 4)[:, None]
-        task4 = w * staged + (1 - w) * ens3
+        p = packaged(xt)
+        task4, confidence = p.task4, p.confidence
         prior = np.broadcast_to(prior_means, task4.shape)
         doubt = 1 - confidence[:, None]
         out = {"task4": task4, "task4+g1κ0.32": (task4, prior, 0.32 * doubt)}
