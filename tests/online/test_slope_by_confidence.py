@@ -66,3 +66,18 @@ def test_on_a_familiar_prompt_feedback_shifts_the_routers_estimate_and_on_an_unf
     assert familiar == pytest.approx(base[expert] + shrink * (0.5 - base[expert] - 0.2), abs=1e-4)
     assert unfamiliar == pytest.approx(base[expert] + shrink * (0.5 - base[expert]), abs=1e-4)
     assert unfamiliar - familiar == pytest.approx(0.2 * shrink, abs=1e-4)
+
+
+def test_the_task_context_appends_the_stages_posterior_so_prompts_filed_under_other_tasks_are_less_alike(router):
+    """`task_context_weight`: the similarity the corrections use is taken with the task stage's posterior appended."""
+    code = "Write a Python function that returns the n-th Fibonacci number."
+    x = router.features([PROMPT, code])
+    plain = OnlineLearner(router, OnlineLearningConfig(), np.random.default_rng(0))
+    staged = OnlineLearner(router, OnlineLearningConfig(task_context_weight=1.0), np.random.default_rng(0))
+    a, b = plain.context(x[0]), plain.context(x[1])
+    sa, sb = staged.context(x[0]), staged.context(x[1])
+    assert a.shape == (x.shape[1],) and sa.shape == (x.shape[1] + len(router.model.task_stage.task_means),)
+    assert np.linalg.norm(sa) == pytest.approx(1.0, abs=1e-5)
+    posterior = router.model.task_stage.posterior(x)
+    assert int(np.argmax(posterior[0])) != int(np.argmax(posterior[1]))  # the stage files them under different tasks
+    assert float(sa @ sb) < float(a @ b)

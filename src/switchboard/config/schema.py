@@ -288,6 +288,12 @@ class OnlineLearningConfig(_Strict):
     enabled: bool = Field(True, description="False: feedback is stored but routing ignores it.")
     num_neighbors: int = Field(256, ge=1, le=1024, description="Feedback events per expert a correction averages (the nearest).")
     min_similarity: float = Field(0.3, ge=-1.0, lt=1.0, description="Events less cosine-similar to the prompt than this are ignored.")
+    task_context_weight: float = Field(
+        0.0, ge=0.0,
+        description="The similarity between prompts is taken between their feature rows (unit norm) with the router's task-stage "
+        "posterior P(task | prompt) appended at this weight (0: the feature rows alone; routers without a task stage: always "
+        "alone), so prompts the router files under different tasks are less alike.",
+    )
     neighbor_weight: Literal["linear", "uniform"] = Field(
         "linear",
         description="How a kept event weighs: linear grows from 0 at min_similarity to 1 at an identical prompt; uniform "

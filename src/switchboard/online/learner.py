@@ -176,7 +176,7 @@ class OnlineLearner:
         exploration budget allows and there is something to explore, the exploring quality
         (`switchboard.online.exploration.explore`), charged to the budget. `confidence`: the router's confidence
         in the prompt's task (`Router.predict_with_confidence`), which `slope_prior_by_confidence` reads."""
-        context = unit(features)
+        context = self.context(features)
         columns = np.asarray([self.expert_index[n] for n in names])
         quality = np.asarray(quality, np.float64)
         with self._lock:
@@ -233,7 +233,7 @@ class OnlineLearner:
                 while len(self._tenants) > self.settings.max_tenants:
                     self._tenants.popitem(last=False)
             self._tenants.move_to_end(tenant)
-            memory.add(unit(features), expert, np.asarray(predictions, np.float32).reshape(-1), score)
+            memory.add(self.context(features), expert, np.asarray(predictions, np.float32).reshape(-1), score)
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -262,11 +262,21 @@ class OnlineLearner:
             if memory is None:
                 return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
-            events, context = memory.events(), unit(features)
+            events, context = memory.events(), self.context(features)
             corr = correction(events, context, columns, quality, self.settings, self.prior_correlation,
                               self._slope_prior_mean(confidence))
             anchored = self._anchored(events, context, columns, corr)
         return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
+
+    def context(self, features: np.ndarray) -> np.ndarray:
+        """The unit-norm vector similarity is measured on (`correction`): the router's feature row, with the task
+        stage's posterior P(task | prompt) appended at `task_context_weight` when the router has a stage."""
+        stage = getattr(self.router.model, "task_stage", None)
+        weight = float(self.settings.task_context_weight)
+        if weight <= 0 or stage is None:
+            return unit(features)
+        posterior = stage.posterior(np.asarray(features, np.float32).reshape(1, -1))[0]
+        return unit(np.concatenate([unit(features), weight * posterior.astype(np.float32)]))
 
     def _slope_prior_mean(self, confidence: float | None) -> float | None:
         """This prompt's b₀ with `slope_prior_by_confidence`: the router's weight on its task stage, c ** the
