@@ -88,7 +88,7 @@ def kernel(overrides: dict) -> Estimator:
         learner = OnlineLearner(_Experts(num_experts), settings, np.random.default_rng(0))
         for i in range(len(xs)):
             for j in range(num_experts):
-                learner.add_event("t", xs[i], j, float(ps[i, j]), float(ys[i, j]))
+                learner.add_event("t", xs[i], j, ps[i], float(ys[i, j]))
         return np.stack([learner.posterior_mean("t", xt[i], pt[i]) for i in range(len(xt))])
     return estimate
 

@@ -61,7 +61,7 @@ def main() -> None:
         learner = OnlineLearner(router, OnlineLearningConfig(**{**json.loads(args.settings), **bound}), np.random.default_rng(1))
         default = OnlineLearner(router, OnlineLearningConfig(**bound), np.random.default_rng(1))  # for --cpu-versus
         for k in range(num_events):
-            event = (x + rng.normal(0, 0.05, x.shape), k % len(router.experts), 0.5, float(k % 2))
+            event = (x + rng.normal(0, 0.05, x.shape), k % len(router.experts), np.full(len(router.experts), 0.5), float(k % 2))
             learner.add_event("t", *event)
             default.add_event("t", *event)
         learners[num_events], defaults[num_events] = learner, default

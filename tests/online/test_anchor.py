@@ -94,3 +94,12 @@ def test_feedback_anchors_the_tenant_on_the_expert_it_rates_best_and_only_with_a
     post = OnlineLearner(router, OnlineLearningConfig(anchor_sd=1.0), np.random.default_rng(0)).posterior(
         "acme", x[0], router.predict_quality_from_features(x)[0])
     assert post.anchor is None  # another learner, no feedback for the tenant: nothing to anchor on
+
+
+def test_an_event_needs_the_routers_prediction_of_every_expert(router):
+    online = OnlineLearner(router, OnlineLearningConfig(), np.random.default_rng(0))
+    x = router.features([PROMPT])[0]
+    with pytest.raises(ValueError, match="one value per expert"):
+        online.add_event("acme", x, 0, 0.5, 1.0)
+    online.add_event("acme", x, 0, np.full(len(router.experts), 0.5), 1.0)
+    assert online.num_events("acme") == 1

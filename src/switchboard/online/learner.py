@@ -225,7 +225,11 @@ class OnlineLearner:
 
     def add_event(self, tenant: str, features: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> None:
         """One scored answer: the router's feature row of the prompt, the expert's index among the router's
-        experts, the router's predicted quality of every expert there (m,), and the score."""
+        experts, the router's predicted quality of every expert there (m,), and the score. Raises ValueError when
+        `predictions` is not one value per expert of the router."""
+        predictions = np.asarray(predictions, np.float32).reshape(-1)
+        if len(predictions) != len(self.expert_index):
+            raise ValueError(f"predictions must hold one value per expert ({len(self.expert_index)}), got {len(predictions)}")
         with self._lock:
             memory = self._tenants.get(tenant)
             if memory is None:
@@ -233,7 +237,7 @@ class OnlineLearner:
                 while len(self._tenants) > self.settings.max_tenants:
                     self._tenants.popitem(last=False)
             self._tenants.move_to_end(tenant)
-            memory.add(self.context(features), expert, np.asarray(predictions, np.float32).reshape(-1), score)
+            memory.add(self.context(features), expert, predictions, score)
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -271,9 +275,9 @@ class OnlineLearner:
     def context(self, features: np.ndarray) -> np.ndarray:
         """The unit-norm vector similarity is measured on (`correction`): the router's feature row, with the task
         stage's posterior P(task | prompt) appended at `task_context_weight` when the router has a stage."""
-        stage = getattr(self.router.model, "task_stage", None)
         weight = float(self.settings.task_context_weight)
-        if weight <= 0 or stage is None:
+        stage = getattr(getattr(self.router, "model", None), "task_stage", None) if weight > 0 else None
+        if stage is None:
             return unit(features)
         posterior = stage.posterior(np.asarray(features, np.float32).reshape(1, -1))[0]
         return unit(np.concatenate([unit(features), weight * posterior.astype(np.float32)]))
