@@ -84,9 +84,10 @@ def test_feedback_anchors_the_tenant_on_the_expert_it_rates_best_and_only_with_a
                 online.learn("acme", PROMPT, name, 0.9 if name == favourite else (0.6 if k % 2 else 0.9))
         adjust = online.adjuster("acme")
         decision = router.route(PROMPT, RoutingConstraints(), adjust=adjust)
-        runs[anchor_sd] = (adjust.anchor, decision)
+        runs[anchor_sd] = (adjust.anchor, decision, adjust.info())
     off, on = runs[0.0], runs[1.0]
-    assert off[0] is None
+    assert off[0] is None and "anchored" not in off[2]
+    assert on[2]["anchored"] is True  # what x-switchboard-route's "online" object says
     caution = on[0]
     assert caution is not None and caution.on_every_challenger
     assert int(np.argmax(caution.prior)) == 1 and on[1].expert == favourite
