@@ -110,6 +110,7 @@ class PackagedEstimates:
     confidence: np.ndarray
     weight: np.ndarray  # (n, 1)
     task4: np.ndarray
+    spread: np.ndarray  # |kNN − MLP|, the two members' disagreement
 
 
 def fit_packaged(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.random.Generator
@@ -122,10 +123,11 @@ def fit_packaged(x: np.ndarray, y: np.ndarray, groups: np.ndarray, rng: np.rando
     stage = TaskStage.fit(x, y, groups, rng)
 
     def predict(xt: np.ndarray) -> PackagedEstimates:
-        ens3 = (knn.predict(xt) + mlp.predict(xt) + fmt.predict(xt[:, -7:])) / 3
+        k, m = knn.predict(xt), mlp.predict(xt)
+        ens3 = (k + m + fmt.predict(xt[:, -7:])) / 3
         staged, confidence = stage.predict(xt)
         w = (confidence ** 4)[:, None]
-        return PackagedEstimates(ens3, staged, confidence, w, w * staged + (1 - w) * ens3)
+        return PackagedEstimates(ens3, staged, confidence, w, w * staged + (1 - w) * ens3, np.abs(k - m))
 
     return predict
 

@@ -29,10 +29,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from _explore import screen_fit_by_task
-from switchboard.router.strategies.knn import KnnModel
-from switchboard.router.strategies.neural import MlpModel
-from switchboard.router.strategies.task_stage import TaskStage
+from _explore import fit_packaged, screen_fit_by_task
 
 NUM_TASK_FOLDS = 4
 NUM_ROW_FOLDS = 3
@@ -40,19 +37,9 @@ KAPPAS = (0.16, 0.32)
 
 
 def _members(x, y, groups, rng):
-    """predict(x) → (ens3, stage, c, spread) of the packaged members fitted on (x, y)."""
-    knn = KnnModel.fit(x, y, rng, 100, 4.0, 0.05)
-    mlp = MlpModel.fit(x, y, rng)
-    fmt = MlpModel.fit(x[:, -7:], y, rng)
-    stage = TaskStage.fit(x, y, np.unique(groups, return_inverse=True)[1], rng)
-
-    def predict(xt):
-        k, m = knn.predict(xt), mlp.predict(xt)
-        ens3 = (k + m + fmt.predict(xt[:, -7:])) / 3
-        staged, confidence = stage.predict(xt)
-        return ens3, staged, confidence, np.abs(k - m)
-
-    return predict
+    """The packaged members fitted on (x, y) (`_explore.fit_packaged`), with task ids made dense: an inner fold's
+    training rows need not hold every task."""
+    return fit_packaged(x, y, np.unique(groups, return_inverse=True)[1], rng)
 
 
 def _inner(x, y, groups, rng):
@@ -64,8 +51,8 @@ def _inner(x, y, groups, rng):
     folds = [np.isin(groups, tasks[task_fold == f]) for f in range(NUM_TASK_FOLDS)]
     folds += [row_fold == f for f in range(NUM_ROW_FOLDS)]
     for test in folds:
-        predict = _members(x[~test], y[~test], groups[~test], rng)
-        parts.append((*predict(x[test]), y[test]))
+        p = _members(x[~test], y[~test], groups[~test], rng)(x[test])
+        parts.append((p.ens3, p.staged, p.confidence, p.spread, y[test]))
     return [np.concatenate(p) for p in zip(*parts)]
 
 
@@ -111,9 +98,8 @@ def fit_all(x, y, groups, rng):
     prior_means = y.mean(axis=0)
 
     def predict(xt):
-        ens3, staged, c, spread = full(xt)
-        w4 = (c ** 4)[:, None]
-        task4 = w4 * staged + (1 - w4) * ens3
+        p = full(xt)
+        ens3, staged, c, spread, task4 = p.ens3, p.staged, p.confidence, p.spread, p.task4
         wg = (1 / (1 + np.exp(-(alpha + beta * c))))[:, None]
         gate = wg * staged + (1 - wg) * ens3
         stack = np.column_stack([m.predict_proba(_stack_features(ens3, staged, c, spread, j))[:, 1]
