@@ -27,7 +27,7 @@ from switchboard.router.calibration import Calibration, fit_calibration
 from switchboard.router.curves import DEFAULT_COST_WEIGHTS, auc, sweep
 from switchboard.router.protocol import (Fold, SplitKind, balanced_rows, check_covers, check_no_leak, inner_folds,
                                         leave_one_task_out_folds, make_folds, row_weights)
-from switchboard.router.selection import Caution, gated_margin
+from switchboard.router.selection import Caution, rule_margins
 from switchboard.router.strategies import STRATEGIES, QualityModel, StrategyName
 from switchboard.router.strategies.robust import task_ids
 
@@ -137,9 +137,7 @@ def _inner_raw(candidate: Candidate, x, y, tasks, folds: Sequence[Fold], rng, pr
 
 def _row_margins(candidate: Candidate, margin: float, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
     """(n, 1) the candidate's conservative-rule margin per row: `margin`, gated by confidence if it says so."""
-    if candidate.caution_by_confidence:
-        return gated_margin(margin, confidence, num_rows)
-    return np.full((num_rows, 1), float(margin))
+    return rule_margins(margin, candidate.caution_by_confidence, confidence, num_rows)
 
 
 def _take(tasks: Sequence[str] | None, rows: np.ndarray) -> list[str] | None:

@@ -19,7 +19,7 @@ from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, r
 from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
 from switchboard.router.selection import (Caution, RankedCandidate, RoutingConstraints, SelectionRule, choose,
-                                          gated_margin, rank_candidates)
+                                          rank_candidates, rule_margins)
 from switchboard.router.strategies import QualityModel
 
 
@@ -95,11 +95,9 @@ class Router:
         """(n, 1) the conservative rule's margin per row, or None when the rule is off: gated by `confidence` (n,)
         (`predict_with_confidence`) when the router says so (off without one); `num_rows` rows of the full
         margin otherwise. Needs no prior: the simulator's cross-fitted routers bring their own."""
-        if self.caution_margin <= 0:
+        if self.caution_margin <= 0 or (self.caution_by_confidence and confidence is None):
             return None
-        if not self.caution_by_confidence:
-            return np.full((num_rows, 1), float(self.caution_margin))
-        return None if confidence is None else gated_margin(self.caution_margin, confidence, len(confidence))
+        return rule_margins(self.caution_margin, self.caution_by_confidence, confidence, num_rows)
 
     def caution(self, known: Sequence[int] | None = None, confidence: np.ndarray | None = None,
                 num_rows: int = 1) -> Caution | None:

@@ -87,6 +87,14 @@ def gated_margin(margin: float, confidence: np.ndarray | None, num_rows: int) ->
     return float(margin) * (1.0 - c)
 
 
+def rule_margins(margin: float, by_confidence: bool, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
+    """(n, 1) the conservative rule's margin per row: `margin` on every row, or gated by confidence
+    (`gated_margin`) when `by_confidence` — what a trained router serves and what nested CV scores alike."""
+    if by_confidence:
+        return gated_margin(margin, confidence, num_rows)
+    return np.full((num_rows, 1), float(margin))
+
+
 def cautious_quality(quality: np.ndarray, caution: Caution, traded: np.ndarray, mask: np.ndarray, price: np.ndarray,
                      cost_weight: float) -> np.ndarray:
     """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice
