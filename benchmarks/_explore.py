@@ -1,7 +1,8 @@
 """The outer-fold screen shared by the router explorations (`router_dro_explore.py`, `router_task_explore.py`):
 the shipped data's serving-path features, raw estimates on the outer folds of `router_quality.py` (no calibration,
 no selection), and one line per estimator — best quality over the λ grid, AUC, quality and mean USD/Mtok at the `balanced` preset
-(added 2026-12-07 05:16 UTC; earlier outputs lack it), and under LOTO the tasks more than 0.02 below their best
+(added 2026-12-07 05:16 UTC; earlier outputs lack it), the mean USD/Mtok of the cheapest grid point reaching the
+issue's 0.563 and quality and USD at the `cost` preset (added 2026-12-07 07:04 UTC), and under LOTO the tasks more than 0.02 below their best
 single expert at λ = 0 and at `balanced`. An exploration, never a result."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from switchboard.router.cache import DEFAULT_CACHE_DIR
-from switchboard.router.curves import auc, sweep
+from switchboard.router.curves import auc, cost_to_reach, sweep
 from switchboard.router.data import load_shipped
 from switchboard.router.embed import StaticEmbedder
 from switchboard.router.evaluate import per_task_table
@@ -24,15 +25,17 @@ from switchboard.router.objective import OBJECTIVE_COST_WEIGHTS, Objective
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.pipeline import embed_cached
 from switchboard.router.protocol import SplitKind, make_folds, row_weights
-from switchboard.router.selection import Caution
+from switchboard.router.selection import Caution, Challengers
 from switchboard.router.strategies.knn import KnnModel
 from switchboard.router.strategies.neural import MlpModel
 from switchboard.router.strategies.task_stage import TaskStage
 
 FitFold = Callable[[np.ndarray, np.random.Generator], Callable[[np.ndarray], dict[str, np.ndarray | tuple]]]
 """(training row indices, rng) → predict(test row indices) → estimator name → (n_test, m) raw estimates, or a
-tuple (estimates, prior (n_test, m), margin (n_test, 1)) to select under the conservative rule
-(`selection.Caution`)."""
+tuple (estimates, prior (n_test, m), margin (n_test, 1)[, challengers]) to select under the conservative rule
+(`selection.Caution`; `Challengers.CHEAPER` unless a fourth item names another scope)."""
+
+TARGET_QUALITY = 0.563  # issue 13's reference: the best single expert's quality on the owners' held-out set
 
 
 @dataclass(frozen=True)
@@ -65,31 +68,37 @@ def screen(data: Shipped, splits: str, seed: int, fit_fold: FitFold,
     """For each split of `splits` (comma-separated `SplitKind` values): every estimator's out-of-fold estimates,
     one printed line each; `after_folds(kind)` runs once the folds are done, before the lines."""
     balanced = OBJECTIVE_COST_WEIGHTS[Objective.BALANCED]
+    cost = OBJECTIVE_COST_WEIGHTS[Objective.COST]
     for kind in (SplitKind(s) for s in splits.split(",")):
         started, cpu_started = time.perf_counter(), time.process_time()
         folds = make_folds(kind, data.texts, data.tasks, 5, np.random.default_rng([seed, 0]))
         rng = np.random.default_rng([seed, 1])
         predictions: dict[str, np.ndarray] = {}
         cautions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        scopes: dict[str, Challengers] = {}
         with threadpool_limits(limits=1):
             for fold in folds:
                 predict = fit_fold(fold.train, rng)
                 for name, pred in predict(fold.test).items():
                     if isinstance(pred, tuple):
-                        pred, prior, margin = pred
+                        pred, prior, margin, *scope = pred
+                        scopes[name] = scope[0] if scope else Challengers.CHEAPER
                         stored = cautions.setdefault(name, (np.zeros(data.y.shape), np.zeros((len(data.y), 1))))
                         stored[0][fold.test], stored[1][fold.test] = prior, margin
                     predictions.setdefault(name, np.zeros_like(data.y, dtype=np.float32))[fold.test] = pred
         after_folds(kind)
         weights = row_weights(kind, data.tasks, len(data.y))
         for name, pred in predictions.items():
-            caution = Caution(*cautions[name]) if name in cautions else None
+            caution = Caution(*cautions[name], challengers=scopes[name]) if name in cautions else None
             points = sweep(pred, data.y, data.price, data.experts, weights=weights, caution=caution)
-            preset = sweep(pred, data.y, data.price, data.experts, cost_weights=(balanced,), weights=weights,
-                           caution=caution)[0]
+            preset, cheap = sweep(pred, data.y, data.price, data.experts, cost_weights=(balanced, cost), weights=weights,
+                                  caution=caution)
+            reach = cost_to_reach(points, TARGET_QUALITY)
             line = (f"{kind.value:20s} {name:26s} best {max(p.quality for p in points):.4f} "
                     f"auc {auc(points, float(data.price.min()), float(data.price.max())):.4f} "
-                    f"balanced {preset.quality:.4f} ${preset.usd_per_mtok:.3f}")
+                    f"balanced {preset.quality:.4f} ${preset.usd_per_mtok:.3f} "
+                    f"$@{TARGET_QUALITY} {'none' if reach is None else f'{reach:.3f}'} "
+                    f"cost {cheap.quality:.4f} ${cheap.usd_per_mtok:.3f}")
             if kind is SplitKind.LEAVE_ONE_TASK_OUT:
                 below = [sum(r.gap < -0.02 for r in per_task_table(pred, data.y, data.price, data.experts, data.tasks, lam,
                                                                    caution=caution))

@@ -1,6 +1,6 @@
 """The online anchor (`router.online.anchor_sd`): near a prompt, the tenant's best expert by a context-free posterior
 of its feedback there is the default choice, and any other expert must beat it at the prompt by its own posterior
-SDs — the selection rule's `Caution.on_every_challenger`, the learner's `correction.anchor`, and `Router.route`."""
+SDs — the selection rule's `Challengers.EVERY`, the learner's `correction.anchor`, and `Router.route`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from switchboard.online import OnlineLearner
 from switchboard.online.correction import Events, anchor, unit
 from switchboard.router import load_default_router
 from switchboard.router.router import after_feedback
-from switchboard.router.selection import Caution, RoutingConstraints, choose, rank_candidates
+from switchboard.router.selection import Caution, Challengers, RoutingConstraints, choose, rank_candidates
 
 PRICE = np.array([0.1, 0.2, 0.9])
 NAMES = ["cheap", "mid", "big"]
@@ -26,7 +26,7 @@ def test_on_every_challenger_the_margin_applies_to_dearer_experts_too_but_never_
     assert choose(quality, PRICE, NAMES, lam0)[0][0] == 2  # plain: `big` by 0.05
     by_price = Caution(prior, np.full((1, 3), 0.1))
     assert choose(quality, PRICE, NAMES, lam0, caution=by_price)[0][0] == 2  # `big` is dearer than `mid`: no margin
-    anchored = Caution(prior, np.full((1, 3), 0.1), on_every_challenger=True)
+    anchored = Caution(prior, np.full((1, 3), 0.1), challengers=Challengers.EVERY)
     assert choose(quality, PRICE, NAMES, lam0, caution=anchored)[0][0] == 1  # 0.65 − 0.1 < 0.6
     assert choose(np.array([[0.3, 0.6, 0.75]]), PRICE, NAMES, lam0, caution=anchored)[0][0] == 2  # 0.75 − 0.1 > 0.6
     ranking = rank_candidates(quality[0], PRICE, NAMES, lam0, caution=anchored)
@@ -55,7 +55,7 @@ def test_the_anchor_is_each_experts_mean_feedback_near_the_prompt_shrunk_to_the_
 
 def test_an_anchor_replaces_the_routers_rule_except_on_an_exploring_decision():
     rule = Caution(np.array([0.4, 0.5, 0.6]), np.full((1, 3), 0.2))
-    anchored = Caution(np.array([0.7, 0.5, 0.6]), np.full((1, 3), 0.05), on_every_challenger=True)
+    anchored = Caution(np.array([0.7, 0.5, 0.6]), np.full((1, 3), 0.05), challengers=Challengers.EVERY)
     assert after_feedback(rule, np.full(3, 0.5), False, anchored) is anchored
     assert after_feedback(rule, np.full(3, 0.5), True, anchored) is None
     assert after_feedback(None, None, False, anchored) is anchored
@@ -89,7 +89,7 @@ def test_feedback_anchors_the_tenant_on_the_expert_it_rates_best_and_only_with_a
     assert off[0] is None and "anchored" not in off[2]
     assert on[2]["anchored"] is True  # what x-switchboard-route's "online" object says
     caution = on[0]
-    assert caution is not None and caution.on_every_challenger
+    assert caution is not None and caution.challengers is Challengers.EVERY
     assert int(np.argmax(caution.prior)) == 1 and on[1].expert == favourite
     x = router.features([PROMPT])
     post = OnlineLearner(router, OnlineLearningConfig(anchor_sd=1.0), np.random.default_rng(0)).posterior(

@@ -25,8 +25,8 @@ from switchboard.router.pipeline import TrainSettings, train_router, write_route
 from switchboard.router.persist import builtin_static_dir
 from switchboard.router.protocol import SplitKind
 from switchboard.router.report import margins_per_fold
-from switchboard.router.selection import (Caution, RoutingConstraints, SelectionRule, choose, gated_margin,
-                                          rank_candidates)
+from switchboard.router.selection import (Caution, Challengers, RoutingConstraints, SelectionRule, choose,
+                                          gated_margin, rank_candidates)
 from switchboard.router.router import Router
 from switchboard.router.strategies import QualityModel, StrategyName
 
@@ -53,6 +53,21 @@ def test_experts_priced_at_or_above_the_prior_carry_no_margin():
     quality = np.array([[0.9, 0.5, 0.9]])
     assert choose(quality, PRICE, NAMES, RoutingConstraints(cost_weight=0.3), caution=caution)[0][0] == 2
     assert choose(quality, PRICE, NAMES, RoutingConstraints(cost_weight=0.3))[0][0] == 0
+
+
+def test_not_dearer_puts_the_margin_on_same_priced_peers_but_not_on_dearer_experts():
+    price = np.array([0.1, 0.9, 0.9, 1.5])
+    names = ["cheap", "big", "peer", "dearest"]
+    prior = np.array([0.4, 0.6, 0.5, 0.55])  # `big` is the prior choice at λ = 0
+    lam0 = RoutingConstraints()
+    cheaper = Caution(prior, np.full(4, 0.1))
+    peers = dataclasses.replace(cheaper, challengers=Challengers.NOT_DEARER)
+    quality = np.array([[0.3, 0.6, 0.65, 0.62]])
+    assert choose(quality, price, names, lam0, caution=cheaper)[0][0] == 2  # a same-priced peer: no margin
+    assert choose(quality, price, names, lam0, caution=peers)[0][0] == 3  # the peer pays 0.1; the dearer does not
+    assert choose(np.array([[0.3, 0.6, 0.75, 0.62]]), price, names, lam0, caution=peers)[0][0] == 2  # 0.65 > 0.62
+    assert choose(np.array([[0.75, 0.6, 0.3, 0.3]]), price, names, lam0, caution=peers)[0][0] == 0  # 0.65 > 0.6
+    assert choose(np.array([[0.65, 0.6, 0.3, 0.3]]), price, names, lam0, caution=peers)[0][0] == 1  # 0.55 < 0.6
 
 
 def test_the_prior_choice_respects_the_constraints():

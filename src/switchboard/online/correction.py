@@ -134,7 +134,7 @@ def anchor(events: Events, context: np.ndarray, experts: np.ndarray, settings: O
     traffic over experts a few hundredths apart — each pick a little worse on average than staying with the best
     one (docs/online-learning.md, "The anchor"). Averaged over the tenant's traffic there, that noise cancels: the
     anchor is the expert this traffic's feedback says is best, and a challenger must beat it at the prompt by a
-    margin of its own posterior SDs (`selection.Caution.on_every_challenger`)."""
+    margin of its own posterior SDs (`selection.Challengers.EVERY`)."""
     experts = np.asarray(experts, np.int64)
     if not len(events) or events.predictions is None or not len(experts):
         return None

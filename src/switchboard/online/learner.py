@@ -25,7 +25,7 @@ import numpy as np
 from switchboard.config.schema import OnlineLearningConfig
 from switchboard.online.correction import Correction, Events, anchor, correction, unit
 from switchboard.online.exploration import ExplorationBudget, explore
-from switchboard.router.selection import Caution
+from switchboard.router.selection import Caution, Challengers
 
 ANONYMOUS = ""
 """The tenant of every request when auth is off."""
@@ -299,7 +299,7 @@ class OnlineLearner:
         means = anchor(events, context, columns, self.settings)
         if means is None:
             return None
-        return Caution(means, (self.settings.anchor_sd * np.asarray(corr.std, np.float64))[None, :], on_every_challenger=True)
+        return Caution(means, (self.settings.anchor_sd * np.asarray(corr.std, np.float64))[None, :], challengers=Challengers.EVERY)
 
     def _router_share(self, evidence: np.ndarray) -> np.ndarray:
         prior = float(self.settings.prior_events)

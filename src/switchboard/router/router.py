@@ -18,8 +18,8 @@ from switchboard.router.calibration import Calibration
 from switchboard.router.cost import OutputLengthModel, estimate_prompt_tokens, request_usd, request_usd_per_mtok
 from switchboard.router.embed import Embedder
 from switchboard.router.features import FEATURE_NAMES, cheap_feature_matrix
-from switchboard.router.selection import (Caution, RankedCandidate, RoutingConstraints, SelectionRule, choose,
-                                          rank_candidates, rule_margins)
+from switchboard.router.selection import (Caution, Challengers, RankedCandidate, RoutingConstraints, SelectionRule,
+                                          choose, rank_candidates, rule_margins)
 from switchboard.router.strategies import QualityModel
 
 
@@ -202,7 +202,7 @@ class Router:
             f"{self.strategy}: max of predicted quality - {constraints.cost_weight:g} * request usd_per_mtok"
             f" ({self.model.selection_rule.value}) over {len(names)} candidate(s)"
             + ("" if margin <= 0 else f"; an expert other than the tenant's anchor must gain up to {margin:.3g}"
-               if caution.on_every_challenger else f"; a cheaper expert than the prior choice must gain {margin:.3g}")
+               if caution.challengers is Challengers.EVERY else f"; a cheaper expert than the prior choice must gain {margin:.3g}")
         )
         return RouteDecision(RouteOutcome.ROUTED, expert, ranking, reason, skipped, request_costs)
 

@@ -10,8 +10,9 @@ one-expert deployment would pick — is the default, and an expert priced below 
 quality, less a margin κ, still beats the prior's net of λ: a lower confidence bound on the gain of stepping
 down (safe policy improvement: leave the baseline policy only where the estimate is confident, Thomas et al.
 2015, Laroche et al. 2019; RouteLLM's threshold routing is the two-expert case). Experts priced at or above the
-prior carry no margin: under task shift it is the cheap experts' predicted wins that do not transfer (measured
-in docs/router.md; a margin on every challenger lost more on the held-out setting).
+prior carry no margin by default (`Challengers.CHEAPER`): under task shift it is the cheap experts' predicted wins
+that do not transfer (measured in docs/router.md; an ungated margin on every challenger lost more on the held-out
+setting). `Challengers` names the other scopes, measured in docs/router.md.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def feasible_mask(
     return mask
 
 
+class Challengers(str, enum.Enum):
+    """Which experts the conservative rule's margin applies to (never the prior choice itself)."""
+
+    CHEAPER = "cheaper"  # priced below the prior choice: the packaged rule
+    NOT_DEARER = "not-dearer"  # priced at or below it: a same-priced peer must gain the margin too
+    EVERY = "every"  # every expert: the online anchor, where feedback, not price, says which choice is safe
+
+
 @dataclass(frozen=True)
 class Caution:
     """Step down from the prior choice to a cheaper expert only for a predicted gain above `margin`.
@@ -70,10 +79,9 @@ class Caution:
 
     prior: np.ndarray
     margin: np.ndarray
-    on_every_challenger: bool = False
-    """False: the margin applies to the experts priced below the prior choice. True: to every expert but the prior
-    choice — the online anchor (`switchboard.online.correction.anchor`), where the tenant's feedback, not price,
-    says which choice is safe."""
+    challengers: Challengers = Challengers.CHEAPER
+    """Which experts carry the margin: those priced below the prior choice (the packaged rule), at or below it, or
+    every one but the prior choice (the online anchor, `switchboard.online.correction.anchor`)."""
 
 
 def gated_margin(margin: float, confidence: np.ndarray | None, num_rows: int) -> np.ndarray:
@@ -97,14 +105,17 @@ def rule_margins(margin: float, by_confidence: bool, confidence: np.ndarray | No
 
 def cautious_quality(quality: np.ndarray, caution: Caution, traded: np.ndarray, mask: np.ndarray, price: np.ndarray,
                      cost_weight: float) -> np.ndarray:
-    """(n, m) quality less the margin on every expert whose list price is below that of the row's prior choice
-    (on every expert but the prior choice with `caution.on_every_challenger`): the prior choice is the feasible
-    expert with the best prior net of λ (cheaper on ties), so constraints never leave a row without its default."""
+    """(n, m) quality less the margin on the row's challengers (`caution.challengers`: by default every expert whose
+    list price is below that of the row's prior choice): the prior choice is the feasible expert with the best prior
+    net of λ (cheaper on ties), so constraints never leave a row without its default."""
     prior = np.broadcast_to(np.asarray(caution.prior, np.float64), quality.shape)
     margin = np.broadcast_to(np.asarray(caution.margin, np.float64), quality.shape)
     prior_index = _argmax_choice(prior - cost_weight * np.broadcast_to(traded, quality.shape), mask, price)
-    if caution.on_every_challenger:
-        is_challenger = np.arange(quality.shape[1])[None, :] != prior_index[:, None]
+    others = np.arange(quality.shape[1])[None, :] != prior_index[:, None]
+    if caution.challengers is Challengers.EVERY:
+        is_challenger = others
+    elif caution.challengers is Challengers.NOT_DEARER:
+        is_challenger = others & (price[None, :] <= price[prior_index][:, None])
     else:
         is_challenger = price[None, :] < price[prior_index][:, None]
     return np.where(is_challenger, quality - margin, quality)
