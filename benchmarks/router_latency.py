@@ -19,6 +19,10 @@ rounds of 50 requests in one process, and prints each round's p50/p99 and the B/
 `--format-ab V` does the same for the kNN + MLP ensemble (A, the packaged router's own members) against V (B):
 `ensemble-format` (the same kNN, an MLP on the 7 cheap features only) or `ensemble-format3` (the same kNN and MLP,
 and that third MLP). `--task-ab`: the packaged router without its task stage (A) against the packaged router (B).
+`--under-expert-load` times the packaged router while the embedded default expert (SmolLM2-135M on llama.cpp, in a
+child process with the embedded worker's default threads, half the cores for decode and prompt alike, as
+`make run` starts it, or `--load-threads N`, generating without pause) is stopped (A, SIGSTOP) and while it runs
+(B, SIGCONT), the same A B B A rounds: what routing costs on the one machine `make run` serves from, under load.
 """
 
 from __future__ import annotations
@@ -179,8 +183,58 @@ def task_ab(prompts: list[str], rounds: int, per_round: int = 50) -> None:
                "format3-task": packaged}, prompts, rounds, per_round)
 
 
-def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: int, per_round: int) -> None:
-    """Times two routers alternating A B B A (B A A B on odd rounds) and prints per-round p50/p99 and B/A ratios."""
+def _generate_forever(model_path: str, prompt: str, ready, threads: int | None) -> None:
+    """The load: the embedded expert generating, one completion after another (a child process's target);
+    `threads` None: the embedded worker's default (`worker.default_num_threads`, for decode and prompt alike)."""
+    from llama_cpp import Llama
+
+    from switchboard.engines.llamacpp.worker import default_num_threads
+
+    threads = threads or default_num_threads()
+    llm = Llama(model_path=model_path, n_ctx=2048, verbose=False, n_threads=threads, n_threads_batch=threads)
+    llm.create_completion(prompt, max_tokens=8)
+    ready.set()
+    while True:
+        llm.create_completion(prompt, max_tokens=256, temperature=0.8)
+
+
+def under_expert_load(prompts: list[str], rounds: int, threads: int | None, per_round: int = 50) -> None:
+    """The packaged router with the embedded expert's generation stopped (A) and running (B)."""
+    import multiprocessing
+    import signal
+
+    from switchboard.engines.llamacpp.paths import default_model_path
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    load = context.Process(target=_generate_forever, args=(str(default_model_path()), prompts[0], ready, threads),
+                           daemon=True)
+    load.start()
+    try:
+        if not ready.wait(300):
+            raise RuntimeError("the llama.cpp load process did not start within 300 s")
+        router = load_default_router()
+
+        def switch(name: str) -> None:
+            os.kill(load.pid, signal.SIGSTOP if name == "expert stopped" else signal.SIGCONT)
+            time.sleep(0.2)  # let the scheduler and caches settle into the new state
+
+        ab_rounds(f"packaged router, embedded expert (SmolLM2-135M, llama.cpp, threads "
+                  f"{'default' if threads is None else threads}) stopped vs generating",
+                  {"expert stopped": router, "expert generating": router}, prompts, rounds, per_round, switch)
+        fields = open(f"/proc/{load.pid}/stat").read().rsplit(")", 1)[1].split()
+        busy_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime since its start
+        print(f"the load process used {busy_s:.1f} CPU seconds in all (its model load and warm-up included)")
+    finally:
+        os.kill(load.pid, signal.SIGCONT)
+        load.terminate()
+        load.join(10)
+
+
+def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: int, per_round: int,
+              before_arm=lambda name: None) -> None:
+    """Times two routers alternating A B B A (B A A B on odd rounds) and prints per-round p50/p99 and B/A ratios;
+    `before_arm(name)` runs before each arm's turn (e.g. to switch a background load on or off)."""
     a_name, b_name = arms
     samples: dict[str, list[list[float]]] = {k: [] for k in arms}
     for arm in arms.values():  # warm both
@@ -188,6 +242,7 @@ def ab_rounds(title: str, arms: dict[str, Router], prompts: list[str], rounds: i
             arm.route(p, RoutingConstraints(cost_weight=0.025))
     for r in range(rounds):
         for name in ((a_name, b_name, b_name, a_name) if r % 2 == 0 else (b_name, a_name, a_name, b_name)):
+            before_arm(name)
             times = []
             for i in range(per_round):
                 start = time.perf_counter()
@@ -219,8 +274,15 @@ def main() -> None:
                         help="Only the packaged ensemble vs this variant with an MLP on the cheap features.")
     parser.add_argument("--task-ab", action="store_true",
                         help="Only the packaged router without its task stage vs with it.")
+    parser.add_argument("--under-expert-load", action="store_true",
+                        help="Only the packaged router, the embedded llama.cpp expert stopped vs generating.")
+    parser.add_argument("--load-threads", type=int, default=None,
+                        help="With --under-expert-load: llama.cpp threads of the load (default: llama.cpp's own).")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.under_expert_load:
+        under_expert_load(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds, args.load_threads)
+        return
     if args.task_ab:
         task_ab(prompts_of_200_tokens(load_shipped().texts, 50), args.rounds)
         return
