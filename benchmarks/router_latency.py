@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument("--under-expert-load", action="store_true",
                         help="Only the packaged router, the embedded llama.cpp expert stopped vs generating.")
     parser.add_argument("--load-threads", type=int, default=None,
-                        help="With --under-expert-load: llama.cpp threads of the load (default: llama.cpp's own).")
+                        help="With --under-expert-load: llama.cpp threads of the load (default: the embedded worker's, half the cores).")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     if args.under_expert_load:

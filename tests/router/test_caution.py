@@ -27,7 +27,7 @@ from switchboard.router.protocol import SplitKind
 from switchboard.router.report import margins_per_fold
 from switchboard.router.selection import (Caution, Challengers, RoutingConstraints, SelectionRule, choose,
                                           gated_margin, rank_candidates)
-from switchboard.router.router import Router
+from switchboard.router.router import Router, after_feedback
 from switchboard.router.strategies import QualityModel, StrategyName
 
 from .helpers import PRICES, synthetic_examples
@@ -68,6 +68,8 @@ def test_not_dearer_puts_the_margin_on_same_priced_peers_but_not_on_dearer_exper
     assert choose(np.array([[0.3, 0.6, 0.75, 0.62]]), price, names, lam0, caution=peers)[0][0] == 2  # 0.65 > 0.62
     assert choose(np.array([[0.75, 0.6, 0.3, 0.3]]), price, names, lam0, caution=peers)[0][0] == 0  # 0.65 > 0.6
     assert choose(np.array([[0.65, 0.6, 0.3, 0.3]]), price, names, lam0, caution=peers)[0][0] == 1  # 0.55 < 0.6
+    scaled = after_feedback(peers, np.full(4, 0.5), is_exploring=False)  # feedback scales the margin, keeps the scope
+    assert scaled.challengers is Challengers.NOT_DEARER and np.allclose(scaled.margin, 0.05)
 
 
 def test_the_prior_choice_respects_the_constraints():

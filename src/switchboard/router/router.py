@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -231,7 +231,7 @@ def after_feedback(caution: Caution | None, router_share: np.ndarray | None, is_
     if caution is None or router_share is None:
         return caution
     share = np.asarray(router_share, np.float64)
-    return Caution(caution.prior, np.asarray(caution.margin, np.float64) * share.reshape(-1, share.shape[-1]))
+    return replace(caution, margin=np.asarray(caution.margin, np.float64) * share.reshape(-1, share.shape[-1]))
 
 
 def _as_pair(override: float | tuple[float, float] | None, input_usd: float, output_usd: float) -> tuple[float, float]:

@@ -71,7 +71,8 @@ class Challengers(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Caution:
-    """Step down from the prior choice to a cheaper expert only for a predicted gain above `margin`.
+    """Step down from the prior choice to a cheaper expert (by default; `challengers`) only for a predicted gain
+    above `margin`.
 
     `prior` is each expert's mean training score, (m,) or per row (n, m); `margin` (m,), (n, 1) or (n, m), ≥ 0,
     is what a cheaper expert's predicted quality must beat the prior expert's by, net of λ. Zero: the plain rule.
