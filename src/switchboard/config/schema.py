@@ -345,6 +345,12 @@ class OnlineLearningConfig(_Strict):
         "another expert must beat it by this many of its own posterior SDs at the prompt (0: off; the router's "
         "conservative rule then applies, scaled by its share).",
     )
+    self_check_neighbors: int = Field(
+        0, ge=0, le=1024,
+        description="Check the correction against the tenant's own feedback: each event records whether the correction "
+        "from the events before it predicted its score better than the router; near a prompt, the correction is "
+        "scaled down where these many most similar events say it predicted worse (0: off).",
+    )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 

@@ -28,6 +28,7 @@ Everything here is a pure function of arrays; `switchboard.online.learner` owns 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,8 @@ class Events:
     scores: np.ndarray
     predictions: np.ndarray | None = None
     """(n, m) the router's predicted quality of every expert at each event's prompt (for `anchor`); None: not kept."""
+    gains: np.ndarray | None = None
+    """(n,) each event's `event_gain` (for `self_check`); None: not kept."""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -146,6 +149,47 @@ def anchor(events: Events, context: np.ndarray, experts: np.ndarray, settings: O
     sums = np.bincount(events.experts[near], events.scores[near].astype(np.float64), minlength=num_all)[experts]
     prior = events.predictions[near][:, experts].astype(np.float64).mean(axis=0)
     return (settings.prior_events * prior + sums) / (settings.prior_events + counts)
+
+
+def event_gain(score: float, predicted: float, corrected: float) -> float:
+    """How much better the correction predicted one event's score than the router did: (s − p)² − (s − q)²,
+    p the router's prediction of the answering expert, q the correction from the events before this one.
+    Its expectation is (μ − p)² − (μ − q)², μ the expert's true mean there: positive where the correction
+    moves the router toward the truth, negative where it pulls a good prediction away."""
+    return (score - predicted) ** 2 - (score - corrected) ** 2
+
+
+def self_check(events: Events, context: np.ndarray, settings: OnlineLearningConfig) -> float:
+    """The share γ ∈ [0, 1] of the correction to apply at `context`, from the tenant's own record (`events.gains`,
+    one `event_gain` per event): the `self_check_neighbors` events most similar to it (cosine ≥ `min_similarity`,
+    of any expert, weighted as `correction` weighs them) give a weighted t-statistic of the gain,
+    z = Σ w·g / √(Σ w²·g²), and γ = min(1, 2·Φ(z)). So the correction is kept whole unless the record near the
+    prompt says it predicted worse than the router (z = −1: γ ≈ 0.32; z = −2: γ ≈ 0.05); 1 with the check off or
+    no record near the prompt.
+
+    Why: a tenant's feedback from a task the router never saw pulls the estimates of familiar prompts nearby toward
+    that task's scores (with `min_similarity` 0.3, 86% of cross-task prompt pairs are "near"), which costs a tenant
+    with mixed traffic quality (docs/online-learning.md, "Mixed traffic"). Whether the correction helps is itself
+    measurable, prequentially, on the feedback that keeps arriving: each event is predicted before it is learned."""
+    k = int(settings.self_check_neighbors)
+    if k <= 0 or not len(events) or events.gains is None:
+        return 1.0
+    similarity = np.einsum("ij,j->i", events.contexts, context)
+    near = np.nonzero(similarity >= settings.min_similarity)[0]
+    if not len(near):
+        return 1.0
+    if len(near) > k:
+        near = near[np.argpartition(-similarity[near], k - 1)[:k]]
+    if settings.neighbor_weight == "uniform":
+        w = np.ones(len(near))
+    else:
+        w = (similarity[near] - settings.min_similarity) / (1.0 - settings.min_similarity)
+    g = np.asarray(events.gains, np.float64)[near]
+    spread = float(np.sqrt(np.sum(w * w * g * g)))
+    if spread == 0.0:
+        return 1.0
+    z = float(np.sum(w * g)) / spread
+    return min(1.0, 1.0 + math.erf(z / math.sqrt(2.0)))
 
 
 def _linked(sum_w, sum_wx, sum_wxx, sum_wt, sum_wtx, experts, prior_correlation, settings) -> Correction:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from switchboard.config.schema import OnlineLearningConfig
-from switchboard.online.correction import Correction, Events, anchor, correction, unit
+from switchboard.online.correction import Correction, Events, anchor, correction, event_gain, self_check, unit
 from switchboard.online.exploration import ExplorationBudget, explore
 from switchboard.router.selection import Caution, Challengers
 
@@ -57,16 +57,17 @@ class TenantMemory:
         self.experts = np.zeros(0, np.int16)
         self.predictions = np.zeros((0, 0), np.float32)  # the router's prediction of every expert at the prompt
         self.scores = np.zeros(0, np.float32)
+        self.gains = np.zeros(0, np.float32)  # each event's `correction.event_gain` (0 with `self_check_neighbors` off)
         self.num_events = 0  # ever added; the buffer holds the last min(num_events, max_events)
         self.budget = ExplorationBudget()
 
-    def add(self, context: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> None:
+    def add(self, context: np.ndarray, expert: int, predictions: np.ndarray, score: float, gain: float = 0.0) -> None:
         size = min(self.num_events, self.max_events)
         if size == len(self.scores) and size < self.max_events:
             self._grow(len(context), len(predictions), min(self.max_events, max(16, 2 * size)))
         slot = self.num_events % self.max_events
         self.contexts[slot], self.experts[slot] = context, expert
-        self.predictions[slot], self.scores[slot] = predictions, score
+        self.predictions[slot], self.scores[slot], self.gains[slot] = predictions, score, gain
         self.num_events += 1
 
     def _grow(self, dims: int, num_experts: int, capacity: int) -> None:
@@ -75,13 +76,14 @@ class TenantMemory:
         grow = capacity - len(self.scores)
         self.experts = np.concatenate([self.experts, np.zeros(grow, np.int16)])
         self.scores = np.concatenate([self.scores, np.zeros(grow, np.float32)])
+        self.gains = np.concatenate([self.gains, np.zeros(grow, np.float32)])
 
     def events(self) -> Events:
         """A view of the events held (valid until the next `add`)."""
         size = min(self.num_events, self.max_events)
         experts, predictions = self.experts[:size], self.predictions[:size]
         predicted = predictions[np.arange(size), experts]  # the router's prediction of the expert that answered
-        return Events(self.contexts[:size], experts, predicted, self.scores[:size], predictions)
+        return Events(self.contexts[:size], experts, predicted, self.scores[:size], predictions, self.gains[:size])
 
 
 def _grown(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -185,8 +187,8 @@ class OnlineLearner:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
             events = memory.events()
-            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation,
-                              self._slope_prior_mean(confidence))
+            corr = self._checked(events, context, correction(
+                events, context, columns, quality, self.settings, self.prior_correlation, self._slope_prior_mean(confidence)))
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
@@ -237,7 +239,28 @@ class OnlineLearner:
                 while len(self._tenants) > self.settings.max_tenants:
                     self._tenants.popitem(last=False)
             self._tenants.move_to_end(tenant)
-            memory.add(self.context(features), expert, predictions, score)
+            context = self.context(features)
+            memory.add(context, expert, predictions, score, self._gain(memory, context, expert, predictions, score))
+
+    def _gain(self, memory: TenantMemory, context: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> float:
+        """With `self_check_neighbors` on, the new event's `event_gain`: the correction from the events before it,
+        at its prompt, for the expert that answered (with the settings' slope prior: the router's confidence is not
+        at hand here), against the router's prediction; 0 otherwise."""
+        if self.settings.self_check_neighbors <= 0 or memory.num_events == 0:
+            return 0.0
+        predicted = float(predictions[expert])
+        corr = correction(memory.events(), context, np.asarray([expert]), np.asarray([predicted]), self.settings,
+                          self.prior_correlation)
+        return event_gain(score, predicted, float(np.clip(predicted + corr.mean[0], 0.0, 1.0)))
+
+    def _checked(self, events: Events, context: np.ndarray, corr: Correction) -> Correction:
+        """`corr` with its mean and evidence scaled by `correction.self_check`'s share at the prompt (unchanged with
+        the check off): where the tenant's record says the correction predicts worse than the router, the router's
+        estimate — and the router's caution, which scales with its share — come back."""
+        share = self_check(events, context, self.settings)
+        if share >= 1.0:
+            return corr
+        return Correction(share * corr.mean, corr.std, share * corr.evidence)
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -267,8 +290,8 @@ class OnlineLearner:
                 return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
             events, context = memory.events(), self.context(features)
-            corr = correction(events, context, columns, quality, self.settings, self.prior_correlation,
-                              self._slope_prior_mean(confidence))
+            corr = self._checked(events, context, correction(
+                events, context, columns, quality, self.settings, self.prior_correlation, self._slope_prior_mean(confidence)))
             anchored = self._anchored(events, context, columns, corr)
         return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
 
