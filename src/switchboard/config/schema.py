@@ -351,6 +351,11 @@ class OnlineLearningConfig(_Strict):
         "from the events before it predicted its score better than the router; near a prompt, the correction is "
         "scaled down where these many most similar events say it predicted worse (0: off).",
     )
+    self_check_tolerance_sd: float = Field(
+        0.0, ge=0.0,
+        description="With the self-check on: how many SDs of evidence against the correction are tolerated before it is "
+        "scaled down (the share is min(1, 2Φ(z + this)); 0: any evidence against scales it).",
+    )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 

@@ -163,9 +163,9 @@ def self_check(events: Events, context: np.ndarray, settings: OnlineLearningConf
     """The share γ ∈ [0, 1] of the correction to apply at `context`, from the tenant's own record (`events.gains`,
     one `event_gain` per event): the `self_check_neighbors` events most similar to it (cosine ≥ `min_similarity`,
     of any expert, weighted as `correction` weighs them) give a weighted t-statistic of the gain,
-    z = Σ w·g / √(Σ w²·g²), and γ = min(1, 2·Φ(z)). So the correction is kept whole unless the record near the
-    prompt says it predicted worse than the router (z = −1: γ ≈ 0.32; z = −2: γ ≈ 0.05); 1 with the check off or
-    no record near the prompt.
+    z = Σ w·g / √(Σ w²·g²), and γ = min(1, 2·Φ(z + z₀)), z₀ = `self_check_tolerance_sd`. So the correction is kept
+    whole unless the record near the prompt says it predicted worse than the router by more than z₀ SDs (with
+    z₀ = 0: z = −1 gives γ ≈ 0.32, z = −2 γ ≈ 0.05); 1 with the check off or no record near the prompt.
 
     Why: a tenant's feedback from a task the router never saw pulls the estimates of familiar prompts nearby toward
     that task's scores (with `min_similarity` 0.3, 86% of cross-task prompt pairs are "near"), which costs a tenant
@@ -188,7 +188,7 @@ def self_check(events: Events, context: np.ndarray, settings: OnlineLearningConf
     spread = float(np.sqrt(np.sum(w * w * g * g)))
     if spread == 0.0:
         return 1.0
-    z = float(np.sum(w * g)) / spread
+    z = float(np.sum(w * g)) / spread + float(settings.self_check_tolerance_sd)
     return min(1.0, 1.0 + math.erf(z / math.sqrt(2.0)))
 
 
