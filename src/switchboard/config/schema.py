@@ -356,6 +356,12 @@ class OnlineLearningConfig(_Strict):
         description="With the self-check on: how many SDs of evidence against the correction are tolerated before it is "
         "scaled down (the share is min(1, 2Φ(z + this)); 0: any evidence against scales it).",
     )
+    self_check_alternative_similarity: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="With the self-check on: what the correction is checked against and moved toward where its record is "
+        "worse — 0: the router's own estimate; > 0: the correction fitted only on events at least this cosine-similar "
+        "(a more local one).",
+    )
     max_events_per_tenant: int = Field(1024, ge=1, le=1_000_000, description="Older events are forgotten (memory: about 1 KB each with the default router).")
     max_tenants: int = Field(1024, ge=1, description="Tenants whose corrections are kept in memory (least recently used evicted).")
 

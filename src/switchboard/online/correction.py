@@ -152,10 +152,11 @@ def anchor(events: Events, context: np.ndarray, experts: np.ndarray, settings: O
 
 
 def event_gain(score: float, predicted: float, corrected: float) -> float:
-    """How much better the correction predicted one event's score than the router did: (s − p)² − (s − q)²,
-    p the router's prediction of the answering expert, q the correction from the events before this one.
-    Its expectation is (μ − p)² − (μ − q)², μ the expert's true mean there: positive where the correction
-    moves the router toward the truth, negative where it pulls a good prediction away."""
+    """How much better the correction predicted one event's score than its alternative did: (s − p)² − (s − q)²,
+    q the correction from the events before this one, p the alternative's prediction of the answering expert (the
+    router's own, or a more local correction's: `self_check_alternative_similarity`). Its expectation is
+    (μ − p)² − (μ − q)², μ the expert's true mean there: positive where the correction moves toward the truth,
+    negative where it pulls a better prediction away."""
     return (score - predicted) ** 2 - (score - corrected) ** 2
 
 
@@ -164,8 +165,9 @@ def self_check(events: Events, context: np.ndarray, settings: OnlineLearningConf
     one `event_gain` per event): the `self_check_neighbors` events most similar to it (cosine ≥ `min_similarity`,
     of any expert, weighted as `correction` weighs them) give a weighted t-statistic of the gain,
     z = Σ w·g / √(Σ w²·g²), and γ = min(1, 2·Φ(z + z₀)), z₀ = `self_check_tolerance_sd`. So the correction is kept
-    whole unless the record near the prompt says it predicted worse than the router by more than z₀ SDs (with
-    z₀ = 0: z = −1 gives γ ≈ 0.32, z = −2 γ ≈ 0.05); 1 with the check off or no record near the prompt.
+    whole unless the record near the prompt says it predicted worse than its alternative (the router, or a more
+    local correction) by more than z₀ SDs (with z₀ = 0: z = −1 gives γ ≈ 0.32, z = −2 γ ≈ 0.05); 1 with the check
+    off or no record near the prompt. The learner blends the correction with the alternative by γ.
 
     Why: a tenant's feedback from a task the router never saw pulls the estimates of familiar prompts nearby toward
     that task's scores (with `min_similarity` 0.3, 86% of cross-task prompt pairs are "near"), which costs a tenant

@@ -156,6 +156,10 @@ class OnlineLearner:
         self.expert_index = {e: j for j, e in enumerate(router.experts)}
         # The correlated prior's shape (`expert_correlation`), shipped with the router; absent: independent experts.
         self.prior_correlation = getattr(router, "residual_correlation", None)
+        # The self-check's alternative when it is a more local correction: the same settings, a stricter similarity.
+        alternative = float(settings.self_check_alternative_similarity)
+        self._alternative_settings = (settings.model_copy(update={"min_similarity": alternative})
+                                      if alternative > 0 else None)
         self._tenants: OrderedDict[str, TenantMemory] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -187,8 +191,9 @@ class OnlineLearner:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
             events = memory.events()
+            b0 = self._slope_prior_mean(confidence)
             corr = self._checked(events, context, correction(
-                events, context, columns, quality, self.settings, self.prior_correlation, self._slope_prior_mean(confidence)))
+                events, context, columns, quality, self.settings, self.prior_correlation, b0), columns, quality, b0)
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
@@ -249,18 +254,30 @@ class OnlineLearner:
         if self.settings.self_check_neighbors <= 0 or memory.num_events == 0:
             return 0.0
         predicted = float(predictions[expert])
-        corr = correction(memory.events(), context, np.asarray([expert]), np.asarray([predicted]), self.settings,
-                          self.prior_correlation)
-        return event_gain(score, predicted, float(np.clip(predicted + corr.mean[0], 0.0, 1.0)))
+        events, column, here = memory.events(), np.asarray([expert]), np.asarray([predicted])
+        corr = correction(events, context, column, here, self.settings, self.prior_correlation)
+        alternative = 0.0  # the router's estimate
+        if self._alternative_settings is not None:
+            alternative = correction(events, context, column, here, self._alternative_settings, self.prior_correlation).mean[0]
+        return event_gain(score, float(np.clip(predicted + alternative, 0.0, 1.0)),
+                          float(np.clip(predicted + corr.mean[0], 0.0, 1.0)))
 
-    def _checked(self, events: Events, context: np.ndarray, corr: Correction) -> Correction:
-        """`corr` with its mean and evidence scaled by `correction.self_check`'s share at the prompt (unchanged with
-        the check off): where the tenant's record says the correction predicts worse than the router, the router's
-        estimate — and the router's caution, which scales with its share — come back."""
+    def _checked(self, events: Events, context: np.ndarray, corr: Correction, columns: np.ndarray,
+                 quality: np.ndarray, slope_prior_mean: float | None) -> Correction:
+        """`corr` blended with its alternative by `correction.self_check`'s share γ at the prompt (unchanged with the
+        check off, or where γ = 1). Against the router (the default alternative): its mean and evidence scaled by
+        γ — where the tenant's record says the correction predicts worse than the router, the router's estimate, and
+        the router's caution, which scales with its share, come back. Against a more local correction
+        (`self_check_alternative_similarity`): mean, SD and evidence γ·corr + (1 − γ)·local."""
         share = self_check(events, context, self.settings)
         if share >= 1.0:
             return corr
-        return Correction(share * corr.mean, corr.std, share * corr.evidence)
+        if self._alternative_settings is None:
+            return Correction(share * corr.mean, corr.std, share * corr.evidence)
+        local = correction(events, context, columns, quality, self._alternative_settings, self.prior_correlation,
+                           slope_prior_mean)
+        return Correction(*(share * a + (1.0 - share) * b for a, b in
+                            ((corr.mean, local.mean), (corr.std, local.std), (corr.evidence, local.evidence))))
 
     def _check(self, prompt: str | None, expert: str) -> LearnOutcome:
         if not self.settings.enabled:
@@ -290,8 +307,9 @@ class OnlineLearner:
                 return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
             events, context = memory.events(), self.context(features)
+            b0 = self._slope_prior_mean(confidence)
             corr = self._checked(events, context, correction(
-                events, context, columns, quality, self.settings, self.prior_correlation, self._slope_prior_mean(confidence)))
+                events, context, columns, quality, self.settings, self.prior_correlation, b0), columns, quality, b0)
             anchored = self._anchored(events, context, columns, corr)
         return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
 
