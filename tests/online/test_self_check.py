@@ -101,3 +101,32 @@ def test_a_tolerance_shifts_the_statistic_so_weak_evidence_against_the_correctio
     assert self_check(ev, here, tolerant) == 1.0
     two_against = record([[1.0, 0.0], [1.0, 0.0]], [-0.3, -0.3])  # z = −√2
     assert self_check(two_against, here, tolerant) == pytest.approx(1.0 + math.erf((1.0 - math.sqrt(2.0)) / math.sqrt(2.0)))
+
+
+def test_against_a_more_local_correction_the_served_one_blends_toward_it_where_the_record_prefers_it(router):
+    """The same two regions, the check now against the correction fitted on events at cosine ≥ 0.6 only (region A's
+    own): A's events record that the broad correction, pulled by B, predicted them worse than A's local one did,
+    so A is served a blend γ·broad + (1 − γ)·local, closer to A's own scores than the broad correction alone."""
+    dims, num_experts = router.features(["x"]).shape[1], len(router.experts)
+    b = np.zeros(dims, np.float32)
+    b[1] = 1.0
+    a = np.zeros(dims, np.float32)
+    a[0], a[1] = 1.0, 0.5
+    predictions = np.full(num_experts, 0.5, np.float32)
+    settings = OnlineLearningConfig(explore_fraction=0.0, self_check_neighbors=32, self_check_alternative_similarity=0.6)
+    online = OnlineLearner(router, settings, np.random.default_rng(0))
+    broad_only = OnlineLearner(router, OnlineLearningConfig(explore_fraction=0.0), np.random.default_rng(0))
+    local_only = OnlineLearner(router, OnlineLearningConfig(explore_fraction=0.0, min_similarity=0.6), np.random.default_rng(0))
+    for learner in (online, broad_only, local_only):
+        for _ in range(20):
+            learner.add_event("t", b, 0, predictions, 1.0)
+        for i in range(20):
+            learner.add_event("t", a, 0, predictions, float(i % 2 == 0))
+    record = online._tenants["t"].events()
+    assert record.gains[20:].mean() < 0  # on A, the broad correction did worse than the local one
+    share = self_check(record, unit(a), settings)
+    assert share < 0.8
+    broad, local = (x.posterior_mean("t", a, predictions)[0] for x in (broad_only, local_only))
+    assert abs(local - 0.5) < abs(broad - 0.5)  # A's own scores average 0.5: the local correction is nearer
+    assert online.posterior_mean("t", a, predictions)[0] == pytest.approx(share * broad + (1 - share) * local)
+    assert record.gains[1:20] == pytest.approx(np.zeros(19), abs=1e-6)  # on B, before A's events, the two corrections were the same
