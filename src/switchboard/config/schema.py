@@ -348,8 +348,9 @@ class OnlineLearningConfig(_Strict):
     self_check_neighbors: int = Field(
         0, ge=0, le=1024,
         description="Check the correction against the tenant's own feedback: each event records whether the correction "
-        "from the events before it predicted its score better than the router; near a prompt, the correction is "
-        "scaled down where these many most similar events say it predicted worse (0: off).",
+        "from the events before it predicted its score better than its alternative (the router, unless "
+        "self_check_alternative_similarity says otherwise); near a prompt, the correction is moved toward the "
+        "alternative where these many most similar events say it predicted worse (0: off).",
     )
     self_check_tolerance_sd: float = Field(
         0.0, ge=0.0,

@@ -250,7 +250,8 @@ class OnlineLearner:
     def _gain(self, memory: TenantMemory, context: np.ndarray, expert: int, predictions: np.ndarray, score: float) -> float:
         """With `self_check_neighbors` on, the new event's `event_gain`: the correction from the events before it,
         at its prompt, for the expert that answered (with the settings' slope prior: the router's confidence is not
-        at hand here), against the router's prediction; 0 otherwise."""
+        at hand here), against its alternative — the router's prediction, or the more local correction with
+        `self_check_alternative_similarity`; 0 otherwise."""
         if self.settings.self_check_neighbors <= 0 or memory.num_events == 0:
             return 0.0
         predicted = float(predictions[expert])
