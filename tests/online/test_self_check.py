@@ -59,25 +59,36 @@ def router():
     return load_default_router()
 
 
-def test_feedback_from_a_new_kind_of_prompt_stops_moving_a_nearby_familiar_one_once_its_own_feedback_disagrees(router):
-    """Region B is a kind the router misjudges (it predicts 0.5, every score is 1); region A, near B (cosine 0.45),
-    is one it judges right (0.5 predicted, scores alternate 1 and 0). Without the check, B's feedback pulls A's
-    estimate up; with it, A's own events — predicted worse by the pulled correction than by the router — scale the
-    pull down by the share their record gives, and B keeps its whole correction."""
+def regions(router) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature rows A and B of the router's width, cosine 0.45 apart, and a prediction of 0.5 for every expert."""
     dims, num_experts = router.features(["x"]).shape[1], len(router.experts)
     b = np.zeros(dims, np.float32)
     b[1] = 1.0
     a = np.zeros(dims, np.float32)
     a[0], a[1] = 1.0, 0.5
-    predictions = np.full(num_experts, 0.5, np.float32)
+    return a, b, np.full(num_experts, 0.5, np.float32)
+
+
+def feed(learner: OnlineLearner, a: np.ndarray, b: np.ndarray, predictions: np.ndarray) -> None:
+    """Expert 0's feedback: 20 scores of 1 at B (the router's 0.5 is wrong there), then 20 alternating 1 and 0 at A
+    (right there)."""
+    for _ in range(20):
+        learner.add_event("t", b, 0, predictions, 1.0)
+    for i in range(20):
+        learner.add_event("t", a, 0, predictions, float(i % 2 == 0))
+
+
+def test_feedback_from_a_new_kind_of_prompt_stops_moving_a_nearby_familiar_one_once_its_own_feedback_disagrees(router):
+    """Region B is a kind the router misjudges (it predicts 0.5, every score is 1); region A, near B (cosine 0.45),
+    is one it judges right (0.5 predicted, scores alternate 1 and 0). Without the check, B's feedback pulls A's
+    estimate up; with it, A's own events — predicted worse by the pulled correction than by the router — scale the
+    pull down by the share their record gives, and B keeps its whole correction."""
+    a, b, predictions = regions(router)
     estimates = {}
     for k in (0, 32):
         online = OnlineLearner(router, OnlineLearningConfig(explore_fraction=0.0, self_check_neighbors=k),
                                np.random.default_rng(0))
-        for _ in range(20):
-            online.add_event("t", b, 0, predictions, 1.0)
-        for i in range(20):
-            online.add_event("t", a, 0, predictions, float(i % 2 == 0))
+        feed(online, a, b, predictions)
         estimates[k] = (online.posterior_mean("t", a, predictions)[0], online.posterior_mean("t", b, predictions)[0])
         record = online._tenants["t"].events()
         share_at_a, share_at_b = self_check(record, unit(a), online.settings), self_check(record, unit(b), online.settings)
@@ -107,21 +118,13 @@ def test_against_a_more_local_correction_the_served_one_blends_toward_it_where_t
     """The same two regions, the check now against the correction fitted on events at cosine ≥ 0.6 only (region A's
     own): A's events record that the broad correction, pulled by B, predicted them worse than A's local one did,
     so A is served a blend γ·broad + (1 − γ)·local, closer to A's own scores than the broad correction alone."""
-    dims, num_experts = router.features(["x"]).shape[1], len(router.experts)
-    b = np.zeros(dims, np.float32)
-    b[1] = 1.0
-    a = np.zeros(dims, np.float32)
-    a[0], a[1] = 1.0, 0.5
-    predictions = np.full(num_experts, 0.5, np.float32)
+    a, b, predictions = regions(router)
     settings = OnlineLearningConfig(explore_fraction=0.0, self_check_neighbors=32, self_check_alternative_similarity=0.6)
     online = OnlineLearner(router, settings, np.random.default_rng(0))
     broad_only = OnlineLearner(router, OnlineLearningConfig(explore_fraction=0.0), np.random.default_rng(0))
     local_only = OnlineLearner(router, OnlineLearningConfig(explore_fraction=0.0, min_similarity=0.6), np.random.default_rng(0))
     for learner in (online, broad_only, local_only):
-        for _ in range(20):
-            learner.add_event("t", b, 0, predictions, 1.0)
-        for i in range(20):
-            learner.add_event("t", a, 0, predictions, float(i % 2 == 0))
+        feed(learner, a, b, predictions)
     record = online._tenants["t"].events()
     assert record.gains[20:].mean() < 0  # on A, the broad correction did worse than the local one
     share = self_check(record, unit(a), settings)
