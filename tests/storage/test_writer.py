@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 
 import pytest
+
+from switchboard.storage import database
 
 from .helpers import feedback_table, make_log, record, rows, wait_until
 
@@ -108,6 +112,31 @@ async def test_feedback_lookup_sees_queued_and_written_requests(db_url):
     assert await log.knows("queued")
     await log.flush()
     assert await log.knows("queued") and not await log.knows("never")
+    await log.stop()
+
+
+async def test_a_request_being_written_is_still_found_for_its_feedback(db_url, monkeypatch):
+    """A feedback sent right after its answer often arrives while the writer commits that answer's row: out of the
+    queue, not yet in the database. Its prompt and expert must still be found (else the score is not learned)."""
+    log = make_log(db_url, flush_interval_s=3600)
+    await log.start()
+    record(log, "inflight")
+    writing, release = threading.Event(), threading.Event()
+    write_batch = database.write_batch
+
+    def held(*args):
+        writing.set()
+        release.wait(30)
+        return write_batch(*args)
+
+    monkeypatch.setattr(database, "write_batch", held)
+    flushing = asyncio.create_task(log.flush())
+    assert await asyncio.to_thread(writing.wait, 30)
+    assert await log.knows("inflight")
+    assert await log.prompt_and_expert("inflight") == ("prompt of inflight", "e")
+    release.set()
+    assert await flushing
+    assert await log.prompt_and_expert("inflight") == ("prompt of inflight", "e")  # from the database now
     await log.stop()
 
 

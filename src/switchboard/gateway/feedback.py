@@ -81,7 +81,7 @@ class FeedbackEndpoint:
         try:
             found = await self.request_log.prompt_and_expert(request_id)
             if found is None:
-                log.info("feedback for %s: not learned (its row is being written right now)", request_id)
+                log.info("feedback for %s: not learned (its request's row is not in the log)", request_id)
                 return
             outcome = await asyncio.to_thread(self.online.learn, tenant, found[0], found[1], score)
         except Exception as exc:  # noqa: BLE001 — learning is best effort; the score itself is stored

@@ -75,6 +75,7 @@ class RequestLog:
         self._requests: deque[tuple] = deque()  # rows in database.REQUEST_COLUMNS order
         self._feedback: deque[tuple] = deque()  # rows in database.FEEDBACK_COLUMNS order
         self._unflushed_ids: dict[str, str | None] = {}  # request id → its key id, until written
+        self._writing: list[tuple] = []  # the request rows of the batch being written: out of the queue, not yet committed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
@@ -147,7 +148,9 @@ class RequestLog:
         """The logged prompt text (None when prompts are not stored) and answering expert of a request, or None
         if it is not in the log. Raises if the database is down."""
         if request_id in self._unflushed_ids:
-            for row in reversed(self._requests):  # still queued: recent, so near the end
+            # Still queued (recent, so near the end), or in the batch being written right now: a feedback sent just
+            # after its answer often lands while the writer commits that answer's row, and must not miss it.
+            for row in (*reversed(self._requests), *self._writing):
                 if row[0] == request_id:
                     return row[REQUEST_PROMPT], row[REQUEST_EXPERT]
         engine = await self._engine()
@@ -219,12 +222,14 @@ class RequestLog:
             while self._requests or self._feedback:
                 requests = _take(self._requests, self.settings.max_batch)
                 feedback = _take(self._feedback, self.settings.max_batch - len(requests))
+                self._writing = requests
                 try:
                     engine = await self._engine()
                     if not self._migrated:
                         await self._migrate()
                     await asyncio.to_thread(database.write_batch, engine, requests, feedback)
                 except BaseException as exc:  # any failure, or cancelled mid-write: keep the rows, retry later
+                    self._writing = []
                     self._requests.extendleft(reversed(requests))
                     self._feedback.extendleft(reversed(feedback))
                     self._trim()
@@ -234,6 +239,7 @@ class RequestLog:
                     log.warning("request log: write of %d records failed (%s: %s); %d queued, retrying with backoff",
                                 len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
                     return False
+                self._writing = []
                 for row in requests:
                     self._unflushed_ids.pop(row[0], None)
                 self.num_written += len(requests) + len(feedback)
