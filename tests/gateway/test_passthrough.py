@@ -6,6 +6,7 @@ details, and fields neither side of the gateway knows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
+from switchboard.runtime.lease import Lease
 from switchboard.testing.recording import FINGERPRINT, SNAPSHOT_SUFFIX, RecordingUpstream
 from switchboard.testing.servers import serve_in_thread
 
@@ -224,3 +226,31 @@ async def test_an_upstream_error_event_is_the_engines_error_not_relayed_as_data(
                 _ = [event async for event in engine.stream(GenerationRequest("r", "chat", {"model": "e", "messages": MESSAGES, "stream": True}, 8, 3))]
         finally:
             await engine.stop()
+
+
+def test_a_relayed_stream_is_logged_before_the_client_sees_its_done(upstream, tmp_path, monkeypatch):
+    """The upstream's own `[DONE]` reaches the client only after the request's row is queued: a client that scores
+    the answer the moment its stream ends finds it (201, not 404), however long the gateway then takes to wind the
+    stream down — here its lease's release is held 0.5 s."""
+    release = Lease.__aexit__
+
+    async def slow_release(self, *args):
+        await asyncio.sleep(0.5)
+        await release(self, *args)
+
+    monkeypatch.setattr(Lease, "__aexit__", slow_release)
+    with serve_in_thread(upstream) as upstream_base:
+        config = parse_config(f"""
+experts:
+  - id: gpt
+    backend: {{kind: openai, base_url: "{upstream_base}/v1", model: gpt-4o-mini}}
+storage: {{url: "sqlite:///{tmp_path / 'requests.db'}", flush_interval_s: 0.05}}
+""")
+        with serve_in_thread(build_app(config)) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+            for _ in range(2):
+                raw = client.chat.completions.with_raw_response.create(model="gpt", messages=MESSAGES, stream=True)
+                chunks = list(raw.parse())
+                assert chunks and any(c.choices and c.choices[0].finish_reason for c in chunks)
+                scored = httpx.post(url + "/v1/feedback", json={"request_id": raw.headers["x-request-id"], "score": 1.0}, timeout=30)
+                assert scored.status_code == 201, scored.text

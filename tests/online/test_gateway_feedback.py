@@ -4,6 +4,7 @@ endpoint refuses unauthenticated, foreign and oversized feedback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -19,6 +20,7 @@ from switchboard.gateway.app import build_app
 from switchboard.online import OnlineLearner
 from switchboard.router import load_default_router
 from switchboard.router.chooser import RouterChooser
+from switchboard.runtime.lease import Lease
 from switchboard.storage import database
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.store import create_key
@@ -95,6 +97,30 @@ def test_feedback_moves_only_its_tenants_routing_and_survives_a_restart(db_url, 
             time.sleep(0.05)
         assert restored.num_events("acme") == learned and restored.num_events("globex") == 0
         assert ask(base, acme)[0] != first and ask(base, globex)[0] == first
+
+
+def test_a_streamed_answer_is_in_the_log_before_its_client_sees_the_end(db_url, router, monkeypatch):
+    """A client that scores a streamed answer as soon as its stream ends must find the request logged (201, and
+    learned), however long the gateway then takes to wind the stream down — here its replica lease's release is
+    held 0.5 s."""
+    release = Lease.__aexit__
+
+    async def slow_release(self, *args):
+        await asyncio.sleep(0.5)
+        await release(self, *args)
+
+    monkeypatch.setattr(Lease, "__aexit__", slow_release)
+    acme = new_key(db_url, "acme")
+    server, online = serve(db_url, router)
+    with server as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=acme, max_retries=0, timeout=30)
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": PROMPT}], max_tokens=4, stream=True)
+            chunks = list(raw.parse())
+            assert chunks[-1].choices[0].finish_reason is not None
+            assert feedback(base, acme, raw.headers["x-request-id"], 1.0).status_code == 201
+        assert online.num_events("acme") == 3
 
 
 def test_feedback_needs_the_callers_own_request_and_a_small_body(db_url, router):

@@ -411,19 +411,38 @@ class Handlers:
         outcome = Outcome.OK
         usage = None  # metrics
         expert_id = run.expert_id
+        is_recorded = False
+
+        def record_answer(finish: Finish) -> None:
+            # The request's row is queued *before* the client sees the end of its stream: a client that scores
+            # the answer as soon as it has it (POST /v1/feedback) must find the request in the log.
+            nonlocal usage, is_recorded
+            usage, is_recorded = finish.usage, True
+            self._finish(entry, run, headers, Outcome.OK, 200, timing[0], lease, usage, timing[1])
+
         try:
             if writer.kind == "chat" and type(first) is not RawChunk:
                 yield writer.role()
             event = first
             while True:
                 if type(event) is RawChunk:  # a pass-through engine's bytes, already the client's wire format
-                    yield event.data
-                    if event.data.endswith(SSE_DONE):  # the engine's Finish follows at once: no deadline to watch
-                        event = await anext(events)
+                    if not event.data.endswith(SSE_DONE):
+                        yield event.data
+                    else:  # the engine's Finish follows at once (no deadline to watch): take it before the [DONE]
+                        try:
+                            following = await anext(events)
+                        except StopAsyncIteration:
+                            yield event.data
+                            raise
+                        if isinstance(following, Finish) and (following.is_relayed or writer.is_last(following)):
+                            record_answer(following)
+                        yield event.data
+                        event = following
                         continue
                 elif isinstance(event, Finish):
                     if event.is_relayed or writer.is_last(event):
-                        usage = event.usage
+                        if not is_recorded:
+                            record_answer(event)
                         if not event.is_relayed:
                             yield writer.finish(event)
                         return
@@ -449,8 +468,8 @@ class Handlers:
             self._end_deadline(deadline)
             await events.aclose()
             await lease.__aexit__(type(failure) if failure else None, failure, None)
-            # metrics: the stream's one record, with its first-token time
-            self._finish(entry, run, headers, outcome, 200, timing[0], lease, usage, timing[1])
+            if not is_recorded:  # metrics and the log: the stream's one record, with its first-token time
+                self._finish(entry, run, headers, outcome, 200, timing[0], lease, usage, timing[1])
 
     async def models(self, request: Request) -> Response:
         created = self.state.started_at
