@@ -27,3 +27,20 @@ def browser():
         browser = launch_chromium(p)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def slow_lease_release(monkeypatch):
+    """Every replica lease's release held 0.5 s: the gateway's wind-down after a stream's last chunk made slow, so a
+    test sees what a client acting on that chunk at once would see."""
+    import asyncio
+
+    from switchboard.runtime.lease import Lease
+
+    release = Lease.__aexit__
+
+    async def slow_release(self, *args):
+        await asyncio.sleep(0.5)
+        await release(self, *args)
+
+    monkeypatch.setattr(Lease, "__aexit__", slow_release)

@@ -6,7 +6,6 @@ details, and fields neither side of the gateway knows."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -15,7 +14,6 @@ import pytest
 
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
-from switchboard.runtime.lease import Lease
 from switchboard.testing.recording import FINGERPRINT, SNAPSHOT_SUFFIX, RecordingUpstream
 from switchboard.testing.servers import serve_in_thread
 
@@ -228,17 +226,10 @@ async def test_an_upstream_error_event_is_the_engines_error_not_relayed_as_data(
             await engine.stop()
 
 
-def test_a_relayed_stream_is_logged_before_the_client_sees_its_done(upstream, tmp_path, monkeypatch):
+def test_a_relayed_stream_is_logged_before_the_client_sees_its_done(upstream, tmp_path, slow_lease_release):
     """The upstream's own `[DONE]` reaches the client only after the request's row is queued: a client that scores
     the answer the moment its stream ends finds it (201, not 404), however long the gateway then takes to wind the
     stream down — here its lease's release is held 0.5 s."""
-    release = Lease.__aexit__
-
-    async def slow_release(self, *args):
-        await asyncio.sleep(0.5)
-        await release(self, *args)
-
-    monkeypatch.setattr(Lease, "__aexit__", slow_release)
     with serve_in_thread(upstream) as upstream_base:
         config = parse_config(f"""
 experts:

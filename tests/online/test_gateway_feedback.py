@@ -4,7 +4,6 @@ endpoint refuses unauthenticated, foreign and oversized feedback."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -20,7 +19,6 @@ from switchboard.gateway.app import build_app
 from switchboard.online import OnlineLearner
 from switchboard.router import load_default_router
 from switchboard.router.chooser import RouterChooser
-from switchboard.runtime.lease import Lease
 from switchboard.storage import database
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.store import create_key
@@ -99,17 +97,10 @@ def test_feedback_moves_only_its_tenants_routing_and_survives_a_restart(db_url, 
         assert ask(base, acme)[0] != first and ask(base, globex)[0] == first
 
 
-def test_a_streamed_answer_is_in_the_log_before_its_client_sees_the_end(db_url, router, monkeypatch):
+def test_a_streamed_answer_is_in_the_log_before_its_client_sees_the_end(db_url, router, slow_lease_release):
     """A client that scores a streamed answer as soon as its stream ends must find the request logged (201, and
     learned), however long the gateway then takes to wind the stream down — here its replica lease's release is
     held 0.5 s."""
-    release = Lease.__aexit__
-
-    async def slow_release(self, *args):
-        await asyncio.sleep(0.5)
-        await release(self, *args)
-
-    monkeypatch.setattr(Lease, "__aexit__", slow_release)
     acme = new_key(db_url, "acme")
     server, online = serve(db_url, router)
     with server as base:

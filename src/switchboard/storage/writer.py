@@ -229,7 +229,6 @@ class RequestLog:
                         await self._migrate()
                     await asyncio.to_thread(database.write_batch, engine, requests, feedback)
                 except BaseException as exc:  # any failure, or cancelled mid-write: keep the rows, retry later
-                    self._writing = []
                     self._requests.extendleft(reversed(requests))
                     self._feedback.extendleft(reversed(feedback))
                     self._trim()
@@ -239,7 +238,8 @@ class RequestLog:
                     log.warning("request log: write of %d records failed (%s: %s); %d queued, retrying with backoff",
                                 len(requests) + len(feedback), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.num_pending)
                     return False
-                self._writing = []
+                finally:
+                    self._writing = []
                 for row in requests:
                     self._unflushed_ids.pop(row[0], None)
                 self.num_written += len(requests) + len(feedback)
