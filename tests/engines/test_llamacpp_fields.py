@@ -200,3 +200,38 @@ def test_bad_logprobs_fields_are_a_400(client, endpoint, fields):
         else:
             client.completions.create(model="smol", prompt=PROMPT, max_tokens=2, **fields)
     assert failed.value.body["param"] == ("top_logprobs" if endpoint == "chat" else "logprobs")
+
+
+# --- message shapes the official clients send (engines/llamacpp/messages.py) -------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_parts_are_the_same_prompt_as_their_joined_string(client, stream):
+    """Content as a list of text parts (what multimodal-ready clients send for plain text) is the prompt of the
+    parts joined by newlines: the same answer and the same prompt tokens, whole and streamed."""
+
+    def ask(content):
+        if not stream:
+            answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": content}],
+                                                    max_tokens=6, temperature=0)
+            return answer.choices[0].message.content, answer.usage.prompt_tokens
+        chunks = list(client.chat.completions.create(model="smol", messages=[{"role": "user", "content": content}], max_tokens=6,
+                                                     temperature=0, stream=True, stream_options={"include_usage": True}))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage.prompt_tokens
+
+    parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
+    assert ask(parts) == ask("What is the capital\nof France?")
+
+
+def test_a_tool_calling_history_with_null_content_is_served(client):
+    """An assistant turn that only called a tool (content null) and the tool's answer, as an agent framework
+    replays them to a model without tools: answered, and the replica stays in service (no 5xx, no breaker)."""
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                               "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "Sunny, 21 C"}]},
+        {"role": "user", "content": "So, is it sunny?"},
+    ]
+    for _ in range(3):  # enough failures, had they been 5xx, to open the circuit breaker
+        answer = client.chat.completions.create(model="smol", messages=messages, max_tokens=4, temperature=0)
+        assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.prompt_tokens > 20

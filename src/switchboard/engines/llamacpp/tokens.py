@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from switchboard.engines.llamacpp.messages import template_messages
+
 log = logging.getLogger("switchboard.engines.llamacpp")
 
 _CHAT_ARGS = ("tools", "tool_choice", "functions", "function_call", "response_format")
@@ -62,7 +64,7 @@ class PromptTokenCounter:
         """The prompt tokens llama.cpp evaluates for a chat request `body` (messages, tools, response format)."""
         kwargs = {k: body[k] for k in _CHAT_ARGS if body.get(k) is not None}
         try:
-            self.chat_handler(llama=_CapturingLlama(self.llm), messages=body["messages"], stream=False, **kwargs)
+            self.chat_handler(llama=_CapturingLlama(self.llm), messages=template_messages(body["messages"]), stream=False, **kwargs)
         except _Captured as captured:
             prompt = captured.prompt
             return list(prompt) if not isinstance(prompt, str) else self.completion_tokens(prompt)

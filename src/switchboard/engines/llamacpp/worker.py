@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.engines.llamacpp import kv
+from switchboard.engines.llamacpp.messages import template_messages
 from switchboard.engines.sockets import loopback_listener
 
 _T0 = time.perf_counter()
@@ -213,7 +214,13 @@ class _Generator:
             kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
             if kind == "chat":
-                chunks = self.llm.create_chat_completion(messages=body["messages"], stream=True, **kwargs)
+                try:
+                    chunks = self.llm.create_chat_completion(messages=template_messages(body["messages"]), stream=True, **kwargs)
+                except Exception as exc:  # noqa: BLE001 — raised before generation: the template or the grammar
+                    # refused this request (a role order it forbids, a schema it cannot compile), not the replica
+                    # failing: the client's 400, never a 5xx that would retry it and trip the circuit breaker.
+                    emit(("invalid", f"the model's chat template cannot format this request: {type(exc).__name__}: {exc}"))
+                    return
             else:
                 prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
@@ -258,7 +265,7 @@ class _Generator:
             while True:
                 item = await queue.get()
                 yield item
-                if item[0] in ("finish", "rejected", "error", "cancelled", "asleep"):
+                if item[0] in ("finish", "rejected", "invalid", "error", "cancelled", "asleep"):
                     return
         finally:
             cancelled.set()
@@ -313,6 +320,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
         first = await events.__anext__()
         if first[0] == "rejected":
             return error(400, first[1], "context_length_exceeded")
+        if first[0] == "invalid":
+            return error(400, first[1], "invalid_request")
         if first[0] == "error":
             return error(500, first[1], "engine_error")
         if first[0] == "asleep":
