@@ -21,7 +21,7 @@ RETRY_AFTER_S = 1
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    endpoint: str  # "chat", "completions" or "embeddings"
+    endpoint: str  # "chat", "completions", "embeddings" or "models" (list, then retrieve params["model"])
     params: dict[str, Any]  # the client call, as JSON
     answers: tuple[Canned, ...] = ()  # the upstream's answers, in order
     max_retries: int = 0

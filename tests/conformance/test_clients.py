@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from .cases import CASES, RETRY_AFTER_S, Case
+from .cases import CASES, EMBEDDING_EXPERT, EXPERT, RETRY_AFTER_S, Case
 from .conftest import NODE_DIR
 
 CLIENTS = ("python", "node")
@@ -32,7 +32,7 @@ CLIENTS = ("python", "node")
 
 def run_python(base_url: str, api_key: str, case: Case) -> dict[str, Any]:
     sent: list[Any] = []
-    http = httpx.Client(event_hooks={"request": [lambda request: sent.append(json.loads(request.read()))]})
+    http = httpx.Client(event_hooks={"request": [lambda request: sent.extend([json.loads(request.read())] if request.read() else [])]})
     out: dict[str, Any] = {"sent": sent}
     with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=case.max_retries, http_client=http, timeout=60) as client:
         try:
@@ -41,6 +41,9 @@ def run_python(base_url: str, api_key: str, case: Case) -> dict[str, Any]:
                 out["chunks"] = [chunk.to_dict() for chunk in create(**case.params)]
             elif create is not None:
                 out["body"] = create(**case.params).to_dict()
+            elif case.endpoint == "models":
+                listed = [m.to_dict() for m in client.models.list()]
+                out["body"] = {"listed": listed, "retrieved": client.models.retrieve(case.params["model"]).to_dict()}
             else:
                 out["body"] = client.embeddings.create(**case.params).to_dict()
         except openai.APIStatusError as exc:
@@ -141,6 +144,25 @@ def test_case(case: Case, client: str, request, upstream, upstream_quiet):
         assert result["body"] == _decoded({**answer.json, "model": case.expert})
     else:
         assert result["body"] == {**answer.json, "model": case.expert}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_models_list_and_retrieve(client: str, request, gateway):
+    """`models.list()` and `models.retrieve()` as each client makes them: every listed model retrieves as listed,
+    and an unknown one is the client's NotFoundError."""
+    def run(model: str) -> dict[str, Any]:
+        case = Case(f"models_{model}", "models", {"model": model})
+        if client == "python":
+            return run_python(gateway + "/v1", "unused", case)
+        return run_node(request.getfixturevalue("node"), gateway + "/v1", "unused", case)
+
+    found = run(EXPERT)
+    assert "error" not in found, found.get("error")
+    listed = {m["id"]: m for m in found["body"]["listed"]}
+    assert set(listed) == {"auto", EXPERT, EMBEDDING_EXPERT}
+    assert found["body"]["retrieved"] == listed[EXPERT] and found["sent"] == []
+    missing = run("no-such-model")
+    assert (missing["error"]["class"], missing["error"]["status"]) == ("NotFoundError", 404)
 
 
 def test_the_node_client_is_the_pinned_official_package(node):

@@ -74,6 +74,16 @@ def test_models_lists_auto_and_every_expert(client, gateway_config):
     assert "all-minilm-l6-v2" in ids  # the local embedding expert is there by default
 
 
+def test_models_retrieve_gives_each_listed_model_and_a_404_for_others(client):
+    listed = list(client.models.list())
+    for model in listed:
+        assert client.models.retrieve(model.id) == model
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
+    assert "no-such-model" in missing.value.body["message"]
+
+
 async def test_async_client_streams_concurrently(aclient):
     import asyncio
 

@@ -142,6 +142,7 @@ def build_app(
         Route("/v1/completions", handlers.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)
         Route("/v1/feedback", feedback.post, methods=["POST"]),
         Route("/healthz", handlers.healthz, methods=["GET"]),
         Route("/admin/fleet", handlers.admin_fleet, methods=["GET"]),

@@ -471,12 +471,22 @@ class Handlers:
             if not is_recorded:  # metrics and the log: the stream's one record, with its first-token time
                 self._finish(entry, run, headers, outcome, 200, timing[0], lease, usage, timing[1])
 
-    async def models(self, request: Request) -> Response:
+    def _model_objects(self) -> list[dict[str, Any]]:
         created = self.state.started_at
-        data = [{"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "switchboard"}]
         config = self.state.config
-        data += [{"id": e.id, "object": "model", "created": created, "owned_by": "switchboard"} for e in (*config.experts, *config.embedding_experts)]
-        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+        ids = [AUTO_MODEL, *(e.id for e in (*config.experts, *config.embedding_experts))]
+        return [{"id": i, "object": "model", "created": created, "owned_by": "switchboard"} for i in ids]
+
+    async def models(self, request: Request) -> Response:
+        return Response(orjson.dumps({"object": "list", "data": self._model_objects()}), media_type=JSON)
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: one model object (the official clients' `models.retrieve`), or OpenAI's 404."""
+        wanted = request.path_params["model"]
+        found = next((m for m in self._model_objects() if m["id"] == wanted), None)
+        if found is None:
+            return error_response(ApiError(404, f"the model '{wanted}' does not exist; see GET /v1/models", param="model", code="model_not_found"))
+        return Response(orjson.dumps(found), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)

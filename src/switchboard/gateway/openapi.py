@@ -37,7 +37,7 @@ SSE_EVENT = {
 def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
-        s.ModelList, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
+        s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -78,6 +78,11 @@ def build_openapi() -> dict[str, Any]:
                 }
             },
             "/v1/models": {"get": {"summary": "The experts, and 'auto'", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": ref(s.ModelList)}}}}}},
+            "/v1/models/{model}": {"get": {
+                "summary": "One model: an expert, or 'auto'",
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The model", "content": {"application/json": {"schema": ref(s.ModelCard)}}},
+                              "404": {"description": "No such model", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": ref(s.Health)}}}}}},
             "/v1/feedback": {
                 "post": {

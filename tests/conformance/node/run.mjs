@@ -1,6 +1,7 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
-// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings", params}. Driven by tests/conformance/test_clients.py.
+// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models", params}; "models" lists the
+// models, then retrieves params.model. Driven by tests/conformance/test_clients.py.
 import OpenAI from "openai";
 
 const spec = JSON.parse(process.argv[2]);
@@ -12,7 +13,7 @@ const client = new OpenAI({
   timeout: 60_000,
   // Records each request body exactly as the client put it on the wire.
   fetch: async (url, init) => {
-    sent.push(JSON.parse(init.body));
+    if (init?.body) sent.push(JSON.parse(init.body)); // a GET (the models endpoints) has none
     return fetch(url, init);
   },
 });
@@ -25,6 +26,10 @@ try {
     for await (const chunk of await create(spec.params)) out.chunks.push(chunk);
   } else if (create) {
     out.body = await create(spec.params);
+  } else if (spec.endpoint === "models") {
+    const listed = [];
+    for await (const model of client.models.list()) listed.push(model);
+    out.body = { listed, retrieved: await client.models.retrieve(spec.params.model) };
   } else {
     out.body = await client.embeddings.create(spec.params);
   }
