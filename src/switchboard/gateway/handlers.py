@@ -81,6 +81,18 @@ def _rejection_api_error(exc: AdmissionRejected) -> ApiError:
                     code="expert_overloaded" if exc.status == 429 else "expert_unavailable", headers={"retry-after": retry_after})
 
 
+def _able(experts: Any, routing: Any, cannot_serve: Any) -> list[ExpertConfig]:
+    """The experts `auto` may choose for a request: those that can serve it (tools, non-text content, logprobs,
+    its length...). When none of those the request's `routing.experts` allows can: the 400 saying why."""
+    refusals = {e.id: cannot_serve(e) for e in experts}
+    allowed = [e.id for e in experts if routing is None or routing.experts is None or e.id in routing.experts]
+    if allowed and all(refusals[i] is not None for i in allowed):
+        first = refusals[allowed[0]]
+        shown = "; ".join(refusals[i].message for i in allowed[:3]) + ("; ..." if len(allowed) > 3 else "")
+        raise ApiError(400, f"no expert that 'auto' may choose can serve this request: {shown}", param=first.param, code=first.code)
+    return [e for e in experts if refusals[e.id] is None]
+
+
 def _tried(run: FailoverRun[Any]) -> str:
     if not run.failures:
         return ""
@@ -175,17 +187,18 @@ class Handlers:
             num_prompt = await self._prompt_tokens("chat", body, parsed.model, rq.estimate_tokens(text, len(parsed.messages)))
             user_text = rq.last_user_text(parsed)
             asked = parsed.max_completion_tokens or parsed.max_tokens
+            text_only = not rq.has_non_text_content(parsed)
+            cannot_serve = functools.partial(self._cannot_serve, "chat", body, text_only)
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, asked, rq.routing_text(parsed),
-                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt))
+                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt,
+                                                                       cannot_serve=functools.partial(cannot_serve, num_prompt, asked)))
             if expert.id != parsed.model:  # chosen by the router: its own count for the context check
                 num_prompt = await self.prompt_tokens.count("chat", body, expert, num_prompt)
-            if rq.has_non_text_content(parsed) and not relays_everything(expert):
-                raise ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
-            if (cannot := unsupported("chat", expert, body)) is not None:
+            if (cannot := cannot_serve(None, None, expert)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, chat_prefix_key(parsed, self.prefix_secret), started_at,
-                                        user_text, text_only=not rq.has_non_text_content(parsed))
+                                        user_text, text_only=text_only)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -199,11 +212,13 @@ class Handlers:
             parsed, body = rq.parse_completion(raw)
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
             num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
+            cannot_serve = functools.partial(self._cannot_serve, "completion", body, True)
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text,
-                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt))
+                                                     functools.partial(self._resolve, num_prompt_tokens=num_prompt,
+                                                                       cannot_serve=functools.partial(cannot_serve, num_prompt, parsed.max_tokens)))
             if expert.id != parsed.model:
                 num_prompt = await self.prompt_tokens.count("completion", body, expert, num_prompt)
-            if (cannot := unsupported("completion", expert, body)) is not None:
+            if (cannot := cannot_serve(None, None, expert)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
@@ -217,10 +232,27 @@ class Handlers:
         template and vocabulary), else `estimate`. What context-length checks and per-key token limits use."""
         return await self.prompt_tokens.count(kind, body, self.state.fleet.expert(model) if model != AUTO_MODEL else None, estimate)
 
-    async def _resolve(self, model: str, routing: Any, route_text: str,
-                       num_prompt_tokens: int | None = None) -> tuple[ExpertConfig, ExpertChoice | None]:
+    def _cannot_serve(self, kind: RequestKind, body: dict[str, Any], text_only: bool, num_prompt: int | None, asked: int | None,
+                      expert: ExpertConfig) -> ApiError | None:
+        """The 400 `expert` would answer this request with, or None if it can serve it: non-text content on an
+        expert that only takes text, a field its engine cannot honour, and (with `num_prompt`) a prompt and
+        max_tokens over its context or output limit."""
+        if not text_only and not relays_everything(expert):
+            return ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
+        if (cannot := unsupported(kind, expert, body)) is not None:
+            return cannot
+        if num_prompt is not None:
+            try:
+                self._max_tokens(kind, expert, num_prompt, asked)
+            except ApiError as exc:
+                return exc
+        return None
+
+    async def _resolve(self, model: str, routing: Any, route_text: str, num_prompt_tokens: int | None = None,
+                       cannot_serve: Any = None) -> tuple[ExpertConfig, ExpertChoice | None]:
         """The expert for `model` (`auto`: the router's choice, re-scored against the fleet, which judges a wake
-        for this request by its `num_prompt_tokens`)."""
+        for this request by its `num_prompt_tokens`, among the experts that can serve the request:
+        `cannot_serve(expert)` is None for them, and the 400 it would answer otherwise)."""
         state = self.state
         if model != AUTO_MODEL:
             expert = state.fleet.expert(model)
@@ -230,12 +262,15 @@ class Handlers:
         unknown = [e for e in (routing.experts or []) if state.fleet.expert(e) is None] if routing else []
         if unknown:
             raise ApiError(400, f"routing.experts names unknown experts: {', '.join(unknown)}", param="routing.experts", code="model_not_found")
+        candidates = state.config.experts
+        if cannot_serve is not None:
+            candidates = _able(candidates, routing, cannot_serve)
         chooser = state.chooser
         try:
             if chooser.blocking:
-                choice = await asyncio.to_thread(chooser.choose, route_text, routing, state.config.experts)
+                choice = await asyncio.to_thread(chooser.choose, route_text, routing, candidates)
             else:
-                choice = chooser.choose(route_text, routing, state.config.experts)
+                choice = chooser.choose(route_text, routing, candidates)
         except ChoiceError as exc:
             raise ApiError(400, str(exc), param="routing", code="no_expert_satisfies_routing") from None
         if num_prompt_tokens is not None:
