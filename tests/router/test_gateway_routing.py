@@ -81,6 +81,13 @@ def test_unknown_experts_fall_back_to_the_default(router):
     assert choice.expert_id == "only-local"
 
 
+def test_auto_limited_to_experts_the_router_does_not_know_uses_the_default_rule(client):
+    # local-small is served but not in the router's training data: allowed alone, it answers (not a 400).
+    raw = ask(client, {"experts": ["local-small"]})
+    assert raw.headers["x-switchboard-expert"] == "local-small"
+    assert json.loads(raw.headers["x-switchboard-route"])["reason"].startswith("the router knows none of the candidates")
+
+
 def test_auto_without_routing_uses_the_balanced_preset_and_objectives_set_lambda(client):
     route = json.loads(ask(client).headers["x-switchboard-route"])
     assert route["cost_weight"] == 0.025 and route["cost_weight_from"] == "default:balanced"

@@ -10,6 +10,7 @@ training data. λ comes from `router.objective.resolve_cost_weight` (request, ob
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from switchboard.config.schema import ExpertConfig
@@ -80,6 +81,10 @@ class RouterChooser:
         self.online = online  # the gateway feeds it from POST /v1/feedback
 
     def choose(self, prompt_text: str, routing: RoutingParams | None, candidates: Sequence[ExpertConfig]) -> ExpertChoice:
+        if routing is not None and routing.experts is not None:
+            # Only the experts the request allows: when the router knows none of them (say, a local model it was
+            # not trained on), the default rule chooses among them, as when it knows no served expert at all.
+            candidates = [c for c in candidates if c.id in routing.experts]
         lam = resolved_cost_weight(routing, self.configured_usd_weight)
         constraints = constraints_from(routing, lam.cost_weight)
         prices = {c.id: (c.usd_per_mtok_input, c.usd_per_mtok_output) for c in candidates}
@@ -88,7 +93,8 @@ class RouterChooser:
         if adjust is not None:
             adjust.settle(decision.expert)  # so x-switchboard-route names the expert an exploration tried
         if decision.outcome is RouteOutcome.NO_KNOWN_CANDIDATE:
-            return self.fallback.choose(prompt_text, routing, candidates)
+            chosen = self.fallback.choose(prompt_text, routing, candidates)
+            return dataclasses.replace(chosen, reason="the router knows none of the candidates: the default expert, else the first")
         if decision.outcome is RouteOutcome.NO_FEASIBLE_EXPERT or decision.expert is None:
             raise ChoiceError(f"{decision.reason}; cost_weight={constraints.cost_weight:g}")
         chosen = decision.chosen()
