@@ -100,3 +100,30 @@ def test_ordering_is_a_permutation(items, now):
     for kind in ("fifo", "shortest-predicted-first"):
         ordered = make_queue_order(QueueOrderSettings(kind=kind)).order(q, now)
         assert sorted(r.request_id for r in ordered) == sorted(r.request_id for r in q)
+
+
+def _long_prompt(snapshot, replica_id, slo_s):
+    """A prompt whose own prefill on the replica takes twice the SLO."""
+    from switchboard.policies.predict import prefill_tokens_per_s
+
+    return int(2 * slo_s * prefill_tokens_per_s(snapshot, snapshot.replicas[replica_id]))
+
+
+def test_a_prompt_longer_than_the_slo_allows_is_served_on_an_idle_replica():
+    # Its own prefill outlasts its SLO: no schedule meets it, so its floor is the target (it used to be
+    # refused with a Retry-After, again on every retry, on an idle replica).
+    idle = with_replica(fleet(), "r0")
+    d = SLO.admit(idle, request(1, prompt=_long_prompt(idle, "r0", 2.0)))
+    assert d.verdict is Verdict.ADMIT and d.expected_ttft_s > 2.0
+
+
+def test_a_long_prompt_behind_other_work_is_refused_until_that_work_is_done():
+    idle = with_replica(fleet(), "r0")
+    prompt = _long_prompt(idle, "r0", 2.0)
+    busy = ReplicaLoad(num_running=16, num_running_tokens=16 * 2000, queue=tuple(request(100 + i, prompt=4000) for i in range(10)))
+    behind = with_replica(fleet(), "r0", load=busy)
+    d = SLO.admit(behind, request(1, prompt=prompt))
+    alone = SLO.admit(idle, request(1, prompt=prompt))
+    assert d.verdict is Verdict.REJECT_OVERLOADED and "its own prefill" in d.reason.detail
+    # Retry-After is about the wait ahead of it, not its own prefill beyond the SLO.
+    assert d.retry_after_s <= d.expected_ttft_s - alone.expected_ttft_s + 1

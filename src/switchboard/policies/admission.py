@@ -73,6 +73,9 @@ class AdmissionInputs:
     best_ttft_s: Seconds
     """Predicted TTFT on the best accepting replica; meaningless without one."""
     best_is_warm: bool
+    own_ttft_s: Seconds
+    """The request's own prefill on the best accepting replica, nothing ahead of it: the TTFT no schedule can
+    beat there (0 without a replica)."""
     wake: predict.WakeOption
     new_replica_ttft_s: Seconds
 
@@ -104,6 +107,7 @@ def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memo
                for r in snapshot.accepting_replicas_of(expert_id)]
     wake = predict.wake_option(snapshot, expert_id, reclaim_idle_memory=reclaim_idle_memory)
     best_ttft_s, best_id = min(options) if options else (0.0, ReplicaId(""))
+    own_ttft_s = request.num_prompt_tokens / predict.prefill_tokens_per_s(snapshot, snapshot.replicas[best_id]) if options else 0.0
     return AdmissionInputs(
         request=request,
         budget_s=request.deadline_at - snapshot.now_s,
@@ -112,6 +116,7 @@ def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memo
         best_replica_id=best_id,
         best_ttft_s=best_ttft_s,
         best_is_warm=bool(options) and snapshot.replicas[best_id].is_warm,
+        own_ttft_s=own_ttft_s,
         wake=wake,
         new_replica_ttft_s=wake.cold_start_s + request.num_prompt_tokens / _fastest_prefill(snapshot, expert_id),
     )
@@ -193,16 +198,23 @@ class AlwaysAdmit(AdmissionPolicy):
 
 @ADMISSION_POLICIES.register(AdmissionKind.SLO)
 class SloAdmission(AdmissionPolicy):
+    """Rejects what load would make late. A request whose own prefill alone outlasts its SLO (a long prompt on a
+    slow replica) could never meet it: its target is that floor instead, so it is served once nothing is ahead of
+    it, rather than told to retry forever (Mooncake's early rejection sheds load; it does not refuse work the
+    hardware can only do slower than the SLO)."""
+
     def judge(self, inputs: AdmissionInputs) -> AdmissionDecision:
         allowance_s = 0.0 if inputs.has_warm_replica else self.settings.cold_start_allowance_s
-        if inputs.has_replica and inputs.best_ttft_s <= inputs.budget_s + allowance_s:
+        target_s = max(inputs.budget_s, inputs.own_ttft_s)
+        if inputs.has_replica and inputs.best_ttft_s <= target_s + allowance_s:
             return self._on_replica(inputs)
         if inputs.has_warm_replica:
-            late_s = inputs.best_ttft_s - inputs.budget_s
+            late_s = inputs.best_ttft_s - target_s
+            floor = f" (its own prefill {inputs.own_ttft_s:.2f}s)" if target_s > inputs.budget_s else ""
             return AdmissionDecision(Verdict.REJECT_OVERLOADED, inputs.best_ttft_s, _retry_after(late_s), False, Reason(
                 Verdict.REJECT_OVERLOADED,
                 f"predicted TTFT {inputs.best_ttft_s:.2f}s on {inputs.best_replica_id} misses the budget "
-                f"{inputs.budget_s:.2f}s by {late_s:.2f}s"))
+                f"{target_s:.2f}s{floor} by {late_s:.2f}s"))
         if inputs.wake.is_placeable and inputs.new_replica_ttft_s <= inputs.budget_s + allowance_s:
             return self._wake(inputs)
         return self._unavailable(inputs)
