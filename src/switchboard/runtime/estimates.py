@@ -10,6 +10,7 @@ after every start (`with_measured_cold_start`).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from switchboard.config.schema import (
     ExpertConfig,
@@ -79,8 +80,10 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
     else:
         kinds = sorted({w.hardware for w in workers if w.location != "virtual"})
     estimates = []
+    bytes_per_param = _gguf_bytes_per_param(expert) if isinstance(backend, LlamaCppBackend) else None
     for kind in kinds:
-        profile = engine_profile(expert.params_b, kind)
+        profile = engine_profile(expert.params_b, kind) if bytes_per_param is None else \
+            engine_profile(expert.params_b, kind, bytes_per_param=bytes_per_param)
         estimate = serving_estimate(expert.id, profile)
         if isinstance(backend, LlamaCppBackend) or (isinstance(backend, ProcessBackend) and kind == "cpu"):
             # One sequence at a time (llama.cpp is not thread-safe, nor is its server by default); memory is what
@@ -99,6 +102,20 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
             estimate = dataclasses.replace(estimate, cold_start_s=backend.cold_start_s)
         estimates.append(dataclasses.replace(estimate, expert_id=ExpertId(expert.id)))
     return estimates
+
+
+def _gguf_bytes_per_param(expert: ExpertConfig) -> float | None:
+    """Bytes per parameter of a llama.cpp expert's GGUF: its file size over `params_b` (decode reads the whole
+    file's weights per token, so the roofline must see the quantised size: SmolLM2's Q4_1 file is 0.73 bytes a
+    parameter, not FP16's 2, which made the default expert look 2x slower than it is). None when the file is not
+    here (the engine will say so when it starts)."""
+    from switchboard.engines.llamacpp.paths import default_model_path
+
+    try:
+        path = Path(expert.backend.model_path) if expert.backend.model_path else default_model_path()
+        return path.stat().st_size / (expert.params_b * 1e9)
+    except OSError:
+        return None
 
 
 def with_measured_cold_start(estimate: ServingEstimate, measured_s: float) -> ServingEstimate:
