@@ -57,6 +57,15 @@ def test_bad_requests_are_4xx_with_openai_errors(http, body, status, param):
     assert error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]], ["one", "two"]])
+def test_completion_prompts_other_than_one_text_are_a_plain_400(http, prompt):
+    response = http.post("/v1/completions", json={"model": "mock", "prompt": prompt, "max_tokens": 2})
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert error["param"] == "prompt" and "and 3 more problems" not in error["message"]
+    assert ("token ids" in error["message"]) == isinstance(prompt[0], (int, list))
+
+
 def test_prompt_longer_than_the_context_is_400(http):
     response = http.post("/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "word " * 2000}]})
     assert response.status_code == 400

@@ -74,6 +74,11 @@ def parse_chat(raw: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
 
 def parse_completion(raw: bytes) -> tuple[CompletionRequest, dict[str, Any]]:
     body = parse_json_object(raw)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) or (isinstance(p, list) and all(isinstance(i, int) for i in p)) for p in prompt):
+        # OpenAI's API takes token ids too; the gateway routes, meters and logs text, so it asks for text plainly
+        # rather than through four pydantic union errors.
+        raise ApiError(400, "prompt as token ids is not supported here: send the prompt's text", param="prompt", code="unsupported_value")
     request = validate(CompletionRequest, body)
     assert isinstance(request, CompletionRequest)
     if isinstance(request.prompt, list) and len(request.prompt) != 1:
