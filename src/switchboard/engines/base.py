@@ -42,13 +42,37 @@ class GenerationRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Timing:
+    """An engine's own timing of one answer (llama.cpp's `timings`): `num_prefilled` prompt tokens evaluated
+    in `prefill_s` (until the first token was sampled), then `num_decoded` more tokens in `decode_s`."""
+
+    num_prefilled: int
+    prefill_s: float
+    num_decoded: int
+    decode_s: float
+
+    @classmethod
+    def parse(cls, raw: Any) -> "Timing | None":
+        """From llama.cpp's `timings` object (its server's, and the Switchboard worker's); None if absent or
+        malformed."""
+        try:
+            timing = cls(int(raw["prompt_n"]), float(raw["prompt_ms"]) / 1000, int(raw["predicted_n"]), float(raw["predicted_ms"]) / 1000)
+        except (TypeError, KeyError, ValueError):
+            return None
+        is_sane = min(timing.num_prefilled, timing.num_decoded) >= 0 and min(timing.prefill_s, timing.decode_s) >= 0
+        return timing if is_sane else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens of one answer. `cached_prompt_tokens` is how many prompt tokens the engine reused from its KV
-    cache (prefix caching) instead of computing; None when the engine does not say."""
+    cache (prefix caching) instead of computing; None when the engine does not say. `timing`: the engine's own
+    timing of it, when it reports one (the llama.cpp worker does; the control plane measures speeds by it)."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int | None = None
+    timing: Timing | None = dataclasses.field(default=None, compare=False)
 
     @property
     def total_tokens(self) -> int:

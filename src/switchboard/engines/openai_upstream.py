@@ -33,6 +33,7 @@ from switchboard.engines.base import (
     RawChunk,
     StreamEvent,
     TextDelta,
+    Timing,
     Usage,
 )
 from switchboard.types import FinishReason
@@ -214,7 +215,7 @@ class OpenAIUpstreamEngine:
             text = _choice_text(choice, request.kind)
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise EngineBadResponse(self.expert_id, f"upstream answer is not an OpenAI completion: {raw[:200]!r}") from exc
-        usage = _usage(data.get("usage"), request, text)
+        usage = _usage(data.get("usage"), request, text, data.get("timings"))
         finish = Finish(_finish_reason(choice.get("finish_reason")), usage)
         if not self.passthrough:
             return Completion(text, finish, raw_choice=choice)
@@ -267,6 +268,7 @@ class OpenAIUpstreamEngine:
         response = await self._open_stream(request)
         finish_reason: str | None = None
         usage_raw: dict[str, Any] | None = None
+        timings_raw: Any = None  # llama.cpp's, beside its usage
         num_deltas = 0
         is_done = False
         rest = b""  # an SSE line not yet ended by its newline
@@ -297,6 +299,7 @@ class OpenAIUpstreamEngine:
                         raise EngineBadResponse(self.expert_id, f"upstream error mid-stream: {upstream_message(payload)}")
                     if chunk_obj.get("usage"):
                         usage_raw = chunk_obj["usage"]
+                        timings_raw = chunk_obj.get("timings")
                     for choice in chunk_obj.get("choices") or ():
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
@@ -318,7 +321,7 @@ class OpenAIUpstreamEngine:
         if usage_raw is None:
             usage = Usage(request.num_prompt_tokens_estimate, num_deltas)
         else:
-            usage = _usage(usage_raw, request, "")
+            usage = _usage(usage_raw, request, "", timings_raw)
         yield Finish(_finish_reason(finish_reason), usage)
 
 
@@ -557,12 +560,13 @@ def _finish_reason(raw: Any) -> FinishReason:
     return _FINISH_REASONS.get(raw, FinishReason.STOP) if isinstance(raw, str) else FinishReason.STOP
 
 
-def _usage(raw: Any, request: GenerationRequest, text: str) -> Usage:
+def _usage(raw: Any, request: GenerationRequest, text: str, timings: Any = None) -> Usage:
     if isinstance(raw, dict) and isinstance(raw.get("prompt_tokens"), int):
         details = raw.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Usage(raw["prompt_tokens"], int(raw.get("completion_tokens") or 0),
-                     cached if isinstance(cached, int) and cached >= 0 else None)
+                     cached if isinstance(cached, int) and cached >= 0 else None,
+                     Timing.parse(timings) if timings is not None else None)
     # Upstreams that report no usage still get an honest estimate rather than zeros.
     return Usage(request.num_prompt_tokens_estimate, max(1, len(text) // 4) if text else 0)
 

@@ -377,6 +377,11 @@ class Handlers:
                 entry.expert_id = run.expert_id
                 reason = json.loads(entry.routing_reason) if entry.routing_reason else {}
                 entry.routing_reason = json.dumps({**reason, "failover": failover}, separators=(",", ":"))
+        timing = getattr(usage, "timing", None)
+        if timing is not None and outcome is Outcome.OK and replica is not None:
+            observe = getattr(self.state.fleet, "observe_timing", None)  # the embedded fleet; Ray's keeps the roofline
+            if observe is not None:
+                observe(replica.replica_id, timing)
         self.metrics.finish(run.expert_id, outcome, started_at, first_token_at=first_token_at, usage=usage, request_id=headers["x-request-id"],
                             status=status, replica_id=replica.replica_id if replica is not None else "", was_cold=bool(getattr(lease, "was_cold", False)))
         self.request_log.finish(entry, outcome, status, started_at, lease=lease, first_token_at=first_token_at, usage=usage)

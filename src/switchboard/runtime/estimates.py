@@ -3,8 +3,9 @@ expert on each hardware kind (its `ServingEstimate`s), its workers (with the vir
 experts) and its experts (`ExpertSpec`). The fleet model and the policies never import the configuration.
 
 Numbers come from the perf model's roofline (`switchboard.perf`), except where the live engine measures
-better: a llama.cpp worker decodes one sequence at a time, and its cold start is replaced by the measured one
-after every start (`with_measured_cold_start`).
+better: a llama.cpp worker decodes one sequence at a time, its weights are its GGUF's bytes, its cold start is
+replaced by the measured one after every start (`with_measured_cold_start`), and its prefill and decode rates by
+those its answers measure (`with_measured_speed`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from switchboard.fleet.state import ExpertSpec, ServingEstimate, Worker
 from switchboard.perf.hardware import GB, get_hardware
 from switchboard.perf.roofline import engine_profile
 from switchboard.perf.serving import serving_estimate
+from switchboard.runtime.speeds import MeasuredSpeed
 from switchboard.types import ExpertId, HardwareKind, WorkerId
 
 VIRTUAL_DEVICES_PER_WORKER = 8
@@ -116,6 +118,19 @@ def _gguf_bytes_per_param(expert: ExpertConfig) -> float | None:
         return path.stat().st_size / (expert.params_b * 1e9)
     except OSError:
         return None
+
+
+def with_measured_speed(estimate: ServingEstimate, speed: MeasuredSpeed) -> ServingEstimate:
+    """The estimate with its prefill and decode rates measured (`runtime/speeds.py`), for a one-sequence engine
+    (`max_num_seqs` 1, whose decode step is the same at every load); any other estimate is returned as it is."""
+    if estimate.max_num_seqs != 1:
+        return estimate
+    changes: dict[str, float] = {}
+    if speed.prefill_s_per_token is not None:
+        changes["prefill_tokens_per_s"] = 1.0 / speed.prefill_s_per_token
+    if speed.decode_s_per_token is not None:
+        changes["decode_step_s_batch_1"] = changes["decode_step_s_full_batch"] = speed.decode_s_per_token
+    return dataclasses.replace(estimate, **changes) if changes else estimate
 
 
 def with_measured_cold_start(estimate: ServingEstimate, measured_s: float) -> ServingEstimate:

@@ -31,7 +31,7 @@ from typing import Any
 from switchboard.cluster.base import Cluster, EngineFactory, SurvivingReplica
 from switchboard.cluster.build import build_cluster
 from switchboard.config.schema import EmbeddedClusterConfig, ExpertConfig, LlamaCppBackend, OpenAIBackend, SwitchboardConfig
-from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost
+from switchboard.engines.base import EngineError, EngineUnavailable, ReplicaLost, Timing
 from switchboard.engines.factory import PooledEngineFactory
 from switchboard.fleet import ops
 from switchboard.fleet.sleep import Asleep, reflect_asleep
@@ -55,6 +55,8 @@ from switchboard.policies.loop import ControlLoop
 from switchboard.policies.placement import Unplaceable, sleep_frees_accelerator
 from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
+from switchboard.runtime import speeds
+from switchboard.runtime.speeds import MeasuredSpeed
 from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.devices import DeviceBook, DevicesBusy
 from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
@@ -122,6 +124,7 @@ class LiveFleet:
         self._waiters: dict[RequestId, asyncio.Future] = {}  # requests not yet running: each its own future
         self._waited_for_start: set[RequestId] = set()
         self._rejections: dict[RequestId, RejectRequest] = {}
+        self.speeds: dict[tuple[str, str], MeasuredSpeed] = {}  # (expert, hardware): what answers measured
 
     # ---- life cycle
 
@@ -422,6 +425,28 @@ class LiveFleet:
             # if the load needs it), and routing can never pick a stopped replica.
             replica.last_error = f"circuit opened: {getattr(exc, 'detail', None) or type(exc).__name__}"
             self._execute([StopReplica(ReplicaId(replica.replica_id), Reason(LiveReasonCode.CIRCUIT_OPEN, replica.last_error))])
+
+    def observe_timing(self, replica_id: str, timing: Timing) -> None:
+        """An answer's own timing from `replica_id` (a llama.cpp worker's): the expert's measured prefill and
+        decode rates on that hardware replace the roofline's in its estimate and its replicas' capacity, so
+        admission and load balancing predict what this machine does (`runtime/speeds.py`). Engines that batch
+        (their speed depends on the load) keep the roofline's."""
+        live = self.live.get(replica_id)
+        if live is None:
+            return
+        key = (live.expert.id, live.hardware)
+        estimate = self.model.estimates.get(key)
+        if estimate is None or estimate.max_num_seqs != 1:
+            return
+        speed = self.speeds[key] = speeds.updated(self.speeds.get(key, speeds.MeasuredSpeed()), timing)
+        measured = est.with_measured_speed(estimate, speed)
+        if measured == estimate:
+            return
+        estimates = {**self.model.estimates, key: measured}
+        capacity = measured.capacity
+        replicas = {rid: dataclasses.replace(r, capacity=capacity) if (r.expert_id, r.hardware) == key else r
+                    for rid, r in self.model.replicas.items()}
+        self.model = self.model.evolve(estimates=estimates, replicas=replicas)
 
     def _replace_lost(self, expert: ExpertConfig, lost_on: str | None) -> None:
         """Starts the replacement of a lost replica in the same step as its stop, so the requests retried after

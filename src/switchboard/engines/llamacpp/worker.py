@@ -225,6 +225,7 @@ class _Generator:
                 prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
             finish = None
+            began_at, first_at = time.perf_counter(), None  # the generation's own timing (`_timings`)
             for chunk in chunks:
                 if cancelled.is_set():
                     chunks.close()
@@ -233,6 +234,8 @@ class _Generator:
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
                 tokens = aligner.take(text or "") if aligner is not None else None
+                if first_at is None:
+                    first_at = time.perf_counter()  # the prompt is evaluated and the first token sampled
                 if text or tokens:
                     emit(("text", text or "", tokens))
                 if choice.get("finish_reason"):
@@ -243,8 +246,10 @@ class _Generator:
             # its generate() was given and yielded (see _counting).
             prompt = self.llm.last_prompt_tokens
             num_cached = _num_cached_prompt_tokens(previous_context, prompt)
+            ended_at = time.perf_counter()
             emit(("finish", {"reason": finish or "stop", "prompt_tokens": len(prompt),
-                             "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached}))
+                             "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached,
+                             "prefill_s": (first_at or ended_at) - began_at, "decode_s": ended_at - (first_at or ended_at)}))
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
             emit(("rejected", str(exc)))
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
@@ -269,6 +274,15 @@ class _Generator:
                     return
         finally:
             cancelled.set()
+
+
+def _timings(info: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's server's `timings` object, for its fields the control plane reads: `prompt_n` prompt tokens
+    evaluated (those not reused from the KV cache) in `prompt_ms` (until the first token was sampled), then
+    `predicted_n` more tokens in `predicted_ms`. The gateway measures the worker's speed by them
+    (`engines.base.Usage.timing`); a client never sees them (the gateway builds its own answer)."""
+    return {"prompt_n": info["prompt_tokens"] - info["cached_tokens"], "prompt_ms": info["prefill_s"] * 1000,
+            "predicted_n": max(0, info["completion_tokens"] - 1), "predicted_ms": info["decode_s"] * 1000}
 
 
 def _usage(info: dict[str, Any]) -> dict[str, Any]:
@@ -355,7 +369,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
             return JSONResponse({
                 "id": rid, "object": obj, "created": created, "model": model_name,
                 "choices": [choice("".join(parts), info["reason"], tokens, stream=False)],
-                "usage": _usage(info),
+                "usage": _usage(info), "timings": _timings(info),
             })
 
         async def sse():
@@ -372,7 +386,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                                 "choices": [choice(None, info["reason"], None, stream=True)]}
                         yield f"data: {json.dumps(data)}\n\n"
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
-                                "choices": [], "usage": _usage(info)}
+                                "choices": [], "usage": _usage(info), "timings": _timings(info)}
                         yield f"data: {json.dumps(data)}\n\n"
                         yield "data: [DONE]\n\n"
                         return
