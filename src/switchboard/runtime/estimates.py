@@ -109,8 +109,8 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
 def _gguf_bytes_per_param(expert: ExpertConfig) -> float | None:
     """Bytes per parameter of a llama.cpp expert's GGUF: its file size over `params_b` (decode reads the whole
     file's weights per token, so the roofline must see the quantised size: SmolLM2's Q4_1 file is 0.73 bytes a
-    parameter, not FP16's 2, which made the default expert look 2x slower than it is). None when the file is not
-    here (the engine will say so when it starts)."""
+    parameter, not FP16's 2, which halved its predicted decode rate). None when the file is not here (the engine
+    will say so when it starts)."""
     from switchboard.engines.llamacpp.paths import default_model_path
 
     try:

@@ -56,7 +56,6 @@ from switchboard.policies.placement import Unplaceable, sleep_frees_accelerator
 from switchboard.policies.routing import ExpertCandidate, RouteDecision
 from switchboard.runtime import estimates as est
 from switchboard.runtime import speeds
-from switchboard.runtime.speeds import MeasuredSpeed
 from switchboard.runtime.circuits import CircuitBoard
 from switchboard.runtime.devices import DeviceBook, DevicesBusy
 from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
@@ -124,7 +123,7 @@ class LiveFleet:
         self._waiters: dict[RequestId, asyncio.Future] = {}  # requests not yet running: each its own future
         self._waited_for_start: set[RequestId] = set()
         self._rejections: dict[RequestId, RejectRequest] = {}
-        self.speeds: dict[tuple[str, str], MeasuredSpeed] = {}  # (expert, hardware): what answers measured
+        self.measured_speeds: dict[tuple[str, str], speeds.MeasuredSpeed] = {}  # (expert, hardware): from answers
 
     # ---- life cycle
 
@@ -438,7 +437,8 @@ class LiveFleet:
         estimate = self.model.estimates.get(key)
         if estimate is None or estimate.max_num_seqs != 1:
             return
-        speed = self.speeds[key] = speeds.updated(self.speeds.get(key, speeds.MeasuredSpeed()), timing)
+        speed = speeds.updated(self.measured_speeds.get(key, speeds.MeasuredSpeed()), timing)
+        self.measured_speeds[key] = speed
         measured = est.with_measured_speed(estimate, speed)
         if measured == estimate:
             return
