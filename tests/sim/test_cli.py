@@ -30,6 +30,13 @@ def test_run_json_has_the_documented_fields():
     assert row["num_requests"] == 60
 
 
+def test_the_default_cluster_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # was "examples/clusters/hetero-32.yaml: No such file or directory" outside the checkout
+    result = CliRunner().invoke(app(), ["sim", "run", "--num-requests", "20", "--json", "--router", "task-prior"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_requests"] == 20
+
+
 def test_compare_json_is_a_list_per_policy_and_writes_a_plot(tmp_path):
     result = CliRunner().invoke(app(), ["sim", "compare", "--cluster", CLUSTER, "--num-requests", "40", "--json",
                                         "--router", "task-prior", "--out", str(tmp_path)])

@@ -36,17 +36,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sim_app, name="sim")
 
 
-def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: int, num_requests: Optional[int],
+def _load(trace: Optional[Path], cluster: Optional[Path], *, time_scale: float, tenants: int, num_requests: Optional[int],
           workload: str, num_experts: int, rate: float, duration_s: float, zipf: float, seed: int,
           periodic_fraction: float = 0.0):
     """(cluster spec, workload, routing-data loader) from the CLI options; exits with a message on bad input."""
     import numpy as np
 
     from switchboard.sim import workload as wl
-    from switchboard.sim.cluster import ExpertSimSpec, load_cluster
+    from switchboard.sim.cluster import ExpertSimSpec, default_cluster_path, load_cluster
 
     try:
-        spec = load_cluster(cluster)
+        spec = load_cluster(cluster if cluster is not None else default_cluster_path())
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -80,7 +80,7 @@ def _load(trace: Optional[Path], cluster: Path, *, time_scale: float, tenants: i
     return spec, w, data
 
 
-def _prepare(trace: Optional[Path], cluster: Path, *, router: str, cost_weight: float,
+def _prepare(trace: Optional[Path], cluster: Optional[Path], *, router: str, cost_weight: float,
              keepalive_s: Optional[float], seed: int, demand_headroom: Optional[float] = None, **load_args):
     """What `sim run` and `sim compare` share: the cluster, the workload, its routing and the policy knobs."""
     from switchboard.sim.scenario import Knobs
@@ -186,14 +186,14 @@ def _write_outputs(out: Optional[Path], name: str, rows, config: dict) -> None:
 
 COMMON = dict(
     trace=typer.Option(None, "--trace", help=TRACE_HELP),
-    cluster=typer.Option(Path("examples/clusters/hetero-32.yaml"), "--cluster", help="Cluster YAML."),
+    cluster=typer.Option(None, "--cluster", help="Cluster YAML [default: examples/clusters/hetero-32.yaml of this checkout]."),
 )
 
 
 @sim_app.command("run")
 def run(
     trace: Optional[Path] = COMMON["trace"],
-    cluster: Path = COMMON["cluster"],
+    cluster: Optional[Path] = COMMON["cluster"],
     policy: str = typer.Option("switchboard", "--policy", help="static | fixed-keepalive | quality-only-routing | switchboard"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the run's metrics."),
     router: str = typer.Option("cross-fitted", "--router", help="cross-fitted (out of sample) | default (the packaged router, in-sample) | task-prior | ROUTER_DIR"),
@@ -245,7 +245,7 @@ def run(
 @sim_app.command("compare")
 def compare(
     trace: Optional[Path] = COMMON["trace"],
-    cluster: Path = COMMON["cluster"],
+    cluster: Optional[Path] = COMMON["cluster"],
     policies: str = typer.Option("static,fixed-keepalive,quality-only-routing,switchboard", "--policies"),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy set."),
     router: str = typer.Option("cross-fitted", "--router", help="cross-fitted (out of sample) | default (the packaged router, in-sample) | task-prior | ROUTER_DIR"),
@@ -301,7 +301,7 @@ def compare(
 @sim_app.command("plan")
 def plan(
     trace: Optional[Path] = COMMON["trace"],
-    cluster: Path = COMMON["cluster"],
+    cluster: Optional[Path] = COMMON["cluster"],
     quality_floor: float = typer.Option(0.6, "--quality-floor", help="Minimum delivered quality (mean true score)."),
     ttft_attainment: float = typer.Option(0.99, "--ttft-attainment", help="Fraction of requests within the TTFT SLO."),
     cost_weights: str = typer.Option("0,0.1,0.3", "--cost-weights", help="Router λ values to try."),

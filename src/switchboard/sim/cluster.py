@@ -110,6 +110,14 @@ def default_experts() -> list[ExpertSimSpec]:
     ]
 
 
+def default_cluster_path() -> Path:
+    """`examples/clusters/hetero-32.yaml` of the checkout the package runs from (`make` installs it editable), so
+    `switchboard sim` finds its default cluster from any directory; relative to the working directory when the
+    package runs from elsewhere."""
+    in_checkout = Path(__file__).resolve().parents[3] / "examples" / "clusters" / "hetero-32.yaml"
+    return in_checkout if in_checkout.is_file() else Path("examples/clusters/hetero-32.yaml")
+
+
 def load_cluster(path: str | Path) -> ClusterSpec:
     """Parse and validate a cluster YAML; raises ValueError naming the file and the bad field."""
     import yaml
