@@ -223,13 +223,16 @@ def test_text_parts_are_the_same_prompt_as_their_joined_string(client, stream):
 
 
 def test_a_tool_calling_history_with_null_content_is_served(client):
-    """An assistant turn that only called a tool (content null) and the tool's answer, as an agent framework
-    replays them to a model without tools: answered, and the replica stays in service (no 5xx, no breaker)."""
+    """An assistant turn that only called a tool (content null), the tool's answer and an assistant refusal part,
+    as an agent framework replays them to a model without tools: answered, and the replica stays in service (no
+    5xx, no breaker)."""
     messages = [
         {"role": "user", "content": "What is the weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
                                                                "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "Sunny, 21 C"}]},
+        {"role": "user", "content": "Now tell me how to pick a lock."},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
         {"role": "user", "content": "So, is it sunny?"},
     ]
     for _ in range(3):  # enough failures, had they been 5xx, to open the circuit breaker

@@ -27,6 +27,11 @@ def test_text_parts_are_joined_by_newlines_and_null_content_is_empty():
     assert messages[1]["content"][0] == {"type": "text", "text": "What is"} and messages[2]["content"] is None  # not in place
 
 
+def test_a_refusal_part_is_the_assistants_text():
+    messages = [{"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}]
+    assert template_messages(messages)[0]["content"] == "I can't help with that."
+
+
 def test_an_empty_part_list_is_an_empty_string():
     assert template_messages([{"role": "user", "content": []}]) == [{"role": "user", "content": ""}]
 

@@ -127,8 +127,9 @@ def routing_text(request: ChatCompletionRequest) -> str:
 
 
 def has_non_text_content(request: ChatCompletionRequest) -> bool:
+    """Whether some message holds a part other than text (an assistant turn's `refusal` part is text too)."""
     return any(
-        isinstance(m.content, list) and any(getattr(p, "type", None) != "text" for p in m.content)
+        isinstance(m.content, list) and any(getattr(p, "type", None) not in ("text", "refusal") for p in m.content)
         for m in request.messages
     )
 

@@ -8,7 +8,8 @@ once came back as the replica's 500 and opened its circuit breaker for everyone.
 token counter render the same plain messages:
 
 - a list of text parts becomes their texts joined by newlines (vLLM's rule for text-only chat templates, its
-  "string" content format), so two parts never run together into one word;
+  "string" content format), so two parts never run together into one word; an assistant turn's `refusal` part
+  counts as its text;
 - `null` content becomes "" (the tool calls themselves stay in `tool_calls`, for templates that render them).
 
 Non-text parts never reach here: the gateway refuses them for llama.cpp experts (400, `unsupported_content`).
@@ -30,6 +31,6 @@ def _plain(message: dict[str, Any]) -> dict[str, Any]:
     if content is None:
         return {**message, "content": ""}
     if isinstance(content, list):
-        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        texts = [p.get(p["type"], "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "refusal")]
         return {**message, "content": "\n".join(texts)}
     return message  # anything else is the template's to judge (the gateway's schema allows no other type)
