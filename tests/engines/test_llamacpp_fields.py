@@ -238,3 +238,12 @@ def test_a_tool_calling_history_with_null_content_is_served(client):
     for _ in range(3):  # enough failures, had they been 5xx, to open the circuit breaker
         answer = client.chat.completions.create(model="smol", messages=messages, max_tokens=4, temperature=0)
         assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.prompt_tokens > 20
+
+
+def test_several_prompts_are_each_answered_as_alone(client):
+    prompts = ["The capital of France is", "Two plus two equals"]
+    singles = [client.completions.create(model="smol", prompt=p, max_tokens=4, temperature=0) for p in prompts]
+    batch = client.completions.create(model="smol", prompt=prompts, max_tokens=4, temperature=0)
+    assert [c.index for c in batch.choices] == [0, 1]
+    assert [c.text for c in batch.choices] == [s.choices[0].text for s in singles]
+    assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)

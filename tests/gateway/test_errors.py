@@ -57,13 +57,13 @@ def test_bad_requests_are_4xx_with_openai_errors(http, body, status, param):
     assert error["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]], ["one", "two"]])
-def test_completion_prompts_other_than_one_text_are_a_plain_400(http, prompt):
-    response = http.post("/v1/completions", json={"model": "mock", "prompt": prompt, "max_tokens": 2})
+@pytest.mark.parametrize(("prompt", "n", "needle"), [([1, 2, 3], 1, "token ids"), ([[1, 2], [3]], 1, "token ids"),
+                                                     ([], 1, "1 to 128 strings"), (["x"] * 65, 2, "1 to 64 strings")])
+def test_completion_prompts_other_than_texts_or_too_many_are_a_plain_400(http, prompt, n, needle):
+    response = http.post("/v1/completions", json={"model": "mock", "prompt": prompt, "max_tokens": 2, "n": n})
     assert response.status_code == 400, response.text
     error = _error(response)
-    assert error["param"] == "prompt" and "and 3 more problems" not in error["message"]
-    assert ("token ids" in error["message"]) == isinstance(prompt[0], (int, list))
+    assert error["param"] == "prompt" and "and 3 more problems" not in error["message"] and needle in error["message"]
 
 
 def test_prompt_longer_than_the_context_is_400(http):

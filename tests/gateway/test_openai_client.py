@@ -52,6 +52,11 @@ def test_completions_endpoint(client):
     assert streamed == "tok0 tok1 tok2 tok3 tok4 "
 
 
+def test_several_prompts_reach_an_openai_upstream_as_sent(client, upstream):
+    client.completions.create(model="mock", prompt=["Once upon a time", "In a galaxy"], max_tokens=5, n=2)
+    assert upstream.last_body["prompt"] == ["Once upon a time", "In a galaxy"] and upstream.last_body["n"] == 2
+
+
 def test_simulated_expert_answers_with_marked_placeholder(client):
     answer = client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hello"}], max_tokens=12)
     assert answer.choices[0].message.content == "[simulated small: 12 tokens]"

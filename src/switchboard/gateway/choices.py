@@ -1,9 +1,10 @@
-"""`n` > 1 on engines that answer one choice per request (llama.cpp, simulated): n generations on one lease,
-one after another, merged into one answer whose choices are indexed 0..n-1, as OpenAI's. `openai` experts get
-`n` passed through instead (their upstream makes the choices).
+"""`n` > 1, and several prompts of a legacy completion, on engines that answer one choice per request (llama.cpp,
+simulated): one generation per prompt and choice on one lease, one after another, merged into one answer whose
+choices are indexed as OpenAI's — prompt i's n choices at i·n … i·n + n − 1. `openai` and `process` experts get
+`n` and the prompt list passed through instead (their server makes the choices).
 
-Each later generation gets `seed + i` when the client gave a seed, so the choices differ yet reproduce; usage
-counts the prompt once and every choice's completion tokens, as OpenAI's does.
+Each later choice of a prompt gets `seed + j` when the client gave a seed, so the choices differ yet reproduce;
+usage counts each prompt once and every choice's completion tokens, as OpenAI's does.
 """
 
 from __future__ import annotations
@@ -13,35 +14,63 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from switchboard.engines.base import Completion, Finish, GenerationRequest, StreamEvent, TextDelta, Usage
+from switchboard.gateway.requests import estimate_tokens
 
 
 def num_choices(body: dict[str, Any]) -> int:
+    """Choices per prompt (`n`)."""
     n = body.get("n")
     return n if isinstance(n, int) and n > 1 else 1
 
 
-def choice_requests(request: GenerationRequest, n: int) -> list[GenerationRequest]:
+def prompts(body: dict[str, Any]) -> list[str] | None:
+    """A legacy completion's prompts when it has several, else None (one prompt, or a chat)."""
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, list) and len(prompt) > 1 else None
+
+
+def num_generations(body: dict[str, Any]) -> int:
+    """The generations a one-choice engine makes for `body`: prompts × n."""
+    return len(prompts(body) or [None]) * num_choices(body)
+
+
+def choice_requests(request: GenerationRequest) -> list[GenerationRequest]:
+    """One request per prompt and choice, in choice-index order (each prompt alone in its body, with its own
+    token estimate)."""
+    n = num_choices(request.body)
+    several = prompts(request.body)
+    bodies = [request.body] if several is None else [{**request.body, "prompt": p} for p in several]
     seed = request.body.get("seed")
-    if not isinstance(seed, int):
-        return [request] * n
-    return [request] + [dataclasses.replace(request, body={**request.body, "seed": seed + i}) for i in range(1, n)]
+    out = []
+    for body in bodies:
+        estimate = request.num_prompt_tokens_estimate if several is None else estimate_tokens(body["prompt"])
+        one = dataclasses.replace(request, body=body, num_prompt_tokens_estimate=estimate)
+        out.append(one)
+        for j in range(1, n):
+            out.append(one if not isinstance(seed, int) else dataclasses.replace(one, body={**body, "seed": seed + j}))
+    return out
 
 
-def _total(usages: list[Usage]) -> Usage:
-    return Usage(usages[0].prompt_tokens, sum(u.completion_tokens for u in usages), usages[0].cached_prompt_tokens)
+def _total(usages: list[Usage], n: int) -> Usage:
+    """One usage for the choices so far: each prompt's tokens once (the first of its n choices), every choice's
+    completion tokens."""
+    firsts = usages[::n]
+    cached = [u.cached_prompt_tokens for u in firsts]
+    return Usage(sum(u.prompt_tokens for u in firsts), sum(u.completion_tokens for u in usages),
+                 None if None in cached else sum(cached))  # type: ignore[arg-type]
 
 
-async def complete_choices(lease: Any, requests: list[GenerationRequest]) -> Completion:
-    """The n whole answers as one Completion (choice 0 first, the rest in `more_choices`)."""
+async def complete_choices(lease: Any, requests: list[GenerationRequest], n: int) -> Completion:
+    """The whole answers as one Completion (choice 0 first, the rest in `more_choices`); `n` choices a prompt."""
     completions = [await lease.complete(r) for r in requests]
     first = completions[0]
-    return dataclasses.replace(first, finish=Finish(first.finish.reason, _total([c.finish.usage for c in completions])),
+    return dataclasses.replace(first, finish=Finish(first.finish.reason, _total([c.finish.usage for c in completions], n)),
                                more_choices=tuple(completions[1:]))
 
 
-async def stream_choices(lease: Any, requests: list[GenerationRequest]) -> AsyncIterator[StreamEvent]:
-    """The n streams one after another, each event tagged with its choice's index; every choice ends with its
-    own Finish, the last one's usage covering all."""
+async def stream_choices(lease: Any, requests: list[GenerationRequest], n: int) -> AsyncIterator[StreamEvent]:
+    """The streams one after another, each event tagged with its choice's index; every choice ends with its
+    own Finish, the last one's usage covering all (`n` choices a prompt)."""
     usages: list[Usage] = []
     last = len(requests) - 1
     for index, request in enumerate(requests):
@@ -50,4 +79,4 @@ async def stream_choices(lease: Any, requests: list[GenerationRequest]) -> Async
                 yield dataclasses.replace(event, index=index)
             elif isinstance(event, Finish):
                 usages.append(event.usage)
-                yield Finish(event.reason, _total(usages) if index == last else event.usage, index=index)
+                yield Finish(event.reason, _total(usages, n) if index == last else event.usage, index=index)

@@ -233,13 +233,13 @@ class LeaseAttempts:
         return self.lease, GenerationRequest(self.request_id, self.kind, self.body, max_tokens, self.num_prompt)
 
     def num_choices_on(self, expert_id: str) -> int:
-        """Choices the gateway makes itself: `n` for engines that answer one (gateway/choices.py); servers the
-        request is relayed to (`openai`, `process`) make their own."""
-        n = choices.num_choices(self.body)
-        if n == 1:
+        """Choices the gateway makes itself: prompts × `n` for engines that answer one (gateway/choices.py);
+        servers the request is relayed to (`openai`, `process`) make their own."""
+        num = choices.num_generations(self.body)
+        if num == 1:
             return 1
         expert = self.fleet.expert(expert_id)
-        return 1 if expert is None or relays_everything(expert) else n
+        return 1 if expert is None or relays_everything(expert) else num
 
     async def whole(self, expert_id: str) -> Completion:
         lease, gen = self._lease(expert_id)
@@ -247,7 +247,7 @@ class LeaseAttempts:
         try:
             async with lease:
                 if n > 1:
-                    return await choices.complete_choices(lease, choices.choice_requests(gen, n))
+                    return await choices.complete_choices(lease, choices.choice_requests(gen), choices.num_choices(self.body))
                 return await lease.complete(gen)  # a Ray lease retries once on another replica if its node is lost
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc, lease.replica.replica_id if lease.replica else "") from exc
@@ -260,7 +260,7 @@ class LeaseAttempts:
         except (EngineError, AdmissionRejected) as exc:
             raise AttemptError(exc) from exc
         n = self.num_choices_on(expert_id)
-        events = choices.stream_choices(lease, choices.choice_requests(gen, n)) if n > 1 else lease.stream(gen)
+        events = choices.stream_choices(lease, choices.choice_requests(gen), choices.num_choices(self.body)) if n > 1 else lease.stream(gen)
         try:
             first = await anext(events)
         except BaseException as exc:

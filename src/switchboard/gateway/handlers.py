@@ -210,8 +210,11 @@ class Handlers:
                 raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
+            # Several prompts: routed (and logged) by the first; limits and admission by the longest, since each
+            # is generated alone (gateway/choices.py) and the answer's usage settles the sum.
             text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
-            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(text))
+            longest = text if isinstance(parsed.prompt, str) else max(parsed.prompt, key=len)
+            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(longest))
             cannot_serve = functools.partial(self._cannot_serve, "completion", body, True)
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text,
                                                      functools.partial(self._resolve, num_prompt_tokens=num_prompt,

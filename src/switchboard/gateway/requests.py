@@ -11,6 +11,8 @@ from switchboard.gateway.errors import ApiError
 from switchboard.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 CHARS_PER_TOKEN = 4
+MAX_GENERATIONS = 128
+"""Choices one request may ask for, prompts × n (OpenAI's own limit on `n`)."""
 """Rough characters per token for pre-checks; engines report exact counts in `usage`."""
 
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -81,8 +83,11 @@ def parse_completion(raw: bytes) -> tuple[CompletionRequest, dict[str, Any]]:
         raise ApiError(400, "prompt as token ids is not supported here: send the prompt's text", param="prompt", code="unsupported_value")
     request = validate(CompletionRequest, body)
     assert isinstance(request, CompletionRequest)
-    if isinstance(request.prompt, list) and len(request.prompt) != 1:
-        raise ApiError(400, "prompt must be a string or a list holding exactly one string", param="prompt", code="invalid_value")
+    if isinstance(request.prompt, list):
+        n = request.n or 1
+        if not request.prompt or len(request.prompt) * n > MAX_GENERATIONS:
+            raise ApiError(400, f"prompt must be a string or a list of 1 to {MAX_GENERATIONS // n} strings (with n={n}: at most "
+                                f"{MAX_GENERATIONS} choices in all)", param="prompt", code="invalid_value")
     _check_stop(request.stop)
     return request, body
 

@@ -100,7 +100,8 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str]] = Field(description="A prompt string (or a list holding exactly one).")
+    prompt: Union[str, list[str]] = Field(description="A prompt string, or a list of them: prompt i's n choices are at "
+                                          "indices i·n … i·n + n − 1 (at most 128 choices in all).")
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)

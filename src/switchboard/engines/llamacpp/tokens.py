@@ -81,10 +81,13 @@ class PromptTokenCounter:
         return bos + (llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []) + eos
 
     def count(self, kind: str, body: dict[str, Any]) -> int:
+        """The prompt tokens of a chat or a completion request; of several prompts, the longest's."""
         if kind == "chat":
             return len(self.chat_tokens(body))
         prompt = body.get("prompt", "")
-        return len(self.completion_tokens(prompt if isinstance(prompt, str) else "".join(prompt)))
+        if isinstance(prompt, str):
+            return len(self.completion_tokens(prompt))
+        return max((len(self.completion_tokens(p)) for p in prompt), default=0)  # several: each is generated alone
 
 
 class PromptTokens:
