@@ -8,7 +8,7 @@ import random
 import time
 
 from switchboard.cluster.ray_control import ControlActor
-from switchboard.cluster.ray_routing import REPORT_MAX_EVENTS, Ended, LoadReports, LocalRouter, RoutingView, Served, Started
+from switchboard.cluster.ray_routing import REPORT_MAX_EVENTS, Ended, LoadReports, LocalRouter, RoutingView, Served, Started, Timed
 from switchboard.config import parse_config
 from switchboard.fleet import ops
 from switchboard.fleet.state import QueuedRequest, ReplicaLoad
@@ -368,5 +368,39 @@ async def test_a_report_run_before_an_earlier_one_still_counts_each_request_once
         await actor.report("gw", [])  # the gateway is not silent: only the old end goes
         assert await actor.reclaim_silent_gateways() == []
         assert "retried" not in actor._early_ends.get("gw", {})
+    finally:
+        await actor.shutdown()
+
+
+LLAMACPP_CONFIG = """
+experts:
+  - {id: smol, params_b: 0.135, backend: {kind: llamacpp, n_threads: 1}, context_tokens: 512, warm_at_start: true}
+router: {enabled: false}
+storage: {enabled: false}
+"""
+
+
+async def test_a_gateways_answer_timings_reach_the_control_actors_estimates():
+    """A gateway on a shared fleet reports each answer's own timing (llama.cpp's) with its load events; the control
+    actor measures the expert's speed by them as the embedded fleet does, and the view it pushes carries them."""
+    from switchboard.engines.base import Timing
+
+    actor = ControlActor(parse_config(LLAMACPP_CONFIG).model_dump(mode="json"), gateway_timeout_s=5.0)
+    await actor.start()
+    try:
+        for _ in range(3000):
+            if actor.fleet.model.warm_replicas_of("smol"):
+                break
+            await asyncio.sleep(0.01)
+        (replica,) = actor.fleet.model.warm_replicas_of("smol")
+        (key,) = [k for k in actor.fleet.model.estimates if k[0] == "smol"]
+        roofline = actor.fleet.model.estimates[key]
+        reports = LoadReports()
+        reports.add(Timed(replica.replica_id, Timing(num_prefilled=100, prefill_s=0.5, num_decoded=50, decode_s=0.25)))
+        await actor.report("gw", reports.take())
+        measured = actor.fleet.model.estimates[key]
+        assert measured.prefill_tokens_per_s == 200 and measured.decode_step_s_batch_1 == 0.005 != roofline.decode_step_s_batch_1
+        pushed = (await actor.poll("gw-2", None, 0.0))["routing"].model
+        assert pushed.estimates[key] == measured and pushed.replicas[replica.replica_id].capacity == measured.capacity
     finally:
         await actor.shutdown()

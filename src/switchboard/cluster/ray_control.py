@@ -44,7 +44,7 @@ from switchboard.cluster.ray_checkpoint import (
 from switchboard.cluster.ray_cluster import connect
 from switchboard.cluster.ray_limits import KeyCounts
 from switchboard.cluster.ray_replica import RemoteEngineError
-from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Served, Started, without_requests
+from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Served, Started, Timed, without_requests
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
 from switchboard.policies.keepalive import KeepAliveState
@@ -401,13 +401,14 @@ class ControlActor:
 
     # ---- gateways' own decisions (`switchboard.cluster.ray_routing`)
 
-    async def report(self, gateway_id: str, events: list[Served | Started | Ended | Routed]) -> None:
+    async def report(self, gateway_id: str, events: list[Served | Started | Ended | Routed | Timed]) -> None:
         """What `gateway_id` started on warm replicas it chose itself, and what of it ended, in order: counted in
         the fleet model as if admitted here (an end also feeds the replica's circuit and, for a lost engine, stops
         and replaces the replica). A start on a replica no longer warm here is not counted, nor its end; nor are
         requests reported `Served` (started and served) on one. Those arrive before the other events and end
         after them (`LiveFleet.arrive_served`), so the requests they report running overlap them. Its routing
-        decisions (`Routed`) are recorded as this fleet's own.
+        decisions (`Routed`) are recorded as this fleet's own, its answers' timings (`Timed`) measure the
+        experts' speeds.
 
         Ray may run two reports of one gateway out of the order it made them (an async actor's calls are not kept
         in order): an end whose start this actor has not counted waits for that start (`_early_ends`) and is
@@ -422,6 +423,8 @@ class ControlActor:
                 continue
             if isinstance(event, Routed):
                 fleet.record_route(event.at_s, event.preferred, event.decision)
+            elif isinstance(event, Timed):
+                fleet.observe_timing(event.replica_id, event.timing)
             elif isinstance(event, Started):
                 request = event.request
                 if request.request_id not in adopted:

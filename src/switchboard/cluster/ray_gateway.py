@@ -25,7 +25,7 @@ from switchboard.cluster.ray_direct import connect_direct
 from switchboard.cluster.ray_key_ledger import RayKeyLedger
 from switchboard.cluster.ray_replica import RayReplicaEngine, RemoteEngineError
 from switchboard.cluster.ray_streams import StreamChannel
-from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started
+from switchboard.cluster.ray_routing import POLL_INTERVAL_S, REPORT_INTERVAL_S, Ended, LoadReports, LocalRouter, Routed, Started, Timed
 from switchboard.config.schema import ExpertConfig, OpenAIBackend, RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError, EngineUnavailable
 from switchboard.engines.factory import build_engine
@@ -274,6 +274,13 @@ class RemoteFleet:
             channel = self._channels[replica_id] = StreamChannel(
                 actor, connect=connect_direct if self.settings.direct_requests else None)
         return channel
+
+    def observe_timing(self, replica_id: str, timing: Any) -> None:
+        """An answer's own timing on `replica_id` (llama.cpp's): reported with the next batch, for the control
+        actor to measure the expert's speed (`LiveFleet.observe_timing`); the view it pushes carries the result."""
+        self.reports.add(Timed(replica_id, timing))
+        if self.reports.is_due and self._report_due is not None:
+            self._report_due.set()
 
     def release(self, lease: Lease, *, ok: bool, exc: Any) -> None:
         count_outcome(lease, self.expert_circuits, ok=ok, exc=exc)

@@ -26,6 +26,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from switchboard.engines.base import Timing
 from switchboard.fleet import ops
 from switchboard.fleet.state import FleetSnapshot, QueuedRequest, ReplicaLoad
 from switchboard.policies.actions import AssignRequest
@@ -70,6 +71,15 @@ class Ended:
     """A `RemoteEngineError`, or None."""
     replica_id: str = ""
     """The replica it ran on ("": not said): an end that arrives before its start matches only that start."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timed:
+    """An answer's own timing on replica `replica_id` (llama.cpp's `timings`): the control actor measures the
+    expert's speed by it (`LiveFleet.observe_timing`), as an embedded gateway does."""
+
+    replica_id: str
+    timing: Timing
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -205,13 +215,13 @@ class LoadReports:
     (`Ended` ok, no error) before they are sent is folded, as it ends, into one `Served` per replica."""
 
     def __init__(self) -> None:
-        self._pending: list[Started | Ended | Routed | None] = []
+        self._pending: list[Started | Ended | Routed | Timed | None] = []
         self._started_at: dict[str, int] = {}
         """Request id -> the index of its pending `Started`."""
         self._served: dict[str, list[tuple[str, int, int]]] = {}
         self._num_folded = 0
 
-    def add(self, event: Started | Ended | Routed) -> None:
+    def add(self, event: Started | Ended | Routed | Timed) -> None:
         if isinstance(event, Ended) and event.ok and event.error is None:
             start_index = self._started_at.pop(event.request_id, None)
             if start_index is not None:
@@ -233,7 +243,7 @@ class LoadReports:
         they are counted in one step, and no request is running on their account)."""
         return len(self._pending) - self._num_folded >= REPORT_MAX_EVENTS
 
-    def take(self) -> list[Served | Started | Ended | Routed]:
+    def take(self) -> list[Served | Started | Ended | Routed | Timed]:
         """The `Served` events first, then the other pending events in order. A request that failed keeps its
         two events: its error may stop the replica."""
         served = [Served(replica_id, tuple(requests)) for replica_id, requests in self._served.items()]

@@ -382,7 +382,7 @@ class Handlers:
                 entry.routing_reason = json.dumps({**reason, "failover": failover}, separators=(",", ":"))
         timing = getattr(usage, "timing", None)
         if timing is not None and outcome is Outcome.OK and replica is not None:
-            observe = getattr(self.state.fleet, "observe_timing", None)  # LiveFleet; a shared Ray fleet's gateways keep the roofline
+            observe = getattr(self.state.fleet, "observe_timing", None)  # LiveFleet, or RemoteFleet's report to the control actor
             if observe is not None:
                 observe(replica.replica_id, timing)
         self.metrics.finish(run.expert_id, outcome, started_at, first_token_at=first_token_at, usage=usage, request_id=headers["x-request-id"],
