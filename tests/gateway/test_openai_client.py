@@ -57,6 +57,12 @@ def test_several_prompts_reach_an_openai_upstream_as_sent(client, upstream):
     assert upstream.last_body["prompt"] == ["Once upon a time", "In a galaxy"] and upstream.last_body["n"] == 2
 
 
+@pytest.mark.parametrize("prompt", [[101, 2023, 2003], [[101, 2023], [101, 2003, 2005]]])
+def test_token_id_prompts_reach_an_openai_upstream_as_sent(client, upstream, prompt):
+    answer = client.completions.create(model="mock", prompt=prompt, max_tokens=5)
+    assert upstream.last_body["prompt"] == prompt and answer.choices[0].text == "mock answer"
+
+
 def test_simulated_expert_answers_with_marked_placeholder(client):
     answer = client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hello"}], max_tokens=12)
     assert answer.choices[0].message.content == "[simulated small: 12 tokens]"

@@ -26,7 +26,7 @@ def num_choices(body: dict[str, Any]) -> int:
 def prompts(body: dict[str, Any]) -> list[str] | None:
     """A legacy completion's prompts when it has several, else None (one prompt, or a chat)."""
     prompt = body.get("prompt")
-    return prompt if isinstance(prompt, list) and len(prompt) > 1 else None
+    return prompt if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt) else None
 
 
 def num_generations(body: dict[str, Any]) -> int:

@@ -83,6 +83,9 @@ class FeedbackEndpoint:
             if found is None:
                 log.info("feedback for %s: not learned (its request's row is not in the log)", request_id)
                 return
+            if not found[0]:
+                log.info("feedback for %s: not learned (its request has no prompt text: token ids, or prompts not stored)", request_id)
+                return
             outcome = await asyncio.to_thread(self.online.learn, tenant, found[0], found[1], score)
         except Exception as exc:  # noqa: BLE001 — learning is best effort; the score itself is stored
             log.warning("feedback for %s: not learned (%s: %s)", request_id, type(exc).__name__, exc)

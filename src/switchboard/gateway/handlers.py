@@ -210,12 +210,21 @@ class Handlers:
                 raise _shutting_down()
             raw = await read_body(request, self.max_body_bytes)
             parsed, body = rq.parse_completion(raw)
-            # Several prompts: routed (and logged) by the first; limits and admission by the longest, since each
-            # is generated alone (gateway/choices.py) and the answer's usage settles the sum.
-            text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
-            longest = text if isinstance(parsed.prompt, str) else max(parsed.prompt, key=len)
-            num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(longest))
-            cannot_serve = functools.partial(self._cannot_serve, "completion", body, True)
+            tokens = rq.token_prompts(parsed.prompt)
+            if tokens is not None:
+                # Token ids mean something only to the model they were made for: relayed to a named expert's
+                # server as sent (which counts them exactly), never routed.
+                if parsed.model == AUTO_MODEL:
+                    raise ApiError(400, "model 'auto' routes by the prompt's text: send text, or name the expert the token ids are for",
+                                   param="prompt", code="unsupported_value")
+                text, num_prompt = "", max(len(t) for t in tokens)
+            else:
+                # Several prompts: routed (and logged) by the first; limits and admission by the longest, since each
+                # is generated alone (gateway/choices.py) and the answer's usage settles the sum.
+                text = parsed.prompt if isinstance(parsed.prompt, str) else parsed.prompt[0]
+                longest = text if isinstance(parsed.prompt, str) else max(parsed.prompt, key=len)
+                num_prompt = await self._prompt_tokens("completion", body, parsed.model, rq.estimate_tokens(longest))
+            cannot_serve = functools.partial(self._cannot_serve, "completion", body, tokens is None)
             expert, choice = await self.gate.resolve(parsed.model, parsed.routing, num_prompt, parsed.max_tokens, text,
                                                      functools.partial(self._resolve, num_prompt_tokens=num_prompt,
                                                                        cannot_serve=functools.partial(cannot_serve, num_prompt, parsed.max_tokens)))
@@ -237,10 +246,13 @@ class Handlers:
 
     def _cannot_serve(self, kind: RequestKind, body: dict[str, Any], text_only: bool, num_prompt: int | None, asked: int | None,
                       expert: ExpertConfig) -> ApiError | None:
-        """The 400 `expert` would answer this request with, or None if it can serve it: non-text content on an
-        expert that only takes text, a field its engine cannot honour, and (with `num_prompt`) a prompt and
+        """The 400 `expert` would answer this request with, or None if it can serve it: non-text content (a chat's
+        images..., a completion's token ids) on an expert that only takes text, a field its engine cannot honour, and (with `num_prompt`) a prompt and
         max_tokens over its context or output limit."""
         if not text_only and not relays_everything(expert):
+            if kind == "completion":
+                return ApiError(400, f"expert '{expert.id}' takes text prompts only: token ids need an expert that relays to its server",
+                                param="prompt", code="unsupported_value")
             return ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
         if (cannot := unsupported(kind, expert, body)) is not None:
             return cannot

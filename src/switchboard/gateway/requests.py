@@ -76,20 +76,26 @@ def parse_chat(raw: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
 
 def parse_completion(raw: bytes) -> tuple[CompletionRequest, dict[str, Any]]:
     body = parse_json_object(raw)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) or (isinstance(p, list) and all(isinstance(i, int) for i in p)) for p in prompt):
-        # OpenAI's API takes token ids too; the gateway routes, meters and logs text, so it asks for text plainly
-        # rather than through four pydantic union errors.
-        raise ApiError(400, "prompt as token ids is not supported here: send the prompt's text", param="prompt", code="unsupported_value")
     request = validate(CompletionRequest, body)
     assert isinstance(request, CompletionRequest)
     if isinstance(request.prompt, list):
         n = request.n or 1
-        if not request.prompt or len(request.prompt) * n > MAX_GENERATIONS:
-            raise ApiError(400, f"prompt must be a string or a list of 1 to {MAX_GENERATIONS // n} strings (with n={n}: at most "
-                                f"{MAX_GENERATIONS} choices in all)", param="prompt", code="invalid_value")
+        tokens = token_prompts(request.prompt)
+        num_prompts = len(request.prompt) if tokens is None or isinstance(request.prompt[0], list) else 1
+        if not request.prompt or num_prompts * n > MAX_GENERATIONS or (tokens is not None and not all(tokens)):
+            raise ApiError(400, f"prompt must be a string or a list of 1 to {MAX_GENERATIONS // n} non-empty prompts (with n={n}: at "
+                                f"most {MAX_GENERATIONS} choices in all)", param="prompt", code="invalid_value")
     _check_stop(request.stop)
     return request, body
+
+
+def token_prompts(prompt: Any) -> list[list[int]] | None:
+    """A completion's prompts as token-id lists when it gave token ids (one list, or a list of lists), else None."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        return prompt
+    return None
 
 
 def _check_stop(stop: Any) -> None:

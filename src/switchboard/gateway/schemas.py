@@ -100,8 +100,9 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str]] = Field(description="A prompt string, or a list of them: prompt i's n choices are at "
-                                          "indices i·n … i·n + n − 1 (at most 128 choices in all).")
+    prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
+        description="A prompt string, or a list of them: prompt i's n choices are at indices i·n … i·n + n − 1 (at "
+        "most 128 choices in all). Token ids (a list, or a list of lists) only for an expert that relays to its server.")
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
