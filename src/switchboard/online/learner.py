@@ -191,9 +191,7 @@ class OnlineLearner:
                 return quality
             self._tenants.move_to_end(adjustment.tenant)
             events = memory.events()
-            b0 = self._slope_prior_mean(confidence)
-            corr = self._checked(events, context, correction(
-                events, context, columns, quality, self.settings, self.prior_correlation, b0), columns, quality, b0)
+            corr = self._checked(events, context, columns, quality, confidence)
             mean = np.clip(quality + corr.mean, 0.0, 1.0)
             step = explore(mean, corr.std, corr.evidence, memory.budget, self.settings, self.rng)
             memory.budget = memory.budget.after(step.is_exploring)
@@ -263,13 +261,15 @@ class OnlineLearner:
         return event_gain(score, float(np.clip(predicted + alternative, 0.0, 1.0)),
                           float(np.clip(predicted + corr.mean[0], 0.0, 1.0)))
 
-    def _checked(self, events: Events, context: np.ndarray, corr: Correction, columns: np.ndarray,
-                 quality: np.ndarray, slope_prior_mean: float | None) -> Correction:
-        """`corr` blended with its alternative by `correction.self_check`'s share γ at the prompt (unchanged with the
-        check off, or where γ = 1). Against the router (the default alternative): its mean and evidence scaled by
+    def _checked(self, events: Events, context: np.ndarray, columns: np.ndarray, quality: np.ndarray,
+                 confidence: float | None) -> Correction:
+        """The correction at the prompt (slope prior from the router's `confidence`), blended with its alternative by
+        `correction.self_check`'s share γ there (unchanged with the check off, or where γ = 1). Against the router (the default alternative): its mean and evidence scaled by
         γ — where the tenant's record says the correction predicts worse than the router, the router's estimate, and
         the router's caution, which scales with its share, come back. Against a more local correction
         (`self_check_alternative_similarity`): mean, SD and evidence γ·corr + (1 − γ)·local."""
+        slope_prior_mean = self._slope_prior_mean(confidence)
+        corr = correction(events, context, columns, quality, self.settings, self.prior_correlation, slope_prior_mean)
         share = self_check(events, context, self.settings)
         if share >= 1.0:
             return corr
@@ -308,9 +308,7 @@ class OnlineLearner:
                 return Posterior(quality.copy(), np.ones(len(quality)), None)
             columns = np.arange(len(self.expert_index))
             events, context = memory.events(), self.context(features)
-            b0 = self._slope_prior_mean(confidence)
-            corr = self._checked(events, context, correction(
-                events, context, columns, quality, self.settings, self.prior_correlation, b0), columns, quality, b0)
+            corr = self._checked(events, context, columns, quality, confidence)
             anchored = self._anchored(events, context, columns, corr)
         return Posterior(np.clip(quality + corr.mean, 0.0, 1.0), self._router_share(corr.evidence), anchored)
 
