@@ -247,3 +247,25 @@ def test_several_prompts_are_each_answered_as_alone(client):
     assert [c.index for c in batch.choices] == [0, 1]
     assert [c.text for c in batch.choices] == [s.choices[0].text for s in singles]
     assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+
+
+def test_the_responses_api_answers_as_chat_does(client):
+    """`client.responses` on the real model: the same greedy answer as the chat completion of the same
+    conversation, whole and streamed, and JSON constrained by the grammar from `text.format`."""
+    messages = [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(model="smol", messages=messages, max_completion_tokens=20, temperature=0)
+    whole = client.responses.create(model="smol", instructions=messages[0]["content"], input=messages[1]["content"], max_output_tokens=20,
+                                    temperature=0)
+    assert whole.output_text == chat.choices[0].message.content
+    assert (whole.usage.input_tokens, whole.usage.output_tokens) == (chat.usage.prompt_tokens, chat.usage.completion_tokens)
+    assert whole.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    with client.responses.stream(model="smol", instructions=messages[0]["content"], input=[{"role": "user", "content": messages[1]["content"]}],
+                                 max_output_tokens=20, temperature=0) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == chat.choices[0].message.content
+    fmt = {"type": "json_schema", "name": "weather", "schema": SCHEMA}
+    shaped = client.responses.create(model="smol", input="Describe the weather in Paris as JSON.", text={"format": fmt}, max_output_tokens=60,
+                                     temperature=0)
+    answer = json.loads(shaped.output_text)
+    assert set(answer) == {"city", "sunny"} and isinstance(answer["sunny"], bool)

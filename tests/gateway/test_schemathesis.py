@@ -36,7 +36,8 @@ EXPERTS = ["small", "large", "auto"]
 EMBEDDING_EXPERTS = ["all-minilm-l6-v2", "small"]  # the default local embedding expert, and a model that is not one
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Chat bodies are the slowest to generate (~10x a completion): fewer of them keeps the test near 30-60 s.
-EXAMPLES_PER_MODE = {"POST /v1/chat/completions": 100, "POST /v1/completions": 250, "POST /v1/feedback": 160, "POST /v1/embeddings": 100}
+EXAMPLES_PER_MODE = {"POST /v1/chat/completions": 100, "POST /v1/completions": 250, "POST /v1/feedback": 160, "POST /v1/embeddings": 100,
+                     "POST /v1/responses": 100}
 MIN_REQUESTS = 1000
 
 

@@ -69,6 +69,27 @@ def test_every_accepted_request_is_logged_and_feedback_round_trips(db_url):
     assert [(f["request_id"], f["score"]) for f in rows(db_url, feedback_table)] == [(chat.id, 0.9)]
 
 
+def test_responses_are_logged_and_scored_by_their_response_id(db_url):
+    """A Responses answer is its chat request's row (kind chat, the last user message as its prompt), and
+    `POST /v1/feedback` takes the Response's id for it; another key's or an unknown id is still a 404."""
+    app = build_app(parse_config(CONFIG.format(url=db_url)))
+    with serve_in_thread(app) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        whole = client.responses.create(model="cheap", instructions="Be brief.", input="What is 2+2?", max_output_tokens=5)
+        with client.responses.stream(model="big", input=[{"role": "user", "content": "Hi there"}]) as stream:  # completes (the helper wants that)
+            streamed = stream.get_final_response()
+        with httpx.Client(base_url=base) as http:
+            for response_id, score in ((whole.id, 0.8), (streamed.id, 0.3)):
+                ok = http.post("/v1/feedback", json={"request_id": response_id, "score": score})
+                assert ok.status_code == 201 and ok.json()["request_id"] == response_id
+            assert http.post("/v1/feedback", json={"request_id": "resp_" + "0" * 32, "score": 1}).status_code == 404
+    logged = {r["id"]: r for r in rows(db_url)}
+    chat_ids = {"chatcmpl-" + whole.id.removeprefix("resp_"): ("cheap", "What is 2+2?"), "chatcmpl-" + streamed.id.removeprefix("resp_"): ("big", "Hi there")}
+    assert {i: (logged[i]["expert"], logged[i]["prompt_text"], logged[i]["kind"], logged[i]["outcome"]) for i in chat_ids} == {
+        i: (*v, "chat", "ok") for i, v in chat_ids.items()}
+    assert sorted((f["request_id"], f["score"]) for f in rows(db_url, feedback_table)) == sorted(zip(chat_ids, (0.8, 0.3)))
+
+
 def test_feedback_with_the_log_disabled_is_503(tmp_path):
     app = build_app(parse_config(CONFIG.format(url="sqlite://").replace('storage: {url: "sqlite://", flush_interval_s: 0.05}', "storage: {enabled: false}")))
     with serve_in_thread(app) as base:

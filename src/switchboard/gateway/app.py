@@ -34,6 +34,7 @@ from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
+from switchboard.gateway.responses_api.handler import ResponsesHandler
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
@@ -85,6 +86,7 @@ def build_app(
     embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
+    responses = ResponsesHandler(handlers)
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -140,6 +142,7 @@ def build_app(
     routes = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
+        Route("/v1/responses", responses.post, methods=["POST"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)

@@ -22,6 +22,7 @@ from switchboard.gateway import schemas as s
 from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.handlers import read_body
+from switchboard.gateway.responses_api.ids import logged_request_id
 
 if TYPE_CHECKING:
     from switchboard.online import OnlineLearner
@@ -57,17 +58,18 @@ class FeedbackEndpoint:
             err = exc.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
             raise ApiError(400, f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value") from None
+        request_id = logged_request_id(feedback.request_id)  # a Response's id names its chat request's row
         try:
             caller = current_caller.get()  # with auth on, a key may only score its own requests
-            known = await self.request_log.knows(feedback.request_id, caller.key.key_id if caller else None)
+            known = await self.request_log.knows(request_id, caller.key.key_id if caller else None)
         except Exception as exc:  # noqa: BLE001 — the database is down: say so, do not guess
             log.warning("feedback: request log unavailable: %s", exc)
             raise ApiError(503, "the request log is unavailable; retry later", code="storage_unavailable", headers={"retry-after": "5"}) from None
         if not known:
             raise ApiError(404, f"no logged request has the id '{feedback.request_id}'", param="request_id", code="request_not_found")
-        feedback_id = self.request_log.add_feedback(feedback.request_id, feedback.score)
+        feedback_id = self.request_log.add_feedback(request_id, feedback.score)
         if self.online is not None:
-            await self._learn(feedback.request_id, feedback.score, caller)
+            await self._learn(request_id, feedback.score, caller)
         body = {"id": feedback_id, "object": "feedback", "request_id": feedback.request_id, "score": feedback.score}
         return Response(orjson.dumps(body), status_code=201, media_type="application/json")
 

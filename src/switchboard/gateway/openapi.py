@@ -8,6 +8,7 @@ from pydantic.json_schema import models_json_schema
 
 from switchboard import __version__
 from switchboard.gateway import schemas as s
+from switchboard.gateway.responses_api import schemas as rs
 
 _ERROR_STATUSES = {
     "400": "Invalid request (malformed JSON, bad or unknown field, context too long, max_tokens out of range)",
@@ -28,7 +29,7 @@ SSE_EVENT = {
     "type": "object",
     "required": ["data"],
     "properties": {
-        "data": {"type": "string", "description": "A JSON chunk (chat.completion.chunk or text_completion), an error object, or [DONE]"},
+        "data": {"type": "string", "description": "A JSON chunk (chat.completion.chunk or text_completion), a Responses event, an error object, or [DONE]"},
         "event": {"type": "string"},
     },
 }
@@ -38,6 +39,7 @@ def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
+        rs.ResponsesRequest, rs.ResponseObject,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -48,14 +50,15 @@ def build_openapi() -> dict[str, Any]:
     def errors() -> dict[str, Any]:
         return {code: {"description": text, "content": {"application/json": {"schema": ref(s.ErrorResponse)}}} for code, text in _ERROR_STATUSES.items()}
 
-    def generation(request_model: type, response_model: type, summary: str) -> dict[str, Any]:
+    def generation(request_model: type, response_model: type, summary: str,
+                   stream: str = "a server-sent event stream of chunks ending in `data: [DONE]`") -> dict[str, Any]:
         return {
             "post": {
                 "summary": summary,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref(request_model)}}},
                 "responses": {
                     "200": {
-                        "description": "The answer (JSON), or with `stream: true` a server-sent event stream of chunks ending in `data: [DONE]`",
+                        "description": f"The answer (JSON), or with `stream: true` {stream}",
                         "content": {"application/json": {"schema": ref(response_model)}, "text/event-stream": {"schema": SSE_EVENT}},
                     },
                     **errors(),
@@ -69,6 +72,9 @@ def build_openapi() -> dict[str, Any]:
         "paths": {
             "/v1/chat/completions": generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto')"),
             "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
+            "/v1/responses": generation(rs.ResponsesRequest, rs.ResponseObject,
+                                       "OpenAI's Responses API, served as a chat completion (model: an expert id, or 'auto'); stateless",
+                                       "a server-sent event stream of typed events (`event: response.created` … `response.completed`)"),
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embeddings (model: an embedding expert's id)",

@@ -1,7 +1,9 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
-// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models", params}; "models" lists the
-// models, then retrieves params.model. Driven by tests/conformance/test_clients.py.
+// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream",
+// params}; "models" lists the models, then retrieves params.model; "responses" is client.responses.create (its events when
+// params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose events and
+// finalResponse() come back. Driven by tests/conformance/test_clients.py and test_responses.py.
 import OpenAI from "openai";
 
 const spec = JSON.parse(process.argv[2]);
@@ -20,12 +22,26 @@ const client = new OpenAI({
 
 const out = { sent };
 try {
-  const create = { chat: (p) => client.chat.completions.create(p), completions: (p) => client.completions.create(p) }[spec.endpoint];
+  const create = {
+    chat: (p) => client.chat.completions.create(p),
+    completions: (p) => client.completions.create(p),
+    responses: (p) => client.responses.create(p),
+  }[spec.endpoint];
   if (create && spec.params.stream) {
     out.chunks = [];
     for await (const chunk of await create(spec.params)) out.chunks.push(chunk);
   } else if (create) {
     out.body = await create(spec.params);
+    if (spec.endpoint === "responses") out.output_text = out.body.output_text;
+  } else if (spec.endpoint === "responses_stream") {
+    const stream = client.responses.stream(spec.params);
+    out.chunks = [];
+    for await (const event of stream) out.chunks.push(event);
+    const final = await stream.finalResponse();
+    out.body = final;
+    // finalResponse() carries no output_text (create() adds it): joined here the way the SDK joins it.
+    out.output_text = final.output.filter((o) => o.type === "message").flatMap((o) => o.content)
+      .filter((c) => c.type === "output_text").map((c) => c.text).join("");
   } else if (spec.endpoint === "models") {
     const listed = [];
     for await (const model of client.models.list()) listed.push(model);
@@ -35,6 +51,6 @@ try {
   }
 } catch (err) {
   if (!(err instanceof OpenAI.APIError)) throw err;
-  out.error = { class: err.constructor.name, status: err.status ?? null, retry_after: err.headers?.get("retry-after") ?? null };
+  out.error = { class: err.constructor.name, status: err.status ?? null, retry_after: err.headers?.get("retry-after") ?? null, message: err.message };
 }
 process.stdout.write(JSON.stringify(out) + "\n");
