@@ -14,11 +14,11 @@ import pytest
 from switchboard.gateway.errors import ApiError
 from switchboard.gateway.responses_api.events import ResponsesStream, sse_events
 from switchboard.gateway.responses_api.ids import logged_request_id, response_id_for
-from switchboard.gateway.responses_api.request import parse
+from switchboard.gateway.responses_api.request import parse, translate
 
 
 def _parse(**body):
-    return parse(orjson.dumps({"model": "m", **body}))
+    return translate(parse(orjson.dumps({"model": "m", **body})))
 
 
 def test_a_string_input_with_instructions_is_a_system_and_a_user_message():

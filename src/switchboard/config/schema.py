@@ -260,7 +260,10 @@ class StorageConfig(_Strict):
     flush_interval_s: float = Field(1.0, gt=0, description="Records are written every this often: a crash loses at most this much.")
     max_batch: int = Field(500, ge=1, description="Rows per INSERT transaction.")
     max_pending: int = Field(100_000, ge=1, description="Records held while the database is unreachable; beyond, the oldest are dropped (counted, logged).")
-    store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none.")
+    store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none "
+                                "(and no Responses: `POST /v1/responses` answers `store: false`).")
+    response_retention_days: float = Field(30.0, gt=0, description="How long a stored Response (`POST /v1/responses`) can be retrieved and "
+                                           "continued (`previous_response_id`); OpenAI keeps them 30 days.")
 
 
 class AuthConfig(_Strict):

@@ -39,6 +39,7 @@ from switchboard.gateway.state import GatewayState
 from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
+from switchboard.storage.responses import DisabledResponseStore, ResponseStore
 from switchboard.storage.writer import DisabledRequestLog, RequestLog
 
 log = logging.getLogger("switchboard.gateway")
@@ -86,7 +87,7 @@ def build_app(
     embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
-    responses = ResponsesHandler(handlers)
+    responses = ResponsesHandler(handlers, response_store(config, request_log))
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -143,6 +144,9 @@ def build_app(
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
         Route("/v1/responses", responses.post, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)
@@ -163,6 +167,16 @@ def build_app(
     app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
     return AuthMiddleware(fast, gate) if gate is not None else fast
+
+
+def response_store(config: SwitchboardConfig, request_log: Any) -> ResponseStore | DisabledResponseStore:
+    """Where `POST /v1/responses` keeps Responses: the request log's database, unless storage is off or prompts
+    are not to be kept (a stored Response is its conversation)."""
+    if not request_log.enabled:
+        return DisabledResponseStore("storage.enabled is false")
+    if not config.storage.store_prompts:
+        return DisabledResponseStore("storage.store_prompts is false")
+    return ResponseStore(request_log.read, config.storage.response_retention_days * 86400.0)
 
 
 async def restore_online(online: Any, request_log: Any) -> None:

@@ -39,7 +39,7 @@ def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
-        rs.ResponsesRequest, rs.ResponseObject,
+        rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -49,6 +49,12 @@ def build_openapi() -> dict[str, Any]:
 
     def errors() -> dict[str, Any]:
         return {code: {"description": text, "content": {"application/json": {"schema": ref(s.ErrorResponse)}}} for code, text in _ERROR_STATUSES.items()}
+
+    def not_found(text: str) -> dict[str, Any]:
+        return {"404": {"description": text, "content": {"application/json": {"schema": ref(s.ErrorResponse)}}},
+                "503": {"description": "The response store is unavailable", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}}}
+
+    response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
     def generation(request_model: type, response_model: type, summary: str,
                    stream: str = "a server-sent event stream of chunks ending in `data: [DONE]`") -> dict[str, Any]:
@@ -73,8 +79,25 @@ def build_openapi() -> dict[str, Any]:
             "/v1/chat/completions": generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto')"),
             "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
             "/v1/responses": generation(rs.ResponsesRequest, rs.ResponseObject,
-                                       "OpenAI's Responses API, served as a chat completion (model: an expert id, or 'auto'); stateless",
+                                       "OpenAI's Responses API, served as a chat completion (model: an expert id, or 'auto'); stored unless `store: false`",
                                        "a server-sent event stream of typed events (`event: response.created` … `response.completed`)"),
+            "/v1/responses/{response_id}": {
+                "get": {"summary": "A stored Response (this API key's), as it was answered", "parameters": [response_id],
+                        "responses": {"200": {"description": "The Response", "content": {"application/json": {"schema": ref(rs.ResponseObject)}}},
+                                      **not_found("No stored response of this key has this id")}},
+                "delete": {"summary": "Delete a stored Response", "parameters": [response_id],
+                           "responses": {"200": {"description": "Deleted", "content": {"application/json": {"schema": ref(rs.ResponseDeleted)}}},
+                                         **not_found("No stored response of this key has this id")}},
+            },
+            "/v1/responses/{response_id}/input_items": {"get": {
+                "summary": "A stored Response's conversation: its input items, a cursor page (newest first by default)",
+                "parameters": [response_id,
+                               {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                               {"name": "order", "in": "query", "required": False, "schema": {"type": "string", "enum": ["asc", "desc"]}},
+                               {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "A page of input items", "content": {"application/json": {"schema": ref(rs.InputItemList)}}},
+                              **not_found("No stored response of this key has this id"),
+                              "400": errors()["400"]}}},
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embeddings (model: an embedding expert's id)",

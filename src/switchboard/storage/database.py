@@ -72,7 +72,7 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _insert(engine: Engine, table: Any) -> Any:
+def insert_or_ignore(engine: Engine, table: Any) -> Any:
     """INSERT that ignores rows already there, so retrying a batch whose commit did land is harmless."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -88,9 +88,9 @@ def write_batch(engine: Engine, requests: Sequence[tuple], feedback: Sequence[tu
     time) in one transaction, requests first: all of it lands, or none."""
     with engine.begin() as connection:
         if requests:
-            connection.execute(_insert(engine, requests_table), _dicts(REQUEST_COLUMNS, requests))
+            connection.execute(insert_or_ignore(engine, requests_table), _dicts(REQUEST_COLUMNS, requests))
         if feedback:
-            connection.execute(_insert(engine, feedback_table), _dicts(FEEDBACK_COLUMNS, feedback))
+            connection.execute(insert_or_ignore(engine, feedback_table), _dicts(FEEDBACK_COLUMNS, feedback))
 
 
 def _dicts(columns: tuple[str, ...], rows: Sequence[tuple]) -> list[dict[str, Any]]:

@@ -55,5 +55,21 @@ class FeedbackRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ResponseRecord(Base):
+    """A stored Response (`POST /v1/responses` with `store`): the Response object and every input item of its
+    conversation (earlier turns' inputs and outputs included), so a follow-up's `previous_response_id` needs one
+    row. User content, like `requests.prompt_text`: kept only while `storage.store_prompts` is on, and for
+    `storage.response_retention_days`."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the API key that made it: only that key reads it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    body: Mapped[str] = mapped_column(Text)  # the Response object, JSON
+    input_items: Mapped[str] = mapped_column(Text)  # JSON list
+
+
 requests_table = RequestRecord.__table__
 feedback_table = FeedbackRecord.__table__
+responses_table = ResponseRecord.__table__

@@ -12,7 +12,7 @@ which the official clients raise as an APIError, as they do for chat.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -36,8 +36,13 @@ def sse_events(chunks: bytes, pending: bytearray) -> Iterator[bytes]:
 class ResponsesStream:
     """Turns one chat stream into one Responses stream. `events` is the whole conversion."""
 
-    def __init__(self, request: ResponsesRequest, response_id: str, created_at: int, model: str) -> None:
+    def __init__(self, request: ResponsesRequest, response_id: str, created_at: int, model: str, *, store: bool = False,
+                 on_done: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> None:
+        """`store`: whether the response is to be stored (its lifecycle events say so); `on_done(response)` is
+        awaited with the finished Response before the last event goes out (it stores it, and may set its `store`)."""
         self.request = request
+        self.store = store
+        self.on_done = on_done
         self.response_id = response_id
         self.created_at = created_at
         self.model = model
@@ -73,16 +78,22 @@ class ResponsesStream:
         if status == "incomplete":
             for item in self.output:
                 item["status"] = "incomplete"
-        yield self._lifecycle("response.completed" if status == "completed" else "response.incomplete", status, incomplete)
+        final = self._response(status, incomplete)
+        if self.on_done is not None:
+            await self.on_done(final)
+        yield self._event("response.completed" if status == "completed" else "response.incomplete", response=final)
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence_number, **fields}
         self.sequence_number += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    def _lifecycle(self, kind: str, status: str, incomplete: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> bytes:
-        return self._event(kind, response=r.response_object(self.request, self.response_id, self.created_at, self.model, status, self.output,
-                                                            self.usage if status != "in_progress" else None, incomplete, error))
+    def _lifecycle(self, kind: str, status: str, error: dict[str, Any] | None = None) -> bytes:
+        return self._event(kind, response=self._response(status, None, error))
+
+    def _response(self, status: str, incomplete: dict[str, Any] | None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        return r.response_object(self.request, self.response_id, self.created_at, self.model, status, self.output,
+                                 self.usage if status != "in_progress" else None, incomplete, error, self.store)
 
     def _chunk(self, chunk: dict[str, Any]) -> Iterator[bytes]:
         if chunk.get("usage"):

@@ -1,5 +1,7 @@
-"""`POST /v1/responses`: translate, serve as a chat completion (the same routing, admission, failover, limits, metrics
-and request log), translate the answer back.
+"""`/v1/responses`: `POST` translates, serves as a chat completion (the same routing, admission, failover, limits,
+metrics and request log) and translates the answer back, storing it when asked (`store`, on by default as at
+OpenAI) so that `previous_response_id` can continue it; `GET /v1/responses/{id}` (and `/input_items`) and
+`DELETE` read and remove stored ones — each API key only its own.
 
 Written by hand: the libraries that bridge the two APIs (LiteLLM's, vLLM's) come with their own servers and
 clients; the mapping itself is small and fixed (request.py, result.py, events.py).
@@ -7,6 +9,7 @@ clients; the mapping itself is small and fixed (request.py, result.py, events.py
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,22 +17,43 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.handlers import Handlers, read_body
 from switchboard.gateway.responses import JSONBytesResponse, SSEResponse
 from switchboard.gateway.responses_api import request as rq
 from switchboard.gateway.responses_api import result as r
-from switchboard.gateway.responses_api.ids import response_id_for
-from switchboard.gateway.responses_api.events import ResponsesStream, sse_events
+from switchboard.gateway.responses_api.events import ResponsesStream
+from switchboard.gateway.responses_api.ids import new_id, response_id_for
+
+log = logging.getLogger("switchboard.gateway")
 
 # What the chat answer's error says about the chat body, in the Responses request's terms.
 _PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
            "response_format": "text.format", "reasoning_effort": "reasoning.effort"}
+# Ids for stored input items that came without one, by item type (OpenAI lists every input item with an id).
+_ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+MAX_ITEMS_PAGE = 100
+
+
+def _key_id() -> str | None:
+    caller = current_caller.get()
+    return caller.key.key_id if caller is not None else None
+
+
+def _not_found(response_id: str) -> ApiError:
+    return ApiError(404, f"no stored response has the id '{response_id}'", param="response_id", code="response_not_found")
+
+
+def _storage_unavailable(exc: Exception) -> ApiError:
+    log.warning("stored responses: database unavailable: %s", exc)
+    return ApiError(503, "the response store is unavailable; retry later", code="storage_unavailable", headers={"retry-after": "5"})
 
 
 class ResponsesHandler:
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Handlers, store: Any) -> None:
         self.handlers = handlers
+        self.store = store  # storage/responses.py: ResponseStore, or DisabledResponseStore
 
     async def post(self, request: Request) -> Response:
         started_at = time.perf_counter()
@@ -37,7 +61,9 @@ class ResponsesHandler:
             if self.handlers.is_draining:
                 return await self.handlers.chat_completions(request)  # its 503, counted where every refusal is
             raw = await read_body(request, self.handlers.max_body_bytes)
-            translated = rq.parse(raw)
+            parsed = rq.parse(raw)
+            earlier = await self._earlier(parsed.previous_response_id) if parsed.previous_response_id is not None else None
+            translated = rq.translate(parsed, earlier)
         except ApiError as exc:
             self.handlers.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -45,19 +71,115 @@ class ResponsesHandler:
         if isinstance(chat, SSEResponse):
             return self._stream(translated, chat)
         if isinstance(chat, JSONBytesResponse):
-            return self._whole(translated, chat)
+            return await self._whole(translated, chat)
         return _in_responses_terms(chat, translated.request)
 
-    def _whole(self, translated: rq.Translated, chat: JSONBytesResponse) -> Response:
+    async def _earlier(self, response_id: str) -> list[dict[str, Any]]:
+        """The conversation so far of the response `previous_response_id` names: its input items, then its output."""
+        if not self.store.enabled:
+            raise ApiError(400, f"previous_response_id needs stored responses, and this gateway stores none ({self.store.why}); send the "
+                                "whole conversation in 'input'", param="previous_response_id", code="unsupported_parameter")
+        try:
+            stored = await self.store.load(response_id, _key_id())
+        except Exception as exc:  # noqa: BLE001 — the database is down: say so
+            raise _storage_unavailable(exc) from None
+        if stored is None:
+            raise ApiError(404, f"previous response with id '{response_id}' not found", param="previous_response_id", code="previous_response_not_found")
+        return [*stored.input_items, *stored.body.get("output", [])]
+
+    async def _whole(self, translated: rq.Translated, chat: JSONBytesResponse) -> Response:
         headers = dict(chat.headers)
         response_id = response_id_for(headers["x-request-id"])
         body = r.from_chat(translated.request, response_id, headers["x-switchboard-expert"], orjson.loads(chat.body))
+        await self._keep(translated, body)
         return JSONBytesResponse(orjson.dumps(body), headers)
 
     def _stream(self, translated: rq.Translated, chat: SSEResponse) -> Response:
         headers = dict(chat.headers)
-        stream = ResponsesStream(translated.request, response_id_for(headers["x-request-id"]), int(time.time()), headers["x-switchboard-expert"])
+        stream = ResponsesStream(translated.request, response_id_for(headers["x-request-id"]), int(time.time()), headers["x-switchboard-expert"],
+                                 store=self._stores(translated), on_done=lambda body: self._keep(translated, body))
         return SSEResponse(_closing(stream.events(chat.chunks), chat.chunks), headers)
+
+    def _stores(self, translated: rq.Translated) -> bool:
+        return bool(self.store.enabled and translated.request.store is not False)
+
+    async def _keep(self, translated: rq.Translated, body: dict[str, Any]) -> None:
+        """Stores a finished Response when asked, before the client has it (a follow-up may come at once);
+        `body["store"]` says whether it was."""
+        body["store"] = self._stores(translated)
+        if not body["store"]:
+            return
+        items = [item if "id" in item or item.get("type", "message") not in _ITEM_ID_PREFIX
+                 else {"id": new_id(_ITEM_ID_PREFIX[item.get("type", "message")]), **item} for item in translated.input_items]
+        try:
+            await self.store.save(body["id"], _key_id(), body, items)
+        except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
+            log.warning("stored responses: %s not stored (%s: %s)", body["id"], type(exc).__name__, exc)
+            body["store"] = False
+
+    async def _stored(self, request: Request) -> Any:
+        response_id = request.path_params["response_id"]
+        if not self.store.enabled:
+            raise _not_found(response_id)
+        try:
+            stored = await self.store.load(response_id, _key_id())
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_unavailable(exc) from None
+        if stored is None:
+            raise _not_found(response_id)
+        return stored
+
+    async def get(self, request: Request) -> Response:
+        """`GET /v1/responses/{id}`: the stored Response, as it was answered."""
+        try:
+            stored = await self._stored(request)
+        except ApiError as exc:
+            return error_response(exc)
+        return JSONBytesResponse(orjson.dumps(stored.body), {})
+
+    async def input_items(self, request: Request) -> Response:
+        """`GET /v1/responses/{id}/input_items`: the conversation's input items, a cursor page (`limit`, `order`,
+        `after`, as OpenAI pages them; newest first by default)."""
+        try:
+            stored = await self._stored(request)
+            query = request.query_params
+            try:
+                limit = int(query.get("limit", "20"))
+            except ValueError:
+                raise ApiError(400, "limit must be an integer", param="limit", code="invalid_value") from None
+            if not 1 <= limit <= MAX_ITEMS_PAGE:
+                raise ApiError(400, f"limit must be between 1 and {MAX_ITEMS_PAGE}", param="limit", code="invalid_value")
+            order = query.get("order", "desc")
+            if order not in ("asc", "desc"):
+                raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
+            items = stored.input_items if order == "asc" else stored.input_items[::-1]
+            if (after := query.get("after")) is not None:
+                ids = [item.get("id") for item in items]
+                if after not in ids:
+                    raise ApiError(400, f"no input item of this response has the id '{after}'", param="after", code="invalid_value")
+                items = items[ids.index(after) + 1:]
+        except ApiError as exc:
+            return error_response(exc)
+        page = items[:limit]
+        body = {"object": "list", "data": page, "first_id": page[0].get("id") if page else None, "last_id": page[-1].get("id") if page else None,
+                "has_more": len(items) > limit}
+        return JSONBytesResponse(orjson.dumps(body), {})
+
+    async def delete(self, request: Request) -> Response:
+        """`DELETE /v1/responses/{id}`: removes a stored Response (404 if there is none of this key's)."""
+        response_id = request.path_params["response_id"]
+        try:
+            if not self.store.enabled:
+                raise _not_found(response_id)
+            try:
+                removed = await self.store.remove(response_id, _key_id())
+            except Exception as exc:  # noqa: BLE001
+                raise _storage_unavailable(exc) from None
+            if not removed:
+                raise _not_found(response_id)
+        except ApiError as exc:
+            return error_response(exc)
+        return JSONBytesResponse(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}), {})
 
 
 async def _closing(events: Any, chat_chunks: Any) -> Any:

@@ -26,23 +26,34 @@ from switchboard.gateway.responses_api.schemas import ResponsesRequest
 
 @dataclasses.dataclass(frozen=True)
 class Translated:
-    """The chat body to serve, and the request as the Response object echoes it."""
+    """The chat body to serve, the request as the Response object echoes it, and the conversation's input items
+    (a previous response's, then this request's: what a stored Response keeps)."""
 
     chat: dict[str, Any]
     request: ResponsesRequest
     stream: bool
+    input_items: list[dict[str, Any]]
 
 
 _LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
-def parse(raw: bytes) -> Translated:
-    """Validates a raw Responses body and translates it (a 400 `ApiError` naming the first problem)."""
+def parse(raw: bytes) -> ResponsesRequest:
+    """Validates a raw Responses body (a 400 `ApiError` naming the first problem)."""
     body = parse_json_object(raw)
     request = validate(ResponsesRequest, body)
     assert isinstance(request, ResponsesRequest)
-    _refuse_stateful(request)
-    chat: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
+    _refuse_unsupported(request)
+    return request
+
+
+def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | None = None) -> Translated:
+    """The chat completion for `request`, continuing the conversation of `earlier_items` (the previous response's
+    input and output items; its `instructions` are not carried over, as OpenAI's are not). A 400 for what has no
+    chat equivalent."""
+    earlier = list(earlier_items or ())
+    items = [*earlier, *([{"type": "message", "role": "user", "content": request.input}] if isinstance(request.input, str) else request.input)]
+    chat: dict[str, Any] = {"model": request.model, "messages": _messages(request.instructions, items, len(earlier))}
     if request.max_output_tokens is not None:
         chat["max_completion_tokens"] = request.max_output_tokens
     for name in ("temperature", "top_p", "parallel_tool_calls", "user", "routing"):
@@ -68,7 +79,7 @@ def parse(raw: bytes) -> Translated:
     if request.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return Translated(chat, request, bool(request.stream))
+    return Translated(chat, request, bool(request.stream), items)
 
 
 def wants_text_logprobs(request: ResponsesRequest) -> bool:
@@ -76,11 +87,10 @@ def wants_text_logprobs(request: ResponsesRequest) -> bool:
     return bool(request.top_logprobs) or _LOGPROBS_INCLUDE in (request.include or ())
 
 
-def _refuse_stateful(request: ResponsesRequest) -> None:
-    if request.previous_response_id is not None or request.conversation is not None:
-        param = "previous_response_id" if request.previous_response_id is not None else "conversation"
-        raise ApiError(400, f"{param} is not supported: this gateway stores no responses; send the whole conversation in 'input' "
-                            "(earlier outputs are input items too)", param=param, code="unsupported_parameter")
+def _refuse_unsupported(request: ResponsesRequest) -> None:
+    if request.conversation is not None:
+        raise ApiError(400, "conversation objects are not supported: chain responses with previous_response_id, or send the whole "
+                            "conversation in 'input'", param="conversation", code="unsupported_parameter")
     if request.background:
         raise ApiError(400, "background responses are not supported: stream the response instead", param="background", code="unsupported_parameter")
     if request.truncation == "auto":
@@ -91,16 +101,14 @@ def _refuse_stateful(request: ResponsesRequest) -> None:
                        param="max_tool_calls", code="unsupported_parameter")
 
 
-def _messages(request: ResponsesRequest) -> list[dict[str, Any]]:
+def _messages(instructions: str | None, items: list[dict[str, Any]], num_earlier: int) -> list[dict[str, Any]]:
+    """Chat messages for `items`, of which the first `num_earlier` were stored (and checked) with an earlier response."""
     messages: list[dict[str, Any]] = []
-    if request.instructions:
-        messages.append({"role": "system", "content": request.instructions})
-    if isinstance(request.input, str):
-        messages.append({"role": "user", "content": request.input})
-        return messages
-    for i, item in enumerate(request.input):
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for i, item in enumerate(items):
         kind = item.get("type", "message")
-        where = f"input[{i}]"
+        where = f"input[{i - num_earlier}]"
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":

@@ -53,8 +53,8 @@ def status_of(finish_reason: str | None) -> tuple[str, dict[str, Any] | None]:
 
 def response_object(request: ResponsesRequest, response_id: str, created_at: int, model: str, status: str, output: list[dict[str, Any]],
                     usage_: dict[str, Any] | None = None, incomplete: dict[str, Any] | None = None,
-                    error: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole Response object, echoing the request's settings as OpenAI does."""
+                    error: dict[str, Any] | None = None, store: bool = False) -> dict[str, Any]:
+    """The whole Response object, echoing the request's settings as OpenAI does (`store`: whether it is stored)."""
     return {
         "id": response_id,
         "object": "response",
@@ -69,10 +69,10 @@ def response_object(request: ResponsesRequest, response_id: str, created_at: int
         "model": model,
         "output": output,
         "parallel_tool_calls": request.parallel_tool_calls if request.parallel_tool_calls is not None else True,
-        "previous_response_id": None,
+        "previous_response_id": request.previous_response_id,
         "reasoning": {"effort": (request.reasoning or {}).get("effort"), "summary": None},
         "service_tier": "default",
-        "store": False,  # nothing is stored (a stateless gateway): the response cannot be retrieved later
+        "store": store,
         "temperature": request.temperature if request.temperature is not None else 1.0,
         "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
         "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",

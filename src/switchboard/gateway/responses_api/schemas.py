@@ -75,3 +75,17 @@ class ResponseObject(BaseModel):
     tool_choice: Union[str, dict[str, Any]]
     tools: list[dict[str, Any]]
     top_p: float | None = None
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: bool
+
+
+class InputItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool

@@ -1,0 +1,137 @@
+"""Stored Responses on SQLite and the real PostgreSQL: `previous_response_id` continues a conversation (the expert
+receives the whole history), `responses.retrieve` / `input_items.list` / `delete` through the official client,
+streams stored before their last event, each API key seeing only its own, survival across a restart, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.storage import database
+from switchboard.storage.responses import ResponseStore
+from switchboard.tenants.keys import KeyLimits
+from switchboard.tenants.store import create_key
+from switchboard.testing.canned_upstream import Canned, RecordingUpstream
+from switchboard.testing.servers import serve_in_thread
+
+CONFIG = """
+experts:
+  - id: rec
+    backend: {{kind: openai, base_url: "{upstream}", model: up}}
+storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    recording = RecordingUpstream()
+    with serve_in_thread(recording) as url:
+        yield recording, url + "/v1"
+
+
+def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
+    return build_app(parse_config(CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
+
+
+def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart(db_url, upstream):
+    recording, upstream_url = upstream
+    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+        first = client.responses.create(model="rec", instructions="Be brief.", input="My name is Ada.")
+        assert first.store is True and first.output_text == "recorded"
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+        recording.queue("/chat/completions", Canned(sse=[{**head, "choices": [{"index": 0, "delta": {"content": "recorded"}, "finish_reason": None}]},
+                                                         {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]))
+        with client.responses.stream(model="rec", previous_response_id=first.id, input="What is my name?") as stream:
+            second = stream.get_final_response()
+        assert second.store is True and second.previous_response_id == first.id
+        # instructions are not carried over (OpenAI's rule); the earlier input and output are
+        assert recording.last.body["messages"] == [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "recorded"},
+                                                   {"role": "user", "content": "What is my name?"}]
+        third = client.responses.create(model="rec", previous_response_id=second.id, input=[{"role": "user", "content": "Thanks."}])
+        assert [m["content"] for m in recording.last.body["messages"]] == ["My name is Ada.", "recorded", "What is my name?", "recorded", "Thanks."]
+        assert client.responses.retrieve(first.id).to_dict() == first.to_dict()
+    # A new gateway on the same database: the stored conversation is still there.
+    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+        assert client.responses.retrieve(third.id).output_text == "recorded"
+        items = client.responses.input_items.list(third.id)
+        texts = [item.content[0].text if item.content and hasattr(item.content[0], "text") else item.content for item in items.data]
+        assert texts == ["Thanks.", "recorded", "What is my name?", "recorded", "My name is Ada."]  # newest first, as OpenAI lists them
+        assert all(item.id for item in items.data) and items.has_more is False
+        page = client.responses.input_items.list(third.id, limit=2, order="asc")
+        assert len(page.data) == 2 and page.has_more is True
+        rest = client.responses.input_items.list(third.id, limit=10, order="asc", after=page.data[-1].id)
+        assert len(rest.data) == 3 and rest.has_more is False
+        client.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model="rec", previous_response_id=first.id, input="Hi")
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(first.id)
+
+
+def test_store_false_and_storage_without_prompts_store_nothing(db_url, upstream):
+    _, upstream_url = upstream
+    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+        unstored = client.responses.create(model="rec", input="Hi", store=False)
+        assert unstored.store is False
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(unstored.id)
+    with serve_in_thread(_app(db_url, upstream_url, more=", store_prompts: false")) as base, \
+            openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+        assert client.responses.create(model="rec", input="Hi").store is False
+        with pytest.raises(openai.BadRequestError, match="store_prompts"):
+            client.responses.create(model="rec", input="Hi", previous_response_id=unstored.id)
+
+
+def test_each_key_sees_only_its_own_responses(db_url, upstream):
+    _, upstream_url = upstream
+    engine = database.open_engine(db_url)
+    database.migrate(engine)
+    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
+    engine.dispose()
+    app = _app(db_url, upstream_url, extra="auth: {enabled: true}", environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40})
+    with serve_in_thread(app) as base:
+        acme, globex = (openai.OpenAI(base_url=base + "/v1", api_key=s, max_retries=0) for s in secrets)
+        mine = acme.responses.create(model="rec", input="A secret.")
+        assert acme.responses.retrieve(mine.id).id == mine.id
+        acme.responses.create(model="rec", input="More.", previous_response_id=mine.id)
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.create(model="rec", input="Tell me.", previous_response_id=mine.id)
+        with pytest.raises(openai.NotFoundError):
+            globex.responses.delete(mine.id)
+        assert acme.responses.retrieve(mine.id).id == mine.id
+
+
+def test_expired_responses_are_not_served_and_are_deleted(db_url):
+    engine = database.open_engine(db_url)
+    database.migrate(engine)
+    now = [1_000_000.0]
+
+    async def run(fn):
+        return await asyncio.to_thread(fn, engine)
+
+    async def scenario():
+        store = ResponseStore(run, retention_s=100.0, clock=lambda: now[0])
+        await store.save("resp_old", None, {"id": "resp_old"}, [{"type": "message", "role": "user", "content": "x"}])
+        assert (await store.load("resp_old", None)).body == {"id": "resp_old"}
+        assert await store.load("resp_old", "key-1") is None  # another key's
+        now[0] += 101
+        assert await store.load("resp_old", None) is None  # expired: never served
+        now[0] += 3600
+        await store.save("resp_new", None, {"id": "resp_new"}, [])  # an hour since the last purge: old rows go
+        with engine.connect() as connection:
+            from sqlalchemy import select
+
+            from switchboard.storage.models import responses_table
+            return [row[0] for row in connection.execute(select(responses_table.c.id))]
+
+    assert asyncio.run(scenario()) == ["resp_new"]
+    engine.dispose()
