@@ -178,3 +178,11 @@ def test_an_expert_refusing_a_field_names_it_in_responses_terms(gateway_url):
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "max_output_tokens"
     answer = httpx.post(gateway_url + "/v1/responses", json={"model": "nope", "input": "x"})
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+
+
+async def test_an_empty_answer_is_one_empty_message_streamed_as_whole():
+    events = await _convert([_choice({"role": "assistant", "content": ""}), _choice({}, "stop")])
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+                                           "response.output_text.done", "response.content_part.done", "response.output_item.done",
+                                           "response.completed"]
+    assert events[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": "", "annotations": []}]

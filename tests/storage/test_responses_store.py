@@ -50,18 +50,22 @@ def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart
             second = stream.get_final_response()
         assert second.store is True and second.previous_response_id == first.id
         # instructions are not carried over (OpenAI's rule); the earlier input and output are
-        assert recording.last.body["messages"] == [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "recorded"},
-                                                   {"role": "user", "content": "What is my name?"}]
+        # (stored input items keep a message's text as parts, as OpenAI lists them)
+        assert recording.last.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "My name is Ada."}]},
+                                                   {"role": "assistant", "content": "recorded"}, {"role": "user", "content": "What is my name?"}]
         third = client.responses.create(model="rec", previous_response_id=second.id, input=[{"role": "user", "content": "Thanks."}])
-        assert [m["content"] for m in recording.last.body["messages"]] == ["My name is Ada.", "recorded", "What is my name?", "recorded", "Thanks."]
+        texts = [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in recording.last.body["messages"]]
+        assert texts == ["My name is Ada.", "recorded", "What is my name?", "recorded", "Thanks."]
         assert client.responses.retrieve(first.id).to_dict() == first.to_dict()
     # A new gateway on the same database: the stored conversation is still there.
     with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         assert client.responses.retrieve(third.id).output_text == "recorded"
         items = client.responses.input_items.list(third.id)
-        texts = [item.content[0].text if item.content and hasattr(item.content[0], "text") else item.content for item in items.data]
+        texts = [item.content[0].text for item in items.data]
         assert texts == ["Thanks.", "recorded", "What is my name?", "recorded", "My name is Ada."]  # newest first, as OpenAI lists them
         assert all(item.id for item in items.data) and items.has_more is False
+        assert [item.role for item in items.data] == ["user", "assistant", "user", "assistant", "user"]
+        assert [item.content[0].type for item in items.data] == ["input_text", "output_text", "input_text", "output_text", "input_text"]
         page = client.responses.input_items.list(third.id, limit=2, order="asc")
         assert len(page.data) == 2 and page.has_more is True
         rest = client.responses.input_items.list(third.id, limit=10, order="asc", after=page.data[-1].id)

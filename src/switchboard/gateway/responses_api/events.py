@@ -51,7 +51,6 @@ class ResponsesStream:
         self.output: list[dict[str, Any]] = []  # items, as they stand
         self.open_index: int | None = None  # the output index of the item still streaming
         self.calls: dict[int, int] = {}  # a chat tool call's index → its output index
-        self.logprobs: list[dict[str, Any]] = []
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
@@ -72,6 +71,9 @@ class ResponsesStream:
                     yield event
         if self.finish_reason is None:  # the chat stream always ends with a finish or an error chunk; be safe anyway
             return
+        if not self.output:  # an empty answer is still one (empty) message, as in a whole Response
+            for event in self._open_message():
+                yield event
         for event in self._close_open():
             yield event
         status, incomplete = r.status_of(self.finish_reason)
@@ -110,13 +112,16 @@ class ResponsesStream:
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
+    def _open_message(self) -> Iterator[bytes]:
+        item = r.message_item(new_id("msg"), "", "in_progress", [] if self.wants_logprobs else None)
+        yield from self._add(item)
+        part = {"type": "output_text", "text": "", "annotations": []}
+        yield self._event("response.content_part.added", item_id=item["id"], output_index=self.open_index, content_index=0, part=part)
+
     def _text(self, text: str, chat_logprobs: dict[str, Any] | None) -> Iterator[bytes]:
         if self.open_index is None or self.output[self.open_index]["type"] != "message":
             yield from self._close_open()
-            item = r.message_item(new_id("msg"), "", "in_progress", [] if self.wants_logprobs else None)
-            yield from self._add(item)
-            part = {"type": "output_text", "text": "", "annotations": []}
-            yield self._event("response.content_part.added", item_id=item["id"], output_index=self.open_index, content_index=0, part=part)
+            yield from self._open_message()
         assert self.open_index is not None
         item = self.output[self.open_index]
         part = item["content"][0]
@@ -168,6 +173,7 @@ class ResponsesStream:
         message = error.get("message") if isinstance(error, dict) else str(error)
         code = (error.get("code") if isinstance(error, dict) else None) or "server_error"
         self.finish_reason = None  # nothing completes after this
+        self.store = False  # and nothing is stored
         yield self._lifecycle("response.failed", "failed", error={"code": code, "message": message})
         # OpenAI's `error` event; its `error` object is what the official clients raise an APIError from.
         yield self._event("error", code=code, message=message, param=None, error=error)

@@ -92,13 +92,13 @@ class ResponsesHandler:
         response_id = response_id_for(headers["x-request-id"])
         body = r.from_chat(translated.request, response_id, headers["x-switchboard-expert"], orjson.loads(chat.body))
         await self._keep(translated, body)
-        return JSONBytesResponse(orjson.dumps(body), headers)
+        return JSONBytesResponse(orjson.dumps(body), headers, chat.raw_headers)  # an upstream's own headers too (x-ratelimit-*...)
 
     def _stream(self, translated: rq.Translated, chat: SSEResponse) -> Response:
         headers = dict(chat.headers)
         stream = ResponsesStream(translated.request, response_id_for(headers["x-request-id"]), int(time.time()), headers["x-switchboard-expert"],
                                  store=self._stores(translated), on_done=lambda body: self._keep(translated, body))
-        return SSEResponse(_closing(stream.events(chat.chunks), chat.chunks), headers)
+        return SSEResponse(_closing(stream.events(chat.chunks), chat.chunks), headers, chat.raw_headers)
 
     def _stores(self, translated: rq.Translated) -> bool:
         return bool(self.store.enabled and translated.request.store is not False)
@@ -109,8 +109,7 @@ class ResponsesHandler:
         body["store"] = self._stores(translated)
         if not body["store"]:
             return
-        items = [item if "id" in item or item.get("type", "message") not in _ITEM_ID_PREFIX
-                 else {"id": new_id(_ITEM_ID_PREFIX[item.get("type", "message")]), **item} for item in translated.input_items]
+        items = [_as_stored_item(item) for item in translated.input_items]
         try:
             await self.store.save(body["id"], _key_id(), body, items)
         except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
@@ -180,6 +179,16 @@ class ResponsesHandler:
         except ApiError as exc:
             return error_response(exc)
         return JSONBytesResponse(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}), {})
+
+
+def _as_stored_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as OpenAI lists it: with an id and a type, a message's text content as parts."""
+    kind = item.get("type", "message")
+    stored = {"id": item.get("id") or new_id(_ITEM_ID_PREFIX.get(kind, "item")), "type": kind, **{k: v for k, v in item.items() if k not in ("id", "type")}}
+    if kind == "message" and isinstance(stored.get("content"), str):
+        part = "output_text" if stored.get("role") == "assistant" else "input_text"
+        stored["content"] = [{"type": part, "text": stored["content"], **({"annotations": []} if part == "output_text" else {})}]
+    return stored
 
 
 async def _closing(events: Any, chat_chunks: Any) -> Any:
