@@ -78,6 +78,14 @@ TOOL_CALLS = [
     {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
     {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}},
 ]
+STREAMED_TOOL_CALLS = _chunks(  # TOOL_CALLS as an upstream streams them: the first call's arguments in pieces
+    _delta({"role": "assistant", "content": None, "refusal": None}),
+    _delta({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+    _delta({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+    _delta({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+    _delta({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]}),
+    _delta({}, "tool_calls"),
+)
 CITY_SCHEMA = {"name": "city", "strict": True, "schema": {"type": "object", "additionalProperties": False, "required": ["city", "population"],
                                                            "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}}}
 
@@ -99,14 +107,7 @@ CASES = [
         ),
     Case("chat_parallel_tool_calls_streamed", "chat",
          {"model": EXPERT, "messages": USER, "tools": TOOLS, "parallel_tool_calls": True, "stream": True, "stream_options": {"include_usage": True}},
-         (_chunks(
-             _delta({"role": "assistant", "content": None, "refusal": None}),
-             _delta({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
-             _delta({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-             _delta({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
-             _delta({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]}),
-             _delta({}, "tool_calls"),
-         ),),
+         (STREAMED_TOOL_CALLS,),
         ),
     Case("chat_n_2", "chat", {"model": EXPERT, "messages": USER, "n": 2, "max_completion_tokens": 20},
          (_completion({"index": 0, "message": _message("Sunny."), "logprobs": None, "finish_reason": "stop"},

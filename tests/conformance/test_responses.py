@@ -16,7 +16,7 @@ import pytest
 
 from switchboard.testing.canned_upstream import Canned
 
-from .cases import EXPERT, LOGPROBS, TOOL_CALLS, UPSTREAM_MODEL, _chunks, _completion, _delta, _message
+from .cases import EXPERT, LOGPROBS, STREAMED_TOOL_CALLS, TOOL_CALLS, UPSTREAM_MODEL, _chunks, _completion, _delta, _message
 from .conftest import NODE_DIR
 
 CLIENTS = ("python", "node")
@@ -126,19 +126,9 @@ def test_function_call_round_trip_becomes_the_chat_history(client, request, upst
         {"role": "tool", "tool_call_id": "call_2", "content": "12:00"}]
 
 
-STREAMED_CALLS = _chunks(
-    _delta({"role": "assistant", "content": None, "refusal": None}),
-    _delta({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
-    _delta({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-    _delta({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
-    _delta({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]}),
-    _delta({}, "tool_calls"),
-)
-
-
 @pytest.mark.parametrize("client", CLIENTS)
 def test_parallel_function_calls_streamed(client, request, upstream, gateway):
-    recording = serve(upstream, STREAMED_CALLS)
+    recording = serve(upstream, STREAMED_TOOL_CALLS)
     result = run(client, request, "responses", {"model": EXPERT, "input": "Weather and time in Paris?", "tools": TOOLS, "stream": True}, gateway)
     assert recording.last.body["stream"] is True and recording.last.body["stream_options"] == {"include_usage": True}
     events = _events(result)
