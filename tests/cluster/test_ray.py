@@ -128,6 +128,18 @@ def test_tokens_stream_from_the_replica_actor(gateway):
             assert counts["direct_calls"] == counts["open_calls"] + counts["take_calls"], counts
 
 
+def test_the_responses_api_is_served_on_the_cluster(gateway):
+    """`/v1/responses` is the chat path underneath: on a Ray fleet too, whole and streamed (storage is off here,
+    so nothing is stored)."""
+    url, _ = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    whole = client.responses.create(model="smollm2", input="Say hello.", max_output_tokens=8)
+    assert whole.output_text.strip() and "[simulated" not in whole.output_text and whole.store is False
+    events = list(client.responses.create(model="small-l4", input="hi", max_output_tokens=5, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "[simulated small-l4: 5 tokens]"
+    assert events[-1].type == "response.incomplete" and events[-1].response.usage.output_tokens == 5
+
+
 def test_node_loss_replaces_replicas_and_ends_requests_cleanly(gateway, ray_cluster, add_l4_node):
     cluster, _ = ray_cluster
     if cluster is None:
