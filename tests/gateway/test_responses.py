@@ -5,6 +5,7 @@ recording upstream: tests/conformance/test_responses.py; the real SmolLM2: tests
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -186,3 +187,22 @@ async def test_an_empty_answer_is_one_empty_message_streamed_as_whole():
                                            "response.output_text.done", "response.content_part.done", "response.output_item.done",
                                            "response.completed"]
     assert events[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": "", "annotations": []}]
+
+
+def test_a_client_leaving_mid_stream_frees_the_replica(client, gateway_url):
+    """Closing a Responses stream after its first delta closes the chat stream under it: the replica's load is
+    given back (this module's gateway fixture also checks, at its end, that no replica holds load)."""
+    stream = client.responses.create(model="small", input="hello", max_output_tokens=400, stream=True)
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()
+
+    def outstanding() -> int:
+        fleet = httpx.get(gateway_url + "/admin/fleet").json()
+        return sum(r["num_running"] + r["num_queued"] for e in fleet["experts"] if e["id"] == "small" for r in e["replicas"])
+
+    deadline = time.monotonic() + 10
+    while outstanding() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert outstanding() == 0
