@@ -206,6 +206,9 @@ class DefaultsConfig(_Strict):
 
 class GatewayConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins (`https://app.example.com`, or `*`) whose web pages may call the API from a browser "
+        "(CORS: preflights answered, `x-request-id` and `x-switchboard-*` headers readable). None by default: browsers refuse cross-origin calls.")
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests (streams included) may take to finish.")
     prefix_key_secret: str = Field(

@@ -166,7 +166,26 @@ def build_app(
     app.state.tenants = gate
     app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
-    return AuthMiddleware(fast, gate) if gate is not None else fast
+    guarded = AuthMiddleware(fast, gate) if gate is not None else fast
+    return with_cors(guarded, config.gateway.cors_allow_origins) if config.gateway.cors_allow_origins else guarded
+
+
+# What a browser page may read of an answer beyond the CORS-safelisted headers: the request's id (for feedback),
+# where it was routed and served, and a rate limit's wait.
+EXPOSED_HEADERS = ["x-request-id", "x-switchboard-expert", "x-switchboard-route", "x-switchboard-replica", "x-switchboard-cold-start",
+                   "x-switchboard-failover", "x-switchboard-upstream-request-id", "retry-after"]
+
+
+def with_cors(app: Any, origins: list[str]) -> Any:
+    """`app` answering browsers' CORS preflights for `origins` and marking its answers readable by their pages
+    (Starlette's CORSMiddleware). Outermost, so a preflight — which carries no API key — is answered before auth;
+    the request that follows is authenticated as any other. No cookies are involved (keys are bearer tokens)."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
+                          expose_headers=EXPOSED_HEADERS, max_age=600)
+    cors.state = app.state  # type: ignore[attr-defined]  # the app's state stays reachable from the outermost layer, as below it
+    return cors
 
 
 def response_store(config: SwitchboardConfig, request_log: Any) -> ResponseStore | DisabledResponseStore:
