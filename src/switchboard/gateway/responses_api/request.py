@@ -11,7 +11,7 @@ The mapping (OpenAI's own correspondence between the two APIs):
   `tool_choice` → their chat forms; `reasoning.effort` → `reasoning_effort` (experts that cannot honour it say so).
 - A stream asks for usage (`stream_options.include_usage`), which the final `response.completed` event carries.
 
-Anything with no chat equivalent (hosted tools, stored state, background runs) is refused by name, never dropped.
+Anything with no chat equivalent (hosted tools, conversation objects, background runs) is refused by name, never dropped.
 """
 
 from __future__ import annotations
