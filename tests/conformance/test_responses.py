@@ -120,7 +120,7 @@ def test_function_call_round_trip_becomes_the_chat_history(client, request, upst
     result = run(client, request, "responses", {"model": EXPERT, "input": history, "tools": TOOLS}, gateway)
     assert result["output_text"] == "Sunny; it is noon."
     assert recording.last.body["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": "Weather and time in Paris?"}]},
+        {"role": "user", "content": "Weather and time in Paris?"},  # one text part: the string it is
         {"role": "assistant", "content": None, "tool_calls": TOOL_CALLS},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": "12:00"}]

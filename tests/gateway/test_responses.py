@@ -42,7 +42,7 @@ def test_items_become_the_chat_history():
         {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA==",
                                                                                                             "detail": "auto"}}]},
         {"role": "assistant", "content": "Checking", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "42"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},  # one text part: the string it is
     ]
 
 

@@ -3,7 +3,8 @@
 The mapping (OpenAI's own correspondence between the two APIs):
 
 - `instructions` → a leading system message; `input` (a string, or a list of items) → messages: `message` items
-  keep their role (`input_text` / `output_text` / `refusal` parts become text parts, `input_image` an image part);
+  keep their role (`input_text` / `output_text` / `refusal` parts become text parts — one alone, its string —,
+  `input_image` an image part);
   consecutive `function_call` items become one assistant message's `tool_calls` (joined to the assistant message
   just before them); a `function_call_output` becomes a `tool` message; `reasoning` items are dropped (no expert
   here takes them back).
@@ -121,7 +122,7 @@ def _messages(instructions: str | None, items: list[dict[str, Any]], num_earlier
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            content = output if isinstance(output, str) else _parts(output, f"{where}.output") if isinstance(output, list) else None
+            content = output if isinstance(output, str) else _plain(_parts(output, f"{where}.output")) if isinstance(output, list) else None
             if content is None:
                 raise ApiError(400, f"{where}.output must be a string or a list of content parts", param=f"{where}.output", code="invalid_value")
             messages.append({"role": "tool", "tool_call_id": _text_field(item, "call_id", where), "content": content})
@@ -148,7 +149,13 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     parts = _parts(content, f"{where}.content")
     if role == "assistant":  # chat takes an assistant's turn as text
         return {"role": role, "content": "".join(p["text"] for p in parts if p["type"] == "text")}
-    return {"role": role, "content": parts}
+    return {"role": role, "content": _plain(parts)}
+
+
+def _plain(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """One text part as the string it is (every server takes a string; some reject parts: llama-cpp-python's
+    own server answers them with a 500), several parts or an image as parts."""
+    return parts[0]["text"] if len(parts) == 1 and parts[0]["type"] == "text" else parts
 
 
 def _parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
