@@ -1,6 +1,6 @@
 """llama.cpp's real OpenAI server (`python -m llama_cpp.server`) as a `process` replica behind the gateway,
 configured by examples/engines/llamacpp-server.yaml: scale from zero (the answer says it was a cold start),
-a streamed answer, a crash (SIGKILL, as the OOM killer would) detected and replaced by a fresh process, then
+a streamed answer, a Responses conversation continued by its id, a crash (SIGKILL, as the OOM killer would) detected and replaced by a fresh process, then
 scale to zero; every request is in the request log exactly once."""
 
 from __future__ import annotations
@@ -75,6 +75,15 @@ def test_llamacpp_server_from_zero_through_a_crash_and_back_to_zero(tmp_path):
             stream_options={"include_usage": True}))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
+        # The Responses API on the real server: a stored turn, continued (the server gets the whole history, its
+        # messages as plain strings, which this server needs: it answers text parts with its own 500).
+        turn = client.responses.create(model="smollm2-server", input=[{"role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]}],
+                                       max_output_tokens=8, temperature=0)
+        follow_up = client.responses.create(model="smollm2-server", previous_response_id=turn.id, input="What is my name?", max_output_tokens=8,
+                                            temperature=0)
+        assert turn.store and turn.output_text.strip() and follow_up.output_text.strip()
+        assert follow_up.usage.input_tokens > turn.usage.input_tokens + turn.usage.output_tokens  # the history went with it
+
         pid = first.engine.process.pid
         os.kill(pid, signal.SIGKILL)
         _wait_for(lambda: first.replica_id not in fleet.live, 15, "the health check to stop the dead replica")
@@ -94,4 +103,4 @@ def test_llamacpp_server_from_zero_through_a_crash_and_back_to_zero(tmp_path):
     with engine.connect() as connection:
         counts = Counter(r.id for r in connection.execute(select(requests_table.c.id)))
     engine.dispose()
-    assert len(sent) == 3 and all(counts[i] == 1 for i in sent), {i: counts[i] for i in sent}
+    assert len(sent) == 5 and all(counts[i] == 1 for i in sent), {i: counts[i] for i in sent}
