@@ -100,9 +100,10 @@ async def _convert(chat_chunks: list[dict], **request) -> list[dict]:
         yield b"data: [DONE]\n\n"
 
     stream = ResponsesStream(_parse(input="x", **request).request, "resp_1", 0, "e")
-    out = [event async for event in stream.events(chunks())]
+    out = b"".join([sent async for sent in stream.events(chunks())])
+    assert out.endswith(b"\n\n")
     events = []
-    for raw in out:
+    for raw in out.removesuffix(b"\n\n").split(b"\n\n"):  # what one send holds: whole events, one or several
         head, data = raw.split(b"\n", 1)
         event = json.loads(data.removeprefix(b"data: "))
         assert head == b"event: " + event["type"].encode()

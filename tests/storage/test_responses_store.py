@@ -137,3 +137,31 @@ def test_expired_responses_are_not_served_and_are_deleted(db_url):
 
     assert asyncio.run(scenario()) == ["resp_new"]
     engine.dispose()
+
+
+def test_saves_arriving_during_a_write_are_committed_together_and_failures_reach_each_caller(tmp_path):
+    engine = database.open_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    database.migrate(engine)
+    calls: list[int] = []
+    failing = [False]
+
+    async def run(fn):
+        calls.append(1)
+        await asyncio.sleep(0.05)  # a write in flight: the other saves queue behind it
+        if failing[0]:
+            raise OSError("disk full")
+        return await asyncio.to_thread(fn, engine)
+
+    async def scenario():
+        store = ResponseStore(run, retention_s=3600.0)
+        first = asyncio.create_task(store.save("resp_0", None, {"id": "resp_0"}, []))
+        await asyncio.sleep(0.01)  # its write is in flight
+        await asyncio.gather(first, *(store.save(f"resp_{i}", None, {"id": f"resp_{i}"}, []) for i in range(1, 20)))
+        assert len(calls) == 2  # the first save alone, then the 19 that arrived meanwhile in one transaction
+        assert all([(await store.load(f"resp_{i}", None)) is not None for i in range(20)])
+        failing[0] = True
+        results = await asyncio.gather(*(store.save(f"resp_x{i}", None, {}, []) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results)
+
+    asyncio.run(scenario())
+    engine.dispose()

@@ -165,7 +165,8 @@ def build_app(
     app.state.end_streams = observe.end_streams
     app.state.tenants = gate
     app.state.begin_drain = begin_drain
-    fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions})
+    fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions,
+                             "/v1/responses": responses.post})
     guarded = AuthMiddleware(fast, gate) if gate is not None else fast
     return with_cors(guarded, config.gateway.cors_allow_origins) if config.gateway.cors_allow_origins else guarded
 

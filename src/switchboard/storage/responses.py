@@ -8,12 +8,13 @@ once an hour, on a write.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, delete, select
@@ -22,7 +23,6 @@ from switchboard.storage.database import insert_or_ignore
 from switchboard.storage.models import responses_table
 
 log = logging.getLogger("switchboard.storage")
-T = TypeVar("T")
 PURGE_INTERVAL_S = 3600.0
 
 
@@ -34,11 +34,12 @@ class StoredResponse:
 
 # ---- blocking (a worker thread) ----
 
-def save(engine: Engine, response_id: str, key_id: str | None, created_at_s: float, body: bytes, input_items: bytes) -> None:
-    row = {"id": response_id, "key_id": key_id, "created_at": dt.datetime.fromtimestamp(created_at_s, dt.timezone.utc),
-           "body": body.decode(), "input_items": input_items.decode()}
+def save_many(engine: Engine, rows: list[tuple[str, str | None, float, bytes, bytes]]) -> None:
+    """Writes (id, key id, created at (Unix s), body JSON, input items JSON) rows in one transaction."""
+    values = [{"id": i, "key_id": k, "created_at": dt.datetime.fromtimestamp(t, dt.timezone.utc), "body": b.decode(), "input_items": items.decode()}
+              for i, k, t, b, items in rows]
     with engine.begin() as connection:
-        connection.execute(insert_or_ignore(engine, responses_table), [row])
+        connection.execute(insert_or_ignore(engine, responses_table), values)
 
 
 def _mine(query: Any, response_id: str, key_id: str | None) -> Any:
@@ -79,14 +80,37 @@ class ResponseStore:
         self.retention_s = retention_s
         self.clock = clock
         self.purged_at = clock()
+        self._pending: list[tuple[tuple[str, str | None, float, bytes, bytes], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def save(self, response_id: str, key_id: str | None, body: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        """Returns once the response is committed. Saves that arrive while a write is in flight are committed
+        together in the next transaction (group commit): one fsync for many answers under load."""
         now = self.clock()
-        await self.run(lambda engine: save(engine, response_id, key_id, now, orjson.dumps(body), orjson.dumps(input_items)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(((response_id, key_id, now, orjson.dumps(body), orjson.dumps(input_items)), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="switchboard-response-store")
+        await done
         if now - self.purged_at >= PURGE_INTERVAL_S:
             self.purged_at = now
             num = await self.run(lambda engine: purge(engine, now - self.retention_s))
             log.info("stored responses: %d expired ones deleted", num)
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            rows = [row for row, _ in batch]
+            try:
+                await self.run(lambda engine: save_many(engine, rows))
+            except Exception as exc:  # noqa: BLE001 — each waiting save raises it to its caller
+                for _, done in batch:
+                    if not done.done():  # a caller that went away cancelled its own
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def load(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         found = await self.run(lambda engine: load(engine, response_id, key_id, self.clock() - self.retention_s))

@@ -55,27 +55,21 @@ class ResponsesStream:
         self.usage: dict[str, Any] | None = None
 
     async def events(self, chat_chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        yield self._lifecycle("response.created", "in_progress")
-        yield self._lifecycle("response.in_progress", "in_progress")
+        yield self._lifecycle("response.created", "in_progress") + self._lifecycle("response.in_progress", "in_progress")
         pending = bytearray()
         async for chunk in chat_chunks:
+            out: list[bytes] = []  # the events of one read, sent together (one ASGI send, not one per event)
             for data in sse_events(chunk, pending):
                 if data == b"[DONE]":
                     continue
                 parsed = orjson.loads(data)
-                if "error" in parsed:
-                    for event in self._failed(parsed["error"]):
-                        yield event
-                    continue
-                for event in self._chunk(parsed):
-                    yield event
+                out.extend(self._failed(parsed["error"]) if "error" in parsed else self._chunk(parsed))
+            if out:
+                yield b"".join(out)
         if self.finish_reason is None:  # the chat stream always ends with a finish or an error chunk; be safe anyway
             return
-        if not self.output:  # an empty answer is still one (empty) message, as in a whole Response
-            for event in self._open_message():
-                yield event
-        for event in self._close_open():
-            yield event
+        out = list(self._open_message()) if not self.output else []  # an empty answer is still one (empty) message, as when whole
+        out.extend(self._close_open())
         status, incomplete = r.status_of(self.finish_reason)
         if status == "incomplete":
             for item in self.output:
@@ -83,7 +77,7 @@ class ResponsesStream:
         final = self._response(status, incomplete)
         if self.on_done is not None:
             await self.on_done(final)
-        yield self._event("response.completed" if status == "completed" else "response.incomplete", response=final)
+        yield b"".join([*out, self._event("response.completed" if status == "completed" else "response.incomplete", response=final)])
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence_number, **fields}
