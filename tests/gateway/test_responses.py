@@ -207,3 +207,8 @@ def test_a_client_leaving_mid_stream_frees_the_replica(client, gateway_url):
     while outstanding() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert outstanding() == 0
+
+
+def test_cancelling_is_for_background_responses_only(client):
+    with pytest.raises(openai.BadRequestError, match="only background responses can be cancelled"):
+        client.responses.cancel("resp_123")

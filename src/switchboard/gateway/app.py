@@ -34,7 +34,7 @@ from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
 from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
-from switchboard.gateway.responses_api.handler import ResponsesHandler
+from switchboard.gateway.responses_api.handler import ResponsesHandler, cancel as cancel_response
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
@@ -147,6 +147,7 @@ def build_app(
         Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
+        Route("/v1/responses/{response_id}/cancel", cancel_response, methods=["POST"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)

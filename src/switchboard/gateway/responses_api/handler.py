@@ -191,6 +191,13 @@ def _as_stored_item(item: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
+async def cancel(request: Request) -> Response:
+    """`POST /v1/responses/{id}/cancel`: only background responses can be cancelled (OpenAI's rule), and none run here."""
+    return error_response(ApiError(400, "only background responses can be cancelled, and this gateway runs none (background: true is "
+                                        "refused); a streamed response is cancelled by closing its stream", param="response_id",
+                                   code="unsupported_operation"))
+
+
 async def _closing(events: Any, chat_chunks: Any) -> Any:
     """`events`, closing the chat stream under it when the client leaves (so its engine stops generating)."""
     try:
