@@ -67,7 +67,7 @@ def test_formats_tools_reasoning_and_logprobs_map_to_their_chat_fields():
     ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format.schema"),
-    ({"input": "x", "include": ["file_search_call.results"]}, "include"),
+    ({"input": "x", "include": ["no.such.include"]}, "include"),
     ({"input": "x", "conversation": "conv_1"}, "conversation"),
     ({"input": "x", "truncation": "auto"}, "truncation"),
     ({"input": "x", "max_tool_calls": 2}, "max_tool_calls"),
@@ -212,3 +212,8 @@ def test_a_client_leaving_mid_stream_frees_the_replica(client, gateway_url):
 def test_cancelling_is_for_background_responses_only(client):
     with pytest.raises(openai.BadRequestError, match="only background responses can be cancelled"):
         client.responses.cancel("resp_123")
+
+
+def test_includes_about_items_never_produced_here_change_nothing():
+    plain = _parse(input="x").chat
+    assert _parse(input="x", include=["reasoning.encrypted_content", "file_search_call.results"]).chat == plain

@@ -37,6 +37,12 @@ class Translated:
 
 
 _LOGPROBS_INCLUDE = "message.output_text.logprobs"
+# OpenAI's other `include` values add data to items no expert here produces (reasoning, hosted tools' calls, input
+# images echoed back): with nothing to add they change nothing, and clients that always send one (Codex asks for
+# "reasoning.encrypted_content") work.
+_NO_OP_INCLUDES = frozenset({"reasoning.encrypted_content", "message.input_image.image_url", "computer_call_output.output.image_url",
+                             "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+                             "code_interpreter_call.outputs"})
 
 
 def parse(raw: bytes) -> ResponsesRequest:
@@ -69,9 +75,9 @@ def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | N
         chat["response_format"] = fmt
     if request.reasoning is not None and request.reasoning.get("effort") is not None:
         chat["reasoning_effort"] = request.reasoning["effort"]
-    include = set(request.include or ())
-    if include - {_LOGPROBS_INCLUDE}:
-        raise ApiError(400, f"include: only '{_LOGPROBS_INCLUDE}' is supported here, not {sorted(include - {_LOGPROBS_INCLUDE})}",
+    unknown = set(request.include or ()) - {_LOGPROBS_INCLUDE, *_NO_OP_INCLUDES}
+    if unknown:
+        raise ApiError(400, f"include: {sorted(unknown)} not known (OpenAI's values are; only '{_LOGPROBS_INCLUDE}' changes anything here)",
                        param="include", code="unsupported_value")
     if wants_text_logprobs(request):
         chat["logprobs"] = True
