@@ -99,3 +99,35 @@ storage: {{url: "{url}", flush_interval_s: 0.05}}
     engine.dispose()
     assert sorted(ids) == sorted(sent)
     assert request_log.num_dropped == 0
+
+
+def test_responses_during_an_outage_are_answered_unstored_and_continued_after_it(private_postgres):
+    """Stored Responses on a database that goes away: answers keep coming (with `store: false`, and after the first
+    failure without trying the database again for a few seconds), a `previous_response_id` is a 503 with a
+    Retry-After, and once the server is back, responses are stored and the earlier conversation continues."""
+    import time
+
+    from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S
+
+    url, data_dir, port = private_postgres
+    config = parse_config(f"""
+experts:
+  - id: sim
+    backend: {{kind: simulated, time_scale: 0}}
+storage: {{url: "{url}", flush_interval_s: 0.05}}
+""")
+    with serve_in_thread(build_app(config)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        before = client.responses.create(model="sim", input="hi", max_output_tokens=2)
+        assert before.store is True
+        _pg_ctl(data_dir, "-m", "fast", "stop")
+        during = [client.responses.create(model="sim", input="hi", max_output_tokens=2, stream=i % 2 == 1) for i in range(6)]
+        stored = [d.store for d in during[::2]] + [[e for e in d][-1].response.store for d in during[1::2]]
+        assert stored == [False] * 6
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.responses.create(model="sim", input="again", previous_response_id=before.id)
+        assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"] == str(round(UNAVAILABLE_BACKOFF_S))
+        _pg_ctl(data_dir, "-l", str(data_dir / "server.log"), "-w", "-o", f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1", "start")
+        time.sleep(UNAVAILABLE_BACKOFF_S)
+        after = client.responses.create(model="sim", input="again", previous_response_id=before.id, max_output_tokens=2)
+        assert after.store is True and client.responses.retrieve(after.id).previous_response_id == before.id

@@ -12,7 +12,7 @@ import pytest
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
 from switchboard.storage import database
-from switchboard.storage.responses import ResponseStore
+from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, ResponseStore, StoreUnavailable
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.store import create_key
 from switchboard.testing.canned_upstream import Canned, RecordingUpstream
@@ -162,6 +162,36 @@ def test_saves_arriving_during_a_write_are_committed_together_and_failures_reach
         failing[0] = True
         results = await asyncio.gather(*(store.save(f"resp_x{i}", None, {}, []) for i in range(3)), return_exceptions=True)
         assert all(isinstance(r, OSError) for r in results)
+
+    asyncio.run(scenario())
+    engine.dispose()
+
+
+def test_after_a_database_failure_calls_fail_at_once_for_the_backoff(tmp_path):
+    """An outage must not cost every answer a connection timeout: after a failed call the store does not try
+    again for UNAVAILABLE_BACKOFF_S (the gateway answers unstored, or a 503 for a read), then tries again."""
+    engine = database.open_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    database.migrate(engine)
+    now, calls, down = [0.0], [], [True]
+
+    async def run(fn):
+        calls.append(1)
+        if down[0]:
+            raise OSError("connection refused")
+        return await asyncio.to_thread(fn, engine)
+
+    async def scenario():
+        store = ResponseStore(run, retention_s=3600.0, clock=lambda: now[0])
+        with pytest.raises(OSError):
+            await store.save("resp_1", None, {}, [])
+        for attempt in (store.save("resp_2", None, {}, []), store.load("resp_1", None), store.remove("resp_1", None)):
+            with pytest.raises(StoreUnavailable):
+                await attempt
+        assert len(calls) == 1
+        down[0] = False
+        now[0] += UNAVAILABLE_BACKOFF_S
+        await store.save("resp_3", None, {"id": "resp_3"}, [])
+        assert (await store.load("resp_3", None)).body == {"id": "resp_3"} and len(calls) == 3
 
     asyncio.run(scenario())
     engine.dispose()

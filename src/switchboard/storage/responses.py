@@ -24,6 +24,13 @@ from switchboard.storage.models import responses_table
 
 log = logging.getLogger("switchboard.storage")
 PURGE_INTERVAL_S = 3600.0
+UNAVAILABLE_BACKOFF_S = 5.0
+"""After a failed database call, calls fail at once for this long: an outage costs a request nothing, rather than
+a connection timeout each (answers go out unstored; reads are a 503 with this Retry-After)."""
+
+
+class StoreUnavailable(Exception):
+    """The database failed a moment ago; not tried again until the backoff has passed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +78,8 @@ def purge(engine: Engine, before_s: float) -> int:
 
 class ResponseStore:
     """Awaitable access to stored Responses. `run(fn)` runs `fn(engine)` in a worker thread on the request log's
-    database (`RequestLog.read`); every call raises if the database is down (the caller says so to its client)."""
+    database (`RequestLog.read`); every call raises if the database is down (the caller says so to its client),
+    and for `UNAVAILABLE_BACKOFF_S` after a failure raises `StoreUnavailable` without trying."""
 
     enabled = True
 
@@ -82,6 +90,17 @@ class ResponseStore:
         self.purged_at = clock()
         self._pending: list[tuple[tuple[str, str | None, float, bytes, bytes], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self.unavailable_until = float("-inf")
+
+    async def _call(self, fn: Callable[[Engine], Any]) -> Any:
+        """`fn(engine)` in the worker thread, unless the database failed within the last `UNAVAILABLE_BACKOFF_S`."""
+        if self.clock() < self.unavailable_until:
+            raise StoreUnavailable(f"the database failed less than {UNAVAILABLE_BACKOFF_S:.0f} s ago")
+        try:
+            return await self.run(fn)
+        except Exception:
+            self.unavailable_until = self.clock() + UNAVAILABLE_BACKOFF_S
+            raise
 
     async def save(self, response_id: str, key_id: str | None, body: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Returns once the response is committed. Saves that arrive while a write is in flight are committed
@@ -94,7 +113,7 @@ class ResponseStore:
         await done
         if now - self.purged_at >= PURGE_INTERVAL_S:
             self.purged_at = now
-            num = await self.run(lambda engine: purge(engine, now - self.retention_s))
+            num = await self._call(lambda engine: purge(engine, now - self.retention_s))
             log.info("stored responses: %d expired ones deleted", num)
 
     async def _write_pending(self) -> None:
@@ -102,7 +121,7 @@ class ResponseStore:
             batch, self._pending = self._pending, []
             rows = [row for row, _ in batch]
             try:
-                await self.run(lambda engine: save_many(engine, rows))
+                await self._call(lambda engine: save_many(engine, rows))
             except Exception as exc:  # noqa: BLE001 — each waiting save raises it to its caller
                 for _, done in batch:
                     if not done.done():  # a caller that went away cancelled its own
@@ -113,11 +132,11 @@ class ResponseStore:
                         done.set_result(None)
 
     async def load(self, response_id: str, key_id: str | None) -> StoredResponse | None:
-        found = await self.run(lambda engine: load(engine, response_id, key_id, self.clock() - self.retention_s))
+        found = await self._call(lambda engine: load(engine, response_id, key_id, self.clock() - self.retention_s))
         return None if found is None else StoredResponse(orjson.loads(found[0]), orjson.loads(found[1]))
 
     async def remove(self, response_id: str, key_id: str | None) -> bool:
-        return bool(await self.run(lambda engine: remove(engine, response_id, key_id)))
+        return bool(await self._call(lambda engine: remove(engine, response_id, key_id)))
 
 
 class DisabledResponseStore:

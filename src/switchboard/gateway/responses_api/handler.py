@@ -25,6 +25,7 @@ from switchboard.gateway.responses_api import request as rq
 from switchboard.gateway.responses_api import result as r
 from switchboard.gateway.responses_api.events import ResponsesStream
 from switchboard.gateway.responses_api.ids import new_id, response_id_for
+from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, StoreUnavailable
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -46,8 +47,10 @@ def _not_found(response_id: str) -> ApiError:
 
 
 def _storage_unavailable(exc: Exception) -> ApiError:
-    log.warning("stored responses: database unavailable: %s", exc)
-    return ApiError(503, "the response store is unavailable; retry later", code="storage_unavailable", headers={"retry-after": "5"})
+    if not isinstance(exc, StoreUnavailable):  # (that one was logged when the database failed)
+        log.warning("stored responses: database unavailable: %s", exc)
+    return ApiError(503, "the response store is unavailable; retry later", code="storage_unavailable",
+                    headers={"retry-after": str(round(UNAVAILABLE_BACKOFF_S))})
 
 
 class ResponsesHandler:
@@ -112,6 +115,8 @@ class ResponsesHandler:
         items = [_as_stored_item(item) for item in translated.input_items]
         try:
             await self.store.save(body["id"], _key_id(), body, items)
+        except StoreUnavailable:  # the database failed a moment ago (that was logged): not tried
+            body["store"] = False
         except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
             log.warning("stored responses: %s not stored (%s: %s)", body["id"], type(exc).__name__, exc)
             body["store"] = False
