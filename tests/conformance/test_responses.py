@@ -42,7 +42,14 @@ def run_python(base_url: str, endpoint: str, params: dict[str, Any], api_key: st
     out: dict[str, Any] = {}
     with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=60, http_client=httpx.Client()) as client:
         try:
-            if endpoint == "responses_stream":
+            if endpoint == "responses_stored":
+                created = client.responses.create(**params)
+                retrieved = client.responses.retrieve(created.id)
+                items = [item.to_dict() for item in client.responses.input_items.list(created.id)]
+                client.responses.delete(created.id)
+                out["body"] = {"created": created.to_dict(), "retrieved": retrieved.to_dict(), "items": items}
+                client.responses.retrieve(created.id)
+            elif endpoint == "responses_stream":
                 with client.responses.stream(**params) as stream:
                     out["chunks"] = [event.to_dict(warnings=False) for event in stream]  # the SDK's parsed types warn on their own dump
                     final = stream.get_final_response()
@@ -229,3 +236,30 @@ def test_api_keys_guard_it_like_every_v1_endpoint(client, request, upstream, key
     result = run(client, request, "responses", {"model": EXPERT, "input": "Hi"}, keyed_gateway, api_key="sk-sb-not-a-key")
     assert (result["error"]["class"], result["error"]["status"]) == ("AuthenticationError", 401)
     assert recording.requests == []
+
+
+@pytest.fixture(scope="module")
+def storing_gateway(upstream, tmp_path_factory):
+    from switchboard.config import parse_config
+    from switchboard.gateway.app import build_app
+    from switchboard.testing.servers import serve_in_thread
+
+    from .conftest import gateway_config
+
+    _, url = upstream
+    db = tmp_path_factory.mktemp("responses") / "log.db"
+    with serve_in_thread(build_app(parse_config(gateway_config(url, f'storage: {{url: "sqlite:///{db}"}}')))) as base:
+        yield base
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_stored_responses_are_retrieved_listed_and_deleted(client, request, upstream, storing_gateway):
+    serve(upstream, _completion({"index": 0, "message": _message("Sunny."), "logprobs": None, "finish_reason": "stop"}))
+    result = run(client, request, "responses_stored", {"model": EXPERT, "input": "Weather in Paris?", "instructions": "Be brief."},
+                 storing_gateway)
+    assert (result["error"]["class"], result["error"]["status"]) == ("NotFoundError", 404)  # retrieved after its deletion
+    body = result["body"]
+    assert body["created"]["store"] is True and body["retrieved"] == body["created"]
+    [item] = body["items"]
+    assert item["type"] == "message" and item["role"] == "user" and item["id"].startswith("msg_")
+    assert item["content"] == [{"type": "input_text", "text": "Weather in Paris?"}]

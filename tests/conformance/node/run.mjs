@@ -1,9 +1,9 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
-// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream",
-// params}; "models" lists the models, then retrieves params.model; "responses" is client.responses.create (its events when
-// params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose events and
-// finalResponse() come back. Driven by tests/conformance/test_clients.py and test_responses.py.
+// {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
+// "responses_stored", params}; "models" lists the models, then retrieves params.model; "responses" is client.responses.create
+// (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
+// events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
 import OpenAI from "openai";
 
 const spec = JSON.parse(process.argv[2]);
@@ -33,6 +33,15 @@ try {
   } else if (create) {
     out.body = await create(spec.params);
     if (spec.endpoint === "responses") out.output_text = out.body.output_text;
+  } else if (spec.endpoint === "responses_stored") {
+    // create, retrieve, list the input items, delete, then retrieve again (the last must fail)
+    const created = await client.responses.create(spec.params);
+    const retrieved = await client.responses.retrieve(created.id);
+    const items = [];
+    for await (const item of client.responses.inputItems.list(created.id)) items.push(item);
+    await client.responses.delete(created.id);
+    out.body = { created, retrieved, items };
+    await client.responses.retrieve(created.id);
   } else if (spec.endpoint === "responses_stream") {
     const stream = client.responses.stream(spec.params);
     out.chunks = [];
