@@ -91,6 +91,10 @@ def test_sse_events_are_whole_whatever_the_chunking():
     for i in range(len(stream)):
         out.extend(sse_events(stream[i:i + 1], pending))
     assert out == [b'{"a":1}', b'{"b":', b"[DONE]"] and not pending
+    crlf, out = b'data: {"a":1}\r\n\r\ndata: {"c":2}\r\n\r\n', []
+    for i in range(len(crlf)):  # every CR in one read, its LF in the next
+        out.extend(sse_events(crlf[i:i + 1], pending))
+    assert out == [b'{"a":1}', b'{"c":2}'] and not pending
 
 
 async def _convert(chat_chunks: list[dict], **request) -> list[dict]:

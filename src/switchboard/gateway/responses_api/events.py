@@ -24,7 +24,9 @@ from switchboard.gateway.responses_api.request import ResponsesRequest, wants_te
 
 def sse_events(chunks: bytes, pending: bytearray) -> Iterator[bytes]:
     """The `data:` payloads of the complete SSE events in `pending` + `chunks`; leaves a partial event in `pending`."""
-    pending += chunks.replace(b"\r\n", b"\n")
+    pending += chunks
+    if b"\r" in pending:  # CRLF line ends (a CR may end one read and its LF begin the next: normalised on the whole)
+        pending[:] = pending.replace(b"\r\n", b"\n")
     while (end := pending.find(b"\n\n")) >= 0:
         block = bytes(pending[:end])
         del pending[: end + 2]
