@@ -72,6 +72,8 @@ def test_formats_tools_reasoning_and_logprobs_map_to_their_chat_fields():
     ({"input": "x", "truncation": "auto"}, "truncation"),
     ({"input": "x", "max_tool_calls": 2}, "max_tool_calls"),
     ({"input": "x", "messages": []}, "messages"),
+    ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"input": "x", "context_management": [{"type": "compaction"}]}, "context_management"),
     ({}, "input"),
 ])
 def test_what_has_no_chat_equivalent_is_a_400_naming_it(body, param):
@@ -221,3 +223,4 @@ def test_cancelling_is_for_background_responses_only(client):
 def test_includes_about_items_never_produced_here_change_nothing():
     plain = _parse(input="x").chat
     assert _parse(input="x", include=["reasoning.encrypted_content", "file_search_call.results"]).chat == plain
+    assert _parse(input="x", prompt_cache_retention="24h", prompt_cache_options={"ttl": "24h"}, prompt_cache_key="k").chat == plain

@@ -94,7 +94,17 @@ def wants_text_logprobs(request: ResponsesRequest) -> bool:
     return bool(request.top_logprobs) or _LOGPROBS_INCLUDE in (request.include or ())
 
 
+# Fields naming features that live on OpenAI's side, refused when set: what each is.
+_OPENAI_SIDE = {"prompt": "a reusable prompt stored at OpenAI", "context_management": "OpenAI's server-side context compaction",
+                "moderation": "OpenAI's moderation of input and output", "image": "OpenAI's request-level image options",
+                "access_programs": "OpenAI's domain-specific access programs"}
+
+
 def _refuse_unsupported(request: ResponsesRequest) -> None:
+    for name, what in _OPENAI_SIDE.items():
+        if getattr(request, name) is not None:
+            raise ApiError(400, f"{name} is not supported here: it is {what}, which no expert behind this gateway has", param=name,
+                           code="unsupported_parameter")
     if request.conversation is not None:
         raise ApiError(400, "conversation objects are not supported: chain responses with previous_response_id, or send the whole "
                             "conversation in 'input'", param="conversation", code="unsupported_parameter")

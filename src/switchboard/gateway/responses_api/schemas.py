@@ -40,6 +40,14 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    # Refused when set (request.py says why): OpenAI-side features with no equivalent here.
+    prompt: dict[str, Any] | None = None
+    context_management: Any = None
+    moderation: Any = None
+    image: Any = None
+    access_programs: Any = None
     service_tier: str | None = None
     routing: RoutingParams | None = None
 
