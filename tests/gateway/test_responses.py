@@ -224,3 +224,16 @@ def test_includes_about_items_never_produced_here_change_nothing():
     plain = _parse(input="x").chat
     assert _parse(input="x", include=["reasoning.encrypted_content", "file_search_call.results"]).chat == plain
     assert _parse(input="x", prompt_cache_retention="24h", prompt_cache_options={"ttl": "24h"}, prompt_cache_key="k").chat == plain
+
+
+def test_every_parameter_of_the_official_clients_create_is_handled():
+    """Each parameter the pinned openai package's `responses.create` can send is a field here — served, accepted as
+    a hint, or refused by name — never an anonymous 'unrecognized argument' (an upgrade adding one fails here)."""
+    import inspect
+
+    from openai.resources.responses.responses import Responses
+
+    from switchboard.gateway.responses_api.schemas import ResponsesRequest
+
+    sent = set(inspect.signature(Responses.create).parameters) - {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+    assert sent - set(ResponsesRequest.model_fields) == set()
