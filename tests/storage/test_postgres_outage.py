@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine, select
 from switchboard.config import parse_config
 from switchboard.gateway.app import build_app
 from switchboard.storage.models import requests_table
+from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S
 from switchboard.testing.servers import free_port, serve_in_thread
 
 from .conftest import pg_url
@@ -47,6 +49,15 @@ def private_postgres():
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def _simulated_expert_logging_to(url: str):
+    return parse_config(f"""
+experts:
+  - id: sim
+    backend: {{kind: simulated, time_scale: 0}}
+storage: {{url: "{url}", flush_interval_s: 0.05}}
+""")
+
+
 async def test_server_stopped_and_started_loses_nothing(private_postgres):
     url, data_dir, port = private_postgres
     log = make_log(url, flush_interval_s=0.05)
@@ -71,12 +82,7 @@ def test_gateway_requests_during_an_outage_are_all_logged_once(private_postgres)
     """Through the real gateway (the openai client, streamed and whole answers): requests answered while the
     database is down are in the log exactly once after it comes back and the gateway shuts down."""
     url, data_dir, port = private_postgres
-    config = parse_config(f"""
-experts:
-  - id: sim
-    backend: {{kind: simulated, time_scale: 0}}
-storage: {{url: "{url}", flush_interval_s: 0.05}}
-""")
+    config = _simulated_expert_logging_to(url)
     app = build_app(config)
     request_log = app.state.request_log
     sent: list[str] = []
@@ -105,17 +111,8 @@ def test_responses_during_an_outage_are_answered_unstored_and_continued_after_it
     """Stored Responses on a database that goes away: answers keep coming (with `store: false`, and after the first
     failure without trying the database again for a few seconds), a `previous_response_id` is a 503 with a
     Retry-After, and once the server is back, responses are stored and the earlier conversation continues."""
-    import time
-
-    from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S
-
     url, data_dir, port = private_postgres
-    config = parse_config(f"""
-experts:
-  - id: sim
-    backend: {{kind: simulated, time_scale: 0}}
-storage: {{url: "{url}", flush_interval_s: 0.05}}
-""")
+    config = _simulated_expert_logging_to(url)
     with serve_in_thread(build_app(config)) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
         before = client.responses.create(model="sim", input="hi", max_output_tokens=2)
