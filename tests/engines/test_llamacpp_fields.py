@@ -269,3 +269,11 @@ def test_the_responses_api_answers_as_chat_does(client):
                                      temperature=0)
     answer = json.loads(shaped.output_text)
     assert set(answer) == {"city", "sunny"} and isinstance(answer["sunny"], bool)
+
+
+def test_input_tokens_are_llamacpps_exact_count(client):
+    """`responses.input_tokens.count` on a llama.cpp expert is the count the answer's usage then reports."""
+    params = {"model": "smol", "instructions": "Answer in one word.", "input": "What colour is the sky?"}
+    raw = client.responses.input_tokens.with_raw_response.count(**params)
+    answer = client.responses.create(**params, max_output_tokens=4, temperature=0)
+    assert raw.headers["x-switchboard-token-count"] == "exact" and raw.parse().input_tokens == answer.usage.input_tokens

@@ -237,3 +237,20 @@ def test_every_parameter_of_the_official_clients_create_is_handled():
 
     sent = set(inspect.signature(Responses.create).parameters) - {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
     assert sent - set(ResponsesRequest.model_fields) == set()
+
+
+def test_input_tokens_are_counted_for_the_named_expert(client, gateway_url):
+    """`responses.input_tokens.count`: a simulated expert's count is the gateway's estimate, and says so (a llama.cpp
+    expert's is exact: tests/engines/test_llamacpp_fields.py); `auto` and unknown experts are refused."""
+    raw = client.responses.input_tokens.with_raw_response.count(model="small", input="What is the capital of France?", instructions="Be brief.")
+    counted = raw.parse()
+    assert counted.object == "response.input_tokens" and raw.headers["x-switchboard-token-count"] == "estimate"
+    from switchboard.gateway.responses_api.request import estimate_chat_tokens
+
+    conversation = {"model": "small", "messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "What is the capital of France?"}]}
+    assert counted.input_tokens == estimate_chat_tokens(conversation) > estimate_chat_tokens({**conversation, "messages": conversation["messages"][1:]})
+    with pytest.raises(openai.BadRequestError, match="name the expert"):
+        client.responses.input_tokens.count(model="auto", input="x")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model="nope", input="x")

@@ -39,7 +39,7 @@ def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
-        rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList,
+        rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList, rs.InputTokenCount,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     components = top.get("$defs", {})
@@ -81,6 +81,12 @@ def build_openapi() -> dict[str, Any]:
             "/v1/responses": generation(rs.ResponsesRequest, rs.ResponseObject,
                                        "OpenAI's Responses API, served as a chat completion (model: an expert id, or 'auto'); stored unless `store: false`",
                                        "a server-sent event stream of typed events (`event: response.created` … `response.completed`)"),
+            "/v1/responses/input_tokens": {"post": {
+                "summary": "The input tokens the named expert would be sent for a Responses request (`input` optional); header "
+                           "x-switchboard-token-count: exact (llama.cpp experts) or estimate",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(rs.ResponsesRequest)}}},
+                "responses": {"200": {"description": "The count", "content": {"application/json": {"schema": ref(rs.InputTokenCount)}}},
+                              **{code: answer for code, answer in errors().items() if code in ("400", "404", "413", "503")}}}},
             "/v1/responses/{response_id}": {
                 "get": {"summary": "A stored Response (this API key's), as it was answered", "parameters": [response_id],
                         "responses": {"200": {"description": "The Response", "content": {"application/json": {"schema": ref(rs.ResponseObject)}}},

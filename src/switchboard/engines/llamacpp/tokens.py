@@ -102,16 +102,22 @@ class PromptTokens:
     async def count(self, kind: str, body: dict[str, Any], expert: Any, estimate: int) -> int:
         """llama.cpp's count of the prompt if `expert` (an ExpertConfig, or None) is a llama.cpp expert, else
         `estimate`."""
+        exact = await self.exact(kind, body, expert)
+        return estimate if exact is None else exact
+
+    async def exact(self, kind: str, body: dict[str, Any], expert: Any) -> int | None:
+        """llama.cpp's count of the prompt, or None when there is none: not a llama.cpp expert, its model not
+        loadable here, or a request its template cannot render."""
         if expert is None or getattr(expert.backend, "kind", None) != "llamacpp":
-            return estimate
+            return None
         counter = await self._counter(expert)
         if counter is None:
-            return estimate
+            return None
         try:
             return counter.count(kind, body)
         except Exception as exc:  # noqa: BLE001 — a template that cannot render this request: the worker will say so
             log.debug("counting the prompt for %s failed (%s: %s); using the estimate", expert.id, type(exc).__name__, exc)
-            return estimate
+            return None
 
     def preload(self, experts: Any) -> None:
         """Starts loading the counters of the llama.cpp experts among `experts` in the background (call on the

@@ -20,12 +20,14 @@ from starlette.responses import Response
 from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.handlers import Handlers, read_body
+from switchboard.gateway.requests import parse_json_object
 from switchboard.gateway.responses import JSONBytesResponse, SSEResponse
 from switchboard.gateway.responses_api import request as rq
 from switchboard.gateway.responses_api import result as r
 from switchboard.gateway.responses_api.events import ResponsesStream
 from switchboard.gateway.responses_api.ids import new_id, response_id_for
 from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, StoreUnavailable
+from switchboard.types import AUTO_MODEL
 
 log = logging.getLogger("switchboard.gateway")
 
@@ -76,6 +78,30 @@ class ResponsesHandler:
         if isinstance(chat, JSONBytesResponse):
             return await self._whole(translated, chat)
         return _in_responses_terms(chat, translated.request)
+
+    async def input_tokens(self, request: Request) -> Response:
+        """`POST /v1/responses/input_tokens` (`client.responses.input_tokens.count`): the input tokens the named
+        expert would be sent for this request — llama.cpp's exact count with the GGUF's template and vocabulary
+        for a llama.cpp expert, else the gateway's estimate (4 characters a token); the `x-switchboard-token-count`
+        header says which (`exact` or `estimate`)."""
+        try:
+            body = parse_json_object(await read_body(request, self.handlers.max_body_bytes))
+            body.setdefault("input", [])  # optional here: the count of a previous response's conversation alone
+            parsed = rq.parse_body(body)
+            earlier = await self._earlier(parsed.previous_response_id) if parsed.previous_response_id is not None else None
+            chat = rq.translate(parsed, earlier).chat
+            if parsed.model == AUTO_MODEL:
+                raise ApiError(400, "name the expert to count for: 'auto' chooses per request, and experts count tokens differently",
+                               param="model", code="unsupported_value")
+            expert = self.handlers.state.fleet.expert(parsed.model)
+            if expert is None:
+                raise ApiError(404, f"the model '{parsed.model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
+            exact = await self.handlers.prompt_tokens.exact("chat", chat, expert)
+        except ApiError as exc:
+            return error_response(exc)
+        count = exact if exact is not None else rq.estimate_chat_tokens(chat)
+        return JSONBytesResponse(orjson.dumps({"object": "response.input_tokens", "input_tokens": count}),
+                                 {"x-switchboard-token-count": "exact" if exact is not None else "estimate"})
 
     async def _earlier(self, response_id: str) -> list[dict[str, Any]]:
         """The conversation so far of the response `previous_response_id` names: its input items, then its output."""

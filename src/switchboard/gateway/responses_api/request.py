@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Union
 
+import orjson
+
 from switchboard.gateway.errors import ApiError
-from switchboard.gateway.requests import parse_json_object, validate
+from switchboard.gateway.requests import chat_prompt_text, estimate_tokens, parse_chat, parse_json_object, validate
 from switchboard.gateway.responses_api.schemas import ResponsesRequest
 
 
@@ -47,7 +49,10 @@ _NO_OP_INCLUDES = frozenset({"reasoning.encrypted_content", "message.input_image
 
 def parse(raw: bytes) -> ResponsesRequest:
     """Validates a raw Responses body (a 400 `ApiError` naming the first problem)."""
-    body = parse_json_object(raw)
+    return parse_body(parse_json_object(raw))
+
+
+def parse_body(body: dict[str, Any]) -> ResponsesRequest:
     request = validate(ResponsesRequest, body)
     assert isinstance(request, ResponsesRequest)
     _refuse_unsupported(request)
@@ -87,6 +92,12 @@ def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | N
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return Translated(chat, request, bool(request.stream), items)
+
+
+def estimate_chat_tokens(chat: dict[str, Any]) -> int:
+    """The gateway's estimate of a translated chat body's prompt tokens (what it uses before an expert counts)."""
+    parsed, _ = parse_chat(orjson.dumps(chat))
+    return estimate_tokens(chat_prompt_text(parsed), len(parsed.messages))
 
 
 def wants_text_logprobs(request: ResponsesRequest) -> bool:

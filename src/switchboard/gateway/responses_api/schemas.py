@@ -97,3 +97,8 @@ class InputItemList(BaseModel):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool
+
+
+class InputTokenCount(BaseModel):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
