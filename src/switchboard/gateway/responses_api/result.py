@@ -1,6 +1,6 @@
 """The Response object: built from a chat completion (whole answers), or from a stream's accumulated output.
 
-Pure functions of their arguments; ids are drawn by the caller.
+Functions of their arguments, but for the ids of new output items (`new_id`, random, as OpenAI's are).
 """
 
 from __future__ import annotations
