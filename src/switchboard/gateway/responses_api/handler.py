@@ -97,9 +97,9 @@ class ResponsesHandler:
             if expert is None:
                 raise ApiError(404, f"the model '{parsed.model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
             exact = await self.handlers.prompt_tokens.exact("chat", chat, expert)
+            count = exact if exact is not None else rq.estimate_chat_tokens(chat)
         except ApiError as exc:
             return error_response(exc)
-        count = exact if exact is not None else rq.estimate_chat_tokens(chat)
         return JSONBytesResponse(orjson.dumps({"object": "response.input_tokens", "input_tokens": count}),
                                  {"x-switchboard-token-count": "exact" if exact is not None else "estimate"})
 
