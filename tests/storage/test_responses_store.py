@@ -55,6 +55,8 @@ def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart
         third = client.responses.create(model="rec", previous_response_id=second.id, input=[{"role": "user", "content": "Thanks."}])
         assert [m["content"] for m in recording.last.body["messages"]] == ["My name is Ada.", "recorded", "What is my name?", "recorded", "Thanks."]
         assert client.responses.retrieve(first.id).to_dict() == first.to_dict()
+        with pytest.raises(openai.BadRequestError, match="as a stream is not supported"):
+            list(client.responses.retrieve(first.id, stream=True))
     # A new gateway on the same database: the stored conversation is still there.
     with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         assert client.responses.retrieve(third.id).output_text == "recorded"

@@ -160,8 +160,11 @@ class ResponsesHandler:
         return stored
 
     async def get(self, request: Request) -> Response:
-        """`GET /v1/responses/{id}`: the stored Response, as it was answered."""
+        """`GET /v1/responses/{id}`: the stored Response, as it was answered (not replayed as a stream)."""
         try:
+            if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+                raise ApiError(400, "retrieving a response as a stream is not supported here (its events are not kept): retrieve it "
+                                    "without stream", param="stream", code="unsupported_parameter")
             stored = await self._stored(request)
         except ApiError as exc:
             return error_response(exc)
