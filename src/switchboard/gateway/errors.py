@@ -42,6 +42,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def model_not_found(model: str) -> ApiError:
+    """OpenAI's 404 for a model (an expert id) this gateway does not serve."""
+    return ApiError(404, f"the model '{model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
+
+
 def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 

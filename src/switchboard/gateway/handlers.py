@@ -30,7 +30,7 @@ from switchboard.gateway.auth import OpenGate
 from switchboard.gateway.capabilities import relays_everything, unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.deadline import StreamDeadline
-from switchboard.gateway.errors import ApiError, error_response
+from switchboard.gateway.errors import ApiError, error_response, model_not_found
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
 from switchboard.gateway.responses import SSE_DONE, ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
@@ -272,7 +272,7 @@ class Handlers:
         if model != AUTO_MODEL:
             expert = state.fleet.expert(model)
             if expert is None:
-                raise ApiError(404, f"the model '{model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
+                raise model_not_found(model)
             return expert, None
         unknown = [e for e in (routing.experts or []) if state.fleet.expert(e) is None] if routing else []
         if unknown:
@@ -540,7 +540,7 @@ class Handlers:
         wanted = request.path_params["model"]
         found = next((m for m in self._model_objects() if m["id"] == wanted), None)
         if found is None:
-            return error_response(ApiError(404, f"the model '{wanted}' does not exist; see GET /v1/models", param="model", code="model_not_found"))
+            return error_response(model_not_found(wanted))
         return Response(orjson.dumps(found), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:

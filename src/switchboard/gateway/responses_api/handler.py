@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from switchboard.gateway.auth import current_caller
-from switchboard.gateway.errors import ApiError, error_response
+from switchboard.gateway.errors import ApiError, error_response, model_not_found
 from switchboard.gateway.handlers import Handlers, read_body
 from switchboard.gateway.requests import parse_json_object
 from switchboard.gateway.responses import JSONBytesResponse, SSEResponse
@@ -95,7 +95,7 @@ class ResponsesHandler:
                                param="model", code="unsupported_value")
             expert = self.handlers.state.fleet.expert(parsed.model)
             if expert is None:
-                raise ApiError(404, f"the model '{parsed.model}' does not exist; see GET /v1/models", param="model", code="model_not_found")
+                raise model_not_found(parsed.model)
             exact = await self.handlers.prompt_tokens.exact("chat", chat, expert)
             count = exact if exact is not None else rq.estimate_chat_tokens(chat)
         except ApiError as exc:

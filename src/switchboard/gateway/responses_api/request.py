@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Union
 
-import orjson
-
 from switchboard.gateway.errors import ApiError
-from switchboard.gateway.requests import chat_prompt_text, estimate_tokens, parse_chat, parse_json_object, validate
+from switchboard.gateway.requests import chat_prompt_text, estimate_tokens, parse_json_object, validate
 from switchboard.gateway.responses_api.schemas import ResponsesRequest
+from switchboard.gateway.schemas import ChatCompletionRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +95,8 @@ def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | N
 
 def estimate_chat_tokens(chat: dict[str, Any]) -> int:
     """The gateway's estimate of a translated chat body's prompt tokens (what it uses before an expert counts)."""
-    parsed, _ = parse_chat(orjson.dumps(chat))
+    parsed = validate(ChatCompletionRequest, chat)
+    assert isinstance(parsed, ChatCompletionRequest)
     return estimate_tokens(chat_prompt_text(parsed), len(parsed.messages))
 
 
