@@ -133,3 +133,25 @@ auth: {{enabled: true}}
         with pytest.raises(openai.RateLimitError) as err:
             client.chat.completions.create(model="smol", messages=messages, max_tokens=4)
     assert err.value.code == "tpm_exceeded" and "this request alone" in err.value.message
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL_TURNS = [{"role": "user", "content": "Weather in Paris?"},
+              {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                                      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+
+
+@pytest.mark.parametrize("extra", [
+    {"tools": [WEATHER_TOOL]},
+    {"tools": [WEATHER_TOOL], "tool_choice": "required"},
+    {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"tools": [WEATHER_TOOL], "tool_choice": "none"},
+    {"tools": [WEATHER_TOOL], "messages": TOOL_TURNS},
+    {"messages": TOOL_TURNS},  # earlier calls, no tools now: still written into the prompt, and counted
+], ids=["auto", "required", "named", "none", "history", "history-without-tools"])
+def test_prompt_counts_with_tools_equal_the_workers_usage(gateway, counter, extra):
+    body = {"messages": CONVERSATIONS[0], **extra}
+    answer = gateway.chat.completions.create(model="smol", max_tokens=4, temperature=0, **body)
+    assert answer.usage.prompt_tokens == counter.count("chat", body)

@@ -17,6 +17,7 @@ from typing import Any
 
 from switchboard.config.schema import ExpertConfig
 from switchboard.engines.base import RequestKind
+from switchboard.engines.llamacpp import tools
 from switchboard.gateway.errors import ApiError
 
 _ANY: Callable[[Any], bool] = lambda value: True  # noqa: E731
@@ -43,6 +44,11 @@ def _no_tools_asked(value: Any) -> bool:
     return value is None or value in ("none", "auto")
 
 
+def _function_tools(value: Any) -> bool:
+    """Function tools (their shape is checked with `tool_choice` by `tools.plan`, after the field loop)."""
+    return True
+
+
 # What every engine takes: the gateway's own fields and ones that only describe the request.
 _GATEWAY: dict[str, Callable[[Any], bool]] = {
     "model": _ANY, "messages": _ANY, "prompt": _ANY, "max_tokens": _ANY, "max_completion_tokens": _ANY, "stream": _ANY,
@@ -53,7 +59,7 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
 }
 _SAMPLING = {name: _ANY for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p")}
 # `n` > 1 on local engines: the gateway makes the choices (gateway/choices.py). Not (yet) for local engines, so a
-# 400 names them: tools (SmolLM2's chat template has no tool syntax; docs/api.md), echo/suffix/best_of > 1.
+# 400 names them: echo/suffix/best_of > 1; tools on the simulated engine (a timing model has no calls to make).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +80,11 @@ CAPABILITIES: dict[str, Capabilities] = {
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
     "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}),
     # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias,
-    # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does).
+    # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does), function
+    # tools (engines/llamacpp/tools.py: grammar-made calls for `required` and a named function).
     "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "n": _ANY, "repetition_penalty": _ANY, "logit_bias": _ANY,
-                                                     "response_format": _json_format, "logprobs": _ANY, "top_logprobs": _ANY}),
+                                                     "response_format": _json_format, "logprobs": _ANY, "top_logprobs": _ANY,
+                                                     "tools": _function_tools, "tool_choice": _ANY}),
 }
 _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})
 
@@ -109,4 +117,9 @@ def unsupported(kind: RequestKind, expert: ExpertConfig, body: Mapping[str, Any]
     if kind == "chat" and body.get("top_logprobs") is not None and body.get("logprobs") is not True:
         # OpenAI's rule; an openai upstream applies its own.
         return ApiError(400, "top_logprobs requires logprobs: true", param="top_logprobs", code="invalid_value")
+    if kind == "chat" and caps.fields.get("tools") is _function_tools and (body.get("tools") or body.get("tool_choice")):
+        try:
+            tools.plan(dict(body))
+        except tools.ToolRequestError as exc:
+            return ApiError(400, str(exc), param=exc.param, code="invalid_value")
     return None

@@ -16,11 +16,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from switchboard.engines.llamacpp.messages import template_messages
+from switchboard.engines.llamacpp import tools
 
 log = logging.getLogger("switchboard.engines.llamacpp")
 
-_CHAT_ARGS = ("tools", "tool_choice", "functions", "function_call", "response_format")
+# What the worker hands its chat handler besides the prompt (engines/llamacpp/tools.py makes the tools part).
+_CHAT_ARGS = ("response_format",)
 
 
 class _Captured(Exception):
@@ -62,9 +63,11 @@ class PromptTokenCounter:
 
     def chat_tokens(self, body: dict[str, Any]) -> list[int]:
         """The prompt tokens llama.cpp evaluates for a chat request `body` (messages, tools, response format)."""
-        kwargs = {k: body[k] for k in _CHAT_ARGS if body.get(k) is not None}
+        tool_plan = tools.plan(body)
+        kwargs = {k: body[k] for k in _CHAT_ARGS if body.get(k) is not None}  # a grammar adds no prompt tokens
+        prompt_args = tools.chat_prompt(body, tool_plan, tools.template_reads_tools(self.llm.metadata.get("tokenizer.chat_template")))
         try:
-            self.chat_handler(llama=_CapturingLlama(self.llm), messages=template_messages(body["messages"]), stream=False, **kwargs)
+            self.chat_handler(llama=_CapturingLlama(self.llm), stream=False, **prompt_args, **kwargs)
         except _Captured as captured:
             prompt = captured.prompt
             return list(prompt) if not isinstance(prompt, str) else self.completion_tokens(prompt)

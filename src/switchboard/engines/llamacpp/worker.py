@@ -37,8 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from switchboard.engines.llamacpp import kv
-from switchboard.engines.llamacpp.messages import template_messages
+from switchboard.engines.llamacpp import kv, tools
 from switchboard.engines.sockets import loopback_listener
 
 _T0 = time.perf_counter()
@@ -213,9 +212,19 @@ class _Generator:
         try:
             kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
+            output = tools.OutputFilter(tools.ToolPlan("none", {}))
             if kind == "chat":
                 try:
-                    chunks = self.llm.create_chat_completion(messages=template_messages(body["messages"]), stream=True, **kwargs)
+                    tool_plan = tools.plan(body)
+                except tools.ToolRequestError as exc:
+                    emit(("invalid", str(exc)))
+                    return
+                if (schema := tool_plan.schema()) is not None:  # named or required: the grammar makes the call
+                    kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                output = tools.OutputFilter(tool_plan)
+                reads_tools = tools.template_reads_tools(self.llm.metadata.get("tokenizer.chat_template"))
+                try:
+                    chunks = self.llm.create_chat_completion(**tools.chat_prompt(body, tool_plan, reads_tools), stream=True, **kwargs)
                 except Exception as exc:  # noqa: BLE001 — raised before generation: the template or the grammar
                     # refused this request (a role order it forbids, a schema it cannot compile), not the replica
                     # failing: the client's 400, never a 5xx that would retry it and trip the circuit breaker.
@@ -237,17 +246,22 @@ class _Generator:
                 if first_at is None:
                     first_at = time.perf_counter()  # the prompt is evaluated and the first token sampled
                 if text or tokens:
-                    emit(("text", text or "", tokens))
+                    for event in output.feed(text or "", tokens):
+                        emit(event)
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
             if aligner is not None and (rest := aligner.rest()):
-                emit(("text", "", rest))
+                for event in output.feed("", rest):
+                    emit(event)
+            last, finish = output.close(finish or "stop")
+            for event in last:
+                emit(event)
             # llama.cpp's stream carries no usage: its counts, as its whole answers give them, from the tokens
             # its generate() was given and yielded (see _counting).
             prompt = self.llm.last_prompt_tokens
             num_cached = _num_cached_prompt_tokens(previous_context, prompt)
             ended_at = time.perf_counter()
-            emit(("finish", {"reason": finish or "stop", "prompt_tokens": len(prompt),
+            emit(("finish", {"reason": finish, "prompt_tokens": len(prompt),
                              "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached,
                              "prefill_s": (first_at or ended_at) - began_at, "decode_s": ended_at - (first_at or ended_at)}))
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts over the context window
@@ -346,29 +360,38 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
 
         format_logprobs = chat_logprobs if kind == "chat" else completion_logprobs
 
-        def choice(text: str | None, finish: str | None, tokens: list | None, *, stream: bool) -> dict[str, Any]:
+        def choice(text: str | None, finish: str | None, tokens: list | None, *, stream: bool,
+                   calls: list | None = None) -> dict[str, Any]:
             logprobs = format_logprobs(tokens) if tokens is not None else None
             if kind == "chat":
                 key = "delta" if stream else "message"
-                content = {"content": text} if stream else {"role": "assistant", "content": text}
-                return {"index": 0, key: content if text is not None else {}, "logprobs": logprobs, "finish_reason": finish}
+                content: dict[str, Any] = {"content": text} if stream else {"role": "assistant", "content": text}
+                if calls and stream:
+                    content = {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
+                elif calls:
+                    content = {"role": "assistant", "content": text or None, "tool_calls": calls}
+                return {"index": 0, key: content if text is not None or calls else {}, "logprobs": logprobs, "finish_reason": finish}
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
 
         if not body.get("stream"):
             parts: list[str] = []
             tokens: list | None = [] if num_top_asked(kind, body) is not None else None
+            calls: list | None = None
             item = first
-            while item[0] == "text":
-                parts.append(item[1])
-                if tokens is not None:
-                    tokens += item[2] or ()
+            while item[0] in ("text", "tool_calls"):
+                if item[0] == "tool_calls":
+                    calls = item[1]
+                else:
+                    parts.append(item[1])
+                    if tokens is not None:
+                        tokens += item[2] or ()
                 item = await events.__anext__()
             if item[0] != "finish":
                 return error(500, str(item[1]), "engine_error")
             info = item[1]
             return JSONResponse({
                 "id": rid, "object": obj, "created": created, "model": model_name,
-                "choices": [choice("".join(parts), info["reason"], tokens, stream=False)],
+                "choices": [choice("".join(parts), info["reason"], tokens, stream=False, calls=calls)],
                 "usage": _usage(info), "timings": _timings(info),
             })
 
@@ -380,6 +403,9 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                     if item[0] == "text":
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
                                 "choices": [choice(item[1], None, item[2], stream=True)]}
+                    elif item[0] == "tool_calls":  # each call whole, in one chunk (as llama.cpp's server streams them)
+                        data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                "choices": [choice(None, None, None, stream=True, calls=item[1])]}
                     elif item[0] == "finish":
                         info = item[1]
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,

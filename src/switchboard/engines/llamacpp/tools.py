@@ -1,0 +1,322 @@
+"""Function calling on llama.cpp experts: what the model sees, what it may emit, and how its output becomes
+OpenAI `tool_calls`.
+
+llama.cpp runs whatever GGUF it is given; some chat templates render `tools` (Qwen2.5, Llama 3.1, Hermes, ...),
+others — SmolLM2-135M's, the default expert's — know nothing of tools. The rules, by `tool_choice` (vLLM's, whose
+OpenAI server does the same with guided decoding):
+
+- **a named function, or `required`**: the output is constrained by a grammar (llama.cpp's JSON-schema grammar,
+  the `response_format` path) to exactly that function's arguments, or to a JSON array of one or more calls
+  `[{"name": ..., "arguments": {...}}]` (one at most with `parallel_tool_calls: false`). Every answer is then a
+  well-formed call to a declared function with arguments that match its schema, whatever the model — only what
+  the arguments say is the model's. A forced named call finishes with `stop`, as OpenAI's does; `required` with
+  `tool_calls`.
+- **`auto`** (the default when tools are given): the model decides. Its output is read as calls when it is one of
+  the common call formats — Hermes/Qwen `<tool_call>{...}</tool_call>` (text before the first tag stays the
+  message's content), Mistral's `[TOOL_CALLS] [...]`, or a bare JSON object or array of `{"name", "arguments"}`
+  (`parameters` too: Llama 3.1) — naming declared functions only; anything else is its text. Streamed, text that
+  could still become a call is held back until it is decided, so a call never leaks out as content.
+- **`none`**: the tools are left out of the prompt and nothing is parsed.
+
+What the model sees: a template that reads `tools` is handed them, and earlier calls' arguments as objects (as
+Hugging Face templates expect; vLLM does the same). A template that does not (found by the word `tools` in its
+source) gets a system-message section listing the functions and the JSON-array call format, and earlier calls
+written in that format, so the conversation stays coherent with what it was told. SmolLM2-135M follows such
+instructions poorly under `auto`; the grammar makes `required` and named calls well-formed regardless.
+
+Pure (no llama.cpp import): the worker (`worker.py`) and the gateway's token counter (`tokens.py`) build the same
+prompt from `chat_prompt`, so prompt token counts stay exact with tools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+from typing import Any, Literal
+
+from switchboard.engines.llamacpp.messages import template_messages
+
+Mode = Literal["none", "auto", "required", "named"]
+
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_PREFIX = "[TOOL_CALLS]"
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+class ToolRequestError(ValueError):
+    """The request's `tools` or `tool_choice` is malformed (the client's 400, naming `param`)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolPlan:
+    """How one chat request uses its tools. `functions` are the declared functions' definitions by name."""
+
+    mode: Mode
+    functions: dict[str, dict[str, Any]]
+    named: str | None = None
+    parallel: bool = True
+
+    @property
+    def is_active(self) -> bool:
+        return self.mode != "none"
+
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema the output must match (named, required), or None (auto, none)."""
+        if self.mode == "named":
+            return _parameters(self.functions[self.named or ""])
+        if self.mode == "required":
+            calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": _parameters(fn)},
+                      "required": ["name", "arguments"], "additionalProperties": False}
+                     for name, fn in self.functions.items()]
+            return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}), "items": {"anyOf": calls}}
+        return None
+
+
+def plan(body: dict[str, Any]) -> ToolPlan:
+    """The plan for a chat request `body`; raises `ToolRequestError` for malformed tools or tool choice."""
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise ToolRequestError("tools must be a list of function tools", "tools")
+    functions: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise ToolRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}; only function tools "
+                                   "are supported here", f"tools[{i}]")
+        name = fn.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+            raise ToolRequestError(f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-'", f"tools[{i}].function.name")
+        if name in functions:
+            raise ToolRequestError(f"tools[{i}]: the function name {name!r} is declared twice", f"tools[{i}].function.name")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise ToolRequestError(f"tools[{i}].function.parameters must be a JSON Schema object", f"tools[{i}].function.parameters")
+        functions[name] = fn
+    choice = body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls") is not False
+    if choice is None:
+        return ToolPlan("auto" if functions else "none", functions, parallel=parallel)
+    if choice in ("none", "auto", "required"):
+        if choice == "required" and not functions:
+            raise ToolRequestError("tool_choice 'required' needs at least one tool in tools", "tool_choice")
+        return ToolPlan(choice if functions else "none", functions, parallel=parallel)  # type: ignore[arg-type]
+    name = ((choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None)
+    if not isinstance(name, str):
+        raise ToolRequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
+                               "tool_choice")
+    if name not in functions:
+        raise ToolRequestError(f"tool_choice names the function {name!r}, which is not in tools", "tool_choice")
+    return ToolPlan("named", functions, named=name, parallel=parallel)
+
+
+def template_reads_tools(template: str | None) -> bool:
+    """Whether a chat template renders `tools` (Hugging Face templates that do name the variable)."""
+    return bool(template) and re.search(r"\btools\b", template or "") is not None
+
+
+def chat_prompt(body: dict[str, Any], tool_plan: ToolPlan, reads_tools: bool) -> dict[str, Any]:
+    """The arguments that make the prompt: `messages` ready for the template, and `tools` when it renders them."""
+    messages = template_messages(body["messages"])
+    if not tool_plan.is_active:
+        return {"messages": [_calls_as_text(m) for m in messages] if not reads_tools else _calls_as_objects(messages)}
+    if reads_tools:
+        return {"messages": _calls_as_objects(messages), "tools": body["tools"]}
+    messages = [_calls_as_text(m) for m in messages]
+    section = _tools_section(tool_plan)
+    if messages and messages[0].get("role") in ("system", "developer"):
+        first = messages[0]
+        messages = [{**first, "role": "system", "content": f"{first.get('content') or ''}\n\n{section}".lstrip()}, *messages[1:]]
+    else:
+        messages = [{"role": "system", "content": section}, *messages]
+    return {"messages": messages}
+
+
+def _parameters(fn: dict[str, Any]) -> dict[str, Any]:
+    # No parameters declared: the call takes none (OpenAI's reading), so the only arguments are {}.
+    return fn.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def _tools_section(tool_plan: ToolPlan) -> str:
+    listed = "\n".join(json.dumps({"name": name, "description": fn.get("description", ""), "parameters": _parameters(fn)},
+                                  ensure_ascii=False) for name, fn in tool_plan.functions.items())
+    if tool_plan.mode == "named":
+        how = f"Call the function {tool_plan.named} now: reply with only its arguments, as one JSON object."
+    else:
+        how = ('To call functions, reply with only a JSON array of calls and nothing else, for example '
+               '[{"name": "<function name>", "arguments": {<arguments>}}]. Each result comes back in a message from the tool.')
+        if tool_plan.mode == "auto":
+            how += " If no function is needed, answer normally."
+    return f"# Tools\n\nYou can call these functions (each: its name, what it does, the JSON Schema of its arguments):\n{listed}\n\n{how}"
+
+
+def _arguments_object(arguments: Any) -> Any:
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments  # not JSON: the template gets the string as sent
+    return arguments
+
+
+def _calls_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier calls with their arguments as objects, as Hugging Face templates read them."""
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [{**c, "function": {**c.get("function", {}), "arguments": _arguments_object(c.get("function", {}).get("arguments"))}}
+                     for c in m["tool_calls"] if isinstance(c, dict)]
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out
+
+
+def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant turn's calls written into its content, in the format the tools section asks for."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    written = json.dumps([{"name": (c.get("function") or {}).get("name"), "arguments": _arguments_object((c.get("function") or {}).get("arguments"))}
+                          for c in calls if isinstance(c, dict)], ensure_ascii=False)
+    content = message.get("content") or ""
+    rest = {k: v for k, v in message.items() if k != "tool_calls"}
+    return {**rest, "content": f"{content}\n{written}" if content else written}
+
+
+# ---- the output ----
+
+
+def new_call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """An answer read as calls: `content` before them (often empty) and the calls, OpenAI-shaped."""
+
+    content: str
+    calls: list[dict[str, Any]]
+
+
+def _call_from(obj: Any, functions: dict[str, Any]) -> dict[str, Any] | None:
+    if not isinstance(obj, dict) or obj.get("name") not in functions:
+        return None
+    arguments = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(arguments, str):
+        arguments = _arguments_object(arguments)
+    if not isinstance(arguments, dict):
+        return None
+    return new_call(obj["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def _calls_from(value: Any, functions: dict[str, Any]) -> list[dict[str, Any]] | None:
+    items = value if isinstance(value, list) else [value]
+    calls = [_call_from(item, functions) for item in items]
+    return calls if calls and all(c is not None for c in calls) else None  # type: ignore[return-value]
+
+
+def parse_auto(text: str, functions: dict[str, Any]) -> Parsed | None:
+    """`text` read as calls in one of the formats the module lists, or None when it is not (it is then text)."""
+    if HERMES_OPEN in text:
+        head = text[: text.index(HERMES_OPEN)]
+        calls = []
+        for body in _HERMES_CALL.findall(text):
+            try:
+                calls.append(_call_from(json.loads(body), functions))
+            except ValueError:
+                return None
+        return Parsed(head.strip(), calls) if calls and all(c is not None for c in calls) else None  # type: ignore[arg-type]
+    stripped = text.strip()
+    if stripped.startswith(MISTRAL_PREFIX):
+        stripped = stripped[len(MISTRAL_PREFIX):].strip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    calls = _calls_from(value, functions)
+    return Parsed("", calls) if calls else None
+
+
+def parse_constrained(text: str, tool_plan: ToolPlan) -> Parsed | None:
+    """The output of a named or required plan (the grammar's shape) as calls; None when it does not parse (a
+    generation cut short by max_tokens)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if tool_plan.mode == "named":
+        return Parsed("", [new_call(tool_plan.named or "", text.strip())]) if isinstance(value, dict) else None
+    calls = _calls_from(value, tool_plan.functions)
+    return Parsed("", calls) if calls else None
+
+
+class OutputFilter:
+    """Turns a tool-using generation's text pieces into what the client is sent: `feed` each piece (with its
+    logprob tokens, or None), `close` at the end. Both return events `("text", text, tokens)` and, from `close`,
+    at most one `("tool_calls", calls)`; `close` also returns the finish reason to report.
+
+    Under `none` every piece passes straight through. Under `named`/`required` everything is held and read as
+    calls at the end. Under `auto`, text is held while it could still be the start of a call (a leading `{`, `[`,
+    or a prefix of `<tool_call>`), and from a `<tool_call>` tag on; the rest streams as it comes."""
+
+    def __init__(self, tool_plan: ToolPlan) -> None:
+        self.plan = tool_plan
+        self._held = ""
+        self._held_tokens: list[tuple[Any, int]] = []  # (token, the held text's length once it is out)
+        self._state = "text" if tool_plan.mode == "none" else ("call" if tool_plan.mode in ("named", "required") else "undecided")
+
+    def feed(self, text: str, tokens: list | None) -> list[tuple]:
+        if self._state == "text" and not self._held and self.plan.mode == "none":
+            return [("text", text, tokens)] if text or tokens else []
+        self._held += text
+        self._held_tokens += [(t, len(self._held)) for t in tokens or ()]
+        if self._state == "undecided":
+            start = self._held.lstrip()
+            if not start or any(p.startswith(start) for p in (HERMES_OPEN, MISTRAL_PREFIX)):
+                return []
+            self._state = "call" if start.startswith(("{", "[", HERMES_OPEN)) else "text"
+        if self._state != "text":
+            return []
+        at = self._held.find(HERMES_OPEN)
+        if at >= 0:
+            self._state = "call"
+            return self._release(at)
+        return self._release(len(self._held) - _partial_tag_length(self._held))
+
+    def _release(self, length: int) -> list[tuple]:
+        """Sends the first `length` held characters, with the tokens whose text they complete."""
+        tokens = [t for t, end in self._held_tokens if end <= length]
+        if length <= 0 and not tokens:
+            return []
+        text, self._held = self._held[:length], self._held[length:]
+        self._held_tokens = [(t, end - length) for t, end in self._held_tokens if end > length]
+        return [("text", text, tokens if tokens else None)]
+
+    def close(self, finish: str) -> tuple[list[tuple], str]:
+        if self._state != "call":
+            return self._release(len(self._held)), finish
+        parsed = (parse_constrained(self._held, self.plan) if self.plan.mode in ("named", "required")
+                  else parse_auto(self._held, self.plan.functions))
+        if parsed is None and self.plan.mode == "named" and finish == "length":
+            parsed = Parsed("", [new_call(self.plan.named or "", self._held.strip())])  # cut short: OpenAI sends the partial arguments
+        if parsed is None:
+            return self._release(len(self._held)), finish
+        events: list[tuple] = [("text", parsed.content, None)] if parsed.content else []
+        events.append(("tool_calls", parsed.calls))
+        if finish == "length":
+            return events, finish
+        return events, "stop" if self.plan.mode == "named" else "tool_calls"
+
+
+def _partial_tag_length(text: str) -> int:
+    """The length of the longest end of `text` that begins `<tool_call>` (held back: the tag may be arriving)."""
+    for n in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):
+        if HERMES_OPEN.startswith(text[-n:]):
+            return n
+    return 0

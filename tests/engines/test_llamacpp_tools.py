@@ -1,0 +1,133 @@
+"""Function calling on the real SmolLM2 model behind the real gateway, the official openai client (and its
+helpers: `parse` with a pydantic tool, the chat stream helper, `responses.parse`) as the caller. `required` and a
+named function are made by a grammar, so every answer is a well-formed call with arguments that match the schema;
+`auto` is the model's choice (this 135M model mostly answers in text), so only its shape is checked here. The rules
+without a model: tests/engines/test_llamacpp_tool_rules.py."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pydantic
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.testing.servers import serve_in_thread
+
+pytestmark = pytest.mark.llamacpp
+
+CONFIG = """
+experts:
+  - id: smol
+    backend: {kind: llamacpp, n_threads: 1}
+    context_tokens: 2048
+    warm_at_start: true
+    ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
+storage: {enabled: false}
+"""
+
+
+class GetWeather(pydantic.BaseModel):
+    """The current weather in a city."""
+
+    city: str = pydantic.Field(max_length=20)
+
+
+class GetTime(pydantic.BaseModel):
+    """The local time in a city."""
+
+    city: str = pydantic.Field(max_length=20)
+
+
+TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetTime)]
+ASK = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with serve_in_thread(build_app(parse_config(CONFIG)), startup_timeout_s=180) as url:
+        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+            yield c
+
+
+def test_required_tool_calls_parse_into_the_clients_pydantic_models(client):
+    answer = client.chat.completions.parse(model="smol", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=80, temperature=0)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls
+    assert calls and all(call.function.name in ("GetWeather", "GetTime") for call in calls)
+    assert all(isinstance(call.function.parsed_arguments, (GetWeather, GetTime)) for call in calls)
+    assert len({call.id for call in calls}) == len(calls)
+
+
+def test_no_parallel_calls_means_exactly_one(client):
+    answer = client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+                                            max_tokens=80, temperature=0.8, seed=3)
+    assert len(answer.choices[0].message.tool_calls) == 1
+
+
+def test_a_named_function_streamed_through_the_clients_stream_helper(client):
+    named = {"type": "function", "function": {"name": "GetTime"}}
+    with client.chat.completions.stream(model="smol", messages=ASK, tools=TOOLS, tool_choice=named, max_tokens=60, temperature=0) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert "tool_calls.function.arguments.done" in kinds
+    assert choice.finish_reason == "stop"  # a forced call finishes "stop", as OpenAI's does
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "GetTime" and isinstance(call.function.parsed_arguments, GetTime)
+
+
+def test_the_tool_loop_second_turn_is_answered_and_the_replica_stays_in_service(client):
+    first = client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=80, temperature=0)
+    message = first.choices[0].message
+    turns = [*ASK, message.model_dump(exclude_none=True),
+             *({"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"} for call in message.tool_calls)]
+    for stream in (False, True):
+        if stream:
+            chunks = list(client.chat.completions.create(model="smol", messages=turns, tools=TOOLS, max_tokens=30, temperature=0, stream=True))
+            finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        else:
+            finishes = [client.chat.completions.create(model="smol", messages=turns, tools=TOOLS, max_tokens=30, temperature=0).choices[0].finish_reason]
+        assert finishes in (["stop"], ["length"], ["tool_calls"])
+
+
+def test_auto_is_answered_as_text_or_as_calls_to_declared_functions(client):
+    for stream in (False, True):
+        if stream:
+            chunks = list(client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, max_tokens=40, temperature=0, stream=True))
+            deltas = [c.choices[0].delta for c in chunks if c.choices]
+            text = "".join(d.content or "" for d in deltas)
+            names = [t.function.name for d in deltas for t in d.tool_calls or () if t.function and t.function.name]
+        else:
+            message = client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, max_tokens=40, temperature=0).choices[0].message
+            text, names = message.content or "", [t.function.name for t in message.tool_calls or ()]
+        assert text or names
+        assert set(names) <= {"GetWeather", "GetTime"}
+
+
+def test_responses_function_calls_parse(client):
+    response = client.responses.parse(model="smol", input="Weather in Paris?", tools=[openai.pydantic_function_tool(GetWeather)],
+                                      tool_choice="required", max_output_tokens=60, temperature=0)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert calls and all(isinstance(item.parsed_arguments, GetWeather) for item in calls)
+    assert response.status == "completed"
+
+
+def test_bad_tools_are_a_400_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, max_tokens=4,
+                                       tool_choice={"type": "function", "function": {"name": "get_stock_price"}})
+    assert refused.value.body["param"] == "tool_choice" and "not in tools" in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=ASK, tools=[{"type": "function", "function": {"name": "bad name"}}], max_tokens=4)
+    assert refused.value.body["param"] == "tools[0].function.name"
+
+
+def test_arguments_are_json_that_matches_the_schema_when_not_cut_short(client):
+    answer = client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, max_tokens=80, temperature=0,
+                                            tool_choice={"type": "function", "function": {"name": "GetWeather"}})
+    (call,) = answer.choices[0].message.tool_calls
+    assert GetWeather.model_validate(json.loads(call.function.arguments))
