@@ -1,7 +1,8 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
 // {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
-// "responses_stored", params}; "models" lists the models, then retrieves params.model; "responses" is client.responses.create
+// "responses_stored" | "chat_run_tools", params}; "models" lists the models, then retrieves params.model; "chat_run_tools" is
+// client.chat.completions.runTools (streamed when params.stream), its calls recorded in `called`; "responses" is client.responses.create
 // (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
 // events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
 import OpenAI from "openai";
@@ -51,6 +52,17 @@ try {
     // finalResponse() carries no output_text (create() adds it): joined here the way the SDK joins it.
     out.output_text = final.output.filter((o) => o.type === "message").flatMap((o) => o.content)
       .filter((c) => c.type === "output_text").map((c) => c.text).join("");
+  } else if (spec.endpoint === "chat_run_tools") {
+    // The SDK's own tool loop: each tool becomes a local function that records the arguments runTools parsed
+    // for it and answers spec.toolResult; the loop ends when the model stops calling (or after a named call).
+    out.called = [];
+    const tools = spec.params.tools.map((t) => ({
+      type: "function",
+      function: { ...t.function, parse: JSON.parse, function: (args) => { out.called.push({ name: t.function.name, args }); return spec.toolResult; } },
+    }));
+    const runner = client.chat.completions.runTools({ ...spec.params, tools }, { maxChatCompletions: 3 });
+    out.body = await runner.finalChatCompletion();
+    out.messages = runner.messages;
   } else if (spec.endpoint === "models") {
     const listed = [];
     for await (const model of client.models.list()) listed.push(model);

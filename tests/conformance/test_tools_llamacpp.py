@@ -1,0 +1,56 @@
+"""The official Node client's tool loop (`chat.completions.runTools`, whole and streamed) against the real
+SmolLM2 expert, whose calls a grammar makes well-formed (engines/llamacpp/tools.py): the SDK parses each call's
+arguments, runs its local function with them, sends the result back as a `tool` message, and stops after the named
+call. The Python client's helpers on the same engine: tests/engines/test_llamacpp_tools.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.testing.servers import serve_in_thread
+
+from .conftest import NODE_DIR
+
+pytestmark = pytest.mark.llamacpp
+
+CONFIG = """
+experts:
+  - id: smol
+    backend: {kind: llamacpp, n_threads: 1}
+    context_tokens: 2048
+    warm_at_start: true
+    ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
+storage: {enabled: false}
+"""
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                                                            "required": ["city"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def smol_gateway():
+    with serve_in_thread(build_app(parse_config(CONFIG)), startup_timeout_s=180) as url:
+        yield url + "/v1"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_node_run_tools_calls_the_local_function_with_the_parsed_arguments(node, smol_gateway, stream):
+    params = {"model": "smol", "messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": [WEATHER],
+              "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "max_tokens": 60, "temperature": 0,
+              **({"stream": True} if stream else {})}
+    spec = {"baseURL": smol_gateway, "apiKey": "unused", "maxRetries": 0, "endpoint": "chat_run_tools", "params": params,
+            "toolResult": "18 C and sunny"}
+    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=300, cwd=NODE_DIR)
+    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in out, out.get("error")
+    (called,) = out["called"]
+    assert called["name"] == "get_weather" and isinstance(called["args"]["city"], str)  # JSON.parse of the call's arguments
+    (call,) = out["body"]["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == called["args"]
+    assert out["messages"][-1] == {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"}
