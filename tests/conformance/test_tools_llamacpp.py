@@ -10,23 +10,12 @@ import subprocess
 
 import pytest
 
-from switchboard.config import parse_config
-from switchboard.gateway.app import build_app
-from switchboard.testing.servers import serve_in_thread
+from switchboard.testing.servers import serve_smol_gateway
 
 from .conftest import NODE_DIR
 
 pytestmark = pytest.mark.llamacpp
 
-CONFIG = """
-experts:
-  - id: smol
-    backend: {kind: llamacpp, n_threads: 1}
-    context_tokens: 2048
-    warm_at_start: true
-    ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
-storage: {enabled: false}
-"""
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city",
                                              "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                                                             "required": ["city"], "additionalProperties": False}}}
@@ -34,8 +23,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 
 @pytest.fixture(scope="module")
 def smol_gateway():
-    with serve_in_thread(build_app(parse_config(CONFIG)), startup_timeout_s=180) as url:
-        yield url + "/v1"
+    with serve_smol_gateway(context_tokens=2048) as url:
+        yield url
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -10,27 +10,15 @@ import json
 import openai
 import pytest
 
-from switchboard.config import parse_config
-from switchboard.gateway.app import build_app
-from switchboard.testing.servers import serve_in_thread
+from switchboard.testing.servers import serve_smol_gateway
 
 pytestmark = pytest.mark.llamacpp
-
-CONFIG = """
-experts:
-  - id: smol
-    backend: {kind: llamacpp, n_threads: 1}
-    context_tokens: 1024
-    warm_at_start: true
-    ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
-storage: {enabled: false}
-"""
 
 
 @pytest.fixture(scope="module")
 def client():
-    with serve_in_thread(build_app(parse_config(CONFIG)), startup_timeout_s=180) as url:
-        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+    with serve_smol_gateway(context_tokens=1024) as url:
+        with openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120) as c:
             yield c
 
 
