@@ -186,3 +186,27 @@ def test_without_tools_every_piece_passes_straight_through():
     assert out.feed("{<tool_call>", ["t"]) == [("text", "{<tool_call>", ["t"])]
     assert out.feed("", ["rest"]) == [("text", "", ["rest"])]
     assert out.close("length") == ([], "length")
+
+
+# --- the config's chat_template (engines/llamacpp/templates.py) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("/no/such/template.jinja", "neither a Jinja template nor a file"),
+    ("{% for m in messages %}{{ m.content }", "not a valid Jinja template"),
+])
+def test_a_chat_template_that_cannot_work_is_the_configs_error(value, needle):
+    from switchboard.config import parse_config
+    from switchboard.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        parse_config("experts:\n  - id: smol\n    backend: {kind: llamacpp, chat_template: " + json.dumps(value) + "}\n")
+
+
+def test_a_chat_template_is_its_text_or_a_files(tmp_path):
+    from switchboard.engines.llamacpp import templates
+
+    text = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
+    (tmp_path / "t.jinja").write_text(text)
+    assert templates.resolve(str(tmp_path / "t.jinja")) == text == templates.resolve(text)
+    templates.check(text)  # Hugging Face's generation tag compiles, as in llama-cpp-python's formatter

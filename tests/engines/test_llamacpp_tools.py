@@ -7,11 +7,15 @@ without a model: tests/engines/test_llamacpp_tool_rules.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pydantic
 import pytest
 
+from switchboard.config import load_config
+from switchboard.engines.llamacpp.paths import default_model_path
+from switchboard.engines.llamacpp.tokens import PromptTokenCounter
 from switchboard.testing.servers import serve_smol_gateway
 
 pytestmark = pytest.mark.llamacpp
@@ -119,3 +123,39 @@ def test_arguments_are_json_that_matches_the_schema_when_not_cut_short(client):
                                             tool_choice={"type": "function", "function": {"name": "GetWeather"}})
     (call,) = answer.choices[0].message.tool_calls
     assert GetWeather.model_validate(json.loads(call.function.arguments))
+
+
+# --- a chat template of the config's that renders tools (examples/engines/llamacpp-tools.yaml) ------------------
+
+HERMES_TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "engines" / "hermes-tools.jinja"
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL_LOOP = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"}]
+
+
+@pytest.fixture(scope="module")
+def hermes():
+    with serve_smol_gateway(context_tokens=2048, chat_template=HERMES_TEMPLATE) as url:
+        with openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120) as c:
+            yield c, PromptTokenCounter.load(default_model_path(), 2048, HERMES_TEMPLATE.read_text())
+
+
+@pytest.mark.parametrize("messages", [ASK, TOOL_LOOP], ids=["question", "tool-loop"])
+def test_a_configured_template_renders_the_tools_itself_and_counts_stay_exact(hermes, messages):
+    client, counter = hermes
+    body = {"messages": messages, "tools": [WEATHER_TOOL]}
+    prompt = counter.llm.detokenize(counter.chat_tokens(body)).decode()
+    assert "<tools>\n" + json.dumps(WEATHER_TOOL) + "\n</tools>" in prompt  # the template's own tools section...
+    assert "You can call these functions" not in prompt  # ...not the one for templates without tool syntax
+    if messages is TOOL_LOOP:  # earlier calls as the template writes them, their arguments an object
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+        assert "<tool_response>\n18 C and sunny\n</tool_response>" in prompt
+    answer = client.chat.completions.create(model="smol", max_tokens=4, temperature=0, **body)
+    assert answer.usage.prompt_tokens == len(counter.chat_tokens(body))
+
+
+def test_the_template_example_config_loads_with_its_file():
+    config = load_config(HERMES_TEMPLATE.parent / "llamacpp-tools.yaml") if Path("examples").is_dir() else None
+    assert config is None or config.experts[0].backend.chat_template == "examples/engines/hermes-tools.jinja"

@@ -78,10 +78,25 @@ class LlamaCppBackend(_Strict):
         "model and a host copy of the KV cells stay, wake takes milliseconds), 2 the model too (wake reloads it "
         "from the page cache).",
     )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template used instead of the GGUF's own (llama.cpp's --chat-template-file, "
+        "vLLM's --chat-template): the template text, or the path of a file holding it. For a GGUF whose template is "
+        "missing or wrong, or to give a model tool syntax (docs/api.md, function calling).",
+    )
     prefix_cache_dir: str | None = Field(
         "~/.cache/switchboard/kv-prefix", description="Where the chat template prefix's KV cells are kept, so a "
         "new worker restores them instead of evaluating them; null: evaluated by every worker.",
     )
+
+    @model_validator(mode="after")
+    def _template_is_there(self) -> "LlamaCppBackend":
+        # A file named here is read when a worker starts; a missing one is the config's error now, not a failed
+        # start later. (Imported here: the engines package is not needed to read a config otherwise.)
+        from switchboard.engines.llamacpp import templates
+
+        if self.chat_template is not None:
+            templates.check(templates.resolve(self.chat_template))
+        return self
 
 
 class SimulatedBackend(_Strict):

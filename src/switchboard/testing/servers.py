@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -120,7 +121,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, deadline: float, *, last_
 SMOL_GATEWAY_CONFIG = """
 experts:
   - id: smol
-    backend: {{kind: llamacpp, n_threads: 1}}
+    backend: {{kind: llamacpp, n_threads: 1{template}}}
     context_tokens: {context_tokens}
     warm_at_start: true
     ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
@@ -129,12 +130,14 @@ storage: {{enabled: false}}
 
 
 @contextlib.contextmanager
-def serve_smol_gateway(*, context_tokens: int = 1024) -> Iterator[str]:
+def serve_smol_gateway(*, context_tokens: int = 1024, chat_template: Path | None = None) -> Iterator[str]:
     """A gateway with one llama.cpp expert `smol` (the packaged SmolLM2-135M, one thread, warm at start, no
-    storage) served in a thread; yields its `/v1` base URL. The tests of what the real engine answers use it."""
+    storage; the chat template in the file `chat_template` if given) served in a thread; yields its `/v1` base
+    URL. The tests of what the real engine answers use it."""
     from switchboard.config import parse_config
     from switchboard.gateway.app import build_app
 
-    config = parse_config(SMOL_GATEWAY_CONFIG.format(context_tokens=context_tokens))
+    template = f", chat_template: {json.dumps(str(chat_template))}" if chat_template else ""
+    config = parse_config(SMOL_GATEWAY_CONFIG.format(context_tokens=context_tokens, template=template))
     with serve_in_thread(build_app(config), startup_timeout_s=180) as url:
         yield url + "/v1"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from switchboard.engines.base import EngineUnavailable
+from switchboard.engines.llamacpp import templates
 from switchboard.engines.llamacpp.paths import default_model_path
 from switchboard.engines.llamacpp.pool import StandbyPool, hand_over, read_event, spawn_worker
 from switchboard.engines.local_server import HttpCall, LocalServerEngine
@@ -62,6 +63,7 @@ class LlamaCppEngine(LocalServerEngine):
         pool: StandbyPool | None = None,
         sleep_level: int = 1,
         prefix_cache_dir: str | Path | None = None,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__(expert_id)
         if sleep_level not in (1, 2):
@@ -69,6 +71,7 @@ class LlamaCppEngine(LocalServerEngine):
         self.sleep_level = sleep_level
         self.sleep_call = HttpCall("POST", f"/sleep?level={sleep_level}")
         self.prefix_cache_dir = Path(prefix_cache_dir).expanduser() if prefix_cache_dir else None
+        self.chat_template = chat_template  # the template's text (templates.resolve), or None: the GGUF's own
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -94,6 +97,7 @@ class LlamaCppEngine(LocalServerEngine):
             pool=pool,
             sleep_level=backend.sleep_level,
             prefix_cache_dir=backend.prefix_cache_dir,
+            chat_template=templates.resolve(backend.chat_template) if backend.chat_template else None,
         )
 
     @property
@@ -116,6 +120,8 @@ class LlamaCppEngine(LocalServerEngine):
             args += ["--threads-batch", str(self.n_threads_batch)]
         if self.prefix_cache_dir is not None:
             args += ["--prefix-cache-dir", str(self.prefix_cache_dir)]
+        if self.chat_template is not None:
+            args += ["--chat-template", self.chat_template]
         t0 = time.perf_counter()
         standby = self.pool.take() if self.pool is not None else None
         process = standby or await spawn_worker(standby=False, args=args)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from switchboard.engines.llamacpp import tools
+from switchboard.engines.llamacpp import templates, tools
 
 log = logging.getLogger("switchboard.engines.llamacpp")
 
@@ -56,10 +56,14 @@ class PromptTokenCounter:
                              or llama_chat_format.get_chat_completion_handler(llm.chat_format))
 
     @classmethod
-    def load(cls, model_path: str | Path, n_ctx: int) -> "PromptTokenCounter":
+    def load(cls, model_path: str | Path, n_ctx: int, chat_template: str | None = None) -> "PromptTokenCounter":
+        """The counter of a GGUF, with the config's `chat_template` text (the worker's) instead of its own if given."""
         import llama_cpp
 
-        return cls(llama_cpp.Llama(model_path=str(model_path), vocab_only=True, n_ctx=n_ctx, verbose=False))
+        llm = llama_cpp.Llama(model_path=str(model_path), vocab_only=True, n_ctx=n_ctx, verbose=False)
+        if chat_template:
+            templates.use_template(llm, chat_template)
+        return cls(llm)
 
     def chat_tokens(self, body: dict[str, Any]) -> list[int]:
         """The prompt tokens llama.cpp evaluates for a chat request `body` (messages, tools, response format)."""
@@ -150,7 +154,8 @@ class PromptTokens:
 
         model_path = expert.backend.model_path or default_model_path()
         try:
-            return PromptTokenCounter.load(model_path, expert.context_tokens)
+            template = templates.resolve(expert.backend.chat_template) if expert.backend.chat_template else None
+            return PromptTokenCounter.load(model_path, expert.context_tokens, template)
         except Exception as exc:  # noqa: BLE001
             log.warning("expert %s: cannot load the vocabulary of %s here (%s: %s); prompt lengths are estimated",
                         expert.id, model_path, type(exc).__name__, exc)

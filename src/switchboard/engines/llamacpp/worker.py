@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from switchboard.engines.llamacpp import kv, tools
+from switchboard.engines.llamacpp import kv, templates, tools
 from switchboard.engines.sockets import loopback_listener
 
 _T0 = time.perf_counter()
@@ -473,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads-batch", type=int, default=None, help="prompt-processing threads; default: --threads")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", default=None, help="a Jinja chat template's text, used instead of the GGUF's")
     parser.add_argument("--prefix-cache-dir", default=None,
                         help="where the chat template prefix's KV cells are kept across processes; none: not kept")
     args = parser.parse_args(argv)
@@ -506,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
             model_path=args.model, n_ctx=args.n_ctx, n_threads=num_threads,
             n_threads_batch=args.threads_batch or num_threads, n_batch=args.n_batch, seed=args.seed, verbose=False,
         )
+        if args.chat_template:
+            templates.use_template(llm, args.chat_template)
         timings["load_s"] = time.perf_counter() - t_load
         # Before serving, what the first request would otherwise pay: one decode (faults the memory-mapped
         # weights in, builds llama.cpp's compute graph: measured several seconds here once) and the chat
