@@ -210,3 +210,16 @@ def test_a_chat_template_is_its_text_or_a_files(tmp_path):
     (tmp_path / "t.jinja").write_text(text)
     assert templates.resolve(str(tmp_path / "t.jinja")) == text == templates.resolve(text)
     templates.check(text)  # Hugging Face's generation tag compiles, as in llama-cpp-python's formatter
+
+
+@pytest.mark.parametrize(("pieces", "first_out"), [
+    (["[", "1", "] First"], 1),  # a numbered reference, not a call: streams from its second piece
+    (["{", "x}"], 1),
+    (["[", " {", "\"name\""], None),  # could be a call: held to the end
+    (["[TOOL", "_CALLS]"], None),
+    (["<tool", "s are fun"], 1),
+])
+def test_auto_tells_a_call_from_text_as_soon_as_it_can(pieces, first_out):
+    out = tools.OutputFilter(tools.plan(_body()))
+    released = [i for i, piece in enumerate(pieces) if out.feed(piece, None)]
+    assert (released[0] if released else None) == first_out

@@ -262,8 +262,8 @@ class OutputFilter:
     at most one `("tool_calls", calls)`; `close` also returns the finish reason to report.
 
     Under `none` every piece passes straight through. Under `named`/`required` everything is held and read as
-    calls at the end. Under `auto`, text is held while it could still be the start of a call (a leading `{`, `[`,
-    or a prefix of `<tool_call>`), and from a `<tool_call>` tag on; the rest streams as it comes."""
+    calls at the end. Under `auto`, text is held while it could still be the start of a call (`_begins_call`: a
+    leading `{"`, `[{"`, a prefix of `<tool_call>`), and from a `<tool_call>` tag on; the rest streams as it comes."""
 
     def __init__(self, tool_plan: ToolPlan) -> None:
         self.plan = tool_plan
@@ -277,10 +277,10 @@ class OutputFilter:
         self._held += text
         self._held_tokens += [(t, len(self._held)) for t in tokens or ()]
         if self._state == "undecided":
-            start = self._held.lstrip()
-            if not start or any(p.startswith(start) for p in (HERMES_OPEN, MISTRAL_PREFIX)):
+            begins = _begins_call(self._held.lstrip())
+            if begins is None:
                 return []
-            self._state = "call" if start.startswith(("{", "[", HERMES_OPEN)) else "text"
+            self._state = "call" if begins else "text"
         if self._state != "text":
             return []
         at = self._held.find(HERMES_OPEN)
@@ -312,6 +312,24 @@ class OutputFilter:
         if finish == "length":
             return events, finish
         return events, "stop" if self.plan.mode == "named" else "tool_calls"
+
+
+def _begins_call(start: str) -> bool | None:
+    """Whether an answer beginning `start` (stripped) is read as a call: None while it cannot be told yet. A call
+    begins with a tag or `{"` (a JSON object's first key), or `[` then `{"`; so `[1] First...` or `{x}` is text
+    from its second character on, and streams."""
+    if not start or any(p.startswith(start) for p in (HERMES_OPEN, MISTRAL_PREFIX)):
+        return None
+    if start.startswith((HERMES_OPEN, MISTRAL_PREFIX)):
+        return True
+    if start[0] == "[":
+        start = start[1:].lstrip()
+        if not start:
+            return None
+    if start[0] != "{":
+        return False
+    rest = start[1:].lstrip()
+    return None if not rest else rest[0] == '"'
 
 
 def _partial_tag_length(text: str) -> int:
