@@ -223,3 +223,29 @@ def test_auto_tells_a_call_from_text_as_soon_as_it_can(pieces, first_out):
     out = tools.OutputFilter(tools.plan(_body()))
     released = [i for i, piece in enumerate(pieces) if out.feed(piece, None)]
     assert (released[0] if released else None) == first_out
+
+
+def _allowed(mode, *names):
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": [{"type": "function", "function": {"name": n}} for n in names]}}
+
+
+def test_allowed_tools_narrow_what_the_model_sees_and_may_call():
+    body = _body(tool_choice=_allowed("required", "get_time"))
+    plan = tools.plan(body)
+    assert plan.mode == "required" and list(plan.functions) == ["get_time"] and plan.offered == (TIME,)
+    assert [c["properties"]["name"] for c in plan.schema()["items"]["anyOf"]] == [{"const": "get_time"}]
+    assert tools.chat_prompt(body, plan, True)["tools"] == [TIME]
+    assert "get_weather" not in tools.chat_prompt(body, plan, False)["messages"][0]["content"]
+    auto = tools.plan(_body(tool_choice=_allowed("auto", "get_weather")))
+    assert auto.mode == "auto" and tools.parse_auto('{"name": "get_time", "arguments": {}}', auto.functions) is None
+
+
+@pytest.mark.parametrize(("choice", "param"), [
+    (_allowed("sometimes", "get_time"), "tool_choice.allowed_tools"),
+    (_allowed("auto", "get_stock_price"), "tool_choice.allowed_tools.tools[0]"),
+    ({"type": "allowed_tools"}, "tool_choice.allowed_tools"),
+])
+def test_malformed_allowed_tools_name_the_field(choice, param):
+    with pytest.raises(tools.ToolRequestError) as refused:
+        tools.plan(_body(tool_choice=choice))
+    assert refused.value.param == param

@@ -108,6 +108,16 @@ def test_responses_function_calls_parse(client):
     assert response.status == "completed"
 
 
+def test_allowed_tools_restrict_the_calls_chat_and_responses(client):
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "GetTime"}}]}}
+    answer = client.chat.completions.parse(model="smol", messages=ASK, tools=TOOLS, tool_choice=allowed, max_tokens=80, temperature=0)
+    assert {call.function.name for call in answer.choices[0].message.tool_calls} == {"GetTime"}
+    response = client.responses.create(model="smol", input="Weather in Paris?", max_output_tokens=80, temperature=0,
+                                       tools=[{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]} for t in TOOLS],
+                                       tool_choice={"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "GetWeather"}]})
+    assert {item.name for item in response.output if item.type == "function_call"} == {"GetWeather"}
+
+
 def test_bad_tools_are_a_400_naming_the_field(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="smol", messages=ASK, tools=TOOLS, max_tokens=4,

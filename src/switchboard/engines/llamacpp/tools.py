@@ -17,6 +17,8 @@ OpenAI server does the same with guided decoding):
   (`parameters` too: Llama 3.1) — naming declared functions only; anything else is its text. Streamed, text that
   could still become a call is held back until it is decided, so a call never leaks out as content.
 - **`none`**: the tools are left out of the prompt and nothing is parsed.
+- **`allowed_tools`** (`{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools": [...]}}`):
+  its mode, over the named functions only; the model is shown only those.
 
 What the model sees: a template that reads `tools` is handed them, and earlier calls' arguments as objects (as
 Hugging Face templates expect; vLLM does the same). A template that does not (found by the word `tools` in its
@@ -55,12 +57,15 @@ class ToolRequestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ToolPlan:
-    """How one chat request uses its tools. `functions` are the declared functions' definitions by name."""
+    """How one chat request uses its tools. `functions` are the definitions, by name, of the functions the model
+    may call (all declared ones, or those an `allowed_tools` choice names); `offered` are those tools as sent,
+    which the prompt shows."""
 
     mode: Mode
     functions: dict[str, dict[str, Any]]
     named: str | None = None
     parallel: bool = True
+    offered: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_active(self) -> bool:
@@ -99,19 +104,39 @@ def plan(body: dict[str, Any]) -> ToolPlan:
         functions[name] = fn
     choice = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls") is not False
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        choice, functions, tools = _allowed(choice, functions, tools)
+    offered = tuple(tools)
     if choice is None:
-        return ToolPlan("auto" if functions else "none", functions, parallel=parallel)
+        return ToolPlan("auto" if functions else "none", functions, parallel=parallel, offered=offered)
     if choice in ("none", "auto", "required"):
         if choice == "required" and not functions:
             raise ToolRequestError("tool_choice 'required' needs at least one tool in tools", "tool_choice")
-        return ToolPlan(choice if functions else "none", functions, parallel=parallel)  # type: ignore[arg-type]
+        return ToolPlan(choice if functions else "none", functions, parallel=parallel, offered=offered)  # type: ignore[arg-type]
     name = ((choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None)
     if not isinstance(name, str):
-        raise ToolRequestError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}",
-                               "tool_choice")
+        raise ToolRequestError("tool_choice must be 'none', 'auto', 'required', {'type': 'function', 'function': {'name': ...}} "
+                               "or {'type': 'allowed_tools', 'allowed_tools': {'mode': ..., 'tools': [...]}}", "tool_choice")
     if name not in functions:
         raise ToolRequestError(f"tool_choice names the function {name!r}, which is not in tools", "tool_choice")
-    return ToolPlan("named", functions, named=name, parallel=parallel)
+    return ToolPlan("named", functions, named=name, parallel=parallel, offered=offered)
+
+
+def _allowed(choice: dict[str, Any], functions: dict[str, dict[str, Any]],
+             tools: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI's `allowed_tools` choice: its mode, and the declared functions (and tools) it names. The model is
+    shown only those, so it cannot call the others."""
+    allowed = choice.get("allowed_tools")
+    if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required") or not isinstance(allowed.get("tools"), list):
+        raise ToolRequestError("tool_choice.allowed_tools must be {'mode': 'auto' | 'required', 'tools': [...]}", "tool_choice.allowed_tools")
+    names = []
+    for i, tool in enumerate(allowed["tools"]):
+        name = ((tool.get("function") or {}).get("name") if isinstance(tool, dict) and tool.get("type") == "function" else None)
+        if name not in functions:
+            raise ToolRequestError(f"tool_choice.allowed_tools.tools[{i}] must name a function declared in tools", f"tool_choice.allowed_tools.tools[{i}]")
+        names.append(name)
+    kept = {name: fn for name, fn in functions.items() if name in names}
+    return allowed["mode"], kept, [t for t in tools if t["function"]["name"] in kept]
 
 
 def template_reads_tools(template: str | None) -> bool:
@@ -125,7 +150,7 @@ def chat_prompt(body: dict[str, Any], tool_plan: ToolPlan, reads_tools: bool) ->
     if not tool_plan.is_active:
         return {"messages": [_calls_as_text(m) for m in messages] if not reads_tools else _calls_as_objects(messages)}
     if reads_tools:
-        return {"messages": _calls_as_objects(messages), "tools": body["tools"]}
+        return {"messages": _calls_as_objects(messages), "tools": list(tool_plan.offered)}
     messages = [_calls_as_text(m) for m in messages]
     section = _tools_section(tool_plan)
     if messages and messages[0].get("role") in ("system", "developer"):

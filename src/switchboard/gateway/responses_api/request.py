@@ -228,8 +228,12 @@ def _tool_choice(choice: Union[str, dict[str, Any]]) -> Union[str, dict[str, Any
         return choice
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise ApiError(400, "tool_choice must be 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": ...}", param="tool_choice",
-                   code="unsupported_value")
+    if choice.get("type") == "allowed_tools" and isinstance(choice.get("tools"), list):
+        named = [{"type": "function", "function": {"name": t.get("name")}} if isinstance(t, dict) and t.get("type") == "function" else t
+                 for t in choice["tools"]]
+        return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode"), "tools": named}}
+    raise ApiError(400, "tool_choice must be 'none', 'auto', 'required', {\"type\": \"function\", \"name\": ...} or "
+                        "{\"type\": \"allowed_tools\", \"mode\": ..., \"tools\": [...]}", param="tool_choice", code="unsupported_value")
 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
