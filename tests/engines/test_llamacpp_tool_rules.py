@@ -65,6 +65,9 @@ def test_the_grammar_schemas():
 def test_templates_that_read_tools_are_told_apart():
     assert tools.template_reads_tools("{%- if tools %}{{ tools | tojson }}{% endif %}")
     assert not tools.template_reads_tools("{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    assert tools.template_reads_tools("{% for tool in tools %}{{ tool.function.name }}{% endfor %}")
+    assert not tools.template_reads_tools("{{ 'You are an assistant with tools.' if not messages else '' }}x")
+    assert not tools.template_reads_tools("You may use tools. {% for m in messages %}{{ m.content }}{% endfor %}")
     assert not tools.template_reads_tools(None)
 
 

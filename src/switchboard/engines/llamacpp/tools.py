@@ -42,7 +42,7 @@ from switchboard.engines.llamacpp.messages import template_messages
 
 Mode = Literal["none", "auto", "required", "named"]
 
-HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+HERMES_OPEN = "<tool_call>"
 MISTRAL_PREFIX = "[TOOL_CALLS]"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -139,9 +139,15 @@ def _allowed(choice: dict[str, Any], functions: dict[str, dict[str, Any]],
     return allowed["mode"], kept, [t for t in tools if t["function"]["name"] in kept]
 
 
+_TOOLS_IN_JINJA = re.compile(r"\{[{%][^}]*\btools\b")
+_STRING_LITERAL = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
 def template_reads_tools(template: str | None) -> bool:
-    """Whether a chat template renders `tools` (Hugging Face templates that do name the variable)."""
-    return bool(template) and re.search(r"\btools\b", template or "") is not None
+    """Whether a chat template renders `tools`: the variable inside a Jinja tag (`{% if tools %}`,
+    `{{ tools | tojson }}`), as Hugging Face templates with tool syntax have it; the word in the template's text or
+    in a string ("You are an assistant with tools") is not enough."""
+    return bool(template) and _TOOLS_IN_JINJA.search(_STRING_LITERAL.sub("''", template or "")) is not None
 
 
 def chat_prompt(body: dict[str, Any], tool_plan: ToolPlan, reads_tools: bool) -> dict[str, Any]:
