@@ -41,6 +41,7 @@ def test_no_tools_is_no_plan_whatever_the_choice_says():
     ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name", "1-64 letters"),
     ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name", "declared twice"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "tools[0].function.parameters", "JSON Schema"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools[0].function.parameters", "of type 'object'"),
     ({"tools": {"name": "f"}}, "tools", "a list"),
 ])
 def test_malformed_tools_are_the_clients_error_naming_the_field(more, param, needle):
@@ -166,22 +167,51 @@ def test_auto_json_that_is_not_a_call_comes_out_as_text_at_the_end_with_its_toke
     assert events == [("text", '{"city": "Paris"}', ['{"', 'city"', ': "', 'Paris"}'])] and reason == "stop"
 
 
-def test_required_and_named_output_becomes_calls_with_openais_finish_reasons():
-    required = tools.OutputFilter(tools.plan(_body(tool_choice="required")))
-    events, reason = _run(required, [('[{"name": "get_time", "arguments": {}}, ', None), ('{"name": "get_weather", "arguments": {"city": "Rome"}}]', None)])
-    assert [c["function"]["name"] for c in events[0][1]] == ["get_time", "get_weather"] and reason == "tool_calls"
+def _assembled(events):
+    """The calls that `call_start`/`call_args` events make, as a client accumulates them."""
+    calls = []
+    for event in events:
+        if event[0] == "call_start":
+            assert event[1] == len(calls) and event[2]["function"]["arguments"] == ""
+            calls.append(json.loads(json.dumps(event[2])))
+        elif event[0] == "call_args":
+            calls[event[1]]["function"]["arguments"] += event[2]
+    return [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+
+
+def test_required_calls_stream_as_they_are_generated_whatever_the_pieces():
+    text = '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "R}o\\"m{e", "n": [1, {"a": 2}]}}]'
+    for size in (1, 2, 3, 7, len(text)):
+        out = tools.OutputFilter(tools.plan(_body(tool_choice="required")))
+        events, reason = _run(out, [(text[i:i + size], None) for i in range(0, len(text), size)])
+        assert _assembled(events) == [("get_time", "{}"), ("get_weather", '{"city": "R}o\\"m{e", "n": [1, {"a": 2}]}')], size
+        assert reason == "tool_calls" and not [e for e in events if e[0] == "text"]
+    # the first call starts as soon as its head is read, before its arguments are complete
+    out = tools.OutputFilter(tools.plan(_body(tool_choice="required")))
+    assert out.feed('[{"name": "get_w', None) == []
+    started = out.feed('eather", "arguments": {"ci', None)
+    assert [e[0] for e in started] == ["call_start", "call_args"] and started[1][2] == '{"ci'
+
+
+def test_a_named_call_streams_its_arguments_from_the_first_piece_and_finishes_stop():
     named = tools.OutputFilter(tools.plan(_body(tool_choice={"type": "function", "function": {"name": "get_weather"}})))
-    events, reason = _run(named, [('{ "city": "Rome" }', ["x"])])
-    assert events == [("tool_calls", [events[0][1][0]])] and reason == "stop"  # a forced call finishes "stop", as OpenAI's
-    assert events[0][1][0]["function"]["arguments"] == '{ "city": "Rome" }'  # the model's own text
+    first = named.feed('{ "city', ["x"])
+    assert first[0][0] == "call_start" and first[0][2]["function"]["name"] == "get_weather" and first[1] == ("call_args", 0, '{ "city')
+    events, reason = _run(named, [('": "Rome"', None), (" ", None), ("} ", None), ("\n", None)])
+    assert _assembled(first + events) == [("get_weather", '{ "city": "Rome" }')]  # the model's own text, less the trailing space
+    assert reason == "stop"  # a forced call finishes "stop", as OpenAI's
 
 
 def test_a_call_cut_short_by_max_tokens():
     named = tools.OutputFilter(tools.plan(_body(tool_choice={"type": "function", "function": {"name": "get_weather"}})))
     events, reason = _run(named, [('{"city": "Ro', None)], finish="length")
-    assert events[0][1][0]["function"]["arguments"] == '{"city": "Ro' and reason == "length"  # OpenAI sends the partial arguments
+    assert _assembled(events) == [("get_weather", '{"city": "Ro')] and reason == "length"  # OpenAI sends the partial arguments
     required = tools.OutputFilter(tools.plan(_body(tool_choice="required")))
-    assert _run(required, [('[{"name": "get_ti', None)], finish="length") == ([("text", '[{"name": "get_ti', None)], "length")
+    events, reason = _run(required, [('[{"name": "get_time", "arguments": {"a', None)], finish="length")
+    assert _assembled(events) == [("get_time", '{"a')] and reason == "length"
+    # cut before any call began: what there is comes back as text
+    required = tools.OutputFilter(tools.plan(_body(tool_choice="required")))
+    assert _run(required, [('[{"name": "get_ti', ["t"])], finish="length") == ([("text", '[{"name": "get_ti', None)], "length")
 
 
 def test_without_tools_every_piece_passes_straight_through():

@@ -99,8 +99,10 @@ def plan(body: dict[str, Any]) -> ToolPlan:
             raise ToolRequestError(f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-'", f"tools[{i}].function.name")
         if name in functions:
             raise ToolRequestError(f"tools[{i}]: the function name {name!r} is declared twice", f"tools[{i}].function.name")
-        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise ToolRequestError(f"tools[{i}].function.parameters must be a JSON Schema object", f"tools[{i}].function.parameters")
+        parameters = fn.get("parameters")
+        if parameters is not None and (not isinstance(parameters, dict) or parameters.get("type", "object") != "object"):
+            # OpenAI's rule too: arguments are an object (so a call's arguments end where their braces close).
+            raise ToolRequestError(f"tools[{i}].function.parameters must be a JSON Schema of type 'object'", f"tools[{i}].function.parameters")
         functions[name] = fn
     choice = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls") is not False
@@ -274,26 +276,14 @@ def parse_auto(text: str, functions: dict[str, Any]) -> Parsed | None:
     return Parsed("", calls) if calls else None
 
 
-def parse_constrained(text: str, tool_plan: ToolPlan) -> Parsed | None:
-    """The output of a named or required plan (the grammar's shape) as calls; None when it does not parse (a
-    generation cut short by max_tokens)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if tool_plan.mode == "named":
-        return Parsed("", [new_call(tool_plan.named or "", text.strip())]) if isinstance(value, dict) else None
-    calls = _calls_from(value, tool_plan.functions)
-    return Parsed("", calls) if calls else None
-
-
 class OutputFilter:
     """Turns a tool-using generation's text pieces into what the client is sent: `feed` each piece (with its
-    logprob tokens, or None), `close` at the end. Both return events `("text", text, tokens)` and, from `close`,
-    at most one `("tool_calls", calls)`; `close` also returns the finish reason to report.
+    logprob tokens, or None), `close` at the end. Both return events `("text", text, tokens)`, the calls' events
+    below, and, from `close`, at most one `("tool_calls", calls)` (whole calls); `close` also returns the finish
+    reason to report.
 
-    Under `none` every piece passes straight through. Under `named`/`required` everything is held and read as
-    calls at the end. Under `auto`, text is held while it could still be the start of a call (`_begins_call`: a
+    Under `none` every piece passes straight through. Under `named`/`required` the calls stream as they are
+    generated (`ConstrainedCalls`: `("call_start", i, call)`, then `("call_args", i, text)`). Under `auto`, text is held while it could still be the start of a call (`_begins_call`: a
     leading `{"`, `[{"`, a prefix of `<tool_call>`), and from a `<tool_call>` tag on; the rest streams as it comes."""
 
     def __init__(self, tool_plan: ToolPlan) -> None:
@@ -301,10 +291,14 @@ class OutputFilter:
         self._held = ""
         self._held_tokens: list[tuple[Any, int]] = []  # (token, the held text's length once it is out)
         self._state = "text" if tool_plan.mode == "none" else ("call" if tool_plan.mode in ("named", "required") else "undecided")
+        self._constrained = ConstrainedCalls(tool_plan) if tool_plan.mode in ("named", "required") else None
 
     def feed(self, text: str, tokens: list | None) -> list[tuple]:
         if self._state == "text" and not self._held and self.plan.mode == "none":
             return [("text", text, tokens)] if text or tokens else []
+        if self._constrained is not None:
+            self._held += text  # kept whole: a cut-short required answer that began no call comes back as text
+            return self._constrained.feed(text)
         self._held += text
         self._held_tokens += [(t, len(self._held)) for t in tokens or ()]
         if self._state == "undecided":
@@ -330,19 +324,98 @@ class OutputFilter:
         return [("text", text, tokens if tokens else None)]
 
     def close(self, finish: str) -> tuple[list[tuple], str]:
+        if self._constrained is not None:
+            if not self._constrained.num_started:  # cut short before any call began (or nothing generated)
+                self._held_tokens = []
+                return self._release(len(self._held)), finish
+            if finish == "length":
+                return [], finish  # the calls as far as they got, as OpenAI sends them
+            return [], "stop" if self.plan.mode == "named" else "tool_calls"  # a forced call finishes "stop", as OpenAI's
         if self._state != "call":
             return self._release(len(self._held)), finish
-        parsed = (parse_constrained(self._held, self.plan) if self.plan.mode in ("named", "required")
-                  else parse_auto(self._held, self.plan.functions))
-        if parsed is None and self.plan.mode == "named" and finish == "length":
-            parsed = Parsed("", [new_call(self.plan.named or "", self._held.strip())])  # cut short: OpenAI sends the partial arguments
+        parsed = parse_auto(self._held, self.plan.functions)
         if parsed is None:
             return self._release(len(self._held)), finish
         events: list[tuple] = [("text", parsed.content, None)] if parsed.content else []
         events.append(("tool_calls", parsed.calls))
-        if finish == "length":
-            return events, finish
-        return events, "stop" if self.plan.mode == "named" else "tool_calls"
+        return events, finish if finish == "length" else "tool_calls"
+
+
+_CALL_HEAD = re.compile(r'\s*[\[,]\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*')
+
+
+class ConstrainedCalls:
+    """Streams the calls of a `named` or `required` generation as they are generated, as OpenAI streams them:
+    `("call_start", i, call)` once call i's name is known (its `arguments` ""), then `("call_args", i, text)`
+    pieces that concatenate to its arguments. The grammar fixes the output's shape — a named call's arguments
+    object from the first character; for `required`, `[{"name": "...", "arguments": {...}}, ...]`, keys in that
+    order — so a call begins when its head is read and its arguments end where their outer braces close."""
+
+    def __init__(self, tool_plan: ToolPlan) -> None:
+        self.plan = tool_plan
+        self.num_started = 0
+        self._pending = ""  # required: text not yet read (a call's head may arrive in pieces)
+        self._state = "head"  # reading a call's head, its arguments, or the brace that closes the call
+        self._depth = 0  # inside the current arguments: their brace/bracket depth, outside strings
+        self._in_string = self._escaped = False
+
+    def feed(self, text: str) -> list[tuple]:
+        events: list[tuple] = []
+        if self.plan.mode == "named":
+            if not self.num_started:
+                events.append(self._start(self.plan.named or ""))
+            # Whitespace is held until more arguments follow it: the grammar may end the object with a space,
+            # which is no part of the arguments.
+            text = self._pending + text
+            kept = text.rstrip()
+            self._pending = text[len(kept):]
+            return events + ([("call_args", 0, kept)] if kept else [])
+        self._pending += text
+        while self._pending:
+            if self._state == "args":
+                if self._depth == 0:
+                    self._pending = self._pending.lstrip()  # the space before the arguments is not theirs
+                    if not self._pending:
+                        break
+                end = self._scan(self._pending)
+                events.append(("call_args", self.num_started - 1, self._pending[:end]))
+                self._pending = self._pending[end:]
+                if self._depth:
+                    break
+                self._state = "close"
+            elif self._state == "close":
+                self._pending = self._pending.lstrip()
+                if self._pending:
+                    self._pending = self._pending.removeprefix("}")  # the call object's own closing brace
+                    self._state = "head"
+            else:
+                head = _CALL_HEAD.match(self._pending)
+                if head is None:
+                    break  # the head is still arriving (or the array is closing: `]`, which starts no call)
+                events.append(self._start(json.loads(head.group(1))))
+                self._pending = self._pending[head.end():]
+                self._state = "args"
+        return events
+
+    def _start(self, name: str) -> tuple:
+        self.num_started += 1
+        return ("call_start", self.num_started - 1, new_call(name, ""))
+
+    def _scan(self, text: str) -> int:
+        """How much of `text` (starting inside or at the start of the current arguments) belongs to them: all of
+        it, or up to where their outer braces close (the depth is then 0)."""
+        for i, ch in enumerate(text):
+            if self._in_string:
+                self._escaped, self._in_string = (False, True) if self._escaped else (ch == "\\", ch != '"')
+            elif ch == '"':
+                self._in_string = True
+            elif ch in "{[":
+                self._depth += 1
+            elif ch in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    return i + 1
+        return len(text)
 
 
 def _begins_call(start: str) -> bool | None:

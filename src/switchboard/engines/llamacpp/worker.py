@@ -367,7 +367,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                 key = "delta" if stream else "message"
                 content: dict[str, Any] = {"content": text} if stream else {"role": "assistant", "content": text}
                 if calls and stream:
-                    content = {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
+                    content = {"tool_calls": calls}  # deltas, indexed
                 elif calls:
                     content = {"role": "assistant", "content": text or None, "tool_calls": calls}
                 return {"index": 0, key: content if text is not None or calls else {}, "logprobs": logprobs, "finish_reason": finish}
@@ -378,9 +378,14 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
             tokens: list | None = [] if num_top_asked(kind, body) is not None else None
             calls: list | None = None
             item = first
-            while item[0] in ("text", "tool_calls"):
+            while item[0] in ("text", "tool_calls", "call_start", "call_args"):
                 if item[0] == "tool_calls":
                     calls = item[1]
+                elif item[0] == "call_start":
+                    calls = [*(calls or []), item[2]]
+                elif item[0] == "call_args":
+                    assert calls is not None
+                    calls[item[1]]["function"]["arguments"] += item[2]
                 else:
                     parts.append(item[1])
                     if tokens is not None:
@@ -403,9 +408,13 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                     if item[0] == "text":
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
                                 "choices": [choice(item[1], None, item[2], stream=True)]}
-                    elif item[0] == "tool_calls":  # each call whole, in one chunk (as llama.cpp's server streams them)
+                    elif item[0] == "tool_calls":  # auto: each call whole, in one chunk (as llama.cpp's server streams them)
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
-                                "choices": [choice(None, None, None, stream=True, calls=item[1])]}
+                                "choices": [choice(None, None, None, stream=True, calls=[{"index": i, **c} for i, c in enumerate(item[1])])]}
+                    elif item[0] in ("call_start", "call_args"):  # named, required: as generated, as OpenAI streams them
+                        delta = {"index": item[1], **item[2]} if item[0] == "call_start" else {"index": item[1], "function": {"arguments": item[2]}}
+                        data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                "choices": [choice(None, None, None, stream=True, calls=[delta])]}
                     elif item[0] == "finish":
                         info = item[1]
                         data = {"id": rid, "object": chunk_obj, "created": created, "model": model_name,
