@@ -22,11 +22,13 @@ def load_config(path: str | Path) -> SwitchboardConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
-    return parse_config(text, source=str(path))
+    return parse_config(text, source=str(path), base_dir=path.parent)
 
 
-def parse_config(text: str, source: str = "<config>") -> SwitchboardConfig:
-    """Validates YAML text. Raises ConfigError naming the bad field and line."""
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> SwitchboardConfig:
+    """Validates YAML text. Raises ConfigError naming the bad field and line. Relative paths of files the config
+    reads as it loads (a llama.cpp expert's `chat_template`) are from `base_dir` (the config file's folder), else
+    from the working directory."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -39,7 +41,7 @@ def parse_config(text: str, source: str = "<config>") -> SwitchboardConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping with an 'experts' list")
     try:
-        return SwitchboardConfig.model_validate(data)
+        return SwitchboardConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = [_describe(err, node, source) for err in exc.errors()]
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None

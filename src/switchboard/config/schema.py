@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from switchboard.policies.circuit import BreakerSettings
 from switchboard.policies.control import ControlSettings
@@ -80,23 +80,28 @@ class LlamaCppBackend(_Strict):
     )
     chat_template: str | None = Field(
         None, description="A Jinja chat template used instead of the GGUF's own (llama.cpp's --chat-template-file, "
-        "vLLM's --chat-template): the template text, or the path of a file holding it. For a GGUF whose template is "
-        "missing or wrong, or to give a model tool syntax (docs/api.md, function calling).",
+        "vLLM's --chat-template): the template text, or the path of a file holding it (read when the config is; a "
+        "relative path is from the config file's folder). For a GGUF whose template is missing or wrong, or to give a model tool syntax "
+        "(docs/api.md, function calling).",
     )
     prefix_cache_dir: str | None = Field(
         "~/.cache/switchboard/kv-prefix", description="Where the chat template prefix's KV cells are kept, so a "
         "new worker restores them instead of evaluating them; null: evaluated by every worker.",
     )
 
-    @model_validator(mode="after")
-    def _template_is_there(self) -> "LlamaCppBackend":
-        # A file named here is read when a worker starts; a missing one is the config's error now, not a failed
-        # start later. (Imported here: the engines package is not needed to read a config otherwise.)
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A file named here is read now, with the config: a missing one or invalid Jinja is the config's error,
+        # not a failed worker start later, and the text travels with the config (a Ray replica on another node
+        # has no such file, or another working directory). (Imported here: reading a config needs no engine.)
         from switchboard.engines.llamacpp import templates
 
-        if self.chat_template is not None:
-            templates.check(templates.resolve(self.chat_template))
-        return self
+        if value is None:
+            return None
+        text = templates.resolve(value, (info.context or {}).get("base_dir"))
+        templates.check(text)
+        return text
 
 
 class SimulatedBackend(_Strict):

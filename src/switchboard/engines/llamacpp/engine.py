@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from switchboard.engines.base import EngineUnavailable
-from switchboard.engines.llamacpp import templates
 from switchboard.engines.llamacpp.paths import default_model_path
 from switchboard.engines.llamacpp.pool import StandbyPool, hand_over, read_event, spawn_worker
 from switchboard.engines.local_server import HttpCall, LocalServerEngine
@@ -71,7 +70,7 @@ class LlamaCppEngine(LocalServerEngine):
         self.sleep_level = sleep_level
         self.sleep_call = HttpCall("POST", f"/sleep?level={sleep_level}")
         self.prefix_cache_dir = Path(prefix_cache_dir).expanduser() if prefix_cache_dir else None
-        self.chat_template = chat_template  # the template's text (templates.resolve), or None: the GGUF's own
+        self.chat_template = chat_template  # the template's text (the config reads a file's), or None: the GGUF's own
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -97,7 +96,7 @@ class LlamaCppEngine(LocalServerEngine):
             pool=pool,
             sleep_level=backend.sleep_level,
             prefix_cache_dir=backend.prefix_cache_dir,
-            chat_template=templates.resolve(backend.chat_template) if backend.chat_template else None,
+            chat_template=backend.chat_template,
         )
 
     @property

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
-def resolve(value: str) -> str:
-    """The template text of a config value: the text itself, or, when the value is one line naming a file,
-    that file's contents. Raises ValueError for a one-line value with no Jinja in it that names no file."""
+def resolve(value: str, base_dir: Path | None = None) -> str:
+    """The template text of a config value: the text itself, or, when the value is one line naming a file (a
+    relative path from `base_dir`, else the working directory), that file's contents. Raises ValueError for a
+    one-line value with no Jinja in it that names no file."""
     if "\n" not in value and "{" not in value:
         path = Path(value).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
         if not path.is_file():
             raise ValueError(f"chat_template {value!r} is neither a Jinja template nor a file")
         return path.read_text()

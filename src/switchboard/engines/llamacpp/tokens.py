@@ -154,8 +154,7 @@ class PromptTokens:
 
         model_path = expert.backend.model_path or default_model_path()
         try:
-            template = templates.resolve(expert.backend.chat_template) if expert.backend.chat_template else None
-            return PromptTokenCounter.load(model_path, expert.context_tokens, template)
+            return PromptTokenCounter.load(model_path, expert.context_tokens, expert.backend.chat_template)
         except Exception as exc:  # noqa: BLE001
             log.warning("expert %s: cannot load the vocabulary of %s here (%s: %s); prompt lengths are estimated",
                         expert.id, model_path, type(exc).__name__, exc)
