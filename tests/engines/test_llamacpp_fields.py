@@ -71,6 +71,15 @@ def test_json_object_and_penalties_are_honoured(client):
     assert choice.finish_reason == "length" or isinstance(json.loads(text), dict)
 
 
+def test_hints_that_change_no_answer_are_accepted(client):
+    answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                            prompt_cache_key="conversation-7", safety_identifier="user-hash", service_tier="auto")
+    assert answer.choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2, service_tier="priority")
+    assert refused.value.body["param"] == "service_tier"
+
+
 @pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", " and so on"), ("best_of", 2)])
 def test_what_llamacpp_cannot_do_is_a_400_naming_the_field(client, field, value):
     # (Tools, refused here until 2026-12-07, are served: tests/engines/test_llamacpp_tools.py.)

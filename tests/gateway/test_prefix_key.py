@@ -66,3 +66,19 @@ def test_the_key_names_the_opening_under_the_configured_secret():
 def test_a_secret_blake2b_cannot_take_is_refused_with_the_field_named(secret):
     with pytest.raises(ConfigError, match="prefix_key_secret"):
         parse_config(f"experts: [{{id: a, backend: {{kind: simulated}}}}]\ngateway: {{prefix_key_secret: '{secret}'}}")
+
+
+def test_a_prompt_cache_key_names_the_prefix_instead_of_the_opening():
+    secret = b"s"
+
+    def key(body):
+        parsed, _ = rq.parse_chat(json.dumps(body).encode())
+        return chat_prefix_key(parsed, secret)
+
+    other_opening = {**CONVERSATION, "messages": [{"role": "system", "content": "Today is Monday."}, *CONVERSATION["messages"][1:]]}
+    assert key(CONVERSATION) != key(other_opening)
+    # The client says the two share their prefix (the varying line aside): one key, so one replica.
+    assert key({**CONVERSATION, "prompt_cache_key": "hamlet"}) == key({**other_opening, "prompt_cache_key": "hamlet"})
+    assert key({**CONVERSATION, "prompt_cache_key": "hamlet"}) != key({**CONVERSATION, "prompt_cache_key": "lear"})
+    assert key({**CONVERSATION, "prompt_cache_key": "hamlet"}) != key(CONVERSATION)
+    assert key({**CONVERSATION, "prompt_cache_key": ""}) == key(CONVERSATION)  # empty: no key given

@@ -223,7 +223,9 @@ def test_cancelling_is_for_background_responses_only(client):
 def test_includes_about_items_never_produced_here_change_nothing():
     plain = _parse(input="x").chat
     assert _parse(input="x", include=["reasoning.encrypted_content", "file_search_call.results"]).chat == plain
-    assert _parse(input="x", prompt_cache_retention="24h", prompt_cache_options={"ttl": "24h"}, prompt_cache_key="k").chat == plain
+    assert _parse(input="x", prompt_cache_retention="24h", prompt_cache_options={"ttl": "24h"}).chat == plain
+    # The cache key and the end user's id go on: the key routes (gateway/affinity.py), the id describes the request.
+    assert _parse(input="x", prompt_cache_key="k", safety_identifier="u").chat == {**plain, "prompt_cache_key": "k", "safety_identifier": "u"}
 
 
 def test_every_parameter_of_the_official_clients_create_is_handled():

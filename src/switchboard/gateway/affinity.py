@@ -33,5 +33,10 @@ def prefix_key(opening: Sequence[str], secret: bytes) -> str:
 
 
 def chat_prefix_key(parsed: Any, secret: bytes) -> str:
-    """`prefix_key` of a parsed chat request: its first messages with text content."""
+    """`prefix_key` of a parsed chat request: its `prompt_cache_key` when it sends one (OpenAI's hint that
+    requests sharing it share a prefix: the client knows better than the first messages do, e.g. a long tool list
+    or document that comes after a varying system line), else its first messages with text content."""
+    cache_key = getattr(parsed, "prompt_cache_key", None)
+    if cache_key:
+        return prefix_key(["\x00prompt_cache_key", cache_key], secret)  # apart from every opening's key
     return prefix_key([m.content for m in parsed.messages[:OPENING_MESSAGES] if isinstance(m.content, str)], secret)

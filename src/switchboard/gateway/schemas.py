@@ -97,6 +97,10 @@ class ChatCompletionRequest(_SamplingFields):
     store: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    prompt_cache_key: str | None = Field(
+        None, max_length=1024, description="Requests with the same key go to the same replica, whose KV cache holds "
+        "their shared prefix (OpenAI's cache-routing hint; docs/ray.md, stable prefix keys).")
+    safety_identifier: str | None = Field(None, max_length=1024, description="A stable id of the end user (OpenAI's); recorded by no engine here.")
 
 
 class CompletionRequest(_SamplingFields):

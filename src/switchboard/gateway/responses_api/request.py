@@ -67,7 +67,7 @@ def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | N
     chat: dict[str, Any] = {"model": request.model, "messages": _messages(request.instructions, items, len(earlier))}
     if request.max_output_tokens is not None:
         chat["max_completion_tokens"] = request.max_output_tokens
-    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "routing"):
+    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "routing", "prompt_cache_key", "safety_identifier"):
         value = getattr(request, name)
         if value is not None:
             chat[name] = value.model_dump(exclude_none=True) if name == "routing" else value
