@@ -73,11 +73,15 @@ def test_json_object_and_penalties_are_honoured(client):
 
 def test_hints_that_change_no_answer_are_accepted(client):
     answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
-                                            prompt_cache_key="conversation-7", safety_identifier="user-hash", service_tier="auto")
+                                            prompt_cache_key="conversation-7", safety_identifier="user-hash", service_tier="auto",
+                                            modalities=["text"])
     assert answer.choices[0].finish_reason in ("length", "stop")
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2, service_tier="priority")
     assert refused.value.body["param"] == "service_tier"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2, modalities=["text", "audio"])
+    assert refused.value.body["param"] == "modalities"
 
 
 @pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", " and so on"), ("best_of", 2)])

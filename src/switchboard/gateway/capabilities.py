@@ -56,6 +56,7 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
     # Hints that change no answer: the cache key routes (gateway/affinity.py), the others only describe the
     # request; OpenAI's standard tier is the only one a local engine has.
     "prompt_cache_key": _ANY, "safety_identifier": _ANY, "service_tier": lambda value: value in (None, "auto", "default"),
+    "modalities": lambda value: value in (None, ["text"]),  # text out is all a local engine makes
     "n": _one, "best_of": _one, "logprobs": _off, "top_logprobs": _off, "echo": _off, "suffix": _off,
     "response_format": _text_format, "tools": _off, "tool_choice": _no_tools_asked, "parallel_tool_calls": _ANY,
     "logit_bias": _off,
