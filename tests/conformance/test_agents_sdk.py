@@ -1,0 +1,56 @@
+"""OpenAI's Agents SDK (`openai-agents`, an official agent framework on the official client) running a tool-using
+agent against the real SmolLM2 expert, through both of its model adapters (Responses and Chat Completions),
+whole and streamed: the SDK sends the tools, reads the model's call (made well-formed by a grammar,
+engines/llamacpp/tools.py), runs its Python function with the parsed arguments and takes the result as the run's
+final output (`tool_use_behavior="stop_on_first_tool"`, so the run ends whatever this 135M model would say next)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import agents  # openai-agents, a dev dependency (pyproject.toml)
+import pytest
+from openai import AsyncOpenAI
+
+from switchboard.testing.servers import serve_smol_gateway
+
+pytestmark = pytest.mark.llamacpp
+
+
+@pytest.fixture(scope="module")
+def smol_gateway():
+    with serve_smol_gateway(context_tokens=2048) as url:
+        yield url
+
+
+@pytest.mark.parametrize("adapter", ["responses", "chat"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_agent_calls_its_function_tool_through_the_gateway(smol_gateway, adapter, streamed):
+    agents.set_tracing_disabled(True)  # the SDK would send traces to OpenAI
+    cities: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        cities.append(city)
+        return f"18 C and sunny in {city}"
+
+    async def run() -> tuple[object, list[str]]:
+        client = AsyncOpenAI(base_url=smol_gateway, api_key="unused", max_retries=0)
+        model_class = agents.OpenAIResponsesModel if adapter == "responses" else agents.OpenAIChatCompletionsModel
+        agent = agents.Agent(name="weather", instructions="Answer questions about the weather.", tools=[get_weather],
+                             model=model_class(model="smol", openai_client=client), tool_use_behavior="stop_on_first_tool",
+                             model_settings=agents.ModelSettings(tool_choice="required", max_tokens=60, temperature=0))
+        if not streamed:
+            result = await agents.Runner.run(agent, "What is the weather in Paris?", max_turns=2)
+            return result, []
+        result = agents.Runner.run_streamed(agent, "What is the weather in Paris?", max_turns=2)
+        kinds = [event.type async for event in result.stream_events()]
+        return result, kinds
+
+    result, kinds = asyncio.run(run())
+    assert cities and all(isinstance(city, str) for city in cities)  # the SDK parsed the arguments and called it
+    assert result.final_output == f"18 C and sunny in {cities[0]}"
+    assert [type(item).__name__ for item in result.new_items][:1] == ["ToolCallItem"]
+    if streamed:
+        assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
