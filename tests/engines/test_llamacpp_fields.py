@@ -61,6 +61,24 @@ def test_n_choices_are_n_generations_with_usage_counting_the_prompt_once(client,
     assert usage.prompt_tokens == one.usage.prompt_tokens and usage.completion_tokens == 2 * one.usage.completion_tokens
 
 
+def test_a_schema_that_cannot_be_a_grammar_is_a_400_not_any_json(client):
+    # llama-cpp-python, given a schema its converter cannot take, quietly constrains to any JSON instead.
+    broken = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=4, response_format=broken)
+    assert "cannot be made a grammar" in refused.value.body["message"]
+
+
+def test_legacy_completions_take_json_output_too(client):
+    # Once a 500 (llama-cpp-python's create_completion has no response_format), retried and counted against the
+    # replica's breaker; now the same grammar as chat's.
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    choice = client.completions.create(model="smol", prompt="The weather in Paris as JSON:", max_tokens=60, temperature=0,
+                                       extra_body={"response_format": fmt}).choices[0]
+    answer = json.loads(choice.text)
+    assert set(answer) == {"city", "sunny"}
+
+
 def test_json_object_and_penalties_are_honoured(client):
     choice = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
                                             response_format={"type": "json_object"}, max_tokens=120, temperature=0,

@@ -282,3 +282,21 @@ def test_malformed_allowed_tools_name_the_field(choice, param):
     with pytest.raises(tools.ToolRequestError) as refused:
         tools.plan(_body(tool_choice=choice))
     assert refused.value.param == param
+
+
+def test_required_calls_keep_nested_models_references_resolvable():
+    """pydantic's nested models and enums come as `$defs` with `#/$defs/...` references, which resolve from the
+    document's root: nested in the call array, they are moved to its root under per-function names."""
+    from llama_cpp import llama_grammar
+
+    address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    ship = {"type": "function", "function": {"name": "ship", "parameters": {
+        "$defs": {"Address": address}, "type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}}, "required": ["to"]}}}
+    bill = {"type": "function", "function": {"name": "bill", "parameters": {  # the same def name, another schema
+        "definitions": {"Address": {"type": "string"}}, "type": "object", "properties": {"to": {"$ref": "#/definitions/Address"}}}}}
+    schema = tools.plan({"messages": USER, "tools": [ship, bill], "tool_choice": "required"}).schema()
+    assert schema["$defs"] == {"f0_Address": address, "f1_Address": {"type": "string"}}
+    ship_args, bill_args = (c["properties"]["arguments"] for c in schema["items"]["anyOf"])
+    assert ship_args["properties"]["to"] == {"$ref": "#/$defs/f0_Address"} and "$defs" not in ship_args
+    assert bill_args["properties"]["to"] == {"$ref": "#/$defs/f1_Address"} and "definitions" not in bill_args
+    llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)  # compiles: every reference resolves

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import openai
 import pydantic
@@ -116,6 +117,28 @@ def test_allowed_tools_restrict_the_calls_chat_and_responses(client):
                                        tools=[{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]} for t in TOOLS],
                                        tool_choice={"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "GetWeather"}]})
     assert {item.name for item in response.output if item.type == "function_call"} == {"GetWeather"}
+
+
+class Address(pydantic.BaseModel):
+    city: str = pydantic.Field(max_length=20)
+    country: str = pydantic.Field(max_length=20)
+
+
+class Ship(pydantic.BaseModel):
+    """Ship a parcel to an address."""
+
+    to: Address
+    speed: Literal["standard", "express"]
+
+
+def test_nested_models_and_enums_are_called_with_arguments_that_validate(client):
+    # pydantic's nested models and Literal/enums come as $defs and references; under `required` they sit inside
+    # the call array's schema, where they once failed to compile and llama-cpp-python fell back to any JSON.
+    for tool_choice in ("required", {"type": "function", "function": {"name": "Ship"}}):
+        answer = client.chat.completions.parse(model="smol", messages=[{"role": "user", "content": "Ship my parcel to Paris, France, fast."}],
+                                               tools=[openai.pydantic_function_tool(Ship)], tool_choice=tool_choice, max_tokens=200, temperature=0)
+        calls = answer.choices[0].message.tool_calls
+        assert calls and all(isinstance(call.function.parsed_arguments, Ship) for call in calls), tool_choice
 
 
 def test_bad_tools_are_a_400_naming_the_field(client):

@@ -76,11 +76,39 @@ class ToolPlan:
         if self.mode == "named":
             return _parameters(self.functions[self.named or ""])
         if self.mode == "required":
-            calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": _parameters(fn)},
-                      "required": ["name", "arguments"], "additionalProperties": False}
-                     for name, fn in self.functions.items()]
-            return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}), "items": {"anyOf": calls}}
+            calls, defs = [], {}
+            for i, (name, fn) in enumerate(self.functions.items()):
+                arguments, own_defs = _hoisted(_parameters(fn), f"f{i}_")
+                defs.update(own_defs)
+                calls.append({"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
+                              "required": ["name", "arguments"], "additionalProperties": False})
+            return {"type": "array", "minItems": 1, **({} if self.parallel else {"maxItems": 1}), "items": {"anyOf": calls},
+                    **({"$defs": defs} if defs else {})}
         return None
+
+
+def _hoisted(schema: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A function's parameters schema made to sit inside another: its `$defs` (or `definitions`: pydantic's nested
+    models, enums) moved out under names with `prefix`, and its `#/...` references renamed to match, since a
+    reference resolves from the document's root (the call array's, once the parameters are nested in it)."""
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    if not defs:
+        return schema, {}
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: renamed(v) for k, v in node.items() if k not in ("$defs", "definitions")}
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                for root in ("#/$defs/", "#/definitions/"):
+                    if ref.startswith(root):
+                        out["$ref"] = "#/$defs/" + prefix + ref[len(root):]
+            return out
+        if isinstance(node, list):
+            return [renamed(v) for v in node]
+        return node
+
+    return renamed(schema), {prefix + name: renamed(d) for name, d in defs.items()}
 
 
 def plan(body: dict[str, Any]) -> ToolPlan:

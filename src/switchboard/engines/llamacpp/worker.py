@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import sys
@@ -51,15 +52,43 @@ def _announce(event: dict[str, Any]) -> None:
 _SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p")
 
 
-def _response_format(asked: Any) -> dict[str, Any] | None:
-    """OpenAI's `response_format` as llama-cpp-python takes it: json_object (with the json_schema's schema, if
-    one) becomes a grammar that only admits such JSON. None for text or nothing."""
+_ANY_JSON = object()  # json_object: any JSON value, llama.cpp's JSON grammar
+
+
+def _output_schema(asked: Any) -> Any:
+    """What OpenAI's `response_format` asks the output to be: a JSON schema (json_schema), `_ANY_JSON`
+    (json_object, or a json_schema without a schema), or None (text, or nothing)."""
     if not isinstance(asked, dict) or asked.get("type") not in ("json_object", "json_schema"):
         return None
     if asked["type"] == "json_schema":
-        schema = (asked.get("json_schema") or {}).get("schema")
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
-    return {"type": "json_object"}
+        return (asked.get("json_schema") or {}).get("schema") or _ANY_JSON
+    return _ANY_JSON
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_of(schema_json: str | None) -> Any:
+    """llama.cpp's grammar admitting only JSON that matches the schema (any JSON for None). Cached: an agent
+    sends the same tools, and so the same schema, every turn. Raises for a schema the converter cannot take."""
+    from llama_cpp import llama_grammar
+
+    if schema_json is None:
+        return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+    return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+class GrammarError(ValueError):
+    """A JSON schema that cannot be made into a grammar (the client's 400)."""
+
+
+def grammar_for(schema: Any) -> Any:
+    """The grammar for `_output_schema`'s answer or a tool plan's schema (None: no grammar). llama-cpp-python,
+    handed a schema it cannot convert, quietly falls back to any JSON; here it is the client's 400 instead."""
+    if schema is None:
+        return None
+    try:
+        return _grammar_of(None if schema is _ANY_JSON else json.dumps(schema))  # key order is the output's: kept
+    except Exception as exc:  # noqa: BLE001 — the converter raises assorted errors (unresolved $ref, bad types)
+        raise GrammarError(f"the JSON schema cannot be made a grammar for llama.cpp: {type(exc).__name__}: {exc}") from None
 
 
 def default_num_threads() -> int:
@@ -195,9 +224,6 @@ class _Generator:
             kwargs["repeat_penalty"] = body["repetition_penalty"]
         if body.get("logit_bias"):
             kwargs["logit_bias"] = body["logit_bias"]
-        response_format = _response_format(body.get("response_format"))
-        if response_format is not None:
-            kwargs["response_format"] = response_format
         return kwargs
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
@@ -213,20 +239,23 @@ class _Generator:
             kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
             output = tools.OutputFilter(tools.ToolPlan("none", {}))
-            if kind == "chat":
-                try:
+            tool_plan = None
+            try:
+                if kind == "chat":
                     tool_plan = tools.plan(body)
-                except tools.ToolRequestError as exc:
-                    emit(("invalid", str(exc)))
-                    return
-                if (schema := tool_plan.schema()) is not None:  # named or required: the grammar makes the call
-                    kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                # Named or required tools: the grammar makes the call; else the response format's, if any.
+                schema = tool_plan.schema() if tool_plan is not None else None
+                kwargs["grammar"] = grammar_for(schema if schema is not None else _output_schema(body.get("response_format")))
+            except (tools.ToolRequestError, GrammarError) as exc:
+                emit(("invalid", str(exc)))
+                return
+            if tool_plan is not None:
                 output = tools.OutputFilter(tool_plan)
                 reads_tools = tools.template_reads_tools(self.llm.metadata.get("tokenizer.chat_template"))
                 try:
                     chunks = self.llm.create_chat_completion(**tools.chat_prompt(body, tool_plan, reads_tools), stream=True, **kwargs)
-                except Exception as exc:  # noqa: BLE001 — raised before generation: the template or the grammar
-                    # refused this request (a role order it forbids, a schema it cannot compile), not the replica
+                except Exception as exc:  # noqa: BLE001 — raised before generation: the template refused this
+                    # request (a role order it forbids, anything it raises), not the replica
                     # failing: the client's 400, never a 5xx that would retry it and trip the circuit breaker.
                     emit(("invalid", f"the model's chat template cannot format this request: {type(exc).__name__}: {exc}"))
                     return
