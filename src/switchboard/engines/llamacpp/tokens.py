@@ -44,6 +44,13 @@ class _CapturingLlama:
         raise _Captured(prompt)
 
 
+def empty_prompt_tokens(llm: Any) -> list[int]:
+    """What an empty completion prompt is evaluated as on a model that adds no begin token (SmolLM2): its
+    end-of-sequence token, so generation starts after a finished text — OpenAI's empty prompt starts from its
+    document separator. (llama-cpp-python asserts on a prompt of no tokens: once the replica's 500.)"""
+    return [llm.token_eos()]
+
+
 class PromptTokenCounter:
     """Counts prompts for one GGUF model. Not thread-safe (llama.cpp objects are not): one caller at a time."""
 
@@ -78,14 +85,16 @@ class PromptTokenCounter:
         raise RuntimeError("the chat handler generated without calling create_completion")
 
     def completion_tokens(self, prompt: str) -> list[int]:
-        """The prompt tokens llama.cpp evaluates for a string prompt (`Llama._create_completion`'s rule)."""
+        """The prompt tokens llama.cpp evaluates for a string prompt (`Llama._create_completion`'s rule, and
+        `empty_prompt_tokens` for a prompt that would have none)."""
         llm, model = self.llm, self.llm._model
         cls_id, sep_id = model.token_cls(), model.token_sep()
         bos = [cls_id if cls_id != -1 else llm.token_bos()]
         if not model.add_bos_token() or bos == [-1]:
             bos = []
         eos = [sep_id if sep_id != -1 else llm.token_eos()] if model.add_eos_token() or sep_id != -1 else []
-        return bos + (llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []) + eos
+        return (bos + (llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []) + eos
+                or empty_prompt_tokens(llm))
 
     def count(self, kind: str, body: dict[str, Any]) -> int:
         """The prompt tokens of a chat or a completion request; of several prompts, the longest's."""

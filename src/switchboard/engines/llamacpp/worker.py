@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.engines.llamacpp import kv, templates, tools
+from switchboard.engines.llamacpp.tokens import empty_prompt_tokens
 from switchboard.engines.sockets import loopback_listener
 
 _T0 = time.perf_counter()
@@ -261,6 +262,8 @@ class _Generator:
                     return
             else:
                 prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
+                if not prompt and not self.llm._model.add_bos_token():  # no tokens at all: llama-cpp-python asserts
+                    prompt = empty_prompt_tokens(self.llm)  # as the gateway's counter counts it
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
             finish = None
             began_at, first_at = time.perf_counter(), None  # the generation's own timing (`_timings`)
