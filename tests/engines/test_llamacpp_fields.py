@@ -69,6 +69,12 @@ def test_a_schema_that_cannot_be_a_grammar_is_a_400_not_any_json(client):
     assert "cannot be made a grammar" in refused.value.body["message"]
 
 
+def test_a_logit_bias_outside_the_vocabulary_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2, logit_bias={"999999": 5})
+    assert "token id 999999 is not in the model's vocabulary (0-49151)" in refused.value.body["message"]
+
+
 def test_legacy_completions_take_json_output_too(client):
     # Once a 500 (llama-cpp-python's create_completion has no response_format), retried and counted against the
     # replica's breaker; now the same grammar as chat's.

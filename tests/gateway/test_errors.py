@@ -43,6 +43,8 @@ def _error(response: httpx.Response) -> dict:
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "logprobs": true}', 400, "logprobs"),
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}', 400, "tools"),
         (b'{"model": "small", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}', 400, "response_format"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 5}}', 400, "logit_bias.abc"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"7": 101}}', 400, "logit_bias.7"),
         (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}', 400, "stop"),
         (b'{"model": "nobody", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
         (b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "routing": {"experts": ["ghost"]}}', 400, "routing.experts"),

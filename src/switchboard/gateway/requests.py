@@ -59,8 +59,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("TextPart", "OtherPart", "str", "list[ContentPart]", "list[str]"):
-            continue  # pydantic's union-branch labels mean nothing to a client
+        elif part in ("TextPart", "OtherPart", "str", "list[ContentPart]", "list[str]", "[key]"):
+            continue  # pydantic's union-branch labels (and its mark of a bad mapping key) mean nothing to a client
         else:
             out += f".{part}" if out else str(part)
     return out

@@ -8,9 +8,9 @@ client sent it (but `model`), and local engines answer a clear 400 naming any fi
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 
 class _Forbid(BaseModel):
@@ -33,6 +33,8 @@ class OtherPart(_Open):
 
 
 ContentPart = Union[TextPart, OtherPart]
+TokenId = Annotated[str, StringConstraints(pattern=r"^\d{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
 
 
 class ChatMessage(_Open):
@@ -75,7 +77,8 @@ class _SamplingFields(_Open):
     stop: Stop = Field(None, description="Up to 4 stop sequences.")
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[TokenId, Bias] | None = Field(
+        None, description="Token id (as a string) → bias added to its logit, -100 to 100 (OpenAI's range).")
     seed: int | None = None
     user: str | None = None
     top_k: int | None = Field(None, ge=-1, description="Vendor extension (vLLM, llama.cpp).")

@@ -77,8 +77,9 @@ def _grammar_of(schema_json: str | None) -> Any:
     return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)
 
 
-class GrammarError(ValueError):
-    """A JSON schema that cannot be made into a grammar (the client's 400)."""
+class InvalidRequest(ValueError):
+    """A request this model cannot take as asked (the client's 400): a JSON schema that cannot be made a grammar,
+    a logit bias for a token id outside its vocabulary."""
 
 
 def grammar_for(schema: Any) -> Any:
@@ -89,7 +90,7 @@ def grammar_for(schema: Any) -> Any:
     try:
         return _grammar_of(None if schema is _ANY_JSON else json.dumps(schema))  # key order is the output's: kept
     except Exception as exc:  # noqa: BLE001 — the converter raises assorted errors (unresolved $ref, bad types)
-        raise GrammarError(f"the JSON schema cannot be made a grammar for llama.cpp: {type(exc).__name__}: {exc}") from None
+        raise InvalidRequest(f"the JSON schema cannot be made a grammar for llama.cpp: {type(exc).__name__}: {exc}") from None
 
 
 def default_num_threads() -> int:
@@ -224,6 +225,9 @@ class _Generator:
         if body.get("repetition_penalty") is not None:
             kwargs["repeat_penalty"] = body["repetition_penalty"]
         if body.get("logit_bias"):
+            num_vocab = self.llm.n_vocab()
+            if outside := [t for t in body["logit_bias"] if not 0 <= int(t) < num_vocab]:
+                raise InvalidRequest(f"logit_bias: token id {outside[0]} is not in the model's vocabulary (0-{num_vocab - 1})")
             kwargs["logit_bias"] = body["logit_bias"]
         return kwargs
 
@@ -237,17 +241,17 @@ class _Generator:
         llm.num_top_logprobs, llm.sampled_logprobs = num_top_asked(kind, body), []
         aligner = Aligner(llm.sampled_logprobs) if llm.num_top_logprobs is not None else None
         try:
-            kwargs = self._kwargs(body)
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
             output = tools.OutputFilter(tools.ToolPlan("none", {}))
             tool_plan = None
             try:
+                kwargs = self._kwargs(body)
                 if kind == "chat":
                     tool_plan = tools.plan(body)
                 # Named or required tools: the grammar makes the call; else the response format's, if any.
                 schema = tool_plan.schema() if tool_plan is not None else None
                 kwargs["grammar"] = grammar_for(schema if schema is not None else _output_schema(body.get("response_format")))
-            except (tools.ToolRequestError, GrammarError) as exc:
+            except (tools.ToolRequestError, InvalidRequest) as exc:
                 emit(("invalid", str(exc)))
                 return
             if tool_plan is not None:
