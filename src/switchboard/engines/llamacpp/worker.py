@@ -251,6 +251,8 @@ class _Generator:
                 # Named or required tools: the grammar makes the call; else the response format's, if any.
                 schema = tool_plan.schema() if tool_plan is not None else None
                 kwargs["grammar"] = grammar_for(schema if schema is not None else _output_schema(body.get("response_format")))
+                if schema is not None:
+                    kwargs.pop("stop", None)  # the grammar ends a call; a stop sequence inside it would only cut it
             except (tools.ToolRequestError, InvalidRequest) as exc:
                 emit(("invalid", str(exc)))
                 return
