@@ -32,6 +32,12 @@ def test_a_refusal_part_is_the_assistants_text():
     assert template_messages(messages)[0]["content"] == "I can't help with that."
 
 
+def test_the_developer_role_is_the_system_role_for_templates():
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert template_messages(messages) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert messages[0]["role"] == "developer"  # not in place
+
+
 def test_an_empty_part_list_is_an_empty_string():
     assert template_messages([{"role": "user", "content": []}]) == [{"role": "user", "content": ""}]
 

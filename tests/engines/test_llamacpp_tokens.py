@@ -55,6 +55,14 @@ def test_an_empty_completion_prompt_is_answered_and_counted_alike(gateway, count
         "completion", {"prompt": ""}) == 1
 
 
+def test_a_developer_message_is_rendered_and_counted_as_a_system_message(llama, gateway, counter):
+    as_system = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three primes."}]
+    as_developer = [{**as_system[0], "role": "developer"}, as_system[1]]
+    expected = llama.create_chat_completion(messages=as_system, max_tokens=1, temperature=0)["usage"]["prompt_tokens"]
+    assert counter.count("chat", {"messages": as_developer}) == expected
+    assert gateway.chat.completions.create(model="smol", messages=as_developer, max_tokens=1, temperature=0).usage.prompt_tokens == expected
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_completion_prompt_counts_equal_llama_cpp_usage(llama, counter, prompt):
     usage = llama.create_completion(prompt=prompt, max_tokens=1, temperature=0)["usage"]

@@ -10,7 +10,9 @@ token counter render the same plain messages:
 - a list of text parts becomes their texts joined by newlines (vLLM's rule for text-only chat templates, its
   "string" content format), so two parts never run together into one word; an assistant turn's `refusal` part
   counts as its text;
-- `null` content becomes "" (the tool calls themselves stay in `tool_calls`, for templates that render them).
+- `null` content becomes "" (the tool calls themselves stay in `tool_calls`, for templates that render them);
+- the `developer` role becomes `system`: OpenAI's new name for the same message, which no GGUF template knows
+  (SmolLM2's would print "developer" as a role the model never saw; a stricter template raises).
 
 Non-text parts never reach here: the gateway refuses them for llama.cpp experts (400, `unsupported_content`).
 """
@@ -21,12 +23,14 @@ from typing import Any
 
 
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`messages` with every `content` a string (see the module's rules); the others are returned as they are,
-    and nothing is changed in place."""
-    return [_plain(m) if not isinstance(m.get("content"), str) else m for m in messages]
+    """`messages` with every `content` a string and no `developer` role (see the module's rules); the others are
+    returned as they are, and nothing is changed in place."""
+    return [_plain(m) if not isinstance(m.get("content"), str) or m.get("role") == "developer" else m for m in messages]
 
 
 def _plain(message: dict[str, Any]) -> dict[str, Any]:
+    if message.get("role") == "developer":
+        message = {**message, "role": "system"}
     content = message.get("content")
     if content is None:
         return {**message, "content": ""}
