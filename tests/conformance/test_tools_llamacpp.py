@@ -1,5 +1,5 @@
-"""The official Node client's tool loop (`chat.completions.runTools`, whole and streamed) against the real
-SmolLM2 expert, whose calls a grammar makes well-formed (engines/llamacpp/tools.py): the SDK parses each call's
+"""The official Node client's tool loop (`chat.completions.runTools`, whole and streamed), and its zod parse helpers
+(a zod response format, a zod tool), against the real SmolLM2 expert, whose calls a grammar makes well-formed (engines/llamacpp/tools.py): the SDK parses each call's
 arguments, runs its local function with them, sends the result back as a `tool` message, and stops after the named
 call. The Python client's helpers on the same engine: tests/engines/test_llamacpp_tools.py."""
 
@@ -43,3 +43,16 @@ def test_node_run_tools_calls_the_local_function_with_the_parsed_arguments(node,
     (call,) = out["body"]["choices"][0]["message"]["tool_calls"]
     assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == called["args"]
     assert out["messages"][-1] == {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"}
+
+
+def test_node_parse_with_zod_schemas(node, smol_gateway):
+    params = {"model": "smol", "messages": [{"role": "user", "content": "Paris: its name and population, please."}], "max_tokens": 80,
+              "temperature": 0}
+    spec = {"baseURL": smol_gateway, "apiKey": "unused", "maxRetries": 0, "endpoint": "chat_parse_zod", "params": params}
+    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=300, cwd=NODE_DIR)
+    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in out, out.get("error")
+    parsed = out["body"]["parsed"]  # zod validated it in the SDK: the grammar made it match
+    assert isinstance(parsed["city"], str) and isinstance(parsed["population"], int) and out["body"]["finish"] == "stop"
+    assert out["body"]["calls"] and all(c["name"] == "get_weather" and isinstance(c["parsed"]["city"], str) for c in out["body"]["calls"])

@@ -1,7 +1,7 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
 // {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
-// "responses_stored" | "chat_run_tools", params}; "models" lists the models, then retrieves params.model; "chat_run_tools" is
+// "responses_stored" | "chat_run_tools" | "chat_parse_zod", params}; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
 // client.chat.completions.runTools (streamed when params.stream), its calls recorded in `called`; "responses" is client.responses.create
 // (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
 // events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
@@ -63,6 +63,18 @@ try {
     const runner = client.chat.completions.runTools({ ...spec.params, tools }, { maxChatCompletions: 3 });
     out.body = await runner.finalChatCompletion();
     out.messages = runner.messages;
+  } else if (spec.endpoint === "chat_parse_zod") {
+    // TypeScript's structured outputs: a zod schema as the response format, then a zod-defined tool, through the
+    // SDK's parse helper (which validates what comes back against the zod schemas).
+    const { z } = await import("zod");
+    const { zodResponseFormat, zodFunction } = await import("openai/helpers/zod");
+    const City = z.object({ city: z.string().max(20), population: z.number().int() });
+    const GetWeather = z.object({ city: z.string().max(20) });
+    const answer = await client.chat.completions.parse({ ...spec.params, response_format: zodResponseFormat(City, "city") });
+    const called = await client.chat.completions.parse({ ...spec.params, tools: [zodFunction({ name: "get_weather", parameters: GetWeather })],
+      tool_choice: "required" });
+    out.body = { parsed: answer.choices[0].message.parsed, finish: answer.choices[0].finish_reason,
+      calls: called.choices[0].message.tool_calls.map((c) => ({ name: c.function.name, parsed: c.function.parsed_arguments })) };
   } else if (spec.endpoint === "models") {
     const listed = [];
     for await (const model of client.models.list()) listed.push(model);
