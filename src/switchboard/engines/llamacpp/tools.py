@@ -33,6 +33,7 @@ prompt from `chat_prompt`, so prompt token counts stay exact with tools.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import uuid
@@ -143,7 +144,7 @@ def plan(body: dict[str, Any]) -> ToolPlan:
         if choice == "required" and not functions:
             raise ToolRequestError("tool_choice 'required' needs at least one tool in tools", "tool_choice")
         return ToolPlan(choice if functions else "none", functions, parallel=parallel, offered=offered)  # type: ignore[arg-type]
-    name = ((choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None)
+    name = _function_name(choice)
     if not isinstance(name, str):
         raise ToolRequestError("tool_choice must be 'none', 'auto', 'required', {'type': 'function', 'function': {'name': ...}} "
                                "or {'type': 'allowed_tools', 'allowed_tools': {'mode': ..., 'tools': [...]}}", "tool_choice")
@@ -161,7 +162,7 @@ def _allowed(choice: dict[str, Any], functions: dict[str, dict[str, Any]],
         raise ToolRequestError("tool_choice.allowed_tools must be {'mode': 'auto' | 'required', 'tools': [...]}", "tool_choice.allowed_tools")
     names = []
     for i, tool in enumerate(allowed["tools"]):
-        name = ((tool.get("function") or {}).get("name") if isinstance(tool, dict) and tool.get("type") == "function" else None)
+        name = _function_name(tool)
         if name not in functions:
             raise ToolRequestError(f"tool_choice.allowed_tools.tools[{i}] must name a function declared in tools", f"tool_choice.allowed_tools.tools[{i}]")
         names.append(name)
@@ -169,10 +170,16 @@ def _allowed(choice: dict[str, Any], functions: dict[str, dict[str, Any]],
     return allowed["mode"], kept, [t for t in tools if t["function"]["name"] in kept]
 
 
+def _function_name(choice: Any) -> Any:
+    """The name in `{"type": "function", "function": {"name": ...}}` (a tool choice, an allowed tool), else None."""
+    return (choice.get("function") or {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" else None
+
+
 _TOOLS_IN_JINJA = re.compile(r"\{[{%][^}]*\btools\b")
 _STRING_LITERAL = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 
 
+@functools.lru_cache(maxsize=8)  # asked per request (worker and gateway counter) of the one template each model has
 def template_reads_tools(template: str | None) -> bool:
     """Whether a chat template renders `tools`: the variable inside a Jinja tag (`{% if tools %}`,
     `{{ tools | tojson }}`), as Hugging Face templates with tool syntax have it; the word in the template's text or
@@ -275,6 +282,7 @@ def _call_from(obj: Any, functions: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _calls_from(value: Any, functions: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every call object of `value` (one, or a list) as a call, or None if any is not one (or there are none)."""
     items = value if isinstance(value, list) else [value]
     calls = [_call_from(item, functions) for item in items]
     return calls if calls and all(c is not None for c in calls) else None  # type: ignore[return-value]
@@ -284,13 +292,11 @@ def parse_auto(text: str, functions: dict[str, Any]) -> Parsed | None:
     """`text` read as calls in one of the formats the module lists, or None when it is not (it is then text)."""
     if HERMES_OPEN in text:
         head = text[: text.index(HERMES_OPEN)]
-        calls = []
-        for body in _HERMES_CALL.findall(text):
-            try:
-                calls.append(_call_from(json.loads(body), functions))
-            except ValueError:
-                return None
-        return Parsed(head.strip(), calls) if calls and all(c is not None for c in calls) else None  # type: ignore[arg-type]
+        try:
+            calls = _calls_from([json.loads(body) for body in _HERMES_CALL.findall(text)], functions)
+        except ValueError:
+            return None
+        return Parsed(head.strip(), calls) if calls else None
     stripped = text.strip()
     if stripped.startswith(MISTRAL_PREFIX):
         stripped = stripped[len(MISTRAL_PREFIX):].strip()
@@ -318,11 +324,11 @@ class OutputFilter:
         self.plan = tool_plan
         self._held = ""
         self._held_tokens: list[tuple[Any, int]] = []  # (token, the held text's length once it is out)
-        self._state = "text" if tool_plan.mode == "none" else ("call" if tool_plan.mode in ("named", "required") else "undecided")
+        self._state = "undecided"  # auto: until the answer's start tells text ("text") from a call ("call")
         self._constrained = ConstrainedCalls(tool_plan) if tool_plan.mode in ("named", "required") else None
 
     def feed(self, text: str, tokens: list | None) -> list[tuple]:
-        if self._state == "text" and not self._held and self.plan.mode == "none":
+        if self.plan.mode == "none":
             return [("text", text, tokens)] if text or tokens else []
         if self._constrained is not None:
             self._held += text  # kept whole: a cut-short required answer that began no call comes back as text
@@ -359,7 +365,7 @@ class OutputFilter:
             if finish == "length":
                 return [], finish  # the calls as far as they got, as OpenAI sends them
             return [], "stop" if self.plan.mode == "named" else "tool_calls"  # a forced call finishes "stop", as OpenAI's
-        if self._state != "call":
+        if self._state != "call":  # text, never a call (under `none` nothing is held)
             return self._release(len(self._held)), finish
         parsed = parse_auto(self._held, self.plan.functions)
         if parsed is None:
