@@ -1,6 +1,7 @@
-"""What the Responses API costs over the chat path it is served by: the same answer from a fast mock upstream,
-asked as a chat completion (the baseline), as a Response not stored (`store: false`: translation only), and as a
-stored Response (translation and one database write before the answer), through one gateway, whole and streamed.
+"""What the Responses API and stored answers cost over the chat path: the same answer from a fast mock upstream,
+asked as a chat completion (the baseline), as a stored chat completion (`store: true`: one database write before the
+answer's end; a stream re-framed event by event), as a Response not stored (`store: false`: translation only), and as
+a stored Response (translation and one database write), through one gateway, whole and streamed.
 
 Cells alternate round by round (ABBA order) so drift on this 2-core machine hits every variant alike; each
 variant's median over rounds is reported with its ratio to chat's. Processes: the mock upstream, the gateway
@@ -38,6 +39,7 @@ def _bodies(stream: bool) -> dict[str, tuple[str, bytes]]:
     response = {"model": "fast", "input": PROMPT, "max_output_tokens": 16, "stream": stream}
     return {
         "chat": ("/v1/chat/completions", json.dumps(chat).encode()),
+        "chat-stored": ("/v1/chat/completions", json.dumps({**chat, "store": True}).encode()),
         "responses": ("/v1/responses", json.dumps({**response, "store": False}).encode()),
         "responses-stored": ("/v1/responses", json.dumps(response).encode()),
     }
@@ -84,6 +86,7 @@ storage: {{url: "sqlite:///{scratch.name}/log.db"}}
             proc.wait(timeout=30)
         scratch.cleanup()
     print("\nmedians over rounds (ratio to chat's):")
+    bodies_order = list(_bodies(False))
     for stream in (False, True):
         for concurrency in (1, 16):
             cell = [r for r in rows if r["stream"] == stream and r["concurrency"] == concurrency]
@@ -92,7 +95,7 @@ storage: {{url: "sqlite:///{scratch.name}/log.db"}}
                 return statistics.median(r[key] for r in cell if r["variant"] == variant)
 
             base_rps, base_p50 = median("chat", "rps"), median("chat", "p50_ms")
-            for variant in ("chat", "responses", "responses-stored"):
+            for variant in bodies_order:
                 rps, p50 = median(variant, "rps"), median(variant, "p50_ms")
                 print(f"  {'stream' if stream else 'whole ':6} c={concurrency:<2} {variant:16} {rps:7.0f} req/s (x{rps / base_rps:.2f})  "
                       f"p50 {p50:6.2f} ms ({p50 - base_p50:+.2f} ms)  errors {sum(r['errors'] for r in cell if r['variant'] == variant)}")

@@ -89,7 +89,8 @@ def test_body_over_the_size_limit_is_413(http, gateway_config):
 
 def test_unknown_paths_and_methods(http):
     assert http.get("/v2/nothing").status_code == 404
-    assert _error(http.get("/v1/chat/completions"))["code"] == "method_not_allowed"
+    assert _error(http.get("/v1/completions"))["code"] == "method_not_allowed"
+    assert _error(http.put("/v1/chat/completions"))["code"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize(

@@ -67,19 +67,24 @@ class Timing:
 class Usage:
     """Tokens of one answer. `cached_prompt_tokens` is how many prompt tokens the engine reused from its KV
     cache (prefix caching) instead of computing; None when the engine does not say. `timing`: the engine's own
-    timing of it, when it reports one (the llama.cpp worker does; the control plane measures speeds by it)."""
+    timing of it, when it reports one (the llama.cpp worker does; the control plane measures speeds by it).
+    `reported`: an upstream's own usage object, as it sent it (its token details), when it sent one."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int | None = None
     timing: Timing | None = dataclasses.field(default=None, compare=False)
+    reported: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
-        """OpenAI's `usage` object (`prompt_tokens_details.cached_tokens` only when the engine said)."""
+        """OpenAI's `usage` object: an upstream's own as it sent it, else built (`prompt_tokens_details.cached_tokens`
+        only when the engine said)."""
+        if self.reported is not None:
+            return dict(self.reported)
         usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -566,7 +566,7 @@ def _usage(raw: Any, request: GenerationRequest, text: str, timings: Any = None)
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Usage(raw["prompt_tokens"], int(raw.get("completion_tokens") or 0),
                      cached if isinstance(cached, int) and cached >= 0 else None,
-                     Timing.parse(timings) if timings is not None else None)
+                     Timing.parse(timings) if timings is not None else None, raw)
     # Upstreams that report no usage still get an honest estimate rather than zeros.
     return Usage(request.num_prompt_tokens_estimate, max(1, len(text) // 4) if text else 0)
 

@@ -36,9 +36,11 @@ from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
 from switchboard.gateway.responses_api.handler import ResponsesHandler, cancel as cancel_response
 from switchboard.gateway.state import GatewayState
+from switchboard.gateway.stored_chats.endpoints import StoredChats
 from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
+from switchboard.storage.chat_completions import ChatCompletionStore, DisabledChatCompletionStore
 from switchboard.storage.responses import DisabledResponseStore, ResponseStore
 from switchboard.storage.writer import DisabledRequestLog, RequestLog
 
@@ -88,6 +90,8 @@ def build_app(
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
     responses = ResponsesHandler(handlers, response_store(config, request_log))
+    stored_chats = StoredChats(chat_completion_store(config, request_log), config.gateway.max_body_bytes)
+    handlers.stored_chats = stored_chats
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -142,6 +146,11 @@ def build_app(
 
     routes = [
         Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
+        Route("/v1/chat/completions", stored_chats.list, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", stored_chats.get, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", stored_chats.update, methods=["POST"]),
+        Route("/v1/chat/completions/{completion_id}", stored_chats.delete, methods=["DELETE"]),
+        Route("/v1/chat/completions/{completion_id}/messages", stored_chats.messages, methods=["GET"]),
         Route("/v1/completions", handlers.completions, methods=["POST"]),
         Route("/v1/responses", responses.post, methods=["POST"]),
         Route("/v1/responses/input_tokens", responses.input_tokens, methods=["POST"]),
@@ -191,14 +200,26 @@ def with_cors(app: Any, origins: list[str]) -> Any:
     return cors
 
 
+def _why_not_stored(config: SwitchboardConfig, request_log: Any) -> str | None:
+    """Why nothing users make is kept (stored Responses and chat completions are their conversations), or None."""
+    if not request_log.enabled:
+        return "storage.enabled is false"
+    if not config.storage.store_prompts:
+        return "storage.store_prompts is false"
+    return None
+
+
 def response_store(config: SwitchboardConfig, request_log: Any) -> ResponseStore | DisabledResponseStore:
     """Where `POST /v1/responses` keeps Responses: the request log's database, unless storage is off or prompts
-    are not to be kept (a stored Response is its conversation)."""
-    if not request_log.enabled:
-        return DisabledResponseStore("storage.enabled is false")
-    if not config.storage.store_prompts:
-        return DisabledResponseStore("storage.store_prompts is false")
-    return ResponseStore(request_log.read, config.storage.response_retention_days * 86400.0)
+    are not to be kept."""
+    why = _why_not_stored(config, request_log)
+    return DisabledResponseStore(why) if why else ResponseStore(request_log.read, config.storage.response_retention_days * 86400.0)
+
+
+def chat_completion_store(config: SwitchboardConfig, request_log: Any) -> ChatCompletionStore | DisabledChatCompletionStore:
+    """Where `store: true` chat completions are kept: as stored Responses are (the same database and retention)."""
+    why = _why_not_stored(config, request_log)
+    return DisabledChatCompletionStore(why) if why else ChatCompletionStore(request_log.read, config.storage.response_retention_days * 86400.0)
 
 
 async def restore_online(online: Any, request_log: Any) -> None:

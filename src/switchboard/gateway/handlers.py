@@ -151,6 +151,7 @@ class Handlers:
         self.drain_at = math.inf
         self._deadlines: set[asyncio.Timeout | StreamDeadline] = set()
         self.prompt_tokens = PromptTokens()  # llama.cpp experts' exact prompt counts (engines/llamacpp/tokens.py)
+        self.stored_chats: Any = None  # `store: true` chat answers are kept here (gateway/stored_chats), when the app sets it
 
     def begin_drain(self, timeout_s: float) -> None:
         """Stops taking requests; in-flight ones get `timeout_s` more. Call on the event loop's thread."""
@@ -197,8 +198,11 @@ class Handlers:
             if (cannot := cannot_serve(None, None, expert)) is not None:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage, chat_prefix_key(parsed, self.prefix_secret), started_at,
-                                        user_text, text_only=text_only)
+            kept = self.stored_chats if parsed.store else None
+            tap = kept.tap() if kept is not None else None
+            response = await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage,
+                                            chat_prefix_key(parsed, self.prefix_secret), started_at, user_text, text_only=text_only, tap=tap)
+            return await kept.keep(response, body, tap) if kept is not None else response
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -314,9 +318,11 @@ class Handlers:
         started_at: float,
         prompt_text: str | None = None,
         text_only: bool = True,
+        tap: Any = None,
     ) -> Response:
         """Answers on `expert`, failing over as `gateway/failover.py` says. `text_only` False means the request
-        carries non-text content, which only experts relaying to a server take (so only they are fallbacks for it)."""
+        carries non-text content, which only experts relaying to a server take (so only they are fallbacks for it).
+        `tap` (a stream's): its `usage` is set to the answer's usage before the stream's last chunk, asked for or not."""
         # The chosen expert's limits are the client's to respect (a 400); a fallback that cannot take this
         # request is simply no fallback for it.
         max_tokens = {expert.id: self._max_tokens(kind, expert, num_prompt, asked_max_tokens)}
@@ -343,7 +349,7 @@ class Handlers:
         deadline_at = asyncio.get_running_loop().time() + self.timeout_s
         created = int(time.time())
         if stream:
-            return await self._stream(attempt, run, headers, created, include_usage, started_at, entry, deadline_at)
+            return await self._stream(attempt, run, headers, created, include_usage, started_at, entry, deadline_at, tap)
         outcome, status, usage, error = Outcome.ERROR, 500, None, None  # metrics: set on every way out, recorded in `finally`
         try:
             try:
@@ -418,7 +424,7 @@ class Handlers:
         return max(1, min(self.state.config.defaults.max_tokens, expert.max_output_tokens, room))
 
     async def _stream(self, attempt: LeaseAttempts, run: FailoverRun[Any], headers: dict[str, str], created: int, include_usage: bool,
-                      started_at: float, entry: Any, deadline_at: float) -> Response:
+                      started_at: float, entry: Any, deadline_at: float, tap: Any = None) -> Response:
         # Everything up to the first event happens before the status line, so a failure there fails over
         # invisibly or is a proper HTTP error, never a broken stream.
         error = None
@@ -451,14 +457,14 @@ class Handlers:
         writer = ChunkWriter(attempt.kind, attempt.request_id, created, run.expert_id, include_usage, attempt.num_choices_on(run.expert_id))
         timing = (started_at, first_token_at)
         raw_headers = first.headers if type(first) is RawChunk else ()
-        return SSEResponse(self._sse(writer, first, events, lease, run, timing, deadline, entry, headers), headers, raw_headers)
+        return SSEResponse(self._sse(writer, first, events, lease, run, timing, deadline, entry, headers, tap), headers, raw_headers)
 
     def _end_deadline(self, deadline: StreamDeadline) -> None:
         deadline.close()
         self._deadlines.discard(deadline)
 
     async def _sse(self, writer: ChunkWriter, first: StreamEvent, events: AsyncIterator[StreamEvent], lease: Any, run: FailoverRun[Any],
-                   timing: tuple[float, float], deadline: StreamDeadline, entry: Any, headers: dict[str, str]) -> AsyncIterator[bytes]:
+                   timing: tuple[float, float], deadline: StreamDeadline, entry: Any, headers: dict[str, str], tap: Any = None) -> AsyncIterator[bytes]:
         """The stream after its first event. A failure from here on cannot fail over (tokens are out): it ends
         the stream with an explicit error event (OpenAI's `{"error": ...}` chunk, which the openai client
         raises as an APIError) and no [DONE]."""
@@ -473,6 +479,8 @@ class Handlers:
             # the answer as soon as it has it (POST /v1/feedback) must find the request in the log.
             nonlocal usage, is_recorded
             usage, is_recorded = finish.usage, True
+            if tap is not None and usage is not None:
+                tap.usage = usage.as_dict()
             self._finish(entry, run, headers, Outcome.OK, 200, timing[0], lease, usage, timing[1])
 
         try:

@@ -39,6 +39,7 @@ def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
+        s.StoredChatCompletion, s.ChatCompletionList, s.ChatCompletionUpdate, s.ChatCompletionDeleted, s.StoredMessageList,
         rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList, rs.InputTokenCount,
     ]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
@@ -52,9 +53,21 @@ def build_openapi() -> dict[str, Any]:
 
     def not_found(text: str) -> dict[str, Any]:
         return {"404": {"description": text, "content": {"application/json": {"schema": ref(s.ErrorResponse)}}},
-                "503": {"description": "The response store is unavailable", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}}}
+                "503": {"description": "The store is unavailable", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}}}
 
     response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    completion_id = {"name": "completion_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def page(order: str) -> list[dict[str, Any]]:
+        return [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                {"name": "order", "in": "query", "required": False, "schema": {"type": "string", "enum": ["asc", "desc"]},
+                 "description": f"by creation; default {order}"},
+                {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}, "description": "the last id of the previous page"}]
+
+    def json_answer(text: str, model: type) -> dict[str, Any]:
+        return {"200": {"description": text, "content": {"application/json": {"schema": ref(model)}}}}
+
+    no_completion = "No stored chat completion of this key has this id"
 
     def generation(request_model: type, response_model: type, summary: str,
                    stream: str = "a server-sent event stream of chunks ending in `data: [DONE]`") -> dict[str, Any]:
@@ -76,7 +89,28 @@ def build_openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Switchboard", "version": __version__, "description": "OpenAI-compatible API in front of a pool of expert models."},
         "paths": {
-            "/v1/chat/completions": generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto')"),
+            "/v1/chat/completions": {
+                **generation(s.ChatCompletionRequest, s.ChatCompletion, "Chat completion (model: an expert id, or 'auto'); kept with `store: true`"),
+                "get": {"summary": "This API key's stored chat completions, a cursor page, filtered by `model` (the expert that answered) and "
+                                   "`metadata[key]=value` pairs (all must match)",
+                        "parameters": [*page("asc"), {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}],
+                        "responses": {**json_answer("A page of stored chat completions", s.ChatCompletionList), "400": errors()["400"],
+                                      "503": not_found("")["503"]}},
+            },
+            "/v1/chat/completions/{completion_id}": {
+                "get": {"summary": "A stored chat completion (`store: true`; this API key's), as answered, with its metadata",
+                        "parameters": [completion_id], "responses": {**json_answer("The completion", s.StoredChatCompletion), **not_found(no_completion)}},
+                "post": {"summary": "Replace a stored chat completion's metadata (the only update)", "parameters": [completion_id],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": ref(s.ChatCompletionUpdate)}}},
+                         "responses": {**json_answer("The completion, updated", s.StoredChatCompletion), **not_found(no_completion),
+                                       "400": errors()["400"], "413": errors()["413"]}},
+                "delete": {"summary": "Delete a stored chat completion", "parameters": [completion_id],
+                           "responses": {**json_answer("Deleted", s.ChatCompletionDeleted), **not_found(no_completion)}},
+            },
+            "/v1/chat/completions/{completion_id}/messages": {"get": {
+                "summary": "A stored chat completion's request messages, a cursor page (oldest first by default)",
+                "parameters": [completion_id, *page("asc")],
+                "responses": {**json_answer("A page of messages", s.StoredMessageList), **not_found(no_completion), "400": errors()["400"]}}},
             "/v1/completions": generation(s.CompletionRequest, s.TextCompletion, "Text completion (model: an expert id, or 'auto')"),
             "/v1/responses": generation(rs.ResponsesRequest, rs.ResponseObject,
                                        "OpenAI's Responses API, served as a chat completion (model: an expert id, or 'auto'); stored unless `store: false`",

@@ -35,6 +35,9 @@ class OtherPart(_Open):
 ContentPart = Union[TextPart, OtherPart]
 TokenId = Annotated[str, StringConstraints(pattern=r"^\d{1,10}$")]
 Bias = Annotated[float, Field(ge=-100, le=100)]
+Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
+                     Field(max_length=16, description="Up to 16 string pairs (keys of at most 64 characters, values of at most 512): "
+                                                      "OpenAI's limits; a stored object's labels.")]
 
 
 class ChatMessage(_Open):
@@ -96,8 +99,9 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
+    metadata: Metadata | None = None
+    store: bool | None = Field(None, description="Keep the answer for GET /v1/chat/completions/{id} and the list (OpenAI's stored "
+                               "completions; off by default).")
     reasoning_effort: str | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = Field(
@@ -190,6 +194,50 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class StoredChatCompletion(ChatCompletion):
+    """A chat completion kept by `store: true`, as answered (a stream as it added up), with its metadata."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ChatCompletionList(BaseModel):
+    object: Literal["list"]
+    data: list[StoredChatCompletion]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class ChatCompletionUpdate(_Forbid):
+    """`POST /v1/chat/completions/{id}`: the new metadata (replacing the old; null or {} clears it)."""
+
+    metadata: Metadata | None
+
+
+class ChatCompletionDeleted(BaseModel):
+    object: Literal["chat.completion.deleted"]
+    id: str
+    deleted: bool
+
+
+class StoredMessage(_Open):
+    """A stored completion's request message, with an id; content sent as parts is in `content_parts`, its text
+    joined in `content`."""
+
+    id: str
+    role: str
+    content: str | None = None
+    content_parts: list[dict[str, Any]] | None = None
+
+
+class StoredMessageList(BaseModel):
+    object: Literal["list"]
+    data: list[StoredMessage]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
 
 
 class CompletionLogprobs(BaseModel):

@@ -70,6 +70,37 @@ class ResponseRecord(Base):
     input_items: Mapped[str] = mapped_column(Text)  # JSON list
 
 
+class ChatCompletionRecord(Base):
+    """A stored chat completion (`POST /v1/chat/completions` with `store: true`): the completion object as answered
+    and the request's messages, for `GET /v1/chat/completions` and the rest of OpenAI's stored-completions API.
+    User content, like `responses`: kept only while `storage.store_prompts` is on, and for
+    `storage.response_retention_days`."""
+
+    __tablename__ = "chat_completions"
+    __table_args__ = (Index("ix_chat_completions_key_id_created_at", "key_id", "created_at"),)  # a key's list, in order
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)  # the API key that made it: only that key reads it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model: Mapped[str] = mapped_column(String(128))  # the expert that answered (the list's `model` filter)
+    body: Mapped[str] = mapped_column(Text)  # the chat completion object, JSON, its `metadata` included
+    messages: Mapped[str] = mapped_column(Text)  # the request's messages, JSON list, each with its id
+
+
+class ChatCompletionMetadataRecord(Base):
+    """One metadata pair of a stored chat completion, so that the list's `metadata[k]=v` filters are queries on
+    any database (no JSON operators, which SQLite and PostgreSQL spell differently)."""
+
+    __tablename__ = "chat_completion_metadata"
+    __table_args__ = (Index("ix_chat_completion_metadata_name_value", "name", "value"),)
+
+    completion_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
 requests_table = RequestRecord.__table__
 feedback_table = FeedbackRecord.__table__
 responses_table = ResponseRecord.__table__
+chat_completions_table = ChatCompletionRecord.__table__
+chat_completion_metadata_table = ChatCompletionMetadataRecord.__table__

@@ -8,10 +8,8 @@ once an hour, on a write.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,17 +18,10 @@ import orjson
 from sqlalchemy import Engine, delete, select
 
 from switchboard.storage.database import insert_or_ignore
+from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, KeptStore, StoreUnavailable
 from switchboard.storage.models import responses_table
 
-log = logging.getLogger("switchboard.storage")
-PURGE_INTERVAL_S = 3600.0
-UNAVAILABLE_BACKOFF_S = 5.0
-"""After a failed database call, calls fail at once for this long: an outage costs a request nothing, rather than
-a connection timeout each (answers go out unstored; reads are a 503 with this Retry-After)."""
-
-
-class StoreUnavailable(Exception):
-    """The database failed a moment ago; not tried again until the backoff has passed."""
+__all__ = ["PURGE_INTERVAL_S", "UNAVAILABLE_BACKOFF_S", "DisabledResponseStore", "ResponseStore", "StoreUnavailable", "StoredResponse"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,74 +67,23 @@ def purge(engine: Engine, before_s: float) -> int:
 
 # ---- the gateway's side ----
 
-class ResponseStore:
-    """Awaitable access to stored Responses. `run(fn)` runs `fn(engine)` in a worker thread on the request log's
-    database (`RequestLog.read`); every call raises if the database is down (the caller says so to its client),
-    and for `UNAVAILABLE_BACKOFF_S` after a failure raises `StoreUnavailable` without trying."""
-
-    enabled = True
+class ResponseStore(KeptStore):
+    """Awaitable access to stored Responses (storage/kept.py: the database calls' scheduling and backoff)."""
 
     def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, clock: Callable[[], float] = time.time) -> None:
-        self.run = run
-        self.retention_s = retention_s
-        self.clock = clock
-        self.purged_at = clock()
-        self._pending: list[tuple[tuple[str, str | None, float, bytes, bytes], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self.unavailable_until = float("-inf")
-
-    async def _call(self, fn: Callable[[Engine], Any]) -> Any:
-        """`fn(engine)` in the worker thread, unless the database failed within the last `UNAVAILABLE_BACKOFF_S`."""
-        if self.clock() < self.unavailable_until:
-            raise StoreUnavailable(f"the database failed less than {UNAVAILABLE_BACKOFF_S:.0f} s ago")
-        try:
-            return await self.run(fn)
-        except Exception:
-            self.unavailable_until = self.clock() + UNAVAILABLE_BACKOFF_S
-            raise
+        super().__init__(run, retention_s, save_rows=save_many, purge_before=purge, what="stored responses", clock=clock)
 
     async def save(self, response_id: str, key_id: str | None, body: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        """Returns once the response is committed. Saves that arrive while a write is in flight are committed
-        together in the next transaction (group commit): one fsync for many answers under load."""
-        now = self.clock()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((response_id, key_id, now, orjson.dumps(body), orjson.dumps(input_items)), done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending(), name="switchboard-response-store")
-        await done
-        if now - self.purged_at >= PURGE_INTERVAL_S:
-            self.purged_at = now
-            num = await self._call(lambda engine: purge(engine, now - self.retention_s))
-            log.info("stored responses: %d expired ones deleted", num)
-
-    async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            rows = [row for row, _ in batch]
-            try:
-                await self._call(lambda engine: save_many(engine, rows))
-            except Exception as exc:  # noqa: BLE001 — each waiting save raises it to its caller
-                for _, done in batch:
-                    if not done.done():  # a caller that went away cancelled its own
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+        """Returns once the response is committed (group-committed with saves arriving meanwhile)."""
+        await self._save((response_id, key_id, self.clock(), orjson.dumps(body), orjson.dumps(input_items)))
 
     async def load(self, response_id: str, key_id: str | None) -> StoredResponse | None:
-        found = await self._call(lambda engine: load(engine, response_id, key_id, self.clock() - self.retention_s))
+        found = await self._call(lambda engine: load(engine, response_id, key_id, self.not_before_s()))
         return None if found is None else StoredResponse(orjson.loads(found[0]), orjson.loads(found[1]))
 
     async def remove(self, response_id: str, key_id: str | None) -> bool:
         return bool(await self._call(lambda engine: remove(engine, response_id, key_id)))
 
 
-class DisabledResponseStore:
+class DisabledResponseStore(DisabledStore):
     """Storage off (`storage.enabled: false`) or prompts not kept (`storage.store_prompts: false`): nothing is stored."""
-
-    enabled = False
-    why = ""
-
-    def __init__(self, why: str) -> None:
-        self.why = why

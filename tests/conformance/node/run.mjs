@@ -1,7 +1,7 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
 // {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
-// "responses_stored" | "chat_run_tools" | "chat_parse_zod", params}; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
+// "responses_stored" | "chat_stored" | "chat_run_tools" | "chat_parse_zod", params}; "chat_stored" walks OpenAI's stored chat completions API; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
 // client.chat.completions.runTools (streamed when params.stream), its calls recorded in `called`; "responses" is client.responses.create
 // (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
 // events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
@@ -43,6 +43,20 @@ try {
     await client.responses.delete(created.id);
     out.body = { created, retrieved, items };
     await client.responses.retrieve(created.id);
+  } else if (spec.endpoint === "chat_stored") {
+    // create (through the stream helper when params.stream), retrieve, list this metadata's one per page, update
+    // the metadata, list the messages, delete, then retrieve again (the last must fail)
+    const { stream, ...params } = spec.params;
+    const created = stream ? await client.chat.completions.stream(params).finalChatCompletion() : await client.chat.completions.create(params);
+    const retrieved = await client.chat.completions.retrieve(created.id);
+    const listed = [];
+    for await (const c of client.chat.completions.list({ metadata: params.metadata, limit: 1 })) listed.push(c.id);
+    const updated = await client.chat.completions.update(created.id, { metadata: { reviewed: "yes" } });
+    const messages = [];
+    for await (const m of client.chat.completions.messages.list(created.id)) messages.push(m);
+    const deleted = await client.chat.completions.delete(created.id);
+    out.body = { created, retrieved, listed, updated, messages, deleted };
+    await client.chat.completions.retrieve(created.id);
   } else if (spec.endpoint === "responses_stream") {
     const stream = client.responses.stream(spec.params);
     out.chunks = [];

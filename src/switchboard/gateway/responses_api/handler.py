@@ -17,16 +17,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError, error_response, model_not_found
 from switchboard.gateway.handlers import Handlers, read_body
+from switchboard.gateway.kept import caller_key_id, list_page, page_params, storage_unavailable
 from switchboard.gateway.requests import parse_json_object
 from switchboard.gateway.responses import JSONBytesResponse, SSEResponse
 from switchboard.gateway.responses_api import request as rq
 from switchboard.gateway.responses_api import result as r
 from switchboard.gateway.responses_api.events import ResponsesStream
 from switchboard.gateway.responses_api.ids import new_id, response_id_for
-from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, StoreUnavailable
+from switchboard.storage.responses import StoreUnavailable
 from switchboard.types import AUTO_MODEL
 
 log = logging.getLogger("switchboard.gateway")
@@ -36,12 +36,6 @@ _PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens", "m
            "response_format": "text.format", "reasoning_effort": "reasoning.effort"}
 # Ids for stored input items that came without one, by item type (OpenAI lists every input item with an id).
 _ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-MAX_ITEMS_PAGE = 100
-
-
-def _key_id() -> str | None:
-    caller = current_caller.get()
-    return caller.key.key_id if caller is not None else None
 
 
 def _not_found(response_id: str) -> ApiError:
@@ -49,10 +43,7 @@ def _not_found(response_id: str) -> ApiError:
 
 
 def _storage_unavailable(exc: Exception) -> ApiError:
-    if not isinstance(exc, StoreUnavailable):  # (that one was logged when the database failed)
-        log.warning("stored responses: database unavailable: %s", exc)
-    return ApiError(503, "the response store is unavailable; retry later", code="storage_unavailable",
-                    headers={"retry-after": str(round(UNAVAILABLE_BACKOFF_S))})
+    return storage_unavailable(exc, "response store")
 
 
 class ResponsesHandler:
@@ -109,7 +100,7 @@ class ResponsesHandler:
             raise ApiError(400, f"previous_response_id needs stored responses, and this gateway stores none ({self.store.why}); send the "
                                 "whole conversation in 'input'", param="previous_response_id", code="unsupported_parameter")
         try:
-            stored = await self.store.load(response_id, _key_id())
+            stored = await self.store.load(response_id, caller_key_id())
         except Exception as exc:  # noqa: BLE001 — the database is down: say so
             raise _storage_unavailable(exc) from None
         if stored is None:
@@ -140,7 +131,7 @@ class ResponsesHandler:
             return
         items = [_as_stored_item(item) for item in translated.input_items]
         try:
-            await self.store.save(body["id"], _key_id(), body, items)
+            await self.store.save(body["id"], caller_key_id(), body, items)
         except StoreUnavailable:  # the database failed a moment ago (that was logged): not tried
             body["store"] = False
         except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
@@ -152,7 +143,7 @@ class ResponsesHandler:
         if not self.store.enabled:
             raise _not_found(response_id)
         try:
-            stored = await self.store.load(response_id, _key_id())
+            stored = await self.store.load(response_id, caller_key_id())
         except Exception as exc:  # noqa: BLE001
             raise _storage_unavailable(exc) from None
         if stored is None:
@@ -175,27 +166,10 @@ class ResponsesHandler:
         `after`, as OpenAI pages them; newest first by default)."""
         try:
             stored = await self._stored(request)
-            query = request.query_params
-            try:
-                limit = int(query.get("limit", "20"))
-            except ValueError:
-                raise ApiError(400, "limit must be an integer", param="limit", code="invalid_value") from None
-            if not 1 <= limit <= MAX_ITEMS_PAGE:
-                raise ApiError(400, f"limit must be between 1 and {MAX_ITEMS_PAGE}", param="limit", code="invalid_value")
-            order = query.get("order", "desc")
-            if order not in ("asc", "desc"):
-                raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
-            items = stored.input_items if order == "asc" else stored.input_items[::-1]
-            if (after := query.get("after")) is not None:
-                ids = [item.get("id") for item in items]
-                if after not in ids:
-                    raise ApiError(400, f"no input item of this response has the id '{after}'", param="after", code="invalid_value")
-                items = items[ids.index(after) + 1:]
+            params = page_params(request.query_params, "desc")
+            body = list_page(stored.input_items, params, "input item of this response")
         except ApiError as exc:
             return error_response(exc)
-        page = items[:limit]
-        body = {"object": "list", "data": page, "first_id": page[0].get("id") if page else None, "last_id": page[-1].get("id") if page else None,
-                "has_more": len(items) > limit}
         return JSONBytesResponse(orjson.dumps(body), {})
 
     async def delete(self, request: Request) -> Response:
@@ -205,7 +179,7 @@ class ResponsesHandler:
             if not self.store.enabled:
                 raise _not_found(response_id)
             try:
-                removed = await self.store.remove(response_id, _key_id())
+                removed = await self.store.remove(response_id, caller_key_id())
             except Exception as exc:  # noqa: BLE001
                 raise _storage_unavailable(exc) from None
             if not removed:

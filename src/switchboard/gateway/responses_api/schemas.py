@@ -7,7 +7,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from switchboard.gateway.schemas import RoutingParams
+from switchboard.gateway.schemas import Metadata, RoutingParams
 
 
 class ResponsesRequest(BaseModel):
@@ -31,7 +31,7 @@ class ResponsesRequest(BaseModel):
     max_tool_calls: int | None = Field(None, ge=1)
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
     background: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
