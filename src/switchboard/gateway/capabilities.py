@@ -74,6 +74,7 @@ class Capabilities:
     description: str
     fields: Mapping[str, Callable[[Any], bool]] = dataclasses.field(default_factory=dict)
     passes_everything: bool = False
+    token_prompts: bool = False  # a legacy completion's prompt may be token ids (of the engine's own vocabulary)
 
 
 CAPABILITIES: dict[str, Capabilities] = {
@@ -82,19 +83,26 @@ CAPABILITIES: dict[str, Capabilities] = {
     # images or its own 400, as it would without the gateway.
     "process": Capabilities("an OpenAI-compatible server", passes_everything=True),
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
-    "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}),
+    "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}, token_prompts=True),
     # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias,
     # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does), function
     # tools (engines/llamacpp/tools.py: grammar-made calls for `required` and a named function).
     "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "n": _ANY, "repetition_penalty": _ANY, "logit_bias": _ANY,
                                                      "response_format": _json_format, "logprobs": _ANY, "top_logprobs": _ANY,
-                                                     "tools": _function_tools, "tool_choice": _ANY}),
+                                                     "tools": _function_tools, "tool_choice": _ANY}, token_prompts=True),
 }
 _LOCAL_DEFAULT = Capabilities("a local engine", {**_GATEWAY, **_SAMPLING})
 
 
 def capabilities_of(expert: ExpertConfig) -> Capabilities:
     return CAPABILITIES.get(expert.backend.kind, _LOCAL_DEFAULT)
+
+
+def takes_token_prompts(expert: ExpertConfig) -> bool:
+    """Whether a legacy completion's prompt may be token ids for this expert: its server judges them (relays), or
+    its engine evaluates them as given (llama.cpp: ids of its GGUF's vocabulary; the simulated engine counts them)."""
+    caps = capabilities_of(expert)
+    return caps.passes_everything or caps.token_prompts
 
 
 def relays_everything(expert: ExpertConfig) -> bool:

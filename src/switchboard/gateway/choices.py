@@ -23,10 +23,12 @@ def num_choices(body: dict[str, Any]) -> int:
     return n if isinstance(n, int) and n > 1 else 1
 
 
-def prompts(body: dict[str, Any]) -> list[str] | None:
-    """A legacy completion's prompts when it has several, else None (one prompt, or a chat)."""
+def prompts(body: dict[str, Any]) -> list[str] | list[list[int]] | None:
+    """A legacy completion's prompts when it has several (strings, or token-id lists), else None (one prompt, or a
+    chat)."""
     prompt = body.get("prompt")
-    return prompt if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt) else None
+    is_several = isinstance(prompt, list) and len(prompt) > 1 and (all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt))
+    return prompt if is_several else None  # type: ignore[return-value]
 
 
 def num_generations(body: dict[str, Any]) -> int:
@@ -43,7 +45,9 @@ def choice_requests(request: GenerationRequest) -> list[GenerationRequest]:
     seed = request.body.get("seed")
     out = []
     for body in bodies:
-        estimate = request.num_prompt_tokens_estimate if several is None else estimate_tokens(body["prompt"])
+        one_prompt = body["prompt"] if several is not None else None
+        estimate = (request.num_prompt_tokens_estimate if one_prompt is None
+                    else estimate_tokens(one_prompt) if isinstance(one_prompt, str) else len(one_prompt))  # token ids: their count
         one = dataclasses.replace(request, body=body, num_prompt_tokens_estimate=estimate)
         out.append(one)
         for j in range(1, n):

@@ -27,7 +27,7 @@ from switchboard.engines.llamacpp.tokens import PromptTokens
 from switchboard.gateway import requests as rq
 from switchboard.gateway.affinity import chat_prefix_key
 from switchboard.gateway.auth import OpenGate
-from switchboard.gateway.capabilities import relays_everything, unsupported
+from switchboard.gateway.capabilities import relays_everything, takes_token_prompts, unsupported
 from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.deadline import StreamDeadline
 from switchboard.gateway.errors import ApiError, error_response, model_not_found
@@ -238,7 +238,7 @@ class Handlers:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
-                                        text)
+                                        text, text_only=tokens is None)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -253,10 +253,10 @@ class Handlers:
         """The 400 `expert` would answer this request with, or None if it can serve it: non-text content (a chat's
         images..., a completion's token ids) on an expert that only takes text, a field its engine cannot honour, and (with `num_prompt`) a prompt and
         max_tokens over its context or output limit."""
-        if not text_only and not relays_everything(expert):
-            if kind == "completion":
-                return ApiError(400, f"expert '{expert.id}' takes text prompts only: token ids need an expert that relays to its server",
-                                param="prompt", code="unsupported_value")
+        if kind == "completion" and not text_only and not takes_token_prompts(expert):
+            return ApiError(400, f"expert '{expert.id}' takes text prompts only: token ids need an expert that relays to its server "
+                                 "or a llama.cpp expert", param="prompt", code="unsupported_value")
+        if kind == "chat" and not text_only and not relays_everything(expert):
             return ApiError(400, f"expert '{expert.id}' accepts text content only", param="messages", code="unsupported_content")
         if (cannot := unsupported(kind, expert, body)) is not None:
             return cannot
@@ -321,7 +321,8 @@ class Handlers:
         tap: Any = None,
     ) -> Response:
         """Answers on `expert`, failing over as `gateway/failover.py` says. `text_only` False means the request
-        carries non-text content, which only experts relaying to a server take (so only they are fallbacks for it).
+        carries non-text content: a chat's images..., which only experts relaying to a server take (so only they are
+        fallbacks for it); a completion's token ids, which mean something to one model only (so no other expert is).
         `tap` (a stream's): its `usage` is set to the answer's usage before the stream's last chunk, asked for or not."""
         # The chosen expert's limits are the client's to respect (a 400); a fallback that cannot take this
         # request is simply no fallback for it.
@@ -329,6 +330,8 @@ class Handlers:
         for fallback_id in (choice.fallbacks if choice is not None else expert.fallbacks):
             fallback = self.state.fleet.expert(fallback_id)
             if fallback is None or fallback_id in max_tokens or (not text_only and not relays_everything(fallback)):
+                continue
+            if kind == "completion" and not text_only:  # token ids are one vocabulary's: no other expert's (its replicas may still serve)
                 continue
             if unsupported(kind, fallback, body) is not None:  # it cannot honour some field: no fallback for this request
                 continue

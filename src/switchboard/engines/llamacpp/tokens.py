@@ -103,7 +103,10 @@ class PromptTokenCounter:
         prompt = body.get("prompt", "")
         if isinstance(prompt, str):
             return len(self.completion_tokens(prompt))
-        return max((len(self.completion_tokens(p)) for p in prompt), default=0)  # several: each is generated alone
+        if prompt and all(isinstance(t, int) for t in prompt):  # token ids: evaluated as given, no begin or end token added
+            return len(prompt)
+        # several: each is generated alone
+        return max((len(p) if isinstance(p, list) else len(self.completion_tokens(p)) for p in prompt), default=0)
 
 
 class PromptTokens:

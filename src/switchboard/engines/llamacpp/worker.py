@@ -231,6 +231,22 @@ class _Generator:
             kwargs["logit_bias"] = body["logit_bias"]
         return kwargs
 
+    def _completion_prompt(self, prompt: Any) -> str | list[int]:
+        """A legacy completion's one prompt as llama-cpp-python takes it: text, or token ids of this model's
+        vocabulary (evaluated as given; an id outside it is the client's error, which llama.cpp would not catch)."""
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompt = "".join(prompt)  # one prompt, in a list (the gateway sends several one by one)
+        elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
+            prompt = prompt[0]  # one token-id prompt, in a list
+        if isinstance(prompt, list):
+            num_vocab = self.llm.n_vocab()
+            if outside := [t for t in prompt if not (isinstance(t, int) and 0 <= t < num_vocab)]:
+                raise InvalidRequest(f"prompt: token id {outside[0]} is not in the model's vocabulary (0-{num_vocab - 1})")
+            return list(prompt)
+        if not prompt and not self.llm._model.add_bos_token():  # no tokens at all: llama-cpp-python asserts
+            return empty_prompt_tokens(self.llm)  # as the gateway's counter counts it
+        return prompt
+
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
         from switchboard.engines.llamacpp.logprobs import Aligner, num_top_asked
 
@@ -267,9 +283,11 @@ class _Generator:
                     emit(("invalid", f"the model's chat template cannot format this request: {type(exc).__name__}: {exc}"))
                     return
             else:
-                prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
-                if not prompt and not self.llm._model.add_bos_token():  # no tokens at all: llama-cpp-python asserts
-                    prompt = empty_prompt_tokens(self.llm)  # as the gateway's counter counts it
+                try:
+                    prompt = self._completion_prompt(body["prompt"])
+                except InvalidRequest as exc:
+                    emit(("invalid", str(exc)))
+                    return
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
             finish = None
             began_at, first_at = time.perf_counter(), None  # the generation's own timing (`_timings`)
