@@ -108,7 +108,7 @@ def test_hints_that_change_no_answer_are_accepted(client):
     assert refused.value.body["param"] == "modalities"
 
 
-@pytest.mark.parametrize(("field", "value"), [("echo", True), ("suffix", " and so on"), ("best_of", 2)])
+@pytest.mark.parametrize(("field", "value"), [("suffix", " and so on"), ("best_of", 2)])
 def test_what_llamacpp_cannot_do_is_a_400_naming_the_field(client, field, value):
     # (Tools, refused here until 2026-12-07, are served: tests/engines/test_llamacpp_tools.py.)
     with pytest.raises(openai.BadRequestError) as failed:
@@ -306,6 +306,33 @@ def test_token_id_prompts_are_the_prompts_their_text_is(client, stream):
         assert "".join(single.choices[0].logprobs.tokens) == single.choices[0].text
     assert texts == [c.text for c in as_text.choices]
     assert usage.prompt_tokens == sum(len(i) for i in ids) == as_text.usage.prompt_tokens
+
+
+def test_loglikelihood_requests_as_lm_eval_sends_them(client):
+    """lm-eval's `local-completions` loglikelihood: token-id prompts (context + continuation) in one batch, `echo`,
+    `logprobs: 1`, `max_tokens: 1`; it reads `token_logprobs[ctxlen:-1]` (the continuation's logprobs given the
+    context) and compares each with the best of `top_logprobs` (is it the greedy continuation?)."""
+    context, likely, unlikely = _token_ids("The capital of France is"), _token_ids(" Paris"), _token_ids(" a banana")
+    answer = client.completions.create(model="smol", prompt=[context + likely, context + unlikely], echo=True, logprobs=1,
+                                       max_tokens=1, temperature=0, seed=1234)
+    scores = []
+    for choice, continuation in zip(sorted(answer.choices, key=lambda c: c.index), (likely, unlikely)):
+        logprobs = choice.logprobs
+        assert len(logprobs.tokens) == len(context) + len(continuation) + 1  # the prompt, then the one generated token
+        assert logprobs.token_logprobs[0] is None and all(isinstance(v, float) and v <= 0 for v in logprobs.token_logprobs[1:])
+        part = slice(len(context), -1)
+        is_greedy = all(lp == max(top.values()) for lp, top in zip(logprobs.token_logprobs[part], logprobs.top_logprobs[part]))
+        scores.append((sum(logprobs.token_logprobs[part]), is_greedy))
+    assert scores[0][0] > scores[1][0] and scores[0][1] is True and scores[1][1] is False
+    assert answer.usage.prompt_tokens == 2 * len(context) + len(likely) + len(unlikely)
+
+
+def test_echo_streams_the_prompt_first(client):
+    whole = client.completions.create(model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True)
+    chunks = list(client.completions.create(model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True, stream=True))
+    assert chunks[0].choices[0].text == "The capital of France is" and chunks[0].choices[0].logprobs is None
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert whole.choices[0].text.startswith("The capital of France is") and len(whole.choices[0].text) > len("The capital of France is")
 
 
 @pytest.mark.parametrize("bad", [[49152], [-1], [1, 2, 999999]])

@@ -152,3 +152,54 @@ def test_chat_logprobs_equal_llama_cpps_logits_all_path():
     # llama-cpp-python's top list holds the sampled token too (its legacy map, converted): the same 4 at greedy.
     assert [[(a["token"], a["logprob"]) for a in t["top_logprobs"]] for t in ours] == \
         [[(a["token"], float(a["logprob"])) for a in t["top_logprobs"]][:4] for t in want]
+
+
+@pytest.mark.llamacpp
+def test_echoed_prompt_logprobs_are_the_logits_of_every_position():
+    """`echo` with `logprobs` (what lm-eval's loglikelihood asks): the prompt's tokens, each scored given those
+    before it, then the answer's, from a model loaded without `logits_all` (the prompt evaluated a few rows of
+    logits at a time) — equal, to float32 rounding (batches of other sizes sum in other orders), to the log-softmax
+    of llama-cpp-python's `logits_all` scores at each previous position. (Its own echo logprobs are not the
+    reference: they are read one row off, and drop the last token.) The answer's tokens are the generation's, as
+    without echo (test_completion_logprobs_equal_llama_cpps_logits_all_path): one token a decode, which rounds
+    differently from a whole-text batch."""
+    prompt = "The capital of France is Paris. The capital of Italy is"
+    text, tokens = _worker_tokens("completion", {"prompt": prompt, "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": True})
+    ours = completion_logprobs(tokens)
+    assert text.startswith(prompt) and "".join(ours["tokens"]) == text
+    reference = _llama_cpp_logits_all()
+    ids, num_prompt = reference.tokenize(text.encode(), add_bos=False), len(reference.tokenize(prompt.encode(), add_bos=False))
+    reference.eval(ids)
+    want = [None] + [float(log_softmax(reference.scores[i])[ids[i + 1]]) for i in range(len(ids) - 1)]
+    top2 = [None] + [sorted(log_softmax(reference.scores[i]).tolist(), reverse=True)[:2] for i in range(len(ids) - 1)]
+    reference.close()
+    assert len(ours["tokens"]) == len(ids) == num_prompt + 3 and "".join(ours["tokens"][:num_prompt]) == prompt
+    assert ours["token_logprobs"][0] is None and ours["top_logprobs"][0] is None  # nothing comes before the first token
+    assert np.allclose(ours["token_logprobs"][1:num_prompt], want[1:num_prompt], atol=2e-3)
+    for mine, best in zip(ours["top_logprobs"][1:num_prompt], top2[1:num_prompt]):  # the two most likely, and the token's own
+        assert np.allclose(sorted(mine.values(), reverse=True)[:2], best, atol=2e-3)
+    assert ours["text_offset"] == [len("".join(ours["tokens"][:i])) for i in range(len(ids))]
+
+
+@pytest.mark.llamacpp
+def test_a_scored_prompt_leaves_the_cache_ready_for_the_next_request():
+    """Scoring evaluates the whole prompt (its every position's logits are wanted) and leaves the context holding it:
+    the same greedy answer as without echo, and a following request reuses the prefix as usual."""
+    import llama_cpp
+
+    from switchboard.engines.llamacpp.paths import default_model_path
+    from switchboard.engines.llamacpp.worker import _counting, _Generator
+
+    llm = _counting(llama_cpp.Llama)(model_path=str(default_model_path()), n_ctx=256, n_threads=1, verbose=False)
+    generator = _Generator(lambda: llm)
+
+    async def run(body: dict) -> list:
+        return [event async for event in generator.events("completion", body)]
+
+    plain = asyncio.run(run({"prompt": PROMPT, "max_tokens": 6, "temperature": 0}))
+    echoed = asyncio.run(run({"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "echo": True, "logprobs": 0}))
+    again = asyncio.run(run({"prompt": PROMPT + " Paris", "max_tokens": 6, "temperature": 0}))
+    llm.close()
+    answer = "".join(e[1] for e in plain if e[0] == "text")
+    assert "".join(e[1] for e in echoed if e[0] == "text") == PROMPT + answer
+    assert echoed[-1][1]["cached_tokens"] == 0 and again[-1][1]["cached_tokens"] >= 5  # the scored prompt is the cached prefix

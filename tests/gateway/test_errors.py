@@ -75,6 +75,8 @@ def test_token_id_prompts_are_served_by_a_local_engine_and_counted_as_given(http
     # llama.cpp evaluates them (tests/engines/test_llamacpp_fields.py); the simulated engine counts them.
     answer = http.post("/v1/completions", json={"model": "small", "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 2, "n": 2}).json()
     assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3] and answer["usage"]["prompt_tokens"] == 3 + 2
+    refused = http.post("/v1/completions", json={"model": "small", "prompt": [1, 2, 3], "max_tokens": 2, "echo": True})
+    assert refused.status_code == 400 and _error(refused)["param"] == "echo"  # a timing model has no prompt logprobs to echo
 
 
 def test_prompt_longer_than_the_context_is_400(http):

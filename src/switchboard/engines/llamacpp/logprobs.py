@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenLogprob:
-    """One sampled token: its bytes, its logprob, and the `num_top` most likely tokens at its position (most
-    likely first) as (bytes, logprob)."""
+    """One token: its bytes, its logprob, and the `num_top` most likely tokens at its position (most likely first)
+    as (bytes, logprob). A prompt's first token has neither (`logprob` None: nothing comes before it)."""
 
     token_bytes: bytes
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[bytes, float], ...]
 
 
@@ -79,12 +79,13 @@ class Aligner:
     """Pairs the text a generation emits with the tokens that made it. `tokens` is the list the generation
     appends to as it samples (read, never written, here)."""
 
-    def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
+    def __init__(self, tokens: Sequence[TokenLogprob], start_chars: int = 0) -> None:
+        """`start_chars`: where the answer's text begins in the choice's text (after an echoed prompt)."""
         self.tokens = tokens
         self.emitted = bytearray()  # the answer so far, as bytes
         self.num_taken = 0
         self.token_end = 0  # byte offset where the next token to hand out starts
-        self.token_end_chars = 0  # the same, in characters
+        self.token_end_chars = start_chars  # the same, in characters of the choice's text
 
     def take(self, text: str) -> list[AlignedToken]:
         """Notes that `text` was emitted; returns the tokens it completes (their bytes end within the answer)."""
@@ -112,6 +113,15 @@ class Aligner:
         return taken
 
 
+def prompt_aligned(tokens: Sequence[TokenLogprob]) -> list[AlignedToken]:
+    """An echoed prompt's tokens with their offsets in the choice's text, which begins with the prompt."""
+    out, offset = [], 0
+    for token in tokens:
+        out.append(AlignedToken(token, offset))
+        offset += _num_chars(token.token_bytes)
+    return out
+
+
 def _num_chars(utf8: bytes) -> int:
     """Characters that start in `utf8`: every byte but UTF-8 continuation bytes (0b10xxxxxx)."""
     return sum(1 for b in utf8 if b & 0xC0 != 0x80)
@@ -136,7 +146,8 @@ def completion_logprobs(tokens: Sequence[AlignedToken]) -> dict[str, Any]:
     (a token → logprob map holding the sampled token too, as OpenAI's) and character offsets."""
     return {"tokens": [_text(a.token.token_bytes) for a in tokens],
             "token_logprobs": [a.token.logprob for a in tokens],
-            "top_logprobs": [{**{_text(b): lp for b, lp in a.token.top}, _text(a.token.token_bytes): a.token.logprob} for a in tokens],
+            "top_logprobs": [None if a.token.logprob is None else {**{_text(b): lp for b, lp in a.token.top}, _text(a.token.token_bytes): a.token.logprob}
+                             for a in tokens],
             "text_offset": [a.text_offset for a in tokens]}
 
 

@@ -122,7 +122,9 @@ def _counting(llama_class: Any) -> Any:
     end-of-generation one: `_create_completion` appends each such token before it checks for stops).
 
     With `num_top_logprobs` set (None: off), it also appends each such token's logprobs to `sampled_logprobs`,
-    from the logits it was sampled from (engines/llamacpp/logprobs.py)."""
+    from the logits it was sampled from (engines/llamacpp/logprobs.py). With `num_top_prompt_logprobs` set, it
+    first scores the prompt: each prompt token's logprob given the tokens before it, in `prompt_logprobs`
+    (an echo's logprobs, what scoring clients such as lm-eval's loglikelihood read)."""
     import llama_cpp
     import numpy as np
 
@@ -133,10 +135,14 @@ def _counting(llama_class: Any) -> Any:
         num_completion_tokens = 0
         num_top_logprobs: int | None = None
         sampled_logprobs: list[TokenLogprob] = []
+        num_top_prompt_logprobs: int | None = None
+        prompt_logprobs: list[TokenLogprob] = []
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
             self.last_prompt_tokens = list(tokens)
             self.num_completion_tokens = 0
+            if self.num_top_prompt_logprobs is not None:
+                self.prompt_logprobs = self._score(self.last_prompt_tokens, self.num_top_prompt_logprobs)
             for token in super().generate(tokens, *args, **kwargs):
                 if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                     self.num_completion_tokens += 1
@@ -146,6 +152,27 @@ def _counting(llama_class: Any) -> Any:
                         logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self.n_vocab(),))
                         self.sampled_logprobs.append(token_logprob(logits, token, self.num_top_logprobs, self.piece))
                 yield token
+
+        def _score(self, tokens: list[int], num_top: int) -> list[TokenLogprob]:
+            """Evaluates `tokens` from the start of the context, keeping the logits of every position a few rows at
+            a time (not llama-cpp-python's `logits_all`, which holds n_ctx × vocabulary floats for every request);
+            returns each token's logprob given those before it (the first has none). The context is then the
+            prompt: `generate` takes it as its cached prefix and re-evaluates only the last token."""
+            self._ctx.kv_cache_seq_rm(-1, 0, -1)  # the positions whose logits are wanted must all be evaluated
+            self.n_tokens = 0
+            num_vocab = self.n_vocab()
+            out = [TokenLogprob(self.piece(tokens[0]), None, ())] if tokens else []
+            step = max(1, min(64, self.n_batch))  # 64 rows × the vocabulary: 12 MB of floats for SmolLM2
+            for start in range(0, len(tokens), step):
+                batch = tokens[start:start + step]
+                self._batch.set_batch(batch=batch, n_past=self.n_tokens, logits_all=True)
+                self._ctx.decode(self._batch)
+                self.input_ids[self.n_tokens:self.n_tokens + len(batch)] = batch
+                self.n_tokens += len(batch)
+                rows = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(len(batch), num_vocab))
+                for row, following in enumerate(tokens[start + 1:start + 1 + len(batch)]):  # row i predicts token i + 1
+                    out.append(token_logprob(rows[row], following, num_top, self.piece))
+            return out
 
         def piece(self, token: int) -> bytes:
             """A token's bytes (cached: the top alternatives repeat, and each lookup is a ctypes call)."""
@@ -248,14 +275,16 @@ class _Generator:
         return prompt
 
     def _run(self, kind: str, body: dict[str, Any], emit: Any, cancelled: threading.Event) -> None:
-        from switchboard.engines.llamacpp.logprobs import Aligner, num_top_asked
+        from switchboard.engines.llamacpp.logprobs import Aligner, num_top_asked, prompt_aligned
 
         if self.llm is None:
             emit(("asleep", "the model is asleep (POST /wake_up loads it)"))
             return
         llm = self.llm
         llm.num_top_logprobs, llm.sampled_logprobs = num_top_asked(kind, body), []
-        aligner = Aligner(llm.sampled_logprobs) if llm.num_top_logprobs is not None else None
+        echo = kind == "completion" and body.get("echo") is True  # the prompt, then the answer (and with logprobs, the prompt's)
+        llm.num_top_prompt_logprobs = llm.num_top_logprobs if echo else None
+        echo_text = ""
         try:
             previous_context = self.llm._input_ids.tolist()  # what the KV cache holds before this request
             output = tools.OutputFilter(tools.ToolPlan("none", {}))
@@ -288,14 +317,19 @@ class _Generator:
                 except InvalidRequest as exc:
                     emit(("invalid", str(exc)))
                     return
+                if echo:  # the prompt as sent (token ids: as their text)
+                    echo_text = prompt if isinstance(prompt, str) else self.llm.detokenize(prompt).decode("utf-8", errors="replace")
                 chunks = self.llm.create_completion(prompt=prompt, stream=True, **kwargs)
             finish = None
+            aligner = Aligner(llm.sampled_logprobs, len(echo_text)) if llm.num_top_logprobs is not None else None
             began_at, first_at = time.perf_counter(), None  # the generation's own timing (`_timings`)
             for chunk in chunks:
                 if cancelled.is_set():
                     chunks.close()
                     emit(("cancelled", None))
                     return
+                if echo and first_at is None:  # the prompt is evaluated (and scored): it comes first
+                    emit(("text", echo_text, prompt_aligned(llm.prompt_logprobs) if llm.num_top_prompt_logprobs is not None else None))
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
                 tokens = aligner.take(text or "") if aligner is not None else None
@@ -315,7 +349,8 @@ class _Generator:
             # llama.cpp's stream carries no usage: its counts, as its whole answers give them, from the tokens
             # its generate() was given and yielded (see _counting).
             prompt = self.llm.last_prompt_tokens
-            num_cached = _num_cached_prompt_tokens(previous_context, prompt)
+            # A scored prompt was evaluated whole (its every position's logits were wanted): nothing came from the cache.
+            num_cached = _num_cached_prompt_tokens(previous_context, prompt) if llm.num_top_prompt_logprobs is None else 0
             ended_at = time.perf_counter()
             emit(("finish", {"reason": finish, "prompt_tokens": len(prompt),
                              "completion_tokens": self.llm.num_completion_tokens, "cached_tokens": num_cached,
@@ -325,7 +360,7 @@ class _Generator:
         except Exception as exc:  # noqa: BLE001 — reported to the client as this replica's failure
             emit(("error", f"{type(exc).__name__}: {exc}"))
         finally:
-            llm.num_top_logprobs = None  # logprobs cost nothing when the next request does not ask
+            llm.num_top_logprobs = llm.num_top_prompt_logprobs = None  # logprobs cost nothing when the next request does not ask
 
     async def events(self, kind: str, body: dict[str, Any]):
         loop = asyncio.get_running_loop()
