@@ -12,7 +12,13 @@ scratch every time (KV cache reset), on one thread:
 
 First, the logprobs work per token alone (`token_logprob` on real logits, top 0, 5 and 20, interleaved). Then
 the arms run in rounds, in ABBA order (off, ours-20, all-off, all-20, then reversed), `--rounds` times; each
-arm's median and range, and its ratio to `off` within each round (median and range), are printed. Peak memory
+arm's median and range, and its ratio to `off` within each round (median and range), are printed.
+
+Then scoring — what lm-eval's loglikelihood asks (`echo`, `logprobs: 1`, `max_tokens: 1`) — in rounds the same way:
+
+    score-off   the worker's model, the prompt and one token, no logprobs (the baseline: one prefill)
+    score-ours  the worker's model scoring the prompt (engines/llamacpp/worker.py `_score`: 64 positions a decode)
+    score-all   a logits_all model, llama-cpp-python's own echo with logprobs=1 Peak memory
 (RSS after, and peak) of a child process that loads the model and answers once, with and without `logits_all`,
 is printed after. Run:
 
@@ -64,6 +70,46 @@ def _answer(llm, num_tokens: int, arm: str) -> int:
         return num + len(aligner.rest())
     finally:
         llm.num_top_logprobs = None
+
+
+def _score(llm, arm: str) -> int:
+    """One scoring request from scratch (the prompt, one generated token); returns the prompt logprobs made."""
+    llm.reset()
+    if arm == "score-off":
+        llm.create_completion(PROMPT, max_tokens=1, temperature=0)
+        return 0
+    if arm == "score-all":
+        out = llm.create_completion(PROMPT, max_tokens=1, temperature=0, logprobs=1, echo=True)
+        return len(out["choices"][0]["logprobs"]["tokens"])
+    llm.num_top_prompt_logprobs = 1
+    try:
+        llm.create_completion(PROMPT, max_tokens=1, temperature=0)
+        return len(llm.prompt_logprobs)
+    finally:
+        llm.num_top_prompt_logprobs = None
+
+
+def _scoring(ours, everything, rounds: int) -> None:
+    arms = {"score-off": ours, "score-ours": ours, "score-all": everything}
+    for arm, llm in arms.items():
+        _score(llm, arm)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    ratios: dict[str, list[float]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        took = {}
+        for arm in (list(arms) if r % 2 == 0 else list(reversed(arms))):
+            started = time.perf_counter()
+            num = _score(arms[arm], arm)
+            took[arm] = time.perf_counter() - started
+            assert arm == "score-off" or num > 100, f"{arm} scored {num} tokens"
+        for arm in arms:
+            times[arm].append(took[arm])
+            ratios[arm].append(took[arm] / took["score-off"])
+    print(f"\nscoring (echo, logprobs 1, max_tokens 1), {rounds} ABBA rounds:")
+    print(f"{'arm':<10} {'median s':>9} {'range s':>15} {'× score-off (median)':>21} {'range':>13}")
+    for arm in arms:
+        t, q = times[arm], ratios[arm]
+        print(f"{arm:<10} {statistics.median(t):>9.3f} {min(t):>7.3f}-{max(t):<7.3f} {statistics.median(q):>21.3f} {min(q):>6.3f}-{max(q):<6.3f}")
 
 
 def _per_token_cost(llm) -> None:
@@ -136,6 +182,7 @@ def main() -> None:
     for arm in arms:
         t, q = times[arm], ratios[arm]
         print(f"{arm:<9} {statistics.median(t):>9.3f} {min(t):>7.3f}-{max(t):<7.3f} {statistics.median(q):>15.3f} {min(q):>6.3f}-{max(q):<6.3f}")
+    _scoring(ours, everything, args.rounds)
     print(f"logits_all keeps {everything.scores.nbytes / 2**20:.0f} MB of scores (n_ctx {args.n_ctx} × {everything.n_vocab()} × 4 B); "
           f"the worker's model {ours.scores.nbytes / 2**20:.0f} MB allocated, never written")
     ours.close()
