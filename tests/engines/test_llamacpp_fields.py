@@ -327,6 +327,28 @@ def test_loglikelihood_requests_as_lm_eval_sends_them(client):
     assert answer.usage.prompt_tokens == 2 * len(context) + len(likely) + len(unlikely)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_zero_with_echo_scores_the_prompt_and_generates_nothing(client, stream):
+    """What older lm-eval and HELM send to score text: the prompt back with its logprobs, no answer, `length`."""
+    prompt = "The capital of France is Paris"
+    kwargs = {"model": "smol", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
+    scored = client.completions.create(**{**kwargs, "prompt": prompt + " and", "max_tokens": 1})  # the same positions, with an answer
+    if stream:
+        chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        token_logprobs = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+        finish, usage = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason), chunks[-1].usage
+    else:
+        answer = client.completions.create(**kwargs)
+        text, token_logprobs = answer.choices[0].text, answer.choices[0].logprobs.token_logprobs
+        finish, usage = answer.choices[0].finish_reason, answer.usage
+    assert text == prompt and finish == "length" and usage.completion_tokens == 0
+    assert token_logprobs == scored.choices[0].logprobs.token_logprobs[:len(token_logprobs)] and len(token_logprobs) == usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="smol", prompt=prompt, max_tokens=0)
+    assert refused.value.body["param"] == "max_tokens" and "only with echo" in refused.value.body["message"]
+
+
 def test_echo_streams_the_prompt_first(client):
     whole = client.completions.create(model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True)
     chunks = list(client.completions.create(model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True, stream=True))

@@ -78,6 +78,9 @@ def parse_completion(raw: bytes) -> tuple[CompletionRequest, dict[str, Any]]:
     body = parse_json_object(raw)
     request = validate(CompletionRequest, body)
     assert isinstance(request, CompletionRequest)
+    if request.max_tokens == 0 and request.echo is not True:
+        raise ApiError(400, "max_tokens must be at least 1; 0 only with echo (the prompt scored, nothing generated)", param="max_tokens",
+                       code="invalid_value")
     if isinstance(request.prompt, list):
         n = request.n or 1
         tokens = token_prompts(request.prompt)

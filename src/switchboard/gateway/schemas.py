@@ -114,6 +114,8 @@ class CompletionRequest(_SamplingFields):
     prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]] = Field(
         description="A prompt string, or a list of them: prompt i's n choices are at indices i·n … i·n + n − 1 (at "
         "most 128 choices in all). Token ids (a list, or a list of lists) only for an expert that relays to its server.")
+    max_tokens: int | None = Field(None, ge=0, description="Largest number of tokens to generate; 0 only with `echo`: the prompt "
+                                   "scored (with `logprobs`), nothing generated.")
     echo: bool | None = None
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)

@@ -246,7 +246,9 @@ class _Generator:
 
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: body[k] for k in _SAMPLING_FIELDS if body.get(k) is not None}
-        kwargs["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        # 0 (with echo: score the prompt only) generates one token, which `_run` drops: llama-cpp-python reads 0 as "no limit".
+        kwargs["max_tokens"] = asked if asked else 1 if body.get("max_tokens") == 0 else 256
         if isinstance(kwargs.get("stop"), str):
             kwargs["stop"] = [kwargs["stop"]]
         if body.get("repetition_penalty") is not None:
@@ -283,6 +285,7 @@ class _Generator:
         llm = self.llm
         llm.num_top_logprobs, llm.sampled_logprobs = num_top_asked(kind, body), []
         echo = kind == "completion" and body.get("echo") is True  # the prompt, then the answer (and with logprobs, the prompt's)
+        score_only = echo and body.get("max_tokens") == 0  # the prompt (scored), and no answer
         llm.num_top_prompt_logprobs = llm.num_top_logprobs if echo else None
         echo_text = ""
         try:
@@ -330,6 +333,11 @@ class _Generator:
                     return
                 if echo and first_at is None:  # the prompt is evaluated (and scored): it comes first
                     emit(("text", echo_text, prompt_aligned(llm.prompt_logprobs) if llm.num_top_prompt_logprobs is not None else None))
+                    if score_only:
+                        chunks.close()
+                        first_at, finish = time.perf_counter(), "length"
+                        llm.num_completion_tokens = 0
+                        break
                 choice = chunk["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" else choice.get("text")
                 tokens = aligner.take(text or "") if aligner is not None else None
