@@ -60,6 +60,15 @@ def gateway(upstream):
 
 
 @pytest.fixture(scope="session")
+def storing_gateway(upstream, tmp_path_factory):
+    """A gateway that stores Responses and chat completions (SQLite in a scratch folder)."""
+    _, url = upstream
+    db = tmp_path_factory.mktemp("storing") / "log.db"
+    with serve_in_thread(build_app(parse_config(gateway_config(url, f'storage: {{url: "sqlite:///{db}"}}')))) as base:
+        yield base
+
+
+@pytest.fixture(scope="session")
 def keyed_gateway(upstream, tmp_path_factory):
     _, url = upstream
     db = f"sqlite:///{tmp_path_factory.mktemp('conformance') / 'keys.db'}"

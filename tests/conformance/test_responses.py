@@ -238,20 +238,6 @@ def test_api_keys_guard_it_like_every_v1_endpoint(client, request, upstream, key
     assert recording.requests == []
 
 
-@pytest.fixture(scope="module")
-def storing_gateway(upstream, tmp_path_factory):
-    from switchboard.config import parse_config
-    from switchboard.gateway.app import build_app
-    from switchboard.testing.servers import serve_in_thread
-
-    from .conftest import gateway_config
-
-    _, url = upstream
-    db = tmp_path_factory.mktemp("responses") / "log.db"
-    with serve_in_thread(build_app(parse_config(gateway_config(url, f'storage: {{url: "sqlite:///{db}"}}')))) as base:
-        yield base
-
-
 @pytest.mark.parametrize("client", CLIENTS)
 def test_stored_responses_are_retrieved_listed_and_deleted(client, request, upstream, storing_gateway):
     serve(upstream, _completion({"index": 0, "message": _message("Sunny."), "logprobs": None, "finish_reason": "stop"}))

@@ -14,21 +14,9 @@ import openai
 import pytest
 
 from .cases import STREAMED_TOOL_CALLS, TOOL_CALLS, TOOLS, USAGE, USER, _completion, _message
-from .conftest import NODE_DIR, gateway_config
+from .conftest import NODE_DIR
 
 CLIENTS = ("python", "node")
-
-
-@pytest.fixture(scope="module")
-def storing_gateway(upstream, tmp_path_factory):
-    from switchboard.config import parse_config
-    from switchboard.gateway.app import build_app
-    from switchboard.testing.servers import serve_in_thread
-
-    _, url = upstream
-    db = tmp_path_factory.mktemp("stored-chats") / "log.db"
-    with serve_in_thread(build_app(parse_config(gateway_config(url, f'storage: {{url: "sqlite:///{db}"}}')))) as base:
-        yield base
 
 
 def run_python(base_url: str, params: dict[str, Any]) -> dict[str, Any]:

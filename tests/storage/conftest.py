@@ -41,3 +41,14 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'requests.db'}"
     return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A recording OpenAI-compatible upstream (its URL ends in /v1) for the stored-object tests' gateways."""
+    from switchboard.testing.canned_upstream import RecordingUpstream
+    from switchboard.testing.servers import serve_in_thread
+
+    recording = RecordingUpstream()
+    with serve_in_thread(recording) as url:
+        yield recording, url + "/v1"

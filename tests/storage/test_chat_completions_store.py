@@ -17,7 +17,7 @@ from switchboard.storage import database
 from switchboard.storage.chat_completions import ChatCompletionStore, StoredRow
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.store import create_key
-from switchboard.testing.canned_upstream import Canned, RecordingUpstream
+from switchboard.testing.canned_upstream import Canned
 from switchboard.testing.servers import serve_in_thread
 
 CONFIG = """
@@ -30,13 +30,6 @@ storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
 {extra}
 """
 USER = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    recording = RecordingUpstream()
-    with serve_in_thread(recording) as url:
-        yield recording, url + "/v1"
 
 
 def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):

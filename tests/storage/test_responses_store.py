@@ -15,7 +15,7 @@ from switchboard.storage import database
 from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, ResponseStore, StoreUnavailable
 from switchboard.tenants.keys import KeyLimits
 from switchboard.tenants.store import create_key
-from switchboard.testing.canned_upstream import Canned, RecordingUpstream
+from switchboard.testing.canned_upstream import Canned
 from switchboard.testing.servers import serve_in_thread
 
 CONFIG = """
@@ -25,13 +25,6 @@ experts:
 storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
 {extra}
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    recording = RecordingUpstream()
-    with serve_in_thread(recording) as url:
-        yield recording, url + "/v1"
 
 
 def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
