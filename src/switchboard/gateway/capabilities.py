@@ -63,7 +63,8 @@ _GATEWAY: dict[str, Callable[[Any], bool]] = {
 }
 _SAMPLING = {name: _ANY for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "top_k", "min_p")}
 # `n` > 1 on local engines: the gateway makes the choices (gateway/choices.py). Not (yet) for local engines, so a
-# 400 names them: suffix, best_of > 1, echo on the simulated engine; tools on the simulated engine (a timing model has no calls to make).
+# 400 names them: suffix, best_of > 1; on the simulated engine echo and tools (a timing model has no prompt
+# logprobs to echo and no calls to make).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +86,9 @@ CAPABILITIES: dict[str, Capabilities] = {
     # A timing model answering placeholder text: sampling fields change nothing in it and are accepted.
     "simulated": Capabilities("a simulated engine", {**_GATEWAY, **_SAMPLING, "n": _ANY}, token_prompts=True),
     # engines/llamacpp/worker.py: json_object/json_schema through llama.cpp grammars, penalties, logit bias,
-    # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does; with `echo`,
-    # the prompt's too), function
-    # tools (engines/llamacpp/tools.py: grammar-made calls for `required` and a named function).
+    # logprobs (the schema bounds top_logprobs to 0-20 and the legacy logprobs to 0-5, as OpenAI does), `echo`
+    # (with logprobs, the prompt's too), token-id prompts, function tools (engines/llamacpp/tools.py:
+    # grammar-made calls for `required` and a named function).
     "llamacpp": Capabilities("a llama.cpp engine", {**_GATEWAY, **_SAMPLING, "n": _ANY, "repetition_penalty": _ANY, "logit_bias": _ANY,
                                                      "response_format": _json_format, "logprobs": _ANY, "top_logprobs": _ANY, "echo": _ANY,
                                                      "tools": _function_tools, "tool_choice": _ANY}, token_prompts=True),
