@@ -54,3 +54,41 @@ def test_an_agent_calls_its_function_tool_through_the_gateway(smol_gateway, adap
     assert [type(item).__name__ for item in result.new_items][:1] == ["ToolCallItem"]
     if streamed:
         assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+
+
+@pytest.fixture(scope="module")
+def storing_smol_gateway(tmp_path_factory):
+    with serve_smol_gateway(context_tokens=2048, storage_url=f"sqlite:///{tmp_path_factory.mktemp('agents') / 'log.db'}") as url:
+        yield url
+
+
+def test_a_session_kept_in_a_conversation_carries_the_history_across_runs(storing_smol_gateway):
+    """The SDK's `OpenAIConversationsSession`: its memory lives in a conversation (`/v1/conversations`): the SDK
+    creates it, reads its items before each run and adds the run's items after — so the second run's model input
+    holds the first run's exchange, and the conversation both."""
+    agents.set_tracing_disabled(True)
+    sent: list[list] = []
+
+    async def run() -> tuple[list, str]:
+        client = AsyncOpenAI(base_url=storing_smol_gateway, api_key="unused", max_retries=0)
+
+        def record(data: agents.CallModelData) -> agents.ModelInputData:  # what the SDK sends the model, each turn
+            sent.append(list(data.model_data.input))
+            return data.model_data
+
+        agent = agents.Agent(name="chat", instructions="Answer in a few words.", model=agents.OpenAIResponsesModel(model="smol", openai_client=client),
+                             model_settings=agents.ModelSettings(max_tokens=400, temperature=0))  # incomplete is a failed run to the SDK
+        session = agents.OpenAIConversationsSession(openai_client=client)
+        config = agents.RunConfig(call_model_input_filter=record)
+        await agents.Runner.run(agent, "My name is Ada.", session=session, run_config=config)
+        await agents.Runner.run(agent, "What is my name?", session=session, run_config=config)
+        items = await session.get_items()
+        conversation_id = await session._get_session_id()
+        listed = [item async for item in client.conversations.items.list(conversation_id, order="asc")]
+        return items, listed
+
+    items, listed = asyncio.run(run())
+    assert [m.get("role") for m in items] == ["user", "assistant", "user", "assistant"]
+    assert len(listed) == 4 and listed[0].content[0].text == "My name is Ada."
+    second_input = sent[1]
+    assert [m.get("role") for m in second_input][:3] == ["user", "assistant", "user"]  # the first run's exchange, then the question

@@ -68,7 +68,7 @@ def test_formats_tools_reasoning_and_logprobs_map_to_their_chat_fields():
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format.schema"),
     ({"input": "x", "include": ["no.such.include"]}, "include"),
-    ({"input": "x", "conversation": "conv_1"}, "conversation"),
+    ({"input": "x", "conversation": "conv_1", "previous_response_id": "resp_1"}, "conversation"),  # one history or the other
     ({"input": "x", "truncation": "auto"}, "truncation"),
     ({"input": "x", "max_tool_calls": 2}, "max_tool_calls"),
     ({"input": "x", "messages": []}, "messages"),

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
+from switchboard.gateway.conversations import Conversations
 from switchboard.gateway.embeddings import EmbeddingsEndpoint
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
@@ -41,6 +42,7 @@ from switchboard.observability.feed import ObservabilityEndpoints
 from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
 from switchboard.storage.chat_completions import ChatCompletionStore, DisabledChatCompletionStore
+from switchboard.storage.conversations import ConversationStore, DisabledConversationStore
 from switchboard.storage.responses import DisabledResponseStore, ResponseStore
 from switchboard.storage.writer import DisabledRequestLog, RequestLog
 
@@ -89,7 +91,8 @@ def build_app(
     embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
-    responses = ResponsesHandler(handlers, response_store(config, request_log))
+    conversations = Conversations(conversation_store(config, request_log), config.gateway.max_body_bytes)
+    responses = ResponsesHandler(handlers, response_store(config, request_log), conversations)
     stored_chats = StoredChats(chat_completion_store(config, request_log), config.gateway.max_body_bytes)
     handlers.stored_chats = stored_chats
     observe = ObservabilityEndpoints(fleet, observability)
@@ -158,6 +161,14 @@ def build_app(
         Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
         Route("/v1/responses/{response_id}/cancel", cancel_response, methods=["POST"]),
+        Route("/v1/conversations", conversations.create, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}", conversations.get, methods=["GET"]),
+        Route("/v1/conversations/{conversation_id}", conversations.update, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}", conversations.delete, methods=["DELETE"]),
+        Route("/v1/conversations/{conversation_id}/items", conversations.list_items, methods=["GET"]),
+        Route("/v1/conversations/{conversation_id}/items", conversations.add_items, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}/items/{item_id}", conversations.get_item, methods=["GET"]),
+        Route("/v1/conversations/{conversation_id}/items/{item_id}", conversations.delete_item, methods=["DELETE"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)
@@ -214,6 +225,13 @@ def response_store(config: SwitchboardConfig, request_log: Any) -> ResponseStore
     are not to be kept."""
     why = _why_not_stored(config, request_log)
     return DisabledResponseStore(why) if why else ResponseStore(request_log.read, config.storage.response_retention_days * 86400.0)
+
+
+def conversation_store(config: SwitchboardConfig, request_log: Any) -> ConversationStore | DisabledConversationStore:
+    """Where conversations (`/v1/conversations`) are kept: the request log's database, unless storage is off or
+    prompts are not to be kept; never expired."""
+    why = _why_not_stored(config, request_log)
+    return DisabledConversationStore(why) if why else ConversationStore(request_log.read)
 
 
 def chat_completion_store(config: SwitchboardConfig, request_log: Any) -> ChatCompletionStore | DisabledChatCompletionStore:

@@ -39,6 +39,7 @@ def build_openapi() -> dict[str, Any]:
     models = [
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
+        s.ConversationCreate, s.ConversationUpdate, s.ConversationItemsCreate, s.ConversationObject, s.ConversationDeleted, s.ConversationItemList,
         s.StoredChatCompletion, s.ChatCompletionList, s.ChatCompletionUpdate, s.ChatCompletionDeleted, s.StoredMessageList,
         rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList, rs.InputTokenCount,
     ]
@@ -68,6 +69,14 @@ def build_openapi() -> dict[str, Any]:
         return {"200": {"description": text, "content": {"application/json": {"schema": ref(model)}}}}
 
     no_completion = "No stored chat completion of this key has this id"
+    conversation_id = {"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    item_id = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    no_conversation = "No conversation of this key has this id (or no such item)"
+
+    def body(model: type) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": ref(model)}}}
+
+    bad = {"400": errors()["400"], "413": errors()["413"]}
 
     def generation(request_model: type, response_model: type, summary: str,
                    stream: str = "a server-sent event stream of chunks ending in `data: [DONE]`") -> dict[str, Any]:
@@ -138,6 +147,32 @@ def build_openapi() -> dict[str, Any]:
                 "responses": {"200": {"description": "A page of input items", "content": {"application/json": {"schema": ref(rs.InputItemList)}}},
                               **not_found("No stored response of this key has this id"),
                               "400": errors()["400"]}}},
+            "/v1/conversations": {"post": {
+                "summary": "Make a conversation (OpenAI's Conversations API): its first items (at most 20) and metadata",
+                "requestBody": body(s.ConversationCreate), "responses": {**json_answer("The conversation", s.ConversationObject), **bad,
+                                                                         "503": not_found("")["503"]}}},
+            "/v1/conversations/{conversation_id}": {
+                "get": {"summary": "A conversation of this API key's", "parameters": [conversation_id],
+                        "responses": {**json_answer("The conversation", s.ConversationObject), **not_found(no_conversation), "400": errors()["400"]}},
+                "post": {"summary": "Replace a conversation's metadata", "parameters": [conversation_id], "requestBody": body(s.ConversationUpdate),
+                         "responses": {**json_answer("The conversation", s.ConversationObject), **not_found(no_conversation), **bad}},
+                "delete": {"summary": "Delete a conversation and its items", "parameters": [conversation_id],
+                           "responses": {**json_answer("Deleted", s.ConversationDeleted), **not_found(no_conversation), "400": errors()["400"]}},
+            },
+            "/v1/conversations/{conversation_id}/items": {
+                "get": {"summary": "A conversation's items, a cursor page (newest first by default)", "parameters": [conversation_id, *page("desc")],
+                        "responses": {**json_answer("A page of items", s.ConversationItemList), **not_found(no_conversation), "400": errors()["400"]}},
+                "post": {"summary": "Append items (1 to 20, each one a Responses input could hold)", "parameters": [conversation_id],
+                         "requestBody": body(s.ConversationItemsCreate),
+                         "responses": {**json_answer("The items added", s.ConversationItemList), **not_found(no_conversation), **bad}},
+            },
+            "/v1/conversations/{conversation_id}/items/{item_id}": {
+                "get": {"summary": "One item of a conversation", "parameters": [conversation_id, item_id],
+                        "responses": {"200": {"description": "The item", "content": {"application/json": {"schema": {"type": "object"}}}},
+                                      **not_found(no_conversation), "400": errors()["400"]}},
+                "delete": {"summary": "Delete one item; answers the conversation", "parameters": [conversation_id, item_id],
+                           "responses": {**json_answer("The conversation", s.ConversationObject), **not_found(no_conversation), "400": errors()["400"]}},
+            },
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embeddings (model: an embedding expert's id)",

@@ -242,6 +242,47 @@ class StoredMessageList(BaseModel):
     has_more: bool
 
 
+class ConversationCreate(_Forbid):
+    """`POST /v1/conversations`: the first items (Responses input items, at most 20) and labels."""
+
+    items: list[dict[str, Any]] | None = Field(None, max_length=20)
+    metadata: Metadata | None = None
+
+
+class ConversationUpdate(_Forbid):
+    """`POST /v1/conversations/{id}`: the new metadata (replacing the old)."""
+
+    metadata: Metadata | None
+
+
+class ConversationItemsCreate(_Forbid):
+    """`POST /v1/conversations/{id}/items`: items to append (Responses input items, 1 to 20)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=20)
+    include: list[str] | None = None
+
+
+class ConversationObject(BaseModel):
+    id: str
+    object: Literal["conversation"]
+    created_at: int
+    metadata: dict[str, str]
+
+
+class ConversationDeleted(BaseModel):
+    id: str
+    object: Literal["conversation.deleted"]
+    deleted: bool
+
+
+class ConversationItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float | None]

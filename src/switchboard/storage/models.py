@@ -99,8 +99,35 @@ class ChatCompletionMetadataRecord(Base):
     value: Mapped[str] = mapped_column(String(512))
 
 
+class ConversationRecord(Base):
+    """A conversation (OpenAI's Conversations API, `/v1/conversations`): a durable list of Responses items that
+    responses given `conversation` read as their history and append to. Not expired (OpenAI's are not either);
+    scoped to the API key that made it. User content: kept only while `storage.store_prompts` is on."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    metadata_json: Mapped[str] = mapped_column("metadata", Text)  # JSON object
+
+
+class ConversationItemRecord(Base):
+    """One item of a conversation; `seq` orders them (an autoincrement: concurrent appends never collide)."""
+
+    __tablename__ = "conversation_items"
+    __table_args__ = (Index("ix_conversation_items_conversation_id_id", "conversation_id", "id", unique=True),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(64))
+    id: Mapped[str] = mapped_column(String(64))
+    item: Mapped[str] = mapped_column(Text)  # JSON object, its `id` included
+
+
 requests_table = RequestRecord.__table__
 feedback_table = FeedbackRecord.__table__
 responses_table = ResponseRecord.__table__
 chat_completions_table = ChatCompletionRecord.__table__
 chat_completion_metadata_table = ChatCompletionMetadataRecord.__table__
+conversations_table = ConversationRecord.__table__
+conversation_items_table = ConversationItemRecord.__table__

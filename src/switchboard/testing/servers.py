@@ -125,19 +125,20 @@ experts:
     context_tokens: {context_tokens}
     warm_at_start: true
     ttft_slo_s: 300             # a loaded test machine must not turn answers into 429s
-storage: {{enabled: false}}
+storage: {storage}
 """
 
 
 @contextlib.contextmanager
-def serve_smol_gateway(*, context_tokens: int = 1024, chat_template: Path | None = None) -> Iterator[str]:
+def serve_smol_gateway(*, context_tokens: int = 1024, chat_template: Path | None = None, storage_url: str | None = None) -> Iterator[str]:
     """A gateway with one llama.cpp expert `smol` (the packaged SmolLM2-135M, one thread, warm at start, no
-    storage; the chat template in the file `chat_template` if given) served in a thread; yields its `/v1` base
-    URL. The tests of what the real engine answers use it."""
+    storage unless `storage_url` names a database; the chat template in the file `chat_template` if given) served
+    in a thread; yields its `/v1` base URL. The tests of what the real engine answers use it."""
     from switchboard.config import parse_config
     from switchboard.gateway.app import build_app
 
     template = f", chat_template: {json.dumps(str(chat_template))}" if chat_template else ""
-    config = parse_config(SMOL_GATEWAY_CONFIG.format(context_tokens=context_tokens, template=template))
+    storage = f"{{url: {json.dumps(storage_url)}}}" if storage_url else "{enabled: false}"
+    config = parse_config(SMOL_GATEWAY_CONFIG.format(context_tokens=context_tokens, template=template, storage=storage))
     with serve_in_thread(build_app(config), startup_timeout_s=180) as url:
         yield url + "/v1"

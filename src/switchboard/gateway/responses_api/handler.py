@@ -47,9 +47,18 @@ def _storage_unavailable(exc: Exception) -> ApiError:
 
 
 class ResponsesHandler:
-    def __init__(self, handlers: Handlers, store: Any) -> None:
+    def __init__(self, handlers: Handlers, store: Any, conversations: Any = None) -> None:
         self.handlers = handlers
         self.store = store  # storage/responses.py: ResponseStore, or DisabledResponseStore
+        self.conversations = conversations  # gateway/conversations.py: a `conversation`'s history, and where the answer goes
+
+    async def _history(self, parsed: rq.ResponsesRequest) -> list[dict[str, Any]] | None:
+        """The items the response continues: its conversation's, or its previous response's (None: neither)."""
+        if (conversation := rq.conversation_id(parsed)) is not None:
+            if self.conversations is None:
+                raise ApiError(400, "this gateway keeps no conversations", param="conversation", code="unsupported_parameter")
+            return await self.conversations.history(conversation)
+        return await self._earlier(parsed.previous_response_id) if parsed.previous_response_id is not None else None
 
     async def post(self, request: Request) -> Response:
         started_at = time.perf_counter()
@@ -58,8 +67,7 @@ class ResponsesHandler:
                 return await self.handlers.chat_completions(request)  # its 503, counted where every refusal is
             raw = await read_body(request, self.handlers.max_body_bytes)
             parsed = rq.parse(raw)
-            earlier = await self._earlier(parsed.previous_response_id) if parsed.previous_response_id is not None else None
-            translated = rq.translate(parsed, earlier)
+            translated = rq.translate(parsed, await self._history(parsed))
         except ApiError as exc:
             self.handlers.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -79,8 +87,7 @@ class ResponsesHandler:
             body = parse_json_object(await read_body(request, self.handlers.max_body_bytes))
             body.setdefault("input", [])  # optional here: the count of a previous response's conversation alone
             parsed = rq.parse_body(body)
-            earlier = await self._earlier(parsed.previous_response_id) if parsed.previous_response_id is not None else None
-            chat = rq.translate(parsed, earlier).chat
+            chat = rq.translate(parsed, await self._history(parsed)).chat
             if parsed.model == AUTO_MODEL:
                 raise ApiError(400, "name the expert to count for: 'auto' chooses per request, and experts count tokens differently",
                                param="model", code="unsupported_value")
@@ -124,12 +131,18 @@ class ResponsesHandler:
         return bool(self.store.enabled and translated.request.store is not False)
 
     async def _keep(self, translated: rq.Translated, body: dict[str, Any]) -> None:
-        """Stores a finished Response when asked, before the client has it (a follow-up may come at once);
-        `body["store"]` says whether it was."""
+        """Stores a finished Response when asked, and adds its input and output to its conversation, before the
+        client has it (a follow-up may come at once); `body["store"]` says whether it was stored."""
+        if (conversation := rq.conversation_id(translated.request)) is not None:
+            try:
+                if not await self.conversations.extend(conversation, [*translated.new_items, *body.get("output", [])]):
+                    log.warning("conversations: %s was deleted before response %s could be added to it", conversation, body["id"])
+            except ApiError as exc:  # the database failed: the answer stands, the conversation misses this turn (logged)
+                log.warning("conversations: response %s not added to %s (%s)", body["id"], conversation, exc.message)
         body["store"] = self._stores(translated)
         if not body["store"]:
             return
-        items = [_as_stored_item(item) for item in translated.input_items]
+        items = [as_stored_item(item) for item in translated.input_items]
         try:
             await self.store.save(body["id"], caller_key_id(), body, items)
         except StoreUnavailable:  # the database failed a moment ago (that was logged): not tried
@@ -189,7 +202,7 @@ class ResponsesHandler:
         return JSONBytesResponse(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}), {})
 
 
-def _as_stored_item(item: dict[str, Any]) -> dict[str, Any]:
+def as_stored_item(item: dict[str, Any]) -> dict[str, Any]:
     """An input item as OpenAI lists it: with an id and a type, a message's text content as parts."""
     kind = item.get("type", "message")
     stored = {"id": item.get("id") or new_id(_ITEM_ID_PREFIX.get(kind, "item")), "type": kind, **{k: v for k, v in item.items() if k not in ("id", "type")}}

@@ -12,7 +12,7 @@ The mapping (OpenAI's own correspondence between the two APIs):
   `tool_choice` → their chat forms; `reasoning.effort` → `reasoning_effort` (experts that cannot honour it say so).
 - A stream asks for usage (`stream_options.include_usage`), which the final `response.completed` event carries.
 
-Anything with no chat equivalent (hosted tools, conversation objects, background runs) is refused by name, never dropped.
+Anything with no chat equivalent (hosted tools, background runs) is refused by name, never dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ class Translated:
     request: ResponsesRequest
     stream: bool
     input_items: list[dict[str, Any]]
+    num_earlier: int = 0  # of `input_items`, those from before this request (a previous response's, a conversation's)
+
+    @property
+    def new_items(self) -> list[dict[str, Any]]:
+        """This request's own input items."""
+        return self.input_items[self.num_earlier:]
 
 
 _LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -90,7 +96,18 @@ def translate(request: ResponsesRequest, earlier_items: list[dict[str, Any]] | N
     if request.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return Translated(chat, request, bool(request.stream), items)
+    return Translated(chat, request, bool(request.stream), items, len(earlier))
+
+
+def conversation_id(request: ResponsesRequest) -> str | None:
+    """The id of the conversation the request continues (`conversation`: its id, or `{"id": ...}`), if any."""
+    value = request.conversation
+    if value is None:
+        return None
+    found = value if isinstance(value, str) else value.get("id")
+    if not isinstance(found, str) or not found:
+        raise ApiError(400, "conversation must be a conversation id or {\"id\": ...}", param="conversation", code="invalid_value")
+    return found
 
 
 def estimate_chat_tokens(chat: dict[str, Any]) -> int:
@@ -116,9 +133,9 @@ def _refuse_unsupported(request: ResponsesRequest) -> None:
         if getattr(request, name) is not None:
             raise ApiError(400, f"{name} is not supported here: it is {what}, which no expert behind this gateway has", param=name,
                            code="unsupported_parameter")
-    if request.conversation is not None:
-        raise ApiError(400, "conversation objects are not supported: chain responses with previous_response_id, or send the whole "
-                            "conversation in 'input'", param="conversation", code="unsupported_parameter")
+    if request.conversation is not None and request.previous_response_id is not None:
+        raise ApiError(400, "conversation and previous_response_id cannot both be given: a response continues one or the other",
+                       param="conversation", code="invalid_value")
     if request.background:
         raise ApiError(400, "background responses are not supported: stream the response instead", param="background", code="unsupported_parameter")
     if request.truncation == "auto":

@@ -83,6 +83,8 @@ def response_object(request: ResponsesRequest, response_id: str, created_at: int
         "usage": usage_,
         "user": request.user,
         "metadata": request.metadata or {},
+        "conversation": {"id": request.conversation if isinstance(request.conversation, str) else request.conversation.get("id")}
+        if request.conversation is not None else None,
     }
 
 

@@ -76,6 +76,7 @@ class ResponseObject(BaseModel):
     instructions: str | None = None
     max_output_tokens: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    conversation: dict[str, str] | None = None
     parallel_tool_calls: bool
     store: bool
     temperature: float | None = None

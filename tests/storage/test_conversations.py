@@ -1,0 +1,133 @@
+"""OpenAI's Conversations API on SQLite and the real PostgreSQL, through the official client: a conversation made
+with items and metadata, read, relabelled, its items paged, added, read and deleted; responses given the
+conversation (whole and streamed) read its items as their history — the upstream receives them — and append their
+input and output; each API key sees only its own; a restart; storage off; items no response could take."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from switchboard.config import parse_config
+from switchboard.gateway.app import build_app
+from switchboard.storage import database
+from switchboard.tenants.keys import KeyLimits
+from switchboard.tenants.store import create_key
+from switchboard.testing.canned_upstream import Canned
+from switchboard.testing.servers import serve_in_thread
+
+CONFIG = """
+experts:
+  - id: rec
+    backend: {{kind: openai, base_url: "{upstream}", model: up}}
+storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
+{extra}
+"""
+
+
+def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
+    return build_app(parse_config(CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
+
+
+def _client(base: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+
+
+def _texts(items) -> list[tuple[str, str]]:
+    return [(item.role, item.content[0].text) for item in items]
+
+
+def test_a_conversation_is_the_history_responses_read_and_extend(db_url, upstream):
+    recording, upstream_url = upstream
+    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+        conversation = client.conversations.create(items=[{"role": "user", "content": "My name is Ada."},
+                                                          {"type": "message", "role": "assistant", "content": "Hello Ada."}],
+                                                   metadata={"topic": "names"})
+        assert conversation.id.startswith("conv_") and conversation.metadata == {"topic": "names"}
+        answer = client.responses.create(model="rec", conversation=conversation.id, input="What is my name?", instructions="Be brief.")
+        assert answer.output_text == "recorded" and answer.conversation.id == conversation.id
+        assert recording.last.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "My name is Ada."},
+                                                   {"role": "assistant", "content": "Hello Ada."}, {"role": "user", "content": "What is my name?"}]
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+        recording.queue("/chat/completions", Canned(sse=[{**head, "choices": [{"index": 0, "delta": {"content": "recorded"}, "finish_reason": None}]},
+                                                         {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]))
+        with client.responses.stream(model="rec", conversation={"id": conversation.id}, input=[{"role": "user", "content": "Thanks."}]) as stream:
+            assert stream.get_final_response().conversation.id == conversation.id
+        assert [m["content"] for m in recording.last.body["messages"]] == ["My name is Ada.", "Hello Ada.", "What is my name?", "recorded", "Thanks."]
+        items = client.conversations.items.list(conversation.id, order="asc")
+        assert _texts(items.data) == [("user", "My name is Ada."), ("assistant", "Hello Ada."), ("user", "What is my name?"),
+                                      ("assistant", "recorded"), ("user", "Thanks."), ("assistant", "recorded")]
+        assert all(item.id for item in items.data) and len({item.id for item in items.data}) == 6
+    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:  # a new gateway, the same database
+        assert client.conversations.retrieve(conversation.id).metadata == {"topic": "names"}
+        newest = client.conversations.items.list(conversation.id, limit=2)  # newest first by default, as OpenAI's
+        assert _texts(newest.data) == [("assistant", "recorded"), ("user", "Thanks.")] and newest.has_more is True
+        rest = client.conversations.items.list(conversation.id, limit=10, after=newest.data[-1].id)
+        assert len(rest.data) == 4 and rest.has_more is False
+        assert len(list(client.conversations.items.list(conversation.id, limit=2))) == 6  # the client follows the pages
+
+
+def test_items_and_metadata_are_edited_and_conversations_deleted(db_url, upstream):
+    _, upstream_url = upstream
+    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+        conversation = client.conversations.create()
+        assert client.conversations.items.list(conversation.id).data == []
+        added = client.conversations.items.create(conversation.id, items=[
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}])
+        assert [item.type for item in added.data] == ["message", "function_call", "function_call_output"]
+        call = client.conversations.items.retrieve(added.data[1].id, conversation_id=conversation.id)
+        assert call.type == "function_call" and call.name == "get_weather"
+        assert client.conversations.items.delete(added.data[1].id, conversation_id=conversation.id).id == conversation.id
+        assert [item.type for item in client.conversations.items.list(conversation.id, order="asc")] == ["message", "function_call_output"]
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.items.retrieve(added.data[1].id, conversation_id=conversation.id)
+        assert client.conversations.update(conversation.id, metadata={"a": "b"}).metadata == {"a": "b"}
+        with pytest.raises(openai.BadRequestError) as refused:  # no response could take it as input
+            client.conversations.items.create(conversation.id, items=[{"type": "web_search_call", "id": "ws_1"}])
+        assert refused.value.body["param"].startswith("items[0]")
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.conversations.items.create(conversation.id, items=[{"role": "user", "content": "x"}] * 21)
+        assert refused.value.body["param"] == "items"
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="rec", conversation=conversation.id, previous_response_id="resp_1", input="x")
+        assert refused.value.body["param"] == "conversation"
+        assert client.conversations.delete(conversation.id).deleted is True
+        for attempt in (lambda: client.conversations.retrieve(conversation.id), lambda: client.conversations.items.list(conversation.id),
+                        lambda: client.conversations.delete(conversation.id)):
+            with pytest.raises(openai.NotFoundError):
+                attempt()
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.responses.create(model="rec", conversation=conversation.id, input="x")
+        assert missing.value.body["param"] == "conversation"
+
+
+def test_each_key_sees_only_its_own_conversations(db_url, upstream):
+    _, upstream_url = upstream
+    engine = database.open_engine(db_url)
+    database.migrate(engine)
+    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
+    engine.dispose()
+    app = _app(db_url, upstream_url, extra="auth: {enabled: true}", environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40})
+    with serve_in_thread(app) as base:
+        acme, globex = (_client(base, s) for s in secrets)
+        mine = acme.conversations.create(items=[{"role": "user", "content": "A secret."}])
+        item_id = acme.conversations.items.list(mine.id).data[0].id
+        for attempt in (lambda: globex.conversations.retrieve(mine.id), lambda: globex.conversations.items.list(mine.id),
+                        lambda: globex.conversations.items.retrieve(item_id, conversation_id=mine.id),
+                        lambda: globex.conversations.items.create(mine.id, items=[{"role": "user", "content": "x"}]),
+                        lambda: globex.conversations.update(mine.id, metadata={}), lambda: globex.conversations.delete(mine.id),
+                        lambda: globex.responses.create(model="rec", conversation=mine.id, input="Tell me.")):
+            with pytest.raises(openai.NotFoundError):
+                attempt()
+        assert [item.id for item in acme.conversations.items.list(mine.id)] == [item_id]
+
+
+def test_storage_without_prompts_keeps_no_conversations(tmp_path, upstream):
+    _, upstream_url = upstream
+    with serve_in_thread(_app(f"sqlite:///{tmp_path / 'r.db'}", upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
+        with pytest.raises(openai.BadRequestError, match="store_prompts"):
+            client.conversations.create()
+        with pytest.raises(openai.BadRequestError, match="store_prompts"):
+            client.responses.create(model="rec", conversation="conv_1", input="x")
