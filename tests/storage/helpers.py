@@ -55,3 +55,39 @@ async def wait_until(predicate, timeout_s: float = 30.0) -> None:
 
 
 __all__ = ["FakeLease", "rows", "make_log", "record", "wait_until", "feedback_table", "requests_table"]
+
+
+# ---- gateways that keep what users make (stored Responses, chat completions, conversations) ----
+
+STORING_CONFIG = """
+experts:
+  - id: rec
+    backend: {{kind: openai, base_url: "{upstream}", model: up}}
+  - id: sim
+    backend: {{kind: simulated, time_scale: 0}}
+storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
+{extra}
+"""
+ADMIN_ENV = {"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40}
+
+
+def storing_app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
+    """A gateway on `db_url` with `rec` (the recording upstream at `upstream_url`) and `sim` (simulated, instant);
+    `more` is added to its storage settings, `extra` to its config."""
+    from switchboard.config import parse_config
+    from switchboard.gateway.app import build_app
+
+    return build_app(parse_config(STORING_CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
+
+
+def keyed_storing_app(db_url: str, upstream_url: str) -> tuple[object, list[str]]:
+    """`storing_app` with API keys on, and the secrets of two keys of two tenants (acme's, then globex's)."""
+    from switchboard.storage import database
+    from switchboard.tenants.keys import KeyLimits
+    from switchboard.tenants.store import create_key
+
+    engine = database.open_engine(db_url)
+    database.migrate(engine)
+    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
+    engine.dispose()
+    return storing_app(db_url, upstream_url, extra="auth: {enabled: true}", environ=ADMIN_ENV), secrets

@@ -11,29 +11,14 @@ import asyncio
 import openai
 import pytest
 
-from switchboard.config import parse_config
-from switchboard.gateway.app import build_app
 from switchboard.storage import database
 from switchboard.storage.chat_completions import ChatCompletionStore, StoredRow
-from switchboard.tenants.keys import KeyLimits
-from switchboard.tenants.store import create_key
 from switchboard.testing.canned_upstream import Canned
 from switchboard.testing.servers import serve_in_thread
 
-CONFIG = """
-experts:
-  - id: rec
-    backend: {{kind: openai, base_url: "{upstream}", model: up}}
-  - id: sim
-    backend: {{kind: simulated, time_scale: 0}}
-storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
-{extra}
-"""
+from .helpers import keyed_storing_app, storing_app
+
 USER = [{"role": "user", "content": "Hi"}]
-
-
-def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
-    return build_app(parse_config(CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
 
 
 def _client(base: str, key: str = "unused") -> openai.OpenAI:
@@ -55,7 +40,7 @@ def _tool_stream() -> Canned:
 
 def test_whole_and_streamed_answers_are_kept_as_the_client_saw_them_and_survive_a_restart(db_url, upstream):
     recording, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:
         whole = client.chat.completions.create(model="sim", messages=USER, max_tokens=5, store=True, metadata={"app": "demo"})
         kept = client.chat.completions.retrieve(whole.id)
         assert kept.choices == whole.choices and kept.usage == whole.usage and kept.model == "sim"
@@ -88,14 +73,14 @@ def test_whole_and_streamed_answers_are_kept_as_the_client_saw_them_and_survive_
         unkept = client.chat.completions.create(model="sim", messages=USER, max_tokens=2)  # store defaults to false
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.retrieve(unkept.id)
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:
         assert client.chat.completions.retrieve(whole.id).choices == whole.choices
         assert [c.id for c in client.chat.completions.list()] == [whole.id, streamed.id, final.id, first.id, second.id]
 
 
 def test_list_pages_filters_update_messages_and_delete(db_url, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:
         ids = []
         for i in range(5):
             model = "sim" if i % 2 == 0 else "rec"
@@ -141,11 +126,7 @@ def test_list_pages_filters_update_messages_and_delete(db_url, upstream):
 
 def test_each_key_sees_only_its_own_completions(db_url, upstream):
     _, upstream_url = upstream
-    engine = database.open_engine(db_url)
-    database.migrate(engine)
-    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
-    engine.dispose()
-    app = _app(db_url, upstream_url, extra="auth: {enabled: true}", environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40})
+    app, secrets = keyed_storing_app(db_url, upstream_url)
     with serve_in_thread(app) as base:
         acme, globex = (_client(base, s) for s in secrets)
         mine = acme.chat.completions.create(model="sim", messages=USER, max_tokens=2, store=True, metadata={"t": "x"})
@@ -163,7 +144,7 @@ def test_each_key_sees_only_its_own_completions(db_url, upstream):
 
 def test_storage_without_prompts_keeps_nothing_and_says_why(db_url, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
         answer = client.chat.completions.create(model="sim", messages=USER, max_tokens=2, store=True)
         with pytest.raises(openai.NotFoundError, match="store_prompts"):
             client.chat.completions.retrieve(answer.id)
@@ -173,7 +154,7 @@ def test_storage_without_prompts_keeps_nothing_and_says_why(db_url, upstream):
 
 def test_metadata_beyond_openai_limits_is_a_400_naming_it(tmp_path, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(f"sqlite:///{tmp_path / 'r.db'}", upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'r.db'}", upstream_url)) as base, _client(base) as client:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="sim", messages=USER, store=True, metadata={str(i): "v" for i in range(17)})
         assert caught.value.body["param"] == "metadata"

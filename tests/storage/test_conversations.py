@@ -8,25 +8,10 @@ from __future__ import annotations
 import openai
 import pytest
 
-from switchboard.config import parse_config
-from switchboard.gateway.app import build_app
-from switchboard.storage import database
-from switchboard.tenants.keys import KeyLimits
-from switchboard.tenants.store import create_key
 from switchboard.testing.canned_upstream import Canned
 from switchboard.testing.servers import serve_in_thread
 
-CONFIG = """
-experts:
-  - id: rec
-    backend: {{kind: openai, base_url: "{upstream}", model: up}}
-storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
-{extra}
-"""
-
-
-def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
-    return build_app(parse_config(CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
+from .helpers import keyed_storing_app, storing_app
 
 
 def _client(base: str, key: str = "unused") -> openai.OpenAI:
@@ -39,7 +24,7 @@ def _texts(items) -> list[tuple[str, str]]:
 
 def test_a_conversation_is_the_history_responses_read_and_extend(db_url, upstream):
     recording, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:
         conversation = client.conversations.create(items=[{"role": "user", "content": "My name is Ada."},
                                                           {"type": "message", "role": "assistant", "content": "Hello Ada."}],
                                                    metadata={"topic": "names"})
@@ -58,7 +43,7 @@ def test_a_conversation_is_the_history_responses_read_and_extend(db_url, upstrea
         assert _texts(items.data) == [("user", "My name is Ada."), ("assistant", "Hello Ada."), ("user", "What is my name?"),
                                       ("assistant", "recorded"), ("user", "Thanks."), ("assistant", "recorded")]
         assert all(item.id for item in items.data) and len({item.id for item in items.data}) == 6
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:  # a new gateway, the same database
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:  # a new gateway, the same database
         assert client.conversations.retrieve(conversation.id).metadata == {"topic": "names"}
         newest = client.conversations.items.list(conversation.id, limit=2)  # newest first by default, as OpenAI's
         assert _texts(newest.data) == [("assistant", "recorded"), ("user", "Thanks.")] and newest.has_more is True
@@ -69,7 +54,7 @@ def test_a_conversation_is_the_history_responses_read_and_extend(db_url, upstrea
 
 def test_items_and_metadata_are_edited_and_conversations_deleted(db_url, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, _client(base) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, _client(base) as client:
         conversation = client.conversations.create()
         assert client.conversations.items.list(conversation.id).data == []
         added = client.conversations.items.create(conversation.id, items=[
@@ -105,11 +90,7 @@ def test_items_and_metadata_are_edited_and_conversations_deleted(db_url, upstrea
 
 def test_each_key_sees_only_its_own_conversations(db_url, upstream):
     _, upstream_url = upstream
-    engine = database.open_engine(db_url)
-    database.migrate(engine)
-    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
-    engine.dispose()
-    app = _app(db_url, upstream_url, extra="auth: {enabled: true}", environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40})
+    app, secrets = keyed_storing_app(db_url, upstream_url)
     with serve_in_thread(app) as base:
         acme, globex = (_client(base, s) for s in secrets)
         mine = acme.conversations.create(items=[{"role": "user", "content": "A secret."}])
@@ -126,7 +107,7 @@ def test_each_key_sees_only_its_own_conversations(db_url, upstream):
 
 def test_storage_without_prompts_keeps_no_conversations(tmp_path, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(f"sqlite:///{tmp_path / 'r.db'}", upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
+    with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'r.db'}", upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
         with pytest.raises(openai.BadRequestError, match="store_prompts"):
             client.conversations.create()
         with pytest.raises(openai.BadRequestError, match="store_prompts"):

@@ -9,31 +9,17 @@ import asyncio
 import openai
 import pytest
 
-from switchboard.config import parse_config
-from switchboard.gateway.app import build_app
 from switchboard.storage import database
 from switchboard.storage.responses import UNAVAILABLE_BACKOFF_S, ResponseStore, StoreUnavailable
-from switchboard.tenants.keys import KeyLimits
-from switchboard.tenants.store import create_key
 from switchboard.testing.canned_upstream import Canned
 from switchboard.testing.servers import serve_in_thread
 
-CONFIG = """
-experts:
-  - id: rec
-    backend: {{kind: openai, base_url: "{upstream}", model: up}}
-storage: {{url: "{url}", flush_interval_s: 0.05{more}}}
-{extra}
-"""
-
-
-def _app(db_url: str, upstream_url: str, more: str = "", extra: str = "", environ: dict | None = None):
-    return build_app(parse_config(CONFIG.format(upstream=upstream_url, url=db_url, more=more, extra=extra)), environ=environ)
+from .helpers import keyed_storing_app, storing_app
 
 
 def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart(db_url, upstream):
     recording, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         first = client.responses.create(model="rec", instructions="Be brief.", input="My name is Ada.")
         assert first.store is True and first.output_text == "recorded"
         head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up"}
@@ -51,7 +37,7 @@ def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart
         with pytest.raises(openai.BadRequestError, match="as a stream is not supported"):
             list(client.responses.retrieve(first.id, stream=True))
     # A new gateway on the same database: the stored conversation is still there.
-    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         assert client.responses.retrieve(third.id).output_text == "recorded"
         items = client.responses.input_items.list(third.id)
         texts = [item.content[0].text for item in items.data]
@@ -74,12 +60,12 @@ def test_a_conversation_continues_by_previous_response_id_and_survives_a_restart
 
 def test_store_false_and_storage_without_prompts_store_nothing(db_url, upstream):
     _, upstream_url = upstream
-    with serve_in_thread(_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
+    with serve_in_thread(storing_app(db_url, upstream_url)) as base, openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         unstored = client.responses.create(model="rec", input="Hi", store=False)
         assert unstored.store is False
         with pytest.raises(openai.NotFoundError):
             client.responses.retrieve(unstored.id)
-    with serve_in_thread(_app(db_url, upstream_url, more=", store_prompts: false")) as base, \
+    with serve_in_thread(storing_app(db_url, upstream_url, more=", store_prompts: false")) as base, \
             openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0) as client:
         assert client.responses.create(model="rec", input="Hi").store is False
         with pytest.raises(openai.BadRequestError, match="store_prompts"):
@@ -88,11 +74,7 @@ def test_store_false_and_storage_without_prompts_store_nothing(db_url, upstream)
 
 def test_each_key_sees_only_its_own_responses(db_url, upstream):
     _, upstream_url = upstream
-    engine = database.open_engine(db_url)
-    database.migrate(engine)
-    secrets = [create_key(engine, f"app-{t}", t, KeyLimits())[1] for t in ("acme", "globex")]
-    engine.dispose()
-    app = _app(db_url, upstream_url, extra="auth: {enabled: true}", environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "a" * 40})
+    app, secrets = keyed_storing_app(db_url, upstream_url)
     with serve_in_thread(app) as base:
         acme, globex = (openai.OpenAI(base_url=base + "/v1", api_key=s, max_retries=0) for s in secrets)
         mine = acme.responses.create(model="rec", input="A secret.")

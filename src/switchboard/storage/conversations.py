@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from switchboard.storage.kept import DisabledStore, KeptStore
 from switchboard.storage.models import conversation_items_table as items_table
@@ -141,11 +141,6 @@ def delete_item(engine: Engine, conversation_id: str, key_id: str | None, item_i
         if connection.execute(delete(items_table).where(c.conversation_id == conversation_id, c.id == item_id)).rowcount == 0:
             return False
     return found
-
-
-def num_items(engine: Engine, conversation_id: str) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).where(items_table.c.conversation_id == conversation_id)).scalar_one())
 
 
 # ---- the gateway's side ----
