@@ -1,7 +1,7 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
 // {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
-// "responses_stored" | "chat_stored" | "chat_run_tools" | "chat_parse_zod", params}; "chat_stored" walks OpenAI's stored chat completions API; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
+// "responses_stored" | "chat_stored" | "conversations" | "chat_run_tools" | "chat_parse_zod", params}; "chat_stored" walks OpenAI's stored chat completions API; "conversations" its Conversations API; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
 // client.chat.completions.runTools (streamed when params.stream), its calls recorded in `called`; "responses" is client.responses.create
 // (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
 // events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
@@ -57,6 +57,20 @@ try {
     const deleted = await client.chat.completions.delete(created.id);
     out.body = { created, retrieved, listed, updated, messages, deleted };
     await client.chat.completions.retrieve(created.id);
+  } else if (spec.endpoint === "conversations") {
+    // make a conversation, answer a response given it, page its items, add one, read it, delete it, relabel
+    // the conversation, delete it, then read it again (the last must fail)
+    const conversation = await client.conversations.create({ items: spec.params.items, metadata: { case: "node" } });
+    const response = await client.responses.create({ ...spec.params.response, conversation: conversation.id });
+    const items = [];
+    for await (const item of client.conversations.items.list(conversation.id, { order: "asc", limit: 2 })) items.push(item);
+    const added = await client.conversations.items.create(conversation.id, { items: [{ type: "message", role: "user", content: "Thanks." }] });
+    const read = await client.conversations.items.retrieve(added.data[0].id, { conversation_id: conversation.id });
+    const afterDelete = await client.conversations.items.delete(added.data[0].id, { conversation_id: conversation.id });
+    const updated = await client.conversations.update(conversation.id, { metadata: { reviewed: "yes" } });
+    const deleted = await client.conversations.delete(conversation.id);
+    out.body = { conversation, response, items, added, read, afterDelete, updated, deleted };
+    await client.conversations.retrieve(conversation.id);
   } else if (spec.endpoint === "responses_stream") {
     const stream = client.responses.stream(spec.params);
     out.chunks = [];
