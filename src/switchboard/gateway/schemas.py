@@ -142,7 +142,9 @@ class EmbeddingsRequest(_Open):
 class FeedbackRequest(_Forbid):
     """A user's score of one answer, for retraining the router from the request log."""
 
-    request_id: str = Field(min_length=1, max_length=64, description="The answer's id (its `id`, and the `x-request-id` header).")
+    request_id: str = Field(min_length=1, max_length=64, description="The answer's `x-request-id` header: also its `id`, but for an answer "
+                            "relayed as it came from an `openai` or `process` expert, whose `id` is the upstream's (unless it was stored: "
+                            "`store: true` gives it the gateway's), and a Response's id.")
     score: float = Field(ge=0, le=1, description="0 (useless) to 1 (perfect).")
 
 
