@@ -92,3 +92,27 @@ def test_a_session_kept_in_a_conversation_carries_the_history_across_runs(storin
     assert len(listed) == 4 and listed[0].content[0].text == "My name is Ada."
     second_input = sent[1]
     assert [m.get("role") for m in second_input][:3] == ["user", "assistant", "user"]  # the first run's exchange, then the question
+
+
+def test_runs_continued_by_the_server_by_conversation_or_by_previous_response(storing_smol_gateway):
+    """The SDK's server-managed continuations: `conversation_id` (each run sends only its new items with
+    `conversation`; the gateway reads the history and appends the turn) and `previous_response_id` (the stored
+    Response's conversation continues)."""
+    agents.set_tracing_disabled(True)
+
+    async def run() -> tuple[int, list[str]]:
+        client = AsyncOpenAI(base_url=storing_smol_gateway, api_key="unused", max_retries=0)
+        agent = agents.Agent(name="chat", instructions="Answer in a few words.", model=agents.OpenAIResponsesModel(model="smol", openai_client=client),
+                             model_settings=agents.ModelSettings(max_tokens=400, temperature=0))
+        conversation = await client.conversations.create()
+        await agents.Runner.run(agent, "My name is Ada.", conversation_id=conversation.id)
+        await agents.Runner.run(agent, "What is my name?", conversation_id=conversation.id)
+        num_items = len([item async for item in client.conversations.items.list(conversation.id)])
+        first = await agents.Runner.run(agent, "My name is Bob.")
+        second = await agents.Runner.run(agent, "What is my name?", previous_response_id=first.last_response_id)
+        history = [item async for item in client.responses.input_items.list(second.last_response_id, order="asc")]
+        return num_items, [item.content[0].text for item in history if item.type == "message" and item.role == "user"]
+
+    num_items, questions = asyncio.run(run())
+    assert num_items == 4  # two questions, two answers
+    assert questions == ["My name is Bob.", "What is my name?"]  # the second response's input held the first's
