@@ -29,8 +29,9 @@ run: install
 
 test: install
 	scripts/ensure_chromium.sh
-	# The official openai Node client (and zod, for its parse helpers) for tests/conformance, pinned by its package-lock.json (node and npm: the machine's).
+	# The official openai Node client (and zod, for its parse helpers) and the Vercel AI SDK for tests/conformance, pinned by its package-lock.json (node and npm: the machine's).
 	test -f tests/conformance/node/node_modules/openai/package.json -a -f tests/conformance/node/node_modules/zod/package.json \
+		-a -f tests/conformance/node/node_modules/ai/package.json -a -f tests/conformance/node/node_modules/@ai-sdk/openai/package.json \
 		|| (cd tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 	# Debian's redis-server for the GCS fault-tolerance test (tests/cluster/test_ray_gcs.py starts its own from it).
 	pg_url=$$(scripts/postgres.sh) && redis_server=$$(scripts/redis.sh) && SWITCHBOARD_TEST_PG_URL=$$pg_url \

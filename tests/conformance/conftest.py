@@ -36,11 +36,11 @@ embedding_experts:
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    """The `node` binary, with the pinned openai and zod packages installed beside run.mjs."""
+    """The `node` binary, with the pinned packages (openai, zod, the AI SDK) installed beside run.mjs."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("node and npm are needed for the Node client's conformance tests (Debian's nodejs and npm, or the machine image's)")
-    if not all((NODE_DIR / "node_modules" / name / "package.json").is_file() for name in ("openai", "zod")):
+    if not all((NODE_DIR / "node_modules" / name / "package.json").is_file() for name in ("openai", "zod", "ai", "@ai-sdk/openai")):
         subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=600)
     return node
 
