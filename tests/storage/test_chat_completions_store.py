@@ -130,7 +130,9 @@ def test_each_key_sees_only_its_own_completions(db_url, upstream):
     with serve_in_thread(app) as base:
         acme, globex = (_client(base, s) for s in secrets)
         mine = acme.chat.completions.create(model="sim", messages=USER, max_tokens=2, store=True, metadata={"t": "x"})
-        assert [c.id for c in acme.chat.completions.list()] == [mine.id]
+        streamed = [c.id for c in acme.chat.completions.create(model="sim", messages=USER, max_tokens=2, store=True, stream=True)][0]
+        assert [c.id for c in acme.chat.completions.list()] == [mine.id, streamed]  # a stream is kept as its key's too
+        acme.chat.completions.delete(streamed)
         assert globex.chat.completions.list().data == []
         assert globex.chat.completions.list(metadata={"t": "x"}).data == []
         for attempt in (lambda: globex.chat.completions.retrieve(mine.id), lambda: globex.chat.completions.messages.list(mine.id),

@@ -28,10 +28,6 @@ from switchboard.gateway.responses_api.ids import new_id
 from switchboard.gateway.schemas import ConversationCreate, ConversationItemsCreate, ConversationUpdate
 from switchboard.storage import conversations as cs
 
-MAX_ITEMS_PER_CALL = 20
-"""OpenAI's limit on the items one create call adds."""
-
-
 def _not_found(conversation_id: str, why: str = "") -> ApiError:
     return ApiError(404, f"no conversation has the id '{conversation_id}'" + (f" (this gateway stores none: {why})" if why else ""),
                     param="conversation_id", code="not_found")

@@ -244,10 +244,14 @@ class StoredMessageList(BaseModel):
     has_more: bool
 
 
+MAX_CONVERSATION_ITEMS_PER_CALL = 20
+"""OpenAI's limit on the items one call adds to a conversation."""
+
+
 class ConversationCreate(_Forbid):
     """`POST /v1/conversations`: the first items (Responses input items, at most 20) and labels."""
 
-    items: list[dict[str, Any]] | None = Field(None, max_length=20)
+    items: list[dict[str, Any]] | None = Field(None, max_length=MAX_CONVERSATION_ITEMS_PER_CALL)
     metadata: Metadata | None = None
 
 
@@ -260,7 +264,7 @@ class ConversationUpdate(_Forbid):
 class ConversationItemsCreate(_Forbid):
     """`POST /v1/conversations/{id}/items`: items to append (Responses input items, 1 to 20)."""
 
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=20)
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_CONVERSATION_ITEMS_PER_CALL)
     include: list[str] | None = None
 
 

@@ -85,17 +85,19 @@ class StoredChats:
         request_id = response.headers.get("x-request-id") if isinstance(response, (JSONBytesResponse, SSEResponse)) else None
         if request_id is None:  # an error answer
             return response
+        key_id = caller_key_id()  # read now: the stream is sent later
         if isinstance(response, JSONBytesResponse):
             completion = orjson.loads(response.body)
             if completion.get("id") != request_id:
                 completion["id"] = request_id
                 response.body = orjson.dumps(completion)
-            await self._save(completion, body)
+            await self._save(completion, body, key_id)
         elif tap is not None:
-            response.chunks = self._kept_stream(response.chunks, body, tap, request_id)
+            response.chunks = self._kept_stream(response.chunks, body, tap, request_id, key_id)
         return response
 
-    async def _kept_stream(self, chunks: AsyncIterator[bytes], body: dict[str, Any], tap: ChatAssembler, request_id: str) -> AsyncIterator[bytes]:
+    async def _kept_stream(self, chunks: AsyncIterator[bytes], body: dict[str, Any], tap: ChatAssembler, request_id: str,
+                           key_id: str | None) -> AsyncIterator[bytes]:
         """The stream, passed on event by event as `tap` assembles it (each chunk carrying the request id), and
         stored before its last event goes out."""
         try:
@@ -103,16 +105,16 @@ class StoredChats:
                 out = b"".join(SSE_DONE if c is None else b"data: " + orjson.dumps({**c, "id": request_id} if "id" in c else c) + b"\n\n"
                                for c in tap.feed(chunk))
                 if out.endswith(SSE_DONE) and tap.is_complete:
-                    await self._save({**tap.completion(), "id": request_id}, body)
+                    await self._save({**tap.completion(), "id": request_id}, body, key_id)
                 if out:
                     yield out
         finally:
             await chunks.aclose()
 
-    async def _save(self, completion: dict[str, Any], body: dict[str, Any]) -> None:
+    async def _save(self, completion: dict[str, Any], body: dict[str, Any], key_id: str | None) -> None:
         completion_id = completion["id"]
         completion = {**completion, "metadata": body.get("metadata") or {}}
-        row = StoredRow(completion_id, caller_key_id(), self.clock(), str(completion.get("model") or ""), completion,
+        row = StoredRow(completion_id, key_id, self.clock(), str(completion.get("model") or ""), completion,
                         stored_messages(completion_id, body.get("messages") or []))
         try:
             await self.store.save(row)
