@@ -284,7 +284,8 @@ class StorageConfig(_Strict):
     max_batch: int = Field(500, ge=1, description="Rows per INSERT transaction.")
     max_pending: int = Field(100_000, ge=1, description="Records held while the database is unreachable; beyond, the oldest are dropped (counted, logged).")
     store_prompts: bool = Field(True, description="Keep each request's prompt text (for `router train --from-log`); false stores none "
-                                "(and no Responses: `POST /v1/responses` answers `store: false`; nor chat completions with `store: true`).")
+                                "(and no Responses: `POST /v1/responses` answers `store: false`; nor chat completions with `store: true`, "
+                                "nor conversations: `/v1/conversations` is a 400 saying so).")
     response_retention_days: float = Field(30.0, gt=0, description="How long a stored Response (`POST /v1/responses`) can be retrieved and "
                                            "continued (`previous_response_id`), and a stored chat completion (`store: true`) retrieved; "
                                            "OpenAI keeps them 30 days.")
