@@ -63,3 +63,10 @@ def test_a_failed_or_unfinished_stream_is_not_complete():
     one_of_two = ChatAssembler()
     one_of_two.feed(_sse(_piece(0, {"content": "x"}, "stop"), _piece(1, {"content": "y"})))
     assert not one_of_two.is_complete  # choice 1 never finished
+
+
+def test_an_event_that_is_no_json_object_is_passed_on_and_nothing_is_kept():
+    tap = ChatAssembler()
+    seen = tap.feed(b"data: " + orjson.dumps({**HEAD, **_piece(0, {"content": "x"})}) + b"\n\ndata: {not json\n\ndata: [1]\n\n" + _sse(_piece(0, {}, "stop")))
+    assert seen[1:3] == [b"{not json", b"[1]"] and seen[-1] is None
+    assert not tap.is_complete

@@ -152,6 +152,16 @@ async def test_an_error_chunk_fails_the_response_and_is_an_error_event():
     assert events[-1]["error"]["message"] == "boom"
 
 
+async def test_an_event_that_is_no_json_object_fails_the_response_saying_so():
+    async def chunks():
+        yield b"data: " + orjson.dumps(_choice({"content": "Once"})) + b"\n\n"
+        yield b"data: {not json\n\n"
+
+    stream = ResponsesStream(_parse(input="x").request, "resp_1", 0, "e")
+    out = b"".join([sent async for sent in stream.events(chunks())])
+    assert b"event: response.failed" in out and b"event: error" in out and b"bad_upstream_response" in out
+
+
 @pytest.fixture
 def client(gateway_url):
     with openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0) as c:

@@ -64,7 +64,13 @@ class ResponsesStream:
             for data in sse_events(chunk, pending):
                 if data == b"[DONE]":
                     continue
-                parsed = orjson.loads(data)
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if not isinstance(parsed, dict):  # an upstream's malformed event: the stream fails, saying so
+                    parsed = {"error": {"message": f"the expert's stream held an event that is not a JSON object: {data[:80]!r}",
+                                        "code": "bad_upstream_response"}}
                 out.extend(self._failed(parsed["error"]) if "error" in parsed else self._chunk(parsed))
             if out:
                 yield b"".join(out)

@@ -31,16 +31,24 @@ class ChatAssembler:
         self.is_done = False
         self.failed = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any] | None]:
+    def feed(self, data: bytes) -> list[dict[str, Any] | bytes | None]:
         """Takes the next bytes of the stream; returns the chunks of the events they completed, in order (None for
-        `[DONE]`). A partial event waits for the bytes that complete it."""
-        chunks: list[dict[str, Any] | None] = []
+        `[DONE]`; an event that is no JSON object, as its bytes: passed on as it came, and nothing is kept). A
+        partial event waits for the bytes that complete it."""
+        chunks: list[dict[str, Any] | bytes | None] = []
         for payload in sse_events(data, self.pending):
             if payload == b"[DONE]":
                 self.is_done = True
                 chunks.append(None)
                 continue
-            chunk = orjson.loads(payload)
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                chunk = None
+            if not isinstance(chunk, dict):  # an upstream's malformed event: the client judges it; nothing to keep
+                self.failed = True
+                chunks.append(payload)
+                continue
             chunks.append(chunk)
             if "error" in chunk:  # the stream failed mid-way: nothing whole to keep
                 self.failed = True

@@ -58,6 +58,15 @@ def stored_messages(completion_id: str, messages: list[dict[str, Any]]) -> list[
     return out
 
 
+def _event(chunk: dict[str, Any] | bytes | None, request_id: str) -> bytes:
+    """One assembled event as SSE bytes: a chunk with the request's id, `[DONE]` (None), or bytes as they came."""
+    if chunk is None:
+        return SSE_DONE
+    if isinstance(chunk, bytes):
+        return b"data: " + chunk + b"\n\n"
+    return b"data: " + orjson.dumps({**chunk, "id": request_id} if "id" in chunk else chunk) + b"\n\n"
+
+
 class StoredChats:
     """Keeps answers (`keep`) in `store` (storage/chat_completions.py: ChatCompletionStore, or
     DisabledChatCompletionStore) and serves OpenAI's stored-completions API over it."""
@@ -102,8 +111,7 @@ class StoredChats:
         stored before its last event goes out."""
         try:
             async for chunk in chunks:
-                out = b"".join(SSE_DONE if c is None else b"data: " + orjson.dumps({**c, "id": request_id} if "id" in c else c) + b"\n\n"
-                               for c in tap.feed(chunk))
+                out = b"".join(_event(c, request_id) for c in tap.feed(chunk))
                 if out.endswith(SSE_DONE) and tap.is_complete:
                     await self._save({**tap.completion(), "id": request_id}, body, key_id)
                 if out:
