@@ -20,17 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import openai
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gateway_overhead import UPSTREAM_CODE, _wait_http  # noqa: E402
-
-from switchboard.testing.servers import free_port  # noqa: E402
+from _mock_gateway import storing_mock_gateway  # noqa: E402
 
 VARIANTS = ("stateless", "previous", "conversation")
 
@@ -64,32 +60,13 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    scratch = tempfile.TemporaryDirectory()
-    up_port, port = free_port(), free_port()
-    config = os.path.join(scratch.name, "gateway.yaml")
-    with open(config, "w") as fh:
-        fh.write(f"""experts:
-  - id: fast
-    backend: {{kind: openai, base_url: "http://127.0.0.1:{up_port}/v1", model: mock}}
-storage: {{url: "sqlite:///{scratch.name}/log.db"}}
-""")
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up_port)])
-    gateway = subprocess.Popen([sys.executable, "-m", "switchboard.cli", "serve", "--config", config, "--port", str(port), "--log-level", "warning"])
     turns: dict[str, list[list[float]]] = {v: [] for v in VARIANTS}
-    try:
-        _wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-        _wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as client:
-            for variant in VARIANTS:  # warm-up: connections, first writes, code paths
-                one_conversation(client, variant, 2)
-            for i in range(args.conversations):
-                for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
-                    turns[variant].append(one_conversation(client, variant, args.turns))
-    finally:
-        for proc in (gateway, upstream):
-            proc.terminate()
-            proc.wait(timeout=30)
-        scratch.cleanup()
+    with storing_mock_gateway() as port, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as client:
+        for variant in VARIANTS:  # warm-up: connections, first writes, code paths
+            one_conversation(client, variant, 2)
+        for i in range(args.conversations):
+            for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+                turns[variant].append(one_conversation(client, variant, args.turns))
 
     def ms(values: list[float]) -> float:
         return statistics.median(values) * 1000

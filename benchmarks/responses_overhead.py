@@ -18,17 +18,13 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _load import build_request, run_load  # noqa: E402
-from gateway_overhead import UPSTREAM_CODE, _wait_http  # noqa: E402
-
-from switchboard.testing.servers import free_port  # noqa: E402
+from _mock_gateway import storing_mock_gateway  # noqa: E402
 
 PROMPT = "Hello there, how are you today?"
 
@@ -51,21 +47,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    scratch = tempfile.TemporaryDirectory()
-    up_port, port = free_port(), free_port()
-    config = os.path.join(scratch.name, "gateway.yaml")
-    with open(config, "w") as fh:
-        fh.write(f"""experts:
-  - id: fast
-    backend: {{kind: openai, base_url: "http://127.0.0.1:{up_port}/v1", model: mock}}
-storage: {{url: "sqlite:///{scratch.name}/log.db"}}
-""")
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_CODE, str(up_port)])
-    gateway = subprocess.Popen([sys.executable, "-m", "switchboard.cli", "serve", "--config", config, "--port", str(port), "--log-level", "warning"])
     rows: list[dict] = []
-    try:
-        _wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-        _wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+    with storing_mock_gateway() as port:
         uvloop.install()
         for round_ in range(args.rounds):
             for stream in (False, True):
@@ -80,13 +63,7 @@ storage: {{url: "sqlite:///{scratch.name}/log.db"}}
                                      "p50_ms": result.pct_ms(50), "p99_ms": result.pct_ms(99), "errors": result.num_errors})
                         print(f"round {round_} {'stream' if stream else 'whole ':6} c={concurrency:<2} {variant:16} {result.rps:7.0f} req/s "
                               f"p50 {result.pct_ms(50):6.2f} ms p99 {result.pct_ms(99):6.2f} ms errors {result.num_errors}", flush=True)
-    finally:
-        for proc in (gateway, upstream):
-            proc.terminate()
-            proc.wait(timeout=30)
-        scratch.cleanup()
     print("\nmedians over rounds (ratio to chat's):")
-    bodies_order = list(_bodies(False))
     for stream in (False, True):
         for concurrency in (1, 16):
             cell = [r for r in rows if r["stream"] == stream and r["concurrency"] == concurrency]
@@ -95,7 +72,7 @@ storage: {{url: "sqlite:///{scratch.name}/log.db"}}
                 return statistics.median(r[key] for r in cell if r["variant"] == variant)
 
             base_rps, base_p50 = median("chat", "rps"), median("chat", "p50_ms")
-            for variant in bodies_order:
+            for variant in _bodies(stream):
                 rps, p50 = median(variant, "rps"), median(variant, "p50_ms")
                 print(f"  {'stream' if stream else 'whole ':6} c={concurrency:<2} {variant:16} {rps:7.0f} req/s (x{rps / base_rps:.2f})  "
                       f"p50 {p50:6.2f} ms ({p50 - base_p50:+.2f} ms)  errors {sum(r['errors'] for r in cell if r['variant'] == variant)}")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from switchboard.gateway.auth import current_caller
 from switchboard.gateway.errors import ApiError
-from switchboard.storage.kept import UNAVAILABLE_BACKOFF_S, StoreUnavailable
+from switchboard.storage.kept import UNAVAILABLE_BACKOFF_S, Order, StoreUnavailable
 
 log = logging.getLogger("switchboard.gateway")
 MAX_PAGE = 100
@@ -34,11 +34,11 @@ def storage_unavailable(exc: Exception, what: str) -> ApiError:
 @dataclasses.dataclass(frozen=True)
 class PageParams:
     limit: int
-    order: Literal["asc", "desc"]
+    order: Order
     after: str | None
 
 
-def page_params(query: Mapping[str, str], default_order: Literal["asc", "desc"]) -> PageParams:
+def page_params(query: Mapping[str, str], default_order: Order) -> PageParams:
     """`limit` (1..100, default 20), `order` and `after` of a list request, as OpenAI pages lists; a 400 naming
     the parameter otherwise."""
     try:

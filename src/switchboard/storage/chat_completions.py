@@ -13,18 +13,15 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, and_, delete, exists, or_, select, update
 
 from switchboard.storage.database import insert_or_ignore
-from switchboard.storage.kept import DisabledStore, KeptStore
+from switchboard.storage.kept import DisabledStore, ExpiringStore, Order
 from switchboard.storage.models import chat_completion_metadata_table as meta_table
 from switchboard.storage.models import chat_completions_table as table
-
-Order = Literal["asc", "desc"]
-
 
 @dataclasses.dataclass(frozen=True)
 class StoredRow:
@@ -131,8 +128,8 @@ def purge(engine: Engine, before_s: float) -> int:
 
 # ---- the gateway's side ----
 
-class ChatCompletionStore(KeptStore):
-    """Awaitable access to stored chat completions (storage/kept.py: the database calls' scheduling and backoff)."""
+class ChatCompletionStore(ExpiringStore):
+    """Awaitable access to stored chat completions (storage/kept.py: group commit, expiry, and the backoff after a failure)."""
 
     def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, clock: Callable[[], float] = time.time) -> None:
         super().__init__(run, retention_s, save_rows=save_many, purge_before=purge, what="stored chat completions", clock=clock)

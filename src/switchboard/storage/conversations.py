@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine, delete, select, update
 
-from switchboard.storage.kept import DisabledStore, KeptStore
+from switchboard.storage.kept import DisabledStore, KeptStore, Order
 from switchboard.storage.models import conversation_items_table as items_table
 from switchboard.storage.models import conversations_table as table
 
-Order = Literal["asc", "desc"]
 UNKNOWN_CURSOR = "unknown cursor"
 
 
@@ -146,12 +144,8 @@ def delete_item(engine: Engine, conversation_id: str, key_id: str | None, item_i
 # ---- the gateway's side ----
 
 class ConversationStore(KeptStore):
-    """Awaitable access to conversations (storage/kept.py: the database calls' backoff after a failure). Each method
-    runs one of the functions above in the worker thread, with the same arguments but the engine."""
-
-    def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], clock: Callable[[], float] = time.time) -> None:
-        super().__init__(run, float("inf"), save_rows=lambda engine, rows: None, purge_before=lambda engine, before_s: 0, what="conversations",
-                         clock=clock)
+    """Awaitable access to conversations (storage/kept.py: the backoff after a failure; no expiry, no group commit).
+    `call(fn, ...)` runs one of the functions above in the worker thread, with the same arguments but the engine."""
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self._call(lambda engine: fn(engine, *args, **kwargs))

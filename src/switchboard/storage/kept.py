@@ -1,7 +1,8 @@
-"""What the stores of user-made objects (stored Responses, stored chat completions) share: calls to the request
-log's database from the event loop, a group commit, a short backoff after a failure, and expiry.
+"""What the stores of user-made objects (stored Responses, stored chat completions, conversations) share: calls to
+the request log's database from the event loop with a short backoff after a failure (`KeptStore`); for objects that
+expire, a group commit and the purge of expired rows (`ExpiringStore`).
 
-Each store saves rows of its own shape with its own blocking functions; this class only schedules them.
+Each store saves rows of its own shape with its own blocking functions; these classes only schedule them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine
 
@@ -25,29 +26,20 @@ class StoreUnavailable(Exception):
     """The database failed a moment ago; not tried again until the backoff has passed."""
 
 
+Order = Literal["asc", "desc"]
+"""A list's order by creation: oldest first, or newest first."""
+
+
 class KeptStore:
     """Awaitable access to one kind of stored object. `run(fn)` runs `fn(engine)` in a worker thread on the
     request log's database (`RequestLog.read`); every call raises if the database is down (the caller says so to
-    its client), and for `UNAVAILABLE_BACKOFF_S` after a failure raises `StoreUnavailable` without trying.
-
-    `save_rows(engine, rows)` writes a batch of rows in one transaction; `purge_before(engine, before_s)` deletes
-    the rows made before a Unix time and returns how many. `what` names the objects in log lines.
-    """
+    its client), and for `UNAVAILABLE_BACKOFF_S` after a failure raises `StoreUnavailable` without trying."""
 
     enabled = True
 
-    def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, *,
-                 save_rows: Callable[[Engine, list[Any]], None], purge_before: Callable[[Engine, float], int], what: str,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], clock: Callable[[], float] = time.time) -> None:
         self.run = run
-        self.retention_s = retention_s
         self.clock = clock
-        self.save_rows = save_rows
-        self.purge_before = purge_before
-        self.what = what
-        self.purged_at = clock()
-        self._pending: list[tuple[Any, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
         self.unavailable_until = float("-inf")
 
     async def _call(self, fn: Callable[[Engine], Any]) -> Any:
@@ -59,6 +51,24 @@ class KeptStore:
         except Exception:
             self.unavailable_until = self.clock() + UNAVAILABLE_BACKOFF_S
             raise
+
+
+class ExpiringStore(KeptStore):
+    """A `KeptStore` whose objects are saved group-committed and expire after `retention_s`.
+    `save_rows(engine, rows)` writes a batch of rows in one transaction; `purge_before(engine, before_s)` deletes
+    the rows made before a Unix time and returns how many. `what` names the objects in log lines."""
+
+    def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, *,
+                 save_rows: Callable[[Engine, list[Any]], None], purge_before: Callable[[Engine, float], int], what: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(run, clock)
+        self.retention_s = retention_s
+        self.save_rows = save_rows
+        self.purge_before = purge_before
+        self.what = what
+        self.purged_at = clock()
+        self._pending: list[tuple[Any, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def not_before_s(self) -> float:
         """Rows made before this Unix time have expired: never served."""

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Engine, delete, select
 
 from switchboard.storage.database import insert_or_ignore
-from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, KeptStore, StoreUnavailable
+from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, ExpiringStore, StoreUnavailable
 from switchboard.storage.models import responses_table
 
 __all__ = ["PURGE_INTERVAL_S", "UNAVAILABLE_BACKOFF_S", "DisabledResponseStore", "ResponseStore", "StoreUnavailable", "StoredResponse"]
@@ -67,8 +67,8 @@ def purge(engine: Engine, before_s: float) -> int:
 
 # ---- the gateway's side ----
 
-class ResponseStore(KeptStore):
-    """Awaitable access to stored Responses (storage/kept.py: the database calls' scheduling and backoff)."""
+class ResponseStore(ExpiringStore):
+    """Awaitable access to stored Responses (storage/kept.py: group commit, expiry, and the backoff after a failure)."""
 
     def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, clock: Callable[[], float] = time.time) -> None:
         super().__init__(run, retention_s, save_rows=save_many, purge_before=purge, what="stored responses", clock=clock)
