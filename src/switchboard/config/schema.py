@@ -291,6 +291,21 @@ class StorageConfig(_Strict):
                                            "OpenAI keeps them 30 days.")
 
 
+class BatchesConfig(_Strict):
+    """OpenAI's Batch API (`/v1/files`, `/v1/batches`; docs/api.md "Batches"): requests run in the background, through
+    the same handlers, limits and routing as live ones. Needs storage with `store_prompts` (the files are user content)."""
+
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="The largest file `POST /v1/files` takes (OpenAI's batch input limit: 200 MB).")
+    max_requests: int = Field(50_000, ge=1, description="The most requests one batch may hold (OpenAI's limit).")
+    max_concurrency: int = Field(2, ge=1, description="Requests of batches run at once by a gateway: what is left of the fleet for live traffic.")
+    lease_s: float = Field(30.0, gt=0, description="A running batch's claim lapses this long after its gateway stops renewing it (it stopped or died); "
+                           "another gateway, or this one restarted, then takes the batch up where it was.")
+    poll_interval_s: float = Field(2.0, gt=0, description="How often an idle gateway looks for batches to run that it was not told of (made on another "
+                                   "gateway, or left by one that stopped).")
+    max_retry_wait_s: float = Field(60.0, gt=0, description="A request refused for now (429, or 503 with Retry-After) is retried after the wait it was told, "
+                                    "capped at this; until the batch expires or is cancelled.")
+
+
 class AuthConfig(_Strict):
     """API keys on /v1/*, the admin key on /admin/* (switchboard.tenants; docs/tenants.md). Off by default."""
 
@@ -455,6 +470,7 @@ class SwitchboardConfig(_Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     embedding_experts: list[EmbeddingExpertConfig] = Field(
         default_factory=_default_embedding_experts,

@@ -28,11 +28,14 @@ from starlette.staticfiles import StaticFiles
 
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.gateway.auth import AuthMiddleware, MeteringLog, TenantGate
+from switchboard.gateway.batches.endpoints import Batches
+from switchboard.gateway.batches.runner import BatchRunner
 from switchboard.gateway.choosing import DefaultExpertChooser, ExpertChooser
 from switchboard.gateway.conversations import Conversations
 from switchboard.gateway.embeddings import EmbeddingsEndpoint
 from switchboard.gateway.errors import ApiError, error_response
 from switchboard.gateway.feedback import FeedbackEndpoint
+from switchboard.gateway.files import Files
 from switchboard.gateway.handlers import Handlers
 from switchboard.gateway.openapi import build_openapi
 from switchboard.gateway.responses_api.handler import ResponsesHandler, cancel as cancel_response
@@ -43,6 +46,7 @@ from switchboard.observability.metrics import Observability
 from switchboard.runtime.fleet import EngineFactory, LiveFleet
 from switchboard.storage.chat_completions import ChatCompletionStore, DisabledChatCompletionStore
 from switchboard.storage.conversations import ConversationStore, DisabledConversationStore
+from switchboard.storage.files import DisabledFileStore, FileStore
 from switchboard.storage.responses import DisabledResponseStore, ResponseStore
 from switchboard.storage.writer import DisabledRequestLog, RequestLog
 
@@ -95,6 +99,10 @@ def build_app(
     responses = ResponsesHandler(handlers, response_store(config, request_log), conversations)
     stored_chats = StoredChats(chat_completion_store(config, request_log), config.gateway.max_body_bytes)
     handlers.stored_chats = stored_chats
+    file_store = DisabledFileStore(why) if (why := _why_not_stored(config, request_log)) else FileStore(request_log.read)
+    files = Files(file_store, config.batches.max_file_bytes)
+    runners: list[BatchRunner] = []  # the batch runner, once the app it sends requests to is built (below)
+    batches = Batches(files, lambda: [r.wake() for r in runners])
     observe = ObservabilityEndpoints(fleet, observability)
     dashboard_html = (DASHBOARD_DIR / "index.html").read_bytes()
 
@@ -127,9 +135,13 @@ def build_app(
         handlers.prompt_tokens.preload(config.experts)
         metrics_sync = asyncio.create_task(observe.sync_forever(), name="switchboard-metrics-sync")
         restoring = asyncio.create_task(restore_online(online, request_log), name="switchboard-online-restore")
+        for runner in runners:
+            await runner.start()
         try:
             yield
         finally:
+            for runner in runners:
+                await runner.stop()  # first: its requests in flight end before the fleet does (they run again later)
             restoring.cancel()
             metrics_sync.cancel()
             await fleet.stop()
@@ -170,6 +182,15 @@ def build_app(
         Route("/v1/conversations/{conversation_id}/items/{item_id}", conversations.get_item, methods=["GET"]),
         Route("/v1/conversations/{conversation_id}/items/{item_id}", conversations.delete_item, methods=["DELETE"]),
         Route("/v1/embeddings", embeddings.post, methods=["POST"]),
+        Route("/v1/files", files.upload, methods=["POST"]),
+        Route("/v1/files", files.list, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.get, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.delete, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", files.content, methods=["GET"]),
+        Route("/v1/batches", batches.create, methods=["POST"]),
+        Route("/v1/batches", batches.list, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches.get, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches.cancel, methods=["POST"]),
         Route("/v1/models", handlers.models, methods=["GET"]),
         Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),  # ids may hold "/" (org/name)
         Route("/v1/feedback", feedback.post, methods=["POST"]),
@@ -189,6 +210,8 @@ def build_app(
     app.state.begin_drain = begin_drain
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions,
                              "/v1/responses": responses.post})
+    if file_store.enabled:
+        runners.append(BatchRunner(file_store, fast, gate, config.batches))
     guarded = AuthMiddleware(fast, gate) if gate is not None else fast
     return with_cors(guarded, config.gateway.cors_allow_origins) if config.gateway.cors_allow_origins else guarded
 

@@ -10,11 +10,12 @@ this module is their adapter to HTTP. A secret is never logged, stored or echoed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from switchboard.config.schema import ExpertConfig, SwitchboardConfig
@@ -111,6 +112,16 @@ class TenantGate:
         key = self._valid(digest)
         if key is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
+        return Caller(key)
+
+    def caller_for(self, key_id: str) -> Caller:
+        """The caller for a request made on behalf of the key `key_id` (a request of its batch); ApiError 401 if the
+        key is gone or revoked since."""
+        key = self.registry.by_id(key_id)
+        if key is None:
+            raise ApiError(401, f"API key {key_id} no longer exists", code="invalid_api_key")
+        if key.is_revoked:
+            raise ApiError(401, f"API key {key.key_id} ({key.prefix}…) was revoked", code="revoked_api_key")
         return Caller(key)
 
     def _valid(self, digest: str) -> ApiKey | None:
@@ -363,18 +374,26 @@ class AuthMiddleware:
         if caller is None:
             await self.app(scope, receive, send)
             return
-        token = current_caller.set(caller)
-        key_token = key_id_var.set(caller.key.key_id)  # logs: every line logged while serving it names the key
 
         async def send_with_policy(message: Any) -> None:
             if message["type"] == "http.response.start" and caller.policy_note:
                 message = {**message, "headers": [*message.get("headers", []), (POLICY_HEADER.encode(), caller.policy_note.encode("latin-1", "replace"))]}
             await send(message)
 
-        try:
+        with serving(self.gate, caller):
             await self.app(scope, receive, send_with_policy)
-        finally:
-            self.gate.release(caller)
-            key_id_var.reset(key_token)
-            current_caller.reset(token)
+
+
+@contextlib.contextmanager
+def serving(gate: TenantGate, caller: Caller) -> Iterator[None]:
+    """The handlers run within it serve `caller` (its limits, its usage; every log line names its key); its hold in
+    the key ledger is released after (an HTTP request of the key's, or a request of the key's batch)."""
+    token = current_caller.set(caller)
+    key_token = key_id_var.set(caller.key.key_id)
+    try:
+        yield
+    finally:
+        gate.release(caller)
+        key_id_var.reset(key_token)
+        current_caller.reset(token)
 

@@ -38,15 +38,15 @@ class PageParams:
     after: str | None
 
 
-def page_params(query: Mapping[str, str], default_order: Order) -> PageParams:
-    """`limit` (1..100, default 20), `order` and `after` of a list request, as OpenAI pages lists; a 400 naming
-    the parameter otherwise."""
+def page_params(query: Mapping[str, str], default_order: Order, *, default_limit: int = 20, max_limit: int = MAX_PAGE) -> PageParams:
+    """`limit` (1..`max_limit`, default `default_limit`: 100 and 20 for most of OpenAI's lists), `order` and
+    `after` of a list request, as OpenAI pages lists; a 400 naming the parameter otherwise."""
     try:
-        limit = int(query.get("limit", "20"))
+        limit = int(query.get("limit", str(default_limit)))
     except ValueError:
         raise ApiError(400, "limit must be an integer", param="limit", code="invalid_value") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}", param="limit", code="invalid_value")
+    if not 1 <= limit <= max_limit:
+        raise ApiError(400, f"limit must be between 1 and {max_limit}", param="limit", code="invalid_value")
     order = query.get("order", default_order)
     if order not in ("asc", "desc"):
         raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")

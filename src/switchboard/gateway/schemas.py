@@ -255,6 +255,23 @@ class ConversationCreate(_Forbid):
     metadata: Metadata | None = None
 
 
+class ExpiresAfter(_Forbid):
+    """When a file expires: `seconds` after its creation (1 hour to 30 days; OpenAI's bounds)."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=30 * 86400)
+
+
+class BatchCreate(_Forbid):
+    """`POST /v1/batches`: a `batch` file of requests to `endpoint`, run within `completion_window`."""
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+    completion_window: Literal["24h"]
+    metadata: Metadata | None = None
+    output_expires_after: ExpiresAfter | None = None
+
+
 class ConversationUpdate(_Forbid):
     """`POST /v1/conversations/{id}`: the new metadata (replacing the old)."""
 

@@ -10,16 +10,15 @@ made them (none when auth is off) and expire after the retention period, as stor
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, delete, exists, or_, select, update
+from sqlalchemy import Engine, delete, exists, select, update
 
 from switchboard.storage.database import insert_or_ignore
-from switchboard.storage.kept import DisabledStore, ExpiringStore, Order
+from switchboard.storage.kept import DisabledStore, ExpiringStore, Order, cursor_page, owned_by, utc
 from switchboard.storage.models import chat_completion_metadata_table as meta_table
 from switchboard.storage.models import chat_completions_table as table
 
@@ -37,13 +36,9 @@ class StoredRow:
 
 # ---- blocking (a worker thread) ----
 
-def _utc(unix_s: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(unix_s, dt.timezone.utc)
-
-
 def save_many(engine: Engine, rows: list[StoredRow]) -> None:
     """Writes the rows, and their metadata pairs, in one transaction (a row already there is left as it is)."""
-    values = [{"id": r.completion_id, "key_id": r.key_id, "created_at": _utc(r.created_s), "model": r.model,
+    values = [{"id": r.completion_id, "key_id": r.key_id, "created_at": utc(r.created_s), "model": r.model,
                "body": orjson.dumps(r.body).decode(), "messages": orjson.dumps(r.messages).decode()} for r in rows]
     pairs = [{"completion_id": r.completion_id, "name": k, "value": v} for r in rows for k, v in (r.body.get("metadata") or {}).items()]
     with engine.begin() as connection:
@@ -55,7 +50,7 @@ def save_many(engine: Engine, rows: list[StoredRow]) -> None:
 def _mine(query: Any, key_id: str | None, not_before_s: float) -> Any:
     """`query` limited to `key_id`'s rows that have not expired."""
     c = table.c
-    return query.where(c.key_id.is_(None) if key_id is None else c.key_id == key_id, c.created_at >= _utc(not_before_s))
+    return query.where(owned_by(table, key_id), c.created_at >= utc(not_before_s))
 
 
 def load(engine: Engine, completion_id: str, key_id: str | None, not_before_s: float) -> tuple[str, str] | None:
@@ -80,17 +75,9 @@ def list_page(engine: Engine, key_id: str | None, not_before_s: float, *, model:
         m = meta_table.c
         query = query.where(exists().where(m.completion_id == c.id, m.name == name, m.value == value))
     with engine.connect() as connection:
-        if after is not None:
-            cursor = connection.execute(_mine(select(c.created_at), key_id, not_before_s).where(c.id == after)).first()
-            if cursor is None:
-                return None
-            at = cursor[0]
-            later = or_(c.created_at > at, and_(c.created_at == at, c.id > after))
-            earlier = or_(c.created_at < at, and_(c.created_at == at, c.id < after))
-            query = query.where(later if order == "asc" else earlier)
-        ordering = (c.created_at.asc(), c.id.asc()) if order == "asc" else (c.created_at.desc(), c.id.desc())
-        bodies = [row[0] for row in connection.execute(query.order_by(*ordering).limit(limit + 1))]
-    return bodies[:limit], len(bodies) > limit
+        found = cursor_page(connection, table, query, visible=_mine(select(c.id), key_id, not_before_s).whereclause,
+                            after=after, limit=limit, order=order)
+    return None if found is None else ([row[0] for row in found[0]], found[1])
 
 
 def set_metadata(engine: Engine, completion_id: str, key_id: str | None, not_before_s: float, metadata: Mapping[str, str]) -> str | None:
@@ -113,7 +100,7 @@ def set_metadata(engine: Engine, completion_id: str, key_id: str | None, not_bef
 def remove(engine: Engine, completion_id: str, key_id: str | None) -> bool:
     c = table.c
     with engine.begin() as connection:
-        removed = connection.execute(delete(table).where(c.id == completion_id, c.key_id.is_(None) if key_id is None else c.key_id == key_id)).rowcount > 0
+        removed = connection.execute(delete(table).where(c.id == completion_id, owned_by(table, key_id))).rowcount > 0
         if removed:
             connection.execute(delete(meta_table).where(meta_table.c.completion_id == completion_id))
     return removed
@@ -121,9 +108,9 @@ def remove(engine: Engine, completion_id: str, key_id: str | None) -> bool:
 
 def purge(engine: Engine, before_s: float) -> int:
     with engine.begin() as connection:
-        expired = select(table.c.id).where(table.c.created_at < _utc(before_s))
+        expired = select(table.c.id).where(table.c.created_at < utc(before_s))
         connection.execute(delete(meta_table).where(meta_table.c.completion_id.in_(expired)))
-        return connection.execute(delete(table).where(table.c.created_at < _utc(before_s))).rowcount
+        return connection.execute(delete(table).where(table.c.created_at < utc(before_s))).rowcount
 
 
 # ---- the gateway's side ----

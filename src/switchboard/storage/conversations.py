@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -146,9 +146,6 @@ def delete_item(engine: Engine, conversation_id: str, key_id: str | None, item_i
 class ConversationStore(KeptStore):
     """Awaitable access to conversations (storage/kept.py: the backoff after a failure; no expiry, no group commit).
     `call(fn, ...)` runs one of the functions above in the worker thread, with the same arguments but the engine."""
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await self._call(lambda engine: fn(engine, *args, **kwargs))
 
 
 class DisabledConversationStore(DisabledStore):

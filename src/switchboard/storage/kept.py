@@ -8,12 +8,13 @@ Each store saves rows of its own shape with its own blocking functions; these cl
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table, and_, or_, select
 
 log = logging.getLogger("switchboard.storage")
 PURGE_INTERVAL_S = 3600.0
@@ -28,6 +29,39 @@ class StoreUnavailable(Exception):
 
 Order = Literal["asc", "desc"]
 """A list's order by creation: oldest first, or newest first."""
+
+
+def utc(unix_s: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(unix_s, dt.timezone.utc)
+
+
+def unix_s(value: dt.datetime) -> float:
+    """A stored time as a Unix time (SQLite returns naive datetimes, in UTC)."""
+    return (value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def owned_by(table: Table, key_id: str | None) -> Any:
+    """The rows of `key_id` (None: the rows made with auth off)."""
+    return table.c.key_id.is_(None) if key_id is None else table.c.key_id == key_id
+
+
+def cursor_page(connection: Any, table: Table, query: Any, *, visible: Any, after: str | None, limit: int, order: Order) -> tuple[list[Any], bool] | None:
+    """Up to `limit` rows of `query` (a select over `table`, which has `id` and `created_at`), oldest first for
+    `asc`, starting after the row `after`, and whether more follow; None if `after` names no row that `visible`
+    (a where-clause) lets the caller see. Ordered by creation time, then id: a total order, so pages never repeat
+    or skip a row made in the same instant."""
+    c = table.c
+    if after is not None:
+        cursor = connection.execute(select(c.created_at).where(visible, c.id == after)).first()
+        if cursor is None:
+            return None
+        at = cursor[0]
+        later = or_(c.created_at > at, and_(c.created_at == at, c.id > after))
+        earlier = or_(c.created_at < at, and_(c.created_at == at, c.id < after))
+        query = query.where(later if order == "asc" else earlier)
+    ordering = (c.created_at.asc(), c.id.asc()) if order == "asc" else (c.created_at.desc(), c.id.desc())
+    rows = list(connection.execute(query.order_by(*ordering).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 class KeptStore:
@@ -51,6 +85,11 @@ class KeptStore:
         except Exception:
             self.unavailable_until = self.clock() + UNAVAILABLE_BACKOFF_S
             raise
+
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(engine, *args, **kwargs)` in the worker thread, as `_call` runs it."""
+        return await self._call(lambda engine: fn(engine, *args, **kwargs))
 
 
 class ExpiringStore(KeptStore):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -124,6 +124,52 @@ class ConversationItemRecord(Base):
     item: Mapped[str] = mapped_column(Text)  # JSON object, its `id` included
 
 
+class FileRecord(Base):
+    """An uploaded file (OpenAI's Files API, `/v1/files`): a batch's input, or a batch's output or errors, which
+    the gateway writes. Scoped to the API key that made it (the key of the batch, for outputs). User content."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_key_id_created_at", "key_id", "created_at"),)  # a key's list, in order
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)  # never served after
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(512))
+    num_bytes: Mapped[int] = mapped_column("bytes", Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BatchRecord(Base):
+    """A batch (OpenAI's Batch API, `/v1/batches`): its object as the client reads it (JSON, status and times
+    included) and the claim of the gateway running it — a lease that the runner renews while it works, so that a
+    batch whose gateway died is taken up by another (or by the same one after a restart)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_key_id_created_at", "key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # the object's, kept apart to find the unfinished
+    body: Mapped[str] = mapped_column(Text)  # the batch object, JSON (its request_counts as of the last status change)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class BatchResultRecord(Base):
+    """One finished request of a batch: its output line (JSON), written as it finishes, so a batch taken up again
+    after a restart runs only what is left. `is_error` sends it to the error file."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)  # the request's index in the input file
+    is_error: Mapped[bool] = mapped_column(Boolean)
+    output: Mapped[str] = mapped_column(Text)
+
+
 requests_table = RequestRecord.__table__
 feedback_table = FeedbackRecord.__table__
 responses_table = ResponseRecord.__table__
@@ -131,3 +177,6 @@ chat_completions_table = ChatCompletionRecord.__table__
 chat_completion_metadata_table = ChatCompletionMetadataRecord.__table__
 conversations_table = ConversationRecord.__table__
 conversation_items_table = ConversationItemRecord.__table__
+files_table = FileRecord.__table__
+batches_table = BatchRecord.__table__
+batch_results_table = BatchResultRecord.__table__

@@ -31,14 +31,19 @@ class KeyRegistry:
         self.clock = clock
         self.engine: Engine | None = None
         self._by_digest: dict[str, ApiKey] = {}
+        self._by_id: dict[str, ApiKey] = {}
         self._task: asyncio.Task | None = None
         self.num_refresh_failures = 0
 
     def lookup(self, digest: str) -> ApiKey | None:
         return self._by_digest.get(digest)
 
+    def by_id(self, key_id: str) -> ApiKey | None:
+        return self._by_id.get(key_id)
+
     def replace(self, keys: list[ApiKey]) -> None:
         self._by_digest = {k.digest: k for k in keys}
+        self._by_id = {k.key_id: k for k in keys}
 
     async def start(self) -> None:
         """Opens and migrates the database, loads the keys and seeds spend. Raises if the database is

@@ -1,0 +1,298 @@
+"""The batch runner: runs the requests of batches in the background, through the gateway's own handlers.
+
+Each request is sent to the gateway's inner ASGI app in-process (httpx's ASGITransport), as the key that made the
+batch (`auth.serving`): its rate limits, budgets and answer policy apply, it is routed, failed over, logged and
+metered as a live request is. A request refused for now (429, or 503 with Retry-After: the key's rate limit, an
+expert's admission) waits as told and is sent again; every other answer — a 400 included — is the request's
+result. At most `batches.max_concurrency` requests of batches run at once, so live traffic keeps the rest of the
+fleet.
+
+A runner claims one batch at a time with a lease in the database (storage/batches.py) and renews it while it works;
+each finished request's output line is written as it finishes. A gateway that stops gives its lease up, one that
+dies lets it lapse: either way the next runner to look — on this gateway after a restart, or on another gateway
+sharing the database — takes the batch up and runs only what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from switchboard.config.schema import BatchesConfig
+from switchboard.gateway.auth import serving
+from switchboard.gateway.batches import lines as ln
+from switchboard.gateway.errors import ApiError, error_body
+from switchboard.storage import batches as bs
+from switchboard.storage import files as fs
+
+log = logging.getLogger("switchboard.batches")
+RETRIED_STATUSES = (429, 503)
+
+
+class BatchRunner:
+    """Runs the database's unfinished batches (`start`/`stop` with the app). `app` is the gateway's ASGI app inside
+    its auth layer; `gate` its TenantGate, or None when auth is off. `wake()` after a batch is made starts it at
+    once rather than at the next poll."""
+
+    def __init__(self, store: fs.FileStore, app: Any, gate: Any, config: BatchesConfig, *, clock: Callable[[], float] = time.time,
+                 runner_id: str | None = None) -> None:
+        self.store = store
+        self.gate = gate
+        self.config = config
+        self.clock = clock
+        self.runner_id = runner_id or f"runner-{os.urandom(8).hex()}"
+        self.app = app
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def start(self) -> None:
+        # Made here, not in __init__: they belong to the event loop the app is served on.
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://switchboard-batch", timeout=None)
+        self.slots = asyncio.Semaphore(self.config.max_concurrency)
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run_forever(), name="switchboard-batch-runner")
+
+    async def stop(self) -> None:
+        """Stops starting requests and cancels those in flight (their batch is taken up again later; a cancelled
+        request is sent again then)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = self._wake = None
+        await self.client.aclose()
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                claimed = await self.store.call(bs.claim_next, self.runner_id, self.clock(), self.config.lease_s)
+            except Exception as exc:  # noqa: BLE001 — the database is down: look again later
+                log.warning("batches: cannot look for batches to run: %s", exc)
+                claimed = None
+            if claimed is None:
+                assert self._wake is not None
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
+                continue
+            batch_id = claimed[0]
+            try:
+                await BatchRun(self, *claimed).run()
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):  # the lease lapses anyway
+                    await asyncio.shield(self.store.call(bs.release, batch_id, self.runner_id))
+                raise
+            except Exception:  # noqa: BLE001 — a bug or the database: the lease lapses, the batch is taken up again
+                log.exception("batches: running %s failed; it is taken up again once its lease lapses", batch_id)
+                await asyncio.sleep(self.config.poll_interval_s)
+
+    async def post(self, endpoint: str, key_id: str | None, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One request through the gateway, as `key_id`: (status, headers, body)."""
+        headers = {"content-type": "application/json"}
+        if key_id is None or self.gate is None:
+            response = await self.client.post(endpoint, content=body, headers=headers)
+        else:
+            try:
+                caller = self.gate.caller_for(key_id)
+            except ApiError as exc:
+                return exc.status, {}, orjson.dumps(error_body(exc.status, exc.message, exc.param, exc.code))
+            with serving(self.gate, caller):
+                response = await self.client.post(endpoint, content=body, headers=headers)
+        return response.status_code, dict(response.headers), response.content
+
+
+class BatchRun:
+    """One claimed batch, run from where it was to its end (or until the runner stops or loses the batch)."""
+
+    def __init__(self, runner: BatchRunner, batch_id: str, key_id: str | None, body: dict[str, Any]) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.batch_id = batch_id
+        self.key_id = key_id
+        self.body = body
+        self.stopping = asyncio.Event()
+        """Set when no more requests are to start: the batch was cancelled, it expired, or the runner lost it."""
+        self.outcome = "completed"
+
+    def _now(self) -> float:
+        return self.runner.clock()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.store.call(fn, *args)
+
+    async def run(self) -> None:
+        requests = await self._requests()
+        if requests is None:
+            return
+        watcher = asyncio.create_task(self._watch(), name=f"switchboard-batch-lease-{self.batch_id}")
+        try:
+            if self.body["status"] == "in_progress":
+                done = await self._call(bs.done_lines, self.batch_id)
+                await self._run_requests([r for r in requests if r.line not in done])
+        finally:
+            watcher.cancel()
+        if self.outcome != "lost":
+            await self._finish(requests)
+
+    async def _requests(self) -> list[ln.BatchRequest] | None:
+        """The batch's requests (validating it first if it is new); None if it ended here (failed validation)."""
+        body = self.body
+        content = await self._call(fs.content, body["input_file_id"], self.key_id, self._now())
+        if content is None:
+            await self._fail([ln.LineError("invalid_file", f"the input file '{body['input_file_id']}' no longer exists", param="input_file_id")])
+            return None
+        requests, errors = ln.parse_input(content, body["endpoint"], self.runner.config.max_requests)
+        if body["status"] == "validating":
+            if errors:
+                await self._fail(errors)
+                return None
+            self.body = {**body, "status": "in_progress", "in_progress_at": int(self._now()),
+                         "request_counts": {"total": len(requests), "completed": 0, "failed": 0}}
+            if not await self.store.call(bs.set_state, self.batch_id, self.runner.runner_id, self.body, unless_cancelling=True):
+                self.body["status"] = "cancelling"  # cancelled while it was validated (or lost: _watch finds out)
+        return requests
+
+    async def _fail(self, errors: list[ln.LineError]) -> None:
+        now = int(self._now())
+        body = {**self.body, "status": "failed", "failed_at": now, "errors": {"object": "list", "data": [e.as_object() for e in errors]}}
+        await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, [])
+        log.info("batches: %s failed validation: %s", self.batch_id, errors[0].message)
+
+    async def _watch(self) -> None:
+        """Renews the lease every third of it; stops the run when the batch is cancelled, expires, or is lost."""
+        config = self.runner.config
+        while not self.stopping.is_set():
+            if self.body["status"] == "cancelling":
+                self._stop("cancelled")
+                return
+            if self._now() >= self.body["expires_at"]:
+                self._stop("expired")
+                return
+            try:
+                status = await self._call(bs.renew, self.batch_id, self.runner.runner_id, self._now(), config.lease_s)
+            except Exception as exc:  # noqa: BLE001 — the database is down: keep going, the lease may hold
+                log.warning("batches: renewing the lease of %s failed: %s", self.batch_id, exc)
+                status = self.body["status"]
+            if status is None:
+                self._stop("lost")
+                return
+            if status == "cancelling":
+                self.body = {**self.body, "status": "cancelling"}
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(config.lease_s / 3, max(0.0, self.body["expires_at"] - self._now())))
+
+    def _stop(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.stopping.set()
+
+    async def _run_requests(self, pending: list[ln.BatchRequest]) -> None:
+        """Starts the requests in order, at most `max_concurrency` at once across the runner, until they are all
+        started or the run stops; then waits for those started."""
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            for request in pending:
+                await self.runner.slots.acquire()
+                if self.stopping.is_set():
+                    self.runner.slots.release()
+                    break
+                task = asyncio.create_task(self._run_one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                # Released when the task ends however it ends (one cancelled before it began runs no finally).
+                task.add_done_callback(lambda _: self.runner.slots.release())
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _run_one(self, request: ln.BatchRequest) -> None:
+        config = self.runner.config
+        while True:
+            status, headers, content = await self.runner.post(self.body["endpoint"], self.key_id, request.body)
+            retry_after = headers.get("retry-after")
+            if status not in RETRIED_STATUSES or retry_after is None:
+                break
+            try:
+                wait_s = min(float(retry_after), config.max_retry_wait_s)
+            except ValueError:
+                wait_s = config.max_retry_wait_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), wait_s)
+            if self.stopping.is_set():
+                return  # not run: the batch's end says why (cancelled, expired)
+        try:
+            answer: Any = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            answer = content.decode("utf-8", "replace")
+        line = ln.answered_line(request.custom_id, status, headers.get("x-request-id"), answer)
+        await self._call(bs.save_result, self.batch_id, request.line, status >= 400, line)
+
+    async def _finish(self, requests: list[ln.BatchRequest]) -> None:
+        """Writes the output and error files (in input order; the requests never run get an error line saying why)
+        and the batch's final state."""
+        if self.outcome == "completed" and self.body["status"] == "cancelling":
+            self.outcome = "cancelled"
+        results = await self._call(bs.results, self.batch_id)
+        by_line = {line: (is_error, text.encode()) for line, is_error, text in results}
+        for request in requests:
+            if request.line not in by_line:
+                by_line[request.line] = (True, orjson.dumps(ln.failed_line(request.custom_id, f"batch_{self.outcome}", _NOT_RUN[self.outcome])))
+        output = [text for _, (is_error, text) in sorted(by_line.items()) if not is_error]
+        errors = [text for _, (is_error, text) in sorted(by_line.items()) if is_error]
+        now = self._now()
+        outputs: list[tuple[fs.StoredFile, bytes]] = []
+        expires_after = self.body.get("output_expires_after")
+        expires_s = now + expires_after["seconds"] if expires_after else None
+        file_ids: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
+        for field, kind, lines_ in (("output_file_id", "output", output), ("error_file_id", "error", errors)):
+            if lines_:
+                content = b"\n".join(lines_) + b"\n"
+                file = fs.StoredFile(fs.new_file_id(), self.key_id, now, "batch_output", f"{self.batch_id}_{kind}.jsonl", len(content), expires_s)
+                outputs.append((file, content))
+                file_ids[field] = file.file_id
+        body = {**self.body, **file_ids, "status": self.outcome, f"{self.outcome}_at": int(now),
+                "request_counts": {"total": len(requests), "completed": len(output), "failed": len(errors)},
+                "usage": batch_usage(orjson.loads(text) for _, is_error, text in results if not is_error)}
+        if self.outcome == "completed":
+            body["finalizing_at"] = int(now)
+        if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, outputs):
+            log.info("batches: %s %s: %d completed, %d failed", self.batch_id, self.outcome, len(output), len(errors))
+
+
+def batch_usage(lines: Any) -> dict[str, Any]:
+    """The tokens of a batch's answered requests, summed as OpenAI reports a batch's `usage` (chat and completions
+    count prompt and completion tokens; Responses, input and output; embeddings, their input)."""
+    num_in = num_out = num_cached = num_reasoning = 0
+    for line in lines:
+        answer = (line.get("response") or {}).get("body")
+        usage = (answer.get("usage") if isinstance(answer, dict) else None) or {}
+        num_in += usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
+        num_out += usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
+        details_in = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        details_out = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        num_cached += details_in.get("cached_tokens") or 0
+        num_reasoning += details_out.get("reasoning_tokens") or 0
+    return {"input_tokens": num_in, "output_tokens": num_out, "total_tokens": num_in + num_out,
+            "input_tokens_details": {"cached_tokens": num_cached}, "output_tokens_details": {"reasoning_tokens": num_reasoning}}
+
+
+_NOT_RUN = {
+    "completed": "the request was not run",  # (not reached: a completed batch ran every request)
+    "cancelled": "the batch was cancelled before this request was run",
+    "expired": "the batch's completion window ended before this request was run",
+}
