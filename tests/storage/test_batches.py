@@ -239,3 +239,30 @@ def test_uploads_are_checked_and_storage_off_says_so(tmp_path, upstream):
         assert "store_prompts" in refused.value.message
         with pytest.raises(openai.BadRequestError):
             client.batches.list()
+
+
+def test_a_batch_past_its_completion_window_expires_keeping_what_finished(tmp_path, upstream):
+    from sqlalchemy import update
+
+    from switchboard.storage.models import batches_table
+
+    _, upstream_url = upstream
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    lines = [_chat(f"r{i}", "slow", f"request {i}", max_tokens=40) for i in range(10)]
+    with serve_in_thread(_slow_app(db, upstream_url)) as base, _client(base) as client:
+        batch = client.batches.create(input_file_id=_upload(client, lines).id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 60
+        while client.batches.retrieve(batch.id).request_counts.completed < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    engine = create_engine(db)  # a day passes while no gateway runs
+    with engine.begin() as connection:
+        body = json.loads(connection.execute(select(batches_table.c.body).where(batches_table.c.id == batch.id)).scalar_one())
+        connection.execute(update(batches_table).where(batches_table.c.id == batch.id).values(body=json.dumps({**body, "expires_at": int(time.time()) - 1})))
+    engine.dispose()
+    with serve_in_thread(_slow_app(db, upstream_url)) as base, _client(base) as client:
+        batch = _wait(client, batch.id)
+        assert batch.status == "expired" and batch.expired_at
+        output, errors = _lines(client, batch.output_file_id), _lines(client, batch.error_file_id)
+    assert len(output) >= 2 and len(output) + len(errors) == 10
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}

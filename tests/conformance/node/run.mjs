@@ -1,11 +1,11 @@
 // Runs one conformance case with the official openai Node client and prints what happened as one JSON line:
 // {sent: [request bodies as the client sent them], body | chunks | error}. The case comes as JSON in argv[2]:
 // {baseURL, apiKey, maxRetries, endpoint: "chat" | "completions" | "embeddings" | "models" | "responses" | "responses_stream" |
-// "responses_stored" | "chat_stored" | "conversations" | "chat_run_tools" | "chat_parse_zod", params}; "chat_stored" walks OpenAI's stored chat completions API; "conversations" its Conversations API; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
+// "responses_stored" | "chat_stored" | "conversations" | "batches" | "chat_run_tools" | "chat_parse_zod", params}; "chat_stored" walks OpenAI's stored chat completions API; "conversations" its Conversations API; "batches" its Files and Batch APIs; "chat_parse_zod" parses a zod response format and a zod tool; "models" lists the models, then retrieves params.model; "chat_run_tools" is
 // client.chat.completions.runTools (streamed when params.stream), its calls recorded in `called`; "responses" is client.responses.create
 // (its events when params.stream; a whole answer's output_text too); "responses_stream" is the client's stream helper, whose
 // events and finalResponse() come back; "responses_stored" creates, retrieves, lists input items, deletes, retrieves again. Driven by tests/conformance/test_clients.py and test_responses.py.
-import OpenAI from "openai";
+import OpenAI, { toFile } from "openai";
 
 const spec = JSON.parse(process.argv[2]);
 const sent = [];
@@ -16,7 +16,9 @@ const client = new OpenAI({
   timeout: 60_000,
   // Records each request body exactly as the client put it on the wire.
   fetch: async (url, init) => {
-    if (init?.body) sent.push(JSON.parse(init.body)); // a GET (the models endpoints) has none
+    // A GET (the models endpoints) has none; a file upload's is a form, recorded by its field names.
+    if (typeof init?.body === "string") sent.push(JSON.parse(init.body));
+    else if (init?.body instanceof FormData) sent.push({ form: [...init.body.keys()] });
     return fetch(url, init);
   },
 });
@@ -71,6 +73,24 @@ try {
     const deleted = await client.conversations.delete(conversation.id);
     out.body = { conversation, response, items, added, read, afterDelete, updated, deleted };
     await client.conversations.retrieve(conversation.id);
+  } else if (spec.endpoint === "batches") {
+    // upload params.jsonl, run it as a batch to params.batchEndpoint, wait for its end, read its output and error
+    // files, list files and batches, delete the input, then read it again (the last must fail)
+    const upload = await client.files.create({ file: await toFile(Buffer.from(spec.params.jsonl), "requests.jsonl"), purpose: "batch" });
+    let batch = await client.batches.create({ input_file_id: upload.id, endpoint: spec.params.batchEndpoint, completion_window: "24h" });
+    const deadline = Date.now() + 60000;
+    while (!["completed", "failed", "cancelled", "expired"].includes(batch.status) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      batch = await client.batches.retrieve(batch.id);
+    }
+    const read = async (id) => (id ? await (await client.files.content(id)).text() : "");
+    const files = [];
+    for await (const file of client.files.list()) files.push(file.id);
+    const batches = [];
+    for await (const b of client.batches.list({ limit: 1 })) batches.push(b.id);
+    const deleted = await client.files.delete(upload.id);
+    out.body = { upload, batch, output: await read(batch.output_file_id), errors: await read(batch.error_file_id), files, batches, deleted };
+    await client.files.retrieve(upload.id);
   } else if (spec.endpoint === "responses_stream") {
     const stream = client.responses.stream(spec.params);
     out.chunks = [];
