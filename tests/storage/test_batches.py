@@ -2,7 +2,7 @@
 uploaded, run through the gateway's own handlers (answers and errors in input order, in the output and error
 files, with counts and usage), listed, read and deleted; a batch whose input is wrong fails validation with the
 lines named; a batch cancelled mid-way and one whose gateway stops mid-way (taken up by the next gateway, each
-request answered once); the key's rate limit waited out, not failed; each key sees its own; storage off; uploads
+request answered once); one taken up late (expired, or its input gone); the key's rate limit waited out, not failed; each key sees its own; storage off; uploads
 over the limit or of the wrong form."""
 
 from __future__ import annotations
@@ -241,28 +241,37 @@ def test_uploads_are_checked_and_storage_off_says_so(tmp_path, upstream):
             client.batches.list()
 
 
-def test_a_batch_past_its_completion_window_expires_keeping_what_finished(tmp_path, upstream):
-    from sqlalchemy import update
+@pytest.mark.parametrize("meanwhile", ["a day passes", "its input is deleted"])
+def test_a_batch_taken_up_late_ends_with_what_finished(meanwhile, tmp_path, upstream):
+    """Past its completion window it expires (the rest in the error file); without its input it fails (the rest unknown)."""
+    from sqlalchemy import delete, update
 
-    from switchboard.storage.models import batches_table
+    from switchboard.storage.models import batches_table, files_table
 
     _, upstream_url = upstream
     db = f"sqlite:///{tmp_path / 'log.db'}"
     lines = [_chat(f"r{i}", "slow", f"request {i}", max_tokens=40) for i in range(10)]
     with serve_in_thread(_slow_app(db, upstream_url)) as base, _client(base) as client:
-        batch = client.batches.create(input_file_id=_upload(client, lines).id, endpoint="/v1/chat/completions", completion_window="24h")
+        upload = _upload(client, lines)
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
         deadline = time.monotonic() + 60
         while client.batches.retrieve(batch.id).request_counts.completed < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    engine = create_engine(db)  # a day passes while no gateway runs
+    engine = create_engine(db)  # while no gateway runs
     with engine.begin() as connection:
-        body = json.loads(connection.execute(select(batches_table.c.body).where(batches_table.c.id == batch.id)).scalar_one())
-        connection.execute(update(batches_table).where(batches_table.c.id == batch.id).values(body=json.dumps({**body, "expires_at": int(time.time()) - 1})))
+        if meanwhile == "a day passes":
+            body = json.loads(connection.execute(select(batches_table.c.body).where(batches_table.c.id == batch.id)).scalar_one())
+            connection.execute(update(batches_table).where(batches_table.c.id == batch.id).values(body=json.dumps({**body, "expires_at": int(time.time()) - 1})))
+        else:
+            connection.execute(delete(files_table).where(files_table.c.id == upload.id))
     engine.dispose()
     with serve_in_thread(_slow_app(db, upstream_url)) as base, _client(base) as client:
         batch = _wait(client, batch.id)
-        assert batch.status == "expired" and batch.expired_at
         output, errors = _lines(client, batch.output_file_id), _lines(client, batch.error_file_id)
-    assert len(output) >= 2 and len(output) + len(errors) == 10
-    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert len(output) >= 2 and batch.request_counts.total == 10 and batch.request_counts.completed == len(output)
+    if meanwhile == "a day passes":
+        assert batch.status == "expired" and batch.expired_at
+        assert len(output) + len(errors) == 10 and {line["error"]["code"] for line in errors} == {"batch_expired"}
+    else:
+        assert batch.status == "failed" and batch.failed_at and batch.errors.data[0].param == "input_file_id" and errors == []

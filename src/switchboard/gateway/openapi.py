@@ -40,6 +40,7 @@ def build_openapi() -> dict[str, Any]:
         s.ChatCompletionRequest, s.CompletionRequest, s.ChatCompletion, s.TextCompletion,
         s.ModelList, s.ModelCard, s.ErrorResponse, s.Health, s.FeedbackRequest, s.Feedback, s.EmbeddingsRequest, s.EmbeddingList,
         s.ConversationCreate, s.ConversationUpdate, s.ConversationItemsCreate, s.ConversationObject, s.ConversationDeleted, s.ConversationItemList,
+        s.FileObject, s.FileList, s.FileDeleted, s.FileUpload, s.BatchCreate, s.BatchObject, s.BatchList,
         s.StoredChatCompletion, s.ChatCompletionList, s.ChatCompletionUpdate, s.ChatCompletionDeleted, s.StoredMessageList,
         rs.ResponsesRequest, rs.ResponseObject, rs.ResponseDeleted, rs.InputItemList, rs.InputTokenCount,
     ]
@@ -72,6 +73,9 @@ def build_openapi() -> dict[str, Any]:
     conversation_id = {"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}
     item_id = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
     no_conversation = "No conversation of this key has this id (or no such item)"
+    file_id = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    no_file, no_batch = "No file of this key has this id", "No batch of this key has this id"
 
     def body(model: type) -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": ref(model)}}}
@@ -173,6 +177,43 @@ def build_openapi() -> dict[str, Any]:
                 "delete": {"summary": "Delete one item; answers the conversation", "parameters": [conversation_id, item_id],
                            "responses": {**json_answer("The conversation", s.ConversationObject), **not_found(no_conversation), "400": errors()["400"]}},
             },
+            "/v1/files": {
+                "post": {"summary": "Upload a file (OpenAI's Files API; a batch's input: `purpose` batch, JSON Lines)",
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": ref(s.FileUpload)}}},
+                         "responses": {**json_answer("The file", s.FileObject), **bad, "503": not_found("")["503"]}},
+                "get": {"summary": "This API key's files, a cursor page (newest first by default, up to 10,000), of one `purpose` if given",
+                        "parameters": [*page("desc")[1:], {"name": "limit", "in": "query", "required": False,
+                                                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                                       {"name": "purpose", "in": "query", "required": False, "schema": {"type": "string"}}],
+                        "responses": {**json_answer("A page of files", s.FileList), "400": errors()["400"], "503": not_found("")["503"]}},
+            },
+            "/v1/files/{file_id}": {
+                "get": {"summary": "A file of this API key's", "parameters": [file_id],
+                        "responses": {**json_answer("The file", s.FileObject), **not_found(no_file), "400": errors()["400"]}},
+                "delete": {"summary": "Delete a file", "parameters": [file_id],
+                           "responses": {**json_answer("Deleted", s.FileDeleted), **not_found(no_file), "400": errors()["400"]}},
+            },
+            "/v1/files/{file_id}/content": {"get": {
+                "summary": "A file's bytes", "parameters": [file_id],
+                "responses": {"200": {"description": "The content", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                              **not_found(no_file), "400": errors()["400"]}}},
+            "/v1/batches": {
+                "post": {"summary": "Run a `batch` file's requests in the background (OpenAI's Batch API), through the same handlers, limits "
+                                    "and routing as live ones",
+                         "requestBody": body(s.BatchCreate), "responses": {**json_answer("The batch, validating", s.BatchObject), **bad,
+                                                                           "503": not_found("")["503"]}},
+                "get": {"summary": "This API key's batches, a cursor page, newest first",
+                        "parameters": [page("desc")[0], page("desc")[2]],
+                        "responses": {**json_answer("A page of batches", s.BatchList), "400": errors()["400"], "503": not_found("")["503"]}},
+            },
+            "/v1/batches/{batch_id}": {"get": {
+                "summary": "A batch of this API key's, its request counts as of now", "parameters": [batch_id],
+                "responses": {**json_answer("The batch", s.BatchObject), **not_found(no_batch), "400": errors()["400"]}}},
+            "/v1/batches/{batch_id}/cancel": {"post": {
+                "summary": "Cancel a batch: `cancelling`, then `cancelled` once its requests in flight end (what finished is kept)",
+                "parameters": [batch_id],
+                "responses": {**json_answer("The batch, cancelling", s.BatchObject), **not_found(no_batch), "400": errors()["400"],
+                              "409": {"description": "The batch has ended", "content": {"application/json": {"schema": ref(s.ErrorResponse)}}}}}},
             "/v1/embeddings": {
                 "post": {
                     "summary": "Embeddings (model: an embedding expert's id)",

@@ -59,7 +59,10 @@ class BatchRunner:
 
     async def start(self) -> None:
         # Made here, not in __init__: they belong to the event loop the app is served on.
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://switchboard-batch", timeout=None)
+        # raise_app_exceptions off: a handler's bug is its request's 500 answer (Starlette re-raises after sending it),
+        # not a failed run that would take the batch up again and again.
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://switchboard-batch", timeout=None)
         self.slots = asyncio.Semaphore(self.config.max_concurrency)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run_forever(), name="switchboard-batch-runner")
@@ -152,8 +155,14 @@ class BatchRun:
         body = self.body
         content = await self._call(fs.content, body["input_file_id"], self.key_id, self._now())
         if content is None:
-            await self._fail([ln.LineError("invalid_file", f"the input file '{body['input_file_id']}' no longer exists", param="input_file_id")])
-            return None
+            gone = ln.LineError("invalid_file", f"the input file '{body['input_file_id']}' no longer exists", param="input_file_id")
+            if body["status"] == "validating":
+                await self._fail([gone])
+                return None
+            # Deleted while the batch ran, then taken up again: it ends failed, with the answers it has.
+            self.outcome = "failed"
+            self.body = {**body, "errors": {"object": "list", "data": [gone.as_object()]}}
+            return []
         requests, errors = ln.parse_input(content, body["endpoint"], self.runner.config.max_requests)
         if body["status"] == "validating":
             if errors:
@@ -266,7 +275,7 @@ class BatchRun:
                 outputs.append((file, content))
                 file_ids[field] = file.file_id
         body = {**self.body, **file_ids, "status": self.outcome, f"{self.outcome}_at": int(now),
-                "request_counts": {"total": len(requests), "completed": len(output), "failed": len(errors)},
+                "request_counts": {"total": max(len(requests), self.body["request_counts"]["total"]), "completed": len(output), "failed": len(errors)},
                 "usage": batch_usage(orjson.loads(text) for _, is_error, text in results if not is_error)}
         if self.outcome == "completed":
             body["finalizing_at"] = int(now)
@@ -295,4 +304,5 @@ _NOT_RUN = {
     "completed": "the request was not run",  # (not reached: a completed batch ran every request)
     "cancelled": "the batch was cancelled before this request was run",
     "expired": "the batch's completion window ended before this request was run",
+    "failed": "the batch failed before this request was run",  # (not reached: a failed batch's requests are unknown)
 }
