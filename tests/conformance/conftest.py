@@ -3,9 +3,11 @@ on) and the official Node client, installed with `npm ci` from the pinned packag
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +45,13 @@ def node() -> str:
     if not all((NODE_DIR / "node_modules" / name / "package.json").is_file() for name in ("openai", "zod", "ai", "@ai-sdk/openai")):
         subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=600)
     return node
+
+
+def node_case(node: str, spec: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
+    """Runs one case with the official Node client (run.mjs; `spec` as its header says) and returns its JSON line."""
+    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=timeout_s, cwd=NODE_DIR)
+    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

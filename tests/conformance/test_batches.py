@@ -6,7 +6,6 @@ deleted."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ import openai
 import pytest
 
 from .cases import EMBEDDING_EXPERT, EXPERT
-from .conftest import NODE_DIR
+from .conftest import node_case
 
 CLIENTS = ("python", "node")
 FINAL = ("completed", "failed", "cancelled", "expired")
@@ -48,10 +47,7 @@ def _run(client: str, request, base: str, params: dict[str, Any]) -> dict[str, A
     if client == "python":
         return run_python(base + "/v1", params)
     spec = {"baseURL": base + "/v1", "apiKey": "unused", "maxRetries": 0, "endpoint": "batches", "params": params}
-    done = subprocess.run([request.getfixturevalue("node"), str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True,
-                          timeout=120, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return node_case(request.getfixturevalue("node"), spec)
 
 
 def _jsonl(url: str, bodies: list[dict[str, Any]]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import openai
 import pytest
 
 from .cases import CASES, EMBEDDING_EXPERT, EXPERT, RETRY_AFTER_S, Case
-from .conftest import NODE_DIR
+from .conftest import NODE_DIR, node_case
 
 CLIENTS = ("python", "node")
 
@@ -53,9 +52,7 @@ def run_python(base_url: str, api_key: str, case: Case) -> dict[str, Any]:
 
 def run_node(node: str, base_url: str, api_key: str, case: Case) -> dict[str, Any]:
     spec = {"baseURL": base_url, "apiKey": api_key, "maxRetries": case.max_retries, "endpoint": case.endpoint, "params": case.params}
-    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=120, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return node_case(node, spec)
 
 
 def _as_upstream_sent(body: Any, model: str) -> Any:

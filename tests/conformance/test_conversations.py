@@ -4,8 +4,6 @@ items paged by the client, added, read and deleted, the conversation relabelled 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 import httpx
@@ -13,7 +11,7 @@ import openai
 import pytest
 
 from .cases import EXPERT, _completion, _message
-from .conftest import NODE_DIR
+from .conftest import node_case
 
 CLIENTS = ("python", "node")
 ITEMS = [{"role": "user", "content": "My name is Ada."}, {"type": "message", "role": "assistant", "content": "Hello Ada."}]
@@ -52,10 +50,7 @@ def test_a_conversation_through_each_official_client(client, request, upstream, 
         result = run_python(storing_gateway + "/v1", params)
     else:
         spec = {"baseURL": storing_gateway + "/v1", "apiKey": "unused", "maxRetries": 0, "endpoint": "conversations", "params": params}
-        done = subprocess.run([request.getfixturevalue("node"), str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True,
-                              timeout=120, cwd=NODE_DIR)
-        assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = node_case(request.getfixturevalue("node"), spec)
     assert (result["error"]["class"], result["error"]["status"]) == ("NotFoundError", 404)  # read after its deletion
     body = result["body"]
     conversation = body["conversation"]

@@ -5,8 +5,6 @@ the recording upstream must receive the equivalent chat completion, and each cli
 from __future__ import annotations
 
 import inspect
-import json
-import subprocess
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ import pytest
 from switchboard.testing.canned_upstream import Canned
 
 from .cases import EXPERT, LOGPROBS, STREAMED_TOOL_CALLS, TOOL_CALLS, UPSTREAM_MODEL, _chunks, _completion, _delta, _message
-from .conftest import NODE_DIR
+from .conftest import node_case
 
 CLIENTS = ("python", "node")
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city", "strict": True,
@@ -32,10 +30,7 @@ def run(client: str, request, endpoint: str, params: dict[str, Any], base: str, 
     if client == "python":
         return run_python(base + "/v1", endpoint, params, api_key)
     spec = {"baseURL": base + "/v1", "apiKey": api_key, "maxRetries": 0, "endpoint": endpoint, "params": params}
-    done = subprocess.run([request.getfixturevalue("node"), str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True,
-                          timeout=120, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return node_case(request.getfixturevalue("node"), spec)
 
 
 def run_python(base_url: str, endpoint: str, params: dict[str, Any], api_key: str) -> dict[str, Any]:

@@ -5,8 +5,6 @@ keep: it is the gateway's)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 import httpx
@@ -14,7 +12,7 @@ import openai
 import pytest
 
 from .cases import STREAMED_TOOL_CALLS, TOOL_CALLS, TOOLS, USAGE, USER, _completion, _message
-from .conftest import NODE_DIR
+from .conftest import node_case
 
 CLIENTS = ("python", "node")
 
@@ -48,10 +46,7 @@ def run(client: str, request, params: dict[str, Any], base: str) -> dict[str, An
     if client == "python":
         return run_python(base + "/v1", params)
     spec = {"baseURL": base + "/v1", "apiKey": "unused", "maxRetries": 0, "endpoint": "chat_stored", "params": params}
-    done = subprocess.run([request.getfixturevalue("node"), str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True,
-                          timeout=120, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return node_case(request.getfixturevalue("node"), spec)
 
 
 def _calls(message: dict[str, Any]) -> list[tuple[str, str, str]]:

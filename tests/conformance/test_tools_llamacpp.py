@@ -6,13 +6,12 @@ call. The Python client's helpers on the same engine: tests/engines/test_llamacp
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from switchboard.testing.servers import serve_smol_gateway
 
-from .conftest import NODE_DIR
+from .conftest import node_case
 
 pytestmark = pytest.mark.llamacpp
 
@@ -34,9 +33,7 @@ def test_node_run_tools_calls_the_local_function_with_the_parsed_arguments(node,
               **({"stream": True} if stream else {})}
     spec = {"baseURL": smol_gateway, "apiKey": "unused", "maxRetries": 0, "endpoint": "chat_run_tools", "params": params,
             "toolResult": "18 C and sunny"}
-    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=300, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = node_case(node, spec, 300)
     assert "error" not in out, out.get("error")
     (called,) = out["called"]
     assert called["name"] == "get_weather" and isinstance(called["args"]["city"], str)  # JSON.parse of the call's arguments
@@ -49,9 +46,7 @@ def test_node_parse_with_zod_schemas(node, smol_gateway):
     params = {"model": "smol", "messages": [{"role": "user", "content": "Paris: its name and population, please."}], "max_tokens": 80,
               "temperature": 0}
     spec = {"baseURL": smol_gateway, "apiKey": "unused", "maxRetries": 0, "endpoint": "chat_parse_zod", "params": params}
-    done = subprocess.run([node, str(NODE_DIR / "run.mjs"), json.dumps(spec)], capture_output=True, text=True, timeout=300, cwd=NODE_DIR)
-    assert done.returncode == 0, f"node failed ({done.returncode}): {done.stderr[-2000:]}"
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = node_case(node, spec, 300)
     assert "error" not in out, out.get("error")
     parsed = out["body"]["parsed"]  # zod validated it in the SDK: the grammar made it match
     assert isinstance(parsed["city"], str) and isinstance(parsed["population"], int) and out["body"]["finish"] == "stop"

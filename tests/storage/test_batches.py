@@ -2,8 +2,8 @@
 uploaded, run through the gateway's own handlers (answers and errors in input order, in the output and error
 files, with counts and usage), listed, read and deleted; a batch whose input is wrong fails validation with the
 lines named; a batch cancelled mid-way and one whose gateway stops mid-way (taken up by the next gateway, each
-request answered once); one taken up late (expired, or its input gone); the key's rate limit waited out, not failed; each key sees its own; storage off; uploads
-over the limit or of the wrong form."""
+request answered once); one taken up late (expired, or its input gone); the key's rate limit waited out, not
+failed; each key sees its own; storage off; uploads over the limit or of the wrong form."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, select
 from switchboard.storage.models import requests_table
 from switchboard.testing.servers import serve_in_thread
 
-from .helpers import ADMIN_ENV, keyed_storing_app, storing_app
+from .helpers import ADMIN_ENV, storing_app
 
 FAST_RUNNER = "batches: {poll_interval_s: 0.1, lease_s: 5, max_concurrency: 1}"
 SLOW_EXPERT = "  - id: slow\n    backend: {{kind: simulated, time_scale: 0.2}}\n"
