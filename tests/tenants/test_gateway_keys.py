@@ -85,6 +85,30 @@ def test_missing_unknown_and_revoked_keys_are_401_and_admin_routes_need_the_admi
         assert key_id in answer.json()["error"]["message"]
 
 
+def test_answers_carry_openais_rate_limit_headers_for_a_keys_rpm_and_tpm(db_url):
+    """What clients that pace themselves read (LangChain's and LiteLLM's rate limiters, users' own code): each limit,
+    what is left of it, when it is whole again; on the 429 too. None for a limit the key does not have."""
+    _, both = new_key(db_url, "both", rpm=3, tpm=1000)
+    _, rpm_only = new_key(db_url, "rpm-only", rpm=5)
+    _, unlimited = new_key(db_url, "unlimited")
+    with serve(db_url) as base:
+        first = chat(base, both).headers
+        assert (first["x-ratelimit-limit-requests"], first["x-ratelimit-remaining-requests"]) == ("3", "2")
+        assert first["x-ratelimit-limit-tokens"] == "1000" and 900 < int(first["x-ratelimit-remaining-tokens"]) < 1000  # prompt + max_tokens held
+        assert first["x-ratelimit-reset-requests"].endswith("s") and first["x-ratelimit-reset-tokens"] == first["x-ratelimit-reset-requests"]
+        assert chat(base, both).headers["x-ratelimit-remaining-requests"] == "1"
+        assert chat(base, both).headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(base, both)
+        assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0" and "retry-after" in err.value.response.headers
+        only = chat(base, rpm_only).headers
+        assert only["x-ratelimit-remaining-requests"] == "4" and "x-ratelimit-limit-tokens" not in only
+        assert not any(name.startswith("x-ratelimit") for name in chat(base, unlimited).headers)
+        stream = openai.OpenAI(base_url=base + "/v1", api_key=rpm_only, max_retries=0).chat.completions.with_raw_response.create(
+            model="cheap", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True)
+        assert stream.headers["x-ratelimit-remaining-requests"] == "3"  # a stream's headers too
+
+
 def test_rate_limits_answer_429_with_retry_after_naming_the_limit(db_url):
     _, rpm_secret = new_key(db_url, "rpm", rpm=2)
     _, tpm_secret = new_key(db_url, "tpm", tpm=200)

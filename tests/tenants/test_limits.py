@@ -130,3 +130,17 @@ def test_concurrent_requests_overshoot_a_budget_by_less_than_one_estimate(budget
         meter.settle(reservation, 1, usd, NOON + 1)
     assert meter.snapshot("k", NOON + 1).usd_today < budget + max(e for e, _ in costs)
     assert meter.snapshot("k", NOON + 1).usd_held == 0.0
+
+
+def test_rate_limit_headers_say_each_limit_what_is_left_and_when_it_is_whole_again():
+    from switchboard.tenants.limits import duration_text, rate_limit_headers
+
+    usage = UsageSnapshot.of([(100.0, 300), (130.0, 200)])
+    headers = rate_limit_headers(KeyLimits(rpm=5, tpm=1000), usage, now_s=140.0, window_s=60.0)
+    assert headers == {"x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "50s",
+                       "x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "500", "x-ratelimit-reset-tokens": "50s"}
+    over = rate_limit_headers(KeyLimits(rpm=1), usage, now_s=140.0, window_s=60.0)
+    assert over == {"x-ratelimit-limit-requests": "1", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "50s"}
+    assert rate_limit_headers(KeyLimits(), usage, now_s=140.0) == {}
+    assert rate_limit_headers(KeyLimits(tpm=10), UsageSnapshot(), now_s=0.0)["x-ratelimit-reset-tokens"] == "0ms"
+    assert [duration_text(s) for s in (0.0204, 1.5, 59.9, 360.0, 3599.0)] == ["20ms", "1.5s", "59.9s", "6m0s", "59m59s"]

@@ -217,9 +217,11 @@ def build_app(
 
 
 # What a browser page may read of an answer beyond the CORS-safelisted headers: the request's id (for feedback),
-# where it was routed and served, and a rate limit's wait.
+# where it was routed and served, a key's policy and rate limits, and a rate limit's wait.
 EXPOSED_HEADERS = ["x-request-id", "x-switchboard-expert", "x-switchboard-route", "x-switchboard-replica", "x-switchboard-cold-start",
-                   "x-switchboard-failover", "x-switchboard-upstream-request-id", "retry-after"]
+                   "x-switchboard-failover", "x-switchboard-upstream-request-id", "retry-after", "x-switchboard-key-policy",
+                   "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                   "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
 
 
 def with_cors(app: Any, origins: list[str]) -> Any:

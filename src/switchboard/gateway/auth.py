@@ -46,6 +46,8 @@ class Caller:
     reservation: Any = None
     """The request's hold in the key ledger once admitted (settled or released when it ends)."""
     policy_note: str | None = None
+    rate_headers: dict[str, str] | None = None
+    """OpenAI's `x-ratelimit-*` headers for the key's rpm and tpm, once admitted or refused (embedded ledger only)."""
 
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("switchboard_caller", default=None)
@@ -160,6 +162,9 @@ class TenantGate:
         usd = usd_estimate() if key.limits.has_budget else 0.0
         # Checked and reserved in one step: concurrent requests each see the others' counts and holds.
         verdict = await self.ledger.admit(key.key_id, key.limits, num_tokens, usd)
+        rate_headers = getattr(self.ledger, "rate_headers", None)
+        if rate_headers is not None and (key.limits.rpm is not None or key.limits.tpm is not None):
+            caller.rate_headers = rate_headers(key.key_id, key.limits)
         if isinstance(verdict, lim.OverLimit):
             retry_after = str(max(1, round(verdict.retry_after_s)))
             raise ApiError(verdict.status, f"key {key.key_id} ('{key.name}'): {verdict.message}; retry after {retry_after} s",
@@ -376,8 +381,11 @@ class AuthMiddleware:
             return
 
         async def send_with_policy(message: Any) -> None:
-            if message["type"] == "http.response.start" and caller.policy_note:
-                message = {**message, "headers": [*message.get("headers", []), (POLICY_HEADER.encode(), caller.policy_note.encode("latin-1", "replace"))]}
+            if message["type"] == "http.response.start" and (caller.policy_note or caller.rate_headers):
+                extra = [(k.encode(), v.encode()) for k, v in (caller.rate_headers or {}).items()]
+                if caller.policy_note:
+                    extra.append((POLICY_HEADER.encode(), caller.policy_note.encode("latin-1", "replace")))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         with serving(self.gate, caller):

@@ -49,6 +49,12 @@ class LocalLedger:
     def seed(self, key_id: str, usd_today: float, usd_this_month: float) -> None:
         self.meter.seed(key_id, usd_today, usd_this_month, self.clock())
 
+    def rate_headers(self, key_id: str, limits: KeyLimits) -> dict[str, str]:
+        """The key's `x-ratelimit-*` headers as of now (its admitted requests counted). Only this ledger has them:
+        a Ray gateway admits from quota leases and does not know the cluster's count per request."""
+        now_s = self.clock()
+        return lim.rate_limit_headers(limits, self.meter.snapshot(key_id, now_s), now_s, self.meter.window_s)
+
 
 def admit_and_reserve(meter: UsageMeter, key_id: str, limits: KeyLimits, now_s: float, num_tokens: int,
                       usd_estimate: float) -> Any:

@@ -127,6 +127,31 @@ def _check_tpm(limits: KeyLimits, usage: UsageSnapshot, now_s: float, num_tokens
                      f"this request is estimated at {num_tokens})")
 
 
+def rate_limit_headers(limits: KeyLimits, usage: UsageSnapshot, now_s: float, window_s: float = WINDOW_S) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers for a key with `rpm` or `tpm`, from its usage with the request at hand
+    counted: each limit, what is left of it, and when it is whole again (the newest request in the window leaves
+    it: a sliding window's "reset to its initial state"). None of them for a limit the key does not have."""
+    headers: dict[str, str] = {}
+    reset = duration_text(max(usage.window[-1].at_s + window_s - now_s, 0.0) if usage.window else 0.0)
+    if limits.rpm is not None:
+        headers.update({"x-ratelimit-limit-requests": str(limits.rpm), "x-ratelimit-remaining-requests": str(max(limits.rpm - usage.num_requests, 0)),
+                        "x-ratelimit-reset-requests": reset})
+    if limits.tpm is not None:
+        headers.update({"x-ratelimit-limit-tokens": str(limits.tpm), "x-ratelimit-remaining-tokens": str(max(limits.tpm - usage.num_tokens, 0)),
+                        "x-ratelimit-reset-tokens": reset})
+    return headers
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as OpenAI writes it in `x-ratelimit-reset-*`: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1.0:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60.0:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}m{round(rest)}s"
+
+
 def day_of(now_s: float) -> int:
     """The UTC day as a number (days since 1970-01-01): cheap enough for every request."""
     return int(now_s // 86400.0)
