@@ -20,7 +20,6 @@ from switchboard.testing.servers import serve_in_thread
 from .helpers import ADMIN_ENV, storing_app
 
 FAST_RUNNER = "batches: {poll_interval_s: 0.1, lease_s: 5, max_concurrency: 1}"
-SLOW_EXPERT = "  - id: slow\n    backend: {{kind: simulated, time_scale: 0.2}}\n"
 
 
 def _client(base: str, key: str = "unused") -> openai.OpenAI:
@@ -54,14 +53,8 @@ def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict]:
     return [] if file_id is None else [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
-def _slow_app(db_url: str, upstream_url: str, extra: str = FAST_RUNNER):
-    from switchboard.config import parse_config
-    from switchboard.gateway.app import build_app
-
-    from .helpers import STORING_CONFIG
-
-    config = STORING_CONFIG.replace("storage:", SLOW_EXPERT + "storage:")
-    return build_app(parse_config(config.format(upstream=upstream_url, url=db_url, more="", extra=extra)))
+def _slow_app(db_url: str, upstream_url: str):
+    return storing_app(db_url, upstream_url, extra=FAST_RUNNER, slow=True)
 
 
 def test_a_batch_runs_through_the_gateway_and_its_files_hold_the_answers(db_url, upstream):

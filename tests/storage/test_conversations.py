@@ -5,6 +5,8 @@ input and output; each API key sees only its own; a restart; storage off; items 
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -112,3 +114,57 @@ def test_storage_without_prompts_keeps_no_conversations(tmp_path, upstream):
             client.conversations.create()
         with pytest.raises(openai.BadRequestError, match="store_prompts"):
             client.responses.create(model="rec", conversation="conv_1", input="x")
+
+
+def test_responses_sent_at_once_to_one_conversation_take_turns(tmp_path, upstream):
+    """The second reads the first's turn as history (not the same past twice), and the items alternate; a stream
+    the client leaves early gives the turn back at once."""
+    import concurrent.futures
+
+    _, upstream_url = upstream
+    with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'log.db'}", upstream_url, slow=True)) as base, _client(base) as client:
+        conversation = client.conversations.create(items=[{"role": "user", "content": "Tell me a story."}])
+        client.responses.create(model="slow", input="warm up", max_output_tokens=1)  # the slow expert's start, out of the way
+
+        def turn(text: str):
+            with _client(base) as own:
+                return own.responses.create(model="slow", conversation=conversation.id, input=text, max_output_tokens=40)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(turn, ["First question?", "Second question?"]))
+        first, second = sorted(answers, key=lambda a: a.usage.input_tokens)
+        assert second.usage.input_tokens > first.usage.input_tokens + 10  # the first's turn (its question, its answer) was in its history
+        roles = [item.role for item in client.conversations.items.list(conversation.id, order="asc")]
+        assert roles == ["user", "user", "assistant", "user", "assistant"]
+        with client.responses.stream(model="slow", conversation=conversation.id, input="A long one.", max_output_tokens=400) as stream:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    break  # the client leaves mid-answer
+        started = time.monotonic()
+        client.responses.create(model="slow", conversation=conversation.id, input="Still there?", max_output_tokens=1)
+        assert time.monotonic() - started < 2.0  # not kept waiting for the abandoned stream's 400 tokens (~3 s)
+
+
+def test_turn_locks_serialize_one_conversation_and_time_out_as_a_409():
+    import asyncio
+
+    from switchboard.gateway.conversations import TurnLocks
+    from switchboard.gateway.errors import ApiError
+
+    async def scenario():
+        locks = TurnLocks(wait_s=0.2)
+        release_a = await locks.acquire("conv_a")
+        release_b = await locks.acquire("conv_b")  # another conversation: not kept waiting
+        with pytest.raises(ApiError) as refused:
+            await locks.acquire("conv_a")
+        assert (refused.value.status, refused.value.code, refused.value.param) == (409, "conversation_locked", "conversation")
+        waiting = asyncio.ensure_future(locks.acquire("conv_a"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        release_a()
+        release_a()  # twice is once
+        release_again = await asyncio.wait_for(waiting, 1.0)
+        release_again()
+        release_b()
+        assert locks._locks == {}
+
+    asyncio.run(scenario())

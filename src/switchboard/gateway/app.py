@@ -95,7 +95,8 @@ def build_app(
     embeddings = EmbeddingsEndpoint(config, handlers.request_log, handlers.gate, observability.requests, lambda: handlers.is_draining, environ)
     online = getattr(state.chooser, "online", None)  # the router's online learner (switchboard.online), if any
     feedback = FeedbackEndpoint(request_log, online)
-    conversations = Conversations(conversation_store(config, request_log), config.gateway.max_body_bytes)
+    conversations = Conversations(conversation_store(config, request_log), config.gateway.max_body_bytes,
+                                  turn_wait_s=config.gateway.request_timeout_s)
     responses = ResponsesHandler(handlers, response_store(config, request_log), conversations)
     stored_chats = StoredChats(chat_completion_store(config, request_log), config.gateway.max_body_bytes)
     handlers.stored_chats = stored_chats

@@ -10,7 +10,9 @@ conversation's history), and stored as OpenAI lists them: with an id and a type,
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -45,14 +47,58 @@ def checked_items(items: list[Any], where: str) -> list[dict[str, Any]]:
     return [as_stored_item(item) for item in items]
 
 
+class TurnLocks:
+    """One turn at a time per conversation: a response given a conversation holds its lock from reading the history
+    to appending its items, so a second response sent meanwhile reads a history with the first's turn in it rather
+    than the same one (two answers to the same past). Waits at most `wait_s`, then the second is a 409 naming the
+    conversation. Per gateway process: two gateways sharing a database do not see each other's turns."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire(self, conversation_id: str) -> Callable[[], None]:
+        """Waits for the conversation's turn; returns its release (safe to call more than once)."""
+        lock, num_users = self._locks.get(conversation_id) or (asyncio.Lock(), 0)
+        self._locks[conversation_id] = (lock, num_users + 1)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            if lock.locked() and acquired:
+                lock.release()
+            held, users = self._locks[conversation_id]
+            if users <= 1:
+                del self._locks[conversation_id]
+            else:
+                self._locks[conversation_id] = (held, users - 1)
+
+        acquired = False
+        try:
+            await asyncio.wait_for(lock.acquire(), self.wait_s)
+            acquired = True
+        except TimeoutError:
+            release()
+            raise ApiError(409, f"another response is being made in conversation '{conversation_id}' (waited {self.wait_s:.0f} s); "
+                                "retry once it ends", param="conversation", code="conversation_locked") from None
+        except BaseException:
+            release()
+            raise
+        return release
+
+
 class Conversations:
     """The `/v1/conversations` endpoints over `store` (storage/conversations.py: ConversationStore, or
-    DisabledConversationStore), and what responses given a conversation need: `history` and `extend`."""
+    DisabledConversationStore), and what responses given a conversation need: `turn`, `history` and `extend`."""
 
-    def __init__(self, store: Any, max_body_bytes: int, clock: Any = time.time) -> None:
+    def __init__(self, store: Any, max_body_bytes: int, clock: Any = time.time, turn_wait_s: float = 300.0) -> None:
         self.store = store
         self.max_body_bytes = max_body_bytes
         self.clock = clock
+        self.turns = TurnLocks(turn_wait_s)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.store.enabled:

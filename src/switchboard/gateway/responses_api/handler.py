@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -62,21 +63,28 @@ class ResponsesHandler:
 
     async def post(self, request: Request) -> Response:
         started_at = time.perf_counter()
+        release = _nothing
         try:
-            if self.handlers.is_draining:
-                return await self.handlers.chat_completions(request)  # its 503, counted where every refusal is
-            raw = await read_body(request, self.handlers.max_body_bytes)
-            parsed = rq.parse(raw)
-            translated = rq.translate(parsed, await self._history(parsed))
-        except ApiError as exc:
-            self.handlers.metrics.invalid(started_at, exc.status)
-            return error_response(exc)
-        chat = await self.handlers.chat_completions(_with_body(request, orjson.dumps(translated.chat)))
-        if isinstance(chat, SSEResponse):
-            return self._stream(translated, chat)
-        if isinstance(chat, JSONBytesResponse):
-            return await self._whole(translated, chat)
-        return _in_responses_terms(chat, translated.request)
+            try:
+                if self.handlers.is_draining:
+                    return await self.handlers.chat_completions(request)  # its 503, counted where every refusal is
+                raw = await read_body(request, self.handlers.max_body_bytes)
+                parsed = rq.parse(raw)
+                if (conversation := rq.conversation_id(parsed)) is not None and self.conversations is not None:
+                    release = await self.conversations.turns.acquire(conversation)  # held until its items are appended
+                translated = rq.translate(parsed, await self._history(parsed))
+            except ApiError as exc:
+                self.handlers.metrics.invalid(started_at, exc.status)
+                return error_response(exc)
+            chat = await self.handlers.chat_completions(_with_body(request, orjson.dumps(translated.chat)))
+            if isinstance(chat, SSEResponse):
+                stream, release = self._stream(translated, chat, release), _nothing  # the stream releases it when it closes
+                return stream
+            if isinstance(chat, JSONBytesResponse):
+                return await self._whole(translated, chat)
+            return _in_responses_terms(chat, translated.request)
+        finally:
+            release()
 
     async def input_tokens(self, request: Request) -> Response:
         """`POST /v1/responses/input_tokens` (`client.responses.input_tokens.count`): the input tokens the named
@@ -121,11 +129,11 @@ class ResponsesHandler:
         await self._keep(translated, body)
         return JSONBytesResponse(orjson.dumps(body), headers, chat.raw_headers)  # an upstream's own headers too (x-ratelimit-*...)
 
-    def _stream(self, translated: rq.Translated, chat: SSEResponse) -> Response:
+    def _stream(self, translated: rq.Translated, chat: SSEResponse, release: Callable[[], None]) -> Response:
         headers = dict(chat.headers)
         stream = ResponsesStream(translated.request, response_id_for(headers["x-request-id"]), int(time.time()), headers["x-switchboard-expert"],
                                  store=self._stores(translated), on_done=lambda body: self._keep(translated, body))
-        return SSEResponse(_closing(stream.events(chat.chunks), chat.chunks), headers, chat.raw_headers)
+        return SSEResponse(_Closing(stream.events(chat.chunks), chat.chunks, release), headers, chat.raw_headers)
 
     def _stores(self, translated: rq.Translated) -> bool:
         return bool(self.store.enabled and translated.request.store is not False)
@@ -219,14 +227,34 @@ async def cancel(request: Request) -> Response:
                                    code="unsupported_operation"))
 
 
-async def _closing(events: Any, chat_chunks: Any) -> Any:
-    """`events`, closing the chat stream under it when the client leaves (so its engine stops generating)."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        await events.aclose()
-        await chat_chunks.aclose()
+def _nothing() -> None:
+    pass
+
+
+class _Closing:
+    """`events`, closing the chat stream under it when the client leaves (so its engine stops generating), and then
+    calling `release` (the conversation's turn). A class, not a generator: SSEResponse closes it however the stream
+    ends — even one never started (a generator's `finally` would not run then)."""
+
+    __slots__ = ("events", "chat_chunks", "release")
+
+    def __init__(self, events: Any, chat_chunks: Any, release: Callable[[], None]) -> None:
+        self.events = events
+        self.chat_chunks = chat_chunks
+        self.release = release
+
+    def __aiter__(self) -> "_Closing":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.events.aclose()
+            await self.chat_chunks.aclose()
+        finally:
+            self.release()
 
 
 def _with_body(request: Request, body: bytes) -> Request:
