@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import create_engine, select
@@ -85,6 +86,10 @@ def test_a_batch_runs_through_the_gateway_and_its_files_hold_the_answers(db_url,
         assert {f.id for f in client.files.list()} == {upload.id, batch.output_file_id, batch.error_file_id}
         assert [f.id for f in client.files.list(purpose="batch")] == [upload.id]
         assert [b.id for b in client.batches.list()] == [batch.id]
+        metrics = httpx.get(base + "/metrics").text  # what an operator sees of it
+        assert 'switchboard_batch_requests_total{endpoint="/v1/chat/completions",status="2xx"} 2.0' in metrics
+        assert 'switchboard_batch_requests_total{endpoint="/v1/chat/completions",status="4xx"} 1.0' in metrics
+        assert 'switchboard_batches_ended_total{status="completed"} 1.0' in metrics and "switchboard_batch_requests_in_flight 0.0" in metrics
         with pytest.raises(openai.ConflictError):
             client.batches.cancel(batch.id)
         assert client.files.delete(upload.id).deleted is True

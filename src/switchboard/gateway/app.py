@@ -212,7 +212,7 @@ def build_app(
     fast = FastPathApp(app, {"/v1/chat/completions": handlers.chat_completions, "/v1/completions": handlers.completions,
                              "/v1/responses": responses.post})
     if file_store.enabled:
-        runners.append(BatchRunner(file_store, fast, gate, config.batches))
+        runners.append(BatchRunner(file_store, fast, gate, config.batches, observability.batches))
     guarded = AuthMiddleware(fast, gate) if gate is not None else fast
     return with_cors(guarded, config.gateway.cors_allow_origins) if config.gateway.cors_allow_origins else guarded
 

@@ -304,13 +304,30 @@ class FleetCollector(Collector):
         yield from (replicas, queued, running, workers, circuits)
 
 
+class BatchMetrics:
+    """What the batch runner does (gateway/batches/runner.py): each request of a batch by its answer's status class
+    (its request is also counted with the live ones, by the handlers), the waits of refused-for-now requests, the
+    requests in flight, the batches ended by final status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("switchboard_batch_requests", "Requests of batches answered, by endpoint and status class (2xx, 4xx, 5xx).",
+                                ["endpoint", "status"], registry=registry)
+        self.waits = Counter("switchboard_batch_request_waits", "Requests of batches refused for now (429, 503 with Retry-After) and "
+                             "sent again after the wait they were told.", ["status"], registry=registry)
+        self.in_flight = Gauge("switchboard_batch_requests_in_flight", "Requests of batches being answered now.", registry=registry)
+        self.ended = Counter("switchboard_batches_ended", "Batches ended, by final status (completed, failed, expired, cancelled).",
+                             ["status"], registry=registry)
+
+
 @dataclasses.dataclass
 class Observability:
-    """Everything the app publishes about itself: one registry, the request metrics and the fleet watcher."""
+    """Everything the app publishes about itself: one registry, the request metrics, the fleet watcher and the
+    batch runner's counts."""
 
     registry: CollectorRegistry
     requests: GatewayMetrics
     watcher: FleetWatcher
+    batches: BatchMetrics
 
     @classmethod
     def for_app(cls, config: SwitchboardConfig, fleet: "LiveFleet", registry: CollectorRegistry | None = None,
@@ -319,4 +336,4 @@ class Observability:
         requests = GatewayMetrics(config, registry, access_log=access_log)
         watcher = FleetWatcher(fleet, registry)
         registry.register(FleetCollector(fleet))
-        return cls(registry, requests, watcher)
+        return cls(registry, requests, watcher, BatchMetrics(registry))

@@ -30,6 +30,7 @@ from switchboard.config.schema import BatchesConfig
 from switchboard.gateway.auth import serving
 from switchboard.gateway.batches import lines as ln
 from switchboard.gateway.errors import ApiError, error_body
+from switchboard.observability.metrics import BatchMetrics
 from switchboard.storage import batches as bs
 from switchboard.storage import files as fs
 
@@ -42,9 +43,10 @@ class BatchRunner:
     its auth layer; `gate` its TenantGate, or None when auth is off. `wake()` after a batch is made starts it at
     once rather than at the next poll."""
 
-    def __init__(self, store: fs.FileStore, app: Any, gate: Any, config: BatchesConfig, *, clock: Callable[[], float] = time.time,
-                 runner_id: str | None = None) -> None:
+    def __init__(self, store: fs.FileStore, app: Any, gate: Any, config: BatchesConfig, metrics: BatchMetrics, *,
+                 clock: Callable[[], float] = time.time, runner_id: str | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.gate = gate
         self.config = config
         self.clock = clock
@@ -177,7 +179,8 @@ class BatchRun:
     async def _fail(self, errors: list[ln.LineError]) -> None:
         now = int(self._now())
         body = {**self.body, "status": "failed", "failed_at": now, "errors": {"object": "list", "data": [e.as_object() for e in errors]}}
-        await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, [])
+        if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, []):
+            self.runner.metrics.ended.labels("failed").inc()
         log.info("batches: %s failed validation: %s", self.batch_id, errors[0].message)
 
     async def _watch(self) -> None:
@@ -230,12 +233,17 @@ class BatchRun:
                 task.cancel()
 
     async def _run_one(self, request: ln.BatchRequest) -> None:
-        config = self.runner.config
+        config, metrics = self.runner.config, self.runner.metrics
         while True:
-            status, headers, content = await self.runner.post(self.body["endpoint"], self.key_id, request.body)
+            metrics.in_flight.inc()
+            try:
+                status, headers, content = await self.runner.post(self.body["endpoint"], self.key_id, request.body)
+            finally:
+                metrics.in_flight.dec()
             retry_after = headers.get("retry-after")
             if status not in RETRIED_STATUSES or retry_after is None:
                 break
+            metrics.waits.labels(str(status)).inc()
             try:
                 wait_s = min(float(retry_after), config.max_retry_wait_s)
             except ValueError:
@@ -250,6 +258,7 @@ class BatchRun:
             answer = content.decode("utf-8", "replace")
         line = ln.answered_line(request.custom_id, status, headers.get("x-request-id"), answer)
         await self._call(bs.save_result, self.batch_id, request.line, status >= 400, line)
+        metrics.requests.labels(self.body["endpoint"], f"{status // 100}xx").inc()
 
     async def _finish(self, requests: list[ln.BatchRequest]) -> None:
         """Writes the output and error files (in input order; the requests never run get an error line saying why)
@@ -280,6 +289,7 @@ class BatchRun:
         if self.outcome == "completed":
             body["finalizing_at"] = int(now)
         if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, outputs):
+            self.runner.metrics.ended.labels(self.outcome).inc()
             log.info("batches: %s %s: %d completed, %d failed", self.batch_id, self.outcome, len(output), len(errors))
 
 
