@@ -7,15 +7,17 @@ failed; each key sees its own; storage off; uploads over the limit or of the wro
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
-from switchboard.storage.models import requests_table
+from switchboard.storage import files as fs
+from switchboard.storage.models import files_table, requests_table
 from switchboard.testing.servers import serve_in_thread
 
 from .helpers import ADMIN_ENV, storing_app
@@ -228,7 +230,15 @@ def test_uploads_are_checked_and_storage_off_says_so(tmp_path, upstream):
         with pytest.raises(openai.BadRequestError):
             client.post("/files", body={"purpose": "batch"}, cast_to=object)  # JSON, not a form
         short = client.files.create(file=("notes.txt", b"hello"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 3600})
-        assert short.expires_at == short.created_at + 3600
+        assert short.expires_at == short.created_at + 3600 and client.files.content(short.id).content == b"hello"
+        engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")  # an hour passes
+        with engine.begin() as connection:
+            connection.execute(update(files_table).where(files_table.c.id == short.id).values(expires_at=dt.datetime.now(dt.timezone.utc)))
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(short.id)
+        assert short.id not in [f.id for f in client.files.list()]
+        assert fs.purge(engine, time.time()) == 1  # what the runner does once an hour
+        engine.dispose()
         with pytest.raises(openai.NotFoundError):
             client.batches.retrieve("batch_missing")
     with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'off.db'}", upstream_url, more=", store_prompts: false")) as base, _client(base) as client:
@@ -242,9 +252,9 @@ def test_uploads_are_checked_and_storage_off_says_so(tmp_path, upstream):
 @pytest.mark.parametrize("meanwhile", ["a day passes", "its input is deleted"])
 def test_a_batch_taken_up_late_ends_with_what_finished(meanwhile, tmp_path, upstream):
     """Past its completion window it expires (the rest in the error file); without its input it fails (the rest unknown)."""
-    from sqlalchemy import delete, update
+    from sqlalchemy import delete
 
-    from switchboard.storage.models import batches_table, files_table
+    from switchboard.storage.models import batches_table
 
     _, upstream_url = upstream
     db = f"sqlite:///{tmp_path / 'log.db'}"

@@ -9,14 +9,13 @@ another key's conversation is no conversation.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, delete, select, update
 
-from switchboard.storage.kept import DisabledStore, KeptStore, Order
+from switchboard.storage.kept import DisabledStore, KeptStore, Order, owned_by, unix_s, utc
 from switchboard.storage.models import conversation_items_table as items_table
 from switchboard.storage.models import conversations_table as table
 
@@ -38,12 +37,8 @@ class Conversation:
 
 def _conversation(connection: Any, conversation_id: str, key_id: str | None) -> Conversation | None:
     c = table.c
-    row = connection.execute(select(c.created_at, c["metadata"]).where(
-        c.id == conversation_id, c.key_id.is_(None) if key_id is None else c.key_id == key_id)).first()
-    if row is None:
-        return None
-    created = row[0] if row[0].tzinfo is not None else row[0].replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
-    return Conversation(conversation_id, created.timestamp(), orjson.loads(row[1]))
+    row = connection.execute(select(c.created_at, c["metadata"]).where(c.id == conversation_id, owned_by(table, key_id))).first()
+    return None if row is None else Conversation(conversation_id, unix_s(row[0]), orjson.loads(row[1]))
 
 
 def _add_items(connection: Any, conversation_id: str, items: list[dict[str, Any]]) -> None:
@@ -55,7 +50,7 @@ def _add_items(connection: Any, conversation_id: str, items: list[dict[str, Any]
 def create(engine: Engine, conversation_id: str, key_id: str | None, created_s: float, metadata: Mapping[str, str],
            items: list[dict[str, Any]]) -> None:
     with engine.begin() as connection:
-        connection.execute(table.insert().values({"id": conversation_id, "key_id": key_id, "created_at": dt.datetime.fromtimestamp(created_s, dt.timezone.utc),
+        connection.execute(table.insert().values({"id": conversation_id, "key_id": key_id, "created_at": utc(created_s),
                                                   "metadata": orjson.dumps(dict(metadata)).decode()}))
         _add_items(connection, conversation_id, items)
 

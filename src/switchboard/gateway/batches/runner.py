@@ -10,7 +10,8 @@ fleet.
 A runner claims one batch at a time with a lease in the database (storage/batches.py) and renews it while it works;
 each finished request's output line is written as it finishes. A gateway that stops gives its lease up, one that
 dies lets it lapse: either way the next runner to look — on this gateway after a restart, or on another gateway
-sharing the database — takes the batch up and runs only what is left.
+sharing the database — takes the batch up and runs only what is left. The runner also deletes expired files, once
+an hour.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from switchboard.gateway.errors import ApiError, error_body
 from switchboard.observability.metrics import BatchMetrics
 from switchboard.storage import batches as bs
 from switchboard.storage import files as fs
+from switchboard.storage.kept import PURGE_INTERVAL_S
 
 log = logging.getLogger("switchboard.batches")
 RETRIED_STATUSES = (429, 503)
@@ -81,7 +83,15 @@ class BatchRunner:
         await self.client.aclose()
 
     async def _run_forever(self) -> None:
+        purged_at = float("-inf")
         while True:
+            if self.clock() - purged_at >= PURGE_INTERVAL_S:  # expired files (`expires_after`) are deleted, not just hidden
+                purged_at = self.clock()
+                try:
+                    if num := await self.store.call(fs.purge, purged_at):
+                        log.info("files: %d expired ones deleted", num)
+                except Exception as exc:  # noqa: BLE001 — the database is down: next time
+                    log.warning("files: purging the expired ones failed: %s", exc)
             try:
                 claimed = await self.store.call(bs.claim_next, self.runner_id, self.clock(), self.config.lease_s)
             except Exception as exc:  # noqa: BLE001 — the database is down: look again later
