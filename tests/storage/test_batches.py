@@ -229,6 +229,9 @@ def test_uploads_are_checked_and_storage_off_says_so(tmp_path, upstream):
         assert refused.value.body["code"] == "invalid_file_format"
         with pytest.raises(openai.BadRequestError):
             client.post("/files", body={"purpose": "batch"}, cast_to=object)  # JSON, not a form
+        with pytest.raises(openai.BadRequestError) as refused:  # a 400, not the database's error (PostgreSQL would refuse it)
+            client.files.create(file=("n" * 600 + ".jsonl", b"{}"), purpose="batch")
+        assert "name" in refused.value.message
         short = client.files.create(file=("notes.txt", b"hello"), purpose="user_data", expires_after={"anchor": "created_at", "seconds": 3600})
         assert short.expires_at == short.created_at + 3600 and client.files.content(short.id).content == b"hello"
         engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")  # an hour passes

@@ -26,6 +26,8 @@ PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 """The purposes a client may upload for (OpenAI's); `batch_output` is the gateway's own."""
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """The form's framing and its other fields, over the file itself."""
+MAX_FILENAME_CHARS = 512
+"""What the files table holds of a name."""
 MAX_LIST = 10_000
 """OpenAI lists up to this many files a page (its default, too)."""
 
@@ -89,8 +91,11 @@ class Files:
             if purpose not in PURPOSES:
                 raise ApiError(400, f"purpose must be one of {', '.join(PURPOSES)}", param="purpose", code="invalid_value")
             content = await upload.read()
+            await form.close()  # its spooled copy
             if len(content) > self.max_file_bytes:
                 raise ApiError(413, f"the file is {len(content)} bytes, over the limit of {self.max_file_bytes}", param="file", code="file_too_large")
+            if len(upload.filename or "") > MAX_FILENAME_CHARS:
+                raise ApiError(400, f"the file's name is over {MAX_FILENAME_CHARS} characters", param="file", code="invalid_value")
             if purpose == "batch" and not (upload.filename or "").endswith(".jsonl"):
                 raise ApiError(400, "a batch's input file must be JSON Lines, named *.jsonl", param="file", code="invalid_file_format")
             now = self.clock()
