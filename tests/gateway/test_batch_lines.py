@@ -17,7 +17,7 @@ def _line(custom_id: str, **over) -> str:
 
 
 def test_requests_come_in_order_with_their_bodies_and_blank_lines_are_skipped():
-    content = f"{_line('a')}\n\n   \n{_line('b')}\r\n".encode()
+    content = f"\ufeff{_line('a')}\n\n   \n{_line('b')}\r\n".encode()  # a byte-order mark, CRLF, blank lines
     requests, errors = ln.parse_input(content, URL, 10)
     assert errors == [] and [(r.line, r.custom_id) for r in requests] == [(0, "a"), (1, "b")]
     assert orjson.loads(requests[0].body) == {"model": "m", "messages": []}

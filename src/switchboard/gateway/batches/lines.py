@@ -43,7 +43,7 @@ def parse_input(content: bytes, endpoint: str, max_requests: int) -> tuple[list[
     """The requests of a batch's input file, or what is wrong with it (at most `MAX_ERRORS` errors; the batch
     fails if there is any)."""
     try:
-        text = content.decode("utf-8")
+        text = content.decode("utf-8-sig")  # a byte-order mark, as some editors write one, is not part of line 1
     except UnicodeDecodeError as exc:
         return [], [LineError("invalid_file", f"the input file is not UTF-8 text: {exc}")]
     requests: list[BatchRequest] = []
