@@ -1,7 +1,7 @@
 """OpenAI's Files and Batch APIs (`client.files`, `client.batches`) through the gateway, judged by the official Python
 and Node clients: a JSONL file uploaded (multipart, as each client frames it), run as a batch of chat completions
 and of embeddings, its output and error files read back and parsed, files and batches paged by the client, the input
-deleted."""
+deleted; and a batch answered by the real engine (SmolLM2 on llama.cpp)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,23 @@ def test_an_embeddings_batch_through_each_official_client(client, request, stori
     output = [json.loads(line) for line in result["body"]["output"].splitlines()]
     assert [len(line["response"]["body"]["data"]) for line in output] == [2, 1]
     assert batch["usage"]["input_tokens"] > 0 and batch["usage"]["output_tokens"] == 0
+
+
+def test_a_batch_on_the_real_engine(tmp_path):
+    """The packaged SmolLM2 on llama.cpp answers a batch's requests as it answers live ones (logprobs, a JSON
+    schema through its grammar), read back with the official client."""
+    from switchboard.testing.servers import serve_smol_gateway
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+    bodies = [{"model": "smol", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8,
+               "temperature": 0, "logprobs": True},
+              {"model": "smol", "messages": [{"role": "user", "content": "Name a city in Japan, as JSON."}], "max_tokens": 24, "temperature": 0,
+               "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}}]
+    with serve_smol_gateway(storage_url=f"sqlite:///{tmp_path / 'log.db'}") as base_url:
+        result = run_python(base_url, {"jsonl": _jsonl("/v1/chat/completions", bodies), "batchEndpoint": "/v1/chat/completions"})
+    batch = result["body"]["batch"]
+    assert batch["status"] == "completed" and batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    first, second = (json.loads(line)["response"]["body"] for line in result["body"]["output"].splitlines())
+    assert first["model"] == "smol" and first["choices"][0]["message"]["content"] and first["choices"][0]["logprobs"]["content"]
+    assert set(json.loads(second["choices"][0]["message"]["content"])) == {"city"}
+    assert batch["usage"]["output_tokens"] == first["usage"]["completion_tokens"] + second["usage"]["completion_tokens"] > 0
