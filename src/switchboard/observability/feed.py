@@ -101,6 +101,7 @@ def dashboard_event(fleet: "LiveFleet", obs: Observability) -> dict[str, Any]:
         "metrics": metrics_summary(obs, now_s),
         "cold_starts": list(obs.watcher.recent_cold_starts)[-20:],
         "routes": [_describe_route(at_s, expert_id, choice) for at_s, expert_id, choice in list(obs.requests.recent_routes)[-ROUTES_SHOWN:]],
+        "batches": {"running": [dict(p) for p in obs.batches.running.values()], "ended": list(obs.batches.recent_ended)},
     }
 
 

@@ -38,6 +38,7 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 COLD_START_BUCKETS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 RECENT_REQUESTS_KEPT = 2048
 RECENT_COLD_STARTS_KEPT = 50
+RECENT_BATCHES_KEPT = 10
 RECENT_ROUTES_KEPT = 50
 NO_EXPERT = "none"
 """The `expert` label of requests refused before an expert was chosen (bad JSON, unknown model, ...)."""
@@ -317,6 +318,15 @@ class BatchMetrics:
         self.in_flight = Gauge("switchboard_batch_requests_in_flight", "Requests of batches being answered now.", registry=registry)
         self.ended = Counter("switchboard_batches_ended", "Batches ended, by final status (completed, failed, expired, cancelled).",
                              ["status"], registry=registry)
+        self.running: dict[str, dict[str, Any]] = {}
+        """The batches this gateway runs now, by id: their endpoint, status and request counts (the dashboard's)."""
+        self.recent_ended: deque[dict[str, Any]] = deque(maxlen=RECENT_BATCHES_KEPT)
+        """The last batches this gateway ended, as they ended (oldest first)."""
+
+    def end(self, progress: dict[str, Any]) -> None:
+        self.running.pop(progress["id"], None)
+        self.ended.labels(progress["status"]).inc()
+        self.recent_ended.append(progress)
 
 
 @dataclasses.dataclass

@@ -241,6 +241,26 @@ function renderRoutes(ev) {
   $("routes").replaceChildren(...(items.length ? items : [h("li", { class: "empty", text: 'no requests for model "auto" yet' })]));
 }
 
+function errors(n) { return `${fmtInt(n)} error${n === 1 ? "" : "s"}`; }
+
+// Running batches first (requests done of their total, a bar), then the last ended, newest first; the panel shows
+// once this gateway has run one.
+function renderBatches(ev) {
+  const batches = ev.batches || { running: [], ended: [] };
+  const running = batches.running.map((b) => h("li", { "data-batch": b.id, "data-status": b.status },
+    h("span", { class: "when", text: b.status === "cancelling" ? "cancelling" : "running" }),
+    h("span", { title: b.id }, h("b", { text: b.id.slice(0, 14) + "…" }), " ", b.endpoint),
+    h("span", {}, `${fmtInt(b.done)} of ${fmtInt(b.total)} done${b.failed ? `, ${errors(b.failed)}` : ""}`,
+      h("span", { class: "bar" }, h("span", { style: `width:${b.total ? (100 * b.done) / b.total : 0}%` })))));
+  const ended = batches.ended.slice().reverse().map((b) => h("li", { "data-batch": b.id, "data-status": b.status },
+    h("span", { class: "when", text: ago(b.at, ev.at) }),
+    h("span", { title: b.id }, h("b", { text: b.id.slice(0, 14) + "…" }), " ", b.endpoint),
+    h("span", { class: "reason" }, h("span", { class: "code", text: b.status }), b.status === "failed" && !b.total ? " its input was refused"
+      : ` ${fmtInt(b.completed)} answered, ${errors(b.failed)} of ${fmtInt(b.total)}`)));
+  $("batches-panel").hidden = !running.length && !ended.length;
+  $("batches").replaceChildren(...running, ...ended);
+}
+
 function render(ev) {
   updateRates(ev);
   renderKpis(ev);
@@ -250,6 +270,7 @@ function render(ev) {
   renderDecisions(ev);
   renderColdStarts(ev);
   renderRoutes(ev);
+  renderBatches(ev);
   $("clock").textContent = new Date(ev.at * 1000).toLocaleTimeString();
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 }

@@ -141,6 +141,9 @@ class BatchRun:
         self.stopping = asyncio.Event()
         """Set when no more requests are to start: the batch was cancelled, it expired, or the runner lost it."""
         self.outcome = "completed"
+        self.progress = {"id": batch_id, "endpoint": body["endpoint"], "status": body["status"], "total": 0, "done": 0, "failed": 0}
+        """What the dashboard shows of it while it runs (BatchMetrics.running: requests done, errors among those this
+        gateway ran) and once it ended (its final request counts)."""
 
     def _now(self) -> float:
         return self.runner.clock()
@@ -153,12 +156,16 @@ class BatchRun:
         if requests is None:
             return
         watcher = asyncio.create_task(self._watch(), name=f"switchboard-batch-lease-{self.batch_id}")
+        running = self.runner.metrics.running
         try:
             if self.body["status"] == "in_progress":
                 done = await self._call(bs.done_lines, self.batch_id)
+                self.progress.update(status="in_progress", total=len(requests), done=len(done))
+                running[self.batch_id] = self.progress
                 await self._run_requests([r for r in requests if r.line not in done])
         finally:
             watcher.cancel()
+            running.pop(self.batch_id, None)
         if self.outcome != "lost":
             await self._finish(requests)
 
@@ -190,7 +197,7 @@ class BatchRun:
         now = int(self._now())
         body = {**self.body, "status": "failed", "failed_at": now, "errors": {"object": "list", "data": [e.as_object() for e in errors]}}
         if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, []):
-            self.runner.metrics.ended.labels("failed").inc()
+            self.runner.metrics.end({**self.progress, "status": "failed", "at": now})
         log.info("batches: %s failed validation: %s", self.batch_id, errors[0].message)
 
     async def _watch(self) -> None:
@@ -213,6 +220,7 @@ class BatchRun:
                 return
             if status == "cancelling":
                 self.body = {**self.body, "status": "cancelling"}
+                self.progress["status"] = "cancelling"
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), min(config.lease_s / 3, max(0.0, self.body["expires_at"] - self._now())))
@@ -269,6 +277,8 @@ class BatchRun:
         line = ln.answered_line(request.custom_id, status, headers.get("x-request-id"), answer)
         await self._call(bs.save_result, self.batch_id, request.line, status >= 400, line)
         metrics.requests.labels(self.body["endpoint"], f"{status // 100}xx").inc()
+        self.progress["done"] += 1
+        self.progress["failed"] += status >= 400
 
     async def _finish(self, requests: list[ln.BatchRequest]) -> None:
         """Writes the output and error files (in input order; the requests never run get an error line saying why)
@@ -299,7 +309,7 @@ class BatchRun:
         if self.outcome == "completed":
             body["finalizing_at"] = int(now)
         if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, outputs):
-            self.runner.metrics.ended.labels(self.outcome).inc()
+            self.runner.metrics.end({**self.progress, "status": self.outcome, **body["request_counts"], "at": now})
             log.info("batches: %s %s: %d completed, %d failed", self.batch_id, self.outcome, len(output), len(errors))
 
 
