@@ -286,3 +286,16 @@ def test_a_batch_taken_up_late_ends_with_what_finished(meanwhile, tmp_path, upst
         assert len(output) + len(errors) == 10 and {line["error"]["code"] for line in errors} == {"batch_expired"}
     else:
         assert batch.status == "failed" and batch.failed_at and batch.errors.data[0].param == "input_file_id" and errors == []
+
+
+def test_a_batch_whose_runs_keep_failing_ends_failed_saying_why(tmp_path, upstream, monkeypatch):
+    from switchboard.gateway.batches import runner
+
+    async def broken(self):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(runner.BatchRun, "run", broken)
+    _, upstream_url = upstream
+    with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'log.db'}", upstream_url, extra=FAST_RUNNER)) as base, _client(base) as client:
+        batch = _wait(client, client.batches.create(input_file_id=_upload(client, [_chat("a", "sim", "x")]).id, endpoint="/v1/chat/completions",
+                                                    completion_window="24h").id)
+        assert batch.status == "failed" and batch.errors.data[0].code == "internal_error" and "RuntimeError: a bug" in batch.errors.data[0].message

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from switchboard.config.schema import BatchesConfig
 from switchboard.gateway.auth import serving
@@ -34,10 +35,12 @@ from switchboard.gateway.errors import ApiError, error_body
 from switchboard.observability.metrics import BatchMetrics
 from switchboard.storage import batches as bs
 from switchboard.storage import files as fs
-from switchboard.storage.kept import PURGE_INTERVAL_S
+from switchboard.storage.kept import PURGE_INTERVAL_S, StoreUnavailable
 
 log = logging.getLogger("switchboard.batches")
 RETRIED_STATUSES = (429, 503)
+MAX_RUN_FAILURES = 5
+"""A batch whose run fails this many times in a row, other than for the database, ends `failed` (a bug)."""
 
 
 class BatchRunner:
@@ -84,6 +87,7 @@ class BatchRunner:
 
     async def _run_forever(self) -> None:
         purged_at = float("-inf")
+        failures: dict[str, int] = {}  # a batch's runs that failed in a row
         while True:
             if self.clock() - purged_at >= PURGE_INTERVAL_S:  # expired files (`expires_after`) are deleted, not just hidden
                 purged_at = self.clock()
@@ -110,9 +114,28 @@ class BatchRunner:
                 with contextlib.suppress(Exception):  # the lease lapses anyway
                     await asyncio.shield(self.store.call(bs.release, batch_id, self.runner_id))
                 raise
-            except Exception:  # noqa: BLE001 — a bug or the database: the lease lapses, the batch is taken up again
-                log.exception("batches: running %s failed; it is taken up again once its lease lapses", batch_id)
+            except (StoreUnavailable, SQLAlchemyError):  # the database: taken up again once it answers, however long that takes
+                log.warning("batches: running %s stopped: the database failed; taken up again later", batch_id, exc_info=True)
                 await asyncio.sleep(self.config.poll_interval_s)
+            except Exception as exc:  # noqa: BLE001 — a bug: taken up again at the next look, a few times
+                failures[batch_id] = failures.get(batch_id, 0) + 1
+                log.exception("batches: running %s failed (%d of %d tries)", batch_id, failures[batch_id], MAX_RUN_FAILURES)
+                if failures[batch_id] >= MAX_RUN_FAILURES:  # not again and again, holding up the batches behind it
+                    await self._give_up(claimed, exc)
+                await asyncio.sleep(self.config.poll_interval_s)
+            else:
+                failures.pop(batch_id, None)
+
+    async def _give_up(self, claimed: tuple[str, str | None, dict[str, Any]], exc: Exception) -> None:
+        """Ends a batch whose runs keep failing as `failed`, saying why (its answers so far are dropped)."""
+        batch_id, _, body = claimed
+        error = ln.LineError("internal_error", f"running the batch failed {MAX_RUN_FAILURES} times; the last: {type(exc).__name__}: {exc}")
+        body = {**body, "status": "failed", "failed_at": int(self.clock()), "errors": {"object": "list", "data": [error.as_object()]}}
+        try:
+            if await self.store.call(bs.finish, batch_id, self.runner_id, body, []):
+                self.metrics.end({"id": batch_id, "endpoint": body["endpoint"], "status": "failed", "total": 0, "at": self.clock()})
+        except Exception as finish_exc:  # noqa: BLE001 — the database is down: it is tried again after the next failures
+            log.warning("batches: %s could not be marked failed: %s", batch_id, finish_exc)
 
     async def post(self, endpoint: str, key_id: str | None, body: bytes) -> tuple[int, dict[str, str], bytes]:
         """One request through the gateway, as `key_id`: (status, headers, body)."""
