@@ -245,3 +245,27 @@ storage: {{url: "sqlite:///{tmp_path / 'requests.db'}", flush_interval_s: 0.05}}
                 assert chunks and any(c.choices and c.choices[0].finish_reason for c in chunks)
                 scored = httpx.post(url + "/v1/feedback", json={"request_id": raw.headers["x-request-id"], "score": 1.0}, timeout=30)
                 assert scored.status_code == 201, scored.text
+
+
+def test_a_keys_rate_limit_headers_replace_the_upstreams(upstream, tmp_path):
+    """Through an `openai` expert the upstream's `x-ratelimit-*` (the gateway's own account there) come back to a
+    caller without limits; a key with `rpm` gets its own, once each, not the upstream's beside them."""
+    from switchboard.storage import database
+    from switchboard.tenants.keys import KeyLimits
+    from switchboard.tenants.store import create_key
+
+    db = f"sqlite:///{tmp_path / 'keys.db'}"
+    engine = database.open_engine(db)
+    database.migrate(engine)
+    limited, unlimited = (create_key(engine, name, "acme", limits)[1] for name, limits in (("limited", KeyLimits(rpm=10)), ("open", KeyLimits())))
+    engine.dispose()
+    with serve_in_thread(upstream) as upstream_base:
+        config = parse_config(f'experts: [{{id: gpt, backend: {{kind: openai, base_url: "{upstream_base}/v1", model: gpt-4o-mini}}}}]\n'
+                              f'storage: {{url: "{db}"}}\nauth: {{enabled: true}}')
+        with serve_in_thread(build_app(config, environ={"SWITCHBOARD_ADMIN_KEY": "admin-" + "k" * 40})) as url:
+            def headers(key: str) -> httpx.Headers:
+                return httpx.post(url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES},
+                                  headers={"authorization": f"Bearer {key}"}).headers
+            assert headers(unlimited)["x-ratelimit-remaining-requests"] == "4999"
+            mine = headers(limited)
+            assert mine.get_list("x-ratelimit-remaining-requests") == ["9"] and mine["x-ratelimit-limit-requests"] == "10"

@@ -382,10 +382,13 @@ class AuthMiddleware:
 
         async def send_with_policy(message: Any) -> None:
             if message["type"] == "http.response.start" and (caller.policy_note or caller.rate_headers):
+                headers = message.get("headers", [])
                 extra = [(k.encode(), v.encode()) for k, v in (caller.rate_headers or {}).items()]
+                if extra:  # the key's limits are the caller's, not those an `openai` upstream set on the gateway's account
+                    headers = [(k, v) for k, v in headers if not k.lower().startswith(b"x-ratelimit-")]
                 if caller.policy_note:
                     extra.append((POLICY_HEADER.encode(), caller.policy_note.encode("latin-1", "replace")))
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
         with serving(self.gate, caller):
