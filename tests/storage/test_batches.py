@@ -299,3 +299,23 @@ def test_a_batch_whose_runs_keep_failing_ends_failed_saying_why(tmp_path, upstre
         batch = _wait(client, client.batches.create(input_file_id=_upload(client, [_chat("a", "sim", "x")]).id, endpoint="/v1/chat/completions",
                                                     completion_window="24h").id)
         assert batch.status == "failed" and batch.errors.data[0].code == "internal_error" and "RuntimeError: a bug" in batch.errors.data[0].message
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/responses", "/v1/completions"])
+def test_responses_and_legacy_completions_run_as_batches_too(endpoint, tmp_path, upstream):
+    _, upstream_url = upstream
+    body = {"model": "sim", "input": "Say something.", "max_output_tokens": 6} if endpoint == "/v1/responses" else \
+        {"model": "sim", "prompt": "Say something.", "max_tokens": 6}
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": body} for i in range(3)]
+    with serve_in_thread(storing_app(f"sqlite:///{tmp_path / 'log.db'}", upstream_url, extra=FAST_RUNNER)) as base, _client(base) as client:
+        batch = _wait(client, client.batches.create(input_file_id=_upload(client, lines).id, endpoint=endpoint, completion_window="24h").id)
+        output = _lines(client, batch.output_file_id)
+        assert batch.status == "completed" and [line["custom_id"] for line in output] == ["r0", "r1", "r2"]
+        answers = [line["response"]["body"] for line in output]
+        if endpoint == "/v1/responses":
+            assert {a["object"] for a in answers} == {"response"}
+            assert {(a["status"], a["incomplete_details"]["reason"]) for a in answers} == {("incomplete", "max_output_tokens")}  # 6 tokens
+            assert client.responses.retrieve(answers[0]["id"]).id == answers[0]["id"]  # stored, as a live one is
+        else:
+            assert {a["object"] for a in answers} == {"text_completion"}
+        assert batch.usage.output_tokens == 18
