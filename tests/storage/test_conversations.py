@@ -168,3 +168,29 @@ def test_turn_locks_serialize_one_conversation_and_time_out_as_a_409():
         assert locks._locks == {}
 
     asyncio.run(scenario())
+
+
+def test_a_turn_is_kept_with_its_stored_response_or_alone_when_not_stored(tmp_path, upstream):
+    """Stored (the default), a Response and its turn are written in one commit; with `store: false` the turn is kept
+    alone, the Response not at all."""
+    from sqlalchemy import create_engine, func, select
+
+    from switchboard.storage.models import conversation_items_table, responses_table
+
+    _, upstream_url = upstream
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    with serve_in_thread(storing_app(db, upstream_url)) as base, _client(base) as client:
+        conversation = client.conversations.create()
+        stored = client.responses.create(model="rec", conversation=conversation.id, input="One.")
+        unstored = client.responses.create(model="rec", conversation=conversation.id, input="Two.", store=False)
+        assert stored.store is True and unstored.store is False
+        assert _texts(client.conversations.items.list(conversation.id, order="asc")) == [
+            ("user", "One."), ("assistant", "recorded"), ("user", "Two."), ("assistant", "recorded")]
+        assert client.responses.retrieve(stored.id).id == stored.id
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(unstored.id)
+    engine = create_engine(db)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(conversation_items_table)).scalar_one() == 4
+        assert connection.execute(select(func.count()).select_from(responses_table)).scalar_one() == 1
+    engine.dispose()

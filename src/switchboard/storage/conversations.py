@@ -81,9 +81,14 @@ def remove(engine: Engine, conversation_id: str, key_id: str | None) -> bool:
 def append(engine: Engine, conversation_id: str, key_id: str | None, items: list[dict[str, Any]]) -> bool:
     """Adds `items` after the conversation's last; False if `key_id` has no such conversation."""
     with engine.begin() as connection:
-        if _conversation(connection, conversation_id, key_id) is None:
-            return False
-        _add_items(connection, conversation_id, items)
+        return append_on(connection, conversation_id, key_id, items)
+
+
+def append_on(connection: Any, conversation_id: str, key_id: str | None, items: list[dict[str, Any]]) -> bool:
+    """`append` within the caller's transaction (a stored Response's, whose turn it is: one commit for both)."""
+    if _conversation(connection, conversation_id, key_id) is None:
+        return False
+    _add_items(connection, conversation_id, items)
     return True
 
 

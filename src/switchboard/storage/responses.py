@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,10 +18,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, delete, select
 
+from switchboard.storage import conversations
 from switchboard.storage.database import insert_or_ignore
 from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, ExpiringStore, StoreUnavailable
 from switchboard.storage.models import responses_table
 
+log = logging.getLogger("switchboard.storage")
 __all__ = ["PURGE_INTERVAL_S", "UNAVAILABLE_BACKOFF_S", "DisabledResponseStore", "ResponseStore", "StoreUnavailable", "StoredResponse"]
 
 
@@ -32,12 +35,21 @@ class StoredResponse:
 
 # ---- blocking (a worker thread) ----
 
-def save_many(engine: Engine, rows: list[tuple[str, str | None, float, bytes, bytes]]) -> None:
-    """Writes (id, key id, created at (Unix s), body JSON, input items JSON) rows in one transaction."""
+Turn = tuple[str, list[dict[str, Any]]]
+"""A conversation's id and the items a stored Response adds to it (its input and output, as stored)."""
+
+
+def save_many(engine: Engine, rows: list[tuple[str, str | None, float, bytes, bytes, Turn | None]]) -> None:
+    """Writes (id, key id, created at (Unix s), body JSON, input items JSON, the turn to append or None) rows in one
+    transaction: a Response given a conversation and its turn are committed together. A turn whose conversation is
+    gone (deleted meanwhile) is dropped, logged."""
     values = [{"id": i, "key_id": k, "created_at": dt.datetime.fromtimestamp(t, dt.timezone.utc), "body": b.decode(), "input_items": items.decode()}
-              for i, k, t, b, items in rows]
+              for i, k, t, b, items, _ in rows]
     with engine.begin() as connection:
         connection.execute(insert_or_ignore(engine, responses_table), values)
+        for response_id, key_id, _, _, _, turn in rows:
+            if turn is not None and not conversations.append_on(connection, turn[0], key_id, turn[1]):
+                log.warning("conversations: %s was deleted before response %s could be added to it", turn[0], response_id)
 
 
 def _mine(query: Any, response_id: str, key_id: str | None) -> Any:
@@ -73,9 +85,11 @@ class ResponseStore(ExpiringStore):
     def __init__(self, run: Callable[[Callable[[Engine], Any]], Awaitable[Any]], retention_s: float, clock: Callable[[], float] = time.time) -> None:
         super().__init__(run, retention_s, save_rows=save_many, purge_before=purge, what="stored responses", clock=clock)
 
-    async def save(self, response_id: str, key_id: str | None, body: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        """Returns once the response is committed (group-committed with saves arriving meanwhile)."""
-        await self._save((response_id, key_id, self.clock(), orjson.dumps(body), orjson.dumps(input_items)))
+    async def save(self, response_id: str, key_id: str | None, body: dict[str, Any], input_items: list[dict[str, Any]],
+                   turn: Turn | None = None) -> None:
+        """Returns once the response — and `turn`, its items appended to its conversation — is committed
+        (group-committed with saves arriving meanwhile)."""
+        await self._save((response_id, key_id, self.clock(), orjson.dumps(body), orjson.dumps(input_items), turn))
 
     async def load(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         found = await self._call(lambda engine: load(engine, response_id, key_id, self.not_before_s()))

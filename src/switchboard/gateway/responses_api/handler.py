@@ -141,23 +141,26 @@ class ResponsesHandler:
     async def _keep(self, translated: rq.Translated, body: dict[str, Any]) -> None:
         """Stores a finished Response when asked, and adds its input and output to its conversation, before the
         client has it (a follow-up may come at once); `body["store"]` says whether it was stored."""
-        if (conversation := rq.conversation_id(translated.request)) is not None:
+        conversation = rq.conversation_id(translated.request)
+        turn_items = [*translated.new_items, *body.get("output", [])] if conversation is not None else []
+        body["store"] = self._stores(translated)
+        if body["store"]:
+            items = [as_stored_item(item) for item in translated.input_items]
+            turn = (conversation, [as_stored_item(item) for item in turn_items]) if conversation is not None else None
             try:
-                if not await self.conversations.extend(conversation, [*translated.new_items, *body.get("output", [])]):
+                await self.store.save(body["id"], caller_key_id(), body, items, turn)  # one commit for the Response and its turn
+                return
+            except StoreUnavailable:  # the database failed a moment ago (that was logged): not tried
+                body["store"] = False
+            except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
+                log.warning("stored responses: %s not stored (%s: %s)", body["id"], type(exc).__name__, exc)
+                body["store"] = False
+        if conversation is not None:  # not stored (`store: false`, or the save failed): the turn on its own
+            try:
+                if not await self.conversations.extend(conversation, turn_items):
                     log.warning("conversations: %s was deleted before response %s could be added to it", conversation, body["id"])
             except ApiError as exc:  # the database failed: the answer stands, the conversation misses this turn (logged)
                 log.warning("conversations: response %s not added to %s (%s)", body["id"], conversation, exc.message)
-        body["store"] = self._stores(translated)
-        if not body["store"]:
-            return
-        items = [as_stored_item(item) for item in translated.input_items]
-        try:
-            await self.store.save(body["id"], caller_key_id(), body, items)
-        except StoreUnavailable:  # the database failed a moment ago (that was logged): not tried
-            body["store"] = False
-        except Exception as exc:  # noqa: BLE001 — the answer stands; it just cannot be continued or retrieved
-            log.warning("stored responses: %s not stored (%s: %s)", body["id"], type(exc).__name__, exc)
-            body["store"] = False
 
     async def _stored(self, request: Request) -> Any:
         response_id = request.path_params["response_id"]
