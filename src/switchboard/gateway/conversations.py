@@ -92,7 +92,7 @@ class TurnLocks:
 
 class Conversations:
     """The `/v1/conversations` endpoints over `store` (storage/conversations.py: ConversationStore, or
-    DisabledConversationStore), and what responses given a conversation need: `turn`, `history` and `extend`."""
+    DisabledConversationStore), and what responses given a conversation need: `turns`, `history` and `extend`."""
 
     def __init__(self, store: Any, max_body_bytes: int, clock: Any = time.time, turn_wait_s: float = 300.0) -> None:
         self.store = store
