@@ -93,6 +93,20 @@ def test_shortest_predicted_first_orders_by_prediction_with_aging():
     assert [r.request_id for r in fifo.order(q[::-1], now_s=5)] == ["q1", "q2", "q3"]
 
 
+def test_every_order_starts_live_requests_before_a_batchs():
+    import dataclasses
+
+    background = (dataclasses.replace(request(1, at_s=0, output=10), is_background=True),
+                  dataclasses.replace(request(2, at_s=1, output=10), is_background=True))
+    live = (request(3, at_s=5, output=500), request(4, at_s=6, output=100))
+    for kind in ("fifo", "shortest-predicted-first"):
+        order = make_queue_order(QueueOrderSettings(kind=kind, max_wait_s=10))
+        ordered = [r.request_id for r in order.order(background + live, now_s=100)]  # all waited past max_wait_s
+        assert ordered == ["q3", "q4", "q1", "q2"]  # live first, each kind in arrival order (starving or FIFO)
+        assert order.next_request(background + live, now_s=7).request_id == ("q3" if kind == "fifo" else "q4")
+        assert order.next_request(background, now_s=7).request_id == "q1"  # alone, they run
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 100), st.integers(1, 4000)), max_size=30), st.floats(0, 200))
 def test_ordering_is_a_permutation(items, now):

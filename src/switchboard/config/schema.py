@@ -298,6 +298,8 @@ class BatchesConfig(_Strict):
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="The largest file `POST /v1/files` takes (OpenAI's batch input limit: 200 MB).")
     max_requests: int = Field(50_000, ge=1, description="The most requests one batch may hold (OpenAI's limit).")
     max_concurrency: int = Field(2, ge=1, description="Requests of batches run at once by a gateway: what is left of the fleet for live traffic.")
+    background_priority: bool = Field(True, description="A batch's requests queue behind live ones at a replica: a queued live request starts "
+                                      "first (false: the queue's own order, as live ones).")
     lease_s: float = Field(30.0, gt=0, description="A running batch's claim lapses this long after its gateway stops renewing it (it stopped or died); "
                            "another gateway, or this one restarted, then takes the batch up where it was.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often an idle gateway looks for batches to run that it was not told of (made on another "

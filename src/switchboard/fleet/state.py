@@ -176,6 +176,8 @@ class QueuedRequest:
     ttft_slo_s: Seconds = 2.0
     prefix_key: str = ""
     """Hash of the conversation prefix for prefix affinity ('' = none)."""
+    is_background: bool = False
+    """A batch's request (docs/api.md "Batches"): every queue order starts live requests before it."""
 
     @property
     def num_tokens(self) -> int:

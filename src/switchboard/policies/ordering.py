@@ -44,14 +44,15 @@ class QueueOrderPolicy(abc.ABC):
         """Smaller keys are served first; ties keep arrival order."""
 
     def order(self, queue: Sequence[QueuedRequest], now_s: Seconds) -> tuple[QueuedRequest, ...]:
-        """A permutation of `queue` (stable)."""
-        return tuple(sorted(queue, key=lambda r: (*self.sort_key(r, now_s), r.arrived_at, r.request_id)))
+        """A permutation of `queue` (stable): live requests before background ones (a batch's), each in the
+        policy's order."""
+        return tuple(sorted(queue, key=lambda r: (r.is_background, *self.sort_key(r, now_s), r.arrived_at, r.request_id)))
 
     def next_request(self, queue: Sequence[QueuedRequest], now_s: Seconds) -> QueuedRequest:
-        """The request to start next; raises ValueError on an empty queue."""
+        """The request to start next (a live one if any is queued); raises ValueError on an empty queue."""
         if not queue:
             raise ValueError("empty queue")
-        return min(queue, key=lambda r: (*self.sort_key(r, now_s), r.arrived_at, r.request_id))
+        return min(queue, key=lambda r: (r.is_background, *self.sort_key(r, now_s), r.arrived_at, r.request_id))
 
 
 QUEUE_ORDER_POLICIES: Registry[QueueOrderKind, QueueOrderPolicy] = Registry("queue-order")

@@ -20,6 +20,7 @@ to start, and migration (which moves queued requests) acts only on those.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import heapq
 import logging
@@ -62,6 +63,9 @@ from switchboard.runtime.sleeping import LiveSleepTier, stop_after_sleep
 from switchboard.runtime.view import describe_fleet
 from switchboard.types import ExpertId, ReplicaId, ReplicaState, RequestId, WorkerId
 
+background_request: contextvars.ContextVar[bool] = contextvars.ContextVar("switchboard_background_request", default=False)
+"""True while a batch's request is served (the batch runner sets it around each): its lease's queued request is
+background, started after every live one queued with it (policies/ordering.py)."""
 log = logging.getLogger("switchboard.fleet")
 
 Clock = Callable[[], float]
@@ -271,7 +275,7 @@ class LiveFleet:
             return Lease(self, expert_id, None)
         request = QueuedRequest(
             RequestId(request_id), expert.id, self.clock(), num_prompt_tokens, max_tokens,
-            ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key,
+            ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key, is_background=background_request.get(),
         )
         return Lease(self, expert_id, request)
 

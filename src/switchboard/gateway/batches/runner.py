@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from switchboard.config.schema import BatchesConfig
+from switchboard.runtime.fleet import background_request
 from switchboard.gateway.auth import serving
 from switchboard.gateway.batches import lines as ln
 from switchboard.gateway.errors import ApiError, error_body
@@ -138,7 +139,16 @@ class BatchRunner:
             log.warning("batches: %s could not be marked failed: %s", batch_id, finish_exc)
 
     async def post(self, endpoint: str, key_id: str | None, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """One request through the gateway, as `key_id`: (status, headers, body)."""
+        """One request through the gateway, as `key_id`, at background priority (`batches.background_priority`):
+        (status, headers, body)."""
+        token = background_request.set(True) if self.config.background_priority else None
+        try:
+            return await self._post(endpoint, key_id, body)
+        finally:
+            if token is not None:
+                background_request.reset(token)
+
+    async def _post(self, endpoint: str, key_id: str | None, body: bytes) -> tuple[int, dict[str, str], bytes]:
         headers = {"content-type": "application/json"}
         if key_id is None or self.gate is None:
             response = await self.client.post(endpoint, content=body, headers=headers)
