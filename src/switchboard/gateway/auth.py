@@ -119,18 +119,13 @@ class TenantGate:
     def caller_for(self, key_id: str) -> Caller:
         """The caller for a request made on behalf of the key `key_id` (a request of its batch); ApiError 401 if the
         key is gone or revoked since."""
-        key = self.registry.by_id(key_id)
+        key = _not_revoked(self.registry.by_id(key_id))
         if key is None:
             raise ApiError(401, f"API key {key_id} no longer exists", code="invalid_api_key")
-        if key.is_revoked:
-            raise ApiError(401, f"API key {key.key_id} ({key.prefix}…) was revoked", code="revoked_api_key")
         return Caller(key)
 
     def _valid(self, digest: str) -> ApiKey | None:
-        key = self.registry.lookup(digest)
-        if key is not None and key.is_revoked:
-            raise ApiError(401, f"API key {key.key_id} ({key.prefix}…) was revoked", code="revoked_api_key")
-        return key
+        return _not_revoked(self.registry.lookup(digest))
 
     # ---- admission: limits, then quality floor and cost ceiling
 
@@ -269,6 +264,13 @@ class TenantGate:
         dropped; its window entry stays (it counts as a request)."""
         if caller.reservation is not None:
             self.ledger.release(caller.reservation)
+
+
+def _not_revoked(key: ApiKey | None) -> ApiKey | None:
+    """`key` (None stays None); ApiError 401 if it was revoked."""
+    if key is not None and key.is_revoked:
+        raise ApiError(401, f"API key {key.key_id} ({key.prefix}…) was revoked", code="revoked_api_key")
+    return key
 
 
 def merge_routing(routing: RoutingParams | None, quality_floor: float | None, usd_per_mtok_ceiling: float | None) -> RoutingParams:

@@ -9,7 +9,6 @@ once an hour, on a write.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from sqlalchemy import Engine, delete, select
 
 from switchboard.storage import conversations
 from switchboard.storage.database import insert_or_ignore
-from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, ExpiringStore, StoreUnavailable
+from switchboard.storage.kept import PURGE_INTERVAL_S, UNAVAILABLE_BACKOFF_S, DisabledStore, ExpiringStore, StoreUnavailable, owned_by, utc
 from switchboard.storage.models import responses_table
 
 log = logging.getLogger("switchboard.storage")
@@ -43,7 +42,7 @@ def save_many(engine: Engine, rows: list[tuple[str, str | None, float, bytes, by
     """Writes (id, key id, created at (Unix s), body JSON, input items JSON, the turn to append or None) rows in one
     transaction: a Response given a conversation and its turn are committed together. A turn whose conversation is
     gone (deleted meanwhile) is dropped, logged."""
-    values = [{"id": i, "key_id": k, "created_at": dt.datetime.fromtimestamp(t, dt.timezone.utc), "body": b.decode(), "input_items": items.decode()}
+    values = [{"id": i, "key_id": k, "created_at": utc(t), "body": b.decode(), "input_items": items.decode()}
               for i, k, t, b, items, _ in rows]
     with engine.begin() as connection:
         connection.execute(insert_or_ignore(engine, responses_table), values)
@@ -54,13 +53,13 @@ def save_many(engine: Engine, rows: list[tuple[str, str | None, float, bytes, by
 
 def _mine(query: Any, response_id: str, key_id: str | None) -> Any:
     c = responses_table.c
-    return query.where(c.id == response_id, c.key_id.is_(None) if key_id is None else c.key_id == key_id)
+    return query.where(c.id == response_id, owned_by(responses_table, key_id))
 
 
 def load(engine: Engine, response_id: str, key_id: str | None, not_before_s: float) -> tuple[str, str] | None:
     """(body, input items) as stored, if the row is `key_id`'s and was made at or after `not_before_s`."""
     c = responses_table.c
-    query = _mine(select(c.body, c.input_items), response_id, key_id).where(c.created_at >= dt.datetime.fromtimestamp(not_before_s, dt.timezone.utc))
+    query = _mine(select(c.body, c.input_items), response_id, key_id).where(c.created_at >= utc(not_before_s))
     with engine.connect() as connection:
         row = connection.execute(query).first()
     return None if row is None else (row[0], row[1])
@@ -73,7 +72,7 @@ def remove(engine: Engine, response_id: str, key_id: str | None) -> bool:
 
 def purge(engine: Engine, before_s: float) -> int:
     with engine.begin() as connection:
-        query = delete(responses_table).where(responses_table.c.created_at < dt.datetime.fromtimestamp(before_s, dt.timezone.utc))
+        query = delete(responses_table).where(responses_table.c.created_at < utc(before_s))
         return connection.execute(query).rowcount
 
 

@@ -181,9 +181,6 @@ class BatchRun:
     def _now(self) -> float:
         return self.runner.clock()
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.store.call(fn, *args)
-
     async def run(self) -> None:
         requests = await self._requests()
         if requests is None:
@@ -192,7 +189,7 @@ class BatchRun:
         running = self.runner.metrics.running
         try:
             if self.body["status"] == "in_progress":
-                done = await self._call(bs.done_lines, self.batch_id)
+                done = await self.store.call(bs.done_lines, self.batch_id)
                 self.progress.update(status="in_progress", total=len(requests), done=len(done))
                 running[self.batch_id] = self.progress
                 await self._run_requests([r for r in requests if r.line not in done])
@@ -205,7 +202,7 @@ class BatchRun:
     async def _requests(self) -> list[ln.BatchRequest] | None:
         """The batch's requests (validating it first if it is new); None if it ended here (failed validation)."""
         body = self.body
-        content = await self._call(fs.content, body["input_file_id"], self.key_id, self._now())
+        content = await self.store.call(fs.content, body["input_file_id"], self.key_id, self._now())
         if content is None:
             gone = ln.LineError("invalid_file", f"the input file '{body['input_file_id']}' no longer exists", param="input_file_id")
             if body["status"] == "validating":
@@ -229,7 +226,7 @@ class BatchRun:
     async def _fail(self, errors: list[ln.LineError]) -> None:
         now = int(self._now())
         body = {**self.body, "status": "failed", "failed_at": now, "errors": {"object": "list", "data": [e.as_object() for e in errors]}}
-        if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, []):
+        if await self.store.call(bs.finish, self.batch_id, self.runner.runner_id, body, []):
             self.runner.metrics.end({**self.progress, "status": "failed", "at": now})
         log.info("batches: %s failed validation: %s", self.batch_id, errors[0].message)
 
@@ -244,7 +241,7 @@ class BatchRun:
                 self._stop("expired")
                 return
             try:
-                status = await self._call(bs.renew, self.batch_id, self.runner.runner_id, self._now(), config.lease_s)
+                status = await self.store.call(bs.renew, self.batch_id, self.runner.runner_id, self._now(), config.lease_s)
             except Exception as exc:  # noqa: BLE001 — the database is down: keep going, the lease may hold
                 log.warning("batches: renewing the lease of %s failed: %s", self.batch_id, exc)
                 status = self.body["status"]
@@ -308,7 +305,7 @@ class BatchRun:
         except orjson.JSONDecodeError:
             answer = content.decode("utf-8", "replace")
         line = ln.answered_line(request.custom_id, status, headers.get("x-request-id"), answer)
-        await self._call(bs.save_result, self.batch_id, request.line, status >= 400, line)
+        await self.store.call(bs.save_result, self.batch_id, request.line, status >= 400, line)
         metrics.requests.labels(self.body["endpoint"], f"{status // 100}xx").inc()
         self.progress["done"] += 1
         self.progress["failed"] += status >= 400
@@ -318,7 +315,7 @@ class BatchRun:
         and the batch's final state."""
         if self.outcome == "completed" and self.body["status"] == "cancelling":
             self.outcome = "cancelled"
-        results = await self._call(bs.results, self.batch_id)
+        results = await self.store.call(bs.results, self.batch_id)
         by_line = {line: (is_error, text.encode()) for line, is_error, text in results}
         for request in requests:
             if request.line not in by_line:
@@ -341,7 +338,7 @@ class BatchRun:
                 "usage": batch_usage(orjson.loads(text) for _, is_error, text in results if not is_error)}
         if self.outcome == "completed":
             body["finalizing_at"] = int(now)
-        if await self._call(bs.finish, self.batch_id, self.runner.runner_id, body, outputs):
+        if await self.store.call(bs.finish, self.batch_id, self.runner.runner_id, body, outputs):
             self.runner.metrics.end({**self.progress, "status": self.outcome, **body["request_counts"], "at": now})
             log.info("batches: %s %s: %d completed, %d failed", self.batch_id, self.outcome, len(output), len(errors))
 
