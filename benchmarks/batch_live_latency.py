@@ -8,10 +8,13 @@ sequence at a time): live chat requests sent one after another while a batch of 
                   one running)
 
 Each arm is a fresh gateway (`storage` on SQLite in a scratch directory, `batches.max_concurrency: 2`), the
-official openai client, arms alternated over rounds. Reported per arm: the live requests' p50 and p90 latency,
-the ratio of each p50 to idle's, and how many of the batch's requests finished while the live ones ran.
+official openai client, arms alternated over rounds. Reported per arm: the live requests' p50 and p90 latency
+(of those served), the ratio of each p50 to idle's, how many live requests admission refused (a 429: predicted to
+miss `--ttft-slo-s`; the default 300 s never refuses), and how many of the batch's requests finished while the
+live ones ran. With the expert's default SLO (`--ttft-slo-s 2`) it shows whether admission predicts a live
+request behind the batch's queued requests, which it overtakes (it should not: `policies/predict.py`).
 
-Run: .venv/bin/python benchmarks/batch_live_latency.py [--rounds 2] [--live 12] [--json out.json]
+Run: .venv/bin/python benchmarks/batch_live_latency.py [--rounds 2] [--live 12] [--ttft-slo-s 300] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ experts:
     backend: {{kind: llamacpp, n_threads: 1}}
     context_tokens: 2048
     warm_at_start: true
-    ttft_slo_s: 300
+    ttft_slo_s: {ttft_slo_s}
 storage: {{url: "sqlite:///{db}"}}
 batches: {{max_concurrency: 2, poll_interval_s: 0.2, background_priority: {priority}}}
 """
@@ -42,10 +45,11 @@ ARMS = ("idle", "arrival", "background")
 QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hello in Spanish."]
 
 
-def one_arm(arm: str, num_live: int) -> tuple[list[float], int]:
-    """The live requests' latencies (s), and the batch's requests finished meanwhile."""
+def one_arm(arm: str, num_live: int, ttft_slo_s: float) -> tuple[list[float], int, int]:
+    """The served live requests' latencies (s), how many were refused, and the batch's requests finished meanwhile."""
     with tempfile.TemporaryDirectory() as scratch:
-        config = parse_config(CONFIG.format(db=f"{scratch}/log.db", priority="false" if arm == "arrival" else "true"))
+        config = parse_config(CONFIG.format(db=f"{scratch}/log.db", priority="false" if arm == "arrival" else "true",
+                                            ttft_slo_s=ttft_slo_s))
         with serve_in_thread(build_app(config), startup_timeout_s=180) as base:
             client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
             client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=4)  # warm
@@ -59,41 +63,48 @@ def one_arm(arm: str, num_live: int) -> tuple[list[float], int]:
                 while client.batches.retrieve(batch.id).request_counts.completed < 1:  # the batch is under way
                     time.sleep(0.05)
             done_before = client.batches.retrieve(batch.id).request_counts.completed if batch else 0
-            took = []
+            took, num_refused = [], 0
             for i in range(num_live):
                 started = time.perf_counter()
-                client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                                               max_tokens=16, temperature=0)
-                took.append(time.perf_counter() - started)
+                try:
+                    client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                                                   max_tokens=16, temperature=0)
+                    took.append(time.perf_counter() - started)
+                except openai.RateLimitError:  # admission: predicted past the SLO
+                    num_refused += 1
                 time.sleep(0.2)  # a user's pause: the worker has time to start a batch request
             done = (client.batches.retrieve(batch.id).request_counts.completed - done_before) if batch else 0
             if batch is not None:
                 client.batches.cancel(batch.id)
-    return took, done
+    return took, num_refused, done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--live", type=int, default=12)
+    parser.add_argument("--ttft-slo-s", type=float, default=300.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     took: dict[str, list[float]] = {arm: [] for arm in ARMS}
     done: dict[str, int] = {arm: 0 for arm in ARMS}
+    refused: dict[str, int] = {arm: 0 for arm in ARMS}
     for r in range(args.rounds):
         for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
-            latencies, num_done = one_arm(arm, args.live)
+            latencies, num_refused, num_done = one_arm(arm, args.live, args.ttft_slo_s)
             took[arm] += latencies
+            refused[arm] += num_refused
             done[arm] += num_done
-    p50 = {arm: statistics.median(took[arm]) for arm in ARMS}
-    print(f"{args.live} live requests (max_tokens 16) an arm a round, {args.rounds} rounds; batch requests max_tokens 96; SmolLM2-135M, 1 thread")
-    print(f"{'arm':<11} {'p50 s':>7} {'p90 s':>7} {'p50 vs idle':>12} {'batch requests done meanwhile':>31}")
+    p50 = {arm: statistics.median(took[arm]) if took[arm] else float("nan") for arm in ARMS}
+    print(f"{args.live} live requests (max_tokens 16) an arm a round, {args.rounds} rounds; batch requests max_tokens 96; "
+          f"SmolLM2-135M, 1 thread; TTFT SLO {args.ttft_slo_s:g} s")
+    print(f"{'arm':<11} {'p50 s':>7} {'p90 s':>7} {'p50 vs idle':>12} {'refused':>8} {'batch requests done meanwhile':>31}")
     for arm in ARMS:
-        p90 = statistics.quantiles(took[arm], n=10)[-1]
-        print(f"{arm:<11} {p50[arm]:>7.3f} {p90:>7.3f} {p50[arm] / p50['idle']:>11.2f}x {done[arm]:>31}")
+        p90 = statistics.quantiles(took[arm], n=10)[-1] if len(took[arm]) > 1 else float("nan")
+        print(f"{arm:<11} {p50[arm]:>7.3f} {p90:>7.3f} {p50[arm] / p50['idle']:>11.2f}x {refused[arm]:>8} {done[arm]:>31}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"latencies_s": took, "batch_done": done}, fh, indent=2)
+            json.dump({"latencies_s": took, "refused": refused, "batch_done": done}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,40 @@ storage: {enabled: false}
         await actor.shutdown()
 
 
+async def test_a_batchs_request_waits_behind_a_live_one_queued_after_it():
+    """A Ray gateway's batch request is marked (`is_background`) in its call to the control actor, whose queue
+    starts live requests first: with one sequence busy, a live request queued after a batch's runs before it."""
+    import asyncio
+
+    config = parse_config("""
+experts:
+  - {id: e, backend: {kind: simulated, time_scale: 0, max_concurrency: 1}, warm_at_start: true, ttft_slo_s: 300}
+control_plane: {policies: {autoscale: {max_replicas: 1}}}
+router: {enabled: false}
+storage: {enabled: false}
+""")
+    actor = ControlActor(config.model_dump(mode="json"), gateway_timeout_s=60.0)
+    await actor.start()
+    try:
+        first = await actor.acquire("e", "r1", 10, 4, "", "gw")
+        assert first[0] == "ok"
+        batch = asyncio.create_task(actor.acquire("e", "b1", 10, 4, "", "gw", is_background=True))
+        await asyncio.sleep(0.05)  # queued first
+        live = asyncio.create_task(actor.acquire("e", "r2", 10, 4, "", "gw"))
+        await asyncio.sleep(0.05)
+        assert not batch.done() and not live.done()
+        await actor.release(first[1]["token"], None, "gw")
+        await asyncio.wait_for(asyncio.shield(live), 10)
+        await asyncio.sleep(0.05)
+        assert live.result()[0] == "ok" and not batch.done()  # the live one got the sequence; the batch's waits
+        await actor.release(live.result()[1]["token"], None, "gw")
+        answer = await asyncio.wait_for(batch, 10)
+        assert answer[0] == "ok"
+        await actor.release(answer[1]["token"], None, "gw")
+    finally:
+        await actor.shutdown()
+
+
 def test_three_gateways_share_one_count_of_a_keys_requests_and_budget():
     """The control actor's key counts (Ray-free): what three gateways admit together stays within the key's
     rpm, and its budget's holds count every gateway's requests in flight."""

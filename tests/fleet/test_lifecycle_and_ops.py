@@ -53,6 +53,28 @@ def test_happy_path_is_timestamped_and_counted():
     assert ops.prune_stopped(s).num_cold_starts == 1
 
 
+def test_a_batchs_running_requests_are_counted_apart_and_never_more_than_the_running():
+    import dataclasses
+
+    s = ops.add_replica(_fleet(), ReplicaId("r"), _estimate(), WorkerId("w"))
+    s = ops.transition(ops.transition(s, ReplicaId("r"), S.STARTING, cold_start_s=0.0), ReplicaId("r"), S.WARM)
+    batch = dataclasses.replace(_request(1), is_background=True)
+    for request in (batch, _request(2)):
+        s = ops.start_request(ops.enqueue(s, request, ReplicaId("r")), ReplicaId("r"), request.request_id)
+    load = s.replicas["r"].load
+    assert (load.num_running, load.num_running_background, load.num_running_background_tokens) == (2, 1, 150)
+    s = ops.finish_request(s, ReplicaId("r"), 150, is_background=True)
+    load = s.replicas["r"].load
+    assert (load.num_running, load.num_running_background, load.num_running_tokens) == (1, 0, 150)
+    # A feeder that does not tell them apart (the simulator's ends): the batch's count stays within the running.
+    s = ops.start_request(ops.enqueue(s, batch, ReplicaId("r")), ReplicaId("r"), batch.request_id)
+    assert s.replicas["r"].load.num_running_background == 1
+    one_left = ops.ended(s.replicas["r"], [150], s.now_s).load
+    assert (one_left.num_running, one_left.num_running_background) == (1, 1)
+    none_left = ops.ended(s.replicas["r"], [150, 150], s.now_s).load
+    assert (none_left.num_running, none_left.num_running_background, none_left.num_running_background_tokens) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("src,dst", [(a, b) for a in S for b in S if (a, b) not in LEGAL_TRANSITIONS])
 def test_illegal_transitions_are_rejected(src, dst):
     assert not is_legal(src, dst)

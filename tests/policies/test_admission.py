@@ -107,6 +107,48 @@ def test_every_order_starts_live_requests_before_a_batchs():
         assert order.next_request(background, now_s=7).request_id == "q1"  # alone, they run
 
 
+def test_a_live_request_is_predicted_ahead_of_a_batchs_queued_requests():
+    # A replica busy with a batch: its one sequence runs a batch request and ten more of the batch are queued.
+    # A live request starts next (every queue order puts it first), so it is admitted and predicted to wait for
+    # the running sequence only; another of the batch's would wait for the whole queue, and is refused.
+    import dataclasses
+
+    batch = tuple(dataclasses.replace(request(100 + i, prompt=4000), is_background=True) for i in range(10))
+    busy = ReplicaLoad(num_running=16, num_running_tokens=16 * 200, queue=batch)
+    snapshot = with_replica(fleet(), "r0", load=busy)
+    live = SLO.admit(snapshot, request(1))
+    late = SLO.admit(snapshot, dataclasses.replace(request(1), is_background=True))
+    alone = SLO.admit(with_replica(fleet(), "r0", load=dataclasses.replace(busy, queue=())), request(1))
+    assert live.verdict is Verdict.ADMIT and live.expected_ttft_s == alone.expected_ttft_s
+    assert late.verdict is Verdict.REJECT_OVERLOADED and late.expected_ttft_s > live.expected_ttft_s + 1
+    # Live requests queued ahead still count.
+    ahead = dataclasses.replace(busy, queue=batch + tuple(request(200 + i, prompt=4000) for i in range(10)))
+    assert SLO.admit(with_replica(fleet(), "r0", load=ahead), request(1)).verdict is Verdict.REJECT_OVERLOADED
+
+
+def test_a_live_request_is_not_refused_for_a_batchs_running_requests():
+    # Every sequence busy for seconds more: with live requests it is refused (a 429), with a batch's it is
+    # admitted, predicted (honestly) to wait for them; a batch's request is refused either way.
+    import dataclasses
+
+    def running(num_background: int) -> ReplicaLoad:
+        return ReplicaLoad(num_running=16, num_running_tokens=16 * 2000, num_running_background=num_background,
+                           num_running_background_tokens=num_background * 2000)
+
+    live_load = SLO.admit(with_replica(fleet(), "r0", load=running(0)), request(1))
+    batch_load = SLO.admit(with_replica(fleet(), "r0", load=running(16)), request(1))
+    assert live_load.verdict is Verdict.REJECT_OVERLOADED and live_load.expected_ttft_s > 2.0
+    assert batch_load.verdict is Verdict.ADMIT and batch_load.expected_ttft_s == live_load.expected_ttft_s
+    background = dataclasses.replace(request(1), is_background=True)
+    assert SLO.admit(with_replica(fleet(), "r0", load=running(16)), background).verdict is Verdict.REJECT_OVERLOADED
+    # Half of them live: the other half's slots are free for it once the batch's are not counted.
+    assert SLO.admit(with_replica(fleet(), "r0", load=running(8)), request(1)).verdict is Verdict.ADMIT
+    # Live requests queued ahead of it past its budget: refused for them, its target stretched by the batch's wait.
+    queued = dataclasses.replace(running(16), queue=tuple(request(100 + i, prompt=4000) for i in range(10)))
+    refused = SLO.admit(with_replica(fleet(), "r0", load=queued), request(1))
+    assert refused.verdict is Verdict.REJECT_OVERLOADED and "batch's requests running" in refused.reason.detail
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 100), st.integers(1, 4000)), max_size=30), st.floats(0, 200))
 def test_ordering_is_a_permutation(items, now):

@@ -1,5 +1,6 @@
-"""What the live control plane assumes about a llama.cpp expert (runtime/estimates.py): its weights are the GGUF's
-bytes, so the roofline's decode and memory follow the file that is served, quantised or not."""
+"""What the live control plane assumes about an expert (runtime/estimates.py): a llama.cpp one's weights are the GGUF's
+bytes, so the roofline's decode and memory follow the file that is served, quantised or not; a simulated one's
+batch is its engine's."""
 
 from __future__ import annotations
 
@@ -39,3 +40,21 @@ def test_the_size_comes_from_the_configured_file_whatever_params_b_says(tmp_path
 def test_a_missing_file_keeps_the_fp16_guess():
     missing = _estimate("/nonexistent/model.gguf")
     assert missing.decode_step_s_batch_1 == engine_profile(0.135, "cpu").decode_step_time_s(1, 1024 + 128)
+
+
+def test_a_simulated_expert_decodes_at_most_its_max_concurrency_together():
+    # The engine holds sequences past `max_concurrency` for a slot, so the control plane's batch is no larger; by
+    # default both are the roofline's (the simulator's) batch.
+    from switchboard.engines.simulated import SimulatedEngine
+
+    def estimate(extra: str):
+        config = parse_config(f"experts:\n  - id: sim\n    params_b: 7\n    backend: {{kind: simulated{extra}}}\n")
+        (one,) = serving_estimates(config.experts[0], live_workers(config))
+        return one
+
+    roofline = estimate("")
+    assert roofline.max_num_seqs == engine_profile(7, "a10g").max_batch_size > 2
+    assert estimate(", max_concurrency: 2").max_num_seqs == 2
+    assert estimate(", max_concurrency: 100000").max_num_seqs == roofline.max_num_seqs
+    assert estimate(", max_concurrency: 2").decode_step_s_full_batch < roofline.decode_step_s_full_batch
+    assert SimulatedEngine("sim", params_b=7, hardware="a10g").max_concurrency == roofline.max_num_seqs

@@ -48,7 +48,7 @@ from switchboard.cluster.ray_routing import Ended, Routed, RoutingView, Served, 
 from switchboard.config.schema import RayClusterConfig, SwitchboardConfig
 from switchboard.engines.base import EngineError
 from switchboard.policies.keepalive import KeepAliveState
-from switchboard.runtime.fleet import LiveFleet
+from switchboard.runtime.fleet import LiveFleet, background_request
 from switchboard.runtime.lease import AdmissionRejected, Lease
 from switchboard.types import ExpertId, ReplicaState
 
@@ -303,11 +303,17 @@ class ControlActor:
         return self.fleet
 
     async def acquire(self, expert_id: str, request_id: str, num_prompt_tokens: int, max_tokens: int, prefix_key: str,
-                      gateway_id: str = "") -> tuple:
+                      gateway_id: str = "", is_background: bool = False) -> tuple:
         """("ok", replica info) once a replica may run the request; ("rejected", ...) or ("error", ...) if not.
-        The lease belongs to `gateway_id` (released if that gateway falls silent)."""
+        The lease belongs to `gateway_id` (released if that gateway falls silent). `is_background`: a batch's
+        request, which queues behind live ones (`runtime.fleet.background_request`, set for this call only)."""
         self._heard_from(gateway_id)
-        lease = (await self._started()).lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
+        fleet = await self._started()
+        marked = background_request.set(is_background)
+        try:
+            lease = fleet.lease(expert_id, request_id, num_prompt_tokens, max_tokens, prefix_key)
+        finally:
+            background_request.reset(marked)
         try:
             await lease.__aenter__()
         except AdmissionRejected as exc:

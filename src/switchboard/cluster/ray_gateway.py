@@ -32,7 +32,7 @@ from switchboard.engines.factory import build_engine
 from switchboard.fleet.state import QueuedRequest
 from switchboard.policies.control import ControlPlane
 from switchboard.runtime.circuits import CircuitBoard
-from switchboard.runtime.fleet import fleet_route, route_answer
+from switchboard.runtime.fleet import background_request, fleet_route, route_answer
 from switchboard.runtime.lease import MAX_DECISIONS_KEPT, AdmissionRejected, Lease, LiveReplica, count_outcome
 from switchboard.runtime.view import describe_external
 from switchboard.types import ExpertId, RequestId
@@ -220,7 +220,7 @@ class RemoteFleet:
             return Lease(self, expert_id, None)  # type: ignore[arg-type]
         expert = self._experts[expert_id]
         request = QueuedRequest(RequestId(request_id), ExpertId(expert_id), time.time(), num_prompt_tokens, max_tokens,
-                                ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key)
+                                ttft_slo_s=expert.ttft_slo_s, prefix_key=prefix_key, is_background=background_request.get())
         return Lease(self, expert_id, request)  # type: ignore[arg-type]
 
     async def acquire(self, lease: Lease) -> tuple[LiveReplica, bool]:
@@ -244,7 +244,8 @@ class RemoteFleet:
 
         def call() -> Any:
             pending.append(self._actor.acquire.remote(r.expert_id, r.request_id, r.num_prompt_tokens,
-                                                      r.num_output_tokens_expected, r.prefix_key, self.gateway_id))
+                                                      r.num_output_tokens_expected, r.prefix_key, self.gateway_id,
+                                                      is_background=r.is_background))
             return pending[-1]
 
         try:

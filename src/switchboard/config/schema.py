@@ -113,7 +113,9 @@ class SimulatedBackend(_Strict):
         1.0, ge=0, description="Multiplies every modelled delay; 0 answers instantly (load tests of the gateway)."
     )
     default_output_tokens: int = Field(64, ge=1, description="Answer length when the request sets no max_tokens.")
-    max_concurrency: int = Field(64, ge=1, description="Sequences decoded together (continuous batching).")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Sequences decoded together (continuous batching; more wait for a slot). Default: as "
+        "many as the hardware model's KV cache holds, the simulator's batch for the same expert and hardware.")
 
 
 class ProcessBackend(_Strict):

@@ -32,7 +32,8 @@ def split_into(text: str, num_parts: int) -> list[str]:
 
 
 class SimulatedEngine:
-    """One simulated replica. Concurrency beyond `max_concurrency` waits for a free batch slot."""
+    """One simulated replica. Concurrency beyond `max_concurrency` (default: the roofline's batch size, as in the
+    simulator) waits for a free batch slot."""
 
     def __init__(
         self,
@@ -42,7 +43,7 @@ class SimulatedEngine:
         hardware: str,
         time_scale: float = 1.0,
         default_output_tokens: int = 64,
-        max_concurrency: int = 64,
+        max_concurrency: int | None = None,
     ) -> None:
         from switchboard.perf.roofline import engine_profile
 
@@ -50,7 +51,8 @@ class SimulatedEngine:
         self.profile = engine_profile(params_b, hardware)
         self.time_scale = time_scale
         self.default_output_tokens = default_output_tokens
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency or self.profile.max_batch_size
+        self._slots = asyncio.Semaphore(self.max_concurrency)
         self._num_active = 0
         self._context_tokens_active = 0
         # Whole devices of a worker that declares them, given by the live fleet as to a real GPU server: a modelled

@@ -150,7 +150,8 @@ def enqueue(snapshot: FleetSnapshot, request: QueuedRequest, replica_id: Replica
 def enqueued(replica: Replica, request: QueuedRequest, now_s: Seconds) -> Replica:
     """The replica after `enqueue` of `request` on it at `now_s` (for `apply_changes`)."""
     load = replica.load
-    return replica.with_load(ReplicaLoad(load.num_running, load.num_running_tokens, load.queue + (request,)), now_s)
+    return replica.with_load(ReplicaLoad(load.num_running, load.num_running_tokens, load.queue + (request,),
+                                         load.num_running_background, load.num_running_background_tokens), now_s)
 
 
 def remove_request(snapshot: FleetSnapshot, request_id: RequestId) -> tuple[FleetSnapshot, QueuedRequest]:
@@ -183,16 +184,21 @@ def started(replica: Replica, request_ids: Sequence[RequestId], now_s: Seconds) 
     """The replica after `start_requests` at `now_s` (for `apply_changes`); raises KeyError like it."""
     load = replica.load
     num_running, num_running_tokens, queue = load.num_running, load.num_running_tokens, load.queue
+    num_background, num_background_tokens = load.num_running_background, load.num_running_background_tokens
     for request_id in request_ids:
         for index, request in enumerate(queue):
             if request.request_id == request_id:
                 num_running += 1
                 num_running_tokens += request.num_tokens
+                if request.is_background:
+                    num_background += 1
+                    num_background_tokens += request.num_tokens
                 queue = queue[:index] + queue[index + 1:]
                 break
         else:
             raise KeyError(f"request {request_id} is not queued on {replica.replica_id}")
-    load = ReplicaLoad(num_running=num_running, num_running_tokens=num_running_tokens, queue=queue)
+    load = ReplicaLoad(num_running=num_running, num_running_tokens=num_running_tokens, queue=queue,
+                       num_running_background=num_background, num_running_background_tokens=num_background_tokens)
     return replica.with_load(load, now_s)
 
 
@@ -230,10 +236,17 @@ def empty_fleet(
     )
 
 
-def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: int) -> FleetSnapshot:
-    """A running request of `num_tokens` (as counted by `start_request`) left the replica."""
+def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: int,
+                   is_background: bool = False) -> FleetSnapshot:
+    """A running request of `num_tokens` (as counted by `start_request`) left the replica; `is_background`: it was a
+    batch's (`QueuedRequest.is_background`), counted apart while it ran."""
     replica = _get(snapshot, replica_id)
-    return _replace_replicas(snapshot, replica.with_load(_finished_load(replica, (num_tokens,)), snapshot.now_s))
+    load = _finished_load(replica, (num_tokens,))
+    if is_background and load.num_running_background > 0:
+        load = _evolve_load_keeping_queue_sums(
+            load, num_running_background=load.num_running_background - 1,
+            num_running_background_tokens=max(0, load.num_running_background_tokens - num_tokens))
+    return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
 
 
 def end_requests(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: Sequence[int]) -> FleetSnapshot:
@@ -285,13 +298,21 @@ def apply_changes(
 
 
 def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
-    num_running, num_running_tokens = replica.load.num_running, replica.load.num_running_tokens
+    """The load once running requests of `num_tokens` left (live ones, unless the caller says otherwise: the
+    background counts are kept within the running ones)."""
+    load = replica.load
+    num_running, num_running_tokens = load.num_running, load.num_running_tokens
     for n in num_tokens:
         if num_running <= 0:
             raise ValueError(f"replica {replica.replica_id} has no running request to finish")
         num_running, num_running_tokens = num_running - 1, max(0, num_running_tokens - n)
     # The queue is unchanged, and with it the sums the load caches over it: they carry over.
-    return _evolve_load_keeping_queue_sums(replica.load, num_running=num_running, num_running_tokens=num_running_tokens)
+    if not load.num_running_background:  # the common case (and the simulator's only one): nothing else to keep
+        return _evolve_load_keeping_queue_sums(load, num_running=num_running, num_running_tokens=num_running_tokens)
+    return _evolve_load_keeping_queue_sums(
+        load, num_running=num_running, num_running_tokens=num_running_tokens,
+        num_running_background=min(load.num_running_background, num_running),
+        num_running_background_tokens=min(load.num_running_background_tokens, num_running_tokens))
 
 
 _evolve_load_keeping_queue_sums = evolver_of(ReplicaLoad, keep_caches=True)

@@ -198,17 +198,27 @@ class ReplicaLoad:
     num_running_tokens: int = 0
     """Tokens still to be processed by the running sequences (remaining prompt + expected remaining output)."""
     queue: tuple[QueuedRequest, ...] = ()
+    num_running_background: int = 0
+    """Of `num_running`, a batch's requests (`QueuedRequest.is_background`): work a live request waits for but is
+    not refused for (policies/admission.py). 0 where the feeder does not tell them apart (the simulator's)."""
+    num_running_background_tokens: int = 0
+    """Of `num_running_tokens`, theirs."""
     # Sums over the (immutable) queue, computed on first use; `evolve` resets them.
-    _queued_tokens: tuple[int, int] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _queued_tokens: tuple[int, int, int, int] | None = dataclasses.field(default=None, init=False, repr=False,
+                                                                         compare=False)
 
-    def _queue_sums(self) -> tuple[int, int]:
+    def _queue_sums(self) -> tuple[int, int, int, int]:
+        """(tokens, prompt tokens, live requests, live requests' prompt tokens) of the queue."""
         sums = self._queued_tokens
         if sums is None:
-            prompt = total = 0
+            prompt = total = num_live = live_prompt = 0
             for r in self.queue:
                 prompt += r.num_prompt_tokens
                 total += r.num_prompt_tokens + r.num_output_tokens_expected
-            sums = (total, prompt)
+                if not r.is_background:
+                    num_live += 1
+                    live_prompt += r.num_prompt_tokens
+            sums = (total, prompt, num_live, live_prompt)
             object.__setattr__(self, "_queued_tokens", sums)
         return sums
 
@@ -223,6 +233,15 @@ class ReplicaLoad:
     @property
     def num_queued_prompt_tokens(self) -> int:
         return self._queue_sums()[1]
+
+    @property
+    def num_live_queued(self) -> int:
+        """Queued requests that are not a batch's: the only ones every queue order starts before a live one."""
+        return self._queue_sums()[2]
+
+    @property
+    def num_live_queued_prompt_tokens(self) -> int:
+        return self._queue_sums()[3]
 
     @property
     def num_outstanding_requests(self) -> int:

@@ -12,9 +12,10 @@ TYPICAL_PROMPT_TOKENS = 1024
 """Prompt length behind `ServingEstimate.prefill_tokens_per_s` (the Azure conversation trace median is ~1k)."""
 
 
-def serving_estimate(expert_id: str, profile: EngineProfile) -> ServingEstimate:
-    """The fleet model's linear latency summary of an engine profile."""
-    full = profile.max_batch_size
+def serving_estimate(expert_id: str, profile: EngineProfile, max_num_seqs: int | None = None) -> ServingEstimate:
+    """The fleet model's linear latency summary of an engine profile; its batch is the profile's, or `max_num_seqs`
+    when the engine is configured to decode fewer together."""
+    full = profile.max_batch_size if max_num_seqs is None else min(max_num_seqs, profile.max_batch_size)
     ctx = TYPICAL_PROMPT_TOKENS + 128
     return ServingEstimate(
         expert_id=ExpertId(expert_id),

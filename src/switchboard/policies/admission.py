@@ -7,7 +7,11 @@ Variants (`AdmissionSettings.kind`):
   arrival what would miss its SLO rather than waste prefill on it). The predicted TTFT on the best replica —
   queueing + prefill, plus the rest of its cold start if it is still starting — is compared with what is left
   of the request's SLO. A request that has to *wake* an expert (no warm replica) may take
-  `cold_start_allowance_s` longer: the operator's price for scale-to-zero.
+  `cold_start_allowance_s` longer: the operator's price for scale-to-zero. A live request's prediction counts
+  the live requests queued ahead only: a batch's queued requests start after it (`policies/ordering.py`); and
+  it is not refused for the wait a batch's *running* requests cause (they are not preempted: it waits for them,
+  but a refusal would give the replica back to the batch, and every live request would be refused while a batch
+  ran on a one-sequence replica).
 
 Verdicts and HTTP mapping: `admit` / `queue-for-start` → served; `reject-overloaded` → 429 (warm replicas exist
 but are too busy; Retry-After ≈ how late it would be); `reject-unavailable` → 503 (no replica can be serving in
@@ -76,6 +80,9 @@ class AdmissionInputs:
     own_ttft_s: Seconds
     """The request's own prefill on the best accepting replica, nothing ahead of it: the TTFT no schedule can
     beat there (0 without a replica)."""
+    batch_delay_s: Seconds
+    """Of `best_ttft_s`, the wait for a batch's requests running on that replica (a live request only; 0 else):
+    the operator's own background work, which `slo` does not refuse a live request for."""
     wake: predict.WakeOption
     new_replica_ttft_s: Seconds
 
@@ -103,11 +110,15 @@ class AdmissionDecision:
 def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memory: bool = False) -> AdmissionInputs:
     expert_id = request.expert_id
     spec = snapshot.experts[expert_id]
-    options = [(predict.ttft_s(snapshot, r, request.num_prompt_tokens), r.replica_id)
-               for r in snapshot.accepting_replicas_of(expert_id)]
+    options = [(predict.ttft_s(snapshot, r, request.num_prompt_tokens, is_background=request.is_background),
+                r.replica_id) for r in snapshot.accepting_replicas_of(expert_id)]
     wake = predict.wake_option(snapshot, expert_id, reclaim_idle_memory=reclaim_idle_memory)
     best_ttft_s, best_id = min(options) if options else (0.0, ReplicaId(""))
     own_ttft_s = request.num_prompt_tokens / predict.prefill_tokens_per_s(snapshot, snapshot.replicas[best_id]) if options else 0.0
+    batch_delay_s = 0.0
+    if options and not request.is_background and snapshot.replicas[best_id].load.num_running_background:
+        batch_delay_s = best_ttft_s - predict.ttft_s(snapshot, snapshot.replicas[best_id], request.num_prompt_tokens,
+                                                     without_running_background=True)
     return AdmissionInputs(
         request=request,
         budget_s=request.deadline_at - snapshot.now_s,
@@ -117,6 +128,7 @@ def gather(snapshot: FleetSnapshot, request: QueuedRequest, *, reclaim_idle_memo
         best_ttft_s=best_ttft_s,
         best_is_warm=bool(options) and snapshot.replicas[best_id].is_warm,
         own_ttft_s=own_ttft_s,
+        batch_delay_s=batch_delay_s,
         wake=wake,
         new_replica_ttft_s=wake.cold_start_s + request.num_prompt_tokens / _fastest_prefill(snapshot, expert_id),
     )
@@ -205,12 +217,16 @@ class SloAdmission(AdmissionPolicy):
 
     def judge(self, inputs: AdmissionInputs) -> AdmissionDecision:
         allowance_s = 0.0 if inputs.has_warm_replica else self.settings.cold_start_allowance_s
-        target_s = max(inputs.budget_s, inputs.own_ttft_s)
+        # A batch's running requests delay a live one past its budget by their rest (no preemption), but
+        # refusing it would hand the replica back to the batch: the wait they cause is added to its target.
+        target_s = max(inputs.budget_s, inputs.own_ttft_s) + inputs.batch_delay_s
         if inputs.has_replica and inputs.best_ttft_s <= target_s + allowance_s:
             return self._on_replica(inputs)
         if inputs.has_warm_replica:
             late_s = inputs.best_ttft_s - target_s
-            floor = f" (its own prefill {inputs.own_ttft_s:.2f}s)" if target_s > inputs.budget_s else ""
+            floor = f" (its own prefill {inputs.own_ttft_s:.2f}s)" if inputs.own_ttft_s > inputs.budget_s else ""
+            if inputs.batch_delay_s > 0:
+                floor += f" (+{inputs.batch_delay_s:.2f}s for a batch's requests running)"
             return AdmissionDecision(Verdict.REJECT_OVERLOADED, inputs.best_ttft_s, _retry_after(late_s), False, Reason(
                 Verdict.REJECT_OVERLOADED,
                 f"predicted TTFT {inputs.best_ttft_s:.2f}s on {inputs.best_replica_id} misses the budget "

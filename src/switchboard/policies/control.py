@@ -278,7 +278,8 @@ class ControlPlane:
         outcome = self.balance.choose(snapshot, request, rng)
         if not isinstance(outcome, Balanced) or not snapshot.replicas[outcome.replica_id].is_warm:
             return FastAdmission((), True)
-        ttft_s = predict.ttft_s(snapshot, snapshot.replicas[outcome.replica_id], request.num_prompt_tokens)
+        ttft_s = predict.ttft_s(snapshot, snapshot.replicas[outcome.replica_id], request.num_prompt_tokens,
+                                is_background=request.is_background)
         return FastAdmission((AssignRequest(request, outcome.replica_id, ttft_s, False, decision.reason),), False)
 
     def step(
@@ -419,7 +420,7 @@ class ControlPlane:
                 raise RuntimeError(f"balancer found no replica for {request.expert_id}: {outcome.reason}")
             replica_id = outcome.replica_id
         replica = plan.snapshot.replicas[replica_id]
-        ttft_s = predict.ttft_s(plan.snapshot, replica, request.num_prompt_tokens)
+        ttft_s = predict.ttft_s(plan.snapshot, replica, request.num_prompt_tokens, is_background=request.is_background)
         plan.do(AssignRequest(request, replica_id, ttft_s, not replica.is_warm, decision.reason))
 
     def _apply_keepalive(

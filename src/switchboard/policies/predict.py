@@ -26,22 +26,36 @@ def _prefill_tokens_per_s(snapshot: FleetSnapshot, replica: Replica) -> float:
     return estimate.prefill_tokens_per_s if estimate else replica.capacity.tokens_per_s
 
 
-def _terms(snapshot: FleetSnapshot, replica: Replica) -> tuple:
-    """(estimates they hold for, prefill tokens/s, prefill of the queued prompts, wait for a batch slot or None):
-    the time-independent parts of `queueing_s`, memoized on the replica for the snapshot's `estimates`."""
+def _terms(snapshot: FleetSnapshot, replica: Replica, is_background: bool = False,
+           without_running_background: bool = False) -> tuple:
+    """(estimates they hold for, prefill tokens/s, prefill of the queued prompts ahead, wait for a batch slot or
+    None): the time-independent parts of `queueing_s`, memoized on the replica for the snapshot's `estimates`.
+
+    A live request is predicted behind the live requests queued only: every queue order
+    (`policies/ordering.py`) starts it before a batch's, which wait for it (a batch's request is predicted
+    behind the whole queue). `without_running_background`: as if the batch's running requests were not there
+    (what admission holds a live request to)."""
     memo = replica.memo()
-    terms = memo.get(_TERMS_KEY)
+    # The common case (a live request, everything running counted) keeps a plain key: this is the hot path.
+    key = (_TERMS_KEY, is_background, without_running_background) if is_background or without_running_background \
+        else _TERMS_KEY
+    terms = memo.get(key)
     if terms is None or terms[0] is not snapshot.estimates:
         load, capacity = replica.load, replica.capacity
         prefill_per_s = _prefill_tokens_per_s(snapshot, replica)
+        num_ahead = load.num_queued if is_background else load.num_live_queued
+        prompt_tokens_ahead = load.num_queued_prompt_tokens if is_background else load.num_live_queued_prompt_tokens
+        num_running, num_running_tokens = load.num_running, load.num_running_tokens
+        if without_running_background:
+            num_running -= min(load.num_running_background, num_running)
+            num_running_tokens -= min(load.num_running_background_tokens, num_running_tokens)
         batch_wait_s = None
-        num_must_finish = load.num_running + load.num_queued + 1 - capacity.max_num_seqs
-        if num_must_finish > 0 and load.num_running > 0:
+        num_must_finish = num_running + num_ahead + 1 - capacity.max_num_seqs
+        if num_must_finish > 0 and num_running > 0:
             per_seq_tokens_per_s = capacity.tokens_per_s / capacity.max_num_seqs
-            mean_remaining_tokens = load.num_running_tokens / load.num_running
-            batch_wait_s = num_must_finish / load.num_running * mean_remaining_tokens / per_seq_tokens_per_s
-        terms = memo[_TERMS_KEY] = (snapshot.estimates, prefill_per_s,
-                                    load.num_queued_prompt_tokens / prefill_per_s, batch_wait_s)
+            mean_remaining_tokens = num_running_tokens / num_running
+            batch_wait_s = num_must_finish / num_running * mean_remaining_tokens / per_seq_tokens_per_s
+        terms = memo[key] = (snapshot.estimates, prefill_per_s, prompt_tokens_ahead / prefill_per_s, batch_wait_s)
     return terms
 
 
@@ -49,10 +63,10 @@ _TERMS_KEY = "predict.queueing_terms"
 
 
 def queueing_s(snapshot: FleetSnapshot, replica: Replica) -> Seconds:
-    """Predicted wait before a new request's prefill could begin on `replica` (incl. waiting for warm).
+    """Predicted wait before a new live request's prefill could begin on `replica` (incl. waiting for warm).
 
-    Prefill of the requests queued ahead, plus, when the batch is full, the time for enough running sequences
-    to finish to free a slot.
+    Prefill of the live requests queued ahead (see `_terms`), plus, when the batch is full, the time for enough
+    running sequences to finish to free a slot.
     """
     return _queueing_s(snapshot, replica, _terms(snapshot, replica))
 
@@ -65,9 +79,11 @@ def _queueing_s(snapshot: FleetSnapshot, replica: Replica, terms: tuple) -> Seco
     return wait_s
 
 
-def ttft_s(snapshot: FleetSnapshot, replica: Replica, num_prompt_tokens: int) -> Seconds:
-    """Predicted time to first token of a new request of `num_prompt_tokens` sent to `replica` now."""
-    terms = _terms(snapshot, replica)
+def ttft_s(snapshot: FleetSnapshot, replica: Replica, num_prompt_tokens: int, *, is_background: bool = False,
+           without_running_background: bool = False) -> Seconds:
+    """Predicted time to first token of a new request of `num_prompt_tokens` sent to `replica` now (a batch's
+    request when `is_background`; see `_terms` for `without_running_background`)."""
+    terms = _terms(snapshot, replica, is_background, without_running_background)
     return _queueing_s(snapshot, replica, terms) + num_prompt_tokens / terms[1]
 
 

@@ -86,7 +86,9 @@ def serving_estimates(expert: ExpertConfig, workers: list[Worker]) -> list[Servi
     for kind in kinds:
         profile = engine_profile(expert.params_b, kind) if bytes_per_param is None else \
             engine_profile(expert.params_b, kind, bytes_per_param=bytes_per_param)
-        estimate = serving_estimate(expert.id, profile)
+        # A simulated engine configured to decode fewer together than its roofline holds (more wait for a slot):
+        # the control plane sees the same batch, or it would predict no wait where the engine queues.
+        estimate = serving_estimate(expert.id, profile, backend.max_concurrency if isinstance(backend, SimulatedBackend) else None)
         if isinstance(backend, LlamaCppBackend) or (isinstance(backend, ProcessBackend) and kind == "cpu"):
             # One sequence at a time (llama.cpp is not thread-safe, nor is its server by default); memory is what
             # the process holds (weights, KV for the configured context, overhead), not whole devices as for a

@@ -412,7 +412,8 @@ class LiveFleet:
         replica_circuit = self.replica_circuits.record(replica.replica_id, None if ok else exc)
         model = self._now()
         if replica.replica_id in model.replicas:
-            model = ops.finish_request(model, ReplicaId(replica.replica_id), lease.request.num_tokens)
+            model = ops.finish_request(model, ReplicaId(replica.replica_id), lease.request.num_tokens,
+                                       lease.request.is_background)
         self.model = ops.record_finish(model, lease.request.expert_id)
         self._notify()
         if isinstance(exc, EngineUnavailable) and replica.replica_id in self.live:
