@@ -18,8 +18,8 @@ def test_a_lapsed_lease_passes_the_batch_to_another_runner_and_the_first_finds_i
     engine = database.open_engine(db_url)
     database.migrate(engine)
     try:
-        bs.create(engine, _batch("batch_old", 1000.0), None)
-        bs.create(engine, _batch("batch_new", 1001.0), "key_1")
+        bs.create(engine, _batch("batch_old", 1000.0), None, 1000.0)
+        bs.create(engine, _batch("batch_new", 1001.0), "key_1", 1001.0)
         assert bs.claim_next(engine, "a", 2000.0, 30.0)[0] == "batch_old"  # the oldest first
         assert bs.claim_next(engine, "b", 2010.0, 30.0)[:2] == ("batch_new", "key_1")  # the other; a's is held
         assert bs.claim_next(engine, "c", 2020.0, 30.0) is None
@@ -40,5 +40,20 @@ def test_a_lapsed_lease_passes_the_batch_to_another_runner_and_the_first_finds_i
         assert bs.finish(engine, "batch_old", "c", {**_batch("batch_old", 1000.0), "status": "completed"}, [])
         assert bs.claim_next(engine, "e", 9999.0, 30.0) is None  # both ended
         assert bs.load(engine, "batch_new", "key_1")["status"] == "cancelled"
+    finally:
+        engine.dispose()
+
+
+def test_batches_made_in_the_same_second_are_listed_newest_first_and_run_oldest_first(db_url):
+    # Their `created_at` is whole seconds (OpenAI's); the row keeps the instant, so the order is theirs, not the ids'.
+    engine = database.open_engine(db_url)
+    database.migrate(engine)
+    try:
+        ids = ["batch_c", "batch_a", "batch_b"]  # made in this order, within one second; ids in another
+        for i, batch_id in enumerate(ids):
+            bs.create(engine, _batch(batch_id, 1000.0), None, 1000.0 + 0.1 * i)
+        page, has_more = bs.list_page(engine, None, after=None, limit=10)
+        assert [b["id"] for b in page] == ids[::-1] and not has_more
+        assert bs.claim_next(engine, "a", 2000.0, 30.0)[0] == "batch_c"
     finally:
         engine.dispose()

@@ -37,9 +37,11 @@ def _with_counts(connection: Any, batch_id: str, status: str, body_text: str) ->
 
 # ---- blocking (a worker thread) ----
 
-def create(engine: Engine, body: dict[str, Any], key_id: str | None) -> None:
+def create(engine: Engine, body: dict[str, Any], key_id: str | None, created_s: float) -> None:
+    """Stores a new batch; `created_s` is its creation time to the sub-second (the body's `created_at` is whole
+    seconds): lists are newest first even among batches made in the same second."""
     with engine.begin() as connection:
-        connection.execute(table.insert().values(id=body["id"], key_id=key_id, created_at=utc(body["created_at"]), status=body["status"],
+        connection.execute(table.insert().values(id=body["id"], key_id=key_id, created_at=utc(created_s), status=body["status"],
                                                  body=orjson.dumps(body).decode()))
 
 

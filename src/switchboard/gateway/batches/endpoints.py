@@ -67,8 +67,9 @@ class Batches:
             if file.purpose != "batch":
                 raise ApiError(400, f"the file '{file.file_id}' was uploaded for '{file.purpose}', not 'batch'", param="input_file_id",
                                code="invalid_value")
-            body = new_batch(parsed, self.clock())
-            await self.files.call(bs.create, body, key_id)
+            now = self.clock()
+            body = new_batch(parsed, now)
+            await self.files.call(bs.create, body, key_id, now)
         except ApiError as exc:
             return error_response(exc)
         self.wake()
