@@ -47,6 +47,8 @@ def test_a_batch_shows_running_then_ended(browser, tmp_path):
             running = f'#batches li[data-batch="{batch.id}"][data-status="in_progress"]'
             page.wait_for_selector(running, timeout=30_000)
             assert page.locator("#batches-panel").is_visible() and " of 13 done" in page.locator(running).inner_text()
+            # The fleet's replica says its request running is a batch's.
+            page.locator('.chip.replica[data-expert="slow"]', has_text="1 running (1 of a batch)").wait_for(timeout=30_000)
             ended = f'#batches li[data-batch="{batch.id}"][data-status="completed"]'
             page.wait_for_selector(ended, timeout=60_000)
             assert "12 answered, 1 error of 13" in page.locator(ended).inner_text()

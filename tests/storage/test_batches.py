@@ -147,6 +147,11 @@ def test_a_batch_cancelled_mid_way_keeps_what_finished(tmp_path, upstream):
         while client.batches.retrieve(batch.id).request_counts.completed < 2:  # counts are live while it runs
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # The fleet shows the batch's request running as a batch's (what admission does not refuse live ones for).
+        while not [r for e in httpx.get(base + "/admin/fleet").json()["experts"] for r in e["replicas"]
+                   if r["expert"] == "slow" and r["num_running_background"] == r["num_running"] == 1]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         cancelling = client.batches.cancel(batch.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at
         batch = _wait(client, batch.id)

@@ -60,6 +60,9 @@ def describe_fleet(fleet: Any, model: FleetSnapshot) -> dict[str, Any]:
             "replica_id": replica_id, "expert": r.expert_id, "worker": r.worker_id, "hardware": r.hardware,
             "state": r.state.value, "state_since": r.state_since_at, "num_running": r.load.num_running,
             "num_queued": r.load.num_queued, "num_outstanding_tokens": r.load.num_outstanding_tokens,
+            # Of those, a batch's (docs/api.md "Batches"): work live requests go before and are not refused for.
+            "num_running_background": r.load.num_running_background,
+            "num_queued_background": r.load.num_queued - r.load.num_live_queued,
             "num_served": live.num_served if live else 0, "num_failed": live.num_failed if live else 0,
             "last_busy_at": r.last_busy_at, "cold_start": live.cold_start if live else None,
             "last_error": live.last_error if live else None, "circuit": fleet.replica_circuits.describe(replica_id),

@@ -114,7 +114,9 @@ function renderKpis(ev) {
 }
 
 function replicaChip(r) {
-  const busy = [r.num_running ? `${r.num_running} running` : "", r.num_queued ? `${r.num_queued} queued` : ""].filter(Boolean).join(", ");
+  const ofBatch = (n) => (n ? ` (${n} of a batch)` : "");
+  const busy = [r.num_running ? `${r.num_running} running${ofBatch(r.num_running_background)}` : "",
+                r.num_queued ? `${r.num_queued} queued${ofBatch(r.num_queued_background)}` : ""].filter(Boolean).join(", ");
   const load = busy ? h("span", { class: "load", text: `· ${busy}` }) : null;
   return h("span", {
     class: "chip replica", "data-state": r.state, "data-expert": r.expert, "data-replica": r.replica_id,
