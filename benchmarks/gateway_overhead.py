@@ -17,6 +17,8 @@ a fast mock upstream (20-chunk streams), closed-loop load at concurrency 64 and 
 
     git archive main src | tar -x -C /tmp/sb-baseline
     .venv/bin/python benchmarks/gateway_overhead.py --relay-cell --baseline-src /tmp/sb-baseline/src [--rounds 6]
+
+`--whole` runs the same cell with whole (non-streamed) answers ("streams" in its lines are then requests).
 """
 
 from __future__ import annotations
@@ -170,10 +172,10 @@ storage: {{url: "sqlite:///{scratch.name}/{name}.db"}}
         for name, proc in gateways.items():
             _wait_http(f"http://127.0.0.1:{ports[name]}/healthz", proc)
         uvloop.install()
-        body = _body(True, "fast")
+        body = _body(not args.whole, "fast")
         for round_ in range(args.rounds):
             order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
-            direct = asyncio.run(run_load("127.0.0.1", up_port, build_request("127.0.0.1", up_port, "/v1/chat/completions", _body(True, "mock")),
+            direct = asyncio.run(run_load("127.0.0.1", up_port, build_request("127.0.0.1", up_port, "/v1/chat/completions", _body(not args.whole, "mock")),
                                           concurrency=1, duration_s=args.duration / 2))
             for name in order:
                 request = build_request("127.0.0.1", ports[name], "/v1/chat/completions", body)
@@ -215,6 +217,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--relay-cell", action="store_true", help="only the streaming relay cell, against --baseline-src")
+    parser.add_argument("--whole", action="store_true", help="the relay cell with whole (non-streamed) answers instead of streams")
     parser.add_argument("--baseline-src", default=None, help="a `src` directory of the code to compare against")
     parser.add_argument("--rounds", type=int, default=6, help="relay cell: alternating rounds")
     parser.add_argument("--gateway-cpu", type=int, default=1, help="relay cell: the core the gateways are pinned to")

@@ -32,7 +32,7 @@ from switchboard.gateway.choosing import ChoiceError, ExpertChoice
 from switchboard.gateway.deadline import StreamDeadline
 from switchboard.gateway.errors import ApiError, error_response, model_not_found
 from switchboard.gateway.failover import AttemptsFailed, FailedAttempt, FailoverRun, LeaseAttempts, NextAttempt
-from switchboard.gateway.responses import SSE_DONE, ChunkWriter, JSONBytesResponse, SSEResponse, completion_body
+from switchboard.gateway.responses import SSE_DONE, ChunkWriter, ClientWatch, JSONBytesResponse, SSEResponse, completion_body
 from switchboard.gateway.state import GatewayState
 from switchboard.observability.logs import request_id_var
 from switchboard.observability.metrics import Outcome
@@ -201,7 +201,8 @@ class Handlers:
             kept = self.stored_chats if parsed.store else None
             tap = kept.tap() if kept is not None else None
             response = await self._generate("chat", body, expert, choice, num_prompt, asked, bool(parsed.stream), include_usage,
-                                            chat_prefix_key(parsed, self.prefix_secret), started_at, user_text, text_only=text_only, tap=tap)
+                                            chat_prefix_key(parsed, self.prefix_secret), started_at, user_text, text_only=text_only, tap=tap,
+                                            receive=request.receive)
             return await kept.keep(response, body, tap) if kept is not None else response
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
@@ -238,7 +239,7 @@ class Handlers:
                 raise cannot
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return await self._generate("completion", body, expert, choice, num_prompt, parsed.max_tokens, bool(parsed.stream), include_usage, "", started_at,
-                                        text, text_only=tokens is None)
+                                        text, text_only=tokens is None, receive=request.receive)
         except ApiError as exc:
             self.metrics.invalid(started_at, exc.status)
             return error_response(exc)
@@ -319,11 +320,14 @@ class Handlers:
         prompt_text: str | None = None,
         text_only: bool = True,
         tap: Any = None,
+        receive: Any = None,
     ) -> Response:
         """Answers on `expert`, failing over as `gateway/failover.py` says. `text_only` False means the request
         carries non-text content: a chat's images..., which only experts relaying to a server take (so only they are
         fallbacks for it); a completion's token ids, which mean something to one model only (so no other expert is).
-        `tap` (a stream's): its `usage` is set to the answer's usage before the stream's last chunk, asked for or not."""
+        `tap` (a stream's): its `usage` is set to the answer's usage before the stream's last chunk, asked for or not.
+        `receive` (the request's ASGI channel, its body read): a whole answer is abandoned, its engine call cancelled,
+        when the client leaves before it is ready."""
         # The chosen expert's limits are the client's to respect (a 400); a fallback that cannot take this
         # request is simply no fallback for it.
         max_tokens = {expert.id: self._max_tokens(kind, expert, num_prompt, asked_max_tokens)}
@@ -354,6 +358,9 @@ class Handlers:
         if stream:
             return await self._stream(attempt, run, headers, created, include_usage, started_at, entry, deadline_at, tap)
         outcome, status, usage, error = Outcome.ERROR, 500, None, None  # metrics: set on every way out, recorded in `finally`
+        # A whole answer is sent at its end: a client that leaves before (its timeout) would not stop the engine,
+        # which would generate the rest for nobody while the requests behind wait (a stream notices by itself).
+        watch = ClientWatch(receive) if receive is not None else None
         try:
             try:
                 async with self._deadline(deadline_at) as scope:
@@ -362,6 +369,8 @@ class Handlers:
                         completion = await run.first_success(tuple(max_tokens), attempt.whole)
                     finally:
                         self._deadlines.discard(scope)
+                        if watch is not None:
+                            watch.stop()
                 outcome, status, usage = Outcome.OK, 200, completion.finish.usage
             except AttemptsFailed as exc:
                 outcome, status, error = *_failed_outcome(exc.last), _failure_api_error(exc, run)
@@ -370,9 +379,13 @@ class Handlers:
                 outcome, status = (Outcome.TIMEOUT if error.status == 504 else Outcome.ERROR), error.status
             except asyncio.CancelledError:
                 outcome, status = Outcome.CANCELLED, 499
-                raise
+                if watch is None or not watch.client_left:
+                    raise
+                asyncio.current_task().uncancel()  # ours: the answer is for no one, the rest of the request goes on
         finally:
             self._finish(entry, run, headers, outcome, status, started_at, attempt.lease, usage, is_last_failure_the_answer=error is not None and outcome is not Outcome.TIMEOUT)
+        if outcome is Outcome.CANCELLED:
+            return Response(status_code=499)  # read by no one
         if error is not None:
             return error_response(error, headers)
         if completion.raw_body is not None:  # a pass-through engine's answer, byte for byte

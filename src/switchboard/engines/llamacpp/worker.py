@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
@@ -200,6 +201,8 @@ class _Generator:
         self.sleep_level = 0  # 0 awake; 1 or 2 asleep at that level
         self._asleep: tuple[Any, kv.KvSnapshot] | None = None  # level 1: the Llama without a context, its cells
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self.num_cancelled = 0
+        """Generations ended early because their client left (`/health`)."""
 
     @property
     def is_asleep(self) -> bool:
@@ -329,6 +332,7 @@ class _Generator:
             for chunk in chunks:
                 if cancelled.is_set():
                     chunks.close()
+                    self.num_cancelled += 1  # this thread is the only writer
                     emit(("cancelled", None))
                     return
                 if echo and first_at is None:  # the prompt is evaluated (and scored): it comes first
@@ -389,6 +393,34 @@ class _Generator:
             cancelled.set()
 
 
+async def _unless_client_leaves(request: Any, answer: Any, events: Any) -> Any:
+    """`answer`'s response (an awaitable); if the client leaves first, the generation is ended (its thread stops at
+    the next token: `events` closes) and nothing is sent. A whole (non-streamed) answer otherwise ran to its end
+    after its client had gone — a gateway whose request was cancelled or timed out — holding the worker's one
+    sequence from the requests behind it. (A stream's response notices by itself: Starlette's StreamingResponse.)"""
+    work = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    await events.aclose()
+    from starlette.responses import Response
+
+    return Response(status_code=499)  # read by no one: the connection is gone
+
+
+async def _client_left(request: Any) -> None:
+    """Returns once the client has disconnected (the body was read whole before: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _timings(info: dict[str, Any]) -> dict[str, Any]:
     """llama.cpp's server's `timings` object, for its fields the control plane reads: `prompt_n` prompt tokens
     evaluated (those not reused from the KV cache) in `prompt_ms` (until the first token was sampled), then
@@ -422,7 +454,7 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "model": model_name, "n_ctx": n_ctx, "load_s": load_s, "pid": os.getpid(),
                              "is_sleeping": generator.is_asleep, "sleep_level": generator.sleep_level,
-                             "kept_kv_bytes": generator.num_kept_kv_bytes})
+                             "kept_kv_bytes": generator.num_kept_kv_bytes, "num_cancelled": generator.num_cancelled})
 
     async def sleep(request: Request) -> Response:
         level = request.query_params.get("level", "1")
@@ -472,7 +504,8 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                 return {"index": 0, key: content if text is not None or calls else {}, "logprobs": logprobs, "finish_reason": finish}
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
 
-        if not body.get("stream"):
+        async def whole() -> Response:
+            """The answer in one body: every event read, then one JSON response."""
             parts: list[str] = []
             tokens: list | None = [] if num_top_asked(kind, body) is not None else None
             calls: list | None = None
@@ -498,6 +531,9 @@ def build_app(generator: _Generator, model_name: str, n_ctx: int, load_s: float)
                 "choices": [choice("".join(parts), info["reason"], tokens, stream=False, calls=calls)],
                 "usage": _usage(info), "timings": _timings(info),
             })
+
+        if not body.get("stream"):
+            return await _unless_client_leaves(request, whole(), events)
 
         async def sse():
             chunk_obj = obj + (".chunk" if kind == "chat" else "")
