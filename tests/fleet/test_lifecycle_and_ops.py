@@ -75,6 +75,22 @@ def test_a_batchs_running_requests_are_counted_apart_and_never_more_than_the_run
     assert (none_left.num_running, none_left.num_running_background, none_left.num_running_background_tokens) == (0, 0, 0)
 
 
+def test_of_two_batch_requests_running_alone_the_one_left_is_still_counted_when_the_other_ends():
+    import dataclasses
+
+    s = ops.add_replica(_fleet(), ReplicaId("r"), _estimate(), WorkerId("w"))
+    s = ops.transition(ops.transition(s, ReplicaId("r"), S.STARTING, cold_start_s=0.0), ReplicaId("r"), S.WARM)
+    for i in (1, 2):
+        request = dataclasses.replace(_request(i), is_background=True)
+        s = ops.start_request(ops.enqueue(s, request, ReplicaId("r")), ReplicaId("r"), request.request_id)
+    s = ops.finish_request(s, ReplicaId("r"), 150, is_background=True)
+    load = s.replicas["r"].load
+    assert (load.num_running, load.num_running_background, load.num_running_background_tokens) == (1, 1, 150)
+    s = ops.finish_request(s, ReplicaId("r"), 150, is_background=True)
+    load = s.replicas["r"].load
+    assert (load.num_running, load.num_running_background, load.num_running_background_tokens) == (0, 0, 0)
+
+
 @pytest.mark.parametrize("src,dst", [(a, b) for a in S for b in S if (a, b) not in LEGAL_TRANSITIONS])
 def test_illegal_transitions_are_rejected(src, dst):
     assert not is_legal(src, dst)

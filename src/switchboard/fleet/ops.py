@@ -241,11 +241,7 @@ def finish_request(snapshot: FleetSnapshot, replica_id: ReplicaId, num_tokens: i
     """A running request of `num_tokens` (as counted by `start_request`) left the replica; `is_background`: it was a
     batch's (`QueuedRequest.is_background`), counted apart while it ran."""
     replica = _get(snapshot, replica_id)
-    load = _finished_load(replica, (num_tokens,))
-    if is_background and load.num_running_background > 0:
-        load = _evolve_load_keeping_queue_sums(
-            load, num_running_background=load.num_running_background - 1,
-            num_running_background_tokens=max(0, load.num_running_background_tokens - num_tokens))
+    load = _finished_load(replica, (num_tokens,), (num_tokens,) if is_background else ())
     return _replace_replicas(snapshot, replica.with_load(load, snapshot.now_s))
 
 
@@ -297,9 +293,10 @@ def apply_changes(
     return snapshot.with_replicas_updated(tuple(replicas.values()), merged, activities, now_s=now_s)
 
 
-def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
-    """The load once running requests of `num_tokens` left (live ones, unless the caller says otherwise: the
-    background counts are kept within the running ones)."""
+def _finished_load(replica: Replica, num_tokens: Sequence[int], background_tokens: Sequence[int] = ()) -> ReplicaLoad:
+    """The load once running requests of `num_tokens` left, of which those of `background_tokens` were a batch's
+    (taken off its counts); the batch's counts are then kept within the running ones (a feeder that does not tell
+    its ends apart, the simulator's, never has a batch's requests)."""
     load = replica.load
     num_running, num_running_tokens = load.num_running, load.num_running_tokens
     for n in num_tokens:
@@ -309,10 +306,11 @@ def _finished_load(replica: Replica, num_tokens: Sequence[int]) -> ReplicaLoad:
     # The queue is unchanged, and with it the sums the load caches over it: they carry over.
     if not load.num_running_background:  # the common case (and the simulator's only one): nothing else to keep
         return _evolve_load_keeping_queue_sums(load, num_running=num_running, num_running_tokens=num_running_tokens)
-    return _evolve_load_keeping_queue_sums(
-        load, num_running=num_running, num_running_tokens=num_running_tokens,
-        num_running_background=min(load.num_running_background, num_running),
-        num_running_background_tokens=min(load.num_running_background_tokens, num_running_tokens))
+    num_background = min(max(0, load.num_running_background - len(background_tokens)), num_running)
+    background_left = min(max(0, load.num_running_background_tokens - sum(background_tokens)), num_running_tokens)
+    return _evolve_load_keeping_queue_sums(load, num_running=num_running, num_running_tokens=num_running_tokens,
+                                           num_running_background=num_background,
+                                           num_running_background_tokens=background_left)
 
 
 _evolve_load_keeping_queue_sums = evolver_of(ReplicaLoad, keep_caches=True)
